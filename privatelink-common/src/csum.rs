@@ -1,0 +1,143 @@
+//! Internet checksum arithmetic (RFC 1071, incremental update per RFC 1624 eq. 3).
+//!
+//! Words are 16-bit values read from the packet in native byte order
+//! (`u16::from_ne_bytes`); ones' complement sums are byte-order independent as long as
+//! every word, the checksum field included, is read the same way.
+
+/// Folds a 32-bit ones' complement accumulator into 16 bits.
+#[inline(always)]
+pub fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// The checksum after one 16-bit word of the covered data changed from `old` to `new`.
+#[inline(always)]
+pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    !fold((!check as u32) + (!old as u32) + new as u32)
+}
+
+/// The checksum after a 4-byte field (an IPv4 address) changed.
+#[inline(always)]
+pub fn replace4(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+    let c = replace16(
+        check,
+        u16::from_ne_bytes([old[0], old[1]]),
+        u16::from_ne_bytes([new[0], new[1]]),
+    );
+    replace16(
+        c,
+        u16::from_ne_bytes([old[2], old[3]]),
+        u16::from_ne_bytes([new[2], new[3]]),
+    )
+}
+
+/// The checksum after a host-order port changed (ports sit in the packet big-endian).
+#[inline(always)]
+pub fn replace_port(check: u16, old: u16, new: u16) -> u16 {
+    replace16(
+        check,
+        u16::from_ne_bytes(old.to_be_bytes()),
+        u16::from_ne_bytes(new.to_be_bytes()),
+    )
+}
+
+/// UDP's rule: a zero checksum means "none" and stays zero; a computed zero is sent as 0xffff.
+#[inline(always)]
+pub fn udp_finish(original: u16, updated: u16) -> u16 {
+    if original == 0 {
+        0
+    } else if updated == 0 {
+        0xffff
+    } else {
+        updated
+    }
+}
+
+/// Sums a byte slice as 16-bit words (odd tail padded with zero). Host-side helper for
+/// tests and for building headers in userspace.
+pub fn sum_bytes(data: &[u8]) -> u32 {
+    let mut sum = 0u32;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u16::from_ne_bytes([c[0], c[1]]) as u32;
+    }
+    if let [b] = chunks.remainder() {
+        sum += u16::from_ne_bytes([*b, 0]) as u32;
+    }
+    sum
+}
+
+/// The full checksum of `data` (its checksum field must already be zero).
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum = sum_bytes(data);
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn check_of(buf: &[u8]) -> u16 {
+        u16::from_ne_bytes([buf[10], buf[11]])
+    }
+
+    #[test]
+    fn incremental_updates_equal_full_recomputation() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let mut buf = [0u8; 40];
+            for b in buf.iter_mut() {
+                *b = rng.next() as u8;
+            }
+            buf[10] = 0;
+            buf[11] = 0;
+            let c = checksum(&buf);
+            buf[10..12].copy_from_slice(&c.to_ne_bytes());
+            // Change an address at 12..16, a port at 20..22 and a byte pair at 8..10.
+            let old_addr = [buf[12], buf[13], buf[14], buf[15]];
+            let new_addr = (rng.next() as u32).to_ne_bytes();
+            let old_port = u16::from_be_bytes([buf[20], buf[21]]);
+            let new_port = rng.next() as u16;
+            let old_w = u16::from_ne_bytes([buf[8], buf[9]]);
+            let new_w = rng.next() as u16;
+            buf[12..16].copy_from_slice(&new_addr);
+            buf[20..22].copy_from_slice(&new_port.to_be_bytes());
+            buf[8..10].copy_from_slice(&new_w.to_ne_bytes());
+            let mut inc = replace4(check_of(&buf), old_addr, new_addr);
+            inc = replace_port(inc, old_port, new_port);
+            inc = replace16(inc, old_w, new_w);
+            buf[10] = 0;
+            buf[11] = 0;
+            let full = checksum(&buf);
+            // 0x0000 and 0xffff are the same value in ones' complement; both verify.
+            assert!(
+                inc == full || (inc == 0xffff && full == 0) || (inc == 0 && full == 0xffff),
+                "incremental {inc:#06x} != full {full:#06x}"
+            );
+            buf[10..12].copy_from_slice(&inc.to_ne_bytes());
+            assert_eq!(fold(sum_bytes(&buf)), 0xffff, "updated header must verify");
+        }
+    }
+
+    #[test]
+    fn udp_zero_checksum_stays_zero() {
+        assert_eq!(udp_finish(0, 0x1234), 0);
+        assert_eq!(udp_finish(0x1111, 0), 0xffff);
+        assert_eq!(udp_finish(0x1111, 0x2222), 0x2222);
+    }
+}

@@ -1,0 +1,278 @@
+//! Map keys and values shared by the XDP program and the daemon — the one source of truth.
+//!
+//! Every type is `#[repr(C)]` with explicit padding so that a key hashes the same on both
+//! sides. Addresses are kept as network-order byte arrays (`[u8; 4]`); ports are host-order
+//! `u16` so that `bpftool map dump` prints them as the numbers an operator expects.
+#![no_std]
+
+pub mod csum;
+pub mod hash;
+pub mod reason;
+
+pub use reason::Reason;
+
+/// Names of the maps as they appear in the object, in `bpftool map show` and as pin files.
+pub mod map_names {
+    pub const IFACES: &str = "PL_IFACES";
+    pub const VPC_PORTS: &str = "PL_VPC_PORTS";
+    pub const ENDPOINTS: &str = "PL_ENDPOINTS";
+    pub const SNAT_POOLS: &str = "PL_SNAT_POOLS";
+    pub const SNAT_ADDRS: &str = "PL_SNAT_ADDRS";
+    pub const NEIGHBORS: &str = "PL_NEIGHBORS";
+    pub const CONNTRACK: &str = "PL_CONNTRACK";
+    pub const STATS: &str = "PL_STATS";
+    pub const ALL: [&str; 8] = [
+        IFACES, VPC_PORTS, ENDPOINTS, SNAT_POOLS, SNAT_ADDRS, NEIGHBORS, CONNTRACK, STATS,
+    ];
+}
+
+/// The XDP program's name in the object (and in `bpftool prog show`).
+pub const PROGRAM_NAME: &str = "privatelink";
+
+/// Default conntrack capacity (entries; a flow uses two, one per direction).
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 2 * 1024 * 1024;
+pub const MAX_IFACES: u32 = 64;
+pub const MAX_VPCS: u32 = 1024;
+pub const MAX_ENDPOINTS: u32 = 65536;
+pub const MAX_SERVICES: u32 = 4096;
+pub const MAX_NEIGHBORS: u32 = 65536;
+pub const MAX_SNAT_ADDRS: usize = 8;
+
+/// Idle timeouts. A TCP flow that saw RST, or FIN in both directions, is closing.
+pub const TCP_IDLE_TIMEOUT_NS: u64 = 350 * 1_000_000_000;
+pub const OTHER_IDLE_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
+pub const TCP_CLOSING_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
+
+/// An IPv4 address inside one VPC. VPC ranges may overlap, so an address alone is ambiguous.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VpcAddr {
+    pub vpc_id: u32,
+    pub addr: [u8; 4],
+}
+
+/// Value of `PL_IFACES` (key: ifindex): which VPC an attached interface faces.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    pub vpc_id: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Value of `PL_VPC_PORTS` (key: vpc id): the interface through which a VPC is reached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VpcPort {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Connection state of an endpoint, as the provider sees it. Only `Connected` forwards.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionState {
+    Pending = 0,
+    Connected = 1,
+    Rejected = 2,
+    Disconnected = 3,
+}
+
+/// `EndpointEni::flags`: the consumer account is on the service's whitelist.
+pub const ENI_FLAG_WHITELISTED: u32 = 1;
+
+/// Value of `PL_ENDPOINTS` (key: consumer VPC + ENI address): everything the data path
+/// needs to forward traffic of one endpoint ENI. The daemon resolves zone affinity and
+/// whitelist membership into this entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointEni {
+    pub endpoint_id: u32,
+    pub service_id: u32,
+    pub consumer_account: u32,
+    /// `ConnectionState as u32`.
+    pub state: u32,
+    pub flags: u32,
+    pub zone_id: u32,
+    /// Where new flows go: the provider VPC and its load balancer address for this zone.
+    pub provider_vpc_id: u32,
+    pub lb_addr: [u8; 4],
+}
+
+impl EndpointEni {
+    pub fn is_connected(&self) -> bool {
+        self.state == ConnectionState::Connected as u32
+    }
+    pub fn is_whitelisted(&self) -> bool {
+        self.flags & ENI_FLAG_WHITELISTED != 0
+    }
+}
+
+/// Value of `PL_SNAT_POOLS` (key: service id): source addresses in the provider VPC that
+/// consumer flows are translated to, and the port range handed out on each.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatPool {
+    pub count: u32,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub addrs: [[u8; 4]; MAX_SNAT_ADDRS],
+}
+
+/// Value of `PL_NEIGHBORS` (key: VPC + address): the next hop's MAC address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Neighbor {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of `PL_CONNTRACK`: a packet's 5-tuple as it arrives on a VPC-facing interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub vpc_id: u32,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `FlowEntry::direction`.
+pub const DIR_ORIGINAL: u8 = 0;
+pub const DIR_REPLY: u8 = 1;
+
+/// `FlowEntry::tcp_flags` bits: this direction sent FIN; the flow is closing (RST seen, or
+/// FIN seen in both directions) and expires after `TCP_CLOSING_TIMEOUT_NS`.
+pub const CT_FIN_SEEN: u8 = 1;
+pub const CT_CLOSING: u8 = 2;
+
+/// Value of `PL_CONNTRACK`: how to rewrite a packet that matched the key, and where to send it.
+/// A flow has two entries; each names its partner through `out_vpc_id` + the rewritten tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub new_src: [u8; 4],
+    pub new_dst: [u8; 4],
+    pub new_sport: u16,
+    pub new_dport: u16,
+    pub out_ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub out_vpc_id: u32,
+    pub endpoint_id: u32,
+    pub direction: u8,
+    pub tcp_flags: u8,
+    pub _pad: [u8; 2],
+    pub last_seen_ns: u64,
+}
+
+impl FlowEntry {
+    /// The key under which the partner (other direction) entry is stored.
+    pub fn partner_key(&self, proto: u8) -> FlowKey {
+        FlowKey {
+            vpc_id: self.out_vpc_id,
+            src: self.new_dst,
+            dst: self.new_src,
+            sport: self.new_dport,
+            dport: self.new_sport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
+    pub fn idle_timeout_ns(&self, proto: u8) -> u64 {
+        if proto != PROTO_TCP {
+            OTHER_IDLE_TIMEOUT_NS
+        } else if self.tcp_flags & CT_CLOSING != 0 {
+            TCP_CLOSING_TIMEOUT_NS
+        } else {
+            TCP_IDLE_TIMEOUT_NS
+        }
+    }
+
+    pub fn is_expired(&self, proto: u8, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) > self.idle_timeout_ns(proto)
+    }
+}
+
+/// Value of `PL_EP_STATS` (per CPU, key: endpoint id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub packets_to_service: u64,
+    pub bytes_to_service: u64,
+    pub packets_to_consumer: u64,
+    pub bytes_to_consumer: u64,
+    pub drops: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, and have no implicit padding.
+    unsafe impl aya::Pod for VpcAddr {}
+    unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for VpcPort {}
+    unsafe impl aya::Pod for EndpointEni {}
+    unsafe impl aya::Pod for SnatPool {}
+    unsafe impl aya::Pod for Neighbor {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for EndpointStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<VpcAddr>(), 8);
+        assert_eq!(size_of::<IfaceInfo>(), 12);
+        assert_eq!(size_of::<VpcPort>(), 12);
+        assert_eq!(size_of::<EndpointEni>(), 32);
+        assert_eq!(size_of::<SnatPool>(), 8 + 4 * MAX_SNAT_ADDRS);
+        assert_eq!(size_of::<Neighbor>(), 8);
+        assert_eq!(size_of::<FlowKey>(), 20);
+        assert_eq!(size_of::<FlowEntry>(), 48);
+        assert_eq!(size_of::<EndpointStats>(), 40);
+    }
+
+    #[test]
+    fn partner_key_round_trips() {
+        let e = FlowEntry {
+            new_src: [10, 10, 255, 1],
+            new_dst: [10, 10, 0, 10],
+            new_sport: 40000,
+            new_dport: 80,
+            out_vpc_id: 7,
+            ..Default::default()
+        };
+        let k = e.partner_key(PROTO_TCP);
+        assert_eq!(k.src, [10, 10, 0, 10]);
+        assert_eq!(k.dst, [10, 10, 255, 1]);
+        assert_eq!((k.sport, k.dport, k.vpc_id), (80, 40000, 7));
+    }
+
+    #[test]
+    fn tcp_timeouts_follow_flags() {
+        let mut e = FlowEntry {
+            last_seen_ns: 1,
+            ..Default::default()
+        };
+        assert!(!e.is_expired(PROTO_TCP, 300 * 1_000_000_000));
+        e.tcp_flags = CT_CLOSING;
+        assert!(e.is_expired(PROTO_TCP, 300 * 1_000_000_000));
+        assert!(e.is_expired(PROTO_UDP, 121 * 1_000_000_000));
+    }
+}

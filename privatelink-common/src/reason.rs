@@ -1,0 +1,75 @@
+//! Every verdict of the XDP program, counted per CPU in `PL_STATS` (index = discriminant).
+
+macro_rules! reasons {
+    ($($variant:ident = $idx:literal => $name:literal, $drop:literal;)*) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason { $($variant = $idx,)* }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+            /// The counter's name, as printed by `privatelink stats`.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Reason::$variant => $name,)* }
+            }
+            /// Whether this verdict drops the frame.
+            pub const fn is_drop(self) -> bool {
+                match self { $(Reason::$variant => $drop,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    PassNotAttached = 0 => "pass_not_attached", false;
+    PassUnrelated = 1 => "pass_unrelated", false;
+    ForwardNewFlow = 2 => "forward_new_flow", false;
+    ForwardToService = 3 => "forward_to_service", false;
+    ForwardToConsumer = 4 => "forward_to_consumer", false;
+    IcmpEchoReply = 5 => "icmp_echo_reply", false;
+    IcmpErrorTranslated = 6 => "icmp_error_translated", false;
+    ArpReply = 7 => "arp_reply", false;
+    ArpPass = 8 => "arp_pass", false;
+    DropTruncatedEthernet = 9 => "drop_truncated_ethernet", true;
+    DropTruncatedIp = 10 => "drop_truncated_ip", true;
+    DropBadIpHeader = 11 => "drop_bad_ip_header", true;
+    DropBadIpChecksum = 12 => "drop_bad_ip_checksum", true;
+    DropTruncatedL4 = 13 => "drop_truncated_l4", true;
+    DropFragment = 14 => "drop_fragment", true;
+    DropTtlExceeded = 15 => "drop_ttl_exceeded", true;
+    DropNotConnected = 16 => "drop_not_connected", true;
+    DropNotWhitelisted = 17 => "drop_not_whitelisted", true;
+    DropNoNeighbor = 18 => "drop_no_neighbor", true;
+    DropNoRoute = 19 => "drop_no_route", true;
+    DropSnatExhausted = 20 => "drop_snat_exhausted", true;
+    DropNoFlow = 21 => "drop_no_flow", true;
+    DropUnsupportedProtocol = 22 => "drop_unsupported_protocol", true;
+    DropIcmpNoFlow = 23 => "drop_icmp_no_flow", true;
+    DropIcmpUnsupported = 24 => "drop_icmp_unsupported", true;
+    DropConntrackFull = 25 => "drop_conntrack_full", true;
+    DropBadArp = 26 => "drop_bad_arp", true;
+    DropRedirectFailed = 27 => "drop_redirect_failed", true;
+}
+
+/// Size of the `PL_STATS` array.
+pub const REASON_COUNT: u32 = 28;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_named_uniquely() {
+        assert_eq!(Reason::ALL.len() as u32, REASON_COUNT);
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert_eq!(
+                Reason::ALL
+                    .iter()
+                    .filter(|o| o.as_str() == r.as_str())
+                    .count(),
+                1
+            );
+        }
+    }
+}

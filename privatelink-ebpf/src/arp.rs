@@ -1,0 +1,61 @@
+//! ARP on a VPC-facing interface: answer for ENI and SNAT addresses (the forwarder owns
+//! them), and learn every sender's MAC as a next hop of that VPC.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use privatelink_common::{IfaceInfo, Neighbor, Reason, VpcAddr};
+
+use crate::{
+    Verdict,
+    maps::{PL_ENDPOINTS, PL_NEIGHBORS, PL_SNAT_ADDRS},
+    parse::{ArpHdr, ETH_LEN, EthHdr, be16, mut_at},
+};
+
+const ARP_REQUEST: u16 = 1;
+const ARP_REPLY: u16 = 2;
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, iface: &IfaceInfo) -> Result<Verdict, Reason> {
+    let arp = mut_at::<ArpHdr>(ctx, ETH_LEN, Reason::DropBadArp)?;
+    if be16(arp.htype) != 1 || be16(arp.ptype) != 0x0800 || arp.hlen != 6 || arp.plen != 4 {
+        return Err(Reason::DropBadArp);
+    }
+    let op = be16(arp.op);
+    if op != ARP_REQUEST && op != ARP_REPLY {
+        return Err(Reason::DropBadArp);
+    }
+    learn(iface.vpc_id, arp.spa, arp.sha);
+
+    let target = VpcAddr {
+        vpc_id: iface.vpc_id,
+        addr: arp.tpa,
+    };
+    // SAFETY: read-only lookups, values not kept.
+    let ours = unsafe { PL_ENDPOINTS.get(target).is_some() || PL_SNAT_ADDRS.get(target).is_some() };
+    if op != ARP_REQUEST || !ours {
+        return Ok((xdp_action::XDP_PASS, Reason::ArpPass));
+    }
+    let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
+    arp.op = ARP_REPLY.to_be_bytes();
+    arp.tha = arp.sha;
+    arp.tpa = arp.spa;
+    arp.sha = iface.mac;
+    arp.spa = target.addr;
+    eth.dst = arp.tha;
+    eth.src = iface.mac;
+    Ok((xdp_action::XDP_TX, Reason::ArpReply))
+}
+
+#[inline(always)]
+fn learn(vpc_id: u32, addr: [u8; 4], mac: [u8; 6]) {
+    if addr == [0; 4] || mac[0] & 1 != 0 {
+        return; // probes and multicast/broadcast senders teach nothing
+    }
+    let key = VpcAddr { vpc_id, addr };
+    // SAFETY: value copied out before the update.
+    if let Some(n) = unsafe { PL_NEIGHBORS.get(key) }
+        && n.mac == mac
+    {
+        return;
+    }
+    let _ = PL_NEIGHBORS.insert(key, Neighbor { mac, _pad: [0; 2] }, 0);
+}

@@ -1,0 +1,304 @@
+//! The flow table: both directions of every NATed flow live in `PL_CONNTRACK`.
+//!
+//! SNAT port allocation claims the reply-direction key with `BPF_NOEXIST`, so a
+//! provider-side tuple can never belong to two live flows; an entry whose flow has been
+//! idle past its timeout (both directions) may be taken over.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+    programs::XdpContext,
+};
+use privatelink_common::{
+    CT_CLOSING, CT_FIN_SEEN, DIR_ORIGINAL, DIR_REPLY, EndpointEni, FlowEntry, FlowKey, IfaceInfo,
+    MAX_SNAT_ADDRS, PROTO_TCP, Reason, VpcAddr, hash,
+};
+
+use crate::{
+    Verdict,
+    ipv4::{Packet, check_endpoint_at},
+    maps::{PL_CONNTRACK, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS},
+    nat,
+    parse::{ETH_LEN, EthHdr, Ipv4Hdr, Ports, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, be16, mut_at},
+};
+
+const SNAT_ATTEMPTS: u32 = 8;
+/// How often (at most) a busy flow re-checks that its reply entry still exists.
+const PARTNER_REFRESH_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Reads the 5-tuple of a TCP/UDP packet whose L4 header must be complete.
+#[inline(always)]
+fn flow_key(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<(FlowKey, u8), Reason> {
+    let need = if pkt.proto == PROTO_TCP { 20 } else { 8 };
+    if pkt.l4 + need > pkt.end {
+        return Err(Reason::DropTruncatedL4);
+    }
+    let ip = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
+    let ports = mut_at::<Ports>(ctx, pkt.l4, Reason::DropTruncatedL4)?;
+    let flags = if pkt.proto == PROTO_TCP {
+        mut_at::<TcpHdr>(ctx, pkt.l4, Reason::DropTruncatedL4)?.flags
+    } else {
+        0
+    };
+    if ip.ttl <= 1 {
+        return Err(Reason::DropTtlExceeded);
+    }
+    let key = FlowKey {
+        vpc_id: iface.vpc_id,
+        src: ip.src,
+        dst: ip.dst,
+        sport: be16(ports.sport),
+        dport: be16(ports.dport),
+        proto: pkt.proto,
+        _pad: [0; 3],
+    };
+    Ok((key, flags))
+}
+
+/// Consumer → service: a packet to an ENI of a forwarding endpoint.
+#[inline(always)]
+pub fn forward(
+    ctx: &XdpContext,
+    iface: &IfaceInfo,
+    eni: &EndpointEni,
+    pkt: &Packet,
+) -> Result<Verdict, Reason> {
+    let (key, flags) = flow_key(ctx, iface, pkt)?;
+    let eth_src = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?.src;
+    let t = now();
+    let reply = reply_entry(&key, pkt.ifindex, iface, eth_src, eni.endpoint_id, t);
+
+    let mut reason = Reason::ForwardToService;
+    let mut entry = match PL_CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: the pointer from a successful lookup is valid for this program run.
+        Some(p) if !unsafe { &*p }.is_expired(pkt.proto, t) => p,
+        _ => {
+            reason = Reason::ForwardNewFlow;
+            create(&key, eni, &reply, t)?
+        }
+    };
+    // SAFETY: as above.
+    if t.saturating_sub(unsafe { (*entry).last_seen_ns }) > PARTNER_REFRESH_NS
+        && !keep_partner(unsafe { &*entry }, pkt.proto, &reply)
+    {
+        // Our reply tuple was evicted and taken by another flow: start over with a new one.
+        let _ = PL_CONNTRACK.remove(key);
+        reason = Reason::ForwardNewFlow;
+        entry = create(&key, eni, &reply, t)?;
+    }
+    // SAFETY: as above.
+    let e = unsafe { &mut *entry };
+    track(e, pkt.proto, flags, t);
+    let e = *e;
+    nat::apply(ctx, pkt, &e, reason)
+}
+
+/// Service → consumer: a reply to a SNAT address. Only known flows pass.
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
+    let (key, flags) = flow_key(ctx, iface, pkt)?;
+    let t = now();
+    let Some(p) = PL_CONNTRACK.get_ptr_mut(key) else {
+        return Err(Reason::DropNoFlow);
+    };
+    // SAFETY: valid for this program run.
+    let e = unsafe { &mut *p };
+    if e.direction != DIR_REPLY || e.is_expired(pkt.proto, t) {
+        return Err(Reason::DropNoFlow);
+    }
+    check_endpoint_at(e.out_vpc_id, e.new_src)?;
+    track(e, pkt.proto, flags, t);
+    let e = *e;
+    nat::apply(ctx, pkt, &e, Reason::ForwardToConsumer)
+}
+
+/// The entry that turns a reply (provider side) back into the consumer's view. Its egress
+/// MAC is the sender of the original packet: the client, or the router in front of it.
+#[inline(always)]
+fn reply_entry(
+    key: &FlowKey,
+    ifindex: u32,
+    iface: &IfaceInfo,
+    eth_src: [u8; 6],
+    endpoint_id: u32,
+    t: u64,
+) -> FlowEntry {
+    FlowEntry {
+        new_src: key.dst,
+        new_dst: key.src,
+        new_sport: key.dport,
+        new_dport: key.sport,
+        out_ifindex: ifindex,
+        src_mac: iface.mac,
+        dst_mac: eth_src,
+        out_vpc_id: key.vpc_id,
+        endpoint_id,
+        direction: DIR_REPLY,
+        tcp_flags: 0,
+        _pad: [0; 2],
+        last_seen_ns: t,
+    }
+}
+
+/// Creates both entries of a new flow; returns the original-direction entry.
+#[inline(always)]
+fn create(
+    key: &FlowKey,
+    eni: &EndpointEni,
+    reply: &FlowEntry,
+    t: u64,
+) -> Result<*mut FlowEntry, Reason> {
+    // SAFETY: values are copied out of the maps.
+    let port = unsafe { PL_VPC_PORTS.get(eni.provider_vpc_id) }
+        .copied()
+        .ok_or(Reason::DropNoRoute)?;
+    let neigh = unsafe {
+        PL_NEIGHBORS.get(VpcAddr {
+            vpc_id: eni.provider_vpc_id,
+            addr: eni.lb_addr,
+        })
+    }
+    .copied()
+    .ok_or(Reason::DropNoNeighbor)?;
+    let pool = unsafe { PL_SNAT_POOLS.get(eni.service_id) }
+        .copied()
+        .ok_or(Reason::DropSnatExhausted)?;
+    if pool.count == 0 || pool.port_max < pool.port_min {
+        return Err(Reason::DropSnatExhausted);
+    }
+    let count = if pool.count as usize > MAX_SNAT_ADDRS {
+        MAX_SNAT_ADDRS as u32
+    } else {
+        pool.count
+    };
+    let range = (pool.port_max - pool.port_min) as u32 + 1;
+    let h = hash::tuple_hash(
+        key.src, key.dst, key.sport, key.dport, key.proto, key.vpc_id,
+    );
+
+    for attempt in 0..SNAT_ATTEMPTS {
+        let hh = hash::mix32(h.wrapping_add(attempt));
+        let idx = ((hh % count) as usize) & (MAX_SNAT_ADDRS - 1);
+        let snat_addr = pool.addrs[idx];
+        let snat_port = pool.port_min + ((hh >> 8) % range) as u16;
+        let reply_key = FlowKey {
+            vpc_id: eni.provider_vpc_id,
+            src: eni.lb_addr,
+            dst: snat_addr,
+            sport: key.dport,
+            dport: snat_port,
+            proto: key.proto,
+            _pad: [0; 3],
+        };
+        if !claim(&reply_key, reply, t) {
+            continue;
+        }
+        let fwd = FlowEntry {
+            new_src: snat_addr,
+            new_dst: eni.lb_addr,
+            new_sport: snat_port,
+            new_dport: key.dport,
+            out_ifindex: port.ifindex,
+            src_mac: port.mac,
+            dst_mac: neigh.mac,
+            out_vpc_id: eni.provider_vpc_id,
+            endpoint_id: eni.endpoint_id,
+            direction: DIR_ORIGINAL,
+            tcp_flags: 0,
+            _pad: [0; 2],
+            last_seen_ns: t,
+        };
+        if PL_CONNTRACK.insert(key, fwd, BPF_ANY as u64).is_err() {
+            let _ = PL_CONNTRACK.remove(reply_key);
+            return Err(Reason::DropConntrackFull);
+        }
+        return PL_CONNTRACK
+            .get_ptr_mut(key)
+            .ok_or(Reason::DropConntrackFull);
+    }
+    Err(Reason::DropSnatExhausted)
+}
+
+/// Claims a provider-side tuple for a new flow: free, or held by a flow idle in both
+/// directions.
+#[inline(always)]
+fn claim(reply_key: &FlowKey, reply: &FlowEntry, t: u64) -> bool {
+    if PL_CONNTRACK
+        .insert(reply_key, reply, BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        return true;
+    }
+    // SAFETY: copied out.
+    let Some(old) = (unsafe { PL_CONNTRACK.get(reply_key) }).copied() else {
+        return false;
+    };
+    if !old.is_expired(reply_key.proto, t) {
+        return false;
+    }
+    let old_fwd_key = old.partner_key(reply_key.proto);
+    // SAFETY: copied out.
+    if let Some(fwd) = unsafe { PL_CONNTRACK.get(old_fwd_key) }.copied() {
+        if !fwd.is_expired(reply_key.proto, t) {
+            return false;
+        }
+        let _ = PL_CONNTRACK.remove(old_fwd_key);
+    }
+    PL_CONNTRACK
+        .insert(reply_key, reply, BPF_ANY as u64)
+        .is_ok()
+}
+
+/// Makes sure the reply entry of a live flow still exists (LRU may have evicted it);
+/// false if its tuple now belongs to someone else.
+#[inline(always)]
+fn keep_partner(e: &FlowEntry, proto: u8, reply: &FlowEntry) -> bool {
+    let pk = e.partner_key(proto);
+    // SAFETY: copied out.
+    match unsafe { PL_CONNTRACK.get(pk) }.copied() {
+        Some(p) => p.new_dst == reply.new_dst && p.new_dport == reply.new_dport,
+        None => PL_CONNTRACK.insert(pk, reply, BPF_NOEXIST as u64).is_ok(),
+    }
+}
+
+/// TCP connection tracking: RST closes at once, FIN in both directions closes, a SYN
+/// reopens a closing flow (the client reused its port). Refreshes the idle timer.
+#[inline(always)]
+fn track(e: &mut FlowEntry, proto: u8, flags: u8, t: u64) {
+    e.last_seen_ns = t;
+    if proto != PROTO_TCP || flags & (TCP_FIN | TCP_RST | TCP_SYN) == 0 {
+        return;
+    }
+    let partner = PL_CONNTRACK.get_ptr_mut(e.partner_key(proto));
+    if flags & TCP_RST != 0 {
+        e.tcp_flags |= CT_CLOSING;
+        if let Some(p) = partner {
+            // SAFETY: valid for this run.
+            unsafe { (*p).tcp_flags |= CT_CLOSING };
+        }
+    } else if flags & TCP_SYN != 0 {
+        if e.tcp_flags & CT_CLOSING != 0 {
+            e.tcp_flags = 0;
+            if let Some(p) = partner {
+                // SAFETY: valid for this run.
+                unsafe { (*p).tcp_flags = 0 };
+            }
+        }
+    } else {
+        e.tcp_flags |= CT_FIN_SEEN;
+        if let Some(p) = partner {
+            // SAFETY: valid for this run.
+            let p = unsafe { &mut *p };
+            if p.tcp_flags & CT_FIN_SEEN != 0 {
+                p.tcp_flags |= CT_CLOSING;
+                e.tcp_flags |= CT_CLOSING;
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! IPv4: validate the header, decide whether the packet is ours (to an ENI, or a reply to a
+//! SNAT address), and hand it to the right path. Everything else passes to the kernel.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use privatelink_common::{
+    EndpointEni, IfaceInfo, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum,
+};
+
+use crate::{
+    Verdict, conntrack, icmp,
+    maps::{PL_ENDPOINTS, PL_SNAT_ADDRS},
+    parse::{ETH_LEN, Ipv4Hdr, be16, frame_len, mut_at, ne16, ptr_at},
+};
+
+/// A validated IPv4 packet: where its L4 header starts and where the IP packet ends.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    pub ifindex: u32,
+    pub l4: usize,
+    pub end: usize,
+    pub proto: u8,
+}
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdict, Reason> {
+    let ip = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
+    let hlen = ip.hdr_len();
+    if ip.vihl >> 4 != 4 || hlen < 20 {
+        return Err(Reason::DropBadIpHeader);
+    }
+    let tot = be16(ip.tot_len) as usize;
+    if tot < hlen {
+        return Err(Reason::DropBadIpHeader);
+    }
+    // Trailing bytes (Ethernet padding) are allowed; a short frame is not.
+    if ETH_LEN + tot > frame_len(ctx) {
+        return Err(Reason::DropTruncatedIp);
+    }
+    let pkt = Packet {
+        ifindex,
+        l4: ETH_LEN + hlen,
+        end: ETH_LEN + tot,
+        proto: ip.proto,
+    };
+    let dst = VpcAddr {
+        vpc_id: iface.vpc_id,
+        addr: ip.dst,
+    };
+    // SAFETY: the value is copied out of the map.
+    if let Some(eni) = unsafe { PL_ENDPOINTS.get(dst) }.copied() {
+        verify_checksum(ctx, hlen)?;
+        if ip.is_fragment() {
+            return Err(Reason::DropFragment);
+        }
+        return to_endpoint(ctx, iface, &eni, &pkt);
+    }
+    // SAFETY: presence check only.
+    if unsafe { PL_SNAT_ADDRS.get(dst) }.is_some() {
+        verify_checksum(ctx, hlen)?;
+        if ip.is_fragment() {
+            return Err(Reason::DropFragment);
+        }
+        return match pkt.proto {
+            PROTO_TCP | PROTO_UDP => conntrack::reply(ctx, iface, &pkt),
+            PROTO_ICMP => icmp::to_snat(ctx, iface, &pkt),
+            _ => Err(Reason::DropNoFlow),
+        };
+    }
+    Ok((xdp_action::XDP_PASS, Reason::PassUnrelated))
+}
+
+#[inline(always)]
+fn to_endpoint(
+    ctx: &XdpContext,
+    iface: &IfaceInfo,
+    eni: &EndpointEni,
+    pkt: &Packet,
+) -> Result<Verdict, Reason> {
+    check_forwarding(eni)?;
+    match pkt.proto {
+        PROTO_TCP | PROTO_UDP => conntrack::forward(ctx, iface, eni, pkt),
+        PROTO_ICMP => icmp::to_endpoint(ctx, iface, pkt),
+        _ => Err(Reason::DropUnsupportedProtocol),
+    }
+}
+
+/// Only a whitelisted consumer's `Connected` endpoint forwards.
+#[inline(always)]
+pub fn check_forwarding(eni: &EndpointEni) -> Result<(), Reason> {
+    if !eni.is_whitelisted() {
+        return Err(Reason::DropNotWhitelisted);
+    }
+    if !eni.is_connected() {
+        return Err(Reason::DropNotConnected);
+    }
+    Ok(())
+}
+
+/// The same check for a flow's endpoint, found by its ENI address.
+#[inline(always)]
+pub fn check_endpoint_at(vpc_id: u32, addr: [u8; 4]) -> Result<(), Reason> {
+    // SAFETY: the value is copied out of the map.
+    match unsafe { PL_ENDPOINTS.get(VpcAddr { vpc_id, addr }) }.copied() {
+        Some(eni) => check_forwarding(&eni),
+        None => Err(Reason::DropNotConnected),
+    }
+}
+
+/// RFC 1812: a router verifies the header checksum before forwarding.
+#[inline(always)]
+fn verify_checksum(ctx: &XdpContext, hlen: usize) -> Result<(), Reason> {
+    let mut sum: u32 = 0;
+    for i in 0..15usize {
+        if i * 4 >= hlen {
+            break;
+        }
+        let w = ptr_at::<[u8; 4]>(ctx, ETH_LEN + i * 4, Reason::DropTruncatedIp)?;
+        // SAFETY: bounds checked by `ptr_at`.
+        let w = unsafe { *w };
+        sum += ne16([w[0], w[1]]) as u32 + ne16([w[2], w[3]]) as u32;
+    }
+    if csum::fold(sum) != 0xffff {
+        return Err(Reason::DropBadIpChecksum);
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! The maps, declared as BTF maps so `bpftool map dump` prints field names.
+//! Sizes here are defaults; the loader overrides `PL_CONNTRACK`'s from configuration.
+
+use aya_ebpf::{
+    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use privatelink_common::{
+    DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey, IfaceInfo, MAX_ENDPOINTS,
+    MAX_IFACES, MAX_NEIGHBORS, MAX_SERVICES, MAX_VPCS, Neighbor, SnatPool, VpcAddr, VpcPort,
+    reason::REASON_COUNT,
+};
+
+#[btf_map]
+pub static PL_IFACES: HashMap<u32, IfaceInfo, { MAX_IFACES as usize }> = HashMap::new();
+
+#[btf_map]
+pub static PL_VPC_PORTS: HashMap<u32, VpcPort, { MAX_VPCS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static PL_ENDPOINTS: HashMap<VpcAddr, EndpointEni, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static PL_SNAT_POOLS: HashMap<u32, SnatPool, { MAX_SERVICES as usize }> = HashMap::new();
+
+#[btf_map]
+pub static PL_SNAT_ADDRS: HashMap<VpcAddr, u32, { MAX_SERVICES as usize }> = HashMap::new();
+
+#[btf_map]
+pub static PL_NEIGHBORS: LruHashMap<VpcAddr, Neighbor, { MAX_NEIGHBORS as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub static PL_CONNTRACK: LruHashMap<FlowKey, FlowEntry, { DEFAULT_CONNTRACK_ENTRIES as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub static PL_STATS: PerCpuArray<u64, { REASON_COUNT as usize }> = PerCpuArray::new();

@@ -1,0 +1,263 @@
+//! The loaded XDP program and its maps: load (re-using pinned maps so flows survive a
+//! restart), attach, apply a `Desired` as a diff, and read counters and flows.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader, Pod,
+    maps::{HashMap, Map, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use privatelink_common::{
+    DEFAULT_CONNTRACK_ENTRIES, FlowEntry, FlowKey, Neighbor, PROGRAM_NAME, Reason, VpcAddr,
+    map_names,
+};
+
+use crate::{
+    desired::Desired,
+    reconcile::{Change, diff},
+};
+
+/// The XDP object, built by build.rs from privatelink-ebpf.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/privatelink-xdp"));
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/privatelink";
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Where maps are pinned (and re-opened from); `None` keeps them private (tests).
+    pub pin_dir: Option<PathBuf>,
+    pub conntrack_entries: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
+            conntrack_entries: DEFAULT_CONNTRACK_ENTRIES,
+        }
+    }
+}
+
+/// How many entries one apply wrote and removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub upserts: usize,
+    pub deletes: usize,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    links: Vec<(String, XdpLinkId)>,
+}
+
+impl Dataplane {
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::CONNTRACK, opts.conntrack_entries);
+        if let Some(dir) = &opts.pin_dir {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "creating pin directory {} (is bpffs mounted on /sys/fs/bpf?)",
+                    dir.display()
+                )
+            })?;
+            for name in map_names::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the XDP object")?;
+        let prog: &mut Xdp = program(&mut ebpf)?;
+        prog.load()
+            .context("the verifier rejected the XDP program")?;
+        Ok(Self {
+            ebpf,
+            links: Vec::new(),
+        })
+    }
+
+    /// Attaches the program to `iface` (native mode unless `skb`).
+    pub fn attach(&mut self, iface: &str, skb: bool) -> Result<()> {
+        let mode = if skb { XdpMode::Skb } else { XdpMode::Driver };
+        let prog: &mut Xdp = program(&mut self.ebpf)?;
+        let id = prog
+            .attach(iface, mode)
+            .with_context(|| format!("attaching XDP ({mode:?}) to {iface}"))?;
+        self.links.push((iface.to_string(), id));
+        Ok(())
+    }
+
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        program(&mut self.ebpf)
+    }
+
+    pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the object has no map {name}"))
+    }
+
+    pub fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the object has no map {name}"))
+    }
+
+    /// Brings the daemon-owned maps to `d`, writing only what differs.
+    pub fn apply(&mut self, d: &Desired) -> Result<ApplyReport> {
+        let mut r = ApplyReport::default();
+        // Order: where traffic can go before what sends traffic there; deletes of
+        // endpoints happen in their own map's diff.
+        sync(self.map_mut(map_names::IFACES)?, &d.ifaces, &mut r)?;
+        sync(self.map_mut(map_names::VPC_PORTS)?, &d.vpc_ports, &mut r)?;
+        sync(self.map_mut(map_names::SNAT_POOLS)?, &d.snat_pools, &mut r)?;
+        sync(self.map_mut(map_names::SNAT_ADDRS)?, &d.snat_addrs, &mut r)?;
+        sync(self.map_mut(map_names::ENDPOINTS)?, &d.endpoints, &mut r)?;
+        Ok(r)
+    }
+
+    pub fn stats(&self) -> Result<Vec<(Reason, u64)>> {
+        read_stats(self.map(map_names::STATS)?)
+    }
+
+    pub fn set_neighbor(&mut self, vpc_id: u32, addr: [u8; 4], mac: [u8; 6]) -> Result<()> {
+        let mut m: HashMap<_, VpcAddr, Neighbor> =
+            HashMap::try_from(self.map_mut(map_names::NEIGHBORS)?)?;
+        m.insert(VpcAddr { vpc_id, addr }, Neighbor { mac, _pad: [0; 2] }, 0)?;
+        Ok(())
+    }
+
+    pub fn neighbor(&self, vpc_id: u32, addr: [u8; 4]) -> Option<[u8; 6]> {
+        let m: HashMap<_, VpcAddr, Neighbor> =
+            HashMap::try_from(self.map(map_names::NEIGHBORS).ok()?).ok()?;
+        m.get(&VpcAddr { vpc_id, addr }, 0).ok().map(|n| n.mac)
+    }
+
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        read_flows(self.map(map_names::CONNTRACK)?)
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let p = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or_else(|| anyhow!("the object has no program {PROGRAM_NAME}"))?;
+    Ok(p.try_into()?)
+}
+
+fn sync<K, V>(map: &mut Map, desired: &BTreeMap<K, V>, r: &mut ApplyReport) -> Result<()>
+where
+    K: Pod + Ord + std::fmt::Debug,
+    V: Pod + PartialEq,
+{
+    let mut m: HashMap<_, K, V> = HashMap::try_from(map)?;
+    let current: BTreeMap<K, V> = m.iter().collect::<Result<_, _>>()?;
+    for change in diff(&current, desired) {
+        match change {
+            Change::Upsert(k, v) => {
+                m.insert(k, v, 0)
+                    .with_context(|| format!("writing {k:?}"))?;
+                r.upserts += 1;
+            }
+            Change::Delete(k) => {
+                m.remove(&k).with_context(|| format!("removing {k:?}"))?;
+                r.deletes += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn read_stats(map: &Map) -> Result<Vec<(Reason, u64)>> {
+    let a: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+    Reason::ALL
+        .iter()
+        .map(|r| {
+            let v = a.get(&(*r as u32), 0)?;
+            Ok((*r, v.iter().sum()))
+        })
+        .collect()
+}
+
+pub fn read_flows(map: &Map) -> Result<Vec<(FlowKey, FlowEntry)>> {
+    let m: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(map)?;
+    Ok(m.iter().collect::<Result<_, _>>()?)
+}
+
+/// Opens one pinned map (for the CLI, which runs beside the daemon).
+pub fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map> {
+    let path = pin_dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} does not exist: is the daemon running with --pin-dir {}?",
+            path.display(),
+            pin_dir.display()
+        );
+    }
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(Map::from_map_data(data)?)
+}
+
+/// Interface lookup for `desired::compute`: ifindex and MAC from the kernel.
+pub fn resolve_link(name: &str) -> Result<crate::desired::Link, String> {
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| format!("{name:?} is not an interface name"))?;
+    // SAFETY: a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(format!(
+            "interface {name} does not exist in this network namespace"
+        ));
+    }
+    let mac = hardware_address(&cname).map_err(|e| format!("reading the MAC of {name}: {e}"))?;
+    Ok(crate::desired::Link { ifindex, mac })
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// SIOCGIFHWADDR on a socket of the calling thread's network namespace (sysfs would show
+/// the namespace it was mounted in, not the thread's).
+fn hardware_address(name: &std::ffi::CStr) -> std::io::Result<[u8; 6]> {
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned here only.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.to_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads ifr_name and fills ifr_hwaddr.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCGIFHWADDR,
+            &mut req,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the union member SIOCGIFHWADDR fills.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    Ok(mac)
+}

@@ -1,0 +1,207 @@
+//! From the domain model to the exact content the BPF maps should have. Pure: interface
+//! lookups are passed in, so this is tested without a kernel.
+
+use std::collections::BTreeMap;
+
+use privatelink_common::{
+    ConnectionState, ENI_FLAG_WHITELISTED, EndpointEni, IfaceInfo, MAX_SNAT_ADDRS, SnatPool,
+    VpcAddr, VpcPort,
+};
+
+use crate::model::{FieldError, State, numeric_id};
+
+/// An interface as the kernel knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+/// Everything the daemon owns in the maps (conntrack and learned neighbors are the data
+/// path's own).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    pub ifaces: BTreeMap<u32, IfaceInfo>,
+    pub vpc_ports: BTreeMap<u32, VpcPort>,
+    pub endpoints: BTreeMap<VpcAddr, EndpointEni>,
+    pub snat_pools: BTreeMap<u32, SnatPool>,
+    pub snat_addrs: BTreeMap<VpcAddr, u32>,
+}
+
+/// A load balancer address the forwarder must resolve to a MAC, and the SNAT address to
+/// ask from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NextHop {
+    pub vpc_id: u32,
+    pub addr: [u8; 4],
+    pub ask_from: [u8; 4],
+}
+
+pub fn compute(
+    state: &State,
+    link: impl Fn(&str) -> Result<Link, String>,
+) -> Result<Desired, FieldError> {
+    let mut d = Desired::default();
+    for (i, vpc) in state.vpcs.iter().enumerate() {
+        let l = link(&vpc.interface).map_err(|m| FieldError {
+            field: format!("vpcs[{i}].interface"),
+            message: m,
+        })?;
+        let vpc_id = numeric_id(&vpc.id);
+        d.ifaces.insert(
+            l.ifindex,
+            IfaceInfo {
+                vpc_id,
+                mac: l.mac,
+                _pad: [0; 2],
+            },
+        );
+        d.vpc_ports.insert(
+            vpc_id,
+            VpcPort {
+                ifindex: l.ifindex,
+                mac: l.mac,
+                _pad: [0; 2],
+            },
+        );
+    }
+    for svc in &state.services {
+        let service_id = numeric_id(&svc.id);
+        let vpc_id = numeric_id(&svc.vpc);
+        let mut addrs = [[0u8; 4]; MAX_SNAT_ADDRS];
+        for (slot, a) in addrs.iter_mut().zip(&svc.snat) {
+            *slot = a.octets();
+            d.snat_addrs.insert(
+                VpcAddr {
+                    vpc_id,
+                    addr: a.octets(),
+                },
+                service_id,
+            );
+        }
+        d.snat_pools.insert(
+            service_id,
+            SnatPool {
+                count: svc.snat.len() as u32,
+                port_min: svc.snat_ports[0],
+                port_max: svc.snat_ports[1],
+                addrs,
+            },
+        );
+    }
+    for ep in &state.endpoints {
+        let svc = state.service(&ep.service).expect("validated");
+        let vpc = state.vpc(&ep.vpc).expect("validated");
+        for z in &ep.zones {
+            let vsw = vpc
+                .vswitches
+                .iter()
+                .find(|s| s.id == z.vswitch)
+                .expect("validated");
+            let backend = svc.backend_for_zone(&vsw.zone);
+            let flags = if svc.is_whitelisted(&ep.account) {
+                ENI_FLAG_WHITELISTED
+            } else {
+                0
+            };
+            d.endpoints.insert(
+                VpcAddr {
+                    vpc_id: numeric_id(&vpc.id),
+                    addr: z.eni.octets(),
+                },
+                EndpointEni {
+                    endpoint_id: numeric_id(&ep.id),
+                    service_id: numeric_id(&svc.id),
+                    consumer_account: numeric_id(&ep.account),
+                    state: ConnectionState::from(ep.connection) as u32,
+                    flags,
+                    zone_id: numeric_id(&vsw.zone),
+                    provider_vpc_id: numeric_id(&svc.vpc),
+                    lb_addr: backend.address.octets(),
+                },
+            );
+        }
+    }
+    Ok(d)
+}
+
+/// The load balancer addresses that forwarding endpoints send to.
+pub fn next_hops(state: &State) -> Vec<NextHop> {
+    let mut hops: Vec<NextHop> = state
+        .services
+        .iter()
+        .flat_map(|svc| {
+            let vpc_id = numeric_id(&svc.vpc);
+            let ask_from = svc.snat[0].octets();
+            svc.backends.iter().map(move |b| NextHop {
+                vpc_id,
+                addr: b.address.octets(),
+                ask_from,
+            })
+        })
+        .collect();
+    hops.sort();
+    hops.dedup();
+    hops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Connection, parse_state};
+
+    const LAB: &str = include_str!("../../tests/lab.toml");
+
+    fn links(name: &str) -> Result<Link, String> {
+        match name {
+            "fc0" => Ok(Link {
+                ifindex: 5,
+                mac: [2, 0, 0, 0, 0, 5],
+            }),
+            "fp0" => Ok(Link {
+                ifindex: 7,
+                mac: [2, 0, 0, 0, 0, 7],
+            }),
+            _ => Err(format!("no interface {name}")),
+        }
+    }
+
+    #[test]
+    fn lab_maps_to_entries() {
+        let s = parse_state(LAB).unwrap();
+        let d = compute(&s, links).unwrap();
+        assert_eq!(d.ifaces.len(), 2);
+        assert_eq!(d.ifaces[&5].vpc_id, numeric_id("vpc-a"));
+        assert_eq!(d.vpc_ports[&numeric_id("vpc-b")].ifindex, 7);
+        let eni = d.endpoints[&VpcAddr {
+            vpc_id: numeric_id("vpc-a"),
+            addr: [10, 10, 1, 100],
+        }];
+        assert!(eni.is_connected() && eni.is_whitelisted());
+        assert_eq!(eni.lb_addr, [10, 10, 0, 10]);
+        assert_eq!(eni.provider_vpc_id, numeric_id("vpc-b"));
+        let pool = d.snat_pools[&numeric_id("epsrv-b")];
+        assert_eq!((pool.count, pool.port_min, pool.port_max), (2, 1024, 65535));
+        assert_eq!(d.snat_addrs.len(), 2);
+        assert_eq!(next_hops(&s).len(), 1);
+    }
+
+    #[test]
+    fn whitelist_removal_and_state_reach_the_entry() {
+        let mut s = parse_state(LAB).unwrap();
+        s.services[0].whitelist.clear();
+        s.endpoints[0].connection = Connection::Disconnected;
+        let d = compute(&s, links).unwrap();
+        let eni = d.endpoints.values().next().unwrap();
+        assert!(!eni.is_whitelisted());
+        assert_eq!(eni.state, ConnectionState::Disconnected as u32);
+    }
+
+    #[test]
+    fn missing_interface_names_the_vpc() {
+        let mut s = parse_state(LAB).unwrap();
+        s.vpcs[1].interface = "nope0".into();
+        let e = compute(&s, links).unwrap_err();
+        assert_eq!(e.field, "vpcs[1].interface");
+    }
+}

@@ -1,0 +1,8 @@
+//! privatelink's daemon and CLI: the domain model, the desired map content it implies,
+//! and the data plane that holds it.
+
+pub mod dataplane;
+pub mod desired;
+pub mod model;
+pub mod neigh;
+pub mod reconcile;

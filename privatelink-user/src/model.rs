@@ -1,0 +1,564 @@
+//! The domain as a cloud console shows it: accounts, VPCs with vSwitches in zones,
+//! endpoint services, endpoints and their connections. Validation lives here, with no I/O;
+//! every error names the field it is about.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// The whole declared state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    #[serde(default)]
+    pub accounts: Vec<Account>,
+    #[serde(default)]
+    pub vpcs: Vec<Vpc>,
+    #[serde(default)]
+    pub services: Vec<EndpointService>,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vpc {
+    pub id: String,
+    pub account: String,
+    pub cidr: Ipv4Net,
+    /// The forwarder's interface attached to this VPC.
+    pub interface: String,
+    #[serde(default)]
+    pub vswitches: Vec<VSwitch>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VSwitch {
+    pub id: String,
+    pub zone: String,
+    pub cidr: Ipv4Net,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceType {
+    /// Fronted by a provider load balancer.
+    Interface,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointService {
+    pub id: String,
+    pub account: String,
+    #[serde(rename = "type")]
+    pub kind: ServiceType,
+    /// The provider VPC the load balancer lives in.
+    pub vpc: String,
+    #[serde(default)]
+    pub auto_accept: bool,
+    #[serde(default = "yes")]
+    pub zone_affinity: bool,
+    /// Consumer account ids allowed to create endpoints.
+    #[serde(default)]
+    pub whitelist: Vec<String>,
+    /// Load balancer address per zone.
+    pub backends: Vec<Backend>,
+    /// Source addresses in the provider VPC that consumer flows are translated to.
+    pub snat: Vec<Ipv4Addr>,
+    #[serde(default = "default_snat_ports")]
+    pub snat_ports: [u16; 2],
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_snat_ports() -> [u16; 2] {
+    [1024, 65535]
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    pub zone: String,
+    pub address: Ipv4Addr,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Connection {
+    #[default]
+    Pending,
+    Connected,
+    Rejected,
+    Disconnected,
+}
+
+impl From<Connection> for privatelink_common::ConnectionState {
+    fn from(c: Connection) -> Self {
+        match c {
+            Connection::Pending => Self::Pending,
+            Connection::Connected => Self::Connected,
+            Connection::Rejected => Self::Rejected,
+            Connection::Disconnected => Self::Disconnected,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub id: String,
+    pub account: String,
+    pub vpc: String,
+    pub service: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub connection: Connection,
+    pub zones: Vec<EndpointZone>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointZone {
+    pub vswitch: String,
+    pub eni: Ipv4Addr,
+}
+
+/// A validation failure: which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, FieldError> {
+    Err(FieldError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+pub const MAX_SECURITY_GROUPS: usize = 5;
+pub const MAX_TAGS: usize = 20;
+const MAX_IFNAME: usize = 15;
+
+/// A stable numeric id for a string id (FNV-1a), used as the data path's key. Stable
+/// across restarts and independent of declaration order, so pinned flows stay valid.
+pub fn numeric_id(id: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
+}
+
+fn check_id(field: String, id: &str, seen: &mut BTreeMap<u32, String>) -> Result<(), FieldError> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return err(
+            field,
+            format!("{id:?} is not a valid id (1-64 of [A-Za-z0-9_-])"),
+        );
+    }
+    if let Some(other) = seen.insert(numeric_id(id), id.to_string()) {
+        if other == id {
+            return err(field, format!("duplicate id {id:?}"));
+        }
+        return err(
+            field,
+            format!("id {id:?} collides with {other:?}; choose another id"),
+        );
+    }
+    Ok(())
+}
+
+impl State {
+    pub fn vpc(&self, id: &str) -> Option<&Vpc> {
+        self.vpcs.iter().find(|v| v.id == id)
+    }
+    pub fn service(&self, id: &str) -> Option<&EndpointService> {
+        self.services.iter().find(|s| s.id == id)
+    }
+
+    /// Checks every rule of the domain. The first violation is returned.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let mut ids = BTreeMap::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            check_id(format!("accounts[{i}].id"), &a.id, &mut ids)?;
+        }
+        let account_exists = |a: &str| self.accounts.iter().any(|x| x.id == a);
+        let mut ifaces = BTreeSet::new();
+        for (i, v) in self.vpcs.iter().enumerate() {
+            let f = format!("vpcs[{i}]");
+            check_id(format!("{f}.id"), &v.id, &mut ids)?;
+            if !account_exists(&v.account) {
+                return err(
+                    format!("{f}.account"),
+                    format!("unknown account {:?}", v.account),
+                );
+            }
+            if v.cidr != v.cidr.trunc() {
+                return err(
+                    format!("{f}.cidr"),
+                    format!(
+                        "{} has host bits set (did you mean {}?)",
+                        v.cidr,
+                        v.cidr.trunc()
+                    ),
+                );
+            }
+            if v.interface.is_empty() || v.interface.len() > MAX_IFNAME {
+                return err(
+                    format!("{f}.interface"),
+                    format!("{:?} is not an interface name", v.interface),
+                );
+            }
+            if !ifaces.insert(v.interface.clone()) {
+                return err(
+                    format!("{f}.interface"),
+                    format!("{} is already attached to another VPC", v.interface),
+                );
+            }
+            for (j, s) in v.vswitches.iter().enumerate() {
+                let g = format!("{f}.vswitches[{j}]");
+                check_id(format!("{g}.id"), &s.id, &mut ids)?;
+                if !v.cidr.contains(&s.cidr) {
+                    return err(
+                        format!("{g}.cidr"),
+                        format!("{} is not inside the VPC's {}", s.cidr, v.cidr),
+                    );
+                }
+                if s.zone.is_empty() {
+                    return err(format!("{g}.zone"), "a vSwitch needs a zone");
+                }
+                for (k, o) in v.vswitches.iter().enumerate().take(j) {
+                    if o.cidr.contains(&s.cidr.network()) || s.cidr.contains(&o.cidr.network()) {
+                        return err(
+                            format!("{g}.cidr"),
+                            format!("{} overlaps vswitches[{k}] {}", s.cidr, o.cidr),
+                        );
+                    }
+                }
+            }
+        }
+        let mut snat_used = BTreeSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let f = format!("services[{i}]");
+            check_id(format!("{f}.id"), &s.id, &mut ids)?;
+            if !account_exists(&s.account) {
+                return err(
+                    format!("{f}.account"),
+                    format!("unknown account {:?}", s.account),
+                );
+            }
+            let Some(vpc) = self.vpc(&s.vpc) else {
+                return err(format!("{f}.vpc"), format!("unknown VPC {:?}", s.vpc));
+            };
+            if vpc.account != s.account {
+                return err(
+                    format!("{f}.vpc"),
+                    format!(
+                        "VPC {} belongs to account {}, not to the service's owner {}",
+                        vpc.id, vpc.account, s.account
+                    ),
+                );
+            }
+            for (j, w) in s.whitelist.iter().enumerate() {
+                if !account_exists(w) {
+                    return err(
+                        format!("{f}.whitelist[{j}]"),
+                        format!("unknown account {w:?}"),
+                    );
+                }
+            }
+            if s.backends.is_empty() {
+                return err(
+                    format!("{f}.backends"),
+                    "at least one load balancer address is needed",
+                );
+            }
+            for (j, b) in s.backends.iter().enumerate() {
+                if !vpc.cidr.contains(&b.address) {
+                    return err(
+                        format!("{f}.backends[{j}].address"),
+                        format!("{} is not inside the service VPC's {}", b.address, vpc.cidr),
+                    );
+                }
+                if s.backends[..j].iter().any(|o| o.zone == b.zone) {
+                    return err(
+                        format!("{f}.backends[{j}].zone"),
+                        format!("zone {} is listed twice", b.zone),
+                    );
+                }
+            }
+            if s.snat.is_empty() || s.snat.len() > privatelink_common::MAX_SNAT_ADDRS {
+                return err(
+                    format!("{f}.snat"),
+                    format!(
+                        "between 1 and {} SNAT addresses are needed",
+                        privatelink_common::MAX_SNAT_ADDRS
+                    ),
+                );
+            }
+            for (j, a) in s.snat.iter().enumerate() {
+                if !vpc.cidr.contains(a) || *a == vpc.cidr.network() || *a == vpc.cidr.broadcast() {
+                    return err(
+                        format!("{f}.snat[{j}]"),
+                        format!(
+                            "{a} is not a usable address of the service VPC's {}",
+                            vpc.cidr
+                        ),
+                    );
+                }
+                if s.backends.iter().any(|b| b.address == *a) {
+                    return err(
+                        format!("{f}.snat[{j}]"),
+                        format!("{a} is also a load balancer address"),
+                    );
+                }
+                if !snat_used.insert((vpc.id.clone(), *a)) {
+                    return err(
+                        format!("{f}.snat[{j}]"),
+                        format!("{a} is already a SNAT address in VPC {}", vpc.id),
+                    );
+                }
+            }
+            let [lo, hi] = s.snat_ports;
+            if lo == 0 || lo > hi {
+                return err(
+                    format!("{f}.snat_ports"),
+                    format!("[{lo}, {hi}] is not a port range (1 <= low <= high)"),
+                );
+            }
+        }
+        let mut enis = BTreeSet::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let f = format!("endpoints[{i}]");
+            check_id(format!("{f}.id"), &e.id, &mut ids)?;
+            if !account_exists(&e.account) {
+                return err(
+                    format!("{f}.account"),
+                    format!("unknown account {:?}", e.account),
+                );
+            }
+            let Some(vpc) = self.vpc(&e.vpc) else {
+                return err(format!("{f}.vpc"), format!("unknown VPC {:?}", e.vpc));
+            };
+            if vpc.account != e.account {
+                return err(
+                    format!("{f}.vpc"),
+                    format!(
+                        "VPC {} belongs to account {}, not to the endpoint's owner {}",
+                        vpc.id, vpc.account, e.account
+                    ),
+                );
+            }
+            if self.service(&e.service).is_none() {
+                return err(
+                    format!("{f}.service"),
+                    format!("unknown endpoint service {:?}", e.service),
+                );
+            }
+            if e.zones.is_empty() {
+                return err(
+                    format!("{f}.zones"),
+                    "an endpoint needs an ENI in at least one zone",
+                );
+            }
+            if e.security_groups.len() > MAX_SECURITY_GROUPS {
+                return err(
+                    format!("{f}.security_groups"),
+                    format!(
+                        "{} security groups; at most {MAX_SECURITY_GROUPS}",
+                        e.security_groups.len()
+                    ),
+                );
+            }
+            if e.tags.len() > MAX_TAGS {
+                return err(
+                    format!("{f}.tags"),
+                    format!("{} tags; at most {MAX_TAGS}", e.tags.len()),
+                );
+            }
+            let mut zones = BTreeSet::new();
+            for (j, z) in e.zones.iter().enumerate() {
+                let g = format!("{f}.zones[{j}]");
+                let Some(vsw) = vpc.vswitches.iter().find(|s| s.id == z.vswitch) else {
+                    return err(
+                        format!("{g}.vswitch"),
+                        format!("VPC {} has no vSwitch {:?}", vpc.id, z.vswitch),
+                    );
+                };
+                if !zones.insert(vsw.zone.clone()) {
+                    return err(
+                        format!("{g}.vswitch"),
+                        format!("the endpoint already has an ENI in zone {}", vsw.zone),
+                    );
+                }
+                if !vsw.cidr.contains(&z.eni)
+                    || z.eni == vsw.cidr.network()
+                    || z.eni == vsw.cidr.broadcast()
+                {
+                    return err(
+                        format!("{g}.eni"),
+                        format!(
+                            "{} is not a usable address of vSwitch {} ({})",
+                            z.eni, vsw.id, vsw.cidr
+                        ),
+                    );
+                }
+                if !enis.insert((vpc.id.clone(), z.eni)) {
+                    return err(
+                        format!("{g}.eni"),
+                        format!("{} is already in use in VPC {}", z.eni, vpc.id),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl EndpointService {
+    pub fn is_whitelisted(&self, account: &str) -> bool {
+        self.whitelist.iter().any(|w| w == account)
+    }
+
+    /// Zone affinity: the load balancer in the ENI's zone, else the first zone that has one.
+    pub fn backend_for_zone(&self, zone: &str) -> &Backend {
+        if self.zone_affinity
+            && let Some(b) = self.backends.iter().find(|b| b.zone == zone)
+        {
+            return b;
+        }
+        &self.backends[0]
+    }
+}
+
+/// Parses a TOML state file; syntax and type errors name the line and the key.
+pub fn parse_state(text: &str) -> Result<State, String> {
+    let state: State = toml::from_str(text).map_err(|e| e.to_string())?;
+    state.validate().map_err(|e| e.to_string())?;
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const LAB: &str = include_str!("../../tests/lab.toml");
+
+    #[test]
+    fn lab_state_is_valid() {
+        let s = parse_state(LAB).unwrap();
+        assert_eq!(s.endpoints.len(), 1);
+    }
+
+    fn broken(f: impl FnOnce(&mut State)) -> String {
+        let mut s: State = toml::from_str(LAB).unwrap();
+        f(&mut s);
+        s.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = broken(|s| s.endpoints[0].zones[0].eni = "10.10.9.9".parse().unwrap());
+        assert!(
+            e.starts_with("endpoints[0].zones[0].eni: 10.10.9.9 is not a usable address"),
+            "{e}"
+        );
+        let e = broken(|s| s.endpoints[0].service = "nope".into());
+        assert!(
+            e.starts_with("endpoints[0].service: unknown endpoint service"),
+            "{e}"
+        );
+        let e = broken(|s| s.services[0].snat_ports = [2000, 1000]);
+        assert!(e.starts_with("services[0].snat_ports:"), "{e}");
+        let e = broken(|s| s.services[0].snat = vec!["192.168.0.1".parse().unwrap()]);
+        assert!(e.starts_with("services[0].snat[0]:"), "{e}");
+        let e =
+            broken(|s| s.endpoints[0].security_groups = (0..6).map(|i| format!("sg{i}")).collect());
+        assert!(e.starts_with("endpoints[0].security_groups:"), "{e}");
+        let e = broken(|s| {
+            s.endpoints[0].tags = (0..21).map(|i| (format!("k{i}"), "v".into())).collect()
+        });
+        assert!(e.starts_with("endpoints[0].tags:"), "{e}");
+        let e = broken(|s| s.vpcs[1].interface = s.vpcs[0].interface.clone());
+        assert!(e.starts_with("vpcs[1].interface:"), "{e}");
+        let e = broken(|s| {
+            let dup = s.endpoints[0].clone();
+            s.endpoints.push(dup)
+        });
+        assert!(e.starts_with("endpoints[1].id: duplicate id"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_key() {
+        let e = parse_state(&LAB.replace("cidr = \"10.10.0.0/16\"", "cidr = \"10.10.0.0/33\""))
+            .unwrap_err();
+        assert!(e.contains("cidr"), "{e}");
+        let e = parse_state(&format!("{LAB}\n[[endpoints]]\nid = 3\n")).unwrap_err();
+        assert!(e.contains("id"), "{e}");
+    }
+
+    #[test]
+    fn zone_affinity_prefers_same_zone() {
+        let mut s: State = toml::from_str(LAB).unwrap();
+        let svc = &mut s.services[0];
+        svc.backends.push(Backend {
+            zone: "zone-b".into(),
+            address: "10.10.0.11".parse().unwrap(),
+        });
+        assert_eq!(
+            svc.backend_for_zone("zone-b").address.to_string(),
+            "10.10.0.11"
+        );
+        assert_eq!(
+            svc.backend_for_zone("zone-x").address.to_string(),
+            "10.10.0.10"
+        );
+        svc.zone_affinity = false;
+        assert_eq!(
+            svc.backend_for_zone("zone-b").address.to_string(),
+            "10.10.0.10"
+        );
+    }
+}
