@@ -1,0 +1,42 @@
+//! `pl-lab`: brings the default lab up, prints how to use it, and removes it on Ctrl-C.
+
+use std::sync::mpsc;
+
+use anyhow::Result;
+use clap::Parser;
+use privatelink_tests::lab::{CLIENT, ENI, LB, Lab, LabOptions};
+
+#[derive(Parser)]
+#[command(about = "privatelink's cross-account lab in network namespaces")]
+struct Args {
+    #[arg(long, default_value = "pl")]
+    prefix: String,
+    #[arg(long, default_value = "/sys/fs/bpf/privatelink")]
+    pin_dir: String,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let (tx, rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })?;
+    let opts = LabOptions::new(&args.prefix, &args.pin_dir);
+    let lab = Lab::up(&opts)?;
+    let c = &lab.consumer.name;
+    let pin = &args.pin_dir;
+    println!(
+        "\nlab is up: consumer {CLIENT} in {c} reaches the provider's load balancer {LB} in {p} \
+         through endpoint ENI {ENI}; the XDP program in {f} does all forwarding.\n\n\
+         try:\n  ip netns exec {c} curl http://{ENI}/\n  ip netns exec {c} ping -c 3 {ENI}\n  \
+         privatelink stats --pin-dir {pin}\n  privatelink flows --pin-dir {pin}\n  \
+         bpftool map dump pinned {pin}/PL_CONNTRACK\n\nCtrl-C tears it down.",
+        p = lab.provider.name,
+        f = lab.fwd.name,
+    );
+    let _ = rx.recv();
+    println!("\nremoving the lab ...");
+    drop(lab);
+    println!("done");
+    Ok(())
+}

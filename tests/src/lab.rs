@@ -1,0 +1,292 @@
+//! The seed's cross-account scenario as network namespaces:
+//!
+//! ```text
+//!  <p>-consumer                 <p>-fwd                        <p>-provider
+//!  ECS1 10.10.2.1  c0 ──veth── fc0 [XDP]   [XDP] fp0 ──veth── p0  haproxy 10.10.0.10:80
+//!  VPC A 10.10.0.0/16          privatelink daemon                 nginx ECS2 10.10.3.2:80
+//!  endpoint ENI 10.10.1.100    ip_forward=0, no NAT rules         nginx ECS3 10.10.3.3:80
+//!                                                                 VPC B 10.10.0.0/16
+//! ```
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::{self, Netns};
+
+pub const LAB_STATE: &str = include_str!("../lab.toml");
+pub const ENI: &str = "10.10.1.100";
+pub const CLIENT: &str = "10.10.2.1";
+pub const LB: &str = "10.10.0.10";
+pub const BACKENDS: [&str; 2] = ["10.10.3.2", "10.10.3.3"];
+/// Size of the file both backends serve as /big.bin.
+pub const BIG_FILE_LEN: usize = 1 << 20;
+
+pub struct LabOptions {
+    /// Namespaces are `<prefix>-consumer`, `<prefix>-provider`, `<prefix>-fwd`.
+    pub prefix: String,
+    pub pin_dir: PathBuf,
+    /// The state file the daemon starts with.
+    pub state: String,
+}
+
+impl LabOptions {
+    pub fn new(prefix: &str, pin_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            pin_dir: pin_dir.into(),
+            state: LAB_STATE.to_string(),
+        }
+    }
+}
+
+pub struct Lab {
+    // Drop order matters: processes first, then namespaces, then files.
+    children: Vec<(String, Child)>,
+    pub consumer: Netns,
+    pub provider: Netns,
+    pub fwd: Netns,
+    pub dir: PathBuf,
+    pub pin_dir: PathBuf,
+}
+
+/// Where the `privatelink` binary is: next to this executable (or one level up, for
+/// test binaries in target/*/deps), or $PRIVATELINK_BIN.
+pub fn privatelink_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PRIVATELINK_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let p = dir.join("privatelink");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("privatelink binary not found near {} (build it with `cargo build --bins`)", exe.display())
+}
+
+impl Lab {
+    pub fn up(opts: &LabOptions) -> Result<Self> {
+        let daemon = privatelink_bin()?;
+        let dir = std::env::temp_dir().join(format!("privatelink-lab-{}", opts.prefix));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let _ = fs::remove_dir_all(&opts.pin_dir);
+
+        let consumer = Netns::create(&format!("{}-consumer", opts.prefix))?;
+        let provider = Netns::create(&format!("{}-provider", opts.prefix))?;
+        let fwd = Netns::create(&format!("{}-fwd", opts.prefix))?;
+        let mut lab = Lab {
+            children: Vec::new(),
+            consumer,
+            provider,
+            fwd,
+            dir,
+            pin_dir: opts.pin_dir.clone(),
+        };
+        lab.wire()?;
+        lab.start_provider()?;
+        lab.start_daemon(&daemon, &opts.state)?;
+        Ok(lab)
+    }
+
+    fn wire(&self) -> Result<()> {
+        let (c, p, f) = (&self.consumer.name, &self.provider.name, &self.fwd.name);
+        netns::ip(&["link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "fc0", "netns", f])?;
+        netns::ip(&["link", "add", "p0", "netns", p, "type", "veth", "peer", "name", "fp0", "netns", f])?;
+        self.consumer.ip(&["addr", "add", &format!("{CLIENT}/16"), "dev", "c0"])?;
+        for a in [LB, BACKENDS[0], BACKENDS[1]] {
+            self.provider.ip(&["addr", "add", &format!("{a}/16"), "dev", "p0"])?;
+        }
+        for (ns, dev) in [(&self.consumer, "c0"), (&self.provider, "p0")] {
+            ns.ip(&["link", "set", dev, "up"])?;
+            // Frames that XDP redirects into a veth reach its peer only with GRO (or XDP)
+            // there; and checksums must be complete on the wire, since a redirected frame
+            // loses the kernel's checksum-offload state.
+            ns.exec("ethtool", &["-K", dev, "gro", "on", "tx", "off"])?;
+        }
+        for dev in ["fc0", "fp0"] {
+            self.fwd.ip(&["link", "set", dev, "up"])?;
+        }
+        // Only the XDP program forwards in the forwarder.
+        self.fwd.exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
+        Ok(())
+    }
+
+    fn start_provider(&mut self) -> Result<()> {
+        let d = self.dir.clone();
+        let big: Vec<u8> = (0..BIG_FILE_LEN).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for (name, addr) in [("ecs2", BACKENDS[0]), ("ecs3", BACKENDS[1])] {
+            let root = d.join(name);
+            fs::create_dir_all(&root)?;
+            fs::write(root.join("index.html"), format!("{} backend {addr}\n", name.to_uppercase()))?;
+            fs::write(root.join("big.bin"), &big)?;
+        }
+        let mut servers = String::new();
+        for (name, addr) in [("ecs2", BACKENDS[0]), ("ecs3", BACKENDS[1])] {
+            writeln!(servers, "  server {{ listen {addr}:80; root {}; }}", d.join(name).display())?;
+        }
+        let tmp = d.join("nginx-tmp");
+        fs::create_dir_all(&tmp)?;
+        let nginx_conf = format!(
+            "worker_processes 1;\npid {pid};\nerror_log {err};\nevents {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n  \
+             fastcgi_temp_path {t}/fcgi;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n  \
+             keepalive_requests 1000;\n{servers}}}\n",
+            pid = d.join("nginx.pid").display(),
+            err = d.join("nginx-error.log").display(),
+            t = tmp.display(),
+        );
+        fs::write(d.join("nginx.conf"), nginx_conf)?;
+        let haproxy_cfg = format!(
+            "global\n  maxconn 8192\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  \
+             timeout server 30s\n\nfrontend internal_lb\n  bind {LB}:80\n  default_backend ecs\n\n\
+             backend ecs\n  balance roundrobin\n  server ecs2 {}:80\n  server ecs3 {}:80\n",
+            BACKENDS[0], BACKENDS[1]
+        );
+        fs::write(d.join("haproxy.cfg"), haproxy_cfg)?;
+
+        let nginx_conf = d.join("nginx.conf");
+        let err_log = d.join("nginx-error.log");
+        let args = ["-e", path(&err_log), "-c", path(&nginx_conf), "-g", "daemon off;"];
+        self.spawn("nginx", &self.provider.name.clone(), "nginx", &args)?;
+        let haproxy_cfg = d.join("haproxy.cfg");
+        self.spawn("haproxy", &self.provider.name.clone(), "haproxy", &["-db", "-f", path(&haproxy_cfg)])?;
+        // The load balancer is up when it accepts on its VIP.
+        wait_for(Duration::from_secs(10), "haproxy and nginx to answer", || {
+            self.provider
+                .exec("curl", &["-sf", "-m", "2", &format!("http://{LB}/")])
+                .is_ok()
+        })
+    }
+
+    fn start_daemon(&mut self, daemon: &Path, state: &str) -> Result<()> {
+        let state_file = self.state_file();
+        fs::write(&state_file, state)?;
+        let ready = self.dir.join("daemon.ready");
+        let pin_dir = self.pin_dir.clone();
+        let args = [
+            "daemon",
+            "--state",
+            path(&state_file),
+            "--pin-dir",
+            path(&pin_dir),
+            "--ready-file",
+            path(&ready),
+        ];
+        let fwd = self.fwd.name.clone();
+        self.spawn("privatelink", &fwd, path(daemon), &args)?;
+        let start = Instant::now();
+        while !ready.exists() {
+            if let Some(status) = self.children.last_mut().and_then(|(_, c)| c.try_wait().ok().flatten()) {
+                bail!("privatelink daemon exited ({status}): {}", self.log("privatelink"));
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("privatelink daemon not ready after 30 s: {}", self.log("privatelink"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.toml")
+    }
+
+    /// Rewrites the state file and makes the daemon reload it (SIGHUP).
+    pub fn reload_state(&mut self, state: &str) -> Result<()> {
+        fs::write(self.state_file(), state)?;
+        let pid = self.child_pid("privatelink").context("daemon not running")?;
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        Ok(())
+    }
+
+    fn child_pid(&self, name: &str) -> Option<u32> {
+        self.children.iter().find(|(n, _)| n == name).map(|(_, c)| c.id())
+    }
+
+    fn spawn(&mut self, name: &str, ns: &str, program: &str, args: &[&str]) -> Result<()> {
+        let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
+        self.children.push((name.to_string(), child));
+        Ok(())
+    }
+
+    /// The log of a process the lab started.
+    pub fn log(&self, name: &str) -> String {
+        fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// `curl` from the consumer's client; returns the body.
+    pub fn curl(&self, url: &str) -> Result<Vec<u8>> {
+        let out = self
+            .consumer
+            .command("curl")
+            .args(["-sS", "--fail", "-m", "10", url])
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("curl {url}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(out.stdout)
+    }
+
+    /// The XDP verdict counters, read from the pinned map by the CLI.
+    pub fn stats(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let out = netns::run(
+            std::process::Command::new(privatelink_bin()?)
+                .args(["stats", "--json", "--pin-dir", path(&self.pin_dir)]),
+        )?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    pub fn down(&mut self) {
+        for (_, c) in self.children.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+        netns::remove(&self.consumer.name);
+        netns::remove(&self.provider.name);
+        netns::remove(&self.fwd.name);
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Polls `ready` every 50 ms until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while !ready() {
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

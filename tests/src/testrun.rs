@@ -1,0 +1,111 @@
+//! Feeding frames through the loaded XDP program with BPF_PROG_TEST_RUN, inside a
+//! namespace of the test's own that has the lab's interface names (the kernel needs the
+//! ingress interface to exist).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use aya::programs::{TestRun, TestRunOptions};
+use privatelink_common::Reason;
+use privatelink_user::{
+    dataplane::{self, Dataplane, LoadOptions},
+    desired::{self, Link},
+    model::{numeric_id, parse_state},
+};
+
+use crate::netns::{Netns, unique_name};
+
+/// The MAC the fixture's load balancer answers ARP with.
+pub const LB_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x10];
+
+pub struct Harness {
+    pub dp: Dataplane,
+    pub consumer: Link,
+    pub provider: Link,
+    pub ns: Netns,
+}
+
+impl Harness {
+    /// The lab's state in a fresh namespace: interfaces fc0 (VPC A) and fp0 (VPC B), the
+    /// program loaded (not attached) with private maps, the load balancer's MAC known.
+    pub fn new(state: &str) -> Result<Self> {
+        let ns = Netns::create(&unique_name("plpkt"))?;
+        ns.ip(&["link", "add", "fc0", "type", "veth", "peer", "name", "c0"])?;
+        ns.ip(&["link", "add", "fp0", "type", "veth", "peer", "name", "p0"])?;
+        for d in ["fc0", "c0", "fp0", "p0"] {
+            ns.ip(&["link", "set", d, "up"])?;
+        }
+        ns.enter_thread()?;
+        let state = parse_state(state).map_err(anyhow::Error::msg)?;
+        let want = desired::compute(&state, dataplane::resolve_link)?;
+        let mut dp = Dataplane::load(&LoadOptions {
+            pin_dir: None,
+            conntrack_entries: 65536,
+        })?;
+        dp.apply(&want)?;
+        dp.set_neighbor(numeric_id("vpc-b"), [10, 10, 0, 10], LB_MAC)?;
+        let consumer = dataplane::resolve_link("fc0").map_err(anyhow::Error::msg)?;
+        let provider = dataplane::resolve_link("fp0").map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            dp,
+            consumer,
+            provider,
+            ns,
+        })
+    }
+
+    /// Runs one frame arriving on `ifindex`; returns the XDP action and the frame after.
+    pub fn run(&mut self, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 512];
+        let ctx = xdp_md(frame.len() as u32, ifindex);
+        let r = self.dp.program()?.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        });
+        let r = r.context("BPF_PROG_TEST_RUN")?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    /// Runs a frame `repeat` times in one call; returns mean ns per run.
+    pub fn time(&mut self, ifindex: u32, frame: &[u8], repeat: u32) -> Result<f64> {
+        let mut out = vec![0u8; frame.len() + 512];
+        let ctx = xdp_md(frame.len() as u32, ifindex);
+        let r = self.dp.program()?.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        Ok(r.duration.as_nanos() as f64)
+    }
+
+    pub fn stats(&self) -> Result<BTreeMap<&'static str, u64>> {
+        Ok(self
+            .dp
+            .stats()?
+            .into_iter()
+            .map(|(r, n)| (r.as_str(), n))
+            .collect())
+    }
+
+    pub fn count(&self, r: Reason) -> u64 {
+        self.dp
+            .stats()
+            .ok()
+            .and_then(|s| s.into_iter().find(|(x, _)| *x == r).map(|(_, n)| n))
+            .unwrap_or(0)
+    }
+}
+
+/// `struct xdp_md` for ctx_in: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+/// egress_ifindex.
+fn xdp_md(len: u32, ifindex: u32) -> Vec<u8> {
+    [0, len, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|v: &u32| v.to_ne_bytes())
+        .collect()
+}

@@ -1,0 +1,546 @@
+//! Golden-packet tests: frames built with etherparse go through the loaded XDP program
+//! (BPF_PROG_TEST_RUN); the output is parsed by etherparse again and every rewritten
+//! field and checksum is checked against an independent computation.
+
+use etherparse::{
+    Icmpv4Type, IpHeaders, IpNumber, Ipv4Header, Ipv4Options, NetSlice, PacketBuilder,
+    SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader,
+};
+use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, Reason};
+use privatelink_tests::{
+    lab::LAB_STATE,
+    testrun::{Harness, LB_MAC},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x01];
+const CLIENT: [u8; 4] = [10, 10, 2, 1];
+const ENI: [u8; 4] = [10, 10, 1, 100];
+const LB: [u8; 4] = [10, 10, 0, 10];
+const SNAT: [[u8; 4]; 2] = [[10, 10, 0, 200], [10, 10, 0, 201]];
+
+fn harness() -> Harness {
+    Harness::new(LAB_STATE).expect("harness")
+}
+
+fn tcp_to_eni(h: &Harness, sport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(CLIENT, ENI, 64)
+        .tcp(sport, 80, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(5000) };
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn tcp_from_lb(h: &Harness, snat: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4(LB, snat, 64)
+        .tcp(80, dport, 7000, 65000)
+        .syn()
+        .ack(1001)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+/// Parses a frame and checks the IPv4 header checksum and the L4 checksum by recomputing
+/// them with etherparse.
+struct Parsed {
+    eth_src: [u8; 6],
+    eth_dst: [u8; 6],
+    ip: Ipv4Header,
+    sport: u16,
+    dport: u16,
+    payload: Vec<u8>,
+}
+
+fn parse_checked(frame: &[u8]) -> Parsed {
+    let p = SlicedPacket::from_ethernet(frame).expect("output parses");
+    let eth = match p.link {
+        Some(etherparse::LinkSlice::Ethernet2(e)) => e,
+        other => panic!("not Ethernet II: {other:?}"),
+    };
+    let ip = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => ip.header().to_header(),
+        other => panic!("not IPv4: {other:?}"),
+    };
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+    let (sport, dport, payload) = match p.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let want = t.to_header().calc_checksum_ipv4(&ip, t.payload()).unwrap();
+            assert_eq!(t.checksum(), want, "TCP checksum");
+            (t.source_port(), t.destination_port(), t.payload().to_vec())
+        }
+        Some(TransportSlice::Udp(u)) => {
+            if u.checksum() != 0 {
+                let want = u.to_header().calc_checksum_ipv4(&ip, u.payload()).unwrap();
+                assert_eq!(u.checksum(), want, "UDP checksum");
+            }
+            (u.source_port(), u.destination_port(), u.payload().to_vec())
+        }
+        Some(TransportSlice::Icmpv4(i)) => {
+            let want = i.icmp_type().calc_checksum(i.payload());
+            assert_eq!(i.checksum(), want, "ICMP checksum");
+            (0, 0, i.slice().to_vec())
+        }
+        other => panic!("unexpected transport {other:?}"),
+    };
+    Parsed {
+        eth_src: eth.source(),
+        eth_dst: eth.destination(),
+        ip,
+        sport,
+        dport,
+        payload,
+    }
+}
+
+/// Sends a SYN from the client and returns the SNAT tuple it was given.
+fn open_flow(h: &mut Harness, sport: u16) -> ([u8; 4], u16) {
+    let (act, out) = h.run(h.consumer.ifindex, &tcp_to_eni(h, sport, true, b"")).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out);
+    (p.ip.source, p.sport)
+}
+
+#[test]
+fn syn_to_eni_is_full_natted_to_the_load_balancer() {
+    let mut h = harness();
+    let frame = tcp_to_eni(&h, 40000, true, b"");
+    let (act, out) = h.run(h.consumer.ifindex, &frame).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out);
+    assert_eq!(p.eth_src, h.provider.mac, "leaves by the provider-side interface");
+    assert_eq!(p.eth_dst, LB_MAC, "to the load balancer's MAC");
+    assert!(SNAT.contains(&p.ip.source), "source from the SNAT pool: {:?}", p.ip.source);
+    assert_eq!(p.ip.destination, LB);
+    assert_eq!(p.ip.time_to_live, 63);
+    assert!(p.sport >= 1024, "SNAT port {}", p.sport);
+    assert_eq!(p.dport, 80);
+    assert_eq!(out.len(), frame.len());
+    assert_eq!(h.count(Reason::ForwardNewFlow), 1);
+
+    // Both directions are in conntrack.
+    let flows = h.dp.flows().unwrap();
+    assert_eq!(flows.len(), 2);
+    let fwd = flows.iter().find(|(_, e)| e.direction == DIR_ORIGINAL).unwrap();
+    assert_eq!((fwd.0.src, fwd.0.dst, fwd.0.sport, fwd.0.dport), (CLIENT, ENI, 40000, 80));
+    let rev = flows.iter().find(|(_, e)| e.direction == DIR_REPLY).unwrap();
+    assert_eq!((rev.0.src, rev.0.dst, rev.0.sport, rev.0.dport), (LB, p.ip.source, 80, p.sport));
+}
+
+#[test]
+fn reply_is_translated_back_and_flow_is_stable() {
+    let mut h = harness();
+    let (snat, port) = open_flow(&mut h, 40001);
+    let reply = tcp_from_lb(&h, snat, port, b"hello");
+    let (act, out) = h.run(h.provider.ifindex, &reply).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out);
+    assert_eq!((p.eth_src, p.eth_dst), (h.consumer.mac, CLIENT_MAC));
+    assert_eq!((p.ip.source, p.ip.destination), (ENI, CLIENT));
+    assert_eq!((p.sport, p.dport), (80, 40001));
+    assert_eq!(p.ip.time_to_live, 63);
+    assert_eq!(p.payload, b"hello");
+
+    // The next client packet of the flow keeps its tuple.
+    let (act, out) = h.run(h.consumer.ifindex, &tcp_to_eni(&h, 40001, false, b"GET /")).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out);
+    assert_eq!((p.ip.source, p.sport), (snat, port));
+    assert_eq!(p.payload, b"GET /");
+    assert_eq!(h.count(Reason::ForwardToConsumer), 1);
+    assert_eq!(h.count(Reason::ForwardToService), 1);
+}
+
+#[test]
+fn every_flow_gets_its_own_snat_tuple() {
+    let mut h = harness();
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 30000..30200 {
+        assert!(seen.insert(open_flow(&mut h, sport)), "tuple reused for client port {sport}");
+    }
+    assert_eq!(h.count(Reason::ForwardNewFlow), 200);
+}
+
+#[test]
+fn reply_without_a_flow_is_dropped() {
+    let mut h = harness();
+    let (act, _) = h.run(h.provider.ifindex, &tcp_from_lb(&h, SNAT[0], 5555, b"")).unwrap();
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(h.count(Reason::DropNoFlow), 1);
+}
+
+fn udp_to_eni(h: &Harness, sport: u16, payload: &[u8], zero_checksum: bool) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(CLIENT, ENI, 64)
+        .udp(sport, 53)
+        .write(&mut v, payload)
+        .unwrap();
+    if zero_checksum {
+        v[14 + 20 + 6] = 0;
+        v[14 + 20 + 7] = 0;
+    }
+    v
+}
+
+#[test]
+fn udp_is_natted_with_a_valid_checksum() {
+    let mut h = harness();
+    let (act, out) = h.run(h.consumer.ifindex, &udp_to_eni(&h, 5353, b"query", false)).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out);
+    assert_ne!(u16::from_be_bytes([out[40], out[41]]), 0);
+    assert!(SNAT.contains(&p.ip.source));
+    assert_eq!((p.ip.destination, p.dport), (LB, 53));
+    assert_eq!(p.payload, b"query");
+}
+
+#[test]
+fn udp_checksum_zero_stays_zero() {
+    let mut h = harness();
+    let (act, out) = h.run(h.consumer.ifindex, &udp_to_eni(&h, 5354, b"nocsum", true)).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out);
+    assert_eq!(&out[40..42], &[0, 0], "a zero UDP checksum means none and stays zero");
+    assert!(SNAT.contains(&p.ip.source));
+}
+
+#[test]
+fn icmp_echo_to_the_eni_is_answered_in_xdp() {
+    let mut h = harness();
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(CLIENT, ENI, 64)
+        .icmpv4_echo_request(0x1234, 7)
+        .write(&mut frame, b"ping payload")
+        .unwrap();
+    let (act, out) = h.run(h.consumer.ifindex, &frame).unwrap();
+    assert_eq!(act, XDP_TX);
+    let p = parse_checked(&out);
+    assert_eq!((p.eth_src, p.eth_dst), (h.consumer.mac, CLIENT_MAC));
+    assert_eq!((p.ip.source, p.ip.destination), (ENI, CLIENT));
+    let s = SlicedPacket::from_ethernet(&out).unwrap();
+    match s.transport {
+        Some(TransportSlice::Icmpv4(i)) => {
+            assert_eq!(i.icmp_type(), Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 0x1234, seq: 7 }));
+            assert_eq!(i.payload(), b"ping payload");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.count(Reason::IcmpEchoReply), 1);
+}
+
+/// The provider side reports "fragmentation needed" for a NATed packet: the consumer must
+/// get it about its own packet, with the MTU kept, so PMTU discovery works.
+#[test]
+fn icmp_frag_needed_from_the_provider_side_is_translated() {
+    let mut h = harness();
+    let (snat, port) = open_flow(&mut h, 40100);
+    // The quoted packet: what we sent to the LB (full TCP header so its checksum is quoted).
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(snat, LB, 63).tcp(port, 80, 1000, 64240).ack(5000).write(&mut quoted, &[]).unwrap();
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4([10, 10, 0, 1], snat, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }))
+        .write(&mut frame, &quoted)
+        .unwrap();
+    let (act, out) = h.run(h.provider.ifindex, &frame).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out); // outer IP + ICMP checksums
+    assert_eq!((p.eth_src, p.eth_dst), (h.consumer.mac, CLIENT_MAC));
+    assert_eq!((p.ip.source, p.ip.destination), (ENI, CLIENT));
+    let s = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(TransportSlice::Icmpv4(icmp)) = s.transport else { panic!() };
+    assert_eq!(
+        icmp.icmp_type(),
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 })
+    );
+    // The quoted packet is now the client's own packet, with valid checksums.
+    let inner = etherparse::Ipv4Slice::from_slice(icmp.payload()).unwrap();
+    let ih = inner.header().to_header();
+    assert_eq!((ih.source, ih.destination), (CLIENT, ENI));
+    assert_eq!(ih.header_checksum, ih.calc_header_checksum(), "inner IPv4 checksum");
+    let tcp = etherparse::TcpSlice::from_slice(inner.payload().payload).unwrap();
+    assert_eq!((tcp.source_port(), tcp.destination_port()), (40100, 80));
+    assert_eq!(tcp.checksum(), tcp.to_header().calc_checksum_ipv4(&ih, &[]).unwrap(), "inner TCP checksum");
+    assert_eq!(h.count(Reason::IcmpErrorTranslated), 1);
+}
+
+/// The client reports "port unreachable" for a UDP reply: the provider's load balancer
+/// must get it about the packet it sent.
+#[test]
+fn icmp_port_unreachable_from_the_consumer_is_translated() {
+    let mut h = harness();
+    let (act, out) = h.run(h.consumer.ifindex, &udp_to_eni(&h, 6000, b"q", false)).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let fwd = parse_checked(&out);
+    let (snat, port) = (fwd.ip.source, fwd.sport);
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(ENI, CLIENT, 63).udp(53, 6000).write(&mut quoted, b"answer").unwrap();
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(CLIENT, ENI, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port))
+        .write(&mut frame, &quoted)
+        .unwrap();
+    let (act, out) = h.run(h.consumer.ifindex, &frame).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out);
+    assert_eq!((p.eth_src, p.eth_dst), (h.provider.mac, LB_MAC));
+    assert_eq!((p.ip.source, p.ip.destination), (snat, LB));
+    let s = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(TransportSlice::Icmpv4(icmp)) = s.transport else { panic!() };
+    let inner = etherparse::Ipv4Slice::from_slice(icmp.payload()).unwrap();
+    let ih = inner.header().to_header();
+    assert_eq!((ih.source, ih.destination), (LB, snat));
+    assert_eq!(ih.header_checksum, ih.calc_header_checksum());
+    let udp = etherparse::UdpSlice::from_slice(inner.payload().payload).unwrap();
+    assert_eq!((udp.source_port(), udp.destination_port()), (53, port));
+    assert_eq!(udp.checksum(), udp.to_header().calc_checksum_ipv4(&ih, udp.payload()).unwrap());
+}
+
+#[test]
+fn icmp_error_for_an_unknown_flow_is_dropped() {
+    let mut h = harness();
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(SNAT[0], LB, 63).tcp(4444, 80, 1, 1).write(&mut quoted, &[]).unwrap();
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4([10, 10, 0, 1], SNAT[0], 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host))
+        .write(&mut frame, &quoted)
+        .unwrap();
+    let (act, _) = h.run(h.provider.ifindex, &frame).unwrap();
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(h.count(Reason::DropIcmpNoFlow), 1);
+}
+
+#[test]
+fn ttl_one_is_dropped_and_counted() {
+    let mut h = harness();
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(CLIENT, ENI, 1)
+        .tcp(40200, 80, 1, 1)
+        .syn()
+        .write(&mut v, &[])
+        .unwrap();
+    let (act, _) = h.run(h.consumer.ifindex, &v).unwrap();
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(h.count(Reason::DropTtlExceeded), 1);
+    assert!(h.dp.flows().unwrap().is_empty(), "no flow for a dropped packet");
+}
+
+#[test]
+fn not_whitelisted_is_dropped_and_counted() {
+    let mut h = Harness::new(&LAB_STATE.replace("whitelist = [\"acct-a\"]", "whitelist = []")).unwrap();
+    let (act, _) = h.run(h.consumer.ifindex, &tcp_to_eni(&h, 40300, true, b"")).unwrap();
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(h.count(Reason::DropNotWhitelisted), 1);
+}
+
+#[test]
+fn endpoint_not_connected_is_dropped_and_counted() {
+    for state in ["pending", "rejected", "disconnected"] {
+        let mut h = Harness::new(&LAB_STATE.replace("connection = \"connected\"", &format!("connection = \"{state}\""))).unwrap();
+        let (act, _) = h.run(h.consumer.ifindex, &tcp_to_eni(&h, 40400, true, b"")).unwrap();
+        assert_eq!(act, XDP_DROP, "{state}");
+        assert_eq!(h.count(Reason::DropNotConnected), 1, "{state}");
+    }
+}
+
+#[test]
+fn unrelated_traffic_passes_untouched() {
+    let mut h = harness();
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(CLIENT, [10, 10, 2, 50], 64)
+        .tcp(1, 80, 1, 1)
+        .write(&mut v, b"x")
+        .unwrap();
+    let (act, out) = h.run(h.consumer.ifindex, &v).unwrap();
+    assert_eq!((act, &out), (XDP_PASS, &v));
+    let mut v6 = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv6([0xfe; 16], [0xfd; 16], 64)
+        .udp(1, 2)
+        .write(&mut v6, b"y")
+        .unwrap();
+    let (act, out) = h.run(h.consumer.ifindex, &v6).unwrap();
+    assert_eq!((act, &out), (XDP_PASS, &v6));
+    // An interface the daemon did not attach: pass.
+    let (act, _) = h.run(1, &tcp_to_eni(&h, 1, true, b"")).unwrap();
+    assert_eq!(act, XDP_PASS);
+    assert_eq!(h.count(Reason::PassUnrelated), 2);
+    assert_eq!(h.count(Reason::PassNotAttached), 1);
+}
+
+#[test]
+fn ipv4_options_are_kept_and_natted() {
+    let mut h = harness();
+    let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, CLIENT, ENI).unwrap();
+    ip.options = Ipv4Options::from([1u8, 1, 1, 0]); // NOP NOP NOP EOL
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ip(IpHeaders::Ipv4(ip, Default::default()))
+        .tcp(40500, 80, 1, 1)
+        .syn()
+        .write(&mut v, b"")
+        .unwrap();
+    assert_eq!(v[14] & 0x0f, 6, "IHL 6");
+    let (act, out) = h.run(h.consumer.ifindex, &v).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out);
+    assert_eq!(p.ip.options.as_slice(), &[1, 1, 1, 0]);
+    assert_eq!((p.ip.destination, p.dport), (LB, 80));
+}
+
+/// Policy: fragments addressed to an ENI are dropped and counted (NAT needs the ports,
+/// which only the first fragment has; TCP's PMTU discovery avoids fragments). Fragments
+/// of unrelated traffic pass to the kernel.
+#[test]
+fn fragments_to_an_eni_are_dropped() {
+    let mut h = harness();
+    for (flags_hi, flags_lo) in [(0x20u8, 0u8), (0x00, 0x10), (0x20, 0x10)] {
+        let mut v = tcp_to_eni(&h, 40600, true, b"");
+        v[14 + 6] = flags_hi;
+        v[14 + 7] = flags_lo;
+        fix_ip_checksum(&mut v);
+        let (act, _) = h.run(h.consumer.ifindex, &v).unwrap();
+        assert_eq!(act, XDP_DROP);
+    }
+    assert_eq!(h.count(Reason::DropFragment), 3);
+    // DF alone is not a fragment.
+    let mut v = tcp_to_eni(&h, 40601, true, b"");
+    v[14 + 6] = 0x40;
+    fix_ip_checksum(&mut v);
+    assert_eq!(h.run(h.consumer.ifindex, &v).unwrap().0, XDP_REDIRECT);
+}
+
+fn fix_ip_checksum(v: &mut [u8]) {
+    let ihl = (v[14] & 0x0f) as usize * 4;
+    v[24] = 0;
+    v[25] = 0;
+    let c = privatelink_common::csum::checksum(&v[14..14 + ihl]);
+    v[24..26].copy_from_slice(&c.to_ne_bytes());
+}
+
+#[test]
+fn bad_ip_checksum_is_dropped() {
+    let mut h = harness();
+    let mut v = tcp_to_eni(&h, 40700, true, b"");
+    v[24] ^= 0x55;
+    let (act, _) = h.run(h.consumer.ifindex, &v).unwrap();
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(h.count(Reason::DropBadIpChecksum), 1);
+}
+
+#[test]
+fn every_truncation_of_a_tcp_frame_is_dropped_and_counted() {
+    let mut h = harness();
+    let full = tcp_to_eni(&h, 40800, true, b"0123456789");
+    // The kernel never hands XDP a frame shorter than an Ethernet header (test_run refuses
+    // one with EINVAL); from 14 bytes on, every cut must be dropped.
+    for len in 0..14 {
+        assert!(h.run(h.consumer.ifindex, &full[..len]).is_err(), "kernel refuses {len} bytes");
+    }
+    for len in 14..full.len() {
+        let (act, _) = h.run(h.consumer.ifindex, &full[..len]).unwrap();
+        assert_eq!(act, XDP_DROP, "truncated to {len} bytes");
+    }
+    let s = h.stats().unwrap();
+    let drops: u64 = s.iter().filter(|(k, _)| k.starts_with("drop_")).map(|(_, n)| n).sum();
+    assert_eq!(drops, full.len() as u64 - 14, "{s:?}");
+    assert!(h.count(Reason::DropTruncatedIp) > 0);
+    assert!(h.dp.flows().unwrap().is_empty());
+    // A header claiming less than the L4 header needs: the IP packet itself is complete.
+    let mut short = tcp_to_eni(&h, 40801, true, b"");
+    short[16..18].copy_from_slice(&30u16.to_be_bytes());
+    fix_ip_checksum(&mut short);
+    assert_eq!(h.run(h.consumer.ifindex, &short).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropTruncatedL4), 1);
+    // Ethernet padding after the IP packet is fine.
+    let mut padded = tcp_to_eni(&h, 40802, true, b"");
+    padded.extend_from_slice(&[0; 6]);
+    assert_eq!(h.run(h.consumer.ifindex, &padded).unwrap().0, XDP_REDIRECT);
+}
+
+#[test]
+fn garbage_is_dropped_or_passed_never_forwarded() {
+    let mut h = harness();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let n = 3000;
+    for i in 0..n {
+        let len = 14 + (next() % 200) as usize;
+        let mut v: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 2 == 0 {
+            v[12] = 0x08; // IPv4 ...
+            v[13] = if i % 4 == 0 { 0x00 } else { 0x06 }; // ... or ARP
+            if len > 34 && i % 8 == 0 {
+                v[30..34].copy_from_slice(&ENI); // aimed at the ENI
+            }
+        }
+        let ifindex = if i % 3 == 0 { h.provider.ifindex } else { h.consumer.ifindex };
+        let (act, _) = h.run(ifindex, &v).unwrap();
+        assert!(act == XDP_DROP || act == XDP_PASS || act == XDP_TX, "frame {i} ({v:02x?}) got action {act}");
+        if act == XDP_TX {
+            // Only a well-formed ARP request for one of our addresses is answered.
+            assert_eq!(&v[12..14], &[0x08, 0x06]);
+        }
+    }
+    let total: u64 = h.stats().unwrap().values().sum();
+    assert_eq!(total, n, "every frame is counted exactly once");
+}
+
+#[test]
+fn arp_for_eni_and_snat_addresses_is_answered() {
+    let mut h = harness();
+    for (ifindex, mac, target, asker) in [
+        (h.consumer.ifindex, h.consumer.mac, ENI, CLIENT),
+        (h.provider.ifindex, h.provider.mac, SNAT[1], LB),
+    ] {
+        let mut req = vec![0xff; 6];
+        req.extend_from_slice(&CLIENT_MAC);
+        req.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        req.extend_from_slice(&CLIENT_MAC);
+        req.extend_from_slice(&asker);
+        req.extend_from_slice(&[0; 6]);
+        req.extend_from_slice(&target);
+        let (act, out) = h.run(ifindex, &req).unwrap();
+        assert_eq!(act, XDP_TX);
+        assert_eq!(&out[0..6], &CLIENT_MAC);
+        assert_eq!(&out[6..12], &mac);
+        assert_eq!(&out[20..22], &[0, 2], "ARP reply");
+        assert_eq!(&out[22..28], &mac, "sender MAC is the interface's");
+        assert_eq!(&out[28..32], &target);
+        assert_eq!(&out[32..38], &CLIENT_MAC);
+        assert_eq!(&out[38..42], &asker);
+    }
+    // Not ours: passed to the kernel.
+    let mut req = vec![0xff; 6];
+    req.extend_from_slice(&CLIENT_MAC);
+    req.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    req.extend_from_slice(&CLIENT_MAC);
+    req.extend_from_slice(&CLIENT);
+    req.extend_from_slice(&[0; 6]);
+    req.extend_from_slice(&[10, 10, 2, 99]);
+    assert_eq!(h.run(h.consumer.ifindex, &req).unwrap().0, XDP_PASS);
+    // The sender was learned as a next hop of VPC A.
+    let vpc_a = privatelink_user::model::numeric_id("vpc-a");
+    assert_eq!(h.dp.neighbor(vpc_a, CLIENT), Some(CLIENT_MAC));
+}
