@@ -28,6 +28,8 @@ pub mod map_names {
 
 /// The XDP program's name in the object (and in `bpftool prog show`).
 pub const PROGRAM_NAME: &str = "privatelink";
+/// A program that only returns XDP_PASS (for veth peers in labs).
+pub const PASS_PROGRAM_NAME: &str = "privatelink_pass";
 
 /// Default conntrack capacity (entries; a flow uses two, one per direction).
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 2 * 1024 * 1024;

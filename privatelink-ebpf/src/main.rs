@@ -28,6 +28,14 @@ pub fn privatelink(ctx: XdpContext) -> u32 {
     action
 }
 
+/// Returns every frame to the kernel untouched. Attached to the far end of a veth pair
+/// (labs, tests) because the kernel delivers XDP-redirected frames into a veth only when
+/// its peer runs an XDP program.
+#[xdp]
+pub fn privatelink_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Result<Verdict, Reason> {
     let eth = parse::mut_at::<parse::EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;

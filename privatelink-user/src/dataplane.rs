@@ -143,6 +143,26 @@ impl Dataplane {
     }
 }
 
+/// Attaches the pass-through program to `ifaces` and keeps it there while the returned
+/// object lives.
+pub fn attach_pass(ifaces: &[String]) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for name in map_names::ALL {
+        loader.map_max_entries(name, 1);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(privatelink_common::PASS_PROGRAM_NAME)
+        .ok_or_else(|| anyhow!("no pass program in the object"))?
+        .try_into()?;
+    prog.load()?;
+    for i in ifaces {
+        prog.attach(i, XdpMode::Driver)
+            .with_context(|| format!("attaching the pass program to {i}"))?;
+    }
+    Ok(ebpf)
+}
+
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     let p = ebpf
         .program_mut(PROGRAM_NAME)

@@ -48,6 +48,11 @@ enum Cmd {
         /// Written once the program is attached and the maps are filled.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Run in this named network namespace (/run/netns/NAME). Only the network
+        /// namespace changes, so pins stay on the host's /sys/fs/bpf (`ip netns exec`
+        /// would hide it behind a fresh /sys).
+        #[arg(long)]
+        netns: Option<String>,
     },
     /// Validate a state file and print what it declares.
     Check {
@@ -63,6 +68,15 @@ enum Cmd {
         all: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Lab helper: attach a pass-through XDP program to veth ends that receive frames the
+    /// data path redirects (the kernel drops such frames at a veth whose peer runs no XDP
+    /// program), and hold it until SIGTERM.
+    XdpPass {
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(required = true)]
+        ifaces: Vec<String>,
     },
     /// Print the conntrack table (original directions).
     Flows {
@@ -85,7 +99,12 @@ fn main() -> Result<()> {
             conntrack_entries,
             xdp_skb,
             ready_file,
-        } => tokio::runtime::Builder::new_current_thread()
+            netns,
+        } => {
+            if let Some(ns) = netns {
+                enter_netns(&ns)?;
+            }
+            tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
             .block_on(daemon(
@@ -94,7 +113,24 @@ fn main() -> Result<()> {
                 conntrack_entries,
                 xdp_skb,
                 ready_file,
-            )),
+            ))
+        }
+        Cmd::XdpPass { netns, ifaces } => {
+            if let Some(ns) = netns {
+                enter_netns(&ns)?;
+            }
+            let _held = dataplane::attach_pass(&ifaces)?;
+            info!(?ifaces, "pass-through XDP attached; SIGTERM detaches");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let mut term = signal(SignalKind::terminate())?;
+                    let mut int = signal(SignalKind::interrupt())?;
+                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                    Ok::<_, anyhow::Error>(())
+                })
+        }
         Cmd::Check { state } => {
             let s = read_state(&state)?;
             println!(
@@ -153,6 +189,18 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Moves this (still single-threaded) process into a named network namespace.
+fn enter_netns(name: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = Path::new("/run/netns").join(name);
+    let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: setns on a namespace fd, before any other thread exists.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("entering network namespace {name}"));
+    }
+    Ok(())
 }
 
 fn ip(a: [u8; 4]) -> std::net::Ipv4Addr {

@@ -92,6 +92,14 @@ impl Lab {
             pin_dir: opts.pin_dir.clone(),
         };
         lab.wire()?;
+        // Frames that XDP redirects into a veth reach the far end only if an XDP program
+        // runs there (GRO alone did not deliver them on this kernel).
+        for (ns, dev) in [(lab.consumer.name.clone(), "c0"), (lab.provider.name.clone(), "p0")] {
+            let mut cmd = std::process::Command::new(&daemon);
+            cmd.args(["xdp-pass", "--netns", &ns, dev]);
+            let child = spawn_logged(&lab.dir, &format!("xdp-pass-{dev}"), &mut cmd)?;
+            lab.children.push((format!("xdp-pass-{dev}"), child));
+        }
         lab.start_provider()?;
         lab.start_daemon(&daemon, &opts.state)?;
         Ok(lab)
@@ -105,15 +113,14 @@ impl Lab {
         for a in [LB, BACKENDS[0], BACKENDS[1]] {
             self.provider.ip(&["addr", "add", &format!("{a}/16"), "dev", "p0"])?;
         }
-        for (ns, dev) in [(&self.consumer, "c0"), (&self.provider, "p0")] {
-            ns.ip(&["link", "set", dev, "up"])?;
-            // Frames that XDP redirects into a veth reach its peer only with GRO (or XDP)
-            // there; and checksums must be complete on the wire, since a redirected frame
-            // loses the kernel's checksum-offload state.
-            ns.exec("ethtool", &["-K", dev, "gro", "on", "tx", "off"])?;
-        }
         for dev in ["fc0", "fp0"] {
             self.fwd.ip(&["link", "set", dev, "up"])?;
+        }
+        for (ns, dev) in [(&self.consumer, "c0"), (&self.provider, "p0")] {
+            ns.ip(&["link", "set", dev, "up"])?;
+            // Checksums must be complete on the wire: a redirected frame loses the
+            // kernel's checksum-offload state.
+            ns.exec("ethtool", &["-K", dev, "tx", "off"])?;
         }
         // Only the XDP program forwards in the forwarder.
         self.fwd.exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
@@ -180,9 +187,11 @@ impl Lab {
             path(&pin_dir),
             "--ready-file",
             path(&ready),
+            "--netns",
+            &self.fwd.name,
         ];
-        let fwd = self.fwd.name.clone();
-        self.spawn("privatelink", &fwd, path(daemon), &args)?;
+        let child = spawn_logged(&self.dir, "privatelink", std::process::Command::new(daemon).args(args))?;
+        self.children.push(("privatelink".into(), child));
         let start = Instant::now();
         while !ready.exists() {
             if let Some(status) = self.children.last_mut().and_then(|(_, c)| c.try_wait().ok().flatten()) {
@@ -214,15 +223,9 @@ impl Lab {
     }
 
     fn spawn(&mut self, name: &str, ns: &str, program: &str, args: &[&str]) -> Result<()> {
-        let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
-        let child = std::process::Command::new("ip")
-            .args(["netns", "exec", ns, program])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {program}"))?;
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns, program]).args(args);
+        let child = spawn_logged(&self.dir, name, &mut cmd)?;
         self.children.push((name.to_string(), child));
         Ok(())
     }
@@ -273,6 +276,17 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.down();
     }
+}
+
+/// Starts `cmd` with stdout and stderr in `<dir>/<name>.log`.
+fn spawn_logged(dir: &Path, name: &str, cmd: &mut std::process::Command) -> Result<Child> {
+    let log = fs::File::create(dir.join(format!("{name}.log")))?;
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .env_remove("RUST_BACKTRACE")
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))
 }
 
 fn path(p: &Path) -> &str {
