@@ -96,6 +96,20 @@ impl Dataplane {
         program(&mut self.ebpf)
     }
 
+    /// The pass-through program of the same object, loaded on first use (a baseline for
+    /// benchmarks).
+    pub fn pass_program(&mut self) -> Result<&mut Xdp> {
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(privatelink_common::PASS_PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("no pass program in the object"))?
+            .try_into()?;
+        if p.fd().is_err() {
+            p.load()?;
+        }
+        Ok(p)
+    }
+
     pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
         self.ebpf
             .map_mut(name)

@@ -105,15 +105,15 @@ fn main() -> Result<()> {
                 enter_netns(&ns)?;
             }
             tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(daemon(
-                state,
-                pin_dir,
-                conntrack_entries,
-                xdp_skb,
-                ready_file,
-            ))
+                .enable_all()
+                .build()?
+                .block_on(daemon(
+                    state,
+                    pin_dir,
+                    conntrack_entries,
+                    xdp_skb,
+                    ready_file,
+                ))
         }
         Cmd::XdpPass { netns, ifaces } => {
             if let Some(ns) = netns {
@@ -198,7 +198,8 @@ fn enter_netns(name: &str) -> Result<()> {
     let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: setns on a namespace fd, before any other thread exists.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("entering network namespace {name}"));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("entering network namespace {name}"));
     }
     Ok(())
 }

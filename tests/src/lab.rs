@@ -69,7 +69,10 @@ pub fn privatelink_bin() -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!("privatelink binary not found near {} (build it with `cargo build --bins`)", exe.display())
+    bail!(
+        "privatelink binary not found near {} (build it with `cargo build --bins`)",
+        exe.display()
+    )
 }
 
 impl Lab {
@@ -94,7 +97,10 @@ impl Lab {
         lab.wire()?;
         // Frames that XDP redirects into a veth reach the far end only if an XDP program
         // runs there (GRO alone did not deliver them on this kernel).
-        for (ns, dev) in [(lab.consumer.name.clone(), "c0"), (lab.provider.name.clone(), "p0")] {
+        for (ns, dev) in [
+            (lab.consumer.name.clone(), "c0"),
+            (lab.provider.name.clone(), "p0"),
+        ] {
             let mut cmd = std::process::Command::new(&daemon);
             cmd.args(["xdp-pass", "--netns", &ns, dev]);
             let child = spawn_logged(&lab.dir, &format!("xdp-pass-{dev}"), &mut cmd)?;
@@ -107,11 +113,17 @@ impl Lab {
 
     fn wire(&self) -> Result<()> {
         let (c, p, f) = (&self.consumer.name, &self.provider.name, &self.fwd.name);
-        netns::ip(&["link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "fc0", "netns", f])?;
-        netns::ip(&["link", "add", "p0", "netns", p, "type", "veth", "peer", "name", "fp0", "netns", f])?;
-        self.consumer.ip(&["addr", "add", &format!("{CLIENT}/16"), "dev", "c0"])?;
+        netns::ip(&[
+            "link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "fc0", "netns", f,
+        ])?;
+        netns::ip(&[
+            "link", "add", "p0", "netns", p, "type", "veth", "peer", "name", "fp0", "netns", f,
+        ])?;
+        self.consumer
+            .ip(&["addr", "add", &format!("{CLIENT}/16"), "dev", "c0"])?;
         for a in [LB, BACKENDS[0], BACKENDS[1]] {
-            self.provider.ip(&["addr", "add", &format!("{a}/16"), "dev", "p0"])?;
+            self.provider
+                .ip(&["addr", "add", &format!("{a}/16"), "dev", "p0"])?;
         }
         for dev in ["fc0", "fp0"] {
             self.fwd.ip(&["link", "set", dev, "up"])?;
@@ -129,16 +141,25 @@ impl Lab {
 
     fn start_provider(&mut self) -> Result<()> {
         let d = self.dir.clone();
-        let big: Vec<u8> = (0..BIG_FILE_LEN).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let big: Vec<u8> = (0..BIG_FILE_LEN)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         for (name, addr) in [("ecs2", BACKENDS[0]), ("ecs3", BACKENDS[1])] {
             let root = d.join(name);
             fs::create_dir_all(&root)?;
-            fs::write(root.join("index.html"), format!("{} backend {addr}\n", name.to_uppercase()))?;
+            fs::write(
+                root.join("index.html"),
+                format!("{} backend {addr}\n", name.to_uppercase()),
+            )?;
             fs::write(root.join("big.bin"), &big)?;
         }
         let mut servers = String::new();
         for (name, addr) in [("ecs2", BACKENDS[0]), ("ecs3", BACKENDS[1])] {
-            writeln!(servers, "  server {{ listen {addr}:80; root {}; }}", d.join(name).display())?;
+            writeln!(
+                servers,
+                "  server {{ listen {addr}:80; root {}; }}",
+                d.join(name).display()
+            )?;
         }
         let tmp = d.join("nginx-tmp");
         fs::create_dir_all(&tmp)?;
@@ -162,16 +183,32 @@ impl Lab {
 
         let nginx_conf = d.join("nginx.conf");
         let err_log = d.join("nginx-error.log");
-        let args = ["-e", path(&err_log), "-c", path(&nginx_conf), "-g", "daemon off;"];
+        let args = [
+            "-e",
+            path(&err_log),
+            "-c",
+            path(&nginx_conf),
+            "-g",
+            "daemon off;",
+        ];
         self.spawn("nginx", &self.provider.name.clone(), "nginx", &args)?;
         let haproxy_cfg = d.join("haproxy.cfg");
-        self.spawn("haproxy", &self.provider.name.clone(), "haproxy", &["-db", "-f", path(&haproxy_cfg)])?;
+        self.spawn(
+            "haproxy",
+            &self.provider.name.clone(),
+            "haproxy",
+            &["-db", "-f", path(&haproxy_cfg)],
+        )?;
         // The load balancer is up when it accepts on its VIP.
-        wait_for(Duration::from_secs(10), "haproxy and nginx to answer", || {
-            self.provider
-                .exec("curl", &["-sf", "-m", "2", &format!("http://{LB}/")])
-                .is_ok()
-        })
+        wait_for(
+            Duration::from_secs(10),
+            "haproxy and nginx to answer",
+            || {
+                self.provider
+                    .exec("curl", &["-sf", "-m", "2", &format!("http://{LB}/")])
+                    .is_ok()
+            },
+        )
     }
 
     fn start_daemon(&mut self, daemon: &Path, state: &str) -> Result<()> {
@@ -190,15 +227,29 @@ impl Lab {
             "--netns",
             &self.fwd.name,
         ];
-        let child = spawn_logged(&self.dir, "privatelink", std::process::Command::new(daemon).args(args))?;
+        let child = spawn_logged(
+            &self.dir,
+            "privatelink",
+            std::process::Command::new(daemon).args(args),
+        )?;
         self.children.push(("privatelink".into(), child));
         let start = Instant::now();
         while !ready.exists() {
-            if let Some(status) = self.children.last_mut().and_then(|(_, c)| c.try_wait().ok().flatten()) {
-                bail!("privatelink daemon exited ({status}): {}", self.log("privatelink"));
+            if let Some(status) = self
+                .children
+                .last_mut()
+                .and_then(|(_, c)| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "privatelink daemon exited ({status}): {}",
+                    self.log("privatelink")
+                );
             }
             if start.elapsed() > Duration::from_secs(30) {
-                bail!("privatelink daemon not ready after 30 s: {}", self.log("privatelink"));
+                bail!(
+                    "privatelink daemon not ready after 30 s: {}",
+                    self.log("privatelink")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -212,14 +263,19 @@ impl Lab {
     /// Rewrites the state file and makes the daemon reload it (SIGHUP).
     pub fn reload_state(&mut self, state: &str) -> Result<()> {
         fs::write(self.state_file(), state)?;
-        let pid = self.child_pid("privatelink").context("daemon not running")?;
+        let pid = self
+            .child_pid("privatelink")
+            .context("daemon not running")?;
         // SAFETY: sending a signal to our own child.
         unsafe { libc::kill(pid as i32, libc::SIGHUP) };
         Ok(())
     }
 
     fn child_pid(&self, name: &str) -> Option<u32> {
-        self.children.iter().find(|(n, _)| n == name).map(|(_, c)| c.id())
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
     }
 
     fn spawn(&mut self, name: &str, ns: &str, program: &str, args: &[&str]) -> Result<()> {
@@ -244,17 +300,33 @@ impl Lab {
             .stdin(Stdio::null())
             .output()?;
         if !out.status.success() {
-            bail!("curl {url}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "curl {url}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(out.stdout)
     }
 
+    /// Whether a short request through `url` succeeds (2 s limit).
+    pub fn reachable(&self, url: &str) -> bool {
+        self.consumer
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "--fail", "-m", "2", url])
+            .stdin(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
     /// The XDP verdict counters, read from the pinned map by the CLI.
     pub fn stats(&self) -> Result<std::collections::BTreeMap<String, u64>> {
-        let out = netns::run(
-            std::process::Command::new(privatelink_bin()?)
-                .args(["stats", "--json", "--pin-dir", path(&self.pin_dir)]),
-        )?;
+        let out = netns::run(std::process::Command::new(privatelink_bin()?).args([
+            "stats",
+            "--json",
+            "--pin-dir",
+            path(&self.pin_dir),
+        ]))?;
         Ok(serde_json::from_str(&out)?)
     }
 

@@ -13,7 +13,11 @@ use anyhow::{Context, Result, bail};
 /// A name no other test of this or any concurrent run uses: prefix + pid + counter.
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Runs a command, failing with its stderr if it fails.
@@ -95,7 +99,12 @@ pub fn remove(name: &str) {
         return;
     }
     if let Ok(pids) = ip(&["netns", "pids", name]) {
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        let me = std::process::id() as i32;
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|p| *p != me)
+        {
             // SAFETY: sending a signal.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }

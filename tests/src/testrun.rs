@@ -69,18 +69,24 @@ impl Harness {
         Ok((r.return_value, out))
     }
 
-    /// Runs a frame `repeat` times in one call; returns mean ns per run.
-    pub fn time(&mut self, ifindex: u32, frame: &[u8], repeat: u32) -> Result<f64> {
+    /// One run of `frame` (through the pass-through baseline if `baseline`); returns the
+    /// kernel-measured duration in ns. One run per call: with `repeat` the kernel reuses one
+    /// buffer, so a NAT path would see its own output from the second run on.
+    pub fn time_once(&mut self, ifindex: u32, frame: &[u8], baseline: bool) -> Result<(u32, u64)> {
         let mut out = vec![0u8; frame.len() + 512];
         let ctx = xdp_md(frame.len() as u32, ifindex);
-        let r = self.dp.program()?.test_run(TestRunOptions {
+        let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
             ctx_in: Some(&ctx),
-            repeat,
             ..TestRunOptions::default()
-        })?;
-        Ok(r.duration.as_nanos() as f64)
+        };
+        let r = if baseline {
+            self.dp.pass_program()?.test_run(opts)?
+        } else {
+            self.dp.program()?.test_run(opts)?
+        };
+        Ok((r.return_value, r.duration.as_nanos() as u64))
     }
 
     pub fn stats(&self) -> Result<BTreeMap<&'static str, u64>> {

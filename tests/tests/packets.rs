@@ -8,6 +8,7 @@ use etherparse::{
 };
 use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, Reason};
 use privatelink_tests::{
+    frames::{CLIENT, CLIENT_MAC, ENI, LB, SNAT, tcp_from_lb, tcp_to_eni, udp_to_eni},
     lab::LAB_STATE,
     testrun::{Harness, LB_MAC},
 };
@@ -17,36 +18,8 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
-const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x01];
-const CLIENT: [u8; 4] = [10, 10, 2, 1];
-const ENI: [u8; 4] = [10, 10, 1, 100];
-const LB: [u8; 4] = [10, 10, 0, 10];
-const SNAT: [[u8; 4]; 2] = [[10, 10, 0, 200], [10, 10, 0, 201]];
-
 fn harness() -> Harness {
     Harness::new(LAB_STATE).expect("harness")
-}
-
-fn tcp_to_eni(h: &Harness, sport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
-        .ipv4(CLIENT, ENI, 64)
-        .tcp(sport, 80, 1000, 64240);
-    let b = if syn { b.syn() } else { b.ack(5000) };
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
-    v
-}
-
-fn tcp_from_lb(h: &Harness, snat: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
-        .ipv4(LB, snat, 64)
-        .tcp(80, dport, 7000, 65000)
-        .syn()
-        .ack(1001)
-        .write(&mut v, payload)
-        .unwrap();
-    v
 }
 
 /// Parses a frame and checks the IPv4 header checksum and the L4 checksum by recomputing
@@ -70,7 +43,11 @@ fn parse_checked(frame: &[u8]) -> Parsed {
         Some(NetSlice::Ipv4(ip)) => ip.header().to_header(),
         other => panic!("not IPv4: {other:?}"),
     };
-    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
     let (sport, dport, payload) = match p.transport {
         Some(TransportSlice::Tcp(t)) => {
             let want = t.to_header().calc_checksum_ipv4(&ip, t.payload()).unwrap();
@@ -103,7 +80,9 @@ fn parse_checked(frame: &[u8]) -> Parsed {
 
 /// Sends a SYN from the client and returns the SNAT tuple it was given.
 fn open_flow(h: &mut Harness, sport: u16) -> ([u8; 4], u16) {
-    let (act, out) = h.run(h.consumer.ifindex, &tcp_to_eni(h, sport, true, b"")).unwrap();
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(h, sport, true, b""))
+        .unwrap();
     assert_eq!(act, XDP_REDIRECT);
     let p = parse_checked(&out);
     (p.ip.source, p.sport)
@@ -116,9 +95,16 @@ fn syn_to_eni_is_full_natted_to_the_load_balancer() {
     let (act, out) = h.run(h.consumer.ifindex, &frame).unwrap();
     assert_eq!(act, XDP_REDIRECT);
     let p = parse_checked(&out);
-    assert_eq!(p.eth_src, h.provider.mac, "leaves by the provider-side interface");
+    assert_eq!(
+        p.eth_src, h.provider.mac,
+        "leaves by the provider-side interface"
+    );
     assert_eq!(p.eth_dst, LB_MAC, "to the load balancer's MAC");
-    assert!(SNAT.contains(&p.ip.source), "source from the SNAT pool: {:?}", p.ip.source);
+    assert!(
+        SNAT.contains(&p.ip.source),
+        "source from the SNAT pool: {:?}",
+        p.ip.source
+    );
     assert_eq!(p.ip.destination, LB);
     assert_eq!(p.ip.time_to_live, 63);
     assert!(p.sport >= 1024, "SNAT port {}", p.sport);
@@ -129,10 +115,22 @@ fn syn_to_eni_is_full_natted_to_the_load_balancer() {
     // Both directions are in conntrack.
     let flows = h.dp.flows().unwrap();
     assert_eq!(flows.len(), 2);
-    let fwd = flows.iter().find(|(_, e)| e.direction == DIR_ORIGINAL).unwrap();
-    assert_eq!((fwd.0.src, fwd.0.dst, fwd.0.sport, fwd.0.dport), (CLIENT, ENI, 40000, 80));
-    let rev = flows.iter().find(|(_, e)| e.direction == DIR_REPLY).unwrap();
-    assert_eq!((rev.0.src, rev.0.dst, rev.0.sport, rev.0.dport), (LB, p.ip.source, 80, p.sport));
+    let fwd = flows
+        .iter()
+        .find(|(_, e)| e.direction == DIR_ORIGINAL)
+        .unwrap();
+    assert_eq!(
+        (fwd.0.src, fwd.0.dst, fwd.0.sport, fwd.0.dport),
+        (CLIENT, ENI, 40000, 80)
+    );
+    let rev = flows
+        .iter()
+        .find(|(_, e)| e.direction == DIR_REPLY)
+        .unwrap();
+    assert_eq!(
+        (rev.0.src, rev.0.dst, rev.0.sport, rev.0.dport),
+        (LB, p.ip.source, 80, p.sport)
+    );
 }
 
 #[test]
@@ -150,7 +148,9 @@ fn reply_is_translated_back_and_flow_is_stable() {
     assert_eq!(p.payload, b"hello");
 
     // The next client packet of the flow keeps its tuple.
-    let (act, out) = h.run(h.consumer.ifindex, &tcp_to_eni(&h, 40001, false, b"GET /")).unwrap();
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(&h, 40001, false, b"GET /"))
+        .unwrap();
     assert_eq!(act, XDP_REDIRECT);
     let p = parse_checked(&out);
     assert_eq!((p.ip.source, p.sport), (snat, port));
@@ -164,7 +164,10 @@ fn every_flow_gets_its_own_snat_tuple() {
     let mut h = harness();
     let mut seen = std::collections::BTreeSet::new();
     for sport in 30000..30200 {
-        assert!(seen.insert(open_flow(&mut h, sport)), "tuple reused for client port {sport}");
+        assert!(
+            seen.insert(open_flow(&mut h, sport)),
+            "tuple reused for client port {sport}"
+        );
     }
     assert_eq!(h.count(Reason::ForwardNewFlow), 200);
 }
@@ -172,29 +175,19 @@ fn every_flow_gets_its_own_snat_tuple() {
 #[test]
 fn reply_without_a_flow_is_dropped() {
     let mut h = harness();
-    let (act, _) = h.run(h.provider.ifindex, &tcp_from_lb(&h, SNAT[0], 5555, b"")).unwrap();
+    let (act, _) = h
+        .run(h.provider.ifindex, &tcp_from_lb(&h, SNAT[0], 5555, b""))
+        .unwrap();
     assert_eq!(act, XDP_DROP);
     assert_eq!(h.count(Reason::DropNoFlow), 1);
-}
-
-fn udp_to_eni(h: &Harness, sport: u16, payload: &[u8], zero_checksum: bool) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
-        .ipv4(CLIENT, ENI, 64)
-        .udp(sport, 53)
-        .write(&mut v, payload)
-        .unwrap();
-    if zero_checksum {
-        v[14 + 20 + 6] = 0;
-        v[14 + 20 + 7] = 0;
-    }
-    v
 }
 
 #[test]
 fn udp_is_natted_with_a_valid_checksum() {
     let mut h = harness();
-    let (act, out) = h.run(h.consumer.ifindex, &udp_to_eni(&h, 5353, b"query", false)).unwrap();
+    let (act, out) = h
+        .run(h.consumer.ifindex, &udp_to_eni(&h, 5353, b"query", false))
+        .unwrap();
     assert_eq!(act, XDP_REDIRECT);
     let p = parse_checked(&out);
     assert_ne!(u16::from_be_bytes([out[40], out[41]]), 0);
@@ -206,10 +199,16 @@ fn udp_is_natted_with_a_valid_checksum() {
 #[test]
 fn udp_checksum_zero_stays_zero() {
     let mut h = harness();
-    let (act, out) = h.run(h.consumer.ifindex, &udp_to_eni(&h, 5354, b"nocsum", true)).unwrap();
+    let (act, out) = h
+        .run(h.consumer.ifindex, &udp_to_eni(&h, 5354, b"nocsum", true))
+        .unwrap();
     assert_eq!(act, XDP_REDIRECT);
     let p = parse_checked(&out);
-    assert_eq!(&out[40..42], &[0, 0], "a zero UDP checksum means none and stays zero");
+    assert_eq!(
+        &out[40..42],
+        &[0, 0],
+        "a zero UDP checksum means none and stays zero"
+    );
     assert!(SNAT.contains(&p.ip.source));
 }
 
@@ -230,7 +229,10 @@ fn icmp_echo_to_the_eni_is_answered_in_xdp() {
     let s = SlicedPacket::from_ethernet(&out).unwrap();
     match s.transport {
         Some(TransportSlice::Icmpv4(i)) => {
-            assert_eq!(i.icmp_type(), Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 0x1234, seq: 7 }));
+            assert_eq!(
+                i.icmp_type(),
+                Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 0x1234, seq: 7 })
+            );
             assert_eq!(i.payload(), b"ping payload");
         }
         other => panic!("{other:?}"),
@@ -246,11 +248,17 @@ fn icmp_frag_needed_from_the_provider_side_is_translated() {
     let (snat, port) = open_flow(&mut h, 40100);
     // The quoted packet: what we sent to the LB (full TCP header so its checksum is quoted).
     let mut quoted = Vec::new();
-    PacketBuilder::ipv4(snat, LB, 63).tcp(port, 80, 1000, 64240).ack(5000).write(&mut quoted, &[]).unwrap();
+    PacketBuilder::ipv4(snat, LB, 63)
+        .tcp(port, 80, 1000, 64240)
+        .ack(5000)
+        .write(&mut quoted, &[])
+        .unwrap();
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
         .ipv4([10, 10, 0, 1], snat, 64)
-        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }))
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
         .write(&mut frame, &quoted)
         .unwrap();
     let (act, out) = h.run(h.provider.ifindex, &frame).unwrap();
@@ -259,19 +267,31 @@ fn icmp_frag_needed_from_the_provider_side_is_translated() {
     assert_eq!((p.eth_src, p.eth_dst), (h.consumer.mac, CLIENT_MAC));
     assert_eq!((p.ip.source, p.ip.destination), (ENI, CLIENT));
     let s = SlicedPacket::from_ethernet(&out).unwrap();
-    let Some(TransportSlice::Icmpv4(icmp)) = s.transport else { panic!() };
+    let Some(TransportSlice::Icmpv4(icmp)) = s.transport else {
+        panic!()
+    };
     assert_eq!(
         icmp.icmp_type(),
-        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 })
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: 1400
+        })
     );
     // The quoted packet is now the client's own packet, with valid checksums.
     let inner = etherparse::Ipv4Slice::from_slice(icmp.payload()).unwrap();
     let ih = inner.header().to_header();
     assert_eq!((ih.source, ih.destination), (CLIENT, ENI));
-    assert_eq!(ih.header_checksum, ih.calc_header_checksum(), "inner IPv4 checksum");
+    assert_eq!(
+        ih.header_checksum,
+        ih.calc_header_checksum(),
+        "inner IPv4 checksum"
+    );
     let tcp = etherparse::TcpSlice::from_slice(inner.payload().payload).unwrap();
     assert_eq!((tcp.source_port(), tcp.destination_port()), (40100, 80));
-    assert_eq!(tcp.checksum(), tcp.to_header().calc_checksum_ipv4(&ih, &[]).unwrap(), "inner TCP checksum");
+    assert_eq!(
+        tcp.checksum(),
+        tcp.to_header().calc_checksum_ipv4(&ih, &[]).unwrap(),
+        "inner TCP checksum"
+    );
     assert_eq!(h.count(Reason::IcmpErrorTranslated), 1);
 }
 
@@ -280,16 +300,23 @@ fn icmp_frag_needed_from_the_provider_side_is_translated() {
 #[test]
 fn icmp_port_unreachable_from_the_consumer_is_translated() {
     let mut h = harness();
-    let (act, out) = h.run(h.consumer.ifindex, &udp_to_eni(&h, 6000, b"q", false)).unwrap();
+    let (act, out) = h
+        .run(h.consumer.ifindex, &udp_to_eni(&h, 6000, b"q", false))
+        .unwrap();
     assert_eq!(act, XDP_REDIRECT);
     let fwd = parse_checked(&out);
     let (snat, port) = (fwd.ip.source, fwd.sport);
     let mut quoted = Vec::new();
-    PacketBuilder::ipv4(ENI, CLIENT, 63).udp(53, 6000).write(&mut quoted, b"answer").unwrap();
+    PacketBuilder::ipv4(ENI, CLIENT, 63)
+        .udp(53, 6000)
+        .write(&mut quoted, b"answer")
+        .unwrap();
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
         .ipv4(CLIENT, ENI, 64)
-        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port))
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::Port,
+        ))
         .write(&mut frame, &quoted)
         .unwrap();
     let (act, out) = h.run(h.consumer.ifindex, &frame).unwrap();
@@ -298,25 +325,37 @@ fn icmp_port_unreachable_from_the_consumer_is_translated() {
     assert_eq!((p.eth_src, p.eth_dst), (h.provider.mac, LB_MAC));
     assert_eq!((p.ip.source, p.ip.destination), (snat, LB));
     let s = SlicedPacket::from_ethernet(&out).unwrap();
-    let Some(TransportSlice::Icmpv4(icmp)) = s.transport else { panic!() };
+    let Some(TransportSlice::Icmpv4(icmp)) = s.transport else {
+        panic!()
+    };
     let inner = etherparse::Ipv4Slice::from_slice(icmp.payload()).unwrap();
     let ih = inner.header().to_header();
     assert_eq!((ih.source, ih.destination), (LB, snat));
     assert_eq!(ih.header_checksum, ih.calc_header_checksum());
     let udp = etherparse::UdpSlice::from_slice(inner.payload().payload).unwrap();
     assert_eq!((udp.source_port(), udp.destination_port()), (53, port));
-    assert_eq!(udp.checksum(), udp.to_header().calc_checksum_ipv4(&ih, udp.payload()).unwrap());
+    assert_eq!(
+        udp.checksum(),
+        udp.to_header()
+            .calc_checksum_ipv4(&ih, udp.payload())
+            .unwrap()
+    );
 }
 
 #[test]
 fn icmp_error_for_an_unknown_flow_is_dropped() {
     let mut h = harness();
     let mut quoted = Vec::new();
-    PacketBuilder::ipv4(SNAT[0], LB, 63).tcp(4444, 80, 1, 1).write(&mut quoted, &[]).unwrap();
+    PacketBuilder::ipv4(SNAT[0], LB, 63)
+        .tcp(4444, 80, 1, 1)
+        .write(&mut quoted, &[])
+        .unwrap();
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
         .ipv4([10, 10, 0, 1], SNAT[0], 64)
-        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host))
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::Host,
+        ))
         .write(&mut frame, &quoted)
         .unwrap();
     let (act, _) = h.run(h.provider.ifindex, &frame).unwrap();
@@ -337,13 +376,19 @@ fn ttl_one_is_dropped_and_counted() {
     let (act, _) = h.run(h.consumer.ifindex, &v).unwrap();
     assert_eq!(act, XDP_DROP);
     assert_eq!(h.count(Reason::DropTtlExceeded), 1);
-    assert!(h.dp.flows().unwrap().is_empty(), "no flow for a dropped packet");
+    assert!(
+        h.dp.flows().unwrap().is_empty(),
+        "no flow for a dropped packet"
+    );
 }
 
 #[test]
 fn not_whitelisted_is_dropped_and_counted() {
-    let mut h = Harness::new(&LAB_STATE.replace("whitelist = [\"acct-a\"]", "whitelist = []")).unwrap();
-    let (act, _) = h.run(h.consumer.ifindex, &tcp_to_eni(&h, 40300, true, b"")).unwrap();
+    let mut h =
+        Harness::new(&LAB_STATE.replace("whitelist = [\"acct-a\"]", "whitelist = []")).unwrap();
+    let (act, _) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(&h, 40300, true, b""))
+        .unwrap();
     assert_eq!(act, XDP_DROP);
     assert_eq!(h.count(Reason::DropNotWhitelisted), 1);
 }
@@ -351,8 +396,14 @@ fn not_whitelisted_is_dropped_and_counted() {
 #[test]
 fn endpoint_not_connected_is_dropped_and_counted() {
     for state in ["pending", "rejected", "disconnected"] {
-        let mut h = Harness::new(&LAB_STATE.replace("connection = \"connected\"", &format!("connection = \"{state}\""))).unwrap();
-        let (act, _) = h.run(h.consumer.ifindex, &tcp_to_eni(&h, 40400, true, b"")).unwrap();
+        let mut h = Harness::new(&LAB_STATE.replace(
+            "connection = \"connected\"",
+            &format!("connection = \"{state}\""),
+        ))
+        .unwrap();
+        let (act, _) = h
+            .run(h.consumer.ifindex, &tcp_to_eni(&h, 40400, true, b""))
+            .unwrap();
         assert_eq!(act, XDP_DROP, "{state}");
         assert_eq!(h.count(Reason::DropNotConnected), 1, "{state}");
     }
@@ -451,14 +502,21 @@ fn every_truncation_of_a_tcp_frame_is_dropped_and_counted() {
     // The kernel never hands XDP a frame shorter than an Ethernet header (test_run refuses
     // one with EINVAL); from 14 bytes on, every cut must be dropped.
     for len in 0..14 {
-        assert!(h.run(h.consumer.ifindex, &full[..len]).is_err(), "kernel refuses {len} bytes");
+        assert!(
+            h.run(h.consumer.ifindex, &full[..len]).is_err(),
+            "kernel refuses {len} bytes"
+        );
     }
     for len in 14..full.len() {
         let (act, _) = h.run(h.consumer.ifindex, &full[..len]).unwrap();
         assert_eq!(act, XDP_DROP, "truncated to {len} bytes");
     }
     let s = h.stats().unwrap();
-    let drops: u64 = s.iter().filter(|(k, _)| k.starts_with("drop_")).map(|(_, n)| n).sum();
+    let drops: u64 = s
+        .iter()
+        .filter(|(k, _)| k.starts_with("drop_"))
+        .map(|(_, n)| n)
+        .sum();
     assert_eq!(drops, full.len() as u64 - 14, "{s:?}");
     assert!(h.count(Reason::DropTruncatedIp) > 0);
     assert!(h.dp.flows().unwrap().is_empty());
@@ -495,9 +553,16 @@ fn garbage_is_dropped_or_passed_never_forwarded() {
                 v[30..34].copy_from_slice(&ENI); // aimed at the ENI
             }
         }
-        let ifindex = if i % 3 == 0 { h.provider.ifindex } else { h.consumer.ifindex };
+        let ifindex = if i % 3 == 0 {
+            h.provider.ifindex
+        } else {
+            h.consumer.ifindex
+        };
         let (act, _) = h.run(ifindex, &v).unwrap();
-        assert!(act == XDP_DROP || act == XDP_PASS || act == XDP_TX, "frame {i} ({v:02x?}) got action {act}");
+        assert!(
+            act == XDP_DROP || act == XDP_PASS || act == XDP_TX,
+            "frame {i} ({v:02x?}) got action {act}"
+        );
         if act == XDP_TX {
             // Only a well-formed ARP request for one of our addresses is answered.
             assert_eq!(&v[12..14], &[0x08, 0x06]);

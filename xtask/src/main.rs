@@ -1,1 +1,304 @@
-fn main(){}
+//! `cargo xtask`: sets up a fresh Debian machine (idempotently), builds, and runs the lab,
+//! the tests and the benchmarks.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "privatelink's build, lab and test runner")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing, build, and start the default lab until Ctrl-C.
+    Run {
+        /// Namespace prefix: <prefix>-consumer, <prefix>-provider, <prefix>-fwd.
+        #[arg(long, default_value = "pl")]
+        prefix: String,
+    },
+    /// Install what is missing, build, then run every test (formatting and lints first).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Only the machine setup.
+    Setup,
+    /// Build the XDP object, the daemon and the lab.
+    Build,
+    /// Per-packet cost of each data path branch next to a trivial program (BPF_PROG_TEST_RUN).
+    Bench,
+}
+
+/// Debian packages the labs and tests use, with a binary that shows each is installed.
+const PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("ethtool", "ethtool"),
+    ("haproxy", "haproxy"),
+    ("nginx-light", "nginx"),
+    ("curl", "curl"),
+    ("bpftool", "bpftool"),
+    ("nftables", "nft"),
+    ("iputils-ping", "ping"),
+    ("tcpdump", "tcpdump"),
+];
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Build => {
+            setup()?;
+            build()
+        }
+        Cmd::Run { prefix } => {
+            setup()?;
+            build()?;
+            step("lab", "starting (Ctrl-C removes it)");
+            let err = exec(Command::new(root.join("target/debug/pl-lab")).args([
+                "--prefix",
+                &prefix,
+                "--pin-dir",
+                "/sys/fs/bpf/privatelink",
+            ]));
+            Err(err)
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            build()?;
+            step("lint", "cargo fmt --check, cargo clippy -D warnings");
+            cargo(&["+nightly", "fmt", "--all", "--check"])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            step(
+                "test",
+                "unit, packet (BPF_PROG_TEST_RUN) and namespace end-to-end tests",
+            );
+            let mut a = vec!["test", "--no-fail-fast"];
+            a.extend(args.iter().map(String::as_str));
+            cargo(&a)
+        }
+        Cmd::Bench => {
+            setup()?;
+            build()?;
+            step("bench", "per-packet cost through BPF_PROG_TEST_RUN");
+            cargo(&["build", "--release", "--bin", "pl-bench"])?;
+            run(&mut Command::new(root.join("target/release/pl-bench")))
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn step(name: &str, what: &str) {
+    println!("[xtask] {name:<10} {what}");
+}
+
+fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc_getuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_getuid() -> u32;
+}
+
+/// A command run as root (through sudo when we are not root).
+fn privileged(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(program);
+        c
+    }
+}
+
+fn have(binary: &str) -> bool {
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("command -v {binary} || test -x /usr/sbin/{binary}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn setup() -> Result<()> {
+    // Debian packages.
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, bin)| !have(bin))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        step("packages", "all present");
+    } else {
+        step("packages", &format!("installing {}", missing.join(" ")));
+        // Package lists on a fresh machine are stale: update first.
+        run(privileged("apt-get").args(["update", "-qq"]))?;
+        run(privileged("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    // The nightly toolchain with rust-src (the eBPF crate builds core with build-std).
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        step("nightly", "rust-src present");
+    } else {
+        step("nightly", "installing the nightly toolchain's rust-src");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src,rustfmt",
+        ]))?;
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if !installed.lines().any(|l| l.starts_with("rustfmt")) {
+        step("nightly", "adding rustfmt");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rustfmt",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    // bpf-linker, built against the nightly's own LLVM (crates.io's default wants another).
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        step("bpf-linker", "present");
+    } else {
+        step(
+            "bpf-linker",
+            "building against the nightly's LLVM (1-2 minutes)",
+        );
+        let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+        let lib = Path::new(sysroot.trim()).join("lib");
+        let so = std::fs::read_dir(&lib)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libLLVM.so"))
+            })
+            .with_context(|| format!("no libLLVM.so in {}", lib.display()))?;
+        let prefix =
+            std::env::var("BPF_LINKER_LLVM_PREFIX").unwrap_or_else(|_| "/opt/rust-llvm".into());
+        let plib = Path::new(&prefix).join("lib");
+        run(privileged("mkdir").arg("-p").arg(&plib))?;
+        run(privileged("ln")
+            .arg("-sf")
+            .arg(&so)
+            .arg(plib.join("libLLVM.so")))?;
+        // The binary's RUNPATH needs the soname file too.
+        run(privileged("ln")
+            .arg("-sf")
+            .arg(&so)
+            .arg(plib.join(so.file_name().unwrap())))?;
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", &prefix))?;
+    }
+
+    // bpffs, where the daemon pins its maps.
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        step("bpffs", "mounted on /sys/fs/bpf");
+    } else {
+        step("bpffs", "mounting on /sys/fs/bpf");
+        run(privileged("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    step("build", "XDP object (nightly, bpf-linker), daemon, lab");
+    cargo(&["build", "--bins"])
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // `+nightly` only works through rustup's proxy, not through $CARGO.
+    let program = if args.first().is_some_and(|a| a.starts_with('+')) {
+        "cargo"
+    } else {
+        cargo.as_str()
+    };
+    run(Command::new(program).args(args))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn exec(cmd: &mut Command) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    anyhow::Error::from(cmd.exec()).context("exec")
+}
