@@ -21,8 +21,9 @@ pub mod map_names {
     pub const NEIGHBORS: &str = "PL_NEIGHBORS";
     pub const CONNTRACK: &str = "PL_CONNTRACK";
     pub const STATS: &str = "PL_STATS";
-    pub const ALL: [&str; 8] = [
-        IFACES, VPC_PORTS, ENDPOINTS, SNAT_POOLS, SNAT_ADDRS, NEIGHBORS, CONNTRACK, STATS,
+    pub const CONFIG: &str = "PL_CONFIG";
+    pub const ALL: [&str; 9] = [
+        IFACES, VPC_PORTS, ENDPOINTS, SNAT_POOLS, SNAT_ADDRS, NEIGHBORS, CONNTRACK, STATS, CONFIG,
     ];
 }
 
@@ -40,10 +41,29 @@ pub const MAX_SERVICES: u32 = 4096;
 pub const MAX_NEIGHBORS: u32 = 65536;
 pub const MAX_SNAT_ADDRS: usize = 8;
 
-/// Idle timeouts. A TCP flow that saw RST, or FIN in both directions, is closing.
+/// Default idle timeouts. A TCP flow that saw RST, or FIN in both directions, is closing.
 pub const TCP_IDLE_TIMEOUT_NS: u64 = 350 * 1_000_000_000;
 pub const OTHER_IDLE_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
 pub const TCP_CLOSING_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
+
+/// Value of `PL_CONFIG[0]`: data path settings the daemon writes at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub tcp_timeout_ns: u64,
+    pub other_timeout_ns: u64,
+    pub closing_timeout_ns: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            tcp_timeout_ns: TCP_IDLE_TIMEOUT_NS,
+            other_timeout_ns: OTHER_IDLE_TIMEOUT_NS,
+            closing_timeout_ns: TCP_CLOSING_TIMEOUT_NS,
+        }
+    }
+}
 
 /// An IPv4 address inside one VPC. VPC ranges may overlap, so an address alone is ambiguous.
 #[repr(C)]
@@ -190,18 +210,18 @@ impl FlowEntry {
         }
     }
 
-    pub fn idle_timeout_ns(&self, proto: u8) -> u64 {
+    pub fn idle_timeout_ns(&self, proto: u8, cfg: &Config) -> u64 {
         if proto != PROTO_TCP {
-            OTHER_IDLE_TIMEOUT_NS
+            cfg.other_timeout_ns
         } else if self.tcp_flags & CT_CLOSING != 0 {
-            TCP_CLOSING_TIMEOUT_NS
+            cfg.closing_timeout_ns
         } else {
-            TCP_IDLE_TIMEOUT_NS
+            cfg.tcp_timeout_ns
         }
     }
 
-    pub fn is_expired(&self, proto: u8, now_ns: u64) -> bool {
-        now_ns.saturating_sub(self.last_seen_ns) > self.idle_timeout_ns(proto)
+    pub fn is_expired(&self, proto: u8, now_ns: u64, cfg: &Config) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) > self.idle_timeout_ns(proto, cfg)
     }
 }
 
@@ -229,6 +249,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for EndpointStats {}
+    unsafe impl aya::Pod for Config {}
 }
 
 #[cfg(test)]
@@ -272,9 +293,12 @@ mod tests {
             last_seen_ns: 1,
             ..Default::default()
         };
-        assert!(!e.is_expired(PROTO_TCP, 300 * 1_000_000_000));
+        let cfg = Config::default();
+        assert!(!e.is_expired(PROTO_TCP, 300 * 1_000_000_000, &cfg));
+        assert!(e.is_expired(PROTO_TCP, 351 * 1_000_000_000, &cfg));
         e.tcp_flags = CT_CLOSING;
-        assert!(e.is_expired(PROTO_TCP, 300 * 1_000_000_000));
-        assert!(e.is_expired(PROTO_UDP, 121 * 1_000_000_000));
+        assert!(e.is_expired(PROTO_TCP, 11 * 1_000_000_000, &cfg));
+        assert!(!e.is_expired(PROTO_UDP, 119 * 1_000_000_000, &cfg));
+        assert!(e.is_expired(PROTO_UDP, 121 * 1_000_000_000, &cfg));
     }
 }

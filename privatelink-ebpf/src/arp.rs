@@ -19,7 +19,7 @@ pub fn handle(ctx: &XdpContext, iface: &IfaceInfo) -> Result<Verdict, Reason> {
     if be16(arp.htype) != 1 || be16(arp.ptype) != 0x0800 || arp.hlen != 6 || arp.plen != 4 {
         return Err(Reason::DropBadArp);
     }
-    let op = be16(arp.op);
+    let op = be16(arp.oper);
     if op != ARP_REQUEST && op != ARP_REPLY {
         return Err(Reason::DropBadArp);
     }
@@ -35,13 +35,13 @@ pub fn handle(ctx: &XdpContext, iface: &IfaceInfo) -> Result<Verdict, Reason> {
         return Ok((xdp_action::XDP_PASS, Reason::ArpPass));
     }
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
-    arp.op = ARP_REPLY.to_be_bytes();
+    arp.oper = ARP_REPLY.to_be_bytes();
     arp.tha = arp.sha;
     arp.tpa = arp.spa;
     arp.sha = iface.mac;
     arp.spa = target.addr;
-    eth.dst = arp.tha;
-    eth.src = iface.mac;
+    eth.dst_addr = arp.tha;
+    eth.src_addr = iface.mac;
     Ok((xdp_action::XDP_TX, Reason::ArpReply))
 }
 

@@ -10,16 +10,18 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use privatelink_common::{
-    CT_CLOSING, CT_FIN_SEEN, DIR_ORIGINAL, DIR_REPLY, EndpointEni, FlowEntry, FlowKey, IfaceInfo,
-    MAX_SNAT_ADDRS, PROTO_TCP, Reason, VpcAddr, hash,
+    CT_CLOSING, CT_FIN_SEEN, Config, DIR_ORIGINAL, DIR_REPLY, EndpointEni, FlowEntry, FlowKey,
+    IfaceInfo, MAX_SNAT_ADDRS, PROTO_TCP, Reason, VpcAddr, hash,
 };
 
 use crate::{
     Verdict,
     ipv4::{Packet, check_endpoint_at},
-    maps::{PL_CONNTRACK, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS},
+    maps::{PL_CONNTRACK, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config},
     nat,
-    parse::{ETH_LEN, EthHdr, Ipv4Hdr, Ports, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, be16, mut_at},
+    parse::{
+        ETH_LEN, EthHdr, Ipv4Hdr, Ports, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, be16, mut_at, tcp_flags,
+    },
 };
 
 const SNAT_ATTEMPTS: u32 = 8;
@@ -42,7 +44,7 @@ fn flow_key(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<(FlowKe
     let ip = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
     let ports = mut_at::<Ports>(ctx, pkt.l4, Reason::DropTruncatedL4)?;
     let flags = if pkt.proto == PROTO_TCP {
-        mut_at::<TcpHdr>(ctx, pkt.l4, Reason::DropTruncatedL4)?.flags
+        tcp_flags(mut_at::<TcpHdr>(ctx, pkt.l4, Reason::DropTruncatedL4)?)
     } else {
         0
     };
@@ -51,8 +53,8 @@ fn flow_key(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<(FlowKe
     }
     let key = FlowKey {
         vpc_id: iface.vpc_id,
-        src: ip.src,
-        dst: ip.dst,
+        src: ip.src_addr,
+        dst: ip.dst_addr,
         sport: be16(ports.sport),
         dport: be16(ports.dport),
         proto: pkt.proto,
@@ -70,33 +72,37 @@ pub fn forward(
     pkt: &Packet,
 ) -> Result<Verdict, Reason> {
     let (key, flags) = flow_key(ctx, iface, pkt)?;
-    let eth_src = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?.src;
     let t = now();
-    let reply = reply_entry(&key, pkt.ifindex, iface, eth_src, eni.endpoint_id, t);
-
-    let mut reason = Reason::ForwardToService;
-    let mut entry = match PL_CONNTRACK.get_ptr_mut(key) {
+    let cfg = config();
+    let existing = match PL_CONNTRACK.get_ptr_mut(key) {
         // SAFETY: the pointer from a successful lookup is valid for this program run.
-        Some(p) if !unsafe { &*p }.is_expired(pkt.proto, t) => p,
+        Some(p) if !unsafe { &*p }.is_expired(pkt.proto, t, &cfg) => Some(p),
+        _ => None,
+    };
+    let mut reason = Reason::ForwardToService;
+    let entry = match existing {
+        // Busy flow, checked recently: the fast path.
+        // SAFETY: as above.
+        Some(p) if t.saturating_sub(unsafe { (*p).last_seen_ns }) <= PARTNER_REFRESH_NS => p,
         _ => {
-            reason = Reason::ForwardNewFlow;
-            create(&key, eni, &reply, t)?
+            let eth_src = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?.src_addr;
+            let reply = reply_entry(&key, pkt.ifindex, iface, eth_src, eni.endpoint_id, t);
+            match existing {
+                // SAFETY: as above.
+                Some(p) if keep_partner(unsafe { &*p }, pkt.proto, &reply) => p,
+                _ => {
+                    // New, expired, or its reply tuple was evicted and taken by another
+                    // flow: (re)create with a fresh tuple.
+                    reason = Reason::ForwardNewFlow;
+                    create(&key, eni, &reply, t, &cfg)?
+                }
+            }
         }
     };
     // SAFETY: as above.
-    if t.saturating_sub(unsafe { (*entry).last_seen_ns }) > PARTNER_REFRESH_NS
-        && !keep_partner(unsafe { &*entry }, pkt.proto, &reply)
-    {
-        // Our reply tuple was evicted and taken by another flow: start over with a new one.
-        let _ = PL_CONNTRACK.remove(key);
-        reason = Reason::ForwardNewFlow;
-        entry = create(&key, eni, &reply, t)?;
-    }
-    // SAFETY: as above.
     let e = unsafe { &mut *entry };
     track(e, pkt.proto, flags, t);
-    let e = *e;
-    nat::apply(ctx, pkt, &e, reason)
+    nat::apply(ctx, pkt, e, reason)
 }
 
 /// Service → consumer: a reply to a SNAT address. Only known flows pass.
@@ -104,18 +110,18 @@ pub fn forward(
 pub fn reply(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
     let (key, flags) = flow_key(ctx, iface, pkt)?;
     let t = now();
+    let cfg = config();
     let Some(p) = PL_CONNTRACK.get_ptr_mut(key) else {
         return Err(Reason::DropNoFlow);
     };
     // SAFETY: valid for this program run.
     let e = unsafe { &mut *p };
-    if e.direction != DIR_REPLY || e.is_expired(pkt.proto, t) {
+    if e.direction != DIR_REPLY || e.is_expired(pkt.proto, t, &cfg) {
         return Err(Reason::DropNoFlow);
     }
     check_endpoint_at(e.out_vpc_id, e.new_src)?;
     track(e, pkt.proto, flags, t);
-    let e = *e;
-    nat::apply(ctx, pkt, &e, Reason::ForwardToConsumer)
+    nat::apply(ctx, pkt, e, Reason::ForwardToConsumer)
 }
 
 /// The entry that turns a reply (provider side) back into the consumer's view. Its egress
@@ -153,22 +159,18 @@ fn create(
     eni: &EndpointEni,
     reply: &FlowEntry,
     t: u64,
+    cfg: &Config,
 ) -> Result<*mut FlowEntry, Reason> {
-    // SAFETY: values are copied out of the maps.
-    let port = unsafe { PL_VPC_PORTS.get(eni.provider_vpc_id) }
-        .copied()
-        .ok_or(Reason::DropNoRoute)?;
+    // SAFETY: references into maps only the daemon writes, used within this run.
+    let port = unsafe { PL_VPC_PORTS.get(eni.provider_vpc_id) }.ok_or(Reason::DropNoRoute)?;
     let neigh = unsafe {
         PL_NEIGHBORS.get(VpcAddr {
             vpc_id: eni.provider_vpc_id,
             addr: eni.lb_addr,
         })
     }
-    .copied()
     .ok_or(Reason::DropNoNeighbor)?;
-    let pool = unsafe { PL_SNAT_POOLS.get(eni.service_id) }
-        .copied()
-        .ok_or(Reason::DropSnatExhausted)?;
+    let pool = unsafe { PL_SNAT_POOLS.get(eni.service_id) }.ok_or(Reason::DropSnatExhausted)?;
     if pool.count == 0 || pool.port_max < pool.port_min {
         return Err(Reason::DropSnatExhausted);
     }
@@ -182,11 +184,11 @@ fn create(
         key.src, key.dst, key.sport, key.dport, key.proto, key.vpc_id,
     );
 
+    // Linear probing from a hashed start: consecutive ports on one address, then the next.
     for attempt in 0..SNAT_ATTEMPTS {
-        let hh = hash::mix32(h.wrapping_add(attempt));
-        let idx = ((hh % count) as usize) & (MAX_SNAT_ADDRS - 1);
+        let idx = (((h >> 16).wrapping_add(attempt / 4) % count) as usize) & (MAX_SNAT_ADDRS - 1);
         let snat_addr = pool.addrs[idx];
-        let snat_port = pool.port_min + ((hh >> 8) % range) as u16;
+        let snat_port = pool.port_min + (h.wrapping_add(attempt) % range) as u16;
         let reply_key = FlowKey {
             vpc_id: eni.provider_vpc_id,
             src: eni.lb_addr,
@@ -196,7 +198,7 @@ fn create(
             proto: key.proto,
             _pad: [0; 3],
         };
-        if !claim(&reply_key, reply, t) {
+        if !claim(&reply_key, reply, t, cfg) {
             continue;
         }
         let fwd = FlowEntry {
@@ -228,7 +230,7 @@ fn create(
 /// Claims a provider-side tuple for a new flow: free, or held by a flow idle in both
 /// directions.
 #[inline(always)]
-fn claim(reply_key: &FlowKey, reply: &FlowEntry, t: u64) -> bool {
+fn claim(reply_key: &FlowKey, reply: &FlowEntry, t: u64, cfg: &Config) -> bool {
     if PL_CONNTRACK
         .insert(reply_key, reply, BPF_NOEXIST as u64)
         .is_ok()
@@ -239,13 +241,13 @@ fn claim(reply_key: &FlowKey, reply: &FlowEntry, t: u64) -> bool {
     let Some(old) = (unsafe { PL_CONNTRACK.get(reply_key) }).copied() else {
         return false;
     };
-    if !old.is_expired(reply_key.proto, t) {
+    if !old.is_expired(reply_key.proto, t, cfg) {
         return false;
     }
     let old_fwd_key = old.partner_key(reply_key.proto);
     // SAFETY: copied out.
     if let Some(fwd) = unsafe { PL_CONNTRACK.get(old_fwd_key) }.copied() {
-        if !fwd.is_expired(reply_key.proto, t) {
+        if !fwd.is_expired(reply_key.proto, t, cfg) {
             return false;
         }
         let _ = PL_CONNTRACK.remove(old_fwd_key);

@@ -10,7 +10,7 @@ use crate::{
     ipv4::{Packet, check_endpoint_at},
     maps::PL_CONNTRACK,
     nat,
-    parse::{ETH_LEN, EthHdr, IcmpHdr, Ipv4Hdr, Ports, be16, mut_at, ne16},
+    parse::{ETH_LEN, EthHdr, Icmpv4Hdr, Ipv4Ext, Ipv4Hdr, Ports, be16, mut_at, ne16},
 };
 
 const ECHO_REPLY: u8 = 0;
@@ -19,18 +19,18 @@ const ECHO_REQUEST: u8 = 8;
 const TIME_EXCEEDED: u8 = 11;
 
 #[inline(always)]
-fn icmp_hdr<'a>(ctx: &'a XdpContext, pkt: &Packet) -> Result<&'a mut IcmpHdr, Reason> {
+fn icmp_hdr<'a>(ctx: &'a XdpContext, pkt: &Packet) -> Result<&'a mut Icmpv4Hdr, Reason> {
     if pkt.l4 + 8 > pkt.end {
         return Err(Reason::DropTruncatedL4);
     }
-    mut_at::<IcmpHdr>(ctx, pkt.l4, Reason::DropTruncatedL4)
+    mut_at::<Icmpv4Hdr>(ctx, pkt.l4, Reason::DropTruncatedL4)
 }
 
 /// ICMP to an ENI of a forwarding endpoint.
 #[inline(always)]
 pub fn to_endpoint(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
     let icmp = icmp_hdr(ctx, pkt)?;
-    match icmp.kind {
+    match icmp.type_ {
         ECHO_REQUEST if icmp.code == 0 => echo_reply(ctx, icmp),
         DEST_UNREACH | TIME_EXCEEDED => translate_error(ctx, iface, pkt),
         _ => Err(Reason::DropIcmpUnsupported),
@@ -41,27 +41,28 @@ pub fn to_endpoint(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
 #[inline(always)]
 pub fn to_snat(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
     let icmp = icmp_hdr(ctx, pkt)?;
-    match icmp.kind {
+    match icmp.type_ {
         DEST_UNREACH | TIME_EXCEEDED => translate_error(ctx, iface, pkt),
         _ => Err(Reason::DropIcmpUnsupported),
     }
 }
 
 #[inline(always)]
-fn echo_reply(ctx: &XdpContext, icmp: &mut IcmpHdr) -> Result<Verdict, Reason> {
-    let old = ne16([icmp.kind, icmp.code]);
-    icmp.kind = ECHO_REPLY;
-    icmp.check = csum::replace16(ne16(icmp.check), old, ne16([icmp.kind, icmp.code])).to_ne_bytes();
+fn echo_reply(ctx: &XdpContext, icmp: &mut Icmpv4Hdr) -> Result<Verdict, Reason> {
+    let old = ne16([icmp.type_, icmp.code]);
+    icmp.type_ = ECHO_REPLY;
+    icmp.check =
+        csum::replace16(ne16(icmp.check), old, ne16([icmp.type_, icmp.code])).to_ne_bytes();
 
     let ip = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
     // Swapping the addresses leaves the sum unchanged; the new TTL does not.
-    core::mem::swap(&mut ip.src, &mut ip.dst);
+    core::mem::swap(&mut ip.src_addr, &mut ip.dst_addr);
     let old_ttl = ip.ttl_word();
     ip.ttl = 64;
     ip.check = csum::replace16(ne16(ip.check), old_ttl, ip.ttl_word()).to_ne_bytes();
 
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
-    core::mem::swap(&mut eth.src, &mut eth.dst);
+    core::mem::swap(&mut eth.src_addr, &mut eth.dst_addr);
     Ok((xdp_action::XDP_TX, Reason::IcmpEchoReply))
 }
 
@@ -91,8 +92,8 @@ fn translate_error(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
     let (isport, idport) = (be16(ports.sport), be16(ports.dport));
     let key = FlowKey {
         vpc_id: iface.vpc_id,
-        src: inner.dst,
-        dst: inner.src,
+        src: inner.dst_addr,
+        dst: inner.src_addr,
         sport: idport,
         dport: isport,
         proto,
@@ -114,8 +115,8 @@ fn translate_error(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
     // The quoted packet becomes what the other side sent: reverse of the entry's rewrite.
     let (new_isrc, new_idst) = (e.new_dst, e.new_src);
     let (new_isport, new_idport) = (e.new_dport, e.new_sport);
-    let (old_isrc, old_idst) = (inner.src, inner.dst);
-    let icmp = mut_at::<IcmpHdr>(ctx, pkt.l4, Reason::DropTruncatedL4)?;
+    let (old_isrc, old_idst) = (inner.src_addr, inner.dst_addr);
+    let icmp = mut_at::<Icmpv4Hdr>(ctx, pkt.l4, Reason::DropTruncatedL4)?;
     let mut ic = ne16(icmp.check);
 
     // The quoted L4 checksum, when the quote reaches it.
@@ -165,8 +166,8 @@ fn translate_error(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
     ic = csum::replace16(ic, old_ich, new_ich);
     ic = csum::replace4(ic, old_isrc, new_isrc);
     ic = csum::replace4(ic, old_idst, new_idst);
-    inner.src = new_isrc;
-    inner.dst = new_idst;
+    inner.src_addr = new_isrc;
+    inner.dst_addr = new_idst;
     inner.check = new_ich.to_ne_bytes();
     icmp.check = ic.to_ne_bytes();
 

@@ -9,7 +9,7 @@ use privatelink_common::{
 use crate::{
     Verdict, conntrack, icmp,
     maps::{PL_ENDPOINTS, PL_SNAT_ADDRS},
-    parse::{ETH_LEN, Ipv4Hdr, be16, frame_len, mut_at, ne16, ptr_at},
+    parse::{ETH_LEN, Ipv4Ext, Ipv4Hdr, be16, frame_len, mut_at, ne16, ptr_at},
 };
 
 /// A validated IPv4 packet: where its L4 header starts and where the IP packet ends.
@@ -44,7 +44,7 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
     };
     let dst = VpcAddr {
         vpc_id: iface.vpc_id,
-        addr: ip.dst,
+        addr: ip.dst_addr,
     };
     // SAFETY: the value is copied out of the map.
     if let Some(eni) = unsafe { PL_ENDPOINTS.get(dst) }.copied() {

@@ -28,14 +28,6 @@ pub fn privatelink(ctx: XdpContext) -> u32 {
     action
 }
 
-/// Returns every frame to the kernel untouched. Attached to the far end of a veth pair
-/// (labs, tests) because the kernel delivers XDP-redirected frames into a veth only when
-/// its peer runs an XDP program.
-#[xdp]
-pub fn privatelink_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Result<Verdict, Reason> {
     let eth = parse::mut_at::<parse::EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
@@ -44,7 +36,7 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Reason> {
     let Some(iface) = (unsafe { maps::PL_IFACES.get(ifindex) }).copied() else {
         return Ok((xdp_action::XDP_PASS, Reason::PassNotAttached));
     };
-    match parse::be16(eth.ethertype) {
+    match u16::from_be(eth.ether_type) {
         parse::ETH_P_IP => ipv4::handle(ctx, ifindex, &iface),
         parse::ETH_P_ARP => arp::handle(ctx, &iface),
         _ => Ok((xdp_action::XDP_PASS, Reason::PassUnrelated)),

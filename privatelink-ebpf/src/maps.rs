@@ -2,11 +2,11 @@
 //! Sizes here are defaults; the loader overrides `PL_CONNTRACK`'s from configuration.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use privatelink_common::{
-    DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey, IfaceInfo, MAX_ENDPOINTS,
+    Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey, IfaceInfo, MAX_ENDPOINTS,
     MAX_IFACES, MAX_NEIGHBORS, MAX_SERVICES, MAX_VPCS, Neighbor, SnatPool, VpcAddr, VpcPort,
     reason::REASON_COUNT,
 };
@@ -36,3 +36,15 @@ pub static PL_CONNTRACK: LruHashMap<FlowKey, FlowEntry, { DEFAULT_CONNTRACK_ENTR
 
 #[btf_map]
 pub static PL_STATS: PerCpuArray<u64, { REASON_COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static PL_CONFIG: Array<Config, 1> = Array::new();
+
+/// The daemon's settings (defaults until it has written them).
+#[inline(always)]
+pub fn config() -> Config {
+    match PL_CONFIG.get(0) {
+        Some(c) if c.tcp_timeout_ns != 0 => *c,
+        _ => Config::default(),
+    }
+}

@@ -6,7 +6,7 @@ use privatelink_common::{FlowEntry, PROTO_TCP, PROTO_UDP, Reason, csum};
 use crate::{
     Verdict,
     ipv4::Packet,
-    parse::{ETH_LEN, EthHdr, Ipv4Hdr, Ports, TcpHdr, UdpHdr, be16, mut_at, ne16},
+    parse::{ETH_LEN, EthHdr, Ipv4Ext, Ipv4Hdr, Ports, TcpHdr, UdpHdr, be16, mut_at, ne16},
 };
 
 /// Rewrites the outer IPv4 header to `src`/`dst`, decrements TTL, fixes the checksum.
@@ -18,15 +18,15 @@ pub fn rewrite_ip(
     dst: [u8; 4],
 ) -> Result<([u8; 4], [u8; 4]), Reason> {
     let ip = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
-    let (old_src, old_dst) = (ip.src, ip.dst);
+    let (old_src, old_dst) = (ip.src_addr, ip.dst_addr);
     let mut c = ne16(ip.check);
     c = csum::replace4(c, old_src, src);
     c = csum::replace4(c, old_dst, dst);
     let old_ttl = ip.ttl_word();
     ip.ttl -= 1;
     c = csum::replace16(c, old_ttl, ip.ttl_word());
-    ip.src = src;
-    ip.dst = dst;
+    ip.src_addr = src;
+    ip.dst_addr = dst;
     ip.check = c.to_ne_bytes();
     Ok((old_src, old_dst))
 }
@@ -90,8 +90,8 @@ pub fn apply(
 #[inline(always)]
 pub fn redirect(ctx: &XdpContext, e: &FlowEntry, reason: Reason) -> Result<Verdict, Reason> {
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
-    eth.src = e.src_mac;
-    eth.dst = e.dst_mac;
+    eth.src_addr = e.src_mac;
+    eth.dst_addr = e.dst_mac;
     // SAFETY: plain helper call; flags 0.
     let action = unsafe { bpf_redirect(e.out_ifindex, 0) } as u32;
     if action != xdp_action::XDP_REDIRECT {

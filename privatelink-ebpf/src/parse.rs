@@ -10,41 +10,31 @@ pub const ETH_LEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 
-#[repr(C)]
-pub struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    pub ethertype: [u8; 2],
-}
+pub use network_types::{
+    arp::ArpHdr, eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr,
+};
 
-#[repr(C)]
-pub struct Ipv4Hdr {
-    pub vihl: u8,
-    pub tos: u8,
-    pub tot_len: [u8; 2],
-    pub id: [u8; 2],
-    pub frag: [u8; 2],
-    pub ttl: u8,
-    pub proto: u8,
-    pub check: [u8; 2],
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-}
-
-impl Ipv4Hdr {
+/// What the data path needs of an IPv4 header beyond network-types' accessors.
+pub trait Ipv4Ext {
     /// Header length in bytes (20..=60 once validated).
+    fn hdr_len(&self) -> usize;
+    /// MF set or a non-zero offset; DF alone is not a fragment.
+    fn is_fragment(&self) -> bool;
+    /// The 16-bit word holding TTL and protocol, as checksummed.
+    fn ttl_word(&self) -> u16;
+}
+
+impl Ipv4Ext for Ipv4Hdr {
     #[inline(always)]
-    pub fn hdr_len(&self) -> usize {
+    fn hdr_len(&self) -> usize {
         ((self.vihl & 0x0f) as usize) * 4
     }
     #[inline(always)]
-    pub fn is_fragment(&self) -> bool {
-        // MF set or a non-zero offset; DF (0x40) alone is not a fragment.
-        (self.frag[0] & 0x3f) != 0 || self.frag[1] != 0
+    fn is_fragment(&self) -> bool {
+        (self.frags[0] & 0x3f) != 0 || self.frags[1] != 0
     }
-    /// The 16-bit word holding TTL and protocol, as checksummed.
     #[inline(always)]
-    pub fn ttl_word(&self) -> u16 {
+    fn ttl_word(&self) -> u16 {
         u16::from_ne_bytes([self.ttl, self.proto])
     }
 }
@@ -56,50 +46,14 @@ pub struct Ports {
     pub dport: [u8; 2],
 }
 
-#[repr(C)]
-pub struct TcpHdr {
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    pub seq: [u8; 4],
-    pub ack: [u8; 4],
-    pub off: u8,
-    pub flags: u8,
-    pub window: [u8; 2],
-    pub check: [u8; 2],
-    pub urg: [u8; 2],
-}
-
+/// TCP flags the conntrack follows, as one byte (FIN, SYN, RST as on the wire).
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 
-#[repr(C)]
-pub struct UdpHdr {
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    pub len: [u8; 2],
-    pub check: [u8; 2],
-}
-
-#[repr(C)]
-pub struct IcmpHdr {
-    pub kind: u8,
-    pub code: u8,
-    pub check: [u8; 2],
-    pub rest: [u8; 4],
-}
-
-#[repr(C)]
-pub struct ArpHdr {
-    pub htype: [u8; 2],
-    pub ptype: [u8; 2],
-    pub hlen: u8,
-    pub plen: u8,
-    pub op: [u8; 2],
-    pub sha: [u8; 6],
-    pub spa: [u8; 4],
-    pub tha: [u8; 6],
-    pub tpa: [u8; 4],
+#[inline(always)]
+pub fn tcp_flags(tcp: &TcpHdr) -> u8 {
+    (tcp.fin() as u8) | ((tcp.syn() as u8) << 1) | ((tcp.rst() as u8) << 2)
 }
 
 /// `data` and `data_end`, read with volatile loads: otherwise LLVM proves a later check
@@ -131,8 +85,8 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize, err: Reason) -> Result<*mut T, Re
 #[allow(clippy::mut_from_ref)]
 pub fn mut_at<T>(ctx: &XdpContext, off: usize, err: Reason) -> Result<&mut T, Reason> {
     let p = ptr_at::<T>(ctx, off, err)?;
-    // SAFETY: `ptr_at` checked that `size_of::<T>()` bytes at `p` lie inside the frame, and
-    // every header type here has alignment 1.
+    // SAFETY: `ptr_at` checked that `size_of::<T>()` bytes at `p` lie inside the frame;
+    // header types have alignment 1 (EthHdr 2, used only at the 2-aligned frame start).
     Ok(unsafe { &mut *p })
 }
 

@@ -9,11 +9,11 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use privatelink_common::{
-    DEFAULT_CONNTRACK_ENTRIES, FlowEntry, FlowKey, Neighbor, PROGRAM_NAME, Reason, VpcAddr,
+    Config, DEFAULT_CONNTRACK_ENTRIES, FlowEntry, FlowKey, Neighbor, PROGRAM_NAME, Reason, VpcAddr,
     map_names,
 };
 
@@ -25,6 +25,10 @@ use crate::{
 /// The XDP object, built by build.rs from privatelink-ebpf.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/privatelink-xdp"));
+
+/// A map-less program that passes every frame (veth peers in labs; benchmark baseline).
+pub static PASS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/privatelink-pass"));
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/privatelink";
 
@@ -54,6 +58,7 @@ pub struct ApplyReport {
 pub struct Dataplane {
     ebpf: Ebpf,
     links: Vec<(String, XdpLinkId)>,
+    pass: Option<Ebpf>,
 }
 
 impl Dataplane {
@@ -78,6 +83,7 @@ impl Dataplane {
         Ok(Self {
             ebpf,
             links: Vec::new(),
+            pass: None,
         })
     }
 
@@ -96,18 +102,12 @@ impl Dataplane {
         program(&mut self.ebpf)
     }
 
-    /// The pass-through program of the same object, loaded on first use (a baseline for
-    /// benchmarks).
+    /// The pass-through program, loaded on first use (a baseline for benchmarks).
     pub fn pass_program(&mut self) -> Result<&mut Xdp> {
-        let p: &mut Xdp = self
-            .ebpf
-            .program_mut(privatelink_common::PASS_PROGRAM_NAME)
-            .ok_or_else(|| anyhow!("no pass program in the object"))?
-            .try_into()?;
-        if p.fd().is_err() {
-            p.load()?;
+        if self.pass.is_none() {
+            self.pass = Some(load_pass()?);
         }
-        Ok(p)
+        pass_program(self.pass.as_mut().expect("just set"))
     }
 
     pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
@@ -135,6 +135,13 @@ impl Dataplane {
         Ok(r)
     }
 
+    /// Writes the data path's settings (idle timeouts).
+    pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        let mut a: Array<_, Config> = Array::try_from(self.map_mut(map_names::CONFIG)?)?;
+        a.set(0, cfg, 0)?;
+        Ok(())
+    }
+
     pub fn stats(&self) -> Result<Vec<(Reason, u64)>> {
         read_stats(self.map(map_names::STATS)?)
     }
@@ -160,21 +167,26 @@ impl Dataplane {
 /// Attaches the pass-through program to `ifaces` and keeps it there while the returned
 /// object lives.
 pub fn attach_pass(ifaces: &[String]) -> Result<Ebpf> {
-    let mut loader = EbpfLoader::new();
-    for name in map_names::ALL {
-        loader.map_max_entries(name, 1);
-    }
-    let mut ebpf = loader.load(EBPF_OBJECT)?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(privatelink_common::PASS_PROGRAM_NAME)
-        .ok_or_else(|| anyhow!("no pass program in the object"))?
-        .try_into()?;
-    prog.load()?;
+    let mut ebpf = load_pass()?;
+    let prog = pass_program(&mut ebpf)?;
     for i in ifaces {
         prog.attach(i, XdpMode::Driver)
             .with_context(|| format!("attaching the pass program to {i}"))?;
     }
     Ok(ebpf)
+}
+
+fn load_pass() -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(PASS_OBJECT)?;
+    pass_program(&mut ebpf)?.load()?;
+    Ok(ebpf)
+}
+
+fn pass_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    Ok(ebpf
+        .program_mut(privatelink_common::PASS_PROGRAM_NAME)
+        .ok_or_else(|| anyhow!("no pass program in the object"))?
+        .try_into()?)
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {

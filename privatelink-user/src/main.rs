@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use privatelink_common::{
-    DEFAULT_CONNTRACK_ENTRIES, DIR_ORIGINAL, PROTO_TCP, PROTO_UDP, map_names,
+    Config, DEFAULT_CONNTRACK_ENTRIES, DIR_ORIGINAL, PROTO_TCP, PROTO_UDP, map_names,
 };
 use privatelink_user::{
     dataplane::{self, DEFAULT_PIN_DIR, Dataplane, LoadOptions},
@@ -30,30 +30,42 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(clap::Args)]
+struct DaemonArgs {
+    #[arg(long)]
+    state: PathBuf,
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Conntrack capacity in entries (two per flow).
+    #[arg(long, default_value_t = DEFAULT_CONNTRACK_ENTRIES)]
+    conntrack_entries: u32,
+    /// Idle timeout of TCP flows, seconds.
+    #[arg(long, default_value_t = 350, value_parser = clap::value_parser!(u64).range(1..))]
+    tcp_timeout: u64,
+    /// Idle timeout of UDP flows, seconds.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    udp_timeout: u64,
+    /// Life of a TCP flow after RST or FIN in both directions, seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    closing_timeout: u64,
+    /// Attach in generic (skb) mode instead of native driver mode.
+    #[arg(long)]
+    xdp_skb: bool,
+    /// Written once the program is attached and the maps are filled.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Run in this named network namespace (/run/netns/NAME). Only the network
+    /// namespace changes, so pins stay on the host's /sys/fs/bpf (`ip netns exec`
+    /// would hide it behind a fresh /sys).
+    #[arg(long)]
+    netns: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Load the XDP program, attach it to every VPC interface of the state file and keep
     /// the maps in sync with it (SIGHUP re-reads the file).
-    Daemon {
-        #[arg(long)]
-        state: PathBuf,
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-        /// Conntrack capacity in entries (two per flow).
-        #[arg(long, default_value_t = DEFAULT_CONNTRACK_ENTRIES)]
-        conntrack_entries: u32,
-        /// Attach in generic (skb) mode instead of native driver mode.
-        #[arg(long)]
-        xdp_skb: bool,
-        /// Written once the program is attached and the maps are filled.
-        #[arg(long)]
-        ready_file: Option<PathBuf>,
-        /// Run in this named network namespace (/run/netns/NAME). Only the network
-        /// namespace changes, so pins stay on the host's /sys/fs/bpf (`ip netns exec`
-        /// would hide it behind a fresh /sys).
-        #[arg(long)]
-        netns: Option<String>,
-    },
+    Daemon(DaemonArgs),
     /// Validate a state file and print what it declares.
     Check {
         #[arg(long)]
@@ -93,27 +105,14 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().cmd {
-        Cmd::Daemon {
-            state,
-            pin_dir,
-            conntrack_entries,
-            xdp_skb,
-            ready_file,
-            netns,
-        } => {
-            if let Some(ns) = netns {
-                enter_netns(&ns)?;
+        Cmd::Daemon(args) => {
+            if let Some(ns) = &args.netns {
+                enter_netns(ns)?;
             }
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(daemon(
-                    state,
-                    pin_dir,
-                    conntrack_entries,
-                    xdp_skb,
-                    ready_file,
-                ))
+                .block_on(daemon(args))
         }
         Cmd::XdpPass { netns, ifaces } => {
             if let Some(ns) = netns {
@@ -214,19 +213,30 @@ fn read_state(path: &Path) -> Result<State> {
     model::parse_state(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-async fn daemon(
-    state_path: PathBuf,
-    pin_dir: PathBuf,
-    conntrack_entries: u32,
-    xdp_skb: bool,
-    ready_file: Option<PathBuf>,
-) -> Result<()> {
+async fn daemon(args: DaemonArgs) -> Result<()> {
+    let DaemonArgs {
+        state: state_path,
+        pin_dir,
+        conntrack_entries,
+        tcp_timeout,
+        udp_timeout,
+        closing_timeout,
+        xdp_skb,
+        ready_file,
+        netns: _,
+    } = args;
     let state = read_state(&state_path)?;
     // Everything that can be refused is checked before the kernel is touched.
     let want = desired::compute(&state, dataplane::resolve_link)?;
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: Some(pin_dir.clone()),
         conntrack_entries,
+    })?;
+    const S: u64 = 1_000_000_000;
+    dp.set_config(&Config {
+        tcp_timeout_ns: tcp_timeout * S,
+        other_timeout_ns: udp_timeout * S,
+        closing_timeout_ns: closing_timeout * S,
     })?;
     let report = dp.apply(&want)?;
     info!(

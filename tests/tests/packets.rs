@@ -609,3 +609,167 @@ fn arp_for_eni_and_snat_addresses_is_answered() {
     let vpc_a = privatelink_user::model::numeric_id("vpc-a");
     assert_eq!(h.dp.neighbor(vpc_a, CLIENT), Some(CLIENT_MAC));
 }
+
+fn flow_entries(h: &Harness) -> Vec<(privatelink_common::FlowKey, privatelink_common::FlowEntry)> {
+    h.dp.flows().unwrap()
+}
+
+fn tcp_with_flags(h: &Harness, sport: u16, fin: bool, rst: bool, syn: bool) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(CLIENT, ENI, 64)
+        .tcp(sport, 80, 2000, 64240)
+        .ack(1);
+    if fin {
+        b = b.fin();
+    }
+    if rst {
+        b = b.rst();
+    }
+    if syn {
+        b = b.syn();
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
+fn lb_fin(h: &Harness, snat: [u8; 4], port: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4(LB, snat, 64)
+        .tcp(80, port, 7000, 65000)
+        .ack(1)
+        .fin()
+        .write(&mut v, &[])
+        .unwrap();
+    v
+}
+
+fn all_closing(h: &Harness) -> bool {
+    let f = flow_entries(h);
+    !f.is_empty()
+        && f.iter()
+            .all(|(_, e)| e.tcp_flags & privatelink_common::CT_CLOSING != 0)
+}
+
+#[test]
+fn rst_closes_both_directions_and_syn_reopens() {
+    let mut h = harness();
+    open_flow(&mut h, 41000);
+    assert!(!all_closing(&h));
+    assert_eq!(
+        h.run(
+            h.consumer.ifindex,
+            &tcp_with_flags(&h, 41000, false, true, false)
+        )
+        .unwrap()
+        .0,
+        XDP_REDIRECT
+    );
+    assert!(all_closing(&h), "RST marks both entries closing");
+    assert_eq!(
+        h.run(
+            h.consumer.ifindex,
+            &tcp_with_flags(&h, 41000, false, false, true)
+        )
+        .unwrap()
+        .0,
+        XDP_REDIRECT
+    );
+    assert!(
+        flow_entries(&h).iter().all(|(_, e)| e.tcp_flags == 0),
+        "a SYN reopens the flow"
+    );
+}
+
+#[test]
+fn fin_in_both_directions_closes_the_flow() {
+    let mut h = harness();
+    let (snat, port) = open_flow(&mut h, 41100);
+    h.run(
+        h.consumer.ifindex,
+        &tcp_with_flags(&h, 41100, true, false, false),
+    )
+    .unwrap();
+    assert!(!all_closing(&h), "half-closed is still open");
+    let (act, _) = h.run(h.provider.ifindex, &lb_fin(&h, snat, port)).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    assert!(all_closing(&h), "FIN both ways closes");
+}
+
+fn short_timeouts(h: &mut Harness) {
+    const MS: u64 = 1_000_000;
+    h.dp.set_config(&privatelink_common::Config {
+        tcp_timeout_ns: 300 * MS,
+        other_timeout_ns: 200 * MS,
+        closing_timeout_ns: 100 * MS,
+    })
+    .unwrap();
+}
+
+#[test]
+fn idle_flows_expire() {
+    let mut h = harness();
+    short_timeouts(&mut h);
+    let (act, out) = h
+        .run(h.consumer.ifindex, &udp_to_eni(&h, 7000, b"a", false))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let first = parse_checked(&out);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A reply to the expired flow no longer passes ...
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4(LB, first.ip.source, 64)
+        .udp(53, first.sport)
+        .write(&mut reply, b"late")
+        .unwrap();
+    assert_eq!(h.run(h.provider.ifindex, &reply).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropNoFlow), 1);
+    // ... and the client's next packet starts a new flow.
+    assert_eq!(
+        h.run(h.consumer.ifindex, &udp_to_eni(&h, 7000, b"b", false))
+            .unwrap()
+            .0,
+        XDP_REDIRECT
+    );
+    assert_eq!(h.count(Reason::ForwardNewFlow), 2);
+}
+
+/// A pool of one address and four ports: four flows get four distinct tuples, the fifth
+/// is refused and counted, and once the first flows have expired a new flow takes over
+/// a stale tuple (and the stale flow's other entry goes with it).
+#[test]
+fn snat_pool_exhaustion_and_reuse_after_expiry() {
+    let state = LAB_STATE.replace(
+        "snat = [\"10.10.0.200\", \"10.10.0.201\"]",
+        "snat = [\"10.10.0.200\"]\nsnat_ports = [2000, 2003]",
+    );
+    let mut h = Harness::new(&state).unwrap();
+    short_timeouts(&mut h);
+    let mut tuples = std::collections::BTreeSet::new();
+    for sport in 42000..42004 {
+        let t = open_flow(&mut h, sport);
+        assert_eq!(t.0, SNAT[0]);
+        assert!((2000..=2003).contains(&t.1));
+        assert!(tuples.insert(t), "tuple {t:?} handed out twice");
+    }
+    let (act, _) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(&h, 42004, true, b""))
+        .unwrap();
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(h.count(Reason::DropSnatExhausted), 1);
+
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let t = open_flow(&mut h, 42004);
+    assert!(tuples.contains(&t), "a stale tuple is reused: {t:?}");
+    let flows = flow_entries(&h);
+    let holders = flows
+        .iter()
+        .filter(|(_, e)| e.direction == DIR_ORIGINAL && e.new_sport == t.1)
+        .count();
+    assert_eq!(
+        holders, 1,
+        "the stale flow's entry was removed with its tuple"
+    );
+}

@@ -155,10 +155,21 @@ fn setup() -> Result<()> {
         step("packages", &format!("installing {}", missing.join(" ")));
         // Package lists on a fresh machine are stale: update first.
         run(privileged("apt-get").args(["update", "-qq"]))?;
-        run(privileged("apt-get")
+        // Installing nginx or haproxy must not start them in the host's namespace: the labs
+        // start their own. policy-rc.d 101 = "do not start services".
+        let policy = Path::new("/usr/sbin/policy-rc.d");
+        let own_policy = !policy.exists();
+        if own_policy {
+            run(privileged("sh").args(["-c", "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d"]))?;
+        }
+        let installed = run(privileged("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+            .env("DEBIAN_FRONTEND", "noninteractive"));
+        if own_policy {
+            run(privileged("rm").args(["-f", "/usr/sbin/policy-rc.d"]))?;
+        }
+        installed?;
     }
 
     // The nightly toolchain with rust-src (the eBPF crate builds core with build-std).

@@ -4,7 +4,7 @@ use std::sync::mpsc;
 
 use anyhow::Result;
 use clap::Parser;
-use privatelink_tests::lab::{CLIENT, ENI, LB, Lab, LabOptions};
+use privatelink_tests::lab::{CLIENT, ENI, LB, Lab, LabOptions, privatelink_bin};
 
 #[derive(Parser)]
 #[command(about = "privatelink's cross-account lab in network namespaces")]
@@ -25,11 +25,12 @@ fn main() -> Result<()> {
     let lab = Lab::up(&opts)?;
     let c = &lab.consumer.name;
     let pin = &args.pin_dir;
+    let pl = privatelink_bin()?.display().to_string();
     println!(
         "\nlab is up: consumer {CLIENT} in {c} reaches the provider's load balancer {LB} in {p} \
          through endpoint ENI {ENI}; the XDP program in {f} does all forwarding.\n\n\
          try:\n  ip netns exec {c} curl http://{ENI}/\n  ip netns exec {c} ping -c 3 {ENI}\n  \
-         privatelink stats --pin-dir {pin}\n  privatelink flows --pin-dir {pin}\n  \
+         {pl} stats --pin-dir {pin}\n  {pl} flows --pin-dir {pin}\n  \
          bpftool map dump pinned {pin}/PL_CONNTRACK\n\nCtrl-C tears it down.",
         p = lab.provider.name,
         f = lab.fwd.name,
