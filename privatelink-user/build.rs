@@ -16,6 +16,8 @@ fn main() -> Result<()> {
             no_default_features: false,
             features: &[],
         }],
-        aya_build::Toolchain::default(),
+        // The nightly whose LLVM (22) matches the bpf-linker that xtask builds; a newer
+        // nightly moves to another LLVM and the link fails.
+        aya_build::Toolchain::Custom(include_str!("../privatelink-ebpf/toolchain").trim()),
     )
 }

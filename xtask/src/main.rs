@@ -77,7 +77,8 @@ fn main() -> Result<()> {
             setup()?;
             build()?;
             step("lint", "cargo fmt --check, cargo clippy -D warnings");
-            cargo(&["+nightly", "fmt", "--all", "--check"])?;
+            let fmt_tc = format!("+{}", ebpf_toolchain());
+            cargo(&[&fmt_tc, "fmt", "--all", "--check"])?;
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
             step(
                 "test",
@@ -95,6 +96,11 @@ fn main() -> Result<()> {
             run(&mut Command::new(root.join("target/release/pl-bench")))
         }
     }
+}
+
+/// The nightly that builds the eBPF crate (and formats, for rustfmt's unstable options).
+fn ebpf_toolchain() -> &'static str {
+    include_str!("../../privatelink-ebpf/toolchain").trim()
 }
 
 fn workspace_root() -> PathBuf {
@@ -172,89 +178,91 @@ fn setup() -> Result<()> {
         installed?;
     }
 
-    // The nightly toolchain with rust-src (the eBPF crate builds core with build-std).
+    // The pinned nightly with rust-src (the eBPF crate builds core with build-std). Never
+    // `rustup update` it: bpf-linker is tied to its LLVM.
+    let tc = ebpf_toolchain();
     let installed = output(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        tc,
         "--installed",
     ]))
     .unwrap_or_default();
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        step("nightly", "rust-src present");
+    if ["rust-src", "rustfmt"]
+        .iter()
+        .all(|c| installed.lines().any(|l| l.starts_with(c)))
+    {
+        step("nightly", &format!("{tc} with rust-src present"));
     } else {
-        step("nightly", "installing the nightly toolchain's rust-src");
+        step(
+            "nightly",
+            &format!("installing {tc} with rust-src and rustfmt"),
+        );
         run(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            tc,
             "--profile",
             "minimal",
             "--component",
             "rust-src,rustfmt",
         ]))?;
     }
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .unwrap_or_default();
-    if !installed.lines().any(|l| l.starts_with("rustfmt")) {
-        step("nightly", "adding rustfmt");
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rustfmt",
-            "--toolchain",
-            "nightly",
-        ]))?;
-    }
 
-    // bpf-linker, built against the nightly's own LLVM (crates.io's default wants another).
-    if Command::new("bpf-linker")
+    // bpf-linker, linked against that nightly's own libLLVM (crates.io's default wants
+    // another LLVM). Its RUNPATH is $prefix/lib, so the links are refreshed every time.
+    let sysroot = output(
+        Command::new("rustc")
+            .arg(format!("+{tc}"))
+            .args(["--print", "sysroot"]),
+    )?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let so = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so"))
+        })
+        .with_context(|| format!("no libLLVM.so in {}", lib.display()))?;
+    let prefix =
+        std::env::var("BPF_LINKER_LLVM_PREFIX").unwrap_or_else(|_| "/opt/rust-llvm".into());
+    let plib = Path::new(&prefix).join("lib");
+    let linked = std::fs::read_link(plib.join("libLLVM.so")).is_ok_and(|t| t == so);
+    if !linked {
+        step(
+            "llvm",
+            &format!("linking {} into {}", so.display(), plib.display()),
+        );
+        run(privileged("mkdir").arg("-p").arg(&plib))?;
+        run(privileged("ln")
+            .arg("-sf")
+            .arg(&so)
+            .arg(plib.join("libLLVM.so")))?;
+        run(privileged("ln")
+            .arg("-sf")
+            .arg(&so)
+            .arg(plib.join(so.file_name().expect("file"))))?;
+    }
+    let works = Command::new("bpf-linker")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
-    {
+        .is_ok_and(|s| s.success());
+    if works {
         step("bpf-linker", "present");
     } else {
         step(
             "bpf-linker",
             "building against the nightly's LLVM (1-2 minutes)",
         );
-        let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
-        let lib = Path::new(sysroot.trim()).join("lib");
-        let so = std::fs::read_dir(&lib)?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("libLLVM.so"))
-            })
-            .with_context(|| format!("no libLLVM.so in {}", lib.display()))?;
-        let prefix =
-            std::env::var("BPF_LINKER_LLVM_PREFIX").unwrap_or_else(|_| "/opt/rust-llvm".into());
-        let plib = Path::new(&prefix).join("lib");
-        run(privileged("mkdir").arg("-p").arg(&plib))?;
-        run(privileged("ln")
-            .arg("-sf")
-            .arg(&so)
-            .arg(plib.join("libLLVM.so")))?;
-        // The binary's RUNPATH needs the soname file too.
-        run(privileged("ln")
-            .arg("-sf")
-            .arg(&so)
-            .arg(plib.join(so.file_name().unwrap())))?;
         run(Command::new("cargo")
             .args([
                 "install",
+                "--force",
                 "bpf-linker",
                 "--no-default-features",
                 "--features",
