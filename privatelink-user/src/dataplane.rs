@@ -10,7 +10,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use privatelink_common::{
     Config, DEFAULT_CONNTRACK_ENTRIES, FlowEntry, FlowKey, Neighbor, PROGRAM_NAME, Reason, VpcAddr,
@@ -57,6 +61,7 @@ pub struct ApplyReport {
 
 pub struct Dataplane {
     ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
     links: Vec<(String, XdpLinkId)>,
     pass: Option<Ebpf>,
 }
@@ -82,19 +87,47 @@ impl Dataplane {
             .context("the verifier rejected the XDP program")?;
         Ok(Self {
             ebpf,
+            pin_dir: opts.pin_dir.clone(),
             links: Vec::new(),
             pass: None,
         })
     }
 
-    /// Attaches the program to `iface` (native mode unless `skb`).
+    /// Attaches the program to `iface` (native mode unless `skb`). With a pin directory
+    /// the attachment is a bpf_link pinned at `<pin_dir>/links/<iface>`: it outlives the
+    /// daemon (a restart, or a kill -9, does not detach it), and a daemon that finds it
+    /// swaps its own program in atomically (an upgrade keeps the pinned maps, conntrack
+    /// included, and never leaves the interface without a program).
     pub fn attach(&mut self, iface: &str, skb: bool) -> Result<()> {
         let mode = if skb { XdpMode::Skb } else { XdpMode::Driver };
+        let pin = self.pin_dir.as_ref().map(|d| d.join("links").join(iface));
         let prog: &mut Xdp = program(&mut self.ebpf)?;
-        let id = prog
-            .attach(iface, mode)
-            .with_context(|| format!("attaching XDP ({mode:?}) to {iface}"))?;
-        self.links.push((iface.to_string(), id));
+        let existing = match &pin {
+            Some(p) if p.exists() => {
+                Some(PinnedLink::from_pin(p).with_context(|| format!("opening {}", p.display()))?)
+            }
+            _ => None,
+        };
+        let id = match existing {
+            Some(pinned) => {
+                let link = XdpLink::try_from(pinned.unpin()?)?;
+                prog.attach_to_link(link)
+                    .with_context(|| format!("replacing the program on {iface}"))?
+            }
+            None => prog
+                .attach(iface, mode)
+                .with_context(|| format!("attaching XDP ({mode:?}) to {iface}"))?,
+        };
+        match pin {
+            Some(p) => {
+                std::fs::create_dir_all(p.parent().expect("links dir"))?;
+                let link = FdLink::try_from(prog.take_link(id)?)
+                    .context("the kernel attached XDP without a bpf_link; cannot pin it")?;
+                link.pin(&p)
+                    .with_context(|| format!("pinning the link at {}", p.display()))?;
+            }
+            None => self.links.push((iface.to_string(), id)),
+        }
         Ok(())
     }
 

@@ -284,7 +284,10 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
             _ = int.recv() => break,
         }
     }
-    info!("stopping; pinned maps stay in {}", pin_dir.display());
+    info!(
+        "stopping; the program stays attached and the maps pinned in {} (remove the directory to detach)",
+        pin_dir.display()
+    );
     Ok(())
 }
 

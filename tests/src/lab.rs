@@ -212,9 +212,14 @@ impl Lab {
     }
 
     fn start_daemon(&mut self, daemon: &Path, state: &str) -> Result<()> {
+        fs::write(self.state_file(), state)?;
+        self.spawn_daemon(daemon)
+    }
+
+    fn spawn_daemon(&mut self, daemon: &Path) -> Result<()> {
         let state_file = self.state_file();
-        fs::write(&state_file, state)?;
         let ready = self.dir.join("daemon.ready");
+        let _ = fs::remove_file(&ready);
         let pin_dir = self.pin_dir.clone();
         let args = [
             "daemon",
@@ -227,11 +232,19 @@ impl Lab {
             "--netns",
             &self.fwd.name,
         ];
-        let child = spawn_logged(
-            &self.dir,
-            "privatelink",
-            std::process::Command::new(daemon).args(args),
-        )?;
+        // Append to the log so that a restart keeps the earlier lines.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("privatelink.log"))?;
+        let child = std::process::Command::new(daemon)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env_remove("RUST_BACKTRACE")
+            .spawn()
+            .context("starting the privatelink daemon")?;
         self.children.push(("privatelink".into(), child));
         let start = Instant::now();
         while !ready.exists() {
@@ -251,9 +264,26 @@ impl Lab {
                     self.log("privatelink")
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// Stops the daemon with `signal` (SIGTERM, or SIGKILL for a crash) and starts it
+    /// again; returns once the new one is ready.
+    pub fn restart_daemon(&mut self, signal: i32) -> Result<Duration> {
+        let i = self
+            .children
+            .iter()
+            .position(|(n, _)| n == "privatelink")
+            .context("daemon not running")?;
+        let (_, mut child) = self.children.remove(i);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        child.wait()?;
+        let t = Instant::now();
+        self.spawn_daemon(&privatelink_bin()?)?;
+        Ok(t.elapsed())
     }
 
     pub fn state_file(&self) -> PathBuf {
@@ -317,6 +347,16 @@ impl Lab {
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
+    }
+
+    /// `privatelink flows` output lines (one per original-direction flow).
+    pub fn flow_lines(&self) -> Result<Vec<String>> {
+        let out = netns::run(std::process::Command::new(privatelink_bin()?).args([
+            "flows",
+            "--pin-dir",
+            path(&self.pin_dir),
+        ]))?;
+        Ok(out.lines().skip(1).map(str::to_string).collect())
     }
 
     /// The XDP verdict counters, read from the pinned map by the CLI.

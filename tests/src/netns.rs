@@ -78,13 +78,18 @@ impl Netns {
     /// Moves the calling thread into the namespace (for BPF_PROG_TEST_RUN, which needs the
     /// ingress interface to exist in the caller's namespace).
     pub fn enter_thread(&self) -> Result<()> {
-        let f = File::open(format!("/run/netns/{}", self.name))?;
-        // SAFETY: setns on a namespace fd; affects only this thread.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {}: {}", self.name, std::io::Error::last_os_error());
-        }
-        Ok(())
+        enter_thread(&self.name)
     }
+}
+
+/// Moves the calling thread into the named namespace (without owning it).
+pub fn enter_thread(name: &str) -> Result<()> {
+    let f = File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: setns on a namespace fd; affects only this thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Drop for Netns {

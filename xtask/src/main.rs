@@ -49,6 +49,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     ("iputils-ping", "ping"),
     ("tcpdump", "tcpdump"),
+    ("wrk", "wrk"),
 ];
 
 fn main() -> Result<()> {
