@@ -2,7 +2,8 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -11,10 +12,12 @@ use privatelink_common::{
     Config, DEFAULT_CONNTRACK_ENTRIES, DIR_ORIGINAL, PROTO_TCP, PROTO_UDP, map_names,
 };
 use privatelink_user::{
+    api::{self, App, Apply, Shared},
+    daemon::DataplaneApply,
     dataplane::{self, DEFAULT_PIN_DIR, Dataplane, LoadOptions},
-    desired::{self, NextHop},
     model::{self, State},
-    neigh,
+    ops,
+    store::{RedbStore, Store},
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
@@ -31,9 +34,24 @@ struct Cli {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["state", "data_dir"])))]
 struct DaemonArgs {
+    /// Declarative mode: the state comes from this file (SIGHUP re-reads it).
     #[arg(long)]
-    state: PathBuf,
+    state: Option<PathBuf>,
+    /// API mode: the state lives in an embedded store in this directory and changes
+    /// through the HTTP API.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// API mode: where the HTTP API listens (bound before --netns is entered).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// API mode: the operator's token (default <data-dir>/admin.token, created if missing).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// API mode: import this state file when the store is empty.
+    #[arg(long)]
+    seed: Option<PathBuf>,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
     /// Conntrack capacity in entries (two per flow).
@@ -106,13 +124,21 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().cmd {
         Cmd::Daemon(args) => {
+            // The API socket is made in the caller's namespace, before --netns.
+            let listener = match &args.data_dir {
+                Some(_) => Some(
+                    std::net::TcpListener::bind(&args.listen)
+                        .with_context(|| format!("listening on {}", args.listen))?,
+                ),
+                None => None,
+            };
             if let Some(ns) = &args.netns {
                 enter_netns(ns)?;
             }
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(daemon(args))
+                .block_on(daemon(args, listener))
         }
         Cmd::XdpPass { netns, ifaces } => {
             if let Some(ns) = netns {
@@ -213,150 +239,148 @@ fn read_state(path: &Path) -> Result<State> {
     model::parse_state(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-async fn daemon(args: DaemonArgs) -> Result<()> {
-    let DaemonArgs {
-        state: state_path,
-        pin_dir,
-        conntrack_entries,
-        tcp_timeout,
-        udp_timeout,
-        closing_timeout,
-        xdp_skb,
-        ready_file,
-        netns: _,
-    } = args;
-    let state = read_state(&state_path)?;
-    // Everything that can be refused is checked before the kernel is touched.
-    let want = desired::compute(&state, dataplane::resolve_link)?;
-    let mut dp = Dataplane::load(&LoadOptions {
-        pin_dir: Some(pin_dir.clone()),
-        conntrack_entries,
+async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Result<()> {
+    // A state file, or the store, is read and validated before the kernel is touched.
+    let (state, store) = match (&args.state, &args.data_dir) {
+        (Some(path), _) => (read_state(path)?, None),
+        (None, Some(dir)) => {
+            let store = RedbStore::open(dir)?;
+            let mut state = store
+                .load()
+                .with_context(|| format!("reading the store in {}", dir.display()))?;
+            let mut store: Box<dyn Store> = Box::new(store);
+            if state == State::default()
+                && let Some(seed) = &args.seed
+            {
+                let seeded = read_state(seed)?;
+                store.save(&state, &seeded)?;
+                info!("store was empty: imported {}", seed.display());
+                state = seeded;
+            }
+            state
+                .validate()
+                .map_err(|e| anyhow::anyhow!("the stored state does not validate: {e}"))?;
+            (state, Some(store))
+        }
+        (None, None) => anyhow::bail!("give --state FILE or --data-dir DIR"),
+    };
+    let dp = Dataplane::load(&LoadOptions {
+        pin_dir: Some(args.pin_dir.clone()),
+        conntrack_entries: args.conntrack_entries,
     })?;
     const S: u64 = 1_000_000_000;
-    dp.set_config(&Config {
-        tcp_timeout_ns: tcp_timeout * S,
-        other_timeout_ns: udp_timeout * S,
-        closing_timeout_ns: closing_timeout * S,
+    let mut applier = DataplaneApply::new(dp, args.xdp_skb);
+    applier.dp.set_config(&Config {
+        tcp_timeout_ns: args.tcp_timeout * S,
+        other_timeout_ns: args.udp_timeout * S,
+        closing_timeout_ns: args.closing_timeout * S,
     })?;
-    let report = dp.apply(&want)?;
-    info!(
-        upserts = report.upserts,
-        deletes = report.deletes,
-        "maps in sync with {}",
-        state_path.display()
-    );
-    let mut attached = Vec::new();
-    for vpc in &state.vpcs {
-        dp.attach(&vpc.interface, xdp_skb)?;
-        attached.push(vpc.interface.clone());
-        info!(iface = %vpc.interface, vpc = %vpc.id, "XDP attached");
-    }
-    let mut hops = desired::next_hops(&state);
-    resolve(&mut dp, &hops, Duration::from_secs(3)).await;
-    if let Some(f) = &ready_file {
-        std::fs::write(f, format!("{}\n", std::process::id()))?;
-    }
-    info!(pin_dir = %pin_dir.display(), "ready");
+    applier.check(&state).map_err(|e| anyhow::anyhow!("{e}"))?;
+    applier.apply(&state)?;
+    applier.resolve(Duration::from_secs(3)).await;
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                for hop in &hops {
-                    if dp.neighbor(hop.vpc_id, hop.addr).is_none() {
-                        probe(&state_links(&dp, hop), hop);
-                    }
+
+    match (store, listener) {
+        (Some(store), Some(listener)) => {
+            let addr = listener.local_addr()?;
+            let admin = admin_token(&args)?;
+            let app: Shared = Arc::new(tokio::sync::Mutex::new(App {
+                state,
+                store,
+                apply: Box::new(applier),
+                admin_token_sha256: ops::token_hash(&admin),
+            }));
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let server =
+                tokio::spawn(axum::serve(listener, api::router(app.clone())).into_future());
+            ready(&args, &format!("http://{addr}"))?;
+            info!(api = %format!("http://{addr}"), "ready");
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => app.lock().await.apply.tick(),
+                    _ = hup.recv() => info!("SIGHUP ignored: the state lives in the store; use the API"),
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
                 }
             }
-            _ = hup.recv() => {
-                match reload(&state_path, &mut dp, &mut attached, xdp_skb) {
-                    Ok(new_hops) => {
-                        hops = new_hops;
-                        resolve(&mut dp, &hops, Duration::from_secs(1)).await;
+            server.abort();
+        }
+        _ => {
+            let path = args.state.clone().expect("file mode");
+            drop(state);
+            ready(&args, &std::process::id().to_string())?;
+            info!(pin_dir = %args.pin_dir.display(), "ready");
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => applier.tick(),
+                    _ = hup.recv() => {
+                        match reload(&path, &mut applier) {
+                            Ok(next) => {
+                                applier.resolve(Duration::from_secs(1)).await;
+                                info!(endpoints = next.endpoints.len(), "reloaded {}", path.display());
+                            }
+                            Err(e) => warn!("reload refused, keeping the running state: {e:#}"),
+                        }
                     }
-                    Err(e) => warn!("reload refused, keeping the running state: {e:#}"),
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
                 }
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
         }
     }
     info!(
         "stopping; the program stays attached and the maps pinned in {} (remove the directory to detach)",
-        pin_dir.display()
+        args.pin_dir.display()
     );
     Ok(())
 }
 
-fn reload(
-    path: &Path,
-    dp: &mut Dataplane,
-    attached: &mut Vec<String>,
-    skb: bool,
-) -> Result<Vec<NextHop>> {
+fn ready(args: &DaemonArgs, content: &str) -> Result<()> {
+    if let Some(f) = &args.ready_file {
+        std::fs::write(f, format!("{content}\n"))?;
+    }
+    Ok(())
+}
+
+/// The operator's token: read from the file, or created there (mode 0600) on first start.
+fn admin_token(args: &DaemonArgs) -> Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = match (&args.admin_token_file, &args.data_dir) {
+        (Some(p), _) => p.clone(),
+        (None, Some(d)) => d.join("admin.token"),
+        (None, None) => anyhow::bail!("no data directory"),
+    };
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if t.len() < 16 {
+            anyhow::bail!(
+                "{}: the admin token must be at least 16 characters",
+                path.display()
+            );
+        }
+        return Ok(t);
+    }
+    let mut b = [0u8; 24];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let t: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::io::Write::write_all(&mut f, format!("{t}\n").as_bytes())?;
+    info!("created the admin token in {}", path.display());
+    Ok(t)
+}
+
+fn reload(path: &Path, applier: &mut DataplaneApply) -> Result<State> {
     let state = read_state(path)?;
-    let want = desired::compute(&state, dataplane::resolve_link)?;
-    for vpc in &state.vpcs {
-        if !attached.contains(&vpc.interface) {
-            dp.attach(&vpc.interface, skb)?;
-            attached.push(vpc.interface.clone());
-        }
-    }
-    let r = dp.apply(&want)?;
-    info!(
-        upserts = r.upserts,
-        deletes = r.deletes,
-        "reloaded {}",
-        path.display()
-    );
-    Ok(desired::next_hops(&state))
-}
-
-/// The link a next hop's VPC is attached through, from the data path's own map.
-fn state_links(dp: &Dataplane, hop: &NextHop) -> Option<desired::Link> {
-    let m: aya::maps::HashMap<_, u32, privatelink_common::VpcPort> =
-        aya::maps::HashMap::try_from(dp.map(map_names::VPC_PORTS).ok()?).ok()?;
-    let p = m.get(&hop.vpc_id, 0).ok()?;
-    Some(desired::Link {
-        ifindex: p.ifindex,
-        mac: p.mac,
-    })
-}
-
-fn probe(link: &Option<desired::Link>, hop: &NextHop) {
-    let Some(link) = link else { return };
-    let frame = neigh::arp_request(link.mac, hop.ask_from, hop.addr);
-    if let Err(e) = neigh::send_frame(link, &frame) {
-        warn!("ARP request for {} failed: {e}", ip(hop.addr));
-    }
-}
-
-/// Asks for every next hop and waits (bounded) until the data path has learned them.
-async fn resolve(dp: &mut Dataplane, hops: &[NextHop], within: Duration) {
-    let deadline = Instant::now() + within;
-    for hop in hops {
-        probe(&state_links(dp, hop), hop);
-    }
-    loop {
-        let missing: Vec<_> = hops
-            .iter()
-            .filter(|h| dp.neighbor(h.vpc_id, h.addr).is_none())
-            .collect();
-        if missing.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            for h in missing {
-                warn!(
-                    "load balancer {} has not answered ARP yet; retrying every 5 s",
-                    ip(h.addr)
-                );
-            }
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    applier.check(&state).map_err(|e| anyhow::anyhow!("{e}"))?;
+    applier.apply(&state)?;
+    Ok(state)
 }

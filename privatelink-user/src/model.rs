@@ -31,6 +31,9 @@ pub struct Account {
     pub id: String,
     #[serde(default)]
     pub name: String,
+    /// SHA-256 (hex) of the account's API token; never the token itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -211,6 +214,12 @@ fn check_id(field: String, id: &str, seen: &mut BTreeMap<u32, String>) -> Result
 }
 
 impl State {
+    pub fn account(&self, id: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.id == id)
+    }
+    pub fn endpoint(&self, id: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.id == id)
+    }
     pub fn vpc(&self, id: &str) -> Option<&Vpc> {
         self.vpcs.iter().find(|v| v.id == id)
     }

@@ -1,0 +1,439 @@
+//! The HTTP JSON API: authentication, then an operation of `ops`, then validation, the
+//! durable commit, and the data path — in that order, under one lock, so a response means
+//! the change is stored and in the maps, and a refused request changes nothing.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State as AxState},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::Mutex;
+use utoipa::OpenApi;
+
+use crate::{
+    model::{Endpoint, EndpointService, State, Vpc},
+    ops::{self, Caller, OpError},
+    store::Store,
+};
+
+/// Where committed states go: the data path (or, in tests, a recorder).
+pub trait Apply: Send {
+    /// Checks that `s` can be applied (interfaces exist, ...), before it is committed.
+    fn check(&mut self, s: &State) -> Result<(), OpError>;
+    /// Brings the data path to `s`.
+    fn apply(&mut self, s: &State) -> anyhow::Result<()>;
+    /// Periodic upkeep (next-hop probes).
+    fn tick(&mut self) {}
+}
+
+pub struct App {
+    pub state: State,
+    pub store: Box<dyn Store>,
+    pub apply: Box<dyn Apply>,
+    pub admin_token_sha256: String,
+}
+
+pub type Shared = Arc<Mutex<App>>;
+
+impl IntoResponse for OpError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(serde_json::json!({ "error": self }))).into_response()
+    }
+}
+
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    h.get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// Parses a JSON body; errors name the field (`zones[0].eni: invalid IP address syntax`).
+fn body<T: DeserializeOwned>(b: &Bytes) -> Result<T, OpError> {
+    let de = &mut serde_json::Deserializer::from_slice(b);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        let mut err = OpError::invalid(field, inner.to_string());
+        if inner.is_syntax() || inner.is_eof() {
+            err.code = "malformed_json";
+        }
+        err
+    })
+}
+
+async fn read<T>(
+    app: &Shared,
+    h: &HeaderMap,
+    f: impl FnOnce(&mut State, &Caller) -> Result<T, OpError>,
+) -> Result<T, OpError> {
+    let mut g = app.lock().await;
+    let caller = ops::authenticate(&g.state, &g.admin_token_sha256, bearer(h))?;
+    f(&mut g.state, &caller)
+}
+
+/// Runs `f` on a copy of the state; only a copy that validates, can be applied and is
+/// committed replaces the running state.
+pub async fn mutate<T>(
+    app: &Shared,
+    h: &HeaderMap,
+    f: impl FnOnce(&mut State, &Caller) -> Result<T, OpError>,
+) -> Result<T, OpError> {
+    let mut g = app.lock().await;
+    let caller = ops::authenticate(&g.state, &g.admin_token_sha256, bearer(h))?;
+    let mut next = g.state.clone();
+    let out = f(&mut next, &caller)?;
+    next.validate()?;
+    g.apply.check(&next)?;
+    let App { state, store, .. } = &mut *g;
+    store
+        .save(state, &next)
+        .map_err(|e| OpError::internal(format!("storing the change: {e:#}")))?;
+    g.state = next;
+    let App { state, apply, .. } = &mut *g;
+    apply.apply(state).map_err(|e| {
+        OpError::internal(format!(
+            "stored, but the data path refused it (will retry): {e:#}"
+        ))
+    })?;
+    Ok(out)
+}
+
+type Res<T> = Result<Json<T>, OpError>;
+type Created<T> = Result<(StatusCode, Json<T>), OpError>;
+
+fn new_token() -> String {
+    let mut b = [0u8; 24];
+    getrandom::fill(&mut b).expect("the kernel's random source");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[utoipa::path(post, path = "/v1/accounts", request_body = ops::NewAccount,
+    responses((status = 201, body = ops::CreatedAccount), (status = 403, body = OpError)))]
+async fn create_account(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    b: Bytes,
+) -> Created<ops::CreatedAccount> {
+    let req = body(&b)?;
+    let token = new_token();
+    mutate(&app, &h, |s, c| ops::create_account(s, c, req, token))
+        .await
+        .map(|v| (StatusCode::CREATED, Json(v)))
+}
+
+#[utoipa::path(get, path = "/v1/accounts", responses((status = 200, body = Vec<ops::AccountView>)))]
+async fn list_accounts(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Vec<ops::AccountView>> {
+    read(&app, &h, |s, c| Ok(ops::list_accounts(s, c)))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(post, path = "/v1/vpcs", request_body = ops::NewVpc,
+    responses((status = 201, body = Object), (status = 400, body = OpError)))]
+async fn create_vpc(AxState(app): AxState<Shared>, h: HeaderMap, b: Bytes) -> Created<Vpc> {
+    let req = body(&b)?;
+    mutate(&app, &h, |s, c| ops::create_vpc(s, c, req))
+        .await
+        .map(|v| (StatusCode::CREATED, Json(v)))
+}
+
+#[utoipa::path(get, path = "/v1/vpcs", responses((status = 200, body = Vec<Object>)))]
+async fn list_vpcs(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Vec<Vpc>> {
+    read(&app, &h, |s, c| Ok(ops::list_vpcs(s, c)))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(post, path = "/v1/services", request_body = ops::NewService,
+    responses((status = 201, body = Object), (status = 400, body = OpError)))]
+async fn create_service(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    b: Bytes,
+) -> Created<EndpointService> {
+    let req = body(&b)?;
+    mutate(&app, &h, |s, c| ops::create_service(s, c, req))
+        .await
+        .map(|v| (StatusCode::CREATED, Json(v)))
+}
+
+#[utoipa::path(get, path = "/v1/services", responses((status = 200, body = Vec<Object>)))]
+async fn list_services(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Vec<EndpointService>> {
+    read(&app, &h, |s, c| Ok(ops::list_services(s, c)))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(get, path = "/v1/services/{id}", responses((status = 200, body = Object), (status = 404, body = OpError)))]
+async fn get_service(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Res<EndpointService> {
+    read(&app, &h, |s, c| ops::get_service(s, c, &id))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(patch, path = "/v1/services/{id}", request_body = ops::ServicePatch,
+    responses((status = 200, body = Object), (status = 400, body = OpError)))]
+async fn update_service(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> Res<EndpointService> {
+    let p = body(&b)?;
+    mutate(&app, &h, |s, c| ops::update_service(s, c, &id, p))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(delete, path = "/v1/services/{id}", responses((status = 204), (status = 409, body = OpError)))]
+async fn delete_service(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, OpError> {
+    mutate(&app, &h, |s, c| ops::delete_service(s, c, &id))
+        .await
+        .map(|_| StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/services/{id}/whitelist", responses((status = 200, body = Vec<String>)))]
+async fn get_whitelist(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Res<Vec<String>> {
+    read(&app, &h, |s, c| {
+        ops::get_service(s, c, &id).map(|x| x.whitelist)
+    })
+    .await
+    .map(Json)
+}
+
+#[utoipa::path(put, path = "/v1/services/{id}/whitelist/{account}", responses((status = 200, body = Vec<String>)))]
+async fn whitelist_add(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path((id, account)): Path<(String, String)>,
+) -> Res<Vec<String>> {
+    mutate(&app, &h, |s, c| ops::whitelist_add(s, c, &id, &account))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(delete, path = "/v1/services/{id}/whitelist/{account}", responses((status = 200, body = Vec<String>)))]
+async fn whitelist_remove(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path((id, account)): Path<(String, String)>,
+) -> Res<Vec<String>> {
+    mutate(&app, &h, |s, c| ops::whitelist_remove(s, c, &id, &account))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(get, path = "/v1/services/{id}/connections", responses((status = 200, body = Vec<ops::ConnectionView>)))]
+async fn list_connections(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Res<Vec<ops::ConnectionView>> {
+    read(&app, &h, |s, c| ops::list_connections(s, c, &id))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(post, path = "/v1/services/{id}/connections/{endpoint}/{action}",
+    responses((status = 200, body = ops::ConnectionView), (status = 409, body = OpError)))]
+async fn connection_action(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path((id, endpoint, action)): Path<(String, String, String)>,
+) -> Res<ops::ConnectionView> {
+    let a: ops::ConnectionAction =
+        serde_json::from_value(serde_json::Value::String(action.clone())).map_err(|_| {
+            OpError::invalid(
+                "action",
+                format!("{action:?} is not one of accept, reject, disable, enable"),
+            )
+        })?;
+    mutate(&app, &h, |s, c| {
+        ops::connection_action(s, c, &id, &endpoint, a)
+    })
+    .await
+    .map(Json)
+}
+
+#[utoipa::path(post, path = "/v1/endpoints", request_body = ops::NewEndpoint,
+    responses((status = 201, body = Object), (status = 403, body = OpError)))]
+async fn create_endpoint(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    b: Bytes,
+) -> Created<Endpoint> {
+    let req = body(&b)?;
+    mutate(&app, &h, |s, c| ops::create_endpoint(s, c, req))
+        .await
+        .map(|v| (StatusCode::CREATED, Json(v)))
+}
+
+#[utoipa::path(get, path = "/v1/endpoints", responses((status = 200, body = Vec<Object>)))]
+async fn list_endpoints(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Vec<Endpoint>> {
+    read(&app, &h, |s, c| Ok(ops::list_endpoints(s, c)))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(get, path = "/v1/endpoints/{id}", responses((status = 200, body = Object), (status = 404, body = OpError)))]
+async fn get_endpoint(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Res<Endpoint> {
+    read(&app, &h, |s, c| ops::get_endpoint(s, c, &id))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(patch, path = "/v1/endpoints/{id}", request_body = ops::EndpointPatch,
+    responses((status = 200, body = Object), (status = 400, body = OpError)))]
+async fn update_endpoint(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> Res<Endpoint> {
+    let p = body(&b)?;
+    mutate(&app, &h, |s, c| ops::update_endpoint(s, c, &id, p))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(delete, path = "/v1/endpoints/{id}", responses((status = 204), (status = 404, body = OpError)))]
+async fn delete_endpoint(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, OpError> {
+    mutate(&app, &h, |s, c| ops::delete_endpoint(s, c, &id))
+        .await
+        .map(|_| StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Status {
+    pub accounts: usize,
+    pub vpcs: usize,
+    pub services: usize,
+    pub endpoints: usize,
+    pub connected: usize,
+}
+
+#[utoipa::path(get, path = "/v1/status", responses((status = 200, body = Status)))]
+async fn status(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Status> {
+    read(&app, &h, |s, c| {
+        let eps = ops::list_endpoints(s, c);
+        Ok(Status {
+            accounts: ops::list_accounts(s, c).len(),
+            vpcs: ops::list_vpcs(s, c).len(),
+            services: ops::list_services(s, c).len(),
+            connected: eps
+                .iter()
+                .filter(|e| e.connection == crate::model::Connection::Connected)
+                .count(),
+            endpoints: eps.len(),
+        })
+    })
+    .await
+    .map(Json)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "privatelink",
+        description = "Endpoint services, endpoints and their connections"
+    ),
+    paths(
+        create_account,
+        list_accounts,
+        create_vpc,
+        list_vpcs,
+        create_service,
+        list_services,
+        get_service,
+        update_service,
+        delete_service,
+        get_whitelist,
+        whitelist_add,
+        whitelist_remove,
+        list_connections,
+        connection_action,
+        create_endpoint,
+        list_endpoints,
+        get_endpoint,
+        update_endpoint,
+        delete_endpoint,
+        status
+    ),
+    components(schemas(OpError))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+async fn fallback() -> OpError {
+    OpError::not_found("path", "no such API path")
+}
+
+pub fn router(app: Shared) -> Router {
+    Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/status", get(status))
+        .route("/v1/accounts", post(create_account).get(list_accounts))
+        .route("/v1/vpcs", post(create_vpc).get(list_vpcs))
+        .route("/v1/services", post(create_service).get(list_services))
+        .route(
+            "/v1/services/{id}",
+            get(get_service)
+                .patch(update_service)
+                .delete(delete_service),
+        )
+        .route("/v1/services/{id}/whitelist", get(get_whitelist))
+        .route(
+            "/v1/services/{id}/whitelist/{account}",
+            put(whitelist_add).delete(whitelist_remove),
+        )
+        .route("/v1/services/{id}/connections", get(list_connections))
+        .route(
+            "/v1/services/{id}/connections/{endpoint}/{action}",
+            post(connection_action),
+        )
+        .route("/v1/endpoints", post(create_endpoint).get(list_endpoints))
+        .route(
+            "/v1/endpoints/{id}",
+            get(get_endpoint)
+                .patch(update_endpoint)
+                .delete(delete_endpoint),
+        )
+        .fallback(fallback)
+        .with_state(app)
+}

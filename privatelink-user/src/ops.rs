@@ -1,0 +1,687 @@
+//! What a cloud console lets each party do, as operations on the model: who may call
+//! them, what they check, what they change. No I/O; the API is a thin adapter over these.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::model::{
+    Account, Backend, Connection, Endpoint, EndpointService, EndpointZone, FieldError,
+    MAX_SECURITY_GROUPS, MAX_TAGS, ServiceType, State, VSwitch, Vpc,
+};
+
+/// Who is calling: the operator (admin token) or one account (its token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    Account(String),
+}
+
+/// A refused operation: HTTP status, a stable code, the field at fault and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct OpError {
+    #[serde(skip)]
+    pub status: u16,
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field}: {}", self.message),
+            None => write!(f, "{}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for OpError {}
+
+impl OpError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            code: "invalid_argument",
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            status: 401,
+            code: "unauthenticated",
+            field: None,
+            message: message.into(),
+        }
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: 403,
+            code: "permission_denied",
+            field: None,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status: 404,
+            code: "not_found",
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+    pub fn conflict(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status: 409,
+            code: "conflict",
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+    pub fn not_whitelisted(message: impl Into<String>) -> Self {
+        Self {
+            status: 403,
+            code: "not_whitelisted",
+            field: Some("service".into()),
+            message: message.into(),
+        }
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: 500,
+            code: "internal",
+            field: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<FieldError> for OpError {
+    fn from(e: FieldError) -> Self {
+        Self::invalid(e.field, e.message)
+    }
+}
+
+type R<T> = Result<T, OpError>;
+
+fn admin_only(c: &Caller) -> R<()> {
+    match c {
+        Caller::Admin => Ok(()),
+        Caller::Account(_) => Err(OpError::forbidden(
+            "only the operator (admin token) may do this",
+        )),
+    }
+}
+
+fn account_of(c: &Caller) -> R<&str> {
+    match c {
+        Caller::Account(a) => Ok(a),
+        Caller::Admin => Err(OpError::forbidden(
+            "this is done with an account's token, not the admin token",
+        )),
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccount {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+/// An account as the API shows it (no token hash).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AccountView {
+    pub id: String,
+    pub name: String,
+}
+
+/// The response to account creation: the only time the token is shown.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CreatedAccount {
+    pub id: String,
+    pub name: String,
+    pub token: String,
+}
+
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Who holds `token`: the admin or an account.
+pub fn authenticate(s: &State, admin_token_sha256: &str, token: Option<&str>) -> R<Caller> {
+    let Some(token) = token else {
+        return Err(OpError::unauthorized("missing bearer token"));
+    };
+    let h = token_hash(token);
+    if h == admin_token_sha256 {
+        return Ok(Caller::Admin);
+    }
+    s.accounts
+        .iter()
+        .find(|a| a.token_sha256.as_deref() == Some(h.as_str()))
+        .map(|a| Caller::Account(a.id.clone()))
+        .ok_or_else(|| OpError::unauthorized("unknown token"))
+}
+
+pub fn create_account(
+    s: &mut State,
+    c: &Caller,
+    req: NewAccount,
+    token: String,
+) -> R<CreatedAccount> {
+    admin_only(c)?;
+    if s.account(&req.id).is_some() {
+        return Err(OpError::conflict(
+            "id",
+            format!("account {} already exists", req.id),
+        ));
+    }
+    s.accounts.push(Account {
+        id: req.id.clone(),
+        name: req.name.clone(),
+        token_sha256: Some(token_hash(&token)),
+    });
+    Ok(CreatedAccount {
+        id: req.id,
+        name: req.name,
+        token,
+    })
+}
+
+pub fn list_accounts(s: &State, c: &Caller) -> Vec<AccountView> {
+    s.accounts
+        .iter()
+        .filter(|a| matches!(c, Caller::Admin) || matches!(c, Caller::Account(id) if *id == a.id))
+        .map(|a| AccountView {
+            id: a.id.clone(),
+            name: a.name.clone(),
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewVpc {
+    pub id: String,
+    pub account: String,
+    #[schema(value_type = String, example = "10.10.0.0/16")]
+    pub cidr: Ipv4Net,
+    /// The forwarder's interface attached to this VPC.
+    pub interface: String,
+    #[serde(default)]
+    pub vswitches: Vec<NewVSwitch>,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewVSwitch {
+    pub id: String,
+    pub zone: String,
+    #[schema(value_type = String, example = "10.10.1.0/24")]
+    pub cidr: Ipv4Net,
+}
+
+pub fn create_vpc(s: &mut State, c: &Caller, req: NewVpc) -> R<Vpc> {
+    admin_only(c)?;
+    if s.account(&req.account).is_none() {
+        return Err(OpError::not_found(
+            "account",
+            format!("no account {}", req.account),
+        ));
+    }
+    if s.vpc(&req.id).is_some() {
+        return Err(OpError::conflict(
+            "id",
+            format!("VPC {} already exists", req.id),
+        ));
+    }
+    let vpc = Vpc {
+        id: req.id,
+        account: req.account,
+        cidr: req.cidr,
+        interface: req.interface,
+        vswitches: req
+            .vswitches
+            .into_iter()
+            .map(|v| VSwitch {
+                id: v.id,
+                zone: v.zone,
+                cidr: v.cidr,
+            })
+            .collect(),
+    };
+    s.vpcs.push(vpc.clone());
+    Ok(vpc)
+}
+
+pub fn list_vpcs(s: &State, c: &Caller) -> Vec<Vpc> {
+    s.vpcs
+        .iter()
+        .filter(|v| {
+            matches!(c, Caller::Admin) || matches!(c, Caller::Account(id) if *id == v.account)
+        })
+        .cloned()
+        .collect()
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewService {
+    pub id: String,
+    pub vpc: String,
+    #[serde(default = "interface_type")]
+    #[schema(value_type = String, example = "interface")]
+    pub r#type: ServiceType,
+    #[serde(default)]
+    pub auto_accept: bool,
+    #[serde(default = "yes")]
+    pub zone_affinity: bool,
+    #[serde(default)]
+    pub whitelist: Vec<String>,
+    #[schema(value_type = Vec<Object>)]
+    pub backends: Vec<Backend>,
+    #[schema(value_type = Vec<String>)]
+    pub snat: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub snat_ports: Option<[u16; 2]>,
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+fn interface_type() -> ServiceType {
+    ServiceType::Interface
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn own_vpc<'a>(s: &'a State, account: &str, field: &str, id: &str) -> R<&'a Vpc> {
+    match s.vpc(id) {
+        Some(v) if v.account == account => Ok(v),
+        Some(_) => Err(OpError::forbidden(format!(
+            "VPC {id} belongs to another account"
+        ))),
+        None => Err(OpError::not_found(field, format!("no VPC {id}"))),
+    }
+}
+
+pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointService> {
+    let owner = account_of(c)?.to_string();
+    own_vpc(s, &owner, "vpc", &req.vpc)?;
+    if s.service(&req.id).is_some() {
+        return Err(OpError::conflict(
+            "id",
+            format!("service {} already exists", req.id),
+        ));
+    }
+    for (i, w) in req.whitelist.iter().enumerate() {
+        if s.account(w).is_none() {
+            return Err(OpError::invalid(
+                format!("whitelist[{i}]"),
+                format!("no account {w}"),
+            ));
+        }
+    }
+    let svc = EndpointService {
+        id: req.id,
+        account: owner,
+        kind: req.r#type,
+        vpc: req.vpc,
+        auto_accept: req.auto_accept,
+        zone_affinity: req.zone_affinity,
+        whitelist: req.whitelist,
+        backends: req.backends,
+        snat: req.snat,
+        snat_ports: req.snat_ports.unwrap_or([1024, 65535]),
+        domain: req.domain,
+    };
+    s.services.push(svc.clone());
+    Ok(svc)
+}
+
+fn own_service<'a>(s: &'a mut State, c: &Caller, id: &str) -> R<&'a mut EndpointService> {
+    let owner = account_of(c)?;
+    match s.services.iter_mut().find(|x| x.id == id) {
+        Some(x) if x.account == owner => Ok(x),
+        Some(_) => Err(OpError::forbidden(format!(
+            "service {id} belongs to another account"
+        ))),
+        None => Err(OpError::not_found("service", format!("no service {id}"))),
+    }
+}
+
+pub fn list_services(s: &State, c: &Caller) -> Vec<EndpointService> {
+    s.services
+        .iter()
+        .filter(|x| {
+            matches!(c, Caller::Admin) || matches!(c, Caller::Account(id) if *id == x.account)
+        })
+        .cloned()
+        .collect()
+}
+
+pub fn get_service(s: &State, c: &Caller, id: &str) -> R<EndpointService> {
+    let svc = s
+        .service(id)
+        .ok_or_else(|| OpError::not_found("service", format!("no service {id}")))?;
+    match c {
+        Caller::Admin => Ok(svc.clone()),
+        Caller::Account(a) if *a == svc.account => Ok(svc.clone()),
+        Caller::Account(_) => Err(OpError::forbidden(format!(
+            "service {id} belongs to another account"
+        ))),
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePatch {
+    pub auto_accept: Option<bool>,
+    pub zone_affinity: Option<bool>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub backends: Option<Vec<Backend>>,
+    pub domain: Option<String>,
+}
+
+pub fn update_service(s: &mut State, c: &Caller, id: &str, p: ServicePatch) -> R<EndpointService> {
+    let svc = own_service(s, c, id)?;
+    if let Some(v) = p.auto_accept {
+        svc.auto_accept = v;
+    }
+    if let Some(v) = p.zone_affinity {
+        svc.zone_affinity = v;
+    }
+    if let Some(v) = p.backends {
+        svc.backends = v;
+    }
+    if let Some(v) = p.domain {
+        svc.domain = Some(v);
+    }
+    Ok(svc.clone())
+}
+
+pub fn delete_service(s: &mut State, c: &Caller, id: &str) -> R<()> {
+    own_service(s, c, id)?;
+    let users: Vec<&str> = s
+        .endpoints
+        .iter()
+        .filter(|e| e.service == id)
+        .map(|e| e.id.as_str())
+        .collect();
+    if !users.is_empty() {
+        return Err(OpError::conflict(
+            "service",
+            format!(
+                "service {id} still has endpoints ({}); delete them first",
+                users.join(", ")
+            ),
+        ));
+    }
+    s.services.retain(|x| x.id != id);
+    Ok(())
+}
+
+pub fn whitelist_add(s: &mut State, c: &Caller, id: &str, account: &str) -> R<Vec<String>> {
+    if s.account(account).is_none() {
+        return Err(OpError::not_found(
+            "account",
+            format!("no account {account}"),
+        ));
+    }
+    let svc = own_service(s, c, id)?;
+    if !svc.whitelist.iter().any(|w| w == account) {
+        svc.whitelist.push(account.to_string());
+    }
+    Ok(svc.whitelist.clone())
+}
+
+pub fn whitelist_remove(s: &mut State, c: &Caller, id: &str, account: &str) -> R<Vec<String>> {
+    let svc = own_service(s, c, id)?;
+    if !svc.whitelist.iter().any(|w| w == account) {
+        return Err(OpError::not_found(
+            "account",
+            format!("{account} is not on the whitelist of {id}"),
+        ));
+    }
+    svc.whitelist.retain(|w| w != account);
+    Ok(svc.whitelist.clone())
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEndpoint {
+    pub id: String,
+    pub vpc: String,
+    pub service: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[schema(value_type = Vec<Object>)]
+    pub zones: Vec<EndpointZone>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoint> {
+    let owner = account_of(c)?.to_string();
+    own_vpc(s, &owner, "vpc", &req.vpc)?;
+    if s.endpoint(&req.id).is_some() {
+        return Err(OpError::conflict(
+            "id",
+            format!("endpoint {} already exists", req.id),
+        ));
+    }
+    let svc = s
+        .service(&req.service)
+        .ok_or_else(|| OpError::not_found("service", format!("no service {}", req.service)))?;
+    if svc.account != owner && !svc.is_whitelisted(&owner) {
+        return Err(OpError::not_whitelisted(format!(
+            "account {owner} is not on the whitelist of service {}; ask its owner to add it",
+            svc.id
+        )));
+    }
+    check_limits(&req.security_groups, &req.tags)?;
+    let ep = Endpoint {
+        id: req.id,
+        account: owner,
+        vpc: req.vpc,
+        service: req.service,
+        name: req.name,
+        description: req.description,
+        connection: if svc.auto_accept {
+            Connection::Connected
+        } else {
+            Connection::Pending
+        },
+        zones: req.zones,
+        security_groups: req.security_groups,
+        tags: req.tags,
+    };
+    s.endpoints.push(ep.clone());
+    Ok(ep)
+}
+
+fn check_limits(sgs: &[String], tags: &BTreeMap<String, String>) -> R<()> {
+    if sgs.len() > MAX_SECURITY_GROUPS {
+        return Err(OpError::invalid(
+            "security_groups",
+            format!(
+                "{} security groups; at most {MAX_SECURITY_GROUPS}",
+                sgs.len()
+            ),
+        ));
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(OpError::invalid(
+            "tags",
+            format!("{} tags; at most {MAX_TAGS}", tags.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn own_endpoint<'a>(s: &'a mut State, c: &Caller, id: &str) -> R<&'a mut Endpoint> {
+    let owner = account_of(c)?;
+    match s.endpoints.iter_mut().find(|x| x.id == id) {
+        Some(x) if x.account == owner => Ok(x),
+        Some(_) => Err(OpError::forbidden(format!(
+            "endpoint {id} belongs to another account"
+        ))),
+        None => Err(OpError::not_found("endpoint", format!("no endpoint {id}"))),
+    }
+}
+
+pub fn list_endpoints(s: &State, c: &Caller) -> Vec<Endpoint> {
+    s.endpoints
+        .iter()
+        .filter(|x| {
+            matches!(c, Caller::Admin) || matches!(c, Caller::Account(id) if *id == x.account)
+        })
+        .cloned()
+        .collect()
+}
+
+pub fn get_endpoint(s: &mut State, c: &Caller, id: &str) -> R<Endpoint> {
+    if matches!(c, Caller::Admin) {
+        return s
+            .endpoint(id)
+            .cloned()
+            .ok_or_else(|| OpError::not_found("endpoint", format!("no endpoint {id}")));
+    }
+    own_endpoint(s, c, id).map(|e| e.clone())
+}
+
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub zones: Option<Vec<EndpointZone>>,
+    pub security_groups: Option<Vec<String>>,
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
+pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) -> R<Endpoint> {
+    let ep = own_endpoint(s, c, id)?;
+    check_limits(
+        p.security_groups.as_ref().unwrap_or(&ep.security_groups),
+        p.tags.as_ref().unwrap_or(&ep.tags),
+    )?;
+    if let Some(v) = p.name {
+        ep.name = v;
+    }
+    if let Some(v) = p.description {
+        ep.description = v;
+    }
+    if let Some(v) = p.zones {
+        ep.zones = v;
+    }
+    if let Some(v) = p.security_groups {
+        ep.security_groups = v;
+    }
+    if let Some(v) = p.tags {
+        ep.tags = v;
+    }
+    Ok(ep.clone())
+}
+
+pub fn delete_endpoint(s: &mut State, c: &Caller, id: &str) -> R<()> {
+    own_endpoint(s, c, id)?;
+    s.endpoints.retain(|e| e.id != id);
+    Ok(())
+}
+
+/// What a provider does to a connection (an endpoint of its service).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionAction {
+    Accept,
+    Reject,
+    Disable,
+    Enable,
+}
+
+/// A connection as the provider sees it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ConnectionView {
+    pub endpoint: String,
+    pub account: String,
+    pub service: String,
+    #[schema(value_type = String)]
+    pub state: Connection,
+    #[schema(value_type = Vec<String>)]
+    pub enis: Vec<Ipv4Addr>,
+}
+
+pub fn list_connections(s: &mut State, c: &Caller, service: &str) -> R<Vec<ConnectionView>> {
+    own_service(s, c, service)?;
+    Ok(s.endpoints
+        .iter()
+        .filter(|e| e.service == service)
+        .map(|e| ConnectionView {
+            endpoint: e.id.clone(),
+            account: e.account.clone(),
+            service: e.service.clone(),
+            state: e.connection,
+            enis: e.zones.iter().map(|z| z.eni).collect(),
+        })
+        .collect())
+}
+
+/// Pending → Connected (accept) / Rejected (reject); Connected → Disconnected (disable);
+/// Disconnected → Connected (enable). Anything else is a conflict.
+pub fn connection_action(
+    s: &mut State,
+    c: &Caller,
+    service: &str,
+    endpoint: &str,
+    a: ConnectionAction,
+) -> R<ConnectionView> {
+    own_service(s, c, service)?;
+    let ep = s
+        .endpoints
+        .iter_mut()
+        .find(|e| e.id == endpoint && e.service == service)
+        .ok_or_else(|| {
+            OpError::not_found(
+                "endpoint",
+                format!("no connection from endpoint {endpoint} to {service}"),
+            )
+        })?;
+    use Connection::*;
+    let next = match (ep.connection, a) {
+        (Pending, ConnectionAction::Accept) | (Rejected, ConnectionAction::Accept) => Connected,
+        (Pending, ConnectionAction::Reject) | (Connected, ConnectionAction::Reject) => Rejected,
+        (Connected, ConnectionAction::Disable) => Disconnected,
+        (Disconnected, ConnectionAction::Enable) => Connected,
+        (state, a) => {
+            return Err(OpError::conflict(
+                "state",
+                format!("cannot {a:?} a connection that is {state:?}").to_lowercase(),
+            ));
+        }
+    };
+    ep.connection = next;
+    Ok(ConnectionView {
+        endpoint: ep.id.clone(),
+        account: ep.account.clone(),
+        service: ep.service.clone(),
+        state: ep.connection,
+        enis: ep.zones.iter().map(|z| z.eni).collect(),
+    })
+}
