@@ -2,6 +2,8 @@
 //! and the data plane that holds it.
 
 pub mod api;
+pub mod cli;
+pub mod client;
 pub mod daemon;
 pub mod dataplane;
 pub mod desired;

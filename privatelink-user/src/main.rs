@@ -13,6 +13,7 @@ use privatelink_common::{
 };
 use privatelink_user::{
     api::{self, App, Apply, Shared},
+    cli,
     daemon::DataplaneApply,
     dataplane::{self, DEFAULT_PIN_DIR, Dataplane, LoadOptions},
     model::{self, State},
@@ -29,6 +30,8 @@ use tracing::{info, warn};
     about = "XDP data plane for private endpoints"
 )]
 struct Cli {
+    #[command(flatten)]
+    conn: cli::Conn,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -84,6 +87,8 @@ enum Cmd {
     /// Load the XDP program, attach it to every VPC interface of the state file and keep
     /// the maps in sync with it (SIGHUP re-reads the file).
     Daemon(DaemonArgs),
+    #[command(flatten)]
+    Api(cli::ApiCmd),
     /// Validate a state file and print what it declares.
     Check {
         #[arg(long)]
@@ -121,8 +126,11 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().cmd {
+    let parsed = Cli::parse();
+    match parsed.cmd {
+        Cmd::Api(cmd) => cli::run(&parsed.conn, cmd),
         Cmd::Daemon(args) => {
             // The API socket is made in the caller's namespace, before --netns.
             let listener = match &args.data_dir {

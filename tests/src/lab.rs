@@ -32,8 +32,10 @@ pub struct LabOptions {
     /// Namespaces are `<prefix>-consumer`, `<prefix>-provider`, `<prefix>-fwd`.
     pub prefix: String,
     pub pin_dir: PathBuf,
-    /// The state file the daemon starts with.
-    pub state: String,
+    /// `Some(state)`: the daemon runs in declarative mode from this file. `None` (the
+    /// default): API mode, and the lab is built through the CLI like the seed's console
+    /// walkthrough.
+    pub state_file: Option<String>,
 }
 
 impl LabOptions {
@@ -41,10 +43,37 @@ impl LabOptions {
         Self {
             prefix: prefix.to_string(),
             pin_dir: pin_dir.into(),
-            state: LAB_STATE.to_string(),
+            state_file: None,
+        }
+    }
+
+    pub fn from_file(prefix: &str, pin_dir: impl Into<PathBuf>, state: &str) -> Self {
+        Self {
+            state_file: Some(state.to_string()),
+            ..Self::new(prefix, pin_dir)
         }
     }
 }
+
+/// Tokens of the lab's parties (API mode).
+#[derive(Clone, Debug, Default)]
+pub struct Tokens {
+    pub admin: String,
+    pub consumer: String,
+    pub provider: String,
+}
+
+/// The CLI session that builds the lab: (token holder, arguments). The README shows it.
+pub const BUILD_STEPS: &[(&str, &str)] = &[
+    ("admin", "account create acct-a --name consumer-A"),
+    ("admin", "account create acct-b --name provider-B"),
+    ("admin", "vpc create vpc-a --account acct-a --cidr 10.10.0.0/16 --interface fc0 --vswitch vsw-a1:zone-a:10.10.1.0/24 --vswitch vsw-a2:zone-a:10.10.2.0/24"),
+    ("admin", "vpc create vpc-b --account acct-b --cidr 10.10.0.0/16 --interface fp0 --vswitch vsw-b0:zone-a:10.10.0.0/24 --vswitch vsw-b3:zone-a:10.10.3.0/24"),
+    ("provider", "service create epsrv-b --vpc vpc-b --backend zone-a:10.10.0.10 --snat 10.10.0.200 --snat 10.10.0.201 --domain epsrv-b.privatelink.example"),
+    ("provider", "service whitelist add epsrv-b acct-a"),
+    ("consumer", "endpoint create ep-a --vpc vpc-a --service epsrv-b --zone vsw-a1:10.10.1.100 --name web"),
+    ("provider", "connection accept epsrv-b ep-a"),
+];
 
 pub struct Lab {
     // Drop order matters: processes first, then namespaces, then files.
@@ -54,6 +83,10 @@ pub struct Lab {
     pub fwd: Netns,
     pub dir: PathBuf,
     pub pin_dir: PathBuf,
+    /// The API's base URL (API mode).
+    pub api: Option<String>,
+    pub tokens: Tokens,
+    file_mode: bool,
 }
 
 /// Where the `privatelink` binary is: next to this executable (or one level up, for
@@ -93,6 +126,9 @@ impl Lab {
             fwd,
             dir,
             pin_dir: opts.pin_dir.clone(),
+            api: None,
+            tokens: Tokens::default(),
+            file_mode: opts.state_file.is_some(),
         };
         lab.wire()?;
         // Frames that XDP redirects into a veth reach the far end only if an XDP program
@@ -107,7 +143,13 @@ impl Lab {
             lab.children.push((format!("xdp-pass-{dev}"), child));
         }
         lab.start_provider()?;
-        lab.start_daemon(&daemon, &opts.state)?;
+        match &opts.state_file {
+            Some(state) => lab.start_daemon(&daemon, state)?,
+            None => {
+                lab.spawn_daemon(&daemon)?;
+                lab.build_through_api()?;
+            }
+        }
         Ok(lab)
     }
 
@@ -216,15 +258,52 @@ impl Lab {
         self.spawn_daemon(daemon)
     }
 
+    /// Runs the seed's console steps through the CLI.
+    fn build_through_api(&mut self) -> Result<()> {
+        self.tokens.admin = fs::read_to_string(self.dir.join("data/admin.token"))?.trim().to_string();
+        for (who, args) in BUILD_STEPS {
+            let out = self.cli(who, &args.split_whitespace().collect::<Vec<_>>())?;
+            if let Some(id) = args.strip_prefix("account create ").and_then(|a| a.split_whitespace().next()) {
+                let v: serde_json::Value = serde_json::from_str(&out)?;
+                let token = v["token"].as_str().context("no token in the answer")?.to_string();
+                match id {
+                    "acct-a" => self.tokens.consumer = token,
+                    _ => self.tokens.provider = token,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn token<'a>(&'a self, who: &'a str) -> &'a str {
+        match who {
+            "admin" => &self.tokens.admin,
+            "consumer" => &self.tokens.consumer,
+            "provider" => &self.tokens.provider,
+            other => other,
+        }
+    }
+
+    /// `privatelink --json <args>` against the lab's API with the token of `who`
+    /// ("admin", "consumer", "provider"); the JSON answer.
+    pub fn cli(&self, who: &str, args: &[&str]) -> Result<String> {
+        let api = self.api.as_deref().context("the lab runs in file mode")?;
+        netns::run(
+            std::process::Command::new(privatelink_bin()?)
+                .args(["--json", "--api", api, "--token", self.token(who)])
+                .args(args)
+                .env_remove("PRIVATELINK_TOKEN"),
+        )
+    }
+
     fn spawn_daemon(&mut self, daemon: &Path) -> Result<()> {
         let state_file = self.state_file();
         let ready = self.dir.join("daemon.ready");
         let _ = fs::remove_file(&ready);
         let pin_dir = self.pin_dir.clone();
-        let args = [
+        let data_dir = self.dir.join("data");
+        let mut args = vec![
             "daemon",
-            "--state",
-            path(&state_file),
             "--pin-dir",
             path(&pin_dir),
             "--ready-file",
@@ -232,6 +311,11 @@ impl Lab {
             "--netns",
             &self.fwd.name,
         ];
+        if self.file_mode {
+            args.extend(["--state", path(&state_file)]);
+        } else {
+            args.extend(["--data-dir", path(&data_dir), "--listen", "127.0.0.1:0"]);
+        }
         // Append to the log so that a restart keeps the earlier lines.
         let log = fs::OpenOptions::new()
             .create(true)
@@ -265,6 +349,9 @@ impl Lab {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if !self.file_mode {
+            self.api = Some(fs::read_to_string(&ready)?.trim().to_string());
         }
         Ok(())
     }
