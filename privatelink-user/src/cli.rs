@@ -12,7 +12,12 @@ use crate::client::Client;
 #[derive(Args, Clone)]
 pub struct Conn {
     /// The daemon's API.
-    #[arg(long, global = true, env = "PRIVATELINK_API", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "PRIVATELINK_API",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub api: String,
     /// An account's token, or the admin token.
     #[arg(long, global = true, env = "PRIVATELINK_TOKEN", hide_env_values = true)]
@@ -175,12 +180,17 @@ pub enum ConnectionCmd {
 }
 
 fn split2<'a>(what: &str, s: &'a str) -> Result<(&'a str, &'a str)> {
-    s.split_once(':').ok_or_else(|| anyhow!("{what} {s:?}: expected A:B"))
+    s.split_once(':')
+        .ok_or_else(|| anyhow!("{what} {s:?}: expected A:B"))
 }
 
 fn tags(list: &[String]) -> Result<BTreeMap<String, String>> {
     list.iter()
-        .map(|t| t.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("tag {t:?}: expected KEY=VALUE")))
+        .map(|t| {
+            t.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("tag {t:?}: expected KEY=VALUE"))
+        })
         .collect()
 }
 
@@ -194,11 +204,18 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
     let c = Client::new(&conn.api, conn.token.clone());
     let (value, columns): (Value, &[&str]) = match cmd {
         ApiCmd::Status => (c.get("/v1/status")?, &[]),
-        ApiCmd::Account(AccountCmd::Create { id, name }) => {
-            (c.post("/v1/accounts", &json!({"id": id, "name": name}))?, &["id", "name", "token"])
-        }
+        ApiCmd::Account(AccountCmd::Create { id, name }) => (
+            c.post("/v1/accounts", &json!({"id": id, "name": name}))?,
+            &["id", "name", "token"],
+        ),
         ApiCmd::Account(AccountCmd::List) => (c.get("/v1/accounts")?, &["id", "name"]),
-        ApiCmd::Vpc(VpcCmd::Create { id, account, cidr, interface, vswitches }) => {
+        ApiCmd::Vpc(VpcCmd::Create {
+            id,
+            account,
+            cidr,
+            interface,
+            vswitches,
+        }) => {
             let vs = vswitches
                 .iter()
                 .map(|v| {
@@ -210,21 +227,38 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let body = json!({"id": id, "account": account, "cidr": cidr, "interface": interface, "vswitches": vs});
-            (c.post("/v1/vpcs", &body)?, &["id", "account", "cidr", "interface"])
+            (
+                c.post("/v1/vpcs", &body)?,
+                &["id", "account", "cidr", "interface"],
+            )
         }
         ApiCmd::Vpc(VpcCmd::List) => (c.get("/v1/vpcs")?, &["id", "account", "cidr", "interface"]),
         ApiCmd::Service(cmd) => service(&c, cmd)?,
         ApiCmd::Endpoint(cmd) => endpoint(&c, cmd)?,
         ApiCmd::Connection(cmd) => {
             let (path, value) = match cmd {
-                ConnectionCmd::List { service } => (None, c.get(&format!("/v1/services/{service}/connections"))?),
-                ConnectionCmd::Accept { service, endpoint } => (Some((service, endpoint, "accept")), Value::Null),
-                ConnectionCmd::Reject { service, endpoint } => (Some((service, endpoint, "reject")), Value::Null),
-                ConnectionCmd::Disable { service, endpoint } => (Some((service, endpoint, "disable")), Value::Null),
-                ConnectionCmd::Enable { service, endpoint } => (Some((service, endpoint, "enable")), Value::Null),
+                ConnectionCmd::List { service } => {
+                    (None, c.get(&format!("/v1/services/{service}/connections"))?)
+                }
+                ConnectionCmd::Accept { service, endpoint } => {
+                    (Some((service, endpoint, "accept")), Value::Null)
+                }
+                ConnectionCmd::Reject { service, endpoint } => {
+                    (Some((service, endpoint, "reject")), Value::Null)
+                }
+                ConnectionCmd::Disable { service, endpoint } => {
+                    (Some((service, endpoint, "disable")), Value::Null)
+                }
+                ConnectionCmd::Enable { service, endpoint } => {
+                    (Some((service, endpoint, "enable")), Value::Null)
+                }
             };
             let value = match path {
-                Some((s, e, a)) => c.call("POST", &format!("/v1/services/{s}/connections/{e}/{a}"), None)?,
+                Some((s, e, a)) => c.call(
+                    "POST",
+                    &format!("/v1/services/{s}/connections/{e}/{a}"),
+                    None,
+                )?,
                 None => value,
             };
             (value, &["endpoint", "account", "state", "enis"])
@@ -235,17 +269,39 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
 }
 
 fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str])> {
-    const COLS: &[&str] = &["id", "account", "vpc", "auto_accept", "whitelist", "backends", "snat"];
+    const COLS: &[&str] = &[
+        "id",
+        "account",
+        "vpc",
+        "auto_accept",
+        "whitelist",
+        "backends",
+        "snat",
+    ];
     Ok(match cmd {
-        ServiceCmd::Create { id, vpc, backends, snat, snat_ports, auto_accept, no_zone_affinity, domain } => {
+        ServiceCmd::Create {
+            id,
+            vpc,
+            backends,
+            snat,
+            snat_ports,
+            auto_accept,
+            no_zone_affinity,
+            domain,
+        } => {
             let backends = backends
                 .iter()
                 .map(|b| split2("backend", b).map(|(z, a)| json!({"zone": z, "address": a})))
                 .collect::<Result<Vec<_>>>()?;
             let ports = match snat_ports {
                 Some(p) => {
-                    let (lo, hi) = p.split_once('-').context("--snat-ports: expected LOW-HIGH")?;
-                    Some([lo.parse::<u16>().context("--snat-ports low")?, hi.parse::<u16>().context("--snat-ports high")?])
+                    let (lo, hi) = p
+                        .split_once('-')
+                        .context("--snat-ports: expected LOW-HIGH")?;
+                    Some([
+                        lo.parse::<u16>().context("--snat-ports low")?,
+                        hi.parse::<u16>().context("--snat-ports high")?,
+                    ])
                 }
                 None => None,
             };
@@ -257,27 +313,68 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
         }
         ServiceCmd::List => (c.get("/v1/services")?, COLS),
         ServiceCmd::Show { id } => (c.get(&format!("/v1/services/{id}"))?, COLS),
-        ServiceCmd::Set { id, auto_accept, zone_affinity } => {
+        ServiceCmd::Set {
+            id,
+            auto_accept,
+            zone_affinity,
+        } => {
             let body = json!({"auto_accept": auto_accept, "zone_affinity": zone_affinity});
-            let body: serde_json::Map<String, Value> =
-                body.as_object().expect("object").iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
-            (c.call("PATCH", &format!("/v1/services/{id}"), Some(&Value::Object(body)))?, COLS)
+            let body: serde_json::Map<String, Value> = body
+                .as_object()
+                .expect("object")
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (
+                c.call(
+                    "PATCH",
+                    &format!("/v1/services/{id}"),
+                    Some(&Value::Object(body)),
+                )?,
+                COLS,
+            )
         }
         ServiceCmd::Delete { id } => (c.delete(&format!("/v1/services/{id}"))?, &[]),
-        ServiceCmd::Whitelist(WhitelistCmd::Add { service, account }) => {
-            (c.call("PUT", &format!("/v1/services/{service}/whitelist/{account}"), None)?, &[])
+        ServiceCmd::Whitelist(WhitelistCmd::Add { service, account }) => (
+            c.call(
+                "PUT",
+                &format!("/v1/services/{service}/whitelist/{account}"),
+                None,
+            )?,
+            &[],
+        ),
+        ServiceCmd::Whitelist(WhitelistCmd::Remove { service, account }) => (
+            c.delete(&format!("/v1/services/{service}/whitelist/{account}"))?,
+            &[],
+        ),
+        ServiceCmd::Whitelist(WhitelistCmd::List { service }) => {
+            (c.get(&format!("/v1/services/{service}/whitelist"))?, &[])
         }
-        ServiceCmd::Whitelist(WhitelistCmd::Remove { service, account }) => {
-            (c.delete(&format!("/v1/services/{service}/whitelist/{account}"))?, &[])
-        }
-        ServiceCmd::Whitelist(WhitelistCmd::List { service }) => (c.get(&format!("/v1/services/{service}/whitelist"))?, &[]),
     })
 }
 
 fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static str])> {
-    const COLS: &[&str] = &["id", "account", "vpc", "service", "connection", "zones", "name"];
+    const COLS: &[&str] = &[
+        "id",
+        "account",
+        "vpc",
+        "service",
+        "connection",
+        "zones",
+        "name",
+    ];
     Ok(match cmd {
-        EndpointCmd::Create { id, vpc, service, zones: z, name, description, security_groups, tags: t } => {
+        EndpointCmd::Create {
+            id,
+            vpc,
+            service,
+            zones: z,
+            name,
+            description,
+            security_groups,
+            tags: t,
+        } => {
             let body = json!({
                 "id": id, "vpc": vpc, "service": service, "zones": zones(&z)?, "name": name,
                 "description": description, "security_groups": security_groups, "tags": tags(&t)?,
@@ -286,7 +383,14 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
         }
         EndpointCmd::List => (c.get("/v1/endpoints")?, COLS),
         EndpointCmd::Show { id } => (c.get(&format!("/v1/endpoints/{id}"))?, COLS),
-        EndpointCmd::Update { id, name, description, zones: z, security_groups, tags: t } => {
+        EndpointCmd::Update {
+            id,
+            name,
+            description,
+            zones: z,
+            security_groups,
+            tags: t,
+        } => {
             let mut body = serde_json::Map::new();
             if let Some(n) = name {
                 body.insert("name".into(), n.into());
@@ -303,7 +407,14 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
             if !t.is_empty() {
                 body.insert("tags".into(), json!(tags(&t)?));
             }
-            (c.call("PATCH", &format!("/v1/endpoints/{id}"), Some(&Value::Object(body)))?, COLS)
+            (
+                c.call(
+                    "PATCH",
+                    &format!("/v1/endpoints/{id}"),
+                    Some(&Value::Object(body)),
+                )?,
+                COLS,
+            )
         }
         EndpointCmd::Delete { id } => (c.delete(&format!("/v1/endpoints/{id}"))?, &[]),
     })

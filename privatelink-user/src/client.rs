@@ -20,8 +20,18 @@ impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let e = &self.body["error"];
         match (e["field"].as_str(), e["message"].as_str()) {
-            (Some(field), Some(m)) => write!(f, "{} ({}): {field}: {m}", self.status, e["code"].as_str().unwrap_or("")),
-            (None, Some(m)) => write!(f, "{} ({}): {m}", self.status, e["code"].as_str().unwrap_or("")),
+            (Some(field), Some(m)) => write!(
+                f,
+                "{} ({}): {field}: {m}",
+                self.status,
+                e["code"].as_str().unwrap_or("")
+            ),
+            (None, Some(m)) => write!(
+                f,
+                "{} ({}): {m}",
+                self.status,
+                e["code"].as_str().unwrap_or("")
+            ),
             _ => write!(f, "{}: {}", self.status, self.body),
         }
     }
@@ -36,7 +46,11 @@ impl Client {
             .timeout_global(Some(std::time::Duration::from_secs(30)))
             .build()
             .into();
-        Self { base: base.trim_end_matches('/').to_string(), token, agent }
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            agent,
+        }
     }
 
     /// Sends a request; a non-2xx answer becomes an `ApiError`.
@@ -64,11 +78,19 @@ impl Client {
         let mut resp = resp.map_err(|e| anyhow!("{method} {url}: {e}"))?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let value: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         if (200..300).contains(&status) {
             Ok(value)
         } else {
-            Err(ApiError { status, body: value }.into())
+            Err(ApiError {
+                status,
+                body: value,
+            }
+            .into())
         }
     }
 

@@ -67,11 +67,23 @@ pub struct Tokens {
 pub const BUILD_STEPS: &[(&str, &str)] = &[
     ("admin", "account create acct-a --name consumer-A"),
     ("admin", "account create acct-b --name provider-B"),
-    ("admin", "vpc create vpc-a --account acct-a --cidr 10.10.0.0/16 --interface fc0 --vswitch vsw-a1:zone-a:10.10.1.0/24 --vswitch vsw-a2:zone-a:10.10.2.0/24"),
-    ("admin", "vpc create vpc-b --account acct-b --cidr 10.10.0.0/16 --interface fp0 --vswitch vsw-b0:zone-a:10.10.0.0/24 --vswitch vsw-b3:zone-a:10.10.3.0/24"),
-    ("provider", "service create epsrv-b --vpc vpc-b --backend zone-a:10.10.0.10 --snat 10.10.0.200 --snat 10.10.0.201 --domain epsrv-b.privatelink.example"),
+    (
+        "admin",
+        "vpc create vpc-a --account acct-a --cidr 10.10.0.0/16 --interface fc0 --vswitch vsw-a1:zone-a:10.10.1.0/24 --vswitch vsw-a2:zone-a:10.10.2.0/24",
+    ),
+    (
+        "admin",
+        "vpc create vpc-b --account acct-b --cidr 10.10.0.0/16 --interface fp0 --vswitch vsw-b0:zone-a:10.10.0.0/24 --vswitch vsw-b3:zone-a:10.10.3.0/24",
+    ),
+    (
+        "provider",
+        "service create epsrv-b --vpc vpc-b --backend zone-a:10.10.0.10 --snat 10.10.0.200 --snat 10.10.0.201 --domain epsrv-b.privatelink.example",
+    ),
     ("provider", "service whitelist add epsrv-b acct-a"),
-    ("consumer", "endpoint create ep-a --vpc vpc-a --service epsrv-b --zone vsw-a1:10.10.1.100 --name web"),
+    (
+        "consumer",
+        "endpoint create ep-a --vpc vpc-a --service epsrv-b --zone vsw-a1:10.10.1.100 --name web",
+    ),
     ("provider", "connection accept epsrv-b ep-a"),
 ];
 
@@ -260,12 +272,20 @@ impl Lab {
 
     /// Runs the seed's console steps through the CLI.
     fn build_through_api(&mut self) -> Result<()> {
-        self.tokens.admin = fs::read_to_string(self.dir.join("data/admin.token"))?.trim().to_string();
+        self.tokens.admin = fs::read_to_string(self.dir.join("data/admin.token"))?
+            .trim()
+            .to_string();
         for (who, args) in BUILD_STEPS {
             let out = self.cli(who, &args.split_whitespace().collect::<Vec<_>>())?;
-            if let Some(id) = args.strip_prefix("account create ").and_then(|a| a.split_whitespace().next()) {
+            if let Some(id) = args
+                .strip_prefix("account create ")
+                .and_then(|a| a.split_whitespace().next())
+            {
                 let v: serde_json::Value = serde_json::from_str(&out)?;
-                let token = v["token"].as_str().context("no token in the answer")?.to_string();
+                let token = v["token"]
+                    .as_str()
+                    .context("no token in the answer")?
+                    .to_string();
                 match id {
                     "acct-a" => self.tokens.consumer = token,
                     _ => self.tokens.provider = token,

@@ -1,0 +1,407 @@
+//! The HTTP API on loopback, with a real redb store and a recording data path: token
+//! boundaries, every class of bad input (clear error naming the field, the right status,
+//! nothing changed), the connection lifecycle, and durability across a reopen.
+
+use std::sync::{Arc, Mutex};
+
+use privatelink_user::{
+    api::{self, App, Apply},
+    client::{ApiError, Client},
+    model::State,
+    ops::{self, OpError},
+    store::{RedbStore, Store},
+};
+use serde_json::{Value, json};
+
+/// Records every state the data path was given.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<State>>>);
+
+impl Apply for Recorder {
+    fn check(&mut self, _: &State) -> Result<(), OpError> {
+        Ok(())
+    }
+    fn apply(&mut self, s: &State) -> anyhow::Result<()> {
+        self.0.lock().unwrap().push(s.clone());
+        Ok(())
+    }
+}
+
+const ADMIN: &str = "admin-token-for-tests-0123456789";
+
+struct Server {
+    url: String,
+    applied: Recorder,
+    _rt: tokio::runtime::Runtime,
+    dir: std::path::PathBuf,
+    keep_files: bool,
+}
+
+fn serve(dir: &std::path::Path) -> Server {
+    let store = RedbStore::open(dir).unwrap();
+    let state = store.load().unwrap();
+    let applied = Recorder::default();
+    let app = Arc::new(tokio::sync::Mutex::new(App {
+        state,
+        store: Box::new(store),
+        apply: Box::new(applied.clone()),
+        admin_token_sha256: ops::token_hash(ADMIN),
+    }));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(async move { axum::serve(listener, api::router(app)).await.unwrap() });
+    Server {
+        url,
+        applied,
+        _rt: rt,
+        dir: dir.to_path_buf(),
+        keep_files: false,
+    }
+}
+
+fn status_of(r: anyhow::Result<Value>) -> (u16, Value) {
+    match r {
+        Ok(v) => (200, v),
+        Err(e) => {
+            let e = e.downcast::<ApiError>().expect("an API error");
+            (e.status, e.body["error"].clone())
+        }
+    }
+}
+
+struct World {
+    srv: Server,
+    admin: Client,
+    a: Client,
+    b: Client,
+}
+
+/// The lab's accounts, VPCs, service (whitelisting A) and a pending endpoint of A.
+fn world() -> World {
+    let dir = std::env::temp_dir().join(format!(
+        "privatelink-api-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let srv = serve(&dir);
+    let admin = Client::new(&srv.url, Some(ADMIN.into()));
+    let ta = admin
+        .post("/v1/accounts", &json!({"id": "acct-a"}))
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tb = admin
+        .post("/v1/accounts", &json!({"id": "acct-b"}))
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin
+        .post("/v1/accounts", &json!({"id": "acct-c"}))
+        .unwrap();
+    admin
+        .post(
+            "/v1/vpcs",
+            &json!({"id": "vpc-a", "account": "acct-a", "cidr": "10.10.0.0/16", "interface": "fc0",
+                    "vswitches": [{"id": "vsw-a1", "zone": "zone-a", "cidr": "10.10.1.0/24"}]}),
+        )
+        .unwrap();
+    admin
+        .post(
+            "/v1/vpcs",
+            &json!({"id": "vpc-b", "account": "acct-b", "cidr": "10.10.0.0/16", "interface": "fp0",
+                    "vswitches": [{"id": "vsw-b0", "zone": "zone-a", "cidr": "10.10.0.0/24"}]}),
+        )
+        .unwrap();
+    let a = Client::new(&srv.url, Some(ta));
+    let b = Client::new(&srv.url, Some(tb));
+    b.post(
+        "/v1/services",
+        &json!({"id": "epsrv-b", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.10"}],
+                "snat": ["10.10.0.200"], "whitelist": ["acct-a"]}),
+    )
+    .unwrap();
+    a.post("/v1/endpoints", &endpoint_body("ep-a", "10.10.1.100"))
+        .unwrap();
+    World { srv, admin, a, b }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn endpoint_body(id: &str, eni: &str) -> Value {
+    json!({"id": id, "vpc": "vpc-a", "service": "epsrv-b", "zones": [{"vswitch": "vsw-a1", "eni": eni}]})
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.keep_files {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Everything the API exposes, as the admin sees it (to prove refusals change nothing).
+fn snapshot(w: &World) -> Value {
+    json!([
+        w.admin.get("/v1/accounts").unwrap(),
+        w.admin.get("/v1/vpcs").unwrap(),
+        w.admin.get("/v1/services").unwrap(),
+        w.admin.get("/v1/endpoints").unwrap()
+    ])
+}
+
+#[test]
+fn tokens_bound_what_each_party_sees_and_does() {
+    let w = world();
+    let none = Client::new(&w.srv.url, None);
+    let wrong = Client::new(&w.srv.url, Some("not-a-token".into()));
+    let before = snapshot(&w);
+    let applies = w.srv.applied.0.lock().unwrap().len();
+
+    assert_eq!(status_of(none.get("/v1/endpoints")).0, 401);
+    assert_eq!(
+        status_of(wrong.post("/v1/endpoints", &endpoint_body("ep-x", "10.10.1.9"))).0,
+        401
+    );
+    // Consumer: not the provider's service, not its connections, not the operator's work.
+    assert_eq!(status_of(w.a.get("/v1/services/epsrv-b")).0, 403);
+    assert_eq!(
+        status_of(w.a.call("POST", "/v1/services/epsrv-b/connections/ep-a/accept", None)).0,
+        403
+    );
+    assert_eq!(status_of(w.a.delete("/v1/services/epsrv-b")).0, 403);
+    assert_eq!(
+        status_of(w.a.post("/v1/accounts", &json!({"id": "evil"}))).0,
+        403
+    );
+    assert_eq!(
+        status_of(w.a.get("/v1/services")).1,
+        json!([]),
+        "a consumer lists no services of others"
+    );
+    // Provider: not the consumer's endpoint.
+    assert_eq!(status_of(w.b.delete("/v1/endpoints/ep-a")).0, 403);
+    assert_eq!(status_of(w.b.get("/v1/endpoints/ep-a")).0, 403);
+    assert_eq!(status_of(w.b.get("/v1/endpoints")).1, json!([]));
+    // The operator does not act as an account.
+    assert_eq!(
+        status_of(
+            w.admin
+                .post("/v1/endpoints", &endpoint_body("ep-x", "10.10.1.9"))
+        )
+        .0,
+        403
+    );
+    // Another account that is not whitelisted.
+    let c = w.admin.get("/v1/accounts").unwrap();
+    assert_eq!(c.as_array().unwrap().len(), 3);
+
+    assert_eq!(snapshot(&w), before, "refused requests changed nothing");
+    assert_eq!(
+        w.srv.applied.0.lock().unwrap().len(),
+        applies,
+        "and reached no map"
+    );
+}
+
+#[test]
+fn bad_input_names_the_field_with_the_right_status() {
+    let w = world();
+    let before = snapshot(&w);
+    let applies = w.srv.applied.0.lock().unwrap().len();
+    let cases: Vec<(&str, anyhow::Result<Value>, u16, &str, &str)> = vec![
+        ("malformed JSON", w.a.call("POST", "/v1/endpoints", Some(&Value::String("{".into()))), 400, "body", "invalid type"),
+        ("unknown field", w.a.post("/v1/endpoints", &json!({"id": "x", "vpc": "vpc-a", "service": "epsrv-b", "zones": [], "colour": 1})), 400, "colour", "unknown field"),
+        ("unknown service", w.a.post("/v1/endpoints", &json!({"id": "ep-x", "vpc": "vpc-a", "service": "nope", "zones": []})), 404, "service", "no service"),
+        ("unknown vpc", w.a.post("/v1/endpoints", &json!({"id": "ep-x", "vpc": "vpc-zz", "service": "epsrv-b", "zones": []})), 404, "vpc", "no VPC"),
+        ("unknown endpoint", w.a.get("/v1/endpoints/ep-nope"), 404, "endpoint", "no endpoint"),
+        ("bad CIDR", w.admin.post("/v1/vpcs", &json!({"id": "vpc-x", "account": "acct-a", "cidr": "10.0.0.0/33", "interface": "x0"})), 400, "cidr", "invalid"),
+        ("ENI outside its vSwitch", w.a.post("/v1/endpoints", &endpoint_body("ep-x", "10.10.9.9")), 400, "endpoints[1].zones[0].eni", "not a usable address"),
+        ("ENI in use", w.a.post("/v1/endpoints", &endpoint_body("ep-x", "10.10.1.100")), 400, "endpoints[1].zones[0].eni", "already in use"),
+        ("bad ENI syntax", w.a.post("/v1/endpoints", &endpoint_body("ep-x", "10.10.1")), 400, "zones[0].eni", "invalid"),
+        ("six security groups", w.a.post("/v1/endpoints", &json!({"id": "ep-x", "vpc": "vpc-a", "service": "epsrv-b",
+            "zones": [{"vswitch": "vsw-a1", "eni": "10.10.1.7"}], "security_groups": ["a","b","c","d","e","f"]})), 400, "security_groups", "at most 5"),
+        ("21 tags", w.a.post("/v1/endpoints", &json!({"id": "ep-x", "vpc": "vpc-a", "service": "epsrv-b",
+            "zones": [{"vswitch": "vsw-a1", "eni": "10.10.1.7"}], "tags": (0..21).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_,_>>()})), 400, "tags", "at most 20"),
+        ("port range upside down", w.b.post("/v1/services", &json!({"id": "s2", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.11"}],
+            "snat": ["10.10.0.210"], "snat_ports": [3000, 2000]})), 400, "services[1].snat_ports", "not a port range"),
+        ("duplicate id", w.a.post("/v1/endpoints", &endpoint_body("ep-a", "10.10.1.8")), 409, "id", "already exists"),
+        ("bad action", w.b.call("POST", "/v1/services/epsrv-b/connections/ep-a/explode", None), 400, "action", "not one of"),
+        ("delete a service in use", w.b.delete("/v1/services/epsrv-b"), 409, "service", "still has endpoints"),
+        ("unknown path", w.a.get("/v1/nope"), 404, "path", "no such"),
+    ];
+    for (what, r, status, field, msg) in cases {
+        let (got, err) = status_of(r);
+        assert_eq!(got, status, "{what}: {err}");
+        assert!(
+            err["field"].as_str().unwrap_or("").contains(field),
+            "{what}: field in {err}"
+        );
+        assert!(
+            err["message"].as_str().unwrap_or("").contains(msg),
+            "{what}: message in {err}"
+        );
+    }
+    // Not whitelisted: acct-c has a VPC of its own but is not on the list.
+    let tc = w
+        .admin
+        .post("/v1/accounts", &json!({"id": "acct-d"}))
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.admin
+        .post(
+            "/v1/vpcs",
+            &json!({"id": "vpc-d", "account": "acct-d", "cidr": "172.16.0.0/16", "interface": "fd0",
+        "vswitches": [{"id": "vsw-d1", "zone": "zone-a", "cidr": "172.16.1.0/24"}]}),
+        )
+        .unwrap();
+    let d = Client::new(&w.srv.url, Some(tc));
+    let (st, err) = status_of(d.post(
+        "/v1/endpoints",
+        &json!({"id": "ep-d", "vpc": "vpc-d", "service": "epsrv-b",
+        "zones": [{"vswitch": "vsw-d1", "eni": "172.16.1.5"}]}),
+    ));
+    assert_eq!(
+        (st, err["code"].as_str()),
+        (403, Some("not_whitelisted")),
+        "{err}"
+    );
+
+    let after = snapshot(&w);
+    assert_eq!(after[2], before[2], "services unchanged");
+    assert_eq!(after[3], before[3], "endpoints unchanged");
+    assert_eq!(
+        w.srv.applied.0.lock().unwrap().len(),
+        applies + 2,
+        "only the two admin setup calls applied"
+    );
+}
+
+fn state_of(w: &World, ep: &str) -> String {
+    w.a.get(&format!("/v1/endpoints/{ep}")).unwrap()["connection"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn connection_lifecycle() {
+    let w = world();
+    assert_eq!(state_of(&w, "ep-a"), "pending", "no auto-accept: pending");
+    let act = |a: &str| {
+        status_of(w.b.call(
+            "POST",
+            &format!("/v1/services/epsrv-b/connections/ep-a/{a}"),
+            None,
+        ))
+    };
+    assert_eq!(act("disable").0, 409, "cannot disable a pending connection");
+    assert_eq!(act("accept").0, 200);
+    assert_eq!(state_of(&w, "ep-a"), "connected");
+    assert_eq!(act("disable").0, 200);
+    assert_eq!(state_of(&w, "ep-a"), "disconnected");
+    assert_eq!(act("accept").0, 409);
+    assert_eq!(act("enable").0, 200);
+    assert_eq!(state_of(&w, "ep-a"), "connected");
+    assert_eq!(act("reject").0, 200);
+    assert_eq!(state_of(&w, "ep-a"), "rejected");
+    assert_eq!(act("accept").0, 200);
+    // The data path was given each state.
+    let last = w.srv.applied.0.lock().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last.endpoint("ep-a").unwrap().connection,
+        privatelink_user::model::Connection::Connected
+    );
+
+    // Auto-accept: a new endpoint connects at once.
+    w.b.call(
+        "PATCH",
+        "/v1/services/epsrv-b",
+        Some(&json!({"auto_accept": true})),
+    )
+    .unwrap();
+    w.a.post("/v1/endpoints", &endpoint_body("ep-2", "10.10.1.101"))
+        .unwrap();
+    assert_eq!(state_of(&w, "ep-2"), "connected");
+    let conns = w.b.get("/v1/services/epsrv-b/connections").unwrap();
+    assert_eq!(conns.as_array().unwrap().len(), 2);
+
+    // Whitelist removal keeps the endpoints but the data path stops them (whitelist flag).
+    w.b.delete("/v1/services/epsrv-b/whitelist/acct-a").unwrap();
+    assert!(
+        !w.srv
+            .applied
+            .0
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .service("epsrv-b")
+            .unwrap()
+            .is_whitelisted("acct-a")
+    );
+    // And new endpoints are refused.
+    assert_eq!(
+        status_of(w.a.post("/v1/endpoints", &endpoint_body("ep-3", "10.10.1.102"))).0,
+        403
+    );
+    // Deleting endpoints, then the service.
+    w.a.delete("/v1/endpoints/ep-a").unwrap();
+    w.a.delete("/v1/endpoints/ep-2").unwrap();
+    assert_eq!(status_of(w.b.delete("/v1/services/epsrv-b")).0, 200);
+}
+
+#[test]
+fn acknowledged_changes_survive_a_reopen() {
+    let dir;
+    {
+        let mut w = world();
+        w.b.call("POST", "/v1/services/epsrv-b/connections/ep-a/accept", None)
+            .unwrap();
+        dir = w.srv.dir.clone();
+        w.srv.keep_files = true; // the server stops here; its store stays
+    }
+    let srv = serve(&dir);
+    let admin = Client::new(&srv.url, Some(ADMIN.into()));
+    let eps = admin.get("/v1/endpoints").unwrap();
+    assert_eq!(eps[0]["connection"], "connected");
+    assert_eq!(
+        admin.get("/v1/accounts").unwrap().as_array().unwrap().len(),
+        3
+    );
+}
+
+#[test]
+fn openapi_lists_every_path() {
+    let w = world();
+    let doc = Client::new(&w.srv.url, None)
+        .get("/v1/openapi.json")
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/v1/accounts",
+        "/v1/vpcs",
+        "/v1/services",
+        "/v1/services/{id}",
+        "/v1/services/{id}/whitelist/{account}",
+        "/v1/services/{id}/connections/{endpoint}/{action}",
+        "/v1/endpoints",
+        "/v1/endpoints/{id}",
+        "/v1/status",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from the OpenAPI document"
+        );
+    }
+}
