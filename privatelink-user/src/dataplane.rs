@@ -61,6 +61,9 @@ pub struct ApplyReport {
 
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// What the daemon-owned maps hold (read from them once, then kept in step), so an
+    /// apply is a diff in memory plus the changed entries' syscalls.
+    applied: Option<Desired>,
     pin_dir: Option<PathBuf>,
     links: Vec<(String, XdpLinkId)>,
     pass: Option<Ebpf>,
@@ -87,6 +90,7 @@ impl Dataplane {
             .context("the verifier rejected the XDP program")?;
         Ok(Self {
             ebpf,
+            applied: None,
             pin_dir: opts.pin_dir.clone(),
             links: Vec::new(),
             pass: None,
@@ -157,15 +161,55 @@ impl Dataplane {
 
     /// Brings the daemon-owned maps to `d`, writing only what differs.
     pub fn apply(&mut self, d: &Desired) -> Result<ApplyReport> {
+        let cur = match self.applied.take() {
+            Some(c) => c,
+            None => Desired {
+                ifaces: read_map(self.map(map_names::IFACES)?)?,
+                vpc_ports: read_map(self.map(map_names::VPC_PORTS)?)?,
+                endpoints: read_map(self.map(map_names::ENDPOINTS)?)?,
+                snat_pools: read_map(self.map(map_names::SNAT_POOLS)?)?,
+                snat_addrs: read_map(self.map(map_names::SNAT_ADDRS)?)?,
+            },
+        };
         let mut r = ApplyReport::default();
-        // Order: where traffic can go before what sends traffic there; deletes of
-        // endpoints happen in their own map's diff.
-        sync(self.map_mut(map_names::IFACES)?, &d.ifaces, &mut r)?;
-        sync(self.map_mut(map_names::VPC_PORTS)?, &d.vpc_ports, &mut r)?;
-        sync(self.map_mut(map_names::SNAT_POOLS)?, &d.snat_pools, &mut r)?;
-        sync(self.map_mut(map_names::SNAT_ADDRS)?, &d.snat_addrs, &mut r)?;
-        sync(self.map_mut(map_names::ENDPOINTS)?, &d.endpoints, &mut r)?;
-        Ok(r)
+        // Where traffic can go before what sends traffic there.
+        let res = (|| {
+            sync(
+                self.map_mut(map_names::IFACES)?,
+                &cur.ifaces,
+                &d.ifaces,
+                &mut r,
+            )?;
+            sync(
+                self.map_mut(map_names::VPC_PORTS)?,
+                &cur.vpc_ports,
+                &d.vpc_ports,
+                &mut r,
+            )?;
+            sync(
+                self.map_mut(map_names::SNAT_POOLS)?,
+                &cur.snat_pools,
+                &d.snat_pools,
+                &mut r,
+            )?;
+            sync(
+                self.map_mut(map_names::SNAT_ADDRS)?,
+                &cur.snat_addrs,
+                &d.snat_addrs,
+                &mut r,
+            )?;
+            sync(
+                self.map_mut(map_names::ENDPOINTS)?,
+                &cur.endpoints,
+                &d.endpoints,
+                &mut r,
+            )
+        })();
+        // On success the maps hold `d`; after a failure, re-read them next time.
+        if res.is_ok() {
+            self.applied = Some(d.clone());
+        }
+        res.map(|()| r)
     }
 
     /// Writes the data path's settings (idle timeouts).
@@ -229,14 +273,23 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(p.try_into()?)
 }
 
-fn sync<K, V>(map: &mut Map, desired: &BTreeMap<K, V>, r: &mut ApplyReport) -> Result<()>
+fn read_map<K: Pod + Ord, V: Pod>(map: &Map) -> Result<BTreeMap<K, V>> {
+    let m: HashMap<_, K, V> = HashMap::try_from(map)?;
+    Ok(m.iter().collect::<Result<_, _>>()?)
+}
+
+fn sync<K, V>(
+    map: &mut Map,
+    current: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    r: &mut ApplyReport,
+) -> Result<()>
 where
     K: Pod + Ord + std::fmt::Debug,
     V: Pod + PartialEq,
 {
     let mut m: HashMap<_, K, V> = HashMap::try_from(map)?;
-    let current: BTreeMap<K, V> = m.iter().collect::<Result<_, _>>()?;
-    for change in diff(&current, desired) {
+    for change in diff(current, desired) {
         match change {
             Change::Upsert(k, v) => {
                 m.insert(k, v, 0)

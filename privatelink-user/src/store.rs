@@ -36,24 +36,6 @@ impl RedbStore {
     }
 }
 
-/// The state as records: "<kind>/<id>" → JSON.
-pub fn records(s: &State) -> Result<BTreeMap<String, Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    for a in &s.accounts {
-        out.insert(format!("account/{}", a.id), serde_json::to_vec(a)?);
-    }
-    for v in &s.vpcs {
-        out.insert(format!("vpc/{}", v.id), serde_json::to_vec(v)?);
-    }
-    for x in &s.services {
-        out.insert(format!("service/{}", x.id), serde_json::to_vec(x)?);
-    }
-    for e in &s.endpoints {
-        out.insert(format!("endpoint/{}", e.id), serde_json::to_vec(e)?);
-    }
-    Ok(out)
-}
-
 /// Rebuilds a state from records; an unreadable record names its key.
 pub fn from_records<'a>(records: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<State> {
     let mut s = State::default();
@@ -93,22 +75,82 @@ impl Store for RedbStore {
     }
 
     fn save(&mut self, current: &State, next: &State) -> Result<()> {
-        let (old, new) = (records(current)?, records(next)?);
+        let (puts, deletes) = changes(current, next)?;
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(OBJECTS)?;
-            for (k, v) in &new {
-                if old.get(k) != Some(v) {
-                    table.insert(k.as_str(), v.as_slice())?;
-                }
+            for (k, v) in &puts {
+                table.insert(k.as_str(), v.as_slice())?;
             }
-            for k in old.keys().filter(|k| !new.contains_key(*k)) {
+            for k in &deletes {
                 table.remove(k.as_str())?;
             }
         }
         txn.commit().context("committing the state")?;
         Ok(())
     }
+}
+
+/// The records to write and to remove to go from `old` to `new`: objects are compared in
+/// memory, only changed ones are serialized.
+fn changes(old: &State, new: &State) -> Result<(Vec<(String, Vec<u8>)>, Vec<String>)> {
+    fn kind<T: serde::Serialize + PartialEq>(
+        name: &str,
+        old: &[T],
+        new: &[T],
+        id: impl Fn(&T) -> &str,
+        puts: &mut Vec<(String, Vec<u8>)>,
+        deletes: &mut Vec<String>,
+    ) -> Result<()> {
+        let before: BTreeMap<&str, &T> = old.iter().map(|x| (id(x), x)).collect();
+        let after: BTreeMap<&str, &T> = new.iter().map(|x| (id(x), x)).collect();
+        for (k, v) in &after {
+            if before.get(k) != Some(v) {
+                puts.push((format!("{name}/{k}"), serde_json::to_vec(v)?));
+            }
+        }
+        deletes.extend(
+            before
+                .keys()
+                .filter(|k| !after.contains_key(*k))
+                .map(|k| format!("{name}/{k}")),
+        );
+        Ok(())
+    }
+    let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+    kind(
+        "account",
+        &old.accounts,
+        &new.accounts,
+        |x| &x.id,
+        &mut puts,
+        &mut deletes,
+    )?;
+    kind(
+        "vpc",
+        &old.vpcs,
+        &new.vpcs,
+        |x| &x.id,
+        &mut puts,
+        &mut deletes,
+    )?;
+    kind(
+        "service",
+        &old.services,
+        &new.services,
+        |x| &x.id,
+        &mut puts,
+        &mut deletes,
+    )?;
+    kind(
+        "endpoint",
+        &old.endpoints,
+        &new.endpoints,
+        |x| &x.id,
+        &mut puts,
+        &mut deletes,
+    )?;
+    Ok((puts, deletes))
 }
 
 #[cfg(test)]
@@ -133,6 +175,9 @@ mod tests {
         assert_eq!(loaded.vpcs, want.vpcs);
         let mut next = s.clone();
         next.endpoints.clear();
+        let (puts, deletes) = changes(&s, &next).unwrap();
+        assert!(puts.is_empty(), "nothing else is rewritten");
+        assert_eq!(deletes, vec!["endpoint/ep-a".to_string()]);
         st.save(&s, &next).unwrap();
         drop(st);
         let st = RedbStore::open(dir.path()).unwrap();

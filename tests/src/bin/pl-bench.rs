@@ -23,6 +23,143 @@ fn median(v: &mut [u64]) -> f64 {
 }
 
 fn main() -> Result<()> {
+    let mut md = String::new();
+    md.push_str(&per_packet()?);
+    md.push_str(&control_plane(1000)?);
+    std::fs::create_dir_all("results")?;
+    std::fs::write("results/bench.md", &md)?;
+    println!("\nwritten to results/bench.md");
+    Ok(())
+}
+
+/// API-call-to-map-visible latency and endpoints per second: a daemon in API mode in a
+/// namespace of its own, `n` endpoints created one after the other, each checked in the
+/// pinned PL_ENDPOINTS map as soon as its response arrives.
+fn control_plane(n: usize) -> Result<String> {
+    use std::time::Instant;
+
+    use privatelink_common::{EndpointEni, VpcAddr, map_names};
+    use privatelink_tests::{
+        lab::privatelink_bin,
+        netns::{Netns, unique_name},
+    };
+    use privatelink_user::{client::Client, dataplane, model::numeric_id};
+    use serde_json::json;
+
+    let ns = Netns::create(&unique_name("plbench"))?;
+    ns.ip(&["link", "add", "fc0", "type", "veth", "peer", "name", "c0"])?;
+    ns.ip(&["link", "add", "fp0", "type", "veth", "peer", "name", "p0"])?;
+    for d in ["fc0", "c0", "fp0", "p0"] {
+        ns.ip(&["link", "set", d, "up"])?;
+    }
+    let dir = std::env::temp_dir().join(format!("privatelink-bench-{}", ns.name));
+    let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/privatelink-bench-{}", ns.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let ready = dir.join("ready");
+    struct Cleanup(std::process::Child, std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+            let _ = std::fs::remove_dir_all(&self.2);
+        }
+    }
+    let child = std::process::Command::new(privatelink_bin()?)
+        .args(["daemon", "--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--netns",
+            &ns.name,
+            "--conntrack-entries",
+            "65536",
+            "--pin-dir",
+        ])
+        .arg(&pin)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let _cleanup = Cleanup(child, dir.clone(), pin.clone());
+    let start = Instant::now();
+    while !ready.exists() {
+        anyhow::ensure!(start.elapsed().as_secs() < 30, "daemon not ready");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let url = std::fs::read_to_string(&ready)?.trim().to_string();
+    let admin = Client::new(
+        &url,
+        Some(
+            std::fs::read_to_string(dir.join("data/admin.token"))?
+                .trim()
+                .to_string(),
+        ),
+    );
+    let token = |id: &str| -> Result<String> {
+        Ok(admin.post("/v1/accounts", &json!({"id": id}))?["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    };
+    let (ta, tb) = (token("acct-a")?, token("acct-b")?);
+    admin.post(
+        "/v1/vpcs",
+        &json!({"id": "vpc-a", "account": "acct-a", "cidr": "10.10.0.0/16", "interface": "fc0",
+        "vswitches": [{"id": "vsw-a1", "zone": "zone-a", "cidr": "10.10.64.0/18"}]}),
+    )?;
+    admin.post(
+        "/v1/vpcs",
+        &json!({"id": "vpc-b", "account": "acct-b", "cidr": "10.10.0.0/16", "interface": "fp0",
+        "vswitches": [{"id": "vsw-b0", "zone": "zone-a", "cidr": "10.10.0.0/24"}]}),
+    )?;
+    let (a, b) = (Client::new(&url, Some(ta)), Client::new(&url, Some(tb)));
+    b.post(
+        "/v1/services",
+        &json!({"id": "epsrv-b", "vpc": "vpc-b", "auto_accept": true, "whitelist": ["acct-a"],
+        "backends": [{"zone": "zone-a", "address": "10.10.0.10"}], "snat": ["10.10.0.200"]}),
+    )?;
+
+    let map = dataplane::open_pinned(&pin, map_names::ENDPOINTS)?;
+    let eps: aya::maps::HashMap<_, VpcAddr, EndpointEni> = aya::maps::HashMap::try_from(&map)?;
+    let vpc_id = numeric_id("vpc-a");
+    let mut lat = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    for i in 0..n {
+        let eni = std::net::Ipv4Addr::new(10, 10, 64 + (i / 250) as u8, 1 + (i % 250) as u8);
+        let t = Instant::now();
+        a.post(
+            "/v1/endpoints",
+            &json!({"id": format!("ep-{i}"), "vpc": "vpc-a", "service": "epsrv-b",
+            "zones": [{"vswitch": "vsw-a1", "eni": eni.to_string()}]}),
+        )?;
+        let key = VpcAddr {
+            vpc_id,
+            addr: eni.octets(),
+        };
+        while eps.get(&key, 0).is_err() {
+            anyhow::ensure!(t.elapsed().as_secs() < 5, "{eni} never reached the map");
+        }
+        lat.push(t.elapsed().as_micros() as u64);
+    }
+    let total = t0.elapsed();
+    lat.sort_unstable();
+    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    let out = format!(
+        "\nControl plane: {n} endpoints created one by one through the API (each response means stored with fsync and in the maps)\n\n\
+         | measure | value |\n|---|---:|\n| API call to map visible, p50 | {:.2} ms |\n| p99 | {:.2} ms |\n| max | {:.2} ms |\n| endpoints applied per second | {:.0} |\n",
+        p(0.5),
+        p(0.99),
+        p(1.0),
+        n as f64 / total.as_secs_f64()
+    );
+    print!("{out}");
+    Ok(out)
+}
+
+fn per_packet() -> Result<String> {
     let mut h = Harness::new(LAB_STATE)?;
     let (cif, pif) = (h.consumer.ifindex, h.provider.ifindex);
 
@@ -96,10 +233,9 @@ fn main() -> Result<()> {
             o / b.max(1.0)
         )?;
     }
-    println!(
+    let out = format!(
         "\nBPF_PROG_TEST_RUN, {RUNS} single runs per path, interleaved with the pass-through baseline\n\n{table}"
     );
-    std::fs::create_dir_all("results")?;
-    std::fs::write("results/bench.md", &table)?;
-    Ok(())
+    print!("{out}");
+    Ok(out)
 }
