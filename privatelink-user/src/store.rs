@@ -93,7 +93,10 @@ impl Store for RedbStore {
 
 /// The records to write and to remove to go from `old` to `new`: objects are compared in
 /// memory, only changed ones are serialized.
-fn changes(old: &State, new: &State) -> Result<(Vec<(String, Vec<u8>)>, Vec<String>)> {
+/// Records to write (key, JSON) and keys to remove.
+type Changes = (Vec<(String, Vec<u8>)>, Vec<String>);
+
+fn changes(old: &State, new: &State) -> Result<Changes> {
     fn kind<T: serde::Serialize + PartialEq>(
         name: &str,
         old: &[T],
