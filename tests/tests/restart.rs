@@ -122,3 +122,52 @@ fn http_load_sees_no_failure_while_the_daemon_restarts() {
     assert!(!text.contains("Non-2xx"), "{text}");
     eprintln!("{requests} requests through three daemon restarts, none failed");
 }
+
+/// Changing other endpoints through the API (create, accept, delete, 40 times) while a
+/// load runs through ep-a: not one of ep-a's requests fails.
+#[test]
+fn changes_to_other_endpoints_do_not_disturb_a_running_one() {
+    let lab = lab();
+    let wrk = lab
+        .consumer
+        .command("wrk")
+        .args(["-t1", "-c8", "-d5s", &format!("http://{ENI}/")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut changes = 0;
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(4) && changes < 120 {
+        let i = changes / 3;
+        let id = format!("ep-x{i}");
+        let eni = format!("vsw-a1:10.10.1.{}", 150 + i % 100);
+        match changes % 3 {
+            0 => lab.cli(
+                "consumer",
+                &[
+                    "endpoint",
+                    "create",
+                    &id,
+                    "--vpc",
+                    "vpc-a",
+                    "--service",
+                    "epsrv-b",
+                    "--zone",
+                    &eni,
+                ],
+            ),
+            1 => lab.cli("provider", &["connection", "accept", "epsrv-b", &id]),
+            _ => lab.cli("consumer", &["endpoint", "delete", &id]),
+        }
+        .unwrap();
+        changes += 1;
+    }
+    let out = wrk.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(changes >= 30, "only {changes} changes made");
+    assert!(
+        !text.contains("Socket errors") && !text.contains("Non-2xx"),
+        "{text}"
+    );
+    eprintln!("{changes} API changes to other endpoints during the load; {text}");
+}
