@@ -22,8 +22,12 @@ pub mod map_names {
     pub const CONNTRACK: &str = "PL_CONNTRACK";
     pub const STATS: &str = "PL_STATS";
     pub const CONFIG: &str = "PL_CONFIG";
-    pub const ALL: [&str; 9] = [
+    pub const SG_RULES: &str = "PL_SG_RULES";
+    pub const ACL_IN: &str = "PL_ACL_IN";
+    pub const ACL_OUT: &str = "PL_ACL_OUT";
+    pub const ALL: [&str; 12] = [
         IFACES, VPC_PORTS, ENDPOINTS, SNAT_POOLS, SNAT_ADDRS, NEIGHBORS, CONNTRACK, STATS, CONFIG,
+        SG_RULES, ACL_IN, ACL_OUT,
     ];
 }
 
@@ -103,6 +107,10 @@ pub enum ConnectionState {
 
 /// `EndpointEni::flags`: the consumer account is on the service's whitelist.
 pub const ENI_FLAG_WHITELISTED: u32 = 1;
+/// `EndpointEni::flags`: security groups guard the ENI (`PL_SG_RULES` has its rules).
+pub const ENI_FLAG_SG: u32 = 2;
+/// `EndpointEni::flags`: the ENI's vSwitch has a network ACL (`PL_ACL_IN`/`PL_ACL_OUT`).
+pub const ENI_FLAG_ACL: u32 = 4;
 
 /// Value of `PL_ENDPOINTS` (key: consumer VPC + ENI address): everything the data path
 /// needs to forward traffic of one endpoint ENI. The daemon resolves zone affinity and
@@ -225,6 +233,92 @@ impl FlowEntry {
     }
 }
 
+/// The most rules one ENI's merged security groups, or one ACL direction, may hold.
+pub const MAX_RULES: usize = 32;
+
+pub const RULE_ACCEPT: u8 = 1;
+pub const RULE_DROP: u8 = 2;
+/// `Rule::proto` matching any protocol.
+pub const PROTO_ANY: u8 = 0;
+
+/// One packet filter rule, as the data path evaluates it: the remote address in
+/// `addr/prefix`, the protocol (`PROTO_ANY` for all), and for TCP/UDP the local (ENI-side)
+/// port range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub addr: [u8; 4],
+    pub prefix: u8,
+    pub proto: u8,
+    pub action: u8,
+    pub _pad: u8,
+    pub port_lo: u16,
+    pub port_hi: u16,
+}
+
+impl Rule {
+    /// Whether a packet from/to remote address `remote`, protocol `proto` and ENI-side
+    /// port `port` matches.
+    #[inline(always)]
+    pub fn matches(&self, remote: [u8; 4], proto: u8, port: u16) -> bool {
+        let mask: u32 = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix.min(32) as u32)
+        };
+        let net = u32::from_be_bytes(self.addr) & mask;
+        if u32::from_be_bytes(remote) & mask != net {
+            return false;
+        }
+        if self.proto != PROTO_ANY && self.proto != proto {
+            return false;
+        }
+        if (proto == PROTO_TCP || proto == PROTO_UDP) && self.proto != PROTO_ANY {
+            return port >= self.port_lo && port <= self.port_hi;
+        }
+        true
+    }
+}
+
+/// Value of `PL_SG_RULES` / `PL_ACL_IN` / `PL_ACL_OUT` (key: VPC + ENI address): rules
+/// evaluated in order, the first match decides. The daemon orders security groups' merged
+/// rules by priority (drop first at equal priority); ACL rules keep their written order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleSet {
+    pub count: u32,
+    pub _pad: u32,
+    pub rules: [Rule; MAX_RULES],
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            _pad: 0,
+            rules: [Rule::default(); MAX_RULES],
+        }
+    }
+}
+
+impl RuleSet {
+    /// The action of the first matching rule, if any.
+    #[inline(always)]
+    pub fn decide(&self, remote: [u8; 4], proto: u8, port: u16) -> Option<u8> {
+        let n = self.count as usize;
+        for i in 0..MAX_RULES {
+            if i >= n {
+                break;
+            }
+            let r = &self.rules[i];
+            if r.matches(remote, proto, port) {
+                return Some(r.action);
+            }
+        }
+        None
+    }
+}
+
 /// Value of `PL_EP_STATS` (per CPU, key: endpoint id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -250,6 +344,8 @@ mod pod {
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for EndpointStats {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Rule {}
+    unsafe impl aya::Pod for RuleSet {}
 }
 
 #[cfg(test)]
@@ -269,6 +365,41 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 20);
         assert_eq!(size_of::<FlowEntry>(), 48);
         assert_eq!(size_of::<EndpointStats>(), 40);
+    }
+
+    #[test]
+    fn rules_match_prefix_protocol_and_ports() {
+        let r = Rule {
+            addr: [10, 10, 2, 0],
+            prefix: 24,
+            proto: PROTO_TCP,
+            action: RULE_ACCEPT,
+            port_lo: 80,
+            port_hi: 90,
+            ..Default::default()
+        };
+        assert!(r.matches([10, 10, 2, 7], PROTO_TCP, 80));
+        assert!(r.matches([10, 10, 2, 7], PROTO_TCP, 90));
+        assert!(!r.matches([10, 10, 2, 7], PROTO_TCP, 91));
+        assert!(!r.matches([10, 10, 3, 7], PROTO_TCP, 80));
+        assert!(!r.matches([10, 10, 2, 7], PROTO_UDP, 80));
+        let any = Rule {
+            prefix: 0,
+            proto: PROTO_ANY,
+            action: RULE_DROP,
+            ..Default::default()
+        };
+        assert!(any.matches([1, 2, 3, 4], PROTO_ICMP, 0));
+        let mut set = RuleSet::default();
+        set.rules[0] = r;
+        set.rules[1] = any;
+        set.count = 2;
+        assert_eq!(set.decide([10, 10, 2, 1], PROTO_TCP, 80), Some(RULE_ACCEPT));
+        assert_eq!(set.decide([10, 10, 2, 1], PROTO_TCP, 22), Some(RULE_DROP));
+        set.count = 1;
+        assert_eq!(set.decide([10, 10, 2, 1], PROTO_TCP, 22), None);
+        assert_eq!(size_of::<Rule>(), 12);
+        assert_eq!(size_of::<RuleSet>(), 8 + 12 * MAX_RULES);
     }
 
     #[test]

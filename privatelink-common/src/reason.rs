@@ -49,10 +49,12 @@ reasons! {
     DropConntrackFull = 25 => "drop_conntrack_full", true;
     DropBadArp = 26 => "drop_bad_arp", true;
     DropRedirectFailed = 27 => "drop_redirect_failed", true;
+    DropAcl = 28 => "drop_acl", true;
+    DropSecurityGroup = 29 => "drop_security_group", true;
 }
 
 /// Size of the `PL_STATS` array.
-pub const REASON_COUNT: u32 = 28;
+pub const REASON_COUNT: u32 = 30;
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,7 @@ use privatelink_common::{
 };
 
 use crate::{
-    Verdict,
+    Verdict, filter,
     ipv4::{Packet, check_endpoint_at},
     maps::{PL_CONNTRACK, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config},
     nat,
@@ -68,10 +68,12 @@ fn flow_key(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<(FlowKe
 pub fn forward(
     ctx: &XdpContext,
     iface: &IfaceInfo,
+    eni_key: VpcAddr,
     eni: &EndpointEni,
     pkt: &Packet,
 ) -> Result<Verdict, Reason> {
     let (key, flags) = flow_key(ctx, iface, pkt)?;
+    filter::acl_in(eni_key, eni, key.src, key.proto, key.dport)?;
     let t = now();
     let cfg = config();
     let existing = match PL_CONNTRACK.get_ptr_mut(key) {
@@ -92,7 +94,10 @@ pub fn forward(
                 Some(p) if keep_partner(unsafe { &*p }, pkt.proto, &reply) => p,
                 _ => {
                     // New, expired, or its reply tuple was evicted and taken by another
-                    // flow: (re)create with a fresh tuple.
+                    // flow: (re)create with a fresh tuple, if the security groups allow.
+                    if existing.is_none() {
+                        filter::security_groups(eni_key, eni, key.src, key.proto, key.dport)?;
+                    }
                     reason = Reason::ForwardNewFlow;
                     create(&key, eni, &reply, t, &cfg)?
                 }
@@ -119,7 +124,12 @@ pub fn reply(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdic
     if e.direction != DIR_REPLY || e.is_expired(pkt.proto, t, &cfg) {
         return Err(Reason::DropNoFlow);
     }
-    check_endpoint_at(e.out_vpc_id, e.new_src)?;
+    let eni = check_endpoint_at(e.out_vpc_id, e.new_src)?;
+    let eni_key = VpcAddr {
+        vpc_id: e.out_vpc_id,
+        addr: e.new_src,
+    };
+    filter::acl_out(eni_key, &eni, e.new_dst, pkt.proto, e.new_sport)?;
     track(e, pkt.proto, flags, t);
     nat::apply(ctx, pkt, e, Reason::ForwardToConsumer)
 }

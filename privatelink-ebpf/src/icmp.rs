@@ -3,10 +3,13 @@
 //! path MTU discovery works through the endpoint.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use privatelink_common::{DIR_ORIGINAL, FlowKey, IfaceInfo, PROTO_TCP, PROTO_UDP, Reason, csum};
+use privatelink_common::{
+    DIR_ORIGINAL, EndpointEni, FlowKey, IfaceInfo, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason,
+    VpcAddr, csum,
+};
 
 use crate::{
-    Verdict,
+    Verdict, filter,
     ipv4::{Packet, check_endpoint_at},
     maps::PL_CONNTRACK,
     nat,
@@ -28,10 +31,23 @@ fn icmp_hdr<'a>(ctx: &'a XdpContext, pkt: &Packet) -> Result<&'a mut Icmpv4Hdr, 
 
 /// ICMP to an ENI of a forwarding endpoint.
 #[inline(always)]
-pub fn to_endpoint(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
+pub fn to_endpoint(
+    ctx: &XdpContext,
+    iface: &IfaceInfo,
+    eni_key: VpcAddr,
+    eni: &EndpointEni,
+    pkt: &Packet,
+) -> Result<Verdict, Reason> {
     let icmp = icmp_hdr(ctx, pkt)?;
     match icmp.type_ {
-        ECHO_REQUEST if icmp.code == 0 => echo_reply(ctx, icmp),
+        ECHO_REQUEST if icmp.code == 0 => {
+            // Echo is not tracked: each request is filtered like a new flow.
+            let src = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?.src_addr;
+            filter::acl_in(eni_key, eni, src, PROTO_ICMP, 0)?;
+            filter::security_groups(eni_key, eni, src, PROTO_ICMP, 0)?;
+            filter::acl_out(eni_key, eni, src, PROTO_ICMP, 0)?;
+            echo_reply(ctx, icmp)
+        }
         DEST_UNREACH | TIME_EXCEEDED => translate_error(ctx, iface, pkt),
         _ => Err(Reason::DropIcmpUnsupported),
     }

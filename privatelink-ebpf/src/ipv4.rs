@@ -52,7 +52,7 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
         if ip.is_fragment() {
             return Err(Reason::DropFragment);
         }
-        return to_endpoint(ctx, iface, &eni, &pkt);
+        return to_endpoint(ctx, iface, dst, &eni, &pkt);
     }
     // SAFETY: presence check only.
     if unsafe { PL_SNAT_ADDRS.get(dst) }.is_some() {
@@ -73,13 +73,14 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
 fn to_endpoint(
     ctx: &XdpContext,
     iface: &IfaceInfo,
+    eni_key: VpcAddr,
     eni: &EndpointEni,
     pkt: &Packet,
 ) -> Result<Verdict, Reason> {
     check_forwarding(eni)?;
     match pkt.proto {
-        PROTO_TCP | PROTO_UDP => conntrack::forward(ctx, iface, eni, pkt),
-        PROTO_ICMP => icmp::to_endpoint(ctx, iface, pkt),
+        PROTO_TCP | PROTO_UDP => conntrack::forward(ctx, iface, eni_key, eni, pkt),
+        PROTO_ICMP => icmp::to_endpoint(ctx, iface, eni_key, eni, pkt),
         _ => Err(Reason::DropUnsupportedProtocol),
     }
 }
@@ -96,12 +97,12 @@ pub fn check_forwarding(eni: &EndpointEni) -> Result<(), Reason> {
     Ok(())
 }
 
-/// The same check for a flow's endpoint, found by its ENI address.
+/// The same check for a flow's endpoint, found by its ENI address; returns the endpoint.
 #[inline(always)]
-pub fn check_endpoint_at(vpc_id: u32, addr: [u8; 4]) -> Result<(), Reason> {
+pub fn check_endpoint_at(vpc_id: u32, addr: [u8; 4]) -> Result<EndpointEni, Reason> {
     // SAFETY: the value is copied out of the map.
     match unsafe { PL_ENDPOINTS.get(VpcAddr { vpc_id, addr }) }.copied() {
-        Some(eni) => check_forwarding(&eni),
+        Some(eni) => check_forwarding(&eni).map(|()| eni),
         None => Err(Reason::DropNotConnected),
     }
 }

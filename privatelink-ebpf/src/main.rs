@@ -5,6 +5,7 @@
 
 mod arp;
 mod conntrack;
+mod filter;
 mod icmp;
 mod ipv4;
 mod maps;

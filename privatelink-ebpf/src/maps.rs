@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use privatelink_common::{
     Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey, IfaceInfo, MAX_ENDPOINTS,
-    MAX_IFACES, MAX_NEIGHBORS, MAX_SERVICES, MAX_VPCS, Neighbor, SnatPool, VpcAddr, VpcPort,
-    reason::REASON_COUNT,
+    MAX_IFACES, MAX_NEIGHBORS, MAX_SERVICES, MAX_VPCS, Neighbor, RuleSet, SnatPool, VpcAddr,
+    VpcPort, reason::REASON_COUNT,
 };
 
 #[btf_map]
@@ -48,3 +48,12 @@ pub fn config() -> Config {
         _ => Config::default(),
     }
 }
+
+#[btf_map]
+pub static PL_SG_RULES: HashMap<VpcAddr, RuleSet, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static PL_ACL_IN: HashMap<VpcAddr, RuleSet, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static PL_ACL_OUT: HashMap<VpcAddr, RuleSet, { MAX_ENDPOINTS as usize }> = HashMap::new();

@@ -169,42 +169,31 @@ impl Dataplane {
                 endpoints: read_map(self.map(map_names::ENDPOINTS)?)?,
                 snat_pools: read_map(self.map(map_names::SNAT_POOLS)?)?,
                 snat_addrs: read_map(self.map(map_names::SNAT_ADDRS)?)?,
+                sg_rules: read_map(self.map(map_names::SG_RULES)?)?,
+                acl_in: read_map(self.map(map_names::ACL_IN)?)?,
+                acl_out: read_map(self.map(map_names::ACL_OUT)?)?,
             },
         };
         let mut r = ApplyReport::default();
-        // Where traffic can go before what sends traffic there.
-        let res = (|| {
-            sync(
-                self.map_mut(map_names::IFACES)?,
-                &cur.ifaces,
-                &d.ifaces,
-                &mut r,
-            )?;
-            sync(
-                self.map_mut(map_names::VPC_PORTS)?,
-                &cur.vpc_ports,
-                &d.vpc_ports,
-                &mut r,
-            )?;
-            sync(
-                self.map_mut(map_names::SNAT_POOLS)?,
-                &cur.snat_pools,
-                &d.snat_pools,
-                &mut r,
-            )?;
-            sync(
-                self.map_mut(map_names::SNAT_ADDRS)?,
-                &cur.snat_addrs,
-                &d.snat_addrs,
-                &mut r,
-            )?;
-            sync(
-                self.map_mut(map_names::ENDPOINTS)?,
-                &cur.endpoints,
-                &d.endpoints,
-                &mut r,
-            )
-        })();
+        // Where traffic can go, and the filters, before the endpoints that use them.
+        macro_rules! sync_all {
+            ($($name:ident => $field:ident),*) => {
+                (|| {
+                    $(sync(self.map_mut(map_names::$name)?, &cur.$field, &d.$field, &mut r)?;)*
+                    Ok::<(), anyhow::Error>(())
+                })()
+            };
+        }
+        let res = sync_all!(
+            IFACES => ifaces,
+            VPC_PORTS => vpc_ports,
+            SNAT_POOLS => snat_pools,
+            SNAT_ADDRS => snat_addrs,
+            SG_RULES => sg_rules,
+            ACL_IN => acl_in,
+            ACL_OUT => acl_out,
+            ENDPOINTS => endpoints
+        );
         // On success the maps hold `d`; after a failure, re-read them next time.
         if res.is_ok() {
             self.applied = Some(d.clone());

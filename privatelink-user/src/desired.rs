@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 
 use privatelink_common::{
-    ConnectionState, ENI_FLAG_WHITELISTED, EndpointEni, IfaceInfo, MAX_SNAT_ADDRS, SnatPool,
-    VpcAddr, VpcPort,
+    ConnectionState, ENI_FLAG_ACL, ENI_FLAG_SG, ENI_FLAG_WHITELISTED, EndpointEni, IfaceInfo,
+    MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, Rule,
+    RuleSet, SnatPool, VpcAddr, VpcPort,
 };
 
-use crate::model::{FieldError, State, numeric_id};
+use crate::model::{Direction, FieldError, Protocol, RuleAction, State, numeric_id};
 
 /// An interface as the kernel knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +27,66 @@ pub struct Desired {
     pub endpoints: BTreeMap<VpcAddr, EndpointEni>,
     pub snat_pools: BTreeMap<u32, SnatPool>,
     pub snat_addrs: BTreeMap<VpcAddr, u32>,
+    pub sg_rules: BTreeMap<VpcAddr, RuleSet>,
+    pub acl_in: BTreeMap<VpcAddr, RuleSet>,
+    pub acl_out: BTreeMap<VpcAddr, RuleSet>,
+}
+
+fn rule(
+    action: RuleAction,
+    proto: Protocol,
+    ports: Option<[u16; 2]>,
+    cidr: &ipnet::Ipv4Net,
+) -> Rule {
+    let [port_lo, port_hi] = ports.unwrap_or([0, u16::MAX]);
+    Rule {
+        addr: cidr.network().octets(),
+        prefix: cidr.prefix_len(),
+        proto: match proto {
+            Protocol::All => PROTO_ANY,
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+            Protocol::Icmp => PROTO_ICMP,
+        },
+        action: match action {
+            RuleAction::Accept => RULE_ACCEPT,
+            RuleAction::Drop => RULE_DROP,
+        },
+        _pad: 0,
+        port_lo,
+        port_hi,
+    }
+}
+
+fn rule_set(rules: impl IntoIterator<Item = Rule>) -> RuleSet {
+    let mut set = RuleSet::default();
+    for (slot, r) in set.rules.iter_mut().zip(rules) {
+        *slot = r;
+        set.count += 1;
+    }
+    set
+}
+
+/// The merged ingress rules of an ENI's security groups in evaluation order: priority 1
+/// first, and at equal priority drop before accept.
+pub fn merged_ingress(state: &State, groups: &[String]) -> Vec<Rule> {
+    let mut rules: Vec<(u32, u8, Rule)> = state
+        .security_groups
+        .iter()
+        .filter(|g| groups.contains(&g.id))
+        .flat_map(|g| g.rules.iter())
+        .filter(|r| r.direction == Direction::Ingress)
+        .map(|r| {
+            let drop_first = if r.action == RuleAction::Drop { 0 } else { 1 };
+            (
+                r.priority,
+                drop_first,
+                rule(r.action, r.protocol, r.ports, &r.cidr),
+            )
+        })
+        .collect();
+    rules.sort_by_key(|(p, d, _)| (*p, *d));
+    rules.into_iter().map(|(_, _, r)| r).collect()
 }
 
 /// A load balancer address the forwarder must resolve to a MAC, and the SNAT address to
@@ -99,16 +160,33 @@ pub fn compute(
                 .find(|s| s.id == z.vswitch)
                 .expect("validated");
             let backend = svc.backend_for_zone(&vsw.zone);
-            let flags = if svc.is_whitelisted(&ep.account) {
+            let mut flags = if svc.is_whitelisted(&ep.account) {
                 ENI_FLAG_WHITELISTED
             } else {
                 0
             };
+            let key = VpcAddr {
+                vpc_id: numeric_id(&vpc.id),
+                addr: z.eni.octets(),
+            };
+            if !ep.security_groups.is_empty() {
+                flags |= ENI_FLAG_SG;
+                d.sg_rules
+                    .insert(key, rule_set(merged_ingress(state, &ep.security_groups)));
+            }
+            if let Some(acl) = state.acls.iter().find(|a| a.vswitches.contains(&vsw.id)) {
+                flags |= ENI_FLAG_ACL;
+                let conv = |rs: &[crate::model::AclRule]| {
+                    rule_set(
+                        rs.iter()
+                            .map(|r| rule(r.action, r.protocol, r.ports, &r.cidr)),
+                    )
+                };
+                d.acl_in.insert(key, conv(&acl.ingress));
+                d.acl_out.insert(key, conv(&acl.egress));
+            }
             d.endpoints.insert(
-                VpcAddr {
-                    vpc_id: numeric_id(&vpc.id),
-                    addr: z.eni.octets(),
-                },
+                key,
                 EndpointEni {
                     endpoint_id: numeric_id(&ep.id),
                     service_id: numeric_id(&svc.id),

@@ -23,6 +23,90 @@ pub struct State {
     pub services: Vec<EndpointService>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    pub security_groups: Vec<SecurityGroup>,
+    #[serde(default)]
+    pub acls: Vec<NetworkAcl>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    Accept,
+    Drop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    All,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// A security group: rules for the ENIs it is attached to (several groups on one ENI are
+/// merged). Only ingress rules filter an endpoint ENI: what leaves it are replies of
+/// allowed flows (stateful) and ICMP errors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub account: String,
+    pub vpc: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub rules: Vec<SgRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgRule {
+    #[serde(default)]
+    pub id: String,
+    pub direction: Direction,
+    /// 1 (highest) to 100; at equal priority drop wins.
+    pub priority: u32,
+    pub action: RuleAction,
+    pub protocol: Protocol,
+    /// TCP/UDP port range on the ENI side; all ports if absent.
+    #[serde(default)]
+    pub ports: Option<[u16; 2]>,
+    /// The remote address range.
+    pub cidr: Ipv4Net,
+}
+
+/// A network ACL: stateless, ordered rules for the vSwitches it is bound to, evaluated
+/// before security groups on every packet; the first match decides, no match drops.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkAcl {
+    pub id: String,
+    pub account: String,
+    pub vpc: String,
+    pub vswitches: Vec<String>,
+    #[serde(default)]
+    pub ingress: Vec<AclRule>,
+    #[serde(default)]
+    pub egress: Vec<AclRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    pub action: RuleAction,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub ports: Option<[u16; 2]>,
+    pub cidr: Ipv4Net,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -461,9 +545,150 @@ impl State {
                     );
                 }
             }
+            self.validate_endpoint_groups(&f, e)?;
+        }
+        self.validate_filters(&mut ids)
+    }
+
+    fn validate_endpoint_groups(&self, f: &str, e: &Endpoint) -> Result<(), FieldError> {
+        let mut ingress = 0;
+        for (j, sg) in e.security_groups.iter().enumerate() {
+            let Some(group) = self.security_groups.iter().find(|g| g.id == *sg) else {
+                return err(
+                    format!("{f}.security_groups[{j}]"),
+                    format!("no security group {sg:?}"),
+                );
+            };
+            if group.vpc != e.vpc || group.account != e.account {
+                return err(
+                    format!("{f}.security_groups[{j}]"),
+                    format!(
+                        "security group {sg} belongs to VPC {} of {}, not to the endpoint's",
+                        group.vpc, group.account
+                    ),
+                );
+            }
+            ingress += group
+                .rules
+                .iter()
+                .filter(|r| r.direction == Direction::Ingress)
+                .count();
+        }
+        if ingress > privatelink_common::MAX_RULES {
+            return err(
+                format!("{f}.security_groups"),
+                format!(
+                    "{ingress} ingress rules in all; at most {}",
+                    privatelink_common::MAX_RULES
+                ),
+            );
         }
         Ok(())
     }
+
+    fn validate_filters(&self, ids: &mut BTreeMap<u32, String>) -> Result<(), FieldError> {
+        for (i, g) in self.security_groups.iter().enumerate() {
+            let f = format!("security_groups[{i}]");
+            check_id(format!("{f}.id"), &g.id, ids)?;
+            match self.vpc(&g.vpc) {
+                Some(v) if v.account == g.account => {}
+                Some(_) => {
+                    return err(
+                        format!("{f}.vpc"),
+                        format!("VPC {} belongs to another account", g.vpc),
+                    );
+                }
+                None => return err(format!("{f}.vpc"), format!("unknown VPC {:?}", g.vpc)),
+            }
+            let mut rule_ids = BTreeSet::new();
+            for (j, r) in g.rules.iter().enumerate() {
+                let h = format!("{f}.rules[{j}]");
+                if !(1..=100).contains(&r.priority) {
+                    return err(
+                        format!("{h}.priority"),
+                        format!("{} is outside 1-100", r.priority),
+                    );
+                }
+                check_ports(&h, r.protocol, r.ports)?;
+                check_cidr(&h, &r.cidr)?;
+                if !r.id.is_empty() && !rule_ids.insert(r.id.clone()) {
+                    return err(format!("{h}.id"), format!("duplicate rule id {}", r.id));
+                }
+            }
+        }
+        let mut bound = BTreeSet::new();
+        for (i, a) in self.acls.iter().enumerate() {
+            let f = format!("acls[{i}]");
+            check_id(format!("{f}.id"), &a.id, ids)?;
+            let vpc = match self.vpc(&a.vpc) {
+                Some(v) if v.account == a.account => v,
+                Some(_) => {
+                    return err(
+                        format!("{f}.vpc"),
+                        format!("VPC {} belongs to another account", a.vpc),
+                    );
+                }
+                None => return err(format!("{f}.vpc"), format!("unknown VPC {:?}", a.vpc)),
+            };
+            for (j, v) in a.vswitches.iter().enumerate() {
+                if !vpc.vswitches.iter().any(|s| s.id == *v) {
+                    return err(
+                        format!("{f}.vswitches[{j}]"),
+                        format!("VPC {} has no vSwitch {v:?}", vpc.id),
+                    );
+                }
+                if !bound.insert(v.clone()) {
+                    return err(
+                        format!("{f}.vswitches[{j}]"),
+                        format!("vSwitch {v} already has an ACL"),
+                    );
+                }
+            }
+            for (dir, rules) in [("ingress", &a.ingress), ("egress", &a.egress)] {
+                if rules.len() > privatelink_common::MAX_RULES {
+                    return err(
+                        format!("{f}.{dir}"),
+                        format!(
+                            "{} rules; at most {}",
+                            rules.len(),
+                            privatelink_common::MAX_RULES
+                        ),
+                    );
+                }
+                for (j, r) in rules.iter().enumerate() {
+                    let h = format!("{f}.{dir}[{j}]");
+                    check_ports(&h, r.protocol, r.ports)?;
+                    check_cidr(&h, &r.cidr)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_ports(field: &str, proto: Protocol, ports: Option<[u16; 2]>) -> Result<(), FieldError> {
+    if let Some([lo, hi]) = ports {
+        if lo > hi {
+            return err(
+                format!("{field}.ports"),
+                format!("[{lo}, {hi}] is upside down"),
+            );
+        }
+        if !matches!(proto, Protocol::Tcp | Protocol::Udp) {
+            return err(format!("{field}.ports"), "ports apply to tcp and udp only");
+        }
+    }
+    Ok(())
+}
+
+fn check_cidr(field: &str, c: &Ipv4Net) -> Result<(), FieldError> {
+    if *c != c.trunc() {
+        return err(
+            format!("{field}.cidr"),
+            format!("{c} has host bits set (did you mean {}?)", c.trunc()),
+        );
+    }
+    Ok(())
 }
 
 impl EndpointService {

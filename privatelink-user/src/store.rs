@@ -55,6 +55,10 @@ pub fn from_records<'a>(records: impl IntoIterator<Item = (&'a str, &'a [u8])>) 
             "endpoint" => s
                 .endpoints
                 .push(serde_json::from_slice(v).with_context(bad)?),
+            "sg" => s
+                .security_groups
+                .push(serde_json::from_slice(v).with_context(bad)?),
+            "acl" => s.acls.push(serde_json::from_slice(v).with_context(bad)?),
             _ => anyhow::bail!("record {k}: unknown kind {kind}"),
         }
     }
@@ -149,6 +153,22 @@ fn changes(old: &State, new: &State) -> Result<Changes> {
         "endpoint",
         &old.endpoints,
         &new.endpoints,
+        |x| &x.id,
+        &mut puts,
+        &mut deletes,
+    )?;
+    kind(
+        "sg",
+        &old.security_groups,
+        &new.security_groups,
+        |x| &x.id,
+        &mut puts,
+        &mut deletes,
+    )?;
+    kind(
+        "acl",
+        &old.acls,
+        &new.acls,
         |x| &x.id,
         &mut puts,
         &mut deletes,

@@ -1,0 +1,83 @@
+//! Network ACLs (stateless, ordered, per vSwitch, before security groups) and security
+//! groups (merged per ENI, priority order with drop first at equal priority, no match =
+//! drop, stateful through conntrack: only a flow's first packet is checked, replies pass).
+
+use aya_ebpf::btf_maps::HashMap;
+use privatelink_common::{
+    ENI_FLAG_ACL, ENI_FLAG_SG, EndpointEni, MAX_ENDPOINTS, RULE_ACCEPT, Reason, RuleSet, VpcAddr,
+};
+
+use crate::maps::{PL_ACL_IN, PL_ACL_OUT, PL_SG_RULES};
+
+type Rules = HashMap<VpcAddr, RuleSet, { MAX_ENDPOINTS as usize }>;
+
+#[inline(always)]
+fn first_match(
+    map: &Rules,
+    eni: VpcAddr,
+    remote: [u8; 4],
+    proto: u8,
+    port: u16,
+    reason: Reason,
+) -> Result<(), Reason> {
+    // SAFETY: a reference into a map the daemon writes whole entries of; read in this run.
+    let Some(set) = (unsafe { map.get(eni) }) else {
+        return Err(reason); // flagged but no rules: fail closed
+    };
+    match set.decide(remote, proto, port) {
+        Some(RULE_ACCEPT) => Ok(()),
+        _ => Err(reason),
+    }
+}
+
+/// The ENI's vSwitch ACL on a packet from `remote` into the ENI.
+#[inline(always)]
+pub fn acl_in(
+    key: VpcAddr,
+    eni: &EndpointEni,
+    remote: [u8; 4],
+    proto: u8,
+    port: u16,
+) -> Result<(), Reason> {
+    if eni.flags & ENI_FLAG_ACL == 0 {
+        return Ok(());
+    }
+    first_match(&PL_ACL_IN, key, remote, proto, port, Reason::DropAcl)
+}
+
+/// The ENI's vSwitch ACL on a packet from the ENI (port `port`) to `remote`.
+#[inline(always)]
+pub fn acl_out(
+    key: VpcAddr,
+    eni: &EndpointEni,
+    remote: [u8; 4],
+    proto: u8,
+    port: u16,
+) -> Result<(), Reason> {
+    if eni.flags & ENI_FLAG_ACL == 0 {
+        return Ok(());
+    }
+    first_match(&PL_ACL_OUT, key, remote, proto, port, Reason::DropAcl)
+}
+
+/// The ENI's security groups on the first packet of a flow from `remote`.
+#[inline(always)]
+pub fn security_groups(
+    key: VpcAddr,
+    eni: &EndpointEni,
+    remote: [u8; 4],
+    proto: u8,
+    port: u16,
+) -> Result<(), Reason> {
+    if eni.flags & ENI_FLAG_SG == 0 {
+        return Ok(());
+    }
+    first_match(
+        &PL_SG_RULES,
+        key,
+        remote,
+        proto,
+        port,
+        Reason::DropSecurityGroup,
+    )
+}

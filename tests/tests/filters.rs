@@ -1,0 +1,286 @@
+//! Security groups and network ACLs in the data path, one semantic per test, through
+//! BPF_PROG_TEST_RUN (outputs checked with etherparse where a frame is forwarded).
+
+use etherparse::PacketBuilder;
+use privatelink_common::Reason;
+use privatelink_tests::{
+    frames::{CLIENT_MAC, ENI, LB, SNAT, tcp_from_lb, tcp_to_eni},
+    lab::LAB_STATE,
+    testrun::Harness,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+/// The lab's state with `groups` attached to ep-a, plus `extra` TOML (groups, ACLs).
+fn state(groups: &[&str], extra: &str) -> String {
+    let list = groups
+        .iter()
+        .map(|g| format!("\"{g}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{}\n{extra}",
+        LAB_STATE.replace(
+            "name = \"web\"",
+            &format!("name = \"web\"\nsecurity_groups = [{list}]")
+        )
+    )
+}
+
+fn sg(id: &str, rules: &[&str]) -> String {
+    format!(
+        "[[security_groups]]\nid = \"{id}\"\naccount = \"acct-a\"\nvpc = \"vpc-a\"\nrules = [\n{}\n]\n",
+        rules.join(",\n")
+    )
+}
+
+fn ingress(
+    priority: u32,
+    action: &str,
+    protocol: &str,
+    ports: Option<[u16; 2]>,
+    cidr: &str,
+) -> String {
+    let ports = ports
+        .map(|[a, b]| format!(", ports = [{a}, {b}]"))
+        .unwrap_or_default();
+    format!(
+        "{{ direction = \"ingress\", priority = {priority}, action = \"{action}\", protocol = \"{protocol}\"{ports}, cidr = \"{cidr}\" }}"
+    )
+}
+
+fn syn_from(h: &Harness, src: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(src, ENI, 64)
+        .tcp(sport, dport, 1, 64240)
+        .syn()
+        .write(&mut v, &[])
+        .unwrap();
+    v
+}
+
+fn verdict(h: &mut Harness, src: [u8; 4], dport: u16) -> u32 {
+    let f = syn_from(h, src, 30000 + dport, dport);
+    h.run(h.consumer.ifindex, &f).unwrap().0
+}
+
+#[test]
+fn no_matching_rule_drops() {
+    let mut h = Harness::new(&state(
+        &["sg-a"],
+        &sg(
+            "sg-a",
+            &[&ingress(1, "accept", "tcp", Some([443, 443]), "0.0.0.0/0")],
+        ),
+    ))
+    .unwrap();
+    assert_eq!(verdict(&mut h, [10, 10, 2, 1], 80), XDP_DROP);
+    assert_eq!(h.count(Reason::DropSecurityGroup), 1);
+    assert_eq!(verdict(&mut h, [10, 10, 2, 1], 443), XDP_REDIRECT);
+}
+
+#[test]
+fn priority_one_is_evaluated_first() {
+    let rules = [
+        &ingress(2, "drop", "all", None, "0.0.0.0/0"),
+        &ingress(1, "accept", "tcp", Some([80, 80]), "10.10.2.0/24"),
+    ];
+    let mut h = Harness::new(&state(&["sg-a"], &sg("sg-a", &rules.map(String::as_str)))).unwrap();
+    assert_eq!(
+        verdict(&mut h, [10, 10, 2, 1], 80),
+        XDP_REDIRECT,
+        "priority 1 accept beats priority 2 drop"
+    );
+    assert_eq!(
+        verdict(&mut h, [10, 10, 5, 5], 80),
+        XDP_DROP,
+        "outside the accepted range the drop applies"
+    );
+}
+
+#[test]
+fn at_equal_priority_drop_wins() {
+    let rules = [
+        &ingress(5, "accept", "tcp", Some([80, 80]), "10.10.0.0/16"),
+        &ingress(5, "drop", "tcp", Some([80, 80]), "10.10.2.1/32"),
+    ];
+    let mut h = Harness::new(&state(&["sg-a"], &sg("sg-a", &rules.map(String::as_str)))).unwrap();
+    assert_eq!(verdict(&mut h, [10, 10, 2, 1], 80), XDP_DROP);
+    assert_eq!(verdict(&mut h, [10, 10, 2, 2], 80), XDP_REDIRECT);
+}
+
+#[test]
+fn several_groups_are_merged() {
+    let extra = sg(
+        "sg-allow",
+        &[&ingress(10, "accept", "tcp", None, "0.0.0.0/0")],
+    ) + &sg(
+        "sg-deny",
+        &[&ingress(1, "drop", "all", None, "10.10.9.0/24")],
+    );
+    let mut h = Harness::new(&state(&["sg-allow", "sg-deny"], &extra)).unwrap();
+    assert_eq!(verdict(&mut h, [10, 10, 2, 1], 80), XDP_REDIRECT);
+    assert_eq!(
+        verdict(&mut h, [10, 10, 9, 1], 80),
+        XDP_DROP,
+        "the other group's drop applies"
+    );
+}
+
+#[test]
+fn groups_are_stateful_replies_pass() {
+    // Only ingress to port 80 is allowed; the reply (no egress rule at all) still passes.
+    let mut h = Harness::new(&state(
+        &["sg-a"],
+        &sg(
+            "sg-a",
+            &[&ingress(1, "accept", "tcp", Some([80, 80]), "10.10.2.0/24")],
+        ),
+    ))
+    .unwrap();
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(&h, 41000, true, b""))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let snat = [out[26], out[27], out[28], out[29]];
+    assert!(SNAT.contains(&snat));
+    let port = u16::from_be_bytes([out[34], out[35]]);
+    assert_eq!(
+        h.run(h.provider.ifindex, &tcp_from_lb(&h, snat, port, b"ok"))
+            .unwrap()
+            .0,
+        XDP_REDIRECT
+    );
+    let _ = LB;
+}
+
+#[test]
+fn icmp_echo_is_filtered_too() {
+    let mut h = Harness::new(&state(
+        &["sg-a"],
+        &sg("sg-a", &[&ingress(1, "accept", "tcp", None, "0.0.0.0/0")]),
+    ))
+    .unwrap();
+    let mut echo = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4([10, 10, 2, 1], ENI, 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut echo, b"x")
+        .unwrap();
+    assert_eq!(h.run(h.consumer.ifindex, &echo).unwrap().0, XDP_DROP);
+    let mut h = Harness::new(&state(
+        &["sg-a"],
+        &sg("sg-a", &[&ingress(1, "accept", "icmp", None, "0.0.0.0/0")]),
+    ))
+    .unwrap();
+    assert_eq!(h.run(h.consumer.ifindex, &echo).unwrap().0, XDP_TX);
+}
+
+fn acl(ingress: &[&str], egress: &[&str]) -> String {
+    let rule = |r: &&str| {
+        let p: Vec<&str> = r.split_whitespace().collect();
+        let ports = if p.len() > 3 {
+            format!(", ports = [{}]", p[3].replace('-', ", "))
+        } else {
+            String::new()
+        };
+        format!(
+            "{{ action = \"{}\", protocol = \"{}\", cidr = \"{}\"{ports} }}",
+            p[0], p[1], p[2]
+        )
+    };
+    format!(
+        "[[acls]]\nid = \"acl-a\"\naccount = \"acct-a\"\nvpc = \"vpc-a\"\nvswitches = [\"vsw-a1\"]\ningress = [{}]\negress = [{}]\n",
+        ingress.iter().map(rule).collect::<Vec<_>>().join(", "),
+        egress.iter().map(rule).collect::<Vec<_>>().join(", ")
+    )
+}
+
+#[test]
+fn acl_is_ordered_first_match_and_comes_before_groups() {
+    let extra = sg("sg-a", &[&ingress(1, "accept", "all", None, "0.0.0.0/0")])
+        + &acl(
+            &[
+                "accept tcp 10.10.2.1/32 80-80",
+                "drop all 0.0.0.0/0",
+                "accept all 0.0.0.0/0",
+            ],
+            &["accept all 0.0.0.0/0"],
+        );
+    let mut h = Harness::new(&state(&["sg-a"], &extra)).unwrap();
+    assert_eq!(
+        verdict(&mut h, [10, 10, 2, 1], 80),
+        XDP_REDIRECT,
+        "first rule accepts"
+    );
+    assert_eq!(
+        verdict(&mut h, [10, 10, 2, 2], 80),
+        XDP_DROP,
+        "second rule drops, the later accept is never reached"
+    );
+    assert_eq!(
+        h.count(Reason::DropAcl),
+        1,
+        "dropped by the ACL, though the group accepts all"
+    );
+    assert_eq!(h.count(Reason::DropSecurityGroup), 0);
+}
+
+#[test]
+fn acl_is_stateless_replies_need_an_egress_rule() {
+    let extra = acl(&["accept all 0.0.0.0/0"], &["drop all 0.0.0.0/0"]);
+    let mut h = Harness::new(&state(&[], &extra)).unwrap();
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(&h, 41100, true, b""))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let snat = [out[26], out[27], out[28], out[29]];
+    let port = u16::from_be_bytes([out[34], out[35]]);
+    assert_eq!(
+        h.run(h.provider.ifindex, &tcp_from_lb(&h, snat, port, b""))
+            .unwrap()
+            .0,
+        XDP_DROP
+    );
+    assert_eq!(h.count(Reason::DropAcl), 1);
+}
+
+#[test]
+fn rule_validation_names_the_field() {
+    use privatelink_user::model::parse_state;
+    let e = parse_state(&state(
+        &["sg-a"],
+        &sg("sg-a", &[&ingress(101, "accept", "tcp", None, "0.0.0.0/0")]),
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("security_groups[0].rules[0].priority: 101 is outside 1-100"),
+        "{e}"
+    );
+    let e = parse_state(&state(
+        &["sg-a"],
+        &sg("sg-a", &[&ingress(0, "accept", "tcp", None, "0.0.0.0/0")]),
+    ))
+    .unwrap_err();
+    assert!(e.contains("priority: 0 is outside 1-100"), "{e}");
+    let e = parse_state(&state(
+        &["sg-a"],
+        &sg(
+            "sg-a",
+            &[&ingress(1, "accept", "tcp", Some([90, 80]), "0.0.0.0/0")],
+        ),
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("security_groups[0].rules[0].ports: [90, 80] is upside down"),
+        "{e}"
+    );
+    let e = parse_state(&state(&["sg-nope"], "")).unwrap_err();
+    assert!(
+        e.contains("endpoints[0].security_groups[0]: no security group"),
+        "{e}"
+    );
+}
