@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use utoipa::OpenApi;
 
 use crate::{
-    model::{Endpoint, EndpointService, State, Vpc},
+    model::{Endpoint, EndpointService, NetworkAcl, SecurityGroup, SgRule, State, Vpc},
     ops::{self, Caller, OpError},
     store::Store,
 };
@@ -336,6 +336,89 @@ async fn delete_endpoint(
         .map(|_| StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/security-groups", request_body = ops::NewSecurityGroup,
+    responses((status = 201, body = Object), (status = 400, body = OpError)))]
+async fn create_sg(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    b: Bytes,
+) -> Created<SecurityGroup> {
+    let req = body(&b)?;
+    mutate(&app, &h, |s, c| ops::create_security_group(s, c, req))
+        .await
+        .map(|v| (StatusCode::CREATED, Json(v)))
+}
+
+#[utoipa::path(get, path = "/v1/security-groups", responses((status = 200, body = Vec<Object>)))]
+async fn list_sgs(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Vec<SecurityGroup>> {
+    read(&app, &h, |s, c| Ok(ops::list_security_groups(s, c)))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(delete, path = "/v1/security-groups/{id}", responses((status = 204), (status = 409, body = OpError)))]
+async fn delete_sg(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, OpError> {
+    mutate(&app, &h, |s, c| ops::delete_security_group(s, c, &id))
+        .await
+        .map(|_| StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/security-groups/{id}/rules", request_body = Object,
+    responses((status = 201, body = Object), (status = 400, body = OpError)))]
+async fn add_sg_rule(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> Created<SgRule> {
+    let rule = body(&b)?;
+    mutate(&app, &h, |s, c| ops::add_sg_rule(s, c, &id, rule))
+        .await
+        .map(|v| (StatusCode::CREATED, Json(v)))
+}
+
+#[utoipa::path(delete, path = "/v1/security-groups/{id}/rules/{rule}", responses((status = 204), (status = 404, body = OpError)))]
+async fn remove_sg_rule(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path((id, rule)): Path<(String, String)>,
+) -> Result<StatusCode, OpError> {
+    mutate(&app, &h, |s, c| ops::remove_sg_rule(s, c, &id, &rule))
+        .await
+        .map(|_| StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/acls", request_body = ops::NewAcl,
+    responses((status = 201, body = Object), (status = 400, body = OpError)))]
+async fn create_acl(AxState(app): AxState<Shared>, h: HeaderMap, b: Bytes) -> Created<NetworkAcl> {
+    let req = body(&b)?;
+    mutate(&app, &h, |s, c| ops::create_acl(s, c, req))
+        .await
+        .map(|v| (StatusCode::CREATED, Json(v)))
+}
+
+#[utoipa::path(get, path = "/v1/acls", responses((status = 200, body = Vec<Object>)))]
+async fn list_acls(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Vec<NetworkAcl>> {
+    read(&app, &h, |s, c| Ok(ops::list_acls(s, c)))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(delete, path = "/v1/acls/{id}", responses((status = 204), (status = 404, body = OpError)))]
+async fn delete_acl(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, OpError> {
+    mutate(&app, &h, |s, c| ops::delete_acl(s, c, &id))
+        .await
+        .map(|_| StatusCode::NO_CONTENT)
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Status {
     pub accounts: usize,
@@ -390,7 +473,15 @@ async fn status(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Status> {
         get_endpoint,
         update_endpoint,
         delete_endpoint,
-        status
+        status,
+        create_sg,
+        list_sgs,
+        delete_sg,
+        add_sg_rule,
+        remove_sg_rule,
+        create_acl,
+        list_acls,
+        delete_acl
     ),
     components(schemas(OpError))
 )]
@@ -434,6 +525,15 @@ pub fn router(app: Shared) -> Router {
                 .patch(update_endpoint)
                 .delete(delete_endpoint),
         )
+        .route("/v1/security-groups", post(create_sg).get(list_sgs))
+        .route("/v1/security-groups/{id}", axum::routing::delete(delete_sg))
+        .route("/v1/security-groups/{id}/rules", post(add_sg_rule))
+        .route(
+            "/v1/security-groups/{id}/rules/{rule}",
+            axum::routing::delete(remove_sg_rule),
+        )
+        .route("/v1/acls", post(create_acl).get(list_acls))
+        .route("/v1/acls/{id}", axum::routing::delete(delete_acl))
         .fallback(fallback)
         .with_state(app)
 }

@@ -44,8 +44,104 @@ pub enum ApiCmd {
     /// Connections of a service's endpoints (provider).
     #[command(subcommand)]
     Connection(ConnectionCmd),
+    /// Security groups of an account's VPC (attach them with `endpoint create --sg`).
+    #[command(subcommand)]
+    Sg(SgCmd),
+    /// Network ACLs of an account's vSwitches.
+    #[command(subcommand)]
+    Acl(AclCmd),
     /// What the caller sees, counted.
     Status,
+}
+
+#[derive(Subcommand)]
+pub enum SgCmd {
+    Create {
+        id: String,
+        #[arg(long)]
+        vpc: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    List,
+    Delete {
+        id: String,
+    },
+    #[command(subcommand)]
+    Rule(SgRuleCmd),
+}
+
+#[derive(Subcommand)]
+pub enum SgRuleCmd {
+    /// Add a rule; prints it with its id.
+    Add {
+        sg: String,
+        #[arg(long, default_value = "ingress")]
+        direction: String,
+        /// 1 (highest) to 100.
+        #[arg(long)]
+        priority: u32,
+        /// accept or drop.
+        #[arg(long)]
+        action: String,
+        /// all, tcp, udp or icmp.
+        #[arg(long, default_value = "all")]
+        protocol: String,
+        /// Port range LOW-HIGH (tcp, udp).
+        #[arg(long)]
+        ports: Option<String>,
+        /// Remote address range.
+        #[arg(long)]
+        cidr: String,
+    },
+    Remove {
+        sg: String,
+        rule: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AclCmd {
+    Create {
+        id: String,
+        #[arg(long)]
+        vpc: String,
+        /// A vSwitch the ACL guards (repeatable).
+        #[arg(long = "vswitch", required = true)]
+        vswitches: Vec<String>,
+        /// An inbound rule "ACTION PROTOCOL CIDR [LOW-HIGH]", in order (repeatable).
+        #[arg(long = "ingress")]
+        ingress: Vec<String>,
+        /// An outbound rule, same form (repeatable).
+        #[arg(long = "egress")]
+        egress: Vec<String>,
+    },
+    List,
+    Delete {
+        id: String,
+    },
+}
+
+/// "80-90" → [80, 90]; the server checks the order.
+fn port_range(s: &str) -> Result<Value> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    Ok(json!([
+        lo.parse::<u16>().context("port")?,
+        hi.parse::<u16>().context("port")?
+    ]))
+}
+
+fn acl_rule(r: &str) -> Result<Value> {
+    let p: Vec<&str> = r.split_whitespace().collect();
+    match p.as_slice() {
+        [action, proto, cidr] => Ok(json!({"action": action, "protocol": proto, "cidr": cidr})),
+        [action, proto, cidr, ports] => Ok(
+            json!({"action": action, "protocol": proto, "cidr": cidr, "ports": port_range(ports)?}),
+        ),
+        _ => Err(anyhow!(
+            "ACL rule {r:?}: expected \"ACTION PROTOCOL CIDR [LOW-HIGH]\""
+        )),
+    }
 }
 
 #[derive(Subcommand)]
@@ -234,6 +330,75 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
         }
         ApiCmd::Vpc(VpcCmd::List) => (c.get("/v1/vpcs")?, &["id", "account", "cidr", "interface"]),
         ApiCmd::Service(cmd) => service(&c, cmd)?,
+        ApiCmd::Sg(cmd) => {
+            const COLS: &[&str] = &["id", "account", "vpc", "name", "rules"];
+            match cmd {
+                SgCmd::Create { id, vpc, name } => (
+                    c.post(
+                        "/v1/security-groups",
+                        &json!({"id": id, "vpc": vpc, "name": name}),
+                    )?,
+                    COLS,
+                ),
+                SgCmd::List => (c.get("/v1/security-groups")?, COLS),
+                SgCmd::Delete { id } => (c.delete(&format!("/v1/security-groups/{id}"))?, &[]),
+                SgCmd::Rule(SgRuleCmd::Add {
+                    sg,
+                    direction,
+                    priority,
+                    action,
+                    protocol,
+                    ports,
+                    cidr,
+                }) => {
+                    let mut body = json!({"direction": direction, "priority": priority, "action": action, "protocol": protocol, "cidr": cidr});
+                    if let Some(p) = ports {
+                        body["ports"] = port_range(&p)?;
+                    }
+                    (
+                        c.post(&format!("/v1/security-groups/{sg}/rules"), &body)?,
+                        &[
+                            "id",
+                            "direction",
+                            "priority",
+                            "action",
+                            "protocol",
+                            "ports",
+                            "cidr",
+                        ],
+                    )
+                }
+                SgCmd::Rule(SgRuleCmd::Remove { sg, rule }) => (
+                    c.delete(&format!("/v1/security-groups/{sg}/rules/{rule}"))?,
+                    &[],
+                ),
+            }
+        }
+        ApiCmd::Acl(cmd) => {
+            const COLS: &[&str] = &["id", "account", "vpc", "vswitches"];
+            match cmd {
+                AclCmd::Create {
+                    id,
+                    vpc,
+                    vswitches,
+                    ingress,
+                    egress,
+                } => {
+                    let ingress = ingress
+                        .iter()
+                        .map(|r| acl_rule(r))
+                        .collect::<Result<Vec<_>>>()?;
+                    let egress = egress
+                        .iter()
+                        .map(|r| acl_rule(r))
+                        .collect::<Result<Vec<_>>>()?;
+                    let body = json!({"id": id, "vpc": vpc, "vswitches": vswitches, "ingress": ingress, "egress": egress});
+                    (c.post("/v1/acls", &body)?, COLS)
+                }
+                AclCmd::List => (c.get("/v1/acls")?, COLS),
+                AclCmd::Delete { id } => (c.delete(&format!("/v1/acls/{id}"))?, &[]),
+            }
+        }
         ApiCmd::Endpoint(cmd) => endpoint(&c, cmd)?,
         ApiCmd::Connection(cmd) => {
             let (path, value) = match cmd {

@@ -405,3 +405,141 @@ fn openapi_lists_every_path() {
         );
     }
 }
+
+#[test]
+fn security_groups_and_acls_through_the_api() {
+    let w = world();
+    let sg =
+        w.a.post(
+            "/v1/security-groups",
+            &json!({"id": "sg-web", "vpc": "vpc-a"}),
+        )
+        .unwrap();
+    assert_eq!(sg["account"], "acct-a");
+    let r =
+        w.a.post(
+            "/v1/security-groups/sg-web/rules",
+            &json!({"direction": "ingress", "priority": 1, "action": "accept",
+            "protocol": "tcp", "ports": [80, 80], "cidr": "10.10.2.0/24"}),
+        )
+        .unwrap();
+    assert_eq!(r["id"], "r1");
+    let cases: Vec<(&str, anyhow::Result<Value>, u16, &str)> = vec![
+        (
+            "priority 0",
+            w.a.post(
+                "/v1/security-groups/sg-web/rules",
+                &json!({"direction": "ingress", "priority": 0,
+            "action": "accept", "protocol": "tcp", "cidr": "0.0.0.0/0"}),
+            ),
+            400,
+            "security_groups[0].rules[1].priority",
+        ),
+        (
+            "priority 101",
+            w.a.post(
+                "/v1/security-groups/sg-web/rules",
+                &json!({"direction": "ingress", "priority": 101,
+            "action": "accept", "protocol": "tcp", "cidr": "0.0.0.0/0"}),
+            ),
+            400,
+            "priority",
+        ),
+        (
+            "ports upside down",
+            w.a.post(
+                "/v1/security-groups/sg-web/rules",
+                &json!({"direction": "ingress", "priority": 5,
+            "action": "accept", "protocol": "tcp", "ports": [90, 80], "cidr": "0.0.0.0/0"}),
+            ),
+            400,
+            "ports",
+        ),
+        (
+            "bad action",
+            w.a.post(
+                "/v1/security-groups/sg-web/rules",
+                &json!({"direction": "ingress", "priority": 5,
+            "action": "maybe", "protocol": "tcp", "cidr": "0.0.0.0/0"}),
+            ),
+            400,
+            "action",
+        ),
+        (
+            "host bits in CIDR",
+            w.a.post(
+                "/v1/security-groups/sg-web/rules",
+                &json!({"direction": "ingress", "priority": 5,
+            "action": "drop", "protocol": "all", "cidr": "10.10.2.1/24"}),
+            ),
+            400,
+            "cidr",
+        ),
+        (
+            "provider edits the consumer's group",
+            w.b.post(
+                "/v1/security-groups/sg-web/rules",
+                &json!({"direction": "ingress",
+            "priority": 5, "action": "drop", "protocol": "all", "cidr": "0.0.0.0/0"}),
+            ),
+            403,
+            "",
+        ),
+        (
+            "unknown group on an endpoint",
+            w.a.call(
+                "PATCH",
+                "/v1/endpoints/ep-a",
+                Some(&json!({"security_groups": ["sg-nope"]})),
+            ),
+            400,
+            "endpoints[0].security_groups[0]",
+        ),
+        (
+            "ACL on a foreign vSwitch",
+            w.a.post(
+                "/v1/acls",
+                &json!({"id": "acl-x", "vpc": "vpc-a", "vswitches": ["vsw-b0"]}),
+            ),
+            400,
+            "acls[0].vswitches[0]",
+        ),
+    ];
+    for (what, r, status, field) in cases {
+        let (got, err) = status_of(r);
+        assert_eq!(got, status, "{what}: {err}");
+        assert!(
+            err["field"].as_str().unwrap_or("").contains(field),
+            "{what}: {err}"
+        );
+    }
+    w.a.call(
+        "PATCH",
+        "/v1/endpoints/ep-a",
+        Some(&json!({"security_groups": ["sg-web"]})),
+    )
+    .unwrap();
+    assert_eq!(
+        status_of(w.a.delete("/v1/security-groups/sg-web")).0,
+        409,
+        "attached groups stay"
+    );
+    w.a.post(
+        "/v1/acls",
+        &json!({"id": "acl-a", "vpc": "vpc-a", "vswitches": ["vsw-a1"],
+        "ingress": [{"action": "accept", "protocol": "all", "cidr": "0.0.0.0/0"}]}),
+    )
+    .unwrap();
+    let applied = w.srv.applied.0.lock().unwrap().last().unwrap().clone();
+    assert_eq!(applied.security_groups[0].rules.len(), 1);
+    assert_eq!(applied.acls.len(), 1);
+    w.a.delete("/v1/security-groups/sg-web/rules/r1").unwrap();
+    w.a.delete("/v1/acls/acl-a").unwrap();
+    w.a.call(
+        "PATCH",
+        "/v1/endpoints/ep-a",
+        Some(&json!({"security_groups": []})),
+    )
+    .unwrap();
+    w.a.delete("/v1/security-groups/sg-web").unwrap();
+}

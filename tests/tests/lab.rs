@@ -229,3 +229,110 @@ fn declarative_mode_reloads_and_refuses_a_broken_file() {
         lab.curl(&url).unwrap();
     }
 }
+
+/// A security group and an ACL made through the CLI filter the lab's traffic.
+#[test]
+fn security_groups_and_acls_filter_the_lab() {
+    let lab = lab();
+    let url = format!("http://{ENI}/");
+    lab.cli("consumer", &["sg", "create", "sg-web", "--vpc", "vpc-a"])
+        .unwrap();
+    lab.cli(
+        "consumer",
+        &[
+            "sg",
+            "rule",
+            "add",
+            "sg-web",
+            "--priority",
+            "10",
+            "--action",
+            "accept",
+            "--protocol",
+            "tcp",
+            "--ports",
+            "80",
+            "--cidr",
+            "10.10.2.0/24",
+        ],
+    )
+    .unwrap();
+    lab.cli(
+        "consumer",
+        &["endpoint", "update", "ep-a", "--sg", "sg-web"],
+    )
+    .unwrap();
+    assert!(lab.reachable(&url), "the group accepts the client");
+    let out = lab
+        .cli(
+            "consumer",
+            &[
+                "sg",
+                "rule",
+                "add",
+                "sg-web",
+                "--priority",
+                "10",
+                "--action",
+                "drop",
+                "--protocol",
+                "all",
+                "--cidr",
+                "10.10.2.1/32",
+            ],
+        )
+        .unwrap();
+    let rule: serde_json::Value = serde_json::from_str(&out).unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "an equal-priority drop to win",
+        || !lab.reachable(&url),
+    )
+    .unwrap();
+    assert!(lab.stats().unwrap()["drop_security_group"] > 0);
+    lab.cli(
+        "consumer",
+        &[
+            "sg",
+            "rule",
+            "remove",
+            "sg-web",
+            rule["id"].as_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "the drop removed", || {
+        lab.reachable(&url)
+    })
+    .unwrap();
+
+    lab.cli(
+        "consumer",
+        &[
+            "acl",
+            "create",
+            "acl-a",
+            "--vpc",
+            "vpc-a",
+            "--vswitch",
+            "vsw-a1",
+            "--ingress",
+            "drop tcp 10.10.2.0/24 80-80",
+            "--ingress",
+            "accept all 0.0.0.0/0",
+            "--egress",
+            "accept all 0.0.0.0/0",
+        ],
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "the ACL to drop", || {
+        !lab.reachable(&url)
+    })
+    .unwrap();
+    assert!(lab.stats().unwrap()["drop_acl"] > 0);
+    lab.cli("consumer", &["acl", "delete", "acl-a"]).unwrap();
+    wait_for(Duration::from_secs(10), "the ACL removed", || {
+        lab.reachable(&url)
+    })
+    .unwrap();
+}
