@@ -25,6 +25,9 @@ pub const ENI: &str = "10.10.1.100";
 pub const CLIENT: &str = "10.10.2.1";
 pub const LB: &str = "10.10.0.10";
 pub const BACKENDS: [&str; 2] = ["10.10.3.2", "10.10.3.3"];
+/// The reverse endpoint: the consumer's own service, and its ENI in the provider's VPC.
+pub const CONSUMER_SERVICE: &str = "10.10.2.10";
+pub const REVERSE_ENI: &str = "10.10.0.100";
 /// Size of the file both backends serve as /big.bin.
 pub const BIG_FILE_LEN: usize = 1 << 20;
 
@@ -85,6 +88,10 @@ pub const BUILD_STEPS: &[(&str, &str)] = &[
         "endpoint create ep-a --vpc vpc-a --service epsrv-b --zone vsw-a1:10.10.1.100 --name web",
     ),
     ("provider", "connection accept epsrv-b ep-a"),
+    // The reverse direction: A publishes a service in its own VPC, B reaches it.
+    ("consumer", "service create epsrv-a --vpc vpc-a --backend zone-a:10.10.2.10 --snat 10.10.2.200 --auto-accept"),
+    ("consumer", "service whitelist add epsrv-a acct-b"),
+    ("provider", "endpoint create ep-b --vpc vpc-b --service epsrv-a --zone vsw-b0:10.10.0.100 --name reverse"),
 ];
 
 pub struct Lab {
@@ -155,6 +162,7 @@ impl Lab {
             lab.children.push((format!("xdp-pass-{dev}"), child));
         }
         lab.start_provider()?;
+        lab.start_consumer_service()?;
         match &opts.state_file {
             Some(state) => lab.start_daemon(&daemon, state)?,
             None => {
@@ -207,26 +215,7 @@ impl Lab {
             )?;
             fs::write(root.join("big.bin"), &big)?;
         }
-        let mut servers = String::new();
-        for (name, addr) in [("ecs2", BACKENDS[0]), ("ecs3", BACKENDS[1])] {
-            writeln!(
-                servers,
-                "  server {{ listen {addr}:80; root {}; }}",
-                d.join(name).display()
-            )?;
-        }
-        let tmp = d.join("nginx-tmp");
-        fs::create_dir_all(&tmp)?;
-        let nginx_conf = format!(
-            "worker_processes 1;\npid {pid};\nerror_log {err};\nevents {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n  \
-             fastcgi_temp_path {t}/fcgi;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n  \
-             keepalive_requests 1000;\n{servers}}}\n",
-            pid = d.join("nginx.pid").display(),
-            err = d.join("nginx-error.log").display(),
-            t = tmp.display(),
-        );
-        fs::write(d.join("nginx.conf"), nginx_conf)?;
+        self.start_nginx("nginx", &self.provider.name.clone(), &[("ecs2", BACKENDS[0]), ("ecs3", BACKENDS[1])])?;
         let haproxy_cfg = format!(
             "global\n  maxconn 8192\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  \
              timeout server 30s\n\nfrontend internal_lb\n  bind {LB}:80\n  default_backend ecs\n\n\
@@ -235,17 +224,6 @@ impl Lab {
         );
         fs::write(d.join("haproxy.cfg"), haproxy_cfg)?;
 
-        let nginx_conf = d.join("nginx.conf");
-        let err_log = d.join("nginx-error.log");
-        let args = [
-            "-e",
-            path(&err_log),
-            "-c",
-            path(&nginx_conf),
-            "-g",
-            "daemon off;",
-        ];
-        self.spawn("nginx", &self.provider.name.clone(), "nginx", &args)?;
         let haproxy_cfg = d.join("haproxy.cfg");
         self.spawn(
             "haproxy",
@@ -263,6 +241,40 @@ impl Lab {
                     .is_ok()
             },
         )
+    }
+
+/// An nginx in namespace `ns` serving `<dir>/<name>/` on `<addr>:80` for each site.
+    fn start_nginx(&mut self, name: &str, ns: &str, sites: &[(&str, &str)]) -> Result<()> {
+        let d = self.dir.join(name);
+        let tmp = d.join("tmp");
+        fs::create_dir_all(&tmp)?;
+        let mut servers = String::new();
+        for (site, addr) in sites {
+            writeln!(servers, "  server {{ listen {addr}:80; root {}; }}", self.dir.join(site).display())?;
+        }
+        let conf = format!(
+            "worker_processes 1;\npid {pid};\nerror_log {err};\nevents {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n  \
+             fastcgi_temp_path {t}/fcgi;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n  \
+             keepalive_requests 1000;\n{servers}}}\n",
+            pid = d.join("nginx.pid").display(),
+            err = d.join("error.log").display(),
+            t = tmp.display(),
+        );
+        let conf_path = d.join("nginx.conf");
+        fs::write(&conf_path, conf)?;
+        let err_log = d.join("error.log");
+        self.spawn(name, ns, "nginx", &["-e", path(&err_log), "-c", path(&conf_path), "-g", "daemon off;"])
+    }
+
+    /// The reverse direction: a service in the consumer's VPC (nginx on 10.10.2.10) that
+    /// the provider's VPC reaches through its own endpoint.
+    fn start_consumer_service(&mut self) -> Result<()> {
+        let root = self.dir.join("consumer-svc");
+        fs::create_dir_all(&root)?;
+        fs::write(root.join("index.html"), "consumer service 10.10.2.10\n")?;
+        self.consumer.ip(&["addr", "add", &format!("{CONSUMER_SERVICE}/16"), "dev", "c0"])?;
+        self.start_nginx("nginx-consumer", &self.consumer.name.clone(), &[("consumer-svc", CONSUMER_SERVICE)])
     }
 
     fn start_daemon(&mut self, daemon: &Path, state: &str) -> Result<()> {

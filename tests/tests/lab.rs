@@ -336,3 +336,19 @@ fn security_groups_and_acls_filter_the_lab() {
     })
     .unwrap();
 }
+
+/// The reverse direction: the provider's VPC reaches the consumer's own service through
+/// an endpoint ENI in the provider's VPC (same machinery, roles swapped).
+#[test]
+fn reverse_endpoint_reaches_the_consumers_service() {
+    let lab = lab();
+    let out = lab
+        .provider
+        .exec("curl", &["-sS", "--fail", "-m", "5", &format!("http://{}/", privatelink_tests::lab::REVERSE_ENI)])
+        .unwrap();
+    assert_eq!(out, "consumer service 10.10.2.10\n");
+    // The forward direction still works beside it.
+    assert!(lab.reachable(&format!("http://{ENI}/")));
+    let flows = lab.flow_lines().unwrap();
+    assert!(flows.iter().any(|f| f.contains("10.10.0.100:80") && f.contains("10.10.2.200")), "{flows:?}");
+}
