@@ -25,9 +25,23 @@ pub mod map_names {
     pub const SG_RULES: &str = "PL_SG_RULES";
     pub const ACL_IN: &str = "PL_ACL_IN";
     pub const ACL_OUT: &str = "PL_ACL_OUT";
-    pub const ALL: [&str; 12] = [
-        IFACES, VPC_PORTS, ENDPOINTS, SNAT_POOLS, SNAT_ADDRS, NEIGHBORS, CONNTRACK, STATS, CONFIG,
-        SG_RULES, ACL_IN, ACL_OUT,
+    pub const GATEWAY_ROUTES: &str = "PL_GW_ROUTES";
+    pub const GATEWAY_ADDRS: &str = "PL_GW_ADDRS";
+    pub const ALL: [&str; 14] = [
+        IFACES,
+        VPC_PORTS,
+        ENDPOINTS,
+        SNAT_POOLS,
+        SNAT_ADDRS,
+        NEIGHBORS,
+        CONNTRACK,
+        STATS,
+        CONFIG,
+        SG_RULES,
+        ACL_IN,
+        ACL_OUT,
+        GATEWAY_ROUTES,
+        GATEWAY_ADDRS,
     ];
 }
 
@@ -111,6 +125,20 @@ pub const ENI_FLAG_WHITELISTED: u32 = 1;
 pub const ENI_FLAG_SG: u32 = 2;
 /// `EndpointEni::flags`: the ENI's vSwitch has a network ACL (`PL_ACL_IN`/`PL_ACL_OUT`).
 pub const ENI_FLAG_ACL: u32 = 4;
+/// `EndpointEni::flags`: a gateway endpoint (a prefix route, no ENI): the destination is
+/// kept, `lb_addr` is the next hop in the service's VPC, and the endpoint policy (in
+/// `PL_SG_RULES` under the gateway address) is matched against the destination.
+pub const ENI_FLAG_GATEWAY: u32 = 8;
+
+/// Key of `PL_GW_ROUTES` (an LPM trie): `prefix_len` counts the 32 bits of `vpc_id` plus
+/// the prefix's length, so a route only ever matches inside its own VPC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GatewayRoute {
+    pub prefix_len: u32,
+    pub vpc_id: u32,
+    pub addr: [u8; 4],
+}
 
 /// Value of `PL_ENDPOINTS` (key: consumer VPC + ENI address): everything the data path
 /// needs to forward traffic of one endpoint ENI. The daemon resolves zone affinity and
@@ -128,6 +156,9 @@ pub struct EndpointEni {
     /// Where new flows go: the provider VPC and its load balancer address for this zone.
     pub provider_vpc_id: u32,
     pub lb_addr: [u8; 4],
+    /// Gateway endpoints: the route target address in the consumer VPC (the key of the
+    /// endpoint policy); zero for ENIs.
+    pub gateway: [u8; 4],
 }
 
 impl EndpointEni {
@@ -200,9 +231,14 @@ pub struct FlowEntry {
     pub endpoint_id: u32,
     pub direction: u8,
     pub tcp_flags: u8,
-    pub _pad: [u8; 2],
+    /// `FLOW_GATEWAY` for flows of a gateway endpoint.
+    pub flags: u8,
+    pub _pad: u8,
     pub last_seen_ns: u64,
 }
+
+/// `FlowEntry::flags`: the flow belongs to a gateway endpoint.
+pub const FLOW_GATEWAY: u8 = 1;
 
 impl FlowEntry {
     /// The key under which the partner (other direction) entry is stored.
@@ -345,6 +381,7 @@ mod pod {
     unsafe impl aya::Pod for EndpointStats {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Rule {}
+    unsafe impl aya::Pod for GatewayRoute {}
     unsafe impl aya::Pod for RuleSet {}
 }
 
@@ -359,7 +396,7 @@ mod tests {
         assert_eq!(size_of::<VpcAddr>(), 8);
         assert_eq!(size_of::<IfaceInfo>(), 12);
         assert_eq!(size_of::<VpcPort>(), 12);
-        assert_eq!(size_of::<EndpointEni>(), 32);
+        assert_eq!(size_of::<EndpointEni>(), 36);
         assert_eq!(size_of::<SnatPool>(), 8 + 4 * MAX_SNAT_ADDRS);
         assert_eq!(size_of::<Neighbor>(), 8);
         assert_eq!(size_of::<FlowKey>(), 20);

@@ -6,7 +6,7 @@ use privatelink_common::{IfaceInfo, Neighbor, Reason, VpcAddr};
 
 use crate::{
     Verdict,
-    maps::{PL_ENDPOINTS, PL_NEIGHBORS, PL_SNAT_ADDRS},
+    maps::{PL_ENDPOINTS, PL_GW_ADDRS, PL_NEIGHBORS, PL_SNAT_ADDRS},
     parse::{ArpHdr, ETH_LEN, EthHdr, be16, mut_at},
 };
 
@@ -30,7 +30,11 @@ pub fn handle(ctx: &XdpContext, iface: &IfaceInfo) -> Result<Verdict, Reason> {
         addr: arp.tpa,
     };
     // SAFETY: read-only lookups, values not kept.
-    let ours = unsafe { PL_ENDPOINTS.get(target).is_some() || PL_SNAT_ADDRS.get(target).is_some() };
+    let ours = unsafe {
+        PL_ENDPOINTS.get(target).is_some()
+            || PL_SNAT_ADDRS.get(target).is_some()
+            || PL_GW_ADDRS.get(target).is_some()
+    };
     if op != ARP_REQUEST || !ours {
         return Ok((xdp_action::XDP_PASS, Reason::ArpPass));
     }

@@ -10,13 +10,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use privatelink_common::{
-    CT_CLOSING, CT_FIN_SEEN, Config, DIR_ORIGINAL, DIR_REPLY, EndpointEni, FlowEntry, FlowKey,
-    IfaceInfo, MAX_SNAT_ADDRS, PROTO_TCP, Reason, VpcAddr, hash,
+    CT_CLOSING, CT_FIN_SEEN, Config, DIR_ORIGINAL, DIR_REPLY, ENI_FLAG_GATEWAY, EndpointEni,
+    FLOW_GATEWAY, FlowEntry, FlowKey, IfaceInfo, MAX_SNAT_ADDRS, PROTO_TCP, Reason, VpcAddr, hash,
 };
 
 use crate::{
     Verdict, filter,
-    ipv4::{Packet, check_endpoint_at},
+    ipv4::{Packet, check_endpoint_at, check_gateway_at},
     maps::{PL_CONNTRACK, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config},
     nat,
     parse::{
@@ -73,7 +73,10 @@ pub fn forward(
     pkt: &Packet,
 ) -> Result<Verdict, Reason> {
     let (key, flags) = flow_key(ctx, iface, pkt)?;
-    filter::acl_in(eni_key, eni, key.src, key.proto, key.dport)?;
+    let gateway = eni.flags & ENI_FLAG_GATEWAY != 0;
+    if !gateway {
+        filter::acl_in(eni_key, eni, key.src, key.proto, key.dport)?;
+    }
     let t = now();
     let cfg = config();
     let existing = match PL_CONNTRACK.get_ptr_mut(key) {
@@ -88,7 +91,10 @@ pub fn forward(
         Some(p) if t.saturating_sub(unsafe { (*p).last_seen_ns }) <= PARTNER_REFRESH_NS => p,
         _ => {
             let eth_src = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?.src_addr;
-            let reply = reply_entry(&key, pkt.ifindex, iface, eth_src, eni.endpoint_id, t);
+            let mut reply = reply_entry(&key, pkt.ifindex, iface, eth_src, eni.endpoint_id, t);
+            if gateway {
+                reply.flags = FLOW_GATEWAY;
+            }
             match existing {
                 // SAFETY: as above.
                 Some(p) if keep_partner(unsafe { &*p }, pkt.proto, &reply) => p,
@@ -96,7 +102,16 @@ pub fn forward(
                     // New, expired, or its reply tuple was evicted and taken by another
                     // flow: (re)create with a fresh tuple, if the security groups allow.
                     if existing.is_none() {
-                        filter::security_groups(eni_key, eni, key.src, key.proto, key.dport)?;
+                        if gateway {
+                            // The endpoint policy is about where the VPC may go.
+                            let policy = VpcAddr {
+                                vpc_id: eni_key.vpc_id,
+                                addr: eni.gateway,
+                            };
+                            filter::security_groups(policy, eni, key.dst, key.proto, key.dport)?;
+                        } else {
+                            filter::security_groups(eni_key, eni, key.src, key.proto, key.dport)?;
+                        }
                     }
                     reason = Reason::ForwardNewFlow;
                     create(&key, eni, &reply, t, &cfg)?
@@ -124,12 +139,16 @@ pub fn reply(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdic
     if e.direction != DIR_REPLY || e.is_expired(pkt.proto, t, &cfg) {
         return Err(Reason::DropNoFlow);
     }
-    let eni = check_endpoint_at(e.out_vpc_id, e.new_src)?;
-    let eni_key = VpcAddr {
-        vpc_id: e.out_vpc_id,
-        addr: e.new_src,
-    };
-    filter::acl_out(eni_key, &eni, e.new_dst, pkt.proto, e.new_sport)?;
+    if e.flags & FLOW_GATEWAY != 0 {
+        check_gateway_at(e.out_vpc_id, e.new_src)?;
+    } else {
+        let eni = check_endpoint_at(e.out_vpc_id, e.new_src)?;
+        let eni_key = VpcAddr {
+            vpc_id: e.out_vpc_id,
+            addr: e.new_src,
+        };
+        filter::acl_out(eni_key, &eni, e.new_dst, pkt.proto, e.new_sport)?;
+    }
     track(e, pkt.proto, flags, t);
     nat::apply(ctx, pkt, e, Reason::ForwardToConsumer)
 }
@@ -157,7 +176,8 @@ fn reply_entry(
         endpoint_id,
         direction: DIR_REPLY,
         tcp_flags: 0,
-        _pad: [0; 2],
+        flags: 0,
+        _pad: 0,
         last_seen_ns: t,
     }
 }
@@ -171,6 +191,12 @@ fn create(
     t: u64,
     cfg: &Config,
 ) -> Result<*mut FlowEntry, Reason> {
+    // A gateway flow keeps its destination; lb_addr is then only the next hop.
+    let new_dst = if eni.flags & ENI_FLAG_GATEWAY != 0 {
+        key.dst
+    } else {
+        eni.lb_addr
+    };
     // SAFETY: references into maps only the daemon writes, used within this run.
     let port = unsafe { PL_VPC_PORTS.get(eni.provider_vpc_id) }.ok_or(Reason::DropNoRoute)?;
     let neigh = unsafe {
@@ -201,7 +227,7 @@ fn create(
         let snat_port = pool.port_min + (h.wrapping_add(attempt) % range) as u16;
         let reply_key = FlowKey {
             vpc_id: eni.provider_vpc_id,
-            src: eni.lb_addr,
+            src: new_dst,
             dst: snat_addr,
             sport: key.dport,
             dport: snat_port,
@@ -213,7 +239,7 @@ fn create(
         }
         let fwd = FlowEntry {
             new_src: snat_addr,
-            new_dst: eni.lb_addr,
+            new_dst,
             new_sport: snat_port,
             new_dport: key.dport,
             out_ifindex: port.ifindex,
@@ -223,7 +249,8 @@ fn create(
             endpoint_id: eni.endpoint_id,
             direction: DIR_ORIGINAL,
             tcp_flags: 0,
-            _pad: [0; 2],
+            flags: reply.flags,
+            _pad: 0,
             last_seen_ns: t,
         };
         if PL_CONNTRACK.insert(key, fwd, BPF_ANY as u64).is_err() {

@@ -1,14 +1,14 @@
 //! IPv4: validate the header, decide whether the packet is ours (to an ENI, or a reply to a
 //! SNAT address), and hand it to the right path. Everything else passes to the kernel.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, programs::XdpContext};
 use privatelink_common::{
     EndpointEni, IfaceInfo, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum,
 };
 
 use crate::{
     Verdict, conntrack, icmp,
-    maps::{PL_ENDPOINTS, PL_SNAT_ADDRS},
+    maps::{PL_ENDPOINTS, PL_GW_ROUTES, PL_SNAT_ADDRS},
     parse::{ETH_LEN, Ipv4Ext, Ipv4Hdr, be16, frame_len, mut_at, ne16, ptr_at},
 };
 
@@ -66,6 +66,19 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
             _ => Err(Reason::DropNoFlow),
         };
     }
+    // Gateway endpoints: the VPC routes a service's prefix list to us.
+    let route = Key::new(64, dst);
+    if let Some(gw) = PL_GW_ROUTES.get(&route).copied() {
+        verify_checksum(ctx, hlen)?;
+        if ip.is_fragment() {
+            return Err(Reason::DropFragment);
+        }
+        check_forwarding(&gw)?;
+        return match pkt.proto {
+            PROTO_TCP | PROTO_UDP => conntrack::forward(ctx, iface, dst, &gw, &pkt),
+            _ => Err(Reason::DropUnsupportedProtocol),
+        };
+    }
     Ok((xdp_action::XDP_PASS, Reason::PassUnrelated))
 }
 
@@ -95,6 +108,18 @@ pub fn check_forwarding(eni: &EndpointEni) -> Result<(), Reason> {
         return Err(Reason::DropNotConnected);
     }
     Ok(())
+}
+
+/// The same check for a gateway flow, found by its destination in the consumer VPC.
+#[inline(always)]
+pub fn check_gateway_at(vpc_id: u32, addr: [u8; 4]) -> Result<EndpointEni, Reason> {
+    match PL_GW_ROUTES
+        .get(&Key::new(64, VpcAddr { vpc_id, addr }))
+        .copied()
+    {
+        Some(gw) => check_forwarding(&gw).map(|()| gw),
+        None => Err(Reason::DropNotConnected),
+    }
 }
 
 /// The same check for a flow's endpoint, found by its ENI address; returns the endpoint.

@@ -2,7 +2,7 @@
 //! Sizes here are defaults; the loader overrides `PL_CONNTRACK`'s from configuration.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use privatelink_common::{
@@ -57,3 +57,11 @@ pub static PL_ACL_IN: HashMap<VpcAddr, RuleSet, { MAX_ENDPOINTS as usize }> = Ha
 
 #[btf_map]
 pub static PL_ACL_OUT: HashMap<VpcAddr, RuleSet, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+/// Gateway endpoints' prefix routes, per consumer VPC (longest prefix wins).
+#[btf_map]
+pub static PL_GW_ROUTES: LpmTrie<VpcAddr, EndpointEni, { MAX_ENDPOINTS as usize }> = LpmTrie::new();
+
+/// Gateway endpoints' route target addresses (answered in ARP).
+#[btf_map]
+pub static PL_GW_ADDRS: HashMap<VpcAddr, u32, { MAX_ENDPOINTS as usize }> = HashMap::new();

@@ -132,7 +132,7 @@ fn port_range(s: &str) -> Result<Value> {
 }
 
 fn acl_rule(r: &str) -> Result<Value> {
-    let p: Vec<&str> = r.split_whitespace().collect();
+    let p: Vec<&str> = r.split([' ', ',']).filter(|x| !x.is_empty()).collect();
     match p.as_slice() {
         [action, proto, cidr] => Ok(json!({"action": action, "protocol": proto, "cidr": cidr})),
         [action, proto, cidr, ports] => Ok(
@@ -194,6 +194,12 @@ pub enum ServiceCmd {
         no_zone_affinity: bool,
         #[arg(long)]
         domain: Option<String>,
+        /// interface (a load balancer) or gateway (a prefix list reached by route).
+        #[arg(long = "type", default_value = "interface")]
+        kind: String,
+        /// Gateway services: a prefix of the list (repeatable).
+        #[arg(long = "prefix")]
+        prefixes: Vec<String>,
     },
     List,
     Show {
@@ -231,8 +237,15 @@ pub enum EndpointCmd {
         #[arg(long)]
         service: String,
         /// An ENI as VSWITCH:ADDRESS (repeatable, one per zone).
-        #[arg(long = "zone", required = true)]
+        #[arg(long = "zone")]
         zones: Vec<String>,
+        /// Gateway endpoints: the route target address in the VPC.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Gateway endpoints: an allowed destination "ACTION,PROTOCOL,CIDR[,LOW-HIGH]", in
+        /// order (repeatable).
+        #[arg(long = "policy")]
+        policy: Vec<String>,
         #[arg(long, default_value = "")]
         name: String,
         #[arg(long, default_value = "")]
@@ -453,6 +466,8 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             auto_accept,
             no_zone_affinity,
             domain,
+            kind,
+            prefixes,
         } => {
             let backends = backends
                 .iter()
@@ -473,6 +488,7 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             let body = json!({
                 "id": id, "vpc": vpc, "backends": backends, "snat": snat, "snat_ports": ports,
                 "auto_accept": auto_accept, "zone_affinity": !no_zone_affinity, "domain": domain,
+                "type": kind, "prefixes": prefixes,
             });
             (c.post("/v1/services", &body)?, COLS)
         }
@@ -539,10 +555,17 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
             description,
             security_groups,
             tags: t,
+            gateway,
+            policy,
         } => {
+            let policy = policy
+                .iter()
+                .map(|r| acl_rule(r))
+                .collect::<Result<Vec<_>>>()?;
             let body = json!({
                 "id": id, "vpc": vpc, "service": service, "zones": zones(&z)?, "name": name,
                 "description": description, "security_groups": security_groups, "tags": tags(&t)?,
+                "gateway": gateway, "policy": policy,
             });
             (c.post("/v1/endpoints", &body)?, COLS)
         }

@@ -9,7 +9,10 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{
+        Array, HashMap, Map, MapData, PerCpuArray,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -17,8 +20,8 @@ use aya::{
     },
 };
 use privatelink_common::{
-    Config, DEFAULT_CONNTRACK_ENTRIES, FlowEntry, FlowKey, Neighbor, PROGRAM_NAME, Reason, VpcAddr,
-    map_names,
+    Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey, GatewayRoute, Neighbor,
+    PROGRAM_NAME, Reason, VpcAddr, map_names,
 };
 
 use crate::{
@@ -172,6 +175,8 @@ impl Dataplane {
                 sg_rules: read_map(self.map(map_names::SG_RULES)?)?,
                 acl_in: read_map(self.map(map_names::ACL_IN)?)?,
                 acl_out: read_map(self.map(map_names::ACL_OUT)?)?,
+                gw_routes: read_routes(self.map(map_names::GATEWAY_ROUTES)?)?,
+                gw_addrs: read_map(self.map(map_names::GATEWAY_ADDRS)?)?,
             },
         };
         let mut r = ApplyReport::default();
@@ -192,8 +197,17 @@ impl Dataplane {
             SG_RULES => sg_rules,
             ACL_IN => acl_in,
             ACL_OUT => acl_out,
+            GATEWAY_ADDRS => gw_addrs,
             ENDPOINTS => endpoints
-        );
+        )
+        .and_then(|()| {
+            sync_routes(
+                self.map_mut(map_names::GATEWAY_ROUTES)?,
+                &cur.gw_routes,
+                &d.gw_routes,
+                &mut r,
+            )
+        });
         // On success the maps hold `d`; after a failure, re-read them next time.
         if res.is_ok() {
             self.applied = Some(d.clone());
@@ -260,6 +274,57 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .program_mut(PROGRAM_NAME)
         .ok_or_else(|| anyhow!("the object has no program {PROGRAM_NAME}"))?;
     Ok(p.try_into()?)
+}
+
+fn read_routes(map: &Map) -> Result<BTreeMap<GatewayRoute, EndpointEni>> {
+    let m: LpmTrie<_, VpcAddr, EndpointEni> = LpmTrie::try_from(map)?;
+    m.iter()
+        .map(|kv| {
+            let (k, v) = kv?;
+            let data = k.data();
+            Ok((
+                GatewayRoute {
+                    prefix_len: k.prefix_len(),
+                    vpc_id: data.vpc_id,
+                    addr: data.addr,
+                },
+                v,
+            ))
+        })
+        .collect()
+}
+
+fn sync_routes(
+    map: &mut Map,
+    current: &BTreeMap<GatewayRoute, EndpointEni>,
+    desired: &BTreeMap<GatewayRoute, EndpointEni>,
+    r: &mut ApplyReport,
+) -> Result<()> {
+    let mut m: LpmTrie<_, VpcAddr, EndpointEni> = LpmTrie::try_from(map)?;
+    let key = |g: &GatewayRoute| {
+        LpmKey::new(
+            g.prefix_len,
+            VpcAddr {
+                vpc_id: g.vpc_id,
+                addr: g.addr,
+            },
+        )
+    };
+    for change in diff(current, desired) {
+        match change {
+            Change::Upsert(k, v) => {
+                m.insert(&key(&k), v, 0)
+                    .with_context(|| format!("writing route {k:?}"))?;
+                r.upserts += 1;
+            }
+            Change::Delete(k) => {
+                m.remove(&key(&k))
+                    .with_context(|| format!("removing route {k:?}"))?;
+                r.deletes += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_map<K: Pod + Ord, V: Pod>(map: &Map) -> Result<BTreeMap<K, V>> {

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use privatelink_common::{
-    ConnectionState, ENI_FLAG_ACL, ENI_FLAG_SG, ENI_FLAG_WHITELISTED, EndpointEni, IfaceInfo,
-    MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, Rule,
-    RuleSet, SnatPool, VpcAddr, VpcPort,
+    ConnectionState, ENI_FLAG_ACL, ENI_FLAG_GATEWAY, ENI_FLAG_SG, ENI_FLAG_WHITELISTED,
+    EndpointEni, GatewayRoute, IfaceInfo, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, RULE_ACCEPT, RULE_DROP, Rule, RuleSet, SnatPool, VpcAddr, VpcPort,
 };
 
 use crate::model::{Direction, FieldError, Protocol, RuleAction, State, numeric_id};
@@ -30,6 +30,8 @@ pub struct Desired {
     pub sg_rules: BTreeMap<VpcAddr, RuleSet>,
     pub acl_in: BTreeMap<VpcAddr, RuleSet>,
     pub acl_out: BTreeMap<VpcAddr, RuleSet>,
+    pub gw_routes: BTreeMap<GatewayRoute, EndpointEni>,
+    pub gw_addrs: BTreeMap<VpcAddr, u32>,
 }
 
 fn rule(
@@ -196,11 +198,74 @@ pub fn compute(
                     zone_id: numeric_id(&vsw.zone),
                     provider_vpc_id: numeric_id(&svc.vpc),
                     lb_addr: backend.address.octets(),
+                    gateway: [0; 4],
                 },
             );
         }
+        if let Some(gw) = ep.gateway {
+            gateway_endpoint(&mut d, state, ep, svc, vpc, gw);
+        }
     }
     Ok(d)
+}
+
+/// A gateway endpoint: one route per service prefix in the consumer VPC, its route
+/// target answered in ARP, its policy as an ordered rule set under the target address.
+fn gateway_endpoint(
+    d: &mut Desired,
+    state: &State,
+    ep: &crate::model::Endpoint,
+    svc: &crate::model::EndpointService,
+    vpc: &crate::model::Vpc,
+    gw: std::net::Ipv4Addr,
+) {
+    let vpc_id = numeric_id(&vpc.id);
+    let zone = vpc
+        .vswitches
+        .iter()
+        .find(|s| s.cidr.contains(&gw))
+        .map(|s| s.zone.as_str())
+        .unwrap_or("");
+    let key = VpcAddr {
+        vpc_id,
+        addr: gw.octets(),
+    };
+    let mut flags = ENI_FLAG_GATEWAY;
+    if svc.is_whitelisted(&ep.account) {
+        flags |= ENI_FLAG_WHITELISTED;
+    }
+    if !ep.policy.is_empty() {
+        flags |= ENI_FLAG_SG;
+        d.sg_rules.insert(
+            key,
+            rule_set(
+                ep.policy
+                    .iter()
+                    .map(|r| rule(r.action, r.protocol, r.ports, &r.cidr)),
+            ),
+        );
+    }
+    let entry = EndpointEni {
+        endpoint_id: numeric_id(&ep.id),
+        service_id: numeric_id(&svc.id),
+        consumer_account: numeric_id(&ep.account),
+        state: ConnectionState::from(ep.connection) as u32,
+        flags,
+        zone_id: numeric_id(zone),
+        provider_vpc_id: numeric_id(&svc.vpc),
+        lb_addr: svc.backend_for_zone(zone).address.octets(),
+        gateway: gw.octets(),
+    };
+    d.gw_addrs.insert(key, entry.endpoint_id);
+    for p in &svc.prefixes {
+        let route = GatewayRoute {
+            prefix_len: 32 + p.prefix_len() as u32,
+            vpc_id,
+            addr: p.network().octets(),
+        };
+        d.gw_routes.insert(route, entry);
+    }
+    let _ = state;
 }
 
 /// The load balancer addresses that forwarding endpoints send to.

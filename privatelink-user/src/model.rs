@@ -145,6 +145,8 @@ pub struct VSwitch {
 pub enum ServiceType {
     /// Fronted by a provider load balancer.
     Interface,
+    /// A prefix list (object storage and the like) reached through a route, no ENI.
+    Gateway,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -171,6 +173,9 @@ pub struct EndpointService {
     pub snat_ports: [u16; 2],
     #[serde(default)]
     pub domain: Option<String>,
+    /// Gateway services: the prefixes consumers route to their gateway endpoint.
+    #[serde(default)]
+    pub prefixes: Vec<Ipv4Net>,
 }
 
 fn yes() -> bool {
@@ -222,7 +227,16 @@ pub struct Endpoint {
     pub description: String,
     #[serde(default)]
     pub connection: Connection,
+    #[serde(default)]
     pub zones: Vec<EndpointZone>,
+    /// Gateway endpoints: the route target address in the VPC (the VPC routes the
+    /// service's prefixes to it).
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Gateway endpoints: which destinations the VPC may reach, ordered, first match
+    /// decides; empty allows all.
+    #[serde(default)]
+    pub policy: Vec<AclRule>,
     #[serde(default)]
     pub security_groups: Vec<String>,
     #[serde(default)]
@@ -461,6 +475,27 @@ impl State {
                     format!("[{lo}, {hi}] is not a port range (1 <= low <= high)"),
                 );
             }
+            match s.kind {
+                ServiceType::Interface if !s.prefixes.is_empty() => {
+                    return err(
+                        format!("{f}.prefixes"),
+                        "only gateway services have prefixes",
+                    );
+                }
+                ServiceType::Gateway if s.prefixes.is_empty() => {
+                    return err(
+                        format!("{f}.prefixes"),
+                        "a gateway service needs at least one prefix",
+                    );
+                }
+                _ => {}
+            }
+            for (j, p) in s.prefixes.iter().enumerate() {
+                check_cidr(&format!("{f}.prefixes[{j}]"), p).map_err(|e| FieldError {
+                    field: format!("{f}.prefixes[{j}]"),
+                    ..e
+                })?;
+            }
         }
         let mut enis = BTreeSet::new();
         for (i, e) in self.endpoints.iter().enumerate() {
@@ -490,12 +525,8 @@ impl State {
                     format!("unknown endpoint service {:?}", e.service),
                 );
             }
-            if e.zones.is_empty() {
-                return err(
-                    format!("{f}.zones"),
-                    "an endpoint needs an ENI in at least one zone",
-                );
-            }
+            let svc = self.service(&e.service).expect("checked above");
+            self.validate_endpoint_kind(&f, e, vpc, svc, &mut enis)?;
             if e.security_groups.len() > MAX_SECURITY_GROUPS {
                 return err(
                     format!("{f}.security_groups"),
@@ -548,6 +579,89 @@ impl State {
             self.validate_endpoint_groups(&f, e)?;
         }
         self.validate_filters(&mut ids)
+    }
+
+    /// Interface endpoints have ENIs in zones; gateway endpoints a route target and a
+    /// policy, and the service's prefixes must be routable (outside the VPC).
+    fn validate_endpoint_kind(
+        &self,
+        f: &str,
+        e: &Endpoint,
+        vpc: &Vpc,
+        svc: &EndpointService,
+        enis: &mut BTreeSet<(String, Ipv4Addr)>,
+    ) -> Result<(), FieldError> {
+        match svc.kind {
+            ServiceType::Interface => {
+                if e.zones.is_empty() {
+                    return err(
+                        format!("{f}.zones"),
+                        "an endpoint needs an ENI in at least one zone",
+                    );
+                }
+                if e.gateway.is_some() || !e.policy.is_empty() {
+                    return err(
+                        format!("{f}.gateway"),
+                        "only endpoints of gateway services have a gateway and a policy",
+                    );
+                }
+            }
+            ServiceType::Gateway => {
+                if !e.zones.is_empty() {
+                    return err(
+                        format!("{f}.zones"),
+                        "a gateway endpoint has no ENIs; give --gateway instead",
+                    );
+                }
+                let Some(gw) = e.gateway else {
+                    return err(
+                        format!("{f}.gateway"),
+                        "a gateway endpoint needs a route target address",
+                    );
+                };
+                let usable = vpc.vswitches.iter().any(|s| {
+                    s.cidr.contains(&gw) && gw != s.cidr.network() && gw != s.cidr.broadcast()
+                });
+                if !usable {
+                    return err(
+                        format!("{f}.gateway"),
+                        format!(
+                            "{gw} is not a usable address of a vSwitch of VPC {}",
+                            vpc.id
+                        ),
+                    );
+                }
+                if !enis.insert((vpc.id.clone(), gw)) {
+                    return err(
+                        format!("{f}.gateway"),
+                        format!("{gw} is already in use in VPC {}", vpc.id),
+                    );
+                }
+                for p in &svc.prefixes {
+                    if vpc.cidr.contains(&p.network()) || p.contains(&vpc.cidr.network()) {
+                        return err(
+                            format!("{f}.service"),
+                            format!("the service's prefix {p} overlaps the VPC's {}", vpc.cidr),
+                        );
+                    }
+                }
+                if e.policy.len() > privatelink_common::MAX_RULES {
+                    return err(
+                        format!("{f}.policy"),
+                        format!(
+                            "{} rules; at most {}",
+                            e.policy.len(),
+                            privatelink_common::MAX_RULES
+                        ),
+                    );
+                }
+                for (j, r) in e.policy.iter().enumerate() {
+                    check_ports(&format!("{f}.policy[{j}]"), r.protocol, r.ports)?;
+                    check_cidr(&format!("{f}.policy[{j}]"), &r.cidr)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_endpoint_groups(&self, f: &str, e: &Endpoint) -> Result<(), FieldError> {

@@ -297,6 +297,10 @@ pub struct NewService {
     pub snat_ports: Option<[u16; 2]>,
     #[serde(default)]
     pub domain: Option<String>,
+    /// Gateway services: the prefix list.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub prefixes: Vec<Ipv4Net>,
 }
 
 fn interface_type() -> ServiceType {
@@ -346,6 +350,7 @@ pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointS
         snat: req.snat,
         snat_ports: req.snat_ports.unwrap_or([1024, 65535]),
         domain: req.domain,
+        prefixes: req.prefixes,
     };
     s.services.push(svc.clone());
     Ok(svc)
@@ -469,12 +474,21 @@ pub struct NewEndpoint {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     pub zones: Vec<EndpointZone>,
     #[serde(default)]
     pub security_groups: Vec<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Gateway endpoints: the route target address in the VPC.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Gateway endpoints: allowed destinations, in order.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub policy: Vec<AclRule>,
 }
 
 pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoint> {
@@ -511,6 +525,8 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
         zones: req.zones,
         security_groups: req.security_groups,
         tags: req.tags,
+        gateway: req.gateway,
+        policy: req.policy,
     };
     s.endpoints.push(ep.clone());
     Ok(ep)

@@ -28,6 +28,10 @@ pub const BACKENDS: [&str; 2] = ["10.10.3.2", "10.10.3.3"];
 /// The reverse endpoint: the consumer's own service, and its ENI in the provider's VPC.
 pub const CONSUMER_SERVICE: &str = "10.10.2.10";
 pub const REVERSE_ENI: &str = "10.10.0.100";
+/// The gateway endpoint: object storage addresses (the policy allows only the first) and
+/// the route target in the consumer's VPC.
+pub const OBJECT_STORAGE: [&str; 2] = ["100.64.10.5", "100.64.10.6"];
+pub const GATEWAY: &str = "10.10.1.1";
 /// Size of the file both backends serve as /big.bin.
 pub const BIG_FILE_LEN: usize = 1 << 20;
 
@@ -89,9 +93,26 @@ pub const BUILD_STEPS: &[(&str, &str)] = &[
     ),
     ("provider", "connection accept epsrv-b ep-a"),
     // The reverse direction: A publishes a service in its own VPC, B reaches it.
-    ("consumer", "service create epsrv-a --vpc vpc-a --backend zone-a:10.10.2.10 --snat 10.10.2.200 --auto-accept"),
+    (
+        "consumer",
+        "service create epsrv-a --vpc vpc-a --backend zone-a:10.10.2.10 --snat 10.10.2.200 --auto-accept",
+    ),
     ("consumer", "service whitelist add epsrv-a acct-b"),
-    ("provider", "endpoint create ep-b --vpc vpc-b --service epsrv-a --zone vsw-b0:10.10.0.100 --name reverse"),
+    (
+        "provider",
+        "endpoint create ep-b --vpc vpc-b --service epsrv-a --zone vsw-b0:10.10.0.100 --name reverse",
+    ),
+    // A gateway endpoint: B's object storage prefix, routed by A's VPC to 10.10.1.1; the
+    // endpoint policy lets A reach only 100.64.10.5:80.
+    (
+        "provider",
+        "service create epsrv-oss --type gateway --vpc vpc-b --prefix 100.64.10.0/24 --backend zone-a:10.10.0.10 --snat 10.10.0.202 --auto-accept",
+    ),
+    ("provider", "service whitelist add epsrv-oss acct-a"),
+    (
+        "consumer",
+        "endpoint create ep-oss --vpc vpc-a --service epsrv-oss --gateway 10.10.1.1 --policy accept,tcp,100.64.10.5/32,80-80",
+    ),
 ];
 
 pub struct Lab {
@@ -163,6 +184,7 @@ impl Lab {
         }
         lab.start_provider()?;
         lab.start_consumer_service()?;
+        lab.start_object_storage()?;
         match &opts.state_file {
             Some(state) => lab.start_daemon(&daemon, state)?,
             None => {
@@ -215,7 +237,11 @@ impl Lab {
             )?;
             fs::write(root.join("big.bin"), &big)?;
         }
-        self.start_nginx("nginx", &self.provider.name.clone(), &[("ecs2", BACKENDS[0]), ("ecs3", BACKENDS[1])])?;
+        self.start_nginx(
+            "nginx",
+            &self.provider.name.clone(),
+            &[("ecs2", BACKENDS[0]), ("ecs3", BACKENDS[1])],
+        )?;
         let haproxy_cfg = format!(
             "global\n  maxconn 8192\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  \
              timeout server 30s\n\nfrontend internal_lb\n  bind {LB}:80\n  default_backend ecs\n\n\
@@ -243,14 +269,18 @@ impl Lab {
         )
     }
 
-/// An nginx in namespace `ns` serving `<dir>/<name>/` on `<addr>:80` for each site.
+    /// An nginx in namespace `ns` serving `<dir>/<name>/` on `<addr>:80` for each site.
     fn start_nginx(&mut self, name: &str, ns: &str, sites: &[(&str, &str)]) -> Result<()> {
         let d = self.dir.join(name);
         let tmp = d.join("tmp");
         fs::create_dir_all(&tmp)?;
         let mut servers = String::new();
         for (site, addr) in sites {
-            writeln!(servers, "  server {{ listen {addr}:80; root {}; }}", self.dir.join(site).display())?;
+            writeln!(
+                servers,
+                "  server {{ listen {addr}:80; root {}; }}",
+                self.dir.join(site).display()
+            )?;
         }
         let conf = format!(
             "worker_processes 1;\npid {pid};\nerror_log {err};\nevents {{ worker_connections 4096; }}\n\
@@ -264,7 +294,49 @@ impl Lab {
         let conf_path = d.join("nginx.conf");
         fs::write(&conf_path, conf)?;
         let err_log = d.join("error.log");
-        self.spawn(name, ns, "nginx", &["-e", path(&err_log), "-c", path(&conf_path), "-g", "daemon off;"])
+        self.spawn(
+            name,
+            ns,
+            "nginx",
+            &[
+                "-e",
+                path(&err_log),
+                "-c",
+                path(&conf_path),
+                "-g",
+                "daemon off;",
+            ],
+        )
+    }
+
+    /// The gateway endpoint's service: "object storage" on 100.64.10.5 and .6 in the
+    /// provider's namespace, which the consumer's VPC routes via 10.10.1.1.
+    fn start_object_storage(&mut self) -> Result<()> {
+        let mut sites = Vec::new();
+        for a in OBJECT_STORAGE {
+            let site = format!("oss-{a}");
+            let root = self.dir.join(&site);
+            fs::create_dir_all(&root)?;
+            fs::write(root.join("index.html"), format!("object storage {a}\n"))?;
+            self.provider
+                .ip(&["addr", "add", &format!("{a}/32"), "dev", "p0"])?;
+            sites.push(site);
+        }
+        self.consumer.ip(&[
+            "route",
+            "add",
+            "100.64.10.0/24",
+            "via",
+            GATEWAY,
+            "dev",
+            "c0",
+        ])?;
+        let sites: Vec<(&str, &str)> = sites
+            .iter()
+            .map(String::as_str)
+            .zip(OBJECT_STORAGE)
+            .collect();
+        self.start_nginx("nginx-storage", &self.provider.name.clone(), &sites)
     }
 
     /// The reverse direction: a service in the consumer's VPC (nginx on 10.10.2.10) that
@@ -273,8 +345,18 @@ impl Lab {
         let root = self.dir.join("consumer-svc");
         fs::create_dir_all(&root)?;
         fs::write(root.join("index.html"), "consumer service 10.10.2.10\n")?;
-        self.consumer.ip(&["addr", "add", &format!("{CONSUMER_SERVICE}/16"), "dev", "c0"])?;
-        self.start_nginx("nginx-consumer", &self.consumer.name.clone(), &[("consumer-svc", CONSUMER_SERVICE)])
+        self.consumer.ip(&[
+            "addr",
+            "add",
+            &format!("{CONSUMER_SERVICE}/16"),
+            "dev",
+            "c0",
+        ])?;
+        self.start_nginx(
+            "nginx-consumer",
+            &self.consumer.name.clone(),
+            &[("consumer-svc", CONSUMER_SERVICE)],
+        )
     }
 
     fn start_daemon(&mut self, daemon: &Path, state: &str) -> Result<()> {

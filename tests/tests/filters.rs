@@ -284,3 +284,123 @@ fn rule_validation_names_the_field() {
         "{e}"
     );
 }
+
+const GATEWAY_STATE: &str = r#"
+[[services]]
+id = "epsrv-oss"
+account = "acct-b"
+type = "gateway"
+vpc = "vpc-b"
+auto_accept = true
+whitelist = ["acct-a"]
+backends = [{ zone = "zone-a", address = "10.10.0.10" }]
+snat = ["10.10.0.202"]
+prefixes = ["100.64.10.0/24"]
+
+[[endpoints]]
+id = "ep-oss"
+account = "acct-a"
+vpc = "vpc-a"
+service = "epsrv-oss"
+connection = "connected"
+gateway = "10.10.1.1"
+policy = [{ action = "accept", protocol = "tcp", cidr = "100.64.10.5/32", ports = [80, 80] }]
+"#;
+
+/// A gateway endpoint keeps the destination, translates the source into the service's
+/// SNAT pool, sends to the service VPC's next hop, and applies its policy.
+#[test]
+fn gateway_endpoint_keeps_the_destination_and_applies_its_policy() {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let mut h = Harness::new(&format!("{LAB_STATE}\n{GATEWAY_STATE}")).unwrap();
+    let mut syn = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4([10, 10, 2, 1], [100, 64, 10, 5], 64)
+        .tcp(43000, 80, 1, 64240)
+        .syn()
+        .write(&mut syn, &[])
+        .unwrap();
+    let (act, out) = h.run(h.consumer.ifindex, &syn).unwrap();
+    assert_eq!(
+        act,
+        XDP_REDIRECT,
+        "{:?}",
+        h.stats()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect::<Vec<_>>()
+    );
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        panic!()
+    };
+    let ih = ip.header().to_header();
+    assert_eq!(
+        (ih.source, ih.destination),
+        ([10, 10, 0, 202], [100, 64, 10, 5])
+    );
+    assert_eq!(ih.header_checksum, ih.calc_header_checksum());
+    let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+        panic!()
+    };
+    assert_eq!(
+        tcp.checksum(),
+        tcp.to_header().calc_checksum_ipv4(&ih, &[]).unwrap()
+    );
+    assert_eq!(
+        &out[0..6],
+        &privatelink_tests::testrun::LB_MAC,
+        "to the service VPC's next hop"
+    );
+    let port = tcp.source_port();
+
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2(privatelink_tests::testrun::LB_MAC, h.provider.mac)
+        .ipv4([100, 64, 10, 5], [10, 10, 0, 202], 64)
+        .tcp(80, port, 9, 65000)
+        .syn()
+        .ack(2)
+        .write(&mut reply, &[])
+        .unwrap();
+    let (act, out) = h.run(h.provider.ifindex, &reply).unwrap();
+    assert_eq!(
+        act,
+        XDP_REDIRECT,
+        "{:?}",
+        h.stats()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect::<Vec<_>>()
+    );
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        panic!()
+    };
+    assert_eq!(
+        (ip.header().source(), ip.header().destination()),
+        ([100, 64, 10, 5], [10, 10, 2, 1])
+    );
+
+    // Outside the policy.
+    let mut other = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4([10, 10, 2, 1], [100, 64, 10, 6], 64)
+        .tcp(43001, 80, 1, 64240)
+        .syn()
+        .write(&mut other, &[])
+        .unwrap();
+    assert_eq!(h.run(h.consumer.ifindex, &other).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropSecurityGroup), 1);
+
+    // The route target answers ARP.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[10, 10, 2, 1]);
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&[10, 10, 1, 1]);
+    assert_eq!(h.run(h.consumer.ifindex, &arp).unwrap().0, XDP_TX);
+}

@@ -344,11 +344,61 @@ fn reverse_endpoint_reaches_the_consumers_service() {
     let lab = lab();
     let out = lab
         .provider
-        .exec("curl", &["-sS", "--fail", "-m", "5", &format!("http://{}/", privatelink_tests::lab::REVERSE_ENI)])
+        .exec(
+            "curl",
+            &[
+                "-sS",
+                "--fail",
+                "-m",
+                "5",
+                &format!("http://{}/", privatelink_tests::lab::REVERSE_ENI),
+            ],
+        )
         .unwrap();
     assert_eq!(out, "consumer service 10.10.2.10\n");
     // The forward direction still works beside it.
     assert!(lab.reachable(&format!("http://{ENI}/")));
     let flows = lab.flow_lines().unwrap();
-    assert!(flows.iter().any(|f| f.contains("10.10.0.100:80") && f.contains("10.10.2.200")), "{flows:?}");
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.contains("10.10.0.100:80") && f.contains("10.10.2.200")),
+        "{flows:?}"
+    );
+}
+
+/// A gateway endpoint: the consumer's VPC routes the provider's object-storage prefix to
+/// it; traffic is forwarded with the destination kept, the source translated, and the
+/// endpoint policy applied (only 100.64.10.5:80 is allowed).
+#[test]
+fn gateway_endpoint_reaches_the_prefix_under_its_policy() {
+    let lab = lab();
+    let body = lab.curl("http://100.64.10.5/").unwrap();
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        "object storage 100.64.10.5\n"
+    );
+    let before = lab.stats().unwrap()["drop_security_group"];
+    assert!(
+        !lab.reachable("http://100.64.10.6/"),
+        "outside the endpoint policy"
+    );
+    assert!(lab.stats().unwrap()["drop_security_group"] > before);
+    let flows = lab.flow_lines().unwrap();
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.contains("-> 100.64.10.5:80") && f.contains("10.10.0.202")),
+        "{flows:?}"
+    );
+    // The provider disables the connection: the route stops working.
+    lab.cli(
+        "provider",
+        &["connection", "disable", "epsrv-oss", "ep-oss"],
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "disable", || {
+        !lab.reachable("http://100.64.10.5/")
+    })
+    .unwrap();
 }
