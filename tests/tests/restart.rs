@@ -171,3 +171,62 @@ fn changes_to_other_endpoints_do_not_disturb_a_running_one() {
     );
     eprintln!("{changes} API changes to other endpoints during the load; {text}");
 }
+
+/// kill -9 at arbitrary moments while endpoints are being created: after the restart the
+/// store opens and every acknowledged change is there.
+#[test]
+fn kill_9_mid_write_loses_no_acknowledged_change() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    use privatelink_user::client::Client;
+    let mut lab = lab();
+    let mut acknowledged: Vec<String> = Vec::new();
+    for round in 0..3u64 {
+        let url = lab.api.clone().unwrap();
+        let token = lab.tokens.consumer.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let writer = std::thread::spawn(move || {
+            let c = Client::new(&url, Some(token));
+            let mut done = Vec::new();
+            for i in 0..200u64 {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let id = format!("ep-k{round}x{i}");
+                let eni = format!("10.10.1.{}", 10 + round * 60 + i % 60);
+                let body = serde_json::json!({"id": id, "vpc": "vpc-a", "service": "epsrv-b",
+                    "zones": [{"vswitch": "vsw-a1", "eni": eni}]});
+                match c.post("/v1/endpoints", &body) {
+                    Ok(_) => done.push(id.clone()),
+                    Err(_) => break, // the daemon is gone
+                }
+                // Delete most again so ENIs can be reused; keep every 10th.
+                if i % 10 != 0 {
+                    match c.delete(&format!("/v1/endpoints/{id}")) {
+                        Ok(_) => {
+                            done.pop();
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            done
+        });
+        std::thread::sleep(Duration::from_millis(150 + round * 170));
+        lab.restart_daemon(libc::SIGKILL).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        acknowledged.extend(writer.join().unwrap());
+        let c = Client::new(lab.api.as_deref().unwrap(), Some(lab.tokens.consumer.clone()));
+        let listed = c.get("/v1/endpoints").unwrap();
+        let ids: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|e| e["id"].as_str()).collect();
+        for id in &acknowledged {
+            assert!(ids.contains(&id.as_str()), "round {round}: acknowledged {id} lost ({ids:?})");
+        }
+    }
+    assert!(acknowledged.len() >= 3, "too few writes before the kills: {acknowledged:?}");
+    assert!(lab.reachable(&format!("http://{ENI}/")), "the lab still forwards");
+}
