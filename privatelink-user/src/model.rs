@@ -390,24 +390,7 @@ impl State {
         for (i, s) in self.services.iter().enumerate() {
             let f = format!("services[{i}]");
             check_id(format!("{f}.id"), &s.id, &mut ids)?;
-            if !account_exists(&s.account) {
-                return err(
-                    format!("{f}.account"),
-                    format!("unknown account {:?}", s.account),
-                );
-            }
-            let Some(vpc) = self.vpc(&s.vpc) else {
-                return err(format!("{f}.vpc"), format!("unknown VPC {:?}", s.vpc));
-            };
-            if vpc.account != s.account {
-                return err(
-                    format!("{f}.vpc"),
-                    format!(
-                        "VPC {} belongs to account {}, not to the service's owner {}",
-                        vpc.id, vpc.account, s.account
-                    ),
-                );
-            }
+            let vpc = self.owned_vpc(&f, &s.account, &s.vpc)?;
             for (j, w) in s.whitelist.iter().enumerate() {
                 if !account_exists(w) {
                     return err(
@@ -501,24 +484,7 @@ impl State {
         for (i, e) in self.endpoints.iter().enumerate() {
             let f = format!("endpoints[{i}]");
             check_id(format!("{f}.id"), &e.id, &mut ids)?;
-            if !account_exists(&e.account) {
-                return err(
-                    format!("{f}.account"),
-                    format!("unknown account {:?}", e.account),
-                );
-            }
-            let Some(vpc) = self.vpc(&e.vpc) else {
-                return err(format!("{f}.vpc"), format!("unknown VPC {:?}", e.vpc));
-            };
-            if vpc.account != e.account {
-                return err(
-                    format!("{f}.vpc"),
-                    format!(
-                        "VPC {} belongs to account {}, not to the endpoint's owner {}",
-                        vpc.id, vpc.account, e.account
-                    ),
-                );
-            }
+            let vpc = self.owned_vpc(&f, &e.account, &e.vpc)?;
             if self.service(&e.service).is_none() {
                 return err(
                     format!("{f}.service"),
@@ -664,6 +630,30 @@ impl State {
         Ok(())
     }
 
+    /// The VPC `vpc` of the object at `f`, which must exist and belong to `account` (which
+    /// must exist too).
+    fn owned_vpc(&self, f: &str, account: &str, vpc: &str) -> Result<&Vpc, FieldError> {
+        if self.account(account).is_none() {
+            return err(
+                format!("{f}.account"),
+                format!("unknown account {account:?}"),
+            );
+        }
+        let Some(v) = self.vpc(vpc) else {
+            return err(format!("{f}.vpc"), format!("unknown VPC {vpc:?}"));
+        };
+        if v.account != account {
+            return err(
+                format!("{f}.vpc"),
+                format!(
+                    "VPC {} belongs to account {}, not to {account}",
+                    v.id, v.account
+                ),
+            );
+        }
+        Ok(v)
+    }
+
     fn validate_endpoint_groups(&self, f: &str, e: &Endpoint) -> Result<(), FieldError> {
         let mut ingress = 0;
         for (j, sg) in e.security_groups.iter().enumerate() {
@@ -704,16 +694,7 @@ impl State {
         for (i, g) in self.security_groups.iter().enumerate() {
             let f = format!("security_groups[{i}]");
             check_id(format!("{f}.id"), &g.id, ids)?;
-            match self.vpc(&g.vpc) {
-                Some(v) if v.account == g.account => {}
-                Some(_) => {
-                    return err(
-                        format!("{f}.vpc"),
-                        format!("VPC {} belongs to another account", g.vpc),
-                    );
-                }
-                None => return err(format!("{f}.vpc"), format!("unknown VPC {:?}", g.vpc)),
-            }
+            self.owned_vpc(&f, &g.account, &g.vpc)?;
             let mut rule_ids = BTreeSet::new();
             for (j, r) in g.rules.iter().enumerate() {
                 let h = format!("{f}.rules[{j}]");
@@ -734,16 +715,7 @@ impl State {
         for (i, a) in self.acls.iter().enumerate() {
             let f = format!("acls[{i}]");
             check_id(format!("{f}.id"), &a.id, ids)?;
-            let vpc = match self.vpc(&a.vpc) {
-                Some(v) if v.account == a.account => v,
-                Some(_) => {
-                    return err(
-                        format!("{f}.vpc"),
-                        format!("VPC {} belongs to another account", a.vpc),
-                    );
-                }
-                None => return err(format!("{f}.vpc"), format!("unknown VPC {:?}", a.vpc)),
-            };
+            let vpc = self.owned_vpc(&f, &a.account, &a.vpc)?;
             for (j, v) in a.vswitches.iter().enumerate() {
                 if !vpc.vswitches.iter().any(|s| s.id == *v) {
                     return err(

@@ -220,13 +220,30 @@ fn kill_9_mid_write_loses_no_acknowledged_change() {
         lab.restart_daemon(libc::SIGKILL).unwrap();
         stop.store(true, Ordering::Relaxed);
         acknowledged.extend(writer.join().unwrap());
-        let c = Client::new(lab.api.as_deref().unwrap(), Some(lab.tokens.consumer.clone()));
+        let c = Client::new(
+            lab.api.as_deref().unwrap(),
+            Some(lab.tokens.consumer.clone()),
+        );
         let listed = c.get("/v1/endpoints").unwrap();
-        let ids: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|e| e["id"].as_str()).collect();
+        let ids: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["id"].as_str())
+            .collect();
         for id in &acknowledged {
-            assert!(ids.contains(&id.as_str()), "round {round}: acknowledged {id} lost ({ids:?})");
+            assert!(
+                ids.contains(&id.as_str()),
+                "round {round}: acknowledged {id} lost ({ids:?})"
+            );
         }
     }
-    assert!(acknowledged.len() >= 3, "too few writes before the kills: {acknowledged:?}");
-    assert!(lab.reachable(&format!("http://{ENI}/")), "the lab still forwards");
+    assert!(
+        acknowledged.len() >= 3,
+        "too few writes before the kills: {acknowledged:?}"
+    );
+    assert!(
+        lab.reachable(&format!("http://{ENI}/")),
+        "the lab still forwards"
+    );
 }
