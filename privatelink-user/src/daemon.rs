@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use privatelink_common::{VpcPort, map_names};
+use privatelink_common::{Reason, VpcPort, map_names};
 use tracing::{info, warn};
 
 use crate::{
@@ -18,6 +18,8 @@ use crate::{
 
 pub struct DataplaneApply {
     pub dp: Dataplane,
+    /// Counters of the drops an operator must hear about, as last seen.
+    trouble: Vec<(Reason, u64)>,
     attached: Vec<String>,
     skb: bool,
     hops: Vec<NextHop>,
@@ -27,10 +29,41 @@ impl DataplaneApply {
     pub fn new(dp: Dataplane, skb: bool) -> Self {
         Self {
             dp,
+            trouble: Vec::new(),
             attached: Vec::new(),
             skb,
             hops: Vec::new(),
         }
+    }
+
+    /// Logs drops that mean something is wrong outside the packet (pool exhausted, table
+    /// full, next hop unknown) when their counters moved since the last look.
+    fn report_trouble(&mut self) {
+        const WATCH: [Reason; 5] = [
+            Reason::DropSnatExhausted,
+            Reason::DropConntrackFull,
+            Reason::DropNoNeighbor,
+            Reason::DropNoRoute,
+            Reason::DropRedirectFailed,
+        ];
+        let Ok(stats) = self.dp.stats() else { return };
+        let now: Vec<(Reason, u64)> = stats
+            .into_iter()
+            .filter(|(r, _)| WATCH.contains(r))
+            .collect();
+        for (r, n) in &now {
+            let before = self.trouble.iter().find(|(x, _)| x == r).map(|(_, b)| *b);
+            if let Some(b) = before
+                && *n > b
+            {
+                warn!(
+                    counter = r.as_str(),
+                    packets = n - b,
+                    "data path dropped packets since the last check"
+                );
+            }
+        }
+        self.trouble = now;
     }
 
     /// Probes next hops whose MAC is not known yet.
@@ -130,5 +163,6 @@ impl Apply for DataplaneApply {
 
     fn tick(&mut self) {
         self.probe_missing();
+        self.report_trouble();
     }
 }
