@@ -97,8 +97,13 @@ pub struct VpcAddr {
 pub struct IfaceInfo {
     pub vpc_id: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// `IFACE_FLAG_*`.
+    pub flags: u8,
+    pub _pad: u8,
 }
+
+/// `IfaceInfo::flags`: the VPC has gateway endpoints (only then is `PL_GW_ROUTES` looked up).
+pub const IFACE_FLAG_GATEWAYS: u8 = 1;
 
 /// Value of `PL_VPC_PORTS` (key: vpc id): the interface through which a VPC is reached.
 #[repr(C)]

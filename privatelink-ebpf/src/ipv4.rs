@@ -3,7 +3,8 @@
 
 use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, programs::XdpContext};
 use privatelink_common::{
-    EndpointEni, IfaceInfo, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum,
+    EndpointEni, IFACE_FLAG_GATEWAYS, IfaceInfo, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr,
+    csum,
 };
 
 use crate::{
@@ -67,6 +68,9 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
         };
     }
     // Gateway endpoints: the VPC routes a service's prefix list to us.
+    if iface.flags & IFACE_FLAG_GATEWAYS == 0 {
+        return Ok((xdp_action::XDP_PASS, Reason::PassUnrelated));
+    }
     let route = Key::new(64, dst);
     if let Some(gw) = PL_GW_ROUTES.get(&route).copied() {
         verify_checksum(ctx, hlen)?;

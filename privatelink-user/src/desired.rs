@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use privatelink_common::{
     ConnectionState, ENI_FLAG_ACL, ENI_FLAG_GATEWAY, ENI_FLAG_SG, ENI_FLAG_WHITELISTED,
-    EndpointEni, GatewayRoute, IfaceInfo, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP, RULE_ACCEPT, RULE_DROP, Rule, RuleSet, SnatPool, VpcAddr, VpcPort,
+    EndpointEni, GatewayRoute, IFACE_FLAG_GATEWAYS, IfaceInfo, MAX_SNAT_ADDRS, PROTO_ANY,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, Rule, RuleSet, SnatPool, VpcAddr,
+    VpcPort,
 };
 
 use crate::model::{Direction, FieldError, Protocol, RuleAction, State, numeric_id};
@@ -116,7 +117,12 @@ pub fn compute(
             IfaceInfo {
                 vpc_id,
                 mac: l.mac,
-                _pad: [0; 2],
+                flags: if has_gateways(state, &vpc.id) {
+                    IFACE_FLAG_GATEWAYS
+                } else {
+                    0
+                },
+                _pad: 0,
             },
         );
         d.vpc_ports.insert(
@@ -266,6 +272,13 @@ fn gateway_endpoint(
         d.gw_routes.insert(route, entry);
     }
     let _ = state;
+}
+
+fn has_gateways(state: &State, vpc: &str) -> bool {
+    state
+        .endpoints
+        .iter()
+        .any(|e| e.vpc == vpc && e.gateway.is_some())
 }
 
 /// The load balancer addresses that forwarding endpoints send to.
