@@ -240,6 +240,8 @@ pub struct FlowEntry {
     pub flags: u8,
     pub _pad: u8,
     pub last_seen_ns: u64,
+    /// Original direction: when the reply entry was last confirmed to be this flow's.
+    pub checked_ns: u64,
 }
 
 /// `FlowEntry::flags`: the flow belongs to a gateway endpoint.
@@ -405,7 +407,7 @@ mod tests {
         assert_eq!(size_of::<SnatPool>(), 8 + 4 * MAX_SNAT_ADDRS);
         assert_eq!(size_of::<Neighbor>(), 8);
         assert_eq!(size_of::<FlowKey>(), 20);
-        assert_eq!(size_of::<FlowEntry>(), 48);
+        assert_eq!(size_of::<FlowEntry>(), 56);
         assert_eq!(size_of::<EndpointStats>(), 40);
     }
 

@@ -1,7 +1,10 @@
 //! ARP on a VPC-facing interface: answer for ENI and SNAT addresses (the forwarder owns
 //! them), and learn every sender's MAC as a next hop of that VPC.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{BPF_EXIST, xdp_action},
+    programs::XdpContext,
+};
 use privatelink_common::{IfaceInfo, Neighbor, Reason, VpcAddr};
 
 use crate::{
@@ -55,11 +58,13 @@ fn learn(vpc_id: u32, addr: [u8; 4], mac: [u8; 6]) {
         return; // probes and multicast/broadcast senders teach nothing
     }
     let key = VpcAddr { vpc_id, addr };
+    // Only next hops the daemon registered are learned (BPF_EXIST): an ARP flood with
+    // random senders cannot fill the table or push a load balancer out of it.
     // SAFETY: value copied out before the update.
-    if let Some(n) = unsafe { PL_NEIGHBORS.get(key) }
-        && n.mac == mac
-    {
-        return;
+    match unsafe { PL_NEIGHBORS.get(key) } {
+        Some(n) if n.mac != mac => {
+            let _ = PL_NEIGHBORS.insert(key, Neighbor { mac, _pad: [0; 2] }, BPF_EXIST as u64);
+        }
+        _ => {}
     }
-    let _ = PL_NEIGHBORS.insert(key, Neighbor { mac, _pad: [0; 2] }, 0);
 }

@@ -81,14 +81,14 @@ pub fn forward(
     let cfg = config();
     let existing = match PL_CONNTRACK.get_ptr_mut(key) {
         // SAFETY: the pointer from a successful lookup is valid for this program run.
-        Some(p) if !unsafe { &*p }.is_expired(pkt.proto, t, &cfg) => Some(p),
+        Some(p) if is_own_live_flow(unsafe { &*p }, &key, eni.endpoint_id, t, &cfg) => Some(p),
         _ => None,
     };
     let mut reason = Reason::ForwardToService;
     let entry = match existing {
-        // Busy flow, checked recently: the fast path.
+        // Reply entry confirmed within the last second: the fast path.
         // SAFETY: as above.
-        Some(p) if t.saturating_sub(unsafe { (*p).last_seen_ns }) <= PARTNER_REFRESH_NS => p,
+        Some(p) if t.saturating_sub(unsafe { (*p).checked_ns }) <= PARTNER_REFRESH_NS => p,
         _ => {
             let eth_src = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?.src_addr;
             let mut reply = reply_entry(&key, pkt.ifindex, iface, eth_src, eni.endpoint_id, t);
@@ -97,7 +97,11 @@ pub fn forward(
             }
             match existing {
                 // SAFETY: as above.
-                Some(p) if keep_partner(unsafe { &*p }, pkt.proto, &reply) => p,
+                Some(p) if keep_partner(unsafe { &*p }, &key, &reply) => {
+                    // SAFETY: as above.
+                    unsafe { (*p).checked_ns = t };
+                    p
+                }
                 _ => {
                     // New, expired, or its reply tuple was evicted and taken by another
                     // flow: (re)create with a fresh tuple, if the security groups allow.
@@ -125,6 +129,27 @@ pub fn forward(
     nat::apply(ctx, pkt, e, reason)
 }
 
+/// An original-direction entry of this endpoint whose flow is alive.
+#[inline(always)]
+fn is_own_live_flow(e: &FlowEntry, key: &FlowKey, endpoint_id: u32, t: u64, cfg: &Config) -> bool {
+    // An entry of another endpoint (the ENI was reassigned) starts a new flow.
+    e.direction == DIR_ORIGINAL && e.endpoint_id == endpoint_id && alive(e, key, t, cfg)
+}
+
+/// A flow lives while either direction was seen within its idle timeout (a one-way UDP
+/// stream keeps its replies deliverable, and the other way round).
+#[inline(always)]
+pub fn alive(e: &FlowEntry, key: &FlowKey, t: u64, cfg: &Config) -> bool {
+    if !e.is_expired(key.proto, t, cfg) {
+        return true;
+    }
+    // SAFETY: copied out.
+    match unsafe { PL_CONNTRACK.get(e.partner_key(key.proto)) }.copied() {
+        Some(p) => p.partner_key(key.proto) == *key && !p.is_expired(key.proto, t, cfg),
+        None => false,
+    }
+}
+
 /// Service → consumer: a reply to a SNAT address. Only known flows pass.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
@@ -136,13 +161,20 @@ pub fn reply(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdic
     };
     // SAFETY: valid for this program run.
     let e = unsafe { &mut *p };
-    if e.direction != DIR_REPLY || e.is_expired(pkt.proto, t, &cfg) {
+    if e.direction != DIR_REPLY || !alive(e, &key, t, &cfg) {
         return Err(Reason::DropNoFlow);
     }
+    // The flow's endpoint must still be this one, forwarding, and its ACL must allow.
     if e.flags & FLOW_GATEWAY != 0 {
-        check_gateway_at(e.out_vpc_id, e.new_src)?;
+        let gw = check_gateway_at(e.out_vpc_id, e.new_src)?;
+        if gw.endpoint_id != e.endpoint_id {
+            return Err(Reason::DropNoFlow);
+        }
     } else {
         let eni = check_endpoint_at(e.out_vpc_id, e.new_src)?;
+        if eni.endpoint_id != e.endpoint_id {
+            return Err(Reason::DropNoFlow);
+        }
         let eni_key = VpcAddr {
             vpc_id: e.out_vpc_id,
             addr: e.new_src,
@@ -179,6 +211,7 @@ fn reply_entry(
         flags: 0,
         _pad: 0,
         last_seen_ns: t,
+        checked_ns: t,
     }
 }
 
@@ -206,6 +239,9 @@ fn create(
         })
     }
     .ok_or(Reason::DropNoNeighbor)?;
+    if neigh.mac == [0; 6] {
+        return Err(Reason::DropNoNeighbor); // registered, not resolved yet
+    }
     let pool = unsafe { PL_SNAT_POOLS.get(eni.service_id) }.ok_or(Reason::DropSnatExhausted)?;
     if pool.count == 0 || pool.port_max < pool.port_min {
         return Err(Reason::DropSnatExhausted);
@@ -234,7 +270,7 @@ fn create(
             proto: key.proto,
             _pad: [0; 3],
         };
-        if !claim(&reply_key, reply, t, cfg) {
+        if !claim(&reply_key, reply, key, t, cfg) {
             continue;
         }
         let fwd = FlowEntry {
@@ -252,6 +288,7 @@ fn create(
             flags: reply.flags,
             _pad: 0,
             last_seen_ns: t,
+            checked_ns: t,
         };
         if PL_CONNTRACK.insert(key, fwd, BPF_ANY as u64).is_err() {
             let _ = PL_CONNTRACK.remove(reply_key);
@@ -264,10 +301,10 @@ fn create(
     Err(Reason::DropSnatExhausted)
 }
 
-/// Claims a provider-side tuple for a new flow: free, or held by a flow idle in both
-/// directions.
+/// Claims a provider-side tuple for the flow `fwd_key`: free, still this flow's own (its
+/// forward entry expired or was evicted), or held by a flow idle in both directions.
 #[inline(always)]
-fn claim(reply_key: &FlowKey, reply: &FlowEntry, t: u64, cfg: &Config) -> bool {
+fn claim(reply_key: &FlowKey, reply: &FlowEntry, fwd_key: &FlowKey, t: u64, cfg: &Config) -> bool {
     if PL_CONNTRACK
         .insert(reply_key, reply, BPF_NOEXIST as u64)
         .is_ok()
@@ -278,30 +315,49 @@ fn claim(reply_key: &FlowKey, reply: &FlowEntry, t: u64, cfg: &Config) -> bool {
     let Some(old) = (unsafe { PL_CONNTRACK.get(reply_key) }).copied() else {
         return false;
     };
-    if !old.is_expired(reply_key.proto, t, cfg) {
+    let proto = reply_key.proto;
+    let old_fwd_key = old.partner_key(proto);
+    if old_fwd_key == *fwd_key {
+        return PL_CONNTRACK
+            .insert(reply_key, reply, BPF_ANY as u64)
+            .is_ok();
+    }
+    if !old.is_expired(proto, t, cfg) {
         return false;
     }
-    let old_fwd_key = old.partner_key(reply_key.proto);
     // SAFETY: copied out.
     if let Some(fwd) = unsafe { PL_CONNTRACK.get(old_fwd_key) }.copied() {
-        if !fwd.is_expired(reply_key.proto, t, cfg) {
+        if fwd.partner_key(proto) == *reply_key && !fwd.is_expired(proto, t, cfg) {
             return false;
         }
-        let _ = PL_CONNTRACK.remove(old_fwd_key);
+        if fwd.partner_key(proto) == *reply_key {
+            let _ = PL_CONNTRACK.remove(old_fwd_key);
+        }
+    }
+    // Take the stale entry over so that of two CPUs racing for it only one wins: remove
+    // it (only if it is still the one judged stale), then insert with BPF_NOEXIST.
+    // SAFETY: copied out.
+    match unsafe { PL_CONNTRACK.get(reply_key) }.copied() {
+        Some(cur) if cur.last_seen_ns != old.last_seen_ns => return false,
+        Some(_) => {
+            let _ = PL_CONNTRACK.remove(reply_key);
+        }
+        None => {}
     }
     PL_CONNTRACK
-        .insert(reply_key, reply, BPF_ANY as u64)
+        .insert(reply_key, reply, BPF_NOEXIST as u64)
         .is_ok()
 }
 
-/// Makes sure the reply entry of a live flow still exists (LRU may have evicted it);
-/// false if its tuple now belongs to someone else.
+/// Makes sure the reply entry of a live flow still exists and is this flow's (LRU may
+/// have evicted it, and another flow may have claimed the tuple since); re-creates it if
+/// it is missing, false if the tuple now belongs to someone else.
 #[inline(always)]
-fn keep_partner(e: &FlowEntry, proto: u8, reply: &FlowEntry) -> bool {
-    let pk = e.partner_key(proto);
+fn keep_partner(e: &FlowEntry, key: &FlowKey, reply: &FlowEntry) -> bool {
+    let pk = e.partner_key(key.proto);
     // SAFETY: copied out.
     match unsafe { PL_CONNTRACK.get(pk) }.copied() {
-        Some(p) => p.new_dst == reply.new_dst && p.new_dport == reply.new_dport,
+        Some(p) => p.partner_key(key.proto) == *key,
         None => PL_CONNTRACK.insert(pk, reply, BPF_NOEXIST as u64).is_ok(),
     }
 }

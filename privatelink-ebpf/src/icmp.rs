@@ -2,16 +2,16 @@
 //! fragmentation needed, time exceeded) are translated, inner headers included, so that
 //! path MTU discovery works through the endpoint.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use privatelink_common::{
-    DIR_ORIGINAL, EndpointEni, FlowKey, IfaceInfo, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason,
-    VpcAddr, csum,
+    DIR_ORIGINAL, EndpointEni, FLOW_GATEWAY, FlowKey, IfaceInfo, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    Reason, VpcAddr, csum,
 };
 
 use crate::{
-    Verdict, filter,
-    ipv4::{Packet, check_endpoint_at},
-    maps::PL_CONNTRACK,
+    Verdict, conntrack, filter,
+    ipv4::{Packet, check_endpoint_at, check_gateway_at},
+    maps::{PL_CONNTRACK, config},
     nat,
     parse::{ETH_LEN, EthHdr, Icmpv4Hdr, Ipv4Ext, Ipv4Hdr, Ports, be16, mut_at, ne16},
 };
@@ -46,7 +46,7 @@ pub fn to_endpoint(
             filter::acl_in(eni_key, eni, src, PROTO_ICMP, 0)?;
             filter::security_groups(eni_key, eni, src, PROTO_ICMP, 0)?;
             filter::acl_out(eni_key, eni, src, PROTO_ICMP, 0)?;
-            echo_reply(ctx, icmp)
+            echo_reply(ctx, icmp, iface.mac)
         }
         DEST_UNREACH | TIME_EXCEEDED => translate_error(ctx, iface, pkt),
         _ => Err(Reason::DropIcmpUnsupported),
@@ -64,7 +64,11 @@ pub fn to_snat(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verd
 }
 
 #[inline(always)]
-fn echo_reply(ctx: &XdpContext, icmp: &mut Icmpv4Hdr) -> Result<Verdict, Reason> {
+fn echo_reply(
+    ctx: &XdpContext,
+    icmp: &mut Icmpv4Hdr,
+    iface_mac: [u8; 6],
+) -> Result<Verdict, Reason> {
     let old = ne16([icmp.type_, icmp.code]);
     icmp.type_ = ECHO_REPLY;
     icmp.check =
@@ -78,7 +82,9 @@ fn echo_reply(ctx: &XdpContext, icmp: &mut Icmpv4Hdr) -> Result<Verdict, Reason>
     ip.check = csum::replace16(ne16(ip.check), old_ttl, ip.ttl_word()).to_ne_bytes();
 
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
-    core::mem::swap(&mut eth.src_addr, &mut eth.dst_addr);
+    // Back to the sender, from our own MAC (the request may have been sent to broadcast).
+    eth.dst_addr = eth.src_addr;
+    eth.src_addr = iface_mac;
     Ok((xdp_action::XDP_TX, Reason::IcmpEchoReply))
 }
 
@@ -93,7 +99,8 @@ fn translate_error(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
     }
     let inner = mut_at::<Ipv4Hdr>(ctx, inner_off, Reason::DropTruncatedL4)?;
     let ihl = inner.hdr_len();
-    if inner.vihl >> 4 != 4 || ihl < 20 {
+    // A quoted non-first fragment has no ports where we would read them.
+    if inner.vihl >> 4 != 4 || ihl < 20 || (inner.frags[0] & 0x1f) != 0 || inner.frags[1] != 0 {
         return Err(Reason::DropIcmpNoFlow);
     }
     let proto = inner.proto;
@@ -119,10 +126,24 @@ fn translate_error(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
     let e = unsafe { PL_CONNTRACK.get(key) }
         .copied()
         .ok_or(Reason::DropIcmpNoFlow)?;
-    if e.direction == DIR_ORIGINAL {
-        check_endpoint_at(key.vpc_id, key.dst)?;
+    let cfg = config();
+    // SAFETY: plain helper call.
+    if !conntrack::alive(&e, &key, unsafe { bpf_ktime_get_ns() }, &cfg) {
+        return Err(Reason::DropIcmpNoFlow);
+    }
+    // The endpoint (ENI or gateway) the flow belongs to must still forward.
+    let (vpc_id, addr) = if e.direction == DIR_ORIGINAL {
+        (key.vpc_id, key.dst)
     } else {
-        check_endpoint_at(e.out_vpc_id, e.new_src)?;
+        (e.out_vpc_id, e.new_src)
+    };
+    let owner = if e.flags & FLOW_GATEWAY != 0 {
+        check_gateway_at(vpc_id, addr)?
+    } else {
+        check_endpoint_at(vpc_id, addr)?
+    };
+    if owner.endpoint_id != e.endpoint_id {
+        return Err(Reason::DropIcmpNoFlow);
     }
     if mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);

@@ -80,6 +80,8 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
         check_forwarding(&gw)?;
         return match pkt.proto {
             PROTO_TCP | PROTO_UDP => conntrack::forward(ctx, iface, dst, &gw, &pkt),
+            // Errors about a gateway flow's replies (PMTU discovery needs them).
+            PROTO_ICMP => icmp::to_snat(ctx, iface, &pkt),
             _ => Err(Reason::DropUnsupportedProtocol),
         };
     }

@@ -27,8 +27,7 @@ pub static PL_SNAT_POOLS: HashMap<u32, SnatPool, { MAX_SERVICES as usize }> = Ha
 pub static PL_SNAT_ADDRS: HashMap<VpcAddr, u32, { MAX_SERVICES as usize }> = HashMap::new();
 
 #[btf_map]
-pub static PL_NEIGHBORS: LruHashMap<VpcAddr, Neighbor, { MAX_NEIGHBORS as usize }> =
-    LruHashMap::new();
+pub static PL_NEIGHBORS: HashMap<VpcAddr, Neighbor, { MAX_NEIGHBORS as usize }> = HashMap::new();
 
 #[btf_map]
 pub static PL_CONNTRACK: LruHashMap<FlowKey, FlowEntry, { DEFAULT_CONNTRACK_ENTRIES as usize }> =

@@ -177,6 +177,9 @@ impl Dataplane {
                 acl_out: read_map(self.map(map_names::ACL_OUT)?)?,
                 gw_routes: read_routes(self.map(map_names::GATEWAY_ROUTES)?)?,
                 gw_addrs: read_map(self.map(map_names::GATEWAY_ADDRS)?)?,
+                next_hops: read_map::<VpcAddr, Neighbor>(self.map(map_names::NEIGHBORS)?)?
+                    .into_keys()
+                    .collect(),
             },
         };
         let mut r = ApplyReport::default();
@@ -198,8 +201,16 @@ impl Dataplane {
             ACL_IN => acl_in,
             ACL_OUT => acl_out,
             GATEWAY_ADDRS => gw_addrs,
-            ENDPOINTS => endpoints
+                        ENDPOINTS => endpoints
         )
+        .and_then(|()| {
+            sync_next_hops(
+                self.map_mut(map_names::NEIGHBORS)?,
+                &cur.next_hops,
+                &d.next_hops,
+                &mut r,
+            )
+        })
         .and_then(|()| {
             sync_routes(
                 self.map_mut(map_names::GATEWAY_ROUTES)?,
@@ -236,7 +247,10 @@ impl Dataplane {
     pub fn neighbor(&self, vpc_id: u32, addr: [u8; 4]) -> Option<[u8; 6]> {
         let m: HashMap<_, VpcAddr, Neighbor> =
             HashMap::try_from(self.map(map_names::NEIGHBORS).ok()?).ok()?;
-        m.get(&VpcAddr { vpc_id, addr }, 0).ok().map(|n| n.mac)
+        m.get(&VpcAddr { vpc_id, addr }, 0)
+            .ok()
+            .map(|n| n.mac)
+            .filter(|mac| *mac != [0; 6])
     }
 
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
@@ -292,6 +306,34 @@ fn read_routes(map: &Map) -> Result<BTreeMap<GatewayRoute, EndpointEni>> {
             ))
         })
         .collect()
+}
+
+/// Registers next hops (zero MAC: the data path learns the real one from ARP, and only
+/// for registered addresses); a registration that exists keeps its learned MAC.
+fn sync_next_hops(
+    map: &mut Map,
+    current: &std::collections::BTreeSet<VpcAddr>,
+    desired: &std::collections::BTreeSet<VpcAddr>,
+    r: &mut ApplyReport,
+) -> Result<()> {
+    let mut m: HashMap<_, VpcAddr, Neighbor> = HashMap::try_from(map)?;
+    for k in desired.difference(current) {
+        // BPF_NOEXIST (1): never overwrite a learned MAC.
+        let _ = m.insert(
+            k,
+            Neighbor {
+                mac: [0; 6],
+                _pad: [0; 2],
+            },
+            1,
+        );
+        r.upserts += 1;
+    }
+    for k in current.difference(desired) {
+        let _ = m.remove(k);
+        r.deletes += 1;
+    }
+    Ok(())
 }
 
 fn sync_routes(

@@ -33,6 +33,8 @@ pub struct Desired {
     pub acl_out: BTreeMap<VpcAddr, RuleSet>,
     pub gw_routes: BTreeMap<GatewayRoute, EndpointEni>,
     pub gw_addrs: BTreeMap<VpcAddr, u32>,
+    /// Next hops the data path may learn MACs for (load balancers, gateway next hops).
+    pub next_hops: std::collections::BTreeSet<VpcAddr>,
 }
 
 fn rule(
@@ -212,6 +214,13 @@ pub fn compute(
             gateway_endpoint(&mut d, state, ep, svc, vpc, gw);
         }
     }
+    d.next_hops = next_hops(state)
+        .iter()
+        .map(|h| VpcAddr {
+            vpc_id: h.vpc_id,
+            addr: h.addr,
+        })
+        .collect();
     Ok(d)
 }
 

@@ -480,7 +480,11 @@ impl State {
                 })?;
             }
         }
-        let mut enis = BTreeSet::new();
+        // ENI and gateway addresses must not be SNAT or load balancer addresses either.
+        let mut enis: BTreeSet<(String, Ipv4Addr)> = snat_used.clone();
+        for s in &self.services {
+            enis.extend(s.backends.iter().map(|b| (s.vpc.clone(), b.address)));
+        }
         for (i, e) in self.endpoints.iter().enumerate() {
             let f = format!("endpoints[{i}]");
             check_id(format!("{f}.id"), &e.id, &mut ids)?;

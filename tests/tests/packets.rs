@@ -605,9 +605,28 @@ fn arp_for_eni_and_snat_addresses_is_answered() {
     req.extend_from_slice(&[0; 6]);
     req.extend_from_slice(&[10, 10, 2, 99]);
     assert_eq!(h.run(h.consumer.ifindex, &req).unwrap().0, XDP_PASS);
-    // The sender was learned as a next hop of VPC A.
+    // Only registered next hops are learned: not the client ...
     let vpc_a = privatelink_user::model::numeric_id("vpc-a");
-    assert_eq!(h.dp.neighbor(vpc_a, CLIENT), Some(CLIENT_MAC));
+    assert_eq!(h.dp.neighbor(vpc_a, CLIENT), None);
+    // ... but the load balancer, whose new MAC its ARP teaches.
+    let new_lb_mac = [0x02, 0x1b, 0, 0, 0, 0x99];
+    let mut lb_arp = vec![0xff; 6];
+    lb_arp.extend_from_slice(&new_lb_mac);
+    lb_arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    lb_arp.extend_from_slice(&new_lb_mac);
+    lb_arp.extend_from_slice(&LB);
+    lb_arp.extend_from_slice(&[0; 6]);
+    lb_arp.extend_from_slice(&SNAT[0]);
+    assert_eq!(h.run(h.provider.ifindex, &lb_arp).unwrap().0, XDP_TX);
+    let vpc_b = privatelink_user::model::numeric_id("vpc-b");
+    assert_eq!(h.dp.neighbor(vpc_b, LB), Some(new_lb_mac));
+    // And an ARP flood from random senders registers nothing.
+    for i in 0..50u8 {
+        let mut a = lb_arp.clone();
+        a[28..32].copy_from_slice(&[10, 10, 7, i]);
+        h.run(h.provider.ifindex, &a).unwrap();
+        assert_eq!(h.dp.neighbor(vpc_b, [10, 10, 7, i]), None);
+    }
 }
 
 fn flow_entries(h: &Harness) -> Vec<(privatelink_common::FlowKey, privatelink_common::FlowEntry)> {
@@ -772,4 +791,64 @@ fn snat_pool_exhaustion_and_reuse_after_expiry() {
         holders, 1,
         "the stale flow's entry was removed with its tuple"
     );
+}
+
+/// The echo reply leaves from the interface's own MAC, whatever the request was sent to.
+#[test]
+fn echo_reply_comes_from_the_interface_mac() {
+    let mut h = harness();
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, [0xff; 6])
+        .ipv4(CLIENT, ENI, 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut frame, b"x")
+        .unwrap();
+    let (act, out) = h.run(h.consumer.ifindex, &frame).unwrap();
+    assert_eq!(act, XDP_TX);
+    assert_eq!(&out[0..6], &CLIENT_MAC);
+    assert_eq!(&out[6..12], &h.consumer.mac);
+}
+
+/// A one-way flow stays alive through its other direction: a reply after the consumer
+/// went quiet past the timeout still arrives, because the provider kept sending.
+#[test]
+fn a_flow_lives_while_either_direction_is_active() {
+    let mut h = harness();
+    const MS: u64 = 1_000_000;
+    h.dp.set_config(&privatelink_common::Config {
+        tcp_timeout_ns: 300 * MS,
+        other_timeout_ns: 300 * MS,
+        closing_timeout_ns: 100 * MS,
+    })
+    .unwrap();
+    let (_, out) = h
+        .run(h.consumer.ifindex, &udp_to_eni(&h, 7100, b"sub", false))
+        .unwrap();
+    let (snat, port) = (
+        [out[26], out[27], out[28], out[29]],
+        u16::from_be_bytes([out[34], out[35]]),
+    );
+    let mut push = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4(LB, snat, 64)
+        .udp(53, port)
+        .write(&mut push, b"push")
+        .unwrap();
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        assert_eq!(h.run(h.provider.ifindex, &push).unwrap().0, XDP_REDIRECT);
+    }
+    // The consumer's entry is past its timeout, the provider's is not: same flow, same tuple.
+    let (act, out) = h
+        .run(h.consumer.ifindex, &udp_to_eni(&h, 7100, b"again", false))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    assert_eq!(
+        (
+            [out[26], out[27], out[28], out[29]],
+            u16::from_be_bytes([out[34], out[35]])
+        ),
+        (snat, port)
+    );
+    assert_eq!(h.count(Reason::ForwardNewFlow), 1);
 }
