@@ -2,6 +2,7 @@
 //! and the data plane that holds it.
 
 pub mod api;
+pub mod appliance;
 pub mod cli;
 pub mod client;
 pub mod daemon;

@@ -113,6 +113,23 @@ enum Cmd {
         #[arg(required = true)]
         ifaces: Vec<String>,
     },
+    /// A test inspection appliance for GWLB endpoints: receives GENEVE (RFC 8926) on UDP,
+    /// checks the GWLB options, drops what a rule matches, returns the rest with the outer
+    /// addresses swapped, and writes its counters to --stats-file.
+    Appliance {
+        #[arg(long, default_value = "0.0.0.0:6081")]
+        listen: std::net::SocketAddr,
+        /// The UDP port returned packets go to on the sender.
+        #[arg(long, default_value_t = 6081)]
+        reply_port: u16,
+        /// Drop inner packets matching PROTO[:DPORT] (tcp, udp, icmp; repeatable).
+        #[arg(long = "drop")]
+        drop: Vec<privatelink_user::appliance::DropRule>,
+        #[arg(long)]
+        stats_file: Option<PathBuf>,
+        #[arg(long)]
+        netns: Option<String>,
+    },
     /// Print the conntrack table (original directions).
     Flows {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -147,6 +164,24 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(daemon(args, listener))
+        }
+        Cmd::Appliance {
+            listen,
+            reply_port,
+            drop,
+            stats_file,
+            netns,
+        } => {
+            if let Some(ns) = netns {
+                enter_netns(&ns)?;
+            }
+            info!(%listen, rules = drop.len(), "appliance listening for GENEVE");
+            privatelink_user::appliance::run(&privatelink_user::appliance::Options {
+                listen,
+                reply_port,
+                drop,
+                stats_file,
+            })
         }
         Cmd::XdpPass { netns, ifaces } => {
             if let Some(ns) = netns {

@@ -50,6 +50,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ping"),
     ("tcpdump", "tcpdump"),
     ("wrk", "wrk"),
+    ("python3-scapy", "scapy"),
 ];
 
 fn main() -> Result<()> {
