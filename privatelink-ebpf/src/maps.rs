@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use privatelink_common::{
     Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey, IfaceInfo, MAX_ENDPOINTS,
-    MAX_IFACES, MAX_NEIGHBORS, MAX_SERVICES, MAX_VPCS, Neighbor, RuleSet, SnatPool, VpcAddr,
-    VpcPort, reason::REASON_COUNT,
+    MAX_IFACES, MAX_NEIGHBORS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_VPCS, Neighbor, RuleSet, SnatPool,
+    VpcAddr, VpcPort, reason::REASON_COUNT,
 };
 
 #[btf_map]
@@ -24,7 +24,8 @@ pub static PL_ENDPOINTS: HashMap<VpcAddr, EndpointEni, { MAX_ENDPOINTS as usize 
 pub static PL_SNAT_POOLS: HashMap<u32, SnatPool, { MAX_SERVICES as usize }> = HashMap::new();
 
 #[btf_map]
-pub static PL_SNAT_ADDRS: HashMap<VpcAddr, u32, { MAX_SERVICES as usize }> = HashMap::new();
+pub static PL_SNAT_ADDRS: HashMap<VpcAddr, u32, { MAX_SERVICES as usize * MAX_SNAT_ADDRS }> =
+    HashMap::new();
 
 #[btf_map]
 pub static PL_NEIGHBORS: HashMap<VpcAddr, Neighbor, { MAX_NEIGHBORS as usize }> = HashMap::new();

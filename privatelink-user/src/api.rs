@@ -37,6 +37,25 @@ pub struct App {
     pub store: Box<dyn Store>,
     pub apply: Box<dyn Apply>,
     pub admin_token_sha256: String,
+    /// The committed state has not reached the data path yet (an apply failed): retried
+    /// by `tick` until it does.
+    pub dirty: bool,
+}
+
+impl App {
+    /// Periodic upkeep: retry a failed apply, then the data path's own upkeep.
+    pub fn tick(&mut self) {
+        if self.dirty {
+            match self.apply.apply(&self.state) {
+                Ok(()) => {
+                    self.dirty = false;
+                    tracing::info!("data path caught up with the stored state");
+                }
+                Err(e) => tracing::warn!("data path still behind the stored state: {e:#}"),
+            }
+        }
+        self.apply.tick();
+    }
 }
 
 pub type Shared = Arc<Mutex<App>>;
@@ -102,12 +121,17 @@ pub async fn mutate<T>(
         .save(state, &next)
         .map_err(|e| OpError::internal(format!("storing the change: {e:#}")))?;
     g.state = next;
-    let App { state, apply, .. } = &mut *g;
-    apply.apply(state).map_err(|e| {
-        OpError::internal(format!(
-            "stored, but the data path refused it (will retry): {e:#}"
-        ))
-    })?;
+    let App {
+        state,
+        apply,
+        dirty,
+        ..
+    } = &mut *g;
+    if let Err(e) = apply.apply(state) {
+        // The change is committed; the data path catches up on the next tick.
+        *dirty = true;
+        tracing::warn!("stored, but the data path refused it (retrying): {e:#}");
+    }
     Ok(out)
 }
 

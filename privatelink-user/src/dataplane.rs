@@ -317,21 +317,27 @@ fn sync_next_hops(
     r: &mut ApplyReport,
 ) -> Result<()> {
     let mut m: HashMap<_, VpcAddr, Neighbor> = HashMap::try_from(map)?;
+    for k in current.difference(desired) {
+        m.remove(k)
+            .with_context(|| format!("unregistering next hop {k:?}"))?;
+        r.deletes += 1;
+    }
     for k in desired.difference(current) {
-        // BPF_NOEXIST (1): never overwrite a learned MAC.
-        let _ = m.insert(
+        // BPF_NOEXIST (1): never overwrite a learned MAC; "exists" is fine, anything else
+        // (a full map) is an error, so the next apply tries again.
+        match m.insert(
             k,
             Neighbor {
                 mac: [0; 6],
                 _pad: [0; 2],
             },
             1,
-        );
-        r.upserts += 1;
-    }
-    for k in current.difference(desired) {
-        let _ = m.remove(k);
-        r.deletes += 1;
+        ) {
+            Ok(()) => r.upserts += 1,
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("registering next hop {k:?}")),
+        }
     }
     Ok(())
 }

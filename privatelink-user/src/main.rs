@@ -336,6 +336,7 @@ async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Re
                 store,
                 apply: Box::new(applier),
                 admin_token_sha256: ops::token_hash(&admin),
+                dirty: false,
             }));
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -345,7 +346,7 @@ async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Re
             info!(api = %format!("http://{addr}"), "ready");
             loop {
                 tokio::select! {
-                    _ = tick.tick() => app.lock().await.apply.tick(),
+                    _ = tick.tick() => app.lock().await.tick(),
                     _ = hup.recv() => info!("SIGHUP ignored: the state lives in the store; use the API"),
                     _ = term.recv() => break,
                     _ = int.recv() => break,

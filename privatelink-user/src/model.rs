@@ -65,6 +65,10 @@ pub struct SecurityGroup {
     pub name: String,
     #[serde(default)]
     pub rules: Vec<SgRule>,
+    /// The number of the last rule id handed out (ids are never reused, so a retried
+    /// delete cannot remove a newer rule).
+    #[serde(default)]
+    pub last_rule: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -386,6 +390,13 @@ impl State {
                 }
             }
         }
+        self.check_capacity()?;
+        // Load balancer addresses, which no SNAT address may take.
+        let backends: BTreeSet<(String, Ipv4Addr)> = self
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(move |b| (s.vpc.clone(), b.address)))
+            .collect();
         let mut snat_used = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let f = format!("services[{i}]");
@@ -442,6 +453,12 @@ impl State {
                     return err(
                         format!("{f}.snat[{j}]"),
                         format!("{a} is also a load balancer address"),
+                    );
+                }
+                if backends.contains(&(vpc.id.clone(), *a)) {
+                    return err(
+                        format!("{f}.snat[{j}]"),
+                        format!("{a} is a load balancer address in VPC {}", vpc.id),
                     );
                 }
                 if !snat_used.insert((vpc.id.clone(), *a)) {
@@ -548,7 +565,33 @@ impl State {
             }
             self.validate_endpoint_groups(&f, e)?;
         }
+        self.validate_gateway_routes()?;
         self.validate_filters(&mut ids)
+    }
+
+    /// One gateway endpoint per (VPC, prefix): two would make the route ambiguous.
+    fn validate_gateway_routes(&self) -> Result<(), FieldError> {
+        let mut routes: BTreeMap<(String, Ipv4Net), &str> = BTreeMap::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if e.gateway.is_none() {
+                continue;
+            }
+            let Some(svc) = self.service(&e.service) else {
+                continue;
+            };
+            for p in &svc.prefixes {
+                if let Some(other) = routes.insert((e.vpc.clone(), *p), &e.id) {
+                    return err(
+                        format!("endpoints[{i}].service"),
+                        format!(
+                            "{p} is already routed to gateway endpoint {other} in VPC {}",
+                            e.vpc
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Interface endpoints have ENIs in zones; gateway endpoints a route target and a
@@ -581,6 +624,12 @@ impl State {
                     return err(
                         format!("{f}.zones"),
                         "a gateway endpoint has no ENIs; give --gateway instead",
+                    );
+                }
+                if !e.security_groups.is_empty() {
+                    return err(
+                        format!("{f}.security_groups"),
+                        "a gateway endpoint is guarded by its policy, not by security groups",
                     );
                 }
                 let Some(gw) = e.gateway else {
@@ -658,6 +707,47 @@ impl State {
         Ok(v)
     }
 
+    /// The data path's maps have fixed sizes: refuse a state that would not fit, before
+    /// anything is committed.
+    fn check_capacity(&self) -> Result<(), FieldError> {
+        use privatelink_common::{
+            MAX_ENDPOINTS, MAX_IFACES, MAX_NEIGHBORS, MAX_SERVICES, MAX_VPCS,
+        };
+        let addrs: usize = self
+            .endpoints
+            .iter()
+            .map(|e| e.zones.len() + e.gateway.is_some() as usize)
+            .sum();
+        let routes: usize = self
+            .endpoints
+            .iter()
+            .filter(|e| e.gateway.is_some())
+            .filter_map(|e| self.service(&e.service))
+            .map(|s| s.prefixes.len())
+            .sum();
+        let hops: usize = self.services.iter().map(|s| s.backends.len()).sum();
+        for (field, n, max) in [
+            ("vpcs", self.vpcs.len(), MAX_VPCS.min(MAX_IFACES) as usize),
+            ("services", self.services.len(), MAX_SERVICES as usize),
+            ("endpoints", addrs, MAX_ENDPOINTS as usize),
+            ("endpoints", routes, MAX_ENDPOINTS as usize),
+            ("services", hops, MAX_NEIGHBORS as usize),
+        ] {
+            if n > max {
+                return err(
+                    field,
+                    format!("{n} would exceed the data path's capacity of {max}"),
+                );
+            }
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.backends.len() > 64 {
+                return err(format!("services[{i}].backends"), "at most 64 zones");
+            }
+        }
+        Ok(())
+    }
+
     fn validate_endpoint_groups(&self, f: &str, e: &Endpoint) -> Result<(), FieldError> {
         let mut ingress = 0;
         for (j, sg) in e.security_groups.iter().enumerate() {
@@ -667,12 +757,19 @@ impl State {
                     format!("no security group {sg:?}"),
                 );
             };
-            if group.vpc != e.vpc || group.account != e.account {
+            if group.account != e.account {
+                // Another account's group: do not tell its VPC or owner.
+                return err(
+                    format!("{f}.security_groups[{j}]"),
+                    format!("no security group {sg:?}"),
+                );
+            }
+            if group.vpc != e.vpc {
                 return err(
                     format!("{f}.security_groups[{j}]"),
                     format!(
-                        "security group {sg} belongs to VPC {} of {}, not to the endpoint's",
-                        group.vpc, group.account
+                        "security group {sg} is in VPC {}, not in the endpoint's {}",
+                        group.vpc, e.vpc
                     ),
                 );
             }
@@ -852,6 +949,75 @@ mod tests {
             s.endpoints.push(dup)
         });
         assert!(e.starts_with("endpoints[1].id: duplicate id"), "{e}");
+    }
+
+    #[test]
+    fn addresses_and_capacity_are_checked() {
+        // A load balancer address may not be another service's SNAT address.
+        let e = broken(|s| {
+            let mut other = s.services[0].clone();
+            other.id = "epsrv-c".into();
+            other.snat = vec!["10.10.0.202".parse().unwrap()];
+            other.backends[0].address = "10.10.0.200".parse().unwrap();
+            s.services.push(other);
+        });
+        assert!(e.contains("is a load balancer address"), "{e}");
+        // More services than the data path can hold.
+        let e = broken(|s| {
+            let svc = s.services[0].clone();
+            s.services = (0..=privatelink_common::MAX_SERVICES)
+                .map(|i| EndpointService {
+                    id: format!("s{i}"),
+                    ..svc.clone()
+                })
+                .collect();
+        });
+        assert!(e.starts_with("services: 4097 would exceed"), "{e}");
+    }
+
+    #[test]
+    fn gateway_endpoints_are_checked() {
+        let gw_service = |s: &mut State| {
+            let mut g = s.services[0].clone();
+            g.id = "epsrv-oss".into();
+            g.kind = ServiceType::Gateway;
+            g.snat = vec!["10.10.0.202".parse().unwrap()];
+            g.prefixes = vec!["100.64.10.0/24".parse().unwrap()];
+            s.services.push(g);
+            let mut e = s.endpoints[0].clone();
+            e.id = "ep-oss".into();
+            e.service = "epsrv-oss".into();
+            e.zones.clear();
+            e.gateway = Some("10.10.1.1".parse().unwrap());
+            s.endpoints.push(e);
+        };
+        let mut ok: State = toml::from_str(LAB).unwrap();
+        gw_service(&mut ok);
+        ok.validate().unwrap();
+        let e = broken(|s| {
+            gw_service(s);
+            let mut twice = s.endpoints[1].clone();
+            twice.id = "ep-oss2".into();
+            twice.gateway = Some("10.10.1.2".parse().unwrap());
+            s.endpoints.push(twice);
+        });
+        assert!(
+            e.contains("is already routed to gateway endpoint ep-oss"),
+            "{e}"
+        );
+        let e = broken(|s| {
+            gw_service(s);
+            s.endpoints[1].security_groups = vec!["sg".into()];
+        });
+        assert!(
+            e.starts_with("endpoints[1].security_groups: a gateway endpoint"),
+            "{e}"
+        );
+        let e = broken(|s| {
+            gw_service(s);
+            s.endpoints[1].gateway = Some("10.10.0.200".parse().unwrap());
+        });
+        assert!(e.starts_with("endpoints[1].gateway"), "{e}");
     }
 
     #[test]

@@ -729,14 +729,15 @@ fn own_group<'a>(s: &'a mut State, c: &Caller, id: &str) -> R<&'a mut SecurityGr
     }
 }
 
-fn next_rule_id(g: &SecurityGroup) -> String {
-    let n = g
+fn next_rule_id(g: &mut SecurityGroup) -> String {
+    let used = g
         .rules
         .iter()
         .filter_map(|r| r.id.strip_prefix('r')?.parse::<u32>().ok())
         .max()
         .unwrap_or(0);
-    format!("r{}", n + 1)
+    g.last_rule = g.last_rule.max(used) + 1;
+    format!("r{}", g.last_rule)
 }
 
 pub fn create_security_group(s: &mut State, c: &Caller, req: NewSecurityGroup) -> R<SecurityGroup> {
@@ -754,9 +755,10 @@ pub fn create_security_group(s: &mut State, c: &Caller, req: NewSecurityGroup) -
         vpc: req.vpc,
         name: req.name,
         rules: Vec::new(),
+        last_rule: 0,
     };
     for mut r in req.rules {
-        r.id = next_rule_id(&g);
+        r.id = next_rule_id(&mut g);
         g.rules.push(r);
     }
     s.security_groups.push(g.clone());

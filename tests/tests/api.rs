@@ -46,6 +46,7 @@ fn serve(dir: &std::path::Path) -> Server {
         store: Box::new(store),
         apply: Box::new(applied.clone()),
         admin_token_sha256: ops::token_hash(ADMIN),
+        dirty: false,
     }));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt
@@ -542,4 +543,26 @@ fn security_groups_and_acls_through_the_api() {
     )
     .unwrap();
     w.a.delete("/v1/security-groups/sg-web").unwrap();
+}
+
+#[test]
+fn rule_ids_are_never_reused() {
+    let w = world();
+    w.a.post(
+        "/v1/security-groups",
+        &json!({"id": "sg-x", "vpc": "vpc-a"}),
+    )
+    .unwrap();
+    let rule = json!({"direction": "ingress", "priority": 1, "action": "accept", "protocol": "all", "cidr": "0.0.0.0/0"});
+    let r1 = w.a.post("/v1/security-groups/sg-x/rules", &rule).unwrap();
+    w.a.delete(&format!(
+        "/v1/security-groups/sg-x/rules/{}",
+        r1["id"].as_str().unwrap()
+    ))
+    .unwrap();
+    let r2 = w.a.post("/v1/security-groups/sg-x/rules", &rule).unwrap();
+    assert_ne!(
+        r1["id"], r2["id"],
+        "a retried delete of r1 must not remove the new rule"
+    );
 }
