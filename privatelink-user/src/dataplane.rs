@@ -83,6 +83,7 @@ impl Dataplane {
                     dir.display()
                 )
             })?;
+            drop_incompatible_pins(dir, opts.conntrack_entries)?;
             for name in map_names::ALL {
                 loader.map_pin_path(name, dir.join(name));
             }
@@ -256,6 +257,92 @@ impl Dataplane {
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
         read_flows(self.map(map_names::CONNTRACK)?)
     }
+}
+
+/// The key and value sizes (and, for conntrack, the capacity) this build's maps have.
+fn expected_layout(conntrack_entries: u32) -> Vec<(&'static str, usize, usize, Option<u32>)> {
+    use std::mem::size_of;
+
+    use privatelink_common::{IfaceInfo, RuleSet, SnatPool, VpcPort};
+    vec![
+        (map_names::IFACES, 4, size_of::<IfaceInfo>(), None),
+        (map_names::VPC_PORTS, 4, size_of::<VpcPort>(), None),
+        (
+            map_names::ENDPOINTS,
+            size_of::<VpcAddr>(),
+            size_of::<EndpointEni>(),
+            None,
+        ),
+        (map_names::SNAT_POOLS, 4, size_of::<SnatPool>(), None),
+        (map_names::SNAT_ADDRS, size_of::<VpcAddr>(), 4, None),
+        (
+            map_names::NEIGHBORS,
+            size_of::<VpcAddr>(),
+            size_of::<Neighbor>(),
+            None,
+        ),
+        (
+            map_names::CONNTRACK,
+            size_of::<FlowKey>(),
+            size_of::<FlowEntry>(),
+            Some(conntrack_entries),
+        ),
+        (map_names::STATS, 4, 8, None),
+        (map_names::CONFIG, 4, size_of::<Config>(), None),
+        (
+            map_names::SG_RULES,
+            size_of::<VpcAddr>(),
+            size_of::<RuleSet>(),
+            None,
+        ),
+        (
+            map_names::ACL_IN,
+            size_of::<VpcAddr>(),
+            size_of::<RuleSet>(),
+            None,
+        ),
+        (
+            map_names::ACL_OUT,
+            size_of::<VpcAddr>(),
+            size_of::<RuleSet>(),
+            None,
+        ),
+        (
+            map_names::GATEWAY_ROUTES,
+            size_of::<GatewayRoute>(),
+            size_of::<EndpointEni>(),
+            None,
+        ),
+        (map_names::GATEWAY_ADDRS, size_of::<VpcAddr>(), 4, None),
+    ]
+}
+
+/// A pinned map left by a build with another layout (or a different conntrack size) would
+/// be re-used as is by the loader: unpin it so a fresh one is made, and say so. Conntrack
+/// entries are lost then; daemon-owned maps are refilled by the next apply.
+fn drop_incompatible_pins(dir: &Path, conntrack_entries: u32) -> Result<()> {
+    for (name, key, value, entries) in expected_layout(conntrack_entries) {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let fits = info.key_size() as usize == key
+            && info.value_size() as usize == value
+            && entries.is_none_or(|n| info.max_entries() == n);
+        if !fits {
+            tracing::warn!(
+                map = name,
+                key_size = info.key_size(),
+                value_size = info.value_size(),
+                max_entries = info.max_entries(),
+                "pinned map does not fit this build (layout or size changed): replacing it, its entries are lost"
+            );
+            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Attaches the pass-through program to `ifaces` and keeps it there while the returned
