@@ -94,7 +94,8 @@ fn main() -> Result<()> {
             setup()?;
             build()?;
             step("bench", "per-packet cost through BPF_PROG_TEST_RUN");
-            cargo(&["build", "--release", "--bin", "pl-bench"])?;
+            // pl-bench runs the release daemon next to it.
+            cargo(&["build", "--release", "--bins"])?;
             run(&mut Command::new(root.join("target/release/pl-bench")))
         }
     }
