@@ -1,7 +1,7 @@
 //! Frames for the packet tests and benchmarks, built with etherparse (independent of the
 //! data path's own code).
 
-use etherparse::PacketBuilder;
+use etherparse::{Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
 use crate::testrun::{Harness, LB_MAC};
 
@@ -45,4 +45,72 @@ pub fn udp_to_eni(h: &Harness, sport: u16, payload: &[u8], zero_checksum: bool) 
         v[14 + 20 + 7] = 0;
     }
     v
+}
+
+/// An ARP who-has (RFC 826), byte by byte.
+pub fn arp_request(sender_mac: [u8; 6], sender_ip: [u8; 4], target_ip: [u8; 4]) -> Vec<u8> {
+    let mut v = vec![0xff; 6];
+    v.extend_from_slice(&sender_mac);
+    v.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    v.extend_from_slice(&sender_mac);
+    v.extend_from_slice(&sender_ip);
+    v.extend_from_slice(&[0; 6]);
+    v.extend_from_slice(&target_ip);
+    v
+}
+
+/// Parses a frame and checks the IPv4 header checksum and the L4 checksum by recomputing
+/// them with etherparse.
+pub struct Parsed {
+    pub eth_src: [u8; 6],
+    pub eth_dst: [u8; 6],
+    pub ip: Ipv4Header,
+    pub sport: u16,
+    pub dport: u16,
+    pub payload: Vec<u8>,
+}
+
+pub fn parse_checked(frame: &[u8]) -> Parsed {
+    let p = SlicedPacket::from_ethernet(frame).expect("output parses");
+    let eth = match p.link {
+        Some(etherparse::LinkSlice::Ethernet2(e)) => e,
+        other => panic!("not Ethernet II: {other:?}"),
+    };
+    let ip = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => ip.header().to_header(),
+        other => panic!("not IPv4: {other:?}"),
+    };
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
+    let (sport, dport, payload) = match p.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let want = t.to_header().calc_checksum_ipv4(&ip, t.payload()).unwrap();
+            assert_eq!(t.checksum(), want, "TCP checksum");
+            (t.source_port(), t.destination_port(), t.payload().to_vec())
+        }
+        Some(TransportSlice::Udp(u)) => {
+            if u.checksum() != 0 {
+                let want = u.to_header().calc_checksum_ipv4(&ip, u.payload()).unwrap();
+                assert_eq!(u.checksum(), want, "UDP checksum");
+            }
+            (u.source_port(), u.destination_port(), u.payload().to_vec())
+        }
+        Some(TransportSlice::Icmpv4(i)) => {
+            let want = i.icmp_type().calc_checksum(i.payload());
+            assert_eq!(i.checksum(), want, "ICMP checksum");
+            (0, 0, i.slice().to_vec())
+        }
+        other => panic!("unexpected transport {other:?}"),
+    };
+    Parsed {
+        eth_src: eth.source(),
+        eth_dst: eth.destination(),
+        ip,
+        sport,
+        dport,
+        payload,
+    }
 }

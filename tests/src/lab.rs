@@ -430,19 +430,11 @@ impl Lab {
         } else {
             args.extend(["--data-dir", path(&data_dir), "--listen", "127.0.0.1:0"]);
         }
-        // Append to the log so that a restart keeps the earlier lines.
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("privatelink.log"))?;
-        let child = std::process::Command::new(daemon)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .env_remove("RUST_BACKTRACE")
-            .spawn()
-            .context("starting the privatelink daemon")?;
+        let child = spawn_logged(
+            &self.dir,
+            "privatelink",
+            std::process::Command::new(daemon).args(args),
+        )?;
         self.children.push(("privatelink".into(), child));
         let start = Instant::now();
         while !ready.exists() {
@@ -591,9 +583,13 @@ impl Drop for Lab {
     }
 }
 
-/// Starts `cmd` with stdout and stderr in `<dir>/<name>.log`.
+/// Starts `cmd` with stdout and stderr appended to `<dir>/<name>.log` (a restarted process
+/// keeps the earlier lines; the lab's directory is new at each `up`).
 fn spawn_logged(dir: &Path, name: &str, cmd: &mut std::process::Command) -> Result<Child> {
-    let log = fs::File::create(dir.join(format!("{name}.log")))?;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))?;
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -98,6 +98,13 @@ impl Harness {
             .collect())
     }
 
+    /// The counters that are not zero (for assertion messages).
+    pub fn active_stats(&self) -> Vec<(&'static str, u64)> {
+        self.stats()
+            .map(|s| s.into_iter().filter(|(_, n)| *n > 0).collect())
+            .unwrap_or_default()
+    }
+
     pub fn count(&self, r: Reason) -> u64 {
         self.dp
             .stats()

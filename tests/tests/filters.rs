@@ -4,9 +4,9 @@
 use etherparse::PacketBuilder;
 use privatelink_common::Reason;
 use privatelink_tests::{
-    frames::{CLIENT_MAC, ENI, LB, SNAT, tcp_from_lb, tcp_to_eni},
+    frames::{CLIENT_MAC, ENI, LB, SNAT, arp_request, parse_checked, tcp_from_lb, tcp_to_eni},
     lab::LAB_STATE,
-    testrun::Harness,
+    testrun::{Harness, LB_MAC},
 };
 
 const XDP_DROP: u32 = 1;
@@ -51,10 +51,11 @@ fn ingress(
     )
 }
 
-fn syn_from(h: &Harness, src: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+/// A SYN from the consumer side.
+fn syn_to(h: &Harness, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
-        .ipv4(src, ENI, 64)
+        .ipv4(src, dst, 64)
         .tcp(sport, dport, 1, 64240)
         .syn()
         .write(&mut v, &[])
@@ -63,7 +64,7 @@ fn syn_from(h: &Harness, src: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
 }
 
 fn verdict(h: &mut Harness, src: [u8; 4], dport: u16) -> u32 {
-    let f = syn_from(h, src, 30000 + dport, dport);
+    let f = syn_to(h, src, ENI, 30000 + dport, dport);
     h.run(h.consumer.ifindex, &f).unwrap().0
 }
 
@@ -311,96 +312,39 @@ policy = [{ action = "accept", protocol = "tcp", cidr = "100.64.10.5/32", ports 
 /// SNAT pool, sends to the service VPC's next hop, and applies its policy.
 #[test]
 fn gateway_endpoint_keeps_the_destination_and_applies_its_policy() {
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     let mut h = Harness::new(&format!("{LAB_STATE}\n{GATEWAY_STATE}")).unwrap();
-    let mut syn = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
-        .ipv4([10, 10, 2, 1], [100, 64, 10, 5], 64)
-        .tcp(43000, 80, 1, 64240)
-        .syn()
-        .write(&mut syn, &[])
-        .unwrap();
+    let syn = syn_to(&h, [10, 10, 2, 1], [100, 64, 10, 5], 43000, 80);
     let (act, out) = h.run(h.consumer.ifindex, &syn).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_checked(&out); // IPv4 and TCP checksums
     assert_eq!(
-        act,
-        XDP_REDIRECT,
-        "{:?}",
-        h.stats()
-            .unwrap()
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .collect::<Vec<_>>()
-    );
-    let p = SlicedPacket::from_ethernet(&out).unwrap();
-    let Some(NetSlice::Ipv4(ip)) = &p.net else {
-        panic!()
-    };
-    let ih = ip.header().to_header();
-    assert_eq!(
-        (ih.source, ih.destination),
+        (p.ip.source, p.ip.destination),
         ([10, 10, 0, 202], [100, 64, 10, 5])
     );
-    assert_eq!(ih.header_checksum, ih.calc_header_checksum());
-    let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
-        panic!()
-    };
-    assert_eq!(
-        tcp.checksum(),
-        tcp.to_header().calc_checksum_ipv4(&ih, &[]).unwrap()
-    );
-    assert_eq!(
-        &out[0..6],
-        &privatelink_tests::testrun::LB_MAC,
-        "to the service VPC's next hop"
-    );
-    let port = tcp.source_port();
+    assert_eq!(p.eth_dst, LB_MAC, "to the service VPC's next hop");
 
     let mut reply = Vec::new();
-    PacketBuilder::ethernet2(privatelink_tests::testrun::LB_MAC, h.provider.mac)
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
         .ipv4([100, 64, 10, 5], [10, 10, 0, 202], 64)
-        .tcp(80, port, 9, 65000)
+        .tcp(80, p.sport, 9, 65000)
         .syn()
         .ack(2)
         .write(&mut reply, &[])
         .unwrap();
     let (act, out) = h.run(h.provider.ifindex, &reply).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_checked(&out);
     assert_eq!(
-        act,
-        XDP_REDIRECT,
-        "{:?}",
-        h.stats()
-            .unwrap()
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .collect::<Vec<_>>()
-    );
-    let p = SlicedPacket::from_ethernet(&out).unwrap();
-    let Some(NetSlice::Ipv4(ip)) = &p.net else {
-        panic!()
-    };
-    assert_eq!(
-        (ip.header().source(), ip.header().destination()),
+        (p.ip.source, p.ip.destination),
         ([100, 64, 10, 5], [10, 10, 2, 1])
     );
 
     // Outside the policy.
-    let mut other = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
-        .ipv4([10, 10, 2, 1], [100, 64, 10, 6], 64)
-        .tcp(43001, 80, 1, 64240)
-        .syn()
-        .write(&mut other, &[])
-        .unwrap();
+    let other = syn_to(&h, [10, 10, 2, 1], [100, 64, 10, 6], 43001, 80);
     assert_eq!(h.run(h.consumer.ifindex, &other).unwrap().0, XDP_DROP);
     assert_eq!(h.count(Reason::DropSecurityGroup), 1);
 
     // The route target answers ARP.
-    let mut arp = vec![0xff; 6];
-    arp.extend_from_slice(&CLIENT_MAC);
-    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
-    arp.extend_from_slice(&CLIENT_MAC);
-    arp.extend_from_slice(&[10, 10, 2, 1]);
-    arp.extend_from_slice(&[0; 6]);
-    arp.extend_from_slice(&[10, 10, 1, 1]);
+    let arp = arp_request(CLIENT_MAC, [10, 10, 2, 1], [10, 10, 1, 1]);
     assert_eq!(h.run(h.consumer.ifindex, &arp).unwrap().0, XDP_TX);
 }

@@ -3,12 +3,15 @@
 //! field and checksum is checked against an independent computation.
 
 use etherparse::{
-    Icmpv4Type, IpHeaders, IpNumber, Ipv4Header, Ipv4Options, NetSlice, PacketBuilder,
-    SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader,
+    Icmpv4Type, IpHeaders, IpNumber, Ipv4Header, Ipv4Options, PacketBuilder, SlicedPacket,
+    TransportSlice, icmpv4::DestUnreachableHeader,
 };
 use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, Reason};
 use privatelink_tests::{
-    frames::{CLIENT, CLIENT_MAC, ENI, LB, SNAT, tcp_from_lb, tcp_to_eni, udp_to_eni},
+    frames::{
+        CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, parse_checked, tcp_from_lb, tcp_to_eni,
+        udp_to_eni,
+    },
     lab::LAB_STATE,
     testrun::{Harness, LB_MAC},
 };
@@ -20,62 +23,6 @@ const XDP_REDIRECT: u32 = 4;
 
 fn harness() -> Harness {
     Harness::new(LAB_STATE).expect("harness")
-}
-
-/// Parses a frame and checks the IPv4 header checksum and the L4 checksum by recomputing
-/// them with etherparse.
-struct Parsed {
-    eth_src: [u8; 6],
-    eth_dst: [u8; 6],
-    ip: Ipv4Header,
-    sport: u16,
-    dport: u16,
-    payload: Vec<u8>,
-}
-
-fn parse_checked(frame: &[u8]) -> Parsed {
-    let p = SlicedPacket::from_ethernet(frame).expect("output parses");
-    let eth = match p.link {
-        Some(etherparse::LinkSlice::Ethernet2(e)) => e,
-        other => panic!("not Ethernet II: {other:?}"),
-    };
-    let ip = match &p.net {
-        Some(NetSlice::Ipv4(ip)) => ip.header().to_header(),
-        other => panic!("not IPv4: {other:?}"),
-    };
-    assert_eq!(
-        ip.header_checksum,
-        ip.calc_header_checksum(),
-        "IPv4 header checksum"
-    );
-    let (sport, dport, payload) = match p.transport {
-        Some(TransportSlice::Tcp(t)) => {
-            let want = t.to_header().calc_checksum_ipv4(&ip, t.payload()).unwrap();
-            assert_eq!(t.checksum(), want, "TCP checksum");
-            (t.source_port(), t.destination_port(), t.payload().to_vec())
-        }
-        Some(TransportSlice::Udp(u)) => {
-            if u.checksum() != 0 {
-                let want = u.to_header().calc_checksum_ipv4(&ip, u.payload()).unwrap();
-                assert_eq!(u.checksum(), want, "UDP checksum");
-            }
-            (u.source_port(), u.destination_port(), u.payload().to_vec())
-        }
-        Some(TransportSlice::Icmpv4(i)) => {
-            let want = i.icmp_type().calc_checksum(i.payload());
-            assert_eq!(i.checksum(), want, "ICMP checksum");
-            (0, 0, i.slice().to_vec())
-        }
-        other => panic!("unexpected transport {other:?}"),
-    };
-    Parsed {
-        eth_src: eth.source(),
-        eth_dst: eth.destination(),
-        ip,
-        sport,
-        dport,
-        payload,
-    }
 }
 
 /// Sends a SYN from the client and returns the SNAT tuple it was given.
@@ -579,13 +526,7 @@ fn arp_for_eni_and_snat_addresses_is_answered() {
         (h.consumer.ifindex, h.consumer.mac, ENI, CLIENT),
         (h.provider.ifindex, h.provider.mac, SNAT[1], LB),
     ] {
-        let mut req = vec![0xff; 6];
-        req.extend_from_slice(&CLIENT_MAC);
-        req.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
-        req.extend_from_slice(&CLIENT_MAC);
-        req.extend_from_slice(&asker);
-        req.extend_from_slice(&[0; 6]);
-        req.extend_from_slice(&target);
+        let req = arp_request(CLIENT_MAC, asker, target);
         let (act, out) = h.run(ifindex, &req).unwrap();
         assert_eq!(act, XDP_TX);
         assert_eq!(&out[0..6], &CLIENT_MAC);
@@ -597,26 +538,14 @@ fn arp_for_eni_and_snat_addresses_is_answered() {
         assert_eq!(&out[38..42], &asker);
     }
     // Not ours: passed to the kernel.
-    let mut req = vec![0xff; 6];
-    req.extend_from_slice(&CLIENT_MAC);
-    req.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
-    req.extend_from_slice(&CLIENT_MAC);
-    req.extend_from_slice(&CLIENT);
-    req.extend_from_slice(&[0; 6]);
-    req.extend_from_slice(&[10, 10, 2, 99]);
+    let req = arp_request(CLIENT_MAC, CLIENT, [10, 10, 2, 99]);
     assert_eq!(h.run(h.consumer.ifindex, &req).unwrap().0, XDP_PASS);
     // Only registered next hops are learned: not the client ...
     let vpc_a = privatelink_user::model::numeric_id("vpc-a");
     assert_eq!(h.dp.neighbor(vpc_a, CLIENT), None);
     // ... but the load balancer, whose new MAC its ARP teaches.
     let new_lb_mac = [0x02, 0x1b, 0, 0, 0, 0x99];
-    let mut lb_arp = vec![0xff; 6];
-    lb_arp.extend_from_slice(&new_lb_mac);
-    lb_arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
-    lb_arp.extend_from_slice(&new_lb_mac);
-    lb_arp.extend_from_slice(&LB);
-    lb_arp.extend_from_slice(&[0; 6]);
-    lb_arp.extend_from_slice(&SNAT[0]);
+    let lb_arp = arp_request(new_lb_mac, LB, SNAT[0]);
     assert_eq!(h.run(h.provider.ifindex, &lb_arp).unwrap().0, XDP_TX);
     let vpc_b = privatelink_user::model::numeric_id("vpc-b");
     assert_eq!(h.dp.neighbor(vpc_b, LB), Some(new_lb_mac));
