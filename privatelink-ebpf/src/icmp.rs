@@ -156,11 +156,17 @@ fn translate_error(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
     let icmp = mut_at::<Icmpv4Hdr>(ctx, pkt.l4, Reason::DropTruncatedL4)?;
     let mut ic = ne16(icmp.check);
 
-    // The quoted L4 checksum, when the quote reaches it.
-    if proto == PROTO_TCP && inner_l4 + 18 <= pkt.end {
-        let f = mut_at::<[u8; 2]>(ctx, inner_l4 + 16, Reason::DropTruncatedL4)?;
+    // The quoted L4 checksum, when the quote reaches it (UDP's always does: 8 bytes were
+    // checked above).
+    let check_off = if proto == PROTO_TCP {
+        (inner_l4 + 18 <= pkt.end).then_some(16)
+    } else {
+        Some(6)
+    };
+    if let Some(off) = check_off {
+        let f = mut_at::<[u8; 2]>(ctx, inner_l4 + off, Reason::DropTruncatedL4)?;
         let old = ne16(*f);
-        let new = nat::l4_check(
+        let mut new = nat::l4_check(
             old,
             old_isrc,
             new_isrc,
@@ -169,23 +175,9 @@ fn translate_error(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
             (isport, idport),
             (new_isport, new_idport),
         );
-        ic = csum::replace16(ic, old, new);
-        *f = new.to_ne_bytes();
-    } else if proto == PROTO_UDP {
-        let f = mut_at::<[u8; 2]>(ctx, inner_l4 + 6, Reason::DropTruncatedL4)?;
-        let old = ne16(*f);
-        let new = csum::udp_finish(
-            old,
-            nat::l4_check(
-                old,
-                old_isrc,
-                new_isrc,
-                old_idst,
-                new_idst,
-                (isport, idport),
-                (new_isport, new_idport),
-            ),
-        );
+        if proto == PROTO_UDP {
+            new = csum::udp_finish(old, new);
+        }
         ic = csum::replace16(ic, old, new);
         *f = new.to_ne_bytes();
     }
