@@ -27,7 +27,10 @@ pub mod map_names {
     pub const ACL_OUT: &str = "PL_ACL_OUT";
     pub const GATEWAY_ROUTES: &str = "PL_GW_ROUTES";
     pub const GATEWAY_ADDRS: &str = "PL_GW_ADDRS";
-    pub const ALL: [&str; 14] = [
+    pub const GWLB_TARGETS: &str = "PL_GWLB_TARGETS";
+    pub const GWLB_APPLIANCES: &str = "PL_GWLB_APPLS";
+    pub const GWLB_NEIGHBORS: &str = "PL_GWLB_NEIGH";
+    pub const ALL: [&str; 17] = [
         IFACES,
         VPC_PORTS,
         ENDPOINTS,
@@ -42,6 +45,9 @@ pub mod map_names {
         ACL_OUT,
         GATEWAY_ROUTES,
         GATEWAY_ADDRS,
+        GWLB_TARGETS,
+        GWLB_APPLIANCES,
+        GWLB_NEIGHBORS,
     ];
 }
 
@@ -58,6 +64,21 @@ pub const MAX_ENDPOINTS: u32 = 65536;
 pub const MAX_SERVICES: u32 = 4096;
 pub const MAX_NEIGHBORS: u32 = 65536;
 pub const MAX_SNAT_ADDRS: usize = 8;
+/// The most appliances one GWLB service may have.
+pub const MAX_APPLIANCES: usize = 16;
+/// Destinations behind GWLB endpoints whose MACs the data path resolved itself (LRU).
+pub const MAX_GWLB_NEIGHBORS: u32 = 65536;
+
+/// GENEVE (RFC 8926) as a GWLB endpoint sends it: UDP port, the option class AWS-style
+/// appliances expect and its three option types, and the bytes added in front of the
+/// inner IPv4 packet (outer IPv4 20 + UDP 8 + GENEVE 8 + options 12 + 12 + 8).
+pub const GENEVE_PORT: u16 = 6081;
+pub const GWLB_OPTION_CLASS: u16 = 0x0108;
+pub const GWLB_OPT_ENDPOINT_ID: u8 = 1;
+pub const GWLB_OPT_ATTACHMENT_ID: u8 = 2;
+pub const GWLB_OPT_FLOW_COOKIE: u8 = 3;
+pub const GENEVE_OPTIONS_LEN: usize = 32;
+pub const GWLB_OVERHEAD: usize = 20 + 8 + 8 + GENEVE_OPTIONS_LEN;
 
 /// Default idle timeouts. A TCP flow that saw RST, or FIN in both directions, is closing.
 pub const TCP_IDLE_TIMEOUT_NS: u64 = 350 * 1_000_000_000;
@@ -104,6 +125,8 @@ pub struct IfaceInfo {
 
 /// `IfaceInfo::flags`: the VPC has gateway endpoints (only then is `PL_GW_ROUTES` looked up).
 pub const IFACE_FLAG_GATEWAYS: u8 = 1;
+/// `IfaceInfo::flags`: the port of a VPC holding GWLB appliances (GENEVE comes back here).
+pub const IFACE_FLAG_APPLIANCES: u8 = 2;
 
 /// Value of `PL_VPC_PORTS` (key: vpc id): the interface through which a VPC is reached.
 #[repr(C)]
@@ -111,7 +134,8 @@ pub const IFACE_FLAG_GATEWAYS: u8 = 1;
 pub struct VpcPort {
     pub ifindex: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// The interface's MTU (GWLB encapsulation answers larger packets with frag-needed).
+    pub mtu: u16,
 }
 
 /// Connection state of an endpoint, as the provider sees it. Only `Connected` forwards.
@@ -134,6 +158,45 @@ pub const ENI_FLAG_ACL: u32 = 4;
 /// kept, `lb_addr` is the next hop in the service's VPC, and the endpoint policy (in
 /// `PL_SG_RULES` under the gateway address) is matched against the destination.
 pub const ENI_FLAG_GATEWAY: u32 = 8;
+/// `EndpointEni::flags`: a GWLB endpoint's route: packets are sent in GENEVE to an
+/// appliance of `service_id` (candidates in `PL_GWLB_TARGETS` under service + `zone_id`),
+/// from `lb_addr` (the load balancer's address in `provider_vpc_id`); `gateway` is the
+/// endpoint's ENI.
+pub const ENI_FLAG_GWLB: u32 = 16;
+/// GWLB: flows of an unhealthy appliance move to a healthy one (`rebalance`).
+pub const ENI_FLAG_REBALANCE: u32 = 32;
+/// GWLB stickiness: 3-tuple (addresses + protocol) or 2-tuple (addresses); 5-tuple if
+/// neither is set.
+pub const ENI_FLAG_STICKY_3: u32 = 64;
+pub const ENI_FLAG_STICKY_2: u32 = 128;
+
+/// Key of `PL_GWLB_TARGETS`: a GWLB service as seen from one zone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GwlbZone {
+    pub service_id: u32,
+    pub zone_id: u32,
+}
+
+/// Value of `PL_GWLB_TARGETS`: the healthy appliances new flows from that zone are spread
+/// over (same zone first; the daemon fills in other zones when the service is cross-zone
+/// or its own zone has none left).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplianceSet {
+    pub count: u32,
+    pub _pad: u32,
+    pub addrs: [[u8; 4]; MAX_APPLIANCES],
+}
+
+/// Value of `PL_GWLB_APPLS` (key: appliance VPC + address): GENEVE is only accepted
+/// from these, and `healthy` decides whether `rebalance` flows move away.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Appliance {
+    pub service_id: u32,
+    pub healthy: u32,
+}
 
 /// Key of `PL_GW_ROUTES` (an LPM trie): `prefix_len` counts the 32 bits of `vpc_id` plus
 /// the prefix's length, so a route only ever matches inside its own VPC.
@@ -211,6 +274,22 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+impl FlowKey {
+    /// The same flow seen from the other end.
+    #[inline(always)]
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            vpc_id: self.vpc_id,
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// `FlowEntry::direction`.
 pub const DIR_ORIGINAL: u8 = 0;
 pub const DIR_REPLY: u8 = 1;
@@ -236,19 +315,39 @@ pub struct FlowEntry {
     pub endpoint_id: u32,
     pub direction: u8,
     pub tcp_flags: u8,
-    /// `FLOW_GATEWAY` for flows of a gateway endpoint.
+    /// `FLOW_GATEWAY` for flows of a gateway endpoint, `FLOW_GWLB` for GWLB flows.
     pub flags: u8,
     pub _pad: u8,
     pub last_seen_ns: u64,
     /// Original direction: when the reply entry was last confirmed to be this flow's.
     pub checked_ns: u64,
+    /// GWLB flows: the MAC this direction is delivered to once the appliance returns it
+    /// (zero until known).
+    pub peer_mac: [u8; 6],
+    /// GWLB flows: the MTU of the appliance's port.
+    pub out_mtu: u16,
 }
 
 /// `FlowEntry::flags`: the flow belongs to a gateway endpoint.
 pub const FLOW_GATEWAY: u8 = 1;
+/// `FlowEntry::flags`: a GWLB flow. Both directions are keyed in the consumer VPC; the
+/// entry says where GENEVE goes: `new_src` the load balancer, `new_dst` the appliance,
+/// `new_sport` the outer UDP source port, `out_*` and the MACs the appliance's port.
+pub const FLOW_GWLB: u8 = 2;
 
 impl FlowEntry {
     /// The key under which the partner (other direction) entry is stored.
+    /// The key of the other direction of the flow stored under `key`.
+    #[inline(always)]
+    pub fn partner(&self, key: &FlowKey) -> FlowKey {
+        if self.flags & FLOW_GWLB != 0 {
+            key.reversed()
+        } else {
+            self.partner_key(key.proto)
+        }
+    }
+
+    /// NATed flows: the partner's key, from the rewritten tuple.
     pub fn partner_key(&self, proto: u8) -> FlowKey {
         FlowKey {
             vpc_id: self.out_vpc_id,
@@ -390,6 +489,9 @@ mod pod {
     unsafe impl aya::Pod for Rule {}
     unsafe impl aya::Pod for GatewayRoute {}
     unsafe impl aya::Pod for RuleSet {}
+    unsafe impl aya::Pod for GwlbZone {}
+    unsafe impl aya::Pod for ApplianceSet {}
+    unsafe impl aya::Pod for Appliance {}
 }
 
 #[cfg(test)]
@@ -407,7 +509,10 @@ mod tests {
         assert_eq!(size_of::<SnatPool>(), 8 + 4 * MAX_SNAT_ADDRS);
         assert_eq!(size_of::<Neighbor>(), 8);
         assert_eq!(size_of::<FlowKey>(), 20);
-        assert_eq!(size_of::<FlowEntry>(), 56);
+        assert_eq!(size_of::<FlowEntry>(), 64);
+        assert_eq!(size_of::<GwlbZone>(), 8);
+        assert_eq!(size_of::<ApplianceSet>(), 8 + 4 * MAX_APPLIANCES);
+        assert_eq!(size_of::<Appliance>(), 8);
         assert_eq!(size_of::<EndpointStats>(), 40);
     }
 

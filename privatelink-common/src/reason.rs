@@ -50,11 +50,19 @@ reasons! {
     DropBadArp = 26 => "drop_bad_arp", true;
     DropRedirectFailed = 27 => "drop_redirect_failed", true;
     DropAcl = 28 => "drop_acl", true;
-    DropSecurityGroup = 29 => "drop_security_group", true;
+        DropSecurityGroup = 29 => "drop_security_group", true;
+    GwlbToAppliance = 30 => "gwlb_to_appliance", false;
+    GwlbFromAppliance = 31 => "gwlb_from_appliance", false;
+    GwlbFragNeeded = 32 => "gwlb_frag_needed", false;
+    GwlbArpProbe = 33 => "gwlb_arp_probe", true;
+    DropGeneveMalformed = 34 => "drop_geneve_malformed", true;
+    DropUnknownAppliance = 35 => "drop_unknown_appliance", true;
+    DropNoHealthyAppliance = 36 => "drop_no_healthy_appliance", true;
+    DropGwlbNoFlow = 37 => "drop_gwlb_no_flow", true;
 }
 
 /// Size of the `PL_STATS` array.
-pub const REASON_COUNT: u32 = 30;
+pub const REASON_COUNT: u32 = 38;
 
 #[cfg(test)]
 mod tests {

@@ -16,8 +16,14 @@ use crate::{
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
 
+/// Non-inlined (its own BPF stack frame); see `crate::settle`.
+#[inline(never)]
+pub fn handle(ctx: &XdpContext, iface: &IfaceInfo) -> u64 {
+    crate::settle(handle_checked(ctx, iface))
+}
+
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, iface: &IfaceInfo) -> Result<Verdict, Reason> {
+fn handle_checked(ctx: &XdpContext, iface: &IfaceInfo) -> Result<Verdict, Reason> {
     let arp = mut_at::<ArpHdr>(ctx, ETH_LEN, Reason::DropBadArp)?;
     if be16(arp.htype) != 1 || be16(arp.ptype) != 0x0800 || arp.hlen != 6 || arp.plen != 4 {
         return Err(Reason::DropBadArp);
@@ -58,6 +64,7 @@ fn learn(vpc_id: u32, addr: [u8; 4], mac: [u8; 6]) {
         return; // probes and multicast/broadcast senders teach nothing
     }
     let key = VpcAddr { vpc_id, addr };
+    crate::gwlb::learn(key, mac);
     // Only next hops the daemon registered are learned (BPF_EXIST): an ARP flood with
     // random senders cannot fill the table or push a load balancer out of it.
     // SAFETY: value copied out before the update.

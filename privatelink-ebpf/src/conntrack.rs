@@ -17,7 +17,7 @@ use privatelink_common::{
 use crate::{
     Verdict, filter,
     ipv4::{Packet, check_endpoint_at, check_gateway_at},
-    maps::{PL_CONNTRACK, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config},
+    maps::{PL_CONNTRACK, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config, scratch},
     nat,
     parse::{
         ETH_LEN, EthHdr, Ipv4Hdr, Ports, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, be16, mut_at, tcp_flags,
@@ -64,8 +64,20 @@ fn flow_key(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<(FlowKe
 }
 
 /// Consumer → service: a packet to an ENI of a forwarding endpoint.
-#[inline(always)]
+/// Non-inlined (its own BPF stack frame); see `crate::settle`.
+#[inline(never)]
 pub fn forward(
+    ctx: &XdpContext,
+    iface: &IfaceInfo,
+    eni_key: VpcAddr,
+    eni: &EndpointEni,
+    pkt: &Packet,
+) -> u64 {
+    crate::settle(forward_checked(ctx, iface, eni_key, eni, pkt))
+}
+
+#[inline(always)]
+fn forward_checked(
     ctx: &XdpContext,
     iface: &IfaceInfo,
     eni_key: VpcAddr,
@@ -91,13 +103,18 @@ pub fn forward(
         Some(p) if t.saturating_sub(unsafe { (*p).checked_ns }) <= PARTNER_REFRESH_NS => p,
         _ => {
             let eth_src = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?.src_addr;
-            let mut reply = reply_entry(&key, pkt.ifindex, iface, eth_src, eni.endpoint_id, t);
-            if gateway {
-                reply.flags = FLOW_GATEWAY;
-            }
+            let reply = scratch(0)?;
+            // SAFETY: this CPU's scratch slot, valid for this run.
+            let reply = unsafe {
+                *reply = reply_entry(&key, pkt.ifindex, iface, eth_src, eni.endpoint_id, t);
+                if gateway {
+                    (*reply).flags = FLOW_GATEWAY;
+                }
+                &*reply
+            };
             match existing {
                 // SAFETY: as above.
-                Some(p) if keep_partner(unsafe { &*p }, &key, &reply) => {
+                Some(p) if keep_partner(unsafe { &*p }, &key, reply) => {
                     // SAFETY: as above.
                     unsafe { (*p).checked_ns = t };
                     p
@@ -118,14 +135,14 @@ pub fn forward(
                         }
                     }
                     reason = Reason::ForwardNewFlow;
-                    create(&key, eni, &reply, t, &cfg)?
+                    create(&key, eni, reply, t)?
                 }
             }
         }
     };
     // SAFETY: as above.
     let e = unsafe { &mut *entry };
-    track(e, pkt.proto, flags, t);
+    track(e, &key, flags, t);
     nat::apply(ctx, pkt, e, reason)
 }
 
@@ -144,15 +161,22 @@ pub fn alive(e: &FlowEntry, key: &FlowKey, t: u64, cfg: &Config) -> bool {
         return true;
     }
     // SAFETY: copied out.
-    match unsafe { PL_CONNTRACK.get(e.partner_key(key.proto)) }.copied() {
-        Some(p) => p.partner_key(key.proto) == *key && !p.is_expired(key.proto, t, cfg),
+    let pk = e.partner(key);
+    match unsafe { PL_CONNTRACK.get(pk) } {
+        Some(p) => p.partner(&pk) == *key && !p.is_expired(key.proto, t, cfg),
         None => false,
     }
 }
 
 /// Service → consumer: a reply to a SNAT address. Only known flows pass.
+/// Non-inlined (its own BPF stack frame); see `crate::settle`.
+#[inline(never)]
+pub fn reply(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
+    crate::settle(reply_checked(ctx, iface, pkt))
+}
+
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
+fn reply_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
     let (key, flags) = flow_key(ctx, iface, pkt)?;
     let t = now();
     let cfg = config();
@@ -181,7 +205,7 @@ pub fn reply(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdic
         };
         filter::acl_out(eni_key, &eni, e.new_dst, pkt.proto, e.new_sport)?;
     }
-    track(e, pkt.proto, flags, t);
+    track(e, &key, flags, t);
     nat::apply(ctx, pkt, e, Reason::ForwardToConsumer)
 }
 
@@ -212,6 +236,8 @@ fn reply_entry(
         _pad: 0,
         last_seen_ns: t,
         checked_ns: t,
+        peer_mac: [0; 6],
+        out_mtu: 0,
     }
 }
 
@@ -222,8 +248,8 @@ fn create(
     eni: &EndpointEni,
     reply: &FlowEntry,
     t: u64,
-    cfg: &Config,
 ) -> Result<*mut FlowEntry, Reason> {
+    let cfg = &config();
     // A gateway flow keeps its destination; lb_addr is then only the next hop.
     let new_dst = if eni.flags & ENI_FLAG_GATEWAY != 0 {
         key.dst
@@ -273,24 +299,34 @@ fn create(
         if !claim(&reply_key, reply, key, t, cfg) {
             continue;
         }
-        let fwd = FlowEntry {
-            new_src: snat_addr,
-            new_dst,
-            new_sport: snat_port,
-            new_dport: key.dport,
-            out_ifindex: port.ifindex,
-            src_mac: port.mac,
-            dst_mac: neigh.mac,
-            out_vpc_id: eni.provider_vpc_id,
-            endpoint_id: eni.endpoint_id,
-            direction: DIR_ORIGINAL,
-            tcp_flags: 0,
-            flags: reply.flags,
-            _pad: 0,
-            last_seen_ns: t,
-            checked_ns: t,
+        let fwd = scratch(1)?;
+        // SAFETY: this CPU's scratch slot, valid for this run.
+        unsafe {
+            *fwd = FlowEntry {
+                new_src: snat_addr,
+                new_dst,
+                new_sport: snat_port,
+                new_dport: key.dport,
+                out_ifindex: port.ifindex,
+                src_mac: port.mac,
+                dst_mac: neigh.mac,
+                out_vpc_id: eni.provider_vpc_id,
+                endpoint_id: eni.endpoint_id,
+                direction: DIR_ORIGINAL,
+                tcp_flags: 0,
+                flags: reply.flags,
+                _pad: 0,
+                last_seen_ns: t,
+                checked_ns: t,
+                peer_mac: [0; 6],
+                out_mtu: 0,
+            }
         };
-        if PL_CONNTRACK.insert(key, fwd, BPF_ANY as u64).is_err() {
+        // SAFETY: as above.
+        if PL_CONNTRACK
+            .insert(key, unsafe { &*fwd }, BPF_ANY as u64)
+            .is_err()
+        {
             let _ = PL_CONNTRACK.remove(reply_key);
             return Err(Reason::DropConntrackFull);
         }
@@ -312,9 +348,11 @@ fn claim(reply_key: &FlowKey, reply: &FlowEntry, fwd_key: &FlowKey, t: u64, cfg:
         return true;
     }
     // SAFETY: copied out.
-    let Some(old) = (unsafe { PL_CONNTRACK.get(reply_key) }).copied() else {
+    // (References into the map, not copies: the verifier's stack is small.)
+    let Some(old) = (unsafe { PL_CONNTRACK.get(reply_key) }) else {
         return false;
     };
+    let old_seen = old.last_seen_ns;
     let proto = reply_key.proto;
     let old_fwd_key = old.partner_key(proto);
     if old_fwd_key == *fwd_key {
@@ -326,7 +364,7 @@ fn claim(reply_key: &FlowKey, reply: &FlowEntry, fwd_key: &FlowKey, t: u64, cfg:
         return false;
     }
     // SAFETY: copied out.
-    if let Some(fwd) = unsafe { PL_CONNTRACK.get(old_fwd_key) }.copied() {
+    if let Some(fwd) = unsafe { PL_CONNTRACK.get(old_fwd_key) } {
         if fwd.partner_key(proto) == *reply_key && !fwd.is_expired(proto, t, cfg) {
             return false;
         }
@@ -337,8 +375,8 @@ fn claim(reply_key: &FlowKey, reply: &FlowEntry, fwd_key: &FlowKey, t: u64, cfg:
     // Take the stale entry over so that of two CPUs racing for it only one wins: remove
     // it (only if it is still the one judged stale), then insert with BPF_NOEXIST.
     // SAFETY: copied out.
-    match unsafe { PL_CONNTRACK.get(reply_key) }.copied() {
-        Some(cur) if cur.last_seen_ns != old.last_seen_ns => return false,
+    match unsafe { PL_CONNTRACK.get(reply_key) } {
+        Some(cur) if cur.last_seen_ns != old_seen => return false,
         Some(_) => {
             let _ = PL_CONNTRACK.remove(reply_key);
         }
@@ -356,7 +394,7 @@ fn claim(reply_key: &FlowKey, reply: &FlowEntry, fwd_key: &FlowKey, t: u64, cfg:
 fn keep_partner(e: &FlowEntry, key: &FlowKey, reply: &FlowEntry) -> bool {
     let pk = e.partner_key(key.proto);
     // SAFETY: copied out.
-    match unsafe { PL_CONNTRACK.get(pk) }.copied() {
+    match unsafe { PL_CONNTRACK.get(pk) } {
         Some(p) => p.partner_key(key.proto) == *key,
         None => PL_CONNTRACK.insert(pk, reply, BPF_NOEXIST as u64).is_ok(),
     }
@@ -365,12 +403,13 @@ fn keep_partner(e: &FlowEntry, key: &FlowKey, reply: &FlowEntry) -> bool {
 /// TCP connection tracking: RST closes at once, FIN in both directions closes, a SYN
 /// reopens a closing flow (the client reused its port). Refreshes the idle timer.
 #[inline(always)]
-fn track(e: &mut FlowEntry, proto: u8, flags: u8, t: u64) {
+pub fn track(e: &mut FlowEntry, key: &FlowKey, flags: u8, t: u64) {
+    let proto = key.proto;
     e.last_seen_ns = t;
     if proto != PROTO_TCP || flags & (TCP_FIN | TCP_RST | TCP_SYN) == 0 {
         return;
     }
-    let partner = PL_CONNTRACK.get_ptr_mut(e.partner_key(proto));
+    let partner = PL_CONNTRACK.get_ptr_mut(e.partner(key));
     if flags & TCP_RST != 0 {
         e.tcp_flags |= CT_CLOSING;
         if let Some(p) = partner {

@@ -30,8 +30,20 @@ fn icmp_hdr<'a>(ctx: &'a XdpContext, pkt: &Packet) -> Result<&'a mut Icmpv4Hdr, 
 }
 
 /// ICMP to an ENI of a forwarding endpoint.
-#[inline(always)]
+/// Non-inlined (its own BPF stack frame); see `crate::settle`.
+#[inline(never)]
 pub fn to_endpoint(
+    ctx: &XdpContext,
+    iface: &IfaceInfo,
+    eni_key: VpcAddr,
+    eni: &EndpointEni,
+    pkt: &Packet,
+) -> u64 {
+    crate::settle(to_endpoint_checked(ctx, iface, eni_key, eni, pkt))
+}
+
+#[inline(always)]
+fn to_endpoint_checked(
     ctx: &XdpContext,
     iface: &IfaceInfo,
     eni_key: VpcAddr,
@@ -54,8 +66,14 @@ pub fn to_endpoint(
 }
 
 /// ICMP to a SNAT address: only errors about our flows are meaningful.
+/// Non-inlined (its own BPF stack frame); see `crate::settle`.
+#[inline(never)]
+pub fn to_snat(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
+    crate::settle(to_snat_checked(ctx, iface, pkt))
+}
+
 #[inline(always)]
-pub fn to_snat(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
+fn to_snat_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
     let icmp = icmp_hdr(ctx, pkt)?;
     match icmp.type_ {
         DEST_UNREACH | TIME_EXCEEDED => translate_error(ctx, iface, pkt),

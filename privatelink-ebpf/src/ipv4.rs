@@ -3,14 +3,15 @@
 
 use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, programs::XdpContext};
 use privatelink_common::{
-    EndpointEni, IFACE_FLAG_GATEWAYS, IfaceInfo, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr,
-    csum,
+    ENI_FLAG_GWLB, EndpointEni, GENEVE_PORT, IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS, IfaceInfo,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum,
 };
 
 use crate::{
-    Verdict, conntrack, icmp,
+    Verdict, conntrack, gwlb, icmp,
     maps::{PL_ENDPOINTS, PL_GW_ROUTES, PL_SNAT_ADDRS},
-    parse::{ETH_LEN, Ipv4Ext, Ipv4Hdr, be16, frame_len, mut_at, ne16, ptr_at},
+    parse::{ETH_LEN, Ipv4Ext, Ipv4Hdr, Ports, be16, frame_len, mut_at, ne16, ptr_at},
+    unpack,
 };
 
 /// A validated IPv4 packet: where its L4 header starts and where the IP packet ends.
@@ -62,12 +63,24 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
             return Err(Reason::DropFragment);
         }
         return match pkt.proto {
-            PROTO_TCP | PROTO_UDP => conntrack::reply(ctx, iface, &pkt),
-            PROTO_ICMP => icmp::to_snat(ctx, iface, &pkt),
+            PROTO_TCP | PROTO_UDP => Ok(unpack(conntrack::reply(ctx, iface, &pkt))),
+            PROTO_ICMP => Ok(unpack(icmp::to_snat(ctx, iface, &pkt))),
             _ => Err(Reason::DropNoFlow),
         };
     }
-    // Gateway endpoints: the VPC routes a service's prefix list to us.
+    // GENEVE coming back from a GWLB appliance.
+    if iface.flags & IFACE_FLAG_APPLIANCES != 0
+        && pkt.proto == PROTO_UDP
+        && pkt.l4 + 8 <= pkt.end
+        && be16(mut_at::<Ports>(ctx, pkt.l4, Reason::DropTruncatedL4)?.dport) == GENEVE_PORT
+    {
+        verify_checksum(ctx, hlen)?;
+        if ip.is_fragment() {
+            return Err(Reason::DropFragment);
+        }
+        return Ok(unpack(gwlb::from_appliance(ctx, iface, &pkt)));
+    }
+    // Gateway and GWLB endpoints: the VPC routes prefixes to us.
     if iface.flags & IFACE_FLAG_GATEWAYS == 0 {
         return Ok((xdp_action::XDP_PASS, Reason::PassUnrelated));
     }
@@ -78,10 +91,13 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
             return Err(Reason::DropFragment);
         }
         check_forwarding(&gw)?;
+        if gw.flags & ENI_FLAG_GWLB != 0 {
+            return Ok(unpack(gwlb::steer(ctx, iface, &pkt, &gw)));
+        }
         return match pkt.proto {
-            PROTO_TCP | PROTO_UDP => conntrack::forward(ctx, iface, dst, &gw, &pkt),
+            PROTO_TCP | PROTO_UDP => Ok(unpack(conntrack::forward(ctx, iface, dst, &gw, &pkt))),
             // Errors about a gateway flow's replies (PMTU discovery needs them).
-            PROTO_ICMP => icmp::to_snat(ctx, iface, &pkt),
+            PROTO_ICMP => Ok(unpack(icmp::to_snat(ctx, iface, &pkt))),
             _ => Err(Reason::DropUnsupportedProtocol),
         };
     }
@@ -98,8 +114,8 @@ fn to_endpoint(
 ) -> Result<Verdict, Reason> {
     check_forwarding(eni)?;
     match pkt.proto {
-        PROTO_TCP | PROTO_UDP => conntrack::forward(ctx, iface, eni_key, eni, pkt),
-        PROTO_ICMP => icmp::to_endpoint(ctx, iface, eni_key, eni, pkt),
+        PROTO_TCP | PROTO_UDP => Ok(unpack(conntrack::forward(ctx, iface, eni_key, eni, pkt))),
+        PROTO_ICMP => Ok(unpack(icmp::to_endpoint(ctx, iface, eni_key, eni, pkt))),
         _ => Err(Reason::DropUnsupportedProtocol),
     }
 }

@@ -6,6 +6,7 @@
 mod arp;
 mod conntrack;
 mod filter;
+mod gwlb;
 mod icmp;
 mod ipv4;
 mod maps;
@@ -39,9 +40,31 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Reason> {
     };
     match u16::from_be(eth.ether_type) {
         parse::ETH_P_IP => ipv4::handle(ctx, ifindex, &iface),
-        parse::ETH_P_ARP => arp::handle(ctx, &iface),
+        parse::ETH_P_ARP => Ok(unpack(arp::handle(ctx, &iface))),
         _ => Ok((xdp_action::XDP_PASS, Reason::PassUnrelated)),
     }
+}
+
+/// The outcome of a path that runs as its own BPF function. Such functions return a plain
+/// `Verdict`: BTF cannot describe Rust's `Result` layout (the kernel refuses the union
+/// member at a non-zero offset it would need), and a BPF-to-BPF call keeps each path's
+/// stack frame separate, which the 512-byte limit needs.
+/// The verdict travels packed in one u64 (action << 32 | reason), returned in a register.
+#[inline(always)]
+pub fn settle(r: Result<Verdict, Reason>) -> u64 {
+    let (action, reason) = match r {
+        Ok(v) => v,
+        Err(reason) => (xdp_action::XDP_DROP, reason),
+    };
+    (action as u64) << 32 | reason as u32 as u64
+}
+
+/// The other end of `settle`.
+#[inline(always)]
+pub fn unpack(v: u64) -> Verdict {
+    // SAFETY: the low half was made from a `Reason` (a `#[repr(u32)]` enum) by `settle`.
+    let reason = unsafe { core::mem::transmute::<u32, Reason>(v as u32) };
+    ((v >> 32) as u32, reason)
 }
 
 #[cfg(not(test))]

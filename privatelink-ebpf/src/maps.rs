@@ -6,9 +6,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use privatelink_common::{
-    Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey, IfaceInfo, MAX_ENDPOINTS,
-    MAX_IFACES, MAX_NEIGHBORS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_VPCS, Neighbor, RuleSet, SnatPool,
-    VpcAddr, VpcPort, reason::REASON_COUNT,
+    Appliance, ApplianceSet, Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey,
+    GwlbZone, IfaceInfo, MAX_ENDPOINTS, MAX_GWLB_NEIGHBORS, MAX_IFACES, MAX_NEIGHBORS,
+    MAX_SERVICES, MAX_SNAT_ADDRS, MAX_VPCS, Neighbor, RuleSet, SnatPool, VpcAddr, VpcPort,
+    reason::REASON_COUNT,
 };
 
 #[btf_map]
@@ -65,3 +66,29 @@ pub static PL_GW_ROUTES: LpmTrie<VpcAddr, EndpointEni, { MAX_ENDPOINTS as usize 
 /// Gateway endpoints' route target addresses (answered in ARP).
 #[btf_map]
 pub static PL_GW_ADDRS: HashMap<VpcAddr, u32, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+/// GWLB: the appliances new flows are spread over, per service and zone.
+#[btf_map]
+pub static PL_GWLB_TARGETS: HashMap<GwlbZone, ApplianceSet, { MAX_SERVICES as usize }> =
+    HashMap::new();
+
+/// GWLB: every appliance (GENEVE is accepted only from these) and its health.
+#[btf_map]
+pub static PL_GWLB_APPLS: HashMap<VpcAddr, Appliance, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// GWLB: MACs of inner destinations, resolved by the data path's own ARP requests.
+#[btf_map]
+pub static PL_GWLB_NEIGH: LruHashMap<VpcAddr, Neighbor, { MAX_GWLB_NEIGHBORS as usize }> =
+    LruHashMap::new();
+
+/// Per-CPU room for the flow entries a new flow is built from: the BPF stack is 512 bytes
+/// for the whole call chain, and two entries on it would not fit.
+#[btf_map]
+pub static PL_SCRATCH: PerCpuArray<FlowEntry, 2> = PerCpuArray::new();
+
+#[inline(always)]
+pub fn scratch(i: u32) -> Result<*mut FlowEntry, privatelink_common::Reason> {
+    PL_SCRATCH
+        .get_ptr_mut(i)
+        .ok_or(privatelink_common::Reason::DropConntrackFull)
+}

@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use utoipa::OpenApi;
 
 use crate::{
+    desired::Unhealthy,
     model::{Endpoint, EndpointService, NetworkAcl, SecurityGroup, SgRule, State, Vpc},
     ops::{self, Caller, OpError},
     store::Store,
@@ -30,6 +31,11 @@ pub trait Apply: Send {
     fn apply(&mut self, s: &State) -> anyhow::Result<()>;
     /// Periodic upkeep (next-hop probes).
     fn tick(&mut self) {}
+    /// The health view: GWLB appliances currently judged unhealthy (none by default: an
+    /// appliance nobody checks counts as healthy).
+    fn unhealthy(&self) -> Unhealthy {
+        Unhealthy::new()
+    }
 }
 
 pub struct App {
@@ -55,6 +61,23 @@ impl App {
             }
         }
         self.apply.tick();
+    }
+
+    /// Re-applies the committed state: something the data path derives from besides the
+    /// state changed (a health verdict).
+    pub fn refresh(&mut self) {
+        match self.apply.apply(&self.state) {
+            Ok(()) => {
+                if self.dirty {
+                    tracing::info!("data path caught up with the stored state");
+                }
+                self.dirty = false;
+            }
+            Err(e) => {
+                self.dirty = true;
+                tracing::warn!("data path behind the stored state (retrying): {e:#}");
+            }
+        }
     }
 }
 
@@ -304,6 +327,18 @@ async fn connection_action(
     .map(Json)
 }
 
+#[utoipa::path(get, path = "/v1/services/{id}/appliances",
+    responses((status = 200, body = Vec<ops::ApplianceView>), (status = 400, body = OpError), (status = 404, body = OpError)))]
+async fn list_appliances(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Res<Vec<ops::ApplianceView>> {
+    let g = app.lock().await;
+    let caller = ops::authenticate(&g.state, &g.admin_token_sha256, bearer(&h))?;
+    ops::list_appliances(&g.state, &caller, &id, &g.apply.unhealthy()).map(Json)
+}
+
 #[utoipa::path(post, path = "/v1/endpoints", request_body = ops::NewEndpoint,
     responses((status = 201, body = Object), (status = 403, body = OpError)))]
 async fn create_endpoint(
@@ -492,6 +527,7 @@ async fn status(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Status> {
         whitelist_remove,
         list_connections,
         connection_action,
+        list_appliances,
         create_endpoint,
         list_endpoints,
         get_endpoint,
@@ -538,6 +574,7 @@ pub fn router(app: Shared) -> Router {
             put(whitelist_add).delete(whitelist_remove),
         )
         .route("/v1/services/{id}/connections", get(list_connections))
+        .route("/v1/services/{id}/appliances", get(list_appliances))
         .route(
             "/v1/services/{id}/connections/{endpoint}/{action}",
             post(connection_action),
@@ -560,4 +597,20 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/acls/{id}", axum::routing::delete(delete_acl))
         .fallback(fallback)
         .with_state(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_the_appliances() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let path = &doc["paths"]["/v1/services/{id}/appliances"]["get"];
+        assert!(path.is_object(), "{doc:#}");
+        assert!(doc["components"]["schemas"]["ApplianceView"].is_object());
+        let new_service = &doc["components"]["schemas"]["NewService"]["properties"];
+        assert!(new_service["gwlb"].is_object());
+        assert!(doc["components"]["schemas"]["NewEndpoint"]["properties"]["routes"].is_object());
+    }
 }

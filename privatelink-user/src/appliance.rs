@@ -173,8 +173,9 @@ pub struct Counters {
     pub returned: u64,
     pub dropped_by_rule: u64,
     pub malformed: BTreeMap<&'static str, u64>,
-    /// Packets per flow cookie (hex): a flow and its reply share one.
-    pub cookies: BTreeMap<String, u64>,
+    /// Per flow cookie (hex), packets per inner direction ("src>dst"): a flow and its
+    /// reply share one cookie, so a symmetric path shows both directions under it.
+    pub cookies: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 pub struct Options {
@@ -183,6 +184,8 @@ pub struct Options {
     pub reply_port: u16,
     pub drop: Vec<DropRule>,
     pub stats_file: Option<PathBuf>,
+    /// Where to answer health checks (any TCP connection gets `HTTP/1.0 200 OK`).
+    pub health: Option<SocketAddr>,
 }
 
 /// Handles one datagram: the bytes to send back, if any.
@@ -196,7 +199,16 @@ pub fn handle<'a>(c: &mut Counters, rules: &[DropRule], d: &'a [u8]) -> Option<&
         }
     };
     let cookie: String = g.flow_cookie.iter().map(|b| format!("{b:02x}")).collect();
-    *c.cookies.entry(cookie).or_default() += 1;
+    let dir = match g.inner {
+        [0x45..=0x4f, ..] if g.inner.len() >= 20 => {
+            let a = |o: usize| {
+                std::net::Ipv4Addr::new(g.inner[o], g.inner[o + 1], g.inner[o + 2], g.inner[o + 3])
+            };
+            format!("{}>{}", a(12), a(16))
+        }
+        _ => "other".to_string(),
+    };
+    *c.cookies.entry(cookie).or_default().entry(dir).or_default() += 1;
     if rules.iter().any(|r| r.matches(g.inner)) {
         c.dropped_by_rule += 1;
         return None;
@@ -209,6 +221,10 @@ pub fn handle<'a>(c: &mut Counters, rules: &[DropRule], d: &'a [u8]) -> Option<&
 /// Runs until the process is stopped.
 pub fn run(o: &Options) -> Result<()> {
     let sock = UdpSocket::bind(o.listen).with_context(|| format!("binding {}", o.listen))?;
+    if let Some(addr) = o.health {
+        let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        std::thread::spawn(move || serve_health(l));
+    }
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut c = Counters::default();
     let mut buf = vec![0u8; 65536];
@@ -240,6 +256,17 @@ pub fn run(o: &Options) -> Result<()> {
             dirty = false;
             written = Instant::now();
         }
+    }
+}
+
+/// Answers every connection with a 200: the appliance is up as long as it runs.
+fn serve_health(l: std::net::TcpListener) {
+    use std::io::{Read, Write};
+    for mut c in l.incoming().flatten() {
+        let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut buf = [0u8; 512];
+        let _ = c.read(&mut buf);
+        let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -179,11 +179,11 @@ pub enum ServiceCmd {
         id: String,
         #[arg(long)]
         vpc: String,
-        /// The load balancer of a zone as ZONE:ADDRESS (repeatable).
-        #[arg(long = "backend", required = true)]
+        /// The load balancer of a zone as ZONE:ADDRESS (repeatable; not for --type gwlb).
+        #[arg(long = "backend", required_unless_present_any = ["appliances", "gwlb_address"])]
         backends: Vec<String>,
-        /// A SNAT address in the service's VPC (repeatable).
-        #[arg(long = "snat", required = true)]
+        /// A SNAT address in the service's VPC (repeatable; not for --type gwlb).
+        #[arg(long = "snat", required_unless_present_any = ["appliances", "gwlb_address"])]
         snat: Vec<String>,
         /// SNAT port range LOW-HIGH.
         #[arg(long)]
@@ -194,15 +194,22 @@ pub enum ServiceCmd {
         no_zone_affinity: bool,
         #[arg(long)]
         domain: Option<String>,
-        /// interface (a load balancer) or gateway (a prefix list reached by route).
+        /// interface (a load balancer), gateway (a prefix list reached by route) or gwlb
+        /// (a Gateway Load Balancer in front of inspection appliances).
         #[arg(long = "type", default_value = "interface")]
         kind: String,
         /// Gateway services: a prefix of the list (repeatable).
         #[arg(long = "prefix")]
         prefixes: Vec<String>,
+        #[command(flatten)]
+        gwlb: Box<GwlbArgs>,
     },
     List,
     Show {
+        id: String,
+    },
+    /// The appliances of a GWLB service and their health.
+    Appliances {
         id: String,
     },
     /// Change settings of a service.
@@ -219,6 +226,110 @@ pub enum ServiceCmd {
     /// The accounts allowed to connect.
     #[command(subcommand)]
     Whitelist(WhitelistCmd),
+}
+
+// `service create --type gwlb` settings (a plain comment: a doc comment here would become
+// the help text of `service create`).
+#[derive(Args)]
+pub struct GwlbArgs {
+    /// GWLB: an appliance as ZONE=ADDRESS (repeatable, instead of --backend).
+    #[arg(long = "appliance", required_if_eq("kind", "gwlb"))]
+    appliances: Vec<String>,
+    /// GWLB: the load balancer's own address in the service VPC (GENEVE's source, the
+    /// health checks' source; configure it on the forwarder's interface of that VPC).
+    #[arg(long, required_if_eq("kind", "gwlb"))]
+    gwlb_address: Option<String>,
+    /// GWLB: five_tuple (default), three_tuple or two_tuple.
+    #[arg(long)]
+    stickiness: Option<String>,
+    /// GWLB: spread every zone's flows over the appliances of all zones.
+    #[arg(long)]
+    cross_zone: bool,
+    /// GWLB: no_rebalance (default) or rebalance (flows of an unhealthy appliance move).
+    #[arg(long)]
+    failover: Option<String>,
+    /// GWLB: the appliance port health checks probe (default 80).
+    #[arg(long)]
+    health_port: Option<u16>,
+    /// GWLB: probe with an HTTP GET of this path (default: a TCP connect).
+    #[arg(long)]
+    health_path: Option<String>,
+    /// GWLB: milliseconds between probes (default 5000).
+    #[arg(long)]
+    health_interval_ms: Option<u64>,
+    /// GWLB: milliseconds a probe may take (default 2000).
+    #[arg(long)]
+    health_timeout_ms: Option<u64>,
+    /// GWLB: successes in a row that make an appliance healthy (default 3).
+    #[arg(long)]
+    healthy_threshold: Option<u32>,
+    /// GWLB: failures in a row that make an appliance unhealthy (default 3).
+    #[arg(long)]
+    unhealthy_threshold: Option<u32>,
+}
+
+impl GwlbArgs {
+    /// Whether any GWLB setting was given.
+    fn given(&self) -> bool {
+        !self.appliances.is_empty()
+            || self.gwlb_address.is_some()
+            || self.stickiness.is_some()
+            || self.cross_zone
+            || self.failover.is_some()
+            || self.health_port.is_some()
+            || self.health_path.is_some()
+            || self.health_interval_ms.is_some()
+            || self.health_timeout_ms.is_some()
+            || self.healthy_threshold.is_some()
+            || self.unhealthy_threshold.is_some()
+    }
+
+    /// The appliances as backends, and the `gwlb` settings object (unset values are left
+    /// to the server's defaults).
+    fn to_json(&self) -> Result<(Vec<Value>, Value)> {
+        let appliances = self
+            .appliances
+            .iter()
+            .map(|a| {
+                a.split_once('=')
+                    .map(|(z, addr)| json!({"zone": z, "address": addr}))
+                    .ok_or_else(|| anyhow!("appliance {a:?}: expected ZONE=ADDRESS"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let address = self
+            .gwlb_address
+            .as_ref()
+            .context("--type gwlb needs --gwlb-address (the load balancer's own address)")?;
+        let mut health = serde_json::Map::new();
+        if let Some(p) = &self.health_path {
+            health.insert("probe".into(), json!({"kind": "http", "path": p}));
+        }
+        for (k, v) in [
+            ("port", self.health_port.map(u64::from)),
+            ("interval_ms", self.health_interval_ms),
+            ("timeout_ms", self.health_timeout_ms),
+            ("healthy_threshold", self.healthy_threshold.map(u64::from)),
+            (
+                "unhealthy_threshold",
+                self.unhealthy_threshold.map(u64::from),
+            ),
+        ] {
+            if let Some(v) = v {
+                health.insert(k.into(), v.into());
+            }
+        }
+        let mut gwlb = serde_json::Map::new();
+        gwlb.insert("address".into(), json!(address));
+        gwlb.insert("cross_zone".into(), json!(self.cross_zone));
+        if let Some(s) = &self.stickiness {
+            gwlb.insert("stickiness".into(), json!(s));
+        }
+        if let Some(f) = &self.failover {
+            gwlb.insert("failover".into(), json!(f));
+        }
+        gwlb.insert("health".into(), Value::Object(health));
+        Ok((appliances, Value::Object(gwlb)))
+    }
 }
 
 #[derive(Subcommand)]
@@ -246,6 +357,9 @@ pub enum EndpointCmd {
         /// order (repeatable).
         #[arg(long = "policy")]
         policy: Vec<String>,
+        /// GWLB endpoints: a destination prefix the VPC routes to the endpoint (repeatable).
+        #[arg(long = "route")]
+        routes: Vec<String>,
         #[arg(long, default_value = "")]
         name: String,
         #[arg(long, default_value = "")]
@@ -273,6 +387,9 @@ pub enum EndpointCmd {
         security_groups: Vec<String>,
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// GWLB endpoints: the routes, replacing the old ones (repeatable).
+        #[arg(long = "route")]
+        routes: Vec<String>,
     },
     Delete {
         id: String,
@@ -468,11 +585,27 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             domain,
             kind,
             prefixes,
+            gwlb,
         } => {
-            let backends = backends
+            let mut backends = backends
                 .iter()
                 .map(|b| split2("backend", b).map(|(z, a)| json!({"zone": z, "address": a})))
                 .collect::<Result<Vec<_>>>()?;
+            let mut gwlb_settings = Value::Null;
+            if kind == "gwlb" {
+                if !backends.is_empty() || !snat.is_empty() {
+                    bail!(
+                        "--type gwlb takes --appliance ZONE=ADDRESS and --gwlb-address, not --backend or --snat"
+                    );
+                }
+                let (appliances, settings) = gwlb.to_json()?;
+                backends = appliances;
+                gwlb_settings = settings;
+            } else if gwlb.given() {
+                bail!(
+                    "--appliance, --gwlb-address and the health and stickiness options are for --type gwlb"
+                );
+            }
             let ports = match snat_ports {
                 Some(p) => {
                     let (lo, hi) = p
@@ -485,15 +618,22 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
                 }
                 None => None,
             };
-            let body = json!({
+            let mut body = json!({
                 "id": id, "vpc": vpc, "backends": backends, "snat": snat, "snat_ports": ports,
                 "auto_accept": auto_accept, "zone_affinity": !no_zone_affinity, "domain": domain,
                 "type": kind, "prefixes": prefixes,
             });
+            if !gwlb_settings.is_null() {
+                body["gwlb"] = gwlb_settings;
+            }
             (c.post("/v1/services", &body)?, COLS)
         }
         ServiceCmd::List => (c.get("/v1/services")?, COLS),
         ServiceCmd::Show { id } => (c.get(&format!("/v1/services/{id}"))?, COLS),
+        ServiceCmd::Appliances { id } => (
+            c.get(&format!("/v1/services/{id}/appliances"))?,
+            &["address", "zone", "healthy"],
+        ),
         ServiceCmd::Set {
             id,
             auto_accept,
@@ -557,16 +697,20 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
             tags: t,
             gateway,
             policy,
+            routes,
         } => {
             let policy = policy
                 .iter()
                 .map(|r| acl_rule(r))
                 .collect::<Result<Vec<_>>>()?;
-            let body = json!({
+            let mut body = json!({
                 "id": id, "vpc": vpc, "service": service, "zones": zones(&z)?, "name": name,
                 "description": description, "security_groups": security_groups, "tags": tags(&t)?,
                 "gateway": gateway, "policy": policy,
             });
+            if !routes.is_empty() {
+                body["routes"] = json!(routes);
+            }
             (c.post("/v1/endpoints", &body)?, COLS)
         }
         EndpointCmd::List => (c.get("/v1/endpoints")?, COLS),
@@ -578,6 +722,7 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
             zones: z,
             security_groups,
             tags: t,
+            routes,
         } => {
             let mut body = serde_json::Map::new();
             if let Some(n) = name {
@@ -594,6 +739,9 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
             }
             if !t.is_empty() {
                 body.insert("tags".into(), json!(tags(&t)?));
+            }
+            if !routes.is_empty() {
+                body.insert("routes".into(), json!(routes));
             }
             (
                 c.call(
@@ -641,4 +789,78 @@ fn print(v: &Value, columns: &[&str], json: bool) {
         t.add_row(columns.iter().map(|c| cell(&r[*c])));
     }
     println!("{t}");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::{health::Probe, model::GwlbSettings};
+
+    #[derive(Parser)]
+    struct T {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    }
+
+    fn create(args: &str) -> Result<T, clap::Error> {
+        T::try_parse_from(["t", "create"].into_iter().chain(args.split_whitespace()))
+    }
+
+    #[test]
+    fn gwlb_flags_build_the_settings_the_api_takes() {
+        let t = create(
+            "g --vpc v --type gwlb --appliance zone-a=10.20.1.10 --appliance zone-b=10.20.2.10 \
+             --gwlb-address 10.20.0.5 --stickiness two_tuple --cross-zone --failover rebalance \
+             --health-port 8080 --health-path /healthz --health-interval-ms 500 \
+             --health-timeout-ms 100 --healthy-threshold 2 --unhealthy-threshold 4",
+        )
+        .unwrap();
+        let ServiceCmd::Create { gwlb, kind, .. } = t.cmd else {
+            panic!("not create")
+        };
+        assert_eq!(kind, "gwlb");
+        let (appliances, settings) = gwlb.to_json().unwrap();
+        assert_eq!(
+            appliances[1],
+            json!({"zone": "zone-b", "address": "10.20.2.10"})
+        );
+        let g: GwlbSettings = serde_json::from_value(settings).unwrap();
+        assert_eq!(g.address.to_string(), "10.20.0.5");
+        assert!(g.cross_zone);
+        assert_eq!(
+            g.health.probe,
+            Probe::Http {
+                path: "/healthz".into()
+            }
+        );
+        assert_eq!(
+            (
+                g.health.port,
+                g.health.interval_ms,
+                g.health.timeout_ms,
+                g.health.healthy_threshold,
+                g.health.unhealthy_threshold
+            ),
+            (8080, 500, 100, 2, 4)
+        );
+        // Defaults are the server's.
+        let t =
+            create("g --vpc v --type gwlb --appliance z=10.0.0.1 --gwlb-address 10.0.0.5").unwrap();
+        let ServiceCmd::Create { gwlb, .. } = t.cmd else {
+            panic!("not create")
+        };
+        let g: GwlbSettings = serde_json::from_value(gwlb.to_json().unwrap().1).unwrap();
+        assert_eq!(g.health, crate::health::HealthSettings::default());
+    }
+
+    #[test]
+    fn backend_and_snat_stay_required_except_for_gwlb() {
+        assert!(create("s --vpc v").is_err());
+        assert!(create("s --vpc v --backend z:10.0.0.1").is_err());
+        assert!(create("s --vpc v --backend z:10.0.0.1 --snat 10.0.0.2").is_ok());
+        assert!(create("g --vpc v --type gwlb --gwlb-address 10.0.0.5").is_err());
+        assert!(create("g --vpc v --type gwlb --appliance z=10.0.0.1").is_err());
+    }
 }

@@ -20,8 +20,8 @@ use aya::{
     },
 };
 use privatelink_common::{
-    Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey, GatewayRoute, Neighbor,
-    PROGRAM_NAME, Reason, VpcAddr, map_names,
+    Appliance, ApplianceSet, Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey,
+    GatewayRoute, GwlbZone, Neighbor, PROGRAM_NAME, Reason, VpcAddr, map_names,
 };
 
 use crate::{
@@ -178,6 +178,8 @@ impl Dataplane {
                 acl_out: read_map(self.map(map_names::ACL_OUT)?)?,
                 gw_routes: read_routes(self.map(map_names::GATEWAY_ROUTES)?)?,
                 gw_addrs: read_map(self.map(map_names::GATEWAY_ADDRS)?)?,
+                gwlb_targets: read_map(self.map(map_names::GWLB_TARGETS)?)?,
+                gwlb_appliances: read_map(self.map(map_names::GWLB_APPLIANCES)?)?,
                 next_hops: read_map::<VpcAddr, Neighbor>(self.map(map_names::NEIGHBORS)?)?
                     .into_keys()
                     .collect(),
@@ -202,7 +204,9 @@ impl Dataplane {
             ACL_IN => acl_in,
             ACL_OUT => acl_out,
             GATEWAY_ADDRS => gw_addrs,
-                        ENDPOINTS => endpoints
+            GWLB_APPLIANCES => gwlb_appliances,
+            GWLB_TARGETS => gwlb_targets,
+            ENDPOINTS => endpoints
         )
         .and_then(|()| {
             sync_next_hops(
@@ -314,6 +318,24 @@ fn expected_layout(conntrack_entries: u32) -> Vec<(&'static str, usize, usize, O
             None,
         ),
         (map_names::GATEWAY_ADDRS, size_of::<VpcAddr>(), 4, None),
+        (
+            map_names::GWLB_TARGETS,
+            size_of::<GwlbZone>(),
+            size_of::<ApplianceSet>(),
+            None,
+        ),
+        (
+            map_names::GWLB_APPLIANCES,
+            size_of::<VpcAddr>(),
+            size_of::<Appliance>(),
+            None,
+        ),
+        (
+            map_names::GWLB_NEIGHBORS,
+            size_of::<VpcAddr>(),
+            size_of::<Neighbor>(),
+            None,
+        ),
     ]
 }
 
@@ -536,7 +558,44 @@ pub fn resolve_link(name: &str) -> Result<crate::desired::Link, String> {
         ));
     }
     let mac = hardware_address(&cname).map_err(|e| format!("reading the MAC of {name}: {e}"))?;
-    Ok(crate::desired::Link { ifindex, mac })
+    let mtu = interface_mtu(&cname).map_err(|e| format!("reading the MTU of {name}: {e}"))?;
+    Ok(crate::desired::Link { ifindex, mac, mtu })
+}
+
+/// The interface's MTU: SIOCGIFMTU on a socket of the calling thread's network namespace
+/// (not `/sys/class/net/<name>/mtu`: sysfs shows the namespace it was mounted in, and
+/// `--netns` keeps the host's mounts so that /sys/fs/bpf stays visible).
+fn interface_mtu(name: &std::ffi::CStr) -> std::io::Result<u16> {
+    let fd = dgram_socket()?;
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.to_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads ifr_name and fills ifr_mtu.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCGIFMTU,
+            &mut req,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the union member SIOCGIFMTU fills.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok(mtu.clamp(0, u16::MAX as libc::c_int) as u16)
+}
+
+fn dgram_socket() -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned here only.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -551,13 +610,7 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 /// SIOCGIFHWADDR on a socket of the calling thread's network namespace (sysfs would show
 /// the namespace it was mounted in, not the thread's).
 fn hardware_address(name: &std::ffi::CStr) -> std::io::Result<[u8; 6]> {
-    // SAFETY: plain socket(2); the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd was just created and is owned here only.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let fd = dgram_socket()?;
     // SAFETY: ifreq is plain data; all-zero is valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(name.to_bytes()) {

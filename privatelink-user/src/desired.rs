@@ -1,23 +1,32 @@
 //! From the domain model to the exact content the BPF maps should have. Pure: interface
 //! lookups are passed in, so this is tested without a kernel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use privatelink_common::{
-    ConnectionState, ENI_FLAG_ACL, ENI_FLAG_GATEWAY, ENI_FLAG_SG, ENI_FLAG_WHITELISTED,
-    EndpointEni, GatewayRoute, IFACE_FLAG_GATEWAYS, IfaceInfo, MAX_SNAT_ADDRS, PROTO_ANY,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, Rule, RuleSet, SnatPool, VpcAddr,
-    VpcPort,
+    Appliance, ApplianceSet, ConnectionState, ENI_FLAG_ACL, ENI_FLAG_GATEWAY, ENI_FLAG_GWLB,
+    ENI_FLAG_REBALANCE, ENI_FLAG_SG, ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3, ENI_FLAG_WHITELISTED,
+    EndpointEni, GatewayRoute, GwlbZone, IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS, IfaceInfo,
+    MAX_APPLIANCES, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT,
+    RULE_DROP, Rule, RuleSet, SnatPool, VpcAddr, VpcPort,
 };
 
-use crate::model::{Direction, FieldError, Protocol, RuleAction, State, numeric_id};
+use crate::model::{
+    Direction, Endpoint, EndpointService, Failover, FieldError, GwlbSettings, Protocol, RuleAction,
+    ServiceType, State, Stickiness, Vpc, numeric_id,
+};
 
 /// An interface as the kernel knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Link {
     pub ifindex: u32,
     pub mac: [u8; 6],
+    pub mtu: u16,
 }
+
+/// The health view: GWLB appliances currently judged unhealthy, as (VPC id, address).
+/// Empty: every appliance is healthy.
+pub type Unhealthy = BTreeSet<(u32, [u8; 4])>;
 
 /// Everything the daemon owns in the maps (conntrack and learned neighbors are the data
 /// path's own).
@@ -33,8 +42,13 @@ pub struct Desired {
     pub acl_out: BTreeMap<VpcAddr, RuleSet>,
     pub gw_routes: BTreeMap<GatewayRoute, EndpointEni>,
     pub gw_addrs: BTreeMap<VpcAddr, u32>,
-    /// Next hops the data path may learn MACs for (load balancers, gateway next hops).
-    pub next_hops: std::collections::BTreeSet<VpcAddr>,
+    /// GWLB: the appliances new flows of a (service, zone) are spread over.
+    pub gwlb_targets: BTreeMap<GwlbZone, ApplianceSet>,
+    /// GWLB: every appliance, with its service and health.
+    pub gwlb_appliances: BTreeMap<VpcAddr, Appliance>,
+    /// Next hops the data path may learn MACs for (load balancers, gateway next hops,
+    /// appliances).
+    pub next_hops: BTreeSet<VpcAddr>,
 }
 
 fn rule(
@@ -94,8 +108,8 @@ pub fn merged_ingress(state: &State, groups: &[String]) -> Vec<Rule> {
     rules.into_iter().map(|(_, _, r)| r).collect()
 }
 
-/// A load balancer address the forwarder must resolve to a MAC, and the SNAT address to
-/// ask from.
+/// A load balancer (or appliance) address the forwarder must resolve to a MAC, and the
+/// address to ask from (a SNAT address, or the GWLB's own address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct NextHop {
     pub vpc_id: u32,
@@ -103,9 +117,12 @@ pub struct NextHop {
     pub ask_from: [u8; 4],
 }
 
+/// The maps' content for `state`, with interfaces looked up by `link` and GWLB appliance
+/// sets built from the healthy appliances (those not in `unhealthy`).
 pub fn compute(
     state: &State,
     link: impl Fn(&str) -> Result<Link, String>,
+    unhealthy: &Unhealthy,
 ) -> Result<Desired, FieldError> {
     let mut d = Desired::default();
     for (i, vpc) in state.vpcs.iter().enumerate() {
@@ -119,11 +136,7 @@ pub fn compute(
             IfaceInfo {
                 vpc_id,
                 mac: l.mac,
-                flags: if has_gateways(state, &vpc.id) {
-                    IFACE_FLAG_GATEWAYS
-                } else {
-                    0
-                },
+                flags: iface_flags(state, &vpc.id),
                 _pad: 0,
             },
         );
@@ -132,13 +145,17 @@ pub fn compute(
             VpcPort {
                 ifindex: l.ifindex,
                 mac: l.mac,
-                _pad: [0; 2],
+                mtu: l.mtu,
             },
         );
     }
     for svc in &state.services {
         let service_id = numeric_id(&svc.id);
         let vpc_id = numeric_id(&svc.vpc);
+        if let Some(g) = &svc.gwlb {
+            gwlb_service(&mut d, state, svc, g, unhealthy);
+            continue;
+        }
         let mut addrs = [[0u8; 4]; MAX_SNAT_ADDRS];
         for (slot, a) in addrs.iter_mut().zip(&svc.snat) {
             *slot = a.octets();
@@ -163,6 +180,10 @@ pub fn compute(
     for ep in &state.endpoints {
         let svc = state.service(&ep.service).expect("validated");
         let vpc = state.vpc(&ep.vpc).expect("validated");
+        if let Some(g) = &svc.gwlb {
+            gwlb_endpoint(&mut d, ep, svc, g, vpc);
+            continue;
+        }
         for z in &ep.zones {
             let vsw = vpc
                 .vswitches
@@ -283,25 +304,182 @@ fn gateway_endpoint(
     let _ = state;
 }
 
-fn has_gateways(state: &State, vpc: &str) -> bool {
-    state
+/// `IFACE_FLAG_GATEWAYS` when the VPC has gateway or GWLB endpoints (routes are looked
+/// up), `IFACE_FLAG_APPLIANCES` when it holds a GWLB service's appliances.
+fn iface_flags(state: &State, vpc: &str) -> u8 {
+    let mut flags = 0;
+    if state
         .endpoints
         .iter()
-        .any(|e| e.vpc == vpc && e.gateway.is_some())
+        .any(|e| e.vpc == vpc && (e.gateway.is_some() || !e.routes.is_empty()))
+    {
+        flags |= IFACE_FLAG_GATEWAYS;
+    }
+    if state
+        .services
+        .iter()
+        .any(|s| s.vpc == vpc && s.kind == ServiceType::Gwlb)
+    {
+        flags |= IFACE_FLAG_APPLIANCES;
+    }
+    flags
 }
 
-/// The load balancer addresses that forwarding endpoints send to.
+/// The zone a GWLB endpoint's ENI is in (its one vSwitch's zone).
+fn gwlb_endpoint_zone<'a>(vpc: &'a Vpc, ep: &Endpoint) -> Option<&'a str> {
+    let z = ep.zones.first()?;
+    vpc.vswitches
+        .iter()
+        .find(|s| s.id == z.vswitch)
+        .map(|s| s.zone.as_str())
+}
+
+/// A GWLB endpoint: every route of it in the consumer VPC's route trie, pointing at the
+/// service's appliance set for the ENI's zone, and its ENI answered in ARP.
+fn gwlb_endpoint(
+    d: &mut Desired,
+    ep: &Endpoint,
+    svc: &EndpointService,
+    g: &GwlbSettings,
+    vpc: &Vpc,
+) {
+    let (Some(z), Some(zone)) = (ep.zones.first(), gwlb_endpoint_zone(vpc, ep)) else {
+        return; // validated: one ENI in a vSwitch of the VPC
+    };
+    let vpc_id = numeric_id(&vpc.id);
+    let mut flags = ENI_FLAG_GWLB;
+    if svc.is_whitelisted(&ep.account) {
+        flags |= ENI_FLAG_WHITELISTED;
+    }
+    if g.failover == Failover::Rebalance {
+        flags |= ENI_FLAG_REBALANCE;
+    }
+    flags |= match g.stickiness {
+        Stickiness::FiveTuple => 0,
+        Stickiness::ThreeTuple => ENI_FLAG_STICKY_3,
+        Stickiness::TwoTuple => ENI_FLAG_STICKY_2,
+    };
+    let entry = EndpointEni {
+        endpoint_id: numeric_id(&ep.id),
+        service_id: numeric_id(&svc.id),
+        consumer_account: numeric_id(&ep.account),
+        state: ConnectionState::from(ep.connection) as u32,
+        flags,
+        zone_id: numeric_id(zone),
+        provider_vpc_id: numeric_id(&svc.vpc),
+        lb_addr: g.address.octets(),
+        gateway: z.eni.octets(),
+    };
+    d.gw_addrs.insert(
+        VpcAddr {
+            vpc_id,
+            addr: z.eni.octets(),
+        },
+        entry.endpoint_id,
+    );
+    for p in &ep.routes {
+        let route = GatewayRoute {
+            prefix_len: 32 + p.prefix_len() as u32,
+            vpc_id,
+            addr: p.network().octets(),
+        };
+        d.gw_routes.insert(route, entry);
+    }
+}
+
+/// A GWLB service: its appliances (with their health), and for every zone one of its
+/// endpoints is in, the appliances that zone's new flows are spread over:
+///
+/// - the healthy appliances of the same zone (zone names compared as written);
+/// - with `cross_zone`, the healthy appliances of every zone;
+/// - without `cross_zone`, when the zone has no healthy appliance left (or none at all),
+///   the healthy appliances of the other zones: failing over to another zone beats
+///   dropping every flow;
+/// - no healthy appliance anywhere: an empty set (the data path drops and counts).
+///
+/// Addresses are sorted, so the set (and the data path's `hash % count` pick) depends only
+/// on which appliances are healthy, not on declaration order.
+fn gwlb_service(
+    d: &mut Desired,
+    state: &State,
+    svc: &EndpointService,
+    g: &GwlbSettings,
+    unhealthy: &Unhealthy,
+) {
+    let service_id = numeric_id(&svc.id);
+    let vpc_id = numeric_id(&svc.vpc);
+    let healthy = |a: &std::net::Ipv4Addr| !unhealthy.contains(&(vpc_id, a.octets()));
+    for b in &svc.backends {
+        d.gwlb_appliances.insert(
+            VpcAddr {
+                vpc_id,
+                addr: b.address.octets(),
+            },
+            Appliance {
+                service_id,
+                healthy: healthy(&b.address) as u32,
+            },
+        );
+    }
+    let zones: BTreeSet<&str> = state
+        .endpoints
+        .iter()
+        .filter(|e| e.service == svc.id)
+        .filter_map(|e| gwlb_endpoint_zone(state.vpc(&e.vpc)?, e))
+        .collect();
+    for zone in zones {
+        let pick = |same_zone_only: bool| -> Vec<[u8; 4]> {
+            let mut v: Vec<[u8; 4]> = svc
+                .backends
+                .iter()
+                .filter(|b| healthy(&b.address) && (!same_zone_only || b.zone == zone))
+                .map(|b| b.address.octets())
+                .collect();
+            v.sort_by_key(|a| u32::from_be_bytes(*a));
+            v.dedup();
+            v
+        };
+        let mut addrs = if g.cross_zone {
+            pick(false)
+        } else {
+            pick(true)
+        };
+        if addrs.is_empty() {
+            addrs = pick(false);
+        }
+        let mut set = ApplianceSet::default();
+        for (slot, a) in set.addrs.iter_mut().zip(addrs.iter().take(MAX_APPLIANCES)) {
+            *slot = *a;
+            set.count += 1;
+        }
+        d.gwlb_targets.insert(
+            GwlbZone {
+                service_id,
+                zone_id: numeric_id(zone),
+            },
+            set,
+        );
+    }
+}
+
+/// The load balancer and appliance addresses that forwarding endpoints send to.
 pub fn next_hops(state: &State) -> Vec<NextHop> {
     let mut hops: Vec<NextHop> = state
         .services
         .iter()
         .flat_map(|svc| {
             let vpc_id = numeric_id(&svc.vpc);
-            let ask_from = svc.snat[0].octets();
-            svc.backends.iter().map(move |b| NextHop {
-                vpc_id,
-                addr: b.address.octets(),
-                ask_from,
+            // Validated: GWLB services have their address, the others a SNAT address.
+            let ask_from = match &svc.gwlb {
+                Some(g) => Some(g.address),
+                None => svc.snat.first().copied(),
+            };
+            ask_from.into_iter().flat_map(move |from| {
+                svc.backends.iter().map(move |b| NextHop {
+                    vpc_id,
+                    addr: b.address.octets(),
+                    ask_from: from.octets(),
+                })
             })
         })
         .collect();
@@ -313,7 +491,7 @@ pub fn next_hops(state: &State) -> Vec<NextHop> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Connection, parse_state};
+    use crate::model::{Connection, GWLB_TEST_STATE, parse_state};
 
     const LAB: &str = include_str!("../../tests/lab.toml");
 
@@ -322,10 +500,22 @@ mod tests {
             "fc0" => Ok(Link {
                 ifindex: 5,
                 mac: [2, 0, 0, 0, 0, 5],
+                mtu: 1500,
             }),
             "fp0" => Ok(Link {
                 ifindex: 7,
                 mac: [2, 0, 0, 0, 0, 7],
+                mtu: 9000,
+            }),
+            "fs0" => Ok(Link {
+                ifindex: 9,
+                mac: [2, 0, 0, 0, 0, 9],
+                mtu: 1500,
+            }),
+            "fc1" => Ok(Link {
+                ifindex: 11,
+                mac: [2, 0, 0, 0, 0, 11],
+                mtu: 1500,
             }),
             _ => Err(format!("no interface {name}")),
         }
@@ -334,7 +524,7 @@ mod tests {
     #[test]
     fn lab_maps_to_entries() {
         let s = parse_state(LAB).unwrap();
-        let d = compute(&s, links).unwrap();
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
         assert_eq!(d.ifaces.len(), 2);
         assert_eq!(d.ifaces[&5].vpc_id, numeric_id("vpc-a"));
         assert_eq!(d.vpc_ports[&numeric_id("vpc-b")].ifindex, 7);
@@ -356,7 +546,7 @@ mod tests {
         let mut s = parse_state(LAB).unwrap();
         s.services[0].whitelist.clear();
         s.endpoints[0].connection = Connection::Disconnected;
-        let d = compute(&s, links).unwrap();
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
         let eni = d.endpoints.values().next().unwrap();
         assert!(!eni.is_whitelisted());
         assert_eq!(eni.state, ConnectionState::Disconnected as u32);
@@ -366,7 +556,209 @@ mod tests {
     fn missing_interface_names_the_vpc() {
         let mut s = parse_state(LAB).unwrap();
         s.vpcs[1].interface = "nope0".into();
-        let e = compute(&s, links).unwrap_err();
+        let e = compute(&s, links, &Unhealthy::new()).unwrap_err();
         assert_eq!(e.field, "vpcs[1].interface");
+    }
+
+    fn gwlb_state() -> State {
+        parse_state(&format!("{LAB}{GWLB_TEST_STATE}")).unwrap()
+    }
+
+    fn gwlb(s: &mut State) -> &mut crate::model::GwlbSettings {
+        s.services
+            .iter_mut()
+            .find(|x| x.id == "gwlb-s")
+            .and_then(|x| x.gwlb.as_mut())
+            .unwrap()
+    }
+
+    fn ip(s: &str) -> [u8; 4] {
+        s.parse::<std::net::Ipv4Addr>().unwrap().octets()
+    }
+
+    fn route(vpc: &str, prefix: &str) -> GatewayRoute {
+        let p: ipnet::Ipv4Net = prefix.parse().unwrap();
+        GatewayRoute {
+            prefix_len: 32 + p.prefix_len() as u32,
+            vpc_id: numeric_id(vpc),
+            addr: p.network().octets(),
+        }
+    }
+
+    /// The appliance set of the GWLB service for `zone`, as sorted addresses.
+    fn targets(d: &Desired, zone: &str) -> Vec<[u8; 4]> {
+        let set = d.gwlb_targets[&GwlbZone {
+            service_id: numeric_id("gwlb-s"),
+            zone_id: numeric_id(zone),
+        }];
+        set.addrs[..set.count as usize].to_vec()
+    }
+
+    fn unhealthy(addrs: &[&str]) -> Unhealthy {
+        addrs.iter().map(|a| (numeric_id("vpc-s"), ip(a))).collect()
+    }
+
+    #[test]
+    fn gwlb_endpoints_become_routes_to_appliance_sets() {
+        let s = gwlb_state();
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        // Every route of an endpoint points at the service, from the ENI's zone.
+        let r1 = d.gw_routes[&route("vpc-c", "10.30.9.0/24")];
+        assert_eq!(r1, d.gw_routes[&route("vpc-c", "192.168.0.0/16")]);
+        assert_eq!(
+            r1,
+            EndpointEni {
+                endpoint_id: numeric_id("ep-g1"),
+                service_id: numeric_id("gwlb-s"),
+                consumer_account: numeric_id("acct-a"),
+                state: ConnectionState::Connected as u32,
+                flags: ENI_FLAG_GWLB | ENI_FLAG_WHITELISTED,
+                zone_id: numeric_id("zone-a"),
+                provider_vpc_id: numeric_id("vpc-s"),
+                lb_addr: ip("10.20.0.5"),
+                gateway: ip("10.30.1.5"),
+            }
+        );
+        assert_eq!(route("vpc-c", "10.30.9.0/24").prefix_len, 56);
+        let r2 = d.gw_routes[&route("vpc-c", "10.30.8.0/24")];
+        assert_eq!(
+            (r2.endpoint_id, r2.zone_id, r2.gateway),
+            (numeric_id("ep-g2"), numeric_id("zone-b"), ip("10.30.2.5"))
+        );
+        assert_eq!(d.gw_routes.len(), 3);
+        // The ENIs are answered in ARP, and are not interface-endpoint ENIs.
+        for (eni, ep) in [("10.30.1.5", "ep-g1"), ("10.30.2.5", "ep-g2")] {
+            let key = VpcAddr {
+                vpc_id: numeric_id("vpc-c"),
+                addr: ip(eni),
+            };
+            assert_eq!(d.gw_addrs[&key], numeric_id(ep));
+            assert!(!d.endpoints.contains_key(&key));
+        }
+        // Interfaces: the consumer VPC looks routes up, the security VPC takes GENEVE back.
+        assert_eq!(d.ifaces[&11].flags, IFACE_FLAG_GATEWAYS);
+        assert_eq!(d.ifaces[&9].flags, IFACE_FLAG_APPLIANCES);
+        assert_eq!(d.ifaces[&5].flags, 0);
+        assert_eq!(d.vpc_ports[&numeric_id("vpc-b")].mtu, 9000);
+        assert_eq!(d.vpc_ports[&numeric_id("vpc-s")].mtu, 1500);
+        // Same zone first, sorted.
+        assert_eq!(targets(&d, "zone-a"), [ip("10.20.1.10"), ip("10.20.1.11")]);
+        assert_eq!(targets(&d, "zone-b"), [ip("10.20.2.10")]);
+        assert_eq!(d.gwlb_targets.len(), 2);
+        // Every appliance, healthy, of its service.
+        assert_eq!(d.gwlb_appliances.len(), 3);
+        assert!(d.gwlb_appliances.values().all(|a| *a
+            == Appliance {
+                service_id: numeric_id("gwlb-s"),
+                healthy: 1,
+            }));
+        // Appliances are next hops asked from the GWLB address; no SNAT pool.
+        let hops = next_hops(&s);
+        let appl: Vec<_> = hops
+            .iter()
+            .filter(|h| h.vpc_id == numeric_id("vpc-s"))
+            .collect();
+        assert_eq!(appl.len(), 3);
+        assert!(appl.iter().all(|h| h.ask_from == ip("10.20.0.5")));
+        assert!(d.next_hops.contains(&VpcAddr {
+            vpc_id: numeric_id("vpc-s"),
+            addr: ip("10.20.2.10"),
+        }));
+        assert!(!d.snat_pools.contains_key(&numeric_id("gwlb-s")));
+        assert_eq!(d.snat_pools.len(), 1);
+    }
+
+    #[test]
+    fn only_zones_with_endpoints_get_appliance_sets() {
+        let mut s = gwlb_state();
+        s.endpoints.retain(|e| e.id != "ep-g2");
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        assert_eq!(d.gwlb_targets.len(), 1);
+        assert_eq!(targets(&d, "zone-a").len(), 2);
+        // Without endpoints the consumer VPC looks no routes up.
+        s.endpoints.retain(|e| e.id != "ep-g1");
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        assert!(d.gwlb_targets.is_empty());
+        assert_eq!(d.ifaces[&11].flags, 0);
+        assert_eq!(d.gwlb_appliances.len(), 3, "appliances stay known");
+    }
+
+    #[test]
+    fn cross_zone_spreads_over_every_zone() {
+        let mut s = gwlb_state();
+        gwlb(&mut s).cross_zone = true;
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        let all = [ip("10.20.1.10"), ip("10.20.1.11"), ip("10.20.2.10")];
+        assert_eq!(targets(&d, "zone-a"), all);
+        assert_eq!(targets(&d, "zone-b"), all);
+        // Unhealthy ones are left out everywhere.
+        let d = compute(&s, links, &unhealthy(&["10.20.1.11"])).unwrap();
+        assert_eq!(targets(&d, "zone-b"), [ip("10.20.1.10"), ip("10.20.2.10")]);
+    }
+
+    #[test]
+    fn unhealthy_appliances_leave_the_sets_and_zones_fail_over() {
+        let s = gwlb_state();
+        // One of zone-a's two down: the other carries zone-a.
+        let d = compute(&s, links, &unhealthy(&["10.20.1.10"])).unwrap();
+        assert_eq!(targets(&d, "zone-a"), [ip("10.20.1.11")]);
+        assert_eq!(targets(&d, "zone-b"), [ip("10.20.2.10")]);
+        let key = VpcAddr {
+            vpc_id: numeric_id("vpc-s"),
+            addr: ip("10.20.1.10"),
+        };
+        assert_eq!(d.gwlb_appliances[&key].healthy, 0);
+        // Both of zone-a's down: zone-a fails over to zone-b rather than dropping.
+        let d = compute(&s, links, &unhealthy(&["10.20.1.10", "10.20.1.11"])).unwrap();
+        assert_eq!(targets(&d, "zone-a"), [ip("10.20.2.10")]);
+        // zone-b's down: it fails over to zone-a's.
+        let d = compute(&s, links, &unhealthy(&["10.20.2.10"])).unwrap();
+        assert_eq!(targets(&d, "zone-b"), [ip("10.20.1.10"), ip("10.20.1.11")]);
+        assert_eq!(targets(&d, "zone-a"), [ip("10.20.1.10"), ip("10.20.1.11")]);
+        // Nothing healthy: empty sets (the data path drops and counts).
+        let d = compute(
+            &s,
+            links,
+            &unhealthy(&["10.20.1.10", "10.20.1.11", "10.20.2.10"]),
+        )
+        .unwrap();
+        assert!(targets(&d, "zone-a").is_empty() && targets(&d, "zone-b").is_empty());
+        // Another VPC's address with the same value is not this appliance.
+        let other: Unhealthy = [(numeric_id("vpc-b"), ip("10.20.1.10"))].into();
+        let d = compute(&s, links, &other).unwrap();
+        assert_eq!(targets(&d, "zone-a").len(), 2);
+    }
+
+    #[test]
+    fn stickiness_failover_and_whitelist_reach_the_flags() {
+        let flags = |f: fn(&mut State)| {
+            let mut s = gwlb_state();
+            f(&mut s);
+            compute(&s, links, &Unhealthy::new()).unwrap().gw_routes
+                [&route("vpc-c", "10.30.8.0/24")]
+                .flags
+        };
+        assert_eq!(flags(|_| {}), ENI_FLAG_GWLB | ENI_FLAG_WHITELISTED);
+        assert_eq!(
+            flags(|s| gwlb(s).stickiness = crate::model::Stickiness::ThreeTuple),
+            ENI_FLAG_GWLB | ENI_FLAG_WHITELISTED | ENI_FLAG_STICKY_3
+        );
+        assert_eq!(
+            flags(|s| gwlb(s).stickiness = crate::model::Stickiness::TwoTuple),
+            ENI_FLAG_GWLB | ENI_FLAG_WHITELISTED | ENI_FLAG_STICKY_2
+        );
+        assert_eq!(
+            flags(|s| gwlb(s).failover = Failover::Rebalance),
+            ENI_FLAG_GWLB | ENI_FLAG_WHITELISTED | ENI_FLAG_REBALANCE
+        );
+        assert_eq!(flags(|s| s.services[1].whitelist.clear()), ENI_FLAG_GWLB);
+        let mut s = gwlb_state();
+        let g1 = s.endpoints.iter_mut().find(|e| e.id == "ep-g1").unwrap();
+        g1.connection = Connection::Pending;
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        assert_eq!(
+            d.gw_routes[&route("vpc-c", "10.30.9.0/24")].state,
+            ConnectionState::Pending as u32
+        );
     }
 }

@@ -1,16 +1,24 @@
 //! Health checking of targets (GWLB appliances, load balancers): a TCP connect or an HTTP
 //! GET every `interval`, a target turning unhealthy after `unhealthy_threshold` failures in
 //! a row and healthy again after `healthy_threshold` successes in a row (3/3 by default).
-//! The checker only observes; whoever owns the data path reads its verdicts.
+//! Every target is probed by a task of its own, so a target that does not answer (and makes
+//! its probe wait for the timeout) never delays the others. The checker only observes;
+//! whoever owns the data path reads its verdicts.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    sync::watch,
-    time::timeout,
+    net::{TcpSocket, TcpStream},
+    sync::{Notify, watch},
+    task::AbortHandle,
+    time::{MissedTickBehavior, timeout},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +33,11 @@ pub enum Probe {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSettings {
+    #[serde(default = "tcp")]
     pub probe: Probe,
+    /// The target's port that is probed.
+    #[serde(default = "default_port")]
+    pub port: u16,
     #[serde(default = "default_interval_ms")]
     pub interval_ms: u64,
     #[serde(default = "default_timeout_ms")]
@@ -36,6 +48,12 @@ pub struct HealthSettings {
     pub unhealthy_threshold: u32,
 }
 
+fn tcp() -> Probe {
+    Probe::Tcp
+}
+fn default_port() -> u16 {
+    80
+}
 fn default_interval_ms() -> u64 {
     5000
 }
@@ -46,10 +64,16 @@ fn three() -> u32 {
     3
 }
 
+/// The shortest probe interval and timeout, and the largest threshold, settings may ask for.
+pub const MIN_INTERVAL_MS: u64 = 50;
+pub const MIN_TIMEOUT_MS: u64 = 10;
+pub const MAX_THRESHOLD: u32 = 10;
+
 impl Default for HealthSettings {
     fn default() -> Self {
         Self {
             probe: Probe::Tcp,
+            port: default_port(),
             interval_ms: default_interval_ms(),
             timeout_ms: default_timeout_ms(),
             healthy_threshold: 3,
@@ -58,11 +82,65 @@ impl Default for HealthSettings {
     }
 }
 
+impl HealthSettings {
+    /// The first setting out of range, as (field below the settings, message).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.port == 0 {
+            return Err(("port", "0 is not a port".into()));
+        }
+        if self.interval_ms < MIN_INTERVAL_MS {
+            return Err((
+                "interval_ms",
+                format!(
+                    "{} ms is shorter than the minimum of {MIN_INTERVAL_MS} ms",
+                    self.interval_ms
+                ),
+            ));
+        }
+        if self.timeout_ms < MIN_TIMEOUT_MS {
+            return Err((
+                "timeout_ms",
+                format!(
+                    "{} ms is shorter than the minimum of {MIN_TIMEOUT_MS} ms",
+                    self.timeout_ms
+                ),
+            ));
+        }
+        for (field, n) in [
+            ("healthy_threshold", self.healthy_threshold),
+            ("unhealthy_threshold", self.unhealthy_threshold),
+        ] {
+            if !(1..=MAX_THRESHOLD).contains(&n) {
+                return Err((field, format!("{n} is outside 1-{MAX_THRESHOLD}")));
+            }
+        }
+        if let Probe::Http { path } = &self.probe
+            && (!path.starts_with('/')
+                || path.len() > 1024
+                || path.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err((
+                "probe.path",
+                format!("{path:?} is not a request path (/..., no spaces or control characters)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A target's state: healthy or not, and the current run of equal probe results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Health {
     pub healthy: bool,
     pub streak: u32,
+}
+
+impl Health {
+    /// Where every target starts: healthy (traffic is not held back before the first checks).
+    pub const START: Health = Health {
+        healthy: true,
+        streak: 0,
+    };
 }
 
 /// The threshold logic alone: the next state after one probe result. A target starts
@@ -104,72 +182,180 @@ pub fn step(h: Health, ok: bool, s: &HealthSettings) -> Health {
     }
 }
 
-/// One probe.
-pub async fn probe(addr: SocketAddr, s: &HealthSettings) -> bool {
-    let limit = Duration::from_millis(s.timeout_ms);
-    let attempt = async {
-        let mut c = TcpStream::connect(addr).await.ok()?;
-        match &s.probe {
-            Probe::Tcp => Some(true),
-            Probe::Http { path } => {
-                let req =
-                    format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-                c.write_all(req.as_bytes()).await.ok()?;
-                let mut head = [0u8; 12];
-                c.read_exact(&mut head).await.ok()?;
-                // "HTTP/1.x NNN"
-                let code = std::str::from_utf8(&head[9..12])
-                    .ok()?
-                    .parse::<u16>()
-                    .ok()?;
-                Some((200..400).contains(&code))
-            }
-        }
-    };
-    matches!(timeout(limit, attempt).await, Ok(Some(true)))
+/// Where probes leave from: a source address (the GWLB's own address in the appliances'
+/// VPC) and the interface they must use (VPC ranges may overlap, so the routing table
+/// alone cannot tell which VPC an address is in). Empty: the kernel chooses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProbeSource {
+    pub addr: Option<Ipv4Addr>,
+    pub device: Option<String>,
 }
 
-/// Checks `targets` forever; every change of verdicts is published on the returned channel.
-pub fn spawn(
-    targets: BTreeMap<String, SocketAddr>,
+/// One probe from the kernel's choice of source.
+pub async fn probe(addr: SocketAddr, s: &HealthSettings) -> bool {
+    probe_from(addr, s, &ProbeSource::default())
+        .await
+        .unwrap_or(false)
+}
+
+/// One probe from `from`. `Err` means the probe could not even be sent (the source address
+/// is not configured on this host, the interface does not exist): the target counts as
+/// failing, and the caller should tell the operator.
+pub async fn probe_from(
+    addr: SocketAddr,
+    s: &HealthSettings,
+    from: &ProbeSource,
+) -> std::io::Result<bool> {
+    let limit = Duration::from_millis(s.timeout_ms);
+    let connect = async {
+        if from == &ProbeSource::default() {
+            return Ok::<_, std::io::Error>(TcpStream::connect(addr).await.ok());
+        }
+        let sock = TcpSocket::new_v4()?;
+        if let Some(dev) = &from.device {
+            sock.bind_device(Some(dev.as_bytes()))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("binding to {dev}: {e}")))?;
+        }
+        if let Some(a) = from.addr {
+            sock.bind(SocketAddr::new(IpAddr::V4(a), 0))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("binding to {a}: {e}")))?;
+        }
+        Ok(sock.connect(addr).await.ok())
+    };
+    let attempt = async {
+        let Some(mut c) = connect.await? else {
+            return Ok(false);
+        };
+        match &s.probe {
+            Probe::Tcp => Ok(true),
+            Probe::Http { path } => Ok(http_ok(&mut c, addr, path).await.unwrap_or(false)),
+        }
+    };
+    timeout(limit, attempt).await.unwrap_or(Ok(false))
+}
+
+async fn http_ok(c: &mut TcpStream, addr: SocketAddr, path: &str) -> Option<bool> {
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).await.ok()?;
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).await.ok()?;
+    // "HTTP/1.x NNN"
+    let code = std::str::from_utf8(&head[9..12])
+        .ok()?
+        .parse::<u16>()
+        .ok()?;
+    Some((200..400).contains(&code))
+}
+
+/// A running checker: one task per target, stopped when this is dropped.
+pub struct Checker<K> {
+    rx: watch::Receiver<BTreeMap<K, Health>>,
+    tasks: Vec<AbortHandle>,
+}
+
+impl<K> Drop for Checker<K> {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl<K: Clone + Ord> Checker<K> {
+    /// The current state of every target.
+    pub fn verdicts(&self) -> BTreeMap<K, Health> {
+        self.rx.borrow().clone()
+    }
+
+    /// A channel that changes whenever a target's verdict (healthy or not) changes.
+    pub fn subscribe(&self) -> watch::Receiver<BTreeMap<K, Health>> {
+        self.rx.clone()
+    }
+}
+
+/// How a checker runs besides its targets and settings.
+#[derive(Clone, Debug, Default)]
+pub struct CheckerOptions<K> {
+    pub source: ProbeSource,
+    /// Targets' states to start from (a restarted checker keeps what it knew); others
+    /// start healthy.
+    pub start: BTreeMap<K, Health>,
+    /// Notified whenever a verdict changes (besides the watch channel).
+    pub notify: Option<Arc<Notify>>,
+    /// Named in log lines (the service the targets belong to).
+    pub label: String,
+}
+
+/// Checks `targets` until the returned checker is dropped. Each target is probed every
+/// interval by its own task; a change of verdict is published on the checker's channel
+/// (and `notify`). Must be called inside a tokio runtime.
+pub fn spawn<K>(
+    targets: BTreeMap<K, SocketAddr>,
     s: HealthSettings,
-) -> watch::Receiver<BTreeMap<String, Health>> {
-    let start: BTreeMap<String, Health> = targets
+    opts: CheckerOptions<K>,
+) -> Checker<K>
+where
+    K: Clone + Ord + Send + Sync + std::fmt::Display + 'static,
+{
+    let start: BTreeMap<K, Health> = targets
         .keys()
         .map(|k| {
             (
                 k.clone(),
-                Health {
-                    healthy: true,
-                    streak: 0,
-                },
+                opts.start.get(k).copied().unwrap_or(Health::START),
             )
         })
         .collect();
-    let (tx, rx) = watch::channel(start);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(s.interval_ms));
-        loop {
-            tick.tick().await;
-            let mut next = tx.borrow().clone();
-            for (id, addr) in &targets {
-                let ok = probe(*addr, &s).await;
-                let h = next.get(id).copied().unwrap_or(Health {
-                    healthy: true,
-                    streak: 0,
-                });
-                let n = step(h, ok, &s);
-                if n.healthy != h.healthy {
-                    tracing::warn!(target_id = %id, %addr, healthy = n.healthy, "health changed");
+    let (tx, rx) = watch::channel(start.clone());
+    let tx = Arc::new(tx);
+    let s = Arc::new(s);
+    let tasks = targets
+        .into_iter()
+        .map(|(id, addr)| {
+            let tx = tx.clone();
+            let s = s.clone();
+            let from = opts.source.clone();
+            let notify = opts.notify.clone();
+            let label = opts.label.clone();
+            let mut h = start[&id];
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(s.interval_ms.max(1)));
+                tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                let mut told = false;
+                loop {
+                    tick.tick().await;
+                    let ok = match probe_from(addr, &s, &from).await {
+                        Ok(ok) => {
+                            told = false;
+                            ok
+                        }
+                        Err(e) => {
+                            if !told {
+                                tracing::warn!(
+                                    service = %label, target = %id, %addr,
+                                    "cannot send health probes ({e}); the target counts as failing"
+                                );
+                                told = true;
+                            }
+                            false
+                        }
+                    };
+                    let n = step(h, ok, &s);
+                    let changed = n.healthy != h.healthy;
+                    h = n;
+                    tx.send_if_modified(|m| {
+                        m.insert(id.clone(), n);
+                        changed
+                    });
+                    if changed && let Some(n) = &notify {
+                        n.notify_one();
+                    }
                 }
-                next.insert(id.clone(), n);
-            }
-            if tx.send(next).is_err() {
-                return; // nobody listens any more
-            }
-        }
-    });
-    rx
+            })
+            .abort_handle()
+        })
+        .collect();
+    Checker { rx, tasks }
 }
 
 #[cfg(test)]
@@ -247,7 +433,17 @@ mod tests {
             timeout_ms: 200,
             ..HealthSettings::default()
         };
-        let mut rx = spawn(BTreeMap::from([("a1".to_string(), addr)]), s);
+        let notify = Arc::new(Notify::new());
+        let checker = spawn(
+            BTreeMap::from([("a1".to_string(), addr)]),
+            s,
+            CheckerOptions {
+                notify: Some(notify.clone()),
+                ..CheckerOptions::default()
+            },
+        );
+        let mut rx = checker.subscribe();
+        assert!(checker.verdicts()["a1"].healthy, "a target starts healthy");
         drop(l);
         let down = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
@@ -259,5 +455,100 @@ mod tests {
         })
         .await;
         assert!(down.is_ok(), "the closed target turned unhealthy");
+        tokio::time::timeout(Duration::from_secs(1), notify.notified())
+            .await
+            .expect("the verdict change was notified");
+    }
+
+    /// A target that never answers (its probes wait for the whole timeout) does not slow
+    /// down the verdicts on the others.
+    #[tokio::test]
+    async fn a_silent_target_does_not_delay_the_others() {
+        // An HTTP target that completes the handshake (the kernel does, from the backlog)
+        // but never answers: each of its probes waits for the whole timeout.
+        let silent_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent = silent_l.local_addr().unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let live = l.local_addr().unwrap();
+        let s = HealthSettings {
+            interval_ms: 20,
+            timeout_ms: 2000,
+            unhealthy_threshold: 1,
+            probe: Probe::Http { path: "/".into() },
+            ..HealthSettings::default()
+        };
+        let checker = spawn(
+            BTreeMap::from([
+                ("a-silent".to_string(), silent),
+                ("b-live".to_string(), live),
+            ]),
+            s,
+            CheckerOptions::default(),
+        );
+        let mut rx = checker.subscribe();
+        drop(l);
+        let t0 = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_millis(1000), async {
+            loop {
+                if !rx.borrow_and_update()["b-live"].healthy {
+                    return;
+                }
+                rx.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the closed live target turned unhealthy before the silent one timed out");
+        assert!(t0.elapsed() < Duration::from_millis(1000));
+        assert!(
+            checker.verdicts()["a-silent"].healthy,
+            "one timeout is not a verdict yet"
+        );
+        drop(silent_l);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(HealthSettings::default().check().is_ok());
+        let bad = |f: fn(&mut HealthSettings)| {
+            let mut s = HealthSettings::default();
+            f(&mut s);
+            s.check().unwrap_err().0
+        };
+        assert_eq!(bad(|s| s.interval_ms = 49), "interval_ms");
+        assert_eq!(bad(|s| s.timeout_ms = 9), "timeout_ms");
+        assert_eq!(bad(|s| s.healthy_threshold = 0), "healthy_threshold");
+        assert_eq!(bad(|s| s.unhealthy_threshold = 11), "unhealthy_threshold");
+        assert_eq!(bad(|s| s.port = 0), "port");
+        assert_eq!(
+            bad(|s| s.probe = Probe::Http { path: "x y".into() }),
+            "probe.path"
+        );
+        let s: HealthSettings = toml::from_str("port = 8080").unwrap();
+        assert_eq!((s.probe, s.port, s.interval_ms), (Probe::Tcp, 8080, 5000));
+    }
+
+    #[tokio::test]
+    async fn an_unusable_source_is_an_error() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = HealthSettings::default();
+        // 192.0.2.1 (TEST-NET-1) is not configured here.
+        let from = ProbeSource {
+            addr: Some("192.0.2.1".parse().unwrap()),
+            device: None,
+        };
+        assert!(
+            probe_from(l.local_addr().unwrap(), &s, &from)
+                .await
+                .is_err()
+        );
+        let from = ProbeSource {
+            addr: Some("127.0.0.1".parse().unwrap()),
+            device: None,
+        };
+        assert!(
+            probe_from(l.local_addr().unwrap(), &s, &from)
+                .await
+                .unwrap()
+        );
     }
 }

@@ -127,6 +127,9 @@ enum Cmd {
         drop: Vec<privatelink_user::appliance::DropRule>,
         #[arg(long)]
         stats_file: Option<PathBuf>,
+        /// Answer health checks here (any TCP connection gets HTTP 200).
+        #[arg(long)]
+        health: Option<std::net::SocketAddr>,
         #[arg(long)]
         netns: Option<String>,
     },
@@ -170,6 +173,7 @@ fn main() -> Result<()> {
             reply_port,
             drop,
             stats_file,
+            health,
             netns,
         } => {
             if let Some(ns) = netns {
@@ -181,6 +185,7 @@ fn main() -> Result<()> {
                 reply_port,
                 drop,
                 stats_file,
+                health,
             })
         }
         Cmd::XdpPass { netns, ifaces } => {
@@ -326,6 +331,8 @@ async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Re
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    // Woken when a GWLB appliance's health verdict changes: the maps are recomputed.
+    let health = applier.health_notify();
 
     match (store, listener) {
         (Some(store), Some(listener)) => {
@@ -347,6 +354,7 @@ async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Re
             loop {
                 tokio::select! {
                     _ = tick.tick() => app.lock().await.tick(),
+                    _ = health.notified() => app.lock().await.refresh(),
                     _ = hup.recv() => info!("SIGHUP ignored: the state lives in the store; use the API"),
                     _ = term.recv() => break,
                     _ = int.recv() => break,
@@ -356,17 +364,27 @@ async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Re
         }
         _ => {
             let path = args.state.clone().expect("file mode");
-            drop(state);
+            // The running state, re-applied when health verdicts change.
+            let mut current = state;
+            let mut dirty = false;
             ready(&args, &std::process::id().to_string())?;
             info!(pin_dir = %args.pin_dir.display(), "ready");
             loop {
                 tokio::select! {
-                    _ = tick.tick() => applier.tick(),
+                    _ = tick.tick() => {
+                        if dirty {
+                            dirty = reapply(&mut applier, &current);
+                        }
+                        applier.tick()
+                    }
+                    _ = health.notified() => dirty = reapply(&mut applier, &current),
                     _ = hup.recv() => {
                         match reload(&path, &mut applier) {
                             Ok(next) => {
                                 applier.resolve(Duration::from_secs(1)).await;
                                 info!(endpoints = next.endpoints.len(), "reloaded {}", path.display());
+                                current = next;
+                                dirty = false;
                             }
                             Err(e) => warn!("reload refused, keeping the running state: {e:#}"),
                         }
@@ -420,6 +438,17 @@ fn admin_token(args: &DaemonArgs) -> Result<String> {
     std::io::Write::write_all(&mut f, format!("{t}\n").as_bytes())?;
     info!("created the admin token in {}", path.display());
     Ok(t)
+}
+
+/// Applies `state` again (health verdicts changed); true when the maps are still behind.
+fn reapply(applier: &mut DataplaneApply, state: &State) -> bool {
+    match applier.apply(state) {
+        Ok(()) => false,
+        Err(e) => {
+            warn!("data path behind the state (retrying every 5 s): {e:#}");
+            true
+        }
+    }
 }
 
 fn reload(path: &Path, applier: &mut DataplaneApply) -> Result<State> {

@@ -11,6 +11,8 @@ use std::{
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::health::HealthSettings;
+
 /// The whole declared state.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +153,54 @@ pub enum ServiceType {
     Interface,
     /// A prefix list (object storage and the like) reached through a route, no ENI.
     Gateway,
+    /// A Gateway Load Balancer: traffic the consumer VPC routes to the endpoint is sent in
+    /// GENEVE to an inspection appliance (`backends`) and delivered when it comes back.
+    Gwlb,
+}
+
+/// How a GWLB service spreads flows over its appliances: a flow is hashed over these fields
+/// of its packets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stickiness {
+    /// Addresses, protocol and ports.
+    #[default]
+    FiveTuple,
+    /// Addresses and protocol.
+    ThreeTuple,
+    /// Addresses.
+    TwoTuple,
+}
+
+/// What happens to a GWLB flow whose appliance turns unhealthy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failover {
+    /// Existing flows stay with their appliance (only new flows avoid it).
+    #[default]
+    NoRebalance,
+    /// Existing flows move to a healthy appliance.
+    Rebalance,
+}
+
+/// The settings of a GWLB service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GwlbSettings {
+    /// The load balancer's own address in the service VPC: the outer source of GENEVE,
+    /// configured by the operator on the host's interface of that VPC; health checks leave
+    /// from it.
+    pub address: Ipv4Addr,
+    #[serde(default)]
+    pub stickiness: Stickiness,
+    /// Spread every zone's flows over the healthy appliances of all zones.
+    #[serde(default)]
+    pub cross_zone: bool,
+    #[serde(default)]
+    pub failover: Failover,
+    /// How appliances are health-checked.
+    #[serde(default)]
+    pub health: HealthSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -169,9 +219,12 @@ pub struct EndpointService {
     /// Consumer account ids allowed to create endpoints.
     #[serde(default)]
     pub whitelist: Vec<String>,
-    /// Load balancer address per zone.
+    /// Load balancer address per zone; for GWLB services, the appliances (several per
+    /// zone allowed).
     pub backends: Vec<Backend>,
-    /// Source addresses in the provider VPC that consumer flows are translated to.
+    /// Source addresses in the provider VPC that consumer flows are translated to (none
+    /// for GWLB services).
+    #[serde(default)]
     pub snat: Vec<Ipv4Addr>,
     #[serde(default = "default_snat_ports")]
     pub snat_ports: [u16; 2],
@@ -180,6 +233,9 @@ pub struct EndpointService {
     /// Gateway services: the prefixes consumers route to their gateway endpoint.
     #[serde(default)]
     pub prefixes: Vec<Ipv4Net>,
+    /// GWLB services: the load balancer's address, stickiness, failover and health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gwlb: Option<GwlbSettings>,
 }
 
 fn yes() -> bool {
@@ -245,6 +301,9 @@ pub struct Endpoint {
     pub security_groups: Vec<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// GWLB endpoints: the destination prefixes the VPC routes to this endpoint (its ENI).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Ipv4Net>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -391,12 +450,27 @@ impl State {
             }
         }
         self.check_capacity()?;
-        // Load balancer addresses, which no SNAT address may take.
-        let backends: BTreeSet<(String, Ipv4Addr)> = self
-            .services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(move |b| (s.vpc.clone(), b.address)))
-            .collect();
+        // Load balancer, GWLB and appliance addresses (with their services), which no SNAT
+        // address may take; GWLB and appliance addresses belong to one service only.
+        let mut taken: BTreeMap<(String, Ipv4Addr), Vec<(&str, &'static str)>> = BTreeMap::new();
+        for s in &self.services {
+            let what = match s.kind {
+                ServiceType::Gwlb => "a GWLB appliance",
+                _ => "a load balancer address",
+            };
+            for b in &s.backends {
+                taken
+                    .entry((s.vpc.clone(), b.address))
+                    .or_default()
+                    .push((&s.id, what));
+            }
+            if let Some(g) = &s.gwlb {
+                taken
+                    .entry((s.vpc.clone(), g.address))
+                    .or_default()
+                    .push((&s.id, "a GWLB address"));
+            }
+        }
         let mut snat_used = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let f = format!("services[{i}]");
@@ -409,6 +483,22 @@ impl State {
                         format!("unknown account {w:?}"),
                     );
                 }
+            }
+            match (s.kind, &s.gwlb) {
+                (ServiceType::Gwlb, Some(g)) => {
+                    validate_gwlb_service(&f, s, g, vpc, &taken)?;
+                    continue;
+                }
+                (ServiceType::Gwlb, None) => {
+                    return err(
+                        format!("{f}.gwlb"),
+                        "a GWLB service needs its gwlb settings (at least the load balancer's address)",
+                    );
+                }
+                (_, Some(_)) => {
+                    return err(format!("{f}.gwlb"), "only GWLB services have gwlb settings");
+                }
+                (_, None) => {}
             }
             if s.backends.is_empty() {
                 return err(
@@ -427,6 +517,18 @@ impl State {
                     return err(
                         format!("{f}.backends[{j}].zone"),
                         format!("zone {} is listed twice", b.zone),
+                    );
+                }
+                if let Some((other, what)) = taken[&(vpc.id.clone(), b.address)]
+                    .iter()
+                    .find(|(o, what)| *o != s.id && *what != "a load balancer address")
+                {
+                    return err(
+                        format!("{f}.backends[{j}].address"),
+                        format!(
+                            "{} is {what} of service {other} in VPC {}",
+                            b.address, vpc.id
+                        ),
                     );
                 }
             }
@@ -455,10 +557,13 @@ impl State {
                         format!("{a} is also a load balancer address"),
                     );
                 }
-                if backends.contains(&(vpc.id.clone(), *a)) {
+                if let Some((_, what)) = taken
+                    .get(&(vpc.id.clone(), *a))
+                    .and_then(|owners| owners.first())
+                {
                     return err(
                         format!("{f}.snat[{j}]"),
-                        format!("{a} is a load balancer address in VPC {}", vpc.id),
+                        format!("{a} is {what} in VPC {}", vpc.id),
                     );
                 }
                 if !snat_used.insert((vpc.id.clone(), *a)) {
@@ -497,11 +602,10 @@ impl State {
                 })?;
             }
         }
-        // ENI and gateway addresses must not be SNAT or load balancer addresses either.
+        // ENI and gateway addresses must not be SNAT, load balancer, GWLB or appliance
+        // addresses either.
         let mut enis: BTreeSet<(String, Ipv4Addr)> = snat_used.clone();
-        for s in &self.services {
-            enis.extend(s.backends.iter().map(|b| (s.vpc.clone(), b.address)));
-        }
+        enis.extend(taken.into_keys());
         for (i, e) in self.endpoints.iter().enumerate() {
             let f = format!("endpoints[{i}]");
             check_id(format!("{f}.id"), &e.id, &mut ids)?;
@@ -569,22 +673,39 @@ impl State {
         self.validate_filters(&mut ids)
     }
 
-    /// One gateway endpoint per (VPC, prefix): two would make the route ambiguous.
+    /// One endpoint per (VPC, prefix), whether the prefix comes from a gateway service or
+    /// a GWLB endpoint's routes: two would make the route ambiguous.
     fn validate_gateway_routes(&self) -> Result<(), FieldError> {
-        let mut routes: BTreeMap<(String, Ipv4Net), &str> = BTreeMap::new();
+        let mut routes: BTreeMap<(String, Ipv4Net), (&str, &str)> = BTreeMap::new();
         for (i, e) in self.endpoints.iter().enumerate() {
-            if e.gateway.is_none() {
-                continue;
-            }
             let Some(svc) = self.service(&e.service) else {
                 continue;
             };
-            for p in &svc.prefixes {
-                if let Some(other) = routes.insert((e.vpc.clone(), *p), &e.id) {
+            let (kind, prefixes): (&str, Vec<(String, Ipv4Net)>) = match svc.kind {
+                ServiceType::Gateway if e.gateway.is_some() => (
+                    "gateway",
+                    svc.prefixes
+                        .iter()
+                        .map(|p| (format!("endpoints[{i}].service"), *p))
+                        .collect(),
+                ),
+                ServiceType::Gwlb => (
+                    "GWLB",
+                    e.routes
+                        .iter()
+                        .enumerate()
+                        .map(|(j, p)| (format!("endpoints[{i}].routes[{j}]"), *p))
+                        .collect(),
+                ),
+                _ => continue,
+            };
+            for (field, p) in prefixes {
+                if let Some((other, other_kind)) = routes.insert((e.vpc.clone(), p), (&e.id, kind))
+                {
                     return err(
-                        format!("endpoints[{i}].service"),
+                        field,
                         format!(
-                            "{p} is already routed to gateway endpoint {other} in VPC {}",
+                            "{p} is already routed to {other_kind} endpoint {other} in VPC {}",
                             e.vpc
                         ),
                     );
@@ -604,7 +725,14 @@ impl State {
         svc: &EndpointService,
         enis: &mut BTreeSet<(String, Ipv4Addr)>,
     ) -> Result<(), FieldError> {
+        if svc.kind != ServiceType::Gwlb && !e.routes.is_empty() {
+            return err(
+                format!("{f}.routes"),
+                "only endpoints of GWLB services have routes",
+            );
+        }
         match svc.kind {
+            ServiceType::Gwlb => validate_gwlb_endpoint(f, e)?,
             ServiceType::Interface => {
                 if e.zones.is_empty() {
                     return err(
@@ -721,17 +849,39 @@ impl State {
         let routes: usize = self
             .endpoints
             .iter()
-            .filter(|e| e.gateway.is_some())
-            .filter_map(|e| self.service(&e.service))
-            .map(|s| s.prefixes.len())
+            .map(|e| match e.gateway {
+                Some(_) => self.service(&e.service).map_or(0, |s| s.prefixes.len()),
+                None => e.routes.len(),
+            })
             .sum();
         let hops: usize = self.services.iter().map(|s| s.backends.len()).sum();
+        let appliances: usize = self
+            .services
+            .iter()
+            .filter(|s| s.kind == ServiceType::Gwlb)
+            .map(|s| s.backends.len())
+            .sum();
+        // (service, zone) pairs: one appliance set per zone a GWLB endpoint is in.
+        let gwlb_zones: BTreeSet<(&str, &str)> = self
+            .endpoints
+            .iter()
+            .filter(|e| !e.routes.is_empty())
+            .flat_map(|e| {
+                let vpc = self.vpc(&e.vpc);
+                e.zones.iter().filter_map(move |z| {
+                    let vsw = vpc?.vswitches.iter().find(|v| v.id == z.vswitch)?;
+                    Some((e.service.as_str(), vsw.zone.as_str()))
+                })
+            })
+            .collect();
         for (field, n, max) in [
             ("vpcs", self.vpcs.len(), MAX_VPCS.min(MAX_IFACES) as usize),
             ("services", self.services.len(), MAX_SERVICES as usize),
             ("endpoints", addrs, MAX_ENDPOINTS as usize),
             ("endpoints", routes, MAX_ENDPOINTS as usize),
             ("services", hops, MAX_NEIGHBORS as usize),
+            ("services", appliances, MAX_SERVICES as usize),
+            ("endpoints", gwlb_zones.len(), MAX_SERVICES as usize),
         ] {
             if n > max {
                 return err(
@@ -853,6 +1003,165 @@ impl State {
     }
 }
 
+/// A GWLB endpoint: one ENI (checked with the other ENIs), the routes sent to it, and
+/// none of the gateway endpoints' or interface endpoints' filters.
+fn validate_gwlb_endpoint(f: &str, e: &Endpoint) -> Result<(), FieldError> {
+    let [z] = e.zones.as_slice() else {
+        return err(
+            format!("{f}.zones"),
+            format!(
+                "a GWLB endpoint has exactly one ENI (in one zone); {} given",
+                e.zones.len()
+            ),
+        );
+    };
+    if e.gateway.is_some() {
+        return err(
+            format!("{f}.gateway"),
+            "a GWLB endpoint has no gateway address: the VPC routes to its ENI",
+        );
+    }
+    if !e.policy.is_empty() {
+        return err(
+            format!("{f}.policy"),
+            "a GWLB endpoint has no policy: its appliances decide what passes",
+        );
+    }
+    if !e.security_groups.is_empty() {
+        return err(
+            format!("{f}.security_groups"),
+            "a GWLB endpoint is not guarded by security groups: its appliances decide what passes",
+        );
+    }
+    if e.routes.is_empty() || e.routes.len() > MAX_GWLB_ROUTES {
+        return err(
+            format!("{f}.routes"),
+            format!(
+                "a GWLB endpoint needs between 1 and {MAX_GWLB_ROUTES} routes; {} given",
+                e.routes.len()
+            ),
+        );
+    }
+    for (j, p) in e.routes.iter().enumerate() {
+        let g = format!("{f}.routes[{j}]");
+        if *p != p.trunc() {
+            return err(
+                g,
+                format!("{p} has host bits set (did you mean {}?)", p.trunc()),
+            );
+        }
+        if p.contains(&z.eni) {
+            return err(
+                g,
+                format!(
+                    "{p} contains the endpoint's own ENI {}; traffic to it would loop",
+                    z.eni
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The most appliances a GWLB service has, and the most routes a GWLB endpoint has.
+pub const MAX_APPLIANCES: usize = privatelink_common::MAX_APPLIANCES;
+pub const MAX_GWLB_ROUTES: usize = 64;
+
+/// A GWLB service: its own address and its appliances (`backends`) in the service VPC,
+/// appliances in zones of that VPC, no SNAT pool, no prefixes, sane health checks.
+fn validate_gwlb_service(
+    f: &str,
+    s: &EndpointService,
+    g: &GwlbSettings,
+    vpc: &Vpc,
+    taken: &BTreeMap<(String, Ipv4Addr), Vec<(&str, &'static str)>>,
+) -> Result<(), FieldError> {
+    let usable = |a: &Ipv4Addr| {
+        vpc.cidr.contains(a) && *a != vpc.cidr.network() && *a != vpc.cidr.broadcast()
+    };
+    // Another service using `a` in this VPC.
+    let other = |a: Ipv4Addr| {
+        taken
+            .get(&(vpc.id.clone(), a))
+            .and_then(|owners| owners.iter().find(|(o, _)| *o != s.id))
+    };
+    if !usable(&g.address) {
+        return err(
+            format!("{f}.gwlb.address"),
+            format!(
+                "{} is not a usable address of the service VPC's {}",
+                g.address, vpc.cidr
+            ),
+        );
+    }
+    if let Some((o, what)) = other(g.address) {
+        return err(
+            format!("{f}.gwlb.address"),
+            format!("{} is {what} of service {o} in VPC {}", g.address, vpc.id),
+        );
+    }
+    if s.backends.is_empty() || s.backends.len() > MAX_APPLIANCES {
+        return err(
+            format!("{f}.backends"),
+            format!(
+                "a GWLB service needs between 1 and {MAX_APPLIANCES} appliances; it has {}",
+                s.backends.len()
+            ),
+        );
+    }
+    for (j, b) in s.backends.iter().enumerate() {
+        let h = format!("{f}.backends[{j}]");
+        if !usable(&b.address) {
+            return err(
+                format!("{h}.address"),
+                format!(
+                    "appliance {} is not a usable address of the service VPC's {}",
+                    b.address, vpc.cidr
+                ),
+            );
+        }
+        if b.address == g.address {
+            return err(
+                format!("{h}.address"),
+                format!("{} is the GWLB's own address, not an appliance", b.address),
+            );
+        }
+        if s.backends[..j].iter().any(|o| o.address == b.address) {
+            return err(
+                format!("{h}.address"),
+                format!("appliance {} is listed twice", b.address),
+            );
+        }
+        if let Some((o, what)) = other(b.address) {
+            return err(
+                format!("{h}.address"),
+                format!("{} is {what} of service {o} in VPC {}", b.address, vpc.id),
+            );
+        }
+        if !vpc.vswitches.iter().any(|v| v.zone == b.zone) {
+            return err(
+                format!("{h}.zone"),
+                format!("VPC {} has no vSwitch in zone {:?}", vpc.id, b.zone),
+            );
+        }
+    }
+    if !s.snat.is_empty() {
+        return err(
+            format!("{f}.snat"),
+            "a GWLB service has no SNAT addresses: packets keep their addresses inside GENEVE",
+        );
+    }
+    if !s.prefixes.is_empty() {
+        return err(
+            format!("{f}.prefixes"),
+            "a GWLB service has no prefixes: each endpoint lists the routes sent to it",
+        );
+    }
+    g.health
+        .check()
+        .or_else(|(field, message)| err(format!("{f}.gwlb.health.{field}"), message))
+}
+
 fn check_ports(field: &str, proto: Protocol, ports: Option<[u16; 2]>) -> Result<(), FieldError> {
     if let Some([lo, hi]) = ports {
         if lo > hi {
@@ -900,6 +1209,68 @@ pub fn parse_state(text: &str) -> Result<State, String> {
     state.validate().map_err(|e| e.to_string())?;
     Ok(state)
 }
+
+/// Appended to the lab's state in tests: a GWLB service in a security VPC with appliances in
+/// two zones, and two GWLB endpoints of account A in a third VPC, one per zone.
+#[cfg(test)]
+pub(crate) const GWLB_TEST_STATE: &str = r#"
+[[vpcs]]
+id = "vpc-s"
+account = "acct-b"
+cidr = "10.20.0.0/16"
+interface = "fs0"
+vswitches = [
+  { id = "vsw-s1", zone = "zone-a", cidr = "10.20.1.0/24" },
+  { id = "vsw-s2", zone = "zone-b", cidr = "10.20.2.0/24" },
+]
+
+[[vpcs]]
+id = "vpc-c"
+account = "acct-a"
+cidr = "10.30.0.0/16"
+interface = "fc1"
+vswitches = [
+  { id = "vsw-c1", zone = "zone-a", cidr = "10.30.1.0/24" },
+  { id = "vsw-c2", zone = "zone-b", cidr = "10.30.2.0/24" },
+]
+
+[[services]]
+id = "gwlb-s"
+account = "acct-b"
+type = "gwlb"
+vpc = "vpc-s"
+whitelist = ["acct-a"]
+backends = [
+  { zone = "zone-a", address = "10.20.1.11" },
+  { zone = "zone-a", address = "10.20.1.10" },
+  { zone = "zone-b", address = "10.20.2.10" },
+]
+
+[services.gwlb]
+address = "10.20.0.5"
+stickiness = "five_tuple"
+cross_zone = false
+failover = "no_rebalance"
+health = { port = 8080, interval_ms = 1000, timeout_ms = 500 }
+
+[[endpoints]]
+id = "ep-g1"
+account = "acct-a"
+vpc = "vpc-c"
+service = "gwlb-s"
+connection = "connected"
+zones = [{ vswitch = "vsw-c1", eni = "10.30.1.5" }]
+routes = ["10.30.9.0/24", "192.168.0.0/16"]
+
+[[endpoints]]
+id = "ep-g2"
+account = "acct-a"
+vpc = "vpc-c"
+service = "gwlb-s"
+connection = "connected"
+zones = [{ vswitch = "vsw-c2", eni = "10.30.2.5" }]
+routes = ["10.30.8.0/24"]
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -1049,6 +1420,412 @@ mod tests {
         assert_eq!(
             svc.backend_for_zone("zone-b").address.to_string(),
             "10.10.0.10"
+        );
+    }
+
+    fn gwlb_state() -> State {
+        toml::from_str(&format!("{LAB}{GWLB_TEST_STATE}")).unwrap()
+    }
+
+    fn gwlb_broken(f: impl FnOnce(&mut State)) -> String {
+        let mut s = gwlb_state();
+        f(&mut s);
+        s.validate().unwrap_err().to_string()
+    }
+
+    fn svc(s: &mut State) -> &mut EndpointService {
+        s.services.iter_mut().find(|x| x.id == "gwlb-s").unwrap()
+    }
+
+    fn gwlb(s: &mut State) -> &mut GwlbSettings {
+        svc(s).gwlb.as_mut().unwrap()
+    }
+
+    fn ep(s: &mut State, id: &str) -> usize {
+        s.endpoints.iter().position(|e| e.id == id).unwrap()
+    }
+
+    #[test]
+    fn gwlb_state_is_valid_and_round_trips() {
+        let s = gwlb_state();
+        s.validate().unwrap();
+        let g = s.service("gwlb-s").unwrap().gwlb.clone().unwrap();
+        assert_eq!(g.health.port, 8080);
+        assert_eq!(g.health.healthy_threshold, 3, "defaults fill the rest");
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<State>(&json).unwrap(), s);
+        // Minimal settings: only the address.
+        let mut m = s.clone();
+        gwlb(&mut m).stickiness = Stickiness::default();
+        let text = toml::to_string(&m).unwrap();
+        assert_eq!(toml::from_str::<State>(&text).unwrap(), m);
+        let min: GwlbSettings = toml::from_str("address = \"10.20.0.5\"").unwrap();
+        assert_eq!(
+            (
+                min.stickiness,
+                min.cross_zone,
+                min.failover,
+                min.health.port
+            ),
+            (Stickiness::FiveTuple, false, Failover::NoRebalance, 80)
+        );
+    }
+
+    #[test]
+    fn gwlb_services_are_checked() {
+        let i = 1; // services[1] is gwlb-s
+        let e = gwlb_broken(|s| svc(s).gwlb = None);
+        assert!(
+            e.starts_with(&format!("services[{i}].gwlb: a GWLB service needs")),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| {
+            s.services[0].gwlb = Some(GwlbSettings {
+                address: "10.10.0.5".parse().unwrap(),
+                stickiness: Stickiness::FiveTuple,
+                cross_zone: false,
+                failover: Failover::NoRebalance,
+                health: HealthSettings::default(),
+            })
+        });
+        assert!(e.starts_with("services[0].gwlb: only GWLB services"), "{e}");
+        let e = gwlb_broken(|s| svc(s).backends.clear());
+        assert!(
+            e.starts_with(&format!(
+                "services[{i}].backends: a GWLB service needs between 1 and 16"
+            )),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| {
+            svc(s).backends = (0..17)
+                .map(|n| Backend {
+                    zone: "zone-a".into(),
+                    address: Ipv4Addr::new(10, 20, 1, 100 + n),
+                })
+                .collect()
+        });
+        assert!(e.starts_with(&format!("services[{i}].backends:")), "{e}");
+        let e = gwlb_broken(|s| svc(s).backends[1].address = "10.20.1.11".parse().unwrap());
+        assert!(
+            e.starts_with(&format!(
+                "services[{i}].backends[1].address: appliance 10.20.1.11 is listed twice"
+            )),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| svc(s).backends[0].address = "10.21.0.1".parse().unwrap());
+        assert!(
+            e.starts_with(&format!(
+                "services[{i}].backends[0].address: appliance 10.21.0.1 is not a usable address"
+            )),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| svc(s).backends[0].zone = "zone-x".into());
+        assert!(
+            e.starts_with(&format!(
+                "services[{i}].backends[0].zone: VPC vpc-s has no vSwitch in zone \"zone-x\""
+            )),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| svc(s).backends[2].address = "10.20.0.5".parse().unwrap());
+        assert!(
+            e.starts_with(&format!(
+                "services[{i}].backends[2].address: 10.20.0.5 is the GWLB's own address"
+            )),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| gwlb(s).address = "10.21.0.5".parse().unwrap());
+        assert!(
+            e.starts_with(&format!("services[{i}].gwlb.address:")),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| svc(s).snat = vec!["10.20.0.200".parse().unwrap()]);
+        assert!(
+            e.starts_with(&format!("services[{i}].snat: a GWLB service has no SNAT")),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| svc(s).prefixes = vec!["100.64.0.0/24".parse().unwrap()]);
+        assert!(
+            e.starts_with(&format!(
+                "services[{i}].prefixes: a GWLB service has no prefixes"
+            )),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| gwlb(s).health.interval_ms = 10);
+        assert!(
+            e.starts_with(&format!("services[{i}].gwlb.health.interval_ms:")),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| gwlb(s).health.timeout_ms = 5);
+        assert!(
+            e.starts_with(&format!("services[{i}].gwlb.health.timeout_ms:")),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| gwlb(s).health.healthy_threshold = 0);
+        assert!(
+            e.starts_with(&format!("services[{i}].gwlb.health.healthy_threshold:")),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| gwlb(s).health.unhealthy_threshold = 11);
+        assert!(
+            e.starts_with(&format!("services[{i}].gwlb.health.unhealthy_threshold:")),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| {
+            gwlb(s).health.probe = crate::health::Probe::Http {
+                path: "no-slash".into(),
+            }
+        });
+        assert!(
+            e.starts_with(&format!("services[{i}].gwlb.health.probe.path:")),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| gwlb(s).health.port = 0);
+        assert!(
+            e.starts_with(&format!("services[{i}].gwlb.health.port:")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn gwlb_addresses_do_not_collide() {
+        // A second GWLB service in the same VPC may not reuse an appliance or the address.
+        let second = |s: &mut State| {
+            let mut o = svc(s).clone();
+            o.id = "gwlb-t".into();
+            o.backends = vec![Backend {
+                zone: "zone-b".into(),
+                address: "10.20.2.20".parse().unwrap(),
+            }];
+            o.gwlb.as_mut().unwrap().address = "10.20.0.6".parse().unwrap();
+            s.services.push(o);
+        };
+        let mut ok = gwlb_state();
+        second(&mut ok);
+        ok.validate().unwrap();
+        let e = gwlb_broken(|s| {
+            second(s);
+            s.services[2].backends[0].address = "10.20.1.10".parse().unwrap();
+        });
+        assert!(
+            e.contains("10.20.1.10 is a GWLB appliance of service gwlb-t"),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| {
+            second(s);
+            s.services[2].gwlb.as_mut().unwrap().address = "10.20.0.5".parse().unwrap();
+        });
+        assert!(
+            e.contains("10.20.0.5 is a GWLB address of service gwlb-t"),
+            "{e}"
+        );
+        // An interface service's SNAT address in that VPC may not be one either.
+        let e = gwlb_broken(|s| {
+            let mut o = s.services[0].clone();
+            o.id = "epsrv-s".into();
+            o.vpc = "vpc-s".into();
+            o.backends = vec![Backend {
+                zone: "zone-a".into(),
+                address: "10.20.1.50".parse().unwrap(),
+            }];
+            o.snat = vec!["10.20.0.5".parse().unwrap()];
+            s.services.push(o);
+        });
+        assert!(
+            e.contains("snat[0]: 10.20.0.5 is a GWLB address in VPC vpc-s"),
+            "{e}"
+        );
+        // Nor its load balancer an appliance (reported at the GWLB service, which comes
+        // first).
+        let e = gwlb_broken(|s| {
+            let mut o = s.services[0].clone();
+            o.id = "epsrv-s".into();
+            o.vpc = "vpc-s".into();
+            o.backends = vec![Backend {
+                zone: "zone-a".into(),
+                address: "10.20.1.10".parse().unwrap(),
+            }];
+            o.snat = vec!["10.20.0.200".parse().unwrap()];
+            s.services.push(o);
+        });
+        assert!(
+            e.contains(
+                "backends[1].address: 10.20.1.10 is a load balancer address of service epsrv-s"
+            ),
+            "{e}"
+        );
+        // An ENI in the service VPC may not take an appliance's address.
+        let e = gwlb_broken(|s| {
+            let mut o = s.endpoints[0].clone();
+            o.id = "ep-s".into();
+            o.account = "acct-b".into();
+            o.vpc = "vpc-s".into();
+            o.zones = vec![EndpointZone {
+                vswitch: "vsw-s1".into(),
+                eni: "10.20.1.10".parse().unwrap(),
+            }];
+            s.endpoints.push(o);
+        });
+        assert!(
+            e.contains("10.20.1.10 is already in use in VPC vpc-s"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn gwlb_endpoints_are_checked() {
+        let mut s = gwlb_state();
+        let g1 = ep(&mut s, "ep-g1");
+        let f = format!("endpoints[{g1}]");
+        let e = gwlb_broken(|s| s.endpoints[g1].zones.clear());
+        assert!(
+            e.starts_with(&format!("{f}.zones: a GWLB endpoint has exactly one ENI")),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| {
+            s.endpoints[g1].zones.push(EndpointZone {
+                vswitch: "vsw-c2".into(),
+                eni: "10.30.2.6".parse().unwrap(),
+            })
+        });
+        assert!(e.starts_with(&format!("{f}.zones:")), "{e}");
+        let e = gwlb_broken(|s| s.endpoints[g1].routes.clear());
+        assert!(
+            e.starts_with(&format!(
+                "{f}.routes: a GWLB endpoint needs between 1 and 64 routes"
+            )),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| {
+            s.endpoints[g1].routes = (0..65)
+                .map(|n| format!("172.16.{n}.0/24").parse().unwrap())
+                .collect()
+        });
+        assert!(e.starts_with(&format!("{f}.routes:")), "{e}");
+        let e = gwlb_broken(|s| s.endpoints[g1].routes[1] = "10.30.0.0/16".parse().unwrap());
+        assert!(
+            e.starts_with(&format!(
+                "{f}.routes[1]: 10.30.0.0/16 contains the endpoint's own ENI 10.30.1.5"
+            )),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| s.endpoints[g1].routes[0] = "10.30.9.1/24".parse().unwrap());
+        assert!(
+            e.starts_with(&format!("{f}.routes[0]: 10.30.9.1/24 has host bits set")),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| s.endpoints[g1].security_groups = vec!["sg".into()]);
+        assert_eq!(
+            e,
+            format!(
+                "{f}.security_groups: a GWLB endpoint is not guarded by security groups: its appliances decide what passes"
+            )
+        );
+        let e = gwlb_broken(|s| s.endpoints[g1].gateway = Some("10.30.1.1".parse().unwrap()));
+        assert!(
+            e.starts_with(&format!("{f}.gateway: a GWLB endpoint has no gateway")),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| {
+            s.endpoints[g1].policy = vec![AclRule {
+                action: RuleAction::Accept,
+                protocol: Protocol::All,
+                ports: None,
+                cidr: "0.0.0.0/0".parse().unwrap(),
+            }]
+        });
+        assert!(
+            e.starts_with(&format!("{f}.policy: a GWLB endpoint has no policy")),
+            "{e}"
+        );
+        // The ENI is checked like any other: in a vSwitch, not taken.
+        let e = gwlb_broken(|s| s.endpoints[g1].zones[0].eni = "10.30.2.5".parse().unwrap());
+        assert!(
+            e.starts_with(&format!(
+                "{f}.zones[0].eni: 10.30.2.5 is not a usable address"
+            )),
+            "{e}"
+        );
+        let e = gwlb_broken(|s| {
+            let g2 = s.endpoints.iter().position(|e| e.id == "ep-g2").unwrap();
+            s.endpoints[g2].zones[0] = s.endpoints[g1].zones[0].clone();
+        });
+        assert!(
+            e.contains("10.30.1.5 is already in use in VPC vpc-c"),
+            "{e}"
+        );
+        // Routes only for GWLB endpoints.
+        let e = gwlb_broken(|s| s.endpoints[0].routes = vec!["172.16.0.0/24".parse().unwrap()]);
+        assert!(
+            e.starts_with("endpoints[0].routes: only endpoints of GWLB services have routes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn routes_are_unique_per_vpc_across_gateway_and_gwlb_endpoints() {
+        let mut s = gwlb_state();
+        let g2 = ep(&mut s, "ep-g2");
+        let e = gwlb_broken(|s| s.endpoints[g2].routes.push("10.30.9.0/24".parse().unwrap()));
+        assert_eq!(
+            e,
+            format!(
+                "endpoints[{g2}].routes[1]: 10.30.9.0/24 is already routed to GWLB endpoint ep-g1 in VPC vpc-c"
+            )
+        );
+        // The same prefix in another VPC is another route.
+        let mut ok = gwlb_state();
+        let mut other = ok.endpoints[g2].clone();
+        other.id = "ep-g3".into();
+        other.vpc = "vpc-a".into();
+        other.zones = vec![EndpointZone {
+            vswitch: "vsw-a2".into(),
+            eni: "10.10.2.5".parse().unwrap(),
+        }];
+        other.routes = vec!["10.30.9.0/24".parse().unwrap()];
+        ok.endpoints.push(other);
+        ok.validate().unwrap();
+        // A gateway endpoint's prefix taken by a GWLB route.
+        let e = gwlb_broken(|s| {
+            let mut g = s.services[0].clone();
+            g.id = "epsrv-oss".into();
+            g.kind = ServiceType::Gateway;
+            g.snat = vec!["10.10.0.202".parse().unwrap()];
+            g.prefixes = vec!["192.168.0.0/16".parse().unwrap()];
+            s.services.push(g);
+            let mut e = s.endpoints[0].clone();
+            e.id = "ep-oss".into();
+            e.vpc = "vpc-c".into();
+            e.service = "epsrv-oss".into();
+            e.zones.clear();
+            e.gateway = Some("10.30.1.1".parse().unwrap());
+            s.endpoints.push(e);
+        });
+        assert!(
+            e.contains("192.168.0.0/16 is already routed to GWLB endpoint ep-g1 in VPC vpc-c"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn gwlb_routes_count_against_the_route_map() {
+        let e = gwlb_broken(|s| {
+            let mut g = s
+                .endpoints
+                .iter()
+                .find(|e| e.id == "ep-g1")
+                .unwrap()
+                .clone();
+            g.routes = vec!["172.16.0.0/24".parse().unwrap(); 64];
+            let n = privatelink_common::MAX_ENDPOINTS as usize / 64 + 1;
+            s.endpoints.extend((0..n).map(|i| Endpoint {
+                id: format!("g{i}"),
+                ..g.clone()
+            }));
+        });
+        assert!(e.starts_with("endpoints: 65"), "{e}");
+        assert!(
+            e.contains("would exceed the data path's capacity of 65536"),
+            "{e}"
         );
     }
 }

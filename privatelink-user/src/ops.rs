@@ -7,10 +7,13 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::model::{
-    Account, AclRule, Backend, Connection, Endpoint, EndpointService, EndpointZone, FieldError,
-    MAX_SECURITY_GROUPS, MAX_TAGS, NetworkAcl, SecurityGroup, ServiceType, SgRule, State, VSwitch,
-    Vpc,
+use crate::{
+    desired::Unhealthy,
+    model::{
+        Account, AclRule, Backend, Connection, Endpoint, EndpointService, EndpointZone, FieldError,
+        GwlbSettings, MAX_SECURITY_GROUPS, MAX_TAGS, NetworkAcl, SecurityGroup, ServiceType,
+        SgRule, State, VSwitch, Vpc, numeric_id,
+    },
 };
 
 /// Who is calling: the operator (admin token) or one account (its token).
@@ -280,6 +283,7 @@ pub fn list_vpcs(s: &State, c: &Caller) -> Vec<Vpc> {
 pub struct NewService {
     pub id: String,
     pub vpc: String,
+    /// interface, gateway or gwlb.
     #[serde(default = "interface_type")]
     #[schema(value_type = String, example = "interface")]
     pub r#type: ServiceType,
@@ -289,8 +293,11 @@ pub struct NewService {
     pub zone_affinity: bool,
     #[serde(default)]
     pub whitelist: Vec<String>,
+    /// Load balancers (one per zone), or for gwlb services the appliances.
     #[schema(value_type = Vec<Object>)]
     pub backends: Vec<Backend>,
+    /// SNAT addresses (none for gwlb services).
+    #[serde(default)]
     #[schema(value_type = Vec<String>)]
     pub snat: Vec<Ipv4Addr>,
     #[serde(default)]
@@ -301,6 +308,10 @@ pub struct NewService {
     #[serde(default)]
     #[schema(value_type = Vec<String>)]
     pub prefixes: Vec<Ipv4Net>,
+    /// GWLB services: `{address, stickiness, cross_zone, failover, health}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub gwlb: Option<GwlbSettings>,
 }
 
 fn interface_type() -> ServiceType {
@@ -351,6 +362,7 @@ pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointS
         snat_ports: req.snat_ports.unwrap_or([1024, 65535]),
         domain: req.domain,
         prefixes: req.prefixes,
+        gwlb: req.gwlb,
     };
     s.services.push(svc.clone());
     Ok(svc)
@@ -398,6 +410,9 @@ pub struct ServicePatch {
     #[schema(value_type = Option<Vec<Object>>)]
     pub backends: Option<Vec<Backend>>,
     pub domain: Option<String>,
+    /// GWLB services: new settings (replacing the old ones as a whole).
+    #[schema(value_type = Option<Object>)]
+    pub gwlb: Option<GwlbSettings>,
 }
 
 pub fn update_service(s: &mut State, c: &Caller, id: &str, p: ServicePatch) -> R<EndpointService> {
@@ -413,6 +428,9 @@ pub fn update_service(s: &mut State, c: &Caller, id: &str, p: ServicePatch) -> R
     }
     if let Some(v) = p.domain {
         svc.domain = Some(v);
+    }
+    if let Some(v) = p.gwlb {
+        svc.gwlb = Some(v);
     }
     Ok(svc.clone())
 }
@@ -489,6 +507,10 @@ pub struct NewEndpoint {
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     pub policy: Vec<AclRule>,
+    /// GWLB endpoints: the destination prefixes the VPC routes to the endpoint.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>, example = json!(["10.10.3.0/24"]))]
+    pub routes: Vec<Ipv4Net>,
 }
 
 pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoint> {
@@ -527,6 +549,7 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
         tags: req.tags,
         gateway: req.gateway,
         policy: req.policy,
+        routes: req.routes,
     };
     s.endpoints.push(ep.clone());
     Ok(ep)
@@ -591,6 +614,9 @@ pub struct EndpointPatch {
     pub zones: Option<Vec<EndpointZone>>,
     pub security_groups: Option<Vec<String>>,
     pub tags: Option<BTreeMap<String, String>>,
+    /// GWLB endpoints: the routes (replacing the old ones).
+    #[schema(value_type = Option<Vec<String>>)]
+    pub routes: Option<Vec<Ipv4Net>>,
 }
 
 pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) -> R<Endpoint> {
@@ -614,6 +640,9 @@ pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) ->
     if let Some(v) = p.tags {
         ep.tags = v;
     }
+    if let Some(v) = p.routes {
+        ep.routes = v;
+    }
     Ok(ep.clone())
 }
 
@@ -621,6 +650,42 @@ pub fn delete_endpoint(s: &mut State, c: &Caller, id: &str) -> R<()> {
     own_endpoint(s, c, id)?;
     s.endpoints.retain(|e| e.id != id);
     Ok(())
+}
+
+/// One appliance of a GWLB service and the health checker's current verdict on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ApplianceView {
+    #[schema(value_type = String, example = "10.20.1.10")]
+    pub address: Ipv4Addr,
+    pub zone: String,
+    pub healthy: bool,
+}
+
+/// The appliances of a GWLB service with their health (owner or operator). `unhealthy` is
+/// the daemon's health view: appliances not in it are healthy.
+pub fn list_appliances(
+    s: &State,
+    c: &Caller,
+    service: &str,
+    unhealthy: &Unhealthy,
+) -> R<Vec<ApplianceView>> {
+    let svc = get_service(s, c, service)?;
+    if svc.kind != ServiceType::Gwlb {
+        return Err(OpError::invalid(
+            "service",
+            format!("service {service} is not a GWLB service; it has no appliances"),
+        ));
+    }
+    let vpc_id = numeric_id(&svc.vpc);
+    Ok(svc
+        .backends
+        .iter()
+        .map(|b| ApplianceView {
+            address: b.address,
+            zone: b.zone.clone(),
+            healthy: !unhealthy.contains(&(vpc_id, b.address.octets())),
+        })
+        .collect())
 }
 
 /// What a provider does to a connection (an endpoint of its service).
@@ -871,4 +936,77 @@ pub fn delete_acl(s: &mut State, c: &Caller, id: &str) -> R<()> {
     }
     s.acls.retain(|a| a.id != id);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::GWLB_TEST_STATE;
+
+    const LAB: &str = include_str!("../../tests/lab.toml");
+
+    fn gwlb_state() -> State {
+        crate::model::parse_state(&format!("{LAB}{GWLB_TEST_STATE}")).unwrap()
+    }
+
+    #[test]
+    fn appliances_show_the_health_view_to_the_owner() {
+        let s = gwlb_state();
+        let down: Unhealthy = [(numeric_id("vpc-s"), [10, 20, 1, 10])].into();
+        let owner = Caller::Account("acct-b".into());
+        let v = list_appliances(&s, &owner, "gwlb-s", &down).unwrap();
+        assert_eq!(v.len(), 3);
+        let healthy: Vec<(String, bool)> = v
+            .iter()
+            .map(|a| (a.address.to_string(), a.healthy))
+            .collect();
+        assert_eq!(
+            healthy,
+            [
+                ("10.20.1.11".to_string(), true),
+                ("10.20.1.10".to_string(), false),
+                ("10.20.2.10".to_string(), true)
+            ]
+        );
+        assert_eq!(v[2].zone, "zone-b");
+        assert!(list_appliances(&s, &Caller::Admin, "gwlb-s", &down).is_ok());
+        let e = list_appliances(&s, &Caller::Account("acct-a".into()), "gwlb-s", &down);
+        assert_eq!(e.unwrap_err().status, 403);
+        let e = list_appliances(&s, &owner, "nope", &down).unwrap_err();
+        assert_eq!(e.status, 404);
+        let e = list_appliances(&s, &owner, "epsrv-b", &down).unwrap_err();
+        assert_eq!((e.status, e.field.as_deref()), (400, Some("service")));
+    }
+
+    #[test]
+    fn gwlb_services_and_endpoints_are_created_from_requests() {
+        let mut s: State = toml::from_str(LAB).unwrap();
+        let mut with_vpcs: State = toml::from_str(&format!("{LAB}{GWLB_TEST_STATE}")).unwrap();
+        with_vpcs.services.retain(|x| x.id != "gwlb-s");
+        with_vpcs.endpoints.retain(|e| e.routes.is_empty());
+        s.vpcs = with_vpcs.vpcs;
+        let req: NewService = serde_json::from_value(serde_json::json!({
+            "id": "gwlb-s", "vpc": "vpc-s", "type": "gwlb", "whitelist": ["acct-a"],
+            "backends": [{"zone": "zone-a", "address": "10.20.1.10"}],
+            "gwlb": {"address": "10.20.0.5", "stickiness": "two_tuple", "failover": "rebalance",
+                     "health": {"port": 8080, "probe": {"kind": "http", "path": "/healthz"}}},
+        }))
+        .unwrap();
+        let svc = create_service(&mut s, &Caller::Account("acct-b".into()), req).unwrap();
+        assert!(svc.snat.is_empty());
+        assert_eq!(svc.gwlb.as_ref().unwrap().health.port, 8080);
+        let req: NewEndpoint = serde_json::from_value(serde_json::json!({
+            "id": "ep-g", "vpc": "vpc-c", "service": "gwlb-s",
+            "zones": [{"vswitch": "vsw-c1", "eni": "10.30.1.5"}], "routes": ["10.30.9.0/24"],
+        }))
+        .unwrap();
+        let ep = create_endpoint(&mut s, &Caller::Account("acct-a".into()), req).unwrap();
+        assert_eq!(ep.routes, vec!["10.30.9.0/24".parse::<Ipv4Net>().unwrap()]);
+        s.validate().unwrap();
+        let p: EndpointPatch =
+            serde_json::from_value(serde_json::json!({"routes": ["10.30.8.0/24"]})).unwrap();
+        let ep = update_endpoint(&mut s, &Caller::Account("acct-a".into()), "ep-g", p).unwrap();
+        assert_eq!(ep.routes, vec!["10.30.8.0/24".parse::<Ipv4Net>().unwrap()]);
+        s.validate().unwrap();
+    }
 }

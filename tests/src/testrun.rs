@@ -37,7 +37,7 @@ impl Harness {
         }
         ns.enter_thread()?;
         let state = parse_state(state).map_err(anyhow::Error::msg)?;
-        let want = desired::compute(&state, dataplane::resolve_link)?;
+        let want = desired::compute(&state, dataplane::resolve_link, &desired::Unhealthy::new())?;
         let mut dp = Dataplane::load(&LoadOptions {
             pin_dir: None,
             conntrack_entries: 65536,
