@@ -35,6 +35,19 @@ pub const GATEWAY: &str = "10.10.1.1";
 /// Size of the file both backends serve as /big.bin.
 pub const BIG_FILE_LEN: usize = 1 << 20;
 
+/// The GWLB scenario: a consumer VPC (10.30.0.0/16) whose client subnet and server subnet
+/// reach each other through a GWLB endpoint, and an appliance VPC (10.40.0.0/16) with
+/// one inspection appliance in each of two zones.
+pub const GWLB_CLIENT: &str = "10.30.1.10";
+pub const GWLB_SERVER: &str = "10.30.2.10";
+pub const GWLB_ENI: &str = "10.30.0.5";
+/// The load balancer's own address in the appliance VPC (GENEVE source, health checks).
+pub const GWLB_ADDR: &str = "10.40.0.5";
+pub const APPLIANCES: [(&str, &str); 2] = [("zone-a", "10.40.1.10"), ("zone-b", "10.40.2.10")];
+pub const APPLIANCE_HEALTH_PORT: u16 = 8080;
+/// The appliances drop TCP to this port of the server (their inspection rule).
+pub const GWLB_BLOCKED_PORT: u16 = 8081;
+
 pub struct LabOptions {
     /// Namespaces are `<prefix>-consumer`, `<prefix>-provider`, `<prefix>-fwd`.
     pub prefix: String,
@@ -113,6 +126,25 @@ pub const BUILD_STEPS: &[(&str, &str)] = &[
         "consumer",
         "endpoint create ep-oss --vpc vpc-a --service epsrv-oss --gateway 10.10.1.1 --policy accept,tcp,100.64.10.5/32,80-80",
     ),
+    // GWLB: A's second VPC sends traffic between its two subnets through B's inspection
+    // appliances (one per zone; cross-zone; flows move when an appliance fails).
+    (
+        "admin",
+        "vpc create vpc-web --account acct-a --cidr 10.30.0.0/16 --interface fw0 --vswitch vsw-w0:zone-a:10.30.0.0/24 --vswitch vsw-w1:zone-a:10.30.1.0/24 --vswitch vsw-w2:zone-b:10.30.2.0/24",
+    ),
+    (
+        "admin",
+        "vpc create vpc-appl --account acct-b --cidr 10.40.0.0/16 --interface fa0 --vswitch vsw-g0:zone-a:10.40.0.0/24 --vswitch vsw-g1:zone-a:10.40.1.0/24 --vswitch vsw-g2:zone-b:10.40.2.0/24",
+    ),
+    (
+        "provider",
+        "service create gwlb-svc --type gwlb --vpc vpc-appl --appliance zone-a=10.40.1.10 --appliance zone-b=10.40.2.10 --gwlb-address 10.40.0.5 --cross-zone --failover rebalance --health-port 8080 --health-path /health --health-interval-ms 200 --health-timeout-ms 300 --auto-accept",
+    ),
+    ("provider", "service whitelist add gwlb-svc acct-a"),
+    (
+        "consumer",
+        "endpoint create gwlbe-web --vpc vpc-web --service gwlb-svc --zone vsw-w0:10.30.0.5 --route 10.30.1.0/24 --route 10.30.2.0/24 --name inspection",
+    ),
 ];
 
 pub struct Lab {
@@ -121,6 +153,9 @@ pub struct Lab {
     pub consumer: Netns,
     pub provider: Netns,
     pub fwd: Netns,
+    /// GWLB scenario (API mode): the client namespace (a bridge: the VPC's L2 segment),
+    /// the server namespace, the appliances' namespace.
+    pub gwlb: Option<GwlbNs>,
     pub dir: PathBuf,
     pub pin_dir: PathBuf,
     /// The API's base URL (API mode).
@@ -148,6 +183,12 @@ pub fn privatelink_bin() -> Result<PathBuf> {
     )
 }
 
+pub struct GwlbNs {
+    pub web: Netns,
+    pub server: Netns,
+    pub appl: Netns,
+}
+
 impl Lab {
     pub fn up(opts: &LabOptions) -> Result<Self> {
         let daemon = privatelink_bin()?;
@@ -159,11 +200,20 @@ impl Lab {
         let consumer = Netns::create(&format!("{}-consumer", opts.prefix))?;
         let provider = Netns::create(&format!("{}-provider", opts.prefix))?;
         let fwd = Netns::create(&format!("{}-fwd", opts.prefix))?;
+        let gwlb = match opts.state_file {
+            Some(_) => None,
+            None => Some(GwlbNs {
+                web: Netns::create(&format!("{}-web", opts.prefix))?,
+                server: Netns::create(&format!("{}-wsrv", opts.prefix))?,
+                appl: Netns::create(&format!("{}-appl", opts.prefix))?,
+            }),
+        };
         let mut lab = Lab {
             children: Vec::new(),
             consumer,
             provider,
             fwd,
+            gwlb,
             dir,
             pin_dir: opts.pin_dir.clone(),
             api: None,
@@ -173,10 +223,16 @@ impl Lab {
         lab.wire()?;
         // Frames that XDP redirects into a veth reach the far end only if an XDP program
         // runs there (GRO alone did not deliver them on this kernel).
-        for (ns, dev) in [
+        let mut peers = vec![
             (lab.consumer.name.clone(), "c0"),
             (lab.provider.name.clone(), "p0"),
-        ] {
+        ];
+        if let Some(g) = &lab.gwlb {
+            lab.wire_gwlb(g)?;
+            peers.push((g.web.name.clone(), "w0"));
+            peers.push((g.appl.name.clone(), "a0"));
+        }
+        for (ns, dev) in peers {
             let mut cmd = std::process::Command::new(&daemon);
             cmd.args(["xdp-pass", "--netns", &ns, dev]);
             let child = spawn_logged(&lab.dir, &format!("xdp-pass-{dev}"), &mut cmd)?;
@@ -185,6 +241,9 @@ impl Lab {
         lab.start_provider()?;
         lab.start_consumer_service()?;
         lab.start_object_storage()?;
+        if lab.gwlb.is_some() {
+            lab.start_gwlb_servers()?;
+        }
         match &opts.state_file {
             Some(state) => lab.start_daemon(&daemon, state)?,
             None => {
@@ -276,9 +335,14 @@ impl Lab {
         fs::create_dir_all(&tmp)?;
         let mut servers = String::new();
         for (site, addr) in sites {
+            let listen = if addr.contains(':') {
+                addr.to_string()
+            } else {
+                format!("{addr}:80")
+            };
             writeln!(
                 servers,
-                "  server {{ listen {addr}:80; root {}; }}",
+                "  server {{ listen {listen}; root {}; }}",
                 self.dir.join(site).display()
             )?;
         }
@@ -357,6 +421,169 @@ impl Lab {
             &self.consumer.name.clone(),
             &[("consumer-svc", CONSUMER_SERVICE)],
         )
+    }
+
+    /// The GWLB scenario's wiring: the client namespace holds the consumer VPC's L2
+    /// segment (bridge br0 joining the forwarder's fw0 and the server's veth); each subnet
+    /// routes the other through the GWLB endpoint's ENI. The appliances share one
+    /// namespace on the appliance VPC's segment; the forwarder holds the load balancer's
+    /// address there (fa0), so health checks have a source.
+    fn wire_gwlb(&self, g: &GwlbNs) -> Result<()> {
+        let (w, s, a, f) = (&g.web.name, &g.server.name, &g.appl.name, &self.fwd.name);
+        netns::ip(&[
+            "link", "add", "w0", "netns", w, "type", "veth", "peer", "name", "fw0", "netns", f,
+        ])?;
+        netns::ip(&[
+            "link", "add", "ws0", "netns", w, "type", "veth", "peer", "name", "ws1", "netns", s,
+        ])?;
+        netns::ip(&[
+            "link", "add", "a0", "netns", a, "type", "veth", "peer", "name", "fa0", "netns", f,
+        ])?;
+        g.web.ip(&["link", "add", "br0", "type", "bridge"])?;
+        for dev in ["w0", "ws0"] {
+            g.web.ip(&["link", "set", dev, "master", "br0"])?;
+        }
+        g.web
+            .ip(&["addr", "add", &format!("{GWLB_CLIENT}/24"), "dev", "br0"])?;
+        g.server
+            .ip(&["addr", "add", &format!("{GWLB_SERVER}/24"), "dev", "ws1"])?;
+        for (_, addr) in APPLIANCES {
+            g.appl
+                .ip(&["addr", "add", &format!("{addr}/16"), "dev", "a0"])?;
+        }
+        self.fwd
+            .ip(&["addr", "add", &format!("{GWLB_ADDR}/16"), "dev", "fa0"])?;
+        for dev in ["fw0", "fa0"] {
+            self.fwd.ip(&["link", "set", dev, "up"])?;
+        }
+        for (ns, devs) in [
+            (&g.web, &["w0", "ws0", "br0"][..]),
+            (&g.server, &["ws1"][..]),
+            (&g.appl, &["a0"][..]),
+        ] {
+            for dev in devs {
+                ns.ip(&["link", "set", dev, "up"])?;
+                ns.exec("ethtool", &["-K", dev, "tx", "off"])?;
+            }
+        }
+        for (ns, dev, other) in [
+            (&g.web, "br0", "10.30.2.0/24"),
+            (&g.server, "ws1", "10.30.1.0/24"),
+        ] {
+            ns.ip(&["route", "add", GWLB_ENI, "dev", dev])?;
+            ns.ip(&["route", "add", other, "via", GWLB_ENI, "dev", dev])?;
+        }
+        Ok(())
+    }
+
+    /// The server behind the GWLB endpoint (nginx on :80 and the port the appliances
+    /// block) and the two appliances.
+    fn start_gwlb_servers(&mut self) -> Result<()> {
+        let root = self.dir.join("web-srv");
+        fs::create_dir_all(&root)?;
+        fs::write(
+            root.join("index.html"),
+            format!("web server {GWLB_SERVER}\n"),
+        )?;
+        let big: Vec<u8> = (0..8 * BIG_FILE_LEN)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
+        fs::write(root.join("big.bin"), &big)?;
+        let blocked = format!("{GWLB_SERVER}:{GWLB_BLOCKED_PORT}");
+        let server = self
+            .gwlb
+            .as_ref()
+            .context("no GWLB scenario")?
+            .server
+            .name
+            .clone();
+        self.start_nginx(
+            "nginx-web",
+            &server,
+            &[("web-srv", GWLB_SERVER), ("web-srv", &blocked)],
+        )?;
+        for i in 0..APPLIANCES.len() {
+            self.start_appliance(i)?;
+        }
+        Ok(())
+    }
+
+    /// Starts appliance `i` (0: zone-a, 1: zone-b) — again, after `kill_appliance`.
+    pub fn start_appliance(&mut self, i: usize) -> Result<()> {
+        let (zone, addr) = APPLIANCES[i];
+        let name = format!("appliance-{zone}");
+        let ns = self
+            .gwlb
+            .as_ref()
+            .context("no GWLB scenario")?
+            .appl
+            .name
+            .clone();
+        let stats = self.appliance_stats_file(i);
+        let _ = fs::remove_file(&stats); // a restarted appliance counts from zero
+        let mut cmd = std::process::Command::new(privatelink_bin()?);
+        cmd.args([
+            "appliance",
+            "--netns",
+            &ns,
+            "--listen",
+            &format!("{addr}:6081"),
+            "--health",
+            &format!("{addr}:{APPLIANCE_HEALTH_PORT}"),
+            "--drop",
+            &format!("tcp:{GWLB_BLOCKED_PORT}"),
+            "--stats-file",
+            path(&stats),
+        ]);
+        let child = spawn_logged(&self.dir, &name, &mut cmd)?;
+        self.children.push((name, child));
+        Ok(())
+    }
+
+    /// Kills appliance `i` (its process; the address stays, nothing listens).
+    pub fn kill_appliance(&mut self, i: usize) -> Result<()> {
+        let name = format!("appliance-{}", APPLIANCES[i].0);
+        let at = self
+            .children
+            .iter()
+            .position(|(n, _)| *n == name)
+            .context("appliance not running")?;
+        let (_, mut child) = self.children.remove(at);
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    pub fn appliance_stats_file(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("appliance-{}.json", APPLIANCES[i].0))
+    }
+
+    /// What appliance `i` has counted (empty before its first packet).
+    pub fn appliance_stats(&self, i: usize) -> serde_json::Value {
+        fs::read_to_string(self.appliance_stats_file(i))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `curl` from the GWLB scenario's client; returns the body.
+    pub fn web_curl(&self, url: &str, extra: &[&str]) -> Result<Vec<u8>> {
+        let g = self.gwlb.as_ref().context("no GWLB scenario")?;
+        let out = g
+            .web
+            .command("curl")
+            .args(["-sS", "--fail", "-m", "20"])
+            .args(extra)
+            .arg(url)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "curl {url}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(out.stdout)
     }
 
     fn start_daemon(&mut self, daemon: &Path, state: &str) -> Result<()> {
@@ -572,6 +799,11 @@ impl Lab {
         netns::remove(&self.consumer.name);
         netns::remove(&self.provider.name);
         netns::remove(&self.fwd.name);
+        if let Some(g) = &self.gwlb {
+            for ns in [&g.web, &g.server, &g.appl] {
+                netns::remove(&ns.name);
+            }
+        }
         let _ = fs::remove_dir_all(&self.pin_dir);
         let _ = fs::remove_dir_all(&self.dir);
     }

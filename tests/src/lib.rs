@@ -4,4 +4,5 @@
 pub mod frames;
 pub mod lab;
 pub mod netns;
+pub mod scapy;
 pub mod testrun;

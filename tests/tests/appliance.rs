@@ -63,6 +63,10 @@ fn appliance_returns_valid_geneve_and_counts_the_rest() {
         .unwrap()
         .local_addr()
         .unwrap(); // a free port
+    let health = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // a free port
     let dir = std::env::temp_dir().join(format!("privatelink-appliance-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let stats = dir.join("stats.json");
@@ -83,6 +87,8 @@ fn appliance_returns_valid_geneve_and_counts_the_rest() {
             &reply_port.to_string(),
             "--drop",
             "tcp:22",
+            "--health",
+            &health.to_string(),
             "--stats-file",
         ])
         .arg(&stats)
@@ -127,6 +133,13 @@ fn appliance_returns_valid_geneve_and_counts_the_rest() {
     let received = v["received"].as_u64().unwrap();
     let returned = v["returned"].as_u64().unwrap();
     assert_eq!(received - returned, 3, "{v}");
-    assert_eq!(v["cookies"]["dddddddd"], 1, "{v}");
-    assert_eq!(v["cookies"]["bbbbbbbb"], 1, "{v}");
+    assert_eq!(v["cookies"]["dddddddd"]["10.10.2.1>10.10.9.9"], 1, "{v}");
+    assert_eq!(v["cookies"]["bbbbbbbb"]["10.10.2.1>10.10.9.9"], 1, "{v}");
+
+    // Health checks: any connection to the health port gets a 200.
+    let mut c = std::net::TcpStream::connect(health).unwrap();
+    std::io::Write::write_all(&mut c, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut head = String::new();
+    std::io::Read::read_to_string(&mut c, &mut head).unwrap();
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
 }

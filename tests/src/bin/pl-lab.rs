@@ -5,7 +5,8 @@ use std::sync::mpsc;
 use anyhow::Result;
 use clap::Parser;
 use privatelink_tests::lab::{
-    CLIENT, ENI, LB, Lab, LabOptions, OBJECT_STORAGE, REVERSE_ENI, privatelink_bin,
+    APPLIANCES, CLIENT, ENI, GWLB_BLOCKED_PORT, GWLB_CLIENT, GWLB_ENI, GWLB_SERVER, LB, Lab,
+    LabOptions, OBJECT_STORAGE, REVERSE_ENI, privatelink_bin,
 };
 
 #[derive(Parser)]
@@ -45,7 +46,32 @@ fn main() -> Result<()> {
          {pl} --token {admin} account list\n  \
          {pl} --token {provider} connection list epsrv-b     # provider B\n  \
          {pl} --token {consumer} endpoint list               # consumer A\n\n\
+                  GWLB endpoint: in {web}, {GWLB_CLIENT} reaches {GWLB_SERVER} (in {wsrv}) only through \
+         endpoint {GWLB_ENI}; every packet goes in GENEVE to appliance {a} or {b} (in {appl}) \
+         and back:\n  \
+         ip netns exec {web} curl http://{GWLB_SERVER}/\n  \
+         ip netns exec {web} curl -m 3 http://{GWLB_SERVER}:{GWLB_BLOCKED_PORT}/   # the appliances drop this\n  \
+         {pl} --token {provider} service appliances gwlb-svc   # health\n  \
+         cat {dir}/appliance-zone-a.json                      # what an appliance saw\n\n\
          Ctrl-C tears it down.",
+        web = lab
+            .gwlb
+            .as_ref()
+            .map(|g| g.web.name.as_str())
+            .unwrap_or("-"),
+        wsrv = lab
+            .gwlb
+            .as_ref()
+            .map(|g| g.server.name.as_str())
+            .unwrap_or("-"),
+        appl = lab
+            .gwlb
+            .as_ref()
+            .map(|g| g.appl.name.as_str())
+            .unwrap_or("-"),
+        a = APPLIANCES[0].1,
+        b = APPLIANCES[1].1,
+        dir = lab.dir.display(),
         oss = OBJECT_STORAGE[0],
         admin = t.admin,
         provider = t.provider,

@@ -1,0 +1,197 @@
+//! GWLB end to end in network namespaces: the client subnet reaches the server subnet of
+//! the same VPC only through the GWLB endpoint, every packet making a round trip in
+//! GENEVE through one of two appliances (two zones, cross-zone, `rebalance`). Real
+//! curl and nginx; the appliances are `privatelink appliance` processes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    thread,
+    time::{Duration, Instant},
+};
+
+use privatelink_tests::{
+    lab::{
+        APPLIANCES, BIG_FILE_LEN, GWLB_BLOCKED_PORT, GWLB_CLIENT, GWLB_SERVER, Lab, LabOptions,
+        wait_for,
+    },
+    netns::unique_name,
+};
+use serde_json::Value;
+
+fn lab() -> Lab {
+    let prefix = unique_name("plg");
+    let pin = format!("/sys/fs/bpf/privatelink-test-{prefix}");
+    Lab::up(&LabOptions::new(&prefix, pin)).expect("lab up")
+}
+
+/// Health of the service's appliances as the daemon sees them: address -> healthy.
+fn health(lab: &Lab) -> BTreeMap<String, bool> {
+    let out = lab
+        .cli("provider", &["service", "appliances", "gwlb-svc"])
+        .unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["address"].as_str().unwrap().to_string(),
+                a["healthy"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn wait_health(lab: &Lab, addr: &str, healthy: bool) {
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{addr} healthy={healthy}"),
+        || health(lab).get(addr) == Some(&healthy),
+    )
+    .unwrap();
+}
+
+/// Cookies (flows) each appliance has seen, with the inner directions under each.
+fn cookies(lab: &Lab, i: usize) -> BTreeMap<String, BTreeMap<String, u64>> {
+    serde_json::from_value(lab.appliance_stats(i)["cookies"].clone()).unwrap_or_default()
+}
+
+fn counter(lab: &Lab, i: usize, name: &str) -> u64 {
+    lab.appliance_stats(i)[name].as_u64().unwrap_or(0)
+}
+
+fn index_url() -> String {
+    format!("http://{GWLB_SERVER}/")
+}
+
+#[test]
+fn traffic_goes_through_both_appliances_symmetrically_and_rules_hold() {
+    let lab = lab();
+    for (_, a) in APPLIANCES {
+        wait_health(&lab, a, true);
+    }
+    // The first request also teaches the forwarder the server's MAC (its first SYN
+    // becomes an ARP request); then a series of separate connections.
+    let body = lab.web_curl(&index_url(), &[]).unwrap();
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("web server {GWLB_SERVER}\n")
+    );
+    for _ in 0..24 {
+        lab.web_curl(&index_url(), &[]).unwrap();
+    }
+    // A bulk transfer: 8 MiB, byte for byte (MTU: the encapsulation adds 68 bytes, the
+    // forwarder answers full-size segments with frag-needed and TCP adapts).
+    let big = lab
+        .web_curl(&format!("http://{GWLB_SERVER}/big.bin"), &[])
+        .unwrap();
+    assert_eq!(big.len(), 8 * BIG_FILE_LEN);
+    let want: Vec<u8> = (0..8 * BIG_FILE_LEN)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    assert!(big == want, "the download differs from the file");
+    let stats = lab.stats().unwrap();
+    assert!(stats["gwlb_frag_needed"] > 0, "{stats:?}");
+    assert!(stats["gwlb_to_appliance"] > 0 && stats["gwlb_from_appliance"] > 0);
+
+    // Both appliances carried flows (cross-zone spreading); every flow's two directions
+    // went through the same appliance; no flow was seen by both.
+    thread::sleep(Duration::from_millis(300)); // the appliances write counters every 100 ms
+    let (a, b) = (cookies(&lab, 0), cookies(&lab, 1));
+    assert!(!a.is_empty() && !b.is_empty(), "a: {a:?}\nb: {b:?}");
+    let there = format!("{GWLB_CLIENT}>{GWLB_SERVER}");
+    let back = format!("{GWLB_SERVER}>{GWLB_CLIENT}");
+    for (cookie, dirs) in a.iter().chain(b.iter()) {
+        assert!(
+            dirs.get(&there).is_some_and(|n| *n > 0) && dirs.get(&back).is_some_and(|n| *n > 0),
+            "flow {cookie}: both directions on one appliance: {dirs:?}"
+        );
+    }
+    let (ka, kb): (BTreeSet<_>, BTreeSet<_>) = (a.keys().collect(), b.keys().collect());
+    assert!(ka.is_disjoint(&kb), "a flow split over two appliances");
+    assert!(a.len() + b.len() >= 26, "{} + {} flows", a.len(), b.len());
+
+    // The appliances' rule blocks the other port; the server itself would answer it.
+    let blocked = format!("http://{GWLB_SERVER}:{GWLB_BLOCKED_PORT}/");
+    let dropped_before = counter(&lab, 0, "dropped_by_rule") + counter(&lab, 1, "dropped_by_rule");
+    assert!(lab.web_curl(&blocked, &["-m", "2"]).is_err());
+    let g = lab.gwlb.as_ref().unwrap();
+    g.server
+        .exec("curl", &["-sf", "-m", "2", &blocked])
+        .expect("the server answers locally");
+    thread::sleep(Duration::from_millis(300));
+    let dropped = counter(&lab, 0, "dropped_by_rule") + counter(&lab, 1, "dropped_by_rule");
+    assert!(dropped > dropped_before, "the appliance dropped the SYNs");
+    assert!(lab.web_curl(&index_url(), &[]).is_ok());
+}
+
+#[test]
+fn a_failed_appliance_loses_its_flows_to_the_other_and_gets_them_back() {
+    let mut lab = lab();
+    for (_, a) in APPLIANCES {
+        wait_health(&lab, a, true);
+    }
+    lab.web_curl(&index_url(), &[]).unwrap(); // resolves the server's MAC
+
+    // A slow download (8 MiB at 2 MB/s, about 4 s) in the background. A small receive
+    // buffer keeps the server from pushing the whole file into it at once.
+    let g = lab.gwlb.as_ref().unwrap();
+    g.web
+        .exec("sysctl", &["-qw", "net.ipv4.tcp_rmem=4096 65536 131072"])
+        .unwrap();
+    let out = lab.dir.join("slow.bin");
+    let mut dl = g
+        .web
+        .command("curl")
+        .args(["-sS", "--fail", "-m", "60", "--limit-rate", "2M", "-o"])
+        .arg(&out)
+        .arg(format!("http://{GWLB_SERVER}/big.bin"))
+        .spawn()
+        .unwrap();
+    // Find the appliance carrying it: the one whose packet count runs.
+    thread::sleep(Duration::from_millis(1200));
+    let r0 = [counter(&lab, 0, "received"), counter(&lab, 1, "received")];
+    thread::sleep(Duration::from_millis(600));
+    let r1 = [counter(&lab, 0, "received"), counter(&lab, 1, "received")];
+    let busy = if r1[0] - r0[0] > r1[1] - r0[1] { 0 } else { 1 };
+    let other = 1 - busy;
+    assert!(r1[busy] - r0[busy] > 100, "{r0:?} -> {r1:?}");
+
+    // Kill it: health checks notice (3 x 200 ms), the flow moves (rebalance), the
+    // download completes.
+    let killed_at = Instant::now();
+    lab.kill_appliance(busy).unwrap();
+    wait_health(&lab, APPLIANCES[busy].1, false);
+    let detected = killed_at.elapsed();
+    let status = dl.wait().unwrap();
+    assert!(status.success(), "the download survived the appliance");
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got.len(), 8 * BIG_FILE_LEN);
+    let want: Vec<u8> = (0..8 * BIG_FILE_LEN)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    assert!(got == want, "the download differs from the file");
+    eprintln!("appliance failure detected after {detected:?}");
+
+    // New flows all go to the survivor.
+    let before = cookies(&lab, other).len();
+    for _ in 0..10 {
+        lab.web_curl(&index_url(), &[]).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert!(cookies(&lab, other).len() >= before + 10);
+
+    // Bring it back: healthy again after 3 good checks, and new flows reach it again.
+    lab.start_appliance(busy).unwrap();
+    wait_health(&lab, APPLIANCES[busy].1, true);
+    thread::sleep(Duration::from_millis(300)); // the data path has the new target set
+    let back_before = cookies(&lab, busy).len();
+    for _ in 0..16 {
+        lab.web_curl(&index_url(), &[]).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        cookies(&lab, busy).len() > back_before,
+        "the restored appliance gets new flows"
+    );
+}

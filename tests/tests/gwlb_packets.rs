@@ -1,0 +1,718 @@
+//! GWLB endpoints through BPF_PROG_TEST_RUN: frames in, and what comes out dissected by
+//! scapy (RFC 8926 GENEVE, IPv4, TCP/UDP/ICMP checksums) — never by our own code. Returned
+//! GENEVE and the malformed variants are built by scapy too.
+
+use std::collections::BTreeSet;
+
+use etherparse::PacketBuilder;
+use privatelink_common::{GWLB_OVERHEAD, Reason};
+use privatelink_tests::{
+    scapy::{build, dissect, dissect_one},
+    testrun::Harness,
+};
+use privatelink_user::{
+    dataplane,
+    desired::{self, Unhealthy},
+    model::{numeric_id, parse_state},
+};
+use serde_json::Value;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT: [u8; 4] = [10, 30, 1, 10];
+const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x0a];
+const SERVER: [u8; 4] = [10, 30, 2, 10];
+const SERVER_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 0, 0x0a];
+const ENI: &str = "10.30.0.5";
+const GWLB_ADDR: &str = "10.40.0.5";
+const APPL_A: [u8; 4] = [10, 40, 1, 10];
+const APPL_B: [u8; 4] = [10, 40, 2, 10];
+const APPL_A_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0a];
+const APPL_B_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0a];
+
+/// A consumer VPC whose two subnets reach each other through a GWLB endpoint, and a
+/// provider VPC with one appliance in each of two zones.
+fn state(cross_zone: bool, stickiness: &str, failover: &str) -> String {
+    format!(
+        r#"
+[[accounts]]
+id = "acct-c"
+[[accounts]]
+id = "acct-p"
+
+[[vpcs]]
+id = "vpc-web"
+account = "acct-c"
+cidr = "10.30.0.0/16"
+interface = "fc0"
+vswitches = [
+  {{ id = "vsw-w0", zone = "zone-a", cidr = "10.30.0.0/24" }},
+  {{ id = "vsw-w1", zone = "zone-a", cidr = "10.30.1.0/24" }},
+  {{ id = "vsw-w2", zone = "zone-b", cidr = "10.30.2.0/24" }},
+]
+
+[[vpcs]]
+id = "vpc-appl"
+account = "acct-p"
+cidr = "10.40.0.0/16"
+interface = "fp0"
+vswitches = [
+  {{ id = "vsw-g0", zone = "zone-a", cidr = "10.40.0.0/24" }},
+  {{ id = "vsw-g1", zone = "zone-a", cidr = "10.40.1.0/24" }},
+  {{ id = "vsw-g2", zone = "zone-b", cidr = "10.40.2.0/24" }},
+]
+
+[[services]]
+id = "gwlb-svc"
+account = "acct-p"
+type = "gwlb"
+vpc = "vpc-appl"
+auto_accept = true
+whitelist = ["acct-c"]
+backends = [
+  {{ zone = "zone-a", address = "10.40.1.10" }},
+  {{ zone = "zone-b", address = "10.40.2.10" }},
+]
+snat = []
+gwlb = {{ address = "{GWLB_ADDR}", cross_zone = {cross_zone}, stickiness = "{stickiness}", failover = "{failover}" }}
+
+[[endpoints]]
+id = "gwlbe-1"
+account = "acct-c"
+vpc = "vpc-web"
+service = "gwlb-svc"
+connection = "connected"
+zones = [{{ vswitch = "vsw-w0", eni = "{ENI}" }}]
+routes = ["10.30.1.0/24", "10.30.2.0/24"]
+"#
+    )
+}
+
+fn harness_with(cross_zone: bool, stickiness: &str, failover: &str) -> Harness {
+    let mut h = Harness::new(&state(cross_zone, stickiness, failover)).expect("harness");
+    let appl = numeric_id("vpc-appl");
+    h.dp.set_neighbor(appl, APPL_A, APPL_A_MAC).unwrap();
+    h.dp.set_neighbor(appl, APPL_B, APPL_B_MAC).unwrap();
+    h
+}
+
+fn harness() -> Harness {
+    harness_with(false, "five_tuple", "no_rebalance")
+}
+
+/// Re-applies the state with some appliances unhealthy.
+fn set_unhealthy(h: &mut Harness, cross_zone: bool, failover: &str, down: &[[u8; 4]]) {
+    let s = parse_state(&state(cross_zone, "five_tuple", failover)).unwrap();
+    let unhealthy: Unhealthy = down
+        .iter()
+        .map(|a| (numeric_id("vpc-appl"), *a))
+        .collect::<BTreeSet<_>>();
+    let want = desired::compute(&s, dataplane::resolve_link, &unhealthy).unwrap();
+    h.dp.apply(&want).unwrap();
+    // apply() re-registers next hops with zero MACs only when new; make sure they resolve.
+    let appl = numeric_id("vpc-appl");
+    h.dp.set_neighbor(appl, APPL_A, APPL_A_MAC).unwrap();
+    h.dp.set_neighbor(appl, APPL_B, APPL_B_MAC).unwrap();
+}
+
+fn ip(s: [u8; 4]) -> String {
+    format!("{}.{}.{}.{}", s[0], s[1], s[2], s[3])
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn tcp(h: &Harness, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let smac = if src == CLIENT {
+        CLIENT_MAC
+    } else {
+        SERVER_MAC
+    };
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(smac, h.consumer.mac)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64240)
+        .syn()
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+fn udp(h: &Harness, sport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(CLIENT, SERVER, 64)
+        .udp(sport, 53)
+        .write(&mut v, b"query")
+        .unwrap();
+    v
+}
+
+fn ping(h: &Harness, id: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(CLIENT, SERVER, 64)
+        .icmpv4_echo_request(id, 1)
+        .write(&mut v, b"ping-payload")
+        .unwrap();
+    v
+}
+
+/// Sends `frame` in on the consumer side; expects GENEVE towards an appliance and returns
+/// the output frame and scapy's view of it.
+fn encap(h: &mut Harness, frame: &[u8]) -> (Vec<u8>, Value) {
+    let (act, out) = h.run(h.consumer.ifindex, frame).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "counters: {:?}", h.active_stats());
+    let d = dissect_one(&out);
+    (out, d)
+}
+
+fn appliance_of(d: &Value) -> String {
+    d["ip"]["dst"].as_str().unwrap().to_string()
+}
+
+fn cookie_of(d: &Value) -> String {
+    d["geneve"]["options"][2]["data"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Every field of the outer headers and the options, against RFC 8926 and the GWLB layout.
+fn check_geneve(h: &Harness, original: &[u8], out: &[u8], d: &Value, appliance: [u8; 4]) {
+    assert_eq!(out.len(), original.len() + GWLB_OVERHEAD);
+    assert_eq!(d["eth"]["src"], mac(h.provider.mac));
+    let appl_mac = if appliance == APPL_A {
+        APPL_A_MAC
+    } else {
+        APPL_B_MAC
+    };
+    assert_eq!(d["eth"]["dst"], mac(appl_mac));
+    assert_eq!(d["eth"]["type"], 0x0800);
+    let o = &d["ip"];
+    assert_eq!(
+        (o["version"].as_u64(), o["ihl"].as_u64()),
+        (Some(4), Some(5))
+    );
+    assert_eq!(o["len"].as_u64().unwrap() as usize, out.len() - 14);
+    assert_eq!(o["flags"], 2, "DF");
+    assert_eq!(o["frag"], 0);
+    assert_eq!(o["ttl"], 64);
+    assert_eq!(o["proto"], 17);
+    assert_eq!(o["src"], GWLB_ADDR);
+    assert_eq!(o["dst"], ip(appliance));
+    assert_eq!(o["csum_ok"], true, "outer IPv4 checksum");
+    let u = &o["udp"];
+    assert_eq!(u["dport"], 6081);
+    assert!(u["sport"].as_u64().unwrap() >= 49152, "{u}");
+    assert_eq!(u["len"].as_u64().unwrap() as usize, out.len() - 14 - 20);
+    assert_eq!(
+        u["chksum"], 0,
+        "outer UDP checksum zero (allowed over IPv4)"
+    );
+    let g = &d["geneve"];
+    assert_eq!(g["version"], 0);
+    assert_eq!(g["optionlen"], 8, "32 bytes of options, in 4-byte words");
+    assert_eq!(
+        (g["oam"].as_u64(), g["critical"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(g["proto"], 0x0800);
+    assert_eq!(g["vni"], 0);
+    let opts = g["options"].as_array().unwrap();
+    assert_eq!(opts.len(), 3, "{g}");
+    let want_ep = format!("{:016x}", numeric_id("gwlbe-1"));
+    let want_att = format!("{:016x}", numeric_id("vpc-web"));
+    for (o, (kind, len, data)) in opts.iter().zip([
+        (1, 2, Some(want_ep.as_str())),
+        (2, 2, Some(want_att.as_str())),
+        (3, 1, None),
+    ]) {
+        assert_eq!(o["class"], 0x0108);
+        assert_eq!(o["type"], kind);
+        assert_eq!(o["length"], len);
+        let hex = o["data"].as_str().unwrap();
+        assert_eq!(hex.len(), len * 8, "option {kind} data length");
+        if let Some(want) = data {
+            assert_eq!(hex, want, "option {kind}");
+        }
+    }
+    // The inner packet: bare IPv4, the original bytes with TTL one lower.
+    let inner = &d["inner"];
+    let orig = dissect_one(original);
+    assert_eq!(inner["src"], orig["ip"]["src"]);
+    assert_eq!(inner["dst"], orig["ip"]["dst"]);
+    assert_eq!(inner["ttl"], 63);
+    assert_eq!(inner["csum_ok"], true, "inner IPv4 checksum");
+    let ihl = 20;
+    assert_eq!(
+        &out[14 + GWLB_OVERHEAD + ihl..],
+        &original[14 + ihl..],
+        "payload untouched"
+    );
+    for l4 in ["tcp", "udp", "icmp"] {
+        if inner.get(l4).is_some() {
+            assert_eq!(inner[l4]["csum_ok"], true, "inner {l4} checksum");
+        }
+    }
+}
+
+#[test]
+fn tcp_udp_and_icmp_are_encapsulated_field_by_field_both_ways() {
+    let mut h = harness();
+    let frames = [
+        tcp(&h, CLIENT, SERVER, 40000, 80, b"hello"),
+        udp(&h, 5353),
+        ping(&h, 77),
+    ];
+    for f in &frames {
+        let (out, d) = encap(&mut h, f);
+        check_geneve(&h, f, &out, &d, APPL_A);
+    }
+    assert_eq!(h.count(Reason::GwlbToAppliance), 3);
+
+    // The reply of each flow: the same appliance, the same flow cookie, the same outer
+    // source port.
+    let (_, fwd) = encap(&mut h, &frames[0]);
+    let reply = tcp(&h, SERVER, CLIENT, 80, 40000, b"");
+    let (out, back) = encap(&mut h, &reply);
+    check_geneve(&h, &reply, &out, &back, APPL_A);
+    assert_eq!(cookie_of(&fwd), cookie_of(&back));
+    assert_eq!(fwd["ip"]["udp"]["sport"], back["ip"]["udp"]["sport"]);
+    let (_, other) = {
+        let f = tcp(&h, CLIENT, SERVER, 40001, 80, b"");
+        encap(&mut h, &f)
+    };
+    assert_ne!(
+        cookie_of(&fwd),
+        cookie_of(&other),
+        "another flow, another cookie"
+    );
+    let mut echo_reply = Vec::new();
+    PacketBuilder::ethernet2(SERVER_MAC, h.consumer.mac)
+        .ipv4(SERVER, CLIENT, 64)
+        .icmpv4_echo_reply(77, 1)
+        .write(&mut echo_reply, b"ping-payload")
+        .unwrap();
+    let (_, ping_fwd) = encap(&mut h, &frames[2]);
+    let (_, ping_back) = encap(&mut h, &echo_reply);
+    assert_eq!(cookie_of(&ping_fwd), cookie_of(&ping_back));
+}
+
+/// What the appliance sends back: its own outer headers (built by scapy, addresses
+/// swapped), the GENEVE header and options as received.
+fn returned(from: [u8; 4], from_mac: [u8; 6], to_mac: [u8; 6], d: &Value) -> String {
+    let g = &d["geneve"];
+    let opts: Vec<String> = g["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            format!(
+                "GeneveOptions(classid={}, type={}, data=bytes.fromhex('{}'))",
+                o["class"],
+                o["type"],
+                o["data"].as_str().unwrap()
+            )
+        })
+        .collect();
+    format!(
+        "Ether(src='{}', dst='{}')/IP(src='{}', dst='{GWLB_ADDR}')/UDP(sport=6081, dport=6081)/GENEVE(proto=0x0800, options=[{}])/IP(bytes.fromhex('{}'))",
+        mac(from_mac),
+        mac(to_mac),
+        ip(from),
+        opts.join(", "),
+        d["inner"]["raw"].as_str().unwrap()
+    )
+}
+
+fn arp_reply(h: &Harness, from: [u8; 4], from_mac: [u8; 6]) -> Vec<u8> {
+    let mut v = h.consumer.mac.to_vec();
+    v.extend_from_slice(&from_mac);
+    v.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
+    v.extend_from_slice(&from_mac);
+    v.extend_from_slice(&from);
+    v.extend_from_slice(&h.consumer.mac);
+    v.extend_from_slice(&[0, 0, 0, 0]);
+    v
+}
+
+#[test]
+fn returned_geneve_is_checked_decapsulated_and_delivered() {
+    let mut h = harness();
+    let syn = tcp(&h, CLIENT, SERVER, 41000, 80, b"data");
+    let (_, d) = encap(&mut h, &syn);
+    let back = build(&[returned(APPL_A, APPL_A_MAC, h.provider.mac, &d)]).remove(0);
+
+    // The server's MAC is not known yet: the frame turns into an ARP request for it.
+    let (act, out) = h.run(h.provider.ifindex, &back).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let a = dissect_one(&out);
+    assert_eq!(a["eth"]["dst"], "ff:ff:ff:ff:ff:ff");
+    assert_eq!(a["eth"]["src"], mac(h.consumer.mac));
+    assert_eq!(a["arp"]["op"], 1);
+    assert_eq!(a["arp"]["psrc"], "0.0.0.0");
+    assert_eq!(a["arp"]["pdst"], ip(SERVER));
+    assert_eq!(a["arp"]["hwsrc"], mac(h.consumer.mac));
+    assert_eq!(h.count(Reason::GwlbArpProbe), 1);
+
+    // The server answers; the returned packet is now delivered, byte for byte.
+    let (act, _) = h
+        .run(h.consumer.ifindex, &arp_reply(&h, SERVER, SERVER_MAC))
+        .unwrap();
+    assert_eq!(act, XDP_PASS);
+    let (act, out) = h.run(h.provider.ifindex, &back).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    assert_eq!(&out[0..6], &SERVER_MAC);
+    assert_eq!(&out[6..12], &h.consumer.mac);
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+    let inner_hex = d["inner"]["raw"].as_str().unwrap();
+    let delivered: String = out[14..].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        delivered, inner_hex,
+        "the inner packet as it went to the appliance"
+    );
+    let v = dissect_one(&out);
+    assert_eq!(v["ip"]["csum_ok"], true);
+    assert_eq!(v["ip"]["tcp"]["csum_ok"], true);
+    assert_eq!(h.count(Reason::GwlbFromAppliance), 1);
+
+    // The reply goes to the client's MAC, learned when the flow started: no ARP.
+    let reply = tcp(&h, SERVER, CLIENT, 80, 41000, b"");
+    let (_, d) = encap(&mut h, &reply);
+    let back = build(&[returned(APPL_A, APPL_A_MAC, h.provider.mac, &d)]).remove(0);
+    let (act, out) = h.run(h.provider.ifindex, &back).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    assert_eq!(&out[0..6], &CLIENT_MAC);
+    assert_eq!(h.count(Reason::GwlbArpProbe), 1);
+    assert_eq!(h.count(Reason::GwlbFromAppliance), 2);
+}
+
+#[test]
+fn malformed_or_foreign_geneve_is_dropped_and_counted() {
+    let mut h = harness();
+    let syn = tcp(&h, CLIENT, SERVER, 42000, 80, b"");
+    let (_, d) = encap(&mut h, &syn);
+    let good = returned(APPL_A, APPL_A_MAC, h.provider.mac, &d);
+    let inner = d["inner"]["raw"].as_str().unwrap().to_string();
+    let opt = |t: u8, data: &str| {
+        format!("GeneveOptions(classid=0x0108, type={t}, data=bytes.fromhex('{data}'))")
+    };
+    let o = &d["geneve"]["options"];
+    let (ep, att, ck) = (
+        o[0]["data"].as_str().unwrap(),
+        o[1]["data"].as_str().unwrap(),
+        o[2]["data"].as_str().unwrap(),
+    );
+    let outer = |src: [u8; 4]| {
+        format!(
+            "Ether(src='{}', dst='{}')/IP(src='{}', dst='{GWLB_ADDR}')/UDP(sport=6081, dport=6081)",
+            mac(APPL_A_MAC),
+            mac(h.provider.mac),
+            ip(src)
+        )
+    };
+    let o3 = format!("{}, {}, {}", opt(1, ep), opt(2, att), opt(3, ck));
+    let other_flow = tcp(&h, CLIENT, SERVER, 42999, 80, b"");
+    let other_inner: String = other_flow[14..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let cases: Vec<(&str, String, Reason)> = vec![
+        (
+            "from an address that is not an appliance",
+            format!(
+                "{}/GENEVE(proto=0x0800, options=[{o3}])/IP(bytes.fromhex('{inner}'))",
+                outer([10, 40, 9, 9])
+            ),
+            Reason::DropUnknownAppliance,
+        ),
+        (
+            "version 1",
+            format!(
+                "{}/GENEVE(version=1, proto=0x0800, options=[{o3}])/IP(bytes.fromhex('{inner}'))",
+                outer(APPL_A)
+            ),
+            Reason::DropGeneveMalformed,
+        ),
+        (
+            "short: a GENEVE header cut after 6 bytes",
+            format!("{}/Raw(bytes.fromhex('080008000000'))", outer(APPL_A)),
+            Reason::DropGeneveMalformed,
+        ),
+        (
+            "endpoint id option with 12 bytes",
+            format!(
+                "{}/GENEVE(proto=0x0800, options=[{}, {}, {}])/IP(bytes.fromhex('{inner}'))",
+                outer(APPL_A),
+                opt(1, &format!("{ep}00000000")),
+                opt(2, att),
+                opt(3, ck)
+            ),
+            Reason::DropGeneveMalformed,
+        ),
+        (
+            "option length pointing past the options",
+            format!(
+                "{}/GENEVE(optionlen=3, proto=0x0800, options=[{}])/IP(bytes.fromhex('{inner}'))",
+                outer(APPL_A),
+                opt(3, ck)
+            ),
+            Reason::DropGeneveMalformed,
+        ),
+        (
+            "flow cookie missing",
+            format!(
+                "{}/GENEVE(proto=0x0800, options=[{}, {}])/IP(bytes.fromhex('{inner}'))",
+                outer(APPL_A),
+                opt(1, ep),
+                opt(2, att)
+            ),
+            Reason::DropGeneveMalformed,
+        ),
+        (
+            "an unknown critical option",
+            format!(
+                "{}/GENEVE(proto=0x0800, options=[{o3}, GeneveOptions(classid=0x0999, type=0x85, data=b'\\x00'*4)])/IP(bytes.fromhex('{inner}'))",
+                outer(APPL_A)
+            ),
+            Reason::DropGeneveMalformed,
+        ),
+        (
+            "an OAM frame",
+            format!(
+                "{}/GENEVE(oam=1, proto=0x0800, options=[{o3}])/IP(bytes.fromhex('{inner}'))",
+                outer(APPL_A)
+            ),
+            Reason::DropGeneveMalformed,
+        ),
+        (
+            "IPv6 inside",
+            format!(
+                "{}/GENEVE(proto=0x86dd, options=[{o3}])/IPv6(src='fd00::1', dst='fd00::2')/UDP()",
+                outer(APPL_A)
+            ),
+            Reason::DropGeneveMalformed,
+        ),
+        (
+            "a flow that does not exist",
+            format!(
+                "{}/GENEVE(proto=0x0800, options=[{o3}])/IP(bytes.fromhex('{other_inner}'))",
+                outer(APPL_A)
+            ),
+            Reason::DropGwlbNoFlow,
+        ),
+        (
+            "the other appliance, not the flow's",
+            format!(
+                "{}/GENEVE(proto=0x0800, options=[{o3}])/IP(bytes.fromhex('{inner}'))",
+                outer(APPL_B)
+            ),
+            Reason::DropGwlbNoFlow,
+        ),
+        (
+            "another endpoint's id",
+            format!(
+                "{}/GENEVE(proto=0x0800, options=[{}, {}, {}])/IP(bytes.fromhex('{inner}'))",
+                outer(APPL_A),
+                opt(1, "00000000deadbeef"),
+                opt(2, att),
+                opt(3, ck)
+            ),
+            Reason::DropGwlbNoFlow,
+        ),
+    ];
+    let exprs: Vec<String> = cases.iter().map(|c| c.1.clone()).collect();
+    let frames = build(&exprs);
+    for ((what, _, reason), f) in cases.iter().zip(&frames) {
+        let before = h.count(*reason);
+        let (act, _) = h.run(h.provider.ifindex, f).unwrap();
+        assert_eq!(act, XDP_DROP, "{what}: {:?}", h.active_stats());
+        assert_eq!(
+            h.count(*reason),
+            before + 1,
+            "{what}: counted as {reason:?}"
+        );
+    }
+    // The valid original still gets through afterwards (after the ARP for the server).
+    let (act, _) = h
+        .run(h.consumer.ifindex, &arp_reply(&h, SERVER, SERVER_MAC))
+        .unwrap();
+    assert_eq!(act, XDP_PASS);
+    let (act, _) = h
+        .run(h.provider.ifindex, &build(&[good]).remove(0))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+}
+
+#[test]
+fn too_big_for_the_appliance_link_is_answered_with_frag_needed() {
+    let mut h = harness();
+    let mtu = 1500; // the veth's default
+    let fits = tcp(
+        &h,
+        CLIENT,
+        SERVER,
+        43000,
+        80,
+        &vec![7u8; mtu - GWLB_OVERHEAD - 40],
+    );
+    let (out, _) = encap(&mut h, &fits);
+    assert_eq!(out.len(), 14 + mtu);
+    let big = tcp(
+        &h,
+        CLIENT,
+        SERVER,
+        43000,
+        80,
+        &vec![7u8; mtu - GWLB_OVERHEAD - 39],
+    );
+    let (act, out) = h.run(h.consumer.ifindex, &big).unwrap();
+    assert_eq!(act, XDP_TX, "{:?}", h.active_stats());
+    let d = dissect_one(&out);
+    assert_eq!(d["eth"]["dst"], mac(CLIENT_MAC));
+    assert_eq!(d["eth"]["src"], mac(h.consumer.mac));
+    let o = &d["ip"];
+    assert_eq!(o["src"], ENI, "from the endpoint, the router on the path");
+    assert_eq!(o["dst"], ip(CLIENT));
+    assert_eq!(o["proto"], 1);
+    assert_eq!(o["csum_ok"], true);
+    assert_eq!(o["len"].as_u64().unwrap() as usize, out.len() - 14);
+    let i = &o["icmp"];
+    assert_eq!((i["type"].as_u64(), i["code"].as_u64()), (Some(3), Some(4)));
+    assert_eq!(
+        i["nexthopmtu"].as_u64().unwrap() as usize,
+        mtu - GWLB_OVERHEAD
+    );
+    assert_eq!(i["csum_ok"], true);
+    let quote: String = big[14..14 + 28]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        i["quote"], quote,
+        "the sender's IP header and 8 bytes of TCP"
+    );
+    assert_eq!(h.count(Reason::GwlbFragNeeded), 1);
+}
+
+/// The appliance each of `n` flows (client ports 30000..) lands on, and whether each
+/// reply landed on the same one.
+fn spread(h: &mut Harness, n: u16, proto_udp_every: u16) -> Vec<String> {
+    let mut seen = Vec::new();
+    for p in 0..n {
+        let f = if proto_udp_every > 0 && p % proto_udp_every == 0 {
+            udp(h, 30000 + p)
+        } else {
+            tcp(h, CLIENT, SERVER, 30000 + p, 80, b"")
+        };
+        let (_, d) = encap(h, &f);
+        let r = if proto_udp_every > 0 && p % proto_udp_every == 0 {
+            let mut v = Vec::new();
+            PacketBuilder::ethernet2(SERVER_MAC, h.consumer.mac)
+                .ipv4(SERVER, CLIENT, 64)
+                .udp(53, 30000 + p)
+                .write(&mut v, b"answer")
+                .unwrap();
+            v
+        } else {
+            tcp(h, SERVER, CLIENT, 80, 30000 + p, b"")
+        };
+        let (_, back) = encap(h, &r);
+        assert_eq!(appliance_of(&d), appliance_of(&back), "flow {p}: symmetric");
+        seen.push(appliance_of(&d));
+    }
+    seen
+}
+
+#[test]
+fn same_zone_first_cross_zone_spreads_and_stickiness_holds() {
+    let a = ip(APPL_A);
+    let b = ip(APPL_B);
+    // Zone-a endpoint, cross-zone off: zone-a's appliance only.
+    let mut h = harness();
+    assert!(spread(&mut h, 24, 0).iter().all(|x| *x == a));
+    // Cross-zone, 5-tuple: flows spread over both.
+    let mut h = harness_with(true, "five_tuple", "no_rebalance");
+    let s = spread(&mut h, 48, 0);
+    assert!(s.contains(&a) && s.contains(&b), "{s:?}");
+    // 3-tuple: ports do not matter (all TCP here); 2-tuple: protocols do not either.
+    let mut h = harness_with(true, "three_tuple", "no_rebalance");
+    let s: BTreeSet<String> = spread(&mut h, 16, 0).into_iter().collect();
+    assert_eq!(s.len(), 1, "{s:?}");
+    let mut h = harness_with(true, "two_tuple", "no_rebalance");
+    let s: BTreeSet<String> = spread(&mut h, 16, 3).into_iter().collect();
+    assert_eq!(s.len(), 1, "{s:?}");
+}
+
+#[test]
+fn unhealthy_appliances_get_no_new_flows_and_rebalance_moves_old_ones() {
+    for failover in ["no_rebalance", "rebalance"] {
+        let mut h = harness_with(false, "five_tuple", failover);
+        let old = tcp(&h, CLIENT, SERVER, 44000, 80, b"");
+        let (_, d) = encap(&mut h, &old);
+        assert_eq!(appliance_of(&d), ip(APPL_A));
+
+        // Zone-a's appliance fails: new flows fail over to zone b.
+        set_unhealthy(&mut h, false, failover, &[APPL_A]);
+        let (_, d) = {
+            let f = tcp(&h, CLIENT, SERVER, 44001, 80, b"");
+            encap(&mut h, &f)
+        };
+        assert_eq!(appliance_of(&d), ip(APPL_B), "{failover}: new flow");
+
+        // Old flows look at their appliance at most once a second.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let (_, d) = encap(&mut h, &old);
+        let want = if failover == "rebalance" {
+            APPL_B
+        } else {
+            APPL_A
+        };
+        assert_eq!(appliance_of(&d), ip(want), "{failover}: old flow");
+        // Its reply agrees.
+        let (_, r) = {
+            let f = tcp(&h, SERVER, CLIENT, 80, 44000, b"");
+            encap(&mut h, &f)
+        };
+        assert_eq!(appliance_of(&r), ip(want), "{failover}: old flow's reply");
+
+        // Back to healthy: new flows return to the zone's own appliance.
+        set_unhealthy(&mut h, false, failover, &[]);
+        let (_, d) = {
+            let f = tcp(&h, CLIENT, SERVER, 44002, 80, b"");
+            encap(&mut h, &f)
+        };
+        assert_eq!(appliance_of(&d), ip(APPL_A), "{failover}: recovered");
+
+        // Nothing healthy at all: counted, not sent anywhere.
+        set_unhealthy(&mut h, false, failover, &[APPL_A, APPL_B]);
+        let (act, _) = h
+            .run(h.consumer.ifindex, &tcp(&h, CLIENT, SERVER, 44003, 80, b""))
+            .unwrap();
+        assert_eq!(act, XDP_DROP);
+        assert_eq!(h.count(Reason::DropNoHealthyAppliance), 1);
+    }
+}
+
+#[test]
+fn dissector_sees_all_three_frames_at_once() {
+    // The dissector handles several frames per call (used above one at a time).
+    let h = harness();
+    let v = dissect(&[
+        &udp(&h, 1),
+        &ping(&h, 2),
+        &tcp(&h, CLIENT, SERVER, 3, 4, b""),
+    ]);
+    assert_eq!(v.len(), 3);
+    assert_eq!(v[0]["ip"]["udp"]["sport"], 1);
+    assert_eq!(v[1]["ip"]["icmp"]["id"], 2);
+    assert_eq!(v[2]["ip"]["tcp"]["dport"], 4);
+}
