@@ -241,22 +241,28 @@ fn main() -> Result<()> {
                 "PROTO", "CONSUMER SIDE", "PROVIDER SIDE"
             );
             for (k, e) in flows.iter().filter(|(_, e)| e.direction == DIR_ORIGINAL) {
-                let proto = match k.proto {
-                    PROTO_TCP => "tcp",
-                    PROTO_UDP => "udp",
-                    _ => "?",
+                                let proto = match k.proto {
+                    PROTO_TCP => "tcp".to_string(),
+                    PROTO_UDP => "udp".to_string(),
+                    privatelink_common::PROTO_ICMP => "icmp".to_string(),
+                    p => p.to_string(),
                 };
-                println!(
-                    "{:<5} {:<44} {:<44}",
-                    proto,
-                    format!("{}:{} -> {}:{}", ip(k.src), k.sport, ip(k.dst), k.dport),
+                let provider_side = if e.flags & privatelink_common::FLOW_GWLB != 0 {
+                    format!("GENEVE {} -> appliance {}", ip(e.new_src), ip(e.new_dst))
+                } else {
                     format!(
                         "{}:{} -> {}:{}",
                         ip(e.new_src),
                         e.new_sport,
                         ip(e.new_dst),
                         e.new_dport
-                    ),
+                    )
+                };
+                println!(
+                    "{:<5} {:<44} {:<44}",
+                    proto,
+                    format!("{}:{} -> {}:{}", ip(k.src), k.sport, ip(k.dst), k.dport),
+                    provider_side,
                 );
             }
             Ok(())

@@ -2,6 +2,7 @@
 //! feeds frames through the loaded XDP program (BPF_PROG_TEST_RUN).
 
 pub mod frames;
+pub mod gwlb;
 pub mod lab;
 pub mod netns;
 pub mod scapy;

@@ -7,6 +7,10 @@ use std::collections::BTreeSet;
 use etherparse::PacketBuilder;
 use privatelink_common::{GWLB_OVERHEAD, Reason};
 use privatelink_tests::{
+    gwlb::{
+        APPL_A, APPL_A_MAC, APPL_B, APPL_B_MAC, CLIENT, CLIENT_MAC, ENI, GWLB_ADDR, SERVER,
+        SERVER_MAC, harness, harness_with, state, tcp,
+    },
     scapy::{build, dissect, dissect_one},
     testrun::Harness,
 };
@@ -21,87 +25,6 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
-
-const CLIENT: [u8; 4] = [10, 30, 1, 10];
-const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x0a];
-const SERVER: [u8; 4] = [10, 30, 2, 10];
-const SERVER_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 0, 0x0a];
-const ENI: &str = "10.30.0.5";
-const GWLB_ADDR: &str = "10.40.0.5";
-const APPL_A: [u8; 4] = [10, 40, 1, 10];
-const APPL_B: [u8; 4] = [10, 40, 2, 10];
-const APPL_A_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0a];
-const APPL_B_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0a];
-
-/// A consumer VPC whose two subnets reach each other through a GWLB endpoint, and a
-/// provider VPC with one appliance in each of two zones.
-fn state(cross_zone: bool, stickiness: &str, failover: &str) -> String {
-    format!(
-        r#"
-[[accounts]]
-id = "acct-c"
-[[accounts]]
-id = "acct-p"
-
-[[vpcs]]
-id = "vpc-web"
-account = "acct-c"
-cidr = "10.30.0.0/16"
-interface = "fc0"
-vswitches = [
-  {{ id = "vsw-w0", zone = "zone-a", cidr = "10.30.0.0/24" }},
-  {{ id = "vsw-w1", zone = "zone-a", cidr = "10.30.1.0/24" }},
-  {{ id = "vsw-w2", zone = "zone-b", cidr = "10.30.2.0/24" }},
-]
-
-[[vpcs]]
-id = "vpc-appl"
-account = "acct-p"
-cidr = "10.40.0.0/16"
-interface = "fp0"
-vswitches = [
-  {{ id = "vsw-g0", zone = "zone-a", cidr = "10.40.0.0/24" }},
-  {{ id = "vsw-g1", zone = "zone-a", cidr = "10.40.1.0/24" }},
-  {{ id = "vsw-g2", zone = "zone-b", cidr = "10.40.2.0/24" }},
-]
-
-[[services]]
-id = "gwlb-svc"
-account = "acct-p"
-type = "gwlb"
-vpc = "vpc-appl"
-auto_accept = true
-whitelist = ["acct-c"]
-backends = [
-  {{ zone = "zone-a", address = "10.40.1.10" }},
-  {{ zone = "zone-b", address = "10.40.2.10" }},
-]
-snat = []
-gwlb = {{ address = "{GWLB_ADDR}", cross_zone = {cross_zone}, stickiness = "{stickiness}", failover = "{failover}" }}
-
-[[endpoints]]
-id = "gwlbe-1"
-account = "acct-c"
-vpc = "vpc-web"
-service = "gwlb-svc"
-connection = "connected"
-zones = [{{ vswitch = "vsw-w0", eni = "{ENI}" }}]
-routes = ["10.30.1.0/24", "10.30.2.0/24"]
-"#
-    )
-}
-
-fn harness_with(cross_zone: bool, stickiness: &str, failover: &str) -> Harness {
-    let mut h = Harness::new(&state(cross_zone, stickiness, failover)).expect("harness");
-    let appl = numeric_id("vpc-appl");
-    h.dp.set_neighbor(appl, APPL_A, APPL_A_MAC).unwrap();
-    h.dp.set_neighbor(appl, APPL_B, APPL_B_MAC).unwrap();
-    h
-}
-
-fn harness() -> Harness {
-    harness_with(false, "five_tuple", "no_rebalance")
-}
 
 /// Re-applies the state with some appliances unhealthy.
 fn set_unhealthy(h: &mut Harness, cross_zone: bool, failover: &str, down: &[[u8; 4]]) {
@@ -127,22 +50,6 @@ fn mac(m: [u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-fn tcp(h: &Harness, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let smac = if src == CLIENT {
-        CLIENT_MAC
-    } else {
-        SERVER_MAC
-    };
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(smac, h.consumer.mac)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 64240)
-        .syn()
-        .write(&mut v, payload)
-        .unwrap();
-    v
 }
 
 fn udp(h: &Harness, sport: u16) -> Vec<u8> {
@@ -606,14 +513,16 @@ fn too_big_for_the_appliance_link_is_answered_with_frag_needed() {
 /// The appliance each of `n` flows (client ports 30000..) lands on, and whether each
 /// reply landed on the same one.
 fn spread(h: &mut Harness, n: u16, proto_udp_every: u16) -> Vec<String> {
-    let mut seen = Vec::new();
+    // Run everything first, then one scapy call for all outputs.
+    let mut outs = Vec::new();
     for p in 0..n {
         let f = if proto_udp_every > 0 && p % proto_udp_every == 0 {
             udp(h, 30000 + p)
         } else {
             tcp(h, CLIENT, SERVER, 30000 + p, 80, b"")
         };
-        let (_, d) = encap(h, &f);
+        let (act, d) = h.run(h.consumer.ifindex, &f).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
         let r = if proto_udp_every > 0 && p % proto_udp_every == 0 {
             let mut v = Vec::new();
             PacketBuilder::ethernet2(SERVER_MAC, h.consumer.mac)
@@ -625,11 +534,28 @@ fn spread(h: &mut Harness, n: u16, proto_udp_every: u16) -> Vec<String> {
         } else {
             tcp(h, SERVER, CLIENT, 80, 30000 + p, b"")
         };
-        let (_, back) = encap(h, &r);
-        assert_eq!(appliance_of(&d), appliance_of(&back), "flow {p}: symmetric");
-        seen.push(appliance_of(&d));
+        let (act, back) = h.run(h.consumer.ifindex, &r).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+        outs.push(d);
+        outs.push(back);
     }
-    seen
+    let v = dissect(&outs.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    v.chunks(2)
+        .enumerate()
+        .map(|(p, pair)| {
+            assert_eq!(
+                appliance_of(&pair[0]),
+                appliance_of(&pair[1]),
+                "flow {p}: symmetric"
+            );
+            assert_eq!(
+                cookie_of(&pair[0]),
+                cookie_of(&pair[1]),
+                "flow {p}: one cookie"
+            );
+            appliance_of(&pair[0])
+        })
+        .collect()
 }
 
 #[test]

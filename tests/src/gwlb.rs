@@ -1,0 +1,112 @@
+//! The GWLB fixture shared by the packet tests and the benchmark: a consumer VPC whose two
+//! subnets reach each other through a GWLB endpoint, and a provider VPC with one appliance
+//! in each of two zones.
+
+use etherparse::PacketBuilder;
+use privatelink_user::model::numeric_id;
+
+use crate::testrun::Harness;
+
+pub const CLIENT: [u8; 4] = [10, 30, 1, 10];
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x0a];
+pub const SERVER: [u8; 4] = [10, 30, 2, 10];
+pub const SERVER_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 0, 0x0a];
+pub const ENI: &str = "10.30.0.5";
+pub const GWLB_ADDR: &str = "10.40.0.5";
+pub const APPL_A: [u8; 4] = [10, 40, 1, 10];
+pub const APPL_B: [u8; 4] = [10, 40, 2, 10];
+pub const APPL_A_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0a];
+pub const APPL_B_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0a];
+
+/// A consumer VPC whose two subnets reach each other through a GWLB endpoint, and a
+/// provider VPC with one appliance in each of two zones.
+pub fn state(cross_zone: bool, stickiness: &str, failover: &str) -> String {
+    format!(
+        r#"
+[[accounts]]
+id = "acct-c"
+[[accounts]]
+id = "acct-p"
+
+[[vpcs]]
+id = "vpc-web"
+account = "acct-c"
+cidr = "10.30.0.0/16"
+interface = "fc0"
+vswitches = [
+  {{ id = "vsw-w0", zone = "zone-a", cidr = "10.30.0.0/24" }},
+  {{ id = "vsw-w1", zone = "zone-a", cidr = "10.30.1.0/24" }},
+  {{ id = "vsw-w2", zone = "zone-b", cidr = "10.30.2.0/24" }},
+]
+
+[[vpcs]]
+id = "vpc-appl"
+account = "acct-p"
+cidr = "10.40.0.0/16"
+interface = "fp0"
+vswitches = [
+  {{ id = "vsw-g0", zone = "zone-a", cidr = "10.40.0.0/24" }},
+  {{ id = "vsw-g1", zone = "zone-a", cidr = "10.40.1.0/24" }},
+  {{ id = "vsw-g2", zone = "zone-b", cidr = "10.40.2.0/24" }},
+]
+
+[[services]]
+id = "gwlb-svc"
+account = "acct-p"
+type = "gwlb"
+vpc = "vpc-appl"
+auto_accept = true
+whitelist = ["acct-c"]
+backends = [
+  {{ zone = "zone-a", address = "10.40.1.10" }},
+  {{ zone = "zone-b", address = "10.40.2.10" }},
+]
+snat = []
+gwlb = {{ address = "{GWLB_ADDR}", cross_zone = {cross_zone}, stickiness = "{stickiness}", failover = "{failover}" }}
+
+[[endpoints]]
+id = "gwlbe-1"
+account = "acct-c"
+vpc = "vpc-web"
+service = "gwlb-svc"
+connection = "connected"
+zones = [{{ vswitch = "vsw-w0", eni = "{ENI}" }}]
+routes = ["10.30.1.0/24", "10.30.2.0/24"]
+"#
+    )
+}
+
+pub fn harness_with(cross_zone: bool, stickiness: &str, failover: &str) -> Harness {
+    let mut h = Harness::new(&state(cross_zone, stickiness, failover)).expect("harness");
+    let appl = numeric_id("vpc-appl");
+    h.dp.set_neighbor(appl, APPL_A, APPL_A_MAC).unwrap();
+    h.dp.set_neighbor(appl, APPL_B, APPL_B_MAC).unwrap();
+    h
+}
+
+pub fn harness() -> Harness {
+    harness_with(false, "five_tuple", "no_rebalance")
+}
+
+pub fn tcp(
+    h: &Harness,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let smac = if src == CLIENT {
+        CLIENT_MAC
+    } else {
+        SERVER_MAC
+    };
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(smac, h.consumer.mac)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64240)
+        .syn()
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
