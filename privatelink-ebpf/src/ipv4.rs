@@ -48,76 +48,68 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
         vpc_id: iface.vpc_id,
         addr: ip.dst_addr,
     };
-    // SAFETY: the value is copied out of the map.
-    if let Some(eni) = unsafe { PL_ENDPOINTS.get(dst) }.copied() {
-        verify_checksum(ctx, hlen)?;
-        if ip.is_fragment() {
-            return Err(Reason::DropFragment);
-        }
-        return to_endpoint(ctx, iface, dst, &eni, &pkt);
-    }
-    // SAFETY: presence check only.
-    if unsafe { PL_SNAT_ADDRS.get(dst) }.is_some() {
-        verify_checksum(ctx, hlen)?;
-        if ip.is_fragment() {
-            return Err(Reason::DropFragment);
-        }
-        return match pkt.proto {
-            PROTO_TCP | PROTO_UDP => Ok(unpack(conntrack::reply(ctx, iface, &pkt))),
-            PROTO_ICMP => Ok(unpack(icmp::to_snat(ctx, iface, &pkt))),
-            _ => Err(Reason::DropNoFlow),
-        };
-    }
-    // GENEVE coming back from a GWLB appliance.
-    if iface.flags & IFACE_FLAG_APPLIANCES != 0
+    // What the destination is to us. Each path below is called from exactly one place:
+    // the verifier walks a BPF subprogram once per call site.
+    let mut entry = EndpointEni::default();
+    // SAFETY: values are copied out of the maps.
+    let target = if let Some(eni) = unsafe { PL_ENDPOINTS.get(dst) }.copied() {
+        entry = eni;
+        Target::Endpoint
+    } else if unsafe { PL_SNAT_ADDRS.get(dst) }.is_some() {
+        Target::Snat
+    } else if iface.flags & IFACE_FLAG_APPLIANCES != 0
         && pkt.proto == PROTO_UDP
         && pkt.l4 + 8 <= pkt.end
         && be16(mut_at::<Ports>(ctx, pkt.l4, Reason::DropTruncatedL4)?.dport) == GENEVE_PORT
     {
-        verify_checksum(ctx, hlen)?;
-        if ip.is_fragment() {
-            return Err(Reason::DropFragment);
-        }
-        return Ok(unpack(gwlb::from_appliance(ctx, iface, &pkt)));
-    }
-    // Gateway and GWLB endpoints: the VPC routes prefixes to us.
-    if iface.flags & IFACE_FLAG_GATEWAYS == 0 {
+        // GENEVE coming back from a GWLB appliance.
+        Target::Geneve
+    } else if iface.flags & IFACE_FLAG_GATEWAYS == 0 {
         return Ok((xdp_action::XDP_PASS, Reason::PassUnrelated));
+    } else if let Some(gw) = PL_GW_ROUTES.get(&Key::new(64, dst)).copied() {
+        // Gateway and GWLB endpoints: the VPC routes prefixes to us.
+        entry = gw;
+        Target::Route
+    } else {
+        return Ok((xdp_action::XDP_PASS, Reason::PassUnrelated));
+    };
+    verify_checksum(ctx, hlen)?;
+    if ip.is_fragment() {
+        return Err(Reason::DropFragment);
     }
-    let route = Key::new(64, dst);
-    if let Some(gw) = PL_GW_ROUTES.get(&route).copied() {
-        verify_checksum(ctx, hlen)?;
-        if ip.is_fragment() {
-            return Err(Reason::DropFragment);
-        }
-        check_forwarding(&gw)?;
-        if gw.flags & ENI_FLAG_GWLB != 0 {
-            return Ok(unpack(gwlb::steer(ctx, iface, &pkt, &gw)));
-        }
-        return match pkt.proto {
-            PROTO_TCP | PROTO_UDP => Ok(unpack(conntrack::forward(ctx, iface, dst, &gw, &pkt))),
-            // Errors about a gateway flow's replies (PMTU discovery needs them).
-            PROTO_ICMP => Ok(unpack(icmp::to_snat(ctx, iface, &pkt))),
-            _ => Err(Reason::DropUnsupportedProtocol),
-        };
+    let endpoint = matches!(target, Target::Endpoint | Target::Route);
+    if endpoint {
+        check_forwarding(&entry)?;
     }
-    Ok((xdp_action::XDP_PASS, Reason::PassUnrelated))
+    let packed = match (target, pkt.proto) {
+        (Target::Route, _) if entry.flags & ENI_FLAG_GWLB != 0 => {
+            gwlb::steer(ctx, iface, &pkt, &entry)
+        }
+        (Target::Geneve, _) => gwlb::from_appliance(ctx, iface, &pkt),
+        (Target::Snat, PROTO_TCP | PROTO_UDP) => conntrack::reply(ctx, iface, &pkt),
+        (Target::Endpoint | Target::Route, PROTO_TCP | PROTO_UDP) => {
+            conntrack::forward(ctx, iface, dst, &entry, &pkt)
+        }
+        (Target::Endpoint, PROTO_ICMP) => icmp::to_endpoint(ctx, iface, dst, &entry, &pkt),
+        // Errors about our flows (a gateway flow's replies, too: PMTU discovery needs them).
+        (Target::Snat | Target::Route, PROTO_ICMP) => icmp::to_snat(ctx, iface, &pkt),
+        (Target::Snat, _) => return Err(Reason::DropNoFlow),
+        _ => return Err(Reason::DropUnsupportedProtocol),
+    };
+    Ok(unpack(packed))
 }
 
-#[inline(always)]
-fn to_endpoint(
-    ctx: &XdpContext,
-    iface: &IfaceInfo,
-    eni_key: VpcAddr,
-    eni: &EndpointEni,
-    pkt: &Packet,
-) -> Result<Verdict, Reason> {
-    check_forwarding(eni)?;
-    match pkt.proto {
-        PROTO_TCP | PROTO_UDP => Ok(unpack(conntrack::forward(ctx, iface, eni_key, eni, pkt))),
-        PROTO_ICMP => Ok(unpack(icmp::to_endpoint(ctx, iface, eni_key, eni, pkt))),
-        _ => Err(Reason::DropUnsupportedProtocol),
-    }
+/// What a destination address is to the data path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// An endpoint ENI.
+    Endpoint,
+    /// A SNAT address: replies of NATed flows.
+    Snat,
+    /// The load balancer's address on an appliance VPC's port, UDP 6081.
+    Geneve,
+    /// A prefix routed to a gateway or GWLB endpoint.
+    Route,
 }
 
 /// Only a whitelisted consumer's `Connected` endpoint forwards.

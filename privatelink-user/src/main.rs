@@ -241,7 +241,7 @@ fn main() -> Result<()> {
                 "PROTO", "CONSUMER SIDE", "PROVIDER SIDE"
             );
             for (k, e) in flows.iter().filter(|(_, e)| e.direction == DIR_ORIGINAL) {
-                                let proto = match k.proto {
+                let proto = match k.proto {
                     PROTO_TCP => "tcp".to_string(),
                     PROTO_UDP => "udp".to_string(),
                     privatelink_common::PROTO_ICMP => "icmp".to_string(),
