@@ -566,26 +566,27 @@ pub fn resolve_link(name: &str) -> Result<crate::desired::Link, String> {
 /// (not `/sys/class/net/<name>/mtu`: sysfs shows the namespace it was mounted in, and
 /// `--netns` keeps the host's mounts so that /sys/fs/bpf stays visible).
 fn interface_mtu(name: &std::ffi::CStr) -> std::io::Result<u16> {
+    let req = ifreq(name, libc::SIOCGIFMTU)?;
+    // SAFETY: the union member SIOCGIFMTU fills.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok(mtu.clamp(0, u16::MAX as libc::c_int) as u16)
+}
+
+/// One interface ioctl (`request` reads `ifr_name` and fills the union) on a socket of the
+/// calling thread's network namespace.
+fn ifreq(name: &std::ffi::CStr, request: libc::Ioctl) -> std::io::Result<libc::ifreq> {
     let fd = dgram_socket()?;
     // SAFETY: ifreq is plain data; all-zero is valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(name.to_bytes()) {
         *d = *s as libc::c_char;
     }
-    // SAFETY: SIOCGIFMTU reads ifr_name and fills ifr_mtu.
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::SIOCGIFMTU,
-            &mut req,
-        )
-    };
+    // SAFETY: the interface requests used here read ifr_name and fill the union.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), request, &mut req) };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: the union member SIOCGIFMTU fills.
-    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
-    Ok(mtu.clamp(0, u16::MAX as libc::c_int) as u16)
+    Ok(req)
 }
 
 fn dgram_socket() -> std::io::Result<std::os::fd::OwnedFd> {
@@ -610,23 +611,7 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 /// SIOCGIFHWADDR on a socket of the calling thread's network namespace (sysfs would show
 /// the namespace it was mounted in, not the thread's).
 fn hardware_address(name: &std::ffi::CStr) -> std::io::Result<[u8; 6]> {
-    let fd = dgram_socket()?;
-    // SAFETY: ifreq is plain data; all-zero is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.to_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFHWADDR reads ifr_name and fills ifr_hwaddr.
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::SIOCGIFHWADDR,
-            &mut req,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let req = ifreq(name, libc::SIOCGIFHWADDR)?;
     // SAFETY: the union member SIOCGIFHWADDR fills.
     let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
     let mut mac = [0u8; 6];

@@ -218,17 +218,7 @@ pub fn compute(
             }
             d.endpoints.insert(
                 key,
-                EndpointEni {
-                    endpoint_id: numeric_id(&ep.id),
-                    service_id: numeric_id(&svc.id),
-                    consumer_account: numeric_id(&ep.account),
-                    state: ConnectionState::from(ep.connection) as u32,
-                    flags,
-                    zone_id: numeric_id(&vsw.zone),
-                    provider_vpc_id: numeric_id(&svc.vpc),
-                    lb_addr: backend.address.octets(),
-                    gateway: [0; 4],
-                },
+                endpoint_entry(ep, svc, flags, &vsw.zone, backend.address.octets(), [0; 4]),
             );
         }
         if let Some(gw) = ep.gateway {
@@ -281,17 +271,14 @@ fn gateway_endpoint(
             ),
         );
     }
-    let entry = EndpointEni {
-        endpoint_id: numeric_id(&ep.id),
-        service_id: numeric_id(&svc.id),
-        consumer_account: numeric_id(&ep.account),
-        state: ConnectionState::from(ep.connection) as u32,
+    let entry = endpoint_entry(
+        ep,
+        svc,
         flags,
-        zone_id: numeric_id(zone),
-        provider_vpc_id: numeric_id(&svc.vpc),
-        lb_addr: svc.backend_for_zone(zone).address.octets(),
-        gateway: gw.octets(),
-    };
+        zone,
+        svc.backend_for_zone(zone).address.octets(),
+        gw.octets(),
+    );
     d.gw_addrs.insert(key, entry.endpoint_id);
     for p in &svc.prefixes {
         let route = GatewayRoute {
@@ -306,6 +293,28 @@ fn gateway_endpoint(
 
 /// `IFACE_FLAG_GATEWAYS` when the VPC has gateway or GWLB endpoints (routes are looked
 /// up), `IFACE_FLAG_APPLIANCES` when it holds a GWLB service's appliances.
+/// The data path's view of one endpoint address (ENI, gateway route target or GWLB ENI).
+fn endpoint_entry(
+    ep: &crate::model::Endpoint,
+    svc: &crate::model::EndpointService,
+    flags: u32,
+    zone: &str,
+    lb_addr: [u8; 4],
+    gateway: [u8; 4],
+) -> EndpointEni {
+    EndpointEni {
+        endpoint_id: numeric_id(&ep.id),
+        service_id: numeric_id(&svc.id),
+        consumer_account: numeric_id(&ep.account),
+        state: ConnectionState::from(ep.connection) as u32,
+        flags,
+        zone_id: numeric_id(zone),
+        provider_vpc_id: numeric_id(&svc.vpc),
+        lb_addr,
+        gateway,
+    }
+}
+
 fn iface_flags(state: &State, vpc: &str) -> u8 {
     let mut flags = 0;
     if state
@@ -359,17 +368,7 @@ fn gwlb_endpoint(
         Stickiness::ThreeTuple => ENI_FLAG_STICKY_3,
         Stickiness::TwoTuple => ENI_FLAG_STICKY_2,
     };
-    let entry = EndpointEni {
-        endpoint_id: numeric_id(&ep.id),
-        service_id: numeric_id(&svc.id),
-        consumer_account: numeric_id(&ep.account),
-        state: ConnectionState::from(ep.connection) as u32,
-        flags,
-        zone_id: numeric_id(zone),
-        provider_vpc_id: numeric_id(&svc.vpc),
-        lb_addr: g.address.octets(),
-        gateway: z.eni.octets(),
-    };
+    let entry = endpoint_entry(ep, svc, flags, zone, g.address.octets(), z.eni.octets());
     d.gw_addrs.insert(
         VpcAddr {
             vpc_id,

@@ -1619,34 +1619,26 @@ mod tests {
             "{e}"
         );
         // An interface service's SNAT address in that VPC may not be one either.
-        let e = gwlb_broken(|s| {
+        // An interface service in the appliance VPC with this load balancer and SNAT.
+        let interface_in_vpc_s = |s: &mut State, lb: &str, snat: &str| {
             let mut o = s.services[0].clone();
             o.id = "epsrv-s".into();
             o.vpc = "vpc-s".into();
             o.backends = vec![Backend {
                 zone: "zone-a".into(),
-                address: "10.20.1.50".parse().unwrap(),
+                address: lb.parse().unwrap(),
             }];
-            o.snat = vec!["10.20.0.5".parse().unwrap()];
+            o.snat = vec![snat.parse().unwrap()];
             s.services.push(o);
-        });
+        };
+        let e = gwlb_broken(|s| interface_in_vpc_s(s, "10.20.1.50", "10.20.0.5"));
         assert!(
             e.contains("snat[0]: 10.20.0.5 is a GWLB address in VPC vpc-s"),
             "{e}"
         );
         // Nor its load balancer an appliance (reported at the GWLB service, which comes
         // first).
-        let e = gwlb_broken(|s| {
-            let mut o = s.services[0].clone();
-            o.id = "epsrv-s".into();
-            o.vpc = "vpc-s".into();
-            o.backends = vec![Backend {
-                zone: "zone-a".into(),
-                address: "10.20.1.10".parse().unwrap(),
-            }];
-            o.snat = vec!["10.20.0.200".parse().unwrap()];
-            s.services.push(o);
-        });
+        let e = gwlb_broken(|s| interface_in_vpc_s(s, "10.20.1.10", "10.20.0.200"));
         assert!(
             e.contains(
                 "backends[1].address: 10.20.1.10 is a load balancer address of service epsrv-s"

@@ -569,21 +569,7 @@ impl Lab {
     /// `curl` from the GWLB scenario's client; returns the body.
     pub fn web_curl(&self, url: &str, extra: &[&str]) -> Result<Vec<u8>> {
         let g = self.gwlb.as_ref().context("no GWLB scenario")?;
-        let out = g
-            .web
-            .command("curl")
-            .args(["-sS", "--fail", "-m", "20"])
-            .args(extra)
-            .arg(url)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "curl {url}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(out.stdout)
+        curl_in(&g.web, url, &[&["-m", "20"], extra].concat())
     }
 
     fn start_daemon(&mut self, daemon: &Path, state: &str) -> Result<()> {
@@ -743,19 +729,7 @@ impl Lab {
 
     /// `curl` from the consumer's client; returns the body.
     pub fn curl(&self, url: &str) -> Result<Vec<u8>> {
-        let out = self
-            .consumer
-            .command("curl")
-            .args(["-sS", "--fail", "-m", "10", url])
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "curl {url}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(out.stdout)
+        curl_in(&self.consumer, url, &["-m", "10"])
     }
 
     /// Whether a short request through `url` succeeds (2 s limit).
@@ -828,6 +802,24 @@ fn spawn_logged(dir: &Path, name: &str, cmd: &mut std::process::Command) -> Resu
         .env_remove("RUST_BACKTRACE")
         .spawn()
         .with_context(|| format!("starting {cmd:?}"))
+}
+
+/// `curl -sS --fail <extra> url` inside `ns`; the body, or curl's complaint as the error.
+fn curl_in(ns: &Netns, url: &str, extra: &[&str]) -> Result<Vec<u8>> {
+    let out = ns
+        .command("curl")
+        .args(["-sS", "--fail"])
+        .args(extra)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
 }
 
 fn path(p: &Path) -> &str {
