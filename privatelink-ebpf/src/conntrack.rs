@@ -20,7 +20,8 @@ use crate::{
     maps::{PL_CONNTRACK, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config, scratch},
     nat,
     parse::{
-        ETH_LEN, EthHdr, Ipv4Hdr, Ports, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, be16, mut_at, tcp_flags,
+        ETH_LEN, EthHdr, Ipv4Hdr, Ports, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, be16, l4_consistent,
+        mut_at, tcp_flags,
     },
 };
 
@@ -37,10 +38,7 @@ fn now() -> u64 {
 /// Reads the 5-tuple of a TCP/UDP packet whose L4 header must be complete.
 #[inline(always)]
 fn flow_key(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<(FlowKey, u8), Reason> {
-    let need = if pkt.proto == PROTO_TCP { 20 } else { 8 };
-    if pkt.l4 + need > pkt.end {
-        return Err(Reason::DropTruncatedL4);
-    }
+    l4_consistent(ctx, pkt.l4, pkt.end, pkt.proto)?;
     let ip = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
     let ports = mut_at::<Ports>(ctx, pkt.l4, Reason::DropTruncatedL4)?;
     let flags = if pkt.proto == PROTO_TCP {

@@ -21,12 +21,14 @@ use privatelink_common::{
 
 use crate::{
     Verdict, conntrack,
-    ipv4::Packet,
+    ipv4::{Packet, sum_words, verify_checksum_at},
     maps::{
         PL_CONNTRACK, PL_GWLB_APPLS, PL_GWLB_NEIGH, PL_GWLB_TARGETS, PL_NEIGHBORS, PL_VPC_PORTS,
         config,
     },
-    parse::{ETH_LEN, EthHdr, Ipv4Ext, Ipv4Hdr, Ports, TcpHdr, be16, frame_len, mut_at, ptr_at},
+    parse::{
+        ETH_LEN, EthHdr, Ipv4Ext, Ipv4Hdr, Ports, TcpHdr, be16, frame_len, l4_consistent, mut_at,
+    },
 };
 
 /// How often (at most) a flow checks that its appliance is still one to send to.
@@ -90,10 +92,7 @@ fn inner_ports(
 ) -> Result<(u16, u16, u8), Reason> {
     match proto {
         PROTO_TCP | PROTO_UDP => {
-            let need = if proto == PROTO_TCP { 20 } else { 8 };
-            if l4 + need > end {
-                return Err(Reason::DropTruncatedL4);
-            }
+            l4_consistent(ctx, l4, end, proto)?;
             let ports = mut_at::<Ports>(ctx, l4, Reason::DropTruncatedL4)?;
             let flags = if proto == PROTO_TCP {
                 crate::parse::tcp_flags(mut_at::<TcpHdr>(ctx, l4, Reason::DropTruncatedL4)?)
@@ -456,16 +455,7 @@ fn frag_needed(
     // Type 3 code 4, checksum, unused, next-hop MTU.
     let m = (mtu as u16).to_be_bytes();
     h[34..42].copy_from_slice(&[3, 4, 0, 0, 0, 0, m[0], m[1]]);
-    let mut sum: u32 = 0;
-    for i in 0..19usize {
-        if i * 4 >= 8 + quote {
-            break;
-        }
-        let w = ptr_at::<[u8; 4]>(ctx, 34 + i * 4, Reason::DropTruncatedIp)?;
-        // SAFETY: bounds checked by `ptr_at`.
-        let w = unsafe { *w };
-        sum += u16::from_ne_bytes([w[0], w[1]]) as u32 + u16::from_ne_bytes([w[2], w[3]]) as u32;
-    }
+    let sum = sum_words::<19>(ctx, 34, 8 + quote)?;
     let c = mut_at::<[u8; 2]>(ctx, 36, Reason::DropTruncatedIp)?;
     *c = (!csum::fold(sum)).to_ne_bytes();
     Ok((xdp_action::XDP_TX, Reason::GwlbFragNeeded))
@@ -507,6 +497,8 @@ fn from_appliance_checked(
     if ip.vihl >> 4 != 4 || ihl < 20 || tot < ihl || g.inner + tot > pkt.end || ip.is_fragment() {
         return Err(Reason::DropGeneveMalformed);
     }
+    // What we deliver must be a packet a router may forward (RFC 1812).
+    verify_checksum_at(ctx, g.inner, ihl)?;
     let (src, dst, proto) = (ip.src_addr, ip.dst_addr, ip.proto);
     let (sport, dport, _) = inner_ports(ctx, g.inner + ihl, g.inner + tot, proto)?;
     let key = FlowKey {

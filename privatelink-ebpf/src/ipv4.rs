@@ -149,18 +149,35 @@ pub fn check_endpoint_at(vpc_id: u32, addr: [u8; 4]) -> Result<EndpointEni, Reas
 /// RFC 1812: a router verifies the header checksum before forwarding.
 #[inline(always)]
 fn verify_checksum(ctx: &XdpContext, hlen: usize) -> Result<(), Reason> {
+    verify_checksum_at(ctx, ETH_LEN, hlen)
+}
+
+/// The same for an IPv4 header of `hlen` bytes at `off` (an inner one, say).
+#[inline(always)]
+pub fn verify_checksum_at(ctx: &XdpContext, off: usize, hlen: usize) -> Result<(), Reason> {
+    if csum::fold(sum_words::<15>(ctx, off, hlen)?) != 0xffff {
+        return Err(Reason::DropBadIpChecksum);
+    }
+    Ok(())
+}
+
+/// The ones' complement sum (unfolded) of `len` bytes at `off`, read as 4-byte words;
+/// `len` is a multiple of 4 and at most `4 * WORDS`.
+#[inline(always)]
+pub fn sum_words<const WORDS: usize>(
+    ctx: &XdpContext,
+    off: usize,
+    len: usize,
+) -> Result<u32, Reason> {
     let mut sum: u32 = 0;
-    for i in 0..15usize {
-        if i * 4 >= hlen {
+    for i in 0..WORDS {
+        if i * 4 >= len {
             break;
         }
-        let w = ptr_at::<[u8; 4]>(ctx, ETH_LEN + i * 4, Reason::DropTruncatedIp)?;
+        let w = ptr_at::<[u8; 4]>(ctx, off + i * 4, Reason::DropTruncatedIp)?;
         // SAFETY: bounds checked by `ptr_at`.
         let w = unsafe { *w };
         sum += ne16([w[0], w[1]]) as u32 + ne16([w[2], w[3]]) as u32;
     }
-    if csum::fold(sum) != 0xffff {
-        return Err(Reason::DropBadIpChecksum);
-    }
-    Ok(())
+    Ok(sum)
 }

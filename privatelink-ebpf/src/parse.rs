@@ -105,3 +105,27 @@ pub fn ne16(b: [u8; 2]) -> u16 {
 pub fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
+
+/// A TCP or UDP header that fits the packet (which ends at `end`) and agrees with it: TCP's
+/// data offset at least 5 words and inside the packet, UDP's length at least 8 and not past
+/// the end (shorter is allowed: trailing bytes). Anything else is not rewritten or keyed.
+#[inline(always)]
+pub fn l4_consistent(ctx: &XdpContext, l4: usize, end: usize, proto: u8) -> Result<(), Reason> {
+    let need = if proto == 6 { 20 } else { 8 };
+    if l4 + need > end {
+        return Err(Reason::DropTruncatedL4);
+    }
+    let h = mut_at::<[u8; 20]>(ctx, l4, Reason::DropTruncatedL4);
+    let ok = if proto == 6 {
+        let doff = (h?[12] >> 4) as usize * 4;
+        doff >= 20 && l4 + doff <= end
+    } else {
+        let u = mut_at::<[u8; 8]>(ctx, l4, Reason::DropTruncatedL4)?;
+        let len = be16([u[4], u[5]]) as usize;
+        len >= 8 && l4 + len <= end
+    };
+    if !ok {
+        return Err(Reason::DropTruncatedL4);
+    }
+    Ok(())
+}

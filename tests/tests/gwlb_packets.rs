@@ -409,6 +409,17 @@ fn malformed_or_foreign_geneve_is_dropped_and_counted() {
             Reason::DropGeneveMalformed,
         ),
         (
+            // Found by the fuzzer: the inner packet is what gets delivered.
+            "an inner IPv4 header checksum that does not verify",
+            format!(
+                "{}/GENEVE(proto=0x0800, options=[{o3}])/IP(bytes.fromhex('{}dead{}'))",
+                outer(APPL_A),
+                &inner[..20],
+                &inner[24..]
+            ),
+            Reason::DropBadIpChecksum,
+        ),
+        (
             "a flow that does not exist",
             format!(
                 "{}/GENEVE(proto=0x0800, options=[{o3}])/IP(bytes.fromhex('{other_inner}'))",

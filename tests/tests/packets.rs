@@ -479,6 +479,33 @@ fn every_truncation_of_a_tcp_frame_is_dropped_and_counted() {
     assert_eq!(h.run(h.consumer.ifindex, &padded).unwrap().0, XDP_REDIRECT);
 }
 
+/// L4 headers that disagree with the packet are not rewritten (found by the fuzzer: a
+/// UDP length past the IP packet went through NAT).
+#[test]
+fn l4_headers_that_disagree_with_the_packet_are_dropped() {
+    let mut h = harness();
+    let udp_len_off = 14 + 20 + 4;
+    for (what, len) in [("past the packet", 4109u16), ("shorter than its header", 7)] {
+        let mut f = udp_to_eni(&h, 5400, b"query", false);
+        f[udp_len_off..udp_len_off + 2].copy_from_slice(&len.to_be_bytes());
+        let (act, _) = h.run(h.consumer.ifindex, &f).unwrap();
+        assert_eq!(act, XDP_DROP, "UDP length {what}");
+    }
+    // A shorter UDP length than the IP payload (trailing bytes) is allowed.
+    let mut f = udp_to_eni(&h, 5401, b"query", true);
+    f[udp_len_off..udp_len_off + 2].copy_from_slice(&10u16.to_be_bytes());
+    assert_eq!(h.run(h.consumer.ifindex, &f).unwrap().0, XDP_REDIRECT);
+    let doff = 14 + 20 + 12;
+    for (what, words) in [("below 5 words", 4u8), ("past the packet", 15)] {
+        let mut f = tcp_to_eni(&h, 40900, true, b"");
+        f[doff] = words << 4;
+        let (act, _) = h.run(h.consumer.ifindex, &f).unwrap();
+        assert_eq!(act, XDP_DROP, "TCP data offset {what}");
+    }
+    assert_eq!(h.count(Reason::DropTruncatedL4), 4);
+    assert!(h.dp.flows().unwrap().len() == 2, "only the valid UDP flow");
+}
+
 #[test]
 fn garbage_is_dropped_or_passed_never_forwarded() {
     let mut h = harness();
