@@ -1,15 +1,107 @@
-//! `privatelink-pass`: an XDP program with no maps that returns every frame to the kernel.
-//! Attached to the far end of a veth pair (labs, tests) because the kernel delivers
-//! XDP-redirected frames into a veth only when its peer runs an XDP program; also the
-//! baseline of the benchmarks.
+//! `privatelink-pass`: map-free reference programs.
+//! - `privatelink_pass` returns every frame to the kernel. Attached to the far end of a
+//!   veth pair (labs, tests) because the kernel delivers XDP-redirected frames into a veth
+//!   only when its peer runs an XDP program.
+//! - `privatelink_tx` only swaps the Ethernet addresses and returns XDP_TX: the benchmarks'
+//!   trivial baseline.
+//! - `privatelink_redirect` redirects every frame, untouched, to the interface in
+//!   `PL_BASE_TARGET[0]`: the bare-redirect baseline of the throughput benchmark.
+//! - `privatelink_gen`, run with BPF_F_TEST_XDP_LIVE_FRAMES, is the benchmark's packet
+//!   generator: it gives each frame (an IPv4 UDP template) flow number `n % flows` — UDP
+//!   source port 1024 + n % 60000, the source address's last byte + n / 60000 — and
+//!   transmits it (XDP_TX).
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{Array, PerCpuArray},
+    helpers::bpf_redirect,
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
 
 #[xdp]
 pub fn privatelink_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn privatelink_tx(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 12 > end {
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: 12 bytes at `start` are inside the frame (checked above).
+    unsafe {
+        let macs = &mut *(start as *mut [[u8; 6]; 2]);
+        macs.swap(0, 1);
+    }
+    xdp_action::XDP_TX
+}
+
+#[btf_map]
+static PL_BASE_TARGET: Array<u32, 1> = Array::new();
+
+#[xdp]
+pub fn privatelink_redirect(_ctx: XdpContext) -> u32 {
+    match PL_BASE_TARGET.get(0) {
+        // SAFETY: plain helper call; flags 0.
+        Some(&ifindex) if ifindex != 0 => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// `[0]`: how many flows the generator cycles through (0 or 1: one flow).
+#[btf_map]
+static PL_GEN_FLOWS: Array<u32, 1> = Array::new();
+
+#[btf_map]
+static PL_GEN_COUNT: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// `[0]`: the frame's first 42 bytes (Ethernet, IPv4 without options, UDP). Written back
+/// into every frame: pages come back from a run with what the forwarder made of them.
+#[btf_map]
+static PL_GEN_TEMPLATE: Array<[u8; 42], 1> = Array::new();
+
+#[xdp]
+pub fn privatelink_gen(ctx: XdpContext) -> u32 {
+    // Ethernet 14 + IPv4 20 (no options) + UDP 8.
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 42 > end {
+        return xdp_action::XDP_DROP;
+    }
+    let flows = match PL_GEN_FLOWS.get(0) {
+        Some(&f) if f > 1 => f,
+        _ => 1,
+    };
+    let Some(count) = PL_GEN_COUNT.get_ptr_mut(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let Some(template) = PL_GEN_TEMPLATE.get(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: this CPU's counter; 42 bytes at `start` are inside the frame (checked).
+    unsafe {
+        let n = *count % flows;
+        *count = (*count).wrapping_add(1);
+        let f = &mut *(start as *mut [u8; 42]);
+        *f = *template;
+        f[29] = f[29].wrapping_add((n / 60000) as u8);
+        f[24] = 0;
+        f[25] = 0;
+        let mut sum: u32 = 0;
+        for i in 0..10 {
+            sum += u16::from_be_bytes([f[14 + 2 * i], f[15 + 2 * i]]) as u32;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        f[34..36].copy_from_slice(&((1024 + n % 60000) as u16).to_be_bytes());
+        f[40] = 0; // UDP checksum 0: none (IPv4)
+        f[41] = 0;
+    }
+    xdp_action::XDP_TX
 }
 
 #[cfg(not(test))]

@@ -145,10 +145,29 @@ impl Dataplane {
 
     /// The pass-through program, loaded on first use (a baseline for benchmarks).
     pub fn pass_program(&mut self) -> Result<&mut Xdp> {
+        self.reference_program(privatelink_common::PASS_PROGRAM_NAME)
+    }
+
+    /// One of the map-free reference programs of `privatelink-pass` (`privatelink_pass`,
+    /// `privatelink_tx`, `privatelink_redirect`, `privatelink_gen`), loaded on first use.
+    pub fn reference_program(&mut self, name: &str) -> Result<&mut Xdp> {
+        let ebpf = self.reference_object()?;
+        let p: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("no program {name} in privatelink-pass"))?
+            .try_into()?;
+        if p.fd().is_err() {
+            p.load()?;
+        }
+        Ok(p)
+    }
+
+    /// The `privatelink-pass` object (its maps configure the reference programs).
+    pub fn reference_object(&mut self) -> Result<&mut Ebpf> {
         if self.pass.is_none() {
             self.pass = Some(load_pass()?);
         }
-        pass_program(self.pass.as_mut().expect("just set"))
+        Ok(self.pass.as_mut().expect("just set"))
     }
 
     pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {

@@ -7,3 +7,4 @@ pub mod lab;
 pub mod netns;
 pub mod scapy;
 pub mod testrun;
+pub mod throughput;

@@ -69,22 +69,30 @@ impl Harness {
         Ok((r.return_value, out))
     }
 
-    /// One run of `frame` (through the pass-through baseline if `baseline`); returns the
-    /// kernel-measured duration in ns. One run per call: with `repeat` the kernel reuses one
-    /// buffer, so a NAT path would see its own output from the second run on.
-    pub fn time_once(&mut self, ifindex: u32, frame: &[u8], baseline: bool) -> Result<(u32, u64)> {
+    /// `repeat` runs of `frame` through privatelink's program, or through the reference
+    /// program `baseline` (see `privatelink-pass`); returns the verdict and the kernel's
+    /// average duration per run in ns. The kernel reuses one buffer across repeats, so a
+    /// path that rewrites the frame sees its own output from the second run on: time those
+    /// with `repeat` 1.
+    pub fn time(
+        &mut self,
+        ifindex: u32,
+        frame: &[u8],
+        baseline: Option<&str>,
+        repeat: u32,
+    ) -> Result<(u32, u64)> {
         let mut out = vec![0u8; frame.len() + 512];
         let ctx = xdp_md(frame.len() as u32, ifindex);
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
             ctx_in: Some(&ctx),
+            repeat,
             ..TestRunOptions::default()
         };
-        let r = if baseline {
-            self.dp.pass_program()?.test_run(opts)?
-        } else {
-            self.dp.program()?.test_run(opts)?
+        let r = match baseline {
+            Some(name) => self.dp.reference_program(name)?.test_run(opts)?,
+            None => self.dp.program()?.test_run(opts)?,
         };
         Ok((r.return_value, r.duration.as_nanos() as u64))
     }
@@ -116,7 +124,7 @@ impl Harness {
 
 /// `struct xdp_md` for ctx_in: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
 /// egress_ifindex.
-fn xdp_md(len: u32, ifindex: u32) -> Vec<u8> {
+pub fn xdp_md(len: u32, ifindex: u32) -> Vec<u8> {
     [0, len, 0, ifindex, 0, 0]
         .iter()
         .flat_map(|v: &u32| v.to_ne_bytes())

@@ -1,0 +1,323 @@
+//! Throughput on veth in namespaces: a generator namespace sends fixed-size UDP flows at
+//! an endpoint ENI through a forwarder namespace to a sink namespace, and what arrives at
+//! the sink is counted. The same topology carries, in turn: (a) privatelink's XDP NAT,
+//! (b) the kernel's forwarding with nftables DNAT + SNAT and conntrack doing the same job,
+//! (c) a bare XDP redirect doing no work.
+//!
+//! The generator is the kernel's BPF_F_TEST_XDP_LIVE_FRAMES: `privatelink_gen` (in
+//! `privatelink-pass`) gives each frame its flow and transmits it out of the generator's
+//! veth (XDP_TX), so no userspace packet path is measured.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::Array,
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use etherparse::PacketBuilder;
+use privatelink_user::{
+    dataplane::{self, Dataplane, LoadOptions},
+    desired,
+    model::{numeric_id, parse_state},
+};
+
+use crate::{
+    netns::{Netns, unique_name},
+    testrun::xdp_md,
+};
+
+pub const ENI: [u8; 4] = [10, 1, 0, 100];
+pub const LB: [u8; 4] = [10, 2, 0, 10];
+pub const SNAT: [u8; 4] = [10, 2, 0, 200];
+
+const STATE: &str = r#"
+[[accounts]]
+id = "acct-a"
+[[accounts]]
+id = "acct-b"
+[[vpcs]]
+id = "vpc-a"
+account = "acct-a"
+cidr = "10.1.0.0/16"
+interface = "fc0"
+vswitches = [{ id = "vsw-a", zone = "zone-a", cidr = "10.1.0.0/24" }]
+[[vpcs]]
+id = "vpc-b"
+account = "acct-b"
+cidr = "10.2.0.0/16"
+interface = "fp0"
+vswitches = [{ id = "vsw-b", zone = "zone-a", cidr = "10.2.0.0/24" }]
+[[services]]
+id = "svc"
+account = "acct-b"
+type = "interface"
+vpc = "vpc-b"
+whitelist = ["acct-a"]
+backends = [{ zone = "zone-a", address = "10.2.0.10" }]
+snat = ["10.2.0.200"]
+[[endpoints]]
+id = "ep"
+account = "acct-a"
+vpc = "vpc-a"
+service = "svc"
+connection = "connected"
+zones = [{ vswitch = "vsw-a", eni = "10.1.0.100" }]
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    XdpNat,
+    Nftables,
+    BareRedirect,
+}
+
+impl Mode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::XdpNat => "(a) privatelink XDP NAT",
+            Mode::Nftables => "(b) kernel forwarding, nftables DNAT+SNAT, conntrack",
+            Mode::BareRedirect => "(c) bare XDP redirect",
+        }
+    }
+}
+
+/// The three namespaces and the links between them; removed on drop.
+pub struct Topology {
+    pub gen_ns: Netns,
+    pub fwd: Netns,
+    pub sink: Netns,
+    gen_mac: [u8; 6],
+    fc0_mac: [u8; 6],
+    p0_mac: [u8; 6],
+    /// XDP_PASS on the sink's p0: the kernel delivers XDP-redirected frames into a veth
+    /// only when its peer runs an XDP program.
+    _sink_xdp: aya::Ebpf,
+}
+
+fn mac_of(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
+    let out = ns.ip(&["-j", "link", "show", "dev", dev])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    dataplane::parse_mac(v[0]["address"].as_str().context("no address")?).context("bad MAC")
+}
+
+impl Topology {
+    pub fn new() -> Result<Self> {
+        let gen_ns = Netns::create(&unique_name("pltpg"))?;
+        let fwd = Netns::create(&unique_name("pltpf"))?;
+        let sink = Netns::create(&unique_name("pltps"))?;
+        crate::netns::ip(&[
+            "link",
+            "add",
+            "gen0",
+            "netns",
+            &gen_ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "fc0",
+            "netns",
+            &fwd.name,
+        ])?;
+        crate::netns::ip(&[
+            "link", "add", "p0", "netns", &sink.name, "type", "veth", "peer", "name", "fp0",
+            "netns", &fwd.name,
+        ])?;
+        gen_ns.ip(&["addr", "add", "10.1.0.2/24", "dev", "gen0"])?;
+        sink.ip(&["addr", "add", "10.2.0.10/24", "dev", "p0"])?;
+        for (ns, dev) in [
+            (&gen_ns, "gen0"),
+            (&fwd, "fc0"),
+            (&fwd, "fp0"),
+            (&sink, "p0"),
+        ] {
+            ns.ip(&["link", "set", dev, "up"])?;
+        }
+        let sink_xdp = in_ns(&sink.name, || dataplane::attach_pass(&["p0".to_string()]))?;
+        Ok(Self {
+            _sink_xdp: sink_xdp,
+            gen_mac: mac_of(&gen_ns, "gen0")?,
+            fc0_mac: mac_of(&fwd, "fc0")?,
+            p0_mac: mac_of(&sink, "p0")?,
+            gen_ns,
+            fwd,
+            sink,
+        })
+    }
+
+    fn rx_packets(&self) -> Result<u64> {
+        rx_of(&self.sink, "p0")
+    }
+}
+
+fn rx_of(ns: &Netns, dev: &str) -> Result<u64> {
+    let out = ns.ip(&["-j", "-s", "link", "show", "dev", dev])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .context("no rx counter")
+}
+
+/// Runs `f` on a thread inside `ns` (BPF objects made there see its interfaces).
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        crate::netns::enter_thread(&ns)?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread panicked"))?
+}
+
+/// What is attached in the forwarder for one mode; dropping it detaches.
+struct Forwarder {
+    _dp: Dataplane,
+}
+
+fn attach_reference(dp: &mut Dataplane, name: &str, iface: &str) -> Result<()> {
+    let p: &mut Xdp = dp.reference_program(name)?;
+    p.attach(iface, XdpMode::Driver)
+        .with_context(|| format!("attaching {name} to {iface}"))?;
+    Ok(())
+}
+
+fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
+    let fwd = t.fwd.name.clone();
+    let p0_mac = t.p0_mac;
+    // The sink's end of a redirect needs an XDP program (see the lab notes).
+    if mode == Mode::Nftables {
+        t.fwd.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        t.fwd.ip(&["addr", "add", "10.1.0.1/24", "dev", "fc0"])?;
+        t.fwd.ip(&["addr", "add", "10.2.0.1/24", "dev", "fp0"])?;
+        let rules = "table ip bench {\n chain pre { type nat hook prerouting priority -100; ip daddr 10.1.0.100 udp dport 80 dnat to 10.2.0.10; }\n chain post { type nat hook postrouting priority 100; oifname \"fp0\" snat to 10.2.0.200; }\n}\n";
+        let f = std::env::temp_dir().join(format!("{}.nft", t.fwd.name));
+        std::fs::write(&f, rules)?;
+        t.fwd.exec("nft", &["-f", f.to_str().unwrap()])?;
+        let _ = std::fs::remove_file(&f);
+    }
+    in_ns(&fwd, move || {
+        let mut dp = Dataplane::load(&LoadOptions {
+            pin_dir: None,
+            conntrack_entries: 1 << 20,
+        })?;
+        match mode {
+            Mode::XdpNat => {
+                let s = parse_state(STATE).map_err(anyhow::Error::msg)?;
+                let want =
+                    desired::compute(&s, dataplane::resolve_link, &desired::Unhealthy::new())?;
+                dp.apply(&want)?;
+                dp.set_neighbor(numeric_id("vpc-b"), LB, p0_mac)?;
+                dp.attach("fc0", false)?;
+                dp.attach("fp0", false)?;
+            }
+            Mode::Nftables => attach_reference(&mut dp, "privatelink_pass", "fc0")?,
+            Mode::BareRedirect => {
+                let fp0 = dataplane::resolve_link("fp0").map_err(anyhow::Error::msg)?;
+                let obj = dp.reference_object()?;
+                let mut m: Array<_, u32> =
+                    Array::try_from(obj.map_mut("PL_BASE_TARGET").context("no map")?)?;
+                m.set(0, fp0.ifindex, 0)?;
+                attach_reference(&mut dp, "privatelink_redirect", "fc0")?;
+            }
+        }
+        Ok(Forwarder { _dp: dp })
+    })
+}
+
+fn tear_down(t: &Topology, mode: Mode) -> Result<()> {
+    if mode == Mode::Nftables {
+        t.fwd.exec("nft", &["delete", "table", "ip", "bench"])?;
+        t.fwd.exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
+        t.fwd.ip(&["addr", "flush", "dev", "fc0"])?;
+        t.fwd.ip(&["addr", "flush", "dev", "fp0"])?;
+    }
+    Ok(())
+}
+
+/// Sends `packets` 64-byte frames over `flows` flows; returns (sent, arrived, seconds).
+fn generate(t: &Topology, flows: u32, packets: u32) -> Result<(u64, u64, f64)> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(t.gen_mac, t.fc0_mac)
+        .ipv4([10, 1, 0, 2], ENI, 64)
+        .udp(1024, 80)
+        .write(&mut frame, &[0u8; 18])?;
+    let gen_ns = t.gen_ns.name.clone();
+    let before = t.rx_packets()?;
+    let fwd_before = rx_of(&t.fwd, "fc0")?;
+    let took = in_ns(&gen_ns, move || {
+        let mut dp = Dataplane::load(&LoadOptions {
+            pin_dir: None,
+            conntrack_entries: 1024,
+        })?;
+        let obj = dp.reference_object()?;
+        let mut m: Array<_, u32> = Array::try_from(obj.map_mut("PL_GEN_FLOWS").context("no map")?)?;
+        m.set(0, flows, 0)?;
+        let mut tmpl: Array<_, [u8; 42]> =
+            Array::try_from(obj.map_mut("PL_GEN_TEMPLATE").context("no map")?)?;
+        tmpl.set(0, <[u8; 42]>::try_from(&frame[..42])?, 0)?;
+        let gen0 = dataplane::resolve_link("gen0").map_err(anyhow::Error::msg)?;
+        let ctx = xdp_md(frame.len() as u32, gen0.ifindex);
+        let p = dp.reference_program("privatelink_gen")?;
+        let start = Instant::now();
+        p.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ctx_in: Some(&ctx),
+            repeat: packets,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::default()
+        })
+        .context("live-frames test run")?;
+        Ok(start.elapsed())
+    })?;
+    // Let the last frames drain.
+    std::thread::sleep(Duration::from_millis(200));
+    let arrived = t.rx_packets()? - before;
+    if std::env::var_os("PL_TP_DEBUG").is_some() {
+        eprintln!(
+            "forwarder fc0 received {}",
+            rx_of(&t.fwd, "fc0")? - fwd_before
+        );
+    }
+    Ok((packets as u64, arrived, took.as_secs_f64()))
+}
+
+/// One measurement: Mpps that arrived at the sink.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub mode: Mode,
+    pub flows: u32,
+    pub sent: u64,
+    pub arrived: u64,
+    pub seconds: f64,
+}
+
+impl Sample {
+    pub fn mpps(&self) -> f64 {
+        self.arrived as f64 / self.seconds / 1e6
+    }
+}
+
+/// Every mode with every flow count, on one topology.
+pub fn run(flow_counts: &[u32], packets: u32) -> Result<Vec<Sample>> {
+    let t = Topology::new()?;
+    let mut out = Vec::new();
+    for mode in [Mode::XdpNat, Mode::Nftables, Mode::BareRedirect] {
+        let fwd = set_up(&t, mode)?;
+        for &flows in flow_counts {
+            // A warm-up round creates the flows (conntrack, ARP), then the measured one.
+            generate(&t, flows, flows.max(10_000))?;
+            let (sent, arrived, seconds) = generate(&t, flows, packets)?;
+            out.push(Sample {
+                mode,
+                flows,
+                sent,
+                arrived,
+                seconds,
+            });
+        }
+        drop(fwd);
+        tear_down(&t, mode)?;
+    }
+    Ok(out)
+}
