@@ -5,6 +5,7 @@ pub mod frames;
 pub mod gwlb;
 pub mod lab;
 pub mod netns;
+pub mod scale;
 pub mod scapy;
 pub mod testrun;
 pub mod throughput;

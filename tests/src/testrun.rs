@@ -29,6 +29,11 @@ impl Harness {
     /// The lab's state in a fresh namespace: interfaces fc0 (VPC A) and fp0 (VPC B), the
     /// program loaded (not attached) with private maps, the load balancer's MAC known.
     pub fn new(state: &str) -> Result<Self> {
+        Self::with_conntrack(state, 65536)
+    }
+
+    /// The same with a conntrack table of `entries` entries (two per flow).
+    pub fn with_conntrack(state: &str, entries: u32) -> Result<Self> {
         let ns = Netns::create(&unique_name("plpkt"))?;
         ns.ip(&["link", "add", "fc0", "type", "veth", "peer", "name", "c0"])?;
         ns.ip(&["link", "add", "fp0", "type", "veth", "peer", "name", "p0"])?;
@@ -40,7 +45,7 @@ impl Harness {
         let want = desired::compute(&state, dataplane::resolve_link, &desired::Unhealthy::new())?;
         let mut dp = Dataplane::load(&LoadOptions {
             pin_dir: None,
-            conntrack_entries: 65536,
+            conntrack_entries: entries,
         })?;
         dp.apply(&want)?;
         dp.set_neighbor(numeric_id("vpc-b"), [10, 10, 0, 10], LB_MAC)?;

@@ -29,14 +29,112 @@ fn main() -> Result<()> {
         print!("{}", throughput()?);
         return Ok(());
     }
+    // `--flows 1000000,10000000`: the conntrack scale points (default: both).
+    let flows: Vec<u32> = args
+        .iter()
+        .position(|a| a == "--flows")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000_000, 10_000_000]);
+    if args.iter().any(|a| a == "--conntrack-only") {
+        print!("{}", conntrack_scale(&flows)?);
+        return Ok(());
+    }
     let mut md = String::new();
     md.push_str(&per_packet()?);
     md.push_str(&throughput()?);
+    md.push_str(&conntrack_scale(&flows)?);
     md.push_str(&control_plane(1000)?);
     std::fs::create_dir_all("results")?;
     std::fs::write("results/bench.md", &md)?;
     println!("\nwritten to results/bench.md");
     Ok(())
+}
+
+/// Conntrack filled to `flows` flows (a table of exactly 2 x flows entries): fill time,
+/// kernel memory, the cost of a hit at that occupancy, and the LRU when full (a flood of
+/// new flows while established ones keep talking).
+fn conntrack_scale(points: &[u32]) -> Result<String> {
+    use std::time::Instant;
+
+    use privatelink_common::Reason;
+    use privatelink_tests::scale::{conntrack_memory, fill, frame, present};
+
+    let mut t = String::from(
+        "| flows | table entries | fill (s) | kernel memory | bytes/flow | hit ns/pkt | trivial ns/pkt | ratio | flood: new flows accepted | established kept | idle evicted |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for &flows in points {
+        let mut h = Harness::with_conntrack(LAB_STATE, 2 * flows)?;
+        let start = Instant::now();
+        let chunk = 1_000_000;
+        let mut i = 0;
+        while i < flows {
+            let end = (i + chunk).min(flows);
+            // Older flows first: established ones (the first 1 000) are the oldest, so an
+            // LRU that ignored use would evict them first.
+            fill(&mut h, i..end, 100_000_000_000 - (i as u64) * 1000)?;
+            i = end;
+        }
+        let fill_s = start.elapsed().as_secs_f64();
+        let mem = conntrack_memory(&h)?;
+        // Hits on flows spread over the whole table.
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let f = frame(&h, (rng % flows as u64) as u32);
+            ours.push(h.time(h.consumer.ifindex, &f, None, 1)?.1);
+            base.push(h.time(h.consumer.ifindex, &f, Some(TRIVIAL), 1)?.1);
+        }
+        let (o, b) = (median(&mut ours), median(&mut base));
+        // The table is full. New flows arrive while the first 1 000 flows keep talking.
+        let established: Vec<Vec<u8>> = (0..1000).map(|i| frame(&h, i)).collect();
+        let flood = 20_000u32;
+        let new_before = h.count(Reason::ForwardNewFlow);
+        for n in 0..flood {
+            let mut v = Vec::new();
+            etherparse::PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+                .ipv4(
+                    [172, 16 + (n >> 16) as u8, (n >> 8) as u8, n as u8],
+                    ENI,
+                    64,
+                )
+                .tcp(50000, 443, 1, 64240)
+                .syn()
+                .write(&mut v, b"")?;
+            h.run(h.consumer.ifindex, &v)?;
+            if n % 1000 == 0 {
+                for f in &established {
+                    h.run(h.consumer.ifindex, f)?;
+                }
+            }
+        }
+        let accepted = h.count(Reason::ForwardNewFlow) - new_before;
+        let kept = (0..1000)
+            .filter(|i| present(&h, *i).unwrap_or(false))
+            .count();
+        // Idle flows (1 000 .. 1 000 + 100 000, sampled) gone.
+        let sample = 100_000.min(flows - 1000);
+        let evicted = (1000..1000 + sample)
+            .filter(|i| !present(&h, *i).unwrap_or(true))
+            .count();
+        let _ = writeln!(
+            t,
+            "| {flows} | {} | {fill_s:.1} | {:.0} MiB | {:.0} | {o:.0} | {b:.0} | {:.2}x | {accepted} of {flood} | {kept} of 1000 | {evicted} of the oldest {sample} |",
+            2 * flows,
+            mem as f64 / (1 << 20) as f64,
+            mem as f64 / flows as f64,
+            o / b.max(1.0)
+        );
+        drop(h);
+    }
+    let out = format!(
+        "\nConntrack at scale (synthetic flows written into PL_CONNTRACK; hits on random flows, single runs, medians)\n\n{t}"
+    );
+    print!("{out}");
+    Ok(out)
 }
 
 /// Mpps through the forwarder: privatelink's XDP NAT against the kernel's nftables NAT and

@@ -1,0 +1,144 @@
+//! Conntrack at scale: synthetic flows written straight into `PL_CONNTRACK` (both entries
+//! of each, exactly as the data path makes them for the lab's endpoint), so that the table
+//! can be filled to millions of flows in seconds; frames that hit them.
+
+use anyhow::Result;
+use aya::maps::HashMap;
+use etherparse::PacketBuilder;
+use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, PROTO_TCP, map_names};
+use privatelink_user::model::numeric_id;
+
+use crate::{
+    frames::{CLIENT_MAC, ENI, LB, SNAT},
+    testrun::{Harness, LB_MAC},
+};
+
+pub const CLIENT_SPORT: u16 = 40000;
+
+/// CLOCK_MONOTONIC in ns: what `bpf_ktime_get_ns` reads.
+pub fn ktime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Flow `i`'s client address, destination port and provider-side tuple: unique for up to
+/// 2 SNAT addresses x 64 512 ports x 65 535 destination ports.
+pub fn flow(i: u32) -> ([u8; 4], u16, [u8; 4], u16) {
+    let client = [100, 64 + (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    let snat = SNAT[(i % 2) as usize];
+    let snat_port = 1024 + ((i / 2) % 64512) as u16;
+    let dport = 1 + (i / 129_024) as u16;
+    (client, dport, snat, snat_port)
+}
+
+/// The client's frame of flow `i` (an ACK with a small payload: a conntrack hit).
+pub fn frame(h: &Harness, i: u32) -> Vec<u8> {
+    let (client, dport, _, _) = flow(i);
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(client, ENI, 64)
+        .tcp(CLIENT_SPORT, dport, 1000, 64240)
+        .ack(1)
+        .write(&mut v, &[0u8; 18])
+        .expect("frame");
+    v
+}
+
+/// Writes flows `range` into conntrack, last seen `age_ns` ago.
+pub fn fill(h: &mut Harness, range: std::ops::Range<u32>, age_ns: u64) -> Result<()> {
+    let t = ktime_ns().saturating_sub(age_ns);
+    let (vpc_a, vpc_b, ep) = (numeric_id("vpc-a"), numeric_id("vpc-b"), numeric_id("ep-a"));
+    let (consumer, provider) = (h.consumer, h.provider);
+    let mut ct: HashMap<_, FlowKey, FlowEntry> =
+        HashMap::try_from(h.dp.map_mut(map_names::CONNTRACK)?)?;
+    for i in range {
+        let (client, dport, snat, snat_port) = flow(i);
+        let key = FlowKey {
+            vpc_id: vpc_a,
+            src: client,
+            dst: ENI,
+            sport: CLIENT_SPORT,
+            dport,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let fwd = FlowEntry {
+            new_src: snat,
+            new_dst: LB,
+            new_sport: snat_port,
+            new_dport: dport,
+            out_ifindex: provider.ifindex,
+            src_mac: provider.mac,
+            dst_mac: LB_MAC,
+            out_vpc_id: vpc_b,
+            endpoint_id: ep,
+            direction: DIR_ORIGINAL,
+            last_seen_ns: t,
+            checked_ns: t,
+            ..Default::default()
+        };
+        let reply_key = FlowKey {
+            vpc_id: vpc_b,
+            src: LB,
+            dst: snat,
+            sport: dport,
+            dport: snat_port,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let reply = FlowEntry {
+            new_src: ENI,
+            new_dst: client,
+            new_sport: dport,
+            new_dport: CLIENT_SPORT,
+            out_ifindex: consumer.ifindex,
+            src_mac: consumer.mac,
+            dst_mac: CLIENT_MAC,
+            out_vpc_id: vpc_a,
+            endpoint_id: ep,
+            direction: DIR_REPLY,
+            last_seen_ns: t,
+            checked_ns: t,
+            ..Default::default()
+        };
+        ct.insert(reply_key, reply, 0)?;
+        ct.insert(key, fwd, 0)?;
+    }
+    Ok(())
+}
+
+/// Whether flow `i`'s original entry is in the table.
+pub fn present(h: &Harness, i: u32) -> Result<bool> {
+    let (client, dport, _, _) = flow(i);
+    let ct: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(h.dp.map(map_names::CONNTRACK)?)?;
+    let key = FlowKey {
+        vpc_id: numeric_id("vpc-a"),
+        src: client,
+        dst: ENI,
+        sport: CLIENT_SPORT,
+        dport,
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    };
+    Ok(ct.get(&key, 0).is_ok())
+}
+
+/// The kernel's memory charge for the conntrack map (`memlock` in its fdinfo).
+pub fn conntrack_memory(h: &Harness) -> Result<u64> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let map = h.dp.map(map_names::CONNTRACK)?;
+    let fd = match map {
+        aya::maps::Map::LruHashMap(m) | aya::maps::Map::HashMap(m) => m.fd().as_fd().as_raw_fd(),
+        _ => anyhow::bail!("conntrack is not a hash map"),
+    };
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no memlock in fdinfo"))
+}
