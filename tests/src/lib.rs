@@ -1,6 +1,7 @@
 //! Test support for privatelink: network namespaces, the lab topology, and a runner that
 //! feeds frames through the loaded XDP program (BPF_PROG_TEST_RUN).
 
+pub mod apidaemon;
 pub mod frames;
 pub mod gwlb;
 pub mod lab;

@@ -285,7 +285,28 @@ fn setup() -> Result<()> {
         step("bpffs", "mounting on /sys/fs/bpf");
         run(privileged("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
-    Ok(())
+    schemathesis()
+}
+
+/// The OpenAPI fuzzer the API test runs, in a virtualenv of the workspace's own.
+pub const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+
+fn schemathesis() -> Result<()> {
+    let venv = workspace_root().join("target/st-venv");
+    let st = venv.join("bin/st");
+    if st.is_file() {
+        step(
+            "schemathesis",
+            &format!("{SCHEMATHESIS} present in target/st-venv"),
+        );
+        return Ok(());
+    }
+    step(
+        "schemathesis",
+        &format!("installing {SCHEMATHESIS} into target/st-venv"),
+    );
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", SCHEMATHESIS]))
 }
 
 fn build() -> Result<()> {

@@ -193,65 +193,12 @@ fn control_plane(n: usize) -> Result<String> {
     use std::time::Instant;
 
     use privatelink_common::{EndpointEni, VpcAddr, map_names};
-    use privatelink_tests::{
-        lab::privatelink_bin,
-        netns::{Netns, unique_name},
-    };
     use privatelink_user::{client::Client, dataplane, model::numeric_id};
     use serde_json::json;
 
-    let ns = Netns::create(&unique_name("plbench"))?;
-    ns.ip(&["link", "add", "fc0", "type", "veth", "peer", "name", "c0"])?;
-    ns.ip(&["link", "add", "fp0", "type", "veth", "peer", "name", "p0"])?;
-    for d in ["fc0", "c0", "fp0", "p0"] {
-        ns.ip(&["link", "set", d, "up"])?;
-    }
-    let dir = std::env::temp_dir().join(format!("privatelink-bench-{}", ns.name));
-    let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/privatelink-bench-{}", ns.name));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let ready = dir.join("ready");
-    struct Cleanup(std::process::Child, std::path::PathBuf, std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-            let _ = std::fs::remove_dir_all(&self.1);
-            let _ = std::fs::remove_dir_all(&self.2);
-        }
-    }
-    let child = std::process::Command::new(privatelink_bin()?)
-        .args(["daemon", "--data-dir"])
-        .arg(dir.join("data"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--netns",
-            &ns.name,
-            "--conntrack-entries",
-            "65536",
-            "--pin-dir",
-        ])
-        .arg(&pin)
-        .arg("--ready-file")
-        .arg(&ready)
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let _cleanup = Cleanup(child, dir.clone(), pin.clone());
-    let start = Instant::now();
-    while !ready.exists() {
-        anyhow::ensure!(start.elapsed().as_secs() < 30, "daemon not ready");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let url = std::fs::read_to_string(&ready)?.trim().to_string();
-    let admin = Client::new(
-        &url,
-        Some(
-            std::fs::read_to_string(dir.join("data/admin.token"))?
-                .trim()
-                .to_string(),
-        ),
-    );
+    let daemon = privatelink_tests::apidaemon::ApiDaemon::start("plbench")?;
+    let (url, pin) = (daemon.url.clone(), daemon.pin.clone());
+    let admin = Client::new(&url, Some(daemon.admin_token.clone()));
     let token = |id: &str| -> Result<String> {
         Ok(admin.post("/v1/accounts", &json!({"id": id}))?["token"]
             .as_str()
