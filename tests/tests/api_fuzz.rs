@@ -50,7 +50,7 @@ fn the_api_survives_schemathesis_without_5xx_or_side_effects_of_rejections() {
             text.contains("passed") || text.contains("PASSED"),
             "schemathesis ran nothing as {who}:\n{tail}"
         );
-                assert!(d.alive(), "the daemon died under schemathesis as {who}");
+        assert!(d.alive(), "the daemon died under schemathesis as {who}");
         eprintln!("schemathesis as {who}:\n{tail}");
     }
 }
