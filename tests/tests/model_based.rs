@@ -256,7 +256,7 @@ fn random_api_sequences_keep_the_maps_equal_to_the_model() {
     let seed: u64 = std::env::var("PL_MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::process::id() as u64 * 2654435761 | 1);
+        .unwrap_or_else(|| (std::process::id() as u64 * 2654435761) | 1);
     let steps: usize = std::env::var("PL_MODEL_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
