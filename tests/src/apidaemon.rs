@@ -16,6 +16,7 @@ use crate::{
 
 pub struct ApiDaemon {
     child: Child,
+    conntrack_entries: u32,
     pub dir: PathBuf,
     pub pin: PathBuf,
     pub url: String,
@@ -25,6 +26,10 @@ pub struct ApiDaemon {
 
 impl ApiDaemon {
     pub fn start(prefix: &str) -> Result<Self> {
+        Self::with_conntrack(prefix, 65536)
+    }
+
+    pub fn with_conntrack(prefix: &str, conntrack_entries: u32) -> Result<Self> {
         let ns = Netns::create(&unique_name(prefix))?;
         ns.ip(&["link", "add", "fc0", "type", "veth", "peer", "name", "c0"])?;
         ns.ip(&["link", "add", "fp0", "type", "veth", "peer", "name", "p0"])?;
@@ -35,41 +40,62 @@ impl ApiDaemon {
         let pin = PathBuf::from(format!("/sys/fs/bpf/privatelink-{}", ns.name));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let ready = dir.join("ready");
-        let child = std::process::Command::new(privatelink_bin()?)
-            .args(["daemon", "--data-dir"])
-            .arg(dir.join("data"))
-            .args(["--listen", "127.0.0.1:0", "--netns", &ns.name])
-            .args(["--conntrack-entries", "65536", "--pin-dir"])
-            .arg(&pin)
-            .arg("--ready-file")
-            .arg(&ready)
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
+        let child = spawn(&ns, &dir, &pin, conntrack_entries)?;
         let mut d = Self {
             child,
+            conntrack_entries,
             dir: dir.clone(),
             pin,
             url: String::new(),
             admin_token: String::new(),
             ns,
         };
-        let start = Instant::now();
-        while !ready.exists() {
-            anyhow::ensure!(start.elapsed().as_secs() < 30, "daemon not ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d.url = std::fs::read_to_string(&ready)?.trim().to_string();
+        d.url = wait_ready(&dir)?;
         d.admin_token = std::fs::read_to_string(dir.join("data/admin.token"))?
             .trim()
             .to_string();
         Ok(d)
     }
 
+    /// `kill -9`, start again on the same data and pins; the time until it is ready.
+    pub fn restart(&mut self) -> Result<Duration> {
+        self.child.kill()?;
+        self.child.wait()?;
+        let t = Instant::now();
+        self.child = spawn(&self.ns, &self.dir, &self.pin, self.conntrack_entries)?;
+        self.url = wait_ready(&self.dir)?;
+        Ok(t.elapsed())
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+fn spawn(ns: &Netns, dir: &std::path::Path, pin: &std::path::Path, entries: u32) -> Result<Child> {
+    let _ = std::fs::remove_file(dir.join("ready"));
+    Ok(std::process::Command::new(privatelink_bin()?)
+        .args(["daemon", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen", "127.0.0.1:0", "--netns", &ns.name])
+        .args(["--conntrack-entries", &entries.to_string(), "--pin-dir"])
+        .arg(pin)
+        .arg("--ready-file")
+        .arg(dir.join("ready"))
+        .stderr(std::process::Stdio::null())
+        .spawn()?)
+}
+
+/// Waits for the ready file; returns the API URL in it.
+fn wait_ready(dir: &std::path::Path) -> Result<String> {
+    let ready = dir.join("ready");
+    let start = Instant::now();
+    while !ready.exists() {
+        anyhow::ensure!(start.elapsed().as_secs() < 60, "daemon not ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(std::fs::read_to_string(&ready)?.trim().to_string())
 }
 
 impl Drop for ApiDaemon {

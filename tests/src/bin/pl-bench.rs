@@ -36,6 +36,10 @@ fn main() -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![1_000_000, 10_000_000]);
+    if args.iter().any(|a| a == "--restart-only") {
+        print!("{}", restart_with_flows(1_000_000)?);
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--conntrack-only") {
         print!("{}", conntrack_scale(&flows)?);
         return Ok(());
@@ -45,6 +49,7 @@ fn main() -> Result<()> {
     md.push_str(&throughput()?);
     md.push_str(&conntrack_scale(&flows)?);
     md.push_str(&control_plane(1000)?);
+    md.push_str(&restart_with_flows(1_000_000)?);
     std::fs::create_dir_all("results")?;
     std::fs::write("results/bench.md", &md)?;
     println!("\nwritten to results/bench.md");
@@ -181,6 +186,59 @@ fn throughput() -> Result<String> {
     }
     let out = format!(
         "\nThroughput on veth (generator: BPF_F_TEST_XDP_LIVE_FRAMES, {PACKETS} 64-byte UDP frames per run, counted at the sink's interface)\n\n{t}{ratios}"
+    );
+    print!("{out}");
+    Ok(out)
+}
+
+/// Daemon restart (kill -9, start, ready) with `flows` live flows in the pinned conntrack
+/// table, against the same restart with the table empty.
+fn restart_with_flows(flows: u32) -> Result<String> {
+    use aya::maps::HashMap;
+    use privatelink_common::{FlowEntry, FlowKey, PROTO_TCP, map_names};
+    use privatelink_tests::{apidaemon::ApiDaemon, scale::ktime_ns};
+    use privatelink_user::dataplane;
+
+    let mut empty = ApiDaemon::with_conntrack("plrst", 2 * flows)?;
+    empty.restart()?; // the first start of a size creates the map; time a re-start
+    let empty_took = empty.restart()?;
+    drop(empty);
+
+    let mut d = ApiDaemon::with_conntrack("plrst", 2 * flows)?;
+    let key = |i: u32, dir: u32| FlowKey {
+        vpc_id: dir,
+        src: [100, 64 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
+        dst: [10, 10, 1, 100],
+        sport: 40000,
+        dport: 80,
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    };
+    {
+        let mut map = dataplane::open_pinned(&d.pin, map_names::CONNTRACK)?;
+        let mut ct: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(&mut map)?;
+        let t = ktime_ns();
+        let e = FlowEntry {
+            last_seen_ns: t,
+            checked_ns: t,
+            ..Default::default()
+        };
+        for i in 0..flows {
+            ct.insert(key(i, 1), e, 0)?;
+            ct.insert(key(i, 2), e, 0)?;
+        }
+    }
+    let took = d.restart()?;
+    let map = dataplane::open_pinned(&d.pin, map_names::CONNTRACK)?;
+    let ct: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(&map)?;
+    let kept = (0..flows)
+        .step_by((flows / 1000).max(1) as usize)
+        .filter(|i| ct.get(&key(*i, 1), 0).is_ok())
+        .count();
+    let out = format!(
+        "\nDaemon restart (kill -9, start, ready; the program is verified again): with {flows} live flows in the pinned conntrack table {:.2} s, with it empty {:.2} s; a sample of {kept} flows checked still there afterwards\n",
+        took.as_secs_f64(),
+        empty_took.as_secs_f64()
     );
     print!("{out}");
     Ok(out)
