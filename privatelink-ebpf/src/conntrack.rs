@@ -280,11 +280,16 @@ fn create(
         key.src, key.dst, key.sport, key.dport, key.proto, key.vpc_id,
     );
 
-    // Linear probing from a hashed start: consecutive ports on one address, then the next.
+    // Double hashing from a hashed start (a flow-dependent odd stride, not consecutive
+    // ports: linear probing clusters, and a pool three quarters full then failed most
+    // first packets — found by the lab flood test). Each attempt also moves to the next
+    // address, so the attempts spread over the whole pool.
+    let stride = hash::mix32(h) | 1;
     for attempt in 0..SNAT_ATTEMPTS {
-        let idx = (((h >> 16).wrapping_add(attempt / 4) % count) as usize) & (MAX_SNAT_ADDRS - 1);
+        let idx = (((h >> 16).wrapping_add(attempt) % count) as usize) & (MAX_SNAT_ADDRS - 1);
         let snat_addr = pool.addrs[idx];
-        let snat_port = pool.port_min + (h.wrapping_add(attempt) % range) as u16;
+        let snat_port =
+            pool.port_min + (h.wrapping_add(attempt.wrapping_mul(stride)) % range) as u16;
         let reply_key = FlowKey {
             vpc_id: eni.provider_vpc_id,
             src: new_dst,

@@ -242,10 +242,27 @@ fn generate(t: &Topology, flows: u32, packets: u32) -> Result<(u64, u64, f64)> {
         .ipv4([10, 1, 0, 2], ENI, 64)
         .udp(1024, 80)
         .write(&mut frame, &[0u8; 18])?;
-    let gen_ns = t.gen_ns.name.clone();
     let before = t.rx_packets()?;
     let fwd_before = rx_of(&t.fwd, "fc0")?;
-    let took = in_ns(&gen_ns, move || {
+    let took = send(&t.gen_ns.name, "gen0", frame, flows, packets)?;
+    // Let the last frames drain.
+    std::thread::sleep(Duration::from_millis(200));
+    let arrived = t.rx_packets()? - before;
+    if std::env::var_os("PL_TP_DEBUG").is_some() {
+        eprintln!(
+            "forwarder fc0 received {}",
+            rx_of(&t.fwd, "fc0")? - fwd_before
+        );
+    }
+    Ok((packets as u64, arrived, took.as_secs_f64()))
+}
+
+/// Sends `packets` copies of `frame` (IPv4 UDP, no options) out of `dev` in namespace
+/// `ns` over `flows` flows, with `privatelink_gen` and BPF_F_TEST_XDP_LIVE_FRAMES; returns
+/// how long the kernel took. The device's peer must run an XDP program.
+pub fn send(ns: &str, dev: &str, frame: Vec<u8>, flows: u32, packets: u32) -> Result<Duration> {
+    let dev = dev.to_string();
+    in_ns(ns, move || {
         let mut dp = Dataplane::load(&LoadOptions {
             pin_dir: None,
             conntrack_entries: 1024,
@@ -256,8 +273,8 @@ fn generate(t: &Topology, flows: u32, packets: u32) -> Result<(u64, u64, f64)> {
         let mut tmpl: Array<_, [u8; 42]> =
             Array::try_from(obj.map_mut("PL_GEN_TEMPLATE").context("no map")?)?;
         tmpl.set(0, <[u8; 42]>::try_from(&frame[..42])?, 0)?;
-        let gen0 = dataplane::resolve_link("gen0").map_err(anyhow::Error::msg)?;
-        let ctx = xdp_md(frame.len() as u32, gen0.ifindex);
+        let link = dataplane::resolve_link(&dev).map_err(anyhow::Error::msg)?;
+        let ctx = xdp_md(frame.len() as u32, link.ifindex);
         let p = dp.reference_program("privatelink_gen")?;
         let start = Instant::now();
         p.test_run(TestRunOptions {
@@ -269,17 +286,7 @@ fn generate(t: &Topology, flows: u32, packets: u32) -> Result<(u64, u64, f64)> {
         })
         .context("live-frames test run")?;
         Ok(start.elapsed())
-    })?;
-    // Let the last frames drain.
-    std::thread::sleep(Duration::from_millis(200));
-    let arrived = t.rx_packets()? - before;
-    if std::env::var_os("PL_TP_DEBUG").is_some() {
-        eprintln!(
-            "forwarder fc0 received {}",
-            rx_of(&t.fwd, "fc0")? - fwd_before
-        );
-    }
-    Ok((packets as u64, arrived, took.as_secs_f64()))
+    })
 }
 
 /// One measurement: Mpps that arrived at the sink.

@@ -81,3 +81,84 @@ fn a_syn_flood_evicts_idle_flows_not_established_ones() {
         IDLE as usize - idle_left
     );
 }
+
+/// End to end: 60 000 new flows a few seconds long at the lab's endpoint (UDP from the
+/// consumer, sent by the kernel's live-frames generator) while a download runs through
+/// the same endpoint and the API is asked for its status. The download completes byte for
+/// byte, every API call answers, the new flows are accepted, and nothing is counted as a
+/// full table.
+#[test]
+fn a_flood_through_the_lab_stalls_neither_the_daemon_nor_an_open_connection() {
+    use privatelink_tests::{
+        lab::{BIG_FILE_LEN, ENI as LAB_ENI, Lab, LabOptions},
+        netns::unique_name,
+        throughput::send,
+    };
+    let prefix = unique_name("plfl");
+    let lab = Lab::up(&LabOptions::new(
+        &prefix,
+        format!("/sys/fs/bpf/privatelink-test-{prefix}"),
+    ))
+    .unwrap();
+    let before = lab.stats().unwrap();
+    // A slow download (1 MiB at 256 kB/s): an established flow through the whole flood.
+    lab.consumer
+        .exec("sysctl", &["-qw", "net.ipv4.tcp_rmem=4096 32768 65536"])
+        .unwrap();
+    let out = lab.dir.join("during-flood.bin");
+    let mut dl = lab
+        .consumer
+        .command("curl")
+        .args(["-sS", "--fail", "-m", "60", "--limit-rate", "256K", "-o"])
+        .arg(&out)
+        .arg(format!("http://{LAB_ENI}/big.bin"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let mac = |ns: &privatelink_tests::netns::Netns, dev: &str| -> [u8; 6] {
+        let out = ns.ip(&["-j", "link", "show", "dev", dev]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        privatelink_user::dataplane::parse_mac(v[0]["address"].as_str().unwrap()).unwrap()
+    };
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(mac(&lab.consumer, "c0"), mac(&lab.fwd, "fc0"))
+        .ipv4([10, 10, 2, 1], [10, 10, 1, 100], 64)
+        .udp(1024, 80)
+        .write(&mut frame, &[0u8; 18])
+        .unwrap();
+    let ns = lab.consumer.name.clone();
+    // 60 000 flows to one load balancer port: half of the SNAT pool's 129 024 tuples.
+    let flows = 60_000;
+    let flood = std::thread::spawn(move || send(&ns, "c0", frame, flows, 3_000_000));
+    let mut answered = 0;
+    let mut slowest = std::time::Duration::ZERO;
+    while !flood.is_finished() {
+        let t = std::time::Instant::now();
+        lab.cli("admin", &["status"])
+            .expect("the API answers during the flood");
+        slowest = slowest.max(t.elapsed());
+        answered += 1;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let took = flood.join().unwrap().unwrap();
+    assert!(answered > 0, "the flood ended before the API was asked");
+    assert!(
+        dl.wait().unwrap().success(),
+        "the download survived the flood"
+    );
+    assert_eq!(std::fs::read(&out).unwrap().len(), BIG_FILE_LEN);
+    let after = lab.stats().unwrap();
+    let d = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+    // Every flow but a handful finds a SNAT tuple among 8 probes of a half-full pool.
+    assert!(
+        d("forward_new_flow") >= (flows as u64) * 99 / 100,
+        "{after:?}"
+    );
+    assert_eq!(d("drop_conntrack_full"), 0);
+    eprintln!(
+        "3 000 000 frames over {flows} new flows in {took:?}: {} new flows ({} first packets found no SNAT tuple), {answered} API calls answered (slowest {slowest:?}), the download completed",
+        d("forward_new_flow"),
+        d("drop_snat_exhausted")
+    );
+}
