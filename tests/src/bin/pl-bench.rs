@@ -96,7 +96,7 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
         let (o, b) = (median(&mut ours), median(&mut base));
         // The table is full. New flows arrive while the first 1 000 flows keep talking.
         let established: Vec<Vec<u8>> = (0..1000).map(|i| frame(&h, i)).collect();
-                let flood = 20_000u32;
+        let flood = 20_000u32;
         let new_before = h.count(Reason::ForwardNewFlow);
         // They talked just now (before the first new flow), and keep talking.
         for f in &established {
