@@ -6,6 +6,8 @@
 //!   trivial baseline.
 //! - `privatelink_redirect` redirects every frame, untouched, to the interface in
 //!   `PL_BASE_TARGET[0]`: the bare-redirect baseline of the throughput benchmark.
+//! - `privatelink_count` counts every frame but ARP in `PL_SINK_COUNT` and drops it: the
+//!   throughput benchmark's sink, the same cheap end for every mode.
 //! - `privatelink_gen`, run with BPF_F_TEST_XDP_LIVE_FRAMES, is the benchmark's packet
 //!   generator: it gives each frame (an IPv4 UDP template) flow number `n % flows` — UDP
 //!   source port 1024 + n % 60000, the source address's last byte + n / 60000 — and
@@ -50,6 +52,27 @@ pub fn privatelink_redirect(_ctx: XdpContext) -> u32 {
         Some(&ifindex) if ifindex != 0 => unsafe { bpf_redirect(ifindex, 0) as u32 },
         _ => xdp_action::XDP_PASS,
     }
+}
+
+#[btf_map]
+static PL_SINK_COUNT: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+#[xdp]
+pub fn privatelink_count(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 14 > end {
+        return xdp_action::XDP_DROP;
+    }
+    // ARP goes to the kernel: the forwarder's own stack (nftables mode) must resolve us.
+    // SAFETY: 14 bytes at `start` are inside the frame (checked above).
+    if unsafe { *((start + 12) as *const [u8; 2]) } == [0x08, 0x06] {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(c) = PL_SINK_COUNT.get_ptr_mut(0) {
+        // SAFETY: this CPU's counter.
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_DROP
 }
 
 /// `[0]`: how many flows the generator cycles through (0 or 1: one flow).

@@ -29,6 +29,8 @@ use crate::{
 
 pub const ENI: [u8; 4] = [10, 1, 0, 100];
 pub const LB: [u8; 4] = [10, 2, 0, 10];
+/// Four SNAT addresses (258 048 tuples to one load balancer port) for both NATs: 100 000
+/// flows must fit.
 pub const SNAT: [u8; 4] = [10, 2, 0, 200];
 
 const STATE: &str = r#"
@@ -55,7 +57,7 @@ type = "interface"
 vpc = "vpc-b"
 whitelist = ["acct-a"]
 backends = [{ zone = "zone-a", address = "10.2.0.10" }]
-snat = ["10.2.0.200"]
+snat = ["10.2.0.200", "10.2.0.201", "10.2.0.202", "10.2.0.203"]
 [[endpoints]]
 id = "ep"
 account = "acct-a"
@@ -90,9 +92,10 @@ pub struct Topology {
     gen_mac: [u8; 6],
     fc0_mac: [u8; 6],
     p0_mac: [u8; 6],
-    /// XDP_PASS on the sink's p0: the kernel delivers XDP-redirected frames into a veth
-    /// only when its peer runs an XDP program.
-    _sink_xdp: aya::Ebpf,
+    /// `privatelink_count` on the sink's p0: counts and drops every frame, so each mode's
+    /// frames end the same cheap way (and the kernel delivers XDP-redirected frames into a
+    /// veth only when its peer runs an XDP program).
+    sink_xdp: Dataplane,
 }
 
 fn mac_of(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
@@ -134,9 +137,16 @@ impl Topology {
         ] {
             ns.ip(&["link", "set", dev, "up"])?;
         }
-        let sink_xdp = in_ns(&sink.name, || dataplane::attach_pass(&["p0".to_string()]))?;
+        let sink_xdp = in_ns(&sink.name, || {
+            let mut dp = Dataplane::load(&LoadOptions {
+                pin_dir: None,
+                conntrack_entries: 1024,
+            })?;
+            attach_reference(&mut dp, "privatelink_count", "p0")?;
+            Ok(dp)
+        })?;
         Ok(Self {
-            _sink_xdp: sink_xdp,
+            sink_xdp,
             gen_mac: mac_of(&gen_ns, "gen0")?,
             fc0_mac: mac_of(&fwd, "fc0")?,
             p0_mac: mac_of(&sink, "p0")?,
@@ -146,8 +156,12 @@ impl Topology {
         })
     }
 
-    fn rx_packets(&self) -> Result<u64> {
-        rx_of(&self.sink, "p0")
+    /// Frames the sink has counted (all CPUs).
+    fn rx_packets(&mut self) -> Result<u64> {
+        let obj = self.sink_xdp.reference_object()?;
+        let m: aya::maps::PerCpuArray<_, u64> =
+            aya::maps::PerCpuArray::try_from(obj.map("PL_SINK_COUNT").context("no map")?)?;
+        Ok(m.get(&0, 0)?.iter().sum())
     }
 }
 
@@ -190,7 +204,7 @@ fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
         t.fwd.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         t.fwd.ip(&["addr", "add", "10.1.0.1/24", "dev", "fc0"])?;
         t.fwd.ip(&["addr", "add", "10.2.0.1/24", "dev", "fp0"])?;
-        let rules = "table ip bench {\n chain pre { type nat hook prerouting priority -100; ip daddr 10.1.0.100 udp dport 80 dnat to 10.2.0.10; }\n chain post { type nat hook postrouting priority 100; oifname \"fp0\" snat to 10.2.0.200; }\n}\n";
+        let rules = "table ip bench {\n chain pre { type nat hook prerouting priority -100; ip daddr 10.1.0.100 udp dport 80 dnat to 10.2.0.10; }\n chain post { type nat hook postrouting priority 100; oifname \"fp0\" snat to 10.2.0.200-10.2.0.203; }\n}\n";
         let f = std::env::temp_dir().join(format!("{}.nft", t.fwd.name));
         std::fs::write(&f, rules)?;
         t.fwd.exec("nft", &["-f", f.to_str().unwrap()])?;
@@ -236,7 +250,7 @@ fn tear_down(t: &Topology, mode: Mode) -> Result<()> {
 }
 
 /// Sends `packets` 64-byte frames over `flows` flows; returns (sent, arrived, seconds).
-fn generate(t: &Topology, flows: u32, packets: u32) -> Result<(u64, u64, f64)> {
+fn generate(t: &mut Topology, flows: u32, packets: u32) -> Result<(u64, u64, f64)> {
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(t.gen_mac, t.fc0_mac)
         .ipv4([10, 1, 0, 2], ENI, 64)
@@ -307,14 +321,14 @@ impl Sample {
 
 /// Every mode with every flow count, on one topology.
 pub fn run(flow_counts: &[u32], packets: u32) -> Result<Vec<Sample>> {
-    let t = Topology::new()?;
+    let mut t = Topology::new()?;
     let mut out = Vec::new();
     for mode in [Mode::XdpNat, Mode::Nftables, Mode::BareRedirect] {
         let fwd = set_up(&t, mode)?;
         for &flows in flow_counts {
             // A warm-up round creates the flows (conntrack, ARP), then the measured one.
-            generate(&t, flows, flows.max(10_000))?;
-            let (sent, arrived, seconds) = generate(&t, flows, packets)?;
+            generate(&mut t, flows, flows.max(10_000))?;
+            let (sent, arrived, seconds) = generate(&mut t, flows, packets)?;
             out.push(Sample {
                 mode,
                 flows,
