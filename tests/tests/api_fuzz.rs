@@ -22,6 +22,8 @@ fn schemathesis(d: &ApiDaemon, token: &str, examples: &str) -> (bool, String) {
         .args(["--workers", "1", "--max-examples", examples, "--seed", "7"])
         .args(["--header", &format!("Authorization: Bearer {token}")])
         .args(["--request-timeout", "10", "--no-color"])
+        // Its cache directory goes with the daemon's data, not into the source tree.
+        .current_dir(&d.dir)
         .env("SCHEMATHESIS_HOOKS", "st_hooks")
         .env("PYTHONPATH", &scripts)
         .env("PL_API", &d.url)
