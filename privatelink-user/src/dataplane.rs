@@ -90,8 +90,7 @@ impl Dataplane {
         }
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the XDP object")?;
         let prog: &mut Xdp = program(&mut ebpf)?;
-        prog.load()
-            .context("the verifier rejected the XDP program")?;
+        load_retrying(prog).context("the verifier rejected the XDP program")?;
         Ok(Self {
             ebpf,
             applied: None,
@@ -157,7 +156,7 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("no program {name} in privatelink-pass"))?
             .try_into()?;
         if p.fd().is_err() {
-            p.load()?;
+            load_retrying(p)?;
         }
         Ok(p)
     }
@@ -400,8 +399,25 @@ pub fn attach_pass(ifaces: &[String]) -> Result<Ebpf> {
 
 fn load_pass() -> Result<Ebpf> {
     let mut ebpf = Ebpf::load(PASS_OBJECT)?;
-    pass_program(&mut ebpf)?.load()?;
+    load_retrying(pass_program(&mut ebpf)?)?;
     Ok(ebpf)
+}
+
+/// Loads a program, trying again (up to 5 times, as libbpf does) when the kernel answers
+/// EAGAIN: the verifier gives up when a signal is pending for the process, which a child
+/// process exiting can cause during a verification that takes a second.
+fn load_retrying(p: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 0;
+    loop {
+        match p.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
 }
 
 fn pass_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
