@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_EXIST, BPF_NOEXIST, xdp_action},
-    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use privatelink_common::{
@@ -26,6 +26,7 @@ use crate::{
         PL_CONNTRACK, PL_GWLB_APPLS, PL_GWLB_NEIGH, PL_GWLB_TARGETS, PL_NEIGHBORS, PL_VPC_PORTS,
         config,
     },
+    nat::redirect_to,
     parse::{
         ETH_LEN, EthHdr, Ipv4Ext, Ipv4Hdr, Ports, TcpHdr, be16, frame_len, l4_consistent, mut_at,
     },
@@ -195,12 +196,13 @@ fn steer_checked(
     let h = mut_at::<Encap>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
     h.src = outer_src;
     h.dst = appliance;
-    h.check = ipv4_header_check(h).to_ne_bytes();
+    let c = !csum::fold(sum_words::<5>(ctx, ETH_LEN, 20)?);
+    mut_at::<Encap>(ctx, ETH_LEN, Reason::DropTruncatedIp)?.check = c.to_ne_bytes();
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
     eth.dst_addr = dst_mac;
     eth.src_addr = src_mac;
     eth.ether_type = 0x0800u16.to_be();
-    redirect(out_ifindex, Reason::GwlbToAppliance)
+    redirect_to(out_ifindex, Reason::GwlbToAppliance)
 }
 
 /// Every so often a flow looks at its appliance: one that left the service, or (with
@@ -372,31 +374,6 @@ fn encap(
     Ok(())
 }
 
-#[inline(always)]
-fn ipv4_header_check(h: &Encap) -> u16 {
-    let w = |b: [u8; 2]| u16::from_ne_bytes(b) as u32;
-    let sum = w([h.vihl, h.tos])
-        + w(h.tot_len)
-        + w(h.id)
-        + w(h.frags)
-        + w([h.ttl, h.proto])
-        + w([h.src[0], h.src[1]])
-        + w([h.src[2], h.src[3]])
-        + w([h.dst[0], h.dst[1]])
-        + w([h.dst[2], h.dst[3]]);
-    !csum::fold(sum)
-}
-
-#[inline(always)]
-fn redirect(ifindex: u32, reason: Reason) -> Result<Verdict, Reason> {
-    // SAFETY: plain helper call; flags 0.
-    let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
-    if action != xdp_action::XDP_REDIRECT {
-        return Err(Reason::DropRedirectFailed);
-    }
-    Ok((action, reason))
-}
-
 /// The encapsulated packet would not fit the appliance's link: tell the sender the path
 /// MTU (RFC 1191), from the endpoint's address, instead of dropping it silently. The
 /// frame becomes the ICMP error: our IP + ICMP headers, then the sender's IP header and
@@ -447,11 +424,8 @@ fn frag_needed(
         sender_ip[3],
     ];
     h[14..34].copy_from_slice(&ip_hdr);
-    let mut sum: u32 = 0;
-    for i in 0..10 {
-        sum += u16::from_ne_bytes([ip_hdr[2 * i], ip_hdr[2 * i + 1]]) as u32;
-    }
-    h[24..26].copy_from_slice(&(!csum::fold(sum)).to_ne_bytes());
+    let c = !csum::fold(sum_words::<5>(ctx, ETH_LEN, 20)?);
+    mut_at::<[u8; 2]>(ctx, 24, Reason::DropTruncatedIp)?.copy_from_slice(&c.to_ne_bytes());
     // Type 3 code 4, checksum, unused, next-hop MTU.
     let m = (mtu as u16).to_be_bytes();
     h[34..42].copy_from_slice(&[3, 4, 0, 0, 0, 0, m[0], m[1]]);
@@ -543,7 +517,7 @@ fn from_appliance_checked(
     eth.dst_addr = peer_mac;
     eth.src_addr = port.mac;
     eth.ether_type = 0x0800u16.to_be();
-    redirect(port.ifindex, Reason::GwlbFromAppliance)
+    redirect_to(port.ifindex, Reason::GwlbFromAppliance)
 }
 
 /// RFC 8926 §3.4/§3.5: version 0, no OAM, IPv4 inside, option lengths adding up, and
@@ -636,7 +610,7 @@ fn arp_probe(
     f[22..28].copy_from_slice(&mac);
     f[28..38].copy_from_slice(&[0; 10]);
     f[38..42].copy_from_slice(&target.addr);
-    redirect(ifindex, Reason::GwlbArpProbe)
+    redirect_to(ifindex, Reason::GwlbArpProbe)
 }
 
 /// ARP taught us the MAC of an inner destination we asked for.

@@ -92,8 +92,14 @@ pub fn redirect(ctx: &XdpContext, e: &FlowEntry, reason: Reason) -> Result<Verdi
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
     eth.src_addr = e.src_mac;
     eth.dst_addr = e.dst_mac;
+    redirect_to(e.out_ifindex, reason)
+}
+
+/// Redirects the frame as it is to `ifindex`.
+#[inline(always)]
+pub fn redirect_to(ifindex: u32, reason: Reason) -> Result<Verdict, Reason> {
     // SAFETY: plain helper call; flags 0.
-    let action = unsafe { bpf_redirect(e.out_ifindex, 0) } as u32;
+    let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
     if action != xdp_action::XDP_REDIRECT {
         return Err(Reason::DropRedirectFailed);
     }

@@ -115,9 +115,9 @@ pub fn l4_consistent(ctx: &XdpContext, l4: usize, end: usize, proto: u8) -> Resu
     if l4 + need > end {
         return Err(Reason::DropTruncatedL4);
     }
-    let h = mut_at::<[u8; 20]>(ctx, l4, Reason::DropTruncatedL4);
     let ok = if proto == 6 {
-        let doff = (h?[12] >> 4) as usize * 4;
+        let tcp = mut_at::<[u8; 20]>(ctx, l4, Reason::DropTruncatedL4)?;
+        let doff = (tcp[12] >> 4) as usize * 4;
         doff >= 20 && l4 + doff <= end
     } else {
         let u = mut_at::<[u8; 8]>(ctx, l4, Reason::DropTruncatedL4)?;

@@ -106,3 +106,35 @@ impl Drop for ApiDaemon {
         let _ = std::fs::remove_dir_all(&self.pin);
     }
 }
+
+/// The lab's two parties through the API: accounts acct-a (consumer) and acct-b
+/// (provider), VPC vpc-a on fc0 (vSwitch vsw-a1 10.10.1.0/24) and vpc-b on fp0 (vsw-b0
+/// 10.10.0.0/24), both 10.10.0.0/16. Returns their clients (A, B).
+pub fn two_parties(
+    admin: &privatelink_user::client::Client,
+    url: &str,
+) -> Result<(
+    privatelink_user::client::Client,
+    privatelink_user::client::Client,
+)> {
+    use privatelink_user::client::Client;
+    use serde_json::json;
+    let token = |id: &str| -> Result<String> {
+        admin.post("/v1/accounts", &json!({"id": id}))?["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("no token for {id}"))
+    };
+    let (ta, tb) = (token("acct-a")?, token("acct-b")?);
+    for (vpc, account, iface, vsw, cidr) in [
+        ("vpc-a", "acct-a", "fc0", "vsw-a1", "10.10.1.0/24"),
+        ("vpc-b", "acct-b", "fp0", "vsw-b0", "10.10.0.0/24"),
+    ] {
+        admin.post(
+            "/v1/vpcs",
+            &json!({"id": vpc, "account": account, "cidr": "10.10.0.0/16", "interface": iface,
+                    "vswitches": [{"id": vsw, "zone": "zone-a", "cidr": cidr}]}),
+        )?;
+    }
+    Ok((Client::new(url, Some(ta)), Client::new(url, Some(tb))))
+}

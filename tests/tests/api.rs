@@ -89,37 +89,10 @@ fn world() -> World {
     ));
     let srv = serve(&dir);
     let admin = Client::new(&srv.url, Some(ADMIN.into()));
-    let ta = admin
-        .post("/v1/accounts", &json!({"id": "acct-a"}))
-        .unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let tb = admin
-        .post("/v1/accounts", &json!({"id": "acct-b"}))
-        .unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (a, b) = privatelink_tests::apidaemon::two_parties(&admin, &srv.url).unwrap();
     admin
         .post("/v1/accounts", &json!({"id": "acct-c"}))
         .unwrap();
-    admin
-        .post(
-            "/v1/vpcs",
-            &json!({"id": "vpc-a", "account": "acct-a", "cidr": "10.10.0.0/16", "interface": "fc0",
-                    "vswitches": [{"id": "vsw-a1", "zone": "zone-a", "cidr": "10.10.1.0/24"}]}),
-        )
-        .unwrap();
-    admin
-        .post(
-            "/v1/vpcs",
-            &json!({"id": "vpc-b", "account": "acct-b", "cidr": "10.10.0.0/16", "interface": "fp0",
-                    "vswitches": [{"id": "vsw-b0", "zone": "zone-a", "cidr": "10.10.0.0/24"}]}),
-        )
-        .unwrap();
-    let a = Client::new(&srv.url, Some(ta));
-    let b = Client::new(&srv.url, Some(tb));
     b.post(
         "/v1/services",
         &json!({"id": "epsrv-b", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.10"}],

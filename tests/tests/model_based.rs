@@ -228,30 +228,7 @@ fn map_content(d: &ApiDaemon) -> BTreeMap<[u8; 4], (u32, u32, bool, [u8; 4])> {
 fn random_api_sequences_keep_the_maps_equal_to_the_model() {
     let d = ApiDaemon::start("plmb").unwrap();
     let admin = Client::new(&d.url, Some(d.admin_token.clone()));
-    let token = |id: &str| {
-        admin.post("/v1/accounts", &json!({"id": id})).unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let (a, b) = (
-        Client::new(&d.url, Some(token("acct-a"))),
-        Client::new(&d.url, Some(token("acct-b"))),
-    );
-    admin
-        .post(
-            "/v1/vpcs",
-            &json!({"id": "vpc-a", "account": "acct-a", "cidr": "10.10.0.0/16", "interface": "fc0",
-                    "vswitches": [{"id": "vsw-a1", "zone": "zone-a", "cidr": "10.10.1.0/24"}]}),
-        )
-        .unwrap();
-    admin
-        .post(
-            "/v1/vpcs",
-            &json!({"id": "vpc-b", "account": "acct-b", "cidr": "10.10.0.0/16", "interface": "fp0",
-                    "vswitches": [{"id": "vsw-b0", "zone": "zone-a", "cidr": "10.10.0.0/24"}]}),
-        )
-        .unwrap();
+    let (a, b) = privatelink_tests::apidaemon::two_parties(&admin, &d.url).unwrap();
 
     let seed: u64 = std::env::var("PL_MODEL_SEED")
         .ok()
