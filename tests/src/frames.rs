@@ -59,6 +59,19 @@ pub fn arp_request(sender_mac: [u8; 6], sender_ip: [u8; 4], target_ip: [u8; 4]) 
     v
 }
 
+/// An ARP reply (RFC 826) from `sender` to `to_mac`, as a host answers a who-has whose
+/// sender address was 0.0.0.0.
+pub fn arp_reply(to_mac: [u8; 6], sender_mac: [u8; 6], sender_ip: [u8; 4]) -> Vec<u8> {
+    let mut v = to_mac.to_vec();
+    v.extend_from_slice(&sender_mac);
+    v.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
+    v.extend_from_slice(&sender_mac);
+    v.extend_from_slice(&sender_ip);
+    v.extend_from_slice(&to_mac);
+    v.extend_from_slice(&[0; 4]);
+    v
+}
+
 /// Parses a frame and checks the IPv4 header checksum and the L4 checksum by recomputing
 /// them with etherparse.
 pub struct Parsed {

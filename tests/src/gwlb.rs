@@ -110,3 +110,16 @@ pub fn tcp(
         .unwrap();
     v
 }
+
+/// What an appliance sends back for an encapsulated frame `enc` (outer IPv4 without
+/// options): MACs and outer addresses swapped, from UDP port 6081, GENEVE untouched.
+/// Swapping leaves both checksums valid (the UDP one is zero).
+pub fn returned(enc: &[u8]) -> Vec<u8> {
+    let mut back = enc.to_vec();
+    back[0..6].copy_from_slice(&enc[6..12]);
+    back[6..12].copy_from_slice(&enc[0..6]);
+    back[26..30].copy_from_slice(&enc[30..34]);
+    back[30..34].copy_from_slice(&enc[26..30]);
+    back[34..36].copy_from_slice(&6081u16.to_be_bytes());
+    back
+}

@@ -98,7 +98,8 @@ pub struct Topology {
     sink_xdp: Dataplane,
 }
 
-fn mac_of(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
+/// The MAC address of `dev` in `ns`.
+pub fn mac_of(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
     let out = ns.ip(&["-j", "link", "show", "dev", dev])?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     dataplane::parse_mac(v[0]["address"].as_str().context("no address")?).context("bad MAC")

@@ -92,7 +92,7 @@ fn a_flood_through_the_lab_stalls_neither_the_daemon_nor_an_open_connection() {
     use privatelink_tests::{
         lab::{BIG_FILE_LEN, ENI as LAB_ENI, Lab, LabOptions},
         netns::unique_name,
-        throughput::send,
+        throughput::{mac_of, send},
     };
     let prefix = unique_name("plfl");
     let lab = Lab::up(&LabOptions::new(
@@ -116,17 +116,15 @@ fn a_flood_through_the_lab_stalls_neither_the_daemon_nor_an_open_connection() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
 
-    let mac = |ns: &privatelink_tests::netns::Netns, dev: &str| -> [u8; 6] {
-        let out = ns.ip(&["-j", "link", "show", "dev", dev]).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        privatelink_user::dataplane::parse_mac(v[0]["address"].as_str().unwrap()).unwrap()
-    };
     let mut frame = Vec::new();
-    PacketBuilder::ethernet2(mac(&lab.consumer, "c0"), mac(&lab.fwd, "fc0"))
-        .ipv4([10, 10, 2, 1], [10, 10, 1, 100], 64)
-        .udp(1024, 80)
-        .write(&mut frame, &[0u8; 18])
-        .unwrap();
+    PacketBuilder::ethernet2(
+        mac_of(&lab.consumer, "c0").unwrap(),
+        mac_of(&lab.fwd, "fc0").unwrap(),
+    )
+    .ipv4([10, 10, 2, 1], [10, 10, 1, 100], 64)
+    .udp(1024, 80)
+    .write(&mut frame, &[0u8; 18])
+    .unwrap();
     let ns = lab.consumer.name.clone();
     // 60 000 flows to one load balancer port: half of the SNAT pool's 129 024 tuples.
     let flows = 60_000;

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use privatelink_tests::{
-    frames::{CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, tcp_from_lb, tcp_to_eni, udp_to_eni},
+    frames::{
+        self, CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, tcp_from_lb, tcp_to_eni, udp_to_eni,
+    },
     gwlb,
     lab::LAB_STATE,
     testrun::{Harness, LB_MAC},
@@ -382,19 +384,8 @@ fn gwlb_survives_random_and_mutated_frames() {
     let fwd = gwlb::tcp(&h, gwlb::CLIENT, gwlb::SERVER, 40000, 80, b"data");
     let back_syn = gwlb::tcp(&h, gwlb::SERVER, gwlb::CLIENT, 80, 40000, b"");
     let (_, enc) = h.run(cif, &fwd).unwrap();
-    // What the appliance sends back: outer addresses and MACs swapped.
-    let mut ret = enc.clone();
-    ret[0..6].copy_from_slice(&enc[6..12]);
-    ret[6..12].copy_from_slice(&enc[0..6]);
-    ret[26..30].copy_from_slice(&enc[30..34]);
-    ret[30..34].copy_from_slice(&enc[26..30]);
-    let mut arp_reply = h.consumer.mac.to_vec();
-    arp_reply.extend_from_slice(&gwlb::SERVER_MAC);
-    arp_reply.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
-    arp_reply.extend_from_slice(&gwlb::SERVER_MAC);
-    arp_reply.extend_from_slice(&gwlb::SERVER);
-    arp_reply.extend_from_slice(&h.consumer.mac);
-    arp_reply.extend_from_slice(&[0; 4]);
+    let ret = gwlb::returned(&enc);
+    let arp_reply = frames::arp_reply(h.consumer.mac, gwlb::SERVER_MAC, gwlb::SERVER);
     let mut ping = Vec::new();
     PacketBuilder::ethernet2(gwlb::CLIENT_MAC, h.consumer.mac)
         .ipv4(gwlb::CLIENT, gwlb::SERVER, 64)

@@ -241,14 +241,7 @@ fn returned(from: [u8; 4], from_mac: [u8; 6], to_mac: [u8; 6], d: &Value) -> Str
 }
 
 fn arp_reply(h: &Harness, from: [u8; 4], from_mac: [u8; 6]) -> Vec<u8> {
-    let mut v = h.consumer.mac.to_vec();
-    v.extend_from_slice(&from_mac);
-    v.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
-    v.extend_from_slice(&from_mac);
-    v.extend_from_slice(&from);
-    v.extend_from_slice(&h.consumer.mac);
-    v.extend_from_slice(&[0, 0, 0, 0]);
-    v
+    privatelink_tests::frames::arp_reply(h.consumer.mac, from_mac, from)
 }
 
 #[test]

@@ -439,21 +439,10 @@ fn gwlb_rows(rows: &mut Vec<Row>) -> Result<()> {
         enc.len() == fwd.len() + privatelink_common::GWLB_OVERHEAD,
         "not encapsulated"
     );
-    let mut back = enc.clone();
-    back[0..6].copy_from_slice(&enc[6..12]);
-    back[6..12].copy_from_slice(&enc[0..6]);
-    back[26..30].copy_from_slice(&enc[30..34]);
-    back[30..34].copy_from_slice(&enc[26..30]);
-    back[34..36].copy_from_slice(&6081u16.to_be_bytes());
+    let back = privatelink_tests::gwlb::returned(&enc);
     // The first return asks for the server's MAC; its ARP answer teaches it.
     let _ = h.run(pif, &back)?;
-    let mut arp = h.consumer.mac.to_vec();
-    arp.extend_from_slice(&SERVER_MAC);
-    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
-    arp.extend_from_slice(&SERVER_MAC);
-    arp.extend_from_slice(&S);
-    arp.extend_from_slice(&h.consumer.mac);
-    arp.extend_from_slice(&[0; 4]);
+    let arp = privatelink_tests::frames::arp_reply(h.consumer.mac, SERVER_MAC, S);
     let _ = h.run(cif, &arp)?;
     let (act, _) = h.run(pif, &back)?;
     anyhow::ensure!(act == 4, "decapsulation did not redirect");
