@@ -43,6 +43,48 @@ pub fn replace_port(check: u16, old: u16, new: u16) -> u16 {
     )
 }
 
+/// RFC 1624 eq. 3 split in two, for changes that are the same on every packet of a flow
+/// (its addresses, ports, and a TTL decrement): `delta*` sum `!old + new` over the changed
+/// words once, `apply_delta` adds the folded sum to a packet's checksum.
+#[inline(always)]
+pub fn delta16(old: u16, new: u16) -> u32 {
+    (!old as u32) + new as u32
+}
+
+/// `delta16` over a 4-byte field (an IPv4 address).
+#[inline(always)]
+pub fn delta4(old: [u8; 4], new: [u8; 4]) -> u32 {
+    delta16(
+        u16::from_ne_bytes([old[0], old[1]]),
+        u16::from_ne_bytes([new[0], new[1]]),
+    ) + delta16(
+        u16::from_ne_bytes([old[2], old[3]]),
+        u16::from_ne_bytes([new[2], new[3]]),
+    )
+}
+
+/// `delta16` over a host-order port (ports sit in the packet big-endian).
+#[inline(always)]
+pub fn delta_port(old: u16, new: u16) -> u32 {
+    delta16(
+        u16::from_ne_bytes(old.to_be_bytes()),
+        u16::from_ne_bytes(new.to_be_bytes()),
+    )
+}
+
+/// `delta16` of a TTL decrement: the TTL/protocol word loses 1 in its first byte,
+/// whatever the TTL (above 0) and protocol.
+#[inline(always)]
+pub fn delta_ttl_decrement() -> u32 {
+    delta16(u16::from_ne_bytes([1, 0]), 0)
+}
+
+/// The checksum after the changes summed (and folded) in `delta`.
+#[inline(always)]
+pub fn apply_delta(check: u16, delta: u16) -> u16 {
+    !fold((!check as u32) + delta as u32)
+}
+
 /// UDP's rule: a zero checksum means "none" and stays zero; a computed zero is sent as 0xffff.
 #[inline(always)]
 pub fn udp_finish(original: u16, updated: u16) -> u16 {
@@ -129,6 +171,46 @@ mod tests {
                 inc == full || (inc == 0xffff && full == 0) || (inc == 0 && full == 0xffff),
                 "incremental {inc:#06x} != full {full:#06x}"
             );
+            buf[10..12].copy_from_slice(&inc.to_ne_bytes());
+            assert_eq!(fold(sum_bytes(&buf)), 0xffff, "updated header must verify");
+        }
+    }
+
+    #[test]
+    fn a_per_flow_delta_equals_the_word_by_word_update() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for _ in 0..20_000 {
+            let mut buf = [0u8; 40];
+            for b in buf.iter_mut() {
+                *b = rng.next() as u8;
+            }
+            buf[8] = buf[8].max(1); // a TTL that can be decremented
+            buf[10] = 0;
+            buf[11] = 0;
+            let c = checksum(&buf);
+            buf[10..12].copy_from_slice(&c.to_ne_bytes());
+            // Both addresses (12..20), a port (20..22), and the TTL (8) decremented.
+            let (old_src, old_dst) = (
+                [buf[12], buf[13], buf[14], buf[15]],
+                [buf[16], buf[17], buf[18], buf[19]],
+            );
+            let (new_src, new_dst) = (
+                (rng.next() as u32).to_ne_bytes(),
+                (rng.next() as u32).to_ne_bytes(),
+            );
+            let old_port = u16::from_be_bytes([buf[20], buf[21]]);
+            let new_port = rng.next() as u16;
+            let d = fold(
+                delta4(old_src, new_src)
+                    + delta4(old_dst, new_dst)
+                    + delta_port(old_port, new_port)
+                    + delta_ttl_decrement(),
+            );
+            buf[12..16].copy_from_slice(&new_src);
+            buf[16..20].copy_from_slice(&new_dst);
+            buf[20..22].copy_from_slice(&new_port.to_be_bytes());
+            buf[8] -= 1;
+            let inc = apply_delta(check_of(&buf), d);
             buf[10..12].copy_from_slice(&inc.to_ne_bytes());
             assert_eq!(fold(sum_bytes(&buf)), 0xffff, "updated header must verify");
         }

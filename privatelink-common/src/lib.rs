@@ -30,7 +30,8 @@ pub mod map_names {
     pub const GWLB_TARGETS: &str = "PL_GWLB_TARGETS";
     pub const GWLB_APPLIANCES: &str = "PL_GWLB_APPLS";
     pub const GWLB_NEIGHBORS: &str = "PL_GWLB_NEIGH";
-    pub const ALL: [&str; 17] = [
+    pub const EPOCH: &str = "PL_EPOCH";
+    pub const ALL: [&str; 18] = [
         IFACES,
         VPC_PORTS,
         ENDPOINTS,
@@ -48,6 +49,7 @@ pub mod map_names {
         GWLB_TARGETS,
         GWLB_APPLIANCES,
         GWLB_NEIGHBORS,
+        EPOCH,
     ];
 }
 
@@ -271,7 +273,10 @@ pub struct FlowKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Two scalar fields, not `[u8; 3]`: zeroing a 3-byte array becomes a call to memset
+    // in BPF code.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 impl FlowKey {
@@ -285,7 +290,8 @@ impl FlowKey {
             sport: self.dport,
             dport: self.sport,
             proto: self.proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 }
@@ -326,6 +332,15 @@ pub struct FlowEntry {
     pub peer_mac: [u8; 6],
     /// GWLB flows: the MTU of the appliance's port.
     pub out_mtu: u16,
+    /// The `PL_EPOCH` value under which this direction was last checked against the
+    /// endpoint's state (whitelist, connection, ENI owner): while the epoch is unchanged,
+    /// its packets skip those lookups (the established fast path). 0: never checked.
+    pub epoch: u32,
+    /// Stamped with `epoch`: what this direction's rewrite adds to the IPv4 header
+    /// checksum (addresses and TTL decrement) and to the TCP/UDP checksum (addresses in the
+    /// pseudo-header, ports), folded (`csum::apply_delta`).
+    pub csum_ip: u16,
+    pub csum_l4: u16,
 }
 
 /// `FlowEntry::flags`: the flow belongs to a gateway endpoint.
@@ -356,7 +371,8 @@ impl FlowEntry {
             sport: self.new_dport,
             dport: self.new_sport,
             proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 
@@ -509,7 +525,7 @@ mod tests {
         assert_eq!(size_of::<SnatPool>(), 8 + 4 * MAX_SNAT_ADDRS);
         assert_eq!(size_of::<Neighbor>(), 8);
         assert_eq!(size_of::<FlowKey>(), 20);
-        assert_eq!(size_of::<FlowEntry>(), 64);
+        assert_eq!(size_of::<FlowEntry>(), 72);
         assert_eq!(size_of::<GwlbZone>(), 8);
         assert_eq!(size_of::<ApplianceSet>(), 8 + 4 * MAX_APPLIANCES);
         assert_eq!(size_of::<Appliance>(), 8);

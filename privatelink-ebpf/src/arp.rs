@@ -10,7 +10,7 @@ use privatelink_common::{IfaceInfo, Neighbor, Reason, VpcAddr};
 use crate::{
     Verdict,
     maps::{PL_ENDPOINTS, PL_GW_ADDRS, PL_NEIGHBORS, PL_SNAT_ADDRS},
-    parse::{ArpHdr, ETH_LEN, EthHdr, be16, mut_at},
+    parse::{ArpHdr, ETH_LEN, EthHdr, be16, mut_at, set_macs},
 };
 
 const ARP_REQUEST: u16 = 1;
@@ -53,8 +53,7 @@ fn handle_checked(ctx: &XdpContext, iface: &IfaceInfo) -> Result<Verdict, Reason
     arp.tpa = arp.spa;
     arp.sha = iface.mac;
     arp.spa = target.addr;
-    eth.dst_addr = arp.tha;
-    eth.src_addr = iface.mac;
+    set_macs(eth, arp.tha, iface.mac);
     Ok((xdp_action::XDP_TX, Reason::ArpReply))
 }
 

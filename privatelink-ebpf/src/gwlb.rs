@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_EXIST, BPF_NOEXIST, xdp_action},
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use privatelink_common::{
@@ -29,6 +29,7 @@ use crate::{
     nat::redirect_to,
     parse::{
         ETH_LEN, EthHdr, Ipv4Ext, Ipv4Hdr, Ports, TcpHdr, be16, frame_len, l4_consistent, mut_at,
+        set_macs,
     },
 };
 
@@ -75,12 +76,6 @@ struct Encap {
 }
 
 const _: () = assert!(core::mem::size_of::<Encap>() == GWLB_OVERHEAD);
-
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
-}
 
 /// The inner flow's ports as the flow table keys them: TCP/UDP ports, the echo identifier
 /// on both sides for ICMP echo, zero for anything else. Also returns the TCP flags.
@@ -150,9 +145,10 @@ fn steer_checked(
         sport,
         dport,
         proto: pkt.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
-    let t = now();
+    let t = conntrack::now();
     let cfg = config();
     let existing = match PL_CONNTRACK.get_ptr_mut(key) {
         // SAFETY: the pointer from a successful lookup is valid for this program run.
@@ -199,8 +195,7 @@ fn steer_checked(
     let c = !csum::fold(sum_words::<5>(ctx, ETH_LEN, 20)?);
     mut_at::<Encap>(ctx, ETH_LEN, Reason::DropTruncatedIp)?.check = c.to_ne_bytes();
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
-    eth.dst_addr = dst_mac;
-    eth.src_addr = src_mac;
+    set_macs(eth, dst_mac, src_mac);
     eth.ether_type = 0x0800u16.to_be();
     redirect_to(out_ifindex, Reason::GwlbToAppliance)
 }
@@ -313,6 +308,9 @@ fn create(
         checked_ns: t,
         peer_mac: sender,
         out_mtu: port.mtu,
+        epoch: 0,
+        csum_ip: 0,
+        csum_l4: 0,
     };
     if PL_CONNTRACK
         .insert(&key.reversed(), &e, BPF_ANY as u64)
@@ -482,7 +480,8 @@ fn from_appliance_checked(
         sport,
         dport,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let p = PL_CONNTRACK
         .get_ptr_mut(key)
@@ -514,8 +513,7 @@ fn from_appliance_checked(
         return Err(Reason::DropGeneveMalformed);
     }
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
-    eth.dst_addr = peer_mac;
-    eth.src_addr = port.mac;
+    set_macs(eth, peer_mac, port.mac);
     eth.ether_type = 0x0800u16.to_be();
     redirect_to(port.ifindex, Reason::GwlbFromAppliance)
 }

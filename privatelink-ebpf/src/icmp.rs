@@ -2,7 +2,7 @@
 //! fragmentation needed, time exceeded) are translated, inner headers included, so that
 //! path MTU discovery works through the endpoint.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use privatelink_common::{
     DIR_ORIGINAL, EndpointEni, FLOW_GATEWAY, FlowKey, IfaceInfo, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     Reason, VpcAddr, csum,
@@ -13,7 +13,7 @@ use crate::{
     ipv4::{Packet, check_endpoint_at, check_gateway_at},
     maps::{PL_CONNTRACK, config},
     nat,
-    parse::{ETH_LEN, EthHdr, Icmpv4Hdr, Ipv4Ext, Ipv4Hdr, Ports, be16, mut_at, ne16},
+    parse::{ETH_LEN, EthHdr, Icmpv4Hdr, Ipv4Ext, Ipv4Hdr, Ports, be16, mut_at, ne16, set_macs},
 };
 
 const ECHO_REPLY: u8 = 0;
@@ -101,8 +101,8 @@ fn echo_reply(
 
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
     // Back to the sender, from our own MAC (the request may have been sent to broadcast).
-    eth.dst_addr = eth.src_addr;
-    eth.src_addr = iface_mac;
+    let sender = eth.src_addr;
+    set_macs(eth, sender, iface_mac);
     Ok((xdp_action::XDP_TX, Reason::IcmpEchoReply))
 }
 
@@ -138,15 +138,15 @@ fn translate_error(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
         sport: idport,
         dport: isport,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     // SAFETY: copied out.
     let e = unsafe { PL_CONNTRACK.get(key) }
         .copied()
         .ok_or(Reason::DropIcmpNoFlow)?;
     let cfg = config();
-    // SAFETY: plain helper call.
-    if !conntrack::alive(&e, &key, unsafe { bpf_ktime_get_ns() }, &cfg) {
+    if !conntrack::alive(&e, &key, conntrack::now(), &cfg) {
         return Err(Reason::DropIcmpNoFlow);
     }
     // The endpoint (ENI or gateway) the flow belongs to must still forward.

@@ -9,7 +9,7 @@ use privatelink_common::{
 
 use crate::{
     Verdict, conntrack, gwlb, icmp,
-    maps::{PL_ENDPOINTS, PL_GW_ROUTES, PL_SNAT_ADDRS},
+    maps::{self, PL_ENDPOINTS, PL_GW_ROUTES, PL_SNAT_ADDRS},
     parse::{ETH_LEN, Ipv4Ext, Ipv4Hdr, Ports, be16, frame_len, mut_at, ne16, ptr_at},
     unpack,
 };
@@ -21,10 +21,15 @@ pub struct Packet {
     pub l4: usize,
     pub end: usize,
     pub proto: u8,
+    /// `PL_EPOCH` as it was before any lookup of this packet (what flows are stamped with).
+    pub epoch: u32,
 }
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdict, Reason> {
+    // Read first: a flow checked against maps the daemon changes meanwhile keeps the older
+    // epoch, and its next packet checks again.
+    let epoch = maps::epoch();
     let ip = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
     let hlen = ip.hdr_len();
     if ip.vihl >> 4 != 4 || hlen < 20 {
@@ -43,7 +48,12 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
         l4: ETH_LEN + hlen,
         end: ETH_LEN + tot,
         proto: ip.proto,
+        epoch,
     };
+    let fast = conntrack::established(ctx, iface, &pkt);
+    if fast != conntrack::NOT_ESTABLISHED {
+        return Ok(unpack(fast));
+    }
     let dst = VpcAddr {
         vpc_id: iface.vpc_id,
         addr: ip.dst_addr,
@@ -148,14 +158,26 @@ pub fn check_endpoint_at(vpc_id: u32, addr: [u8; 4]) -> Result<EndpointEni, Reas
 
 /// RFC 1812: a router verifies the header checksum before forwarding.
 #[inline(always)]
-fn verify_checksum(ctx: &XdpContext, hlen: usize) -> Result<(), Reason> {
+pub fn verify_checksum(ctx: &XdpContext, hlen: usize) -> Result<(), Reason> {
     verify_checksum_at(ctx, ETH_LEN, hlen)
 }
 
 /// The same for an IPv4 header of `hlen` bytes at `off` (an inner one, say).
 #[inline(always)]
 pub fn verify_checksum_at(ctx: &XdpContext, off: usize, hlen: usize) -> Result<(), Reason> {
-    if csum::fold(sum_words::<15>(ctx, off, hlen)?) != 0xffff {
+    let sum = if hlen == 20 {
+        // The usual header, under one bounds check.
+        // SAFETY: 20 bytes at `off` are inside the frame (checked by `ptr_at`).
+        let h = unsafe { &*ptr_at::<[u8; 20]>(ctx, off, Reason::DropTruncatedIp)? };
+        let mut sum: u32 = 0;
+        for i in 0..10 {
+            sum += ne16([h[2 * i], h[2 * i + 1]]) as u32;
+        }
+        sum
+    } else {
+        sum_words::<15>(ctx, off, hlen)?
+    };
+    if csum::fold(sum) != 0xffff {
         return Err(Reason::DropBadIpChecksum);
     }
     Ok(())

@@ -50,6 +50,21 @@ pub fn config() -> Config {
     }
 }
 
+/// The daemon's state epoch, moved on after every change of the maps it owns; flow
+/// entries stamped with the current one skip the per-packet endpoint checks.
+#[btf_map]
+pub static PL_EPOCH: Array<u32, 1> = Array::new();
+
+/// The current epoch (0 until the daemon's first apply: then nothing is stamped).
+#[inline(always)]
+pub fn epoch() -> u32 {
+    match PL_EPOCH.get_ptr(0) {
+        // SAFETY: a 4-byte array slot; the daemon writes it whole.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    }
+}
+
 #[btf_map]
 pub static PL_SG_RULES: HashMap<VpcAddr, RuleSet, { MAX_ENDPOINTS as usize }> = HashMap::new();
 

@@ -6,7 +6,9 @@ use privatelink_common::{FlowEntry, PROTO_TCP, PROTO_UDP, Reason, csum};
 use crate::{
     Verdict,
     ipv4::Packet,
-    parse::{ETH_LEN, EthHdr, Ipv4Ext, Ipv4Hdr, Ports, TcpHdr, UdpHdr, be16, mut_at, ne16},
+    parse::{
+        ETH_LEN, EthHdr, Ipv4Ext, Ipv4Hdr, Ports, TcpHdr, UdpHdr, be16, mut_at, ne16, set_macs,
+    },
 };
 
 /// Rewrites the outer IPv4 header to `src`/`dst`, decrements TTL, fixes the checksum.
@@ -90,8 +92,7 @@ pub fn apply(
 #[inline(always)]
 pub fn redirect(ctx: &XdpContext, e: &FlowEntry, reason: Reason) -> Result<Verdict, Reason> {
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
-    eth.src_addr = e.src_mac;
-    eth.dst_addr = e.dst_mac;
+    set_macs(eth, e.dst_mac, e.src_mac);
     redirect_to(e.out_ifindex, reason)
 }
 

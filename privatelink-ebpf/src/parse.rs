@@ -90,6 +90,26 @@ pub fn mut_at<T>(ctx: &XdpContext, off: usize, err: Reason) -> Result<&mut T, Re
     Ok(unsafe { &mut *p })
 }
 
+/// Sets the Ethernet addresses byte by byte (see `put`).
+#[inline(always)]
+pub fn set_macs(eth: &mut EthHdr, dst: [u8; 6], src: [u8; 6]) {
+    put(&mut eth.dst_addr, 0, dst);
+    put(&mut eth.src_addr, 0, src);
+}
+
+/// Writes `v` at `at` in `buf`, byte by byte: a plain array assignment between packet and
+/// map memory becomes a call to memmove in BPF code (it may not assume they differ).
+#[inline(always)]
+pub fn put<const N: usize, const M: usize>(buf: &mut [u8; M], at: usize, v: [u8; N]) {
+    for i in 0..N {
+        if at + i < M {
+            // SAFETY: a byte of a live `&mut` (index checked); volatile keeps the stores
+            // from being merged back into a memmove.
+            unsafe { core::ptr::write_volatile(&mut buf[at + i], v[i]) };
+        }
+    }
+}
+
 #[inline(always)]
 pub fn frame_len(ctx: &XdpContext) -> usize {
     let (start, end) = bounds(ctx);

@@ -12,13 +12,17 @@
 //!   generator: it gives each frame (an IPv4 UDP template) flow number `n % flows` — UDP
 //!   source port 1024 + n % 60000, the source address's last byte + n / 60000 — and
 //!   transmits it (XDP_TX).
+//! - `privatelink_replay` writes a stored frame back into the buffer and tail-calls the
+//!   program in `PL_REPLAY_NEXT[0]`: with BPF_PROG_TEST_RUN's repeats every run then sees
+//!   the same input even through a path that rewrites, grows or shrinks the frame, so the
+//!   benchmark times every path (and the trivial baseline) the same way.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, PerCpuArray},
-    helpers::bpf_redirect,
+    btf_maps::{Array, PerCpuArray, ProgramArray},
+    helpers::{bpf_redirect, bpf_xdp_adjust_head},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -125,6 +129,73 @@ pub fn privatelink_gen(ctx: XdpContext) -> u32 {
         f[41] = 0;
     }
     xdp_action::XDP_TX
+}
+
+/// The frame `privatelink_replay` restores (its first `PL_REPLAY_PARAMS[0]` bytes).
+#[btf_map]
+static PL_REPLAY_FRAME: Array<[u8; REPLAY_MAX], 1> = Array::new();
+
+/// `[0]`: the frame's length, a multiple of 4; `[1]`: where a 16-bit field lies that gets
+/// a new value on every run, its stored value plus a per-CPU count (a TCP/UDP source
+/// port: every run a new flow), or 0.
+#[btf_map]
+static PL_REPLAY_PARAMS: Array<u32, 2> = Array::new();
+
+#[btf_map]
+static PL_REPLAY_NEXT: ProgramArray<1> = ProgramArray::new();
+
+#[btf_map]
+static PL_REPLAY_COUNT: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+const REPLAY_MAX: usize = 160;
+
+#[xdp]
+pub fn privatelink_replay(ctx: XdpContext) -> u32 {
+    let (Some(&len), Some(&vary), Some(frame), Some(count)) = (
+        PL_REPLAY_PARAMS.get(0),
+        PL_REPLAY_PARAMS.get(1),
+        PL_REPLAY_FRAME.get(0),
+        PL_REPLAY_COUNT.get_ptr_mut(0),
+    ) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let (len, vary) = (len as usize, vary as usize);
+    if len > REPLAY_MAX || len % 4 != 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    // The previous run may have grown (encapsulation) or shrunk (decapsulation) the frame.
+    let cur = ctx.data_end() - ctx.data();
+    if cur != len {
+        // SAFETY: plain helper call on this run's context.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, cur as i32 - len as i32) } != 0 {
+            return xdp_action::XDP_ABORTED;
+        }
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    for i in 0..REPLAY_MAX / 4 {
+        let o = i * 4;
+        if o >= len {
+            break;
+        }
+        if start + o + 4 > end {
+            return xdp_action::XDP_ABORTED;
+        }
+        // SAFETY: 4 bytes at `start + o` are inside the frame (checked), `o + 4 <= 160`.
+        unsafe {
+            *((start + o) as *mut [u8; 4]) = [frame[o], frame[o + 1], frame[o + 2], frame[o + 3]]
+        };
+    }
+    if vary != 0 && vary + 2 <= len && vary < REPLAY_MAX && start + vary + 2 <= end {
+        // SAFETY: this CPU's counter; 2 bytes at `start + vary` are inside the frame.
+        unsafe {
+            *count = (*count).wrapping_add(1);
+            let base = u16::from_be_bytes([frame[vary], frame[vary + 1]]);
+            *((start + vary) as *mut [u8; 2]) = base.wrapping_add(*count as u16).to_be_bytes();
+        }
+    }
+    // SAFETY: a tail call; on success it does not return.
+    unsafe { PL_REPLAY_NEXT.tail_call(&ctx, 0) };
+    xdp_action::XDP_ABORTED
 }
 
 #[cfg(not(test))]

@@ -183,6 +183,7 @@ impl Dataplane {
 
     /// Brings the daemon-owned maps to `d`, writing only what differs.
     pub fn apply(&mut self, d: &Desired) -> Result<ApplyReport> {
+        let first = self.applied.is_none();
         let cur = match self.applied.take() {
             Some(c) => c,
             None => Desired {
@@ -242,11 +243,42 @@ impl Dataplane {
                 &mut r,
             )
         });
+        // Established flows skip the endpoint checks while the epoch stays; any change
+        // (or a first apply, or a failed one that may have written half) moves it on.
+        if first || res.is_err() || r.upserts + r.deletes > 0 {
+            self.bump_epoch()?;
+        }
         // On success the maps hold `d`; after a failure, re-read them next time.
         if res.is_ok() {
             self.applied = Some(d.clone());
         }
         res.map(|()| r)
+    }
+
+    /// Moves `PL_EPOCH` on, after the maps were written: every established flow's next
+    /// packet takes the full path once (whitelist, connection, ENI owner, ACLs) and is
+    /// stamped with the new epoch. A fresh epoch map starts at a random value, so flows
+    /// a pinned conntrack kept from before cannot carry a matching stamp by chance.
+    fn bump_epoch(&mut self) -> Result<()> {
+        let mut a: Array<_, u32> = Array::try_from(self.map_mut(map_names::EPOCH)?)?;
+        let cur = a.get(&0, 0)?;
+        let next = if cur == 0 {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+                .unwrap_or(1)
+                | 1
+        } else {
+            cur.wrapping_add(1).max(1)
+        };
+        a.set(0, next, 0)?;
+        Ok(())
+    }
+
+    /// The current `PL_EPOCH` value.
+    pub fn epoch(&self) -> Result<u32> {
+        let a: Array<_, u32> = Array::try_from(self.map(map_names::EPOCH)?)?;
+        Ok(a.get(&0, 0)?)
     }
 
     /// Writes the data path's settings (idle timeouts).
@@ -297,6 +329,7 @@ fn expected_layout(conntrack_entries: u32) -> Vec<(&'static str, usize, usize, O
         ),
         (map_names::SNAT_POOLS, 4, size_of::<SnatPool>(), None),
         (map_names::SNAT_ADDRS, size_of::<VpcAddr>(), 4, None),
+        (map_names::EPOCH, 4, 4, None),
         (
             map_names::NEIGHBORS,
             size_of::<VpcAddr>(),

@@ -15,7 +15,7 @@ use crate::{
 
 pub const CLIENT_SPORT: u16 = 40000;
 
-/// CLOCK_MONOTONIC in ns: what `bpf_ktime_get_ns` reads.
+/// CLOCK_MONOTONIC in ns: the base `bpf_ktime_get_coarse_ns` (the flow clock) reads at tick resolution.
 pub fn ktime_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -65,7 +65,8 @@ pub fn fill(h: &mut Harness, range: std::ops::Range<u32>, age_ns: u64) -> Result
             sport: CLIENT_SPORT,
             dport,
             proto: PROTO_TCP,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         };
         let fwd = FlowEntry {
             new_src: snat,
@@ -89,7 +90,8 @@ pub fn fill(h: &mut Harness, range: std::ops::Range<u32>, age_ns: u64) -> Result
             sport: dport,
             dport: snat_port,
             proto: PROTO_TCP,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         };
         let reply = FlowEntry {
             new_src: ENI,
@@ -123,7 +125,8 @@ pub fn present(h: &Harness, i: u32) -> Result<bool> {
         sport: CLIENT_SPORT,
         dport,
         proto: PROTO_TCP,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     Ok(ct.get(&key, 0).is_ok())
 }

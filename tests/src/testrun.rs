@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use aya::programs::{TestRun, TestRunOptions};
+use aya::{
+    maps::{Array, ProgramArray},
+    programs::{TestRun, TestRunOptions},
+};
 use privatelink_common::Reason;
 use privatelink_user::{
     dataplane::{self, Dataplane, LoadOptions},
@@ -14,6 +17,9 @@ use privatelink_user::{
 };
 
 use crate::netns::{Netns, unique_name};
+
+/// The longest frame `privatelink_replay` stores.
+pub const REPLAY_MAX: usize = 160;
 
 /// The MAC the fixture's load balancer answers ARP with.
 pub const LB_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x10];
@@ -59,6 +65,23 @@ impl Harness {
         })
     }
 
+    /// Applies another state to the loaded maps, as the daemon does after an API call.
+    pub fn apply_state(&mut self, state: &str) -> Result<()> {
+        let state = parse_state(state).map_err(anyhow::Error::msg)?;
+        let want = desired::compute(&state, dataplane::resolve_link, &desired::Unhealthy::new())?;
+        self.dp.apply(&want)?;
+        Ok(())
+    }
+
+    /// Moves `PL_EPOCH` on without changing anything else: every flow's next packet takes
+    /// the full path again (what any change of the daemon's maps does).
+    pub fn bump_epoch(&mut self) -> Result<()> {
+        let next = self.dp.epoch()?.wrapping_add(1).max(1);
+        Array::<_, u32>::try_from(self.dp.map_mut(privatelink_common::map_names::EPOCH)?)?
+            .set(0, next, 0)?;
+        Ok(())
+    }
+
     /// Runs one frame arriving on `ifindex`; returns the XDP action and the frame after.
     pub fn run(&mut self, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
         let mut out = vec![0u8; frame.len() + 512];
@@ -99,6 +122,53 @@ impl Harness {
             Some(name) => self.dp.reference_program(name)?.test_run(opts)?,
             None => self.dp.program()?.test_run(opts)?,
         };
+        Ok((r.return_value, r.duration.as_nanos() as u64))
+    }
+
+    /// `repeat` runs of `frame` through privatelink's program (or the reference program
+    /// `baseline`) behind `privatelink_replay`, which writes `frame` back before every run:
+    /// rewriting, growing and shrinking paths can then be timed with repeats too. With
+    /// `vary_at`, the 16-bit field at that offset counts up from run to run (a new flow
+    /// each run). Returns the last verdict and the kernel's average ns per run (replay
+    /// and tail call included, the same for both programs).
+    pub fn time_replayed(
+        &mut self,
+        ifindex: u32,
+        frame: &[u8],
+        vary_at: Option<usize>,
+        baseline: Option<&str>,
+        repeat: u32,
+    ) -> Result<(u32, u64)> {
+        anyhow::ensure!(
+            frame.len().is_multiple_of(4) && frame.len() <= REPLAY_MAX,
+            "a replayed frame is a multiple of 4 bytes, at most {REPLAY_MAX}"
+        );
+        let next = match baseline {
+            Some(name) => self.dp.reference_program(name)?.fd()?.try_clone()?,
+            None => self.dp.program()?.fd()?.try_clone()?,
+        };
+        let obj = self.dp.reference_object()?;
+        let mut stored = [0u8; REPLAY_MAX];
+        stored[..frame.len()].copy_from_slice(frame);
+        Array::<_, [u8; REPLAY_MAX]>::try_from(obj.map_mut("PL_REPLAY_FRAME").context("map")?)?
+            .set(0, stored, 0)?;
+        let mut params =
+            Array::<_, u32>::try_from(obj.map_mut("PL_REPLAY_PARAMS").context("map")?)?;
+        params.set(0, frame.len() as u32, 0)?;
+        params.set(1, vary_at.unwrap_or(0) as u32, 0)?;
+        ProgramArray::try_from(obj.map_mut("PL_REPLAY_NEXT").context("map")?)?.set(0, &next, 0)?;
+        let mut out = vec![0u8; frame.len() + 512];
+        let ctx = xdp_md(frame.len() as u32, ifindex);
+        let r = self
+            .dp
+            .reference_program("privatelink_replay")?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat,
+                ..TestRunOptions::default()
+            })?;
         Ok((r.return_value, r.duration.as_nanos() as u64))
     }
 

@@ -356,6 +356,99 @@ fn endpoint_not_connected_is_dropped_and_counted() {
     }
 }
 
+/// A client packet and a provider reply of the flow opened from `sport`, with payloads.
+fn exchange(h: &mut Harness, sport: u16, snat: ([u8; 4], u16), i: usize) -> [(u32, Vec<u8>); 2] {
+    let body = format!("packet {i}");
+    let fwd = h
+        .run(
+            h.consumer.ifindex,
+            &tcp_to_eni(h, sport, false, body.as_bytes()),
+        )
+        .unwrap();
+    let back = h
+        .run(
+            h.provider.ifindex,
+            &tcp_from_lb(h, snat.0, snat.1, body.as_bytes()),
+        )
+        .unwrap();
+    [fwd, back]
+}
+
+#[test]
+fn the_established_path_rewrites_exactly_as_the_full_path() {
+    // Two data paths with the same flow: in `slow` the epoch moves before every packet, so
+    // each one takes the full path; `fast` takes the established path from the second on.
+    let (mut fast, mut slow) = (harness(), harness());
+    let a = open_flow(&mut fast, 40500);
+    let b = open_flow(&mut slow, 40500);
+    assert_eq!(a, b, "same SNAT tuple in both");
+    for i in 0..20 {
+        slow.bump_epoch().unwrap();
+        let s = exchange(&mut slow, 40500, b, i);
+        let f = exchange(&mut fast, 40500, a, i);
+        for (dir, ((fa, fo), (sa, so))) in f.iter().zip(&s).enumerate() {
+            assert_eq!(
+                (*fa, *sa),
+                (XDP_REDIRECT, XDP_REDIRECT),
+                "packet {i} dir {dir}"
+            );
+            parse_checked(fo);
+            // The source MAC is each namespace's own interface; everything else is equal.
+            let own = [fast.provider.mac, fast.consumer.mac][dir];
+            assert_eq!(fo[6..12], own, "packet {i} dir {dir}: source MAC");
+            assert_eq!(
+                (&fo[..6], &fo[12..]),
+                (&so[..6], &so[12..]),
+                "packet {i} dir {dir}: established and full path differ"
+            );
+        }
+    }
+    assert_eq!(fast.count(Reason::ForwardToService), 20);
+    assert_eq!(fast.count(Reason::ForwardToConsumer), 20);
+}
+
+#[test]
+fn a_state_change_reaches_established_flows() {
+    let mut h = harness();
+    let snat = open_flow(&mut h, 40600);
+    // Established both ways (the second exchange runs on the established path).
+    for i in 0..2 {
+        for (act, _) in exchange(&mut h, 40600, snat, i) {
+            assert_eq!(act, XDP_REDIRECT);
+        }
+    }
+    // A change that does not concern the flow (one more SNAT address): the epoch moves,
+    // the flow is checked again and keeps going.
+    let epoch = h.dp.epoch().unwrap();
+    h.apply_state(&LAB_STATE.replace(
+        r#"snat = ["10.10.0.200", "10.10.0.201"]"#,
+        r#"snat = ["10.10.0.200", "10.10.0.201", "10.10.0.202"]"#,
+    ))
+    .unwrap();
+    assert_ne!(h.dp.epoch().unwrap(), epoch, "a map change moves the epoch");
+    for (act, out) in exchange(&mut h, 40600, snat, 2) {
+        assert_eq!(act, XDP_REDIRECT);
+        parse_checked(&out);
+    }
+    // The provider rejects the connection: both directions stop at once.
+    h.apply_state(&LAB_STATE.replace("connection = \"connected\"", "connection = \"rejected\""))
+        .unwrap();
+    let [(fwd, _), (back, _)] = exchange(&mut h, 40600, snat, 3);
+    assert_eq!((fwd, back), (XDP_DROP, XDP_DROP));
+    assert_eq!(h.count(Reason::DropNotConnected), 2);
+    // Accepted again: the flow's entries are still there and carry it on.
+    h.apply_state(LAB_STATE).unwrap();
+    for (act, _) in exchange(&mut h, 40600, snat, 4) {
+        assert_eq!(act, XDP_REDIRECT);
+    }
+    // The consumer account leaves the whitelist: the same.
+    h.apply_state(&LAB_STATE.replace("whitelist = [\"acct-a\"]", "whitelist = []"))
+        .unwrap();
+    let [(fwd, _), (back, _)] = exchange(&mut h, 40600, snat, 5);
+    assert_eq!((fwd, back), (XDP_DROP, XDP_DROP));
+    assert_eq!(h.count(Reason::DropNotWhitelisted), 2);
+}
+
 #[test]
 fn unrelated_traffic_passes_untouched() {
     let mut h = harness();
