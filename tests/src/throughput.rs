@@ -278,6 +278,9 @@ fn generate(t: &mut Topology, flows: u32, packets: u32) -> Result<(u64, u64, f64
 pub fn send(ns: &str, dev: &str, frame: Vec<u8>, flows: u32, packets: u32) -> Result<Duration> {
     let dev = dev.to_string();
     in_ns(ns, move || {
+        // The veths' receive work runs where the frames are sent: one CPU for the whole
+        // pipeline, the same in every mode and run.
+        pin_to_last_cpu();
         let mut dp = Dataplane::load(&LoadOptions {
             pin_dir: None,
             conntrack_entries: 1024,
@@ -321,10 +324,13 @@ impl Sample {
 }
 
 /// Every mode with every flow count, on one topology.
-pub fn run(flow_counts: &[u32], packets: u32) -> Result<Vec<Sample>> {
+pub fn run(flow_counts: &[u32], packets: u32, rounds: usize) -> Result<Vec<Sample>> {
     let mut t = Topology::new()?;
     let mut out = Vec::new();
-    for mode in [Mode::XdpNat, Mode::Nftables, Mode::BareRedirect] {
+    // Modes take turns round after round, so a slow spell of a shared machine does not
+    // land on one mode only.
+    let modes = [Mode::XdpNat, Mode::Nftables, Mode::BareRedirect];
+    for mode in (0..rounds).flat_map(|_| modes) {
         let fwd = set_up(&t, mode)?;
         for &flows in flow_counts {
             // A warm-up round creates the flows (conntrack, ARP), then the measured one.
@@ -342,4 +348,18 @@ pub fn run(flow_counts: &[u32], packets: u32) -> Result<Vec<Sample>> {
         tear_down(&t, mode)?;
     }
     Ok(out)
+}
+
+/// Keeps the calling thread on one CPU (the last): BPF_PROG_TEST_RUN runs the program on
+/// the caller's CPU, and a migration between calls would put cold caches into one side of
+/// a comparison.
+pub fn pin_to_last_cpu() {
+    // SAFETY: a zeroed cpu_set_t filled through libc's own macro; sched_setaffinity on the
+    // calling thread only.
+    unsafe {
+        let n = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(n - 1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }

@@ -60,6 +60,11 @@ fn counter(lab: &Lab, i: usize, name: &str) -> u64 {
     lab.appliance_stats(i)[name].as_u64().unwrap_or(0)
 }
 
+/// Waits up to 5 s for what the appliances count (they write their counters every 100 ms).
+fn counted(what: &str, cond: impl FnMut() -> bool) {
+    wait_for(Duration::from_secs(5), what, cond).unwrap();
+}
+
 fn index_url() -> String {
     format!("http://{GWLB_SERVER}/")
 }
@@ -96,7 +101,9 @@ fn traffic_goes_through_both_appliances_symmetrically_and_rules_hold() {
 
     // Both appliances carried flows (cross-zone spreading); every flow's two directions
     // went through the same appliance; no flow was seen by both.
-    thread::sleep(Duration::from_millis(300)); // the appliances write counters every 100 ms
+    counted("the appliances' counters of 26 flows", || {
+        cookies(&lab, 0).len() + cookies(&lab, 1).len() >= 26
+    });
     let (a, b) = (cookies(&lab, 0), cookies(&lab, 1));
     assert!(!a.is_empty() && !b.is_empty(), "a: {a:?}\nb: {b:?}");
     let there = format!("{GWLB_CLIENT}>{GWLB_SERVER}");
@@ -119,9 +126,9 @@ fn traffic_goes_through_both_appliances_symmetrically_and_rules_hold() {
     g.server
         .exec("curl", &["-sf", "-m", "2", &blocked])
         .expect("the server answers locally");
-    thread::sleep(Duration::from_millis(300));
-    let dropped = counter(&lab, 0, "dropped_by_rule") + counter(&lab, 1, "dropped_by_rule");
-    assert!(dropped > dropped_before, "the appliance dropped the SYNs");
+    counted("the appliance dropping the SYNs", || {
+        counter(&lab, 0, "dropped_by_rule") + counter(&lab, 1, "dropped_by_rule") > dropped_before
+    });
     assert!(lab.web_curl(&index_url(), &[]).is_ok());
 }
 
@@ -178,20 +185,20 @@ fn a_failed_appliance_loses_its_flows_to_the_other_and_gets_them_back() {
     for _ in 0..10 {
         lab.web_curl(&index_url(), &[]).unwrap();
     }
-    thread::sleep(Duration::from_millis(300));
-    assert!(cookies(&lab, other).len() >= before + 10);
+    counted("the survivor counting the 10 new flows", || {
+        cookies(&lab, other).len() >= before + 10
+    });
 
     // Bring it back: healthy again after 3 good checks, and new flows reach it again.
     lab.start_appliance(busy).unwrap();
     wait_health(&lab, APPLIANCES[busy].1, true);
-    thread::sleep(Duration::from_millis(300)); // the data path has the new target set
+    // The data path gets the new target set right after the verdict; new flows spread
+    // over both again (new flows keep coming until the restored one has counted some).
     let back_before = cookies(&lab, busy).len();
-    for _ in 0..16 {
-        lab.web_curl(&index_url(), &[]).unwrap();
-    }
-    thread::sleep(Duration::from_millis(300));
-    assert!(
-        cookies(&lab, busy).len() > back_before,
-        "the restored appliance gets new flows"
-    );
+    counted("the restored appliance counting new flows", || {
+        for _ in 0..4 {
+            lab.web_curl(&index_url(), &[]).unwrap();
+        }
+        cookies(&lab, busy).len() > back_before
+    });
 }

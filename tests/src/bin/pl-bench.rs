@@ -18,19 +18,6 @@ const RUNS: usize = 20_000;
 /// The frame for run `i` of a case.
 type FrameFn = Box<dyn Fn(usize) -> Vec<u8>>;
 
-/// Keeps this thread on one CPU (the last): BPF_PROG_TEST_RUN runs the program on the
-/// caller's CPU, and a migration between calls would put cold caches into one column.
-fn pin_to_last_cpu() {
-    // SAFETY: a zeroed cpu_set_t filled through libc's own macros; sched_setaffinity on
-    // this thread only.
-    unsafe {
-        let n = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(n - 1, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 fn median(v: &mut [u64]) -> f64 {
     v.sort_unstable();
     v[v.len() / 2] as f64
@@ -172,46 +159,50 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
 /// a bare XDP redirect, on the same veth topology, with 1, 1 000 and 100 000 flows.
 fn throughput() -> Result<String> {
     use privatelink_tests::throughput::{Mode, run};
-    const PACKETS: u32 = 2_000_000;
-    let samples = run(&[1, 1000, 100_000], PACKETS)?;
-    let mut t =
-        String::from("| flows | mode | sent | arrived | Mpps |\n|---:|---|---:|---:|---:|\n");
-    for s in &samples {
+    const PACKETS: u32 = 1_000_000;
+    const ROUNDS: usize = 3;
+    const FLOWS: [u32; 3] = [1, 1000, 100_000];
+    let samples = run(&FLOWS, PACKETS, ROUNDS)?;
+    let rounds = |m: Mode, flows: u32| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|s| s.mode == m && s.flows == flows)
+            .map(|s| s.mpps())
+            .collect()
+    };
+    let med = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let mut t = String::from(
+        "| flows | (a) privatelink Mpps | (b) nftables Mpps | (c) bare redirect Mpps | a/b | a/c |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for flows in FLOWS {
+        let (a, b, c) = (
+            rounds(Mode::XdpNat, flows),
+            rounds(Mode::Nftables, flows),
+            rounds(Mode::BareRedirect, flows),
+        );
+        // Ratios within each round, then their median.
+        let ab = med(a.iter().zip(&b).map(|(a, b)| a / b.max(1e-9)).collect());
+        let ac = med(a.iter().zip(&c).map(|(a, c)| a / c.max(1e-9)).collect());
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {:.3} |",
-            s.flows,
-            s.mode.label(),
-            s.sent,
-            s.arrived,
-            s.mpps()
+            "| {flows} | {:.3} | {:.3} | {:.3} | {ab:.2}x | {:.0} % |",
+            med(a),
+            med(b),
+            med(c),
+            100.0 * ac
         );
     }
-    let mut ratios = String::from(
-        "\n| flows | a/b (vs nftables) | a/c (vs bare redirect) |\n|---:|---:|---:|\n",
-    );
-    for flows in [1, 1000, 100_000] {
-        let get = |m: Mode| {
-            samples
-                .iter()
-                .find(|s| s.mode == m && s.flows == flows)
-                .map(|s| s.mpps())
-                .unwrap_or(0.0)
-        };
-        let (a, b, c) = (
-            get(Mode::XdpNat),
-            get(Mode::Nftables),
-            get(Mode::BareRedirect),
-        );
-        let _ = writeln!(
-            ratios,
-            "| {flows} | {:.2}x | {:.0} % |",
-            a / b.max(1e-9),
-            100.0 * a / c.max(1e-9)
-        );
-    }
+    let lost: u64 = samples
+        .iter()
+        .map(|s| s.sent.saturating_sub(s.arrived))
+        .sum();
     let out = format!(
-        "\nThroughput on veth (generator: BPF_F_TEST_XDP_LIVE_FRAMES, {PACKETS} 64-byte UDP frames per run, counted at the sink's interface)\n\n{t}{ratios}"
+        "\nThroughput on veth (generator: BPF_F_TEST_XDP_LIVE_FRAMES, {PACKETS} 64-byte UDP frames per run, counted at the \
+         sink's interface; medians of {ROUNDS} rounds, the modes taking turns; ratios within each round; {lost} frames \
+         lost in all)\n\n{t}"
     );
     print!("{out}");
     Ok(out)
@@ -533,7 +524,7 @@ fn gwlb_rows(rows: &mut Vec<Row>) -> Result<()> {
 
 /// `only`: a part of the paths' names to time (for profiling one path), or all.
 fn per_packet(only: Option<&str>) -> Result<String> {
-    pin_to_last_cpu();
+    privatelink_tests::throughput::pin_to_last_cpu();
     // Room for the replayed first packets' flows.
     let mut h = Harness::with_conntrack(LAB_STATE, 1 << 20)?;
     let (cif, pif) = (h.consumer.ifindex, h.provider.ifindex);
