@@ -551,16 +551,13 @@ fn per_packet(only: Option<&str>) -> Result<String> {
         vary_at: Some(34),
         repeat: 5_000,
     };
+    // A path fed the same frame every time, single runs and replayed alike.
+    let same = |name: &'static str, ifindex: u32, f: Vec<u8>| -> (&str, u32, FrameFn, Replay) {
+        let g = f.clone();
+        (name, ifindex, Box::new(move |_| g.clone()), Replay::same(f))
+    };
     let cases: Vec<(&str, u32, FrameFn, Replay)> = vec![
-        (
-            "NAT forward (conntrack hit)",
-            cif,
-            Box::new({
-                let f = fwd.clone();
-                move |_| f.clone()
-            }),
-            Replay::same(fwd),
-        ),
+        same("NAT forward (conntrack hit)", cif, fwd),
         (
             "NAT first packet (conntrack miss)",
             cif,
@@ -572,42 +569,10 @@ fn per_packet(only: Option<&str>) -> Result<String> {
             }),
             miss,
         ),
-        (
-            "NAT reply (conntrack hit)",
-            pif,
-            Box::new({
-                let f = reply.clone();
-                move |_| f.clone()
-            }),
-            Replay::same(reply),
-        ),
-        (
-            "ICMP echo answered",
-            cif,
-            Box::new({
-                let f = echo.clone();
-                move |_| f.clone()
-            }),
-            Replay::same(echo),
-        ),
-        (
-            "pass-through (unrelated)",
-            cif,
-            Box::new({
-                let f = unrelated.clone();
-                move |_| f.clone()
-            }),
-            Replay::same(unrelated),
-        ),
-        (
-            "drop malformed (bad checksum)",
-            cif,
-            Box::new({
-                let f = malformed.clone();
-                move |_| f.clone()
-            }),
-            Replay::same(malformed),
-        ),
+        same("NAT reply (conntrack hit)", pif, reply),
+        same("ICMP echo answered", cif, echo),
+        same("pass-through (unrelated)", cif, unrelated),
+        same("drop malformed (bad checksum)", cif, malformed),
     ];
 
     let mut rows = Vec::new();
