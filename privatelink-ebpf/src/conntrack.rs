@@ -17,7 +17,7 @@ use privatelink_common::{
 
 use crate::{
     Verdict, filter,
-    ipv4::{Packet, check_endpoint_at, check_gateway_at},
+    ipv4::{self, Packet, check_endpoint_at, check_gateway_at},
     maps::{PL_CONNTRACK, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config, scratch},
     nat,
     parse::{
@@ -156,11 +156,7 @@ fn established_checked(
         return Ok(None);
     }
     // RFC 1812: a router verifies the header checksum before forwarding.
-    let mut sum: u32 = 0;
-    for i in 0..10 {
-        sum += ne16([ip[2 * i], ip[2 * i + 1]]) as u32;
-    }
-    if csum::fold(sum) != 0xffff {
+    if csum::fold(ipv4::sum_header(ip)) != 0xffff {
         return Err(Reason::DropBadIpChecksum);
     }
     let flags = if tcp {

@@ -158,7 +158,7 @@ pub fn check_endpoint_at(vpc_id: u32, addr: [u8; 4]) -> Result<EndpointEni, Reas
 
 /// RFC 1812: a router verifies the header checksum before forwarding.
 #[inline(always)]
-pub fn verify_checksum(ctx: &XdpContext, hlen: usize) -> Result<(), Reason> {
+fn verify_checksum(ctx: &XdpContext, hlen: usize) -> Result<(), Reason> {
     verify_checksum_at(ctx, ETH_LEN, hlen)
 }
 
@@ -168,12 +168,7 @@ pub fn verify_checksum_at(ctx: &XdpContext, off: usize, hlen: usize) -> Result<(
     let sum = if hlen == 20 {
         // The usual header, under one bounds check.
         // SAFETY: 20 bytes at `off` are inside the frame (checked by `ptr_at`).
-        let h = unsafe { &*ptr_at::<[u8; 20]>(ctx, off, Reason::DropTruncatedIp)? };
-        let mut sum: u32 = 0;
-        for i in 0..10 {
-            sum += ne16([h[2 * i], h[2 * i + 1]]) as u32;
-        }
-        sum
+        sum_header(unsafe { &*ptr_at::<[u8; 20]>(ctx, off, Reason::DropTruncatedIp)? })
     } else {
         sum_words::<15>(ctx, off, hlen)?
     };
@@ -181,6 +176,16 @@ pub fn verify_checksum_at(ctx: &XdpContext, off: usize, hlen: usize) -> Result<(
         return Err(Reason::DropBadIpChecksum);
     }
     Ok(())
+}
+
+/// The ones' complement sum (unfolded) of an IPv4 header without options.
+#[inline(always)]
+pub fn sum_header(h: &[u8; 20]) -> u32 {
+    let mut sum: u32 = 0;
+    for i in 0..10 {
+        sum += ne16([h[2 * i], h[2 * i + 1]]) as u32;
+    }
+    sum
 }
 
 /// The ones' complement sum (unfolded) of `len` bytes at `off`, read as 4-byte words;

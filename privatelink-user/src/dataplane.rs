@@ -259,7 +259,7 @@ impl Dataplane {
     /// packet takes the full path once (whitelist, connection, ENI owner, ACLs) and is
     /// stamped with the new epoch. A fresh epoch map starts at a random value, so flows
     /// a pinned conntrack kept from before cannot carry a matching stamp by chance.
-    fn bump_epoch(&mut self) -> Result<()> {
+    pub fn bump_epoch(&mut self) -> Result<()> {
         let mut a: Array<_, u32> = Array::try_from(self.map_mut(map_names::EPOCH)?)?;
         let cur = a.get(&0, 0)?;
         let next = if cur == 0 {

@@ -76,10 +76,7 @@ impl Harness {
     /// Moves `PL_EPOCH` on without changing anything else: every flow's next packet takes
     /// the full path again (what any change of the daemon's maps does).
     pub fn bump_epoch(&mut self) -> Result<()> {
-        let next = self.dp.epoch()?.wrapping_add(1).max(1);
-        Array::<_, u32>::try_from(self.dp.map_mut(privatelink_common::map_names::EPOCH)?)?
-            .set(0, next, 0)?;
-        Ok(())
+        self.dp.bump_epoch()
     }
 
     /// Runs one frame arriving on `ifindex`; returns the XDP action and the frame after.
