@@ -55,6 +55,26 @@ pub mod map_names {
 
 /// The XDP program's name in the object (and in `bpftool prog show`).
 pub const PROGRAM_NAME: &str = "privatelink";
+/// The programs the XDP entry point tail-calls for the paths past classification, by
+/// their index in `PL_PATHS` (see `PATH_*`). Each is verified on its own: the kernel's
+/// budget of 1 000 000 verified instructions per program would not hold them all.
+pub const PATH_PROGRAMS: [&str; 6] = [
+    "privatelink_forward",
+    "privatelink_reply",
+    "privatelink_icmp_endpoint",
+    "privatelink_icmp_snat",
+    "privatelink_gwlb_steer",
+    "privatelink_gwlb_return",
+];
+pub const PATH_FORWARD: u32 = 0;
+pub const PATH_REPLY: u32 = 1;
+pub const PATH_ICMP_ENDPOINT: u32 = 2;
+pub const PATH_ICMP_SNAT: u32 = 3;
+pub const PATH_GWLB_STEER: u32 = 4;
+pub const PATH_GWLB_RETURN: u32 = 5;
+/// The program array the entry point tail-calls through (not pinned: each loaded object
+/// has its own, filled with its own path programs).
+pub const PATHS_MAP: &str = "PL_PATHS";
 /// A program that only returns XDP_PASS (for veth peers in labs).
 pub const PASS_PROGRAM_NAME: &str = "privatelink_pass";
 

@@ -59,10 +59,11 @@ reasons! {
     DropUnknownAppliance = 35 => "drop_unknown_appliance", true;
     DropNoHealthyAppliance = 36 => "drop_no_healthy_appliance", true;
     DropGwlbNoFlow = 37 => "drop_gwlb_no_flow", true;
+    DropNoPathProgram = 38 => "drop_no_path_program", true;
 }
 
 /// Size of the `PL_STATS` array.
-pub const REASON_COUNT: u32 = 38;
+pub const REASON_COUNT: u32 = 39;
 
 #[cfg(test)]
 mod tests {

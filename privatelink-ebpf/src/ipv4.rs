@@ -4,12 +4,13 @@
 use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, programs::XdpContext};
 use privatelink_common::{
     ENI_FLAG_GWLB, EndpointEni, GENEVE_PORT, IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS, IfaceInfo,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum,
+    PATH_FORWARD, PATH_GWLB_RETURN, PATH_GWLB_STEER, PATH_ICMP_ENDPOINT, PATH_ICMP_SNAT,
+    PATH_REPLY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum,
 };
 
 use crate::{
-    Verdict, conntrack, gwlb, icmp,
-    maps::{self, PL_ENDPOINTS, PL_GW_ROUTES, PL_SNAT_ADDRS},
+    Verdict, conntrack,
+    maps::{self, Handoff, PL_ENDPOINTS, PL_GW_ROUTES, PL_HANDOFF, PL_PATHS, PL_SNAT_ADDRS},
     parse::{ETH_LEN, Ipv4Ext, Ipv4Hdr, Ports, be16, frame_len, mut_at, ne16, ptr_at},
     unpack,
 };
@@ -30,26 +31,8 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
     // Read first: a flow checked against maps the daemon changes meanwhile keeps the older
     // epoch, and its next packet checks again.
     let epoch = maps::epoch();
-    let ip = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
-    let hlen = ip.hdr_len();
-    if ip.vihl >> 4 != 4 || hlen < 20 {
-        return Err(Reason::DropBadIpHeader);
-    }
-    let tot = be16(ip.tot_len) as usize;
-    if tot < hlen {
-        return Err(Reason::DropBadIpHeader);
-    }
-    // Trailing bytes (Ethernet padding) are allowed; a short frame is not.
-    if ETH_LEN + tot > frame_len(ctx) {
-        return Err(Reason::DropTruncatedIp);
-    }
-    let pkt = Packet {
-        ifindex,
-        l4: ETH_LEN + hlen,
-        end: ETH_LEN + tot,
-        proto: ip.proto,
-        epoch,
-    };
+    let (pkt, ip) = packet(ctx, ifindex, epoch)?;
+    let hlen = pkt.l4 - ETH_LEN;
     let fast = conntrack::established(ctx, iface, &pkt);
     if fast != conntrack::NOT_ESTABLISHED {
         return Ok(unpack(fast));
@@ -58,8 +41,8 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
         vpc_id: iface.vpc_id,
         addr: ip.dst_addr,
     };
-    // What the destination is to us. Each path below is called from exactly one place:
-    // the verifier walks a BPF subprogram once per call site.
+    // What the destination is to us. Each path past this point is a program of its own
+    // (`crate::paths`), tail-called with what was found here.
     let mut entry = EndpointEni::default();
     // SAFETY: values are copied out of the maps.
     let target = if let Some(eni) = unsafe { PL_ENDPOINTS.get(dst) }.copied() {
@@ -91,22 +74,62 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
     if endpoint {
         check_forwarding(&entry)?;
     }
-    let packed = match (target, pkt.proto) {
-        (Target::Route, _) if entry.flags & ENI_FLAG_GWLB != 0 => {
-            gwlb::steer(ctx, iface, &pkt, &entry)
-        }
-        (Target::Geneve, _) => gwlb::from_appliance(ctx, iface, &pkt),
-        (Target::Snat, PROTO_TCP | PROTO_UDP) => conntrack::reply(ctx, iface, &pkt),
-        (Target::Endpoint | Target::Route, PROTO_TCP | PROTO_UDP) => {
-            conntrack::forward(ctx, iface, dst, &entry, &pkt)
-        }
-        (Target::Endpoint, PROTO_ICMP) => icmp::to_endpoint(ctx, iface, dst, &entry, &pkt),
+    let path = match (target, pkt.proto) {
+        (Target::Route, _) if entry.flags & ENI_FLAG_GWLB != 0 => PATH_GWLB_STEER,
+        (Target::Geneve, _) => PATH_GWLB_RETURN,
+        (Target::Snat, PROTO_TCP | PROTO_UDP) => PATH_REPLY,
+        (Target::Endpoint | Target::Route, PROTO_TCP | PROTO_UDP) => PATH_FORWARD,
+        (Target::Endpoint, PROTO_ICMP) => PATH_ICMP_ENDPOINT,
         // Errors about our flows (a gateway flow's replies, too: PMTU discovery needs them).
-        (Target::Snat | Target::Route, PROTO_ICMP) => icmp::to_snat(ctx, iface, &pkt),
+        (Target::Snat | Target::Route, PROTO_ICMP) => PATH_ICMP_SNAT,
         (Target::Snat, _) => return Err(Reason::DropNoFlow),
         _ => return Err(Reason::DropUnsupportedProtocol),
     };
-    Ok(unpack(packed))
+    let Some(slot) = PL_HANDOFF.get_ptr_mut(0) else {
+        return Err(Reason::DropNoPathProgram);
+    };
+    // SAFETY: this CPU's slot, valid for this run; the path program reads it right after.
+    unsafe {
+        *slot = Handoff {
+            iface: *iface,
+            entry,
+            epoch,
+        };
+        PL_PATHS.tail_call(ctx, path);
+    }
+    // Only if the loader left the slot empty.
+    Err(Reason::DropNoPathProgram)
+}
+
+/// The IPv4 header at the frame's start, validated, and where its parts lie.
+#[inline(always)]
+#[allow(clippy::mut_from_ref)]
+pub fn packet(
+    ctx: &XdpContext,
+    ifindex: u32,
+    epoch: u32,
+) -> Result<(Packet, &mut Ipv4Hdr), Reason> {
+    let ip = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
+    let hlen = ip.hdr_len();
+    if ip.vihl >> 4 != 4 || hlen < 20 {
+        return Err(Reason::DropBadIpHeader);
+    }
+    let tot = be16(ip.tot_len) as usize;
+    if tot < hlen {
+        return Err(Reason::DropBadIpHeader);
+    }
+    // Trailing bytes (Ethernet padding) are allowed; a short frame is not.
+    if ETH_LEN + tot > frame_len(ctx) {
+        return Err(Reason::DropTruncatedIp);
+    }
+    let pkt = Packet {
+        ifindex,
+        l4: ETH_LEN + hlen,
+        end: ETH_LEN + tot,
+        proto: ip.proto,
+        epoch,
+    };
+    Ok((pkt, ip))
 }
 
 /// What a destination address is to the data path.

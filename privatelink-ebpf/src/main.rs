@@ -12,6 +12,7 @@ mod ipv4;
 mod maps;
 mod nat;
 mod parse;
+mod paths;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

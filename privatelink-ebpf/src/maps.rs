@@ -2,14 +2,14 @@
 //! Sizes here are defaults; the loader overrides `PL_CONNTRACK`'s from configuration.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
 use privatelink_common::{
     Appliance, ApplianceSet, Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey,
     GwlbZone, IfaceInfo, MAX_ENDPOINTS, MAX_GWLB_NEIGHBORS, MAX_IFACES, MAX_NEIGHBORS,
-    MAX_SERVICES, MAX_SNAT_ADDRS, MAX_VPCS, Neighbor, RuleSet, SnatPool, VpcAddr, VpcPort,
-    reason::REASON_COUNT,
+    MAX_SERVICES, MAX_SNAT_ADDRS, MAX_VPCS, Neighbor, PATH_PROGRAMS, RuleSet, SnatPool, VpcAddr,
+    VpcPort, reason::REASON_COUNT,
 };
 
 #[btf_map]
@@ -107,3 +107,20 @@ pub fn scratch(i: u32) -> Result<*mut FlowEntry, privatelink_common::Reason> {
         .get_ptr_mut(i)
         .ok_or(privatelink_common::Reason::DropConntrackFull)
 }
+
+/// The path programs, by `PATH_*` index (filled by the loader).
+#[btf_map]
+pub static PL_PATHS: ProgramArray<{ PATH_PROGRAMS.len() }> = ProgramArray::new();
+
+/// What classification found, for the path program it tail-calls (one slot per CPU: an
+/// XDP run, tail calls included, is not preempted on its CPU).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Handoff {
+    pub iface: IfaceInfo,
+    pub entry: EndpointEni,
+    pub epoch: u32,
+}
+
+#[btf_map]
+pub static PL_HANDOFF: PerCpuArray<Handoff, 1> = PerCpuArray::new();

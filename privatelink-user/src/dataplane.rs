@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{
-        Array, HashMap, Map, MapData, PerCpuArray,
+        Array, HashMap, Map, MapData, PerCpuArray, ProgramArray,
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
@@ -21,7 +21,8 @@ use aya::{
 };
 use privatelink_common::{
     Appliance, ApplianceSet, Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey,
-    GatewayRoute, GwlbZone, Neighbor, PROGRAM_NAME, Reason, VpcAddr, map_names,
+    GatewayRoute, GwlbZone, Neighbor, PATH_PROGRAMS, PATHS_MAP, PROGRAM_NAME, Reason, VpcAddr,
+    map_names,
 };
 
 use crate::{
@@ -70,6 +71,8 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     links: Vec<(String, XdpLinkId)>,
     pass: Option<Ebpf>,
+    /// Held open: the kernel empties a program array when its last user reference goes.
+    _paths: ProgramArray<MapData>,
 }
 
 impl Dataplane {
@@ -91,12 +94,14 @@ impl Dataplane {
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the XDP object")?;
         let prog: &mut Xdp = program(&mut ebpf)?;
         load_retrying(prog).context("the verifier rejected the XDP program")?;
+        let paths = load_paths(&mut ebpf, opts.pin_dir.as_deref())?;
         Ok(Self {
             ebpf,
             applied: None,
             pin_dir: opts.pin_dir.clone(),
             links: Vec::new(),
             pass: None,
+            _paths: paths,
         })
     }
 
@@ -135,6 +140,10 @@ impl Dataplane {
             }
             None => self.links.push((iface.to_string(), id)),
         }
+        // The program this link ran before may be gone now, and its paths with it.
+        if let Some(dir) = &self.pin_dir {
+            retire_path_pins(&dir.join("paths"))?;
+        }
         Ok(())
     }
 
@@ -167,6 +176,15 @@ impl Dataplane {
             self.pass = Some(load_pass()?);
         }
         Ok(self.pass.as_mut().expect("just set"))
+    }
+
+    /// One of this object's loaded programs: the entry point or a path program.
+    pub fn loaded_program(&mut self, name: &str) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the object has no program {name}"))?
+            .try_into()?)
     }
 
     pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
@@ -342,7 +360,12 @@ fn expected_layout(conntrack_entries: u32) -> Vec<(&'static str, usize, usize, O
             size_of::<FlowEntry>(),
             Some(conntrack_entries),
         ),
-        (map_names::STATS, 4, 8, None),
+        (
+            map_names::STATS,
+            4,
+            8,
+            Some(privatelink_common::reason::REASON_COUNT),
+        ),
         (map_names::CONFIG, 4, size_of::<Config>(), None),
         (
             map_names::SG_RULES,
@@ -451,6 +474,58 @@ fn load_retrying(p: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
             r => return r,
         }
     }
+}
+
+/// Loads the path programs and puts them in `PL_PATHS`, where the entry point tail-calls
+/// them. Each load has its own array (a daemon that swaps its program into a pinned link
+/// brings its own paths along). With a pin directory the array is pinned under
+/// `paths/<entry program id>`, so the paths keep working after the daemon exits (the
+/// kernel empties a program array when its last user reference goes); pins of programs
+/// that no longer exist are removed.
+fn load_paths(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<ProgramArray<MapData>> {
+    let mut fds = Vec::new();
+    for name in PATH_PROGRAMS {
+        let p: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the object has no program {name}"))?
+            .try_into()?;
+        load_retrying(p).with_context(|| format!("the verifier rejected {name}"))?;
+        fds.push(p.fd()?.try_clone()?);
+    }
+    let map = ebpf
+        .take_map(PATHS_MAP)
+        .ok_or_else(|| anyhow!("the object has no map {PATHS_MAP}"))?;
+    if let Some(dir) = pin_dir {
+        let dir = dir.join("paths");
+        std::fs::create_dir_all(&dir)?;
+        retire_path_pins(&dir)?;
+        let pin = dir.join(program(ebpf)?.info()?.id().to_string());
+        map.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+    }
+    let mut paths: ProgramArray<MapData> = ProgramArray::try_from(map)?;
+    for (i, fd) in fds.iter().enumerate() {
+        paths.set(i as u32, fd, 0)?;
+    }
+    Ok(paths)
+}
+
+/// Removes the pinned path arrays of entry programs that are gone (replaced on every link).
+fn retire_path_pins(dir: &Path) -> Result<()> {
+    let live: std::collections::BTreeSet<u32> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok().map(|p| p.id()))
+        .collect();
+    for e in std::fs::read_dir(dir)? {
+        let path = e?.path();
+        let owner = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok());
+        if owner.is_none_or(|id| !live.contains(&id)) {
+            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn pass_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {

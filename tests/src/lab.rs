@@ -678,6 +678,14 @@ impl Lab {
     /// Stops the daemon with `signal` (SIGTERM, or SIGKILL for a crash) and starts it
     /// again; returns once the new one is ready.
     pub fn restart_daemon(&mut self, signal: i32) -> Result<Duration> {
+        self.stop_daemon(signal)?;
+        let t = Instant::now();
+        self.spawn_daemon(&privatelink_bin()?)?;
+        Ok(t.elapsed())
+    }
+
+    /// Ends the daemon with `signal` and waits for it; the pinned data path stays.
+    pub fn stop_daemon(&mut self, signal: i32) -> Result<()> {
         let i = self
             .children
             .iter()
@@ -687,6 +695,11 @@ impl Lab {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the daemon again after `stop_daemon`; returns the time to ready.
+    pub fn resume_daemon(&mut self) -> Result<Duration> {
         let t = Instant::now();
         self.spawn_daemon(&privatelink_bin()?)?;
         Ok(t.elapsed())

@@ -70,7 +70,15 @@ fn an_open_connection_survives_kill_9_and_restart() {
     let flows_before = lab.flow_lines().unwrap();
     let prog_before = xdp_prog_id(&lab);
 
-    let took = lab.restart_daemon(libc::SIGKILL).unwrap();
+    lab.stop_daemon(libc::SIGKILL).unwrap();
+    // With no daemon at all, a new connection still goes through: its first packets take
+    // the tail-called path programs, whose array stays pinned.
+    let fresh = String::from_utf8(lab.curl(&format!("http://{ENI}/")).unwrap()).unwrap();
+    assert!(
+        fresh.contains("ECS2") || fresh.contains("ECS3"),
+        "a backend answers a new connection without a daemon: {fresh}"
+    );
+    let took = lab.resume_daemon().unwrap();
     // The new daemon swapped its own program into the pinned link: an upgrade in place.
     assert_ne!(xdp_prog_id(&lab), prog_before, "program replaced");
     to_client.send(()).unwrap();
