@@ -2,15 +2,16 @@
 //! (services with and without auto-accept, whitelist changes, endpoints, every connection
 //! action, deletions — valid and invalid ones) against a running daemon, and the same
 //! calls against a small reference model written here from the product's rules. After
-//! every call the answer's class (accepted or refused) must be the model's, and the pinned
-//! `PL_ENDPOINTS` map must hold exactly the entries the model expects.
+//! every call the answer's class (accepted or refused) must be the model's; the pinned
+//! `PL_ENDPOINTS`, `PL_SNAT_ADDRS` and `PL_SNAT_POOLS` maps must hold exactly the entries
+//! the model expects; and a refused call must not have moved `PL_EPOCH` (it wrote no map).
 //!
 //! `PL_MODEL_SEED` replays a sequence; `PL_MODEL_STEPS` makes it longer.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::HashMap;
-use privatelink_common::{ConnectionState, EndpointEni, VpcAddr, map_names};
+use aya::maps::{Array, HashMap};
+use privatelink_common::{ConnectionState, EndpointEni, SnatPool, VpcAddr, map_names};
 use privatelink_tests::apidaemon::ApiDaemon;
 use privatelink_user::{client::Client, dataplane, model::numeric_id};
 use serde_json::json;
@@ -151,6 +152,25 @@ impl Model {
             })
             .collect()
     }
+
+    /// What PL_SNAT_ADDRS and PL_SNAT_POOLS must hold: every service's one SNAT address
+    /// (in the provider VPC) with its service, and its pool (that address, default ports).
+    fn expected_snat(
+        &self,
+    ) -> (
+        BTreeMap<[u8; 4], u32>,
+        BTreeMap<u32, (u32, [u8; 4], [u16; 2])>,
+    ) {
+        let addr = |k: u64| [10, 10, 0, 200 + k as u8];
+        let id = |k: u64| numeric_id(&svc_id(k));
+        (
+            self.services.keys().map(|&k| (addr(k), id(k))).collect(),
+            self.services
+                .keys()
+                .map(|&k| (id(k), (1, addr(k), [1024, 65535])))
+                .collect(),
+        )
+    }
 }
 
 fn random_op(r: &mut Rng, m: &Model) -> Op {
@@ -224,6 +244,39 @@ fn map_content(d: &ApiDaemon) -> BTreeMap<[u8; 4], (u32, u32, bool, [u8; 4])> {
         .collect()
 }
 
+/// The pinned SNAT maps, in the shape of `Model::expected_snat`.
+fn snat_content(
+    d: &ApiDaemon,
+) -> (
+    BTreeMap<[u8; 4], u32>,
+    BTreeMap<u32, (u32, [u8; 4], [u16; 2])>,
+) {
+    let map = dataplane::open_pinned(&d.pin, map_names::SNAT_ADDRS).unwrap();
+    let addrs: HashMap<_, VpcAddr, u32> = HashMap::try_from(&map).unwrap();
+    let addrs = addrs
+        .iter()
+        .map(|r| r.unwrap())
+        .map(|(k, v)| {
+            assert_eq!(k.vpc_id, numeric_id("vpc-b"));
+            (k.addr, v)
+        })
+        .collect();
+    let map = dataplane::open_pinned(&d.pin, map_names::SNAT_POOLS).unwrap();
+    let pools: HashMap<_, u32, SnatPool> = HashMap::try_from(&map).unwrap();
+    let pools = pools
+        .iter()
+        .map(|r| r.unwrap())
+        .map(|(k, p)| (k, (p.count, p.addrs[0], [p.port_min, p.port_max])))
+        .collect();
+    (addrs, pools)
+}
+
+fn epoch(d: &ApiDaemon) -> u32 {
+    let map = dataplane::open_pinned(&d.pin, map_names::EPOCH).unwrap();
+    let a: Array<_, u32> = Array::try_from(&map).unwrap();
+    a.get(&0, 0).unwrap()
+}
+
 #[test]
 fn random_api_sequences_keep_the_maps_equal_to_the_model() {
     let d = ApiDaemon::start("plmb").unwrap();
@@ -247,6 +300,7 @@ fn random_api_sequences_keep_the_maps_equal_to_the_model() {
         let op = random_op(&mut rng, &model);
         log.push(op);
         let want = model.apply(op);
+        let epoch_before = epoch(&d);
         let got = call(&a, &b, op);
         let ctx = || format!("seed {seed}, step {step}, {op:?} -> {got:?}\nops: {log:?}");
         match (&got, want) {
@@ -261,10 +315,27 @@ fn random_api_sequences_keep_the_maps_equal_to_the_model() {
                     "refused with {status}: {}",
                     ctx()
                 );
+                assert_eq!(
+                    epoch(&d),
+                    epoch_before,
+                    "a refused call moved the epoch: {}",
+                    ctx()
+                );
             }
             _ => panic!("the model expected accepted={want}: {}", ctx()),
         }
-        assert_eq!(map_content(&d), model.expected(), "maps differ: {}", ctx());
+        assert_eq!(
+            map_content(&d),
+            model.expected(),
+            "PL_ENDPOINTS differs: {}",
+            ctx()
+        );
+        assert_eq!(
+            snat_content(&d),
+            model.expected_snat(),
+            "SNAT maps differ: {}",
+            ctx()
+        );
         for e in model.endpoints.values() {
             seen_states.insert(e.state as u32);
         }
