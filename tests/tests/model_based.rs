@@ -27,6 +27,12 @@ impl Rng {
     }
 }
 
+/// SNAT address -> service, and service -> (address count, first address, port range).
+type SnatMaps = (
+    BTreeMap<[u8; 4], u32>,
+    BTreeMap<u32, (u32, [u8; 4], [u16; 2])>,
+);
+
 const SERVICES: u64 = 3;
 const ENDPOINTS: u64 = 6;
 
@@ -155,12 +161,7 @@ impl Model {
 
     /// What PL_SNAT_ADDRS and PL_SNAT_POOLS must hold: every service's one SNAT address
     /// (in the provider VPC) with its service, and its pool (that address, default ports).
-    fn expected_snat(
-        &self,
-    ) -> (
-        BTreeMap<[u8; 4], u32>,
-        BTreeMap<u32, (u32, [u8; 4], [u16; 2])>,
-    ) {
+    fn expected_snat(&self) -> SnatMaps {
         let addr = |k: u64| [10, 10, 0, 200 + k as u8];
         let id = |k: u64| numeric_id(&svc_id(k));
         (
@@ -245,12 +246,7 @@ fn map_content(d: &ApiDaemon) -> BTreeMap<[u8; 4], (u32, u32, bool, [u8; 4])> {
 }
 
 /// The pinned SNAT maps, in the shape of `Model::expected_snat`.
-fn snat_content(
-    d: &ApiDaemon,
-) -> (
-    BTreeMap<[u8; 4], u32>,
-    BTreeMap<u32, (u32, [u8; 4], [u16; 2])>,
-) {
+fn snat_content(d: &ApiDaemon) -> SnatMaps {
     let map = dataplane::open_pinned(&d.pin, map_names::SNAT_ADDRS).unwrap();
     let addrs: HashMap<_, VpcAddr, u32> = HashMap::try_from(&map).unwrap();
     let addrs = addrs
