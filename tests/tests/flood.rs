@@ -7,7 +7,7 @@ use privatelink_common::Reason;
 use privatelink_tests::{
     frames::{CLIENT_MAC, ENI},
     lab::LAB_STATE,
-    scale::{fill, frame, present},
+    scale::{fill, frame, live_outcome, open_live, present},
     testrun::Harness,
 };
 
@@ -17,6 +17,7 @@ const CAPACITY: u32 = 4096;
 const ESTABLISHED: u32 = 256;
 const IDLE: u32 = 768;
 const FLOOD: u32 = 6000;
+const LIVE: u32 = 64;
 
 fn syn_from(h: &Harness, n: u32) -> Vec<u8> {
     let mut v = Vec::new();
@@ -36,6 +37,9 @@ fn syn_from(h: &Harness, n: u32) -> Vec<u8> {
 #[test]
 fn a_syn_flood_evicts_idle_flows_not_established_ones() {
     let mut h = Harness::with_conntrack(LAB_STATE, CAPACITY).unwrap();
+    // Flows the data path made itself (their SNAT tuples are its own choice).
+    let live = open_live(&mut h, LIVE).unwrap();
+    let opened = h.count(Reason::ForwardNewFlow);
     // Established flows (just seen) and idle ones (a minute quiet, not yet expired).
     fill(&mut h, 0..ESTABLISHED, 0).unwrap();
     fill(&mut h, ESTABLISHED..ESTABLISHED + IDLE, 60_000_000_000).unwrap();
@@ -46,13 +50,18 @@ fn a_syn_flood_evicts_idle_flows_not_established_ones() {
         assert_eq!(act, XDP_REDIRECT, "flood SYN {n}: {:?}", h.active_stats());
         // The established flows keep talking (every 100 new flows = 200 entries).
         if n % 100 == 0 {
+            // Live flows talk both ways, as TCP does.
+            for l in &live {
+                assert_eq!(h.run(h.consumer.ifindex, &l.ack).unwrap().0, XDP_REDIRECT);
+                assert_eq!(h.run(h.provider.ifindex, &l.reply).unwrap().0, XDP_REDIRECT);
+            }
             for f in &established {
                 assert_eq!(h.run(h.consumer.ifindex, f).unwrap().0, XDP_REDIRECT);
             }
         }
     }
     assert_eq!(
-        h.count(Reason::ForwardNewFlow),
+        h.count(Reason::ForwardNewFlow) - opened,
         FLOOD as u64,
         "every SYN accepted"
     );
@@ -68,6 +77,14 @@ fn a_syn_flood_evicts_idle_flows_not_established_ones() {
         assert_eq!(h.run(h.consumer.ifindex, f).unwrap().0, XDP_REDIRECT);
     }
     assert_eq!(h.count(Reason::ForwardNewFlow), new_before);
+    // The live flows kept both entries and leave with the tuple they were given.
+    for (i, f) in live.iter().enumerate() {
+        assert_eq!(
+            live_outcome(&mut h, f).unwrap(),
+            (true, true),
+            "live flow {i}"
+        );
+    }
     // The idle ones made room.
     let idle_left = (ESTABLISHED..ESTABLISHED + IDLE)
         .filter(|i| present(&h, *i).unwrap())

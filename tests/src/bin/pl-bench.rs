@@ -72,20 +72,25 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
     use std::time::Instant;
 
     use privatelink_common::Reason;
-    use privatelink_tests::scale::{conntrack_memory, fill, frame, present};
+    use privatelink_tests::scale::{
+        conntrack_memory, fill, frame, live_outcome, open_live, present,
+    };
 
     let mut t = String::from(
-        "| flows | table entries | fill (s) | kernel memory | bytes/flow | hit ns/pkt | trivial ns/pkt | ratio | flood: new flows accepted | established kept | idle evicted |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| flows | table entries | fill (s) | kernel memory | bytes/flow | hit ns/pkt | trivial ns/pkt | ratio | flood: new flows accepted | established: both entries kept | established: same SNAT tuple after | idle evicted |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for &flows in points {
         let mut h = Harness::with_conntrack(LAB_STATE, 2 * flows)?;
         let start = Instant::now();
+        // The 1 000 established flows come first, made by the data path itself (so their
+        // SNAT tuples are the ones it chooses): the oldest in the table, which an LRU that
+        // ignored use would evict first. Synthetic flows 1 000.. fill the rest, older ones
+        // first.
+        let live = open_live(&mut h, 1000)?;
         let chunk = 1_000_000;
-        let mut i = 0;
+        let mut i = 1000;
         while i < flows {
             let end = (i + chunk).min(flows);
-            // Older flows first: established ones (the first 1 000) are the oldest, so an
-            // LRU that ignored use would evict them first.
             fill(&mut h, i..end, 100_000_000_000 - (i as u64) * 1000)?;
             i = end;
         }
@@ -98,19 +103,26 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            let f = frame(&h, (rng % flows as u64) as u32);
+            let f = frame(&h, 1000 + (rng % (flows - 1000) as u64) as u32);
             ours.push(h.time(h.consumer.ifindex, &f, None, 1)?.1);
             base.push(h.time(h.consumer.ifindex, &f, Some(TRIVIAL), 1)?.1);
         }
         let (o, b) = (median(&mut ours), median(&mut base));
         // The table is full. New flows arrive while the first 1 000 flows keep talking.
-        let established: Vec<Vec<u8>> = (0..1000).map(|i| frame(&h, i)).collect();
+        // Both ways, as TCP talks: the client's packet and the load balancer's answer.
+        let established: Vec<(u32, &Vec<u8>)> = live
+            .iter()
+            .flat_map(|f| [(h.consumer.ifindex, &f.ack), (h.provider.ifindex, &f.reply)])
+            .collect();
         let flood = 20_000u32;
-        let new_before = h.count(Reason::ForwardNewFlow);
-        // They talked just now (before the first new flow), and keep talking.
-        for f in &established {
-            h.run(h.consumer.ifindex, f)?;
+        // They talked just now (before the first new flow), and keep talking. (Filling
+        // the table to its last entry evicts some of them, the least recently used then:
+        // this first round makes those again, before the count starts.)
+        for (ifindex, f) in &established {
+            h.run(*ifindex, f)?;
         }
+        let new_before = h.count(Reason::ForwardNewFlow);
+        let mut accepted = 0;
         for n in 0..flood {
             let mut v = Vec::new();
             etherparse::PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
@@ -122,17 +134,25 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
                 .tcp(50000, 443, 1, 64240)
                 .syn()
                 .write(&mut v, b"")?;
-            h.run(h.consumer.ifindex, &v)?;
+            // XDP_REDIRECT: the new flow was accepted and sent on.
+            accepted += (h.run(h.consumer.ifindex, &v)?.0 == 4) as u32;
             if n % 1000 == 0 {
-                for f in &established {
-                    h.run(h.consumer.ifindex, f)?;
+                for (ifindex, f) in &established {
+                    h.run(*ifindex, f)?;
                 }
             }
         }
-        let accepted = h.count(Reason::ForwardNewFlow) - new_before;
-        let kept = (0..1000)
-            .filter(|i| present(&h, *i).unwrap_or(false))
-            .count();
+        // New flows beyond the flood's own: established flows whose entries the LRU had
+        // evicted, made again by their next packet.
+        let remade = h.count(Reason::ForwardNewFlow) - new_before - accepted as u64;
+        // Entries first (an established flow's next packet re-creates what was evicted),
+        // then that packet: does it leave with the tuple the connection had?
+        let (mut kept, mut same) = (0, 0);
+        for f in &live {
+            let (both, tuple) = live_outcome(&mut h, f)?;
+            kept += both as u32;
+            same += tuple as u32;
+        }
         // Idle flows (1 000 .. 1 000 + 100 000, sampled) gone.
         let sample = 100_000.min(flows - 1000);
         let evicted = (1000..1000 + sample)
@@ -140,7 +160,7 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
             .count();
         let _ = writeln!(
             t,
-            "| {flows} | {} | {fill_s:.1} | {:.0} MiB | {:.0} | {o:.0} | {b:.0} | {:.2}x | {accepted} of {flood} | {kept} of 1000 | {evicted} of the oldest {sample} |",
+            "| {flows} | {} | {fill_s:.1} | {:.0} MiB | {:.0} | {o:.0} | {b:.0} | {:.2}x | {accepted} of {flood} | {kept} of 1000 ({remade} re-made during the flood) | {same} of 1000 | {evicted} of the oldest {sample} |",
             2 * flows,
             mem as f64 / (1 << 20) as f64,
             mem as f64 / flows as f64,
