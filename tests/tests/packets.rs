@@ -901,3 +901,55 @@ fn a_flow_lives_while_either_direction_is_active() {
     );
     assert_eq!(h.count(Reason::ForwardNewFlow), 1);
 }
+
+/// The kernel's LRU is approximate: it may evict either entry of a live flow. The flow
+/// keeps its provider-side tuple all the same. A lost forward entry is made again by the
+/// next client packet with the same SNAT tuple (the reply entry is recognised as the
+/// flow's own); so is a flow that lost both (its tuple is a function of the client's); a
+/// lost reply entry is made again by a client packet once the partner check is due (one
+/// second), replies in between are dropped.
+#[test]
+fn a_flow_that_loses_an_entry_keeps_its_snat_tuple() {
+    use aya::maps::HashMap;
+    use privatelink_common::{FlowEntry, FlowKey, map_names};
+
+    let mut h = harness();
+    let tuple = open_flow(&mut h, 40100);
+    let data = tcp_to_eni(&h, 40100, false, b"data");
+    let reply = tcp_from_lb(&h, tuple.0, tuple.1, b"answer");
+    // The harness holds this one flow: one entry per direction.
+    let forget = |h: &mut Harness, dir: u8| {
+        let keys: Vec<FlowKey> = flow_entries(h)
+            .into_iter()
+            .filter(|(_, e)| e.direction == dir)
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys.len(), 1, "one entry in direction {dir}");
+        let mut ct: HashMap<_, FlowKey, FlowEntry> =
+            HashMap::try_from(h.dp.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
+        ct.remove(&keys[0]).unwrap();
+    };
+    let send = |h: &mut Harness| {
+        let (act, out) = h.run(h.consumer.ifindex, &data).unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let p = parse_checked(&out);
+        (p.ip.source, p.sport)
+    };
+
+    forget(&mut h, DIR_ORIGINAL);
+    assert_eq!(send(&mut h), tuple, "after losing the forward entry");
+    forget(&mut h, DIR_ORIGINAL);
+    forget(&mut h, DIR_REPLY);
+    assert_eq!(send(&mut h), tuple, "after losing both entries");
+    assert_eq!(h.run(h.provider.ifindex, &reply).unwrap().0, XDP_REDIRECT);
+
+    forget(&mut h, DIR_REPLY);
+    assert_eq!(h.run(h.provider.ifindex, &reply).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropNoFlow), 1);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(send(&mut h), tuple, "after losing the reply entry");
+    let (act, out) = h.run(h.provider.ifindex, &reply).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "the reply entry was made again");
+    let p = parse_checked(&out);
+    assert_eq!((p.ip.destination, p.dport), (CLIENT, 40100));
+}
