@@ -22,7 +22,7 @@ use crate::{
     nat,
     parse::{
         ETH_LEN, EthHdr, Ipv4Hdr, Ports, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, be16, l4_consistent,
-        mut_at, ne16, put, set_macs, tcp_flags,
+        mut_at, tcp_flags,
     },
 };
 
@@ -76,7 +76,7 @@ pub const NOT_ESTABLISHED: u64 = u64::MAX;
 /// idle direction, a partner check due, TTL 1 — returns `NOT_ESTABLISHED`, never an error
 /// of its own: the full path decides and stamps.
 /// Non-inlined (its own BPF stack frame); see `crate::settle`.
-#[inline(never)]
+#[inline(always)]
 pub fn established(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
     match established_checked(ctx, iface, pkt) {
         Ok(None) => NOT_ESTABLISHED,
@@ -86,25 +86,61 @@ pub fn established(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
 }
 
 /// Ethernet, an IPv4 header without options and the first 20 bytes after it: what the
-/// established path reads and writes, under one bounds check, at fixed offsets.
+/// established path reads and writes, under one bounds check, at fixed offsets. As 16-bit
+/// words in memory order (network order on the wire; the frame starts 2-aligned, as
+/// everywhere in this program): LLVM's BPF backend splits any access it cannot prove
+/// aligned into single bytes, and byte-wise this path ran several times the instructions.
 #[repr(C)]
 struct Head {
-    eth: EthHdr,
-    ip: [u8; 20],
-    l4: [u8; 20],
+    macs: [u16; 6],
+    ether_type: u16,
+    ip: [u16; 10],
+    l4: [u16; 10],
 }
 
-// Offsets in `Head::ip` and `Head::l4`.
-const IP_FRAGS: usize = 6;
-const IP_TTL: usize = 8;
-const IP_CHECK: usize = 10;
-const IP_SRC: usize = 12;
-const IP_DST: usize = 16;
-const TCP_DOFF: usize = 12;
-const TCP_FLAGS: usize = 13;
-const TCP_CHECK: usize = 16;
-const UDP_LEN: usize = 4;
-const UDP_CHECK: usize = 6;
+// Word indexes in `Head::ip` and `Head::l4`.
+const IP_FRAGS: usize = 3;
+const IP_TTL_PROTO: usize = 4;
+const IP_CHECK: usize = 5;
+const IP_SRC: usize = 6;
+const IP_DST: usize = 8;
+const TCP_DOFF_FLAGS: usize = 6;
+const TCP_CHECK: usize = 8;
+const UDP_LEN: usize = 2;
+const UDP_CHECK: usize = 3;
+
+/// The address in words `i` and `i + 1`.
+#[inline(always)]
+fn addr_at(w: &[u16; 10], i: usize) -> [u8; 4] {
+    let [a, b] = w[i].to_ne_bytes();
+    let [c, d] = w[i + 1].to_ne_bytes();
+    [a, b, c, d]
+}
+
+/// Writes `a` into words `i` and `i + 1`.
+#[inline(always)]
+fn set_addr_at(w: &mut [u16; 10], i: usize, a: [u8; 4]) {
+    w[i] = u16::from_ne_bytes([a[0], a[1]]);
+    w[i + 1] = u16::from_ne_bytes([a[2], a[3]]);
+}
+
+// The MAC addresses of a flow entry lie at even offsets of an 8-aligned value.
+const _: () = assert!(
+    core::mem::offset_of!(FlowEntry, src_mac) % 2 == 0
+        && core::mem::offset_of!(FlowEntry, dst_mac) % 2 == 0
+        && core::mem::align_of::<FlowEntry>() >= 2
+);
+
+/// Writes a flow entry's MAC address (`mac`, one of its fields) into three words from `at`.
+#[inline(always)]
+fn set_mac_at(w: &mut [u16; 6], at: usize, mac: &[u8; 6]) {
+    // SAFETY: `mac` is a MAC field of a `FlowEntry`, 2-aligned (asserted above); read as
+    // the three words it holds.
+    let words = unsafe { core::ptr::read(mac.as_ptr() as *const [u16; 3]) };
+    for i in 0..3 {
+        w[at + i] = words[i];
+    }
+}
 
 #[inline(always)]
 fn established_checked(
@@ -122,23 +158,25 @@ fn established_checked(
         return Ok(None);
     };
     let (ip, l4) = (&mut h.ip, &mut h.l4);
-    if ip[IP_TTL] <= 1 || ip[IP_FRAGS] & 0x3f != 0 || ip[IP_FRAGS + 1] != 0 {
+    let [ttl, proto] = ip[IP_TTL_PROTO].to_ne_bytes();
+    let [frag_hi, frag_lo] = ip[IP_FRAGS].to_ne_bytes();
+    if ttl <= 1 || frag_hi & 0x3f != 0 || frag_lo != 0 {
         return Ok(None);
     }
     let (l4_len, l4_min) = if tcp {
-        ((l4[TCP_DOFF] >> 4) as usize * 4, 20)
+        ((l4[TCP_DOFF_FLAGS].to_ne_bytes()[0] >> 4) as usize * 4, 20)
     } else {
-        (be16([l4[UDP_LEN], l4[UDP_LEN + 1]]) as usize, 8)
+        (u16::from_be(l4[UDP_LEN]) as usize, 8)
     };
     if l4_len < l4_min || pkt.l4 + l4_len > pkt.end {
         return Ok(None);
     }
     let key = FlowKey {
         vpc_id: iface.vpc_id,
-        src: [ip[IP_SRC], ip[IP_SRC + 1], ip[IP_SRC + 2], ip[IP_SRC + 3]],
-        dst: [ip[IP_DST], ip[IP_DST + 1], ip[IP_DST + 2], ip[IP_DST + 3]],
-        sport: be16([l4[0], l4[1]]),
-        dport: be16([l4[2], l4[3]]),
+        src: addr_at(ip, IP_SRC),
+        dst: addr_at(ip, IP_DST),
+        sport: u16::from_be(l4[0]),
+        dport: u16::from_be(l4[1]),
         proto: pkt.proto,
         _pad: 0,
         _pad2: 0,
@@ -160,25 +198,24 @@ fn established_checked(
         return Err(Reason::DropBadIpChecksum);
     }
     let flags = if tcp {
-        l4[TCP_FLAGS] & (TCP_FIN | TCP_SYN | TCP_RST)
+        l4[TCP_DOFF_FLAGS].to_ne_bytes()[1] & (TCP_FIN | TCP_SYN | TCP_RST)
     } else {
         0
     };
     track(e, &key, flags, t);
     // The rewrite, with the checksum deltas computed when the flow was stamped.
-    ip[IP_TTL] -= 1;
-    put(ip, IP_SRC, e.new_src);
-    put(ip, IP_DST, e.new_dst);
-    let c = csum::apply_delta(ne16([ip[IP_CHECK], ip[IP_CHECK + 1]]), e.csum_ip);
-    put(ip, IP_CHECK, c.to_ne_bytes());
-    put(l4, 0, e.new_sport.to_be_bytes());
-    put(l4, 2, e.new_dport.to_be_bytes());
+    ip[IP_TTL_PROTO] = u16::from_ne_bytes([ttl - 1, proto]);
+    set_addr_at(ip, IP_SRC, e.new_src);
+    set_addr_at(ip, IP_DST, e.new_dst);
+    ip[IP_CHECK] = csum::apply_delta(ip[IP_CHECK], e.csum_ip);
+    l4[0] = e.new_sport.to_be();
+    l4[1] = e.new_dport.to_be();
     let at = if tcp { TCP_CHECK } else { UDP_CHECK };
-    let old = ne16([l4[at], l4[at + 1]]);
+    let old = l4[at];
     let c = csum::apply_delta(old, e.csum_l4);
-    let c = if tcp { c } else { csum::udp_finish(old, c) };
-    put(l4, at, c.to_ne_bytes());
-    set_macs(&mut h.eth, e.dst_mac, e.src_mac);
+    l4[at] = if tcp { c } else { csum::udp_finish(old, c) };
+    set_mac_at(&mut h.macs, 0, &e.dst_mac);
+    set_mac_at(&mut h.macs, 3, &e.src_mac);
     let reason = if e.direction == DIR_ORIGINAL {
         Reason::ForwardToService
     } else {

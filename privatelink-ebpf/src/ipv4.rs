@@ -190,8 +190,9 @@ fn verify_checksum(ctx: &XdpContext, hlen: usize) -> Result<(), Reason> {
 pub fn verify_checksum_at(ctx: &XdpContext, off: usize, hlen: usize) -> Result<(), Reason> {
     let sum = if hlen == 20 {
         // The usual header, under one bounds check.
-        // SAFETY: 20 bytes at `off` are inside the frame (checked by `ptr_at`).
-        sum_header(unsafe { &*ptr_at::<[u8; 20]>(ctx, off, Reason::DropTruncatedIp)? })
+        // SAFETY: 20 bytes at `off` are inside the frame (checked by `ptr_at`); IPv4
+        // headers lie at even offsets of the 2-aligned frame.
+        sum_header(unsafe { &*ptr_at::<[u16; 10]>(ctx, off, Reason::DropTruncatedIp)? })
     } else {
         sum_words::<15>(ctx, off, hlen)?
     };
@@ -201,12 +202,13 @@ pub fn verify_checksum_at(ctx: &XdpContext, off: usize, hlen: usize) -> Result<(
     Ok(())
 }
 
-/// The ones' complement sum (unfolded) of an IPv4 header without options.
+/// The ones' complement sum (unfolded) of an IPv4 header without options, read as the
+/// ten 16-bit words it is (in memory order: the folded sum is then in memory order too).
 #[inline(always)]
-pub fn sum_header(h: &[u8; 20]) -> u32 {
+pub fn sum_header(h: &[u16; 10]) -> u32 {
     let mut sum: u32 = 0;
-    for i in 0..10 {
-        sum += ne16([h[2 * i], h[2 * i + 1]]) as u32;
+    for w in h {
+        sum += *w as u32;
     }
     sum
 }
