@@ -1,17 +1,22 @@
 //! A randomized model-based test of the control plane: a long random sequence of API calls
-//! (services with and without auto-accept, whitelist changes, endpoints, every connection
-//! action, deletions — valid and invalid ones) against a running daemon, and the same
-//! calls against a small reference model written here from the product's rules. After
-//! every call the answer's class (accepted or refused) must be the model's; the pinned
-//! `PL_ENDPOINTS`, `PL_SNAT_ADDRS` and `PL_SNAT_POOLS` maps must hold exactly the entries
-//! the model expects; and a refused call must not have moved `PL_EPOCH` (it wrote no map).
+//! (services with and without auto-accept, whitelist changes, endpoints with and without
+//! security groups, every connection action, security groups and their rules, a vSwitch
+//! ACL, deletions — valid and invalid ones) against a running daemon, and the same calls
+//! against a small reference model written here from the product's rules. After every
+//! call the answer's class (accepted or refused) must be the model's; the pinned
+//! `PL_ENDPOINTS`, `PL_SNAT_ADDRS`, `PL_SNAT_POOLS`, `PL_SG_RULES`, `PL_ACL_IN` and
+//! `PL_ACL_OUT` maps must hold exactly the entries the model expects; and a refused call
+//! must not have moved `PL_EPOCH` (it wrote no map).
 //!
 //! `PL_MODEL_SEED` replays a sequence; `PL_MODEL_STEPS` makes it longer.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{Array, HashMap};
-use privatelink_common::{ConnectionState, EndpointEni, SnatPool, VpcAddr, map_names};
+use privatelink_common::{
+    ConnectionState, ENI_FLAG_ACL, ENI_FLAG_SG, EndpointEni, MAX_RULES, PROTO_ANY, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, RuleSet, SnatPool, VpcAddr, map_names,
+};
 use privatelink_tests::apidaemon::ApiDaemon;
 use privatelink_user::{client::Client, dataplane, model::numeric_id};
 use serde_json::json;
@@ -27,6 +32,13 @@ impl Rng {
     }
 }
 
+/// ENI -> rules, for PL_SG_RULES, PL_ACL_IN and PL_ACL_OUT.
+type Filters = (
+    BTreeMap<[u8; 4], Vec<MapRule>>,
+    BTreeMap<[u8; 4], Vec<MapRule>>,
+    BTreeMap<[u8; 4], Vec<MapRule>>,
+);
+
 /// SNAT address -> service, and service -> (address count, first address, port range).
 type SnatMaps = (
     BTreeMap<[u8; 4], u32>,
@@ -35,6 +47,90 @@ type SnatMaps = (
 
 const SERVICES: u64 = 3;
 const ENDPOINTS: u64 = 6;
+const GROUPS: u64 = 2;
+const ACLS: u64 = 2;
+
+/// A rule as the data path holds it: remote address, prefix, protocol, action, ports.
+type MapRule = ([u8; 4], u8, u8, u8, u16, u16);
+
+/// A rule the calls use: ingress?, priority, the rule as the data path must hold it, and
+/// its JSON. The palette is small on purpose: priorities and actions collide.
+struct RuleSpec {
+    ingress: bool,
+    priority: u32,
+    rule: MapRule,
+    json: &'static str,
+}
+
+const RULES: [RuleSpec; 6] = [
+    RuleSpec {
+        ingress: true,
+        priority: 5,
+        rule: ([10, 10, 1, 0], 24, PROTO_TCP, RULE_ACCEPT, 80, 80),
+        json: r#"{"direction":"ingress","priority":5,"action":"accept","protocol":"tcp","ports":[80,80],"cidr":"10.10.1.0/24"}"#,
+    },
+    RuleSpec {
+        ingress: true,
+        priority: 5,
+        rule: ([0, 0, 0, 0], 0, PROTO_ANY, RULE_DROP, 0, u16::MAX),
+        json: r#"{"direction":"ingress","priority":5,"action":"drop","protocol":"all","cidr":"0.0.0.0/0"}"#,
+    },
+    RuleSpec {
+        ingress: true,
+        priority: 1,
+        rule: ([192, 168, 0, 0], 16, PROTO_UDP, RULE_ACCEPT, 53, 53),
+        json: r#"{"direction":"ingress","priority":1,"action":"accept","protocol":"udp","ports":[53,53],"cidr":"192.168.0.0/16"}"#,
+    },
+    RuleSpec {
+        ingress: true,
+        priority: 100,
+        rule: ([10, 0, 0, 0], 8, PROTO_ICMP, RULE_ACCEPT, 0, u16::MAX),
+        json: r#"{"direction":"ingress","priority":100,"action":"accept","protocol":"icmp","cidr":"10.0.0.0/8"}"#,
+    },
+    RuleSpec {
+        ingress: false,
+        priority: 1,
+        rule: ([0, 0, 0, 0], 0, PROTO_ANY, RULE_ACCEPT, 0, u16::MAX),
+        json: r#"{"direction":"egress","priority":1,"action":"accept","protocol":"all","cidr":"0.0.0.0/0"}"#,
+    },
+    // Refused: priority outside 1-100.
+    RuleSpec {
+        ingress: true,
+        priority: 0,
+        rule: ([0, 0, 0, 0], 0, PROTO_ANY, RULE_ACCEPT, 0, u16::MAX),
+        json: r#"{"direction":"ingress","priority":0,"action":"accept","protocol":"all","cidr":"0.0.0.0/0"}"#,
+    },
+];
+
+/// ACL rules (no direction or priority: the list order is the evaluation order).
+const ACL_RULES: [(MapRule, &str); 3] = [
+    (
+        ([10, 10, 1, 0], 24, PROTO_TCP, RULE_ACCEPT, 80, 80),
+        r#"{"action":"accept","protocol":"tcp","ports":[80,80],"cidr":"10.10.1.0/24"}"#,
+    ),
+    (
+        ([0, 0, 0, 0], 0, PROTO_ANY, RULE_DROP, 0, u16::MAX),
+        r#"{"action":"drop","protocol":"all","cidr":"0.0.0.0/0"}"#,
+    ),
+    (
+        ([172, 16, 0, 0], 12, PROTO_UDP, RULE_ACCEPT, 1000, 2000),
+        r#"{"action":"accept","protocol":"udp","ports":[1000,2000],"cidr":"172.16.0.0/12"}"#,
+    ),
+];
+
+#[derive(Clone, Debug, Default)]
+struct Group {
+    /// (rule id number, palette index), in the order added.
+    rules: Vec<(u32, usize)>,
+    last_rule: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Acl {
+    id: u64,
+    ingress: Vec<usize>,
+    egress: Vec<usize>,
+}
 
 #[derive(Clone, Debug)]
 struct Service {
@@ -46,6 +142,7 @@ struct Service {
 struct Endpoint {
     service: u64,
     state: ConnectionState,
+    groups: Vec<u64>,
 }
 
 /// The reference model: what the product documents say each call does.
@@ -53,6 +150,10 @@ struct Endpoint {
 struct Model {
     services: BTreeMap<u64, Service>,
     endpoints: BTreeMap<u64, Endpoint>,
+    /// Security groups in creation order (the order their rules merge in at equal rank).
+    groups: Vec<(u64, Group)>,
+    /// The one ACL on vsw-a1, if any.
+    acl: Option<Acl>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -60,13 +161,34 @@ enum Op {
     CreateService(u64, bool),
     DeleteService(u64),
     Whitelist(u64, bool),
-    CreateEndpoint(u64, u64),
+    /// Endpoint, service, security groups (a bit per group).
+    CreateEndpoint(u64, u64, u8),
     DeleteEndpoint(u64),
     Connection(u64, u64, &'static str),
+    CreateGroup(u64),
+    DeleteGroup(u64),
+    /// Group, palette index.
+    AddRule(u64, usize),
+    /// Group, rule id number.
+    RemoveRule(u64, u32),
+    /// ACL, ingress and egress palette indexes (a bit each).
+    CreateAcl(u64, u8, u8),
+    DeleteAcl(u64),
+}
+
+fn group_ids(mask: u8) -> Vec<u64> {
+    (0..GROUPS).filter(|g| mask & (1 << g) != 0).collect()
+}
+
+fn bits(mask: u8, n: usize) -> Vec<usize> {
+    (0..n).filter(|i| mask & (1 << i) != 0).collect()
 }
 
 fn svc_id(k: u64) -> String {
     format!("svc-{k}")
+}
+fn sg_id(g: u64) -> String {
+    format!("sg-{g}")
 }
 fn ep_id(j: u64) -> String {
     format!("ep-{j}")
@@ -109,15 +231,89 @@ impl Model {
                     true
                 }
             },
-            Op::CreateEndpoint(j, k) => {
+            Op::CreateEndpoint(j, k, mask) => {
                 let Some(s) = self.services.get(&k) else {
                     return false;
                 };
                 if !s.whitelisted || self.endpoints.contains_key(&j) {
                     return false;
                 }
+                let groups = group_ids(mask);
+                if groups.iter().any(|g| self.group(*g).is_none())
+                    || self.ingress_count(&groups) > MAX_RULES
+                {
+                    return false;
+                }
                 let state = if s.auto_accept { Connected } else { Pending };
-                self.endpoints.insert(j, Endpoint { service: k, state });
+                self.endpoints.insert(
+                    j,
+                    Endpoint {
+                        service: k,
+                        state,
+                        groups,
+                    },
+                );
+                true
+            }
+            Op::CreateGroup(g) => {
+                if self.group(g).is_some() {
+                    return false;
+                }
+                self.groups.push((g, Group::default()));
+                true
+            }
+            Op::DeleteGroup(g) => {
+                let used = self.endpoints.values().any(|e| e.groups.contains(&g));
+                if self.group(g).is_none() || used {
+                    return false;
+                }
+                self.groups.retain(|(id, _)| *id != g);
+                true
+            }
+            Op::AddRule(g, r) => {
+                if self.group(g).is_none() || !(1..=100).contains(&RULES[r].priority) {
+                    return false;
+                }
+                let before = self.groups.clone();
+                let grp = self.group_mut(g).expect("checked");
+                grp.last_rule += 1;
+                let id = grp.last_rule;
+                grp.rules.push((id, r));
+                // No endpoint may end up with more merged ingress rules than fit.
+                if self
+                    .endpoints
+                    .values()
+                    .any(|e| self.ingress_count(&e.groups) > MAX_RULES)
+                {
+                    self.groups = before;
+                    return false;
+                }
+                true
+            }
+            Op::RemoveRule(g, id) => match self.group_mut(g) {
+                Some(grp) if grp.rules.iter().any(|(i, _)| *i == id) => {
+                    grp.rules.retain(|(i, _)| *i != id);
+                    true
+                }
+                _ => false,
+            },
+            Op::CreateAcl(a, ingress, egress) => {
+                // One ACL per vSwitch; ids are unique.
+                if self.acl.is_some() {
+                    return false;
+                }
+                self.acl = Some(Acl {
+                    id: a,
+                    ingress: bits(ingress, ACL_RULES.len()),
+                    egress: bits(egress, ACL_RULES.len()),
+                });
+                true
+            }
+            Op::DeleteAcl(a) => {
+                if self.acl.as_ref().is_none_or(|x| x.id != a) {
+                    return false;
+                }
+                self.acl = None;
                 true
             }
             Op::DeleteEndpoint(j) => self.endpoints.remove(&j).is_some(),
@@ -141,11 +337,34 @@ impl Model {
         }
     }
 
-    /// What PL_ENDPOINTS must hold: (ENI) -> (endpoint, state, whitelisted, LB).
-    fn expected(&self) -> BTreeMap<[u8; 4], (u32, u32, bool, [u8; 4])> {
+    fn group(&self, g: u64) -> Option<&Group> {
+        self.groups.iter().find(|(id, _)| *id == g).map(|(_, x)| x)
+    }
+
+    fn group_mut(&mut self, g: u64) -> Option<&mut Group> {
+        self.groups
+            .iter_mut()
+            .find(|(id, _)| *id == g)
+            .map(|(_, x)| x)
+    }
+
+    fn ingress_count(&self, groups: &[u64]) -> usize {
+        groups
+            .iter()
+            .filter_map(|g| self.group(*g))
+            .flat_map(|g| &g.rules)
+            .filter(|(_, r)| RULES[*r].ingress)
+            .count()
+    }
+
+    /// What PL_ENDPOINTS must hold: (ENI) -> (endpoint, state, whitelisted, LB, filter
+    /// flags).
+    fn expected(&self) -> BTreeMap<[u8; 4], (u32, u32, bool, [u8; 4], u32)> {
         self.endpoints
             .iter()
             .map(|(j, e)| {
+                let sg = if e.groups.is_empty() { 0 } else { ENI_FLAG_SG };
+                let acl = if self.acl.is_some() { ENI_FLAG_ACL } else { 0 };
                 (
                     eni(*j),
                     (
@@ -153,10 +372,38 @@ impl Model {
                         e.state as u32,
                         self.services[&e.service].whitelisted,
                         [10, 10, 0, 10 + e.service as u8],
+                        sg | acl,
                     ),
                 )
             })
             .collect()
+    }
+
+    /// What PL_SG_RULES, PL_ACL_IN and PL_ACL_OUT must hold for the ENIs. Security groups:
+    /// the ingress rules of the endpoint's groups, priority 1 first, drop before accept at
+    /// equal priority, otherwise in the order the groups were made and the rules added.
+    fn expected_filters(&self) -> Filters {
+        let mut sg = BTreeMap::new();
+        let (mut acl_in, mut acl_out) = (BTreeMap::new(), BTreeMap::new());
+        for (j, e) in &self.endpoints {
+            if !e.groups.is_empty() {
+                let mut rules: Vec<&RuleSpec> = self
+                    .groups
+                    .iter()
+                    .filter(|(id, _)| e.groups.contains(id))
+                    .flat_map(|(_, g)| g.rules.iter().map(|(_, r)| &RULES[*r]))
+                    .filter(|r| r.ingress)
+                    .collect();
+                rules.sort_by_key(|r| (r.priority, r.rule.3 != RULE_DROP));
+                sg.insert(eni(*j), rules.iter().map(|r| r.rule).collect());
+            }
+            if let Some(a) = &self.acl {
+                let list = |v: &[usize]| v.iter().map(|i| ACL_RULES[*i].0).collect();
+                acl_in.insert(eni(*j), list(&a.ingress));
+                acl_out.insert(eni(*j), list(&a.egress));
+            }
+        }
+        (sg, acl_in, acl_out)
     }
 
     /// What PL_SNAT_ADDRS and PL_SNAT_POOLS must hold: every service's one SNAT address
@@ -182,17 +429,32 @@ fn random_op(r: &mut Rng, m: &Model) -> Op {
     {
         k = e.service;
     }
-    match r.below(12) {
+    let g = r.below(GROUPS);
+    match r.below(20) {
         0 | 1 => Op::CreateService(k, r.below(2) == 0),
         2 => Op::DeleteService(k),
         3 | 4 => Op::Whitelist(k, r.below(3) > 0),
-        5..=7 => Op::CreateEndpoint(j, k),
+        5..=7 => Op::CreateEndpoint(j, k, r.below(4) as u8),
         8 => Op::DeleteEndpoint(j),
-        _ => Op::Connection(
+        9..=12 => Op::Connection(
             k,
             j,
             ["accept", "reject", "disable", "enable"][r.below(4) as usize],
         ),
+        13 => Op::CreateGroup(g),
+        14 => Op::DeleteGroup(g),
+        15 | 16 => Op::AddRule(g, r.below(RULES.len() as u64) as usize),
+        // Mostly a rule that exists (the group's latest ids), sometimes one that does not.
+        17 => Op::RemoveRule(
+            g,
+            m.group(g)
+                .map_or(1, |x| x.last_rule)
+                .saturating_sub(r.below(3) as u32)
+                + 1
+                - r.below(2) as u32,
+        ),
+        18 => Op::CreateAcl(r.below(ACLS), r.below(8) as u8, r.below(8) as u8),
+        _ => Op::DeleteAcl(r.below(ACLS)),
     }
 }
 
@@ -213,11 +475,38 @@ fn call(a: &Client, b: &Client, op: Op) -> anyhow::Result<serde_json::Value> {
         Op::Whitelist(k, false) => {
             b.delete(&format!("/v1/services/{}/whitelist/acct-a", svc_id(k)))
         }
-        Op::CreateEndpoint(j, k) => a.post(
+        Op::CreateEndpoint(j, k, mask) => a.post(
             "/v1/endpoints",
             &json!({"id": ep_id(j), "vpc": "vpc-a", "service": svc_id(k),
-                    "zones": [{"vswitch": "vsw-a1", "eni": format!("10.10.1.{}", 100 + j)}]}),
+                    "zones": [{"vswitch": "vsw-a1", "eni": format!("10.10.1.{}", 100 + j)}],
+                    "security_groups": group_ids(mask).iter().map(|g| sg_id(*g)).collect::<Vec<_>>()}),
         ),
+        Op::CreateGroup(g) => a.post(
+            "/v1/security-groups",
+            &json!({"id": sg_id(g), "vpc": "vpc-a"}),
+        ),
+        Op::DeleteGroup(g) => a.delete(&format!("/v1/security-groups/{}", sg_id(g))),
+        Op::AddRule(g, r) => a.post(
+            &format!("/v1/security-groups/{}/rules", sg_id(g)),
+            &serde_json::from_str::<serde_json::Value>(RULES[r].json)?,
+        ),
+        Op::RemoveRule(g, id) => {
+            a.delete(&format!("/v1/security-groups/{}/rules/r{id}", sg_id(g)))
+        }
+        Op::CreateAcl(x, ingress, egress) => {
+            let rules = |mask: u8| -> anyhow::Result<Vec<serde_json::Value>> {
+                bits(mask, ACL_RULES.len())
+                    .into_iter()
+                    .map(|i| Ok(serde_json::from_str(ACL_RULES[i].1)?))
+                    .collect()
+            };
+            a.post(
+                "/v1/acls",
+                &json!({"id": format!("acl-{x}"), "vpc": "vpc-a", "vswitches": ["vsw-a1"],
+                        "ingress": rules(ingress)?, "egress": rules(egress)?}),
+            )
+        }
+        Op::DeleteAcl(x) => a.delete(&format!("/v1/acls/acl-{x}")),
         Op::DeleteEndpoint(j) => a.delete(&format!("/v1/endpoints/{}", ep_id(j))),
         Op::Connection(k, j, action) => b.post(
             &format!(
@@ -230,7 +519,7 @@ fn call(a: &Client, b: &Client, op: Op) -> anyhow::Result<serde_json::Value> {
     }
 }
 
-fn map_content(d: &ApiDaemon) -> BTreeMap<[u8; 4], (u32, u32, bool, [u8; 4])> {
+fn map_content(d: &ApiDaemon) -> BTreeMap<[u8; 4], (u32, u32, bool, [u8; 4], u32)> {
     let map = dataplane::open_pinned(&d.pin, map_names::ENDPOINTS).unwrap();
     let m: HashMap<_, VpcAddr, EndpointEni> = HashMap::try_from(&map).unwrap();
     m.iter()
@@ -239,7 +528,13 @@ fn map_content(d: &ApiDaemon) -> BTreeMap<[u8; 4], (u32, u32, bool, [u8; 4])> {
             assert_eq!(k.vpc_id, numeric_id("vpc-a"));
             (
                 k.addr,
-                (v.endpoint_id, v.state, v.is_whitelisted(), v.lb_addr),
+                (
+                    v.endpoint_id,
+                    v.state,
+                    v.is_whitelisted(),
+                    v.lb_addr,
+                    v.flags & (ENI_FLAG_SG | ENI_FLAG_ACL),
+                ),
             )
         })
         .collect()
@@ -267,6 +562,30 @@ fn snat_content(d: &ApiDaemon) -> SnatMaps {
     (addrs, pools)
 }
 
+/// The pinned filter maps, in the shape of `Model::expected_filters`.
+fn filter_content(d: &ApiDaemon) -> Filters {
+    let read = |name: &str| -> BTreeMap<[u8; 4], Vec<MapRule>> {
+        let map = dataplane::open_pinned(&d.pin, name).unwrap();
+        let m: HashMap<_, VpcAddr, RuleSet> = HashMap::try_from(&map).unwrap();
+        m.iter()
+            .map(|r| r.unwrap())
+            .map(|(k, set)| {
+                assert_eq!(k.vpc_id, numeric_id("vpc-a"));
+                let rules = set.rules[..set.count as usize]
+                    .iter()
+                    .map(|r| (r.addr, r.prefix, r.proto, r.action, r.port_lo, r.port_hi))
+                    .collect();
+                (k.addr, rules)
+            })
+            .collect()
+    };
+    (
+        read(map_names::SG_RULES),
+        read(map_names::ACL_IN),
+        read(map_names::ACL_OUT),
+    )
+}
+
 fn epoch(d: &ApiDaemon) -> u32 {
     let map = dataplane::open_pinned(&d.pin, map_names::EPOCH).unwrap();
     let a: Array<_, u32> = Array::try_from(&map).unwrap();
@@ -286,12 +605,13 @@ fn random_api_sequences_keep_the_maps_equal_to_the_model() {
     let steps: usize = std::env::var("PL_MODEL_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(1500);
     let mut rng = Rng(seed);
     let mut model = Model::default();
     let mut log = Vec::new();
     let mut accepted = 0;
     let mut seen_states = BTreeSet::new();
+    let (mut merged_rules, mut acl_seen) = (0, false);
     for step in 0..steps {
         let op = random_op(&mut rng, &model);
         log.push(op);
@@ -332,16 +652,30 @@ fn random_api_sequences_keep_the_maps_equal_to_the_model() {
             "SNAT maps differ: {}",
             ctx()
         );
+        assert_eq!(
+            filter_content(&d),
+            model.expected_filters(),
+            "filter maps differ: {}",
+            ctx()
+        );
         for e in model.endpoints.values() {
             seen_states.insert(e.state as u32);
         }
+        let (sg, acl, _) = model.expected_filters();
+        merged_rules = merged_rules.max(sg.values().map(Vec::len).max().unwrap_or(0));
+        acl_seen |= !acl.is_empty();
     }
     assert!(
         accepted > steps / 5,
         "only {accepted} of {steps} calls accepted"
     );
     assert_eq!(seen_states.len(), 4, "every connection state was reached");
+    assert!(
+        merged_rules >= 3,
+        "an ENI had {merged_rules} security-group rules at most"
+    );
+    assert!(acl_seen, "no ENI was ever under an ACL");
     eprintln!(
-        "seed {seed}: {steps} calls, {accepted} accepted, maps equal to the model after each"
+        "seed {seed}: {steps} calls, {accepted} accepted, maps equal to the model after each (up to {merged_rules} merged rules on an ENI)"
     );
 }
