@@ -32,6 +32,9 @@ impl Rng {
     }
 }
 
+/// ENI -> (endpoint, state, whitelisted, LB, filter flags): PL_ENDPOINTS as compared.
+type EniMap = BTreeMap<[u8; 4], (u32, u32, bool, [u8; 4], u32)>;
+
 /// ENI -> rules, for PL_SG_RULES, PL_ACL_IN and PL_ACL_OUT.
 type Filters = (
     BTreeMap<[u8; 4], Vec<MapRule>>,
@@ -359,7 +362,7 @@ impl Model {
 
     /// What PL_ENDPOINTS must hold: (ENI) -> (endpoint, state, whitelisted, LB, filter
     /// flags).
-    fn expected(&self) -> BTreeMap<[u8; 4], (u32, u32, bool, [u8; 4], u32)> {
+    fn expected(&self) -> EniMap {
         self.endpoints
             .iter()
             .map(|(j, e)| {
@@ -519,7 +522,7 @@ fn call(a: &Client, b: &Client, op: Op) -> anyhow::Result<serde_json::Value> {
     }
 }
 
-fn map_content(d: &ApiDaemon) -> BTreeMap<[u8; 4], (u32, u32, bool, [u8; 4], u32)> {
+fn map_content(d: &ApiDaemon) -> EniMap {
     let map = dataplane::open_pinned(&d.pin, map_names::ENDPOINTS).unwrap();
     let m: HashMap<_, VpcAddr, EndpointEni> = HashMap::try_from(&map).unwrap();
     m.iter()
