@@ -264,7 +264,16 @@ impl Dataplane {
         // Established flows skip the endpoint checks while the epoch stays; any change
         // (or a first apply, or a failed one that may have written half) moves it on.
         if first || res.is_err() || r.upserts + r.deletes > 0 {
-            self.bump_epoch()?;
+            let bumped = self.bump_epoch();
+            if let (Err(e), Ok(())) = (&bumped, &res) {
+                return Err(anyhow!(
+                    "moving the state epoch on after the maps were written: {e:#}"
+                ));
+            }
+            if let Err(e) = bumped {
+                // The apply's own error is the one to report; this one goes to the log.
+                tracing::warn!(error = %format!("{e:#}"), "moving the state epoch on failed too");
+            }
         }
         // On success the maps hold `d`; after a failure, re-read them next time.
         if res.is_ok() {
