@@ -8,7 +8,9 @@
 //! `PL_ACL_OUT` maps must hold exactly the entries the model expects; and a refused call
 //! must not have moved `PL_EPOCH` (it wrote no map).
 //!
-//! `PL_MODEL_SEED` replays a sequence; `PL_MODEL_STEPS` makes it longer.
+//! `PL_MODEL_SEED` replays a sequence; `PL_MODEL_STEPS` makes it longer. A failing
+//! sequence is shrunk (chunks of calls removed while it still fails, each try against a
+//! fresh daemon, 80 tries at most) and reported with the first failure.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -595,12 +597,143 @@ fn epoch(d: &ApiDaemon) -> u32 {
     a.get(&0, 0).unwrap()
 }
 
+/// What a replay covered.
+struct Coverage {
+    accepted: usize,
+    states: usize,
+    merged_rules: usize,
+    acl_seen: bool,
+}
+
+/// The calls of one run, drawn against the model alone.
+fn generate(seed: u64, steps: usize) -> Vec<Op> {
+    let mut rng = Rng(seed);
+    let mut model = Model::default();
+    (0..steps)
+        .map(|_| {
+            let op = random_op(&mut rng, &model);
+            model.apply(op);
+            op
+        })
+        .collect()
+}
+
+/// Runs `ops` against a fresh daemon and a fresh model. Err: the first call after which
+/// they disagree, and how.
+fn replay(ops: &[Op]) -> Result<Coverage, (usize, String)> {
+    let d = ApiDaemon::start("plmb").expect("daemon");
+    let admin = Client::new(&d.url, Some(d.admin_token.clone()));
+    let (a, b) = privatelink_tests::apidaemon::two_parties(&admin, &d.url).expect("parties");
+    let mut model = Model::default();
+    let mut cov = Coverage {
+        accepted: 0,
+        states: 0,
+        merged_rules: 0,
+        acl_seen: false,
+    };
+    let mut states = BTreeSet::new();
+    for (step, &op) in ops.iter().enumerate() {
+        let want = model.apply(op);
+        let epoch_before = epoch(&d);
+        let got = call(&a, &b, op);
+        let fail = |why: String| Err((step, format!("{op:?} -> {got:?}: {why}")));
+        match (&got, want) {
+            (Ok(_), true) => cov.accepted += 1,
+            (Err(e), false) => {
+                let status = e
+                    .downcast_ref::<privatelink_user::client::ApiError>()
+                    .map(|e| e.status)
+                    .unwrap_or(0);
+                if !(400..500).contains(&status) {
+                    return fail(format!("refused with {status}"));
+                }
+                if epoch(&d) != epoch_before {
+                    return fail("a refused call moved the epoch".into());
+                }
+            }
+            _ => return fail(format!("the model expected accepted={want}")),
+        }
+        let (got_eps, want_eps) = (map_content(&d), model.expected());
+        if got_eps != want_eps {
+            return fail(format!(
+                "PL_ENDPOINTS differs:\n  maps  {got_eps:?}\n  model {want_eps:?}"
+            ));
+        }
+        let (got_snat, want_snat) = (snat_content(&d), model.expected_snat());
+        if got_snat != want_snat {
+            return fail(format!(
+                "SNAT maps differ:\n  maps  {got_snat:?}\n  model {want_snat:?}"
+            ));
+        }
+        let (got_f, want_f) = (filter_content(&d), model.expected_filters());
+        if got_f != want_f {
+            return fail(format!(
+                "filter maps differ:\n  maps  {got_f:?}\n  model {want_f:?}"
+            ));
+        }
+        for e in model.endpoints.values() {
+            states.insert(e.state as u32);
+        }
+        let longest = want_f.0.values().map(Vec::len).max().unwrap_or(0);
+        cov.merged_rules = cov.merged_rules.max(longest);
+        cov.acl_seen |= !want_f.1.is_empty();
+    }
+    cov.states = states.len();
+    Ok(cov)
+}
+
+/// Removes chunks of `ops` (halves, then quarters, down to single calls) for as long as
+/// `fails` still holds without them, within `budget` tries: a short failing sequence.
+fn shrink<T: Clone>(
+    mut ops: Vec<T>,
+    mut fails: impl FnMut(&[T]) -> bool,
+    mut budget: usize,
+) -> Vec<T> {
+    let mut chunk = ops.len().div_ceil(2).max(1);
+    loop {
+        let mut i = 0;
+        while i < ops.len() && budget > 0 {
+            let mut candidate = ops.clone();
+            candidate.drain(i..(i + chunk).min(ops.len()));
+            budget -= 1;
+            if !candidate.is_empty() && fails(&candidate) {
+                ops = candidate;
+            } else {
+                i += chunk;
+            }
+        }
+        if chunk == 1 || budget == 0 {
+            return ops;
+        }
+        chunk = chunk.div_ceil(2);
+    }
+}
+
+#[test]
+fn the_shrinker_finds_the_calls_that_matter() {
+    // Fails when 3 comes before 77 (order matters, as it does for API calls).
+    let fails = |c: &[u32]| {
+        let at = |x| c.iter().position(|v| *v == x);
+        matches!((at(3), at(77)), (Some(i), Some(j)) if i < j)
+    };
+    let mut tries = 0;
+    let small = shrink(
+        (0..200).collect(),
+        |c| {
+            tries += 1;
+            fails(c)
+        },
+        500,
+    );
+    assert_eq!(small, vec![3, 77]);
+    assert!(tries <= 500);
+    // Within a tiny budget it still returns a failing sequence, if a longer one.
+    let partial = shrink((0..200).collect(), fails, 3);
+    assert!(fails(&partial) && partial.len() < 200);
+}
+
 #[test]
 fn random_api_sequences_keep_the_maps_equal_to_the_model() {
-    let d = ApiDaemon::start("plmb").unwrap();
-    let admin = Client::new(&d.url, Some(d.admin_token.clone()));
-    let (a, b) = privatelink_tests::apidaemon::two_parties(&admin, &d.url).unwrap();
-
     let seed: u64 = std::env::var("PL_MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -609,76 +742,33 @@ fn random_api_sequences_keep_the_maps_equal_to_the_model() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1500);
-    let mut rng = Rng(seed);
-    let mut model = Model::default();
-    let mut log = Vec::new();
-    let mut accepted = 0;
-    let mut seen_states = BTreeSet::new();
-    let (mut merged_rules, mut acl_seen) = (0, false);
-    for step in 0..steps {
-        let op = random_op(&mut rng, &model);
-        log.push(op);
-        let want = model.apply(op);
-        let epoch_before = epoch(&d);
-        let got = call(&a, &b, op);
-        let ctx = || format!("seed {seed}, step {step}, {op:?} -> {got:?}\nops: {log:?}");
-        match (&got, want) {
-            (Ok(_), true) => accepted += 1,
-            (Err(e), false) => {
-                let status = e
-                    .downcast_ref::<privatelink_user::client::ApiError>()
-                    .map(|e| e.status)
-                    .unwrap_or(0);
-                assert!(
-                    (400..500).contains(&status),
-                    "refused with {status}: {}",
-                    ctx()
-                );
-                assert_eq!(
-                    epoch(&d),
-                    epoch_before,
-                    "a refused call moved the epoch: {}",
-                    ctx()
-                );
-            }
-            _ => panic!("the model expected accepted={want}: {}", ctx()),
+    let ops = generate(seed, steps);
+    let cov = match replay(&ops) {
+        Ok(cov) => cov,
+        Err((step, why)) => {
+            // Shrink the sequence up to the failing call (each try is a fresh daemon).
+            let small = shrink(ops[..=step].to_vec(), |c| replay(c).is_err(), 80);
+            let again = replay(&small).err();
+            panic!(
+                "seed {seed}, call {step}: {why}\nshrunk to {} calls: {small:?}\nwhich fail with: {again:?}",
+                small.len()
+            );
         }
-        assert_eq!(
-            map_content(&d),
-            model.expected(),
-            "PL_ENDPOINTS differs: {}",
-            ctx()
-        );
-        assert_eq!(
-            snat_content(&d),
-            model.expected_snat(),
-            "SNAT maps differ: {}",
-            ctx()
-        );
-        assert_eq!(
-            filter_content(&d),
-            model.expected_filters(),
-            "filter maps differ: {}",
-            ctx()
-        );
-        for e in model.endpoints.values() {
-            seen_states.insert(e.state as u32);
-        }
-        let (sg, acl, _) = model.expected_filters();
-        merged_rules = merged_rules.max(sg.values().map(Vec::len).max().unwrap_or(0));
-        acl_seen |= !acl.is_empty();
-    }
+    };
     assert!(
-        accepted > steps / 5,
-        "only {accepted} of {steps} calls accepted"
+        cov.accepted > steps / 5,
+        "only {} of {steps} calls accepted",
+        cov.accepted
     );
-    assert_eq!(seen_states.len(), 4, "every connection state was reached");
+    assert_eq!(cov.states, 4, "every connection state was reached");
     assert!(
-        merged_rules >= 3,
-        "an ENI had {merged_rules} security-group rules at most"
+        cov.merged_rules >= 3,
+        "an ENI had {} security-group rules at most",
+        cov.merged_rules
     );
-    assert!(acl_seen, "no ENI was ever under an ACL");
+    assert!(cov.acl_seen, "no ENI was ever under an ACL");
     eprintln!(
-        "seed {seed}: {steps} calls, {accepted} accepted, maps equal to the model after each (up to {merged_rules} merged rules on an ENI)"
+        "seed {seed}: {steps} calls, {} accepted, maps equal to the model after each (up to {} merged rules on an ENI)",
+        cov.accepted, cov.merged_rules
     );
 }
