@@ -74,8 +74,8 @@ pub const NOT_ESTABLISHED: u64 = u64::MAX;
 /// since) is forwarded on one conntrack lookup, without looking up the endpoint, SNAT
 /// address or routes again. Anything else — no entry, another epoch, a per-packet ACL, an
 /// idle direction, a partner check due, TTL 1 — returns `NOT_ESTABLISHED`, never an error
-/// of its own: the full path decides and stamps.
-/// Non-inlined (its own BPF stack frame); see `crate::settle`.
+/// of its own: the full path decides and stamps. Inlined into the entry program (a call
+/// and the packed verdict cost more than its stack frame saves).
 #[inline(always)]
 pub fn established(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
     match established_checked(ctx, iface, pkt) {

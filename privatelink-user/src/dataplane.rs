@@ -142,7 +142,7 @@ impl Dataplane {
         }
         // The program this link ran before may be gone now, and its paths with it.
         if let Some(dir) = &self.pin_dir {
-            retire_path_pins(&dir.join("paths"))?;
+            retire_path_pins(&dir.join("paths"));
         }
         Ok(())
     }
@@ -507,7 +507,7 @@ fn load_paths(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<ProgramArray<Ma
     if let Some(dir) = pin_dir {
         let dir = dir.join("paths");
         std::fs::create_dir_all(&dir)?;
-        retire_path_pins(&dir)?;
+        retire_path_pins(&dir);
         let pin = dir.join(program(ebpf)?.info()?.id().to_string());
         map.pin(&pin)
             .with_context(|| format!("pinning {}", pin.display()))?;
@@ -519,22 +519,66 @@ fn load_paths(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<ProgramArray<Ma
     Ok(paths)
 }
 
-/// Removes the pinned path arrays of entry programs that are gone (replaced on every link).
-fn retire_path_pins(dir: &Path) -> Result<()> {
-    let live: std::collections::BTreeSet<u32> = aya::programs::loaded_programs()
-        .filter_map(|p| p.ok().map(|p| p.id()))
-        .collect();
-    for e in std::fs::read_dir(dir)? {
-        let path = e?.path();
-        let owner = path
+/// Removes the pinned path arrays of entry programs that are gone (replaced on every
+/// link). Best effort: a pin is removed only when the kernel says its program does not
+/// exist; anything unclear (another entry, an error) keeps it and is logged.
+fn retire_path_pins(dir: &Path) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot list path pins");
+            return;
+        }
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(id) = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.parse::<u32>().ok());
-        if owner.is_none_or(|id| !live.contains(&id)) {
-            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            tracing::warn!(path = %path.display(), "not a path pin of ours; left alone");
+            continue;
+        };
+        if program_gone(id)
+            && let Err(e) = std::fs::remove_file(&path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot unpin retired paths");
         }
     }
-    Ok(())
+}
+
+/// Whether the BPF program with this id no longer exists: only ENOENT from
+/// BPF_PROG_GET_FD_BY_ID says so (a missing privilege, say, does not).
+fn program_gone(id: u32) -> bool {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    #[repr(C)]
+    struct Attr {
+        prog_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let attr = Attr {
+        prog_id: id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    // SAFETY: the kernel reads `size_of::<Attr>()` bytes of `attr`; a returned fd is ours
+    // and closed at once.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: closing the fd just returned to us.
+        unsafe { libc::close(fd as i32) };
+        return false;
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT)
 }
 
 fn pass_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {

@@ -92,9 +92,30 @@ fn an_open_connection_survives_kill_9_and_restart() {
         assert!(flows_after.contains(f), "flow {f} lost across the restart");
     }
 
+    let prog_between = xdp_prog_id(&lab);
     lab.restart_daemon(libc::SIGTERM).unwrap();
     to_client.send(()).unwrap();
     assert_eq!(from_client.recv().unwrap(), first);
+    // Path arrays are pinned per entry program and retired once their program is gone:
+    // the current one's is there, the first program's is not (the one just replaced may
+    // linger until the kernel has freed its program).
+    let pins: Vec<String> = std::fs::read_dir(lab.pin_dir.join("paths"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let now = xdp_prog_id(&lab);
+    assert!(
+        pins.contains(&now),
+        "no path pin for program {now}: {pins:?}"
+    );
+    assert!(
+        !pins.contains(&prog_before),
+        "program {prog_before}'s paths still pinned: {pins:?}"
+    );
+    assert!(
+        pins.iter().all(|p| *p == now || *p == prog_between),
+        "stale path pins: {pins:?}"
+    );
     drop(to_client);
     client.join().unwrap();
     eprintln!("daemon restart to ready: {took:?}");
