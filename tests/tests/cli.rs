@@ -5,12 +5,34 @@ use std::process::Command;
 
 use privatelink_tests::lab::{LAB_STATE, privatelink_bin};
 
-fn write_state(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("privatelink-cli-{}", std::process::id()));
+/// A state file in a directory of its own, removed with it when dropped (also when the
+/// test fails).
+struct StateFile(std::path::PathBuf);
+
+impl StateFile {
+    fn to_str(&self) -> Option<&str> {
+        self.0.to_str()
+    }
+}
+
+impl Drop for StateFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn write_state(name: &str, text: &str) -> StateFile {
+    let dir = std::env::temp_dir().join(format!(
+        "privatelink-cli-{}-{}",
+        std::process::id(),
+        name.trim_end_matches(".toml")
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
-    p
+    StateFile(p)
 }
 
 fn run(args: &[&str]) -> (bool, String) {
