@@ -72,8 +72,8 @@ pub const PATH_ICMP_ENDPOINT: u32 = 2;
 pub const PATH_ICMP_SNAT: u32 = 3;
 pub const PATH_GWLB_STEER: u32 = 4;
 pub const PATH_GWLB_RETURN: u32 = 5;
-/// The program array the entry point tail-calls through (not pinned: each loaded object
-/// has its own, filled with its own path programs).
+/// The program array the entry point tail-calls through. Each loaded object has its own,
+/// filled with its own path programs, pinned as `paths/<entry program id>` (not by name).
 pub const PATHS_MAP: &str = "PL_PATHS";
 /// A program that only returns XDP_PASS (for veth peers in labs).
 pub const PASS_PROGRAM_NAME: &str = "privatelink_pass";

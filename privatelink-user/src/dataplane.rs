@@ -159,11 +159,7 @@ impl Dataplane {
     /// One of the map-free reference programs of `privatelink-pass` (`privatelink_pass`,
     /// `privatelink_tx`, `privatelink_redirect`, `privatelink_gen`), loaded on first use.
     pub fn reference_program(&mut self, name: &str) -> Result<&mut Xdp> {
-        let ebpf = self.reference_object()?;
-        let p: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("no program {name} in privatelink-pass"))?
-            .try_into()?;
+        let p = xdp_program(self.reference_object()?, name)?;
         if p.fd().is_err() {
             load_retrying(p)?;
         }
@@ -180,11 +176,7 @@ impl Dataplane {
 
     /// One of this object's loaded programs: the entry point or a path program.
     pub fn loaded_program(&mut self, name: &str) -> Result<&mut Xdp> {
-        Ok(self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("the object has no program {name}"))?
-            .try_into()?)
+        xdp_program(&mut self.ebpf, name)
     }
 
     pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
@@ -494,10 +486,7 @@ fn load_retrying(p: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
 fn load_paths(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<ProgramArray<MapData>> {
     let mut fds = Vec::new();
     for name in PATH_PROGRAMS {
-        let p: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("the object has no program {name}"))?
-            .try_into()?;
+        let p = xdp_program(ebpf, name)?;
         load_retrying(p).with_context(|| format!("the verifier rejected {name}"))?;
         fds.push(p.fd()?.try_clone()?);
     }
@@ -582,17 +571,19 @@ fn program_gone(id: u32) -> bool {
 }
 
 fn pass_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    Ok(ebpf
-        .program_mut(privatelink_common::PASS_PROGRAM_NAME)
-        .ok_or_else(|| anyhow!("no pass program in the object"))?
-        .try_into()?)
+    xdp_program(ebpf, privatelink_common::PASS_PROGRAM_NAME)
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    let p = ebpf
-        .program_mut(PROGRAM_NAME)
-        .ok_or_else(|| anyhow!("the object has no program {PROGRAM_NAME}"))?;
-    Ok(p.try_into()?)
+    xdp_program(ebpf, PROGRAM_NAME)
+}
+
+/// The XDP program `name` of `ebpf`.
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the object has no program {name}"))?
+        .try_into()?)
 }
 
 fn read_routes(map: &Map) -> Result<BTreeMap<GatewayRoute, EndpointEni>> {
