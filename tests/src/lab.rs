@@ -679,9 +679,7 @@ impl Lab {
     /// again; returns once the new one is ready.
     pub fn restart_daemon(&mut self, signal: i32) -> Result<Duration> {
         self.stop_daemon(signal)?;
-        let t = Instant::now();
-        self.spawn_daemon(&privatelink_bin()?)?;
-        Ok(t.elapsed())
+        self.resume_daemon()
     }
 
     /// Ends the daemon with `signal` and waits for it; the pinned data path stays.

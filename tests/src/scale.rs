@@ -9,7 +9,7 @@ use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, PROTO_TCP,
 use privatelink_user::model::numeric_id;
 
 use crate::{
-    frames::{CLIENT_MAC, ENI, LB, SNAT},
+    frames::{CLIENT_MAC, ENI, LB, SNAT, parse_checked},
     testrun::{Harness, LB_MAC},
 };
 
@@ -151,71 +151,62 @@ pub fn conntrack_memory(h: &Harness) -> Result<u64> {
 pub struct LiveFlow {
     pub syn: Vec<u8>,
     pub ack: Vec<u8>,
-    /// The load balancer's answer to the SNAT tuple (empty until `open_live` made it).
+    /// The load balancer's answer to the SNAT tuple.
     pub reply: Vec<u8>,
     pub key: FlowKey,
     /// SNAT address and port as the first packet left.
     pub snat: ([u8; 4], u16),
 }
 
-/// Live flow `i`: client 198.18.x.y:40000 to the ENI's port 443 (apart from `flow`'s
-/// synthetic ones and from the flood sources of the tests).
-pub fn live_frames(h: &Harness, i: u32) -> LiveFlow {
-    let client = [198, 18, (i >> 8) as u8, i as u8];
-    let build = |syn: bool| {
-        let mut v = Vec::new();
-        let b = PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
-            .ipv4(client, ENI, 64)
-            .tcp(CLIENT_SPORT, 443, 1000, 64240);
-        let b = if syn { b.syn() } else { b.ack(1) };
-        b.write(&mut v, if syn { &[] } else { &[0u8; 18] })
-            .expect("frame");
-        v
-    };
-    LiveFlow {
-        syn: build(true),
-        ack: build(false),
-        reply: Vec::new(),
-        key: FlowKey {
-            vpc_id: numeric_id("vpc-a"),
-            src: client,
-            dst: ENI,
-            sport: CLIENT_SPORT,
-            dport: 443,
-            proto: PROTO_TCP,
-            _pad: 0,
-            _pad2: 0,
-        },
-        snat: ([0; 4], 0),
-    }
+/// The SNAT address and port of a frame the program sent to the provider (its checksums
+/// checked on the way).
+pub fn snat_of(out: &[u8]) -> ([u8; 4], u16) {
+    let p = parse_checked(out);
+    (p.ip.source, p.sport)
 }
 
-/// The SNAT address and port of a frame the program sent to the provider.
-pub fn snat_of(out: &[u8]) -> Result<([u8; 4], u16)> {
-    let p = etherparse::SlicedPacket::from_ethernet(out)?;
-    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
-        anyhow::bail!("not IPv4");
-    };
-    let Some(etherparse::TransportSlice::Tcp(tcp)) = p.transport else {
-        anyhow::bail!("not TCP");
-    };
-    Ok((ip.header().source(), tcp.source_port()))
-}
-
-/// Opens `n` live flows through the program; each records the tuple its SNAT chose and
-/// gets the load balancer's reply frame.
+/// Opens `n` live flows through the program, client 198.18.x.y:40000 to the ENI's port
+/// 443 (apart from `flow`'s synthetic ones and from the tests' flood sources); each
+/// records the tuple its SNAT chose and gets the load balancer's reply frame.
 pub fn open_live(h: &mut Harness, n: u32) -> Result<Vec<LiveFlow>> {
     (0..n)
         .map(|i| {
-            let mut f = live_frames(h, i);
-            let (_, out) = h.run(h.consumer.ifindex, &f.syn)?;
-            f.snat = snat_of(&out)?;
+            let client = [198, 18, (i >> 8) as u8, i as u8];
+            let from_client = |syn: bool| -> Result<Vec<u8>> {
+                let mut v = Vec::new();
+                let b = PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+                    .ipv4(client, ENI, 64)
+                    .tcp(CLIENT_SPORT, 443, 1000, 64240);
+                let b = if syn { b.syn() } else { b.ack(1) };
+                b.write(&mut v, if syn { &[] } else { &[0u8; 18] })?;
+                Ok(v)
+            };
+            let (syn, ack) = (from_client(true)?, from_client(false)?);
+            let (_, out) = h.run(h.consumer.ifindex, &syn)?;
+            let snat = snat_of(&out);
+            let mut reply = Vec::new();
             PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
-                .ipv4(LB, f.snat.0, 64)
-                .tcp(443, f.snat.1, 7000, 65000)
+                .ipv4(LB, snat.0, 64)
+                .tcp(443, snat.1, 7000, 65000)
                 .ack(1001)
-                .write(&mut f.reply, &[0u8; 18])?;
-            Ok(f)
+                .write(&mut reply, &[0u8; 18])?;
+            let key = FlowKey {
+                vpc_id: numeric_id("vpc-a"),
+                src: client,
+                dst: ENI,
+                sport: CLIENT_SPORT,
+                dport: 443,
+                proto: PROTO_TCP,
+                _pad: 0,
+                _pad2: 0,
+            };
+            Ok(LiveFlow {
+                syn,
+                ack,
+                reply,
+                key,
+                snat,
+            })
         })
         .collect()
 }
@@ -236,5 +227,5 @@ pub fn live_outcome(h: &mut Harness, f: &LiveFlow) -> Result<(bool, bool)> {
     };
     let both = ct.get(&f.key, 0).is_ok() && ct.get(&reply_key, 0).is_ok();
     let (_, out) = h.run(h.consumer.ifindex, &f.ack)?;
-    Ok((both, snat_of(&out)? == f.snat))
+    Ok((both, snat_of(&out) == f.snat))
 }
