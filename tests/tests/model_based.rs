@@ -279,20 +279,19 @@ impl Model {
                 if self.group(g).is_none() || !(1..=100).contains(&RULES[r].priority) {
                     return false;
                 }
-                let before = self.groups.clone();
+                // No endpoint of the group may end up with more merged ingress rules
+                // than fit (a refused call leaves the group, rule ids included, as it was).
+                if RULES[r].ingress
+                    && self.endpoints.values().any(|e| {
+                        e.groups.contains(&g) && self.ingress_count(&e.groups) >= MAX_RULES
+                    })
+                {
+                    return false;
+                }
                 let grp = self.group_mut(g).expect("checked");
                 grp.last_rule += 1;
                 let id = grp.last_rule;
                 grp.rules.push((id, r));
-                // No endpoint may end up with more merged ingress rules than fit.
-                if self
-                    .endpoints
-                    .values()
-                    .any(|e| self.ingress_count(&e.groups) > MAX_RULES)
-                {
-                    self.groups = before;
-                    return false;
-                }
                 true
             }
             Op::RemoveRule(g, id) => match self.group_mut(g) {
