@@ -31,7 +31,9 @@ pub mod map_names {
     pub const GWLB_APPLIANCES: &str = "PL_GWLB_APPLS";
     pub const GWLB_NEIGHBORS: &str = "PL_GWLB_NEIGH";
     pub const EPOCH: &str = "PL_EPOCH";
-    pub const ALL: [&str; 18] = [
+    pub const LISTENERS: &str = "PL_LISTENERS";
+    pub const HOST: &str = "PL_HOST";
+    pub const ALL: [&str; 20] = [
         IFACES,
         VPC_PORTS,
         ENDPOINTS,
@@ -50,6 +52,8 @@ pub mod map_names {
         GWLB_APPLIANCES,
         GWLB_NEIGHBORS,
         EPOCH,
+        LISTENERS,
+        HOST,
     ];
 }
 
@@ -149,6 +153,61 @@ pub struct IfaceInfo {
 pub const IFACE_FLAG_GATEWAYS: u8 = 1;
 /// `IfaceInfo::flags`: the port of a VPC holding GWLB appliances (GENEVE comes back here).
 pub const IFACE_FLAG_APPLIANCES: u8 = 2;
+/// `IfaceInfo::flags`: the interface also carries the host's own traffic (the VPC's
+/// `host_traffic` switch): what is not the data path's passes to the kernel. Without it the
+/// host's stack sees only what `PL_HOST` admits, and everything else is dropped
+/// (`drop_host_isolated`).
+pub const IFACE_FLAG_HOST_TRAFFIC: u8 = 4;
+
+/// Value of `PL_HOST` (key: VPC + address): an address of the host's own in that VPC
+/// (the GWLB address health checks leave from), or a peer it talks to there (an appliance
+/// it probes). On an isolated interface the kernel sees an IPv4 packet only from a peer to
+/// a host address, and an ARP packet only about a host address.
+pub const HOST_ADDR: u32 = 1;
+pub const HOST_PEER: u32 = 2;
+
+/// The most listeners one service publishes.
+pub const MAX_LISTENERS: usize = 16;
+
+/// One listener of a service's load balancer: a protocol and a port range (the ENI-side
+/// destination port). The only traffic an endpoint of the service carries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Listener {
+    pub proto: u8,
+    pub _pad: u8,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub _pad2: u16,
+}
+
+/// Value of `PL_LISTENERS` (key: service id): what the service publishes. A service
+/// without an entry (or with none) publishes nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerSet {
+    pub count: u32,
+    pub _pad: u32,
+    pub listeners: [Listener; MAX_LISTENERS],
+}
+
+impl ListenerSet {
+    /// Whether a packet of `proto` to port `port` matches a listener.
+    #[inline(always)]
+    pub fn admits(&self, proto: u8, port: u16) -> bool {
+        let n = self.count as usize;
+        for i in 0..MAX_LISTENERS {
+            if i >= n {
+                break;
+            }
+            let l = &self.listeners[i];
+            if l.proto == proto && port >= l.port_lo && port <= l.port_hi {
+                return true;
+            }
+        }
+        false
+    }
+}
 
 /// Value of `PL_VPC_PORTS` (key: vpc id): the interface through which a VPC is reached.
 #[repr(C)]
@@ -528,6 +587,7 @@ mod pod {
     unsafe impl aya::Pod for GwlbZone {}
     unsafe impl aya::Pod for ApplianceSet {}
     unsafe impl aya::Pod for Appliance {}
+    unsafe impl aya::Pod for ListenerSet {}
 }
 
 #[cfg(test)]
@@ -550,6 +610,37 @@ mod tests {
         assert_eq!(size_of::<ApplianceSet>(), 8 + 4 * MAX_APPLIANCES);
         assert_eq!(size_of::<Appliance>(), 8);
         assert_eq!(size_of::<EndpointStats>(), 40);
+        assert_eq!(size_of::<Listener>(), 8);
+        assert_eq!(size_of::<ListenerSet>(), 8 + 8 * MAX_LISTENERS);
+    }
+
+    #[test]
+    fn listeners_admit_their_protocol_and_ports_only() {
+        let mut set = ListenerSet::default();
+        assert!(!set.admits(PROTO_TCP, 80), "no listener publishes nothing");
+        set.listeners[0] = Listener {
+            proto: PROTO_TCP,
+            port_lo: 80,
+            port_hi: 80,
+            ..Default::default()
+        };
+        set.listeners[1] = Listener {
+            proto: PROTO_UDP,
+            port_lo: 5000,
+            port_hi: 5010,
+            ..Default::default()
+        };
+        set.count = 2;
+        assert!(set.admits(PROTO_TCP, 80));
+        assert!(!set.admits(PROTO_TCP, 81));
+        assert!(!set.admits(PROTO_UDP, 80));
+        assert!(set.admits(PROTO_UDP, 5000) && set.admits(PROTO_UDP, 5010));
+        assert!(!set.admits(PROTO_UDP, 5011) && !set.admits(PROTO_TCP, 5005));
+        set.count = 1;
+        assert!(
+            !set.admits(PROTO_UDP, 5005),
+            "only the first `count` listeners count"
+        );
     }
 
     #[test]

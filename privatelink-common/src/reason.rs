@@ -50,7 +50,7 @@ reasons! {
     DropBadArp = 26 => "drop_bad_arp", true;
     DropRedirectFailed = 27 => "drop_redirect_failed", true;
     DropAcl = 28 => "drop_acl", true;
-        DropSecurityGroup = 29 => "drop_security_group", true;
+    DropSecurityGroup = 29 => "drop_security_group", true;
     GwlbToAppliance = 30 => "gwlb_to_appliance", false;
     GwlbFromAppliance = 31 => "gwlb_from_appliance", false;
     GwlbFragNeeded = 32 => "gwlb_frag_needed", false;
@@ -60,10 +60,14 @@ reasons! {
     DropNoHealthyAppliance = 36 => "drop_no_healthy_appliance", true;
     DropGwlbNoFlow = 37 => "drop_gwlb_no_flow", true;
     DropNoPathProgram = 38 => "drop_no_path_program", true;
+    DropNoListener = 39 => "drop_no_listener", true;
+    DropHostIsolated = 40 => "drop_host_isolated", true;
+    PassHost = 41 => "pass_host", false;
+    ArpLearned = 42 => "arp_learned", false;
 }
 
 /// Size of the `PL_STATS` array.
-pub const REASON_COUNT: u32 = 39;
+pub const REASON_COUNT: u32 = 43;
 
 #[cfg(test)]
 mod tests {

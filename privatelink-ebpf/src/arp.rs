@@ -46,8 +46,13 @@ fn handle_checked(ctx: &XdpContext, iface: &IfaceInfo) -> Result<Verdict, Reason
             || PL_SNAT_ADDRS.get(target).is_some()
             || PL_GW_ADDRS.get(target).is_some()
     };
-    if op != ARP_REQUEST || !ours {
-        return Ok((xdp_action::XDP_PASS, Reason::ArpPass));
+    if op != ARP_REQUEST && (ours || arp.tpa == [0; 4]) {
+        // A reply to the data path's own request (from a SNAT address, or a GWLB probe
+        // from 0.0.0.0): its sender was learned above; the host's stack has no use for it.
+        return Ok((xdp_action::XDP_DROP, Reason::ArpLearned));
+    }
+    if !ours {
+        return Ok(crate::host::arp(iface, arp.tpa));
     }
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
     arp.oper = ARP_REPLY.to_be_bytes();

@@ -262,6 +262,9 @@ fn forward_checked(
     if !gateway {
         filter::acl_in(eni_key, eni, key.src, key.proto, key.dport)?;
     }
+    // Only what the service publishes crosses, established flows included (this path
+    // runs for them again after every change of the daemon's maps).
+    filter::listener(eni.service_id, key.proto, key.dport)?;
     let t = now();
     let cfg = config();
     let existing = match PL_CONNTRACK.get_ptr_mut(key) {
@@ -372,12 +375,14 @@ fn reply_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Ve
         if gw.endpoint_id != e.endpoint_id {
             return Err(Reason::DropNoFlow);
         }
+        filter::listener(gw.service_id, pkt.proto, e.new_sport)?;
         false
     } else {
         let eni = check_endpoint_at(e.out_vpc_id, e.new_src)?;
         if eni.endpoint_id != e.endpoint_id {
             return Err(Reason::DropNoFlow);
         }
+        filter::listener(eni.service_id, pkt.proto, e.new_sport)?;
         let eni_key = VpcAddr {
             vpc_id: e.out_vpc_id,
             addr: e.new_src,

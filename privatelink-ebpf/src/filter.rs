@@ -7,7 +7,7 @@ use privatelink_common::{
     ENI_FLAG_ACL, ENI_FLAG_SG, EndpointEni, MAX_ENDPOINTS, RULE_ACCEPT, Reason, RuleSet, VpcAddr,
 };
 
-use crate::maps::{PL_ACL_IN, PL_ACL_OUT, PL_SG_RULES};
+use crate::maps::{PL_ACL_IN, PL_ACL_OUT, PL_LISTENERS, PL_SG_RULES};
 
 type Rules = HashMap<VpcAddr, RuleSet, { MAX_ENDPOINTS as usize }>;
 
@@ -80,4 +80,16 @@ pub fn security_groups(
         port,
         Reason::DropSecurityGroup,
     )
+}
+
+/// The service's listeners: only traffic to a published protocol and port crosses an
+/// endpoint (checked before a SNAT tuple or a flow entry is taken, and again on every
+/// packet a flow sends on the full path, so a removed listener stops its flows too).
+#[inline(always)]
+pub fn listener(service_id: u32, proto: u8, port: u16) -> Result<(), Reason> {
+    // SAFETY: a reference into a map the daemon writes whole entries of; read in this run.
+    match unsafe { PL_LISTENERS.get(service_id) } {
+        Some(set) if set.admits(proto, port) => Ok(()),
+        _ => Err(Reason::DropNoListener),
+    }
 }

@@ -1,7 +1,7 @@
 //! IPv4: validate the header, decide whether the packet is ours (to an ENI, or a reply to a
 //! SNAT address), and hand it to the right path. Everything else passes to the kernel.
 
-use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::XdpContext};
 use privatelink_common::{
     ENI_FLAG_GWLB, EndpointEni, GENEVE_PORT, IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS, IfaceInfo,
     PATH_FORWARD, PATH_GWLB_RETURN, PATH_GWLB_STEER, PATH_ICMP_ENDPOINT, PATH_ICMP_SNAT,
@@ -58,13 +58,13 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
         // GENEVE coming back from a GWLB appliance.
         Target::Geneve
     } else if iface.flags & IFACE_FLAG_GATEWAYS == 0 {
-        return Ok((xdp_action::XDP_PASS, Reason::PassUnrelated));
+        return Ok(crate::host::ipv4(iface, ip.src_addr, ip.dst_addr));
     } else if let Some(gw) = PL_GW_ROUTES.get(&Key::new(64, dst)).copied() {
         // Gateway and GWLB endpoints: the VPC routes prefixes to us.
         entry = gw;
         Target::Route
     } else {
-        return Ok((xdp_action::XDP_PASS, Reason::PassUnrelated));
+        return Ok(crate::host::ipv4(iface, ip.src_addr, ip.dst_addr));
     };
     verify_checksum(ctx, hlen)?;
     if ip.is_fragment() {

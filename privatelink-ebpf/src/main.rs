@@ -7,6 +7,7 @@ mod arp;
 mod conntrack;
 mod filter;
 mod gwlb;
+mod host;
 mod icmp;
 mod ipv4;
 mod maps;
@@ -42,7 +43,7 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Reason> {
     match u16::from_be(eth.ether_type) {
         parse::ETH_P_IP => ipv4::handle(ctx, ifindex, &iface),
         parse::ETH_P_ARP => Ok(unpack(arp::handle(ctx, &iface))),
-        _ => Ok((xdp_action::XDP_PASS, Reason::PassUnrelated)),
+        _ => Ok(host::other(&iface)),
     }
 }
 

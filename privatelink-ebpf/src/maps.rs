@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use privatelink_common::{
     Appliance, ApplianceSet, Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey,
-    GwlbZone, IfaceInfo, MAX_ENDPOINTS, MAX_GWLB_NEIGHBORS, MAX_IFACES, MAX_NEIGHBORS,
+    GwlbZone, IfaceInfo, ListenerSet, MAX_ENDPOINTS, MAX_GWLB_NEIGHBORS, MAX_IFACES, MAX_NEIGHBORS,
     MAX_SERVICES, MAX_SNAT_ADDRS, MAX_VPCS, Neighbor, PATH_PROGRAMS, RuleSet, SnatPool, VpcAddr,
     VpcPort, reason::REASON_COUNT,
 };
@@ -95,6 +95,15 @@ pub static PL_GWLB_APPLS: HashMap<VpcAddr, Appliance, { MAX_SERVICES as usize }>
 #[btf_map]
 pub static PL_GWLB_NEIGH: LruHashMap<VpcAddr, Neighbor, { MAX_GWLB_NEIGHBORS as usize }> =
     LruHashMap::new();
+
+/// What each service publishes (its load balancer's listeners), by service id.
+#[btf_map]
+pub static PL_LISTENERS: HashMap<u32, ListenerSet, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// The host's own addresses in each VPC and the peers it talks to there (`HOST_ADDR`,
+/// `HOST_PEER`): on an isolated interface the kernel sees nothing else.
+#[btf_map]
+pub static PL_HOST: HashMap<VpcAddr, u32, { MAX_SERVICES as usize }> = HashMap::new();
 
 /// Per-CPU room for the flow entries a new flow is built from: the BPF stack is 512 bytes
 /// for the whole call chain, and two entries on it would not fit.

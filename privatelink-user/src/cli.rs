@@ -7,7 +7,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::client::Client;
+use crate::{client::Client, model::Listener};
 
 #[derive(Args, Clone)]
 pub struct Conn {
@@ -169,6 +169,10 @@ pub enum VpcCmd {
         /// A vSwitch as ID:ZONE:CIDR (repeatable).
         #[arg(long = "vswitch")]
         vswitches: Vec<String>,
+        /// The interface also carries the host's own traffic: what is not the data
+        /// path's passes to the host (off: tenants cannot reach the forwarder host).
+        #[arg(long)]
+        host_traffic: bool,
     },
     List,
 }
@@ -188,6 +192,10 @@ pub enum ServiceCmd {
         /// SNAT port range LOW-HIGH.
         #[arg(long)]
         snat_ports: Option<String>,
+        /// A listener of the load balancer as PROTO:PORT or PROTO:LOW-HIGH (tcp or udp;
+        /// repeatable; required but for --type gwlb): the only traffic endpoints carry.
+        #[arg(long = "listener", value_parser = parse_listener)]
+        listeners: Vec<Listener>,
         #[arg(long)]
         auto_accept: bool,
         #[arg(long)]
@@ -219,13 +227,40 @@ pub enum ServiceCmd {
         auto_accept: Option<bool>,
         #[arg(long)]
         zone_affinity: Option<bool>,
+        /// Replace the listeners with these (PROTO:PORT or PROTO:LOW-HIGH, repeatable).
+        #[arg(long = "listener", value_parser = parse_listener)]
+        listeners: Vec<Listener>,
     },
+    /// Add or remove one listener.
+    #[command(subcommand)]
+    Listener(ListenerCmd),
     Delete {
         id: String,
     },
     /// The accounts allowed to connect.
     #[command(subcommand)]
     Whitelist(WhitelistCmd),
+}
+
+#[derive(Subcommand)]
+pub enum ListenerCmd {
+    /// Publish one more listener (PROTO:PORT or PROTO:LOW-HIGH).
+    Add {
+        service: String,
+        #[arg(value_parser = parse_listener)]
+        listener: Listener,
+    },
+    /// Stop publishing a listener: new flows on it are dropped at once, and so are the
+    /// packets of flows established on it.
+    Remove {
+        service: String,
+        #[arg(value_parser = parse_listener)]
+        listener: Listener,
+    },
+}
+
+fn parse_listener(s: &str) -> Result<Listener, String> {
+    s.parse()
 }
 
 // `service create --type gwlb` settings (a plain comment: a doc comment here would become
@@ -441,6 +476,7 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
             cidr,
             interface,
             vswitches,
+            host_traffic,
         }) => {
             let vs = vswitches
                 .iter()
@@ -452,7 +488,8 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
                     }
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let body = json!({"id": id, "account": account, "cidr": cidr, "interface": interface, "vswitches": vs});
+            let body = json!({"id": id, "account": account, "cidr": cidr, "interface": interface,
+                "vswitches": vs, "host_traffic": host_traffic});
             (
                 c.post("/v1/vpcs", &body)?,
                 &["id", "account", "cidr", "interface"],
@@ -572,6 +609,7 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
         "whitelist",
         "backends",
         "snat",
+        "listeners",
     ];
     Ok(match cmd {
         ServiceCmd::Create {
@@ -580,6 +618,7 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             backends,
             snat,
             snat_ports,
+            listeners,
             auto_accept,
             no_zone_affinity,
             domain,
@@ -621,7 +660,7 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             let mut body = json!({
                 "id": id, "vpc": vpc, "backends": backends, "snat": snat, "snat_ports": ports,
                 "auto_accept": auto_accept, "zone_affinity": !no_zone_affinity, "domain": domain,
-                "type": kind, "prefixes": prefixes,
+                "type": kind, "prefixes": prefixes, "listeners": listeners,
             });
             if !gwlb_settings.is_null() {
                 body["gwlb"] = gwlb_settings;
@@ -638,8 +677,11 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             id,
             auto_accept,
             zone_affinity,
+            listeners,
         } => {
-            let body = json!({"auto_accept": auto_accept, "zone_affinity": zone_affinity});
+            let listeners = (!listeners.is_empty()).then_some(listeners);
+            let body = json!({"auto_accept": auto_accept, "zone_affinity": zone_affinity,
+                "listeners": listeners});
             let body: serde_json::Map<String, Value> = body
                 .as_object()
                 .expect("object")
@@ -655,6 +697,27 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
                 )?,
                 COLS,
             )
+        }
+        ServiceCmd::Listener(cmd) => {
+            let (id, listener, add) = match cmd {
+                ListenerCmd::Add { service, listener } => (service, listener, true),
+                ListenerCmd::Remove { service, listener } => (service, listener, false),
+            };
+            let path = format!("/v1/services/{id}");
+            let svc = c.get(&path)?;
+            let mut listeners: Vec<Listener> = serde_json::from_value(svc["listeners"].clone())
+                .context("the service's listeners")?;
+            if add {
+                listeners.push(listener);
+            } else {
+                let before = listeners.len();
+                listeners.retain(|l| *l != listener);
+                if listeners.len() == before {
+                    bail!("service {id} has no listener {listener}");
+                }
+            }
+            let body = json!({ "listeners": listeners });
+            (c.call("PATCH", &path, Some(&body))?, COLS)
         }
         ServiceCmd::Delete { id } => (c.delete(&format!("/v1/services/{id}"))?, &[]),
         ServiceCmd::Whitelist(WhitelistCmd::Add { service, account }) => (
@@ -757,6 +820,9 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
 }
 
 fn cell(v: &Value) -> String {
+    if let Ok(l) = serde_json::from_value::<Listener>(v.clone()) {
+        return l.to_string();
+    }
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

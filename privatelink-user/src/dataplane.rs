@@ -212,6 +212,8 @@ impl Dataplane {
                 next_hops: read_map::<VpcAddr, Neighbor>(self.map(map_names::NEIGHBORS)?)?
                     .into_keys()
                     .collect(),
+                listeners: read_map(self.map(map_names::LISTENERS)?)?,
+                host: read_map(self.map(map_names::HOST)?)?,
             },
         };
         let mut r = ApplyReport::default();
@@ -227,6 +229,8 @@ impl Dataplane {
         let res = sync_all!(
             IFACES => ifaces,
             VPC_PORTS => vpc_ports,
+            HOST => host,
+            LISTENERS => listeners,
             SNAT_POOLS => snat_pools,
             SNAT_ADDRS => snat_addrs,
             SG_RULES => sg_rules,
@@ -349,6 +353,13 @@ fn expected_layout(conntrack_entries: u32) -> Vec<(&'static str, usize, usize, O
         (map_names::SNAT_POOLS, 4, size_of::<SnatPool>(), None),
         (map_names::SNAT_ADDRS, size_of::<VpcAddr>(), 4, None),
         (map_names::EPOCH, 4, 4, None),
+        (
+            map_names::LISTENERS,
+            4,
+            size_of::<privatelink_common::ListenerSet>(),
+            None,
+        ),
+        (map_names::HOST, size_of::<VpcAddr>(), 4, None),
         (
             map_names::NEIGHBORS,
             size_of::<VpcAddr>(),

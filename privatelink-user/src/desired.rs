@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use privatelink_common::{
     Appliance, ApplianceSet, ConnectionState, ENI_FLAG_ACL, ENI_FLAG_GATEWAY, ENI_FLAG_GWLB,
     ENI_FLAG_REBALANCE, ENI_FLAG_SG, ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3, ENI_FLAG_WHITELISTED,
-    EndpointEni, GatewayRoute, GwlbZone, IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS, IfaceInfo,
-    MAX_APPLIANCES, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT,
-    RULE_DROP, Rule, RuleSet, SnatPool, VpcAddr, VpcPort,
+    EndpointEni, GatewayRoute, GwlbZone, HOST_ADDR, HOST_PEER, IFACE_FLAG_APPLIANCES,
+    IFACE_FLAG_GATEWAYS, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, Listener, ListenerSet, MAX_APPLIANCES,
+    MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, Rule,
+    RuleSet, SnatPool, VpcAddr, VpcPort,
 };
 
 use crate::model::{
@@ -49,6 +50,27 @@ pub struct Desired {
     /// Next hops the data path may learn MACs for (load balancers, gateway next hops,
     /// appliances).
     pub next_hops: BTreeSet<VpcAddr>,
+    /// What each interface or gateway service publishes, by service id.
+    pub listeners: BTreeMap<u32, ListenerSet>,
+    /// The host's own addresses in each VPC and the peers it talks to there.
+    pub host: BTreeMap<VpcAddr, u32>,
+}
+
+/// A service's listeners as the data path matches them.
+pub fn listener_set(svc: &EndpointService) -> ListenerSet {
+    let mut set = ListenerSet::default();
+    for (slot, l) in set.listeners.iter_mut().zip(&svc.listeners) {
+        let (lo, hi) = l.ports();
+        *slot = Listener {
+            proto: l.protocol.number(),
+            _pad: 0,
+            port_lo: lo,
+            port_hi: hi,
+            _pad2: 0,
+        };
+        set.count += 1;
+    }
+    set
 }
 
 fn rule(
@@ -156,6 +178,7 @@ pub fn compute(
             gwlb_service(&mut d, state, svc, g, unhealthy);
             continue;
         }
+        d.listeners.insert(service_id, listener_set(svc));
         let mut addrs = [[0u8; 4]; MAX_SNAT_ADDRS];
         for (slot, a) in addrs.iter_mut().zip(&svc.snat) {
             *slot = a.octets();
@@ -317,6 +340,9 @@ fn endpoint_entry(
 
 fn iface_flags(state: &State, vpc: &str) -> u8 {
     let mut flags = 0;
+    if state.vpc(vpc).is_some_and(|v| v.host_traffic) {
+        flags |= IFACE_FLAG_HOST_TRAFFIC;
+    }
     if state
         .endpoints
         .iter()
@@ -408,7 +434,23 @@ fn gwlb_service(
     let service_id = numeric_id(&svc.id);
     let vpc_id = numeric_id(&svc.vpc);
     let healthy = |a: &std::net::Ipv4Addr| !unhealthy.contains(&(vpc_id, a.octets()));
+    // Health checks leave from the GWLB address: the host's stack must see the
+    // appliances' answers to it, and nothing else of the VPC.
+    d.host.insert(
+        VpcAddr {
+            vpc_id,
+            addr: g.address.octets(),
+        },
+        HOST_ADDR,
+    );
     for b in &svc.backends {
+        d.host.insert(
+            VpcAddr {
+                vpc_id,
+                addr: b.address.octets(),
+            },
+            HOST_PEER,
+        );
         d.gwlb_appliances.insert(
             VpcAddr {
                 vpc_id,

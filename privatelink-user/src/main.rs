@@ -314,6 +314,17 @@ async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Re
             state
                 .validate()
                 .map_err(|e| anyhow::anyhow!("the stored state does not validate: {e}"))?;
+            // Migration: an earlier build stored services without listeners and forwarded
+            // every port of their load balancers. No rule can tell which ports were meant,
+            // so they publish nothing (fail closed) until their providers add listeners.
+            for id in state.legacy_without_listeners() {
+                tracing::warn!(
+                    service = id,
+                    "service stored without listeners (by an earlier build): it publishes \
+                     nothing and its endpoints carry no traffic until its provider adds them \
+                     (`privatelink service update {id} --listener tcp:PORT`)"
+                );
+            }
             (state, Some(store))
         }
         (None, None) => anyhow::bail!("give --state FILE or --data-dir DIR"),

@@ -136,6 +136,127 @@ pub struct Vpc {
     pub interface: String,
     #[serde(default)]
     pub vswitches: Vec<VSwitch>,
+    /// The interface also carries the host's own traffic: what is not the data path's
+    /// passes to the host's stack. Off (the default), the host sees only the replies to
+    /// its own probes in this VPC and nothing else of it (see README, "The forwarder host").
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub host_traffic: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The transport protocol of a load balancer listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    Tcp,
+    Udp,
+}
+
+impl ListenerProtocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => privatelink_common::PROTO_TCP,
+            Self::Udp => privatelink_common::PROTO_UDP,
+        }
+    }
+}
+
+/// A listener of the service's load balancer: a protocol and a port, or a port range
+/// `port`..=`to_port`. An endpoint carries only traffic that matches one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub protocol: ListenerProtocol,
+    pub port: u16,
+    /// The last port of a range; a single port if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_port: Option<u16>,
+}
+
+impl Listener {
+    /// The first and last port.
+    pub fn ports(&self) -> (u16, u16) {
+        (self.port, self.to_port.unwrap_or(self.port))
+    }
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = match self.protocol {
+            ListenerProtocol::Tcp => "tcp",
+            ListenerProtocol::Udp => "udp",
+        };
+        match self.ports() {
+            (a, b) if a == b => write!(f, "{p}:{a}"),
+            (a, b) => write!(f, "{p}:{a}-{b}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Listener {
+    type Err = String;
+
+    /// `tcp:80`, `udp:53`, `tcp:8000-8100`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a listener (tcp:80, udp:53, tcp:8000-8100)");
+        let (proto, ports) = s.split_once(':').ok_or_else(bad)?;
+        let protocol = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => ListenerProtocol::Tcp,
+            "udp" => ListenerProtocol::Udp,
+            _ => return Err(format!("{proto:?} is not a listener protocol (tcp or udp)")),
+        };
+        let port = |p: &str| p.trim().parse::<u16>().map_err(|_| bad());
+        let (port, to_port) = match ports.split_once('-') {
+            Some((a, b)) => (port(a)?, Some(port(b)?)),
+            None => (port(ports)?, None),
+        };
+        Ok(Self {
+            protocol,
+            port,
+            to_port,
+        })
+    }
+}
+
+/// The most listeners a service publishes.
+pub const MAX_LISTENERS: usize = privatelink_common::MAX_LISTENERS;
+
+/// Listeners: ports 1-65535, ranges the right way up, no two overlapping.
+pub fn check_listeners(field: &str, listeners: &[Listener]) -> Result<(), FieldError> {
+    if listeners.len() > MAX_LISTENERS {
+        return err(
+            field,
+            format!("{} listeners; at most {MAX_LISTENERS}", listeners.len()),
+        );
+    }
+    for (j, l) in listeners.iter().enumerate() {
+        let (lo, hi) = l.ports();
+        if lo == 0 {
+            return err(
+                format!("{field}[{j}].port"),
+                "port 0 is not a listener port (1-65535)",
+            );
+        }
+        if hi < lo {
+            return err(
+                format!("{field}[{j}].to_port"),
+                format!("{lo}-{hi} is upside down (to_port must be at least port)"),
+            );
+        }
+        if let Some((k, o)) = listeners[..j].iter().enumerate().find(|(_, o)| {
+            let (a, b) = o.ports();
+            o.protocol == l.protocol && a <= hi && lo <= b
+        }) {
+            return err(
+                format!("{field}[{j}]"),
+                format!("{l} overlaps listener {k} ({o})"),
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -236,6 +357,12 @@ pub struct EndpointService {
     /// GWLB services: the load balancer's address, stickiness, failover and health checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gwlb: Option<GwlbSettings>,
+    /// The load balancer's listeners (interface services) or the ports served at the
+    /// prefixes (gateway services): the only traffic the service's endpoints carry. None
+    /// for GWLB services, whose appliances see every packet. A service stored by a build
+    /// without listeners has none: it publishes nothing until its provider adds them.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
 }
 
 fn yes() -> bool {
@@ -500,6 +627,7 @@ impl State {
                 }
                 (_, None) => {}
             }
+            check_listeners(&format!("{f}.listeners"), &s.listeners)?;
             if s.backends.is_empty() {
                 return err(
                     format!("{f}.backends"),
@@ -1157,6 +1285,12 @@ fn validate_gwlb_service(
             "a GWLB service has no prefixes: each endpoint lists the routes sent to it",
         );
     }
+    if !s.listeners.is_empty() {
+        return err(
+            format!("{f}.listeners"),
+            "a GWLB service has no listeners: its appliances see every packet",
+        );
+    }
     g.health
         .check()
         .or_else(|(field, message)| err(format!("{f}.gwlb.health.{field}"), message))
@@ -1188,6 +1322,24 @@ fn check_cidr(field: &str, c: &Ipv4Net) -> Result<(), FieldError> {
 }
 
 impl EndpointService {
+    /// Interface and gateway services publish at least one listener. Required of every
+    /// service created or changed, and of declarative state files; a service stored by an
+    /// earlier build (which forwarded every port) loads with none and publishes nothing
+    /// until its provider adds them (logged at start, see `legacy_without_listeners`).
+    pub fn require_listeners(&self, field: &str) -> Result<(), FieldError> {
+        if self.kind != ServiceType::Gwlb && self.listeners.is_empty() {
+            return err(
+                field,
+                format!(
+                    "service {} must publish its load balancer's listeners (e.g. tcp:80); \
+                     an endpoint carries only traffic that matches one",
+                    self.id
+                ),
+            );
+        }
+        Ok(())
+    }
+
     pub fn is_whitelisted(&self, account: &str) -> bool {
         self.whitelist.iter().any(|w| w == account)
     }
@@ -1203,10 +1355,24 @@ impl EndpointService {
     }
 }
 
-/// Parses a TOML state file; syntax and type errors name the line and the key.
-pub fn parse_state(text: &str) -> Result<State, String> {
+/// Parses a state as the store keeps it: every rule of `State::validate`, but not those
+/// only new and hand-written objects must meet (an earlier build's service may have no
+/// listeners).
+pub fn parse_stored_state(text: &str) -> Result<State, String> {
     let state: State = toml::from_str(text).map_err(|e| e.to_string())?;
     state.validate().map_err(|e| e.to_string())?;
+    Ok(state)
+}
+
+/// Parses a TOML state file; syntax and type errors name the line and the key.
+pub fn parse_state(text: &str) -> Result<State, String> {
+    let state = parse_stored_state(text)?;
+    // A state file is written by hand: one without listeners was written for a build
+    // that forwarded every port, and no rule can tell which ports were meant.
+    for (i, svc) in state.services.iter().enumerate() {
+        svc.require_listeners(&format!("services[{i}].listeners"))
+            .map_err(|e| e.to_string())?;
+    }
     Ok(state)
 }
 
@@ -1271,6 +1437,18 @@ connection = "connected"
 zones = [{ vswitch = "vsw-c2", eni = "10.30.2.5" }]
 routes = ["10.30.8.0/24"]
 "#;
+
+impl State {
+    /// Interface and gateway services that have no listeners: stored by a build that
+    /// forwarded every port. They publish nothing until their providers add listeners.
+    pub fn legacy_without_listeners(&self) -> Vec<&str> {
+        self.services
+            .iter()
+            .filter(|s| s.kind != ServiceType::Gwlb && s.listeners.is_empty())
+            .map(|s| s.id.as_str())
+            .collect()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -11,8 +11,8 @@ use crate::{
     desired::Unhealthy,
     model::{
         Account, AclRule, Backend, Connection, Endpoint, EndpointService, EndpointZone, FieldError,
-        GwlbSettings, MAX_SECURITY_GROUPS, MAX_TAGS, NetworkAcl, SecurityGroup, ServiceType,
-        SgRule, State, VSwitch, Vpc, numeric_id,
+        GwlbSettings, Listener, MAX_SECURITY_GROUPS, MAX_TAGS, NetworkAcl, SecurityGroup,
+        ServiceType, SgRule, State, VSwitch, Vpc, check_listeners, numeric_id,
     },
 };
 
@@ -224,6 +224,10 @@ pub struct NewVpc {
     pub interface: String,
     #[serde(default)]
     pub vswitches: Vec<NewVSwitch>,
+    /// The interface also carries the host's own traffic (unrelated packets pass to the
+    /// host's stack). Off by default: tenants cannot reach the forwarder host.
+    #[serde(default)]
+    pub host_traffic: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -263,6 +267,7 @@ pub fn create_vpc(s: &mut State, c: &Caller, req: NewVpc) -> R<Vpc> {
                 cidr: v.cidr,
             })
             .collect(),
+        host_traffic: req.host_traffic,
     };
     s.vpcs.push(vpc.clone());
     Ok(vpc)
@@ -312,6 +317,12 @@ pub struct NewService {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub gwlb: Option<GwlbSettings>,
+    /// The load balancer's listeners, `{"protocol": "tcp"|"udp", "port": 80}` or a range
+    /// with `"to_port"`: the only traffic endpoints carry. Interface and gateway services
+    /// need at least one; GWLB services have none.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>, example = json!([{"protocol": "tcp", "port": 80}]))]
+    pub listeners: Vec<Listener>,
 }
 
 fn interface_type() -> ServiceType {
@@ -363,7 +374,10 @@ pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointS
         domain: req.domain,
         prefixes: req.prefixes,
         gwlb: req.gwlb,
+        listeners: req.listeners,
     };
+    check_listeners("listeners", &svc.listeners)?;
+    svc.require_listeners("listeners")?;
     s.services.push(svc.clone());
     Ok(svc)
 }
@@ -413,6 +427,10 @@ pub struct ServicePatch {
     /// GWLB services: new settings (replacing the old ones as a whole).
     #[schema(value_type = Option<Object>)]
     pub gwlb: Option<GwlbSettings>,
+    /// The listeners (replacing the old ones): new flows on a removed listener are
+    /// dropped at once, and so are the packets of flows established on it.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub listeners: Option<Vec<Listener>>,
 }
 
 pub fn update_service(s: &mut State, c: &Caller, id: &str, p: ServicePatch) -> R<EndpointService> {
@@ -431,6 +449,11 @@ pub fn update_service(s: &mut State, c: &Caller, id: &str, p: ServicePatch) -> R
     }
     if let Some(v) = p.gwlb {
         svc.gwlb = Some(v);
+    }
+    if let Some(v) = p.listeners {
+        check_listeners("listeners", &v)?;
+        svc.listeners = v;
+        svc.require_listeners("listeners")?;
     }
     Ok(svc.clone())
 }

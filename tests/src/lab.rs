@@ -21,6 +21,17 @@ use anyhow::{Context, Result, bail};
 use crate::netns::{self, Netns};
 
 pub const LAB_STATE: &str = include_str!("../lab.toml");
+/// The lab's listener line, and the listeners the packet tests and benchmarks exercise
+/// on top of haproxy's tcp/80 (TCP to 443, UDP to 53 and 80).
+pub const LAB_LISTENERS: &str = r#"listeners = [{ protocol = "tcp", port = 80 }]"#;
+pub const PACKET_LISTENERS: &str = r#"listeners = [{ protocol = "tcp", port = 80 }, { protocol = "tcp", port = 443 }, { protocol = "udp", port = 53 }, { protocol = "udp", port = 80 }]"#;
+
+/// The lab's state for packet tests (BPF_PROG_TEST_RUN): `LAB_STATE` with
+/// `PACKET_LISTENERS`.
+pub fn packet_state() -> String {
+    assert!(LAB_STATE.contains(LAB_LISTENERS));
+    LAB_STATE.replace(LAB_LISTENERS, PACKET_LISTENERS)
+}
 pub const ENI: &str = "10.10.1.100";
 pub const CLIENT: &str = "10.10.2.1";
 pub const LB: &str = "10.10.0.10";
@@ -97,7 +108,7 @@ pub const BUILD_STEPS: &[(&str, &str)] = &[
     ),
     (
         "provider",
-        "service create epsrv-b --vpc vpc-b --backend zone-a:10.10.0.10 --snat 10.10.0.200 --snat 10.10.0.201 --domain epsrv-b.privatelink.example",
+        "service create epsrv-b --vpc vpc-b --backend zone-a:10.10.0.10 --snat 10.10.0.200 --snat 10.10.0.201 --listener tcp:80 --domain epsrv-b.privatelink.example",
     ),
     ("provider", "service whitelist add epsrv-b acct-a"),
     (
@@ -108,7 +119,7 @@ pub const BUILD_STEPS: &[(&str, &str)] = &[
     // The reverse direction: A publishes a service in its own VPC, B reaches it.
     (
         "consumer",
-        "service create epsrv-a --vpc vpc-a --backend zone-a:10.10.2.10 --snat 10.10.2.200 --auto-accept",
+        "service create epsrv-a --vpc vpc-a --backend zone-a:10.10.2.10 --snat 10.10.2.200 --listener tcp:80 --auto-accept",
     ),
     ("consumer", "service whitelist add epsrv-a acct-b"),
     (
@@ -119,7 +130,7 @@ pub const BUILD_STEPS: &[(&str, &str)] = &[
     // endpoint policy lets A reach only 100.64.10.5:80.
     (
         "provider",
-        "service create epsrv-oss --type gateway --vpc vpc-b --prefix 100.64.10.0/24 --backend zone-a:10.10.0.10 --snat 10.10.0.202 --auto-accept",
+        "service create epsrv-oss --type gateway --vpc vpc-b --prefix 100.64.10.0/24 --backend zone-a:10.10.0.10 --snat 10.10.0.202 --listener tcp:80 --auto-accept",
     ),
     ("provider", "service whitelist add epsrv-oss acct-a"),
     (

@@ -13,7 +13,7 @@ use privatelink_common::Reason;
 use privatelink_user::{
     dataplane::{self, Dataplane, LoadOptions},
     desired::{self, Link},
-    model::{numeric_id, parse_state},
+    model::{numeric_id, parse_stored_state},
 };
 
 use crate::netns::{Netns, unique_name};
@@ -47,7 +47,7 @@ impl Harness {
             ns.ip(&["link", "set", d, "up"])?;
         }
         ns.enter_thread()?;
-        let state = parse_state(state).map_err(anyhow::Error::msg)?;
+        let state = parse_stored_state(state).map_err(anyhow::Error::msg)?;
         let want = desired::compute(&state, dataplane::resolve_link, &desired::Unhealthy::new())?;
         let mut dp = Dataplane::load(&LoadOptions {
             pin_dir: None,
@@ -67,7 +67,7 @@ impl Harness {
 
     /// Applies another state to the loaded maps, as the daemon does after an API call.
     pub fn apply_state(&mut self, state: &str) -> Result<()> {
-        let state = parse_state(state).map_err(anyhow::Error::msg)?;
+        let state = parse_stored_state(state).map_err(anyhow::Error::msg)?;
         let want = desired::compute(&state, dataplane::resolve_link, &desired::Unhealthy::new())?;
         self.dp.apply(&want)?;
         Ok(())

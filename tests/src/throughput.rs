@@ -58,6 +58,7 @@ vpc = "vpc-b"
 whitelist = ["acct-a"]
 backends = [{ zone = "zone-a", address = "10.2.0.10" }]
 snat = ["10.2.0.200", "10.2.0.201", "10.2.0.202", "10.2.0.203"]
+listeners = [{ protocol = "udp", port = 80 }]
 [[endpoints]]
 id = "ep"
 account = "acct-a"

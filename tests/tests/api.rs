@@ -96,7 +96,7 @@ fn world() -> World {
     b.post(
         "/v1/services",
         &json!({"id": "epsrv-b", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.10"}],
-                "snat": ["10.10.0.200"], "whitelist": ["acct-a"]}),
+                "snat": ["10.10.0.200"], "whitelist": ["acct-a"], "listeners": [{"protocol": "tcp", "port": 80}]}),
     )
     .unwrap();
     a.post("/v1/endpoints", &endpoint_body("ep-a", "10.10.1.100"))
@@ -206,7 +206,7 @@ fn bad_input_names_the_field_with_the_right_status() {
         ("21 tags", w.a.post("/v1/endpoints", &json!({"id": "ep-x", "vpc": "vpc-a", "service": "epsrv-b",
             "zones": [{"vswitch": "vsw-a1", "eni": "10.10.1.7"}], "tags": (0..21).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_,_>>()})), 400, "tags", "at most 20"),
         ("port range upside down", w.b.post("/v1/services", &json!({"id": "s2", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.11"}],
-            "snat": ["10.10.0.210"], "snat_ports": [3000, 2000]})), 400, "services[1].snat_ports", "not a port range"),
+            "snat": ["10.10.0.210"], "snat_ports": [3000, 2000], "listeners": [{"protocol": "tcp", "port": 80}]})), 400, "services[1].snat_ports", "not a port range"),
         ("duplicate id", w.a.post("/v1/endpoints", &endpoint_body("ep-a", "10.10.1.8")), 409, "id", "already exists"),
         ("bad action", w.b.call("POST", "/v1/services/epsrv-b/connections/ep-a/explode", None), 400, "action", "not one of"),
         ("delete a service in use", w.b.delete("/v1/services/epsrv-b"), 409, "service", "still has endpoints"),

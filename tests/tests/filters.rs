@@ -5,7 +5,7 @@ use etherparse::PacketBuilder;
 use privatelink_common::Reason;
 use privatelink_tests::{
     frames::{CLIENT_MAC, ENI, LB, SNAT, arp_request, parse_checked, tcp_from_lb, tcp_to_eni},
-    lab::LAB_STATE,
+    lab::packet_state,
     testrun::{Harness, LB_MAC},
 };
 
@@ -22,7 +22,7 @@ fn state(groups: &[&str], extra: &str) -> String {
         .join(", ");
     format!(
         "{}\n{extra}",
-        LAB_STATE.replace(
+        packet_state().replace(
             "name = \"web\"",
             &format!("name = \"web\"\nsecurity_groups = [{list}]")
         )
@@ -297,6 +297,7 @@ whitelist = ["acct-a"]
 backends = [{ zone = "zone-a", address = "10.10.0.10" }]
 snat = ["10.10.0.202"]
 prefixes = ["100.64.10.0/24"]
+listeners = [{ protocol = "tcp", port = 80 }]
 
 [[endpoints]]
 id = "ep-oss"
@@ -312,7 +313,7 @@ policy = [{ action = "accept", protocol = "tcp", cidr = "100.64.10.5/32", ports 
 /// SNAT pool, sends to the service VPC's next hop, and applies its policy.
 #[test]
 fn gateway_endpoint_keeps_the_destination_and_applies_its_policy() {
-    let mut h = Harness::new(&format!("{LAB_STATE}\n{GATEWAY_STATE}")).unwrap();
+    let mut h = Harness::new(&format!("{}\n{GATEWAY_STATE}", packet_state())).unwrap();
     let syn = syn_to(&h, [10, 10, 2, 1], [100, 64, 10, 5], 43000, 80);
     let (act, out) = h.run(h.consumer.ifindex, &syn).unwrap();
     assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());

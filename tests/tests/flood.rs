@@ -6,7 +6,7 @@ use etherparse::PacketBuilder;
 use privatelink_common::Reason;
 use privatelink_tests::{
     frames::{CLIENT_MAC, ENI},
-    lab::LAB_STATE,
+    lab::packet_state,
     scale::{fill, frame, live_outcome, open_live, present},
     testrun::Harness,
 };
@@ -36,7 +36,7 @@ fn syn_from(h: &Harness, n: u32) -> Vec<u8> {
 
 #[test]
 fn a_syn_flood_evicts_idle_flows_not_established_ones() {
-    let mut h = Harness::with_conntrack(LAB_STATE, CAPACITY).unwrap();
+    let mut h = Harness::with_conntrack(&packet_state(), CAPACITY).unwrap();
     // Flows the data path made itself (their SNAT tuples are its own choice).
     let live = open_live(&mut h, LIVE).unwrap();
     let opened = h.count(Reason::ForwardNewFlow);
@@ -132,6 +132,13 @@ fn a_flood_through_the_lab_stalls_neither_the_daemon_nor_an_open_connection() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
+    // The flood is UDP to port 80: published for this test (nothing answers it but the
+    // load balancer host's ICMP port unreachable, translated back to the consumer).
+    lab.cli(
+        "provider",
+        &["service", "listener", "add", "epsrv-b", "udp:80"],
+    )
+    .unwrap();
 
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(

@@ -15,7 +15,7 @@ use privatelink_tests::{
         self, CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, tcp_from_lb, tcp_to_eni, udp_to_eni,
     },
     gwlb,
-    lab::LAB_STATE,
+    lab::packet_state,
     testrun::{Harness, LB_MAC},
 };
 
@@ -331,7 +331,7 @@ fn fuzz(name: &str, h: &mut Harness, corpus: &[(u32, Vec<u8>)], a: &Allowed) {
 
 #[test]
 fn endpoint_nat_survives_random_and_mutated_frames() {
-    let mut h = Harness::new(LAB_STATE).unwrap();
+    let mut h = Harness::new(&packet_state()).unwrap();
     let (cif, pif) = (h.consumer.ifindex, h.provider.ifindex);
     // Live flows, so that mutations of replies meet conntrack entries.
     let (_, syn_out) = h.run(cif, &tcp_to_eni(&h, 40000, true, b"")).unwrap();

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use etherparse::PacketBuilder;
 use privatelink_common::{GWLB_OVERHEAD, Reason};
 use privatelink_tests::{
+    frames::arp_request,
     gwlb::{
         APPL_A, APPL_A_MAC, APPL_B, APPL_B_MAC, CLIENT, CLIENT_MAC, ENI, GWLB_ADDR, SERVER,
         SERVER_MAC, harness, harness_with, state, tcp,
@@ -267,7 +268,8 @@ fn returned_geneve_is_checked_decapsulated_and_delivered() {
     let (act, _) = h
         .run(h.consumer.ifindex, &arp_reply(&h, SERVER, SERVER_MAC))
         .unwrap();
-    assert_eq!(act, XDP_PASS);
+    // Learned by the data path, not for the host's stack.
+    assert_eq!(act, XDP_DROP, "{:?}", h.active_stats());
     let (act, out) = h.run(h.provider.ifindex, &back).unwrap();
     assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
     assert_eq!(&out[0..6], &SERVER_MAC);
@@ -456,7 +458,8 @@ fn malformed_or_foreign_geneve_is_dropped_and_counted() {
     let (act, _) = h
         .run(h.consumer.ifindex, &arp_reply(&h, SERVER, SERVER_MAC))
         .unwrap();
-    assert_eq!(act, XDP_PASS);
+    // Learned by the data path, not for the host's stack.
+    assert_eq!(act, XDP_DROP, "{:?}", h.active_stats());
     let (act, _) = h
         .run(h.provider.ifindex, &build(&[good]).remove(0))
         .unwrap();
@@ -645,4 +648,48 @@ fn dissector_sees_all_three_frames_at_once() {
     assert_eq!(v[0]["ip"]["udp"]["sport"], 1);
     assert_eq!(v[1]["ip"]["icmp"]["id"], 2);
     assert_eq!(v[2]["ip"]["tcp"]["dport"], 4);
+}
+
+/// The forwarder host's own address in the appliance VPC (the GWLB address) is reachable
+/// only by the appliances it probes; nobody else in that VPC, and nobody in another VPC
+/// (the same address forged on the consumer's interface), reaches the host's stack.
+#[test]
+fn only_probed_appliances_reach_the_hosts_own_address() {
+    let mut h = harness();
+    let gwlb: [u8; 4] = GWLB_ADDR.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let frame = |dst_mac: [u8; 6], src: [u8; 4], syn: bool| {
+        let b = PacketBuilder::ethernet2(APPL_A_MAC, dst_mac)
+            .ipv4(src, gwlb, 64)
+            .tcp(8080, 40000, 1, 65000);
+        let b = if syn { b.syn().ack(1) } else { b.ack(1) };
+        let mut v = Vec::new();
+        b.write(&mut v, b"").unwrap();
+        v
+    };
+    // An appliance's answer to a health probe: the host's stack gets it, untouched.
+    let probe_reply = frame(h.provider.mac, APPL_A, true);
+    let (act, out) = h.run(h.provider.ifindex, &probe_reply).unwrap();
+    assert_eq!((act, &out), (XDP_PASS, &probe_reply));
+    assert_eq!(h.count(Reason::PassHost), 1);
+    // Another address of the appliance VPC: dropped.
+    let (act, _) = h
+        .run(
+            h.provider.ifindex,
+            &frame(h.provider.mac, [10, 40, 1, 77], false),
+        )
+        .unwrap();
+    assert_eq!(act, XDP_DROP);
+    // The GWLB address forged from the consumer's VPC, even with an appliance's source.
+    for src in [CLIENT, APPL_A] {
+        let (act, _) = h
+            .run(h.consumer.ifindex, &frame(h.consumer.mac, src, false))
+            .unwrap();
+        assert_eq!(act, XDP_DROP);
+    }
+    assert_eq!(h.count(Reason::DropHostIsolated), 3);
+    // ARP: for the host's address from its own VPC, to the host; from another VPC, not.
+    let who_has = arp_request(APPL_A_MAC, APPL_A, gwlb);
+    assert_eq!(h.run(h.provider.ifindex, &who_has).unwrap().0, XDP_PASS);
+    assert_eq!(h.run(h.consumer.ifindex, &who_has).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropHostIsolated), 4);
 }

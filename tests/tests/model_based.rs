@@ -468,7 +468,8 @@ fn call(a: &Client, b: &Client, op: Op) -> anyhow::Result<serde_json::Value> {
             "/v1/services",
             &json!({"id": svc_id(k), "vpc": "vpc-b", "auto_accept": auto,
                     "backends": [{"zone": "zone-a", "address": format!("10.10.0.{}", 10 + k)}],
-                    "snat": [format!("10.10.0.{}", 200 + k)]}),
+                    "snat": [format!("10.10.0.{}", 200 + k)],
+                    "listeners": [{"protocol": "tcp", "port": 80}]}),
         ),
         Op::DeleteService(k) => b.delete(&format!("/v1/services/{}", svc_id(k))),
         Op::Whitelist(k, true) => b.call(

@@ -12,7 +12,7 @@ use privatelink_tests::{
         CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, parse_checked, tcp_from_lb, tcp_to_eni,
         udp_to_eni,
     },
-    lab::LAB_STATE,
+    lab::packet_state,
     testrun::{Harness, LB_MAC},
 };
 
@@ -22,7 +22,7 @@ const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 fn harness() -> Harness {
-    Harness::new(LAB_STATE).expect("harness")
+    Harness::new(&packet_state()).expect("harness")
 }
 
 /// Sends a SYN from the client and returns the SNAT tuple it was given.
@@ -331,8 +331,8 @@ fn ttl_one_is_dropped_and_counted() {
 
 #[test]
 fn not_whitelisted_is_dropped_and_counted() {
-    let mut h =
-        Harness::new(&LAB_STATE.replace("whitelist = [\"acct-a\"]", "whitelist = []")).unwrap();
+    let mut h = Harness::new(&packet_state().replace("whitelist = [\"acct-a\"]", "whitelist = []"))
+        .unwrap();
     let (act, _) = h
         .run(h.consumer.ifindex, &tcp_to_eni(&h, 40300, true, b""))
         .unwrap();
@@ -343,7 +343,7 @@ fn not_whitelisted_is_dropped_and_counted() {
 #[test]
 fn endpoint_not_connected_is_dropped_and_counted() {
     for state in ["pending", "rejected", "disconnected"] {
-        let mut h = Harness::new(&LAB_STATE.replace(
+        let mut h = Harness::new(&packet_state().replace(
             "connection = \"connected\"",
             &format!("connection = \"{state}\""),
         ))
@@ -420,7 +420,7 @@ fn a_state_change_reaches_established_flows() {
     // A change that does not concern the flow (one more SNAT address): the epoch moves,
     // the flow is checked again and keeps going.
     let epoch = h.dp.epoch().unwrap();
-    h.apply_state(&LAB_STATE.replace(
+    h.apply_state(&packet_state().replace(
         r#"snat = ["10.10.0.200", "10.10.0.201"]"#,
         r#"snat = ["10.10.0.200", "10.10.0.201", "10.10.0.202"]"#,
     ))
@@ -431,48 +431,83 @@ fn a_state_change_reaches_established_flows() {
         parse_checked(&out);
     }
     // The provider rejects the connection: both directions stop at once.
-    h.apply_state(&LAB_STATE.replace("connection = \"connected\"", "connection = \"rejected\""))
-        .unwrap();
+    h.apply_state(
+        &packet_state().replace("connection = \"connected\"", "connection = \"rejected\""),
+    )
+    .unwrap();
     let [(fwd, _), (back, _)] = exchange(&mut h, 40600, snat, 3);
     assert_eq!((fwd, back), (XDP_DROP, XDP_DROP));
     assert_eq!(h.count(Reason::DropNotConnected), 2);
     // Accepted again: the flow's entries are still there and carry it on.
-    h.apply_state(LAB_STATE).unwrap();
+    h.apply_state(&packet_state()).unwrap();
     for (act, _) in exchange(&mut h, 40600, snat, 4) {
         assert_eq!(act, XDP_REDIRECT);
     }
     // The consumer account leaves the whitelist: the same.
-    h.apply_state(&LAB_STATE.replace("whitelist = [\"acct-a\"]", "whitelist = []"))
+    h.apply_state(&packet_state().replace("whitelist = [\"acct-a\"]", "whitelist = []"))
         .unwrap();
     let [(fwd, _), (back, _)] = exchange(&mut h, 40600, snat, 5);
     assert_eq!((fwd, back), (XDP_DROP, XDP_DROP));
     assert_eq!(h.count(Reason::DropNotWhitelisted), 2);
 }
 
-#[test]
-fn unrelated_traffic_passes_untouched() {
-    let mut h = harness();
+/// Frames on a VPC interface that are none of the data path's: IPv4 to an address the
+/// forwarder does not serve, IPv6, and ARP for another address.
+fn unrelated_frames(h: &Harness) -> [Vec<u8>; 3] {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
         .ipv4(CLIENT, [10, 10, 2, 50], 64)
         .tcp(1, 80, 1, 1)
         .write(&mut v, b"x")
         .unwrap();
-    let (act, out) = h.run(h.consumer.ifindex, &v).unwrap();
-    assert_eq!((act, &out), (XDP_PASS, &v));
     let mut v6 = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
         .ipv6([0xfe; 16], [0xfd; 16], 64)
         .udp(1, 2)
         .write(&mut v6, b"y")
         .unwrap();
-    let (act, out) = h.run(h.consumer.ifindex, &v6).unwrap();
-    assert_eq!((act, &out), (XDP_PASS, &v6));
+    [v, v6, arp_request(CLIENT_MAC, CLIENT, [10, 10, 2, 99])]
+}
+
+#[test]
+fn unrelated_traffic_never_reaches_the_host_on_an_isolated_interface() {
+    let mut h = harness();
+    for f in unrelated_frames(&h) {
+        let (act, _) = h.run(h.consumer.ifindex, &f).unwrap();
+        assert_eq!(act, XDP_DROP, "{:?}", h.active_stats());
+    }
+    assert_eq!(h.count(Reason::DropHostIsolated), 3);
+    assert_eq!(h.count(Reason::PassUnrelated), 0);
+    assert_eq!(h.count(Reason::ArpPass), 0);
     // An interface the daemon did not attach: pass.
     let (act, _) = h.run(1, &tcp_to_eni(&h, 1, true, b"")).unwrap();
     assert_eq!(act, XDP_PASS);
-    assert_eq!(h.count(Reason::PassUnrelated), 2);
     assert_eq!(h.count(Reason::PassNotAttached), 1);
+}
+
+#[test]
+fn the_host_traffic_switch_passes_unrelated_traffic_untouched() {
+    let mut h = Harness::new(&packet_state().replace(
+        "interface = \"fc0\"",
+        "interface = \"fc0\"\nhost_traffic = true",
+    ))
+    .unwrap();
+    for f in unrelated_frames(&h) {
+        let (act, out) = h.run(h.consumer.ifindex, &f).unwrap();
+        assert_eq!((act, &out), (XDP_PASS, &f));
+    }
+    assert_eq!(h.count(Reason::PassUnrelated), 2);
+    assert_eq!(h.count(Reason::ArpPass), 1);
+    assert_eq!(h.count(Reason::DropHostIsolated), 0);
+    // The provider's interface has no such switch: still isolated.
+    let mut f = unrelated_frames(&h)[0].clone();
+    f[0..6].copy_from_slice(&h.provider.mac);
+    assert_eq!(h.run(h.provider.ifindex, &f).unwrap().0, XDP_DROP);
+    // The endpoint still works as before.
+    let (act, _) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(&h, 40600, true, b""))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT);
 }
 
 #[test]
@@ -657,9 +692,9 @@ fn arp_for_eni_and_snat_addresses_is_answered() {
         assert_eq!(&out[32..38], &CLIENT_MAC);
         assert_eq!(&out[38..42], &asker);
     }
-    // Not ours: passed to the kernel.
+    // Not ours, nor the host's: dropped (the host has no address in this VPC).
     let req = arp_request(CLIENT_MAC, CLIENT, [10, 10, 2, 99]);
-    assert_eq!(h.run(h.consumer.ifindex, &req).unwrap().0, XDP_PASS);
+    assert_eq!(h.run(h.consumer.ifindex, &req).unwrap().0, XDP_DROP);
     // Only registered next hops are learned: not the client ...
     let vpc_a = privatelink_user::model::numeric_id("vpc-a");
     assert_eq!(h.dp.neighbor(vpc_a, CLIENT), None);
@@ -809,7 +844,7 @@ fn idle_flows_expire() {
 /// a stale tuple (and the stale flow's other entry goes with it).
 #[test]
 fn snat_pool_exhaustion_and_reuse_after_expiry() {
-    let state = LAB_STATE.replace(
+    let state = packet_state().replace(
         "snat = [\"10.10.0.200\", \"10.10.0.201\"]",
         "snat = [\"10.10.0.200\"]\nsnat_ports = [2000, 2003]",
     );
@@ -952,4 +987,155 @@ fn a_flow_that_loses_an_entry_keeps_its_snat_tuple() {
     assert_eq!(act, XDP_REDIRECT, "the reply entry was made again");
     let p = parse_checked(&out);
     assert_eq!((p.ip.destination, p.dport), (CLIENT, 40100));
+}
+
+/// A frame from the client to the ENI: TCP (a SYN, or a data segment) or UDP to `dport`.
+fn to_eni(h: &Harness, proto: u8, sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac).ipv4(CLIENT, ENI, 64);
+    let mut v = Vec::new();
+    if proto == 6 {
+        let b = b.tcp(sport, dport, 1000, 64240);
+        let b = if syn { b.syn() } else { b.ack(5000) };
+        b.write(&mut v, b"").unwrap();
+    } else {
+        b.udp(sport, dport).write(&mut v, b"q").unwrap();
+    }
+    v
+}
+
+/// The listeners of the packet tests' service replaced by tcp/80, tcp/8000-8100, udp/53.
+fn listener_state(listeners: &str) -> String {
+    packet_state().replace(
+        privatelink_tests::lab::PACKET_LISTENERS,
+        &format!("listeners = [{listeners}]"),
+    )
+}
+
+const SOME_LISTENERS: &str = r#"{ protocol = "tcp", port = 80 }, { protocol = "tcp", port = 8000, to_port = 8100 }, { protocol = "udp", port = 53 }"#;
+
+#[test]
+fn only_the_services_listeners_cross_the_endpoint() {
+    let mut h = Harness::new(&listener_state(SOME_LISTENERS)).unwrap();
+    let cases: &[(&str, u8, u16, bool)] = &[
+        ("tcp/80", 6, 80, true),
+        ("tcp/8000, first of the range", 6, 8000, true),
+        ("tcp/8100, last of the range", 6, 8100, true),
+        ("udp/53", 17, 53, true),
+        ("tcp/81", 6, 81, false),
+        ("tcp/443", 6, 443, false),
+        ("tcp/22", 6, 22, false),
+        ("tcp/7999, below the range", 6, 7999, false),
+        ("tcp/8101, past the range", 6, 8101, false),
+        ("tcp/53, the wrong protocol", 6, 53, false),
+        ("udp/80, the wrong protocol", 17, 80, false),
+        ("udp/8050, the wrong protocol", 17, 8050, false),
+    ];
+    for (i, (what, proto, dport, crosses)) in cases.iter().enumerate() {
+        let flows_before = h.dp.flows().unwrap().len();
+        let dropped_before = h.count(Reason::DropNoListener);
+        let frame = to_eni(&h, *proto, 41000 + i as u16, *dport, true);
+        let (act, out) = h.run(h.consumer.ifindex, &frame).unwrap();
+        let flows_after = h.dp.flows().unwrap().len();
+        if *crosses {
+            assert_eq!(act, XDP_REDIRECT, "{what}: {:?}", h.active_stats());
+            let p = parse_checked(&out);
+            assert_eq!((p.ip.destination, p.dport), (LB, *dport), "{what}");
+            assert_eq!(flows_after, flows_before + 2, "{what}: both entries made");
+        } else {
+            assert_eq!(act, XDP_DROP, "{what}: {:?}", h.active_stats());
+            assert_eq!(
+                h.count(Reason::DropNoListener),
+                dropped_before + 1,
+                "{what}: counted under its own reason"
+            );
+            assert_eq!(
+                flows_after, flows_before,
+                "{what}: no flow entry and no SNAT tuple taken"
+            );
+        }
+    }
+    assert_eq!(h.count(Reason::DropNoListener), 8);
+    assert_eq!(h.count(Reason::ForwardNewFlow), 4);
+    assert_eq!(h.count(Reason::PassUnrelated), 0);
+    // ICMP echo to the ENI is still answered.
+    let mut ping = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(CLIENT, ENI, 64)
+        .icmpv4_echo_request(9, 1)
+        .write(&mut ping, b"ping")
+        .unwrap();
+    assert_eq!(h.run(h.consumer.ifindex, &ping).unwrap().0, XDP_TX);
+}
+
+/// A service with no listeners (stored by an earlier build) publishes nothing.
+#[test]
+fn a_service_without_listeners_publishes_nothing() {
+    let mut h = Harness::new(&packet_state().replace(
+        &format!("{}\n", privatelink_tests::lab::PACKET_LISTENERS),
+        "",
+    ))
+    .unwrap();
+    for (proto, dport) in [(6, 80), (17, 53), (6, 443)] {
+        let (act, _) = h
+            .run(h.consumer.ifindex, &to_eni(&h, proto, 42000, dport, true))
+            .unwrap();
+        assert_eq!(act, XDP_DROP);
+    }
+    assert_eq!(h.count(Reason::DropNoListener), 3);
+    assert!(h.dp.flows().unwrap().is_empty());
+}
+
+/// Removing a listener stops new flows on it at once, and the flows established on it
+/// from their next packet, in both directions; the other listeners' flows keep going.
+#[test]
+fn a_removed_listener_stops_its_flows_at_once_and_spares_the_others() {
+    let mut h = Harness::new(&listener_state(SOME_LISTENERS)).unwrap();
+    // Two established flows: tcp/8000 (to be removed) and tcp/80 (kept), each a SYN, the
+    // load balancer's SYN-ACK and a data segment, so both are on the established path.
+    let open = |h: &mut Harness, sport: u16, dport: u16| {
+        let (act, out) = h
+            .run(h.consumer.ifindex, &to_eni(h, 6, sport, dport, true))
+            .unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let p = parse_checked(&out);
+        let mut back = Vec::new();
+        PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+            .ipv4(LB, p.ip.source, 64)
+            .tcp(dport, p.sport, 7000, 65000)
+            .syn()
+            .ack(1001)
+            .write(&mut back, b"")
+            .unwrap();
+        assert_eq!(h.run(h.provider.ifindex, &back).unwrap().0, XDP_REDIRECT);
+        let data = to_eni(h, 6, sport, dport, false);
+        assert_eq!(h.run(h.consumer.ifindex, &data).unwrap().0, XDP_REDIRECT);
+        (data, back)
+    };
+    let (data_8000, back_8000) = open(&mut h, 43000, 8000);
+    let (data_80, back_80) = open(&mut h, 43001, 80);
+    let flows = h.dp.flows().unwrap().len();
+    h.apply_state(&listener_state(
+        r#"{ protocol = "tcp", port = 80 }, { protocol = "udp", port = 53 }"#,
+    ))
+    .unwrap();
+    // New flows on the removed listener: dropped, nothing taken.
+    let (act, _) = h
+        .run(h.consumer.ifindex, &to_eni(&h, 6, 43002, 8050, true))
+        .unwrap();
+    assert_eq!(act, XDP_DROP);
+    // The established flow on it: both directions stop on their next packet.
+    let before = h.count(Reason::DropNoListener);
+    assert_eq!(h.run(h.consumer.ifindex, &data_8000).unwrap().0, XDP_DROP);
+    assert_eq!(h.run(h.provider.ifindex, &back_8000).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropNoListener), before + 2);
+    // The flow on the kept listener goes on both ways.
+    assert_eq!(h.run(h.consumer.ifindex, &data_80).unwrap().0, XDP_REDIRECT);
+    assert_eq!(h.run(h.provider.ifindex, &back_80).unwrap().0, XDP_REDIRECT);
+    assert_eq!(h.dp.flows().unwrap().len(), flows, "no new entries");
+    // Published again: the old flow resumes (its entries were kept until they expire).
+    h.apply_state(&listener_state(SOME_LISTENERS)).unwrap();
+    assert_eq!(
+        h.run(h.consumer.ifindex, &data_8000).unwrap().0,
+        XDP_REDIRECT
+    );
 }

@@ -9,7 +9,7 @@ use anyhow::Result;
 use etherparse::PacketBuilder;
 use privatelink_tests::{
     frames::{CLIENT, CLIENT_MAC, ENI, tcp_from_lb, tcp_to_eni},
-    lab::LAB_STATE,
+    lab::packet_state,
     testrun::Harness,
 };
 
@@ -86,7 +86,7 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
         "| flows | table entries | fill (s) | kernel memory | bytes/flow | hit ns/pkt | trivial ns/pkt | ratio | flood: new flows accepted | established: both entries kept | established: same SNAT tuple after | idle evicted |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for &flows in points {
-        let mut h = Harness::with_conntrack(LAB_STATE, 2 * flows)?;
+        let mut h = Harness::with_conntrack(&packet_state(), 2 * flows)?;
         let start = Instant::now();
         // The 1 000 established flows come first, made by the data path itself (so their
         // SNAT tuples are the ones it chooses): the oldest in the table, which an LRU that
@@ -322,7 +322,8 @@ fn control_plane(n: usize) -> Result<String> {
     b.post(
         "/v1/services",
         &json!({"id": "epsrv-b", "vpc": "vpc-b", "auto_accept": true, "whitelist": ["acct-a"],
-        "backends": [{"zone": "zone-a", "address": "10.10.0.10"}], "snat": ["10.10.0.200"]}),
+        "backends": [{"zone": "zone-a", "address": "10.10.0.10"}], "snat": ["10.10.0.200"],
+        "listeners": [{"protocol": "tcp", "port": 80}]}),
     )?;
 
     let map = dataplane::open_pinned(&pin, map_names::ENDPOINTS)?;
@@ -552,7 +553,7 @@ fn gwlb_rows(rows: &mut Vec<Row>) -> Result<()> {
 fn per_packet(only: Option<&str>) -> Result<String> {
     privatelink_tests::throughput::pin_to_last_cpu();
     // Room for the replayed first packets' flows.
-    let mut h = Harness::with_conntrack(LAB_STATE, 1 << 20)?;
+    let mut h = Harness::with_conntrack(&packet_state(), 1 << 20)?;
     let (cif, pif) = (h.consumer.ifindex, h.provider.ifindex);
 
     // A live flow for the hit paths.
