@@ -161,10 +161,17 @@ pub const IFACE_FLAG_HOST_TRAFFIC: u8 = 4;
 
 /// Value of `PL_HOST` (key: VPC + address): an address of the host's own in that VPC
 /// (the GWLB address health checks leave from), or a peer it talks to there (an appliance
-/// it probes). On an isolated interface the kernel sees an IPv4 packet only from a peer to
-/// a host address, and an ARP packet only about a host address.
+/// it probes, `host_peer`: the protocol and port the host connects to). On an isolated
+/// interface the kernel sees an IPv4 packet only when it goes from a peer's port (that
+/// protocol) to a host address, or is an ICMP error from a peer to a host address; and an
+/// ARP packet only about a host address.
 pub const HOST_ADDR: u32 = 1;
 pub const HOST_PEER: u32 = 2;
+
+/// The `PL_HOST` value of a peer the host talks to with `proto` on its port `port`.
+pub const fn host_peer(proto: u8, port: u16) -> u32 {
+    HOST_PEER | (proto as u32) << 8 | (port as u32) << 16
+}
 
 /// The most listeners one service publishes.
 pub const MAX_LISTENERS: usize = 16;

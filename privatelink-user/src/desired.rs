@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use privatelink_common::{
     Appliance, ApplianceSet, ConnectionState, ENI_FLAG_ACL, ENI_FLAG_GATEWAY, ENI_FLAG_GWLB,
     ENI_FLAG_REBALANCE, ENI_FLAG_SG, ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3, ENI_FLAG_WHITELISTED,
-    EndpointEni, GatewayRoute, GwlbZone, HOST_ADDR, HOST_PEER, IFACE_FLAG_APPLIANCES,
-    IFACE_FLAG_GATEWAYS, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, Listener, ListenerSet, MAX_APPLIANCES,
-    MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, Rule,
-    RuleSet, SnatPool, VpcAddr, VpcPort,
+    EndpointEni, GatewayRoute, GwlbZone, HOST_ADDR, IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS,
+    IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, Listener, ListenerSet, MAX_APPLIANCES, MAX_SNAT_ADDRS,
+    PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, Rule, RuleSet, SnatPool,
+    VpcAddr, VpcPort, host_peer,
 };
 
 use crate::model::{
@@ -449,7 +449,7 @@ fn gwlb_service(
                 vpc_id,
                 addr: b.address.octets(),
             },
-            HOST_PEER,
+            host_peer(PROTO_TCP, g.health.port),
         );
         d.gwlb_appliances.insert(
             VpcAddr {

@@ -211,6 +211,19 @@ mod tests {
         assert_eq!(st.load().unwrap().services.len(), 1);
     }
 
+    /// An earlier build stored services without listeners: such a record loads, with no
+    /// listeners (it publishes nothing), and is named for the start-up warning.
+    #[test]
+    fn a_service_stored_without_listeners_loads_publishing_nothing() {
+        let record = br#"{"id":"epsrv-old","account":"acct-b","type":"interface","vpc":"vpc-b",
+            "backends":[{"zone":"zone-a","address":"10.10.0.10"}],"snat":["10.10.0.200"]}"#;
+        let s = from_records([("service/epsrv-old", record.as_slice())]).unwrap();
+        assert!(s.services[0].listeners.is_empty());
+        assert_eq!(s.legacy_without_listeners(), vec!["epsrv-old"]);
+        let l = crate::desired::listener_set(&s.services[0]);
+        assert!(!l.admits(privatelink_common::PROTO_TCP, 80));
+    }
+
     #[test]
     fn a_corrupt_record_is_named() {
         let e = from_records([("endpoint/ep-x", b"{not json".as_slice())]).unwrap_err();

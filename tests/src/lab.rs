@@ -22,9 +22,10 @@ use crate::netns::{self, Netns};
 
 pub const LAB_STATE: &str = include_str!("../lab.toml");
 /// The lab's listener line, and the listeners the packet tests and benchmarks exercise
-/// on top of haproxy's tcp/80 (TCP to 443, UDP to 53 and 80).
+/// instead of haproxy's tcp/80: TCP to 80 and 443, and to the ports 1-78 that
+/// `scale::flow` spreads synthetic flows over; UDP to 53 and 80.
 pub const LAB_LISTENERS: &str = r#"listeners = [{ protocol = "tcp", port = 80 }]"#;
-pub const PACKET_LISTENERS: &str = r#"listeners = [{ protocol = "tcp", port = 80 }, { protocol = "tcp", port = 443 }, { protocol = "udp", port = 53 }, { protocol = "udp", port = 80 }]"#;
+pub const PACKET_LISTENERS: &str = r#"listeners = [{ protocol = "tcp", port = 1, to_port = 1024 }, { protocol = "udp", port = 53 }, { protocol = "udp", port = 80 }]"#;
 
 /// The lab's state for packet tests (BPF_PROG_TEST_RUN): `LAB_STATE` with
 /// `PACKET_LISTENERS`.

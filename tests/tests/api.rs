@@ -539,3 +539,105 @@ fn rule_ids_are_never_reused() {
         "a retried delete of r1 must not remove the new rule"
     );
 }
+
+/// A service publishes its load balancer's listeners: required, validated (each error
+/// names its field), replaceable; a refused change leaves the service as it was.
+#[test]
+fn listeners_are_required_validated_and_replaceable() {
+    let w = world();
+    let svc = |listeners: Value| {
+        json!({"id": "s-l", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.11"}],
+               "snat": ["10.10.0.211"], "listeners": listeners})
+    };
+    let many: Vec<Value> = (1..=17)
+        .map(|p| json!({"protocol": "tcp", "port": p}))
+        .collect();
+    let before = snapshot(&w);
+    let cases = [
+        ("no listeners", json!([]), "listeners", "must publish"),
+        (
+            "bad protocol",
+            json!([{"protocol": "sctp", "port": 80}]),
+            "listeners[0].protocol",
+            "unknown variant",
+        ),
+        (
+            "port 0",
+            json!([{"protocol": "tcp", "port": 0}]),
+            "listeners[0].port",
+            "port 0",
+        ),
+        (
+            "range upside down",
+            json!([{"protocol": "udp", "port": 2000, "to_port": 1000}]),
+            "listeners[0].to_port",
+            "upside down",
+        ),
+        (
+            "overlap",
+            json!([{"protocol": "tcp", "port": 80, "to_port": 90}, {"protocol": "tcp", "port": 85}]),
+            "listeners[1]",
+            "overlaps listener 0 (tcp:80-90)",
+        ),
+        ("seventeen", Value::Array(many), "listeners", "at most 16"),
+        (
+            "port out of range",
+            json!([{"protocol": "tcp", "port": 70000}]),
+            "listeners[0].port",
+            "invalid value",
+        ),
+    ];
+    for (what, listeners, field, msg) in cases {
+        let (st, err) = status_of(w.b.post("/v1/services", &svc(listeners)));
+        assert_eq!(st, 400, "{what}: {err}");
+        assert_eq!(err["field"], field, "{what}: {err}");
+        assert!(
+            err["message"].as_str().unwrap().contains(msg),
+            "{what}: {err}"
+        );
+    }
+    // Leaving the field out is the same as none.
+    let mut no_field = svc(json!([]));
+    no_field.as_object_mut().unwrap().remove("listeners");
+    assert_eq!(status_of(w.b.post("/v1/services", &no_field)).0, 400);
+    assert_eq!(snapshot(&w), before, "nothing refused was stored");
+
+    // The same port in two protocols, and a range: accepted, and shown as given.
+    let ok = json!([{"protocol": "tcp", "port": 53}, {"protocol": "udp", "port": 53},
+                    {"protocol": "tcp", "port": 8000, "to_port": 8100}]);
+    let created = w.b.post("/v1/services", &svc(ok.clone())).unwrap();
+    assert_eq!(created["listeners"], ok);
+    assert_eq!(w.b.get("/v1/services/s-l").unwrap()["listeners"], ok);
+
+    // Replaced with PATCH; an empty or invalid set is refused and changes nothing.
+    let new = json!([{"protocol": "tcp", "port": 443}]);
+    let patched =
+        w.b.call(
+            "PATCH",
+            "/v1/services/s-l",
+            Some(&json!({"listeners": new})),
+        )
+        .unwrap();
+    assert_eq!(patched["listeners"], new);
+    for bad in [json!([]), json!([{"protocol": "tcp", "port": 0}])] {
+        let (st, err) = status_of(w.b.call(
+            "PATCH",
+            "/v1/services/s-l",
+            Some(&json!({"listeners": bad})),
+        ));
+        assert_eq!(st, 400, "{err}");
+    }
+    assert_eq!(w.b.get("/v1/services/s-l").unwrap()["listeners"], new);
+    // Only the owner changes them.
+    let (st, _) = status_of(w.a.call(
+        "PATCH",
+        "/v1/services/s-l",
+        Some(&json!({"listeners": [{"protocol": "tcp", "port": 22}]})),
+    ));
+    assert_eq!(st, 403);
+    // The data path was given the listeners the API answered with.
+    let last = w.srv.applied.0.lock().unwrap().last().cloned().unwrap();
+    let s = last.service("s-l").unwrap();
+    assert_eq!(s.listeners.len(), 1);
+    assert_eq!(s.listeners[0].to_string(), "tcp:443");
+}

@@ -79,6 +79,19 @@ fn bad_state_files_name_the_field() {
             "services[0].snat_ports",
         ),
         (format!("{LAB_STATE}\nbogus = 1\n"), "bogus"),
+        // Written for a build that forwarded every port: no rule can say which were meant.
+        (
+            LAB_STATE.replace(privatelink_tests::lab::LAB_LISTENERS, ""),
+            "services[0].listeners: service epsrv-b must publish",
+        ),
+        (
+            LAB_STATE.replace("port = 80 }", "port = 80, to_port = 79 }"),
+            "services[0].listeners[0].to_port",
+        ),
+        (
+            LAB_STATE.replace("protocol = \"tcp\"", "protocol = \"sctp\""),
+            "unknown variant `sctp`",
+        ),
         ("[[endpoints]\n".to_string(), "TOML"),
     ];
     for (i, (text, field)) in cases.iter().enumerate() {

@@ -651,45 +651,71 @@ fn dissector_sees_all_three_frames_at_once() {
 }
 
 /// The forwarder host's own address in the appliance VPC (the GWLB address) is reachable
-/// only by the appliances it probes; nobody else in that VPC, and nobody in another VPC
-/// (the same address forged on the consumer's interface), reaches the host's stack.
+/// only by the appliances it probes, from the port it probes; nobody else in that VPC,
+/// and nobody in another VPC (the same address forged on the consumer's interface),
+/// reaches the host's stack.
 #[test]
 fn only_probed_appliances_reach_the_hosts_own_address() {
     let mut h = harness();
     let gwlb: [u8; 4] = GWLB_ADDR.parse::<std::net::Ipv4Addr>().unwrap().octets();
-    let frame = |dst_mac: [u8; 6], src: [u8; 4], syn: bool| {
-        let b = PacketBuilder::ethernet2(APPL_A_MAC, dst_mac)
-            .ipv4(src, gwlb, 64)
-            .tcp(8080, 40000, 1, 65000);
-        let b = if syn { b.syn().ack(1) } else { b.ack(1) };
+    // The harness's health checks probe port 80 (the default).
+    let frame = |dst_mac: [u8; 6], src: [u8; 4], sport: u16| {
         let mut v = Vec::new();
-        b.write(&mut v, b"").unwrap();
+        PacketBuilder::ethernet2(APPL_A_MAC, dst_mac)
+            .ipv4(src, gwlb, 64)
+            .tcp(sport, 40000, 1, 65000)
+            .syn()
+            .ack(1)
+            .write(&mut v, b"")
+            .unwrap();
         v
     };
-    // An appliance's answer to a health probe: the host's stack gets it, untouched.
-    let probe_reply = frame(h.provider.mac, APPL_A, true);
-    let (act, out) = h.run(h.provider.ifindex, &probe_reply).unwrap();
-    assert_eq!((act, &out), (XDP_PASS, &probe_reply));
-    assert_eq!(h.count(Reason::PassHost), 1);
-    // Another address of the appliance VPC: dropped.
-    let (act, _) = h
-        .run(
-            h.provider.ifindex,
-            &frame(h.provider.mac, [10, 40, 1, 77], false),
-        )
-        .unwrap();
-    assert_eq!(act, XDP_DROP);
-    // The GWLB address forged from the consumer's VPC, even with an appliance's source.
-    for src in [CLIENT, APPL_A] {
-        let (act, _) = h
-            .run(h.consumer.ifindex, &frame(h.consumer.mac, src, false))
+    let provider_mac = h.provider.mac;
+    let icmp = |icmp_type: etherparse::Icmpv4Type| {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(APPL_A_MAC, provider_mac)
+            .ipv4(APPL_A, gwlb, 64)
+            .icmpv4(icmp_type)
+            .write(&mut v, &[0u8; 28])
             .unwrap();
-        assert_eq!(act, XDP_DROP);
+        v
+    };
+    // An appliance's answer to a health probe, and an ICMP error from it: the host's
+    // stack gets them, untouched.
+    let unreachable = icmp(etherparse::Icmpv4Type::DestinationUnreachable(
+        etherparse::icmpv4::DestUnreachableHeader::Port,
+    ));
+    for f in [frame(h.provider.mac, APPL_A, 80), unreachable] {
+        let (act, out) = h.run(h.provider.ifindex, &f).unwrap();
+        assert_eq!((act, &out), (XDP_PASS, &f), "{:?}", h.active_stats());
     }
-    assert_eq!(h.count(Reason::DropHostIsolated), 3);
+    assert_eq!(h.count(Reason::PassHost), 2);
+    let dropped = [
+        // The appliance from another port, or pinging the host.
+        (h.provider.ifindex, frame(h.provider.mac, APPL_A, 22)),
+        (
+            h.provider.ifindex,
+            icmp(etherparse::Icmpv4Type::EchoRequest(
+                etherparse::IcmpEchoHeader { id: 1, seq: 1 },
+            )),
+        ),
+        // Another address of the appliance VPC.
+        (
+            h.provider.ifindex,
+            frame(h.provider.mac, [10, 40, 1, 77], 80),
+        ),
+        // The GWLB address forged from the consumer's VPC, even with an appliance's source.
+        (h.consumer.ifindex, frame(h.consumer.mac, CLIENT, 80)),
+        (h.consumer.ifindex, frame(h.consumer.mac, APPL_A, 80)),
+    ];
+    for (i, (ifindex, f)) in dropped.iter().enumerate() {
+        assert_eq!(h.run(*ifindex, f).unwrap().0, XDP_DROP, "case {i}");
+    }
+    assert_eq!(h.count(Reason::DropHostIsolated), 5);
+    assert_eq!(h.count(Reason::PassHost), 2);
     // ARP: for the host's address from its own VPC, to the host; from another VPC, not.
     let who_has = arp_request(APPL_A_MAC, APPL_A, gwlb);
     assert_eq!(h.run(h.provider.ifindex, &who_has).unwrap().0, XDP_PASS);
     assert_eq!(h.run(h.consumer.ifindex, &who_has).unwrap().0, XDP_DROP);
-    assert_eq!(h.count(Reason::DropHostIsolated), 4);
+    assert_eq!(h.count(Reason::DropHostIsolated), 6);
 }

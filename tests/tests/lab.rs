@@ -108,9 +108,11 @@ fn two_hundred_parallel_short_connections_all_succeed() {
     );
     let after = lab.stats().unwrap();
     assert_eq!(delta(&before, &after, "forward_new_flow"), 200);
+    // (Not counted: `drop_host_isolated`, the namespaces' own IPv6 neighbour discovery
+    // and multicast reaching the forwarder's interfaces, which the host never sees.)
     let drops: u64 = after
         .iter()
-        .filter(|(k, _)| k.starts_with("drop_"))
+        .filter(|(k, _)| k.starts_with("drop_") && *k != "drop_host_isolated")
         .map(|(_, n)| n)
         .sum();
     assert_eq!(drops, 0, "{after:?}");
@@ -401,4 +403,256 @@ fn gateway_endpoint_reaches_the_prefix_under_its_policy() {
         !lab.reachable("http://100.64.10.5/")
     })
     .unwrap();
+}
+
+/// The service publishes haproxy's tcp/80 and nothing else: other ports and UDP to the
+/// ENI are dropped and counted, never reach the load balancer's host; a listener added
+/// through the CLI opens its port (the load balancer's host then answers, with a reset:
+/// nothing listens there), and removing it closes it again.
+#[test]
+fn only_the_published_listeners_reach_the_load_balancer() {
+    let lab = lab();
+    let svc: serde_json::Value = serde_json::from_str(
+        &lab.cli("provider", &["service", "show", "epsrv-b"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        svc["listeners"],
+        serde_json::json!([{"protocol": "tcp", "port": 80}])
+    );
+    assert!(lab.reachable(&format!("http://{ENI}/")));
+    // What curl says about a port: "refused" (the load balancer's host answered with a
+    // reset) or "timeout" (nothing came back).
+    let attempt = |port: u16| -> String {
+        let out = lab
+            .consumer
+            .command("curl")
+            .args(["-sS", "-o", "/dev/null", "--connect-timeout", "2"])
+            .arg(format!("http://{ENI}:{port}/"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        if out.status.success() {
+            "ok".into()
+        } else if err.contains("refused") || err.contains("couldn't connect") {
+            "refused".into()
+        } else if err.contains("timed out") || err.contains("timeout") {
+            "timeout".into()
+        } else {
+            err
+        }
+    };
+    let before = lab.stats().unwrap();
+    for port in [81, 443, 22, 8080] {
+        assert_eq!(attempt(port), "timeout", "port {port}");
+    }
+    // UDP to the TCP-only service, from bash's /dev/udp.
+    lab.consumer
+        .exec(
+            "bash",
+            &[
+                "-c",
+                &format!("for i in 1 2 3; do echo x > /dev/udp/{ENI}/80; done"),
+            ],
+        )
+        .unwrap();
+    let after = lab.stats().unwrap();
+    // Every SYN (first and retransmitted) and datagram counted; no flow made.
+    assert!(
+        delta(&before, &after, "drop_no_listener") >= 4 + 3,
+        "{after:?}"
+    );
+    assert_eq!(delta(&before, &after, "forward_new_flow"), 0, "{after:?}");
+    assert!(
+        lab.flow_lines()
+            .unwrap()
+            .iter()
+            .all(|l| !l.contains(":8080")),
+        "no flow entry for an unpublished port"
+    );
+
+    // Published: the SYN crosses and the load balancer's host resets it.
+    lab.cli(
+        "provider",
+        &["service", "listener", "add", "epsrv-b", "tcp:8080"],
+    )
+    .unwrap();
+    assert_eq!(attempt(8080), "refused");
+    assert_eq!(attempt(80), "ok");
+    // Removed again: dropped at once.
+    lab.cli(
+        "provider",
+        &["service", "listener", "remove", "epsrv-b", "tcp:8080"],
+    )
+    .unwrap();
+    assert_eq!(attempt(8080), "timeout");
+    assert_eq!(attempt(80), "ok");
+    // The CLI's table shows the listeners as PROTO:PORT.
+    let table = netns_cli_table(&lab);
+    assert!(table.contains("tcp:80"), "{table}");
+}
+
+/// `privatelink service show` as a table (the lab's CLI helper asks for JSON).
+fn netns_cli_table(lab: &Lab) -> String {
+    let out = std::process::Command::new(privatelink_tests::lab::privatelink_bin().unwrap())
+        .args([
+            "--api",
+            lab.api.as_deref().unwrap(),
+            "--token",
+            lab.token("provider"),
+            "service",
+            "show",
+            "epsrv-b",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The forwarder host is nobody's neighbour: forged frames from every VPC at every
+/// address the host holds (on ports 1-1024 and the ports the lab uses; TCP SYN, TCP ACK,
+/// UDP, ICMP echo, ARP, IPv6 echo), with the VPC's own and another VPC's source addresses,
+/// produce nothing in any namespace: the forwarder's interfaces emit no IPv4 frame but the
+/// health probes, its kernel sends no ICMP and counts no UDP datagram, and every frame is
+/// counted as dropped.
+#[test]
+fn the_forwarder_host_answers_no_tenant() {
+    use privatelink_tests::{lab::GWLB_ADDR, throughput::mac_of};
+    let lab = lab();
+    let g = lab
+        .gwlb
+        .as_ref()
+        .expect("the API lab has the GWLB scenario");
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.fwd.ip(&["-4", "-j", "addr", "show"]).unwrap()).unwrap();
+    let host_addrs: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["local"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        host_addrs.contains(&GWLB_ADDR.to_string()) && host_addrs.contains(&"127.0.0.1".into()),
+        "{host_addrs:?}"
+    );
+    let api_port = lab
+        .api
+        .as_deref()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let extra = format!("2049,6081,7070,8080,8081,{api_port},33434,65535");
+    // (namespace, its interface, the forwarder's peer interface, its own address, a
+    // forged one from another VPC)
+    let tenants = [
+        (&lab.consumer, "c0", "fc0", "10.10.2.1", "10.40.1.10"),
+        (&lab.provider, "p0", "fp0", "10.10.0.10", "10.30.1.10"),
+        (&g.web, "w0", "fw0", "10.30.1.10", "10.10.2.1"),
+        (&g.appl, "a0", "fa0", "10.40.1.10", "10.10.0.10"),
+    ];
+    let captures: Vec<_> = tenants
+        .iter()
+        .map(|(ns, dev, fwd_dev, _, _)| {
+            let mac = mac_of(&lab.fwd, fwd_dev).unwrap();
+            let mac = mac.map(|b| format!("{b:02x}")).join(":");
+            // Anything the forwarder sends into this VPC but ARP, the health probes
+            // (appliance VPC, to tcp/8080) and GENEVE; or an IPv6 echo reply.
+            let filter = format!(
+                "ether src {mac} and ((ip and not (tcp dst port 8080) and not (udp port 6081)) or (icmp6 and ip6[40] == 129))"
+            );
+            let file = lab.dir.join(format!("isolation-{dev}.pcap"));
+            let child = ns
+                .command("tcpdump")
+                .args(["-i", dev, "-U", "-n", "-w"])
+                .arg(&file)
+                .arg(&filter)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            (child, file)
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    let snmp = |what: &str| -> BTreeMap<String, u64> {
+        let text = lab.fwd.exec("cat", &["/proc/net/snmp"]).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(what)).collect();
+        let names = lines[0].split_whitespace().skip(1);
+        let values = lines[1].split_whitespace().skip(1);
+        names
+            .zip(values)
+            .map(|(n, v)| (n.to_string(), v.parse().unwrap_or(0)))
+            .collect()
+    };
+    let (icmp_before, udp_before) = (snmp("Icmp:"), snmp("Udp:"));
+    let before = lab.stats().unwrap();
+    let mut sent = 0u64;
+    for (ns, dev, fwd_dev, own, forged) in &tenants {
+        let mac = mac_of(ns, dev)
+            .unwrap()
+            .map(|b| format!("{b:02x}"))
+            .join(":");
+        let fwd_mac = mac_of(&lab.fwd, fwd_dev).unwrap();
+        let fwd_mac = fwd_mac.map(|b| format!("{b:02x}")).join(":");
+        let out = ns
+            .exec(
+                "/usr/bin/python3",
+                &[
+                    "-c",
+                    include_str!("../scripts/forge.py"),
+                    dev,
+                    &mac,
+                    &fwd_mac,
+                    &format!("{own},{forged}"),
+                    &host_addrs.join(","),
+                    &extra,
+                ],
+            )
+            .unwrap();
+        sent += out.trim().parse::<u64>().unwrap();
+    }
+    thread::sleep(Duration::from_millis(1000));
+    let after = lab.stats().unwrap();
+    let (icmp_after, udp_after) = (snmp("Icmp:"), snmp("Udp:"));
+    for (mut child, file) in captures {
+        let _ = nix_interrupt(&mut child);
+        let dump = std::process::Command::new("tcpdump")
+            .args(["-n", "-r"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let lines = String::from_utf8_lossy(&dump.stdout).into_owned();
+        assert!(
+            lines.trim().is_empty(),
+            "the forwarder answered into {}: {lines}",
+            file.display()
+        );
+    }
+    assert_eq!(
+        icmp_after["OutMsgs"], icmp_before["OutMsgs"],
+        "no ICMP sent"
+    );
+    assert_eq!(udp_after["InDatagrams"], udp_before["InDatagrams"]);
+    assert_eq!(udp_after["NoPorts"], udp_before["NoPorts"]);
+    // Every forged frame dropped and counted but the ARP requests for the host's own
+    // address from inside its own VPC (two sources), which the host answers there.
+    let dropped = delta(&before, &after, "drop_host_isolated");
+    assert!(
+        dropped + 2 >= sent,
+        "{dropped} of {sent} counted: {after:?}"
+    );
+    assert_eq!(delta(&before, &after, "pass_unrelated"), 0);
+    eprintln!(
+        "{sent} forged frames from 4 VPCs at {host_addrs:?}: {dropped} dropped and counted, nothing answered"
+    );
+}
+
+fn nix_interrupt(child: &mut std::process::Child) -> std::io::Result<()> {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    child.wait().map(|_| ())
 }
