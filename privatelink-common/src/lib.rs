@@ -33,7 +33,8 @@ pub mod map_names {
     pub const EPOCH: &str = "PL_EPOCH";
     pub const LISTENERS: &str = "PL_LISTENERS";
     pub const HOST: &str = "PL_HOST";
-    pub const ALL: [&str; 20] = [
+    pub const EP_BUDGET: &str = "PL_EP_BUDGET";
+    pub const ALL: [&str; 21] = [
         IFACES,
         VPC_PORTS,
         ENDPOINTS,
@@ -54,6 +55,7 @@ pub mod map_names {
         EPOCH,
         LISTENERS,
         HOST,
+        EP_BUDGET,
     ];
 }
 
@@ -110,6 +112,12 @@ pub const GWLB_OVERHEAD: usize = 20 + 8 + 8 + GENEVE_OPTIONS_LEN;
 pub const TCP_IDLE_TIMEOUT_NS: u64 = 350 * 1_000_000_000;
 pub const OTHER_IDLE_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
 pub const TCP_CLOSING_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
+/// A flow that has not completed its handshake (TCP), or not seen a reply (other
+/// protocols), lives this long idle, as Linux conntrack's SYN_SENT and Cilium's SYN
+/// timeout do, not the established flow's timeout.
+pub const EMBRYONIC_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
+/// An embryonic flow idle this long gives its SNAT tuple up to a new flow that needs it.
+pub const EMBRYONIC_RECLAIM_NS: u64 = 1_000_000_000;
 
 /// Value of `PL_CONFIG[0]`: data path settings the daemon writes at start.
 #[repr(C)]
@@ -118,6 +126,10 @@ pub struct Config {
     pub tcp_timeout_ns: u64,
     pub other_timeout_ns: u64,
     pub closing_timeout_ns: u64,
+    pub embryonic_timeout_ns: u64,
+    /// Flows the conntrack table holds (its entries / 2): an endpoint's share of new
+    /// flows is taken of this and of its service's SNAT tuples, whichever is smaller.
+    pub flow_capacity: u64,
 }
 
 impl Default for Config {
@@ -126,8 +138,25 @@ impl Default for Config {
             tcp_timeout_ns: TCP_IDLE_TIMEOUT_NS,
             other_timeout_ns: OTHER_IDLE_TIMEOUT_NS,
             closing_timeout_ns: TCP_CLOSING_TIMEOUT_NS,
+            embryonic_timeout_ns: EMBRYONIC_TIMEOUT_NS,
+            flow_capacity: DEFAULT_CONNTRACK_ENTRIES as u64 / 2,
         }
     }
+}
+
+/// Value of `PL_EP_BUDGET` (key: endpoint id; written by the data path): the endpoint's
+/// allowance of new flows, a token bucket of `budget` tokens refilled over the embryonic
+/// timeout. A new flow takes a token; a flow that completes its handshake (or sees its
+/// first reply) gives it back. So an endpoint holds at most about `budget` embryonic
+/// flows, whatever it sends: a flood of half-open flows exhausts its own allowance, not
+/// its service's SNAT pool. `refused` counts the new flows it cost the endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowBudget {
+    pub tokens: u32,
+    pub budget: u32,
+    pub last_ns: u64,
+    pub refused: u64,
 }
 
 /// An IPv4 address inside one VPC. VPC ranges may overlap, so an address alone is ambiguous.
@@ -315,6 +344,9 @@ pub struct EndpointEni {
     /// Gateway endpoints: the route target address in the consumer VPC (the key of the
     /// endpoint policy); zero for ENIs.
     pub gateway: [u8; 4],
+    /// The service's per-endpoint share of new flows, in percent of its SNAT tuples (or
+    /// of the flow table, if smaller); 0: no bound (see `FlowBudget`).
+    pub flow_share: u32,
 }
 
 impl EndpointEni {
@@ -390,6 +422,13 @@ pub const DIR_REPLY: u8 = 1;
 /// FIN seen in both directions) and expires after `TCP_CLOSING_TIMEOUT_NS`.
 pub const CT_FIN_SEEN: u8 = 1;
 pub const CT_CLOSING: u8 = 2;
+/// The flow has seen a reply (TCP: the SYN-ACK), on both entries.
+pub const CT_REPLIED: u8 = 4;
+/// The flow is established (TCP: the handshake completed, the client's ACK after the
+/// reply; other protocols: a reply seen), on both entries. Until then it is embryonic:
+/// `EMBRYONIC_TIMEOUT_NS`, and its tuple may be reclaimed once idle for
+/// `EMBRYONIC_RECLAIM_NS`.
+pub const CT_ESTABLISHED: u8 = 8;
 
 /// Value of `PL_CONNTRACK`: how to rewrite a packet that matched the key, and where to send it.
 /// A flow has two entries; each names its partner through `out_vpc_id` + the rewritten tuple.
@@ -463,13 +502,26 @@ impl FlowEntry {
     }
 
     pub fn idle_timeout_ns(&self, proto: u8, cfg: &Config) -> u64 {
-        if proto != PROTO_TCP {
+        let t = if proto != PROTO_TCP {
             cfg.other_timeout_ns
         } else if self.tcp_flags & CT_CLOSING != 0 {
-            cfg.closing_timeout_ns
+            return cfg.closing_timeout_ns;
         } else {
             cfg.tcp_timeout_ns
+        };
+        if self.tcp_flags & CT_ESTABLISHED == 0 && cfg.embryonic_timeout_ns < t {
+            cfg.embryonic_timeout_ns
+        } else {
+            t
         }
+    }
+
+    /// Whether a new flow may take this entry's tuple over: expired, or embryonic and
+    /// idle past `EMBRYONIC_RECLAIM_NS` (half-open flows give their tuples up first).
+    pub fn is_reclaimable(&self, proto: u8, now_ns: u64, cfg: &Config) -> bool {
+        self.is_expired(proto, now_ns, cfg)
+            || (self.tcp_flags & CT_ESTABLISHED == 0
+                && now_ns.saturating_sub(self.last_seen_ns) > EMBRYONIC_RECLAIM_NS)
     }
 
     pub fn is_expired(&self, proto: u8, now_ns: u64, cfg: &Config) -> bool {
@@ -595,6 +647,7 @@ mod pod {
     unsafe impl aya::Pod for ApplianceSet {}
     unsafe impl aya::Pod for Appliance {}
     unsafe impl aya::Pod for ListenerSet {}
+    unsafe impl aya::Pod for FlowBudget {}
 }
 
 #[cfg(test)]
@@ -608,7 +661,9 @@ mod tests {
         assert_eq!(size_of::<VpcAddr>(), 8);
         assert_eq!(size_of::<IfaceInfo>(), 12);
         assert_eq!(size_of::<VpcPort>(), 12);
-        assert_eq!(size_of::<EndpointEni>(), 36);
+        assert_eq!(size_of::<EndpointEni>(), 40);
+        assert_eq!(size_of::<FlowBudget>(), 24);
+        assert_eq!(size_of::<Config>(), 40);
         assert_eq!(size_of::<SnatPool>(), 8 + 4 * MAX_SNAT_ADDRS);
         assert_eq!(size_of::<Neighbor>(), 8);
         assert_eq!(size_of::<FlowKey>(), 20);
@@ -705,14 +760,48 @@ mod tests {
     fn tcp_timeouts_follow_flags() {
         let mut e = FlowEntry {
             last_seen_ns: 1,
+            tcp_flags: CT_ESTABLISHED,
             ..Default::default()
         };
         let cfg = Config::default();
         assert!(!e.is_expired(PROTO_TCP, 300 * 1_000_000_000, &cfg));
         assert!(e.is_expired(PROTO_TCP, 351 * 1_000_000_000, &cfg));
-        e.tcp_flags = CT_CLOSING;
+        e.tcp_flags = CT_CLOSING | CT_ESTABLISHED;
         assert!(e.is_expired(PROTO_TCP, 11 * 1_000_000_000, &cfg));
+        e.tcp_flags = CT_ESTABLISHED;
         assert!(!e.is_expired(PROTO_UDP, 119 * 1_000_000_000, &cfg));
         assert!(e.is_expired(PROTO_UDP, 121 * 1_000_000_000, &cfg));
+    }
+
+    #[test]
+    fn embryonic_flows_time_out_early_and_give_their_tuples_up_first() {
+        let s = 1_000_000_000;
+        let cfg = Config::default();
+        let mut e = FlowEntry {
+            last_seen_ns: 1,
+            ..Default::default()
+        };
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            e.tcp_flags = 0;
+            assert!(!e.is_expired(proto, 9 * s, &cfg));
+            assert!(e.is_expired(proto, 11 * s, &cfg), "embryonic: 10 s");
+            assert!(!e.is_reclaimable(proto, s, &cfg));
+            assert!(e.is_reclaimable(proto, 2 * s, &cfg), "idle over 1 s");
+            e.tcp_flags = CT_REPLIED;
+            assert!(
+                e.is_expired(proto, 11 * s, &cfg),
+                "a reply alone is not enough"
+            );
+            e.tcp_flags = CT_ESTABLISHED;
+            assert!(!e.is_expired(proto, 11 * s, &cfg));
+            assert!(!e.is_reclaimable(proto, 100 * s, &cfg));
+        }
+        // A shorter established timeout wins over the embryonic one.
+        let short = Config {
+            other_timeout_ns: 2 * s,
+            ..cfg
+        };
+        e.tcp_flags = 0;
+        assert!(e.is_expired(PROTO_UDP, 3 * s, &short));
     }
 }

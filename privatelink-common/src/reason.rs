@@ -64,10 +64,11 @@ reasons! {
     DropHostIsolated = 40 => "drop_host_isolated", true;
     PassHost = 41 => "pass_host", false;
     ArpLearned = 42 => "arp_learned", false;
+    DropEndpointFlowLimit = 43 => "drop_endpoint_flow_limit", true;
 }
 
 /// Size of the `PL_STATS` array.
-pub const REASON_COUNT: u32 = 43;
+pub const REASON_COUNT: u32 = 44;
 
 #[cfg(test)]
 mod tests {

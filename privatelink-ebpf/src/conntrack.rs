@@ -10,19 +10,21 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use privatelink_common::{
-    CT_CLOSING, CT_FIN_SEEN, Config, DIR_ORIGINAL, DIR_REPLY, ENI_FLAG_ACL, ENI_FLAG_GATEWAY,
-    EndpointEni, FLOW_GATEWAY, FlowEntry, FlowKey, IfaceInfo, MAX_SNAT_ADDRS, PROTO_TCP, PROTO_UDP,
-    Reason, VpcAddr, csum, hash,
+    CT_CLOSING, CT_ESTABLISHED, CT_FIN_SEEN, CT_REPLIED, Config, DIR_ORIGINAL, DIR_REPLY,
+    ENI_FLAG_ACL, ENI_FLAG_GATEWAY, EndpointEni, FLOW_GATEWAY, FLOW_GWLB, FlowBudget, FlowEntry,
+    FlowKey, IfaceInfo, MAX_SNAT_ADDRS, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum, hash,
 };
 
 use crate::{
     Verdict, filter,
     ipv4::{self, Packet, check_endpoint_at, check_gateway_at},
-    maps::{PL_CONNTRACK, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config, scratch},
+    maps::{
+        PL_CONNTRACK, PL_EP_BUDGET, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config, scratch,
+    },
     nat,
     parse::{
-        ETH_LEN, EthHdr, Ipv4Hdr, Ports, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, be16, l4_consistent,
-        mut_at, tcp_flags,
+        ETH_LEN, EthHdr, Ipv4Hdr, Ports, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, be16,
+        l4_consistent, mut_at, tcp_flags,
     },
 };
 
@@ -198,7 +200,7 @@ fn established_checked(
         return Err(Reason::DropBadIpChecksum);
     }
     let flags = if tcp {
-        l4[TCP_DOFF_FLAGS].to_ne_bytes()[1] & (TCP_FIN | TCP_SYN | TCP_RST)
+        l4[TCP_DOFF_FLAGS].to_ne_bytes()[1] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK)
     } else {
         0
     };
@@ -470,6 +472,7 @@ fn create(
         pool.count
     };
     let range = (pool.port_max - pool.port_min) as u32 + 1;
+    take_token(eni, count as u64 * range as u64, t, cfg)?;
     let h = hash::tuple_hash(
         key.src, key.dst, key.sport, key.dport, key.proto, key.vpc_id,
     );
@@ -561,12 +564,12 @@ fn claim(reply_key: &FlowKey, reply: &FlowEntry, fwd_key: &FlowKey, t: u64, cfg:
             .insert(reply_key, reply, BPF_ANY as u64)
             .is_ok();
     }
-    if !old.is_expired(proto, t, cfg) {
+    if !old.is_reclaimable(proto, t, cfg) {
         return false;
     }
     // SAFETY: copied out.
     if let Some(fwd) = unsafe { PL_CONNTRACK.get(old_fwd_key) } {
-        if fwd.partner_key(proto) == *reply_key && !fwd.is_expired(proto, t, cfg) {
+        if fwd.partner_key(proto) == *reply_key && !fwd.is_reclaimable(proto, t, cfg) {
             return false;
         }
         if fwd.partner_key(proto) == *reply_key {
@@ -601,12 +604,111 @@ fn keep_partner(e: &FlowEntry, key: &FlowKey, reply: &FlowEntry) -> bool {
     }
 }
 
+/// Takes one of the endpoint's new-flow tokens (`FlowBudget`): its share of the
+/// service's `pool` SNAT tuples, or of the flow table if that is smaller, refilled over
+/// the embryonic timeout.
+#[inline(always)]
+fn take_token(eni: &EndpointEni, pool: u64, t: u64, cfg: &Config) -> Result<(), Reason> {
+    if eni.flow_share == 0 {
+        return Ok(());
+    }
+    let cap = if pool < cfg.flow_capacity {
+        pool
+    } else {
+        cfg.flow_capacity
+    };
+    let budget = (cap * eni.flow_share as u64 / 100).max(1) as u32;
+    let Some(b) = PL_EP_BUDGET.get_ptr_mut(eni.endpoint_id) else {
+        let fresh = FlowBudget {
+            tokens: budget - 1,
+            budget,
+            last_ns: t,
+            refused: 0,
+        };
+        let _ = PL_EP_BUDGET.insert(eni.endpoint_id, &fresh, 0);
+        return Ok(());
+    };
+    // SAFETY: valid for this run. CPUs racing here may lose an update of each other's:
+    // the allowance is approximate by a few tokens, never unbounded.
+    let b = unsafe { &mut *b };
+    b.budget = budget;
+    let window = cfg.embryonic_timeout_ns.max(1);
+    let elapsed = t.saturating_sub(b.last_ns);
+    let elapsed = if elapsed > window { window } else { elapsed };
+    let add = elapsed * budget as u64 / window;
+    if add > 0 {
+        let tokens = b.tokens as u64 + add;
+        b.tokens = if tokens > budget as u64 {
+            budget
+        } else {
+            tokens as u32
+        };
+        b.last_ns = t;
+    }
+    if b.tokens == 0 {
+        b.refused += 1;
+        return Err(Reason::DropEndpointFlowLimit);
+    }
+    b.tokens -= 1;
+    Ok(())
+}
+
+/// A flow leaves the embryonic state: its token goes back to its endpoint.
+#[inline(always)]
+fn give_token_back(endpoint_id: u32) {
+    if let Some(b) = PL_EP_BUDGET.get_ptr_mut(endpoint_id) {
+        // SAFETY: valid for this run (see `take_token` on races).
+        let b = unsafe { &mut *b };
+        if b.tokens < b.budget {
+            b.tokens += 1;
+        }
+    }
+}
+
+/// Until a flow is established: a reply marks both entries replied (for protocols other
+/// than TCP, established); TCP is established by the client's first ACK without SYN
+/// after the reply (the handshake's third segment). Only then does the flow get its full
+/// idle timeout; its endpoint gets its new-flow token back.
+#[inline(always)]
+fn settle_handshake(e: &mut FlowEntry, key: &FlowKey, flags: u8) {
+    let tcp = key.proto == PROTO_TCP;
+    let mark = if e.direction == DIR_REPLY {
+        if tcp && e.tcp_flags & CT_REPLIED != 0 {
+            return;
+        }
+        if tcp {
+            CT_REPLIED
+        } else {
+            CT_REPLIED | CT_ESTABLISHED
+        }
+    } else if tcp
+        && e.tcp_flags & CT_REPLIED != 0
+        && flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK
+    {
+        CT_ESTABLISHED
+    } else {
+        return;
+    };
+    e.tcp_flags |= mark;
+    if let Some(p) = PL_CONNTRACK.get_ptr_mut(e.partner(key)) {
+        // SAFETY: valid for this run.
+        unsafe { (*p).tcp_flags |= mark };
+    }
+    if mark & CT_ESTABLISHED != 0 && e.flags & FLOW_GWLB == 0 {
+        give_token_back(e.endpoint_id);
+    }
+}
+
 /// TCP connection tracking: RST closes at once, FIN in both directions closes, a SYN
-/// reopens a closing flow (the client reused its port). Refreshes the idle timer.
+/// reopens a closing flow (the client reused its port); a flow is embryonic until its
+/// handshake completes (`settle_handshake`). Refreshes the idle timer.
 #[inline(always)]
 pub fn track(e: &mut FlowEntry, key: &FlowKey, flags: u8, t: u64) {
     let proto = key.proto;
     e.last_seen_ns = t;
+    if e.tcp_flags & CT_ESTABLISHED == 0 {
+        settle_handshake(e, key, flags);
+    }
     if proto != PROTO_TCP || flags & (TCP_FIN | TCP_RST | TCP_SYN) == 0 {
         return;
     }

@@ -6,10 +6,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use privatelink_common::{
-    Appliance, ApplianceSet, Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey,
-    GwlbZone, IfaceInfo, ListenerSet, MAX_ENDPOINTS, MAX_GWLB_NEIGHBORS, MAX_IFACES, MAX_NEIGHBORS,
-    MAX_SERVICES, MAX_SNAT_ADDRS, MAX_VPCS, Neighbor, PATH_PROGRAMS, RuleSet, SnatPool, VpcAddr,
-    VpcPort, reason::REASON_COUNT,
+    Appliance, ApplianceSet, Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowBudget, FlowEntry,
+    FlowKey, GwlbZone, IfaceInfo, ListenerSet, MAX_ENDPOINTS, MAX_GWLB_NEIGHBORS, MAX_IFACES,
+    MAX_NEIGHBORS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_VPCS, Neighbor, PATH_PROGRAMS, RuleSet,
+    SnatPool, VpcAddr, VpcPort, reason::REASON_COUNT,
 };
 
 #[btf_map]
@@ -104,6 +104,12 @@ pub static PL_LISTENERS: HashMap<u32, ListenerSet, { MAX_SERVICES as usize }> = 
 /// `HOST_PEER`): on an isolated interface the kernel sees nothing else.
 #[btf_map]
 pub static PL_HOST: HashMap<VpcAddr, u32, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// Each endpoint's allowance of new flows (the data path's own; LRU, so endpoints that
+/// are gone leave by themselves).
+#[btf_map]
+pub static PL_EP_BUDGET: LruHashMap<u32, FlowBudget, { MAX_ENDPOINTS as usize }> =
+    LruHashMap::new();
 
 /// Per-CPU room for the flow entries a new flow is built from: the BPF stack is 512 bytes
 /// for the whole call chain, and two entries on it would not fit.

@@ -50,10 +50,14 @@ pub struct Ports {
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 pub fn tcp_flags(tcp: &TcpHdr) -> u8 {
-    (tcp.fin() as u8) | ((tcp.syn() as u8) << 1) | ((tcp.rst() as u8) << 2)
+    (tcp.fin() as u8)
+        | ((tcp.syn() as u8) << 1)
+        | ((tcp.rst() as u8) << 2)
+        | ((tcp.ack() as u8) << 4)
 }
 
 /// `data` and `data_end`, read with volatile loads: otherwise LLVM proves a later check

@@ -196,6 +196,10 @@ pub enum ServiceCmd {
         /// repeatable; required but for --type gwlb): the only traffic endpoints carry.
         #[arg(long = "listener", value_parser = parse_listener)]
         listeners: Vec<Listener>,
+        /// The most one endpoint may hold of the SNAT tuples in flows that have not
+        /// completed their handshake, in percent (default 20).
+        #[arg(long)]
+        endpoint_flow_share: Option<u8>,
         #[arg(long)]
         auto_accept: bool,
         #[arg(long)]
@@ -230,6 +234,9 @@ pub enum ServiceCmd {
         /// Replace the listeners with these (PROTO:PORT or PROTO:LOW-HIGH, repeatable).
         #[arg(long = "listener", value_parser = parse_listener)]
         listeners: Vec<Listener>,
+        /// The per-endpoint share of the SNAT tuples in embryonic flows (percent).
+        #[arg(long)]
+        endpoint_flow_share: Option<u8>,
     },
     /// Add or remove one listener.
     #[command(subcommand)]
@@ -619,6 +626,7 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             snat,
             snat_ports,
             listeners,
+            endpoint_flow_share,
             auto_accept,
             no_zone_affinity,
             domain,
@@ -662,6 +670,9 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
                 "auto_accept": auto_accept, "zone_affinity": !no_zone_affinity, "domain": domain,
                 "type": kind, "prefixes": prefixes, "listeners": listeners,
             });
+            if let Some(share) = endpoint_flow_share {
+                body["endpoint_flow_share"] = share.into();
+            }
             if !gwlb_settings.is_null() {
                 body["gwlb"] = gwlb_settings;
             }
@@ -678,10 +689,11 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             auto_accept,
             zone_affinity,
             listeners,
+            endpoint_flow_share,
         } => {
             let listeners = (!listeners.is_empty()).then_some(listeners);
             let body = json!({"auto_accept": auto_accept, "zone_affinity": zone_affinity,
-                "listeners": listeners});
+                "listeners": listeners, "endpoint_flow_share": endpoint_flow_share});
             let body: serde_json::Map<String, Value> = body
                 .as_object()
                 .expect("object")

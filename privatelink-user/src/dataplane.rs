@@ -361,6 +361,12 @@ fn expected_layout(conntrack_entries: u32) -> Vec<(&'static str, usize, usize, O
         ),
         (map_names::HOST, size_of::<VpcAddr>(), 4, None),
         (
+            map_names::EP_BUDGET,
+            4,
+            size_of::<privatelink_common::FlowBudget>(),
+            None,
+        ),
+        (
             map_names::NEIGHBORS,
             size_of::<VpcAddr>(),
             size_of::<Neighbor>(),
@@ -723,6 +729,11 @@ pub fn read_stats(map: &Map) -> Result<Vec<(Reason, u64)>> {
             Ok((*r, v.iter().sum()))
         })
         .collect()
+}
+
+/// `PL_EP_BUDGET`: each endpoint's (numeric id) allowance of new flows.
+pub fn read_budgets(map: &Map) -> Result<Vec<(u32, privatelink_common::FlowBudget)>> {
+    Ok(read_map(map)?.into_iter().collect())
 }
 
 pub fn read_flows(map: &Map) -> Result<Vec<(FlowKey, FlowEntry)>> {

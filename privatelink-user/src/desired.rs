@@ -335,6 +335,12 @@ fn endpoint_entry(
         provider_vpc_id: numeric_id(&svc.vpc),
         lb_addr,
         gateway,
+        // 100 %: the whole pool, no per-endpoint bound. GWLB flows take no SNAT tuple.
+        flow_share: if svc.kind == ServiceType::Gwlb || svc.endpoint_flow_share >= 100 {
+            0
+        } else {
+            svc.endpoint_flow_share as u32
+        },
     }
 }
 
@@ -658,6 +664,7 @@ mod tests {
                 provider_vpc_id: numeric_id("vpc-s"),
                 lb_addr: ip("10.20.0.5"),
                 gateway: ip("10.30.1.5"),
+                flow_share: 0,
             }
         );
         assert_eq!(route("vpc-c", "10.30.9.0/24").prefix_len, 56);

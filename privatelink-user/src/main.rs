@@ -69,6 +69,10 @@ struct DaemonArgs {
     /// Life of a TCP flow after RST or FIN in both directions, seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     closing_timeout: u64,
+    /// Idle timeout of embryonic flows (TCP before its handshake completes, UDP before a
+    /// reply), seconds; an endpoint's new-flow allowance refills over it.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    embryonic_timeout: u64,
     /// Attach in generic (skb) mode instead of native driver mode.
     #[arg(long)]
     xdp_skb: bool,
@@ -137,6 +141,14 @@ enum Cmd {
     Flows {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+    },
+    /// Each endpoint's allowance of new flows (tokens left of its budget) and the new
+    /// flows it was refused for exceeding its share (`drop_endpoint_flow_limit`).
+    Budgets {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -229,6 +241,32 @@ fn main() -> Result<()> {
                 println!("{:<28} {:>12}", "COUNTER", "PACKETS");
                 for (r, n) in stats.iter().filter(|(_, n)| all || *n > 0) {
                     println!("{:<28} {:>12}", r.as_str(), n);
+                }
+            }
+            Ok(())
+        }
+        Cmd::Budgets { pin_dir, json } => {
+            let map = dataplane::open_pinned(&pin_dir, map_names::EP_BUDGET)?;
+            let budgets = dataplane::read_budgets(&map)?;
+            if json {
+                let rows: Vec<serde_json::Value> = budgets
+                    .iter()
+                    .map(|(id, b)| {
+                        serde_json::json!({"endpoint": id, "budget": b.budget,
+                            "tokens": b.tokens, "refused": b.refused})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                println!(
+                    "{:<12} {:>10} {:>10} {:>12}",
+                    "ENDPOINT", "BUDGET", "TOKENS", "REFUSED"
+                );
+                for (id, b) in budgets {
+                    println!(
+                        "{id:<12} {:>10} {:>10} {:>12}",
+                        b.budget, b.tokens, b.refused
+                    );
                 }
             }
             Ok(())
@@ -339,6 +377,8 @@ async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Re
         tcp_timeout_ns: args.tcp_timeout * S,
         other_timeout_ns: args.udp_timeout * S,
         closing_timeout_ns: args.closing_timeout * S,
+        embryonic_timeout_ns: args.embryonic_timeout * S,
+        flow_capacity: args.conntrack_entries as u64 / 2,
     })?;
     applier.check(&state).map_err(|e| anyhow::anyhow!("{e}"))?;
     applier.apply(&state)?;

@@ -363,6 +363,18 @@ pub struct EndpointService {
     /// without listeners has none: it publishes nothing until its provider adds them.
     #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// The most one endpoint may hold of the service's SNAT tuples (or of the flow table,
+    /// if smaller) in flows that have not completed their handshake, in percent: one
+    /// consumer's flood then starves only that consumer.
+    #[serde(default = "default_endpoint_flow_share")]
+    pub endpoint_flow_share: u8,
+}
+
+/// The default per-endpoint share of a service's SNAT tuples (percent).
+pub const DEFAULT_ENDPOINT_FLOW_SHARE: u8 = 20;
+
+fn default_endpoint_flow_share() -> u8 {
+    DEFAULT_ENDPOINT_FLOW_SHARE
 }
 
 fn yes() -> bool {
@@ -628,6 +640,15 @@ impl State {
                 (_, None) => {}
             }
             check_listeners(&format!("{f}.listeners"), &s.listeners)?;
+            if !(1..=100).contains(&s.endpoint_flow_share) {
+                return err(
+                    format!("{f}.endpoint_flow_share"),
+                    format!(
+                        "{} is not a share in percent (1-100)",
+                        s.endpoint_flow_share
+                    ),
+                );
+            }
             if s.backends.is_empty() {
                 return err(
                     format!("{f}.backends"),

@@ -323,6 +323,10 @@ pub struct NewService {
     #[serde(default)]
     #[schema(value_type = Vec<Object>, example = json!([{"protocol": "tcp", "port": 80}]))]
     pub listeners: Vec<Listener>,
+    /// The most one endpoint may hold of the service's SNAT tuples in flows that have not
+    /// completed their handshake, in percent (1-100, default 20).
+    #[serde(default)]
+    pub endpoint_flow_share: Option<u8>,
 }
 
 fn interface_type() -> ServiceType {
@@ -375,6 +379,9 @@ pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointS
         prefixes: req.prefixes,
         gwlb: req.gwlb,
         listeners: req.listeners,
+        endpoint_flow_share: req
+            .endpoint_flow_share
+            .unwrap_or(crate::model::DEFAULT_ENDPOINT_FLOW_SHARE),
     };
     check_listeners("listeners", &svc.listeners)?;
     svc.require_listeners("listeners")?;
@@ -431,6 +438,8 @@ pub struct ServicePatch {
     /// dropped at once, and so are the packets of flows established on it.
     #[schema(value_type = Option<Vec<Object>>)]
     pub listeners: Option<Vec<Listener>>,
+    /// The per-endpoint share of the SNAT tuples in embryonic flows (percent).
+    pub endpoint_flow_share: Option<u8>,
 }
 
 pub fn update_service(s: &mut State, c: &Caller, id: &str, p: ServicePatch) -> R<EndpointService> {
@@ -449,6 +458,9 @@ pub fn update_service(s: &mut State, c: &Caller, id: &str, p: ServicePatch) -> R
     }
     if let Some(v) = p.gwlb {
         svc.gwlb = Some(v);
+    }
+    if let Some(v) = p.endpoint_flow_share {
+        svc.endpoint_flow_share = v;
     }
     if let Some(v) = p.listeners {
         check_listeners("listeners", &v)?;

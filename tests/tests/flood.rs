@@ -139,6 +139,13 @@ fn a_flood_through_the_lab_stalls_neither_the_daemon_nor_an_open_connection() {
         &["service", "listener", "add", "epsrv-b", "udp:80"],
     )
     .unwrap();
+    // One consumer may take the whole pool here: this test is about the data path and
+    // the daemon under a flood, not about fairness (see `lab.rs`).
+    lab.cli(
+        "provider",
+        &["service", "set", "epsrv-b", "--endpoint-flow-share", "100"],
+    )
+    .unwrap();
 
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(

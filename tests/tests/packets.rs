@@ -806,6 +806,7 @@ fn short_timeouts(h: &mut Harness) {
         tcp_timeout_ns: 300 * MS,
         other_timeout_ns: 200 * MS,
         closing_timeout_ns: 100 * MS,
+        ..Default::default()
     })
     .unwrap();
 }
@@ -846,7 +847,8 @@ fn idle_flows_expire() {
 fn snat_pool_exhaustion_and_reuse_after_expiry() {
     let state = packet_state().replace(
         "snat = [\"10.10.0.200\", \"10.10.0.201\"]",
-        "snat = [\"10.10.0.200\"]\nsnat_ports = [2000, 2003]",
+        // The whole pool to one endpoint: this is about the pool, not about fairness.
+        "snat = [\"10.10.0.200\"]\nsnat_ports = [2000, 2003]\nendpoint_flow_share = 100",
     );
     let mut h = Harness::new(&state).unwrap();
     short_timeouts(&mut h);
@@ -903,6 +905,7 @@ fn a_flow_lives_while_either_direction_is_active() {
         tcp_timeout_ns: 300 * MS,
         other_timeout_ns: 300 * MS,
         closing_timeout_ns: 100 * MS,
+        ..Default::default()
     })
     .unwrap();
     let (_, out) = h
@@ -1137,5 +1140,252 @@ fn a_removed_listener_stops_its_flows_at_once_and_spares_the_others() {
     assert_eq!(
         h.run(h.consumer.ifindex, &data_8000).unwrap().0,
         XDP_REDIRECT
+    );
+}
+
+// ---- One tenant cannot starve the others: embryonic flows and per-endpoint shares ----
+
+/// A TCP segment from `src`:`sport` to `eni`:80 (SYN, or the handshake's ACK).
+fn tcp_from(h: &Harness, src: [u8; 4], eni: [u8; 4], sport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(src, eni, 64)
+        .tcp(sport, 80, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(7001) };
+    let mut v = Vec::new();
+    b.write(&mut v, b"").unwrap();
+    v
+}
+
+/// The load balancer's SYN-ACK to the tuple `out` (a forwarded SYN) came from.
+fn syn_ack_to(h: &Harness, out: &[u8]) -> Vec<u8> {
+    let p = parse_checked(out);
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4(LB, p.ip.source, 64)
+        .tcp(80, p.sport, 7000, 65000)
+        .syn()
+        .ack(1001)
+        .write(&mut v, b"")
+        .unwrap();
+    v
+}
+
+/// A full handshake through the ENI `eni`; the SNAT tuple, or the SYN's drop reason.
+fn handshake(h: &mut Harness, src: [u8; 4], eni: [u8; 4], sport: u16) -> Result<(), Reason> {
+    let before: Vec<(Reason, u64)> = Reason::ALL.iter().map(|r| (*r, h.count(*r))).collect();
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp_from(h, src, eni, sport, true))
+        .unwrap();
+    if act != XDP_REDIRECT {
+        let why = before
+            .iter()
+            .find(|(r, n)| h.count(*r) > *n)
+            .map(|(r, _)| *r)
+            .unwrap();
+        return Err(why);
+    }
+    let sa = syn_ack_to(h, &out);
+    assert_eq!(h.run(h.provider.ifindex, &sa).unwrap().0, XDP_REDIRECT);
+    let ack = tcp_from(h, src, eni, sport, false);
+    assert_eq!(h.run(h.consumer.ifindex, &ack).unwrap().0, XDP_REDIRECT);
+    Ok(())
+}
+
+fn conntrack_state(h: &Harness, src: [u8; 4], sport: u16) -> u8 {
+    flow_entries(h)
+        .iter()
+        .find(|(k, e)| k.src == src && k.sport == sport && e.direction == DIR_ORIGINAL)
+        .map(|(_, e)| e.tcp_flags)
+        .expect("the flow's entry")
+}
+
+#[test]
+fn a_flow_is_established_only_by_its_handshake_and_embryonic_flows_expire_early() {
+    use privatelink_common::{CT_ESTABLISHED, CT_REPLIED};
+    let mut h = harness();
+    const MS: u64 = 1_000_000;
+    h.dp.set_config(&privatelink_common::Config {
+        embryonic_timeout_ns: 300 * MS,
+        ..Default::default()
+    })
+    .unwrap();
+    // SYN: embryonic. SYN-ACK: replied, still embryonic. The client's ACK: established.
+    let (_, out) = h
+        .run(h.consumer.ifindex, &tcp_from(&h, CLIENT, ENI, 44000, true))
+        .unwrap();
+    assert_eq!(conntrack_state(&h, CLIENT, 44000) & CT_ESTABLISHED, 0);
+    // A retransmitted SYN does not establish it either.
+    h.run(h.consumer.ifindex, &tcp_from(&h, CLIENT, ENI, 44000, true))
+        .unwrap();
+    assert_eq!(conntrack_state(&h, CLIENT, 44000), 0);
+    let sa = syn_ack_to(&h, &out);
+    assert_eq!(h.run(h.provider.ifindex, &sa).unwrap().0, XDP_REDIRECT);
+    assert_eq!(conntrack_state(&h, CLIENT, 44000), CT_REPLIED);
+    let ack = tcp_from(&h, CLIENT, ENI, 44000, false);
+    assert_eq!(h.run(h.consumer.ifindex, &ack).unwrap().0, XDP_REDIRECT);
+    assert_eq!(
+        conntrack_state(&h, CLIENT, 44000),
+        CT_REPLIED | CT_ESTABLISHED
+    );
+    // Both entries say so.
+    assert!(
+        flow_entries(&h)
+            .iter()
+            .filter(|(_, e)| e.tcp_flags & CT_ESTABLISHED != 0)
+            .count()
+            == 2
+    );
+    // A half-open flow (SYN and SYN-ACK, no ACK) and the established one, both quiet
+    // for 0.4 s: the half-open one is gone (its SYN-ACK retransmission finds no flow),
+    // the established one lives.
+    let (_, half) = h
+        .run(h.consumer.ifindex, &tcp_from(&h, CLIENT, ENI, 44001, true))
+        .unwrap();
+    let half_sa = syn_ack_to(&h, &half);
+    assert_eq!(h.run(h.provider.ifindex, &half_sa).unwrap().0, XDP_REDIRECT);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(h.run(h.provider.ifindex, &half_sa).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropNoFlow), 1);
+    assert_eq!(h.run(h.provider.ifindex, &sa).unwrap().0, XDP_REDIRECT);
+    // UDP: established by the first reply.
+    let (_, out) = h
+        .run(h.consumer.ifindex, &udp_to_eni(&h, 44002, b"q", false))
+        .unwrap();
+    assert_eq!(conntrack_state(&h, CLIENT, 44002), 0);
+    let p = parse_checked(&out);
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4(LB, p.ip.source, 64)
+        .udp(53, p.sport)
+        .write(&mut reply, b"a")
+        .unwrap();
+    assert_eq!(h.run(h.provider.ifindex, &reply).unwrap().0, XDP_REDIRECT);
+    assert_eq!(
+        conntrack_state(&h, CLIENT, 44002),
+        CT_REPLIED | CT_ESTABLISHED
+    );
+}
+
+/// The packet tests' state with a second endpoint of the same account to the same
+/// service (ENI 10.10.1.101), a 1 000-tuple SNAT pool, and a per-endpoint share of 5 %.
+fn two_endpoints_state() -> String {
+    packet_state().replace(
+        "snat = [\"10.10.0.200\", \"10.10.0.201\"]",
+        "snat = [\"10.10.0.200\"]\nsnat_ports = [2000, 2999]\nendpoint_flow_share = 5",
+    ) + r#"
+[[endpoints]]
+id = "ep-a2"
+account = "acct-a"
+vpc = "vpc-a"
+service = "epsrv-b"
+connection = "connected"
+zones = [{ vswitch = "vsw-a1", eni = "10.10.1.101" }]
+"#
+}
+
+const ENI2: [u8; 4] = [10, 10, 1, 101];
+
+#[test]
+fn a_half_open_flood_spends_only_its_own_endpoints_share() {
+    let mut h = Harness::new(&two_endpoints_state()).unwrap();
+    const MS: u64 = 1_000_000;
+    h.dp.set_config(&privatelink_common::Config {
+        embryonic_timeout_ns: 500 * MS,
+        ..Default::default()
+    })
+    .unwrap();
+    // 1 500 SYNs from spoofed sources of the consumer's subnet at the first endpoint
+    // (more than the pool): only its share (50 of the pool's 1 000 tuples) becomes flows,
+    // the rest is refused and counted, and nothing is counted as an exhausted pool.
+    let flood = |h: &mut Harness, round: u32| {
+        let mut accepted = 0u64;
+        for n in 0..1500u32 {
+            let src = [10, 10, 2 + round as u8, 100 + (n % 100) as u8];
+            let syn = tcp_from(h, src, ENI, 50000 + n as u16, true);
+            accepted += (h.run(h.consumer.ifindex, &syn).unwrap().0 == XDP_REDIRECT) as u64;
+        }
+        accepted
+    };
+    let accepted = flood(&mut h, 0);
+    assert!(
+        (50..=55).contains(&accepted),
+        "{accepted} SYNs became flows"
+    );
+    assert_eq!(h.count(Reason::DropEndpointFlowLimit), 1500 - accepted);
+    assert_eq!(h.count(Reason::DropSnatExhausted), 0);
+    // The flooding endpoint's own clients: refused while its allowance is spent, served
+    // again within the embryonic timeout after the flood.
+    let flood_end = std::time::Instant::now();
+    assert_eq!(
+        handshake(&mut h, CLIENT, ENI, 46000),
+        Err(Reason::DropEndpointFlowLimit)
+    );
+    let mut sport = 46001;
+    while handshake(&mut h, CLIENT, ENI, sport).is_err() {
+        sport += 1;
+        assert!(
+            flood_end.elapsed() < std::time::Duration::from_millis(600),
+            "not served again within the embryonic timeout"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    eprintln!(
+        "the flooding endpoint served again {:?} after its flood",
+        flood_end.elapsed()
+    );
+    // Flooding again, the other endpoint opens 150 connections (three times its own
+    // share: each gives its token back when its handshake completes) and loses none.
+    let again = flood(&mut h, 1);
+    assert!(again <= 55, "{again}");
+    for n in 0..150u16 {
+        handshake(&mut h, CLIENT, ENI2, 45000 + n).expect("the other endpoint's flow");
+    }
+    assert_eq!(h.count(Reason::DropSnatExhausted), 0);
+    // The budgets say who hit the limit.
+    let budgets = privatelink_user::dataplane::read_budgets(
+        h.dp.map(privatelink_common::map_names::EP_BUDGET).unwrap(),
+    )
+    .unwrap();
+    let of = |ep: &str| {
+        budgets
+            .iter()
+            .find(|(id, _)| *id == privatelink_user::model::numeric_id(ep))
+            .map(|(_, b)| *b)
+            .unwrap()
+    };
+    assert!(of("ep-a").refused >= 3000 - accepted - again);
+    assert_eq!((of("ep-a2").refused, of("ep-a2").budget), (0, 50));
+}
+
+/// Under pressure a half-open flow gives its tuple up first: once idle for a second, a
+/// new flow may take it (an established flow's tuple is never taken before it expires).
+#[test]
+fn half_open_flows_give_their_tuples_up_first() {
+    let state = packet_state().replace(
+        "snat = [\"10.10.0.200\", \"10.10.0.201\"]",
+        "snat = [\"10.10.0.200\"]\nsnat_ports = [2000, 2003]\nendpoint_flow_share = 100",
+    );
+    // Four half-open flows fill the pool.
+    let mut h = Harness::new(&state).unwrap();
+    for sport in 47000..47004 {
+        let (act, _) = h
+            .run(h.consumer.ifindex, &tcp_from(&h, CLIENT, ENI, sport, true))
+            .unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+    }
+    let fifth = tcp_from(&h, CLIENT, ENI, 47004, true);
+    assert_eq!(h.run(h.consumer.ifindex, &fifth).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropSnatExhausted), 1);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(h.run(h.consumer.ifindex, &fifth).unwrap().0, XDP_REDIRECT);
+    // Four established flows fill it: nothing is taken from them.
+    let mut h = Harness::new(&state).unwrap();
+    for sport in 47100..47104 {
+        handshake(&mut h, CLIENT, ENI, sport).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(
+        handshake(&mut h, CLIENT, ENI, 47104),
+        Err(Reason::DropSnatExhausted)
     );
 }

@@ -31,6 +31,7 @@ fn compatible_pins_are_reused_and_incompatible_ones_replaced() {
         tcp_timeout_ns: 7,
         other_timeout_ns: 8,
         closing_timeout_ns: 9,
+        ..Default::default()
     };
     {
         let mut dp = Dataplane::load(&opts(1024)).unwrap();
