@@ -1201,6 +1201,14 @@ impl EndpointService {
         }
         &self.backends[0]
     }
+
+    /// Whether `account` may have a working endpoint to this service: the service's own
+    /// account (seed 002: a service of the same account is offered without whitelisting),
+    /// or a whitelisted one. The API's endpoint creation and every entry of the data path
+    /// (`ENI_FLAG_WHITELISTED`) use this one rule.
+    pub fn admits(&self, account: &str) -> bool {
+        self.account == account || self.is_whitelisted(account)
+    }
 }
 
 /// Parses a TOML state file; syntax and type errors name the line and the key.

@@ -525,7 +525,7 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
     let svc = s
         .service(&req.service)
         .ok_or_else(|| OpError::not_found("service", format!("no service {}", req.service)))?;
-    if svc.account != owner && !svc.is_whitelisted(&owner) {
+    if !svc.admits(&owner) {
         return Err(OpError::not_whitelisted(format!(
             "account {owner} is not on the whitelist of service {}; ask its owner to add it",
             svc.id
