@@ -340,6 +340,40 @@ fn not_whitelisted_is_dropped_and_counted() {
     assert_eq!(h.count(Reason::DropNotWhitelisted), 1);
 }
 
+/// Seed 002: a service is offered to its own account without a whitelist entry. The
+/// provider's endpoint (its account owns the consumer VPC too, the whitelist is empty)
+/// forwards; a third account's, neither the owner nor whitelisted, is dropped.
+#[test]
+fn own_account_endpoint_forwards_and_a_strangers_is_dropped() {
+    let own = LAB_STATE
+        .replace("whitelist = [\"acct-a\"]", "whitelist = []")
+        .replace("account = \"acct-a\"", "account = \"acct-b\"");
+    let mut h = Harness::new(&own).unwrap();
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(&h, 40350, true, b""))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "the owner's own endpoint forwards");
+    let p = parse_checked(&out);
+    assert_eq!((p.ip.destination, p.dport), (LB, 80));
+    assert!(SNAT.contains(&p.ip.source));
+    assert_eq!(h.count(Reason::ForwardNewFlow), 1);
+    assert_eq!(h.count(Reason::DropNotWhitelisted), 0);
+
+    let stranger = format!(
+        "[[accounts]]\nid = \"acct-c\"\n{}",
+        LAB_STATE
+            .replace("whitelist = [\"acct-a\"]", "whitelist = []")
+            .replace("account = \"acct-a\"", "account = \"acct-c\"")
+    );
+    let mut h = Harness::new(&stranger).unwrap();
+    let (act, _) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(&h, 40351, true, b""))
+        .unwrap();
+    assert_eq!(act, XDP_DROP, "neither the owner nor whitelisted");
+    assert_eq!(h.count(Reason::DropNotWhitelisted), 1);
+    assert!(h.dp.flows().unwrap().is_empty(), "no flow for a dropped SYN");
+}
+
 #[test]
 fn endpoint_not_connected_is_dropped_and_counted() {
     for state in ["pending", "rejected", "disconnected"] {
