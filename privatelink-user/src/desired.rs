@@ -559,7 +559,7 @@ mod tests {
                 vpc_id: numeric_id("vpc-a"),
                 addr: [10, 10, 1, 100],
             }]
-            .is_whitelisted()
+                .is_whitelisted()
         };
         // The provider's own endpoint (its account owns the consumer VPC too), with an
         // empty whitelist: admitted, as the API admits it.

@@ -371,7 +371,10 @@ fn own_account_endpoint_forwards_and_a_strangers_is_dropped() {
         .unwrap();
     assert_eq!(act, XDP_DROP, "neither the owner nor whitelisted");
     assert_eq!(h.count(Reason::DropNotWhitelisted), 1);
-    assert!(h.dp.flows().unwrap().is_empty(), "no flow for a dropped SYN");
+    assert!(
+        h.dp.flows().unwrap().is_empty(),
+        "no flow for a dropped SYN"
+    );
 }
 
 #[test]
