@@ -599,6 +599,52 @@ mod tests {
     }
 
     #[test]
+    fn adding_a_zone_changes_only_that_zones_entries() {
+        use crate::reconcile::{Change, diff};
+        let s = parse_state(LAB).unwrap();
+        let before = compute(&s, links, &Unhealthy::new()).unwrap();
+        let mut t = s.clone();
+        t.vpcs[0].vswitches.push(crate::model::VSwitch {
+            id: "vsw-a9".into(),
+            zone: "zone-b".into(),
+            cidr: "10.10.9.0/24".parse().unwrap(),
+        });
+        t.services[0].backends.push(crate::model::Backend {
+            zone: "zone-b".into(),
+            address: "10.10.0.11".parse().unwrap(),
+        });
+        t.endpoints[0].zones.push(crate::model::EndpointZone {
+            vswitch: "vsw-a9".into(),
+            eni: "10.10.9.1".parse().unwrap(),
+        });
+        t.validate().unwrap();
+        let after = compute(&t, links, &Unhealthy::new()).unwrap();
+        let new_key = VpcAddr {
+            vpc_id: numeric_id("vpc-a"),
+            addr: [10, 10, 9, 1],
+        };
+        let changes = diff(&before.endpoints, &after.endpoints);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let Change::Upsert(k, v) = &changes[0] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(*k, new_key);
+        assert_eq!(
+            (v.lb_addr, v.zone_id),
+            ([10, 10, 0, 11], numeric_id("zone-b")),
+            "the new zone's own load balancer"
+        );
+        // Removing it again deletes exactly that entry.
+        let mut u = t.clone();
+        u.endpoints[0].zones.pop();
+        let back = compute(&u, links, &Unhealthy::new()).unwrap();
+        assert_eq!(
+            diff(&after.endpoints, &back.endpoints),
+            vec![Change::Delete(new_key)]
+        );
+    }
+
+    #[test]
     fn missing_interface_names_the_vpc() {
         let mut s = parse_state(LAB).unwrap();
         s.vpcs[1].interface = "nope0".into();

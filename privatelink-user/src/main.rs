@@ -290,7 +290,12 @@ fn ip(a: [u8; 4]) -> std::net::Ipv4Addr {
 fn read_state(path: &Path) -> Result<State> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    model::parse_state(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let state =
+        model::parse_state(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for w in state.grandfathered() {
+        warn!("{}: {w}", path.display());
+    }
+    Ok(state)
 }
 
 async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Result<()> {
@@ -314,6 +319,9 @@ async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Re
             state
                 .validate()
                 .map_err(|e| anyhow::anyhow!("the stored state does not validate: {e}"))?;
+            for w in state.grandfathered() {
+                warn!("stored state: {w}");
+            }
             (state, Some(store))
         }
         (None, None) => anyhow::bail!("give --state FILE or --data-dir DIR"),
