@@ -908,3 +908,66 @@ fn zones_are_added_and_removed_one_at_a_time() {
         json!({"vswitch": "vsw-a3", "eni": "10.10.3.1"})
     );
 }
+
+/// State stored by an earlier build with an ENI the new rules would refuse (a reserved
+/// address, a zone the service does not serve) still loads, the endpoint keeps working
+/// through the API, and only new ENIs are held to the rules.
+#[test]
+fn stored_endpoints_from_before_the_zone_rules_still_load() {
+    let dir = std::env::temp_dir().join(format!(
+        "privatelink-api-old-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let mut old = privatelink_user::model::parse_state(
+        &privatelink_tests::lab::LAB_STATE
+            .replace("eni = \"10.10.1.100\"", "eni = \"10.10.1.254\"")
+            .replace(
+                "{ id = \"vsw-a2\", zone = \"zone-a\"",
+                "{ id = \"vsw-a2\", zone = \"zone-b\"",
+            ),
+    )
+    .unwrap();
+    old.endpoints[0]
+        .zones
+        .push(privatelink_user::model::EndpointZone {
+            vswitch: "vsw-a2".into(),
+            eni: "10.10.2.5".parse().unwrap(),
+        });
+    old.accounts[0].token_sha256 = Some(ops::token_hash("token-of-a-0123456789"));
+    old.validate().unwrap();
+    assert_eq!(old.grandfathered().len(), 2, "{:?}", old.grandfathered());
+    {
+        let mut store = RedbStore::open(&dir).unwrap();
+        store.save(&State::default(), &old).unwrap();
+    }
+    let srv = serve(&dir);
+    let a = Client::new(&srv.url, Some("token-of-a-0123456789".into()));
+    let ep = a.get("/v1/endpoints/ep-a").unwrap();
+    assert_eq!(
+        ep["zones"],
+        json!([{"vswitch": "vsw-a1", "eni": "10.10.1.254"}, {"vswitch": "vsw-a2", "eni": "10.10.2.5"}])
+    );
+    // Other changes to it go through; a PATCH that keeps its zones keeps them.
+    a.call(
+        "PATCH",
+        "/v1/endpoints/ep-a",
+        Some(&json!({"name": "renamed", "zones": [{"vswitch": "vsw-a1"}, {"vswitch": "vsw-a2", "eni": "10.10.2.5"}]})),
+    )
+    .unwrap();
+    let ep = a.get("/v1/endpoints/ep-a").unwrap();
+    assert_eq!(ep["name"], "renamed");
+    assert_eq!(ep["zones"][0]["eni"], "10.10.1.254");
+    // A new ENI is held to the rules.
+    let (st, err) = status_of(a.call(
+        "PATCH",
+        "/v1/endpoints/ep-a",
+        Some(&json!({"zones": [{"vswitch": "vsw-a1", "eni": "10.10.1.253"}]})),
+    ));
+    assert_eq!(
+        (st, err["field"].as_str()),
+        (400, Some("zones[0].eni")),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

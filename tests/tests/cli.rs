@@ -217,3 +217,17 @@ fn service_available_and_endpoint_zones_through_the_cli() {
         serde_json::json!([{"vswitch": "vsw-a2", "eni": "10.10.2.7"}])
     );
 }
+
+#[test]
+fn check_accepts_a_state_from_before_the_zone_rules_and_names_what_it_keeps() {
+    let p = write_state(
+        "grandfathered.toml",
+        &LAB_STATE.replace("eni = \"10.10.1.100\"", "eni = \"10.10.1.254\""),
+    );
+    let (ok, out) = run(&["check", "--state", p.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("endpoints[0].zones[0].eni: endpoint ep-a's ENI 10.10.1.254 is a system-reserved address of vSwitch vsw-a1"),
+        "{out}"
+    );
+}
