@@ -673,4 +673,38 @@ mod tests {
         assert!(new_service["gwlb"].is_object());
         assert!(doc["components"]["schemas"]["NewEndpoint"]["properties"]["routes"].is_object());
     }
+
+    #[test]
+    fn the_openapi_document_describes_discovery_and_zones() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (path, method) in [
+            ("/v1/available-services", "get"),
+            ("/v1/available-services/{id}", "get"),
+            ("/v1/endpoints/{id}/zones", "post"),
+            ("/v1/endpoints/{id}/zones/{vswitch}", "delete"),
+        ] {
+            assert!(doc["paths"][path][method].is_object(), "{path} {method}");
+        }
+        let schemas = &doc["components"]["schemas"];
+        let available = &schemas["AvailableService"]["properties"];
+        for field in [
+            "id",
+            "type",
+            "zones",
+            "domain",
+            "auto_accept",
+            "zone_affinity",
+        ] {
+            assert!(available[field].is_object(), "AvailableService.{field}");
+        }
+        assert!(available["whitelist"].is_null() && available["account"].is_null());
+        assert!(schemas["NewZone"]["properties"]["eni"].is_object());
+        assert!(
+            !schemas["NewZone"]["required"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("eni")),
+            "the ENI's address is optional"
+        );
+    }
 }
