@@ -395,6 +395,55 @@ async fn delete_endpoint(
         .map(|_| StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/endpoints/{id}/zones", request_body = ops::NewZone,
+    responses((status = 201, body = Object), (status = 400, body = OpError), (status = 409, body = OpError)))]
+async fn add_zone(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> Created<Endpoint> {
+    let z = body(&b)?;
+    mutate(&app, &h, |s, c| ops::add_zone(s, c, &id, z))
+        .await
+        .map(|v| (StatusCode::CREATED, Json(v)))
+}
+
+#[utoipa::path(delete, path = "/v1/endpoints/{id}/zones/{vswitch}",
+    responses((status = 200, body = Object), (status = 404, body = OpError), (status = 409, body = OpError)))]
+async fn remove_zone(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path((id, vswitch)): Path<(String, String)>,
+) -> Res<Endpoint> {
+    mutate(&app, &h, |s, c| ops::remove_zone(s, c, &id, &vswitch))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(get, path = "/v1/available-services",
+    responses((status = 200, body = Vec<ops::AvailableService>), (status = 401, body = OpError)))]
+async fn list_available_services(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+) -> Res<Vec<ops::AvailableService>> {
+    read(&app, &h, |s, c| Ok(ops::list_available_services(s, c)))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(get, path = "/v1/available-services/{id}",
+    responses((status = 200, body = ops::AvailableService), (status = 404, body = OpError)))]
+async fn get_available_service(
+    AxState(app): AxState<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Res<ops::AvailableService> {
+    read(&app, &h, |s, c| ops::get_available_service(s, c, &id))
+        .await
+        .map(Json)
+}
+
 #[utoipa::path(post, path = "/v1/security-groups", request_body = ops::NewSecurityGroup,
     responses((status = 201, body = Object), (status = 400, body = OpError)))]
 async fn create_sg(
@@ -533,6 +582,10 @@ async fn status(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Status> {
         get_endpoint,
         update_endpoint,
         delete_endpoint,
+        add_zone,
+        remove_zone,
+        list_available_services,
+        get_available_service,
         status,
         create_sg,
         list_sgs,
@@ -586,6 +639,13 @@ pub fn router(app: Shared) -> Router {
                 .patch(update_endpoint)
                 .delete(delete_endpoint),
         )
+        .route("/v1/endpoints/{id}/zones", post(add_zone))
+        .route(
+            "/v1/endpoints/{id}/zones/{vswitch}",
+            axum::routing::delete(remove_zone),
+        )
+        .route("/v1/available-services", get(list_available_services))
+        .route("/v1/available-services/{id}", get(get_available_service))
         .route("/v1/security-groups", post(create_sg).get(list_sgs))
         .route("/v1/security-groups/{id}", axum::routing::delete(delete_sg))
         .route("/v1/security-groups/{id}/rules", post(add_sg_rule))
@@ -612,5 +672,39 @@ mod tests {
         let new_service = &doc["components"]["schemas"]["NewService"]["properties"];
         assert!(new_service["gwlb"].is_object());
         assert!(doc["components"]["schemas"]["NewEndpoint"]["properties"]["routes"].is_object());
+    }
+
+    #[test]
+    fn the_openapi_document_describes_discovery_and_zones() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (path, method) in [
+            ("/v1/available-services", "get"),
+            ("/v1/available-services/{id}", "get"),
+            ("/v1/endpoints/{id}/zones", "post"),
+            ("/v1/endpoints/{id}/zones/{vswitch}", "delete"),
+        ] {
+            assert!(doc["paths"][path][method].is_object(), "{path} {method}");
+        }
+        let schemas = &doc["components"]["schemas"];
+        let available = &schemas["AvailableService"]["properties"];
+        for field in [
+            "id",
+            "type",
+            "zones",
+            "domain",
+            "auto_accept",
+            "zone_affinity",
+        ] {
+            assert!(available[field].is_object(), "AvailableService.{field}");
+        }
+        assert!(available["whitelist"].is_null() && available["account"].is_null());
+        assert!(schemas["NewZone"]["properties"]["eni"].is_object());
+        assert!(
+            !schemas["NewZone"]["required"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("eni")),
+            "the ENI's address is optional"
+        );
     }
 }

@@ -224,6 +224,11 @@ pub enum ServiceCmd {
     Appliances {
         id: String,
     },
+    /// The services your account may create endpoints to (whitelisted, or your own): all,
+    /// or the one named.
+    Available {
+        id: Option<String>,
+    },
     /// Change settings of a service.
     Set {
         id: String,
@@ -389,7 +394,8 @@ pub enum EndpointCmd {
         vpc: String,
         #[arg(long)]
         service: String,
-        /// An ENI as VSWITCH:ADDRESS (repeatable, one per zone).
+        /// An ENI as VSWITCH[:ADDRESS] (repeatable, one per zone in a zone the service
+        /// serves); without an address the vSwitch's lowest free one is allocated.
         #[arg(long = "zone")]
         zones: Vec<String>,
         /// Gateway endpoints: the route target address in the VPC.
@@ -436,6 +442,22 @@ pub enum EndpointCmd {
     Delete {
         id: String,
     },
+    /// Add or remove one zone (one ENI) of an endpoint.
+    #[command(subcommand)]
+    Zone(ZoneCmd),
+}
+
+#[derive(Subcommand)]
+pub enum ZoneCmd {
+    /// Add an ENI in a zone the service serves; prints the endpoint with its new ENI.
+    Add {
+        endpoint: String,
+        /// VSWITCH[:ADDRESS]; without an address the vSwitch's lowest free one.
+        #[arg(long)]
+        zone: String,
+    },
+    /// Remove the endpoint's ENI in a vSwitch (not its last one).
+    Remove { endpoint: String, vswitch: String },
 }
 
 #[derive(Subcommand)]
@@ -463,9 +485,17 @@ fn tags(list: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 fn zones(list: &[String]) -> Result<Vec<Value>> {
-    list.iter()
-        .map(|z| split2("zone", z).map(|(v, e)| json!({"vswitch": v, "eni": e})))
-        .collect()
+    list.iter().map(|z| zone(z)).collect()
+}
+
+/// "vsw-a1:10.10.1.100" → that ENI; "vsw-a1" → an ENI the daemon allocates.
+fn zone(z: &str) -> Result<Value> {
+    match z.split_once(':') {
+        Some((v, e)) if !v.is_empty() && !e.is_empty() => Ok(json!({"vswitch": v, "eni": e})),
+        Some(_) => Err(anyhow!("zone {z:?}: expected VSWITCH or VSWITCH:ADDRESS")),
+        None if !z.is_empty() => Ok(json!({"vswitch": z})),
+        None => Err(anyhow!("zone {z:?}: expected VSWITCH or VSWITCH:ADDRESS")),
+    }
 }
 
 pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
@@ -684,6 +714,22 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             c.get(&format!("/v1/services/{id}/appliances"))?,
             &["address", "zone", "healthy"],
         ),
+        ServiceCmd::Available { id } => {
+            const AVAILABLE: &[&str] = &[
+                "id",
+                "type",
+                "zones",
+                "listeners",
+                "domain",
+                "auto_accept",
+                "zone_affinity",
+            ];
+            let path = match id {
+                Some(id) => format!("/v1/available-services/{id}"),
+                None => "/v1/available-services".to_string(),
+            };
+            (c.get(&path)?, AVAILABLE)
+        }
         ServiceCmd::Set {
             id,
             auto_accept,
@@ -828,6 +874,14 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
             )
         }
         EndpointCmd::Delete { id } => (c.delete(&format!("/v1/endpoints/{id}"))?, &[]),
+        EndpointCmd::Zone(ZoneCmd::Add { endpoint, zone: z }) => (
+            c.post(&format!("/v1/endpoints/{endpoint}/zones"), &zone(&z)?)?,
+            COLS,
+        ),
+        EndpointCmd::Zone(ZoneCmd::Remove { endpoint, vswitch }) => (
+            c.delete(&format!("/v1/endpoints/{endpoint}/zones/{vswitch}"))?,
+            COLS,
+        ),
     })
 }
 
@@ -839,6 +893,10 @@ fn cell(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(", "),
+        // A zone as `--zone` takes it (the object's keys would sort the address first).
+        Value::Object(o) if o.contains_key("vswitch") && o.contains_key("eni") => {
+            format!("{}:{}", cell(&o["vswitch"]), cell(&o["eni"]))
+        }
         Value::Object(o) => o.values().map(cell).collect::<Vec<_>>().join(":"),
         other => other.to_string(),
     }
@@ -931,6 +989,25 @@ mod tests {
         };
         let g: GwlbSettings = serde_json::from_value(gwlb.to_json().unwrap().1).unwrap();
         assert_eq!(g.health, crate::health::HealthSettings::default());
+    }
+
+    #[test]
+    fn a_zone_without_an_address_asks_for_one() {
+        assert_eq!(
+            zone("vsw-a1:10.10.1.100").unwrap(),
+            json!({"vswitch": "vsw-a1", "eni": "10.10.1.100"})
+        );
+        assert_eq!(zone("vsw-a1").unwrap(), json!({"vswitch": "vsw-a1"}));
+        for bad in ["", ":10.10.1.1", "vsw-a1:"] {
+            assert!(zone(bad).is_err(), "{bad:?}");
+        }
+        // Shown in a table as it is given.
+        assert_eq!(
+            cell(
+                &json!([{"vswitch": "vsw-a1", "eni": "10.10.1.100"}, {"vswitch": "vsw-a2", "eni": "10.10.2.1"}])
+            ),
+            "vsw-a1:10.10.1.100, vsw-a2:10.10.2.1"
+        );
     }
 
     #[test]

@@ -214,7 +214,7 @@ pub fn compute(
                 .find(|s| s.id == z.vswitch)
                 .expect("validated");
             let backend = svc.backend_for_zone(&vsw.zone);
-            let mut flags = if svc.is_whitelisted(&ep.account) {
+            let mut flags = if svc.admits(&ep.account) {
                 ENI_FLAG_WHITELISTED
             } else {
                 0
@@ -280,7 +280,7 @@ fn gateway_endpoint(
         addr: gw.octets(),
     };
     let mut flags = ENI_FLAG_GATEWAY;
-    if svc.is_whitelisted(&ep.account) {
+    if svc.admits(&ep.account) {
         flags |= ENI_FLAG_WHITELISTED;
     }
     if !ep.policy.is_empty() {
@@ -389,7 +389,7 @@ fn gwlb_endpoint(
     };
     let vpc_id = numeric_id(&vpc.id);
     let mut flags = ENI_FLAG_GWLB;
-    if svc.is_whitelisted(&ep.account) {
+    if svc.admits(&ep.account) {
         flags |= ENI_FLAG_WHITELISTED;
     }
     if g.failover == Failover::Rebalance {
@@ -597,6 +597,99 @@ mod tests {
         let eni = d.endpoints.values().next().unwrap();
         assert!(!eni.is_whitelisted());
         assert_eq!(eni.state, ConnectionState::Disconnected as u32);
+    }
+
+    #[test]
+    fn own_account_endpoints_are_admitted_and_strangers_are_not() {
+        let eni_flags = |s: &State| {
+            let d = compute(s, links, &Unhealthy::new()).unwrap();
+            d.endpoints[&VpcAddr {
+                vpc_id: numeric_id("vpc-a"),
+                addr: [10, 10, 1, 100],
+            }]
+                .is_whitelisted()
+        };
+        // The provider's own endpoint (its account owns the consumer VPC too), with an
+        // empty whitelist: admitted, as the API admits it.
+        let mut own = parse_state(LAB).unwrap();
+        own.services[0].whitelist.clear();
+        own.vpcs[0].account = "acct-b".into();
+        own.endpoints[0].account = "acct-b".into();
+        own.validate().unwrap();
+        assert!(own.services[0].admits("acct-b"));
+        assert!(eni_flags(&own), "own account: ENI_FLAG_WHITELISTED");
+        // A third account, neither the owner nor whitelisted: not admitted.
+        let mut stranger = own.clone();
+        stranger.accounts.push(crate::model::Account {
+            id: "acct-c".into(),
+            name: String::new(),
+            token_sha256: None,
+        });
+        stranger.vpcs[0].account = "acct-c".into();
+        stranger.endpoints[0].account = "acct-c".into();
+        stranger.validate().unwrap();
+        assert!(!eni_flags(&stranger), "stranger: no flag");
+        // Whitelisted: admitted.
+        stranger.services[0].whitelist = vec!["acct-c".into()];
+        assert!(eni_flags(&stranger));
+        // The gateway and GWLB entries use the same rule.
+        let mut g = gwlb_state();
+        let svc = g.services.iter_mut().find(|x| x.id == "gwlb-s").unwrap();
+        svc.whitelist.clear();
+        svc.account = "acct-a".into();
+        g.vpcs.iter_mut().find(|v| v.id == "vpc-s").unwrap().account = "acct-a".into();
+        g.validate().unwrap();
+        let d = compute(&g, links, &Unhealthy::new()).unwrap();
+        assert_eq!(
+            d.gw_routes[&route("vpc-c", "10.30.8.0/24")].flags,
+            ENI_FLAG_GWLB | ENI_FLAG_WHITELISTED
+        );
+    }
+
+    #[test]
+    fn adding_a_zone_changes_only_that_zones_entries() {
+        use crate::reconcile::{Change, diff};
+        let s = parse_state(LAB).unwrap();
+        let before = compute(&s, links, &Unhealthy::new()).unwrap();
+        let mut t = s.clone();
+        t.vpcs[0].vswitches.push(crate::model::VSwitch {
+            id: "vsw-a9".into(),
+            zone: "zone-b".into(),
+            cidr: "10.10.9.0/24".parse().unwrap(),
+        });
+        t.services[0].backends.push(crate::model::Backend {
+            zone: "zone-b".into(),
+            address: "10.10.0.11".parse().unwrap(),
+        });
+        t.endpoints[0].zones.push(crate::model::EndpointZone {
+            vswitch: "vsw-a9".into(),
+            eni: "10.10.9.1".parse().unwrap(),
+        });
+        t.validate().unwrap();
+        let after = compute(&t, links, &Unhealthy::new()).unwrap();
+        let new_key = VpcAddr {
+            vpc_id: numeric_id("vpc-a"),
+            addr: [10, 10, 9, 1],
+        };
+        let changes = diff(&before.endpoints, &after.endpoints);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let Change::Upsert(k, v) = &changes[0] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(*k, new_key);
+        assert_eq!(
+            (v.lb_addr, v.zone_id),
+            ([10, 10, 0, 11], numeric_id("zone-b")),
+            "the new zone's own load balancer"
+        );
+        // Removing it again deletes exactly that entry.
+        let mut u = t.clone();
+        u.endpoints[0].zones.pop();
+        let back = compute(&u, links, &Unhealthy::new()).unwrap();
+        assert_eq!(
+            diff(&after.endpoints, &back.endpoints),
+            vec![Change::Delete(new_key)]
+        );
     }
 
     #[test]

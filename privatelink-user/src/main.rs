@@ -328,7 +328,12 @@ fn ip(a: [u8; 4]) -> std::net::Ipv4Addr {
 fn read_state(path: &Path) -> Result<State> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    model::parse_state(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let state =
+        model::parse_state(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for w in state.grandfathered() {
+        warn!("{}: {w}", path.display());
+    }
+    Ok(state)
 }
 
 async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Result<()> {
@@ -360,8 +365,11 @@ async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Re
                     service = id,
                     "service stored without listeners (by an earlier build): it publishes \
                      nothing and its endpoints carry no traffic until its provider adds them \
-                     (`privatelink service update {id} --listener tcp:PORT`)"
+                     (`privatelink service listener add {id} tcp:PORT`)"
                 );
+            }
+            for w in state.grandfathered() {
+                warn!("stored state: {w}");
             }
             (state, Some(store))
         }

@@ -1374,6 +1374,110 @@ impl EndpointService {
         }
         &self.backends[0]
     }
+
+    /// Whether `account` may have a working endpoint to this service: the service's own
+    /// account (seed 002: a service of the same account is offered without whitelisting),
+    /// or a whitelisted one. The API's endpoint creation and every entry of the data path
+    /// (`ENI_FLAG_WHITELISTED`) use this one rule.
+    pub fn admits(&self, account: &str) -> bool {
+        self.account == account || self.is_whitelisted(account)
+    }
+
+    /// The zones the service serves, sorted, without repeats: its load balancers' zones
+    /// (interface services) or its appliances' zones (GWLB services). Gateway services have
+    /// no zones (their endpoints have no ENIs).
+    pub fn zones(&self) -> Vec<&str> {
+        if self.kind == ServiceType::Gateway {
+            return Vec::new();
+        }
+        let set: BTreeSet<&str> = self.backends.iter().map(|b| b.zone.as_str()).collect();
+        set.into_iter().collect()
+    }
+
+    /// Whether an endpoint ENI may be created in `zone` (checked when ENIs are created or
+    /// added, not on stored state: see `State::grandfathered`).
+    pub fn serves_zone(&self, zone: &str) -> bool {
+        self.backends.iter().any(|b| b.zone == zone)
+    }
+}
+
+impl VSwitch {
+    /// The addresses the cloud keeps for itself in every vSwitch CIDR: the first one and
+    /// the last three (for 192.168.1.0/24: .0, .253, .254 and .255). They are never
+    /// allocated to an ENI and refused when one is asked for.
+    pub fn is_reserved(&self, a: Ipv4Addr) -> bool {
+        let (a, first, last) = (
+            u32::from(a),
+            u32::from(self.cidr.network()),
+            u32::from(self.cidr.broadcast()),
+        );
+        a == first || a >= last.saturating_sub(2)
+    }
+
+    /// The lowest address of the vSwitch that is neither reserved nor in `used`.
+    pub fn lowest_free(&self, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let (first, last) = (
+            u32::from(self.cidr.network()),
+            u32::from(self.cidr.broadcast()),
+        );
+        (first..=last)
+            .map(Ipv4Addr::from)
+            .find(|a| !self.is_reserved(*a) && !used.contains(a))
+    }
+}
+
+impl State {
+    /// Every address already in use in VPC `vpc`: endpoint ENIs, gateway endpoints' route
+    /// targets, and the SNAT, load balancer, GWLB and appliance addresses of the services
+    /// that live there (the same addresses `validate` keeps apart).
+    pub fn used_addresses(&self, vpc: &str) -> BTreeSet<Ipv4Addr> {
+        let mut used = BTreeSet::new();
+        for s in self.services.iter().filter(|s| s.vpc == vpc) {
+            used.extend(s.backends.iter().map(|b| b.address));
+            used.extend(s.snat.iter().copied());
+            used.extend(s.gwlb.as_ref().map(|g| g.address));
+        }
+        for e in self.endpoints.iter().filter(|e| e.vpc == vpc) {
+            used.extend(e.zones.iter().map(|z| z.eni));
+            used.extend(e.gateway);
+        }
+        used
+    }
+
+    /// Stored endpoints that an earlier build accepted but that the rules for new ENIs
+    /// (served zones, reserved addresses) would refuse today. They are kept and keep
+    /// working as before; the daemon logs these lines when it loads the state.
+    pub fn grandfathered(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let (Some(vpc), Some(svc)) = (self.vpc(&e.vpc), self.service(&e.service)) else {
+                continue;
+            };
+            for (j, z) in e.zones.iter().enumerate() {
+                let Some(vsw) = vpc.vswitches.iter().find(|s| s.id == z.vswitch) else {
+                    continue;
+                };
+                let f = format!("endpoints[{i}].zones[{j}]");
+                if vsw.is_reserved(z.eni) {
+                    out.push(format!(
+                        "{f}.eni: endpoint {}'s ENI {} is a system-reserved address of vSwitch {} ({}); kept, but no new ENI may take it",
+                        e.id, z.eni, vsw.id, vsw.cidr
+                    ));
+                }
+                if !svc.serves_zone(&vsw.zone) {
+                    let goes_to = match svc.kind {
+                        ServiceType::Gwlb => "the other zones' appliances",
+                        _ => "the service's first load balancer",
+                    };
+                    out.push(format!(
+                        "{f}.vswitch: endpoint {}'s ENI {} is in zone {}, which service {} does not serve; kept, its flows go to {goes_to}",
+                        e.id, z.eni, vsw.zone, svc.id
+                    ));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Parses a state as the store keeps it: every rule of `State::validate`, but not those
@@ -1597,6 +1701,65 @@ mod tests {
         assert!(e.contains("cidr"), "{e}");
         let e = parse_state(&format!("{LAB}\n[[endpoints]]\nid = 3\n")).unwrap_err();
         assert!(e.contains("id"), "{e}");
+    }
+
+    #[test]
+    fn reserved_addresses_are_the_first_and_the_last_three() {
+        let vsw = |cidr: &str| VSwitch {
+            id: "v".into(),
+            zone: "z".into(),
+            cidr: cidr.parse().unwrap(),
+        };
+        let ip = |a: &str| a.parse::<Ipv4Addr>().unwrap();
+        let v = vsw("192.168.1.0/24");
+        let reserved: Vec<Ipv4Addr> = (0..=255u8)
+            .map(|i| Ipv4Addr::new(192, 168, 1, i))
+            .filter(|a| v.is_reserved(*a))
+            .collect();
+        assert_eq!(
+            reserved,
+            [
+                "192.168.1.0",
+                "192.168.1.253",
+                "192.168.1.254",
+                "192.168.1.255"
+            ]
+            .map(ip)
+        );
+        assert_eq!(v.lowest_free(&BTreeSet::new()), Some(ip("192.168.1.1")));
+        let used = [ip("192.168.1.1"), ip("192.168.1.3")].into();
+        assert_eq!(v.lowest_free(&used), Some(ip("192.168.1.2")));
+        // A /29: 8 addresses, 4 reserved, 4 to allocate.
+        let small = vsw("10.10.3.0/29");
+        let mut used = BTreeSet::new();
+        while let Some(a) = small.lowest_free(&used) {
+            used.insert(a);
+        }
+        assert_eq!(
+            used.into_iter().collect::<Vec<_>>(),
+            ["10.10.3.1", "10.10.3.2", "10.10.3.3", "10.10.3.4"].map(ip)
+        );
+        // Too small to hold anything.
+        assert_eq!(vsw("10.10.4.0/30").lowest_free(&BTreeSet::new()), None);
+    }
+
+    #[test]
+    fn grandfathered_endpoints_are_named() {
+        let mut s: State = toml::from_str(LAB).unwrap();
+        assert!(s.grandfathered().is_empty());
+        s.endpoints[0].zones[0].eni = "10.10.1.254".parse().unwrap();
+        s.vpcs[0].vswitches[0].zone = "zone-b".into();
+        s.validate().unwrap();
+        let g = s.grandfathered();
+        assert_eq!(g.len(), 2, "{g:?}");
+        assert!(
+            g[0].starts_with("endpoints[0].zones[0].eni: endpoint ep-a's ENI 10.10.1.254 is a system-reserved address"),
+            "{g:?}"
+        );
+        assert!(
+            g[1].starts_with("endpoints[0].zones[0].vswitch: endpoint ep-a's ENI 10.10.1.254 is in zone zone-b, which service epsrv-b does not serve"),
+            "{g:?}"
+        );
     }
 
     #[test]

@@ -527,9 +527,10 @@ pub struct NewEndpoint {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// One ENI per zone: `{vswitch, eni?}`; without `eni` the daemon allocates the
+    /// vSwitch's lowest free address.
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
-    pub zones: Vec<EndpointZone>,
+    pub zones: Vec<NewZone>,
     #[serde(default)]
     pub security_groups: Vec<String>,
     #[serde(default)]
@@ -560,13 +561,14 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
     let svc = s
         .service(&req.service)
         .ok_or_else(|| OpError::not_found("service", format!("no service {}", req.service)))?;
-    if svc.account != owner && !svc.is_whitelisted(&owner) {
+    if !svc.admits(&owner) {
         return Err(OpError::not_whitelisted(format!(
             "account {owner} is not on the whitelist of service {}; ask its owner to add it",
             svc.id
         )));
     }
     check_limits(&req.security_groups, &req.tags)?;
+    let zones = place_zones(s, &req.vpc, svc, &[], req.zones, "zones")?;
     let ep = Endpoint {
         id: req.id,
         account: owner,
@@ -579,7 +581,7 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
         } else {
             Connection::Pending
         },
-        zones: req.zones,
+        zones,
         security_groups: req.security_groups,
         tags: req.tags,
         gateway: req.gateway,
@@ -645,8 +647,9 @@ pub fn get_endpoint(s: &mut State, c: &Caller, id: &str) -> R<Endpoint> {
 pub struct EndpointPatch {
     pub name: Option<String>,
     pub description: Option<String>,
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub zones: Option<Vec<EndpointZone>>,
+    /// The zones, replacing the old ones: a zone kept as it was (same vSwitch, `eni` the
+    /// same or left out) is untouched; new ones are checked and allocated as on creation.
+    pub zones: Option<Vec<NewZone>>,
     pub security_groups: Option<Vec<String>>,
     pub tags: Option<BTreeMap<String, String>>,
     /// GWLB endpoints: the routes (replacing the old ones).
@@ -655,6 +658,10 @@ pub struct EndpointPatch {
 }
 
 pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) -> R<Endpoint> {
+    let zones = match p.zones {
+        Some(v) => Some(patched_zones(s, c, id, v)?),
+        None => None,
+    };
     let ep = own_endpoint(s, c, id)?;
     check_limits(
         p.security_groups.as_ref().unwrap_or(&ep.security_groups),
@@ -666,7 +673,7 @@ pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) ->
     if let Some(v) = p.description {
         ep.description = v;
     }
-    if let Some(v) = p.zones {
+    if let Some(v) = zones {
         ep.zones = v;
     }
     if let Some(v) = p.security_groups {
@@ -685,6 +692,241 @@ pub fn delete_endpoint(s: &mut State, c: &Caller, id: &str) -> R<()> {
     own_endpoint(s, c, id)?;
     s.endpoints.retain(|e| e.id != id);
     Ok(())
+}
+
+/// A zone of an endpoint as a request gives it: the vSwitch, and the ENI's address or none
+/// (the daemon allocates one).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewZone {
+    pub vswitch: String,
+    /// Left out: the lowest free address of the vSwitch.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "10.10.1.100")]
+    pub eni: Option<Ipv4Addr>,
+}
+
+/// The ENIs of `req` for an endpoint in `vpc` of service `svc` that has the ENIs
+/// `existing`. A zone in `existing` given again (same vSwitch, same or no address) is kept
+/// as it is; every other one is new and must be in a zone the service serves, must not ask
+/// for a system-reserved address, and gets the vSwitch's lowest free address if it asks
+/// for none. Whether an address is inside its vSwitch, taken, or the zone's second ENI is
+/// left to `State::validate`, like every rule stored state must keep.
+fn place_zones(
+    s: &State,
+    vpc: &str,
+    svc: &EndpointService,
+    existing: &[EndpointZone],
+    req: Vec<NewZone>,
+    field: &str,
+) -> R<Vec<EndpointZone>> {
+    if svc.kind == ServiceType::Gateway && !req.is_empty() {
+        return Err(OpError::invalid(
+            field,
+            "a gateway endpoint has no ENIs; give gateway instead",
+        ));
+    }
+    let v = s
+        .vpc(vpc)
+        .ok_or_else(|| OpError::not_found("vpc", format!("no VPC {vpc}")))?;
+    let mut used = s.used_addresses(vpc);
+    let mut out = Vec::with_capacity(req.len());
+    for (i, z) in req.into_iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        if let Some(kept) = existing
+            .iter()
+            .find(|e| e.vswitch == z.vswitch && z.eni.is_none_or(|a| a == e.eni))
+        {
+            out.push(kept.clone());
+            continue;
+        }
+        out.push(place_zone(v, svc, &mut used, z, &f)?);
+    }
+    Ok(out)
+}
+
+/// One new ENI (see `place_zones`); `used` gains its address.
+fn place_zone(
+    vpc: &Vpc,
+    svc: &EndpointService,
+    used: &mut std::collections::BTreeSet<Ipv4Addr>,
+    z: NewZone,
+    f: &str,
+) -> R<EndpointZone> {
+    let Some(vsw) = vpc.vswitches.iter().find(|x| x.id == z.vswitch) else {
+        return Err(OpError::invalid(
+            format!("{f}.vswitch"),
+            format!("VPC {} has no vSwitch {:?}", vpc.id, z.vswitch),
+        ));
+    };
+    if !svc.serves_zone(&vsw.zone) {
+        return Err(OpError::invalid(
+            format!("{f}.vswitch"),
+            format!(
+                "vSwitch {} is in zone {}, which service {} does not serve (it serves {})",
+                vsw.id,
+                vsw.zone,
+                svc.id,
+                svc.zones().join(", ")
+            ),
+        ));
+    }
+    let eni = match z.eni {
+        Some(a) if vsw.cidr.contains(&a) && vsw.is_reserved(a) => {
+            return Err(OpError::invalid(
+                format!("{f}.eni"),
+                format!(
+                    "{a} is a system-reserved address of vSwitch {} ({}: its first address and its last three are reserved)",
+                    vsw.id, vsw.cidr
+                ),
+            ));
+        }
+        Some(a) => a,
+        None => vsw.lowest_free(used).ok_or_else(|| {
+            OpError::conflict(
+                format!("{f}.vswitch"),
+                format!(
+                    "vSwitch {} ({}) has no free address left; give another vSwitch of zone {}",
+                    vsw.id, vsw.cidr, vsw.zone
+                ),
+            )
+        })?,
+    };
+    used.insert(eni);
+    Ok(EndpointZone {
+        vswitch: vsw.id.clone(),
+        eni,
+    })
+}
+
+/// The zones a PATCH of endpoint `id` asks for, placed as `place_zones` does.
+fn patched_zones(s: &mut State, c: &Caller, id: &str, req: Vec<NewZone>) -> R<Vec<EndpointZone>> {
+    let ep = own_endpoint(s, c, id)?.clone();
+    let svc = service_of(s, &ep)?;
+    place_zones(s, &ep.vpc, svc, &ep.zones, req, "zones")
+}
+
+fn service_of<'a>(s: &'a State, ep: &Endpoint) -> R<&'a EndpointService> {
+    s.service(&ep.service).ok_or_else(|| {
+        OpError::internal(format!(
+            "endpoint {}'s service {} is gone",
+            ep.id, ep.service
+        ))
+    })
+}
+
+/// Adds one zone (one ENI) to endpoint `id`: in a zone its service serves, at the given
+/// address or the vSwitch's lowest free one. The other zones' ENIs are left as they are.
+pub fn add_zone(s: &mut State, c: &Caller, id: &str, z: NewZone) -> R<Endpoint> {
+    let ep = own_endpoint(s, c, id)?.clone();
+    let svc = service_of(s, &ep)?;
+    if svc.kind == ServiceType::Gateway {
+        return Err(OpError::invalid(
+            "vswitch",
+            format!("endpoint {id} is a gateway endpoint: it has no ENIs"),
+        ));
+    }
+    let vpc = s
+        .vpc(&ep.vpc)
+        .ok_or_else(|| OpError::internal(format!("endpoint {id}'s VPC {} is gone", ep.vpc)))?;
+    let mut used = s.used_addresses(&ep.vpc);
+    // The body is one zone: its fields are named without a list index.
+    let zone = place_zone(vpc, svc, &mut used, z, "").map_err(|mut e| {
+        e.field = e.field.map(|f| f.trim_start_matches('.').to_string());
+        e
+    })?;
+    let ep = own_endpoint(s, c, id)?;
+    ep.zones.push(zone);
+    Ok(ep.clone())
+}
+
+/// Removes the zone of endpoint `id` in vSwitch `vswitch` (its ENI); the endpoint's last
+/// zone stays (delete the endpoint instead).
+pub fn remove_zone(s: &mut State, c: &Caller, id: &str, vswitch: &str) -> R<Endpoint> {
+    let ep = own_endpoint(s, c, id)?;
+    let Some(i) = ep.zones.iter().position(|z| z.vswitch == vswitch) else {
+        return Err(OpError::not_found(
+            "vswitch",
+            format!("endpoint {id} has no ENI in vSwitch {vswitch}"),
+        ));
+    };
+    if ep.zones.len() == 1 {
+        return Err(OpError::conflict(
+            "vswitch",
+            format!(
+                "vSwitch {vswitch} holds endpoint {id}'s only ENI: an endpoint keeps at least one zone (delete the endpoint instead)"
+            ),
+        ));
+    }
+    ep.zones.remove(i);
+    Ok(ep.clone())
+}
+
+/// A service as a consumer that may use it sees it (the console's service selection, the
+/// cloud's "describe endpoint services"): what is needed to create an endpoint, nothing
+/// about the provider's whitelist, its other consumers or its addresses.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct AvailableService {
+    pub id: String,
+    /// interface, gateway or gwlb.
+    #[schema(value_type = String, example = "interface")]
+    pub r#type: ServiceType,
+    /// The zones an endpoint's ENIs may be in (none for gateway services).
+    pub zones: Vec<String>,
+    /// What endpoints of the service carry: its load balancer's listeners.
+    #[schema(value_type = Vec<Object>, example = json!([{"protocol": "tcp", "port": 80}]))]
+    pub listeners: Vec<Listener>,
+    pub domain: Option<String>,
+    /// Whether a new endpoint is connected at once (else it waits for the provider).
+    pub auto_accept: bool,
+    /// Whether the service supports zone affinity (an ENI's flows stay in its zone).
+    pub zone_affinity: bool,
+    /// Gateway services: the prefixes a gateway endpoint routes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub prefixes: Vec<Ipv4Net>,
+}
+
+impl From<&EndpointService> for AvailableService {
+    fn from(s: &EndpointService) -> Self {
+        Self {
+            id: s.id.clone(),
+            r#type: s.kind,
+            zones: s.zones().into_iter().map(str::to_string).collect(),
+            listeners: s.listeners.clone(),
+            domain: s.domain.clone(),
+            auto_accept: s.auto_accept,
+            zone_affinity: s.zone_affinity,
+            prefixes: s.prefixes.clone(),
+        }
+    }
+}
+
+/// Whether `c` may see service `svc` among the available ones: an account it admits (its
+/// own account or a whitelisted one), or the operator.
+fn available_to(c: &Caller, svc: &EndpointService) -> bool {
+    match c {
+        Caller::Admin => true,
+        Caller::Account(a) => svc.admits(a),
+    }
+}
+
+/// The services the caller's account may create endpoints to.
+pub fn list_available_services(s: &State, c: &Caller) -> Vec<AvailableService> {
+    s.services
+        .iter()
+        .filter(|x| available_to(c, x))
+        .map(AvailableService::from)
+        .collect()
+}
+
+/// One service the caller's account may use; 404, as for a service that does not exist,
+/// when it may not (its existence is not revealed).
+pub fn get_available_service(s: &State, c: &Caller, id: &str) -> R<AvailableService> {
+    s.service(id)
+        .filter(|x| available_to(c, x))
+        .map(AvailableService::from)
+        .ok_or_else(|| OpError::not_found("service", format!("no service {id} available")))
 }
 
 /// One appliance of a GWLB service and the health checker's current verdict on it.

@@ -108,8 +108,10 @@ impl Drop for ApiDaemon {
 }
 
 /// The lab's two parties through the API: accounts acct-a (consumer) and acct-b
-/// (provider), VPC vpc-a on fc0 (vSwitch vsw-a1 10.10.1.0/24) and vpc-b on fp0 (vsw-b0
-/// 10.10.0.0/24), both 10.10.0.0/16. Returns their clients (A, B).
+/// (provider), VPC vpc-a on fc0 (vSwitches vsw-a1 10.10.1.0/24 in zone-a, vsw-a2
+/// 10.10.2.0/24 in zone-b, and the small vsw-a3 10.10.3.0/29 in zone-a: four addresses to
+/// allocate) and vpc-b on fp0 (vsw-b0 10.10.0.0/24), both 10.10.0.0/16. Returns their
+/// clients (A, B).
 pub fn two_parties(
     admin: &privatelink_user::client::Client,
     url: &str,
@@ -126,14 +128,29 @@ pub fn two_parties(
             .ok_or_else(|| anyhow::anyhow!("no token for {id}"))
     };
     let (ta, tb) = (token("acct-a")?, token("acct-b")?);
-    for (vpc, account, iface, vsw, cidr) in [
-        ("vpc-a", "acct-a", "fc0", "vsw-a1", "10.10.1.0/24"),
-        ("vpc-b", "acct-b", "fp0", "vsw-b0", "10.10.0.0/24"),
+    let vsw = |id, zone, cidr| json!({"id": id, "zone": zone, "cidr": cidr});
+    for (vpc, account, iface, vswitches) in [
+        (
+            "vpc-a",
+            "acct-a",
+            "fc0",
+            vec![
+                vsw("vsw-a1", "zone-a", "10.10.1.0/24"),
+                vsw("vsw-a2", "zone-b", "10.10.2.0/24"),
+                vsw("vsw-a3", "zone-a", "10.10.3.0/29"),
+            ],
+        ),
+        (
+            "vpc-b",
+            "acct-b",
+            "fp0",
+            vec![vsw("vsw-b0", "zone-a", "10.10.0.0/24")],
+        ),
     ] {
         admin.post(
             "/v1/vpcs",
             &json!({"id": vpc, "account": account, "cidr": "10.10.0.0/16", "interface": iface,
-                    "vswitches": [{"id": vsw, "zone": "zone-a", "cidr": cidr}]}),
+                    "vswitches": vswitches}),
         )?;
     }
     Ok((Client::new(url, Some(ta)), Client::new(url, Some(tb))))

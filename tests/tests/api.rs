@@ -371,6 +371,10 @@ fn openapi_lists_every_path() {
         "/v1/services/{id}/connections/{endpoint}/{action}",
         "/v1/endpoints",
         "/v1/endpoints/{id}",
+        "/v1/endpoints/{id}/zones",
+        "/v1/endpoints/{id}/zones/{vswitch}",
+        "/v1/available-services",
+        "/v1/available-services/{id}",
         "/v1/status",
     ] {
         assert!(
@@ -640,4 +644,433 @@ fn listeners_are_required_validated_and_replaceable() {
     let s = last.service("s-l").unwrap();
     assert_eq!(s.listeners.len(), 1);
     assert_eq!(s.listeners[0].to_string(), "tcp:443");
+}
+
+/// A new account with a token and nothing else: a stranger to every service.
+fn stranger(w: &World, id: &str) -> Client {
+    let token = w.admin.post("/v1/accounts", &json!({"id": id})).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Client::new(&w.srv.url, Some(token))
+}
+
+#[test]
+fn consumers_discover_the_services_they_may_use() {
+    let w = world();
+    // A second service of B that nobody is whitelisted for.
+    w.b.post(
+        "/v1/services",
+        &json!({"id": "epsrv-x", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.11"}],
+                "snat": ["10.10.0.210"], "auto_accept": true, "listeners": [{"protocol": "tcp", "port": 443}]}),
+    )
+    .unwrap();
+    let d = stranger(&w, "acct-d");
+    let ids = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Whitelisted: A sees epsrv-b, and only what a consumer needs of it.
+    let list = w.a.get("/v1/available-services").unwrap();
+    assert_eq!(ids(list.clone()), ["epsrv-b"]);
+    let want = json!({"id": "epsrv-b", "type": "interface", "zones": ["zone-a"], "domain": null,
+                      "listeners": [{"protocol": "tcp", "port": 80}],
+                      "auto_accept": false, "zone_affinity": true});
+    assert_eq!(list[0], want);
+    assert_eq!(w.a.get("/v1/available-services/epsrv-b").unwrap(), want);
+    let text = list.to_string();
+    for secret in [
+        "whitelist",
+        "acct-a",
+        "acct-b",
+        "ep-a",
+        "10.10.0.10",
+        "10.10.0.200",
+    ] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+    // Own account: B sees both of its services without being on a whitelist.
+    assert_eq!(
+        ids(w.b.get("/v1/available-services").unwrap()),
+        ["epsrv-b", "epsrv-x"]
+    );
+    assert_eq!(
+        w.b.get("/v1/available-services/epsrv-x").unwrap()["auto_accept"],
+        true
+    );
+    // Neither: absent from the list, and 404 exactly as for a service that does not exist.
+    let (st, err) = status_of(w.a.get("/v1/available-services/epsrv-x"));
+    let (st_none, err_none) = status_of(w.a.get("/v1/available-services/epsrv-nope"));
+    assert_eq!((st, st_none), (404, 404), "{err} {err_none}");
+    assert_eq!(
+        err["message"].as_str().unwrap().replace("epsrv-x", "ID"),
+        err_none["message"]
+            .as_str()
+            .unwrap()
+            .replace("epsrv-nope", "ID"),
+        "the same answer as for no service at all"
+    );
+    assert_eq!(status_of(d.get("/v1/available-services")).1, json!([]));
+    assert_eq!(status_of(d.get("/v1/available-services/epsrv-b")).0, 404);
+    // No token, or a token nobody holds: 401.
+    let none = Client::new(&w.srv.url, None);
+    let wrong = Client::new(&w.srv.url, Some("not-a-token".into()));
+    for c in [&none, &wrong] {
+        assert_eq!(status_of(c.get("/v1/available-services")).0, 401);
+        assert_eq!(status_of(c.get("/v1/available-services/epsrv-b")).0, 401);
+    }
+    // Whitelisting makes it appear; removing A makes it disappear again.
+    w.b.call("PUT", "/v1/services/epsrv-x/whitelist/acct-a", None)
+        .unwrap();
+    assert_eq!(
+        ids(w.a.get("/v1/available-services").unwrap()),
+        ["epsrv-b", "epsrv-x"]
+    );
+    w.b.delete("/v1/services/epsrv-x/whitelist/acct-a").unwrap();
+    assert_eq!(ids(w.a.get("/v1/available-services").unwrap()), ["epsrv-b"]);
+    // The operator sees every service.
+    assert_eq!(
+        ids(w.admin.get("/v1/available-services").unwrap()),
+        ["epsrv-b", "epsrv-x"]
+    );
+}
+
+#[test]
+fn a_provider_connects_to_its_own_service_without_whitelisting_itself() {
+    let w = world();
+    let ep =
+        w.b.post(
+            "/v1/endpoints",
+            &json!({"id": "ep-own", "vpc": "vpc-b", "service": "epsrv-b",
+                    "zones": [{"vswitch": "vsw-b0"}]}),
+        )
+        .unwrap();
+    // The lowest free address of vsw-b0 (10.10.0.10 is the load balancer, .200 SNAT).
+    assert_eq!(
+        ep["zones"],
+        json!([{"vswitch": "vsw-b0", "eni": "10.10.0.1"}])
+    );
+    let svc = w.b.get("/v1/services/epsrv-b").unwrap();
+    assert_eq!(
+        svc["whitelist"],
+        json!(["acct-a"]),
+        "B did not whitelist itself"
+    );
+    let last = w.srv.applied.0.lock().unwrap().last().unwrap().clone();
+    let own = last.endpoint("ep-own").unwrap();
+    assert!(last.service("epsrv-b").unwrap().admits(&own.account));
+    // A third account is still refused.
+    let d = stranger(&w, "acct-d");
+    w.admin
+        .post(
+            "/v1/vpcs",
+            &json!({"id": "vpc-d", "account": "acct-d", "cidr": "172.16.0.0/16", "interface": "fd0",
+                    "vswitches": [{"id": "vsw-d1", "zone": "zone-a", "cidr": "172.16.1.0/24"}]}),
+        )
+        .unwrap();
+    let (st, err) = status_of(d.post(
+        "/v1/endpoints",
+        &json!({"id": "ep-d", "vpc": "vpc-d", "service": "epsrv-b", "zones": [{"vswitch": "vsw-d1"}]}),
+    ));
+    assert_eq!((st, err["code"].as_str()), (403, Some("not_whitelisted")));
+}
+
+fn zone_body(id: &str, zone: Value) -> Value {
+    json!({"id": id, "vpc": "vpc-a", "service": "epsrv-b", "zones": [zone]})
+}
+
+#[test]
+fn endpoint_zones_are_served_zones_and_addresses_are_free_and_unreserved() {
+    let w = world();
+    let before = snapshot(&w);
+    let applies = w.srv.applied.0.lock().unwrap().len();
+    let refused = |z: Value, status: u16, field: &str, msg: &str| {
+        let (st, err) = status_of(w.a.post("/v1/endpoints", &zone_body("ep-x", z.clone())));
+        assert_eq!(st, status, "{z}: {err}");
+        assert_eq!(err["field"].as_str(), Some(field), "{z}: {err}");
+        let m = err["message"].as_str().unwrap();
+        assert!(m.contains(msg), "{z}: {err}");
+        m.to_string()
+    };
+    // vsw-a2 is in zone-b; epsrv-b serves zone-a only.
+    let m = refused(
+        json!({"vswitch": "vsw-a2", "eni": "10.10.2.5"}),
+        400,
+        "zones[0].vswitch",
+        "zone zone-b, which service epsrv-b does not serve (it serves zone-a)",
+    );
+    assert!(m.starts_with("vSwitch vsw-a2 is in zone zone-b"), "{m}");
+    refused(
+        json!({"vswitch": "vsw-a2"}),
+        400,
+        "zones[0].vswitch",
+        "does not serve",
+    );
+    // The four reserved addresses of each vSwitch: the first and the last three.
+    for (vsw, addrs) in [
+        (
+            "vsw-a1",
+            ["10.10.1.0", "10.10.1.253", "10.10.1.254", "10.10.1.255"],
+        ),
+        (
+            "vsw-a3",
+            ["10.10.3.0", "10.10.3.5", "10.10.3.6", "10.10.3.7"],
+        ),
+    ] {
+        for a in addrs {
+            refused(
+                json!({"vswitch": vsw, "eni": a}),
+                400,
+                "zones[0].eni",
+                &format!("{a} is a system-reserved address of vSwitch {vsw}"),
+            );
+        }
+    }
+    // Taken (ep-a's ENI).
+    refused(
+        json!({"vswitch": "vsw-a1", "eni": "10.10.1.100"}),
+        400,
+        "endpoints[1].zones[0].eni",
+        "10.10.1.100 is already in use in VPC vpc-a",
+    );
+    assert_eq!(snapshot(&w), before, "refused requests changed nothing");
+    assert_eq!(w.srv.applied.0.lock().unwrap().len(), applies);
+
+    // Allocation: the lowest free address that is not reserved, skipping taken ones.
+    let eni = |ep: &Value| ep["zones"][0]["eni"].as_str().unwrap().to_string();
+    let e1 =
+        w.a.post(
+            "/v1/endpoints",
+            &zone_body("ep-1", json!({"vswitch": "vsw-a1"})),
+        )
+        .unwrap();
+    assert_eq!(eni(&e1), "10.10.1.1");
+    w.a.post(
+        "/v1/endpoints",
+        &zone_body("ep-2", json!({"vswitch": "vsw-a1", "eni": "10.10.1.2"})),
+    )
+    .unwrap();
+    let e3 =
+        w.a.post(
+            "/v1/endpoints",
+            &zone_body("ep-3", json!({"vswitch": "vsw-a1"})),
+        )
+        .unwrap();
+    assert_eq!(eni(&e3), "10.10.1.3", "10.10.1.2 was taken");
+    assert_eq!(
+        eni(&w.a.get("/v1/endpoints/ep-3").unwrap()),
+        "10.10.1.3",
+        "stored as returned"
+    );
+    // Freed addresses are allocated again.
+    w.a.delete("/v1/endpoints/ep-1").unwrap();
+    let e4 =
+        w.a.post(
+            "/v1/endpoints",
+            &zone_body("ep-4", json!({"vswitch": "vsw-a1"})),
+        )
+        .unwrap();
+    assert_eq!(eni(&e4), "10.10.1.1");
+
+    // A /29: four addresses to allocate, then a clear error.
+    let got: Vec<String> = (0..4)
+        .map(|i| {
+            eni(&w
+                .a
+                .post(
+                    "/v1/endpoints",
+                    &zone_body(&format!("ep-s{i}"), json!({"vswitch": "vsw-a3"})),
+                )
+                .unwrap())
+        })
+        .collect();
+    assert_eq!(got, ["10.10.3.1", "10.10.3.2", "10.10.3.3", "10.10.3.4"]);
+    let before = snapshot(&w);
+    let (st, err) = status_of(w.a.post(
+        "/v1/endpoints",
+        &zone_body("ep-s4", json!({"vswitch": "vsw-a3"})),
+    ));
+    assert_eq!(
+        (st, err["field"].as_str()),
+        (409, Some("zones[0].vswitch")),
+        "{err}"
+    );
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("vSwitch vsw-a3 (10.10.3.0/29) has no free address left"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&w), before);
+}
+
+#[test]
+fn zones_are_added_and_removed_one_at_a_time() {
+    let w = world();
+    let zones = |v: &Value| v["zones"].clone();
+    // epsrv-b serves zone-a only: a zone-b ENI is refused.
+    let (st, err) = status_of(w.a.post("/v1/endpoints/ep-a/zones", &json!({"vswitch": "vsw-a2"})));
+    assert_eq!((st, err["field"].as_str()), (400, Some("vswitch")), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("zone zone-b"),
+        "{err}"
+    );
+    // B adds a load balancer in zone-b; now A can add the zone, its address allocated.
+    w.b.call(
+        "PATCH",
+        "/v1/services/epsrv-b",
+        Some(
+            &json!({"backends": [{"zone": "zone-a", "address": "10.10.0.10"},
+                                  {"zone": "zone-b", "address": "10.10.0.11"}]}),
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        w.a.get("/v1/available-services/epsrv-b").unwrap()["zones"],
+        json!(["zone-a", "zone-b"])
+    );
+    let (st, err) = status_of(w.a.post(
+        "/v1/endpoints/ep-a/zones",
+        &json!({"vswitch": "vsw-a2", "eni": "10.10.2.255"}),
+    ));
+    assert_eq!((st, err["field"].as_str()), (400, Some("eni")), "{err}");
+    let ep =
+        w.a.post("/v1/endpoints/ep-a/zones", &json!({"vswitch": "vsw-a2"}))
+            .unwrap();
+    assert_eq!(
+        zones(&ep),
+        json!([{"vswitch": "vsw-a1", "eni": "10.10.1.100"}, {"vswitch": "vsw-a2", "eni": "10.10.2.1"}])
+    );
+    let last = w.srv.applied.0.lock().unwrap().last().unwrap().clone();
+    assert_eq!(last.endpoint("ep-a").unwrap().zones.len(), 2, "applied");
+    // One ENI per zone: vsw-a3 is zone-a again.
+    let (st, err) = status_of(w.a.post("/v1/endpoints/ep-a/zones", &json!({"vswitch": "vsw-a3"})));
+    assert_eq!(st, 400, "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("already has an ENI in zone zone-a"),
+        "{err}"
+    );
+    // Only the owner changes its zones.
+    assert_eq!(
+        status_of(w.b.post("/v1/endpoints/ep-a/zones", &json!({"vswitch": "vsw-a3"}))).0,
+        403
+    );
+    assert_eq!(
+        status_of(w.b.delete("/v1/endpoints/ep-a/zones/vsw-a1")).0,
+        403
+    );
+    // A PATCH that lists a zone without its address keeps the address.
+    let ep =
+        w.a.call(
+            "PATCH",
+            "/v1/endpoints/ep-a",
+            Some(&json!({"zones": [{"vswitch": "vsw-a1"}, {"vswitch": "vsw-a2"}]})),
+        )
+        .unwrap();
+    assert_eq!(
+        zones(&ep),
+        json!([{"vswitch": "vsw-a1", "eni": "10.10.1.100"}, {"vswitch": "vsw-a2", "eni": "10.10.2.1"}])
+    );
+    // Removing: a zone it does not have is 404; then zone-a goes, zone-b stays.
+    assert_eq!(
+        status_of(w.a.delete("/v1/endpoints/ep-a/zones/vsw-a3")).0,
+        404
+    );
+    let ep = w.a.delete("/v1/endpoints/ep-a/zones/vsw-a1").unwrap();
+    assert_eq!(
+        zones(&ep),
+        json!([{"vswitch": "vsw-a2", "eni": "10.10.2.1"}])
+    );
+    let last = w.srv.applied.0.lock().unwrap().last().unwrap().clone();
+    assert_eq!(last.endpoint("ep-a").unwrap().zones.len(), 1, "applied");
+    // The last zone stays.
+    let before = snapshot(&w);
+    let (st, err) = status_of(w.a.delete("/v1/endpoints/ep-a/zones/vsw-a2"));
+    assert_eq!((st, err["field"].as_str()), (409, Some("vswitch")), "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("holds endpoint ep-a's only ENI"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&w), before);
+    // The freed address is allocated again.
+    let ep =
+        w.a.post("/v1/endpoints/ep-a/zones", &json!({"vswitch": "vsw-a3"}))
+            .unwrap();
+    assert_eq!(
+        zones(&ep)[1],
+        json!({"vswitch": "vsw-a3", "eni": "10.10.3.1"})
+    );
+}
+
+/// State stored by an earlier build with an ENI the new rules would refuse (a reserved
+/// address, a zone the service does not serve) still loads, the endpoint keeps working
+/// through the API, and only new ENIs are held to the rules.
+#[test]
+fn stored_endpoints_from_before_the_zone_rules_still_load() {
+    let dir = std::env::temp_dir().join(format!(
+        "privatelink-api-old-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let mut old = privatelink_user::model::parse_state(
+        &privatelink_tests::lab::LAB_STATE
+            .replace("eni = \"10.10.1.100\"", "eni = \"10.10.1.254\"")
+            .replace(
+                "{ id = \"vsw-a2\", zone = \"zone-a\"",
+                "{ id = \"vsw-a2\", zone = \"zone-b\"",
+            ),
+    )
+    .unwrap();
+    old.endpoints[0]
+        .zones
+        .push(privatelink_user::model::EndpointZone {
+            vswitch: "vsw-a2".into(),
+            eni: "10.10.2.5".parse().unwrap(),
+        });
+    old.accounts[0].token_sha256 = Some(ops::token_hash("token-of-a-0123456789"));
+    old.validate().unwrap();
+    assert_eq!(old.grandfathered().len(), 2, "{:?}", old.grandfathered());
+    {
+        let mut store = RedbStore::open(&dir).unwrap();
+        store.save(&State::default(), &old).unwrap();
+    }
+    let srv = serve(&dir);
+    let a = Client::new(&srv.url, Some("token-of-a-0123456789".into()));
+    let ep = a.get("/v1/endpoints/ep-a").unwrap();
+    assert_eq!(
+        ep["zones"],
+        json!([{"vswitch": "vsw-a1", "eni": "10.10.1.254"}, {"vswitch": "vsw-a2", "eni": "10.10.2.5"}])
+    );
+    // Other changes to it go through; a PATCH that keeps its zones keeps them.
+    a.call(
+        "PATCH",
+        "/v1/endpoints/ep-a",
+        Some(&json!({"name": "renamed", "zones": [{"vswitch": "vsw-a1"}, {"vswitch": "vsw-a2", "eni": "10.10.2.5"}]})),
+    )
+    .unwrap();
+    let ep = a.get("/v1/endpoints/ep-a").unwrap();
+    assert_eq!(ep["name"], "renamed");
+    assert_eq!(ep["zones"][0]["eni"], "10.10.1.254");
+    // A new ENI is held to the rules.
+    let (st, err) = status_of(a.call(
+        "PATCH",
+        "/v1/endpoints/ep-a",
+        Some(&json!({"zones": [{"vswitch": "vsw-a1", "eni": "10.10.1.253"}]})),
+    ));
+    assert_eq!(
+        (st, err["field"].as_str()),
+        (400, Some("zones[0].eni")),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -120,3 +120,129 @@ fn daemon_refuses_a_bad_state_before_touching_the_kernel() {
     );
     assert!(!std::path::Path::new(&pin).exists(), "nothing pinned");
 }
+
+/// `privatelink ARGS` against the API at `url` with `token`: success, and stdout + stderr.
+fn api(url: &str, token: &str, args: &str) -> (bool, String) {
+    let out = Command::new(privatelink_bin().unwrap())
+        .args(args.split_whitespace())
+        .env("PRIVATELINK_API", url)
+        .env("PRIVATELINK_TOKEN", token)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn ok(url: &str, token: &str, args: &str) -> String {
+    let (ok, out) = api(url, token, args);
+    assert!(ok, "{args}: {out}");
+    out
+}
+
+fn json(url: &str, token: &str, args: &str) -> serde_json::Value {
+    let out = ok(url, token, &format!("--json {args}"));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args}: {e}: {out}"))
+}
+
+/// Service discovery and endpoint zones through the CLI, against a daemon in API mode.
+#[test]
+fn service_available_and_endpoint_zones_through_the_cli() {
+    let d = privatelink_tests::apidaemon::ApiDaemon::start("plcli").unwrap();
+    let (url, admin) = (d.url.as_str(), d.admin_token.as_str());
+    let token = |id: &str| {
+        json(url, admin, &format!("account create {id}"))["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a, b, c) = (token("acct-a"), token("acct-b"), token("acct-c"));
+    ok(
+        url,
+        admin,
+        "vpc create vpc-a --account acct-a --cidr 10.10.0.0/16 --interface fc0 \
+         --vswitch vsw-a1:zone-a:10.10.1.0/24 --vswitch vsw-a2:zone-b:10.10.2.0/24",
+    );
+    ok(
+        url,
+        admin,
+        "vpc create vpc-b --account acct-b --cidr 10.10.0.0/16 --interface fp0 \
+         --vswitch vsw-b0:zone-a:10.10.0.0/24",
+    );
+    ok(
+        url,
+        &b,
+        "service create epsrv-b --vpc vpc-b --backend zone-a:10.10.0.10 --backend zone-b:10.10.0.11 \
+         --snat 10.10.0.200 --listener tcp:80 --listener udp:53 --domain epsrv-b.privatelink.example --auto-accept",
+    );
+    ok(url, &b, "service whitelist add epsrv-b acct-a");
+
+    // A finds the service: a table, and the JSON, without the whitelist.
+    let table = ok(url, &a, "service available");
+    let lines: Vec<&str> = table.lines().map(str::trim).collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("ZONES") && lines[0].contains("DOMAIN"),
+        "{table}"
+    );
+    assert!(lines[1].starts_with("epsrv-b"), "{table}");
+    assert!(lines[1].contains("zone-a, zone-b"), "{table}");
+    assert!(lines[1].contains("tcp:80, udp:53"), "{table}");
+    let one = json(url, &a, "service available epsrv-b");
+    assert_eq!(
+        one,
+        serde_json::json!({"id": "epsrv-b", "type": "interface", "zones": ["zone-a", "zone-b"],
+                           "listeners": [{"protocol": "tcp", "port": 80}, {"protocol": "udp", "port": 53}],
+                           "domain": "epsrv-b.privatelink.example", "auto_accept": true,
+                           "zone_affinity": true})
+    );
+    // C may not use it: nothing listed, and "not found" for the one.
+    assert_eq!(json(url, &c, "service available"), serde_json::json!([]));
+    let (fine, out) = api(url, &c, "service available epsrv-b");
+    assert!(!fine && out.contains("404"), "{out}");
+
+    // An endpoint with an allocated ENI, a zone added with an allocated ENI, one removed.
+    let ep = json(
+        url,
+        &a,
+        "endpoint create ep-a --vpc vpc-a --service epsrv-b --zone vsw-a1",
+    );
+    assert_eq!(
+        ep["zones"],
+        serde_json::json!([{"vswitch": "vsw-a1", "eni": "10.10.1.1"}])
+    );
+    let ep = json(url, &a, "endpoint zone add ep-a --zone vsw-a2:10.10.2.7");
+    assert_eq!(
+        ep["zones"][1],
+        serde_json::json!({"vswitch": "vsw-a2", "eni": "10.10.2.7"})
+    );
+    let (fine, out) = api(url, &a, "endpoint zone add ep-a --zone vsw-a2:10.10.2.255");
+    assert!(!fine && out.contains("system-reserved"), "{out}");
+    let table = ok(url, &a, "endpoint zone remove ep-a vsw-a1");
+    assert!(
+        table.contains("vsw-a2:10.10.2.7") && !table.contains("vsw-a1"),
+        "{table}"
+    );
+    let (fine, out) = api(url, &a, "endpoint zone remove ep-a vsw-a2");
+    assert!(!fine && out.contains("only ENI"), "{out}");
+    let ep = json(url, &a, "endpoint show ep-a");
+    assert_eq!(
+        ep["zones"],
+        serde_json::json!([{"vswitch": "vsw-a2", "eni": "10.10.2.7"}])
+    );
+}
+
+#[test]
+fn check_accepts_a_state_from_before_the_zone_rules_and_names_what_it_keeps() {
+    let p = write_state(
+        "grandfathered.toml",
+        &LAB_STATE.replace("eni = \"10.10.1.100\"", "eni = \"10.10.1.254\""),
+    );
+    let (ok, out) = run(&["check", "--state", p.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("endpoints[0].zones[0].eni: endpoint ep-a's ENI 10.10.1.254 is a system-reserved address of vSwitch vsw-a1"),
+        "{out}"
+    );
+}

@@ -1,7 +1,9 @@
 //! A randomized model-based test of the control plane: a long random sequence of API calls
-//! (services with and without auto-accept, whitelist changes, endpoints with and without
-//! security groups, every connection action, security groups and their rules, a vSwitch
-//! ACL, deletions — valid and invalid ones) against a running daemon, and the same calls
+//! (services with and without auto-accept serving one zone or two, whitelist changes,
+//! endpoints with and without security groups in a served zone or not, with an ENI address
+//! given or allocated, zones added and removed, every connection action, security groups
+//! and their rules, a vSwitch ACL, deletions — valid and invalid ones) against a running
+//! daemon, and the same calls
 //! against a small reference model written here from the product's rules. After every
 //! call the answer's class (accepted or refused) must be the model's; the pinned
 //! `PL_ENDPOINTS`, `PL_SNAT_ADDRS`, `PL_SNAT_POOLS`, `PL_SG_RULES`, `PL_ACL_IN` and
@@ -141,6 +143,8 @@ struct Acl {
 struct Service {
     auto_accept: bool,
     whitelisted: bool,
+    /// The zones it has a load balancer in: bit 0 zone-a, bit 1 zone-b.
+    zones: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -148,6 +152,8 @@ struct Endpoint {
     service: u64,
     state: ConnectionState,
     groups: Vec<u64>,
+    /// Zone (0: zone-a in vsw-a1, 1: zone-b in vsw-a2) -> the ENI's address.
+    enis: BTreeMap<u8, [u8; 4]>,
 }
 
 /// The reference model: what the product documents say each call does.
@@ -159,15 +165,23 @@ struct Model {
     groups: Vec<(u64, Group)>,
     /// The one ACL on vsw-a1, if any.
     acl: Option<Acl>,
+    /// Calls refused because the service does not serve the zone asked for.
+    unserved_refused: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Op {
-    CreateService(u64, bool),
+    /// Service, auto-accept, zones served (a bit per zone, never none).
+    CreateService(u64, bool, u8),
     DeleteService(u64),
     Whitelist(u64, bool),
-    /// Endpoint, service, security groups (a bit per group).
-    CreateEndpoint(u64, u64, u8),
+    /// Endpoint, service, security groups (a bit per group), zone, whether the ENI's
+    /// address is left to the daemon.
+    CreateEndpoint(u64, u64, u8, u8, bool),
+    /// Endpoint, zone, address left to the daemon.
+    AddZone(u64, u8, bool),
+    /// Endpoint, zone.
+    RemoveZone(u64, u8),
     DeleteEndpoint(u64),
     Connection(u64, u64, &'static str),
     CreateGroup(u64),
@@ -198,8 +212,19 @@ fn sg_id(g: u64) -> String {
 fn ep_id(j: u64) -> String {
     format!("ep-{j}")
 }
-fn eni(j: u64) -> [u8; 4] {
-    [10, 10, 1, 100 + j as u8]
+const ZONES: [&str; 2] = ["zone-a", "zone-b"];
+
+/// The vSwitch of vpc-a in `zone` (`ZONES[zone]`).
+fn vsw(zone: u8) -> &'static str {
+    ["vsw-a1", "vsw-a2"][zone as usize]
+}
+/// The address endpoint `j` asks for in `zone` when it gives one.
+fn eni(j: u64, zone: u8) -> [u8; 4] {
+    [10, 10, 1 + zone, 100 + j as u8]
+}
+/// Service `k`'s load balancer in `zone`.
+fn lb(k: u64, zone: u8) -> [u8; 4] {
+    [10, 10, 0, 10 + 10 * zone + k as u8]
 }
 
 impl Model {
@@ -207,7 +232,7 @@ impl Model {
     fn apply(&mut self, op: Op) -> bool {
         use ConnectionState::*;
         match op {
-            Op::CreateService(k, auto) => {
+            Op::CreateService(k, auto, zones) => {
                 if self.services.contains_key(&k) {
                     return false;
                 }
@@ -216,6 +241,7 @@ impl Model {
                     Service {
                         auto_accept: auto,
                         whitelisted: false,
+                        zones,
                     },
                 );
                 true
@@ -236,7 +262,7 @@ impl Model {
                     true
                 }
             },
-            Op::CreateEndpoint(j, k, mask) => {
+            Op::CreateEndpoint(j, k, mask, zone, alloc) => {
                 let Some(s) = self.services.get(&k) else {
                     return false;
                 };
@@ -249,17 +275,48 @@ impl Model {
                 {
                     return false;
                 }
+                if s.zones & (1 << zone) == 0 {
+                    self.unserved_refused += 1;
+                    return false;
+                }
                 let state = if s.auto_accept { Connected } else { Pending };
+                let addr = self.address(j, zone, alloc);
                 self.endpoints.insert(
                     j,
                     Endpoint {
                         service: k,
                         state,
                         groups,
+                        enis: [(zone, addr)].into(),
                     },
                 );
                 true
             }
+            Op::AddZone(j, zone, alloc) => {
+                let Some(e) = self.endpoints.get(&j) else {
+                    return false;
+                };
+                if self.services[&e.service].zones & (1 << zone) == 0 {
+                    self.unserved_refused += 1;
+                    return false;
+                }
+                // One ENI per zone.
+                if e.enis.contains_key(&zone) {
+                    return false;
+                }
+                let addr = self.address(j, zone, alloc);
+                let e = self.endpoints.get_mut(&j).expect("checked");
+                e.enis.insert(zone, addr);
+                true
+            }
+            Op::RemoveZone(j, zone) => match self.endpoints.get_mut(&j) {
+                // Not its zone (404), or its last one (409).
+                Some(e) if e.enis.contains_key(&zone) && e.enis.len() > 1 => {
+                    e.enis.remove(&zone);
+                    true
+                }
+                _ => false,
+            },
             Op::CreateGroup(g) => {
                 if self.group(g).is_some() {
                     return false;
@@ -341,6 +398,24 @@ impl Model {
         }
     }
 
+    /// The ENI address endpoint `j` gets in `zone`: the one it asks for, or the lowest
+    /// address of the vSwitch (10.10.1.0/24 or 10.10.2.0/24, .0 reserved) that no ENI
+    /// uses (nothing else of vpc-a has an address).
+    fn address(&self, j: u64, zone: u8, alloc: bool) -> [u8; 4] {
+        if !alloc {
+            return eni(j, zone);
+        }
+        let used: BTreeSet<[u8; 4]> = self
+            .endpoints
+            .values()
+            .flat_map(|e| e.enis.values().copied())
+            .collect();
+        (1..=252)
+            .map(|i| [10, 10, 1 + zone, i])
+            .find(|a| !used.contains(a))
+            .expect("a free address")
+    }
+
     fn group(&self, g: u64) -> Option<&Group> {
         self.groups.iter().find(|(id, _)| *id == g).map(|(_, x)| x)
     }
@@ -363,22 +438,30 @@ impl Model {
 
     /// What PL_ENDPOINTS must hold: (ENI) -> (endpoint, state, whitelisted, LB, filter
     /// flags).
+    /// The ACL is on vsw-a1 (zone-a) only; every ENI goes to its own zone's load balancer
+    /// (zone affinity; the zone is always one the service serves).
     fn expected(&self) -> EniMap {
         self.endpoints
             .iter()
-            .map(|(j, e)| {
-                let sg = if e.groups.is_empty() { 0 } else { ENI_FLAG_SG };
-                let acl = if self.acl.is_some() { ENI_FLAG_ACL } else { 0 };
-                (
-                    eni(*j),
+            .flat_map(|(j, e)| {
+                e.enis.iter().map(move |(zone, addr)| {
+                    let sg = if e.groups.is_empty() { 0 } else { ENI_FLAG_SG };
+                    let acl = if self.acl.is_some() && *zone == 0 {
+                        ENI_FLAG_ACL
+                    } else {
+                        0
+                    };
                     (
-                        numeric_id(&ep_id(*j)),
-                        e.state as u32,
-                        self.services[&e.service].whitelisted,
-                        [10, 10, 0, 10 + e.service as u8],
-                        sg | acl,
-                    ),
-                )
+                        *addr,
+                        (
+                            numeric_id(&ep_id(*j)),
+                            e.state as u32,
+                            self.services[&e.service].whitelisted,
+                            lb(e.service, *zone),
+                            sg | acl,
+                        ),
+                    )
+                })
             })
             .collect()
     }
@@ -389,22 +472,24 @@ impl Model {
     fn expected_filters(&self) -> Filters {
         let mut sg = BTreeMap::new();
         let (mut acl_in, mut acl_out) = (BTreeMap::new(), BTreeMap::new());
-        for (j, e) in &self.endpoints {
-            if !e.groups.is_empty() {
-                let mut rules: Vec<&RuleSpec> = self
-                    .groups
-                    .iter()
-                    .filter(|(id, _)| e.groups.contains(id))
-                    .flat_map(|(_, g)| g.rules.iter().map(|(_, r)| &RULES[*r]))
-                    .filter(|r| r.ingress)
-                    .collect();
-                rules.sort_by_key(|r| (r.priority, r.rule.3 != RULE_DROP));
-                sg.insert(eni(*j), rules.iter().map(|r| r.rule).collect());
-            }
-            if let Some(a) = &self.acl {
-                let list = |v: &[usize]| v.iter().map(|i| ACL_RULES[*i].0).collect();
-                acl_in.insert(eni(*j), list(&a.ingress));
-                acl_out.insert(eni(*j), list(&a.egress));
+        for e in self.endpoints.values() {
+            for (zone, addr) in &e.enis {
+                if !e.groups.is_empty() {
+                    let mut rules: Vec<&RuleSpec> = self
+                        .groups
+                        .iter()
+                        .filter(|(id, _)| e.groups.contains(id))
+                        .flat_map(|(_, g)| g.rules.iter().map(|(_, r)| &RULES[*r]))
+                        .filter(|r| r.ingress)
+                        .collect();
+                    rules.sort_by_key(|r| (r.priority, r.rule.3 != RULE_DROP));
+                    sg.insert(*addr, rules.iter().map(|r| r.rule).collect());
+                }
+                if let Some(a) = self.acl.as_ref().filter(|_| *zone == 0) {
+                    let list = |v: &[usize]| v.iter().map(|i| ACL_RULES[*i].0).collect();
+                    acl_in.insert(*addr, list(&a.ingress));
+                    acl_out.insert(*addr, list(&a.egress));
+                }
             }
         }
         (sg, acl_in, acl_out)
@@ -434,11 +519,14 @@ fn random_op(r: &mut Rng, m: &Model) -> Op {
         k = e.service;
     }
     let g = r.below(GROUPS);
-    match r.below(20) {
-        0 | 1 => Op::CreateService(k, r.below(2) == 0),
+    let zone = r.below(2) as u8;
+    match r.below(23) {
+        0 | 1 => Op::CreateService(k, r.below(2) == 0, 1 + r.below(3) as u8),
         2 => Op::DeleteService(k),
         3 | 4 => Op::Whitelist(k, r.below(3) > 0),
-        5..=7 => Op::CreateEndpoint(j, k, r.below(4) as u8),
+        5..=7 => Op::CreateEndpoint(j, k, r.below(4) as u8, zone, r.below(2) == 0),
+        20 | 21 => Op::AddZone(j, zone, r.below(2) == 0),
+        22 => Op::RemoveZone(j, zone),
         8 => Op::DeleteEndpoint(j),
         9..=12 => Op::Connection(
             k,
@@ -464,13 +552,21 @@ fn random_op(r: &mut Rng, m: &Model) -> Op {
 
 fn call(a: &Client, b: &Client, op: Op) -> anyhow::Result<serde_json::Value> {
     match op {
-        Op::CreateService(k, auto) => b.post(
-            "/v1/services",
-            &json!({"id": svc_id(k), "vpc": "vpc-b", "auto_accept": auto,
-                    "backends": [{"zone": "zone-a", "address": format!("10.10.0.{}", 10 + k)}],
-                    "snat": [format!("10.10.0.{}", 200 + k)],
-                    "listeners": [{"protocol": "tcp", "port": 80}]}),
-        ),
+        Op::CreateService(k, auto, zones) => {
+            let backends: Vec<serde_json::Value> = (0..2u8)
+                .filter(|z| zones & (1 << z) != 0)
+                .map(|z| {
+                    json!({"zone": ZONES[z as usize],
+                           "address": std::net::Ipv4Addr::from(lb(k, z)).to_string()})
+                })
+                .collect();
+            b.post(
+                "/v1/services",
+                &json!({"id": svc_id(k), "vpc": "vpc-b", "auto_accept": auto,
+                        "backends": backends, "snat": [format!("10.10.0.{}", 200 + k)],
+                        "listeners": [{"protocol": "tcp", "port": 80}]}),
+            )
+        }
         Op::DeleteService(k) => b.delete(&format!("/v1/services/{}", svc_id(k))),
         Op::Whitelist(k, true) => b.call(
             "PUT",
@@ -480,12 +576,19 @@ fn call(a: &Client, b: &Client, op: Op) -> anyhow::Result<serde_json::Value> {
         Op::Whitelist(k, false) => {
             b.delete(&format!("/v1/services/{}/whitelist/acct-a", svc_id(k)))
         }
-        Op::CreateEndpoint(j, k, mask) => a.post(
+        Op::CreateEndpoint(j, k, mask, zone, alloc) => a.post(
             "/v1/endpoints",
             &json!({"id": ep_id(j), "vpc": "vpc-a", "service": svc_id(k),
-                    "zones": [{"vswitch": "vsw-a1", "eni": format!("10.10.1.{}", 100 + j)}],
+                    "zones": [zone_json(j, zone, alloc)],
                     "security_groups": group_ids(mask).iter().map(|g| sg_id(*g)).collect::<Vec<_>>()}),
         ),
+        Op::AddZone(j, zone, alloc) => a.post(
+            &format!("/v1/endpoints/{}/zones", ep_id(j)),
+            &zone_json(j, zone, alloc),
+        ),
+        Op::RemoveZone(j, zone) => {
+            a.delete(&format!("/v1/endpoints/{}/zones/{}", ep_id(j), vsw(zone)))
+        }
         Op::CreateGroup(g) => a.post(
             "/v1/security-groups",
             &json!({"id": sg_id(g), "vpc": "vpc-a"}),
@@ -521,6 +624,15 @@ fn call(a: &Client, b: &Client, op: Op) -> anyhow::Result<serde_json::Value> {
             ),
             &json!({}),
         ),
+    }
+}
+
+/// A zone as the API takes it: the vSwitch, and the address unless it is to be allocated.
+fn zone_json(j: u64, zone: u8, alloc: bool) -> serde_json::Value {
+    if alloc {
+        json!({"vswitch": vsw(zone)})
+    } else {
+        json!({"vswitch": vsw(zone), "eni": std::net::Ipv4Addr::from(eni(j, zone)).to_string()})
     }
 }
 
@@ -603,6 +715,14 @@ struct Coverage {
     states: usize,
     merged_rules: usize,
     acl_seen: bool,
+    /// Accepted calls that had an ENI address allocated.
+    allocated: usize,
+    /// Accepted zone additions and removals.
+    zone_changes: usize,
+    /// Calls refused for a zone the service does not serve.
+    unserved_refused: usize,
+    /// The most ENIs (zones) one endpoint had.
+    most_zones: usize,
 }
 
 /// The calls of one run, drawn against the model alone.
@@ -630,6 +750,10 @@ fn replay(ops: &[Op]) -> Result<Coverage, (usize, String)> {
         states: 0,
         merged_rules: 0,
         acl_seen: false,
+        allocated: 0,
+        zone_changes: 0,
+        unserved_refused: 0,
+        most_zones: 0,
     };
     let mut states = BTreeSet::new();
     for (step, &op) in ops.iter().enumerate() {
@@ -638,7 +762,16 @@ fn replay(ops: &[Op]) -> Result<Coverage, (usize, String)> {
         let got = call(&a, &b, op);
         let fail = |why: String| Err((step, format!("{op:?} -> {got:?}: {why}")));
         match (&got, want) {
-            (Ok(_), true) => cov.accepted += 1,
+            (Ok(_), true) => {
+                cov.accepted += 1;
+                match op {
+                    Op::CreateEndpoint(.., true) | Op::AddZone(_, _, true) => cov.allocated += 1,
+                    _ => {}
+                }
+                if matches!(op, Op::AddZone(..) | Op::RemoveZone(..)) {
+                    cov.zone_changes += 1;
+                }
+            }
             (Err(e), false) => {
                 let status = e
                     .downcast_ref::<privatelink_user::client::ApiError>()
@@ -673,12 +806,14 @@ fn replay(ops: &[Op]) -> Result<Coverage, (usize, String)> {
         }
         for e in model.endpoints.values() {
             states.insert(e.state as u32);
+            cov.most_zones = cov.most_zones.max(e.enis.len());
         }
         let longest = want_f.0.values().map(Vec::len).max().unwrap_or(0);
         cov.merged_rules = cov.merged_rules.max(longest);
         cov.acl_seen |= !want_f.1.is_empty();
     }
     cov.states = states.len();
+    cov.unserved_refused = model.unserved_refused;
     Ok(cov)
 }
 
@@ -767,8 +902,15 @@ fn random_api_sequences_keep_the_maps_equal_to_the_model() {
         cov.merged_rules
     );
     assert!(cov.acl_seen, "no ENI was ever under an ACL");
+    assert!(cov.allocated > 0, "no ENI address was ever allocated");
+    assert!(cov.zone_changes > 0, "no zone was ever added or removed");
+    assert!(
+        cov.unserved_refused > 0,
+        "no unserved zone was ever asked for"
+    );
+    assert_eq!(cov.most_zones, 2, "no endpoint ever had two zones");
     eprintln!(
-        "seed {seed}: {steps} calls, {} accepted, maps equal to the model after each (up to {} merged rules on an ENI)",
-        cov.accepted, cov.merged_rules
+        "seed {seed}: {steps} calls, {} accepted, maps equal to the model after each (up to {} merged rules on an ENI; {} allocations, {} zone changes, {} unserved zones refused)",
+        cov.accepted, cov.merged_rules, cov.allocated, cov.zone_changes, cov.unserved_refused
     );
 }
