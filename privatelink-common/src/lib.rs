@@ -34,7 +34,8 @@ pub mod map_names {
     pub const LISTENERS: &str = "PL_LISTENERS";
     pub const HOST: &str = "PL_HOST";
     pub const EP_BUDGET: &str = "PL_EP_BUDGET";
-    pub const ALL: [&str; 21] = [
+    pub const LB_SETS: &str = "PL_LB_SETS";
+    pub const ALL: [&str; 22] = [
         IFACES,
         VPC_PORTS,
         ENDPOINTS,
@@ -56,6 +57,7 @@ pub mod map_names {
         LISTENERS,
         HOST,
         EP_BUDGET,
+        LB_SETS,
     ];
 }
 
@@ -286,8 +288,26 @@ pub const ENI_FLAG_REBALANCE: u32 = 32;
 /// neither is set.
 pub const ENI_FLAG_STICKY_3: u32 = 64;
 pub const ENI_FLAG_STICKY_2: u32 = 128;
+/// `EndpointEni::flags`: the ENI's zone has several load balancers: new flows are spread
+/// over `PL_LB_SETS[service, zone]` by a hash of the client's tuple (`lb_addr` is the first).
+pub const ENI_FLAG_LB_SET: u32 = 256;
 
-/// Key of `PL_GWLB_TARGETS`: a GWLB service as seen from one zone.
+/// The most load balancers a service has in one zone.
+pub const MAX_LBS_PER_ZONE: usize = 8;
+
+/// Value of `PL_LB_SETS` (key: `GwlbZone`, the service and the ENI's zone): the load
+/// balancers new flows from that zone are spread over. Flows in progress keep the one
+/// they started with (their conntrack entries hold it), so a load balancer replaced or
+/// added serves only new flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbSet {
+    pub count: u32,
+    pub _pad: u32,
+    pub addrs: [[u8; 4]; MAX_LBS_PER_ZONE],
+}
+
+/// Key of `PL_GWLB_TARGETS` and `PL_LB_SETS`: a service as seen from one zone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GwlbZone {
@@ -648,6 +668,7 @@ mod pod {
     unsafe impl aya::Pod for Appliance {}
     unsafe impl aya::Pod for ListenerSet {}
     unsafe impl aya::Pod for FlowBudget {}
+    unsafe impl aya::Pod for LbSet {}
 }
 
 #[cfg(test)]

@@ -11,15 +11,17 @@ use aya_ebpf::{
 };
 use privatelink_common::{
     CT_CLOSING, CT_ESTABLISHED, CT_FIN_SEEN, CT_REPLIED, Config, DIR_ORIGINAL, DIR_REPLY,
-    ENI_FLAG_ACL, ENI_FLAG_GATEWAY, EndpointEni, FLOW_GATEWAY, FLOW_GWLB, FlowBudget, FlowEntry,
-    FlowKey, IfaceInfo, MAX_SNAT_ADDRS, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum, hash,
+    ENI_FLAG_ACL, ENI_FLAG_GATEWAY, ENI_FLAG_LB_SET, EndpointEni, FLOW_GATEWAY, FLOW_GWLB,
+    FlowBudget, FlowEntry, FlowKey, GwlbZone, IfaceInfo, MAX_LBS_PER_ZONE, MAX_SNAT_ADDRS,
+    PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum, hash,
 };
 
 use crate::{
     Verdict, filter,
     ipv4::{self, Packet, check_endpoint_at, check_gateway_at},
     maps::{
-        PL_CONNTRACK, PL_EP_BUDGET, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config, scratch,
+        PL_CONNTRACK, PL_EP_BUDGET, PL_LB_SETS, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config,
+        scratch,
     },
     nat,
     parse::{
@@ -444,18 +446,22 @@ fn create(
     t: u64,
 ) -> Result<*mut FlowEntry, Reason> {
     let cfg = &config();
-    // A gateway flow keeps its destination; lb_addr is then only the next hop.
+    let h = hash::tuple_hash(
+        key.src, key.dst, key.sport, key.dport, key.proto, key.vpc_id,
+    );
+    let lb = load_balancer(eni, h);
+    // A gateway flow keeps its destination; the load balancer is then only the next hop.
     let new_dst = if eni.flags & ENI_FLAG_GATEWAY != 0 {
         key.dst
     } else {
-        eni.lb_addr
+        lb
     };
     // SAFETY: references into maps only the daemon writes, used within this run.
     let port = unsafe { PL_VPC_PORTS.get(eni.provider_vpc_id) }.ok_or(Reason::DropNoRoute)?;
     let neigh = unsafe {
         PL_NEIGHBORS.get(VpcAddr {
             vpc_id: eni.provider_vpc_id,
-            addr: eni.lb_addr,
+            addr: lb,
         })
     }
     .ok_or(Reason::DropNoNeighbor)?;
@@ -473,9 +479,6 @@ fn create(
     };
     let range = (pool.port_max - pool.port_min) as u32 + 1;
     take_token(eni, count as u64 * range as u64, t, cfg)?;
-    let h = hash::tuple_hash(
-        key.src, key.dst, key.sport, key.dport, key.proto, key.vpc_id,
-    );
 
     // Double hashing from a hashed start (a flow-dependent odd stride, not consecutive
     // ports: linear probing clusters, and a pool three quarters full then failed most
@@ -539,6 +542,31 @@ fn create(
             .ok_or(Reason::DropConntrackFull);
     }
     Err(Reason::DropSnatExhausted)
+}
+
+/// The load balancer a new flow goes to: the ENI's zone's one, or with several, one of
+/// them by the flow's hash (`PL_LB_SETS`).
+#[inline(always)]
+fn load_balancer(eni: &EndpointEni, h: u32) -> [u8; 4] {
+    if eni.flags & ENI_FLAG_LB_SET == 0 {
+        return eni.lb_addr;
+    }
+    let key = GwlbZone {
+        service_id: eni.service_id,
+        zone_id: eni.zone_id,
+    };
+    // SAFETY: a reference into a map the daemon writes whole entries of; read in this run.
+    match unsafe { PL_LB_SETS.get(key) } {
+        Some(set) if set.count > 0 => {
+            let n = if set.count as usize > MAX_LBS_PER_ZONE {
+                MAX_LBS_PER_ZONE as u32
+            } else {
+                set.count
+            };
+            set.addrs[((hash::mix32(h) % n) as usize) & (MAX_LBS_PER_ZONE - 1)]
+        }
+        _ => eni.lb_addr,
+    }
 }
 
 /// Claims a provider-side tuple for the flow `fwd_key`: free, still this flow's own (its

@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use privatelink_common::{
     Appliance, ApplianceSet, Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowBudget, FlowEntry,
-    FlowKey, GwlbZone, IfaceInfo, ListenerSet, MAX_ENDPOINTS, MAX_GWLB_NEIGHBORS, MAX_IFACES,
-    MAX_NEIGHBORS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_VPCS, Neighbor, PATH_PROGRAMS, RuleSet,
-    SnatPool, VpcAddr, VpcPort, reason::REASON_COUNT,
+    FlowKey, GwlbZone, IfaceInfo, LbSet, ListenerSet, MAX_ENDPOINTS, MAX_GWLB_NEIGHBORS,
+    MAX_IFACES, MAX_NEIGHBORS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_VPCS, Neighbor, PATH_PROGRAMS,
+    RuleSet, SnatPool, VpcAddr, VpcPort, reason::REASON_COUNT,
 };
 
 #[btf_map]
@@ -104,6 +104,10 @@ pub static PL_LISTENERS: HashMap<u32, ListenerSet, { MAX_SERVICES as usize }> = 
 /// `HOST_PEER`): on an isolated interface the kernel sees nothing else.
 #[btf_map]
 pub static PL_HOST: HashMap<VpcAddr, u32, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// The load balancers of a (service, zone) with several, new flows spread over them.
+#[btf_map]
+pub static PL_LB_SETS: HashMap<GwlbZone, LbSet, { MAX_SERVICES as usize }> = HashMap::new();
 
 /// Each endpoint's allowance of new flows (the data path's own; LRU, so endpoints that
 /// are gone leave by themselves).

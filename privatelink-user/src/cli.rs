@@ -242,6 +242,10 @@ pub enum ServiceCmd {
         /// The per-endpoint share of the SNAT tuples in embryonic flows (percent).
         #[arg(long)]
         endpoint_flow_share: Option<u8>,
+        /// Replace the load balancers with these, ZONE:ADDRESS (repeatable; several per
+        /// zone share its new flows). Flows in progress stay on the one they started with.
+        #[arg(long = "backend")]
+        backends: Vec<String>,
     },
     /// Add or remove one listener.
     #[command(subcommand)]
@@ -736,10 +740,17 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             zone_affinity,
             listeners,
             endpoint_flow_share,
+            backends,
         } => {
             let listeners = (!listeners.is_empty()).then_some(listeners);
+            let backends = backends
+                .iter()
+                .map(|b| split2("backend", b).map(|(z, a)| json!({"zone": z, "address": a})))
+                .collect::<Result<Vec<_>>>()?;
+            let backends = (!backends.is_empty()).then_some(backends);
             let body = json!({"auto_accept": auto_accept, "zone_affinity": zone_affinity,
-                "listeners": listeners, "endpoint_flow_share": endpoint_flow_share});
+                "listeners": listeners, "endpoint_flow_share": endpoint_flow_share,
+                "backends": backends});
             let body: serde_json::Map<String, Value> = body
                 .as_object()
                 .expect("object")

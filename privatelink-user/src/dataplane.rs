@@ -214,6 +214,7 @@ impl Dataplane {
                     .collect(),
                 listeners: read_map(self.map(map_names::LISTENERS)?)?,
                 host: read_map(self.map(map_names::HOST)?)?,
+                lb_sets: read_map(self.map(map_names::LB_SETS)?)?,
             },
         };
         let mut r = ApplyReport::default();
@@ -230,6 +231,7 @@ impl Dataplane {
             IFACES => ifaces,
             VPC_PORTS => vpc_ports,
             HOST => host,
+            LB_SETS => lb_sets,
             LISTENERS => listeners,
             SNAT_POOLS => snat_pools,
             SNAT_ADDRS => snat_addrs,
@@ -360,6 +362,12 @@ fn expected_layout(conntrack_entries: u32) -> Vec<(&'static str, usize, usize, O
             None,
         ),
         (map_names::HOST, size_of::<VpcAddr>(), 4, None),
+        (
+            map_names::LB_SETS,
+            size_of::<GwlbZone>(),
+            size_of::<privatelink_common::LbSet>(),
+            None,
+        ),
         (
             map_names::EP_BUDGET,
             4,

@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use privatelink_common::{
     Appliance, ApplianceSet, ConnectionState, ENI_FLAG_ACL, ENI_FLAG_GATEWAY, ENI_FLAG_GWLB,
-    ENI_FLAG_REBALANCE, ENI_FLAG_SG, ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3, ENI_FLAG_WHITELISTED,
-    EndpointEni, GatewayRoute, GwlbZone, HOST_ADDR, IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS,
-    IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, Listener, ListenerSet, MAX_APPLIANCES, MAX_SNAT_ADDRS,
-    PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, Rule, RuleSet, SnatPool,
-    VpcAddr, VpcPort, host_peer,
+    ENI_FLAG_LB_SET, ENI_FLAG_REBALANCE, ENI_FLAG_SG, ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3,
+    ENI_FLAG_WHITELISTED, EndpointEni, GatewayRoute, GwlbZone, HOST_ADDR, IFACE_FLAG_APPLIANCES,
+    IFACE_FLAG_GATEWAYS, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, LbSet, Listener, ListenerSet,
+    MAX_APPLIANCES, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT,
+    RULE_DROP, Rule, RuleSet, SnatPool, VpcAddr, VpcPort, host_peer,
 };
 
 use crate::model::{
@@ -54,6 +54,8 @@ pub struct Desired {
     pub listeners: BTreeMap<u32, ListenerSet>,
     /// The host's own addresses in each VPC and the peers it talks to there.
     pub host: BTreeMap<VpcAddr, u32>,
+    /// (service, zone) with several load balancers: new flows are spread over them.
+    pub lb_sets: BTreeMap<GwlbZone, LbSet>,
 }
 
 /// A service's listeners as the data path matches them.
@@ -213,12 +215,28 @@ pub fn compute(
                 .iter()
                 .find(|s| s.id == z.vswitch)
                 .expect("validated");
-            let backend = svc.backend_for_zone(&vsw.zone);
+            let lbs = svc.backends_for_zone(&vsw.zone);
+            let backend = lbs[0];
             let mut flags = if svc.admits(&ep.account) {
                 ENI_FLAG_WHITELISTED
             } else {
                 0
             };
+            if lbs.len() > 1 {
+                flags |= ENI_FLAG_LB_SET;
+                let mut set = LbSet::default();
+                for (slot, b) in set.addrs.iter_mut().zip(&lbs) {
+                    *slot = b.address.octets();
+                    set.count += 1;
+                }
+                d.lb_sets.insert(
+                    GwlbZone {
+                        service_id: numeric_id(&svc.id),
+                        zone_id: numeric_id(&vsw.zone),
+                    },
+                    set,
+                );
+            }
             let key = VpcAddr {
                 vpc_id: numeric_id(&vpc.id),
                 addr: z.eni.octets(),

@@ -662,10 +662,30 @@ impl State {
                         format!("{} is not inside the service VPC's {}", b.address, vpc.cidr),
                     );
                 }
-                if s.backends[..j].iter().any(|o| o.zone == b.zone) {
+                if s.backends[..j].iter().any(|o| o.address == b.address) {
+                    return err(
+                        format!("{f}.backends[{j}].address"),
+                        format!("load balancer {} is listed twice", b.address),
+                    );
+                }
+                let in_zone = s.backends[..=j].iter().filter(|o| o.zone == b.zone).count();
+                if s.kind == ServiceType::Gateway && in_zone > 1 {
                     return err(
                         format!("{f}.backends[{j}].zone"),
-                        format!("zone {} is listed twice", b.zone),
+                        format!(
+                            "zone {} is listed twice (a gateway service has one next hop per zone)",
+                            b.zone
+                        ),
+                    );
+                }
+                if in_zone > privatelink_common::MAX_LBS_PER_ZONE {
+                    return err(
+                        format!("{f}.backends[{j}].zone"),
+                        format!(
+                            "more than {} load balancers in zone {}",
+                            privatelink_common::MAX_LBS_PER_ZONE,
+                            b.zone
+                        ),
                     );
                 }
                 if let Some((other, what)) = taken[&(vpc.id.clone(), b.address)]
@@ -1365,14 +1385,20 @@ impl EndpointService {
         self.whitelist.iter().any(|w| w == account)
     }
 
-    /// Zone affinity: the load balancer in the ENI's zone, else the first zone that has one.
+    /// Zone affinity: the first load balancer in the ENI's zone, else the first one.
     pub fn backend_for_zone(&self, zone: &str) -> &Backend {
-        if self.zone_affinity
-            && let Some(b) = self.backends.iter().find(|b| b.zone == zone)
-        {
-            return b;
+        self.backends_for_zone(zone)[0]
+    }
+
+    /// The load balancers new flows from an ENI in `zone` are spread over: with zone
+    /// affinity, those of its zone if it has any; else all of them, in every zone.
+    pub fn backends_for_zone(&self, zone: &str) -> Vec<&Backend> {
+        let own: Vec<&Backend> = self.backends.iter().filter(|b| b.zone == zone).collect();
+        if self.zone_affinity && !own.is_empty() {
+            own
+        } else {
+            self.backends.iter().collect()
         }
-        &self.backends[0]
     }
 
     /// Whether `account` may have a working endpoint to this service: the service's own
@@ -1783,6 +1809,42 @@ mod tests {
             svc.backend_for_zone("zone-b").address.to_string(),
             "10.10.0.10"
         );
+        let addrs = |v: Vec<&Backend>| v.iter().map(|b| b.address.to_string()).collect::<Vec<_>>();
+        // Without affinity every zone's load balancers share the flows.
+        assert_eq!(
+            addrs(svc.backends_for_zone("zone-b")),
+            ["10.10.0.10", "10.10.0.11"]
+        );
+        // Several in one zone: all of them, the zone's own only.
+        svc.zone_affinity = true;
+        svc.backends.push(Backend {
+            zone: "zone-a".into(),
+            address: "10.10.0.12".parse().unwrap(),
+        });
+        assert_eq!(
+            addrs(svc.backends_for_zone("zone-a")),
+            ["10.10.0.10", "10.10.0.12"]
+        );
+        assert_eq!(addrs(svc.backends_for_zone("zone-b")), ["10.10.0.11"]);
+        s.validate().unwrap();
+        // The same address twice, or nine in a zone: refused.
+        let mut twice = s.clone();
+        twice.services[0].backends[2].address = "10.10.0.10".parse().unwrap();
+        assert!(
+            twice
+                .validate()
+                .unwrap_err()
+                .message
+                .contains("listed twice")
+        );
+        let mut nine = s.clone();
+        for i in 0..7 {
+            nine.services[0].backends.push(Backend {
+                zone: "zone-a".into(),
+                address: format!("10.10.0.{}", 20 + i).parse().unwrap(),
+            });
+        }
+        assert!(nine.validate().unwrap_err().message.contains("more than 8"));
     }
 
     fn gwlb_state() -> State {

@@ -1532,3 +1532,71 @@ fn half_open_flows_give_their_tuples_up_first() {
         Err(Reason::DropSnatExhausted)
     );
 }
+
+// ---- Several load balancers per zone, and replacing one ----
+
+const LB2: [u8; 4] = [10, 10, 0, 11];
+const LB2_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x11];
+
+fn lbs_state(backends: &str) -> String {
+    packet_state().replace(
+        r#"backends = [{ zone = "zone-a", address = "10.10.0.10" }]"#,
+        &format!("backends = [{backends}]"),
+    )
+}
+
+/// Where a SYN from `sport` goes: the load balancer's address and MAC.
+fn lb_of(h: &mut Harness, sport: u16, syn: bool) -> ([u8; 4], [u8; 6]) {
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(h, sport, syn, b""))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_checked(&out);
+    (p.ip.destination, p.eth_dst)
+}
+
+#[test]
+fn several_load_balancers_share_a_zone_and_a_replaced_one_keeps_its_flows() {
+    let both = r#"{ zone = "zone-a", address = "10.10.0.10" }, { zone = "zone-a", address = "10.10.0.11" }"#;
+    let mut h = Harness::new(&lbs_state(both)).unwrap();
+    h.dp.set_neighbor(privatelink_user::model::numeric_id("vpc-b"), LB2, LB2_MAC)
+        .unwrap();
+    // New flows are spread over both, each with its load balancer's MAC.
+    let mut on = std::collections::BTreeMap::new();
+    for sport in 48000..48064 {
+        let (lb, mac) = lb_of(&mut h, sport, true);
+        assert_eq!(mac, if lb == LB { LB_MAC } else { LB2_MAC });
+        on.insert(sport, lb);
+    }
+    let on_first = on.values().filter(|lb| **lb == LB).count();
+    assert!(
+        (12..=52).contains(&on_first),
+        "{on_first} of 64 flows on the first load balancer"
+    );
+    // Every flow stays on its own, packet after packet.
+    for (sport, lb) in &on {
+        assert_eq!(lb_of(&mut h, *sport, false).0, *lb);
+    }
+    // The first one is replaced: new flows go to the second only; the flows in
+    // progress on the first keep going to it, both ways.
+    h.apply_state(&lbs_state(r#"{ zone = "zone-a", address = "10.10.0.11" }"#))
+        .unwrap();
+    for sport in 48100..48132 {
+        assert_eq!(lb_of(&mut h, sport, true).0, LB2);
+    }
+    for (sport, lb) in &on {
+        assert_eq!(
+            lb_of(&mut h, *sport, false),
+            (*lb, if *lb == LB { LB_MAC } else { LB2_MAC })
+        );
+    }
+    let (sport, _) = on.iter().find(|(_, lb)| **lb == LB).unwrap();
+    let (_, out) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(&h, *sport, false, b""))
+        .unwrap();
+    let p = parse_checked(&out);
+    let reply = tcp_from_lb(&h, p.ip.source, p.sport, b"still here");
+    let (act, back) = h.run(h.provider.ifindex, &reply).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    assert_eq!(parse_checked(&back).ip.source, ENI);
+}
