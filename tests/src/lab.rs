@@ -101,7 +101,7 @@ pub const BUILD_STEPS: &[(&str, &str)] = &[
     ("admin", "account create acct-b --name provider-B"),
     (
         "admin",
-        "vpc create vpc-a --account acct-a --cidr 10.10.0.0/16 --interface fc0 --vswitch vsw-a1:zone-a:10.10.1.0/24 --vswitch vsw-a2:zone-a:10.10.2.0/24",
+        "vpc create vpc-a --account acct-a --cidr 10.10.0.0/16 --interface fc0 --vswitch vsw-a1:zone-a:10.10.1.0/24 --vswitch vsw-a2:zone-a:10.10.2.0/24 --vswitch vsw-a4:zone-b:10.10.4.0/24",
     ),
     (
         "admin",

@@ -656,3 +656,180 @@ fn nix_interrupt(child: &mut std::process::Child) -> std::io::Result<()> {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     child.wait().map(|_| ())
 }
+
+/// Kills a process the test started when the test ends, even when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Seeds 001 and 004 as an operator lives them, while a download is in progress through
+/// the endpoint: a zone is added to the endpoint (its ENI allocated) and answers from its
+/// own zone's load balancer, then removed; the zone's load balancer is replaced by a new
+/// one (new connections land on it); then both serve the zone side by side. The download
+/// started on the first load balancer completes byte for byte through all of it.
+#[test]
+fn zones_and_load_balancers_change_under_a_download() {
+    let lab = lab();
+    // A second load balancer in the provider's VPC: a plain HTTP server on 10.10.0.11.
+    let lb2_dir = lab.dir.join("lb2");
+    std::fs::create_dir_all(&lb2_dir).unwrap();
+    std::fs::write(lb2_dir.join("index.html"), "LB2 10.10.0.11\n").unwrap();
+    lab.provider
+        .ip(&["addr", "add", "10.10.0.11/16", "dev", "p0"])
+        .unwrap();
+    let _lb2 = KillOnDrop(
+        lab.provider
+            .command("/usr/bin/python3")
+            .args([
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                "10.10.0.11",
+                "--directory",
+            ])
+            .arg(&lb2_dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(Duration::from_secs(10), "the second load balancer", || {
+        lab.provider
+            .exec("curl", &["-sf", "-m", "1", "http://10.10.0.11/"])
+            .is_ok()
+    })
+    .unwrap();
+    let page = |url: &str| -> String {
+        lab.curl(url)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|e| format!("failed: {e}"))
+    };
+    assert!(page(&format!("http://{ENI}/")).contains("backend"));
+
+    // A slow download (1 MiB at 64 kB/s, about 16 s) through the zone-a ENI.
+    lab.consumer
+        .exec("sysctl", &["-qw", "net.ipv4.tcp_rmem=4096 16384 32768"])
+        .unwrap();
+    let out = lab.dir.join("during-changes.bin");
+    let mut dl = KillOnDrop(
+        lab.consumer
+            .command("curl")
+            .args(["-sS", "--fail", "-m", "60", "--limit-rate", "64K", "-o"])
+            .arg(&out)
+            .arg(format!("http://{ENI}/big.bin"))
+            .spawn()
+            .unwrap(),
+    );
+    thread::sleep(Duration::from_millis(500));
+    let before = lab.stats().unwrap();
+
+    // The provider serves zone-b too; the consumer adds a zone-b ENI (allocated).
+    lab.cli(
+        "provider",
+        &[
+            "service",
+            "set",
+            "epsrv-b",
+            "--backend",
+            "zone-a:10.10.0.10",
+            "--backend",
+            "zone-b:10.10.0.11",
+        ],
+    )
+    .unwrap();
+    let ep: serde_json::Value = serde_json::from_str(
+        &lab.cli(
+            "consumer",
+            &["endpoint", "zone", "add", "ep-a", "--zone", "vsw-a4"],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let zone_b_eni = ep["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|z| z["vswitch"] == "vsw-a4")
+        .unwrap()["eni"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(zone_b_eni, "10.10.4.1", "the lowest free address");
+    // Zone affinity: the zone-b ENI reaches the zone-b load balancer.
+    assert_eq!(page(&format!("http://{zone_b_eni}/")), "LB2 10.10.0.11\n");
+    assert!(page(&format!("http://{ENI}/")).contains("backend"));
+    // Removed again: its address answers no more; zone-a is untouched.
+    lab.cli(
+        "consumer",
+        &["endpoint", "zone", "remove", "ep-a", "vsw-a4"],
+    )
+    .unwrap();
+    assert!(!lab.reachable(&format!("http://{zone_b_eni}/")));
+    assert!(page(&format!("http://{ENI}/")).contains("backend"));
+
+    // The zone-a load balancer is replaced: new connections land on the new one.
+    lab.cli(
+        "provider",
+        &[
+            "service",
+            "set",
+            "epsrv-b",
+            "--backend",
+            "zone-a:10.10.0.11",
+        ],
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(page(&format!("http://{ENI}/")), "LB2 10.10.0.11\n");
+    }
+    // Both in zone-a: new connections are spread over them.
+    lab.cli(
+        "provider",
+        &[
+            "service",
+            "set",
+            "epsrv-b",
+            "--backend",
+            "zone-a:10.10.0.10",
+            "--backend",
+            "zone-a:10.10.0.11",
+        ],
+    )
+    .unwrap();
+    let pages: Vec<String> = (0..16).map(|_| page(&format!("http://{ENI}/"))).collect();
+    let on_lb2 = pages.iter().filter(|p| p.starts_with("LB2")).count();
+    assert!(
+        on_lb2 > 0
+            && on_lb2 < 16
+            && pages
+                .iter()
+                .all(|p| p.starts_with("LB2") || p.contains("backend")),
+        "{pages:?}"
+    );
+    // All of that while the download was running on the first load balancer.
+    assert!(
+        dl.0.try_wait().unwrap().is_none(),
+        "the download was still in progress"
+    );
+    assert!(dl.0.wait().unwrap().success(), "the download completed");
+    let want = std::fs::read(lab.dir.join("ecs2/big.bin")).unwrap();
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "the download arrived byte for byte"
+    );
+    let after = lab.stats().unwrap();
+    for reason in [
+        "drop_no_flow",
+        "drop_not_connected",
+        "drop_no_neighbor",
+        "drop_snat_exhausted",
+    ] {
+        assert_eq!(delta(&before, &after, reason), 0, "{reason}: {after:?}");
+    }
+}
