@@ -1,13 +1,14 @@
 //! A randomized model-based test of the control plane: a long random sequence of API calls
-//! (services with and without auto-accept serving one zone or two, whitelist changes,
+//! (services with and without auto-accept serving one zone or two, with listeners from a
+//! palette (none, or overlapping ones: refused) and changed afterwards, whitelist changes,
 //! endpoints with and without security groups in a served zone or not, with an ENI address
 //! given or allocated, zones added and removed, every connection action, security groups
 //! and their rules, a vSwitch ACL, deletions — valid and invalid ones) against a running
 //! daemon, and the same calls
 //! against a small reference model written here from the product's rules. After every
 //! call the answer's class (accepted or refused) must be the model's; the pinned
-//! `PL_ENDPOINTS`, `PL_SNAT_ADDRS`, `PL_SNAT_POOLS`, `PL_SG_RULES`, `PL_ACL_IN` and
-//! `PL_ACL_OUT` maps must hold exactly the entries the model expects; and a refused call
+//! `PL_ENDPOINTS`, `PL_SNAT_ADDRS`, `PL_SNAT_POOLS`, `PL_LISTENERS`, `PL_SG_RULES`,
+//! `PL_ACL_IN` and `PL_ACL_OUT` maps must hold exactly the entries the model expects; and a refused call
 //! must not have moved `PL_EPOCH` (it wrote no map).
 //!
 //! `PL_MODEL_SEED` replays a sequence; `PL_MODEL_STEPS` makes it longer. A failing
@@ -18,8 +19,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{Array, HashMap};
 use privatelink_common::{
-    ConnectionState, ENI_FLAG_ACL, ENI_FLAG_SG, EndpointEni, MAX_RULES, PROTO_ANY, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, RuleSet, SnatPool, VpcAddr, map_names,
+    ConnectionState, ENI_FLAG_ACL, ENI_FLAG_SG, EndpointEni, Listener, ListenerSet, MAX_RULES,
+    PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, RuleSet, SnatPool,
+    VpcAddr, map_names,
 };
 use privatelink_tests::apidaemon::ApiDaemon;
 use privatelink_user::{client::Client, dataplane, model::numeric_id};
@@ -145,6 +147,38 @@ struct Service {
     whitelisted: bool,
     /// The zones it has a load balancer in: bit 0 zone-a, bit 1 zone-b.
     zones: u8,
+    /// Its listeners: a bit per `LISTENERS` entry.
+    listeners: u8,
+}
+
+/// The listeners services are made of: (protocol, first port, last port). The last one
+/// overlaps the one before it, so a set holding both is refused.
+const LISTENERS: [(u8, u16, u16); 5] = [
+    (PROTO_TCP, 80, 80),
+    (PROTO_TCP, 443, 443),
+    (PROTO_UDP, 53, 53),
+    (PROTO_TCP, 8000, 8100),
+    (PROTO_TCP, 8050, 8050),
+];
+
+/// Whether a listener mask is a valid set: not empty, no overlap.
+fn listeners_valid(mask: u8) -> bool {
+    mask != 0 && mask & 0b11000 != 0b11000
+}
+
+fn listeners_json(mask: u8) -> serde_json::Value {
+    bits(mask, LISTENERS.len())
+        .into_iter()
+        .map(|i| {
+            let (p, lo, hi) = LISTENERS[i];
+            let proto = if p == PROTO_TCP { "tcp" } else { "udp" };
+            if lo == hi {
+                json!({"protocol": proto, "port": lo})
+            } else {
+                json!({"protocol": proto, "port": lo, "to_port": hi})
+            }
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug)]
@@ -171,8 +205,11 @@ struct Model {
 
 #[derive(Debug, Clone, Copy)]
 enum Op {
-    /// Service, auto-accept, zones served (a bit per zone, never none).
-    CreateService(u64, bool, u8),
+    /// Service, auto-accept, zones served (a bit per zone, never none), listeners (a bit
+    /// per `LISTENERS` entry).
+    CreateService(u64, bool, u8, u8),
+    /// Service, the listeners that replace its own.
+    SetListeners(u64, u8),
     DeleteService(u64),
     Whitelist(u64, bool),
     /// Endpoint, service, security groups (a bit per group), zone, whether the ENI's
@@ -232,8 +269,8 @@ impl Model {
     fn apply(&mut self, op: Op) -> bool {
         use ConnectionState::*;
         match op {
-            Op::CreateService(k, auto, zones) => {
-                if self.services.contains_key(&k) {
+            Op::CreateService(k, auto, zones, listeners) => {
+                if self.services.contains_key(&k) || !listeners_valid(listeners) {
                     return false;
                 }
                 self.services.insert(
@@ -242,10 +279,18 @@ impl Model {
                         auto_accept: auto,
                         whitelisted: false,
                         zones,
+                        listeners,
                     },
                 );
                 true
             }
+            Op::SetListeners(k, listeners) => match self.services.get_mut(&k) {
+                Some(s) if listeners_valid(listeners) => {
+                    s.listeners = listeners;
+                    true
+                }
+                _ => false,
+            },
             Op::DeleteService(k) => {
                 let used = self.endpoints.values().any(|e| e.service == k);
                 if !self.services.contains_key(&k) || used {
@@ -497,6 +542,19 @@ impl Model {
 
     /// What PL_SNAT_ADDRS and PL_SNAT_POOLS must hold: every service's one SNAT address
     /// (in the provider VPC) with its service, and its pool (that address, default ports).
+    fn expected_listeners(&self) -> BTreeMap<u32, Vec<(u8, u16, u16)>> {
+        self.services
+            .iter()
+            .map(|(k, s)| {
+                let ls = bits(s.listeners, LISTENERS.len())
+                    .into_iter()
+                    .map(|i| LISTENERS[i])
+                    .collect();
+                (numeric_id(&svc_id(*k)), ls)
+            })
+            .collect()
+    }
+
     fn expected_snat(&self) -> SnatMaps {
         let addr = |k: u64| [10, 10, 0, 200 + k as u8];
         let id = |k: u64| numeric_id(&svc_id(k));
@@ -520,8 +578,14 @@ fn random_op(r: &mut Rng, m: &Model) -> Op {
     }
     let g = r.below(GROUPS);
     let zone = r.below(2) as u8;
-    match r.below(23) {
-        0 | 1 => Op::CreateService(k, r.below(2) == 0, 1 + r.below(3) as u8),
+    match r.below(24) {
+        0 | 1 => Op::CreateService(
+            k,
+            r.below(2) == 0,
+            1 + r.below(3) as u8,
+            r.below(1 << LISTENERS.len()) as u8,
+        ),
+        23 => Op::SetListeners(k, r.below(1 << LISTENERS.len()) as u8),
         2 => Op::DeleteService(k),
         3 | 4 => Op::Whitelist(k, r.below(3) > 0),
         5..=7 => Op::CreateEndpoint(j, k, r.below(4) as u8, zone, r.below(2) == 0),
@@ -552,7 +616,12 @@ fn random_op(r: &mut Rng, m: &Model) -> Op {
 
 fn call(a: &Client, b: &Client, op: Op) -> anyhow::Result<serde_json::Value> {
     match op {
-        Op::CreateService(k, auto, zones) => {
+        Op::SetListeners(k, listeners) => b.call(
+            "PATCH",
+            &format!("/v1/services/{}", svc_id(k)),
+            Some(&json!({"listeners": listeners_json(listeners)})),
+        ),
+        Op::CreateService(k, auto, zones, listeners) => {
             let backends: Vec<serde_json::Value> = (0..2u8)
                 .filter(|z| zones & (1 << z) != 0)
                 .map(|z| {
@@ -564,7 +633,7 @@ fn call(a: &Client, b: &Client, op: Op) -> anyhow::Result<serde_json::Value> {
                 "/v1/services",
                 &json!({"id": svc_id(k), "vpc": "vpc-b", "auto_accept": auto,
                         "backends": backends, "snat": [format!("10.10.0.{}", 200 + k)],
-                        "listeners": [{"protocol": "tcp", "port": 80}]}),
+                        "listeners": listeners_json(listeners)}),
             )
         }
         Op::DeleteService(k) => b.delete(&format!("/v1/services/{}", svc_id(k))),
@@ -658,6 +727,22 @@ fn map_content(d: &ApiDaemon) -> EniMap {
 }
 
 /// The pinned SNAT maps, in the shape of `Model::expected_snat`.
+/// The pinned `PL_LISTENERS`: service id -> its listeners in order.
+fn listeners_content(d: &ApiDaemon) -> BTreeMap<u32, Vec<(u8, u16, u16)>> {
+    let map = dataplane::open_pinned(&d.pin, map_names::LISTENERS).unwrap();
+    let m: HashMap<_, u32, ListenerSet> = HashMap::try_from(&map).unwrap();
+    m.iter()
+        .map(|r| {
+            let (k, set) = r.unwrap();
+            let ls = set.listeners[..set.count as usize]
+                .iter()
+                .map(|l: &Listener| (l.proto, l.port_lo, l.port_hi))
+                .collect();
+            (k, ls)
+        })
+        .collect()
+}
+
 fn snat_content(d: &ApiDaemon) -> SnatMaps {
     let map = dataplane::open_pinned(&d.pin, map_names::SNAT_ADDRS).unwrap();
     let addrs: HashMap<_, VpcAddr, u32> = HashMap::try_from(&map).unwrap();
@@ -723,6 +808,9 @@ struct Coverage {
     unserved_refused: usize,
     /// The most ENIs (zones) one endpoint had.
     most_zones: usize,
+    /// Accepted listener changes, and calls refused for their listeners (none, overlap).
+    listener_changes: usize,
+    listeners_refused: usize,
 }
 
 /// The calls of one run, drawn against the model alone.
@@ -754,6 +842,8 @@ fn replay(ops: &[Op]) -> Result<Coverage, (usize, String)> {
         zone_changes: 0,
         unserved_refused: 0,
         most_zones: 0,
+        listener_changes: 0,
+        listeners_refused: 0,
     };
     let mut states = BTreeSet::new();
     for (step, &op) in ops.iter().enumerate() {
@@ -771,8 +861,14 @@ fn replay(ops: &[Op]) -> Result<Coverage, (usize, String)> {
                 if matches!(op, Op::AddZone(..) | Op::RemoveZone(..)) {
                     cov.zone_changes += 1;
                 }
+                cov.listener_changes += matches!(op, Op::SetListeners(..)) as usize;
             }
             (Err(e), false) => {
+                if let Op::CreateService(_, _, _, l) | Op::SetListeners(_, l) = op
+                    && !listeners_valid(l)
+                {
+                    cov.listeners_refused += 1;
+                }
                 let status = e
                     .downcast_ref::<privatelink_user::client::ApiError>()
                     .map(|e| e.status)
@@ -790,6 +886,12 @@ fn replay(ops: &[Op]) -> Result<Coverage, (usize, String)> {
         if got_eps != want_eps {
             return fail(format!(
                 "PL_ENDPOINTS differs:\n  maps  {got_eps:?}\n  model {want_eps:?}"
+            ));
+        }
+        let (got_l, want_l) = (listeners_content(&d), model.expected_listeners());
+        if got_l != want_l {
+            return fail(format!(
+                "PL_LISTENERS differs:\n  maps  {got_l:?}\n  model {want_l:?}"
             ));
         }
         let (got_snat, want_snat) = (snat_content(&d), model.expected_snat());
@@ -909,8 +1011,22 @@ fn random_api_sequences_keep_the_maps_equal_to_the_model() {
         "no unserved zone was ever asked for"
     );
     assert_eq!(cov.most_zones, 2, "no endpoint ever had two zones");
+    assert!(
+        cov.listener_changes > 0,
+        "no service's listeners were ever changed"
+    );
+    assert!(
+        cov.listeners_refused > 0,
+        "no bad listener set was ever refused"
+    );
     eprintln!(
-        "seed {seed}: {steps} calls, {} accepted, maps equal to the model after each (up to {} merged rules on an ENI; {} allocations, {} zone changes, {} unserved zones refused)",
-        cov.accepted, cov.merged_rules, cov.allocated, cov.zone_changes, cov.unserved_refused
+        "seed {seed}: {steps} calls, {} accepted, maps equal to the model after each (up to {} merged rules on an ENI; {} allocations, {} zone changes, {} unserved zones refused, {} listener changes, {} listener sets refused)",
+        cov.accepted,
+        cov.merged_rules,
+        cov.allocated,
+        cov.zone_changes,
+        cov.unserved_refused,
+        cov.listener_changes,
+        cov.listeners_refused
     );
 }
