@@ -148,10 +148,12 @@ impl Default for Config {
 
 /// Value of `PL_EP_BUDGET` (key: endpoint id; written by the data path): the endpoint's
 /// allowance of new flows, a token bucket of `budget` tokens refilled over the embryonic
-/// timeout. A new flow takes a token; a flow that completes its handshake (or sees its
-/// first reply) gives it back. So an endpoint holds at most about `budget` embryonic
-/// flows, whatever it sends: a flood of half-open flows exhausts its own allowance, not
-/// its service's SNAT pool. `refused` counts the new flows it cost the endpoint.
+/// timeout. A new flow takes a token; a flow that gets established gives it back (and one
+/// that could not be made). An embryonic flow lives the embryonic timeout from its
+/// creation, however often it is resent, so an endpoint holds at most about two budgets
+/// of embryonic flows (a full bucket and what refills meanwhile), whatever it sends: a
+/// flood of half-open flows exhausts its own allowance, not its service's SNAT pool.
+/// `refused` counts the new flows it cost the endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowBudget {
@@ -295,16 +297,43 @@ pub const ENI_FLAG_LB_SET: u32 = 256;
 /// The most load balancers a service has in one zone.
 pub const MAX_LBS_PER_ZONE: usize = 8;
 
+/// Slots of an `LbSet`'s lookup table: a flow's hash picks a slot, the slot a load
+/// balancer.
+pub const LB_SLOTS: usize = 64;
+
 /// Value of `PL_LB_SETS` (key: `GwlbZone`, the service and the ENI's zone): the load
 /// balancers new flows from that zone are spread over. Flows in progress keep the one
 /// they started with (their conntrack entries hold it), so a load balancer replaced or
-/// added serves only new flows.
+/// added serves only new flows. The daemon fills `slots` by rendezvous hashing (each slot
+/// goes to the load balancer with the highest `lb_slot_score`), so adding one moves only
+/// the slots it wins and removing one only its own: a flow whose entry the LRU evicted is
+/// re-made on the load balancer it started with unless that one's slot moved. The data
+/// path needs no loop for it (a loop choosing among load balancers multiplied the
+/// verifier's paths past its budget).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LbSet {
     pub count: u32,
     pub _pad: u32,
     pub addrs: [[u8; 4]; MAX_LBS_PER_ZONE],
+    /// Per slot, the index in `addrs` of its load balancer.
+    pub slots: [u8; LB_SLOTS],
+}
+
+impl Default for LbSet {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            _pad: 0,
+            addrs: [[0; 4]; MAX_LBS_PER_ZONE],
+            slots: [0; LB_SLOTS],
+        }
+    }
+}
+
+/// How much slot `slot` wants load balancer `addr` (rendezvous hashing).
+pub fn lb_slot_score(slot: usize, addr: [u8; 4]) -> u32 {
+    hash::mix32(u32::from_be_bytes(addr) ^ (slot as u32).wrapping_mul(0x9e37_79b9))
 }
 
 /// Key of `PL_GWLB_TARGETS` and `PL_LB_SETS`: a service as seen from one zone.
@@ -542,6 +571,34 @@ impl FlowEntry {
         self.is_expired(proto, now_ns, cfg)
             || (self.tcp_flags & CT_ESTABLISHED == 0
                 && now_ns.saturating_sub(self.last_seen_ns) > EMBRYONIC_RECLAIM_NS)
+    }
+
+    /// Whether a new flow of endpoint `endpoint_id` may take this entry's tuple over:
+    /// expired, or embryonic, idle past `EMBRYONIC_RECLAIM_NS` and of the same endpoint
+    /// (another endpoint's late reply must never reach this one's client).
+    #[inline(always)]
+    pub fn is_stale_for(&self, proto: u8, now_ns: u64, cfg: &Config, endpoint_id: u32) -> bool {
+        self.is_expired(proto, now_ns, cfg)
+            || (self.tcp_flags & CT_ESTABLISHED == 0
+                && self.endpoint_id == endpoint_id
+                && now_ns.saturating_sub(self.last_seen_ns) > EMBRYONIC_RECLAIM_NS)
+    }
+
+    /// NAT flows' original-direction entry, during the handshake: the acknowledgment number
+    /// the client's ACK must carry to establish the flow (the SYN-ACK's sequence number
+    /// plus one). Kept in `peer_mac`'s first four bytes, which only GWLB flows use
+    /// otherwise (they are established by the server's first non-SYN segment instead).
+    pub fn handshake_ack(&self) -> u32 {
+        let m = &self.peer_mac;
+        u32::from_ne_bytes([m[0], m[1], m[2], m[3]])
+    }
+
+    pub fn set_handshake_ack(&mut self, ack: u32) {
+        let b = ack.to_ne_bytes();
+        self.peer_mac[0] = b[0];
+        self.peer_mac[1] = b[1];
+        self.peer_mac[2] = b[2];
+        self.peer_mac[3] = b[3];
     }
 
     pub fn is_expired(&self, proto: u8, now_ns: u64, cfg: &Config) -> bool {

@@ -46,13 +46,15 @@ fn handle_checked(ctx: &XdpContext, iface: &IfaceInfo) -> Result<Verdict, Reason
             || PL_SNAT_ADDRS.get(target).is_some()
             || PL_GW_ADDRS.get(target).is_some()
     };
-    if op != ARP_REQUEST && (ours || arp.tpa == [0; 4]) {
+    let shared = iface.flags & privatelink_common::IFACE_FLAG_HOST_TRAFFIC != 0;
+    if op != ARP_REQUEST && (ours || (arp.tpa == [0; 4] && !shared)) {
         // A reply to the data path's own request (from a SNAT address, or a GWLB probe
-        // from 0.0.0.0): its sender was learned above; the host's stack has no use for it.
+        // from 0.0.0.0): its sender was learned above; the host's stack has no use for it
+        // (but for its own duplicate address detection on a shared interface).
         return Ok((xdp_action::XDP_DROP, Reason::ArpLearned));
     }
     if !ours {
-        return Ok(crate::host::arp(iface, arp.tpa));
+        return Ok(crate::host::arp(iface, arp.spa, arp.tpa));
     }
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
     arp.oper = ARP_REPLY.to_be_bytes();

@@ -12,8 +12,8 @@ use aya_ebpf::{
 use privatelink_common::{
     CT_CLOSING, CT_ESTABLISHED, CT_FIN_SEEN, CT_REPLIED, Config, DIR_ORIGINAL, DIR_REPLY,
     ENI_FLAG_ACL, ENI_FLAG_GATEWAY, ENI_FLAG_LB_SET, EndpointEni, FLOW_GATEWAY, FLOW_GWLB,
-    FlowBudget, FlowEntry, FlowKey, GwlbZone, IfaceInfo, MAX_LBS_PER_ZONE, MAX_SNAT_ADDRS,
-    PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum, hash,
+    FlowBudget, FlowEntry, FlowKey, GwlbZone, IfaceInfo, LB_SLOTS, MAX_LBS_PER_ZONE,
+    MAX_SNAT_ADDRS, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum, hash,
 };
 
 use crate::{
@@ -44,14 +44,25 @@ pub fn now() -> u64 {
 
 /// Reads the 5-tuple of a TCP/UDP packet whose L4 header must be complete.
 #[inline(always)]
-fn flow_key(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<(FlowKey, u8), Reason> {
+fn flow_key(
+    ctx: &XdpContext,
+    iface: &IfaceInfo,
+    pkt: &Packet,
+) -> Result<(FlowKey, u8, SeqAck), Reason> {
     l4_consistent(ctx, pkt.l4, pkt.end, pkt.proto)?;
     let ip = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
     let ports = mut_at::<Ports>(ctx, pkt.l4, Reason::DropTruncatedL4)?;
-    let flags = if pkt.proto == PROTO_TCP {
-        tcp_flags(mut_at::<TcpHdr>(ctx, pkt.l4, Reason::DropTruncatedL4)?)
+    let (flags, nums) = if pkt.proto == PROTO_TCP {
+        let tcp = mut_at::<TcpHdr>(ctx, pkt.l4, Reason::DropTruncatedL4)?;
+        (
+            tcp_flags(tcp),
+            SeqAck {
+                seq: u32::from_be_bytes(tcp.seq),
+                ack: u32::from_be_bytes(tcp.ack_seq),
+            },
+        )
     } else {
-        0
+        (0, SeqAck::default())
     };
     if ip.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
@@ -66,7 +77,15 @@ fn flow_key(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<(FlowKe
         _pad: 0,
         _pad2: 0,
     };
-    Ok((key, flags))
+    Ok((key, flags, nums))
+}
+
+/// A TCP segment's sequence and acknowledgment numbers (zero for other protocols): what
+/// the handshake tracking compares.
+#[derive(Clone, Copy, Default)]
+pub struct SeqAck {
+    pub seq: u32,
+    pub ack: u32,
 }
 
 /// What `established` returns when the packet is not one it can take: the full path then
@@ -201,12 +220,24 @@ fn established_checked(
     if csum::fold(ipv4::sum_header(ip)) != 0xffff {
         return Err(Reason::DropBadIpChecksum);
     }
-    let flags = if tcp {
-        l4[TCP_DOFF_FLAGS].to_ne_bytes()[1] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK)
+    let (flags, nums) = if tcp {
+        let word = |i: usize| {
+            let [a, b] = l4[i].to_ne_bytes();
+            let [c, d] = l4[i + 1].to_ne_bytes();
+            u32::from_be_bytes([a, b, c, d])
+        };
+        (
+            l4[TCP_DOFF_FLAGS].to_ne_bytes()[1] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK),
+            SeqAck {
+                seq: word(2),
+                ack: word(4),
+            },
+        )
     } else {
-        0
+        (0, SeqAck::default())
     };
-    track(e, &key, flags, t);
+    let dir = e.direction;
+    track(e, &key, flags, nums, t, dir);
     // The rewrite, with the checksum deltas computed when the flow was stamped.
     ip[IP_TTL_PROTO] = u16::from_ne_bytes([ttl - 1, proto]);
     set_addr_at(ip, IP_SRC, e.new_src);
@@ -261,7 +292,7 @@ fn forward_checked(
     eni: &EndpointEni,
     pkt: &Packet,
 ) -> Result<Verdict, Reason> {
-    let (key, flags) = flow_key(ctx, iface, pkt)?;
+    let (key, flags, nums) = flow_key(ctx, iface, pkt)?;
     let gateway = eni.flags & ENI_FLAG_GATEWAY != 0;
     if !gateway {
         filter::acl_in(eni_key, eni, key.src, key.proto, key.dport)?;
@@ -327,7 +358,7 @@ fn forward_checked(
     if gateway || eni.flags & ENI_FLAG_ACL == 0 {
         stamp(e, &key, pkt.epoch);
     }
-    track(e, &key, flags, t);
+    track(e, &key, flags, nums, t, DIR_ORIGINAL);
     nat::apply(ctx, pkt, e, reason)
 }
 
@@ -362,7 +393,7 @@ pub fn reply(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
 
 #[inline(always)]
 fn reply_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
-    let (key, flags) = flow_key(ctx, iface, pkt)?;
+    let (key, flags, nums) = flow_key(ctx, iface, pkt)?;
     let t = now();
     let cfg = config();
     let Some(p) = PL_CONNTRACK.get_ptr_mut(key) else {
@@ -398,7 +429,7 @@ fn reply_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Ve
     if !per_packet_acl {
         stamp(e, &key, pkt.epoch);
     }
-    track(e, &key, flags, t);
+    track(e, &key, flags, nums, t, DIR_REPLY);
     nat::apply(ctx, pkt, e, Reason::ForwardToConsumer)
 }
 
@@ -535,13 +566,23 @@ fn create(
             .is_err()
         {
             let _ = PL_CONNTRACK.remove(reply_key);
+            refund(eni);
             return Err(Reason::DropConntrackFull);
         }
         return PL_CONNTRACK
             .get_ptr_mut(key)
             .ok_or(Reason::DropConntrackFull);
     }
+    refund(eni);
     Err(Reason::DropSnatExhausted)
+}
+
+/// A new flow that took a token and could not be made gives it back.
+#[inline(always)]
+fn refund(eni: &EndpointEni) {
+    if eni.flow_share != 0 {
+        give_token_back(eni.endpoint_id);
+    }
 }
 
 /// The load balancer a new flow goes to: the ENI's zone's one, or with several, one of
@@ -557,13 +598,11 @@ fn load_balancer(eni: &EndpointEni, h: u32) -> [u8; 4] {
     };
     // SAFETY: a reference into a map the daemon writes whole entries of; read in this run.
     match unsafe { PL_LB_SETS.get(key) } {
+        // The daemon's rendezvous-hashed slots (see `LbSet`): no loop here.
+        // The daemon's rendezvous-hashed slots (see `LbSet`): no loop here.
         Some(set) if set.count > 0 => {
-            let n = if set.count as usize > MAX_LBS_PER_ZONE {
-                MAX_LBS_PER_ZONE as u32
-            } else {
-                set.count
-            };
-            set.addrs[((hash::mix32(h) % n) as usize) & (MAX_LBS_PER_ZONE - 1)]
+            let slot = (hash::mix32(h) as usize) & (LB_SLOTS - 1);
+            set.addrs[(set.slots[slot] as usize) & (MAX_LBS_PER_ZONE - 1)]
         }
         _ => eni.lb_addr,
     }
@@ -592,12 +631,14 @@ fn claim(reply_key: &FlowKey, reply: &FlowEntry, fwd_key: &FlowKey, t: u64, cfg:
             .insert(reply_key, reply, BPF_ANY as u64)
             .is_ok();
     }
-    if !old.is_reclaimable(proto, t, cfg) {
+    // Expired, or embryonic and idle (a half-open flow of this endpoint's own).
+    let stale = |x: &FlowEntry| x.is_stale_for(proto, t, cfg, reply.endpoint_id);
+    if !stale(old) {
         return false;
     }
     // SAFETY: copied out.
     if let Some(fwd) = unsafe { PL_CONNTRACK.get(old_fwd_key) } {
-        if fwd.partner_key(proto) == *reply_key && !fwd.is_reclaimable(proto, t, cfg) {
+        if fwd.partner_key(proto) == *reply_key && !stale(fwd) {
             return false;
         }
         if fwd.partner_key(proto) == *reply_key {
@@ -693,36 +734,56 @@ fn give_token_back(endpoint_id: u32) {
     }
 }
 
-/// Until a flow is established: a reply marks both entries replied (for protocols other
-/// than TCP, established); TCP is established by the client's first ACK without SYN
-/// after the reply (the handshake's third segment). Only then does the flow get its full
-/// idle timeout; its endpoint gets its new-flow token back.
+/// Until a flow is established (`CT_ESTABLISHED` on both entries; then it gets its full
+/// idle timeout and its endpoint its new-flow token back):
+/// - TCP: the server's SYN-ACK marks it replied and tells the forward entry what the
+///   client's ACK must acknowledge; the client's ACK that does (the handshake's third
+///   segment, so a blind ACK from a spoofed source cannot) establishes it; so does any
+///   segment from the server that is neither SYN nor RST (the server holds the connection
+///   as established: also what re-establishes flows a build without this state left).
+/// - Other protocols: a reply marks it replied; the client's next packet after a reply
+///   establishes it (a stream, as Linux's conntrack calls it; a single query and answer
+///   stays embryonic).
 #[inline(always)]
-fn settle_handshake(e: &mut FlowEntry, key: &FlowKey, flags: u8) {
+fn settle_handshake(e: &mut FlowEntry, key: &FlowKey, flags: u8, nums: SeqAck, dir: u8) {
     let tcp = key.proto == PROTO_TCP;
-    let mark = if e.direction == DIR_REPLY {
-        if tcp && e.tcp_flags & CT_REPLIED != 0 {
-            return;
+    let gwlb = e.flags & FLOW_GWLB != 0;
+    let mut mark = 0u8;
+    let mut want_ack = 0u32;
+    if dir == DIR_REPLY {
+        if !tcp {
+            mark = CT_REPLIED;
+        } else if flags & TCP_RST == 0 {
+            if flags & TCP_SYN != 0 {
+                mark = CT_REPLIED;
+                if !gwlb {
+                    want_ack = nums.seq.wrapping_add(1);
+                }
+            } else if flags & TCP_ACK != 0 {
+                mark = CT_REPLIED | CT_ESTABLISHED;
+            }
         }
-        if tcp {
-            CT_REPLIED
-        } else {
-            CT_REPLIED | CT_ESTABLISHED
-        }
-    } else if tcp
-        && e.tcp_flags & CT_REPLIED != 0
-        && flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK
+    } else if e.tcp_flags & CT_REPLIED != 0
+        && (!tcp
+            || (!gwlb
+                && flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK
+                && nums.ack == e.handshake_ack()))
     {
-        CT_ESTABLISHED
-    } else {
+        mark = CT_ESTABLISHED;
+    }
+    if mark == 0 {
         return;
-    };
+    }
     e.tcp_flags |= mark;
     if let Some(p) = PL_CONNTRACK.get_ptr_mut(e.partner(key)) {
         // SAFETY: valid for this run.
-        unsafe { (*p).tcp_flags |= mark };
+        let p = unsafe { &mut *p };
+        p.tcp_flags |= mark;
+        if want_ack != 0 {
+            p.set_handshake_ack(want_ack);
+        }
     }
-    if mark & CT_ESTABLISHED != 0 && e.flags & FLOW_GWLB == 0 {
+    if mark & CT_ESTABLISHED != 0 && !gwlb {
         give_token_back(e.endpoint_id);
     }
 }
@@ -730,12 +791,20 @@ fn settle_handshake(e: &mut FlowEntry, key: &FlowKey, flags: u8) {
 /// TCP connection tracking: RST closes at once, FIN in both directions closes, a SYN
 /// reopens a closing flow (the client reused its port); a flow is embryonic until its
 /// handshake completes (`settle_handshake`). Refreshes the idle timer.
+/// `dir` is the entry's direction: a constant where the caller knows it (the forward and
+/// reply paths), so the verifier walks only that half of the handshake tracking.
 #[inline(always)]
-pub fn track(e: &mut FlowEntry, key: &FlowKey, flags: u8, t: u64) {
+pub fn track(e: &mut FlowEntry, key: &FlowKey, flags: u8, nums: SeqAck, t: u64, dir: u8) {
     let proto = key.proto;
-    e.last_seen_ns = t;
     if e.tcp_flags & CT_ESTABLISHED == 0 {
-        settle_handshake(e, key, flags);
+        settle_handshake(e, key, flags, nums, dir);
+    }
+    // An embryonic flow's clock runs from its creation: resent SYNs (or the server's
+    // SYN-ACK retransmissions) do not keep a half-open flow, or its SNAT tuple, alive
+    // past the embryonic timeout, so an endpoint holds at most about two allowances of
+    // them (its bucket and what refills over that time), whatever it sends.
+    if e.tcp_flags & CT_ESTABLISHED != 0 {
+        e.last_seen_ns = t;
     }
     if proto != PROTO_TCP || flags & (TCP_FIN | TCP_RST | TCP_SYN) == 0 {
         return;

@@ -174,7 +174,8 @@ fn steer_checked(
     if t.saturating_sub(e.checked_ns) > APPLIANCE_RECHECK_NS {
         recheck(e, &key, route, t)?;
     }
-    conntrack::track(e, &key, tcp_flags, t);
+    let dir = e.direction;
+    conntrack::track(e, &key, tcp_flags, conntrack::SeqAck::default(), t, dir);
 
     let inner_len = pkt.end - ETH_LEN;
     let mtu = e.out_mtu as usize;

@@ -2,22 +2,25 @@
 //! belongs to the tenants' networks, not to the host: unless the operator says the
 //! interface also carries the host's own traffic (`IFACE_FLAG_HOST_TRAFFIC`), the kernel
 //! gets an IPv4 packet only when it is addressed to the host's own address in that VPC and
-//! comes from a peer the host talks to there, from the port it talks to (`PL_HOST`: the
-//! answers to its health probes), or is an ICMP error from such a peer; and an ARP packet
-//! only about the host's own address. Everything else that is not the data path's is
-//! dropped and counted (`drop_host_isolated`): the host never answers a tenant's packet,
-//! least of all into another VPC.
+//! comes from a peer the host talks to there, from the port it talks to, as an answer (TCP
+//! with ACK or RST: never a SYN alone, which would open a connection to the host), or is
+//! an ICMP error from such a peer (`PL_HOST`: the answers to its health probes), never a
+//! fragment; and an ARP packet only about the host's own address, from such a peer.
+//! Everything else that is not the data path's is dropped and counted
+//! (`drop_host_isolated`): the host never answers a tenant's packet, least of all into
+//! another VPC.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use privatelink_common::{
-    HOST_ADDR, HOST_PEER, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, PROTO_ICMP, Reason, VpcAddr,
+    HOST_ADDR, HOST_PEER, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, PROTO_ICMP, PROTO_TCP, Reason,
+    VpcAddr,
 };
 
 use crate::{
     Verdict,
     ipv4::Packet,
     maps::PL_HOST,
-    parse::{Ports, be16, mut_at},
+    parse::{Ipv4Ext, Ipv4Hdr, TcpHdr, be16, mut_at},
 };
 
 /// What `addr` is to the host in the interface's VPC (a `PL_HOST` value, 0 if nothing).
@@ -32,29 +35,23 @@ fn role(iface: &IfaceInfo, addr: [u8; 4]) -> u32 {
 }
 
 #[inline(always)]
-fn shared(iface: &IfaceInfo) -> Option<Verdict> {
-    (iface.flags & IFACE_FLAG_HOST_TRAFFIC != 0)
-        .then_some((xdp_action::XDP_PASS, Reason::PassUnrelated))
+fn shared(iface: &IfaceInfo) -> bool {
+    iface.flags & IFACE_FLAG_HOST_TRAFFIC != 0
 }
 
 const ISOLATED: Verdict = (xdp_action::XDP_DROP, Reason::DropHostIsolated);
 
 /// An IPv4 packet that is not the data path's.
 #[inline(always)]
-pub fn ipv4(
-    ctx: &XdpContext,
-    iface: &IfaceInfo,
-    pkt: &Packet,
-    src: [u8; 4],
-    dst: [u8; 4],
-) -> Verdict {
-    if let Some(v) = shared(iface) {
-        return v;
+pub fn ipv4(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet, ip: &Ipv4Hdr) -> Verdict {
+    if shared(iface) {
+        return (xdp_action::XDP_PASS, Reason::PassUnrelated);
     }
-    if role(iface, dst) != HOST_ADDR {
+    // The probes are sent with DF: a fragment is nobody's answer.
+    if ip.is_fragment() || role(iface, ip.dst_addr) != HOST_ADDR {
         return ISOLATED;
     }
-    let peer = role(iface, src);
+    let peer = role(iface, ip.src_addr);
     if peer & 0xff != HOST_PEER {
         return ISOLATED;
     }
@@ -65,9 +62,10 @@ pub fn ipv4(
             Ok(t) => t[0] == 3 || t[0] == 11,
             Err(_) => false,
         }
-    } else if pkt.proto == proto {
-        match mut_at::<Ports>(ctx, pkt.l4, Reason::DropTruncatedL4) {
-            Ok(p) => be16(p.sport) == port,
+    } else if pkt.proto == proto && proto == PROTO_TCP {
+        // An answer on a connection the host opened: ACK or RST set.
+        match mut_at::<TcpHdr>(ctx, pkt.l4, Reason::DropTruncatedL4) {
+            Ok(t) => be16(t.source) == port && (t.ack() != 0 || t.rst() != 0),
             Err(_) => false,
         }
     } else {
@@ -80,10 +78,13 @@ pub fn ipv4(
     }
 }
 
-/// An ARP packet about an address that is not the data path's.
+/// An ARP packet from `sender` about `target`, an address that is not the data path's.
+/// The kernel learns every sender it hears from: only the peers it talks to may.
 #[inline(always)]
-pub fn arp(iface: &IfaceInfo, target: [u8; 4]) -> Verdict {
-    if shared(iface).is_some() || role(iface, target) == HOST_ADDR {
+pub fn arp(iface: &IfaceInfo, sender: [u8; 4], target: [u8; 4]) -> Verdict {
+    if shared(iface)
+        || (role(iface, target) == HOST_ADDR && role(iface, sender) & 0xff == HOST_PEER)
+    {
         return (xdp_action::XDP_PASS, Reason::ArpPass);
     }
     ISOLATED
@@ -92,5 +93,9 @@ pub fn arp(iface: &IfaceInfo, target: [u8; 4]) -> Verdict {
 /// A frame that is neither IPv4 nor ARP (IPv6, LLDP, ...).
 #[inline(always)]
 pub fn other(iface: &IfaceInfo) -> Verdict {
-    shared(iface).unwrap_or(ISOLATED)
+    if shared(iface) {
+        (xdp_action::XDP_PASS, Reason::PassUnrelated)
+    } else {
+        ISOLATED
+    }
 }

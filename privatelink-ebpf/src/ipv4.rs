@@ -58,25 +58,13 @@ pub fn handle(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdi
         // GENEVE coming back from a GWLB appliance.
         Target::Geneve
     } else if iface.flags & IFACE_FLAG_GATEWAYS == 0 {
-        return Ok(crate::host::ipv4(
-            ctx,
-            iface,
-            &pkt,
-            ip.src_addr,
-            ip.dst_addr,
-        ));
+        return Ok(crate::host::ipv4(ctx, iface, &pkt, ip));
     } else if let Some(gw) = PL_GW_ROUTES.get(&Key::new(64, dst)).copied() {
         // Gateway and GWLB endpoints: the VPC routes prefixes to us.
         entry = gw;
         Target::Route
     } else {
-        return Ok(crate::host::ipv4(
-            ctx,
-            iface,
-            &pkt,
-            ip.src_addr,
-            ip.dst_addr,
-        ));
+        return Ok(crate::host::ipv4(ctx, iface, &pkt, ip));
     };
     verify_checksum(ctx, hlen)?;
     if ip.is_fragment() {

@@ -780,7 +780,8 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
                 listeners.push(listener);
             } else {
                 let before = listeners.len();
-                listeners.retain(|l| *l != listener);
+                listeners
+                    .retain(|l| (l.protocol, l.ports()) != (listener.protocol, listener.ports()));
                 if listeners.len() == before {
                     bail!("service {id} has no listener {listener}");
                 }

@@ -58,6 +58,23 @@ pub struct Desired {
     pub lb_sets: BTreeMap<GwlbZone, LbSet>,
 }
 
+/// The data path's view of several load balancers: their addresses and each slot's
+/// choice among them by rendezvous hashing (`privatelink_common::lb_slot_score`).
+pub fn lb_set(lbs: &[&crate::model::Backend]) -> LbSet {
+    let mut set = LbSet::default();
+    for (slot, b) in set.addrs.iter_mut().zip(lbs) {
+        *slot = b.address.octets();
+        set.count += 1;
+    }
+    let n = set.count as usize;
+    for (s, slot) in set.slots.iter_mut().enumerate() {
+        *slot = (0..n)
+            .max_by_key(|&i| (privatelink_common::lb_slot_score(s, set.addrs[i]), i))
+            .unwrap_or(0) as u8;
+    }
+    set
+}
+
 /// A service's listeners as the data path matches them.
 pub fn listener_set(svc: &EndpointService) -> ListenerSet {
     let mut set = ListenerSet::default();
@@ -224,11 +241,7 @@ pub fn compute(
             };
             if lbs.len() > 1 {
                 flags |= ENI_FLAG_LB_SET;
-                let mut set = LbSet::default();
-                for (slot, b) in set.addrs.iter_mut().zip(&lbs) {
-                    *slot = b.address.octets();
-                    set.count += 1;
-                }
+                let set = lb_set(&lbs);
                 d.lb_sets.insert(
                     GwlbZone {
                         service_id: numeric_id(&svc.id),

@@ -71,7 +71,7 @@ struct DaemonArgs {
     closing_timeout: u64,
     /// Idle timeout of embryonic flows (TCP before its handshake completes, UDP before a
     /// reply), seconds; an endpoint's new-flow allowance refills over it.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     embryonic_timeout: u64,
     /// Attach in generic (skb) mode instead of native driver mode.
     #[arg(long)]

@@ -669,6 +669,19 @@ impl State {
                     );
                 }
                 let in_zone = s.backends[..=j].iter().filter(|o| o.zone == b.zone).count();
+                // Without zone affinity every ENI spreads its flows over all of them.
+                if !s.zone_affinity
+                    && s.kind == ServiceType::Interface
+                    && j >= privatelink_common::MAX_LBS_PER_ZONE
+                {
+                    return err(
+                        format!("{f}.backends[{j}]"),
+                        format!(
+                            "more than {} load balancers without zone affinity (every ENI's flows are spread over all of them)",
+                            privatelink_common::MAX_LBS_PER_ZONE
+                        ),
+                    );
+                }
                 if s.kind == ServiceType::Gateway && in_zone > 1 {
                     return err(
                         format!("{f}.backends[{j}].zone"),
@@ -1043,7 +1056,27 @@ impl State {
                 })
             })
             .collect();
+        // PL_HOST: every GWLB service's address and appliances.
+        let host: usize = self
+            .services
+            .iter()
+            .filter(|s| s.kind == ServiceType::Gwlb)
+            .map(|s| s.backends.len() + 1)
+            .sum();
+        // PL_LB_SETS: a (service, zone) pair per zone with several load balancers, and one
+        // per zone of an ENI that spreads over all of them.
+        let lb_sets: usize = self
+            .services
+            .iter()
+            .filter(|s| s.kind == ServiceType::Interface)
+            .map(|s| {
+                let zones: BTreeSet<&str> = s.backends.iter().map(|b| b.zone.as_str()).collect();
+                zones.len() + 1
+            })
+            .sum();
         for (field, n, max) in [
+            ("services", host, MAX_SERVICES as usize),
+            ("services", lb_sets, MAX_SERVICES as usize),
             ("vpcs", self.vpcs.len(), MAX_VPCS.min(MAX_IFACES) as usize),
             ("services", self.services.len(), MAX_SERVICES as usize),
             ("endpoints", addrs, MAX_ENDPOINTS as usize),
@@ -1061,7 +1094,10 @@ impl State {
         }
         for (i, s) in self.services.iter().enumerate() {
             if s.backends.len() > 64 {
-                return err(format!("services[{i}].backends"), "at most 64 zones");
+                return err(
+                    format!("services[{i}].backends"),
+                    "at most 64 load balancers or appliances",
+                );
             }
         }
         Ok(())
@@ -1493,7 +1529,7 @@ impl State {
                 if !svc.serves_zone(&vsw.zone) {
                     let goes_to = match svc.kind {
                         ServiceType::Gwlb => "the other zones' appliances",
-                        _ => "the service's first load balancer",
+                        _ => "all of the service's load balancers (the first 8)",
                     };
                     out.push(format!(
                         "{f}.vswitch: endpoint {}'s ENI {} is in zone {}, which service {} does not serve; kept, its flows go to {goes_to}",

@@ -5,7 +5,9 @@
 use anyhow::Result;
 use aya::maps::HashMap;
 use etherparse::PacketBuilder;
-use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, PROTO_TCP, map_names};
+use privatelink_common::{
+    CT_ESTABLISHED, CT_REPLIED, DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, PROTO_TCP, map_names,
+};
 use privatelink_user::model::numeric_id;
 
 use crate::{
@@ -79,6 +81,8 @@ pub fn fill(h: &mut Harness, range: std::ops::Range<u32>, age_ns: u64) -> Result
             out_vpc_id: vpc_b,
             endpoint_id: ep,
             direction: DIR_ORIGINAL,
+            // Established connections (their handshake done), as a busy table holds.
+            tcp_flags: CT_REPLIED | CT_ESTABLISHED,
             last_seen_ns: t,
             checked_ns: t,
             ..Default::default()
@@ -104,6 +108,7 @@ pub fn fill(h: &mut Harness, range: std::ops::Range<u32>, age_ns: u64) -> Result
             out_vpc_id: vpc_a,
             endpoint_id: ep,
             direction: DIR_REPLY,
+            tcp_flags: CT_REPLIED | CT_ESTABLISHED,
             last_seen_ns: t,
             checked_ns: t,
             ..Default::default()

@@ -54,6 +54,11 @@ impl Harness {
             conntrack_entries: entries,
         })?;
         dp.apply(&want)?;
+        // As the daemon does: the flow table's capacity bounds endpoints' shares too.
+        dp.set_config(&privatelink_common::Config {
+            flow_capacity: entries as u64 / 2,
+            ..Default::default()
+        })?;
         dp.set_neighbor(numeric_id("vpc-b"), [10, 10, 0, 10], LB_MAC)?;
         let consumer = dataplane::resolve_link("fc0").map_err(anyhow::Error::msg)?;
         let provider = dataplane::resolve_link("fp0").map_err(anyhow::Error::msg)?;

@@ -59,6 +59,8 @@ whitelist = ["acct-a"]
 backends = [{ zone = "zone-a", address = "10.2.0.10" }]
 snat = ["10.2.0.200", "10.2.0.201", "10.2.0.202", "10.2.0.203"]
 listeners = [{ protocol = "udp", port = 80 }]
+# 100 000 one-way flows from one endpoint: no per-endpoint share (throughput, not fairness).
+endpoint_flow_share = 100
 [[endpoints]]
 id = "ep"
 account = "acct-a"

@@ -644,6 +644,37 @@ fn listeners_are_required_validated_and_replaceable() {
     let s = last.service("s-l").unwrap();
     assert_eq!(s.listeners.len(), 1);
     assert_eq!(s.listeners[0].to_string(), "tcp:443");
+    assert_eq!(s.endpoint_flow_share, 20, "the default share");
+    // The per-endpoint share is a percentage: 1-100.
+    for bad in [0, 101] {
+        let (st, err) = status_of(w.b.call(
+            "PATCH",
+            "/v1/services/s-l",
+            Some(&json!({"endpoint_flow_share": bad})),
+        ));
+        assert_eq!(st, 400, "{err}");
+        assert!(
+            err["field"]
+                .as_str()
+                .unwrap()
+                .ends_with("endpoint_flow_share"),
+            "{err}"
+        );
+    }
+    let (st, _) = status_of(w.b.call(
+        "PATCH",
+        "/v1/services/s-l",
+        Some(&json!({"endpoint_flow_share": 1000})),
+    ));
+    assert_eq!(st, 400, "not a u8");
+    let patched =
+        w.b.call(
+            "PATCH",
+            "/v1/services/s-l",
+            Some(&json!({"endpoint_flow_share": 5})),
+        )
+        .unwrap();
+    assert_eq!(patched["endpoint_flow_share"], 5);
 }
 
 /// A new account with a token and nothing else: a stranger to every service.

@@ -690,7 +690,16 @@ fn only_probed_appliances_reach_the_hosts_own_address() {
         assert_eq!((act, &out), (XDP_PASS, &f), "{:?}", h.active_stats());
     }
     assert_eq!(h.count(Reason::PassHost), 2);
+    // A SYN from the health port (opening a connection to the host, e.g. its ssh).
+    let mut syn = Vec::new();
+    PacketBuilder::ethernet2(APPL_A_MAC, h.provider.mac)
+        .ipv4(APPL_A, gwlb, 64)
+        .tcp(80, 22, 1, 65000)
+        .syn()
+        .write(&mut syn, b"")
+        .unwrap();
     let dropped = [
+        (h.provider.ifindex, syn),
         // The appliance from another port, or pinging the host.
         (h.provider.ifindex, frame(h.provider.mac, APPL_A, 22)),
         (
@@ -711,11 +720,14 @@ fn only_probed_appliances_reach_the_hosts_own_address() {
     for (i, (ifindex, f)) in dropped.iter().enumerate() {
         assert_eq!(h.run(*ifindex, f).unwrap().0, XDP_DROP, "case {i}");
     }
-    assert_eq!(h.count(Reason::DropHostIsolated), 5);
+    assert_eq!(h.count(Reason::DropHostIsolated), 6);
     assert_eq!(h.count(Reason::PassHost), 2);
-    // ARP: for the host's address from its own VPC, to the host; from another VPC, not.
+    // ARP: for the host's address from an appliance in its own VPC, to the host; from
+    // another address of that VPC (the kernel would learn it), or from another VPC, not.
     let who_has = arp_request(APPL_A_MAC, APPL_A, gwlb);
     assert_eq!(h.run(h.provider.ifindex, &who_has).unwrap().0, XDP_PASS);
     assert_eq!(h.run(h.consumer.ifindex, &who_has).unwrap().0, XDP_DROP);
-    assert_eq!(h.count(Reason::DropHostIsolated), 6);
+    let stranger = arp_request(APPL_A_MAC, [10, 40, 1, 77], gwlb);
+    assert_eq!(h.run(h.provider.ifindex, &stranger).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropHostIsolated), 8);
 }

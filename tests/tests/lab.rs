@@ -518,7 +518,10 @@ fn netns_cli_table(lab: &Lab) -> String {
 /// counted as dropped.
 #[test]
 fn the_forwarder_host_answers_no_tenant() {
-    use privatelink_tests::{lab::GWLB_ADDR, throughput::mac_of};
+    use privatelink_tests::{
+        lab::{APPLIANCE_HEALTH_PORT, GWLB_ADDR},
+        throughput::mac_of,
+    };
     let lab = lab();
     let g = lab
         .gwlb
@@ -559,10 +562,12 @@ fn the_forwarder_host_answers_no_tenant() {
         .map(|(ns, dev, fwd_dev, _, _)| {
             let mac = mac_of(&lab.fwd, fwd_dev).unwrap();
             let mac = mac.map(|b| format!("{b:02x}")).join(":");
-            // Anything the forwarder sends into this VPC but ARP, the health probes
-            // (appliance VPC, to tcp/8080) and GENEVE; or an IPv6 echo reply.
+            // Anything the forwarder sends into this VPC but ARP, its health probes
+            // (appliance VPC: to tcp/8080 from an ephemeral port; an answer to a frame
+            // forged from port 8080 would come from ports 1-1024) and GENEVE; or an
+            // IPv6 echo reply.
             let filter = format!(
-                "ether src {mac} and ((ip and not (tcp dst port 8080) and not (udp port 6081)) or (icmp6 and ip6[40] == 129))"
+                "ether src {mac} and ((ip and not (tcp dst port 8080 and tcp src portrange 32768-60999) and not (udp port 6081)) or (icmp6 and ip6[40] == 129))"
             );
             let file = lab.dir.join(format!("isolation-{dev}.pcap"));
             let child = ns
@@ -610,6 +615,9 @@ fn the_forwarder_host_answers_no_tenant() {
                     &format!("{own},{forged}"),
                     &host_addrs.join(","),
                     &extra,
+                    // SYNs from the appliances' health port: the one source port the
+                    // host's stack hears answers from.
+                    &APPLIANCE_HEALTH_PORT.to_string(),
                 ],
             )
             .unwrap();
@@ -712,7 +720,7 @@ fn zones_and_load_balancers_change_under_a_download() {
     };
     assert!(page(&format!("http://{ENI}/")).contains("backend"));
 
-    // A slow download (1 MiB at 64 kB/s, about 16 s) through the zone-a ENI.
+    // A slow download (1 MiB at 40 kB/s, about 26 s) through the zone-a ENI.
     lab.consumer
         .exec("sysctl", &["-qw", "net.ipv4.tcp_rmem=4096 16384 32768"])
         .unwrap();
@@ -720,7 +728,7 @@ fn zones_and_load_balancers_change_under_a_download() {
     let mut dl = KillOnDrop(
         lab.consumer
             .command("curl")
-            .args(["-sS", "--fail", "-m", "60", "--limit-rate", "64K", "-o"])
+            .args(["-sS", "--fail", "-m", "90", "--limit-rate", "40K", "-o"])
             .arg(&out)
             .arg(format!("http://{ENI}/big.bin"))
             .spawn()
@@ -824,12 +832,9 @@ fn zones_and_load_balancers_change_under_a_download() {
         "the download arrived byte for byte"
     );
     let after = lab.stats().unwrap();
-    for reason in [
-        "drop_no_flow",
-        "drop_not_connected",
-        "drop_no_neighbor",
-        "drop_snat_exhausted",
-    ] {
+    // (Not drop_no_neighbor: a SYN hashed to a load balancer added a moment before its
+    // ARP answer came back is dropped and retransmitted.)
+    for reason in ["drop_no_flow", "drop_not_connected", "drop_snat_exhausted"] {
         assert_eq!(delta(&before, &after, reason), 0, "{reason}: {after:?}");
     }
 }

@@ -1389,10 +1389,10 @@ fn a_flow_is_established_only_by_its_handshake_and_embryonic_flows_expire_early(
     assert_eq!(h.run(h.provider.ifindex, &half_sa).unwrap().0, XDP_DROP);
     assert_eq!(h.count(Reason::DropNoFlow), 1);
     assert_eq!(h.run(h.provider.ifindex, &sa).unwrap().0, XDP_REDIRECT);
-    // UDP: established by the first reply.
-    let (_, out) = h
-        .run(h.consumer.ifindex, &udp_to_eni(&h, 44002, b"q", false))
-        .unwrap();
+    // UDP: a query and its answer stay embryonic; the client's next datagram makes it
+    // a stream, established.
+    let query = udp_to_eni(&h, 44002, b"q", false);
+    let (_, out) = h.run(h.consumer.ifindex, &query).unwrap();
     assert_eq!(conntrack_state(&h, CLIENT, 44002), 0);
     let p = parse_checked(&out);
     let mut reply = Vec::new();
@@ -1402,10 +1402,92 @@ fn a_flow_is_established_only_by_its_handshake_and_embryonic_flows_expire_early(
         .write(&mut reply, b"a")
         .unwrap();
     assert_eq!(h.run(h.provider.ifindex, &reply).unwrap().0, XDP_REDIRECT);
+    assert_eq!(conntrack_state(&h, CLIENT, 44002), CT_REPLIED);
+    assert_eq!(h.run(h.consumer.ifindex, &query).unwrap().0, XDP_REDIRECT);
     assert_eq!(
         conntrack_state(&h, CLIENT, 44002),
         CT_REPLIED | CT_ESTABLISHED
     );
+}
+
+/// A blind client cannot establish a flow: an ACK before the reply, an ACK that does not
+/// acknowledge the SYN-ACK, and a RST leave it embryonic. The server's own data segment
+/// does establish it (the server holds the connection).
+#[test]
+fn only_the_real_handshake_or_the_server_establishes_a_flow() {
+    use privatelink_common::{CT_ESTABLISHED, CT_REPLIED};
+    let mut h = harness();
+    let ack_with = |h: &Harness, sport: u16, ack: u32| {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+            .ipv4(CLIENT, ENI, 64)
+            .tcp(sport, 80, 1001, 64240)
+            .ack(ack)
+            .write(&mut v, b"")
+            .unwrap();
+        v
+    };
+    let (_, out) = h
+        .run(h.consumer.ifindex, &tcp_from(&h, CLIENT, ENI, 44100, true))
+        .unwrap();
+    // An ACK before any reply.
+    h.run(h.consumer.ifindex, &ack_with(&h, 44100, 7001))
+        .unwrap();
+    assert_eq!(conntrack_state(&h, CLIENT, 44100), 0);
+    // The SYN-ACK (sequence 7000), then ACKs of the wrong number: replied, not established.
+    let sa = syn_ack_to(&h, &out);
+    assert_eq!(h.run(h.provider.ifindex, &sa).unwrap().0, XDP_REDIRECT);
+    for wrong in [0, 7000, 7002, 1] {
+        h.run(h.consumer.ifindex, &ack_with(&h, 44100, wrong))
+            .unwrap();
+        assert_eq!(
+            conntrack_state(&h, CLIENT, 44100),
+            CT_REPLIED,
+            "ack {wrong}"
+        );
+    }
+    // The right one establishes it.
+    h.run(h.consumer.ifindex, &ack_with(&h, 44100, 7001))
+        .unwrap();
+    assert_eq!(
+        conntrack_state(&h, CLIENT, 44100),
+        CT_REPLIED | CT_ESTABLISHED
+    );
+    // Another flow: the server's data segment (no SYN, no RST) establishes it although
+    // the client's ACK was never seen.
+    let (_, out) = h
+        .run(h.consumer.ifindex, &tcp_from(&h, CLIENT, ENI, 44101, true))
+        .unwrap();
+    let p = parse_checked(&out);
+    let sa = syn_ack_to(&h, &out);
+    h.run(h.provider.ifindex, &sa).unwrap();
+    let mut data = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4(LB, p.ip.source, 64)
+        .tcp(80, p.sport, 7001, 65000)
+        .ack(1001)
+        .write(&mut data, b"hello")
+        .unwrap();
+    assert_eq!(h.run(h.provider.ifindex, &data).unwrap().0, XDP_REDIRECT);
+    assert_eq!(
+        conntrack_state(&h, CLIENT, 44101),
+        CT_REPLIED | CT_ESTABLISHED
+    );
+    // A third: the server's RST does not.
+    let (_, out) = h
+        .run(h.consumer.ifindex, &tcp_from(&h, CLIENT, ENI, 44102, true))
+        .unwrap();
+    let p = parse_checked(&out);
+    let mut rst = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4(LB, p.ip.source, 64)
+        .tcp(80, p.sport, 0, 0)
+        .rst()
+        .ack(1001)
+        .write(&mut rst, b"")
+        .unwrap();
+    h.run(h.provider.ifindex, &rst).unwrap();
+    assert_eq!(conntrack_state(&h, CLIENT, 44102) & CT_ESTABLISHED, 0);
 }
 
 /// The packet tests' state with a second endpoint of the same account to the same
