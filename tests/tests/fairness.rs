@@ -4,7 +4,8 @@
 //! (acct-a's vpc-web) keeps opening connections without a failure, and ep-a's own client
 //! is served again within the embryonic timeout after the flood. With the share lifted
 //! (100 %) the same flood fills the pool and the second consumer's connections fail: the
-//! share is what protects it.
+//! share is what protects it. And the provider's own endpoint to its own service, without
+//! whitelisting itself, is forwarded (in and out of the provider's interface).
 
 use std::{
     collections::BTreeMap,
@@ -19,7 +20,7 @@ use std::{
 
 use etherparse::PacketBuilder;
 use privatelink_tests::{
-    lab::{ENI, Lab, LabOptions},
+    lab::{BACKENDS, ENI, LB, Lab, LabOptions},
     netns::{Netns, unique_name},
     throughput::{mac_of, send},
 };
@@ -40,6 +41,8 @@ fn lab() -> (std::sync::MutexGuard<'static, ()>, Lab) {
     )
 }
 
+/// The provider's own client in vpc-b (vsw-b0), for its own endpoint.
+const OWN_CLIENT: &str = "10.10.0.30";
 /// The second consumer's endpoint: acct-a's other VPC (vpc-web, the client 10.30.1.10 on
 /// the bridge br0) to the same service epsrv-b.
 const WEB_ENI: &str = "10.30.0.100";
@@ -364,5 +367,102 @@ fn a_flood_from_one_consumer_starves_neither_the_other_consumer_nor_itself_for_l
         b.web_ok < b.web_total,
         "ep-web saw no failure with the pool full ({} requests)",
         b.web_total
+    );
+}
+
+/// The provider creates an endpoint to its own service in its own VPC (the service's
+/// whitelist does not name the provider); a client of the provider's VPC reaches the
+/// backends through it (XDP takes the frame in on fp0 and sends it back out of fp0).
+#[test]
+fn the_provider_reaches_its_own_service_through_its_own_endpoint() {
+    let (_one, lab) = lab();
+    let svc: serde_json::Value = serde_json::from_str(
+        &lab.cli("provider", &["service", "show", "epsrv-b"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(svc["account"], "acct-b");
+    assert_eq!(
+        svc["whitelist"],
+        serde_json::json!(["acct-a"]),
+        "the provider is not on its own whitelist"
+    );
+    let out = lab
+        .cli(
+            "provider",
+            &[
+                "endpoint",
+                "create",
+                "ep-own",
+                "--vpc",
+                "vpc-b",
+                "--service",
+                "epsrv-b",
+                "--zone",
+                "vsw-b0",
+                "--name",
+                "own",
+            ],
+        )
+        .unwrap();
+    let ep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(ep["connection"], "pending", "{ep}");
+    // The daemon chose the ENI's address in vsw-b0.
+    let eni = ep["zones"][0]["eni"].as_str().unwrap().to_string();
+    assert!(eni.starts_with("10.10.0."), "{ep}");
+    lab.cli("provider", &["connection", "accept", "epsrv-b", "ep-own"])
+        .unwrap();
+    // A client instance of the provider's VPC (vsw-b0), beside the load balancer.
+    lab.provider
+        .ip(&["addr", "add", &format!("{OWN_CLIENT}/16"), "dev", "p0"])
+        .unwrap();
+    let url = format!("http://{eni}/");
+    let get = || {
+        lab.provider.exec(
+            "curl",
+            &["-sS", "--fail", "-m", "5", "--interface", OWN_CLIENT, &url],
+        )
+    };
+    privatelink_tests::lab::wait_for(Duration::from_secs(10), "ep-own to serve", || get().is_ok())
+        .unwrap_or_else(|e| panic!("{e}; counters {:?}", lab.stats().unwrap()));
+    let before = lab.stats().unwrap();
+    let mut pages = BTreeMap::new();
+    for _ in 0..4 {
+        *pages.entry(get().unwrap()).or_insert(0) += 1;
+    }
+    let after = lab.stats().unwrap();
+    eprintln!(
+        "own-account endpoint ep-own, ENI {eni} (allocated): 4 requests from {OWN_CLIENT}, \
+         pages {pages:?}; forward_new_flow +{}, forward_to_service +{}, \
+         forward_to_consumer +{}, drop_not_whitelisted +{}",
+        delta(&before, &after, "forward_new_flow"),
+        delta(&before, &after, "forward_to_service"),
+        delta(&before, &after, "forward_to_consumer"),
+        delta(&before, &after, "drop_not_whitelisted"),
+    );
+    assert_eq!(
+        pages.keys().cloned().collect::<Vec<_>>(),
+        vec![
+            format!("ECS2 backend {}\n", BACKENDS[0]),
+            format!("ECS3 backend {}\n", BACKENDS[1])
+        ],
+        "both backends answer"
+    );
+    assert_eq!(delta(&before, &after, "forward_new_flow"), 4, "{after:?}");
+    assert!(delta(&before, &after, "forward_to_service") >= 4 * 3);
+    assert!(delta(&before, &after, "forward_to_consumer") >= 4 * 3);
+    assert_eq!(delta(&before, &after, "drop_not_whitelisted"), 0);
+    // The flows went in and out of the provider's own interface, NATed to the SNAT pool.
+    let flows = lab.flow_lines().unwrap();
+    let own: Vec<_> = flows
+        .iter()
+        .filter(|f| f.contains(&format!("{OWN_CLIENT}:")) && f.contains(&format!("-> {eni}:80")))
+        .collect();
+    // (The readiness probe's flow, or flows, too.)
+    assert!(own.len() > 4, "{flows:?}");
+    assert!(
+        own.iter()
+            .all(|f| f.contains(&format!("-> {LB}:80")) && f.contains("10.10.0.20")),
+        "{own:?}"
     );
 }
