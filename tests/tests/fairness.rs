@@ -313,7 +313,7 @@ fn a_flood_from_one_consumer_starves_neither_the_other_consumer_nor_itself_for_l
     assert_eq!(ep_web["refused"].as_u64(), Some(0), "{ep_web}");
     // ep-a holds its allowance plus what refilled while the flood lasted: the refill
     // runs at a budget per embryonic timeout whether or not its half-open flows have
-    // gone, and a flood that keeps sending keeps them: it may outgrow its share.
+    // gone, and a flood that keeps sending keeps them (see the ignored test below).
     let refill = budget as f64 * a.flood_took.as_secs_f64() / EMBRYONIC.as_secs_f64();
     assert!(
         held as f64 <= (budget as f64 + refill) * 1.02 + 100.0,
@@ -368,6 +368,43 @@ fn a_flood_from_one_consumer_starves_neither_the_other_consumer_nor_itself_for_l
         "ep-web saw no failure with the pool full ({} requests)",
         b.web_total
     );
+}
+
+/// Fails today. The allowance bounds the rate of an endpoint's new flows (a budget per
+/// embryonic timeout), not how many half-open flows it holds: a flood that keeps sending
+/// on its flows keeps them alive (the embryonic timeout is an idle timeout) while its
+/// allowance refills, so it gains a budget's worth of tuples every embryonic timeout.
+/// Measured in two runs: at a 50 % share (budget 64 512), 13 s of this flood left ep-a
+/// holding 111 527 and 110 947 of the 129 024 tuples; 37 387 and 35 494 SYNs found no
+/// SNAT tuple, and ep-web lost 6 of 49 and 5 of 126 requests. At the default 20 % the
+/// same comes after about 40 s ((129 024 - 25 804) / 2 580 new tuples a second).
+#[test]
+#[ignore = "fails: an endpoint's half-open flows outgrow its share when the flood keeps them alive"]
+fn a_long_flood_stays_within_its_endpoints_share() {
+    let (_one, lab) = lab();
+    second_consumer(&lab);
+    let web_url = format!("http://{WEB_ENI}/");
+    lab.cli(
+        "provider",
+        &["service", "set", "epsrv-b", "--endpoint-flow-share", "50"],
+    )
+    .unwrap();
+    let before = lab.stats().unwrap();
+    let p = flood(&lab, 50 * FLOOD_FLOWS, web(&lab), &web_url);
+    let after = lab.stats().unwrap();
+    let held = flood_flows(&lab);
+    eprintln!(
+        "share 50 %: flood {:.1?}: {held} flows held, budget {}, {} refused, {} found no \
+         SNAT tuple; ep-web {} of {} ok",
+        p.flood_took,
+        budget_of(&lab, "ep-a"),
+        delta(&before, &after, "drop_endpoint_flow_limit"),
+        delta(&before, &after, "drop_snat_exhausted"),
+        p.web_ok,
+        p.web_total
+    );
+    assert_eq!(p.web_ok, p.web_total, "the second consumer saw failures");
+    assert!(held as u64 <= POOL / 2 * 11 / 10, "{held} flows held");
 }
 
 /// The provider creates an endpoint to its own service in its own VPC (the service's
