@@ -804,6 +804,24 @@ impl Lab {
         let _ = fs::remove_dir_all(&self.pin_dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
+
+    /// The per-endpoint new-flow allowances (`privatelink budgets --json`), by endpoint
+    /// numeric id (`model::numeric_id`): budget, tokens, refused.
+    pub fn budgets(&self) -> Result<std::collections::BTreeMap<u32, serde_json::Value>> {
+        let out = netns::run(std::process::Command::new(privatelink_bin()?).args([
+            "budgets",
+            "--json",
+            "--pin-dir",
+            path(&self.pin_dir),
+        ]))?;
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+        rows.into_iter()
+            .map(|r| {
+                let id = r["endpoint"].as_u64().context("no endpoint id")? as u32;
+                Ok((id, r))
+            })
+            .collect()
+    }
 }
 
 impl Drop for Lab {
