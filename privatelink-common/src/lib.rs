@@ -147,12 +147,13 @@ impl Default for Config {
 }
 
 /// Value of `PL_EP_BUDGET` (key: endpoint id; written by the data path): the endpoint's
-/// allowance of new flows, a token bucket of `budget` tokens refilled over the embryonic
-/// timeout. A new flow takes a token; a flow that gets established gives it back (and one
-/// that could not be made). An embryonic flow lives the embryonic timeout from its
-/// creation, however often it is resent, so an endpoint holds at most about two budgets
-/// of embryonic flows (a full bucket and what refills meanwhile), whatever it sends: a
-/// flood of half-open flows exhausts its own allowance, not its service's SNAT pool.
+/// allowance of new flows, a token bucket of `budget` tokens (half its share of the SNAT
+/// tuples) refilled over the embryonic timeout. A new flow takes a token; a flow that gets
+/// established gives it back (and one that could not be made). An embryonic flow lives the
+/// embryonic timeout from its creation, however often it is resent, so an endpoint holds
+/// at most two budgets, its share, of embryonic flows (a full bucket and what refills
+/// meanwhile), whatever it sends: a flood of half-open flows exhausts its own allowance,
+/// not its service's SNAT pool.
 /// `refused` counts the new flows it cost the endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -686,7 +686,9 @@ fn take_token(eni: &EndpointEni, pool: u64, t: u64, cfg: &Config) -> Result<(), 
     } else {
         cfg.flow_capacity
     };
-    let budget = (cap * eni.flow_share as u64 / 100).max(1) as u32;
+    // Half the share: embryonic flows live the embryonic timeout from their creation, so
+    // a full bucket plus what refills over that time is the most an endpoint holds.
+    let budget = (cap * eni.flow_share as u64 / 200).max(1) as u32;
     let Some(b) = PL_EP_BUDGET.get_ptr_mut(eni.endpoint_id) else {
         let fresh = FlowBudget {
             tokens: budget - 1,

@@ -274,8 +274,11 @@ fn main() -> Result<()> {
         Cmd::Flows { pin_dir } => {
             let map = dataplane::open_pinned(&pin_dir, map_names::CONNTRACK)?;
             let flows = dataplane::read_flows(&map)?;
+            let cfg = dataplane::read_config(&pin_dir).unwrap_or_default();
+            let now = dataplane::coarse_now_ns();
+            let by_key: std::collections::HashMap<_, _> = flows.iter().copied().collect();
             println!(
-                "{:<5} {:<44} {:<44}",
+                "{:<5} {:<44} {:<44} STATE",
                 "PROTO", "CONSUMER SIDE", "PROVIDER SIDE"
             );
             for (k, e) in flows.iter().filter(|(_, e)| e.direction == DIR_ORIGINAL) {
@@ -296,11 +299,25 @@ fn main() -> Result<()> {
                         e.new_dport
                     )
                 };
+                // Alive while either direction is (as the data path judges it).
+                let partner = by_key.get(&e.partner(k));
+                let alive = !e.is_expired(k.proto, now, &cfg)
+                    || partner.is_some_and(|p| !p.is_expired(k.proto, now, &cfg));
+                let state = if !alive {
+                    "expired"
+                } else if e.tcp_flags & privatelink_common::CT_CLOSING != 0 {
+                    "closing"
+                } else if e.tcp_flags & privatelink_common::CT_ESTABLISHED != 0 {
+                    "established"
+                } else {
+                    "embryonic"
+                };
                 println!(
-                    "{:<5} {:<44} {:<44}",
+                    "{:<5} {:<44} {:<44} {}",
                     proto,
                     format!("{}:{} -> {}:{}", ip(k.src), k.sport, ip(k.dst), k.dport),
                     provider_side,
+                    state,
                 );
             }
             Ok(())

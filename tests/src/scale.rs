@@ -17,15 +17,9 @@ use crate::{
 
 pub const CLIENT_SPORT: u16 = 40000;
 
-/// CLOCK_MONOTONIC in ns: the base `bpf_ktime_get_coarse_ns` (the flow clock) reads at tick resolution.
+/// The data path's flow clock now (what synthetic entries' `last_seen_ns` is set from).
 pub fn ktime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills the struct.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    privatelink_user::dataplane::coarse_now_ns()
 }
 
 /// Flow `i`'s client address, destination port and provider-side tuple: unique for up to

@@ -713,6 +713,14 @@ fn zones_and_load_balancers_change_under_a_download() {
             .is_ok()
     })
     .unwrap();
+    // The provider replaces the service's load balancers (ZONE:ADDRESS each).
+    let set_backends = |backends: &[&str]| {
+        let mut args = vec!["service", "set", "epsrv-b"];
+        for b in backends {
+            args.extend(["--backend", b]);
+        }
+        lab.cli("provider", &args).unwrap();
+    };
     let page = |url: &str| -> String {
         lab.curl(url)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -738,19 +746,7 @@ fn zones_and_load_balancers_change_under_a_download() {
     let before = lab.stats().unwrap();
 
     // The provider serves zone-b too; the consumer adds a zone-b ENI (allocated).
-    lab.cli(
-        "provider",
-        &[
-            "service",
-            "set",
-            "epsrv-b",
-            "--backend",
-            "zone-a:10.10.0.10",
-            "--backend",
-            "zone-b:10.10.0.11",
-        ],
-    )
-    .unwrap();
+    set_backends(&["zone-a:10.10.0.10", "zone-b:10.10.0.11"]);
     let ep: serde_json::Value = serde_json::from_str(
         &lab.cli(
             "consumer",
@@ -782,34 +778,12 @@ fn zones_and_load_balancers_change_under_a_download() {
     assert!(page(&format!("http://{ENI}/")).contains("backend"));
 
     // The zone-a load balancer is replaced: new connections land on the new one.
-    lab.cli(
-        "provider",
-        &[
-            "service",
-            "set",
-            "epsrv-b",
-            "--backend",
-            "zone-a:10.10.0.11",
-        ],
-    )
-    .unwrap();
+    set_backends(&["zone-a:10.10.0.11"]);
     for _ in 0..3 {
         assert_eq!(page(&format!("http://{ENI}/")), "LB2 10.10.0.11\n");
     }
     // Both in zone-a: new connections are spread over them.
-    lab.cli(
-        "provider",
-        &[
-            "service",
-            "set",
-            "epsrv-b",
-            "--backend",
-            "zone-a:10.10.0.10",
-            "--backend",
-            "zone-a:10.10.0.11",
-        ],
-    )
-    .unwrap();
+    set_backends(&["zone-a:10.10.0.10", "zone-a:10.10.0.11"]);
     let pages: Vec<String> = (0..16).map(|_| page(&format!("http://{ENI}/"))).collect();
     let on_lb2 = pages.iter().filter(|p| p.starts_with("LB2")).count();
     assert!(
