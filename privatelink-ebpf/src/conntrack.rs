@@ -803,9 +803,10 @@ pub fn track(e: &mut FlowEntry, key: &FlowKey, flags: u8, nums: SeqAck, t: u64, 
     }
     // An embryonic flow's clock runs from its creation: resent SYNs (or the server's
     // SYN-ACK retransmissions) do not keep a half-open flow, or its SNAT tuple, alive
-    // past the embryonic timeout, so an endpoint holds at most about two allowances of
-    // them (its bucket and what refills over that time), whatever it sends.
-    if e.tcp_flags & CT_ESTABLISHED != 0 {
+    // past the embryonic timeout, so an endpoint holds at most its share of them, whatever
+    // it sends. Only the server keeps a UDP (or other non-TCP) flow alive before the
+    // client talks again (a stream it pushes after one request).
+    if e.tcp_flags & CT_ESTABLISHED != 0 || (dir == DIR_REPLY && proto != PROTO_TCP) {
         e.last_seen_ns = t;
     }
     if proto != PROTO_TCP || flags & (TCP_FIN | TCP_RST | TCP_SYN) == 0 {

@@ -1063,20 +1063,22 @@ impl State {
             .filter(|s| s.kind == ServiceType::Gwlb)
             .map(|s| s.backends.len() + 1)
             .sum();
-        // PL_LB_SETS: a (service, zone) pair per zone with several load balancers, and one
-        // per zone of an ENI that spreads over all of them.
-        let lb_sets: usize = self
-            .services
+        // PL_LB_SETS: a (service, zone) pair per zone an ENI is in that spreads its flows
+        // over several load balancers.
+        let lb_sets: BTreeSet<(&str, &str)> = self
+            .endpoints
             .iter()
-            .filter(|s| s.kind == ServiceType::Interface)
-            .map(|s| {
-                let zones: BTreeSet<&str> = s.backends.iter().map(|b| b.zone.as_str()).collect();
-                zones.len() + 1
+            .filter_map(|e| Some((e, self.service(&e.service)?, self.vpc(&e.vpc)?)))
+            .filter(|(_, svc, _)| svc.kind == ServiceType::Interface && !svc.backends.is_empty())
+            .flat_map(|(e, svc, vpc)| {
+                e.zones.iter().filter_map(move |z| {
+                    let vsw = vpc.vswitches.iter().find(|v| v.id == z.vswitch)?;
+                    (svc.backends_for_zone(&vsw.zone).len() > 1)
+                        .then_some((svc.id.as_str(), vsw.zone.as_str()))
+                })
             })
-            .sum();
+            .collect();
         for (field, n, max) in [
-            ("services", host, MAX_SERVICES as usize),
-            ("services", lb_sets, MAX_SERVICES as usize),
             ("vpcs", self.vpcs.len(), MAX_VPCS.min(MAX_IFACES) as usize),
             ("services", self.services.len(), MAX_SERVICES as usize),
             ("endpoints", addrs, MAX_ENDPOINTS as usize),
@@ -1084,6 +1086,8 @@ impl State {
             ("services", hops, MAX_NEIGHBORS as usize),
             ("services", appliances, MAX_SERVICES as usize),
             ("endpoints", gwlb_zones.len(), MAX_SERVICES as usize),
+            ("services", host, MAX_SERVICES as usize),
+            ("services", lb_sets.len(), MAX_SERVICES as usize),
         ] {
             if n > max {
                 return err(

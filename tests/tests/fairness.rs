@@ -357,14 +357,11 @@ fn a_flood_from_one_consumer_starves_neither_the_other_consumer_nor_itself_for_l
         b.flood_took, b.web_ok, b.web_total, b.recovered, b.own_ok, b.own_total,
     );
     assert_eq!(refused, 0);
-    // Every flood flow is sent again within about half a second, so none is idle the
-    // second that would let a new flow take its tuple: the pool stays full (as full as
-    // 8 probes per flow fill it) and the second consumer's connections fail.
+    // Without a share the flood fills the pool (as full as 8 probes per flow fill it;
+    // its own new flows take over its older half-open ones, but another endpoint's never
+    // do), and the second consumer's connections fail.
     assert!((held as u64) >= POOL * 9 / 10, "{held} flows held");
-    assert!(
-        no_tuple > FLOOD_FLOWS as u64,
-        "{no_tuple} found no SNAT tuple"
-    );
+    assert!(no_tuple > POOL / 10, "{no_tuple} found no SNAT tuple");
     assert!(
         b.web_ok < b.web_total,
         "ep-web saw no failure with the pool full ({} requests)",
