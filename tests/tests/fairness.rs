@@ -359,8 +359,9 @@ fn a_flood_from_one_consumer_starves_neither_the_other_consumer_nor_itself_for_l
     assert_eq!(refused, 0);
     // Without a share the flood fills the pool (as full as 8 probes per flow fill it;
     // its own new flows take over its older half-open ones, but another endpoint's never
-    // do), and the second consumer's connections fail.
-    assert!((held as u64) >= POOL * 9 / 10, "{held} flows held");
+    // do): many of its SYNs find no tuple, and the second consumer's connections fail.
+    // (`held` is counted after the recovery wait, when the flood's flows, 10 s from
+    // their creation, are mostly gone: printed, not asserted.)
     assert!(no_tuple > POOL / 10, "{no_tuple} found no SNAT tuple");
     assert!(
         b.web_ok < b.web_total,
