@@ -578,14 +578,27 @@ fn random_op(r: &mut Rng, m: &Model) -> Op {
     }
     let g = r.below(GROUPS);
     let zone = r.below(2) as u8;
-    match r.below(24) {
+    match r.below(26) {
+        // Mostly a valid listener set (the first three listeners never clash), sometimes
+        // any set (none, or overlapping ones: refused).
+        // Mostly both zones (zones can then be added and removed), sometimes one.
         0 | 1 => Op::CreateService(
             k,
             r.below(2) == 0,
-            1 + r.below(3) as u8,
-            r.below(1 << LISTENERS.len()) as u8,
+            if r.below(2) == 0 {
+                3
+            } else {
+                1 + r.below(2) as u8
+            },
+            if r.below(4) > 0 {
+                1 + r.below(7) as u8
+            } else {
+                r.below(1 << LISTENERS.len()) as u8
+            },
         ),
         23 => Op::SetListeners(k, r.below(1 << LISTENERS.len()) as u8),
+        24 => Op::AddZone(j, zone, r.below(2) == 0),
+        25 => Op::RemoveZone(j, zone),
         2 => Op::DeleteService(k),
         3 | 4 => Op::Whitelist(k, r.below(3) > 0),
         5..=7 => Op::CreateEndpoint(j, k, r.below(4) as u8, zone, r.below(2) == 0),
@@ -978,7 +991,7 @@ fn random_api_sequences_keep_the_maps_equal_to_the_model() {
     let steps: usize = std::env::var("PL_MODEL_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1500);
+        .unwrap_or(2500);
     let ops = generate(seed, steps);
     let cov = match replay(&ops) {
         Ok(cov) => cov,
