@@ -752,14 +752,21 @@ fn settle_handshake(e: &mut FlowEntry, key: &FlowKey, flags: u8, nums: SeqAck, d
     let gwlb = e.flags & FLOW_GWLB != 0;
     let mut mark = 0u8;
     let mut want_ack = 0u32;
+    // (A reply seen once marks both entries: later ones, and retransmitted SYN-ACKs with
+    // the same sequence number, need no partner lookup.)
+    let replied = e.tcp_flags & CT_REPLIED != 0;
     if dir == DIR_REPLY {
         if !tcp {
-            mark = CT_REPLIED;
+            if !replied {
+                mark = CT_REPLIED;
+            }
         } else if flags & TCP_RST == 0 {
             if flags & TCP_SYN != 0 {
-                mark = CT_REPLIED;
-                if !gwlb {
-                    want_ack = nums.seq.wrapping_add(1);
+                if !replied {
+                    mark = CT_REPLIED;
+                    if !gwlb {
+                        want_ack = nums.seq.wrapping_add(1);
+                    }
                 }
             } else if flags & TCP_ACK != 0 {
                 mark = CT_REPLIED | CT_ESTABLISHED;
