@@ -225,21 +225,7 @@ fn bad_input_names_the_field_with_the_right_status() {
         );
     }
     // Not whitelisted: acct-c has a VPC of its own but is not on the list.
-    let tc = w
-        .admin
-        .post("/v1/accounts", &json!({"id": "acct-d"}))
-        .unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    w.admin
-        .post(
-            "/v1/vpcs",
-            &json!({"id": "vpc-d", "account": "acct-d", "cidr": "172.16.0.0/16", "interface": "fd0",
-        "vswitches": [{"id": "vsw-d1", "zone": "zone-a", "cidr": "172.16.1.0/24"}]}),
-        )
-        .unwrap();
-    let d = Client::new(&w.srv.url, Some(tc));
+    let d = stranger_with_vpc(&w);
     let (st, err) = status_of(d.post(
         "/v1/endpoints",
         &json!({"id": "ep-d", "vpc": "vpc-d", "service": "epsrv-b",
@@ -686,6 +672,20 @@ fn stranger(w: &World, id: &str) -> Client {
     Client::new(&w.srv.url, Some(token))
 }
 
+/// Account acct-d with a VPC of its own (vpc-d, vSwitch vsw-d1 172.16.1.0/24), on no
+/// whitelist.
+fn stranger_with_vpc(w: &World) -> Client {
+    let d = stranger(w, "acct-d");
+    w.admin
+        .post(
+            "/v1/vpcs",
+            &json!({"id": "vpc-d", "account": "acct-d", "cidr": "172.16.0.0/16", "interface": "fd0",
+                    "vswitches": [{"id": "vsw-d1", "zone": "zone-a", "cidr": "172.16.1.0/24"}]}),
+        )
+        .unwrap();
+    d
+}
+
 #[test]
 fn consumers_discover_the_services_they_may_use() {
     let w = world();
@@ -794,14 +794,7 @@ fn a_provider_connects_to_its_own_service_without_whitelisting_itself() {
     let own = last.endpoint("ep-own").unwrap();
     assert!(last.service("epsrv-b").unwrap().admits(&own.account));
     // A third account is still refused.
-    let d = stranger(&w, "acct-d");
-    w.admin
-        .post(
-            "/v1/vpcs",
-            &json!({"id": "vpc-d", "account": "acct-d", "cidr": "172.16.0.0/16", "interface": "fd0",
-                    "vswitches": [{"id": "vsw-d1", "zone": "zone-a", "cidr": "172.16.1.0/24"}]}),
-        )
-        .unwrap();
+    let d = stranger_with_vpc(&w);
     let (st, err) = status_of(d.post(
         "/v1/endpoints",
         &json!({"id": "ep-d", "vpc": "vpc-d", "service": "epsrv-b", "zones": [{"vswitch": "vsw-d1"}]}),
