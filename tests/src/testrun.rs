@@ -190,12 +190,15 @@ impl Harness {
             .unwrap_or_default()
     }
 
+    /// The counter of `r`. Panics when the counters cannot be read: a read error is not a
+    /// zero (an assertion that a counter did not move must not pass on a failed read).
     pub fn count(&self, r: Reason) -> u64 {
-        self.dp
-            .stats()
-            .ok()
-            .and_then(|s| s.into_iter().find(|(x, _)| *x == r).map(|(_, n)| n))
-            .unwrap_or(0)
+        let stats = self.dp.stats().expect("reading PL_STATS");
+        stats
+            .into_iter()
+            .find(|(x, _)| *x == r)
+            .map(|(_, n)| n)
+            .unwrap_or_else(|| panic!("no counter for {r:?} in PL_STATS"))
     }
 }
 
