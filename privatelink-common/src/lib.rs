@@ -516,6 +516,11 @@ pub struct FlowEntry {
     /// pseudo-header, ports), folded (`csum::apply_delta`).
     pub csum_ip: u16,
     pub csum_l4: u16,
+    /// Packets of this direction the established fast path forwarded (wrapping): the trace
+    /// that shows the fast path ran, where the counters in `PL_STATS` are the same for both
+    /// paths.
+    pub fast_packets: u32,
+    pub _pad2: u32,
 }
 
 /// `FlowEntry::flags`: the flow belongs to a gateway endpoint.

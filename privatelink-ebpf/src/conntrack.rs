@@ -238,6 +238,7 @@ fn established_checked(
     };
     let dir = e.direction;
     track(e, &key, flags, nums, t, dir);
+    e.fast_packets = e.fast_packets.wrapping_add(1);
     // The rewrite, with the checksum deltas computed when the flow was stamped.
     ip[IP_TTL_PROTO] = u16::from_ne_bytes([ttl - 1, proto]);
     set_addr_at(ip, IP_SRC, e.new_src);
@@ -465,6 +466,8 @@ fn reply_entry(
         epoch: 0,
         csum_ip: 0,
         csum_l4: 0,
+        fast_packets: 0,
+        _pad2: 0,
     }
 }
 
@@ -558,6 +561,8 @@ fn create(
                 epoch: 0,
                 csum_ip: 0,
                 csum_l4: 0,
+                fast_packets: 0,
+                _pad2: 0,
             }
         };
         // SAFETY: as above.

@@ -312,6 +312,8 @@ fn create(
         epoch: 0,
         csum_ip: 0,
         csum_l4: 0,
+        fast_packets: 0,
+        _pad2: 0,
     };
     if PL_CONNTRACK
         .insert(&key.reversed(), &e, BPF_ANY as u64)

@@ -6,7 +6,7 @@ use etherparse::{
     Icmpv4Type, IpHeaders, IpNumber, Ipv4Header, Ipv4Options, PacketBuilder, SlicedPacket,
     TransportSlice, icmpv4::DestUnreachableHeader,
 };
-use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, Reason};
+use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, FlowEntry, Reason};
 use privatelink_tests::{
     frames::{
         CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, parse_checked, tcp_from_lb, tcp_to_eni,
@@ -411,6 +411,21 @@ fn exchange(h: &mut Harness, sport: u16, snat: ([u8; 4], u16), i: usize) -> [(u3
     [fwd, back]
 }
 
+/// The two entries (original, reply) of the flow from the client's port `sport`: which
+/// of them the established path forwarded (`fast_packets`), under which epoch.
+fn flow_pair(h: &Harness, sport: u16) -> (FlowEntry, FlowEntry) {
+    let flows = h.dp.flows().unwrap();
+    let (key, fwd) = flows
+        .iter()
+        .find(|(k, e)| e.direction == DIR_ORIGINAL && k.src == CLIENT && k.sport == sport)
+        .unwrap_or_else(|| panic!("no flow from client port {sport}"));
+    let (_, reply) = flows
+        .iter()
+        .find(|(k, _)| *k == fwd.partner(key))
+        .unwrap_or_else(|| panic!("no reply entry for client port {sport}"));
+    (*fwd, *reply)
+}
+
 #[test]
 fn the_established_path_rewrites_exactly_as_the_full_path() {
     // Two data paths with the same flow: in `slow` the epoch moves before every packet, so
@@ -419,6 +434,7 @@ fn the_established_path_rewrites_exactly_as_the_full_path() {
     let a = open_flow(&mut fast, 40500);
     let b = open_flow(&mut slow, 40500);
     assert_eq!(a, b, "same SNAT tuple in both");
+    let start = std::time::Instant::now();
     for i in 0..20 {
         slow.bump_epoch().unwrap();
         let s = exchange(&mut slow, 40500, b, i);
@@ -442,6 +458,26 @@ fn the_established_path_rewrites_exactly_as_the_full_path() {
     }
     assert_eq!(fast.count(Reason::ForwardToService), 20);
     assert_eq!(fast.count(Reason::ForwardToConsumer), 20);
+    // The comparison above means something only if the two paths did run: in `fast` the
+    // entries' trace counts the established path's packets (every reply after the first,
+    // which stamps the reply entry; every client packet but those due for the
+    // once-a-second partner check), in `slow` it never ran.
+    let (fwd, reply) = flow_pair(&fast, 40500);
+    let rechecks = start.elapsed().as_secs() as u32 + 1;
+    assert_eq!(reply.fast_packets, 19, "replies on the established path");
+    assert!(
+        (20 - rechecks..=20).contains(&fwd.fast_packets),
+        "client packets on the established path: {}",
+        fwd.fast_packets
+    );
+    let epoch = fast.dp.epoch().unwrap();
+    assert_eq!((fwd.epoch, reply.epoch), (epoch, epoch), "stamped with the epoch");
+    let (fwd, reply) = flow_pair(&slow, 40500);
+    assert_eq!(
+        (fwd.fast_packets, reply.fast_packets),
+        (0, 0),
+        "the full path only"
+    );
 }
 
 #[test]
@@ -463,10 +499,31 @@ fn a_state_change_reaches_established_flows() {
     ))
     .unwrap();
     assert_ne!(h.dp.epoch().unwrap(), epoch, "a map change moves the epoch");
+    let before = flow_pair(&h, 40600);
+    assert!(
+        before.0.fast_packets > 0 && before.1.fast_packets > 0,
+        "the second exchange took the established path: {before:?}"
+    );
     for (act, out) in exchange(&mut h, 40600, snat, 2) {
         assert_eq!(act, XDP_REDIRECT);
         parse_checked(&out);
     }
+    // That exchange took the full path (the established one stopped at the stale epoch)
+    // and stamped both entries with the new epoch; the next one is established again.
+    let (fwd, reply) = flow_pair(&h, 40600);
+    let epoch = h.dp.epoch().unwrap();
+    assert_eq!((fwd.epoch, reply.epoch), (epoch, epoch));
+    assert_eq!(
+        (fwd.fast_packets, reply.fast_packets),
+        (before.0.fast_packets, before.1.fast_packets),
+        "no packet on the established path under a stale epoch"
+    );
+    exchange(&mut h, 40600, snat, 2);
+    let (fwd, reply) = flow_pair(&h, 40600);
+    assert_eq!(
+        (fwd.fast_packets, reply.fast_packets),
+        (before.0.fast_packets + 1, before.1.fast_packets + 1)
+    );
     // The provider rejects the connection: both directions stop at once.
     h.apply_state(
         &packet_state().replace("connection = \"connected\"", "connection = \"rejected\""),
