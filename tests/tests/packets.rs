@@ -15,6 +15,7 @@ use privatelink_tests::{
     lab::packet_state,
     testrun::{Harness, LB_MAC},
 };
+use privatelink_user::model::numeric_id;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -471,7 +472,11 @@ fn the_established_path_rewrites_exactly_as_the_full_path() {
         fwd.fast_packets
     );
     let epoch = fast.dp.epoch().unwrap();
-    assert_eq!((fwd.epoch, reply.epoch), (epoch, epoch), "stamped with the epoch");
+    assert_eq!(
+        (fwd.epoch, reply.epoch),
+        (epoch, epoch),
+        "stamped with the epoch"
+    );
     let (fwd, reply) = flow_pair(&slow, 40500);
     assert_eq!(
         (fwd.fast_packets, reply.fast_packets),
@@ -751,12 +756,13 @@ fn fragments_to_an_eni_are_dropped() {
     assert_eq!(h.run(h.consumer.ifindex, &v).unwrap().0, XDP_REDIRECT);
 }
 
+/// Recomputes the IPv4 header checksum of an edited frame, with etherparse (not the data
+/// path's own checksum code).
 fn fix_ip_checksum(v: &mut [u8]) {
     let ihl = (v[14] & 0x0f) as usize * 4;
-    v[24] = 0;
-    v[25] = 0;
-    let c = privatelink_common::csum::checksum(&v[14..14 + ihl]);
-    v[24..26].copy_from_slice(&c.to_ne_bytes());
+    let (mut ip, _) = Ipv4Header::from_slice(&v[14..14 + ihl]).expect("an IPv4 header");
+    ip.header_checksum = ip.calc_header_checksum();
+    v[14..14 + ihl].copy_from_slice(&ip.to_bytes());
 }
 
 #[test]
@@ -988,15 +994,229 @@ fn rst_closes_both_directions_and_syn_reopens() {
 fn fin_in_both_directions_closes_the_flow() {
     let mut h = harness();
     let (snat, port) = open_flow(&mut h, 41100);
-    h.run(
-        h.consumer.ifindex,
-        &tcp_with_flags(&h, 41100, true, false, false),
-    )
-    .unwrap();
+    let (act, out) = h
+        .run(
+            h.consumer.ifindex,
+            &tcp_with_flags(&h, 41100, true, false, false),
+        )
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "the client's FIN is forwarded");
+    let p = parse_checked(&out);
+    assert_eq!((p.ip.source, p.sport), (snat, port), "on the flow's tuple");
     assert!(!all_closing(&h), "half-closed is still open");
     let (act, _) = h.run(h.provider.ifindex, &lb_fin(&h, snat, port)).unwrap();
     assert_eq!(act, XDP_REDIRECT);
     assert!(all_closing(&h), "FIN both ways closes");
+}
+
+/// A bare ACK from the load balancer on the flow's SNAT tuple.
+fn lb_ack(h: &Harness, snat: [u8; 4], port: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4(LB, snat, 64)
+        .tcp(80, port, 7001, 65000)
+        .ack(1001)
+        .write(&mut v, b"late")
+        .unwrap();
+    v
+}
+
+/// RST, or FIN both ways, shortens an established flow's life to the closing timeout; a
+/// half-closed flow and an open one keep the TCP idle timeout. With a closing timeout of
+/// 150 ms and everything else 30 s, 400 ms of quiet later the load balancer's packets of
+/// the closed flows find none (counted), those of the others still cross.
+#[test]
+fn closed_flows_expire_after_the_closing_timeout() {
+    const MS: u64 = 1_000_000;
+    let mut h = harness();
+    h.dp.set_config(&privatelink_common::Config {
+        tcp_timeout_ns: 30_000 * MS,
+        other_timeout_ns: 30_000 * MS,
+        closing_timeout_ns: 150 * MS,
+        embryonic_timeout_ns: 30_000 * MS,
+        flow_capacity: 32768,
+    })
+    .unwrap();
+    let (rst, fins, half, open) = (41200, 41201, 41202, 41203);
+    let mut tuples = Vec::new();
+    for sport in [rst, fins, half, open] {
+        handshake(&mut h, CLIENT, ENI, sport).unwrap();
+        let (fwd, _) = flow_pair(&h, sport);
+        assert_ne!(fwd.tcp_flags & privatelink_common::CT_ESTABLISHED, 0);
+        tuples.push((fwd.new_src, fwd.new_sport));
+    }
+    let send = |h: &mut Harness, ifindex, frame: &[u8]| h.run(ifindex, frame).unwrap().0;
+    let (c, pr) = (h.consumer.ifindex, h.provider.ifindex);
+    let f = tcp_with_flags(&h, rst, false, true, false);
+    assert_eq!(send(&mut h, c, &f), XDP_REDIRECT);
+    let f = tcp_with_flags(&h, fins, true, false, false);
+    assert_eq!(send(&mut h, c, &f), XDP_REDIRECT);
+    let f = lb_fin(&h, tuples[1].0, tuples[1].1);
+    assert_eq!(send(&mut h, pr, &f), XDP_REDIRECT);
+    let f = tcp_with_flags(&h, half, true, false, false);
+    assert_eq!(send(&mut h, c, &f), XDP_REDIRECT);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let no_flow = h.count(Reason::DropNoFlow);
+    let verdicts: Vec<u32> = tuples
+        .iter()
+        .map(|(snat, port)| {
+            let f = lb_ack(&h, *snat, *port);
+            send(&mut h, pr, &f)
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [XDP_DROP, XDP_DROP, XDP_REDIRECT, XDP_REDIRECT],
+        "closed by RST, closed by FINs, half-closed, open"
+    );
+    assert_eq!(h.count(Reason::DropNoFlow) - no_flow, 2);
+}
+
+/// ICMP time exceeded about a NATed packet is translated both ways, as destination
+/// unreachable is: from a router on the provider side about a client's packet, and from
+/// a router on the consumer side about a reply.
+#[test]
+fn icmp_time_exceeded_is_translated_both_ways() {
+    use etherparse::icmpv4::TimeExceededCode;
+    let ttl_exceeded = Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit);
+    let mut h = harness();
+    let (snat, port) = open_flow(&mut h, 41300);
+    // Provider side: the packet we sent to the load balancer, quoted with its full TCP
+    // header so that the quoted checksum can be checked after the rewrite.
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(snat, LB, 1)
+        .tcp(port, 80, 1000, 64240)
+        .ack(5000)
+        .write(&mut quoted, &[])
+        .unwrap();
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4([10, 10, 0, 1], snat, 64)
+        .icmpv4(ttl_exceeded.clone())
+        .write(&mut frame, &quoted)
+        .unwrap();
+    let (act, out) = h.run(h.provider.ifindex, &frame).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out);
+    assert_eq!((p.eth_src, p.eth_dst), (h.consumer.mac, CLIENT_MAC));
+    assert_eq!((p.ip.source, p.ip.destination), (ENI, CLIENT));
+    let s = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(TransportSlice::Icmpv4(icmp)) = s.transport else {
+        panic!("no ICMP in {out:?}")
+    };
+    assert_eq!(icmp.icmp_type(), ttl_exceeded);
+    let inner = etherparse::Ipv4Slice::from_slice(icmp.payload()).unwrap();
+    let ih = inner.header().to_header();
+    assert_eq!((ih.source, ih.destination), (CLIENT, ENI));
+    assert_eq!(ih.header_checksum, ih.calc_header_checksum());
+    let tcp = etherparse::TcpSlice::from_slice(inner.payload().payload).unwrap();
+    assert_eq!((tcp.source_port(), tcp.destination_port()), (41300, 80));
+    assert_eq!(
+        tcp.checksum(),
+        tcp.to_header().calc_checksum_ipv4(&ih, &[]).unwrap()
+    );
+
+    // Consumer side, about a UDP reply (ENI -> client) that ran out of TTL.
+    let (act, out) = h
+        .run(h.consumer.ifindex, &udp_to_eni(&h, 6100, b"q", false))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let fwd = parse_checked(&out);
+    let (snat, port) = (fwd.ip.source, fwd.sport);
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(ENI, CLIENT, 1)
+        .udp(53, 6100)
+        .write(&mut quoted, b"answer")
+        .unwrap();
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(CLIENT, ENI, 64)
+        .icmpv4(ttl_exceeded.clone())
+        .write(&mut frame, &quoted)
+        .unwrap();
+    let (act, out) = h.run(h.consumer.ifindex, &frame).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out);
+    assert_eq!((p.eth_src, p.eth_dst), (h.provider.mac, LB_MAC));
+    assert_eq!((p.ip.source, p.ip.destination), (snat, LB));
+    let s = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(TransportSlice::Icmpv4(icmp)) = s.transport else {
+        panic!("no ICMP in {out:?}")
+    };
+    assert_eq!(icmp.icmp_type(), ttl_exceeded);
+    let inner = etherparse::Ipv4Slice::from_slice(icmp.payload()).unwrap();
+    let ih = inner.header().to_header();
+    assert_eq!((ih.source, ih.destination), (LB, snat));
+    assert_eq!(ih.header_checksum, ih.calc_header_checksum());
+    let udp = etherparse::UdpSlice::from_slice(inner.payload().payload).unwrap();
+    assert_eq!((udp.source_port(), udp.destination_port()), (53, port));
+    assert_eq!(
+        udp.checksum(),
+        udp.to_header()
+            .calc_checksum_ipv4(&ih, udp.payload())
+            .unwrap()
+    );
+    assert_eq!(h.count(Reason::IcmpErrorTranslated), 2);
+}
+
+/// An ENI that moves to another endpoint (ep-a gives 10.10.1.100 up for 10.10.1.102, a
+/// new ep-a2 takes it): the client's next packet on its old connection is not carried
+/// on ep-a's flow but starts a new flow of ep-a2; the old flow's replies no longer reach
+/// the client through it.
+#[test]
+fn an_eni_reassigned_to_another_endpoint_starts_new_flows_there() {
+    let mut h = harness();
+    handshake(&mut h, CLIENT, ENI, 41400).unwrap();
+    let (old, _) = flow_pair(&h, 41400);
+    assert_eq!(old.endpoint_id, numeric_id("ep-a"));
+    let moved = packet_state().replace(
+        r#"zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }]"#,
+        r#"zones = [{ vswitch = "vsw-a1", eni = "10.10.1.102" }]"#,
+    ) + r#"
+[[endpoints]]
+id = "ep-a2"
+account = "acct-a"
+vpc = "vpc-a"
+service = "epsrv-b"
+connection = "connected"
+zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }]
+"#;
+    assert!(moved.contains("10.10.1.102"), "the state edit applied");
+    h.apply_state(&moved).unwrap();
+    let new_flows = h.count(Reason::ForwardNewFlow);
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(&h, 41400, false, b"more"))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    assert_eq!(
+        h.count(Reason::ForwardNewFlow),
+        new_flows + 1,
+        "a new flow, not the old one's"
+    );
+    let (now, _) = flow_pair(&h, 41400);
+    assert_eq!(
+        now.endpoint_id,
+        numeric_id("ep-a2"),
+        "bound to its new owner"
+    );
+    let p = parse_checked(&out);
+    assert_eq!((p.ip.destination, p.dport), (LB, 80));
+    assert_eq!(
+        (p.ip.source, p.sport),
+        (now.new_src, now.new_sport),
+        "sent on the new flow's tuple"
+    );
+    // ep-a's established flow keeps its tuple (never given to another endpoint), and
+    // its replies do not reach the client.
+    assert_ne!(
+        (now.new_src, now.new_sport),
+        (old.new_src, old.new_sport),
+        "another endpoint's tuple"
+    );
+    let (act, _) = h
+        .run(h.provider.ifindex, &lb_ack(&h, old.new_src, old.new_sport))
+        .unwrap();
+    assert_eq!(act, XDP_DROP, "a reply on ep-a's old tuple");
 }
 
 fn short_timeouts(h: &mut Harness) {
