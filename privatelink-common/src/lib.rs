@@ -751,7 +751,7 @@ mod tests {
         assert_eq!(size_of::<SnatPool>(), 8 + 4 * MAX_SNAT_ADDRS);
         assert_eq!(size_of::<Neighbor>(), 8);
         assert_eq!(size_of::<FlowKey>(), 20);
-        assert_eq!(size_of::<FlowEntry>(), 72);
+        assert_eq!(size_of::<FlowEntry>(), 80);
         assert_eq!(size_of::<GwlbZone>(), 8);
         assert_eq!(size_of::<ApplianceSet>(), 8 + 4 * MAX_APPLIANCES);
         assert_eq!(size_of::<Appliance>(), 8);

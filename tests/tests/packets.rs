@@ -1206,17 +1206,40 @@ zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }]
         (now.new_src, now.new_sport),
         "sent on the new flow's tuple"
     );
-    // ep-a's established flow keeps its tuple (never given to another endpoint), and
-    // its replies do not reach the client.
-    assert_ne!(
-        (now.new_src, now.new_sport),
-        (old.new_src, old.new_sport),
-        "another endpoint's tuple"
-    );
-    let (act, _) = h
-        .run(h.provider.ifindex, &lb_ack(&h, old.new_src, old.new_sport))
+    // Both entries of the re-made flow are ep-a2's, and replies on its tuple reach the
+    // client through it. The SNAT tuple is drawn afresh: it may be the old one (the
+    // reply entry that pointed at this very forward key is taken over, as for a flow whose
+    // forward entry expired), or another, and then ep-a's old tuple no longer reaches the
+    // client.
+    let (fwd_key, fwd) =
+        h.dp.flows()
+            .unwrap()
+            .into_iter()
+            .find(|(k, e)| e.direction == DIR_ORIGINAL && k.sport == 41400)
+            .unwrap();
+    let reply =
+        h.dp.flows()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == fwd.partner(&fwd_key))
+            .map(|(_, e)| e)
+            .expect("the new flow's reply entry");
+    assert_eq!(reply.endpoint_id, numeric_id("ep-a2"));
+    let (act, out) = h
+        .run(h.provider.ifindex, &lb_ack(&h, now.new_src, now.new_sport))
         .unwrap();
-    assert_eq!(act, XDP_DROP, "a reply on ep-a's old tuple");
+    assert_eq!(act, XDP_REDIRECT, "a reply on the new flow's tuple");
+    let p = parse_checked(&out);
+    assert_eq!(
+        (p.ip.source, p.ip.destination, p.dport),
+        (ENI, CLIENT, 41400)
+    );
+    if (now.new_src, now.new_sport) != (old.new_src, old.new_sport) {
+        let (act, _) = h
+            .run(h.provider.ifindex, &lb_ack(&h, old.new_src, old.new_sport))
+            .unwrap();
+        assert_eq!(act, XDP_DROP, "a reply on ep-a's old tuple");
+    }
 }
 
 fn short_timeouts(h: &mut Harness) {
