@@ -123,6 +123,13 @@ fn a_flood_through_the_lab_stalls_neither_the_daemon_nor_an_open_connection() {
         format!("/sys/fs/bpf/privatelink-test-{prefix}"),
     ))
     .unwrap();
+    // The file both backends serve (haproxy picks one of them; they are the same).
+    let want = std::fs::read(lab.dir.join("ecs2/big.bin")).unwrap();
+    assert_eq!(want.len(), BIG_FILE_LEN);
+    assert!(
+        std::fs::read(lab.dir.join("ecs3/big.bin")).unwrap() == want,
+        "the two backends serve the same file"
+    );
     let before = lab.stats().unwrap();
     // A slow download (1 MiB at 256 kB/s): an established flow through the whole flood.
     lab.consumer
@@ -182,7 +189,16 @@ fn a_flood_through_the_lab_stalls_neither_the_daemon_nor_an_open_connection() {
         dl.wait().unwrap().success(),
         "the download survived the flood"
     );
-    assert_eq!(std::fs::read(&out).unwrap().len(), BIG_FILE_LEN);
+    // Byte for byte: the file the backends served.
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got.len(), want.len(), "the download's length");
+    if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
+        let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        panic!(
+            "the download differs from the served file: {differ} bytes differ, the first at offset {at} ({:#04x}, served {:#04x})",
+            got[at], want[at]
+        );
+    }
     let after = lab.stats().unwrap();
     let d = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
     // Every flow but a handful finds a SNAT tuple among 8 probes of a half-full pool.

@@ -1,7 +1,13 @@
 //! End to end in network namespaces: the seed's cross-account lab with a real haproxy and
 //! two nginx backends, only the XDP program forwarding between the two VPCs.
 
-use std::{collections::BTreeMap, thread, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
+    net::TcpStream,
+    thread,
+    time::Duration,
+};
 
 use privatelink_tests::{
     lab::{BIG_FILE_LEN, ENI, LAB_STATE, Lab, LabOptions, wait_for},
@@ -16,6 +22,58 @@ fn lab() -> Lab {
 
 fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, key: &str) -> u64 {
     after.get(key).copied().unwrap_or(0) - before.get(key).copied().unwrap_or(0)
+}
+
+/// The counters that moved between two readings, and by how much.
+fn moved(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .keys()
+        .map(|k| (k.clone(), delta(before, after, k)))
+        .filter(|(_, d)| *d > 0)
+        .collect()
+}
+
+/// One bounded request (`Lab::reachable`, 2 s) to `url`: whether it succeeded, and the
+/// counters that moved meanwhile.
+fn attempt(lab: &Lab, url: &str) -> (bool, BTreeMap<String, u64>) {
+    let before = lab.stats().unwrap();
+    let ok = lab.reachable(url);
+    (ok, moved(&before, &lab.stats().unwrap()))
+}
+
+/// Why a request failed, from the counters that moved during it: it reached the forwarder
+/// and was dropped there as `reason`, and nothing crossed towards the provider.
+fn assert_dropped_as(moved: &BTreeMap<String, u64>, reason: &str, what: &str) {
+    assert!(
+        moved.get(reason).copied().unwrap_or(0) > 0,
+        "{what}: the failed request was not counted as {reason}; counters that moved: {moved:?}"
+    );
+    for k in ["forward_new_flow", "forward_to_service"] {
+        assert!(
+            !moved.contains_key(k),
+            "{what}: {k} moved during the failed request: {moved:?}"
+        );
+    }
+}
+
+/// Waits (10 s at most) until a request to `url` fails; the failing one was dropped by the
+/// data path as `reason` (`assert_dropped_as`).
+fn wait_cut_off(lab: &Lab, url: &str, reason: &str, what: &str) {
+    let mut last = BTreeMap::new();
+    wait_for(Duration::from_secs(10), what, || {
+        let (ok, m) = attempt(lab, url);
+        last = m;
+        !ok
+    })
+    .unwrap();
+    assert_dropped_as(&last, reason, what);
+}
+
+/// A request to `url` fails at once, dropped by the data path as `reason`.
+fn assert_cut_off(lab: &Lab, url: &str, reason: &str, what: &str) {
+    let (ok, m) = attempt(lab, url);
+    assert!(!ok, "{what}: the request succeeded");
+    assert_dropped_as(&m, reason, what);
 }
 
 #[test]
@@ -124,9 +182,7 @@ fn two_hundred_parallel_short_connections_all_succeed() {
 fn lifecycle_through_the_api_reaches_the_data_path() {
     let mut lab = lab();
     let url = format!("http://{ENI}/");
-    let cut = |lab: &Lab, what: &str| {
-        wait_for(Duration::from_secs(10), what, || !lab.reachable(&url)).unwrap();
-    };
+    let cut = |lab: &Lab, reason: &str, what: &str| wait_cut_off(lab, &url, reason, what);
     let back = |lab: &Lab, what: &str| {
         wait_for(Duration::from_secs(10), what, || lab.reachable(&url)).unwrap();
     };
@@ -134,14 +190,18 @@ fn lifecycle_through_the_api_reaches_the_data_path() {
 
     lab.cli("provider", &["connection", "disable", "epsrv-b", "ep-a"])
         .unwrap();
-    cut(&lab, "disable to cut the consumer off");
+    cut(
+        &lab,
+        "drop_not_connected",
+        "disable to cut the consumer off",
+    );
     lab.cli("provider", &["connection", "enable", "epsrv-b", "ep-a"])
         .unwrap();
     back(&lab, "enable to restore it");
 
     lab.cli("provider", &["connection", "reject", "epsrv-b", "ep-a"])
         .unwrap();
-    cut(&lab, "reject");
+    cut(&lab, "drop_not_connected", "reject");
     lab.cli("provider", &["connection", "accept", "epsrv-b", "ep-a"])
         .unwrap();
     back(&lab, "accept");
@@ -152,11 +212,16 @@ fn lifecycle_through_the_api_reaches_the_data_path() {
         &["service", "whitelist", "remove", "epsrv-b", "acct-a"],
     )
     .unwrap();
-    cut(&lab, "whitelist removal");
+    cut(&lab, "drop_not_whitelisted", "whitelist removal");
     assert!(lab.stats().unwrap()["drop_not_whitelisted"] > 0);
     // An acknowledged change survives kill -9 of the daemon.
     lab.restart_daemon(libc::SIGKILL).unwrap();
-    assert!(!lab.reachable(&url), "still cut off after the restart");
+    assert_cut_off(
+        &lab,
+        &url,
+        "drop_not_whitelisted",
+        "still cut off after the restart",
+    );
     lab.cli(
         "provider",
         &["service", "whitelist", "add", "epsrv-b", "acct-a"],
@@ -181,7 +246,12 @@ fn lifecycle_through_the_api_reaches_the_data_path() {
         ],
     )
     .unwrap();
-    assert!(!lab.reachable(url2), "pending endpoint forwards nothing");
+    assert_cut_off(
+        &lab,
+        url2,
+        "drop_not_connected",
+        "a pending endpoint forwards nothing",
+    );
     lab.cli("provider", &["connection", "accept", "epsrv-b", "ep-2"])
         .unwrap();
     wait_for(Duration::from_secs(10), "ep-2 accepted", || {
@@ -195,11 +265,125 @@ fn lifecycle_through_the_api_reaches_the_data_path() {
     assert!(format!("{e:#}").contains("still has endpoints"), "{e:#}");
     lab.cli("consumer", &["endpoint", "delete", "ep-2"])
         .unwrap();
-    wait_for(Duration::from_secs(10), "ep-2 deleted", || {
-        !lab.reachable(url2)
-    })
-    .unwrap();
+    // Its address is nobody's now: the forwarder's own isolation drops what is sent to it.
+    wait_cut_off(&lab, url2, "drop_host_isolated", "ep-2 deleted");
     assert!(lab.reachable(&url), "the other endpoint was not touched");
+}
+
+/// One keep-alive HTTP exchange on `s`: the body, or why none came.
+fn get(s: &mut TcpStream) -> std::io::Result<String> {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: endpoint\r\n\r\n")?;
+    let mut r = BufReader::new(s);
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().map_err(std::io::Error::other)?;
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A TCP connection from the consumer's client to the endpoint's port 80, made from a
+/// thread inside the consumer's namespace (the socket stays there); reads on it time out
+/// after 2 s.
+fn connect(lab: &Lab) -> std::io::Result<TcpStream> {
+    let ns = lab.consumer.name.clone();
+    thread::spawn(move || {
+        privatelink_tests::netns::enter_thread(&ns).map_err(std::io::Error::other)?;
+        let to = format!("{ENI}:80").parse().unwrap();
+        let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        Ok(s)
+    })
+    .join()
+    .unwrap()
+}
+
+/// An open connection is cut off by the change itself, not only new ones: a keep-alive
+/// connection that has just been answered gets no answer to its next request once its
+/// endpoint's connection is disabled or rejected or its account leaves the whitelist (the
+/// request is dropped at the forwarder, counted, and never reaches the provider); once
+/// the change is undone a new connection works again.
+#[test]
+fn an_open_connection_stops_when_its_endpoint_is_cut_off() {
+    let lab = lab();
+    let cases: [(&[&str], &[&str], &str); 3] = [
+        (
+            &["connection", "disable", "epsrv-b", "ep-a"],
+            &["connection", "enable", "epsrv-b", "ep-a"],
+            "drop_not_connected",
+        ),
+        (
+            &["connection", "reject", "epsrv-b", "ep-a"],
+            &["connection", "accept", "epsrv-b", "ep-a"],
+            "drop_not_connected",
+        ),
+        (
+            &["service", "whitelist", "remove", "epsrv-b", "acct-a"],
+            &["service", "whitelist", "add", "epsrv-b", "acct-a"],
+            "drop_not_whitelisted",
+        ),
+    ];
+    for (cut, restore, reason) in cases {
+        let what = cut.join(" ");
+        let mut s = connect(&lab).unwrap();
+        for _ in 0..2 {
+            let page = get(&mut s).unwrap_or_else(|e| panic!("before `{what}`: {e}"));
+            assert!(page.contains("backend"), "{page}");
+        }
+        // The change is in the maps when the API answers: from here on nothing of the
+        // connection may cross (counted from here, after the client's last ACK).
+        lab.cli("provider", cut).unwrap();
+        let before = lab.stats().unwrap();
+        match get(&mut s) {
+            Ok(page) => panic!("after `{what}` the open connection was answered: {page}"),
+            Err(e) => assert!(
+                matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                "after `{what}`: expected no answer within 2 s, got {e}"
+            ),
+        }
+        let m = moved(&before, &lab.stats().unwrap());
+        // The request and at least one of its retransmissions.
+        assert!(
+            m.get(reason).copied().unwrap_or(0) >= 2,
+            "after `{what}` the open connection's request was not counted as {reason}: {m:?}"
+        );
+        for k in [
+            "forward_new_flow",
+            "forward_to_service",
+            "forward_to_consumer",
+        ] {
+            assert!(
+                !m.contains_key(k),
+                "after `{what}`: {k} moved, something of the connection crossed: {m:?}"
+            );
+        }
+        drop(s);
+        lab.cli("provider", restore).unwrap();
+        let mut answer = String::new();
+        wait_for(
+            Duration::from_secs(10),
+            "a new connection after the change is undone",
+            || match connect(&lab).and_then(|mut s| get(&mut s)) {
+                Ok(page) => {
+                    answer = page;
+                    true
+                }
+                Err(_) => false,
+            },
+        )
+        .unwrap();
+        assert!(answer.contains("backend"), "{answer}");
+    }
 }
 
 /// Declarative mode: SIGHUP re-reads the state file; a whitelist removal there cuts the
@@ -213,10 +397,7 @@ fn declarative_mode_reloads_and_refuses_a_broken_file() {
     assert!(lab.reachable(&url));
     lab.reload_state(&LAB_STATE.replace("whitelist = [\"acct-a\"]", "whitelist = []"))
         .unwrap();
-    wait_for(Duration::from_secs(10), "whitelist removal", || {
-        !lab.reachable(&url)
-    })
-    .unwrap();
+    wait_cut_off(&lab, &url, "drop_not_whitelisted", "whitelist removal");
     lab.reload_state(LAB_STATE).unwrap();
     wait_for(Duration::from_secs(10), "restored", || lab.reachable(&url)).unwrap();
 
@@ -285,13 +466,12 @@ fn security_groups_and_acls_filter_the_lab() {
         )
         .unwrap();
     let rule: serde_json::Value = serde_json::from_str(&out).unwrap();
-    wait_for(
-        Duration::from_secs(10),
+    wait_cut_off(
+        &lab,
+        &url,
+        "drop_security_group",
         "an equal-priority drop to win",
-        || !lab.reachable(&url),
-    )
-    .unwrap();
-    assert!(lab.stats().unwrap()["drop_security_group"] > 0);
+    );
     lab.cli(
         "consumer",
         &[
@@ -327,11 +507,7 @@ fn security_groups_and_acls_filter_the_lab() {
         ],
     )
     .unwrap();
-    wait_for(Duration::from_secs(10), "the ACL to drop", || {
-        !lab.reachable(&url)
-    })
-    .unwrap();
-    assert!(lab.stats().unwrap()["drop_acl"] > 0);
+    wait_cut_off(&lab, &url, "drop_acl", "the ACL to drop");
     lab.cli("consumer", &["acl", "delete", "acl-a"]).unwrap();
     wait_for(Duration::from_secs(10), "the ACL removed", || {
         lab.reachable(&url)
@@ -380,12 +556,12 @@ fn gateway_endpoint_reaches_the_prefix_under_its_policy() {
         String::from_utf8(body).unwrap(),
         "object storage 100.64.10.5\n"
     );
-    let before = lab.stats().unwrap()["drop_security_group"];
-    assert!(
-        !lab.reachable("http://100.64.10.6/"),
-        "outside the endpoint policy"
+    assert_cut_off(
+        &lab,
+        "http://100.64.10.6/",
+        "drop_security_group",
+        "outside the endpoint policy",
     );
-    assert!(lab.stats().unwrap()["drop_security_group"] > before);
     let flows = lab.flow_lines().unwrap();
     assert!(
         flows
@@ -399,10 +575,7 @@ fn gateway_endpoint_reaches_the_prefix_under_its_policy() {
         &["connection", "disable", "epsrv-oss", "ep-oss"],
     )
     .unwrap();
-    wait_for(Duration::from_secs(10), "disable", || {
-        !lab.reachable("http://100.64.10.5/")
-    })
-    .unwrap();
+    wait_cut_off(&lab, "http://100.64.10.5/", "drop_not_connected", "disable");
 }
 
 /// The service publishes haproxy's tcp/80 and nothing else: other ports and UDP to the
@@ -774,7 +947,14 @@ fn zones_and_load_balancers_change_under_a_download() {
         &["endpoint", "zone", "remove", "ep-a", "vsw-a4"],
     )
     .unwrap();
-    assert!(!lab.reachable(&format!("http://{zone_b_eni}/")));
+    // (The download keeps crossing meanwhile: only the new flow is asked not to.)
+    let (ok, m) = attempt(&lab, &format!("http://{zone_b_eni}/"));
+    assert!(!ok, "the removed zone's ENI answered");
+    assert!(
+        m.get("drop_host_isolated").copied().unwrap_or(0) > 0
+            && !m.contains_key("forward_new_flow"),
+        "the request to the removed zone's ENI was not dropped by the forwarder's isolation: {m:?}"
+    );
     assert!(page(&format!("http://{ENI}/")).contains("backend"));
 
     // The zone-a load balancer is replaced: new connections land on the new one.
