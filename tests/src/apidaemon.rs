@@ -71,6 +71,11 @@ impl ApiDaemon {
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// What the daemon (every run of it since `start`) wrote to stderr: its log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
 }
 
 fn spawn(ns: &Netns, dir: &std::path::Path, pin: &std::path::Path, entries: u32) -> Result<Child> {
@@ -83,7 +88,12 @@ fn spawn(ns: &Netns, dir: &std::path::Path, pin: &std::path::Path, entries: u32)
         .arg(pin)
         .arg("--ready-file")
         .arg(dir.join("ready"))
-        .stderr(std::process::Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("daemon.log"))?,
+        )
         .spawn()?)
 }
 
