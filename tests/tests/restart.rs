@@ -429,6 +429,14 @@ impl Writer {
     }
 }
 
+/// A writer that stopped before the kill failed: its panic is the test's.
+fn stopped_early(thread: std::thread::JoinHandle<(Writer, Stop)>) -> ! {
+    match thread.join() {
+        Err(panic) => std::panic::resume_unwind(panic),
+        Ok((_, stop)) => panic!("the writer stopped before the kill: {stop:?}"),
+    }
+}
+
 /// `kill -9` while endpoints are being created and deleted, at a moment when a request
 /// has been written whole and not answered: after the restart the store opens, every
 /// acknowledged creation is there (with its address), every acknowledged deletion is
@@ -441,7 +449,7 @@ fn kill_9_mid_write_loses_no_acknowledged_change() {
     let list = |lab: &Lab| -> BTreeMap<String, Option<u8>> {
         let c = Client::new(lab.api.as_deref().unwrap(), Some(token.clone()));
         c.get("/v1/endpoints")
-            .unwrap()
+            .unwrap_or_else(|e| panic!("listing the consumer's endpoints: {e:#}"))
             .as_array()
             .unwrap()
             .iter()
@@ -498,7 +506,9 @@ fn kill_9_mid_write_loses_no_acknowledged_change() {
         let target = 3 + (round * 7) % 25;
         let t = Instant::now();
         while done.load(SeqCst) < target {
-            assert!(!thread.is_finished(), "the writer stopped early");
+            if thread.is_finished() {
+                stopped_early(thread);
+            }
             assert!(t.elapsed() < Duration::from_secs(30), "writes too slow");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -508,7 +518,9 @@ fn kill_9_mid_write_loses_no_acknowledged_change() {
             if f != 0 {
                 break f - 1;
             }
-            assert!(!thread.is_finished(), "the writer stopped early");
+            if thread.is_finished() {
+                stopped_early(thread);
+            }
             assert!(
                 t.elapsed() < Duration::from_secs(10),
                 "no request in flight"
