@@ -70,7 +70,7 @@ fn a_pinned_map_of_another_layout_is_replaced_with_a_warning_naming_it() {
     use privatelink_user::{client::Client, dataplane, model::numeric_id};
     use serde_json::json;
 
-    let mut d = ApiDaemon::start("plp").unwrap();
+    let mut d = ApiDaemon::start("plpin").unwrap();
     let admin = Client::new(&d.url, Some(d.admin_token.clone()));
     let (a, b) = two_parties(&admin, &d.url).unwrap();
     b.post(

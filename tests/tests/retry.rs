@@ -35,7 +35,7 @@ fn eni(last: u8) -> VpcAddr {
 /// (not part of the state), and the map holds exactly the state's endpoints.
 #[test]
 fn a_committed_change_the_maps_refuse_is_retried_until_they_agree() {
-    let d = ApiDaemon::start("plq").unwrap();
+    let d = ApiDaemon::start("plrtry").unwrap();
     let admin = Client::new(&d.url, Some(d.admin_token.clone()));
     let (a, b) = two_parties(&admin, &d.url).unwrap();
     b.post(
@@ -135,4 +135,101 @@ fn a_committed_change_the_maps_refuse_is_retried_until_they_agree() {
     );
     assert_eq!(two.lb_addr, [10, 10, 0, 10]);
     eprintln!("ep-2 reached the map {waited:?} after its creation was answered");
+}
+
+/// The id of the XDP program attached to `dev` in the daemon's namespace, if any.
+fn xdp_prog(d: &ApiDaemon, dev: &str) -> Option<String> {
+    let out = d.ns.ip(&["link", "show", dev]).unwrap();
+    out.split("prog/xdp id ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// Kills the process on drop (a test failing half-way leaves nothing running).
+struct Holder(std::process::Child);
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Another cause, outside the maps: a VPC is created on an interface where another XDP
+/// program is attached (here `privatelink xdp-pass`), so attaching ours fails after the
+/// commit. The VPC is answered and stored, the failure retried; once the other program is
+/// gone, a retry attaches ours (the same program as on the other VPCs' interfaces).
+#[test]
+fn a_vpc_whose_interface_is_taken_is_attached_once_it_is_free() {
+    let d = ApiDaemon::start("plrtry").unwrap();
+    let admin = Client::new(&d.url, Some(d.admin_token.clone()));
+    two_parties(&admin, &d.url).unwrap();
+    let ours = xdp_prog(&d, "fc0").expect("the daemon's program on fc0");
+    d.ns.ip(&["link", "add", "fq0", "type", "veth", "peer", "name", "q0"])
+        .unwrap();
+    for dev in ["fq0", "q0"] {
+        d.ns.ip(&["link", "set", dev, "up"]).unwrap();
+    }
+    let mut holder = Holder(
+        std::process::Command::new(privatelink_tests::lab::privatelink_bin().unwrap())
+            .args(["xdp-pass", "--netns", &d.ns.name, "fq0"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    privatelink_tests::lab::wait_for(Duration::from_secs(30), "xdp-pass on fq0", || {
+        xdp_prog(&d, "fq0").is_some()
+    })
+    .unwrap();
+    let theirs = xdp_prog(&d, "fq0").unwrap();
+    assert_ne!(theirs, ours);
+
+    let t = Instant::now();
+    let vpc = admin
+        .post(
+            "/v1/vpcs",
+            &json!({"id": "vpc-q", "account": "acct-a", "cidr": "10.50.0.0/16", "interface": "fq0",
+                    "vswitches": [{"id": "vsw-q1", "zone": "zone-a", "cidr": "10.50.1.0/24"}]}),
+        )
+        .unwrap();
+    assert_eq!(vpc["id"], "vpc-q", "{vpc}");
+    let listed = admin.get("/v1/vpcs").unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["id"] == "vpc-q"),
+        "stored: {listed}"
+    );
+    assert!(
+        d.log()
+            .contains("stored, but the data path refused it (retrying)"),
+        "no warning of the failed apply:\n{}",
+        d.log()
+    );
+    privatelink_tests::lab::wait_for(Duration::from_secs(12), "a failed retry", || {
+        d.log().contains("data path still behind the stored state")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}:\n{}", d.log()));
+    assert_eq!(xdp_prog(&d, "fq0").as_deref(), Some(theirs.as_str()));
+
+    // The other program goes: the next retry attaches ours.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(holder.0.id() as i32, libc::SIGTERM) };
+    holder.0.wait().unwrap();
+    privatelink_tests::lab::wait_for(Duration::from_secs(15), "our program on fq0", || {
+        xdp_prog(&d, "fq0").as_deref() == Some(ours.as_str())
+    })
+    .unwrap_or_else(|e| panic!("{e:#} (fq0: {:?}):\n{}", xdp_prog(&d, "fq0"), d.log()));
+    assert!(
+        d.log()
+            .contains("data path caught up with the stored state"),
+        "{}",
+        d.log()
+    );
+    assert!(d.pin.join("links/fq0").exists(), "the link is pinned");
+    eprintln!("fq0 attached {:?} after vpc-q was answered", t.elapsed());
 }
