@@ -40,17 +40,17 @@ impl ApiDaemon {
         let pin = PathBuf::from(format!("/sys/fs/bpf/privatelink-{}", ns.name));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let child = spawn(&ns, &dir, &pin, conntrack_entries)?;
+        let mut child = spawn(&ns, &dir, &pin, conntrack_entries)?;
+        let url = wait_ready(&dir, &mut child)?;
         let mut d = Self {
             child,
             conntrack_entries,
             dir: dir.clone(),
             pin,
-            url: String::new(),
+            url,
             admin_token: String::new(),
             ns,
         };
-        d.url = wait_ready(&dir)?;
         d.admin_token = std::fs::read_to_string(dir.join("data/admin.token"))?
             .trim()
             .to_string();
@@ -63,13 +63,18 @@ impl ApiDaemon {
         self.child.wait()?;
         let t = Instant::now();
         self.child = spawn(&self.ns, &self.dir, &self.pin, self.conntrack_entries)?;
-        self.url = wait_ready(&self.dir)?;
+        self.url = wait_ready(&self.dir, &mut self.child)?;
         Ok(t.elapsed())
     }
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// What the daemon (every run of it since `start`) wrote to stderr: its log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 }
 
@@ -83,15 +88,25 @@ fn spawn(ns: &Netns, dir: &std::path::Path, pin: &std::path::Path, entries: u32)
         .arg(pin)
         .arg("--ready-file")
         .arg(dir.join("ready"))
-        .stderr(std::process::Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("daemon.log"))?,
+        )
         .spawn()?)
 }
 
-/// Waits for the ready file; returns the API URL in it.
-fn wait_ready(dir: &std::path::Path) -> Result<String> {
+/// Waits for the ready file; returns the API URL in it. Fails at once, with the daemon's
+/// log, if it exits first.
+fn wait_ready(dir: &std::path::Path, child: &mut Child) -> Result<String> {
     let ready = dir.join("ready");
     let start = Instant::now();
     while !ready.exists() {
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+            anyhow::bail!("daemon exited ({status}) before it was ready:\n{log}");
+        }
         anyhow::ensure!(start.elapsed().as_secs() < 60, "daemon not ready");
         std::thread::sleep(Duration::from_millis(10));
     }

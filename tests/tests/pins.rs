@@ -54,3 +54,112 @@ fn compatible_pins_are_reused_and_incompatible_ones_replaced() {
     assert_eq!(after.max_entries(), 4096);
     assert_ne!(after.id(), id_before, "a new conntrack map");
 }
+
+/// A map of an earlier build whose key or value layout differs (PL_ENDPOINTS with a value
+/// 4 bytes shorter, PL_LISTENERS with a 64-bit key), pinned where the daemon looks: the
+/// next daemon replaces exactly those two, logs a warning naming each with the sizes it
+/// found, refills them from its state, and re-uses every other pinned map as it was.
+/// (Only sizes are compared: a layout change that keeps both sizes is not detected.)
+#[test]
+fn a_pinned_map_of_another_layout_is_replaced_with_a_warning_naming_it() {
+    use std::collections::BTreeMap;
+
+    use aya::maps::HashMap;
+    use privatelink_common::{EndpointEni, ListenerSet, VpcAddr};
+    use privatelink_tests::apidaemon::{ApiDaemon, two_parties};
+    use privatelink_user::{client::Client, dataplane, model::numeric_id};
+    use serde_json::json;
+
+    let mut d = ApiDaemon::start("plpin").unwrap();
+    let admin = Client::new(&d.url, Some(d.admin_token.clone()));
+    let (a, b) = two_parties(&admin, &d.url).unwrap();
+    b.post(
+        "/v1/services",
+        &json!({"id": "epsrv-b", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.10"}],
+                "snat": ["10.10.0.200"], "whitelist": ["acct-a"], "listeners": [{"protocol": "tcp", "port": 80}]}),
+    )
+    .unwrap();
+    a.post(
+        "/v1/endpoints",
+        &json!({"id": "ep-1", "vpc": "vpc-a", "service": "epsrv-b",
+                "zones": [{"vswitch": "vsw-a1", "eni": "10.10.1.10"}]}),
+    )
+    .unwrap();
+    let ids = |d: &ApiDaemon| -> BTreeMap<&str, u32> {
+        map_names::ALL
+            .iter()
+            .map(|n| (*n, MapInfo::from_pin(d.pin.join(n)).unwrap().id()))
+            .collect()
+    };
+    let before = ids(&d);
+    let old_value = std::mem::size_of::<EndpointEni>() - 4;
+    let old: [(&str, usize, usize); 2] = [
+        (
+            map_names::ENDPOINTS,
+            std::mem::size_of::<VpcAddr>(),
+            old_value,
+        ),
+        (map_names::LISTENERS, 8, std::mem::size_of::<ListenerSet>()),
+    ];
+    let mut old_ids = BTreeMap::new();
+    for (name, key, value) in old {
+        let pin = d.pin.join(name);
+        std::fs::remove_file(&pin).unwrap();
+        let (key, value) = (key.to_string(), value.to_string());
+        privatelink_tests::netns::run(std::process::Command::new("bpftool").args([
+            "map",
+            "create",
+            pin.to_str().unwrap(),
+            "type",
+            "hash",
+            "key",
+            &key,
+            "value",
+            &value,
+            "entries",
+            &privatelink_common::MAX_ENDPOINTS.to_string(),
+            "name",
+            name,
+        ]))
+        .unwrap();
+        old_ids.insert(name, MapInfo::from_pin(&pin).unwrap().id());
+    }
+    let logged = d.log().len();
+    d.restart().unwrap();
+    let log = d.log()[logged..].to_string();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("pinned map does not fit this build"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "one warning per replaced map:\n{log}");
+    for (name, key, value) in old {
+        let w = warnings
+            .iter()
+            .find(|w| w.contains(name))
+            .unwrap_or_else(|| panic!("no warning names {name}:\n{log}"));
+        assert!(
+            w.contains(&format!("key_size={key}")) && w.contains(&format!("value_size={value}")),
+            "the warning gives the sizes found: {w}"
+        );
+        let now = MapInfo::from_pin(d.pin.join(name)).unwrap();
+        assert_ne!(now.id(), old_ids[name], "{name} replaced");
+        assert_ne!(now.id(), before[name]);
+    }
+    let after = ids(&d);
+    for (name, id) in &before {
+        if old.iter().all(|(n, _, _)| n != name) {
+            assert_eq!(after[name], *id, "{name} re-used");
+        }
+    }
+    // The new maps have this build's layout and the state's entries again.
+    let eps = dataplane::open_pinned(&d.pin, map_names::ENDPOINTS).unwrap();
+    let eps: HashMap<_, VpcAddr, EndpointEni> = HashMap::try_from(&eps).unwrap();
+    let key = VpcAddr {
+        vpc_id: numeric_id("vpc-a"),
+        addr: [10, 10, 1, 10],
+    };
+    assert_eq!(eps.get(&key, 0).unwrap().endpoint_id, numeric_id("ep-1"));
+    let listeners = dataplane::open_pinned(&d.pin, map_names::LISTENERS).unwrap();
+    let listeners: HashMap<_, u32, ListenerSet> = HashMap::try_from(&listeners).unwrap();
+    assert!(listeners.get(&numeric_id("epsrv-b"), 0).is_ok());
+}
