@@ -7,6 +7,7 @@
 
 pub mod csum;
 pub mod hash;
+pub mod layout;
 pub mod reason;
 
 pub use reason::Reason;

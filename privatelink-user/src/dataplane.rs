@@ -22,6 +22,7 @@ use aya::{
 use privatelink_common::{
     Appliance, ApplianceSet, Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowEntry, FlowKey,
     GatewayRoute, GwlbZone, Neighbor, PATH_PROGRAMS, PATHS_MAP, PROGRAM_NAME, Reason, VpcAddr,
+    layout::{self, Layout},
     map_names,
 };
 
@@ -92,6 +93,10 @@ impl Dataplane {
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the XDP object")?;
+        if let Some(dir) = &opts.pin_dir {
+            // The maps are pinned now, with this build's layouts.
+            record_layouts(dir, opts.conntrack_entries)?;
+        }
         let prog: &mut Xdp = program(&mut ebpf)?;
         load_retrying(prog).context("the verifier rejected the XDP program")?;
         let paths = load_paths(&mut ebpf, opts.pin_dir.as_deref())?;
@@ -338,127 +343,143 @@ impl Dataplane {
     }
 }
 
-/// The key and value sizes (and, for conntrack, the capacity) this build's maps have.
-fn expected_layout(conntrack_entries: u32) -> Vec<(&'static str, usize, usize, Option<u32>)> {
-    use std::mem::size_of;
+/// What a pinned map must be for this build to re-use it.
+struct PinSpec {
+    name: &'static str,
+    key: usize,
+    value: usize,
+    /// Checked for the maps whose capacity is a daemon option or fixed by the reasons.
+    entries: Option<u32>,
+    /// `privatelink_common::layout::of` the key and value types.
+    fingerprint: u64,
+}
 
-    use privatelink_common::{IfaceInfo, RuleSet, SnatPool, VpcPort};
+fn spec<K: Layout, V: Layout>(name: &'static str, entries: Option<u32>) -> PinSpec {
+    PinSpec {
+        name,
+        key: std::mem::size_of::<K>(),
+        value: std::mem::size_of::<V>(),
+        entries,
+        fingerprint: layout::of::<K, V>(),
+    }
+}
+
+/// The key and value types (and, for conntrack and the counters, the capacity) of this
+/// build's maps.
+fn expected_layout(conntrack_entries: u32) -> Vec<PinSpec> {
+    use privatelink_common::{
+        FlowBudget, IfaceInfo, LbSet, ListenerSet, RuleSet, SnatPool, VpcPort, reason::REASON_COUNT,
+    };
     vec![
-        (map_names::IFACES, 4, size_of::<IfaceInfo>(), None),
-        (map_names::VPC_PORTS, 4, size_of::<VpcPort>(), None),
-        (
-            map_names::ENDPOINTS,
-            size_of::<VpcAddr>(),
-            size_of::<EndpointEni>(),
-            None,
-        ),
-        (map_names::SNAT_POOLS, 4, size_of::<SnatPool>(), None),
-        (map_names::SNAT_ADDRS, size_of::<VpcAddr>(), 4, None),
-        (map_names::EPOCH, 4, 4, None),
-        (
-            map_names::LISTENERS,
-            4,
-            size_of::<privatelink_common::ListenerSet>(),
-            None,
-        ),
-        (map_names::HOST, size_of::<VpcAddr>(), 4, None),
-        (
-            map_names::LB_SETS,
-            size_of::<GwlbZone>(),
-            size_of::<privatelink_common::LbSet>(),
-            None,
-        ),
-        (
-            map_names::EP_BUDGET,
-            4,
-            size_of::<privatelink_common::FlowBudget>(),
-            None,
-        ),
-        (
-            map_names::NEIGHBORS,
-            size_of::<VpcAddr>(),
-            size_of::<Neighbor>(),
-            None,
-        ),
-        (
-            map_names::CONNTRACK,
-            size_of::<FlowKey>(),
-            size_of::<FlowEntry>(),
-            Some(conntrack_entries),
-        ),
-        (
-            map_names::STATS,
-            4,
-            8,
-            Some(privatelink_common::reason::REASON_COUNT),
-        ),
-        (map_names::CONFIG, 4, size_of::<Config>(), None),
-        (
-            map_names::SG_RULES,
-            size_of::<VpcAddr>(),
-            size_of::<RuleSet>(),
-            None,
-        ),
-        (
-            map_names::ACL_IN,
-            size_of::<VpcAddr>(),
-            size_of::<RuleSet>(),
-            None,
-        ),
-        (
-            map_names::ACL_OUT,
-            size_of::<VpcAddr>(),
-            size_of::<RuleSet>(),
-            None,
-        ),
-        (
-            map_names::GATEWAY_ROUTES,
-            size_of::<GatewayRoute>(),
-            size_of::<EndpointEni>(),
-            None,
-        ),
-        (map_names::GATEWAY_ADDRS, size_of::<VpcAddr>(), 4, None),
-        (
-            map_names::GWLB_TARGETS,
-            size_of::<GwlbZone>(),
-            size_of::<ApplianceSet>(),
-            None,
-        ),
-        (
-            map_names::GWLB_APPLIANCES,
-            size_of::<VpcAddr>(),
-            size_of::<Appliance>(),
-            None,
-        ),
-        (
-            map_names::GWLB_NEIGHBORS,
-            size_of::<VpcAddr>(),
-            size_of::<Neighbor>(),
-            None,
-        ),
+        spec::<u32, IfaceInfo>(map_names::IFACES, None),
+        spec::<u32, VpcPort>(map_names::VPC_PORTS, None),
+        spec::<VpcAddr, EndpointEni>(map_names::ENDPOINTS, None),
+        spec::<u32, SnatPool>(map_names::SNAT_POOLS, None),
+        spec::<VpcAddr, u32>(map_names::SNAT_ADDRS, None),
+        spec::<u32, u32>(map_names::EPOCH, None),
+        spec::<u32, ListenerSet>(map_names::LISTENERS, None),
+        spec::<VpcAddr, u32>(map_names::HOST, None),
+        spec::<GwlbZone, LbSet>(map_names::LB_SETS, None),
+        spec::<u32, FlowBudget>(map_names::EP_BUDGET, None),
+        spec::<VpcAddr, Neighbor>(map_names::NEIGHBORS, None),
+        spec::<FlowKey, FlowEntry>(map_names::CONNTRACK, Some(conntrack_entries)),
+        spec::<u32, u64>(map_names::STATS, Some(REASON_COUNT)),
+        spec::<u32, Config>(map_names::CONFIG, None),
+        spec::<VpcAddr, RuleSet>(map_names::SG_RULES, None),
+        spec::<VpcAddr, RuleSet>(map_names::ACL_IN, None),
+        spec::<VpcAddr, RuleSet>(map_names::ACL_OUT, None),
+        spec::<GatewayRoute, EndpointEni>(map_names::GATEWAY_ROUTES, None),
+        spec::<VpcAddr, u32>(map_names::GATEWAY_ADDRS, None),
+        spec::<GwlbZone, ApplianceSet>(map_names::GWLB_TARGETS, None),
+        spec::<VpcAddr, Appliance>(map_names::GWLB_APPLIANCES, None),
+        spec::<VpcAddr, Neighbor>(map_names::GWLB_NEIGHBORS, None),
     ]
+}
+
+/// The directory beside the pins that records the layout fingerprint of each pinned map:
+/// one empty directory `NAME-HEX` per map (bpffs holds BPF objects and directories
+/// only, and refuses names with a dot).
+pub const LAYOUTS_DIR: &str = "layouts";
+
+/// The fingerprints recorded in `<dir>/layouts`. None recorded (pins of a build from
+/// before fingerprints) is no record; an entry that cannot be read is reported and
+/// records nothing for its map (its pin is then judged by its sizes alone).
+fn recorded_layouts(dir: &Path) -> Result<std::collections::HashMap<String, u64>> {
+    let path = dir.join(LAYOUTS_DIR);
+    let entries = match std::fs::read_dir(&path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut out = std::collections::HashMap::new();
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let parsed = name
+            .rsplit_once('-')
+            .and_then(|(map, hex)| Some((map, u64::from_str_radix(hex, 16).ok()?)));
+        match parsed {
+            Some((map, f)) if !out.contains_key(map) => {
+                out.insert(map.to_string(), f);
+            }
+            _ => tracing::warn!(
+                dir = %path.display(),
+                entry = %name,
+                "unreadable layout record: ignored (that map is checked by its sizes only)"
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Records this build's layout fingerprints beside the pins, replacing older records.
+fn record_layouts(dir: &Path, conntrack_entries: u32) -> Result<()> {
+    let path = dir.join(LAYOUTS_DIR);
+    let want: std::collections::HashSet<String> = expected_layout(conntrack_entries)
+        .iter()
+        .map(|s| format!("{}-{:016x}", s.name, s.fingerprint))
+        .collect();
+    std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+    for entry in std::fs::read_dir(&path)? {
+        let entry = entry?;
+        if !want.contains(&*entry.file_name().to_string_lossy()) {
+            std::fs::remove_dir(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+    }
+    for record in want {
+        let p = path.join(record);
+        if !p.exists() {
+            std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// A pinned map left by a build with another layout (or a different conntrack size) would
 /// be re-used as is by the loader: unpin it so a fresh one is made, and say so. Conntrack
 /// entries are lost then; daemon-owned maps are refilled by the next apply.
 fn drop_incompatible_pins(dir: &Path, conntrack_entries: u32) -> Result<()> {
-    for (name, key, value, entries) in expected_layout(conntrack_entries) {
-        let path = dir.join(name);
+    let recorded = recorded_layouts(dir)?;
+    for want in expected_layout(conntrack_entries) {
+        let path = dir.join(want.name);
         if !path.exists() {
             continue;
         }
         let info = aya::maps::MapInfo::from_pin(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let fits = info.key_size() as usize == key
-            && info.value_size() as usize == value
-            && entries.is_none_or(|n| info.max_entries() == n);
-        if !fits {
+        let fits = info.key_size() as usize == want.key
+            && info.value_size() as usize == want.value
+            && want.entries.is_none_or(|n| info.max_entries() == n);
+        let found = recorded.get(want.name).copied();
+        let same_layout = found.is_none_or(|f| f == want.fingerprint);
+        if !fits || !same_layout {
             tracing::warn!(
-                map = name,
+                map = %want.name,
                 key_size = info.key_size(),
                 value_size = info.value_size(),
                 max_entries = info.max_entries(),
+                layout = %found.map(|f| format!("{f:016x}")).unwrap_or_default(),
+                this_build = %format!("{:016x}", want.fingerprint),
                 "pinned map does not fit this build (layout or size changed): replacing it, its entries are lost"
             );
             std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;

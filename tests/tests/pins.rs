@@ -59,7 +59,7 @@ fn compatible_pins_are_reused_and_incompatible_ones_replaced() {
 /// 4 bytes shorter, PL_LISTENERS with a 64-bit key), pinned where the daemon looks: the
 /// next daemon replaces exactly those two, logs a warning naming each with the sizes it
 /// found, refills them from its state, and re-uses every other pinned map as it was.
-/// (Only sizes are compared: a layout change that keeps both sizes is not detected.)
+/// (A layout change that keeps both sizes: see the next test.)
 #[test]
 fn a_pinned_map_of_another_layout_is_replaced_with_a_warning_naming_it() {
     use std::collections::BTreeMap;
@@ -162,4 +162,118 @@ fn a_pinned_map_of_another_layout_is_replaced_with_a_warning_naming_it() {
     let listeners = dataplane::open_pinned(&d.pin, map_names::LISTENERS).unwrap();
     let listeners: HashMap<_, u32, ListenerSet> = HashMap::try_from(&listeners).unwrap();
     assert!(listeners.get(&numeric_id("epsrv-b"), 0).is_ok());
+}
+
+/// Two maps whose sizes still fit but whose recorded layout fingerprint is another build's
+/// (as when fields are reordered or retyped at the same size): the next daemon replaces
+/// exactly those two, with a warning naming each and the fingerprints found and expected,
+/// refills the endpoint map from its state, and records this build's fingerprints again. A
+/// record that cannot be read is reported and its map judged by its sizes (kept).
+#[test]
+fn a_pinned_map_recorded_with_another_layout_of_the_same_size_is_replaced() {
+    use std::collections::BTreeMap;
+
+    use aya::maps::HashMap;
+    use privatelink_common::{EndpointEni, VpcAddr};
+    use privatelink_tests::apidaemon::{ApiDaemon, two_parties};
+    use privatelink_user::{client::Client, dataplane, model::numeric_id};
+    use serde_json::json;
+
+    let mut d = ApiDaemon::start("plpinl").unwrap();
+    let admin = Client::new(&d.url, Some(d.admin_token.clone()));
+    let (a, b) = two_parties(&admin, &d.url).unwrap();
+    b.post(
+        "/v1/services",
+        &json!({"id": "epsrv-b", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.10"}],
+                "snat": ["10.10.0.200"], "whitelist": ["acct-a"], "listeners": [{"protocol": "tcp", "port": 80}]}),
+    )
+    .unwrap();
+    a.post(
+        "/v1/endpoints",
+        &json!({"id": "ep-1", "vpc": "vpc-a", "service": "epsrv-b",
+                "zones": [{"vswitch": "vsw-a1", "eni": "10.10.1.10"}]}),
+    )
+    .unwrap();
+    let dir = d.pin.join(dataplane::LAYOUTS_DIR);
+    let records = || -> BTreeMap<String, String> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .map(|e| {
+                let (n, f) = e.rsplit_once('-').unwrap_or((&e, ""));
+                (n.to_string(), f.to_string())
+            })
+            .collect()
+    };
+    let ours = records();
+    assert_eq!(
+        ours.keys().map(String::as_str).collect::<Vec<_>>(),
+        {
+            let mut all = map_names::ALL.to_vec();
+            all.sort();
+            all
+        },
+        "one record per map"
+    );
+    assert!(ours.values().all(|f| f.len() == 16), "{ours:?}");
+    let ids = |d: &ApiDaemon| -> BTreeMap<&str, u32> {
+        map_names::ALL
+            .iter()
+            .map(|n| (*n, MapInfo::from_pin(d.pin.join(n)).unwrap().id()))
+            .collect()
+    };
+    let before = ids(&d);
+    // Another build's records: two other fingerprints, one line unreadable.
+    let other = "00000000deadbeef";
+    let replaced = [map_names::ENDPOINTS, map_names::CONNTRACK];
+    for (name, f) in &ours {
+        let new = if replaced.contains(&name.as_str()) {
+            format!("{name}-{other}")
+        } else if name == map_names::STATS {
+            format!("{name}-nothex")
+        } else {
+            continue;
+        };
+        std::fs::remove_dir(dir.join(format!("{name}-{f}"))).unwrap();
+        std::fs::create_dir(dir.join(new)).unwrap();
+    }
+    let logged = d.log().len();
+    d.restart().unwrap();
+    let log = d.log()[logged..].to_string();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("pinned map does not fit this build"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "one warning per replaced map:\n{log}");
+    let after = ids(&d);
+    for name in replaced {
+        let w = warnings
+            .iter()
+            .find(|w| w.contains(&format!("map={name}")))
+            .unwrap_or_else(|| panic!("no warning names {name}:\n{log}"));
+        assert!(
+            w.contains(&format!("layout={other}"))
+                && w.contains(&format!("this_build={}", ours[name])),
+            "the warning gives both fingerprints: {w}"
+        );
+        assert_ne!(after[name], before[name], "{name} replaced");
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("unreadable layout record")),
+        "the unreadable record is reported:\n{log}"
+    );
+    for (name, id) in &before {
+        if !replaced.contains(name) {
+            assert_eq!(after[name], *id, "{name} re-used");
+        }
+    }
+    assert_eq!(records(), ours, "this build's fingerprints recorded again");
+    let eps = dataplane::open_pinned(&d.pin, map_names::ENDPOINTS).unwrap();
+    let eps: HashMap<_, VpcAddr, EndpointEni> = HashMap::try_from(&eps).unwrap();
+    let key = VpcAddr {
+        vpc_id: numeric_id("vpc-a"),
+        addr: [10, 10, 1, 10],
+    };
+    assert_eq!(eps.get(&key, 0).unwrap().endpoint_id, numeric_id("ep-1"));
 }
