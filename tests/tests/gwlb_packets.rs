@@ -5,12 +5,12 @@
 use std::collections::BTreeSet;
 
 use etherparse::PacketBuilder;
-use privatelink_common::{GWLB_OVERHEAD, Reason};
+use privatelink_common::{Config, GWLB_OVERHEAD, Reason};
 use privatelink_tests::{
     frames::arp_request,
     gwlb::{
         APPL_A, APPL_A_MAC, APPL_B, APPL_B_MAC, CLIENT, CLIENT_MAC, ENI, GWLB_ADDR, SERVER,
-        SERVER_MAC, harness, harness_with, state, tcp,
+        SERVER_MAC, state, tcp,
     },
     scapy::{build, dissect, dissect_one},
     testrun::Harness,
@@ -26,6 +26,27 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
+
+/// The GWLB fixture, with TCP flows that saw only SYNs (embryonic) kept for 10 minutes
+/// instead of 10 s: these tests send a flow's packets several scapy calls apart (each
+/// starts Python and imports scapy, seconds on a loaded machine), and such a flow had
+/// expired in between (the reply then started a flow of its own: its return went out as
+/// an ARP probe instead of to the client's learned MAC). The conntrack capacity is the
+/// harness's (65 536 entries).
+fn harness_with(cross_zone: bool, stickiness: &str, failover: &str) -> Harness {
+    let mut h = privatelink_tests::gwlb::harness_with(cross_zone, stickiness, failover);
+    h.dp.set_config(&Config {
+        embryonic_timeout_ns: 600 * 1_000_000_000,
+        flow_capacity: 65536 / 2,
+        ..Default::default()
+    })
+    .unwrap();
+    h
+}
+
+fn harness() -> Harness {
+    harness_with(false, "five_tuple", "no_rebalance")
+}
 
 /// Re-applies the state with some appliances unhealthy.
 fn set_unhealthy(h: &mut Harness, cross_zone: bool, failover: &str, down: &[[u8; 4]]) {
