@@ -223,27 +223,18 @@ fn groups_are_stateful_replies_pass() {
         (snat, port)
     );
 
-    // ... but only because the flow was admitted: the provider side gets nothing through
-    // that is not a reply of a flow, even to the SNAT address, from the load balancer's
-    // port 80, while the flow lives: not to another SNAT port, not from another port.
+    // ... but only because the flow was admitted: nothing from the provider side gets
+    // through that is not a reply of a flow, even from the load balancer to the SNAT
+    // address while the flow lives: not to another SNAT port, nor from another port.
     let other_port = if port == u16::MAX { port - 1 } else { port + 1 };
-    let mut from_81 = tcp_from_lb(&h, snat, port, b"");
-    from_81[34..36].copy_from_slice(&81u16.to_be_bytes());
-    // The TCP checksum covers the port: recomputed with etherparse.
-    let fixed = {
-        let s = SlicedPacket::from_ethernet(&from_81).unwrap();
-        let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else {
-            unreachable!()
-        };
-        let Some(TransportSlice::Tcp(t)) = &s.transport else {
-            unreachable!()
-        };
-        t.to_header()
-            .calc_checksum_ipv4(&ip.header().to_header(), t.payload())
-            .unwrap()
-    };
-    from_81[50..52].copy_from_slice(&fixed.to_be_bytes());
-    parse_checked(&from_81);
+    let mut from_81 = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4(LB, snat, 64)
+        .tcp(81, port, 7000, 65000)
+        .syn()
+        .ack(1001)
+        .write(&mut from_81, &[])
+        .unwrap();
     for (what, f) in [
         ("another SNAT port", tcp_from_lb(&h, snat, other_port, b"")),
         ("from port 81", from_81),
