@@ -1,10 +1,13 @@
 //! Security groups and network ACLs in the data path, one semantic per test, through
-//! BPF_PROG_TEST_RUN (outputs checked with etherparse where a frame is forwarded).
+//! BPF_PROG_TEST_RUN. Every frame that comes out (forwarded, or answered with XDP_TX) is
+//! checked with etherparse: MACs, addresses, ports, TTL, the IPv4 and L4 checksums.
 
-use etherparse::PacketBuilder;
+use etherparse::{Icmpv4Type, PacketBuilder, SlicedPacket, TransportSlice};
 use privatelink_common::Reason;
 use privatelink_tests::{
-    frames::{CLIENT_MAC, ENI, LB, SNAT, arp_request, parse_checked, tcp_from_lb, tcp_to_eni},
+    frames::{
+        CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, parse_checked, tcp_from_lb, tcp_to_eni,
+    },
     lab::packet_state,
     testrun::{Harness, LB_MAC},
 };
@@ -63,9 +66,57 @@ fn syn_to(h: &Harness, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Ve
     v
 }
 
+/// A frame the program forwarded from the consumer `src`:`sport` to the ENI's port
+/// `dport`, checked with etherparse: out of the provider-side interface to the load
+/// balancer's MAC, from a SNAT address to the load balancer on the same port, TTL one
+/// lower, both checksums valid, the payload untouched. Returns the SNAT address and port.
+fn check_to_service(
+    h: &Harness,
+    out: &[u8],
+    src: [u8; 4],
+    dport: u16,
+    payload: &[u8],
+) -> ([u8; 4], u16) {
+    let p = parse_checked(out); // IPv4 and TCP checksums
+    let from = format!("from {src:?} to port {dport}");
+    assert_eq!(
+        (p.eth_src, p.eth_dst),
+        (h.provider.mac, LB_MAC),
+        "{from}: provider side, to the load balancer"
+    );
+    assert!(
+        SNAT.contains(&p.ip.source),
+        "{from}: source {:?} not in the SNAT pool",
+        p.ip.source
+    );
+    assert_eq!(p.ip.destination, LB, "{from}");
+    assert_eq!(p.dport, dport, "{from}");
+    assert_eq!(p.ip.time_to_live, 63, "{from}");
+    assert_eq!(p.payload, payload, "{from}");
+    (p.ip.source, p.sport)
+}
+
+/// A reply the program forwarded back to the client (`CLIENT`:`cport`), checked with
+/// etherparse: out of the consumer-side interface to the client's MAC, from the ENI's
+/// port 80, TTL one lower, both checksums valid, the payload untouched.
+fn check_to_client(h: &Harness, out: &[u8], cport: u16, payload: &[u8]) {
+    let p = parse_checked(out);
+    assert_eq!((p.eth_src, p.eth_dst), (h.consumer.mac, CLIENT_MAC));
+    assert_eq!((p.ip.source, p.ip.destination), (ENI, CLIENT));
+    assert_eq!((p.sport, p.dport), (80, cport));
+    assert_eq!(p.ip.time_to_live, 63);
+    assert_eq!(p.payload, payload);
+}
+
+/// The verdict on a SYN from `src` to the ENI's port `dport`; a forwarded one is checked
+/// with `check_to_service`.
 fn verdict(h: &mut Harness, src: [u8; 4], dport: u16) -> u32 {
     let f = syn_to(h, src, ENI, 30000 + dport, dport);
-    h.run(h.consumer.ifindex, &f).unwrap().0
+    let (act, out) = h.run(h.consumer.ifindex, &f).unwrap();
+    if act == XDP_REDIRECT {
+        check_to_service(h, &out, src, dport, b"");
+    }
+    act
 }
 
 #[test]
@@ -131,14 +182,24 @@ fn several_groups_are_merged() {
     );
 }
 
+fn egress(action: &str, protocol: &str, cidr: &str) -> String {
+    format!(
+        "{{ direction = \"egress\", priority = 1, action = \"{action}\", protocol = \"{protocol}\", cidr = \"{cidr}\" }}"
+    )
+}
+
 #[test]
 fn groups_are_stateful_replies_pass() {
-    // Only ingress to port 80 is allowed; the reply (no egress rule at all) still passes.
+    // Only ingress to port 80 is allowed, and an egress rule drops everything: replies of
+    // an admitted flow still pass (stateful; egress rules do not filter)...
     let mut h = Harness::new(&state(
         &["sg-a"],
         &sg(
             "sg-a",
-            &[&ingress(1, "accept", "tcp", Some([80, 80]), "10.10.2.0/24")],
+            &[
+                &ingress(1, "accept", "tcp", Some([80, 80]), "10.10.2.0/24"),
+                &egress("drop", "all", "0.0.0.0/0"),
+            ],
         ),
     ))
     .unwrap();
@@ -146,16 +207,51 @@ fn groups_are_stateful_replies_pass() {
         .run(h.consumer.ifindex, &tcp_to_eni(&h, 41000, true, b""))
         .unwrap();
     assert_eq!(act, XDP_REDIRECT);
-    let snat = [out[26], out[27], out[28], out[29]];
-    assert!(SNAT.contains(&snat));
-    let port = u16::from_be_bytes([out[34], out[35]]);
+    let (snat, port) = check_to_service(&h, &out, CLIENT, 80, b"");
+    let (act, out) = h
+        .run(h.provider.ifindex, &tcp_from_lb(&h, snat, port, b"ok"))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    check_to_client(&h, &out, 41000, b"ok");
+    // ... and the flow's later packets too, both ways.
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(&h, 41000, false, b"GET /"))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT);
     assert_eq!(
-        h.run(h.provider.ifindex, &tcp_from_lb(&h, snat, port, b"ok"))
-            .unwrap()
-            .0,
-        XDP_REDIRECT
+        check_to_service(&h, &out, CLIENT, 80, b"GET /"),
+        (snat, port)
     );
-    let _ = LB;
+
+    // ... but only because the flow was admitted: nothing from the provider side gets
+    // through that is not a reply of a flow, even from the load balancer to the SNAT
+    // address while the flow lives: not to another SNAT port, nor from another port.
+    let other_port = if port == u16::MAX { port - 1 } else { port + 1 };
+    let mut from_81 = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4(LB, snat, 64)
+        .tcp(81, port, 7000, 65000)
+        .syn()
+        .ack(1001)
+        .write(&mut from_81, &[])
+        .unwrap();
+    for (what, f) in [
+        ("another SNAT port", tcp_from_lb(&h, snat, other_port, b"")),
+        ("from port 81", from_81),
+    ] {
+        let before = h.count(Reason::DropNoFlow);
+        assert_eq!(
+            h.run(h.provider.ifindex, &f).unwrap().0,
+            XDP_DROP,
+            "unsolicited, {what}"
+        );
+        assert_eq!(
+            h.count(Reason::DropNoFlow),
+            before + 1,
+            "unsolicited, {what}"
+        );
+    }
+    assert_eq!(h.count(Reason::DropSecurityGroup), 0);
 }
 
 #[test]
@@ -172,12 +268,29 @@ fn icmp_echo_is_filtered_too() {
         .write(&mut echo, b"x")
         .unwrap();
     assert_eq!(h.run(h.consumer.ifindex, &echo).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropSecurityGroup), 1);
     let mut h = Harness::new(&state(
         &["sg-a"],
         &sg("sg-a", &[&ingress(1, "accept", "icmp", None, "0.0.0.0/0")]),
     ))
     .unwrap();
-    assert_eq!(h.run(h.consumer.ifindex, &echo).unwrap().0, XDP_TX);
+    let (act, out) = h.run(h.consumer.ifindex, &echo).unwrap();
+    assert_eq!(act, XDP_TX);
+    // The echo reply, checked with etherparse: back to the client from the ENI.
+    let p = parse_checked(&out); // IPv4 and ICMP checksums
+    assert_eq!((p.eth_src, p.eth_dst), (h.consumer.mac, CLIENT_MAC));
+    assert_eq!((p.ip.source, p.ip.destination), (ENI, [10, 10, 2, 1]));
+    let s = SlicedPacket::from_ethernet(&out).unwrap();
+    match s.transport {
+        Some(TransportSlice::Icmpv4(i)) => {
+            assert_eq!(
+                i.icmp_type(),
+                Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 1, seq: 1 })
+            );
+            assert_eq!(i.payload(), b"x");
+        }
+        other => panic!("not ICMP: {other:?}"),
+    }
 }
 
 fn acl(ingress: &[&str], egress: &[&str]) -> String {
@@ -238,8 +351,7 @@ fn acl_is_stateless_replies_need_an_egress_rule() {
         .run(h.consumer.ifindex, &tcp_to_eni(&h, 41100, true, b""))
         .unwrap();
     assert_eq!(act, XDP_REDIRECT);
-    let snat = [out[26], out[27], out[28], out[29]];
-    let port = u16::from_be_bytes([out[34], out[35]]);
+    let (snat, port) = check_to_service(&h, &out, CLIENT, 80, b"");
     assert_eq!(
         h.run(h.provider.ifindex, &tcp_from_lb(&h, snat, port, b""))
             .unwrap()
@@ -247,6 +359,99 @@ fn acl_is_stateless_replies_need_an_egress_rule() {
         XDP_DROP
     );
     assert_eq!(h.count(Reason::DropAcl), 1);
+}
+
+/// Rule changes apply to new flows (README: groups are checked on a flow's first packet,
+/// so rule changes apply to new flows): after a change applied to the maps as the daemon
+/// applies one, a new flow is judged by the new rules, while a flow admitted before goes
+/// on, both ways, on its tuple. An ACL is checked on every packet: one added stops that
+/// same flow's next packet.
+#[test]
+fn rule_changes_apply_to_new_flows() {
+    let only = |port: u16| {
+        sg(
+            "sg-a",
+            &[&ingress(
+                1,
+                "accept",
+                "tcp",
+                Some([port, port]),
+                "10.10.2.0/24",
+            )],
+        )
+    };
+    let mut h = Harness::new(&state(&["sg-a"], &only(80))).unwrap();
+    // Before: a flow to port 80 admitted and answered; port 443 refused.
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(&h, 42000, true, b""))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let (snat, port) = check_to_service(&h, &out, CLIENT, 80, b"");
+    let (act, out) = h
+        .run(h.provider.ifindex, &tcp_from_lb(&h, snat, port, b""))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    check_to_client(&h, &out, 42000, b"");
+    assert_eq!(
+        verdict(&mut h, CLIENT, 443),
+        XDP_DROP,
+        "443 before the change"
+    );
+    assert_eq!(h.count(Reason::DropSecurityGroup), 1);
+
+    // The group now admits port 443 and no longer port 80.
+    h.apply_state(&state(&["sg-a"], &only(443))).unwrap();
+    assert_eq!(
+        verdict(&mut h, CLIENT, 443),
+        XDP_REDIRECT,
+        "the SYN refused before is admitted by the new rule"
+    );
+    let new_flow = syn_to(&h, CLIENT, ENI, 42001, 80);
+    assert_eq!(
+        h.run(h.consumer.ifindex, &new_flow).unwrap().0,
+        XDP_DROP,
+        "a new flow to port 80 is judged by the new rule"
+    );
+    assert_eq!(h.count(Reason::DropSecurityGroup), 2);
+    // The flow admitted under the old rule goes on, both ways, on its tuple.
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp_to_eni(&h, 42000, false, b"GET /"))
+        .unwrap();
+    assert_eq!(
+        act,
+        XDP_REDIRECT,
+        "the existing flow after the change: {:?}",
+        h.active_stats()
+    );
+    assert_eq!(
+        check_to_service(&h, &out, CLIENT, 80, b"GET /"),
+        (snat, port)
+    );
+    let (act, out) = h
+        .run(h.provider.ifindex, &tcp_from_lb(&h, snat, port, b"ok"))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    check_to_client(&h, &out, 42000, b"ok");
+    assert_eq!(h.count(Reason::DropSecurityGroup), 2);
+
+    // An ACL added on the ENI's vSwitch, dropping port 80 from the client: stateless, it
+    // stops the same flow's next packet; the flow to 443 still passes.
+    let acl = acl(
+        &["drop tcp 10.10.2.1/32 80-80", "accept all 0.0.0.0/0"],
+        &["accept all 0.0.0.0/0"],
+    );
+    h.apply_state(&state(&["sg-a"], &(only(443) + &acl)))
+        .unwrap();
+    assert_eq!(
+        h.run(h.consumer.ifindex, &tcp_to_eni(&h, 42000, false, b"more"))
+            .unwrap()
+            .0,
+        XDP_DROP,
+        "the ACL applies to an existing flow"
+    );
+    assert_eq!(h.count(Reason::DropAcl), 1);
+    assert_eq!(verdict(&mut h, CLIENT, 443), XDP_REDIRECT);
+    assert_eq!(h.count(Reason::DropSecurityGroup), 2);
 }
 
 #[test]
@@ -347,5 +552,19 @@ fn gateway_endpoint_keeps_the_destination_and_applies_its_policy() {
 
     // The route target answers ARP.
     let arp = arp_request(CLIENT_MAC, [10, 10, 2, 1], [10, 10, 1, 1]);
-    assert_eq!(h.run(h.consumer.ifindex, &arp).unwrap().0, XDP_TX);
+    let (act, out) = h.run(h.consumer.ifindex, &arp).unwrap();
+    assert_eq!(act, XDP_TX);
+    // The ARP reply, field by field (RFC 826; etherparse does not decode ARP).
+    let mut want = CLIENT_MAC.to_vec();
+    want.extend_from_slice(&h.consumer.mac);
+    want.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
+    want.extend_from_slice(&h.consumer.mac);
+    want.extend_from_slice(&[10, 10, 1, 1]);
+    want.extend_from_slice(&CLIENT_MAC);
+    want.extend_from_slice(&[10, 10, 2, 1]);
+    assert_eq!(
+        &out[..42],
+        &want[..],
+        "is-at for the gateway address, to the asker"
+    );
 }

@@ -4,13 +4,13 @@
 
 use std::collections::BTreeSet;
 
-use etherparse::PacketBuilder;
-use privatelink_common::{GWLB_OVERHEAD, Reason};
+use etherparse::{Icmpv4Type, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use privatelink_common::{Config, Reason};
 use privatelink_tests::{
     frames::arp_request,
     gwlb::{
         APPL_A, APPL_A_MAC, APPL_B, APPL_B_MAC, CLIENT, CLIENT_MAC, ENI, GWLB_ADDR, SERVER,
-        SERVER_MAC, harness, harness_with, state, tcp,
+        SERVER_MAC, state, tcp,
     },
     scapy::{build, dissect, dissect_one},
     testrun::Harness,
@@ -26,6 +26,85 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
+
+/// What encapsulation adds, counted here from the wire formats rather than taken from the
+/// product (the inner packet's own Ethernet header becomes the outer one): IPv4 without
+/// options (RFC 791), UDP (RFC 768), the GENEVE base header (RFC 8926 §3.4) and the three
+/// options the README lists, each a 4-byte option header and its data (§3.5): endpoint id
+/// 8 B, attachment id 8 B, flow cookie 4 B. The README's "68 bytes are added".
+const OUTER_IPV4: usize = 20;
+const OUTER_UDP: usize = 8;
+const GENEVE_BASE: usize = 8;
+const GENEVE_OPTIONS: usize = (4 + 8) + (4 + 8) + (4 + 4);
+const OVERHEAD: usize = OUTER_IPV4 + OUTER_UDP + GENEVE_BASE + GENEVE_OPTIONS;
+const _: () = assert!(OVERHEAD == 68);
+
+/// murmur3's 32-bit finalizer.
+fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The flow cookie of an inner packet (GENEVE option type 3), written out here on its own
+/// from the README's definition, "a symmetric hash of the 5-tuple": the two ends (address
+/// as a big-endian number, then port) put in order, then murmur3's finalizer chained over
+/// the lower address, the higher one, the ports (lower end's in the high half) and the
+/// protocol, with seed 0. ICMP echo uses its identifier as both ports; other protocols
+/// without ports use 0. The tuple is read from the frame with etherparse.
+fn expected_cookie(frame: &[u8]) -> u32 {
+    let p = SlicedPacket::from_ethernet(frame).expect("a test frame parses");
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4")
+    };
+    let h = ip.header();
+    let (src, dst, proto) = (h.source(), h.destination(), h.protocol().0);
+    let (sport, dport) = match &p.transport {
+        Some(TransportSlice::Tcp(t)) => (t.source_port(), t.destination_port()),
+        Some(TransportSlice::Udp(u)) => (u.source_port(), u.destination_port()),
+        Some(TransportSlice::Icmpv4(i)) => match i.icmp_type() {
+            Icmpv4Type::EchoRequest(e) | Icmpv4Type::EchoReply(e) => (e.id, e.id),
+            _ => (0, 0),
+        },
+        _ => (0, 0),
+    };
+    let a = (u32::from_be_bytes(src), sport);
+    let b = (u32::from_be_bytes(dst), dport);
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut c = fmix32(lo.0);
+    c = fmix32(c ^ hi.0);
+    c = fmix32(c ^ ((lo.1 as u32) << 16 | hi.1 as u32));
+    fmix32(c ^ proto as u32)
+}
+
+/// The outer UDP source port for a cookie: the README's "49152 + 14 bits of the flow
+/// cookie", its low 14 bits (RFC 8926 §3.3: an ephemeral port from a hash of the flow).
+fn expected_sport(cookie: u32) -> u64 {
+    49152 + (cookie & 0x3fff) as u64
+}
+
+/// The GWLB fixture, with TCP flows that saw only SYNs (embryonic) kept for 10 minutes
+/// instead of 10 s: these tests send a flow's packets several scapy calls apart (each
+/// starts Python and imports scapy, seconds on a loaded machine), and such a flow had
+/// expired in between (the reply then started a flow of its own: its return went out as
+/// an ARP probe instead of to the client's learned MAC). The conntrack capacity is the
+/// harness's (65 536 entries).
+fn harness_with(cross_zone: bool, stickiness: &str, failover: &str) -> Harness {
+    let mut h = privatelink_tests::gwlb::harness_with(cross_zone, stickiness, failover);
+    h.dp.set_config(&Config {
+        embryonic_timeout_ns: 600 * 1_000_000_000,
+        flow_capacity: 65536 / 2,
+        ..Default::default()
+    })
+    .unwrap();
+    h
+}
+
+fn harness() -> Harness {
+    harness_with(false, "five_tuple", "no_rebalance")
+}
 
 /// Re-applies the state with some appliances unhealthy.
 fn set_unhealthy(h: &mut Harness, cross_zone: bool, failover: &str, down: &[[u8; 4]]) {
@@ -95,7 +174,29 @@ fn cookie_of(d: &Value) -> String {
 
 /// Every field of the outer headers and the options, against RFC 8926 and the GWLB layout.
 fn check_geneve(h: &Harness, original: &[u8], out: &[u8], d: &Value, appliance: [u8; 4]) {
-    assert_eq!(out.len(), original.len() + GWLB_OVERHEAD);
+    // The inner packet's L4 header, found and its checksum verified by scapy, whatever
+    // the protocol: a packet scapy could not dissect further fails here.
+    let inner = &d["inner"];
+    let l4 = match original[14 + 9] {
+        6 => "tcp",
+        17 => "udp",
+        1 => "icmp",
+        p => panic!("test frames are TCP, UDP or ICMP, not {p}"),
+    };
+    assert!(
+        inner.get(l4).is_some(),
+        "scapy found no inner {l4} header: {inner}"
+    );
+    assert_eq!(inner[l4]["csum_ok"], true, "inner {l4} checksum: {inner}");
+    assert_eq!(
+        out.len(),
+        original.len() + OVERHEAD,
+        "the frame grows by {OVERHEAD} bytes (20 IPv4 + 8 UDP + 8 GENEVE + 32 of options)"
+    );
+    assert_eq!(
+        out.len(),
+        14 + OUTER_IPV4 + OUTER_UDP + GENEVE_BASE + GENEVE_OPTIONS + (original.len() - 14)
+    );
     assert_eq!(d["eth"]["src"], mac(h.provider.mac));
     let appl_mac = if appliance == APPL_A {
         APPL_A_MAC
@@ -119,15 +220,27 @@ fn check_geneve(h: &Harness, original: &[u8], out: &[u8], d: &Value, appliance: 
     assert_eq!(o["csum_ok"], true, "outer IPv4 checksum");
     let u = &o["udp"];
     assert_eq!(u["dport"], 6081);
-    assert!(u["sport"].as_u64().unwrap() >= 49152, "{u}");
-    assert_eq!(u["len"].as_u64().unwrap() as usize, out.len() - 14 - 20);
+    let cookie = expected_cookie(original);
+    assert_eq!(
+        u["sport"].as_u64(),
+        Some(expected_sport(cookie)),
+        "outer source port: 49152 + the cookie's low 14 bits (cookie {cookie:08x}): {u}"
+    );
+    assert_eq!(
+        u["len"].as_u64().unwrap() as usize,
+        out.len() - 14 - OUTER_IPV4
+    );
     assert_eq!(
         u["chksum"], 0,
         "outer UDP checksum zero (allowed over IPv4)"
     );
     let g = &d["geneve"];
     assert_eq!(g["version"], 0);
-    assert_eq!(g["optionlen"], 8, "32 bytes of options, in 4-byte words");
+    assert_eq!(
+        g["optionlen"].as_u64(),
+        Some((GENEVE_OPTIONS / 4) as u64),
+        "32 bytes of options, in 4-byte words"
+    );
     assert_eq!(
         (g["oam"].as_u64(), g["critical"].as_u64()),
         (Some(0), Some(0))
@@ -138,38 +251,32 @@ fn check_geneve(h: &Harness, original: &[u8], out: &[u8], d: &Value, appliance: 
     assert_eq!(opts.len(), 3, "{g}");
     let want_ep = format!("{:016x}", numeric_id("gwlbe-1"));
     let want_att = format!("{:016x}", numeric_id("vpc-web"));
-    for (o, (kind, len, data)) in opts.iter().zip([
-        (1, 2, Some(want_ep.as_str())),
-        (2, 2, Some(want_att.as_str())),
-        (3, 1, None),
+    let want_cookie = format!("{cookie:08x}");
+    for (o, (kind, len, want)) in opts.iter().zip([
+        (1, 2, want_ep.as_str()),
+        (2, 2, want_att.as_str()),
+        (3, 1, want_cookie.as_str()),
     ]) {
         assert_eq!(o["class"], 0x0108);
         assert_eq!(o["type"], kind);
         assert_eq!(o["length"], len);
         let hex = o["data"].as_str().unwrap();
         assert_eq!(hex.len(), len * 8, "option {kind} data length");
-        if let Some(want) = data {
-            assert_eq!(hex, want, "option {kind}");
-        }
+        assert_eq!(hex, want, "option {kind}");
     }
     // The inner packet: bare IPv4, the original bytes with TTL one lower.
-    let inner = &d["inner"];
     let orig = dissect_one(original);
     assert_eq!(inner["src"], orig["ip"]["src"]);
     assert_eq!(inner["dst"], orig["ip"]["dst"]);
+    assert_eq!(inner["proto"], orig["ip"]["proto"]);
     assert_eq!(inner["ttl"], 63);
     assert_eq!(inner["csum_ok"], true, "inner IPv4 checksum");
     let ihl = 20;
     assert_eq!(
-        &out[14 + GWLB_OVERHEAD + ihl..],
+        &out[14 + OVERHEAD + ihl..],
         &original[14 + ihl..],
         "payload untouched"
     );
-    for l4 in ["tcp", "udp", "icmp"] {
-        if inner.get(l4).is_some() {
-            assert_eq!(inner[l4]["csum_ok"], true, "inner {l4} checksum");
-        }
-    }
 }
 
 #[test]
@@ -466,55 +573,121 @@ fn malformed_or_foreign_geneve_is_dropped_and_counted() {
     assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
 }
 
+/// `frame` with its IPv4 DF bit cleared (still not a fragment), the header checksum
+/// recomputed by etherparse.
+fn without_df(mut frame: Vec<u8>) -> Vec<u8> {
+    let (mut ip, _) = Ipv4Header::from_slice(&frame[14..]).unwrap();
+    assert!(ip.dont_fragment, "etherparse sets DF by default");
+    ip.dont_fragment = false;
+    ip.header_checksum = ip.calc_header_checksum();
+    frame[14..14 + ip.header_len()].copy_from_slice(&ip.to_bytes());
+    let (check, _) = Ipv4Header::from_slice(&frame[14..]).unwrap();
+    assert!(!check.dont_fragment && !check.more_fragments && check.fragment_offset.value() == 0);
+    frame
+}
+
 #[test]
 fn too_big_for_the_appliance_link_is_answered_with_frag_needed() {
     let mut h = harness();
     let mtu = 1500; // the veth's default
+    // An inner packet of exactly mtu - 68 bytes (IPv4 20 + TCP 20 + payload) fits.
     let fits = tcp(
         &h,
         CLIENT,
         SERVER,
         43000,
         80,
-        &vec![7u8; mtu - GWLB_OVERHEAD - 40],
+        &vec![7u8; mtu - OVERHEAD - 40],
     );
     let (out, _) = encap(&mut h, &fits);
     assert_eq!(out.len(), 14 + mtu);
-    let big = tcp(
-        &h,
-        CLIENT,
-        SERVER,
-        43000,
-        80,
-        &vec![7u8; mtu - GWLB_OVERHEAD - 39],
-    );
-    let (act, out) = h.run(h.consumer.ifindex, &big).unwrap();
-    assert_eq!(act, XDP_TX, "{:?}", h.active_stats());
-    let d = dissect_one(&out);
-    assert_eq!(d["eth"]["dst"], mac(CLIENT_MAC));
-    assert_eq!(d["eth"]["src"], mac(h.consumer.mac));
-    let o = &d["ip"];
-    assert_eq!(o["src"], ENI, "from the endpoint, the router on the path");
-    assert_eq!(o["dst"], ip(CLIENT));
-    assert_eq!(o["proto"], 1);
-    assert_eq!(o["csum_ok"], true);
-    assert_eq!(o["len"].as_u64().unwrap() as usize, out.len() - 14);
-    let i = &o["icmp"];
-    assert_eq!((i["type"].as_u64(), i["code"].as_u64()), (Some(3), Some(4)));
+    // One byte more does not, whatever the DF bit and the protocol (README: "whatever its
+    // DF bit"): with DF, a TCP segment; without DF, a TCP segment and a UDP datagram.
+    let big_udp = {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+            .ipv4(CLIENT, SERVER, 64)
+            .udp(5300, 53)
+            .write(&mut v, &vec![9u8; mtu - OVERHEAD - 28 + 1])
+            .unwrap();
+        v
+    };
+    let cases = [
+        (
+            "TCP with DF",
+            tcp(
+                &h,
+                CLIENT,
+                SERVER,
+                43000,
+                80,
+                &vec![7u8; mtu - OVERHEAD - 39],
+            ),
+        ),
+        (
+            "TCP without DF",
+            without_df(tcp(
+                &h,
+                CLIENT,
+                SERVER,
+                43001,
+                80,
+                &vec![7u8; mtu - OVERHEAD - 39],
+            )),
+        ),
+        ("UDP without DF", without_df(big_udp)),
+    ];
+    let mut outs = Vec::new();
+    for (what, big) in &cases {
+        assert_eq!(big.len() - 14, mtu - OVERHEAD + 1, "{what}");
+        let (act, out) = h.run(h.consumer.ifindex, big).unwrap();
+        assert_eq!(act, XDP_TX, "{what}: {:?}", h.active_stats());
+        outs.push(out);
+    }
+    let ds = dissect(&outs.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    for (((what, big), out), d) in cases.iter().zip(&outs).zip(&ds) {
+        assert_eq!(d["eth"]["dst"], mac(CLIENT_MAC), "{what}");
+        assert_eq!(d["eth"]["src"], mac(h.consumer.mac), "{what}");
+        let o = &d["ip"];
+        assert_eq!(
+            o["src"], ENI,
+            "{what}: from the endpoint, the router on the path"
+        );
+        assert_eq!(o["dst"], ip(CLIENT), "{what}");
+        assert_eq!(o["proto"], 1, "{what}");
+        assert_eq!(o["csum_ok"], true, "{what}");
+        assert_eq!(
+            o["len"].as_u64().unwrap() as usize,
+            out.len() - 14,
+            "{what}"
+        );
+        let i = &o["icmp"];
+        assert_eq!(
+            (i["type"].as_u64(), i["code"].as_u64()),
+            (Some(3), Some(4)),
+            "{what}"
+        );
+        assert_eq!(
+            i["nexthopmtu"].as_u64(),
+            Some(1432),
+            "{what}: the port's MTU less the 68 bytes GENEVE adds"
+        );
+        assert_eq!(i["csum_ok"], true, "{what}");
+        let quote: String = big[14..14 + 28]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            i["quote"], quote,
+            "{what}: the sender's IP header and 8 bytes of its payload"
+        );
+    }
+    assert_eq!(h.count(Reason::GwlbFragNeeded), 3);
     assert_eq!(
-        i["nexthopmtu"].as_u64().unwrap() as usize,
-        mtu - GWLB_OVERHEAD
+        h.count(Reason::GwlbToAppliance),
+        1,
+        "only the one that fits"
     );
-    assert_eq!(i["csum_ok"], true);
-    let quote: String = big[14..14 + 28]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(
-        i["quote"], quote,
-        "the sender's IP header and 8 bytes of TCP"
-    );
-    assert_eq!(h.count(Reason::GwlbFragNeeded), 1);
 }
 
 /// The appliance each of `n` flows (client ports 30000..) lands on, and whether each
