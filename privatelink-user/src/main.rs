@@ -406,7 +406,10 @@ async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Re
         flow_capacity: args.conntrack_entries as u64 / 2,
     })?;
     applier.check(&state).map_err(|e| anyhow::anyhow!("{e}"))?;
-    applier.apply(&state)?;
+    // A state that fits but cannot be applied yet (an interface another XDP program holds,
+    // a map filled behind our back) is retried every 5 s, as after any API call: the data
+    // path keeps running on what it has, and the API answers meanwhile.
+    let behind_at_start = reapply(&mut applier, &state);
     applier.resolve(Duration::from_secs(3)).await;
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -425,7 +428,7 @@ async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Re
                 store,
                 apply: Box::new(applier),
                 admin_token_sha256: ops::token_hash(&admin),
-                dirty: false,
+                dirty: behind_at_start,
             }));
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -448,7 +451,7 @@ async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Re
             let path = args.state.clone().expect("file mode");
             // The running state, re-applied when health verdicts change.
             let mut current = state;
-            let mut dirty = false;
+            let mut dirty = behind_at_start;
             ready(&args, &std::process::id().to_string())?;
             info!(pin_dir = %args.pin_dir.display(), "ready");
             loop {

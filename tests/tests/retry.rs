@@ -161,7 +161,7 @@ impl Drop for Holder {
 /// gone, a retry attaches ours (the same program as on the other VPCs' interfaces).
 #[test]
 fn a_vpc_whose_interface_is_taken_is_attached_once_it_is_free() {
-    let d = ApiDaemon::start("plrtry").unwrap();
+    let mut d = ApiDaemon::start("plrtry").unwrap();
     let admin = Client::new(&d.url, Some(d.admin_token.clone()));
     two_parties(&admin, &d.url).unwrap();
     let ours = xdp_prog(&d, "fc0").expect("the daemon's program on fc0");
@@ -215,6 +215,31 @@ fn a_vpc_whose_interface_is_taken_is_attached_once_it_is_free() {
     })
     .unwrap_or_else(|e| panic!("{e:#}:\n{}", d.log()));
     assert_eq!(xdp_prog(&d, "fq0").as_deref(), Some(theirs.as_str()));
+
+    // A daemon started while the interface is still taken comes up all the same, serves
+    // the API and retries (a failed apply at start is not fatal either).
+    let logged = d.log().len();
+    d.restart()
+        .unwrap_or_else(|e| panic!("the daemon did not start with fq0 taken: {e:#}"));
+    let log = d.log()[logged..].to_string();
+    assert!(
+        log.contains("data path behind the state (retrying every 5 s)"),
+        "no warning of the failed apply at start:\n{log}"
+    );
+    let admin = Client::new(&d.url, Some(d.admin_token.clone()));
+    assert!(
+        admin
+            .get("/v1/vpcs")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["id"] == "vpc-q"),
+        "the restarted daemon answers, vpc-q stored"
+    );
+    assert_eq!(xdp_prog(&d, "fq0").as_deref(), Some(theirs.as_str()));
+    // The new daemon's program, swapped into fc0's link.
+    let ours = xdp_prog(&d, "fc0").expect("fc0 keeps a program");
 
     // The other program goes: the next retry attaches ours.
     // SAFETY: signalling our own child.
