@@ -25,7 +25,7 @@
 //! privatelink-tests --test fuzz -- --nocapture` runs longer, `PL_FUZZ_SEED` replays.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     time::{Duration, Instant},
@@ -191,6 +191,10 @@ struct Scenario {
     /// address) has had in `PL_NEIGHBORS` so far: ARP from it teaches a new one, and a flow
     /// keeps the one it was created with.
     next_hops: RefCell<BTreeMap<(u32, [u8; 4]), Macs>>,
+    /// Translated ICMP errors whose quote held the L4 checksum (checked as an update).
+    quoted_checksums: Cell<u64>,
+    /// Frames sent on whose flow's other entry the full flow table had evicted.
+    evicted: Cell<u64>,
 }
 
 type Macs = BTreeSet<[u8; 6]>;
@@ -227,6 +231,8 @@ impl Scenario {
             state,
             ports,
             next_hops: Default::default(),
+            quoted_checksums: Cell::new(0),
+            evicted: Cell::new(0),
         }
     }
 
@@ -249,6 +255,25 @@ impl Scenario {
             .borrow()
             .get(&(vpc_id, a))
             .is_some_and(|s| s.contains(&m))
+    }
+
+    /// A flow's other entry is missing: only the flow table's LRU eviction may take one
+    /// entry of a live flow, and only in a table at least half full (long runs).
+    fn partner_evicted(&self, h: &Harness, pk: &FlowKey) -> Result<(), String> {
+        let capacity = match h.dp.map(map_names::CONNTRACK).expect("PL_CONNTRACK") {
+            aya::maps::Map::LruHashMap(m) | aya::maps::Map::HashMap(m) => {
+                m.info().expect("PL_CONNTRACK's info").max_entries()
+            }
+            _ => panic!("PL_CONNTRACK is not a hash map"),
+        };
+        let entries = h.dp.flows().expect("reading PL_CONNTRACK").len();
+        if entries * 2 < capacity as usize {
+            return Err(format!(
+                "no entry for the other direction {pk:?} ({entries} of {capacity} entries)"
+            ));
+        }
+        self.evicted.set(self.evicted.get() + 1);
+        Ok(())
     }
 
     fn port(&self, ifindex: u32) -> Option<&Port> {
@@ -697,16 +722,8 @@ fn check(
     let o = Outcome { port, input, out };
     let what = match act {
         XDP_DROP | XDP_PASS => {
-            if out != input {
-                return Err(format!(
-                    "{} frame changed",
-                    if act == XDP_DROP {
-                        "a dropped"
-                    } else {
-                        "a passed"
-                    }
-                ));
-            }
+            let what = if act == XDP_DROP { "dropped" } else { "passed" };
+            same_except(&format!("a {what} frame changed"), out, input, &[])?;
             match r {
                 Reason::ArpLearned => learned_arp(sc, &o),
                 _ if act == XDP_PASS => passed(sc, &o, r),
@@ -868,6 +885,7 @@ fn nat_entry(sc: &Scenario, h: &Harness, key: &FlowKey, e: &FlowEntry) -> Result
             e.src_mac, e.out_vpc_id, out.vpc
         ));
     }
+    // The other direction's key, from this entry's rewrite; both tuples of the flow.
     let pk = flow_key(
         e.out_vpc_id,
         e.new_dst,
@@ -875,29 +893,33 @@ fn nat_entry(sc: &Scenario, h: &Harness, key: &FlowKey, e: &FlowEntry) -> Result
         (e.new_dport, e.new_sport),
         key.proto,
     );
-    let p = flow(h, &pk).ok_or_else(|| format!("no partner entry {pk:?}"))?;
-    let back = (p.new_src, p.new_dst, p.new_sport, p.new_dport, p.out_vpc_id);
-    if back != (key.dst, key.src, key.dport, key.sport, key.vpc_id)
-        || p.direction == e.direction
-        || p.endpoint_id != e.endpoint_id
-        || p.flags != e.flags
-    {
-        return Err(format!(
-            "the partner entry does not map back: {key:?} -> {e:?}; {pk:?} -> {p:?}"
-        ));
-    }
-    let (ok, oe, rk) = match e.direction {
-        DIR_ORIGINAL => (key, e, &pk),
-        DIR_REPLY => (&pk, &p, key),
+    let (ok, rk) = match e.direction {
+        DIR_ORIGINAL => (key, &pk),
+        DIR_REPLY => (&pk, key),
         d => return Err(format!("direction {d}")),
     };
+    match flow(h, &pk) {
+        Some(p) => {
+            let back = (p.new_src, p.new_dst, p.new_sport, p.new_dport, p.out_vpc_id);
+            if back != (key.dst, key.src, key.dport, key.sport, key.vpc_id)
+                || p.direction == e.direction
+                || p.endpoint_id != e.endpoint_id
+                || p.flags != e.flags
+            {
+                return Err(format!(
+                    "the partner entry does not map back: {key:?} -> {e:?}; {pk:?} -> {p:?}"
+                ));
+            }
+        }
+        None => sc.partner_evicted(h, &pk)?,
+    }
     let (ep, svc) = sc
         .eni(ok.vpc_id, ok.dst)
         .ok_or_else(|| format!("a flow to {}, no ENI", addr(ok.dst)))?;
-    if !Scenario::forwarding(ep, svc) || numeric_id(&ep.id) != oe.endpoint_id {
+    if !Scenario::forwarding(ep, svc) || numeric_id(&ep.id) != e.endpoint_id {
         return Err(format!(
             "a flow of endpoint {:#x} at {}'s ENI (connection {:?})",
-            oe.endpoint_id, ep.id, ep.connection
+            e.endpoint_id, ep.id, ep.connection
         ));
     }
     let listens = svc.listeners.iter().any(|l| {
@@ -923,10 +945,11 @@ fn nat_entry(sc: &Scenario, h: &Harness, key: &FlowKey, e: &FlowEntry) -> Result
             svc.id
         ));
     }
-    if !sc.was_next_hop(rk.vpc_id, rk.src, oe.dst_mac) {
+    // To the load balancer's MAC (the other way, to the original sender's).
+    if e.direction == DIR_ORIGINAL && !sc.was_next_hop(rk.vpc_id, rk.src, e.dst_mac) {
         return Err(format!(
             "sent to MAC {:02x?}, never the load balancer's",
-            oe.dst_mac
+            e.dst_mac
         ));
     }
     Ok(())
@@ -1061,6 +1084,7 @@ fn icmp_translated(sc: &Scenario, h: &Harness, o: &Outcome) -> Result<(), String
     // The quoted segment is cut short: etherparse cannot recompute its checksum, so it is
     // checked as an update (RFC 1624) for the addresses and ports that changed.
     if let Some(c) = qcheck {
+        sc.quoted_checksums.set(sc.quoted_checksums.get() + 1);
         let (before, after) = (be16(i, c), be16(out, c));
         let words = |f: &[u8]| [&f[q.off + 12..q.off + 20], &f[ql4..ql4 + 4]].concat();
         let zero_udp = q.proto == 17 && before == 0;
@@ -1178,28 +1202,32 @@ fn to_appliance(sc: &Scenario, h: &Harness, o: &Outcome) -> Result<(), String> {
     // names the same appliance.
     let key = flow_key(p.vpc_id, ip.src, ip.dst, ports(i, &ip)?, ip.proto);
     let e = flow(h, &key).ok_or_else(|| format!("no conntrack entry for {key:?}"))?;
-    let back = flow(h, &key_reversed(&key)).ok_or("no entry for the other direction")?;
     let sent = (e.new_src, e.new_dst, e.dst_mac, e.src_mac, e.out_ifindex);
-    if e.flags & FLOW_GWLB == 0
-        || e.endpoint_id != numeric_id(&ep.id)
-        || sent
-            != (
-                src,
-                dst,
-                eth_dst,
-                appl_port.link.mac,
-                appl_port.link.ifindex,
-            )
-        || back.flags & FLOW_GWLB == 0
-        || back.endpoint_id != e.endpoint_id
-        || back.new_dst != e.new_dst
-        || back.direction == e.direction
-    {
-        return Err(format!(
-            "the flow's entries: {key:?} -> {e:?}; reverse -> {back:?}"
-        ));
+    let want = (
+        src,
+        dst,
+        eth_dst,
+        appl_port.link.mac,
+        appl_port.link.ifindex,
+    );
+    if e.flags & FLOW_GWLB == 0 || e.endpoint_id != numeric_id(&ep.id) || sent != want {
+        return Err(format!("the flow's entry: {key:?} -> {e:?}"));
     }
-    Ok(())
+    let rev = key_reversed(&key);
+    match flow(h, &rev) {
+        Some(back)
+            if back.flags & FLOW_GWLB == 0
+                || back.endpoint_id != e.endpoint_id
+                || back.new_dst != e.new_dst
+                || back.direction == e.direction =>
+        {
+            Err(format!(
+                "the flow's entries: {key:?} -> {e:?}; reverse -> {back:?}"
+            ))
+        }
+        Some(_) => Ok(()),
+        None => sc.partner_evicted(h, &rev),
+    }
 }
 
 fn key_reversed(k: &FlowKey) -> FlowKey {
@@ -1449,7 +1477,12 @@ fn fuzz(
             r.as_str()
         );
     }
-    eprintln!("{name}: seed {seed}: {runs} frames, all consistent: {seen:?}");
+    eprintln!(
+        "{name}: seed {seed}: {runs} frames, all consistent ({} ICMP quotes' L4 checksums, \
+         {} flows with an evicted entry): {seen:?}",
+        sc.quoted_checksums.get(),
+        sc.evicted.get()
+    );
 }
 
 #[test]
@@ -1468,15 +1501,24 @@ fn endpoint_nat_survives_random_and_mutated_frames() {
         .icmpv4_echo_request(7, 1)
         .write(&mut echo, b"0123456789abcdef")
         .unwrap();
-    // An ICMP port unreachable from the load balancer quoting the NATed SYN.
-    let mut unreach = Vec::new();
-    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
-        .ipv4(LB, snat, 64)
-        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-            etherparse::icmpv4::DestUnreachableHeader::Port,
-        ))
-        .write(&mut unreach, &syn_out[14..14 + 28])
-        .unwrap();
+    // ICMP port unreachables from the load balancer quoting a NATed packet: the SYN's
+    // header and 8 bytes (no TCP checksum in the quote), the whole SYN, a UDP query's
+    // header and 8 bytes (its checksum quoted).
+    let (_, udp_out) = h.run(cif, &udp_to_eni(&h, 5353, b"query", false)).unwrap();
+    let unreach = |sent: &[u8], len: usize| {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+            .ipv4(LB, a4(sent, 26), 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut v, &sent[14..14 + len])
+            .unwrap();
+        v
+    };
+    let unreach_short = unreach(&syn_out, 28);
+    let unreach_whole = unreach(&syn_out, syn_out.len() - 14);
+    let unreach_udp = unreach(&udp_out, 28);
     let corpus = vec![
         (cif, tcp_to_eni(&h, 40000, true, b"")),
         (cif, tcp_to_eni(&h, 40000, false, b"payload bytes")),
@@ -1485,7 +1527,9 @@ fn endpoint_nat_survives_random_and_mutated_frames() {
         (cif, echo),
         (cif, arp_request(CLIENT_MAC, CLIENT, ENI)),
         (pif, tcp_from_lb(&h, snat, port, b"answer")),
-        (pif, unreach),
+        (pif, unreach_short),
+        (pif, unreach_whole),
+        (pif, unreach_udp),
         (pif, arp_request(LB_MAC, LB, SNAT[0])),
     ];
     use Reason::*;
@@ -1498,6 +1542,10 @@ fn endpoint_nat_survives_random_and_mutated_frames() {
         ArpReply,
     ];
     fuzz("endpoint", &mut h, &sc, &corpus, &required);
+    assert!(
+        sc.quoted_checksums.get() > 0,
+        "endpoint: no translated ICMP error quoted an L4 checksum"
+    );
 }
 
 #[test]
