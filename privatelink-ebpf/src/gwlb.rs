@@ -441,6 +441,8 @@ struct Returned {
     endpoint_id: u32,
     vpc_id: u32,
     inner: usize,
+    /// Where the UDP datagram ends: the inner packet must lie inside it.
+    end: usize,
 }
 
 /// GENEVE from an appliance: validate, find the flow, strip the outer headers, deliver.
@@ -469,7 +471,7 @@ fn from_appliance_checked(
     let ip = mut_at::<Ipv4Hdr>(ctx, g.inner, Reason::DropGeneveMalformed)?;
     let ihl = ip.hdr_len();
     let tot = be16(ip.tot_len) as usize;
-    if ip.vihl >> 4 != 4 || ihl < 20 || tot < ihl || g.inner + tot > pkt.end || ip.is_fragment() {
+    if ip.vihl >> 4 != 4 || ihl < 20 || tot < ihl || g.inner + tot > g.end || ip.is_fragment() {
         return Err(Reason::DropGeneveMalformed);
     }
     // What we deliver must be a packet a router may forward (RFC 1812).
@@ -544,6 +546,7 @@ fn parse_geneve(ctx: &XdpContext, pkt: &Packet) -> Result<Returned, Reason> {
         endpoint_id: 0,
         vpc_id: 0,
         inner: opts_end,
+        end,
     };
     let mut seen = 0u8;
     let mut off = gnv + 8;

@@ -411,6 +411,7 @@ fn malformed_or_foreign_geneve_is_dropped_and_counted() {
     let (_, d) = encap(&mut h, &syn);
     let good = returned(APPL_A, APPL_A_MAC, h.provider.mac, &d);
     let inner = d["inner"]["raw"].as_str().unwrap().to_string();
+    assert_eq!(inner.len(), 80, "a 40-byte SYN inside");
     let opt = |t: u8, data: &str| {
         format!("GeneveOptions(classid=0x0108, type={t}, data=bytes.fromhex('{data}'))")
     };
@@ -483,6 +484,19 @@ fn malformed_or_foreign_geneve_is_dropped_and_counted() {
                 outer(APPL_A),
                 opt(1, ep),
                 opt(2, att)
+            ),
+            Reason::DropGeneveMalformed,
+        ),
+        (
+            // Found by the fuzzer: the inner packet must lie inside the UDP datagram, not
+            // only inside the outer IP packet (UDP length 68: GENEVE and its options, and
+            // only the inner packet's 20-byte IP header of its 40 bytes).
+            "a UDP length that cuts the inner packet short",
+            format!(
+                "Ether(src='{}', dst='{}')/IP(src='{}', dst='{GWLB_ADDR}')/UDP(sport=6081, dport=6081, len=68, chksum=0)/GENEVE(proto=0x0800, options=[{o3}])/IP(bytes.fromhex('{inner}'))",
+                mac(APPL_A_MAC),
+                mac(h.provider.mac),
+                ip(APPL_A)
             ),
             Reason::DropGeneveMalformed,
         ),
