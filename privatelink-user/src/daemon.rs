@@ -311,11 +311,19 @@ impl Apply for DataplaneApply {
         let unhealthy = self.health.take();
         let want = desired::compute(s, dataplane::resolve_link, &unhealthy)?;
         let r = self.dp.apply(&want)?;
+        // Every interface that can be attached is, and the next hops are registered and
+        // probed, even when one interface cannot be attached yet (another XDP program
+        // holds it): that VPC waits for the retry, the others do not.
+        let mut failed = Vec::new();
         for vpc in &s.vpcs {
             if !self.attached.contains(&vpc.interface) {
-                self.dp.attach(&vpc.interface, self.skb)?;
-                self.attached.push(vpc.interface.clone());
-                info!(iface = %vpc.interface, vpc = %vpc.id, "XDP attached");
+                match self.dp.attach(&vpc.interface, self.skb) {
+                    Ok(()) => {
+                        self.attached.push(vpc.interface.clone());
+                        info!(iface = %vpc.interface, vpc = %vpc.id, "XDP attached");
+                    }
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
             }
         }
         if r.upserts + r.deletes > 0 {
@@ -331,7 +339,11 @@ impl Apply for DataplaneApply {
         for h in &new {
             self.probe(h);
         }
-        Ok(())
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("{}", failed.join("; ")))
+        }
     }
 
     fn tick(&mut self) {

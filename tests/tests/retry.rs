@@ -190,18 +190,18 @@ fn a_vpc_whose_interface_is_taken_is_attached_once_it_is_free() {
     let vpc = admin
         .post(
             "/v1/vpcs",
-            &json!({"id": "vpc-q", "account": "acct-a", "cidr": "10.50.0.0/16", "interface": "fq0",
+            &json!({"id": "vpc-0q", "account": "acct-a", "cidr": "10.50.0.0/16", "interface": "fq0",
                     "vswitches": [{"id": "vsw-q1", "zone": "zone-a", "cidr": "10.50.1.0/24"}]}),
         )
         .unwrap();
-    assert_eq!(vpc["id"], "vpc-q", "{vpc}");
+    assert_eq!(vpc["id"], "vpc-0q", "{vpc}");
     let listed = admin.get("/v1/vpcs").unwrap();
     assert!(
         listed
             .as_array()
             .unwrap()
             .iter()
-            .any(|v| v["id"] == "vpc-q"),
+            .any(|v| v["id"] == "vpc-0q"),
         "stored: {listed}"
     );
     assert!(
@@ -218,6 +218,9 @@ fn a_vpc_whose_interface_is_taken_is_attached_once_it_is_free() {
 
     // A daemon started while the interface is still taken comes up all the same, serves
     // the API and retries (a failed apply at start is not fatal either).
+    // The store lists VPCs by id, so after the restart vpc-0q is the first VPC applied:
+    // its failure must not keep the others' interfaces from the new program.
+    let program_before = xdp_prog(&d, "fc0");
     let logged = d.log().len();
     d.restart()
         .unwrap_or_else(|e| panic!("the daemon did not start with fq0 taken: {e:#}"));
@@ -234,12 +237,21 @@ fn a_vpc_whose_interface_is_taken_is_attached_once_it_is_free() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|v| v["id"] == "vpc-q"),
-        "the restarted daemon answers, vpc-q stored"
+            .any(|v| v["id"] == "vpc-0q"),
+        "the restarted daemon answers, vpc-0q stored"
     );
     assert_eq!(xdp_prog(&d, "fq0").as_deref(), Some(theirs.as_str()));
     // The new daemon's program, swapped into fc0's link.
     let ours = xdp_prog(&d, "fc0").expect("fc0 keeps a program");
+    assert_ne!(
+        Some(&ours),
+        program_before.as_ref(),
+        "the restarted daemon swapped its program into fc0 although vpc-0q (applied first) failed"
+    );
+    assert!(
+        xdp_prog(&d, "fp0").as_ref() == Some(&ours),
+        "fp0 has the new program too"
+    );
 
     // The other program goes: the next retry attaches ours.
     // SAFETY: signalling our own child.
@@ -256,5 +268,5 @@ fn a_vpc_whose_interface_is_taken_is_attached_once_it_is_free() {
         d.log()
     );
     assert!(d.pin.join("links/fq0").exists(), "the link is pinned");
-    eprintln!("fq0 attached {:?} after vpc-q was answered", t.elapsed());
+    eprintln!("fq0 attached {:?} after vpc-0q was answered", t.elapsed());
 }
