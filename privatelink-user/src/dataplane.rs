@@ -397,47 +397,73 @@ fn expected_layout(conntrack_entries: u32) -> Vec<PinSpec> {
 }
 
 /// The directory beside the pins that records the layout fingerprint of each pinned map:
-/// one empty directory `NAME-HEX` per map (bpffs holds BPF objects and directories
-/// only, and refuses names with a dot).
+/// one empty directory `NAME-HEX-ID` per map, `ID` the pinned map's kernel id (bpffs
+/// holds BPF objects and directories only, and refuses names with a dot).
 pub const LAYOUTS_DIR: &str = "layouts";
 
-/// The fingerprints recorded in `<dir>/layouts`. None recorded (pins of a build from
-/// before fingerprints) is no record; an entry that cannot be read is reported and
-/// records nothing for its map (its pin is then judged by its sizes alone).
-fn recorded_layouts(dir: &Path) -> Result<std::collections::HashMap<String, u64>> {
+/// What `<dir>/layouts` says of the pinned maps.
+struct Records {
+    /// The directory exists: pins made since records are kept, so a pin without a valid
+    /// record of its own (a crash between pinning and recording, a build from before
+    /// records run in between) is of unknown layout.
+    kept: bool,
+    /// Map name → (fingerprint, map id); `None` for a map with more than one record.
+    by_map: std::collections::HashMap<String, Option<(u64, u32)>>,
+}
+
+/// Reads `<dir>/layouts`; an entry that cannot be read is reported and ignored.
+fn recorded_layouts(dir: &Path) -> Result<Records> {
     let path = dir.join(LAYOUTS_DIR);
     let entries = match std::fs::read_dir(&path) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Records {
+                kept: false,
+                by_map: Default::default(),
+            });
+        }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let mut out = std::collections::HashMap::new();
+    let mut by_map = std::collections::HashMap::new();
     for entry in entries {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        let parsed = name
-            .rsplit_once('-')
-            .and_then(|(map, hex)| Some((map, u64::from_str_radix(hex, 16).ok()?)));
-        match parsed {
-            Some((map, f)) if !out.contains_key(map) => {
-                out.insert(map.to_string(), f);
+        let parsed = name.rsplitn(3, '-').collect::<Vec<_>>();
+        let record = match parsed[..] {
+            [id, hex, map] => u64::from_str_radix(hex, 16)
+                .ok()
+                .zip(id.parse::<u32>().ok())
+                .map(|r| (map, r)),
+            _ => None,
+        };
+        match record {
+            Some((map, r)) => {
+                by_map
+                    .entry(map.to_string())
+                    .and_modify(|v| *v = None)
+                    .or_insert(Some(r));
             }
-            _ => tracing::warn!(
+            None => tracing::warn!(
                 dir = %path.display(),
                 entry = %name,
-                "unreadable layout record: ignored (that map is checked by its sizes only)"
+                "unreadable layout record: ignored"
             ),
         }
     }
-    Ok(out)
+    Ok(Records { kept: true, by_map })
 }
 
-/// Records this build's layout fingerprints beside the pins, replacing older records.
+/// Records this build's layout fingerprints of the pinned maps (just pinned or re-used),
+/// with their ids, replacing older records.
 fn record_layouts(dir: &Path, conntrack_entries: u32) -> Result<()> {
     let path = dir.join(LAYOUTS_DIR);
-    let want: std::collections::HashSet<String> = expected_layout(conntrack_entries)
-        .iter()
-        .map(|s| format!("{}-{:016x}", s.name, s.fingerprint))
-        .collect();
+    let mut want = std::collections::HashSet::new();
+    for spec in expected_layout(conntrack_entries) {
+        let pin = dir.join(spec.name);
+        let id = aya::maps::MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading {}", pin.display()))?
+            .id();
+        want.insert(format!("{}-{:016x}-{id}", spec.name, spec.fingerprint));
+    }
     std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
     for entry in std::fs::read_dir(&path)? {
         let entry = entry?;
@@ -457,7 +483,9 @@ fn record_layouts(dir: &Path, conntrack_entries: u32) -> Result<()> {
 
 /// A pinned map left by a build with another layout (or a different conntrack size) would
 /// be re-used as is by the loader: unpin it so a fresh one is made, and say so. Conntrack
-/// entries are lost then; daemon-owned maps are refilled by the next apply.
+/// entries are lost then; daemon-owned maps are refilled by the next apply. A pin is of
+/// this build's layout when its record says so for this very map (its id); pins from
+/// before records (no `layouts` directory at all) are judged by their sizes alone.
 fn drop_incompatible_pins(dir: &Path, conntrack_entries: u32) -> Result<()> {
     let recorded = recorded_layouts(dir)?;
     for want in expected_layout(conntrack_entries) {
@@ -470,15 +498,25 @@ fn drop_incompatible_pins(dir: &Path, conntrack_entries: u32) -> Result<()> {
         let fits = info.key_size() as usize == want.key
             && info.value_size() as usize == want.value
             && want.entries.is_none_or(|n| info.max_entries() == n);
-        let found = recorded.get(want.name).copied();
-        let same_layout = found.is_none_or(|f| f == want.fingerprint);
+        let record = recorded.by_map.get(want.name).copied().flatten();
+        let same_layout = match record {
+            Some((f, id)) => f == want.fingerprint && id == info.id(),
+            None => !recorded.kept,
+        };
         if !fits || !same_layout {
+            let found = match (record, recorded.by_map.get(want.name)) {
+                (Some((f, id)), _) => format!("{f:016x} (map {id})"),
+                (None, Some(None)) => "several records".to_string(),
+                (None, _) if recorded.kept => "no record".to_string(),
+                (None, _) => String::new(),
+            };
             tracing::warn!(
                 map = %want.name,
+                id = info.id(),
                 key_size = info.key_size(),
                 value_size = info.value_size(),
                 max_entries = info.max_entries(),
-                layout = %found.map(|f| format!("{f:016x}")).unwrap_or_default(),
+                layout = %found,
                 this_build = %format!("{:016x}", want.fingerprint),
                 "pinned map does not fit this build (layout or size changed): replacing it, its entries are lost"
             );

@@ -13,6 +13,7 @@ use privatelink_tests::{
         udp_to_eni,
     },
     lab::packet_state,
+    scale::ktime_ns,
     testrun::{Harness, LB_MAC},
 };
 use privatelink_user::model::numeric_id;
@@ -432,10 +433,10 @@ fn the_established_path_rewrites_exactly_as_the_full_path() {
     // Two data paths with the same flow: in `slow` the epoch moves before every packet, so
     // each one takes the full path; `fast` takes the established path from the second on.
     let (mut fast, mut slow) = (harness(), harness());
+    let start = std::time::Instant::now();
     let a = open_flow(&mut fast, 40500);
     let b = open_flow(&mut slow, 40500);
     assert_eq!(a, b, "same SNAT tuple in both");
-    let start = std::time::Instant::now();
     for i in 0..20 {
         slow.bump_epoch().unwrap();
         let s = exchange(&mut slow, 40500, b, i);
@@ -467,7 +468,7 @@ fn the_established_path_rewrites_exactly_as_the_full_path() {
     let rechecks = start.elapsed().as_secs() as u32 + 1;
     assert_eq!(reply.fast_packets, 19, "replies on the established path");
     assert!(
-        (20 - rechecks..=20).contains(&fwd.fast_packets),
+        (20u32.saturating_sub(rechecks)..=20).contains(&fwd.fast_packets),
         "client packets on the established path: {}",
         fwd.fast_packets
     );
@@ -506,8 +507,8 @@ fn a_state_change_reaches_established_flows() {
     assert_ne!(h.dp.epoch().unwrap(), epoch, "a map change moves the epoch");
     let before = flow_pair(&h, 40600);
     assert!(
-        before.0.fast_packets > 0 && before.1.fast_packets > 0,
-        "the second exchange took the established path: {before:?}"
+        before.1.fast_packets > 0,
+        "the second exchange's reply took the established path: {before:?}"
     );
     for (act, out) in exchange(&mut h, 40600, snat, 2) {
         assert_eq!(act, XDP_REDIRECT);
@@ -523,12 +524,15 @@ fn a_state_change_reaches_established_flows() {
         (before.0.fast_packets, before.1.fast_packets),
         "no packet on the established path under a stale epoch"
     );
+    // The client packet takes it too unless it is due for its once-a-second partner
+    // check (a stalled test thread); the reply has no such check.
+    let due = ktime_ns().saturating_sub(fwd.checked_ns) > 900_000_000;
     exchange(&mut h, 40600, snat, 2);
     let (fwd, reply) = flow_pair(&h, 40600);
-    assert_eq!(
-        (fwd.fast_packets, reply.fast_packets),
-        (before.0.fast_packets + 1, before.1.fast_packets + 1)
-    );
+    assert_eq!(reply.fast_packets, before.1.fast_packets + 1);
+    if !due {
+        assert_eq!(fwd.fast_packets, before.0.fast_packets + 1);
+    }
     // The provider rejects the connection: both directions stop at once.
     h.apply_state(
         &packet_state().replace("connection = \"connected\"", "connection = \"rejected\""),
@@ -1206,11 +1210,15 @@ zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }]
         (now.new_src, now.new_sport),
         "sent on the new flow's tuple"
     );
-    // Both entries of the re-made flow are ep-a2's, and replies on its tuple reach the
-    // client through it. The SNAT tuple is drawn afresh: it may be the old one (the
-    // reply entry that pointed at this very forward key is taken over, as for a flow whose
-    // forward entry expired), or another, and then ep-a's old tuple no longer reaches the
-    // client.
+    // The SNAT tuple is drawn from the client tuple: the re-made flow takes the old one
+    // over (its reply entry pointed at this very forward key, as for a flow whose forward
+    // entry expired). Both entries are ep-a2's, and replies on the tuple reach the client
+    // through it.
+    assert_eq!(
+        (now.new_src, now.new_sport),
+        (old.new_src, old.new_sport),
+        "the old flow's tuple taken over"
+    );
     let (fwd_key, fwd) =
         h.dp.flows()
             .unwrap()
@@ -1234,12 +1242,6 @@ zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }]
         (p.ip.source, p.ip.destination, p.dport),
         (ENI, CLIENT, 41400)
     );
-    if (now.new_src, now.new_sport) != (old.new_src, old.new_sport) {
-        let (act, _) = h
-            .run(h.provider.ifindex, &lb_ack(&h, old.new_src, old.new_sport))
-            .unwrap();
-        assert_eq!(act, XDP_DROP, "a reply on ep-a's old tuple");
-    }
 }
 
 fn short_timeouts(h: &mut Harness) {

@@ -164,11 +164,14 @@ fn a_pinned_map_of_another_layout_is_replaced_with_a_warning_naming_it() {
     assert!(listeners.get(&numeric_id("epsrv-b"), 0).is_ok());
 }
 
-/// Two maps whose sizes still fit but whose recorded layout fingerprint is another build's
-/// (as when fields are reordered or retyped at the same size): the next daemon replaces
-/// exactly those two, with a warning naming each and the fingerprints found and expected,
-/// refills the endpoint map from its state, and records this build's fingerprints again. A
-/// record that cannot be read is reported and its map judged by its sizes (kept).
+/// Pins whose sizes still fit but whose records say they are not this build's layout:
+/// two recorded with another build's fingerprint (fields reordered or retyped at the same
+/// size), one whose record names another map id (re-created by a build that crashed
+/// before recording, or by a build from before records), one with no record at all. The
+/// next daemon replaces exactly those four, each with a warning naming the map and what
+/// was found, re-uses the others, refills the endpoint map from its state and records this
+/// build's fingerprints with the new maps' ids. An unreadable record is reported and
+/// ignored (its map has a valid one and is kept).
 #[test]
 fn a_pinned_map_recorded_with_another_layout_of_the_same_size_is_replaced() {
     use std::collections::BTreeMap;
@@ -195,17 +198,26 @@ fn a_pinned_map_recorded_with_another_layout_of_the_same_size_is_replaced() {
     )
     .unwrap();
     let dir = d.pin.join(dataplane::LAYOUTS_DIR);
-    let records = || -> BTreeMap<String, String> {
+    // name -> (fingerprint, map id), from NAME-HEX-ID.
+    let records = || -> BTreeMap<String, (String, u32)> {
         std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .map(|e| {
-                let (n, f) = e.rsplit_once('-').unwrap_or((&e, ""));
-                (n.to_string(), f.to_string())
+                let v: Vec<&str> = e.rsplitn(3, '-').collect();
+                assert_eq!(v.len(), 3, "a record NAME-HEX-ID: {e}");
+                (v[2].to_string(), (v[1].to_string(), v[0].parse().unwrap()))
             })
             .collect()
     };
+    let ids = |d: &ApiDaemon| -> BTreeMap<&str, u32> {
+        map_names::ALL
+            .iter()
+            .map(|n| (*n, MapInfo::from_pin(d.pin.join(n)).unwrap().id()))
+            .collect()
+    };
     let ours = records();
+    let before = ids(&d);
     assert_eq!(
         ours.keys().map(String::as_str).collect::<Vec<_>>(),
         {
@@ -215,28 +227,51 @@ fn a_pinned_map_recorded_with_another_layout_of_the_same_size_is_replaced() {
         },
         "one record per map"
     );
-    assert!(ours.values().all(|f| f.len() == 16), "{ours:?}");
-    let ids = |d: &ApiDaemon| -> BTreeMap<&str, u32> {
-        map_names::ALL
-            .iter()
-            .map(|n| (*n, MapInfo::from_pin(d.pin.join(n)).unwrap().id()))
-            .collect()
-    };
-    let before = ids(&d);
-    // Another build's records: two other fingerprints, one line unreadable.
-    let other = "00000000deadbeef";
-    let replaced = [map_names::ENDPOINTS, map_names::CONNTRACK];
-    for (name, f) in &ours {
-        let new = if replaced.contains(&name.as_str()) {
-            format!("{name}-{other}")
-        } else if name == map_names::STATS {
-            format!("{name}-nothex")
-        } else {
-            continue;
-        };
-        std::fs::remove_dir(dir.join(format!("{name}-{f}"))).unwrap();
-        std::fs::create_dir(dir.join(new)).unwrap();
+    for (name, (f, id)) in &ours {
+        assert_eq!(f.len(), 16, "{name}: {f}");
+        assert_eq!(
+            *id,
+            before[name.as_str()],
+            "{name}: the record names its map's id"
+        );
     }
+    let record = |name: &str, f: &str, id: u32| dir.join(format!("{name}-{f}-{id}"));
+    let other = "00000000deadbeef";
+    let (endpoints, conntrack, config, stats, ifaces) = (
+        map_names::ENDPOINTS,
+        map_names::CONNTRACK,
+        map_names::CONFIG,
+        map_names::STATS,
+        map_names::IFACES,
+    );
+    for name in [endpoints, conntrack, config, stats] {
+        let (f, id) = &ours[name];
+        std::fs::remove_dir(record(name, f, *id)).unwrap();
+    }
+    std::fs::create_dir(record(endpoints, other, before[endpoints])).unwrap();
+    std::fs::create_dir(record(conntrack, other, before[conntrack])).unwrap();
+    std::fs::create_dir(record(config, &ours[config].0, before[config] + 100_000)).unwrap();
+    std::fs::create_dir(dir.join(format!("{ifaces}-nothex"))).unwrap();
+    let replaced = [
+        (
+            endpoints,
+            format!("layout={other} (map {})", before[endpoints]),
+        ),
+        (
+            conntrack,
+            format!("layout={other} (map {})", before[conntrack]),
+        ),
+        (
+            config,
+            format!(
+                "layout={} (map {})",
+                ours[config].0,
+                before[config] + 100_000
+            ),
+        ),
+        (stats, "layout=no record".to_string()),
+    ];
+
     let logged = d.log().len();
     d.restart().unwrap();
     let log = d.log()[logged..].to_string();
@@ -244,31 +279,47 @@ fn a_pinned_map_recorded_with_another_layout_of_the_same_size_is_replaced() {
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("pinned map does not fit this build"))
         .collect();
-    assert_eq!(warnings.len(), 2, "one warning per replaced map:\n{log}");
+    assert_eq!(warnings.len(), 4, "one warning per replaced map:\n{log}");
     let after = ids(&d);
-    for name in replaced {
+    for (name, found) in &replaced {
         let w = warnings
             .iter()
-            .find(|w| w.contains(&format!("map={name}")))
+            .find(|w| w.contains(&format!("map={name} ")))
             .unwrap_or_else(|| panic!("no warning names {name}:\n{log}"));
         assert!(
-            w.contains(&format!("layout={other}"))
-                && w.contains(&format!("this_build={}", ours[name])),
-            "the warning gives both fingerprints: {w}"
+            w.contains(found) && w.contains(&format!("this_build={}", ours[*name].0)),
+            "the warning gives what was found ({found}) and this build's fingerprint: {w}"
         );
         assert_ne!(after[name], before[name], "{name} replaced");
     }
     assert!(
-        log.lines()
-            .any(|l| l.contains("WARN") && l.contains("unreadable layout record")),
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("unreadable layout record")
+            && l.contains(&format!("{ifaces}-nothex"))),
         "the unreadable record is reported:\n{log}"
     );
     for (name, id) in &before {
-        if !replaced.contains(name) {
+        if replaced.iter().all(|(n, _)| n != name) {
             assert_eq!(after[name], *id, "{name} re-used");
         }
     }
-    assert_eq!(records(), ours, "this build's fingerprints recorded again");
+    let now = records();
+    for (name, (f, id)) in &now {
+        assert_eq!(
+            *f, ours[name].0,
+            "{name}: this build's fingerprint recorded again"
+        );
+        assert_eq!(
+            *id,
+            after[name.as_str()],
+            "{name}: with the pinned map's id"
+        );
+    }
+    assert_eq!(
+        now.len(),
+        ours.len(),
+        "stale and unreadable records removed"
+    );
     let eps = dataplane::open_pinned(&d.pin, map_names::ENDPOINTS).unwrap();
     let eps: HashMap<_, VpcAddr, EndpointEni> = HashMap::try_from(&eps).unwrap();
     let key = VpcAddr {
