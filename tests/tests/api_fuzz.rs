@@ -457,7 +457,8 @@ fn the_api_survives_schemathesis_without_5xx_or_side_effects_of_rejections() {
             assert_eq!(
                 found,
                 Some(o),
-                "{list}: seeded object {id} changed, though no accepted write named it"
+                "{list}: seeded object {id} changed, though no accepted write named it \
+                 (left: now, right: after seeding)"
             );
             intact += 1;
         }
