@@ -3,26 +3,174 @@
 //! with the operator's token and without one. No request may get a 5xx, the daemon must
 //! survive, and a rejected request (4xx) must change nothing (`scripts/st_hooks.py`).
 //!
+//! The daemon is seeded first (accounts, two VPCs with vSwitches, a service with a listener
+//! and a whitelist, endpoints, security groups with rules, an ACL), and a generation hook
+//! puts the ids of existing objects into the path parameters three times in four, so the
+//! rejected requests are mostly aimed at real objects and the comparison is between
+//! non-empty states. A third run uses the consumer account's token, whose writes to its
+//! own objects can be accepted. Afterwards every seeded object that no accepted write
+//! named in its path must be as it was after seeding.
+//!
 //! What ran is read from schemathesis' own reports, not from its console text: the JSON
 //! run report (operations tested, test cases generated) and the HAR file (every request
 //! sent and the answer it got).
 
-use std::{path::PathBuf, process::Command};
+use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
 use privatelink_tests::apidaemon::ApiDaemon;
 use privatelink_user::client::Client;
-use serde_json::Value;
+use serde_json::{Value, json};
+
+/// The lists the operator can read: together, every object of the API (as `st_hooks.py`).
+const LISTS: [&str; 6] = [
+    "/v1/accounts",
+    "/v1/vpcs",
+    "/v1/services",
+    "/v1/endpoints",
+    "/v1/security-groups",
+    "/v1/acls",
+];
+
+/// Every list, as the operator sees it.
+fn state(d: &ApiDaemon) -> Vec<Vec<Value>> {
+    let admin = Client::new(&d.url, Some(d.admin_token.clone()));
+    LISTS
+        .iter()
+        .map(|l| {
+            admin
+                .get(l)
+                .unwrap()
+                .as_array()
+                .unwrap_or_else(|| panic!("{l} is not a list"))
+                .clone()
+        })
+        .collect()
+}
+
+/// Real objects for the requests to hit, created through the API as the lab's parties
+/// would (as `two_parties`, which keeps the tokens to itself): accounts acct-a (consumer),
+/// acct-b (provider) and acct-c; VPCs vpc-a (vsw-a1, vsw-a2) and vpc-b (vsw-b0); B's
+/// service epsrv-b (a TCP listener, whitelisting acct-a and acct-c), its security group
+/// sg-b (one rule) and ACL acl-b; A's security groups sg-web and sg-spare (a rule each),
+/// its endpoints ep-a (accepted, in sg-web) and ep-a2 (pending), and its ACL acl-a.
+/// Returns the consumer's token and every id created (vSwitch and rule ids included).
+fn seed(d: &ApiDaemon) -> (String, BTreeSet<String>) {
+    let admin = Client::new(&d.url, Some(d.admin_token.clone()));
+    let token = |id: &str| -> String {
+        admin.post("/v1/accounts", &json!({"id": id})).unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (ta, tb) = (token("acct-a"), token("acct-b"));
+    token("acct-c");
+    let vsw = |id, zone, cidr| json!({"id": id, "zone": zone, "cidr": cidr});
+    for (vpc, account, iface, vswitches) in [
+        (
+            "vpc-a",
+            "acct-a",
+            "fc0",
+            vec![
+                vsw("vsw-a1", "zone-a", "10.10.1.0/24"),
+                vsw("vsw-a2", "zone-b", "10.10.2.0/24"),
+            ],
+        ),
+        (
+            "vpc-b",
+            "acct-b",
+            "fp0",
+            vec![vsw("vsw-b0", "zone-a", "10.10.0.0/24")],
+        ),
+    ] {
+        admin
+            .post(
+                "/v1/vpcs",
+                &json!({"id": vpc, "account": account, "cidr": "10.10.0.0/16",
+                        "interface": iface, "vswitches": vswitches}),
+            )
+            .unwrap();
+    }
+    let (a, b) = (
+        Client::new(&d.url, Some(ta.clone())),
+        Client::new(&d.url, Some(tb)),
+    );
+    b.post(
+        "/v1/services",
+        &json!({"id": "epsrv-b", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.10"}],
+                "snat": ["10.10.0.200"], "whitelist": ["acct-a"], "listeners": [{"protocol": "tcp", "port": 80}]}),
+    )
+    .unwrap();
+    b.call("PUT", "/v1/services/epsrv-b/whitelist/acct-c", None)
+        .unwrap();
+    for (c, sg, vpc, cidr) in [
+        (&a, "sg-web", "vpc-a", "10.10.2.0/24"),
+        (&a, "sg-spare", "vpc-a", "10.10.1.0/24"),
+        (&b, "sg-b", "vpc-b", "10.10.1.0/24"),
+    ] {
+        c.post("/v1/security-groups", &json!({"id": sg, "vpc": vpc}))
+            .unwrap();
+        c.post(
+            &format!("/v1/security-groups/{sg}/rules"),
+            &json!({"direction": "ingress", "priority": 1, "action": "accept",
+                    "protocol": "tcp", "ports": [80, 80], "cidr": cidr}),
+        )
+        .unwrap();
+    }
+    for (ep, vsw, eni) in [
+        ("ep-a", "vsw-a1", "10.10.1.100"),
+        ("ep-a2", "vsw-a1", "10.10.1.101"),
+    ] {
+        a.post(
+            "/v1/endpoints",
+            &json!({"id": ep, "vpc": "vpc-a", "service": "epsrv-b",
+                    "zones": [{"vswitch": vsw, "eni": eni}]}),
+        )
+        .unwrap();
+    }
+    a.call(
+        "PATCH",
+        "/v1/endpoints/ep-a",
+        Some(&json!({"security_groups": ["sg-web"]})),
+    )
+    .unwrap();
+    b.call("POST", "/v1/services/epsrv-b/connections/ep-a/accept", None)
+        .unwrap();
+    for (c, acl, vpc, vsw) in [
+        (&a, "acl-a", "vpc-a", "vsw-a1"),
+        (&b, "acl-b", "vpc-b", "vsw-b0"),
+    ] {
+        c.post(
+            "/v1/acls",
+            &json!({"id": acl, "vpc": vpc, "vswitches": [vsw]}),
+        )
+        .unwrap();
+    }
+    let mut ids = BTreeSet::new();
+    for list in state(d) {
+        for o in list {
+            ids.insert(o["id"].as_str().unwrap().to_string());
+            for nested in ["vswitches", "rules"] {
+                // (An ACL's rules have no ids.)
+                let nested = o[nested].as_array().into_iter().flatten();
+                ids.extend(nested.filter_map(|n| n["id"].as_str()).map(str::to_string));
+            }
+        }
+    }
+    (ta, ids)
+}
 
 fn st() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/st-venv/bin/st")
 }
 
-/// One schemathesis run: its exit status, console text, JSON run report and HAR log.
+/// One schemathesis run: its exit status, console text, JSON run report, HAR log and the
+/// counts kept by the hook's check.
 struct Run {
     ok: bool,
     text: String,
     report: Value,
     har: Value,
+    hook: Value,
 }
 
 fn schemathesis(d: &ApiDaemon, who: &str, token: &str, examples: u32) -> Run {
@@ -31,6 +179,7 @@ fn schemathesis(d: &ApiDaemon, who: &str, token: &str, examples: u32) -> Run {
     let tag = who.replace(' ', "-");
     let report = d.dir.join(format!("st-{tag}.json"));
     let har = d.dir.join(format!("st-{tag}.har"));
+    let hook = d.dir.join(format!("st-{tag}-hook.json"));
     let out = Command::new(st())
         .args(["run", &format!("{}/v1/openapi.json", d.url)])
         .args([
@@ -52,6 +201,7 @@ fn schemathesis(d: &ApiDaemon, who: &str, token: &str, examples: u32) -> Run {
         .env("PYTHONPATH", &scripts)
         .env("PL_API", &d.url)
         .env("PL_ADMIN_TOKEN", &d.admin_token)
+        .env("PL_HOOK_STATS", &hook)
         .output()
         .expect("schemathesis (cargo xtask installs it into target/st-venv)");
     let text = format!(
@@ -72,6 +222,7 @@ fn schemathesis(d: &ApiDaemon, who: &str, token: &str, examples: u32) -> Run {
         ok: out.status.success(),
         report: read(&report),
         har: read(&har),
+        hook: read(&hook),
         text,
     }
 }
@@ -116,16 +267,26 @@ fn matches(template: &str, url: &str) -> bool {
 fn the_api_survives_schemathesis_without_5xx_or_side_effects_of_rejections() {
     let mut d = ApiDaemon::start("plst").unwrap();
     let ops = operations(&d);
-    for (who, token, examples, operator) in [
-        ("operator", d.admin_token.clone(), 25, true),
+    let (consumer, seeded) = seed(&d);
+    let seeded_state = state(&d);
+    // The objects an accepted write (of any run) named in its path, as (list, id): what
+    // may have changed.
+    let mut touched = BTreeSet::new();
+    let mut accepted_writes = 0;
+    for (who, token, examples, role) in [
+        ("operator", d.admin_token.clone(), 25, Role::Operator),
         (
             "a stranger",
             "not-a-token-0123456789".to_string(),
             10,
-            false,
+            Role::Stranger,
         ),
+        // Last, as its accepted writes change (its own) seeded objects.
+        ("the consumer", consumer, 5, Role::Consumer),
     ] {
+        let t = std::time::Instant::now();
         let run = schemathesis(&d, who, &token, examples);
+        let took = t.elapsed();
         let text = &run.text;
         let tail: String = text.lines().rev().take(40).collect::<Vec<_>>().join("\n");
         assert!(run.ok, "schemathesis as {who} found problems:\n{text}");
@@ -198,21 +359,133 @@ fn the_api_survives_schemathesis_without_5xx_or_side_effects_of_rejections() {
                 "schemathesis as {who} never called {method} {template}"
             );
         }
-        if operator {
+        if role == Role::Stranger {
+            assert_eq!(ok, 0, "a stranger's request succeeded");
+        } else {
             // The token was sent and accepted: never unauthorized, and some calls succeed.
             assert_eq!(
                 unauthorized, 0,
-                "the operator's requests were refused as unauthorized"
+                "{who}'s requests were refused as unauthorized"
             );
-            assert!(ok > 0, "no request of the operator succeeded");
-        } else {
-            assert_eq!(ok, 0, "a stranger's request succeeded");
+            assert!(ok > 0, "no request of {who} succeeded");
         }
+
+        // The rejections were aimed at real objects: many rejected requests name a seeded
+        // object in their path (the generation hook puts existing ids there).
+        let named = |e: &Value| -> Vec<String> {
+            let url = e["request"]["url"].as_str().unwrap_or("");
+            let path = url.split_once("://").map_or(url, |(_, r)| r);
+            let path = path.split(['?', '#']).next().unwrap_or_default();
+            path.split('/').skip(3).map(str::to_string).collect()
+        };
+        let rejected = count(&|s| (400..500).contains(&s));
+        let on_seeded = entries
+            .iter()
+            .filter(|e| (400..500).contains(&status(e)))
+            .filter(|e| named(e).iter().any(|id| seeded.contains(id)))
+            .count();
+        assert!(
+            on_seeded >= 50,
+            "schemathesis as {who}: only {on_seeded} rejected requests named a seeded object"
+        );
+        let writes: Vec<&Value> = entries
+            .iter()
+            .filter(|e| e["request"]["method"] != "GET" && (200..300).contains(&status(e)))
+            .collect();
+        for e in &writes {
+            // /v1/{list}/{id}/...: the object {id} of {list}; a connection action
+            // (/v1/services/{id}/connections/{endpoint}/{action}) changes the endpoint.
+            let n = named(e);
+            let url = e["request"]["url"].as_str().unwrap_or("");
+            if let Some(l) = LISTS.iter().find(|l| url.contains(&format!("{l}/"))) {
+                touched.insert((l.to_string(), n[0].clone()));
+            }
+            if n.get(1).is_some_and(|s| s == "connections") && n.len() > 2 {
+                touched.insert(("/v1/endpoints".to_string(), n[2].clone()));
+            }
+            eprintln!(
+                "schemathesis as {who}: accepted {} {}",
+                e["request"]["method"].as_str().unwrap_or(""),
+                e["request"]["url"].as_str().unwrap_or("")
+            );
+        }
+        accepted_writes += writes.len();
+        if role == Role::Consumer {
+            assert!(
+                !writes.is_empty(),
+                "no write of the consumer to its objects was accepted"
+            );
+        }
+
+        // The hook compared the state around every rejected request, and that state had
+        // objects in it.
+        let hook = &run.hook;
+        assert_eq!(
+            hook["compared"].as_u64(),
+            Some(rejected as u64),
+            "schemathesis as {who}: the hook compared the state around other than the \
+             {rejected} rejected requests: {hook}"
+        );
+        assert_eq!(
+            hook["compared_non_empty"].as_u64(),
+            Some(rejected as u64),
+            "schemathesis as {who}: the hook compared empty states: {hook}"
+        );
         eprintln!(
             "schemathesis as {who}: {generated} test cases, {} requests ({ok} 2xx, \
-             {unauthorized} 401) over {} operations\n{tail}",
+             {unauthorized} 401, {rejected} 4xx of which {on_seeded} named a seeded object; \
+             {} accepted writes) over {} operations in {took:.1?}; hook: {hook}\n{tail}",
             entries.len(),
+            writes.len(),
             ops.len()
         );
     }
+    assert!(accepted_writes > 0, "no write was accepted");
+
+    // Whatever no accepted write named is as it was after seeding (the hook saw each
+    // rejected request change nothing; this also covers accepted ones and anything
+    // between requests).
+    let now = state(&d);
+    let mut intact = 0;
+    for ((list, before), after) in LISTS.iter().zip(&seeded_state).zip(&now) {
+        for o in before {
+            let id = o["id"].as_str().unwrap();
+            if touched.contains(&(list.to_string(), id.to_string())) {
+                continue;
+            }
+            let found = after.iter().find(|x| x["id"] == id);
+            assert_eq!(
+                found,
+                Some(o),
+                "{list}: seeded object {id} changed, though no accepted write named it \
+                 (left: now, right: after seeding)"
+            );
+            intact += 1;
+        }
+    }
+    // No write names an account or a VPC, and only B may write to B's objects: these at
+    // least must have been compared.
+    for (list, id) in [
+        ("/v1/services", "epsrv-b"),
+        ("/v1/security-groups", "sg-b"),
+        ("/v1/acls", "acl-b"),
+    ] {
+        assert!(
+            !touched.contains(&(list.to_string(), id.to_string())),
+            "an accepted write named {id}, which none of the three may change: {touched:?}"
+        );
+    }
+    assert!(intact >= 8, "only {intact} seeded objects compared");
+    eprintln!(
+        "{accepted_writes} accepted writes (naming {touched:?}); {intact} of the {} seeded \
+         objects were not named and are unchanged",
+        seeded_state.iter().map(Vec::len).sum::<usize>()
+    );
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Operator,
+    Stranger,
+    Consumer,
 }
