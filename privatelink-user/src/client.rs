@@ -44,6 +44,11 @@ impl Client {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(std::time::Duration::from_secs(30)))
+            // One connection per call: a pooled connection the daemon has closed meanwhile
+            // (a restart, hyper's keep-alive header timeout) fails a POST that must not be
+            // retried blindly. The CLI makes one call; tests make thousands on loopback.
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             .build()
             .into();
         Self {
