@@ -1076,6 +1076,23 @@ fn closed_flows_expire_after_the_closing_timeout() {
     assert_eq!(h.count(Reason::DropNoFlow) - no_flow, 2);
 }
 
+/// An ICMP error the data path sent: its type, and the quoted IPv4 header (its checksum
+/// verified by etherparse) with what follows it.
+fn quoted_by(out: &[u8]) -> (Icmpv4Type, Ipv4Header, Vec<u8>) {
+    let s = SlicedPacket::from_ethernet(out).unwrap();
+    let Some(TransportSlice::Icmpv4(icmp)) = s.transport else {
+        panic!("no ICMP in {out:?}")
+    };
+    let inner = etherparse::Ipv4Slice::from_slice(icmp.payload()).unwrap();
+    let ih = inner.header().to_header();
+    assert_eq!(
+        ih.header_checksum,
+        ih.calc_header_checksum(),
+        "quoted IPv4 checksum"
+    );
+    (icmp.icmp_type(), ih, inner.payload().payload.to_vec())
+}
+
 /// ICMP time exceeded about a NATed packet is translated both ways, as destination
 /// unreachable is: from a router on the provider side about a client's packet, and from
 /// a router on the consumer side about a reply.
@@ -1104,16 +1121,10 @@ fn icmp_time_exceeded_is_translated_both_ways() {
     let p = parse_checked(&out);
     assert_eq!((p.eth_src, p.eth_dst), (h.consumer.mac, CLIENT_MAC));
     assert_eq!((p.ip.source, p.ip.destination), (ENI, CLIENT));
-    let s = SlicedPacket::from_ethernet(&out).unwrap();
-    let Some(TransportSlice::Icmpv4(icmp)) = s.transport else {
-        panic!("no ICMP in {out:?}")
-    };
-    assert_eq!(icmp.icmp_type(), ttl_exceeded);
-    let inner = etherparse::Ipv4Slice::from_slice(icmp.payload()).unwrap();
-    let ih = inner.header().to_header();
+    let (kind, ih, l4) = quoted_by(&out);
+    assert_eq!(kind, ttl_exceeded);
     assert_eq!((ih.source, ih.destination), (CLIENT, ENI));
-    assert_eq!(ih.header_checksum, ih.calc_header_checksum());
-    let tcp = etherparse::TcpSlice::from_slice(inner.payload().payload).unwrap();
+    let tcp = etherparse::TcpSlice::from_slice(&l4).unwrap();
     assert_eq!((tcp.source_port(), tcp.destination_port()), (41300, 80));
     assert_eq!(
         tcp.checksum(),
@@ -1143,16 +1154,10 @@ fn icmp_time_exceeded_is_translated_both_ways() {
     let p = parse_checked(&out);
     assert_eq!((p.eth_src, p.eth_dst), (h.provider.mac, LB_MAC));
     assert_eq!((p.ip.source, p.ip.destination), (snat, LB));
-    let s = SlicedPacket::from_ethernet(&out).unwrap();
-    let Some(TransportSlice::Icmpv4(icmp)) = s.transport else {
-        panic!("no ICMP in {out:?}")
-    };
-    assert_eq!(icmp.icmp_type(), ttl_exceeded);
-    let inner = etherparse::Ipv4Slice::from_slice(icmp.payload()).unwrap();
-    let ih = inner.header().to_header();
+    let (kind, ih, l4) = quoted_by(&out);
+    assert_eq!(kind, ttl_exceeded);
     assert_eq!((ih.source, ih.destination), (LB, snat));
-    assert_eq!(ih.header_checksum, ih.calc_header_checksum());
-    let udp = etherparse::UdpSlice::from_slice(inner.payload().payload).unwrap();
+    let udp = etherparse::UdpSlice::from_slice(&l4).unwrap();
     assert_eq!((udp.source_port(), udp.destination_port()), (53, port));
     assert_eq!(
         udp.checksum(),

@@ -3,13 +3,47 @@
 
 use aya::maps::{Array, MapInfo};
 use privatelink_common::{Config, map_names};
-use privatelink_user::dataplane::{Dataplane, LoadOptions};
+use privatelink_tests::apidaemon::{ApiDaemon, two_parties};
+use privatelink_user::{
+    client::Client,
+    dataplane::{Dataplane, LoadOptions},
+};
+use serde_json::json;
 
 struct Dir(std::path::PathBuf);
 impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A daemon in API mode (its own namespace and pins) holding the two parties, service
+/// epsrv-b and endpoint ep-1 (ENI 10.10.1.10).
+fn daemon_with_an_endpoint(prefix: &str) -> ApiDaemon {
+    let d = ApiDaemon::start(prefix).unwrap();
+    let admin = Client::new(&d.url, Some(d.admin_token.clone()));
+    let (a, b) = two_parties(&admin, &d.url).unwrap();
+    b.post(
+        "/v1/services",
+        &json!({"id": "epsrv-b", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.10"}],
+                "snat": ["10.10.0.200"], "whitelist": ["acct-a"], "listeners": [{"protocol": "tcp", "port": 80}]}),
+    )
+    .unwrap();
+    a.post(
+        "/v1/endpoints",
+        &json!({"id": "ep-1", "vpc": "vpc-a", "service": "epsrv-b",
+                "zones": [{"vswitch": "vsw-a1", "eni": "10.10.1.10"}]}),
+    )
+    .unwrap();
+    d
+}
+
+/// The kernel id of every pinned map.
+fn pinned_ids(d: &ApiDaemon) -> std::collections::BTreeMap<&'static str, u32> {
+    map_names::ALL
+        .iter()
+        .map(|n| (*n, MapInfo::from_pin(d.pin.join(n)).unwrap().id()))
+        .collect()
 }
 
 fn config_of(dp: &Dataplane) -> Config {
@@ -66,32 +100,10 @@ fn a_pinned_map_of_another_layout_is_replaced_with_a_warning_naming_it() {
 
     use aya::maps::HashMap;
     use privatelink_common::{EndpointEni, ListenerSet, VpcAddr};
-    use privatelink_tests::apidaemon::{ApiDaemon, two_parties};
-    use privatelink_user::{client::Client, dataplane, model::numeric_id};
-    use serde_json::json;
+    use privatelink_user::{dataplane, model::numeric_id};
 
-    let mut d = ApiDaemon::start("plpin").unwrap();
-    let admin = Client::new(&d.url, Some(d.admin_token.clone()));
-    let (a, b) = two_parties(&admin, &d.url).unwrap();
-    b.post(
-        "/v1/services",
-        &json!({"id": "epsrv-b", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.10"}],
-                "snat": ["10.10.0.200"], "whitelist": ["acct-a"], "listeners": [{"protocol": "tcp", "port": 80}]}),
-    )
-    .unwrap();
-    a.post(
-        "/v1/endpoints",
-        &json!({"id": "ep-1", "vpc": "vpc-a", "service": "epsrv-b",
-                "zones": [{"vswitch": "vsw-a1", "eni": "10.10.1.10"}]}),
-    )
-    .unwrap();
-    let ids = |d: &ApiDaemon| -> BTreeMap<&str, u32> {
-        map_names::ALL
-            .iter()
-            .map(|n| (*n, MapInfo::from_pin(d.pin.join(n)).unwrap().id()))
-            .collect()
-    };
-    let before = ids(&d);
+    let mut d = daemon_with_an_endpoint("plpin");
+    let before = pinned_ids(&d);
     let old_value = std::mem::size_of::<EndpointEni>() - 4;
     let old: [(&str, usize, usize); 2] = [
         (
@@ -145,7 +157,7 @@ fn a_pinned_map_of_another_layout_is_replaced_with_a_warning_naming_it() {
         assert_ne!(now.id(), old_ids[name], "{name} replaced");
         assert_ne!(now.id(), before[name]);
     }
-    let after = ids(&d);
+    let after = pinned_ids(&d);
     for (name, id) in &before {
         if old.iter().all(|(n, _, _)| n != name) {
             assert_eq!(after[name], *id, "{name} re-used");
@@ -178,25 +190,9 @@ fn a_pinned_map_recorded_with_another_layout_of_the_same_size_is_replaced() {
 
     use aya::maps::HashMap;
     use privatelink_common::{EndpointEni, VpcAddr};
-    use privatelink_tests::apidaemon::{ApiDaemon, two_parties};
-    use privatelink_user::{client::Client, dataplane, model::numeric_id};
-    use serde_json::json;
+    use privatelink_user::{dataplane, model::numeric_id};
 
-    let mut d = ApiDaemon::start("plpinl").unwrap();
-    let admin = Client::new(&d.url, Some(d.admin_token.clone()));
-    let (a, b) = two_parties(&admin, &d.url).unwrap();
-    b.post(
-        "/v1/services",
-        &json!({"id": "epsrv-b", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.10"}],
-                "snat": ["10.10.0.200"], "whitelist": ["acct-a"], "listeners": [{"protocol": "tcp", "port": 80}]}),
-    )
-    .unwrap();
-    a.post(
-        "/v1/endpoints",
-        &json!({"id": "ep-1", "vpc": "vpc-a", "service": "epsrv-b",
-                "zones": [{"vswitch": "vsw-a1", "eni": "10.10.1.10"}]}),
-    )
-    .unwrap();
+    let mut d = daemon_with_an_endpoint("plpinl");
     let dir = d.pin.join(dataplane::LAYOUTS_DIR);
     // name -> (fingerprint, map id), from NAME-HEX-ID.
     let records = || -> BTreeMap<String, (String, u32)> {
@@ -210,14 +206,8 @@ fn a_pinned_map_recorded_with_another_layout_of_the_same_size_is_replaced() {
             })
             .collect()
     };
-    let ids = |d: &ApiDaemon| -> BTreeMap<&str, u32> {
-        map_names::ALL
-            .iter()
-            .map(|n| (*n, MapInfo::from_pin(d.pin.join(n)).unwrap().id()))
-            .collect()
-    };
     let ours = records();
-    let before = ids(&d);
+    let before = pinned_ids(&d);
     assert_eq!(
         ours.keys().map(String::as_str).collect::<Vec<_>>(),
         {
@@ -280,7 +270,7 @@ fn a_pinned_map_recorded_with_another_layout_of_the_same_size_is_replaced() {
         .filter(|l| l.contains("WARN") && l.contains("pinned map does not fit this build"))
         .collect();
     assert_eq!(warnings.len(), 4, "one warning per replaced map:\n{log}");
-    let after = ids(&d);
+    let after = pinned_ids(&d);
     for (name, found) in &replaced {
         let w = warnings
             .iter()
