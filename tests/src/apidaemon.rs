@@ -87,15 +87,20 @@ fn spawn(ns: &Netns, dir: &std::path::Path, pin: &std::path::Path, entries: u32)
         .spawn()?)
 }
 
-/// Waits for the ready file; returns the API URL in it.
+/// Waits for the ready file; returns the API URL in it. The daemon creates the file and
+/// then writes the line: a file that exists can still be empty (or hold half the line).
 fn wait_ready(dir: &std::path::Path) -> Result<String> {
     let ready = dir.join("ready");
     let start = Instant::now();
-    while !ready.exists() {
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&ready)
+            && s.ends_with('\n')
+        {
+            return Ok(s.trim().to_string());
+        }
         anyhow::ensure!(start.elapsed().as_secs() < 60, "daemon not ready");
         std::thread::sleep(Duration::from_millis(10));
     }
-    Ok(std::fs::read_to_string(&ready)?.trim().to_string())
 }
 
 impl Drop for ApiDaemon {
@@ -120,6 +125,12 @@ pub fn two_parties(
     privatelink_user::client::Client,
 )> {
     use privatelink_user::client::Client;
+    let (ta, tb) = two_party_tokens(admin)?;
+    Ok((Client::new(url, Some(ta)), Client::new(url, Some(tb))))
+}
+
+/// `two_parties`, returning the two accounts' tokens (A, B) instead of clients.
+pub fn two_party_tokens(admin: &privatelink_user::client::Client) -> Result<(String, String)> {
     use serde_json::json;
     let token = |id: &str| -> Result<String> {
         admin.post("/v1/accounts", &json!({"id": id}))?["token"]
@@ -153,5 +164,5 @@ pub fn two_parties(
                     "vswitches": vswitches}),
         )?;
     }
-    Ok((Client::new(url, Some(ta)), Client::new(url, Some(tb))))
+    Ok((ta, tb))
 }
