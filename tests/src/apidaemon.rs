@@ -97,12 +97,18 @@ fn spawn(ns: &Netns, dir: &std::path::Path, pin: &std::path::Path, entries: u32)
         .spawn()?)
 }
 
-/// Waits for the ready file; returns the API URL in it. Fails at once, with the daemon's
-/// log, if it exits first.
+/// Waits for the ready file's whole line; returns the API URL in it. The daemon creates the
+/// file and then writes the line: a file that exists can still be empty (or hold half the
+/// line). Fails at once, with the daemon's log, if it exits first.
 fn wait_ready(dir: &std::path::Path, child: &mut Child) -> Result<String> {
     let ready = dir.join("ready");
     let start = Instant::now();
-    while !ready.exists() {
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&ready)
+            && s.ends_with('\n')
+        {
+            return Ok(s.trim().to_string());
+        }
         if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
             anyhow::bail!("daemon exited ({status}) before it was ready:\n{log}");
@@ -110,7 +116,6 @@ fn wait_ready(dir: &std::path::Path, child: &mut Child) -> Result<String> {
         anyhow::ensure!(start.elapsed().as_secs() < 60, "daemon not ready");
         std::thread::sleep(Duration::from_millis(10));
     }
-    Ok(std::fs::read_to_string(&ready)?.trim().to_string())
 }
 
 impl Drop for ApiDaemon {
@@ -135,6 +140,12 @@ pub fn two_parties(
     privatelink_user::client::Client,
 )> {
     use privatelink_user::client::Client;
+    let (ta, tb) = two_party_tokens(admin)?;
+    Ok((Client::new(url, Some(ta)), Client::new(url, Some(tb))))
+}
+
+/// `two_parties`, returning the two accounts' tokens (A, B) instead of clients.
+pub fn two_party_tokens(admin: &privatelink_user::client::Client) -> Result<(String, String)> {
     use serde_json::json;
     let token = |id: &str| -> Result<String> {
         admin.post("/v1/accounts", &json!({"id": id}))?["token"]
@@ -168,5 +179,5 @@ pub fn two_parties(
                     "vswitches": vswitches}),
         )?;
     }
-    Ok((Client::new(url, Some(ta)), Client::new(url, Some(tb))))
+    Ok((ta, tb))
 }
