@@ -88,6 +88,11 @@ impl Dataplane {
                 )
             })?;
             drop_incompatible_pins(dir, opts.conntrack_entries)?;
+            // From now on pins are recorded: a pin this load makes and a crash keeps from
+            // being recorded is of unknown layout to the next load, not trusted by size.
+            let records = dir.join(LAYOUTS_DIR);
+            std::fs::create_dir_all(&records)
+                .with_context(|| format!("creating {}", records.display()))?;
             for name in map_names::ALL {
                 loader.map_pin_path(name, dir.join(name));
             }
@@ -407,8 +412,9 @@ struct Records {
     /// record of its own (a crash between pinning and recording, a build from before
     /// records run in between) is of unknown layout.
     kept: bool,
-    /// Map name → (fingerprint, map id); `None` for a map with more than one record.
-    by_map: std::collections::HashMap<String, Option<(u64, u32)>>,
+    /// Map name → its records (fingerprint, map id): one, or two after a crash between
+    /// writing the new record and removing the old one.
+    by_map: std::collections::HashMap<String, Vec<(u64, u32)>>,
 }
 
 /// Reads `<dir>/layouts`; an entry that cannot be read is reported and ignored.
@@ -436,12 +442,10 @@ fn recorded_layouts(dir: &Path) -> Result<Records> {
             _ => None,
         };
         match record {
-            Some((map, r)) => {
-                by_map
-                    .entry(map.to_string())
-                    .and_modify(|v| *v = None)
-                    .or_insert(Some(r));
-            }
+            Some((map, r)) => by_map
+                .entry(map.to_string())
+                .or_insert_with(Vec::new)
+                .push(r),
             None => tracing::warn!(
                 dir = %path.display(),
                 entry = %name,
@@ -465,17 +469,19 @@ fn record_layouts(dir: &Path, conntrack_entries: u32) -> Result<()> {
         want.insert(format!("{}-{:016x}-{id}", spec.name, spec.fingerprint));
     }
     std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+    // The new records first, then the stale ones go: a crash in between leaves a map with
+    // two records, and the one naming its id counts.
+    for record in &want {
+        let p = path.join(record);
+        if !p.exists() {
+            std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+        }
+    }
     for entry in std::fs::read_dir(&path)? {
         let entry = entry?;
         if !want.contains(&*entry.file_name().to_string_lossy()) {
             std::fs::remove_dir(entry.path())
                 .with_context(|| format!("removing {}", entry.path().display()))?;
-        }
-    }
-    for record in want {
-        let p = path.join(record);
-        if !p.exists() {
-            std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
         }
     }
     Ok(())
@@ -498,17 +504,29 @@ fn drop_incompatible_pins(dir: &Path, conntrack_entries: u32) -> Result<()> {
         let fits = info.key_size() as usize == want.key
             && info.value_size() as usize == want.value
             && want.entries.is_none_or(|n| info.max_entries() == n);
-        let record = recorded.by_map.get(want.name).copied().flatten();
-        let same_layout = match record {
-            Some((f, id)) => f == want.fingerprint && id == info.id(),
-            None => !recorded.kept,
+        // The record of this very map (its id); others are of maps since replaced.
+        let records = recorded
+            .by_map
+            .get(want.name)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let mine: Vec<u64> = records
+            .iter()
+            .filter(|(_, id)| *id == info.id())
+            .map(|(f, _)| *f)
+            .collect();
+        let same_layout = match mine[..] {
+            [f] => f == want.fingerprint,
+            [] => !recorded.kept,
+            _ => false,
         };
         if !fits || !same_layout {
-            let found = match (record, recorded.by_map.get(want.name)) {
-                (Some((f, id)), _) => format!("{f:016x} (map {id})"),
-                (None, Some(None)) => "several records".to_string(),
-                (None, _) if recorded.kept => "no record".to_string(),
-                (None, _) => String::new(),
+            let found = match (&mine[..], records) {
+                ([f], _) => format!("{f:016x} (map {})", info.id()),
+                ([], [(f, id), ..]) => format!("{f:016x} (map {id})"),
+                ([], []) if recorded.kept => "no record".to_string(),
+                ([], []) => String::new(),
+                _ => "several records".to_string(),
             };
             tracing::warn!(
                 map = %want.name,

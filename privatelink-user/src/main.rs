@@ -466,10 +466,12 @@ async fn daemon(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Re
                     _ = hup.recv() => {
                         match reload(&path, &mut applier) {
                             Ok(next) => {
-                                applier.resolve(Duration::from_secs(1)).await;
-                                info!(endpoints = next.endpoints.len(), "reloaded {}", path.display());
+                                // Valid: it is the running state now, applied or retried
+                                // (the maps never go back to the old one).
                                 current = next;
-                                dirty = false;
+                                dirty = reapply(&mut applier, &current);
+                                applier.resolve(Duration::from_secs(1)).await;
+                                info!(endpoints = current.endpoints.len(), "reloaded {}", path.display());
                             }
                             Err(e) => warn!("reload refused, keeping the running state: {e:#}"),
                         }
@@ -536,9 +538,9 @@ fn reapply(applier: &mut DataplaneApply, state: &State) -> bool {
     }
 }
 
+/// The state file read again and checked (refused: nothing is applied).
 fn reload(path: &Path, applier: &mut DataplaneApply) -> Result<State> {
     let state = read_state(path)?;
     applier.check(&state).map_err(|e| anyhow::anyhow!("{e}"))?;
-    applier.apply(&state)?;
     Ok(state)
 }

@@ -108,7 +108,9 @@ fn a_committed_change_the_maps_refuse_is_retried_until_they_agree() {
     })
     .unwrap();
     drop(m);
-    privatelink_tests::lab::wait_for(Duration::from_secs(15), "ep-2 in PL_ENDPOINTS", || {
+    // Retries run every 5 s; each re-reads the 65 536-entry map in a debug build: allow
+    // several under load.
+    privatelink_tests::lab::wait_for(Duration::from_secs(30), "ep-2 in PL_ENDPOINTS", || {
         endpoints(&d).contains_key(&eni(11))
     })
     .unwrap_or_else(|e| panic!("{e:#}:\n{}", d.log()));
