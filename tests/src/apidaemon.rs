@@ -40,17 +40,19 @@ impl ApiDaemon {
         let pin = PathBuf::from(format!("/sys/fs/bpf/privatelink-{}", ns.name));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let mut child = spawn(&ns, &dir, &pin, conntrack_entries)?;
-        let url = wait_ready(&dir, &mut child)?;
+        let child = spawn(&ns, &dir, &pin, conntrack_entries)?;
+        // Owned before it is ready: a daemon that fails to start leaves no data directory
+        // or pins behind (the drop removes them).
         let mut d = Self {
             child,
             conntrack_entries,
             dir: dir.clone(),
             pin,
-            url,
+            url: String::new(),
             admin_token: String::new(),
             ns,
         };
+        d.url = wait_ready(&d.dir, &mut d.child)?;
         d.admin_token = std::fs::read_to_string(dir.join("data/admin.token"))?
             .trim()
             .to_string();
