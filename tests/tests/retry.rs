@@ -272,3 +272,146 @@ fn a_vpc_whose_interface_is_taken_is_attached_once_it_is_free() {
     assert!(d.pin.join("links/fq0").exists(), "the link is pinned");
     eprintln!("fq0 attached {:?} after vpc-0q was answered", t.elapsed());
 }
+
+/// A declarative daemon (`--state FILE`), its pins, data and process removed on drop.
+struct FileDaemon {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    pin: std::path::PathBuf,
+}
+
+impl Drop for FileDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.pin);
+    }
+}
+
+/// Declarative mode: the daemon starts on a state with a VPC whose interface another XDP
+/// program holds (so it retries from the start), then re-reads (SIGHUP) a valid file that
+/// adds an endpoint. The file is the running state from then on: the endpoint's entry is
+/// written and stays through the retries that follow (which re-apply the file's state, not
+/// the previous one), and once the interface is free ours is attached.
+#[test]
+fn a_reloaded_state_file_stays_applied_while_an_interface_is_held() {
+    let ns =
+        privatelink_tests::netns::Netns::create(&privatelink_tests::netns::unique_name("plrld"))
+            .unwrap();
+    for (a, b) in [("fc0", "c0"), ("fp0", "p0"), ("fq0", "q0")] {
+        ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])
+            .unwrap();
+        for dev in [a, b] {
+            ns.ip(&["link", "set", dev, "up"]).unwrap();
+        }
+    }
+    let bin = privatelink_tests::lab::privatelink_bin().unwrap();
+    let mut holder = Holder(
+        std::process::Command::new(&bin)
+            .args(["xdp-pass", "--netns", &ns.name, "fq0"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let prog = |dev: &str| -> Option<String> {
+        let out = ns.ip(&["link", "show", dev]).unwrap();
+        out.split("prog/xdp id ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .map(str::to_string)
+    };
+    privatelink_tests::lab::wait_for(Duration::from_secs(30), "xdp-pass on fq0", || {
+        prog("fq0").is_some()
+    })
+    .unwrap();
+    let theirs = prog("fq0").unwrap();
+
+    let held_vpc = r#"
+[[vpcs]]
+id = "vpc-q"
+account = "acct-a"
+cidr = "10.50.0.0/16"
+interface = "fq0"
+vswitches = [{ id = "vsw-q1", zone = "zone-a", cidr = "10.50.1.0/24" }]
+"#;
+    let second = r#"
+[[endpoints]]
+id = "ep-2"
+account = "acct-a"
+vpc = "vpc-a"
+service = "epsrv-b"
+connection = "connected"
+zones = [{ vswitch = "vsw-a1", eni = "10.10.1.11" }]
+"#;
+    let base = privatelink_tests::lab::LAB_STATE.to_string() + held_vpc;
+    let dir = std::env::temp_dir().join(format!("privatelink-{}", ns.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("state.toml");
+    std::fs::write(&file, &base).unwrap();
+    let log = dir.join("daemon.log");
+    let d = FileDaemon {
+        child: std::process::Command::new(&bin)
+            .args(["daemon", "--state"])
+            .arg(&file)
+            .args(["--netns", &ns.name, "--pin-dir"])
+            .arg(format!("/sys/fs/bpf/privatelink-{}", ns.name))
+            .arg("--ready-file")
+            .arg(dir.join("ready"))
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        dir: dir.clone(),
+        pin: std::path::PathBuf::from(format!("/sys/fs/bpf/privatelink-{}", ns.name)),
+    };
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    privatelink_tests::lab::wait_for(Duration::from_secs(60), "the daemon ready", || {
+        std::fs::read_to_string(dir.join("ready")).is_ok_and(|s| s.ends_with('\n'))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}:\n{}", read_log()));
+    assert!(
+        read_log().contains("data path behind the state (retrying every 5 s)"),
+        "started behind:\n{}",
+        read_log()
+    );
+    let entries = || -> BTreeMap<VpcAddr, EndpointEni> {
+        let map = dataplane::open_pinned(&d.pin, map_names::ENDPOINTS).unwrap();
+        let m: HashMap<_, VpcAddr, EndpointEni> = HashMap::try_from(&map).unwrap();
+        m.iter().map(|r| r.unwrap()).collect()
+    };
+    assert!(entries().contains_key(&eni(100)) && !entries().contains_key(&eni(11)));
+
+    std::fs::write(&file, base.clone() + second).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    privatelink_tests::lab::wait_for(Duration::from_secs(15), "ep-2 in PL_ENDPOINTS", || {
+        entries().contains_key(&eni(11))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}:\n{}", read_log()));
+    // Two retries (every 5 s) later the file's state is still the one applied.
+    let retries = read_log().matches("data path behind the state").count();
+    privatelink_tests::lab::wait_for(Duration::from_secs(20), "two more retries", || {
+        read_log().matches("data path behind the state").count() >= retries + 2
+    })
+    .unwrap_or_else(|e| panic!("{e:#}:\n{}", read_log()));
+    assert!(
+        entries().contains_key(&eni(11)),
+        "the reloaded state was rolled back by a retry:\n{}",
+        read_log()
+    );
+    assert!(!read_log().contains("reload refused"), "{}", read_log());
+    assert_eq!(prog("fq0").as_deref(), Some(theirs.as_str()));
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(holder.0.id() as i32, libc::SIGTERM) };
+    holder.0.wait().unwrap();
+    let ours = prog("fc0").expect("ours on fc0");
+    privatelink_tests::lab::wait_for(Duration::from_secs(15), "ours on fq0", || {
+        prog("fq0").as_deref() == Some(ours.as_str())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}:\n{}", read_log()));
+    assert!(entries().contains_key(&eni(11)) && entries().contains_key(&eni(100)));
+}
