@@ -215,26 +215,16 @@ fn icmp_frag_needed_from_the_provider_side_is_translated() {
     let p = parse_checked(&out); // outer IP + ICMP checksums
     assert_eq!((p.eth_src, p.eth_dst), (h.consumer.mac, CLIENT_MAC));
     assert_eq!((p.ip.source, p.ip.destination), (ENI, CLIENT));
-    let s = SlicedPacket::from_ethernet(&out).unwrap();
-    let Some(TransportSlice::Icmpv4(icmp)) = s.transport else {
-        panic!()
-    };
+    let (kind, ih, l4) = quoted_by(&out);
     assert_eq!(
-        icmp.icmp_type(),
+        kind,
         Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
             next_hop_mtu: 1400
         })
     );
     // The quoted packet is now the client's own packet, with valid checksums.
-    let inner = etherparse::Ipv4Slice::from_slice(icmp.payload()).unwrap();
-    let ih = inner.header().to_header();
     assert_eq!((ih.source, ih.destination), (CLIENT, ENI));
-    assert_eq!(
-        ih.header_checksum,
-        ih.calc_header_checksum(),
-        "inner IPv4 checksum"
-    );
-    let tcp = etherparse::TcpSlice::from_slice(inner.payload().payload).unwrap();
+    let tcp = etherparse::TcpSlice::from_slice(&l4).unwrap();
     assert_eq!((tcp.source_port(), tcp.destination_port()), (40100, 80));
     assert_eq!(
         tcp.checksum(),
@@ -273,15 +263,13 @@ fn icmp_port_unreachable_from_the_consumer_is_translated() {
     let p = parse_checked(&out);
     assert_eq!((p.eth_src, p.eth_dst), (h.provider.mac, LB_MAC));
     assert_eq!((p.ip.source, p.ip.destination), (snat, LB));
-    let s = SlicedPacket::from_ethernet(&out).unwrap();
-    let Some(TransportSlice::Icmpv4(icmp)) = s.transport else {
-        panic!()
-    };
-    let inner = etherparse::Ipv4Slice::from_slice(icmp.payload()).unwrap();
-    let ih = inner.header().to_header();
+    let (kind, ih, l4) = quoted_by(&out);
+    assert_eq!(
+        kind,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port)
+    );
     assert_eq!((ih.source, ih.destination), (LB, snat));
-    assert_eq!(ih.header_checksum, ih.calc_header_checksum());
-    let udp = etherparse::UdpSlice::from_slice(inner.payload().payload).unwrap();
+    let udp = etherparse::UdpSlice::from_slice(&l4).unwrap();
     assert_eq!((udp.source_port(), udp.destination_port()), (53, port));
     assert_eq!(
         udp.checksum(),

@@ -46,6 +46,20 @@ fn pinned_ids(d: &ApiDaemon) -> std::collections::BTreeMap<&'static str, u32> {
         .collect()
 }
 
+/// Restarts the daemon (`kill -9`, start); what it logged while starting.
+fn restart_and_log(d: &mut ApiDaemon) -> String {
+    let logged = d.log().len();
+    d.restart().unwrap();
+    d.log()[logged..].to_string()
+}
+
+/// The warnings of pinned maps replaced, one line each.
+fn replacement_warnings(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("WARN") && l.contains("pinned map does not fit this build"))
+        .collect()
+}
+
 fn config_of(dp: &Dataplane) -> Config {
     let a: Array<_, Config> = Array::try_from(dp.map(map_names::CONFIG).unwrap()).unwrap();
     a.get(&0, 0).unwrap()
@@ -136,13 +150,8 @@ fn a_pinned_map_of_another_layout_is_replaced_with_a_warning_naming_it() {
         .unwrap();
         old_ids.insert(name, MapInfo::from_pin(&pin).unwrap().id());
     }
-    let logged = d.log().len();
-    d.restart().unwrap();
-    let log = d.log()[logged..].to_string();
-    let warnings: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("pinned map does not fit this build"))
-        .collect();
+    let log = restart_and_log(&mut d);
+    let warnings = replacement_warnings(&log);
     assert_eq!(warnings.len(), 2, "one warning per replaced map:\n{log}");
     for (name, key, value) in old {
         let w = warnings
@@ -262,13 +271,8 @@ fn a_pinned_map_recorded_with_another_layout_of_the_same_size_is_replaced() {
         (stats, "layout=no record".to_string()),
     ];
 
-    let logged = d.log().len();
-    d.restart().unwrap();
-    let log = d.log()[logged..].to_string();
-    let warnings: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("pinned map does not fit this build"))
-        .collect();
+    let log = restart_and_log(&mut d);
+    let warnings = replacement_warnings(&log);
     assert_eq!(warnings.len(), 4, "one warning per replaced map:\n{log}");
     let after = pinned_ids(&d);
     for (name, found) in &replaced {
