@@ -1101,22 +1101,34 @@ fn icmp_translated(sc: &Scenario, h: &Harness, o: &Outcome) -> Result<(), String
     Ok(())
 }
 
+/// The input of a frame the data path took for a GWLB endpoint (`done`: what it did with
+/// it): a sound IPv4 header, routed in its VPC to an endpoint that forwards.
+fn gwlb_input<'s>(
+    sc: &'s Scenario,
+    o: &Outcome,
+    done: &str,
+) -> Result<(Ip, &'s Endpoint, &'s EndpointService), String> {
+    let i = o.input;
+    let ip = Ip::at(i, ETH)?;
+    if !ip.checksum_ok(i) || ip.fragment || ip.ttl <= 1 {
+        return Err(format!("{done} a bad header, a fragment or TTL 1"));
+    }
+    let (ep, svc) = sc
+        .gwlb_route(o.port.vpc_id, ip.dst)
+        .ok_or_else(|| format!("{} is not routed to a GWLB endpoint", addr(ip.dst)))?;
+    if !Scenario::forwarding(ep, svc) {
+        return Err(format!("endpoint {} does not forward", ep.id));
+    }
+    Ok((ip, ep, svc))
+}
+
 /// A packet to a prefix a VPC routes to a GWLB endpoint, in GENEVE to one of its
 /// service's appliances: outer headers from the load balancer's address with the
 /// endpoint's and VPC's ids and the flow's cookie, the inner packet as it came but for its
 /// TTL; the flow's entries (both directions) name that appliance.
 fn to_appliance(sc: &Scenario, h: &Harness, o: &Outcome) -> Result<(), String> {
     let (i, out, p) = (o.input, o.out, o.port);
-    let ip = Ip::at(i, ETH)?;
-    if !ip.checksum_ok(i) || ip.fragment || ip.ttl <= 1 {
-        return Err("sent on a bad header, a fragment or TTL 1".into());
-    }
-    let (ep, svc) = sc
-        .gwlb_route(p.vpc_id, ip.dst)
-        .ok_or_else(|| format!("{} is not routed to a GWLB endpoint", addr(ip.dst)))?;
-    if !Scenario::forwarding(ep, svc) {
-        return Err(format!("endpoint {} does not forward", ep.id));
-    }
+    let (ip, ep, svc) = gwlb_input(sc, o, "sent on")?;
     let g = svc.gwlb.as_ref().ok_or("a GWLB service without settings")?;
     let appl_vpc = numeric_id(&svc.vpc);
     let appl_port = sc
@@ -1358,16 +1370,7 @@ fn from_appliance(sc: &Scenario, h: &Harness, o: &Outcome, probe: bool) -> Resul
 /// bytes, with the MTU that fits.
 fn frag_needed(sc: &Scenario, o: &Outcome) -> Result<(), String> {
     let (i, out, p) = (o.input, o.out, o.port);
-    let ip = Ip::at(i, ETH)?;
-    if !ip.checksum_ok(i) || ip.fragment || ip.ttl <= 1 {
-        return Err("answered a bad header, a fragment or TTL 1".into());
-    }
-    let (ep, svc) = sc
-        .gwlb_route(p.vpc_id, ip.dst)
-        .ok_or_else(|| format!("{} is not routed to a GWLB endpoint", addr(ip.dst)))?;
-    if !Scenario::forwarding(ep, svc) {
-        return Err(format!("endpoint {} does not forward", ep.id));
-    }
+    let (ip, ep, svc) = gwlb_input(sc, o, "answered")?;
     let appl_port = sc
         .port_of_vpc(numeric_id(&svc.vpc))
         .ok_or("no port in the appliances' VPC")?;
