@@ -18,8 +18,9 @@ use utoipa::OpenApi;
 
 use crate::{
     desired::Unhealthy,
+    error::{ErrorKind, OpError},
     model::{Endpoint, EndpointService, NetworkAcl, SecurityGroup, SgRule, State, Vpc},
-    ops::{self, Caller, OpError},
+    ops::{self, Caller},
     store::Store,
 };
 
@@ -83,10 +84,25 @@ impl App {
 
 pub type Shared = Arc<Mutex<App>>;
 
+/// The HTTP status of each kind of refused operation.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid | ErrorKind::MalformedJson => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden | ErrorKind::NotWhitelisted => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl IntoResponse for OpError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(serde_json::json!({ "error": self }))).into_response()
+        (
+            status_of(self.kind),
+            Json(serde_json::json!({ "error": self })),
+        )
+            .into_response()
     }
 }
 
@@ -108,11 +124,11 @@ fn body<T: DeserializeOwned>(b: &Bytes) -> Result<T, OpError> {
         } else {
             path
         };
-        let mut err = OpError::invalid(field, inner.to_string());
         if inner.is_syntax() || inner.is_eof() {
-            err.code = "malformed_json";
+            OpError::malformed_json(field, inner.to_string())
+        } else {
+            OpError::invalid(field, inner.to_string())
         }
-        err
     })
 }
 

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::{
     desired::Unhealthy,
     model::{
-        Account, AclRule, Backend, Connection, Endpoint, EndpointService, EndpointZone, FieldError,
+        Account, AclRule, Backend, Connection, Endpoint, EndpointService, EndpointZone,
         GwlbSettings, Listener, MAX_SECURITY_GROUPS, MAX_TAGS, NetworkAcl, SecurityGroup,
         ServiceType, SgRule, State, VSwitch, Vpc, check_listeners, numeric_id,
     },
@@ -23,92 +23,7 @@ pub enum Caller {
     Account(String),
 }
 
-/// A refused operation: HTTP status, a stable code, the field at fault and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
-pub struct OpError {
-    #[serde(skip)]
-    pub status: u16,
-    pub code: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl std::fmt::Display for OpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.field {
-            Some(field) => write!(f, "{field}: {}", self.message),
-            None => write!(f, "{}", self.message),
-        }
-    }
-}
-
-impl std::error::Error for OpError {}
-
-impl OpError {
-    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            status: 400,
-            code: "invalid_argument",
-            field: Some(field.into()),
-            message: message.into(),
-        }
-    }
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self {
-            status: 401,
-            code: "unauthenticated",
-            field: None,
-            message: message.into(),
-        }
-    }
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self {
-            status: 403,
-            code: "permission_denied",
-            field: None,
-            message: message.into(),
-        }
-    }
-    pub fn not_found(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            status: 404,
-            code: "not_found",
-            field: Some(field.into()),
-            message: message.into(),
-        }
-    }
-    pub fn conflict(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            status: 409,
-            code: "conflict",
-            field: Some(field.into()),
-            message: message.into(),
-        }
-    }
-    pub fn not_whitelisted(message: impl Into<String>) -> Self {
-        Self {
-            status: 403,
-            code: "not_whitelisted",
-            field: Some("service".into()),
-            message: message.into(),
-        }
-    }
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self {
-            status: 500,
-            code: "internal",
-            field: None,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<FieldError> for OpError {
-    fn from(e: FieldError) -> Self {
-        Self::invalid(e.field, e.message)
-    }
-}
+pub use crate::error::{ErrorKind, OpError};
 
 type R<T> = Result<T, OpError>;
 
@@ -1248,11 +1163,14 @@ mod tests {
         assert_eq!(v[2].zone, "zone-b");
         assert!(list_appliances(&s, &Caller::Admin, "gwlb-s", &down).is_ok());
         let e = list_appliances(&s, &Caller::Account("acct-a".into()), "gwlb-s", &down);
-        assert_eq!(e.unwrap_err().status, 403);
+        assert_eq!(e.unwrap_err().kind, ErrorKind::Forbidden);
         let e = list_appliances(&s, &owner, "nope", &down).unwrap_err();
-        assert_eq!(e.status, 404);
+        assert_eq!(e.kind, ErrorKind::NotFound);
         let e = list_appliances(&s, &owner, "epsrv-b", &down).unwrap_err();
-        assert_eq!((e.status, e.field.as_deref()), (400, Some("service")));
+        assert_eq!(
+            (e.kind, e.field.as_deref()),
+            (ErrorKind::Invalid, Some("service"))
+        );
     }
 
     #[test]
