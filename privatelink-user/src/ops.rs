@@ -11,8 +11,8 @@ use crate::{
     desired::Unhealthy,
     model::{
         Account, AclRule, Backend, Connection, Endpoint, EndpointService, EndpointZone,
-        GwlbSettings, Listener, MAX_SECURITY_GROUPS, MAX_TAGS, NetworkAcl, SecurityGroup,
-        ServiceType, SgRule, State, VSwitch, Vpc, check_listeners, numeric_id,
+        GwlbSettings, Listener, NetworkAcl, SecurityGroup, ServiceType, SgRule, State, VSwitch,
+        Vpc, check_endpoint_limits, check_listeners, numeric_id,
     },
 };
 
@@ -482,7 +482,7 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
             svc.id
         )));
     }
-    check_limits(&req.security_groups, &req.tags)?;
+    check_endpoint_limits("", &req.security_groups, &req.tags)?;
     let zones = place_zones(s, &req.vpc, svc, &[], req.zones, "zones")?;
     let ep = Endpoint {
         id: req.id,
@@ -505,25 +505,6 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
     };
     s.endpoints.push(ep.clone());
     Ok(ep)
-}
-
-fn check_limits(sgs: &[String], tags: &BTreeMap<String, String>) -> R<()> {
-    if sgs.len() > MAX_SECURITY_GROUPS {
-        return Err(OpError::invalid(
-            "security_groups",
-            format!(
-                "{} security groups; at most {MAX_SECURITY_GROUPS}",
-                sgs.len()
-            ),
-        ));
-    }
-    if tags.len() > MAX_TAGS {
-        return Err(OpError::invalid(
-            "tags",
-            format!("{} tags; at most {MAX_TAGS}", tags.len()),
-        ));
-    }
-    Ok(())
 }
 
 fn own_endpoint<'a>(s: &'a mut State, c: &Caller, id: &str) -> R<&'a mut Endpoint> {
@@ -578,7 +559,8 @@ pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) ->
         None => None,
     };
     let ep = own_endpoint(s, c, id)?;
-    check_limits(
+    check_endpoint_limits(
+        "",
         p.security_groups.as_ref().unwrap_or(&ep.security_groups),
         p.tags.as_ref().unwrap_or(&ep.tags),
     )?;

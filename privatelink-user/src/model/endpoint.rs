@@ -1,0 +1,74 @@
+//! Endpoints (a consumer's connection to a service: ENIs in zones, a gateway, or GWLB
+//! routes) and their connection state.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::AclRule;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Connection {
+    #[default]
+    Pending,
+    Connected,
+    Rejected,
+    Disconnected,
+}
+
+impl From<Connection> for privatelink_common::ConnectionState {
+    fn from(c: Connection) -> Self {
+        match c {
+            Connection::Pending => Self::Pending,
+            Connection::Connected => Self::Connected,
+            Connection::Rejected => Self::Rejected,
+            Connection::Disconnected => Self::Disconnected,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub id: String,
+    pub account: String,
+    pub vpc: String,
+    pub service: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub connection: Connection,
+    #[serde(default)]
+    pub zones: Vec<EndpointZone>,
+    /// Gateway endpoints: the route target address in the VPC (the VPC routes the
+    /// service's prefixes to it).
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Gateway endpoints: which destinations the VPC may reach, ordered, first match
+    /// decides; empty allows all.
+    #[serde(default)]
+    pub policy: Vec<AclRule>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// GWLB endpoints: the destination prefixes the VPC routes to this endpoint (its ENI).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Ipv4Net>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointZone {
+    pub vswitch: String,
+    pub eni: Ipv4Addr,
+}
+
+pub const MAX_SECURITY_GROUPS: usize = 5;
+pub const MAX_TAGS: usize = 20;
+/// The most routes a GWLB endpoint has.
+pub const MAX_GWLB_ROUTES: usize = 64;

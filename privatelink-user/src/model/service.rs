@@ -1,0 +1,261 @@
+//! Endpoint services: interface (a load balancer), gateway (a prefix list) and GWLB (a
+//! Gateway Load Balancer in front of appliances), with their listeners and settings.
+
+use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::HealthSettings;
+
+/// The transport protocol of a load balancer listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    Tcp,
+    Udp,
+}
+
+impl ListenerProtocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => privatelink_common::PROTO_TCP,
+            Self::Udp => privatelink_common::PROTO_UDP,
+        }
+    }
+}
+
+/// A listener of the service's load balancer: a protocol and a port, or a port range
+/// `port`..=`to_port`. An endpoint carries only traffic that matches one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub protocol: ListenerProtocol,
+    pub port: u16,
+    /// The last port of a range; a single port if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_port: Option<u16>,
+}
+
+impl Listener {
+    /// The first and last port.
+    pub fn ports(&self) -> (u16, u16) {
+        (self.port, self.to_port.unwrap_or(self.port))
+    }
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = match self.protocol {
+            ListenerProtocol::Tcp => "tcp",
+            ListenerProtocol::Udp => "udp",
+        };
+        match self.ports() {
+            (a, b) if a == b => write!(f, "{p}:{a}"),
+            (a, b) => write!(f, "{p}:{a}-{b}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Listener {
+    type Err = String;
+
+    /// `tcp:80`, `udp:53`, `tcp:8000-8100`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a listener (tcp:80, udp:53, tcp:8000-8100)");
+        let (proto, ports) = s.split_once(':').ok_or_else(bad)?;
+        let protocol = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => ListenerProtocol::Tcp,
+            "udp" => ListenerProtocol::Udp,
+            _ => return Err(format!("{proto:?} is not a listener protocol (tcp or udp)")),
+        };
+        let port = |p: &str| p.trim().parse::<u16>().map_err(|_| bad());
+        let (port, to_port) = match ports.split_once('-') {
+            Some((a, b)) => (port(a)?, Some(port(b)?)),
+            None => (port(ports)?, None),
+        };
+        Ok(Self {
+            protocol,
+            port,
+            to_port,
+        })
+    }
+}
+
+/// The most listeners a service publishes.
+pub const MAX_LISTENERS: usize = privatelink_common::MAX_LISTENERS;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceType {
+    /// Fronted by a provider load balancer.
+    Interface,
+    /// A prefix list (object storage and the like) reached through a route, no ENI.
+    Gateway,
+    /// A Gateway Load Balancer: traffic the consumer VPC routes to the endpoint is sent in
+    /// GENEVE to an inspection appliance (`backends`) and delivered when it comes back.
+    Gwlb,
+}
+
+/// How a GWLB service spreads flows over its appliances: a flow is hashed over these fields
+/// of its packets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stickiness {
+    /// Addresses, protocol and ports.
+    #[default]
+    FiveTuple,
+    /// Addresses and protocol.
+    ThreeTuple,
+    /// Addresses.
+    TwoTuple,
+}
+
+/// What happens to a GWLB flow whose appliance turns unhealthy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failover {
+    /// Existing flows stay with their appliance (only new flows avoid it).
+    #[default]
+    NoRebalance,
+    /// Existing flows move to a healthy appliance.
+    Rebalance,
+}
+
+/// The settings of a GWLB service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GwlbSettings {
+    /// The load balancer's own address in the service VPC: the outer source of GENEVE,
+    /// configured by the operator on the host's interface of that VPC; health checks leave
+    /// from it.
+    pub address: Ipv4Addr,
+    #[serde(default)]
+    pub stickiness: Stickiness,
+    /// Spread every zone's flows over the healthy appliances of all zones.
+    #[serde(default)]
+    pub cross_zone: bool,
+    #[serde(default)]
+    pub failover: Failover,
+    /// How appliances are health-checked.
+    #[serde(default)]
+    pub health: HealthSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointService {
+    pub id: String,
+    pub account: String,
+    #[serde(rename = "type")]
+    pub kind: ServiceType,
+    /// The provider VPC the load balancer lives in.
+    pub vpc: String,
+    #[serde(default)]
+    pub auto_accept: bool,
+    #[serde(default = "yes")]
+    pub zone_affinity: bool,
+    /// Consumer account ids allowed to create endpoints.
+    #[serde(default)]
+    pub whitelist: Vec<String>,
+    /// Load balancer address per zone; for GWLB services, the appliances (several per
+    /// zone allowed).
+    pub backends: Vec<Backend>,
+    /// Source addresses in the provider VPC that consumer flows are translated to (none
+    /// for GWLB services).
+    #[serde(default)]
+    pub snat: Vec<Ipv4Addr>,
+    #[serde(default = "default_snat_ports")]
+    pub snat_ports: [u16; 2],
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Gateway services: the prefixes consumers route to their gateway endpoint.
+    #[serde(default)]
+    pub prefixes: Vec<Ipv4Net>,
+    /// GWLB services: the load balancer's address, stickiness, failover and health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gwlb: Option<GwlbSettings>,
+    /// The load balancer's listeners (interface services) or the ports served at the
+    /// prefixes (gateway services): the only traffic the service's endpoints carry. None
+    /// for GWLB services, whose appliances see every packet. A service stored by a build
+    /// without listeners has none: it publishes nothing until its provider adds them.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// The most one endpoint may hold of the service's SNAT tuples (or of the flow table,
+    /// if smaller) in flows that have not completed their handshake, in percent: one
+    /// consumer's flood then starves only that consumer.
+    #[serde(default = "default_endpoint_flow_share")]
+    pub endpoint_flow_share: u8,
+}
+
+/// The default per-endpoint share of a service's SNAT tuples (percent).
+pub const DEFAULT_ENDPOINT_FLOW_SHARE: u8 = 20;
+
+fn default_endpoint_flow_share() -> u8 {
+    DEFAULT_ENDPOINT_FLOW_SHARE
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_snat_ports() -> [u16; 2] {
+    [1024, 65535]
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    pub zone: String,
+    pub address: Ipv4Addr,
+}
+
+/// The most appliances a GWLB service has, and the most routes a GWLB endpoint has.
+pub const MAX_APPLIANCES: usize = privatelink_common::MAX_APPLIANCES;
+
+impl EndpointService {
+    pub fn is_whitelisted(&self, account: &str) -> bool {
+        self.whitelist.iter().any(|w| w == account)
+    }
+
+    /// Zone affinity: the first load balancer in the ENI's zone, else the first one.
+    pub fn backend_for_zone(&self, zone: &str) -> &Backend {
+        self.backends_for_zone(zone)[0]
+    }
+
+    /// The load balancers new flows from an ENI in `zone` are spread over: with zone
+    /// affinity, those of its zone if it has any; else all of them, in every zone.
+    pub fn backends_for_zone(&self, zone: &str) -> Vec<&Backend> {
+        let own: Vec<&Backend> = self.backends.iter().filter(|b| b.zone == zone).collect();
+        if self.zone_affinity && !own.is_empty() {
+            own
+        } else {
+            self.backends.iter().collect()
+        }
+    }
+
+    /// Whether `account` may have a working endpoint to this service: the service's own
+    /// account (seed 002: a service of the same account is offered without whitelisting),
+    /// or a whitelisted one. The API's endpoint creation and every entry of the data path
+    /// (`ENI_FLAG_WHITELISTED`) use this one rule.
+    pub fn admits(&self, account: &str) -> bool {
+        self.account == account || self.is_whitelisted(account)
+    }
+
+    /// The zones the service serves, sorted, without repeats: its load balancers' zones
+    /// (interface services) or its appliances' zones (GWLB services). Gateway services have
+    /// no zones (their endpoints have no ENIs).
+    pub fn zones(&self) -> Vec<&str> {
+        if self.kind == ServiceType::Gateway {
+            return Vec::new();
+        }
+        let set: BTreeSet<&str> = self.backends.iter().map(|b| b.zone.as_str()).collect();
+        set.into_iter().collect()
+    }
+
+    /// Whether an endpoint ENI may be created in `zone` (checked when ENIs are created or
+    /// added, not on stored state: see `State::grandfathered`).
+    pub fn serves_zone(&self, zone: &str) -> bool {
+        self.backends.iter().any(|b| b.zone == zone)
+    }
+}

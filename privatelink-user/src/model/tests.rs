@@ -1,0 +1,637 @@
+use super::*;
+
+pub const LAB: &str = include_str!("../../../tests/lab.toml");
+
+#[test]
+fn lab_state_is_valid() {
+    let s = parse_state(LAB).unwrap();
+    assert_eq!(s.endpoints.len(), 1);
+}
+
+fn broken(f: impl FnOnce(&mut State)) -> String {
+    let mut s: State = toml::from_str(LAB).unwrap();
+    f(&mut s);
+    s.validate().unwrap_err().to_string()
+}
+
+#[test]
+fn errors_name_the_field() {
+    let e = broken(|s| s.endpoints[0].zones[0].eni = "10.10.9.9".parse().unwrap());
+    assert!(
+        e.starts_with("endpoints[0].zones[0].eni: 10.10.9.9 is not a usable address"),
+        "{e}"
+    );
+    let e = broken(|s| s.endpoints[0].service = "nope".into());
+    assert!(
+        e.starts_with("endpoints[0].service: unknown endpoint service"),
+        "{e}"
+    );
+    let e = broken(|s| s.services[0].snat_ports = [2000, 1000]);
+    assert!(e.starts_with("services[0].snat_ports:"), "{e}");
+    let e = broken(|s| s.services[0].snat = vec!["192.168.0.1".parse().unwrap()]);
+    assert!(e.starts_with("services[0].snat[0]:"), "{e}");
+    let e = broken(|s| s.endpoints[0].security_groups = (0..6).map(|i| format!("sg{i}")).collect());
+    assert!(e.starts_with("endpoints[0].security_groups:"), "{e}");
+    let e =
+        broken(|s| s.endpoints[0].tags = (0..21).map(|i| (format!("k{i}"), "v".into())).collect());
+    assert!(e.starts_with("endpoints[0].tags:"), "{e}");
+    let e = broken(|s| s.vpcs[1].interface = s.vpcs[0].interface.clone());
+    assert!(e.starts_with("vpcs[1].interface:"), "{e}");
+    let e = broken(|s| {
+        let dup = s.endpoints[0].clone();
+        s.endpoints.push(dup)
+    });
+    assert!(e.starts_with("endpoints[1].id: duplicate id"), "{e}");
+}
+
+#[test]
+fn addresses_and_capacity_are_checked() {
+    // A load balancer address may not be another service's SNAT address.
+    let e = broken(|s| {
+        let mut other = s.services[0].clone();
+        other.id = "epsrv-c".into();
+        other.snat = vec!["10.10.0.202".parse().unwrap()];
+        other.backends[0].address = "10.10.0.200".parse().unwrap();
+        s.services.push(other);
+    });
+    assert!(e.contains("is a load balancer address"), "{e}");
+    // More services than the data path can hold.
+    let e = broken(|s| {
+        let svc = s.services[0].clone();
+        s.services = (0..=privatelink_common::MAX_SERVICES)
+            .map(|i| EndpointService {
+                id: format!("s{i}"),
+                ..svc.clone()
+            })
+            .collect();
+    });
+    assert!(e.starts_with("services: 4097 would exceed"), "{e}");
+}
+
+#[test]
+fn gateway_endpoints_are_checked() {
+    let gw_service = |s: &mut State| {
+        let mut g = s.services[0].clone();
+        g.id = "epsrv-oss".into();
+        g.kind = ServiceType::Gateway;
+        g.snat = vec!["10.10.0.202".parse().unwrap()];
+        g.prefixes = vec!["100.64.10.0/24".parse().unwrap()];
+        s.services.push(g);
+        let mut e = s.endpoints[0].clone();
+        e.id = "ep-oss".into();
+        e.service = "epsrv-oss".into();
+        e.zones.clear();
+        e.gateway = Some("10.10.1.1".parse().unwrap());
+        s.endpoints.push(e);
+    };
+    let mut ok: State = toml::from_str(LAB).unwrap();
+    gw_service(&mut ok);
+    ok.validate().unwrap();
+    let e = broken(|s| {
+        gw_service(s);
+        let mut twice = s.endpoints[1].clone();
+        twice.id = "ep-oss2".into();
+        twice.gateway = Some("10.10.1.2".parse().unwrap());
+        s.endpoints.push(twice);
+    });
+    assert!(
+        e.contains("is already routed to gateway endpoint ep-oss"),
+        "{e}"
+    );
+    let e = broken(|s| {
+        gw_service(s);
+        s.endpoints[1].security_groups = vec!["sg".into()];
+    });
+    assert!(
+        e.starts_with("endpoints[1].security_groups: a gateway endpoint"),
+        "{e}"
+    );
+    let e = broken(|s| {
+        gw_service(s);
+        s.endpoints[1].gateway = Some("10.10.0.200".parse().unwrap());
+    });
+    assert!(e.starts_with("endpoints[1].gateway"), "{e}");
+}
+
+#[test]
+fn syntax_errors_name_the_key() {
+    let e = parse_state(&LAB.replace("cidr = \"10.10.0.0/16\"", "cidr = \"10.10.0.0/33\""))
+        .unwrap_err();
+    assert!(e.contains("cidr"), "{e}");
+    let e = parse_state(&format!("{LAB}\n[[endpoints]]\nid = 3\n")).unwrap_err();
+    assert!(e.contains("id"), "{e}");
+}
+
+#[test]
+fn reserved_addresses_are_the_first_and_the_last_three() {
+    let vsw = |cidr: &str| VSwitch {
+        id: "v".into(),
+        zone: "z".into(),
+        cidr: cidr.parse().unwrap(),
+    };
+    let ip = |a: &str| a.parse::<Ipv4Addr>().unwrap();
+    let v = vsw("192.168.1.0/24");
+    let reserved: Vec<Ipv4Addr> = (0..=255u8)
+        .map(|i| Ipv4Addr::new(192, 168, 1, i))
+        .filter(|a| v.is_reserved(*a))
+        .collect();
+    assert_eq!(
+        reserved,
+        [
+            "192.168.1.0",
+            "192.168.1.253",
+            "192.168.1.254",
+            "192.168.1.255"
+        ]
+        .map(ip)
+    );
+    assert_eq!(v.lowest_free(&BTreeSet::new()), Some(ip("192.168.1.1")));
+    let used = [ip("192.168.1.1"), ip("192.168.1.3")].into();
+    assert_eq!(v.lowest_free(&used), Some(ip("192.168.1.2")));
+    // A /29: 8 addresses, 4 reserved, 4 to allocate.
+    let small = vsw("10.10.3.0/29");
+    let mut used = BTreeSet::new();
+    while let Some(a) = small.lowest_free(&used) {
+        used.insert(a);
+    }
+    assert_eq!(
+        used.into_iter().collect::<Vec<_>>(),
+        ["10.10.3.1", "10.10.3.2", "10.10.3.3", "10.10.3.4"].map(ip)
+    );
+    // Too small to hold anything.
+    assert_eq!(vsw("10.10.4.0/30").lowest_free(&BTreeSet::new()), None);
+}
+
+#[test]
+fn grandfathered_endpoints_are_named() {
+    let mut s: State = toml::from_str(LAB).unwrap();
+    assert!(s.grandfathered().is_empty());
+    s.endpoints[0].zones[0].eni = "10.10.1.254".parse().unwrap();
+    s.vpcs[0].vswitches[0].zone = "zone-b".into();
+    s.validate().unwrap();
+    let g = s.grandfathered();
+    assert_eq!(g.len(), 2, "{g:?}");
+    assert!(
+            g[0].starts_with("endpoints[0].zones[0].eni: endpoint ep-a's ENI 10.10.1.254 is a system-reserved address"),
+            "{g:?}"
+        );
+    assert!(
+            g[1].starts_with("endpoints[0].zones[0].vswitch: endpoint ep-a's ENI 10.10.1.254 is in zone zone-b, which service epsrv-b does not serve"),
+            "{g:?}"
+        );
+}
+
+#[test]
+fn zone_affinity_prefers_same_zone() {
+    let mut s: State = toml::from_str(LAB).unwrap();
+    let svc = &mut s.services[0];
+    svc.backends.push(Backend {
+        zone: "zone-b".into(),
+        address: "10.10.0.11".parse().unwrap(),
+    });
+    assert_eq!(
+        svc.backend_for_zone("zone-b").address.to_string(),
+        "10.10.0.11"
+    );
+    assert_eq!(
+        svc.backend_for_zone("zone-x").address.to_string(),
+        "10.10.0.10"
+    );
+    svc.zone_affinity = false;
+    assert_eq!(
+        svc.backend_for_zone("zone-b").address.to_string(),
+        "10.10.0.10"
+    );
+    let addrs = |v: Vec<&Backend>| v.iter().map(|b| b.address.to_string()).collect::<Vec<_>>();
+    // Without affinity every zone's load balancers share the flows.
+    assert_eq!(
+        addrs(svc.backends_for_zone("zone-b")),
+        ["10.10.0.10", "10.10.0.11"]
+    );
+    // Several in one zone: all of them, the zone's own only.
+    svc.zone_affinity = true;
+    svc.backends.push(Backend {
+        zone: "zone-a".into(),
+        address: "10.10.0.12".parse().unwrap(),
+    });
+    assert_eq!(
+        addrs(svc.backends_for_zone("zone-a")),
+        ["10.10.0.10", "10.10.0.12"]
+    );
+    assert_eq!(addrs(svc.backends_for_zone("zone-b")), ["10.10.0.11"]);
+    s.validate().unwrap();
+    // The same address twice, or nine in a zone: refused.
+    let mut twice = s.clone();
+    twice.services[0].backends[2].address = "10.10.0.10".parse().unwrap();
+    assert!(
+        twice
+            .validate()
+            .unwrap_err()
+            .message
+            .contains("listed twice")
+    );
+    let mut nine = s.clone();
+    for i in 0..7 {
+        nine.services[0].backends.push(Backend {
+            zone: "zone-a".into(),
+            address: format!("10.10.0.{}", 20 + i).parse().unwrap(),
+        });
+    }
+    assert!(nine.validate().unwrap_err().message.contains("more than 8"));
+}
+
+fn gwlb_state() -> State {
+    toml::from_str(&format!("{LAB}{GWLB_TEST_STATE}")).unwrap()
+}
+
+fn gwlb_broken(f: impl FnOnce(&mut State)) -> String {
+    let mut s = gwlb_state();
+    f(&mut s);
+    s.validate().unwrap_err().to_string()
+}
+
+fn svc(s: &mut State) -> &mut EndpointService {
+    s.services.iter_mut().find(|x| x.id == "gwlb-s").unwrap()
+}
+
+fn gwlb(s: &mut State) -> &mut GwlbSettings {
+    svc(s).gwlb.as_mut().unwrap()
+}
+
+fn ep(s: &mut State, id: &str) -> usize {
+    s.endpoints.iter().position(|e| e.id == id).unwrap()
+}
+
+#[test]
+fn gwlb_state_is_valid_and_round_trips() {
+    let s = gwlb_state();
+    s.validate().unwrap();
+    let g = s.service("gwlb-s").unwrap().gwlb.clone().unwrap();
+    assert_eq!(g.health.port, 8080);
+    assert_eq!(g.health.healthy_threshold, 3, "defaults fill the rest");
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<State>(&json).unwrap(), s);
+    // Minimal settings: only the address.
+    let mut m = s.clone();
+    gwlb(&mut m).stickiness = Stickiness::default();
+    let text = toml::to_string(&m).unwrap();
+    assert_eq!(toml::from_str::<State>(&text).unwrap(), m);
+    let min: GwlbSettings = toml::from_str("address = \"10.20.0.5\"").unwrap();
+    assert_eq!(
+        (
+            min.stickiness,
+            min.cross_zone,
+            min.failover,
+            min.health.port
+        ),
+        (Stickiness::FiveTuple, false, Failover::NoRebalance, 80)
+    );
+}
+
+#[test]
+fn gwlb_services_are_checked() {
+    let i = 1; // services[1] is gwlb-s
+    let e = gwlb_broken(|s| svc(s).gwlb = None);
+    assert!(
+        e.starts_with(&format!("services[{i}].gwlb: a GWLB service needs")),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| {
+        s.services[0].gwlb = Some(GwlbSettings {
+            address: "10.10.0.5".parse().unwrap(),
+            stickiness: Stickiness::FiveTuple,
+            cross_zone: false,
+            failover: Failover::NoRebalance,
+            health: HealthSettings::default(),
+        })
+    });
+    assert!(e.starts_with("services[0].gwlb: only GWLB services"), "{e}");
+    let e = gwlb_broken(|s| svc(s).backends.clear());
+    assert!(
+        e.starts_with(&format!(
+            "services[{i}].backends: a GWLB service needs between 1 and 16"
+        )),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| {
+        svc(s).backends = (0..17)
+            .map(|n| Backend {
+                zone: "zone-a".into(),
+                address: Ipv4Addr::new(10, 20, 1, 100 + n),
+            })
+            .collect()
+    });
+    assert!(e.starts_with(&format!("services[{i}].backends:")), "{e}");
+    let e = gwlb_broken(|s| svc(s).backends[1].address = "10.20.1.11".parse().unwrap());
+    assert!(
+        e.starts_with(&format!(
+            "services[{i}].backends[1].address: appliance 10.20.1.11 is listed twice"
+        )),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| svc(s).backends[0].address = "10.21.0.1".parse().unwrap());
+    assert!(
+        e.starts_with(&format!(
+            "services[{i}].backends[0].address: appliance 10.21.0.1 is not a usable address"
+        )),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| svc(s).backends[0].zone = "zone-x".into());
+    assert!(
+        e.starts_with(&format!(
+            "services[{i}].backends[0].zone: VPC vpc-s has no vSwitch in zone \"zone-x\""
+        )),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| svc(s).backends[2].address = "10.20.0.5".parse().unwrap());
+    assert!(
+        e.starts_with(&format!(
+            "services[{i}].backends[2].address: 10.20.0.5 is the GWLB's own address"
+        )),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| gwlb(s).address = "10.21.0.5".parse().unwrap());
+    assert!(
+        e.starts_with(&format!("services[{i}].gwlb.address:")),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| svc(s).snat = vec!["10.20.0.200".parse().unwrap()]);
+    assert!(
+        e.starts_with(&format!("services[{i}].snat: a GWLB service has no SNAT")),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| svc(s).prefixes = vec!["100.64.0.0/24".parse().unwrap()]);
+    assert!(
+        e.starts_with(&format!(
+            "services[{i}].prefixes: a GWLB service has no prefixes"
+        )),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| gwlb(s).health.interval_ms = 10);
+    assert!(
+        e.starts_with(&format!("services[{i}].gwlb.health.interval_ms:")),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| gwlb(s).health.timeout_ms = 5);
+    assert!(
+        e.starts_with(&format!("services[{i}].gwlb.health.timeout_ms:")),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| gwlb(s).health.healthy_threshold = 0);
+    assert!(
+        e.starts_with(&format!("services[{i}].gwlb.health.healthy_threshold:")),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| gwlb(s).health.unhealthy_threshold = 11);
+    assert!(
+        e.starts_with(&format!("services[{i}].gwlb.health.unhealthy_threshold:")),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| {
+        gwlb(s).health.probe = crate::health::Probe::Http {
+            path: "no-slash".into(),
+        }
+    });
+    assert!(
+        e.starts_with(&format!("services[{i}].gwlb.health.probe.path:")),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| gwlb(s).health.port = 0);
+    assert!(
+        e.starts_with(&format!("services[{i}].gwlb.health.port:")),
+        "{e}"
+    );
+}
+
+#[test]
+fn gwlb_addresses_do_not_collide() {
+    // A second GWLB service in the same VPC may not reuse an appliance or the address.
+    let second = |s: &mut State| {
+        let mut o = svc(s).clone();
+        o.id = "gwlb-t".into();
+        o.backends = vec![Backend {
+            zone: "zone-b".into(),
+            address: "10.20.2.20".parse().unwrap(),
+        }];
+        o.gwlb.as_mut().unwrap().address = "10.20.0.6".parse().unwrap();
+        s.services.push(o);
+    };
+    let mut ok = gwlb_state();
+    second(&mut ok);
+    ok.validate().unwrap();
+    let e = gwlb_broken(|s| {
+        second(s);
+        s.services[2].backends[0].address = "10.20.1.10".parse().unwrap();
+    });
+    assert!(
+        e.contains("10.20.1.10 is a GWLB appliance of service gwlb-t"),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| {
+        second(s);
+        s.services[2].gwlb.as_mut().unwrap().address = "10.20.0.5".parse().unwrap();
+    });
+    assert!(
+        e.contains("10.20.0.5 is a GWLB address of service gwlb-t"),
+        "{e}"
+    );
+    // An interface service's SNAT address in that VPC may not be one either.
+    // An interface service in the appliance VPC with this load balancer and SNAT.
+    let interface_in_vpc_s = |s: &mut State, lb: &str, snat: &str| {
+        let mut o = s.services[0].clone();
+        o.id = "epsrv-s".into();
+        o.vpc = "vpc-s".into();
+        o.backends = vec![Backend {
+            zone: "zone-a".into(),
+            address: lb.parse().unwrap(),
+        }];
+        o.snat = vec![snat.parse().unwrap()];
+        s.services.push(o);
+    };
+    let e = gwlb_broken(|s| interface_in_vpc_s(s, "10.20.1.50", "10.20.0.5"));
+    assert!(
+        e.contains("snat[0]: 10.20.0.5 is a GWLB address in VPC vpc-s"),
+        "{e}"
+    );
+    // Nor its load balancer an appliance (reported at the GWLB service, which comes
+    // first).
+    let e = gwlb_broken(|s| interface_in_vpc_s(s, "10.20.1.10", "10.20.0.200"));
+    assert!(
+        e.contains("backends[1].address: 10.20.1.10 is a load balancer address of service epsrv-s"),
+        "{e}"
+    );
+    // An ENI in the service VPC may not take an appliance's address.
+    let e = gwlb_broken(|s| {
+        let mut o = s.endpoints[0].clone();
+        o.id = "ep-s".into();
+        o.account = "acct-b".into();
+        o.vpc = "vpc-s".into();
+        o.zones = vec![EndpointZone {
+            vswitch: "vsw-s1".into(),
+            eni: "10.20.1.10".parse().unwrap(),
+        }];
+        s.endpoints.push(o);
+    });
+    assert!(
+        e.contains("10.20.1.10 is already in use in VPC vpc-s"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gwlb_endpoints_are_checked() {
+    let mut s = gwlb_state();
+    let g1 = ep(&mut s, "ep-g1");
+    let f = format!("endpoints[{g1}]");
+    let e = gwlb_broken(|s| s.endpoints[g1].zones.clear());
+    assert!(
+        e.starts_with(&format!("{f}.zones: a GWLB endpoint has exactly one ENI")),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| {
+        s.endpoints[g1].zones.push(EndpointZone {
+            vswitch: "vsw-c2".into(),
+            eni: "10.30.2.6".parse().unwrap(),
+        })
+    });
+    assert!(e.starts_with(&format!("{f}.zones:")), "{e}");
+    let e = gwlb_broken(|s| s.endpoints[g1].routes.clear());
+    assert!(
+        e.starts_with(&format!(
+            "{f}.routes: a GWLB endpoint needs between 1 and 64 routes"
+        )),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| {
+        s.endpoints[g1].routes = (0..65)
+            .map(|n| format!("172.16.{n}.0/24").parse().unwrap())
+            .collect()
+    });
+    assert!(e.starts_with(&format!("{f}.routes:")), "{e}");
+    let e = gwlb_broken(|s| s.endpoints[g1].routes[1] = "10.30.0.0/16".parse().unwrap());
+    assert!(
+        e.starts_with(&format!(
+            "{f}.routes[1]: 10.30.0.0/16 contains the endpoint's own ENI 10.30.1.5"
+        )),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| s.endpoints[g1].routes[0] = "10.30.9.1/24".parse().unwrap());
+    assert!(
+        e.starts_with(&format!("{f}.routes[0]: 10.30.9.1/24 has host bits set")),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| s.endpoints[g1].security_groups = vec!["sg".into()]);
+    assert_eq!(
+        e,
+        format!(
+            "{f}.security_groups: a GWLB endpoint is not guarded by security groups: its appliances decide what passes"
+        )
+    );
+    let e = gwlb_broken(|s| s.endpoints[g1].gateway = Some("10.30.1.1".parse().unwrap()));
+    assert!(
+        e.starts_with(&format!("{f}.gateway: a GWLB endpoint has no gateway")),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| {
+        s.endpoints[g1].policy = vec![AclRule {
+            action: RuleAction::Accept,
+            protocol: Protocol::All,
+            ports: None,
+            cidr: "0.0.0.0/0".parse().unwrap(),
+        }]
+    });
+    assert!(
+        e.starts_with(&format!("{f}.policy: a GWLB endpoint has no policy")),
+        "{e}"
+    );
+    // The ENI is checked like any other: in a vSwitch, not taken.
+    let e = gwlb_broken(|s| s.endpoints[g1].zones[0].eni = "10.30.2.5".parse().unwrap());
+    assert!(
+        e.starts_with(&format!(
+            "{f}.zones[0].eni: 10.30.2.5 is not a usable address"
+        )),
+        "{e}"
+    );
+    let e = gwlb_broken(|s| {
+        let g2 = s.endpoints.iter().position(|e| e.id == "ep-g2").unwrap();
+        s.endpoints[g2].zones[0] = s.endpoints[g1].zones[0].clone();
+    });
+    assert!(
+        e.contains("10.30.1.5 is already in use in VPC vpc-c"),
+        "{e}"
+    );
+    // Routes only for GWLB endpoints.
+    let e = gwlb_broken(|s| s.endpoints[0].routes = vec!["172.16.0.0/24".parse().unwrap()]);
+    assert!(
+        e.starts_with("endpoints[0].routes: only endpoints of GWLB services have routes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn routes_are_unique_per_vpc_across_gateway_and_gwlb_endpoints() {
+    let mut s = gwlb_state();
+    let g2 = ep(&mut s, "ep-g2");
+    let e = gwlb_broken(|s| s.endpoints[g2].routes.push("10.30.9.0/24".parse().unwrap()));
+    assert_eq!(
+        e,
+        format!(
+            "endpoints[{g2}].routes[1]: 10.30.9.0/24 is already routed to GWLB endpoint ep-g1 in VPC vpc-c"
+        )
+    );
+    // The same prefix in another VPC is another route.
+    let mut ok = gwlb_state();
+    let mut other = ok.endpoints[g2].clone();
+    other.id = "ep-g3".into();
+    other.vpc = "vpc-a".into();
+    other.zones = vec![EndpointZone {
+        vswitch: "vsw-a2".into(),
+        eni: "10.10.2.5".parse().unwrap(),
+    }];
+    other.routes = vec!["10.30.9.0/24".parse().unwrap()];
+    ok.endpoints.push(other);
+    ok.validate().unwrap();
+    // A gateway endpoint's prefix taken by a GWLB route.
+    let e = gwlb_broken(|s| {
+        let mut g = s.services[0].clone();
+        g.id = "epsrv-oss".into();
+        g.kind = ServiceType::Gateway;
+        g.snat = vec!["10.10.0.202".parse().unwrap()];
+        g.prefixes = vec!["192.168.0.0/16".parse().unwrap()];
+        s.services.push(g);
+        let mut e = s.endpoints[0].clone();
+        e.id = "ep-oss".into();
+        e.vpc = "vpc-c".into();
+        e.service = "epsrv-oss".into();
+        e.zones.clear();
+        e.gateway = Some("10.30.1.1".parse().unwrap());
+        s.endpoints.push(e);
+    });
+    assert!(
+        e.contains("192.168.0.0/16 is already routed to GWLB endpoint ep-g1 in VPC vpc-c"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gwlb_routes_count_against_the_route_map() {
+    let e = gwlb_broken(|s| {
+        let mut g = s
+            .endpoints
+            .iter()
+            .find(|e| e.id == "ep-g1")
+            .unwrap()
+            .clone();
+        g.routes = vec!["172.16.0.0/24".parse().unwrap(); 64];
+        let n = privatelink_common::MAX_ENDPOINTS as usize / 64 + 1;
+        s.endpoints.extend((0..n).map(|i| Endpoint {
+            id: format!("g{i}"),
+            ..g.clone()
+        }));
+    });
+    assert!(e.starts_with("endpoints: 65"), "{e}");
+    assert!(
+        e.contains("would exceed the data path's capacity of 65536"),
+        "{e}"
+    );
+}

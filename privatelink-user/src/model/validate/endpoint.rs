@@ -1,0 +1,341 @@
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use ipnet::Ipv4Net;
+
+use super::{FieldError, check_cidr, check_id, check_ports, err};
+use crate::model::{
+    Direction, Endpoint, EndpointService, MAX_GWLB_ROUTES, MAX_SECURITY_GROUPS, MAX_TAGS,
+    ServiceType, State, Vpc,
+};
+
+impl State {
+    pub(super) fn validate_endpoints(
+        &self,
+        ids: &mut BTreeMap<u32, String>,
+        enis: &mut BTreeSet<(String, Ipv4Addr)>,
+    ) -> Result<(), FieldError> {
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let f = format!("endpoints[{i}]");
+            check_id(format!("{f}.id"), &e.id, ids)?;
+            let vpc = self.owned_vpc(&f, &e.account, &e.vpc)?;
+            if self.service(&e.service).is_none() {
+                return err(
+                    format!("{f}.service"),
+                    format!("unknown endpoint service {:?}", e.service),
+                );
+            }
+            let svc = self.service(&e.service).expect("checked above");
+            self.validate_endpoint_kind(&f, e, vpc, svc, enis)?;
+            check_endpoint_limits(&f, &e.security_groups, &e.tags)?;
+            let mut zones = BTreeSet::new();
+            for (j, z) in e.zones.iter().enumerate() {
+                let g = format!("{f}.zones[{j}]");
+                let Some(vsw) = vpc.vswitches.iter().find(|s| s.id == z.vswitch) else {
+                    return err(
+                        format!("{g}.vswitch"),
+                        format!("VPC {} has no vSwitch {:?}", vpc.id, z.vswitch),
+                    );
+                };
+                if !zones.insert(vsw.zone.clone()) {
+                    return err(
+                        format!("{g}.vswitch"),
+                        format!("the endpoint already has an ENI in zone {}", vsw.zone),
+                    );
+                }
+                if !vsw.cidr.contains(&z.eni)
+                    || z.eni == vsw.cidr.network()
+                    || z.eni == vsw.cidr.broadcast()
+                {
+                    return err(
+                        format!("{g}.eni"),
+                        format!(
+                            "{} is not a usable address of vSwitch {} ({})",
+                            z.eni, vsw.id, vsw.cidr
+                        ),
+                    );
+                }
+                if !enis.insert((vpc.id.clone(), z.eni)) {
+                    return err(
+                        format!("{g}.eni"),
+                        format!("{} is already in use in VPC {}", z.eni, vpc.id),
+                    );
+                }
+            }
+            self.validate_endpoint_groups(&f, e)?;
+        }
+        Ok(())
+    }
+
+    /// One endpoint per (VPC, prefix), whether the prefix comes from a gateway service or
+    /// a GWLB endpoint's routes: two would make the route ambiguous.
+    pub(super) fn validate_gateway_routes(&self) -> Result<(), FieldError> {
+        let mut routes: BTreeMap<(String, Ipv4Net), (&str, &str)> = BTreeMap::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let Some(svc) = self.service(&e.service) else {
+                continue;
+            };
+            let (kind, prefixes): (&str, Vec<(String, Ipv4Net)>) = match svc.kind {
+                ServiceType::Gateway if e.gateway.is_some() => (
+                    "gateway",
+                    svc.prefixes
+                        .iter()
+                        .map(|p| (format!("endpoints[{i}].service"), *p))
+                        .collect(),
+                ),
+                ServiceType::Gwlb => (
+                    "GWLB",
+                    e.routes
+                        .iter()
+                        .enumerate()
+                        .map(|(j, p)| (format!("endpoints[{i}].routes[{j}]"), *p))
+                        .collect(),
+                ),
+                _ => continue,
+            };
+            for (field, p) in prefixes {
+                if let Some((other, other_kind)) = routes.insert((e.vpc.clone(), p), (&e.id, kind))
+                {
+                    return err(
+                        field,
+                        format!(
+                            "{p} is already routed to {other_kind} endpoint {other} in VPC {}",
+                            e.vpc
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Interface endpoints have ENIs in zones; gateway endpoints a route target and a
+    /// policy, and the service's prefixes must be routable (outside the VPC).
+    fn validate_endpoint_kind(
+        &self,
+        f: &str,
+        e: &Endpoint,
+        vpc: &Vpc,
+        svc: &EndpointService,
+        enis: &mut BTreeSet<(String, Ipv4Addr)>,
+    ) -> Result<(), FieldError> {
+        if svc.kind != ServiceType::Gwlb && !e.routes.is_empty() {
+            return err(
+                format!("{f}.routes"),
+                "only endpoints of GWLB services have routes",
+            );
+        }
+        match svc.kind {
+            ServiceType::Gwlb => validate_gwlb_endpoint(f, e)?,
+            ServiceType::Interface => {
+                if e.zones.is_empty() {
+                    return err(
+                        format!("{f}.zones"),
+                        "an endpoint needs an ENI in at least one zone",
+                    );
+                }
+                if e.gateway.is_some() || !e.policy.is_empty() {
+                    return err(
+                        format!("{f}.gateway"),
+                        "only endpoints of gateway services have a gateway and a policy",
+                    );
+                }
+            }
+            ServiceType::Gateway => {
+                if !e.zones.is_empty() {
+                    return err(
+                        format!("{f}.zones"),
+                        "a gateway endpoint has no ENIs; give --gateway instead",
+                    );
+                }
+                if !e.security_groups.is_empty() {
+                    return err(
+                        format!("{f}.security_groups"),
+                        "a gateway endpoint is guarded by its policy, not by security groups",
+                    );
+                }
+                let Some(gw) = e.gateway else {
+                    return err(
+                        format!("{f}.gateway"),
+                        "a gateway endpoint needs a route target address",
+                    );
+                };
+                let usable = vpc.vswitches.iter().any(|s| {
+                    s.cidr.contains(&gw) && gw != s.cidr.network() && gw != s.cidr.broadcast()
+                });
+                if !usable {
+                    return err(
+                        format!("{f}.gateway"),
+                        format!(
+                            "{gw} is not a usable address of a vSwitch of VPC {}",
+                            vpc.id
+                        ),
+                    );
+                }
+                if !enis.insert((vpc.id.clone(), gw)) {
+                    return err(
+                        format!("{f}.gateway"),
+                        format!("{gw} is already in use in VPC {}", vpc.id),
+                    );
+                }
+                for p in &svc.prefixes {
+                    if vpc.cidr.contains(&p.network()) || p.contains(&vpc.cidr.network()) {
+                        return err(
+                            format!("{f}.service"),
+                            format!("the service's prefix {p} overlaps the VPC's {}", vpc.cidr),
+                        );
+                    }
+                }
+                if e.policy.len() > privatelink_common::MAX_RULES {
+                    return err(
+                        format!("{f}.policy"),
+                        format!(
+                            "{} rules; at most {}",
+                            e.policy.len(),
+                            privatelink_common::MAX_RULES
+                        ),
+                    );
+                }
+                for (j, r) in e.policy.iter().enumerate() {
+                    check_ports(&format!("{f}.policy[{j}]"), r.protocol, r.ports)?;
+                    check_cidr(&format!("{f}.policy[{j}]"), &r.cidr)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_endpoint_groups(&self, f: &str, e: &Endpoint) -> Result<(), FieldError> {
+        let mut ingress = 0;
+        for (j, sg) in e.security_groups.iter().enumerate() {
+            let Some(group) = self.security_groups.iter().find(|g| g.id == *sg) else {
+                return err(
+                    format!("{f}.security_groups[{j}]"),
+                    format!("no security group {sg:?}"),
+                );
+            };
+            if group.account != e.account {
+                // Another account's group: do not tell its VPC or owner.
+                return err(
+                    format!("{f}.security_groups[{j}]"),
+                    format!("no security group {sg:?}"),
+                );
+            }
+            if group.vpc != e.vpc {
+                return err(
+                    format!("{f}.security_groups[{j}]"),
+                    format!(
+                        "security group {sg} is in VPC {}, not in the endpoint's {}",
+                        group.vpc, e.vpc
+                    ),
+                );
+            }
+            ingress += group
+                .rules
+                .iter()
+                .filter(|r| r.direction == Direction::Ingress)
+                .count();
+        }
+        if ingress > privatelink_common::MAX_RULES {
+            return err(
+                format!("{f}.security_groups"),
+                format!(
+                    "{ingress} ingress rules in all; at most {}",
+                    privatelink_common::MAX_RULES
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A GWLB endpoint: one ENI (checked with the other ENIs), the routes sent to it, and
+/// none of the gateway endpoints' or interface endpoints' filters.
+fn validate_gwlb_endpoint(f: &str, e: &Endpoint) -> Result<(), FieldError> {
+    let [z] = e.zones.as_slice() else {
+        return err(
+            format!("{f}.zones"),
+            format!(
+                "a GWLB endpoint has exactly one ENI (in one zone); {} given",
+                e.zones.len()
+            ),
+        );
+    };
+    if e.gateway.is_some() {
+        return err(
+            format!("{f}.gateway"),
+            "a GWLB endpoint has no gateway address: the VPC routes to its ENI",
+        );
+    }
+    if !e.policy.is_empty() {
+        return err(
+            format!("{f}.policy"),
+            "a GWLB endpoint has no policy: its appliances decide what passes",
+        );
+    }
+    if !e.security_groups.is_empty() {
+        return err(
+            format!("{f}.security_groups"),
+            "a GWLB endpoint is not guarded by security groups: its appliances decide what passes",
+        );
+    }
+    if e.routes.is_empty() || e.routes.len() > MAX_GWLB_ROUTES {
+        return err(
+            format!("{f}.routes"),
+            format!(
+                "a GWLB endpoint needs between 1 and {MAX_GWLB_ROUTES} routes; {} given",
+                e.routes.len()
+            ),
+        );
+    }
+    for (j, p) in e.routes.iter().enumerate() {
+        let g = format!("{f}.routes[{j}]");
+        if *p != p.trunc() {
+            return err(
+                g,
+                format!("{p} has host bits set (did you mean {}?)", p.trunc()),
+            );
+        }
+        if p.contains(&z.eni) {
+            return err(
+                g,
+                format!(
+                    "{p} contains the endpoint's own ENI {}; traffic to it would loop",
+                    z.eni
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An endpoint's security groups and tags are within their limits. `f` is the endpoint's
+/// field path (empty for a request body, whose fields are named without a prefix).
+pub fn check_endpoint_limits(
+    f: &str,
+    security_groups: &[String],
+    tags: &BTreeMap<String, String>,
+) -> Result<(), FieldError> {
+    let field = |name: &str| match f {
+        "" => name.to_string(),
+        f => format!("{f}.{name}"),
+    };
+    if security_groups.len() > MAX_SECURITY_GROUPS {
+        return err(
+            field("security_groups"),
+            format!(
+                "{} security groups; at most {MAX_SECURITY_GROUPS}",
+                security_groups.len()
+            ),
+        );
+    }
+    if tags.len() > MAX_TAGS {
+        return err(
+            field("tags"),
+            format!("{} tags; at most {MAX_TAGS}", tags.len()),
+        );
+    }
+    Ok(())
+}

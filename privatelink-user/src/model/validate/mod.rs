@@ -1,0 +1,225 @@
+//! Every rule a state must keep, one validator per kind; `State::validate` runs them in
+//! order and returns the first violation, naming the field it is about.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
+
+use ipnet::Ipv4Net;
+
+use super::{Protocol, ServiceType, State, Vpc, numeric_id};
+
+mod account;
+mod endpoint;
+mod security;
+mod service;
+mod vpc;
+
+pub use endpoint::check_endpoint_limits;
+pub use service::check_listeners;
+
+/// A validation failure: which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, FieldError> {
+    Err(FieldError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+fn check_id(field: String, id: &str, seen: &mut BTreeMap<u32, String>) -> Result<(), FieldError> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return err(
+            field,
+            format!("{id:?} is not a valid id (1-64 of [A-Za-z0-9_-])"),
+        );
+    }
+    if let Some(other) = seen.insert(numeric_id(id), id.to_string()) {
+        if other == id {
+            return err(field, format!("duplicate id {id:?}"));
+        }
+        return err(
+            field,
+            format!("id {id:?} collides with {other:?}; choose another id"),
+        );
+    }
+    Ok(())
+}
+
+impl State {
+    /// Checks every rule of the domain. The first violation is returned.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let mut ids = BTreeMap::new();
+        self.validate_accounts(&mut ids)?;
+        self.validate_vpcs(&mut ids)?;
+        self.check_capacity()?;
+        // ENI and gateway addresses must not be SNAT, load balancer, GWLB or appliance
+        // addresses either.
+        let mut enis = self.validate_services(&mut ids)?;
+        self.validate_endpoints(&mut ids, &mut enis)?;
+        self.validate_gateway_routes()?;
+        self.validate_filters(&mut ids)
+    }
+
+    fn account_exists(&self, a: &str) -> bool {
+        self.accounts.iter().any(|x| x.id == a)
+    }
+
+    /// The VPC `vpc` of the object at `f`, which must exist and belong to `account` (which
+    /// must exist too).
+    fn owned_vpc(&self, f: &str, account: &str, vpc: &str) -> Result<&Vpc, FieldError> {
+        if self.account(account).is_none() {
+            return err(
+                format!("{f}.account"),
+                format!("unknown account {account:?}"),
+            );
+        }
+        let Some(v) = self.vpc(vpc) else {
+            return err(format!("{f}.vpc"), format!("unknown VPC {vpc:?}"));
+        };
+        if v.account != account {
+            return err(
+                format!("{f}.vpc"),
+                format!(
+                    "VPC {} belongs to account {}, not to {account}",
+                    v.id, v.account
+                ),
+            );
+        }
+        Ok(v)
+    }
+
+    /// The data path's maps have fixed sizes: refuse a state that would not fit, before
+    /// anything is committed.
+    fn check_capacity(&self) -> Result<(), FieldError> {
+        use privatelink_common::{
+            MAX_ENDPOINTS, MAX_IFACES, MAX_NEIGHBORS, MAX_SERVICES, MAX_VPCS,
+        };
+        let addrs: usize = self
+            .endpoints
+            .iter()
+            .map(|e| e.zones.len() + e.gateway.is_some() as usize)
+            .sum();
+        let routes: usize = self
+            .endpoints
+            .iter()
+            .map(|e| match e.gateway {
+                Some(_) => self.service(&e.service).map_or(0, |s| s.prefixes.len()),
+                None => e.routes.len(),
+            })
+            .sum();
+        let hops: usize = self.services.iter().map(|s| s.backends.len()).sum();
+        let appliances: usize = self
+            .services
+            .iter()
+            .filter(|s| s.kind == ServiceType::Gwlb)
+            .map(|s| s.backends.len())
+            .sum();
+        // (service, zone) pairs: one appliance set per zone a GWLB endpoint is in.
+        let gwlb_zones: BTreeSet<(&str, &str)> = self
+            .endpoints
+            .iter()
+            .filter(|e| !e.routes.is_empty())
+            .flat_map(|e| {
+                let vpc = self.vpc(&e.vpc);
+                e.zones.iter().filter_map(move |z| {
+                    let vsw = vpc?.vswitches.iter().find(|v| v.id == z.vswitch)?;
+                    Some((e.service.as_str(), vsw.zone.as_str()))
+                })
+            })
+            .collect();
+        // PL_HOST: every GWLB service's address and appliances.
+        let host: usize = self
+            .services
+            .iter()
+            .filter(|s| s.kind == ServiceType::Gwlb)
+            .map(|s| s.backends.len() + 1)
+            .sum();
+        // PL_LB_SETS: a (service, zone) pair per zone an ENI is in that spreads its flows
+        // over several load balancers.
+        let lb_sets: BTreeSet<(&str, &str)> = self
+            .endpoints
+            .iter()
+            .filter_map(|e| Some((e, self.service(&e.service)?, self.vpc(&e.vpc)?)))
+            .filter(|(_, svc, _)| svc.kind == ServiceType::Interface && !svc.backends.is_empty())
+            .flat_map(|(e, svc, vpc)| {
+                e.zones.iter().filter_map(move |z| {
+                    let vsw = vpc.vswitches.iter().find(|v| v.id == z.vswitch)?;
+                    (svc.backends_for_zone(&vsw.zone).len() > 1)
+                        .then_some((svc.id.as_str(), vsw.zone.as_str()))
+                })
+            })
+            .collect();
+        for (field, n, max) in [
+            ("vpcs", self.vpcs.len(), MAX_VPCS.min(MAX_IFACES) as usize),
+            ("services", self.services.len(), MAX_SERVICES as usize),
+            ("endpoints", addrs, MAX_ENDPOINTS as usize),
+            ("endpoints", routes, MAX_ENDPOINTS as usize),
+            ("services", hops, MAX_NEIGHBORS as usize),
+            ("services", appliances, MAX_SERVICES as usize),
+            ("endpoints", gwlb_zones.len(), MAX_SERVICES as usize),
+            ("services", host, MAX_SERVICES as usize),
+            ("services", lb_sets.len(), MAX_SERVICES as usize),
+        ] {
+            if n > max {
+                return err(
+                    field,
+                    format!("{n} would exceed the data path's capacity of {max}"),
+                );
+            }
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.backends.len() > 64 {
+                return err(
+                    format!("services[{i}].backends"),
+                    "at most 64 load balancers or appliances",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_ports(field: &str, proto: Protocol, ports: Option<[u16; 2]>) -> Result<(), FieldError> {
+    if let Some([lo, hi]) = ports {
+        if lo > hi {
+            return err(
+                format!("{field}.ports"),
+                format!("[{lo}, {hi}] is upside down"),
+            );
+        }
+        if !matches!(proto, Protocol::Tcp | Protocol::Udp) {
+            return err(format!("{field}.ports"), "ports apply to tcp and udp only");
+        }
+    }
+    Ok(())
+}
+
+fn check_cidr(field: &str, c: &Ipv4Net) -> Result<(), FieldError> {
+    if *c != c.trunc() {
+        return err(
+            format!("{field}.cidr"),
+            format!("{c} has host bits set (did you mean {}?)", c.trunc()),
+        );
+    }
+    Ok(())
+}

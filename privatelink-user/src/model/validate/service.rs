@@ -1,0 +1,373 @@
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use super::{FieldError, check_cidr, check_id, err};
+use crate::model::{
+    EndpointService, GwlbSettings, Listener, MAX_APPLIANCES, MAX_LISTENERS, ServiceType, State, Vpc,
+};
+
+impl State {
+    /// The services; returns the addresses they take in each VPC (SNAT, load balancer, GWLB
+    /// and appliance addresses), which no ENI or gateway address may take.
+    pub(super) fn validate_services(
+        &self,
+        ids: &mut BTreeMap<u32, String>,
+    ) -> Result<BTreeSet<(String, Ipv4Addr)>, FieldError> {
+        // Load balancer, GWLB and appliance addresses (with their services), which no SNAT
+        // address may take; GWLB and appliance addresses belong to one service only.
+        let mut taken: BTreeMap<(String, Ipv4Addr), Vec<(&str, &'static str)>> = BTreeMap::new();
+        for s in &self.services {
+            let what = match s.kind {
+                ServiceType::Gwlb => "a GWLB appliance",
+                _ => "a load balancer address",
+            };
+            for b in &s.backends {
+                taken
+                    .entry((s.vpc.clone(), b.address))
+                    .or_default()
+                    .push((&s.id, what));
+            }
+            if let Some(g) = &s.gwlb {
+                taken
+                    .entry((s.vpc.clone(), g.address))
+                    .or_default()
+                    .push((&s.id, "a GWLB address"));
+            }
+        }
+        let mut snat_used = BTreeSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let f = format!("services[{i}]");
+            check_id(format!("{f}.id"), &s.id, ids)?;
+            let vpc = self.owned_vpc(&f, &s.account, &s.vpc)?;
+            for (j, w) in s.whitelist.iter().enumerate() {
+                if !self.account_exists(w) {
+                    return err(
+                        format!("{f}.whitelist[{j}]"),
+                        format!("unknown account {w:?}"),
+                    );
+                }
+            }
+            match (s.kind, &s.gwlb) {
+                (ServiceType::Gwlb, Some(g)) => {
+                    validate_gwlb_service(&f, s, g, vpc, &taken)?;
+                    continue;
+                }
+                (ServiceType::Gwlb, None) => {
+                    return err(
+                        format!("{f}.gwlb"),
+                        "a GWLB service needs its gwlb settings (at least the load balancer's address)",
+                    );
+                }
+                (_, Some(_)) => {
+                    return err(format!("{f}.gwlb"), "only GWLB services have gwlb settings");
+                }
+                (_, None) => {}
+            }
+            check_listeners(&format!("{f}.listeners"), &s.listeners)?;
+            if !(1..=100).contains(&s.endpoint_flow_share) {
+                return err(
+                    format!("{f}.endpoint_flow_share"),
+                    format!(
+                        "{} is not a share in percent (1-100)",
+                        s.endpoint_flow_share
+                    ),
+                );
+            }
+            if s.backends.is_empty() {
+                return err(
+                    format!("{f}.backends"),
+                    "at least one load balancer address is needed",
+                );
+            }
+            for (j, b) in s.backends.iter().enumerate() {
+                if !vpc.cidr.contains(&b.address) {
+                    return err(
+                        format!("{f}.backends[{j}].address"),
+                        format!("{} is not inside the service VPC's {}", b.address, vpc.cidr),
+                    );
+                }
+                if s.backends[..j].iter().any(|o| o.address == b.address) {
+                    return err(
+                        format!("{f}.backends[{j}].address"),
+                        format!("load balancer {} is listed twice", b.address),
+                    );
+                }
+                let in_zone = s.backends[..=j].iter().filter(|o| o.zone == b.zone).count();
+                // Without zone affinity every ENI spreads its flows over all of them.
+                if !s.zone_affinity
+                    && s.kind == ServiceType::Interface
+                    && j >= privatelink_common::MAX_LBS_PER_ZONE
+                {
+                    return err(
+                        format!("{f}.backends[{j}]"),
+                        format!(
+                            "more than {} load balancers without zone affinity (every ENI's flows are spread over all of them)",
+                            privatelink_common::MAX_LBS_PER_ZONE
+                        ),
+                    );
+                }
+                if s.kind == ServiceType::Gateway && in_zone > 1 {
+                    return err(
+                        format!("{f}.backends[{j}].zone"),
+                        format!(
+                            "zone {} is listed twice (a gateway service has one next hop per zone)",
+                            b.zone
+                        ),
+                    );
+                }
+                if in_zone > privatelink_common::MAX_LBS_PER_ZONE {
+                    return err(
+                        format!("{f}.backends[{j}].zone"),
+                        format!(
+                            "more than {} load balancers in zone {}",
+                            privatelink_common::MAX_LBS_PER_ZONE,
+                            b.zone
+                        ),
+                    );
+                }
+                if let Some((other, what)) = taken[&(vpc.id.clone(), b.address)]
+                    .iter()
+                    .find(|(o, what)| *o != s.id && *what != "a load balancer address")
+                {
+                    return err(
+                        format!("{f}.backends[{j}].address"),
+                        format!(
+                            "{} is {what} of service {other} in VPC {}",
+                            b.address, vpc.id
+                        ),
+                    );
+                }
+            }
+            if s.snat.is_empty() || s.snat.len() > privatelink_common::MAX_SNAT_ADDRS {
+                return err(
+                    format!("{f}.snat"),
+                    format!(
+                        "between 1 and {} SNAT addresses are needed",
+                        privatelink_common::MAX_SNAT_ADDRS
+                    ),
+                );
+            }
+            for (j, a) in s.snat.iter().enumerate() {
+                if !vpc.cidr.contains(a) || *a == vpc.cidr.network() || *a == vpc.cidr.broadcast() {
+                    return err(
+                        format!("{f}.snat[{j}]"),
+                        format!(
+                            "{a} is not a usable address of the service VPC's {}",
+                            vpc.cidr
+                        ),
+                    );
+                }
+                if s.backends.iter().any(|b| b.address == *a) {
+                    return err(
+                        format!("{f}.snat[{j}]"),
+                        format!("{a} is also a load balancer address"),
+                    );
+                }
+                if let Some((_, what)) = taken
+                    .get(&(vpc.id.clone(), *a))
+                    .and_then(|owners| owners.first())
+                {
+                    return err(
+                        format!("{f}.snat[{j}]"),
+                        format!("{a} is {what} in VPC {}", vpc.id),
+                    );
+                }
+                if !snat_used.insert((vpc.id.clone(), *a)) {
+                    return err(
+                        format!("{f}.snat[{j}]"),
+                        format!("{a} is already a SNAT address in VPC {}", vpc.id),
+                    );
+                }
+            }
+            let [lo, hi] = s.snat_ports;
+            if lo == 0 || lo > hi {
+                return err(
+                    format!("{f}.snat_ports"),
+                    format!("[{lo}, {hi}] is not a port range (1 <= low <= high)"),
+                );
+            }
+            match s.kind {
+                ServiceType::Interface if !s.prefixes.is_empty() => {
+                    return err(
+                        format!("{f}.prefixes"),
+                        "only gateway services have prefixes",
+                    );
+                }
+                ServiceType::Gateway if s.prefixes.is_empty() => {
+                    return err(
+                        format!("{f}.prefixes"),
+                        "a gateway service needs at least one prefix",
+                    );
+                }
+                _ => {}
+            }
+            for (j, p) in s.prefixes.iter().enumerate() {
+                check_cidr(&format!("{f}.prefixes[{j}]"), p).map_err(|e| FieldError {
+                    field: format!("{f}.prefixes[{j}]"),
+                    ..e
+                })?;
+            }
+        }
+        let mut enis: BTreeSet<(String, Ipv4Addr)> = snat_used.clone();
+        enis.extend(taken.into_keys());
+        Ok(enis)
+    }
+}
+
+/// Listeners: ports 1-65535, ranges the right way up, no two overlapping.
+pub fn check_listeners(field: &str, listeners: &[Listener]) -> Result<(), FieldError> {
+    if listeners.len() > MAX_LISTENERS {
+        return err(
+            field,
+            format!("{} listeners; at most {MAX_LISTENERS}", listeners.len()),
+        );
+    }
+    for (j, l) in listeners.iter().enumerate() {
+        let (lo, hi) = l.ports();
+        if lo == 0 {
+            return err(
+                format!("{field}[{j}].port"),
+                "port 0 is not a listener port (1-65535)",
+            );
+        }
+        if hi < lo {
+            return err(
+                format!("{field}[{j}].to_port"),
+                format!("{lo}-{hi} is upside down (to_port must be at least port)"),
+            );
+        }
+        if let Some((k, o)) = listeners[..j].iter().enumerate().find(|(_, o)| {
+            let (a, b) = o.ports();
+            o.protocol == l.protocol && a <= hi && lo <= b
+        }) {
+            return err(
+                format!("{field}[{j}]"),
+                format!("{l} overlaps listener {k} ({o})"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A GWLB service: its own address and its appliances (`backends`) in the service VPC,
+/// appliances in zones of that VPC, no SNAT pool, no prefixes, sane health checks.
+fn validate_gwlb_service(
+    f: &str,
+    s: &EndpointService,
+    g: &GwlbSettings,
+    vpc: &Vpc,
+    taken: &BTreeMap<(String, Ipv4Addr), Vec<(&str, &'static str)>>,
+) -> Result<(), FieldError> {
+    let usable = |a: &Ipv4Addr| {
+        vpc.cidr.contains(a) && *a != vpc.cidr.network() && *a != vpc.cidr.broadcast()
+    };
+    // Another service using `a` in this VPC.
+    let other = |a: Ipv4Addr| {
+        taken
+            .get(&(vpc.id.clone(), a))
+            .and_then(|owners| owners.iter().find(|(o, _)| *o != s.id))
+    };
+    if !usable(&g.address) {
+        return err(
+            format!("{f}.gwlb.address"),
+            format!(
+                "{} is not a usable address of the service VPC's {}",
+                g.address, vpc.cidr
+            ),
+        );
+    }
+    if let Some((o, what)) = other(g.address) {
+        return err(
+            format!("{f}.gwlb.address"),
+            format!("{} is {what} of service {o} in VPC {}", g.address, vpc.id),
+        );
+    }
+    if s.backends.is_empty() || s.backends.len() > MAX_APPLIANCES {
+        return err(
+            format!("{f}.backends"),
+            format!(
+                "a GWLB service needs between 1 and {MAX_APPLIANCES} appliances; it has {}",
+                s.backends.len()
+            ),
+        );
+    }
+    for (j, b) in s.backends.iter().enumerate() {
+        let h = format!("{f}.backends[{j}]");
+        if !usable(&b.address) {
+            return err(
+                format!("{h}.address"),
+                format!(
+                    "appliance {} is not a usable address of the service VPC's {}",
+                    b.address, vpc.cidr
+                ),
+            );
+        }
+        if b.address == g.address {
+            return err(
+                format!("{h}.address"),
+                format!("{} is the GWLB's own address, not an appliance", b.address),
+            );
+        }
+        if s.backends[..j].iter().any(|o| o.address == b.address) {
+            return err(
+                format!("{h}.address"),
+                format!("appliance {} is listed twice", b.address),
+            );
+        }
+        if let Some((o, what)) = other(b.address) {
+            return err(
+                format!("{h}.address"),
+                format!("{} is {what} of service {o} in VPC {}", b.address, vpc.id),
+            );
+        }
+        if !vpc.vswitches.iter().any(|v| v.zone == b.zone) {
+            return err(
+                format!("{h}.zone"),
+                format!("VPC {} has no vSwitch in zone {:?}", vpc.id, b.zone),
+            );
+        }
+    }
+    if !s.snat.is_empty() {
+        return err(
+            format!("{f}.snat"),
+            "a GWLB service has no SNAT addresses: packets keep their addresses inside GENEVE",
+        );
+    }
+    if !s.prefixes.is_empty() {
+        return err(
+            format!("{f}.prefixes"),
+            "a GWLB service has no prefixes: each endpoint lists the routes sent to it",
+        );
+    }
+    if !s.listeners.is_empty() {
+        return err(
+            format!("{f}.listeners"),
+            "a GWLB service has no listeners: its appliances see every packet",
+        );
+    }
+    g.health
+        .check()
+        .or_else(|(field, message)| err(format!("{f}.gwlb.health.{field}"), message))
+}
+
+impl EndpointService {
+    /// Interface and gateway services publish at least one listener. Required of every
+    /// service created or changed, and of declarative state files; a service stored by an
+    /// earlier build (which forwarded every port) loads with none and publishes nothing
+    /// until its provider adds them (logged at start, see `legacy_without_listeners`).
+    pub fn require_listeners(&self, field: &str) -> Result<(), FieldError> {
+        if self.kind != ServiceType::Gwlb && self.listeners.is_empty() {
+            return err(
+                field,
+                format!(
+                    "service {} must publish its load balancer's listeners (e.g. tcp:80); \
+                     an endpoint carries only traffic that matches one",
+                    self.id
+                ),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,60 @@
+//! VPCs and their vSwitches (subnets in zones).
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vpc {
+    pub id: String,
+    pub account: String,
+    pub cidr: Ipv4Net,
+    /// The forwarder's interface attached to this VPC.
+    pub interface: String,
+    #[serde(default)]
+    pub vswitches: Vec<VSwitch>,
+    /// The interface also carries the host's own traffic: what is not the data path's
+    /// passes to the host's stack. Off (the default), the host sees only the replies to
+    /// its own probes in this VPC and nothing else of it (see README, "The forwarder host").
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub host_traffic: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VSwitch {
+    pub id: String,
+    pub zone: String,
+    pub cidr: Ipv4Net,
+}
+
+impl VSwitch {
+    /// The addresses the cloud keeps for itself in every vSwitch CIDR: the first one and
+    /// the last three (for 192.168.1.0/24: .0, .253, .254 and .255). They are never
+    /// allocated to an ENI and refused when one is asked for.
+    pub fn is_reserved(&self, a: Ipv4Addr) -> bool {
+        let (a, first, last) = (
+            u32::from(a),
+            u32::from(self.cidr.network()),
+            u32::from(self.cidr.broadcast()),
+        );
+        a == first || a >= last.saturating_sub(2)
+    }
+
+    /// The lowest address of the vSwitch that is neither reserved nor in `used`.
+    pub fn lowest_free(&self, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let (first, last) = (
+            u32::from(self.cidr.network()),
+            u32::from(self.cidr.broadcast()),
+        );
+        (first..=last)
+            .map(Ipv4Addr::from)
+            .find(|a| !self.is_reserved(*a) && !used.contains(a))
+    }
+}
