@@ -1,13 +1,30 @@
 //! The console's steps as commands: each builds one API request and prints the answer as a
 //! table (or JSON with --json).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use ipnet::Ipv4Net;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
-use crate::{client::Client, model::Listener};
+use crate::{
+    client::Client,
+    model::{
+        AclRule, Backend, Direction, Failover, GwlbSettings, HealthSettings, Listener, Probe,
+        Protocol, RuleAction, ServiceType, SgRule, Stickiness,
+    },
+    ops::{
+        ConnectionAction, EndpointPatch, NewAccount, NewAcl, NewEndpoint, NewSecurityGroup,
+        NewService, NewVSwitch, NewVpc, NewZone, ServicePatch,
+    },
+};
+
+/// One of the API's enums by the name the API gives it (`ingress`, `five_tuple`, ...).
+fn api_enum<T: DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(Value::String(s.to_string())).map_err(|e| e.to_string())
+}
 
 #[derive(Args, Clone)]
 pub struct Conn {
@@ -76,23 +93,23 @@ pub enum SgRuleCmd {
     /// Add a rule; prints it with its id.
     Add {
         sg: String,
-        #[arg(long, default_value = "ingress")]
-        direction: String,
+        #[arg(long, default_value = "ingress", value_parser = api_enum::<Direction>)]
+        direction: Direction,
         /// 1 (highest) to 100.
         #[arg(long)]
         priority: u32,
         /// accept or drop.
-        #[arg(long)]
-        action: String,
+        #[arg(long, value_parser = api_enum::<RuleAction>)]
+        action: RuleAction,
         /// all, tcp, udp or icmp.
-        #[arg(long, default_value = "all")]
-        protocol: String,
+        #[arg(long, default_value = "all", value_parser = api_enum::<Protocol>)]
+        protocol: Protocol,
         /// Port range LOW-HIGH (tcp, udp).
         #[arg(long)]
         ports: Option<String>,
         /// Remote address range.
         #[arg(long)]
-        cidr: String,
+        cidr: Ipv4Net,
     },
     Remove {
         sg: String,
@@ -123,25 +140,34 @@ pub enum AclCmd {
 }
 
 /// "80-90" → [80, 90]; the server checks the order.
-fn port_range(s: &str) -> Result<Value> {
+fn port_range(s: &str) -> Result<[u16; 2]> {
     let (lo, hi) = s.split_once('-').unwrap_or((s, s));
-    Ok(json!([
+    Ok([
         lo.parse::<u16>().context("port")?,
-        hi.parse::<u16>().context("port")?
-    ]))
+        hi.parse::<u16>().context("port")?,
+    ])
 }
 
-fn acl_rule(r: &str) -> Result<Value> {
+fn acl_rule(r: &str) -> Result<AclRule> {
     let p: Vec<&str> = r.split([' ', ',']).filter(|x| !x.is_empty()).collect();
-    match p.as_slice() {
-        [action, proto, cidr] => Ok(json!({"action": action, "protocol": proto, "cidr": cidr})),
-        [action, proto, cidr, ports] => Ok(
-            json!({"action": action, "protocol": proto, "cidr": cidr, "ports": port_range(ports)?}),
-        ),
-        _ => Err(anyhow!(
-            "ACL rule {r:?}: expected \"ACTION PROTOCOL CIDR [LOW-HIGH]\""
-        )),
-    }
+    let (action, protocol, cidr, ports) = match p.as_slice() {
+        [action, proto, cidr] => (action, proto, cidr, None),
+        [action, proto, cidr, ports] => (action, proto, cidr, Some(port_range(ports)?)),
+        _ => {
+            return Err(anyhow!(
+                "ACL rule {r:?}: expected \"ACTION PROTOCOL CIDR [LOW-HIGH]\""
+            ));
+        }
+    };
+    let field = |e: String| anyhow!("ACL rule {r:?}: {e}");
+    Ok(AclRule {
+        action: api_enum(action).map_err(field)?,
+        protocol: api_enum(protocol).map_err(field)?,
+        ports,
+        cidr: cidr
+            .parse()
+            .map_err(|e: ipnet::AddrParseError| field(e.to_string()))?,
+    })
 }
 
 #[derive(Subcommand)]
@@ -162,7 +188,7 @@ pub enum VpcCmd {
         #[arg(long)]
         account: String,
         #[arg(long)]
-        cidr: String,
+        cidr: Ipv4Net,
         /// The forwarder's interface attached to the VPC.
         #[arg(long)]
         interface: String,
@@ -188,7 +214,7 @@ pub enum ServiceCmd {
         backends: Vec<String>,
         /// A SNAT address in the service's VPC (repeatable; not for --type gwlb).
         #[arg(long = "snat", required_unless_present_any = ["appliances", "gwlb_address"])]
-        snat: Vec<String>,
+        snat: Vec<Ipv4Addr>,
         /// SNAT port range LOW-HIGH.
         #[arg(long)]
         snat_ports: Option<String>,
@@ -208,11 +234,11 @@ pub enum ServiceCmd {
         domain: Option<String>,
         /// interface (a load balancer), gateway (a prefix list reached by route) or gwlb
         /// (a Gateway Load Balancer in front of inspection appliances).
-        #[arg(long = "type", default_value = "interface")]
-        kind: String,
+        #[arg(long = "type", default_value = "interface", value_parser = api_enum::<ServiceType>)]
+        kind: ServiceType,
         /// Gateway services: a prefix of the list (repeatable).
         #[arg(long = "prefix")]
-        prefixes: Vec<String>,
+        prefixes: Vec<Ipv4Net>,
         #[command(flatten)]
         gwlb: Box<GwlbArgs>,
     },
@@ -289,16 +315,16 @@ pub struct GwlbArgs {
     /// GWLB: the load balancer's own address in the service VPC (GENEVE's source, the
     /// health checks' source; configure it on the forwarder's interface of that VPC).
     #[arg(long, required_if_eq("kind", "gwlb"))]
-    gwlb_address: Option<String>,
+    gwlb_address: Option<Ipv4Addr>,
     /// GWLB: five_tuple (default), three_tuple or two_tuple.
-    #[arg(long)]
-    stickiness: Option<String>,
+    #[arg(long, value_parser = api_enum::<Stickiness>)]
+    stickiness: Option<Stickiness>,
     /// GWLB: spread every zone's flows over the appliances of all zones.
     #[arg(long)]
     cross_zone: bool,
     /// GWLB: no_rebalance (default) or rebalance (flows of an unhealthy appliance move).
-    #[arg(long)]
-    failover: Option<String>,
+    #[arg(long, value_parser = api_enum::<Failover>)]
+    failover: Option<Failover>,
     /// GWLB: the appliance port health checks probe (default 80).
     #[arg(long)]
     health_port: Option<u16>,
@@ -335,51 +361,42 @@ impl GwlbArgs {
             || self.unhealthy_threshold.is_some()
     }
 
-    /// The appliances as backends, and the `gwlb` settings object (unset values are left
-    /// to the server's defaults).
-    fn to_json(&self) -> Result<(Vec<Value>, Value)> {
+    /// The appliances as backends, and the `gwlb` settings (unset values are the server's
+    /// defaults).
+    fn settings(&self) -> Result<(Vec<Backend>, GwlbSettings)> {
         let appliances = self
             .appliances
             .iter()
             .map(|a| {
-                a.split_once('=')
-                    .map(|(z, addr)| json!({"zone": z, "address": addr}))
-                    .ok_or_else(|| anyhow!("appliance {a:?}: expected ZONE=ADDRESS"))
+                let (zone, address) = a
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("appliance {a:?}: expected ZONE=ADDRESS"))?;
+                backend(a, zone, address)
             })
             .collect::<Result<Vec<_>>>()?;
         let address = self
             .gwlb_address
-            .as_ref()
             .context("--type gwlb needs --gwlb-address (the load balancer's own address)")?;
-        let mut health = serde_json::Map::new();
-        if let Some(p) = &self.health_path {
-            health.insert("probe".into(), json!({"kind": "http", "path": p}));
-        }
-        for (k, v) in [
-            ("port", self.health_port.map(u64::from)),
-            ("interval_ms", self.health_interval_ms),
-            ("timeout_ms", self.health_timeout_ms),
-            ("healthy_threshold", self.healthy_threshold.map(u64::from)),
-            (
-                "unhealthy_threshold",
-                self.unhealthy_threshold.map(u64::from),
-            ),
-        ] {
-            if let Some(v) = v {
-                health.insert(k.into(), v.into());
-            }
-        }
-        let mut gwlb = serde_json::Map::new();
-        gwlb.insert("address".into(), json!(address));
-        gwlb.insert("cross_zone".into(), json!(self.cross_zone));
-        if let Some(s) = &self.stickiness {
-            gwlb.insert("stickiness".into(), json!(s));
-        }
-        if let Some(f) = &self.failover {
-            gwlb.insert("failover".into(), json!(f));
-        }
-        gwlb.insert("health".into(), Value::Object(health));
-        Ok((appliances, Value::Object(gwlb)))
+        let d = HealthSettings::default();
+        let health = HealthSettings {
+            probe: match &self.health_path {
+                Some(p) => Probe::Http { path: p.clone() },
+                None => d.probe,
+            },
+            port: self.health_port.unwrap_or(d.port),
+            interval_ms: self.health_interval_ms.unwrap_or(d.interval_ms),
+            timeout_ms: self.health_timeout_ms.unwrap_or(d.timeout_ms),
+            healthy_threshold: self.healthy_threshold.unwrap_or(d.healthy_threshold),
+            unhealthy_threshold: self.unhealthy_threshold.unwrap_or(d.unhealthy_threshold),
+        };
+        let gwlb = GwlbSettings {
+            address,
+            stickiness: self.stickiness.unwrap_or_default(),
+            cross_zone: self.cross_zone,
+            failover: self.failover.unwrap_or_default(),
+            health,
+        };
+        Ok((appliances, gwlb))
     }
 }
 
@@ -404,14 +421,14 @@ pub enum EndpointCmd {
         zones: Vec<String>,
         /// Gateway endpoints: the route target address in the VPC.
         #[arg(long)]
-        gateway: Option<String>,
+        gateway: Option<Ipv4Addr>,
         /// Gateway endpoints: an allowed destination "ACTION,PROTOCOL,CIDR[,LOW-HIGH]", in
         /// order (repeatable).
         #[arg(long = "policy")]
         policy: Vec<String>,
         /// GWLB endpoints: a destination prefix the VPC routes to the endpoint (repeatable).
         #[arg(long = "route")]
-        routes: Vec<String>,
+        routes: Vec<Ipv4Net>,
         #[arg(long, default_value = "")]
         name: String,
         #[arg(long, default_value = "")]
@@ -441,7 +458,7 @@ pub enum EndpointCmd {
         tags: Vec<String>,
         /// GWLB endpoints: the routes, replacing the old ones (repeatable).
         #[arg(long = "route")]
-        routes: Vec<String>,
+        routes: Vec<Ipv4Net>,
     },
     Delete {
         id: String,
@@ -488,26 +505,52 @@ fn tags(list: &[String]) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-fn zones(list: &[String]) -> Result<Vec<Value>> {
+fn zones(list: &[String]) -> Result<Vec<NewZone>> {
     list.iter().map(|z| zone(z)).collect()
 }
 
 /// "vsw-a1:10.10.1.100" → that ENI; "vsw-a1" → an ENI the daemon allocates.
-fn zone(z: &str) -> Result<Value> {
-    match z.split_once(':') {
-        Some((v, e)) if !v.is_empty() && !e.is_empty() => Ok(json!({"vswitch": v, "eni": e})),
-        Some(_) => Err(anyhow!("zone {z:?}: expected VSWITCH or VSWITCH:ADDRESS")),
-        None if !z.is_empty() => Ok(json!({"vswitch": z})),
-        None => Err(anyhow!("zone {z:?}: expected VSWITCH or VSWITCH:ADDRESS")),
-    }
+fn zone(z: &str) -> Result<NewZone> {
+    let bad = || anyhow!("zone {z:?}: expected VSWITCH or VSWITCH:ADDRESS");
+    let (vswitch, eni) = match z.split_once(':') {
+        Some((v, e)) if !v.is_empty() && !e.is_empty() => {
+            (v, Some(e.parse().map_err(|e| anyhow!("zone {z:?}: {e}"))?))
+        }
+        Some(_) => return Err(bad()),
+        None if !z.is_empty() => (z, None),
+        None => return Err(bad()),
+    };
+    Ok(NewZone {
+        vswitch: vswitch.to_string(),
+        eni,
+    })
 }
+
+/// A load balancer or appliance `what` as ZONE and ADDRESS.
+fn backend(what: &str, zone: &str, address: &str) -> Result<Backend> {
+    Ok(Backend {
+        zone: zone.to_string(),
+        address: address
+            .parse()
+            .map_err(|e| anyhow!("backend {what:?}: {e}"))?,
+    })
+}
+
+/// Load balancers as ZONE:ADDRESS.
+fn backends(list: &[String]) -> Result<Vec<Backend>> {
+    list.iter()
+        .map(|b| split2("backend", b).and_then(|(z, a)| backend(b, z, a)))
+        .collect()
+}
+
+const CONNECTION_COLS: &[&str] = &["endpoint", "account", "state", "enis"];
 
 pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
     let c = Client::new(&conn.api, conn.token.clone());
     let (value, columns): (Value, &[&str]) = match cmd {
         ApiCmd::Status => (c.get("/v1/status")?, &[]),
         ApiCmd::Account(AccountCmd::Create { id, name }) => (
-            c.post("/v1/accounts", &json!({"id": id, "name": name}))?,
+            c.post("/v1/accounts", &NewAccount { id, name })?,
             &["id", "name", "token"],
         ),
         ApiCmd::Account(AccountCmd::List) => (c.get("/v1/accounts")?, &["id", "name"]),
@@ -519,18 +562,28 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
             vswitches,
             host_traffic,
         }) => {
-            let vs = vswitches
+            let vswitches = vswitches
                 .iter()
                 .map(|v| {
                     let mut p = v.splitn(3, ':');
                     match (p.next(), p.next(), p.next()) {
-                        (Some(i), Some(z), Some(c)) => Ok(json!({"id": i, "zone": z, "cidr": c})),
+                        (Some(i), Some(z), Some(c)) => Ok(NewVSwitch {
+                            id: i.to_string(),
+                            zone: z.to_string(),
+                            cidr: c.parse().map_err(|e| anyhow!("vswitch {v:?}: {e}"))?,
+                        }),
                         _ => Err(anyhow!("vswitch {v:?}: expected ID:ZONE:CIDR")),
                     }
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let body = json!({"id": id, "account": account, "cidr": cidr, "interface": interface,
-                "vswitches": vs, "host_traffic": host_traffic});
+            let body = NewVpc {
+                id,
+                account,
+                cidr,
+                interface,
+                vswitches,
+                host_traffic,
+            };
             (
                 c.post("/v1/vpcs", &body)?,
                 &["id", "account", "cidr", "interface"],
@@ -544,7 +597,12 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
                 SgCmd::Create { id, vpc, name } => (
                     c.post(
                         "/v1/security-groups",
-                        &json!({"id": id, "vpc": vpc, "name": name}),
+                        &NewSecurityGroup {
+                            id,
+                            vpc,
+                            name,
+                            rules: Vec::new(),
+                        },
                     )?,
                     COLS,
                 ),
@@ -559,10 +617,15 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
                     ports,
                     cidr,
                 }) => {
-                    let mut body = json!({"direction": direction, "priority": priority, "action": action, "protocol": protocol, "cidr": cidr});
-                    if let Some(p) = ports {
-                        body["ports"] = port_range(&p)?;
-                    }
+                    let body = SgRule {
+                        id: String::new(),
+                        direction,
+                        priority,
+                        action,
+                        protocol,
+                        ports: ports.as_deref().map(port_range).transpose()?,
+                        cidr,
+                    };
                     (
                         c.post(&format!("/v1/security-groups/{sg}/rules"), &body)?,
                         &[
@@ -600,7 +663,13 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
                         .iter()
                         .map(|r| acl_rule(r))
                         .collect::<Result<Vec<_>>>()?;
-                    let body = json!({"id": id, "vpc": vpc, "vswitches": vswitches, "ingress": ingress, "egress": egress});
+                    let body = NewAcl {
+                        id,
+                        vpc,
+                        vswitches,
+                        ingress,
+                        egress,
+                    };
                     (c.post("/v1/acls", &body)?, COLS)
                 }
                 AclCmd::List => (c.get("/v1/acls")?, COLS),
@@ -609,32 +678,35 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
         }
         ApiCmd::Endpoint(cmd) => endpoint(&c, cmd)?,
         ApiCmd::Connection(cmd) => {
-            let (path, value) = match cmd {
+            let (service, endpoint, action) = match cmd {
                 ConnectionCmd::List { service } => {
-                    (None, c.get(&format!("/v1/services/{service}/connections"))?)
+                    let list = c.get(&format!("/v1/services/{service}/connections"))?;
+                    print(&list, CONNECTION_COLS, conn.json);
+                    return Ok(());
                 }
                 ConnectionCmd::Accept { service, endpoint } => {
-                    (Some((service, endpoint, "accept")), Value::Null)
+                    (service, endpoint, ConnectionAction::Accept)
                 }
                 ConnectionCmd::Reject { service, endpoint } => {
-                    (Some((service, endpoint, "reject")), Value::Null)
+                    (service, endpoint, ConnectionAction::Reject)
                 }
                 ConnectionCmd::Disable { service, endpoint } => {
-                    (Some((service, endpoint, "disable")), Value::Null)
+                    (service, endpoint, ConnectionAction::Disable)
                 }
                 ConnectionCmd::Enable { service, endpoint } => {
-                    (Some((service, endpoint, "enable")), Value::Null)
+                    (service, endpoint, ConnectionAction::Enable)
                 }
             };
-            let value = match path {
-                Some((s, e, a)) => c.call(
+            let action = serde_json::to_value(action)?;
+            let action = action.as_str().context("an action's name")?;
+            (
+                c.call(
                     "POST",
-                    &format!("/v1/services/{s}/connections/{e}/{a}"),
+                    &format!("/v1/services/{service}/connections/{endpoint}/{action}"),
                     None,
                 )?,
-                None => value,
-            };
-            (value, &["endpoint", "account", "state", "enis"])
+                CONNECTION_COLS,
+            )
         }
     };
     print(&value, columns, conn.json);
@@ -668,20 +740,17 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             prefixes,
             gwlb,
         } => {
-            let mut backends = backends
-                .iter()
-                .map(|b| split2("backend", b).map(|(z, a)| json!({"zone": z, "address": a})))
-                .collect::<Result<Vec<_>>>()?;
-            let mut gwlb_settings = Value::Null;
-            if kind == "gwlb" {
+            let mut backends = self::backends(&backends)?;
+            let mut gwlb_settings = None;
+            if kind == ServiceType::Gwlb {
                 if !backends.is_empty() || !snat.is_empty() {
                     bail!(
                         "--type gwlb takes --appliance ZONE=ADDRESS and --gwlb-address, not --backend or --snat"
                     );
                 }
-                let (appliances, settings) = gwlb.to_json()?;
+                let (appliances, settings) = gwlb.settings()?;
                 backends = appliances;
-                gwlb_settings = settings;
+                gwlb_settings = Some(settings);
             } else if gwlb.given() {
                 bail!(
                     "--appliance, --gwlb-address and the health and stickiness options are for --type gwlb"
@@ -699,17 +768,22 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
                 }
                 None => None,
             };
-            let mut body = json!({
-                "id": id, "vpc": vpc, "backends": backends, "snat": snat, "snat_ports": ports,
-                "auto_accept": auto_accept, "zone_affinity": !no_zone_affinity, "domain": domain,
-                "type": kind, "prefixes": prefixes, "listeners": listeners,
-            });
-            if let Some(share) = endpoint_flow_share {
-                body["endpoint_flow_share"] = share.into();
-            }
-            if !gwlb_settings.is_null() {
-                body["gwlb"] = gwlb_settings;
-            }
+            let body = NewService {
+                id,
+                vpc,
+                r#type: kind,
+                auto_accept,
+                zone_affinity: !no_zone_affinity,
+                whitelist: Vec::new(),
+                backends,
+                snat,
+                snat_ports: ports,
+                domain,
+                prefixes,
+                gwlb: gwlb_settings,
+                listeners,
+                endpoint_flow_share,
+            };
             (c.post("/v1/services", &body)?, COLS)
         }
         ServiceCmd::List => (c.get("/v1/services")?, COLS),
@@ -742,30 +816,17 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             endpoint_flow_share,
             backends,
         } => {
-            let listeners = (!listeners.is_empty()).then_some(listeners);
-            let backends = backends
-                .iter()
-                .map(|b| split2("backend", b).map(|(z, a)| json!({"zone": z, "address": a})))
-                .collect::<Result<Vec<_>>>()?;
-            let backends = (!backends.is_empty()).then_some(backends);
-            let body = json!({"auto_accept": auto_accept, "zone_affinity": zone_affinity,
-                "listeners": listeners, "endpoint_flow_share": endpoint_flow_share,
-                "backends": backends});
-            let body: serde_json::Map<String, Value> = body
-                .as_object()
-                .expect("object")
-                .iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            (
-                c.call(
-                    "PATCH",
-                    &format!("/v1/services/{id}"),
-                    Some(&Value::Object(body)),
-                )?,
-                COLS,
-            )
+            let body = ServicePatch {
+                auto_accept,
+                zone_affinity,
+                listeners: (!listeners.is_empty()).then_some(listeners),
+                endpoint_flow_share,
+                backends: (!backends.is_empty())
+                    .then(|| self::backends(&backends))
+                    .transpose()?,
+                ..ServicePatch::default()
+            };
+            (c.patch(&format!("/v1/services/{id}"), &body)?, COLS)
         }
         ServiceCmd::Listener(cmd) => {
             let (id, listener, add) = match cmd {
@@ -786,8 +847,11 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
                     bail!("service {id} has no listener {listener}");
                 }
             }
-            let body = json!({ "listeners": listeners });
-            (c.call("PATCH", &path, Some(&body))?, COLS)
+            let body = ServicePatch {
+                listeners: Some(listeners),
+                ..ServicePatch::default()
+            };
+            (c.patch(&path, &body)?, COLS)
         }
         ServiceCmd::Delete { id } => (c.delete(&format!("/v1/services/{id}"))?, &[]),
         ServiceCmd::Whitelist(WhitelistCmd::Add { service, account }) => (
@@ -836,14 +900,19 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
                 .iter()
                 .map(|r| acl_rule(r))
                 .collect::<Result<Vec<_>>>()?;
-            let mut body = json!({
-                "id": id, "vpc": vpc, "service": service, "zones": zones(&z)?, "name": name,
-                "description": description, "security_groups": security_groups, "tags": tags(&t)?,
-                "gateway": gateway, "policy": policy,
-            });
-            if !routes.is_empty() {
-                body["routes"] = json!(routes);
-            }
+            let body = NewEndpoint {
+                id,
+                vpc,
+                service,
+                name,
+                description,
+                zones: zones(&z)?,
+                security_groups,
+                tags: tags(&t)?,
+                gateway,
+                policy,
+                routes,
+            };
             (c.post("/v1/endpoints", &body)?, COLS)
         }
         EndpointCmd::List => (c.get("/v1/endpoints")?, COLS),
@@ -857,33 +926,15 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
             tags: t,
             routes,
         } => {
-            let mut body = serde_json::Map::new();
-            if let Some(n) = name {
-                body.insert("name".into(), n.into());
-            }
-            if let Some(d) = description {
-                body.insert("description".into(), d.into());
-            }
-            if !z.is_empty() {
-                body.insert("zones".into(), zones(&z)?.into());
-            }
-            if !security_groups.is_empty() {
-                body.insert("security_groups".into(), json!(security_groups));
-            }
-            if !t.is_empty() {
-                body.insert("tags".into(), json!(tags(&t)?));
-            }
-            if !routes.is_empty() {
-                body.insert("routes".into(), json!(routes));
-            }
-            (
-                c.call(
-                    "PATCH",
-                    &format!("/v1/endpoints/{id}"),
-                    Some(&Value::Object(body)),
-                )?,
-                COLS,
-            )
+            let body = EndpointPatch {
+                name,
+                description,
+                zones: (!z.is_empty()).then(|| zones(&z)).transpose()?,
+                security_groups: (!security_groups.is_empty()).then_some(security_groups),
+                tags: (!t.is_empty()).then(|| tags(&t)).transpose()?,
+                routes: (!routes.is_empty()).then_some(routes),
+            };
+            (c.patch(&format!("/v1/endpoints/{id}"), &body)?, COLS)
         }
         EndpointCmd::Delete { id } => (c.delete(&format!("/v1/endpoints/{id}"))?, &[]),
         EndpointCmd::Zone(ZoneCmd::Add { endpoint, zone: z }) => (
@@ -942,9 +993,10 @@ fn print(v: &Value, columns: &[&str], json: bool) {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+    use serde_json::json;
 
     use super::*;
-    use crate::{health::Probe, model::GwlbSettings};
+    use crate::model::{GwlbSettings, Probe};
 
     #[derive(Parser)]
     struct T {
@@ -968,13 +1020,14 @@ mod tests {
         let ServiceCmd::Create { gwlb, kind, .. } = t.cmd else {
             panic!("not create")
         };
-        assert_eq!(kind, "gwlb");
-        let (appliances, settings) = gwlb.to_json().unwrap();
+        assert_eq!(kind, ServiceType::Gwlb);
+        let (appliances, settings) = gwlb.settings().unwrap();
         assert_eq!(
-            appliances[1],
+            serde_json::to_value(&appliances[1]).unwrap(),
             json!({"zone": "zone-b", "address": "10.20.2.10"})
         );
-        let g: GwlbSettings = serde_json::from_value(settings).unwrap();
+        let g: GwlbSettings =
+            serde_json::from_value(serde_json::to_value(settings).unwrap()).unwrap();
         assert_eq!(g.address.to_string(), "10.20.0.5");
         assert!(g.cross_zone);
         assert_eq!(
@@ -999,12 +1052,15 @@ mod tests {
         let ServiceCmd::Create { gwlb, .. } = t.cmd else {
             panic!("not create")
         };
-        let g: GwlbSettings = serde_json::from_value(gwlb.to_json().unwrap().1).unwrap();
-        assert_eq!(g.health, crate::health::HealthSettings::default());
+        let g: GwlbSettings =
+            serde_json::from_value(serde_json::to_value(gwlb.settings().unwrap().1).unwrap())
+                .unwrap();
+        assert_eq!(g.health, HealthSettings::default());
     }
 
     #[test]
     fn a_zone_without_an_address_asks_for_one() {
+        let zone = |z: &str| zone(z).map(|z| serde_json::to_value(z).unwrap());
         assert_eq!(
             zone("vsw-a1:10.10.1.100").unwrap(),
             json!({"vswitch": "vsw-a1", "eni": "10.10.1.100"})

@@ -1,6 +1,7 @@
 //! A small client of the HTTP API, used by the CLI (and by tests and the lab).
 
 use anyhow::{Result, anyhow};
+use serde::Serialize;
 use serde_json::Value;
 
 pub struct Client {
@@ -102,8 +103,13 @@ impl Client {
     pub fn get(&self, path: &str) -> Result<Value> {
         self.call("GET", path, None)
     }
-    pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        self.call("POST", path, Some(body))
+    /// POSTs `body` (a request type of `ops`, or any JSON) as JSON.
+    pub fn post(&self, path: &str, body: &impl Serialize) -> Result<Value> {
+        self.call("POST", path, Some(&serde_json::to_value(body)?))
+    }
+    /// PATCHes with `body` (a patch type of `ops`, or any JSON) as JSON.
+    pub fn patch(&self, path: &str, body: &impl Serialize) -> Result<Value> {
+        self.call("PATCH", path, Some(&serde_json::to_value(body)?))
     }
     pub fn delete(&self, path: &str) -> Result<Value> {
         self.call("DELETE", path, None)

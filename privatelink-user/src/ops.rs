@@ -45,7 +45,7 @@ fn account_of(c: &Caller) -> R<&str> {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
     pub id: String,
@@ -128,7 +128,7 @@ pub fn list_accounts(s: &State, c: &Caller) -> Vec<AccountView> {
         .collect()
 }
 
-#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewVpc {
     pub id: String,
@@ -145,7 +145,7 @@ pub struct NewVpc {
     pub host_traffic: bool,
 }
 
-#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewVSwitch {
     pub id: String,
@@ -198,7 +198,7 @@ pub fn list_vpcs(s: &State, c: &Caller) -> Vec<Vpc> {
         .collect()
 }
 
-#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewService {
     pub id: String,
@@ -221,8 +221,10 @@ pub struct NewService {
     #[schema(value_type = Vec<String>)]
     pub snat: Vec<Ipv4Addr>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub snat_ports: Option<[u16; 2]>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     /// Gateway services: the prefix list.
     #[serde(default)]
@@ -231,6 +233,7 @@ pub struct NewService {
     /// GWLB services: `{address, stickiness, cross_zone, failover, health}`.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gwlb: Option<GwlbSettings>,
     /// The load balancer's listeners, `{"protocol": "tcp"|"udp", "port": 80}` or a range
     /// with `"to_port"`: the only traffic endpoints carry. Interface and gateway services
@@ -241,6 +244,7 @@ pub struct NewService {
     /// The most one endpoint may hold of the service's SNAT tuples in flows that have not
     /// completed their handshake, in percent (1-100, default 20).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint_flow_share: Option<u8>,
 }
 
@@ -338,22 +342,29 @@ pub fn get_service(s: &State, c: &Caller, id: &str) -> R<EndpointService> {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServicePatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_accept: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub zone_affinity: Option<bool>,
     #[schema(value_type = Option<Vec<Object>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backends: Option<Vec<Backend>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     /// GWLB services: new settings (replacing the old ones as a whole).
     #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gwlb: Option<GwlbSettings>,
     /// The listeners (replacing the old ones): new flows on a removed listener are
     /// dropped at once, and so are the packets of flows established on it.
     #[schema(value_type = Option<Vec<Object>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listeners: Option<Vec<Listener>>,
     /// The per-endpoint share of the SNAT tuples in embryonic flows (percent).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint_flow_share: Option<u8>,
 }
 
@@ -432,7 +443,7 @@ pub fn whitelist_remove(s: &mut State, c: &Caller, id: &str, account: &str) -> R
     Ok(svc.whitelist.clone())
 }
 
-#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEndpoint {
     pub id: String,
@@ -453,6 +464,7 @@ pub struct NewEndpoint {
     /// Gateway endpoints: the route target address in the VPC.
     #[serde(default)]
     #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
     /// Gateway endpoints: allowed destinations, in order.
     #[serde(default)]
@@ -538,18 +550,24 @@ pub fn get_endpoint(s: &mut State, c: &Caller, id: &str) -> R<Endpoint> {
     own_endpoint(s, c, id).map(|e| e.clone())
 }
 
-#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// The zones, replacing the old ones: a zone kept as it was (same vSwitch, `eni` the
     /// same or left out) is untouched; new ones are checked and allocated as on creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub zones: Option<Vec<NewZone>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub security_groups: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<BTreeMap<String, String>>,
     /// GWLB endpoints: the routes (replacing the old ones).
     #[schema(value_type = Option<Vec<String>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub routes: Option<Vec<Ipv4Net>>,
 }
 
@@ -593,13 +611,14 @@ pub fn delete_endpoint(s: &mut State, c: &Caller, id: &str) -> R<()> {
 
 /// A zone of an endpoint as a request gives it: the vSwitch, and the ENI's address or none
 /// (the daemon allocates one).
-#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewZone {
     pub vswitch: String,
     /// Left out: the lowest free address of the vSwitch.
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "10.10.1.100")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub eni: Option<Ipv4Addr>,
 }
 
@@ -942,7 +961,7 @@ pub fn connection_action(
     })
 }
 
-#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSecurityGroup {
     pub id: String,
@@ -1052,7 +1071,7 @@ pub fn remove_sg_rule(s: &mut State, c: &Caller, id: &str, rule: &str) -> R<()> 
     Ok(())
 }
 
-#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAcl {
     pub id: String,
