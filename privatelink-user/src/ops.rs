@@ -11,8 +11,8 @@ use crate::{
     desired::Unhealthy,
     model::{
         Account, AclRule, Backend, Connection, Endpoint, EndpointService, EndpointZone,
-        GwlbSettings, Listener, NetworkAcl, SecurityGroup, ServiceType, SgRule, State, VSwitch,
-        Vpc, check_endpoint_limits, check_listeners, numeric_id,
+        GwlbSettings, Listener, Lookup, NetworkAcl, SecurityGroup, ServiceType, SgRule, State,
+        VSwitch, Vpc, check_endpoint_limits, check_listeners, lookup, numeric_id,
     },
 };
 
@@ -209,7 +209,7 @@ pub struct NewService {
     pub r#type: ServiceType,
     #[serde(default)]
     pub auto_accept: bool,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::model::yes")]
     pub zone_affinity: bool,
     #[serde(default)]
     pub whitelist: Vec<String>,
@@ -252,18 +252,20 @@ fn interface_type() -> ServiceType {
     ServiceType::Interface
 }
 
-fn yes() -> bool {
-    true
+/// The caller's own object `what` `id` (the request's `field`): another account's is
+/// forbidden, a missing one not found.
+fn mine<T>(l: Lookup<T>, what: &str, field: &str, id: &str) -> R<T> {
+    match l {
+        Lookup::Mine(x) => Ok(x),
+        Lookup::Foreign(_) => Err(OpError::forbidden(format!(
+            "{what} {id} belongs to another account"
+        ))),
+        Lookup::Missing => Err(OpError::not_found(field, format!("no {what} {id}"))),
+    }
 }
 
 fn own_vpc<'a>(s: &'a State, account: &str, field: &str, id: &str) -> R<&'a Vpc> {
-    match s.vpc(id) {
-        Some(v) if v.account == account => Ok(v),
-        Some(_) => Err(OpError::forbidden(format!(
-            "VPC {id} belongs to another account"
-        ))),
-        None => Err(OpError::not_found(field, format!("no VPC {id}"))),
-    }
+    mine(lookup(&s.vpcs, account, id), "VPC", field, id)
 }
 
 pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointService> {
@@ -293,7 +295,7 @@ pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointS
         whitelist: req.whitelist,
         backends: req.backends,
         snat: req.snat,
-        snat_ports: req.snat_ports.unwrap_or([1024, 65535]),
+        snat_ports: req.snat_ports.unwrap_or(crate::model::DEFAULT_SNAT_PORTS),
         domain: req.domain,
         prefixes: req.prefixes,
         gwlb: req.gwlb,
@@ -310,13 +312,7 @@ pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointS
 
 fn own_service<'a>(s: &'a mut State, c: &Caller, id: &str) -> R<&'a mut EndpointService> {
     let owner = account_of(c)?;
-    match s.services.iter_mut().find(|x| x.id == id) {
-        Some(x) if x.account == owner => Ok(x),
-        Some(_) => Err(OpError::forbidden(format!(
-            "service {id} belongs to another account"
-        ))),
-        None => Err(OpError::not_found("service", format!("no service {id}"))),
-    }
+    mine(lookup(&mut s.services, owner, id), "service", "service", id)
 }
 
 pub fn list_services(s: &State, c: &Caller) -> Vec<EndpointService> {
@@ -330,15 +326,14 @@ pub fn list_services(s: &State, c: &Caller) -> Vec<EndpointService> {
 }
 
 pub fn get_service(s: &State, c: &Caller, id: &str) -> R<EndpointService> {
-    let svc = s
-        .service(id)
-        .ok_or_else(|| OpError::not_found("service", format!("no service {id}")))?;
     match c {
-        Caller::Admin => Ok(svc.clone()),
-        Caller::Account(a) if *a == svc.account => Ok(svc.clone()),
-        Caller::Account(_) => Err(OpError::forbidden(format!(
-            "service {id} belongs to another account"
-        ))),
+        Caller::Admin => s
+            .service(id)
+            .cloned()
+            .ok_or_else(|| OpError::not_found("service", format!("no service {id}"))),
+        Caller::Account(a) => {
+            mine(lookup(&s.services, a, id), "service", "service", id).map(Clone::clone)
+        }
     }
 }
 
@@ -521,13 +516,12 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
 
 fn own_endpoint<'a>(s: &'a mut State, c: &Caller, id: &str) -> R<&'a mut Endpoint> {
     let owner = account_of(c)?;
-    match s.endpoints.iter_mut().find(|x| x.id == id) {
-        Some(x) if x.account == owner => Ok(x),
-        Some(_) => Err(OpError::forbidden(format!(
-            "endpoint {id} belongs to another account"
-        ))),
-        None => Err(OpError::not_found("endpoint", format!("no endpoint {id}"))),
-    }
+    mine(
+        lookup(&mut s.endpoints, owner, id),
+        "endpoint",
+        "endpoint",
+        id,
+    )
 }
 
 pub fn list_endpoints(s: &State, c: &Caller) -> Vec<Endpoint> {
@@ -975,16 +969,12 @@ pub struct NewSecurityGroup {
 
 fn own_group<'a>(s: &'a mut State, c: &Caller, id: &str) -> R<&'a mut SecurityGroup> {
     let owner = account_of(c)?;
-    match s.security_groups.iter_mut().find(|g| g.id == id) {
-        Some(g) if g.account == owner => Ok(g),
-        Some(_) => Err(OpError::forbidden(format!(
-            "security group {id} belongs to another account"
-        ))),
-        None => Err(OpError::not_found(
-            "security_group",
-            format!("no security group {id}"),
-        )),
-    }
+    mine(
+        lookup(&mut s.security_groups, owner, id),
+        "security group",
+        "security_group",
+        id,
+    )
 }
 
 fn next_rule_id(g: &mut SecurityGroup) -> String {
@@ -1118,15 +1108,7 @@ pub fn list_acls(s: &State, c: &Caller) -> Vec<NetworkAcl> {
 
 pub fn delete_acl(s: &mut State, c: &Caller, id: &str) -> R<()> {
     let owner = account_of(c)?;
-    match s.acls.iter().find(|a| a.id == id) {
-        Some(a) if a.account == owner => {}
-        Some(_) => {
-            return Err(OpError::forbidden(format!(
-                "ACL {id} belongs to another account"
-            )));
-        }
-        None => return Err(OpError::not_found("acl", format!("no ACL {id}"))),
-    }
+    mine(lookup(&s.acls, owner, id), "ACL", "acl", id)?;
     s.acls.retain(|a| a.id != id);
     Ok(())
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 mod account;
 mod endpoint;
 pub mod health;
+mod owner;
 mod security;
 mod service;
 mod validate;
@@ -18,6 +19,7 @@ mod vpc;
 pub use account::*;
 pub use endpoint::*;
 pub use health::{HealthSettings, Probe};
+pub use owner::{Lookup, Owned, lookup};
 pub use security::*;
 pub use service::*;
 pub use validate::{FieldError, check_endpoint_limits, check_listeners};
@@ -39,6 +41,11 @@ pub struct State {
     pub security_groups: Vec<SecurityGroup>,
     #[serde(default)]
     pub acls: Vec<NetworkAcl>,
+}
+
+/// `true`, for boolean fields on by default (serde's `default = ...`).
+pub(crate) fn yes() -> bool {
+    true
 }
 
 /// A stable numeric id for a string id (FNV-1a), used as the data path's key. Stable

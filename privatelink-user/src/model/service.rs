@@ -153,7 +153,7 @@ pub struct EndpointService {
     pub vpc: String,
     #[serde(default)]
     pub auto_accept: bool,
-    #[serde(default = "yes")]
+    #[serde(default = "super::yes")]
     pub zone_affinity: bool,
     /// Consumer account ids allowed to create endpoints.
     #[serde(default)]
@@ -195,12 +195,11 @@ fn default_endpoint_flow_share() -> u8 {
     DEFAULT_ENDPOINT_FLOW_SHARE
 }
 
-fn yes() -> bool {
-    true
-}
+/// The SNAT ports of a service that does not name them.
+pub const DEFAULT_SNAT_PORTS: [u16; 2] = [1024, 65535];
 
 fn default_snat_ports() -> [u16; 2] {
-    [1024, 65535]
+    DEFAULT_SNAT_PORTS
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -7,8 +7,8 @@ use ipnet::Ipv4Net;
 
 use super::{FieldError, check_cidr, check_id, check_ports, err};
 use crate::model::{
-    Direction, Endpoint, EndpointService, MAX_GWLB_ROUTES, MAX_SECURITY_GROUPS, MAX_TAGS,
-    ServiceType, State, Vpc,
+    Direction, Endpoint, EndpointService, Lookup, MAX_GWLB_ROUTES, MAX_SECURITY_GROUPS, MAX_TAGS,
+    ServiceType, State, Vpc, lookup,
 };
 
 impl State {
@@ -210,19 +210,13 @@ impl State {
     fn validate_endpoint_groups(&self, f: &str, e: &Endpoint) -> Result<(), FieldError> {
         let mut ingress = 0;
         for (j, sg) in e.security_groups.iter().enumerate() {
-            let Some(group) = self.security_groups.iter().find(|g| g.id == *sg) else {
+            // Another account's group is not named either: do not tell its VPC or owner.
+            let Lookup::Mine(group) = lookup(&self.security_groups, &e.account, sg) else {
                 return err(
                     format!("{f}.security_groups[{j}]"),
                     format!("no security group {sg:?}"),
                 );
             };
-            if group.account != e.account {
-                // Another account's group: do not tell its VPC or owner.
-                return err(
-                    format!("{f}.security_groups[{j}]"),
-                    format!("no security group {sg:?}"),
-                );
-            }
             if group.vpc != e.vpc {
                 return err(
                     format!("{f}.security_groups[{j}]"),

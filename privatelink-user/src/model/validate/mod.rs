@@ -8,7 +8,7 @@ use std::{
 
 use ipnet::Ipv4Net;
 
-use super::{Protocol, ServiceType, State, Vpc, numeric_id};
+use super::{Lookup, Protocol, ServiceType, State, Vpc, lookup, numeric_id};
 
 mod account;
 mod endpoint;
@@ -93,19 +93,17 @@ impl State {
                 format!("unknown account {account:?}"),
             );
         }
-        let Some(v) = self.vpc(vpc) else {
-            return err(format!("{f}.vpc"), format!("unknown VPC {vpc:?}"));
-        };
-        if v.account != account {
-            return err(
+        match lookup(&self.vpcs, account, vpc) {
+            Lookup::Mine(v) => Ok(v),
+            Lookup::Foreign(v) => err(
                 format!("{f}.vpc"),
                 format!(
                     "VPC {} belongs to account {}, not to {account}",
                     v.id, v.account
                 ),
-            );
+            ),
+            Lookup::Missing => err(format!("{f}.vpc"), format!("unknown VPC {vpc:?}")),
         }
-        Ok(v)
     }
 
     /// The data path's maps have fixed sizes: refuse a state that would not fit, before
