@@ -1,0 +1,347 @@
+//! Endpoints (consumer) and their zones (ENIs).
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{Caller, OpError, R, account_of, mine, own_vpc};
+use crate::model::{
+    AclRule, Connection, Endpoint, EndpointService, EndpointZone, ServiceType, State, Vpc,
+    check_endpoint_limits, lookup,
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEndpoint {
+    pub id: String,
+    pub vpc: String,
+    pub service: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// One ENI per zone: `{vswitch, eni?}`; without `eni` the daemon allocates the
+    /// vSwitch's lowest free address.
+    #[serde(default)]
+    pub zones: Vec<NewZone>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Gateway endpoints: the route target address in the VPC.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// Gateway endpoints: allowed destinations, in order.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub policy: Vec<AclRule>,
+    /// GWLB endpoints: the destination prefixes the VPC routes to the endpoint.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>, example = json!(["10.10.3.0/24"]))]
+    pub routes: Vec<Ipv4Net>,
+}
+
+pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoint> {
+    let owner = account_of(c)?.to_string();
+    own_vpc(s, &owner, "vpc", &req.vpc)?;
+    if s.endpoint(&req.id).is_some() {
+        return Err(OpError::conflict(
+            "id",
+            format!("endpoint {} already exists", req.id),
+        ));
+    }
+    let svc = s
+        .service(&req.service)
+        .ok_or_else(|| OpError::not_found("service", format!("no service {}", req.service)))?;
+    if !svc.admits(&owner) {
+        return Err(OpError::not_whitelisted(format!(
+            "account {owner} is not on the whitelist of service {}; ask its owner to add it",
+            svc.id
+        )));
+    }
+    check_endpoint_limits("", &req.security_groups, &req.tags)?;
+    let zones = place_zones(s, &req.vpc, svc, &[], req.zones, "zones")?;
+    let ep = Endpoint {
+        id: req.id,
+        account: owner,
+        vpc: req.vpc,
+        service: req.service,
+        name: req.name,
+        description: req.description,
+        connection: if svc.auto_accept {
+            Connection::Connected
+        } else {
+            Connection::Pending
+        },
+        zones,
+        security_groups: req.security_groups,
+        tags: req.tags,
+        gateway: req.gateway,
+        policy: req.policy,
+        routes: req.routes,
+    };
+    s.endpoints.push(ep.clone());
+    Ok(ep)
+}
+
+fn own_endpoint<'a>(s: &'a mut State, c: &Caller, id: &str) -> R<&'a mut Endpoint> {
+    let owner = account_of(c)?;
+    mine(
+        lookup(&mut s.endpoints, owner, id),
+        "endpoint",
+        "endpoint",
+        id,
+    )
+}
+
+pub fn list_endpoints(s: &State, c: &Caller) -> Vec<Endpoint> {
+    s.endpoints
+        .iter()
+        .filter(|x| {
+            matches!(c, Caller::Admin) || matches!(c, Caller::Account(id) if *id == x.account)
+        })
+        .cloned()
+        .collect()
+}
+
+pub fn get_endpoint(s: &mut State, c: &Caller, id: &str) -> R<Endpoint> {
+    if matches!(c, Caller::Admin) {
+        return s
+            .endpoint(id)
+            .cloned()
+            .ok_or_else(|| OpError::not_found("endpoint", format!("no endpoint {id}")));
+    }
+    own_endpoint(s, c, id).map(|e| e.clone())
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The zones, replacing the old ones: a zone kept as it was (same vSwitch, `eni` the
+    /// same or left out) is untouched; new ones are checked and allocated as on creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zones: Option<Vec<NewZone>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// GWLB endpoints: the routes (replacing the old ones).
+    #[schema(value_type = Option<Vec<String>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<Ipv4Net>>,
+}
+
+pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) -> R<Endpoint> {
+    let zones = match p.zones {
+        Some(v) => Some(patched_zones(s, c, id, v)?),
+        None => None,
+    };
+    let ep = own_endpoint(s, c, id)?;
+    check_endpoint_limits(
+        "",
+        p.security_groups.as_ref().unwrap_or(&ep.security_groups),
+        p.tags.as_ref().unwrap_or(&ep.tags),
+    )?;
+    if let Some(v) = p.name {
+        ep.name = v;
+    }
+    if let Some(v) = p.description {
+        ep.description = v;
+    }
+    if let Some(v) = zones {
+        ep.zones = v;
+    }
+    if let Some(v) = p.security_groups {
+        ep.security_groups = v;
+    }
+    if let Some(v) = p.tags {
+        ep.tags = v;
+    }
+    if let Some(v) = p.routes {
+        ep.routes = v;
+    }
+    Ok(ep.clone())
+}
+
+pub fn delete_endpoint(s: &mut State, c: &Caller, id: &str) -> R<()> {
+    own_endpoint(s, c, id)?;
+    s.endpoints.retain(|e| e.id != id);
+    Ok(())
+}
+
+/// A zone of an endpoint as a request gives it: the vSwitch, and the ENI's address or none
+/// (the daemon allocates one).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewZone {
+    pub vswitch: String,
+    /// Left out: the lowest free address of the vSwitch.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "10.10.1.100")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eni: Option<Ipv4Addr>,
+}
+
+/// The ENIs of `req` for an endpoint in `vpc` of service `svc` that has the ENIs
+/// `existing`. A zone in `existing` given again (same vSwitch, same or no address) is kept
+/// as it is; every other one is new and must be in a zone the service serves, must not ask
+/// for a system-reserved address, and gets the vSwitch's lowest free address if it asks
+/// for none. Whether an address is inside its vSwitch, taken, or the zone's second ENI is
+/// left to `State::validate`, like every rule stored state must keep.
+fn place_zones(
+    s: &State,
+    vpc: &str,
+    svc: &EndpointService,
+    existing: &[EndpointZone],
+    req: Vec<NewZone>,
+    field: &str,
+) -> R<Vec<EndpointZone>> {
+    if svc.kind == ServiceType::Gateway && !req.is_empty() {
+        return Err(OpError::invalid(
+            field,
+            "a gateway endpoint has no ENIs; give gateway instead",
+        ));
+    }
+    let v = s
+        .vpc(vpc)
+        .ok_or_else(|| OpError::not_found("vpc", format!("no VPC {vpc}")))?;
+    let mut used = s.used_addresses(vpc);
+    let mut out = Vec::with_capacity(req.len());
+    for (i, z) in req.into_iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        if let Some(kept) = existing
+            .iter()
+            .find(|e| e.vswitch == z.vswitch && z.eni.is_none_or(|a| a == e.eni))
+        {
+            out.push(kept.clone());
+            continue;
+        }
+        out.push(place_zone(v, svc, &mut used, z, &f)?);
+    }
+    Ok(out)
+}
+
+/// One new ENI (see `place_zones`); `used` gains its address.
+fn place_zone(
+    vpc: &Vpc,
+    svc: &EndpointService,
+    used: &mut std::collections::BTreeSet<Ipv4Addr>,
+    z: NewZone,
+    f: &str,
+) -> R<EndpointZone> {
+    let Some(vsw) = vpc.vswitches.iter().find(|x| x.id == z.vswitch) else {
+        return Err(OpError::invalid(
+            format!("{f}.vswitch"),
+            format!("VPC {} has no vSwitch {:?}", vpc.id, z.vswitch),
+        ));
+    };
+    if !svc.serves_zone(&vsw.zone) {
+        return Err(OpError::invalid(
+            format!("{f}.vswitch"),
+            format!(
+                "vSwitch {} is in zone {}, which service {} does not serve (it serves {})",
+                vsw.id,
+                vsw.zone,
+                svc.id,
+                svc.zones().join(", ")
+            ),
+        ));
+    }
+    let eni = match z.eni {
+        Some(a) if vsw.cidr.contains(&a) && vsw.is_reserved(a) => {
+            return Err(OpError::invalid(
+                format!("{f}.eni"),
+                format!(
+                    "{a} is a system-reserved address of vSwitch {} ({}: its first address and its last three are reserved)",
+                    vsw.id, vsw.cidr
+                ),
+            ));
+        }
+        Some(a) => a,
+        None => vsw.lowest_free(used).ok_or_else(|| {
+            OpError::conflict(
+                format!("{f}.vswitch"),
+                format!(
+                    "vSwitch {} ({}) has no free address left; give another vSwitch of zone {}",
+                    vsw.id, vsw.cidr, vsw.zone
+                ),
+            )
+        })?,
+    };
+    used.insert(eni);
+    Ok(EndpointZone {
+        vswitch: vsw.id.clone(),
+        eni,
+    })
+}
+
+/// The zones a PATCH of endpoint `id` asks for, placed as `place_zones` does.
+fn patched_zones(s: &mut State, c: &Caller, id: &str, req: Vec<NewZone>) -> R<Vec<EndpointZone>> {
+    let ep = own_endpoint(s, c, id)?.clone();
+    let svc = service_of(s, &ep)?;
+    place_zones(s, &ep.vpc, svc, &ep.zones, req, "zones")
+}
+
+fn service_of<'a>(s: &'a State, ep: &Endpoint) -> R<&'a EndpointService> {
+    s.service(&ep.service).ok_or_else(|| {
+        OpError::internal(format!(
+            "endpoint {}'s service {} is gone",
+            ep.id, ep.service
+        ))
+    })
+}
+
+/// Adds one zone (one ENI) to endpoint `id`: in a zone its service serves, at the given
+/// address or the vSwitch's lowest free one. The other zones' ENIs are left as they are.
+pub fn add_zone(s: &mut State, c: &Caller, id: &str, z: NewZone) -> R<Endpoint> {
+    let ep = own_endpoint(s, c, id)?.clone();
+    let svc = service_of(s, &ep)?;
+    if svc.kind == ServiceType::Gateway {
+        return Err(OpError::invalid(
+            "vswitch",
+            format!("endpoint {id} is a gateway endpoint: it has no ENIs"),
+        ));
+    }
+    let vpc = s
+        .vpc(&ep.vpc)
+        .ok_or_else(|| OpError::internal(format!("endpoint {id}'s VPC {} is gone", ep.vpc)))?;
+    let mut used = s.used_addresses(&ep.vpc);
+    // The body is one zone: its fields are named without a list index.
+    let zone = place_zone(vpc, svc, &mut used, z, "").map_err(|mut e| {
+        e.field = e.field.map(|f| f.trim_start_matches('.').to_string());
+        e
+    })?;
+    let ep = own_endpoint(s, c, id)?;
+    ep.zones.push(zone);
+    Ok(ep.clone())
+}
+
+/// Removes the zone of endpoint `id` in vSwitch `vswitch` (its ENI); the endpoint's last
+/// zone stays (delete the endpoint instead).
+pub fn remove_zone(s: &mut State, c: &Caller, id: &str, vswitch: &str) -> R<Endpoint> {
+    let ep = own_endpoint(s, c, id)?;
+    let Some(i) = ep.zones.iter().position(|z| z.vswitch == vswitch) else {
+        return Err(OpError::not_found(
+            "vswitch",
+            format!("endpoint {id} has no ENI in vSwitch {vswitch}"),
+        ));
+    };
+    if ep.zones.len() == 1 {
+        return Err(OpError::conflict(
+            "vswitch",
+            format!(
+                "vSwitch {vswitch} holds endpoint {id}'s only ENI: an endpoint keeps at least one zone (delete the endpoint instead)"
+            ),
+        ));
+    }
+    ep.zones.remove(i);
+    Ok(ep.clone())
+}

@@ -1,0 +1,346 @@
+//! Endpoint services (provider): creation, settings, whitelist, appliances, and the
+//! services a consumer may use.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{Caller, OpError, R, account_of, mine, own_vpc};
+use crate::{
+    desired::Unhealthy,
+    model::{
+        Backend, EndpointService, GwlbSettings, Listener, ServiceType, State, check_listeners,
+        lookup, numeric_id,
+    },
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewService {
+    pub id: String,
+    pub vpc: String,
+    /// interface, gateway or gwlb.
+    #[serde(default = "interface_type")]
+    #[schema(value_type = String, example = "interface")]
+    pub r#type: ServiceType,
+    #[serde(default)]
+    pub auto_accept: bool,
+    #[serde(default = "crate::model::yes")]
+    pub zone_affinity: bool,
+    #[serde(default)]
+    pub whitelist: Vec<String>,
+    /// Load balancers (one per zone), or for gwlb services the appliances.
+    #[schema(value_type = Vec<Object>)]
+    pub backends: Vec<Backend>,
+    /// SNAT addresses (none for gwlb services).
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub snat: Vec<Ipv4Addr>,
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snat_ports: Option<[u16; 2]>,
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Gateway services: the prefix list.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub prefixes: Vec<Ipv4Net>,
+    /// GWLB services: `{address, stickiness, cross_zone, failover, health}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gwlb: Option<GwlbSettings>,
+    /// The load balancer's listeners, `{"protocol": "tcp"|"udp", "port": 80}` or a range
+    /// with `"to_port"`: the only traffic endpoints carry. Interface and gateway services
+    /// need at least one; GWLB services have none.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>, example = json!([{"protocol": "tcp", "port": 80}]))]
+    pub listeners: Vec<Listener>,
+    /// The most one endpoint may hold of the service's SNAT tuples in flows that have not
+    /// completed their handshake, in percent (1-100, default 20).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_flow_share: Option<u8>,
+}
+
+fn interface_type() -> ServiceType {
+    ServiceType::Interface
+}
+
+pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointService> {
+    let owner = account_of(c)?.to_string();
+    own_vpc(s, &owner, "vpc", &req.vpc)?;
+    if s.service(&req.id).is_some() {
+        return Err(OpError::conflict(
+            "id",
+            format!("service {} already exists", req.id),
+        ));
+    }
+    for (i, w) in req.whitelist.iter().enumerate() {
+        if s.account(w).is_none() {
+            return Err(OpError::invalid(
+                format!("whitelist[{i}]"),
+                format!("no account {w}"),
+            ));
+        }
+    }
+    let svc = EndpointService {
+        id: req.id,
+        account: owner,
+        kind: req.r#type,
+        vpc: req.vpc,
+        auto_accept: req.auto_accept,
+        zone_affinity: req.zone_affinity,
+        whitelist: req.whitelist,
+        backends: req.backends,
+        snat: req.snat,
+        snat_ports: req.snat_ports.unwrap_or(crate::model::DEFAULT_SNAT_PORTS),
+        domain: req.domain,
+        prefixes: req.prefixes,
+        gwlb: req.gwlb,
+        listeners: req.listeners,
+        endpoint_flow_share: req
+            .endpoint_flow_share
+            .unwrap_or(crate::model::DEFAULT_ENDPOINT_FLOW_SHARE),
+    };
+    check_listeners("listeners", &svc.listeners)?;
+    svc.require_listeners("listeners")?;
+    s.services.push(svc.clone());
+    Ok(svc)
+}
+
+pub(super) fn own_service<'a>(
+    s: &'a mut State,
+    c: &Caller,
+    id: &str,
+) -> R<&'a mut EndpointService> {
+    let owner = account_of(c)?;
+    mine(lookup(&mut s.services, owner, id), "service", "service", id)
+}
+
+pub fn list_services(s: &State, c: &Caller) -> Vec<EndpointService> {
+    s.services
+        .iter()
+        .filter(|x| {
+            matches!(c, Caller::Admin) || matches!(c, Caller::Account(id) if *id == x.account)
+        })
+        .cloned()
+        .collect()
+}
+
+pub fn get_service(s: &State, c: &Caller, id: &str) -> R<EndpointService> {
+    match c {
+        Caller::Admin => s
+            .service(id)
+            .cloned()
+            .ok_or_else(|| OpError::not_found("service", format!("no service {id}"))),
+        Caller::Account(a) => mine(lookup(&s.services, a, id), "service", "service", id).cloned(),
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_accept: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone_affinity: Option<bool>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<Backend>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// GWLB services: new settings (replacing the old ones as a whole).
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gwlb: Option<GwlbSettings>,
+    /// The listeners (replacing the old ones): new flows on a removed listener are
+    /// dropped at once, and so are the packets of flows established on it.
+    #[schema(value_type = Option<Vec<Object>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listeners: Option<Vec<Listener>>,
+    /// The per-endpoint share of the SNAT tuples in embryonic flows (percent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_flow_share: Option<u8>,
+}
+
+pub fn update_service(s: &mut State, c: &Caller, id: &str, p: ServicePatch) -> R<EndpointService> {
+    let svc = own_service(s, c, id)?;
+    if let Some(v) = p.auto_accept {
+        svc.auto_accept = v;
+    }
+    if let Some(v) = p.zone_affinity {
+        svc.zone_affinity = v;
+    }
+    if let Some(v) = p.backends {
+        svc.backends = v;
+    }
+    if let Some(v) = p.domain {
+        svc.domain = Some(v);
+    }
+    if let Some(v) = p.gwlb {
+        svc.gwlb = Some(v);
+    }
+    if let Some(v) = p.endpoint_flow_share {
+        svc.endpoint_flow_share = v;
+    }
+    if let Some(v) = p.listeners {
+        check_listeners("listeners", &v)?;
+        svc.listeners = v;
+        svc.require_listeners("listeners")?;
+    }
+    Ok(svc.clone())
+}
+
+pub fn delete_service(s: &mut State, c: &Caller, id: &str) -> R<()> {
+    own_service(s, c, id)?;
+    let users: Vec<&str> = s
+        .endpoints
+        .iter()
+        .filter(|e| e.service == id)
+        .map(|e| e.id.as_str())
+        .collect();
+    if !users.is_empty() {
+        return Err(OpError::conflict(
+            "service",
+            format!(
+                "service {id} still has endpoints ({}); delete them first",
+                users.join(", ")
+            ),
+        ));
+    }
+    s.services.retain(|x| x.id != id);
+    Ok(())
+}
+
+pub fn whitelist_add(s: &mut State, c: &Caller, id: &str, account: &str) -> R<Vec<String>> {
+    if s.account(account).is_none() {
+        return Err(OpError::not_found(
+            "account",
+            format!("no account {account}"),
+        ));
+    }
+    let svc = own_service(s, c, id)?;
+    if !svc.whitelist.iter().any(|w| w == account) {
+        svc.whitelist.push(account.to_string());
+    }
+    Ok(svc.whitelist.clone())
+}
+
+pub fn whitelist_remove(s: &mut State, c: &Caller, id: &str, account: &str) -> R<Vec<String>> {
+    let svc = own_service(s, c, id)?;
+    if !svc.whitelist.iter().any(|w| w == account) {
+        return Err(OpError::not_found(
+            "account",
+            format!("{account} is not on the whitelist of {id}"),
+        ));
+    }
+    svc.whitelist.retain(|w| w != account);
+    Ok(svc.whitelist.clone())
+}
+
+/// A service as a consumer that may use it sees it (the console's service selection, the
+/// cloud's "describe endpoint services"): what is needed to create an endpoint, nothing
+/// about the provider's whitelist, its other consumers or its addresses.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct AvailableService {
+    pub id: String,
+    /// interface, gateway or gwlb.
+    #[schema(value_type = String, example = "interface")]
+    pub r#type: ServiceType,
+    /// The zones an endpoint's ENIs may be in (none for gateway services).
+    pub zones: Vec<String>,
+    /// What endpoints of the service carry: its load balancer's listeners.
+    #[schema(value_type = Vec<Object>, example = json!([{"protocol": "tcp", "port": 80}]))]
+    pub listeners: Vec<Listener>,
+    pub domain: Option<String>,
+    /// Whether a new endpoint is connected at once (else it waits for the provider).
+    pub auto_accept: bool,
+    /// Whether the service supports zone affinity (an ENI's flows stay in its zone).
+    pub zone_affinity: bool,
+    /// Gateway services: the prefixes a gateway endpoint routes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub prefixes: Vec<Ipv4Net>,
+}
+
+impl From<&EndpointService> for AvailableService {
+    fn from(s: &EndpointService) -> Self {
+        Self {
+            id: s.id.clone(),
+            r#type: s.kind,
+            zones: s.zones().into_iter().map(str::to_string).collect(),
+            listeners: s.listeners.clone(),
+            domain: s.domain.clone(),
+            auto_accept: s.auto_accept,
+            zone_affinity: s.zone_affinity,
+            prefixes: s.prefixes.clone(),
+        }
+    }
+}
+
+/// Whether `c` may see service `svc` among the available ones: an account it admits (its
+/// own account or a whitelisted one), or the operator.
+fn available_to(c: &Caller, svc: &EndpointService) -> bool {
+    match c {
+        Caller::Admin => true,
+        Caller::Account(a) => svc.admits(a),
+    }
+}
+
+/// The services the caller's account may create endpoints to.
+pub fn list_available_services(s: &State, c: &Caller) -> Vec<AvailableService> {
+    s.services
+        .iter()
+        .filter(|x| available_to(c, x))
+        .map(AvailableService::from)
+        .collect()
+}
+
+/// One service the caller's account may use; 404, as for a service that does not exist,
+/// when it may not (its existence is not revealed).
+pub fn get_available_service(s: &State, c: &Caller, id: &str) -> R<AvailableService> {
+    s.service(id)
+        .filter(|x| available_to(c, x))
+        .map(AvailableService::from)
+        .ok_or_else(|| OpError::not_found("service", format!("no service {id} available")))
+}
+
+/// One appliance of a GWLB service and the health checker's current verdict on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ApplianceView {
+    #[schema(value_type = String, example = "10.20.1.10")]
+    pub address: Ipv4Addr,
+    pub zone: String,
+    pub healthy: bool,
+}
+
+/// The appliances of a GWLB service with their health (owner or operator). `unhealthy` is
+/// the daemon's health view: appliances not in it are healthy.
+pub fn list_appliances(
+    s: &State,
+    c: &Caller,
+    service: &str,
+    unhealthy: &Unhealthy,
+) -> R<Vec<ApplianceView>> {
+    let svc = get_service(s, c, service)?;
+    if svc.kind != ServiceType::Gwlb {
+        return Err(OpError::invalid(
+            "service",
+            format!("service {service} is not a GWLB service; it has no appliances"),
+        ));
+    }
+    let vpc_id = numeric_id(&svc.vpc);
+    Ok(svc
+        .backends
+        .iter()
+        .map(|b| ApplianceView {
+            address: b.address,
+            zone: b.zone.clone(),
+            healthy: !unhealthy.contains(&(vpc_id, b.address.octets())),
+        })
+        .collect())
+}
