@@ -8,6 +8,10 @@ use crate::model::{
     EndpointService, GwlbSettings, Listener, MAX_APPLIANCES, MAX_LISTENERS, ServiceType, State, Vpc,
 };
 
+/// The addresses services take in each VPC: per (VPC, address), the services using it and
+/// as what.
+type Taken<'a> = BTreeMap<(String, Ipv4Addr), Vec<(&'a str, &'static str)>>;
+
 impl State {
     /// The services; returns the addresses they take in each VPC (SNAT, load balancer, GWLB
     /// and appliance addresses), which no ENI or gateway address may take.
@@ -15,9 +19,43 @@ impl State {
         &self,
         ids: &mut BTreeMap<u32, String>,
     ) -> Result<BTreeSet<(String, Ipv4Addr)>, FieldError> {
-        // Load balancer, GWLB and appliance addresses (with their services), which no SNAT
-        // address may take; GWLB and appliance addresses belong to one service only.
-        let mut taken: BTreeMap<(String, Ipv4Addr), Vec<(&str, &'static str)>> = BTreeMap::new();
+        let taken = self.taken_addresses();
+        let mut snat_used = BTreeSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let f = format!("services[{i}]");
+            check_id(format!("{f}.id"), &s.id, ids)?;
+            let vpc = self.owned_vpc(&f, &s.account, &s.vpc)?;
+            for (j, w) in s.whitelist.iter().enumerate() {
+                if !self.account_exists(w) {
+                    return err(
+                        format!("{f}.whitelist[{j}]"),
+                        format!("unknown account {w:?}"),
+                    );
+                }
+            }
+            match (s.kind, &s.gwlb) {
+                (ServiceType::Gwlb, Some(g)) => validate_gwlb_service(&f, s, g, vpc, &taken)?,
+                (ServiceType::Gwlb, None) => {
+                    return err(
+                        format!("{f}.gwlb"),
+                        "a GWLB service needs its gwlb settings (at least the load balancer's address)",
+                    );
+                }
+                (_, Some(_)) => {
+                    return err(format!("{f}.gwlb"), "only GWLB services have gwlb settings");
+                }
+                (_, None) => validate_lb_service(&f, s, vpc, &taken, &mut snat_used)?,
+            }
+        }
+        let mut enis: BTreeSet<(String, Ipv4Addr)> = snat_used.clone();
+        enis.extend(taken.into_keys());
+        Ok(enis)
+    }
+
+    /// Load balancer, GWLB and appliance addresses (with their services), which no SNAT
+    /// address may take; GWLB and appliance addresses belong to one service only.
+    fn taken_addresses(&self) -> Taken<'_> {
+        let mut taken = Taken::new();
         for s in &self.services {
             let what = match s.kind {
                 ServiceType::Gwlb => "a GWLB appliance",
@@ -36,184 +74,164 @@ impl State {
                     .push((&s.id, "a GWLB address"));
             }
         }
-        let mut snat_used = BTreeSet::new();
-        for (i, s) in self.services.iter().enumerate() {
-            let f = format!("services[{i}]");
-            check_id(format!("{f}.id"), &s.id, ids)?;
-            let vpc = self.owned_vpc(&f, &s.account, &s.vpc)?;
-            for (j, w) in s.whitelist.iter().enumerate() {
-                if !self.account_exists(w) {
-                    return err(
-                        format!("{f}.whitelist[{j}]"),
-                        format!("unknown account {w:?}"),
-                    );
-                }
-            }
-            match (s.kind, &s.gwlb) {
-                (ServiceType::Gwlb, Some(g)) => {
-                    validate_gwlb_service(&f, s, g, vpc, &taken)?;
-                    continue;
-                }
-                (ServiceType::Gwlb, None) => {
-                    return err(
-                        format!("{f}.gwlb"),
-                        "a GWLB service needs its gwlb settings (at least the load balancer's address)",
-                    );
-                }
-                (_, Some(_)) => {
-                    return err(format!("{f}.gwlb"), "only GWLB services have gwlb settings");
-                }
-                (_, None) => {}
-            }
-            check_listeners(&format!("{f}.listeners"), &s.listeners)?;
-            if !(1..=100).contains(&s.endpoint_flow_share) {
-                return err(
-                    format!("{f}.endpoint_flow_share"),
-                    format!(
-                        "{} is not a share in percent (1-100)",
-                        s.endpoint_flow_share
-                    ),
-                );
-            }
-            if s.backends.is_empty() {
-                return err(
-                    format!("{f}.backends"),
-                    "at least one load balancer address is needed",
-                );
-            }
-            for (j, b) in s.backends.iter().enumerate() {
-                if !vpc.cidr.contains(&b.address) {
-                    return err(
-                        format!("{f}.backends[{j}].address"),
-                        format!("{} is not inside the service VPC's {}", b.address, vpc.cidr),
-                    );
-                }
-                if s.backends[..j].iter().any(|o| o.address == b.address) {
-                    return err(
-                        format!("{f}.backends[{j}].address"),
-                        format!("load balancer {} is listed twice", b.address),
-                    );
-                }
-                let in_zone = s.backends[..=j].iter().filter(|o| o.zone == b.zone).count();
-                // Without zone affinity every ENI spreads its flows over all of them.
-                if !s.zone_affinity
-                    && s.kind == ServiceType::Interface
-                    && j >= privatelink_common::MAX_LBS_PER_ZONE
-                {
-                    return err(
-                        format!("{f}.backends[{j}]"),
-                        format!(
-                            "more than {} load balancers without zone affinity (every ENI's flows are spread over all of them)",
-                            privatelink_common::MAX_LBS_PER_ZONE
-                        ),
-                    );
-                }
-                if s.kind == ServiceType::Gateway && in_zone > 1 {
-                    return err(
-                        format!("{f}.backends[{j}].zone"),
-                        format!(
-                            "zone {} is listed twice (a gateway service has one next hop per zone)",
-                            b.zone
-                        ),
-                    );
-                }
-                if in_zone > privatelink_common::MAX_LBS_PER_ZONE {
-                    return err(
-                        format!("{f}.backends[{j}].zone"),
-                        format!(
-                            "more than {} load balancers in zone {}",
-                            privatelink_common::MAX_LBS_PER_ZONE,
-                            b.zone
-                        ),
-                    );
-                }
-                if let Some((other, what)) = taken[&(vpc.id.clone(), b.address)]
-                    .iter()
-                    .find(|(o, what)| *o != s.id && *what != "a load balancer address")
-                {
-                    return err(
-                        format!("{f}.backends[{j}].address"),
-                        format!(
-                            "{} is {what} of service {other} in VPC {}",
-                            b.address, vpc.id
-                        ),
-                    );
-                }
-            }
-            if s.snat.is_empty() || s.snat.len() > privatelink_common::MAX_SNAT_ADDRS {
-                return err(
-                    format!("{f}.snat"),
-                    format!(
-                        "between 1 and {} SNAT addresses are needed",
-                        privatelink_common::MAX_SNAT_ADDRS
-                    ),
-                );
-            }
-            for (j, a) in s.snat.iter().enumerate() {
-                if !vpc.cidr.contains(a) || *a == vpc.cidr.network() || *a == vpc.cidr.broadcast() {
-                    return err(
-                        format!("{f}.snat[{j}]"),
-                        format!(
-                            "{a} is not a usable address of the service VPC's {}",
-                            vpc.cidr
-                        ),
-                    );
-                }
-                if s.backends.iter().any(|b| b.address == *a) {
-                    return err(
-                        format!("{f}.snat[{j}]"),
-                        format!("{a} is also a load balancer address"),
-                    );
-                }
-                if let Some((_, what)) = taken
-                    .get(&(vpc.id.clone(), *a))
-                    .and_then(|owners| owners.first())
-                {
-                    return err(
-                        format!("{f}.snat[{j}]"),
-                        format!("{a} is {what} in VPC {}", vpc.id),
-                    );
-                }
-                if !snat_used.insert((vpc.id.clone(), *a)) {
-                    return err(
-                        format!("{f}.snat[{j}]"),
-                        format!("{a} is already a SNAT address in VPC {}", vpc.id),
-                    );
-                }
-            }
-            let [lo, hi] = s.snat_ports;
-            if lo == 0 || lo > hi {
-                return err(
-                    format!("{f}.snat_ports"),
-                    format!("[{lo}, {hi}] is not a port range (1 <= low <= high)"),
-                );
-            }
-            match s.kind {
-                ServiceType::Interface if !s.prefixes.is_empty() => {
-                    return err(
-                        format!("{f}.prefixes"),
-                        "only gateway services have prefixes",
-                    );
-                }
-                ServiceType::Gateway if s.prefixes.is_empty() => {
-                    return err(
-                        format!("{f}.prefixes"),
-                        "a gateway service needs at least one prefix",
-                    );
-                }
-                _ => {}
-            }
-            for (j, p) in s.prefixes.iter().enumerate() {
-                check_cidr(&format!("{f}.prefixes[{j}]"), p).map_err(|e| FieldError {
-                    field: format!("{f}.prefixes[{j}]"),
-                    ..e
-                })?;
-            }
-        }
-        let mut enis: BTreeSet<(String, Ipv4Addr)> = snat_used.clone();
-        enis.extend(taken.into_keys());
-        Ok(enis)
+        taken
     }
+}
+
+/// An interface or gateway service: its listeners, its load balancers in the service VPC,
+/// its SNAT pool (`snat_used` gains it), and its prefixes (gateway services only).
+fn validate_lb_service(
+    f: &str,
+    s: &EndpointService,
+    vpc: &Vpc,
+    taken: &Taken,
+    snat_used: &mut BTreeSet<(String, Ipv4Addr)>,
+) -> Result<(), FieldError> {
+    check_listeners(&format!("{f}.listeners"), &s.listeners)?;
+    if !(1..=100).contains(&s.endpoint_flow_share) {
+        return err(
+            format!("{f}.endpoint_flow_share"),
+            format!(
+                "{} is not a share in percent (1-100)",
+                s.endpoint_flow_share
+            ),
+        );
+    }
+    if s.backends.is_empty() {
+        return err(
+            format!("{f}.backends"),
+            "at least one load balancer address is needed",
+        );
+    }
+    for (j, b) in s.backends.iter().enumerate() {
+        if !vpc.cidr.contains(&b.address) {
+            return err(
+                format!("{f}.backends[{j}].address"),
+                format!("{} is not inside the service VPC's {}", b.address, vpc.cidr),
+            );
+        }
+        if s.backends[..j].iter().any(|o| o.address == b.address) {
+            return err(
+                format!("{f}.backends[{j}].address"),
+                format!("load balancer {} is listed twice", b.address),
+            );
+        }
+        let in_zone = s.backends[..=j].iter().filter(|o| o.zone == b.zone).count();
+        // Without zone affinity every ENI spreads its flows over all of them.
+        if !s.zone_affinity
+            && s.kind == ServiceType::Interface
+            && j >= privatelink_common::MAX_LBS_PER_ZONE
+        {
+            return err(
+                format!("{f}.backends[{j}]"),
+                format!(
+                    "more than {} load balancers without zone affinity (every ENI's flows are spread over all of them)",
+                    privatelink_common::MAX_LBS_PER_ZONE
+                ),
+            );
+        }
+        if s.kind == ServiceType::Gateway && in_zone > 1 {
+            return err(
+                format!("{f}.backends[{j}].zone"),
+                format!(
+                    "zone {} is listed twice (a gateway service has one next hop per zone)",
+                    b.zone
+                ),
+            );
+        }
+        if in_zone > privatelink_common::MAX_LBS_PER_ZONE {
+            return err(
+                format!("{f}.backends[{j}].zone"),
+                format!(
+                    "more than {} load balancers in zone {}",
+                    privatelink_common::MAX_LBS_PER_ZONE,
+                    b.zone
+                ),
+            );
+        }
+        if let Some((other, what)) = taken[&(vpc.id.clone(), b.address)]
+            .iter()
+            .find(|(o, what)| *o != s.id && *what != "a load balancer address")
+        {
+            return err(
+                format!("{f}.backends[{j}].address"),
+                format!(
+                    "{} is {what} of service {other} in VPC {}",
+                    b.address, vpc.id
+                ),
+            );
+        }
+    }
+    if s.snat.is_empty() || s.snat.len() > privatelink_common::MAX_SNAT_ADDRS {
+        return err(
+            format!("{f}.snat"),
+            format!(
+                "between 1 and {} SNAT addresses are needed",
+                privatelink_common::MAX_SNAT_ADDRS
+            ),
+        );
+    }
+    for (j, a) in s.snat.iter().enumerate() {
+        if !vpc.cidr.contains(a) || *a == vpc.cidr.network() || *a == vpc.cidr.broadcast() {
+            return err(
+                format!("{f}.snat[{j}]"),
+                format!(
+                    "{a} is not a usable address of the service VPC's {}",
+                    vpc.cidr
+                ),
+            );
+        }
+        if s.backends.iter().any(|b| b.address == *a) {
+            return err(
+                format!("{f}.snat[{j}]"),
+                format!("{a} is also a load balancer address"),
+            );
+        }
+        if let Some((_, what)) = taken
+            .get(&(vpc.id.clone(), *a))
+            .and_then(|owners| owners.first())
+        {
+            return err(
+                format!("{f}.snat[{j}]"),
+                format!("{a} is {what} in VPC {}", vpc.id),
+            );
+        }
+        if !snat_used.insert((vpc.id.clone(), *a)) {
+            return err(
+                format!("{f}.snat[{j}]"),
+                format!("{a} is already a SNAT address in VPC {}", vpc.id),
+            );
+        }
+    }
+    let [lo, hi] = s.snat_ports;
+    if lo == 0 || lo > hi {
+        return err(
+            format!("{f}.snat_ports"),
+            format!("[{lo}, {hi}] is not a port range (1 <= low <= high)"),
+        );
+    }
+    match s.kind {
+        ServiceType::Interface if !s.prefixes.is_empty() => {
+            return err(
+                format!("{f}.prefixes"),
+                "only gateway services have prefixes",
+            );
+        }
+        ServiceType::Gateway if s.prefixes.is_empty() => {
+            return err(
+                format!("{f}.prefixes"),
+                "a gateway service needs at least one prefix",
+            );
+        }
+        _ => {}
+    }
+    for (j, p) in s.prefixes.iter().enumerate() {
+        check_cidr(&format!("{f}.prefixes[{j}]"), p).map_err(|e| FieldError {
+            field: format!("{f}.prefixes[{j}]"),
+            ..e
+        })?;
+    }
+    Ok(())
 }
 
 /// Listeners: ports 1-65535, ranges the right way up, no two overlapping.
@@ -258,7 +276,7 @@ fn validate_gwlb_service(
     s: &EndpointService,
     g: &GwlbSettings,
     vpc: &Vpc,
-    taken: &BTreeMap<(String, Ipv4Addr), Vec<(&str, &'static str)>>,
+    taken: &Taken,
 ) -> Result<(), FieldError> {
     let usable = |a: &Ipv4Addr| {
         vpc.cidr.contains(a) && *a != vpc.cidr.network() && *a != vpc.cidr.broadcast()
