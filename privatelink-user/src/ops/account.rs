@@ -81,7 +81,7 @@ pub fn create_account(
 pub fn list_accounts(s: &State, c: &Caller) -> Vec<AccountView> {
     s.accounts
         .iter()
-        .filter(|a| matches!(c, Caller::Admin) || matches!(c, Caller::Account(id) if *id == a.id))
+        .filter(|a| c.sees(&a.id))
         .map(|a| AccountView {
             id: a.id.clone(),
             name: a.name.clone(),

@@ -6,7 +6,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Caller, OpError, R, account_of, mine, own_vpc};
+use super::{Caller, OpError, R, account_of, mine, own_vpc, visible};
 use crate::model::{
     AclRule, Connection, Endpoint, EndpointService, EndpointZone, ServiceType, State, Vpc,
     check_endpoint_limits, lookup,
@@ -99,13 +99,7 @@ fn own_endpoint<'a>(s: &'a mut State, c: &Caller, id: &str) -> R<&'a mut Endpoin
 }
 
 pub fn list_endpoints(s: &State, c: &Caller) -> Vec<Endpoint> {
-    s.endpoints
-        .iter()
-        .filter(|x| {
-            matches!(c, Caller::Admin) || matches!(c, Caller::Account(id) if *id == x.account)
-        })
-        .cloned()
-        .collect()
+    visible(&s.endpoints, c)
 }
 
 pub fn get_endpoint(s: &mut State, c: &Caller, id: &str) -> R<Endpoint> {

@@ -2,7 +2,7 @@
 //! them, what they check, what they change. No I/O; the API is a thin adapter over these.
 //! One file per kind, each request type beside its operations.
 
-use crate::model::{Lookup, State, Vpc, lookup};
+use crate::model::{Lookup, Owned, State, Vpc, lookup};
 
 mod account;
 mod connection;
@@ -45,6 +45,26 @@ fn account_of(c: &Caller) -> R<&str> {
             "this is done with an account's token, not the admin token",
         )),
     }
+}
+
+impl Caller {
+    /// Whether the caller sees what account `account` owns: the operator sees everything,
+    /// an account what is its own.
+    pub fn sees(&self, account: &str) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::Account(a) => a == account,
+        }
+    }
+}
+
+/// The objects of `items` the caller sees.
+fn visible<T: Owned + Clone>(items: &[T], c: &Caller) -> Vec<T> {
+    items
+        .iter()
+        .filter(|x| c.sees(x.owner()))
+        .cloned()
+        .collect()
 }
 
 /// The caller's own object `what` `id` (the request's `field`): another account's is

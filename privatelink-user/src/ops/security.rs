@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Caller, OpError, R, account_of, mine, own_vpc};
+use super::{Caller, OpError, R, account_of, mine, own_vpc, visible};
 use crate::model::{AclRule, NetworkAcl, SecurityGroup, SgRule, State, lookup};
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -65,13 +65,7 @@ pub fn create_security_group(s: &mut State, c: &Caller, req: NewSecurityGroup) -
 }
 
 pub fn list_security_groups(s: &State, c: &Caller) -> Vec<SecurityGroup> {
-    s.security_groups
-        .iter()
-        .filter(|x| {
-            matches!(c, Caller::Admin) || matches!(c, Caller::Account(id) if *id == x.account)
-        })
-        .cloned()
-        .collect()
+    visible(&s.security_groups, c)
 }
 
 pub fn delete_security_group(s: &mut State, c: &Caller, id: &str) -> R<()> {
@@ -148,13 +142,7 @@ pub fn create_acl(s: &mut State, c: &Caller, req: NewAcl) -> R<NetworkAcl> {
 }
 
 pub fn list_acls(s: &State, c: &Caller) -> Vec<NetworkAcl> {
-    s.acls
-        .iter()
-        .filter(|x| {
-            matches!(c, Caller::Admin) || matches!(c, Caller::Account(id) if *id == x.account)
-        })
-        .cloned()
-        .collect()
+    visible(&s.acls, c)
 }
 
 pub fn delete_acl(s: &mut State, c: &Caller, id: &str) -> R<()> {

@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Caller, OpError, R, account_of, mine, own_vpc};
+use super::{Caller, OpError, R, account_of, mine, own_vpc, visible};
 use crate::{
     desired::Unhealthy,
     model::{
@@ -122,13 +122,7 @@ pub(super) fn own_service<'a>(
 }
 
 pub fn list_services(s: &State, c: &Caller) -> Vec<EndpointService> {
-    s.services
-        .iter()
-        .filter(|x| {
-            matches!(c, Caller::Admin) || matches!(c, Caller::Account(id) if *id == x.account)
-        })
-        .cloned()
-        .collect()
+    visible(&s.services, c)
 }
 
 pub fn get_service(s: &State, c: &Caller, id: &str) -> R<EndpointService> {

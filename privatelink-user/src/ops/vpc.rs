@@ -4,7 +4,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Caller, OpError, R, admin_only};
+use super::{Caller, OpError, R, admin_only, visible};
 use crate::model::{State, VSwitch, Vpc};
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -68,11 +68,5 @@ pub fn create_vpc(s: &mut State, c: &Caller, req: NewVpc) -> R<Vpc> {
 }
 
 pub fn list_vpcs(s: &State, c: &Caller) -> Vec<Vpc> {
-    s.vpcs
-        .iter()
-        .filter(|v| {
-            matches!(c, Caller::Admin) || matches!(c, Caller::Account(id) if *id == v.account)
-        })
-        .cloned()
-        .collect()
+    visible(&s.vpcs, c)
 }
