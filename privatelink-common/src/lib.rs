@@ -639,7 +639,6 @@ impl FlowEntry {
         }
     }
 
-    /// The key under which the partner (other direction) entry is stored.
     /// The key of the other direction of the flow stored under `key`.
     #[inline(always)]
     pub fn partner(&self, key: &FlowKey) -> FlowKey {

@@ -265,7 +265,6 @@ fn load_balancer(eni: &EndpointEni, h: u32) -> [u8; 4] {
     // SAFETY: a reference into a map the daemon writes whole entries of; read in this run.
     match unsafe { PL_LB_SETS.get(key) } {
         // The daemon's rendezvous-hashed slots (see `LbSet`): no loop here.
-        // The daemon's rendezvous-hashed slots (see `LbSet`): no loop here.
         Some(set) if set.count > 0 => {
             let slot = (hash::mix32(h) as usize) & (LB_SLOTS - 1);
             set.addrs[(set.slots[slot] as usize) & (MAX_LBS_PER_ZONE - 1)]
