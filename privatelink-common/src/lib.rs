@@ -64,23 +64,77 @@ pub mod map_names {
 
 /// The XDP program's name in the object (and in `bpftool prog show`).
 pub const PROGRAM_NAME: &str = "privatelink";
-/// The programs the XDP entry point tail-calls for the paths past classification, by
-/// their index in `PL_PATHS` (see `PATH_*`). Each is verified on its own: the kernel's
-/// budget of 1 000 000 verified instructions per program would not hold them all.
-pub const PATH_PROGRAMS: [&str; 6] = [
-    "privatelink_forward",
-    "privatelink_reply",
-    "privatelink_icmp_endpoint",
-    "privatelink_icmp_snat",
-    "privatelink_gwlb_steer",
-    "privatelink_gwlb_return",
-];
-pub const PATH_FORWARD: u32 = 0;
-pub const PATH_REPLY: u32 = 1;
-pub const PATH_ICMP_ENDPOINT: u32 = 2;
-pub const PATH_ICMP_SNAT: u32 = 3;
-pub const PATH_GWLB_STEER: u32 = 4;
-pub const PATH_GWLB_RETURN: u32 = 5;
+/// The path table: one row per program the XDP entry point tail-calls for a path past
+/// classification, in `PL_PATHS` order. Each row gives the `Path` variant, the index
+/// constant (`PATH_*`, the slot in `PL_PATHS`) and the program's name (the name of its
+/// `#[xdp] fn` in the eBPF crate, which checks it against this table). Each program is
+/// verified on its own: the kernel's budget of 1 000 000 verified instructions per
+/// program would not hold them all.
+macro_rules! path_table {
+    ($($(#[doc = $doc:literal])* $variant:ident, $index:ident, $program:ident;)*) => {
+        /// A path program (see `path_table!`); its discriminant is its slot in `PL_PATHS`.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Path {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl Path {
+            /// Every path, in table (and `PL_PATHS`) order.
+            pub const ALL: [Path; [$(stringify!($variant)),*].len()] = [$(Path::$variant),*];
+
+            /// The program's name in the object (its `#[xdp] fn`).
+            pub const fn program(self) -> &'static str {
+                match self {
+                    $(Path::$variant => stringify!($program),)*
+                }
+            }
+        }
+
+        $(
+            #[doc = concat!("`PL_PATHS` slot of `", stringify!($program), "`.")]
+            pub const $index: u32 = Path::$variant as u32;
+        )*
+
+        /// The path programs' names by their index in `PL_PATHS` (see `PATH_*`).
+        pub const PATH_PROGRAMS: [&str; Path::ALL.len()] = [$(stringify!($program)),*];
+    };
+}
+
+path_table! {
+    /// Consumer → service: TCP/UDP to an endpoint ENI or a gateway route.
+    Forward, PATH_FORWARD, privatelink_forward;
+    /// Service → consumer: TCP/UDP to a SNAT address.
+    Reply, PATH_REPLY, privatelink_reply;
+    /// ICMP to an endpoint ENI: echo, and errors about our flows.
+    IcmpEndpoint, PATH_ICMP_ENDPOINT, privatelink_icmp_endpoint;
+    /// ICMP errors to a SNAT address or a gateway route.
+    IcmpSnat, PATH_ICMP_SNAT, privatelink_icmp_snat;
+    /// A packet routed to a GWLB endpoint: to its appliance, in GENEVE.
+    GwlbSteer, PATH_GWLB_STEER, privatelink_gwlb_steer;
+    /// GENEVE coming back from a GWLB appliance.
+    GwlbReturn, PATH_GWLB_RETURN, privatelink_gwlb_return;
+}
+
+/// Whether `name` is the program of the path at `index` in `PL_PATHS` (for compile-time
+/// checks of the eBPF crate's path functions against the table).
+pub const fn is_path_program(index: u32, name: &str) -> bool {
+    if index as usize >= PATH_PROGRAMS.len() {
+        return false;
+    }
+    let (a, b) = (PATH_PROGRAMS[index as usize].as_bytes(), name.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 /// The program array the entry point tail-calls through. Each loaded object has its own,
 /// filled with its own path programs, pinned as `paths/<entry program id>` (not by name).
 pub const PATHS_MAP: &str = "PL_PATHS";
@@ -449,19 +503,40 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
-    /// The same flow seen from the other end.
+    /// The key of a `proto` packet from `src:sport` to `dst:dport` in VPC `vpc_id` (the
+    /// arguments in field order).
     #[inline(always)]
-    pub fn reversed(&self) -> FlowKey {
+    pub const fn new(
+        vpc_id: u32,
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+        proto: u8,
+    ) -> FlowKey {
         FlowKey {
-            vpc_id: self.vpc_id,
-            src: self.dst,
-            dst: self.src,
-            sport: self.dport,
-            dport: self.sport,
-            proto: self.proto,
+            vpc_id,
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
             _pad: 0,
             _pad2: 0,
         }
+    }
+
+    /// The same flow seen from the other end.
+    #[inline(always)]
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey::new(
+            self.vpc_id,
+            self.dst,
+            self.src,
+            self.dport,
+            self.sport,
+            self.proto,
+        )
     }
 }
 
@@ -532,7 +607,38 @@ pub const FLOW_GATEWAY: u8 = 1;
 pub const FLOW_GWLB: u8 = 2;
 
 impl FlowEntry {
-    /// The key under which the partner (other direction) entry is stored.
+    /// An entry with every field zero: the base of every entry the data path or a test
+    /// writes (`FlowEntry { new_src, .., ..FlowEntry::zeroed() }`), so that a new field is
+    /// one edit here. A function, not a const: the data path's struct expressions then
+    /// stay plain stores (a const base is copied from `.rodata`).
+    #[inline(always)]
+    pub const fn zeroed() -> FlowEntry {
+        FlowEntry {
+            new_src: [0; 4],
+            new_dst: [0; 4],
+            new_sport: 0,
+            new_dport: 0,
+            out_ifindex: 0,
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+            out_vpc_id: 0,
+            endpoint_id: 0,
+            direction: 0,
+            tcp_flags: 0,
+            flags: 0,
+            _pad: 0,
+            last_seen_ns: 0,
+            checked_ns: 0,
+            peer_mac: [0; 6],
+            out_mtu: 0,
+            epoch: 0,
+            csum_ip: 0,
+            csum_l4: 0,
+            fast_packets: 0,
+            _pad2: 0,
+        }
+    }
+
     /// The key of the other direction of the flow stored under `key`.
     #[inline(always)]
     pub fn partner(&self, key: &FlowKey) -> FlowKey {
@@ -545,16 +651,14 @@ impl FlowEntry {
 
     /// NATed flows: the partner's key, from the rewritten tuple.
     pub fn partner_key(&self, proto: u8) -> FlowKey {
-        FlowKey {
-            vpc_id: self.out_vpc_id,
-            src: self.new_dst,
-            dst: self.new_src,
-            sport: self.new_dport,
-            dport: self.new_sport,
+        FlowKey::new(
+            self.out_vpc_id,
+            self.new_dst,
+            self.new_src,
+            self.new_dport,
+            self.new_sport,
             proto,
-            _pad: 0,
-            _pad2: 0,
-        }
+        )
     }
 
     pub fn idle_timeout_ns(&self, proto: u8, cfg: &Config) -> u64 {
@@ -823,6 +927,57 @@ mod tests {
         assert_eq!(set.decide([10, 10, 2, 1], PROTO_TCP, 22), None);
         assert_eq!(size_of::<Rule>(), 12);
         assert_eq!(size_of::<RuleSet>(), 8 + 12 * MAX_RULES);
+    }
+
+    #[test]
+    fn path_table_indexes_are_0_to_n_and_names_unique() {
+        for (i, path) in Path::ALL.iter().enumerate() {
+            assert_eq!(*path as u32, i as u32, "{path:?} is not at its index");
+            assert_eq!(PATH_PROGRAMS[i], path.program());
+            assert!(is_path_program(i as u32, path.program()));
+            assert!(path.program().starts_with("privatelink_"));
+            for other in &PATH_PROGRAMS[..i] {
+                assert_ne!(*other, PATH_PROGRAMS[i], "program name used twice");
+            }
+        }
+        assert_eq!(PATH_PROGRAMS.len(), Path::ALL.len());
+        let indexes = [
+            PATH_FORWARD,
+            PATH_REPLY,
+            PATH_ICMP_ENDPOINT,
+            PATH_ICMP_SNAT,
+            PATH_GWLB_STEER,
+            PATH_GWLB_RETURN,
+        ];
+        assert_eq!(indexes, [0, 1, 2, 3, 4, 5]);
+        assert!(!is_path_program(PATH_FORWARD, "privatelink_reply"));
+        assert!(!is_path_program(
+            PATH_PROGRAMS.len() as u32,
+            "privatelink_forward"
+        ));
+    }
+
+    #[test]
+    fn flow_key_and_entry_constructors() {
+        let k = FlowKey::new(7, [10, 0, 0, 1], [10, 0, 0, 2], 1000, 53, PROTO_UDP);
+        assert_eq!(
+            k,
+            FlowKey {
+                vpc_id: 7,
+                src: [10, 0, 0, 1],
+                dst: [10, 0, 0, 2],
+                sport: 1000,
+                dport: 53,
+                proto: PROTO_UDP,
+                _pad: 0,
+                _pad2: 0,
+            }
+        );
+        assert_eq!(
+            k.reversed(),
+            FlowKey::new(7, [10, 0, 0, 2], [10, 0, 0, 1], 53, 1000, PROTO_UDP)
+        );
+        assert_eq!(FlowEntry::zeroed(), FlowEntry::default());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Network ACLs (stateless, ordered, per vSwitch, before security groups) and security
 //! groups (merged per ENI, priority order with drop first at equal priority, no match =
-//! drop, stateful through conntrack: only a flow's first packet is checked, replies pass).
+//! drop, stateful through conntrack: only a flow's first packet is checked, replies pass),
+//! and the services' listeners. The forward, reply and ICMP paths ask it before a packet
+//! crosses an endpoint. Uses only `maps`.
 
 use aya_ebpf::btf_maps::HashMap;
 use privatelink_common::{

@@ -9,6 +9,9 @@
 //! Everything else that is not the data path's is dropped and counted
 //! (`drop_host_isolated`): the host never answers a tenant's packet, least of all into
 //! another VPC.
+//!
+//! The end of a packet's walk for what the classifier (and ARP) find is not the data
+//! path's. Uses only `parse`, `packet`, `maps`, `verdict`.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use privatelink_common::{
@@ -17,10 +20,10 @@ use privatelink_common::{
 };
 
 use crate::{
-    Verdict,
-    ipv4::Packet,
     maps::PL_HOST,
-    parse::{Ipv4Ext, Ipv4Hdr, TcpHdr, be16, mut_at},
+    packet::Packet,
+    parse::{ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, Ipv4Ext, Ipv4Hdr, TcpHdr, be16, mut_at},
+    verdict::Verdict,
 };
 
 /// What `addr` is to the host in the interface's VPC (a `PL_HOST` value, 0 if nothing).
@@ -59,7 +62,7 @@ pub fn ipv4(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet, ip: &Ipv4Hdr) -> 
     let admitted = if pkt.proto == PROTO_ICMP {
         // Errors about the host's own probes (unreachable, time exceeded).
         match mut_at::<[u8; 2]>(ctx, pkt.l4, Reason::DropTruncatedL4) {
-            Ok(t) => t[0] == 3 || t[0] == 11,
+            Ok(t) => t[0] == ICMP_DEST_UNREACH || t[0] == ICMP_TIME_EXCEEDED,
             Err(_) => false,
         }
     } else if pkt.proto == proto && proto == PROTO_TCP {

@@ -1,25 +1,38 @@
 //! ICMP: echo to an ENI is answered here; errors quoting a NATed packet (unreachable,
 //! fragmentation needed, time exceeded) are translated, inner headers included, so that
-//! path MTU discovery works through the endpoint.
+//! path MTU discovery works through the endpoint. The `privatelink_icmp_endpoint` and
+//! `privatelink_icmp_snat` path programs (`paths`) run it. Also builds the frag-needed
+//! error the GWLB path sends when GENEVE would not fit (`frag_needed`). Above
+//! `conntrack`, `endpoint`, `filter` and `nat`.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
 use privatelink_common::{
     DIR_ORIGINAL, EndpointEni, FLOW_GATEWAY, FlowKey, IfaceInfo, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     Reason, VpcAddr, csum,
 };
 
 use crate::{
-    Verdict, conntrack, filter,
-    ipv4::{Packet, check_endpoint_at, check_gateway_at},
+    checksum::sum_words,
+    conntrack,
+    endpoint::{check_endpoint_at, check_gateway_at},
+    filter,
     maps::{PL_CONNTRACK, config},
     nat,
-    parse::{ETH_LEN, EthHdr, Icmpv4Hdr, Ipv4Ext, Ipv4Hdr, Ports, be16, mut_at, ne16, set_macs},
+    packet::Packet,
+    parse::{
+        ETH_LEN, ETH_P_IP, EthHdr, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+        ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, Icmpv4Hdr, Ipv4Ext, Ipv4Hdr, Ports, be16, frame_len,
+        mut_at, ne16, set_macs,
+    },
+    verdict::{Verdict, settle},
 };
 
-const ECHO_REPLY: u8 = 0;
-const DEST_UNREACH: u8 = 3;
-const ECHO_REQUEST: u8 = 8;
-const TIME_EXCEEDED: u8 = 11;
+/// The headers an ICMP error puts in front of what it quotes: IPv4 (no options) and ICMP.
+const ERROR_HEADERS: usize = 20 + 8;
 
 #[inline(always)]
 fn icmp_hdr<'a>(ctx: &'a XdpContext, pkt: &Packet) -> Result<&'a mut Icmpv4Hdr, Reason> {
@@ -30,7 +43,7 @@ fn icmp_hdr<'a>(ctx: &'a XdpContext, pkt: &Packet) -> Result<&'a mut Icmpv4Hdr, 
 }
 
 /// ICMP to an ENI of a forwarding endpoint.
-/// Non-inlined (its own BPF stack frame); see `crate::settle`.
+/// Non-inlined (its own BPF stack frame); see `crate::verdict::settle`.
 #[inline(never)]
 pub fn to_endpoint(
     ctx: &XdpContext,
@@ -39,7 +52,7 @@ pub fn to_endpoint(
     eni: &EndpointEni,
     pkt: &Packet,
 ) -> u64 {
-    crate::settle(to_endpoint_checked(ctx, iface, eni_key, eni, pkt))
+    settle(to_endpoint_checked(ctx, iface, eni_key, eni, pkt))
 }
 
 #[inline(always)]
@@ -52,7 +65,7 @@ fn to_endpoint_checked(
 ) -> Result<Verdict, Reason> {
     let icmp = icmp_hdr(ctx, pkt)?;
     match icmp.type_ {
-        ECHO_REQUEST if icmp.code == 0 => {
+        ICMP_ECHO_REQUEST if icmp.code == 0 => {
             // Echo is not tracked: each request is filtered like a new flow.
             let src = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?.src_addr;
             filter::acl_in(eni_key, eni, src, PROTO_ICMP, 0)?;
@@ -60,23 +73,23 @@ fn to_endpoint_checked(
             filter::acl_out(eni_key, eni, src, PROTO_ICMP, 0)?;
             echo_reply(ctx, icmp, iface.mac)
         }
-        DEST_UNREACH | TIME_EXCEEDED => translate_error(ctx, iface, pkt),
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => translate_error(ctx, iface, pkt),
         _ => Err(Reason::DropIcmpUnsupported),
     }
 }
 
 /// ICMP to a SNAT address: only errors about our flows are meaningful.
-/// Non-inlined (its own BPF stack frame); see `crate::settle`.
+/// Non-inlined (its own BPF stack frame); see `crate::verdict::settle`.
 #[inline(never)]
 pub fn to_snat(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
-    crate::settle(to_snat_checked(ctx, iface, pkt))
+    settle(to_snat_checked(ctx, iface, pkt))
 }
 
 #[inline(always)]
 fn to_snat_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
     let icmp = icmp_hdr(ctx, pkt)?;
     match icmp.type_ {
-        DEST_UNREACH | TIME_EXCEEDED => translate_error(ctx, iface, pkt),
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => translate_error(ctx, iface, pkt),
         _ => Err(Reason::DropIcmpUnsupported),
     }
 }
@@ -88,7 +101,7 @@ fn echo_reply(
     iface_mac: [u8; 6],
 ) -> Result<Verdict, Reason> {
     let old = ne16([icmp.type_, icmp.code]);
-    icmp.type_ = ECHO_REPLY;
+    icmp.type_ = ICMP_ECHO_REPLY;
     icmp.check =
         csum::replace16(ne16(icmp.check), old, ne16([icmp.type_, icmp.code])).to_ne_bytes();
 
@@ -131,16 +144,14 @@ fn translate_error(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
     }
     let ports = mut_at::<Ports>(ctx, inner_l4, Reason::DropTruncatedL4)?;
     let (isport, idport) = (be16(ports.sport), be16(ports.dport));
-    let key = FlowKey {
-        vpc_id: iface.vpc_id,
-        src: inner.dst_addr,
-        dst: inner.src_addr,
-        sport: idport,
-        dport: isport,
+    let key = FlowKey::new(
+        iface.vpc_id,
+        inner.dst_addr,
+        inner.src_addr,
+        idport,
+        isport,
         proto,
-        _pad: 0,
-        _pad2: 0,
-    };
+    );
     // SAFETY: copied out.
     let e = unsafe { PL_CONNTRACK.get(key) }
         .copied()
@@ -220,4 +231,67 @@ fn translate_error(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
 
     nat::rewrite_ip(ctx, e.new_src, e.new_dst)?;
     nat::redirect(ctx, &e, Reason::IcmpErrorTranslated)
+}
+
+/// The packet at the frame's start would not fit the next link: the frame becomes an ICMP
+/// "fragmentation needed" error to its sender (RFC 1191) with the path MTU `mtu`, from
+/// `from`, sent back out (`XDP_TX`, counted as `reason`) from `iface_mac`: our IP + ICMP
+/// headers, then the sender's IP header and the first 8 bytes of its payload.
+#[inline(always)]
+pub fn frag_needed(
+    ctx: &XdpContext,
+    iface_mac: &[u8; 6],
+    from: &[u8; 4],
+    mtu: usize,
+    reason: Reason,
+) -> Result<Verdict, Reason> {
+    let ip = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
+    let quote = ip.hdr_len() + 8;
+    let sender_ip = ip.src_addr;
+    let sender_mac = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?.src_addr;
+    let keep = (ETH_LEN + quote) as i32;
+    // SAFETY: plain helper calls on this run's context.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, keep - frame_len(ctx) as i32) } != 0
+        || unsafe { bpf_xdp_adjust_head(ctx.ctx, -(ERROR_HEADERS as i32)) } != 0
+    {
+        return Err(Reason::DropRedirectFailed);
+    }
+    let h = mut_at::<[u8; ETH_LEN + ERROR_HEADERS]>(ctx, 0, Reason::DropTruncatedIp)?;
+    h[0..6].copy_from_slice(&sender_mac);
+    h[6..12].copy_from_slice(iface_mac);
+    h[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    let tot = ((ERROR_HEADERS + quote) as u16).to_be_bytes();
+    // Version 4 and 5 words, TOS internetwork control, no ID or fragment, TTL 64.
+    let ip_hdr: [u8; 20] = [
+        0x45,
+        0xc0,
+        tot[0],
+        tot[1],
+        0,
+        0,
+        0,
+        0,
+        64,
+        PROTO_ICMP,
+        0,
+        0,
+        from[0],
+        from[1],
+        from[2],
+        from[3],
+        sender_ip[0],
+        sender_ip[1],
+        sender_ip[2],
+        sender_ip[3],
+    ];
+    h[14..34].copy_from_slice(&ip_hdr);
+    let c = !csum::fold(sum_words::<5>(ctx, ETH_LEN, 20)?);
+    mut_at::<[u8; 2]>(ctx, 24, Reason::DropTruncatedIp)?.copy_from_slice(&c.to_ne_bytes());
+    // Type, code, checksum, unused, next-hop MTU.
+    let m = (mtu as u16).to_be_bytes();
+    h[34..42].copy_from_slice(&[ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, 0, 0, m[0], m[1]]);
+    let sum = sum_words::<19>(ctx, 34, 8 + quote)?;
+    let c = mut_at::<[u8; 2]>(ctx, 36, Reason::DropTruncatedIp)?;
+    *c = (!csum::fold(sum)).to_ne_bytes();
+    Ok((xdp_action::XDP_TX, reason))
 }

@@ -1,72 +1,55 @@
-//! privatelink's XDP data path. The entry point only maps the outcome of `process` to an
-//! XDP action and counts it; the work lives in one module per concern.
+//! privatelink's XDP data path. This root is the entry point only: it maps the outcome of
+//! `classify::frame` to an XDP action and counts it. The walk of a packet, module by
+//! module (each uses only the modules listed before it):
+//!
+//! - `parse`, `verdict`: frame access and header types; what a walk ends in.
+//! - `checksum`, `packet`: IPv4 header sums; the validated IPv4 packet.
+//! - `maps`, `stats`: the maps shared with the daemon; the verdict counters.
+//! - `endpoint`, `filter`, `host`: whether an endpoint forwards; ACLs, security groups
+//!   and listeners; what the host's own stack may see.
+//! - `nat`, `conntrack`: the rewrite of a packet by its flow entry; the flow table (keys,
+//!   creation, SNAT claims, liveness, TCP tracking, new-flow tokens).
+//! - `established`: the fast path for flows checked under the current epoch.
+//! - `arp`, `icmp`, `geneve`: ARP answers, learning and probes; ICMP echo and error
+//!   translation (and the frag-needed error GWLB sends); GENEVE encapsulation.
+//! - `forward`, `reply`, `gwlb`: the paths of NATed flows (consumer → service and back)
+//!   and of GWLB flows (to the appliance and back).
+//! - `paths`: the path programs, tail-called through `PL_PATHS` by the path table.
+//! - `classify`: the entry program's work: ARP, the fast path, and which path program.
 #![no_std]
 #![no_main]
 
 mod arp;
+mod checksum;
+mod classify;
 mod conntrack;
+mod endpoint;
+mod established;
 mod filter;
+mod forward;
+mod geneve;
 mod gwlb;
 mod host;
 mod icmp;
-mod ipv4;
 mod maps;
 mod nat;
+mod packet;
 mod parse;
 mod paths;
+mod reply;
 mod stats;
+mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use privatelink_common::Reason;
-
-/// What `process` decided: an XDP action and the counter that explains it.
-pub type Verdict = (u32, Reason);
 
 #[xdp]
 pub fn privatelink(ctx: XdpContext) -> u32 {
-    let (action, reason) = match process(&ctx) {
+    let (action, reason) = match classify::frame(&ctx) {
         Ok(v) => v,
         Err(reason) => (xdp_action::XDP_DROP, reason),
     };
     stats::count(reason);
     action
-}
-
-#[inline(always)]
-fn process(ctx: &XdpContext) -> Result<Verdict, Reason> {
-    let eth = parse::mut_at::<parse::EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
-    let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: a lookup in a map that only the daemon writes; the value is copied out.
-    let Some(iface) = (unsafe { maps::PL_IFACES.get(ifindex) }).copied() else {
-        return Ok((xdp_action::XDP_PASS, Reason::PassNotAttached));
-    };
-    match u16::from_be(eth.ether_type) {
-        parse::ETH_P_IP => ipv4::handle(ctx, ifindex, &iface),
-        parse::ETH_P_ARP => Ok(unpack(arp::handle(ctx, &iface))),
-        _ => Ok(host::other(&iface)),
-    }
-}
-
-/// The outcome of a path that runs as its own BPF function. Such functions return a plain
-/// `Verdict`: BTF cannot describe Rust's `Result` layout (the kernel refuses the union
-/// member at a non-zero offset it would need), and a BPF-to-BPF call keeps each path's
-/// stack frame separate, which the 512-byte limit needs.
-/// The verdict travels packed in one u64 (action << 32 | reason), returned in a register.
-#[inline(always)]
-pub fn settle(r: Result<Verdict, Reason>) -> u64 {
-    let (action, reason) = match r {
-        Ok(v) => v,
-        Err(reason) => (xdp_action::XDP_DROP, reason),
-    };
-    (action as u64) << 32 | reason as u32 as u64
-}
-
-/// The other end of `settle`.
-#[inline(always)]
-pub fn unpack(v: u64) -> Verdict {
-    // SAFETY: the low half was made from a `Reason` (a `#[repr(u32)]` enum) by `settle`.
-    let reason = unsafe { core::mem::transmute::<u32, Reason>(v as u32) };
-    ((v >> 32) as u32, reason)
 }
 
 #[cfg(not(test))]

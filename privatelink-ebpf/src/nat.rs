@@ -1,14 +1,16 @@
-//! Applying a conntrack entry to a packet: addresses, ports, TTL, checksums, MACs.
+//! Applying a conntrack entry to a packet: addresses, ports, TTL, checksums, MACs, then
+//! the redirect. The last step of the forward, reply and ICMP paths (the established path
+//! does the same rewrite its own, cheaper way). Uses only `parse`, `packet`, `verdict`.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use privatelink_common::{FlowEntry, PROTO_TCP, PROTO_UDP, Reason, csum};
 
 use crate::{
-    Verdict,
-    ipv4::Packet,
+    packet::Packet,
     parse::{
         ETH_LEN, EthHdr, Ipv4Ext, Ipv4Hdr, Ports, TcpHdr, UdpHdr, be16, mut_at, ne16, set_macs,
     },
+    verdict::{Verdict, redirect_to},
 };
 
 /// Rewrites the outer IPv4 header to `src`/`dst`, decrements TTL, fixes the checksum.
@@ -94,15 +96,4 @@ pub fn redirect(ctx: &XdpContext, e: &FlowEntry, reason: Reason) -> Result<Verdi
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
     set_macs(eth, e.dst_mac, e.src_mac);
     redirect_to(e.out_ifindex, reason)
-}
-
-/// Redirects the frame as it is to `ifindex`.
-#[inline(always)]
-pub fn redirect_to(ifindex: u32, reason: Reason) -> Result<Verdict, Reason> {
-    // SAFETY: plain helper call; flags 0.
-    let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
-    if action != xdp_action::XDP_REDIRECT {
-        return Err(Reason::DropRedirectFailed);
-    }
-    Ok((action, reason))
 }

@@ -1,14 +1,24 @@
-//! Bounds-checked access to the frame. Every read or write of packet memory goes through
-//! `ptr_at`, which the verifier can follow: `data + off + size <= data_end`.
+//! Bounds-checked access to the frame, the header types and the wire constants. Every
+//! read or write of packet memory goes through `ptr_at`, which the verifier can follow:
+//! `data + off + size <= data_end`. The bottom layer: every step of a packet's walk reads
+//! the frame through it.
 
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use privatelink_common::Reason;
+use privatelink_common::{PROTO_TCP, Reason};
 
 pub const ETH_LEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+
+/// ICMP types (RFC 792) and the one code the data path sends.
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+/// `ICMP_DEST_UNREACH` code: fragmentation needed and DF set (RFC 1191).
+pub const ICMP_FRAG_NEEDED: u8 = 4;
 
 pub use network_types::{
     arp::ArpHdr, eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr,
@@ -135,11 +145,11 @@ pub fn be16(b: [u8; 2]) -> u16 {
 /// the end (shorter is allowed: trailing bytes). Anything else is not rewritten or keyed.
 #[inline(always)]
 pub fn l4_consistent(ctx: &XdpContext, l4: usize, end: usize, proto: u8) -> Result<(), Reason> {
-    let need = if proto == 6 { 20 } else { 8 };
+    let need = if proto == PROTO_TCP { 20 } else { 8 };
     if l4 + need > end {
         return Err(Reason::DropTruncatedL4);
     }
-    let ok = if proto == 6 {
+    let ok = if proto == PROTO_TCP {
         let tcp = mut_at::<[u8; 20]>(ctx, l4, Reason::DropTruncatedL4)?;
         let doff = (tcp[12] >> 4) as usize * 4;
         doff >= 20 && l4 + doff <= end

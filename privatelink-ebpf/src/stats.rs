@@ -1,4 +1,5 @@
-//! Per-CPU verdict counters: `PL_STATS[reason] += 1`.
+//! Per-CPU verdict counters: `PL_STATS[reason] += 1`, the last step of every walk (the
+//! entry program and each path program count their verdict). Uses only `maps`.
 
 use privatelink_common::Reason;
 

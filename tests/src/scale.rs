@@ -54,16 +54,7 @@ pub fn fill(h: &mut Harness, range: std::ops::Range<u32>, age_ns: u64) -> Result
         HashMap::try_from(h.dp.map_mut(map_names::CONNTRACK)?)?;
     for i in range {
         let (client, dport, snat, snat_port) = flow(i);
-        let key = FlowKey {
-            vpc_id: vpc_a,
-            src: client,
-            dst: ENI,
-            sport: CLIENT_SPORT,
-            dport,
-            proto: PROTO_TCP,
-            _pad: 0,
-            _pad2: 0,
-        };
+        let key = FlowKey::new(vpc_a, client, ENI, CLIENT_SPORT, dport, PROTO_TCP);
         let fwd = FlowEntry {
             new_src: snat,
             new_dst: LB,
@@ -81,16 +72,7 @@ pub fn fill(h: &mut Harness, range: std::ops::Range<u32>, age_ns: u64) -> Result
             checked_ns: t,
             ..Default::default()
         };
-        let reply_key = FlowKey {
-            vpc_id: vpc_b,
-            src: LB,
-            dst: snat,
-            sport: dport,
-            dport: snat_port,
-            proto: PROTO_TCP,
-            _pad: 0,
-            _pad2: 0,
-        };
+        let reply_key = FlowKey::new(vpc_b, LB, snat, dport, snat_port, PROTO_TCP);
         let reply = FlowEntry {
             new_src: ENI,
             new_dst: client,
@@ -117,16 +99,14 @@ pub fn fill(h: &mut Harness, range: std::ops::Range<u32>, age_ns: u64) -> Result
 pub fn present(h: &Harness, i: u32) -> Result<bool> {
     let (client, dport, _, _) = flow(i);
     let ct: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(h.dp.map(map_names::CONNTRACK)?)?;
-    let key = FlowKey {
-        vpc_id: numeric_id("vpc-a"),
-        src: client,
-        dst: ENI,
-        sport: CLIENT_SPORT,
+    let key = FlowKey::new(
+        numeric_id("vpc-a"),
+        client,
+        ENI,
+        CLIENT_SPORT,
         dport,
-        proto: PROTO_TCP,
-        _pad: 0,
-        _pad2: 0,
-    };
+        PROTO_TCP,
+    );
     Ok(ct.get(&key, 0).is_ok())
 }
 
@@ -189,16 +169,14 @@ pub fn open_live(h: &mut Harness, n: u32) -> Result<Vec<LiveFlow>> {
                 .tcp(443, snat.1, 7000, 65000)
                 .ack(1001)
                 .write(&mut reply, &[0u8; 18])?;
-            let key = FlowKey {
-                vpc_id: numeric_id("vpc-a"),
-                src: client,
-                dst: ENI,
-                sport: CLIENT_SPORT,
-                dport: 443,
-                proto: PROTO_TCP,
-                _pad: 0,
-                _pad2: 0,
-            };
+            let key = FlowKey::new(
+                numeric_id("vpc-a"),
+                client,
+                ENI,
+                CLIENT_SPORT,
+                443,
+                PROTO_TCP,
+            );
             Ok(LiveFlow {
                 syn,
                 ack,
@@ -214,16 +192,7 @@ pub fn open_live(h: &mut Harness, n: u32) -> Result<Vec<LiveFlow>> {
 /// next packet leaves with the same SNAT tuple (what keeps a TCP connection alive).
 pub fn live_outcome(h: &mut Harness, f: &LiveFlow) -> Result<(bool, bool)> {
     let ct: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(h.dp.map(map_names::CONNTRACK)?)?;
-    let reply_key = FlowKey {
-        vpc_id: numeric_id("vpc-b"),
-        src: LB,
-        dst: f.snat.0,
-        sport: 443,
-        dport: f.snat.1,
-        proto: PROTO_TCP,
-        _pad: 0,
-        _pad2: 0,
-    };
+    let reply_key = FlowKey::new(numeric_id("vpc-b"), LB, f.snat.0, 443, f.snat.1, PROTO_TCP);
     let both = ct.get(&f.key, 0).is_ok() && ct.get(&reply_key, 0).is_ok();
     let (_, out) = h.run(h.consumer.ifindex, &f.ack)?;
     Ok((both, snat_of(&out) == f.snat))

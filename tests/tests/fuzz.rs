@@ -456,16 +456,7 @@ fn flow(h: &Harness, key: &FlowKey) -> Option<FlowEntry> {
 }
 
 fn flow_key(vpc_id: u32, src: [u8; 4], dst: [u8; 4], ports: (u16, u16), proto: u8) -> FlowKey {
-    FlowKey {
-        vpc_id,
-        src,
-        dst,
-        sport: ports.0,
-        dport: ports.1,
-        proto,
-        _pad: 0,
-        _pad2: 0,
-    }
+    FlowKey::new(vpc_id, src, dst, ports.0, ports.1, proto)
 }
 
 /// The verdict a counter goes with. Drop counters go with DROP; two exceptions by name: an

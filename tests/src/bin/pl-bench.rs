@@ -248,15 +248,15 @@ fn restart_with_flows(flows: u32) -> Result<String> {
     drop(empty);
 
     let mut d = ApiDaemon::with_conntrack("plrst", 2 * flows)?;
-    let key = |i: u32, dir: u32| FlowKey {
-        vpc_id: dir,
-        src: [100, 64 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
-        dst: [10, 10, 1, 100],
-        sport: 40000,
-        dport: 80,
-        proto: PROTO_TCP,
-        _pad: 0,
-        _pad2: 0,
+    let key = |i: u32, dir: u32| {
+        FlowKey::new(
+            dir,
+            [100, 64 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
+            [10, 10, 1, 100],
+            40000,
+            80,
+            PROTO_TCP,
+        )
     };
     {
         let mut map = dataplane::open_pinned(&d.pin, map_names::CONNTRACK)?;

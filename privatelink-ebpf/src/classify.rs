@@ -1,0 +1,132 @@
+//! The entry program's work: what a frame is and which path takes it. ARP is answered
+//! (`arp`); an IPv4 packet is validated, tried on the established fast path
+//! (`established`), and otherwise classified by its destination (an endpoint ENI, a SNAT
+//! address, GENEVE from an appliance, a routed prefix) and tail-called into its path
+//! program (`paths`, slots from the path table in privatelink-common). Everything else is
+//! the host's to judge (`host`). Everything here is inlined into the entry program, which
+//! makes no BPF-to-BPF calls (see `arp::handle`). The layer under `main` only.
+
+use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, programs::XdpContext};
+use privatelink_common::{
+    ENI_FLAG_GWLB, EndpointEni, GENEVE_PORT, IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS, IfaceInfo,
+    PATH_FORWARD, PATH_GWLB_RETURN, PATH_GWLB_STEER, PATH_ICMP_ENDPOINT, PATH_ICMP_SNAT,
+    PATH_REPLY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr,
+};
+
+use crate::{
+    arp,
+    checksum::verify_checksum,
+    endpoint::check_forwarding,
+    established, host,
+    maps::{
+        self, Handoff, PL_ENDPOINTS, PL_GW_ROUTES, PL_HANDOFF, PL_IFACES, PL_PATHS, PL_SNAT_ADDRS,
+    },
+    packet::packet,
+    parse::{self, ETH_LEN, Ipv4Ext, Ports, be16, mut_at},
+    verdict::{Verdict, unpack},
+};
+
+/// A frame on an attached interface, by its EtherType.
+#[inline(always)]
+pub fn frame(ctx: &XdpContext) -> Result<Verdict, Reason> {
+    let eth = mut_at::<parse::EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: a lookup in a map that only the daemon writes; the value is copied out.
+    let Some(iface) = (unsafe { PL_IFACES.get(ifindex) }).copied() else {
+        return Ok((xdp_action::XDP_PASS, Reason::PassNotAttached));
+    };
+    match u16::from_be(eth.ether_type) {
+        parse::ETH_P_IP => ipv4(ctx, ifindex, &iface),
+        parse::ETH_P_ARP => Ok(unpack(arp::handle(ctx, &iface))),
+        _ => Ok(host::other(&iface)),
+    }
+}
+
+/// An IPv4 packet: the established fast path, or the path its destination calls for.
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdict, Reason> {
+    // Read first: a flow checked against maps the daemon changes meanwhile keeps the older
+    // epoch, and its next packet checks again.
+    let epoch = maps::epoch();
+    let (pkt, ip) = packet(ctx, ifindex, epoch)?;
+    let hlen = pkt.l4 - ETH_LEN;
+    let fast = established::established(ctx, iface, &pkt);
+    if fast != established::NOT_ESTABLISHED {
+        return Ok(unpack(fast));
+    }
+    let dst = VpcAddr {
+        vpc_id: iface.vpc_id,
+        addr: ip.dst_addr,
+    };
+    // What the destination is to us. Each path past this point is a program of its own
+    // (`crate::paths`), tail-called with what was found here.
+    let mut entry = EndpointEni::default();
+    // SAFETY: values are copied out of the maps.
+    let target = if let Some(eni) = unsafe { PL_ENDPOINTS.get(dst) }.copied() {
+        entry = eni;
+        Target::Endpoint
+    } else if unsafe { PL_SNAT_ADDRS.get(dst) }.is_some() {
+        Target::Snat
+    } else if iface.flags & IFACE_FLAG_APPLIANCES != 0
+        && pkt.proto == PROTO_UDP
+        && pkt.l4 + 8 <= pkt.end
+        && be16(mut_at::<Ports>(ctx, pkt.l4, Reason::DropTruncatedL4)?.dport) == GENEVE_PORT
+    {
+        // GENEVE coming back from a GWLB appliance.
+        Target::Geneve
+    } else if iface.flags & IFACE_FLAG_GATEWAYS == 0 {
+        return Ok(host::ipv4(ctx, iface, &pkt, ip));
+    } else if let Some(gw) = PL_GW_ROUTES.get(&Key::new(64, dst)).copied() {
+        // Gateway and GWLB endpoints: the VPC routes prefixes to us.
+        entry = gw;
+        Target::Route
+    } else {
+        return Ok(host::ipv4(ctx, iface, &pkt, ip));
+    };
+    verify_checksum(ctx, hlen)?;
+    if ip.is_fragment() {
+        return Err(Reason::DropFragment);
+    }
+    let endpoint = matches!(target, Target::Endpoint | Target::Route);
+    if endpoint {
+        check_forwarding(&entry)?;
+    }
+    let path = match (target, pkt.proto) {
+        (Target::Route, _) if entry.flags & ENI_FLAG_GWLB != 0 => PATH_GWLB_STEER,
+        (Target::Geneve, _) => PATH_GWLB_RETURN,
+        (Target::Snat, PROTO_TCP | PROTO_UDP) => PATH_REPLY,
+        (Target::Endpoint | Target::Route, PROTO_TCP | PROTO_UDP) => PATH_FORWARD,
+        (Target::Endpoint, PROTO_ICMP) => PATH_ICMP_ENDPOINT,
+        // Errors about our flows (a gateway flow's replies, too: PMTU discovery needs them).
+        (Target::Snat | Target::Route, PROTO_ICMP) => PATH_ICMP_SNAT,
+        (Target::Snat, _) => return Err(Reason::DropNoFlow),
+        _ => return Err(Reason::DropUnsupportedProtocol),
+    };
+    let Some(slot) = PL_HANDOFF.get_ptr_mut(0) else {
+        return Err(Reason::DropNoPathProgram);
+    };
+    // SAFETY: this CPU's slot, valid for this run; the path program reads it right after.
+    unsafe {
+        *slot = Handoff {
+            iface: *iface,
+            entry,
+            epoch,
+        };
+        PL_PATHS.tail_call(ctx, path);
+    }
+    // Only if the loader left the slot empty.
+    Err(Reason::DropNoPathProgram)
+}
+
+/// What a destination address is to the data path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// An endpoint ENI.
+    Endpoint,
+    /// A SNAT address: replies of NATed flows.
+    Snat,
+    /// The load balancer's address on an appliance VPC's port, UDP 6081.
+    Geneve,
+    /// A prefix routed to a gateway or GWLB endpoint.
+    Route,
+}

@@ -1,0 +1,188 @@
+//! The established fast path, tried first by the classifier for every TCP/UDP packet: a
+//! flow whose entry was checked under the current epoch is rewritten and redirected on one
+//! conntrack lookup, with the checksum deltas stamped on its entry. Anything it cannot
+//! take goes on to the full classification. Above `conntrack`; used by `classify` only.
+
+use aya_ebpf::programs::XdpContext;
+use privatelink_common::{
+    DIR_ORIGINAL, FlowEntry, FlowKey, IfaceInfo, PROTO_TCP, PROTO_UDP, Reason, csum,
+};
+
+use crate::{
+    checksum::sum_header,
+    conntrack::{PARTNER_REFRESH_NS, SeqAck, now, track},
+    maps::{PL_CONNTRACK, config},
+    packet::Packet,
+    parse::{ETH_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, mut_at},
+    verdict::{Verdict, redirect_to, settle},
+};
+
+/// What `established` returns when the packet is not one it can take: the full path then
+/// decides (no valid `settle` value has all of its high half set).
+pub const NOT_ESTABLISHED: u64 = u64::MAX;
+
+/// The established fast path, tried first for every TCP/UDP packet: a flow whose entry
+/// was checked under the current epoch (`PL_EPOCH`: the daemon's maps have not changed
+/// since) is forwarded on one conntrack lookup, without looking up the endpoint, SNAT
+/// address or routes again. Anything else — no entry, another epoch, a per-packet ACL, an
+/// idle direction, a partner check due, TTL 1 — returns `NOT_ESTABLISHED`, never an error
+/// of its own: the full path decides and stamps. Inlined into the entry program (a call
+/// and the packed verdict cost more than its stack frame saves).
+#[inline(always)]
+pub fn established(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
+    match established_checked(ctx, iface, pkt) {
+        Ok(None) => NOT_ESTABLISHED,
+        Ok(Some(v)) => settle(Ok(v)),
+        Err(r) => settle(Err(r)),
+    }
+}
+
+/// Ethernet, an IPv4 header without options and the first 20 bytes after it: what the
+/// established path reads and writes, under one bounds check, at fixed offsets. As 16-bit
+/// words in memory order (network order on the wire; the frame starts 2-aligned, as
+/// everywhere in this program): LLVM's BPF backend splits any access it cannot prove
+/// aligned into single bytes, and byte-wise this path ran several times the instructions.
+#[repr(C)]
+struct Head {
+    macs: [u16; 6],
+    ether_type: u16,
+    ip: [u16; 10],
+    l4: [u16; 10],
+}
+
+// Word indexes in `Head::ip` and `Head::l4`.
+const IP_FRAGS: usize = 3;
+const IP_TTL_PROTO: usize = 4;
+const IP_CHECK: usize = 5;
+const IP_SRC: usize = 6;
+const IP_DST: usize = 8;
+const TCP_DOFF_FLAGS: usize = 6;
+const TCP_CHECK: usize = 8;
+const UDP_LEN: usize = 2;
+const UDP_CHECK: usize = 3;
+
+/// The address in words `i` and `i + 1`.
+#[inline(always)]
+fn addr_at(w: &[u16; 10], i: usize) -> [u8; 4] {
+    let [a, b] = w[i].to_ne_bytes();
+    let [c, d] = w[i + 1].to_ne_bytes();
+    [a, b, c, d]
+}
+
+/// Writes `a` into words `i` and `i + 1`.
+#[inline(always)]
+fn set_addr_at(w: &mut [u16; 10], i: usize, a: [u8; 4]) {
+    w[i] = u16::from_ne_bytes([a[0], a[1]]);
+    w[i + 1] = u16::from_ne_bytes([a[2], a[3]]);
+}
+
+// The MAC addresses of a flow entry lie at even offsets of an 8-aligned value.
+const _: () = assert!(
+    core::mem::offset_of!(FlowEntry, src_mac) % 2 == 0
+        && core::mem::offset_of!(FlowEntry, dst_mac) % 2 == 0
+        && core::mem::align_of::<FlowEntry>() >= 2
+);
+
+/// Writes a flow entry's MAC address (`mac`, one of its fields) into three words from `at`.
+#[inline(always)]
+fn set_mac_at(w: &mut [u16; 6], at: usize, mac: &[u8; 6]) {
+    // SAFETY: `mac` is a MAC field of a `FlowEntry`, 2-aligned (asserted above); read as
+    // the three words it holds.
+    let words = unsafe { core::ptr::read(mac.as_ptr() as *const [u16; 3]) };
+    for i in 0..3 {
+        w[at + i] = words[i];
+    }
+}
+
+#[inline(always)]
+fn established_checked(
+    ctx: &XdpContext,
+    iface: &IfaceInfo,
+    pkt: &Packet,
+) -> Result<Option<Verdict>, Reason> {
+    let tcp = pkt.proto == PROTO_TCP;
+    if pkt.epoch == 0 || pkt.l4 != ETH_LEN + 20 || !(tcp || pkt.proto == PROTO_UDP) {
+        return Ok(None);
+    }
+    // Shorter frames, fragments, TTL 1 and L4 headers that do not fit the packet are the
+    // full path's to judge.
+    let Ok(h) = mut_at::<Head>(ctx, 0, Reason::DropTruncatedL4) else {
+        return Ok(None);
+    };
+    let (ip, l4) = (&mut h.ip, &mut h.l4);
+    let [ttl, proto] = ip[IP_TTL_PROTO].to_ne_bytes();
+    let [frag_hi, frag_lo] = ip[IP_FRAGS].to_ne_bytes();
+    if ttl <= 1 || frag_hi & 0x3f != 0 || frag_lo != 0 {
+        return Ok(None);
+    }
+    let (l4_len, l4_min) = if tcp {
+        ((l4[TCP_DOFF_FLAGS].to_ne_bytes()[0] >> 4) as usize * 4, 20)
+    } else {
+        (u16::from_be(l4[UDP_LEN]) as usize, 8)
+    };
+    if l4_len < l4_min || pkt.l4 + l4_len > pkt.end {
+        return Ok(None);
+    }
+    let key = FlowKey::new(
+        iface.vpc_id,
+        addr_at(ip, IP_SRC),
+        addr_at(ip, IP_DST),
+        u16::from_be(l4[0]),
+        u16::from_be(l4[1]),
+        pkt.proto,
+    );
+    let Some(p) = PL_CONNTRACK.get_ptr_mut(key) else {
+        return Ok(None);
+    };
+    // SAFETY: the pointer from a successful lookup is valid for this program run.
+    let e = unsafe { &mut *p };
+    let t = now();
+    if e.epoch != pkt.epoch
+        || e.is_expired(key.proto, t, &config())
+        || (e.direction == DIR_ORIGINAL && t.saturating_sub(e.checked_ns) > PARTNER_REFRESH_NS)
+    {
+        return Ok(None);
+    }
+    // RFC 1812: a router verifies the header checksum before forwarding.
+    if csum::fold(sum_header(ip)) != 0xffff {
+        return Err(Reason::DropBadIpChecksum);
+    }
+    let (flags, nums) = if tcp {
+        let word = |i: usize| {
+            let [a, b] = l4[i].to_ne_bytes();
+            let [c, d] = l4[i + 1].to_ne_bytes();
+            u32::from_be_bytes([a, b, c, d])
+        };
+        (
+            l4[TCP_DOFF_FLAGS].to_ne_bytes()[1] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK),
+            SeqAck {
+                seq: word(2),
+                ack: word(4),
+            },
+        )
+    } else {
+        (0, SeqAck::default())
+    };
+    let dir = e.direction;
+    track(e, &key, flags, nums, t, dir);
+    e.fast_packets = e.fast_packets.wrapping_add(1);
+    // The rewrite, with the checksum deltas computed when the flow was stamped.
+    ip[IP_TTL_PROTO] = u16::from_ne_bytes([ttl - 1, proto]);
+    set_addr_at(ip, IP_SRC, e.new_src);
+    set_addr_at(ip, IP_DST, e.new_dst);
+    ip[IP_CHECK] = csum::apply_delta(ip[IP_CHECK], e.csum_ip);
+    l4[0] = e.new_sport.to_be();
+    l4[1] = e.new_dport.to_be();
+    let at = if tcp { TCP_CHECK } else { UDP_CHECK };
+    let old = l4[at];
+    let c = csum::apply_delta(old, e.csum_l4);
+    l4[at] = if tcp { c } else { csum::udp_finish(old, c) };
+    set_mac_at(&mut h.macs, 0, &e.dst_mac);
+    set_mac_at(&mut h.macs, 3, &e.src_mac);
+    let reason = if e.direction == DIR_ORIGINAL {
+        Reason::ForwardToService
+    } else {
+        Reason::ForwardToConsumer
+    };
+    redirect_to(e.out_ifindex, reason).map(Some)
+}

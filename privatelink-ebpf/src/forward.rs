@@ -1,0 +1,120 @@
+//! Consumer → service: a TCP/UDP packet to an endpoint ENI or a gateway route, on the
+//! full path (a new flow, or one not checked under the current epoch). Filters, finds or
+//! creates the flow (`conntrack`), stamps it for the established path, and NATs it
+//! (`nat`). The `privatelink_forward` path program (`paths`) runs it.
+
+use aya_ebpf::programs::XdpContext;
+use privatelink_common::{
+    Config, DIR_ORIGINAL, ENI_FLAG_ACL, ENI_FLAG_GATEWAY, EndpointEni, FLOW_GATEWAY, FlowEntry,
+    FlowKey, IfaceInfo, Reason, VpcAddr,
+};
+
+use crate::{
+    conntrack::{
+        PARTNER_REFRESH_NS, alive, create, flow_key, keep_partner, now, reply_entry, stamp, track,
+    },
+    filter,
+    maps::{PL_CONNTRACK, config, scratch},
+    nat,
+    packet::Packet,
+    parse::{EthHdr, mut_at},
+    verdict::{Verdict, settle},
+};
+
+/// Consumer → service: a packet to an ENI of a forwarding endpoint.
+/// Non-inlined (its own BPF stack frame); see `crate::verdict::settle`.
+#[inline(never)]
+pub fn forward(
+    ctx: &XdpContext,
+    iface: &IfaceInfo,
+    eni_key: VpcAddr,
+    eni: &EndpointEni,
+    pkt: &Packet,
+) -> u64 {
+    settle(forward_checked(ctx, iface, eni_key, eni, pkt))
+}
+
+#[inline(always)]
+fn forward_checked(
+    ctx: &XdpContext,
+    iface: &IfaceInfo,
+    eni_key: VpcAddr,
+    eni: &EndpointEni,
+    pkt: &Packet,
+) -> Result<Verdict, Reason> {
+    let (key, flags, nums) = flow_key(ctx, iface, pkt)?;
+    let gateway = eni.flags & ENI_FLAG_GATEWAY != 0;
+    if !gateway {
+        filter::acl_in(eni_key, eni, key.src, key.proto, key.dport)?;
+    }
+    // Only what the service publishes crosses, established flows included (this path
+    // runs for them again after every change of the daemon's maps).
+    filter::listener(eni.service_id, key.proto, key.dport)?;
+    let t = now();
+    let cfg = config();
+    let existing = match PL_CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: the pointer from a successful lookup is valid for this program run.
+        Some(p) if is_own_live_flow(unsafe { &*p }, &key, eni.endpoint_id, t, &cfg) => Some(p),
+        _ => None,
+    };
+    let mut reason = Reason::ForwardToService;
+    let entry = match existing {
+        // Reply entry confirmed within the last second: the fast path.
+        // SAFETY: as above.
+        Some(p) if t.saturating_sub(unsafe { (*p).checked_ns }) <= PARTNER_REFRESH_NS => p,
+        _ => {
+            let eth_src = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?.src_addr;
+            let reply = scratch(0)?;
+            // SAFETY: this CPU's scratch slot, valid for this run.
+            let reply = unsafe {
+                *reply = reply_entry(&key, pkt.ifindex, iface, eth_src, eni.endpoint_id, t);
+                if gateway {
+                    (*reply).flags = FLOW_GATEWAY;
+                }
+                &*reply
+            };
+            match existing {
+                // SAFETY: as above.
+                Some(p) if keep_partner(unsafe { &*p }, &key, reply) => {
+                    // SAFETY: as above.
+                    unsafe { (*p).checked_ns = t };
+                    p
+                }
+                _ => {
+                    // New, expired, or its reply tuple was evicted and taken by another
+                    // flow: (re)create with a fresh tuple, if the security groups allow.
+                    if existing.is_none() {
+                        if gateway {
+                            // The endpoint policy is about where the VPC may go.
+                            let policy = VpcAddr {
+                                vpc_id: eni_key.vpc_id,
+                                addr: eni.gateway,
+                            };
+                            filter::security_groups(policy, eni, key.dst, key.proto, key.dport)?;
+                        } else {
+                            filter::security_groups(eni_key, eni, key.src, key.proto, key.dport)?;
+                        }
+                    }
+                    reason = Reason::ForwardNewFlow;
+                    create(&key, eni, reply, t)?
+                }
+            }
+        }
+    };
+    // SAFETY: as above.
+    let e = unsafe { &mut *entry };
+    // Checked under this epoch: the next packets may take the established path, unless
+    // an ACL has to see every packet.
+    if gateway || eni.flags & ENI_FLAG_ACL == 0 {
+        stamp(e, &key, pkt.epoch);
+    }
+    track(e, &key, flags, nums, t, DIR_ORIGINAL);
+    nat::apply(ctx, pkt, e, reason)
+}
+
+/// An original-direction entry of this endpoint whose flow is alive.
+#[inline(always)]
+fn is_own_live_flow(e: &FlowEntry, key: &FlowKey, endpoint_id: u32, t: u64, cfg: &Config) -> bool {
+    // An entry of another endpoint (the ENI was reassigned) starts a new flow.
+    e.direction == DIR_ORIGINAL && e.endpoint_id == endpoint_id && alive(e, key, t, cfg)
+}

@@ -1,0 +1,66 @@
+//! Service → consumer: a TCP/UDP reply to a SNAT address. Only known, live flows pass,
+//! and only while their endpoint still forwards (`endpoint`) and its filters allow; the
+//! flow is stamped for the established path and NATed back (`nat`). The
+//! `privatelink_reply` path program (`paths`) runs it.
+
+use aya_ebpf::programs::XdpContext;
+use privatelink_common::{DIR_REPLY, ENI_FLAG_ACL, FLOW_GATEWAY, IfaceInfo, Reason, VpcAddr};
+
+use crate::{
+    conntrack::{alive, flow_key, now, stamp, track},
+    endpoint::{check_endpoint_at, check_gateway_at},
+    filter,
+    maps::{PL_CONNTRACK, config},
+    nat,
+    packet::Packet,
+    verdict::{Verdict, settle},
+};
+
+/// Service → consumer: a reply to a SNAT address. Only known flows pass.
+/// Non-inlined (its own BPF stack frame); see `crate::verdict::settle`.
+#[inline(never)]
+pub fn reply(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
+    settle(reply_checked(ctx, iface, pkt))
+}
+
+#[inline(always)]
+fn reply_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
+    let (key, flags, nums) = flow_key(ctx, iface, pkt)?;
+    let t = now();
+    let cfg = config();
+    let Some(p) = PL_CONNTRACK.get_ptr_mut(key) else {
+        return Err(Reason::DropNoFlow);
+    };
+    // SAFETY: valid for this program run.
+    let e = unsafe { &mut *p };
+    if e.direction != DIR_REPLY || !alive(e, &key, t, &cfg) {
+        return Err(Reason::DropNoFlow);
+    }
+    // The flow's endpoint must still be this one, forwarding, and its ACL must allow.
+    let per_packet_acl = if e.flags & FLOW_GATEWAY != 0 {
+        let gw = check_gateway_at(e.out_vpc_id, e.new_src)?;
+        if gw.endpoint_id != e.endpoint_id {
+            return Err(Reason::DropNoFlow);
+        }
+        filter::listener(gw.service_id, pkt.proto, e.new_sport)?;
+        false
+    } else {
+        let eni = check_endpoint_at(e.out_vpc_id, e.new_src)?;
+        if eni.endpoint_id != e.endpoint_id {
+            return Err(Reason::DropNoFlow);
+        }
+        filter::listener(eni.service_id, pkt.proto, e.new_sport)?;
+        let eni_key = VpcAddr {
+            vpc_id: e.out_vpc_id,
+            addr: e.new_src,
+        };
+        filter::acl_out(eni_key, &eni, e.new_dst, pkt.proto, e.new_sport)?;
+        eni.flags & ENI_FLAG_ACL != 0
+    };
+    // As in `forward`: checked under this epoch.
+    if !per_packet_acl {
+        stamp(e, &key, pkt.epoch);
+    }
+    track(e, &key, flags, nums, t, DIR_REPLY);
+    nat::apply(ctx, pkt, e, Reason::ForwardToConsumer)
+}
