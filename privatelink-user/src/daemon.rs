@@ -9,17 +9,16 @@ use std::{
 };
 
 use anyhow::Result;
-use privatelink_common::{Reason, VpcPort, map_names};
+use privatelink_common::Reason;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::{
     api::Apply,
-    dataplane::{self, Dataplane},
+    dataplane::{self, Dataplane, neighbor},
     desired::{self, Link, NextHop, Unhealthy},
     health::{self, CheckerOptions, HealthSettings, ProbeSource},
     model::{State, numeric_id},
-    neigh,
     ops::OpError,
 };
 
@@ -249,8 +248,8 @@ impl DataplaneApply {
         let Some(link) = self.link_of(hop) else {
             return;
         };
-        let frame = neigh::arp_request(link.mac, hop.ask_from, hop.addr);
-        if let Err(e) = neigh::send_frame(&link, &frame) {
+        let frame = neighbor::arp_request(link.mac, hop.ask_from, hop.addr);
+        if let Err(e) = neighbor::send_frame(&link, &frame) {
             warn!(
                 "ARP request for {} failed: {e}",
                 std::net::Ipv4Addr::from(hop.addr)
@@ -260,14 +259,7 @@ impl DataplaneApply {
 
     /// The link a next hop's VPC is attached through, from the data path's own map.
     fn link_of(&self, hop: &NextHop) -> Option<Link> {
-        let m: aya::maps::HashMap<_, u32, VpcPort> =
-            aya::maps::HashMap::try_from(self.dp.map(map_names::VPC_PORTS).ok()?).ok()?;
-        let p = m.get(&hop.vpc_id, 0).ok()?;
-        Some(Link {
-            ifindex: p.ifindex,
-            mac: p.mac,
-            mtu: p.mtu,
-        })
+        self.dp.vpc_link(hop.vpc_id)
     }
 
     /// Probes every next hop and waits (bounded) until the data path has learned them.

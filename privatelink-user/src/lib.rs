@@ -10,7 +10,6 @@ pub mod dataplane;
 pub mod desired;
 pub mod health;
 pub mod model;
-pub mod neigh;
 pub mod ops;
 pub mod reconcile;
 pub mod store;
