@@ -10,8 +10,7 @@ use aya::{
     programs::ProgramError,
 };
 use privatelink_common::{
-    Appliance, ApplianceSet, Config, EndpointEni, FlowEntry, FlowKey, GatewayRoute, GwlbZone,
-    Neighbor, PATH_PROGRAMS, PATHS_MAP, VpcAddr,
+    PATH_PROGRAMS, PATHS_MAP,
     layout::{self, Layout},
     map_names,
 };
@@ -23,7 +22,7 @@ struct PinSpec {
     name: &'static str,
     key: usize,
     value: usize,
-    /// Checked for the maps whose capacity is a daemon option or fixed by the reasons.
+    /// Checked for the maps whose capacity is a daemon option (`configured`) or `fixed`.
     entries: Option<u32>,
     /// `privatelink_common::layout::of` the key and value types.
     fingerprint: u64,
@@ -39,36 +38,44 @@ fn spec<K: Layout, V: Layout>(name: &'static str, entries: Option<u32>) -> PinSp
     }
 }
 
-/// The key and value types (and, for conntrack and the counters, the capacity) of this
-/// build's maps.
+/// The key and value types (and, for the maps of a `fixed` or `configured` capacity, the
+/// capacity) of this build's maps, from the catalogue.
 fn expected_layout(conntrack_entries: u32) -> Vec<PinSpec> {
-    use privatelink_common::{
-        FlowBudget, IfaceInfo, LbSet, ListenerSet, RuleSet, SnatPool, VpcPort, reason::REASON_COUNT,
-    };
-    vec![
-        spec::<u32, IfaceInfo>(map_names::IFACES, None),
-        spec::<u32, VpcPort>(map_names::VPC_PORTS, None),
-        spec::<VpcAddr, EndpointEni>(map_names::ENDPOINTS, None),
-        spec::<u32, SnatPool>(map_names::SNAT_POOLS, None),
-        spec::<VpcAddr, u32>(map_names::SNAT_ADDRS, None),
-        spec::<u32, u32>(map_names::EPOCH, None),
-        spec::<u32, ListenerSet>(map_names::LISTENERS, None),
-        spec::<VpcAddr, u32>(map_names::HOST, None),
-        spec::<GwlbZone, LbSet>(map_names::LB_SETS, None),
-        spec::<u32, FlowBudget>(map_names::EP_BUDGET, None),
-        spec::<VpcAddr, Neighbor>(map_names::NEIGHBORS, None),
-        spec::<FlowKey, FlowEntry>(map_names::CONNTRACK, Some(conntrack_entries)),
-        spec::<u32, u64>(map_names::STATS, Some(REASON_COUNT)),
-        spec::<u32, Config>(map_names::CONFIG, None),
-        spec::<VpcAddr, RuleSet>(map_names::SG_RULES, None),
-        spec::<VpcAddr, RuleSet>(map_names::ACL_IN, None),
-        spec::<VpcAddr, RuleSet>(map_names::ACL_OUT, None),
-        spec::<GatewayRoute, EndpointEni>(map_names::GATEWAY_ROUTES, None),
-        spec::<VpcAddr, u32>(map_names::GATEWAY_ADDRS, None),
-        spec::<GwlbZone, ApplianceSet>(map_names::GWLB_TARGETS, None),
-        spec::<VpcAddr, Appliance>(map_names::GWLB_APPLIANCES, None),
-        spec::<VpcAddr, Neighbor>(map_names::GWLB_NEIGHBORS, None),
-    ]
+    /// An LPM trie's pinned key type (`Data as Pinned`), else the key type.
+    macro_rules! pinned_key {
+        ($key:ty) => {
+            $key
+        };
+        ($key:ty, $pinned:ty) => {
+            $pinned
+        };
+    }
+    macro_rules! capacity {
+        ($cap:expr) => {
+            None
+        };
+        ($cap:expr, fixed) => {
+            Some(($cap) as u32)
+        };
+        ($cap:expr, configured) => {
+            Some(conntrack_entries)
+        };
+    }
+    macro_rules! specs {
+        ($(
+            $(#[$doc:meta])*
+            $name:ident = $map:ident : $kind:ident < $key:ty $(as $pinned:ty)?, $value:ty >
+                [$cap:expr $(, $capacity:ident)?], $owner:ident $(($field:ident))?;
+        )*) => {
+            vec![$(
+                spec::<pinned_key!($key $(, $pinned)?), $value>(
+                    map_names::$name,
+                    capacity!($cap $(, $capacity)?),
+                ),
+            )*]
+        };
+    }
+    privatelink_common::for_each_map!(specs)
 }
 
 /// The directory beside the pins that records the layout fingerprint of each pinned map:
@@ -294,4 +301,37 @@ fn live_programs() -> Option<HashSet<u32>> {
         }
     }
     Some(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use privatelink_common::DEFAULT_CONNTRACK_ENTRIES;
+
+    use super::*;
+
+    /// The XDP object declares every catalogue map with the catalogue's key and value sizes
+    /// (and capacity where it is checked), and no other map but its own unpinned ones.
+    #[test]
+    fn the_object_declares_the_catalogue() {
+        let obj = aya_obj::Object::parse(super::super::EBPF_OBJECT).expect("the XDP object");
+        let mut declared: Vec<&str> = obj
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|n| n.starts_with("PL_"))
+            .collect();
+        declared.sort();
+        let mut want: Vec<&str> = map_names::ALL.to_vec();
+        want.extend([PATHS_MAP, "PL_SCRATCH", "PL_HANDOFF"]);
+        want.sort();
+        assert_eq!(declared, want);
+        for spec in expected_layout(DEFAULT_CONNTRACK_ENTRIES) {
+            let m = &obj.maps[spec.name];
+            assert_eq!(m.key_size() as usize, spec.key, "{}", spec.name);
+            assert_eq!(m.value_size() as usize, spec.value, "{}", spec.name);
+            if let Some(n) = spec.entries {
+                assert_eq!(m.max_entries(), n, "{}", spec.name);
+            }
+        }
+    }
 }

@@ -25,69 +25,12 @@ impl Dataplane {
         let first = self.applied.is_none();
         let cur = match self.applied.take() {
             Some(c) => c,
-            None => Desired {
-                ifaces: read_map(self.map(map_names::IFACES)?)?,
-                vpc_ports: read_map(self.map(map_names::VPC_PORTS)?)?,
-                endpoints: read_map(self.map(map_names::ENDPOINTS)?)?,
-                snat_pools: read_map(self.map(map_names::SNAT_POOLS)?)?,
-                snat_addrs: read_map(self.map(map_names::SNAT_ADDRS)?)?,
-                sg_rules: read_map(self.map(map_names::SG_RULES)?)?,
-                acl_in: read_map(self.map(map_names::ACL_IN)?)?,
-                acl_out: read_map(self.map(map_names::ACL_OUT)?)?,
-                gw_routes: read_routes(self.map(map_names::GATEWAY_ROUTES)?)?,
-                gw_addrs: read_map(self.map(map_names::GATEWAY_ADDRS)?)?,
-                gwlb_targets: read_map(self.map(map_names::GWLB_TARGETS)?)?,
-                gwlb_appliances: read_map(self.map(map_names::GWLB_APPLIANCES)?)?,
-                next_hops: read_map::<VpcAddr, Neighbor>(self.map(map_names::NEIGHBORS)?)?
-                    .into_keys()
-                    .collect(),
-                listeners: read_map(self.map(map_names::LISTENERS)?)?,
-                host: read_map(self.map(map_names::HOST)?)?,
-                lb_sets: read_map(self.map(map_names::LB_SETS)?)?,
-            },
+            None => self.read_owned()?,
         };
         let mut r = ApplyReport::default();
-        // Where traffic can go, and the filters, before the endpoints that use them.
-        macro_rules! sync_all {
-            ($($name:ident => $field:ident),*) => {
-                (|| {
-                    $(sync(self.map_mut(map_names::$name)?, &cur.$field, &d.$field, &mut r)?;)*
-                    Ok::<(), anyhow::Error>(())
-                })()
-            };
-        }
-        let res = sync_all!(
-            IFACES => ifaces,
-            VPC_PORTS => vpc_ports,
-            HOST => host,
-            LB_SETS => lb_sets,
-            LISTENERS => listeners,
-            SNAT_POOLS => snat_pools,
-            SNAT_ADDRS => snat_addrs,
-            SG_RULES => sg_rules,
-            ACL_IN => acl_in,
-            ACL_OUT => acl_out,
-            GATEWAY_ADDRS => gw_addrs,
-            GWLB_APPLIANCES => gwlb_appliances,
-            GWLB_TARGETS => gwlb_targets,
-            ENDPOINTS => endpoints
-        )
-        .and_then(|()| {
-            sync_next_hops(
-                self.map_mut(map_names::NEIGHBORS)?,
-                &cur.next_hops,
-                &d.next_hops,
-                &mut r,
-            )
-        })
-        .and_then(|()| {
-            sync_routes(
-                self.map_mut(map_names::GATEWAY_ROUTES)?,
-                &cur.gw_routes,
-                &d.gw_routes,
-                &mut r,
-            )
-        });
+        // In the catalogue's order: where traffic can go, and the filters, before the
+        // endpoints that use them.
+        let res = self.sync_owned(&cur, d, &mut r);
         // Established flows skip the endpoint checks while the epoch stays; any change
         // (or a first apply, or a failed one that may have written half) moves it on.
         if first || res.is_err() || r.upserts + r.deletes > 0 {
@@ -109,6 +52,69 @@ impl Dataplane {
         res.map(|()| r)
     }
 }
+
+/// Reads (`read_entry!`) or syncs (`sync_entry!`) one catalogue map by its owner and
+/// kind: `synced` hash maps and LPM tries as entries, `registered` hash maps as keys.
+macro_rules! read_entry {
+    (synced, HashMap, $key:ty, $value:ty, $map:expr) => {
+        read_map::<$key, $value>($map)
+    };
+    (synced, LpmTrie, $key:ty, $value:ty, $map:expr) => {
+        read_routes($map)
+    };
+    (registered, HashMap, $key:ty, $value:ty, $map:expr) => {
+        read_map::<$key, $value>($map).map(|m| m.into_keys().collect())
+    };
+}
+
+macro_rules! sync_entry {
+    (synced, HashMap, $key:ty, $value:ty, $($args:expr),*) => {
+        sync::<$key, $value>($($args),*)
+    };
+    (synced, LpmTrie, $key:ty, $value:ty, $($args:expr),*) => {
+        sync_routes($($args),*)
+    };
+    (registered, HashMap, $key:ty, $value:ty, $($args:expr),*) => {
+        sync_next_hops($($args),*)
+    };
+}
+
+/// From the catalogue: `Dataplane::read_owned` builds a `Desired` from every `synced`
+/// and `registered` map (naming each field of `Desired`, so a field without a map, or a
+/// map without a field, does not compile), and `Dataplane::sync_owned` syncs them in the
+/// catalogue's order.
+macro_rules! owned_maps {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident = $map:ident : $kind:ident < $key:ty $(as $pinned:ty)?, $value:ty >
+            [$cap:expr $(, $capacity:ident)?], $owner:ident $(($field:ident))?;
+    )*) => {
+        impl Dataplane {
+            /// What the daemon-owned maps hold now.
+            fn read_owned(&self) -> Result<Desired> {
+                Ok(Desired {
+                    $($(
+                        $field: read_entry!($owner, $kind, $key, $value, self.map(map_names::$name)?)?,
+                    )?)*
+                })
+            }
+
+            /// Writes what differs between `cur` (what the maps hold) and `d`, stopping at
+            /// the first error.
+            fn sync_owned(&mut self, cur: &Desired, d: &Desired, r: &mut ApplyReport) -> Result<()> {
+                $($(
+                    sync_entry!(
+                        $owner, $kind, $key, $value,
+                        self.map_mut(map_names::$name)?, &cur.$field, &d.$field, r
+                    )?;
+                )?)*
+                Ok(())
+            }
+        }
+    };
+}
+
+privatelink_common::for_each_map!(owned_maps);
 
 fn read_routes(map: &Map) -> Result<BTreeMap<GatewayRoute, EndpointEni>> {
     let m: LpmTrie<_, VpcAddr, EndpointEni> = LpmTrie::try_from(map)?;
