@@ -6,7 +6,6 @@ use std::os::fd::AsRawFd;
 
 use nix::{
     errno::Errno,
-    ifaddrs::getifaddrs,
     net::if_::if_nametoindex,
     sys::socket::{AddressFamily, SockFlag, SockType, socket},
 };
@@ -14,6 +13,7 @@ use nix::{
 use crate::desired::Link;
 
 nix::ioctl_read_bad!(siocgifmtu, libc::SIOCGIFMTU, libc::ifreq);
+nix::ioctl_read_bad!(siocgifhwaddr, libc::SIOCGIFHWADDR, libc::ifreq);
 
 /// Interface lookup for `desired::compute`: ifindex, MAC and MTU from the kernel.
 pub fn resolve_link(name: &str) -> Result<Link, String> {
@@ -22,22 +22,45 @@ pub fn resolve_link(name: &str) -> Result<Link, String> {
     }
     let ifindex = if_nametoindex(name)
         .map_err(|_| format!("interface {name} does not exist in this network namespace"))?;
-    let mac = hardware_address(name).map_err(|e| format!("reading the MAC of {name}: {e}"))?;
-    let mtu = interface_mtu(name).map_err(|e| format!("reading the MTU of {name}: {e}"))?;
+    let mac = hardware_address(name)
+        .map_err(|e| format!("reading the MAC of {name}: {}", std::io::Error::from(e)))?;
+    let mtu = interface_mtu(name)
+        .map_err(|e| format!("reading the MTU of {name}: {}", std::io::Error::from(e)))?;
     Ok(Link { ifindex, mac, mtu })
 }
 
-/// The interface's hardware address, from its link-layer (AF_PACKET) entry of
-/// getifaddrs(3).
+/// The interface's hardware address (SIOCGIFHWADDR).
 fn hardware_address(name: &str) -> nix::Result<[u8; 6]> {
-    getifaddrs()?
-        .filter(|a| a.interface_name == name)
-        .find_map(|a| a.address?.as_link_addr()?.addr())
-        .ok_or(Errno::ENODEV)
+    let req = ifreq(name, |fd, req| {
+        // SAFETY: SIOCGIFHWADDR reads ifr_name and fills the union's hwaddr member.
+        unsafe { siocgifhwaddr(fd, req) }
+    })?;
+    // SAFETY: the union member SIOCGIFHWADDR fills.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    Ok(mac)
 }
 
 /// The interface's MTU (SIOCGIFMTU).
 fn interface_mtu(name: &str) -> nix::Result<u16> {
+    let req = ifreq(name, |fd, req| {
+        // SAFETY: SIOCGIFMTU reads ifr_name and fills the union's MTU member.
+        unsafe { siocgifmtu(fd, req) }
+    })?;
+    // SAFETY: the union member SIOCGIFMTU fills.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok(mtu.clamp(0, u16::MAX as libc::c_int) as u16)
+}
+
+/// One interface request (`ioctl` reads `ifr_name` and fills the union) on a socket of
+/// the calling thread's network namespace.
+fn ifreq(
+    name: &str,
+    ioctl: impl FnOnce(libc::c_int, *mut libc::ifreq) -> nix::Result<libc::c_int>,
+) -> nix::Result<libc::ifreq> {
     let sock = socket(
         AddressFamily::Inet,
         SockType::Datagram,
@@ -52,11 +75,8 @@ fn interface_mtu(name: &str) -> nix::Result<u16> {
     for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
         *d = *s as libc::c_char;
     }
-    // SAFETY: SIOCGIFMTU reads ifr_name and fills the union's MTU member.
-    unsafe { siocgifmtu(sock.as_raw_fd(), &mut req) }?;
-    // SAFETY: the union member SIOCGIFMTU fills.
-    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
-    Ok(mtu.clamp(0, u16::MAX as libc::c_int) as u16)
+    ioctl(sock.as_raw_fd(), &mut req)?;
+    Ok(req)
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
