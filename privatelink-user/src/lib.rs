@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod appliance;
+pub mod apply;
 pub mod cli;
 pub mod client;
 pub mod daemon;
@@ -10,6 +11,7 @@ pub mod dataplane;
 pub mod desired;
 pub mod health;
 pub mod model;
+pub mod monitor;
 pub mod ops;
 pub mod reconcile;
 pub mod store;
