@@ -37,7 +37,8 @@ pub trait Apply: Send {
     }
 }
 
-/// How the logs name the running state: the API's is stored, a state file's is not.
+/// How the logs name the running state: the API's is stored, a state file's is not (and
+/// the first apply at start is logged as a file's in both modes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Running {
     Stored,

@@ -142,6 +142,7 @@ pub async fn run(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> R
     // A state that fits but cannot be applied yet (an interface another XDP program holds,
     // a map filled behind our back) is retried every 5 s, as after any API call: the data
     // path keeps running on what it has, and the API answers meanwhile.
+    // Both modes say so as file mode does ("data path behind the state").
     let mut behind_at_start = false;
     refresh(&mut applier, &state, &mut behind_at_start, Running::File);
     applier.resolve(Duration::from_secs(3)).await;

@@ -28,7 +28,9 @@ pub struct Link {
 pub use crate::monitor::Unhealthy;
 
 /// Everything the daemon owns in the maps (conntrack and learned neighbors are the data
-/// path's own).
+/// path's own): one field per `synced` or `registered` map of the catalogue
+/// (`privatelink_common::for_each_map!`), named there; the data plane's sync does not
+/// compile while the two disagree.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
     pub ifaces: BTreeMap<u32, IfaceInfo>,
