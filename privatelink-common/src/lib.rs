@@ -8,58 +8,26 @@
 pub mod csum;
 pub mod hash;
 pub mod layout;
+pub mod maps;
 pub mod reason;
 
 pub use reason::Reason;
 
-/// Names of the maps as they appear in the object, in `bpftool map show` and as pin files.
+/// Names of the maps as they appear in the object, in `bpftool map show` and as pin files
+/// (from the catalogue, `for_each_map!`).
 pub mod map_names {
-    pub const IFACES: &str = "PL_IFACES";
-    pub const VPC_PORTS: &str = "PL_VPC_PORTS";
-    pub const ENDPOINTS: &str = "PL_ENDPOINTS";
-    pub const SNAT_POOLS: &str = "PL_SNAT_POOLS";
-    pub const SNAT_ADDRS: &str = "PL_SNAT_ADDRS";
-    pub const NEIGHBORS: &str = "PL_NEIGHBORS";
-    pub const CONNTRACK: &str = "PL_CONNTRACK";
-    pub const STATS: &str = "PL_STATS";
-    pub const CONFIG: &str = "PL_CONFIG";
-    pub const SG_RULES: &str = "PL_SG_RULES";
-    pub const ACL_IN: &str = "PL_ACL_IN";
-    pub const ACL_OUT: &str = "PL_ACL_OUT";
-    pub const GATEWAY_ROUTES: &str = "PL_GW_ROUTES";
-    pub const GATEWAY_ADDRS: &str = "PL_GW_ADDRS";
-    pub const GWLB_TARGETS: &str = "PL_GWLB_TARGETS";
-    pub const GWLB_APPLIANCES: &str = "PL_GWLB_APPLS";
-    pub const GWLB_NEIGHBORS: &str = "PL_GWLB_NEIGH";
-    pub const EPOCH: &str = "PL_EPOCH";
-    pub const LISTENERS: &str = "PL_LISTENERS";
-    pub const HOST: &str = "PL_HOST";
-    pub const EP_BUDGET: &str = "PL_EP_BUDGET";
-    pub const LB_SETS: &str = "PL_LB_SETS";
-    pub const ALL: [&str; 22] = [
-        IFACES,
-        VPC_PORTS,
-        ENDPOINTS,
-        SNAT_POOLS,
-        SNAT_ADDRS,
-        NEIGHBORS,
-        CONNTRACK,
-        STATS,
-        CONFIG,
-        SG_RULES,
-        ACL_IN,
-        ACL_OUT,
-        GATEWAY_ROUTES,
-        GATEWAY_ADDRS,
-        GWLB_TARGETS,
-        GWLB_APPLIANCES,
-        GWLB_NEIGHBORS,
-        EPOCH,
-        LISTENERS,
-        HOST,
-        EP_BUDGET,
-        LB_SETS,
-    ];
+    macro_rules! names {
+        ($(
+            $(#[$doc:meta])*
+            $name:ident = $map:ident : $kind:ident < $key:ty $(as $pinned:ty)?, $value:ty >
+                [$cap:expr $(, $capacity:ident)?], $owner:ident $(($field:ident))?;
+        )*) => {
+            $($(#[$doc])* pub const $name: &str = stringify!($map);)*
+            /// Every map of the catalogue, in its order.
+            pub const ALL: [&str; [$(stringify!($map)),*].len()] = [$($name),*];
+        };
+    }
+    crate::for_each_map!(names);
 }
 
 /// The XDP program's name in the object (and in `bpftool prog show`).

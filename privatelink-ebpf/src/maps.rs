@@ -1,59 +1,50 @@
-//! The maps, declared as BTF maps so `bpftool map dump` prints field names.
-//! Sizes here are defaults; the loader overrides `PL_CONNTRACK`'s from configuration.
+//! The maps, declared as BTF maps so `bpftool map dump` prints field names. The maps
+//! pinned by name are declared from the catalogue (`privatelink_common::for_each_map!`);
+//! the ones below it are this object's own. Sizes here are defaults; the loader overrides
+//! `PL_CONNTRACK`'s from configuration.
 
 use aya_ebpf::{
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
-use privatelink_common::{
-    Appliance, ApplianceSet, Config, DEFAULT_CONNTRACK_ENTRIES, EndpointEni, FlowBudget, FlowEntry,
-    FlowKey, GwlbZone, IfaceInfo, LbSet, ListenerSet, MAX_ENDPOINTS, MAX_GWLB_NEIGHBORS,
-    MAX_IFACES, MAX_NEIGHBORS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_VPCS, Neighbor, PATH_PROGRAMS,
-    RuleSet, SnatPool, VpcAddr, VpcPort, reason::REASON_COUNT,
-};
+use privatelink_common::{EndpointEni, FlowEntry, IfaceInfo, PATH_PROGRAMS};
 
-#[btf_map]
-pub static PL_IFACES: HashMap<u32, IfaceInfo, { MAX_IFACES as usize }> = HashMap::new();
+/// One static per catalogue line, named as the map (aya-ebpf names a map after its static).
+macro_rules! declare {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident = $map:ident : $kind:ident < $key:ty $(as $pinned:ty)?, $value:ty >
+            [$cap:expr $(, $capacity:ident)?], $owner:ident $(($field:ident))?;
+    )*) => {
+        $(declare!(@one $(#[$doc])* $map $kind $key, $value, $cap);)*
+    };
+    (@one $(#[$doc:meta])* $map:ident Array $key:ty, $value:ty, $cap:expr) => {
+        $(#[$doc])*
+        #[btf_map]
+        pub static $map: Array<$value, { ($cap) as usize }> = Array::new();
+    };
+    (@one $(#[$doc:meta])* $map:ident PerCpuArray $key:ty, $value:ty, $cap:expr) => {
+        $(#[$doc])*
+        #[btf_map]
+        pub static $map: PerCpuArray<$value, { ($cap) as usize }> = PerCpuArray::new();
+    };
+    (@one $(#[$doc:meta])* $map:ident $kind:ident $key:ty, $value:ty, $cap:expr) => {
+        $(#[$doc])*
+        #[btf_map]
+        pub static $map: $kind<$key, $value, { ($cap) as usize }> = $kind::new();
+    };
+}
 
-#[btf_map]
-pub static PL_VPC_PORTS: HashMap<u32, VpcPort, { MAX_VPCS as usize }> = HashMap::new();
-
-#[btf_map]
-pub static PL_ENDPOINTS: HashMap<VpcAddr, EndpointEni, { MAX_ENDPOINTS as usize }> = HashMap::new();
-
-#[btf_map]
-pub static PL_SNAT_POOLS: HashMap<u32, SnatPool, { MAX_SERVICES as usize }> = HashMap::new();
-
-#[btf_map]
-pub static PL_SNAT_ADDRS: HashMap<VpcAddr, u32, { MAX_SERVICES as usize * MAX_SNAT_ADDRS }> =
-    HashMap::new();
-
-#[btf_map]
-pub static PL_NEIGHBORS: HashMap<VpcAddr, Neighbor, { MAX_NEIGHBORS as usize }> = HashMap::new();
-
-#[btf_map]
-pub static PL_CONNTRACK: LruHashMap<FlowKey, FlowEntry, { DEFAULT_CONNTRACK_ENTRIES as usize }> =
-    LruHashMap::new();
-
-#[btf_map]
-pub static PL_STATS: PerCpuArray<u64, { REASON_COUNT as usize }> = PerCpuArray::new();
-
-#[btf_map]
-pub static PL_CONFIG: Array<Config, 1> = Array::new();
+privatelink_common::for_each_map!(declare);
 
 /// The daemon's settings (defaults until it has written them).
 #[inline(always)]
-pub fn config() -> Config {
+pub fn config() -> privatelink_common::Config {
     match PL_CONFIG.get(0) {
         Some(c) if c.tcp_timeout_ns != 0 => *c,
-        _ => Config::default(),
+        _ => privatelink_common::Config::default(),
     }
 }
-
-/// The daemon's state epoch, moved on after every change of the maps it owns; flow
-/// entries stamped with the current one skip the per-packet endpoint checks.
-#[btf_map]
-pub static PL_EPOCH: Array<u32, 1> = Array::new();
 
 /// The current epoch (0 until the daemon's first apply: then nothing is stamped).
 #[inline(always)]
@@ -64,56 +55,6 @@ pub fn epoch() -> u32 {
         None => 0,
     }
 }
-
-#[btf_map]
-pub static PL_SG_RULES: HashMap<VpcAddr, RuleSet, { MAX_ENDPOINTS as usize }> = HashMap::new();
-
-#[btf_map]
-pub static PL_ACL_IN: HashMap<VpcAddr, RuleSet, { MAX_ENDPOINTS as usize }> = HashMap::new();
-
-#[btf_map]
-pub static PL_ACL_OUT: HashMap<VpcAddr, RuleSet, { MAX_ENDPOINTS as usize }> = HashMap::new();
-
-/// Gateway endpoints' prefix routes, per consumer VPC (longest prefix wins).
-#[btf_map]
-pub static PL_GW_ROUTES: LpmTrie<VpcAddr, EndpointEni, { MAX_ENDPOINTS as usize }> = LpmTrie::new();
-
-/// Gateway endpoints' route target addresses (answered in ARP).
-#[btf_map]
-pub static PL_GW_ADDRS: HashMap<VpcAddr, u32, { MAX_ENDPOINTS as usize }> = HashMap::new();
-
-/// GWLB: the appliances new flows are spread over, per service and zone.
-#[btf_map]
-pub static PL_GWLB_TARGETS: HashMap<GwlbZone, ApplianceSet, { MAX_SERVICES as usize }> =
-    HashMap::new();
-
-/// GWLB: every appliance (GENEVE is accepted only from these) and its health.
-#[btf_map]
-pub static PL_GWLB_APPLS: HashMap<VpcAddr, Appliance, { MAX_SERVICES as usize }> = HashMap::new();
-
-/// GWLB: MACs of inner destinations, resolved by the data path's own ARP requests.
-#[btf_map]
-pub static PL_GWLB_NEIGH: LruHashMap<VpcAddr, Neighbor, { MAX_GWLB_NEIGHBORS as usize }> =
-    LruHashMap::new();
-
-/// What each service publishes (its load balancer's listeners), by service id.
-#[btf_map]
-pub static PL_LISTENERS: HashMap<u32, ListenerSet, { MAX_SERVICES as usize }> = HashMap::new();
-
-/// The host's own addresses in each VPC and the peers it talks to there (`HOST_ADDR`,
-/// `HOST_PEER`): on an isolated interface the kernel sees nothing else.
-#[btf_map]
-pub static PL_HOST: HashMap<VpcAddr, u32, { MAX_SERVICES as usize }> = HashMap::new();
-
-/// The load balancers of a (service, zone) with several, new flows spread over them.
-#[btf_map]
-pub static PL_LB_SETS: HashMap<GwlbZone, LbSet, { MAX_SERVICES as usize }> = HashMap::new();
-
-/// Each endpoint's allowance of new flows (the data path's own; LRU, so endpoints that
-/// are gone leave by themselves).
-#[btf_map]
-pub static PL_EP_BUDGET: LruHashMap<u32, FlowBudget, { MAX_ENDPOINTS as usize }> =
-    LruHashMap::new();
 
 /// Per-CPU room for the flow entries a new flow is built from: the BPF stack is 512 bytes
 /// for the whole call chain, and two entries on it would not fit.

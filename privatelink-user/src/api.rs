@@ -16,71 +16,12 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::Mutex;
 use utoipa::OpenApi;
 
+pub use crate::apply::{App, Apply};
 use crate::{
-    desired::Unhealthy,
     error::{ErrorKind, OpError},
     model::{Endpoint, EndpointService, NetworkAcl, SecurityGroup, SgRule, State, Vpc},
     ops::{self, Caller},
-    store::Store,
 };
-
-/// Where committed states go: the data path (or, in tests, a recorder).
-pub trait Apply: Send {
-    /// Checks that `s` can be applied (interfaces exist, ...), before it is committed.
-    fn check(&mut self, s: &State) -> Result<(), OpError>;
-    /// Brings the data path to `s`.
-    fn apply(&mut self, s: &State) -> anyhow::Result<()>;
-    /// Periodic upkeep (next-hop probes).
-    fn tick(&mut self) {}
-    /// The health view: GWLB appliances currently judged unhealthy (none by default: an
-    /// appliance nobody checks counts as healthy).
-    fn unhealthy(&self) -> Unhealthy {
-        Unhealthy::new()
-    }
-}
-
-pub struct App {
-    pub state: State,
-    pub store: Box<dyn Store>,
-    pub apply: Box<dyn Apply>,
-    pub admin_token_sha256: String,
-    /// The committed state has not reached the data path yet (an apply failed): retried
-    /// by `tick` until it does.
-    pub dirty: bool,
-}
-
-impl App {
-    /// Periodic upkeep: retry a failed apply, then the data path's own upkeep.
-    pub fn tick(&mut self) {
-        if self.dirty {
-            match self.apply.apply(&self.state) {
-                Ok(()) => {
-                    self.dirty = false;
-                    tracing::info!("data path caught up with the stored state");
-                }
-                Err(e) => tracing::warn!("data path still behind the stored state: {e:#}"),
-            }
-        }
-        self.apply.tick();
-    }
-
-    /// Re-applies the committed state: something the data path derives from besides the
-    /// state changed (a health verdict).
-    pub fn refresh(&mut self) {
-        match self.apply.apply(&self.state) {
-            Ok(()) => {
-                if self.dirty {
-                    tracing::info!("data path caught up with the stored state");
-                }
-                self.dirty = false;
-            }
-            Err(e) => {
-                self.dirty = true;
-                tracing::warn!("data path behind the stored state (retrying): {e:#}");
-            }
-        }
-    }
-}
 
 pub type Shared = Arc<Mutex<App>>;
 

@@ -1,435 +1,265 @@
-//! The daemon's side of the data path: turning a committed state into maps, attachments
-//! and next-hop probes, and health-checking GWLB appliances.
+//! The daemon: its options, the running state (a state file, or the store behind the
+//! API), and its loop (ticks retrying a state the data path is behind on, health
+//! verdicts, SIGHUP re-reading the file) until SIGTERM or SIGINT.
 
 use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::Result;
-use privatelink_common::{Reason, VpcPort, map_names};
-use tokio::sync::Notify;
+use anyhow::{Context, Result};
+use privatelink_common::{Config, DEFAULT_CONNTRACK_ENTRIES};
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
-    api::Apply,
-    dataplane::{self, Dataplane},
-    desired::{self, Link, NextHop, Unhealthy},
-    health::{self, CheckerOptions, HealthSettings, ProbeSource},
-    model::{State, numeric_id},
-    neigh,
-    ops::OpError,
+    api::{self, Shared},
+    apply::{App, Apply, DataplaneApply, Running, refresh, tick as tick_retry},
+    dataplane::{DEFAULT_PIN_DIR, Dataplane, LoadOptions},
+    model::{self, State},
+    ops,
+    store::{RedbStore, Store},
 };
 
-/// What one GWLB service's checker does; a change restarts the checker.
-#[derive(Clone, Debug, PartialEq)]
-struct CheckSpec {
-    vpc_id: u32,
-    settings: HealthSettings,
-    source: ProbeSource,
-    appliances: BTreeMap<Ipv4Addr, SocketAddr>,
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["state", "data_dir"])))]
+pub struct DaemonArgs {
+    /// Declarative mode: the state comes from this file (SIGHUP re-reads it).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// API mode: the state lives in an embedded store in this directory and changes
+    /// through the HTTP API.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// API mode: where the HTTP API listens (bound before --netns is entered).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// API mode: the operator's token (default <data-dir>/admin.token, created if missing).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// API mode: import this state file when the store is empty.
+    #[arg(long)]
+    pub seed: Option<PathBuf>,
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Conntrack capacity in entries (two per flow).
+    #[arg(long, default_value_t = DEFAULT_CONNTRACK_ENTRIES)]
+    pub conntrack_entries: u32,
+    /// Idle timeout of TCP flows, seconds.
+    #[arg(long, default_value_t = 350, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tcp_timeout: u64,
+    /// Idle timeout of UDP flows, seconds.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub udp_timeout: u64,
+    /// Life of a TCP flow after RST or FIN in both directions, seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub closing_timeout: u64,
+    /// Idle timeout of embryonic flows (TCP before its handshake completes, UDP before a
+    /// reply), seconds; an endpoint's new-flow allowance refills over it.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub embryonic_timeout: u64,
+    /// Attach in generic (skb) mode instead of native driver mode.
+    #[arg(long)]
+    pub xdp_skb: bool,
+    /// Written once the program is attached and the maps are filled.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Run in this named network namespace (/run/netns/NAME). Only the network
+    /// namespace changes, so pins stay on the host's /sys/fs/bpf (`ip netns exec`
+    /// would hide it behind a fresh /sys).
+    #[arg(long)]
+    pub netns: Option<String>,
 }
 
-struct ServiceChecker {
-    spec: CheckSpec,
-    checker: health::Checker<Ipv4Addr>,
+pub fn read_state(path: &Path) -> Result<State> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let state =
+        model::parse_state(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for w in state.grandfathered() {
+        warn!("{}: {w}", path.display());
+    }
+    Ok(state)
 }
 
-/// Health checks of every GWLB service's appliances: one checker per service, probing its
-/// appliances concurrently with the service's settings, from the service's GWLB address on
-/// the service VPC's interface. A checker is restarted when its service's settings or
-/// appliances change (appliances it keeps keep their verdicts; new ones start healthy) and
-/// stopped when the service disappears. Verdict changes wake whoever waits on `notify()`.
-pub struct HealthMonitor {
-    checkers: BTreeMap<String, ServiceChecker>,
-    notify: Arc<Notify>,
-    /// The unhealthy set last handed to the data path, to log what changed.
-    reported: Unhealthy,
-}
-
-impl Default for HealthMonitor {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl HealthMonitor {
-    pub fn new() -> Self {
-        Self {
-            checkers: BTreeMap::new(),
-            notify: Arc::new(Notify::new()),
-            reported: Unhealthy::new(),
-        }
-    }
-
-    /// Notified whenever an appliance's verdict changes.
-    pub fn notify(&self) -> Arc<Notify> {
-        self.notify.clone()
-    }
-
-    /// What each GWLB service of `s` should be checked with.
-    fn specs(s: &State) -> BTreeMap<String, CheckSpec> {
-        s.services
-            .iter()
-            .filter_map(|svc| {
-                let g = svc.gwlb.as_ref()?;
-                let vpc = s.vpc(&svc.vpc)?;
-                let appliances = svc
-                    .backends
-                    .iter()
-                    .map(|b| (b.address, SocketAddr::from((b.address, g.health.port))))
-                    .collect();
-                Some((
-                    svc.id.clone(),
-                    CheckSpec {
-                        vpc_id: numeric_id(&svc.vpc),
-                        settings: g.health.clone(),
-                        source: ProbeSource {
-                            addr: Some(g.address),
-                            device: Some(vpc.interface.clone()),
-                        },
-                        appliances,
-                    },
-                ))
-            })
-            .collect()
-    }
-
-    /// Starts, restarts and stops checkers so that exactly the GWLB services of `s` are
-    /// checked, each with its current settings. Needs a tokio runtime (the daemon's).
-    pub fn sync(&mut self, s: &State) {
-        let want = Self::specs(s);
-        self.checkers.retain(|id, _| {
-            let keep = want.contains_key(id);
-            if !keep {
-                info!(service = %id, "appliance health checks stopped");
-            }
-            keep
-        });
-        for (id, spec) in want {
-            let old = self.checkers.get(&id);
-            if old.is_some_and(|c| c.spec == spec) {
-                continue;
-            }
-            if tokio::runtime::Handle::try_current().is_err() {
-                warn!(service = %id, "no async runtime: appliances are not health-checked");
-                continue;
-            }
-            let start = match old {
-                Some(c) if c.spec.vpc_id == spec.vpc_id => c.checker.verdicts(),
-                _ => BTreeMap::new(),
-            };
-            let checker = health::spawn(
-                spec.appliances.clone(),
-                spec.settings.clone(),
-                CheckerOptions {
-                    source: spec.source.clone(),
-                    start,
-                    notify: Some(self.notify.clone()),
-                    label: id.clone(),
-                },
-            );
-            info!(
-                service = %id,
-                appliances = spec.appliances.len(),
-                port = spec.settings.port,
-                interval_ms = spec.settings.interval_ms,
-                from = ?spec.source.addr,
-                "appliance health checks {}",
-                if old.is_some() { "restarted" } else { "started" }
-            );
-            self.checkers.insert(id, ServiceChecker { spec, checker });
-        }
-    }
-
-    /// The appliances currently judged unhealthy.
-    pub fn unhealthy(&self) -> Unhealthy {
-        self.checkers
-            .values()
-            .flat_map(|c| {
-                let vpc_id = c.spec.vpc_id;
-                c.checker
-                    .verdicts()
-                    .into_iter()
-                    .filter(|(_, h)| !h.healthy)
-                    .map(move |(a, _)| (vpc_id, a.octets()))
-            })
-            .collect()
-    }
-
-    /// The current unhealthy set, logging every appliance whose verdict changed since the
-    /// last call.
-    fn take(&mut self) -> Unhealthy {
-        let now = self.unhealthy();
-        for (id, c) in &self.checkers {
-            for a in c.spec.appliances.keys() {
-                let key = (c.spec.vpc_id, a.octets());
-                let (was, is) = (!self.reported.contains(&key), !now.contains(&key));
-                if was != is {
-                    warn!(service = %id, appliance = %a, healthy = is, "appliance health changed");
-                }
-            }
-        }
-        self.reported = now.clone();
-        now
-    }
-}
-
-pub struct DataplaneApply {
-    pub dp: Dataplane,
-    /// Counters of the drops an operator must hear about, as last seen.
-    trouble: Vec<(Reason, u64)>,
-    attached: Vec<String>,
-    skb: bool,
-    hops: Vec<NextHop>,
-    health: HealthMonitor,
-}
-
-impl DataplaneApply {
-    pub fn new(dp: Dataplane, skb: bool) -> Self {
-        Self {
-            dp,
-            trouble: Vec::new(),
-            attached: Vec::new(),
-            skb,
-            hops: Vec::new(),
-            health: HealthMonitor::new(),
-        }
-    }
-
-    /// Notified when an appliance's verdict changes: the owner of the state should call
-    /// `apply` again (it recomputes the maps with the new verdicts).
-    pub fn health_notify(&self) -> Arc<Notify> {
-        self.health.notify()
-    }
-
-    /// Logs drops that mean something is wrong outside the packet (pool exhausted, table
-    /// full, next hop unknown) when their counters moved since the last look.
-    fn report_trouble(&mut self) {
-        const WATCH: [Reason; 6] = [
-            Reason::DropSnatExhausted,
-            Reason::DropConntrackFull,
-            Reason::DropNoNeighbor,
-            Reason::DropNoRoute,
-            Reason::DropRedirectFailed,
-            Reason::DropNoHealthyAppliance,
-        ];
-        let Ok(stats) = self.dp.stats() else { return };
-        let now: Vec<(Reason, u64)> = stats
-            .into_iter()
-            .filter(|(r, _)| WATCH.contains(r))
-            .collect();
-        for (r, n) in &now {
-            let before = self.trouble.iter().find(|(x, _)| x == r).map(|(_, b)| *b);
-            if let Some(b) = before
-                && *n > b
+/// Runs the daemon: reads and validates its state (file or store), loads the data path,
+/// applies the state (retried every 5 s while the data path is behind), serves the API in
+/// API mode, re-reads the file on SIGHUP in file mode, until SIGTERM or SIGINT.
+pub async fn run(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Result<()> {
+    // A state file, or the store, is read and validated before the kernel is touched.
+    let (state, store) = match (&args.state, &args.data_dir) {
+        (Some(path), _) => (read_state(path)?, None),
+        (None, Some(dir)) => {
+            let store = RedbStore::open(dir)?;
+            let mut state = store
+                .load()
+                .with_context(|| format!("reading the store in {}", dir.display()))?;
+            let mut store: Box<dyn Store> = Box::new(store);
+            if state == State::default()
+                && let Some(seed) = &args.seed
             {
-                warn!(
-                    counter = r.as_str(),
-                    packets = n - b,
-                    "data path dropped packets since the last check"
+                let seeded = read_state(seed)?;
+                store.save(&state, &seeded)?;
+                info!("store was empty: imported {}", seed.display());
+                state = seeded;
+            }
+            state
+                .validate()
+                .map_err(|e| anyhow::anyhow!("the stored state does not validate: {e}"))?;
+            // Migration: an earlier build stored services without listeners and forwarded
+            // every port of their load balancers. No rule can tell which ports were meant,
+            // so they publish nothing (fail closed) until their providers add listeners.
+            for id in state.legacy_without_listeners() {
+                tracing::warn!(
+                    service = id,
+                    "service stored without listeners (by an earlier build): it publishes \
+                     nothing and its endpoints carry no traffic until its provider adds them \
+                     (`privatelink service listener add {id} tcp:PORT`)"
                 );
             }
+            for w in state.grandfathered() {
+                warn!("stored state: {w}");
+            }
+            (state, Some(store))
         }
-        self.trouble = now;
-    }
+        (None, None) => anyhow::bail!("give --state FILE or --data-dir DIR"),
+    };
+    let dp = Dataplane::load(&LoadOptions {
+        pin_dir: Some(args.pin_dir.clone()),
+        conntrack_entries: args.conntrack_entries,
+    })?;
+    const S: u64 = 1_000_000_000;
+    let mut applier = DataplaneApply::new(dp, args.xdp_skb);
+    applier.dp.set_config(&Config {
+        tcp_timeout_ns: args.tcp_timeout * S,
+        other_timeout_ns: args.udp_timeout * S,
+        closing_timeout_ns: args.closing_timeout * S,
+        embryonic_timeout_ns: args.embryonic_timeout * S,
+        flow_capacity: args.conntrack_entries as u64 / 2,
+    })?;
+    applier.check(&state).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A state that fits but cannot be applied yet (an interface another XDP program holds,
+    // a map filled behind our back) is retried every 5 s, as after any API call: the data
+    // path keeps running on what it has, and the API answers meanwhile.
+    // Both modes say so as file mode does ("data path behind the state").
+    let mut behind_at_start = false;
+    refresh(&mut applier, &state, &mut behind_at_start, Running::File);
+    applier.resolve(Duration::from_secs(3)).await;
 
-    /// Probes next hops whose MAC is not known yet.
-    pub fn probe_missing(&self) {
-        for hop in &self.hops {
-            if self.dp.neighbor(hop.vpc_id, hop.addr).is_none() {
-                self.probe(hop);
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    // Woken when a GWLB appliance's health verdict changes: the maps are recomputed.
+    let health = applier.health_notify();
+
+    match (store, listener) {
+        (Some(store), Some(listener)) => {
+            let addr = listener.local_addr()?;
+            let admin = admin_token(&args)?;
+            let app: Shared = Arc::new(tokio::sync::Mutex::new(App {
+                state,
+                store,
+                apply: Box::new(applier),
+                admin_token_sha256: ops::token_hash(&admin),
+                dirty: behind_at_start,
+            }));
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let server =
+                tokio::spawn(axum::serve(listener, api::router(app.clone())).into_future());
+            ready(&args, &format!("http://{addr}"))?;
+            info!(api = %format!("http://{addr}"), "ready");
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => app.lock().await.tick(),
+                    _ = health.notified() => app.lock().await.refresh(),
+                    _ = hup.recv() => info!("SIGHUP ignored: the state lives in the store; use the API"),
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                }
+            }
+            server.abort();
+        }
+        _ => {
+            let path = args.state.clone().expect("file mode");
+            // The running state, re-applied when health verdicts change.
+            let mut current = state;
+            let mut dirty = behind_at_start;
+            ready(&args, &std::process::id().to_string())?;
+            info!(pin_dir = %args.pin_dir.display(), "ready");
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => tick_retry(&mut applier, &current, &mut dirty, Running::File),
+                    _ = health.notified() => refresh(&mut applier, &current, &mut dirty, Running::File),
+                    _ = hup.recv() => {
+                        match reload(&path, &mut applier) {
+                            Ok(next) => {
+                                // Valid: it is the running state now, applied or retried
+                                // (the maps never go back to the old one).
+                                current = next;
+                                refresh(&mut applier, &current, &mut dirty, Running::File);
+                                applier.resolve(Duration::from_secs(1)).await;
+                                info!(endpoints = current.endpoints.len(), "reloaded {}", path.display());
+                            }
+                            Err(e) => warn!("reload refused, keeping the running state: {e:#}"),
+                        }
+                    }
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                }
             }
         }
     }
+    info!(
+        "stopping; the program stays attached and the maps pinned in {} (remove the directory to detach)",
+        args.pin_dir.display()
+    );
+    Ok(())
+}
 
-    fn probe(&self, hop: &NextHop) {
-        let Some(link) = self.link_of(hop) else {
-            return;
-        };
-        let frame = neigh::arp_request(link.mac, hop.ask_from, hop.addr);
-        if let Err(e) = neigh::send_frame(&link, &frame) {
-            warn!(
-                "ARP request for {} failed: {e}",
-                std::net::Ipv4Addr::from(hop.addr)
+fn ready(args: &DaemonArgs, content: &str) -> Result<()> {
+    if let Some(f) = &args.ready_file {
+        std::fs::write(f, format!("{content}\n"))?;
+    }
+    Ok(())
+}
+
+/// The operator's token: read from the file, or created there (mode 0600) on first start.
+fn admin_token(args: &DaemonArgs) -> Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = match (&args.admin_token_file, &args.data_dir) {
+        (Some(p), _) => p.clone(),
+        (None, Some(d)) => d.join("admin.token"),
+        (None, None) => anyhow::bail!("no data directory"),
+    };
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if t.len() < 16 {
+            anyhow::bail!(
+                "{}: the admin token must be at least 16 characters",
+                path.display()
             );
         }
+        return Ok(t);
     }
-
-    /// The link a next hop's VPC is attached through, from the data path's own map.
-    fn link_of(&self, hop: &NextHop) -> Option<Link> {
-        let m: aya::maps::HashMap<_, u32, VpcPort> =
-            aya::maps::HashMap::try_from(self.dp.map(map_names::VPC_PORTS).ok()?).ok()?;
-        let p = m.get(&hop.vpc_id, 0).ok()?;
-        Some(Link {
-            ifindex: p.ifindex,
-            mac: p.mac,
-            mtu: p.mtu,
-        })
-    }
-
-    /// Probes every next hop and waits (bounded) until the data path has learned them.
-    pub async fn resolve(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        for hop in &self.hops {
-            self.probe(hop);
-        }
-        loop {
-            let missing: Vec<_> = self
-                .hops
-                .iter()
-                .filter(|h| self.dp.neighbor(h.vpc_id, h.addr).is_none())
-                .collect();
-            if missing.is_empty() {
-                return;
-            }
-            if Instant::now() > deadline {
-                for h in missing {
-                    warn!(
-                        "load balancer {} has not answered ARP yet; retrying every 5 s",
-                        std::net::Ipv4Addr::from(h.addr)
-                    );
-                }
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    let mut b = [0u8; 24];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let t: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::io::Write::write_all(&mut f, format!("{t}\n").as_bytes())?;
+    info!("created the admin token in {}", path.display());
+    Ok(t)
 }
 
-impl Apply for DataplaneApply {
-    fn check(&mut self, s: &State) -> Result<(), OpError> {
-        desired::compute(s, dataplane::resolve_link, &Unhealthy::new())
-            .map(|_| ())
-            .map_err(Into::into)
-    }
-
-    fn apply(&mut self, s: &State) -> Result<()> {
-        self.health.sync(s);
-        let unhealthy = self.health.take();
-        let want = desired::compute(s, dataplane::resolve_link, &unhealthy)?;
-        let r = self.dp.apply(&want)?;
-        // Every interface that can be attached is, and the next hops are registered and
-        // probed, even when one interface cannot be attached yet (another XDP program
-        // holds it): that VPC waits for the retry, the others do not.
-        let mut failed = Vec::new();
-        for vpc in &s.vpcs {
-            if !self.attached.contains(&vpc.interface) {
-                match self.dp.attach(&vpc.interface, self.skb) {
-                    Ok(()) => {
-                        self.attached.push(vpc.interface.clone());
-                        info!(iface = %vpc.interface, vpc = %vpc.id, "XDP attached");
-                    }
-                    Err(e) => failed.push(format!("{e:#}")),
-                }
-            }
-        }
-        if r.upserts + r.deletes > 0 {
-            info!(upserts = r.upserts, deletes = r.deletes, "maps updated");
-        }
-        let hops = desired::next_hops(s);
-        let new: Vec<NextHop> = hops
-            .iter()
-            .filter(|h| !self.hops.contains(h))
-            .copied()
-            .collect();
-        self.hops = hops;
-        for h in &new {
-            self.probe(h);
-        }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!("{}", failed.join("; ")))
-        }
-    }
-
-    fn tick(&mut self) {
-        self.probe_missing();
-        self.report_trouble();
-    }
-
-    fn unhealthy(&self) -> Unhealthy {
-        self.health.unhealthy()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A GWLB service whose appliances are loopback addresses, probed over `lo`.
-    fn state(appliances: &[&str], port: u16) -> State {
-        let backends: Vec<String> = appliances
-            .iter()
-            .map(|a| format!("{{ zone = \"zone-a\", address = \"{a}\" }}"))
-            .collect();
-        toml::from_str(&format!(
-            r#"
-            [[accounts]]
-            id = "acct"
-            [[vpcs]]
-            id = "vpc-l"
-            account = "acct"
-            cidr = "127.0.0.0/8"
-            interface = "lo"
-            vswitches = [{{ id = "vsw", zone = "zone-a", cidr = "127.0.0.0/24" }}]
-            [[services]]
-            id = "gwlb-l"
-            account = "acct"
-            type = "gwlb"
-            vpc = "vpc-l"
-            backends = [{}]
-            [services.gwlb]
-            address = "127.0.0.1"
-            health = {{ port = {port}, interval_ms = 50, timeout_ms = 200, healthy_threshold = 1, unhealthy_threshold = 1 }}
-            "#,
-            backends.join(", ")
-        ))
-        .unwrap()
-    }
-
-    fn key(a: &str) -> (u32, [u8; 4]) {
-        (numeric_id("vpc-l"), a.parse::<Ipv4Addr>().unwrap().octets())
-    }
-
-    #[tokio::test]
-    async fn the_monitor_follows_services_and_verdicts() {
-        // Probes are bound to the VPC's interface (SO_BINDTODEVICE needs CAP_NET_RAW).
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        let a = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        let b = std::net::TcpListener::bind(("127.0.0.3", port)).unwrap();
-        let mut m = HealthMonitor::new();
-        let notify = m.notify();
-        m.sync(&state(&["127.0.0.2", "127.0.0.3"], port));
-        assert!(m.take().is_empty(), "appliances start healthy");
-        drop(b);
-        tokio::time::timeout(Duration::from_secs(3), notify.notified())
-            .await
-            .expect("a verdict change is notified");
-        assert_eq!(m.take(), Unhealthy::from([key("127.0.0.3")]));
-        // A new appliance restarts the checker; the others keep their verdicts.
-        m.sync(&state(&["127.0.0.2", "127.0.0.3", "127.0.0.4"], port));
-        assert_eq!(m.unhealthy(), Unhealthy::from([key("127.0.0.3")]));
-        tokio::time::timeout(Duration::from_secs(3), async {
-            while !m.unhealthy().contains(&key("127.0.0.4")) {
-                notify.notified().await;
-            }
-        })
-        .await
-        .expect("the new appliance is checked");
-        assert!(!m.unhealthy().contains(&key("127.0.0.2")));
-        // The same settings again change nothing; a removed service stops its checks.
-        m.sync(&state(&["127.0.0.2", "127.0.0.3", "127.0.0.4"], port));
-        assert_eq!(m.checkers.len(), 1);
-        m.sync(&State::default());
-        assert!(m.checkers.is_empty() && m.unhealthy().is_empty());
-        drop(a);
-    }
+/// The state file read again and checked (refused: nothing is applied).
+fn reload(path: &Path, applier: &mut DataplaneApply) -> Result<State> {
+    let state = read_state(path)?;
+    applier.check(&state).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(state)
 }

@@ -25,12 +25,12 @@ pub struct Link {
     pub mtu: u16,
 }
 
-/// The health view: GWLB appliances currently judged unhealthy, as (VPC id, address).
-/// Empty: every appliance is healthy.
-pub type Unhealthy = BTreeSet<(u32, [u8; 4])>;
+pub use crate::monitor::Unhealthy;
 
 /// Everything the daemon owns in the maps (conntrack and learned neighbors are the data
-/// path's own).
+/// path's own): one field per `synced` or `registered` map of the catalogue
+/// (`privatelink_common::for_each_map!`), named there; the data plane's sync does not
+/// compile while the two disagree.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
     pub ifaces: BTreeMap<u32, IfaceInfo>,
@@ -165,6 +165,16 @@ pub fn compute(
     link: impl Fn(&str) -> Result<Link, String>,
     unhealthy: &Unhealthy,
 ) -> Result<Desired, FieldError> {
+    compute_with_hops(state, link, unhealthy, &next_hops(state))
+}
+
+/// `compute`, with the state's `next_hops` computed by the caller.
+pub fn compute_with_hops(
+    state: &State,
+    link: impl Fn(&str) -> Result<Link, String>,
+    unhealthy: &Unhealthy,
+    hops: &[NextHop],
+) -> Result<Desired, FieldError> {
     let mut d = Desired::default();
     for (i, vpc) in state.vpcs.iter().enumerate() {
         let l = link(&vpc.interface).map_err(|m| FieldError {
@@ -279,7 +289,7 @@ pub fn compute(
             gateway_endpoint(&mut d, state, ep, svc, vpc, gw);
         }
     }
-    d.next_hops = next_hops(state)
+    d.next_hops = hops
         .iter()
         .map(|h| VpcAddr {
             vpc_id: h.vpc_id,

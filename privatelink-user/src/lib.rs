@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod appliance;
+pub mod apply;
 pub mod cli;
 pub mod client;
 pub mod daemon;
@@ -11,7 +12,7 @@ pub mod desired;
 pub mod error;
 pub mod health;
 pub mod model;
-pub mod neigh;
+pub mod monitor;
 pub mod ops;
 pub mod reconcile;
 pub mod store;

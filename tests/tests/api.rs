@@ -8,7 +8,8 @@ use privatelink_user::{
     api::{self, App, Apply},
     client::{ApiError, Client},
     model::State,
-    ops::{self, OpError},
+    error::OpError,
+    ops,
     store::{RedbStore, Store},
 };
 use serde_json::{Value, json};

@@ -1,0 +1,99 @@
+//! The catalogue of the maps pinned by name: one line per map, everything else derived
+//! from it (the `map_names` constants and `ALL`, the XDP program's declarations, the
+//! daemon's pin layout check and its sync of `Desired`), as `reason!` lines are for the
+//! verdicts.
+//!
+//! `for_each_map!(callback)` invokes `callback! { ... }` with the table. A line reads
+//!
+//! ```text
+//! CONST = PL_NAME: Kind<Key, Value>[capacity], owner;
+//! ```
+//!
+//! - `CONST`: the constant in `map_names`; `PL_NAME`: the map's name in the object (the
+//!   XDP program's static), in `bpftool map show` and as its pin file.
+//! - `Kind`: the map type as aya-ebpf's `btf_maps` names it (`HashMap`, `LruHashMap`,
+//!   `LpmTrie`, `Array`, `PerCpuArray`). Arrays' `Key` is `u32` (their index). An
+//!   `LpmTrie`'s key reads `Data as Pinned`: the data the program looks up, and the
+//!   type whose layout its pinned key (prefix length + data) has.
+//! - `capacity`: entries; `, fixed` when a pinned map of another capacity must be
+//!   replaced, `, configured` when the daemon sets it at load (then it is the default).
+//! - `owner`: `synced(field)` for maps the daemon fills from `Desired::field`;
+//!   `registered(field)` for maps whose keys the daemon writes from `Desired::field` and
+//!   whose values the data path fills; `settings` for maps the daemon writes otherwise;
+//!   `datapath` for maps only the data path writes. The daemon syncs `synced` and
+//!   `registered` maps in the table's order: where traffic can go and the filters come
+//!   before the endpoints that use them.
+//!
+//! Maps of one loaded object only (the path programs' array, per-CPU scratch room) are
+//! not pinned by name and not in the catalogue.
+
+#[macro_export]
+macro_rules! for_each_map {
+    ($callback:ident) => {
+        $callback! {
+            /// Per interface (ifindex): its VPC, MAC and flags.
+            IFACES = PL_IFACES: HashMap<u32, $crate::IfaceInfo>[$crate::MAX_IFACES], synced(ifaces);
+            /// Per VPC: the interface it is attached through.
+            VPC_PORTS = PL_VPC_PORTS: HashMap<u32, $crate::VpcPort>[$crate::MAX_VPCS], synced(vpc_ports);
+            /// The host's own addresses in each VPC and the peers it talks to there (`HOST_ADDR`,
+            /// `HOST_PEER`): on an isolated interface the kernel sees nothing else.
+            HOST = PL_HOST: HashMap<$crate::VpcAddr, u32>[$crate::MAX_SERVICES], synced(host);
+            /// The load balancers of a (service, zone) with several, new flows spread over them.
+            LB_SETS = PL_LB_SETS: HashMap<$crate::GwlbZone, $crate::LbSet>[$crate::MAX_SERVICES], synced(lb_sets);
+            /// What each service publishes (its load balancer's listeners), by service id.
+            LISTENERS = PL_LISTENERS: HashMap<u32, $crate::ListenerSet>[$crate::MAX_SERVICES], synced(listeners);
+            /// Per service: its SNAT addresses and port range.
+            SNAT_POOLS = PL_SNAT_POOLS: HashMap<u32, $crate::SnatPool>[$crate::MAX_SERVICES], synced(snat_pools);
+            /// SNAT addresses (answered in ARP), by VPC and address: their service.
+            SNAT_ADDRS = PL_SNAT_ADDRS: HashMap<$crate::VpcAddr, u32>[$crate::MAX_SERVICES as usize * $crate::MAX_SNAT_ADDRS], synced(snat_addrs);
+            /// Security group rules of endpoint ENIs.
+            SG_RULES = PL_SG_RULES: HashMap<$crate::VpcAddr, $crate::RuleSet>[$crate::MAX_ENDPOINTS], synced(sg_rules);
+            /// Network ACL ingress rules of endpoint ENIs' vswitches.
+            ACL_IN = PL_ACL_IN: HashMap<$crate::VpcAddr, $crate::RuleSet>[$crate::MAX_ENDPOINTS], synced(acl_in);
+            /// Network ACL egress rules of endpoint ENIs' vswitches.
+            ACL_OUT = PL_ACL_OUT: HashMap<$crate::VpcAddr, $crate::RuleSet>[$crate::MAX_ENDPOINTS], synced(acl_out);
+            /// Gateway endpoints' route target addresses (answered in ARP).
+            GATEWAY_ADDRS = PL_GW_ADDRS: HashMap<$crate::VpcAddr, u32>[$crate::MAX_ENDPOINTS], synced(gw_addrs);
+            /// GWLB: every appliance (GENEVE is accepted only from these) and its health.
+            GWLB_APPLIANCES = PL_GWLB_APPLS: HashMap<$crate::VpcAddr, $crate::Appliance>[$crate::MAX_SERVICES], synced(gwlb_appliances);
+            /// GWLB: the appliances new flows are spread over, per service and zone.
+            GWLB_TARGETS = PL_GWLB_TARGETS: HashMap<$crate::GwlbZone, $crate::ApplianceSet>[$crate::MAX_SERVICES], synced(gwlb_targets);
+            /// Endpoint ENIs, by consumer VPC and address: everything needed to forward.
+            ENDPOINTS = PL_ENDPOINTS: HashMap<$crate::VpcAddr, $crate::EndpointEni>[$crate::MAX_ENDPOINTS], synced(endpoints);
+            /// Next hops (load balancers, appliances) and their MACs, learned from ARP for
+            /// the registered addresses only.
+            NEIGHBORS = PL_NEIGHBORS: HashMap<$crate::VpcAddr, $crate::Neighbor>[$crate::MAX_NEIGHBORS], registered(next_hops);
+            /// Gateway endpoints' prefix routes, per consumer VPC (longest prefix wins).
+            GATEWAY_ROUTES = PL_GW_ROUTES: LpmTrie<$crate::VpcAddr as $crate::GatewayRoute, $crate::EndpointEni>[$crate::MAX_ENDPOINTS], synced(gw_routes);
+            /// The flows, one entry per direction. Its capacity is a daemon option.
+            CONNTRACK = PL_CONNTRACK: LruHashMap<$crate::FlowKey, $crate::FlowEntry>[$crate::DEFAULT_CONNTRACK_ENTRIES, configured], datapath;
+            /// Verdict counters per CPU, by `Reason` index.
+            STATS = PL_STATS: PerCpuArray<u32, u64>[$crate::reason::REASON_COUNT, fixed], datapath;
+            /// The data path's settings (`PL_CONFIG[0]`), written by the daemon at start.
+            CONFIG = PL_CONFIG: Array<u32, $crate::Config>[1], settings;
+            /// GWLB: MACs of inner destinations, resolved by the data path's own ARP requests.
+            GWLB_NEIGHBORS = PL_GWLB_NEIGH: LruHashMap<$crate::VpcAddr, $crate::Neighbor>[$crate::MAX_GWLB_NEIGHBORS], datapath;
+            /// The daemon's state epoch, moved on after every change of the maps it owns; flow
+            /// entries stamped with the current one skip the per-packet endpoint checks.
+            EPOCH = PL_EPOCH: Array<u32, u32>[1], settings;
+            /// Each endpoint's allowance of new flows (the data path's own; LRU, so endpoints that
+            /// are gone leave by themselves).
+            EP_BUDGET = PL_EP_BUDGET: LruHashMap<u32, $crate::FlowBudget>[$crate::MAX_ENDPOINTS], datapath;
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::map_names::ALL;
+
+    #[test]
+    fn names_are_unique_and_fit_the_kernel() {
+        for (i, n) in ALL.iter().enumerate() {
+            assert!(n.starts_with("PL_"), "{n}");
+            // BPF_OBJ_NAME_LEN is 16 with the terminating NUL: longer names are cut.
+            assert!(n.len() <= 15, "{n}");
+            assert!(!ALL[..i].contains(n), "{n} twice");
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Where committed states go: the `Apply` trait, `App` (the running state, its store and
+//! its applier, as the API serves them), the retry of a state the data path is behind on
+//! (both daemon modes), and `DataplaneApply`, the data path's implementation: maps,
+//! attachments, next-hop probes and appliance health.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use privatelink_common::Reason;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::{
+    dataplane::{self, Dataplane, neighbor},
+    desired::{self, Desired, Link, NextHop},
+    model::{FieldError, State},
+    monitor::{HealthMonitor, Unhealthy},
+    error::OpError,
+    store::Store,
+};
+
+/// Where committed states go: the data path (or, in tests, a recorder).
+pub trait Apply: Send {
+    /// Checks that `s` can be applied (interfaces exist, ...), before it is committed.
+    fn check(&mut self, s: &State) -> Result<(), OpError>;
+    /// Brings the data path to `s`.
+    fn apply(&mut self, s: &State) -> anyhow::Result<()>;
+    /// Periodic upkeep (next-hop probes).
+    fn tick(&mut self) {}
+    /// The health view: GWLB appliances currently judged unhealthy (none by default: an
+    /// appliance nobody checks counts as healthy).
+    fn unhealthy(&self) -> Unhealthy {
+        Unhealthy::new()
+    }
+}
+
+/// How the logs name the running state: the API's is stored, a state file's is not (and
+/// the first apply at start is logged as a file's in both modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Running {
+    Stored,
+    File,
+}
+
+/// Periodic upkeep: retry a failed apply (`dirty`), then the data path's own upkeep.
+pub fn tick(apply: &mut dyn Apply, state: &State, dirty: &mut bool, running: Running) {
+    if *dirty {
+        match (apply.apply(state), running) {
+            (Ok(()), Running::Stored) => {
+                *dirty = false;
+                info!("data path caught up with the stored state");
+            }
+            (Ok(()), Running::File) => *dirty = false,
+            (Err(e), Running::Stored) => warn!("data path still behind the stored state: {e:#}"),
+            (Err(e), Running::File) => {
+                warn!("data path behind the state (retrying every 5 s): {e:#}")
+            }
+        }
+    }
+    apply.tick();
+}
+
+/// Re-applies the running state: something the data path derives from besides the state
+/// changed (a health verdict), or the state is new. A failure leaves it `dirty`, retried
+/// by `tick`.
+pub fn refresh(apply: &mut dyn Apply, state: &State, dirty: &mut bool, running: Running) {
+    match apply.apply(state) {
+        Ok(()) => {
+            if *dirty && running == Running::Stored {
+                info!("data path caught up with the stored state");
+            }
+            *dirty = false;
+        }
+        Err(e) => {
+            *dirty = true;
+            match running {
+                Running::Stored => {
+                    warn!("data path behind the stored state (retrying): {e:#}")
+                }
+                Running::File => warn!("data path behind the state (retrying every 5 s): {e:#}"),
+            }
+        }
+    }
+}
+
+pub struct App {
+    pub state: State,
+    pub store: Box<dyn Store>,
+    pub apply: Box<dyn Apply>,
+    pub admin_token_sha256: String,
+    /// The committed state has not reached the data path yet (an apply failed): retried
+    /// by `tick` until it does.
+    pub dirty: bool,
+}
+
+impl App {
+    /// Periodic upkeep: retry a failed apply, then the data path's own upkeep.
+    pub fn tick(&mut self) {
+        tick(
+            &mut *self.apply,
+            &self.state,
+            &mut self.dirty,
+            Running::Stored,
+        );
+    }
+
+    /// Re-applies the committed state: something the data path derives from besides the
+    /// state changed (a health verdict).
+    pub fn refresh(&mut self) {
+        refresh(
+            &mut *self.apply,
+            &self.state,
+            &mut self.dirty,
+            Running::Stored,
+        );
+    }
+}
+
+pub struct DataplaneApply {
+    pub dp: Dataplane,
+    /// Counters of the drops an operator must hear about, as last seen.
+    trouble: Vec<(Reason, u64)>,
+    attached: Vec<String>,
+    skb: bool,
+    hops: Vec<NextHop>,
+    health: HealthMonitor,
+    /// What the last `check` computed, for the `apply` of the same state that follows.
+    plan: Option<Plan>,
+}
+
+/// The maps' content and next hops computed for a state (with the health view they were
+/// computed with): `check` computes them, the `apply` of the same state reuses them.
+struct Plan {
+    state: State,
+    unhealthy: Unhealthy,
+    desired: Desired,
+    hops: Vec<NextHop>,
+}
+
+impl Plan {
+    fn compute(s: &State, unhealthy: Unhealthy) -> Result<Self, FieldError> {
+        let hops = desired::next_hops(s);
+        let desired = desired::compute_with_hops(s, dataplane::resolve_link, &unhealthy, &hops)?;
+        Ok(Self {
+            state: s.clone(),
+            unhealthy,
+            desired,
+            hops,
+        })
+    }
+}
+
+impl DataplaneApply {
+    pub fn new(dp: Dataplane, skb: bool) -> Self {
+        Self {
+            dp,
+            trouble: Vec::new(),
+            attached: Vec::new(),
+            skb,
+            hops: Vec::new(),
+            health: HealthMonitor::new(),
+            plan: None,
+        }
+    }
+
+    /// Notified when an appliance's verdict changes: the owner of the state should call
+    /// `apply` again (it recomputes the maps with the new verdicts).
+    pub fn health_notify(&self) -> Arc<Notify> {
+        self.health.notify()
+    }
+
+    /// Logs drops that mean something is wrong outside the packet (pool exhausted, table
+    /// full, next hop unknown) when their counters moved since the last look.
+    fn report_trouble(&mut self) {
+        const WATCH: [Reason; 6] = [
+            Reason::DropSnatExhausted,
+            Reason::DropConntrackFull,
+            Reason::DropNoNeighbor,
+            Reason::DropNoRoute,
+            Reason::DropRedirectFailed,
+            Reason::DropNoHealthyAppliance,
+        ];
+        let Ok(stats) = self.dp.stats() else { return };
+        let now: Vec<(Reason, u64)> = stats
+            .into_iter()
+            .filter(|(r, _)| WATCH.contains(r))
+            .collect();
+        for (r, n) in &now {
+            let before = self.trouble.iter().find(|(x, _)| x == r).map(|(_, b)| *b);
+            if let Some(b) = before
+                && *n > b
+            {
+                warn!(
+                    counter = r.as_str(),
+                    packets = n - b,
+                    "data path dropped packets since the last check"
+                );
+            }
+        }
+        self.trouble = now;
+    }
+
+    /// Probes next hops whose MAC is not known yet.
+    pub fn probe_missing(&self) {
+        for hop in &self.hops {
+            if self.dp.neighbor(hop.vpc_id, hop.addr).is_none() {
+                self.probe(hop);
+            }
+        }
+    }
+
+    fn probe(&self, hop: &NextHop) {
+        let Some(link) = self.link_of(hop) else {
+            return;
+        };
+        let frame = neighbor::arp_request(link.mac, hop.ask_from, hop.addr);
+        if let Err(e) = neighbor::send_frame(&link, &frame) {
+            warn!(
+                "ARP request for {} failed: {e}",
+                std::net::Ipv4Addr::from(hop.addr)
+            );
+        }
+    }
+
+    /// The link a next hop's VPC is attached through, from the data path's own map.
+    fn link_of(&self, hop: &NextHop) -> Option<Link> {
+        self.dp.vpc_link(hop.vpc_id)
+    }
+
+    /// Probes every next hop and waits (bounded) until the data path has learned them.
+    pub async fn resolve(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        for hop in &self.hops {
+            self.probe(hop);
+        }
+        loop {
+            let missing: Vec<_> = self
+                .hops
+                .iter()
+                .filter(|h| self.dp.neighbor(h.vpc_id, h.addr).is_none())
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                for h in missing {
+                    warn!(
+                        "load balancer {} has not answered ARP yet; retrying every 5 s",
+                        std::net::Ipv4Addr::from(h.addr)
+                    );
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Apply for DataplaneApply {
+    fn check(&mut self, s: &State) -> Result<(), OpError> {
+        // The verdicts as they are now: `apply` re-uses this plan when they still are.
+        self.plan = None;
+        self.plan = Some(Plan::compute(s, self.health.unhealthy())?);
+        Ok(())
+    }
+
+    fn apply(&mut self, s: &State) -> Result<()> {
+        self.health.sync(s);
+        let unhealthy = self.health.take();
+        let plan = match self.plan.take() {
+            Some(p) if p.state == *s && p.unhealthy == unhealthy => p,
+            _ => Plan::compute(s, unhealthy)?,
+        };
+        let r = self.dp.apply(&plan.desired)?;
+        // Every interface that can be attached is, and the next hops are registered and
+        // probed, even when one interface cannot be attached yet (another XDP program
+        // holds it): that VPC waits for the retry, the others do not.
+        let mut failed = Vec::new();
+        for vpc in &s.vpcs {
+            if !self.attached.contains(&vpc.interface) {
+                match self.dp.attach(&vpc.interface, self.skb) {
+                    Ok(()) => {
+                        self.attached.push(vpc.interface.clone());
+                        info!(iface = %vpc.interface, vpc = %vpc.id, "XDP attached");
+                    }
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+            }
+        }
+        if r.upserts + r.deletes > 0 {
+            info!(upserts = r.upserts, deletes = r.deletes, "maps updated");
+        }
+        let hops = plan.hops;
+        let new: Vec<NextHop> = hops
+            .iter()
+            .filter(|h| !self.hops.contains(h))
+            .copied()
+            .collect();
+        self.hops = hops;
+        for h in &new {
+            self.probe(h);
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("{}", failed.join("; ")))
+        }
+    }
+
+    fn tick(&mut self) {
+        self.probe_missing();
+        self.report_trouble();
+    }
+
+    fn unhealthy(&self) -> Unhealthy {
+        self.health.unhealthy()
+    }
+}

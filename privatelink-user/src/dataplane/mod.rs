@@ -1,0 +1,277 @@
+//! The loaded XDP program and its maps: load (re-using pinned maps so flows survive a
+//! restart), attach, and access to the maps. Beside it: the pin directory (`pins`), the
+//! diff sync of a `Desired` (`sync`), the CLI's readers (`read`), interface lookups
+//! (`link`), next-hop ARP probes (`neighbor`) and the reference programs (`reference`).
+
+mod pins;
+mod sync;
+
+pub mod link;
+pub mod neighbor;
+pub mod read;
+pub mod reference;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, ProgramArray},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
+};
+pub use link::{parse_mac, resolve_link};
+pub use pins::LAYOUTS_DIR;
+use pins::{drop_incompatible_pins, load_paths, record_layouts, retire_path_pins};
+use privatelink_common::{
+    Config, DEFAULT_CONNTRACK_ENTRIES, FlowEntry, FlowKey, Neighbor, PROGRAM_NAME, Reason, VpcAddr,
+    VpcPort, map_names,
+};
+pub use read::{coarse_now_ns, open_pinned, read_budgets, read_config, read_flows, read_stats};
+pub use reference::{PASS_OBJECT, attach_pass};
+
+use crate::desired::{Desired, Link};
+
+/// The XDP object, built by build.rs from privatelink-ebpf.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/privatelink-xdp"));
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/privatelink";
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Where maps are pinned (and re-opened from); `None` keeps them private (tests).
+    pub pin_dir: Option<PathBuf>,
+    pub conntrack_entries: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
+            conntrack_entries: DEFAULT_CONNTRACK_ENTRIES,
+        }
+    }
+}
+
+/// How many entries one apply wrote and removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub upserts: usize,
+    pub deletes: usize,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    /// What the daemon-owned maps hold (read from them once, then kept in step), so an
+    /// apply is a diff in memory plus the changed entries' syscalls.
+    applied: Option<Desired>,
+    pin_dir: Option<PathBuf>,
+    links: Vec<(String, XdpLinkId)>,
+    pass: Option<Ebpf>,
+    /// Held open: the kernel empties a program array when its last user reference goes.
+    _paths: ProgramArray<MapData>,
+}
+
+impl Dataplane {
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::CONNTRACK, opts.conntrack_entries);
+        if let Some(dir) = &opts.pin_dir {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "creating pin directory {} (is bpffs mounted on /sys/fs/bpf?)",
+                    dir.display()
+                )
+            })?;
+            drop_incompatible_pins(dir, opts.conntrack_entries)?;
+            // From now on pins are recorded: a pin this load makes and a crash keeps from
+            // being recorded is of unknown layout to the next load, not trusted by size.
+            let records = dir.join(LAYOUTS_DIR);
+            std::fs::create_dir_all(&records)
+                .with_context(|| format!("creating {}", records.display()))?;
+            for name in map_names::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the XDP object")?;
+        if let Some(dir) = &opts.pin_dir {
+            // The maps are pinned now, with this build's layouts.
+            record_layouts(dir, opts.conntrack_entries)?;
+        }
+        let prog: &mut Xdp = program(&mut ebpf)?;
+        load_retrying(prog).context("the verifier rejected the XDP program")?;
+        let paths = load_paths(&mut ebpf, opts.pin_dir.as_deref())?;
+        Ok(Self {
+            ebpf,
+            applied: None,
+            pin_dir: opts.pin_dir.clone(),
+            links: Vec::new(),
+            pass: None,
+            _paths: paths,
+        })
+    }
+
+    /// Attaches the program to `iface` (native mode unless `skb`). With a pin directory
+    /// the attachment is a bpf_link pinned at `<pin_dir>/links/<iface>`: it outlives the
+    /// daemon (a restart, or a kill -9, does not detach it), and a daemon that finds it
+    /// swaps its own program in atomically (an upgrade keeps the pinned maps, conntrack
+    /// included, and never leaves the interface without a program).
+    pub fn attach(&mut self, iface: &str, skb: bool) -> Result<()> {
+        let mode = if skb { XdpMode::Skb } else { XdpMode::Driver };
+        let pin = self.pin_dir.as_ref().map(|d| d.join("links").join(iface));
+        let prog: &mut Xdp = program(&mut self.ebpf)?;
+        let existing = match &pin {
+            Some(p) if p.exists() => {
+                Some(PinnedLink::from_pin(p).with_context(|| format!("opening {}", p.display()))?)
+            }
+            _ => None,
+        };
+        let id = match existing {
+            Some(pinned) => {
+                let link = XdpLink::try_from(pinned.unpin()?)?;
+                prog.attach_to_link(link)
+                    .with_context(|| format!("replacing the program on {iface}"))?
+            }
+            None => prog
+                .attach(iface, mode)
+                .with_context(|| format!("attaching XDP ({mode:?}) to {iface}"))?,
+        };
+        match pin {
+            Some(p) => {
+                std::fs::create_dir_all(p.parent().expect("links dir"))?;
+                let link = FdLink::try_from(prog.take_link(id)?)
+                    .context("the kernel attached XDP without a bpf_link; cannot pin it")?;
+                link.pin(&p)
+                    .with_context(|| format!("pinning the link at {}", p.display()))?;
+            }
+            None => self.links.push((iface.to_string(), id)),
+        }
+        // The program this link ran before may be gone now, and its paths with it.
+        if let Some(dir) = &self.pin_dir {
+            retire_path_pins(&dir.join("paths"));
+        }
+        Ok(())
+    }
+
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        program(&mut self.ebpf)
+    }
+
+    /// One of this object's loaded programs: the entry point or a path program.
+    pub fn loaded_program(&mut self, name: &str) -> Result<&mut Xdp> {
+        xdp_program(&mut self.ebpf, name)
+    }
+
+    pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the object has no map {name}"))
+    }
+
+    pub fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the object has no map {name}"))
+    }
+
+    /// Moves `PL_EPOCH` on, after the maps were written: every established flow's next
+    /// packet takes the full path once (whitelist, connection, ENI owner, ACLs) and is
+    /// stamped with the new epoch. A fresh epoch map starts at a random value, so flows
+    /// a pinned conntrack kept from before cannot carry a matching stamp by chance.
+    pub fn bump_epoch(&mut self) -> Result<()> {
+        let mut a: Array<_, u32> = Array::try_from(self.map_mut(map_names::EPOCH)?)?;
+        let cur = a.get(&0, 0)?;
+        let next = if cur == 0 {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+                .unwrap_or(1)
+                | 1
+        } else {
+            cur.wrapping_add(1).max(1)
+        };
+        a.set(0, next, 0)?;
+        Ok(())
+    }
+
+    /// The current `PL_EPOCH` value.
+    pub fn epoch(&self) -> Result<u32> {
+        let a: Array<_, u32> = Array::try_from(self.map(map_names::EPOCH)?)?;
+        Ok(a.get(&0, 0)?)
+    }
+
+    /// Writes the data path's settings (idle timeouts).
+    pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        let mut a: Array<_, Config> = Array::try_from(self.map_mut(map_names::CONFIG)?)?;
+        a.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Result<Vec<(Reason, u64)>> {
+        read_stats(self.map(map_names::STATS)?)
+    }
+
+    pub fn set_neighbor(&mut self, vpc_id: u32, addr: [u8; 4], mac: [u8; 6]) -> Result<()> {
+        let mut m: HashMap<_, VpcAddr, Neighbor> =
+            HashMap::try_from(self.map_mut(map_names::NEIGHBORS)?)?;
+        m.insert(VpcAddr { vpc_id, addr }, Neighbor { mac, _pad: [0; 2] }, 0)?;
+        Ok(())
+    }
+
+    pub fn neighbor(&self, vpc_id: u32, addr: [u8; 4]) -> Option<[u8; 6]> {
+        let m: HashMap<_, VpcAddr, Neighbor> =
+            HashMap::try_from(self.map(map_names::NEIGHBORS).ok()?).ok()?;
+        m.get(&VpcAddr { vpc_id, addr }, 0)
+            .ok()
+            .map(|n| n.mac)
+            .filter(|mac| *mac != [0; 6])
+    }
+
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        read_flows(self.map(map_names::CONNTRACK)?)
+    }
+
+    /// The link a VPC is attached through, as the data path holds it (`PL_VPC_PORTS`).
+    pub fn vpc_link(&self, vpc_id: u32) -> Option<Link> {
+        let m: HashMap<_, u32, VpcPort> =
+            HashMap::try_from(self.map(map_names::VPC_PORTS).ok()?).ok()?;
+        let p = m.get(&vpc_id, 0).ok()?;
+        Some(Link {
+            ifindex: p.ifindex,
+            mac: p.mac,
+            mtu: p.mtu,
+        })
+    }
+}
+/// Loads a program, trying again (up to 5 times, as libbpf does) when the kernel answers
+/// EAGAIN: the verifier gives up when a signal is pending for the process, which a child
+/// process exiting can cause during a verification that takes a second.
+fn load_retrying(p: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 0;
+    loop {
+        match p.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    xdp_program(ebpf, PROGRAM_NAME)
+}
+
+/// The XDP program `name` of `ebpf`.
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the object has no program {name}"))?
+        .try_into()?)
+}

@@ -1,0 +1,337 @@
+//! The pin directory: layout records of the pinned maps (a pin of another layout is
+//! replaced, not re-used), and the pinned path arrays of loaded entry programs.
+
+use std::{collections::HashSet, path::Path};
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{MapData, ProgramArray},
+    programs::ProgramError,
+};
+use privatelink_common::{
+    PATH_PROGRAMS, PATHS_MAP,
+    layout::{self, Layout},
+    map_names,
+};
+
+use super::{load_retrying, program, xdp_program};
+
+/// What a pinned map must be for this build to re-use it.
+struct PinSpec {
+    name: &'static str,
+    key: usize,
+    value: usize,
+    /// Checked for the maps whose capacity is a daemon option (`configured`) or `fixed`.
+    entries: Option<u32>,
+    /// `privatelink_common::layout::of` the key and value types.
+    fingerprint: u64,
+}
+
+fn spec<K: Layout, V: Layout>(name: &'static str, entries: Option<u32>) -> PinSpec {
+    PinSpec {
+        name,
+        key: std::mem::size_of::<K>(),
+        value: std::mem::size_of::<V>(),
+        entries,
+        fingerprint: layout::of::<K, V>(),
+    }
+}
+
+/// The key and value types (and, for the maps of a `fixed` or `configured` capacity, the
+/// capacity) of this build's maps, from the catalogue.
+fn expected_layout(conntrack_entries: u32) -> Vec<PinSpec> {
+    /// An LPM trie's pinned key type (`Data as Pinned`), else the key type.
+    macro_rules! pinned_key {
+        ($key:ty) => {
+            $key
+        };
+        ($key:ty, $pinned:ty) => {
+            $pinned
+        };
+    }
+    macro_rules! capacity {
+        ($cap:expr) => {
+            None
+        };
+        ($cap:expr, fixed) => {
+            Some(($cap) as u32)
+        };
+        ($cap:expr, configured) => {
+            Some(conntrack_entries)
+        };
+    }
+    macro_rules! specs {
+        ($(
+            $(#[$doc:meta])*
+            $name:ident = $map:ident : $kind:ident < $key:ty $(as $pinned:ty)?, $value:ty >
+                [$cap:expr $(, $capacity:ident)?], $owner:ident $(($field:ident))?;
+        )*) => {
+            vec![$(
+                spec::<pinned_key!($key $(, $pinned)?), $value>(
+                    map_names::$name,
+                    capacity!($cap $(, $capacity)?),
+                ),
+            )*]
+        };
+    }
+    privatelink_common::for_each_map!(specs)
+}
+
+/// The directory beside the pins that records the layout fingerprint of each pinned map:
+/// one empty directory `NAME-HEX-ID` per map, `ID` the pinned map's kernel id (bpffs
+/// holds BPF objects and directories only, and refuses names with a dot).
+pub const LAYOUTS_DIR: &str = "layouts";
+
+/// What `<dir>/layouts` says of the pinned maps.
+struct Records {
+    /// The directory exists: pins made since records are kept, so a pin without a valid
+    /// record of its own (a crash between pinning and recording, a build from before
+    /// records run in between) is of unknown layout.
+    kept: bool,
+    /// Map name → its records (fingerprint, map id): one, or two after a crash between
+    /// writing the new record and removing the old one.
+    by_map: std::collections::HashMap<String, Vec<(u64, u32)>>,
+}
+
+/// Reads `<dir>/layouts`; an entry that cannot be read is reported and ignored.
+fn recorded_layouts(dir: &Path) -> Result<Records> {
+    let path = dir.join(LAYOUTS_DIR);
+    let entries = match std::fs::read_dir(&path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Records {
+                kept: false,
+                by_map: Default::default(),
+            });
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut by_map = std::collections::HashMap::new();
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let parsed = name.rsplitn(3, '-').collect::<Vec<_>>();
+        let record = match parsed[..] {
+            [id, hex, map] => u64::from_str_radix(hex, 16)
+                .ok()
+                .zip(id.parse::<u32>().ok())
+                .map(|r| (map, r)),
+            _ => None,
+        };
+        match record {
+            Some((map, r)) => by_map
+                .entry(map.to_string())
+                .or_insert_with(Vec::new)
+                .push(r),
+            None => tracing::warn!(
+                dir = %path.display(),
+                entry = %name,
+                "unreadable layout record: ignored"
+            ),
+        }
+    }
+    Ok(Records { kept: true, by_map })
+}
+
+/// Records this build's layout fingerprints of the pinned maps (just pinned or re-used),
+/// with their ids, replacing older records.
+pub(super) fn record_layouts(dir: &Path, conntrack_entries: u32) -> Result<()> {
+    let path = dir.join(LAYOUTS_DIR);
+    let mut want = std::collections::HashSet::new();
+    for spec in expected_layout(conntrack_entries) {
+        let pin = dir.join(spec.name);
+        let id = aya::maps::MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading {}", pin.display()))?
+            .id();
+        want.insert(format!("{}-{:016x}-{id}", spec.name, spec.fingerprint));
+    }
+    std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+    // The new records first, then the stale ones go: a crash in between leaves a map with
+    // two records, and the one naming its id counts.
+    for record in &want {
+        let p = path.join(record);
+        if !p.exists() {
+            std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+        }
+    }
+    for entry in std::fs::read_dir(&path)? {
+        let entry = entry?;
+        if !want.contains(&*entry.file_name().to_string_lossy()) {
+            std::fs::remove_dir(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A pinned map left by a build with another layout (or a different conntrack size) would
+/// be re-used as is by the loader: unpin it so a fresh one is made, and say so. Conntrack
+/// entries are lost then; daemon-owned maps are refilled by the next apply. A pin is of
+/// this build's layout when its record says so for this very map (its id); pins from
+/// before records (no `layouts` directory at all) are judged by their sizes alone.
+pub(super) fn drop_incompatible_pins(dir: &Path, conntrack_entries: u32) -> Result<()> {
+    let recorded = recorded_layouts(dir)?;
+    for want in expected_layout(conntrack_entries) {
+        let path = dir.join(want.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let fits = info.key_size() as usize == want.key
+            && info.value_size() as usize == want.value
+            && want.entries.is_none_or(|n| info.max_entries() == n);
+        // The record of this very map (its id); others are of maps since replaced.
+        let records = recorded
+            .by_map
+            .get(want.name)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let mine: Vec<u64> = records
+            .iter()
+            .filter(|(_, id)| *id == info.id())
+            .map(|(f, _)| *f)
+            .collect();
+        let same_layout = match mine[..] {
+            [f] => f == want.fingerprint,
+            [] => !recorded.kept,
+            _ => false,
+        };
+        if !fits || !same_layout {
+            let found = match (&mine[..], records) {
+                ([f], _) => format!("{f:016x} (map {})", info.id()),
+                ([], [(f, id), ..]) => format!("{f:016x} (map {id})"),
+                ([], []) if recorded.kept => "no record".to_string(),
+                ([], []) => String::new(),
+                _ => "several records".to_string(),
+            };
+            tracing::warn!(
+                map = %want.name,
+                id = info.id(),
+                key_size = info.key_size(),
+                value_size = info.value_size(),
+                max_entries = info.max_entries(),
+                layout = %found,
+                this_build = %format!("{:016x}", want.fingerprint),
+                "pinned map does not fit this build (layout or size changed): replacing it, its entries are lost"
+            );
+            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads the path programs and puts them in `PL_PATHS`, where the entry point tail-calls
+/// them. Each load has its own array (a daemon that swaps its program into a pinned link
+/// brings its own paths along). With a pin directory the array is pinned under
+/// `paths/<entry program id>`, so the paths keep working after the daemon exits (the
+/// kernel empties a program array when its last user reference goes); pins of programs
+/// that no longer exist are removed.
+pub(super) fn load_paths(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<ProgramArray<MapData>> {
+    let mut fds = Vec::new();
+    for name in PATH_PROGRAMS {
+        let p = xdp_program(ebpf, name)?;
+        load_retrying(p).with_context(|| format!("the verifier rejected {name}"))?;
+        fds.push(p.fd()?.try_clone()?);
+    }
+    let map = ebpf
+        .take_map(PATHS_MAP)
+        .ok_or_else(|| anyhow!("the object has no map {PATHS_MAP}"))?;
+    if let Some(dir) = pin_dir {
+        let dir = dir.join("paths");
+        std::fs::create_dir_all(&dir)?;
+        retire_path_pins(&dir);
+        let pin = dir.join(program(ebpf)?.info()?.id().to_string());
+        map.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+    }
+    let mut paths: ProgramArray<MapData> = ProgramArray::try_from(map)?;
+    for (i, fd) in fds.iter().enumerate() {
+        paths.set(i as u32, fd, 0)?;
+    }
+    Ok(paths)
+}
+
+/// Removes the pinned path arrays of entry programs that are gone (replaced on every
+/// link). Best effort: a pin is removed only when the kernel says its program does not
+/// exist; anything unclear (another entry, an error) keeps it and is logged.
+pub(super) fn retire_path_pins(dir: &Path) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot list path pins");
+            return;
+        }
+    };
+    let Some(live) = live_programs() else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            tracing::warn!(path = %path.display(), "not a path pin of ours; left alone");
+            continue;
+        };
+        if !live.contains(&id)
+            && let Err(e) = std::fs::remove_file(&path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot unpin retired paths");
+        }
+    }
+}
+
+/// The ids of the BPF programs that exist now, or `None` when the kernel would not list
+/// them all (a missing privilege, say): then no program counts as gone. A program that
+/// disappears while being listed (ENOENT on opening it) is gone, not an error.
+fn live_programs() -> Option<HashSet<u32>> {
+    let mut ids = HashSet::new();
+    for p in aya::programs::loaded_programs() {
+        match p {
+            Ok(info) => {
+                ids.insert(info.id());
+            }
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the loaded programs: path pins kept");
+                return None;
+            }
+        }
+    }
+    Some(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use privatelink_common::DEFAULT_CONNTRACK_ENTRIES;
+
+    use super::*;
+
+    /// The XDP object declares every catalogue map with the catalogue's key and value sizes
+    /// (and capacity where it is checked), and no other map but its own unpinned ones.
+    #[test]
+    fn the_object_declares_the_catalogue() {
+        let obj = aya_obj::Object::parse(super::super::EBPF_OBJECT).expect("the XDP object");
+        let mut declared: Vec<&str> = obj
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|n| n.starts_with("PL_"))
+            .collect();
+        declared.sort();
+        let mut want: Vec<&str> = map_names::ALL.to_vec();
+        want.extend([PATHS_MAP, "PL_SCRATCH", "PL_HANDOFF"]);
+        want.sort();
+        assert_eq!(declared, want);
+        for spec in expected_layout(DEFAULT_CONNTRACK_ENTRIES) {
+            let m = &obj.maps[spec.name];
+            assert_eq!(m.key_size() as usize, spec.key, "{}", spec.name);
+            assert_eq!(m.value_size() as usize, spec.value, "{}", spec.name);
+            if let Some(n) = spec.entries {
+                assert_eq!(m.max_entries(), n, "{}", spec.name);
+            }
+        }
+    }
+}
