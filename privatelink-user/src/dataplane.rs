@@ -35,10 +35,6 @@ use crate::{
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/privatelink-xdp"));
 
-/// A map-less program that passes every frame (veth peers in labs; benchmark baseline).
-pub static PASS_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/privatelink-pass"));
-
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/privatelink";
 
 #[derive(Clone, Debug)]
@@ -71,7 +67,6 @@ pub struct Dataplane {
     applied: Option<Desired>,
     pin_dir: Option<PathBuf>,
     links: Vec<(String, XdpLinkId)>,
-    pass: Option<Ebpf>,
     /// Held open: the kernel empties a program array when its last user reference goes.
     _paths: ProgramArray<MapData>,
 }
@@ -110,7 +105,6 @@ impl Dataplane {
             applied: None,
             pin_dir: opts.pin_dir.clone(),
             links: Vec::new(),
-            pass: None,
             _paths: paths,
         })
     }
@@ -159,29 +153,6 @@ impl Dataplane {
 
     pub fn program(&mut self) -> Result<&mut Xdp> {
         program(&mut self.ebpf)
-    }
-
-    /// The pass-through program, loaded on first use (a baseline for benchmarks).
-    pub fn pass_program(&mut self) -> Result<&mut Xdp> {
-        self.reference_program(privatelink_common::PASS_PROGRAM_NAME)
-    }
-
-    /// One of the map-free reference programs of `privatelink-pass` (`privatelink_pass`,
-    /// `privatelink_tx`, `privatelink_redirect`, `privatelink_gen`), loaded on first use.
-    pub fn reference_program(&mut self, name: &str) -> Result<&mut Xdp> {
-        let p = xdp_program(self.reference_object()?, name)?;
-        if p.fd().is_err() {
-            load_retrying(p)?;
-        }
-        Ok(p)
-    }
-
-    /// The `privatelink-pass` object (its maps configure the reference programs).
-    pub fn reference_object(&mut self) -> Result<&mut Ebpf> {
-        if self.pass.is_none() {
-            self.pass = Some(load_pass()?);
-        }
-        Ok(self.pass.as_mut().expect("just set"))
     }
 
     /// One of this object's loaded programs: the entry point or a path program.
@@ -544,24 +515,6 @@ fn drop_incompatible_pins(dir: &Path, conntrack_entries: u32) -> Result<()> {
     Ok(())
 }
 
-/// Attaches the pass-through program to `ifaces` and keeps it there while the returned
-/// object lives.
-pub fn attach_pass(ifaces: &[String]) -> Result<Ebpf> {
-    let mut ebpf = load_pass()?;
-    let prog = pass_program(&mut ebpf)?;
-    for i in ifaces {
-        prog.attach(i, XdpMode::Driver)
-            .with_context(|| format!("attaching the pass program to {i}"))?;
-    }
-    Ok(ebpf)
-}
-
-fn load_pass() -> Result<Ebpf> {
-    let mut ebpf = Ebpf::load(PASS_OBJECT)?;
-    load_retrying(pass_program(&mut ebpf)?)?;
-    Ok(ebpf)
-}
-
 /// Loads a program, trying again (up to 5 times, as libbpf does) when the kernel answers
 /// EAGAIN: the verifier gives up when a signal is pending for the process, which a child
 /// process exiting can cause during a verification that takes a second.
@@ -670,10 +623,6 @@ fn program_gone(id: u32) -> bool {
         return false;
     }
     std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT)
-}
-
-fn pass_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    xdp_program(ebpf, privatelink_common::PASS_PROGRAM_NAME)
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {

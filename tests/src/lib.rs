@@ -2,11 +2,14 @@
 //! feeds frames through the loaded XDP program (BPF_PROG_TEST_RUN).
 
 pub mod apidaemon;
+pub mod appliance;
 pub mod frames;
 pub mod gwlb;
 pub mod lab;
 pub mod netns;
+pub mod reference;
 pub mod scale;
 pub mod scapy;
 pub mod testrun;
 pub mod throughput;
+pub mod tool;
