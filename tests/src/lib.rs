@@ -1,5 +1,6 @@
-//! Test support for privatelink: network namespaces, the lab topology, and a runner that
-//! feeds frames through the loaded XDP program (BPF_PROG_TEST_RUN).
+//! Test support for privatelink: network namespaces, the lab topology and its tools (the
+//! GWLB test appliance, the lab's own XDP programs), and a runner that feeds frames
+//! through the loaded XDP program (BPF_PROG_TEST_RUN).
 
 pub mod apidaemon;
 pub mod appliance;
