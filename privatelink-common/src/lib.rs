@@ -106,8 +106,6 @@ pub const fn is_path_program(index: u32, name: &str) -> bool {
 /// The program array the entry point tail-calls through. Each loaded object has its own,
 /// filled with its own path programs, pinned as `paths/<entry program id>` (not by name).
 pub const PATHS_MAP: &str = "PL_PATHS";
-/// A program that only returns XDP_PASS (for veth peers in labs).
-pub const PASS_PROGRAM_NAME: &str = "privatelink_pass";
 
 /// Default conntrack capacity (entries; a flow uses two, one per direction).
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 2 * 1024 * 1024;

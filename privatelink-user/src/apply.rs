@@ -16,9 +16,9 @@ use tracing::{info, warn};
 use crate::{
     dataplane::{self, Dataplane, neighbor},
     desired::{self, Desired, Link, NextHop},
+    error::OpError,
     model::{FieldError, State},
     monitor::{HealthMonitor, Unhealthy},
-    error::OpError,
     store::Store,
 };
 

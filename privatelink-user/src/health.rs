@@ -12,9 +12,15 @@ use std::{
     time::Duration,
 };
 
+use http_body_util::Empty;
+use hyper::{
+    Request, Version,
+    body::Bytes,
+    header::{CONNECTION, HOST},
+};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
     sync::{Notify, watch},
     task::AbortHandle,
@@ -120,28 +126,59 @@ pub async fn probe_from(
         Ok(sock.connect(addr).await.ok())
     };
     let attempt = async {
-        let Some(mut c) = connect.await? else {
+        let Some(c) = connect.await? else {
             return Ok(false);
         };
         match &s.probe {
             Probe::Tcp => Ok(true),
-            Probe::Http { path } => Ok(http_ok(&mut c, addr, path).await.unwrap_or(false)),
+            Probe::Http { path } => Ok(http_ok(c, addr, path).await.unwrap_or(false)),
         }
     };
     timeout(limit, attempt).await.unwrap_or(Ok(false))
 }
 
-async fn http_ok(c: &mut TcpStream, addr: SocketAddr, path: &str) -> Option<bool> {
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    c.write_all(req.as_bytes()).await.ok()?;
-    let mut head = [0u8; 12];
-    c.read_exact(&mut head).await.ok()?;
-    // "HTTP/1.x NNN"
-    let code = std::str::from_utf8(&head[9..12])
-        .ok()?
-        .parse::<u16>()
+/// `GET path` over the connected `c` (HTTP/1.0, `Host: addr`, `Connection: close`):
+/// whether the status is 2xx or 3xx; `None` when no response head arrives.
+async fn http_ok(c: TcpStream, addr: SocketAddr, path: &str) -> Option<bool> {
+    let req = Request::get(request_target(path))
+        .version(Version::HTTP_10)
+        .header(HOST, addr.to_string())
+        .header(CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
         .ok()?;
-    Some((200..400).contains(&code))
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(true)
+        .handshake(TokioIo::new(c))
+        .await
+        .ok()?;
+    // The connection is driven here, beside the request: only until the response head.
+    let response = sender.send_request(req);
+    tokio::pin!(response);
+    let response = tokio::select! {
+        r = &mut response => r,
+        // The connection ended: the response, if it came, is ready now.
+        _ = conn => response.await,
+    };
+    Some((200..400).contains(&response.ok()?.status().as_u16()))
+}
+
+/// `path` as a request target: the few characters a valid `probe.path` may hold that a
+/// URI may not (`#<>` and the backquote; `"` in the query) percent-encoded, the rest as
+/// it is.
+fn request_target(path: &str) -> String {
+    let mut t = String::with_capacity(path.len());
+    let mut query = false;
+    for c in path.chars() {
+        match c {
+            '#' | '<' | '>' | '`' => t.push_str(&format!("%{:02X}", c as u32)),
+            '"' if query => t.push_str("%22"),
+            c => {
+                query |= c == '?';
+                t.push(c);
+            }
+        }
+    }
+    t
 }
 
 /// A running checker: one task per target, stopped when this is dropped.
@@ -257,6 +294,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     #[test]
@@ -319,6 +358,47 @@ mod tests {
         };
         assert!(probe(addr, &s).await);
         assert!(!probe(addr, &s).await, "503 is unhealthy");
+    }
+
+    #[tokio::test]
+    async fn http_probe_sends_the_same_request() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for code in ["302 Found", "404 Not Found", "199 Odd"] {
+                let (mut c, _) = l.accept().await.unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 256];
+                while !req.ends_with(b"\r\n\r\n") {
+                    let n = c.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the request ended early: {req:?}");
+                    req.extend_from_slice(&buf[..n]);
+                }
+                seen.push(String::from_utf8(req).unwrap());
+                c.write_all(format!("HTTP/1.0 {code}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+            seen
+        });
+        let s = |path: &str| HealthSettings {
+            probe: Probe::Http { path: path.into() },
+            timeout_ms: 1000,
+            ..HealthSettings::default()
+        };
+        assert!(probe(addr, &s("/health")).await, "3xx is healthy");
+        assert!(
+            !probe(addr, &s("/a<b>?q=\"x\"#f")).await,
+            "404 is unhealthy"
+        );
+        assert!(!probe(addr, &s("/")).await, "1xx is unhealthy");
+        let seen = server.await.unwrap();
+        let want = |target: &str| {
+            format!("GET {target} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        };
+        assert_eq!(seen[0], want("/health"));
+        assert_eq!(seen[1], want("/a%3Cb%3E?q=%22x%22%23f"));
     }
 
     #[tokio::test]

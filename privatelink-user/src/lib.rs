@@ -2,7 +2,6 @@
 //! and the data plane that holds it.
 
 pub mod api;
-pub mod appliance;
 pub mod apply;
 pub mod cli;
 pub mod client;

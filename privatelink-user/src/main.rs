@@ -10,8 +10,6 @@ use privatelink_user::{
     daemon::{self, DaemonArgs, read_state},
     dataplane::{self, DEFAULT_PIN_DIR},
 };
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
 
 #[derive(Parser)]
 #[command(
@@ -47,35 +45,6 @@ enum Cmd {
         all: bool,
         #[arg(long)]
         json: bool,
-    },
-    /// Lab helper: attach a pass-through XDP program to veth ends that receive frames the
-    /// data path redirects (the kernel drops such frames at a veth whose peer runs no XDP
-    /// program), and hold it until SIGTERM.
-    XdpPass {
-        #[arg(long)]
-        netns: Option<String>,
-        #[arg(required = true)]
-        ifaces: Vec<String>,
-    },
-    /// A test inspection appliance for GWLB endpoints: receives GENEVE (RFC 8926) on UDP,
-    /// checks the GWLB options, drops what a rule matches, returns the rest with the outer
-    /// addresses swapped, and writes its counters to --stats-file.
-    Appliance {
-        #[arg(long, default_value = "0.0.0.0:6081")]
-        listen: std::net::SocketAddr,
-        /// The UDP port returned packets go to on the sender.
-        #[arg(long, default_value_t = 6081)]
-        reply_port: u16,
-        /// Drop inner packets matching PROTO[:DPORT] (tcp, udp, icmp; repeatable).
-        #[arg(long = "drop")]
-        drop: Vec<privatelink_user::appliance::DropRule>,
-        #[arg(long)]
-        stats_file: Option<PathBuf>,
-        /// Answer health checks here (any TCP connection gets HTTP 200).
-        #[arg(long)]
-        health: Option<std::net::SocketAddr>,
-        #[arg(long)]
-        netns: Option<String>,
     },
     /// Print the conntrack table (original directions).
     Flows {
@@ -119,42 +88,6 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(daemon::run(args, listener))
-        }
-        Cmd::Appliance {
-            listen,
-            reply_port,
-            drop,
-            stats_file,
-            health,
-            netns,
-        } => {
-            if let Some(ns) = netns {
-                enter_netns(&ns)?;
-            }
-            info!(%listen, rules = drop.len(), "appliance listening for GENEVE");
-            privatelink_user::appliance::run(&privatelink_user::appliance::Options {
-                listen,
-                reply_port,
-                drop,
-                stats_file,
-                health,
-            })
-        }
-        Cmd::XdpPass { netns, ifaces } => {
-            if let Some(ns) = netns {
-                enter_netns(&ns)?;
-            }
-            let _held = dataplane::attach_pass(&ifaces)?;
-            info!(?ifaces, "pass-through XDP attached; SIGTERM detaches");
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(async {
-                    let mut term = signal(SignalKind::terminate())?;
-                    let mut int = signal(SignalKind::interrupt())?;
-                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-                    Ok::<_, anyhow::Error>(())
-                })
         }
         Cmd::Check { state } => {
             let s = read_state(&state)?;

@@ -182,15 +182,21 @@ pub fn privatelink_bin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("PRIVATELINK_BIN") {
         return Ok(p.into());
     }
+    bin("privatelink")
+}
+
+/// Where the lab's binary `name` (`pl-appliance`, `pl-xdp-pass`, ...) is: next to this
+/// executable, or one level up (test binaries in target/*/deps).
+pub fn bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     for dir in exe.ancestors().skip(1).take(2) {
-        let p = dir.join("privatelink");
+        let p = dir.join(name);
         if p.is_file() {
             return Ok(p);
         }
     }
     bail!(
-        "privatelink binary not found near {} (build it with `cargo build --bins`)",
+        "{name} binary not found near {} (build it with `cargo build --bins`)",
         exe.display()
     )
 }
@@ -244,9 +250,10 @@ impl Lab {
             peers.push((g.web.name.clone(), "w0"));
             peers.push((g.appl.name.clone(), "a0"));
         }
+        let xdp_pass = bin("pl-xdp-pass")?;
         for (ns, dev) in peers {
-            let mut cmd = std::process::Command::new(&daemon);
-            cmd.args(["xdp-pass", "--netns", &ns, dev]);
+            let mut cmd = std::process::Command::new(&xdp_pass);
+            cmd.args(["--netns", &ns, dev]);
             let child = spawn_logged(&lab.dir, &format!("xdp-pass-{dev}"), &mut cmd)?;
             lab.children.push((format!("xdp-pass-{dev}"), child));
         }
@@ -533,9 +540,8 @@ impl Lab {
             .clone();
         let stats = self.appliance_stats_file(i);
         let _ = fs::remove_file(&stats); // a restarted appliance counts from zero
-        let mut cmd = std::process::Command::new(privatelink_bin()?);
+        let mut cmd = std::process::Command::new(bin("pl-appliance")?);
         cmd.args([
-            "appliance",
             "--netns",
             &ns,
             "--listen",

@@ -1,12 +1,16 @@
-//! Test support for privatelink: network namespaces, the lab topology, and a runner that
-//! feeds frames through the loaded XDP program (BPF_PROG_TEST_RUN).
+//! Test support for privatelink: network namespaces, the lab topology and its tools (the
+//! GWLB test appliance, the lab's own XDP programs), and a runner that feeds frames
+//! through the loaded XDP program (BPF_PROG_TEST_RUN).
 
 pub mod apidaemon;
+pub mod appliance;
 pub mod frames;
 pub mod gwlb;
 pub mod lab;
 pub mod netns;
+pub mod reference;
 pub mod scale;
 pub mod scapy;
 pub mod testrun;
 pub mod throughput;
+pub mod tool;

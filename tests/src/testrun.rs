@@ -16,7 +16,10 @@ use privatelink_user::{
     model::{numeric_id, parse_stored_state},
 };
 
-use crate::netns::{Netns, unique_name};
+use crate::{
+    netns::{Netns, unique_name},
+    reference::Reference,
+};
 
 /// The longest frame `privatelink_replay` stores.
 pub const REPLAY_MAX: usize = 160;
@@ -26,6 +29,8 @@ pub const LB_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x10];
 
 pub struct Harness {
     pub dp: Dataplane,
+    /// The lab's reference programs (baselines, replay), loaded on first use.
+    pub reference: Reference,
     pub consumer: Link,
     pub provider: Link,
     pub ns: Netns,
@@ -64,6 +69,7 @@ impl Harness {
         let provider = dataplane::resolve_link("fp0").map_err(anyhow::Error::msg)?;
         Ok(Self {
             dp,
+            reference: Reference::default(),
             consumer,
             provider,
             ns,
@@ -100,7 +106,7 @@ impl Harness {
     }
 
     /// `repeat` runs of `frame` through privatelink's program, or through the reference
-    /// program `baseline` (see `privatelink-pass`); returns the verdict and the kernel's
+    /// program `baseline` (see `reference`); returns the verdict and the kernel's
     /// average duration per run in ns. The kernel reuses one buffer across repeats, so a
     /// path that rewrites the frame sees its own output from the second run on: time those
     /// with `repeat` 1.
@@ -121,7 +127,7 @@ impl Harness {
             ..TestRunOptions::default()
         };
         let r = match baseline {
-            Some(name) => self.dp.reference_program(name)?.test_run(opts)?,
+            Some(name) => self.reference.program(name)?.test_run(opts)?,
             None => self.dp.program()?.test_run(opts)?,
         };
         Ok((r.return_value, r.duration.as_nanos() as u64))
@@ -146,10 +152,10 @@ impl Harness {
             "a replayed frame is a multiple of 4 bytes, at most {REPLAY_MAX}"
         );
         let next = match baseline {
-            Some(name) => self.dp.reference_program(name)?.fd()?.try_clone()?,
+            Some(name) => self.reference.program(name)?.fd()?.try_clone()?,
             None => self.dp.program()?.fd()?.try_clone()?,
         };
-        let obj = self.dp.reference_object()?;
+        let obj = self.reference.object()?;
         let mut stored = [0u8; REPLAY_MAX];
         stored[..frame.len()].copy_from_slice(frame);
         Array::<_, [u8; REPLAY_MAX]>::try_from(obj.map_mut("PL_REPLAY_FRAME").context("map")?)?
@@ -162,8 +168,8 @@ impl Harness {
         let mut out = vec![0u8; frame.len() + 512];
         let ctx = xdp_md(frame.len() as u32, ifindex);
         let r = self
-            .dp
-            .reference_program("privatelink_replay")?
+            .reference
+            .program("privatelink_replay")?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),

@@ -5,7 +5,7 @@
 //! (c) a bare XDP redirect doing no work.
 //!
 //! The generator is the kernel's BPF_F_TEST_XDP_LIVE_FRAMES: `privatelink_gen` (in
-//! `privatelink-pass`) gives each frame its flow and transmits it out of the generator's
+//! the lab's reference programs) gives each frame its flow and transmits it out of the generator's
 //! veth (XDP_TX), so no userspace packet path is measured.
 
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use aya::{
     maps::Array,
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode},
 };
 use etherparse::PacketBuilder;
 use privatelink_user::{
@@ -24,6 +24,7 @@ use privatelink_user::{
 
 use crate::{
     netns::{Netns, unique_name},
+    reference::{PASS_PROGRAM, Reference},
     testrun::xdp_md,
 };
 
@@ -98,7 +99,7 @@ pub struct Topology {
     /// `privatelink_count` on the sink's p0: counts and drops every frame, so each mode's
     /// frames end the same cheap way (and the kernel delivers XDP-redirected frames into a
     /// veth only when its peer runs an XDP program).
-    sink_xdp: Dataplane,
+    sink_xdp: Reference,
 }
 
 /// The MAC address of `dev` in `ns`.
@@ -142,12 +143,9 @@ impl Topology {
             ns.ip(&["link", "set", dev, "up"])?;
         }
         let sink_xdp = in_ns(&sink.name, || {
-            let mut dp = Dataplane::load(&LoadOptions {
-                pin_dir: None,
-                conntrack_entries: 1024,
-            })?;
-            attach_reference(&mut dp, "privatelink_count", "p0")?;
-            Ok(dp)
+            let mut r = Reference::default();
+            attach_reference(&mut r, "privatelink_count", "p0")?;
+            Ok(r)
         })?;
         Ok(Self {
             sink_xdp,
@@ -162,7 +160,7 @@ impl Topology {
 
     /// Frames the sink has counted (all CPUs).
     fn rx_packets(&mut self) -> Result<u64> {
-        let obj = self.sink_xdp.reference_object()?;
+        let obj = self.sink_xdp.object()?;
         let m: aya::maps::PerCpuArray<_, u64> =
             aya::maps::PerCpuArray::try_from(obj.map("PL_SINK_COUNT").context("no map")?)?;
         Ok(m.get(&0, 0)?.iter().sum())
@@ -190,11 +188,14 @@ fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 'st
 
 /// What is attached in the forwarder for one mode; dropping it detaches.
 struct Forwarder {
-    _dp: Dataplane,
+    /// privatelink's data path (XDP NAT mode).
+    _dp: Option<Dataplane>,
+    /// The reference program attached instead (the other modes).
+    _reference: Reference,
 }
 
-fn attach_reference(dp: &mut Dataplane, name: &str, iface: &str) -> Result<()> {
-    let p: &mut Xdp = dp.reference_program(name)?;
+fn attach_reference(r: &mut Reference, name: &str, iface: &str) -> Result<()> {
+    let p = r.program(name)?;
     p.attach(iface, XdpMode::Driver)
         .with_context(|| format!("attaching {name} to {iface}"))?;
     Ok(())
@@ -215,12 +216,13 @@ fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
         let _ = std::fs::remove_file(&f);
     }
     in_ns(&fwd, move || {
-        let mut dp = Dataplane::load(&LoadOptions {
-            pin_dir: None,
-            conntrack_entries: 1 << 20,
-        })?;
-        match mode {
+        let mut reference = Reference::default();
+        let dp = match mode {
             Mode::XdpNat => {
+                let mut dp = Dataplane::load(&LoadOptions {
+                    pin_dir: None,
+                    conntrack_entries: 1 << 20,
+                })?;
                 let s = parse_state(STATE).map_err(anyhow::Error::msg)?;
                 let want =
                     desired::compute(&s, dataplane::resolve_link, &desired::Unhealthy::new())?;
@@ -228,18 +230,26 @@ fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
                 dp.set_neighbor(numeric_id("vpc-b"), LB, p0_mac)?;
                 dp.attach("fc0", false)?;
                 dp.attach("fp0", false)?;
+                Some(dp)
             }
-            Mode::Nftables => attach_reference(&mut dp, "privatelink_pass", "fc0")?,
+            Mode::Nftables => {
+                attach_reference(&mut reference, PASS_PROGRAM, "fc0")?;
+                None
+            }
             Mode::BareRedirect => {
                 let fp0 = dataplane::resolve_link("fp0").map_err(anyhow::Error::msg)?;
-                let obj = dp.reference_object()?;
+                let obj = reference.object()?;
                 let mut m: Array<_, u32> =
                     Array::try_from(obj.map_mut("PL_BASE_TARGET").context("no map")?)?;
                 m.set(0, fp0.ifindex, 0)?;
-                attach_reference(&mut dp, "privatelink_redirect", "fc0")?;
+                attach_reference(&mut reference, "privatelink_redirect", "fc0")?;
+                None
             }
-        }
-        Ok(Forwarder { _dp: dp })
+        };
+        Ok(Forwarder {
+            _dp: dp,
+            _reference: reference,
+        })
     })
 }
 
@@ -284,11 +294,8 @@ pub fn send(ns: &str, dev: &str, frame: Vec<u8>, flows: u32, packets: u32) -> Re
         // The veths' receive work runs where the frames are sent: one CPU for the whole
         // pipeline, the same in every mode and run.
         pin_to_last_cpu();
-        let mut dp = Dataplane::load(&LoadOptions {
-            pin_dir: None,
-            conntrack_entries: 1024,
-        })?;
-        let obj = dp.reference_object()?;
+        let mut r = Reference::default();
+        let obj = r.object()?;
         let mut m: Array<_, u32> = Array::try_from(obj.map_mut("PL_GEN_FLOWS").context("no map")?)?;
         m.set(0, flows, 0)?;
         let mut tmpl: Array<_, [u8; 42]> =
@@ -296,7 +303,7 @@ pub fn send(ns: &str, dev: &str, frame: Vec<u8>, flows: u32, packets: u32) -> Re
         tmpl.set(0, <[u8; 42]>::try_from(&frame[..42])?, 0)?;
         let link = dataplane::resolve_link(&dev).map_err(anyhow::Error::msg)?;
         let ctx = xdp_md(frame.len() as u32, link.ifindex);
-        let p = dp.reference_program("privatelink_gen")?;
+        let p = r.program("privatelink_gen")?;
         let start = Instant::now();
         p.test_run(TestRunOptions {
             data_in: Some(&frame),

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use privatelink_user::{
     api::{self, App, Apply},
     client::{ApiError, Client},
-    model::State,
     error::OpError,
+    model::State,
     ops,
     store::{RedbStore, Store},
 };

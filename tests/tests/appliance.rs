@@ -4,7 +4,7 @@
 
 use std::{net::UdpSocket, process::Command, time::Duration};
 
-use privatelink_tests::lab::{privatelink_bin, wait_for};
+use privatelink_tests::lab::{bin, wait_for};
 
 /// GENEVE payloads from scapy, as hex lines.
 fn scapy_packets() -> Vec<Vec<u8>> {
@@ -78,9 +78,8 @@ fn appliance_returns_valid_geneve_and_counts_the_rest() {
             let _ = std::fs::remove_dir_all(&self.1);
         }
     }
-    let child = Command::new(privatelink_bin().unwrap())
+    let child = Command::new(bin("pl-appliance").unwrap())
         .args([
-            "appliance",
             "--listen",
             &listen.to_string(),
             "--reply-port",

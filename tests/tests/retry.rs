@@ -158,7 +158,7 @@ impl Drop for Holder {
 }
 
 /// Another cause, outside the maps: a VPC is created on an interface where another XDP
-/// program is attached (here `privatelink xdp-pass`), so attaching ours fails after the
+/// program is attached (here `pl-xdp-pass`), so attaching ours fails after the
 /// commit. The VPC is answered and stored, the failure retried; once the other program is
 /// gone, a retry attaches ours (the same program as on the other VPCs' interfaces).
 #[test]
@@ -173,8 +173,8 @@ fn a_vpc_whose_interface_is_taken_is_attached_once_it_is_free() {
         d.ns.ip(&["link", "set", dev, "up"]).unwrap();
     }
     let mut holder = Holder(
-        std::process::Command::new(privatelink_tests::lab::privatelink_bin().unwrap())
-            .args(["xdp-pass", "--netns", &d.ns.name, "fq0"])
+        std::process::Command::new(privatelink_tests::lab::bin("pl-xdp-pass").unwrap())
+            .args(["--netns", &d.ns.name, "fq0"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -308,8 +308,8 @@ fn a_reloaded_state_file_stays_applied_while_an_interface_is_held() {
     }
     let bin = privatelink_tests::lab::privatelink_bin().unwrap();
     let mut holder = Holder(
-        std::process::Command::new(&bin)
-            .args(["xdp-pass", "--netns", &ns.name, "fq0"])
+        std::process::Command::new(privatelink_tests::lab::bin("pl-xdp-pass").unwrap())
+            .args(["--netns", &ns.name, "fq0"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

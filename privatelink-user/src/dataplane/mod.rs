@@ -1,7 +1,7 @@
 //! The loaded XDP program and its maps: load (re-using pinned maps so flows survive a
 //! restart), attach, and access to the maps. Beside it: the pin directory (`pins`), the
 //! diff sync of a `Desired` (`sync`), the CLI's readers (`read`), interface lookups
-//! (`link`), next-hop ARP probes (`neighbor`) and the reference programs (`reference`).
+//! (`link`), next-hop ARP probes (`neighbor`).
 
 mod pins;
 mod sync;
@@ -9,7 +9,6 @@ mod sync;
 pub mod link;
 pub mod neighbor;
 pub mod read;
-pub mod reference;
 
 use std::path::PathBuf;
 
@@ -31,7 +30,6 @@ use privatelink_common::{
     VpcPort, map_names,
 };
 pub use read::{coarse_now_ns, open_pinned, read_budgets, read_config, read_flows, read_stats};
-pub use reference::{PASS_OBJECT, attach_pass};
 
 use crate::desired::{Desired, Link};
 
@@ -71,7 +69,6 @@ pub struct Dataplane {
     applied: Option<Desired>,
     pin_dir: Option<PathBuf>,
     links: Vec<(String, XdpLinkId)>,
-    pass: Option<Ebpf>,
     /// Held open: the kernel empties a program array when its last user reference goes.
     _paths: ProgramArray<MapData>,
 }
@@ -110,7 +107,6 @@ impl Dataplane {
             applied: None,
             pin_dir: opts.pin_dir.clone(),
             links: Vec::new(),
-            pass: None,
             _paths: paths,
         })
     }

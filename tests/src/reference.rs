@@ -1,0 +1,84 @@
+//! The lab's own XDP programs (tests/lab-ebpf, bin `privatelink-pass`, built by
+//! tests/build.rs), beside privatelink's data path but never part of it:
+//! - `privatelink_pass` returns every frame to the kernel: attached to the far end of a
+//!   veth pair (`pl-xdp-pass`), since the kernel delivers XDP-redirected frames into a veth
+//!   only when its peer runs an XDP program;
+//! - `privatelink_tx`, `privatelink_redirect`, `privatelink_count`, `privatelink_gen` and
+//!   `privatelink_replay`: the benchmarks' baselines, sink, generator and replayer.
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf,
+    programs::{ProgramError, Xdp, XdpMode},
+};
+
+/// The lab's XDP object.
+pub static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/privatelink-pass"));
+
+/// The program that only returns XDP_PASS (for veth peers in labs).
+pub const PASS_PROGRAM: &str = "privatelink_pass";
+
+/// The lab's object, loaded on first use; its programs are loaded on first use too.
+#[derive(Default)]
+pub struct Reference {
+    ebpf: Option<Ebpf>,
+}
+
+impl Reference {
+    /// One of the reference programs (`privatelink_pass`, `privatelink_tx`,
+    /// `privatelink_redirect`, `privatelink_count`, `privatelink_gen`,
+    /// `privatelink_replay`), loaded on first use.
+    pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
+        let p = xdp_program(self.object()?, name)?;
+        if p.fd().is_err() {
+            load_retrying(p)?;
+        }
+        Ok(p)
+    }
+
+    /// The object (its maps configure the reference programs).
+    pub fn object(&mut self) -> Result<&mut Ebpf> {
+        if self.ebpf.is_none() {
+            self.ebpf = Some(Ebpf::load(OBJECT)?);
+        }
+        Ok(self.ebpf.as_mut().expect("just set"))
+    }
+}
+
+/// Attaches the pass-through program to `ifaces` and keeps it there while the returned
+/// object lives.
+pub fn attach_pass(ifaces: &[String]) -> Result<Reference> {
+    let mut r = Reference::default();
+    let prog = r.program(PASS_PROGRAM)?;
+    for i in ifaces {
+        prog.attach(i, XdpMode::Driver)
+            .with_context(|| format!("attaching the pass program to {i}"))?;
+    }
+    Ok(r)
+}
+
+/// The XDP program `name` of `ebpf`.
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the object has no program {name}"))?
+        .try_into()?)
+}
+
+/// Loads a program, trying again (up to 5 times, as libbpf does) when the kernel answers
+/// EAGAIN: the verifier gives up when a signal is pending for the process (as
+/// privatelink-user's dataplane does for its own programs).
+fn load_retrying(p: &mut Xdp) -> Result<(), ProgramError> {
+    let mut tries = 0;
+    loop {
+        match p.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
