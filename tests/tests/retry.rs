@@ -8,7 +8,10 @@ use std::{
 
 use aya::maps::HashMap;
 use privatelink_common::{EndpointEni, VpcAddr, map_names};
-use privatelink_tests::apidaemon::{ApiDaemon, two_parties};
+use privatelink_tests::{
+    apidaemon::{ApiDaemon, two_parties},
+    lab::connected_endpoint,
+};
 use privatelink_user::{client::Client, dataplane, model::numeric_id};
 use serde_json::json;
 
@@ -337,15 +340,7 @@ cidr = "10.50.0.0/16"
 interface = "fq0"
 vswitches = [{ id = "vsw-q1", zone = "zone-a", cidr = "10.50.1.0/24" }]
 "#;
-    let second = r#"
-[[endpoints]]
-id = "ep-2"
-account = "acct-a"
-vpc = "vpc-a"
-service = "epsrv-b"
-connection = "connected"
-zones = [{ vswitch = "vsw-a1", eni = "10.10.1.11" }]
-"#;
+    let second = connected_endpoint("ep-2", "vpc-a", "epsrv-b", "vsw-a1", "10.10.1.11");
     let base = privatelink_tests::lab::LAB_STATE.to_string() + held_vpc;
     let dir = std::env::temp_dir().join(format!("privatelink-{}", ns.name));
     let _ = std::fs::remove_dir_all(&dir);
@@ -384,7 +379,7 @@ zones = [{ vswitch = "vsw-a1", eni = "10.10.1.11" }]
     };
     assert!(entries().contains_key(&eni(100)) && !entries().contains_key(&eni(11)));
 
-    std::fs::write(&file, base.clone() + second).unwrap();
+    std::fs::write(&file, base.clone() + &second).unwrap();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
     privatelink_tests::lab::wait_for(Duration::from_secs(15), "ep-2 in PL_ENDPOINTS", || {
