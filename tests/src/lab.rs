@@ -33,14 +33,21 @@ pub fn packet_state() -> String {
     assert!(LAB_STATE.contains(LAB_LISTENERS));
     LAB_STATE.replace(LAB_LISTENERS, PACKET_LISTENERS)
 }
-/// A state file's (TOML) connected endpoint of acct-a with one ENI, for tests that add
-/// one to a state.
-pub fn connected_endpoint(id: &str, vpc: &str, service: &str, vswitch: &str, eni: &str) -> String {
+/// A state file's (TOML) connected endpoint with one ENI, for tests that add one to a
+/// state; more of its fields may follow.
+pub fn connected_endpoint(
+    id: &str,
+    account: &str,
+    vpc: &str,
+    service: &str,
+    vswitch: &str,
+    eni: &str,
+) -> String {
     format!(
         r#"
 [[endpoints]]
 id = "{id}"
-account = "acct-a"
+account = "{account}"
 vpc = "{vpc}"
 service = "{service}"
 connection = "connected"

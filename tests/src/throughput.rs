@@ -219,7 +219,14 @@ fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
                 })?;
                 let s = parse_state(
                     &(STATE.to_string()
-                        + &connected_endpoint("ep", "vpc-a", "svc", "vsw-a", "10.1.0.100")),
+                        + &connected_endpoint(
+                            "ep",
+                            "acct-a",
+                            "vpc-a",
+                            "svc",
+                            "vsw-a",
+                            "10.1.0.100",
+                        )),
                 )
                 .map_err(anyhow::Error::msg)?;
                 let want =

@@ -340,7 +340,7 @@ cidr = "10.50.0.0/16"
 interface = "fq0"
 vswitches = [{ id = "vsw-q1", zone = "zone-a", cidr = "10.50.1.0/24" }]
 "#;
-    let second = connected_endpoint("ep-2", "vpc-a", "epsrv-b", "vsw-a1", "10.10.1.11");
+    let second = connected_endpoint("ep-2", "acct-a", "vpc-a", "epsrv-b", "vsw-a1", "10.10.1.11");
     let base = privatelink_tests::lab::LAB_STATE.to_string() + held_vpc;
     let dir = std::env::temp_dir().join(format!("privatelink-{}", ns.name));
     let _ = std::fs::remove_dir_all(&dir);
