@@ -118,12 +118,7 @@ fn a_committed_change_the_maps_refuse_is_retried_until_they_agree() {
     })
     .unwrap_or_else(|e| panic!("{e:#}:\n{}", d.log()));
     let waited = t.elapsed();
-    assert!(
-        d.log()
-            .contains("data path caught up with the stored state"),
-        "{}",
-        d.log()
-    );
+    caught_up(&d);
     let after = endpoints(&d);
     assert_eq!(
         after.keys().copied().collect::<Vec<_>>(),
@@ -266,12 +261,7 @@ fn a_vpc_whose_interface_is_taken_is_attached_once_it_is_free() {
         xdp_prog(&d, "fq0").as_deref() == Some(ours.as_str())
     })
     .unwrap_or_else(|e| panic!("{e:#} (fq0: {:?}):\n{}", xdp_prog(&d, "fq0"), d.log()));
-    assert!(
-        d.log()
-            .contains("data path caught up with the stored state"),
-        "{}",
-        d.log()
-    );
+    caught_up(&d);
     assert!(d.pin.join("links/fq0").exists(), "the link is pinned");
     eprintln!("fq0 attached {:?} after vpc-0q was answered", t.elapsed());
 }
@@ -409,4 +399,14 @@ vswitches = [{ id = "vsw-q1", zone = "zone-a", cidr = "10.50.1.0/24" }]
     })
     .unwrap_or_else(|e| panic!("{e:#}:\n{}", read_log()));
     assert!(entries().contains_key(&eni(11)) && entries().contains_key(&eni(100)));
+}
+
+/// The daemon logs that it caught up: the line follows the map writes and attaches the
+/// test has seen, so it may lag them by a moment (bounded: 5 s).
+fn caught_up(d: &ApiDaemon) {
+    privatelink_tests::lab::wait_for(Duration::from_secs(5), "the caught-up log line", || {
+        d.log()
+            .contains("data path caught up with the stored state")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}:\n{}", d.log()));
 }
