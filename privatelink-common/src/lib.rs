@@ -17,11 +17,7 @@ pub use reason::Reason;
 /// (from the catalogue, `for_each_map!`).
 pub mod map_names {
     macro_rules! names {
-        ($(
-            $(#[$doc:meta])*
-            $name:ident = $map:ident : $kind:ident < $key:ty $(as $pinned:ty)?, $value:ty >
-                [$cap:expr $(, $capacity:ident)?], $owner:ident $(($field:ident))?;
-        )*) => {
+        ($({ $(#[$doc:meta])* $name:ident $map:ident $($columns:tt)* })*) => {
             $($(#[$doc])* pub const $name: &str = stringify!($map);)*
             /// Every map of the catalogue, in its order.
             pub const ALL: [&str; [$(stringify!($map)),*].len()] = [$($name),*];

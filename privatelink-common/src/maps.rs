@@ -6,8 +6,12 @@
 //! `for_each_map!(callback)` invokes `callback! { ... }` with the table. A line reads
 //!
 //! ```text
-//! CONST = PL_NAME: Kind<Key, Value>[capacity], owner;
+//! CONST = PL_NAME: Kind<Key, Value>[capacity, check], owner;
 //! ```
+//!
+//! and reaches the callback in one uniform shape (`__catalogue_rows!`), so a callback
+//! matches `{ #[doc]… CONST PL_NAME Kind [Key] [PinnedKey] [Value] [capacity] check owner
+//! (field?) }` per map and takes only the columns it needs.
 //!
 //! - `CONST`: the constant in `map_names`; `PL_NAME`: the map's name in the object (the
 //!   XDP program's static), in `bpftool map show` and as its pin file.
@@ -15,8 +19,9 @@
 //!   `LpmTrie`, `Array`, `PerCpuArray`). Arrays' `Key` is `u32` (their index). An
 //!   `LpmTrie`'s key reads `Data as Pinned`: the data the program looks up, and the
 //!   type whose layout its pinned key (prefix length + data) has.
-//! - `capacity`: entries; `, fixed` when a pinned map of another capacity must be
-//!   replaced, `, configured` when the daemon sets it at load (then it is the default).
+//! - `capacity`: entries, then `fixed` when a pinned map of another capacity must be
+//!   replaced, `configured` when the daemon sets it at load (then it is the default),
+//!   `unchecked` when a pin of any capacity is kept.
 //! - `owner`: `synced(field)` for maps the daemon fills from `Desired::field`;
 //!   `registered(field)` for maps whose keys the daemon writes from `Desired::field` and
 //!   whose values the data path fills; `settings` for maps the daemon writes otherwise;
@@ -30,56 +35,72 @@
 #[macro_export]
 macro_rules! for_each_map {
     ($callback:ident) => {
-        $callback! {
+        $crate::__catalogue_rows! { $callback []
             /// Per interface (ifindex): its VPC, MAC and flags.
-            IFACES = PL_IFACES: HashMap<u32, $crate::IfaceInfo>[$crate::MAX_IFACES], synced(ifaces);
+            IFACES = PL_IFACES: HashMap<u32, $crate::IfaceInfo>[$crate::MAX_IFACES, unchecked], synced(ifaces);
             /// Per VPC: the interface it is attached through.
-            VPC_PORTS = PL_VPC_PORTS: HashMap<u32, $crate::VpcPort>[$crate::MAX_VPCS], synced(vpc_ports);
+            VPC_PORTS = PL_VPC_PORTS: HashMap<u32, $crate::VpcPort>[$crate::MAX_VPCS, unchecked], synced(vpc_ports);
             /// The host's own addresses in each VPC and the peers it talks to there (`HOST_ADDR`,
             /// `HOST_PEER`): on an isolated interface the kernel sees nothing else.
-            HOST = PL_HOST: HashMap<$crate::VpcAddr, u32>[$crate::MAX_SERVICES], synced(host);
+            HOST = PL_HOST: HashMap<$crate::VpcAddr, u32>[$crate::MAX_SERVICES, unchecked], synced(host);
             /// The load balancers of a (service, zone) with several, new flows spread over them.
-            LB_SETS = PL_LB_SETS: HashMap<$crate::GwlbZone, $crate::LbSet>[$crate::MAX_SERVICES], synced(lb_sets);
+            LB_SETS = PL_LB_SETS: HashMap<$crate::GwlbZone, $crate::LbSet>[$crate::MAX_SERVICES, unchecked], synced(lb_sets);
             /// What each service publishes (its load balancer's listeners), by service id.
-            LISTENERS = PL_LISTENERS: HashMap<u32, $crate::ListenerSet>[$crate::MAX_SERVICES], synced(listeners);
+            LISTENERS = PL_LISTENERS: HashMap<u32, $crate::ListenerSet>[$crate::MAX_SERVICES, unchecked], synced(listeners);
             /// Per service: its SNAT addresses and port range.
-            SNAT_POOLS = PL_SNAT_POOLS: HashMap<u32, $crate::SnatPool>[$crate::MAX_SERVICES], synced(snat_pools);
+            SNAT_POOLS = PL_SNAT_POOLS: HashMap<u32, $crate::SnatPool>[$crate::MAX_SERVICES, unchecked], synced(snat_pools);
             /// SNAT addresses (answered in ARP), by VPC and address: their service.
-            SNAT_ADDRS = PL_SNAT_ADDRS: HashMap<$crate::VpcAddr, u32>[$crate::MAX_SERVICES as usize * $crate::MAX_SNAT_ADDRS], synced(snat_addrs);
+            SNAT_ADDRS = PL_SNAT_ADDRS: HashMap<$crate::VpcAddr, u32>[$crate::MAX_SERVICES as usize * $crate::MAX_SNAT_ADDRS, unchecked], synced(snat_addrs);
             /// Security group rules of endpoint ENIs.
-            SG_RULES = PL_SG_RULES: HashMap<$crate::VpcAddr, $crate::RuleSet>[$crate::MAX_ENDPOINTS], synced(sg_rules);
+            SG_RULES = PL_SG_RULES: HashMap<$crate::VpcAddr, $crate::RuleSet>[$crate::MAX_ENDPOINTS, unchecked], synced(sg_rules);
             /// Network ACL ingress rules of endpoint ENIs' vswitches.
-            ACL_IN = PL_ACL_IN: HashMap<$crate::VpcAddr, $crate::RuleSet>[$crate::MAX_ENDPOINTS], synced(acl_in);
+            ACL_IN = PL_ACL_IN: HashMap<$crate::VpcAddr, $crate::RuleSet>[$crate::MAX_ENDPOINTS, unchecked], synced(acl_in);
             /// Network ACL egress rules of endpoint ENIs' vswitches.
-            ACL_OUT = PL_ACL_OUT: HashMap<$crate::VpcAddr, $crate::RuleSet>[$crate::MAX_ENDPOINTS], synced(acl_out);
+            ACL_OUT = PL_ACL_OUT: HashMap<$crate::VpcAddr, $crate::RuleSet>[$crate::MAX_ENDPOINTS, unchecked], synced(acl_out);
             /// Gateway endpoints' route target addresses (answered in ARP).
-            GATEWAY_ADDRS = PL_GW_ADDRS: HashMap<$crate::VpcAddr, u32>[$crate::MAX_ENDPOINTS], synced(gw_addrs);
+            GATEWAY_ADDRS = PL_GW_ADDRS: HashMap<$crate::VpcAddr, u32>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_addrs);
             /// GWLB: every appliance (GENEVE is accepted only from these) and its health.
-            GWLB_APPLIANCES = PL_GWLB_APPLS: HashMap<$crate::VpcAddr, $crate::Appliance>[$crate::MAX_SERVICES], synced(gwlb_appliances);
+            GWLB_APPLIANCES = PL_GWLB_APPLS: HashMap<$crate::VpcAddr, $crate::Appliance>[$crate::MAX_SERVICES, unchecked], synced(gwlb_appliances);
             /// GWLB: the appliances new flows are spread over, per service and zone.
-            GWLB_TARGETS = PL_GWLB_TARGETS: HashMap<$crate::GwlbZone, $crate::ApplianceSet>[$crate::MAX_SERVICES], synced(gwlb_targets);
+            GWLB_TARGETS = PL_GWLB_TARGETS: HashMap<$crate::GwlbZone, $crate::ApplianceSet>[$crate::MAX_SERVICES, unchecked], synced(gwlb_targets);
             /// Endpoint ENIs, by consumer VPC and address: everything needed to forward.
-            ENDPOINTS = PL_ENDPOINTS: HashMap<$crate::VpcAddr, $crate::EndpointEni>[$crate::MAX_ENDPOINTS], synced(endpoints);
+            ENDPOINTS = PL_ENDPOINTS: HashMap<$crate::VpcAddr, $crate::EndpointEni>[$crate::MAX_ENDPOINTS, unchecked], synced(endpoints);
             /// Next hops (load balancers, appliances) and their MACs, learned from ARP for
             /// the registered addresses only.
-            NEIGHBORS = PL_NEIGHBORS: HashMap<$crate::VpcAddr, $crate::Neighbor>[$crate::MAX_NEIGHBORS], registered(next_hops);
+            NEIGHBORS = PL_NEIGHBORS: HashMap<$crate::VpcAddr, $crate::Neighbor>[$crate::MAX_NEIGHBORS, unchecked], registered(next_hops);
             /// Gateway endpoints' prefix routes, per consumer VPC (longest prefix wins).
-            GATEWAY_ROUTES = PL_GW_ROUTES: LpmTrie<$crate::VpcAddr as $crate::GatewayRoute, $crate::EndpointEni>[$crate::MAX_ENDPOINTS], synced(gw_routes);
+            GATEWAY_ROUTES = PL_GW_ROUTES: LpmTrie<$crate::VpcAddr as $crate::GatewayRoute, $crate::EndpointEni>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_routes);
             /// The flows, one entry per direction. Its capacity is a daemon option.
             CONNTRACK = PL_CONNTRACK: LruHashMap<$crate::FlowKey, $crate::FlowEntry>[$crate::DEFAULT_CONNTRACK_ENTRIES, configured], datapath;
             /// Verdict counters per CPU, by `Reason` index.
             STATS = PL_STATS: PerCpuArray<u32, u64>[$crate::reason::REASON_COUNT, fixed], datapath;
             /// The data path's settings (`PL_CONFIG[0]`), written by the daemon at start.
-            CONFIG = PL_CONFIG: Array<u32, $crate::Config>[1], settings;
+            CONFIG = PL_CONFIG: Array<u32, $crate::Config>[1, unchecked], settings;
             /// GWLB: MACs of inner destinations, resolved by the data path's own ARP requests.
-            GWLB_NEIGHBORS = PL_GWLB_NEIGH: LruHashMap<$crate::VpcAddr, $crate::Neighbor>[$crate::MAX_GWLB_NEIGHBORS], datapath;
+            GWLB_NEIGHBORS = PL_GWLB_NEIGH: LruHashMap<$crate::VpcAddr, $crate::Neighbor>[$crate::MAX_GWLB_NEIGHBORS, unchecked], datapath;
             /// The daemon's state epoch, moved on after every change of the maps it owns; flow
             /// entries stamped with the current one skip the per-packet endpoint checks.
-            EPOCH = PL_EPOCH: Array<u32, u32>[1], settings;
+            EPOCH = PL_EPOCH: Array<u32, u32>[1, unchecked], settings;
             /// Each endpoint's allowance of new flows (the data path's own; LRU, so endpoints that
             /// are gone leave by themselves).
-            EP_BUDGET = PL_EP_BUDGET: LruHashMap<u32, $crate::FlowBudget>[$crate::MAX_ENDPOINTS], datapath;
+            EP_BUDGET = PL_EP_BUDGET: LruHashMap<u32, $crate::FlowBudget>[$crate::MAX_ENDPOINTS, unchecked], datapath;
         }
+    };
+}
+
+/// Puts each `for_each_map!` line in the one shape its callbacks match (see the module
+/// doc): a line without `as` has its key as its pinned key.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __catalogue_rows {
+    ($cb:ident [$($rows:tt)*]) => {
+        $cb! { $($rows)* }
+    };
+    ($cb:ident [$($rows:tt)*] $(#[$doc:meta])* $name:ident = $map:ident: $kind:ident<$key:ty as $pinned:ty, $value:ty>[$cap:expr, $check:ident], $owner:ident $(($field:ident))?; $($rest:tt)*) => {
+        $crate::__catalogue_rows! { $cb [$($rows)* { $(#[$doc])* $name $map $kind [$key] [$pinned] [$value] [$cap] $check $owner ($($field)?) }] $($rest)* }
+    };
+    ($cb:ident [$($rows:tt)*] $(#[$doc:meta])* $name:ident = $map:ident: $kind:ident<$key:ty, $value:ty>[$cap:expr, $check:ident], $owner:ident $(($field:ident))?; $($rest:tt)*) => {
+        $crate::__catalogue_rows! { $cb [$($rows)* { $(#[$doc])* $name $map $kind [$key] [$key] [$value] [$cap] $check $owner ($($field)?) }] $($rest)* }
     };
 }
 

@@ -11,11 +11,7 @@ use privatelink_common::{EndpointEni, FlowEntry, IfaceInfo, PATH_PROGRAMS};
 
 /// One static per catalogue line, named as the map (aya-ebpf names a map after its static).
 macro_rules! declare {
-    ($(
-        $(#[$doc:meta])*
-        $name:ident = $map:ident : $kind:ident < $key:ty $(as $pinned:ty)?, $value:ty >
-            [$cap:expr $(, $capacity:ident)?], $owner:ident $(($field:ident))?;
-    )*) => {
+    ($({ $(#[$doc:meta])* $name:ident $map:ident $kind:ident [$key:ty] [$pinned:ty] [$value:ty] [$cap:expr] $($owner:tt)* })*) => {
         $(declare!(@one $(#[$doc])* $map $kind $key, $value, $cap);)*
     };
     (@one $(#[$doc:meta])* $map:ident Array $key:ty, $value:ty, $cap:expr) => {

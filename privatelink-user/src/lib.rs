@@ -13,5 +13,6 @@ pub mod health;
 pub mod model;
 pub mod monitor;
 pub mod ops;
+pub mod process;
 pub mod reconcile;
 pub mod store;

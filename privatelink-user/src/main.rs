@@ -1,6 +1,6 @@
 //! `privatelink`: the daemon that owns the data plane, and commands to inspect it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -9,6 +9,7 @@ use privatelink_user::{
     cli,
     daemon::{self, DaemonArgs, read_state},
     dataplane::{self, DEFAULT_PIN_DIR},
+    process,
 };
 
 #[derive(Parser)]
@@ -62,13 +63,7 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    process::init_logging();
     let parsed = Cli::parse();
     match parsed.cmd {
         Cmd::Api(cmd) => cli::run(&parsed.conn, cmd),
@@ -82,7 +77,7 @@ fn main() -> Result<()> {
                 None => None,
             };
             if let Some(ns) = &args.netns {
-                enter_netns(ns)?;
+                process::enter_netns(ns)?;
             }
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -196,19 +191,6 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Moves this (still single-threaded) process into a named network namespace.
-fn enter_netns(name: &str) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let path = Path::new("/run/netns").join(name);
-    let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: setns on a namespace fd, before any other thread exists.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("entering network namespace {name}"));
-    }
-    Ok(())
 }
 
 fn ip(a: [u8; 4]) -> std::net::Ipv4Addr {

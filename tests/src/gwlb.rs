@@ -5,7 +5,7 @@
 use etherparse::PacketBuilder;
 use privatelink_user::model::numeric_id;
 
-use crate::testrun::Harness;
+use crate::{lab::connected_endpoint, testrun::Harness};
 
 pub const CLIENT: [u8; 4] = [10, 30, 1, 10];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x0a];
@@ -63,17 +63,9 @@ backends = [
 ]
 snat = []
 gwlb = {{ address = "{GWLB_ADDR}", cross_zone = {cross_zone}, stickiness = "{stickiness}", failover = "{failover}" }}
-
-[[endpoints]]
-id = "gwlbe-1"
-account = "acct-c"
-vpc = "vpc-web"
-service = "gwlb-svc"
-connection = "connected"
-zones = [{{ vswitch = "vsw-w0", eni = "{ENI}" }}]
-routes = ["10.30.1.0/24", "10.30.2.0/24"]
 "#
-    )
+    ) + &connected_endpoint("gwlbe-1", "acct-c", "vpc-web", "gwlb-svc", "vsw-w0", ENI)
+        + "routes = [\"10.30.1.0/24\", \"10.30.2.0/24\"]\n"
 }
 
 pub fn harness_with(cross_zone: bool, stickiness: &str, failover: &str) -> Harness {

@@ -33,6 +33,29 @@ pub fn packet_state() -> String {
     assert!(LAB_STATE.contains(LAB_LISTENERS));
     LAB_STATE.replace(LAB_LISTENERS, PACKET_LISTENERS)
 }
+/// A state file's (TOML) connected endpoint with one ENI, for tests that add one to a
+/// state; more of its fields may follow.
+pub fn connected_endpoint(
+    id: &str,
+    account: &str,
+    vpc: &str,
+    service: &str,
+    vswitch: &str,
+    eni: &str,
+) -> String {
+    format!(
+        r#"
+[[endpoints]]
+id = "{id}"
+account = "{account}"
+vpc = "{vpc}"
+service = "{service}"
+connection = "connected"
+zones = [{{ vswitch = "{vswitch}", eni = "{eni}" }}]
+"#
+    )
+}
+
 pub const ENI: &str = "10.10.1.100";
 pub const CLIENT: &str = "10.10.2.1";
 pub const LB: &str = "10.10.0.10";

@@ -13,4 +13,3 @@ pub mod scale;
 pub mod scapy;
 pub mod testrun;
 pub mod throughput;
-pub mod tool;

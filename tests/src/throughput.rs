@@ -23,6 +23,7 @@ use privatelink_user::{
 };
 
 use crate::{
+    lab::connected_endpoint,
     netns::{Netns, unique_name},
     reference::{PASS_PROGRAM, Reference},
     testrun::xdp_md,
@@ -62,13 +63,6 @@ snat = ["10.2.0.200", "10.2.0.201", "10.2.0.202", "10.2.0.203"]
 listeners = [{ protocol = "udp", port = 80 }]
 # 100 000 one-way flows from one endpoint: no per-endpoint share (throughput, not fairness).
 endpoint_flow_share = 100
-[[endpoints]]
-id = "ep"
-account = "acct-a"
-vpc = "vpc-a"
-service = "svc"
-connection = "connected"
-zones = [{ vswitch = "vsw-a", eni = "10.1.0.100" }]
 "#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,7 +217,18 @@ fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
                     pin_dir: None,
                     conntrack_entries: 1 << 20,
                 })?;
-                let s = parse_state(STATE).map_err(anyhow::Error::msg)?;
+                let s = parse_state(
+                    &(STATE.to_string()
+                        + &connected_endpoint(
+                            "ep",
+                            "acct-a",
+                            "vpc-a",
+                            "svc",
+                            "vsw-a",
+                            "10.1.0.100",
+                        )),
+                )
+                .map_err(anyhow::Error::msg)?;
                 let want =
                     desired::compute(&s, dataplane::resolve_link, &desired::Unhealthy::new())?;
                 dp.apply(&want)?;

@@ -17,7 +17,7 @@
 
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
-use privatelink_tests::apidaemon::ApiDaemon;
+use privatelink_tests::apidaemon::{ApiDaemon, two_party_tokens};
 use privatelink_user::client::Client;
 use serde_json::{Value, json};
 
@@ -48,48 +48,17 @@ fn state(d: &ApiDaemon) -> Vec<Vec<Value>> {
 }
 
 /// Real objects for the requests to hit, created through the API as the lab's parties
-/// would (as `two_parties`, which keeps the tokens to itself): accounts acct-a (consumer),
-/// acct-b (provider) and acct-c; VPCs vpc-a (vsw-a1, vsw-a2) and vpc-b (vsw-b0); B's
-/// service epsrv-b (a TCP listener, whitelisting acct-a and acct-c), its security group
+/// would: accounts acct-a (consumer) and acct-b (provider) with VPCs vpc-a (vsw-a1, vsw-a2,
+/// vsw-a3) and vpc-b (vsw-b0), as `two_party_tokens` makes them, and acct-c; B's service epsrv-b (a TCP listener, whitelisting acct-a and acct-c), its security group
 /// sg-b (one rule) and ACL acl-b; A's security groups sg-web and sg-spare (a rule each),
 /// its endpoints ep-a (accepted, in sg-web) and ep-a2 (pending), and its ACL acl-a.
 /// Returns the consumer's token and every id created (vSwitch and rule ids included).
 fn seed(d: &ApiDaemon) -> (String, BTreeSet<String>) {
     let admin = Client::new(&d.url, Some(d.admin_token.clone()));
-    let token = |id: &str| -> String {
-        admin.post("/v1/accounts", &json!({"id": id})).unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let (ta, tb) = (token("acct-a"), token("acct-b"));
-    token("acct-c");
-    let vsw = |id, zone, cidr| json!({"id": id, "zone": zone, "cidr": cidr});
-    for (vpc, account, iface, vswitches) in [
-        (
-            "vpc-a",
-            "acct-a",
-            "fc0",
-            vec![
-                vsw("vsw-a1", "zone-a", "10.10.1.0/24"),
-                vsw("vsw-a2", "zone-b", "10.10.2.0/24"),
-            ],
-        ),
-        (
-            "vpc-b",
-            "acct-b",
-            "fp0",
-            vec![vsw("vsw-b0", "zone-a", "10.10.0.0/24")],
-        ),
-    ] {
-        admin
-            .post(
-                "/v1/vpcs",
-                &json!({"id": vpc, "account": account, "cidr": "10.10.0.0/16",
-                        "interface": iface, "vswitches": vswitches}),
-            )
-            .unwrap();
-    }
+    let (ta, tb) = two_party_tokens(&admin).unwrap();
+    admin
+        .post("/v1/accounts", &json!({"id": "acct-c"}))
+        .unwrap();
     let (a, b) = (
         Client::new(&d.url, Some(ta.clone())),
         Client::new(&d.url, Some(tb)),

@@ -12,7 +12,7 @@ use privatelink_tests::{
         CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, parse_checked, tcp_from_lb, tcp_to_eni,
         udp_to_eni,
     },
-    lab::packet_state,
+    lab::{connected_endpoint, packet_state},
     scale::ktime_ns,
     testrun::{Harness, LB_MAC},
 };
@@ -1169,15 +1169,14 @@ fn an_eni_reassigned_to_another_endpoint_starts_new_flows_there() {
     let moved = packet_state().replace(
         r#"zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }]"#,
         r#"zones = [{ vswitch = "vsw-a1", eni = "10.10.1.102" }]"#,
-    ) + r#"
-[[endpoints]]
-id = "ep-a2"
-account = "acct-a"
-vpc = "vpc-a"
-service = "epsrv-b"
-connection = "connected"
-zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }]
-"#;
+    ) + &connected_endpoint(
+        "ep-a2",
+        "acct-a",
+        "vpc-a",
+        "epsrv-b",
+        "vsw-a1",
+        "10.10.1.100",
+    );
     assert!(moved.contains("10.10.1.102"), "the state edit applied");
     h.apply_state(&moved).unwrap();
     let new_flows = h.count(Reason::ForwardNewFlow);
@@ -1791,15 +1790,14 @@ fn two_endpoints_state() -> String {
     packet_state().replace(
         "snat = [\"10.10.0.200\", \"10.10.0.201\"]",
         "snat = [\"10.10.0.200\"]\nsnat_ports = [2000, 2999]\nendpoint_flow_share = 5",
-    ) + r#"
-[[endpoints]]
-id = "ep-a2"
-account = "acct-a"
-vpc = "vpc-a"
-service = "epsrv-b"
-connection = "connected"
-zones = [{ vswitch = "vsw-a1", eni = "10.10.1.101" }]
-"#
+    ) + &connected_endpoint(
+        "ep-a2",
+        "acct-a",
+        "vpc-a",
+        "epsrv-b",
+        "vsw-a1",
+        "10.10.1.101",
+    )
 }
 
 const ENI2: [u8; 4] = [10, 10, 1, 101];

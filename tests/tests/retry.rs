@@ -8,7 +8,10 @@ use std::{
 
 use aya::maps::HashMap;
 use privatelink_common::{EndpointEni, VpcAddr, map_names};
-use privatelink_tests::apidaemon::{ApiDaemon, two_parties};
+use privatelink_tests::{
+    apidaemon::{ApiDaemon, two_parties},
+    lab::connected_endpoint,
+};
 use privatelink_user::{client::Client, dataplane, model::numeric_id};
 use serde_json::json;
 
@@ -115,12 +118,7 @@ fn a_committed_change_the_maps_refuse_is_retried_until_they_agree() {
     })
     .unwrap_or_else(|e| panic!("{e:#}:\n{}", d.log()));
     let waited = t.elapsed();
-    assert!(
-        d.log()
-            .contains("data path caught up with the stored state"),
-        "{}",
-        d.log()
-    );
+    caught_up(&d);
     let after = endpoints(&d);
     assert_eq!(
         after.keys().copied().collect::<Vec<_>>(),
@@ -263,12 +261,7 @@ fn a_vpc_whose_interface_is_taken_is_attached_once_it_is_free() {
         xdp_prog(&d, "fq0").as_deref() == Some(ours.as_str())
     })
     .unwrap_or_else(|e| panic!("{e:#} (fq0: {:?}):\n{}", xdp_prog(&d, "fq0"), d.log()));
-    assert!(
-        d.log()
-            .contains("data path caught up with the stored state"),
-        "{}",
-        d.log()
-    );
+    caught_up(&d);
     assert!(d.pin.join("links/fq0").exists(), "the link is pinned");
     eprintln!("fq0 attached {:?} after vpc-0q was answered", t.elapsed());
 }
@@ -337,15 +330,7 @@ cidr = "10.50.0.0/16"
 interface = "fq0"
 vswitches = [{ id = "vsw-q1", zone = "zone-a", cidr = "10.50.1.0/24" }]
 "#;
-    let second = r#"
-[[endpoints]]
-id = "ep-2"
-account = "acct-a"
-vpc = "vpc-a"
-service = "epsrv-b"
-connection = "connected"
-zones = [{ vswitch = "vsw-a1", eni = "10.10.1.11" }]
-"#;
+    let second = connected_endpoint("ep-2", "acct-a", "vpc-a", "epsrv-b", "vsw-a1", "10.10.1.11");
     let base = privatelink_tests::lab::LAB_STATE.to_string() + held_vpc;
     let dir = std::env::temp_dir().join(format!("privatelink-{}", ns.name));
     let _ = std::fs::remove_dir_all(&dir);
@@ -384,7 +369,7 @@ zones = [{ vswitch = "vsw-a1", eni = "10.10.1.11" }]
     };
     assert!(entries().contains_key(&eni(100)) && !entries().contains_key(&eni(11)));
 
-    std::fs::write(&file, base.clone() + second).unwrap();
+    std::fs::write(&file, base.clone() + &second).unwrap();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
     privatelink_tests::lab::wait_for(Duration::from_secs(15), "ep-2 in PL_ENDPOINTS", || {
@@ -414,4 +399,14 @@ zones = [{ vswitch = "vsw-a1", eni = "10.10.1.11" }]
     })
     .unwrap_or_else(|e| panic!("{e:#}:\n{}", read_log()));
     assert!(entries().contains_key(&eni(11)) && entries().contains_key(&eni(100)));
+}
+
+/// The daemon logs that it caught up: the line follows the map writes and attaches the
+/// test has seen, so it may lag them by a moment (bounded: 5 s).
+fn caught_up(d: &ApiDaemon) {
+    privatelink_tests::lab::wait_for(Duration::from_secs(5), "the caught-up log line", || {
+        d.log()
+            .contains("data path caught up with the stored state")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}:\n{}", d.log()));
 }

@@ -41,17 +41,8 @@ fn spec<K: Layout, V: Layout>(name: &'static str, entries: Option<u32>) -> PinSp
 /// The key and value types (and, for the maps of a `fixed` or `configured` capacity, the
 /// capacity) of this build's maps, from the catalogue.
 fn expected_layout(conntrack_entries: u32) -> Vec<PinSpec> {
-    /// An LPM trie's pinned key type (`Data as Pinned`), else the key type.
-    macro_rules! pinned_key {
-        ($key:ty) => {
-            $key
-        };
-        ($key:ty, $pinned:ty) => {
-            $pinned
-        };
-    }
     macro_rules! capacity {
-        ($cap:expr) => {
+        ($cap:expr, unchecked) => {
             None
         };
         ($cap:expr, fixed) => {
@@ -62,17 +53,8 @@ fn expected_layout(conntrack_entries: u32) -> Vec<PinSpec> {
         };
     }
     macro_rules! specs {
-        ($(
-            $(#[$doc:meta])*
-            $name:ident = $map:ident : $kind:ident < $key:ty $(as $pinned:ty)?, $value:ty >
-                [$cap:expr $(, $capacity:ident)?], $owner:ident $(($field:ident))?;
-        )*) => {
-            vec![$(
-                spec::<pinned_key!($key $(, $pinned)?), $value>(
-                    map_names::$name,
-                    capacity!($cap $(, $capacity)?),
-                ),
-            )*]
+        ($({ $(#[$doc:meta])* $name:ident $map:ident $kind:ident [$key:ty] [$pinned:ty] [$value:ty] [$cap:expr] $check:ident $($owner:tt)* })*) => {
+            vec![$(spec::<$pinned, $value>(map_names::$name, capacity!($cap, $check)),)*]
         };
     }
     privatelink_common::for_each_map!(specs)

@@ -84,11 +84,7 @@ macro_rules! sync_entry {
 /// map without a field, does not compile), and `Dataplane::sync_owned` syncs them in the
 /// catalogue's order.
 macro_rules! owned_maps {
-    ($(
-        $(#[$doc:meta])*
-        $name:ident = $map:ident : $kind:ident < $key:ty $(as $pinned:ty)?, $value:ty >
-            [$cap:expr $(, $capacity:ident)?], $owner:ident $(($field:ident))?;
-    )*) => {
+    ($({ $(#[$doc:meta])* $name:ident $map:ident $kind:ident [$key:ty] [$pinned:ty] [$value:ty] [$cap:expr] $check:ident $owner:ident ($($field:ident)?) })*) => {
         impl Dataplane {
             /// What the daemon-owned maps hold now.
             fn read_owned(&self) -> Result<Desired> {

@@ -5,10 +5,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Result;
 use clap::Parser;
-use privatelink_tests::{
-    appliance::{self, DropRule},
-    tool,
-};
+use privatelink_tests::appliance::{self, DropRule};
+use privatelink_user::process;
 use tracing::info;
 
 /// A test inspection appliance for GWLB endpoints: receives GENEVE (RFC 8926) on UDP,
@@ -35,7 +33,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    tool::init_logging();
+    process::init_logging();
     let Args {
         listen,
         reply_port,
@@ -45,7 +43,7 @@ fn main() -> Result<()> {
         netns,
     } = Args::parse();
     if let Some(ns) = netns {
-        tool::enter_netns(&ns)?;
+        process::enter_netns(&ns)?;
     }
     info!(%listen, rules = drop.len(), "appliance listening for GENEVE");
     appliance::run(&appliance::Options {

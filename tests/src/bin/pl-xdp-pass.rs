@@ -4,7 +4,8 @@
 
 use anyhow::Result;
 use clap::Parser;
-use privatelink_tests::{reference, tool};
+use privatelink_tests::reference;
+use privatelink_user::process;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
@@ -21,10 +22,10 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    tool::init_logging();
+    process::init_logging();
     let Args { netns, ifaces } = Args::parse();
     if let Some(ns) = netns {
-        tool::enter_netns(&ns)?;
+        process::enter_netns(&ns)?;
     }
     let _held = reference::attach_pass(&ifaces)?;
     info!(?ifaces, "pass-through XDP attached; SIGTERM detaches");

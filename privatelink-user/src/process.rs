@@ -1,11 +1,11 @@
-//! What the lab's helper binaries (`pl-appliance`, `pl-xdp-pass`) share with privatelink's
-//! own: log lines on stderr in the same format, and `--netns`.
+//! Process setup shared by `privatelink` and the lab's helper binaries (`pl-appliance`,
+//! `pl-xdp-pass`): log lines on stderr in one format, and `--netns`.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// Logs to stderr as `privatelink` does (RUST_LOG, default `info`).
+/// Logs to stderr (RUST_LOG, default `info`; colours only on a terminal).
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
