@@ -392,7 +392,10 @@ mod tests {
             !probe(addr, &s("/a<b>?q=\"x\"#f")).await,
             "404 is unhealthy"
         );
-        assert!(!probe(addr, &s("/")).await, "1xx is unhealthy");
+        assert!(
+            !probe(addr, &s("/")).await,
+            "a 1xx and no final status is unhealthy"
+        );
         let seen = server.await.unwrap();
         let want = |target: &str| {
             format!("GET {target} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
