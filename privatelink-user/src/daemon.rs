@@ -219,9 +219,15 @@ pub async fn run(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> R
     Ok(())
 }
 
+/// Writes the ready file whole: a temporary file beside it, renamed into place, so a
+/// reader that sees the file sees its content (a plain write shows it empty first).
 fn ready(args: &DaemonArgs, content: &str) -> Result<()> {
     if let Some(f) = &args.ready_file {
-        std::fs::write(f, format!("{content}\n"))?;
+        let mut tmp = f.clone().into_os_string();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, format!("{content}\n"))
+            .with_context(|| format!("writing {}", f.display()))?;
+        std::fs::rename(&tmp, f).with_context(|| format!("writing {}", f.display()))?;
     }
     Ok(())
 }
