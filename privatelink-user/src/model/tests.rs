@@ -250,6 +250,13 @@ fn gwlb_broken(f: impl FnOnce(&mut State)) -> String {
     s.validate().unwrap_err().to_string()
 }
 
+/// A way to break the GWLB state, and how the error starts.
+type Broken = (fn(&mut State), String);
+
+/// A way to break an endpoint of the GWLB state (given its index), and how the error
+/// starts.
+type BrokenEndpoint = (fn(&mut State, usize), String);
+
 fn svc(s: &mut State) -> &mut EndpointService {
     s.services.iter_mut().find(|x| x.id == "gwlb-s").unwrap()
 }
@@ -292,7 +299,7 @@ fn gwlb_state_is_valid_and_round_trips() {
 fn gwlb_services_are_checked() {
     let i = 1; // services[1] is gwlb-s
     // Each broken state, and how its error starts.
-    let cases: Vec<(fn(&mut State), String)> = vec![
+    let cases: Vec<Broken> = vec![
         (
             |s| svc(s).gwlb = None,
             format!("services[{i}].gwlb: a GWLB service needs"),
@@ -470,7 +477,7 @@ fn gwlb_endpoints_are_checked() {
     let g1 = ep(&mut s, "ep-g1");
     let f = format!("endpoints[{g1}]");
     // Each way to break endpoint `g1` (given its index), and how the error starts.
-    let cases: Vec<(fn(&mut State, usize), String)> = vec![
+    let cases: Vec<BrokenEndpoint> = vec![
         (
             |s, g1| s.endpoints[g1].zones.clear(),
             format!("{f}.zones: a GWLB endpoint has exactly one ENI"),
