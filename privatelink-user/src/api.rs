@@ -2,13 +2,13 @@
 //! durable commit, and the data path — in that order, under one lock, so a response means
 //! the change is stored and in the maps, and a refused request changes nothing.
 
-use std::sync::Arc;
+use std::{convert::Infallible, sync::Arc};
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, State as AxState},
-    http::{HeaderMap, StatusCode},
+    extract::{FromRequestParts, Path},
+    http::{HeaderMap, StatusCode, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
@@ -117,6 +117,54 @@ pub async fn mutate<T>(
 
 type Res<T> = Result<Json<T>, OpError>;
 type Created<T> = Result<(StatusCode, Json<T>), OpError>;
+type Deleted = Result<StatusCode, OpError>;
+
+/// What every handler is called with: the app and the request's headers, whose bearer
+/// token `read` and `mutate` authenticate under the lock (after the handler has parsed
+/// its path and body: a malformed request is refused as such before its token is looked
+/// at).
+struct Call {
+    app: Shared,
+    h: HeaderMap,
+}
+
+impl FromRequestParts<Shared> for Call {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Shared) -> Result<Self, Infallible> {
+        Ok(Call {
+            app: app.clone(),
+            h: parts.headers.clone(),
+        })
+    }
+}
+
+impl Call {
+    /// An authenticated read, answered 200 with its JSON.
+    async fn read<T>(&self, f: impl FnOnce(&mut State, &Caller) -> Result<T, OpError>) -> Res<T> {
+        read(&self.app, &self.h, f).await.map(Json)
+    }
+
+    /// An authenticated change, answered 200 with its JSON.
+    async fn change<T>(&self, f: impl FnOnce(&mut State, &Caller) -> Result<T, OpError>) -> Res<T> {
+        mutate(&self.app, &self.h, f).await.map(Json)
+    }
+
+    /// An authenticated creation, answered 201 with its JSON.
+    async fn create<T>(
+        &self,
+        f: impl FnOnce(&mut State, &Caller) -> Result<T, OpError>,
+    ) -> Created<T> {
+        let v = mutate(&self.app, &self.h, f).await?;
+        Ok((StatusCode::CREATED, Json(v)))
+    }
+
+    /// An authenticated deletion, answered 204.
+    async fn delete(&self, f: impl FnOnce(&mut State, &Caller) -> Result<(), OpError>) -> Deleted {
+        mutate(&self.app, &self.h, f).await?;
+        Ok(StatusCode::NO_CONTENT)
+    }
+}
 
 fn new_token() -> String {
     let mut b = [0u8; 24];
@@ -126,148 +174,92 @@ fn new_token() -> String {
 
 #[utoipa::path(post, path = "/v1/accounts", request_body = ops::NewAccount,
     responses((status = 201, body = ops::CreatedAccount), (status = 403, body = OpError)))]
-async fn create_account(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    b: Bytes,
-) -> Created<ops::CreatedAccount> {
+async fn create_account(call: Call, b: Bytes) -> Created<ops::CreatedAccount> {
     let req = body(&b)?;
     let token = new_token();
-    mutate(&app, &h, |s, c| ops::create_account(s, c, req, token))
+    call.create(|s, c| ops::create_account(s, c, req, token))
         .await
-        .map(|v| (StatusCode::CREATED, Json(v)))
 }
 
 #[utoipa::path(get, path = "/v1/accounts", responses((status = 200, body = Vec<ops::AccountView>)))]
-async fn list_accounts(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Vec<ops::AccountView>> {
-    read(&app, &h, |s, c| Ok(ops::list_accounts(s, c)))
-        .await
-        .map(Json)
+async fn list_accounts(call: Call) -> Res<Vec<ops::AccountView>> {
+    call.read(|s, c| Ok(ops::list_accounts(s, c))).await
 }
 
 #[utoipa::path(post, path = "/v1/vpcs", request_body = ops::NewVpc,
     responses((status = 201, body = Object), (status = 400, body = OpError)))]
-async fn create_vpc(AxState(app): AxState<Shared>, h: HeaderMap, b: Bytes) -> Created<Vpc> {
+async fn create_vpc(call: Call, b: Bytes) -> Created<Vpc> {
     let req = body(&b)?;
-    mutate(&app, &h, |s, c| ops::create_vpc(s, c, req))
-        .await
-        .map(|v| (StatusCode::CREATED, Json(v)))
+    call.create(|s, c| ops::create_vpc(s, c, req)).await
 }
 
 #[utoipa::path(get, path = "/v1/vpcs", responses((status = 200, body = Vec<Object>)))]
-async fn list_vpcs(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Vec<Vpc>> {
-    read(&app, &h, |s, c| Ok(ops::list_vpcs(s, c)))
-        .await
-        .map(Json)
+async fn list_vpcs(call: Call) -> Res<Vec<Vpc>> {
+    call.read(|s, c| Ok(ops::list_vpcs(s, c))).await
 }
 
 #[utoipa::path(post, path = "/v1/services", request_body = ops::NewService,
     responses((status = 201, body = Object), (status = 400, body = OpError)))]
-async fn create_service(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    b: Bytes,
-) -> Created<EndpointService> {
+async fn create_service(call: Call, b: Bytes) -> Created<EndpointService> {
     let req = body(&b)?;
-    mutate(&app, &h, |s, c| ops::create_service(s, c, req))
-        .await
-        .map(|v| (StatusCode::CREATED, Json(v)))
+    call.create(|s, c| ops::create_service(s, c, req)).await
 }
 
 #[utoipa::path(get, path = "/v1/services", responses((status = 200, body = Vec<Object>)))]
-async fn list_services(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Vec<EndpointService>> {
-    read(&app, &h, |s, c| Ok(ops::list_services(s, c)))
-        .await
-        .map(Json)
+async fn list_services(call: Call) -> Res<Vec<EndpointService>> {
+    call.read(|s, c| Ok(ops::list_services(s, c))).await
 }
 
 #[utoipa::path(get, path = "/v1/services/{id}", responses((status = 200, body = Object), (status = 404, body = OpError)))]
-async fn get_service(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> Res<EndpointService> {
-    read(&app, &h, |s, c| ops::get_service(s, c, &id))
-        .await
-        .map(Json)
+async fn get_service(call: Call, Path(id): Path<String>) -> Res<EndpointService> {
+    call.read(|s, c| ops::get_service(s, c, &id)).await
 }
 
 #[utoipa::path(patch, path = "/v1/services/{id}", request_body = ops::ServicePatch,
     responses((status = 200, body = Object), (status = 400, body = OpError)))]
-async fn update_service(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-    b: Bytes,
-) -> Res<EndpointService> {
+async fn update_service(call: Call, Path(id): Path<String>, b: Bytes) -> Res<EndpointService> {
     let p = body(&b)?;
-    mutate(&app, &h, |s, c| ops::update_service(s, c, &id, p))
-        .await
-        .map(Json)
+    call.change(|s, c| ops::update_service(s, c, &id, p)).await
 }
 
 #[utoipa::path(delete, path = "/v1/services/{id}", responses((status = 204), (status = 409, body = OpError)))]
-async fn delete_service(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<StatusCode, OpError> {
-    mutate(&app, &h, |s, c| ops::delete_service(s, c, &id))
-        .await
-        .map(|_| StatusCode::NO_CONTENT)
+async fn delete_service(call: Call, Path(id): Path<String>) -> Deleted {
+    call.delete(|s, c| ops::delete_service(s, c, &id)).await
 }
 
 #[utoipa::path(get, path = "/v1/services/{id}/whitelist", responses((status = 200, body = Vec<String>)))]
-async fn get_whitelist(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> Res<Vec<String>> {
-    read(&app, &h, |s, c| {
-        ops::get_service(s, c, &id).map(|x| x.whitelist)
-    })
-    .await
-    .map(Json)
+async fn get_whitelist(call: Call, Path(id): Path<String>) -> Res<Vec<String>> {
+    call.read(|s, c| ops::get_service(s, c, &id).map(|x| x.whitelist))
+        .await
 }
 
 #[utoipa::path(put, path = "/v1/services/{id}/whitelist/{account}", responses((status = 200, body = Vec<String>)))]
 async fn whitelist_add(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
+    call: Call,
     Path((id, account)): Path<(String, String)>,
 ) -> Res<Vec<String>> {
-    mutate(&app, &h, |s, c| ops::whitelist_add(s, c, &id, &account))
+    call.change(|s, c| ops::whitelist_add(s, c, &id, &account))
         .await
-        .map(Json)
 }
 
 #[utoipa::path(delete, path = "/v1/services/{id}/whitelist/{account}", responses((status = 200, body = Vec<String>)))]
 async fn whitelist_remove(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
+    call: Call,
     Path((id, account)): Path<(String, String)>,
 ) -> Res<Vec<String>> {
-    mutate(&app, &h, |s, c| ops::whitelist_remove(s, c, &id, &account))
+    call.change(|s, c| ops::whitelist_remove(s, c, &id, &account))
         .await
-        .map(Json)
 }
 
 #[utoipa::path(get, path = "/v1/services/{id}/connections", responses((status = 200, body = Vec<ops::ConnectionView>)))]
-async fn list_connections(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> Res<Vec<ops::ConnectionView>> {
-    read(&app, &h, |s, c| ops::list_connections(s, c, &id))
-        .await
-        .map(Json)
+async fn list_connections(call: Call, Path(id): Path<String>) -> Res<Vec<ops::ConnectionView>> {
+    call.read(|s, c| ops::list_connections(s, c, &id)).await
 }
 
 #[utoipa::path(post, path = "/v1/services/{id}/connections/{endpoint}/{action}",
     responses((status = 200, body = ops::ConnectionView), (status = 409, body = OpError)))]
 async fn connection_action(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
+    call: Call,
     Path((id, endpoint, action)): Path<(String, String, String)>,
 ) -> Res<ops::ConnectionView> {
     let a: ops::ConnectionAction =
@@ -277,211 +269,122 @@ async fn connection_action(
                 format!("{action:?} is not one of accept, reject, disable, enable"),
             )
         })?;
-    mutate(&app, &h, |s, c| {
-        ops::connection_action(s, c, &id, &endpoint, a)
-    })
-    .await
-    .map(Json)
+    call.change(|s, c| ops::connection_action(s, c, &id, &endpoint, a))
+        .await
 }
 
 #[utoipa::path(get, path = "/v1/services/{id}/appliances",
     responses((status = 200, body = Vec<ops::ApplianceView>), (status = 400, body = OpError), (status = 404, body = OpError)))]
-async fn list_appliances(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> Res<Vec<ops::ApplianceView>> {
-    let g = app.lock().await;
-    let caller = ops::authenticate(&g.state, &g.admin_token_sha256, bearer(&h))?;
+async fn list_appliances(call: Call, Path(id): Path<String>) -> Res<Vec<ops::ApplianceView>> {
+    let g = call.app.lock().await;
+    let caller = ops::authenticate(&g.state, &g.admin_token_sha256, bearer(&call.h))?;
     ops::list_appliances(&g.state, &caller, &id, &g.apply.unhealthy()).map(Json)
 }
 
 #[utoipa::path(post, path = "/v1/endpoints", request_body = ops::NewEndpoint,
     responses((status = 201, body = Object), (status = 403, body = OpError)))]
-async fn create_endpoint(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    b: Bytes,
-) -> Created<Endpoint> {
+async fn create_endpoint(call: Call, b: Bytes) -> Created<Endpoint> {
     let req = body(&b)?;
-    mutate(&app, &h, |s, c| ops::create_endpoint(s, c, req))
-        .await
-        .map(|v| (StatusCode::CREATED, Json(v)))
+    call.create(|s, c| ops::create_endpoint(s, c, req)).await
 }
 
 #[utoipa::path(get, path = "/v1/endpoints", responses((status = 200, body = Vec<Object>)))]
-async fn list_endpoints(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Vec<Endpoint>> {
-    read(&app, &h, |s, c| Ok(ops::list_endpoints(s, c)))
-        .await
-        .map(Json)
+async fn list_endpoints(call: Call) -> Res<Vec<Endpoint>> {
+    call.read(|s, c| Ok(ops::list_endpoints(s, c))).await
 }
 
 #[utoipa::path(get, path = "/v1/endpoints/{id}", responses((status = 200, body = Object), (status = 404, body = OpError)))]
-async fn get_endpoint(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> Res<Endpoint> {
-    read(&app, &h, |s, c| ops::get_endpoint(s, c, &id))
-        .await
-        .map(Json)
+async fn get_endpoint(call: Call, Path(id): Path<String>) -> Res<Endpoint> {
+    call.read(|s, c| ops::get_endpoint(s, c, &id)).await
 }
 
 #[utoipa::path(patch, path = "/v1/endpoints/{id}", request_body = ops::EndpointPatch,
     responses((status = 200, body = Object), (status = 400, body = OpError)))]
-async fn update_endpoint(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-    b: Bytes,
-) -> Res<Endpoint> {
+async fn update_endpoint(call: Call, Path(id): Path<String>, b: Bytes) -> Res<Endpoint> {
     let p = body(&b)?;
-    mutate(&app, &h, |s, c| ops::update_endpoint(s, c, &id, p))
-        .await
-        .map(Json)
+    call.change(|s, c| ops::update_endpoint(s, c, &id, p)).await
 }
 
 #[utoipa::path(delete, path = "/v1/endpoints/{id}", responses((status = 204), (status = 404, body = OpError)))]
-async fn delete_endpoint(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<StatusCode, OpError> {
-    mutate(&app, &h, |s, c| ops::delete_endpoint(s, c, &id))
-        .await
-        .map(|_| StatusCode::NO_CONTENT)
+async fn delete_endpoint(call: Call, Path(id): Path<String>) -> Deleted {
+    call.delete(|s, c| ops::delete_endpoint(s, c, &id)).await
 }
 
 #[utoipa::path(post, path = "/v1/endpoints/{id}/zones", request_body = ops::NewZone,
     responses((status = 201, body = Object), (status = 400, body = OpError), (status = 409, body = OpError)))]
-async fn add_zone(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-    b: Bytes,
-) -> Created<Endpoint> {
+async fn add_zone(call: Call, Path(id): Path<String>, b: Bytes) -> Created<Endpoint> {
     let z = body(&b)?;
-    mutate(&app, &h, |s, c| ops::add_zone(s, c, &id, z))
-        .await
-        .map(|v| (StatusCode::CREATED, Json(v)))
+    call.create(|s, c| ops::add_zone(s, c, &id, z)).await
 }
 
 #[utoipa::path(delete, path = "/v1/endpoints/{id}/zones/{vswitch}",
     responses((status = 200, body = Object), (status = 404, body = OpError), (status = 409, body = OpError)))]
-async fn remove_zone(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path((id, vswitch)): Path<(String, String)>,
-) -> Res<Endpoint> {
-    mutate(&app, &h, |s, c| ops::remove_zone(s, c, &id, &vswitch))
+async fn remove_zone(call: Call, Path((id, vswitch)): Path<(String, String)>) -> Res<Endpoint> {
+    call.change(|s, c| ops::remove_zone(s, c, &id, &vswitch))
         .await
-        .map(Json)
 }
 
 #[utoipa::path(get, path = "/v1/available-services",
     responses((status = 200, body = Vec<ops::AvailableService>), (status = 401, body = OpError)))]
-async fn list_available_services(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-) -> Res<Vec<ops::AvailableService>> {
-    read(&app, &h, |s, c| Ok(ops::list_available_services(s, c)))
+async fn list_available_services(call: Call) -> Res<Vec<ops::AvailableService>> {
+    call.read(|s, c| Ok(ops::list_available_services(s, c)))
         .await
-        .map(Json)
 }
 
 #[utoipa::path(get, path = "/v1/available-services/{id}",
     responses((status = 200, body = ops::AvailableService), (status = 404, body = OpError)))]
-async fn get_available_service(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> Res<ops::AvailableService> {
-    read(&app, &h, |s, c| ops::get_available_service(s, c, &id))
+async fn get_available_service(call: Call, Path(id): Path<String>) -> Res<ops::AvailableService> {
+    call.read(|s, c| ops::get_available_service(s, c, &id))
         .await
-        .map(Json)
 }
 
 #[utoipa::path(post, path = "/v1/security-groups", request_body = ops::NewSecurityGroup,
     responses((status = 201, body = Object), (status = 400, body = OpError)))]
-async fn create_sg(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    b: Bytes,
-) -> Created<SecurityGroup> {
+async fn create_sg(call: Call, b: Bytes) -> Created<SecurityGroup> {
     let req = body(&b)?;
-    mutate(&app, &h, |s, c| ops::create_security_group(s, c, req))
+    call.create(|s, c| ops::create_security_group(s, c, req))
         .await
-        .map(|v| (StatusCode::CREATED, Json(v)))
 }
 
 #[utoipa::path(get, path = "/v1/security-groups", responses((status = 200, body = Vec<Object>)))]
-async fn list_sgs(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Vec<SecurityGroup>> {
-    read(&app, &h, |s, c| Ok(ops::list_security_groups(s, c)))
-        .await
-        .map(Json)
+async fn list_sgs(call: Call) -> Res<Vec<SecurityGroup>> {
+    call.read(|s, c| Ok(ops::list_security_groups(s, c))).await
 }
 
 #[utoipa::path(delete, path = "/v1/security-groups/{id}", responses((status = 204), (status = 409, body = OpError)))]
-async fn delete_sg(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<StatusCode, OpError> {
-    mutate(&app, &h, |s, c| ops::delete_security_group(s, c, &id))
+async fn delete_sg(call: Call, Path(id): Path<String>) -> Deleted {
+    call.delete(|s, c| ops::delete_security_group(s, c, &id))
         .await
-        .map(|_| StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/v1/security-groups/{id}/rules", request_body = Object,
     responses((status = 201, body = Object), (status = 400, body = OpError)))]
-async fn add_sg_rule(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-    b: Bytes,
-) -> Created<SgRule> {
+async fn add_sg_rule(call: Call, Path(id): Path<String>, b: Bytes) -> Created<SgRule> {
     let rule = body(&b)?;
-    mutate(&app, &h, |s, c| ops::add_sg_rule(s, c, &id, rule))
-        .await
-        .map(|v| (StatusCode::CREATED, Json(v)))
+    call.create(|s, c| ops::add_sg_rule(s, c, &id, rule)).await
 }
 
 #[utoipa::path(delete, path = "/v1/security-groups/{id}/rules/{rule}", responses((status = 204), (status = 404, body = OpError)))]
-async fn remove_sg_rule(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path((id, rule)): Path<(String, String)>,
-) -> Result<StatusCode, OpError> {
-    mutate(&app, &h, |s, c| ops::remove_sg_rule(s, c, &id, &rule))
+async fn remove_sg_rule(call: Call, Path((id, rule)): Path<(String, String)>) -> Deleted {
+    call.delete(|s, c| ops::remove_sg_rule(s, c, &id, &rule))
         .await
-        .map(|_| StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/v1/acls", request_body = ops::NewAcl,
     responses((status = 201, body = Object), (status = 400, body = OpError)))]
-async fn create_acl(AxState(app): AxState<Shared>, h: HeaderMap, b: Bytes) -> Created<NetworkAcl> {
+async fn create_acl(call: Call, b: Bytes) -> Created<NetworkAcl> {
     let req = body(&b)?;
-    mutate(&app, &h, |s, c| ops::create_acl(s, c, req))
-        .await
-        .map(|v| (StatusCode::CREATED, Json(v)))
+    call.create(|s, c| ops::create_acl(s, c, req)).await
 }
 
 #[utoipa::path(get, path = "/v1/acls", responses((status = 200, body = Vec<Object>)))]
-async fn list_acls(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Vec<NetworkAcl>> {
-    read(&app, &h, |s, c| Ok(ops::list_acls(s, c)))
-        .await
-        .map(Json)
+async fn list_acls(call: Call) -> Res<Vec<NetworkAcl>> {
+    call.read(|s, c| Ok(ops::list_acls(s, c))).await
 }
 
 #[utoipa::path(delete, path = "/v1/acls/{id}", responses((status = 204), (status = 404, body = OpError)))]
-async fn delete_acl(
-    AxState(app): AxState<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<StatusCode, OpError> {
-    mutate(&app, &h, |s, c| ops::delete_acl(s, c, &id))
-        .await
-        .map(|_| StatusCode::NO_CONTENT)
+async fn delete_acl(call: Call, Path(id): Path<String>) -> Deleted {
+    call.delete(|s, c| ops::delete_acl(s, c, &id)).await
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -494,8 +397,8 @@ pub struct Status {
 }
 
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = Status)))]
-async fn status(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Status> {
-    read(&app, &h, |s, c| {
+async fn status(call: Call) -> Res<Status> {
+    call.read(|s, c| {
         let eps = ops::list_endpoints(s, c);
         Ok(Status {
             accounts: ops::list_accounts(s, c).len(),
@@ -509,7 +412,6 @@ async fn status(AxState(app): AxState<Shared>, h: HeaderMap) -> Res<Status> {
         })
     })
     .await
-    .map(Json)
 }
 
 #[derive(OpenApi)]

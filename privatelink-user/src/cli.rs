@@ -170,6 +170,11 @@ fn acl_rule(r: &str) -> Result<AclRule> {
     })
 }
 
+/// ACL rules (or a gateway endpoint's policy) as `acl_rule` reads each, in order.
+fn acl_rules(list: &[String]) -> Result<Vec<AclRule>> {
+    list.iter().map(|r| acl_rule(r)).collect()
+}
+
 #[derive(Subcommand)]
 pub enum AccountCmd {
     /// Create an account; prints its token once.
@@ -655,20 +660,12 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
                     ingress,
                     egress,
                 } => {
-                    let ingress = ingress
-                        .iter()
-                        .map(|r| acl_rule(r))
-                        .collect::<Result<Vec<_>>>()?;
-                    let egress = egress
-                        .iter()
-                        .map(|r| acl_rule(r))
-                        .collect::<Result<Vec<_>>>()?;
                     let body = NewAcl {
                         id,
                         vpc,
                         vswitches,
-                        ingress,
-                        egress,
+                        ingress: acl_rules(&ingress)?,
+                        egress: acl_rules(&egress)?,
                     };
                     (c.post("/v1/acls", &body)?, COLS)
                 }
@@ -896,10 +893,8 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
             policy,
             routes,
         } => {
-            let policy = policy
-                .iter()
-                .map(|r| acl_rule(r))
-                .collect::<Result<Vec<_>>>()?;
+            // The policy is read before the zones and tags, so its error comes first.
+            let policy = acl_rules(&policy)?;
             let body = NewEndpoint {
                 id,
                 vpc,

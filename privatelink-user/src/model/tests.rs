@@ -250,6 +250,13 @@ fn gwlb_broken(f: impl FnOnce(&mut State)) -> String {
     s.validate().unwrap_err().to_string()
 }
 
+/// A way to break the GWLB state, and how the error starts.
+type Broken = (fn(&mut State), String);
+
+/// A way to break an endpoint of the GWLB state (given its index), and how the error
+/// starts.
+type BrokenEndpoint = (fn(&mut State, usize), String);
+
 fn svc(s: &mut State) -> &mut EndpointService {
     s.services.iter_mut().find(|x| x.id == "gwlb-s").unwrap()
 }
@@ -291,116 +298,102 @@ fn gwlb_state_is_valid_and_round_trips() {
 #[test]
 fn gwlb_services_are_checked() {
     let i = 1; // services[1] is gwlb-s
-    let e = gwlb_broken(|s| svc(s).gwlb = None);
-    assert!(
-        e.starts_with(&format!("services[{i}].gwlb: a GWLB service needs")),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| {
-        s.services[0].gwlb = Some(GwlbSettings {
-            address: "10.10.0.5".parse().unwrap(),
-            stickiness: Stickiness::FiveTuple,
-            cross_zone: false,
-            failover: Failover::NoRebalance,
-            health: HealthSettings::default(),
-        })
-    });
-    assert!(e.starts_with("services[0].gwlb: only GWLB services"), "{e}");
-    let e = gwlb_broken(|s| svc(s).backends.clear());
-    assert!(
-        e.starts_with(&format!(
-            "services[{i}].backends: a GWLB service needs between 1 and 16"
-        )),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| {
-        svc(s).backends = (0..17)
-            .map(|n| Backend {
-                zone: "zone-a".into(),
-                address: Ipv4Addr::new(10, 20, 1, 100 + n),
-            })
-            .collect()
-    });
-    assert!(e.starts_with(&format!("services[{i}].backends:")), "{e}");
-    let e = gwlb_broken(|s| svc(s).backends[1].address = "10.20.1.11".parse().unwrap());
-    assert!(
-        e.starts_with(&format!(
-            "services[{i}].backends[1].address: appliance 10.20.1.11 is listed twice"
-        )),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| svc(s).backends[0].address = "10.21.0.1".parse().unwrap());
-    assert!(
-        e.starts_with(&format!(
-            "services[{i}].backends[0].address: appliance 10.21.0.1 is not a usable address"
-        )),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| svc(s).backends[0].zone = "zone-x".into());
-    assert!(
-        e.starts_with(&format!(
-            "services[{i}].backends[0].zone: VPC vpc-s has no vSwitch in zone \"zone-x\""
-        )),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| svc(s).backends[2].address = "10.20.0.5".parse().unwrap());
-    assert!(
-        e.starts_with(&format!(
-            "services[{i}].backends[2].address: 10.20.0.5 is the GWLB's own address"
-        )),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| gwlb(s).address = "10.21.0.5".parse().unwrap());
-    assert!(
-        e.starts_with(&format!("services[{i}].gwlb.address:")),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| svc(s).snat = vec!["10.20.0.200".parse().unwrap()]);
-    assert!(
-        e.starts_with(&format!("services[{i}].snat: a GWLB service has no SNAT")),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| svc(s).prefixes = vec!["100.64.0.0/24".parse().unwrap()]);
-    assert!(
-        e.starts_with(&format!(
-            "services[{i}].prefixes: a GWLB service has no prefixes"
-        )),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| gwlb(s).health.interval_ms = 10);
-    assert!(
-        e.starts_with(&format!("services[{i}].gwlb.health.interval_ms:")),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| gwlb(s).health.timeout_ms = 5);
-    assert!(
-        e.starts_with(&format!("services[{i}].gwlb.health.timeout_ms:")),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| gwlb(s).health.healthy_threshold = 0);
-    assert!(
-        e.starts_with(&format!("services[{i}].gwlb.health.healthy_threshold:")),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| gwlb(s).health.unhealthy_threshold = 11);
-    assert!(
-        e.starts_with(&format!("services[{i}].gwlb.health.unhealthy_threshold:")),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| {
-        gwlb(s).health.probe = crate::health::Probe::Http {
-            path: "no-slash".into(),
-        }
-    });
-    assert!(
-        e.starts_with(&format!("services[{i}].gwlb.health.probe.path:")),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| gwlb(s).health.port = 0);
-    assert!(
-        e.starts_with(&format!("services[{i}].gwlb.health.port:")),
-        "{e}"
-    );
+    // Each broken state, and how its error starts.
+    let cases: Vec<Broken> = vec![
+        (
+            |s| svc(s).gwlb = None,
+            format!("services[{i}].gwlb: a GWLB service needs"),
+        ),
+        (
+            |s| {
+                s.services[0].gwlb = Some(GwlbSettings {
+                    address: "10.10.0.5".parse().unwrap(),
+                    stickiness: Stickiness::FiveTuple,
+                    cross_zone: false,
+                    failover: Failover::NoRebalance,
+                    health: HealthSettings::default(),
+                })
+            },
+            "services[0].gwlb: only GWLB services".to_string(),
+        ),
+        (
+            |s| svc(s).backends.clear(),
+            format!("services[{i}].backends: a GWLB service needs between 1 and 16"),
+        ),
+        (
+            |s| {
+                svc(s).backends = (0..17)
+                    .map(|n| Backend {
+                        zone: "zone-a".into(),
+                        address: Ipv4Addr::new(10, 20, 1, 100 + n),
+                    })
+                    .collect()
+            },
+            format!("services[{i}].backends:"),
+        ),
+        (
+            |s| svc(s).backends[1].address = "10.20.1.11".parse().unwrap(),
+            format!("services[{i}].backends[1].address: appliance 10.20.1.11 is listed twice"),
+        ),
+        (
+            |s| svc(s).backends[0].address = "10.21.0.1".parse().unwrap(),
+            format!(
+                "services[{i}].backends[0].address: appliance 10.21.0.1 is not a usable address"
+            ),
+        ),
+        (
+            |s| svc(s).backends[0].zone = "zone-x".into(),
+            format!("services[{i}].backends[0].zone: VPC vpc-s has no vSwitch in zone \"zone-x\""),
+        ),
+        (
+            |s| svc(s).backends[2].address = "10.20.0.5".parse().unwrap(),
+            format!("services[{i}].backends[2].address: 10.20.0.5 is the GWLB's own address"),
+        ),
+        (
+            |s| gwlb(s).address = "10.21.0.5".parse().unwrap(),
+            format!("services[{i}].gwlb.address:"),
+        ),
+        (
+            |s| svc(s).snat = vec!["10.20.0.200".parse().unwrap()],
+            format!("services[{i}].snat: a GWLB service has no SNAT"),
+        ),
+        (
+            |s| svc(s).prefixes = vec!["100.64.0.0/24".parse().unwrap()],
+            format!("services[{i}].prefixes: a GWLB service has no prefixes"),
+        ),
+        (
+            |s| gwlb(s).health.interval_ms = 10,
+            format!("services[{i}].gwlb.health.interval_ms:"),
+        ),
+        (
+            |s| gwlb(s).health.timeout_ms = 5,
+            format!("services[{i}].gwlb.health.timeout_ms:"),
+        ),
+        (
+            |s| gwlb(s).health.healthy_threshold = 0,
+            format!("services[{i}].gwlb.health.healthy_threshold:"),
+        ),
+        (
+            |s| gwlb(s).health.unhealthy_threshold = 11,
+            format!("services[{i}].gwlb.health.unhealthy_threshold:"),
+        ),
+        (
+            |s| {
+                gwlb(s).health.probe = crate::health::Probe::Http {
+                    path: "no-slash".into(),
+                }
+            },
+            format!("services[{i}].gwlb.health.probe.path:"),
+        ),
+        (
+            |s| gwlb(s).health.port = 0,
+            format!("services[{i}].gwlb.health.port:"),
+        ),
+    ];
+    for (broken, start) in cases {
+        let e = gwlb_broken(broken);
+        assert!(e.starts_with(&start), "{e}");
+    }
 }
 
 #[test]
@@ -483,43 +476,71 @@ fn gwlb_endpoints_are_checked() {
     let mut s = gwlb_state();
     let g1 = ep(&mut s, "ep-g1");
     let f = format!("endpoints[{g1}]");
-    let e = gwlb_broken(|s| s.endpoints[g1].zones.clear());
-    assert!(
-        e.starts_with(&format!("{f}.zones: a GWLB endpoint has exactly one ENI")),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| {
-        s.endpoints[g1].zones.push(EndpointZone {
-            vswitch: "vsw-c2".into(),
-            eni: "10.30.2.6".parse().unwrap(),
-        })
-    });
-    assert!(e.starts_with(&format!("{f}.zones:")), "{e}");
-    let e = gwlb_broken(|s| s.endpoints[g1].routes.clear());
-    assert!(
-        e.starts_with(&format!(
-            "{f}.routes: a GWLB endpoint needs between 1 and 64 routes"
-        )),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| {
-        s.endpoints[g1].routes = (0..65)
-            .map(|n| format!("172.16.{n}.0/24").parse().unwrap())
-            .collect()
-    });
-    assert!(e.starts_with(&format!("{f}.routes:")), "{e}");
-    let e = gwlb_broken(|s| s.endpoints[g1].routes[1] = "10.30.0.0/16".parse().unwrap());
-    assert!(
-        e.starts_with(&format!(
-            "{f}.routes[1]: 10.30.0.0/16 contains the endpoint's own ENI 10.30.1.5"
-        )),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| s.endpoints[g1].routes[0] = "10.30.9.1/24".parse().unwrap());
-    assert!(
-        e.starts_with(&format!("{f}.routes[0]: 10.30.9.1/24 has host bits set")),
-        "{e}"
-    );
+    // Each way to break endpoint `g1` (given its index), and how the error starts.
+    let cases: Vec<BrokenEndpoint> = vec![
+        (
+            |s, g1| s.endpoints[g1].zones.clear(),
+            format!("{f}.zones: a GWLB endpoint has exactly one ENI"),
+        ),
+        (
+            |s, g1| {
+                s.endpoints[g1].zones.push(EndpointZone {
+                    vswitch: "vsw-c2".into(),
+                    eni: "10.30.2.6".parse().unwrap(),
+                })
+            },
+            format!("{f}.zones:"),
+        ),
+        (
+            |s, g1| s.endpoints[g1].routes.clear(),
+            format!("{f}.routes: a GWLB endpoint needs between 1 and 64 routes"),
+        ),
+        (
+            |s, g1| {
+                s.endpoints[g1].routes = (0..65)
+                    .map(|n| format!("172.16.{n}.0/24").parse().unwrap())
+                    .collect()
+            },
+            format!("{f}.routes:"),
+        ),
+        (
+            |s, g1| s.endpoints[g1].routes[1] = "10.30.0.0/16".parse().unwrap(),
+            format!("{f}.routes[1]: 10.30.0.0/16 contains the endpoint's own ENI 10.30.1.5"),
+        ),
+        (
+            |s, g1| s.endpoints[g1].routes[0] = "10.30.9.1/24".parse().unwrap(),
+            format!("{f}.routes[0]: 10.30.9.1/24 has host bits set"),
+        ),
+        (
+            |s, g1| s.endpoints[g1].gateway = Some("10.30.1.1".parse().unwrap()),
+            format!("{f}.gateway: a GWLB endpoint has no gateway"),
+        ),
+        (
+            |s, g1| {
+                s.endpoints[g1].policy = vec![AclRule {
+                    action: RuleAction::Accept,
+                    protocol: Protocol::All,
+                    ports: None,
+                    cidr: "0.0.0.0/0".parse().unwrap(),
+                }]
+            },
+            format!("{f}.policy: a GWLB endpoint has no policy"),
+        ),
+        // The ENI is checked like any other: in a vSwitch, not taken.
+        (
+            |s, g1| s.endpoints[g1].zones[0].eni = "10.30.2.5".parse().unwrap(),
+            format!("{f}.zones[0].eni: 10.30.2.5 is not a usable address"),
+        ),
+        // Routes only for GWLB endpoints.
+        (
+            |s, _| s.endpoints[0].routes = vec!["172.16.0.0/24".parse().unwrap()],
+            "endpoints[0].routes: only endpoints of GWLB services have routes".to_string(),
+        ),
+    ];
+    for (broken, start) in cases {
+        let e = gwlb_broken(|s| broken(s, g1));
+        assert!(e.starts_with(&start), "{e}");
+    }
     let e = gwlb_broken(|s| s.endpoints[g1].security_groups = vec!["sg".into()]);
     assert_eq!(
         e,
@@ -527,43 +548,12 @@ fn gwlb_endpoints_are_checked() {
             "{f}.security_groups: a GWLB endpoint is not guarded by security groups: its appliances decide what passes"
         )
     );
-    let e = gwlb_broken(|s| s.endpoints[g1].gateway = Some("10.30.1.1".parse().unwrap()));
-    assert!(
-        e.starts_with(&format!("{f}.gateway: a GWLB endpoint has no gateway")),
-        "{e}"
-    );
-    let e = gwlb_broken(|s| {
-        s.endpoints[g1].policy = vec![AclRule {
-            action: RuleAction::Accept,
-            protocol: Protocol::All,
-            ports: None,
-            cidr: "0.0.0.0/0".parse().unwrap(),
-        }]
-    });
-    assert!(
-        e.starts_with(&format!("{f}.policy: a GWLB endpoint has no policy")),
-        "{e}"
-    );
-    // The ENI is checked like any other: in a vSwitch, not taken.
-    let e = gwlb_broken(|s| s.endpoints[g1].zones[0].eni = "10.30.2.5".parse().unwrap());
-    assert!(
-        e.starts_with(&format!(
-            "{f}.zones[0].eni: 10.30.2.5 is not a usable address"
-        )),
-        "{e}"
-    );
     let e = gwlb_broken(|s| {
         let g2 = s.endpoints.iter().position(|e| e.id == "ep-g2").unwrap();
         s.endpoints[g2].zones[0] = s.endpoints[g1].zones[0].clone();
     });
     assert!(
         e.contains("10.30.1.5 is already in use in VPC vpc-c"),
-        "{e}"
-    );
-    // Routes only for GWLB endpoints.
-    let e = gwlb_broken(|s| s.endpoints[0].routes = vec!["172.16.0.0/24".parse().unwrap()]);
-    assert!(
-        e.starts_with("endpoints[0].routes: only endpoints of GWLB services have routes"),
         "{e}"
     );
 }

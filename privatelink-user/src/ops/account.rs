@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Caller, OpError, R, admin_only};
+use super::{Caller, OpError, R, admin_only, unique};
 use crate::model::{Account, State};
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -60,12 +60,7 @@ pub fn create_account(
     token: String,
 ) -> R<CreatedAccount> {
     admin_only(c)?;
-    if s.account(&req.id).is_some() {
-        return Err(OpError::conflict(
-            "id",
-            format!("account {} already exists", req.id),
-        ));
-    }
+    unique(s.account(&req.id).is_some(), "account", &req.id)?;
     s.accounts.push(Account {
         id: req.id.clone(),
         name: req.name.clone(),

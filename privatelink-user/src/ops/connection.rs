@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Caller, OpError, R, service::own_service};
-use crate::model::{Connection, State};
+use crate::model::{Connection, Endpoint, State};
 
 /// What a provider does to a connection (an endpoint of its service).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -30,18 +30,24 @@ pub struct ConnectionView {
     pub enis: Vec<Ipv4Addr>,
 }
 
-pub fn list_connections(s: &mut State, c: &Caller, service: &str) -> R<Vec<ConnectionView>> {
-    own_service(s, c, service)?;
-    Ok(s.endpoints
-        .iter()
-        .filter(|e| e.service == service)
-        .map(|e| ConnectionView {
+impl From<&Endpoint> for ConnectionView {
+    fn from(e: &Endpoint) -> Self {
+        Self {
             endpoint: e.id.clone(),
             account: e.account.clone(),
             service: e.service.clone(),
             state: e.connection,
             enis: e.zones.iter().map(|z| z.eni).collect(),
-        })
+        }
+    }
+}
+
+pub fn list_connections(s: &mut State, c: &Caller, service: &str) -> R<Vec<ConnectionView>> {
+    own_service(s, c, service)?;
+    Ok(s.endpoints
+        .iter()
+        .filter(|e| e.service == service)
+        .map(ConnectionView::from)
         .collect())
 }
 
@@ -79,11 +85,5 @@ pub fn connection_action(
         }
     };
     ep.connection = next;
-    Ok(ConnectionView {
-        endpoint: ep.id.clone(),
-        account: ep.account.clone(),
-        service: ep.service.clone(),
-        state: ep.connection,
-        enis: ep.zones.iter().map(|z| z.eni).collect(),
-    })
+    Ok(ConnectionView::from(&*ep))
 }

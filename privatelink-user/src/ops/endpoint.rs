@@ -6,10 +6,10 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Caller, OpError, R, account_of, mine, own_vpc, visible};
+use super::{Caller, OpError, R, creator, own, seen, set, unique, visible};
 use crate::model::{
     AclRule, Connection, Endpoint, EndpointService, EndpointZone, ServiceType, State, Vpc,
-    check_endpoint_limits, lookup,
+    check_endpoint_limits,
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -46,14 +46,8 @@ pub struct NewEndpoint {
 }
 
 pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoint> {
-    let owner = account_of(c)?.to_string();
-    own_vpc(s, &owner, "vpc", &req.vpc)?;
-    if s.endpoint(&req.id).is_some() {
-        return Err(OpError::conflict(
-            "id",
-            format!("endpoint {} already exists", req.id),
-        ));
-    }
+    let owner = creator(s, c, &req.vpc)?;
+    unique(s.endpoint(&req.id).is_some(), "endpoint", &req.id)?;
     let svc = s
         .service(&req.service)
         .ok_or_else(|| OpError::not_found("service", format!("no service {}", req.service)))?;
@@ -89,27 +83,15 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
 }
 
 fn own_endpoint<'a>(s: &'a mut State, c: &Caller, id: &str) -> R<&'a mut Endpoint> {
-    let owner = account_of(c)?;
-    mine(
-        lookup(&mut s.endpoints, owner, id),
-        "endpoint",
-        "endpoint",
-        id,
-    )
+    own(&mut s.endpoints, c, "endpoint", "endpoint", id)
 }
 
 pub fn list_endpoints(s: &State, c: &Caller) -> Vec<Endpoint> {
     visible(&s.endpoints, c)
 }
 
-pub fn get_endpoint(s: &mut State, c: &Caller, id: &str) -> R<Endpoint> {
-    if matches!(c, Caller::Admin) {
-        return s
-            .endpoint(id)
-            .cloned()
-            .ok_or_else(|| OpError::not_found("endpoint", format!("no endpoint {id}")));
-    }
-    own_endpoint(s, c, id).map(|e| e.clone())
+pub fn get_endpoint(s: &State, c: &Caller, id: &str) -> R<Endpoint> {
+    seen(&s.endpoints, c, "endpoint", "endpoint", id).cloned()
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -144,24 +126,12 @@ pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) ->
         p.security_groups.as_ref().unwrap_or(&ep.security_groups),
         p.tags.as_ref().unwrap_or(&ep.tags),
     )?;
-    if let Some(v) = p.name {
-        ep.name = v;
-    }
-    if let Some(v) = p.description {
-        ep.description = v;
-    }
-    if let Some(v) = zones {
-        ep.zones = v;
-    }
-    if let Some(v) = p.security_groups {
-        ep.security_groups = v;
-    }
-    if let Some(v) = p.tags {
-        ep.tags = v;
-    }
-    if let Some(v) = p.routes {
-        ep.routes = v;
-    }
+    set(&mut ep.name, p.name);
+    set(&mut ep.description, p.description);
+    set(&mut ep.zones, zones);
+    set(&mut ep.security_groups, p.security_groups);
+    set(&mut ep.tags, p.tags);
+    set(&mut ep.routes, p.routes);
     Ok(ep.clone())
 }
 

@@ -2,7 +2,9 @@
 //! them, what they check, what they change. No I/O; the API is a thin adapter over these.
 //! One file per kind, each request type beside its operations.
 
-use crate::model::{Lookup, Owned, State, Vpc, lookup};
+use std::ops::Deref;
+
+use crate::model::{Endpoint, Lookup, Owned, State, lookup};
 
 mod account;
 mod connection;
@@ -79,8 +81,63 @@ fn mine<T>(l: Lookup<T>, what: &str, field: &str, id: &str) -> R<T> {
     }
 }
 
-fn own_vpc<'a>(s: &'a State, account: &str, field: &str, id: &str) -> R<&'a Vpc> {
-    mine(lookup(&s.vpcs, account, id), "VPC", field, id)
+/// The caller's own object `what` `id` among `items` (`&T` or `&mut T`), as `mine`
+/// refuses another's or a missing one; the operator has none.
+fn own<P: Deref<Target: Owned>>(
+    items: impl IntoIterator<Item = P>,
+    c: &Caller,
+    what: &str,
+    field: &str,
+    id: &str,
+) -> R<P> {
+    mine(lookup(items, account_of(c)?, id), what, field, id)
+}
+
+/// Object `what` `id` among `items` as the caller may see it: the operator any, an account
+/// its own (as `own`).
+fn seen<'a, T: Owned>(items: &'a [T], c: &Caller, what: &str, field: &str, id: &str) -> R<&'a T> {
+    match c {
+        Caller::Admin => items
+            .iter()
+            .find(|x| x.id() == id)
+            .ok_or_else(|| OpError::not_found(field, format!("no {what} {id}"))),
+        Caller::Account(_) => own(items, c, what, field, id),
+    }
+}
+
+/// The caller's account, creating something in VPC `vpc` (the request's `vpc`), which must
+/// be its own.
+fn creator(s: &State, c: &Caller, vpc: &str) -> R<String> {
+    let owner = account_of(c)?;
+    mine(lookup(&s.vpcs, owner, vpc), "VPC", "vpc", vpc)?;
+    Ok(owner.to_string())
+}
+
+/// Refuses to create a `what` with the id `id` when `taken`.
+fn unique(taken: bool, what: &str, id: &str) -> R<()> {
+    if taken {
+        return Err(OpError::conflict(
+            "id",
+            format!("{what} {id} already exists"),
+        ));
+    }
+    Ok(())
+}
+
+/// A patch's field: `v`, if given, replaces `field`.
+fn set<T>(field: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *field = v;
+    }
+}
+
+/// The ids of the endpoints `uses` picks (those that hold on to what is to be deleted).
+fn endpoint_ids(s: &State, uses: impl Fn(&Endpoint) -> bool) -> Vec<&str> {
+    s.endpoints
+        .iter()
+        .filter(|e| uses(e))
+        .map(|e| e.id.as_str())
+        .collect()
 }
 
 #[cfg(test)]

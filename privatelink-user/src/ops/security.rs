@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Caller, OpError, R, account_of, mine, own_vpc, visible};
-use crate::model::{AclRule, NetworkAcl, SecurityGroup, SgRule, State, lookup};
+use super::{Caller, OpError, R, creator, endpoint_ids, own, unique, visible};
+use crate::model::{AclRule, NetworkAcl, SecurityGroup, SgRule, State};
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -19,9 +19,9 @@ pub struct NewSecurityGroup {
 }
 
 fn own_group<'a>(s: &'a mut State, c: &Caller, id: &str) -> R<&'a mut SecurityGroup> {
-    let owner = account_of(c)?;
-    mine(
-        lookup(&mut s.security_groups, owner, id),
+    own(
+        &mut s.security_groups,
+        c,
         "security group",
         "security_group",
         id,
@@ -40,14 +40,9 @@ fn next_rule_id(g: &mut SecurityGroup) -> String {
 }
 
 pub fn create_security_group(s: &mut State, c: &Caller, req: NewSecurityGroup) -> R<SecurityGroup> {
-    let owner = account_of(c)?.to_string();
-    own_vpc(s, &owner, "vpc", &req.vpc)?;
-    if s.security_groups.iter().any(|g| g.id == req.id) {
-        return Err(OpError::conflict(
-            "id",
-            format!("security group {} already exists", req.id),
-        ));
-    }
+    let owner = creator(s, c, &req.vpc)?;
+    let taken = s.security_groups.iter().any(|g| g.id == req.id);
+    unique(taken, "security group", &req.id)?;
     let mut g = SecurityGroup {
         id: req.id,
         account: owner,
@@ -70,12 +65,7 @@ pub fn list_security_groups(s: &State, c: &Caller) -> Vec<SecurityGroup> {
 
 pub fn delete_security_group(s: &mut State, c: &Caller, id: &str) -> R<()> {
     own_group(s, c, id)?;
-    let users: Vec<&str> = s
-        .endpoints
-        .iter()
-        .filter(|e| e.security_groups.iter().any(|g| g == id))
-        .map(|e| e.id.as_str())
-        .collect();
+    let users = endpoint_ids(s, |e| e.security_groups.iter().any(|g| g == id));
     if !users.is_empty() {
         return Err(OpError::conflict(
             "security_group",
@@ -121,14 +111,8 @@ pub struct NewAcl {
 }
 
 pub fn create_acl(s: &mut State, c: &Caller, req: NewAcl) -> R<NetworkAcl> {
-    let owner = account_of(c)?.to_string();
-    own_vpc(s, &owner, "vpc", &req.vpc)?;
-    if s.acls.iter().any(|a| a.id == req.id) {
-        return Err(OpError::conflict(
-            "id",
-            format!("ACL {} already exists", req.id),
-        ));
-    }
+    let owner = creator(s, c, &req.vpc)?;
+    unique(s.acls.iter().any(|a| a.id == req.id), "ACL", &req.id)?;
     let acl = NetworkAcl {
         id: req.id,
         account: owner,
@@ -146,8 +130,7 @@ pub fn list_acls(s: &State, c: &Caller) -> Vec<NetworkAcl> {
 }
 
 pub fn delete_acl(s: &mut State, c: &Caller, id: &str) -> R<()> {
-    let owner = account_of(c)?;
-    mine(lookup(&s.acls, owner, id), "ACL", "acl", id)?;
+    own(&s.acls, c, "ACL", "acl", id)?;
     s.acls.retain(|a| a.id != id);
     Ok(())
 }

@@ -7,12 +7,12 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Caller, OpError, R, account_of, mine, own_vpc, visible};
+use super::{Caller, OpError, R, creator, endpoint_ids, own, seen, set, unique, visible};
 use crate::{
     desired::Unhealthy,
     model::{
         Backend, EndpointService, GwlbSettings, Listener, ServiceType, State, check_listeners,
-        lookup, numeric_id,
+        numeric_id,
     },
 };
 
@@ -71,14 +71,8 @@ fn interface_type() -> ServiceType {
 }
 
 pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointService> {
-    let owner = account_of(c)?.to_string();
-    own_vpc(s, &owner, "vpc", &req.vpc)?;
-    if s.service(&req.id).is_some() {
-        return Err(OpError::conflict(
-            "id",
-            format!("service {} already exists", req.id),
-        ));
-    }
+    let owner = creator(s, c, &req.vpc)?;
+    unique(s.service(&req.id).is_some(), "service", &req.id)?;
     for (i, w) in req.whitelist.iter().enumerate() {
         if s.account(w).is_none() {
             return Err(OpError::invalid(
@@ -117,8 +111,7 @@ pub(super) fn own_service<'a>(
     c: &Caller,
     id: &str,
 ) -> R<&'a mut EndpointService> {
-    let owner = account_of(c)?;
-    mine(lookup(&mut s.services, owner, id), "service", "service", id)
+    own(&mut s.services, c, "service", "service", id)
 }
 
 pub fn list_services(s: &State, c: &Caller) -> Vec<EndpointService> {
@@ -126,13 +119,7 @@ pub fn list_services(s: &State, c: &Caller) -> Vec<EndpointService> {
 }
 
 pub fn get_service(s: &State, c: &Caller, id: &str) -> R<EndpointService> {
-    match c {
-        Caller::Admin => s
-            .service(id)
-            .cloned()
-            .ok_or_else(|| OpError::not_found("service", format!("no service {id}"))),
-        Caller::Account(a) => mine(lookup(&s.services, a, id), "service", "service", id).cloned(),
-    }
+    seen(&s.services, c, "service", "service", id).cloned()
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -163,24 +150,12 @@ pub struct ServicePatch {
 
 pub fn update_service(s: &mut State, c: &Caller, id: &str, p: ServicePatch) -> R<EndpointService> {
     let svc = own_service(s, c, id)?;
-    if let Some(v) = p.auto_accept {
-        svc.auto_accept = v;
-    }
-    if let Some(v) = p.zone_affinity {
-        svc.zone_affinity = v;
-    }
-    if let Some(v) = p.backends {
-        svc.backends = v;
-    }
-    if let Some(v) = p.domain {
-        svc.domain = Some(v);
-    }
-    if let Some(v) = p.gwlb {
-        svc.gwlb = Some(v);
-    }
-    if let Some(v) = p.endpoint_flow_share {
-        svc.endpoint_flow_share = v;
-    }
+    set(&mut svc.auto_accept, p.auto_accept);
+    set(&mut svc.zone_affinity, p.zone_affinity);
+    set(&mut svc.backends, p.backends);
+    set(&mut svc.domain, p.domain.map(Some));
+    set(&mut svc.gwlb, p.gwlb.map(Some));
+    set(&mut svc.endpoint_flow_share, p.endpoint_flow_share);
     if let Some(v) = p.listeners {
         check_listeners("listeners", &v)?;
         svc.listeners = v;
@@ -191,12 +166,7 @@ pub fn update_service(s: &mut State, c: &Caller, id: &str, p: ServicePatch) -> R
 
 pub fn delete_service(s: &mut State, c: &Caller, id: &str) -> R<()> {
     own_service(s, c, id)?;
-    let users: Vec<&str> = s
-        .endpoints
-        .iter()
-        .filter(|e| e.service == id)
-        .map(|e| e.id.as_str())
-        .collect();
+    let users = endpoint_ids(s, |e| e.service == id);
     if !users.is_empty() {
         return Err(OpError::conflict(
             "service",

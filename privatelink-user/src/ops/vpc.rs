@@ -4,7 +4,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Caller, OpError, R, admin_only, visible};
+use super::{Caller, OpError, R, admin_only, unique, visible};
 use crate::model::{State, VSwitch, Vpc};
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -41,12 +41,7 @@ pub fn create_vpc(s: &mut State, c: &Caller, req: NewVpc) -> R<Vpc> {
             format!("no account {}", req.account),
         ));
     }
-    if s.vpc(&req.id).is_some() {
-        return Err(OpError::conflict(
-            "id",
-            format!("VPC {} already exists", req.id),
-        ));
-    }
+    unique(s.vpc(&req.id).is_some(), "VPC", &req.id)?;
     let vpc = Vpc {
         id: req.id,
         account: req.account,

@@ -5,7 +5,7 @@ use std::{
 
 use ipnet::Ipv4Net;
 
-use super::{FieldError, check_cidr, check_id, check_ports, err};
+use super::{FieldError, Ids, check_acl_rules, check_prefix, err, overlap, refuse, usable};
 use crate::model::{
     Direction, Endpoint, EndpointService, Lookup, MAX_GWLB_ROUTES, MAX_SECURITY_GROUPS, MAX_TAGS,
     ServiceType, State, Vpc, lookup,
@@ -14,13 +14,12 @@ use crate::model::{
 impl State {
     pub(super) fn validate_endpoints(
         &self,
-        ids: &mut BTreeMap<u32, String>,
+        ids: &mut Ids,
         enis: &mut BTreeSet<(String, Ipv4Addr)>,
     ) -> Result<(), FieldError> {
         for (i, e) in self.endpoints.iter().enumerate() {
             let f = format!("endpoints[{i}]");
-            check_id(format!("{f}.id"), &e.id, ids)?;
-            let vpc = self.owned_vpc(&f, &e.account, &e.vpc)?;
+            let vpc = self.owned_object(&f, ids, e, &e.vpc)?;
             if self.service(&e.service).is_none() {
                 return err(
                     format!("{f}.service"),
@@ -45,10 +44,7 @@ impl State {
                         format!("the endpoint already has an ENI in zone {}", vsw.zone),
                     );
                 }
-                if !vsw.cidr.contains(&z.eni)
-                    || z.eni == vsw.cidr.network()
-                    || z.eni == vsw.cidr.broadcast()
-                {
+                if !usable(&vsw.cidr, z.eni) {
                     return err(
                         format!("{g}.eni"),
                         format!(
@@ -121,51 +117,54 @@ impl State {
         svc: &EndpointService,
         enis: &mut BTreeSet<(String, Ipv4Addr)>,
     ) -> Result<(), FieldError> {
-        if svc.kind != ServiceType::Gwlb && !e.routes.is_empty() {
-            return err(
-                format!("{f}.routes"),
+        refuse(
+            f,
+            &[(
+                "routes",
+                svc.kind != ServiceType::Gwlb && !e.routes.is_empty(),
                 "only endpoints of GWLB services have routes",
-            );
-        }
+            )],
+        )?;
         match svc.kind {
             ServiceType::Gwlb => validate_gwlb_endpoint(f, e)?,
-            ServiceType::Interface => {
-                if e.zones.is_empty() {
-                    return err(
-                        format!("{f}.zones"),
+            ServiceType::Interface => refuse(
+                f,
+                &[
+                    (
+                        "zones",
+                        e.zones.is_empty(),
                         "an endpoint needs an ENI in at least one zone",
-                    );
-                }
-                if e.gateway.is_some() || !e.policy.is_empty() {
-                    return err(
-                        format!("{f}.gateway"),
+                    ),
+                    (
+                        "gateway",
+                        e.gateway.is_some() || !e.policy.is_empty(),
                         "only endpoints of gateway services have a gateway and a policy",
-                    );
-                }
-            }
+                    ),
+                ],
+            )?,
             ServiceType::Gateway => {
-                if !e.zones.is_empty() {
-                    return err(
-                        format!("{f}.zones"),
-                        "a gateway endpoint has no ENIs; give --gateway instead",
-                    );
-                }
-                if !e.security_groups.is_empty() {
-                    return err(
-                        format!("{f}.security_groups"),
-                        "a gateway endpoint is guarded by its policy, not by security groups",
-                    );
-                }
+                refuse(
+                    f,
+                    &[
+                        (
+                            "zones",
+                            !e.zones.is_empty(),
+                            "a gateway endpoint has no ENIs; give --gateway instead",
+                        ),
+                        (
+                            "security_groups",
+                            !e.security_groups.is_empty(),
+                            "a gateway endpoint is guarded by its policy, not by security groups",
+                        ),
+                    ],
+                )?;
                 let Some(gw) = e.gateway else {
                     return err(
                         format!("{f}.gateway"),
                         "a gateway endpoint needs a route target address",
                     );
                 };
-                let usable = vpc.vswitches.iter().any(|s| {
-                    s.cidr.contains(&gw) && gw != s.cidr.network() && gw != s.cidr.broadcast()
-                });
-                if !usable {
+                if !vpc.vswitches.iter().any(|s| usable(&s.cidr, gw)) {
                     return err(
                         format!("{f}.gateway"),
                         format!(
@@ -181,27 +180,14 @@ impl State {
                     );
                 }
                 for p in &svc.prefixes {
-                    if vpc.cidr.contains(&p.network()) || p.contains(&vpc.cidr.network()) {
+                    if overlap(&vpc.cidr, p) {
                         return err(
                             format!("{f}.service"),
                             format!("the service's prefix {p} overlaps the VPC's {}", vpc.cidr),
                         );
                     }
                 }
-                if e.policy.len() > privatelink_common::MAX_RULES {
-                    return err(
-                        format!("{f}.policy"),
-                        format!(
-                            "{} rules; at most {}",
-                            e.policy.len(),
-                            privatelink_common::MAX_RULES
-                        ),
-                    );
-                }
-                for (j, r) in e.policy.iter().enumerate() {
-                    check_ports(&format!("{f}.policy[{j}]"), r.protocol, r.ports)?;
-                    check_cidr(&format!("{f}.policy[{j}]"), &r.cidr)?;
-                }
+                check_acl_rules(&format!("{f}.policy"), &e.policy)?;
             }
         }
         Ok(())
@@ -257,24 +243,26 @@ fn validate_gwlb_endpoint(f: &str, e: &Endpoint) -> Result<(), FieldError> {
             ),
         );
     };
-    if e.gateway.is_some() {
-        return err(
-            format!("{f}.gateway"),
-            "a GWLB endpoint has no gateway address: the VPC routes to its ENI",
-        );
-    }
-    if !e.policy.is_empty() {
-        return err(
-            format!("{f}.policy"),
-            "a GWLB endpoint has no policy: its appliances decide what passes",
-        );
-    }
-    if !e.security_groups.is_empty() {
-        return err(
-            format!("{f}.security_groups"),
-            "a GWLB endpoint is not guarded by security groups: its appliances decide what passes",
-        );
-    }
+    refuse(
+        f,
+        &[
+            (
+                "gateway",
+                e.gateway.is_some(),
+                "a GWLB endpoint has no gateway address: the VPC routes to its ENI",
+            ),
+            (
+                "policy",
+                !e.policy.is_empty(),
+                "a GWLB endpoint has no policy: its appliances decide what passes",
+            ),
+            (
+                "security_groups",
+                !e.security_groups.is_empty(),
+                "a GWLB endpoint is not guarded by security groups: its appliances decide what passes",
+            ),
+        ],
+    )?;
     if e.routes.is_empty() || e.routes.len() > MAX_GWLB_ROUTES {
         return err(
             format!("{f}.routes"),
@@ -286,12 +274,7 @@ fn validate_gwlb_endpoint(f: &str, e: &Endpoint) -> Result<(), FieldError> {
     }
     for (j, p) in e.routes.iter().enumerate() {
         let g = format!("{f}.routes[{j}]");
-        if *p != p.trunc() {
-            return err(
-                g,
-                format!("{p} has host bits set (did you mean {}?)", p.trunc()),
-            );
-        }
+        check_prefix(g.clone(), p)?;
         if p.contains(&z.eni) {
             return err(
                 g,

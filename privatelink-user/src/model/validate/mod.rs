@@ -4,11 +4,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
+    net::Ipv4Addr,
 };
 
 use ipnet::Ipv4Net;
 
-use super::{Lookup, Protocol, ServiceType, State, Vpc, lookup, numeric_id};
+use super::{AclRule, Lookup, Owned, Protocol, ServiceType, State, Vpc, lookup, numeric_id};
 
 mod account;
 mod endpoint;
@@ -41,7 +42,30 @@ fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, Fie
     })
 }
 
-fn check_id(field: String, id: &str, seen: &mut BTreeMap<u32, String>) -> Result<(), FieldError> {
+/// The ids seen so far, by their numeric form (which must not collide either).
+type Ids = BTreeMap<u32, String>;
+
+/// The first of `checks` that is broken, as an error on its field under `f`: each check is
+/// the field's name, whether the object breaks the rule, and the rule.
+fn refuse(f: &str, checks: &[(&str, bool, &str)]) -> Result<(), FieldError> {
+    match checks.iter().find(|(_, broken, _)| *broken) {
+        Some((field, _, rule)) => err(format!("{f}.{field}"), *rule),
+        None => Ok(()),
+    }
+}
+
+/// Whether `a` is an address of `net` a host may use (neither its network nor its
+/// broadcast address).
+fn usable(net: &Ipv4Net, a: Ipv4Addr) -> bool {
+    net.contains(&a) && a != net.network() && a != net.broadcast()
+}
+
+/// Whether two ranges share an address.
+fn overlap(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn check_id(field: String, id: &str, seen: &mut Ids) -> Result<(), FieldError> {
     if id.is_empty()
         || id.len() > 64
         || !id
@@ -78,6 +102,19 @@ impl State {
         self.validate_endpoints(&mut ids, &mut enis)?;
         self.validate_gateway_routes()?;
         self.validate_filters(&mut ids)
+    }
+
+    /// An object `x` at `f` kept in VPC `vpc`: its id (see `check_id`) and its VPC (see
+    /// `owned_vpc`).
+    fn owned_object(
+        &self,
+        f: &str,
+        ids: &mut Ids,
+        x: &impl Owned,
+        vpc: &str,
+    ) -> Result<&Vpc, FieldError> {
+        check_id(format!("{f}.id"), x.id(), ids)?;
+        self.owned_vpc(f, x.owner(), vpc)
     }
 
     fn account_exists(&self, a: &str) -> bool {
@@ -212,12 +249,38 @@ fn check_ports(field: &str, proto: Protocol, ports: Option<[u16; 2]>) -> Result<
     Ok(())
 }
 
-fn check_cidr(field: &str, c: &Ipv4Net) -> Result<(), FieldError> {
-    if *c != c.trunc() {
+/// A prefix at `field` has no host bits set.
+fn check_prefix(field: String, p: &Ipv4Net) -> Result<(), FieldError> {
+    if *p != p.trunc() {
         return err(
-            format!("{field}.cidr"),
-            format!("{c} has host bits set (did you mean {}?)", c.trunc()),
+            field,
+            format!("{p} has host bits set (did you mean {}?)", p.trunc()),
         );
+    }
+    Ok(())
+}
+
+fn check_cidr(field: &str, c: &Ipv4Net) -> Result<(), FieldError> {
+    check_prefix(format!("{field}.cidr"), c)
+}
+
+/// ACL rules (an ACL's ingress or egress, a gateway endpoint's policy) at `field`: at most
+/// `MAX_RULES`, each with sane ports and range.
+fn check_acl_rules(field: &str, rules: &[AclRule]) -> Result<(), FieldError> {
+    if rules.len() > privatelink_common::MAX_RULES {
+        return err(
+            field,
+            format!(
+                "{} rules; at most {}",
+                rules.len(),
+                privatelink_common::MAX_RULES
+            ),
+        );
+    }
+    for (j, r) in rules.iter().enumerate() {
+        let h = format!("{field}[{j}]");
+        check_ports(&h, r.protocol, r.ports)?;
+        check_cidr(&h, &r.cidr)?;
     }
     Ok(())
 }

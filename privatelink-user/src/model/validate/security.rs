@@ -1,17 +1,13 @@
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use super::{FieldError, check_cidr, check_id, check_ports, err};
+use super::{FieldError, Ids, check_acl_rules, check_cidr, check_ports, err};
 use crate::model::State;
 
 impl State {
-    pub(super) fn validate_filters(
-        &self,
-        ids: &mut BTreeMap<u32, String>,
-    ) -> Result<(), FieldError> {
+    pub(super) fn validate_filters(&self, ids: &mut Ids) -> Result<(), FieldError> {
         for (i, g) in self.security_groups.iter().enumerate() {
             let f = format!("security_groups[{i}]");
-            check_id(format!("{f}.id"), &g.id, ids)?;
-            self.owned_vpc(&f, &g.account, &g.vpc)?;
+            self.owned_object(&f, ids, g, &g.vpc)?;
             let mut rule_ids = BTreeSet::new();
             for (j, r) in g.rules.iter().enumerate() {
                 let h = format!("{f}.rules[{j}]");
@@ -31,8 +27,7 @@ impl State {
         let mut bound = BTreeSet::new();
         for (i, a) in self.acls.iter().enumerate() {
             let f = format!("acls[{i}]");
-            check_id(format!("{f}.id"), &a.id, ids)?;
-            let vpc = self.owned_vpc(&f, &a.account, &a.vpc)?;
+            let vpc = self.owned_object(&f, ids, a, &a.vpc)?;
             for (j, v) in a.vswitches.iter().enumerate() {
                 if !vpc.vswitches.iter().any(|s| s.id == *v) {
                     return err(
@@ -48,21 +43,7 @@ impl State {
                 }
             }
             for (dir, rules) in [("ingress", &a.ingress), ("egress", &a.egress)] {
-                if rules.len() > privatelink_common::MAX_RULES {
-                    return err(
-                        format!("{f}.{dir}"),
-                        format!(
-                            "{} rules; at most {}",
-                            rules.len(),
-                            privatelink_common::MAX_RULES
-                        ),
-                    );
-                }
-                for (j, r) in rules.iter().enumerate() {
-                    let h = format!("{f}.{dir}[{j}]");
-                    check_ports(&h, r.protocol, r.ports)?;
-                    check_cidr(&h, &r.cidr)?;
-                }
+                check_acl_rules(&format!("{f}.{dir}"), rules)?;
             }
         }
         Ok(())

@@ -3,7 +3,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use super::{FieldError, check_cidr, check_id, err};
+use super::{FieldError, Ids, check_prefix, err, refuse, usable};
 use crate::model::{
     EndpointService, GwlbSettings, Listener, MAX_APPLIANCES, MAX_LISTENERS, ServiceType, State, Vpc,
 };
@@ -17,14 +17,13 @@ impl State {
     /// and appliance addresses), which no ENI or gateway address may take.
     pub(super) fn validate_services(
         &self,
-        ids: &mut BTreeMap<u32, String>,
+        ids: &mut Ids,
     ) -> Result<BTreeSet<(String, Ipv4Addr)>, FieldError> {
         let taken = self.taken_addresses();
         let mut snat_used = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let f = format!("services[{i}]");
-            check_id(format!("{f}.id"), &s.id, ids)?;
-            let vpc = self.owned_vpc(&f, &s.account, &s.vpc)?;
+            let vpc = self.owned_object(&f, ids, s, &s.vpc)?;
             for (j, w) in s.whitelist.iter().enumerate() {
                 if !self.account_exists(w) {
                     return err(
@@ -172,7 +171,7 @@ fn validate_lb_service(
         );
     }
     for (j, a) in s.snat.iter().enumerate() {
-        if !vpc.cidr.contains(a) || *a == vpc.cidr.network() || *a == vpc.cidr.broadcast() {
+        if !usable(&vpc.cidr, *a) {
             return err(
                 format!("{f}.snat[{j}]"),
                 format!(
@@ -210,26 +209,23 @@ fn validate_lb_service(
             format!("[{lo}, {hi}] is not a port range (1 <= low <= high)"),
         );
     }
-    match s.kind {
-        ServiceType::Interface if !s.prefixes.is_empty() => {
-            return err(
-                format!("{f}.prefixes"),
+    refuse(
+        f,
+        &[
+            (
+                "prefixes",
+                s.kind == ServiceType::Interface && !s.prefixes.is_empty(),
                 "only gateway services have prefixes",
-            );
-        }
-        ServiceType::Gateway if s.prefixes.is_empty() => {
-            return err(
-                format!("{f}.prefixes"),
+            ),
+            (
+                "prefixes",
+                s.kind == ServiceType::Gateway && s.prefixes.is_empty(),
                 "a gateway service needs at least one prefix",
-            );
-        }
-        _ => {}
-    }
+            ),
+        ],
+    )?;
     for (j, p) in s.prefixes.iter().enumerate() {
-        check_cidr(&format!("{f}.prefixes[{j}]"), p).map_err(|e| FieldError {
-            field: format!("{f}.prefixes[{j}]"),
-            ..e
-        })?;
+        check_prefix(format!("{f}.prefixes[{j}]"), p)?;
     }
     Ok(())
 }
@@ -278,30 +274,32 @@ fn validate_gwlb_service(
     vpc: &Vpc,
     taken: &Taken,
 ) -> Result<(), FieldError> {
-    let usable = |a: &Ipv4Addr| {
-        vpc.cidr.contains(a) && *a != vpc.cidr.network() && *a != vpc.cidr.broadcast()
-    };
-    // Another service using `a` in this VPC.
-    let other = |a: Ipv4Addr| {
-        taken
-            .get(&(vpc.id.clone(), a))
-            .and_then(|owners| owners.iter().find(|(o, _)| *o != s.id))
-    };
-    if !usable(&g.address) {
-        return err(
-            format!("{f}.gwlb.address"),
+    // `a` at `field` (`what` it is) is an address of the service VPC a host may use.
+    let usable_here = |field: String, what: &str, a: Ipv4Addr| {
+        if usable(&vpc.cidr, a) {
+            return Ok(());
+        }
+        err(
+            field,
             format!(
-                "{} is not a usable address of the service VPC's {}",
-                g.address, vpc.cidr
+                "{what}{a} is not a usable address of the service VPC's {}",
+                vpc.cidr
             ),
-        );
-    }
-    if let Some((o, what)) = other(g.address) {
-        return err(
-            format!("{f}.gwlb.address"),
-            format!("{} is {what} of service {o} in VPC {}", g.address, vpc.id),
-        );
-    }
+        )
+    };
+    // No other service uses `a` (at `field`) in this VPC.
+    let unshared = |field: String, a: Ipv4Addr| {
+        let owners = taken.get(&(vpc.id.clone(), a));
+        match owners.and_then(|owners| owners.iter().find(|(o, _)| *o != s.id)) {
+            Some((o, what)) => err(
+                field,
+                format!("{a} is {what} of service {o} in VPC {}", vpc.id),
+            ),
+            None => Ok(()),
+        }
+    };
+    usable_here(format!("{f}.gwlb.address"), "", g.address)?;
+    unshared(format!("{f}.gwlb.address"), g.address)?;
     if s.backends.is_empty() || s.backends.len() > MAX_APPLIANCES {
         return err(
             format!("{f}.backends"),
@@ -313,15 +311,7 @@ fn validate_gwlb_service(
     }
     for (j, b) in s.backends.iter().enumerate() {
         let h = format!("{f}.backends[{j}]");
-        if !usable(&b.address) {
-            return err(
-                format!("{h}.address"),
-                format!(
-                    "appliance {} is not a usable address of the service VPC's {}",
-                    b.address, vpc.cidr
-                ),
-            );
-        }
+        usable_here(format!("{h}.address"), "appliance ", b.address)?;
         if b.address == g.address {
             return err(
                 format!("{h}.address"),
@@ -334,12 +324,7 @@ fn validate_gwlb_service(
                 format!("appliance {} is listed twice", b.address),
             );
         }
-        if let Some((o, what)) = other(b.address) {
-            return err(
-                format!("{h}.address"),
-                format!("{} is {what} of service {o} in VPC {}", b.address, vpc.id),
-            );
-        }
+        unshared(format!("{h}.address"), b.address)?;
         if !vpc.vswitches.iter().any(|v| v.zone == b.zone) {
             return err(
                 format!("{h}.zone"),
@@ -347,24 +332,26 @@ fn validate_gwlb_service(
             );
         }
     }
-    if !s.snat.is_empty() {
-        return err(
-            format!("{f}.snat"),
-            "a GWLB service has no SNAT addresses: packets keep their addresses inside GENEVE",
-        );
-    }
-    if !s.prefixes.is_empty() {
-        return err(
-            format!("{f}.prefixes"),
-            "a GWLB service has no prefixes: each endpoint lists the routes sent to it",
-        );
-    }
-    if !s.listeners.is_empty() {
-        return err(
-            format!("{f}.listeners"),
-            "a GWLB service has no listeners: its appliances see every packet",
-        );
-    }
+    refuse(
+        f,
+        &[
+            (
+                "snat",
+                !s.snat.is_empty(),
+                "a GWLB service has no SNAT addresses: packets keep their addresses inside GENEVE",
+            ),
+            (
+                "prefixes",
+                !s.prefixes.is_empty(),
+                "a GWLB service has no prefixes: each endpoint lists the routes sent to it",
+            ),
+            (
+                "listeners",
+                !s.listeners.is_empty(),
+                "a GWLB service has no listeners: its appliances see every packet",
+            ),
+        ],
+    )?;
     g.health
         .check()
         .or_else(|(field, message)| err(format!("{f}.gwlb.health.{field}"), message))

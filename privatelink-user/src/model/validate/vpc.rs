@@ -1,12 +1,12 @@
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use super::{FieldError, check_id, err};
+use super::{FieldError, Ids, check_cidr, check_id, err, overlap};
 use crate::model::State;
 
 const MAX_IFNAME: usize = 15;
 
 impl State {
-    pub(super) fn validate_vpcs(&self, ids: &mut BTreeMap<u32, String>) -> Result<(), FieldError> {
+    pub(super) fn validate_vpcs(&self, ids: &mut Ids) -> Result<(), FieldError> {
         let mut ifaces = BTreeSet::new();
         for (i, v) in self.vpcs.iter().enumerate() {
             let f = format!("vpcs[{i}]");
@@ -17,16 +17,7 @@ impl State {
                     format!("unknown account {:?}", v.account),
                 );
             }
-            if v.cidr != v.cidr.trunc() {
-                return err(
-                    format!("{f}.cidr"),
-                    format!(
-                        "{} has host bits set (did you mean {}?)",
-                        v.cidr,
-                        v.cidr.trunc()
-                    ),
-                );
-            }
+            check_cidr(&f, &v.cidr)?;
             if v.interface.is_empty() || v.interface.len() > MAX_IFNAME {
                 return err(
                     format!("{f}.interface"),
@@ -52,7 +43,7 @@ impl State {
                     return err(format!("{g}.zone"), "a vSwitch needs a zone");
                 }
                 for (k, o) in v.vswitches.iter().enumerate().take(j) {
-                    if o.cidr.contains(&s.cidr.network()) || s.cidr.contains(&o.cidr.network()) {
+                    if overlap(&o.cidr, &s.cidr) {
                         return err(
                             format!("{g}.cidr"),
                             format!("{} overlaps vswitches[{k}] {}", s.cidr, o.cidr),
