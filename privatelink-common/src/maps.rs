@@ -106,7 +106,43 @@ macro_rules! __catalogue_rows {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
     use crate::map_names::ALL;
+
+    /// The README's map table (its one list kept by hand) names every map of the catalogue,
+    /// and no pinned map that is not in it.
+    #[test]
+    fn the_readme_lists_the_catalogue() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("\n## Maps\n").expect("a Maps section");
+        let section = &readme[start..];
+        let section = &section[..section[1..].find("\n## ").map_or(section.len(), |e| e + 1)];
+        let rows: Vec<&str> = section
+            .lines()
+            .filter(|l| l.starts_with("| `PL_"))
+            .collect();
+        for name in ALL {
+            let cell = std::format!("`{name}`");
+            assert!(
+                rows.iter()
+                    .any(|r| r.split('|').nth(1).is_some_and(|c| c.contains(&cell))),
+                "README's map table lacks {name}"
+            );
+        }
+        // The object's own maps (not pinned by name, not in the catalogue).
+        let own = ["PL_SCRATCH", "PL_PATHS", "PL_HANDOFF"];
+        for r in rows {
+            let first = r.split('|').nth(1).unwrap_or("");
+            for n in first.split('`').filter(|n| n.starts_with("PL_")) {
+                assert!(
+                    ALL.contains(&n) || own.contains(&n),
+                    "README's map table lists {n}, which the catalogue does not have"
+                );
+            }
+        }
+    }
 
     #[test]
     fn names_are_unique_and_fit_the_kernel() {
