@@ -97,9 +97,10 @@ pub async fn mutate<T>(
     next.validate()?;
     g.apply.check(&next)?;
     let App { state, store, .. } = &mut *g;
-    store
-        .save(state, &next)
-        .map_err(|e| OpError::internal(format!("storing the change: {e:#}")))?;
+    if let Err(e) = store.save(state, &next) {
+        g.apply.abandon();
+        return Err(OpError::internal(format!("storing the change: {e:#}")));
+    }
     g.state = next;
     let App {
         state,

@@ -26,6 +26,8 @@ use crate::{
 pub trait Apply: Send {
     /// Checks that `s` can be applied (interfaces exist, ...), before it is committed.
     fn check(&mut self, s: &State) -> Result<(), OpError>;
+    /// The state last checked was not committed: forget what `check` prepared for it.
+    fn abandon(&mut self) {}
     /// Brings the data path to `s`.
     fn apply(&mut self, s: &State) -> anyhow::Result<()>;
     /// Periodic upkeep (next-hop probes).
@@ -265,6 +267,10 @@ impl Apply for DataplaneApply {
         self.plan = None;
         self.plan = Some(Plan::compute(s, self.health.unhealthy())?);
         Ok(())
+    }
+
+    fn abandon(&mut self) {
+        self.plan = None;
     }
 
     fn apply(&mut self, s: &State) -> Result<()> {

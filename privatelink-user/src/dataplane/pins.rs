@@ -238,15 +238,19 @@ pub(super) fn load_paths(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Prog
 /// link). Best effort: a pin is removed only when the kernel says its program does not
 /// exist; anything unclear (another entry, an error) keeps it and is logged.
 pub(super) fn retire_path_pins(dir: &Path) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
+    // The pins are listed before the programs: a pin is made only after its program is
+    // loaded, so a pin listed here whose program lives is in the program list taken next
+    // (listing the programs first could miss the program of a pin another loader makes
+    // meanwhile, and remove a live pin).
+    let entries: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(e) => e.flatten().collect(),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot list path pins");
             return;
         }
     };
     let Some(live) = live_programs() else { return };
-    for e in entries.flatten() {
+    for e in entries {
         let path = e.path();
         let Some(id) = path
             .file_name()
