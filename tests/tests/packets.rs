@@ -1169,14 +1169,7 @@ fn an_eni_reassigned_to_another_endpoint_starts_new_flows_there() {
     let moved = packet_state().replace(
         r#"zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }]"#,
         r#"zones = [{ vswitch = "vsw-a1", eni = "10.10.1.102" }]"#,
-    ) + &connected_endpoint(
-        "ep-a2",
-        "acct-a",
-        "vpc-a",
-        "epsrv-b",
-        "vsw-a1",
-        "10.10.1.100",
-    );
+    ) + &ep_a2("10.10.1.100");
     assert!(moved.contains("10.10.1.102"), "the state edit applied");
     h.apply_state(&moved).unwrap();
     let new_flows = h.count(Reason::ForwardNewFlow);
@@ -1784,20 +1777,18 @@ fn only_the_real_handshake_or_the_server_establishes_a_flow() {
     assert_eq!(conntrack_state(&h, CLIENT, 44102) & CT_ESTABLISHED, 0);
 }
 
+/// ep-a2: a second connected endpoint of acct-a to epsrv-b, its ENI at `eni` in vsw-a1.
+fn ep_a2(eni: &str) -> String {
+    connected_endpoint("ep-a2", "acct-a", "vpc-a", "epsrv-b", "vsw-a1", eni)
+}
+
 /// The packet tests' state with a second endpoint of the same account to the same
 /// service (ENI 10.10.1.101), a 1 000-tuple SNAT pool, and a per-endpoint share of 5 %.
 fn two_endpoints_state() -> String {
     packet_state().replace(
         "snat = [\"10.10.0.200\", \"10.10.0.201\"]",
         "snat = [\"10.10.0.200\"]\nsnat_ports = [2000, 2999]\nendpoint_flow_share = 5",
-    ) + &connected_endpoint(
-        "ep-a2",
-        "acct-a",
-        "vpc-a",
-        "epsrv-b",
-        "vsw-a1",
-        "10.10.1.101",
-    )
+    ) + &ep_a2("10.10.1.101")
 }
 
 const ENI2: [u8; 4] = [10, 10, 1, 101];
