@@ -754,6 +754,23 @@ fn consumers_discover_the_services_they_may_use() {
         assert_eq!(status_of(c.get("/v1/available-services")).0, 401);
         assert_eq!(status_of(c.get("/v1/available-services/epsrv-b")).0, 401);
     }
+    // Only the owner learns whether an account exists: A is refused on B's service with
+    // 403 whether or not the account it names exists; B gets 404 for one that does not.
+    for account in ["acct-a", "acct-nobody"] {
+        let (status, body) = status_of(w.a.call(
+            "PUT",
+            &format!("/v1/services/epsrv-x/whitelist/{account}"),
+            None,
+        ));
+        assert_eq!(
+            (status, &body["code"]),
+            (403, &json!("permission_denied")),
+            "{body}"
+        );
+    }
+    let (status, body) =
+        status_of(w.b.call("PUT", "/v1/services/epsrv-x/whitelist/acct-nobody", None));
+    assert_eq!((status, &body["field"]), (404, &json!("account")), "{body}");
     // Whitelisting makes it appear; removing A makes it disappear again.
     w.b.call("PUT", "/v1/services/epsrv-x/whitelist/acct-a", None)
         .unwrap();

@@ -181,6 +181,8 @@ pub fn delete_service(s: &mut State, c: &Caller, id: &str) -> R<()> {
 }
 
 pub fn whitelist_add(s: &mut State, c: &Caller, id: &str, account: &str) -> R<Vec<String>> {
+    // The service's owner first: a stranger learns nothing of which accounts exist.
+    own_service(s, c, id)?;
     if s.account(account).is_none() {
         return Err(OpError::not_found(
             "account",
