@@ -239,23 +239,34 @@ fn icmp_frag_needed_from_the_provider_side_is_translated() {
 #[test]
 fn icmp_port_unreachable_from_the_consumer_is_translated() {
     let mut h = harness();
+    client_icmp_about_a_udp_reply(
+        &mut h,
+        6000,
+        63,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+    );
+}
+
+/// The client sends ICMP `kind` about a UDP reply (LB:53 → client:`sport`, as the client
+/// saw it: ENI → client, TTL `quoted_ttl`) of the flow it opened from `sport`: the
+/// provider's load balancer must get it about the packet it sent (SNAT address and port),
+/// quoted UDP checksum included.
+fn client_icmp_about_a_udp_reply(h: &mut Harness, sport: u16, quoted_ttl: u8, kind: Icmpv4Type) {
     let (act, out) = h
-        .run(h.consumer.ifindex, &udp_to_eni(&h, 6000, b"q", false))
+        .run(h.consumer.ifindex, &udp_to_eni(h, sport, b"q", false))
         .unwrap();
     assert_eq!(act, XDP_REDIRECT);
     let fwd = parse_checked(&out);
     let (snat, port) = (fwd.ip.source, fwd.sport);
     let mut quoted = Vec::new();
-    PacketBuilder::ipv4(ENI, CLIENT, 63)
-        .udp(53, 6000)
+    PacketBuilder::ipv4(ENI, CLIENT, quoted_ttl)
+        .udp(53, sport)
         .write(&mut quoted, b"answer")
         .unwrap();
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
         .ipv4(CLIENT, ENI, 64)
-        .icmpv4(Icmpv4Type::DestinationUnreachable(
-            DestUnreachableHeader::Port,
-        ))
+        .icmpv4(kind.clone())
         .write(&mut frame, &quoted)
         .unwrap();
     let (act, out) = h.run(h.consumer.ifindex, &frame).unwrap();
@@ -263,11 +274,8 @@ fn icmp_port_unreachable_from_the_consumer_is_translated() {
     let p = parse_checked(&out);
     assert_eq!((p.eth_src, p.eth_dst), (h.provider.mac, LB_MAC));
     assert_eq!((p.ip.source, p.ip.destination), (snat, LB));
-    let (kind, ih, l4) = quoted_by(&out);
-    assert_eq!(
-        kind,
-        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port)
-    );
+    let (got, ih, l4) = quoted_by(&out);
+    assert_eq!(got, kind);
     assert_eq!((ih.source, ih.destination), (LB, snat));
     let udp = etherparse::UdpSlice::from_slice(&l4).unwrap();
     assert_eq!((udp.source_port(), udp.destination_port()), (53, port));
@@ -1120,39 +1128,7 @@ fn icmp_time_exceeded_is_translated_both_ways() {
     );
 
     // Consumer side, about a UDP reply (ENI -> client) that ran out of TTL.
-    let (act, out) = h
-        .run(h.consumer.ifindex, &udp_to_eni(&h, 6100, b"q", false))
-        .unwrap();
-    assert_eq!(act, XDP_REDIRECT);
-    let fwd = parse_checked(&out);
-    let (snat, port) = (fwd.ip.source, fwd.sport);
-    let mut quoted = Vec::new();
-    PacketBuilder::ipv4(ENI, CLIENT, 1)
-        .udp(53, 6100)
-        .write(&mut quoted, b"answer")
-        .unwrap();
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
-        .ipv4(CLIENT, ENI, 64)
-        .icmpv4(ttl_exceeded.clone())
-        .write(&mut frame, &quoted)
-        .unwrap();
-    let (act, out) = h.run(h.consumer.ifindex, &frame).unwrap();
-    assert_eq!(act, XDP_REDIRECT);
-    let p = parse_checked(&out);
-    assert_eq!((p.eth_src, p.eth_dst), (h.provider.mac, LB_MAC));
-    assert_eq!((p.ip.source, p.ip.destination), (snat, LB));
-    let (kind, ih, l4) = quoted_by(&out);
-    assert_eq!(kind, ttl_exceeded);
-    assert_eq!((ih.source, ih.destination), (LB, snat));
-    let udp = etherparse::UdpSlice::from_slice(&l4).unwrap();
-    assert_eq!((udp.source_port(), udp.destination_port()), (53, port));
-    assert_eq!(
-        udp.checksum(),
-        udp.to_header()
-            .calc_checksum_ipv4(&ih, udp.payload())
-            .unwrap()
-    );
+    client_icmp_about_a_udp_reply(&mut h, 6100, 1, ttl_exceeded);
     assert_eq!(h.count(Reason::IcmpErrorTranslated), 2);
 }
 

@@ -91,17 +91,8 @@ fn a_committed_change_the_maps_refuse_is_retried_until_they_agree() {
         !endpoints(&d).contains_key(&eni(11)),
         "the entry was written although the map is full"
     );
-    assert!(
-        d.log()
-            .contains("stored, but the data path refused it (retrying)"),
-        "no warning of the failed apply:\n{}",
-        d.log()
-    );
     // A retry runs (every 5 s) and fails again while the map stays full.
-    privatelink_tests::lab::wait_for(Duration::from_secs(12), "a failed retry", || {
-        d.log().contains("data path still behind the stored state")
-    })
-    .unwrap_or_else(|e| panic!("{e:#}:\n{}", d.log()));
+    refused_then_retried(&d);
     assert!(!endpoints(&d).contains_key(&eni(11)));
 
     // Room for one entry: the next retry writes ep-2's and removes the filler.
@@ -204,16 +195,7 @@ fn a_vpc_whose_interface_is_taken_is_attached_once_it_is_free() {
             .any(|v| v["id"] == "vpc-0q"),
         "stored: {listed}"
     );
-    assert!(
-        d.log()
-            .contains("stored, but the data path refused it (retrying)"),
-        "no warning of the failed apply:\n{}",
-        d.log()
-    );
-    privatelink_tests::lab::wait_for(Duration::from_secs(12), "a failed retry", || {
-        d.log().contains("data path still behind the stored state")
-    })
-    .unwrap_or_else(|e| panic!("{e:#}:\n{}", d.log()));
+    refused_then_retried(&d);
     assert_eq!(xdp_prog(&d, "fq0").as_deref(), Some(theirs.as_str()));
 
     // A daemon started while the interface is still taken comes up all the same, serves
@@ -399,6 +381,21 @@ vswitches = [{ id = "vsw-q1", zone = "zone-a", cidr = "10.50.1.0/24" }]
     })
     .unwrap_or_else(|e| panic!("{e:#}:\n{}", read_log()));
     assert!(entries().contains_key(&eni(11)) && entries().contains_key(&eni(100)));
+}
+
+/// The daemon warned that the data path refused a stored change, and a retry (every 5 s)
+/// has run and failed again (within 12 s).
+fn refused_then_retried(d: &ApiDaemon) {
+    assert!(
+        d.log()
+            .contains("stored, but the data path refused it (retrying)"),
+        "no warning of the failed apply:\n{}",
+        d.log()
+    );
+    privatelink_tests::lab::wait_for(Duration::from_secs(12), "a failed retry", || {
+        d.log().contains("data path still behind the stored state")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}:\n{}", d.log()));
 }
 
 /// The daemon logs that it caught up: the line follows the map writes and attaches the
