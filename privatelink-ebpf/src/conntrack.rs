@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
 };
 use privatelink_common::{
@@ -185,10 +185,16 @@ pub fn create(
     let range = (pool.port_max - pool.port_min) as u32 + 1;
     take_token(eni, count as u64 * range as u64, t, cfg)?;
 
-    // Double hashing from a hashed start (a flow-dependent odd stride, not consecutive
-    // ports: linear probing clusters, and a pool three quarters full then failed most
-    // first packets — found by the lab flood test). Each attempt also moves to the next
-    // address, so the attempts spread over the whole pool.
+    // Double hashing from a random start (an odd stride, not consecutive ports: linear
+    // probing clusters, and a pool three quarters full then failed most first packets —
+    // found by the lab flood test). Each attempt also moves to the next address, so the
+    // attempts spread over the whole pool. The start is drawn afresh for every first
+    // packet, not taken from the flow's hash: a SYN whose attempts all met taken tuples
+    // is retransmitted into other ones, where with a hashed start every retransmission
+    // met the same taken tuples and the connection failed (seen in CI: one of another
+    // endpoint's connections, during a flood that held 38 % of the pool).
+    // SAFETY: a helper without arguments.
+    let h = h ^ unsafe { bpf_get_prandom_u32() };
     let stride = hash::mix32(h) | 1;
     for attempt in 0..SNAT_ATTEMPTS {
         let idx = (((h >> 16).wrapping_add(attempt) % count) as usize) & (MAX_SNAT_ADDRS - 1);
