@@ -218,6 +218,13 @@ pub const IFACE_FLAG_HOST_TRAFFIC: u8 = 4;
 /// ARP packet only about a host address.
 pub const HOST_ADDR: u32 = 1;
 pub const HOST_PEER: u32 = 2;
+/// The VPC's DNS resolver address the host serves: the kernel gets UDP and TCP to its
+/// port 53 (`DNS_PORT`) from any sender of the VPC, and ARP replies to it (the kernel's
+/// own requests for a client's MAC); ARP requests for it are answered in XDP, as for an
+/// ENI.
+pub const HOST_DNS: u32 = 3;
+/// The port a VPC's resolver serves.
+pub const DNS_PORT: u16 = 53;
 
 /// The `PL_HOST` value of a peer the host talks to with `proto` on its port `port`.
 pub const fn host_peer(proto: u8, port: u16) -> u32 {

@@ -59,6 +59,18 @@ pub struct Endpoint {
     /// GWLB endpoints: the destination prefixes the VPC routes to this endpoint (its ENI).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Ipv4Net>,
+    /// Zone affinity of the endpoint's domain name: a client in a zone where the endpoint
+    /// has an ENI is answered that zone's address (while it is healthy). Enabled only
+    /// where the service supports it (see the README for the change rules).
+    #[serde(default = "super::yes")]
+    pub zone_affinity: bool,
+    /// The service's custom domain name resolves in this endpoint's VPC to its ENIs.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub service_domain: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -167,8 +167,20 @@ pub struct EndpointService {
     pub snat: Vec<Ipv4Addr>,
     #[serde(default = "default_snat_ports")]
     pub snat_ports: [u16; 2],
+    /// The custom service domain name: consumers whose endpoints enable it
+    /// (`Endpoint::service_domain`) resolve it inside their own VPC to their endpoint's
+    /// ENIs.
     #[serde(default)]
     pub domain: Option<String>,
+    /// The operator has verified that the provider owns `domain` (cleared when `domain`
+    /// changes): endpoints may enable it only then.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub domain_verified: bool,
+    /// Interface services: how each zone's load balancer is health-checked from the VPC's
+    /// `probe_address`. None: TCP connects to the first TCP listener's port, with the
+    /// default interval, timeout and thresholds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSettings>,
     /// Gateway services: the prefixes consumers route to their gateway endpoint.
     #[serde(default)]
     pub prefixes: Vec<Ipv4Net>,
@@ -186,6 +198,10 @@ pub struct EndpointService {
     /// consumer's flood then starves only that consumer.
     #[serde(default = "default_endpoint_flow_share")]
     pub endpoint_flow_share: u8,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The default per-endpoint share of a service's SNAT tuples (percent).

@@ -20,6 +20,16 @@ pub struct Vpc {
     /// its own probes in this VPC and nothing else of it (see README, "The forwarder host").
     #[serde(default, skip_serializing_if = "is_false")]
     pub host_traffic: bool,
+    /// The VPC's DNS resolver address: clients of the VPC ask it for endpoint, zone and
+    /// custom service domain names and get their own VPC's answers. The daemon adds it to
+    /// the VPC's interface and serves DNS on it (UDP and TCP port 53); none: no resolver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<Ipv4Addr>,
+    /// The address the health checks of the load balancers in this VPC leave from. The
+    /// daemon adds it to the VPC's interface; none: the load balancers here are not
+    /// checked (every zone counts as healthy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_address: Option<Ipv4Addr>,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -77,6 +77,8 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
         gateway: req.gateway,
         policy: req.policy,
         routes: req.routes,
+        zone_affinity: svc.zone_affinity,
+        service_domain: false,
     };
     s.endpoints.push(ep.clone());
     Ok(ep)

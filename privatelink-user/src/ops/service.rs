@@ -93,6 +93,8 @@ pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointS
         snat: req.snat,
         snat_ports: req.snat_ports.unwrap_or(crate::model::DEFAULT_SNAT_PORTS),
         domain: req.domain,
+        domain_verified: false,
+        health: None,
         prefixes: req.prefixes,
         gwlb: req.gwlb,
         listeners: req.listeners,

@@ -57,6 +57,8 @@ pub fn create_vpc(s: &mut State, c: &Caller, req: NewVpc) -> R<Vpc> {
             })
             .collect(),
         host_traffic: req.host_traffic,
+        resolver: None,
+        probe_address: None,
     };
     s.vpcs.push(vpc.clone());
     Ok(vpc)
