@@ -17,7 +17,7 @@ use crate::{
     },
     ops::{
         ConnectionAction, EndpointPatch, NewAccount, NewAcl, NewEndpoint, NewSecurityGroup,
-        NewService, NewVSwitch, NewVpc, NewZone, ServicePatch,
+        NewService, NewVSwitch, NewVpc, NewZone, ServicePatch, VpcPatch,
     },
 };
 
@@ -204,8 +204,52 @@ pub enum VpcCmd {
         /// path's passes to the host (off: tenants cannot reach the forwarder host).
         #[arg(long)]
         host_traffic: bool,
+        /// The VPC's DNS resolver address: its clients ask it for endpoint, zone and
+        /// custom service domain names (inside the VPC's CIDR or not).
+        #[arg(long)]
+        resolver: Option<Ipv4Addr>,
+        /// The address inside the VPC's CIDR the health checks of its load balancers
+        /// leave from (none: they are not checked).
+        #[arg(long)]
+        probe_address: Option<Ipv4Addr>,
     },
     List,
+    Show {
+        id: String,
+    },
+    /// Set or remove a VPC's resolver and probe addresses (the operator, or the VPC's
+    /// owner).
+    Set {
+        id: String,
+        #[arg(long, conflicts_with = "no_resolver")]
+        resolver: Option<Ipv4Addr>,
+        /// Remove the resolver address.
+        #[arg(long)]
+        no_resolver: bool,
+        #[arg(long, conflicts_with = "no_probe_address")]
+        probe_address: Option<Ipv4Addr>,
+        /// Remove the probe address.
+        #[arg(long)]
+        no_probe_address: bool,
+    },
+}
+
+/// A clearable setting from a `--x VALUE` / `--no-x` pair: unchanged, removed or set.
+fn clearable<T>(value: Option<T>, clear: bool) -> Option<Option<T>> {
+    match (value, clear) {
+        (Some(v), _) => Some(Some(v)),
+        (None, true) => Some(None),
+        (None, false) => None,
+    }
+}
+
+/// `on` or `off`.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -267,6 +311,20 @@ pub enum ServiceCmd {
         auto_accept: Option<bool>,
         #[arg(long)]
         zone_affinity: Option<bool>,
+        /// The custom service domain name (a change clears its verification; refused
+        /// while endpoints have it enabled).
+        #[arg(long, conflicts_with = "no_domain")]
+        domain: Option<String>,
+        /// Remove the custom service domain name.
+        #[arg(long)]
+        no_domain: bool,
+        /// Health check settings to change (the others stay as they are).
+        #[command(flatten)]
+        health: HealthArgs,
+        /// Interface services: back to the default health checks.
+        #[arg(long, conflicts_with_all = ["health_port", "health_path", "health_interval_ms",
+            "health_timeout_ms", "healthy_threshold", "unhealthy_threshold"])]
+        no_health: bool,
         /// Replace the listeners with these (PROTO:PORT or PROTO:LOW-HIGH, repeatable).
         #[arg(long = "listener", value_parser = parse_listener)]
         listeners: Vec<Listener>,
@@ -287,6 +345,11 @@ pub enum ServiceCmd {
     /// The accounts allowed to connect.
     #[command(subcommand)]
     Whitelist(WhitelistCmd),
+    /// Mark the service's custom domain as verified (operator): its consumers may then
+    /// enable it on their endpoints.
+    DomainVerify {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -330,40 +393,83 @@ pub struct GwlbArgs {
     /// GWLB: no_rebalance (default) or rebalance (flows of an unhealthy appliance move).
     #[arg(long, value_parser = api_enum::<Failover>)]
     failover: Option<Failover>,
-    /// GWLB: the appliance port health checks probe (default 80).
+    #[command(flatten)]
+    health: HealthArgs,
+}
+
+// Health checks of a GWLB service's appliances, or of an interface service's load
+// balancers (a plain comment, as for `GwlbArgs`).
+#[derive(Args, Clone, Default)]
+pub struct HealthArgs {
+    /// Health checks: the port probed (default: GWLB 80; interface services the first
+    /// TCP listener's port).
     #[arg(long)]
     health_port: Option<u16>,
-    /// GWLB: probe with an HTTP GET of this path (default: a TCP connect).
+    /// Health checks: probe with an HTTP GET of this path (default: a TCP connect).
     #[arg(long)]
     health_path: Option<String>,
-    /// GWLB: milliseconds between probes (default 5000).
+    /// Health checks: milliseconds between probes (default 5000).
     #[arg(long)]
     health_interval_ms: Option<u64>,
-    /// GWLB: milliseconds a probe may take (default 2000).
+    /// Health checks: milliseconds a probe may take (default 2000).
     #[arg(long)]
     health_timeout_ms: Option<u64>,
-    /// GWLB: successes in a row that make an appliance healthy (default 3).
+    /// Health checks: successes in a row that make a target healthy (default 3).
     #[arg(long)]
     healthy_threshold: Option<u32>,
-    /// GWLB: failures in a row that make an appliance unhealthy (default 3).
+    /// Health checks: failures in a row that make a target unhealthy (default 3).
     #[arg(long)]
     unhealthy_threshold: Option<u32>,
 }
 
+impl HealthArgs {
+    /// Whether any health setting was given.
+    fn given(&self) -> bool {
+        self.health_port.is_some()
+            || self.health_path.is_some()
+            || self.health_interval_ms.is_some()
+            || self.health_timeout_ms.is_some()
+            || self.healthy_threshold.is_some()
+            || self.unhealthy_threshold.is_some()
+    }
+
+    /// `base` with the settings given replaced.
+    fn over(&self, base: HealthSettings) -> HealthSettings {
+        HealthSettings {
+            probe: match &self.health_path {
+                Some(p) => Probe::Http { path: p.clone() },
+                None => base.probe,
+            },
+            port: self.health_port.unwrap_or(base.port),
+            interval_ms: self.health_interval_ms.unwrap_or(base.interval_ms),
+            timeout_ms: self.health_timeout_ms.unwrap_or(base.timeout_ms),
+            healthy_threshold: self.healthy_threshold.unwrap_or(base.healthy_threshold),
+            unhealthy_threshold: self.unhealthy_threshold.unwrap_or(base.unhealthy_threshold),
+        }
+    }
+}
+
+/// The health checks an interface service has without settings of its own: the defaults,
+/// on the first TCP listener's port (what the daemon probes then).
+fn interface_health(listeners: &[Listener]) -> HealthSettings {
+    let d = HealthSettings::default();
+    HealthSettings {
+        port: listeners
+            .iter()
+            .find(|l| l.protocol == crate::model::ListenerProtocol::Tcp)
+            .map_or(d.port, |l| l.port),
+        ..d
+    }
+}
+
 impl GwlbArgs {
-    /// Whether any GWLB setting was given.
+    /// Whether any setting only GWLB services have was given.
     fn given(&self) -> bool {
         !self.appliances.is_empty()
             || self.gwlb_address.is_some()
             || self.stickiness.is_some()
             || self.cross_zone
             || self.failover.is_some()
-            || self.health_port.is_some()
-            || self.health_path.is_some()
-            || self.health_interval_ms.is_some()
-            || self.health_timeout_ms.is_some()
-            || self.healthy_threshold.is_some()
-            || self.unhealthy_threshold.is_some()
     }
 
     /// The appliances as backends, and the `gwlb` settings (unset values are the server's
@@ -382,18 +488,7 @@ impl GwlbArgs {
         let address = self
             .gwlb_address
             .context("--type gwlb needs --gwlb-address (the load balancer's own address)")?;
-        let d = HealthSettings::default();
-        let health = HealthSettings {
-            probe: match &self.health_path {
-                Some(p) => Probe::Http { path: p.clone() },
-                None => d.probe,
-            },
-            port: self.health_port.unwrap_or(d.port),
-            interval_ms: self.health_interval_ms.unwrap_or(d.interval_ms),
-            timeout_ms: self.health_timeout_ms.unwrap_or(d.timeout_ms),
-            healthy_threshold: self.healthy_threshold.unwrap_or(d.healthy_threshold),
-            unhealthy_threshold: self.unhealthy_threshold.unwrap_or(d.unhealthy_threshold),
-        };
+        let health = self.health.over(HealthSettings::default());
         let gwlb = GwlbSettings {
             address,
             stickiness: self.stickiness.unwrap_or_default(),
@@ -444,11 +539,21 @@ pub enum EndpointCmd {
         /// A tag as KEY=VALUE (repeatable, at most 20).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Zone affinity of the endpoint's domain name, on or off (default: on if the
+        /// service supports it).
+        #[arg(long, value_parser = on_off)]
+        zone_affinity: Option<bool>,
+        /// The service's verified custom domain resolves in the VPC to this endpoint's
+        /// ENIs, on or off (default off).
+        #[arg(long, value_parser = on_off)]
+        service_domain: Option<bool>,
     },
     List,
     Show {
         id: String,
     },
+    /// Change an endpoint (`set` is the same command).
+    #[command(alias = "set")]
     Update {
         id: String,
         #[arg(long)]
@@ -464,6 +569,12 @@ pub enum EndpointCmd {
         /// GWLB endpoints: the routes, replacing the old ones (repeatable).
         #[arg(long = "route")]
         routes: Vec<Ipv4Net>,
+        /// Zone affinity on or off (on only if the service supports it, or it is on).
+        #[arg(long, value_parser = on_off)]
+        zone_affinity: Option<bool>,
+        /// The service's custom domain in the VPC, on or off.
+        #[arg(long, value_parser = on_off)]
+        service_domain: Option<bool>,
     },
     Delete {
         id: String,
@@ -550,10 +661,27 @@ fn backends(list: &[String]) -> Result<Vec<Backend>> {
 
 const CONNECTION_COLS: &[&str] = &["endpoint", "account", "state", "enis"];
 
+const VPC_COLS: &[&str] = &[
+    "id",
+    "account",
+    "cidr",
+    "interface",
+    "resolver",
+    "probe_address",
+];
+
 pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
     let c = Client::new(&conn.api, conn.token.clone());
     let (value, columns): (Value, &[&str]) = match cmd {
-        ApiCmd::Status => (c.get("/v1/status")?, &[]),
+        ApiCmd::Status => {
+            let v = c.get("/v1/status")?;
+            if conn.json {
+                print(&v, &[], true);
+            } else {
+                print!("{}", status_text(&v));
+            }
+            return Ok(());
+        }
         ApiCmd::Account(AccountCmd::Create { id, name }) => (
             c.post("/v1/accounts", &NewAccount { id, name })?,
             &["id", "name", "token"],
@@ -566,6 +694,8 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
             interface,
             vswitches,
             host_traffic,
+            resolver,
+            probe_address,
         }) => {
             let vswitches = vswitches
                 .iter()
@@ -588,13 +718,26 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
                 interface,
                 vswitches,
                 host_traffic,
+                resolver,
+                probe_address,
             };
-            (
-                c.post("/v1/vpcs", &body)?,
-                &["id", "account", "cidr", "interface"],
-            )
+            (c.post("/v1/vpcs", &body)?, VPC_COLS)
         }
-        ApiCmd::Vpc(VpcCmd::List) => (c.get("/v1/vpcs")?, &["id", "account", "cidr", "interface"]),
+        ApiCmd::Vpc(VpcCmd::List) => (c.get("/v1/vpcs")?, VPC_COLS),
+        ApiCmd::Vpc(VpcCmd::Show { id }) => (c.get(&format!("/v1/vpcs/{id}"))?, VPC_COLS),
+        ApiCmd::Vpc(VpcCmd::Set {
+            id,
+            resolver,
+            no_resolver,
+            probe_address,
+            no_probe_address,
+        }) => {
+            let body = VpcPatch {
+                resolver: clearable(resolver, no_resolver),
+                probe_address: clearable(probe_address, no_probe_address),
+            };
+            (c.patch(&format!("/v1/vpcs/{id}"), &body)?, VPC_COLS)
+        }
         ApiCmd::Service(cmd) => service(&c, cmd)?,
         ApiCmd::Sg(cmd) => {
             const COLS: &[&str] = &["id", "account", "vpc", "name", "rules"];
@@ -673,7 +816,7 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
                 AclCmd::Delete { id } => (c.delete(&format!("/v1/acls/{id}"))?, &[]),
             }
         }
-        ApiCmd::Endpoint(cmd) => endpoint(&c, cmd)?,
+        ApiCmd::Endpoint(cmd) => endpoint(&c, cmd, conn.json)?,
         ApiCmd::Connection(cmd) => {
             let (service, endpoint, action) = match cmd {
                 ConnectionCmd::List { service } => {
@@ -721,6 +864,20 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
         "snat",
         "listeners",
     ];
+    // One service: its names too.
+    const SHOW: &[&str] = &[
+        "id",
+        "account",
+        "vpc",
+        "auto_accept",
+        "whitelist",
+        "backends",
+        "snat",
+        "listeners",
+        "default_domain",
+        "domain",
+        "domain_verified",
+    ];
     Ok(match cmd {
         ServiceCmd::Create {
             id,
@@ -739,6 +896,7 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
         } => {
             let mut backends = self::backends(&backends)?;
             let mut gwlb_settings = None;
+            let mut health = None;
             if kind == ServiceType::Gwlb {
                 if !backends.is_empty() || !snat.is_empty() {
                     bail!(
@@ -750,8 +908,15 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
                 gwlb_settings = Some(settings);
             } else if gwlb.given() {
                 bail!(
-                    "--appliance, --gwlb-address and the health and stickiness options are for --type gwlb"
+                    "--appliance, --gwlb-address, --stickiness, --cross-zone and --failover are for --type gwlb"
                 );
+            } else if gwlb.health.given() {
+                if kind != ServiceType::Interface {
+                    bail!(
+                        "the health options are for interface services (their load balancers) and GWLB services"
+                    );
+                }
+                health = Some(gwlb.health.over(interface_health(&listeners)));
             }
             let ports = match snat_ports {
                 Some(p) => {
@@ -776,6 +941,7 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
                 snat,
                 snat_ports: ports,
                 domain,
+                health,
                 prefixes,
                 gwlb: gwlb_settings,
                 listeners,
@@ -784,7 +950,11 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             (c.post("/v1/services", &body)?, COLS)
         }
         ServiceCmd::List => (c.get("/v1/services")?, COLS),
-        ServiceCmd::Show { id } => (c.get(&format!("/v1/services/{id}"))?, COLS),
+        ServiceCmd::Show { id } => (c.get(&format!("/v1/services/{id}"))?, SHOW),
+        ServiceCmd::DomainVerify { id } => (
+            c.call("POST", &format!("/v1/services/{id}/domain/verify"), None)?,
+            SHOW,
+        ),
         ServiceCmd::Appliances { id } => (
             c.get(&format!("/v1/services/{id}/appliances"))?,
             &["address", "zone", "healthy"],
@@ -809,13 +979,20 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             id,
             auto_accept,
             zone_affinity,
+            domain,
+            no_domain,
+            health,
+            no_health,
             listeners,
             endpoint_flow_share,
             backends,
         } => {
-            let body = ServicePatch {
+            let path = format!("/v1/services/{id}");
+            let mut body = ServicePatch {
                 auto_accept,
                 zone_affinity,
+                domain: clearable(domain, no_domain),
+                health: no_health.then_some(None),
                 listeners: (!listeners.is_empty()).then_some(listeners),
                 endpoint_flow_share,
                 backends: (!backends.is_empty())
@@ -823,7 +1000,25 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
                     .transpose()?,
                 ..ServicePatch::default()
             };
-            (c.patch(&format!("/v1/services/{id}"), &body)?, COLS)
+            if health.given() {
+                // The settings not given stay as they are: read them first.
+                let svc: crate::model::EndpointService =
+                    serde_json::from_value(strip_names(c.get(&path)?))
+                        .context("the service's settings")?;
+                match (svc.kind, svc.gwlb) {
+                    (ServiceType::Gwlb, Some(mut g)) => {
+                        g.health = health.over(g.health);
+                        body.gwlb = Some(g);
+                    }
+                    (ServiceType::Interface, _) => {
+                        let listeners = body.listeners.as_ref().unwrap_or(&svc.listeners);
+                        let base = svc.health.unwrap_or_else(|| interface_health(listeners));
+                        body.health = Some(Some(health.over(base)));
+                    }
+                    _ => bail!("service {id} has no health checks (a gateway service)"),
+                }
+            }
+            (c.patch(&path, &body)?, SHOW)
         }
         ServiceCmd::Listener(cmd) => {
             let (id, listener, add) = match cmd {
@@ -869,7 +1064,16 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
     })
 }
 
-fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static str])> {
+/// A service as the API gives it, without the names it adds (`default_domain`): the
+/// stored fields, which `EndpointService` reads.
+fn strip_names(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("default_domain");
+    }
+    v
+}
+
+fn endpoint(c: &Client, cmd: EndpointCmd, json: bool) -> Result<(Value, &'static [&'static str])> {
     const COLS: &[&str] = &[
         "id",
         "account",
@@ -892,6 +1096,8 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
             gateway,
             policy,
             routes,
+            zone_affinity,
+            service_domain,
         } => {
             // The policy is read before the zones and tags, so its error comes first.
             let policy = acl_rules(&policy)?;
@@ -907,11 +1113,20 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
                 gateway,
                 policy,
                 routes,
+                zone_affinity,
+                service_domain: service_domain.unwrap_or(false),
             };
             (c.post("/v1/endpoints", &body)?, COLS)
         }
         EndpointCmd::List => (c.get("/v1/endpoints")?, COLS),
-        EndpointCmd::Show { id } => (c.get(&format!("/v1/endpoints/{id}"))?, COLS),
+        EndpointCmd::Show { id } => {
+            let v = c.get(&format!("/v1/endpoints/{id}"))?;
+            match json {
+                true => print(&v, &[], true),
+                false => print!("{}", endpoint_text(&v)),
+            }
+            (Value::Null, &[])
+        }
         EndpointCmd::Update {
             id,
             name,
@@ -920,6 +1135,8 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
             security_groups,
             tags: t,
             routes,
+            zone_affinity,
+            service_domain,
         } => {
             let body = EndpointPatch {
                 name,
@@ -928,6 +1145,8 @@ fn endpoint(c: &Client, cmd: EndpointCmd) -> Result<(Value, &'static [&'static s
                 security_groups: (!security_groups.is_empty()).then_some(security_groups),
                 tags: (!t.is_empty()).then(|| tags(&t)).transpose()?,
                 routes: (!routes.is_empty()).then_some(routes),
+                zone_affinity,
+                service_domain,
             };
             (c.patch(&format!("/v1/endpoints/{id}"), &body)?, COLS)
         }
@@ -958,6 +1177,79 @@ fn cell(v: &Value) -> String {
         Value::Object(o) => o.values().map(cell).collect::<Vec<_>>().join(":"),
         other => other.to_string(),
     }
+}
+
+/// `privatelink status` as text: the counts, then one line per health-checked target
+/// (each zone's load balancers, GWLB appliances) with its verdict and since when.
+fn status_text(v: &Value) -> String {
+    const COUNTS: [&str; 5] = ["accounts", "vpcs", "services", "endpoints", "connected"];
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING);
+    t.set_header(COUNTS.iter().map(|c| c.to_uppercase()));
+    t.add_row(COUNTS.iter().map(|c| cell(&v[*c])));
+    let mut out = format!("{t}\n\n");
+    let rows = v["health"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if rows.is_empty() {
+        out.push_str("No health-checked load balancers or appliances.\n");
+        return out;
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING);
+    t.set_header(["SERVICE", "ZONE", "KIND", "ADDRESS", "HEALTH", "SINCE"]);
+    for r in rows {
+        let kind = cell(&r["kind"]).replace('_', " ");
+        let health = match r["healthy"].as_bool() {
+            Some(true) => "healthy",
+            Some(false) => "unhealthy",
+            None => "?",
+        };
+        t.add_row([
+            cell(&r["service"]),
+            cell(&r["zone"]),
+            kind,
+            cell(&r["address"]),
+            health.to_string(),
+            cell(&r["since"]),
+        ]);
+    }
+    out.push_str(&format!("{t}\n"));
+    out
+}
+
+/// `endpoint show` as text: the endpoint with its domain name, then one line per zone
+/// with its ENI and zone domain name.
+fn endpoint_text(v: &Value) -> String {
+    const COLS: [&str; 9] = [
+        "id",
+        "account",
+        "vpc",
+        "service",
+        "connection",
+        "name",
+        "domain",
+        "zone_affinity",
+        "service_domain_name",
+    ];
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING);
+    t.set_header(COLS.iter().map(|c| c.to_uppercase()));
+    t.add_row(COLS.iter().map(|c| cell(&v[*c])));
+    let mut out = format!("{t}\n");
+    let zones = v["zones"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !zones.is_empty() {
+        const ZONE: [&str; 4] = ["vswitch", "zone", "eni", "domain"];
+        let mut t = comfy_table::Table::new();
+        t.load_style(comfy_table::presets::NOTHING);
+        t.set_header(ZONE.iter().map(|c| c.to_uppercase()));
+        for z in zones {
+            t.add_row(ZONE.iter().map(|c| cell(&z[*c])));
+        }
+        out.push_str(&format!("\n{t}\n"));
+    }
+    out
 }
 
 /// A table of `columns` for an object or a list of objects; anything else as JSON.
@@ -1051,6 +1343,183 @@ mod tests {
             serde_json::from_value(serde_json::to_value(gwlb.settings().unwrap().1).unwrap())
                 .unwrap();
         assert_eq!(g.health, HealthSettings::default());
+    }
+
+    #[test]
+    fn status_prints_counts_and_zone_health() {
+        let v = json!({
+            "accounts": 2, "vpcs": 2, "services": 1, "endpoints": 1, "connected": 1,
+            "health": [
+                {"service": "epsrv-b", "zone": "zone-a", "address": "10.10.0.10",
+                 "kind": "load_balancer", "healthy": false, "since": "2026-12-01T21:34:07Z"},
+                {"service": "epsrv-b", "zone": "zone-b", "address": "10.10.0.11",
+                 "kind": "load_balancer", "healthy": true, "since": "2026-12-01T21:30:00Z"}
+            ]
+        });
+        let text = status_text(&v);
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines[..2],
+            [
+                vec!["ACCOUNTS", "VPCS", "SERVICES", "ENDPOINTS", "CONNECTED"],
+                vec!["2", "2", "1", "1", "1"]
+            ],
+            "{text}"
+        );
+        assert!(lines[2].is_empty(), "{text}");
+        assert_eq!(
+            lines[3..],
+            [
+                vec!["SERVICE", "ZONE", "KIND", "ADDRESS", "HEALTH", "SINCE"],
+                vec![
+                    "epsrv-b",
+                    "zone-a",
+                    "load",
+                    "balancer",
+                    "10.10.0.10",
+                    "unhealthy",
+                    "2026-12-01T21:34:07Z"
+                ],
+                vec![
+                    "epsrv-b",
+                    "zone-b",
+                    "load",
+                    "balancer",
+                    "10.10.0.11",
+                    "healthy",
+                    "2026-12-01T21:30:00Z"
+                ],
+            ],
+            "{text}"
+        );
+        let none = status_text(&json!({"accounts": 0, "health": []}));
+        assert!(
+            none.ends_with("No health-checked load balancers or appliances.\n"),
+            "{none}"
+        );
+    }
+
+    #[derive(Parser)]
+    struct V {
+        #[command(subcommand)]
+        cmd: VpcCmd,
+    }
+
+    #[derive(Parser)]
+    struct E {
+        #[command(subcommand)]
+        cmd: EndpointCmd,
+    }
+
+    fn words(args: &str) -> impl Iterator<Item = &str> {
+        ["t"].into_iter().chain(args.split_whitespace())
+    }
+
+    #[test]
+    fn vpc_addresses_are_set_or_removed_but_not_both() {
+        let set = |args: &str| match V::try_parse_from(words(args)).map(|v| v.cmd) {
+            Ok(VpcCmd::Set {
+                resolver,
+                no_resolver,
+                probe_address,
+                no_probe_address,
+                ..
+            }) => Ok(serde_json::to_value(VpcPatch {
+                resolver: clearable(resolver, no_resolver),
+                probe_address: clearable(probe_address, no_probe_address),
+            })
+            .unwrap()),
+            Ok(_) => panic!("not set"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            set("set v --resolver 10.0.0.53 --no-probe-address").unwrap(),
+            json!({"resolver": "10.0.0.53", "probe_address": null})
+        );
+        assert_eq!(
+            set("set v").unwrap(),
+            json!({}),
+            "nothing given, nothing sent"
+        );
+        assert!(set("set v --resolver 10.0.0.53 --no-resolver").is_err());
+        assert!(set("set v --probe-address 10.0.0.300").is_err());
+        let Ok(VpcCmd::Create {
+            resolver,
+            probe_address,
+            ..
+        }) = V::try_parse_from(words(
+            "create v --account a --cidr 10.0.0.0/16 --interface x0 --resolver 100.100.2.136",
+        ))
+        .map(|v| v.cmd)
+        else {
+            panic!("not create")
+        };
+        assert_eq!(
+            (resolver, probe_address),
+            (Some("100.100.2.136".parse().unwrap()), None)
+        );
+    }
+
+    #[test]
+    fn endpoint_switches_are_on_or_off() {
+        let create = |extra: &str| {
+            E::try_parse_from(words(&format!(
+                "create e --vpc v --service s --zone vsw-a1 {extra}"
+            )))
+            .map(|e| match e.cmd {
+                EndpointCmd::Create {
+                    zone_affinity,
+                    service_domain,
+                    ..
+                } => (zone_affinity, service_domain),
+                _ => panic!("not create"),
+            })
+        };
+        assert_eq!(create("").unwrap(), (None, None));
+        assert_eq!(
+            create("--zone-affinity off --service-domain on").unwrap(),
+            (Some(false), Some(true))
+        );
+        let e = create("--zone-affinity yes").err().unwrap().to_string();
+        assert!(e.contains("expected on or off"), "{e}");
+        // `set` is `update`.
+        let Ok(EndpointCmd::Update { service_domain, .. }) =
+            E::try_parse_from(words("set e --service-domain off")).map(|e| e.cmd)
+        else {
+            panic!("not update")
+        };
+        assert_eq!(service_domain, Some(false));
+    }
+
+    #[test]
+    fn interface_health_checks_default_to_the_first_tcp_listener() {
+        let listeners: Vec<Listener> = vec!["udp:53".parse().unwrap(), "tcp:8080".parse().unwrap()];
+        let base = interface_health(&listeners);
+        assert_eq!(base.port, 8080);
+        assert_eq!(
+            interface_health(&listeners[..1]).port,
+            80,
+            "no TCP listener"
+        );
+        let t = create(
+            "s --vpc v --backend z:10.0.0.1 --snat 10.0.0.2 --health-path /up --health-timeout-ms 300",
+        )
+        .unwrap();
+        let ServiceCmd::Create { gwlb, .. } = t.cmd else {
+            panic!("not create")
+        };
+        assert!(!gwlb.given(), "health options are not GWLB-only");
+        let h = gwlb.health.over(base);
+        assert_eq!(
+            (h.probe, h.port, h.timeout_ms, h.interval_ms),
+            (Probe::Http { path: "/up".into() }, 8080, 300, 5000)
+        );
+        // `service set --no-health` cannot come with health settings.
+        assert!(T::try_parse_from(words("set s --no-health --health-port 81")).is_err());
+        assert!(T::try_parse_from(words("set s --domain a.example --no-domain")).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use privatelink_user::{
     api::{self, App, Apply},
     client::{ApiError, Client},
     error::OpError,
-    model::State,
+    model::{Naming, State},
     ops,
     store::{RedbStore, Store},
 };
@@ -39,6 +39,11 @@ struct Server {
 }
 
 fn serve(dir: &std::path::Path) -> Server {
+    serve_named(dir, Naming::default())
+}
+
+/// `serve`, the names given under `naming`.
+fn serve_named(dir: &std::path::Path, naming: Naming) -> Server {
     let store = RedbStore::open(dir).unwrap();
     let state = store.load().unwrap();
     let applied = Recorder::default();
@@ -48,6 +53,7 @@ fn serve(dir: &std::path::Path) -> Server {
         apply: Box::new(applied.clone()),
         admin_token_sha256: ops::token_hash(ADMIN),
         dirty: false,
+        naming,
     }));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt
@@ -83,12 +89,17 @@ struct World {
 
 /// The lab's accounts, VPCs, service (whitelisting A) and a pending endpoint of A.
 fn world() -> World {
+    world_named(Naming::default())
+}
+
+/// `world`, the names given under `naming`.
+fn world_named(naming: Naming) -> World {
     let dir = std::env::temp_dir().join(format!(
         "privatelink-api-{}-{}",
         std::process::id(),
         rand_suffix()
     ));
-    let srv = serve(&dir);
+    let srv = serve_named(&dir, naming);
     let admin = Client::new(&srv.url, Some(ADMIN.into()));
     let (a, b) = privatelink_tests::apidaemon::two_parties(&admin, &srv.url).unwrap();
     admin
@@ -109,6 +120,16 @@ fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An endpoint's ENIs as `{vswitch, eni}` (without the zone and name the API adds).
+fn enis(ep: &Value) -> Value {
+    ep["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| json!({"vswitch": z["vswitch"], "eni": z["eni"]}))
+        .collect()
 }
 
 fn endpoint_body(id: &str, eni: &str) -> Value {
@@ -363,6 +384,8 @@ fn openapi_lists_every_path() {
         "/v1/available-services",
         "/v1/available-services/{id}",
         "/v1/status",
+        "/v1/vpcs/{id}",
+        "/v1/services/{id}/domain/verify",
     ] {
         assert!(
             paths.contains_key(p),
@@ -709,6 +732,7 @@ fn consumers_discover_the_services_they_may_use() {
     let list = w.a.get("/v1/available-services").unwrap();
     assert_eq!(ids(list.clone()), ["epsrv-b"]);
     let want = json!({"id": "epsrv-b", "type": "interface", "zones": ["zone-a"], "domain": null,
+                      "default_domain": "epsrv-b.region-1.privatelink.internal",
                       "listeners": [{"protocol": "tcp", "port": 80}],
                       "auto_accept": false, "zone_affinity": true});
     assert_eq!(list[0], want);
@@ -800,7 +824,8 @@ fn a_provider_connects_to_its_own_service_without_whitelisting_itself() {
     // The lowest free address of vsw-b0 (10.10.0.10 is the load balancer, .200 SNAT).
     assert_eq!(
         ep["zones"],
-        json!([{"vswitch": "vsw-b0", "eni": "10.10.0.1"}])
+        json!([{"vswitch": "vsw-b0", "eni": "10.10.0.1", "zone": "zone-a",
+                "domain": "zone-a.ep-own.epsrv-b.region-1.privatelink.internal"}])
     );
     let svc = w.b.get("/v1/services/epsrv-b").unwrap();
     assert_eq!(
@@ -953,7 +978,7 @@ fn endpoint_zones_are_served_zones_and_addresses_are_free_and_unreserved() {
 #[test]
 fn zones_are_added_and_removed_one_at_a_time() {
     let w = world();
-    let zones = |v: &Value| v["zones"].clone();
+    let zones = enis;
     // epsrv-b serves zone-a only: a zone-b ENI is refused.
     let (st, err) = status_of(w.a.post("/v1/endpoints/ep-a/zones", &json!({"vswitch": "vsw-a2"})));
     assert_eq!((st, err["field"].as_str()), (400, Some("vswitch")), "{err}");
@@ -1090,7 +1115,7 @@ fn stored_endpoints_from_before_the_zone_rules_still_load() {
     let a = Client::new(&srv.url, Some("token-of-a-0123456789".into()));
     let ep = a.get("/v1/endpoints/ep-a").unwrap();
     assert_eq!(
-        ep["zones"],
+        enis(&ep),
         json!([{"vswitch": "vsw-a1", "eni": "10.10.1.254"}, {"vswitch": "vsw-a2", "eni": "10.10.2.5"}])
     );
     // Other changes to it go through; a PATCH that keeps its zones keeps them.
@@ -1115,4 +1140,569 @@ fn stored_endpoints_from_before_the_zone_rules_still_load() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `r`'s status, error field and message, for a refusal (panics on success).
+fn refusal(r: anyhow::Result<Value>) -> (u16, String, String) {
+    let (st, err) = status_of(r);
+    assert_ne!(st, 200, "accepted");
+    (
+        st,
+        err["field"].as_str().unwrap_or("").to_string(),
+        err["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+fn patch(c: &Client, path: &str, body: Value) -> anyhow::Result<Value> {
+    c.call("PATCH", path, Some(&body))
+}
+
+/// Endpoint, zone and service names in the API's JSON: exact strings for the lab's ids
+/// under a naming of the test's own, the `pl--` form for an id with capitals, and none for
+/// endpoints that are not interface endpoints.
+#[test]
+fn endpoints_and_services_show_their_names_under_the_running_naming() {
+    let w = world_named(Naming {
+        suffix: "pl.example.net".into(),
+        region: "tokyo-1".into(),
+    });
+    // B's load balancers in two zones; A's endpoint gets an ENI in each.
+    patch(
+        &w.b,
+        "/v1/services/epsrv-b",
+        json!({"backends": [{"zone": "zone-a", "address": "10.10.0.10"},
+                            {"zone": "zone-b", "address": "10.10.0.11"}]}),
+    )
+    .unwrap();
+    let added =
+        w.a.post(
+            "/v1/endpoints/ep-a/zones",
+            &json!({"vswitch": "vsw-a2", "eni": "10.10.2.100"}),
+        )
+        .unwrap();
+    let want_zones = json!([
+        {"vswitch": "vsw-a1", "eni": "10.10.1.100", "zone": "zone-a",
+         "domain": "zone-a.ep-a.epsrv-b.tokyo-1.pl.example.net"},
+        {"vswitch": "vsw-a2", "eni": "10.10.2.100", "zone": "zone-b",
+         "domain": "zone-b.ep-a.epsrv-b.tokyo-1.pl.example.net"},
+    ]);
+    assert_eq!(added["zones"], want_zones);
+    for ep in [
+        w.a.get("/v1/endpoints/ep-a").unwrap(),
+        w.a.get("/v1/endpoints").unwrap()[0].clone(),
+        w.admin.get("/v1/endpoints").unwrap()[0].clone(),
+    ] {
+        assert_eq!(ep["domain"], "ep-a.epsrv-b.tokyo-1.pl.example.net", "{ep}");
+        assert_eq!(ep["zones"], want_zones, "{ep}");
+        assert_eq!(ep["zone_affinity"], true, "{ep}");
+        assert!(ep.get("service_domain_name").is_none(), "{ep}");
+        // The stored fields are all there still.
+        assert_eq!(
+            (&ep["id"], &ep["vpc"], &ep["connection"]),
+            (&json!("ep-a"), &json!("vpc-a"), &json!("pending"))
+        );
+    }
+    // An id with capitals: its numeric id in hex (FNV-1a of "Ep-Caps", worked out apart).
+    let caps =
+        w.a.post(
+            "/v1/endpoints",
+            &json!({"id": "Ep-Caps", "vpc": "vpc-a", "service": "epsrv-b",
+                    "zones": [{"vswitch": "vsw-a1", "eni": "10.10.1.7"}]}),
+        )
+        .unwrap();
+    assert_eq!(
+        caps["domain"],
+        "pl--f330df22.epsrv-b.tokyo-1.pl.example.net"
+    );
+    assert_eq!(
+        caps["zones"][0]["domain"],
+        "zone-a.pl--f330df22.epsrv-b.tokyo-1.pl.example.net"
+    );
+    // The service's default domain: to its owner, the operator and its consumers.
+    for svc in [
+        w.b.get("/v1/services/epsrv-b").unwrap(),
+        w.admin.get("/v1/services").unwrap()[0].clone(),
+        w.a.get("/v1/available-services/epsrv-b").unwrap(),
+        w.a.get("/v1/available-services").unwrap()[0].clone(),
+    ] {
+        assert_eq!(
+            svc["default_domain"], "epsrv-b.tokyo-1.pl.example.net",
+            "{svc}"
+        );
+    }
+    // A custom domain under the running suffix is refused (400), beside it accepted.
+    let (st, field, msg) = refusal(patch(
+        &w.b,
+        "/v1/services/epsrv-b",
+        json!({"domain": "web.tokyo-1.pl.example.net"}),
+    ));
+    assert_eq!((st, field.as_str()), (400, "domain"), "{msg}");
+    assert!(msg.contains("overlaps pl.example.net"), "{msg}");
+    patch(
+        &w.b,
+        "/v1/services/epsrv-b",
+        json!({"domain": "web.example.net"}),
+    )
+    .unwrap();
+
+    // A gateway endpoint has no ENI and no name, nor zone affinity to set.
+    w.b.post(
+        "/v1/services",
+        &json!({"id": "epsrv-oss", "vpc": "vpc-b", "type": "gateway",
+                "backends": [{"zone": "zone-a", "address": "10.10.0.1"}], "snat": ["10.10.0.202"],
+                "prefixes": ["100.64.10.0/24"], "whitelist": ["acct-a"],
+                "listeners": [{"protocol": "tcp", "port": 80}]}),
+    )
+    .unwrap();
+    let gw =
+        json!({"id": "ep-oss", "vpc": "vpc-a", "service": "epsrv-oss", "gateway": "10.10.1.1"});
+    let mut with_affinity = gw.clone();
+    with_affinity["zone_affinity"] = json!(true);
+    let (st, field, _) = refusal(w.a.post("/v1/endpoints", &with_affinity));
+    assert_eq!((st, field.as_str()), (400, "zone_affinity"));
+    let ep = w.a.post("/v1/endpoints", &gw).unwrap();
+    assert!(ep.get("domain").is_none(), "{ep}");
+    assert_eq!(ep["zones"], json!([]));
+    let svc = w.b.get("/v1/services/epsrv-oss").unwrap();
+    assert!(svc.get("default_domain").is_none(), "{svc}");
+}
+
+/// Seed 001's zone affinity rules: a service that supports it lets new endpoints choose
+/// (on by default) and existing ones toggle; once it no longer does, a new endpoint cannot
+/// turn it on, one that has it off cannot either, and one that has it keeps it and may turn
+/// it off (for good, until the service supports it again).
+#[test]
+fn zone_affinity_follows_the_services_support_as_seed_001_says() {
+    let w = world();
+    let affinity =
+        |id: &str| w.a.get(&format!("/v1/endpoints/{id}")).unwrap()["zone_affinity"].clone();
+    let new = |id: &str, eni: &str, on: Option<bool>| {
+        let mut b = endpoint_body(id, eni);
+        if let Some(on) = on {
+            b["zone_affinity"] = json!(on);
+        }
+        w.a.post("/v1/endpoints", &b)
+    };
+    let set = |id: &str, on: bool| {
+        patch(
+            &w.a,
+            &format!("/v1/endpoints/{id}"),
+            json!({"zone_affinity": on}),
+        )
+    };
+    let service_supports = |on: bool| {
+        patch(&w.b, "/v1/services/epsrv-b", json!({"zone_affinity": on})).unwrap();
+    };
+
+    // Supported: new endpoints choose, on by default; existing ones toggle.
+    assert_eq!(affinity("ep-a"), true, "on by default");
+    assert_eq!(
+        new("ep-off", "10.10.1.101", Some(false)).unwrap()["zone_affinity"],
+        false
+    );
+    assert_eq!(set("ep-off", true).unwrap()["zone_affinity"], true);
+    assert_eq!(set("ep-off", false).unwrap()["zone_affinity"], false);
+
+    // No longer supported.
+    service_supports(false);
+    assert_eq!(affinity("ep-a"), true, "an endpoint that has it keeps it");
+    assert_eq!(affinity("ep-off"), false);
+    let before = snapshot(&w);
+    let (st, field, msg) = refusal(new("ep-new", "10.10.1.102", Some(true)));
+    assert_eq!((st, field.as_str()), (409, "zone_affinity"), "{msg}");
+    assert!(
+        msg.contains("service epsrv-b does not support zone affinity"),
+        "{msg}"
+    );
+    let (st, field, _) = refusal(set("ep-off", true));
+    assert_eq!((st, field.as_str()), (409, "zone_affinity"));
+    assert_eq!(snapshot(&w), before, "refusals changed nothing");
+    assert_eq!(
+        new("ep-new", "10.10.1.102", None).unwrap()["zone_affinity"],
+        false,
+        "off by default"
+    );
+    assert_eq!(set("ep-a", true).unwrap()["zone_affinity"], true, "kept");
+    assert_eq!(
+        set("ep-a", false).unwrap()["zone_affinity"],
+        false,
+        "turned off"
+    );
+    assert_eq!(refusal(set("ep-a", true)).0, 409, "and not on again");
+
+    // Supported again: existing endpoints toggle, new ones choose, on by default.
+    service_supports(true);
+    assert_eq!(set("ep-a", true).unwrap()["zone_affinity"], true);
+    assert_eq!(set("ep-off", true).unwrap()["zone_affinity"], true);
+    assert_eq!(set("ep-off", false).unwrap()["zone_affinity"], false);
+    assert_eq!(
+        new("ep-on", "10.10.1.103", None).unwrap()["zone_affinity"],
+        true
+    );
+    assert_eq!(
+        new("ep-no", "10.10.1.104", Some(false)).unwrap()["zone_affinity"],
+        false
+    );
+    // The data path's state says the same.
+    let last = w.srv.applied.0.lock().unwrap().last().cloned().unwrap();
+    let on: Vec<(&str, bool)> = last
+        .endpoints
+        .iter()
+        .map(|e| (e.id.as_str(), e.zone_affinity))
+        .collect();
+    assert_eq!(
+        on,
+        [
+            ("ep-a", true),
+            ("ep-off", false),
+            ("ep-new", false),
+            ("ep-on", true),
+            ("ep-no", false)
+        ]
+    );
+}
+
+/// A custom service domain: lowercase and outside the names' suffix, verified by the
+/// operator only, enabled per endpoint only once verified, by the first endpoint of a VPC
+/// only (the refusal names it), and never changed under an endpoint that has it on.
+#[test]
+fn custom_service_domains_are_verified_by_the_operator_and_enabled_by_the_first_endpoint() {
+    let w = world();
+    let svc_path = "/v1/services/epsrv-b";
+    let verify = |c: &Client| c.call("POST", "/v1/services/epsrv-b/domain/verify", None);
+    let enable = |id: &str, on: bool| {
+        patch(
+            &w.a,
+            &format!("/v1/endpoints/{id}"),
+            json!({"service_domain": on}),
+        )
+    };
+
+    // No domain yet: nothing to enable or verify.
+    let (st, field, msg) = refusal(enable("ep-a", true));
+    assert_eq!((st, field.as_str()), (409, "service_domain"), "{msg}");
+    assert!(
+        msg.contains("service epsrv-b has no custom domain"),
+        "{msg}"
+    );
+    let (st, field, _) = refusal(verify(&w.admin));
+    assert_eq!((st, field.as_str()), (409, "domain"));
+
+    // The provider sets one: lowercase, outside the daemon's suffix.
+    for (bad, msg) in [
+        ("Web.Provider-B.example", "write it in lowercase"),
+        (
+            "x.region-1.privatelink.internal",
+            "overlaps privatelink.internal",
+        ),
+        ("web", "not a domain name"),
+    ] {
+        let (st, field, m) = refusal(patch(&w.b, svc_path, json!({"domain": bad})));
+        assert_eq!((st, field.as_str()), (400, "domain"), "{bad}: {m}");
+        assert!(m.contains(msg), "{bad}: {m}");
+    }
+    let svc = patch(&w.b, svc_path, json!({"domain": "web.provider-b.example"})).unwrap();
+    assert_eq!(svc["domain"], "web.provider-b.example");
+    assert!(svc.get("domain_verified").is_none(), "{svc}");
+
+    // Not verified: A cannot enable it, at creation or later.
+    let (st, _, msg) = refusal(enable("ep-a", true));
+    assert_eq!(st, 409);
+    assert!(msg.contains("not verified yet"), "{msg}");
+    let mut body = endpoint_body("ep-a2", "10.10.1.102");
+    body["service_domain"] = json!(true);
+    assert_eq!(refusal(w.a.post("/v1/endpoints", &body)).0, 409);
+
+    // Only the operator verifies.
+    assert_eq!(refusal(verify(&w.b)).0, 403);
+    assert_eq!(refusal(verify(&w.a)).0, 403);
+    assert_eq!(
+        refusal(
+            w.admin
+                .call("POST", "/v1/services/nope/domain/verify", None)
+        )
+        .0,
+        404
+    );
+    assert_eq!(verify(&w.admin).unwrap()["domain_verified"], true);
+    // The same domain set again keeps its verification.
+    let svc = patch(&w.b, svc_path, json!({"domain": "web.provider-b.example"})).unwrap();
+    assert_eq!(svc["domain_verified"], true);
+
+    // Enabled: the name shows on the endpoint.
+    let ep = enable("ep-a", true).unwrap();
+    assert_eq!(
+        (&ep["service_domain"], &ep["service_domain_name"]),
+        (&json!(true), &json!("web.provider-b.example"))
+    );
+    // A second endpoint in the VPC: the first enabled wins, and is named.
+    let (st, field, msg) = refusal(w.a.post("/v1/endpoints", &body));
+    assert_eq!((st, field.as_str()), (409, "service_domain"), "{msg}");
+    assert!(
+        msg.contains("endpoint ep-a already resolves web.provider-b.example in VPC vpc-a"),
+        "{msg}"
+    );
+    body["service_domain"] = json!(false);
+    w.a.post("/v1/endpoints", &body).unwrap();
+    let (st, _, msg) = refusal(enable("ep-a2", true));
+    assert_eq!(st, 409);
+    assert!(msg.contains("endpoint ep-a already resolves"), "{msg}");
+    // Another VPC of A has its own.
+    w.admin
+        .post(
+            "/v1/vpcs",
+            &json!({"id": "vpc-a9", "account": "acct-a", "cidr": "10.10.0.0/16", "interface": "fc9",
+                    "vswitches": [{"id": "vsw-a91", "zone": "zone-a", "cidr": "10.10.1.0/24"}]}),
+        )
+        .unwrap();
+    let other =
+        w.a.post(
+            "/v1/endpoints",
+            &json!({"id": "ep-a9", "vpc": "vpc-a9", "service": "epsrv-b", "service_domain": true,
+                    "zones": [{"vswitch": "vsw-a91", "eni": "10.10.1.100"}]}),
+        )
+        .unwrap();
+    assert_eq!(other["service_domain_name"], "web.provider-b.example");
+
+    // The provider cannot change or remove the domain under them: 409 naming them.
+    let before = snapshot(&w);
+    for change in [
+        json!({"domain": "new.provider-b.example"}),
+        json!({"domain": null}),
+    ] {
+        let (st, field, msg) = refusal(patch(&w.b, svc_path, change));
+        assert_eq!((st, field.as_str()), (409, "domain"), "{msg}");
+        assert!(msg.contains("endpoints ep-a, ep-a9"), "{msg}");
+    }
+    assert_eq!(snapshot(&w), before, "refusals changed nothing");
+
+    // Turned off, the next endpoint may enable it; all off, the domain changes and its
+    // verification goes.
+    assert_eq!(
+        enable("ep-a", false).unwrap()["service_domain"],
+        Value::Null
+    );
+    let ep = enable("ep-a2", true).unwrap();
+    assert_eq!(ep["service_domain_name"], "web.provider-b.example");
+    enable("ep-a2", false).unwrap();
+    patch(
+        &w.a,
+        "/v1/endpoints/ep-a9",
+        json!({"service_domain": false}),
+    )
+    .unwrap();
+    let svc = patch(&w.b, svc_path, json!({"domain": "new.provider-b.example"})).unwrap();
+    assert_eq!(svc["domain"], "new.provider-b.example");
+    assert!(svc.get("domain_verified").is_none(), "{svc}");
+    assert_eq!(
+        refusal(enable("ep-a", true)).0,
+        409,
+        "not verified again yet"
+    );
+    // Removed with null.
+    let svc = patch(&w.b, svc_path, json!({"domain": null})).unwrap();
+    assert!(svc["domain"].is_null(), "{svc}");
+    assert_eq!(refusal(verify(&w.admin)).0, 409);
+    let last = w.srv.applied.0.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.service("epsrv-b").unwrap().domain, None);
+    assert!(last.endpoints.iter().all(|e| !e.service_domain));
+}
+
+/// A VPC's resolver and probe addresses: set at creation by the operator, set and removed
+/// later by the operator or the VPC's owner; refused, naming the field, when not unicast,
+/// (the probe address) outside the VPC, or in use; new ENIs and service addresses keep
+/// clear of them.
+#[test]
+fn vpc_resolver_and_probe_addresses_are_checked_and_kept_clear() {
+    let w = world();
+    let vpc = w
+        .admin
+        .post(
+            "/v1/vpcs",
+            &json!({"id": "vpc-r", "account": "acct-a", "cidr": "10.20.0.0/16", "interface": "fr0",
+                    "resolver": "100.100.2.136", "probe_address": "10.20.0.250"}),
+        )
+        .unwrap();
+    assert_eq!(
+        (&vpc["resolver"], &vpc["probe_address"]),
+        (&json!("100.100.2.136"), &json!("10.20.0.250"))
+    );
+    let before = snapshot(&w);
+    let cases: Vec<(&str, anyhow::Result<Value>, u16, &str, &str)> = vec![
+        (
+            "loopback resolver",
+            w.admin.post(
+                "/v1/vpcs",
+                &json!({"id": "vpc-x", "account": "acct-a", "cidr": "10.20.0.0/16",
+            "interface": "fx0", "resolver": "127.0.0.1"}),
+            ),
+            400,
+            "resolver",
+            "not a unicast host address",
+        ),
+        (
+            "probe outside",
+            patch(
+                &w.a,
+                "/v1/vpcs/vpc-a",
+                json!({"probe_address": "100.100.2.136"}),
+            ),
+            400,
+            "probe_address",
+            "not inside the VPC's 10.10.0.0/16",
+        ),
+        (
+            "resolver is an ENI",
+            patch(&w.a, "/v1/vpcs/vpc-a", json!({"resolver": "10.10.1.100"})),
+            400,
+            "vpcs[0].resolver",
+            "10.10.1.100 is endpoint ep-a's ENI in VPC vpc-a",
+        ),
+        (
+            "same address twice",
+            patch(
+                &w.a,
+                "/v1/vpcs/vpc-a",
+                json!({"resolver": "10.10.1.53", "probe_address": "10.10.1.53"}),
+            ),
+            400,
+            "probe_address",
+            "resolver address too",
+        ),
+        (
+            "probe is a SNAT address",
+            patch(
+                &w.b,
+                "/v1/vpcs/vpc-b",
+                json!({"probe_address": "10.10.0.200"}),
+            ),
+            400,
+            "vpcs[1].probe_address",
+            "a SNAT address of service epsrv-b",
+        ),
+        (
+            "bad syntax",
+            patch(&w.a, "/v1/vpcs/vpc-a", json!({"resolver": "10.10.1"})),
+            400,
+            "resolver",
+            "invalid",
+        ),
+        (
+            "unknown field",
+            patch(&w.a, "/v1/vpcs/vpc-a", json!({"cidr": "10.0.0.0/8"})),
+            400,
+            "cidr",
+            "unknown field",
+        ),
+        (
+            "another's VPC",
+            patch(&w.b, "/v1/vpcs/vpc-a", json!({"resolver": "10.10.1.53"})),
+            403,
+            "",
+            "another account",
+        ),
+        (
+            "no such VPC",
+            patch(
+                &w.admin,
+                "/v1/vpcs/vpc-zz",
+                json!({"resolver": "10.10.1.53"}),
+            ),
+            404,
+            "vpc",
+            "no VPC",
+        ),
+    ];
+    for (what, r, status, field, msg) in cases {
+        let (st, f, m) = refusal(r);
+        assert_eq!(st, status, "{what}: {m}");
+        assert!(f.contains(field), "{what}: field {f}");
+        assert!(m.contains(msg), "{what}: {m}");
+    }
+    assert_eq!(snapshot(&w), before, "refusals changed nothing");
+
+    // The owner sets them; the operator may too; null removes one.
+    let v = patch(
+        &w.a,
+        "/v1/vpcs/vpc-a",
+        json!({"resolver": "10.10.3.1", "probe_address": "10.10.1.54"}),
+    )
+    .unwrap();
+    assert_eq!(
+        (&v["resolver"], &v["probe_address"]),
+        (&json!("10.10.3.1"), &json!("10.10.1.54"))
+    );
+    assert_eq!(w.a.get("/v1/vpcs/vpc-a").unwrap(), v);
+    assert_eq!(refusal(w.b.get("/v1/vpcs/vpc-a")).0, 403);
+    let v = patch(
+        &w.admin,
+        "/v1/vpcs/vpc-b",
+        json!({"probe_address": "10.10.0.250"}),
+    )
+    .unwrap();
+    assert_eq!(v["probe_address"], "10.10.0.250");
+
+    // New ENIs keep clear: refused when asked for, skipped when allocated (vsw-a3 is
+    // 10.10.3.0/29: .1 is the resolver now, so .2 is the lowest free address).
+    let (st, field, msg) = refusal(w.a.post("/v1/endpoints", &endpoint_body("ep-x", "10.10.1.54")));
+    assert_eq!((st, field.as_str()), (400, "zones[0].eni"), "{msg}");
+    assert!(
+        msg.contains("10.10.1.54 is VPC vpc-a's probe address"),
+        "{msg}"
+    );
+    let ep =
+        w.a.post(
+            "/v1/endpoints",
+            &json!({"id": "ep-x", "vpc": "vpc-a", "service": "epsrv-b", "zones": [{"vswitch": "vsw-a3"}]}),
+        )
+        .unwrap();
+    assert_eq!(ep["zones"][0]["eni"], "10.10.3.2");
+    // So do the provider's addresses.
+    let (st, field, msg) = refusal(w.b.post(
+        "/v1/services",
+        &json!({"id": "s-p", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.11"}],
+                "snat": ["10.10.0.250"], "listeners": [{"protocol": "tcp", "port": 80}]}),
+    ));
+    assert_eq!((st, field.as_str()), (400, "snat[0]"), "{msg}");
+    assert!(msg.contains("probe address"), "{msg}");
+
+    let v = patch(&w.a, "/v1/vpcs/vpc-a", json!({"resolver": null})).unwrap();
+    assert!(v.get("resolver").is_none(), "{v}");
+    assert_eq!(v["probe_address"], "10.10.1.54", "the other stays");
+    let last = w.srv.applied.0.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.vpc("vpc-a").unwrap().resolver, None);
+    assert_eq!(
+        last.vpc("vpc-b").unwrap().probe_address,
+        Some("10.10.0.250".parse().unwrap())
+    );
+}
+
+/// Interface services' load balancer health checks: set, checked (field named), replaced
+/// and removed; not for gateway services.
+#[test]
+fn interface_services_take_load_balancer_health_checks() {
+    let w = world();
+    let h = json!({"probe": {"kind": "http", "path": "/healthz"}, "port": 80, "interval_ms": 1000,
+                   "timeout_ms": 500, "healthy_threshold": 2, "unhealthy_threshold": 3});
+    let svc = patch(&w.b, "/v1/services/epsrv-b", json!({"health": h})).unwrap();
+    assert_eq!(svc["health"], h);
+    let (st, field, msg) = refusal(patch(
+        &w.b,
+        "/v1/services/epsrv-b",
+        json!({"health": {"port": 80, "interval_ms": 1}}),
+    ));
+    assert_eq!(
+        (st, field.as_str()),
+        (400, "services[0].health.interval_ms"),
+        "{msg}"
+    );
+    let (st, field, _) = refusal(w.b.post(
+        "/v1/services",
+        &json!({"id": "s-gw", "vpc": "vpc-b", "type": "gateway", "backends": [{"zone": "zone-a", "address": "10.10.0.1"}],
+                "snat": ["10.10.0.203"], "prefixes": ["100.64.10.0/24"], "health": {"port": 80},
+                "listeners": [{"protocol": "tcp", "port": 80}]}),
+    ));
+    assert_eq!((st, field.as_str()), (400, "services[1].health"));
+    let svc = patch(&w.b, "/v1/services/epsrv-b", json!({"health": null})).unwrap();
+    assert!(svc.get("health").is_none(), "{svc}");
 }

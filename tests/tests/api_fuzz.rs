@@ -432,8 +432,9 @@ fn the_api_survives_schemathesis_without_5xx_or_side_effects_of_rejections() {
             intact += 1;
         }
     }
-    // No write names an account or a VPC, and only B may write to B's objects: these at
-    // least must have been compared.
+    // No write names an account (a VPC's owner may change its resolver and probe
+    // address), and only B may write to B's objects: the accounts and B's three objects
+    // at least must have been compared.
     for (list, id) in [
         ("/v1/services", "epsrv-b"),
         ("/v1/security-groups", "sg-b"),
@@ -444,7 +445,7 @@ fn the_api_survives_schemathesis_without_5xx_or_side_effects_of_rejections() {
             "an accepted write named {id}, which none of the three may change: {touched:?}"
         );
     }
-    assert!(intact >= 8, "only {intact} seeded objects compared");
+    assert!(intact >= 6, "only {intact} seeded objects compared");
     eprintln!(
         "{accepted_writes} accepted writes (naming {touched:?}); {intact} of the {} seeded \
          objects were not named and are unchanged",

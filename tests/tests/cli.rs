@@ -92,6 +92,13 @@ fn bad_state_files_name_the_field() {
             LAB_STATE.replace("protocol = \"tcp\"", "protocol = \"sctp\""),
             "unknown variant `sctp`",
         ),
+        (
+            LAB_STATE.replace(
+                "domain = \"epsrv-b.privatelink.example\"",
+                "domain = \"Epsrv-B.privatelink.example\"",
+            ),
+            "services[0].domain: \"Epsrv-B.privatelink.example\" has capitals: write it in lowercase",
+        ),
         ("[[endpoints]\n".to_string(), "TOML"),
     ];
     for (i, (text, field)) in cases.iter().enumerate() {
@@ -195,7 +202,8 @@ fn service_available_and_endpoint_zones_through_the_cli() {
         serde_json::json!({"id": "epsrv-b", "type": "interface", "zones": ["zone-a", "zone-b"],
                            "listeners": [{"protocol": "tcp", "port": 80}, {"protocol": "udp", "port": 53}],
                            "domain": "epsrv-b.privatelink.example", "auto_accept": true,
-                           "zone_affinity": true})
+                           "zone_affinity": true,
+                           "default_domain": "epsrv-b.region-1.privatelink.internal"})
     );
     // C may not use it: nothing listed, and "not found" for the one.
     assert_eq!(json(url, &c, "service available"), serde_json::json!([]));
@@ -210,12 +218,14 @@ fn service_available_and_endpoint_zones_through_the_cli() {
     );
     assert_eq!(
         ep["zones"],
-        serde_json::json!([{"vswitch": "vsw-a1", "eni": "10.10.1.1"}])
+        serde_json::json!([{"vswitch": "vsw-a1", "eni": "10.10.1.1", "zone": "zone-a",
+                            "domain": "zone-a.ep-a.epsrv-b.region-1.privatelink.internal"}])
     );
     let ep = json(url, &a, "endpoint zone add ep-a --zone vsw-a2:10.10.2.7");
     assert_eq!(
         ep["zones"][1],
-        serde_json::json!({"vswitch": "vsw-a2", "eni": "10.10.2.7"})
+        serde_json::json!({"vswitch": "vsw-a2", "eni": "10.10.2.7", "zone": "zone-b",
+                           "domain": "zone-b.ep-a.epsrv-b.region-1.privatelink.internal"})
     );
     let (fine, out) = api(url, &a, "endpoint zone add ep-a --zone vsw-a2:10.10.2.255");
     assert!(!fine && out.contains("system-reserved"), "{out}");
@@ -229,8 +239,186 @@ fn service_available_and_endpoint_zones_through_the_cli() {
     let ep = json(url, &a, "endpoint show ep-a");
     assert_eq!(
         ep["zones"],
-        serde_json::json!([{"vswitch": "vsw-a2", "eni": "10.10.2.7"}])
+        serde_json::json!([{"vswitch": "vsw-a2", "eni": "10.10.2.7", "zone": "zone-b",
+                            "domain": "zone-b.ep-a.epsrv-b.region-1.privatelink.internal"}])
     );
+}
+
+/// Names, custom domains, zone affinity and a VPC's resolver and probe addresses through
+/// the CLI, against a daemon in API mode: what each command sends, and what `endpoint show`
+/// prints.
+#[test]
+fn names_domains_affinity_and_vpc_addresses_through_the_cli() {
+    let d = privatelink_tests::apidaemon::ApiDaemon::start("plcln").unwrap();
+    let (url, admin) = (d.url.as_str(), d.admin_token.as_str());
+    let token = |id: &str| {
+        json(url, admin, &format!("account create {id}"))["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a, b) = (token("acct-a"), token("acct-b"));
+    let vpc = json(
+        url,
+        admin,
+        "vpc create vpc-a --account acct-a --cidr 10.10.0.0/16 --interface fc0 \
+         --vswitch vsw-a1:zone-a:10.10.1.0/24 --vswitch vsw-a2:zone-b:10.10.2.0/24 \
+         --resolver 10.10.1.53 --probe-address 10.10.1.54",
+    );
+    assert_eq!(
+        (&vpc["resolver"], &vpc["probe_address"]),
+        (
+            &serde_json::json!("10.10.1.53"),
+            &serde_json::json!("10.10.1.54")
+        )
+    );
+    // The owner changes them; --no-* removes one; a bad one is refused naming the field.
+    let vpc = json(
+        url,
+        &a,
+        "vpc set vpc-a --resolver 100.100.2.136 --no-probe-address",
+    );
+    assert_eq!(vpc["resolver"], "100.100.2.136");
+    assert!(vpc.get("probe_address").is_none(), "{vpc}");
+    let (fine, out) = api(url, &a, "vpc set vpc-a --probe-address 100.100.2.137");
+    assert!(
+        !fine && out.contains("probe_address") && out.contains("not inside"),
+        "{out}"
+    );
+    let table = ok(url, &a, "vpc show vpc-a");
+    assert!(
+        table.contains("RESOLVER") && table.contains("100.100.2.136"),
+        "{table}"
+    );
+    ok(
+        url,
+        admin,
+        "vpc create vpc-b --account acct-b --cidr 10.10.0.0/16 --interface fp0 \
+         --vswitch vsw-b0:zone-a:10.10.0.0/24 --probe-address 10.10.0.250",
+    );
+
+    // An interface service with health checks of its own, and a custom domain.
+    let svc = json(
+        url,
+        &b,
+        "service create epsrv-b --vpc vpc-b --backend zone-a:10.10.0.10 --backend zone-b:10.10.0.11 \
+         --snat 10.10.0.200 --listener udp:53 --listener tcp:8080 --domain web.provider-b.example \
+         --health-path /healthz --health-interval-ms 1000 --auto-accept",
+    );
+    assert_eq!(
+        svc["health"],
+        serde_json::json!({"probe": {"kind": "http", "path": "/healthz"}, "port": 8080,
+                           "interval_ms": 1000, "timeout_ms": 2000, "healthy_threshold": 3,
+                           "unhealthy_threshold": 3}),
+        "the first TCP listener's port by default"
+    );
+    assert_eq!(
+        svc["default_domain"],
+        "epsrv-b.region-1.privatelink.internal"
+    );
+    // `set` changes the settings given and keeps the others.
+    let svc = json(url, &b, "service set epsrv-b --health-timeout-ms 300");
+    assert_eq!(
+        (
+            &svc["health"]["timeout_ms"],
+            &svc["health"]["interval_ms"],
+            &svc["health"]["probe"]["path"]
+        ),
+        (
+            &serde_json::json!(300),
+            &serde_json::json!(1000),
+            &serde_json::json!("/healthz")
+        )
+    );
+    let svc = json(url, &b, "service set epsrv-b --no-health");
+    assert!(svc.get("health").is_none(), "{svc}");
+    ok(url, &b, "service whitelist add epsrv-b acct-a");
+
+    // The endpoint: zone affinity off, the custom domain refused until the operator
+    // verifies it.
+    let ep = json(
+        url,
+        &a,
+        "endpoint create ep-a --vpc vpc-a --service epsrv-b --zone vsw-a1:10.10.1.100 \
+         --zone vsw-a2:10.10.2.100 --zone-affinity off",
+    );
+    assert_eq!(ep["zone_affinity"], false);
+    let (fine, out) = api(url, &a, "endpoint set ep-a --service-domain on");
+    assert!(
+        !fine && out.contains("409") && out.contains("not verified"),
+        "{out}"
+    );
+    let (fine, out) = api(url, &b, "service domain-verify epsrv-b");
+    assert!(!fine && out.contains("403"), "{out}");
+    let svc = json(url, admin, "service domain-verify epsrv-b");
+    assert_eq!(svc["domain_verified"], true);
+    let ep = json(
+        url,
+        &a,
+        "endpoint set ep-a --service-domain on --zone-affinity on",
+    );
+    assert_eq!(
+        (&ep["service_domain_name"], &ep["zone_affinity"]),
+        (
+            &serde_json::json!("web.provider-b.example"),
+            &serde_json::json!(true)
+        )
+    );
+    let (fine, out) = api(url, &a, "endpoint set ep-a --zone-affinity maybe");
+    assert!(!fine && out.contains("expected on or off"), "{out}");
+
+    // `endpoint show`: the endpoint's name, then each zone's.
+    let table = ok(url, &a, "endpoint show ep-a");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        rows[0].contains(&"DOMAIN") && rows[0].contains(&"SERVICE_DOMAIN_NAME"),
+        "{table}"
+    );
+    assert!(
+        rows[1].contains(&"ep-a.epsrv-b.region-1.privatelink.internal"),
+        "{table}"
+    );
+    assert!(rows[1].contains(&"web.provider-b.example"), "{table}");
+    let zones: Vec<&Vec<&str>> = rows
+        .iter()
+        .skip_while(|r| r.first() != Some(&"VSWITCH"))
+        .collect();
+    assert_eq!(
+        zones,
+        [
+            &vec!["VSWITCH", "ZONE", "ENI", "DOMAIN"],
+            &vec![
+                "vsw-a1",
+                "zone-a",
+                "10.10.1.100",
+                "zone-a.ep-a.epsrv-b.region-1.privatelink.internal"
+            ],
+            &vec![
+                "vsw-a2",
+                "zone-b",
+                "10.10.2.100",
+                "zone-b.ep-a.epsrv-b.region-1.privatelink.internal"
+            ],
+        ],
+        "{table}"
+    );
+
+    // The domain changes only once the endpoint turns it off.
+    let (fine, out) = api(
+        url,
+        &b,
+        "service set epsrv-b --domain api.provider-b.example",
+    );
+    assert!(
+        !fine && out.contains("409") && out.contains("ep-a"),
+        "{out}"
+    );
+    ok(url, &a, "endpoint set ep-a --service-domain off");
+    let svc = json(url, &b, "service set epsrv-b --no-domain");
+    assert!(svc["domain"].is_null(), "{svc}");
 }
 
 #[test]

@@ -625,3 +625,338 @@ fn gwlb_routes_count_against_the_route_map() {
         "{e}"
     );
 }
+
+/// The lab's state with none of the names-and-zones settings (whatever the lab file
+/// sets): no resolver or probe address, the service's domain unverified, no health checks,
+/// no endpoint resolving the custom domain.
+fn plain_lab() -> State {
+    let mut s: State = toml::from_str(&format!("{LAB}{GWLB_TEST_STATE}")).unwrap();
+    for v in &mut s.vpcs {
+        (v.resolver, v.probe_address) = (None, None);
+    }
+    for x in &mut s.services {
+        (x.domain_verified, x.health) = (false, None);
+    }
+    for e in &mut s.endpoints {
+        e.service_domain = false;
+    }
+    s.validate().unwrap();
+    s
+}
+
+/// `plain_lab` changed by `f`: the first error, or "valid".
+fn check(f: impl FnOnce(&mut State)) -> String {
+    let mut s = plain_lab();
+    f(&mut s);
+    match s.validate() {
+        Ok(()) => "valid".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn addr(a: &str) -> Option<std::net::Ipv4Addr> {
+    Some(a.parse().unwrap())
+}
+
+fn vpc_index(s: &State, id: &str) -> usize {
+    s.vpcs.iter().position(|v| v.id == id).unwrap()
+}
+
+#[test]
+fn stored_states_without_the_new_fields_load_and_keep_them_absent() {
+    let s = plain_lab();
+    let text = toml::to_string(&s).unwrap();
+    for key in [
+        "resolver",
+        "probe_address",
+        "domain_verified",
+        "service_domain",
+        "health = ",
+    ] {
+        assert!(!text.contains(key), "{key} written for a state without it");
+    }
+    assert!(s.endpoints.iter().all(|e| e.zone_affinity), "on by default");
+    // Set, they round-trip.
+    let mut t = s.clone();
+    t.vpcs[0].resolver = addr("10.10.1.53");
+    t.vpcs[0].probe_address = addr("10.10.1.54");
+    t.services[0].domain_verified = true;
+    t.services[0].health = Some(HealthSettings::default());
+    t.endpoints[0].service_domain = true;
+    t.endpoints[0].zone_affinity = false;
+    t.validate().unwrap();
+    assert_eq!(
+        toml::from_str::<State>(&toml::to_string(&t).unwrap()).unwrap(),
+        t
+    );
+}
+
+#[test]
+fn resolver_and_probe_addresses_are_unicast_and_the_probe_is_inside_the_vpc() {
+    for bad in ["0.0.0.0", "127.0.0.53", "224.0.0.251", "255.255.255.255"] {
+        let e = check(|s| s.vpcs[0].resolver = addr(bad));
+        assert!(
+            e.starts_with(&format!(
+                "vpcs[0].resolver: {bad} is not a unicast host address"
+            )),
+            "{e}"
+        );
+        let e = check(|s| s.vpcs[0].probe_address = addr(bad));
+        assert!(e.starts_with("vpcs[0].probe_address: "), "{e}");
+    }
+    for edge in ["10.10.0.0", "10.10.255.255"] {
+        let e = check(|s| s.vpcs[0].resolver = addr(edge));
+        assert!(
+            e.starts_with(&format!(
+                "vpcs[0].resolver: {edge} is the network or broadcast address of the VPC's 10.10.0.0/16"
+            )),
+            "{e}"
+        );
+    }
+    // A resolver outside the VPC, as Alibaba Cloud's; a probe address there is refused.
+    assert_eq!(
+        check(|s| s.vpcs[0].resolver = addr("100.100.2.136")),
+        "valid"
+    );
+    let e = check(|s| s.vpcs[0].probe_address = addr("100.100.2.136"));
+    assert!(
+        e.starts_with("vpcs[0].probe_address: 100.100.2.136 is not inside the VPC's 10.10.0.0/16"),
+        "{e}"
+    );
+    let e = check(|s| {
+        s.vpcs[0].resolver = addr("10.10.1.53");
+        s.vpcs[0].probe_address = addr("10.10.1.53");
+    });
+    assert!(
+        e.starts_with("vpcs[0].probe_address: 10.10.1.53 is the VPC's resolver address too"),
+        "{e}"
+    );
+    // Overlapping VPCs may use the same addresses, each its own.
+    assert_eq!(
+        check(|s| {
+            for v in &mut s.vpcs[..2] {
+                v.resolver = addr("10.10.1.53");
+                v.probe_address = addr("10.10.2.54");
+            }
+        }),
+        "valid"
+    );
+}
+
+#[test]
+fn resolver_and_probe_addresses_are_no_other_address_in_use_in_their_vpc() {
+    let cases: [(&str, &str, &str, &str); 6] = [
+        ("vpc-a", "resolver", "10.10.1.100", "endpoint ep-a's ENI"),
+        (
+            "vpc-b",
+            "probe_address",
+            "10.10.0.10",
+            "a load balancer address of service epsrv-b",
+        ),
+        (
+            "vpc-b",
+            "resolver",
+            "10.10.0.201",
+            "a SNAT address of service epsrv-b",
+        ),
+        (
+            "vpc-s",
+            "probe_address",
+            "10.20.0.5",
+            "the GWLB address of service gwlb-s",
+        ),
+        (
+            "vpc-s",
+            "resolver",
+            "10.20.2.10",
+            "an appliance of service gwlb-s",
+        ),
+        (
+            "vpc-c",
+            "probe_address",
+            "10.30.2.5",
+            "endpoint ep-g2's ENI",
+        ),
+    ];
+    for (vpc, field, a, what) in cases {
+        let mut s = plain_lab();
+        let i = vpc_index(&s, vpc);
+        match field {
+            "resolver" => s.vpcs[i].resolver = addr(a),
+            _ => s.vpcs[i].probe_address = addr(a),
+        }
+        let e = s.validate().unwrap_err().to_string();
+        assert_eq!(e, format!("vpcs[{i}].{field}: {a} is {what} in VPC {vpc}"));
+    }
+    // A gateway endpoint's route target too.
+    let e = check(|s| {
+        let mut g = s.services[0].clone();
+        g.id = "epsrv-oss".into();
+        g.kind = ServiceType::Gateway;
+        g.snat = vec!["10.10.0.202".parse().unwrap()];
+        g.domain = None;
+        g.prefixes = vec!["100.64.10.0/24".parse().unwrap()];
+        s.services.push(g);
+        let mut e = s.endpoints[0].clone();
+        e.id = "ep-gw".into();
+        e.service = "epsrv-oss".into();
+        e.zones.clear();
+        e.gateway = addr("10.10.1.1");
+        s.endpoints.push(e);
+        s.vpcs[0].resolver = addr("10.10.1.1");
+    });
+    assert!(
+        e.ends_with("10.10.1.1 is endpoint ep-gw's route target in VPC vpc-a"),
+        "{e}"
+    );
+    // The same address in another VPC is another address.
+    assert_eq!(check(|s| s.vpcs[1].resolver = addr("10.10.1.100")), "valid");
+}
+
+#[test]
+fn custom_service_domains_are_lowercase_names_outside_the_suffix() {
+    let e = check(|s| s.services[0].domain = Some("Epsrv-B.Example.com".into()));
+    assert!(
+        e.starts_with("services[0].domain: \"Epsrv-B.Example.com\" has capitals: write it in lowercase (\"epsrv-b.example.com\""),
+        "{e}"
+    );
+    let e = check(|s| s.services[0].domain = Some("web".into()));
+    assert!(
+        e.starts_with("services[0].domain: \"web\" is not a domain name"),
+        "{e}"
+    );
+    let e = check(|s| s.services[0].domain = Some("a_b.example".into()));
+    assert!(e.starts_with("services[0].domain: "), "{e}");
+    for inside in ["privatelink.internal", "x.region-1.privatelink.internal"] {
+        let e = check(|s| s.services[0].domain = Some(inside.into()));
+        assert!(
+            e.starts_with(&format!(
+                "services[0].domain: {inside} overlaps privatelink.internal"
+            )),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        check(|s| s.services[0].domain = Some("privatelink.internal.example".into())),
+        "valid"
+    );
+    let e = check(|s| {
+        s.services[0].domain = None;
+        s.services[0].domain_verified = true;
+    });
+    assert!(e.starts_with("services[0].domain_verified: "), "{e}");
+}
+
+#[test]
+fn health_checks_are_for_interface_services_and_in_range() {
+    let e = check(|s| {
+        s.services[0].health = Some(HealthSettings {
+            interval_ms: 1,
+            ..HealthSettings::default()
+        })
+    });
+    assert!(
+        e.starts_with("services[0].health.interval_ms: 1 ms is shorter"),
+        "{e}"
+    );
+    let e = check(|s| {
+        s.services[0].health = Some(HealthSettings {
+            probe: Probe::Http {
+                path: "no slash".into(),
+            },
+            ..HealthSettings::default()
+        })
+    });
+    assert!(e.starts_with("services[0].health.probe.path: "), "{e}");
+    let e = check(|s| svc(s).health = Some(HealthSettings::default()));
+    assert!(
+        e.starts_with(
+            "services[1].health: only interface services have load balancer health checks"
+        ),
+        "{e}"
+    );
+    // UDP listeners only and no settings: not probed, and nothing to refuse.
+    assert_eq!(
+        check(|s| {
+            s.services[0].listeners = vec!["udp:53".parse().unwrap()];
+        }),
+        "valid"
+    );
+    assert_eq!(
+        check(|s| s.services[0].health = Some(HealthSettings::default())),
+        "valid"
+    );
+}
+
+#[test]
+fn a_custom_domain_resolves_for_the_first_enabling_endpoint_of_a_vpc_once_verified() {
+    let e = check(|s| s.endpoints[0].service_domain = true);
+    assert!(
+        e.starts_with("endpoints[0].service_domain: the domain epsrv-b.privatelink.example of service epsrv-b is not verified yet"),
+        "{e}"
+    );
+    let e = check(|s| {
+        s.services[0].domain = None;
+        s.endpoints[0].service_domain = true;
+    });
+    assert!(
+        e.starts_with("endpoints[0].service_domain: service epsrv-b has no custom domain"),
+        "{e}"
+    );
+    let verified = |s: &mut State| {
+        s.services[0].domain_verified = true;
+        s.endpoints[0].service_domain = true;
+    };
+    assert_eq!(check(verified), "valid");
+    // A second endpoint of the VPC: may exist, may not enable it too.
+    let second = |s: &mut State, on: bool| {
+        let mut e = s.endpoints[0].clone();
+        e.id = "ep-a2".into();
+        e.zones[0].eni = "10.10.1.101".parse().unwrap();
+        e.service_domain = on;
+        s.endpoints.push(e);
+    };
+    assert_eq!(
+        check(|s| {
+            verified(s);
+            second(s, false);
+        }),
+        "valid"
+    );
+    let e = check(|s| {
+        verified(s);
+        second(s, true);
+    });
+    assert!(
+        e.ends_with(".service_domain: endpoint ep-a already resolves epsrv-b.privatelink.example in VPC vpc-a (the first enabled wins; turn it off there first)"),
+        "{e}"
+    );
+    // Another VPC has its own answer.
+    assert_eq!(
+        check(|s| {
+            verified(s);
+            let mut v = s.vpcs[0].clone();
+            (v.id, v.interface) = ("vpc-a9".into(), "fc9".into());
+            for (k, w) in v.vswitches.iter_mut().enumerate() {
+                w.id = format!("vsw-a9{k}");
+            }
+            let first = v.vswitches[0].id.clone();
+            s.vpcs.push(v);
+            second(s, true);
+            let e = s.endpoints.last_mut().unwrap();
+            (e.vpc, e.zones[0].vswitch) = ("vpc-a9".into(), first);
+        }),
+        "valid"
+    );
+    // GWLB endpoints have no names.
+    let e = check(|s| {
+        svc(s).domain = Some("inspect.example".into());
+        svc(s).domain_verified = true;
+        let i = ep(s, "ep-g1");
+        s.endpoints[i].service_domain = true;
+    });
+    assert!(
+        e.ends_with(".service_domain: only interface endpoints resolve a custom service domain"),
+        "{e}"
+    );
+}

@@ -6,7 +6,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Caller, OpError, R, creator, own, seen, set, unique, visible};
+use super::{Caller, OpError, R, creator, not_vpc_own, own, seen, set, unique, visible};
 use crate::model::{
     AclRule, Connection, Endpoint, EndpointService, EndpointZone, ServiceType, State, Vpc,
     check_endpoint_limits,
@@ -43,6 +43,15 @@ pub struct NewEndpoint {
     #[serde(default)]
     #[schema(value_type = Vec<String>, example = json!(["10.10.3.0/24"]))]
     pub routes: Vec<Ipv4Net>,
+    /// Interface endpoints: zone affinity of the endpoint's domain name (left out: on if
+    /// the service supports it; on is refused if it does not).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone_affinity: Option<bool>,
+    /// Interface endpoints: the service's verified custom domain resolves in the VPC to
+    /// this endpoint's ENIs (the first endpoint of the VPC to enable it wins).
+    #[serde(default)]
+    pub service_domain: bool,
 }
 
 pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoint> {
@@ -58,6 +67,19 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
         )));
     }
     check_endpoint_limits("", &req.security_groups, &req.tags)?;
+    let zone_affinity = match req.zone_affinity {
+        Some(on) => {
+            affinity_change(svc, false, on)?;
+            on
+        }
+        None => svc.zone_affinity,
+    };
+    if req.service_domain {
+        may_enable_service_domain(s, &req.id, &req.vpc, svc)?;
+    }
+    if let (Some(gw), Some(vpc)) = (req.gateway, s.vpc(&req.vpc)) {
+        not_vpc_own(vpc, "gateway", gw)?;
+    }
     let zones = place_zones(s, &req.vpc, svc, &[], req.zones, "zones")?;
     let ep = Endpoint {
         id: req.id,
@@ -77,8 +99,8 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
         gateway: req.gateway,
         policy: req.policy,
         routes: req.routes,
-        zone_affinity: svc.zone_affinity,
-        service_domain: false,
+        zone_affinity,
+        service_domain: req.service_domain,
     };
     s.endpoints.push(ep.clone());
     Ok(ep)
@@ -115,6 +137,13 @@ pub struct EndpointPatch {
     #[schema(value_type = Option<Vec<String>>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routes: Option<Vec<Ipv4Net>>,
+    /// Interface endpoints: zone affinity on or off (on only if the service supports it,
+    /// or if it is on already).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone_affinity: Option<bool>,
+    /// Interface endpoints: the service's custom domain on or off in the VPC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_domain: Option<bool>,
 }
 
 pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) -> R<Endpoint> {
@@ -122,6 +151,14 @@ pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) ->
         Some(v) => Some(patched_zones(s, c, id, v)?),
         None => None,
     };
+    let current = own_endpoint(s, c, id)?.clone();
+    let svc = service_of(s, &current)?;
+    if let Some(on) = p.zone_affinity {
+        affinity_change(svc, current.zone_affinity, on)?;
+    }
+    if p.service_domain == Some(true) && !current.service_domain {
+        may_enable_service_domain(s, id, &current.vpc, svc)?;
+    }
     let ep = own_endpoint(s, c, id)?;
     check_endpoint_limits(
         "",
@@ -134,7 +171,78 @@ pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) ->
     set(&mut ep.security_groups, p.security_groups);
     set(&mut ep.tags, p.tags);
     set(&mut ep.routes, p.routes);
+    set(&mut ep.zone_affinity, p.zone_affinity);
+    set(&mut ep.service_domain, p.service_domain);
     Ok(ep.clone())
+}
+
+/// Whether an endpoint of `svc` whose zone affinity is `was` (off for a new one) may have
+/// it `on`, by seed 001's rules: a service that supports zone affinity lets its endpoints
+/// turn it on and off; one that does not (or no longer does) lets none turn it on, but an
+/// endpoint that has it keeps it and may turn it off. Only interface endpoints have it.
+fn affinity_change(svc: &EndpointService, was: bool, on: bool) -> R<()> {
+    if svc.kind != ServiceType::Interface {
+        return Err(OpError::invalid(
+            "zone_affinity",
+            "only interface endpoints have zone affinity (their domain names answer by zone)",
+        ));
+    }
+    if on && !was && !svc.zone_affinity {
+        return Err(OpError::conflict(
+            "zone_affinity",
+            format!(
+                "service {} does not support zone affinity: it cannot be turned on",
+                svc.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether endpoint `id` in VPC `vpc` may turn on the custom domain of its service `svc`:
+/// an interface endpoint, the domain verified by the operator, and no other endpoint in
+/// the VPC resolving the same domain (seed 001: the first enabled wins). The errors name
+/// the request's field, and the endpoint that was first.
+fn may_enable_service_domain(s: &State, id: &str, vpc: &str, svc: &EndpointService) -> R<()> {
+    const F: &str = "service_domain";
+    if svc.kind != ServiceType::Interface {
+        return Err(OpError::invalid(
+            F,
+            "only interface endpoints resolve a custom service domain",
+        ));
+    }
+    let Some(domain) = svc.domain.as_deref() else {
+        return Err(OpError::conflict(
+            F,
+            format!("service {} has no custom domain", svc.id),
+        ));
+    };
+    if !svc.domain_verified {
+        return Err(OpError::conflict(
+            F,
+            format!(
+                "the domain {domain} of service {} is not verified yet: the operator verifies it first",
+                svc.id
+            ),
+        ));
+    }
+    let first = s.endpoints.iter().find(|e| {
+        e.id != id
+            && e.vpc == vpc
+            && e.service_domain
+            && s.service(&e.service)
+                .is_some_and(|x| x.domain.as_deref() == Some(domain))
+    });
+    if let Some(first) = first {
+        return Err(OpError::conflict(
+            F,
+            format!(
+                "endpoint {} already resolves {domain} in VPC {vpc}: the first enabled wins (turn it off there first)",
+                first.id
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub fn delete_endpoint(s: &mut State, c: &Caller, id: &str) -> R<()> {
@@ -179,7 +287,7 @@ fn place_zones(
     let v = s
         .vpc(vpc)
         .ok_or_else(|| OpError::not_found("vpc", format!("no VPC {vpc}")))?;
-    let mut used = s.used_addresses(vpc);
+    let mut used = taken_in(s, v);
     let mut out = Vec::with_capacity(req.len());
     for (i, z) in req.into_iter().enumerate() {
         let f = format!("{field}[{i}]");
@@ -221,6 +329,9 @@ fn place_zone(
             ),
         ));
     }
+    if let Some(a) = z.eni {
+        not_vpc_own(vpc, &format!("{f}.eni"), a)?;
+    }
     let eni = match z.eni {
         Some(a) if vsw.cidr.contains(&a) && vsw.is_reserved(a) => {
             return Err(OpError::invalid(
@@ -247,6 +358,15 @@ fn place_zone(
         vswitch: vsw.id.clone(),
         eni,
     })
+}
+
+/// The addresses a new ENI of VPC `vpc` may not take: those in use (see
+/// `State::used_addresses`) and the VPC's resolver and probe addresses.
+fn taken_in(s: &State, vpc: &Vpc) -> std::collections::BTreeSet<Ipv4Addr> {
+    let mut used = s.used_addresses(&vpc.id);
+    used.extend(vpc.resolver);
+    used.extend(vpc.probe_address);
+    used
 }
 
 /// The zones a PATCH of endpoint `id` asks for, placed as `place_zones` does.
@@ -279,7 +399,7 @@ pub fn add_zone(s: &mut State, c: &Caller, id: &str, z: NewZone) -> R<Endpoint> 
     let vpc = s
         .vpc(&ep.vpc)
         .ok_or_else(|| OpError::internal(format!("endpoint {id}'s VPC {} is gone", ep.vpc)))?;
-    let mut used = s.used_addresses(&ep.vpc);
+    let mut used = taken_in(s, vpc);
     // The body is one zone: its fields are named without a list index.
     let zone = place_zone(vpc, svc, &mut used, z, "").map_err(|mut e| {
         e.field = e.field.map(|f| f.trim_start_matches('.').to_string());

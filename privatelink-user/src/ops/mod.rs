@@ -2,9 +2,11 @@
 //! them, what they check, what they change. No I/O; the API is a thin adapter over these.
 //! One file per kind, each request type beside its operations.
 
-use std::ops::Deref;
+use std::{net::Ipv4Addr, ops::Deref};
 
-use crate::model::{Endpoint, Lookup, Owned, State, lookup};
+use serde::{Deserialize, Deserializer};
+
+use crate::model::{Endpoint, Lookup, Owned, State, Vpc, lookup};
 
 mod account;
 mod connection;
@@ -129,6 +131,29 @@ fn set<T>(field: &mut T, v: Option<T>) {
     if let Some(v) = v {
         *field = v;
     }
+}
+
+/// A patch field that can be cleared (`Option<Option<T>>` with `#[serde(default,
+/// deserialize_with = "clearable")]`): left out, `None` (unchanged); `null`, `Some(None)`
+/// (cleared); a value, `Some(Some(v))`.
+fn clearable<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// Refuses address `a` (the request's `field`) for a new object in VPC `vpc` when it is
+/// the VPC's resolver or probe address (which the daemon holds on the VPC's interface).
+fn not_vpc_own(vpc: &Vpc, field: &str, a: Ipv4Addr) -> R<()> {
+    let role = if vpc.resolver == Some(a) {
+        "resolver"
+    } else if vpc.probe_address == Some(a) {
+        "probe address"
+    } else {
+        return Ok(());
+    };
+    Err(OpError::invalid(
+        field,
+        format!("{a} is VPC {}'s {role}; choose another address", vpc.id),
+    ))
 }
 
 /// The ids of the endpoints `uses` picks (those that hold on to what is to be deleted).

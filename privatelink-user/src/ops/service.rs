@@ -7,12 +7,15 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Caller, OpError, R, creator, endpoint_ids, own, seen, set, unique, visible};
+use super::{
+    Caller, OpError, R, admin_only, clearable, creator, endpoint_ids, not_vpc_own, own, seen, set,
+    unique, visible,
+};
 use crate::{
     desired::Unhealthy,
     model::{
-        Backend, EndpointService, GwlbSettings, Listener, ServiceType, State, check_listeners,
-        numeric_id,
+        Backend, EndpointService, GwlbSettings, HealthSettings, Listener, Naming, ServiceType,
+        State, check_listeners, numeric_id,
     },
 };
 
@@ -41,9 +44,18 @@ pub struct NewService {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snat_ports: Option<[u16; 2]>,
+    /// The custom service domain name (lowercase; verified by the operator before
+    /// consumers may enable it on their endpoints).
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// Interface services: how each zone's load balancer is health-checked, `{probe,
+    /// port, interval_ms, timeout_ms, healthy_threshold, unhealthy_threshold}` (left out:
+    /// TCP connects to the first TCP listener's port).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSettings>,
     /// Gateway services: the prefix list.
     #[serde(default)]
     #[schema(value_type = Vec<String>)]
@@ -70,7 +82,13 @@ fn interface_type() -> ServiceType {
     ServiceType::Interface
 }
 
-pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointService> {
+/// Creates a service; its custom domain must lie outside the running `naming`'s suffix.
+pub fn create_service(
+    s: &mut State,
+    c: &Caller,
+    req: NewService,
+    naming: &Naming,
+) -> R<EndpointService> {
     let owner = creator(s, c, &req.vpc)?;
     unique(s.service(&req.id).is_some(), "service", &req.id)?;
     for (i, w) in req.whitelist.iter().enumerate() {
@@ -94,7 +112,7 @@ pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointS
         snat_ports: req.snat_ports.unwrap_or(crate::model::DEFAULT_SNAT_PORTS),
         domain: req.domain,
         domain_verified: false,
-        health: None,
+        health: req.health,
         prefixes: req.prefixes,
         gwlb: req.gwlb,
         listeners: req.listeners,
@@ -104,8 +122,30 @@ pub fn create_service(s: &mut State, c: &Caller, req: NewService) -> R<EndpointS
     };
     check_listeners("listeners", &svc.listeners)?;
     svc.require_listeners("listeners")?;
+    if let Some(d) = &svc.domain {
+        EndpointService::check_domain("domain", d, &naming.suffix)?;
+    }
+    addresses_clear_of_vpc_own(s, &svc)?;
     s.services.push(svc.clone());
     Ok(svc)
+}
+
+/// The service's addresses in its VPC (load balancers or appliances, SNAT, GWLB) are not
+/// the VPC's resolver or probe address; errors name the request's field.
+fn addresses_clear_of_vpc_own(s: &State, svc: &EndpointService) -> R<()> {
+    let Some(vpc) = s.vpc(&svc.vpc) else {
+        return Ok(());
+    };
+    for (i, b) in svc.backends.iter().enumerate() {
+        not_vpc_own(vpc, &format!("backends[{i}].address"), b.address)?;
+    }
+    for (i, a) in svc.snat.iter().enumerate() {
+        not_vpc_own(vpc, &format!("snat[{i}]"), *a)?;
+    }
+    if let Some(g) = &svc.gwlb {
+        not_vpc_own(vpc, "gwlb.address", g.address)?;
+    }
+    Ok(())
 }
 
 pub(super) fn own_service<'a>(
@@ -134,8 +174,18 @@ pub struct ServicePatch {
     #[schema(value_type = Option<Vec<Object>>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backends: Option<Vec<Backend>>,
+    /// The custom service domain name; `null` removes it. A change (or removal) clears its
+    /// verification, and is refused while endpoints have it enabled.
+    #[serde(default, deserialize_with = "clearable")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
+    #[schema(value_type = Option<String>, nullable = true)]
+    pub domain: Option<Option<String>>,
+    /// Interface services: the load balancers' health checks (replacing the old ones as a
+    /// whole); `null` goes back to the defaults.
+    #[serde(default, deserialize_with = "clearable")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, nullable = true)]
+    pub health: Option<Option<HealthSettings>>,
     /// GWLB services: new settings (replacing the old ones as a whole).
     #[schema(value_type = Option<Object>)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -150,12 +200,46 @@ pub struct ServicePatch {
     pub endpoint_flow_share: Option<u8>,
 }
 
-pub fn update_service(s: &mut State, c: &Caller, id: &str, p: ServicePatch) -> R<EndpointService> {
+/// Changes a service's settings (its owner). A new custom domain must lie outside the
+/// running `naming`'s suffix.
+pub fn update_service(
+    s: &mut State,
+    c: &Caller,
+    id: &str,
+    p: ServicePatch,
+    naming: &Naming,
+) -> R<EndpointService> {
+    let old_domain = own_service(s, c, id)?.domain.clone();
+    if let Some(domain) = &p.domain
+        && *domain != old_domain
+    {
+        if let Some(d) = domain {
+            EndpointService::check_domain("domain", d, &naming.suffix)?;
+        }
+        // A consumer's name never changes under it: it turns the name off first.
+        let users = endpoint_ids(s, |e| e.service == id && e.service_domain);
+        if !users.is_empty() {
+            return Err(OpError::conflict(
+                "domain",
+                format!(
+                    "the domain {} is enabled on endpoints {}: it changes once their owners turn it off (service_domain), so no consumer's name changes under it",
+                    old_domain.as_deref().unwrap_or_default(),
+                    users.join(", "),
+                ),
+            ));
+        }
+    }
     let svc = own_service(s, c, id)?;
     set(&mut svc.auto_accept, p.auto_accept);
     set(&mut svc.zone_affinity, p.zone_affinity);
     set(&mut svc.backends, p.backends);
-    set(&mut svc.domain, p.domain.map(Some));
+    if let Some(d) = p.domain
+        && d != svc.domain
+    {
+        svc.domain = d;
+        svc.domain_verified = false;
+    }
+    set(&mut svc.health, p.health);
     set(&mut svc.gwlb, p.gwlb.map(Some));
     set(&mut svc.endpoint_flow_share, p.endpoint_flow_share);
     if let Some(v) = p.listeners {
@@ -163,6 +247,28 @@ pub fn update_service(s: &mut State, c: &Caller, id: &str, p: ServicePatch) -> R
         svc.listeners = v;
         svc.require_listeners("listeners")?;
     }
+    let svc = svc.clone();
+    addresses_clear_of_vpc_own(s, &svc)?;
+    Ok(svc)
+}
+
+/// The operator verifies that service `id`'s provider owns its custom domain (the lab has
+/// no public DNS for a TXT challenge: the operator checks out of band). Consumers may then
+/// enable the domain on their endpoints.
+pub fn verify_domain(s: &mut State, c: &Caller, id: &str) -> R<EndpointService> {
+    admin_only(c)?;
+    let svc = s
+        .services
+        .iter_mut()
+        .find(|x| x.id == id)
+        .ok_or_else(|| OpError::not_found("service", format!("no service {id}")))?;
+    if svc.domain.is_none() {
+        return Err(OpError::conflict(
+            "domain",
+            format!("service {id} has no custom domain to verify"),
+        ));
+    }
+    svc.domain_verified = true;
     Ok(svc.clone())
 }
 

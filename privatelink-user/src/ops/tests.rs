@@ -58,7 +58,13 @@ fn gwlb_services_and_endpoints_are_created_from_requests() {
                  "health": {"port": 8080, "probe": {"kind": "http", "path": "/healthz"}}},
     }))
     .unwrap();
-    let svc = create_service(&mut s, &Caller::Account("acct-b".into()), req).unwrap();
+    let svc = create_service(
+        &mut s,
+        &Caller::Account("acct-b".into()),
+        req,
+        &crate::model::Naming::default(),
+    )
+    .unwrap();
     assert!(svc.snat.is_empty());
     assert_eq!(svc.gwlb.as_ref().unwrap().health.port, 8080);
     let req: NewEndpoint = serde_json::from_value(serde_json::json!({

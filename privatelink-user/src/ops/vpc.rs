@@ -1,10 +1,13 @@
-//! VPCs and their vSwitches (operator).
+//! VPCs and their vSwitches (operator), and their resolver and probe addresses (operator
+//! or the VPC's owner).
+
+use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Caller, OpError, R, admin_only, unique, visible};
+use super::{Caller, OpError, R, admin_only, clearable, seen, set, unique, visible};
 use crate::model::{State, VSwitch, Vpc};
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -22,6 +25,16 @@ pub struct NewVpc {
     /// host's stack). Off by default: tenants cannot reach the forwarder host.
     #[serde(default)]
     pub host_traffic: bool,
+    /// The VPC's DNS resolver address (inside the VPC's CIDR or not): its clients ask it
+    /// for endpoint, zone and custom service domain names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "10.10.1.53")]
+    pub resolver: Option<Ipv4Addr>,
+    /// The address, inside the VPC's CIDR, that health checks of the load balancers in
+    /// this VPC leave from (none: they are not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "10.10.0.250")]
+    pub probe_address: Option<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -57,8 +70,8 @@ pub fn create_vpc(s: &mut State, c: &Caller, req: NewVpc) -> R<Vpc> {
             })
             .collect(),
         host_traffic: req.host_traffic,
-        resolver: None,
-        probe_address: None,
+        resolver: req.resolver,
+        probe_address: req.probe_address,
     };
     s.vpcs.push(vpc.clone());
     Ok(vpc)
@@ -66,4 +79,37 @@ pub fn create_vpc(s: &mut State, c: &Caller, req: NewVpc) -> R<Vpc> {
 
 pub fn list_vpcs(s: &State, c: &Caller) -> Vec<Vpc> {
     visible(&s.vpcs, c)
+}
+
+pub fn get_vpc(s: &State, c: &Caller, id: &str) -> R<Vpc> {
+    seen(&s.vpcs, c, "VPC", "vpc", id).cloned()
+}
+
+/// A change of a VPC's addresses: left out, unchanged; `null`, removed; an address, set.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VpcPatch {
+    #[serde(default, deserialize_with = "clearable")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable = true, example = "10.10.1.53")]
+    pub resolver: Option<Option<Ipv4Addr>>,
+    #[serde(default, deserialize_with = "clearable")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable = true, example = "10.10.0.250")]
+    pub probe_address: Option<Option<Ipv4Addr>>,
+}
+
+/// Sets or removes VPC `id`'s resolver and probe addresses: the operator, or the account
+/// that owns the VPC (as a cloud's VPC owner sets its DHCP options). The rules (unicast,
+/// the probe address inside the CIDR, no address in use) are `State::validate`'s.
+pub fn update_vpc(s: &mut State, c: &Caller, id: &str, p: VpcPatch) -> R<Vpc> {
+    seen(&s.vpcs, c, "VPC", "vpc", id)?;
+    let vpc = s
+        .vpcs
+        .iter_mut()
+        .find(|v| v.id == id)
+        .ok_or_else(|| OpError::not_found("vpc", format!("no VPC {id}")))?;
+    set(&mut vpc.resolver, p.resolver);
+    set(&mut vpc.probe_address, p.probe_address);
+    Ok(vpc.clone())
 }

@@ -107,6 +107,50 @@ impl State {
         Ok(())
     }
 
+    /// An endpoint that enables its service's custom domain is an interface endpoint of a
+    /// service whose domain is verified, and the first in its VPC to enable that domain:
+    /// seed 001, "the first enabled wins" (the name has one answer in a VPC).
+    pub(super) fn validate_service_domains(&self) -> Result<(), FieldError> {
+        let mut enabled: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if !e.service_domain {
+                continue;
+            }
+            let field = format!("endpoints[{i}].service_domain");
+            let Some(svc) = self.service(&e.service) else {
+                continue;
+            };
+            if svc.kind != ServiceType::Interface {
+                return err(
+                    field,
+                    "only interface endpoints resolve a custom service domain",
+                );
+            }
+            let Some(domain) = svc.domain.as_deref() else {
+                return err(field, format!("service {} has no custom domain", svc.id));
+            };
+            if !svc.domain_verified {
+                return err(
+                    field,
+                    format!(
+                        "the domain {domain} of service {} is not verified yet (the operator verifies it)",
+                        svc.id
+                    ),
+                );
+            }
+            if let Some(first) = enabled.insert((&e.vpc, domain), &e.id) {
+                return err(
+                    field,
+                    format!(
+                        "endpoint {first} already resolves {domain} in VPC {} (the first enabled wins; turn it off there first)",
+                        e.vpc
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Interface endpoints have ENIs in zones; gateway endpoints a route target and a
     /// policy, and the service's prefixes must be routable (outside the VPC).
     fn validate_endpoint_kind(

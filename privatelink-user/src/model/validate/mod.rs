@@ -100,7 +100,9 @@ impl State {
         // addresses either.
         let mut enis = self.validate_services(&mut ids)?;
         self.validate_endpoints(&mut ids, &mut enis)?;
+        self.validate_vpc_addresses()?;
         self.validate_gateway_routes()?;
+        self.validate_service_domains()?;
         self.validate_filters(&mut ids)
     }
 

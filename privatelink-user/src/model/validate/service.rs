@@ -5,7 +5,8 @@ use std::{
 
 use super::{FieldError, Ids, check_prefix, err, refuse, usable};
 use crate::model::{
-    EndpointService, GwlbSettings, Listener, MAX_APPLIANCES, MAX_LISTENERS, ServiceType, State, Vpc,
+    EndpointService, GwlbSettings, Listener, MAX_APPLIANCES, MAX_LISTENERS, ServiceType, State,
+    Vpc, names,
 };
 
 /// The addresses services take in each VPC: per (VPC, address), the services using it and
@@ -45,6 +46,7 @@ impl State {
                 }
                 (_, None) => validate_lb_service(&f, s, vpc, &taken, &mut snat_used)?,
             }
+            validate_names_and_health(&f, s)?;
         }
         let mut enis: BTreeSet<(String, Ipv4Addr)> = snat_used.clone();
         enis.extend(taken.into_keys());
@@ -357,7 +359,64 @@ fn validate_gwlb_service(
         .or_else(|(field, message)| err(format!("{f}.gwlb.health.{field}"), message))
 }
 
+/// A service's custom domain (see `EndpointService::check_domain`; the model knows no
+/// running suffix, so the default one is kept clear), its verification, and its load
+/// balancers' health checks (interface services only; none given: the defaults, and a
+/// service with only UDP listeners is not probed).
+fn validate_names_and_health(f: &str, s: &EndpointService) -> Result<(), FieldError> {
+    if let Some(d) = &s.domain {
+        EndpointService::check_domain(&format!("{f}.domain"), d, names::DEFAULT_SUFFIX)?;
+    }
+    refuse(
+        f,
+        &[
+            (
+                "domain_verified",
+                s.domain_verified && s.domain.is_none(),
+                "a service without a domain has nothing verified",
+            ),
+            (
+                "health",
+                s.health.is_some() && s.kind != ServiceType::Interface,
+                "only interface services have load balancer health checks (GWLB services: gwlb.health)",
+            ),
+        ],
+    )?;
+    match &s.health {
+        Some(h) => h
+            .check()
+            .or_else(|(field, message)| err(format!("{f}.health.{field}"), message)),
+        None => Ok(()),
+    }
+}
+
 impl EndpointService {
+    /// Checks `domain` (at `field`) as a custom service domain name: a lowercase domain
+    /// name (see `names::check_domain`) that neither lies under the naming `suffix` the
+    /// daemon answers for nor contains it (the custom domain's private zone would hide
+    /// the endpoint names in the VPCs that enable it).
+    pub fn check_domain(field: &str, domain: &str, suffix: &str) -> Result<(), FieldError> {
+        if domain.bytes().any(|c| c.is_ascii_uppercase()) {
+            return err(
+                field,
+                format!(
+                    "{domain:?} has capitals: write it in lowercase ({:?}; DNS names are case-insensitive)",
+                    domain.to_ascii_lowercase()
+                ),
+            );
+        }
+        names::check_domain(domain).or_else(|e| err(field, e))?;
+        if names::is_within(domain, suffix) || names::is_within(suffix, domain) {
+            return err(
+                field,
+                format!(
+                    "{domain} overlaps {suffix}, under which the endpoint names are given; choose a domain of the provider's own"
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// Interface and gateway services publish at least one listener. Required of every
     /// service created or changed, and of declarative state files; a service stored by an
     /// earlier build (which forwarded every port) loads with none and publishes nothing

@@ -1,7 +1,7 @@
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use super::{FieldError, Ids, check_cidr, check_id, err, overlap};
-use crate::model::State;
+use super::{FieldError, Ids, check_cidr, check_id, err, overlap, usable};
+use crate::model::{ServiceType, State, Vpc};
 
 const MAX_IFNAME: usize = 15;
 
@@ -51,7 +51,103 @@ impl State {
                     }
                 }
             }
+            check_host_addresses(&f, v)?;
         }
         Ok(())
     }
+
+    /// The resolver and probe addresses of every VPC are no other address in use in it
+    /// (checked once the services and endpoints are: the message names the user).
+    pub(super) fn validate_vpc_addresses(&self) -> Result<(), FieldError> {
+        for (i, v) in self.vpcs.iter().enumerate() {
+            for (name, a) in [("resolver", v.resolver), ("probe_address", v.probe_address)] {
+                let Some(a) = a else { continue };
+                if let Some(user) = self.address_use(&v.id, a) {
+                    return err(
+                        format!("vpcs[{i}].{name}"),
+                        format!("{a} is {user} in VPC {}", v.id),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What address `a` already is in VPC `vpc`, as a phrase ("endpoint ep-a's ENI"): an
+    /// endpoint's ENI or route target, or a service's load balancer, SNAT, GWLB or
+    /// appliance address. The VPC's own resolver and probe addresses are not counted.
+    pub fn address_use(&self, vpc: &str, a: Ipv4Addr) -> Option<String> {
+        for e in self.endpoints.iter().filter(|e| e.vpc == vpc) {
+            if e.zones.iter().any(|z| z.eni == a) {
+                return Some(format!("endpoint {}'s ENI", e.id));
+            }
+            if e.gateway == Some(a) {
+                return Some(format!("endpoint {}'s route target", e.id));
+            }
+        }
+        for s in self.services.iter().filter(|s| s.vpc == vpc) {
+            let backend = match s.kind {
+                ServiceType::Gwlb => "an appliance",
+                _ => "a load balancer address",
+            };
+            if s.backends.iter().any(|b| b.address == a) {
+                return Some(format!("{backend} of service {}", s.id));
+            }
+            if s.snat.contains(&a) {
+                return Some(format!("a SNAT address of service {}", s.id));
+            }
+            if s.gwlb.as_ref().is_some_and(|g| g.address == a) {
+                return Some(format!("the GWLB address of service {}", s.id));
+            }
+        }
+        None
+    }
+}
+
+/// A VPC's resolver and probe addresses: unicast host addresses, not the same one; the
+/// probe address inside the VPC's CIDR (the load balancers answer it there), the resolver
+/// anywhere (a cloud's resolver often lies outside, as Alibaba Cloud's 100.100.2.136),
+/// but if inside, not the CIDR's network or broadcast address.
+fn check_host_addresses(f: &str, v: &Vpc) -> Result<(), FieldError> {
+    for (name, a) in [("resolver", v.resolver), ("probe_address", v.probe_address)] {
+        let Some(a) = a else { continue };
+        let field = format!("{f}.{name}");
+        if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+            return err(
+                field,
+                format!(
+                    "{a} is not a unicast host address (not 0.0.0.0, loopback, multicast or broadcast)"
+                ),
+            );
+        }
+        if v.cidr.contains(&a) && !usable(&v.cidr, a) {
+            return err(
+                field,
+                format!(
+                    "{a} is the network or broadcast address of the VPC's {}",
+                    v.cidr
+                ),
+            );
+        }
+    }
+    if let Some(p) = v.probe_address
+        && !v.cidr.contains(&p)
+    {
+        return err(
+            format!("{f}.probe_address"),
+            format!(
+                "{p} is not inside the VPC's {}: the load balancers answer the probes there",
+                v.cidr
+            ),
+        );
+    }
+    if let (Some(r), Some(p)) = (v.resolver, v.probe_address)
+        && r == p
+    {
+        return err(
+            format!("{f}.probe_address"),
+            format!("{p} is the VPC's resolver address too; give each its own"),
+        );
+    }
+    Ok(())
 }
