@@ -6,15 +6,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use privatelink_common::{
     Appliance, ApplianceSet, ConnectionState, ENI_FLAG_ACL, ENI_FLAG_GATEWAY, ENI_FLAG_GWLB,
     ENI_FLAG_LB_SET, ENI_FLAG_REBALANCE, ENI_FLAG_SG, ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3,
-    ENI_FLAG_WHITELISTED, EndpointEni, GatewayRoute, GwlbZone, HOST_ADDR, IFACE_FLAG_APPLIANCES,
-    IFACE_FLAG_GATEWAYS, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, LbSet, Listener, ListenerSet,
-    MAX_APPLIANCES, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT,
-    RULE_DROP, Rule, RuleSet, SnatPool, VpcAddr, VpcPort, host_peer,
+    ENI_FLAG_WHITELISTED, EndpointEni, GatewayRoute, GwlbZone, HOST_ADDR, HOST_DNS,
+    IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, LbSet,
+    Listener, ListenerSet, MAX_APPLIANCES, MAX_LBS_PER_ZONE, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, Rule, RuleSet, SnatPool, VpcAddr, VpcPort,
+    host_peer,
 };
 
 use crate::model::{
-    Direction, Endpoint, EndpointService, Failover, FieldError, GwlbSettings, Protocol, RuleAction,
-    ServiceType, State, Stickiness, Vpc, numeric_id,
+    Backend, Direction, Endpoint, EndpointService, Failover, FieldError, GwlbSettings, Protocol,
+    RuleAction, ServiceType, State, Stickiness, Vpc, numeric_id,
 };
 
 /// An interface as the kernel knows it.
@@ -73,6 +74,58 @@ pub fn lb_set(lbs: &[&crate::model::Backend]) -> LbSet {
             .unwrap_or(0) as u8;
     }
     set
+}
+
+/// The load balancers new flows at an interface endpoint's ENI in `zone` go to, healthy
+/// ones first (`unhealthy`: the health view; a load balancer that is not checked counts as
+/// healthy):
+///
+/// - the zone's own healthy ones, as `backends_for_zone` picks them (with zone affinity
+///   those of the zone; without it every zone's);
+/// - else every healthy one of every zone (failover: the zone's load balancers are all
+///   down, or it has none), at most `MAX_LBS_PER_ZONE` in declaration order;
+/// - else, nothing healthy anywhere, what `backends_for_zone` picks (fail open: without
+///   working checks, as if nothing were checked).
+///
+/// Only new flows follow: an established flow keeps the load balancer it started with.
+pub fn lbs_for_zone<'a>(
+    svc: &'a EndpointService,
+    zone: &str,
+    unhealthy: &Unhealthy,
+) -> Vec<&'a Backend> {
+    let vpc_id = numeric_id(&svc.vpc);
+    let healthy = |b: &&Backend| !unhealthy.contains(&(vpc_id, b.address.octets()));
+    let own: Vec<&Backend> = svc
+        .backends_for_zone(zone)
+        .into_iter()
+        .filter(healthy)
+        .collect();
+    if !own.is_empty() {
+        return own;
+    }
+    let mut any: Vec<&Backend> = svc.backends.iter().filter(healthy).collect();
+    if !any.is_empty() {
+        any.truncate(MAX_LBS_PER_ZONE);
+        return any;
+    }
+    svc.backends_for_zone(zone)
+}
+
+/// A PL_HOST entry for one of the host's own addresses in a VPC (`HOST_ADDR`,
+/// `HOST_DNS`). Validation keeps own addresses and peers apart; should they meet anyway,
+/// an own address wins over a peer and the first own role stays.
+fn host_own(d: &mut Desired, key: VpcAddr, role: u32) {
+    match d.host.get(&key) {
+        Some(&r) if r == HOST_ADDR || r == HOST_DNS => {}
+        _ => {
+            d.host.insert(key, role);
+        }
+    }
+}
+
+/// A PL_HOST entry for a peer the host probes; an address already there keeps its role.
+fn host_peer_entry(d: &mut Desired, key: VpcAddr, role: u32) {
+    d.host.entry(key).or_insert(role);
 }
 
 /// A service's listeners as the data path matches them.
@@ -158,8 +211,9 @@ pub struct NextHop {
     pub ask_from: [u8; 4],
 }
 
-/// The maps' content for `state`, with interfaces looked up by `link` and GWLB appliance
-/// sets built from the healthy appliances (those not in `unhealthy`).
+/// The maps' content for `state`, with interfaces looked up by `link`, and GWLB appliance
+/// sets and interface endpoints' load balancers built from the healthy ones (those not in
+/// `unhealthy`, see `lbs_for_zone`).
 pub fn compute(
     state: &State,
     link: impl Fn(&str) -> Result<Link, String>,
@@ -199,6 +253,20 @@ pub fn compute_with_hops(
                 mtu: l.mtu,
             },
         );
+        // The host's own addresses in the VPC: the source of its load balancers' health
+        // checks, and the VPC's DNS resolver.
+        for (addr, role) in [(vpc.probe_address, HOST_ADDR), (vpc.resolver, HOST_DNS)] {
+            if let Some(a) = addr {
+                host_own(
+                    &mut d,
+                    VpcAddr {
+                        vpc_id,
+                        addr: a.octets(),
+                    },
+                    role,
+                );
+            }
+        }
     }
     for svc in &state.services {
         let service_id = numeric_id(&svc.id);
@@ -208,6 +276,23 @@ pub fn compute_with_hops(
             continue;
         }
         d.listeners.insert(service_id, listener_set(svc));
+        // Load balancers health-checked from the VPC's probe address: the host's stack
+        // must see their answers on the probe port.
+        if let (Some(_), Some(h)) = (
+            state.vpc(&svc.vpc).and_then(|v| v.probe_address),
+            crate::monitor::lb_probe(svc),
+        ) {
+            for b in &svc.backends {
+                host_peer_entry(
+                    &mut d,
+                    VpcAddr {
+                        vpc_id,
+                        addr: b.address.octets(),
+                    },
+                    host_peer(PROTO_TCP, h.port),
+                );
+            }
+        }
         let mut addrs = [[0u8; 4]; MAX_SNAT_ADDRS];
         for (slot, a) in addrs.iter_mut().zip(&svc.snat) {
             *slot = a.octets();
@@ -242,7 +327,7 @@ pub fn compute_with_hops(
                 .iter()
                 .find(|s| s.id == z.vswitch)
                 .expect("validated");
-            let lbs = svc.backends_for_zone(&vsw.zone);
+            let lbs = lbs_for_zone(svc, &vsw.zone, unhealthy);
             let backend = lbs[0];
             let mut flags = if svc.admits(&ep.account) {
                 ENI_FLAG_WHITELISTED
@@ -483,7 +568,8 @@ fn gwlb_service(
     let healthy = |a: &std::net::Ipv4Addr| !unhealthy.contains(&(vpc_id, a.octets()));
     // Health checks leave from the GWLB address: the host's stack must see the
     // appliances' answers to it, and nothing else of the VPC.
-    d.host.insert(
+    host_own(
+        d,
         VpcAddr {
             vpc_id,
             addr: g.address.octets(),
@@ -491,7 +577,8 @@ fn gwlb_service(
         HOST_ADDR,
     );
     for b in &svc.backends {
-        d.host.insert(
+        host_peer_entry(
+            d,
             VpcAddr {
                 vpc_id,
                 addr: b.address.octets(),
@@ -909,6 +996,210 @@ mod tests {
         let other: Unhealthy = [(numeric_id("vpc-b"), ip("10.20.1.10"))].into();
         let d = compute(&s, links, &other).unwrap();
         assert_eq!(targets(&d, "zone-a").len(), 2);
+    }
+
+    /// The lab with two zones: a zone-b vSwitch in the consumer VPC with an ENI of ep-a
+    /// (10.10.9.1), a zone-b load balancer (10.10.0.11), a probe address in the provider
+    /// VPC and a resolver in the consumer VPC.
+    fn two_zone_state() -> State {
+        let mut s = parse_state(LAB).unwrap();
+        s.vpcs[0].vswitches.push(crate::model::VSwitch {
+            id: "vsw-a9".into(),
+            zone: "zone-b".into(),
+            cidr: "10.10.9.0/24".parse().unwrap(),
+        });
+        s.vpcs[0].resolver = Some("10.10.1.2".parse().unwrap());
+        s.vpcs[1].probe_address = Some("10.10.0.250".parse().unwrap());
+        s.services[0].backends.push(crate::model::Backend {
+            zone: "zone-b".into(),
+            address: "10.10.0.11".parse().unwrap(),
+        });
+        s.endpoints[0].zones.push(crate::model::EndpointZone {
+            vswitch: "vsw-a9".into(),
+            eni: "10.10.9.1".parse().unwrap(),
+        });
+        s.validate().unwrap();
+        s
+    }
+
+    /// Load balancers of the provider VPC vpc-b judged unhealthy.
+    fn lbs_down(addrs: &[&str]) -> Unhealthy {
+        addrs.iter().map(|a| (numeric_id("vpc-b"), ip(a))).collect()
+    }
+
+    /// The load balancer new flows at ENI `eni` of vpc-a go to, and its LB set if any.
+    fn eni_lbs(d: &Desired, eni: &str) -> ([u8; 4], Option<Vec<[u8; 4]>>) {
+        let e = d.endpoints[&VpcAddr {
+            vpc_id: numeric_id("vpc-a"),
+            addr: ip(eni),
+        }];
+        let set = (e.flags & ENI_FLAG_LB_SET != 0).then(|| {
+            let set = d.lb_sets[&GwlbZone {
+                service_id: e.service_id,
+                zone_id: e.zone_id,
+            }];
+            set.addrs[..set.count as usize].to_vec()
+        });
+        (e.lb_addr, set)
+    }
+
+    #[test]
+    fn zones_fail_over_to_healthy_load_balancers_and_back() {
+        let s = two_zone_state();
+        let (a, b) = (ip("10.10.0.10"), ip("10.10.0.11"));
+        // All healthy: each ENI its own zone's load balancer.
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        assert_eq!(eni_lbs(&d, "10.10.1.100"), (a, None));
+        assert_eq!(eni_lbs(&d, "10.10.9.1"), (b, None));
+        // Zone A's down: zone A's ENI sends new flows to zone B's; zone B's ENI is
+        // unchanged, and the ENI keeps its own zone (for the LB set and the counters).
+        let down = compute(&s, links, &lbs_down(&["10.10.0.10"])).unwrap();
+        assert_eq!(eni_lbs(&down, "10.10.1.100"), (b, None));
+        assert_eq!(eni_lbs(&down, "10.10.9.1"), (b, None));
+        let key = |eni: &str| VpcAddr {
+            vpc_id: numeric_id("vpc-a"),
+            addr: ip(eni),
+        };
+        assert_eq!(
+            down.endpoints[&key("10.10.1.100")].zone_id,
+            numeric_id("zone-a")
+        );
+        assert_eq!(
+            down.endpoints[&key("10.10.9.1")],
+            d.endpoints[&key("10.10.9.1")]
+        );
+        // Back healthy: its own again, exactly as before.
+        assert_eq!(compute(&s, links, &Unhealthy::new()).unwrap(), d);
+        // Zone B's down: the mirror image.
+        let down = compute(&s, links, &lbs_down(&["10.10.0.11"])).unwrap();
+        assert_eq!(eni_lbs(&down, "10.10.9.1"), (a, None));
+        assert_eq!(eni_lbs(&down, "10.10.1.100"), (a, None));
+        // Nothing healthy: fail open, as if nothing were checked.
+        let all = compute(&s, links, &lbs_down(&["10.10.0.10", "10.10.0.11"])).unwrap();
+        assert_eq!(all.endpoints, d.endpoints);
+        // The same address in another VPC is not this load balancer.
+        let other: Unhealthy = [(numeric_id("vpc-a"), a)].into();
+        assert_eq!(compute(&s, links, &other).unwrap().endpoints, d.endpoints);
+    }
+
+    #[test]
+    fn a_zone_with_several_load_balancers_fails_over_only_when_all_are_down() {
+        let mut s = two_zone_state();
+        s.services[0].backends.push(crate::model::Backend {
+            zone: "zone-a".into(),
+            address: "10.10.0.12".parse().unwrap(),
+        });
+        s.services[0].backends.push(crate::model::Backend {
+            zone: "zone-b".into(),
+            address: "10.10.0.13".parse().unwrap(),
+        });
+        s.validate().unwrap();
+        let (a1, a2, b1, b2) = (
+            ip("10.10.0.10"),
+            ip("10.10.0.12"),
+            ip("10.10.0.11"),
+            ip("10.10.0.13"),
+        );
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        assert_eq!(eni_lbs(&d, "10.10.1.100"), (a1, Some(vec![a1, a2])));
+        // One of zone A's down: the other carries zone A alone.
+        let d = compute(&s, links, &lbs_down(&["10.10.0.10"])).unwrap();
+        assert_eq!(eni_lbs(&d, "10.10.1.100"), (a2, None));
+        assert_eq!(eni_lbs(&d, "10.10.9.1"), (b1, Some(vec![b1, b2])));
+        // Both down: every healthy one of every zone (zone B's two).
+        let d = compute(&s, links, &lbs_down(&["10.10.0.10", "10.10.0.12"])).unwrap();
+        assert_eq!(eni_lbs(&d, "10.10.1.100"), (b1, Some(vec![b1, b2])));
+        // Without zone affinity every ENI spreads over the healthy ones of all zones.
+        s.services[0].zone_affinity = false;
+        let d = compute(&s, links, &lbs_down(&["10.10.0.11"])).unwrap();
+        for eni in ["10.10.1.100", "10.10.9.1"] {
+            assert_eq!(eni_lbs(&d, eni), (a1, Some(vec![a1, a2, b2])), "{eni}");
+        }
+    }
+
+    #[test]
+    fn probe_and_resolver_addresses_and_probed_load_balancers_reach_the_host_map() {
+        let s = two_zone_state();
+        let key = |vpc: &str, a: &str| VpcAddr {
+            vpc_id: numeric_id(vpc),
+            addr: ip(a),
+        };
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        let port80 = host_peer(PROTO_TCP, 80);
+        assert_eq!(
+            d.host,
+            BTreeMap::from([
+                (key("vpc-a", "10.10.1.2"), HOST_DNS),
+                (key("vpc-b", "10.10.0.250"), HOST_ADDR),
+                (key("vpc-b", "10.10.0.10"), port80),
+                (key("vpc-b", "10.10.0.11"), port80),
+            ])
+        );
+        // The service's health port when it has settings.
+        let mut t = s.clone();
+        t.services[0].health = Some(crate::model::HealthSettings {
+            port: 8080,
+            ..Default::default()
+        });
+        let d = compute(&t, links, &Unhealthy::new()).unwrap();
+        assert_eq!(
+            d.host[&key("vpc-b", "10.10.0.11")],
+            host_peer(PROTO_TCP, 8080)
+        );
+        // Only UDP listeners and no settings: not probed, no peers.
+        let mut t = s.clone();
+        t.services[0].listeners = vec!["udp:53".parse().unwrap()];
+        let d = compute(&t, links, &Unhealthy::new()).unwrap();
+        assert!(!d.host.contains_key(&key("vpc-b", "10.10.0.10")));
+        assert_eq!(d.host[&key("vpc-b", "10.10.0.250")], HOST_ADDR);
+        // No probe address: nothing probed, nothing of the provider VPC reaches the host.
+        let mut t = s.clone();
+        t.vpcs[1].probe_address = None;
+        t.vpcs[0].resolver = None;
+        assert!(
+            compute(&t, links, &Unhealthy::new())
+                .unwrap()
+                .host
+                .is_empty()
+        );
+        // An address both a probe address and a probed load balancer (validation refuses
+        // it): no crash, the host's own role wins.
+        let mut t = s.clone();
+        t.vpcs[1].probe_address = Some("10.10.0.10".parse().unwrap());
+        let d = compute(&t, links, &Unhealthy::new()).unwrap();
+        assert_eq!(d.host[&key("vpc-b", "10.10.0.10")], HOST_ADDR);
+    }
+
+    #[test]
+    fn load_balancer_health_leaves_gateway_and_gwlb_entries_alone() {
+        // A gateway service whose next hop is the interface service's load balancer.
+        let mut s = parse_state(&format!("{LAB}{GWLB_TEST_STATE}")).unwrap();
+        s.vpcs[1].probe_address = Some("10.10.0.250".parse().unwrap());
+        let mut g = s.services[0].clone();
+        g.id = "epsrv-oss".into();
+        g.kind = ServiceType::Gateway;
+        g.snat = vec!["10.10.0.202".parse().unwrap()];
+        g.prefixes = vec!["100.64.10.0/24".parse().unwrap()];
+        s.services.push(g);
+        let mut e = s.endpoints[0].clone();
+        e.id = "ep-oss".into();
+        e.service = "epsrv-oss".into();
+        e.zones.clear();
+        e.gateway = Some("10.10.1.1".parse().unwrap());
+        s.endpoints.push(e);
+        s.validate().unwrap();
+        let healthy = compute(&s, links, &Unhealthy::new()).unwrap();
+        let down = compute(&s, links, &lbs_down(&["10.10.0.10"])).unwrap();
+        assert_eq!(down.gw_routes, healthy.gw_routes, "gateway and GWLB routes");
+        assert_eq!(down.gw_addrs, healthy.gw_addrs);
+        assert_eq!(down.gwlb_targets, healthy.gwlb_targets);
+        assert_eq!(down.gwlb_appliances, healthy.gwlb_appliances);
+        // One load balancer only: fail open, the interface ENI keeps it too.
+        assert_eq!(down.endpoints, healthy.endpoints);
+        // And an appliance's verdict moves nothing of the interface endpoints.
+        let appl = compute(&s, links, &unhealthy(&["10.20.2.10"])).unwrap();
+        assert_eq!(appl.endpoints, healthy.endpoints);
+        assert_ne!(appl.gwlb_targets, healthy.gwlb_targets);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use http_body_util::Empty;
@@ -31,57 +31,52 @@ pub use crate::model::health::{
     HealthSettings, MAX_THRESHOLD, MIN_INTERVAL_MS, MIN_TIMEOUT_MS, Probe,
 };
 
-/// A target's state: healthy or not, and the current run of equal probe results.
+/// A target's state: healthy or not, the current run of probe results that disagree with
+/// it, and since when it has been in it (the last flip, or the start of its checks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Health {
     pub healthy: bool,
     pub streak: u32,
+    pub since: SystemTime,
 }
 
 impl Health {
-    /// Where every target starts: healthy (traffic is not held back before the first checks).
+    /// Where every target starts: healthy (traffic is not held back before the first
+    /// checks). `since` is a placeholder: a checker stamps it with its start.
     pub const START: Health = Health {
         healthy: true,
         streak: 0,
+        since: SystemTime::UNIX_EPOCH,
     };
 }
 
 /// The threshold logic alone: the next state after one probe result. A target starts
-/// healthy (traffic is not held back before the first checks).
+/// healthy (traffic is not held back before the first checks). `since` is carried over:
+/// whoever runs the probes stamps a flip with its time.
 pub fn step(h: Health, ok: bool, s: &HealthSettings) -> Health {
-    match (h.healthy, ok) {
-        (true, true) | (false, false) => Health {
-            healthy: h.healthy,
-            streak: 0,
-        },
+    let (healthy, streak) = match (h.healthy, ok) {
+        (true, true) | (false, false) => (h.healthy, 0),
         (true, false) => {
             let n = h.streak + 1;
             if n >= s.unhealthy_threshold {
-                Health {
-                    healthy: false,
-                    streak: 0,
-                }
+                (false, 0)
             } else {
-                Health {
-                    healthy: true,
-                    streak: n,
-                }
+                (true, n)
             }
         }
         (false, true) => {
             let n = h.streak + 1;
             if n >= s.healthy_threshold {
-                Health {
-                    healthy: true,
-                    streak: 0,
-                }
+                (true, 0)
             } else {
-                Health {
-                    healthy: false,
-                    streak: n,
-                }
+                (false, n)
             }
         }
+    };
+    Health {
+        healthy,
+        streak,
+        since: h.since,
     }
 }
 
@@ -205,6 +200,16 @@ impl<K: Clone + Ord> Checker<K> {
     pub fn subscribe(&self) -> watch::Receiver<BTreeMap<K, Health>> {
         self.rx.clone()
     }
+
+    /// A checker that probes nothing and holds `verdicts` (tests of its readers).
+    #[cfg(test)]
+    pub(crate) fn fixed(verdicts: BTreeMap<K, Health>) -> Self {
+        let (_tx, rx) = watch::channel(verdicts);
+        Checker {
+            rx,
+            tasks: Vec::new(),
+        }
+    }
 }
 
 /// How a checker runs besides its targets and settings.
@@ -222,7 +227,8 @@ pub struct CheckerOptions<K> {
 
 /// Checks `targets` until the returned checker is dropped. Each target is probed every
 /// interval by its own task; a change of verdict is published on the checker's channel
-/// (and `notify`). Must be called inside a tokio runtime.
+/// (and `notify`) with the time of the change in `since`. A target not in `opts.start`
+/// starts healthy since now. Must be called inside a tokio runtime.
 pub fn spawn<K>(
     targets: BTreeMap<K, SocketAddr>,
     s: HealthSettings,
@@ -231,13 +237,15 @@ pub fn spawn<K>(
 where
     K: Clone + Ord + Send + Sync + std::fmt::Display + 'static,
 {
+    let now = SystemTime::now();
     let start: BTreeMap<K, Health> = targets
         .keys()
         .map(|k| {
-            (
-                k.clone(),
-                opts.start.get(k).copied().unwrap_or(Health::START),
-            )
+            let fresh = Health {
+                since: now,
+                ..Health::START
+            };
+            (k.clone(), opts.start.get(k).copied().unwrap_or(fresh))
         })
         .collect();
     let (tx, rx) = watch::channel(start.clone());
@@ -274,8 +282,11 @@ where
                             false
                         }
                     };
-                    let n = step(h, ok, &s);
+                    let mut n = step(h, ok, &s);
                     let changed = n.healthy != h.healthy;
+                    if changed {
+                        n.since = SystemTime::now();
+                    }
                     h = n;
                     tx.send_if_modified(|m| {
                         m.insert(id.clone(), n);
@@ -301,10 +312,7 @@ mod tests {
     #[test]
     fn thresholds_need_runs_in_a_row() {
         let s = HealthSettings::default();
-        let mut h = Health {
-            healthy: true,
-            streak: 0,
-        };
+        let mut h = Health::START;
         for ok in [false, false, true, false, false] {
             h = step(h, ok, &s);
             assert!(
@@ -414,6 +422,7 @@ mod tests {
             ..HealthSettings::default()
         };
         let notify = Arc::new(Notify::new());
+        let t0 = SystemTime::now();
         let checker = spawn(
             BTreeMap::from([("a1".to_string(), addr)]),
             s,
@@ -423,8 +432,11 @@ mod tests {
             },
         );
         let mut rx = checker.subscribe();
-        assert!(checker.verdicts()["a1"].healthy, "a target starts healthy");
+        let start = checker.verdicts()["a1"];
+        assert!(start.healthy, "a target starts healthy");
+        assert!(start.since >= t0, "healthy since its checks started");
         drop(l);
+        let t1 = SystemTime::now();
         let down = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 rx.changed().await.unwrap();
@@ -435,6 +447,11 @@ mod tests {
         })
         .await;
         assert!(down.is_ok(), "the closed target turned unhealthy");
+        let since = checker.verdicts()["a1"].since;
+        assert!(
+            t1 <= since && since <= SystemTime::now(),
+            "unhealthy since the flip"
+        );
         tokio::time::timeout(Duration::from_secs(1), notify.notified())
             .await
             .expect("the verdict change was notified");
