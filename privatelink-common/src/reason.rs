@@ -65,10 +65,13 @@ reasons! {
     PassHost = 41 => "pass_host", false;
     ArpLearned = 42 => "arp_learned", false;
     DropEndpointFlowLimit = 43 => "drop_endpoint_flow_limit", true;
+    // A DNS query (UDP or TCP to port 53) to the VPC's resolver address, passed to the
+    // host's stack, which serves it.
+    PassDns = 44 => "pass_dns", false;
 }
 
 /// Size of the `PL_STATS` array.
-pub const REASON_COUNT: u32 = 44;
+pub const REASON_COUNT: u32 = 45;
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,9 @@
-//! ARP on a VPC-facing interface: answer for ENI and SNAT addresses (the forwarder owns
-//! them), and learn every sender's MAC as a next hop of that VPC (and of the GWLB inner
-//! destinations the data path asked for). The classifier hands it every ARP frame; the
-//! GWLB return path has it write its probes (`probe`). Uses only `parse`, `maps`, `host`,
-//! `verdict`.
+//! ARP on a VPC-facing interface: answer for ENI, SNAT and resolver addresses (the
+//! forwarder owns them; of a resolver address the kernel gets only the replies to its own
+//! requests for its clients' MACs, never a tenant's request to learn from), and learn
+//! every sender's MAC as a next hop of that VPC (and of the GWLB inner destinations the
+//! data path asked for). The classifier hands it every ARP frame; the GWLB return path
+//! has it write its probes (`probe`). Uses only `parse`, `maps`, `host`, `verdict`.
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, xdp_action},
@@ -69,6 +70,13 @@ fn handle_checked(ctx: &XdpContext, iface: &IfaceInfo) -> Result<Verdict, Reason
             || PL_SNAT_ADDRS.get(target).is_some()
             || PL_GW_ADDRS.get(target).is_some()
     };
+    // The VPC's resolver address: requests for it are answered here, as an ENI's; a
+    // reply to it answers the kernel's own request for a client's MAC (to send an
+    // answer), and passes.
+    let resolver = crate::host::is_resolver(iface, arp.tpa);
+    if resolver && op != ARP_REQUEST {
+        return Ok((xdp_action::XDP_PASS, Reason::ArpPass));
+    }
     let shared = iface.flags & privatelink_common::IFACE_FLAG_HOST_TRAFFIC != 0;
     if op != ARP_REQUEST && (ours || (arp.tpa == [0; 4] && !shared)) {
         // A reply to the data path's own request (from a SNAT address, or a GWLB probe
@@ -76,7 +84,7 @@ fn handle_checked(ctx: &XdpContext, iface: &IfaceInfo) -> Result<Verdict, Reason
         // (but for its own duplicate address detection on a shared interface).
         return Ok((xdp_action::XDP_DROP, Reason::ArpLearned));
     }
-    if !ours {
+    if !ours && !resolver {
         return Ok(crate::host::arp(iface, arp.spa, arp.tpa));
     }
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;

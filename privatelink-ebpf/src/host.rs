@@ -6,7 +6,10 @@
 //! with ACK or RST: never a SYN alone, which would open a connection to the host), or is
 //! an ICMP error from such a peer (`PL_HOST`: the answers to its health probes), never a
 //! fragment; and an ARP packet only about the host's own address, from such a peer.
-//! Everything else that is not the data path's is dropped and counted
+//! At a VPC's DNS resolver address (`HOST_DNS`) the host is the server: it gets UDP and TCP
+//! to port 53 from any sender of the VPC (any TCP flags), never a fragment, and the ARP
+//! replies to its own requests for its clients' MACs (`arp` answers requests for the
+//! address itself). Everything else that is not the data path's is dropped and counted
 //! (`drop_host_isolated`): the host never answers a tenant's packet, least of all into
 //! another VPC.
 //!
@@ -15,14 +18,14 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use privatelink_common::{
-    HOST_ADDR, HOST_PEER, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, PROTO_ICMP, PROTO_TCP, Reason,
-    VpcAddr,
+    DNS_PORT, HOST_ADDR, HOST_DNS, HOST_PEER, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, Reason, VpcAddr,
 };
 
 use crate::{
     maps::PL_HOST,
     packet::Packet,
-    parse::{ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, Ipv4Ext, Ipv4Hdr, TcpHdr, be16, mut_at},
+    parse::{ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, Ipv4Ext, Ipv4Hdr, Ports, TcpHdr, be16, mut_at},
     verdict::Verdict,
 };
 
@@ -50,8 +53,16 @@ pub fn ipv4(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet, ip: &Ipv4Hdr) -> 
     if shared(iface) {
         return (xdp_action::XDP_PASS, Reason::PassUnrelated);
     }
-    // The probes are sent with DF: a fragment is nobody's answer.
-    if ip.is_fragment() || role(iface, ip.dst_addr) != HOST_ADDR {
+    // The probes are sent with DF: a fragment is nobody's answer; DNS queries fit a
+    // datagram (and a TCP segment) whole.
+    if ip.is_fragment() {
+        return ISOLATED;
+    }
+    let dst = role(iface, ip.dst_addr);
+    if dst == HOST_DNS {
+        return dns(ctx, pkt);
+    }
+    if dst != HOST_ADDR {
         return ISOLATED;
     }
     let peer = role(iface, ip.src_addr);
@@ -79,6 +90,26 @@ pub fn ipv4(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet, ip: &Ipv4Hdr) -> 
     } else {
         ISOLATED
     }
+}
+
+/// A packet to the VPC's resolver address: a query (UDP or TCP to port 53), from anyone
+/// in the VPC, passes; anything else there is dropped.
+#[inline(always)]
+fn dns(ctx: &XdpContext, pkt: &Packet) -> Verdict {
+    if pkt.proto != PROTO_UDP && pkt.proto != PROTO_TCP {
+        return ISOLATED;
+    }
+    match mut_at::<Ports>(ctx, pkt.l4, Reason::DropTruncatedL4) {
+        Ok(p) if be16(p.dport) == DNS_PORT => (xdp_action::XDP_PASS, Reason::PassDns),
+        _ => ISOLATED,
+    }
+}
+
+/// Whether `addr` is the VPC's resolver address (`arp` answers requests for it, and
+/// passes the replies to it: the kernel's own requests for its clients' MACs).
+#[inline(always)]
+pub fn is_resolver(iface: &IfaceInfo, addr: [u8; 4]) -> bool {
+    role(iface, addr) == HOST_DNS
 }
 
 /// An ARP packet from `sender` about `target`, an address that is not the data path's.

@@ -18,7 +18,7 @@ use crate::{
     desired::{self, Desired, Link, NextHop},
     error::OpError,
     model::{FieldError, State},
-    monitor::{HealthMonitor, Unhealthy},
+    monitor::{HealthMonitor, HealthRow, Unhealthy},
     store::Store,
 };
 
@@ -36,6 +36,11 @@ pub trait Apply: Send {
     /// appliance nobody checks counts as healthy).
     fn unhealthy(&self) -> Unhealthy {
         Unhealthy::new()
+    }
+    /// Every health-checked target (zones' load balancers, GWLB appliances) with its
+    /// verdict and since when (none by default: nothing is checked).
+    fn health(&self) -> Vec<HealthRow> {
+        Vec::new()
     }
 }
 
@@ -96,6 +101,9 @@ pub struct App {
     /// The committed state has not reached the data path yet (an apply failed): retried
     /// by `tick` until it does.
     pub dirty: bool,
+    /// The suffix and region the endpoint, zone and service names are given under (the
+    /// API shows them; a custom service domain must lie outside the suffix).
+    pub naming: crate::model::Naming,
 }
 
 impl App {
@@ -131,6 +139,10 @@ pub struct DataplaneApply {
     health: HealthMonitor,
     /// What the last `check` computed, for the `apply` of the same state that follows.
     plan: Option<Plan>,
+    /// The VPCs' resolver and probe addresses on their interfaces.
+    addresses: dataplane::addresses::HostAddresses,
+    /// The DNS server, once the daemon has given one (`set_dns`).
+    dns: Option<crate::dns::Dns>,
 }
 
 /// The maps' content and next hops computed for a state (with the health view they were
@@ -165,11 +177,18 @@ impl DataplaneApply {
             hops: Vec::new(),
             health: HealthMonitor::new(),
             plan: None,
+            addresses: Default::default(),
+            dns: None,
         }
     }
 
-    /// Notified when an appliance's verdict changes: the owner of the state should call
-    /// `apply` again (it recomputes the maps with the new verdicts).
+    /// Serves DNS from now on: every apply updates its answers and listeners.
+    pub fn set_dns(&mut self, dns: crate::dns::Dns) {
+        self.dns = Some(dns);
+    }
+
+    /// Notified when an appliance's or a load balancer's verdict changes: the owner of the
+    /// state should call `apply` again (it recomputes the maps with the new verdicts).
     pub fn health_notify(&self) -> Arc<Notify> {
         self.health.notify()
     }
@@ -299,6 +318,11 @@ impl Apply for DataplaneApply {
         if r.upserts + r.deletes > 0 {
             info!(upserts = r.upserts, deletes = r.deletes, "maps updated");
         }
+        // The resolver and probe addresses, then the DNS listeners bound to them.
+        self.addresses.sync(s, &self.attached);
+        if let Some(dns) = &mut self.dns {
+            dns.update(s, &plan.unhealthy);
+        }
         let hops = plan.hops;
         let new: Vec<NextHop> = hops
             .iter()
@@ -319,9 +343,17 @@ impl Apply for DataplaneApply {
     fn tick(&mut self) {
         self.probe_missing();
         self.report_trouble();
+        self.addresses.retry();
+        if let Some(dns) = self.dns.as_mut().filter(|d| d.pending()) {
+            dns.retry();
+        }
     }
 
     fn unhealthy(&self) -> Unhealthy {
         self.health.unhealthy()
+    }
+
+    fn health(&self) -> Vec<HealthRow> {
+        self.health.health()
     }
 }

@@ -70,6 +70,67 @@ pub struct DaemonArgs {
     /// would hide it behind a fresh /sys).
     #[arg(long)]
     pub netns: Option<String>,
+    /// The DNS suffix the endpoint, zone and service domain names are given under
+    /// (`<endpoint>.<service>.<region>.<suffix>`).
+    #[arg(long, default_value = model::names::DEFAULT_SUFFIX, value_parser = dns_suffix)]
+    pub dns_suffix: String,
+    /// The region label of the names (one lowercase DNS label).
+    #[arg(long, default_value = model::names::DEFAULT_REGION, value_parser = dns_region)]
+    pub dns_region: String,
+    /// The external DNS listener (UDP and TCP), for on-premises resolvers that forward the
+    /// names' zone: it answers the endpoint and zone names, not the VPCs' private zones.
+    /// (Each VPC's resolver needs no option: the VPC's `resolver` address is served.)
+    /// A specific address, not a wildcard one, which would also take VPCs' queries.
+    #[arg(long, value_parser = dns_listen)]
+    pub dns_listen: Option<std::net::SocketAddr>,
+    /// The TTL of every DNS answer, seconds (negative answers too): how long a failed
+    /// zone's address may live on in clients' caches.
+    #[arg(long, default_value_t = crate::dns::DEFAULT_TTL, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub dns_ttl: u32,
+}
+
+impl DaemonArgs {
+    /// The naming the options give, checked (`--dns-suffix`, `--dns-region`).
+    pub fn naming(&self) -> Result<model::Naming> {
+        let n = model::Naming {
+            suffix: self.dns_suffix.clone(),
+            region: self.dns_region.clone(),
+        };
+        n.check().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(n)
+    }
+}
+
+/// `--dns-suffix`: a lowercase domain name (refused when the options are parsed).
+fn dns_suffix(s: &str) -> Result<String, String> {
+    model::names::check_domain(s)?;
+    Ok(s.to_string())
+}
+
+/// `--dns-listen`: an address and port, not the wildcard address: a socket on it would
+/// also receive the queries to a VPC's resolver address whose own socket is not bound
+/// (yet), and answer them as the external listener through the host's routes.
+fn dns_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let a: std::net::SocketAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address and port (10.50.0.1:53)"))?;
+    if a.ip().is_unspecified() {
+        return Err(format!(
+            "{s}: give the address of the interface on-premises resolvers reach, not a \
+             wildcard (it would also receive the VPCs' queries)"
+        ));
+    }
+    Ok(a)
+}
+
+/// `--dns-region`: one lowercase DNS label.
+fn dns_region(s: &str) -> Result<String, String> {
+    if !model::names::is_clean_label(s) {
+        return Err(format!(
+            "{s:?} is not one lowercase DNS label (a-z, 0-9, inner -)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 pub fn read_state(path: &Path) -> Result<State> {
@@ -138,6 +199,18 @@ pub async fn run(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> R
         embryonic_timeout_ns: args.embryonic_timeout * S,
         flow_capacity: args.conntrack_entries as u64 / 2,
     })?;
+    // The DNS server: every apply, the first one included, adds the resolver addresses
+    // to the VPCs' interfaces and then gives it its answers and listeners.
+    applier.set_dns(
+        crate::dns::Dns::new(
+            args.naming()?,
+            crate::dns::DnsOptions {
+                ttl: args.dns_ttl,
+                listen: args.dns_listen,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("DNS: {e}"))?,
+    );
     applier.check(&state).map_err(|e| anyhow::anyhow!("{e}"))?;
     // A state that fits but cannot be applied yet (an interface another XDP program holds,
     // a map filled behind our back) is retried every 5 s, as after any API call: the data
@@ -164,6 +237,7 @@ pub async fn run(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> R
                 apply: Box::new(applier),
                 admin_token_sha256: ops::token_hash(&admin),
                 dirty: behind_at_start,
+                naming: args.naming()?,
             }));
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;

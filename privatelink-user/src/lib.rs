@@ -8,6 +8,7 @@ pub mod client;
 pub mod daemon;
 pub mod dataplane;
 pub mod desired;
+pub mod dns;
 pub mod error;
 pub mod health;
 pub mod model;

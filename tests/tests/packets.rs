@@ -1875,11 +1875,12 @@ fn half_open_flows_give_their_tuples_up_first() {
     );
 }
 
-/// A SYN that found every tuple it tried taken is retransmitted into other tuples: its
-/// attempts start at a random place in the pool, not at one fixed by the flow's hash, so
-/// a connection is not lost because its first packet met a crowded part of the pool.
-/// (With a hashed start every retransmission met the same taken tuples: CI saw another
-/// endpoint's connection fail during a flood that held 38 % of the pool.)
+/// A SYN that found every tuple it tried taken is retransmitted into other tuples: when
+/// the attempts from the flow's hash all fail, the rest start at a random place, drawn
+/// afresh for every packet, so a connection is not lost because its first packet met a
+/// crowded part of the pool. (With the hashed attempts alone every retransmission met the
+/// same taken tuples: CI saw another endpoint's connection fail during a flood that held
+/// 38 % of the pool.)
 #[test]
 fn a_retransmitted_syn_tries_other_tuples() {
     let state = packet_state().replace(
@@ -1895,9 +1896,9 @@ fn a_retransmitted_syn_tries_other_tuples() {
         held += handshake(&mut h, CLIENT, ENI, sport).is_ok() as u32;
         sport += 1;
     }
-    // A first packet whose 8 attempts all missed the free tuple is served when resent
-    // (each try finds the free tuple with odds 1 in 8: 200 tries fail together once in
-    // 10^11). One that found it at once holds it half-open; after a second idle a new
+    // A first packet whose attempts all missed the free tuple is served when resent
+    // (each try's 4 random attempts find it with odds 1 in 16: 400 tries fail together
+    // once in 10^11). One that found it at once holds it half-open; after a second idle a new
     // flow of the same endpoint may take it over, so the next port tries again.
     let (missed, tries) = (sport..sport + 20)
         .find_map(|s| {
@@ -1908,9 +1909,9 @@ fn a_retransmitted_syn_tries_other_tuples() {
                 return None;
             }
             assert_eq!(h.count(Reason::DropSnatExhausted), before + 1);
-            let tries = (1..=200)
+            let tries = (1..=400)
                 .find(|_| h.run(h.consumer.ifindex, &syn).unwrap().0 == XDP_REDIRECT)
-                .expect("the retransmitted SYN met the same taken tuples 200 times");
+                .expect("the retransmitted SYN met the same taken tuples 400 times");
             Some((s, tries))
         })
         .expect("20 first packets in a row found the one free tuple at once");
@@ -1921,6 +1922,143 @@ fn a_retransmitted_syn_tries_other_tuples() {
         .map(|(_, e)| e.new_sport)
         .expect("the flow's entry");
     assert!((3000..=3063).contains(&t), "{t}");
+}
+
+// ---- Zone failover and failback: health picks the load balancer of new flows only ----
+
+/// Zone B's load balancer in `two_zone_state` and the MAC the tests give it.
+const ZONE_B_LB: [u8; 4] = [10, 10, 0, 11];
+const ZONE_B_LB_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x21];
+/// Endpoint ep-a's ENI in zone B in `two_zone_state(true)`.
+const ZONE_B_ENI: [u8; 4] = [10, 10, 9, 5];
+
+/// Applies `state` with the provider load balancers `down` judged unhealthy, as the
+/// daemon does when a health verdict changes.
+fn apply_with_health(h: &mut Harness, state: &str, down: &[[u8; 4]]) {
+    use privatelink_user::{dataplane, desired, model::parse_state};
+    let s = parse_state(state).unwrap();
+    let unhealthy: desired::Unhealthy = down.iter().map(|a| (numeric_id("vpc-b"), *a)).collect();
+    let want = desired::compute(&s, dataplane::resolve_link, &unhealthy).unwrap();
+    h.dp.apply(&want).unwrap();
+}
+
+/// A client segment to `eni`:80 from `sport` (a SYN, or data): the load balancer and MAC
+/// it was forwarded to, and its SNAT tuple.
+fn via_eni(
+    h: &mut Harness,
+    eni: [u8; 4],
+    sport: u16,
+    syn: bool,
+) -> ([u8; 4], [u8; 6], ([u8; 4], u16)) {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(CLIENT, eni, 64)
+        .tcp(sport, 80, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(7001) };
+    let mut v = Vec::new();
+    b.write(&mut v, if syn { b"" } else { b"data" }).unwrap();
+    let (act, out) = h.run(h.consumer.ifindex, &v).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_checked(&out);
+    assert_eq!(p.dport, 80);
+    (p.ip.destination, p.eth_dst, (p.ip.source, p.sport))
+}
+
+/// `lb` answers the SNAT tuple `snat`: the answer reaches the client from `eni`, to
+/// `sport`.
+fn answer_from(h: &mut Harness, lb: [u8; 4], snat: ([u8; 4], u16), eni: [u8; 4], sport: u16) {
+    let mac = if lb == LB { LB_MAC } else { ZONE_B_LB_MAC };
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(mac, h.provider.mac)
+        .ipv4(lb, snat.0, 64)
+        .tcp(80, snat.1, 7000, 65000)
+        .syn()
+        .ack(1001)
+        .write(&mut v, b"answer")
+        .unwrap();
+    let (act, out) = h.run(h.provider.ifindex, &v).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_checked(&out);
+    assert_eq!(
+        (p.ip.source, p.ip.destination, p.sport, p.dport),
+        (eni, CLIENT, 80, sport)
+    );
+}
+
+/// Zone A's load balancer fails: new flows at zone A's ENI go to zone B's load balancer
+/// (and are answered through zone A's ENI), while a flow in progress in zone B carries on
+/// with its tuple and a flow in progress in zone A is not moved (the maps' change does
+/// not re-pick an established flow's load balancer). Zone A recovers: its ENI's new
+/// flows go to its own load balancer again, and a flow started on zone B's during the
+/// outage stays there. Nothing healthy: each zone's own (fail open).
+#[test]
+fn a_failed_zone_sends_only_new_flows_elsewhere_and_gets_them_back() {
+    let state = two_zone_state(true);
+    let mut h = Harness::new(&state).unwrap();
+    h.dp.set_neighbor(numeric_id("vpc-b"), ZONE_B_LB, ZONE_B_LB_MAC)
+        .unwrap();
+    // One flow through each zone's ENI, each to its own zone's load balancer.
+    let (lb, mac, in_a) = via_eni(&mut h, ENI, 49100, true);
+    assert_eq!((lb, mac), (LB, LB_MAC));
+    answer_from(&mut h, LB, in_a, ENI, 49100);
+    let (lb, mac, in_b) = via_eni(&mut h, ZONE_B_ENI, 49101, true);
+    assert_eq!((lb, mac), (ZONE_B_LB, ZONE_B_LB_MAC));
+    answer_from(&mut h, ZONE_B_LB, in_b, ZONE_B_ENI, 49101);
+    // Zone A's load balancer is judged unhealthy.
+    let epoch = h.dp.epoch().unwrap();
+    apply_with_health(&mut h, &state, &[LB]);
+    assert_ne!(h.dp.epoch().unwrap(), epoch, "the maps changed");
+    let mut moved = Vec::new();
+    for sport in 49110..49118 {
+        let (lb, mac, snat) = via_eni(&mut h, ENI, sport, true);
+        assert_eq!((lb, mac), (ZONE_B_LB, ZONE_B_LB_MAC), "new flow {sport}");
+        answer_from(&mut h, ZONE_B_LB, snat, ENI, sport);
+        moved.push((sport, snat));
+    }
+    for i in 0..2 {
+        assert_eq!(
+            via_eni(&mut h, ZONE_B_ENI, 49101, false),
+            (ZONE_B_LB, ZONE_B_LB_MAC, in_b),
+            "zone B's flow carries on ({i})"
+        );
+        answer_from(&mut h, ZONE_B_LB, in_b, ZONE_B_ENI, 49101);
+    }
+    assert_eq!(
+        via_eni(&mut h, ENI, 49100, false),
+        (LB, LB_MAC, in_a),
+        "zone A's flow keeps its load balancer and tuple"
+    );
+    // Zone A recovers.
+    apply_with_health(&mut h, &state, &[]);
+    let (lb, mac, snat) = via_eni(&mut h, ENI, 49120, true);
+    assert_eq!((lb, mac), (LB, LB_MAC), "failback: zone A's own again");
+    answer_from(&mut h, LB, snat, ENI, 49120);
+    for (sport, snat) in &moved {
+        assert_eq!(
+            via_eni(&mut h, ENI, *sport, false),
+            (ZONE_B_LB, ZONE_B_LB_MAC, *snat),
+            "a flow started during the outage stays on zone B's"
+        );
+        answer_from(&mut h, ZONE_B_LB, *snat, ENI, *sport);
+    }
+    assert_eq!(
+        via_eni(&mut h, ZONE_B_ENI, 49101, false),
+        (ZONE_B_LB, ZONE_B_LB_MAC, in_b)
+    );
+    // Zone B's fails: the mirror image.
+    apply_with_health(&mut h, &state, &[ZONE_B_LB]);
+    assert_eq!(via_eni(&mut h, ZONE_B_ENI, 49130, true).0, LB);
+    assert_eq!(via_eni(&mut h, ENI, 49131, true).0, LB);
+    // Nothing healthy: as if nothing were checked.
+    apply_with_health(&mut h, &state, &[LB, ZONE_B_LB]);
+    assert_eq!(via_eni(&mut h, ENI, 49140, true).0, LB);
+    assert_eq!(via_eni(&mut h, ZONE_B_ENI, 49141, true).0, ZONE_B_LB);
+    for r in [
+        Reason::DropNoNeighbor,
+        Reason::DropNoFlow,
+        Reason::DropNotConnected,
+    ] {
+        assert_eq!(h.count(r), 0, "{r:?}: {:?}", h.active_stats());
+    }
 }
 
 // ---- Several load balancers per zone, and replacing one ----
@@ -1989,4 +2127,135 @@ fn several_load_balancers_share_a_zone_and_a_replaced_one_keeps_its_flows() {
     let (act, back) = h.run(h.provider.ifindex, &reply).unwrap();
     assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
     assert_eq!(parse_checked(&back).ip.source, ENI);
+}
+
+// ---- A VPC's DNS resolver address: queries and ARP reach the host, nothing else ----
+
+/// VPC A's resolver address in `resolver_state`.
+const RESOLVER: [u8; 4] = [10, 10, 0, 2];
+
+/// The packet tests' state with a resolver in VPC A (none in VPC B, whose CIDR is the
+/// same).
+fn resolver_state() -> String {
+    let s = packet_state();
+    let fc0 = "interface = \"fc0\"\n";
+    assert!(s.contains(fc0));
+    s.replacen(fc0, &format!("{fc0}resolver = \"10.10.0.2\"\n"), 1)
+}
+
+/// A UDP datagram from the client (`CLIENT`:`sport`) to `dst`:`dport` on `mac`.
+fn udp_frame(mac: [u8; 6], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, mac)
+        .ipv4(CLIENT, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+/// A TCP segment from the client to `dst`:`dport`: a SYN, or an ACK with data.
+fn tcp_frame(mac: [u8; 6], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, mac)
+        .ipv4(CLIENT, dst, 64)
+        .tcp(sport, dport, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, if syn { b"" } else { b"\x00\x1dquery" })
+        .unwrap();
+    v
+}
+
+/// A DNS query's bytes (the data path looks at the ports only).
+const QUERY: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03ep1\x00\x00\x01\x00\x01";
+
+#[test]
+fn queries_to_the_resolver_address_pass_to_the_host_and_nothing_else_does() {
+    let mut h = Harness::new(&resolver_state()).unwrap();
+    let mac = h.consumer.mac;
+    // UDP and TCP to port 53, any flags, pass untouched.
+    let pass = [
+        udp_frame(mac, RESOLVER, 5353, 53, QUERY),
+        tcp_frame(mac, RESOLVER, 40000, 53, true),
+        tcp_frame(mac, RESOLVER, 40000, 53, false),
+    ];
+    for f in &pass {
+        let (act, out) = h.run(h.consumer.ifindex, f).unwrap();
+        assert_eq!((act, &out), (XDP_PASS, f), "{:?}", h.active_stats());
+    }
+    assert_eq!(h.count(Reason::PassDns), 3);
+    // Another port, ICMP, and fragments of a query (first, middle, last) are dropped.
+    let mut ping = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, mac)
+        .ipv4(CLIENT, RESOLVER, 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut ping, b"ping")
+        .unwrap();
+    let mut drop = vec![
+        udp_frame(mac, RESOLVER, 5353, 54, QUERY),
+        tcp_frame(mac, RESOLVER, 40001, 54, true),
+        udp_frame(mac, RESOLVER, 53, 5353, QUERY),
+        ping,
+    ];
+    for (hi, lo) in [(0x20u8, 0u8), (0x20, 0x10), (0x00, 0x10)] {
+        let mut f = udp_frame(mac, RESOLVER, 5353, 53, QUERY);
+        f[14 + 6] = hi;
+        f[14 + 7] = lo;
+        fix_ip_checksum(&mut f);
+        drop.push(f);
+    }
+    for f in &drop {
+        assert_eq!(h.run(h.consumer.ifindex, f).unwrap().0, XDP_DROP);
+    }
+    assert_eq!(h.count(Reason::DropHostIsolated), drop.len() as u64);
+    assert_eq!(h.count(Reason::PassDns), 3, "nothing more passed");
+    // The same address in VPC B, which has no resolver: dropped.
+    let f = udp_frame(h.provider.mac, RESOLVER, 5353, 53, QUERY);
+    assert_eq!(h.run(h.provider.ifindex, &f).unwrap().0, XDP_DROP);
+    // The resolver removed from the state: its queries are dropped too.
+    h.apply_state(&packet_state()).unwrap();
+    let f = udp_frame(mac, RESOLVER, 5353, 53, QUERY);
+    assert_eq!(h.run(h.consumer.ifindex, &f).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::PassDns), 3);
+}
+
+#[test]
+fn arp_for_the_resolver_address_is_answered_and_replies_to_it_pass() {
+    let mut h = Harness::new(&resolver_state()).unwrap();
+    let mac = h.consumer.mac;
+    // A client asks for the resolver's MAC: answered in XDP with the interface's.
+    let req = arp_request(CLIENT_MAC, CLIENT, RESOLVER);
+    let (act, out) = h.run(h.consumer.ifindex, &req).unwrap();
+    assert_eq!(act, XDP_TX, "{:?}", h.active_stats());
+    let (eth, arp) = out.split_at(14);
+    assert_eq!(
+        (&eth[0..6], &eth[6..12], &eth[12..14]),
+        (&CLIENT_MAC[..], &mac[..], &[8, 6][..])
+    );
+    assert_eq!(&arp[6..8], &[0, 2], "an ARP reply");
+    assert_eq!(
+        (&arp[8..14], &arp[14..18]),
+        (&mac[..], &RESOLVER[..]),
+        "the resolver is at the interface's MAC"
+    );
+    assert_eq!((&arp[18..24], &arp[24..28]), (&CLIENT_MAC[..], &CLIENT[..]));
+    assert_eq!(h.count(Reason::ArpReply), 1);
+    // The kernel asked for the client's MAC (to send it an answer): the client's reply
+    // passes untouched.
+    let mut reply = arp_request(CLIENT_MAC, CLIENT, RESOLVER);
+    reply[0..6].copy_from_slice(&mac);
+    reply[21] = 2;
+    reply[32..38].copy_from_slice(&mac);
+    let (act, out) = h.run(h.consumer.ifindex, &reply).unwrap();
+    assert_eq!((act, &out), (XDP_PASS, &reply));
+    assert_eq!(h.count(Reason::ArpPass), 1);
+    // The client's own address is not learned by the data path.
+    assert_eq!(h.dp.neighbor(numeric_id("vpc-a"), CLIENT), None);
+    // VPC B has no resolver: the same address is nobody there.
+    let req = arp_request(CLIENT_MAC, CLIENT, RESOLVER);
+    assert_eq!(h.run(h.provider.ifindex, &req).unwrap().0, XDP_DROP);
+    let mut reply_b = reply.clone();
+    reply_b[0..6].copy_from_slice(&h.provider.mac);
+    assert_eq!(h.run(h.provider.ifindex, &reply_b).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropHostIsolated), 2);
 }

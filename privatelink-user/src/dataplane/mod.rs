@@ -6,6 +6,7 @@
 mod pins;
 mod sync;
 
+pub mod addresses;
 pub mod link;
 pub mod neighbor;
 pub mod read;
