@@ -1,11 +1,15 @@
-//! The seed's cross-account scenario as network namespaces:
+//! The seed's cross-account scenario as network namespaces, in two zones:
 //!
 //! ```text
 //!  <p>-consumer                 <p>-fwd                        <p>-provider
-//!  ECS1 10.10.2.1  c0 ──veth── fc0 [XDP]   [XDP] fp0 ──veth── p0  haproxy 10.10.0.10:80
-//!  VPC A 10.10.0.0/16          privatelink daemon                 nginx ECS2 10.10.3.2:80
-//!  endpoint ENI 10.10.1.100    ip_forward=0, no NAT rules         nginx ECS3 10.10.3.3:80
-//!                                                                 VPC B 10.10.0.0/16
+//!  ECS1 10.10.2.1  c0 ──veth── fc0 [XDP]   [XDP] fp0 ──veth── p0  zone-a haproxy 10.10.0.10:80
+//!  zone-b 10.10.5.1            privatelink daemon                 zone-b haproxy 10.10.4.10:80
+//!  zone-c 10.10.6.1            ip_forward=0, no NAT rules         nginx ECS2 10.10.3.2:80,81
+//!  ENIs 10.10.1.100 (zone-a)   resolver 100.100.2.136 (fc0)       nginx ECS3 10.10.3.3:80,81
+//!       10.10.4.100 (zone-b)   probes from 10.10.0.250 (fp0)      VPC B 10.10.0.0/16
+//!  VPC A 10.10.0.0/16          DNS listener 10.50.0.1:53 (fo0)
+//!                                     │
+//!                              <p>-onprem o0 10.50.0.2: BIND, forwarding the names' zone
 //! ```
 
 use std::{
@@ -59,6 +63,53 @@ zones = [{{ vswitch = "{vswitch}", eni = "{eni}" }}]
 pub const ENI: &str = "10.10.1.100";
 pub const CLIENT: &str = "10.10.2.1";
 pub const LB: &str = "10.10.0.10";
+/// The second zone: endpoint ep-a's ENI in zone-b (vSwitch vsw-a4), the consumer's
+/// client addresses in zone-b (vsw-a5) and in zone-c, where ep-a has no ENI (vsw-a6),
+/// both extra addresses on the consumer's `c0` (`curl --interface`, `dig -b`); the
+/// provider's zone-b load balancer (vsw-b4), a second haproxy in front of the same two
+/// nginx backends.
+pub const ENI_B: &str = "10.10.4.100";
+pub const CLIENT_B: &str = "10.10.5.1";
+pub const CLIENT_C: &str = "10.10.6.1";
+pub const LB_B: &str = "10.10.4.10";
+/// Each zone's load balancer: (zone, address). The backends serve zone-a's on port 80 and
+/// zone-b's on port 81, and each answer carries `X-Zone: <zone>` (`ZONE_HEADER`): where
+/// a request landed.
+pub const LBS: [(&str, &str); 2] = [("zone-a", LB), ("zone-b", LB_B)];
+pub const ZONE_HEADER: &str = "X-Zone";
+/// The consumer VPCs' resolver (vpc-a's and vpc-web's; Alibaba Cloud's 100.100.2.136:
+/// outside the VPCs' ranges, reached on-link). Each client namespace has a /32 route to it
+/// on its VPC interface and an `/etc/netns/<ns>/resolv.conf` naming it.
+pub const RESOLVER: &str = "100.100.2.136";
+/// The provider VPC's probe address: the daemon health-checks each zone's load balancer
+/// from it, every `PROBE_INTERVAL_MS`, with an HTTP GET of `LB_HEALTH_PATH` on
+/// `LB_HEALTH_PORT`: haproxy's own monitor, so the checks never reach the backends (a
+/// check on port 80 would take a turn of haproxy's round robin).
+pub const PROBE_ADDRESS: &str = "10.10.0.250";
+pub const PROBE_INTERVAL_MS: u64 = 200;
+pub const LB_HEALTH_PORT: u16 = 8404;
+pub const LB_HEALTH_PATH: &str = "/health";
+/// The daemon's naming options (`--dns-suffix`, `--dns-region`) and the names they give
+/// ep-a (`<endpoint>.<service>.<region>.<suffix>`; a zone's: `<zone>.` before it),
+/// written out here, not computed by the daemon's code, so tests check the contract.
+pub const DNS_SUFFIX: &str = "privatelink.example";
+pub const DNS_REGION: &str = "lab-1";
+pub const DNS_APEX: &str = "lab-1.privatelink.example";
+pub const EP_A_NAME: &str = "ep-a.epsrv-b.lab-1.privatelink.example";
+/// epsrv-b's custom service domain (verified by the operator, enabled on ep-a): it
+/// resolves in vpc-a to ep-a's ENIs.
+pub const CUSTOM_DOMAIN: &str = "web.provider-b.example";
+/// The on-premises network: BIND in `<p>-onprem` on `ONPREM_BIND` (veth `o0`), the
+/// forwarder's end (`fo0`, no XDP: not a VPC) holds `ONPREM_FWD`, where the daemon's
+/// external DNS listener is (`--dns-listen`).
+pub const ONPREM_BIND: &str = "10.50.0.2";
+pub const ONPREM_FWD: &str = "10.50.0.1";
+pub const ONPREM_NET: &str = "10.50.0.0/24";
+
+/// The zone domain name of ep-a's ENI in `zone`.
+pub fn zone_name(zone: &str) -> String {
+    format!("{zone}.{EP_A_NAME}")
+}
 pub const BACKENDS: [&str; 2] = ["10.10.3.2", "10.10.3.3"];
 /// The reverse endpoint: the consumer's own service, and its ENI in the provider's VPC.
 pub const CONSUMER_SERVICE: &str = "10.10.2.10";
@@ -122,22 +173,28 @@ pub struct Tokens {
 pub const BUILD_STEPS: &[(&str, &str)] = &[
     ("admin", "account create acct-a --name consumer-A"),
     ("admin", "account create acct-b --name provider-B"),
+    // Two zones in A's VPC (zone-c has clients but no ENI) and its resolver; B's VPC, two
+    // zones, and the address the load balancers' health checks leave from.
     (
         "admin",
-        "vpc create vpc-a --account acct-a --cidr 10.10.0.0/16 --interface fc0 --vswitch vsw-a1:zone-a:10.10.1.0/24 --vswitch vsw-a2:zone-a:10.10.2.0/24 --vswitch vsw-a4:zone-b:10.10.4.0/24",
+        "vpc create vpc-a --account acct-a --cidr 10.10.0.0/16 --interface fc0 --vswitch vsw-a1:zone-a:10.10.1.0/24 --vswitch vsw-a2:zone-a:10.10.2.0/24 --vswitch vsw-a4:zone-b:10.10.4.0/24 --vswitch vsw-a5:zone-b:10.10.5.0/24 --vswitch vsw-a6:zone-c:10.10.6.0/24 --resolver 100.100.2.136",
     ),
     (
         "admin",
-        "vpc create vpc-b --account acct-b --cidr 10.10.0.0/16 --interface fp0 --vswitch vsw-b0:zone-a:10.10.0.0/24 --vswitch vsw-b3:zone-a:10.10.3.0/24",
+        "vpc create vpc-b --account acct-b --cidr 10.10.0.0/16 --interface fp0 --vswitch vsw-b0:zone-a:10.10.0.0/24 --vswitch vsw-b3:zone-a:10.10.3.0/24 --vswitch vsw-b4:zone-b:10.10.4.0/24 --probe-address 10.10.0.250",
     ),
+    // One load balancer per zone, checked every 200 ms on haproxy's monitor; a custom
+    // domain the operator verifies.
     (
         "provider",
-        "service create epsrv-b --vpc vpc-b --backend zone-a:10.10.0.10 --snat 10.10.0.200 --snat 10.10.0.201 --listener tcp:80 --domain epsrv-b.privatelink.example",
+        "service create epsrv-b --vpc vpc-b --backend zone-a:10.10.0.10 --backend zone-b:10.10.4.10 --snat 10.10.0.200 --snat 10.10.0.201 --listener tcp:80 --domain web.provider-b.example --health-port 8404 --health-path /health --health-interval-ms 200 --health-timeout-ms 300",
     ),
+    ("admin", "service domain-verify epsrv-b"),
     ("provider", "service whitelist add epsrv-b acct-a"),
+    // An ENI in each zone; the custom domain resolves in vpc-a.
     (
         "consumer",
-        "endpoint create ep-a --vpc vpc-a --service epsrv-b --zone vsw-a1:10.10.1.100 --name web",
+        "endpoint create ep-a --vpc vpc-a --service epsrv-b --zone vsw-a1:10.10.1.100 --zone vsw-a4:10.10.4.100 --name web --service-domain on",
     ),
     ("provider", "connection accept epsrv-b ep-a"),
     // The reverse direction: A publishes a service in its own VPC, B reaches it.
@@ -165,7 +222,7 @@ pub const BUILD_STEPS: &[(&str, &str)] = &[
     // appliances (one per zone; cross-zone; flows move when an appliance fails).
     (
         "admin",
-        "vpc create vpc-web --account acct-a --cidr 10.30.0.0/16 --interface fw0 --vswitch vsw-w0:zone-a:10.30.0.0/24 --vswitch vsw-w1:zone-a:10.30.1.0/24 --vswitch vsw-w2:zone-b:10.30.2.0/24",
+        "vpc create vpc-web --account acct-a --cidr 10.30.0.0/16 --interface fw0 --vswitch vsw-w0:zone-a:10.30.0.0/24 --vswitch vsw-w1:zone-a:10.30.1.0/24 --vswitch vsw-w2:zone-b:10.30.2.0/24 --resolver 100.100.2.136",
     ),
     (
         "admin",
@@ -188,6 +245,9 @@ pub struct Lab {
     pub consumer: Netns,
     pub provider: Netns,
     pub fwd: Netns,
+    /// The on-premises network: BIND on `ONPREM_BIND`, forwarding the names' zone to the
+    /// daemon's external listener.
+    pub onprem: Netns,
     /// GWLB scenario (API mode): the client namespace (a bridge: the VPC's L2 segment),
     /// the server namespace, the appliances' namespace.
     pub gwlb: Option<GwlbNs>,
@@ -241,6 +301,7 @@ impl Lab {
         let consumer = Netns::create(&format!("{}-consumer", opts.prefix))?;
         let provider = Netns::create(&format!("{}-provider", opts.prefix))?;
         let fwd = Netns::create(&format!("{}-fwd", opts.prefix))?;
+        let onprem = Netns::create(&format!("{}-onprem", opts.prefix))?;
         let gwlb = match opts.state_file {
             Some(_) => None,
             None => Some(GwlbNs {
@@ -254,6 +315,7 @@ impl Lab {
             consumer,
             provider,
             fwd,
+            onprem,
             gwlb,
             dir,
             pin_dir: opts.pin_dir.clone(),
@@ -293,6 +355,7 @@ impl Lab {
                 lab.build_through_api()?;
             }
         }
+        lab.start_onprem_bind()?;
         Ok(lab)
     }
 
@@ -304,9 +367,12 @@ impl Lab {
         netns::ip(&[
             "link", "add", "p0", "netns", p, "type", "veth", "peer", "name", "fp0", "netns", f,
         ])?;
-        self.consumer
-            .ip(&["addr", "add", &format!("{CLIENT}/16"), "dev", "c0"])?;
-        for a in [LB, BACKENDS[0], BACKENDS[1]] {
+        // CLIENT first: the address the consumer's connections leave from by default.
+        for a in [CLIENT, CLIENT_B, CLIENT_C] {
+            self.consumer
+                .ip(&["addr", "add", &format!("{a}/16"), "dev", "c0"])?;
+        }
+        for a in [LB, BACKENDS[0], BACKENDS[1], LB_B] {
             self.provider
                 .ip(&["addr", "add", &format!("{a}/16"), "dev", "p0"])?;
         }
@@ -319,6 +385,23 @@ impl Lab {
             // kernel's checksum-offload state.
             ns.exec("ethtool", &["-K", dev, "tx", "off"])?;
         }
+        // The VPC's resolver is on-link, outside its range: the forwarder answers ARP for
+        // it and the daemon serves DNS on it.
+        self.consumer
+            .ip(&["route", "add", &format!("{RESOLVER}/32"), "dev", "c0"])?;
+        self.consumer.set_resolver(RESOLVER)?;
+        // On premises: a plain veth to the forwarder's kernel (no XDP: not a VPC).
+        let o = &self.onprem.name;
+        netns::ip(&[
+            "link", "add", "o0", "netns", o, "type", "veth", "peer", "name", "fo0", "netns", f,
+        ])?;
+        self.onprem
+            .ip(&["addr", "add", &format!("{ONPREM_BIND}/24"), "dev", "o0"])?;
+        self.fwd
+            .ip(&["addr", "add", &format!("{ONPREM_FWD}/24"), "dev", "fo0"])?;
+        self.onprem.ip(&["link", "set", "o0", "up"])?;
+        self.fwd.ip(&["link", "set", "fo0", "up"])?;
+        self.onprem.set_resolver(ONPREM_BIND)?;
         // Only the XDP program forwards in the forwarder.
         self.fwd.exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
         Ok(())
@@ -338,53 +421,114 @@ impl Lab {
             )?;
             fs::write(root.join("big.bin"), &big)?;
         }
-        self.start_nginx(
-            "nginx",
-            &self.provider.name.clone(),
-            &[("ecs2", BACKENDS[0]), ("ecs3", BACKENDS[1])],
-        )?;
-        let haproxy_cfg = format!(
-            "global\n  maxconn 8192\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  \
-             timeout server 30s\n\nfrontend internal_lb\n  bind {LB}:80\n  default_backend ecs\n\n\
-             backend ecs\n  balance roundrobin\n  server ecs2 {}:80\n  server ecs3 {}:80\n",
-            BACKENDS[0], BACKENDS[1]
-        );
-        fs::write(d.join("haproxy.cfg"), haproxy_cfg)?;
+        // Each backend serves zone i's load balancer on port 80 + i, saying which zone.
+        let mut sites = Vec::new();
+        for (i, (zone, _)) in LBS.iter().enumerate() {
+            for (site, addr) in [("ecs2", BACKENDS[0]), ("ecs3", BACKENDS[1])] {
+                sites.push((
+                    site,
+                    format!("{addr}:{}", 80 + i),
+                    format!("add_header {ZONE_HEADER} {zone} always;"),
+                ));
+            }
+        }
+        let sites: Vec<(&str, &str, &str)> = sites
+            .iter()
+            .map(|(s, l, h)| (*s, l.as_str(), h.as_str()))
+            .collect();
+        self.start_nginx("nginx", &self.provider.name.clone(), &sites)?;
+        for (i, (_, lb)) in LBS.iter().enumerate() {
+            let haproxy_cfg = format!(
+                "global\n  maxconn 8192\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  \
+                 timeout server 30s\n\nfrontend internal_lb\n  bind {lb}:80\n  default_backend ecs\n\n\
+                 backend ecs\n  balance roundrobin\n  server ecs2 {}:{port}\n  server ecs3 {}:{port}\n\n\
+                 frontend health\n  mode http\n  bind {lb}:{LB_HEALTH_PORT}\n  monitor-uri {LB_HEALTH_PATH}\n",
+                BACKENDS[0],
+                BACKENDS[1],
+                port = 80 + i,
+            );
+            fs::write(self.haproxy_cfg(i), haproxy_cfg)?;
+            self.start_load_balancer(i)?;
+        }
+        Ok(())
+    }
 
-        let haproxy_cfg = d.join("haproxy.cfg");
+    /// Zone `i`'s load balancer (`LBS`): its process's name in the lab and its
+    /// configuration file. Zone-a's keeps the lab's original names.
+    fn haproxy_name(i: usize) -> String {
+        match i {
+            0 => "haproxy".into(),
+            _ => format!("haproxy-{}", LBS[i].0),
+        }
+    }
+
+    fn haproxy_cfg(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}.cfg", Self::haproxy_name(i)))
+    }
+
+    /// Starts zone `i`'s load balancer (`LBS`: 0 zone-a, 1 zone-b) — again, after
+    /// `stop_load_balancer`; returns once it answers on its address (10 s at most).
+    pub fn start_load_balancer(&mut self, i: usize) -> Result<()> {
+        let (zone, lb) = LBS[i];
+        let cfg = self.haproxy_cfg(i);
         self.spawn(
-            "haproxy",
+            &Self::haproxy_name(i),
             &self.provider.name.clone(),
             "haproxy",
-            &["-db", "-f", path(&haproxy_cfg)],
+            &["-db", "-f", path(&cfg)],
         )?;
-        // The load balancer is up when it accepts on its VIP.
+        // The load balancer is up when the backends answer through it and its monitor
+        // answers the health checks.
         wait_for(
             Duration::from_secs(10),
-            "haproxy and nginx to answer",
+            &format!("{zone}'s haproxy and nginx to answer"),
             || {
-                self.provider
-                    .exec("curl", &["-sf", "-m", "2", &format!("http://{LB}/")])
-                    .is_ok()
+                [
+                    format!("http://{lb}/"),
+                    format!("http://{lb}:{LB_HEALTH_PORT}{LB_HEALTH_PATH}"),
+                ]
+                .iter()
+                .all(|url| self.provider.exec("curl", &["-sf", "-m", "2", url]).is_ok())
             },
         )
     }
 
-    /// An nginx in namespace `ns` serving `<dir>/<name>/` on `<addr>:80` for each site.
-    fn start_nginx(&mut self, name: &str, ns: &str, sites: &[(&str, &str)]) -> Result<()> {
+    /// Stops zone `i`'s load balancer (its process; the address stays, nothing listens:
+    /// connections to it are refused).
+    pub fn stop_load_balancer(&mut self, i: usize) -> Result<()> {
+        let name = Self::haproxy_name(i);
+        let at = self
+            .children
+            .iter()
+            .position(|(n, _)| *n == name)
+            .with_context(|| format!("{name} is not running"))?;
+        let (_, mut child) = self.children.remove(at);
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// An nginx in namespace `ns` serving `<dir>/<site>/` on `<addr>:80` (or the
+    /// `<addr>:<port>` given) for each (site, address, extra server directives).
+    fn start_nginx(&mut self, name: &str, ns: &str, sites: &[(&str, &str, &str)]) -> Result<()> {
         let d = self.dir.join(name);
         let tmp = d.join("tmp");
         fs::create_dir_all(&tmp)?;
         let mut servers = String::new();
-        for (site, addr) in sites {
+        for (site, addr, extra) in sites {
             let listen = if addr.contains(':') {
                 addr.to_string()
             } else {
                 format!("{addr}:80")
             };
+            let extra = if extra.is_empty() {
+                String::new()
+            } else {
+                format!(" {extra}")
+            };
             writeln!(
                 servers,
-                "  server {{ listen {listen}; root {}; }}",
+                "  server {{ listen {listen}; root {};{extra} }}",
                 self.dir.join(site).display()
             )?;
         }
@@ -437,10 +581,10 @@ impl Lab {
             "dev",
             "c0",
         ])?;
-        let sites: Vec<(&str, &str)> = sites
+        let sites: Vec<(&str, &str, &str)> = sites
             .iter()
-            .map(String::as_str)
             .zip(OBJECT_STORAGE)
+            .map(|(s, a)| (s.as_str(), a, ""))
             .collect();
         self.start_nginx("nginx-storage", &self.provider.name.clone(), &sites)
     }
@@ -461,7 +605,7 @@ impl Lab {
         self.start_nginx(
             "nginx-consumer",
             &self.consumer.name.clone(),
-            &[("consumer-svc", CONSUMER_SERVICE)],
+            &[("consumer-svc", CONSUMER_SERVICE, "")],
         )
     }
 
@@ -515,6 +659,11 @@ impl Lab {
             ns.ip(&["route", "add", GWLB_ENI, "dev", dev])?;
             ns.ip(&["route", "add", other, "via", GWLB_ENI, "dev", dev])?;
         }
+        // vpc-web has the same resolver address as vpc-a (VPCs overlap; each gets its own
+        // VPC's answers).
+        g.web
+            .ip(&["route", "add", &format!("{RESOLVER}/32"), "dev", "br0"])?;
+        g.web.set_resolver(RESOLVER)?;
         Ok(())
     }
 
@@ -542,7 +691,7 @@ impl Lab {
         self.start_nginx(
             "nginx-web",
             &server,
-            &[("web-srv", GWLB_SERVER), ("web-srv", &blocked)],
+            &[("web-srv", GWLB_SERVER, ""), ("web-srv", &blocked, "")],
         )?;
         for i in 0..APPLIANCES.len() {
             self.start_appliance(i)?;
@@ -613,6 +762,88 @@ impl Lab {
         curl_in(&g.web, url, &[&["-m", "20"], extra].concat())
     }
 
+    /// The on-premises resolver: Debian's BIND (`named`, in the foreground, as root, every
+    /// file in the lab's directory) in `<p>-onprem`, recursive for the on-premises
+    /// network, forwarding only the names' zone, to the daemon's external listener, as
+    /// seed 001's on-premises BIND does. No DNSSEC validation: the lab has no root to
+    /// validate from. Returns once BIND answers (10 s at most).
+    fn start_onprem_bind(&mut self) -> Result<()> {
+        let d = self.dir.join("onprem");
+        fs::create_dir_all(&d)?;
+        let conf = format!(
+            r#"options {{
+  directory "{d}";
+  pid-file "{d}/named.pid";
+  session-keyfile "{d}/session.key";
+  managed-keys-directory "{d}";
+  listen-on {{ {ONPREM_BIND}; }};
+  listen-on-v6 {{ none; }};
+  recursion yes;
+  allow-query {{ any; }};
+  allow-recursion {{ {ONPREM_NET}; localhost; }};
+  dnssec-validation no;
+}};
+controls {{ }};
+zone "{DNS_APEX}" {{
+  type forward;
+  forward only;
+  forwarders {{ {ONPREM_FWD} port 53; }};
+}};
+"#,
+            d = d.display()
+        );
+        let conf_path = d.join("named.conf");
+        fs::write(&conf_path, conf)?;
+        self.spawn(
+            "named",
+            &self.onprem.name.clone(),
+            "named",
+            &["-g", "-c", path(&conf_path)],
+        )?;
+        // BIND answers its own version query: it is up, whatever the daemon says.
+        let start = Instant::now();
+        loop {
+            let up = self
+                .onprem
+                .exec(
+                    "dig",
+                    &[
+                        "+short",
+                        "+time=1",
+                        "+tries=1",
+                        &format!("@{ONPREM_BIND}"),
+                        "version.bind",
+                        "chaos",
+                        "txt",
+                    ],
+                )
+                .is_ok_and(|out| !out.trim().is_empty());
+            if up {
+                return Ok(());
+            }
+            let exited = self
+                .children
+                .last_mut()
+                .and_then(|(_, c)| c.try_wait().ok().flatten());
+            if exited.is_some() || start.elapsed() > Duration::from_secs(10) {
+                // BIND's banner is long: its last lines say why.
+                let log = self.log("named");
+                let mut tail: Vec<&str> = log.lines().rev().take(6).collect();
+                tail.reverse();
+                bail!(
+                    "on-premises BIND {} (log: {}): {}",
+                    match exited {
+                        Some(status) => format!("exited ({status})"),
+                        None => "not answering after 10 s".into(),
+                    },
+                    self.dir.join("named.log").display(),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn start_daemon(&mut self, daemon: &Path, state: &str) -> Result<()> {
         fs::write(self.state_file(), state)?;
         self.spawn_daemon(daemon)
@@ -670,6 +901,7 @@ impl Lab {
         let _ = fs::remove_file(&ready);
         let pin_dir = self.pin_dir.clone();
         let data_dir = self.dir.join("data");
+        let dns_listen = format!("{ONPREM_FWD}:53");
         let mut args = vec![
             "daemon",
             "--pin-dir",
@@ -678,6 +910,14 @@ impl Lab {
             path(&ready),
             "--netns",
             &self.fwd.name,
+            // The names: under lab-1.privatelink.example, served to on-premises
+            // resolvers on the forwarder's end of the on-premises veth.
+            "--dns-listen",
+            &dns_listen,
+            "--dns-suffix",
+            DNS_SUFFIX,
+            "--dns-region",
+            DNS_REGION,
         ];
         if self.file_mode {
             args.extend(["--state", path(&state_file)]);
@@ -825,6 +1065,7 @@ impl Lab {
         netns::remove(&self.consumer.name);
         netns::remove(&self.provider.name);
         netns::remove(&self.fwd.name);
+        netns::remove(&self.onprem.name);
         if let Some(g) = &self.gwlb {
             for ns in [&g.web, &g.server, &g.appl] {
                 netns::remove(&ns.name);
@@ -906,4 +1147,35 @@ pub fn wait_for(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) ->
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CLI session's literal addresses, names and settings are the constants the
+    /// tests check against, and the names are the naming options' (written out twice:
+    /// once as the contract, once as the daemon's options).
+    #[test]
+    fn build_steps_and_names_agree_with_the_constants() {
+        let steps: Vec<&str> = BUILD_STEPS.iter().map(|(_, args)| *args).collect();
+        let steps = steps.join("\n");
+        for want in [
+            format!("--zone vsw-a1:{ENI}"),
+            format!("vsw-a4:{ENI_B}"),
+            format!("--backend zone-a:{LB}"),
+            format!("--backend zone-b:{LB_B}"),
+            format!("--resolver {RESOLVER}"),
+            format!("--probe-address {PROBE_ADDRESS}"),
+            format!("--domain {CUSTOM_DOMAIN}"),
+            format!("--health-port {LB_HEALTH_PORT}"),
+            format!("--health-path {LB_HEALTH_PATH}"),
+            format!("--health-interval-ms {PROBE_INTERVAL_MS}"),
+        ] {
+            assert!(steps.contains(&want), "{want} not in BUILD_STEPS");
+        }
+        assert_eq!(DNS_APEX, format!("{DNS_REGION}.{DNS_SUFFIX}"));
+        assert_eq!(EP_A_NAME, format!("ep-a.epsrv-b.{DNS_APEX}"));
+        assert!(!CUSTOM_DOMAIN.ends_with(DNS_SUFFIX));
+    }
 }

@@ -2,8 +2,9 @@
 //! every process inside them) on drop, even when the test fails.
 
 use std::{
-    fs::File,
+    fs::{self, File},
     os::fd::AsRawFd,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -80,6 +81,26 @@ impl Netns {
     pub fn enter_thread(&self) -> Result<()> {
         enter_thread(&self.name)
     }
+
+    /// Makes programs run through `ip netns exec` in this namespace ask `server` for names:
+    /// writes `/etc/netns/<ns>/resolv.conf`, which `ip netns exec` mounts over
+    /// `/etc/resolv.conf`. One-second timeouts and two attempts, so that a test whose
+    /// resolver does not answer fails quickly. Removed with the namespace.
+    pub fn set_resolver(&self, server: &str) -> Result<()> {
+        let dir = etc_dir(&self.name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let file = dir.join("resolv.conf");
+        fs::write(
+            &file,
+            format!("nameserver {server}\noptions timeout:1 attempts:2\n"),
+        )
+        .with_context(|| format!("writing {}", file.display()))
+    }
+}
+
+/// `/etc/netns/<name>`: the files `ip netns exec` mounts over `/etc` in the namespace.
+fn etc_dir(name: &str) -> PathBuf {
+    Path::new("/etc/netns").join(name)
 }
 
 /// Moves the calling thread into the named namespace (without owning it).
@@ -98,8 +119,13 @@ impl Drop for Netns {
     }
 }
 
-/// Kills every process in the namespace, then deletes it. Quiet if it does not exist.
+/// Kills every process in the namespace, then deletes it, and its `/etc/netns/<name>`
+/// files (`set_resolver`). Quiet if it does not exist.
 pub fn remove(name: &str) {
+    // Never a path outside /etc/netns (names are ours, but a slash would escape it).
+    if !name.is_empty() && !name.contains('/') && name != "." && name != ".." {
+        let _ = fs::remove_dir_all(etc_dir(name));
+    }
     if !std::path::Path::new("/run/netns").join(name).exists() {
         return;
     }

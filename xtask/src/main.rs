@@ -51,6 +51,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("wrk", "wrk"),
     ("python3-scapy", "scapy"),
+    // DNS: the on-premises resolver of the lab (named), the names tests' client (dig; in
+    // Debian 12 `dnsutils` is only a transitional package for it), and the DNS benchmark.
+    ("bind9", "named"),
+    ("bind9-dnsutils", "dig"),
+    ("dnsperf", "dnsperf"),
 ];
 
 fn main() -> Result<()> {
@@ -164,7 +169,7 @@ fn setup() -> Result<()> {
         step("packages", &format!("installing {}", missing.join(" ")));
         // Package lists on a fresh machine are stale: update first.
         run(privileged("apt-get").args(["update", "-qq"]))?;
-        // Installing nginx or haproxy must not start them in the host's namespace: the labs
+        // Installing nginx, haproxy or bind9 must not start them in the host's namespace: the labs
         // start their own. policy-rc.d 101 = "do not start services".
         let policy = Path::new("/usr/sbin/policy-rc.d");
         let own_policy = !policy.exists();

@@ -5,8 +5,9 @@ use std::sync::mpsc;
 use anyhow::Result;
 use clap::Parser;
 use privatelink_tests::lab::{
-    APPLIANCES, CLIENT, ENI, GWLB_BLOCKED_PORT, GWLB_CLIENT, GWLB_ENI, GWLB_SERVER, LB, Lab,
-    LabOptions, OBJECT_STORAGE, REVERSE_ENI, privatelink_bin,
+    APPLIANCES, CLIENT, CLIENT_B, CLIENT_C, CUSTOM_DOMAIN, ENI, ENI_B, EP_A_NAME,
+    GWLB_BLOCKED_PORT, GWLB_CLIENT, GWLB_ENI, GWLB_SERVER, LB, LB_B, Lab, LabOptions,
+    OBJECT_STORAGE, ONPREM_BIND, ONPREM_FWD, RESOLVER, REVERSE_ENI, privatelink_bin, zone_name,
 };
 
 #[derive(Parser)]
@@ -46,7 +47,22 @@ fn main() -> Result<()> {
          {pl} --token {admin} account list\n  \
          {pl} --token {provider} connection list epsrv-b     # provider B\n  \
          {pl} --token {consumer} endpoint list               # consumer A\n\n\
-                  GWLB endpoint: in {web}, {GWLB_CLIENT} reaches {GWLB_SERVER} (in {wsrv}) only through \
+         two zones and names: ep-a has ENIs {ENI} (zone-a) and {ENI_B} (zone-b), the provider \
+         a health-checked load balancer in each zone ({LB}, {LB_B}; answers carry X-Zone); \
+         the consumer's clients are {CLIENT} (zone-a), {CLIENT_B} (zone-b) and {CLIENT_C} (zone-c, \
+         no ENI there); {c} asks vpc-a's resolver {RESOLVER} (/etc/netns/{c}/resolv.conf):\n  \
+         ip netns exec {c} dig {EP_A_NAME}   # zone-a: {ENI} only (affinity)\n  \
+         ip netns exec {c} dig -b {CLIENT_B} {EP_A_NAME}   # zone-b: {ENI_B} only\n  \
+         ip netns exec {c} dig -b {CLIENT_C} {EP_A_NAME}   # zone-c: both\n  \
+         ip netns exec {c} dig {zone_b}   # a zone name: that zone's ENI\n  \
+         ip netns exec {c} dig {CUSTOM_DOMAIN}   # the custom domain: in vpc-a only\n  \
+         ip netns exec {web} dig {CUSTOM_DOMAIN}   # vpc-web: NXDOMAIN\n  \
+         ip netns exec {c} curl -si http://{EP_A_NAME}/   # X-Zone: zone-a\n  \
+         ip netns exec {c} curl -si --interface {CLIENT_B} --resolve {EP_A_NAME}:80:{ENI_B} http://{EP_A_NAME}/   # zone-b\n  \
+         ip netns exec {o} dig @{ONPREM_BIND} {EP_A_NAME}   # on premises: BIND forwards to {ONPREM_FWD}:53\n  \
+         {pl} --token {consumer} endpoint show ep-a   # its names (with PRIVATELINK_API set)\n  \
+         {pl} --token {admin} status   # each zone's load balancer: health, since when\n\n\
+         GWLB endpoint: in {web}, {GWLB_CLIENT} reaches {GWLB_SERVER} (in {wsrv}) only through \
          endpoint {GWLB_ENI}; every packet goes in GENEVE to appliance {a} or {b} (in {appl}) \
          and back:\n  \
          ip netns exec {web} curl http://{GWLB_SERVER}/\n  \
@@ -72,6 +88,8 @@ fn main() -> Result<()> {
         a = APPLIANCES[0].1,
         b = APPLIANCES[1].1,
         dir = lab.dir.display(),
+        o = lab.onprem.name,
+        zone_b = zone_name("zone-b"),
         oss = OBJECT_STORAGE[0],
         admin = t.admin,
         provider = t.provider,
