@@ -177,8 +177,9 @@ impl Call {
 }
 
 /// A service as the API shows it: the stored service and, for interface services, its
-/// default domain name (computed from the running naming, not stored: the target of the
-/// CNAME a consumer adds for the custom domain in VPCs without an endpoint, seed 001).
+/// default domain name (computed from the running naming, not stored). It has no address
+/// records: the service's endpoints live in many VPCs. A VPC without an endpoint reaches
+/// the custom domain by a CNAME to an endpoint's domain name (see the README).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ServiceView {
     #[serde(flatten)]
@@ -232,8 +233,8 @@ pub struct EndpointView {
     #[schema(value_type = Object)]
     pub endpoint: Map<String, Value>,
     pub zones: Vec<ZoneView>,
-    /// The endpoint domain name: every zone's ENI address (by zone affinity, the client's
-    /// zone's first).
+    /// The endpoint domain name: every healthy zone's ENI address (with zone affinity, a
+    /// client in a zone with a healthy ENI gets only that zone's).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "ep-a.epsrv-b.region-1.privatelink.internal")]
     pub domain: Option<String>,

@@ -293,7 +293,6 @@ impl Apply for DataplaneApply {
     }
 
     fn apply(&mut self, s: &State) -> Result<()> {
-        self.health.sync(s);
         let unhealthy = self.health.take();
         let plan = match self.plan.take() {
             Some(p) if p.state == *s && p.unhealthy == unhealthy => p,
@@ -320,6 +319,9 @@ impl Apply for DataplaneApply {
         }
         // The resolver and probe addresses, then the DNS listeners bound to them.
         self.addresses.sync(s, &self.attached);
+        // Health checks start (or change) once their source addresses exist and the maps
+        // admit the answers: a first probe sent before would fail for nothing.
+        self.health.sync(s);
         if let Some(dns) = &mut self.dns {
             dns.update(s, &plan.unhealthy);
         }

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::{
     health::{self, CheckerOptions, Health, HealthSettings, ProbeSource},
-    model::{EndpointService, ListenerProtocol, ServiceType, State, numeric_id},
+    model::{EndpointService, State, numeric_id},
 };
 
 /// The health view: GWLB appliances and provider load balancers currently judged
@@ -65,21 +65,7 @@ pub struct HealthRow {
 /// interval, timeout and thresholds. None: nothing to check (GWLB and gateway services,
 /// and interface services with only UDP listeners and no `health`).
 pub fn lb_probe(svc: &EndpointService) -> Option<HealthSettings> {
-    if svc.kind != ServiceType::Interface {
-        return None;
-    }
-    if let Some(h) = &svc.health {
-        return Some(h.clone());
-    }
-    let port = svc
-        .listeners
-        .iter()
-        .find(|l| l.protocol == ListenerProtocol::Tcp)?
-        .port;
-    Some(HealthSettings {
-        port,
-        ..HealthSettings::default()
-    })
+    svc.lb_health()
 }
 
 /// What one service's checker does; a change restarts the checker.
@@ -353,6 +339,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::model::{ListenerProtocol, ServiceType};
 
     /// A GWLB service whose appliances are loopback addresses, probed over `lo`.
     fn state(appliances: &[&str], port: u16) -> State {

@@ -5,11 +5,13 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// Logs to stderr (RUST_LOG, default `info`; colours only on a terminal).
+/// Logs to stderr (RUST_LOG, default `info`, with the DNS server library's per-query
+/// lines left out; colours only on a terminal).
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,hickory_server=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -999,7 +999,8 @@ zone "{DNS_APEX}" {{
         Ok(())
     }
 
-    fn child_pid(&self, name: &str) -> Option<u32> {
+    /// The pid of a process the lab started (`privatelink` is the daemon).
+    pub fn child_pid(&self, name: &str) -> Option<u32> {
         self.children
             .iter()
             .find(|(n, _)| n == name)

@@ -1543,7 +1543,7 @@ fn vpc_resolver_and_probe_addresses_are_checked_and_kept_clear() {
         (
             "probe outside",
             patch(
-                &w.a,
+                &w.admin,
                 "/v1/vpcs/vpc-a",
                 json!({"probe_address": "100.100.2.136"}),
             ),
@@ -1553,7 +1553,11 @@ fn vpc_resolver_and_probe_addresses_are_checked_and_kept_clear() {
         ),
         (
             "resolver is an ENI",
-            patch(&w.a, "/v1/vpcs/vpc-a", json!({"resolver": "10.10.1.100"})),
+            patch(
+                &w.admin,
+                "/v1/vpcs/vpc-a",
+                json!({"resolver": "10.10.1.100"}),
+            ),
             400,
             "vpcs[0].resolver",
             "10.10.1.100 is endpoint ep-a's ENI in VPC vpc-a",
@@ -1561,7 +1565,7 @@ fn vpc_resolver_and_probe_addresses_are_checked_and_kept_clear() {
         (
             "same address twice",
             patch(
-                &w.a,
+                &w.admin,
                 "/v1/vpcs/vpc-a",
                 json!({"resolver": "10.10.1.53", "probe_address": "10.10.1.53"}),
             ),
@@ -1572,7 +1576,7 @@ fn vpc_resolver_and_probe_addresses_are_checked_and_kept_clear() {
         (
             "probe is a SNAT address",
             patch(
-                &w.b,
+                &w.admin,
                 "/v1/vpcs/vpc-b",
                 json!({"probe_address": "10.10.0.200"}),
             ),
@@ -1582,24 +1586,31 @@ fn vpc_resolver_and_probe_addresses_are_checked_and_kept_clear() {
         ),
         (
             "bad syntax",
-            patch(&w.a, "/v1/vpcs/vpc-a", json!({"resolver": "10.10.1"})),
+            patch(&w.admin, "/v1/vpcs/vpc-a", json!({"resolver": "10.10.1"})),
             400,
             "resolver",
             "invalid",
         ),
         (
             "unknown field",
-            patch(&w.a, "/v1/vpcs/vpc-a", json!({"cidr": "10.0.0.0/8"})),
+            patch(&w.admin, "/v1/vpcs/vpc-a", json!({"cidr": "10.0.0.0/8"})),
             400,
             "cidr",
             "unknown field",
         ),
         (
-            "another's VPC",
+            "the VPC's owner",
+            patch(&w.a, "/v1/vpcs/vpc-a", json!({"resolver": "10.10.1.53"})),
+            403,
+            "",
+            "only the operator",
+        ),
+        (
+            "another account",
             patch(&w.b, "/v1/vpcs/vpc-a", json!({"resolver": "10.10.1.53"})),
             403,
             "",
-            "another account",
+            "only the operator",
         ),
         (
             "no such VPC",
@@ -1621,9 +1632,9 @@ fn vpc_resolver_and_probe_addresses_are_checked_and_kept_clear() {
     }
     assert_eq!(snapshot(&w), before, "refusals changed nothing");
 
-    // The owner sets them; the operator may too; null removes one.
+    // The operator sets them; null removes one; the owner sees them.
     let v = patch(
-        &w.a,
+        &w.admin,
         "/v1/vpcs/vpc-a",
         json!({"resolver": "10.10.3.1", "probe_address": "10.10.1.54"}),
     )
@@ -1666,7 +1677,7 @@ fn vpc_resolver_and_probe_addresses_are_checked_and_kept_clear() {
     assert_eq!((st, field.as_str()), (400, "snat[0]"), "{msg}");
     assert!(msg.contains("probe address"), "{msg}");
 
-    let v = patch(&w.a, "/v1/vpcs/vpc-a", json!({"resolver": null})).unwrap();
+    let v = patch(&w.admin, "/v1/vpcs/vpc-a", json!({"resolver": null})).unwrap();
     assert!(v.get("resolver").is_none(), "{v}");
     assert_eq!(v["probe_address"], "10.10.1.54", "the other stays");
     let last = w.srv.applied.0.lock().unwrap().last().cloned().unwrap();

@@ -272,15 +272,18 @@ fn names_domains_affinity_and_vpc_addresses_through_the_cli() {
             &serde_json::json!("10.10.1.54")
         )
     );
-    // The owner changes them; --no-* removes one; a bad one is refused naming the field.
+    // The operator changes them (the owner may not); --no-* removes one; a bad one is
+    // refused naming the field.
+    let (fine, out) = api(url, &a, "vpc set vpc-a --resolver 100.100.2.136");
+    assert!(!fine && out.contains("only the operator"), "{out}");
     let vpc = json(
         url,
-        &a,
+        admin,
         "vpc set vpc-a --resolver 100.100.2.136 --no-probe-address",
     );
     assert_eq!(vpc["resolver"], "100.100.2.136");
     assert!(vpc.get("probe_address").is_none(), "{vpc}");
-    let (fine, out) = api(url, &a, "vpc set vpc-a --probe-address 100.100.2.137");
+    let (fine, out) = api(url, admin, "vpc set vpc-a --probe-address 100.100.2.137");
     assert!(
         !fine && out.contains("probe_address") && out.contains("not inside"),
         "{out}"

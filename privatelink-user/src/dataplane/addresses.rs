@@ -99,11 +99,11 @@ impl HostAddresses {
         !self.failed.is_empty()
     }
 
-    /// Tries again what the last sync could not do.
+    /// Brings the interfaces to the last sync's addresses again (every tick): what could
+    /// not be done is retried, and an address someone removed behind the daemon's back
+    /// (`ip addr flush`) comes back.
     pub fn retry(&mut self) {
-        if self.pending() {
-            self.reconcile();
-        }
+        self.reconcile();
     }
 
     fn reconcile(&mut self) {
@@ -170,6 +170,23 @@ impl HostAddresses {
                 .iter()
                 .any(|p| p.ifindex == ifindex && p.addr == w.addr)
             {
+                continue;
+            }
+            // An address of another interface that is not ours (the operator's: an
+            // on-premises listener, a management address): local to the whole namespace,
+            // so adding it here would take it from whoever uses it there.
+            if let Some(other) = present
+                .iter()
+                .find(|p| p.addr == w.addr && p.ifindex != ifindex && !p.ours)
+            {
+                failed.insert(
+                    key,
+                    format!(
+                        "{} ({}) is already an address of interface index {} that the daemon \
+                         did not add: not added to {}",
+                        w.addr, w.what, other.ifindex, w.interface
+                    ),
+                );
                 continue;
             }
             match nl.add(ifindex, w.addr) {

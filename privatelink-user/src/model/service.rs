@@ -268,6 +268,29 @@ impl EndpointService {
         set.into_iter().collect()
     }
 
+    /// How the service's load balancers are health-checked (interface services): its
+    /// `health` settings, or without them a TCP connect to its first TCP listener's port
+    /// with the default interval, timeout and thresholds. None: nothing to check (GWLB
+    /// and gateway services, and interface services with only UDP listeners and no
+    /// `health`).
+    pub fn lb_health(&self) -> Option<HealthSettings> {
+        if self.kind != ServiceType::Interface {
+            return None;
+        }
+        if let Some(h) = &self.health {
+            return Some(h.clone());
+        }
+        let port = self
+            .listeners
+            .iter()
+            .find(|l| l.protocol == ListenerProtocol::Tcp)?
+            .port;
+        Some(HealthSettings {
+            port,
+            ..HealthSettings::default()
+        })
+    }
+
     /// Whether an endpoint ENI may be created in `zone` (checked when ENIs are created or
     /// added, not on stored state: see `State::grandfathered`).
     pub fn serves_zone(&self, zone: &str) -> bool {

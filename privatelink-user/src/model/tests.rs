@@ -731,16 +731,22 @@ fn resolver_and_probe_addresses_are_unicast_and_the_probe_is_inside_the_vpc() {
         e.starts_with("vpcs[0].probe_address: 10.10.1.53 is the VPC's resolver address too"),
         "{e}"
     );
-    // Overlapping VPCs may use the same addresses, each its own.
+    // Overlapping VPCs may share a resolver address (each served on its own interface),
+    // not a probe address (one host holds both interfaces: see the next test).
     assert_eq!(
         check(|s| {
             for v in &mut s.vpcs[..2] {
                 v.resolver = addr("10.10.1.53");
-                v.probe_address = addr("10.10.2.54");
             }
         }),
         "valid"
     );
+    let e = check(|s| {
+        for v in &mut s.vpcs[..2] {
+            v.probe_address = addr("10.10.2.54");
+        }
+    });
+    assert!(e.contains("10.10.2.54 is the probe address in VPC"), "{e}");
 }
 
 #[test]
@@ -809,8 +815,32 @@ fn resolver_and_probe_addresses_are_no_other_address_in_use_in_their_vpc() {
         e.ends_with("10.10.1.1 is endpoint ep-gw's route target in VPC vpc-a"),
         "{e}"
     );
-    // The same address in another VPC is another address.
-    assert_eq!(check(|s| s.vpcs[1].resolver = addr("10.10.1.100")), "valid");
+    // One host holds every VPC's interface: an address in use in another VPC is taken
+    // too (the kernel would make that VPC's traffic to the host martian), and so is
+    // another VPC's probe address; only resolvers may share one.
+    assert_eq!(
+        check(|s| s.vpcs[1].resolver = addr("10.10.1.100")),
+        "vpcs[1].resolver: 10.10.1.100 is endpoint ep-a's ENI in VPC vpc-a: one forwarder \
+         host holds every VPC's interface, so its own addresses must be unique to all"
+    );
+    let e = check(|s| {
+        s.vpcs[0].resolver = addr("100.100.2.136");
+        s.vpcs[1].probe_address = addr("10.10.0.250");
+        s.vpcs[0].probe_address = addr("10.10.0.250");
+    });
+    assert!(e.contains("10.10.0.250 is the probe address in VPC"), "{e}");
+    let e = check(|s| {
+        s.vpcs[0].resolver = addr("10.10.0.250");
+        s.vpcs[1].probe_address = addr("10.10.0.250");
+    });
+    assert!(e.contains("is the probe address in VPC vpc-b"), "{e}");
+    assert_eq!(
+        check(|s| {
+            s.vpcs[0].resolver = addr("100.100.2.136");
+            s.vpcs[1].resolver = addr("100.100.2.136");
+        }),
+        "valid"
+    );
 }
 
 #[test]
@@ -959,4 +989,29 @@ fn a_custom_domain_resolves_for_the_first_enabling_endpoint_of_a_vpc_once_verifi
         e.ends_with(".service_domain: only interface endpoints resolve a custom service domain"),
         "{e}"
     );
+}
+
+/// Services sharing a load balancer check it on one port: the host admits one port per
+/// peer, and the verdict is the load balancer's.
+#[test]
+fn a_load_balancer_services_share_is_health_checked_on_one_port() {
+    let second = |s: &mut State, port: u16| {
+        let mut o = s.services[0].clone();
+        o.id = "epsrv-b2".into();
+        o.domain = None;
+        o.snat = vec!["10.10.0.202".parse().unwrap()];
+        o.listeners = vec!["tcp:443".parse().unwrap()];
+        o.health = (port != 0).then(|| HealthSettings {
+            port,
+            ..HealthSettings::default()
+        });
+        s.services.push(o);
+    };
+    // epsrv-b is checked on its first TCP listener's port, 80; epsrv-b2 on 443.
+    let e = check(|s| second(s, 0));
+    assert!(
+        e.contains("].health.port: load balancer 10.10.0.10 is also service epsrv-b's, health-checked on port 80"),
+        "{e}"
+    );
+    assert_eq!(check(|s| second(s, 80)), "valid");
 }

@@ -1,5 +1,4 @@
-//! VPCs and their vSwitches (operator), and their resolver and probe addresses (operator
-//! or the VPC's owner).
+//! VPCs, their vSwitches, and their resolver and probe addresses (the operator).
 
 use std::net::Ipv4Addr;
 
@@ -99,10 +98,14 @@ pub struct VpcPatch {
     pub probe_address: Option<Option<Ipv4Addr>>,
 }
 
-/// Sets or removes VPC `id`'s resolver and probe addresses: the operator, or the account
-/// that owns the VPC (as a cloud's VPC owner sets its DHCP options). The rules (unicast,
-/// the probe address inside the CIDR, no address in use) are `State::validate`'s.
+/// Sets or removes VPC `id`'s resolver and probe addresses: the operator only. Both
+/// become addresses of the forwarder host on the VPC's interface (the platform's, as a
+/// cloud's resolver 100.100.2.136 is), and one namespace holds every VPC's interface: a
+/// tenant that could pick them could take an address another VPC's traffic to the host
+/// needs (another VPC's load balancer, the on-premises listener). The rules (unicast, the
+/// probe address inside the CIDR, no address in use in any VPC) are `State::validate`'s.
 pub fn update_vpc(s: &mut State, c: &Caller, id: &str, p: VpcPatch) -> R<Vpc> {
+    admin_only(c)?;
     seen(&s.vpcs, c, "VPC", "vpc", id)?;
     let vpc = s
         .vpcs

@@ -53,6 +53,10 @@ fn main() -> Result<()> {
         print!("{}", control_plane(1000)?);
         return Ok(());
     }
+    if args.iter().any(|a| a == "--dns-only") {
+        print!("{}", dns()?);
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--conntrack-only") {
         print!("{}", conntrack_scale(&flows)?);
         return Ok(());
@@ -63,6 +67,7 @@ fn main() -> Result<()> {
     // Before the multi-gigabyte conntrack tables: freeing them leaves the machine busy
     // reclaiming memory, which showed as fsync latency in the API figures.
     md.push_str(&control_plane(1000)?);
+    md.push_str(&dns()?);
     md.push_str(&restart_with_flows(1_000_000)?);
     md.push_str(&conntrack_scale(&flows)?);
     std::fs::create_dir_all("results")?;
@@ -625,6 +630,136 @@ fn per_packet(only: Option<&str>) -> Result<String> {
          Single runs: {RUNS} per path, medians (syscall and cold caches included).\n\n{}",
         table(&rows)
     );
+    print!("{out}");
+    Ok(out)
+}
+
+/// The daemon's DNS server against BIND serving the same records, side by side with
+/// dnsperf in the lab's forwarder namespace: the daemon's external listener (its
+/// authoritative answers for the lab's endpoint and zone names and an unknown name) and a
+/// `named` authoritative for the same zone with the records the daemon gave. Both servers
+/// on CPU 1 (the daemon's threads moved there; `named -n 1`), dnsperf on CPU 0. Rounds
+/// alternate between the servers; ratios within each round, then their median.
+fn dns() -> Result<String> {
+    use std::{net::SocketAddr, time::Duration};
+
+    use privatelink_tests::{
+        dnsbench::{dig_a, dnsperf, query_file, start_bind, wait_answering},
+        lab::{DNS_APEX, EP_A_NAME, Lab, LabOptions, ONPREM_FWD, zone_name},
+        netns::unique_name,
+    };
+    const ROUNDS: usize = 3;
+    const SECONDS: u32 = 5;
+    /// The load at which latency is compared: well below either server's limit.
+    const LATENCY_QPS: u32 = 2000;
+    let prefix = unique_name("plbd");
+    let lab = Lab::up(&LabOptions::new(
+        &prefix,
+        format!("/sys/fs/bpf/privatelink-bench-{prefix}"),
+    ))?;
+    let ns = &lab.fwd;
+    let ours: SocketAddr = format!("{ONPREM_FWD}:53").parse()?;
+    let bind: SocketAddr = "127.0.0.1:5301".parse()?;
+    let unknown = format!("nope.{DNS_APEX}");
+    let names = [
+        EP_A_NAME.to_string(),
+        zone_name("zone-a"),
+        zone_name("zone-b"),
+        unknown.clone(),
+    ];
+    wait_answering(ns, ours, EP_A_NAME, Duration::from_secs(15))?;
+    let mut records = Vec::new();
+    for n in &names {
+        let a = dig_a(ns, ours, n)?;
+        if !a.is_empty() {
+            records.push((n.clone(), a));
+        }
+    }
+    anyhow::ensure!(records.len() == 3, "the daemon answered {records:?}");
+    let dir = lab.dir.join("bench-named");
+    let mut named = start_bind(ns, &dir, DNS_APEX, 5, &records, bind)?;
+    let result = (|| -> Result<String> {
+        wait_answering(ns, bind, EP_A_NAME, Duration::from_secs(15))?;
+        for n in &names {
+            anyhow::ensure!(
+                dig_a(ns, ours, n)? == dig_a(ns, bind, n)?,
+                "the two servers answer {n} differently"
+            );
+        }
+        if let Some(pid) = lab.child_pid("privatelink") {
+            privatelink_tests::netns::run(std::process::Command::new("taskset").args([
+                "-a",
+                "-p",
+                "-c",
+                "1",
+                &pid.to_string(),
+            ]))?;
+        }
+        let file = dir.join("queries.txt");
+        std::fs::write(
+            &file,
+            query_file(&names.iter().map(String::as_str).collect::<Vec<_>>()),
+        )?;
+        let (mut qps, mut tcp, mut lat) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let a = dnsperf(ns, ours, &file, SECONDS, None, false)?;
+            let b = dnsperf(ns, bind, &file, SECONDS, None, false)?;
+            qps.push((a, b));
+        }
+        let a = dnsperf(ns, ours, &file, SECONDS, None, true)?;
+        let b = dnsperf(ns, bind, &file, SECONDS, None, true)?;
+        tcp.push((a, b));
+        for _ in 0..ROUNDS {
+            let a = dnsperf(ns, ours, &file, SECONDS, Some(LATENCY_QPS), false)?;
+            let b = dnsperf(ns, bind, &file, SECONDS, Some(LATENCY_QPS), false)?;
+            lat.push((a, b));
+        }
+        let med = |mut v: Vec<f64>| -> f64 {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        let lost: u64 = qps
+            .iter()
+            .chain(&tcp)
+            .chain(&lat)
+            .map(|(a, b)| a.lost + b.lost)
+            .sum();
+        let mut t = String::from(
+            "| measure | privatelink | BIND 9 (named -n 1) | privatelink / BIND |\n|---|---:|---:|---:|\n",
+        );
+        for (what, runs) in [
+            ("UDP answers/s (saturated)", &qps),
+            ("TCP answers/s (saturated)", &tcp),
+        ] {
+            let _ = writeln!(
+                t,
+                "| {what} | {:.0} | {:.0} | {:.2}x |",
+                med(runs.iter().map(|(a, _)| a.qps).collect()),
+                med(runs.iter().map(|(_, b)| b.qps).collect()),
+                med(runs.iter().map(|(a, b)| a.qps / b.qps.max(1e-9)).collect()),
+            );
+        }
+        let _ = writeln!(
+            t,
+            "| mean latency at {LATENCY_QPS} queries/s, µs | {:.0} | {:.0} | {:.2}x |",
+            1e6 * med(lat.iter().map(|(a, _)| a.avg_latency).collect()),
+            1e6 * med(lat.iter().map(|(_, b)| b.avg_latency).collect()),
+            med(lat
+                .iter()
+                .map(|(a, b)| a.avg_latency / b.avg_latency.max(1e-12))
+                .collect()),
+        );
+        let out = format!(
+            "\nDNS: the daemon's external listener against BIND authoritative for the same records \
+             (dnsperf 4 clients, 100 queries in flight, {SECONDS} s per run, {ROUNDS} rounds alternating; \
+             queries: the endpoint name, two zone names, an unknown name; rcodes {}; {lost} queries lost in all)\n\n{t}",
+            qps.first().map(|(a, _)| a.rcodes.as_str()).unwrap_or(""),
+        );
+        Ok(out)
+    })();
+    let _ = named.kill();
+    let _ = named.wait();
+    let out = result?;
     print!("{out}");
     Ok(out)
 }

@@ -47,10 +47,50 @@ impl State {
                 (_, None) => validate_lb_service(&f, s, vpc, &taken, &mut snat_used)?,
             }
             validate_names_and_health(&f, s)?;
+            self.validate_shared_probe_port(&f, i, s)?;
         }
         let mut enis: BTreeSet<(String, Ipv4Addr)> = snat_used.clone();
         enis.extend(taken.into_keys());
         Ok(enis)
+    }
+
+    /// A load balancer that services before `i` share with `s` is health-checked on one
+    /// port by all: the host admits one port per peer (`PL_HOST`), and a verdict is the
+    /// load balancer's, whichever service asked, so probes of another port would fail and
+    /// fail over every service behind it.
+    fn validate_shared_probe_port(
+        &self,
+        f: &str,
+        i: usize,
+        s: &EndpointService,
+    ) -> Result<(), FieldError> {
+        let Some(mine) = s.lb_health() else {
+            return Ok(());
+        };
+        for o in self.services[..i].iter().filter(|o| o.vpc == s.vpc) {
+            let Some(theirs) = o.lb_health() else {
+                continue;
+            };
+            if theirs.port == mine.port {
+                continue;
+            }
+            if let Some(b) = s
+                .backends
+                .iter()
+                .find(|b| o.backends.iter().any(|ob| ob.address == b.address))
+            {
+                return err(
+                    format!("{f}.health.port"),
+                    format!(
+                        "load balancer {} is also service {}'s, health-checked on port {}: a \
+                         load balancer services share is checked on one port (give the same \
+                         health port, {} here)",
+                        b.address, o.id, theirs.port, mine.port
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Load balancer, GWLB and appliance addresses (with their services), which no SNAT

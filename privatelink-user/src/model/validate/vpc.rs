@@ -56,17 +56,41 @@ impl State {
         Ok(())
     }
 
-    /// The resolver and probe addresses of every VPC are no other address in use in it
-    /// (checked once the services and endpoints are: the message names the user).
+    /// The resolver and probe addresses of every VPC are no other address in use in it or
+    /// in any other VPC (checked once the services and endpoints are: the message names
+    /// the user). They become the forwarder host's own addresses, and one host holds
+    /// every VPC's interface: an address local on one interface is local for all, so it
+    /// would turn another VPC's load balancer, appliance or ENI traffic to the host into
+    /// martians. Only a resolver address may be shared, by the resolvers of several VPCs
+    /// (each served on its own interface).
     pub(super) fn validate_vpc_addresses(&self) -> Result<(), FieldError> {
         for (i, v) in self.vpcs.iter().enumerate() {
             for (name, a) in [("resolver", v.resolver), ("probe_address", v.probe_address)] {
                 let Some(a) = a else { continue };
+                let field = format!("vpcs[{i}].{name}");
                 if let Some(user) = self.address_use(&v.id, a) {
-                    return err(
-                        format!("vpcs[{i}].{name}"),
-                        format!("{a} is {user} in VPC {}", v.id),
-                    );
+                    return err(field, format!("{a} is {user} in VPC {}", v.id));
+                }
+                for o in self.vpcs.iter().filter(|o| o.id != v.id) {
+                    let user = self.address_use(&o.id, a).or_else(|| {
+                        if o.probe_address == Some(a) {
+                            Some("the probe address".into())
+                        } else if name == "probe_address" && o.resolver == Some(a) {
+                            Some("the resolver address".into())
+                        } else {
+                            None
+                        }
+                    });
+                    if let Some(user) = user {
+                        return err(
+                            field,
+                            format!(
+                                "{a} is {user} in VPC {}: one forwarder host holds every \
+                                 VPC's interface, so its own addresses must be unique to all",
+                                o.id
+                            ),
+                        );
+                    }
                 }
             }
         }
