@@ -31,9 +31,8 @@ use crate::{
     },
 };
 
-/// Tuples a new flow tries, the first `HASHED_ATTEMPTS` of them from its hash.
+/// Tuples a new flow tries.
 const SNAT_ATTEMPTS: u32 = 8;
-const HASHED_ATTEMPTS: u32 = 4;
 /// How often (at most) a busy flow re-checks that its reply entry still exists.
 pub const PARTNER_REFRESH_NS: u64 = 1_000_000_000;
 
@@ -190,22 +189,17 @@ pub fn create(
     // Double hashing (an odd stride, not consecutive ports: linear probing clusters, and
     // a pool three quarters full then failed most first packets — found by the lab flood
     // test). Each attempt also moves to the next address, so the attempts spread over the
-    // whole pool. The first `HASHED_ATTEMPTS` start at the flow's hash: a flow that lost
-    // its entries (the LRU may evict either) is made again on the same tuple, so the
-    // provider's connection goes on. Should they all meet taken tuples, the rest start at
-    // a random place, drawn afresh for every packet: a retransmitted SYN then tries other
-    // tuples, where with hashed attempts alone every retransmission met the same taken
-    // ones and the connection failed (seen in CI: another endpoint's connection, during a
-    // flood that held 38 % of the pool). (More attempts in all exceed the verifier's
-    // budget: each is a map insert.)
-    let mut probe = (h, hash::mix32(h) | 1);
+    // whole pool. The first attempt is the flow's hash: a flow that lost its entries (the
+    // LRU may evict either) is made again on its own tuple, so the provider's connection
+    // goes on. The stride is drawn afresh for every packet: should the first attempt
+    // meet a taken tuple, a retransmitted SYN tries other tuples, where with a hashed
+    // stride every retransmission met the same taken ones and the connection failed
+    // (seen in CI: another endpoint's connection, during a flood that held 38 % of the
+    // pool). (A random stride, not a random start for some attempts: any per-attempt
+    // choice costs the verifier a sixth more of its budget.)
+    // SAFETY: a helper without arguments.
+    let stride = hash::mix32(h ^ unsafe { bpf_get_prandom_u32() }) | 1;
     for attempt in 0..SNAT_ATTEMPTS {
-        if attempt == HASHED_ATTEMPTS {
-            // SAFETY: a helper without arguments.
-            let r = h ^ unsafe { bpf_get_prandom_u32() };
-            probe = (r, hash::mix32(r) | 1);
-        }
-        let (h, stride) = probe;
         let idx = (((h >> 16).wrapping_add(attempt) % count) as usize) & (MAX_SNAT_ADDRS - 1);
         let snat_addr = pool.addrs[idx];
         let snat_port =

@@ -163,24 +163,10 @@ pub fn dnsperf(
     parse_dnsperf(&text)
 }
 
-/// Waits until `server` answers `name` (dig from `ns`), at most `limit`.
+/// Waits until `server` answers `name` with an address (dig from `ns`), at most `limit`.
 pub fn wait_answering(ns: &Netns, server: SocketAddr, name: &str, limit: Duration) -> Result<()> {
     crate::lab::wait_for(limit, &format!("DNS at {server}"), || {
-        ns.exec(
-            "dig",
-            &[
-                &format!("@{}", server.ip()),
-                "-p",
-                &server.port().to_string(),
-                "+short",
-                "+time=1",
-                "+tries=1",
-                name,
-                "A",
-            ],
-        )
-        .map(|o| !o.trim().is_empty())
-        .unwrap_or(false)
+        dig_a(ns, server, name).is_ok_and(|a| !a.is_empty())
     })
 }
 

@@ -222,8 +222,8 @@ fn flood(lab: &Lab, frames: u32, recover_ns: &Netns, recover_url: &str) -> Phase
             (ok, tries)
         });
         // Bounded: at most 400 requests. Each may take 2 s: its SYN and one
-        // retransmission (which probes the same SNAT tuples: a tuple's port comes from a
-        // hash of the flow).
+        // retransmission (whose first SNAT attempt is the SYN's, the flow's hash, and the
+        // other seven follow a stride drawn afresh for every packet).
         while !done.load(Ordering::SeqCst) && p.web_total < 400 {
             p.web_ok += curl_ok(web(lab), &web_url, "2") as u32;
             p.web_total += 1;

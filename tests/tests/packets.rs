@@ -1875,12 +1875,11 @@ fn half_open_flows_give_their_tuples_up_first() {
     );
 }
 
-/// A SYN that found every tuple it tried taken is retransmitted into other tuples: when
-/// the attempts from the flow's hash all fail, the rest start at a random place, drawn
-/// afresh for every packet, so a connection is not lost because its first packet met a
-/// crowded part of the pool. (With the hashed attempts alone every retransmission met the
-/// same taken tuples: CI saw another endpoint's connection fail during a flood that held
-/// 38 % of the pool.)
+/// A SYN that found every tuple it tried taken is retransmitted into other tuples: its
+/// first attempt is the flow's hash, the others follow a stride drawn afresh for every
+/// packet, so a connection is not lost because its first packet met a crowded part of
+/// the pool. (With a hashed stride every retransmission met the same taken tuples: CI saw
+/// another endpoint's connection fail during a flood that held 38 % of the pool.)
 #[test]
 fn a_retransmitted_syn_tries_other_tuples() {
     let state = packet_state().replace(
@@ -1897,8 +1896,8 @@ fn a_retransmitted_syn_tries_other_tuples() {
         sport += 1;
     }
     // A first packet whose attempts all missed the free tuple is served when resent
-    // (each try's 4 random attempts find it with odds 1 in 16: 400 tries fail together
-    // once in 10^11). One that found it at once holds it half-open; after a second idle a new
+    // (each try's 7 attempts after the hashed one find it with odds 1 in 9: 400 tries
+    // fail together once in 10^20). One that found it at once holds it half-open; after a second idle a new
     // flow of the same endpoint may take it over, so the next port tries again.
     let (missed, tries) = (sport..sport + 20)
         .find_map(|s| {
