@@ -93,14 +93,17 @@ pub fn ipv4(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet, ip: &Ipv4Hdr) -> 
 }
 
 /// A packet to the VPC's resolver address: a query (UDP or TCP to port 53), from anyone
-/// in the VPC, passes; anything else there is dropped.
+/// in the VPC, passes; anything else there is dropped, and so is a query from source port
+/// 0 (no answer can reach it: the server would drop it and log each one).
 #[inline(always)]
 fn dns(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     if pkt.proto != PROTO_UDP && pkt.proto != PROTO_TCP {
         return ISOLATED;
     }
     match mut_at::<Ports>(ctx, pkt.l4, Reason::DropTruncatedL4) {
-        Ok(p) if be16(p.dport) == DNS_PORT => (xdp_action::XDP_PASS, Reason::PassDns),
+        Ok(p) if be16(p.dport) == DNS_PORT && p.sport != [0, 0] => {
+            (xdp_action::XDP_PASS, Reason::PassDns)
+        }
         _ => ISOLATED,
     }
 }

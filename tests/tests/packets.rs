@@ -2183,7 +2183,8 @@ fn queries_to_the_resolver_address_pass_to_the_host_and_nothing_else_does() {
         assert_eq!((act, &out), (XDP_PASS, f), "{:?}", h.active_stats());
     }
     assert_eq!(h.count(Reason::PassDns), 3);
-    // Another port, ICMP, and fragments of a query (first, middle, last) are dropped.
+    // Another port, source port 0, ICMP, and fragments of a query (first, middle, last)
+    // are dropped.
     let mut ping = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, mac)
         .ipv4(CLIENT, RESOLVER, 64)
@@ -2194,6 +2195,9 @@ fn queries_to_the_resolver_address_pass_to_the_host_and_nothing_else_does() {
         udp_frame(mac, RESOLVER, 5353, 54, QUERY),
         tcp_frame(mac, RESOLVER, 40001, 54, true),
         udp_frame(mac, RESOLVER, 53, 5353, QUERY),
+        // From source port 0: no answer can reach it.
+        udp_frame(mac, RESOLVER, 0, 53, QUERY),
+        tcp_frame(mac, RESOLVER, 0, 53, true),
         ping,
     ];
     for (hi, lo) in [(0x20u8, 0u8), (0x20, 0x10), (0x00, 0x10)] {

@@ -30,7 +30,11 @@ use hickory_proto::{
 use ipnet::Ipv4Net;
 
 use crate::{
-    model::{Connection, EndpointService, ServiceType, State, names::Naming, numeric_id},
+    model::{
+        Connection, EndpointService, ServiceType, State,
+        names::{self, Naming},
+        numeric_id,
+    },
     monitor::Unhealthy,
 };
 
@@ -244,6 +248,16 @@ impl DnsView {
                 Err(e) => view.problems.push(format!("service {}: {e}", svc.id)),
             }
             if let (Some(d), true) = (&svc.domain, svc.domain_verified) {
+                // A custom domain in or above our names would hide them (a state file is
+                // validated against the default suffix only: the daemon's is known here).
+                if names::is_within(d, &naming.suffix) || names::is_within(&naming.suffix, d) {
+                    view.problems.push(format!(
+                        "service {}'s domain {d} is not served: it lies in or above the names' \
+                         suffix {}",
+                        svc.id, naming.suffix
+                    ));
+                    continue;
+                }
                 match fqdn(d) {
                     Ok(n) => {
                         let lower = LowerName::from(&n);
@@ -908,6 +922,20 @@ zones = [{ vswitch = "vsw-d1", eni = "10.20.1.100" }]
         let v = view_of(&s, &Unhealthy::new());
         let g = ask(&v, Some("vpc-a"), "10.10.1.7", DOMAIN, RecordType::A);
         assert_eq!(g.rcode, ResponseCode::Refused);
+        // In the names' suffix (a state file is validated against the default suffix
+        // only): not served, said, and the endpoint names it would hide still answer.
+        let mut s = state();
+        s.services[0].domain = Some("epsrv-b.region-1.privatelink.internal".into());
+        let v = view_of(&s, &Unhealthy::new());
+        assert!(
+            v.problems().iter().any(|p| p.contains("is not served")),
+            "{:?}",
+            v.problems()
+        );
+        assert_eq!(
+            a(&v, Some("vpc-a"), "10.10.5.7", EP_A),
+            addrs(&["10.10.1.100", "10.10.4.100"])
+        );
     }
 
     #[test]
