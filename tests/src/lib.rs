@@ -4,6 +4,7 @@
 
 pub mod apidaemon;
 pub mod appliance;
+pub mod dig;
 pub mod dnsbench;
 pub mod frames;
 pub mod gwlb;

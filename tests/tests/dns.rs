@@ -23,6 +23,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use privatelink_tests::{
+    dig::{Dig, parse_dig},
     lab::{bin, privatelink_bin, wait_for},
     netns::{self, Netns, unique_name},
 };
@@ -313,94 +314,6 @@ fn spawn_logged(dir: &Path, name: &str, cmd: &mut Command) -> Result<Child> {
 }
 
 /// One `dig` answer, read from its output.
-#[derive(Debug, Default)]
-struct Dig {
-    status: String,
-    flags: Vec<String>,
-    /// The answer section's records: (name, ttl, type, data).
-    answer: Vec<(String, String, String, String)>,
-    /// The authority section's records, likewise.
-    authority: Vec<(String, String, String, String)>,
-    /// The OPT pseudo-section's EDNS line (`; EDNS: version: 0, flags:; udp: 1232`).
-    edns: Option<String>,
-    text: String,
-}
-
-impl Dig {
-    fn addresses(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .answer
-            .iter()
-            .filter(|r| r.2 == "A")
-            .map(|r| r.3.clone())
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn has_flag(&self, f: &str) -> bool {
-        self.flags.iter().any(|x| x == f)
-    }
-}
-
-fn parse_dig(text: &str) -> Dig {
-    let mut d = Dig {
-        text: text.to_string(),
-        ..Dig::default()
-    };
-    let mut section = "";
-    for line in text.lines() {
-        if let Some(i) = line.find("status: ") {
-            d.status = line[i + 8..]
-                .split(',')
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-        if let Some(rest) = line.strip_prefix(";; flags: ") {
-            d.flags = rest
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(str::to_string)
-                .collect();
-        }
-        if line.starts_with("; EDNS:") {
-            d.edns = Some(line.to_string());
-        }
-        if line.starts_with(";; ") && line.ends_with("SECTION:") {
-            section = if line.contains("ANSWER") {
-                "answer"
-            } else if line.contains("AUTHORITY") {
-                "authority"
-            } else {
-                ""
-            };
-            continue;
-        }
-        if line.is_empty() {
-            section = "";
-            continue;
-        }
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() >= 5 && !line.starts_with(';') {
-            let rec = (
-                f[0].to_string(),
-                f[1].to_string(),
-                f[3].to_string(),
-                f[4..].join(" "),
-            );
-            match section {
-                "answer" => d.answer.push(rec),
-                "authority" => d.authority.push(rec),
-                _ => {}
-            }
-        }
-    }
-    d
-}
-
 /// `dig` in `ns` at `server` from `src`, with `opts` (`+tcp`, `+noedns`, ...); no retry,
 /// 2 s: an answer that does not come fails the test.
 fn dig(ns: &Netns, server: &str, src: Option<&str>, name: &str, qtype: &str, opts: &[&str]) -> Dig {

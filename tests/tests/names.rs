@@ -6,9 +6,10 @@
 //! daemon's external listener. Every answer is read from `dig`'s output, never from the
 //! server's own code.
 
-use std::{collections::BTreeSet, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
 use privatelink_tests::{
+    dig::{Dig, parse_dig},
     lab::{
         CLIENT_B, CLIENT_C, CUSTOM_DOMAIN, DNS_APEX, ENI, ENI_B, EP_A_NAME, Lab, LabOptions,
         ONPREM_BIND, ONPREM_FWD, RESOLVER, ZONE_HEADER, privatelink_bin, wait_for, zone_name,
@@ -22,70 +23,9 @@ fn lab() -> Lab {
     Lab::up(&LabOptions::new(&prefix, pin)).expect("lab up")
 }
 
-/// What `dig` printed: the response code, the header flags, the answer section's A
-/// addresses (sorted), and whether the authority section holds an SOA.
-#[derive(Debug, Default)]
-struct Answer {
-    status: String,
-    flags: BTreeSet<String>,
-    a: Vec<String>,
-    soa: bool,
-    /// The whole output, for failure messages.
-    text: String,
-}
-
-impl Answer {
-    fn parse(text: &str) -> Answer {
-        let mut ans = Answer {
-            text: text.to_string(),
-            ..Answer::default()
-        };
-        let mut section = "";
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix(";; ->>HEADER<<- ") {
-                // opcode: QUERY, status: NOERROR, id: 1234
-                if let Some(s) = rest.split(", ").find_map(|f| f.strip_prefix("status: ")) {
-                    ans.status = s.trim().to_string();
-                }
-            } else if let Some(rest) = line.strip_prefix(";; flags: ") {
-                // qr aa rd; QUERY: 1, ANSWER: 1, ...
-                let flags = rest.split(';').next().unwrap_or("");
-                ans.flags = flags.split_whitespace().map(str::to_string).collect();
-            } else if let Some(name) = line
-                .strip_prefix(";; ")
-                .and_then(|l| l.strip_suffix(" SECTION:"))
-            {
-                section = match name {
-                    "ANSWER" => "answer",
-                    "AUTHORITY" => "authority",
-                    _ => "",
-                };
-            } else if line.trim().is_empty() {
-                section = "";
-            } else if !line.starts_with(';') {
-                // name ttl class type rdata
-                let f: Vec<&str> = line.split_whitespace().collect();
-                if f.len() >= 5 && f[2] == "IN" {
-                    match (section, f[3]) {
-                        ("answer", "A") => ans.a.push(f[4].to_string()),
-                        ("authority", "SOA") => ans.soa = true,
-                        _ => {}
-                    }
-                }
-            }
-        }
-        ans.a.sort();
-        ans
-    }
-
-    fn flag(&self, f: &str) -> bool {
-        self.flags.contains(f)
-    }
-}
-
 /// `dig <args>` inside `ns` (its resolv.conf's server unless `args` name one with `@`),
 /// two tries of 2 s: the parsed answer (status empty if no answer came).
-fn dig(ns: &Netns, args: &[&str]) -> Answer {
+fn dig(ns: &Netns, args: &[&str]) -> Dig {
     let out = ns
         .command("dig")
         .args(["+time=2", "+tries=2"])
@@ -93,15 +33,15 @@ fn dig(ns: &Netns, args: &[&str]) -> Answer {
         .stdin(Stdio::null())
         .output()
         .expect("running dig");
-    Answer::parse(&String::from_utf8_lossy(&out.stdout))
+    parse_dig(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// Asserts a NOERROR answer with exactly the A records `want` (in any order).
-fn assert_a(ans: &Answer, want: &[&str], what: &str) {
+fn assert_a(ans: &Dig, want: &[&str], what: &str) {
     let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
     want.sort();
     assert_eq!(ans.status, "NOERROR", "{what}: {}", ans.text);
-    assert_eq!(ans.a, want, "{what}: {}", ans.text);
+    assert_eq!(ans.addresses(), want, "{what}: {}", ans.text);
 }
 
 /// Waits (10 s at most) until the VPC resolver seen from `ns` answers `name` with exactly
@@ -109,10 +49,10 @@ fn assert_a(ans: &Answer, want: &[&str], what: &str) {
 fn wait_a(ns: &Netns, args: &[&str], want: &[&str], what: &str) {
     let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
     want.sort();
-    let mut last = Answer::default();
+    let mut last = Dig::default();
     let ok = wait_for(Duration::from_secs(10), what, || {
         last = dig(ns, args);
-        last.status == "NOERROR" && last.a == want
+        last.status == "NOERROR" && last.addresses() == want
     });
     assert!(
         ok.is_ok(),
@@ -164,7 +104,7 @@ fn the_vpc_resolver_answers_by_the_clients_zone() {
     wait_a(c, &[EP_A_NAME], &[ENI], "the endpoint name from zone-a");
     let ans = dig(c, &[EP_A_NAME]);
     assert!(
-        ans.flag("aa") && !ans.flag("ra"),
+        ans.has_flag("aa") && !ans.has_flag("ra"),
         "authoritative, no recursion: {}",
         ans.text
     );
@@ -215,11 +155,15 @@ fn the_vpc_resolver_answers_by_the_clients_zone() {
     // Unknown names in the zone: NXDOMAIN with the SOA; other names: REFUSED.
     let nx = dig(c, &[&format!("nope.epsrv-b.{DNS_APEX}")]);
     assert_eq!(nx.status, "NXDOMAIN", "{}", nx.text);
-    assert!(nx.flag("aa") && nx.soa && nx.a.is_empty(), "{}", nx.text);
+    assert!(
+        nx.has_flag("aa") && nx.soa_in_authority() && nx.addresses().is_empty(),
+        "{}",
+        nx.text
+    );
     let refused = dig(c, &["example.com"]);
     assert_eq!(refused.status, "REFUSED", "{}", refused.text);
     assert!(
-        refused.a.is_empty() && !refused.flag("ra"),
+        refused.addresses().is_empty() && !refused.has_flag("ra"),
         "{}",
         refused.text
     );
@@ -232,14 +176,14 @@ fn the_vpc_resolver_answers_by_the_clients_zone() {
     // A zone-b client: curl's own lookups leave from the namespace's default address
     // (zone-a), so the name is resolved from zone-b by dig and handed to curl.
     let b = dig(c, &["-b", CLIENT_B, EP_A_NAME]);
-    assert_eq!(b.a, [ENI_B], "{}", b.text);
+    assert_eq!(b.addresses(), [ENI_B], "{}", b.text);
     let r = curl_i(
         &lab,
         &[
             "--interface",
             CLIENT_B,
             "--resolve",
-            &format!("{EP_A_NAME}:80:{}", b.a[0]),
+            &format!("{EP_A_NAME}:80:{}", b.addresses()[0]),
         ],
         &url,
     );
@@ -292,7 +236,7 @@ fn the_custom_domain_resolves_only_where_an_endpoint_enables_it() {
         "vpc-web has no endpoint: {}",
         ans.text
     );
-    assert!(ans.a.is_empty(), "{}", ans.text);
+    assert!(ans.addresses().is_empty(), "{}", ans.text);
     assert!(
         ans.text.contains(&format!("SERVER: {RESOLVER}#53")),
         "{}",
@@ -303,7 +247,7 @@ fn the_custom_domain_resolves_only_where_an_endpoint_enables_it() {
     let ans = dig(web, &[EP_A_NAME]);
     assert_eq!(ans.status, "NOERROR", "{}", ans.text);
     assert!(
-        !ans.a.is_empty() && ans.a.iter().all(|a| a == ENI || a == ENI_B),
+        !ans.addresses().is_empty() && ans.addresses().iter().all(|a| a == ENI || a == ENI_B),
         "{}",
         ans.text
     );
@@ -365,7 +309,7 @@ fn an_on_premises_bind_resolves_the_names_through_the_daemon() {
     );
     let ans = dig(o, &[&bind, EP_A_NAME]);
     assert!(
-        ans.flag("ra") && !ans.flag("aa"),
+        ans.has_flag("ra") && !ans.has_flag("aa"),
         "a resolver's answer: {}",
         ans.text
     );
@@ -381,7 +325,11 @@ fn an_on_premises_bind_resolves_the_names_through_the_daemon() {
     // The daemon's listener directly: authoritative.
     let direct = dig(o, &[&format!("@{ONPREM_FWD}"), EP_A_NAME]);
     assert_a(&direct, &[ENI, ENI_B], "the external listener");
-    assert!(direct.flag("aa") && !direct.flag("ra"), "{}", direct.text);
+    assert!(
+        direct.has_flag("aa") && !direct.has_flag("ra"),
+        "{}",
+        direct.text
+    );
     assert!(lab.log("named").contains("running"), "{}", lab.log("named"));
 }
 
