@@ -709,17 +709,54 @@ fn resolvers_follow_the_state() {
         &["10.10.1.50"],
     );
     assert!(serial(&lab) > before, "the serial moves with the answers");
-    // The operator's own address on an interface is never removed.
+    // The operator's own addresses: never removed, never taken. Each reload is waited for
+    // by its log line.
+    let reloads = |lab: &DnsLab| lab.log().matches("reloaded").count();
+    let reload = |lab: &mut DnsLab, state: &str| {
+        let n = reloads(lab);
+        lab.reload(state).unwrap();
+        wait_for(Duration::from_secs(10), "the reload", || reloads(lab) > n).unwrap();
+    };
+    let holds = |lab: &DnsLab, dev: &str, addr: &str| {
+        lab.fwd
+            .ip(&["-4", "addr", "show", "dev", dev])
+            .unwrap()
+            .contains(&format!("inet {addr}/32"))
+    };
     lab.fwd
         .ip(&["addr", "add", "10.20.0.9/32", "dev", "fd0"])
         .unwrap();
-    lab.reload(&state(true)).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        lab.fwd
-            .ip(&["-4", "addr", "show", "dev", "fd0"])
-            .unwrap()
-            .contains("inet 10.20.0.9/32")
+    // VPC D's resolver becomes that address: it is served there, and when the state
+    // drops it the operator's address stays.
+    let on_operators = state(true).replace(
+        &format!("resolver = \"{RESOLVER_D}\""),
+        "resolver = \"10.20.0.9\"",
     );
+    assert_ne!(on_operators, state(true));
+    reload(&mut lab, &on_operators);
+    reload(&mut lab, &state(true));
+    assert!(
+        holds(&lab, "fd0", "10.20.0.9"),
+        "the operator's address removed"
+    );
+    // VPC C's resolver asked on the address the operator holds on fd0: not added to fx0
+    // (it would take it from fd0's users), and said.
+    let taken = state(true).replace(
+        &format!("interface = \"fx0\"\nresolver = \"{RESOLVER}\""),
+        "interface = \"fx0\"\nresolver = \"10.20.0.9\"",
+    );
+    assert_ne!(taken, state(true));
+    reload(&mut lab, &taken);
+    // (The refusal is logged by the apply after the reload, or by the next tick's retry.)
+    let refusal = "10.20.0.9 (DNS resolver) is already an address of interface";
+    wait_for(Duration::from_secs(10), "the refusal logged", || {
+        lab.log().contains(refusal)
+    })
+    .unwrap();
+    assert!(
+        !holds(&lab, "fx0", "10.20.0.9"),
+        "another interface's address taken"
+    );
+    assert!(holds(&lab, "fd0", "10.20.0.9"));
     assert!(!lab.log().contains("panicked"), "{}", lab.log());
 }
