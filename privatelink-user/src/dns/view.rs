@@ -106,6 +106,8 @@ struct Eni {
 struct PrivateZone {
     apex: LowerName,
     soa: Record,
+    /// Its NS (`ns1.<apex>`, as the apex's).
+    ns: Record,
     /// VPC (numeric id) → the enabled endpoint's ENIs there.
     vpcs: HashMap<u32, Spread>,
 }
@@ -264,7 +266,8 @@ impl DnsView {
                         if !view.private.iter().any(|z| z.apex == lower) {
                             view.private.push(PrivateZone {
                                 apex: lower,
-                                soa: soa_record(n, &ns_name, &rname, 1, ttl),
+                                soa: soa_record(n.clone(), &ns_name, &rname, 1, ttl),
+                                ns: Record::from_rdata(n, ttl, RData::NS(NS(ns_name.clone()))),
                                 vpcs: HashMap::new(),
                             });
                         }
@@ -549,6 +552,7 @@ impl DnsView {
             Some(s) if *qname == z.apex => {
                 let mut held = s.select(self.client_zone(vpc, src));
                 held.push(&z.soa);
+                held.push(&z.ns);
                 self.records(held.into_iter().filter(|r| wanted(r, qtype)), &z.soa)
             }
             // Not enabled here (the name does not exist in this VPC), or below the apex.
@@ -910,6 +914,14 @@ zones = [{ vswitch = "vsw-d1", eni = "10.20.1.100" }]
         // Its SOA where it is enabled; AAAA is NODATA.
         let g = ask(&v, Some("vpc-a"), "10.10.1.7", DOMAIN, RecordType::SOA);
         assert_eq!((g.rcode, g.answers.len()), (ResponseCode::NoError, 1));
+        let g = ask(&v, Some("vpc-a"), "10.10.1.7", DOMAIN, RecordType::NS);
+        assert_eq!(
+            (g.rcode, g.answers),
+            (
+                ResponseCode::NoError,
+                vec!["ns1.region-1.privatelink.internal.".to_string()]
+            )
+        );
         let g = ask(&v, Some("vpc-a"), "10.10.1.7", DOMAIN, RecordType::AAAA);
         assert_eq!((g.rcode, g.answers.len()), (ResponseCode::NoError, 0));
         assert_eq!(g.authority, vec![format!("{DOMAIN}.")]);
