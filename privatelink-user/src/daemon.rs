@@ -148,6 +148,10 @@ pub fn read_state(path: &Path) -> Result<State> {
 /// applies the state (retried every 5 s while the data path is behind), serves the API in
 /// API mode, re-reads the file on SIGHUP in file mode, until SIGTERM or SIGINT.
 pub async fn run(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Result<()> {
+    match crate::process::raise_fd_limit() {
+        Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
+        Err(e) => warn!("raising the open-file limit: {e}"),
+    }
     // A state file, or the store, is read and validated before the kernel is touched.
     let (state, store) = match (&args.state, &args.data_dir) {
         (Some(path), _) => (read_state(path)?, None),

@@ -31,3 +31,48 @@ pub fn enter_netns(name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Raises this process's open-file limit to its hard limit: every VPC's resolver takes TCP
+/// connections from its tenants (hickory sets no cap of its own; an idle one is closed
+/// after 10 s), and running out of descriptors would stop health probes, netlink and the
+/// API too. Returns the limit now in force.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if r.rlim_cur < r.rlim_max {
+        r.rlim_cur = r.rlim_max;
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(r.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        // Lowered first, so that the raise has something to do.
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit on a struct of ours.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+            let hard = r.rlim_max;
+            r.rlim_cur = r.rlim_cur.min(hard).min(256);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
+            let n = super::raise_fd_limit().unwrap();
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+            assert_eq!((n, r.rlim_cur), (hard, hard));
+        }
+    }
+}
