@@ -295,10 +295,19 @@ impl Apply for DataplaneApply {
     fn apply(&mut self, s: &State) -> Result<()> {
         let unhealthy = self.health.take();
         let plan = match self.plan.take() {
-            Some(p) if p.state == *s && p.unhealthy == unhealthy => p,
-            _ => Plan::compute(s, unhealthy)?,
+            Some(p) if p.state == *s && p.unhealthy == unhealthy => Ok(p),
+            _ => Plan::compute(s, unhealthy).map_err(anyhow::Error::from),
         };
-        let r = self.dp.apply(&plan.desired)?;
+        let applied = plan.and_then(|p| self.dp.apply(&p.desired).map(|r| (p, r)));
+        let (plan, r) = match applied {
+            Ok(x) => x,
+            Err(e) => {
+                // The maps are behind (retried by the tick); the checks still follow the
+                // state, as their verdicts are what the next apply needs.
+                self.health.sync(s);
+                return Err(e);
+            }
+        };
         // Every interface that can be attached is, and the next hops are registered and
         // probed, even when one interface cannot be attached yet (another XDP program
         // holds it): that VPC waits for the retry, the others do not.

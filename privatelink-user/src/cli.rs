@@ -217,8 +217,8 @@ pub enum VpcCmd {
     Show {
         id: String,
     },
-    /// Set or remove a VPC's resolver and probe addresses (the operator, or the VPC's
-    /// owner).
+    /// Set or remove a VPC's resolver and probe addresses (the operator: they become
+    /// the forwarder host's own addresses, unique to all VPCs but for shared resolvers).
     Set {
         id: String,
         #[arg(long, conflicts_with = "no_resolver")]

@@ -1645,16 +1645,19 @@ fn vpc_resolver_and_probe_addresses_are_checked_and_kept_clear() {
     );
     assert_eq!(w.a.get("/v1/vpcs/vpc-a").unwrap(), v);
     assert_eq!(refusal(w.b.get("/v1/vpcs/vpc-a")).0, 403);
+    // vpc-b's probe address lies in vpc-a's range too (the VPCs overlap): the host holds
+    // it on one namespace, so vpc-a's new ENIs keep clear of it as well.
     let v = patch(
         &w.admin,
         "/v1/vpcs/vpc-b",
-        json!({"probe_address": "10.10.0.250"}),
+        json!({"probe_address": "10.10.3.2"}),
     )
     .unwrap();
-    assert_eq!(v["probe_address"], "10.10.0.250");
+    assert_eq!(v["probe_address"], "10.10.3.2");
 
     // New ENIs keep clear: refused when asked for, skipped when allocated (vsw-a3 is
-    // 10.10.3.0/29: .1 is the resolver now, so .2 is the lowest free address).
+    // 10.10.3.0/29: .1 is vpc-a's resolver now and .2 vpc-b's probe address, so .3 is the
+    // lowest free address).
     let (st, field, msg) = refusal(w.a.post("/v1/endpoints", &endpoint_body("ep-x", "10.10.1.54")));
     assert_eq!((st, field.as_str()), (400, "zones[0].eni"), "{msg}");
     assert!(
@@ -1667,15 +1670,30 @@ fn vpc_resolver_and_probe_addresses_are_checked_and_kept_clear() {
             &json!({"id": "ep-x", "vpc": "vpc-a", "service": "epsrv-b", "zones": [{"vswitch": "vsw-a3"}]}),
         )
         .unwrap();
-    assert_eq!(ep["zones"][0]["eni"], "10.10.3.2");
+    assert_eq!(ep["zones"][0]["eni"], "10.10.3.3");
+    // Another VPC's host address asked for: refused on the request's field, without
+    // naming the other tenant's VPC.
+    let (st, field, msg) = refusal(w.a.post(
+        "/v1/endpoints",
+        &json!({"id": "ep-y", "vpc": "vpc-a", "service": "epsrv-b",
+                "zones": [{"vswitch": "vsw-a3", "eni": "10.10.3.2"}]}),
+    ));
+    assert_eq!((st, field.as_str()), (400, "zones[0].eni"), "{msg}");
+    assert!(
+        msg.contains("10.10.3.2 is an address of the forwarder host") && !msg.contains("vpc-b"),
+        "{msg}"
+    );
     // So do the provider's addresses.
     let (st, field, msg) = refusal(w.b.post(
         "/v1/services",
         &json!({"id": "s-p", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": "10.10.0.11"}],
-                "snat": ["10.10.0.250"], "listeners": [{"protocol": "tcp", "port": 80}]}),
+                "snat": ["10.10.3.2"], "listeners": [{"protocol": "tcp", "port": 80}]}),
     ));
     assert_eq!((st, field.as_str()), (400, "snat[0]"), "{msg}");
-    assert!(msg.contains("probe address"), "{msg}");
+    assert!(
+        msg.contains("10.10.3.2 is VPC vpc-b's probe address"),
+        "{msg}"
+    );
 
     let v = patch(&w.admin, "/v1/vpcs/vpc-a", json!({"resolver": null})).unwrap();
     assert!(v.get("resolver").is_none(), "{v}");
@@ -1684,7 +1702,7 @@ fn vpc_resolver_and_probe_addresses_are_checked_and_kept_clear() {
     assert_eq!(last.vpc("vpc-a").unwrap().resolver, None);
     assert_eq!(
         last.vpc("vpc-b").unwrap().probe_address,
-        Some("10.10.0.250".parse().unwrap())
+        Some("10.10.3.2".parse().unwrap())
     );
 }
 

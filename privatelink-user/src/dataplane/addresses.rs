@@ -57,6 +57,10 @@ pub struct HostAddresses {
     warned_rp_all: bool,
     /// Addresses whose interface has no XDP program attached yet.
     unattached: Vec<(String, Ipv4Addr)>,
+    /// A state has been synced: until then nothing is known of what is wanted, and the
+    /// daemon's addresses from its last run are left alone (removing them would stop
+    /// every VPC's DNS and probes while the first apply is behind).
+    synced: bool,
 }
 
 impl HostAddresses {
@@ -91,6 +95,7 @@ impl HostAddresses {
         wanted.sort();
         wanted.dedup_by(|a, b| a.interface == b.interface && a.addr == b.addr);
         self.wanted = wanted;
+        self.synced = true;
         self.reconcile();
     }
 
@@ -99,11 +104,11 @@ impl HostAddresses {
         !self.failed.is_empty()
     }
 
-    /// Brings the interfaces to the last sync's addresses again (every tick): what could
-    /// not be done is retried, and an address someone removed behind the daemon's back
-    /// (`ip addr flush`) comes back.
+    /// Tries again what the last sync could not do (nothing before the first sync).
     pub fn retry(&mut self) {
-        self.reconcile();
+        if self.synced && self.pending() {
+            self.reconcile();
+        }
     }
 
     fn reconcile(&mut self) {

@@ -1007,11 +1007,39 @@ fn a_load_balancer_services_share_is_health_checked_on_one_port() {
         });
         s.services.push(o);
     };
+    let probed = |s: &mut State| {
+        let b = vpc_index(s, "vpc-b");
+        s.vpcs[b].probe_address = "10.10.0.250".parse().ok();
+    };
     // epsrv-b is checked on its first TCP listener's port, 80; epsrv-b2 on 443.
-    let e = check(|s| second(s, 0));
+    let e = check(|s| {
+        probed(s);
+        second(s, 0)
+    });
     assert!(
-        e.contains("].health.port: load balancer 10.10.0.10 is also service epsrv-b's, health-checked on port 80"),
+        e.contains("].health.port: load balancer 10.10.0.10 is also service epsrv-b's, health-checked on port 80 (443 here)"),
         "{e}"
     );
-    assert_eq!(check(|s| second(s, 80)), "valid");
+    assert_eq!(
+        check(|s| {
+            probed(s);
+            second(s, 80)
+        }),
+        "valid"
+    );
+    // The same port, other thresholds: the verdict would mix them.
+    let e = check(|s| {
+        probed(s);
+        second(s, 80);
+        let last = s.services.len() - 1;
+        s.services[last]
+            .health
+            .as_mut()
+            .unwrap()
+            .unhealthy_threshold = 5;
+    });
+    assert!(e.contains("].health: load balancer 10.10.0.10"), "{e}");
+    // Nothing is checked without a probe address (states stored before checks existed
+    // keep loading).
+    assert_eq!(check(|s| second(s, 0)), "valid");
 }

@@ -78,7 +78,7 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
         may_enable_service_domain(s, &req.id, &req.vpc, svc)?;
     }
     if let (Some(gw), Some(vpc)) = (req.gateway, s.vpc(&req.vpc)) {
-        not_vpc_own(vpc, "gateway", gw)?;
+        not_vpc_own(s, vpc, "gateway", gw)?;
     }
     let zones = place_zones(s, &req.vpc, svc, &[], req.zones, "zones")?;
     let ep = Endpoint {
@@ -298,13 +298,14 @@ fn place_zones(
             out.push(kept.clone());
             continue;
         }
-        out.push(place_zone(v, svc, &mut used, z, &f)?);
+        out.push(place_zone(s, v, svc, &mut used, z, &f)?);
     }
     Ok(out)
 }
 
 /// One new ENI (see `place_zones`); `used` gains its address.
 fn place_zone(
+    s: &State,
     vpc: &Vpc,
     svc: &EndpointService,
     used: &mut std::collections::BTreeSet<Ipv4Addr>,
@@ -330,7 +331,7 @@ fn place_zone(
         ));
     }
     if let Some(a) = z.eni {
-        not_vpc_own(vpc, &format!("{f}.eni"), a)?;
+        not_vpc_own(s, vpc, &format!("{f}.eni"), a)?;
     }
     let eni = match z.eni {
         Some(a) if vsw.cidr.contains(&a) && vsw.is_reserved(a) => {
@@ -364,8 +365,8 @@ fn place_zone(
 /// `State::used_addresses`) and the VPC's resolver and probe addresses.
 fn taken_in(s: &State, vpc: &Vpc) -> std::collections::BTreeSet<Ipv4Addr> {
     let mut used = s.used_addresses(&vpc.id);
-    used.extend(vpc.resolver);
-    used.extend(vpc.probe_address);
+    // Every VPC's resolver and probe address: the host holds each on one namespace.
+    used.extend(s.host_addresses());
     used
 }
 
@@ -401,7 +402,7 @@ pub fn add_zone(s: &mut State, c: &Caller, id: &str, z: NewZone) -> R<Endpoint> 
         .ok_or_else(|| OpError::internal(format!("endpoint {id}'s VPC {} is gone", ep.vpc)))?;
     let mut used = taken_in(s, vpc);
     // The body is one zone: its fields are named without a list index.
-    let zone = place_zone(vpc, svc, &mut used, z, "").map_err(|mut e| {
+    let zone = place_zone(s, vpc, svc, &mut used, z, "").map_err(|mut e| {
         e.field = e.field.map(|f| f.trim_start_matches('.').to_string());
         e
     })?;

@@ -141,18 +141,22 @@ fn clearable<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Opt
 }
 
 /// Refuses address `a` (the request's `field`) for a new object in VPC `vpc` when it is
-/// the VPC's resolver or probe address (which the daemon holds on the VPC's interface).
-fn not_vpc_own(vpc: &Vpc, field: &str, a: Ipv4Addr) -> R<()> {
+/// the forwarder host's own: the VPC's resolver or probe address, or another VPC's (the
+/// daemon holds them on the VPCs' interfaces of one namespace, so each is local to all;
+/// another VPC's is not named: it is another tenant's).
+fn not_vpc_own(s: &State, vpc: &Vpc, field: &str, a: Ipv4Addr) -> R<()> {
     let role = if vpc.resolver == Some(a) {
-        "resolver"
+        format!("VPC {}'s resolver", vpc.id)
     } else if vpc.probe_address == Some(a) {
-        "probe address"
+        format!("VPC {}'s probe address", vpc.id)
+    } else if s.host_addresses().contains(&a) {
+        "an address of the forwarder host (another VPC's resolver or probe address)".into()
     } else {
         return Ok(());
     };
     Err(OpError::invalid(
         field,
-        format!("{a} is VPC {}'s {role}; choose another address", vpc.id),
+        format!("{a} is {role}; choose another address"),
     ))
 }
 

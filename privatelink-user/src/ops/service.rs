@@ -137,13 +137,13 @@ fn addresses_clear_of_vpc_own(s: &State, svc: &EndpointService) -> R<()> {
         return Ok(());
     };
     for (i, b) in svc.backends.iter().enumerate() {
-        not_vpc_own(vpc, &format!("backends[{i}].address"), b.address)?;
+        not_vpc_own(s, vpc, &format!("backends[{i}].address"), b.address)?;
     }
     for (i, a) in svc.snat.iter().enumerate() {
-        not_vpc_own(vpc, &format!("snat[{i}]"), *a)?;
+        not_vpc_own(s, vpc, &format!("snat[{i}]"), *a)?;
     }
     if let Some(g) = &svc.gwlb {
-        not_vpc_own(vpc, "gwlb.address", g.address)?;
+        not_vpc_own(s, vpc, "gwlb.address", g.address)?;
     }
     Ok(())
 }

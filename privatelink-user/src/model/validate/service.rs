@@ -54,16 +54,20 @@ impl State {
         Ok(enis)
     }
 
-    /// A load balancer that services before `i` share with `s` is health-checked on one
-    /// port by all: the host admits one port per peer (`PL_HOST`), and a verdict is the
-    /// load balancer's, whichever service asked, so probes of another port would fail and
-    /// fail over every service behind it.
+    /// A load balancer that services before `i` share with `s` is health-checked the same
+    /// way by all, when its VPC has a probe address (without one nothing is checked, as
+    /// in states stored before checks existed): the host admits one port per peer
+    /// (`PL_HOST`), and a verdict is the load balancer's, whichever service asked, so
+    /// another port, path or threshold would fail or flip every service behind it.
     fn validate_shared_probe_port(
         &self,
         f: &str,
         i: usize,
         s: &EndpointService,
     ) -> Result<(), FieldError> {
+        if self.vpc(&s.vpc).is_none_or(|v| v.probe_address.is_none()) {
+            return Ok(());
+        }
         let Some(mine) = s.lb_health() else {
             return Ok(());
         };
@@ -71,7 +75,7 @@ impl State {
             let Some(theirs) = o.lb_health() else {
                 continue;
             };
-            if theirs.port == mine.port {
+            if theirs == mine {
                 continue;
             }
             if let Some(b) = s
@@ -79,13 +83,21 @@ impl State {
                 .iter()
                 .find(|b| o.backends.iter().any(|ob| ob.address == b.address))
             {
+                let (field, what) = if theirs.port != mine.port {
+                    (
+                        "health.port",
+                        format!("on port {} ({} here)", theirs.port, mine.port),
+                    )
+                } else {
+                    ("health", "with other settings".to_string())
+                };
                 return err(
-                    format!("{f}.health.port"),
+                    format!("{f}.{field}"),
                     format!(
-                        "load balancer {} is also service {}'s, health-checked on port {}: a \
-                         load balancer services share is checked on one port (give the same \
-                         health port, {} here)",
-                        b.address, o.id, theirs.port, mine.port
+                        "load balancer {} is also service {}'s, health-checked {what}: a load \
+                         balancer services share is checked one way (give the same health \
+                         settings)",
+                        b.address, o.id
                     ),
                 );
             }

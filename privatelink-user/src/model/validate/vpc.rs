@@ -1,4 +1,7 @@
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use super::{FieldError, Ids, check_cidr, check_id, err, overlap, usable};
 use crate::model::{ServiceType, State, Vpc};
@@ -64,15 +67,23 @@ impl State {
     /// martians. Only a resolver address may be shared, by the resolvers of several VPCs
     /// (each served on its own interface).
     pub(super) fn validate_vpc_addresses(&self) -> Result<(), FieldError> {
+        let host = self.host_addresses();
+        if host.is_empty() {
+            return Ok(());
+        }
+        // One pass over the endpoints and services, for the host addresses only: this runs
+        // on every change, under the API's lock.
+        let uses = self.address_uses(&host);
+        let use_in = |vpc: &str, a: Ipv4Addr| uses.get(&(vpc.to_string(), a));
         for (i, v) in self.vpcs.iter().enumerate() {
             for (name, a) in [("resolver", v.resolver), ("probe_address", v.probe_address)] {
                 let Some(a) = a else { continue };
                 let field = format!("vpcs[{i}].{name}");
-                if let Some(user) = self.address_use(&v.id, a) {
+                if let Some(user) = use_in(&v.id, a) {
                     return err(field, format!("{a} is {user} in VPC {}", v.id));
                 }
                 for o in self.vpcs.iter().filter(|o| o.id != v.id) {
-                    let user = self.address_use(&o.id, a).or_else(|| {
+                    let user = use_in(&o.id, a).cloned().or_else(|| {
                         if o.probe_address == Some(a) {
                             Some("the probe address".into())
                         } else if name == "probe_address" && o.resolver == Some(a) {
@@ -97,34 +108,55 @@ impl State {
         Ok(())
     }
 
-    /// What address `a` already is in VPC `vpc`, as a phrase ("endpoint ep-a's ENI"): an
-    /// endpoint's ENI or route target, or a service's load balancer, SNAT, GWLB or
-    /// appliance address. The VPC's own resolver and probe addresses are not counted.
-    pub fn address_use(&self, vpc: &str, a: Ipv4Addr) -> Option<String> {
-        for e in self.endpoints.iter().filter(|e| e.vpc == vpc) {
-            if e.zones.iter().any(|z| z.eni == a) {
-                return Some(format!("endpoint {}'s ENI", e.id));
+    /// Every VPC's resolver and probe addresses: the forwarder host's own, each local to
+    /// every VPC's interface.
+    pub fn host_addresses(&self) -> BTreeSet<Ipv4Addr> {
+        self.vpcs
+            .iter()
+            .flat_map(|v| [v.resolver, v.probe_address])
+            .flatten()
+            .collect()
+    }
+
+    /// What each address of `of` already is in each VPC, as a phrase ("endpoint ep-a's
+    /// ENI"): an endpoint's ENI or route target, or a service's load balancer, SNAT, GWLB
+    /// or appliance address; the first use in the state's order. The VPCs' own resolver
+    /// and probe addresses are not counted.
+    fn address_uses(&self, of: &BTreeSet<Ipv4Addr>) -> BTreeMap<(String, Ipv4Addr), String> {
+        let mut uses = BTreeMap::new();
+        let mut note = |vpc: &str, a: Ipv4Addr, what: String| {
+            if of.contains(&a) {
+                uses.entry((vpc.to_string(), a)).or_insert(what);
             }
-            if e.gateway == Some(a) {
-                return Some(format!("endpoint {}'s route target", e.id));
+        };
+        for e in &self.endpoints {
+            for z in &e.zones {
+                note(&e.vpc, z.eni, format!("endpoint {}'s ENI", e.id));
+            }
+            if let Some(g) = e.gateway {
+                note(&e.vpc, g, format!("endpoint {}'s route target", e.id));
             }
         }
-        for s in self.services.iter().filter(|s| s.vpc == vpc) {
+        for s in &self.services {
             let backend = match s.kind {
                 ServiceType::Gwlb => "an appliance",
                 _ => "a load balancer address",
             };
-            if s.backends.iter().any(|b| b.address == a) {
-                return Some(format!("{backend} of service {}", s.id));
+            for b in &s.backends {
+                note(&s.vpc, b.address, format!("{backend} of service {}", s.id));
             }
-            if s.snat.contains(&a) {
-                return Some(format!("a SNAT address of service {}", s.id));
+            for a in &s.snat {
+                note(&s.vpc, *a, format!("a SNAT address of service {}", s.id));
             }
-            if s.gwlb.as_ref().is_some_and(|g| g.address == a) {
-                return Some(format!("the GWLB address of service {}", s.id));
+            if let Some(g) = &s.gwlb {
+                note(
+                    &s.vpc,
+                    g.address,
+                    format!("the GWLB address of service {}", s.id),
+                );
             }
         }
-        None
+        uses
     }
 }
 
