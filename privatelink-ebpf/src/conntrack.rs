@@ -195,8 +195,11 @@ pub fn create(
     // meet a taken tuple, a retransmitted SYN tries other tuples, where with a hashed
     // stride every retransmission met the same taken ones and the connection failed
     // (seen in CI: another endpoint's connection, during a flood that held 38 % of the
-    // pool). (A random stride, not a random start for some attempts: any per-attempt
-    // choice costs the verifier a sixth more of its budget.)
+    // pool). (A random stride, not a random start for the later attempts: any
+    // per-attempt choice, or the first attempt apart, costs the verifier a sixth to a
+    // third more of its budget. Over a range of 2^n ports, k × an odd stride never moves
+    // by a multiple of 8 for k < 8: a retransmission reaches 7 in 8 of the tuples, which
+    // matters only when one or two are left.)
     // SAFETY: a helper without arguments.
     let stride = hash::mix32(h ^ unsafe { bpf_get_prandom_u32() }) | 1;
     for attempt in 0..SNAT_ATTEMPTS {
