@@ -100,11 +100,16 @@ layout! {
     LbSet { count, _pad, addrs, slots };
     GwlbZone { service_id, zone_id };
     ApplianceSet { count, _pad, addrs };
-    Appliance { service_id, healthy };
+    Appliance { service_id, healthy, counter_slot };
+    CounterKey { kind, a, b };
+    EndpointCounters {
+        to_service_packets, to_service_bytes, to_consumer_packets, to_consumer_bytes, new_flows,
+        flow_log_lost, drops,
+    };
     GatewayRoute { prefix_len, vpc_id, addr };
     EndpointEni {
         endpoint_id, service_id, consumer_account, state, flags, zone_id, provider_vpc_id,
-        lb_addr, gateway, flow_share,
+        lb_addr, gateway, flow_share, counter_slot,
     };
     SnatPool { count, port_min, port_max, addrs };
     Neighbor { mac, _pad };
@@ -112,7 +117,7 @@ layout! {
     FlowEntry {
         new_src, new_dst, new_sport, new_dport, out_ifindex, src_mac, dst_mac, out_vpc_id,
         endpoint_id, direction, tcp_flags, flags, _pad, last_seen_ns, checked_ns, peer_mac,
-        out_mtu, epoch, csum_ip, csum_l4, fast_packets, _pad2,
+        out_mtu, epoch, csum_ip, csum_l4, fast_packets, counter_slot,
     };
     Rule { addr, prefix, proto, action, _pad, port_lo, port_hi };
     RuleSet { count, _pad, rules } [Rule];
@@ -124,9 +129,9 @@ mod tests {
 
     #[test]
     fn same_sizes_other_fields_differ() {
-        // Two 8-byte keys, two u32 fields each: only their names tell them apart.
-        assert_eq!(size_of::<GwlbZone>(), size_of::<Appliance>());
-        assert_ne!(of::<u32, GwlbZone>(), of::<u32, Appliance>());
+        // Two 8-byte types of two 4-byte fields each: only their fields tell them apart.
+        assert_eq!(size_of::<GwlbZone>(), size_of::<VpcAddr>());
+        assert_ne!(of::<u32, GwlbZone>(), of::<u32, VpcAddr>());
         assert_ne!(
             of::<u32, u64>(),
             of::<u64, u32>(),

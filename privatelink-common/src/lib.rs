@@ -318,6 +318,9 @@ pub const ENI_FLAG_STICKY_2: u32 = 128;
 /// `EndpointEni::flags`: the ENI's zone has several load balancers: new flows are spread
 /// over `PL_LB_SETS[service, zone]` by a hash of the client's tuple (`lb_addr` is the first).
 pub const ENI_FLAG_LB_SET: u32 = 256;
+/// The endpoint has flow logs on: its packets, accepted and dropped, are reported on the
+/// `PL_FLOW_EVENTS` ring buffer.
+pub const ENI_FLAG_FLOW_LOG: u32 = 512;
 
 /// The most load balancers a service has in one zone.
 pub const MAX_LBS_PER_ZONE: usize = 8;
@@ -387,6 +390,8 @@ pub struct ApplianceSet {
 pub struct Appliance {
     pub service_id: u32,
     pub healthy: u32,
+    /// The appliance's slot in `PL_EP_COUNTERS` (0: none; see `CounterKey`).
+    pub counter_slot: u32,
 }
 
 /// Key of `PL_GW_ROUTES` (an LPM trie): `prefix_len` counts the 32 bits of `vpc_id` plus
@@ -421,6 +426,9 @@ pub struct EndpointEni {
     /// The service's per-endpoint share of new flows, in percent of its SNAT tuples (or
     /// of the flow table, if smaller); 0: no bound (see `FlowBudget`).
     pub flow_share: u32,
+    /// This ENI's slot in `PL_EP_COUNTERS` (0: none; the daemon assigns them, see
+    /// `CounterKey`).
+    pub counter_slot: u32,
 }
 
 impl EndpointEni {
@@ -565,7 +573,9 @@ pub struct FlowEntry {
     /// that shows the fast path ran, where the counters in `PL_STATS` are the same for both
     /// paths.
     pub fast_packets: u32,
-    pub _pad2: u32,
+    /// The endpoint ENI's slot in `PL_EP_COUNTERS` (0: none), copied from its
+    /// `EndpointEni` when the flow was made and when it is stamped.
+    pub counter_slot: u32,
 }
 
 /// `FlowEntry::flags`: the flow belongs to a gateway endpoint.
@@ -574,6 +584,9 @@ pub const FLOW_GATEWAY: u8 = 1;
 /// entry says where GENEVE goes: `new_src` the load balancer, `new_dst` the appliance,
 /// `new_sport` the outer UDP source port, `out_*` and the MACs the appliance's port.
 pub const FLOW_GWLB: u8 = 2;
+/// `FlowEntry::flags`: the flow's endpoint ENI has flow logs on (`ENI_FLAG_FLOW_LOG`,
+/// copied when the flow is made and when it is stamped): its packets go to `PL_FLOW_EVENTS`.
+pub const FLOW_LOGGED: u8 = 4;
 
 impl FlowEntry {
     /// An entry with every field zero: the base of every entry the data path or a test
@@ -604,7 +617,7 @@ impl FlowEntry {
             csum_ip: 0,
             csum_l4: 0,
             fast_packets: 0,
-            _pad2: 0,
+            counter_slot: 0,
         }
     }
 
@@ -772,15 +785,117 @@ impl RuleSet {
     }
 }
 
-/// Value of `PL_EP_STATS` (per CPU, key: endpoint id).
+/// Slots of `PL_EP_COUNTERS`: one per endpoint ENI (an endpoint in one zone) and per GWLB
+/// appliance; slot 0 is never assigned (it means "no slot").
+pub const MAX_COUNTER_SLOTS: u32 = 16384;
+
+/// Key of `PL_EP_SLOTS`: what a slot of `PL_EP_COUNTERS` counts. The daemon assigns slots
+/// and keeps them there, beside the counters, so that a restarted daemon reads the same
+/// counters under the same names.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    /// `COUNTER_ENI` or `COUNTER_APPLIANCE`.
+    pub kind: u32,
+    /// ENI: the endpoint's numeric id; appliance: its VPC's.
+    pub a: u32,
+    /// ENI: the zone's numeric id; appliance: its address (network order, as `u32::from_be_bytes`).
+    pub b: u32,
+}
+
+/// `CounterKey::kind`: an endpoint in one zone.
+pub const COUNTER_ENI: u32 = 1;
+/// `CounterKey::kind`: a GWLB appliance.
+pub const COUNTER_APPLIANCE: u32 = 2;
+
+/// What an endpoint's drops are counted as in `EndpointCounters::drops` (a verdict's
+/// `Reason` folded to the kinds an operator tells apart; `Reason::endpoint_drop`).
+pub const EP_DROP_KINDS: usize = 16;
+/// The names of the drop kinds, by index (the `reason` label of the metrics).
+pub const EP_DROP_NAMES: [&str; EP_DROP_KINDS] = [
+    "other",
+    "security_group",
+    "acl",
+    "not_connected",
+    "not_whitelisted",
+    "no_listener",
+    "no_healthy_backend",
+    "ttl_exceeded",
+    "mtu",
+    "malformed",
+    "snat_exhausted",
+    "flow_limit",
+    "conntrack_full",
+    "no_flow",
+    "unsupported",
+    "redirect_failed",
+];
+
+/// Value of `PL_EP_COUNTERS` (per CPU, index: a slot, see `CounterKey`). For an endpoint
+/// ENI, "to service" is what its consumers sent through it and "to consumer" the replies;
+/// for an appliance, "to service" is what went to it in GENEVE and "to consumer" what came
+/// back. Bytes are IP bytes (the frame less its Ethernet header), as received.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EndpointStats {
-    pub packets_to_service: u64,
-    pub bytes_to_service: u64,
-    pub packets_to_consumer: u64,
-    pub bytes_to_consumer: u64,
-    pub drops: u64,
+pub struct EndpointCounters {
+    pub to_service_packets: u64,
+    pub to_service_bytes: u64,
+    pub to_consumer_packets: u64,
+    pub to_consumer_bytes: u64,
+    /// Flows made (the new flow's first packet).
+    pub new_flows: u64,
+    /// Flow events that did not fit the ring buffer (`PL_FLOW_EVENTS`).
+    pub flow_log_lost: u64,
+    /// Drops, by `EP_DROP_NAMES` index.
+    pub drops: [u64; EP_DROP_KINDS],
+}
+
+impl EndpointCounters {
+    /// Adds `o` (another CPU's counters) to these.
+    pub fn add(&mut self, o: &EndpointCounters) {
+        self.to_service_packets += o.to_service_packets;
+        self.to_service_bytes += o.to_service_bytes;
+        self.to_consumer_packets += o.to_consumer_packets;
+        self.to_consumer_bytes += o.to_consumer_bytes;
+        self.new_flows += o.new_flows;
+        self.flow_log_lost += o.flow_log_lost;
+        for (d, s) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *d += s;
+        }
+    }
+}
+
+/// Ring buffer `PL_FLOW_EVENTS` (bytes; a power of two and a multiple of the page size).
+pub const FLOW_EVENTS_BYTES: u32 = 1 << 20;
+
+/// `FlowEvent::direction`: into the endpoint ENI (consumer → service), as the ENI sees it.
+pub const FLOW_INGRESS: u8 = 0;
+/// `FlowEvent::direction`: out of the endpoint ENI (the service's replies to the consumer).
+pub const FLOW_EGRESS: u8 = 1;
+
+/// One record of `PL_FLOW_EVENTS`: a packet of an endpoint ENI with flow logs on, accepted
+/// or dropped, as the ENI sees it (the consumer's address and port, and the ENI's: the
+/// tuple before the rewrite for ingress, after it for egress).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// `bpf_ktime_get_coarse_ns` of the packet (the clock of conntrack's `last_seen_ns`).
+    pub time_ns: u64,
+    /// The ENI's counter slot.
+    pub slot: u32,
+    /// IP bytes of the packet.
+    pub bytes: u32,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// TCP flags of the packet (FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32).
+    pub tcp_flags: u8,
+    /// `FLOW_INGRESS` or `FLOW_EGRESS`.
+    pub direction: u8,
+    /// The verdict (`Reason` index): a forward verdict is ACCEPT, a drop REJECT.
+    pub reason: u8,
 }
 
 #[cfg(feature = "user")]
@@ -795,7 +910,9 @@ mod pod {
     unsafe impl aya::Pod for Neighbor {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowEntry {}
-    unsafe impl aya::Pod for EndpointStats {}
+    unsafe impl aya::Pod for EndpointCounters {}
+    unsafe impl aya::Pod for CounterKey {}
+    unsafe impl aya::Pod for FlowEvent {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Rule {}
     unsafe impl aya::Pod for GatewayRoute {}
@@ -819,7 +936,7 @@ mod tests {
         assert_eq!(size_of::<VpcAddr>(), 8);
         assert_eq!(size_of::<IfaceInfo>(), 12);
         assert_eq!(size_of::<VpcPort>(), 12);
-        assert_eq!(size_of::<EndpointEni>(), 40);
+        assert_eq!(size_of::<EndpointEni>(), 44);
         assert_eq!(size_of::<FlowBudget>(), 24);
         assert_eq!(size_of::<Config>(), 40);
         assert_eq!(size_of::<SnatPool>(), 8 + 4 * MAX_SNAT_ADDRS);
@@ -828,8 +945,10 @@ mod tests {
         assert_eq!(size_of::<FlowEntry>(), 80);
         assert_eq!(size_of::<GwlbZone>(), 8);
         assert_eq!(size_of::<ApplianceSet>(), 8 + 4 * MAX_APPLIANCES);
-        assert_eq!(size_of::<Appliance>(), 8);
-        assert_eq!(size_of::<EndpointStats>(), 40);
+        assert_eq!(size_of::<Appliance>(), 12);
+        assert_eq!(size_of::<EndpointCounters>(), 48 + 8 * EP_DROP_KINDS);
+        assert_eq!(size_of::<CounterKey>(), 12);
+        assert_eq!(size_of::<FlowEvent>(), 32);
         assert_eq!(size_of::<Listener>(), 8);
         assert_eq!(size_of::<ListenerSet>(), 8 + 8 * MAX_LISTENERS);
     }

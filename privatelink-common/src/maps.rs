@@ -59,6 +59,10 @@ macro_rules! for_each_map {
             ACL_OUT = PL_ACL_OUT: HashMap<$crate::VpcAddr, $crate::RuleSet>[$crate::MAX_ENDPOINTS, unchecked], synced(acl_out);
             /// Gateway endpoints' route target addresses (answered in ARP).
             GATEWAY_ADDRS = PL_GW_ADDRS: HashMap<$crate::VpcAddr, u32>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_addrs);
+            /// What each slot of `PL_EP_COUNTERS` counts (`CounterKey` → slot), the daemon's
+            /// record kept beside the counters, so that a restart reads them under the same names;
+            /// written before the entries that name its slots.
+            EP_SLOTS = PL_EP_SLOTS: HashMap<$crate::CounterKey, u32>[$crate::MAX_COUNTER_SLOTS, unchecked], synced(counter_slots);
             /// GWLB: every appliance (GENEVE is accepted only from these) and its health.
             GWLB_APPLIANCES = PL_GWLB_APPLS: HashMap<$crate::VpcAddr, $crate::Appliance>[$crate::MAX_SERVICES, unchecked], synced(gwlb_appliances);
             /// GWLB: the appliances new flows are spread over, per service and zone.
@@ -81,6 +85,9 @@ macro_rules! for_each_map {
             /// The daemon's state epoch, moved on after every change of the maps it owns; flow
             /// entries stamped with the current one skip the per-packet endpoint checks.
             EPOCH = PL_EPOCH: Array<u32, u32>[1, unchecked], settings;
+            /// Per endpoint ENI and GWLB appliance (by slot, see `PL_EP_SLOTS`), per CPU: packets
+            /// and bytes each way, new flows, drops by kind, lost flow events.
+            EP_COUNTERS = PL_EP_COUNTERS: PerCpuArray<u32, $crate::EndpointCounters>[$crate::MAX_COUNTER_SLOTS, fixed], datapath;
             /// Each endpoint's allowance of new flows (the data path's own; LRU, so endpoints that
             /// are gone leave by themselves).
             EP_BUDGET = PL_EP_BUDGET: LruHashMap<u32, $crate::FlowBudget>[$crate::MAX_ENDPOINTS, unchecked], datapath;
@@ -132,7 +139,13 @@ mod tests {
             );
         }
         // The object's own maps (not pinned by name, not in the catalogue).
-        let own = ["PL_SCRATCH", "PL_PATHS", "PL_HANDOFF"];
+        let own = [
+            "PL_SCRATCH",
+            "PL_PATHS",
+            "PL_HANDOFF",
+            "PL_FLOW_EVENTS",
+            "PL_FLOW_SCRATCH",
+        ];
         for r in rows {
             let first = r.split('|').nth(1).unwrap_or("");
             for n in first.split('`').filter(|n| n.starts_with("PL_")) {

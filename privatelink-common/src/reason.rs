@@ -70,6 +70,38 @@ reasons! {
     PassDns = 44 => "pass_dns", false;
 }
 
+impl Reason {
+    /// The kind a drop is counted as per endpoint (`EP_DROP_NAMES` index; 0 "other" for
+    /// what no endpoint's own state explains).
+    #[inline(always)]
+    pub const fn endpoint_drop(self) -> usize {
+        match self {
+            Reason::DropSecurityGroup => 1,
+            Reason::DropAcl => 2,
+            Reason::DropNotConnected => 3,
+            Reason::DropNotWhitelisted => 4,
+            Reason::DropNoListener => 5,
+            Reason::DropNoRoute | Reason::DropNoNeighbor | Reason::DropNoHealthyAppliance => 6,
+            Reason::DropTtlExceeded => 7,
+            Reason::GwlbFragNeeded => 8,
+            Reason::DropTruncatedEthernet
+            | Reason::DropTruncatedIp
+            | Reason::DropBadIpHeader
+            | Reason::DropBadIpChecksum
+            | Reason::DropTruncatedL4
+            | Reason::DropFragment
+            | Reason::DropGeneveMalformed => 9,
+            Reason::DropSnatExhausted => 10,
+            Reason::DropEndpointFlowLimit => 11,
+            Reason::DropConntrackFull => 12,
+            Reason::DropNoFlow | Reason::DropIcmpNoFlow | Reason::DropGwlbNoFlow => 13,
+            Reason::DropUnsupportedProtocol | Reason::DropIcmpUnsupported => 14,
+            Reason::DropRedirectFailed => 15,
+            _ => 0,
+        }
+    }
+}
+
 /// Size of the `PL_STATS` array.
 pub const REASON_COUNT: u32 = 45;
 

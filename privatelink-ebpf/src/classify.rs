@@ -8,62 +8,90 @@
 
 use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, programs::XdpContext};
 use privatelink_common::{
-    ENI_FLAG_GWLB, EndpointEni, GENEVE_PORT, IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS, IfaceInfo,
-    PATH_FORWARD, PATH_GWLB_RETURN, PATH_GWLB_STEER, PATH_ICMP_ENDPOINT, PATH_ICMP_SNAT,
-    PATH_REPLY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr,
+    ENI_FLAG_FLOW_LOG, ENI_FLAG_GWLB, EndpointEni, FLOW_INGRESS, GENEVE_PORT,
+    IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS, IfaceInfo, PATH_FORWARD, PATH_GWLB_RETURN,
+    PATH_GWLB_STEER, PATH_ICMP_ENDPOINT, PATH_ICMP_SNAT, PATH_REPLY, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, Reason, VpcAddr,
 };
 
 use crate::{
     arp,
     checksum::verify_checksum,
     endpoint::check_forwarding,
-    established, host,
+    established, flowlog, host,
     maps::{
         self, Handoff, PL_ENDPOINTS, PL_GW_ROUTES, PL_HANDOFF, PL_IFACES, PL_PATHS, PL_SNAT_ADDRS,
     },
-    packet::packet,
-    parse::{self, ETH_LEN, Ipv4Ext, Ports, be16, mut_at},
-    verdict::{Verdict, unpack},
+    packet::{Packet, packet},
+    parse::{self, ETH_LEN, Ipv4Ext, Ipv4Hdr, Ports, be16, mut_at},
+    verdict::{Verdict, settle, settle_for},
 };
 
-/// A frame on an attached interface, by its EtherType.
+/// A frame on an attached interface, by its EtherType; the verdict packed with the
+/// counter slot of the endpoint it is counted for (`crate::verdict`).
 #[inline(always)]
-pub fn frame(ctx: &XdpContext) -> Result<Verdict, Reason> {
-    let eth = mut_at::<parse::EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
+pub fn frame(ctx: &XdpContext) -> u64 {
+    let Ok(eth) = mut_at::<parse::EthHdr>(ctx, 0, Reason::DropTruncatedEthernet) else {
+        return settle(Err(Reason::DropTruncatedEthernet));
+    };
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: a lookup in a map that only the daemon writes; the value is copied out.
     let Some(iface) = (unsafe { PL_IFACES.get(ifindex) }).copied() else {
-        return Ok((xdp_action::XDP_PASS, Reason::PassNotAttached));
+        return settle(Ok((xdp_action::XDP_PASS, Reason::PassNotAttached)));
     };
     match u16::from_be(eth.ether_type) {
         parse::ETH_P_IP => ipv4(ctx, ifindex, &iface),
-        parse::ETH_P_ARP => Ok(unpack(arp::handle(ctx, &iface))),
-        _ => Ok(host::other(&iface)),
+        parse::ETH_P_ARP => arp::handle(ctx, &iface),
+        _ => settle(Ok(host::other(&iface))),
     }
 }
 
 /// An IPv4 packet: the established fast path, or the path its destination calls for.
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdict, Reason> {
+pub fn ipv4(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> u64 {
     // Read first: a flow checked against maps the daemon changes meanwhile keeps the older
     // epoch, and its next packet checks again.
     let epoch = maps::epoch();
-    let (pkt, ip) = packet(ctx, ifindex, epoch)?;
-    let hlen = pkt.l4 - ETH_LEN;
+    let (pkt, ip) = match packet(ctx, ifindex, epoch) {
+        Ok(p) => p,
+        Err(r) => return settle(Err(r)),
+    };
     let fast = established::established(ctx, iface, &pkt);
     if fast != established::NOT_ESTABLISHED {
-        return Ok(unpack(fast));
+        return fast;
     }
+    let mut entry = EndpointEni::default();
+    let r = classify(ctx, iface, &pkt, ip, &mut entry);
+    if r.is_err() && entry.flags & ENI_FLAG_FLOW_LOG != 0 {
+        // What an endpoint with flow logs refused before its path: a REJECT record.
+        let ev = flowlog::of_frame(ctx, &pkt, entry.counter_slot, FLOW_INGRESS);
+        flowlog::report_verdict(ev, &r);
+    }
+    settle_for(entry.counter_slot, r)
+}
+
+/// The full path's classification: which path program takes the packet (tail-called, so
+/// this returns only on a verdict of its own). `entry` is the endpoint it is addressed to,
+/// once found.
+#[inline(always)]
+fn classify(
+    ctx: &XdpContext,
+    iface: &IfaceInfo,
+    pkt: &Packet,
+    ip: &mut Ipv4Hdr,
+    entry: &mut EndpointEni,
+) -> Result<Verdict, Reason> {
+    let (pkt, epoch) = (*pkt, pkt.epoch);
+    let hlen = pkt.l4 - ETH_LEN;
     let dst = VpcAddr {
         vpc_id: iface.vpc_id,
         addr: ip.dst_addr,
     };
     // What the destination is to us. Each path past this point is a program of its own
     // (`crate::paths`), tail-called with what was found here.
-    let mut entry = EndpointEni::default();
     // SAFETY: values are copied out of the maps.
     let target = if let Some(eni) = unsafe { PL_ENDPOINTS.get(dst) }.copied() {
-        entry = eni;
+        *entry = eni;
         Target::Endpoint
     } else if unsafe { PL_SNAT_ADDRS.get(dst) }.is_some() {
         Target::Snat
@@ -78,7 +106,7 @@ pub fn ipv4(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdict
         return Ok(host::ipv4(ctx, iface, &pkt, ip));
     } else if let Some(gw) = PL_GW_ROUTES.get(&Key::new(64, dst)).copied() {
         // Gateway and GWLB endpoints: the VPC routes prefixes to us.
-        entry = gw;
+        *entry = gw;
         Target::Route
     } else {
         return Ok(host::ipv4(ctx, iface, &pkt, ip));
@@ -89,7 +117,7 @@ pub fn ipv4(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdict
     }
     let endpoint = matches!(target, Target::Endpoint | Target::Route);
     if endpoint {
-        check_forwarding(&entry)?;
+        check_forwarding(entry)?;
     }
     let path = match (target, pkt.proto) {
         (Target::Route, _) if entry.flags & ENI_FLAG_GWLB != 0 => PATH_GWLB_STEER,
@@ -109,7 +137,7 @@ pub fn ipv4(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> Result<Verdict
     unsafe {
         *slot = Handoff {
             iface: *iface,
-            entry,
+            entry: *entry,
             epoch,
         };
         PL_PATHS.tail_call(ctx, path);

@@ -14,9 +14,9 @@ use aya_ebpf::{
 };
 use privatelink_common::{
     CT_CLOSING, CT_ESTABLISHED, CT_FIN_SEEN, CT_REPLIED, Config, DIR_ORIGINAL, DIR_REPLY,
-    ENI_FLAG_GATEWAY, ENI_FLAG_LB_SET, EndpointEni, FLOW_GWLB, FlowBudget, FlowEntry, FlowKey,
-    GwlbZone, IfaceInfo, LB_SLOTS, MAX_LBS_PER_ZONE, MAX_SNAT_ADDRS, PROTO_TCP, Reason, VpcAddr,
-    csum, hash,
+    ENI_FLAG_FLOW_LOG, ENI_FLAG_GATEWAY, ENI_FLAG_LB_SET, EndpointEni, FLOW_GWLB, FLOW_LOGGED,
+    FlowBudget, FlowEntry, FlowKey, GwlbZone, IfaceInfo, LB_SLOTS, MAX_LBS_PER_ZONE,
+    MAX_SNAT_ADDRS, PROTO_TCP, Reason, VpcAddr, csum, hash,
 };
 
 use crate::{
@@ -98,6 +98,18 @@ pub fn stamp(e: &mut FlowEntry, key: &FlowKey, epoch: u32) {
         addrs + csum::delta_port(key.sport, e.new_sport) + csum::delta_port(key.dport, e.new_dport),
     );
     e.epoch = epoch;
+}
+
+/// Gives `e` its endpoint ENI's counter slot and flow-log mark (they follow the ENI: a
+/// flow made before flow logs were turned on is logged from its next full-path packet).
+#[inline(always)]
+pub fn mark(e: &mut FlowEntry, eni: &EndpointEni) {
+    // Without a branch: a branch on the ENI's flags here would have the verifier walk the
+    // rest of the forward path twice (once knowing the bit set, once clear).
+    const SHIFT: u32 = ENI_FLAG_FLOW_LOG.trailing_zeros() - FLOW_LOGGED.trailing_zeros();
+    const _: () = assert!(ENI_FLAG_FLOW_LOG >> SHIFT == FLOW_LOGGED as u32);
+    e.counter_slot = eni.counter_slot;
+    e.flags = (e.flags & !FLOW_LOGGED) | ((eni.flags & ENI_FLAG_FLOW_LOG) >> SHIFT) as u8;
 }
 
 /// A flow lives while either direction was seen within its idle timeout (a one-way UDP
@@ -233,6 +245,7 @@ pub fn create(
                 endpoint_id: eni.endpoint_id,
                 direction: DIR_ORIGINAL,
                 flags: reply.flags,
+                counter_slot: reply.counter_slot,
                 last_seen_ns: t,
                 checked_ns: t,
                 ..FlowEntry::zeroed()

@@ -5,16 +5,18 @@
 
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
-    DIR_ORIGINAL, FlowEntry, FlowKey, IfaceInfo, PROTO_TCP, PROTO_UDP, Reason, csum,
+    DIR_ORIGINAL, FLOW_EGRESS, FLOW_INGRESS, FLOW_LOGGED, FlowEntry, FlowEvent, FlowKey, IfaceInfo,
+    PROTO_TCP, PROTO_UDP, Reason, csum,
 };
 
 use crate::{
     checksum::sum_header,
     conntrack::{PARTNER_REFRESH_NS, SeqAck, now, track},
+    flowlog,
     maps::{PL_CONNTRACK, config},
     packet::Packet,
     parse::{ETH_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, mut_at},
-    verdict::{Verdict, redirect_to, settle},
+    verdict::{Verdict, redirect_to, settle_for},
 };
 
 /// What `established` returns when the packet is not one it can take: the full path then
@@ -30,10 +32,11 @@ pub const NOT_ESTABLISHED: u64 = u64::MAX;
 /// and the packed verdict cost more than its stack frame saves).
 #[inline(always)]
 pub fn established(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
-    match established_checked(ctx, iface, pkt) {
+    let mut slot = 0;
+    match established_checked(ctx, iface, pkt, &mut slot) {
         Ok(None) => NOT_ESTABLISHED,
-        Ok(Some(v)) => settle(Ok(v)),
-        Err(r) => settle(Err(r)),
+        Ok(Some(v)) => settle_for(slot, Ok(v)),
+        Err(r) => settle_for(slot, Err(r)),
     }
 }
 
@@ -99,6 +102,7 @@ fn established_checked(
     ctx: &XdpContext,
     iface: &IfaceInfo,
     pkt: &Packet,
+    slot: &mut u32,
 ) -> Result<Option<Verdict>, Reason> {
     let tcp = pkt.proto == PROTO_TCP;
     if pkt.epoch == 0 || pkt.l4 != ETH_LEN + 20 || !(tcp || pkt.proto == PROTO_UDP) {
@@ -143,6 +147,7 @@ fn established_checked(
     {
         return Ok(None);
     }
+    *slot = e.counter_slot;
     // RFC 1812: a router verifies the header checksum before forwarding.
     if csum::fold(sum_header(ip)) != 0xffff {
         return Err(Reason::DropBadIpChecksum);
@@ -166,6 +171,9 @@ fn established_checked(
     let dir = e.direction;
     track(e, &key, flags, nums, t, dir);
     e.fast_packets = e.fast_packets.wrapping_add(1);
+    if e.flags & FLOW_LOGGED != 0 {
+        report(ctx, e, &key, pkt);
+    }
     // The rewrite, with the checksum deltas computed when the flow was stamped.
     ip[IP_TTL_PROTO] = u16::from_ne_bytes([ttl - 1, proto]);
     set_addr_at(ip, IP_SRC, e.new_src);
@@ -185,4 +193,35 @@ fn established_checked(
         Reason::ForwardToConsumer
     };
     redirect_to(e.out_ifindex, reason).map(Some)
+}
+
+/// The flow event of a packet of a flow-logged flow (before its rewrite): as its ENI sees
+/// it, the key's tuple coming in, the rewritten one (the ENI's reply) going out.
+#[inline(always)]
+fn report(ctx: &XdpContext, e: &FlowEntry, key: &FlowKey, pkt: &Packet) {
+    let tcp_flags = if pkt.proto == PROTO_TCP {
+        match crate::parse::mut_at::<[u8; 14]>(ctx, pkt.l4, Reason::DropTruncatedL4) {
+            Ok(h) => h[13],
+            Err(_) => 0,
+        }
+    } else {
+        0
+    };
+    let mut ev = FlowEvent {
+        slot: e.counter_slot,
+        bytes: (pkt.end - ETH_LEN) as u32,
+        proto: key.proto,
+        tcp_flags,
+        ..FlowEvent::default()
+    };
+    if e.direction == DIR_ORIGINAL {
+        (ev.src, ev.dst, ev.sport, ev.dport) = (key.src, key.dst, key.sport, key.dport);
+        ev.direction = FLOW_INGRESS;
+        ev.reason = Reason::ForwardToService as u8;
+    } else {
+        (ev.src, ev.dst, ev.sport, ev.dport) = (e.new_src, e.new_dst, e.new_sport, e.new_dport);
+        ev.direction = FLOW_EGRESS;
+        ev.reason = Reason::ForwardToConsumer as u8;
+    }
+    flowlog::report(ev);
 }

@@ -5,20 +5,21 @@
 
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
-    Config, DIR_ORIGINAL, ENI_FLAG_ACL, ENI_FLAG_GATEWAY, EndpointEni, FLOW_GATEWAY, FlowEntry,
-    FlowKey, IfaceInfo, Reason, VpcAddr,
+    Config, DIR_ORIGINAL, ENI_FLAG_ACL, ENI_FLAG_FLOW_LOG, ENI_FLAG_GATEWAY, EndpointEni,
+    FLOW_GATEWAY, FLOW_INGRESS, FlowEntry, FlowKey, IfaceInfo, Reason, VpcAddr,
 };
 
 use crate::{
     conntrack::{
-        PARTNER_REFRESH_NS, alive, create, flow_key, keep_partner, now, reply_entry, stamp, track,
+        PARTNER_REFRESH_NS, alive, create, flow_key, keep_partner, mark, now, reply_entry, stamp,
+        track,
     },
-    filter,
+    filter, flowlog,
     maps::{PL_CONNTRACK, config, scratch},
     nat,
     packet::Packet,
     parse::{EthHdr, mut_at},
-    verdict::{Verdict, settle},
+    verdict::{Verdict, settle_for},
 };
 
 /// Consumer → service: a packet to an ENI of a forwarding endpoint.
@@ -31,7 +32,16 @@ pub fn forward(
     eni: &EndpointEni,
     pkt: &Packet,
 ) -> u64 {
-    settle(forward_checked(ctx, iface, eni_key, eni, pkt))
+    // Flow logs see the packet as it came, before the rewrite.
+    // Flow logs see the packet as it came, before the rewrite: kept for every packet of
+    // this (slow) path, so that no branch on the ENI's flags comes before the walk (the
+    // verifier would walk it twice, once knowing the bit set, once clear).
+    flowlog::capture(ctx, pkt, eni.counter_slot, FLOW_INGRESS);
+    let r = forward_checked(ctx, iface, eni_key, eni, pkt);
+    if eni.flags & ENI_FLAG_FLOW_LOG != 0 {
+        flowlog::report_captured(&r);
+    }
+    settle_for(eni.counter_slot, r)
 }
 
 #[inline(always)]
@@ -71,6 +81,7 @@ fn forward_checked(
                 if gateway {
                     (*reply).flags = FLOW_GATEWAY;
                 }
+                mark(&mut *reply, eni);
                 &*reply
             };
             match existing {
@@ -108,6 +119,7 @@ fn forward_checked(
     if gateway || eni.flags & ENI_FLAG_ACL == 0 {
         stamp(e, &key, pkt.epoch);
     }
+    mark(e, eni);
     track(e, &key, flags, nums, t, DIR_ORIGINAL);
     nat::apply(ctx, pkt, e, reason)
 }

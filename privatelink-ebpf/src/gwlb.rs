@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 use privatelink_common::{
     DIR_ORIGINAL, DIR_REPLY, ENI_FLAG_REBALANCE, ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3, EndpointEni,
-    FLOW_GWLB, FlowEntry, FlowKey, GENEVE_PORT, GWLB_OVERHEAD, GwlbZone, IfaceInfo, Neighbor,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum, hash,
+    FLOW_GWLB, FlowEntry, FlowKey, GWLB_OVERHEAD, GwlbZone, IfaceInfo, Neighbor, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum, hash,
 };
 
 use crate::{
@@ -34,7 +34,8 @@ use crate::{
         ETH_LEN, ETH_P_IP, EthHdr, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4Ext, Ipv4Hdr, Ports,
         TcpHdr, be16, l4_consistent, mut_at, set_macs, tcp_flags,
     },
-    verdict::{Verdict, redirect_to, settle},
+    stats,
+    verdict::{Verdict, redirect_to, settle_for},
 };
 
 /// How often (at most) a flow checks that its appliance is still one to send to.
@@ -80,7 +81,7 @@ fn inner_ports(
 /// Non-inlined (its own BPF stack frame); see `crate::verdict::settle`.
 #[inline(never)]
 pub fn steer(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet, route: &EndpointEni) -> u64 {
-    settle(steer_checked(ctx, iface, pkt, route))
+    settle_for(route.counter_slot, steer_checked(ctx, iface, pkt, route))
 }
 
 #[inline(always)]
@@ -146,6 +147,11 @@ fn steer_checked(
     ip.check = csum::replace16(u16::from_ne_bytes(ip.check), old, ip.ttl_word()).to_ne_bytes();
     let (out_ifindex, src_mac, dst_mac) = (e.out_ifindex, e.src_mac, e.dst_mac);
     let (outer_src, appliance) = (e.new_src, e.new_dst);
+    // The appliance's counters (its slot kept in `new_dport`, see `create`).
+    if let Some(c) = stats::counters(e.new_dport as u32).filter(|_| e.new_dport != 0) {
+        c.to_service_packets += 1;
+        c.to_service_bytes += inner_len as u64;
+    }
     geneve::encap(ctx, &key, route.endpoint_id, inner_len)?;
     let h = mut_at::<Encap>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
     h.src = outer_src;
@@ -177,8 +183,21 @@ fn recheck(e: &mut FlowEntry, key: &FlowKey, route: &EndpointEni, t: u64) -> Res
         let (addr, mac) = choose(key, route)?;
         e.new_dst = addr;
         e.dst_mac = mac;
+        e.new_dport = appliance_slot(e.out_vpc_id, addr);
     }
+    e.counter_slot = route.counter_slot;
     Ok(())
+}
+
+/// An appliance's counter slot (kept in its flows' `new_dport`: GENEVE's destination port
+/// is always `GENEVE_PORT`), 0 if it has none.
+#[inline(always)]
+fn appliance_slot(vpc_id: u32, addr: [u8; 4]) -> u16 {
+    // SAFETY: copied out.
+    match unsafe { PL_GWLB_APPLS.get(VpcAddr { vpc_id, addr }) } {
+        Some(a) if a.counter_slot <= u16::MAX as u32 => a.counter_slot as u16,
+        _ => 0,
+    }
 }
 
 /// The appliance for a new flow: a healthy one of the endpoint's zone set, by the
@@ -251,7 +270,8 @@ fn create(
     let mut e = FlowEntry {
         new_src: route.lb_addr,
         new_dst: appliance,
-        new_dport: GENEVE_PORT,
+        new_dport: appliance_slot(route.provider_vpc_id, appliance),
+        counter_slot: route.counter_slot,
         out_ifindex: port.ifindex,
         src_mac: port.mac,
         dst_mac: mac,
@@ -276,6 +296,9 @@ fn create(
     if PL_CONNTRACK.insert(key, &e, BPF_ANY as u64).is_err() {
         return Err(Reason::DropConntrackFull);
     }
+    if let Some(c) = stats::counters(route.counter_slot).filter(|_| route.counter_slot != 0) {
+        c.new_flows += 1;
+    }
     PL_CONNTRACK
         .get_ptr_mut(key)
         .ok_or(Reason::DropConntrackFull)
@@ -285,7 +308,9 @@ fn create(
 /// Non-inlined (its own BPF stack frame); see `crate::verdict::settle`.
 #[inline(never)]
 pub fn from_appliance(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
-    settle(from_appliance_checked(ctx, iface, pkt))
+    let mut slot = 0;
+    let r = from_appliance_checked(ctx, iface, pkt, &mut slot);
+    settle_for(slot, r)
 }
 
 #[inline(always)]
@@ -293,16 +318,17 @@ fn from_appliance_checked(
     ctx: &XdpContext,
     iface: &IfaceInfo,
     pkt: &Packet,
+    slot: &mut u32,
 ) -> Result<Verdict, Reason> {
     let outer_src = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?.src_addr;
     let from = VpcAddr {
         vpc_id: iface.vpc_id,
         addr: outer_src,
     };
-    // SAFETY: presence check only.
-    if unsafe { PL_GWLB_APPLS.get(from) }.is_none() {
+    // SAFETY: copied out.
+    let Some(appl) = unsafe { PL_GWLB_APPLS.get(from) }.copied() else {
         return Err(Reason::DropUnknownAppliance);
-    }
+    };
     let g = geneve::parse(ctx, pkt)?;
     let ip = mut_at::<Ipv4Hdr>(ctx, g.inner, Reason::DropGeneveMalformed)?;
     let ihl = ip.hdr_len();
@@ -323,6 +349,7 @@ fn from_appliance_checked(
     if e.flags & FLOW_GWLB == 0 || e.endpoint_id != g.endpoint_id || e.new_dst != outer_src {
         return Err(Reason::DropGwlbNoFlow);
     }
+    *slot = e.counter_slot;
     // SAFETY: copied out.
     let port = unsafe { PL_VPC_PORTS.get(g.vpc_id) }
         .copied()
@@ -339,6 +366,10 @@ fn from_appliance_checked(
         }
     }
     let peer_mac = e.peer_mac;
+    if let Some(c) = stats::counters(appl.counter_slot).filter(|_| appl.counter_slot != 0) {
+        c.to_consumer_packets += 1;
+        c.to_consumer_bytes += tot as u64;
+    }
     // Strip the outer IPv4, UDP and GENEVE; a new Ethernet header goes in front.
     geneve::decap(ctx, g.inner)?;
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;

@@ -28,7 +28,7 @@ use crate::{
         ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, Icmpv4Hdr, Ipv4Ext, Ipv4Hdr, Ports, be16, frame_len,
         mut_at, ne16, set_macs,
     },
-    verdict::{Verdict, settle},
+    verdict::{Verdict, settle, settle_for},
 };
 
 /// The headers an ICMP error puts in front of what it quotes: IPv4 (no options) and ICMP.
@@ -52,7 +52,10 @@ pub fn to_endpoint(
     eni: &EndpointEni,
     pkt: &Packet,
 ) -> u64 {
-    settle(to_endpoint_checked(ctx, iface, eni_key, eni, pkt))
+    settle_for(
+        eni.counter_slot,
+        to_endpoint_checked(ctx, iface, eni_key, eni, pkt),
+    )
 }
 
 #[inline(always)]

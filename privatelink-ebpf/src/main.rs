@@ -4,7 +4,8 @@
 //!
 //! - `parse`, `verdict`: frame access and header types; what a walk ends in.
 //! - `checksum`, `packet`: IPv4 header sums; the validated IPv4 packet.
-//! - `maps`, `stats`: the maps shared with the daemon; the verdict counters.
+//! - `maps`, `stats`, `flowlog`: the maps shared with the daemon; the verdict counters
+//!   (global and per endpoint); flow events for flow logs.
 //! - `endpoint`, `filter`, `host`: whether an endpoint forwards; ACLs, security groups
 //!   and listeners; what the host's own stack may see.
 //! - `nat`, `conntrack`: the rewrite of a packet by its flow entry; the flow table (keys,
@@ -26,6 +27,7 @@ mod conntrack;
 mod endpoint;
 mod established;
 mod filter;
+mod flowlog;
 mod forward;
 mod geneve;
 mod gwlb;
@@ -40,16 +42,11 @@ mod reply;
 mod stats;
 mod verdict;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
 pub fn privatelink(ctx: XdpContext) -> u32 {
-    let (action, reason) = match classify::frame(&ctx) {
-        Ok(v) => v,
-        Err(reason) => (xdp_action::XDP_DROP, reason),
-    };
-    stats::count(reason);
-    action
+    stats::count(&ctx, classify::frame(&ctx))
 }
 
 #[cfg(not(test))]

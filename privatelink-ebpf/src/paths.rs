@@ -5,7 +5,7 @@
 //! its own) and counts the verdict. The top of the path layer: `classify` picks the slot,
 //! these are what run in it.
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 use privatelink_common::{
     PATH_FORWARD, PATH_GWLB_RETURN, PATH_GWLB_STEER, PATH_ICMP_ENDPOINT, PATH_ICMP_SNAT,
     PATH_PROGRAMS, PATH_REPLY, Reason, VpcAddr, is_path_program,
@@ -16,7 +16,7 @@ use crate::{
     maps::{Handoff, PL_HANDOFF},
     packet::{Packet, packet},
     reply, stats,
-    verdict::unpack,
+    verdict::{settle, settle_for},
 };
 
 /// Defines the path programs: `INDEX => fn_name = |ctx, handoff, packet, dst| path`, one
@@ -65,7 +65,7 @@ path_programs! {
 /// Runs `path` on what the entry point handed over and counts its verdict.
 #[inline(always)]
 fn run(ctx: &XdpContext, path: impl FnOnce(&XdpContext, &Handoff, &Packet, VpcAddr) -> u64) -> u32 {
-    let (action, reason) = match PL_HANDOFF.get(0) {
+    let v = match PL_HANDOFF.get(0) {
         Some(h) => {
             let h = *h;
             match packet(ctx, ctx.ingress_ifindex() as u32, h.epoch) {
@@ -74,13 +74,12 @@ fn run(ctx: &XdpContext, path: impl FnOnce(&XdpContext, &Handoff, &Packet, VpcAd
                         vpc_id: h.iface.vpc_id,
                         addr: ip.dst_addr,
                     };
-                    unpack(path(ctx, &h, &pkt, dst))
+                    path(ctx, &h, &pkt, dst)
                 }
-                Err(reason) => (xdp_action::XDP_DROP, reason),
+                Err(reason) => settle_for(h.entry.counter_slot, Err(reason)),
             }
         }
-        None => (xdp_action::XDP_DROP, Reason::DropNoPathProgram),
+        None => settle(Err(Reason::DropNoPathProgram)),
     };
-    stats::count(reason);
-    action
+    stats::count(ctx, v)
 }

@@ -4,27 +4,45 @@
 //! `privatelink_reply` path program (`paths`) runs it.
 
 use aya_ebpf::programs::XdpContext;
-use privatelink_common::{DIR_REPLY, ENI_FLAG_ACL, FLOW_GATEWAY, IfaceInfo, Reason, VpcAddr};
+use privatelink_common::{
+    DIR_REPLY, ENI_FLAG_ACL, ENI_FLAG_FLOW_LOG, EndpointEni, FLOW_EGRESS, FLOW_GATEWAY, IfaceInfo,
+    Reason, VpcAddr,
+};
 
 use crate::{
-    conntrack::{alive, flow_key, now, stamp, track},
+    conntrack::{alive, flow_key, mark, now, stamp, track},
     endpoint::{check_endpoint_at, check_gateway_at},
-    filter,
+    filter, flowlog,
     maps::{PL_CONNTRACK, config},
     nat,
     packet::Packet,
-    verdict::{Verdict, settle},
+    verdict::{Verdict, settle_for},
 };
 
 /// Service → consumer: a reply to a SNAT address. Only known flows pass.
 /// Non-inlined (its own BPF stack frame); see `crate::verdict::settle`.
 #[inline(never)]
 pub fn reply(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
-    settle(reply_checked(ctx, iface, pkt))
+    let mut eni = EndpointEni::default();
+    let r = reply_checked(ctx, iface, pkt, &mut eni);
+    if r.is_ok() && eni.flags & ENI_FLAG_FLOW_LOG != 0 {
+        // As the ENI sees it: rewritten, ENI → consumer. (A reply dropped here, by the
+        // ENI's outbound ACL or a listener removed, is in the counters, not in the flow
+        // log: its frame still holds the provider side's tuple.)
+        let ev = flowlog::of_frame(ctx, pkt, eni.counter_slot, FLOW_EGRESS);
+        flowlog::report_verdict(ev, &r);
+    }
+    settle_for(eni.counter_slot, r)
 }
 
+/// `eni`: the flow's endpoint ENI (or gateway route), once found.
 #[inline(always)]
-fn reply_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Verdict, Reason> {
+fn reply_checked(
+    ctx: &XdpContext,
+    iface: &IfaceInfo,
+    pkt: &Packet,
+    eni_out: &mut EndpointEni,
+) -> Result<Verdict, Reason> {
     let (key, flags, nums) = flow_key(ctx, iface, pkt)?;
     let t = now();
     let cfg = config();
@@ -42,6 +60,7 @@ fn reply_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Ve
         if gw.endpoint_id != e.endpoint_id {
             return Err(Reason::DropNoFlow);
         }
+        *eni_out = gw;
         filter::listener(gw.service_id, pkt.proto, e.new_sport)?;
         false
     } else {
@@ -49,6 +68,7 @@ fn reply_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Ve
         if eni.endpoint_id != e.endpoint_id {
             return Err(Reason::DropNoFlow);
         }
+        *eni_out = eni;
         filter::listener(eni.service_id, pkt.proto, e.new_sport)?;
         let eni_key = VpcAddr {
             vpc_id: e.out_vpc_id,
@@ -61,6 +81,7 @@ fn reply_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<Ve
     if !per_packet_acl {
         stamp(e, &key, pkt.epoch);
     }
+    mark(e, eni_out);
     track(e, &key, flags, nums, t, DIR_REPLY);
     nat::apply(ctx, pkt, e, Reason::ForwardToConsumer)
 }

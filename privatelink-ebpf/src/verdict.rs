@@ -1,7 +1,8 @@
 //! What a packet's walk ends in: a `Verdict` (an XDP action and the counter that explains
-//! it), packed into a u64 across the BPF function calls of the paths (`settle`/`unpack`),
-//! and the redirect verdict every forwarding path ends with (`redirect_to`). The bottom
-//! layer: it uses no other module of the crate.
+//! it), packed into a u64 across the BPF function calls of the paths with the counter slot
+//! of the endpoint ENI it is counted for (`settle`/`settle_for`/`unpack`), and the redirect
+//! verdict every forwarding path ends with (`redirect_to`). The bottom layer: it uses no
+//! other module of the crate.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect};
 use privatelink_common::Reason;
@@ -13,22 +14,30 @@ pub type Verdict = (u32, Reason);
 /// `Verdict`: BTF cannot describe Rust's `Result` layout (the kernel refuses the union
 /// member at a non-zero offset it would need), and a BPF-to-BPF call keeps each path's
 /// stack frame separate, which the 512-byte limit needs.
-/// The verdict travels packed in one u64 (action << 32 | reason), returned in a register.
+/// The verdict travels packed in one u64 (action << 56 | slot << 32 | reason), returned in
+/// a register; `settle` is for a packet of no endpoint (slot 0).
 #[inline(always)]
 pub fn settle(r: Result<Verdict, Reason>) -> u64 {
+    settle_for(0, r)
+}
+
+/// `settle` for a packet of the endpoint ENI (or appliance) whose counters are at `slot`
+/// of `PL_EP_COUNTERS` (below `MAX_COUNTER_SLOTS`, so 24 bits hold it).
+#[inline(always)]
+pub fn settle_for(slot: u32, r: Result<Verdict, Reason>) -> u64 {
     let (action, reason) = match r {
         Ok(v) => v,
         Err(reason) => (xdp_action::XDP_DROP, reason),
     };
-    (action as u64) << 32 | reason as u32 as u64
+    (action as u64) << 56 | ((slot & 0xff_ffff) as u64) << 32 | reason as u32 as u64
 }
 
-/// The other end of `settle`.
+/// The other end of `settle`: the action, the reason and the counter slot.
 #[inline(always)]
-pub fn unpack(v: u64) -> Verdict {
+pub fn unpack(v: u64) -> (u32, Reason, u32) {
     // SAFETY: the low half was made from a `Reason` (a `#[repr(u32)]` enum) by `settle`.
     let reason = unsafe { core::mem::transmute::<u32, Reason>(v as u32) };
-    ((v >> 32) as u32, reason)
+    ((v >> 56) as u32, reason, (v >> 32) as u32 & 0xff_ffff)
 }
 
 /// Redirects the frame as it is to `ifindex`.

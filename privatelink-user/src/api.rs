@@ -21,8 +21,8 @@ pub use crate::apply::{App, Apply};
 use crate::{
     error::{ErrorKind, OpError},
     model::{
-        Endpoint, EndpointService, Naming, NetworkAcl, SecurityGroup, ServiceType, SgRule, State,
-        Vpc,
+        Endpoint, EndpointService, Naming, NetworkAcl, Notification, SecurityGroup, ServiceType,
+        SgRule, State, Vpc,
     },
     ops::{self, Caller},
 };
@@ -105,14 +105,18 @@ pub async fn mutate<T>(
         g.apply.abandon();
         return Err(OpError::internal(format!("storing the change: {e:#}")));
     }
-    g.state = next;
+    let before = std::mem::replace(&mut g.state, next);
+    // Committed: its connection events are queued (never waited for).
+    if let Some(n) = &g.notify {
+        n.publish(&before, &g.state);
+    }
     let App {
         state,
         apply,
         dirty,
         ..
     } = &mut *g;
-    if let Err(e) = apply.apply(state) {
+    if let Err(e) = crate::metrics::timed_apply(&mut **apply, state) {
         // The change is committed; the data path catches up on the next tick.
         *dirty = true;
         tracing::warn!("stored, but the data path refused it (retrying): {e:#}");
@@ -421,6 +425,35 @@ async fn whitelist_remove(
         .await
 }
 
+/// A fresh notification id: `nfn-` and 12 random hex digits.
+fn notification_id() -> String {
+    format!("nfn-{}", &new_token()[..12])
+}
+
+/// Subscribes the service's provider to its connection events (see `crate::notify`).
+#[utoipa::path(post, path = "/v1/services/{id}/notifications", request_body = ops::NewNotification,
+    responses((status = 201, body = Object), (status = 400, body = OpError), (status = 403, body = OpError),
+        (status = 404, body = OpError), (status = 409, body = OpError)))]
+async fn add_notification(call: Call, Path(id): Path<String>, b: Bytes) -> Created<Notification> {
+    let req = body(&b)?;
+    let nid = notification_id();
+    call.create(|s, c| ops::add_notification(s, c, &id, nid, req))
+        .await
+}
+
+#[utoipa::path(get, path = "/v1/services/{id}/notifications",
+    responses((status = 200, body = Vec<Object>), (status = 403, body = OpError), (status = 404, body = OpError)))]
+async fn list_notifications(call: Call, Path(id): Path<String>) -> Res<Vec<Notification>> {
+    call.read(|s, c| ops::list_notifications(s, c, &id)).await
+}
+
+#[utoipa::path(delete, path = "/v1/services/{id}/notifications/{nid}",
+    responses((status = 204), (status = 403, body = OpError), (status = 404, body = OpError)))]
+async fn remove_notification(call: Call, Path((id, nid)): Path<(String, String)>) -> Deleted {
+    call.delete(|s, c| ops::remove_notification(s, c, &id, &nid))
+        .await
+}
+
 #[utoipa::path(get, path = "/v1/services/{id}/connections", responses((status = 200, body = Vec<ops::ConnectionView>)))]
 async fn list_connections(call: Call, Path(id): Path<String>) -> Res<Vec<ops::ConnectionView>> {
     call.read(|s, c| ops::list_connections(s, c, &id)).await
@@ -515,6 +548,26 @@ async fn add_zone(call: Call, Path(id): Path<String>, b: Bytes) -> Created<Endpo
 async fn remove_zone(call: Call, Path((id, vswitch)): Path<(String, String)>) -> Res<EndpointView> {
     let n = call.naming().await;
     call.change(named(&n, |s, c| ops::remove_zone(s, c, &id, &vswitch)))
+        .await
+}
+
+/// Turns on the endpoint's flow logs, or changes their capture window (its owner, or the
+/// operator).
+#[utoipa::path(put, path = "/v1/endpoints/{id}/flow-log", request_body = crate::model::FlowLog,
+    responses((status = 200, body = EndpointView), (status = 400, body = OpError), (status = 403, body = OpError), (status = 404, body = OpError)))]
+async fn set_flow_log(call: Call, Path(id): Path<String>, b: Bytes) -> Res<EndpointView> {
+    let fl = body(&b)?;
+    let n = call.naming().await;
+    call.change(named(&n, |s, c| ops::set_flow_log(s, c, &id, fl)))
+        .await
+}
+
+/// Turns off the endpoint's flow logs (its owner, or the operator).
+#[utoipa::path(delete, path = "/v1/endpoints/{id}/flow-log",
+    responses((status = 200, body = EndpointView), (status = 403, body = OpError), (status = 404, body = OpError)))]
+async fn clear_flow_log(call: Call, Path(id): Path<String>) -> Res<EndpointView> {
+    let n = call.naming().await;
+    call.change(named(&n, |s, c| ops::clear_flow_log(s, c, &id)))
         .await
 }
 
@@ -636,6 +689,356 @@ async fn status(call: Call) -> Res<Status> {
     Ok(Json(Status::of(&g.state, &caller, g.apply.health())))
 }
 
+/// `GET /v1/overview`: the caller's view of what runs, as `privatelink status` and
+/// `privatelink top` show it: its services with their zones' health, the endpoints it
+/// sees with their connection state and traffic, the health-checked targets, and the
+/// drops of those endpoints by reason. The operator sees everything; an account its own
+/// services (with every endpoint connected to them) and its own endpoints.
+///
+/// Unlike `GET /v1/status` (counts only, cheap enough to poll under load), it reads the
+/// data path's per-endpoint counters: one per-CPU slot per endpoint ENI, under the lock.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Overview {
+    /// Whose view this is: `operator`, or the calling account's id.
+    pub caller: String,
+    pub services: Vec<ServiceOverview>,
+    pub endpoints: Vec<EndpointOverview>,
+    /// Every health-checked target of the services in the view, as in `GET /v1/status`.
+    pub health: Vec<crate::monitor::HealthRow>,
+    /// The drops of the endpoints in the view (the operator: every endpoint's), by reason,
+    /// most first.
+    pub top_drops: Vec<DropCount>,
+}
+
+/// A service in the overview: what it publishes, where, and how its zones fare.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ServiceOverview {
+    pub id: String,
+    #[serde(rename = "type")]
+    #[schema(value_type = String, example = "interface")]
+    pub kind: ServiceType,
+    /// The provider's account.
+    pub account: String,
+    #[schema(value_type = Vec<Object>)]
+    pub listeners: Vec<crate::model::Listener>,
+    pub zones: Vec<ZoneHealth>,
+    /// Its endpoints, whatever their connection state.
+    pub endpoints: usize,
+    /// Of them, the connected ones.
+    pub connected: usize,
+}
+
+/// One zone of a service: its health-checked targets (load balancers, appliances) and how
+/// many of them are healthy.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ZoneHealth {
+    pub zone: String,
+    /// `healthy` (every target), `degraded` (some), `unhealthy` (none), or `unchecked`
+    /// (nothing checks the zone: no probe address, or no TCP listener to probe).
+    #[schema(example = "healthy")]
+    pub health: String,
+    pub targets: usize,
+    pub healthy: usize,
+}
+
+impl ZoneHealth {
+    /// Zone `zone` of service `service`, judged by the health report's `rows`.
+    fn of(service: &str, zone: &str, rows: &[crate::monitor::HealthRow]) -> Self {
+        let checked: Vec<_> = rows
+            .iter()
+            .filter(|r| r.service == service && r.zone == zone)
+            .collect();
+        let healthy = checked.iter().filter(|r| r.healthy).count();
+        let health = match (checked.len(), healthy) {
+            (0, _) => "unchecked",
+            (n, h) if h == n => "healthy",
+            (_, 0) => "unhealthy",
+            _ => "degraded",
+        };
+        Self {
+            zone: zone.to_string(),
+            health: health.to_string(),
+            targets: checked.len(),
+            healthy,
+        }
+    }
+}
+
+/// An endpoint in the overview: its connection, its ENIs with their traffic, and the
+/// totals over them.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EndpointOverview {
+    pub id: String,
+    pub service: String,
+    /// The consumer's account.
+    pub account: String,
+    #[schema(value_type = String, example = "connected")]
+    pub connection: crate::model::Connection,
+    /// One per ENI (a zone), and one per zone a gateway endpoint's routed traffic was
+    /// counted in.
+    pub zones: Vec<EniOverview>,
+    /// The endpoint's flows in the flow table that have not expired (absent when the data
+    /// path cannot say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_flows: Option<u64>,
+    /// The sums over its zones.
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// One zone of an endpoint: its ENI (none for a gateway endpoint) and what crossed it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EniOverview {
+    pub zone: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vswitch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "10.10.1.100")]
+    pub eni: Option<std::net::Ipv4Addr>,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// What the data path counted for an endpoint ENI since it was given its counters (the
+/// daemon's start, or the ENI's creation): packets and IP bytes each way, flows made,
+/// drops by reason (`crate::counters`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Traffic {
+    /// From the consumers, through the ENI, to the service.
+    pub to_service_packets: u64,
+    pub to_service_bytes: u64,
+    /// The service's replies, to the consumers.
+    pub to_consumer_packets: u64,
+    pub to_consumer_bytes: u64,
+    pub new_flows: u64,
+    /// Drops by reason (`no_listener`, `not_connected`, ...); reasons never seen left out.
+    pub drops: std::collections::BTreeMap<String, u64>,
+}
+
+impl Traffic {
+    /// Adds `t` (another ENI's counts) to these.
+    fn add(&mut self, t: &crate::counters::Totals) {
+        self.to_service_packets += t.to_service_packets;
+        self.to_service_bytes += t.to_service_bytes;
+        self.to_consumer_packets += t.to_consumer_packets;
+        self.to_consumer_bytes += t.to_consumer_bytes;
+        self.new_flows += t.new_flows;
+        for (reason, n) in &t.drops {
+            *self.drops.entry(reason.clone()).or_default() += n;
+        }
+    }
+}
+
+/// Packets dropped for one reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DropCount {
+    #[schema(example = "no_listener")]
+    pub reason: String,
+    pub packets: u64,
+}
+
+/// `drops` as a list, most first (ties by name).
+fn top_drops(drops: &std::collections::BTreeMap<String, u64>) -> Vec<DropCount> {
+    let mut v: Vec<DropCount> = drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(reason, n)| DropCount {
+            reason: reason.clone(),
+            packets: *n,
+        })
+        .collect();
+    v.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.reason.cmp(&b.reason)));
+    v
+}
+
+impl Overview {
+    /// The caller's view of state `s`, the health report `rows`, the data path's
+    /// `counters` and the live flows per endpoint (numeric id; `count_live_flows`), when
+    /// known.
+    pub fn of(
+        s: &State,
+        c: &Caller,
+        rows: Vec<crate::monitor::HealthRow>,
+        counters: &crate::counters::Snapshot,
+        live: Option<&std::collections::HashMap<u32, u64>>,
+    ) -> Overview {
+        let services = ops::list_services(s, c);
+        let health: Vec<_> = rows
+            .into_iter()
+            .filter(|r| services.iter().any(|x| x.id == r.service))
+            .collect();
+        // Its own endpoints, and those connecting to its services.
+        let endpoints: Vec<&Endpoint> = s
+            .endpoints
+            .iter()
+            .filter(|e| c.sees(&e.account) || services.iter().any(|x| x.id == e.service))
+            .collect();
+        let endpoints: Vec<EndpointOverview> = endpoints
+            .into_iter()
+            .map(|e| EndpointOverview::of(s, e, counters, live))
+            .collect();
+        let mut all = Traffic::default();
+        for e in &endpoints {
+            for (reason, n) in &e.traffic.drops {
+                *all.drops.entry(reason.clone()).or_default() += n;
+            }
+        }
+        Overview {
+            caller: match c {
+                Caller::Admin => "operator".to_string(),
+                Caller::Account(a) => a.clone(),
+            },
+            services: services
+                .iter()
+                .map(|x| ServiceOverview::of(s, x, &health))
+                .collect(),
+            endpoints,
+            health,
+            top_drops: top_drops(&all.drops),
+        }
+    }
+}
+
+impl ServiceOverview {
+    fn of(s: &State, x: &EndpointService, rows: &[crate::monitor::HealthRow]) -> Self {
+        let mut zones: Vec<&str> = x.backends.iter().map(|b| b.zone.as_str()).collect();
+        zones.sort();
+        zones.dedup();
+        let eps = s.endpoints.iter().filter(|e| e.service == x.id);
+        Self {
+            id: x.id.clone(),
+            kind: x.kind,
+            account: x.account.clone(),
+            listeners: x.listeners.clone(),
+            zones: zones
+                .iter()
+                .map(|z| ZoneHealth::of(&x.id, z, rows))
+                .collect(),
+            endpoints: eps.clone().count(),
+            connected: eps
+                .filter(|e| e.connection == crate::model::Connection::Connected)
+                .count(),
+        }
+    }
+}
+
+impl EndpointOverview {
+    fn of(
+        s: &State,
+        e: &Endpoint,
+        counters: &crate::counters::Snapshot,
+        live: Option<&std::collections::HashMap<u32, u64>>,
+    ) -> Self {
+        let vpc = s.vpc(&e.vpc);
+        let mut zones: Vec<EniOverview> = e
+            .zones
+            .iter()
+            .map(|z| EniOverview {
+                zone: vpc
+                    .and_then(|v| v.vswitches.iter().find(|w| w.id == z.vswitch))
+                    .map(|w| w.zone.clone())
+                    .unwrap_or_default(),
+                vswitch: Some(z.vswitch.clone()),
+                eni: Some(z.eni),
+                traffic: Traffic::default(),
+            })
+            .collect();
+        let mut traffic = Traffic::default();
+        for k in counters.endpoints.iter().filter(|k| k.endpoint == e.id) {
+            traffic.add(&k.counters);
+            let at = match zones.iter().position(|z| z.zone == k.zone) {
+                Some(i) => i,
+                None => {
+                    zones.push(EniOverview {
+                        zone: k.zone.clone(),
+                        vswitch: None,
+                        eni: None,
+                        traffic: Traffic::default(),
+                    });
+                    zones.len() - 1
+                }
+            };
+            zones[at].traffic.add(&k.counters);
+        }
+        Self {
+            id: e.id.clone(),
+            service: e.service.clone(),
+            account: e.account.clone(),
+            connection: e.connection,
+            zones,
+            live_flows: live.map(|l| {
+                l.get(&crate::model::numeric_id(&e.id))
+                    .copied()
+                    .unwrap_or(0)
+            }),
+            traffic,
+        }
+    }
+}
+
+/// The live flows in a walk of the flow table, by endpoint (numeric id): one per
+/// original-direction entry that has not expired, or whose reply entry has not (a flow
+/// lives while either direction does, as `privatelink flows` and the data path judge it;
+/// `partner` looks the reply entry up). O(entries): the caller walks the table outside
+/// the app's lock.
+pub fn count_live_flows(
+    entries: impl IntoIterator<Item = (privatelink_common::FlowKey, privatelink_common::FlowEntry)>,
+    now_ns: u64,
+    cfg: &privatelink_common::Config,
+    partner: impl Fn(&privatelink_common::FlowKey) -> Option<privatelink_common::FlowEntry>,
+) -> std::collections::HashMap<u32, u64> {
+    let mut live = std::collections::HashMap::new();
+    for (k, e) in entries {
+        if e.direction != privatelink_common::DIR_ORIGINAL {
+            continue;
+        }
+        let alive = !e.is_expired(k.proto, now_ns, cfg)
+            || partner(&e.partner(&k)).is_some_and(|p| !p.is_expired(k.proto, now_ns, cfg));
+        if alive {
+            *live.entry(e.endpoint_id).or_default() += 1;
+        }
+    }
+    live
+}
+
+/// The live flows of the flow table pinned in `pin_dir`, by endpoint (numeric id): a walk
+/// of at most the table's capacity (`count_live_flows`), seconds for millions of entries,
+/// so for a blocking task outside the app's lock.
+pub fn live_flows_in(
+    pin_dir: &std::path::Path,
+) -> anyhow::Result<std::collections::HashMap<u32, u64>> {
+    use privatelink_common::{FlowEntry, FlowKey, map_names};
+    let map = crate::dataplane::open_pinned(pin_dir, map_names::CONNTRACK)?;
+    let cfg = crate::dataplane::read_config(pin_dir)?;
+    let table: aya::maps::HashMap<_, FlowKey, FlowEntry> = aya::maps::HashMap::try_from(&map)?;
+    let entries = table
+        .iter()
+        .take(usize::try_from(cfg.flow_capacity * 2).unwrap_or(usize::MAX))
+        .filter_map(Result::ok);
+    let now = crate::dataplane::coarse_now_ns();
+    Ok(count_live_flows(entries, now, &cfg, |k| {
+        table.get(k, 0).ok()
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/overview",
+    responses((status = 200, body = Overview), (status = 401, body = OpError)))]
+async fn overview(call: Call) -> Res<Overview> {
+    let mut g = call.app.lock().await;
+    let caller = ops::authenticate(&g.state, &g.admin_token_sha256, bearer(&call.h))?;
+    let counters = g.counters();
+    // As the daemon's conntrack walker last counted them (every few seconds, outside
+    // this lock: `metrics::census`); none before its first walk.
+    let live = crate::metrics::live_flows();
+    Ok(Json(Overview::of(
+        &g.state,
+        &caller,
+        g.apply.health(),
+        &counters,
+        live.as_ref(),
+    )))
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -658,6 +1061,9 @@ async fn status(call: Call) -> Res<Status> {
         get_whitelist,
         whitelist_add,
         whitelist_remove,
+        add_notification,
+        list_notifications,
+        remove_notification,
         list_connections,
         connection_action,
         list_appliances,
@@ -668,9 +1074,12 @@ async fn status(call: Call) -> Res<Status> {
         delete_endpoint,
         add_zone,
         remove_zone,
+        set_flow_log,
+        clear_flow_log,
         list_available_services,
         get_available_service,
         status,
+        overview,
         create_sg,
         list_sgs,
         delete_sg,
@@ -696,6 +1105,7 @@ pub fn router(app: Shared) -> Router {
     Router::new()
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/status", get(status))
+        .route("/v1/overview", get(overview))
         .route("/v1/accounts", post(create_account).get(list_accounts))
         .route("/v1/vpcs", post(create_vpc).get(list_vpcs))
         .route("/v1/vpcs/{id}", get(get_vpc).patch(update_vpc))
@@ -711,6 +1121,14 @@ pub fn router(app: Shared) -> Router {
         .route(
             "/v1/services/{id}/whitelist/{account}",
             put(whitelist_add).delete(whitelist_remove),
+        )
+        .route(
+            "/v1/services/{id}/notifications",
+            post(add_notification).get(list_notifications),
+        )
+        .route(
+            "/v1/services/{id}/notifications/{nid}",
+            axum::routing::delete(remove_notification),
         )
         .route("/v1/services/{id}/connections", get(list_connections))
         .route("/v1/services/{id}/appliances", get(list_appliances))
@@ -730,6 +1148,10 @@ pub fn router(app: Shared) -> Router {
             "/v1/endpoints/{id}/zones/{vswitch}",
             axum::routing::delete(remove_zone),
         )
+        .route(
+            "/v1/endpoints/{id}/flow-log",
+            put(set_flow_log).delete(clear_flow_log),
+        )
         .route("/v1/available-services", get(list_available_services))
         .route("/v1/available-services/{id}", get(get_available_service))
         .route("/v1/security-groups", post(create_sg).get(list_sgs))
@@ -742,6 +1164,8 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/acls", post(create_acl).get(list_acls))
         .route("/v1/acls/{id}", axum::routing::delete(delete_acl))
         .fallback(fallback)
+        // Counts every request, by route template (`unmatched` for the fallback).
+        .layer(axum::middleware::from_fn(crate::metrics::count_requests))
         .with_state(app)
 }
 
@@ -798,6 +1222,190 @@ mod tests {
         for field in ["service", "zone", "address", "kind", "healthy", "since"] {
             assert!(row[field].is_object(), "HealthRow.{field}: {doc:#}");
         }
+    }
+
+    #[test]
+    fn the_overview_shows_each_caller_what_it_may_see() {
+        use crate::{
+            counters::{EniCounters, Snapshot, Totals},
+            monitor::{HealthRow, TargetKind},
+        };
+        let mut s = crate::model::parse_state(include_str!("../../tests/lab.toml")).unwrap();
+        // A second consumer, acct-c, with an endpoint of its own to the same service.
+        let mut c_ep = s.endpoints[0].clone();
+        c_ep.id = "ep-c".into();
+        c_ep.account = "acct-c".into();
+        c_ep.connection = crate::model::Connection::Pending;
+        s.endpoints.push(c_ep);
+        let eni =
+            |endpoint: &str, account: &str, packets: u64, drops: &[(&str, u64)]| EniCounters {
+                endpoint: endpoint.into(),
+                service: "epsrv-b".into(),
+                zone: "zone-a".into(),
+                account: account.into(),
+                provider: "acct-b".into(),
+                counters: Totals {
+                    to_service_packets: packets,
+                    to_service_bytes: packets * 60,
+                    drops: drops.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+                    ..Totals::default()
+                },
+            };
+        let counters = Snapshot {
+            endpoints: vec![
+                eni("ep-a", "acct-a", 7, &[("no_listener", 3), ("acl", 1)]),
+                eni("ep-c", "acct-c", 0, &[("not_connected", 5)]),
+            ],
+            appliances: Vec::new(),
+        };
+        let health = vec![HealthRow {
+            service: "epsrv-b".into(),
+            zone: "zone-a".into(),
+            address: "10.10.0.10".parse().unwrap(),
+            kind: TargetKind::LoadBalancer,
+            healthy: true,
+            since: "2026-12-01T21:34:07Z".into(),
+        }];
+        let live = std::collections::HashMap::from([(crate::model::numeric_id("ep-a"), 2)]);
+        let view = |c: Caller| {
+            serde_json::to_value(Overview::of(&s, &c, health.clone(), &counters, Some(&live)))
+                .unwrap()
+        };
+        let ids = |v: &serde_json::Value, list: &str| -> Vec<String> {
+            v[list]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+
+        // The consumer: its endpoint, not the other consumer's, no service, no health.
+        let a = view(Caller::Account("acct-a".into()));
+        assert_eq!(a["caller"], "acct-a");
+        assert_eq!(ids(&a, "endpoints"), ["ep-a"]);
+        assert_eq!(ids(&a, "services"), Vec::<String>::new());
+        assert_eq!(a["health"], serde_json::json!([]));
+        let ep = &a["endpoints"][0];
+        assert_eq!(
+            (
+                &ep["connection"],
+                &ep["live_flows"],
+                &ep["to_service_packets"]
+            ),
+            (
+                &serde_json::json!("connected"),
+                &serde_json::json!(2),
+                &serde_json::json!(7)
+            )
+        );
+        assert_eq!(
+            ep["zones"],
+            serde_json::json!([{"zone": "zone-a", "vswitch": "vsw-a1", "eni": "10.10.1.100",
+                "to_service_packets": 7, "to_service_bytes": 420, "to_consumer_packets": 0,
+                "to_consumer_bytes": 0, "new_flows": 0, "drops": {"acl": 1, "no_listener": 3}}])
+        );
+        assert_eq!(
+            a["top_drops"],
+            serde_json::json!([{"reason": "no_listener", "packets": 3},
+                               {"reason": "acl", "packets": 1}])
+        );
+        let c = view(Caller::Account("acct-c".into()));
+        assert_eq!(ids(&c, "endpoints"), ["ep-c"]);
+        assert_eq!(
+            c["endpoints"][0]["live_flows"], 0,
+            "none counted: none live"
+        );
+
+        // The provider: its service with its zone's health, and both endpoints on it.
+        let b = view(Caller::Account("acct-b".into()));
+        assert_eq!(ids(&b, "services"), ["epsrv-b"]);
+        assert_eq!(ids(&b, "endpoints"), ["ep-a", "ep-c"]);
+        assert_eq!(
+            b["services"][0],
+            serde_json::json!({"id": "epsrv-b", "type": "interface", "account": "acct-b",
+                "listeners": [{"protocol": "tcp", "port": 80}],
+                "zones": [{"zone": "zone-a", "health": "healthy", "targets": 1, "healthy": 1}],
+                "endpoints": 2, "connected": 1})
+        );
+        assert_eq!(b["health"].as_array().unwrap().len(), 1);
+
+        // The operator: everything, and the drops of every endpoint.
+        let op = view(Caller::Admin);
+        assert_eq!(op["caller"], "operator");
+        assert_eq!(ids(&op, "endpoints"), ["ep-a", "ep-c"]);
+        assert_eq!(
+            op["top_drops"],
+            serde_json::json!([{"reason": "not_connected", "packets": 5},
+                               {"reason": "no_listener", "packets": 3},
+                               {"reason": "acl", "packets": 1}])
+        );
+        // Unknown live flows are left out, not shown as 0.
+        let unknown = serde_json::to_value(Overview::of(
+            &s,
+            &Caller::Admin,
+            Vec::new(),
+            &counters,
+            None,
+        ))
+        .unwrap();
+        assert!(unknown["endpoints"][0].get("live_flows").is_none());
+        assert_eq!(
+            unknown["services"][0]["zones"][0]["health"], "unchecked",
+            "no health row"
+        );
+
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        assert!(doc["paths"]["/v1/overview"]["get"].is_object());
+        for (schema, field) in [
+            ("Overview", "top_drops"),
+            ("ServiceOverview", "zones"),
+            ("ZoneHealth", "health"),
+            ("Traffic", "drops"),
+            ("DropCount", "reason"),
+        ] {
+            let p = &doc["components"]["schemas"][schema]["properties"][field];
+            assert!(p.is_object(), "{schema}.{field}");
+        }
+    }
+
+    #[test]
+    fn live_flows_are_the_original_entries_with_a_live_direction() {
+        use privatelink_common::{
+            Config, DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, PROTO_TCP, PROTO_UDP,
+        };
+        const S: u64 = 1_000_000_000;
+        let cfg = Config::default();
+        let now = 100_000 * S;
+        let key = |sport: u16, proto: u8| {
+            FlowKey::new(1, [10, 10, 2, 1], [10, 10, 1, 100], sport, 80, proto)
+        };
+        // Each flow with an SNAT port of its own (its reply entry's key).
+        let entry = |endpoint_id: u32, direction: u8, idle_s: u64, snat_port: u16| FlowEntry {
+            endpoint_id,
+            direction,
+            out_vpc_id: 2,
+            new_src: [10, 10, 0, 200],
+            new_dst: [10, 10, 0, 10],
+            new_sport: snat_port,
+            new_dport: 80,
+            tcp_flags: privatelink_common::CT_ESTABLISHED,
+            last_seen_ns: now - idle_s * S,
+            ..FlowEntry::zeroed()
+        };
+        // Endpoint 7: a fresh TCP flow (both entries), and a UDP flow whose original
+        // direction idled out while its replies go on; endpoint 9: an expired flow.
+        let fresh = (key(1000, PROTO_TCP), entry(7, DIR_ORIGINAL, 1, 40_000));
+        let fresh_reply = (fresh.1.partner(&fresh.0), entry(7, DIR_REPLY, 1, 0));
+        let one_way = (key(1001, PROTO_UDP), entry(7, DIR_ORIGINAL, 500, 40_001));
+        let one_way_reply = (one_way.1.partner(&one_way.0), entry(7, DIR_REPLY, 3, 0));
+        let gone = (key(1002, PROTO_TCP), entry(9, DIR_ORIGINAL, 10_000, 40_002));
+        let table: std::collections::HashMap<_, _> =
+            [fresh, fresh_reply, one_way, one_way_reply, gone]
+                .into_iter()
+                .collect();
+        let live = count_live_flows(table.clone(), now, &cfg, |k| table.get(k).copied());
+        assert_eq!(live, std::collections::HashMap::from([(7, 2)]));
     }
 
     #[test]

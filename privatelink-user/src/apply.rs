@@ -42,6 +42,16 @@ pub trait Apply: Send {
     fn health(&self) -> Vec<HealthRow> {
         Vec::new()
     }
+    /// The per-endpoint and per-appliance counters of the data path, by what each slot
+    /// counts (none by default: nothing is counted).
+    fn counters(
+        &mut self,
+    ) -> Vec<(
+        privatelink_common::CounterKey,
+        privatelink_common::EndpointCounters,
+    )> {
+        Vec::new()
+    }
 }
 
 /// How the logs name the running state: the API's is stored, a state file's is not (and
@@ -55,7 +65,7 @@ pub enum Running {
 /// Periodic upkeep: retry a failed apply (`dirty`), then the data path's own upkeep.
 pub fn tick(apply: &mut dyn Apply, state: &State, dirty: &mut bool, running: Running) {
     if *dirty {
-        match (apply.apply(state), running) {
+        match (crate::metrics::timed_apply(apply, state), running) {
             (Ok(()), Running::Stored) => {
                 *dirty = false;
                 info!("data path caught up with the stored state");
@@ -74,7 +84,7 @@ pub fn tick(apply: &mut dyn Apply, state: &State, dirty: &mut bool, running: Run
 /// changed (a health verdict), or the state is new. A failure leaves it `dirty`, retried
 /// by `tick`.
 pub fn refresh(apply: &mut dyn Apply, state: &State, dirty: &mut bool, running: Running) {
-    match apply.apply(state) {
+    match crate::metrics::timed_apply(apply, state) {
         Ok(()) => {
             if *dirty && running == Running::Stored {
                 info!("data path caught up with the stored state");
@@ -104,9 +114,17 @@ pub struct App {
     /// The suffix and region the endpoint, zone and service names are given under (the
     /// API shows them; a custom service domain must lie outside the suffix).
     pub naming: crate::model::Naming,
+    /// Where the connection events of each committed change are sent (none: nowhere).
+    pub notify: Option<crate::notify::Notifier>,
 }
 
 impl App {
+    /// The data path's counters, named by the state (`crate::counters`).
+    pub fn counters(&mut self) -> crate::counters::Snapshot {
+        let raw = self.apply.counters();
+        crate::counters::resolve(&self.state, &raw)
+    }
+
     /// Periodic upkeep: retry a failed apply, then the data path's own upkeep.
     pub fn tick(&mut self) {
         tick(
@@ -362,6 +380,18 @@ impl Apply for DataplaneApply {
 
     fn unhealthy(&self) -> Unhealthy {
         self.health.unhealthy()
+    }
+
+    fn counters(
+        &mut self,
+    ) -> Vec<(
+        privatelink_common::CounterKey,
+        privatelink_common::EndpointCounters,
+    )> {
+        self.dp.counters().unwrap_or_else(|e| {
+            warn!(error = %format!("{e:#}"), "reading the endpoint counters");
+            Vec::new()
+        })
     }
 
     fn health(&self) -> Vec<HealthRow> {

@@ -12,12 +12,12 @@ use serde_json::Value;
 use crate::{
     client::Client,
     model::{
-        AclRule, Backend, Direction, Failover, GwlbSettings, HealthSettings, Listener, Probe,
-        Protocol, RuleAction, ServiceType, SgRule, Stickiness,
+        AclRule, Backend, ConnectionEvent, Direction, Failover, GwlbSettings, HealthSettings,
+        Listener, Probe, Protocol, RuleAction, ServiceType, SgRule, Stickiness,
     },
     ops::{
-        ConnectionAction, EndpointPatch, NewAccount, NewAcl, NewEndpoint, NewSecurityGroup,
-        NewService, NewVSwitch, NewVpc, NewZone, ServicePatch, VpcPatch,
+        ConnectionAction, EndpointPatch, NewAccount, NewAcl, NewEndpoint, NewNotification,
+        NewSecurityGroup, NewService, NewVSwitch, NewVpc, NewZone, ServicePatch, VpcPatch,
     },
 };
 
@@ -67,8 +67,57 @@ pub enum ApiCmd {
     /// Network ACLs of an account's vSwitches.
     #[command(subcommand)]
     Acl(AclCmd),
-    /// What the caller sees, counted.
-    Status,
+    /// What the caller sees: its services and their zones' health, its endpoints with
+    /// their connection state, live flows and traffic, and the top drop reasons.
+    Status {
+        /// Redraw it every --interval seconds, as `privatelink top`.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        every: Refresh,
+    },
+    /// `status`, redrawn every --interval seconds with each ENI's packets and bytes per
+    /// second, until Ctrl-C.
+    Top {
+        #[command(flatten)]
+        every: Refresh,
+    },
+}
+
+// How `top` and `status --watch` refresh (a plain comment: a doc comment here would
+// become the help text of `status`).
+#[derive(Args, Clone, Copy)]
+pub struct Refresh {
+    /// Seconds between refreshes (with `status`: implies --watch).
+    #[arg(long, value_parser = interval)]
+    interval: Option<std::time::Duration>,
+    /// Stop after this many refreshes (with `status`: implies --watch).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+}
+
+impl Refresh {
+    /// The default interval between refreshes.
+    const INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+    fn given(&self) -> bool {
+        self.interval.is_some() || self.count.is_some()
+    }
+
+    fn interval(&self) -> std::time::Duration {
+        self.interval.unwrap_or(Self::INTERVAL)
+    }
+}
+
+/// `--interval`: seconds, at least 0.1 (a fraction is allowed).
+fn interval(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?}: expected seconds (2, 0.5)"))?;
+    if !(0.1..=86_400.0).contains(&secs) {
+        return Err(format!("{s}: between 0.1 and 86400 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 #[derive(Subcommand)]
@@ -345,6 +394,9 @@ pub enum ServiceCmd {
     /// The accounts allowed to connect.
     #[command(subcommand)]
     Whitelist(WhitelistCmd),
+    /// Where the service's connection events are sent (an HTTP POST of JSON each).
+    #[command(subcommand)]
+    Notification(NotificationCmd),
     /// Mark the service's custom domain as verified (operator): its consumers may then
     /// enable it on their endpoints.
     DomainVerify {
@@ -501,6 +553,27 @@ impl GwlbArgs {
 }
 
 #[derive(Subcommand)]
+pub enum NotificationCmd {
+    /// Send the service's connection events to URL (http://HOST[:PORT][/PATH]).
+    Add {
+        service: String,
+        url: String,
+        /// Only these events (repeatable, or comma-separated): connect, accept, reject,
+        /// disconnect, delete. All of them if not given.
+        #[arg(long = "event", value_delimiter = ',', value_parser = api_enum::<ConnectionEvent>)]
+        events: Vec<ConnectionEvent>,
+    },
+    List {
+        service: String,
+    },
+    /// Stop sending the events to a notification's URL.
+    Remove {
+        service: String,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum WhitelistCmd {
     Add { service: String, account: String },
     Remove { service: String, account: String },
@@ -582,6 +655,22 @@ pub enum EndpointCmd {
     /// Add or remove one zone (one ENI) of an endpoint.
     #[command(subcommand)]
     Zone(ZoneCmd),
+    /// Turn an endpoint's flow logs on or off (see the README, "Flow logs").
+    #[command(subcommand)]
+    FlowLog(FlowLogCmd),
+}
+
+#[derive(Subcommand)]
+pub enum FlowLogCmd {
+    /// Turn flow logs on (or change the capture window); prints the endpoint.
+    Enable {
+        endpoint: String,
+        /// The capture window, seconds (1-600; the clouds offer 60 and 600).
+        #[arg(long, default_value_t = 600)]
+        window: u32,
+    },
+    /// Turn flow logs off; prints the endpoint.
+    Disable { endpoint: String },
 }
 
 #[derive(Subcommand)]
@@ -673,15 +762,11 @@ const VPC_COLS: &[&str] = &[
 pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
     let c = Client::new(&conn.api, conn.token.clone());
     let (value, columns): (Value, &[&str]) = match cmd {
-        ApiCmd::Status => {
-            let v = c.get("/v1/status")?;
-            if conn.json {
-                print(&v, &[], true);
-            } else {
-                print!("{}", status_text(&v));
-            }
-            return Ok(());
+        ApiCmd::Status { watch, every } if watch || every.given() => {
+            return top(&c, conn.json, every.interval(), every.count);
         }
+        ApiCmd::Status { .. } => return status(&c, conn.json),
+        ApiCmd::Top { every } => return top(&c, conn.json, every.interval(), every.count),
         ApiCmd::Account(AccountCmd::Create { id, name }) => (
             c.post("/v1/accounts", &NewAccount { id, name })?,
             &["id", "name", "token"],
@@ -1061,6 +1146,34 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
         ServiceCmd::Whitelist(WhitelistCmd::List { service }) => {
             (c.get(&format!("/v1/services/{service}/whitelist"))?, &[])
         }
+        ServiceCmd::Notification(cmd) => notification(c, cmd)?,
+    })
+}
+
+/// `service notification add|list|remove`.
+fn notification(c: &Client, cmd: NotificationCmd) -> Result<(Value, &'static [&'static str])> {
+    const COLS: &[&str] = &["id", "url", "events"];
+    Ok(match cmd {
+        NotificationCmd::Add {
+            service,
+            url,
+            events,
+        } => {
+            let body = NewNotification {
+                url,
+                events: (!events.is_empty()).then_some(events),
+            };
+            let path = format!("/v1/services/{service}/notifications");
+            (c.post(&path, &body)?, COLS)
+        }
+        NotificationCmd::List { service } => (
+            c.get(&format!("/v1/services/{service}/notifications"))?,
+            COLS,
+        ),
+        NotificationCmd::Remove { service, id } => (
+            c.delete(&format!("/v1/services/{service}/notifications/{id}"))?,
+            &[],
+        ),
     })
 }
 
@@ -1072,6 +1185,9 @@ fn strip_names(mut v: Value) -> Value {
     }
     v
 }
+
+/// What `endpoint flow-log` prints: the endpoint and its flow log's window (empty: off).
+const FLOW_LOG_COLS: &[&str] = &["id", "account", "flow_log"];
 
 fn endpoint(c: &Client, cmd: EndpointCmd, json: bool) -> Result<(Value, &'static [&'static str])> {
     const COLS: &[&str] = &[
@@ -1159,6 +1275,19 @@ fn endpoint(c: &Client, cmd: EndpointCmd, json: bool) -> Result<(Value, &'static
             c.delete(&format!("/v1/endpoints/{endpoint}/zones/{vswitch}"))?,
             COLS,
         ),
+        EndpointCmd::FlowLog(FlowLogCmd::Enable { endpoint, window }) => (
+            c.put(
+                &format!("/v1/endpoints/{endpoint}/flow-log"),
+                &crate::model::FlowLog {
+                    window_seconds: window,
+                },
+            )?,
+            FLOW_LOG_COLS,
+        ),
+        EndpointCmd::FlowLog(FlowLogCmd::Disable { endpoint }) => (
+            c.delete(&format!("/v1/endpoints/{endpoint}/flow-log"))?,
+            FLOW_LOG_COLS,
+        ),
     })
 }
 
@@ -1179,44 +1308,440 @@ fn cell(v: &Value) -> String {
     }
 }
 
-/// `privatelink status` as text: the counts, then one line per health-checked target
-/// (each zone's load balancers, GWLB appliances) with its verdict and since when.
-fn status_text(v: &Value) -> String {
-    const COUNTS: [&str; 5] = ["accounts", "vpcs", "services", "endpoints", "connected"];
+/// A table without borders, its header upper-cased, the columns `right` aligned to the
+/// right (numbers).
+fn table(header: &[&str], right: &[usize], rows: Vec<Vec<String>>) -> String {
     let mut t = comfy_table::Table::new();
     t.load_style(comfy_table::presets::NOTHING);
-    t.set_header(COUNTS.iter().map(|c| c.to_uppercase()));
-    t.add_row(COUNTS.iter().map(|c| cell(&v[*c])));
-    let mut out = format!("{t}\n\n");
+    t.set_header(header.iter().map(|c| c.to_uppercase()));
+    for r in rows {
+        t.add_row(r);
+    }
+    for &i in right {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    // Without the padding of the last column.
+    t.to_string()
+        .lines()
+        .flat_map(|l| [l.trim_end(), "\n"])
+        .collect()
+}
+
+/// A count: exact below a million, then with a unit (`12.3M`).
+fn count(n: u64) -> String {
+    if n < 1_000_000 {
+        n.to_string()
+    } else {
+        scaled(n as f64, "")
+    }
+}
+
+/// `x` with k, M, G or T and one decimal from a thousand on, `unit` after it
+/// (`12.3kB`); below, whole, or with one decimal if a fraction (rates).
+fn scaled(x: f64, unit: &str) -> String {
+    let mut x = x;
+    let mut prefix = "";
+    for p in ["k", "M", "G", "T"] {
+        if x < 1000.0 {
+            break;
+        }
+        x /= 1000.0;
+        prefix = p;
+    }
+    if prefix.is_empty() && x.fract() == 0.0 {
+        format!("{x:.0}{unit}")
+    } else {
+        format!("{x:.1}{prefix}{unit}")
+    }
+}
+
+/// Packets and bytes per second of each endpoint ENI (endpoint, zone) — to the service
+/// and to the consumer — from two overviews taken `secs` apart. A counter that went back
+/// (the daemon restarted, an ENI was given new counters) counts as 0.
+#[derive(Debug, Default, PartialEq)]
+struct Rates(BTreeMap<(String, String), [f64; 4]>);
+
+/// The counters of an ENI a rate is computed from, in `Rates`' order.
+const RATE_FIELDS: [&str; 4] = [
+    "to_service_packets",
+    "to_service_bytes",
+    "to_consumer_packets",
+    "to_consumer_bytes",
+];
+
+impl Rates {
+    fn between(before: &Value, after: &Value, secs: f64) -> Rates {
+        let before = eni_counters(before);
+        let rates = eni_counters(after)
+            .into_iter()
+            .filter_map(|(key, now)| {
+                let was = before.get(&key)?;
+                let r: [f64; 4] =
+                    std::array::from_fn(|i| now[i].saturating_sub(was[i]) as f64 / secs);
+                Some((key, r))
+            })
+            .collect();
+        Rates(rates)
+    }
+}
+
+/// Each endpoint ENI's `RATE_FIELDS` in an overview, by (endpoint, zone).
+fn eni_counters(v: &Value) -> BTreeMap<(String, String), [u64; 4]> {
+    let mut out = BTreeMap::new();
+    for e in v["endpoints"].as_array().into_iter().flatten() {
+        for z in e["zones"].as_array().into_iter().flatten() {
+            let key = (cell(&e["id"]), cell(&z["zone"]));
+            out.insert(key, RATE_FIELDS.map(|f| z[f].as_u64().unwrap_or_default()));
+        }
+    }
+    out
+}
+
+/// How the ENDPOINTS section shows traffic: the totals (`status`), or per second
+/// (`top`; none yet on its first screen).
+#[derive(Clone, Copy)]
+enum Shown<'a> {
+    Totals,
+    PerSecond(Option<&'a Rates>),
+}
+
+/// The overview (`GET /v1/overview`) as `privatelink status` prints it: SERVICES,
+/// ENDPOINTS, ENIS (each endpoint ENI's traffic), ZONES/HEALTH (a line per health-checked
+/// target) and TOP DROPS, each a table of aligned columns, the widest columns last (a
+/// terminal narrower than a line cuts them).
+fn overview_text(v: &Value, shown: Shown) -> String {
+    let mut out = String::new();
+    out.push_str("SERVICES\n");
+    out.push_str(&services_text(v));
+    out.push_str("\nENDPOINTS\n");
+    out.push_str(&endpoints_text(v));
+    out.push_str("\nENIS\n");
+    out.push_str(&enis_text(v, shown));
+    out.push_str("\nZONES/HEALTH\n");
+    out.push_str(&health_text(v));
+    out.push_str("\nTOP DROPS\n");
+    out.push_str(&drops_text(v));
+    out
+}
+
+fn services_text(v: &Value) -> String {
+    let services = v["services"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if services.is_empty() {
+        return "No services.\n".to_string();
+    }
+    let rows = services
+        .iter()
+        .map(|s| {
+            let zones = s["zones"].as_array().into_iter().flatten();
+            let zones: Vec<String> = zones
+                .map(|z| format!("{} {}", cell(&z["zone"]), cell(&z["health"])))
+                .collect();
+            vec![
+                cell(&s["id"]),
+                cell(&s["type"]),
+                cell(&s["account"]),
+                cell(&s["listeners"]),
+                format!("{}/{}", cell(&s["connected"]), cell(&s["endpoints"])),
+                zones.join(", "),
+            ]
+        })
+        .collect();
+    let header = [
+        "service",
+        "type",
+        "provider",
+        "listeners",
+        "connected",
+        "zones",
+    ];
+    table(&header, &[4], rows)
+}
+
+/// A line per endpoint: its service, consumer, connection state, live flows and zones.
+fn endpoints_text(v: &Value) -> String {
+    let endpoints = v["endpoints"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if endpoints.is_empty() {
+        return "No endpoints.\n".to_string();
+    }
+    let rows = endpoints
+        .iter()
+        .map(|e| {
+            let zones = e["zones"].as_array().into_iter().flatten();
+            let zones: Vec<String> = zones.map(|z| cell(&z["zone"])).collect();
+            let flows = match e["live_flows"].as_u64() {
+                Some(n) => count(n),
+                None => "-".to_string(),
+            };
+            vec![
+                cell(&e["id"]),
+                cell(&e["service"]),
+                cell(&e["account"]),
+                cell(&e["connection"]),
+                flows,
+                zones.join(", "),
+            ]
+        })
+        .collect();
+    let header = ["endpoint", "service", "account", "state", "flows", "zones"];
+    table(&header, &[4], rows)
+}
+
+/// A line per endpoint ENI (a zone of a gateway endpoint: no ENI): what crossed it each
+/// way and its top drop reason. Apart from `endpoints_text` so that the numbers fit 80
+/// columns.
+fn enis_text(v: &Value, shown: Shown) -> String {
+    let mut rows = Vec::new();
+    for e in v["endpoints"].as_array().into_iter().flatten() {
+        for z in e["zones"].as_array().into_iter().flatten() {
+            let mut row = vec![
+                cell(&e["id"]),
+                or_dash(cell(&z["zone"])),
+                or_dash(cell(&z["eni"])),
+            ];
+            row.extend(traffic_cells(&e["id"], z, shown));
+            row.push(top_drop(&z["drops"]));
+            rows.push(row);
+        }
+    }
+    if rows.is_empty() {
+        return "No ENIs.\n".to_string();
+    }
+    let traffic = match shown {
+        Shown::Totals => ["pkts>svc", "bytes>svc", "pkts>con", "bytes>con"],
+        Shown::PerSecond(_) => ["pkt/s>svc", "B/s>svc", "pkt/s>con", "B/s>con"],
+    };
+    let header = [
+        "endpoint", "zone", "eni", traffic[0], traffic[1], traffic[2], traffic[3], "drops",
+    ];
+    table(&header, &[3, 4, 5, 6], rows)
+}
+
+fn or_dash(s: String) -> String {
+    if s.is_empty() { "-".to_string() } else { s }
+}
+
+/// One ENI's packets and bytes each way, as `shown` says.
+fn traffic_cells(endpoint: &Value, zone: &Value, shown: Shown) -> [String; 4] {
+    match shown {
+        Shown::Totals => {
+            let n = |f: &str| zone[f].as_u64().unwrap_or_default();
+            [
+                count(n(RATE_FIELDS[0])),
+                scaled(n(RATE_FIELDS[1]) as f64, "B"),
+                count(n(RATE_FIELDS[2])),
+                scaled(n(RATE_FIELDS[3]) as f64, "B"),
+            ]
+        }
+        Shown::PerSecond(rates) => {
+            let key = (cell(endpoint), cell(&zone["zone"]));
+            match rates.and_then(|r| r.0.get(&key)) {
+                Some(r) => [
+                    scaled(r[0], ""),
+                    scaled(r[1], "B"),
+                    scaled(r[2], ""),
+                    scaled(r[3], "B"),
+                ],
+                None => std::array::from_fn(|_| "-".to_string()),
+            }
+        }
+    }
+}
+
+/// The reason most packets were dropped for (`no_listener 3`), and how many other
+/// reasons there were (`+2`).
+fn top_drop(drops: &Value) -> String {
+    let Some(drops) = drops.as_object() else {
+        return String::new();
+    };
+    let mut v: Vec<(&String, u64)> = drops
+        .iter()
+        .map(|(r, n)| (r, n.as_u64().unwrap_or_default()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    match v.as_slice() {
+        [] => String::new(),
+        [(r, n)] => format!("{r} {n}"),
+        [(r, n), rest @ ..] => format!("{r} {n} +{}", rest.len()),
+    }
+}
+
+/// A line per health-checked target (each zone's load balancers, GWLB appliances) with
+/// its verdict and since when.
+fn health_text(v: &Value) -> String {
     let rows = v["health"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default();
     if rows.is_empty() {
-        out.push_str("No health-checked load balancers or appliances.\n");
-        return out;
+        return "No health-checked load balancers or appliances.\n".to_string();
     }
-    let mut t = comfy_table::Table::new();
-    t.load_style(comfy_table::presets::NOTHING);
-    t.set_header(["SERVICE", "ZONE", "KIND", "ADDRESS", "HEALTH", "SINCE"]);
-    for r in rows {
-        let kind = cell(&r["kind"]).replace('_', " ");
-        let health = match r["healthy"].as_bool() {
-            Some(true) => "healthy",
-            Some(false) => "unhealthy",
-            None => "?",
+    let rows = rows
+        .iter()
+        .map(|r| {
+            let health = match r["healthy"].as_bool() {
+                Some(true) => "healthy",
+                Some(false) => "unhealthy",
+                None => "?",
+            };
+            vec![
+                cell(&r["service"]),
+                cell(&r["zone"]),
+                cell(&r["kind"]).replace('_', " "),
+                cell(&r["address"]),
+                health.to_string(),
+                cell(&r["since"]),
+            ]
+        })
+        .collect();
+    let header = ["service", "zone", "kind", "address", "health", "since"];
+    table(&header, &[], rows)
+}
+
+/// The most frequent drop reasons of the endpoints in the view.
+fn drops_text(v: &Value) -> String {
+    const SHOWN: usize = 5;
+    let drops = v["top_drops"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if drops.is_empty() {
+        return "No drops.\n".to_string();
+    }
+    let rows = drops
+        .iter()
+        .take(SHOWN)
+        .map(|d| vec![cell(&d["reason"]), cell(&d["packets"])])
+        .collect();
+    table(&["reason", "packets"], &[1], rows)
+}
+
+/// The width of the terminal on standard output, if it is one.
+fn terminal_width() -> Option<usize> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let mut w = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct it is given.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut w) } == 0;
+    (ok && w.ws_col > 0).then_some(usize::from(w.ws_col))
+}
+
+/// `text` with every line cut at `width` characters (a terminal would wrap them into the
+/// next line's columns).
+fn fit(text: &str, width: Option<usize>) -> String {
+    let Some(width) = width else {
+        return text.to_string();
+    };
+    text.lines()
+        .map(|l| {
+            let l = l.trim_end();
+            match l.char_indices().nth(width) {
+                Some((at, _)) => &l[..at],
+                None => l,
+            }
+        })
+        .flat_map(|l| [l, "\n"])
+        .collect()
+}
+
+/// `privatelink status`: the overview once.
+fn status(c: &Client, json: bool) -> Result<()> {
+    let v = c.get("/v1/overview")?;
+    if json {
+        print(&v, &[], true);
+    } else {
+        print!(
+            "{}",
+            fit(&overview_text(&v, Shown::Totals), terminal_width())
+        );
+    }
+    Ok(())
+}
+
+/// Set by SIGINT while `top` runs: it stops at its next step, and exits 0.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn interrupted(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether Ctrl-C was pressed.
+fn stopping() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `privatelink top` (`status --watch`): the overview every `every`, with per-second
+/// rates from the last two, `count` times or until Ctrl-C. On a terminal each one
+/// replaces the last (ANSI clear screen, lines cut at its width); elsewhere they follow
+/// each other, separated by a line of dashes. With `json`, one JSON object per line.
+fn top(c: &Client, json: bool, every: std::time::Duration, count: Option<u64>) -> Result<()> {
+    use std::io::Write;
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe { libc::signal(libc::SIGINT, interrupted as *const () as libc::sighandler_t) };
+    let width = terminal_width();
+    let mut last: Option<(std::time::Instant, Value)> = None;
+    let mut shown = 0u64;
+    while !stopping() {
+        let v = match c.get("/v1/overview") {
+            Ok(v) => v,
+            Err(_) if stopping() => break,
+            Err(e) => return Err(e),
         };
-        t.add_row([
-            cell(&r["service"]),
-            cell(&r["zone"]),
-            kind,
-            cell(&r["address"]),
-            health.to_string(),
-            cell(&r["since"]),
-        ]);
+        let now = std::time::Instant::now();
+        let mut out = std::io::stdout().lock();
+        if json {
+            writeln!(out, "{v}")?;
+        } else {
+            let rates = last
+                .as_ref()
+                .map(|(t, before)| Rates::between(before, &v, (now - *t).as_secs_f64()));
+            let head = format!(
+                "privatelink top: {} view, every {}s, {}\n\n",
+                cell(&v["caller"]),
+                every.as_secs_f64(),
+                crate::monitor::rfc3339(std::time::SystemTime::now())
+            );
+            let text = head + &overview_text(&v, Shown::PerSecond(rates.as_ref()));
+            match width {
+                // Home, clear the screen, draw.
+                Some(w) => write!(out, "\x1b[H\x1b[2J{}", fit(&text, Some(w)))?,
+                None if shown > 0 => write!(out, "{}\n{text}", "-".repeat(40))?,
+                None => write!(out, "{text}")?,
+            }
+        }
+        out.flush()?;
+        drop(out);
+        last = Some((now, v));
+        shown += 1;
+        if count.is_some_and(|n| shown >= n) {
+            break;
+        }
+        // Asleep in short steps, to stop soon after Ctrl-C.
+        let wake = now + every;
+        while !stopping() {
+            let left = wake.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(std::time::Duration::from_millis(100)));
+        }
     }
-    out.push_str(&format!("{t}\n"));
-    out
+    Ok(())
 }
 
 /// `endpoint show` as text: the endpoint with its domain name, then one line per zone
@@ -1345,33 +1870,124 @@ mod tests {
         assert_eq!(g.health, HealthSettings::default());
     }
 
-    #[test]
-    fn status_prints_counts_and_zone_health() {
-        let v = json!({
-            "accounts": 2, "vpcs": 2, "services": 1, "endpoints": 1, "connected": 1,
+    /// An overview as `GET /v1/overview` gives it: one service in two zones, one endpoint
+    /// with an ENI in each, traffic and drops in zone-a.
+    fn overview() -> Value {
+        json!({
+            "caller": "operator",
+            "services": [{"id": "epsrv-b", "type": "interface", "account": "acct-b",
+                "listeners": [{"protocol": "tcp", "port": 80}],
+                "zones": [{"zone": "zone-a", "health": "unhealthy", "targets": 1, "healthy": 0},
+                          {"zone": "zone-b", "health": "healthy", "targets": 1, "healthy": 1}],
+                "endpoints": 1, "connected": 1}],
+            "endpoints": [{"id": "ep-a", "service": "epsrv-b", "account": "acct-a",
+                "connection": "connected", "live_flows": 2,
+                "zones": [
+                    {"zone": "zone-a", "vswitch": "vsw-a1", "eni": "10.10.1.100",
+                     "to_service_packets": 12, "to_service_bytes": 1500,
+                     "to_consumer_packets": 10, "to_consumer_bytes": 2_500_000,
+                     "new_flows": 2, "drops": {"acl": 1, "no_listener": 3}},
+                    {"zone": "zone-b", "vswitch": "vsw-a4", "eni": "10.10.4.100",
+                     "to_service_packets": 0, "to_service_bytes": 0,
+                     "to_consumer_packets": 0, "to_consumer_bytes": 0,
+                     "new_flows": 0, "drops": {}}],
+                "to_service_packets": 12, "to_service_bytes": 1500,
+                "to_consumer_packets": 10, "to_consumer_bytes": 2_500_000,
+                "new_flows": 2, "drops": {"acl": 1, "no_listener": 3}}],
             "health": [
                 {"service": "epsrv-b", "zone": "zone-a", "address": "10.10.0.10",
                  "kind": "load_balancer", "healthy": false, "since": "2026-12-01T21:34:07Z"},
                 {"service": "epsrv-b", "zone": "zone-b", "address": "10.10.0.11",
-                 "kind": "load_balancer", "healthy": true, "since": "2026-12-01T21:30:00Z"}
-            ]
-        });
-        let text = status_text(&v);
-        let lines: Vec<Vec<&str>> = text
-            .lines()
+                 "kind": "load_balancer", "healthy": true, "since": "2026-12-01T21:30:00Z"}],
+            "top_drops": [{"reason": "no_listener", "packets": 3}, {"reason": "acl", "packets": 1}]
+        })
+    }
+
+    /// The lines of `text` from the one after `title` to the next empty one, in words.
+    fn section<'a>(text: &'a str, title: &str) -> Vec<Vec<&'a str>> {
+        text.lines()
+            .skip_while(|l| *l != title)
+            .skip(1)
+            .take_while(|l| !l.is_empty())
             .map(|l| l.split_whitespace().collect())
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn status_prints_services_endpoints_zone_health_and_top_drops() {
+        let text = overview_text(&overview(), Shown::Totals);
         assert_eq!(
-            lines[..2],
+            section(&text, "SERVICES"),
             [
-                vec!["ACCOUNTS", "VPCS", "SERVICES", "ENDPOINTS", "CONNECTED"],
-                vec!["2", "2", "1", "1", "1"]
+                vec![
+                    "SERVICE",
+                    "TYPE",
+                    "PROVIDER",
+                    "LISTENERS",
+                    "CONNECTED",
+                    "ZONES"
+                ],
+                vec![
+                    "epsrv-b",
+                    "interface",
+                    "acct-b",
+                    "tcp:80",
+                    "1/1",
+                    "zone-a",
+                    "unhealthy,",
+                    "zone-b",
+                    "healthy"
+                ],
             ],
             "{text}"
         );
-        assert!(lines[2].is_empty(), "{text}");
         assert_eq!(
-            lines[3..],
+            section(&text, "ENDPOINTS"),
+            [
+                vec!["ENDPOINT", "SERVICE", "ACCOUNT", "STATE", "FLOWS", "ZONES"],
+                vec![
+                    "ep-a",
+                    "epsrv-b",
+                    "acct-a",
+                    "connected",
+                    "2",
+                    "zone-a,",
+                    "zone-b"
+                ],
+            ],
+            "{text}"
+        );
+        assert_eq!(
+            section(&text, "ENIS"),
+            [
+                vec![
+                    "ENDPOINT",
+                    "ZONE",
+                    "ENI",
+                    "PKTS>SVC",
+                    "BYTES>SVC",
+                    "PKTS>CON",
+                    "BYTES>CON",
+                    "DROPS"
+                ],
+                vec![
+                    "ep-a",
+                    "zone-a",
+                    "10.10.1.100",
+                    "12",
+                    "1.5kB",
+                    "10",
+                    "2.5MB",
+                    "no_listener",
+                    "3",
+                    "+1"
+                ],
+                vec!["ep-a", "zone-b", "10.10.4.100", "0", "0B", "0", "0B"],
+            ],
+            "{text}"
+        );
+        assert_eq!(
+            section(&text, "ZONES/HEALTH"),
             [
                 vec!["SERVICE", "ZONE", "KIND", "ADDRESS", "HEALTH", "SINCE"],
                 vec![
@@ -1395,11 +2011,110 @@ mod tests {
             ],
             "{text}"
         );
-        let none = status_text(&json!({"accounts": 0, "health": []}));
-        assert!(
-            none.ends_with("No health-checked load balancers or appliances.\n"),
-            "{none}"
+        assert_eq!(
+            section(&text, "TOP DROPS"),
+            [
+                vec!["REASON", "PACKETS"],
+                vec!["no_listener", "3"],
+                vec!["acl", "1"]
+            ],
+            "{text}"
         );
+        // The columns line up: the ENIs start where their header does, the numbers end
+        // where theirs ends; the lines up to the traffic fit 80 columns.
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "ENIS")
+            .skip(1)
+            .take(3)
+            .collect();
+        let eni = lines[0].find("ENI").unwrap();
+        assert_eq!(lines[1].find("10.10.1.100"), Some(eni), "{text}");
+        assert_eq!(lines[2].find("10.10.4.100"), Some(eni), "{text}");
+        let end = lines[0].find("PKTS>SVC").unwrap() + "PKTS>SVC".len();
+        assert_eq!(&lines[1][end - 2..end], "12", "{text}");
+        assert!(lines[0].find("DROPS").unwrap() < 80, "{text}");
+
+        let none = overview_text(&json!({"caller": "acct-c"}), Shown::Totals);
+        for empty in [
+            "No services.",
+            "No endpoints.",
+            "No ENIs.",
+            "No health-checked load balancers or appliances.",
+            "No drops.",
+        ] {
+            assert!(none.contains(empty), "{none}");
+        }
+    }
+
+    #[test]
+    fn top_shows_rates_from_two_overviews() {
+        let before = overview();
+        let mut after = overview();
+        let z = &mut after["endpoints"][0]["zones"][0];
+        z["to_service_packets"] = json!(12 + 500);
+        z["to_service_bytes"] = json!(1500 + 64_000);
+        z["to_consumer_packets"] = json!(4); // went back: a restart
+        let rates = Rates::between(&before, &after, 2.0);
+        let key = |zone: &str| ("ep-a".to_string(), zone.to_string());
+        assert_eq!(
+            rates.0[&key("zone-a")],
+            [250.0, 32_000.0, 0.0, 1_250_000.0 - 1_250_000.0]
+        );
+        assert_eq!(rates.0[&key("zone-b")], [0.0; 4]);
+        let text = overview_text(&after, Shown::PerSecond(Some(&rates)));
+        let rows = section(&text, "ENIS");
+        assert_eq!(
+            rows[0][3..7],
+            ["PKT/S>SVC", "B/S>SVC", "PKT/S>CON", "B/S>CON"],
+            "{text}"
+        );
+        assert_eq!(rows[1][3..7], ["250", "32.0kB", "0", "0B"], "{text}");
+        // The first screen has nothing to compare with.
+        let first = overview_text(&after, Shown::PerSecond(None));
+        assert_eq!(section(&first, "ENIS")[1][3..7], ["-"; 4], "{first}");
+    }
+
+    #[test]
+    fn numbers_are_short_and_lines_fit_the_terminal() {
+        assert_eq!(count(999_999), "999999");
+        assert_eq!(count(12_345_678), "12.3M");
+        assert_eq!(scaled(0.0, "B"), "0B");
+        assert_eq!(scaled(2.5, ""), "2.5");
+        assert_eq!(scaled(1_500.0, "B"), "1.5kB");
+        assert_eq!(scaled(3.2e12, "B"), "3.2TB");
+        assert_eq!(fit("abcdef  \nxy\n", Some(4)), "abcd\nxy\n");
+        assert_eq!(fit("abcdef\n", None), "abcdef\n");
+        assert_eq!(interval("0.5"), Ok(std::time::Duration::from_millis(500)));
+        assert!(interval("0").is_err() && interval("x").is_err());
+    }
+
+    #[derive(Parser)]
+    struct S {
+        #[command(subcommand)]
+        cmd: ApiCmd,
+    }
+
+    #[test]
+    fn top_is_status_watch() {
+        let parse = |args: &str| S::try_parse_from(words(args)).map(|s| s.cmd);
+        let Ok(ApiCmd::Top { every }) = parse("top --count 2 --interval 1") else {
+            panic!("not top")
+        };
+        assert_eq!(
+            (every.interval(), every.count),
+            (std::time::Duration::from_secs(1), Some(2))
+        );
+        let Ok(ApiCmd::Status { watch, every }) = parse("status") else {
+            panic!("not status")
+        };
+        assert!(!watch && !every.given());
+        assert_eq!(every.interval(), Refresh::INTERVAL);
+        let Ok(ApiCmd::Status { watch, .. }) = parse("status --watch") else {
+            panic!("not status")
+        };
+        assert!(watch);
+        assert!(parse("top --count 0").is_err());
     }
 
     #[derive(Parser)]

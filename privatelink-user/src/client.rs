@@ -77,7 +77,8 @@ impl Client {
             ("DELETE", _) => with_auth!(self.agent.delete(&url)).call(),
             ("POST", Some(b)) => with_auth!(self.agent.post(&url)).send_json(b),
             ("POST", None) => with_auth!(self.agent.post(&url)).send_empty(),
-            ("PUT", _) => with_auth!(self.agent.put(&url)).send_empty(),
+            ("PUT", Some(b)) => with_auth!(self.agent.put(&url)).send_json(b),
+            ("PUT", None) => with_auth!(self.agent.put(&url)).send_empty(),
             ("PATCH", Some(b)) => with_auth!(self.agent.patch(&url)).send_json(b),
             _ => return Err(anyhow!("unsupported request {method} {path}")),
         };
@@ -110,6 +111,10 @@ impl Client {
     /// PATCHes with `body` (a patch type of `ops`, or any JSON) as JSON.
     pub fn patch(&self, path: &str, body: &impl Serialize) -> Result<Value> {
         self.call("PATCH", path, Some(&serde_json::to_value(body)?))
+    }
+    /// PUTs `body` (a request type of `ops`, or any JSON) as JSON.
+    pub fn put(&self, path: &str, body: &impl Serialize) -> Result<Value> {
+        self.call("PUT", path, Some(&serde_json::to_value(body)?))
     }
     pub fn delete(&self, path: &str) -> Result<Value> {
         self.call("DELETE", path, None)

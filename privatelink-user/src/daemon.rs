@@ -17,6 +17,7 @@ use crate::{
     api::{self, Shared},
     apply::{App, Apply, DataplaneApply, Running, refresh, tick as tick_retry},
     dataplane::{DEFAULT_PIN_DIR, Dataplane, LoadOptions},
+    metrics::Source,
     model::{self, State},
     ops,
     store::{RedbStore, Store},
@@ -24,7 +25,24 @@ use crate::{
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["state", "data_dir"])))]
+// A later occurrence of an option overrides an earlier one: `--config`'s settings are
+// placed before the command line's (`config::expand_argv`).
+#[command(args_override_self = true)]
 pub struct DaemonArgs {
+    /// Read options from this TOML file first (keys: the long option names, e.g.
+    /// `data_dir = "/var/lib/privatelink"`); the command line overrides it. SIGHUP reads
+    /// it again: the log filter and the flow timeouts change at once, other changes need a
+    /// restart.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The log filter, in RUST_LOG's syntax (default: RUST_LOG, else
+    /// `info,hickory_server=warn`).
+    #[arg(long, value_parser = crate::process::check_log_filter)]
+    pub log: Option<String>,
+    /// The command line's own arguments after `daemon` (without the file's), read again
+    /// with the file on SIGHUP.
+    #[arg(skip)]
+    pub command_line: Vec<std::ffi::OsString>,
     /// Declarative mode: the state comes from this file (SIGHUP re-reads it).
     #[arg(long)]
     pub state: Option<PathBuf>,
@@ -35,6 +53,10 @@ pub struct DaemonArgs {
     /// API mode: where the HTTP API listens (bound before --netns is entered).
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: String,
+    /// Where Prometheus scrapes `GET /metrics` (bound before --netns is entered; none:
+    /// no metrics). Unauthenticated: give an address only operators reach.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
     /// API mode: the operator's token (default <data-dir>/admin.token, created if missing).
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
@@ -87,9 +109,50 @@ pub struct DaemonArgs {
     /// zone's address may live on in clients' caches.
     #[arg(long, default_value_t = crate::dns::DEFAULT_TTL, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub dns_ttl: u32,
+    /// Flow logs: the directory of the endpoints' files (`<endpoint>.log`; default
+    /// `<data-dir>/flow-logs`, or /var/log/privatelink/flow-logs with --state).
+    #[arg(long)]
+    pub flow_log_dir: Option<PathBuf>,
+    /// Flow logs: how often the data path's flow events are read, milliseconds (the data
+    /// path does not wake the daemon).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10000))]
+    pub flow_log_poll_ms: u64,
+    /// Flow logs: the size of the flow events' ring buffer, bytes (a power of two, at
+    /// least 4096): what one poll interval may hold before events are lost.
+    #[arg(long, default_value_t = privatelink_common::FLOW_EVENTS_BYTES, value_parser = ring_bytes)]
+    pub flow_log_ring_bytes: u32,
+    /// Flow logs: a file is rotated (to .1, .2, ... .5) once it is past this size, bytes.
+    #[arg(long, default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub flow_log_rotate_bytes: u64,
 }
 
 impl DaemonArgs {
+    /// The data path's settings (`PL_CONFIG`) the options give.
+    pub fn flow_config(&self) -> Config {
+        const S: u64 = 1_000_000_000;
+        Config {
+            tcp_timeout_ns: self.tcp_timeout * S,
+            other_timeout_ns: self.udp_timeout * S,
+            closing_timeout_ns: self.closing_timeout * S,
+            embryonic_timeout_ns: self.embryonic_timeout * S,
+            flow_capacity: self.conntrack_entries as u64 / 2,
+        }
+    }
+
+    /// Where and how flow logs are written (`--flow-log-*`).
+    pub fn flow_log_options(&self) -> crate::flowlog::Options {
+        let dir = match (&self.flow_log_dir, &self.data_dir) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) => d.join("flow-logs"),
+            (None, None) => PathBuf::from("/var/log/privatelink/flow-logs"),
+        };
+        crate::flowlog::Options {
+            dir,
+            poll: Duration::from_millis(self.flow_log_poll_ms),
+            rotate_bytes: self.flow_log_rotate_bytes,
+        }
+    }
+
     /// The naming the options give, checked (`--dns-suffix`, `--dns-region`).
     pub fn naming(&self) -> Result<model::Naming> {
         let n = model::Naming {
@@ -123,6 +186,18 @@ fn dns_listen(s: &str) -> Result<std::net::SocketAddr, String> {
     Ok(a)
 }
 
+/// `--flow-log-ring-bytes`: a ring buffer's size (a power of two and a multiple of the
+/// page size).
+fn ring_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if !n.is_power_of_two() || n < 4096 {
+        return Err(format!("{n}: give a power of two, at least 4096"));
+    }
+    Ok(n)
+}
+
 /// `--dns-region`: one lowercase DNS label.
 fn dns_region(s: &str) -> Result<String, String> {
     if !model::names::is_clean_label(s) {
@@ -147,7 +222,16 @@ pub fn read_state(path: &Path) -> Result<State> {
 /// Runs the daemon: reads and validates its state (file or store), loads the data path,
 /// applies the state (retried every 5 s while the data path is behind), serves the API in
 /// API mode, re-reads the file on SIGHUP in file mode, until SIGTERM or SIGINT.
-pub async fn run(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> Result<()> {
+pub async fn run(
+    args: DaemonArgs,
+    listener: Option<std::net::TcpListener>,
+    metrics_listener: Option<std::net::TcpListener>,
+) -> Result<()> {
+    if args.log.is_some() {
+        crate::process::set_log_filter(args.log.as_deref())?;
+    }
+    // With --config: the settings in force, and SIGHUP's reading of the file.
+    let mut settings = crate::config::Reloader::new(&args)?;
     match crate::process::raise_fd_limit() {
         Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
         Err(e) => warn!("raising the open-file limit: {e}"),
@@ -193,16 +277,18 @@ pub async fn run(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> R
     let dp = Dataplane::load(&LoadOptions {
         pin_dir: Some(args.pin_dir.clone()),
         conntrack_entries: args.conntrack_entries,
+        flow_events_bytes: args.flow_log_ring_bytes,
     })?;
-    const S: u64 = 1_000_000_000;
     let mut applier = DataplaneApply::new(dp, args.xdp_skb);
-    applier.dp.set_config(&Config {
-        tcp_timeout_ns: args.tcp_timeout * S,
-        other_timeout_ns: args.udp_timeout * S,
-        closing_timeout_ns: args.closing_timeout * S,
-        embryonic_timeout_ns: args.embryonic_timeout * S,
-        flow_capacity: args.conntrack_entries as u64 / 2,
-    })?;
+    applier.dp.set_config(&args.flow_config())?;
+    // Flow logs: the ring is drained on a timer in both modes (see `crate::flowlog`).
+    let mut flow = crate::flowlog::FlowLogger::new(
+        applier.dp.take_flow_events()?,
+        &args.pin_dir,
+        args.flow_log_options(),
+    )?;
+    let mut flow_tick = tokio::time::interval(flow.interval());
+    flow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The DNS server: every apply, the first one included, adds the resolver addresses
     // to the VPCs' interfaces and then gives it its answers and listeners.
     applier.set_dns(
@@ -242,36 +328,69 @@ pub async fn run(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> R
                 admin_token_sha256: ops::token_hash(&admin),
                 dirty: behind_at_start,
                 naming: args.naming()?,
+                // Connection notifications leave from the daemon's namespace (--netns).
+                notify: Some(crate::notify::Notifier::start(Default::default())),
             }));
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
+            // The live flows of the overview (and of the metrics, when served).
+            crate::metrics::census(&args.pin_dir, args.conntrack_entries);
             let server =
                 tokio::spawn(axum::serve(listener, api::router(app.clone())).into_future());
+            let metrics = start_metrics(
+                &args,
+                metrics_listener,
+                Source::App(app.clone()),
+                flow.stats(),
+            )?;
             ready(&args, &format!("http://{addr}"))?;
             info!(api = %format!("http://{addr}"), "ready");
             loop {
                 tokio::select! {
                     _ = tick.tick() => app.lock().await.tick(),
+                    _ = flow_tick.tick() => {
+                        let logged = crate::flowlog::targets(&app.lock().await.state);
+                        flow.poll(logged);
+                    }
                     _ = health.notified() => app.lock().await.refresh(),
-                    _ = hup.recv() => info!("SIGHUP ignored: the state lives in the store; use the API"),
+                    _ = hup.recv() => match &mut settings {
+                        Some(s) => reload_settings(s),
+                        None => info!("SIGHUP: nothing to read (the state lives in the store; no --config)"),
+                    },
                     _ = term.recv() => break,
                     _ = int.recv() => break,
                 }
             }
             server.abort();
+            metrics.inspect(|m| m.abort());
         }
         _ => {
             let path = args.state.clone().expect("file mode");
             // The running state, re-applied when health verdicts change.
             let mut current = state;
             let mut dirty = behind_at_start;
+            // Scrapes ask the loop, which owns the state and the data path.
+            let (scrape_tx, mut scrapes) = tokio::sync::mpsc::channel(4);
+            let _metrics = start_metrics(
+                &args,
+                metrics_listener,
+                Source::Loop(scrape_tx),
+                flow.stats(),
+            )?;
             ready(&args, &std::process::id().to_string())?;
             info!(pin_dir = %args.pin_dir.display(), "ready");
             loop {
                 tokio::select! {
                     _ = tick.tick() => tick_retry(&mut applier, &current, &mut dirty, Running::File),
+                    _ = flow_tick.tick() => flow.poll(crate::flowlog::targets(&current)),
                     _ = health.notified() => refresh(&mut applier, &current, &mut dirty, Running::File),
+                    Some(reply) = scrapes.recv() => {
+                        let _ = reply.send(crate::metrics::gather(&current, &mut applier, None));
+                    }
                     _ = hup.recv() => {
+                        if let Some(s) = &mut settings {
+                            reload_settings(s);
+                        }
                         match reload(&path, &mut applier) {
                             Ok(next) => {
                                 // Valid: it is the running state now, applied or retried
@@ -297,6 +416,28 @@ pub async fn run(args: DaemonArgs, listener: Option<std::net::TcpListener>) -> R
     Ok(())
 }
 
+/// Serves the metrics on `listener` (`--metrics-listen`), if given.
+fn start_metrics(
+    args: &DaemonArgs,
+    listener: Option<std::net::TcpListener>,
+    source: Source,
+    flow_log: Arc<crate::flowlog::FlowLogStats>,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(listener) = listener else {
+        return Ok(None);
+    };
+    let addr = listener.local_addr()?;
+    let server = crate::metrics::start(
+        listener,
+        source,
+        &args.pin_dir,
+        args.conntrack_entries,
+        flow_log,
+    )?;
+    info!(metrics = %format!("http://{addr}/metrics"), "serving metrics");
+    Ok(Some(server))
+}
+
 /// Writes the ready file whole: a temporary file beside it, renamed into place, so a
 /// reader that sees the file sees its content (a plain write shows it empty first).
 fn ready(args: &DaemonArgs, content: &str) -> Result<()> {
@@ -306,6 +447,10 @@ fn ready(args: &DaemonArgs, content: &str) -> Result<()> {
         std::fs::write(&tmp, format!("{content}\n"))
             .with_context(|| format!("writing {}", f.display()))?;
         std::fs::rename(&tmp, f).with_context(|| format!("writing {}", f.display()))?;
+    }
+    // A `Type=notify` systemd unit counts as started from here.
+    if let Err(e) = crate::process::notify_systemd("READY=1") {
+        warn!("telling systemd the daemon is ready: {e}");
     }
     Ok(())
 }
@@ -339,6 +484,13 @@ fn admin_token(args: &DaemonArgs) -> Result<String> {
     std::io::Write::write_all(&mut f, format!("{t}\n").as_bytes())?;
     info!("created the admin token in {}", path.display());
     Ok(t)
+}
+
+/// `--config` read again (SIGHUP); a file that does not read changes nothing.
+fn reload_settings(settings: &mut crate::config::Reloader) {
+    if let Err(e) = settings.reload() {
+        warn!("configuration reload refused, keeping the running settings: {e:#}");
+    }
 }
 
 /// The state file read again and checked (refused: nothing is applied).

@@ -4,13 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use privatelink_common::{
-    Appliance, ApplianceSet, ConnectionState, ENI_FLAG_ACL, ENI_FLAG_GATEWAY, ENI_FLAG_GWLB,
-    ENI_FLAG_LB_SET, ENI_FLAG_REBALANCE, ENI_FLAG_SG, ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3,
-    ENI_FLAG_WHITELISTED, EndpointEni, GatewayRoute, GwlbZone, HOST_ADDR, HOST_DNS,
-    IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, LbSet,
-    Listener, ListenerSet, MAX_APPLIANCES, MAX_LBS_PER_ZONE, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, Rule, RuleSet, SnatPool, VpcAddr, VpcPort,
-    host_peer,
+    Appliance, ApplianceSet, ConnectionState, CounterKey, ENI_FLAG_ACL, ENI_FLAG_FLOW_LOG,
+    ENI_FLAG_GATEWAY, ENI_FLAG_GWLB, ENI_FLAG_LB_SET, ENI_FLAG_REBALANCE, ENI_FLAG_SG,
+    ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3, ENI_FLAG_WHITELISTED, EndpointEni, GatewayRoute,
+    GwlbZone, HOST_ADDR, HOST_DNS, IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS,
+    IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, LbSet, Listener, ListenerSet, MAX_APPLIANCES,
+    MAX_LBS_PER_ZONE, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT,
+    RULE_DROP, Rule, RuleSet, SnatPool, VpcAddr, VpcPort, host_peer,
 };
 
 use crate::model::{
@@ -57,6 +57,9 @@ pub struct Desired {
     pub host: BTreeMap<VpcAddr, u32>,
     /// (service, zone) with several load balancers: new flows are spread over them.
     pub lb_sets: BTreeMap<GwlbZone, LbSet>,
+    /// The slots of `PL_EP_COUNTERS` and what each counts: not a function of the state,
+    /// but of the slots given out before (`crate::dataplane::slots::assign`, at apply).
+    pub counter_slots: BTreeMap<CounterKey, u32>,
 }
 
 /// The data path's view of several load balancers: their addresses and each slot's
@@ -452,11 +455,15 @@ fn endpoint_entry(
     gateway: [u8; 4],
 ) -> EndpointEni {
     EndpointEni {
+        counter_slot: 0,
         endpoint_id: numeric_id(&ep.id),
         service_id: numeric_id(&svc.id),
         consumer_account: numeric_id(&ep.account),
         state: ConnectionState::from(ep.connection) as u32,
-        flags,
+        flags: match ep.flow_log {
+            Some(_) => flags | ENI_FLAG_FLOW_LOG,
+            None => flags,
+        },
         zone_id: numeric_id(zone),
         provider_vpc_id: numeric_id(&svc.vpc),
         lb_addr,
@@ -593,6 +600,7 @@ fn gwlb_service(
             Appliance {
                 service_id,
                 healthy: healthy(&b.address) as u32,
+                counter_slot: 0,
             },
         );
     }
@@ -886,6 +894,8 @@ mod tests {
                 lb_addr: ip("10.20.0.5"),
                 gateway: ip("10.30.1.5"),
                 flow_share: 0,
+                // Given at apply (`dataplane::slots`), not by the state.
+                counter_slot: 0,
             }
         );
         assert_eq!(route("vpc-c", "10.30.9.0/24").prefix_len, 56);
@@ -920,6 +930,7 @@ mod tests {
             == Appliance {
                 service_id: numeric_id("gwlb-s"),
                 healthy: 1,
+                counter_slot: 0,
             }));
         // Appliances are next hops asked from the GWLB address; no SNAT pool.
         let hops = next_hops(&s);

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use privatelink_common::{DIR_ORIGINAL, PROTO_TCP, PROTO_UDP, map_names};
 use privatelink_user::{
-    cli,
+    cli, config,
     daemon::{self, DaemonArgs, read_state},
     dataplane::{self, DEFAULT_PIN_DIR},
     process,
@@ -26,6 +26,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start: the daemon's many options make its variant large, harmlessly.
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Load the XDP program, attach it to every VPC interface of the state file and keep
     /// the maps in sync with it (SIGHUP re-reads the file).
@@ -60,19 +62,50 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Each counter slot of the data path (an endpoint in one zone, or a GWLB appliance),
+    /// by numeric ids as the maps hold them: packets and bytes each way, new flows, drops.
+    /// (`privatelink status` shows them named, through the API.)
+    Counters {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the shell completion script for SHELL (the package installs bash's, zsh's and
+    /// fish's).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (privatelink.1, and privatelink-SUBCOMMAND.1 for each
+    /// subcommand) into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 fn main() -> Result<()> {
     process::init_logging();
-    let parsed = Cli::parse();
+    // `daemon --config FILE`: the file's settings go before the command line's.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let expanded = config::expand_argv(&Cli::command(), &argv)?;
+    let parsed = match &expanded {
+        Some(e) => Cli::parse_from(&e.argv),
+        None => Cli::parse_from(&argv),
+    };
     match parsed.cmd {
         Cmd::Api(cmd) => cli::run(&parsed.conn, cmd),
-        Cmd::Daemon(args) => {
+        Cmd::Daemon(mut args) => {
+            args.command_line = expanded.map(|e| e.command_line).unwrap_or_default();
             // The API socket is made in the caller's namespace, before --netns.
             let listener = match &args.data_dir {
                 Some(_) => Some(
                     std::net::TcpListener::bind(&args.listen)
                         .with_context(|| format!("listening on {}", args.listen))?,
+                ),
+                None => None,
+            };
+            let metrics_listener = match &args.metrics_listen {
+                Some(addr) => Some(
+                    std::net::TcpListener::bind(addr)
+                        .with_context(|| format!("listening on {addr} (--metrics-listen)"))?,
                 ),
                 None => None,
             };
@@ -82,7 +115,21 @@ fn main() -> Result<()> {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(daemon::run(args, listener))
+                .block_on(daemon::run(args, listener, metrics_listener))
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "privatelink",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Cmd::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing the manual pages into {}", dir.display()))
         }
         Cmd::Check { state } => {
             let s = read_state(&state)?;
@@ -109,6 +156,53 @@ fn main() -> Result<()> {
                 println!("{:<28} {:>12}", "COUNTER", "PACKETS");
                 for (r, n) in stats.iter().filter(|(_, n)| all || *n > 0) {
                     println!("{:<28} {:>12}", r.as_str(), n);
+                }
+            }
+            Ok(())
+        }
+        Cmd::Counters { pin_dir, json } => {
+            let slots = dataplane::open_pinned(&pin_dir, map_names::EP_SLOTS)?;
+            let counters = dataplane::open_pinned(&pin_dir, map_names::EP_COUNTERS)?;
+            let rows = dataplane::read::read_counters(&slots, &counters)?;
+            if json {
+                let rows: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|(k, c)| {
+                        serde_json::json!({"kind": k.kind, "a": k.a, "b": k.b,
+                            "counters": privatelink_user::counters::Totals::from(c)})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                println!(
+                    "{:<4} {:>10} {:>10} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
+                    "KIND",
+                    "A",
+                    "B",
+                    "PKTS OUT",
+                    "BYTES OUT",
+                    "PKTS BACK",
+                    "BYTES BACK",
+                    "FLOWS",
+                    "DROPS"
+                );
+                for (k, c) in rows {
+                    let kind = if k.kind == privatelink_common::COUNTER_ENI {
+                        "eni"
+                    } else {
+                        "appl"
+                    };
+                    println!(
+                        "{kind:<4} {:>10} {:>10} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
+                        k.a,
+                        k.b,
+                        c.to_service_packets,
+                        c.to_service_bytes,
+                        c.to_consumer_packets,
+                        c.to_consumer_bytes,
+                        c.new_flows,
+                        c.drops.iter().sum::<u64>()
+                    );
                 }
             }
             Ok(())

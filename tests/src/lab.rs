@@ -37,6 +37,30 @@ pub fn packet_state() -> String {
     assert!(LAB_STATE.contains(LAB_LISTENERS));
     LAB_STATE.replace(LAB_LISTENERS, PACKET_LISTENERS)
 }
+/// The lab with a zone-b vSwitch in the consumer VPC and a zone-b load balancer
+/// (10.10.0.11); with `second_eni`, endpoint ep-a has an ENI in zone-b too (10.10.9.5).
+pub fn two_zone_packet_state(second_eni: bool) -> String {
+    let zones = if second_eni {
+        r#"zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }, { vswitch = "vsw-a9", eni = "10.10.9.5" }]"#
+    } else {
+        r#"zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }]"#
+    };
+    packet_state()
+        .replace(
+            r#"{ id = "vsw-a2", zone = "zone-a", cidr = "10.10.2.0/24" },"#,
+            r#"{ id = "vsw-a2", zone = "zone-a", cidr = "10.10.2.0/24" },
+  { id = "vsw-a9", zone = "zone-b", cidr = "10.10.9.0/24" },"#,
+        )
+        .replace(
+            r#"backends = [{ zone = "zone-a", address = "10.10.0.10" }]"#,
+            r#"backends = [{ zone = "zone-a", address = "10.10.0.10" }, { zone = "zone-b", address = "10.10.0.11" }]"#,
+        )
+        .replace(
+            r#"zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }]"#,
+            zones,
+        )
+}
+
 /// A state file's (TOML) connected endpoint with one ENI, for tests that add one to a
 /// state; more of its fields may follow.
 pub fn connected_endpoint(
@@ -142,6 +166,9 @@ pub struct LabOptions {
     /// default): API mode, and the lab is built through the CLI like the seed's console
     /// walkthrough.
     pub state_file: Option<String>,
+    /// Also run a Prometheus server (Debian's `prometheus`) scraping the daemon's
+    /// `/metrics` every second (`Lab::prometheus`).
+    pub prometheus: bool,
 }
 
 impl LabOptions {
@@ -150,6 +177,7 @@ impl LabOptions {
             prefix: prefix.to_string(),
             pin_dir: pin_dir.into(),
             state_file: None,
+            prometheus: false,
         }
     }
 
@@ -257,6 +285,11 @@ pub struct Lab {
     pub api: Option<String>,
     pub tokens: Tokens,
     file_mode: bool,
+    /// The daemon's metrics address (`--metrics-listen`, on the host's loopback: bound
+    /// before the daemon enters the forwarder's namespace), kept across restarts.
+    pub metrics_addr: String,
+    /// The Prometheus server's base URL (with `LabOptions::prometheus`).
+    pub prometheus: Option<String>,
 }
 
 /// Where the `privatelink` binary is: next to this executable (or one level up, for
@@ -322,6 +355,8 @@ impl Lab {
             api: None,
             tokens: Tokens::default(),
             file_mode: opts.state_file.is_some(),
+            metrics_addr: format!("127.0.0.1:{}", free_port()?),
+            prometheus: None,
         };
         lab.wire()?;
         // Frames that XDP redirects into a veth reach the far end only if an XDP program
@@ -356,7 +391,87 @@ impl Lab {
             }
         }
         lab.start_onprem_bind()?;
+        if opts.prometheus {
+            lab.start_prometheus()?;
+        }
         Ok(lab)
+    }
+
+    /// The daemon's metrics URL.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
+    }
+
+    /// A Prometheus server on the host's loopback, scraping the daemon every second (its
+    /// configuration and storage in `<dir>/prometheus`); returns once it is ready and has
+    /// the daemon as a target (20 s at most).
+    fn start_prometheus(&mut self) -> Result<()> {
+        let d = self.dir.join("prometheus");
+        fs::create_dir_all(&d)?;
+        let conf = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: privatelink\n    static_configs:\n      \
+             - targets: ['{}']\n",
+            self.metrics_addr
+        );
+        let conf_path = d.join("prometheus.yml");
+        fs::write(&conf_path, conf)?;
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let mut cmd = std::process::Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", conf_path.display()))
+            .arg(format!("--storage.tsdb.path={}", d.join("data").display()))
+            .arg(format!("--web.listen-address={listen}"));
+        let child = spawn_logged(&self.dir, "prometheus", &mut cmd)?;
+        self.children.push(("prometheus".into(), child));
+        let url = format!("http://{listen}");
+        let ready = format!("{url}/-/ready");
+        let start = Instant::now();
+        while netns::run(std::process::Command::new("curl").args(["-sf", "-m", "1", &ready]))
+            .is_err()
+        {
+            let exited = self
+                .children
+                .last_mut()
+                .and_then(|(_, c)| c.try_wait().ok().flatten());
+            if exited.is_some() || start.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "prometheus {} (log: {}): {}",
+                    match exited {
+                        Some(status) => format!("exited ({status})"),
+                        None => "not ready after 20 s".into(),
+                    },
+                    self.dir.join("prometheus.log").display(),
+                    self.log("prometheus")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.prometheus = Some(url);
+        Ok(())
+    }
+
+    /// Prometheus's answer to the instant query `query` (its HTTP API): the result's
+    /// series, each with its labels (`metric`) and `value` [time, "value"].
+    pub fn prometheus_query(&self, query: &str) -> Result<Vec<serde_json::Value>> {
+        let url = self
+            .prometheus
+            .as_deref()
+            .context("no Prometheus in this lab")?;
+        let out = netns::run(std::process::Command::new("curl").args([
+            "-sS",
+            "--fail",
+            "-m",
+            "5",
+            "-G",
+            &format!("{url}/api/v1/query"),
+            "--data-urlencode",
+            &format!("query={query}"),
+        ]))?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        if v["status"] != "success" {
+            bail!("prometheus query {query}: {v}");
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
     }
 
     fn wire(&self) -> Result<()> {
@@ -924,6 +1039,8 @@ zone "{DNS_APEX}" {{
         } else {
             args.extend(["--data-dir", path(&data_dir), "--listen", "127.0.0.1:0"]);
         }
+        let metrics_addr = self.metrics_addr.clone();
+        args.extend(["--metrics-listen", &metrics_addr]);
         let child = spawn_logged(
             &self.dir,
             "privatelink",
@@ -1132,6 +1249,14 @@ fn curl_in(ns: &Netns, url: &str, extra: &[&str]) -> Result<Vec<u8>> {
         );
     }
     Ok(out.stdout)
+}
+
+/// A TCP port free on the host's loopback now (the kernel's pick, released for the
+/// process that will listen on it).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn path(p: &Path) -> &str {

@@ -57,6 +57,7 @@ impl Harness {
         let mut dp = Dataplane::load(&LoadOptions {
             pin_dir: None,
             conntrack_entries: entries,
+            ..LoadOptions::default()
         })?;
         dp.apply(&want)?;
         // As the daemon does: the flow table's capacity bounds endpoints' shares too.

@@ -216,6 +216,7 @@ fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
                 let mut dp = Dataplane::load(&LoadOptions {
                     pin_dir: None,
                     conntrack_entries: 1 << 20,
+                    ..LoadOptions::default()
                 })?;
                 let s = parse_state(
                     &(STATE.to_string()

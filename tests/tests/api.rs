@@ -54,6 +54,7 @@ fn serve_named(dir: &std::path::Path, naming: Naming) -> Server {
         admin_token_sha256: ops::token_hash(ADMIN),
         dirty: false,
         naming,
+        notify: None,
     }));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt

@@ -914,6 +914,8 @@ impl Model {
                         gateway: [0; 4],
                         // 100 %: no per-endpoint bound.
                         flow_share: if s.share >= 100 { 0 } else { s.share as u32 },
+                        // Taken out of what is read (`Pins::without_slots`).
+                        counter_slot: 0,
                     },
                 );
             }
@@ -1564,10 +1566,44 @@ impl Pins {
         m.iter().map(|r| r.unwrap()).collect()
     }
 
+    /// ENI entries with their counter slots checked and taken out: the slots are the
+    /// daemon's to give (`dataplane::slots`), not the state's, so the model does not
+    /// predict them; it holds that every endpoint in a zone has one slot of its own, and
+    /// its ENIs there that one.
+    fn without_slots(entries: Vec<(VpcAddr, EndpointEni)>) -> Vec<(VpcAddr, EndpointEni)> {
+        let mut by_eni_zone = std::collections::BTreeMap::new();
+        for (_, e) in &entries {
+            assert_ne!(e.counter_slot, 0, "an ENI without a counter slot: {e:?}");
+            let prior = by_eni_zone.insert((e.endpoint_id, e.zone_id), e.counter_slot);
+            assert!(prior.is_none_or(|p| p == e.counter_slot), "{e:?}");
+        }
+        let slots: std::collections::BTreeSet<u32> = by_eni_zone.values().copied().collect();
+        assert_eq!(
+            slots.len(),
+            by_eni_zone.len(),
+            "slots shared: {by_eni_zone:?}"
+        );
+        entries
+            .into_iter()
+            .map(|(k, e)| {
+                (
+                    k,
+                    EndpointEni {
+                        counter_slot: 0,
+                        ..e
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// The pinned maps, in the shape of `Model::expected`.
     fn content(&self) -> Maps {
         Maps {
-            endpoints: in_vpc("vpc-a", self.read(map_names::ENDPOINTS)),
+            endpoints: in_vpc(
+                "vpc-a",
+                Self::without_slots(self.read(map_names::ENDPOINTS)),
+            ),
             listeners: self.read(map_names::LISTENERS).into_iter().collect(),
             snat_addrs: in_vpc("vpc-b", self.read(map_names::SNAT_ADDRS)),
             snat_pools: self.read(map_names::SNAT_POOLS).into_iter().collect(),

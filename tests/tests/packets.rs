@@ -12,7 +12,7 @@ use privatelink_tests::{
         CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, parse_checked, tcp_from_lb, tcp_to_eni,
         udp_to_eni,
     },
-    lab::{connected_endpoint, packet_state},
+    lab::{connected_endpoint, packet_state, two_zone_packet_state},
     scale::ktime_ns,
     testrun::{Harness, LB_MAC},
 };
@@ -568,30 +568,6 @@ fn unrelated_frames(h: &Harness) -> [Vec<u8>; 3] {
     [v, v6, arp_request(CLIENT_MAC, CLIENT, [10, 10, 2, 99])]
 }
 
-/// The lab with a zone-b vSwitch in the consumer VPC and a zone-b load balancer
-/// (10.10.0.11); with `second_eni`, endpoint ep-a has an ENI in zone-b too (10.10.9.5).
-fn two_zone_state(second_eni: bool) -> String {
-    let zones = if second_eni {
-        r#"zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }, { vswitch = "vsw-a9", eni = "10.10.9.5" }]"#
-    } else {
-        r#"zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }]"#
-    };
-    packet_state()
-        .replace(
-            r#"{ id = "vsw-a2", zone = "zone-a", cidr = "10.10.2.0/24" },"#,
-            r#"{ id = "vsw-a2", zone = "zone-a", cidr = "10.10.2.0/24" },
-  { id = "vsw-a9", zone = "zone-b", cidr = "10.10.9.0/24" },"#,
-        )
-        .replace(
-            r#"backends = [{ zone = "zone-a", address = "10.10.0.10" }]"#,
-            r#"backends = [{ zone = "zone-a", address = "10.10.0.10" }, { zone = "zone-b", address = "10.10.0.11" }]"#,
-        )
-        .replace(
-            r#"zones = [{ vswitch = "vsw-a1", eni = "10.10.1.100" }]"#,
-            zones,
-        )
-}
-
 /// Applies `state` the way the daemon does and returns the map writes it took.
 fn apply_counted(h: &mut Harness, state: &str) -> (usize, usize) {
     use privatelink_user::{dataplane, desired, model::parse_state};
@@ -607,7 +583,7 @@ fn apply_counted(h: &mut Harness, state: &str) -> (usize, usize) {
 /// zone's load balancer while it exists.
 #[test]
 fn zone_add_and_remove_leave_the_other_zones_flows_alone() {
-    let mut h = Harness::new(&two_zone_state(false)).unwrap();
+    let mut h = Harness::new(&two_zone_packet_state(false)).unwrap();
     h.dp.set_neighbor(
         privatelink_user::model::numeric_id("vpc-b"),
         [10, 10, 0, 11],
@@ -632,8 +608,9 @@ fn zone_add_and_remove_leave_the_other_zones_flows_alone() {
             .unwrap();
         v
     };
-    // Add: one entry written (the new ENI), nothing deleted.
-    assert_eq!(apply_counted(&mut h, &two_zone_state(true)), (1, 0));
+    // Add: two entries written (the new ENI, and the record of its counter slot), nothing
+    // deleted.
+    assert_eq!(apply_counted(&mut h, &two_zone_packet_state(true)), (2, 0));
     for i in 2..4 {
         for (act, out) in exchange(&mut h, 40650, snat, i) {
             assert_eq!(act, XDP_REDIRECT, "the zone-a flow carries on");
@@ -658,8 +635,9 @@ fn zone_add_and_remove_leave_the_other_zones_flows_alone() {
         "to zone-b's LB"
     );
     assert_eq!(h.dp.flows().unwrap().len(), flows + 2);
-    // Remove: one entry deleted, nothing rewritten; the zone-a flow still carries on.
-    assert_eq!(apply_counted(&mut h, &two_zone_state(false)), (0, 1));
+    // Remove: two entries deleted (the ENI and its slot record), nothing rewritten; the
+    // zone-a flow still carries on.
+    assert_eq!(apply_counted(&mut h, &two_zone_packet_state(false)), (0, 2));
     for i in 4..6 {
         for (act, _) in exchange(&mut h, 40650, snat, i) {
             assert_eq!(act, XDP_REDIRECT, "the zone-a flow carries on");
@@ -1926,10 +1904,10 @@ fn a_retransmitted_syn_tries_other_tuples() {
 
 // ---- Zone failover and failback: health picks the load balancer of new flows only ----
 
-/// Zone B's load balancer in `two_zone_state` and the MAC the tests give it.
+/// Zone B's load balancer in `two_zone_packet_state` and the MAC the tests give it.
 const ZONE_B_LB: [u8; 4] = [10, 10, 0, 11];
 const ZONE_B_LB_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x21];
-/// Endpoint ep-a's ENI in zone B in `two_zone_state(true)`.
+/// Endpoint ep-a's ENI in zone B in `two_zone_packet_state(true)`.
 const ZONE_B_ENI: [u8; 4] = [10, 10, 9, 5];
 
 /// Applies `state` with the provider load balancers `down` judged unhealthy, as the
@@ -1992,7 +1970,7 @@ fn answer_from(h: &mut Harness, lb: [u8; 4], snat: ([u8; 4], u16), eni: [u8; 4],
 /// outage stays there. Nothing healthy: each zone's own (fail open).
 #[test]
 fn a_failed_zone_sends_only_new_flows_elsewhere_and_gets_them_back() {
-    let state = two_zone_state(true);
+    let state = two_zone_packet_state(true);
     let mut h = Harness::new(&state).unwrap();
     h.dp.set_neighbor(numeric_id("vpc-b"), ZONE_B_LB, ZONE_B_LB_MAC)
         .unwrap();

@@ -74,6 +74,7 @@ fn compatible_pins_are_reused_and_incompatible_ones_replaced() {
     let opts = |n| LoadOptions {
         pin_dir: Some(dir.0.clone()),
         conntrack_entries: n,
+        ..LoadOptions::default()
     };
     let marker = Config {
         tcp_timeout_ns: 7,

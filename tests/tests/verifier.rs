@@ -16,6 +16,7 @@ fn every_program_keeps_verifier_headroom() {
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: None,
         conntrack_entries: 1024,
+        ..LoadOptions::default()
     })
     .unwrap();
     let mut report = Vec::new();

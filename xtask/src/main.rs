@@ -1,13 +1,18 @@
 //! `cargo xtask`: sets up a fresh Debian machine (idempotently), builds, and runs the lab,
-//! the tests and the benchmarks.
+//! the tests and the benchmarks; builds the Debian package. Each step prints one
+//! `[xtask]` line; the long ones (installs, the bpf-linker build) show a spinner with the
+//! time spent when stdout is a terminal, and their output as it comes otherwise (CI).
 
 use std::{
+    io::IsTerminal,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Parser)]
 #[command(about = "privatelink's build, lab and test runner")]
@@ -36,6 +41,9 @@ enum Cmd {
     Build,
     /// Per-packet cost of each data path branch next to a trivial program (BPF_PROG_TEST_RUN).
     Bench,
+    /// Build the Debian package (release binary, unit, configuration file, manual pages,
+    /// completions) with cargo-deb; prints its path.
+    Deb,
 }
 
 /// Debian packages the labs and tests use, with a binary that shows each is installed.
@@ -56,6 +64,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bind9", "named"),
     ("bind9-dnsutils", "dig"),
     ("dnsperf", "dnsperf"),
+    // The install test checks the systemd unit with it.
+    ("systemd", "systemd-analyze"),
+    // The lab's Prometheus server, and promtool (the metrics test's format check).
+    ("prometheus", "promtool"),
 ];
 
 fn main() -> Result<()> {
@@ -103,7 +115,59 @@ fn main() -> Result<()> {
             cargo(&["build", "--release", "--bins"])?;
             run(&mut Command::new(root.join("target/release/pl-bench")))
         }
+        Cmd::Deb => {
+            setup()?;
+            deb(&root)
+        }
     }
+}
+
+/// The Debian package: the release binary, the files it generates from its command-line
+/// definitions (manual pages, completions) in target/release/pkg, where the package's
+/// assets name them, then cargo-deb.
+fn deb(root: &Path) -> Result<()> {
+    step("deb", "release build of privatelink");
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "privatelink-user",
+        "--bin",
+        "privatelink",
+    ])?;
+    let release = root.join("target/release");
+    step(
+        "deb",
+        "manual pages and shell completions into target/release/pkg",
+    );
+    package_assets(&release.join("privatelink"), &release.join("pkg"))?;
+    step("deb", "cargo deb");
+    let out = output(Command::new("cargo").args(["deb", "-p", "privatelink-user", "--no-build"]))?;
+    let path = out.lines().last().context("cargo deb printed no path")?;
+    step("deb", path);
+    Ok(())
+}
+
+/// What the package ships that `bin` generates: `man/*.1.gz` (compressed, as Debian
+/// installs manual pages) and `completions/` (bash, zsh, fish) under `dir`.
+/// (tests/tests/install.rs does the same for its package.)
+fn package_assets(bin: &Path, dir: &Path) -> Result<()> {
+    let (man, completions) = (dir.join("man"), dir.join("completions"));
+    let _ = std::fs::remove_dir_all(&man);
+    std::fs::create_dir_all(&completions)?;
+    run(Command::new(bin).arg("man").arg(&man))?;
+    for page in std::fs::read_dir(&man)? {
+        run(Command::new("gzip").arg("-9n").arg(page?.path()))?;
+    }
+    for (shell, file) in [
+        ("bash", "privatelink.bash"),
+        ("zsh", "_privatelink"),
+        ("fish", "privatelink.fish"),
+    ] {
+        let script = output(Command::new(bin).args(["completions", shell]))?;
+        std::fs::write(completions.join(file), script)?;
+    }
+    Ok(())
 }
 
 /// The nightly that builds the eBPF crate (and formats, for rustfmt's unstable options).
@@ -120,6 +184,32 @@ fn workspace_root() -> PathBuf {
 
 fn step(name: &str, what: &str) {
     println!("[xtask] {name:<10} {what}");
+}
+
+/// Runs a long step's command. On a terminal: a spinner with the time spent stands in for
+/// its output, which is shown only if it fails. Otherwise (CI): its output as it comes, no
+/// spinner.
+fn run_long(cmd: &mut Command) -> Result<()> {
+    if !std::io::stdout().is_terminal() {
+        return run(cmd);
+    }
+    let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout()).with_style(
+        ProgressStyle::with_template("           {spinner} {elapsed} {msg}")
+            .expect("a valid template"),
+    );
+    spinner.set_message(format!("{cmd:?}"));
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let start = Instant::now();
+    let out = cmd.stdin(Stdio::null()).output();
+    spinner.finish_and_clear();
+    let out = out.with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    println!("           done in {}", HumanDuration(start.elapsed()));
+    Ok(())
 }
 
 fn is_root() -> bool {
@@ -167,8 +257,12 @@ fn setup() -> Result<()> {
         step("packages", "all present");
     } else {
         step("packages", &format!("installing {}", missing.join(" ")));
+        if !is_root() {
+            // sudo asks for its password here, not under a spinner.
+            run(Command::new("sudo").arg("-v"))?;
+        }
         // Package lists on a fresh machine are stale: update first.
-        run(privileged("apt-get").args(["update", "-qq"]))?;
+        run_long(privileged("apt-get").args(["update", "-qq"]))?;
         // Installing nginx, haproxy or bind9 must not start them in the host's namespace: the labs
         // start their own. policy-rc.d 101 = "do not start services".
         let policy = Path::new("/usr/sbin/policy-rc.d");
@@ -176,10 +270,12 @@ fn setup() -> Result<()> {
         if own_policy {
             run(privileged("sh").args(["-c", "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d"]))?;
         }
-        let installed = run(privileged("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"));
+        let installed = run_long(
+            privileged("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        );
         if own_policy {
             run(privileged("rm").args(["-f", "/usr/sbin/policy-rc.d"]))?;
         }
@@ -207,7 +303,7 @@ fn setup() -> Result<()> {
             "nightly",
             &format!("installing {tc} with rust-src and rustfmt"),
         );
-        run(Command::new("rustup").args([
+        run_long(Command::new("rustup").args([
             "toolchain",
             "install",
             tc,
@@ -267,16 +363,18 @@ fn setup() -> Result<()> {
             "bpf-linker",
             "building against the nightly's LLVM (1-2 minutes)",
         );
-        run(Command::new("cargo")
-            .args([
-                "install",
-                "--force",
-                "bpf-linker",
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ])
-            .env("LLVM_PREFIX", &prefix))?;
+        run_long(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "--force",
+                    "bpf-linker",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
+                .env("LLVM_PREFIX", &prefix),
+        )?;
     }
 
     // bpffs, where the daemon pins its maps.
@@ -290,7 +388,27 @@ fn setup() -> Result<()> {
         step("bpffs", "mounting on /sys/fs/bpf");
         run(privileged("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
+    cargo_deb()?;
     schemathesis()
+}
+
+/// cargo-deb, which `cargo xtask deb` and the install test's package use.
+fn cargo_deb() -> Result<()> {
+    let present = Command::new("cargo")
+        .args(["deb", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        step("cargo-deb", "present");
+        return Ok(());
+    }
+    step(
+        "cargo-deb",
+        "installing (cargo install cargo-deb --locked, a few minutes)",
+    );
+    run_long(Command::new("cargo").args(["install", "cargo-deb", "--locked"]))
 }
 
 /// The OpenAPI fuzzer the API test runs, in a virtualenv of the workspace's own.
@@ -311,7 +429,7 @@ fn schemathesis() -> Result<()> {
         &format!("installing {SCHEMATHESIS} into target/st-venv"),
     );
     run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-    run(Command::new(venv.join("bin/pip")).args(["install", "-q", SCHEMATHESIS]))
+    run_long(Command::new(venv.join("bin/pip")).args(["install", "-q", SCHEMATHESIS]))
 }
 
 fn build() -> Result<()> {

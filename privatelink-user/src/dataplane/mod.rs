@@ -4,6 +4,7 @@
 //! (`link`), next-hop ARP probes (`neighbor`).
 
 mod pins;
+pub mod slots;
 mod sync;
 
 pub mod addresses;
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, ProgramArray},
+    maps::{Array, HashMap, Map, MapData, ProgramArray, RingBuf},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -27,8 +28,8 @@ pub use link::{parse_mac, resolve_link};
 pub use pins::LAYOUTS_DIR;
 use pins::{drop_incompatible_pins, load_paths, record_layouts, retire_path_pins};
 use privatelink_common::{
-    Config, DEFAULT_CONNTRACK_ENTRIES, FlowEntry, FlowKey, Neighbor, PROGRAM_NAME, Reason, VpcAddr,
-    VpcPort, map_names,
+    Config, DEFAULT_CONNTRACK_ENTRIES, FLOW_EVENTS_BYTES, FlowEntry, FlowKey, Neighbor,
+    PROGRAM_NAME, Reason, VpcAddr, VpcPort, map_names,
 };
 pub use read::{coarse_now_ns, open_pinned, read_budgets, read_config, read_flows, read_stats};
 
@@ -45,6 +46,9 @@ pub struct LoadOptions {
     /// Where maps are pinned (and re-opened from); `None` keeps them private (tests).
     pub pin_dir: Option<PathBuf>,
     pub conntrack_entries: u32,
+    /// Size of the flow events' ring buffer (`FLOW_EVENTS_MAP`), bytes: a power of two and
+    /// a multiple of the page size.
+    pub flow_events_bytes: u32,
 }
 
 impl Default for LoadOptions {
@@ -52,9 +56,14 @@ impl Default for LoadOptions {
         Self {
             pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
             conntrack_entries: DEFAULT_CONNTRACK_ENTRIES,
+            flow_events_bytes: FLOW_EVENTS_BYTES,
         }
     }
 }
+
+/// The flow events' ring buffer: the loaded object's own, not pinned (a restarted daemon
+/// reads the ring of the object it loaded; see `crate::flowlog`).
+pub const FLOW_EVENTS_MAP: &str = "PL_FLOW_EVENTS";
 
 /// How many entries one apply wrote and removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,6 +87,7 @@ impl Dataplane {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map_names::CONNTRACK, opts.conntrack_entries);
+        loader.map_max_entries(FLOW_EVENTS_MAP, opts.flow_events_bytes);
         if let Some(dir) = &opts.pin_dir {
             std::fs::create_dir_all(dir).with_context(|| {
                 format!(
@@ -163,6 +173,16 @@ impl Dataplane {
         xdp_program(&mut self.ebpf, name)
     }
 
+    /// Takes the flow events' ring buffer out of the object, for its one reader
+    /// (`crate::flowlog`); a second call fails.
+    pub fn take_flow_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(FLOW_EVENTS_MAP)
+            .ok_or_else(|| anyhow!("the object has no map {FLOW_EVENTS_MAP} (taken already?)"))?;
+        RingBuf::try_from(map).with_context(|| format!("opening {FLOW_EVENTS_MAP}"))
+    }
+
     pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
         self.ebpf
             .map_mut(name)
@@ -173,6 +193,41 @@ impl Dataplane {
         self.ebpf
             .map(name)
             .ok_or_else(|| anyhow!("the object has no map {name}"))
+    }
+
+    /// Zeroes the counters of `slots` (given to something new).
+    fn zero_counters(&mut self, slots: &[u32]) -> Result<()> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let mut a: aya::maps::PerCpuArray<_, privatelink_common::EndpointCounters> =
+            aya::maps::PerCpuArray::try_from(self.map_mut(map_names::EP_COUNTERS)?)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        for &s in slots {
+            let zero = aya::maps::PerCpuValues::try_from(vec![
+                privatelink_common::EndpointCounters::default();
+                cpus
+            ])?;
+            a.set(s, zero, 0)
+                .with_context(|| format!("zeroing counter slot {s}"))?;
+        }
+        Ok(())
+    }
+
+    /// The counters of every slot given out, by what each counts (empty before the first
+    /// apply).
+    pub fn counters(
+        &mut self,
+    ) -> Result<
+        Vec<(
+            privatelink_common::CounterKey,
+            privatelink_common::EndpointCounters,
+        )>,
+    > {
+        let Some(slots) = self.applied.as_ref().map(|d| d.counter_slots.clone()) else {
+            return Ok(Vec::new());
+        };
+        read::counters_of(&slots, self.map_mut(map_names::EP_COUNTERS)?)
     }
 
     /// Moves `PL_EPOCH` on, after the maps were written: every established flow's next

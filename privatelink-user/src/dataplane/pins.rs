@@ -236,7 +236,9 @@ pub(super) fn load_paths(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Prog
 
 /// Removes the pinned path arrays of entry programs that are gone (replaced on every
 /// link). Best effort: a pin is removed only when the kernel says its program does not
-/// exist; anything unclear (another entry, an error) keeps it and is logged.
+/// exist — or, for a daemon without the privilege to list every program (CAP_SYS_ADMIN;
+/// the systemd unit does not give it), when none of our pinned links attaches it any
+/// more; anything unclear (another entry, an error) keeps it and is logged.
 pub(super) fn retire_path_pins(dir: &Path) {
     // The pins are listed before the programs: a pin is made only after its program is
     // loaded, so a pin listed here whose program lives is in the program list taken next
@@ -249,7 +251,9 @@ pub(super) fn retire_path_pins(dir: &Path) {
             return;
         }
     };
-    let Some(live) = live_programs() else { return };
+    let Some(live) = live_programs().or_else(|| attached_programs(dir)) else {
+        return;
+    };
     for e in entries {
         let path = e.path();
         let Some(id) = path
@@ -266,6 +270,38 @@ pub(super) fn retire_path_pins(dir: &Path) {
             tracing::warn!(path = %path.display(), error = %e, "cannot unpin retired paths");
         }
     }
+}
+
+/// The programs our pinned links (`<pin dir>/links/*`, beside `paths_dir`) attach, or
+/// `None` if one of them cannot be read. Needs no privilege beyond the pins' own
+/// permissions: a link's program id comes from the link itself.
+fn attached_programs(paths_dir: &Path) -> Option<HashSet<u32>> {
+    let links = paths_dir.parent()?.join("links");
+    let mut ids = HashSet::new();
+    let entries = match std::fs::read_dir(&links) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(ids),
+        Err(e) => {
+            tracing::debug!(dir = %links.display(), error = %e, "cannot list the links: path pins kept");
+            return None;
+        }
+    };
+    for e in entries {
+        let path = e.ok()?.path();
+        let info = aya::programs::links::PinnedLink::from_pin(&path)
+            .map(aya::programs::links::FdLink::from)
+            .and_then(|l| l.info());
+        match info {
+            Ok(i) => {
+                ids.insert(i.program_id());
+            }
+            Err(e) => {
+                tracing::debug!(link = %path.display(), error = %e, "cannot read a link: path pins kept");
+                return None;
+            }
+        }
+    }
+    Some(ids)
 }
 
 /// The ids of the BPF programs that exist now, or `None` when the kernel would not list
@@ -308,7 +344,13 @@ mod tests {
             .collect();
         declared.sort();
         let mut want: Vec<&str> = map_names::ALL.to_vec();
-        want.extend([PATHS_MAP, "PL_SCRATCH", "PL_HANDOFF"]);
+        want.extend([
+            PATHS_MAP,
+            "PL_SCRATCH",
+            "PL_HANDOFF",
+            "PL_FLOW_EVENTS",
+            "PL_FLOW_SCRATCH",
+        ]);
         want.sort();
         assert_eq!(declared, want);
         for spec in expected_layout(DEFAULT_CONNTRACK_ENTRIES) {

@@ -49,6 +49,45 @@ pub fn read_budgets(map: &Map) -> Result<Vec<(u32, privatelink_common::FlowBudge
     Ok(read_map(map)?.into_iter().collect())
 }
 
+/// `PL_EP_COUNTERS` of every slot `PL_EP_SLOTS` names (summed over the CPUs), by what
+/// it counts.
+pub fn read_counters(
+    slots: &Map,
+    counters: &Map,
+) -> Result<
+    Vec<(
+        privatelink_common::CounterKey,
+        privatelink_common::EndpointCounters,
+    )>,
+> {
+    let slots: std::collections::BTreeMap<privatelink_common::CounterKey, u32> =
+        read_map(slots)?.into_iter().collect();
+    counters_of(&slots, counters)
+}
+
+/// `PL_EP_COUNTERS` of the slots given (summed over the CPUs).
+pub fn counters_of(
+    slots: &std::collections::BTreeMap<privatelink_common::CounterKey, u32>,
+    counters: &Map,
+) -> Result<
+    Vec<(
+        privatelink_common::CounterKey,
+        privatelink_common::EndpointCounters,
+    )>,
+> {
+    let a: PerCpuArray<_, privatelink_common::EndpointCounters> = PerCpuArray::try_from(counters)?;
+    slots
+        .iter()
+        .map(|(k, s)| {
+            let mut sum = privatelink_common::EndpointCounters::default();
+            for c in a.get(s, 0)?.iter() {
+                sum.add(c);
+            }
+            Ok((*k, sum))
+        })
+        .collect()
+}
+
 pub fn read_flows(map: &Map) -> Result<Vec<(FlowKey, FlowEntry)>> {
     let m: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(map)?;
     Ok(m.iter().collect::<Result<_, _>>()?)

@@ -28,9 +28,16 @@ impl Dataplane {
             None => self.read_owned()?,
         };
         let mut r = ApplyReport::default();
-        // In the catalogue's order: where traffic can go, and the filters, before the
-        // endpoints that use them.
-        let res = self.sync_owned(&cur, d, &mut r);
+        // Counter slots: kept for what still exists; a new one's counters are zeroed
+        // before any entry names its slot.
+        let mut d = d.clone();
+        let fresh = super::slots::assign(&cur.counter_slots, &mut d);
+        let d = &d;
+        let res = self
+            .zero_counters(&fresh)
+            // In the catalogue's order: where traffic can go, and the filters, before the
+            // endpoints that use them.
+            .and_then(|()| self.sync_owned(&cur, d, &mut r));
         // Established flows skip the endpoint checks while the epoch stays; any change
         // (or a first apply, or a failed one that may have written half) moves it on.
         if first || res.is_err() || r.upserts + r.deletes > 0 {

@@ -67,7 +67,25 @@ pub struct Endpoint {
     /// The service's custom domain name resolves in this endpoint's VPC to its ENIs.
     #[serde(default, skip_serializing_if = "is_false")]
     pub service_domain: bool,
+    /// Flow logs of the endpoint's ENIs (none: off; states stored before flow logs load
+    /// as off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_log: Option<FlowLog>,
 }
+
+/// An endpoint's flow logs: the daemon aggregates its ENIs' packets per capture window
+/// and writes one record per flow, direction and action at each window's end (see the
+/// README, "Flow logs").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowLog {
+    /// The capture window, seconds (`FLOW_LOG_WINDOWS`: the clouds offer 60 and 600).
+    #[schema(example = 60)]
+    pub window_seconds: u32,
+}
+
+/// The capture windows a flow log may have, seconds.
+pub const FLOW_LOG_WINDOWS: std::ops::RangeInclusive<u32> = 1..=600;
 
 fn is_false(b: &bool) -> bool {
     !*b

@@ -24,7 +24,9 @@ pub use names::Naming;
 pub use owner::{Lookup, Owned, lookup};
 pub use security::*;
 pub use service::*;
-pub use validate::{FieldError, check_endpoint_limits, check_listeners};
+pub use validate::{
+    FieldError, check_endpoint_limits, check_flow_log, check_listeners, check_notification,
+};
 pub use vpc::*;
 
 /// The whole declared state.

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::HealthSettings;
+use super::{Connection, HealthSettings};
 
 /// The transport protocol of a load balancer listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -198,6 +198,10 @@ pub struct EndpointService {
     /// consumer's flood then starves only that consumer.
     #[serde(default = "default_endpoint_flow_share")]
     pub endpoint_flow_share: u8,
+    /// Where the provider is notified of the service's connection events (see
+    /// `crate::notify`); none in states stored before notifications existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<Notification>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -295,5 +299,134 @@ impl EndpointService {
     /// added, not on stored state: see `State::grandfathered`).
     pub fn serves_zone(&self, zone: &str) -> bool {
         self.backends.iter().any(|b| b.zone == zone)
+    }
+}
+
+/// A connection event of an endpoint service, as its provider is notified of it (the
+/// cloud's "connection notifications").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionEvent {
+    /// A consumer requested a connection: it created an endpoint to the service.
+    Connect,
+    /// The connection was accepted: by the provider, by the service's auto-accept, or
+    /// enabled again after a disconnect.
+    Accept,
+    /// The provider rejected the connection.
+    Reject,
+    /// The provider disconnected (disabled) the connection.
+    Disconnect,
+    /// The consumer deleted its endpoint.
+    Delete,
+}
+
+impl ConnectionEvent {
+    pub const ALL: [ConnectionEvent; 5] = [
+        Self::Connect,
+        Self::Accept,
+        Self::Reject,
+        Self::Disconnect,
+        Self::Delete,
+    ];
+
+    /// The event that reports an existing endpoint entering `state`.
+    pub fn entering(state: Connection) -> Self {
+        match state {
+            Connection::Pending => Self::Connect,
+            Connection::Connected => Self::Accept,
+            Connection::Rejected => Self::Reject,
+            Connection::Disconnected => Self::Disconnect,
+        }
+    }
+}
+
+/// A subscription of a service's provider to its connection events: an HTTP POST of a
+/// JSON body to `url` for each event of `events`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notification {
+    /// Unique among the service's notifications (given by the API).
+    pub id: String,
+    /// `http://HOST[:PORT][/PATH]` (see `HttpUrl`).
+    pub url: String,
+    /// The events sent; all of them if left out.
+    #[serde(default = "all_events")]
+    pub events: Vec<ConnectionEvent>,
+}
+
+fn all_events() -> Vec<ConnectionEvent> {
+    ConnectionEvent::ALL.to_vec()
+}
+
+impl Notification {
+    pub fn wants(&self, e: ConnectionEvent) -> bool {
+        self.events.contains(&e)
+    }
+}
+
+/// The most notifications a service has.
+pub const MAX_NOTIFICATIONS: usize = 8;
+
+/// The longest notification URL.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// A notification URL taken apart: plain HTTP (the daemon has no TLS client), a host (a
+/// name or an address) and a port (80 if not given), and the request target (`/` if no
+/// path is given). No user name or password: the URL is shown to whoever lists the
+/// service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl {
+    pub host: String,
+    pub port: u16,
+    pub target: String,
+}
+
+impl HttpUrl {
+    /// `host:port`, as a connection's destination and the `Host` header.
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl std::str::FromStr for HttpUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.len() > MAX_URL_LEN {
+            return Err(format!("longer than {MAX_URL_LEN} characters"));
+        }
+        let uri: hyper::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "{s:?} is not an http:// URL (notifications are sent over plain HTTP)"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("{s:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "{s:?} has a user name or password: the URL is shown to whoever lists the service"
+            ));
+        }
+        let host = authority.host();
+        if host.is_empty() {
+            return Err(format!("{s:?} has no host"));
+        }
+        let port = match authority.port() {
+            Some(p) if p.as_u16() == 0 => return Err(format!("{s:?}: port 0 is not a port")),
+            Some(p) => p.as_u16(),
+            None => 80,
+        };
+        let target = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            target: if target.is_empty() {
+                "/".into()
+            } else {
+                target
+            },
+        })
     }
 }

@@ -8,8 +8,8 @@ use utoipa::ToSchema;
 
 use super::{Caller, OpError, R, creator, not_vpc_own, own, seen, set, unique, visible};
 use crate::model::{
-    AclRule, Connection, Endpoint, EndpointService, EndpointZone, ServiceType, State, Vpc,
-    check_endpoint_limits,
+    AclRule, Connection, Endpoint, EndpointService, EndpointZone, FlowLog, ServiceType, State, Vpc,
+    check_endpoint_limits, check_flow_log,
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -101,6 +101,7 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
         routes: req.routes,
         zone_affinity,
         service_domain: req.service_domain,
+        flow_log: None,
     };
     s.endpoints.push(ep.clone());
     Ok(ep)
@@ -249,6 +250,35 @@ pub fn delete_endpoint(s: &mut State, c: &Caller, id: &str) -> R<()> {
     own_endpoint(s, c, id)?;
     s.endpoints.retain(|e| e.id != id);
     Ok(())
+}
+
+/// Endpoint `id` as its owner, or the operator, may change it.
+fn owned_or_operator<'a>(s: &'a mut State, c: &Caller, id: &str) -> R<&'a mut Endpoint> {
+    match c {
+        Caller::Admin => s
+            .endpoints
+            .iter_mut()
+            .find(|e| e.id == id)
+            .ok_or_else(|| OpError::not_found("endpoint", format!("no endpoint {id}"))),
+        Caller::Account(_) => own_endpoint(s, c, id),
+    }
+}
+
+/// Turns on the flow logs of endpoint `id` with the capture window `fl` (or changes the
+/// window); its owner or the operator.
+pub fn set_flow_log(s: &mut State, c: &Caller, id: &str, fl: FlowLog) -> R<Endpoint> {
+    check_flow_log("", &fl)?;
+    let ep = owned_or_operator(s, c, id)?;
+    ep.flow_log = Some(fl);
+    Ok(ep.clone())
+}
+
+/// Turns off the flow logs of endpoint `id` (nothing to do if they are off); its owner or
+/// the operator.
+pub fn clear_flow_log(s: &mut State, c: &Caller, id: &str) -> R<Endpoint> {
+    let ep = owned_or_operator(s, c, id)?;
+    ep.flow_log = None;
+    Ok(ep.clone())
 }
 
 /// A zone of an endpoint as a request gives it: the vSwitch, and the ENI's address or none

@@ -119,6 +119,7 @@ pub fn create_service(
         endpoint_flow_share: req
             .endpoint_flow_share
             .unwrap_or(crate::model::DEFAULT_ENDPOINT_FLOW_SHARE),
+        notifications: Vec::new(),
     };
     check_listeners("listeners", &svc.listeners)?;
     svc.require_listeners("listeners")?;

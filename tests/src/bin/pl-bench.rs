@@ -18,6 +18,17 @@ const RUNS: usize = 20_000;
 /// The frame for run `i` of a case.
 type FrameFn = Box<dyn Fn(usize) -> Vec<u8>>;
 
+/// A bar over the benchmark's sections with the time spent, on stderr when it is a
+/// terminal (hidden otherwise: no progress lines in a log).
+fn progress(sections: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(sections).with_style(
+        indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:24} {pos}/{len} {msg}")
+            .expect("a valid template"),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_secs(1));
+    bar
+}
+
 fn median(v: &mut [u64]) -> f64 {
     v.sort_unstable();
     v[v.len() / 2] as f64
@@ -61,15 +72,28 @@ fn main() -> Result<()> {
         print!("{}", conntrack_scale(&flows)?);
         return Ok(());
     }
+    type Section<'a> = (&'static str, Box<dyn Fn() -> Result<String> + 'a>);
+    let sections: [Section; 6] = [
+        ("per-packet cost", Box::new(|| per_packet(None))),
+        ("throughput", Box::new(throughput)),
+        // Before the multi-gigabyte conntrack tables: freeing them leaves the machine busy
+        // reclaiming memory, which showed as fsync latency in the API figures.
+        ("control plane", Box::new(|| control_plane(1000))),
+        ("DNS", Box::new(dns)),
+        (
+            "restart with flows",
+            Box::new(|| restart_with_flows(1_000_000)),
+        ),
+        ("conntrack scale", Box::new(|| conntrack_scale(&flows))),
+    ];
+    let bar = progress(sections.len() as u64);
     let mut md = String::new();
-    md.push_str(&per_packet(None)?);
-    md.push_str(&throughput()?);
-    // Before the multi-gigabyte conntrack tables: freeing them leaves the machine busy
-    // reclaiming memory, which showed as fsync latency in the API figures.
-    md.push_str(&control_plane(1000)?);
-    md.push_str(&dns()?);
-    md.push_str(&restart_with_flows(1_000_000)?);
-    md.push_str(&conntrack_scale(&flows)?);
+    for (name, section) in &sections {
+        bar.set_message(*name);
+        md.push_str(&section()?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
     std::fs::create_dir_all("results")?;
     std::fs::write("results/bench.md", &md)?;
     println!("\nwritten to results/bench.md");

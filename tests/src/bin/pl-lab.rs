@@ -25,7 +25,10 @@ fn main() -> Result<()> {
     ctrlc::set_handler(move || {
         let _ = tx.send(());
     })?;
-    let opts = LabOptions::new(&args.prefix, &args.pin_dir);
+    let opts = LabOptions {
+        prometheus: true,
+        ..LabOptions::new(&args.prefix, &args.pin_dir)
+    };
     let lab = Lab::up(&opts)?;
     let c = &lab.consumer.name;
     let pin = &args.pin_dir;
@@ -69,7 +72,14 @@ fn main() -> Result<()> {
          ip netns exec {web} curl -m 3 http://{GWLB_SERVER}:{GWLB_BLOCKED_PORT}/   # the appliances drop this\n  \
          {pl} --token {provider} service appliances gwlb-svc   # health\n  \
          cat {dir}/appliance-zone-a.json                      # what an appliance saw\n\n\
+         metrics: the daemon's {metrics} (Prometheus format), scraped every second by a \
+         Prometheus server at {prometheus} (its files in {dir}/prometheus):\n  \
+         curl -s {metrics} | grep privatelink_endpoint_packets_total\n  \
+         curl -sG {prometheus}/api/v1/query --data-urlencode \
+         'query=rate(privatelink_endpoint_packets_total[1m])'\n\n\
          Ctrl-C tears it down.",
+        metrics = lab.metrics_url(),
+        prometheus = lab.prometheus.as_deref().unwrap_or("-"),
         web = lab
             .gwlb
             .as_ref()

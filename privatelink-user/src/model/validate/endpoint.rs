@@ -7,8 +7,8 @@ use ipnet::Ipv4Net;
 
 use super::{FieldError, Ids, check_acl_rules, check_prefix, err, overlap, refuse, usable};
 use crate::model::{
-    Direction, Endpoint, EndpointService, Lookup, MAX_GWLB_ROUTES, MAX_SECURITY_GROUPS, MAX_TAGS,
-    ServiceType, State, Vpc, lookup,
+    Direction, Endpoint, EndpointService, FLOW_LOG_WINDOWS, FlowLog, Lookup, MAX_GWLB_ROUTES,
+    MAX_SECURITY_GROUPS, MAX_TAGS, ServiceType, State, Vpc, lookup,
 };
 
 impl State {
@@ -61,6 +61,9 @@ impl State {
                 }
             }
             self.validate_endpoint_groups(&f, e)?;
+            if let Some(fl) = &e.flow_log {
+                check_flow_log(&format!("{f}.flow_log"), fl)?;
+            }
         }
         Ok(())
     }
@@ -328,6 +331,27 @@ fn validate_gwlb_endpoint(f: &str, e: &Endpoint) -> Result<(), FieldError> {
                 ),
             );
         }
+    }
+    Ok(())
+}
+
+/// A flow log's capture window is one the daemon aggregates over (`FLOW_LOG_WINDOWS`).
+/// `f` is the flow log's field path (empty for a request body).
+pub fn check_flow_log(f: &str, fl: &FlowLog) -> Result<(), FieldError> {
+    if !FLOW_LOG_WINDOWS.contains(&fl.window_seconds) {
+        let field = match f {
+            "" => "window_seconds".to_string(),
+            f => format!("{f}.window_seconds"),
+        };
+        return err(
+            field,
+            format!(
+                "a capture window of {} s; between {} and {} s (the clouds offer 60 and 600)",
+                fl.window_seconds,
+                FLOW_LOG_WINDOWS.start(),
+                FLOW_LOG_WINDOWS.end()
+            ),
+        );
     }
     Ok(())
 }

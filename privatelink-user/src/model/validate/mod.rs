@@ -17,8 +17,8 @@ mod security;
 mod service;
 mod vpc;
 
-pub use endpoint::check_endpoint_limits;
-pub use service::check_listeners;
+pub use endpoint::{check_endpoint_limits, check_flow_log};
+pub use service::{check_listeners, check_notification};
 
 /// A validation failure: which field, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,8 +5,8 @@ use std::{
 
 use super::{FieldError, Ids, check_prefix, err, refuse, usable};
 use crate::model::{
-    EndpointService, GwlbSettings, Listener, MAX_APPLIANCES, MAX_LISTENERS, ServiceType, State,
-    Vpc, names,
+    ConnectionEvent, EndpointService, GwlbSettings, HttpUrl, Listener, MAX_APPLIANCES,
+    MAX_LISTENERS, MAX_NOTIFICATIONS, Notification, ServiceType, State, Vpc, names,
 };
 
 /// The addresses services take in each VPC: per (VPC, address), the services using it and
@@ -48,6 +48,7 @@ impl State {
             }
             validate_names_and_health(&f, s)?;
             self.validate_shared_probe_port(&f, i, s)?;
+            check_notifications(&format!("{f}.notifications"), &s.notifications)?;
         }
         let mut enis: BTreeSet<(String, Ipv4Addr)> = snat_used.clone();
         enis.extend(taken.into_keys());
@@ -486,4 +487,63 @@ impl EndpointService {
         }
         Ok(())
     }
+}
+
+/// A service's notifications (at `field`): at most `MAX_NOTIFICATIONS`, each with an id
+/// (1-64 of [A-Za-z0-9_-], unique in the service) and an acceptable URL and events (see
+/// `check_notification`).
+pub fn check_notifications(field: &str, list: &[Notification]) -> Result<(), FieldError> {
+    if list.len() > MAX_NOTIFICATIONS {
+        return err(
+            field,
+            format!(
+                "{} notifications; at most {MAX_NOTIFICATIONS} per service",
+                list.len()
+            ),
+        );
+    }
+    for (j, n) in list.iter().enumerate() {
+        let f = format!("{field}[{j}]");
+        let id_chars = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if n.id.is_empty() || n.id.len() > 64 || !n.id.chars().all(id_chars) {
+            return err(
+                format!("{f}.id"),
+                format!("{:?} is not a valid id (1-64 of [A-Za-z0-9_-])", n.id),
+            );
+        }
+        if list[..j].iter().any(|o| o.id == n.id) {
+            return err(format!("{f}.id"), format!("duplicate id {:?}", n.id));
+        }
+        check_notification(&f, &n.url, &n.events)?;
+    }
+    Ok(())
+}
+
+/// A notification's `url` (`http://HOST[:PORT][/PATH]`, see `HttpUrl`) and `events` (at
+/// least one, none twice); errors name `{f}.url` or `{f}.events[i]` (`f` empty: `url`).
+pub fn check_notification(
+    f: &str,
+    url: &str,
+    events: &[ConnectionEvent],
+) -> Result<(), FieldError> {
+    let at = |name: &str| match f {
+        "" => name.to_string(),
+        f => format!("{f}.{name}"),
+    };
+    url.parse::<HttpUrl>().or_else(|e| err(at("url"), e))?;
+    if events.is_empty() {
+        return err(
+            at("events"),
+            "no events: give at least one (connect, accept, reject, disconnect, delete), or leave it out for all",
+        );
+    }
+    for (k, e) in events.iter().enumerate() {
+        if events[..k].contains(e) {
+            return err(
+                format!("{}[{k}]", at("events")),
+                format!("{e:?} is listed twice").to_lowercase(),
+            );
+        }
+    }
+    Ok(())
 }
