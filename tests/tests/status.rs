@@ -479,7 +479,17 @@ fn an_endpoints_traffic_and_drops_show_in_status_and_top() {
         );
     }
 
-    // `top` during a slow download through the ENI: its second screen has rates.
+    // `top` during a slow download through the ENI: its second screen has rates. The
+    // consumer's receive buffer is kept small (in its own namespace), so the download's
+    // packets flow steadily at curl's rate instead of in one burst into a large buffer
+    // that curl then drains for seconds with nothing on the wire.
+    let rmem = lab
+        .consumer
+        .command("sysctl")
+        .args(["-qw", "net.ipv4.tcp_rmem=4096 8192 16384"])
+        .status()
+        .unwrap();
+    assert!(rmem.success());
     let mut download = lab
         .consumer
         .command("curl")
@@ -511,6 +521,14 @@ fn an_endpoints_traffic_and_drops_show_in_status_and_top() {
         walked() >= 1
     })
     .unwrap();
+    let (before, live, after) = (listed(), walked(), listed());
+    assert!(
+        live >= 1 && (before.min(after)..=before.max(after)).contains(&live),
+        "walked {live}, listed {before} then {after}"
+    );
+    let (fine, out, err) = cli(&api, &consumer, &["top", "--count", "2", "--interval", "1"]);
+    // The overview counts the download's flow too, from the daemon's own walk (every few
+    // seconds; a closed flow stays live for the closing timeout).
     // The overview counts it too, from the daemon's own walk (every few seconds).
     wait_for(Duration::from_secs(20), "the overview's live flows", || {
         overview("consumer")["endpoints"]
@@ -521,12 +539,6 @@ fn an_endpoints_traffic_and_drops_show_in_status_and_top() {
             })
     })
     .unwrap();
-    let (before, live, after) = (listed(), walked(), listed());
-    assert!(
-        live >= 1 && (before.min(after)..=before.max(after)).contains(&live),
-        "walked {live}, listed {before} then {after}"
-    );
-    let (fine, out, err) = cli(&api, &consumer, &["top", "--count", "2", "--interval", "1"]);
     let _ = download.kill();
     let _ = download.wait();
     assert!(fine, "{out}{err}");

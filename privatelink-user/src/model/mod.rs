@@ -25,7 +25,8 @@ pub use owner::{Lookup, Owned, lookup};
 pub use security::*;
 pub use service::*;
 pub use validate::{
-    FieldError, check_endpoint_limits, check_flow_log, check_listeners, check_notification,
+    FieldError, GWLB_FLOW_LOG, check_endpoint_limits, check_flow_log, check_listeners,
+    check_notification,
 };
 pub use vpc::*;
 

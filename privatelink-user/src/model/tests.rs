@@ -1043,3 +1043,24 @@ fn a_load_balancer_services_share_is_health_checked_on_one_port() {
     // keep loading).
     assert_eq!(check(|s| second(s, 0)), "valid");
 }
+
+/// Flow logs are for interface and gateway endpoints: a GWLB endpoint's traffic has no
+/// flow events (its appliances see it), so a flow log there would only ever say NODATA.
+#[test]
+fn a_gwlb_endpoint_has_no_flow_logs() {
+    let e = gwlb_broken(|s| {
+        let i = ep(s, "ep-g1");
+        s.endpoints[i].flow_log = Some(FlowLog { window_seconds: 60 });
+    });
+    assert!(e.contains(".flow_log") && e.contains("GWLB"), "{e}");
+    let mut s = gwlb_state();
+    let i = ep(&mut s, "ep-g1");
+    let r = crate::ops::set_flow_log(
+        &mut s,
+        &crate::ops::Caller::Admin,
+        "ep-g1",
+        FlowLog { window_seconds: 60 },
+    );
+    assert_eq!(r.unwrap_err().field.as_deref(), Some("flow_log"));
+    assert!(s.endpoints[i].flow_log.is_none(), "nothing changed");
+}

@@ -269,6 +269,16 @@ fn owned_or_operator<'a>(s: &'a mut State, c: &Caller, id: &str) -> R<&'a mut En
 pub fn set_flow_log(s: &mut State, c: &Caller, id: &str, fl: FlowLog) -> R<Endpoint> {
     check_flow_log("", &fl)?;
     let ep = owned_or_operator(s, c, id)?;
+    let gwlb = |s: &State, e: &str| {
+        s.services
+            .iter()
+            .any(|v| v.id == e && v.kind == ServiceType::Gwlb)
+    };
+    let service = ep.service.clone();
+    if gwlb(s, &service) {
+        return Err(OpError::invalid("flow_log", crate::model::GWLB_FLOW_LOG));
+    }
+    let ep = owned_or_operator(s, c, id)?;
     ep.flow_log = Some(fl);
     Ok(ep.clone())
 }

@@ -578,16 +578,65 @@ fn gwlb_rows(rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// Reads the flow events as fast as they come, in a thread of their own, until dropped
+/// (events the daemon would aggregate; here only counted).
+fn drain_flow_events(mut ring: aya::maps::RingBuf<aya::maps::MapData>) -> DrainOnDrop {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        // Off the benchmark's CPU (it pins itself to the last one).
+        // SAFETY: a cpu_set_t of our own, for this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+        let mut n = 0u64;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            while ring.next().is_some() {
+                n += 1;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        eprintln!("flow events read: {n}");
+    });
+    DrainOnDrop(stop)
+}
+
+/// Stops the draining thread when dropped.
+struct DrainOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// `only`: a part of the paths' names to time (for profiling one path), or all.
 fn per_packet(only: Option<&str>) -> Result<String> {
     privatelink_tests::throughput::pin_to_last_cpu();
     // Room for the replayed first packets' flows.
+    // `--flow-log`: ep-a with flow logs on, its events drained by a thread as the daemon
+    // drains them (the cost of a logged endpoint's packets).
+    let flow_log = std::env::args().any(|a| a == "--flow-log");
+    let mut state = packet_state().replace("snat = [", "endpoint_flow_share = 99\nsnat = [");
+    if flow_log {
+        let ep_a = "name = \"web\"\nconnection = \"connected\"\n";
+        assert!(state.contains(ep_a));
+        state = state.replace(
+            ep_a,
+            &format!("{ep_a}flow_log = {{ window_seconds = 60 }}\n"),
+        );
+    }
     let mut h = Harness::with_conntrack(
         // The first-packet rows open 25 000 new flows: more than the default per-endpoint
         // allowance (20 % of the pool), which the token path is still measured under.
-        &packet_state().replace("snat = [", "endpoint_flow_share = 99\nsnat = ["),
+        &state,
         1 << 20,
     )?;
+    let _drain = flow_log
+        .then(|| h.dp.take_flow_events().map(drain_flow_events))
+        .transpose()?;
     let (cif, pif) = (h.consumer.ifindex, h.provider.ifindex);
 
     // A live flow for the hit paths.

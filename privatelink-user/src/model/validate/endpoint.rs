@@ -63,6 +63,12 @@ impl State {
             self.validate_endpoint_groups(&f, e)?;
             if let Some(fl) = &e.flow_log {
                 check_flow_log(&format!("{f}.flow_log"), fl)?;
+                if self
+                    .service(&e.service)
+                    .is_some_and(|s| s.kind == ServiceType::Gwlb)
+                {
+                    return err(format!("{f}.flow_log"), GWLB_FLOW_LOG);
+                }
             }
         }
         Ok(())
@@ -334,6 +340,10 @@ fn validate_gwlb_endpoint(f: &str, e: &Endpoint) -> Result<(), FieldError> {
     }
     Ok(())
 }
+
+/// Why a GWLB endpoint has no flow logs.
+pub const GWLB_FLOW_LOG: &str = "flow logs are for interface and gateway endpoints: a GWLB \
+     endpoint's traffic goes through its appliances, whose own logs see it";
 
 /// A flow log's capture window is one the daemon aggregates over (`FLOW_LOG_WINDOWS`).
 /// `f` is the flow log's field path (empty for a request body).

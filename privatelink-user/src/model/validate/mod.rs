@@ -17,7 +17,7 @@ mod security;
 mod service;
 mod vpc;
 
-pub use endpoint::{check_endpoint_limits, check_flow_log};
+pub use endpoint::{GWLB_FLOW_LOG, check_endpoint_limits, check_flow_log};
 pub use service::{check_listeners, check_notification};
 
 /// A validation failure: which field, and why.
