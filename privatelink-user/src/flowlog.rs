@@ -289,6 +289,9 @@ impl fmt::Display for Record {
     }
 }
 
+/// The most NODATA records one run of idle windows gives (see `Eni::complete`).
+const MAX_NODATA_RUN: u64 = 100;
+
 /// The most distinct flows one ENI's window records (about 100 bytes each in memory);
 /// past it, the window's records say SKIPDATA.
 pub const MAX_FLOWS_PER_WINDOW: usize = 100_000;
@@ -365,9 +368,18 @@ impl Eni {
             .collect()
     }
 
-    /// The records of every window that ended `grace_ns` before `now_ns`.
+    /// The records of every window that ended `grace_ns` before `now_ns`. A run of more
+    /// than `MAX_NODATA_RUN` idle windows (the wall clock stepped forward, say) is one
+    /// NODATA record, not one per window.
     fn complete(&mut self, now_ns: u64, grace_ns: u64) -> Vec<Record> {
         let mut out = Vec::new();
+        let end = now_ns.saturating_sub(grace_ns) / self.window_ns();
+        let busy = self.windows.range(self.next..).next().map(|(i, _)| *i);
+        let idle_until = busy.unwrap_or(end).min(end);
+        if idle_until > self.next + MAX_NODATA_RUN {
+            out.extend(self.records(self.next, None));
+            self.next = idle_until;
+        }
         while (self.next + 1) * self.window_ns() + grace_ns <= now_ns {
             let w = self.windows.remove(&self.next);
             out.extend(self.records(self.next, w));
@@ -899,6 +911,19 @@ mod tests {
         };
         assert_eq!(got, [nodata(1000), nodata(1002)]);
         assert_eq!(got[0].split(' ').count(), HEADER.split(' ').count());
+    }
+
+    /// A clock stepped decades forward gives one NODATA record for the idle run, not one
+    /// per window; the windows after it are written as before.
+    #[test]
+    fn a_clock_step_is_one_nodata_record() {
+        let mut a = agg(2);
+        let far = T0 + 3_000_000_000 * NS;
+        let got = lines(a.complete(far, 0));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains(" NODATA "), "{got:?}");
+        let next = lines(a.complete(far + 4 * NS, 0));
+        assert_eq!(next.len(), 2, "{next:?}");
     }
 
     #[test]
