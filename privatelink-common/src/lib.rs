@@ -697,6 +697,20 @@ impl FlowEntry {
     pub fn is_expired(&self, proto: u8, now_ns: u64, cfg: &Config) -> bool {
         now_ns.saturating_sub(self.last_seen_ns) > self.idle_timeout_ns(proto, cfg)
     }
+
+    /// For readers of the table: whether this entry's flow lives, that is, either direction
+    /// was seen within its idle timeout. `partner` gives the other direction's entry
+    /// (looked up only when this one has expired).
+    pub fn is_live(
+        &self,
+        proto: u8,
+        now_ns: u64,
+        cfg: &Config,
+        partner: impl FnOnce() -> Option<FlowEntry>,
+    ) -> bool {
+        !self.is_expired(proto, now_ns, cfg)
+            || partner().is_some_and(|p| !p.is_expired(proto, now_ns, cfg))
+    }
 }
 
 /// The most rules one ENI's merged security groups, or one ACL direction, may hold.

@@ -992,9 +992,7 @@ pub fn count_live_flows(
         if e.direction != privatelink_common::DIR_ORIGINAL {
             continue;
         }
-        let alive = !e.is_expired(k.proto, now_ns, cfg)
-            || partner(&e.partner(&k)).is_some_and(|p| !p.is_expired(k.proto, now_ns, cfg));
-        if alive {
+        if e.is_live(k.proto, now_ns, cfg, || partner(&e.partner(&k))) {
             *live.entry(e.endpoint_id).or_default() += 1;
         }
     }

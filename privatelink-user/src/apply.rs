@@ -44,12 +44,7 @@ pub trait Apply: Send {
     }
     /// The per-endpoint and per-appliance counters of the data path, by what each slot
     /// counts (none by default: nothing is counted).
-    fn counters(
-        &mut self,
-    ) -> Vec<(
-        privatelink_common::CounterKey,
-        privatelink_common::EndpointCounters,
-    )> {
+    fn counters(&mut self) -> crate::dataplane::read::SlotCounters {
         Vec::new()
     }
 }
@@ -382,12 +377,7 @@ impl Apply for DataplaneApply {
         self.health.unhealthy()
     }
 
-    fn counters(
-        &mut self,
-    ) -> Vec<(
-        privatelink_common::CounterKey,
-        privatelink_common::EndpointCounters,
-    )> {
+    fn counters(&mut self) -> crate::dataplane::read::SlotCounters {
         self.dp.counters().unwrap_or_else(|e| {
             warn!(error = %format!("{e:#}"), "reading the endpoint counters");
             Vec::new()

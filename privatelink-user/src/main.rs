@@ -262,9 +262,7 @@ fn main() -> Result<()> {
                     )
                 };
                 // Alive while either direction is (as the data path judges it).
-                let partner = by_key.get(&e.partner(k));
-                let alive = !e.is_expired(k.proto, now, &cfg)
-                    || partner.is_some_and(|p| !p.is_expired(k.proto, now, &cfg));
+                let alive = e.is_live(k.proto, now, &cfg, || by_key.get(&e.partner(k)).copied());
                 let state = if !alive {
                     "expired"
                 } else if e.tcp_flags & privatelink_common::CT_CLOSING != 0 {

@@ -295,12 +295,7 @@ fn walk_conntrack(pin_dir: &Path, capacity: u32) -> Result<ConntrackCount> {
     for item in ct.iter().take(capacity as usize) {
         let (k, e) = item.context("reading PL_CONNTRACK")?;
         count.entries += 1;
-        let alive = || {
-            !e.is_expired(k.proto, now, &cfg)
-                || ct
-                    .get(&e.partner(&k), 0)
-                    .is_ok_and(|p| !p.is_expired(k.proto, now, &cfg))
-        };
+        let alive = || e.is_live(k.proto, now, &cfg, || ct.get(&e.partner(&k), 0).ok());
         if e.direction == DIR_ORIGINAL {
             if alive() {
                 *count.live_flows.entry(e.endpoint_id).or_default() += 1;

@@ -216,18 +216,11 @@ impl Dataplane {
 
     /// The counters of every slot given out, by what each counts (empty before the first
     /// apply).
-    pub fn counters(
-        &mut self,
-    ) -> Result<
-        Vec<(
-            privatelink_common::CounterKey,
-            privatelink_common::EndpointCounters,
-        )>,
-    > {
-        let Some(slots) = self.applied.as_ref().map(|d| d.counter_slots.clone()) else {
+    pub fn counters(&mut self) -> Result<read::SlotCounters> {
+        let Some(d) = &self.applied else {
             return Ok(Vec::new());
         };
-        read::counters_of(&slots, self.map_mut(map_names::EP_COUNTERS)?)
+        read::counters_of(&d.counter_slots, self.map(map_names::EP_COUNTERS)?)
     }
 
     /// Moves `PL_EPOCH` on, after the maps were written: every established flow's next

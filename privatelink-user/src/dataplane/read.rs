@@ -49,17 +49,15 @@ pub fn read_budgets(map: &Map) -> Result<Vec<(u32, privatelink_common::FlowBudge
     Ok(read_map(map)?.into_iter().collect())
 }
 
+/// Counter slots' readings (summed over the CPUs), by what each counts.
+pub type SlotCounters = Vec<(
+    privatelink_common::CounterKey,
+    privatelink_common::EndpointCounters,
+)>;
+
 /// `PL_EP_COUNTERS` of every slot `PL_EP_SLOTS` names (summed over the CPUs), by what
 /// it counts.
-pub fn read_counters(
-    slots: &Map,
-    counters: &Map,
-) -> Result<
-    Vec<(
-        privatelink_common::CounterKey,
-        privatelink_common::EndpointCounters,
-    )>,
-> {
+pub fn read_counters(slots: &Map, counters: &Map) -> Result<SlotCounters> {
     let slots: std::collections::BTreeMap<privatelink_common::CounterKey, u32> =
         read_map(slots)?.into_iter().collect();
     counters_of(&slots, counters)
@@ -69,12 +67,7 @@ pub fn read_counters(
 pub fn counters_of(
     slots: &std::collections::BTreeMap<privatelink_common::CounterKey, u32>,
     counters: &Map,
-) -> Result<
-    Vec<(
-        privatelink_common::CounterKey,
-        privatelink_common::EndpointCounters,
-    )>,
-> {
+) -> Result<SlotCounters> {
     let a: PerCpuArray<_, privatelink_common::EndpointCounters> = PerCpuArray::try_from(counters)?;
     slots
         .iter()
