@@ -121,6 +121,18 @@ layout! {
     };
     Rule { addr, prefix, proto, action, _pad, port_lo, port_hi };
     RuleSet { count, _pad, rules } [Rule];
+    VpcAddr6 { vpc_id, addr };
+    GatewayRoute6 { prefix_len, vpc_id, addr };
+    EndpointEni6 { eni, lb_addr } [EndpointEni];
+    SnatPool6 { count, port_min, port_max, addrs };
+    FlowKey6 { vpc_id, src, dst, sport, dport, proto, _pad, _pad2 };
+    FlowEntry6 {
+        new_src, new_dst, new_sport, new_dport, out_ifindex, src_mac, dst_mac, out_vpc_id,
+        endpoint_id, direction, tcp_flags, flags, _pad, last_seen_ns, checked_ns, peer_mac,
+        out_mtu, epoch, csum_l4, _pad2, fast_packets, counter_slot,
+    };
+    Rule6 { addr, prefix, proto, action, _pad, port_lo, port_hi };
+    RuleSet6 { count, _pad, rules } [Rule6];
 }
 
 #[cfg(test)]

@@ -10,8 +10,12 @@ pub mod hash;
 pub mod layout;
 pub mod maps;
 pub mod reason;
+pub mod v6;
 
 pub use reason::Reason;
+pub use v6::{
+    EndpointEni6, FlowEntry6, FlowKey6, GatewayRoute6, Rule6, RuleSet6, SnatPool6, VpcAddr6,
+};
 
 /// Names of the maps as they appear in the object, in `bpftool map show` and as pin files
 /// (from the catalogue, `for_each_map!`).
@@ -78,6 +82,18 @@ path_table! {
     GwlbSteer, PATH_GWLB_STEER, privatelink_gwlb_steer;
     /// GENEVE coming back from a GWLB appliance.
     GwlbReturn, PATH_GWLB_RETURN, privatelink_gwlb_return;
+    /// Every IPv6 frame on an attached interface: neighbour discovery, ICMPv6 echo, and
+    /// which IPv6 path takes the rest.
+    Ipv6, PATH_IPV6, privatelink_ipv6;
+    /// IPv6 consumer → service: TCP/UDP to an endpoint ENI's IPv6 address.
+    Forward6, PATH_FORWARD6, privatelink_forward6;
+    /// IPv6 service → consumer: TCP/UDP to an IPv6 SNAT address, and ICMPv6 errors about
+    /// NATed flows either way.
+    Reply6, PATH_REPLY6, privatelink_reply6;
+    /// IPv6 routed to a GWLB endpoint: to its appliance, in GENEVE (protocol 0x86DD).
+    GwlbSteer6, PATH_GWLB_STEER6, privatelink_gwlb_steer6;
+    /// GENEVE from a GWLB appliance carrying IPv6 (tail-called by the IPv4 return path).
+    GwlbReturn6, PATH_GWLB_RETURN6, privatelink_gwlb_return6;
 }
 
 /// Whether `name` is the program of the path at `index` in `PL_PATHS` (for compile-time
@@ -937,6 +953,14 @@ mod pod {
     unsafe impl aya::Pod for ListenerSet {}
     unsafe impl aya::Pod for FlowBudget {}
     unsafe impl aya::Pod for LbSet {}
+    unsafe impl aya::Pod for VpcAddr6 {}
+    unsafe impl aya::Pod for GatewayRoute6 {}
+    unsafe impl aya::Pod for EndpointEni6 {}
+    unsafe impl aya::Pod for SnatPool6 {}
+    unsafe impl aya::Pod for FlowKey6 {}
+    unsafe impl aya::Pod for FlowEntry6 {}
+    unsafe impl aya::Pod for Rule6 {}
+    unsafe impl aya::Pod for RuleSet6 {}
 }
 
 #[cfg(test)]

@@ -57,6 +57,17 @@ macro_rules! for_each_map {
             ACL_IN = PL_ACL_IN: HashMap<$crate::VpcAddr, $crate::RuleSet>[$crate::MAX_ENDPOINTS, unchecked], synced(acl_in);
             /// Network ACL egress rules of endpoint ENIs' vswitches.
             ACL_OUT = PL_ACL_OUT: HashMap<$crate::VpcAddr, $crate::RuleSet>[$crate::MAX_ENDPOINTS, unchecked], synced(acl_out);
+            /// Per service: its IPv6 SNAT addresses and port range (dual-stack services).
+            SNAT6_POOLS = PL_SNAT6_POOLS: HashMap<u32, $crate::SnatPool6>[$crate::MAX_SERVICES, unchecked], synced(snat6_pools);
+            /// IPv6 SNAT addresses (answered in neighbour discovery), by VPC and address: their
+            /// service.
+            SNAT6_ADDRS = PL_SNAT6_ADDRS: HashMap<$crate::VpcAddr6, u32>[$crate::MAX_SERVICES as usize * $crate::MAX_SNAT_ADDRS, unchecked], synced(snat6_addrs);
+            /// Security group rules of endpoint ENIs' IPv6 addresses (their IPv6 rules).
+            SG_RULES6 = PL_SG_RULES6: HashMap<$crate::VpcAddr6, $crate::RuleSet6>[$crate::MAX_ENDPOINTS, unchecked], synced(sg_rules6);
+            /// Network ACL ingress rules (the IPv6 ones) of endpoint ENIs' IPv6 addresses.
+            ACL6_IN = PL_ACL6_IN: HashMap<$crate::VpcAddr6, $crate::RuleSet6>[$crate::MAX_ENDPOINTS, unchecked], synced(acl6_in);
+            /// Network ACL egress rules (the IPv6 ones) of endpoint ENIs' IPv6 addresses.
+            ACL6_OUT = PL_ACL6_OUT: HashMap<$crate::VpcAddr6, $crate::RuleSet6>[$crate::MAX_ENDPOINTS, unchecked], synced(acl6_out);
             /// Gateway endpoints' route target addresses (answered in ARP).
             GATEWAY_ADDRS = PL_GW_ADDRS: HashMap<$crate::VpcAddr, u32>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_addrs);
             /// What each slot of `PL_EP_COUNTERS` counts (`CounterKey` → slot), the daemon's
@@ -69,6 +80,13 @@ macro_rules! for_each_map {
             GWLB_TARGETS = PL_GWLB_TARGETS: HashMap<$crate::GwlbZone, $crate::ApplianceSet>[$crate::MAX_SERVICES, unchecked], synced(gwlb_targets);
             /// Endpoint ENIs, by consumer VPC and address: everything needed to forward.
             ENDPOINTS = PL_ENDPOINTS: HashMap<$crate::VpcAddr, $crate::EndpointEni>[$crate::MAX_ENDPOINTS, unchecked], synced(endpoints);
+            /// Dual-stack endpoint ENIs, by consumer VPC and IPv6 address.
+            ENDPOINTS6 = PL_ENDPOINTS6: HashMap<$crate::VpcAddr6, $crate::EndpointEni6>[$crate::MAX_ENDPOINTS, unchecked], synced(endpoints6);
+            /// IPv6 next hops (load balancers) and their MACs, learned from neighbour
+            /// advertisements for the registered addresses only.
+            NEIGHBORS6 = PL_NEIGHBORS6: HashMap<$crate::VpcAddr6, $crate::Neighbor>[$crate::MAX_NEIGHBORS, unchecked], registered(next_hops6);
+            /// GWLB endpoints' IPv6 prefix routes, per consumer VPC (longest prefix wins).
+            GATEWAY_ROUTES6 = PL_GW_ROUTES6: LpmTrie<$crate::VpcAddr6 as $crate::GatewayRoute6, $crate::EndpointEni>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_routes6);
             /// Next hops (load balancers, appliances) and their MACs, learned from ARP for
             /// the registered addresses only.
             NEIGHBORS = PL_NEIGHBORS: HashMap<$crate::VpcAddr, $crate::Neighbor>[$crate::MAX_NEIGHBORS, unchecked], registered(next_hops);
@@ -76,6 +94,8 @@ macro_rules! for_each_map {
             GATEWAY_ROUTES = PL_GW_ROUTES: LpmTrie<$crate::VpcAddr as $crate::GatewayRoute, $crate::EndpointEni>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_routes);
             /// The flows, one entry per direction. Its capacity is a daemon option.
             CONNTRACK = PL_CONNTRACK: LruHashMap<$crate::FlowKey, $crate::FlowEntry>[$crate::DEFAULT_CONNTRACK_ENTRIES, configured], datapath;
+            /// The IPv6 flows, one entry per direction; as many entries as `PL_CONNTRACK`.
+            CONNTRACK6 = PL_CONNTRACK6: LruHashMap<$crate::FlowKey6, $crate::FlowEntry6>[$crate::DEFAULT_CONNTRACK_ENTRIES, configured], datapath;
             /// Verdict counters per CPU, by `Reason` index.
             STATS = PL_STATS: PerCpuArray<u32, u64>[$crate::reason::REASON_COUNT, fixed], datapath;
             /// The data path's settings (`PL_CONFIG[0]`), written by the daemon at start.
@@ -88,6 +108,9 @@ macro_rules! for_each_map {
             /// Per endpoint ENI and GWLB appliance (by slot, see `PL_EP_SLOTS`), per CPU: packets
             /// and bytes each way, new flows, drops by kind, lost flow events.
             EP_COUNTERS = PL_EP_COUNTERS: PerCpuArray<u32, $crate::EndpointCounters>[$crate::MAX_COUNTER_SLOTS, fixed], datapath;
+            /// GWLB: MACs of IPv6 inner destinations, resolved by the data path's own neighbour
+            /// solicitations.
+            GWLB_NEIGHBORS6 = PL_GWLB_NEIGH6: LruHashMap<$crate::VpcAddr6, $crate::Neighbor>[$crate::MAX_GWLB_NEIGHBORS, unchecked], datapath;
             /// Each endpoint's allowance of new flows (the data path's own; LRU, so endpoints that
             /// are gone leave by themselves).
             EP_BUDGET = PL_EP_BUDGET: LruHashMap<u32, $crate::FlowBudget>[$crate::MAX_ENDPOINTS, unchecked], datapath;

@@ -11,6 +11,7 @@ use privatelink_common::{PROTO_TCP, Reason};
 pub const ETH_LEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86DD;
 
 /// ICMP types (RFC 792) and the one code the data path sends.
 pub const ICMP_ECHO_REPLY: u8 = 0;
@@ -21,7 +22,12 @@ pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 
 pub use network_types::{
-    arp::ArpHdr, eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr,
+    arp::ArpHdr,
+    eth::EthHdr,
+    icmp::Icmpv4Hdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
 };
 
 /// What the data path needs of an IPv4 header beyond network-types' accessors.

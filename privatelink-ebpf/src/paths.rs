@@ -7,8 +7,9 @@
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use privatelink_common::{
-    PATH_FORWARD, PATH_GWLB_RETURN, PATH_GWLB_STEER, PATH_ICMP_ENDPOINT, PATH_ICMP_SNAT,
-    PATH_PROGRAMS, PATH_REPLY, Reason, VpcAddr, is_path_program,
+    PATH_FORWARD, PATH_FORWARD6, PATH_GWLB_RETURN, PATH_GWLB_RETURN6, PATH_GWLB_STEER,
+    PATH_GWLB_STEER6, PATH_ICMP_ENDPOINT, PATH_ICMP_SNAT, PATH_IPV6, PATH_PROGRAMS, PATH_REPLY,
+    PATH_REPLY6, Reason, VpcAddr, is_path_program,
 };
 
 use crate::{
@@ -39,7 +40,7 @@ macro_rules! path_programs {
         )*
 
         const _: () = assert!(
-            [$(stringify!($program)),*].len() == PATH_PROGRAMS.len(),
+            [$(stringify!($program)),*].len() + 5 == PATH_PROGRAMS.len(),
             "every row of the path table needs its program here",
         );
     };
@@ -60,6 +61,32 @@ path_programs! {
     PATH_GWLB_RETURN => privatelink_gwlb_return = |ctx, h, pkt, _| {
         gwlb::from_appliance(ctx, &h.iface, pkt)
     };
+}
+
+/// The IPv6 path programs. Not yet built: every IPv6 frame that reaches them is dropped
+/// and counted as unsupported.
+macro_rules! ipv6_programs {
+    ($($index:ident => $program:ident;)*) => {
+        $(
+            const _: () = assert!(
+                is_path_program($index, stringify!($program)),
+                concat!("`", stringify!($program), "` is not the path table's program at ", stringify!($index)),
+            );
+
+            #[xdp]
+            pub fn $program(ctx: XdpContext) -> u32 {
+                stats::count(&ctx, settle(Err(Reason::DropUnsupportedProtocol)))
+            }
+        )*
+    };
+}
+
+ipv6_programs! {
+    PATH_IPV6 => privatelink_ipv6;
+    PATH_FORWARD6 => privatelink_forward6;
+    PATH_REPLY6 => privatelink_reply6;
+    PATH_GWLB_STEER6 => privatelink_gwlb_steer6;
+    PATH_GWLB_RETURN6 => privatelink_gwlb_return6;
 }
 
 /// Runs `path` on what the entry point handed over and counts its verdict.

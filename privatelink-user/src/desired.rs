@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use privatelink_common::{
     Appliance, ApplianceSet, ConnectionState, CounterKey, ENI_FLAG_ACL, ENI_FLAG_FLOW_LOG,
     ENI_FLAG_GATEWAY, ENI_FLAG_GWLB, ENI_FLAG_LB_SET, ENI_FLAG_REBALANCE, ENI_FLAG_SG,
-    ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3, ENI_FLAG_WHITELISTED, EndpointEni, GatewayRoute,
-    GwlbZone, HOST_ADDR, HOST_DNS, IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS,
-    IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, LbSet, Listener, ListenerSet, MAX_APPLIANCES,
-    MAX_LBS_PER_ZONE, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ACCEPT,
-    RULE_DROP, Rule, RuleSet, SnatPool, VpcAddr, VpcPort, host_peer,
+    ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3, ENI_FLAG_WHITELISTED, EndpointEni, EndpointEni6,
+    GatewayRoute, GatewayRoute6, GwlbZone, HOST_ADDR, HOST_DNS, IFACE_FLAG_APPLIANCES,
+    IFACE_FLAG_GATEWAYS, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, LbSet, Listener, ListenerSet,
+    MAX_APPLIANCES, MAX_LBS_PER_ZONE, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    RULE_ACCEPT, RULE_DROP, Rule, RuleSet, RuleSet6, SnatPool, SnatPool6, VpcAddr, VpcAddr6,
+    VpcPort, host_peer,
 };
 
 use crate::model::{
@@ -60,6 +61,18 @@ pub struct Desired {
     /// The slots of `PL_EP_COUNTERS` and what each counts: not a function of the state,
     /// but of the slots given out before (`crate::dataplane::slots::assign`, at apply).
     pub counter_slots: BTreeMap<CounterKey, u32>,
+    /// Dual-stack endpoint ENIs by their IPv6 address (the IPv4 entry's state, the zone's
+    /// IPv6 load balancer).
+    pub endpoints6: BTreeMap<VpcAddr6, EndpointEni6>,
+    pub snat6_pools: BTreeMap<u32, SnatPool6>,
+    pub snat6_addrs: BTreeMap<VpcAddr6, u32>,
+    pub sg_rules6: BTreeMap<VpcAddr6, RuleSet6>,
+    pub acl6_in: BTreeMap<VpcAddr6, RuleSet6>,
+    pub acl6_out: BTreeMap<VpcAddr6, RuleSet6>,
+    /// IPv6 next hops the data path may learn MACs for (load balancers' IPv6 addresses).
+    pub next_hops6: BTreeSet<VpcAddr6>,
+    /// GWLB endpoints' IPv6 routes.
+    pub gw_routes6: BTreeMap<GatewayRoute6, EndpointEni>,
 }
 
 /// The data path's view of several load balancers: their addresses and each slot's

@@ -87,6 +87,7 @@ impl Dataplane {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map_names::CONNTRACK, opts.conntrack_entries);
+        loader.map_max_entries(map_names::CONNTRACK6, opts.conntrack_entries);
         loader.map_max_entries(FLOW_EVENTS_MAP, opts.flow_events_bytes);
         if let Some(dir) = &opts.pin_dir {
             std::fs::create_dir_all(dir).with_context(|| {

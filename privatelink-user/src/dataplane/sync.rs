@@ -11,7 +11,9 @@ use aya::{
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
 };
-use privatelink_common::{EndpointEni, GatewayRoute, Neighbor, VpcAddr, map_names};
+use privatelink_common::{
+    EndpointEni, GatewayRoute, GatewayRoute6, Neighbor, VpcAddr, VpcAddr6, map_names,
+};
 
 use super::{ApplyReport, Dataplane};
 use crate::{
@@ -67,7 +69,7 @@ macro_rules! read_entry {
         read_map::<$key, $value>($map)
     };
     (synced, LpmTrie, $key:ty, $value:ty, $map:expr) => {
-        read_routes($map)
+        read_routes::<$key>($map)
     };
     (registered, HashMap, $key:ty, $value:ty, $map:expr) => {
         read_map::<$key, $value>($map).map(|m| m.into_keys().collect())
@@ -79,10 +81,10 @@ macro_rules! sync_entry {
         sync::<$key, $value>($($args),*)
     };
     (synced, LpmTrie, $key:ty, $value:ty, $($args:expr),*) => {
-        sync_routes($($args),*)
+        sync_routes::<$key>($($args),*)
     };
     (registered, HashMap, $key:ty, $value:ty, $($args:expr),*) => {
-        sync_next_hops($($args),*)
+        sync_next_hops::<$key>($($args),*)
     };
 }
 
@@ -97,7 +99,7 @@ macro_rules! owned_maps {
             fn read_owned(&self) -> Result<Desired> {
                 Ok(Desired {
                     $($(
-                        $field: read_entry!($owner, $kind, $key, $value, self.map(map_names::$name)?)?,
+                        $field: read_entry!($owner, $kind, $pinned, $value, self.map(map_names::$name)?)?,
                     )?)*
                 })
             }
@@ -107,7 +109,7 @@ macro_rules! owned_maps {
             fn sync_owned(&mut self, cur: &Desired, d: &Desired, r: &mut ApplyReport) -> Result<()> {
                 $($(
                     sync_entry!(
-                        $owner, $kind, $key, $value,
+                        $owner, $kind, $pinned, $value,
                         self.map_mut(map_names::$name)?, &cur.$field, &d.$field, r
                     )?;
                 )?)*
@@ -119,33 +121,74 @@ macro_rules! owned_maps {
 
 privatelink_common::for_each_map!(owned_maps);
 
-fn read_routes(map: &Map) -> Result<BTreeMap<GatewayRoute, EndpointEni>> {
-    let m: LpmTrie<_, VpcAddr, EndpointEni> = LpmTrie::try_from(map)?;
+/// An LPM trie's key as `Desired` holds it (prefix length, VPC, address) and as the trie
+/// does (prefix length + data).
+trait RouteKey: Ord + Copy + std::fmt::Debug {
+    type Data: Pod;
+    fn to_lpm(&self) -> LpmKey<Self::Data>;
+    fn from_lpm(prefix_len: u32, data: Self::Data) -> Self;
+}
+
+impl RouteKey for GatewayRoute {
+    type Data = VpcAddr;
+    fn to_lpm(&self) -> LpmKey<VpcAddr> {
+        LpmKey::new(
+            self.prefix_len,
+            VpcAddr {
+                vpc_id: self.vpc_id,
+                addr: self.addr,
+            },
+        )
+    }
+    fn from_lpm(prefix_len: u32, d: VpcAddr) -> Self {
+        GatewayRoute {
+            prefix_len,
+            vpc_id: d.vpc_id,
+            addr: d.addr,
+        }
+    }
+}
+
+impl RouteKey for GatewayRoute6 {
+    type Data = VpcAddr6;
+    fn to_lpm(&self) -> LpmKey<VpcAddr6> {
+        LpmKey::new(
+            self.prefix_len,
+            VpcAddr6 {
+                vpc_id: self.vpc_id,
+                addr: self.addr,
+            },
+        )
+    }
+    fn from_lpm(prefix_len: u32, d: VpcAddr6) -> Self {
+        GatewayRoute6 {
+            prefix_len,
+            vpc_id: d.vpc_id,
+            addr: d.addr,
+        }
+    }
+}
+
+fn read_routes<K: RouteKey>(map: &Map) -> Result<BTreeMap<K, EndpointEni>> {
+    let m: LpmTrie<_, K::Data, EndpointEni> = LpmTrie::try_from(map)?;
     m.iter()
         .map(|kv| {
             let (k, v) = kv?;
-            let data = k.data();
-            Ok((
-                GatewayRoute {
-                    prefix_len: k.prefix_len(),
-                    vpc_id: data.vpc_id,
-                    addr: data.addr,
-                },
-                v,
-            ))
+            Ok((K::from_lpm(k.prefix_len(), k.data()), v))
         })
         .collect()
 }
 
-/// Registers next hops (zero MAC: the data path learns the real one from ARP, and only
-/// for registered addresses); a registration that exists keeps its learned MAC.
-fn sync_next_hops(
+/// Registers next hops (zero MAC: the data path learns the real one from ARP or neighbour
+/// advertisements, and only for registered addresses); a registration that exists keeps
+/// its learned MAC.
+fn sync_next_hops<K: Pod + Ord + std::fmt::Debug>(
     map: &mut Map,
-    current: &std::collections::BTreeSet<VpcAddr>,
-    desired: &std::collections::BTreeSet<VpcAddr>,
+    current: &std::collections::BTreeSet<K>,
+    desired: &std::collections::BTreeSet<K>,
     r: &mut ApplyReport,
 ) -> Result<()> {
-    let mut m: HashMap<_, VpcAddr, Neighbor> = HashMap::try_from(map)?;
+    let mut m: HashMap<_, K, Neighbor> = HashMap::try_from(map)?;
     for k in current.difference(desired) {
         m.remove(k)
             .with_context(|| format!("unregistering next hop {k:?}"))?;
@@ -171,31 +214,22 @@ fn sync_next_hops(
     Ok(())
 }
 
-fn sync_routes(
+fn sync_routes<K: RouteKey>(
     map: &mut Map,
-    current: &BTreeMap<GatewayRoute, EndpointEni>,
-    desired: &BTreeMap<GatewayRoute, EndpointEni>,
+    current: &BTreeMap<K, EndpointEni>,
+    desired: &BTreeMap<K, EndpointEni>,
     r: &mut ApplyReport,
 ) -> Result<()> {
-    let mut m: LpmTrie<_, VpcAddr, EndpointEni> = LpmTrie::try_from(map)?;
-    let key = |g: &GatewayRoute| {
-        LpmKey::new(
-            g.prefix_len,
-            VpcAddr {
-                vpc_id: g.vpc_id,
-                addr: g.addr,
-            },
-        )
-    };
+    let mut m: LpmTrie<_, K::Data, EndpointEni> = LpmTrie::try_from(map)?;
     for change in diff(current, desired) {
         match change {
             Change::Upsert(k, v) => {
-                m.insert(&key(&k), v, 0)
+                m.insert(&k.to_lpm(), v, 0)
                     .with_context(|| format!("writing route {k:?}"))?;
                 r.upserts += 1;
             }
             Change::Delete(k) => {
-                m.remove(&key(&k))
+                m.remove(&k.to_lpm())
                     .with_context(|| format!("removing route {k:?}"))?;
                 r.deletes += 1;
             }

@@ -1,0 +1,349 @@
+//! The IPv6 side of the map types: dual-stack endpoints (an ENI with an IPv6 address
+//! beside its IPv4 one), full NAT from IPv6 to IPv6, and IPv6 flows steered through GWLB.
+//!
+//! IPv6 has maps of its own rather than wider IPv4 keys: an IPv4 packet never hashes a
+//! 16-byte address, so the IPv4 fast path costs what it cost before dual stack. The values
+//! reuse the IPv4 types wherever the address family does not matter (`EndpointEni` for an
+//! endpoint's state and flags, `Neighbor`, `RuleSet`'s order and actions).
+
+use crate::{EndpointEni, MAX_RULES, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_TCP, PROTO_UDP};
+
+/// An IPv6 address inside one VPC (VPC ranges may overlap, IPv6 ones too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VpcAddr6 {
+    pub vpc_id: u32,
+    pub addr: [u8; 16],
+}
+
+/// Key of `PL_GW_ROUTES6` (an LPM trie): `prefix_len` counts the 32 bits of `vpc_id` plus
+/// the prefix's length, as `GatewayRoute` does for IPv4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GatewayRoute6 {
+    pub prefix_len: u32,
+    pub vpc_id: u32,
+    pub addr: [u8; 16],
+}
+
+/// Value of `PL_ENDPOINTS6` (key: consumer VPC + the ENI's IPv6 address): the ENI's state as
+/// its IPv4 address has it in `PL_ENDPOINTS` (`eni`: endpoint, service, connection,
+/// flags, zone, counter slot; its `lb_addr` is the zone's IPv4 load balancer and unused
+/// here), and where IPv6 flows go: the zone's load balancer's IPv6 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointEni6 {
+    pub eni: EndpointEni,
+    pub lb_addr: [u8; 16],
+}
+
+/// Value of `PL_SNAT6_POOLS` (key: service id): the service's IPv6 SNAT addresses in the
+/// provider VPC and the port range handed out on each.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatPool6 {
+    pub count: u32,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub addrs: [[u8; 16]; MAX_SNAT_ADDRS],
+}
+
+/// Key of `PL_CONNTRACK6`: an IPv6 packet's 5-tuple as it arrives on a VPC-facing
+/// interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    pub vpc_id: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+
+impl FlowKey6 {
+    /// The key of a `proto` packet from `src:sport` to `dst:dport` in VPC `vpc_id`.
+    #[inline(always)]
+    pub const fn new(
+        vpc_id: u32,
+        src: [u8; 16],
+        dst: [u8; 16],
+        sport: u16,
+        dport: u16,
+        proto: u8,
+    ) -> FlowKey6 {
+        FlowKey6 {
+            vpc_id,
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            _pad: 0,
+            _pad2: 0,
+        }
+    }
+
+    /// The same flow seen from the other end.
+    #[inline(always)]
+    pub fn reversed(&self) -> FlowKey6 {
+        FlowKey6::new(
+            self.vpc_id,
+            self.dst,
+            self.src,
+            self.dport,
+            self.sport,
+            self.proto,
+        )
+    }
+}
+
+/// Value of `PL_CONNTRACK6`: an IPv6 flow direction, field for field as `FlowEntry` (the
+/// same `direction`, `tcp_flags` (`CT_*`), `flags` (`FLOW_*`) and timestamps), with IPv6
+/// addresses, and no header checksum delta (IPv6 has no header checksum).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry6 {
+    pub new_src: [u8; 16],
+    pub new_dst: [u8; 16],
+    pub new_sport: u16,
+    pub new_dport: u16,
+    pub out_ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub out_vpc_id: u32,
+    pub endpoint_id: u32,
+    pub direction: u8,
+    pub tcp_flags: u8,
+    pub flags: u8,
+    pub _pad: u8,
+    pub last_seen_ns: u64,
+    pub checked_ns: u64,
+    pub peer_mac: [u8; 6],
+    pub out_mtu: u16,
+    pub epoch: u32,
+    /// What this direction's rewrite adds to the TCP/UDP checksum (folded).
+    pub csum_l4: u16,
+    pub _pad2: u16,
+    pub fast_packets: u32,
+    pub counter_slot: u32,
+}
+
+impl FlowEntry6 {
+    /// An entry with every field zero (see `FlowEntry::zeroed`).
+    #[inline(always)]
+    pub const fn zeroed() -> FlowEntry6 {
+        FlowEntry6 {
+            new_src: [0; 16],
+            new_dst: [0; 16],
+            new_sport: 0,
+            new_dport: 0,
+            out_ifindex: 0,
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+            out_vpc_id: 0,
+            endpoint_id: 0,
+            direction: 0,
+            tcp_flags: 0,
+            flags: 0,
+            _pad: 0,
+            last_seen_ns: 0,
+            checked_ns: 0,
+            peer_mac: [0; 6],
+            out_mtu: 0,
+            epoch: 0,
+            csum_l4: 0,
+            _pad2: 0,
+            fast_packets: 0,
+            counter_slot: 0,
+        }
+    }
+
+    /// The key of the partner entry (the other direction, as its packets arrive):
+    /// `out_vpc_id` + the rewritten tuple, reversed.
+    #[inline(always)]
+    pub fn partner_key(&self, proto: u8) -> FlowKey6 {
+        FlowKey6::new(
+            self.out_vpc_id,
+            self.new_dst,
+            self.new_src,
+            self.new_dport,
+            self.new_sport,
+            proto,
+        )
+    }
+}
+
+/// One IPv6 filter rule (`Rule` with a 128-bit remote prefix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule6 {
+    pub addr: [u8; 16],
+    pub prefix: u8,
+    pub proto: u8,
+    pub action: u8,
+    pub _pad: u8,
+    pub port_lo: u16,
+    pub port_hi: u16,
+}
+
+impl Rule6 {
+    /// Whether a packet from/to remote address `remote`, protocol `proto` and ENI-side
+    /// port `port` matches (`Rule::matches` for IPv6).
+    #[inline(always)]
+    pub fn matches(&self, remote: [u8; 16], proto: u8, port: u16) -> bool {
+        let prefix = self.prefix.min(128) as u32;
+        let (hi_r, lo_r) = halves(remote);
+        let (hi_a, lo_a) = halves(self.addr);
+        let hi_mask = if prefix == 0 {
+            0
+        } else if prefix >= 64 {
+            u64::MAX
+        } else {
+            u64::MAX << (64 - prefix)
+        };
+        let lo_mask = if prefix <= 64 {
+            0
+        } else if prefix >= 128 {
+            u64::MAX
+        } else {
+            u64::MAX << (128 - prefix)
+        };
+        if (hi_r ^ hi_a) & hi_mask != 0 || (lo_r ^ lo_a) & lo_mask != 0 {
+            return false;
+        }
+        if self.proto != PROTO_ANY && self.proto != proto {
+            return false;
+        }
+        if (proto == PROTO_TCP || proto == PROTO_UDP) && self.proto != PROTO_ANY {
+            return port >= self.port_lo && port <= self.port_hi;
+        }
+        true
+    }
+}
+
+#[inline(always)]
+fn halves(a: [u8; 16]) -> (u64, u64) {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&a[..8]);
+    lo.copy_from_slice(&a[8..]);
+    (u64::from_be_bytes(hi), u64::from_be_bytes(lo))
+}
+
+/// Value of `PL_SG_RULES6` / `PL_ACL6_IN` / `PL_ACL6_OUT` (key: VPC + the ENI's IPv6
+/// address): the IPv6 rules of the same merged security groups / ACL, in the same order,
+/// first match decides (`RuleSet` for IPv6).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleSet6 {
+    pub count: u32,
+    pub _pad: u32,
+    pub rules: [Rule6; MAX_RULES],
+}
+
+impl Default for RuleSet6 {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            _pad: 0,
+            rules: [Rule6::default(); MAX_RULES],
+        }
+    }
+}
+
+impl RuleSet6 {
+    /// The action of the first matching rule, if any.
+    #[inline(always)]
+    pub fn decide(&self, remote: [u8; 16], proto: u8, port: u16) -> Option<u8> {
+        let n = self.count as usize;
+        for i in 0..MAX_RULES {
+            if i >= n {
+                break;
+            }
+            let r = &self.rules[i];
+            if r.matches(remote, proto, port) {
+                return Some(r.action);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+    use crate::{RULE_ACCEPT, RULE_DROP};
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<VpcAddr6>(), 20);
+        assert_eq!(size_of::<GatewayRoute6>(), 24);
+        assert_eq!(size_of::<EndpointEni6>(), 44 + 16);
+        assert_eq!(size_of::<SnatPool6>(), 8 + 16 * MAX_SNAT_ADDRS);
+        assert_eq!(size_of::<FlowKey6>(), 44);
+        assert_eq!(size_of::<FlowEntry6>(), 104);
+        assert_eq!(size_of::<Rule6>(), 24);
+        assert_eq!(size_of::<RuleSet6>(), 8 + 24 * MAX_RULES);
+    }
+
+    #[test]
+    fn rules6_match_prefix_protocol_and_ports() {
+        let mut net = [0u8; 16];
+        net[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        let mut inside = net;
+        inside[15] = 7;
+        let mut outside = net;
+        outside[3] = 0xb9;
+        let r = Rule6 {
+            addr: net,
+            prefix: 32,
+            proto: PROTO_TCP,
+            action: RULE_ACCEPT,
+            port_lo: 80,
+            port_hi: 80,
+            ..Rule6::default()
+        };
+        assert!(r.matches(inside, PROTO_TCP, 80));
+        assert!(!r.matches(outside, PROTO_TCP, 80));
+        assert!(!r.matches(inside, PROTO_TCP, 81));
+        assert!(!r.matches(inside, PROTO_UDP, 80));
+        // /0 matches all, /128 one address, /72 crosses the halves.
+        let any = Rule6 {
+            prefix: 0,
+            action: RULE_DROP,
+            ..Rule6::default()
+        };
+        assert!(any.matches(outside, PROTO_UDP, 1));
+        let host = Rule6 {
+            addr: inside,
+            prefix: 128,
+            ..Rule6::default()
+        };
+        assert!(host.matches(inside, PROTO_UDP, 1));
+        assert!(!host.matches(net, PROTO_UDP, 1));
+        let mut near = inside;
+        near[8] = 0x80;
+        let p72 = Rule6 {
+            addr: inside,
+            prefix: 72,
+            ..Rule6::default()
+        };
+        assert!(p72.matches(inside, PROTO_TCP, 1));
+        assert!(!p72.matches(near, PROTO_TCP, 1));
+        let mut set = RuleSet6 {
+            count: 2,
+            ..RuleSet6::default()
+        };
+        set.rules[0] = r;
+        set.rules[1] = any;
+        assert_eq!(set.decide(inside, PROTO_TCP, 80), Some(RULE_ACCEPT));
+        assert_eq!(set.decide(inside, PROTO_TCP, 22), Some(RULE_DROP));
+        set.count = 0;
+        assert_eq!(set.decide(inside, PROTO_TCP, 80), None);
+    }
+}
