@@ -594,6 +594,23 @@ pub struct FlowEntry {
     pub counter_slot: u32,
 }
 
+/// How long a flow direction in state `tcp_flags` (`CT_*`) may idle: `FlowEntry`'s rule,
+/// and `FlowEntry6`'s (the data path's IPv6 flows follow the same timeouts).
+pub fn idle_timeout_ns(tcp_flags: u8, proto: u8, cfg: &Config) -> u64 {
+    let t = if proto != PROTO_TCP {
+        cfg.other_timeout_ns
+    } else if tcp_flags & CT_CLOSING != 0 {
+        return cfg.closing_timeout_ns;
+    } else {
+        cfg.tcp_timeout_ns
+    };
+    if tcp_flags & CT_ESTABLISHED == 0 && cfg.embryonic_timeout_ns < t {
+        cfg.embryonic_timeout_ns
+    } else {
+        t
+    }
+}
+
 /// `FlowEntry::flags`: the flow belongs to a gateway endpoint.
 pub const FLOW_GATEWAY: u8 = 1;
 /// `FlowEntry::flags`: a GWLB flow. Both directions are keyed in the consumer VPC; the
@@ -660,18 +677,7 @@ impl FlowEntry {
     }
 
     pub fn idle_timeout_ns(&self, proto: u8, cfg: &Config) -> u64 {
-        let t = if proto != PROTO_TCP {
-            cfg.other_timeout_ns
-        } else if self.tcp_flags & CT_CLOSING != 0 {
-            return cfg.closing_timeout_ns;
-        } else {
-            cfg.tcp_timeout_ns
-        };
-        if self.tcp_flags & CT_ESTABLISHED == 0 && cfg.embryonic_timeout_ns < t {
-            cfg.embryonic_timeout_ns
-        } else {
-            t
-        }
+        idle_timeout_ns(self.tcp_flags, proto, cfg)
     }
 
     /// Whether a new flow may take this entry's tuple over: expired, or embryonic and

@@ -168,6 +168,8 @@ mod tests {
             "PL_HANDOFF",
             "PL_FLOW_EVENTS",
             "PL_FLOW_SCRATCH",
+            "PL_HANDOFF6",
+            "PL_SCRATCH6",
         ];
         for r in rows {
             let first = r.split('|').nth(1).unwrap_or("");

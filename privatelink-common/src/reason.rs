@@ -68,6 +68,48 @@ reasons! {
     // A DNS query (UDP or TCP to port 53) to the VPC's resolver address, passed to the
     // host's stack, which serves it.
     PassDns = 44 => "pass_dns", false;
+    // IPv6 (the NAT data path, `privatelink_ipv6` and its paths). Forwarded packets have
+    // counters of their own: a family's share of the traffic is visible, and their bytes
+    // are read from the IPv6 header.
+    Forward6NewFlow = 45 => "forward6_new_flow", false;
+    Forward6ToService = 46 => "forward6_to_service", false;
+    Forward6ToConsumer = 47 => "forward6_to_consumer", false;
+    Icmp6EchoReply = 48 => "icmp6_echo_reply", false;
+    Icmp6ErrorTranslated = 49 => "icmp6_error_translated", false;
+    // A Neighbour Solicitation for an ENI's or SNAT address answered (RFC 4861), and a
+    // registered next hop's MAC learned from an advertisement (consumed, as arp_learned).
+    NdAdvert = 50 => "nd_advert", false;
+    NdLearned = 51 => "nd_learned", false;
+    DropTruncatedIpv6 = 52 => "drop_truncated_ipv6", true;
+    // Not version 6, or a payload length of 0 (jumbogram) or past the frame.
+    DropBadIpv6Header = 53 => "drop_bad_ipv6_header", true;
+    // More than 4 extension headers, one longer than 256 bytes, a hop-by-hop header not
+    // first, a type 0 routing header, or an extension header the data path does not skip.
+    DropIpv6ExtHeader = 54 => "drop_ipv6_ext_header", true;
+    DropHopLimitExceeded = 55 => "drop_hop_limit_exceeded", true;
+    // IPv6 makes the UDP checksum mandatory (RFC 8200 8.1).
+    DropUdp6ZeroChecksum = 56 => "drop_udp6_zero_checksum", true;
+    // Neighbour discovery that RFC 4861 7.1 says to discard: hop limit not 255, code not
+    // 0, bad checksum or length, a multicast target.
+    DropBadNd = 57 => "drop_bad_nd", true;
+    // A source a router must not forward from: multicast, unspecified, loopback or
+    // link-local (RFC 4291).
+    DropBadIpv6Source = 58 => "drop_bad_ipv6_source", true;
+    // An ICMPv6 message to an ENI or SNAT address the data path has no use for (router
+    // and redirect messages, informational types other than echo).
+    DropIcmp6Unsupported = 59 => "drop_icmp6_unsupported", true;
+    // IPv6 through GWLB endpoints (`gwlb6`): IPv6 inside GENEVE to an appliance (its bytes
+    // the inner IPv6 packet's) and back (delivered: the IPv6 packet's).
+    Gwlb6ToAppliance = 60 => "gwlb6_to_appliance", false;
+    Gwlb6FromAppliance = 61 => "gwlb6_from_appliance", false;
+    // Too big once encapsulated: answered with ICMPv6 Packet Too Big (as gwlb_frag_needed).
+    GwlbPacketTooBig = 62 => "gwlb_packet_too_big", false;
+    // The returned packet's inner destination MAC is unknown: the frame became a
+    // Neighbour Solicitation for it (as gwlb_arp_probe).
+    GwlbNsProbe = 63 => "gwlb_ns_probe", true;
+    // Too big once encapsulated, and no larger than IPv6's minimum MTU (1280), which a
+    // Packet Too Big cannot go below: the appliance port's MTU is under 1280 + 68.
+    DropGwlbIpv6Mtu = 64 => "drop_gwlb_ipv6_mtu", true;
 }
 
 impl Reason {
@@ -82,20 +124,27 @@ impl Reason {
             Reason::DropNotWhitelisted => 4,
             Reason::DropNoListener => 5,
             Reason::DropNoRoute | Reason::DropNoNeighbor | Reason::DropNoHealthyAppliance => 6,
-            Reason::DropTtlExceeded => 7,
-            Reason::GwlbFragNeeded => 8,
+            Reason::DropTtlExceeded | Reason::DropHopLimitExceeded => 7,
+            Reason::GwlbFragNeeded | Reason::GwlbPacketTooBig | Reason::DropGwlbIpv6Mtu => 8,
             Reason::DropTruncatedEthernet
             | Reason::DropTruncatedIp
             | Reason::DropBadIpHeader
             | Reason::DropBadIpChecksum
             | Reason::DropTruncatedL4
             | Reason::DropFragment
-            | Reason::DropGeneveMalformed => 9,
+            | Reason::DropGeneveMalformed
+            | Reason::DropTruncatedIpv6
+            | Reason::DropBadIpv6Header
+            | Reason::DropIpv6ExtHeader
+            | Reason::DropUdp6ZeroChecksum
+            | Reason::DropBadIpv6Source => 9,
             Reason::DropSnatExhausted => 10,
             Reason::DropEndpointFlowLimit => 11,
             Reason::DropConntrackFull => 12,
             Reason::DropNoFlow | Reason::DropIcmpNoFlow | Reason::DropGwlbNoFlow => 13,
-            Reason::DropUnsupportedProtocol | Reason::DropIcmpUnsupported => 14,
+            Reason::DropUnsupportedProtocol
+            | Reason::DropIcmpUnsupported
+            | Reason::DropIcmp6Unsupported => 14,
             Reason::DropRedirectFailed => 15,
             _ => 0,
         }
@@ -103,7 +152,7 @@ impl Reason {
 }
 
 /// Size of the `PL_STATS` array.
-pub const REASON_COUNT: u32 = 45;
+pub const REASON_COUNT: u32 = 65;
 
 #[cfg(test)]
 mod tests {

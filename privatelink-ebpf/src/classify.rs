@@ -2,16 +2,17 @@
 //! (`arp`); an IPv4 packet is validated, tried on the established fast path
 //! (`established`), and otherwise classified by its destination (an endpoint ENI, a SNAT
 //! address, GENEVE from an appliance, a routed prefix) and tail-called into its path
-//! program (`paths`, slots from the path table in privatelink-common). Everything else is
-//! the host's to judge (`host`). Everything here is inlined into the entry program, which
-//! makes no BPF-to-BPF calls (see `arp::handle`). The layer under `main` only.
+//! program (`paths`, slots from the path table in privatelink-common); IPv6 goes to its
+//! own program (`PATH_IPV6`). Everything else is the host's to judge (`host`).
+//! Everything here is inlined into the entry program, which makes no BPF-to-BPF calls
+//! (see `arp::handle`). The layer under `main` only.
 
 use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, programs::XdpContext};
 use privatelink_common::{
     ENI_FLAG_FLOW_LOG, ENI_FLAG_GWLB, EndpointEni, FLOW_INGRESS, GENEVE_PORT,
     IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS, IfaceInfo, PATH_FORWARD, PATH_GWLB_RETURN,
-    PATH_GWLB_STEER, PATH_ICMP_ENDPOINT, PATH_ICMP_SNAT, PATH_REPLY, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP, Reason, VpcAddr,
+    PATH_GWLB_STEER, PATH_ICMP_ENDPOINT, PATH_ICMP_SNAT, PATH_IPV6, PATH_REPLY, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, Reason, VpcAddr,
 };
 
 use crate::{
@@ -42,6 +43,7 @@ pub fn frame(ctx: &XdpContext) -> u64 {
     match u16::from_be(eth.ether_type) {
         parse::ETH_P_IP => ipv4(ctx, ifindex, &iface),
         parse::ETH_P_ARP => arp::handle(ctx, &iface),
+        parse::ETH_P_IPV6 => ipv6(ctx),
         _ => settle(Ok(host::other(&iface))),
     }
 }
@@ -68,6 +70,15 @@ pub fn ipv4(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> u64 {
         flowlog::report_verdict(ev, &r);
     }
     settle_for(entry.counter_slot, r)
+}
+
+/// An IPv6 frame: the IPv6 program takes it (`crate::ipv6`), tail-called so that none of
+/// its work weighs on this program (or on the verifier's walk of it).
+#[inline(always)]
+fn ipv6(ctx: &XdpContext) -> u64 {
+    // SAFETY: a tail call on this run's context; it returns only if the slot is empty.
+    unsafe { PL_PATHS.tail_call(ctx, PATH_IPV6) };
+    settle(Err(Reason::DropNoPathProgram))
 }
 
 /// The full path's classification: which path program takes the packet (tail-called, so

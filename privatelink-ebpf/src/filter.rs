@@ -11,13 +11,29 @@ use privatelink_common::{
 
 use crate::maps::{PL_ACL_IN, PL_ACL_OUT, PL_LISTENERS, PL_SG_RULES};
 
-type Rules = HashMap<VpcAddr, RuleSet, { MAX_ENDPOINTS as usize }>;
+/// A rule map of either address family: the ENI's address → its rules.
+pub type Rules<K, R> = HashMap<K, R, { MAX_ENDPOINTS as usize }>;
+
+/// A rule set of either address family (`RuleSet`, `RuleSet6`): the action of its first
+/// rule that matches.
+pub trait Decide {
+    type Remote;
+    fn decide(&self, remote: Self::Remote, proto: u8, port: u16) -> Option<u8>;
+}
+
+impl Decide for RuleSet {
+    type Remote = [u8; 4];
+    #[inline(always)]
+    fn decide(&self, remote: [u8; 4], proto: u8, port: u16) -> Option<u8> {
+        RuleSet::decide(self, remote, proto, port)
+    }
+}
 
 #[inline(always)]
-fn first_match(
-    map: &Rules,
-    eni: VpcAddr,
-    remote: [u8; 4],
+pub fn first_match<K, R: Decide>(
+    map: &Rules<K, R>,
+    eni: K,
+    remote: R::Remote,
     proto: u8,
     port: u16,
     reason: Reason,

@@ -1,7 +1,8 @@
 //! GENEVE (RFC 8926) as GWLB speaks it: the outer headers a packet to an appliance gets
 //! (`encap`, with the three options AWS-style appliances expect), and the reading and
-//! stripping of what an appliance sends back (`parse`, `decap`). The GWLB path uses it;
-//! it uses only `parse` and `packet`.
+//! stripping of what an appliance sends back (`parse`, `decap`). The inner packet is IPv4
+//! (protocol 0x0800) or IPv6 (0x86DD, `encap_as`, `parse_as`); the outer one is always
+//! IPv4. The GWLB paths (`gwlb`, `gwlb6`) use it; it uses only `parse` and `packet`.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use privatelink_common::{
@@ -11,11 +12,12 @@ use privatelink_common::{
 
 use crate::{
     packet::Packet,
-    parse::{ETH_LEN, ETH_P_IP, be16, mut_at},
+    parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, be16, mut_at},
 };
 
 /// GENEVE's Protocol Type of the inner packet: an EtherType.
-const GENEVE_PROTO_IPV4: u16 = ETH_P_IP;
+pub const GENEVE_PROTO_IPV4: u16 = ETH_P_IP;
+pub const GENEVE_PROTO_IPV6: u16 = ETH_P_IPV6;
 /// Source ports of the outer UDP (RFC 8926 §3.3: from a hash of the inner flow, in the
 /// ephemeral range).
 const SPORT_BASE: u16 = 49152;
@@ -72,13 +74,34 @@ pub fn encap(
     endpoint_id: u32,
     inner_len: usize,
 ) -> Result<(), Reason> {
+    let cookie = cookie_of(key);
+    encap_as(
+        ctx,
+        GENEVE_PROTO_IPV4,
+        cookie,
+        key.vpc_id,
+        endpoint_id,
+        inner_len,
+    )
+}
+
+/// `encap` for an inner packet of `protocol` (an EtherType), with its flow `cookie` and
+/// the consumer VPC `vpc_id` (the attachment id) given.
+#[inline(always)]
+pub fn encap_as(
+    ctx: &XdpContext,
+    protocol: u16,
+    cookie: u32,
+    vpc_id: u32,
+    endpoint_id: u32,
+    inner_len: usize,
+) -> Result<(), Reason> {
     // The inner packet goes bare (no Ethernet): its old Ethernet header becomes the
     // outer one, so the frame grows by exactly the outer headers.
     // SAFETY: plain helper call on this run's context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GWLB_OVERHEAD as i32)) } != 0 {
         return Err(Reason::DropRedirectFailed);
     }
-    let cookie = cookie_of(key);
     let h = mut_at::<Encap>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
     h.vihl = 0x45;
     h.tos = 0;
@@ -94,14 +117,14 @@ pub fn encap(
     h.udp_check = [0; 2]; // RFC 8926 §3.3: zero is allowed over IPv4
     h.ver_opt_len = (GENEVE_OPTIONS_LEN / 4) as u8;
     h.flags = 0;
-    h.protocol = GENEVE_PROTO_IPV4.to_be_bytes();
+    h.protocol = protocol.to_be_bytes();
     h.vni = [0; 3];
     h.reserved = 0;
     let class = GWLB_OPTION_CLASS.to_be_bytes();
     h.opt_endpoint = [class[0], class[1], GWLB_OPT_ENDPOINT_ID, 2];
     h.endpoint_id = (endpoint_id as u64).to_be_bytes();
     h.opt_attachment = [class[0], class[1], GWLB_OPT_ATTACHMENT_ID, 2];
-    h.attachment_id = (key.vpc_id as u64).to_be_bytes();
+    h.attachment_id = (vpc_id as u64).to_be_bytes();
     h.opt_cookie = [class[0], class[1], GWLB_OPT_FLOW_COOKIE, 1];
     h.cookie = cookie.to_be_bytes();
     Ok(())
@@ -117,9 +140,26 @@ pub struct Returned {
 }
 
 /// RFC 8926 §3.4/§3.5: version 0, no OAM, IPv4 inside, option lengths adding up, and
-/// the three GWLB options present with their exact lengths.
+/// the three GWLB options present with their exact lengths (`parse_as`).
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, pkt: &Packet) -> Result<Returned, Reason> {
+    parse_as(ctx, pkt, GENEVE_PROTO_IPV4)
+}
+
+/// Whether the GENEVE header of a packet that failed `parse` says IPv6 inside: that one
+/// is for the IPv6 return path. Read only on `parse`'s failure, so IPv4 pays nothing.
+#[inline(always)]
+pub fn carries_ipv6(ctx: &XdpContext, pkt: &Packet) -> bool {
+    match mut_at::<[u8; 4]>(ctx, pkt.l4 + 8, Reason::DropGeneveMalformed) {
+        Ok(base) => be16([base[2], base[3]]) == GENEVE_PROTO_IPV6,
+        Err(_) => false,
+    }
+}
+
+/// `parse` for an inner packet of `protocol` (an EtherType): anything else inside is
+/// malformed here.
+#[inline(always)]
+pub fn parse_as(ctx: &XdpContext, pkt: &Packet, protocol: u16) -> Result<Returned, Reason> {
     let udp = mut_at::<[u8; 8]>(ctx, pkt.l4, Reason::DropGeneveMalformed)?;
     let udp_len = be16([udp[4], udp[5]]) as usize;
     if udp_len < 16 || pkt.l4 + udp_len > pkt.end {
@@ -127,7 +167,7 @@ pub fn parse(ctx: &XdpContext, pkt: &Packet) -> Result<Returned, Reason> {
     }
     let gnv = pkt.l4 + 8;
     let base = mut_at::<[u8; 8]>(ctx, gnv, Reason::DropGeneveMalformed)?;
-    if base[0] >> 6 != 0 || base[1] & 0x80 != 0 || be16([base[2], base[3]]) != GENEVE_PROTO_IPV4 {
+    if base[0] >> 6 != 0 || base[1] & 0x80 != 0 || be16([base[2], base[3]]) != protocol {
         return Err(Reason::DropGeneveMalformed);
     }
     let opts_end = gnv + 8 + (base[0] & 0x3f) as usize * 4;

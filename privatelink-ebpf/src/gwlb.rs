@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 use privatelink_common::{
     DIR_ORIGINAL, DIR_REPLY, ENI_FLAG_REBALANCE, ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3, EndpointEni,
-    FLOW_GWLB, FlowEntry, FlowKey, GWLB_OVERHEAD, GwlbZone, IfaceInfo, Neighbor, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum, hash,
+    FLOW_GWLB, FlowEntry, FlowKey, GWLB_OVERHEAD, GwlbZone, IfaceInfo, Neighbor, PATH_GWLB_RETURN6,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum, hash,
 };
 
 use crate::{
@@ -26,8 +26,8 @@ use crate::{
     geneve::{self, Encap},
     icmp,
     maps::{
-        PL_CONNTRACK, PL_GWLB_APPLS, PL_GWLB_NEIGH, PL_GWLB_TARGETS, PL_NEIGHBORS, PL_VPC_PORTS,
-        config,
+        PL_CONNTRACK, PL_GWLB_APPLS, PL_GWLB_NEIGH, PL_GWLB_TARGETS, PL_NEIGHBORS, PL_PATHS,
+        PL_VPC_PORTS, config,
     },
     packet::Packet,
     parse::{
@@ -192,7 +192,7 @@ fn recheck(e: &mut FlowEntry, key: &FlowKey, route: &EndpointEni, t: u64) -> Res
 /// An appliance's counter slot (kept in its flows' `new_dport`: GENEVE's destination port
 /// is always `GENEVE_PORT`), 0 if it has none.
 #[inline(always)]
-fn appliance_slot(vpc_id: u32, addr: [u8; 4]) -> u16 {
+pub fn appliance_slot(vpc_id: u32, addr: [u8; 4]) -> u16 {
     // SAFETY: copied out.
     match unsafe { PL_GWLB_APPLS.get(VpcAddr { vpc_id, addr }) } {
         Some(a) if a.counter_slot <= u16::MAX as u32 => a.counter_slot as u16,
@@ -204,22 +204,35 @@ fn appliance_slot(vpc_id: u32, addr: [u8; 4]) -> u16 {
 /// service's stickiness.
 #[inline(always)]
 fn choose(key: &FlowKey, route: &EndpointEni) -> Result<([u8; 4], [u8; 6]), Reason> {
-    let fields = if route.flags & ENI_FLAG_STICKY_2 != 0 {
-        2
-    } else if route.flags & ENI_FLAG_STICKY_3 != 0 {
-        3
-    } else {
-        5
-    };
     let h = hash::symmetric_hash(
         key.src,
         key.dst,
         key.sport,
         key.dport,
         key.proto,
-        fields,
+        stickiness(route),
         route.service_id,
     );
+    pick(h, route)
+}
+
+/// The tuple fields the service's stickiness hashes: 5, 3 (addresses and protocol) or 2
+/// (addresses).
+#[inline(always)]
+pub fn stickiness(route: &EndpointEni) -> u8 {
+    if route.flags & ENI_FLAG_STICKY_2 != 0 {
+        2
+    } else if route.flags & ENI_FLAG_STICKY_3 != 0 {
+        3
+    } else {
+        5
+    }
+}
+
+/// The healthy appliance of the endpoint zone's set that the flow hash `h` picks, and its
+/// MAC.
+#[inline(always)]
+pub fn pick(h: u32, route: &EndpointEni) -> Result<([u8; 4], [u8; 6]), Reason> {
     let zone = GwlbZone {
         service_id: route.service_id,
         zone_id: route.zone_id,
@@ -305,8 +318,10 @@ fn create(
 }
 
 /// GENEVE from an appliance: validate, find the flow, strip the outer headers, deliver.
-/// Non-inlined (its own BPF stack frame); see `crate::verdict::settle`.
-#[inline(never)]
+/// Inlined: GENEVE carrying IPv6 is tail-called from here into its own program
+/// (`PATH_GWLB_RETURN6`, `gwlb6`), and a program that tail-calls makes no BPF-to-BPF
+/// calls (see `arp::handle`).
+#[inline(always)]
 pub fn from_appliance(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
     let mut slot = 0;
     let r = from_appliance_checked(ctx, iface, pkt, &mut slot);
@@ -329,7 +344,16 @@ fn from_appliance_checked(
     let Some(appl) = unsafe { PL_GWLB_APPLS.get(from) }.copied() else {
         return Err(Reason::DropUnknownAppliance);
     };
-    let g = geneve::parse(ctx, pkt)?;
+    let g = match geneve::parse(ctx, pkt) {
+        Ok(g) => g,
+        Err(r) => {
+            if geneve::carries_ipv6(ctx, pkt) {
+                // SAFETY: the handoff this program was started with is still this CPU's.
+                unsafe { PL_PATHS.tail_call(ctx, PATH_GWLB_RETURN6) };
+            }
+            return Err(r);
+        }
+    };
     let ip = mut_at::<Ipv4Hdr>(ctx, g.inner, Reason::DropGeneveMalformed)?;
     let ihl = ip.hdr_len();
     let tot = be16(ip.tot_len) as usize;

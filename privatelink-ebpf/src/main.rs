@@ -15,6 +15,14 @@
 //!   translation (and the frag-needed error GWLB sends); GENEVE encapsulation.
 //! - `forward`, `reply`, `gwlb`: the paths of NATed flows (consumer → service and back)
 //!   and of GWLB flows (to the appliance and back).
+//! - `gwlb6_icmp`, `gwlb6`: IPv6 GWLB flows (IPv6 inside GENEVE) and the ICMPv6 messages
+//!   their path writes (Packet Too Big, neighbour solicitations).
+//! - `packet6`, `filter6`, `conntrack6`, `nat6`: IPv6's validated packet (the extension
+//!   header policy), filters and endpoint checks, flow table (on `conntrack`'s generic
+//!   logic) and rewrite.
+//! - `nd`, `icmp6`: neighbour discovery; ICMPv6 echo and error translation. (The IPv6
+//!   NAT paths, `flows6`, `forward6` and `reply6`, are not compiled yet: see `flows6`.)
+//! - `ipv6`: the IPv6 program's work: ND, echo, and which IPv6 path program.
 //! - `paths`: the path programs, tail-called through `PL_PATHS` by the path table.
 //! - `classify`: the entry program's work: ARP, the fast path, and which path program.
 #![no_std]
@@ -24,18 +32,27 @@ mod arp;
 mod checksum;
 mod classify;
 mod conntrack;
+mod conntrack6;
 mod endpoint;
 mod established;
 mod filter;
+mod filter6;
 mod flowlog;
 mod forward;
 mod geneve;
 mod gwlb;
+mod gwlb6;
+mod gwlb6_icmp;
 mod host;
 mod icmp;
+mod icmp6;
+mod ipv6;
 mod maps;
 mod nat;
+mod nat6;
+mod nd;
 mod packet;
+mod packet6;
 mod parse;
 mod paths;
 mod reply;

@@ -80,3 +80,29 @@ pub struct Handoff {
 
 #[btf_map]
 pub static PL_HANDOFF: PerCpuArray<Handoff, 1> = PerCpuArray::new();
+
+/// IPv6: per-CPU room for the flow entries a new IPv6 flow is built from (`PL_SCRATCH`'s
+/// reason, for `FlowEntry6`).
+#[btf_map]
+pub static PL_SCRATCH6: PerCpuArray<privatelink_common::FlowEntry6, 2> = PerCpuArray::new();
+
+#[inline(always)]
+pub fn scratch6(i: u32) -> Result<*mut privatelink_common::FlowEntry6, privatelink_common::Reason> {
+    PL_SCRATCH6
+        .get_ptr_mut(i)
+        .ok_or(privatelink_common::Reason::DropConntrackFull)
+}
+
+/// What the IPv6 classification found, for the IPv6 path program it tail-calls (as
+/// `Handoff`; the endpoint with its IPv6 load balancer). GWLB routes go through
+/// `PL_HANDOFF`: their entry is an `EndpointEni`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Handoff6 {
+    pub iface: IfaceInfo,
+    pub entry: privatelink_common::EndpointEni6,
+    pub epoch: u32,
+}
+
+#[btf_map]
+pub static PL_HANDOFF6: PerCpuArray<Handoff6, 1> = PerCpuArray::new();

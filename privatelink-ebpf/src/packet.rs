@@ -7,7 +7,8 @@ use privatelink_common::Reason;
 
 use crate::parse::{ETH_LEN, Ipv4Ext, Ipv4Hdr, be16, frame_len, mut_at};
 
-/// A validated IPv4 packet: where its L4 header starts and where the IP packet ends.
+/// A validated IPv4 packet (or IPv6: `packet6`): where its L4 header starts and where the
+/// IP packet ends.
 #[derive(Clone, Copy)]
 pub struct Packet {
     pub ifindex: u32,

@@ -2,20 +2,22 @@
 //! row of the path table (`privatelink_common::Path`, `PATH_PROGRAMS`). Each re-reads the
 //! IPv4 header (validated by the entry point already, but the verifier checks every
 //! program on its own), takes the rest from `PL_HANDOFF`, runs its path (a BPF function of
-//! its own) and counts the verdict. The top of the path layer: `classify` picks the slot,
-//! these are what run in it.
+//! its own) and counts the verdict; the IPv6 ones re-read the IPv6 header and take the
+//! rest from `PL_HANDOFF6`. The top of the path layer: `classify` (and for IPv6,
+//! `privatelink_ipv6`'s `ipv6`) picks the slot, these are what run in it.
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use privatelink_common::{
     PATH_FORWARD, PATH_FORWARD6, PATH_GWLB_RETURN, PATH_GWLB_RETURN6, PATH_GWLB_STEER,
     PATH_GWLB_STEER6, PATH_ICMP_ENDPOINT, PATH_ICMP_SNAT, PATH_IPV6, PATH_PROGRAMS, PATH_REPLY,
-    PATH_REPLY6, Reason, VpcAddr, is_path_program,
+    PATH_REPLY6, Reason, VpcAddr, VpcAddr6, is_path_program,
 };
 
 use crate::{
-    forward, gwlb, icmp,
-    maps::{Handoff, PL_HANDOFF},
+    forward, gwlb, gwlb6, icmp, icmp6, ipv6,
+    maps::{Handoff, Handoff6, PL_HANDOFF, PL_HANDOFF6},
     packet::{Packet, packet},
+    packet6::{PROTO_ICMPV6, packet6},
     reply, stats,
     verdict::{settle, settle_for},
 };
@@ -40,7 +42,7 @@ macro_rules! path_programs {
         )*
 
         const _: () = assert!(
-            [$(stringify!($program)),*].len() + 5 == PATH_PROGRAMS.len(),
+            [$(stringify!($program)),*].len() + 4 == PATH_PROGRAMS.len(),
             "every row of the path table needs its program here",
         );
     };
@@ -61,12 +63,36 @@ path_programs! {
     PATH_GWLB_RETURN => privatelink_gwlb_return = |ctx, h, pkt, _| {
         gwlb::from_appliance(ctx, &h.iface, pkt)
     };
+    // Tail-called by `privatelink_gwlb_return` on GENEVE carrying IPv6 (outer IPv4 still).
+    PATH_GWLB_RETURN6 => privatelink_gwlb_return6 = |ctx, h, pkt, _| {
+        gwlb6::from_appliance(ctx, &h.iface, pkt)
+    };
 }
 
-/// The IPv6 path programs. Not yet built: every IPv6 frame that reaches them is dropped
-/// and counted as unsupported.
-macro_rules! ipv6_programs {
-    ($($index:ident => $program:ident;)*) => {
+const _: () = assert!(
+    is_path_program(PATH_GWLB_STEER6, "privatelink_gwlb_steer6"),
+    "`privatelink_gwlb_steer6` is not the path table's program at PATH_GWLB_STEER6",
+);
+
+/// IPv6 the entry program's IPv6 classification found routed to a GWLB endpoint (the
+/// route in the handoff): to an appliance, in GENEVE. The frame is IPv6, so `run` (which
+/// validates IPv4) does not apply; `gwlb6::steer` validates the IPv6 header itself.
+#[xdp]
+pub fn privatelink_gwlb_steer6(ctx: XdpContext) -> u32 {
+    // (The handoff read in place: this program's frame and `gwlb6::steer`'s halves share
+    // the 512 bytes of stack.)
+    let v = match PL_HANDOFF.get(0) {
+        Some(h) => gwlb6::steer(&ctx, &h.iface, &h.entry),
+        None => settle(Err(Reason::DropNoPathProgram)),
+    };
+    stats::count(&ctx, v)
+}
+
+/// Defines the IPv6 path programs as `path_programs!` does the IPv4 ones (the same
+/// compile-time check of each name against the table), on what the IPv6 classification
+/// handed over (`run6`).
+macro_rules! ipv6_path_programs {
+    ($($index:ident => $program:ident = |$ctx:ident, $h:pat_param, $pkt:ident, $dst:pat_param| $path:expr;)*) => {
         $(
             const _: () = assert!(
                 is_path_program($index, stringify!($program)),
@@ -75,18 +101,60 @@ macro_rules! ipv6_programs {
 
             #[xdp]
             pub fn $program(ctx: XdpContext) -> u32 {
-                stats::count(&ctx, settle(Err(Reason::DropUnsupportedProtocol)))
+                run6(&ctx, |$ctx, $h, $pkt, $dst| $path)
             }
         )*
     };
 }
 
-ipv6_programs! {
-    PATH_IPV6 => privatelink_ipv6;
-    PATH_FORWARD6 => privatelink_forward6;
-    PATH_REPLY6 => privatelink_reply6;
-    PATH_GWLB_STEER6 => privatelink_gwlb_steer6;
-    PATH_GWLB_RETURN6 => privatelink_gwlb_return6;
+const _: () = assert!(
+    is_path_program(PATH_IPV6, "privatelink_ipv6"),
+    "`privatelink_ipv6` is not the path table's program at PATH_IPV6",
+);
+
+/// Every IPv6 frame, tail-called by the entry program (`ipv6`).
+#[xdp]
+pub fn privatelink_ipv6(ctx: XdpContext) -> u32 {
+    stats::count(&ctx, ipv6::frame(&ctx))
+}
+
+ipv6_path_programs! {
+    // Until `forward6` fits the BPF stack (see `flows6`): IPv6 to an ENI is dropped.
+    PATH_FORWARD6 => privatelink_forward6 = |_ctx, h, _pkt, _| {
+        settle_for(h.entry.eni.counter_slot, Err(Reason::DropUnsupportedProtocol))
+    };
+    // ICMPv6 errors; TCP/UDP replies have no flow until `forward6` makes them.
+    PATH_REPLY6 => privatelink_reply6 = |ctx, h, pkt, _| {
+        if pkt.proto == PROTO_ICMPV6 {
+            icmp6::translate_error(ctx, &h.iface, pkt)
+        } else {
+            settle(Err(Reason::DropNoFlow))
+        }
+    };
+}
+
+/// `run` for the IPv6 paths: the packet validated again (`packet6`), the rest from
+/// `PL_HANDOFF6`.
+#[inline(always)]
+fn run6(
+    ctx: &XdpContext,
+    path: impl FnOnce(&XdpContext, &Handoff6, &Packet, VpcAddr6) -> u64,
+) -> u32 {
+    let v = match PL_HANDOFF6.get(0) {
+        // A reference, not a copy: the IPv6 paths need the stack.
+        Some(h) => match packet6(ctx, ctx.ingress_ifindex() as u32, h.epoch) {
+            Ok((pkt, ip)) => {
+                let dst = VpcAddr6 {
+                    vpc_id: h.iface.vpc_id,
+                    addr: ip.dst_addr,
+                };
+                path(ctx, h, &pkt, dst)
+            }
+            Err(reason) => settle_for(h.entry.eni.counter_slot, Err(reason)),
+        },
+        None => settle(Err(Reason::DropNoPathProgram)),
+    };
+    stats::count(ctx, v)
 }
 
 /// Runs `path` on what the entry point handed over and counts its verdict.

@@ -34,17 +34,28 @@ pub fn counters(slot: u32) -> Option<&'static mut EndpointCounters> {
 }
 
 /// The IP bytes of the frame as it leaves (its IPv4 total length; less the GENEVE headers
-/// of a frame sent to an appliance: the packet's own bytes). 0 if unreadable.
+/// of a frame sent to an appliance, IPv4 or IPv6 inside: the packet's own bytes). 0 if
+/// unreadable.
 #[inline(always)]
 fn ip_bytes(ctx: &XdpContext, reason: Reason) -> u64 {
     let Ok(len) = mut_at::<[u8; 2]>(ctx, ETH_LEN + 2, Reason::DropTruncatedIp) else {
         return 0;
     };
     let len = be16(*len) as u64;
-    if reason == Reason::GwlbToAppliance {
+    if reason == Reason::GwlbToAppliance || reason == Reason::Gwlb6ToAppliance {
         len.saturating_sub(GWLB_OVERHEAD as u64)
     } else {
         len
+    }
+}
+
+/// The IP bytes of an IPv6 frame as it leaves: the fixed header and its payload length.
+/// 0 if unreadable.
+#[inline(always)]
+fn ip6_bytes(ctx: &XdpContext) -> u64 {
+    match mut_at::<[u8; 2]>(ctx, ETH_LEN + 4, Reason::DropTruncatedIpv6) {
+        Ok(len) => 40 + be16(*len) as u64,
+        Err(_) => 0,
     }
 }
 
@@ -56,7 +67,10 @@ fn count_endpoint(ctx: &XdpContext, slot: u32, reason: Reason) {
         return;
     };
     match reason {
-        Reason::ForwardNewFlow | Reason::ForwardToService | Reason::GwlbToAppliance => {
+        Reason::ForwardNewFlow
+        | Reason::ForwardToService
+        | Reason::GwlbToAppliance
+        | Reason::Gwlb6ToAppliance => {
             if reason == Reason::ForwardNewFlow {
                 c.new_flows += 1;
             }
@@ -67,7 +81,18 @@ fn count_endpoint(ctx: &XdpContext, slot: u32, reason: Reason) {
             c.to_consumer_packets += 1;
             c.to_consumer_bytes += ip_bytes(ctx, reason);
         }
-        r if r.is_drop() || r == Reason::GwlbFragNeeded => {
+        Reason::Forward6NewFlow | Reason::Forward6ToService => {
+            if reason == Reason::Forward6NewFlow {
+                c.new_flows += 1;
+            }
+            c.to_service_packets += 1;
+            c.to_service_bytes += ip6_bytes(ctx);
+        }
+        Reason::Forward6ToConsumer | Reason::Gwlb6FromAppliance => {
+            c.to_consumer_packets += 1;
+            c.to_consumer_bytes += ip6_bytes(ctx);
+        }
+        r if r.is_drop() || r == Reason::GwlbFragNeeded || r == Reason::GwlbPacketTooBig => {
             let k = r.endpoint_drop();
             if k < c.drops.len() {
                 c.drops[k] += 1;

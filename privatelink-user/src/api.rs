@@ -256,6 +256,11 @@ pub struct ZoneView {
     pub vswitch: String,
     #[schema(value_type = String, example = "10.10.1.100")]
     pub eni: std::net::Ipv4Addr,
+    /// A dualstack endpoint's ENI's IPv6 address (the zone domain name answers it in
+    /// AAAA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "fd00:a:0:1::1")]
+    pub eni6: Option<std::net::Ipv6Addr>,
     /// The vSwitch's zone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
@@ -280,6 +285,7 @@ impl EndpointView {
                 ZoneView {
                     vswitch: z.vswitch.clone(),
                     eni: z.eni,
+                    eni6: z.eni6,
                     domain: zone
                         .as_deref()
                         .filter(|_| named)
@@ -795,6 +801,11 @@ pub struct EniOverview {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "10.10.1.100")]
     pub eni: Option<std::net::Ipv4Addr>,
+    /// A dualstack endpoint's ENI's IPv6 address (its traffic counts with the IPv4
+    /// address's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "fd00:a:0:1::1")]
+    pub eni6: Option<std::net::Ipv6Addr>,
     #[serde(flatten)]
     pub traffic: Traffic,
 }
@@ -940,6 +951,7 @@ impl EndpointOverview {
                     .unwrap_or_default(),
                 vswitch: Some(z.vswitch.clone()),
                 eni: Some(z.eni),
+                eni6: z.eni6,
                 traffic: Traffic::default(),
             })
             .collect();
@@ -953,6 +965,7 @@ impl EndpointOverview {
                         zone: k.zone.clone(),
                         vswitch: None,
                         eni: None,
+                        eni6: None,
                         traffic: Traffic::default(),
                     });
                     zones.len() - 1

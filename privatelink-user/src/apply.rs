@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::{
     dataplane::{self, Dataplane, neighbor},
-    desired::{self, Desired, Link, NextHop},
+    desired::{self, Desired, Link, NextHop, NextHop6},
     error::OpError,
     model::{FieldError, State},
     monitor::{HealthMonitor, HealthRow, Unhealthy},
@@ -149,6 +149,8 @@ pub struct DataplaneApply {
     attached: Vec<String>,
     skb: bool,
     hops: Vec<NextHop>,
+    /// Dualstack services' IPv6 load balancers (Neighbour Solicitations).
+    hops6: Vec<NextHop6>,
     health: HealthMonitor,
     /// What the last `check` computed, for the `apply` of the same state that follows.
     plan: Option<Plan>,
@@ -165,6 +167,7 @@ struct Plan {
     unhealthy: Unhealthy,
     desired: Desired,
     hops: Vec<NextHop>,
+    hops6: Vec<NextHop6>,
 }
 
 impl Plan {
@@ -176,6 +179,7 @@ impl Plan {
             unhealthy,
             desired,
             hops,
+            hops6: desired::next_hops6(s),
         })
     }
 }
@@ -188,6 +192,7 @@ impl DataplaneApply {
             attached: Vec::new(),
             skb,
             hops: Vec::new(),
+            hops6: Vec::new(),
             health: HealthMonitor::new(),
             plan: None,
             addresses: Default::default(),
@@ -244,6 +249,25 @@ impl DataplaneApply {
                 self.probe(hop);
             }
         }
+        for hop in &self.hops6 {
+            if self.dp.neighbor6(hop.vpc_id, hop.addr).is_none() {
+                self.probe6(hop);
+            }
+        }
+    }
+
+    /// A Neighbour Solicitation for an IPv6 next hop.
+    fn probe6(&self, hop: &NextHop6) {
+        let Some(link) = self.dp.vpc_link(hop.vpc_id) else {
+            return;
+        };
+        let frame = neighbor::neighbor_solicitation(link.mac, hop.ask_from, hop.addr);
+        if let Err(e) = neighbor::send_frame(&link, &frame) {
+            warn!(
+                "neighbour solicitation for {} failed: {e}",
+                std::net::Ipv6Addr::from(hop.addr)
+            );
+        }
     }
 
     fn probe(&self, hop: &NextHop) {
@@ -269,6 +293,9 @@ impl DataplaneApply {
         let deadline = Instant::now() + within;
         for hop in &self.hops {
             self.probe(hop);
+        }
+        for hop in &self.hops6 {
+            self.probe6(hop);
         }
         loop {
             let missing: Vec<_> = self
@@ -356,6 +383,16 @@ impl Apply for DataplaneApply {
         self.hops = hops;
         for h in &new {
             self.probe(h);
+        }
+        let new6: Vec<NextHop6> = plan
+            .hops6
+            .iter()
+            .filter(|h| !self.hops6.contains(h))
+            .copied()
+            .collect();
+        self.hops6 = plan.hops6;
+        for h in &new6 {
+            self.probe6(h);
         }
         if failed.is_empty() {
             Ok(())

@@ -1,11 +1,14 @@
 //! The console's steps as commands: each builds one API request and prints the answer as a
 //! table (or JSON with --json).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -13,7 +16,7 @@ use crate::{
     client::Client,
     model::{
         AclRule, Backend, ConnectionEvent, Direction, Failover, GwlbSettings, HealthSettings,
-        Listener, Probe, Protocol, RuleAction, ServiceType, SgRule, Stickiness,
+        IpVersion, Listener, Probe, Protocol, RuleAction, ServiceType, SgRule, Stickiness,
     },
     ops::{
         ConnectionAction, EndpointPatch, NewAccount, NewAcl, NewEndpoint, NewNotification,
@@ -156,9 +159,9 @@ pub enum SgRuleCmd {
         /// Port range LOW-HIGH (tcp, udp).
         #[arg(long)]
         ports: Option<String>,
-        /// Remote address range.
+        /// Remote address range, IPv4 or IPv6.
         #[arg(long)]
-        cidr: Ipv4Net,
+        cidr: IpNet,
     },
     Remove {
         sg: String,
@@ -243,10 +246,14 @@ pub enum VpcCmd {
         account: String,
         #[arg(long)]
         cidr: Ipv4Net,
+        /// The VPC's IPv6 range (dual stack), at most a /64 (e.g. fd00:a::/56).
+        #[arg(long)]
+        ipv6_cidr: Option<Ipv6Net>,
         /// The forwarder's interface attached to the VPC.
         #[arg(long)]
         interface: String,
-        /// A vSwitch as ID:ZONE:CIDR (repeatable).
+        /// A vSwitch as ID:ZONE:CIDR[,IPV6-CIDR] (repeatable; the IPv6 range a /64 of the
+        /// VPC's --ipv6-cidr).
         #[arg(long = "vswitch")]
         vswitches: Vec<String>,
         /// The interface also carries the host's own traffic: what is not the data
@@ -313,6 +320,13 @@ pub enum ServiceCmd {
         /// A SNAT address in the service's VPC (repeatable; not for --type gwlb).
         #[arg(long = "snat", required_unless_present_any = ["appliances", "gwlb_address"])]
         snat: Vec<Ipv4Addr>,
+        /// ipv4 (default) or dualstack: then each --backend gives ZONE:ADDRESS,ADDRESS6
+        /// and --snat6 the IPv6 SNAT addresses.
+        #[arg(long, value_parser = api_enum::<IpVersion>)]
+        ip_version: Option<IpVersion>,
+        /// An IPv6 SNAT address in the service VPC's IPv6 range (repeatable; dualstack).
+        #[arg(long = "snat6")]
+        snat6: Vec<Ipv6Addr>,
         /// SNAT port range LOW-HIGH.
         #[arg(long)]
         snat_ports: Option<String>,
@@ -334,9 +348,9 @@ pub enum ServiceCmd {
         /// (a Gateway Load Balancer in front of inspection appliances).
         #[arg(long = "type", default_value = "interface", value_parser = api_enum::<ServiceType>)]
         kind: ServiceType,
-        /// Gateway services: a prefix of the list (repeatable).
+        /// Gateway services: a prefix of the list, IPv4 or (dualstack) IPv6 (repeatable).
         #[arg(long = "prefix")]
-        prefixes: Vec<Ipv4Net>,
+        prefixes: Vec<IpNet>,
         #[command(flatten)]
         gwlb: Box<GwlbArgs>,
     },
@@ -380,10 +394,18 @@ pub enum ServiceCmd {
         /// The per-endpoint share of the SNAT tuples in embryonic flows (percent).
         #[arg(long)]
         endpoint_flow_share: Option<u8>,
-        /// Replace the load balancers with these, ZONE:ADDRESS (repeatable; several per
-        /// zone share its new flows). Flows in progress stay on the one they started with.
+        /// Replace the load balancers with these, ZONE:ADDRESS[,ADDRESS6] (repeatable;
+        /// several per zone share its new flows). Flows in progress stay on the one they
+        /// started with.
         #[arg(long = "backend")]
         backends: Vec<String>,
+        /// ipv4 or dualstack (to ipv4: refused while dualstack endpoints use it; the IPv6
+        /// addresses go).
+        #[arg(long, value_parser = api_enum::<IpVersion>)]
+        ip_version: Option<IpVersion>,
+        /// Replace the IPv6 SNAT addresses with these (repeatable).
+        #[arg(long = "snat6")]
+        snat6: Vec<Ipv6Addr>,
     },
     /// Add or remove one listener.
     #[command(subcommand)]
@@ -588,10 +610,15 @@ pub enum EndpointCmd {
         vpc: String,
         #[arg(long)]
         service: String,
-        /// An ENI as VSWITCH[:ADDRESS] (repeatable, one per zone in a zone the service
-        /// serves); without an address the vSwitch's lowest free one is allocated.
+        /// An ENI as VSWITCH[:ADDRESS][,ADDRESS6] (repeatable, one per zone in a zone the
+        /// service serves); without an address the vSwitch's lowest free one is allocated
+        /// (a dualstack endpoint's IPv6 address too).
         #[arg(long = "zone")]
         zones: Vec<String>,
+        /// ipv4 (default) or dualstack (the service must be dualstack): each ENI then has
+        /// an IPv6 address too.
+        #[arg(long, value_parser = api_enum::<IpVersion>)]
+        ip_version: Option<IpVersion>,
         /// Gateway endpoints: the route target address in the VPC.
         #[arg(long)]
         gateway: Option<Ipv4Addr>,
@@ -599,9 +626,10 @@ pub enum EndpointCmd {
         /// order (repeatable).
         #[arg(long = "policy")]
         policy: Vec<String>,
-        /// GWLB endpoints: a destination prefix the VPC routes to the endpoint (repeatable).
+        /// GWLB endpoints: a destination prefix the VPC routes to the endpoint, IPv4 or
+        /// (the service dualstack) IPv6 (repeatable).
         #[arg(long = "route")]
-        routes: Vec<Ipv4Net>,
+        routes: Vec<IpNet>,
         #[arg(long, default_value = "")]
         name: String,
         #[arg(long, default_value = "")]
@@ -641,7 +669,11 @@ pub enum EndpointCmd {
         tags: Vec<String>,
         /// GWLB endpoints: the routes, replacing the old ones (repeatable).
         #[arg(long = "route")]
-        routes: Vec<Ipv4Net>,
+        routes: Vec<IpNet>,
+        /// ipv4 or dualstack: to dualstack every ENI gets an IPv6 address, to ipv4 they
+        /// are released.
+        #[arg(long, value_parser = api_enum::<IpVersion>)]
+        ip_version: Option<IpVersion>,
         /// Zone affinity on or off (on only if the service supports it, or it is on).
         #[arg(long, value_parser = on_off)]
         zone_affinity: Option<bool>,
@@ -678,7 +710,8 @@ pub enum ZoneCmd {
     /// Add an ENI in a zone the service serves; prints the endpoint with its new ENI.
     Add {
         endpoint: String,
-        /// VSWITCH[:ADDRESS]; without an address the vSwitch's lowest free one.
+        /// VSWITCH[:ADDRESS][,ADDRESS6]; without an address the vSwitch's lowest free
+        /// one.
         #[arg(long)]
         zone: String,
     },
@@ -714,34 +747,47 @@ fn zones(list: &[String]) -> Result<Vec<NewZone>> {
     list.iter().map(|z| zone(z)).collect()
 }
 
-/// "vsw-a1:10.10.1.100" → that ENI; "vsw-a1" → an ENI the daemon allocates.
+/// "vsw-a1:10.10.1.100" → that ENI; "vsw-a1" → an ENI the daemon allocates; either
+/// followed by ",fd00:a:0:1::64" → with that IPv6 address (a dualstack endpoint's).
 fn zone(z: &str) -> Result<NewZone> {
-    let bad = || anyhow!("zone {z:?}: expected VSWITCH or VSWITCH:ADDRESS");
-    let (vswitch, eni) = match z.split_once(':') {
+    let bad = || anyhow!("zone {z:?}: expected VSWITCH, VSWITCH:ADDRESS, then ,ADDRESS6 or not");
+    let (v4, eni6) = match z.split_once(',') {
+        Some((v4, a6)) => (
+            v4,
+            Some(a6.parse().map_err(|e| anyhow!("zone {z:?}: {a6:?}: {e}"))?),
+        ),
+        None => (z, None),
+    };
+    let (vswitch, eni) = match v4.split_once(':') {
         Some((v, e)) if !v.is_empty() && !e.is_empty() => {
             (v, Some(e.parse().map_err(|e| anyhow!("zone {z:?}: {e}"))?))
         }
         Some(_) => return Err(bad()),
-        None if !z.is_empty() => (z, None),
+        None if !v4.is_empty() => (v4, None),
         None => return Err(bad()),
     };
     Ok(NewZone {
         vswitch: vswitch.to_string(),
         eni,
+        eni6,
     })
 }
 
-/// A load balancer or appliance `what` as ZONE and ADDRESS.
+/// A load balancer or appliance `what` as ZONE and ADDRESS[,ADDRESS6].
 fn backend(what: &str, zone: &str, address: &str) -> Result<Backend> {
+    let bad = |e: std::net::AddrParseError| anyhow!("backend {what:?}: {e}");
+    let (v4, v6) = match address.split_once(',') {
+        Some((v4, v6)) => (v4, Some(v6.parse().map_err(bad)?)),
+        None => (address, None),
+    };
     Ok(Backend {
         zone: zone.to_string(),
-        address: address
-            .parse()
-            .map_err(|e| anyhow!("backend {what:?}: {e}"))?,
+        address: v4.parse().map_err(bad)?,
+        address6: v6,
     })
 }
 
-/// Load balancers as ZONE:ADDRESS.
+/// Load balancers as ZONE:ADDRESS[,ADDRESS6].
 fn backends(list: &[String]) -> Result<Vec<Backend>> {
     list.iter()
         .map(|b| split2("backend", b).and_then(|(z, a)| backend(b, z, a)))
@@ -754,6 +800,7 @@ const VPC_COLS: &[&str] = &[
     "id",
     "account",
     "cidr",
+    "ipv6_cidr",
     "interface",
     "resolver",
     "probe_address",
@@ -776,6 +823,7 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
             id,
             account,
             cidr,
+            ipv6_cidr,
             interface,
             vswitches,
             host_traffic,
@@ -786,13 +834,21 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
                 .iter()
                 .map(|v| {
                     let mut p = v.splitn(3, ':');
+                    let bad = |e: ipnet::AddrParseError| anyhow!("vswitch {v:?}: {e}");
                     match (p.next(), p.next(), p.next()) {
-                        (Some(i), Some(z), Some(c)) => Ok(NewVSwitch {
-                            id: i.to_string(),
-                            zone: z.to_string(),
-                            cidr: c.parse().map_err(|e| anyhow!("vswitch {v:?}: {e}"))?,
-                        }),
-                        _ => Err(anyhow!("vswitch {v:?}: expected ID:ZONE:CIDR")),
+                        (Some(i), Some(z), Some(c)) => {
+                            let (c4, c6) = match c.split_once(',') {
+                                Some((c4, c6)) => (c4, Some(c6.parse().map_err(bad)?)),
+                                None => (c, None),
+                            };
+                            Ok(NewVSwitch {
+                                id: i.to_string(),
+                                zone: z.to_string(),
+                                cidr: c4.parse().map_err(bad)?,
+                                ipv6_cidr: c6,
+                            })
+                        }
+                        _ => Err(anyhow!("vswitch {v:?}: expected ID:ZONE:CIDR[,IPV6-CIDR]")),
                     }
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -800,6 +856,7 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
                 id,
                 account,
                 cidr,
+                ipv6_cidr,
                 interface,
                 vswitches,
                 host_traffic,
@@ -948,6 +1005,7 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
         "backends",
         "snat",
         "listeners",
+        "ip_version",
     ];
     // One service: its names too.
     const SHOW: &[&str] = &[
@@ -958,6 +1016,8 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
         "whitelist",
         "backends",
         "snat",
+        "ip_version",
+        "snat6",
         "listeners",
         "default_domain",
         "domain",
@@ -969,6 +1029,8 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             vpc,
             backends,
             snat,
+            ip_version,
+            snat6,
             snat_ports,
             listeners,
             endpoint_flow_share,
@@ -1024,6 +1086,8 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
                 whitelist: Vec::new(),
                 backends,
                 snat,
+                ip_version: ip_version.unwrap_or_default(),
+                snat6,
                 snat_ports: ports,
                 domain,
                 health,
@@ -1071,6 +1135,8 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
             listeners,
             endpoint_flow_share,
             backends,
+            ip_version,
+            snat6,
         } => {
             let path = format!("/v1/services/{id}");
             let mut body = ServicePatch {
@@ -1083,6 +1149,8 @@ fn service(c: &Client, cmd: ServiceCmd) -> Result<(Value, &'static [&'static str
                 backends: (!backends.is_empty())
                     .then(|| self::backends(&backends))
                     .transpose()?,
+                ip_version,
+                snat6: (!snat6.is_empty()).then_some(snat6),
                 ..ServicePatch::default()
             };
             if health.given() {
@@ -1197,6 +1265,7 @@ fn endpoint(c: &Client, cmd: EndpointCmd, json: bool) -> Result<(Value, &'static
         "service",
         "connection",
         "zones",
+        "ip_version",
         "name",
     ];
     Ok(match cmd {
@@ -1205,6 +1274,7 @@ fn endpoint(c: &Client, cmd: EndpointCmd, json: bool) -> Result<(Value, &'static
             vpc,
             service,
             zones: z,
+            ip_version,
             name,
             description,
             security_groups,
@@ -1224,6 +1294,7 @@ fn endpoint(c: &Client, cmd: EndpointCmd, json: bool) -> Result<(Value, &'static
                 name,
                 description,
                 zones: zones(&z)?,
+                ip_version: ip_version.unwrap_or_default(),
                 security_groups,
                 tags: tags(&t)?,
                 gateway,
@@ -1251,6 +1322,7 @@ fn endpoint(c: &Client, cmd: EndpointCmd, json: bool) -> Result<(Value, &'static
             security_groups,
             tags: t,
             routes,
+            ip_version,
             zone_affinity,
             service_domain,
         } => {
@@ -1261,6 +1333,7 @@ fn endpoint(c: &Client, cmd: EndpointCmd, json: bool) -> Result<(Value, &'static
                 security_groups: (!security_groups.is_empty()).then_some(security_groups),
                 tags: (!t.is_empty()).then(|| tags(&t)).transpose()?,
                 routes: (!routes.is_empty()).then_some(routes),
+                ip_version,
                 zone_affinity,
                 service_domain,
             };
@@ -1299,12 +1372,43 @@ fn cell(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(", "),
-        // A zone as `--zone` takes it (the object's keys would sort the address first).
+        // A zone as `--zone` takes it (the object's keys would sort the address first),
+        // and a load balancer as `--backend` does.
         Value::Object(o) if o.contains_key("vswitch") && o.contains_key("eni") => {
-            format!("{}:{}", cell(&o["vswitch"]), cell(&o["eni"]))
+            format!(
+                "{}:{}{}",
+                cell(&o["vswitch"]),
+                cell(&o["eni"]),
+                v6_suffix(o.get("eni6"))
+            )
+        }
+        Value::Object(o) if o.contains_key("zone") && o.contains_key("address") => {
+            format!(
+                "{}:{}{}",
+                cell(&o["zone"]),
+                cell(&o["address"]),
+                v6_suffix(o.get("address6"))
+            )
         }
         Value::Object(o) => o.values().map(cell).collect::<Vec<_>>().join(":"),
         other => other.to_string(),
+    }
+}
+
+/// Column `c` of object `v`: its cell; an IP version left out (as everything stored
+/// before dual stack) is ipv4.
+fn column(v: &Value, c: &str) -> String {
+    match (c, &v[c]) {
+        ("ip_version", Value::Null) if v.is_object() => "ipv4".to_string(),
+        (_, x) => cell(x),
+    }
+}
+
+/// ",ADDRESS6" after an IPv4 address when a dualstack ENI or load balancer has one.
+fn v6_suffix(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(a)) => format!(",{a}"),
+        _ => String::new(),
     }
 }
 
@@ -1504,7 +1608,7 @@ fn enis_text(v: &Value, shown: Shown) -> String {
             let mut row = vec![
                 cell(&e["id"]),
                 or_dash(cell(&z["zone"])),
-                or_dash(cell(&z["eni"])),
+                or_dash(cell(&z["eni"]) + &v6_suffix(z.get("eni6"))),
             ];
             row.extend(traffic_cells(&e["id"], z, shown));
             row.push(top_drop(&z["drops"]));
@@ -1747,12 +1851,13 @@ fn top(c: &Client, json: bool, every: std::time::Duration, count: Option<u64>) -
 /// `endpoint show` as text: the endpoint with its domain name, then one line per zone
 /// with its ENI and zone domain name.
 fn endpoint_text(v: &Value) -> String {
-    const COLS: [&str; 9] = [
+    const COLS: [&str; 10] = [
         "id",
         "account",
         "vpc",
         "service",
         "connection",
+        "ip_version",
         "name",
         "domain",
         "zone_affinity",
@@ -1761,16 +1866,21 @@ fn endpoint_text(v: &Value) -> String {
     let mut t = comfy_table::Table::new();
     t.load_style(comfy_table::presets::NOTHING);
     t.set_header(COLS.iter().map(|c| c.to_uppercase()));
-    t.add_row(COLS.iter().map(|c| cell(&v[*c])));
+    t.add_row(COLS.iter().map(|c| column(v, c)));
     let mut out = format!("{t}\n");
     let zones = v["zones"].as_array().map(Vec::as_slice).unwrap_or_default();
     if !zones.is_empty() {
-        const ZONE: [&str; 4] = ["vswitch", "zone", "eni", "domain"];
+        // The IPv6 column only for a dualstack endpoint's ENIs.
+        let dual = zones.iter().any(|z| z.get("eni6").is_some());
+        let cols: Vec<&str> = ["vswitch", "zone", "eni", "eni6", "domain"]
+            .into_iter()
+            .filter(|c| dual || *c != "eni6")
+            .collect();
         let mut t = comfy_table::Table::new();
         t.load_style(comfy_table::presets::NOTHING);
-        t.set_header(ZONE.iter().map(|c| c.to_uppercase()));
+        t.set_header(cols.iter().map(|c| c.to_uppercase()));
         for z in zones {
-            t.add_row(ZONE.iter().map(|c| cell(&z[*c])));
+            t.add_row(cols.iter().map(|c| cell(&z[*c])));
         }
         out.push_str(&format!("\n{t}\n"));
     }
@@ -1797,7 +1907,7 @@ fn print(v: &Value, columns: &[&str], json: bool) {
     t.load_style(comfy_table::presets::NOTHING);
     t.set_header(columns.iter().map(|c| c.to_uppercase()));
     for r in rows {
-        t.add_row(columns.iter().map(|c| cell(&r[*c])));
+        t.add_row(columns.iter().map(|c| column(r, c)));
     }
     println!("{t}");
 }
@@ -2264,5 +2374,68 @@ mod tests {
         assert!(create("s --vpc v --backend z:10.0.0.1 --snat 10.0.0.2").is_ok());
         assert!(create("g --vpc v --type gwlb --gwlb-address 10.0.0.5").is_err());
         assert!(create("g --vpc v --type gwlb --appliance z=10.0.0.1").is_err());
+    }
+
+    #[test]
+    fn dual_stack_addresses_follow_the_ipv4_ones_after_a_comma() {
+        let zone = |z: &str| zone(z).map(|z| serde_json::to_value(z).unwrap());
+        assert_eq!(
+            zone("vsw-a1:10.10.1.100,fd00:a:0:1::64").unwrap(),
+            json!({"vswitch": "vsw-a1", "eni": "10.10.1.100", "eni6": "fd00:a:0:1::64"})
+        );
+        assert_eq!(
+            zone("vsw-a1,fd00:a:0:1::64").unwrap(),
+            json!({"vswitch": "vsw-a1", "eni6": "fd00:a:0:1::64"})
+        );
+        for bad in ["vsw-a1,10.10.1.1", "vsw-a1:10.10.1.1,fd00::g", ",fd00::1"] {
+            assert!(zone(bad).is_err(), "{bad:?}");
+        }
+        let b = backends(&["zone-a:10.10.0.10,fd00:b::10".into()]).unwrap();
+        assert_eq!(b[0].address6, Some("fd00:b::10".parse().unwrap()));
+        assert!(backends(&["zone-a:10.10.0.10,10.10.0.11".into()]).is_err());
+        // Shown as given; an ipv4 object's IP version reads ipv4.
+        assert_eq!(
+            cell(&json!([{"vswitch": "vsw-a1", "eni": "10.10.1.100", "eni6": "fd00:a:0:1::64"}])),
+            "vsw-a1:10.10.1.100,fd00:a:0:1::64"
+        );
+        assert_eq!(
+            cell(&json!([{"zone": "zone-a", "address": "10.10.0.10", "address6": "fd00:b::10"}])),
+            "zone-a:10.10.0.10,fd00:b::10"
+        );
+        assert_eq!(column(&json!({"id": "ep-a"}), "ip_version"), "ipv4");
+        assert_eq!(
+            column(&json!({"ip_version": "dualstack"}), "ip_version"),
+            "dualstack"
+        );
+        // `endpoint show`: an ENI6 column for a dualstack endpoint only.
+        let ep = |zone: Value| json!({"id": "ep-a", "zones": [zone]});
+        let v4 = endpoint_text(&ep(json!({"vswitch": "vsw-a1", "eni": "10.10.1.100"})));
+        assert!(!v4.contains("ENI6"), "{v4}");
+        let v6 = endpoint_text(&ep(
+            json!({"vswitch": "vsw-a1", "eni": "10.10.1.100", "eni6": "fd00:a:0:1::64"}),
+        ));
+        let lines: Vec<&str> = v6
+            .lines()
+            .filter(|l| l.contains("VSWITCH") || l.contains("vsw-a1"))
+            .collect();
+        assert_eq!(
+            lines[1].find("fd00:a:0:1::64"),
+            lines[0].find("ENI6"),
+            "{v6}"
+        );
+        // The flags.
+        let s = create(
+            "s --vpc v --ip-version dualstack --backend z:10.0.0.1,fd00::1 --snat 10.0.0.2 --snat6 fd00::2",
+        )
+        .unwrap();
+        let ServiceCmd::Create {
+            ip_version, snat6, ..
+        } = s.cmd
+        else {
+            panic!("not a service create")
+        };
+        assert_eq!(ip_version, Some(IpVersion::Dualstack));
+        assert_eq!(snat6, vec!["fd00::2".parse::<Ipv6Addr>().unwrap()]);
+        assert!(create("s --vpc v --backend z:10.0.0.1 --snat 10.0.0.2 --ip-version v6").is_err());
     }
 }

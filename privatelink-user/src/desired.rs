@@ -10,7 +10,7 @@ use privatelink_common::{
     GatewayRoute, GatewayRoute6, GwlbZone, HOST_ADDR, HOST_DNS, IFACE_FLAG_APPLIANCES,
     IFACE_FLAG_GATEWAYS, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, LbSet, Listener, ListenerSet,
     MAX_APPLIANCES, MAX_LBS_PER_ZONE, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    RULE_ACCEPT, RULE_DROP, Rule, RuleSet, RuleSet6, SnatPool, SnatPool6, VpcAddr, VpcAddr6,
+    RULE_ACCEPT, RULE_DROP, Rule, Rule6, RuleSet, RuleSet6, SnatPool, SnatPool6, VpcAddr, VpcAddr6,
     VpcPort, host_peer,
 };
 
@@ -71,7 +71,8 @@ pub struct Desired {
     pub acl6_out: BTreeMap<VpcAddr6, RuleSet6>,
     /// IPv6 next hops the data path may learn MACs for (load balancers' IPv6 addresses).
     pub next_hops6: BTreeSet<VpcAddr6>,
-    /// GWLB endpoints' IPv6 routes.
+    /// GWLB endpoints' IPv6 routes and dualstack gateway services' IPv6 prefixes (the
+    /// same entries as their IPv4 routes).
     pub gw_routes6: BTreeMap<GatewayRoute6, EndpointEni>,
 }
 
@@ -161,45 +162,86 @@ pub fn listener_set(svc: &EndpointService) -> ListenerSet {
     set
 }
 
+/// ICMPv6's protocol number (IPv6 next header 58): what an `icmp` rule on an IPv6 range
+/// matches.
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// A filter rule as its address family's maps hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FamilyRule {
+    V4(Rule),
+    V6(Rule6),
+}
+
+/// The data path's form of a rule (security group, ACL or gateway policy) on `cidr`.
 fn rule(
     action: RuleAction,
     proto: Protocol,
     ports: Option<[u16; 2]>,
-    cidr: &ipnet::Ipv4Net,
-) -> Rule {
+    cidr: &ipnet::IpNet,
+) -> FamilyRule {
     let [port_lo, port_hi] = ports.unwrap_or([0, u16::MAX]);
-    Rule {
-        addr: cidr.network().octets(),
-        prefix: cidr.prefix_len(),
-        proto: match proto {
-            Protocol::All => PROTO_ANY,
-            Protocol::Tcp => PROTO_TCP,
-            Protocol::Udp => PROTO_UDP,
-            Protocol::Icmp => PROTO_ICMP,
-        },
-        action: match action {
-            RuleAction::Accept => RULE_ACCEPT,
-            RuleAction::Drop => RULE_DROP,
-        },
-        _pad: 0,
-        port_lo,
-        port_hi,
+    let proto = match proto {
+        Protocol::All => PROTO_ANY,
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+        Protocol::Icmp => PROTO_ICMP,
+    };
+    let action = match action {
+        RuleAction::Accept => RULE_ACCEPT,
+        RuleAction::Drop => RULE_DROP,
+    };
+    match cidr {
+        ipnet::IpNet::V4(c) => FamilyRule::V4(Rule {
+            addr: c.network().octets(),
+            prefix: c.prefix_len(),
+            proto,
+            action,
+            _pad: 0,
+            port_lo,
+            port_hi,
+        }),
+        ipnet::IpNet::V6(c) => FamilyRule::V6(Rule6 {
+            addr: c.network().octets(),
+            prefix: c.prefix_len(),
+            // `icmp` on an IPv6 range means ICMPv6.
+            proto: if proto == PROTO_ICMP {
+                PROTO_ICMPV6
+            } else {
+                proto
+            },
+            action,
+            _pad: 0,
+            port_lo,
+            port_hi,
+        }),
     }
 }
 
-fn rule_set(rules: impl IntoIterator<Item = Rule>) -> RuleSet {
-    let mut set = RuleSet::default();
-    for (slot, r) in set.rules.iter_mut().zip(rules) {
-        *slot = r;
-        set.count += 1;
+/// Rules in evaluation order, as the IPv4 and the IPv6 rule set (each family's rules keep
+/// their order among themselves: a packet meets only its own family's).
+fn rule_sets(rules: impl IntoIterator<Item = FamilyRule>) -> (RuleSet, RuleSet6) {
+    let (mut v4, mut v6) = (RuleSet::default(), RuleSet6::default());
+    for r in rules {
+        match r {
+            FamilyRule::V4(r) if (v4.count as usize) < v4.rules.len() => {
+                v4.rules[v4.count as usize] = r;
+                v4.count += 1;
+            }
+            FamilyRule::V6(r) if (v6.count as usize) < v6.rules.len() => {
+                v6.rules[v6.count as usize] = r;
+                v6.count += 1;
+            }
+            _ => {}
+        }
     }
-    set
+    (v4, v6)
 }
 
 /// The merged ingress rules of an ENI's security groups in evaluation order: priority 1
 /// first, and at equal priority drop before accept.
-pub fn merged_ingress(state: &State, groups: &[String]) -> Vec<Rule> {
-    let mut rules: Vec<(u32, u8, Rule)> = state
+pub fn merged_ingress(state: &State, groups: &[String]) -> Vec<FamilyRule> {
+    let mut rules: Vec<(u32, u8, FamilyRule)> = state
         .security_groups
         .iter()
         .filter(|g| groups.contains(&g.id))
@@ -218,6 +260,14 @@ pub fn merged_ingress(state: &State, groups: &[String]) -> Vec<Rule> {
     rules.into_iter().map(|(_, _, r)| r).collect()
 }
 
+/// The rule sets of ACL rules, in order.
+fn acl_sets(rs: &[crate::model::AclRule]) -> (RuleSet, RuleSet6) {
+    rule_sets(
+        rs.iter()
+            .map(|r| rule(r.action, r.protocol, r.ports, &r.cidr)),
+    )
+}
+
 /// A load balancer (or appliance) address the forwarder must resolve to a MAC, and the
 /// address to ask from (a SNAT address, or the GWLB's own address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -225,6 +275,15 @@ pub struct NextHop {
     pub vpc_id: u32,
     pub addr: [u8; 4],
     pub ask_from: [u8; 4],
+}
+
+/// An IPv6 load balancer address the forwarder must resolve to a MAC (Neighbour
+/// Solicitation), and the address to ask from (the service's first IPv6 SNAT address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NextHop6 {
+    pub vpc_id: u32,
+    pub addr: [u8; 16],
+    pub ask_from: [u8; 16],
 }
 
 /// The maps' content for `state`, with interfaces looked up by `link`, and GWLB appliance
@@ -329,6 +388,7 @@ pub fn compute_with_hops(
                 addrs,
             },
         );
+        snat6_pool(&mut d, svc);
     }
     for ep in &state.endpoints {
         let svc = state.service(&ep.service).expect("validated");
@@ -365,26 +425,45 @@ pub fn compute_with_hops(
                 vpc_id: numeric_id(&vpc.id),
                 addr: z.eni.octets(),
             };
+            let key6 = z.eni6.map(|a| VpcAddr6 {
+                vpc_id: key.vpc_id,
+                addr: a.octets(),
+            });
             if !ep.security_groups.is_empty() {
                 flags |= ENI_FLAG_SG;
-                d.sg_rules
-                    .insert(key, rule_set(merged_ingress(state, &ep.security_groups)));
+                let (v4, v6) = rule_sets(merged_ingress(state, &ep.security_groups));
+                d.sg_rules.insert(key, v4);
+                if let Some(k6) = key6 {
+                    d.sg_rules6.insert(k6, v6);
+                }
             }
             if let Some(acl) = state.acls.iter().find(|a| a.vswitches.contains(&vsw.id)) {
                 flags |= ENI_FLAG_ACL;
-                let conv = |rs: &[crate::model::AclRule]| {
-                    rule_set(
-                        rs.iter()
-                            .map(|r| rule(r.action, r.protocol, r.ports, &r.cidr)),
-                    )
-                };
-                d.acl_in.insert(key, conv(&acl.ingress));
-                d.acl_out.insert(key, conv(&acl.egress));
+                let (in4, in6) = acl_sets(&acl.ingress);
+                let (out4, out6) = acl_sets(&acl.egress);
+                d.acl_in.insert(key, in4);
+                d.acl_out.insert(key, out4);
+                if let Some(k6) = key6 {
+                    d.acl6_in.insert(k6, in6);
+                    d.acl6_out.insert(k6, out6);
+                }
             }
-            d.endpoints.insert(
-                key,
-                endpoint_entry(ep, svc, flags, &vsw.zone, backend.address.octets(), [0; 4]),
-            );
+            let entry = endpoint_entry(ep, svc, flags, &vsw.zone, backend.address.octets(), [0; 4]);
+            d.endpoints.insert(key, entry);
+            if let (Some(k6), Some(lb6)) = (key6, backend.address6) {
+                d.endpoints6.insert(
+                    k6,
+                    EndpointEni6 {
+                        // No IPv6 load balancer set (yet): IPv6 flows of a zone with several
+                        // load balancers go to the first healthy one.
+                        eni: EndpointEni {
+                            flags: entry.flags & !ENI_FLAG_LB_SET,
+                            ..entry
+                        },
+                        lb_addr: lb6.octets(),
+                    },
+                );
+            }
         }
         if let Some(gw) = ep.gateway {
             gateway_endpoint(&mut d, state, ep, svc, vpc, gw);
@@ -397,7 +476,62 @@ pub fn compute_with_hops(
             addr: h.addr,
         })
         .collect();
+    d.next_hops6 = next_hops6(state)
+        .iter()
+        .map(|h| VpcAddr6 {
+            vpc_id: h.vpc_id,
+            addr: h.addr,
+        })
+        .collect();
     Ok(d)
+}
+
+/// A dualstack service's IPv6 SNAT pool and addresses (`snat_ports` shared with IPv4).
+fn snat6_pool(d: &mut Desired, svc: &EndpointService) {
+    if !svc.ip_version.is_dualstack() || svc.snat6.is_empty() {
+        return;
+    }
+    let (service_id, vpc_id) = (numeric_id(&svc.id), numeric_id(&svc.vpc));
+    let mut pool = SnatPool6 {
+        count: 0,
+        port_min: svc.snat_ports[0],
+        port_max: svc.snat_ports[1],
+        addrs: [[0; 16]; MAX_SNAT_ADDRS],
+    };
+    for (slot, a) in pool.addrs.iter_mut().zip(&svc.snat6) {
+        *slot = a.octets();
+        pool.count += 1;
+        d.snat6_addrs.insert(
+            VpcAddr6 {
+                vpc_id,
+                addr: a.octets(),
+            },
+            service_id,
+        );
+    }
+    d.snat6_pools.insert(service_id, pool);
+}
+
+/// A route of `prefix` in VPC `vpc_id` to `entry`, in its family's route trie.
+fn insert_route(d: &mut Desired, vpc_id: u32, prefix: &ipnet::IpNet, entry: EndpointEni) {
+    match prefix {
+        ipnet::IpNet::V4(p) => {
+            let route = GatewayRoute {
+                prefix_len: 32 + p.prefix_len() as u32,
+                vpc_id,
+                addr: p.network().octets(),
+            };
+            d.gw_routes.insert(route, entry);
+        }
+        ipnet::IpNet::V6(p) => {
+            let route = GatewayRoute6 {
+                prefix_len: 32 + p.prefix_len() as u32,
+                vpc_id,
+                addr: p.network().octets(),
+            };
+            d.gw_routes6.insert(route, entry);
+        }
+    }
 }
 
 /// A gateway endpoint: one route per service prefix in the consumer VPC, its route
@@ -427,14 +561,21 @@ fn gateway_endpoint(
     }
     if !ep.policy.is_empty() {
         flags |= ENI_FLAG_SG;
-        d.sg_rules.insert(
-            key,
-            rule_set(
-                ep.policy
-                    .iter()
-                    .map(|r| rule(r.action, r.protocol, r.ports, &r.cidr)),
-            ),
-        );
+        let (v4, v6) = acl_sets(&ep.policy);
+        d.sg_rules.insert(key, v4);
+        // A gateway endpoint has no IPv6 address: its IPv6 policy (for a dualstack
+        // service's IPv6 prefixes) is kept under its IPv4 address, IPv4-mapped.
+        if svc
+            .prefixes
+            .iter()
+            .any(|p| matches!(p, ipnet::IpNet::V6(_)))
+        {
+            let k6 = VpcAddr6 {
+                vpc_id,
+                addr: gw.to_ipv6_mapped().octets(),
+            };
+            d.sg_rules6.insert(k6, v6);
+        }
     }
     let entry = endpoint_entry(
         ep,
@@ -446,12 +587,7 @@ fn gateway_endpoint(
     );
     d.gw_addrs.insert(key, entry.endpoint_id);
     for p in &svc.prefixes {
-        let route = GatewayRoute {
-            prefix_len: 32 + p.prefix_len() as u32,
-            vpc_id,
-            addr: p.network().octets(),
-        };
-        d.gw_routes.insert(route, entry);
+        insert_route(d, vpc_id, p, entry);
     }
     let _ = state;
 }
@@ -555,12 +691,7 @@ fn gwlb_endpoint(
         entry.endpoint_id,
     );
     for p in &ep.routes {
-        let route = GatewayRoute {
-            prefix_len: 32 + p.prefix_len() as u32,
-            vpc_id,
-            addr: p.network().octets(),
-        };
-        d.gw_routes.insert(route, entry);
+        insert_route(d, vpc_id, p, entry);
     }
 }
 
@@ -675,6 +806,31 @@ pub fn next_hops(state: &State) -> Vec<NextHop> {
                     vpc_id,
                     addr: b.address.octets(),
                     ask_from: from.octets(),
+                })
+            })
+        })
+        .collect();
+    hops.sort();
+    hops.dedup();
+    hops
+}
+
+/// The IPv6 load balancer addresses dualstack services send to, each asked from the
+/// service's first IPv6 SNAT address.
+pub fn next_hops6(state: &State) -> Vec<NextHop6> {
+    let mut hops: Vec<NextHop6> = state
+        .services
+        .iter()
+        .filter(|svc| svc.ip_version.is_dualstack() && svc.gwlb.is_none())
+        .flat_map(|svc| {
+            let vpc_id = numeric_id(&svc.vpc);
+            svc.snat6.first().into_iter().flat_map(move |from| {
+                svc.backends.iter().filter_map(move |b| {
+                    Some(NextHop6 {
+                        vpc_id,
+                        addr: b.address6?.octets(),
+                        ask_from: from.octets(),
+                    })
                 })
             })
         })
@@ -805,14 +961,17 @@ mod tests {
             id: "vsw-a9".into(),
             zone: "zone-b".into(),
             cidr: "10.10.9.0/24".parse().unwrap(),
+            ipv6_cidr: None,
         });
         t.services[0].backends.push(crate::model::Backend {
             zone: "zone-b".into(),
             address: "10.10.0.11".parse().unwrap(),
+            address6: None,
         });
         t.endpoints[0].zones.push(crate::model::EndpointZone {
             vswitch: "vsw-a9".into(),
             eni: "10.10.9.1".parse().unwrap(),
+            eni6: None,
         });
         t.validate().unwrap();
         let after = compute(&t, links, &Unhealthy::new()).unwrap();
@@ -1031,16 +1190,19 @@ mod tests {
             id: "vsw-a9".into(),
             zone: "zone-b".into(),
             cidr: "10.10.9.0/24".parse().unwrap(),
+            ipv6_cidr: None,
         });
         s.vpcs[0].resolver = Some("10.10.1.2".parse().unwrap());
         s.vpcs[1].probe_address = Some("10.10.0.250".parse().unwrap());
         s.services[0].backends.push(crate::model::Backend {
             zone: "zone-b".into(),
             address: "10.10.0.11".parse().unwrap(),
+            address6: None,
         });
         s.endpoints[0].zones.push(crate::model::EndpointZone {
             vswitch: "vsw-a9".into(),
             eni: "10.10.9.1".parse().unwrap(),
+            eni6: None,
         });
         s.validate().unwrap();
         s
@@ -1112,10 +1274,12 @@ mod tests {
         s.services[0].backends.push(crate::model::Backend {
             zone: "zone-a".into(),
             address: "10.10.0.12".parse().unwrap(),
+            address6: None,
         });
         s.services[0].backends.push(crate::model::Backend {
             zone: "zone-b".into(),
             address: "10.10.0.13".parse().unwrap(),
+            address6: None,
         });
         s.validate().unwrap();
         let (a1, a2, b1, b2) = (
@@ -1257,5 +1421,286 @@ mod tests {
             d.gw_routes[&route("vpc-c", "10.30.9.0/24")].state,
             ConnectionState::Pending as u32
         );
+    }
+
+    // Dual stack (issue 17).
+
+    fn v6(a: &str) -> [u8; 16] {
+        a.parse::<std::net::Ipv6Addr>().unwrap().octets()
+    }
+
+    fn key6(vpc: &str, a: &str) -> VpcAddr6 {
+        VpcAddr6 {
+            vpc_id: numeric_id(vpc),
+            addr: v6(a),
+        }
+    }
+
+    fn sg_rule(priority: u32, action: RuleAction, cidr: &str) -> crate::model::SgRule {
+        crate::model::SgRule {
+            id: String::new(),
+            direction: Direction::Ingress,
+            priority,
+            action,
+            protocol: Protocol::Tcp,
+            ports: Some([80, 80]),
+            cidr: cidr.parse().unwrap(),
+        }
+    }
+
+    /// The dual-stack lab with a security group of IPv4 and IPv6 rules on ep-a and an ACL
+    /// on its vSwitch.
+    fn dual_with_filters() -> State {
+        let mut s = crate::model::dual_stack_lab();
+        s.security_groups.push(crate::model::SecurityGroup {
+            id: "sg-a".into(),
+            account: "acct-a".into(),
+            vpc: "vpc-a".into(),
+            name: String::new(),
+            rules: vec![
+                sg_rule(5, RuleAction::Accept, "fd00:a::/56"),
+                sg_rule(5, RuleAction::Accept, "10.10.0.0/16"),
+                sg_rule(5, RuleAction::Drop, "fd00:a:0:1::66/128"),
+                sg_rule(1, RuleAction::Drop, "10.10.1.66/32"),
+            ],
+            last_rule: 0,
+        });
+        s.endpoints[0].security_groups = vec!["sg-a".into()];
+        let acl_rule = |action, cidr: &str| crate::model::AclRule {
+            action,
+            protocol: Protocol::All,
+            ports: None,
+            cidr: cidr.parse().unwrap(),
+        };
+        s.acls.push(crate::model::NetworkAcl {
+            id: "acl-a".into(),
+            account: "acct-a".into(),
+            vpc: "vpc-a".into(),
+            vswitches: vec!["vsw-a1".into()],
+            ingress: vec![
+                acl_rule(RuleAction::Drop, "fd00:a:0:9::/64"),
+                acl_rule(RuleAction::Accept, "::/0"),
+                acl_rule(RuleAction::Accept, "0.0.0.0/0"),
+            ],
+            egress: vec![acl_rule(RuleAction::Accept, "::/0")],
+        });
+        s.validate().unwrap();
+        s
+    }
+
+    #[test]
+    fn a_dualstack_endpoint_gets_the_ipv6_entries_of_its_ipv4_ones() {
+        let s = dual_with_filters();
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        let k4 = VpcAddr {
+            vpc_id: numeric_id("vpc-a"),
+            addr: ip("10.10.1.100"),
+        };
+        let k6 = key6("vpc-a", "fd00:a:0:1::64");
+        let eni = d.endpoints[&k4];
+        assert_eq!(
+            eni.flags & (ENI_FLAG_SG | ENI_FLAG_ACL),
+            ENI_FLAG_SG | ENI_FLAG_ACL
+        );
+        assert_eq!(
+            d.endpoints6,
+            BTreeMap::from([(
+                k6,
+                EndpointEni6 {
+                    eni,
+                    lb_addr: v6("fd00:b::10"),
+                }
+            )])
+        );
+        // The service's IPv6 SNAT pool, ports shared with IPv4.
+        let svc = numeric_id("epsrv-b");
+        let pool = d.snat6_pools[&svc];
+        assert_eq!((pool.count, pool.port_min, pool.port_max), (2, 1024, 65535));
+        assert_eq!(pool.addrs[..2], [v6("fd00:b::200"), v6("fd00:b::201")]);
+        assert_eq!(
+            d.snat6_addrs,
+            BTreeMap::from([
+                (key6("vpc-b", "fd00:b::200"), svc),
+                (key6("vpc-b", "fd00:b::201"), svc)
+            ])
+        );
+        assert_eq!(d.next_hops6, BTreeSet::from([key6("vpc-b", "fd00:b::10")]));
+        assert_eq!(
+            next_hops6(&s),
+            [NextHop6 {
+                vpc_id: numeric_id("vpc-b"),
+                addr: v6("fd00:b::10"),
+                ask_from: v6("fd00:b::200"),
+            }]
+        );
+        // Each family's rules in the merged order (priority, then drop first), apart.
+        let sg4 = d.sg_rules[&k4];
+        let sg6 = d.sg_rules6[&k6];
+        let order4: Vec<(u8, [u8; 4])> = sg4.rules[..sg4.count as usize]
+            .iter()
+            .map(|r| (r.action, r.addr))
+            .collect();
+        assert_eq!(
+            order4,
+            [
+                (RULE_DROP, ip("10.10.1.66")),
+                (RULE_ACCEPT, ip("10.10.0.0"))
+            ]
+        );
+        let order6: Vec<(u8, [u8; 16], u8)> = sg6.rules[..sg6.count as usize]
+            .iter()
+            .map(|r| (r.action, r.addr, r.prefix))
+            .collect();
+        assert_eq!(
+            order6,
+            [
+                (RULE_DROP, v6("fd00:a:0:1::66"), 128),
+                (RULE_ACCEPT, v6("fd00:a::"), 56)
+            ]
+        );
+        assert_eq!(sg6.rules[0].port_lo, 80);
+        assert_eq!(sg6.rules[0].proto, PROTO_TCP);
+        // `icmp` means ICMPv6 on an IPv6 range, ICMP on an IPv4 one.
+        let icmp = |cidr: &str| {
+            rule(
+                RuleAction::Accept,
+                Protocol::Icmp,
+                None,
+                &cidr.parse().unwrap(),
+            )
+        };
+        assert!(matches!(icmp("fd00::/8"), FamilyRule::V6(r) if r.proto == PROTO_ICMPV6));
+        assert!(matches!(icmp("10.0.0.0/8"), FamilyRule::V4(r) if r.proto == PROTO_ICMP));
+        let acl6 = d.acl6_in[&k6];
+        assert_eq!(acl6.count, 2);
+        assert_eq!(
+            (acl6.rules[0].action, acl6.rules[0].prefix),
+            (RULE_DROP, 64)
+        );
+        assert_eq!(d.acl_in[&k4].count, 1);
+        assert_eq!(d.acl6_out[&k6].count, 1);
+        assert_eq!(d.acl_out[&k4].count, 0);
+    }
+
+    #[test]
+    fn dual_stack_leaves_the_ipv4_entries_as_they_were() {
+        let mut plain = dual_with_filters();
+        plain.endpoints[0].ip_version = crate::model::IpVersion::Ipv4;
+        plain.endpoints[0].zones[0].eni6 = None;
+        let d4 = compute(&plain, links, &Unhealthy::new()).unwrap();
+        let d = compute(&dual_with_filters(), links, &Unhealthy::new()).unwrap();
+        assert_eq!(d.endpoints, d4.endpoints);
+        assert_eq!(d.sg_rules, d4.sg_rules);
+        assert_eq!(d.acl_in, d4.acl_in);
+        assert_eq!(d.snat_pools, d4.snat_pools);
+        assert_eq!(d.next_hops, d4.next_hops);
+        // An ipv4 endpoint of a dualstack service: no IPv6 ENI entries, the service's
+        // pool and next hops all the same (ready for dualstack endpoints).
+        assert!(d4.endpoints6.is_empty() && d4.sg_rules6.is_empty() && d4.acl6_in.is_empty());
+        assert_eq!(d4.snat6_pools, d.snat6_pools);
+        // The lab as it was: nothing of IPv6 at all.
+        let lab = compute(&parse_state(LAB).unwrap(), links, &Unhealthy::new()).unwrap();
+        assert!(lab.endpoints6.is_empty() && lab.snat6_pools.is_empty());
+        assert!(lab.snat6_addrs.is_empty() && lab.next_hops6.is_empty());
+        assert!(lab.gw_routes6.is_empty());
+    }
+
+    #[test]
+    fn the_ipv6_address_counts_into_the_slot_of_the_ipv4_one() {
+        let mut d = compute(&dual_with_filters(), links, &Unhealthy::new()).unwrap();
+        let fresh = crate::dataplane::slots::assign(&BTreeMap::new(), &mut d);
+        assert_eq!(fresh.len(), 1, "one ENI, one slot");
+        let slot = d.endpoints.values().next().unwrap().counter_slot;
+        assert_ne!(slot, 0);
+        assert_eq!(d.endpoints6.values().next().unwrap().eni.counter_slot, slot);
+    }
+
+    #[test]
+    fn ipv6_flows_fail_over_with_the_ipv4_ones() {
+        let mut s = crate::model::dual_stack_lab();
+        s.vpcs[1].vswitches[1].ipv6_cidr = Some("fd00:b:0:3::/64".parse().unwrap());
+        let lb = |zone: &str, a: &str, a6: &str| crate::model::Backend {
+            zone: zone.into(),
+            address: a.parse().unwrap(),
+            address6: Some(a6.parse().unwrap()),
+        };
+        s.services[0]
+            .backends
+            .push(lb("zone-a", "10.10.0.12", "fd00:b::12"));
+        s.validate().unwrap();
+        let k6 = key6("vpc-a", "fd00:a:0:1::64");
+        // Two load balancers in the zone: the IPv4 entry spreads over them, the IPv6 one
+        // goes to the first (no IPv6 load balancer set).
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        let e6 = d.endpoints6[&k6];
+        assert_eq!(e6.lb_addr, v6("fd00:b::10"));
+        assert_ne!(
+            d.endpoints.values().next().unwrap().flags & ENI_FLAG_LB_SET,
+            0
+        );
+        assert_eq!(e6.eni.flags & ENI_FLAG_LB_SET, 0);
+        // The first one down (judged by its IPv4 health check): the other's IPv6 address.
+        let d = compute(&s, links, &lbs_down(&["10.10.0.10"])).unwrap();
+        assert_eq!(d.endpoints6[&k6].lb_addr, v6("fd00:b::12"));
+        assert_eq!(d.next_hops6.len(), 2);
+    }
+
+    #[test]
+    fn ipv6_routes_of_gwlb_and_gateway_endpoints_go_to_the_ipv6_trie() {
+        let mut s = gwlb_state();
+        s.services
+            .iter_mut()
+            .find(|x| x.id == "gwlb-s")
+            .unwrap()
+            .ip_version = crate::model::IpVersion::Dualstack;
+        let g1 = s.endpoints.iter_mut().find(|e| e.id == "ep-g1").unwrap();
+        g1.routes.push("fd00:c:9::/64".parse().unwrap());
+        s.validate().unwrap();
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        let r6 = GatewayRoute6 {
+            prefix_len: 32 + 64,
+            vpc_id: numeric_id("vpc-c"),
+            addr: v6("fd00:c:9::"),
+        };
+        assert_eq!(
+            d.gw_routes6,
+            BTreeMap::from([(r6, d.gw_routes[&route("vpc-c", "10.30.9.0/24")])])
+        );
+        assert_eq!(d.gw_routes.len(), 3, "the IPv4 routes as they were");
+        // Its slot is the IPv4 routes' one.
+        let mut d = d;
+        crate::dataplane::slots::assign(&BTreeMap::new(), &mut d);
+        assert_eq!(
+            d.gw_routes6[&r6].counter_slot,
+            d.gw_routes[&route("vpc-c", "10.30.9.0/24")].counter_slot
+        );
+        // A dualstack gateway service with IPv6 prefixes is refused (IPv6 gateway endpoints
+        // are not built in the data path), rather than written here and dropped there.
+        let mut s = crate::model::dual_stack_lab();
+        let mut g = s.services[0].clone();
+        g.id = "epsrv-gw".into();
+        g.kind = ServiceType::Gateway;
+        g.snat = vec!["10.10.0.202".parse().unwrap()];
+        g.snat6 = vec!["fd00:b::202".parse().unwrap()];
+        g.prefixes = vec![
+            "100.64.10.0/24".parse().unwrap(),
+            "fd00:64::/48".parse().unwrap(),
+        ];
+        s.services.push(g);
+        let mut e = s.endpoints[0].clone();
+        e.id = "ep-gw".into();
+        e.service = "epsrv-gw".into();
+        e.zones.clear();
+        e.ip_version = crate::model::IpVersion::Ipv4;
+        e.gateway = Some("10.10.1.1".parse().unwrap());
+        e.policy = vec![crate::model::AclRule {
+            action: RuleAction::Accept,
+            protocol: Protocol::Tcp,
+            ports: Some([443, 443]),
+            cidr: "fd00:64:0:1::/64".parse().unwrap(),
+        }];
+        s.endpoints.push(e);
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.field, "services[1].prefixes[1]", "{e}");
     }
 }

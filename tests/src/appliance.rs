@@ -155,14 +155,43 @@ impl std::str::FromStr for DropRule {
 }
 
 impl DropRule {
-    /// Whether the inner IPv4 packet matches.
+    /// Whether the inner packet (IPv4, or IPv6 without extension headers) matches; `icmp`
+    /// is ICMPv6 in IPv6.
     pub fn matches(&self, inner: &[u8]) -> bool {
-        if inner.len() < 20 || inner[0] >> 4 != 4 || inner[9] != self.proto {
+        let (proto, l4) = match inner.first().map(|b| b >> 4) {
+            Some(4) if inner.len() >= 20 => (inner[9], (inner[0] & 0x0f) as usize * 4),
+            Some(6) if inner.len() >= 40 => match inner[6] {
+                58 => (1, 40),
+                p => (p, 40),
+            },
+            _ => return false,
+        };
+        if proto != self.proto {
             return false;
         }
         let Some(want) = self.dport else { return true };
-        let l4 = (inner[0] & 0x0f) as usize * 4;
         inner.len() >= l4 + 4 && u16::from_be_bytes([inner[l4 + 2], inner[l4 + 3]]) == want
+    }
+}
+
+/// The inner packet's direction as the counters name it, "src>dst" (IPv4 or IPv6).
+fn direction(inner: &[u8]) -> String {
+    match inner.first().map(|b| b >> 4) {
+        Some(4) if inner.len() >= 20 => {
+            let a = |o: usize| {
+                std::net::Ipv4Addr::new(inner[o], inner[o + 1], inner[o + 2], inner[o + 3])
+            };
+            format!("{}>{}", a(12), a(16))
+        }
+        Some(6) if inner.len() >= 40 => {
+            let a = |o: usize| {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&inner[o..o + 16]);
+                std::net::Ipv6Addr::from(b)
+            };
+            format!("{}>{}", a(8), a(24))
+        }
+        _ => "other".to_string(),
     }
 }
 
@@ -199,15 +228,7 @@ pub fn handle<'a>(c: &mut Counters, rules: &[DropRule], d: &'a [u8]) -> Option<&
         }
     };
     let cookie: String = g.flow_cookie.iter().map(|b| format!("{b:02x}")).collect();
-    let dir = match g.inner {
-        [0x45..=0x4f, ..] if g.inner.len() >= 20 => {
-            let a = |o: usize| {
-                std::net::Ipv4Addr::new(g.inner[o], g.inner[o + 1], g.inner[o + 2], g.inner[o + 3])
-            };
-            format!("{}>{}", a(12), a(16))
-        }
-        _ => "other".to_string(),
-    };
+    let dir = direction(g.inner);
     *c.cookies.entry(cookie).or_default().entry(dir).or_default() += 1;
     if rules.iter().any(|r| r.matches(g.inner)) {
         c.dropped_by_rule += 1;
@@ -336,5 +357,23 @@ mod tests {
         assert!(handle(&mut c, &[r], &packet(&tcp)).is_none());
         assert_eq!((c.received, c.dropped_by_rule, c.returned), (1, 1, 0));
         assert!("sctp:1".parse::<DropRule>().is_err());
+    }
+
+    #[test]
+    fn ipv6_inner_packets_are_counted_by_direction_and_matched_by_rules() {
+        let mut tcp6 = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
+        tcp6.extend_from_slice(&"fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        tcp6.extend_from_slice(&"fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        tcp6.extend_from_slice(&[0x30, 0x39, 0x1f, 0x91, 0, 0, 0, 0]);
+        tcp6.extend_from_slice(&[0; 12]);
+        let mut c = Counters::default();
+        let p = packet(&tcp6);
+        assert!(handle(&mut c, &[], &p).is_some());
+        assert_eq!(c.cookies["03030303"]["fd00::1>fd00::2"], 1);
+        let r: DropRule = "tcp:8081".parse().unwrap();
+        assert!(r.matches(&tcp6));
+        assert!(!"udp".parse::<DropRule>().unwrap().matches(&tcp6));
+        assert!(handle(&mut c, &[r], &p).is_none());
+        assert_eq!(c.dropped_by_rule, 1);
     }
 }

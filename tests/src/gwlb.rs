@@ -115,3 +115,64 @@ pub fn returned(enc: &[u8]) -> Vec<u8> {
     back[34..36].copy_from_slice(&6081u16.to_be_bytes());
     back
 }
+
+/// The IPv6 side of the fixture: the consumer VPC's IPv6 range, its client and server
+/// subnets' /64s routed through the endpoint, the service dualstack.
+pub const CLIENT6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0x30, 0x01, 0, 0, 0, 0, 0, 0, 0, 0x10];
+pub const SERVER6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0x30, 0x02, 0, 0, 0, 0, 0, 0, 0, 0x10];
+pub const CLIENT6_STR: &str = "fd00:0:0:3001::10";
+pub const SERVER6_STR: &str = "fd00:0:0:3002::10";
+
+/// `state` with IPv6: the consumer VPC and its vSwitches get IPv6 ranges, the service is
+/// dualstack, and the endpoint also routes the client's and the server's /64.
+pub fn state6(cross_zone: bool, stickiness: &str, failover: &str) -> String {
+    let mut s = state(cross_zone, stickiness, failover)
+        .replace(
+            "cidr = \"10.30.0.0/16\"\n",
+            "cidr = \"10.30.0.0/16\"\nipv6_cidr = \"fd00:0:0:3000::/56\"\n",
+        )
+        .replace("type = \"gwlb\"\n", "type = \"gwlb\"\nip_version = \"dualstack\"\n")
+        .replace(
+            "routes = [\"10.30.1.0/24\", \"10.30.2.0/24\"]",
+            "routes = [\"10.30.1.0/24\", \"10.30.2.0/24\", \"fd00:0:0:3001::/64\", \"fd00:0:0:3002::/64\"]",
+        );
+    for i in 0..3 {
+        s = s.replace(
+            &format!("cidr = \"10.30.{i}.0/24\" }}"),
+            &format!("cidr = \"10.30.{i}.0/24\", ipv6_cidr = \"fd00:0:0:300{i}::/64\" }}"),
+        );
+    }
+    s
+}
+
+pub fn harness6_with(cross_zone: bool, stickiness: &str, failover: &str) -> Harness {
+    let mut h = Harness::new(&state6(cross_zone, stickiness, failover)).expect("harness");
+    let appl = numeric_id("vpc-appl");
+    h.dp.set_neighbor(appl, APPL_A, APPL_A_MAC).unwrap();
+    h.dp.set_neighbor(appl, APPL_B, APPL_B_MAC).unwrap();
+    h
+}
+
+/// A TCP SYN between the IPv6 client and server (`src` either), as etherparse builds it.
+pub fn tcp6(
+    h: &Harness,
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let smac = if src == CLIENT6 {
+        CLIENT_MAC
+    } else {
+        SERVER_MAC
+    };
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(smac, h.consumer.mac)
+        .ipv6(src, dst, 64)
+        .tcp(sport, dport, 1000, 64240)
+        .syn()
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}

@@ -11,6 +11,9 @@
 //!                                     │
 //!                              <p>-onprem o0 10.50.0.2: BIND, forwarding the names' zone
 //! ```
+//!
+//! ep-a and epsrv-b are dual stack: the same picture in IPv6 (`ENI6`, `CLIENT6`, `LB6`,
+//! `SNAT6` ...), vpc-a fd00:a::/56, vpc-b fd00:b::/56.
 
 use std::{
     fmt::Write as _,
@@ -145,6 +148,32 @@ pub const GATEWAY: &str = "10.10.1.1";
 /// Size of the file both backends serve as /big.bin.
 pub const BIG_FILE_LEN: usize = 1 << 20;
 
+/// IPv6: epsrv-b and ep-a are dual stack. Each of the two VPCs has a /56 (they do not
+/// overlap, unlike their IPv4 ranges: a reader tells the provider's addresses from the
+/// consumer's at a glance); each vSwitch the /64 whose fourth group is its IPv4 /24's third
+/// octet (vsw-a1 10.10.1.0/24: fd00:a:0:1::/64), and each address the IPv4 one's last
+/// octet in its vSwitch's /64 (10.10.1.100: fd00:a:0:1::100).
+pub const VPC_A6: &str = "fd00:a::/56";
+pub const VPC_B6: &str = "fd00:b::/56";
+/// ep-a's ENIs' IPv6 addresses (zone-a, zone-b).
+pub const ENI6: &str = "fd00:a:0:1::100";
+pub const ENI6_B: &str = "fd00:a:0:4::100";
+/// The consumer's clients' IPv6 addresses on `c0` (zone-a, zone-b, zone-c; `CLIENT6` is
+/// the source of the route to vpc-a's /56, so connections leave from it by default).
+pub const CLIENT6: &str = "fd00:a:0:2::1";
+pub const CLIENT6_B: &str = "fd00:a:0:5::1";
+pub const CLIENT6_C: &str = "fd00:a:0:6::1";
+/// Each zone's load balancer's IPv6 address (haproxy listens on it beside the IPv4 one).
+pub const LB6: &str = "fd00:b::10";
+pub const LB6_B: &str = "fd00:b:0:4::10";
+pub const LBS6: [(&str, &str); 2] = [("zone-a", LB6), ("zone-b", LB6_B)];
+/// epsrv-b's IPv6 SNAT addresses: the source the provider sees for IPv6 flows.
+pub const SNAT6: [&str; 2] = ["fd00:b::200", "fd00:b::201"];
+/// haproxy's log line for each IPv6 connection (its log format: client address and port,
+/// the frontend address it reached, the backend that served it), in `haproxy.log` (zone-a)
+/// and `haproxy-zone-b.log`: `conn6 from fd00:b::200 port 1025 to fd00:b::10 by ecs2`.
+pub const HAPROXY_LOG6: &str = "conn6 from %ci port %cp to %fi by %s";
+
 /// The GWLB scenario: a consumer VPC (10.30.0.0/16) whose client subnet and server subnet
 /// reach each other through a GWLB endpoint, and an appliance VPC (10.40.0.0/16) with
 /// one inspection appliance in each of two zones.
@@ -202,27 +231,29 @@ pub const BUILD_STEPS: &[(&str, &str)] = &[
     ("admin", "account create acct-a --name consumer-A"),
     ("admin", "account create acct-b --name provider-B"),
     // Two zones in A's VPC (zone-c has clients but no ENI) and its resolver; B's VPC, two
-    // zones, and the address the load balancers' health checks leave from.
+    // zones, and the address the load balancers' health checks leave from. Both dual
+    // stack: an IPv6 /56 each, a /64 per vSwitch.
     (
         "admin",
-        "vpc create vpc-a --account acct-a --cidr 10.10.0.0/16 --interface fc0 --vswitch vsw-a1:zone-a:10.10.1.0/24 --vswitch vsw-a2:zone-a:10.10.2.0/24 --vswitch vsw-a4:zone-b:10.10.4.0/24 --vswitch vsw-a5:zone-b:10.10.5.0/24 --vswitch vsw-a6:zone-c:10.10.6.0/24 --resolver 100.100.2.136",
+        "vpc create vpc-a --account acct-a --cidr 10.10.0.0/16 --ipv6-cidr fd00:a::/56 --interface fc0 --vswitch vsw-a1:zone-a:10.10.1.0/24,fd00:a:0:1::/64 --vswitch vsw-a2:zone-a:10.10.2.0/24,fd00:a:0:2::/64 --vswitch vsw-a4:zone-b:10.10.4.0/24,fd00:a:0:4::/64 --vswitch vsw-a5:zone-b:10.10.5.0/24,fd00:a:0:5::/64 --vswitch vsw-a6:zone-c:10.10.6.0/24,fd00:a:0:6::/64 --resolver 100.100.2.136",
     ),
     (
         "admin",
-        "vpc create vpc-b --account acct-b --cidr 10.10.0.0/16 --interface fp0 --vswitch vsw-b0:zone-a:10.10.0.0/24 --vswitch vsw-b3:zone-a:10.10.3.0/24 --vswitch vsw-b4:zone-b:10.10.4.0/24 --probe-address 10.10.0.250",
+        "vpc create vpc-b --account acct-b --cidr 10.10.0.0/16 --ipv6-cidr fd00:b::/56 --interface fp0 --vswitch vsw-b0:zone-a:10.10.0.0/24,fd00:b::/64 --vswitch vsw-b3:zone-a:10.10.3.0/24,fd00:b:0:3::/64 --vswitch vsw-b4:zone-b:10.10.4.0/24,fd00:b:0:4::/64 --probe-address 10.10.0.250",
     ),
-    // One load balancer per zone, checked every 200 ms on haproxy's monitor; a custom
-    // domain the operator verifies.
+    // One load balancer per zone (an IPv4 and an IPv6 address each: the service is dual
+    // stack, with IPv6 SNAT addresses), checked every 200 ms on haproxy's monitor; a
+    // custom domain the operator verifies.
     (
         "provider",
-        "service create epsrv-b --vpc vpc-b --backend zone-a:10.10.0.10 --backend zone-b:10.10.4.10 --snat 10.10.0.200 --snat 10.10.0.201 --listener tcp:80 --domain web.provider-b.example --health-port 8404 --health-path /health --health-interval-ms 200 --health-timeout-ms 300",
+        "service create epsrv-b --vpc vpc-b --ip-version dualstack --backend zone-a:10.10.0.10,fd00:b::10 --backend zone-b:10.10.4.10,fd00:b:0:4::10 --snat 10.10.0.200 --snat 10.10.0.201 --snat6 fd00:b::200 --snat6 fd00:b::201 --listener tcp:80 --domain web.provider-b.example --health-port 8404 --health-path /health --health-interval-ms 200 --health-timeout-ms 300",
     ),
     ("admin", "service domain-verify epsrv-b"),
     ("provider", "service whitelist add epsrv-b acct-a"),
-    // An ENI in each zone; the custom domain resolves in vpc-a.
+    // A dual-stack ENI in each zone; the custom domain resolves in vpc-a.
     (
         "consumer",
-        "endpoint create ep-a --vpc vpc-a --service epsrv-b --zone vsw-a1:10.10.1.100 --zone vsw-a4:10.10.4.100 --name web --service-domain on",
+        "endpoint create ep-a --vpc vpc-a --service epsrv-b --ip-version dualstack --zone vsw-a1:10.10.1.100,fd00:a:0:1::100 --zone vsw-a4:10.10.4.100,fd00:a:0:4::100 --name web --service-domain on",
     ),
     ("provider", "connection accept epsrv-b ep-a"),
     // The reverse direction: A publishes a service in its own VPC, B reaches it.
@@ -519,6 +550,29 @@ impl Lab {
         self.onprem.set_resolver(ONPREM_BIND)?;
         // Only the XDP program forwards in the forwarder.
         self.fwd.exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
+        self.fwd
+            .exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=0"])?;
+        self.wire6()
+    }
+
+    /// The VPCs' IPv6 addresses: the consumer's clients and the provider's load balancers
+    /// (haproxy reaches the backends over IPv4, inside the provider's VPC), each VPC's /56
+    /// on-link on its veth (as the IPv4 /16: the forwarder answers neighbour solicitations
+    /// for the ENIs' and SNAT addresses). `nodad`: an address is usable at once (haproxy
+    /// binds it; no test waits out duplicate address detection).
+    fn wire6(&self) -> Result<()> {
+        for a in [CLIENT6, CLIENT6_B, CLIENT6_C] {
+            self.consumer
+                .ip(&["addr", "add", &format!("{a}/64"), "dev", "c0", "nodad"])?;
+        }
+        self.consumer
+            .ip(&["-6", "route", "add", VPC_A6, "dev", "c0", "src", CLIENT6])?;
+        for a in [LB6, LB6_B] {
+            self.provider
+                .ip(&["addr", "add", &format!("{a}/64"), "dev", "p0", "nodad"])?;
+        }
+        self.provider
+            .ip(&["-6", "route", "add", VPC_B6, "dev", "p0", "src", LB6])?;
         Ok(())
     }
 
@@ -552,10 +606,14 @@ impl Lab {
             .map(|(s, l, h)| (*s, l.as_str(), h.as_str()))
             .collect();
         self.start_nginx("nginx", &self.provider.name.clone(), &sites)?;
-        for (i, (_, lb)) in LBS.iter().enumerate() {
+        // The IPv6 frontend logs each connection (`HAPROXY_LOG6`): who the provider saw.
+        for (i, ((_, lb), (_, lb6))) in LBS.iter().zip(LBS6).enumerate() {
             let haproxy_cfg = format!(
-                "global\n  maxconn 8192\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  \
-                 timeout server 30s\n\nfrontend internal_lb\n  bind {lb}:80\n  default_backend ecs\n\n\
+                "global\n  maxconn 8192\n  log stdout format raw local0\n\ndefaults\n  mode tcp\n  \
+                 timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\n\
+                 frontend internal_lb\n  bind {lb}:80\n  default_backend ecs\n\n\
+                 frontend internal_lb6\n  bind [{lb6}]:80\n  log global\n  log-format \"{HAPROXY_LOG6}\"\n  \
+                 default_backend ecs\n\n\
                  backend ecs\n  balance roundrobin\n  server ecs2 {}:{port}\n  server ecs3 {}:{port}\n\n\
                  frontend health\n  mode http\n  bind {lb}:{LB_HEALTH_PORT}\n  monitor-uri {LB_HEALTH_PATH}\n",
                 BACKENDS[0],
@@ -584,7 +642,7 @@ impl Lab {
     /// Starts zone `i`'s load balancer (`LBS`: 0 zone-a, 1 zone-b) — again, after
     /// `stop_load_balancer`; returns once it answers on its address (10 s at most).
     pub fn start_load_balancer(&mut self, i: usize) -> Result<()> {
-        let (zone, lb) = LBS[i];
+        let ((zone, lb), (_, lb6)) = (LBS[i], LBS6[i]);
         let cfg = self.haproxy_cfg(i);
         self.spawn(
             &Self::haproxy_name(i),
@@ -592,14 +650,15 @@ impl Lab {
             "haproxy",
             &["-db", "-f", path(&cfg)],
         )?;
-        // The load balancer is up when the backends answer through it and its monitor
-        // answers the health checks.
+        // The load balancer is up when the backends answer through it on both its
+        // addresses and its monitor answers the health checks.
         wait_for(
             Duration::from_secs(10),
             &format!("{zone}'s haproxy and nginx to answer"),
             || {
                 [
                     format!("http://{lb}/"),
+                    format!("http://[{lb6}]/"),
                     format!("http://{lb}:{LB_HEALTH_PORT}{LB_HEALTH_PATH}"),
                 ]
                 .iter()
@@ -1059,9 +1118,11 @@ zone "{DNS_APEX}" {{
                     self.log("privatelink")
                 );
             }
-            if start.elapsed() > Duration::from_secs(30) {
+            // (Loading verifies every path program, IPv4 and IPv6: about 20 s on a
+            // 2-CPU machine, longer while other labs load theirs.)
+            if start.elapsed() > Duration::from_secs(60) {
                 bail!(
-                    "privatelink daemon not ready after 30 s: {}",
+                    "privatelink daemon not ready after 60 s: {}",
                     self.log("privatelink")
                 );
             }
@@ -1140,6 +1201,43 @@ zone "{DNS_APEX}" {{
     /// `curl` from the consumer's client; returns the body.
     pub fn curl(&self, url: &str) -> Result<Vec<u8>> {
         curl_in(&self.consumer, url, &["-m", "10"])
+    }
+
+    /// `curl -6 <extra> <url>` from the consumer's client (IPv6 only, a name resolved
+    /// with AAAA); returns the body.
+    pub fn curl6(&self, url: &str, extra: &[&str]) -> Result<Vec<u8>> {
+        curl_in(&self.consumer, url, &[&["-6", "-m", "10"], extra].concat())
+    }
+
+    /// The IPv6 connections zone `i`'s load balancer (`LBS6`) logged, in order: (client
+    /// address, client port, the address it reached, the backend that served it), from its
+    /// `HAPROXY_LOG6` lines.
+    pub fn lb_connections6(&self, i: usize) -> Vec<(String, u16, String, String)> {
+        self.log(&Self::haproxy_name(i))
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                match w[..] {
+                    [
+                        "conn6",
+                        "from",
+                        client,
+                        "port",
+                        port,
+                        "to",
+                        at,
+                        "by",
+                        server,
+                    ] => Some((
+                        client.to_string(),
+                        port.parse().ok()?,
+                        at.to_string(),
+                        server.to_string(),
+                    )),
+                    _ => None,
+                }
+            })
+            .collect()
     }
 
     /// Whether a short request through `url` succeeds (2 s limit).
@@ -1297,6 +1395,13 @@ mod tests {
             format!("--health-port {LB_HEALTH_PORT}"),
             format!("--health-path {LB_HEALTH_PATH}"),
             format!("--health-interval-ms {PROBE_INTERVAL_MS}"),
+            format!("--ipv6-cidr {VPC_A6}"),
+            format!("--ipv6-cidr {VPC_B6}"),
+            format!("--zone vsw-a1:{ENI},{ENI6}"),
+            format!("vsw-a4:{ENI_B},{ENI6_B}"),
+            format!("--backend zone-a:{LB},{LB6}"),
+            format!("--backend zone-b:{LB_B},{LB6_B}"),
+            format!("--snat6 {} --snat6 {}", SNAT6[0], SNAT6[1]),
         ] {
             assert!(steps.contains(&want), "{want} not in BUILD_STEPS");
         }

@@ -1104,6 +1104,7 @@ fn stored_endpoints_from_before_the_zone_rules_still_load() {
         .push(privatelink_user::model::EndpointZone {
             vswitch: "vsw-a2".into(),
             eni: "10.10.2.5".parse().unwrap(),
+            eni6: None,
         });
     old.accounts[0].token_sha256 = Some(ops::token_hash("token-of-a-0123456789"));
     old.validate().unwrap();
@@ -1735,4 +1736,301 @@ fn interface_services_take_load_balancer_health_checks() {
     assert_eq!((st, field.as_str()), (400, "services[1].health"));
     let svc = patch(&w.b, "/v1/services/epsrv-b", json!({"health": null})).unwrap();
     assert!(svc.get("health").is_none(), "{svc}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Dual stack (issue 17): IPv6 ranges, dualstack services and endpoints, IPv6 rules.
+// ---------------------------------------------------------------------------------------
+
+/// The usual world plus two dual-stack VPCs (vpc-a6 of A: fd00:a::/56 with vsw-a61 in
+/// zone-a; vpc-b6 of B: fd00:b::/56) and a dualstack service epsrv-b6 of B in vpc-b6.
+fn dual_world() -> World {
+    let w = world();
+    for (id, account, iface, cidr, v6, vswitches) in [
+        (
+            "vpc-a6",
+            "acct-a",
+            "fc6",
+            "10.60.0.0/16",
+            "fd00:a::/56",
+            json!([{"id": "vsw-a61", "zone": "zone-a", "cidr": "10.60.1.0/24", "ipv6_cidr": "fd00:a:0:1::/64"},
+                   {"id": "vsw-a62", "zone": "zone-a", "cidr": "10.60.2.0/24"}]),
+        ),
+        (
+            "vpc-b6",
+            "acct-b",
+            "fp6",
+            "10.61.0.0/16",
+            "fd00:b::/56",
+            json!([{"id": "vsw-b60", "zone": "zone-a", "cidr": "10.61.0.0/24", "ipv6_cidr": "fd00:b::/64"}]),
+        ),
+    ] {
+        w.admin
+            .post(
+                "/v1/vpcs",
+                &json!({"id": id, "account": account, "cidr": cidr, "ipv6_cidr": v6,
+                        "interface": iface, "vswitches": vswitches}),
+            )
+            .unwrap();
+    }
+    w.b.post("/v1/services", &dual_service("epsrv-b6")).unwrap();
+    w
+}
+
+fn dual_service(id: &str) -> Value {
+    json!({"id": id, "vpc": "vpc-b6", "ip_version": "dualstack", "whitelist": ["acct-a"],
+           "auto_accept": true,
+           "backends": [{"zone": "zone-a", "address": "10.61.0.10", "address6": "fd00:b::10"}],
+           "snat": ["10.61.0.200"], "snat6": ["fd00:b::200"],
+           "listeners": [{"protocol": "tcp", "port": 80}]})
+}
+
+#[test]
+fn dual_stack_vpcs_services_and_endpoints_through_the_api() {
+    let w = dual_world();
+    let vpc = w.admin.get("/v1/vpcs/vpc-a6").unwrap();
+    assert_eq!(vpc["ipv6_cidr"], "fd00:a::/56");
+    assert_eq!(vpc["vswitches"][0]["ipv6_cidr"], "fd00:a:0:1::/64");
+    assert!(vpc["vswitches"][1].get("ipv6_cidr").is_none(), "{vpc}");
+    let svc = w.b.get("/v1/services/epsrv-b6").unwrap();
+    assert_eq!(svc["ip_version"], "dualstack");
+    assert_eq!(svc["snat6"], json!(["fd00:b::200"]));
+    assert_eq!(svc["backends"][0]["address6"], "fd00:b::10");
+    let avail = w.a.get("/v1/available-services/epsrv-b6").unwrap();
+    assert_eq!(avail["ip_version"], "dualstack");
+    // An ipv4 service reads as before: no dual-stack keys at all.
+    let old = w.b.get("/v1/services/epsrv-b").unwrap();
+    for key in ["ip_version", "snat6"] {
+        assert!(old.get(key).is_none(), "{key}: {old}");
+    }
+    assert!(old["backends"][0].get("address6").is_none(), "{old}");
+
+    // A dualstack endpoint: its ENI's IPv6 address allocated (the /64's ::0 reserved).
+    let ep =
+        w.a.post(
+            "/v1/endpoints",
+            &json!({"id": "ep-6", "vpc": "vpc-a6", "service": "epsrv-b6", "ip_version": "dualstack",
+                    "zones": [{"vswitch": "vsw-a61"}]}),
+        )
+        .unwrap();
+    assert_eq!(ep["ip_version"], "dualstack");
+    assert_eq!(ep["zones"][0]["eni"], "10.60.1.1");
+    assert_eq!(ep["zones"][0]["eni6"], "fd00:a:0:1::1");
+    // Given, the next one.
+    let ep2 = w
+        .a
+        .post(
+            "/v1/endpoints",
+            &json!({"id": "ep-62", "vpc": "vpc-a6", "service": "epsrv-b6", "ip_version": "dualstack",
+                    "zones": [{"vswitch": "vsw-a61", "eni6": "fd00:a:0:1::64"}]}),
+        )
+        .unwrap();
+    assert_eq!(ep2["zones"][0]["eni6"], "fd00:a:0:1::64");
+    // The data path was given both, as stored.
+    let applied = w.srv.applied.0.lock().unwrap().last().unwrap().clone();
+    let stored = applied.endpoint("ep-62").unwrap();
+    assert!(stored.ip_version.is_dualstack());
+    assert_eq!(
+        stored.zones[0].eni6,
+        Some("fd00:a:0:1::64".parse().unwrap())
+    );
+    // The overview shows the IPv6 address with the ENI.
+    let o = w.a.get("/v1/overview").unwrap();
+    let e = o["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "ep-6")
+        .unwrap();
+    assert_eq!(e["zones"][0]["eni6"], "fd00:a:0:1::1", "{e}");
+
+    // Switched to ipv4 the IPv6 address goes, and comes back allocated.
+    let ep = patch(&w.a, "/v1/endpoints/ep-62", json!({"ip_version": "ipv4"})).unwrap();
+    assert!(ep.get("ip_version").is_none(), "{ep}");
+    assert!(ep["zones"][0].get("eni6").is_none(), "{ep}");
+    let ep = patch(
+        &w.a,
+        "/v1/endpoints/ep-62",
+        json!({"ip_version": "dualstack"}),
+    )
+    .unwrap();
+    assert_eq!(ep["zones"][0]["eni6"], "fd00:a:0:1::2");
+
+    // The service cannot drop IPv6 under its dualstack endpoints.
+    let (st, field, msg) = refusal(patch(
+        &w.b,
+        "/v1/services/epsrv-b6",
+        json!({"ip_version": "ipv4"}),
+    ));
+    assert_eq!((st, field.as_str()), (409, "ip_version"), "{msg}");
+    assert!(msg.contains("ep-6") && msg.contains("ep-62"), "{msg}");
+
+    // Survives a reopen as it was.
+    let before = w.a.get("/v1/endpoints/ep-6").unwrap();
+    let dir = w.srv.dir.clone();
+    let mut w = w;
+    w.srv.keep_files = true;
+    drop(w);
+    let state = RedbStore::open(&dir).unwrap().load().unwrap();
+    state.validate().unwrap();
+    let e = state.endpoint("ep-6").unwrap();
+    assert_eq!(e.zones[0].eni6, Some("fd00:a:0:1::1".parse().unwrap()));
+    let srv = serve(&dir);
+    let admin = Client::new(&srv.url, Some(ADMIN.into()));
+    let after = admin.get("/v1/endpoints/ep-6").unwrap();
+    assert_eq!(after["zones"], before["zones"]);
+}
+
+#[test]
+fn dual_stack_refusals_name_the_field() {
+    let w = dual_world();
+    let before = snapshot(&w);
+    let ep6 = |zones: Value| json!({"id": "ep-x", "vpc": "vpc-a6", "service": "epsrv-b6", "ip_version": "dualstack", "zones": zones});
+    let mut bad_svc = dual_service("s6");
+    bad_svc["snat6"] = json!([]);
+    bad_svc["snat"] = json!(["10.61.0.202"]);
+    let mut svc_no_lb6 = dual_service("s7");
+    svc_no_lb6["backends"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("address6");
+    svc_no_lb6["snat"] = json!(["10.61.0.201"]);
+    let cases: Vec<(&str, anyhow::Result<Value>, u16, &str, &str)> = vec![
+        ("vSwitch /64 outside the VPC's range", w.admin.post("/v1/vpcs", &json!({"id": "vpc-x", "account": "acct-a",
+            "cidr": "10.62.0.0/16", "ipv6_cidr": "fd00:c::/56", "interface": "fx6",
+            "vswitches": [{"id": "vsw-x", "zone": "zone-a", "cidr": "10.62.1.0/24", "ipv6_cidr": "fd00:d::/64"}]})),
+            400, "vpcs[4].vswitches[0].ipv6_cidr", "not inside the VPC's fd00:c::/56"),
+        ("vSwitch IPv6 without the VPC's", w.admin.post("/v1/vpcs", &json!({"id": "vpc-x", "account": "acct-a",
+            "cidr": "10.62.0.0/16", "interface": "fx6",
+            "vswitches": [{"id": "vsw-x", "zone": "zone-a", "cidr": "10.62.1.0/24", "ipv6_cidr": "fd00:d::/64"}]})),
+            400, "vpcs[4].vswitches[0].ipv6_cidr", "has no ipv6_cidr"),
+        ("bad IPv6 range", w.admin.post("/v1/vpcs", &json!({"id": "vpc-x", "account": "acct-a",
+            "cidr": "10.62.0.0/16", "ipv6_cidr": "fd00:c::/129", "interface": "fx6"})), 400, "ipv6_cidr", "invalid"),
+        ("dualstack service without IPv6 SNAT", w.b.post("/v1/services", &bad_svc), 400, "services[2].snat6", "between 1 and 8"),
+        ("dualstack service without an IPv6 load balancer", w.b.post("/v1/services", &svc_no_lb6), 400,
+            "services[2].backends[0].address6", "needs each load balancer's IPv6 address"),
+        ("dualstack service in an IPv4 VPC", w.b.post("/v1/services", &json!({"id": "s8", "vpc": "vpc-b",
+            "ip_version": "dualstack", "backends": [{"zone": "zone-a", "address": "10.10.0.11", "address6": "fd00:b::11"}],
+            "snat": ["10.10.0.211"], "snat6": ["fd00:b::211"], "listeners": [{"protocol": "tcp", "port": 80}]})),
+            400, "services[2].ip_version", "has no ipv6_cidr"),
+        ("IPv6 SNAT on an ipv4 service", w.b.post("/v1/services", &json!({"id": "s9", "vpc": "vpc-b6",
+            "backends": [{"zone": "zone-a", "address": "10.61.0.12"}], "snat": ["10.61.0.212"], "snat6": ["fd00:b::212"],
+            "listeners": [{"protocol": "tcp", "port": 80}]})), 400, "services[2].snat6", "only dualstack services"),
+        ("dualstack endpoint of an ipv4 service", w.a.post("/v1/endpoints", &json!({"id": "ep-x", "vpc": "vpc-a",
+            "service": "epsrv-b", "ip_version": "dualstack", "zones": [{"vswitch": "vsw-a1"}]})), 400, "ip_version", "IPv4 only"),
+        ("bad ip_version", w.a.post("/v1/endpoints", &json!({"id": "ep-x", "vpc": "vpc-a6",
+            "service": "epsrv-b6", "ip_version": "ipv6", "zones": [{"vswitch": "vsw-a61"}]})), 400, "ip_version", "unknown variant"),
+        ("reserved IPv6 ENI", w.a.post("/v1/endpoints", &ep6(json!([{"vswitch": "vsw-a61", "eni6": "fd00:a:0:1:ffff:ffff:ffff:fffe"}]))),
+            400, "zones[0].eni6", "system-reserved"),
+        ("IPv6 ENI outside its vSwitch", w.a.post("/v1/endpoints", &ep6(json!([{"vswitch": "vsw-a61", "eni6": "fd00:a:0:9::5"}]))),
+            400, "zones[0].eni6", "not an address of vSwitch vsw-a61"),
+        ("vSwitch without IPv6", w.a.post("/v1/endpoints", &ep6(json!([{"vswitch": "vsw-a62"}]))),
+            400, "zones[0].vswitch", "has no ipv6_cidr"),
+        ("IPv6 ENI on an ipv4 endpoint", w.a.post("/v1/endpoints", &json!({"id": "ep-x", "vpc": "vpc-a6",
+            "service": "epsrv-b6", "zones": [{"vswitch": "vsw-a61", "eni6": "fd00:a:0:1::9"}]})), 400, "zones[0].eni6", "only dualstack"),
+        ("IPv6 rule with host bits", w.a.post("/v1/security-groups", &json!({"id": "sg-x", "vpc": "vpc-a6",
+            "rules": [{"direction": "ingress", "priority": 1, "action": "accept", "protocol": "tcp", "cidr": "fd00:a::1/56"}]})),
+            400, "security_groups[0].rules[0].cidr", "host bits"),
+    ];
+    for (what, r, status, field, msg) in cases {
+        let (got, err) = status_of(r);
+        assert_eq!(got, status, "{what}: {err}");
+        assert!(
+            err["field"].as_str().unwrap_or("").contains(field),
+            "{what}: field in {err}"
+        );
+        assert!(
+            err["message"].as_str().unwrap_or("").contains(msg),
+            "{what}: message in {err}"
+        );
+    }
+    assert_eq!(snapshot(&w), before, "nothing changed");
+    // An IPv6 ENI taken by another endpoint: refused at commit.
+    w.a.post(
+        "/v1/endpoints",
+        &ep6(json!([{"vswitch": "vsw-a61", "eni6": "fd00:a:0:1::9"}])),
+    )
+    .unwrap();
+    let mut again = ep6(json!([{"vswitch": "vsw-a61", "eni6": "fd00:a:0:1::9"}]));
+    again["id"] = json!("ep-y");
+    let (st, field, msg) = refusal(w.a.post("/v1/endpoints", &again));
+    assert_eq!(st, 400, "{msg}");
+    assert!(field.ends_with("zones[0].eni6"), "{field}");
+    assert!(msg.contains("already in use in VPC vpc-a6"), "{msg}");
+}
+
+#[test]
+fn security_group_and_acl_rules_take_ipv6_cidrs() {
+    let w = dual_world();
+    let sg = w
+        .a
+        .post(
+            "/v1/security-groups",
+            &json!({"id": "sg-6", "vpc": "vpc-a6", "rules": [
+                {"direction": "ingress", "priority": 1, "action": "accept", "protocol": "tcp", "ports": [80, 80], "cidr": "fd00:a::/56"},
+                {"direction": "ingress", "priority": 2, "action": "accept", "protocol": "all", "cidr": "10.60.0.0/16"}]}),
+        )
+        .unwrap();
+    assert_eq!(sg["rules"][0]["cidr"], "fd00:a::/56");
+    let r = w
+        .a
+        .post(
+            "/v1/security-groups/sg-6/rules",
+            &json!({"direction": "ingress", "priority": 3, "action": "drop", "protocol": "udp", "cidr": "::/0"}),
+        )
+        .unwrap();
+    assert_eq!(r["cidr"], "::/0");
+    let acl =
+        w.a.post(
+            "/v1/acls",
+            &json!({"id": "acl-6", "vpc": "vpc-a6", "vswitches": ["vsw-a61"],
+                    "ingress": [{"action": "accept", "protocol": "all", "cidr": "fd00::/8"}],
+                    "egress": [{"action": "accept", "protocol": "all", "cidr": "::/0"}]}),
+        )
+        .unwrap();
+    assert_eq!(acl["ingress"][0]["cidr"], "fd00::/8");
+    // A dualstack endpoint with the group: stored with its rules as given.
+    w.a.post(
+        "/v1/endpoints",
+        &json!({"id": "ep-6", "vpc": "vpc-a6", "service": "epsrv-b6", "ip_version": "dualstack",
+                "zones": [{"vswitch": "vsw-a61"}], "security_groups": ["sg-6"]}),
+    )
+    .unwrap();
+    let applied = w.srv.applied.0.lock().unwrap().last().unwrap().clone();
+    let g = applied
+        .security_groups
+        .iter()
+        .find(|g| g.id == "sg-6")
+        .unwrap();
+    assert_eq!(g.rules.len(), 3);
+    assert_eq!(g.rules[2].cidr.to_string(), "::/0");
+}
+
+#[test]
+fn the_openapi_document_describes_the_dual_stack_fields() {
+    let w = world();
+    let doc = w.a.get("/v1/openapi.json").unwrap();
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field) in [
+        ("NewVpc", "ipv6_cidr"),
+        ("NewVSwitch", "ipv6_cidr"),
+        ("NewService", "ip_version"),
+        ("NewService", "snat6"),
+        ("ServicePatch", "ip_version"),
+        ("ServicePatch", "snat6"),
+        ("NewEndpoint", "ip_version"),
+        ("EndpointPatch", "ip_version"),
+        ("NewZone", "eni6"),
+        ("ZoneView", "eni6"),
+        ("EniOverview", "eni6"),
+        ("AvailableService", "ip_version"),
+    ] {
+        // Flattened views list their own properties under `allOf`.
+        let s = &schemas[schema];
+        let own = std::iter::once(s).chain(s["allOf"].as_array().into_iter().flatten());
+        assert!(
+            own.into_iter().any(|x| x["properties"][field].is_object()),
+            "{schema}.{field}: {s:#}"
+        );
+    }
 }

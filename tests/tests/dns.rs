@@ -760,3 +760,154 @@ fn resolvers_follow_the_state() {
     assert!(holds(&lab, "fd0", "10.20.0.9"));
     assert!(!lab.log().contains("panicked"), "{}", lab.log());
 }
+
+// ---------------------------------------------------------------------------------------
+// Dual stack (issue 17): AAAA answers for dualstack endpoints, read by dig.
+// ---------------------------------------------------------------------------------------
+
+/// ep-a's ENIs' IPv6 addresses (zone-a, zone-b).
+const EP_A_V6: [&str; 2] = ["fd00:a:0:1::100", "fd00:a:0:4::100"];
+
+/// `state(true)` with VPCs A and B, the service and ep-a dual stack (ep-c stays ipv4).
+fn dual_state() -> String {
+    let mut s = state(true);
+    let mut edit = |from: &str, to: &str| {
+        assert!(s.contains(from), "{from}");
+        s = s.replacen(from, to, 1);
+    };
+    edit(
+        "cidr = \"10.10.0.0/16\"\ninterface = \"fc0\"",
+        "cidr = \"10.10.0.0/16\"\nipv6_cidr = \"fd00:a::/56\"\ninterface = \"fc0\"",
+    );
+    edit(
+        "cidr = \"10.10.1.0/24\" }",
+        "cidr = \"10.10.1.0/24\", ipv6_cidr = \"fd00:a:0:1::/64\" }",
+    );
+    edit(
+        "cidr = \"10.10.4.0/24\" }",
+        "cidr = \"10.10.4.0/24\", ipv6_cidr = \"fd00:a:0:4::/64\" }",
+    );
+    edit(
+        "cidr = \"10.10.0.0/16\"\ninterface = \"fp0\"",
+        "cidr = \"10.10.0.0/16\"\nipv6_cidr = \"fd00:b::/56\"\ninterface = \"fp0\"",
+    );
+    edit(
+        "address = \"10.10.0.10\" }, { zone",
+        "address = \"10.10.0.10\", address6 = \"fd00:b::10\" }, { zone",
+    );
+    edit(
+        "address = \"10.10.4.10\" }]",
+        "address = \"10.10.4.10\", address6 = \"fd00:b::4:10\" }]\n\
+         ip_version = \"dualstack\"\nsnat6 = [\"fd00:b::200\"]",
+    );
+    let ep_a = format!(
+        "zones = [{{ vswitch = \"vsw-a1\", eni = \"10.10.1.100\", eni6 = \"{}\" }}, \
+         {{ vswitch = \"vsw-a4\", eni = \"10.10.4.100\", eni6 = \"{}\" }}]\nip_version = \"dualstack\"",
+        EP_A_V6[0], EP_A_V6[1]
+    );
+    let old = "zones = [{ vswitch = \"vsw-a1\", eni = \"10.10.1.100\" }, { vswitch = \"vsw-a4\", eni = \"10.10.4.100\" }]";
+    assert!(s.contains(old));
+    s = s.replacen(old, &ep_a, 1);
+    s
+}
+
+/// The AAAA records' addresses of an answer, sorted.
+fn aaaa_of(d: &Dig) -> Vec<String> {
+    let mut v: Vec<String> = d
+        .answer
+        .iter()
+        .filter(|r| r.2 == "AAAA")
+        .map(|r| r.3.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+/// An authoritative NOERROR answer with exactly these AAAA records (TTL `TTL`) and no
+/// other record.
+fn assert_aaaa(d: &Dig, name: &str, want: &[&str]) {
+    assert_eq!(d.status, "NOERROR", "{}", d.text);
+    assert!(d.has_flag("aa") && !d.has_flag("ra"), "{}", d.text);
+    assert_eq!(aaaa_of(d), addrs(want), "{}", d.text);
+    assert_eq!(d.answer.len(), want.len(), "{}", d.text);
+    for r in &d.answer {
+        assert_eq!(
+            (r.0.as_str(), r.1.as_str()),
+            (format!("{name}.").as_str(), TTL),
+            "{}",
+            d.text
+        );
+    }
+}
+
+#[test]
+fn dualstack_endpoints_answer_aaaa_and_ipv4_ones_nodata() {
+    let mut lab = DnsLab::up("pldn6").unwrap();
+    let text = dual_state();
+    // The state file is checked as the daemon will read it.
+    let parsed = privatelink_user::model::parse_state(&text).unwrap();
+    assert!(parsed.endpoint("ep-a").unwrap().ip_version.is_dualstack());
+    lab.reload(&text).unwrap();
+    let (ca, cc, op) = (&lab.ca, &lab.cc, &lab.op);
+    wait_for(
+        Duration::from_secs(10),
+        "AAAA answers after the reload",
+        || !aaaa_of(&dig(op, EXTERNAL, None, EP_A, "AAAA", &[])).is_empty(),
+    )
+    .unwrap();
+    let [z_a, z_b] = EP_A_V6;
+    // Zone affinity as for A: the client's zone's ENI, every zone's from a zone without.
+    assert_aaaa(
+        &dig(ca, RESOLVER, Some(CLIENT_A), EP_A, "AAAA", &[]),
+        EP_A,
+        &[z_a],
+    );
+    assert_aaaa(
+        &dig(ca, RESOLVER, Some(CLIENT_B), EP_A, "AAAA", &[]),
+        EP_A,
+        &[z_b],
+    );
+    assert_aaaa(
+        &dig(ca, RESOLVER, Some(CLIENT_C), EP_A, "AAAA", &["+tcp"]),
+        EP_A,
+        &[z_a, z_b],
+    );
+    // A stays as it was.
+    assert_a(
+        &dig(ca, RESOLVER, Some(CLIENT_A), EP_A, "A", &[]),
+        EP_A,
+        &["10.10.1.100"],
+    );
+    // Zone names: their ENI's, whoever asks.
+    let zone_b = format!("zone-b.{EP_A}");
+    assert_aaaa(
+        &dig(ca, RESOLVER, Some(CLIENT_A), &zone_b, "AAAA", &[]),
+        &zone_b,
+        &[z_b],
+    );
+    // The custom domain in VPC A (with affinity); VPC C's endpoint is ipv4: NODATA there.
+    assert_aaaa(
+        &dig(ca, RESOLVER, Some(CLIENT_B), DOMAIN, "AAAA", &[]),
+        DOMAIN,
+        &[z_b],
+    );
+    for (ns, server, name) in [
+        (cc, RESOLVER, DOMAIN),
+        (cc, RESOLVER, EP_C),
+        (op, EXTERNAL, EP_C),
+    ] {
+        let d = dig(ns, server, None, name, "AAAA", &[]);
+        assert_eq!(d.status, "NOERROR", "{name}: {}", d.text);
+        assert!(d.has_flag("aa"), "{}", d.text);
+        assert!(d.answer.is_empty(), "{name}: {}", d.text);
+        assert_eq!(d.authority.len(), 1, "{}", d.text);
+        assert_eq!(d.authority[0].2, "SOA", "{}", d.text);
+    }
+    // The external listener: every zone's.
+    assert_aaaa(
+        &dig(op, EXTERNAL, None, EP_A, "AAAA", &[]),
+        EP_A,
+        &[z_a, z_b],
+    );
+    assert!(!lab.log().contains("panicked"), "{}", lab.log());
+}

@@ -318,7 +318,7 @@ impl Scenario {
                 let len = ep
                     .routes
                     .iter()
-                    .filter(|r| r.contains(&addr(a)))
+                    .filter(|r| r.contains(&std::net::IpAddr::V4(addr(a))))
                     .map(|r| r.prefix_len())
                     .max()?;
                 Some((len, ep, svc))
@@ -1317,7 +1317,11 @@ fn from_appliance(sc: &Scenario, h: &Harness, o: &Outcome, probe: bool) -> Resul
     if numeric_id(&ep.vpc) != attachment {
         return Err(format!("attachment {attachment:#x} is not {}'s VPC", ep.id));
     }
-    let routed = |a: [u8; 4]| ep.routes.iter().any(|r| r.contains(&addr(a)));
+    let routed = |a: [u8; 4]| {
+        ep.routes
+            .iter()
+            .any(|r| r.contains(&std::net::IpAddr::V4(addr(a))))
+    };
     if !routed(q.src) && !routed(q.dst) {
         return Err(format!(
             "{} -> {}: neither end is routed to {}",

@@ -517,12 +517,13 @@ fn malformed_or_foreign_geneve_is_dropped_and_counted() {
             Reason::DropGeneveMalformed,
         ),
         (
-            "IPv6 inside",
+            // IPv6 inside goes to the IPv6 return path (gwlb_packets6.rs): no such flow.
+            "IPv6 inside, of no flow",
             format!(
                 "{}/GENEVE(proto=0x86dd, options=[{o3}])/IPv6(src='fd00::1', dst='fd00::2')/UDP()",
                 outer(APPL_A)
             ),
-            Reason::DropGeneveMalformed,
+            Reason::DropGwlbNoFlow,
         ),
         (
             // Found by the fuzzer: the inner packet is what gets delivered.

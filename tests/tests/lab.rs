@@ -10,7 +10,10 @@ use std::{
 };
 
 use privatelink_tests::{
-    lab::{BIG_FILE_LEN, ENI, LAB_STATE, Lab, LabOptions, wait_for},
+    lab::{
+        BIG_FILE_LEN, CLIENT_B, CLIENT_C, CUSTOM_DOMAIN, ENI, ENI6, ENI6_B, EP_A_NAME, LAB_STATE,
+        Lab, LabOptions, wait_for, zone_name,
+    },
     netns::unique_name,
 };
 
@@ -916,7 +919,8 @@ fn zones_and_load_balancers_change_under_a_download() {
             .is_ok()
     })
     .unwrap();
-    // The provider replaces the service's load balancers (ZONE:ADDRESS each).
+    // The provider replaces the service's load balancers (ZONE:ADDRESS,ADDRESS6 each: the
+    // service is dual stack; this test's traffic is IPv4).
     let set_backends = |backends: &[&str]| {
         let mut args = vec!["service", "set", "epsrv-b"];
         for b in backends {
@@ -949,7 +953,10 @@ fn zones_and_load_balancers_change_under_a_download() {
     let before = lab.stats().unwrap();
 
     // The provider serves zone-b too; the consumer adds a zone-b ENI (allocated).
-    set_backends(&["zone-a:10.10.0.10", "zone-b:10.10.0.11"]);
+    set_backends(&[
+        "zone-a:10.10.0.10,fd00:b::10",
+        "zone-b:10.10.0.11,fd00:b::11",
+    ]);
     let ep: serde_json::Value = serde_json::from_str(
         &lab.cli(
             "consumer",
@@ -988,12 +995,15 @@ fn zones_and_load_balancers_change_under_a_download() {
     assert!(page(&format!("http://{ENI}/")).contains("backend"));
 
     // The zone-a load balancer is replaced: new connections land on the new one.
-    set_backends(&["zone-a:10.10.0.11"]);
+    set_backends(&["zone-a:10.10.0.11,fd00:b::11"]);
     for _ in 0..3 {
         assert_eq!(page(&format!("http://{ENI}/")), "LB2 10.10.0.11\n");
     }
     // Both in zone-a: new connections are spread over them.
-    set_backends(&["zone-a:10.10.0.10", "zone-a:10.10.0.11"]);
+    set_backends(&[
+        "zone-a:10.10.0.10,fd00:b::10",
+        "zone-a:10.10.0.11,fd00:b::11",
+    ]);
     let pages: Vec<String> = (0..16).map(|_| page(&format!("http://{ENI}/"))).collect();
     let on_lb2 = pages.iter().filter(|p| p.starts_with("LB2")).count();
     assert!(
@@ -1021,4 +1031,133 @@ fn zones_and_load_balancers_change_under_a_download() {
     for reason in ["drop_no_flow", "drop_not_connected", "drop_snat_exhausted"] {
         assert_eq!(delta(&before, &after, reason), 0, "{reason}: {after:?}");
     }
+}
+
+/// IPv6 (issue 17): ep-a as the API gives it, dual stack, with each zone's ENI's IPv6
+/// address.
+fn assert_dual_stack_endpoint(lab: &Lab) {
+    let ep: serde_json::Value =
+        serde_json::from_str(&lab.cli("consumer", &["endpoint", "show", "ep-a"]).unwrap()).unwrap();
+    assert_eq!(ep["ip_version"], "dualstack", "{ep}");
+    let enis6: BTreeMap<&str, &str> = ep["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| {
+            (
+                z["vswitch"].as_str().unwrap(),
+                z["eni6"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        enis6,
+        BTreeMap::from([("vsw-a1", ENI6), ("vsw-a4", ENI6_B)]),
+        "{ep}"
+    );
+}
+
+/// `ping -6 -c <count>` from the consumer to `to`: the sources of the echo replies, one
+/// line each (ping's "64 bytes from <addr>: icmp_seq=..." lines), and its summary's
+/// received count.
+fn ping6(lab: &Lab, to: &str, count: u32) -> (Vec<String>, u32) {
+    let out = lab
+        .consumer
+        .exec(
+            "ping",
+            &["-6", "-n", "-c", &count.to_string(), "-W", "2", to],
+        )
+        .unwrap();
+    let sources = out
+        .lines()
+        .filter_map(|l| l.split_once(" bytes from ")?.1.split_once(": icmp_seq="))
+        .map(|(from, _)| from.to_string())
+        .collect();
+    let received = out
+        .lines()
+        .find_map(|l| {
+            l.split_once(" received")?
+                .0
+                .rsplit(", ")
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    (sources, received)
+}
+
+/// What of IPv6 works today (issue 17 is open: IPv6 NAT, `privatelink_forward6`, is not
+/// built, so TCP/UDP to an ENI's IPv6 address is dropped and counted): ep-a is dual stack
+/// as the API gives it; the consumer's kernel resolves each ENI's IPv6 address by neighbour
+/// discovery (answered in XDP) and `ping -6` is answered by the ENI itself; the names
+/// answer AAAA by the client's zone as they answer A (zone-a: zone-a's ENI; zone-b:
+/// zone-b's; zone-c, without an ENI: both), a zone name its zone's, the custom domain as
+/// the endpoint name; a SYN to the ENI's IPv6 address is dropped and counted, never
+/// passed to the forwarder's kernel (which routes no IPv6).
+#[test]
+fn over_ipv6_enis_answer_neighbour_discovery_and_ping_and_names_answer_aaaa() {
+    use privatelink_tests::dig::parse_dig;
+    let lab = lab();
+    assert_dual_stack_endpoint(&lab);
+    let fwd = lab
+        .fwd
+        .exec("sysctl", &["-n", "net.ipv6.conf.all.forwarding"])
+        .unwrap();
+    assert_eq!(fwd.trim(), "0");
+
+    // Echo to each ENI, answered by the forwarder from the ENI's address (the consumer's
+    // kernel first resolved it by neighbour discovery).
+    let before = lab.stats().unwrap();
+    for eni in [ENI6, ENI6_B] {
+        let (sources, received) = ping6(&lab, eni, 3);
+        assert_eq!(received, 3, "ping -6 {eni}");
+        assert_eq!(sources, vec![eni.to_string(); 3]);
+    }
+    let after = lab.stats().unwrap();
+    assert_eq!(delta(&before, &after, "icmp6_echo_reply"), 6);
+    assert!(delta(&before, &after, "nd_advert") >= 1, "{after:?}");
+
+    let aaaa = |args: &[&str]| -> Vec<String> {
+        let out = lab
+            .consumer
+            .exec("dig", &[&["+time=2", "+tries=2", "AAAA"], args].concat())
+            .unwrap();
+        let d = parse_dig(&out);
+        assert_eq!(d.status, "NOERROR", "{}", d.text);
+        let mut v: Vec<String> = d
+            .answer
+            .iter()
+            .filter(|r| r.2 == "AAAA")
+            .map(|r| r.3.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let both = {
+        let mut v = vec![ENI6.to_string(), ENI6_B.to_string()];
+        v.sort();
+        v
+    };
+    assert_eq!(aaaa(&[EP_A_NAME]), vec![ENI6], "from zone-a");
+    assert_eq!(
+        aaaa(&["-b", CLIENT_B, EP_A_NAME]),
+        vec![ENI6_B],
+        "from zone-b"
+    );
+    assert_eq!(aaaa(&["-b", CLIENT_C, EP_A_NAME]), both, "from zone-c");
+    assert_eq!(aaaa(&[&zone_name("zone-b")]), vec![ENI6_B], "zone-b's name");
+    assert_eq!(aaaa(&[CUSTOM_DOMAIN]), vec![ENI6], "the custom domain");
+
+    // TCP to the ENI's IPv6 address: not forwarded yet, dropped and counted.
+    let before = lab.stats().unwrap();
+    assert!(
+        lab.curl6(&format!("http://[{ENI6}]/"), &["-m", "2"])
+            .is_err()
+    );
+    let after = lab.stats().unwrap();
+    assert!(
+        delta(&before, &after, "drop_unsupported_protocol") >= 1,
+        "{after:?}"
+    );
 }

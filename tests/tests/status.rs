@@ -62,7 +62,8 @@ fn eni_line(text: &str, endpoint: &str, eni: &str) -> Vec<String> {
     let rows = section(text, "ENIS");
     let found: Vec<_> = rows
         .iter()
-        .filter(|r| r[0] == endpoint && r[2] == eni)
+        // A dual-stack ENI reads "IPv4,IPv6".
+        .filter(|r| r[0] == endpoint && r[2].split(',').next() == Some(eni))
         .collect();
     assert_eq!(found.len(), 1, "{endpoint} {eni} in {text}");
     found[0].clone()

@@ -277,6 +277,17 @@ impl Dataplane {
             .filter(|mac| *mac != [0; 6])
     }
 
+    /// The MAC the data path has learned for IPv6 next hop `addr` of VPC `vpc_id`
+    /// (`PL_NEIGHBORS6`, from its Neighbour Advertisements).
+    pub fn neighbor6(&self, vpc_id: u32, addr: [u8; 16]) -> Option<[u8; 6]> {
+        let m: HashMap<_, privatelink_common::VpcAddr6, Neighbor> =
+            HashMap::try_from(self.map(map_names::NEIGHBORS6).ok()?).ok()?;
+        m.get(&privatelink_common::VpcAddr6 { vpc_id, addr }, 0)
+            .ok()
+            .map(|n| n.mac)
+            .filter(|mac| *mac != [0; 6])
+    }
+
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
         read_flows(self.map(map_names::CONNTRACK)?)
     }

@@ -350,6 +350,8 @@ mod tests {
             "PL_HANDOFF",
             "PL_FLOW_EVENTS",
             "PL_FLOW_SCRATCH",
+            "PL_HANDOFF6",
+            "PL_SCRATCH6",
         ]);
         want.sort();
         assert_eq!(declared, want);

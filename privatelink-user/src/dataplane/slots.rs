@@ -40,6 +40,9 @@ pub fn assign(cur: &BTreeMap<CounterKey, u32>, d: &mut Desired) -> Vec<u32> {
         .endpoints
         .values()
         .chain(d.gw_routes.values())
+        // Dual stack: an ENI's IPv6 address counts into its IPv4 address's slot (same
+        // key); a GWLB endpoint may route IPv6 prefixes only.
+        .chain(d.gw_routes6.values())
         .map(eni_key)
         .chain(d.gwlb_appliances.keys().map(appliance_key))
         .collect();
@@ -75,7 +78,13 @@ pub fn assign(cur: &BTreeMap<CounterKey, u32>, d: &mut Desired) -> Vec<u32> {
         );
     }
     let slot_of = |k: &CounterKey| slots.get(k).copied().unwrap_or(0);
-    for e in d.endpoints.values_mut().chain(d.gw_routes.values_mut()) {
+    for e in d
+        .endpoints
+        .values_mut()
+        .chain(d.gw_routes.values_mut())
+        .chain(d.endpoints6.values_mut().map(|e| &mut e.eni))
+        .chain(d.gw_routes6.values_mut())
+    {
         e.counter_slot = slot_of(&eni_key(e));
     }
     for (a, v) in d.gwlb_appliances.iter_mut() {

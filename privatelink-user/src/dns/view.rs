@@ -97,8 +97,9 @@ struct Spread {
 struct Eni {
     zone: String,
     healthy: bool,
-    /// The address record, owned by the name it answers (A now, AAAA once ENIs have them).
-    record: Record,
+    /// The address records, owned by the name they answer: A, and AAAA for a dualstack
+    /// endpoint's ENI (the question's type picks).
+    records: Vec<Record>,
 }
 
 /// A custom service domain: one zone, answered per VPC.
@@ -165,12 +166,15 @@ impl Spread {
         if self.affinity
             && let Some(z) = client_zone
         {
-            let mine: Vec<&Record> = pool().filter(|e| e.zone == z).map(|e| &e.record).collect();
+            let mine: Vec<&Record> = pool()
+                .filter(|e| e.zone == z)
+                .flat_map(|e| &e.records)
+                .collect();
             if !mine.is_empty() {
                 return mine;
             }
         }
-        pool().map(|e| &e.record).collect()
+        pool().flat_map(|e| &e.records).collect()
     }
 }
 
@@ -289,13 +293,19 @@ impl DnsView {
             {
                 continue;
             }
-            // (zone, address) of each ENI whose vSwitch is known.
-            let enis: Vec<(&str, Ipv4Addr)> = ep
+            // (zone, addresses) of each ENI whose vSwitch is known: its IPv4 address, and
+            // a dualstack endpoint's IPv6 one.
+            let enis: Vec<(&str, Vec<IpAddr>)> = ep
                 .zones
                 .iter()
                 .filter_map(|z| {
                     let vsw = vpc.vswitches.iter().find(|s| s.id == z.vswitch)?;
-                    Some((vsw.zone.as_str(), z.eni))
+                    let v6 = z
+                        .eni6
+                        .filter(|_| ep.ip_version.is_dualstack())
+                        .map(IpAddr::V6);
+                    let addrs = std::iter::once(IpAddr::V4(z.eni)).chain(v6).collect();
+                    Some((vsw.zone.as_str(), addrs))
                 })
                 .collect();
             if enis.is_empty() {
@@ -305,10 +315,13 @@ impl DnsView {
                 affinity: ep.zone_affinity,
                 enis: enis
                     .iter()
-                    .map(|(zone, a)| Eni {
+                    .map(|(zone, addrs)| Eni {
                         zone: zone.to_string(),
                         healthy: zone_healthy(svc, zone, unhealthy),
-                        record: address_record(owner.clone(), ttl, IpAddr::V4(*a)),
+                        records: addrs
+                            .iter()
+                            .map(|a| address_record(owner.clone(), ttl, *a))
+                            .collect(),
                     })
                     .collect(),
             };
@@ -320,9 +333,13 @@ impl DnsView {
                 }
             };
             view.insert(ep_name.clone(), Node::Endpoint(spread_for(&ep_name)));
-            for (zone, a) in &enis {
+            for (zone, addrs) in &enis {
                 match fqdn(&naming.zone(zone, &ep.id, &svc.id)) {
-                    Ok(n) => view.add_record(n.clone(), address_record(n, ttl, IpAddr::V4(*a))),
+                    Ok(n) => {
+                        for a in addrs {
+                            view.add_record(n.clone(), address_record(n.clone(), ttl, *a));
+                        }
+                    }
                     Err(e) => view
                         .problems
                         .push(format!("endpoint {} zone {zone}: {e}", ep.id)),
@@ -386,7 +403,11 @@ impl DnsView {
             let mut v: Vec<String> = s
                 .enis
                 .iter()
-                .map(|e| format!("{} {} {} {}", s.affinity, e.zone, e.healthy, e.record))
+                .flat_map(|e| {
+                    e.records
+                        .iter()
+                        .map(move |r| format!("{} {} {} {r}", s.affinity, e.zone, e.healthy))
+                })
                 .collect();
             v.sort();
             v
@@ -1068,5 +1089,80 @@ zones = [{ vswitch = "vsw-d1", eni = "10.20.1.100" }]
         let g = ask(&next, Some("vpc-d"), "10.20.1.7", DOMAIN, RecordType::A);
         assert_eq!(g.rcode, ResponseCode::NXDomain);
         assert!(next.private[0].soa.data.to_string().contains(" 5001 "));
+    }
+
+    /// The test state with ep-a dualstack: an IPv6 address on each of its two ENIs.
+    fn dual_state() -> State {
+        let mut s = state();
+        let ep = &mut s.endpoints[0];
+        ep.ip_version = crate::model::IpVersion::Dualstack;
+        ep.zones[0].eni6 = Some("fd00:a:0:1::1".parse().expect("address"));
+        ep.zones[1].eni6 = Some("fd00:a:0:4::1".parse().expect("address"));
+        s
+    }
+
+    fn aaaa(v: &DnsView, vpc: Option<&str>, src: &str, name: &str) -> Got {
+        ask(v, vpc, src, name, RecordType::AAAA)
+    }
+
+    #[test]
+    fn dualstack_endpoints_answer_aaaa_with_zone_affinity_and_failover() {
+        let v = view_of(&dual_state(), &Unhealthy::new());
+        let (z_a, z_b) = ("fd00:a:0:1::1", "fd00:a:0:4::1");
+        // A client in zone-a: only zone-a's ENI, in A and in AAAA alike.
+        let g = aaaa(&v, Some("vpc-a"), "10.10.1.7", EP_A);
+        assert_eq!((g.rcode, g.aa), (ResponseCode::NoError, true));
+        assert_eq!(g.answers, addrs(&[z_a]));
+        assert_eq!(
+            a(&v, Some("vpc-a"), "10.10.1.7", EP_A),
+            addrs(&["10.10.1.100"])
+        );
+        // The external listener (no client zone): both.
+        assert_eq!(
+            aaaa(&v, None, "192.0.2.1", EP_A).answers,
+            addrs(&[z_a, z_b])
+        );
+        // Zone names: that zone's, always.
+        let zone_b = format!("zone-b.{EP_A}");
+        assert_eq!(
+            aaaa(&v, Some("vpc-a"), "10.10.1.7", &zone_b).answers,
+            addrs(&[z_b])
+        );
+        // ANY at a zone name: its A and its AAAA.
+        let g = ask(&v, None, "192.0.2.1", &zone_b, RecordType::ANY);
+        assert_eq!(g.answers, addrs(&["10.10.4.100", z_b]));
+        // The custom service domain in the endpoint's VPC, with affinity.
+        assert_eq!(
+            aaaa(&v, Some("vpc-a"), "10.10.4.9", DOMAIN).answers,
+            addrs(&[z_b])
+        );
+        // Zone-a's load balancer down: its ENI leaves the endpoint name's AAAA answers too.
+        let down: Unhealthy = [(numeric_id("vpc-b"), [10, 10, 0, 10])].into();
+        let v = view_of(&dual_state(), &down);
+        assert_eq!(
+            aaaa(&v, Some("vpc-a"), "10.10.1.7", EP_A).answers,
+            addrs(&[z_b])
+        );
+        assert_eq!(
+            aaaa(&v, Some("vpc-a"), "10.10.1.7", &format!("zone-a.{EP_A}")).answers,
+            addrs(&[z_a])
+        );
+    }
+
+    #[test]
+    fn ipv4_endpoints_answer_aaaa_with_nodata() {
+        // ep-c is ipv4: its name exists, with no AAAA (NOERROR, no answers, the SOA).
+        let v = view_of(&dual_state(), &Unhealthy::new());
+        let ep_c = "ep-c.epsrv-b.region-1.privatelink.internal";
+        let g = aaaa(&v, Some("vpc-c"), "10.10.1.7", ep_c);
+        assert_eq!((g.rcode, g.aa), (ResponseCode::NoError, true));
+        assert!(g.answers.is_empty(), "{g:?}");
+        assert_eq!(g.authority, vec![format!("{APEX}.")]);
+        // An IPv6 address stored on an ipv4 endpoint (validation refuses it) is not served.
+        let mut s = dual_state();
+        s.endpoints[0].ip_version = crate::model::IpVersion::Ipv4;
+        let v = view_of(&s, &Unhealthy::new());
+        assert!(aaaa(&v, None, "192.0.2.1", EP_A).answers.is_empty());
+        assert_eq!(a(&v, None, "192.0.2.1", EP_A).len(), 2);
     }
 }

@@ -1,12 +1,15 @@
 //! Endpoints (a consumer's connection to a service: ENIs in zones, a gateway, or GWLB
 //! routes) and their connection state.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::AclRule;
+use super::{AclRule, IpVersion};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,6 +47,11 @@ pub struct Endpoint {
     pub connection: Connection,
     #[serde(default)]
     pub zones: Vec<EndpointZone>,
+    /// ipv4 (every endpoint stored before dual stack), or dualstack: each ENI has an IPv6
+    /// address too (`EndpointZone::eni6`), reached over IPv6 (interface endpoints; the
+    /// service must be dualstack).
+    #[serde(default, skip_serializing_if = "IpVersion::is_ipv4")]
+    pub ip_version: IpVersion,
     /// Gateway endpoints: the route target address in the VPC (the VPC routes the
     /// service's prefixes to it).
     #[serde(default)]
@@ -56,9 +64,10 @@ pub struct Endpoint {
     pub security_groups: Vec<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
-    /// GWLB endpoints: the destination prefixes the VPC routes to this endpoint (its ENI).
+    /// GWLB endpoints: the destination prefixes the VPC routes to this endpoint (its ENI),
+    /// IPv4 or (the service dualstack) IPv6.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<Ipv4Net>,
+    pub routes: Vec<IpNet>,
     /// Zone affinity of the endpoint's domain name: a client in a zone where the endpoint
     /// has an ENI is answered that zone's address (while it is healthy). Enabled only
     /// where the service supports it (see the README for the change rules).
@@ -96,6 +105,9 @@ fn is_false(b: &bool) -> bool {
 pub struct EndpointZone {
     pub vswitch: String,
     pub eni: Ipv4Addr,
+    /// The ENI's IPv6 address (dualstack endpoints), in the vSwitch's `ipv6_cidr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eni6: Option<Ipv6Addr>,
 }
 
 pub const MAX_SECURITY_GROUPS: usize = 5;

@@ -3,7 +3,10 @@
 //! per kind for the types; every rule a state must keep is in `validate`, with no I/O, and
 //! every error names the field it is about.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +96,20 @@ impl State {
         for e in self.endpoints.iter().filter(|e| e.vpc == vpc) {
             used.extend(e.zones.iter().map(|z| z.eni));
             used.extend(e.gateway);
+        }
+        used
+    }
+
+    /// Every IPv6 address already in use in VPC `vpc`: dualstack endpoints' ENIs and the
+    /// IPv6 load balancer and SNAT addresses of the services that live there.
+    pub fn used_addresses6(&self, vpc: &str) -> BTreeSet<Ipv6Addr> {
+        let mut used = BTreeSet::new();
+        for s in self.services.iter().filter(|s| s.vpc == vpc) {
+            used.extend(s.backends.iter().filter_map(|b| b.address6));
+            used.extend(s.snat6.iter().copied());
+        }
+        for e in self.endpoints.iter().filter(|e| e.vpc == vpc) {
+            used.extend(e.zones.iter().filter_map(|z| z.eni6));
         }
         used
     }
@@ -215,6 +232,30 @@ connection = "connected"
 zones = [{ vswitch = "vsw-c2", eni = "10.30.2.5" }]
 routes = ["10.30.8.0/24"]
 "#;
+
+/// The lab's state made dual stack: IPv6 ranges on both VPCs and their first vSwitches
+/// (fd00:a::/56 with vsw-a1 fd00:a:0:1::/64; fd00:b::/56 with vsw-b0 fd00:b::/64), the
+/// service dualstack (load balancer fd00:b::10, SNAT fd00:b::200 and ::201), and ep-a
+/// dualstack with its ENI at fd00:a:0:1::64.
+#[cfg(test)]
+pub(crate) fn dual_stack_lab() -> State {
+    let mut s = parse_state(include_str!("../../../tests/lab.toml")).expect("the lab state");
+    let net = |a: &str| a.parse().expect("an IPv6 range");
+    let ip = |a: &str| a.parse().expect("an IPv6 address");
+    s.vpcs[0].ipv6_cidr = Some(net("fd00:a::/56"));
+    s.vpcs[0].vswitches[0].ipv6_cidr = Some(net("fd00:a:0:1::/64"));
+    s.vpcs[1].ipv6_cidr = Some(net("fd00:b::/56"));
+    s.vpcs[1].vswitches[0].ipv6_cidr = Some(net("fd00:b::/64"));
+    let svc = &mut s.services[0];
+    svc.ip_version = IpVersion::Dualstack;
+    svc.backends[0].address6 = Some(ip("fd00:b::10"));
+    svc.snat6 = vec![ip("fd00:b::200"), ip("fd00:b::201")];
+    let ep = &mut s.endpoints[0];
+    ep.ip_version = IpVersion::Dualstack;
+    ep.zones[0].eni6 = Some(ip("fd00:a:0:1::64"));
+    s.validate().expect("the dual-stack lab is valid");
+    s
+}
 
 impl State {
     /// Interface and gateway services that have no listeners: stored by a build that

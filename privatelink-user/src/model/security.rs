@@ -1,6 +1,6 @@
 //! Security groups and network ACLs: the rules that filter an endpoint's traffic.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,8 +58,9 @@ pub struct SgRule {
     /// TCP/UDP port range on the ENI side; all ports if absent.
     #[serde(default)]
     pub ports: Option<[u16; 2]>,
-    /// The remote address range.
-    pub cidr: Ipv4Net,
+    /// The remote address range, IPv4 or IPv6 (an IPv6 rule filters the IPv6 addresses of
+    /// dualstack ENIs).
+    pub cidr: IpNet,
 }
 
 /// A network ACL: stateless, ordered rules for the vSwitches it is bound to, evaluated
@@ -84,5 +85,6 @@ pub struct AclRule {
     pub protocol: Protocol,
     #[serde(default)]
     pub ports: Option<[u16; 2]>,
-    pub cidr: Ipv4Net,
+    /// IPv4 or IPv6; each family's rules keep their order among themselves.
+    pub cidr: IpNet,
 }

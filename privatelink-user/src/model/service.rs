@@ -1,9 +1,13 @@
 //! Endpoint services: interface (a load balancer), gateway (a prefix list) and GWLB (a
 //! Gateway Load Balancer in front of appliances), with their listeners and settings.
 
-use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{Connection, HealthSettings};
@@ -97,6 +101,27 @@ pub enum ServiceType {
     Gwlb,
 }
 
+/// The IP versions a service (or an endpoint) carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpVersion {
+    /// IPv4 only: everything stored before dual stack.
+    #[default]
+    Ipv4,
+    /// IPv4 and IPv6.
+    Dualstack,
+}
+
+impl IpVersion {
+    pub fn is_ipv4(&self) -> bool {
+        *self == IpVersion::Ipv4
+    }
+
+    pub fn is_dualstack(&self) -> bool {
+        *self == IpVersion::Dualstack
+    }
+}
+
 /// How a GWLB service spreads flows over its appliances: a flow is hashed over these fields
 /// of its packets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -165,6 +190,15 @@ pub struct EndpointService {
     /// for GWLB services).
     #[serde(default)]
     pub snat: Vec<Ipv4Addr>,
+    /// ipv4 (every service stored before dual stack), or dualstack: interface services
+    /// then have each load balancer's `address6` and an IPv6 SNAT pool (`snat6`), gateway
+    /// services may have IPv6 prefixes, GWLB services' endpoints may route IPv6 prefixes.
+    #[serde(default, skip_serializing_if = "IpVersion::is_ipv4")]
+    pub ip_version: IpVersion,
+    /// Dualstack interface services: the IPv6 source addresses in the provider VPC that
+    /// consumers' IPv6 flows are translated to (ports `snat_ports`, as for IPv4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snat6: Vec<Ipv6Addr>,
     #[serde(default = "default_snat_ports")]
     pub snat_ports: [u16; 2],
     /// The custom service domain name: consumers whose endpoints enable it
@@ -181,9 +215,10 @@ pub struct EndpointService {
     /// default interval, timeout and thresholds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSettings>,
-    /// Gateway services: the prefixes consumers route to their gateway endpoint.
+    /// Gateway services: the prefixes consumers route to their gateway endpoint (IPv6
+    /// ones only when the service is dualstack).
     #[serde(default)]
-    pub prefixes: Vec<Ipv4Net>,
+    pub prefixes: Vec<IpNet>,
     /// GWLB services: the load balancer's address, stickiness, failover and health checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gwlb: Option<GwlbSettings>,
@@ -227,6 +262,10 @@ fn default_snat_ports() -> [u16; 2] {
 pub struct Backend {
     pub zone: String,
     pub address: Ipv4Addr,
+    /// Dualstack interface services: the load balancer's IPv6 address in the provider
+    /// VPC, where the zone's IPv6 flows go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<Ipv6Addr>,
 }
 
 /// The most appliances a GWLB service has, and the most routes a GWLB endpoint has.

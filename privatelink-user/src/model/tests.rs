@@ -128,6 +128,7 @@ fn reserved_addresses_are_the_first_and_the_last_three() {
         id: "v".into(),
         zone: "z".into(),
         cidr: cidr.parse().unwrap(),
+        ipv6_cidr: None,
     };
     let ip = |a: &str| a.parse::<Ipv4Addr>().unwrap();
     let v = vsw("192.168.1.0/24");
@@ -188,6 +189,7 @@ fn zone_affinity_prefers_same_zone() {
     svc.backends.push(Backend {
         zone: "zone-b".into(),
         address: "10.10.0.11".parse().unwrap(),
+        address6: None,
     });
     assert_eq!(
         svc.backend_for_zone("zone-b").address.to_string(),
@@ -213,6 +215,7 @@ fn zone_affinity_prefers_same_zone() {
     svc.backends.push(Backend {
         zone: "zone-a".into(),
         address: "10.10.0.12".parse().unwrap(),
+        address6: None,
     });
     assert_eq!(
         addrs(svc.backends_for_zone("zone-a")),
@@ -235,6 +238,7 @@ fn zone_affinity_prefers_same_zone() {
         nine.services[0].backends.push(Backend {
             zone: "zone-a".into(),
             address: format!("10.10.0.{}", 20 + i).parse().unwrap(),
+            address6: None,
         });
     }
     assert!(nine.validate().unwrap_err().message.contains("more than 8"));
@@ -326,6 +330,7 @@ fn gwlb_services_are_checked() {
                     .map(|n| Backend {
                         zone: "zone-a".into(),
                         address: Ipv4Addr::new(10, 20, 1, 100 + n),
+                        address6: None,
                     })
                     .collect()
             },
@@ -405,6 +410,7 @@ fn gwlb_addresses_do_not_collide() {
         o.backends = vec![Backend {
             zone: "zone-b".into(),
             address: "10.20.2.20".parse().unwrap(),
+            address6: None,
         }];
         o.gwlb.as_mut().unwrap().address = "10.20.0.6".parse().unwrap();
         s.services.push(o);
@@ -437,6 +443,7 @@ fn gwlb_addresses_do_not_collide() {
         o.backends = vec![Backend {
             zone: "zone-a".into(),
             address: lb.parse().unwrap(),
+            address6: None,
         }];
         o.snat = vec![snat.parse().unwrap()];
         s.services.push(o);
@@ -462,6 +469,7 @@ fn gwlb_addresses_do_not_collide() {
         o.zones = vec![EndpointZone {
             vswitch: "vsw-s1".into(),
             eni: "10.20.1.10".parse().unwrap(),
+            eni6: None,
         }];
         s.endpoints.push(o);
     });
@@ -487,6 +495,7 @@ fn gwlb_endpoints_are_checked() {
                 s.endpoints[g1].zones.push(EndpointZone {
                     vswitch: "vsw-c2".into(),
                     eni: "10.30.2.6".parse().unwrap(),
+                    eni6: None,
                 })
             },
             format!("{f}.zones:"),
@@ -577,6 +586,7 @@ fn routes_are_unique_per_vpc_across_gateway_and_gwlb_endpoints() {
     other.zones = vec![EndpointZone {
         vswitch: "vsw-a2".into(),
         eni: "10.10.2.5".parse().unwrap(),
+        eni6: None,
     }];
     other.routes = vec!["10.30.9.0/24".parse().unwrap()];
     ok.endpoints.push(other);
@@ -813,6 +823,35 @@ fn resolver_and_probe_addresses_are_no_other_address_in_use_in_their_vpc() {
     });
     assert!(
         e.ends_with("10.10.1.1 is endpoint ep-gw's route target in VPC vpc-a"),
+        "{e}"
+    );
+    // IPv6 gateway endpoints are not built: an IPv6 rule in a gateway's policy is refused
+    // (alone, it would leave the IPv4 rules empty, which denies everything).
+    let e = check(|s| {
+        let mut g = s.services[0].clone();
+        g.id = "epsrv-oss".into();
+        g.kind = ServiceType::Gateway;
+        g.snat = vec!["10.10.0.202".parse().unwrap()];
+        g.domain = None;
+        g.prefixes = vec!["100.64.10.0/24".parse().unwrap()];
+        s.services.push(g);
+        let mut e = s.endpoints[0].clone();
+        e.id = "ep-gw".into();
+        e.service = "epsrv-oss".into();
+        e.zones.clear();
+        e.gateway = addr("10.10.1.1");
+        e.policy = vec![AclRule {
+            action: RuleAction::Accept,
+            protocol: Protocol::Tcp,
+            ports: None,
+            cidr: "fd00:a::/56".parse().unwrap(),
+        }];
+        s.endpoints.push(e);
+    });
+    assert!(
+        e.ends_with(
+            ".policy[0].cidr: IPv6 rules in a gateway endpoint's policy are not supported yet"
+        ),
         "{e}"
     );
     // One host holds every VPC's interface: an address in use in another VPC is taken
@@ -1063,4 +1102,283 @@ fn a_gwlb_endpoint_has_no_flow_logs() {
     );
     assert_eq!(r.unwrap_err().field.as_deref(), Some("flow_log"));
     assert!(s.endpoints[i].flow_log.is_none(), "nothing changed");
+}
+
+// Dual stack (issue 17).
+
+/// The first error of the dual-stack lab changed by `f`.
+fn broken6(f: impl FnOnce(&mut State)) -> String {
+    let mut s = dual_stack_lab();
+    f(&mut s);
+    s.validate().unwrap_err().to_string()
+}
+
+fn v6(a: &str) -> std::net::Ipv6Addr {
+    a.parse().unwrap()
+}
+
+#[test]
+fn states_stored_before_dual_stack_load_as_ipv4_and_store_unchanged() {
+    let s = parse_state(LAB).unwrap();
+    assert!(s.services[0].ip_version.is_ipv4() && s.endpoints[0].ip_version.is_ipv4());
+    assert_eq!(s.vpcs[0].ipv6_cidr, None);
+    assert_eq!(s.endpoints[0].zones[0].eni6, None);
+    // Written back, nothing of dual stack appears: an earlier build reads it again.
+    for (v, json) in [
+        (
+            serde_json::to_value(&s.services[0]).unwrap(),
+            ["ip_version", "snat6"],
+        ),
+        (
+            serde_json::to_value(&s.endpoints[0]).unwrap(),
+            ["ip_version", "eni6"],
+        ),
+    ] {
+        let text = v.to_string();
+        for key in json {
+            assert!(!text.contains(key), "{key} in {text}");
+        }
+    }
+    let vpc = serde_json::to_string(&s.vpcs[0]).unwrap();
+    assert!(!vpc.contains("ipv6_cidr"), "{vpc}");
+    // And the dual-stack fields round-trip.
+    let d = dual_stack_lab();
+    let text = serde_json::to_string(&d.endpoints[0]).unwrap();
+    assert!(text.contains(r#""ip_version":"dualstack""#), "{text}");
+    let back: Endpoint = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, d.endpoints[0]);
+}
+
+#[test]
+fn vpc_and_vswitch_ipv6_ranges_are_checked() {
+    for (f, want) in [
+        (
+            (|s: &mut State| s.vpcs[0].ipv6_cidr = Some("fd00:a::1/56".parse().unwrap()))
+                as fn(&mut State),
+            "vpcs[0].ipv6_cidr: fd00:a::1/56 has host bits set",
+        ),
+        (
+            |s| s.vpcs[0].ipv6_cidr = Some("ff00::/56".parse().unwrap()),
+            "vpcs[0].ipv6_cidr: ff00::/56 is not a unicast range",
+        ),
+        (
+            |s| s.vpcs[0].ipv6_cidr = Some("fd00:a::/96".parse().unwrap()),
+            "vpcs[0].ipv6_cidr: fd00:a::/96 is longer than /64",
+        ),
+        (
+            |s| s.vpcs[0].vswitches[0].ipv6_cidr = Some("fd00:a:0:1::/80".parse().unwrap()),
+            "vpcs[0].vswitches[0].ipv6_cidr: fd00:a:0:1::/80: a vSwitch's IPv6 range is a /64",
+        ),
+        (
+            |s| s.vpcs[0].vswitches[0].ipv6_cidr = Some("fd00:c::/64".parse().unwrap()),
+            "vpcs[0].vswitches[0].ipv6_cidr: fd00:c::/64 is not inside the VPC's fd00:a::/56",
+        ),
+        (
+            |s| s.vpcs[0].vswitches[1].ipv6_cidr = Some("fd00:a:0:1::/64".parse().unwrap()),
+            "vpcs[0].vswitches[1].ipv6_cidr: fd00:a:0:1::/64 is vswitches[0]'s IPv6 range too",
+        ),
+        (
+            |s| {
+                s.endpoints[0].ip_version = IpVersion::Ipv4;
+                s.endpoints[0].zones[0].eni6 = None;
+                s.vpcs[0].ipv6_cidr = None;
+            },
+            "vpcs[0].vswitches[0].ipv6_cidr: VPC vpc-a has no ipv6_cidr",
+        ),
+    ] {
+        let e = broken6(f);
+        assert!(e.starts_with(want), "{e}\nwanted: {want}");
+    }
+}
+
+#[test]
+fn dualstack_services_need_ipv6_load_balancers_and_snat() {
+    for (f, want) in [
+        (
+            (|s: &mut State| s.services[0].backends[0].address6 = None) as fn(&mut State),
+            "services[0].backends[0].address6: a dualstack service needs each load balancer's IPv6 address",
+        ),
+        (
+            |s| s.services[0].backends[0].address6 = Some(v6("fd00:c::10")),
+            "services[0].backends[0].address6: fd00:c::10 is not a usable address of the service VPC's fd00:b::/56",
+        ),
+        (
+            |s| s.services[0].snat6.clear(),
+            "services[0].snat6: a dualstack service needs between 1 and 8",
+        ),
+        (
+            |s| s.services[0].snat6[1] = v6("fd00:b::10"),
+            "services[0].snat6[1]: fd00:b::10 is a load balancer address",
+        ),
+        (
+            |s| s.services[0].snat6[1] = v6("fd00:b::200"),
+            "services[0].snat6[1]: fd00:b::200 is already an IPv6 SNAT address",
+        ),
+        (
+            |s| s.services[0].snat6[1] = v6("fd00:b::"),
+            "services[0].snat6[1]: fd00:b:: is not a usable address",
+        ),
+        (
+            |s| {
+                s.endpoints[0].ip_version = IpVersion::Ipv4;
+                s.endpoints[0].zones[0].eni6 = None;
+                s.vpcs[1].vswitches[0].ipv6_cidr = None;
+                s.vpcs[1].ipv6_cidr = None;
+            },
+            "services[0].ip_version: a dualstack service needs IPv6 in its VPC",
+        ),
+        // An ipv4 service has no IPv6 addresses.
+        (
+            |s| {
+                s.endpoints[0].ip_version = IpVersion::Ipv4;
+                s.endpoints[0].zones[0].eni6 = None;
+                s.services[0].ip_version = IpVersion::Ipv4;
+            },
+            "services[0].backends[0].address6: only dualstack services",
+        ),
+        (
+            |s| {
+                s.endpoints[0].ip_version = IpVersion::Ipv4;
+                s.endpoints[0].zones[0].eni6 = None;
+                s.services[0].ip_version = IpVersion::Ipv4;
+                s.services[0].backends[0].address6 = None;
+            },
+            "services[0].snat6: only dualstack services",
+        ),
+    ] {
+        let e = broken6(f);
+        assert!(e.starts_with(want), "{e}\nwanted: {want}");
+    }
+}
+
+#[test]
+fn dualstack_endpoints_need_a_dualstack_service_and_an_ipv6_eni() {
+    for (f, want) in [
+        (
+            (|s: &mut State| s.endpoints[0].zones[0].eni6 = None) as fn(&mut State),
+            "endpoints[0].zones[0].eni6: a dualstack endpoint's ENI 10.10.1.100 needs its IPv6 address",
+        ),
+        (
+            |s| s.endpoints[0].zones[0].eni6 = Some(v6("fd00:a:0:2::5")),
+            "endpoints[0].zones[0].eni6: fd00:a:0:2::5 is not a usable address of vSwitch vsw-a1",
+        ),
+        // The cloud's reserved addresses: ::0 and the last three of the /64.
+        (
+            |s| s.endpoints[0].zones[0].eni6 = Some(v6("fd00:a:0:1::")),
+            "endpoints[0].zones[0].eni6: fd00:a:0:1:: is not a usable address",
+        ),
+        (
+            |s| s.endpoints[0].zones[0].eni6 = Some(v6("fd00:a:0:1:ffff:ffff:ffff:fffd")),
+            "endpoints[0].zones[0].eni6: fd00:a:0:1:ffff:ffff:ffff:fffd is not a usable address",
+        ),
+        (
+            |s| s.endpoints[0].ip_version = IpVersion::Ipv4,
+            "endpoints[0].zones[0].eni6: only dualstack endpoints",
+        ),
+        (
+            |s| {
+                s.services[0].ip_version = IpVersion::Ipv4;
+                s.services[0].backends[0].address6 = None;
+                s.services[0].snat6.clear();
+            },
+            "endpoints[0].ip_version: service epsrv-b is IPv4 only",
+        ),
+        (
+            |s| {
+                s.endpoints[0].zones[0].vswitch = "vsw-a2".into();
+                s.endpoints[0].zones[0].eni = "10.10.2.100".parse().unwrap();
+            },
+            "endpoints[0].zones[0].vswitch: vSwitch vsw-a2 has no ipv6_cidr",
+        ),
+        // Unique in the VPC.
+        (
+            |s| {
+                let mut other = s.endpoints[0].clone();
+                other.id = "ep-a2".into();
+                other.zones[0].eni = "10.10.1.101".parse().unwrap();
+                s.endpoints.push(other);
+            },
+            "endpoints[1].zones[0].eni6: fd00:a:0:1::64 is already in use in VPC vpc-a",
+        ),
+    ] {
+        let e = broken6(f);
+        assert!(e.starts_with(want), "{e}\nwanted: {want}");
+    }
+    // The last usable address is fine.
+    let mut s = dual_stack_lab();
+    s.endpoints[0].zones[0].eni6 = Some(v6("fd00:a:0:1:ffff:ffff:ffff:fffc"));
+    s.validate().unwrap();
+}
+
+#[test]
+fn reserved_ipv6_addresses_are_the_first_and_the_last_three_and_allocation_skips_them() {
+    let v = VSwitch {
+        id: "v".into(),
+        zone: "z".into(),
+        cidr: "10.0.0.0/24".parse().unwrap(),
+        ipv6_cidr: Some("fd00:a:0:1::/64".parse().unwrap()),
+    };
+    assert!(v.is_reserved6(v6("fd00:a:0:1::")));
+    assert!(!v.is_reserved6(v6("fd00:a:0:1::1")));
+    for last in ["fffd", "fffe", "ffff"] {
+        assert!(v.is_reserved6(v6(&format!("fd00:a:0:1:ffff:ffff:ffff:{last}"))));
+    }
+    assert!(!v.usable6(v6("fd00:a:0:2::1")));
+    let used = [v6("fd00:a:0:1::1"), v6("fd00:a:0:1::2")].into();
+    assert_eq!(v.lowest_free6(&used), Some(v6("fd00:a:0:1::3")));
+    let v4only = VSwitch {
+        ipv6_cidr: None,
+        ..v
+    };
+    assert_eq!(v4only.lowest_free6(&Default::default()), None);
+}
+
+#[test]
+fn filter_rules_and_routes_take_ipv6() {
+    let mut s = dual_stack_lab();
+    s.security_groups.push(SecurityGroup {
+        id: "sg6".into(),
+        account: "acct-a".into(),
+        vpc: "vpc-a".into(),
+        name: String::new(),
+        rules: vec![SgRule {
+            id: "r1".into(),
+            direction: Direction::Ingress,
+            priority: 1,
+            action: RuleAction::Accept,
+            protocol: Protocol::Tcp,
+            ports: Some([80, 80]),
+            cidr: "fd00:a::/56".parse().unwrap(),
+        }],
+        last_rule: 1,
+    });
+    s.validate().unwrap();
+    s.security_groups[0].rules[0].cidr = "fd00:a::1/56".parse().unwrap();
+    let e = s.validate().unwrap_err().to_string();
+    assert!(
+        e.starts_with("security_groups[0].rules[0].cidr: fd00:a::1/56 has host bits set"),
+        "{e}"
+    );
+    // GWLB endpoints route IPv6 prefixes only for a dualstack service.
+    let mut g = parse_state(&format!("{LAB}{GWLB_TEST_STATE}")).unwrap();
+    let i = g.endpoints.iter().position(|e| e.id == "ep-g1").unwrap();
+    g.endpoints[i].routes.push("fd00:99::/64".parse().unwrap());
+    let e = g.validate().unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "endpoints[{i}].routes[2]: fd00:99::/64 is an IPv6 prefix: service gwlb-s is not dualstack"
+        )),
+        "{e}"
+    );
+    let svc = g.services.iter_mut().find(|x| x.id == "gwlb-s").unwrap();
+    svc.ip_version = IpVersion::Dualstack;
+    g.validate().unwrap();
+    // Its appliances stay IPv4.
+    let svc = g.services.iter_mut().find(|x| x.id == "gwlb-s").unwrap();
+    svc.backends[0].address6 = Some(v6("fd00:99::1"));
+    let e = g.validate().unwrap_err().to_string();
+    assert!(
+        e.contains(".backends: a GWLB service's appliances stay IPv4"),
+        "{e}"
+    );
 }

@@ -1,15 +1,18 @@
 //! Endpoints (consumer) and their zones (ENIs).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Caller, OpError, R, creator, not_vpc_own, own, seen, set, unique, visible};
 use crate::model::{
-    AclRule, Connection, Endpoint, EndpointService, EndpointZone, FlowLog, ServiceType, State, Vpc,
-    check_endpoint_limits, check_flow_log,
+    AclRule, Connection, Endpoint, EndpointService, EndpointZone, FlowLog, IpVersion, ServiceType,
+    State, VSwitch, Vpc, check_endpoint_limits, check_flow_log,
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -22,10 +25,16 @@ pub struct NewEndpoint {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    /// One ENI per zone: `{vswitch, eni?}`; without `eni` the daemon allocates the
-    /// vSwitch's lowest free address.
+    /// One ENI per zone: `{vswitch, eni?, eni6?}`; without `eni` the daemon allocates the
+    /// vSwitch's lowest free address (and for a dualstack endpoint without `eni6` its
+    /// lowest free IPv6 address).
     #[serde(default)]
     pub zones: Vec<NewZone>,
+    /// ipv4 (left out) or dualstack (the service must be dualstack; each ENI then gets
+    /// an IPv6 address in its vSwitch's `ipv6_cidr`).
+    #[serde(default)]
+    #[schema(value_type = String, example = "dualstack")]
+    pub ip_version: IpVersion,
     #[serde(default)]
     pub security_groups: Vec<String>,
     #[serde(default)]
@@ -39,10 +48,11 @@ pub struct NewEndpoint {
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     pub policy: Vec<AclRule>,
-    /// GWLB endpoints: the destination prefixes the VPC routes to the endpoint.
+    /// GWLB endpoints: the destination prefixes the VPC routes to the endpoint (IPv6 ones
+    /// when the service is dualstack).
     #[serde(default)]
-    #[schema(value_type = Vec<String>, example = json!(["10.10.3.0/24"]))]
-    pub routes: Vec<Ipv4Net>,
+    #[schema(value_type = Vec<String>, example = json!(["10.10.3.0/24", "fd00:c:9::/64"]))]
+    pub routes: Vec<IpNet>,
     /// Interface endpoints: zone affinity of the endpoint's domain name (left out: on if
     /// the service supports it; on is refused if it does not).
     #[serde(default)]
@@ -80,7 +90,8 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
     if let (Some(gw), Some(vpc)) = (req.gateway, s.vpc(&req.vpc)) {
         not_vpc_own(s, vpc, "gateway", gw)?;
     }
-    let zones = place_zones(s, &req.vpc, svc, &[], req.zones, "zones")?;
+    may_have_ip_version(svc, req.ip_version)?;
+    let zones = place_zones(s, &req.vpc, svc, req.ip_version, &[], req.zones, "zones")?;
     let ep = Endpoint {
         id: req.id,
         account: owner,
@@ -94,6 +105,7 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
             Connection::Pending
         },
         zones,
+        ip_version: req.ip_version,
         security_groups: req.security_groups,
         tags: req.tags,
         gateway: req.gateway,
@@ -137,7 +149,12 @@ pub struct EndpointPatch {
     /// GWLB endpoints: the routes (replacing the old ones).
     #[schema(value_type = Option<Vec<String>>)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub routes: Option<Vec<Ipv4Net>>,
+    pub routes: Option<Vec<IpNet>>,
+    /// ipv4 or dualstack: to dualstack, every ENI gets an IPv6 address (given in
+    /// `zones[].eni6`, or allocated); to ipv4, the ENIs' IPv6 addresses are released.
+    #[schema(value_type = Option<String>, example = "dualstack")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_version: Option<IpVersion>,
     /// Interface endpoints: zone affinity on or off (on only if the service supports it,
     /// or if it is on already).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -148,9 +165,24 @@ pub struct EndpointPatch {
 }
 
 pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) -> R<Endpoint> {
-    let zones = match p.zones {
-        Some(v) => Some(patched_zones(s, c, id, v)?),
-        None => None,
+    let zones = match (p.zones, p.ip_version) {
+        (Some(v), ip) => Some(patched_zones(s, c, id, v, ip)?),
+        // A new IP version re-places the ENIs as they are (IPv6 addresses allocated or
+        // released).
+        (None, Some(ip)) => {
+            let kept = own_endpoint(s, c, id)?
+                .zones
+                .iter()
+                .map(|z| NewZone {
+                    vswitch: z.vswitch.clone(),
+                    eni: Some(z.eni),
+                    // A kept ENI keeps its IPv6 address (if dualstack).
+                    eni6: None,
+                })
+                .collect();
+            Some(patched_zones(s, c, id, kept, Some(ip))?)
+        }
+        (None, None) => None,
     };
     let current = own_endpoint(s, c, id)?.clone();
     let svc = service_of(s, &current)?;
@@ -172,6 +204,7 @@ pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) ->
     set(&mut ep.security_groups, p.security_groups);
     set(&mut ep.tags, p.tags);
     set(&mut ep.routes, p.routes);
+    set(&mut ep.ip_version, p.ip_version);
     set(&mut ep.zone_affinity, p.zone_affinity);
     set(&mut ep.service_domain, p.service_domain);
     Ok(ep.clone())
@@ -302,6 +335,37 @@ pub struct NewZone {
     #[schema(value_type = Option<String>, example = "10.10.1.100")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eni: Option<Ipv4Addr>,
+    /// Dualstack endpoints: the ENI's IPv6 address; left out, the vSwitch's lowest free
+    /// one (its first address and last three are reserved).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "fd00:a:0:1::64")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eni6: Option<Ipv6Addr>,
+}
+
+/// Whether an endpoint of `svc` may have IP version `ip`: dualstack only when the
+/// service is, and not for a gateway endpoint (no ENIs; its service's IPv6 prefixes are
+/// routed to it as they are).
+fn may_have_ip_version(svc: &EndpointService, ip: IpVersion) -> R<()> {
+    if ip.is_ipv4() {
+        return Ok(());
+    }
+    if !svc.ip_version.is_dualstack() {
+        return Err(OpError::invalid(
+            "ip_version",
+            format!(
+                "service {} is IPv4 only: a dualstack endpoint needs a dualstack service",
+                svc.id
+            ),
+        ));
+    }
+    if svc.kind == ServiceType::Gateway {
+        return Err(OpError::invalid(
+            "ip_version",
+            "a gateway endpoint has no ENIs to give IPv6 addresses; the service's IPv6 prefixes are routed to it as they are",
+        ));
+    }
+    Ok(())
 }
 
 /// The ENIs of `req` for an endpoint in `vpc` of service `svc` that has the ENIs
@@ -310,10 +374,14 @@ pub struct NewZone {
 /// for a system-reserved address, and gets the vSwitch's lowest free address if it asks
 /// for none. Whether an address is inside its vSwitch, taken, or the zone's second ENI is
 /// left to `State::validate`, like every rule stored state must keep.
+///
+/// A dualstack endpoint's ENIs (`ip`) each get an IPv6 address too: the one asked for,
+/// the one a kept ENI has, or the vSwitch's lowest free one; an ipv4 endpoint's have none.
 fn place_zones(
     s: &State,
     vpc: &str,
     svc: &EndpointService,
+    ip: IpVersion,
     existing: &[EndpointZone],
     req: Vec<NewZone>,
     field: &str,
@@ -328,19 +396,94 @@ fn place_zones(
         .vpc(vpc)
         .ok_or_else(|| OpError::not_found("vpc", format!("no VPC {vpc}")))?;
     let mut used = taken_in(s, v);
+    let mut used6 = s.used_addresses6(&v.id);
     let mut out = Vec::with_capacity(req.len());
     for (i, z) in req.into_iter().enumerate() {
         let f = format!("{field}[{i}]");
-        if let Some(kept) = existing
+        let eni6 = z.eni6;
+        let kept = existing
             .iter()
-            .find(|e| e.vswitch == z.vswitch && z.eni.is_none_or(|a| a == e.eni))
-        {
-            out.push(kept.clone());
-            continue;
+            .find(|e| e.vswitch == z.vswitch && z.eni.is_none_or(|a| a == e.eni));
+        let mut zone = match kept {
+            Some(kept) => kept.clone(),
+            None => place_zone(s, v, svc, &mut used, z, &f)?,
+        };
+        // The address asked for, or a kept ENI's own (free for it again).
+        let wanted6 = eni6.or(zone.eni6.filter(|_| ip.is_dualstack()));
+        if let Some(old) = zone.eni6.take() {
+            used6.remove(&old);
         }
-        out.push(place_zone(s, v, svc, &mut used, z, &f)?);
+        zone.eni6 = place_eni6(v, ip, &mut used6, &zone.vswitch, wanted6, &f)?;
+        out.push(zone);
     }
     Ok(out)
+}
+
+/// The IPv6 address of a new or kept ENI of a `ip` endpoint in vSwitch `vswitch` of
+/// `vpc` (at `f`): `wanted` if given, else the vSwitch's lowest free one not in `used`
+/// (which gains it); none for an ipv4 endpoint, which may not ask for one. Whether a
+/// given address is taken is left to `State::validate`.
+fn place_eni6(
+    vpc: &Vpc,
+    ip: IpVersion,
+    used: &mut BTreeSet<Ipv6Addr>,
+    vswitch: &str,
+    wanted: Option<Ipv6Addr>,
+    f: &str,
+) -> R<Option<Ipv6Addr>> {
+    if ip.is_ipv4() {
+        return match wanted {
+            Some(_) => Err(OpError::invalid(
+                format!("{f}.eni6"),
+                "only dualstack endpoints (ip_version dualstack) have IPv6 ENI addresses",
+            )),
+            None => Ok(None),
+        };
+    }
+    let Some(vsw) = vpc.vswitches.iter().find(|x| x.id == vswitch) else {
+        return Err(OpError::invalid(
+            format!("{f}.vswitch"),
+            format!("VPC {} has no vSwitch {vswitch:?}", vpc.id),
+        ));
+    };
+    let Some(net6) = vsw.ipv6_cidr else {
+        return Err(OpError::invalid(
+            format!("{f}.vswitch"),
+            format!(
+                "vSwitch {} has no ipv6_cidr: a dualstack endpoint's ENIs need IPv6 addresses there",
+                vsw.id
+            ),
+        ));
+    };
+    let a = match wanted {
+        Some(a) if !vsw.usable6(a) => return Err(not_usable6(vsw, net6, a, f)),
+        Some(a) => a,
+        None => vsw.lowest_free6(used).ok_or_else(|| {
+            OpError::conflict(
+                format!("{f}.vswitch"),
+                format!("vSwitch {} ({net6}) has no free IPv6 address left", vsw.id),
+            )
+        })?,
+    };
+    used.insert(a);
+    Ok(Some(a))
+}
+
+/// `a` (at `f`) is outside vSwitch `vsw`'s IPv6 range `net6` or one of its reserved
+/// addresses.
+fn not_usable6(vsw: &VSwitch, net6: ipnet::Ipv6Net, a: Ipv6Addr, f: &str) -> OpError {
+    let why = if net6.contains(&a) {
+        "a system-reserved address of"
+    } else {
+        "not an address of"
+    };
+    OpError::invalid(
+        format!("{f}.eni6"),
+        format!(
+            "{a} is {why} vSwitch {} ({net6}: its first address and its last three are reserved)",
+            vsw.id
+        ),
+    )
 }
 
 /// One new ENI (see `place_zones`); `used` gains its address.
@@ -398,6 +541,7 @@ fn place_zone(
     Ok(EndpointZone {
         vswitch: vsw.id.clone(),
         eni,
+        eni6: None,
     })
 }
 
@@ -410,11 +554,20 @@ fn taken_in(s: &State, vpc: &Vpc) -> std::collections::BTreeSet<Ipv4Addr> {
     used
 }
 
-/// The zones a PATCH of endpoint `id` asks for, placed as `place_zones` does.
-fn patched_zones(s: &mut State, c: &Caller, id: &str, req: Vec<NewZone>) -> R<Vec<EndpointZone>> {
+/// The zones a PATCH of endpoint `id` asks for, placed as `place_zones` does, for the IP
+/// version `ip` asks for (none: the endpoint's).
+fn patched_zones(
+    s: &mut State,
+    c: &Caller,
+    id: &str,
+    req: Vec<NewZone>,
+    ip: Option<IpVersion>,
+) -> R<Vec<EndpointZone>> {
     let ep = own_endpoint(s, c, id)?.clone();
     let svc = service_of(s, &ep)?;
-    place_zones(s, &ep.vpc, svc, &ep.zones, req, "zones")
+    let ip = ip.unwrap_or(ep.ip_version);
+    may_have_ip_version(svc, ip)?;
+    place_zones(s, &ep.vpc, svc, ip, &ep.zones, req, "zones")
 }
 
 fn service_of<'a>(s: &'a State, ep: &Endpoint) -> R<&'a EndpointService> {
@@ -441,11 +594,16 @@ pub fn add_zone(s: &mut State, c: &Caller, id: &str, z: NewZone) -> R<Endpoint> 
         .vpc(&ep.vpc)
         .ok_or_else(|| OpError::internal(format!("endpoint {id}'s VPC {} is gone", ep.vpc)))?;
     let mut used = taken_in(s, vpc);
+    let mut used6 = s.used_addresses6(&vpc.id);
     // The body is one zone: its fields are named without a list index.
-    let zone = place_zone(s, vpc, svc, &mut used, z, "").map_err(|mut e| {
+    let unprefixed = |mut e: OpError| {
         e.field = e.field.map(|f| f.trim_start_matches('.').to_string());
         e
-    })?;
+    };
+    let eni6 = z.eni6;
+    let mut zone = place_zone(s, vpc, svc, &mut used, z, "").map_err(unprefixed)?;
+    zone.eni6 =
+        place_eni6(vpc, ep.ip_version, &mut used6, &zone.vswitch, eni6, "").map_err(unprefixed)?;
     let ep = own_endpoint(s, c, id)?;
     ep.zones.push(zone);
     Ok(ep.clone())

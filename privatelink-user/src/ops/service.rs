@@ -1,9 +1,9 @@
 //! Endpoint services (provider): creation, settings, whitelist, appliances, and the
 //! services a consumer may use.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -14,8 +14,8 @@ use super::{
 use crate::{
     desired::Unhealthy,
     model::{
-        Backend, EndpointService, GwlbSettings, HealthSettings, Listener, Naming, ServiceType,
-        State, check_listeners, numeric_id,
+        Backend, EndpointService, GwlbSettings, HealthSettings, IpVersion, Listener, Naming,
+        ServiceType, State, check_listeners, numeric_id,
     },
 };
 
@@ -34,13 +34,23 @@ pub struct NewService {
     pub zone_affinity: bool,
     #[serde(default)]
     pub whitelist: Vec<String>,
-    /// Load balancers (one per zone), or for gwlb services the appliances.
+    /// Load balancers `{zone, address, address6?}` (one per zone; `address6`, the IPv6
+    /// address, for dualstack services), or for gwlb services the appliances.
     #[schema(value_type = Vec<Object>)]
     pub backends: Vec<Backend>,
     /// SNAT addresses (none for gwlb services).
     #[serde(default)]
     #[schema(value_type = Vec<String>)]
     pub snat: Vec<Ipv4Addr>,
+    /// ipv4 (left out) or dualstack: interface and gateway services then give each load
+    /// balancer's `address6` and `snat6`; GWLB endpoints may route IPv6 prefixes.
+    #[serde(default)]
+    #[schema(value_type = String, example = "dualstack")]
+    pub ip_version: IpVersion,
+    /// Dualstack services: the IPv6 SNAT addresses in the service VPC's `ipv6_cidr`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>, example = json!(["fd00:b::200"]))]
+    pub snat6: Vec<Ipv6Addr>,
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snat_ports: Option<[u16; 2]>,
@@ -56,10 +66,10 @@ pub struct NewService {
     #[schema(value_type = Option<Object>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSettings>,
-    /// Gateway services: the prefix list.
+    /// Gateway services: the prefix list (IPv6 prefixes for dualstack services).
     #[serde(default)]
     #[schema(value_type = Vec<String>)]
-    pub prefixes: Vec<Ipv4Net>,
+    pub prefixes: Vec<IpNet>,
     /// GWLB services: `{address, stickiness, cross_zone, failover, health}`.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -109,6 +119,8 @@ pub fn create_service(
         whitelist: req.whitelist,
         backends: req.backends,
         snat: req.snat,
+        ip_version: req.ip_version,
+        snat6: req.snat6,
         snat_ports: req.snat_ports.unwrap_or(crate::model::DEFAULT_SNAT_PORTS),
         domain: req.domain,
         domain_verified: false,
@@ -199,6 +211,36 @@ pub struct ServicePatch {
     /// The per-endpoint share of the SNAT tuples in embryonic flows (percent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint_flow_share: Option<u8>,
+    /// ipv4 or dualstack. To ipv4: refused while dualstack endpoints (or GWLB endpoints
+    /// with IPv6 routes) use the service; the load balancers' `address6` and `snat6` go.
+    #[schema(value_type = Option<String>, example = "dualstack")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_version: Option<IpVersion>,
+    /// The IPv6 SNAT addresses (replacing the old ones).
+    #[schema(value_type = Option<Vec<String>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snat6: Option<Vec<Ipv6Addr>>,
+}
+
+/// Refuses to make service `id` IPv4 only while endpoints use its IPv6 side: dualstack
+/// endpoints (their IPv6 addresses would stop working under their consumers) and GWLB
+/// endpoints with IPv6 routes. Their owners switch them to ipv4 (or remove the routes)
+/// first, as for a custom domain.
+fn may_drop_ipv6(s: &State, id: &str) -> R<()> {
+    let users = endpoint_ids(s, |e| {
+        e.service == id
+            && (e.ip_version.is_dualstack() || e.routes.iter().any(|r| matches!(r, IpNet::V6(_))))
+    });
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(OpError::conflict(
+        "ip_version",
+        format!(
+            "service {id} carries IPv6 for endpoints {}: it becomes ipv4 once their owners switch them to ipv4 (ip_version) or remove their IPv6 routes",
+            users.join(", ")
+        ),
+    ))
 }
 
 /// Changes a service's settings (its owner). A new custom domain must lie outside the
@@ -230,10 +272,23 @@ pub fn update_service(
             ));
         }
     }
+    if p.ip_version == Some(IpVersion::Ipv4) {
+        may_drop_ipv6(s, id)?;
+    }
     let svc = own_service(s, c, id)?;
     set(&mut svc.auto_accept, p.auto_accept);
     set(&mut svc.zone_affinity, p.zone_affinity);
     set(&mut svc.backends, p.backends);
+    set(&mut svc.snat6, p.snat6);
+    if let Some(ip) = p.ip_version {
+        svc.ip_version = ip;
+        if ip.is_ipv4() {
+            svc.snat6.clear();
+            for b in &mut svc.backends {
+                b.address6 = None;
+            }
+        }
+    }
     if let Some(d) = p.domain
         && d != svc.domain
     {
@@ -339,7 +394,11 @@ pub struct AvailableService {
     /// Gateway services: the prefixes a gateway endpoint routes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<String>)]
-    pub prefixes: Vec<Ipv4Net>,
+    pub prefixes: Vec<IpNet>,
+    /// dualstack: endpoints may be dualstack (left out: ipv4).
+    #[serde(skip_serializing_if = "IpVersion::is_ipv4")]
+    #[schema(value_type = Option<String>, example = "dualstack")]
+    pub ip_version: IpVersion,
 }
 
 impl From<&EndpointService> for AvailableService {
@@ -353,6 +412,7 @@ impl From<&EndpointService> for AvailableService {
             auto_accept: s.auto_accept,
             zone_affinity: s.zone_affinity,
             prefixes: s.prefixes.clone(),
+            ip_version: s.ip_version,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -16,6 +16,11 @@ pub struct NewVpc {
     pub account: String,
     #[schema(value_type = String, example = "10.10.0.0/16")]
     pub cidr: Ipv4Net,
+    /// The VPC's IPv6 range (dual stack; left out: IPv4 only). At most a /64: each
+    /// vSwitch takes a /64 of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "fd00:a::/56")]
+    pub ipv6_cidr: Option<Ipv6Net>,
     /// The forwarder's interface attached to this VPC.
     pub interface: String,
     #[serde(default)]
@@ -43,6 +48,11 @@ pub struct NewVSwitch {
     pub zone: String,
     #[schema(value_type = String, example = "10.10.1.0/24")]
     pub cidr: Ipv4Net,
+    /// The vSwitch's IPv6 /64 inside the VPC's `ipv6_cidr` (left out: its ENIs are IPv4
+    /// only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "fd00:a:0:1::/64")]
+    pub ipv6_cidr: Option<Ipv6Net>,
 }
 
 pub fn create_vpc(s: &mut State, c: &Caller, req: NewVpc) -> R<Vpc> {
@@ -58,6 +68,7 @@ pub fn create_vpc(s: &mut State, c: &Caller, req: NewVpc) -> R<Vpc> {
         id: req.id,
         account: req.account,
         cidr: req.cidr,
+        ipv6_cidr: req.ipv6_cidr,
         interface: req.interface,
         vswitches: req
             .vswitches
@@ -66,6 +77,7 @@ pub fn create_vpc(s: &mut State, c: &Caller, req: NewVpc) -> R<Vpc> {
                 id: v.id,
                 zone: v.zone,
                 cidr: v.cidr,
+                ipv6_cidr: v.ipv6_cidr,
             })
             .collect(),
         host_traffic: req.host_traffic,

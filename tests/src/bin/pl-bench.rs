@@ -578,6 +578,42 @@ fn gwlb_rows(rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// The same for IPv6 inside GENEVE (protocol 0x86DD): a live flow's encapsulation, and
+/// the decapsulation of its reply's return (delivered to the client's MAC the flow
+/// learned at its start: no neighbour solicitation first).
+fn gwlb6_rows(rows: &mut Vec<Row>) -> Result<()> {
+    use privatelink_tests::gwlb::{CLIENT6 as C, SERVER6 as S, harness6_with, returned, tcp6};
+    let mut h = harness6_with(false, "five_tuple", "no_rebalance");
+    let (cif, pif) = (h.consumer.ifindex, h.provider.ifindex);
+    let fwd = tcp6(&h, C, S, 40000, 80, &[0u8; 18]);
+    let (_, enc) = h.run(cif, &fwd)?;
+    anyhow::ensure!(
+        enc.len() == fwd.len() + privatelink_common::GWLB_OVERHEAD,
+        "not encapsulated"
+    );
+    let (_, enc_reply) = h.run(cif, &tcp6(&h, S, C, 80, 40000, &[0u8; 18]))?;
+    let back = returned(&enc_reply);
+    let (act, _) = h.run(pif, &back)?;
+    anyhow::ensure!(act == 4, "IPv6 decapsulation did not redirect");
+    row(
+        rows,
+        &mut h,
+        "GENEVE IPv6 encapsulation (GWLB flow hit)",
+        cif,
+        &|_| fwd.clone(),
+        &Replay::same(fwd.clone()),
+    )?;
+    row(
+        rows,
+        &mut h,
+        "GENEVE IPv6 decapsulation (from the appliance)",
+        pif,
+        &|_| back.clone(),
+        &Replay::same(back.clone()),
+    )?;
+    Ok(())
+}
+
 /// Reads the flow events as fast as they come, in a thread of their own, until dropped
 /// (events the daemon would aggregate; here only counted).
 fn drain_flow_events(mut ring: aya::maps::RingBuf<aya::maps::MapData>) -> DrainOnDrop {
@@ -693,6 +729,7 @@ fn per_packet(only: Option<&str>) -> Result<String> {
     }
     if only.is_none_or(|o| "GENEVE".contains(o) || o.contains("GENEVE")) {
         gwlb_rows(&mut rows)?;
+        gwlb6_rows(&mut rows)?;
     }
     std::fs::create_dir_all("results")?;
     std::fs::write("results/bench.svg", svg(&rows))?;

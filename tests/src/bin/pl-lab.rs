@@ -5,9 +5,10 @@ use std::sync::mpsc;
 use anyhow::Result;
 use clap::Parser;
 use privatelink_tests::lab::{
-    APPLIANCES, CLIENT, CLIENT_B, CLIENT_C, CUSTOM_DOMAIN, ENI, ENI_B, EP_A_NAME,
-    GWLB_BLOCKED_PORT, GWLB_CLIENT, GWLB_ENI, GWLB_SERVER, LB, LB_B, Lab, LabOptions,
-    OBJECT_STORAGE, ONPREM_BIND, ONPREM_FWD, RESOLVER, REVERSE_ENI, privatelink_bin, zone_name,
+    APPLIANCES, CLIENT, CLIENT_B, CLIENT_C, CLIENT6, CUSTOM_DOMAIN, ENI, ENI_B, ENI6, ENI6_B,
+    EP_A_NAME, GWLB_BLOCKED_PORT, GWLB_CLIENT, GWLB_ENI, GWLB_SERVER, LB, LB_B, LB6, Lab,
+    LabOptions, OBJECT_STORAGE, ONPREM_BIND, ONPREM_FWD, RESOLVER, REVERSE_ENI, privatelink_bin,
+    zone_name,
 };
 
 #[derive(Parser)]
@@ -39,8 +40,12 @@ fn main() -> Result<()> {
     let t = &lab.tokens;
     println!(
         "\nlab is up: consumer {CLIENT} in {c} reaches the provider's load balancer {LB} in {p} \
-         through endpoint ENI {ENI}; the XDP program in {f} does all forwarding.\n\n\
+         through endpoint ENI {ENI}; the XDP program in {f} does all forwarding. ep-a is dual \
+         stack: its ENIs answer neighbour discovery and ping over IPv6 ({CLIENT6} to {ENI6}), \
+         and its names AAAA; IPv6 TCP/UDP to it ({LB6} behind it) is not forwarded yet \
+         (issue 17).\n\n\
          try:\n  ip netns exec {c} curl http://{ENI}/\n  ip netns exec {c} ping -c 3 {ENI}\n  \
+         ip netns exec {c} ping -6 -c 3 {ENI6}   # answered by the XDP program\n  \
          ip netns exec {p} curl http://{REVERSE_ENI}/          # reverse endpoint\n  \
          ip netns exec {c} curl http://{oss}/         # gateway endpoint\n  \
          {pl} stats --pin-dir {pin}\n  {pl} flows --pin-dir {pin}\n  \
@@ -58,6 +63,7 @@ fn main() -> Result<()> {
          ip netns exec {c} dig -b {CLIENT_B} {EP_A_NAME}   # zone-b: {ENI_B} only\n  \
          ip netns exec {c} dig -b {CLIENT_C} {EP_A_NAME}   # zone-c: both\n  \
          ip netns exec {c} dig {zone_b}   # a zone name: that zone's ENI\n  \
+         ip netns exec {c} dig AAAA {EP_A_NAME}   # zone-a: {ENI6} (zone-b's ENI: {ENI6_B})\n  \
          ip netns exec {c} dig {CUSTOM_DOMAIN}   # the custom domain: in vpc-a only\n  \
          ip netns exec {web} dig {CUSTOM_DOMAIN}   # vpc-web: NXDOMAIN\n  \
          ip netns exec {c} curl -si http://{EP_A_NAME}/   # X-Zone: zone-a\n  \

@@ -1,14 +1,15 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::{FieldError, Ids, check_acl_rules, check_prefix, err, overlap, refuse, usable};
 use crate::model::{
-    Direction, Endpoint, EndpointService, FLOW_LOG_WINDOWS, FlowLog, Lookup, MAX_GWLB_ROUTES,
-    MAX_SECURITY_GROUPS, MAX_TAGS, ServiceType, State, Vpc, lookup,
+    Direction, Endpoint, EndpointService, EndpointZone, FLOW_LOG_WINDOWS, FlowLog, IpVersion,
+    Lookup, MAX_GWLB_ROUTES, MAX_SECURITY_GROUPS, MAX_TAGS, ServiceType, State, VSwitch, Vpc,
+    lookup,
 };
 
 impl State {
@@ -16,6 +17,7 @@ impl State {
         &self,
         ids: &mut Ids,
         enis: &mut BTreeSet<(String, Ipv4Addr)>,
+        enis6: &mut BTreeSet<(String, Ipv6Addr)>,
     ) -> Result<(), FieldError> {
         for (i, e) in self.endpoints.iter().enumerate() {
             let f = format!("endpoints[{i}]");
@@ -28,6 +30,7 @@ impl State {
             }
             let svc = self.service(&e.service).expect("checked above");
             self.validate_endpoint_kind(&f, e, vpc, svc, enis)?;
+            validate_endpoint_ip_version(&f, e, svc)?;
             check_endpoint_limits(&f, &e.security_groups, &e.tags)?;
             let mut zones = BTreeSet::new();
             for (j, z) in e.zones.iter().enumerate() {
@@ -59,6 +62,7 @@ impl State {
                         format!("{} is already in use in VPC {}", z.eni, vpc.id),
                     );
                 }
+                validate_eni6(&g, e, z, vsw, vpc, enis6)?;
             }
             self.validate_endpoint_groups(&f, e)?;
             if let Some(fl) = &e.flow_log {
@@ -77,12 +81,12 @@ impl State {
     /// One endpoint per (VPC, prefix), whether the prefix comes from a gateway service or
     /// a GWLB endpoint's routes: two would make the route ambiguous.
     pub(super) fn validate_gateway_routes(&self) -> Result<(), FieldError> {
-        let mut routes: BTreeMap<(String, Ipv4Net), (&str, &str)> = BTreeMap::new();
+        let mut routes: BTreeMap<(String, IpNet), (&str, &str)> = BTreeMap::new();
         for (i, e) in self.endpoints.iter().enumerate() {
             let Some(svc) = self.service(&e.service) else {
                 continue;
             };
-            let (kind, prefixes): (&str, Vec<(String, Ipv4Net)>) = match svc.kind {
+            let (kind, prefixes): (&str, Vec<(String, IpNet)>) = match svc.kind {
                 ServiceType::Gateway if e.gateway.is_some() => (
                     "gateway",
                     svc.prefixes
@@ -179,7 +183,7 @@ impl State {
             )],
         )?;
         match svc.kind {
-            ServiceType::Gwlb => validate_gwlb_endpoint(f, e)?,
+            ServiceType::Gwlb => validate_gwlb_endpoint(f, e, svc)?,
             ServiceType::Interface => refuse(
                 f,
                 &[
@@ -233,14 +237,31 @@ impl State {
                     );
                 }
                 for p in &svc.prefixes {
-                    if overlap(&vpc.cidr, p) {
+                    let own = match p {
+                        IpNet::V4(p) => overlap(&vpc.cidr, p).then(|| vpc.cidr.to_string()),
+                        IpNet::V6(p) => vpc
+                            .ipv6_cidr
+                            .filter(|c| c.contains(p) || p.contains(c))
+                            .map(|c| c.to_string()),
+                    };
+                    if let Some(own) = own {
                         return err(
                             format!("{f}.service"),
-                            format!("the service's prefix {p} overlaps the VPC's {}", vpc.cidr),
+                            format!("the service's prefix {p} overlaps the VPC's {own}"),
                         );
                     }
                 }
                 check_acl_rules(&format!("{f}.policy"), &e.policy)?;
+                // A gateway's policy guards its IPv4 prefixes (IPv6 gateway endpoints are
+                // not built): an IPv6 rule would guard nothing, and one alone would leave
+                // the IPv4 rule set empty, which denies everything.
+                if let Some(j) = e.policy.iter().position(|r| r.cidr.addr().is_ipv6()) {
+                    return Err(FieldError {
+                        field: format!("{f}.policy[{j}].cidr"),
+                        message: "IPv6 rules in a gateway endpoint's policy are not supported yet"
+                            .into(),
+                    });
+                }
             }
         }
         Ok(())
@@ -286,7 +307,7 @@ impl State {
 
 /// A GWLB endpoint: one ENI (checked with the other ENIs), the routes sent to it, and
 /// none of the gateway endpoints' or interface endpoints' filters.
-fn validate_gwlb_endpoint(f: &str, e: &Endpoint) -> Result<(), FieldError> {
+fn validate_gwlb_endpoint(f: &str, e: &Endpoint, svc: &EndpointService) -> Result<(), FieldError> {
     let [z] = e.zones.as_slice() else {
         return err(
             format!("{f}.zones"),
@@ -327,8 +348,8 @@ fn validate_gwlb_endpoint(f: &str, e: &Endpoint) -> Result<(), FieldError> {
     }
     for (j, p) in e.routes.iter().enumerate() {
         let g = format!("{f}.routes[{j}]");
-        check_prefix(g.clone(), p)?;
-        if p.contains(&z.eni) {
+        check_prefix(g.clone(), *p)?;
+        if p.contains(&std::net::IpAddr::V4(z.eni)) {
             return err(
                 g,
                 format!(
@@ -337,6 +358,105 @@ fn validate_gwlb_endpoint(f: &str, e: &Endpoint) -> Result<(), FieldError> {
                 ),
             );
         }
+        if let Some(a) = z.eni6.filter(|a| p.contains(&std::net::IpAddr::V6(*a))) {
+            return err(
+                g,
+                format!("{p} contains the endpoint's own ENI {a}; traffic to it would loop"),
+            );
+        }
+        if matches!(p, IpNet::V6(_)) && !svc.ip_version.is_dualstack() {
+            return err(
+                g,
+                format!(
+                    "{p} is an IPv6 prefix: service {} is not dualstack (its ip_version is ipv4)",
+                    svc.id
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An endpoint's `ip_version`: dualstack only when its service is, and not for gateway
+/// endpoints (they have no ENI; a dualstack gateway service's IPv6 prefixes are routed
+/// to every endpoint of it).
+fn validate_endpoint_ip_version(
+    f: &str,
+    e: &Endpoint,
+    svc: &EndpointService,
+) -> Result<(), FieldError> {
+    if e.ip_version == IpVersion::Ipv4 {
+        return Ok(());
+    }
+    let field = format!("{f}.ip_version");
+    if !svc.ip_version.is_dualstack() {
+        return err(
+            field,
+            format!(
+                "service {} is IPv4 only: a dualstack endpoint needs a dualstack service",
+                svc.id
+            ),
+        );
+    }
+    if svc.kind == ServiceType::Gateway {
+        return err(
+            field,
+            "a gateway endpoint has no ENIs to give IPv6 addresses; the service's IPv6 prefixes are routed to it as they are",
+        );
+    }
+    Ok(())
+}
+
+/// The IPv6 address of ENI `z` (at `g`) of endpoint `e` in vSwitch `vsw` of `vpc`: a
+/// dualstack endpoint has one for each ENI, in the vSwitch's IPv6 range, not reserved,
+/// unique in the VPC (`enis6` gains it); an ipv4 endpoint has none.
+fn validate_eni6(
+    g: &str,
+    e: &Endpoint,
+    z: &EndpointZone,
+    vsw: &VSwitch,
+    vpc: &Vpc,
+    enis6: &mut BTreeSet<(String, Ipv6Addr)>,
+) -> Result<(), FieldError> {
+    let field = format!("{g}.eni6");
+    let Some(a) = z.eni6 else {
+        if e.ip_version.is_dualstack() {
+            return err(
+                field,
+                format!(
+                    "a dualstack endpoint's ENI {} needs its IPv6 address",
+                    z.eni
+                ),
+            );
+        }
+        return Ok(());
+    };
+    if e.ip_version.is_ipv4() {
+        return err(
+            field,
+            "only dualstack endpoints (ip_version = \"dualstack\") have IPv6 ENI addresses",
+        );
+    }
+    let Some(net6) = vsw.ipv6_cidr else {
+        return err(
+            format!("{g}.vswitch"),
+            format!(
+                "vSwitch {} has no ipv6_cidr: a dualstack endpoint's ENIs need one",
+                vsw.id
+            ),
+        );
+    };
+    if !vsw.usable6(a) {
+        return err(
+            field,
+            format!(
+                "{a} is not a usable address of vSwitch {} ({net6}: its first address and its last three are reserved)",
+                vsw.id
+            ),
+        );
+    }
+    if !enis6.insert((vpc.id.clone(), a)) {
+        return err(field, format!("{a} is already in use in VPC {}", vpc.id));
     }
     Ok(())
 }

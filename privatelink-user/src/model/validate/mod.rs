@@ -4,10 +4,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{AclRule, Lookup, Owned, Protocol, ServiceType, State, Vpc, lookup, numeric_id};
 
@@ -99,7 +99,8 @@ impl State {
         // ENI and gateway addresses must not be SNAT, load balancer, GWLB or appliance
         // addresses either.
         let mut enis = self.validate_services(&mut ids)?;
-        self.validate_endpoints(&mut ids, &mut enis)?;
+        let mut enis6 = self.service_addresses6();
+        self.validate_endpoints(&mut ids, &mut enis, &mut enis6)?;
         self.validate_vpc_addresses()?;
         self.validate_gateway_routes()?;
         self.validate_service_domains()?;
@@ -251,9 +252,10 @@ fn check_ports(field: &str, proto: Protocol, ports: Option<[u16; 2]>) -> Result<
     Ok(())
 }
 
-/// A prefix at `field` has no host bits set.
-fn check_prefix(field: String, p: &Ipv4Net) -> Result<(), FieldError> {
-    if *p != p.trunc() {
+/// A prefix (IPv4 or IPv6) at `field` has no host bits set.
+fn check_prefix(field: String, p: impl Into<IpNet>) -> Result<(), FieldError> {
+    let p: IpNet = p.into();
+    if p != p.trunc() {
         return err(
             field,
             format!("{p} has host bits set (did you mean {}?)", p.trunc()),
@@ -262,8 +264,32 @@ fn check_prefix(field: String, p: &Ipv4Net) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn check_cidr(field: &str, c: &Ipv4Net) -> Result<(), FieldError> {
+fn check_cidr(field: &str, c: impl Into<IpNet>) -> Result<(), FieldError> {
     check_prefix(format!("{field}.cidr"), c)
+}
+
+/// Whether `a` is an IPv6 address of `net` a host may use: inside it, and not its first
+/// address (the subnet-router anycast address, RFC 4291).
+fn usable6(net: &Ipv6Net, a: Ipv6Addr) -> bool {
+    net.contains(&a) && a != net.network()
+}
+
+/// An IPv6 range at `field` the cloud can hand out: global or unique-local unicast (not
+/// multicast, link-local, loopback or unspecified), no host bits.
+fn check_ipv6_range(field: String, p: &Ipv6Net) -> Result<(), FieldError> {
+    check_prefix(field.clone(), *p)?;
+    let first = p.network().segments()[0];
+    if p.network().is_unspecified()
+        || p.network().is_loopback()
+        || first & 0xff00 == 0xff00
+        || first & 0xffc0 == 0xfe80
+    {
+        return err(
+            field,
+            format!("{p} is not a unicast range (not multicast, link-local, loopback or ::)"),
+        );
+    }
+    Ok(())
 }
 
 /// ACL rules (an ACL's ingress or egress, a gateway endpoint's policy) at `field`: at most
@@ -282,7 +308,7 @@ fn check_acl_rules(field: &str, rules: &[AclRule]) -> Result<(), FieldError> {
     for (j, r) in rules.iter().enumerate() {
         let h = format!("{field}[{j}]");
         check_ports(&h, r.protocol, r.ports)?;
-        check_cidr(&h, &r.cidr)?;
+        check_cidr(&h, r.cidr)?;
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ impl State {
                     );
                 }
                 check_ports(&h, r.protocol, r.ports)?;
-                check_cidr(&h, &r.cidr)?;
+                check_cidr(&h, r.cidr)?;
                 if !r.id.is_empty() && !rule_ids.insert(r.id.clone()) {
                     return err(format!("{h}.id"), format!("duplicate rule id {}", r.id));
                 }

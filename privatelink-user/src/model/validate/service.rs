@@ -1,11 +1,13 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
-use super::{FieldError, Ids, check_prefix, err, refuse, usable};
+use ipnet::IpNet;
+
+use super::{FieldError, Ids, check_prefix, err, refuse, usable, usable6};
 use crate::model::{
-    ConnectionEvent, EndpointService, GwlbSettings, HttpUrl, Listener, MAX_APPLIANCES,
+    ConnectionEvent, EndpointService, GwlbSettings, HttpUrl, IpVersion, Listener, MAX_APPLIANCES,
     MAX_LISTENERS, MAX_NOTIFICATIONS, Notification, ServiceType, State, Vpc, names,
 };
 
@@ -22,6 +24,7 @@ impl State {
     ) -> Result<BTreeSet<(String, Ipv4Addr)>, FieldError> {
         let taken = self.taken_addresses();
         let mut snat_used = BTreeSet::new();
+        let mut snat6_used = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let f = format!("services[{i}]");
             let vpc = self.owned_object(&f, ids, s, &s.vpc)?;
@@ -46,6 +49,7 @@ impl State {
                 }
                 (_, None) => validate_lb_service(&f, s, vpc, &taken, &mut snat_used)?,
             }
+            self.validate_ip_version(&f, s, vpc, &mut snat6_used)?;
             validate_names_and_health(&f, s)?;
             self.validate_shared_probe_port(&f, i, s)?;
             check_notifications(&format!("{f}.notifications"), &s.notifications)?;
@@ -104,6 +108,136 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// The IPv6 side of service `s` (at `f`) in its VPC `vpc`. An ipv4 service has no IPv6
+    /// address anywhere. A dualstack interface or gateway service needs the VPC's
+    /// `ipv6_cidr`, an `address6` for every load balancer and 1 to `MAX_SNAT_ADDRS` IPv6
+    /// SNAT addresses there (`snat6_used` gains them: unique in the VPC, no service's load
+    /// balancer); only its prefixes may be IPv6 (gateway services). A dualstack GWLB
+    /// service has neither (its appliances stay IPv4: outer IPv4, inner IPv6).
+    fn validate_ip_version(
+        &self,
+        f: &str,
+        s: &EndpointService,
+        vpc: &Vpc,
+        snat6_used: &mut BTreeSet<(String, Ipv6Addr)>,
+    ) -> Result<(), FieldError> {
+        let only_dualstack =
+            "only dualstack services (ip_version = \"dualstack\") have IPv6 addresses";
+        if s.ip_version == IpVersion::Ipv4 {
+            if let Some(j) = s.backends.iter().position(|b| b.address6.is_some()) {
+                return err(format!("{f}.backends[{j}].address6"), only_dualstack);
+            }
+            if let Some(j) = s.prefixes.iter().position(|p| matches!(p, IpNet::V6(_))) {
+                return err(
+                    format!("{f}.prefixes[{j}]"),
+                    format!("{}: IPv6 prefixes need a dualstack service", s.prefixes[j]),
+                );
+            }
+            return refuse(f, &[("snat6", !s.snat6.is_empty(), only_dualstack)]);
+        }
+        if s.kind == ServiceType::Gwlb {
+            return refuse(
+                f,
+                &[
+                    (
+                        "backends",
+                        s.backends.iter().any(|b| b.address6.is_some()),
+                        "a GWLB service's appliances stay IPv4 (IPv6 travels inside GENEVE over IPv4): no address6",
+                    ),
+                    (
+                        "snat6",
+                        !s.snat6.is_empty(),
+                        "a GWLB service has no SNAT addresses",
+                    ),
+                ],
+            );
+        }
+        let Some(net6) = &vpc.ipv6_cidr else {
+            return err(
+                format!("{f}.ip_version"),
+                format!(
+                    "a dualstack service needs IPv6 in its VPC: VPC {} has no ipv6_cidr",
+                    vpc.id
+                ),
+            );
+        };
+        let lbs6 = self.lb_addresses6();
+        for (j, b) in s.backends.iter().enumerate() {
+            let field = format!("{f}.backends[{j}].address6");
+            let Some(a) = b.address6 else {
+                return err(
+                    field,
+                    format!(
+                        "a dualstack service needs each load balancer's IPv6 address ({} has none)",
+                        b.address
+                    ),
+                );
+            };
+            if !usable6(net6, a) {
+                return err(
+                    field,
+                    format!("{a} is not a usable address of the service VPC's {net6}"),
+                );
+            }
+            if s.backends[..j].iter().any(|o| o.address6 == Some(a)) {
+                return err(field, format!("load balancer {a} is listed twice"));
+            }
+        }
+        if s.snat6.is_empty() || s.snat6.len() > privatelink_common::MAX_SNAT_ADDRS {
+            return err(
+                format!("{f}.snat6"),
+                format!(
+                    "a dualstack service needs between 1 and {} IPv6 SNAT addresses",
+                    privatelink_common::MAX_SNAT_ADDRS
+                ),
+            );
+        }
+        for (j, a) in s.snat6.iter().enumerate() {
+            let field = format!("{f}.snat6[{j}]");
+            if !usable6(net6, *a) {
+                return err(
+                    field,
+                    format!("{a} is not a usable address of the service VPC's {net6}"),
+                );
+            }
+            if lbs6.contains(&(vpc.id.clone(), *a)) {
+                return err(
+                    field,
+                    format!("{a} is a load balancer address in VPC {}", vpc.id),
+                );
+            }
+            if !snat6_used.insert((vpc.id.clone(), *a)) {
+                return err(
+                    field,
+                    format!("{a} is already an IPv6 SNAT address in VPC {}", vpc.id),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The load balancers' IPv6 addresses, per VPC.
+    fn lb_addresses6(&self) -> BTreeSet<(String, Ipv6Addr)> {
+        self.services
+            .iter()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .filter_map(|b| Some((s.vpc.clone(), b.address6?)))
+            })
+            .collect()
+    }
+
+    /// The IPv6 addresses services take in each VPC (load balancers, SNAT), which no ENI
+    /// may take.
+    pub(super) fn service_addresses6(&self) -> BTreeSet<(String, Ipv6Addr)> {
+        let mut set = self.lb_addresses6();
+        for s in &self.services {
+            set.extend(s.snat6.iter().map(|a| (s.vpc.clone(), *a)));
+        }
+        set
     }
 
     /// Load balancer, GWLB and appliance addresses (with their services), which no SNAT
@@ -280,7 +414,15 @@ fn validate_lb_service(
         ],
     )?;
     for (j, p) in s.prefixes.iter().enumerate() {
-        check_prefix(format!("{f}.prefixes[{j}]"), p)?;
+        if matches!(p, IpNet::V6(_)) {
+            // The data path has no IPv6 gateway endpoints yet (a gateway's route target
+            // and policy are IPv4): refused rather than accepted and silently dropped.
+            return err(
+                format!("{f}.prefixes[{j}]"),
+                format!("{p}: IPv6 prefixes on gateway services are not supported yet"),
+            );
+        }
+        check_prefix(format!("{f}.prefixes[{j}]"), *p)?;
     }
     Ok(())
 }

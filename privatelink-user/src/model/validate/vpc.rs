@@ -3,7 +3,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use super::{FieldError, Ids, check_cidr, check_id, err, overlap, usable};
+use super::{FieldError, Ids, check_cidr, check_id, check_ipv6_range, err, overlap, usable};
 use crate::model::{ServiceType, State, Vpc};
 
 const MAX_IFNAME: usize = 15;
@@ -20,7 +20,16 @@ impl State {
                     format!("unknown account {:?}", v.account),
                 );
             }
-            check_cidr(&f, &v.cidr)?;
+            check_cidr(&f, v.cidr)?;
+            if let Some(c6) = &v.ipv6_cidr {
+                check_ipv6_range(format!("{f}.ipv6_cidr"), c6)?;
+                if c6.prefix_len() > 64 {
+                    return err(
+                        format!("{f}.ipv6_cidr"),
+                        format!("{c6} is longer than /64: a VPC's vSwitches each take a /64 of it"),
+                    );
+                }
+            }
             if v.interface.is_empty() || v.interface.len() > MAX_IFNAME {
                 return err(
                     format!("{f}.interface"),
@@ -54,6 +63,7 @@ impl State {
                     }
                 }
             }
+            validate_vswitches6(&f, v)?;
             check_host_addresses(&f, v)?;
         }
         Ok(())
@@ -204,6 +214,40 @@ fn check_host_addresses(f: &str, v: &Vpc) -> Result<(), FieldError> {
             format!("{f}.probe_address"),
             format!("{p} is the VPC's resolver address too; give each its own"),
         );
+    }
+    Ok(())
+}
+
+/// The vSwitches' IPv6 ranges: each a /64 inside the VPC's `ipv6_cidr` (which it then
+/// needs), none overlapping another.
+fn validate_vswitches6(f: &str, v: &Vpc) -> Result<(), FieldError> {
+    for (j, s) in v.vswitches.iter().enumerate() {
+        let Some(c6) = &s.ipv6_cidr else { continue };
+        let field = format!("{f}.vswitches[{j}].ipv6_cidr");
+        let Some(vpc6) = &v.ipv6_cidr else {
+            return err(
+                field,
+                format!(
+                    "VPC {} has no ipv6_cidr: give the VPC an IPv6 range first",
+                    v.id
+                ),
+            );
+        };
+        check_ipv6_range(field.clone(), c6)?;
+        if c6.prefix_len() != 64 {
+            return err(
+                field,
+                format!("{c6}: a vSwitch's IPv6 range is a /64 (as the clouds hand out)"),
+            );
+        }
+        if !vpc6.contains(c6) {
+            return err(field, format!("{c6} is not inside the VPC's {vpc6}"));
+        }
+        for (k, o) in v.vswitches.iter().enumerate().take(j) {
+            if o.ipv6_cidr == Some(*c6) {
+                return err(field, format!("{c6} is vswitches[{k}]'s IPv6 range too"));
+            }
+        }
     }
     Ok(())
 }
