@@ -41,14 +41,31 @@ use crate::{
 /// How often (at most) a flow checks that its appliance is still one to send to.
 const APPLIANCE_RECHECK_NS: u64 = 1_000_000_000;
 
+/// The ICMP echo of the inner packet's family, as `inner_ports` keys it: its protocol
+/// number and its request and reply types.
+pub struct Echo {
+    pub proto: u8,
+    pub request: u8,
+    pub reply: u8,
+}
+
+/// ICMP echo (RFC 792).
+const ICMP_ECHO: Echo = Echo {
+    proto: PROTO_ICMP,
+    request: ICMP_ECHO_REQUEST,
+    reply: ICMP_ECHO_REPLY,
+};
+
 /// The inner flow's ports as the flow table keys them: TCP/UDP ports, the echo identifier
-/// on both sides for ICMP echo, zero for anything else. Also returns the TCP flags.
+/// on both sides for the family's ICMP echo (`echo`: ICMP's, or ICMPv6's for `gwlb6`),
+/// zero for anything else. Also returns the TCP flags.
 #[inline(always)]
-fn inner_ports(
+pub fn inner_ports(
     ctx: &XdpContext,
     l4: usize,
     end: usize,
     proto: u8,
+    echo: &Echo,
 ) -> Result<(u16, u16, u8), Reason> {
     match proto {
         PROTO_TCP | PROTO_UDP => {
@@ -61,12 +78,12 @@ fn inner_ports(
             };
             Ok((be16(ports.sport), be16(ports.dport), flags))
         }
-        PROTO_ICMP => {
+        p if p == echo.proto => {
             if l4 + 8 > end {
                 return Err(Reason::DropTruncatedL4);
             }
             let h = mut_at::<[u8; 8]>(ctx, l4, Reason::DropTruncatedL4)?;
-            if h[0] == ICMP_ECHO_REPLY || h[0] == ICMP_ECHO_REQUEST {
+            if h[0] == echo.reply || h[0] == echo.request {
                 let id = be16([h[4], h[5]]);
                 Ok((id, id, 0))
             } else {
@@ -96,7 +113,7 @@ fn steer_checked(
         return Err(Reason::DropTtlExceeded);
     }
     let (src, dst) = (ip.src_addr, ip.dst_addr);
-    let (sport, dport, tcp_flags) = inner_ports(ctx, pkt.l4, pkt.end, pkt.proto)?;
+    let (sport, dport, tcp_flags) = inner_ports(ctx, pkt.l4, pkt.end, pkt.proto, &ICMP_ECHO)?;
     let key = FlowKey::new(iface.vpc_id, src, dst, sport, dport, pkt.proto);
     let t = conntrack::now();
     let cfg = config();
@@ -363,7 +380,7 @@ fn from_appliance_checked(
     // What we deliver must be a packet a router may forward (RFC 1812).
     verify_checksum_at(ctx, g.inner, ihl)?;
     let (src, dst, proto) = (ip.src_addr, ip.dst_addr, ip.proto);
-    let (sport, dport, _) = inner_ports(ctx, g.inner + ihl, g.inner + tot, proto)?;
+    let (sport, dport, _) = inner_ports(ctx, g.inner + ihl, g.inner + tot, proto, &ICMP_ECHO)?;
     let key = FlowKey::new(g.vpc_id, src, dst, sport, dport, proto);
     let p = PL_CONNTRACK
         .get_ptr_mut(key)

@@ -18,22 +18,20 @@ use aya_ebpf::{
 };
 use privatelink_common::{
     DIR_ORIGINAL, DIR_REPLY, ENI_FLAG_REBALANCE, EndpointEni, FLOW_GWLB, FlowEntry6, FlowKey6,
-    GWLB_OVERHEAD, IfaceInfo, Neighbor, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, VpcAddr6, csum,
-    hash,
+    GWLB_OVERHEAD, IfaceInfo, Neighbor, Reason, VpcAddr, VpcAddr6, csum, hash,
 };
 
 use crate::{
     checksum::sum_words,
     conntrack::{self, SeqAck},
     geneve::{self, Encap, GENEVE_PROTO_IPV6},
-    gwlb, gwlb6_icmp,
+    gwlb::{self, Echo, inner_ports},
+    gwlb6_icmp,
+    icmp6::{ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST},
     maps::{PL_CONNTRACK6, PL_GWLB_APPLS, PL_GWLB_NEIGH6, PL_VPC_PORTS, config, scratch6},
     packet::Packet,
     packet6::{IPV6_LEN, MAX_EXT_HEADERS, MAX_EXT_LEN, PROTO_ICMPV6, forwardable_source, packet6},
-    parse::{
-        ETH_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv6Hdr, Ports, TcpHdr, be16, l4_consistent, mut_at,
-        set_macs, tcp_flags,
-    },
+    parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv6Hdr, be16, mut_at, set_macs},
     stats,
     verdict::{Verdict, redirect_to, settle_for},
 };
@@ -64,8 +62,11 @@ fn is_extension_header(next: u8) -> bool {
 }
 
 /// ICMPv6 echo (RFC 4443 §4): keyed by its identifier, as ICMP echo is.
-const ICMP6_ECHO_REQUEST: u8 = 128;
-const ICMP6_ECHO_REPLY: u8 = 129;
+const ICMP6_ECHO: Echo = Echo {
+    proto: PROTO_ICMPV6,
+    request: ICMP6_ECHO_REQUEST,
+    reply: ICMP6_ECHO_REPLY,
+};
 
 /// Where an inner IPv6 packet's parts lie, once its extension headers are walked.
 struct Inner6 {
@@ -118,42 +119,6 @@ fn inner_ipv6(ctx: &XdpContext, off: usize, limit: usize) -> Result<Inner6, Reas
         l4,
         end,
     })
-}
-
-/// The inner flow's ports as the flow table keys them: TCP/UDP ports, the echo identifier
-/// on both sides for ICMPv6 echo, zero for anything else. Also returns the TCP flags.
-#[inline(always)]
-fn inner_ports(
-    ctx: &XdpContext,
-    l4: usize,
-    end: usize,
-    proto: u8,
-) -> Result<(u16, u16, u8), Reason> {
-    match proto {
-        PROTO_TCP | PROTO_UDP => {
-            l4_consistent(ctx, l4, end, proto)?;
-            let ports = mut_at::<Ports>(ctx, l4, Reason::DropTruncatedL4)?;
-            let flags = if proto == PROTO_TCP {
-                tcp_flags(mut_at::<TcpHdr>(ctx, l4, Reason::DropTruncatedL4)?)
-            } else {
-                0
-            };
-            Ok((be16(ports.sport), be16(ports.dport), flags))
-        }
-        PROTO_ICMPV6 => {
-            if l4 + 8 > end {
-                return Err(Reason::DropTruncatedL4);
-            }
-            let h = mut_at::<[u8; 8]>(ctx, l4, Reason::DropTruncatedL4)?;
-            if h[0] == ICMP6_ECHO_REQUEST || h[0] == ICMP6_ECHO_REPLY {
-                let id = be16([h[4], h[5]]);
-                Ok((id, id, 0))
-            } else {
-                Ok((0, 0, 0))
-            }
-        }
-        _ => Ok((0, 0, 0)),
-    }
 }
 
 /// Word `i` (0..4) of an IPv6 address, big-endian.
@@ -298,7 +263,7 @@ fn packet_key(ctx: &XdpContext, iface: &IfaceInfo) -> Result<(FlowKey6, Packet, 
     if !forwardable_source(&h.src_addr) {
         return Err(Reason::DropBadIpv6Source);
     }
-    let (sport, dport, tcp_flags) = inner_ports(ctx, pkt.l4, pkt.end, pkt.proto)?;
+    let (sport, dport, tcp_flags) = inner_ports(ctx, pkt.l4, pkt.end, pkt.proto, &ICMP6_ECHO)?;
     let key = FlowKey6::new(
         iface.vpc_id,
         h.src_addr,
@@ -533,7 +498,7 @@ fn from_appliance_checked(
     };
     let g = geneve::parse_as(ctx, pkt, GENEVE_PROTO_IPV6)?;
     let ip = inner_ipv6(ctx, g.inner, g.end)?;
-    let (sport, dport, _) = inner_ports(ctx, ip.l4, ip.end, ip.proto)?;
+    let (sport, dport, _) = inner_ports(ctx, ip.l4, ip.end, ip.proto, &ICMP6_ECHO)?;
     let h = mut_at::<Ipv6Hdr>(ctx, g.inner, Reason::DropGeneveMalformed)?;
     let key = FlowKey6::new(g.vpc_id, h.src_addr, h.dst_addr, sport, dport, ip.proto);
     let p = PL_CONNTRACK6

@@ -14,13 +14,13 @@ use aya_ebpf::{
 use privatelink_common::{IfaceInfo, Reason, csum};
 
 use crate::{
+    packet6::PROTO_ICMPV6,
     parse::{ETH_LEN, ETH_P_IPV6, EthHdr, Ipv6Hdr, frame_len, mut_at, ne16, ptr_at},
     verdict::{Verdict, settle_for},
 };
 
 /// IPv6's minimum link MTU (RFC 8200 §5): no Packet Too Big says less.
 pub const IPV6_MIN_MTU: usize = 1280;
-const PROTO_ICMPV6: u8 = 58;
 const ICMP6_PACKET_TOO_BIG: u8 = 2;
 const ND_NEIGHBOR_SOLICIT: u8 = 135;
 /// NDP option: source link-layer address (RFC 4861 §4.6.1).
