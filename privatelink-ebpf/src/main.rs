@@ -38,7 +38,9 @@ mod established;
 mod filter;
 mod filter6;
 mod flowlog;
+mod flows6;
 mod forward;
+mod forward6;
 mod geneve;
 mod gwlb;
 mod gwlb6;
@@ -56,6 +58,7 @@ mod packet6;
 mod parse;
 mod paths;
 mod reply;
+mod reply6;
 mod stats;
 mod verdict;
 

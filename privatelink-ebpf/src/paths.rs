@@ -14,11 +14,11 @@ use privatelink_common::{
 };
 
 use crate::{
-    forward, gwlb, gwlb6, icmp, icmp6, ipv6,
+    forward, forward6, gwlb, gwlb6, icmp, icmp6, ipv6,
     maps::{Handoff, Handoff6, PL_HANDOFF, PL_HANDOFF6},
     packet::{Packet, packet},
     packet6::{PROTO_ICMPV6, packet6},
-    reply, stats,
+    reply, reply6, stats,
     verdict::{settle, settle_for},
 };
 
@@ -119,16 +119,15 @@ pub fn privatelink_ipv6(ctx: XdpContext) -> u32 {
 }
 
 ipv6_path_programs! {
-    // Until `forward6` fits the BPF stack (see `flows6`): IPv6 to an ENI is dropped.
-    PATH_FORWARD6 => privatelink_forward6 = |_ctx, h, _pkt, _| {
-        settle_for(h.entry.eni.counter_slot, Err(Reason::DropUnsupportedProtocol))
+    PATH_FORWARD6 => privatelink_forward6 = |ctx, h, pkt, _| {
+        forward6::forward6(ctx, &h.iface, &h.entry, pkt)
     };
-    // ICMPv6 errors; TCP/UDP replies have no flow until `forward6` makes them.
+    // TCP/UDP replies, and ICMPv6 errors about NATed flows.
     PATH_REPLY6 => privatelink_reply6 = |ctx, h, pkt, _| {
         if pkt.proto == PROTO_ICMPV6 {
             icmp6::translate_error(ctx, &h.iface, pkt)
         } else {
-            settle(Err(Reason::DropNoFlow))
+            reply6::reply6(ctx, &h.iface, pkt)
         }
     };
 }

@@ -11,10 +11,10 @@ use std::{
 
 use privatelink_tests::{
     lab::{
-        BIG_FILE_LEN, CLIENT_B, CLIENT_C, CUSTOM_DOMAIN, ENI, ENI6, ENI6_B, EP_A_NAME, LAB_STATE,
-        Lab, LabOptions, wait_for, zone_name,
+        BIG_FILE_LEN, CLIENT_B, CLIENT_C, CLIENT6_B, CUSTOM_DOMAIN, ENI, ENI6, ENI6_B, EP_A_NAME,
+        LAB_STATE, LBS6, Lab, LabOptions, SNAT6, ZONE_HEADER, wait_for, zone_name,
     },
-    netns::unique_name,
+    netns::{self, unique_name},
 };
 
 fn lab() -> Lab {
@@ -1087,17 +1087,13 @@ fn ping6(lab: &Lab, to: &str, count: u32) -> (Vec<String>, u32) {
     (sources, received)
 }
 
-/// What of IPv6 works today (issue 17 is open: IPv6 NAT, `privatelink_forward6`, is not
-/// built, so TCP/UDP to an ENI's IPv6 address is dropped and counted): ep-a is dual stack
-/// as the API gives it; the consumer's kernel resolves each ENI's IPv6 address by neighbour
-/// discovery (answered in XDP) and `ping -6` is answered by the ENI itself; the names
-/// answer AAAA by the client's zone as they answer A (zone-a: zone-a's ENI; zone-b:
-/// zone-b's; zone-c, without an ENI: both), a zone name its zone's, the custom domain as
-/// the endpoint name; a SYN to the ENI's IPv6 address is dropped and counted, never
-/// passed to the forwarder's kernel (which routes no IPv6).
+/// Over IPv6 the consumer reaches both backends through ep-a's zone-a ENI, and zone-b's
+/// load balancer through the zone-b ENI; the provider's load balancers see every
+/// connection from one of the service's IPv6 SNAT addresses (their own log, written by
+/// haproxy), never a consumer address; the forwarder routes no IPv6 itself; `ping -6` to
+/// an ENI is answered by it.
 #[test]
-fn over_ipv6_enis_answer_neighbour_discovery_and_ping_and_names_answer_aaaa() {
-    use privatelink_tests::dig::parse_dig;
+fn over_ipv6_the_consumer_reaches_both_backends_from_the_snat6_pool() {
     let lab = lab();
     assert_dual_stack_endpoint(&lab);
     let fwd = lab
@@ -1106,18 +1102,99 @@ fn over_ipv6_enis_answer_neighbour_discovery_and_ping_and_names_answer_aaaa() {
         .unwrap();
     assert_eq!(fwd.trim(), "0");
 
-    // Echo to each ENI, answered by the forwarder from the ENI's address (the consumer's
-    // kernel first resolved it by neighbour discovery).
+    // Round robin: both backends within a few requests (each a new connection).
+    let before = lab.stats().unwrap();
+    let url = format!("http://[{ENI6}]/");
+    let mut pages: BTreeMap<String, u32> = BTreeMap::new();
+    let mut sent = 0;
+    while sent < 10 && pages.len() < 2 {
+        let body = String::from_utf8(lab.curl6(&url, &[]).unwrap()).unwrap();
+        *pages.entry(body).or_default() += 1;
+        sent += 1;
+    }
+    assert!(
+        pages.keys().any(|p| p.starts_with("ECS2 backend"))
+            && pages.keys().any(|p| p.starts_with("ECS3 backend")),
+        "both backends answer over IPv6 within 10 requests: {pages:?}"
+    );
+
+    let after = lab.stats().unwrap();
+    assert_eq!(
+        delta(&before, &after, "forward6_new_flow"),
+        sent as u64,
+        "{after:?}"
+    );
+    assert!(delta(&before, &after, "forward6_to_service") >= 3 * sent as u64);
+    assert!(delta(&before, &after, "forward6_to_consumer") >= 3 * sent as u64);
+    assert_eq!(
+        delta(&before, &after, "forward_new_flow"),
+        0,
+        "no IPv4 flow"
+    );
+
+    // Zone-b: its own client and ENI, its own load balancer.
+    let out = lab
+        .curl6(
+            &format!("http://[{ENI6_B}]/"),
+            &["-i", "--interface", CLIENT6_B],
+        )
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.lines().any(|l| l
+            .trim_end()
+            .eq_ignore_ascii_case(&format!("{ZONE_HEADER}: zone-b"))),
+        "{out}"
+    );
+
+    // What the provider saw (haproxy logs a connection when it ends).
+    let from_consumers = |i: usize| -> Vec<(String, u16, String, String)> {
+        lab.lb_connections6(i)
+            .into_iter()
+            .filter(|(client, ..)| client != LBS6[i].1) // the lab's own readiness check
+            .collect()
+    };
+    wait_for(Duration::from_secs(5), "haproxy's log lines", || {
+        from_consumers(0).len() == sent && from_consumers(1).len() == 1
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?} {:?}", from_consumers(0), from_consumers(1)));
+    for (i, (_, lb6)) in LBS6.iter().enumerate() {
+        for (client, port, at, _) in from_consumers(i) {
+            assert!(
+                SNAT6.contains(&client.as_str()),
+                "{client} is not a SNAT6 address"
+            );
+            assert_eq!(at, *lb6);
+            assert!(port > 0);
+        }
+    }
+    let servers: BTreeMap<String, usize> =
+        from_consumers(0)
+            .into_iter()
+            .fold(BTreeMap::new(), |mut m, (.., server)| {
+                *m.entry(server).or_default() += 1;
+                m
+            });
+    assert_eq!(servers.len(), 2, "{servers:?}");
+
+    // Echo to each ENI, answered by the forwarder from the ENI's address.
     let before = lab.stats().unwrap();
     for eni in [ENI6, ENI6_B] {
         let (sources, received) = ping6(&lab, eni, 3);
         assert_eq!(received, 3, "ping -6 {eni}");
         assert_eq!(sources, vec![eni.to_string(); 3]);
     }
-    let after = lab.stats().unwrap();
-    assert_eq!(delta(&before, &after, "icmp6_echo_reply"), 6);
-    assert!(delta(&before, &after, "nd_advert") >= 1, "{after:?}");
+    assert_eq!(delta(&before, &lab.stats().unwrap(), "icmp6_echo_reply"), 6);
+}
 
+/// The names over IPv6: ep-a's endpoint name answers AAAA by the client's zone as it
+/// answers A (zone-a: zone-a's ENI; zone-b: zone-b's; zone-c, without an ENI: both), a
+/// zone name its zone's, the custom domain as the endpoint name; `curl -6` by name (the
+/// namespace's resolv.conf, the VPC's resolver) lands on zone-a's ENI and load balancer.
+#[test]
+fn over_ipv6_the_names_answer_aaaa_and_curl_reaches_by_name() {
+    use privatelink_tests::dig::parse_dig;
+    let lab = lab();
     let aaaa = |args: &[&str]| -> Vec<String> {
         let out = lab
             .consumer
@@ -1149,15 +1226,58 @@ fn over_ipv6_enis_answer_neighbour_discovery_and_ping_and_names_answer_aaaa() {
     assert_eq!(aaaa(&[&zone_name("zone-b")]), vec![ENI6_B], "zone-b's name");
     assert_eq!(aaaa(&[CUSTOM_DOMAIN]), vec![ENI6], "the custom domain");
 
-    // TCP to the ENI's IPv6 address: not forwarded yet, dropped and counted.
-    let before = lab.stats().unwrap();
+    // curl prints the head, the body, then the address it connected to.
+    let out = lab
+        .curl6(
+            &format!("http://{EP_A_NAME}/"),
+            &["-i", "-w", "remote_ip %{remote_ip}\n"],
+        )
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("backend 10.10.3."), "{out}");
     assert!(
-        lab.curl6(&format!("http://[{ENI6}]/"), &["-m", "2"])
-            .is_err()
+        out.lines().any(|l| l
+            .trim_end()
+            .eq_ignore_ascii_case(&format!("{ZONE_HEADER}: zone-a"))),
+        "{out}"
     );
-    let after = lab.stats().unwrap();
-    assert!(
-        delta(&before, &after, "drop_unsupported_protocol") >= 1,
-        "{after:?}"
+    assert_eq!(
+        out.lines().last(),
+        Some(format!("remote_ip {ENI6}").as_str()),
+        "{out}"
     );
+}
+
+/// 1 MiB over IPv6 arrives byte for byte: compared whole, and its SHA-256 (`sha256sum`
+/// over what curl wrote inside the consumer's namespace) is the served file's.
+#[test]
+fn over_ipv6_a_one_megabyte_download_arrives_byte_for_byte() {
+    let lab = lab();
+    let served = lab.dir.join("ecs2/big.bin");
+    let want = std::fs::read(&served).unwrap();
+    assert_eq!(want.len(), BIG_FILE_LEN);
+    let url = format!("http://[{ENI6}]/big.bin");
+    let got = lab.curl6(&url, &[]).unwrap();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "payload differs");
+
+    let sha = |out: String| {
+        out.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let want_sha = sha(netns::run(std::process::Command::new("sha256sum").arg(&served)).unwrap());
+    let got_sha = sha(lab
+        .consumer
+        .exec(
+            "sh",
+            &["-c", &format!("curl -6 -sS --fail -m 20 {url} | sha256sum")],
+        )
+        .unwrap());
+    assert_eq!(want_sha.len(), 64);
+    assert_eq!(got_sha, want_sha);
+    // 1 MiB in ≤1500-byte frames is at least 700 packets per download.
+    let s = lab.stats().unwrap();
+    assert!(s["forward6_to_consumer"] >= 1400, "{s:?}");
 }

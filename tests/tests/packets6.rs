@@ -5,9 +5,10 @@
 //! file's own (never the data path's `csum`). The state is the packet tests' lab made dual
 //! stack through the model (`dual_state`).
 //!
-//! What is built today: neighbour discovery, ICMPv6 echo to an ENI, the extension header
-//! policy, host isolation. IPv6 NAT (`privatelink_forward6`) is not: TCP and UDP to an ENI
-//! are dropped and counted, and the tests that say so change when it lands.
+//! Covered: IPv6 NAT both ways (TCP and UDP, every L4 checksum checked by etherparse and
+//! by this file's own pseudo-header sum), ICMPv6 errors about NATed flows translated both
+//! ways, neighbour discovery, ICMPv6 echo to an ENI, the extension header policy, hop
+//! limits, truncations, garbage, host isolation.
 
 use std::net::Ipv6Addr;
 
@@ -15,13 +16,14 @@ use etherparse::{
     IcmpEchoHeader, Icmpv6Type, Ipv6Header, LinkSlice, NetSlice, PacketBuilder, SlicedPacket,
     TransportSlice,
 };
-use privatelink_common::Reason;
+use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, Reason};
 use privatelink_tests::{frames::CLIENT_MAC, lab::packet_state, testrun::Harness};
 use privatelink_user::model::numeric_id;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 
 const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 const NEXTHDR_HOP: u8 = 0;
@@ -49,6 +51,10 @@ fn lb6() -> [u8; 16] {
 }
 fn snat6() -> [u8; 16] {
     v6("fd00:b::200")
+}
+/// The service's IPv6 SNAT pool.
+fn snat6_pool() -> [[u8; 16]; 2] {
+    [snat6(), v6("fd00:b::201")]
 }
 
 /// The packet tests' lab, dual stack: vpc-a fd00:a::/56 (vsw-a1 fd00:a:0:1::/64, vsw-a2
@@ -204,11 +210,16 @@ const PADN6: [u8; 6] = [1, 4, 0, 0, 0, 0];
 /// The ones' complement sum over the pseudo-header (RFC 8200 8.1) and the ICMPv6 message:
 /// 0xffff when the message's checksum is right. Written here, not taken from the product.
 fn pseudo_sum_ok(src: [u8; 16], dst: [u8; 16], msg: &[u8]) -> bool {
+    pseudo_sum_ok_for(src, dst, 58, msg)
+}
+
+/// `pseudo_sum_ok` for upper-layer protocol `next_header` (6 TCP, 17 UDP, 58 ICMPv6).
+fn pseudo_sum_ok_for(src: [u8; 16], dst: [u8; 16], next_header: u8, msg: &[u8]) -> bool {
     let mut bytes = Vec::new();
     bytes.extend_from_slice(&src);
     bytes.extend_from_slice(&dst);
     bytes.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    bytes.extend_from_slice(&[0, 0, 0, 58]);
+    bytes.extend_from_slice(&[0, 0, 0, next_header]);
     bytes.extend_from_slice(msg);
     if bytes.len() % 2 == 1 {
         bytes.push(0);
@@ -624,22 +635,416 @@ fn echo_from_a_bad_source_is_not_answered() {
     );
 }
 
-#[test]
-fn tcp_syn_to_the_eni6_is_dropped_and_counted() {
-    // IPv6 NAT (`privatelink_forward6`) is not built: its stub drops what reaches it as
-    // unsupported. When forward6 lands this becomes a SYN full-NATed to fd00:b::10.
+/// A TCP or UDP frame the data path sent, decoded by etherparse; its checksum checked by
+/// etherparse and by `pseudo_sum_ok_for`.
+struct L4Out {
+    eth_src: [u8; 6],
+    eth_dst: [u8; 6],
+    ip: Ipv6Header,
+    sport: u16,
+    dport: u16,
+    payload: Vec<u8>,
+}
+
+fn parse_l4(frame: &[u8]) -> L4Out {
+    let p = SlicedPacket::from_ethernet(frame).expect("output parses");
+    let Some(LinkSlice::Ethernet2(eth)) = p.link else {
+        panic!("not Ethernet II: {:?}", p.link)
+    };
+    let Some(NetSlice::Ipv6(ip)) = &p.net else {
+        panic!("not IPv6: {:?}", p.net)
+    };
+    let ip = ip.header().to_header();
+    let (segment, next_header, sport, dport, payload) = match p.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let want = t.to_header().calc_checksum_ipv6(&ip, t.payload()).unwrap();
+            assert_eq!(t.checksum(), want, "TCP checksum (etherparse)");
+            let p = t.payload().to_vec();
+            (
+                t.slice().to_vec(),
+                6,
+                t.source_port(),
+                t.destination_port(),
+                p,
+            )
+        }
+        Some(TransportSlice::Udp(u)) => {
+            assert_ne!(u.checksum(), 0, "IPv6 UDP always has a checksum");
+            let want = u.to_header().calc_checksum_ipv6(&ip, u.payload()).unwrap();
+            assert_eq!(u.checksum(), want, "UDP checksum (etherparse)");
+            let p = u.payload().to_vec();
+            (
+                u.slice().to_vec(),
+                17,
+                u.source_port(),
+                u.destination_port(),
+                p,
+            )
+        }
+        other => panic!("not TCP or UDP: {other:?}"),
+    };
+    assert!(
+        pseudo_sum_ok_for(ip.source, ip.destination, next_header, &segment),
+        "L4 checksum (pseudo-header sum)"
+    );
+    L4Out {
+        eth_src: eth.source(),
+        eth_dst: eth.destination(),
+        ip,
+        sport,
+        dport,
+        payload,
+    }
+}
+
+/// The load balancer's MAC learned from its advertisement, as the daemon's solicitation
+/// gets it in the lab: until then a new flow has nowhere to go.
+fn teach_lb(h: &mut Harness) {
+    let f = na_frame((LB6_MAC, lb6()), (h.provider.mac, snat6()), lb6(), LB6_MAC);
+    h.run(h.provider.ifindex, &f).unwrap();
+    assert_eq!(h.dp.neighbor6(numeric_id("vpc-b"), lb6()), Some(LB6_MAC));
+}
+
+fn nat_harness() -> Harness {
     let mut h = harness();
+    teach_lb(&mut h);
+    h
+}
+
+/// A client TCP segment to the ENI's port 80 (a SYN if `syn`, else an ACK).
+fn tcp6_segment(h: &Harness, sport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv6(client6(), eni6(), 64)
+        .tcp(sport, 80, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(5001) };
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+/// The load balancer's TCP segment from port 80 to SNAT tuple `to`.
+fn tcp6_from_lb(h: &Harness, to: ([u8; 16], u16), payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(LB6_MAC, h.provider.mac)
+        .ipv6(lb6(), to.0, 64)
+        .tcp(80, to.1, 5000, 64240)
+        .syn()
+        .ack(1001)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+fn udp6_to_eni(h: &Harness, sport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv6(client6(), eni6(), 64)
+        .udp(sport, 53)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+/// Sends a SYN from client port `sport`; the SNAT tuple it was given.
+fn open_flow6(h: &mut Harness, sport: u16) -> ([u8; 16], u16) {
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp6_segment(h, sport, true, b""))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_l4(&out);
+    (p.ip.source, p.sport)
+}
+
+#[test]
+fn syn_to_the_eni6_is_full_natted_to_the_load_balancer() {
+    let mut h = nat_harness();
+    let frame = tcp6_segment(&h, 40000, true, b"");
+    let (act, out) = h.run(h.consumer.ifindex, &frame).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_l4(&out);
+    assert_eq!(
+        (p.eth_src, p.eth_dst),
+        (h.provider.mac, LB6_MAC),
+        "out of the provider side, to the load balancer's MAC"
+    );
+    assert!(
+        snat6_pool().contains(&p.ip.source),
+        "source from the IPv6 SNAT pool: {:?}",
+        Ipv6Addr::from(p.ip.source)
+    );
+    assert_eq!(p.ip.destination, lb6());
+    assert_eq!(p.ip.hop_limit, 63, "hop limit decremented");
+    assert!(p.sport >= 1024, "SNAT port {}", p.sport);
+    assert_eq!(p.dport, 80);
+    assert_eq!(out.len(), frame.len());
+    assert_eq!(h.count(Reason::Forward6NewFlow), 1);
+    // Both directions in the IPv6 flow table, none in IPv4's.
+    assert!(h.dp.flows().unwrap().is_empty());
+    let flows = h.dp.flows6().unwrap();
+    assert_eq!(flows.len(), 2);
+    let keys: Vec<_> = flows
+        .iter()
+        .map(|(k, e)| (e.direction, k.src, k.dst, k.sport, k.dport))
+        .collect();
+    assert!(keys.contains(&(DIR_ORIGINAL, client6(), eni6(), 40000, 80)));
+    assert!(keys.contains(&(DIR_REPLY, lb6(), p.ip.source, 80, p.sport)));
+}
+
+#[test]
+fn a_reply6_is_translated_back_and_the_flow_keeps_its_tuple() {
+    let mut h = nat_harness();
+    let (snat, port) = open_flow6(&mut h, 40001);
+    let (act, out) = h
+        .run(
+            h.provider.ifindex,
+            &tcp6_from_lb(&h, (snat, port), b"hello"),
+        )
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_l4(&out);
+    assert_eq!((p.eth_src, p.eth_dst), (h.consumer.mac, CLIENT_MAC));
+    assert_eq!((p.ip.source, p.ip.destination), (eni6(), client6()));
+    assert_eq!((p.sport, p.dport), (80, 40001));
+    assert_eq!(p.ip.hop_limit, 63);
+    assert_eq!(p.payload, b"hello");
+    // The client's next segments keep the tuple.
+    for data in [b"GET /".as_slice(), b"more"] {
+        let (act, out) = h
+            .run(h.consumer.ifindex, &tcp6_segment(&h, 40001, false, data))
+            .unwrap();
+        assert_eq!(act, XDP_REDIRECT);
+        let p = parse_l4(&out);
+        assert_eq!((p.ip.source, p.sport), (snat, port));
+        assert_eq!(p.payload, data);
+    }
+    assert_eq!(h.count(Reason::Forward6ToConsumer), 1);
+    assert_eq!(h.count(Reason::Forward6ToService), 2);
+    assert_eq!(h.count(Reason::Forward6NewFlow), 1);
+}
+
+#[test]
+fn every_ipv6_flow_gets_its_own_snat_tuple() {
+    let mut h = nat_harness();
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 30000..30100 {
+        assert!(
+            seen.insert(open_flow6(&mut h, sport)),
+            "tuple reused for client port {sport}"
+        );
+    }
+    assert_eq!(h.count(Reason::Forward6NewFlow), 100);
+    assert_eq!(h.dp.flows6().unwrap().len(), 200);
+}
+
+#[test]
+fn a_reply6_without_a_flow_is_dropped() {
+    let mut h = nat_harness();
     let (act, _) = h
-        .run(h.consumer.ifindex, &tcp6_to_eni(&h, 40000, b""))
+        .run(h.provider.ifindex, &tcp6_from_lb(&h, (snat6(), 5555), b""))
         .unwrap();
     assert_eq!(act, XDP_DROP);
-    assert_eq!(
-        h.count(Reason::DropUnsupportedProtocol),
-        1,
-        "{:?}",
-        h.active_stats()
+    assert_eq!(h.count(Reason::DropNoFlow), 1, "{:?}", h.active_stats());
+}
+
+#[test]
+fn udp6_is_natted_both_ways_with_valid_checksums() {
+    let mut h = nat_harness();
+    let (act, out) = h
+        .run(h.consumer.ifindex, &udp6_to_eni(&h, 5353, b"query"))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_l4(&out);
+    assert!(snat6_pool().contains(&p.ip.source));
+    assert_eq!((p.ip.destination, p.dport), (lb6(), 53));
+    assert_eq!(p.payload, b"query");
+    let mut answer = Vec::new();
+    PacketBuilder::ethernet2(LB6_MAC, h.provider.mac)
+        .ipv6(lb6(), p.ip.source, 64)
+        .udp(53, p.sport)
+        .write(&mut answer, b"answer")
+        .unwrap();
+    let (act, out) = h.run(h.provider.ifindex, &answer).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let r = parse_l4(&out);
+    assert_eq!((r.ip.source, r.sport), (eni6(), 53));
+    assert_eq!((r.ip.destination, r.dport), (client6(), 5353));
+    assert_eq!(r.payload, b"answer");
+    // A zero UDP checksum is not allowed over IPv6 (RFC 8200 8.1): dropped, counted.
+    let mut zero = udp6_to_eni(&h, 5354, b"nocsum");
+    zero[14 + 40 + 6..14 + 40 + 8].copy_from_slice(&[0, 0]);
+    assert_eq!(h.run(h.consumer.ifindex, &zero).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropUdp6ZeroChecksum), 1);
+}
+
+#[test]
+fn hop_limit_one_is_dropped_and_counted() {
+    let mut h = nat_harness();
+    let mut f = tcp6_segment(&h, 40200, true, b"");
+    f[14 + 7] = 1;
+    let (act, _) = h.run(h.consumer.ifindex, &f).unwrap();
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(h.count(Reason::DropHopLimitExceeded), 1);
+    assert!(
+        h.dp.flows6().unwrap().is_empty(),
+        "no flow for a dropped packet"
     );
-    // Counted for the endpoint too: its EP_DROP counters are the operator's view.
+    // A reply with hop limit 1 is dropped too.
+    let (snat, port) = open_flow6(&mut h, 40201);
+    let mut r = tcp6_from_lb(&h, (snat, port), b"");
+    r[14 + 7] = 1;
+    assert_eq!(h.run(h.provider.ifindex, &r).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropHopLimitExceeded), 2);
+}
+
+#[test]
+fn a_syn_behind_a_destination_options_header_is_natted_with_the_header_kept() {
+    let mut h = nat_harness();
+    let plain = tcp6_segment(&h, 40300, true, b"");
+    let f = with_ext(&plain, NEXTHDR_DEST, &PADN6);
+    let (act, out) = h.run(h.consumer.ifindex, &f).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    assert_eq!(out.len(), f.len(), "the extension header travels on");
+    assert_eq!(out[20], NEXTHDR_DEST);
+    let p = parse_l4(&out);
+    assert_eq!((p.ip.destination, p.dport), (lb6(), 80));
+    assert!(snat6_pool().contains(&p.ip.source));
+}
+
+/// An ICMPv6 error of `ty`/`code` (4-byte field `rest`) about `quoted` (a packet as we
+/// sent it), from `src` to `dst`.
+fn icmp6_error(
+    macs: ([u8; 6], [u8; 6]),
+    (src, dst): ([u8; 16], [u8; 16]),
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(src, dst, 64)
+        .icmpv6_raw(ty, code, rest)
+        .write(&mut v, quoted)
+        .unwrap();
+    v
+}
+
+/// The packet an ICMPv6 error quotes, split: its IPv6 header and its L4 bytes.
+fn quoted6(o: &Out6) -> (Ipv6Header, Vec<u8>) {
+    let (ip, rest) = Ipv6Header::from_slice(&o.payload).expect("quoted IPv6 header");
+    (ip, rest.to_vec())
+}
+
+#[test]
+fn packet_too_big_from_the_provider_side_is_translated_for_the_client() {
+    let mut h = nat_harness();
+    let (snat, port) = open_flow6(&mut h, 40100);
+    // What we sent to the load balancer, quoted whole (its TCP checksum included).
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv6(snat, lb6(), 63)
+        .tcp(port, 80, 1000, 64240)
+        .ack(5001)
+        .write(&mut quoted, b"0123456789")
+        .unwrap();
+    let router = v6("fd00:b::1");
+    let ptb = icmp6_error(
+        (LB6_MAC, h.provider.mac),
+        (router, snat),
+        2,
+        0,
+        1280u32.to_be_bytes(),
+        &quoted,
+    );
+    let (act, out) = h.run(h.provider.ifindex, &ptb).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let o = parse_icmp6(&out); // both ICMPv6 checksum checks
+    assert_eq!((o.eth_src, o.eth_dst), (h.consumer.mac, CLIENT_MAC));
+    assert_eq!(o.ip.destination, client6(), "to the client");
+    assert_eq!(o.ip.source, eni6(), "from the ENI the client knows");
+    assert_eq!((o.msg[0], o.msg[1]), (2, 0), "Packet Too Big");
+    assert_eq!(&o.msg[4..8], &1280u32.to_be_bytes(), "the MTU");
+    // The quote is now the client's own packet, its checksum valid for its addresses.
+    let (ih, l4) = quoted6(&o);
+    assert_eq!((ih.source, ih.destination), (client6(), eni6()));
+    let tcp = etherparse::TcpSlice::from_slice(&l4).unwrap();
+    assert_eq!((tcp.source_port(), tcp.destination_port()), (40100, 80));
+    assert_eq!(
+        tcp.checksum(),
+        tcp.to_header()
+            .calc_checksum_ipv6(&ih, tcp.payload())
+            .unwrap(),
+        "quoted TCP checksum"
+    );
+    assert!(pseudo_sum_ok_for(ih.source, ih.destination, 6, &l4));
+    assert_eq!(h.count(Reason::Icmp6ErrorTranslated), 1);
+}
+
+#[test]
+fn destination_unreachable_from_the_client_is_translated_for_the_load_balancer() {
+    let mut h = nat_harness();
+    // A UDP flow and its answer; the client says its port is unreachable.
+    let (act, out) = h
+        .run(h.consumer.ifindex, &udp6_to_eni(&h, 5400, b"q"))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let fwd = parse_l4(&out);
+    let (snat, port) = (fwd.ip.source, fwd.sport);
+    // What the client got: the answer as translated (ENI:53 → client:5400).
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv6(eni6(), client6(), 63)
+        .udp(53, 5400)
+        .write(&mut quoted, b"answer")
+        .unwrap();
+    for (ty, code, what) in [(1u8, 4u8, "port unreachable"), (3, 0, "time exceeded")] {
+        let err = icmp6_error(
+            (CLIENT_MAC, h.consumer.mac),
+            (client6(), eni6()),
+            ty,
+            code,
+            [0; 4],
+            &quoted,
+        );
+        let (act, out) = h.run(h.consumer.ifindex, &err).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{what}: {:?}", h.active_stats());
+        let o = parse_icmp6(&out);
+        assert_eq!((o.eth_src, o.eth_dst), (h.provider.mac, LB6_MAC), "{what}");
+        assert_eq!((o.ip.source, o.ip.destination), (snat, lb6()), "{what}");
+        assert_eq!((o.msg[0], o.msg[1]), (ty, code), "{what}");
+        let (ih, l4) = quoted6(&o);
+        assert_eq!(
+            (ih.source, ih.destination),
+            (lb6(), snat),
+            "{what}: quoted addresses"
+        );
+        let udp = etherparse::UdpSlice::from_slice(&l4).unwrap();
+        assert_eq!((udp.source_port(), udp.destination_port()), (53, port));
+        assert!(
+            pseudo_sum_ok_for(ih.source, ih.destination, 17, &l4),
+            "{what}: quoted UDP checksum"
+        );
+    }
+    assert_eq!(h.count(Reason::Icmp6ErrorTranslated), 2);
+}
+
+#[test]
+fn an_icmp6_error_about_no_flow_is_dropped() {
+    let mut h = nat_harness();
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv6(snat6(), lb6(), 63)
+        .tcp(6000, 80, 1, 1)
+        .write(&mut quoted, b"")
+        .unwrap();
+    let ptb = icmp6_error(
+        (LB6_MAC, h.provider.mac),
+        (v6("fd00:b::1"), snat6()),
+        2,
+        0,
+        1280u32.to_be_bytes(),
+        &quoted,
+    );
+    assert_eq!(h.run(h.provider.ifindex, &ptb).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::Icmp6ErrorTranslated), 0);
+    assert_eq!(drops(&h), 1, "{:?}", h.active_stats());
 }
 
 #[test]
@@ -770,11 +1175,14 @@ fn every_truncation_of_an_ipv6_tcp_frame_is_dropped_and_counted() {
     every_truncation_is_a_counted_drop(&mut h, ifindex, &full);
     assert!(h.count(Reason::DropTruncatedIpv6) > 0);
     assert_eq!(h.count(Reason::DropTruncatedIpv6), (full.len() - 14) as u64);
-    // Ethernet padding after the packet is fine (and reaches the NAT stub).
+    // Ethernet padding after the packet is fine: NATed, the padding left as it was.
+    teach_lb(&mut h);
     let mut padded = tcp6_to_eni(&h, 40801, b"");
     padded.extend_from_slice(&[0; 6]);
-    assert_eq!(h.run(h.consumer.ifindex, &padded).unwrap().0, XDP_DROP);
-    assert_eq!(h.count(Reason::DropUnsupportedProtocol), 1);
+    let (act, out) = h.run(h.consumer.ifindex, &padded).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    assert_eq!(out.len(), padded.len());
+    assert_eq!(parse_l4(&out[..out.len() - 6]).dport, 80);
 }
 
 #[test]
@@ -928,4 +1336,123 @@ fn ipv6_not_for_the_data_path_passes_with_host_traffic() {
     f[0..6].copy_from_slice(&h.provider.mac);
     assert_eq!(h.run(h.provider.ifindex, &f).unwrap().0, XDP_DROP);
     assert_eq!(h.count(Reason::DropHostIsolated), 1);
+}
+
+/// The dual-stack state with security groups `groups` on ep-a and `extra` TOML appended.
+fn filtered_state(groups: &[&str], extra: &str) -> String {
+    let list = groups
+        .iter()
+        .map(|g| format!("\"{g}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let s = dual_state();
+    assert_eq!(s.matches("name = \"web\"").count(), 1);
+    format!(
+        "{}\n{extra}",
+        s.replace(
+            "name = \"web\"",
+            &format!("name = \"web\"\nsecurity_groups = [{list}]")
+        )
+    )
+}
+
+/// A SYN from `src` to the ENI's port `dport`: the verdict; a forwarded one checked.
+fn syn6_verdict(h: &mut Harness, src: [u8; 16], dport: u16) -> u32 {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv6(src, eni6(), 64)
+        .tcp(30000 + dport, dport, 1, 64240)
+        .syn()
+        .write(&mut v, b"")
+        .unwrap();
+    let (act, out) = h.run(h.consumer.ifindex, &v).unwrap();
+    if act == XDP_REDIRECT {
+        let p = parse_l4(&out);
+        assert_eq!((p.ip.destination, p.dport), (lb6(), dport));
+        assert!(snat6_pool().contains(&p.ip.source));
+    }
+    act
+}
+
+#[test]
+fn security_groups_judge_ipv6_flows_by_their_ipv6_rules_deny_first_to_the_last_rule() {
+    let rule = |prio: u32, action: &str, ports: [u16; 2], cidr: &str| {
+        format!(
+            "{{ direction = \"ingress\", priority = {prio}, action = \"{action}\", protocol = \"tcp\", ports = [{}, {}], cidr = \"{cidr}\" }}",
+            ports[0], ports[1]
+        )
+    };
+    let mut rules = vec![
+        rule(1, "accept", [80, 80], "fd00:a:0:2::/64"),
+        rule(1, "drop", [80, 80], "fd00:a:0:2::5/128"),
+        // IPv4 rules never admit IPv6.
+        rule(1, "accept", [1, 65535], "0.0.0.0/0"),
+        // The last of 31 IPv6 rules once ordered (32 in all, the most an ENI takes):
+        // the walk reaches the end of the set.
+        rule(50, "accept", [443, 443], "fd00:a::/56"),
+    ];
+    for i in 0..28 {
+        rules.push(rule(2, "accept", [900 + i, 900 + i], "fd00:ff::/64"));
+    }
+    let sg = format!(
+        "[[security_groups]]\nid = \"sg-a\"\naccount = \"acct-a\"\nvpc = \"vpc-a\"\nrules = [\n{}\n]\n",
+        rules.join(",\n")
+    );
+    let mut h = Harness::new(&filtered_state(&["sg-a"], &sg)).expect("harness");
+    teach_lb(&mut h);
+    let cases = [
+        (client6(), 80, XDP_REDIRECT, "accepted by its /64"),
+        (
+            v6("fd00:a:0:2::5"),
+            80,
+            XDP_DROP,
+            "drop wins at equal priority",
+        ),
+        (v6("fd00:a:0:3::1"), 80, XDP_DROP, "no rule matches"),
+        (v6("fd00:a:0:3::1"), 443, XDP_REDIRECT, "the last rule"),
+        (v6("fd00:ff::1"), 927, XDP_REDIRECT, "a filler rule"),
+        (v6("fd00:ff::1"), 928, XDP_DROP, "past the fillers"),
+    ];
+    for (src, port, want, what) in cases {
+        assert_eq!(
+            syn6_verdict(&mut h, src, port),
+            want,
+            "{what}: {:?}",
+            h.active_stats()
+        );
+    }
+    assert_eq!(h.count(Reason::DropSecurityGroup), 3);
+}
+
+#[test]
+fn an_acl_judges_every_ipv6_packet_by_its_ipv6_rules_both_ways() {
+    let acl = "[[acls]]\nid = \"acl-a\"\naccount = \"acct-a\"\nvpc = \"vpc-a\"\nvswitches = [\"vsw-a1\"]\n\
+        ingress = [{ action = \"accept\", protocol = \"tcp\", cidr = \"fd00:a:0:2::1/128\", ports = [80, 80] }, \
+        { action = \"drop\", protocol = \"all\", cidr = \"::/0\" }, { action = \"accept\", protocol = \"all\", cidr = \"::/0\" }, \
+        { action = \"accept\", protocol = \"all\", cidr = \"0.0.0.0/0\" }]\n\
+        egress = [{ action = \"drop\", protocol = \"all\", cidr = \"::/0\" }, { action = \"accept\", protocol = \"all\", cidr = \"0.0.0.0/0\" }]\n";
+    let mut h = Harness::new(&filtered_state(&[], acl)).expect("harness");
+    teach_lb(&mut h);
+    assert_eq!(syn6_verdict(&mut h, client6(), 80), XDP_REDIRECT);
+    assert_eq!(
+        syn6_verdict(&mut h, v6("fd00:a:0:2::2"), 80),
+        XDP_DROP,
+        "the drop comes first"
+    );
+    assert_eq!(h.count(Reason::DropAcl), 1, "{:?}", h.active_stats());
+    // Stateless: the reply to the admitted flow meets the egress drop.
+    let snat =
+        h.dp.flows6()
+            .unwrap()
+            .into_iter()
+            .find(|(_, e)| e.direction == DIR_REPLY)
+            .map(|(k, _)| (k.dst, k.dport))
+            .expect("the admitted flow");
+    assert_eq!(
+        h.run(h.provider.ifindex, &tcp6_from_lb(&h, snat, b""))
+            .unwrap()
+            .0,
+        XDP_DROP
+    );
+    assert_eq!(h.count(Reason::DropAcl), 2);
 }

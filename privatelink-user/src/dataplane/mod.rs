@@ -292,6 +292,15 @@ impl Dataplane {
         read_flows(self.map(map_names::CONNTRACK)?)
     }
 
+    /// The IPv6 flow table (`PL_CONNTRACK6`), both directions of every flow.
+    pub fn flows6(
+        &self,
+    ) -> Result<Vec<(privatelink_common::FlowKey6, privatelink_common::FlowEntry6)>> {
+        let m: HashMap<_, privatelink_common::FlowKey6, privatelink_common::FlowEntry6> =
+            HashMap::try_from(self.map(map_names::CONNTRACK6)?)?;
+        Ok(m.iter().collect::<Result<_, _>>()?)
+    }
+
     /// The link a VPC is attached through, as the data path holds it (`PL_VPC_PORTS`).
     pub fn vpc_link(&self, vpc_id: u32) -> Option<Link> {
         let m: HashMap<_, u32, VpcPort> =
