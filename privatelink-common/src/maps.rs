@@ -170,6 +170,7 @@ mod tests {
             "PL_FLOW_SCRATCH",
             "PL_HANDOFF6",
             "PL_SCRATCH6",
+            "PL_KEYS6",
         ];
         for r in rows {
             let first = r.split('|').nth(1).unwrap_or("");

@@ -6,7 +6,10 @@
 //! reuse the IPv4 types wherever the address family does not matter (`EndpointEni` for an
 //! endpoint's state and flags, `Neighbor`, `RuleSet`'s order and actions).
 
-use crate::{EndpointEni, MAX_RULES, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_TCP, PROTO_UDP};
+use crate::{
+    Config, EndpointEni, FLOW_GWLB, MAX_RULES, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_TCP, PROTO_UDP,
+    idle_timeout_ns,
+};
 
 /// An IPv6 address inside one VPC (VPC ranges may overlap, IPv6 ones too).
 #[repr(C)]
@@ -173,6 +176,31 @@ impl FlowEntry6 {
             self.new_sport,
             proto,
         )
+    }
+
+    /// For readers of the table: the key of the other direction of the flow stored under
+    /// `key` (`FlowEntry::partner`).
+    pub fn partner(&self, key: &FlowKey6) -> FlowKey6 {
+        if self.flags & FLOW_GWLB != 0 {
+            key.reversed()
+        } else {
+            self.partner_key(key.proto)
+        }
+    }
+
+    /// For readers of the table: `FlowEntry::is_live`'s rule (either direction seen
+    /// within its idle timeout).
+    pub fn is_live(
+        &self,
+        proto: u8,
+        now_ns: u64,
+        cfg: &Config,
+        partner: impl FnOnce() -> Option<FlowEntry6>,
+    ) -> bool {
+        let expired = |e: &FlowEntry6| {
+            now_ns.saturating_sub(e.last_seen_ns) > idle_timeout_ns(e.tcp_flags, proto, cfg)
+        };
+        !expired(self) || partner().is_some_and(|p| !expired(&p))
     }
 }
 

@@ -18,10 +18,8 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    btf_maps::PerCpuArray,
     cty::c_void,
     helpers::{bpf_get_prandom_u32, bpf_loop},
-    macros::btf_map,
     programs::XdpContext,
 };
 use privatelink_common::{
@@ -31,27 +29,15 @@ use privatelink_common::{
 
 use crate::{
     conntrack::{Flow, SNAT_ATTEMPTS, SeqAck, keep_partner, l4_state, refund, take_token, track},
-    maps::{PL_CONNTRACK6, PL_NEIGHBORS6, PL_SNAT6_POOLS, PL_VPC_PORTS, config, scratch6},
+    maps::{
+        PL_CONNTRACK6, PL_NEIGHBORS6, PL_SNAT6_POOLS, PL_VPC_PORTS, config, key_scratch6, scratch6,
+    },
     nat6::{l4_delta6, redirect6, rewrite_ip6},
     packet::Packet,
     packet6::{copy_addr, forwardable_source, words},
     parse::{ETH_LEN, Ipv6Hdr, Ports, be16, mut_at, ne16},
     verdict::Verdict,
 };
-
-/// Per-CPU room for the flow keys of an IPv6 NAT path (0: the packet's, 1: the
-/// reply-direction key a new flow claims, 2 and 3: the keys a claim derives). A 44-byte
-/// `FlowKey6` built on the stack takes a slot of its own in every frame that copies it,
-/// and the forward path's call chain would pass the 512 bytes of stack: the steps fill
-/// these in place and pass references.
-#[btf_map]
-pub static PL_KEYS6: PerCpuArray<FlowKey6, 4> = PerCpuArray::new();
-
-/// This CPU's IPv6 flow key slot `i` (`PL_KEYS6`).
-#[inline(always)]
-fn key_scratch6(i: u32) -> Result<*mut FlowKey6, Reason> {
-    PL_KEYS6.get_ptr_mut(i).ok_or(Reason::DropConntrackFull)
-}
 
 /// Reads the 5-tuple of an IPv6 TCP/UDP packet whose L4 header must be complete into
 /// this CPU's key slot 0 (`PL_KEYS6`, filled in place: see there why); refuses what must

@@ -93,6 +93,24 @@ pub fn scratch6(i: u32) -> Result<*mut privatelink_common::FlowEntry6, privateli
         .ok_or(privatelink_common::Reason::DropConntrackFull)
 }
 
+/// IPv6: per-CPU room for the flow keys of the IPv6 NAT (`flows6`; 0: the packet's, 1:
+/// the reply-direction key a new flow claims, 2 and 3: the keys a claim derives). A
+/// 44-byte `FlowKey6` built on the stack takes a slot of its own in every frame that
+/// copies it, and the forward path's call chain would pass the 512 bytes of stack: the
+/// steps fill these in place and pass references.
+#[btf_map]
+pub static PL_KEYS6: PerCpuArray<privatelink_common::FlowKey6, 4> = PerCpuArray::new();
+
+/// This CPU's IPv6 flow key slot `i` (`PL_KEYS6`).
+#[inline(always)]
+pub fn key_scratch6(
+    i: u32,
+) -> Result<*mut privatelink_common::FlowKey6, privatelink_common::Reason> {
+    PL_KEYS6
+        .get_ptr_mut(i)
+        .ok_or(privatelink_common::Reason::DropConntrackFull)
+}
+
 /// What the IPv6 classification found, for the IPv6 path program it tail-calls (as
 /// `Handoff`; the endpoint with its IPv6 load balancer). GWLB routes go through
 /// `PL_HANDOFF`: their entry is an `EndpointEni`.

@@ -989,45 +989,57 @@ impl EndpointOverview {
     }
 }
 
-/// The live flows in a walk of the flow table, by endpoint (numeric id): one per
-/// original-direction entry that has not expired, or whose reply entry has not (a flow
-/// lives while either direction does, as `privatelink flows` and the data path judge it;
-/// `partner` looks the reply entry up). O(entries): the caller walks the table outside
+/// The live flows in a walk of a flow table of either family, by endpoint (numeric id):
+/// one per original-direction entry that has not expired, or whose reply entry has not (a
+/// flow lives while either direction does, as `privatelink flows` and the data path judge
+/// it; `partner` looks the reply entry up). O(entries): the caller walks the table outside
 /// the app's lock.
-pub fn count_live_flows(
-    entries: impl IntoIterator<Item = (privatelink_common::FlowKey, privatelink_common::FlowEntry)>,
+pub fn count_live_flows<E: crate::dataplane::TableEntry>(
+    entries: impl IntoIterator<Item = (E::Key, E)>,
     now_ns: u64,
     cfg: &privatelink_common::Config,
-    partner: impl Fn(&privatelink_common::FlowKey) -> Option<privatelink_common::FlowEntry>,
+    partner: impl Fn(&E::Key) -> Option<E>,
 ) -> std::collections::HashMap<u32, u64> {
     let mut live = std::collections::HashMap::new();
     for (k, e) in entries {
-        if e.direction != privatelink_common::DIR_ORIGINAL {
+        if e.direction() != privatelink_common::DIR_ORIGINAL {
             continue;
         }
-        if e.is_live(k.proto, now_ns, cfg, || partner(&e.partner(&k))) {
-            *live.entry(e.endpoint_id).or_default() += 1;
+        if e.live(&k, now_ns, cfg, || partner(&e.partner_of(&k))) {
+            *live.entry(e.endpoint_id()).or_default() += 1;
         }
     }
     live
 }
 
-/// The live flows of the flow table pinned in `pin_dir`, by endpoint (numeric id): a walk
-/// of at most the table's capacity (`count_live_flows`), seconds for millions of entries,
-/// so for a blocking task outside the app's lock.
+/// The live flows of the flow tables pinned in `pin_dir` (IPv4's and IPv6's), by endpoint
+/// (numeric id): walks of at most each table's capacity (`count_live_flows`), seconds for
+/// millions of entries, so for a blocking task outside the app's lock.
 pub fn live_flows_in(
     pin_dir: &std::path::Path,
 ) -> anyhow::Result<std::collections::HashMap<u32, u64>> {
-    use privatelink_common::{FlowEntry, FlowKey, map_names};
-    let map = crate::dataplane::open_pinned(pin_dir, map_names::CONNTRACK)?;
+    use privatelink_common::{FlowEntry, FlowEntry6};
     let cfg = crate::dataplane::read_config(pin_dir)?;
-    let table: aya::maps::HashMap<_, FlowKey, FlowEntry> = aya::maps::HashMap::try_from(&map)?;
+    let mut live = live_flows_of::<FlowEntry>(pin_dir, &cfg)?;
+    for (id, n) in live_flows_of::<FlowEntry6>(pin_dir, &cfg)? {
+        *live.entry(id).or_default() += n;
+    }
+    Ok(live)
+}
+
+/// `live_flows_in` for one table.
+fn live_flows_of<E: crate::dataplane::TableEntry>(
+    pin_dir: &std::path::Path,
+    cfg: &privatelink_common::Config,
+) -> anyhow::Result<std::collections::HashMap<u32, u64>> {
+    let map = crate::dataplane::open_pinned(pin_dir, E::MAP)?;
+    let table: aya::maps::HashMap<_, E::Key, E> = aya::maps::HashMap::try_from(&map)?;
     let entries = table
         .iter()
         .take(usize::try_from(cfg.flow_capacity * 2).unwrap_or(usize::MAX))
         .filter_map(Result::ok);
     let now = crate::dataplane::coarse_now_ns();
-    Ok(count_live_flows(entries, now, &cfg, |k| {
+    Ok(count_live_flows(entries, now, cfg, |k| {
         table.get(k, 0).ok()
     }))
 }

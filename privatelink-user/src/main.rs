@@ -234,57 +234,65 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Flows { pin_dir } => {
-            let map = dataplane::open_pinned(&pin_dir, map_names::CONNTRACK)?;
-            let flows = dataplane::read_flows(&map)?;
             let cfg = dataplane::read_config(&pin_dir).unwrap_or_default();
             let now = dataplane::coarse_now_ns();
-            let by_key: std::collections::HashMap<_, _> = flows.iter().copied().collect();
             println!(
-                "{:<5} {:<44} {:<44} STATE",
+                "{:<5} {:<60} {:<60} STATE",
                 "PROTO", "CONSUMER SIDE", "PROVIDER SIDE"
             );
-            for (k, e) in flows.iter().filter(|(_, e)| e.direction == DIR_ORIGINAL) {
-                let proto = match k.proto {
-                    PROTO_TCP => "tcp".to_string(),
-                    PROTO_UDP => "udp".to_string(),
-                    privatelink_common::PROTO_ICMP => "icmp".to_string(),
-                    p => p.to_string(),
-                };
-                let provider_side = if e.flags & privatelink_common::FLOW_GWLB != 0 {
-                    format!("GENEVE {} -> appliance {}", ip(e.new_src), ip(e.new_dst))
-                } else {
-                    format!(
-                        "{}:{} -> {}:{}",
-                        ip(e.new_src),
-                        e.new_sport,
-                        ip(e.new_dst),
-                        e.new_dport
-                    )
-                };
-                // Alive while either direction is (as the data path judges it).
-                let alive = e.is_live(k.proto, now, &cfg, || by_key.get(&e.partner(k)).copied());
-                let state = if !alive {
-                    "expired"
-                } else if e.tcp_flags & privatelink_common::CT_CLOSING != 0 {
-                    "closing"
-                } else if e.tcp_flags & privatelink_common::CT_ESTABLISHED != 0 {
-                    "established"
-                } else {
-                    "embryonic"
-                };
-                println!(
-                    "{:<5} {:<44} {:<44} {}",
-                    proto,
-                    format!("{}:{} -> {}:{}", ip(k.src), k.sport, ip(k.dst), k.dport),
-                    provider_side,
-                    state,
-                );
+            print_flows(
+                &dataplane::read_table::<privatelink_common::FlowEntry>(&pin_dir)?,
+                now,
+                &cfg,
+            );
+            // The IPv6 table (absent from pins of a daemon before dual stack).
+            if let Ok(flows) = dataplane::read_table::<privatelink_common::FlowEntry6>(&pin_dir) {
+                print_flows(&flows, now, &cfg);
             }
             Ok(())
         }
     }
 }
 
-fn ip(a: [u8; 4]) -> std::net::Ipv4Addr {
-    a.into()
+/// `privatelink flows`' lines for one flow table: each flow's original direction, its
+/// rewrite, and its state as the data path judges it.
+fn print_flows<E: dataplane::TableEntry>(
+    flows: &[(E::Key, E)],
+    now: u64,
+    cfg: &privatelink_common::Config,
+) {
+    let by_key: std::collections::HashMap<_, _> = flows.iter().copied().collect();
+    for (k, e) in flows.iter().filter(|(_, e)| e.direction() == DIR_ORIGINAL) {
+        let proto = match E::proto(k) {
+            PROTO_TCP => "tcp".to_string(),
+            PROTO_UDP => "udp".to_string(),
+            privatelink_common::PROTO_ICMP => "icmp".to_string(),
+            p => p.to_string(),
+        };
+        let (new_src, new_dst) = e.rewritten();
+        let provider_side = if e.flags() & privatelink_common::FLOW_GWLB != 0 {
+            format!("GENEVE {} -> appliance {}", new_src.ip(), new_dst.ip())
+        } else {
+            format!("{new_src} -> {new_dst}")
+        };
+        // Alive while either direction is (as the data path judges it).
+        let alive = e.live(k, now, cfg, || by_key.get(&e.partner_of(k)).copied());
+        let state = if !alive {
+            "expired"
+        } else if e.tcp_flags() & privatelink_common::CT_CLOSING != 0 {
+            "closing"
+        } else if e.tcp_flags() & privatelink_common::CT_ESTABLISHED != 0 {
+            "established"
+        } else {
+            "embryonic"
+        };
+        let (src, dst) = E::ends(k);
+        println!(
+            "{:<5} {:<60} {:<60} {}",
+            proto,
+            format!("{src} -> {dst}"),
+            provider_side,
+            state,
+        );
+    }
 }

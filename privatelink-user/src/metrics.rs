@@ -34,7 +34,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use privatelink_common::{DIR_ORIGINAL, EP_DROP_NAMES, FlowEntry, FlowKey, VpcAddr, map_names};
+use privatelink_common::{
+    DIR_ORIGINAL, EP_DROP_NAMES, FlowEntry, FlowEntry6, VpcAddr, VpcAddr6, map_names,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{
@@ -159,18 +161,28 @@ struct SnatPool {
     /// Addresses × ports: the (address, port) pairs, each usable once per load balancer
     /// address, port and protocol.
     capacity: u64,
+    /// The same for its IPv6 SNAT addresses (0: none, or not dual stack).
+    capacity6: u64,
 }
 
 pub fn gather(state: &State, apply: &mut dyn Apply, notify: Option<&Notifier>) -> Gathered {
     let snat = state
         .services
         .iter()
-        .filter(|s| !s.snat.is_empty())
-        .map(|s| SnatPool {
-            service: s.id.clone(),
-            id: numeric_id(&s.id),
-            capacity: s.snat.len() as u64
-                * (u64::from(s.snat_ports[1]) + 1).saturating_sub(u64::from(s.snat_ports[0])),
+        .filter(|s| !s.snat.is_empty() || !s.snat6.is_empty())
+        .map(|s| {
+            let ports = (u64::from(s.snat_ports[1]) + 1).saturating_sub(u64::from(s.snat_ports[0]));
+            let snat6 = if s.ip_version.is_dualstack() {
+                s.snat6.len() as u64
+            } else {
+                0
+            };
+            SnatPool {
+                service: s.id.clone(),
+                id: numeric_id(&s.id),
+                capacity: s.snat.len() as u64 * ports,
+                capacity6: snat6 * ports,
+            }
         })
         .collect();
     Gathered {
@@ -221,7 +233,11 @@ struct ConntrackCount {
     /// Live flows' reply-direction entries addressed to a service's SNAT address (one per
     /// flow that holds a tuple), by the service's numeric id.
     snat_in_use: HashMap<u32, u64>,
-    /// Live flows (original-direction entries of a live flow), by endpoint numeric id.
+    /// The same in the IPv6 table (`PL_CONNTRACK6`, its SNAT6 addresses).
+    entries6: u64,
+    snat6_in_use: HashMap<u32, u64>,
+    /// Live flows (original-direction entries of a live flow), by endpoint numeric id,
+    /// both tables.
     live_flows: HashMap<u32, u64>,
 }
 
@@ -275,43 +291,91 @@ impl ConntrackWalker {
     }
 }
 
-/// Counts the entries of the pinned `PL_CONNTRACK`, and the reply-direction ones of live
-/// flows (either direction not expired, as the data path judges it) addressed to an SNAT
-/// address of `PL_SNAT_ADDRS`: an expired flow's tuple is free to take over. Bounded: at
-/// most `capacity` entries are read (a walk restarts from the first key when the key it
-/// stands on is evicted meanwhile).
+/// Counts the entries of the pinned flow tables (`PL_CONNTRACK`, `PL_CONNTRACK6`), the
+/// live flows per endpoint, and the reply-direction entries of live flows (either
+/// direction not expired, as the data path judges it) addressed to an SNAT address of
+/// `PL_SNAT_ADDRS` / `PL_SNAT6_ADDRS`: an expired flow's tuple is free to take over.
+/// Bounded: at most `capacity` entries of each table are read (a walk restarts from the
+/// first key when the key it stands on is evicted meanwhile).
 fn walk_conntrack(pin_dir: &Path, capacity: u32) -> Result<ConntrackCount> {
-    use aya::maps::HashMap as BpfHashMap;
-    let snat_map = dataplane::open_pinned(pin_dir, map_names::SNAT_ADDRS)?;
-    let snat: HashMap<VpcAddr, u32> = BpfHashMap::<_, VpcAddr, u32>::try_from(&snat_map)?
+    let cfg = dataplane::read_config(pin_dir)?;
+    let mut count = ConntrackCount::default();
+    let snat = read_snat::<VpcAddr>(pin_dir, map_names::SNAT_ADDRS)?;
+    let (entries, snat_in_use) = walk_table::<FlowEntry>(
+        pin_dir,
+        capacity,
+        &cfg,
+        |k| {
+            snat.get(&VpcAddr {
+                vpc_id: k.vpc_id,
+                addr: k.dst,
+            })
+            .copied()
+        },
+        &mut count.live_flows,
+    )?;
+    (count.entries, count.snat_in_use) = (entries, snat_in_use);
+    let snat6 = read_snat::<VpcAddr6>(pin_dir, map_names::SNAT6_ADDRS)?;
+    let (entries, snat_in_use) = walk_table::<FlowEntry6>(
+        pin_dir,
+        capacity,
+        &cfg,
+        |k| {
+            snat6
+                .get(&VpcAddr6 {
+                    vpc_id: k.vpc_id,
+                    addr: k.dst,
+                })
+                .copied()
+        },
+        &mut count.live_flows,
+    )?;
+    (count.entries6, count.snat6_in_use) = (entries, snat_in_use);
+    Ok(count)
+}
+
+/// A pinned SNAT address map: address → service numeric id.
+fn read_snat<K: aya::Pod + Eq + std::hash::Hash>(
+    pin_dir: &Path,
+    name: &str,
+) -> Result<HashMap<K, u32>> {
+    let map = dataplane::open_pinned(pin_dir, name)?;
+    Ok(aya::maps::HashMap::<_, K, u32>::try_from(&map)?
         .iter()
         .filter_map(Result::ok)
-        .collect();
-    let ct_map = dataplane::open_pinned(pin_dir, map_names::CONNTRACK)?;
-    let ct = BpfHashMap::<_, FlowKey, FlowEntry>::try_from(&ct_map)?;
-    let cfg = dataplane::read_config(pin_dir)?;
+        .collect())
+}
+
+/// One table's walk for `walk_conntrack`: its entries, and its live tuples by service
+/// (`snat_of` a reply-direction key: the service whose SNAT address it is sent to); the
+/// live flows added to `live_flows`.
+fn walk_table<E: dataplane::TableEntry>(
+    pin_dir: &Path,
+    capacity: u32,
+    cfg: &privatelink_common::Config,
+    snat_of: impl Fn(&E::Key) -> Option<u32>,
+    live_flows: &mut HashMap<u32, u64>,
+) -> Result<(u64, HashMap<u32, u64>)> {
+    let ct_map = dataplane::open_pinned(pin_dir, E::MAP)?;
+    let ct = aya::maps::HashMap::<_, E::Key, E>::try_from(&ct_map)?;
     let now = dataplane::coarse_now_ns();
-    let mut count = ConntrackCount::default();
+    let (mut entries, mut snat_in_use) = (0, HashMap::new());
     for item in ct.iter().take(capacity as usize) {
-        let (k, e) = item.context("reading PL_CONNTRACK")?;
-        count.entries += 1;
-        let alive = || e.is_live(k.proto, now, &cfg, || ct.get(&e.partner(&k), 0).ok());
-        if e.direction == DIR_ORIGINAL {
+        let (k, e) = item.with_context(|| format!("reading {}", E::MAP))?;
+        entries += 1;
+        let alive = || e.live(&k, now, cfg, || ct.get(&e.partner_of(&k), 0).ok());
+        if e.direction() == DIR_ORIGINAL {
             if alive() {
-                *count.live_flows.entry(e.endpoint_id).or_default() += 1;
+                *live_flows.entry(e.endpoint_id()).or_default() += 1;
             }
             continue;
         }
-        let to = VpcAddr {
-            vpc_id: k.vpc_id,
-            addr: k.dst,
-        };
-        let Some(id) = snat.get(&to) else { continue };
+        let Some(id) = snat_of(&k) else { continue };
         if alive() {
-            *count.snat_in_use.entry(*id).or_default() += 1;
+            *snat_in_use.entry(id).or_default() += 1;
         }
     }
-    Ok(count)
+    Ok((entries, snat_in_use))
 }
 
 /// One scrape's readings, encoded as the metric families (a `Collector` of a registry
@@ -502,6 +566,33 @@ impl Scrape {
             "A service's SNAT addresses times its port range (each tuple usable once per load balancer address, port and protocol).",
             snat.iter()
                 .map(|p| (vec![("service", p.service.clone())], p.capacity as i64)),
+        )?;
+        // The IPv6 table and pools, for dual-stack services.
+        gauges(
+            enc,
+            "privatelink_conntrack6_entries",
+            "Entries in the IPv6 conntrack table (two per flow; capacity as the IPv4 table's), as the last walk counted them.",
+            self.conntrack
+                .iter()
+                .map(|c| (Vec::new(), c.entries6 as i64)),
+        )?;
+        let snat6 = || snat.iter().filter(|p| p.capacity6 > 0);
+        gauges(
+            enc,
+            "privatelink_snat6_tuples_in_use",
+            "A dual-stack service's IPv6 SNAT tuples held by flows, as the last conntrack walk counted them.",
+            self.conntrack.iter().flat_map(|c| {
+                snat6().map(|p| {
+                    let n = c.snat6_in_use.get(&p.id).copied().unwrap_or(0);
+                    (vec![("service", p.service.clone())], n as i64)
+                })
+            }),
+        )?;
+        gauges(
+            enc,
+            "privatelink_snat6_tuples_capacity",
+            "A dual-stack service's IPv6 SNAT addresses times its port range.",
+            snat6().map(|p| (vec![("service", p.service.clone())], p.capacity6 as i64)),
         )
     }
 
@@ -740,12 +831,15 @@ mod tests {
                     service: "epsrv-b".into(),
                     id: 42,
                     capacity: 128,
+                    capacity6: 64,
                 }],
             },
             verdicts: vec![(privatelink_common::Reason::ALL[0], 11)],
             conntrack: Some(ConntrackCount {
                 entries: 6,
                 snat_in_use: [(42, 3)].into(),
+                entries6: 4,
+                snat6_in_use: [(42, 2)].into(),
                 live_flows: [(7, 2)].into(),
             }),
             conntrack_capacity: 1024,
@@ -782,6 +876,9 @@ mod tests {
             r#"privatelink_conntrack_capacity 1024"#,
             r#"privatelink_snat_tuples_in_use{service="epsrv-b"} 3"#,
             r#"privatelink_snat_tuples_capacity{service="epsrv-b"} 128"#,
+            r#"privatelink_conntrack6_entries 4"#,
+            r#"privatelink_snat6_tuples_in_use{service="epsrv-b"} 2"#,
+            r#"privatelink_snat6_tuples_capacity{service="epsrv-b"} 64"#,
             r#"privatelink_notifications_total{result="delivered"} 9"#,
             r#"privatelink_notification_retries_total 0"#,
             r#"privatelink_flow_log_events_total{result="logged"} 7"#,

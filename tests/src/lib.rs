@@ -6,6 +6,7 @@ pub mod apidaemon;
 pub mod appliance;
 pub mod dig;
 pub mod dnsbench;
+pub mod dual;
 pub mod frames;
 pub mod gwlb;
 pub mod lab;

@@ -21,13 +21,51 @@
 //!   packet's too) are as valid as they came in, and valid in what the data path
 //!   generates; a TCP/UDP packet etherparse cannot decode is never sent on.
 //!
+//! Two scenarios are IPv6's (`ipv6`, beside this file): the packet lab made dual stack
+//! (`dual`) and the GWLB fixture with IPv6 routed through its endpoint. Their seeds are
+//! the IPv6 golden tests' frames (NAT both ways, errors about NATed flows, echo,
+//! solicitations and advertisements, extension header variants, fragments; GENEVE with
+//! IPv6 inside, a packet too big for the appliance link), mutated also at IPv6's own
+//! fields: payload length, next headers, extension headers inserted and removed, hop
+//! limits, most then with their TCP/UDP/ICMPv6 checksum recomputed so that the checks
+//! that verify it are passed. The same counter rules hold (neighbour discovery's learned
+//! advertisement and GENEVE's solicitation are the exceptions as ARP's are), and:
+//!
+//! - whatever is sent on or answered passes the extension header policy (hop-by-hop
+//!   first only, routing type other than 0 with no segment left, destination options,
+//!   at most 4, none over 256 bytes; no fragment) as this test walks it;
+//! - a NATed packet carries the addresses, ports and MACs of its `PL_CONNTRACK6` entry,
+//!   whose partner maps them back: an ENI6 of a forwarding endpoint, the zone's IPv6
+//!   load balancer, an IPv6 SNAT address and port of the service, a listener; hop limit
+//!   one less (never forwarded at 1, nor from a multicast, unspecified, loopback or
+//!   link-local source, nor UDP without checksum); everything else, extension headers and
+//!   what trails the packet included, as it came;
+//! - an ICMPv6 error is translated by the entry of its quote's reverse, the quoted
+//!   TCP/UDP checksum updated for the rewrite (RFC 1624) and as valid as it came where
+//!   the whole segment is quoted; an echo reply goes from the ENI6 to the request's
+//!   (answerable) source without the request's extension headers; an advertisement
+//!   answers a valid solicitation (RFC 4861 7.1) for an ENI6 or SNAT6 of the VPC, to the
+//!   sender or, for a probe from ::, to all-nodes; a learned advertisement's MAC is what
+//!   the next hop (or the GWLB destination asked for) now has;
+//! - GENEVE carries IPv6 (0x86DD) with the tuple's flow cookie, the inner packet the
+//!   input's but for its hop limit; what comes back is delivered byte for byte or asked
+//!   for with a solicitation from the port's link-local address; a packet too big gets a
+//!   Packet Too Big of 1280 bytes with the MTU that fits;
+//! - TCP, UDP and ICMPv6 checksums, decided by etherparse and by a pseudo-header sum
+//!   written in the test (which must agree), are as valid as they came in, and valid in
+//!   what the data path writes itself.
+//!
 //! Bounded in the suite (a few seconds per scenario); `PL_FUZZ_SECS=600 cargo test -p
 //! privatelink-tests --test fuzz -- --nocapture` runs longer, `PL_FUZZ_SEED` replays.
+
+// Beside this file, not a test target of its own (Cargo takes `tests/*.rs` only).
+#[path = "fuzz/ipv6.rs"]
+mod ipv6;
 
 use std::{
     cell::{Cell, RefCell},
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
 };
 
@@ -37,6 +75,7 @@ use privatelink_common::{
     DIR_ORIGINAL, DIR_REPLY, FLOW_GWLB, FlowEntry, FlowKey, Reason, map_names,
 };
 use privatelink_tests::{
+    dual,
     frames::{
         self, CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, tcp_from_lb, tcp_to_eni, udp_to_eni,
     },
@@ -191,8 +230,16 @@ struct Scenario {
     /// address) has had in `PL_NEIGHBORS` so far: ARP from it teaches a new one, and a flow
     /// keeps the one it was created with.
     next_hops: RefCell<BTreeMap<(u32, [u8; 4]), Macs>>,
+    /// The same for IPv6 next hops (`PL_NEIGHBORS6`, taught by advertisements and
+    /// solicitations).
+    next_hops6: RefCell<BTreeMap<(u32, [u8; 16]), Macs>>,
     /// Translated ICMP errors whose quote held the L4 checksum (checked as an update).
     quoted_checksums: Cell<u64>,
+    /// Of those (IPv6), quotes of a whole segment whose checksum was valid and stayed so.
+    whole_quotes: Cell<u64>,
+    /// IPv6 packets sent on (or answered) with a valid TCP, UDP or ICMPv6 checksum: the
+    /// paths that must keep a valid sum valid were taken.
+    valid6: Cell<u64>,
     /// Frames sent on whose flow's other entry the full flow table had evicted.
     evicted: Cell<u64>,
 }
@@ -231,7 +278,10 @@ impl Scenario {
             state,
             ports,
             next_hops: Default::default(),
+            next_hops6: Default::default(),
             quoted_checksums: Cell::new(0),
+            whole_quotes: Cell::new(0),
+            valid6: Cell::new(0),
             evicted: Cell::new(0),
         }
     }
@@ -247,6 +297,8 @@ impl Scenario {
                 }
             }
         }
+        drop(hops);
+        self.note_next_hops6(h);
     }
 
     /// Whether `m` is a MAC the next hop `a` in VPC `vpc_id` has had.
@@ -257,16 +309,26 @@ impl Scenario {
             .is_some_and(|s| s.contains(&m))
     }
 
-    /// A flow's other entry is missing: only the flow table's LRU eviction may take one
-    /// entry of a live flow, and only in a table at least half full (long runs).
-    fn partner_evicted(&self, h: &Harness, pk: &FlowKey) -> Result<(), String> {
-        let capacity = match h.dp.map(map_names::CONNTRACK).expect("PL_CONNTRACK") {
+    /// A flow's other entry (`pk`) is missing from flow table `table` (`PL_CONNTRACK` or
+    /// `PL_CONNTRACK6`): only the table's LRU eviction may take one entry of a live flow,
+    /// and only in a table at least half full (long runs).
+    fn partner_evicted(
+        &self,
+        h: &Harness,
+        table: &str,
+        pk: &dyn std::fmt::Debug,
+    ) -> Result<(), String> {
+        let capacity = match h.dp.map(table).expect("the flow table") {
             aya::maps::Map::LruHashMap(m) | aya::maps::Map::HashMap(m) => {
-                m.info().expect("PL_CONNTRACK's info").max_entries()
+                m.info().expect("the flow table's info").max_entries()
             }
-            _ => panic!("PL_CONNTRACK is not a hash map"),
+            _ => panic!("{table} is not a hash map"),
         };
-        let entries = h.dp.flows().expect("reading PL_CONNTRACK").len();
+        let entries = if table == map_names::CONNTRACK6 {
+            h.dp.flows6().expect("reading PL_CONNTRACK6").len()
+        } else {
+            h.dp.flows().expect("reading PL_CONNTRACK").len()
+        };
         if entries * 2 < capacity as usize {
             return Err(format!(
                 "no entry for the other direction {pk:?} ({entries} of {capacity} entries)"
@@ -308,7 +370,7 @@ impl Scenario {
     }
 
     /// The GWLB endpoint a VPC routes `a` to (the longest of its routes that holds it).
-    fn gwlb_route(&self, vpc_id: u32, a: [u8; 4]) -> Option<(&Endpoint, &EndpointService)> {
+    fn gwlb_route(&self, vpc_id: u32, a: IpAddr) -> Option<(&Endpoint, &EndpointService)> {
         self.state
             .endpoints
             .iter()
@@ -318,7 +380,7 @@ impl Scenario {
                 let len = ep
                     .routes
                     .iter()
-                    .filter(|r| r.contains(&std::net::IpAddr::V4(addr(a))))
+                    .filter(|r| r.contains(&a))
                     .map(|r| r.prefix_len())
                     .max()?;
                 Some((len, ep, svc))
@@ -459,21 +521,26 @@ fn flow_key(vpc_id: u32, src: [u8; 4], dst: [u8; 4], ports: (u16, u16), proto: u
     FlowKey::new(vpc_id, src, dst, ports.0, ports.1, proto)
 }
 
-/// The verdict a counter goes with. Drop counters go with DROP; two exceptions by name: an
-/// ARP reply the data path learned from is dropped without being an error, and a returned
-/// GENEVE packet whose destination's MAC is unknown is lost (a drop) while an ARP request
-/// for it is sent.
+/// The verdict a counter goes with. Drop counters go with DROP; two exceptions by name
+/// each family: an ARP reply or neighbour advertisement the data path learned from is
+/// dropped without being an error, and a returned GENEVE packet whose destination's MAC
+/// is unknown is lost (a drop) while an ARP request or neighbour solicitation for it is
+/// sent.
 fn verdict_of(r: Reason) -> Result<u32, String> {
     use Reason::*;
     Ok(match r {
-        ArpLearned => XDP_DROP,
-        GwlbArpProbe => XDP_REDIRECT,
+        ArpLearned | NdLearned => XDP_DROP,
+        GwlbArpProbe | GwlbNsProbe => XDP_REDIRECT,
         _ if r.is_drop() => XDP_DROP,
         ArpReply | IcmpEchoReply | GwlbFragNeeded => XDP_TX,
+        Icmp6EchoReply | NdAdvert | GwlbPacketTooBig => XDP_TX,
         IcmpErrorTranslated | GwlbToAppliance | GwlbFromAppliance => XDP_REDIRECT,
+        Icmp6ErrorTranslated | Gwlb6ToAppliance | Gwlb6FromAppliance => XDP_REDIRECT,
         ArpPass | PassHost => XDP_PASS,
         _ if r.as_str().starts_with("pass_") => XDP_PASS,
-        _ if r.as_str().starts_with("forward_") => XDP_REDIRECT,
+        _ if r.as_str().starts_with("forward_") || r.as_str().starts_with("forward6_") => {
+            XDP_REDIRECT
+        }
         _ => {
             return Err(format!(
                 "counter {} goes with no verdict known to the fuzzer",
@@ -717,6 +784,7 @@ fn check(
             same_except(&format!("a {what} frame changed"), out, input, &[])?;
             match r {
                 Reason::ArpLearned => learned_arp(sc, &o),
+                Reason::NdLearned => ipv6::learned_nd(sc, h, &o),
                 _ if act == XDP_PASS => passed(sc, &o, r),
                 _ => Ok(()),
             }
@@ -729,6 +797,16 @@ fn check(
             Reason::GwlbFromAppliance => from_appliance(sc, h, &o, false),
             Reason::GwlbArpProbe => from_appliance(sc, h, &o, true),
             Reason::GwlbFragNeeded => frag_needed(sc, &o),
+            Reason::Icmp6EchoReply => ipv6::echo_reply6(sc, &o),
+            Reason::NdAdvert => ipv6::nd_advert(sc, h, &o),
+            Reason::Icmp6ErrorTranslated => ipv6::icmp6_translated(sc, h, &o),
+            Reason::Gwlb6ToAppliance => ipv6::to_appliance6(sc, h, &o),
+            Reason::Gwlb6FromAppliance => ipv6::from_appliance6(sc, h, &o, false),
+            Reason::GwlbNsProbe => ipv6::from_appliance6(sc, h, &o, true),
+            Reason::GwlbPacketTooBig => ipv6::packet_too_big(sc, &o),
+            Reason::Forward6NewFlow | Reason::Forward6ToService | Reason::Forward6ToConsumer => {
+                ipv6::nat6(sc, h, &o, r)
+            }
             _ if r.as_str().starts_with("forward_") => nat(sc, h, &o, r),
             _ => Err("no check for what it sent".into()),
         },
@@ -902,7 +980,7 @@ fn nat_entry(sc: &Scenario, h: &Harness, key: &FlowKey, e: &FlowEntry) -> Result
                 ));
             }
         }
-        None => sc.partner_evicted(h, &pk)?,
+        None => sc.partner_evicted(h, map_names::CONNTRACK, &pk)?,
     }
     let (ep, svc) = sc
         .eni(ok.vpc_id, ok.dst)
@@ -1105,7 +1183,7 @@ fn gwlb_input<'s>(
         return Err(format!("{done} a bad header, a fragment or TTL 1"));
     }
     let (ep, svc) = sc
-        .gwlb_route(o.port.vpc_id, ip.dst)
+        .gwlb_route(o.port.vpc_id, IpAddr::V4(addr(ip.dst)))
         .ok_or_else(|| format!("{} is not routed to a GWLB endpoint", addr(ip.dst)))?;
     if !Scenario::forwarding(ep, svc) {
         return Err(format!("endpoint {} does not forward", ep.id));
@@ -1113,27 +1191,39 @@ fn gwlb_input<'s>(
     Ok((ip, ep, svc))
 }
 
-/// A packet to a prefix a VPC routes to a GWLB endpoint, in GENEVE to one of its
-/// service's appliances: outer headers from the load balancer's address with the
-/// endpoint's and VPC's ids and the flow's cookie, the inner packet as it came but for its
-/// TTL; the flow's entries (both directions) name that appliance.
-fn to_appliance(sc: &Scenario, h: &Harness, o: &Outcome) -> Result<(), String> {
-    let (i, out, p) = (o.input, o.out, o.port);
-    let (ip, ep, svc) = gwlb_input(sc, o, "sent on")?;
+/// What `geneve_out` read from the outer headers of GENEVE sent to an appliance.
+struct Geneve {
+    /// Outer IPv4 source and destination: the load balancer's address, an appliance's.
+    src: [u8; 4],
+    dst: [u8; 4],
+    eth_dst: [u8; 6],
+    cookie: u32,
+}
+
+/// The outer headers of GENEVE sent for endpoint `ep` of GWLB service `svc` around an
+/// inner packet of `inner_len` bytes and protocol `protocol`: IPv4 without options, DF,
+/// TTL 64, UDP, from the load balancer's address to one of the service's appliances, to a
+/// MAC it has had, from the appliance port's; UDP (RFC 8926 3.3: source port from the
+/// flow cookie, checksum zero) and GENEVE (3.4: version 0, 8 words of options, no flags,
+/// `protocol` inside, VNI 0) with AWS's options: the endpoint's id, the VPC's (the
+/// attachment), the flow cookie.
+fn geneve_out(
+    sc: &Scenario,
+    o: &Outcome,
+    ep: &Endpoint,
+    svc: &EndpointService,
+    inner_len: usize,
+    protocol: u16,
+) -> Result<Geneve, String> {
+    let (out, p) = (o.out, o.port);
     let g = svc.gwlb.as_ref().ok_or("a GWLB service without settings")?;
     let appl_vpc = numeric_id(&svc.vpc);
     let appl_port = sc
         .port_of_vpc(appl_vpc)
         .ok_or("no port in the appliances' VPC")?;
-    let in_valid = l4_checksum(i, &ip)
-        .map_err(|e| format!("sent on a packet that should have been dropped: {e}"))?;
-    if out.len() != i.len() + GENEVE_OVERHEAD {
-        return Err(format!("{} bytes for {} in", out.len(), i.len()));
-    }
-    // Outer IPv4: no options, DF, TTL 64, UDP, from the load balancer to an appliance.
     let outer = Ip::at(out, ETH)?;
     let (src, dst) = (outer.src, outer.dst);
-    let tot = (GENEVE_OVERHEAD + ip.tot) as u16;
+    let tot = (GENEVE_OVERHEAD + inner_len) as u16;
     if out[ETH..ETH + 10] != [0x45, 0, (tot >> 8) as u8, tot as u8, 0, 0, 0x40, 0, 64, 17]
         || !outer.checksum_ok(out)
     {
@@ -1149,21 +1239,19 @@ fn to_appliance(sc: &Scenario, h: &Harness, o: &Outcome) -> Result<(), String> {
     {
         return Err(format!("Ethernet header {:02x?}", &out[..14]));
     }
-    // UDP (RFC 8926 §3.3: source port from the flow, checksum zero) and GENEVE (§3.4):
-    // version 0, 8 words of options, no flags, IPv4 inside, VNI 0.
     let (u, gn) = (outer.l4(), outer.l4() + 8);
     let sport = be16(out, u);
-    let udp_len = (GENEVE_OVERHEAD - 20 + ip.tot) as u16;
+    let udp_len = (GENEVE_OVERHEAD - 20 + inner_len) as u16;
     if sport < 49152 || be16(out, u + 2) != GENEVE_PORT || be16(out, u + 4) != udp_len {
         return Err(format!("UDP header {:02x?}", &out[u..u + 8]));
     }
     if be16(out, u + 6) != 0 {
         return Err("a UDP checksum over GENEVE (zero expected)".into());
     }
-    if out[gn..gn + 8] != [8, 0, 0x08, 0x00, 0, 0, 0, 0] {
+    let [p0, p1] = protocol.to_be_bytes();
+    if out[gn..gn + 8] != [8, 0, p0, p1, 0, 0, 0, 0] {
         return Err(format!("GENEVE header {:02x?}", &out[gn..gn + 8]));
     }
-    // AWS's options: endpoint id, attachment id (the VPC), flow cookie.
     let [c0, c1] = GWLB_OPTION_CLASS.to_be_bytes();
     let opt = |at: usize, kind: u8, words: u8| out[at..at + 4] == [c0, c1, kind, words];
     let (o1, o2, o3) = (gn + 8, gn + 20, gn + 32);
@@ -1185,6 +1273,29 @@ fn to_appliance(sc: &Scenario, h: &Harness, o: &Outcome) -> Result<(), String> {
             "source port {sport} is not from cookie {cookie:#x}"
         ));
     }
+    Ok(Geneve {
+        src,
+        dst,
+        eth_dst,
+        cookie,
+    })
+}
+
+/// A packet to a prefix a VPC routes to a GWLB endpoint, in GENEVE to one of its
+/// service's appliances (`geneve_out`): the inner packet as it came but for its TTL; the
+/// flow's entries (both directions) name that appliance.
+fn to_appliance(sc: &Scenario, h: &Harness, o: &Outcome) -> Result<(), String> {
+    let (i, out, p) = (o.input, o.out, o.port);
+    let (ip, ep, svc) = gwlb_input(sc, o, "sent on")?;
+    let appl_port = sc
+        .port_of_vpc(numeric_id(&svc.vpc))
+        .ok_or("no port in the appliances' VPC")?;
+    let in_valid = l4_checksum(i, &ip)
+        .map_err(|e| format!("sent on a packet that should have been dropped: {e}"))?;
+    if out.len() != i.len() + GENEVE_OVERHEAD {
+        return Err(format!("{} bytes for {} in", out.len(), i.len()));
+    }
+    let g = geneve_out(sc, o, ep, svc, ip.tot, 0x0800)?;
     // The inner packet: the input's, TTL one less.
     let inner = ETH + GENEVE_OVERHEAD;
     let mut want = i[ETH..].to_vec();
@@ -1207,9 +1318,9 @@ fn to_appliance(sc: &Scenario, h: &Harness, o: &Outcome) -> Result<(), String> {
     let e = flow(h, &key).ok_or_else(|| format!("no conntrack entry for {key:?}"))?;
     let sent = (e.new_src, e.new_dst, e.dst_mac, e.src_mac, e.out_ifindex);
     let want = (
-        src,
-        dst,
-        eth_dst,
+        g.src,
+        g.dst,
+        g.eth_dst,
         appl_port.link.mac,
         appl_port.link.ifindex,
     );
@@ -1234,7 +1345,7 @@ fn to_appliance(sc: &Scenario, h: &Harness, o: &Outcome) -> Result<(), String> {
             ))
         }
         Some(_) => Ok(()),
-        None => sc.partner_evicted(h, &rev),
+        None => sc.partner_evicted(h, map_names::CONNTRACK, &rev),
     }
 }
 
@@ -1242,13 +1353,28 @@ fn key_reversed(k: &FlowKey) -> FlowKey {
     flow_key(k.vpc_id, k.dst, k.src, (k.dport, k.sport), k.proto)
 }
 
-/// GENEVE from an appliance of a GWLB service (`probe`: whose inner destination's MAC is
-/// not known yet): version 0, no OAM, IPv4 inside, the three options, a flow of the
-/// endpoint the options name through that appliance. Delivered: the inner packet byte for
-/// byte to the flow's peer from the VPC's port. Asked for: an ARP request (RFC 5227 probe)
-/// for the inner destination.
-fn from_appliance(sc: &Scenario, h: &Harness, o: &Outcome, probe: bool) -> Result<(), String> {
-    let (i, out, p) = (o.input, o.out, o.port);
+/// GENEVE an appliance returned, as `returned_geneve` reads it.
+struct Returned<'s> {
+    outer: Ip,
+    ep: &'s Endpoint,
+    /// The endpoint id and the VPC id (attachment) its options name.
+    endpoint: u32,
+    attachment: u32,
+    /// Where the inner packet starts, and where the UDP datagram ends.
+    inner: usize,
+    udp_end: usize,
+}
+
+/// GENEVE from an appliance of a GWLB service in the port's VPC: a sound IPv4 header (not
+/// a fragment), UDP to port 6081 whose length fits; version 0, no OAM, `protocol` inside,
+/// options inside the datagram, no unknown critical one, AWS's three of their exact
+/// lengths, naming an endpoint of that service and its VPC.
+fn returned_geneve<'s>(
+    sc: &'s Scenario,
+    o: &Outcome,
+    protocol: u16,
+) -> Result<Returned<'s>, String> {
+    let (i, p) = (o.input, o.port);
     let ip = Ip::at(i, ETH)?;
     let l4 = ip.l4();
     if !ip.checksum_ok(i) || ip.fragment || ip.proto != 17 || l4 + 8 > ip.end() {
@@ -1273,10 +1399,10 @@ fn from_appliance(sc: &Scenario, h: &Harness, o: &Outcome, probe: bool) -> Resul
     }
     let gn = l4 + 8;
     let opts_end = gn + 8 + (i[gn] & 0x3f) as usize * 4;
-    if i[gn] >> 6 != 0 || i[gn + 1] & 0x80 != 0 || be16(i, gn + 2) != 0x0800 {
+    if i[gn] >> 6 != 0 || i[gn + 1] & 0x80 != 0 || be16(i, gn + 2) != protocol {
         return Err(format!("GENEVE header {:02x?}", &i[gn..gn + 8]));
     }
-    if opts_end + 20 > udp_end {
+    if opts_end > udp_end {
         return Err("GENEVE options past the packet".into());
     }
     let (mut endpoint, mut attachment, mut seen) = (0u32, 0u32, 0u8);
@@ -1307,12 +1433,6 @@ fn from_appliance(sc: &Scenario, h: &Harness, o: &Outcome, probe: bool) -> Resul
     if seen != 0b1110 {
         return Err(format!("GWLB options seen: {seen:#b}"));
     }
-    let q = Ip::at(&i[..udp_end], opts_end)
-        .map_err(|e| format!("delivered what the UDP datagram does not hold: {e}"))?;
-    if !q.checksum_ok(i) || q.fragment {
-        return Err("delivered a bad inner header or a fragment".into());
-    }
-    l4_checksum(i, &q).map_err(|e| format!("delivered what should have been dropped: {e}"))?;
     let ep = sc
         .state
         .endpoints
@@ -1322,11 +1442,35 @@ fn from_appliance(sc: &Scenario, h: &Harness, o: &Outcome, probe: bool) -> Resul
     if numeric_id(&ep.vpc) != attachment {
         return Err(format!("attachment {attachment:#x} is not {}'s VPC", ep.id));
     }
-    let routed = |a: [u8; 4]| {
-        ep.routes
-            .iter()
-            .any(|r| r.contains(&std::net::IpAddr::V4(addr(a))))
-    };
+    Ok(Returned {
+        outer: ip,
+        ep,
+        endpoint,
+        attachment,
+        inner: opts_end,
+        udp_end,
+    })
+}
+
+/// GENEVE with IPv4 inside from an appliance (`returned_geneve`; `probe`: whose inner
+/// destination's MAC is not known yet): the inner packet within the datagram, a sound
+/// header, not a fragment, of a flow of the endpoint the options name through that
+/// appliance. Delivered: the inner packet byte for byte to the flow's peer from the VPC's
+/// port. Asked for: an ARP request (RFC 5227 probe) for the inner destination.
+fn from_appliance(sc: &Scenario, h: &Harness, o: &Outcome, probe: bool) -> Result<(), String> {
+    let (i, out) = (o.input, o.out);
+    let g = returned_geneve(sc, o, 0x0800)?;
+    if g.inner + 20 > g.udp_end {
+        return Err("GENEVE options past the packet".into());
+    }
+    let q = Ip::at(&i[..g.udp_end], g.inner)
+        .map_err(|e| format!("delivered what the UDP datagram does not hold: {e}"))?;
+    if !q.checksum_ok(i) || q.fragment {
+        return Err("delivered a bad inner header or a fragment".into());
+    }
+    l4_checksum(i, &q).map_err(|e| format!("delivered what should have been dropped: {e}"))?;
+    let (ep, attachment, endpoint) = (g.ep, g.attachment, g.endpoint);
+    let routed = |a: [u8; 4]| ep.routes.iter().any(|r| r.contains(&IpAddr::V4(addr(a))));
     if !routed(q.src) && !routed(q.dst) {
         return Err(format!(
             "{} -> {}: neither end is routed to {}",
@@ -1340,7 +1484,7 @@ fn from_appliance(sc: &Scenario, h: &Harness, o: &Outcome, probe: bool) -> Resul
         .ok_or("no port in the endpoint's VPC")?;
     let key = flow_key(attachment, q.src, q.dst, ports(i, &q)?, q.proto);
     let e = flow(h, &key).ok_or_else(|| format!("no conntrack entry for {key:?}"))?;
-    if e.flags & FLOW_GWLB == 0 || e.endpoint_id != endpoint || e.new_dst != ip.src {
+    if e.flags & FLOW_GWLB == 0 || e.endpoint_id != endpoint || e.new_dst != g.outer.src {
         return Err(format!("the flow's entry {key:?} -> {e:?}"));
     }
     if probe {
@@ -1361,7 +1505,7 @@ fn from_appliance(sc: &Scenario, h: &Harness, o: &Outcome, probe: bool) -> Resul
     let mut want = e.peer_mac.to_vec();
     want.extend_from_slice(&cp.link.mac);
     want.extend_from_slice(&[0x08, 0x00]);
-    want.extend_from_slice(&i[opts_end..]);
+    want.extend_from_slice(&i[g.inner..]);
     same_except("delivered packet", out, &want, &[])
 }
 
@@ -1405,6 +1549,36 @@ fn frag_needed(sc: &Scenario, o: &Outcome) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------
 // The fuzzer.
 
+/// The counters that moved between two reads, by how much.
+fn moved(before: &[(Reason, u64)], after: &[(Reason, u64)]) -> Vec<(Reason, u64)> {
+    before
+        .iter()
+        .zip(after)
+        .filter(|(b, a)| a.1 != b.1)
+        .map(|(b, a)| (a.0, a.1.wrapping_sub(b.1)))
+        .collect()
+}
+
+/// Runs one frame of a scenario's setup (the flows and neighbours its seeds need), checked
+/// as the fuzzer checks its frames and counted as `want`; what came out.
+fn setup_run(h: &mut Harness, sc: &Scenario, ifindex: u32, frame: &[u8], want: Reason) -> Vec<u8> {
+    let before = counters(h);
+    let (act, out) = h.run(ifindex, frame).expect("a setup frame's test run");
+    sc.note_next_hops(h);
+    let r = check(
+        sc,
+        h,
+        ifindex,
+        frame,
+        act,
+        &out,
+        &moved(&before, &counters(h)),
+    )
+    .unwrap_or_else(|e| panic!("setup: verdict {act}: {e}\n in: {frame:02x?}\nout: {out:02x?}"));
+    assert_eq!(r, want, "setup frame {frame:02x?}");
+    out
+}
+
 fn fuzz(
     name: &str,
     h: &mut Harness,
@@ -1429,7 +1603,11 @@ fn fuzz(
     let mut runs = 0u64;
     while start.elapsed() < budget() {
         let (ifindex, base) = &corpus[rng.below(corpus.len())];
-        let frame = mutate(&mut rng, base);
+        // A seed carrying IPv6 (bare or in GENEVE) mostly gets IPv6's mutations.
+        let frame = match ipv6::ipv6_at(base) {
+            Some(at) if rng.below(4) > 0 => ipv6::mutate6(&mut rng, base, at),
+            _ => mutate(&mut rng, base),
+        };
         // Mostly where the frame belongs, sometimes the other side.
         let ifindex = if rng.below(8) == 0 {
             ifaces[rng.below(2)]
@@ -1445,13 +1623,7 @@ fn fuzz(
         runs += 1;
         let after = stats.read();
         sc.note_next_hops(h);
-        let moved: Vec<(Reason, u64)> = before
-            .iter()
-            .zip(&after)
-            .filter(|(b, a)| a.1 != b.1)
-            .map(|(b, a)| (a.0, a.1.wrapping_sub(b.1)))
-            .collect();
-        match check(sc, h, ifindex, &frame, act, &out, &moved) {
+        match check(sc, h, ifindex, &frame, act, &out, &moved(&before, &after)) {
             Ok(r) => *seen.entry(r.as_str()).or_default() += 1,
             Err(e) => panic!(
                 "{name}: seed {seed}, run {runs}: verdict {act}: {e}\n in: {frame:02x?}\nout: \
@@ -1480,9 +1652,19 @@ fn fuzz(
             r.as_str()
         );
     }
+    let ipv6 = if sc.valid6.get() > 0 {
+        format!(
+            " ({} whole IPv6 segments), {} IPv6 packets sent with a valid checksum",
+            sc.whole_quotes.get(),
+            sc.valid6.get()
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "{name}: seed {seed}: {runs} frames, all consistent ({} ICMP quotes' L4 checksums, \
-         {} flows with an evicted entry): {seen:?}",
+        "{name}: seed {seed}: {runs} frames ({:.0}/s), all consistent ({} ICMP quotes' L4 \
+         checksums{ipv6}, {} flows with an evicted entry): {seen:?}",
+        runs as f64 / start.elapsed().as_secs_f64(),
         sc.quoted_checksums.get(),
         sc.evicted.get()
     );
@@ -1608,4 +1790,51 @@ fn gwlb_survives_random_and_mutated_frames() {
         ArpPass,
     ];
     fuzz("gwlb", &mut h, &sc, &corpus, &required);
+}
+
+#[test]
+fn ipv6_endpoint_nat_survives_random_and_mutated_frames() {
+    let state = dual::dual_state();
+    let mut h = Harness::new(&state).unwrap();
+    let sc = Scenario::new(&h, &state);
+    let corpus = ipv6::endpoint6_corpus(&mut h, &sc);
+    use Reason::*;
+    let required = [
+        Forward6NewFlow,
+        Forward6ToService,
+        Forward6ToConsumer,
+        Icmp6EchoReply,
+        Icmp6ErrorTranslated,
+        NdAdvert,
+        NdLearned,
+        DropIpv6ExtHeader,
+        DropFragment,
+        DropHopLimitExceeded,
+        DropUdp6ZeroChecksum,
+        DropBadNd,
+    ];
+    fuzz("endpoint6", &mut h, &sc, &corpus, &required);
+    assert!(
+        sc.whole_quotes.get() > 0 && sc.valid6.get() > 0,
+        "endpoint6: no valid checksum kept valid ({} whole quotes, {} packets)",
+        sc.whole_quotes.get(),
+        sc.valid6.get()
+    );
+}
+
+#[test]
+fn ipv6_through_gwlb_survives_random_and_mutated_frames() {
+    let (cross_zone, stickiness, failover) = (true, "five_tuple", "rebalance");
+    let mut h = gwlb::harness6_with(cross_zone, stickiness, failover);
+    let sc = Scenario::new(&h, &gwlb::state6(cross_zone, stickiness, failover));
+    let corpus = ipv6::gwlb6_corpus(&mut h, &sc);
+    use Reason::*;
+    let required = [
+        Gwlb6ToAppliance,
+        Gwlb6FromAppliance,
+        GwlbPacketTooBig,
+        NdLearned,
+    ];
+    fuzz("gwlb6", &mut h, &sc, &corpus, &required);
+    assert!(sc.valid6.get() > 0, "gwlb6: no valid checksum kept valid");
 }

@@ -11,8 +11,8 @@ use std::{
 
 use privatelink_tests::{
     lab::{
-        BIG_FILE_LEN, CLIENT_B, CLIENT_C, CLIENT6_B, CUSTOM_DOMAIN, ENI, ENI6, ENI6_B, EP_A_NAME,
-        LAB_STATE, LBS6, Lab, LabOptions, SNAT6, ZONE_HEADER, wait_for, zone_name,
+        BIG_FILE_LEN, CLIENT_B, CLIENT_C, CLIENT6, CLIENT6_B, CUSTOM_DOMAIN, ENI, ENI6, ENI6_B,
+        EP_A_NAME, LAB_STATE, LBS6, Lab, LabOptions, SNAT6, ZONE_HEADER, wait_for, zone_name,
     },
     netns::{self, unique_name},
 };
@@ -1167,6 +1167,26 @@ fn over_ipv6_the_consumer_reaches_both_backends_from_the_snat6_pool() {
             assert_eq!(at, *lb6);
             assert!(port > 0);
         }
+    }
+    // `privatelink flows` lists them from the IPv6 table: client to ENI, SNAT6 to the LB.
+    let flows = lab.flow_lines().unwrap();
+    let ipv6_flows: Vec<&String> = flows
+        .iter()
+        .filter(|l| l.contains(&format!("[{CLIENT6}]:")))
+        .collect();
+    assert!(!ipv6_flows.is_empty(), "{flows:?}");
+    for l in &ipv6_flows {
+        assert!(l.starts_with("tcp"), "{l}");
+        assert!(l.contains(&format!("-> [{ENI6}]:80")), "{l}");
+        assert!(
+            SNAT6.iter().any(|a| l.contains(&format!("[{a}]:"))),
+            "provider side from a SNAT6 address: {l}"
+        );
+        assert!(
+            l.contains(&format!("-> [{}]:80", LBS6[0].1))
+                || l.contains(&format!("-> [{}]:80", LBS6[1].1)),
+            "{l}"
+        );
     }
     let servers: BTreeMap<String, usize> =
         from_consumers(0)

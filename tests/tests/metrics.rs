@@ -12,7 +12,7 @@ use std::{
 };
 
 use privatelink_tests::{
-    lab::{ENI, Lab, LabOptions, wait_for},
+    lab::{ENI, ENI6, Lab, LabOptions, wait_for},
     netns::{self, unique_name},
 };
 use serde_json::Value;
@@ -226,6 +226,9 @@ fn prometheus_scrapes_the_daemon_and_sees_an_endpoints_traffic_and_the_apis_call
         "privatelink_conntrack_capacity gauge",
         "privatelink_snat_tuples_in_use gauge",
         "privatelink_snat_tuples_capacity gauge",
+        "privatelink_conntrack6_entries gauge",
+        "privatelink_snat6_tuples_in_use gauge",
+        "privatelink_snat6_tuples_capacity gauge",
         "privatelink_health_up gauge",
         "privatelink_reconcile_duration_seconds histogram",
         "privatelink_api_requests_total counter",
@@ -397,6 +400,28 @@ fn prometheus_scrapes_the_daemon_and_sees_an_endpoints_traffic_and_the_apis_call
     held.unwrap();
     let entries = query(&lab, "privatelink_conntrack_entries");
     assert!(entries[0].value >= 2.0, "{entries:?}");
+
+    // The same over IPv6: its own table and the service's IPv6 SNAT pool.
+    let mut slow6 = lab
+        .consumer
+        .command("curl")
+        .args(["-6", "-s", "-o", "/dev/null", "--limit-rate", "8k"])
+        .arg(format!("http://[{ENI6}]/big.bin"))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let held6 = wait_for(Duration::from_secs(20), "an IPv6 SNAT tuple in use", || {
+        query(&lab, r#"privatelink_snat6_tuples_in_use{service="epsrv-b"}"#)
+            .first()
+            .is_some_and(|s| s.value >= 1.0)
+    });
+    let _ = slow6.kill();
+    let _ = slow6.wait();
+    held6.unwrap();
+    let entries6 = query(&lab, "privatelink_conntrack6_entries");
+    assert!(entries6[0].value >= 2.0, "{entries6:?}");
+    let capacity6 = query(&lab, r#"privatelink_snat6_tuples_capacity{service="epsrv-b"}"#);
+    assert!(capacity6[0].value >= 2.0, "{capacity6:?}");
 
     // API calls, by route template and status: a service read (200), one that does not
     // exist (404 on the same route), and a path no route takes.

@@ -17,7 +17,15 @@ use etherparse::{
     TransportSlice,
 };
 use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, Reason};
-use privatelink_tests::{frames::CLIENT_MAC, lab::packet_state, testrun::Harness};
+use privatelink_tests::{
+    dual::{
+        LB6_MAC, NA, NEXTHDR_AUTH, NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING,
+        NS, PADN6, client6, dual_state, echo6, eni6, lb6, na_frame, ns_frame, snat6_pool, teach_lb,
+        v6, with_ext,
+    },
+    frames::CLIENT_MAC,
+    testrun::Harness,
+};
 use privatelink_user::model::numeric_id;
 
 const XDP_DROP: u32 = 1;
@@ -26,155 +34,13 @@ const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
-const NEXTHDR_HOP: u8 = 0;
-const NEXTHDR_ROUTING: u8 = 43;
-const NEXTHDR_FRAGMENT: u8 = 44;
-const NEXTHDR_AUTH: u8 = 51;
-const NEXTHDR_DEST: u8 = 60;
-const NS: u8 = 135;
-const NA: u8 = 136;
-/// The load balancer's MAC, as its advertisements carry it.
-const LB6_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x16];
 
-fn v6(s: &str) -> [u8; 16] {
-    s.parse::<Ipv6Addr>().unwrap().octets()
-}
-
-fn eni6() -> [u8; 16] {
-    v6("fd00:a:0:1::100")
-}
-fn client6() -> [u8; 16] {
-    v6("fd00:a:0:2::1")
-}
-fn lb6() -> [u8; 16] {
-    v6("fd00:b::10")
-}
 fn snat6() -> [u8; 16] {
-    v6("fd00:b::200")
-}
-/// The service's IPv6 SNAT pool.
-fn snat6_pool() -> [[u8; 16]; 2] {
-    [snat6(), v6("fd00:b::201")]
-}
-
-/// The packet tests' lab, dual stack: vpc-a fd00:a::/56 (vsw-a1 fd00:a:0:1::/64, vsw-a2
-/// fd00:a:0:2::/64), vpc-b fd00:b::/56 (vsw-b0 fd00:b::/64); epsrv-b dualstack with its
-/// load balancer at fd00:b::10 and SNAT addresses fd00:b::200 and ::201; ep-a dualstack,
-/// its ENI at fd00:a:0:1::100.
-fn dual_state() -> String {
-    let s = packet_state();
-    let edits = [
-        (
-            "interface = \"fc0\"",
-            "ipv6_cidr = \"fd00:a::/56\"\ninterface = \"fc0\"",
-        ),
-        (
-            "interface = \"fp0\"",
-            "ipv6_cidr = \"fd00:b::/56\"\ninterface = \"fp0\"",
-        ),
-        (
-            r#"cidr = "10.10.1.0/24" }"#,
-            r#"cidr = "10.10.1.0/24", ipv6_cidr = "fd00:a:0:1::/64" }"#,
-        ),
-        (
-            r#"cidr = "10.10.2.0/24" }"#,
-            r#"cidr = "10.10.2.0/24", ipv6_cidr = "fd00:a:0:2::/64" }"#,
-        ),
-        (
-            r#"cidr = "10.10.0.0/24" }"#,
-            r#"cidr = "10.10.0.0/24", ipv6_cidr = "fd00:b::/64" }"#,
-        ),
-        (
-            r#"address = "10.10.0.10" }"#,
-            r#"address = "10.10.0.10", address6 = "fd00:b::10" }"#,
-        ),
-        (
-            r#"snat = ["10.10.0.200", "10.10.0.201"]"#,
-            "snat = [\"10.10.0.200\", \"10.10.0.201\"]\nip_version = \"dualstack\"\nsnat6 = [\"fd00:b::200\", \"fd00:b::201\"]",
-        ),
-        (
-            "connection = \"connected\"",
-            "ip_version = \"dualstack\"\nconnection = \"connected\"",
-        ),
-        (
-            r#"eni = "10.10.1.100" }"#,
-            r#"eni = "10.10.1.100", eni6 = "fd00:a:0:1::100" }"#,
-        ),
-    ];
-    edits.iter().fold(s, |s, (from, to)| {
-        assert_eq!(s.matches(from).count(), 1, "{from} once in the lab state");
-        s.replace(from, to)
-    })
+    snat6_pool()[0]
 }
 
 fn harness() -> Harness {
     Harness::new(&dual_state()).expect("harness")
-}
-
-/// The solicited-node multicast address of `a` (RFC 4291 2.7.1) and its MAC (RFC 2464).
-fn solicited_node(a: [u8; 16]) -> ([u8; 16], [u8; 6]) {
-    let mut m = v6("ff02::1:ff00:0");
-    m[13..].copy_from_slice(&a[13..]);
-    (m, [0x33, 0x33, m[12], m[13], m[14], m[15]])
-}
-
-/// A Neighbour Solicitation for `target` from `src` (multicast to its solicited-node
-/// address unless `unicast`), with a source link-layer address option when `slla`.
-fn ns_frame(
-    (src_mac, src): ([u8; 6], [u8; 16]),
-    to_mac: [u8; 6],
-    target: [u8; 16],
-    hop_limit: u8,
-    slla: Option<[u8; 6]>,
-    unicast: bool,
-) -> Vec<u8> {
-    let (group, group_mac) = solicited_node(target);
-    let (dst, dst_mac) = if unicast {
-        (target, to_mac)
-    } else {
-        (group, group_mac)
-    };
-    let mut body = target.to_vec();
-    if let Some(mac) = slla {
-        body.extend_from_slice(&[1, 1]);
-        body.extend_from_slice(&mac);
-    }
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv6(src, dst, hop_limit)
-        .icmpv6_raw(NS, 0, [0; 4])
-        .write(&mut v, &body)
-        .unwrap();
-    v
-}
-
-/// A Neighbour Advertisement for `target` with a target link-layer address option.
-fn na_frame(
-    (src_mac, src): ([u8; 6], [u8; 16]),
-    (dst_mac, dst): ([u8; 6], [u8; 16]),
-    target: [u8; 16],
-    tlla: [u8; 6],
-) -> Vec<u8> {
-    let mut body = target.to_vec();
-    body.extend_from_slice(&[2, 1]);
-    body.extend_from_slice(&tlla);
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv6(src, dst, 255)
-        .icmpv6_raw(NA, 0, [0x60, 0, 0, 0])
-        .write(&mut v, &body)
-        .unwrap();
-    v
-}
-
-fn echo6(h: &Harness, src: [u8; 16], dst: [u8; 16], id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
-        .ipv6(src, dst, 64)
-        .icmpv6_echo_request(id, seq)
-        .write(&mut v, data)
-        .unwrap();
-    v
 }
 
 fn tcp6_to_eni(h: &Harness, sport: u16, payload: &[u8]) -> Vec<u8> {
@@ -187,25 +53,6 @@ fn tcp6_to_eni(h: &Harness, sport: u16, payload: &[u8]) -> Vec<u8> {
         .unwrap();
     v
 }
-
-/// `frame` with an extension header of type `kind` and body `body` (its length a
-/// multiple of 8 less 2) inserted right after the fixed IPv6 header. The ICMPv6 and
-/// TCP/UDP checksums do not cover extension headers: they stay valid.
-fn with_ext(frame: &[u8], kind: u8, body: &[u8]) -> Vec<u8> {
-    assert_eq!((body.len() + 2) % 8, 0);
-    let mut v = frame[..54].to_vec();
-    v.extend_from_slice(&[frame[20], ((body.len() + 2) / 8 - 1) as u8]);
-    v.extend_from_slice(body);
-    v.extend_from_slice(&frame[54..]);
-    v[20] = kind;
-    let payload = u16::from_be_bytes([frame[18], frame[19]]) as usize + body.len() + 2;
-    v[18..20].copy_from_slice(&(payload as u16).to_be_bytes());
-    v
-}
-
-/// Options padding (PadN) for a 6-byte option area: a hop-by-hop or destination options
-/// header of 8 bytes.
-const PADN6: [u8; 6] = [1, 4, 0, 0, 0, 0];
 
 /// The ones' complement sum over the pseudo-header (RFC 8200 8.1) and the ICMPv6 message:
 /// 0xffff when the message's checksum is right. Written here, not taken from the product.
@@ -695,14 +542,6 @@ fn parse_l4(frame: &[u8]) -> L4Out {
         dport,
         payload,
     }
-}
-
-/// The load balancer's MAC learned from its advertisement, as the daemon's solicitation
-/// gets it in the lab: until then a new flow has nowhere to go.
-fn teach_lb(h: &mut Harness) {
-    let f = na_frame((LB6_MAC, lb6()), (h.provider.mac, snat6()), lb6(), LB6_MAC);
-    h.run(h.provider.ifindex, &f).unwrap();
-    assert_eq!(h.dp.neighbor6(numeric_id("vpc-b"), lb6()), Some(LB6_MAC));
 }
 
 fn nat_harness() -> Harness {

@@ -31,7 +31,10 @@ use privatelink_common::{
     Config, DEFAULT_CONNTRACK_ENTRIES, FLOW_EVENTS_BYTES, FlowEntry, FlowKey, Neighbor,
     PROGRAM_NAME, Reason, VpcAddr, VpcPort, map_names,
 };
-pub use read::{coarse_now_ns, open_pinned, read_budgets, read_config, read_flows, read_stats};
+pub use read::{
+    TableEntry, coarse_now_ns, open_pinned, read_budgets, read_config, read_flows, read_stats,
+    read_table,
+};
 
 use crate::desired::{Desired, Link};
 

@@ -352,6 +352,7 @@ mod tests {
             "PL_FLOW_SCRATCH",
             "PL_HANDOFF6",
             "PL_SCRATCH6",
+            "PL_KEYS6",
         ]);
         want.sort();
         assert_eq!(declared, want);

@@ -1,10 +1,10 @@
 //! Readers of the pinned maps for the CLI (which runs beside the daemon) and tests.
 
-use std::path::Path;
+use std::{net::SocketAddr, path::Path};
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use privatelink_common::{Config, FlowEntry, FlowKey, Reason, map_names};
+use privatelink_common::{Config, FlowEntry, FlowEntry6, FlowKey, FlowKey6, Reason, map_names};
 
 use super::sync::read_map;
 
@@ -83,6 +83,136 @@ pub fn counters_of(
 
 pub fn read_flows(map: &Map) -> Result<Vec<(FlowKey, FlowEntry)>> {
     let m: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(map)?;
+    Ok(m.iter().collect::<Result<_, _>>()?)
+}
+
+/// An entry of either flow table (`PL_CONNTRACK`, `PL_CONNTRACK6`) as its readers see it:
+/// `privatelink flows`, and the census behind the metrics and the overview.
+pub trait TableEntry: Copy + aya::Pod {
+    type Key: Copy + aya::Pod + Eq + std::hash::Hash;
+    /// The table's map (and pin) name.
+    const MAP: &'static str;
+    fn direction(&self) -> u8;
+    fn endpoint_id(&self) -> u32;
+    fn tcp_flags(&self) -> u8;
+    fn flags(&self) -> u8;
+    fn proto(key: &Self::Key) -> u8;
+    /// The key of the flow's other direction.
+    fn partner_of(&self, key: &Self::Key) -> Self::Key;
+    /// Whether the flow lives: either direction seen within its idle timeout.
+    fn live(
+        &self,
+        key: &Self::Key,
+        now_ns: u64,
+        cfg: &Config,
+        partner: impl FnOnce() -> Option<Self>,
+    ) -> bool;
+    /// The packet's ends as the key holds them: source, destination.
+    fn ends(key: &Self::Key) -> (SocketAddr, SocketAddr);
+    /// What the entry rewrites them to: source, destination.
+    fn rewritten(&self) -> (SocketAddr, SocketAddr);
+    /// The key's VPC (numeric id).
+    fn vpc_id(key: &Self::Key) -> u32;
+}
+
+impl TableEntry for FlowEntry {
+    type Key = FlowKey;
+    const MAP: &'static str = map_names::CONNTRACK;
+    fn direction(&self) -> u8 {
+        self.direction
+    }
+    fn endpoint_id(&self) -> u32 {
+        self.endpoint_id
+    }
+    fn tcp_flags(&self) -> u8 {
+        self.tcp_flags
+    }
+    fn flags(&self) -> u8 {
+        self.flags
+    }
+    fn proto(key: &FlowKey) -> u8 {
+        key.proto
+    }
+    fn partner_of(&self, key: &FlowKey) -> FlowKey {
+        self.partner(key)
+    }
+    fn live(
+        &self,
+        key: &FlowKey,
+        now_ns: u64,
+        cfg: &Config,
+        partner: impl FnOnce() -> Option<Self>,
+    ) -> bool {
+        self.is_live(key.proto, now_ns, cfg, partner)
+    }
+    fn ends(key: &FlowKey) -> (SocketAddr, SocketAddr) {
+        (
+            SocketAddr::from((key.src, key.sport)),
+            SocketAddr::from((key.dst, key.dport)),
+        )
+    }
+    fn rewritten(&self) -> (SocketAddr, SocketAddr) {
+        (
+            SocketAddr::from((self.new_src, self.new_sport)),
+            SocketAddr::from((self.new_dst, self.new_dport)),
+        )
+    }
+    fn vpc_id(key: &FlowKey) -> u32 {
+        key.vpc_id
+    }
+}
+
+impl TableEntry for FlowEntry6 {
+    type Key = FlowKey6;
+    const MAP: &'static str = map_names::CONNTRACK6;
+    fn direction(&self) -> u8 {
+        self.direction
+    }
+    fn endpoint_id(&self) -> u32 {
+        self.endpoint_id
+    }
+    fn tcp_flags(&self) -> u8 {
+        self.tcp_flags
+    }
+    fn flags(&self) -> u8 {
+        self.flags
+    }
+    fn proto(key: &FlowKey6) -> u8 {
+        key.proto
+    }
+    fn partner_of(&self, key: &FlowKey6) -> FlowKey6 {
+        self.partner(key)
+    }
+    fn live(
+        &self,
+        key: &FlowKey6,
+        now_ns: u64,
+        cfg: &Config,
+        partner: impl FnOnce() -> Option<Self>,
+    ) -> bool {
+        self.is_live(key.proto, now_ns, cfg, partner)
+    }
+    fn ends(key: &FlowKey6) -> (SocketAddr, SocketAddr) {
+        (
+            SocketAddr::from((key.src, key.sport)),
+            SocketAddr::from((key.dst, key.dport)),
+        )
+    }
+    fn rewritten(&self) -> (SocketAddr, SocketAddr) {
+        (
+            SocketAddr::from((self.new_src, self.new_sport)),
+            SocketAddr::from((self.new_dst, self.new_dport)),
+        )
+    }
+    fn vpc_id(key: &FlowKey6) -> u32 {
+        key.vpc_id
+    }
+}
+
+/// Every entry of the pinned flow table of `E`'s family.
+pub fn read_table<E: TableEntry>(pin_dir: &Path) -> Result<Vec<(E::Key, E)>> {
+    let map = open_pinned(pin_dir, E::MAP)?;
+    let m: HashMap<_, E::Key, E> = HashMap::try_from(&map)?;
     Ok(m.iter().collect::<Result<_, _>>()?)
 }
 

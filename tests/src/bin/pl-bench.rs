@@ -614,6 +614,76 @@ fn gwlb6_rows(rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// The IPv6 NAT's rows, on the packet tests' dual-stack state: a live flow's forward and
+/// reply (conntrack hits), and first packets (a new flow each: the SNAT search, both
+/// inserts), as the IPv4 rows measure them.
+fn nat6_rows(rows: &mut Vec<Row>, only: Option<&str>) -> Result<()> {
+    use privatelink_tests::dual::{client6, dual_state, eni6, lb6, teach_lb};
+    let state = dual_state().replace("snat = [", "endpoint_flow_share = 99\nsnat = [");
+    let mut h = Harness::with_conntrack(&state, 1 << 20)?;
+    teach_lb(&mut h);
+    let (cif, pif) = (h.consumer.ifindex, h.provider.ifindex);
+    let (client_mac, eni_mac) = (CLIENT_MAC, h.consumer.mac);
+    let tcp6 = move |sport: u16, syn: bool| -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(client_mac, eni_mac)
+            .ipv6(client6(), eni6(), 64)
+            .tcp(sport, 80, 1000, 64240);
+        let b = if syn { b.syn() } else { b.ack(5001) };
+        let mut v = Vec::new();
+        b.write(&mut v, &[0u8; 18]).expect("frame");
+        v
+    };
+    let (act, out) = h.run(cif, &tcp6(40000, true))?;
+    anyhow::ensure!(act == 4, "the IPv6 SYN was not forwarded");
+    let snat: [u8; 16] = out[22..38].try_into()?;
+    let port = u16::from_be_bytes([out[54], out[55]]);
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2(privatelink_tests::dual::LB6_MAC, h.provider.mac)
+        .ipv6(lb6(), snat, 64)
+        .tcp(80, port, 5000, 64240)
+        .ack(1001)
+        .write(&mut reply, &[0u8; 18])?;
+    let fwd = tcp6(40000, false);
+    let firsts: Vec<Vec<u8>> = (0..RUNS).map(|i| tcp6(1 + i as u16, true)).collect();
+    let cases: Vec<(&str, u32, FrameFn, Replay)> = vec![
+        (
+            "IPv6 NAT forward (conntrack hit)",
+            cif,
+            Box::new({
+                let f = fwd.clone();
+                move |_| f.clone()
+            }),
+            Replay::same(fwd),
+        ),
+        (
+            "IPv6 NAT first packet (conntrack miss)",
+            cif,
+            Box::new(move |i| firsts[i].clone()),
+            // Source ports from 30 000 up (the TCP source port at 14 + 40).
+            Replay {
+                frame: tcp6(30_000, true),
+                vary_at: Some(54),
+                repeat: 5_000,
+            },
+        ),
+        (
+            "IPv6 NAT reply (conntrack hit)",
+            pif,
+            Box::new({
+                let f = reply.clone();
+                move |_| f.clone()
+            }),
+            Replay::same(reply),
+        ),
+    ];
+    for (name, ifindex, frame, replay) in &cases {
+        if only.is_none_or(|o| name.contains(o)) {
+            row(rows, &mut h, name, *ifindex, frame.as_ref(), replay)?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads the flow events as fast as they come, in a thread of their own, until dropped
 /// (events the daemon would aggregate; here only counted).
 fn drain_flow_events(mut ring: aya::maps::RingBuf<aya::maps::MapData>) -> DrainOnDrop {
@@ -726,6 +796,9 @@ fn per_packet(only: Option<&str>) -> Result<String> {
         if only.is_none_or(|o| name.contains(o)) {
             row(&mut rows, &mut h, name, *ifindex, frame.as_ref(), replay)?;
         }
+    }
+    if only.is_none_or(|o| "IPv6 NAT".contains(o) || o.contains("NAT")) {
+        nat6_rows(&mut rows, only)?;
     }
     if only.is_none_or(|o| "GENEVE".contains(o) || o.contains("GENEVE")) {
         gwlb_rows(&mut rows)?;
