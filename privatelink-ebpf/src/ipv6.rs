@@ -8,8 +8,10 @@
 //! here (`icmp6`); TCP and UDP, and ICMPv6 errors, go to their path programs
 //! (`PATH_FORWARD6`, `PATH_REPLY6`, `PATH_GWLB_STEER6`). Everything else is
 //! `host::other`'s: dropped as host-isolated unless the interface carries the host's
-//! traffic. Everything here is inlined: a program that tail-calls makes no BPF-to-BPF
-//! calls (see `arp::handle`). Below `paths` only.
+//! traffic. Everything here is inlined but the echo's rule walks, whose step is a
+//! `bpf_loop` callback (`filter6`): this program is the one that both tail-calls and
+//! holds a BPF-to-BPF function, which the JIT allows on x86-64 since 5.10 and arm64 since
+//! 6.0 (`bpf_loop` itself needs 5.17). Below `paths` only.
 //!
 //! IPv6 gateway endpoints are not built: their route's entry (`EndpointEni`) names an
 //! IPv4 next hop only, so their TCP/UDP is dropped as `DropNoRoute`.

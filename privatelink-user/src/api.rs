@@ -1018,11 +1018,15 @@ pub fn count_live_flows<E: crate::dataplane::TableEntry>(
 pub fn live_flows_in(
     pin_dir: &std::path::Path,
 ) -> anyhow::Result<std::collections::HashMap<u32, u64>> {
+    use crate::dataplane::TableEntry;
     use privatelink_common::{FlowEntry, FlowEntry6};
     let cfg = crate::dataplane::read_config(pin_dir)?;
     let mut live = live_flows_of::<FlowEntry>(pin_dir, &cfg)?;
-    for (id, n) in live_flows_of::<FlowEntry6>(pin_dir, &cfg)? {
-        *live.entry(id).or_default() += n;
+    // No IPv6 table pinned (a daemon from before dual stack): no IPv6 flows.
+    if pin_dir.join(FlowEntry6::MAP).exists() {
+        for (id, n) in live_flows_of::<FlowEntry6>(pin_dir, &cfg)? {
+            *live.entry(id).or_default() += n;
+        }
     }
     Ok(live)
 }

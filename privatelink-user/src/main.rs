@@ -246,8 +246,9 @@ fn main() -> Result<()> {
                 &cfg,
             );
             // The IPv6 table (absent from pins of a daemon before dual stack).
-            if let Ok(flows) = dataplane::read_table::<privatelink_common::FlowEntry6>(&pin_dir) {
-                print_flows(&flows, now, &cfg);
+            type V6 = privatelink_common::FlowEntry6;
+            if pin_dir.join(<V6 as dataplane::TableEntry>::MAP).exists() {
+                print_flows(&dataplane::read_table::<V6>(&pin_dir)?, now, &cfg);
             }
             Ok(())
         }
@@ -267,11 +268,17 @@ fn print_flows<E: dataplane::TableEntry>(
             PROTO_TCP => "tcp".to_string(),
             PROTO_UDP => "udp".to_string(),
             privatelink_common::PROTO_ICMP => "icmp".to_string(),
+            58 => "icmp6".to_string(),
             p => p.to_string(),
         };
         let (new_src, new_dst) = e.rewritten();
         let provider_side = if e.flags() & privatelink_common::FLOW_GWLB != 0 {
-            format!("GENEVE {} -> appliance {}", new_src.ip(), new_dst.ip())
+            // The appliances are IPv4 (an IPv6 flow holds them IPv4-mapped).
+            format!(
+                "GENEVE {} -> appliance {}",
+                new_src.ip().to_canonical(),
+                new_dst.ip().to_canonical()
+            )
         } else {
             format!("{new_src} -> {new_dst}")
         };

@@ -315,22 +315,27 @@ fn walk_conntrack(pin_dir: &Path, capacity: u32) -> Result<ConntrackCount> {
         &mut count.live_flows,
     )?;
     (count.entries, count.snat_in_use) = (entries, snat_in_use);
-    let snat6 = read_snat::<VpcAddr6>(pin_dir, map_names::SNAT6_ADDRS)?;
-    let (entries, snat_in_use) = walk_table::<FlowEntry6>(
-        pin_dir,
-        capacity,
-        &cfg,
-        |k| {
-            snat6
-                .get(&VpcAddr6 {
-                    vpc_id: k.vpc_id,
-                    addr: k.dst,
-                })
-                .copied()
-        },
-        &mut count.live_flows,
-    )?;
-    (count.entries6, count.snat6_in_use) = (entries, snat_in_use);
+    // The IPv6 table's walk failing leaves the IPv4 count standing (its figures then 0).
+    let walked6 = read_snat::<VpcAddr6>(pin_dir, map_names::SNAT6_ADDRS).and_then(|snat6| {
+        walk_table::<FlowEntry6>(
+            pin_dir,
+            capacity,
+            &cfg,
+            |k| {
+                snat6
+                    .get(&VpcAddr6 {
+                        vpc_id: k.vpc_id,
+                        addr: k.dst,
+                    })
+                    .copied()
+            },
+            &mut count.live_flows,
+        )
+    });
+    match walked6 {
+        Ok((entries, snat_in_use)) => (count.entries6, count.snat6_in_use) = (entries, snat_in_use),
+        Err(e) => warn!("metrics: walking the IPv6 conntrack table: {e:#}"),
+    }
     Ok(count)
 }
 

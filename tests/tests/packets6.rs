@@ -1295,3 +1295,63 @@ fn an_acl_judges_every_ipv6_packet_by_its_ipv6_rules_both_ways() {
     );
     assert_eq!(h.count(Reason::DropAcl), 2);
 }
+
+#[test]
+fn an_ipv6_flow_is_established_by_its_handshake_and_stops_with_its_endpoint() {
+    use privatelink_common::CT_ESTABLISHED;
+    let mut h = nat_harness();
+    let established = |h: &Harness| {
+        h.dp.flows6()
+            .unwrap()
+            .iter()
+            .filter(|(_, e)| e.tcp_flags & CT_ESTABLISHED != 0)
+            .count()
+    };
+    let (snat, port) = open_flow6(&mut h, 41000);
+    assert_eq!(established(&h), 0, "a SYN does not establish");
+    // The SYN-ACK (seq 5000) and the client's ACK of it (5001): both entries established.
+    let syn_ack = tcp6_from_lb(&h, (snat, port), b"");
+    assert_eq!(h.run(h.provider.ifindex, &syn_ack).unwrap().0, XDP_REDIRECT);
+    assert_eq!(established(&h), 0, "nor does the SYN-ACK");
+    let ack = tcp6_segment(&h, 41000, false, b"");
+    assert_eq!(h.run(h.consumer.ifindex, &ack).unwrap().0, XDP_REDIRECT);
+    assert_eq!(established(&h), 2, "both entries after the handshake");
+    // The endpoint disconnected: the established flow stops both ways.
+    let state = dual_state();
+    assert_eq!(state.matches("connection = \"connected\"").count(), 1);
+    h.apply_state(&state.replace(
+        "connection = \"connected\"",
+        "connection = \"disconnected\"",
+    ))
+    .unwrap();
+    assert_eq!(h.run(h.consumer.ifindex, &ack).unwrap().0, XDP_DROP);
+    assert_eq!(h.run(h.provider.ifindex, &syn_ack).unwrap().0, XDP_DROP);
+    assert_eq!(
+        h.count(Reason::DropNotConnected),
+        2,
+        "{:?}",
+        h.active_stats()
+    );
+}
+
+#[test]
+fn ipv6_to_a_port_the_service_does_not_publish_is_dropped() {
+    let mut h = nat_harness();
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv6(client6(), eni6(), 64)
+        .tcp(41100, 2000, 1, 64240)
+        .syn()
+        .write(&mut v, b"")
+        .unwrap();
+    assert_eq!(h.run(h.consumer.ifindex, &v).unwrap().0, XDP_DROP);
+    let mut u = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv6(client6(), eni6(), 64)
+        .udp(41101, 54)
+        .write(&mut u, b"x")
+        .unwrap();
+    assert_eq!(h.run(h.consumer.ifindex, &u).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropNoListener), 2, "{:?}", h.active_stats());
+    assert!(h.dp.flows6().unwrap().is_empty());
+}
