@@ -70,6 +70,9 @@ macro_rules! for_each_map {
             ACL6_OUT = PL_ACL6_OUT: HashMap<$crate::VpcAddr6, $crate::RuleSet6>[$crate::MAX_ENDPOINTS, unchecked], synced(acl6_out);
             /// Gateway endpoints' route target addresses (answered in ARP).
             GATEWAY_ADDRS = PL_GW_ADDRS: HashMap<$crate::VpcAddr, u32>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_addrs);
+            /// GWLB endpoints' IPv6 ENI addresses (answered in neighbour discovery, as their IPv4
+            /// ENIs are in ARP), by consumer VPC and address: their endpoint.
+            GATEWAY_ADDRS6 = PL_GW_ADDRS6: HashMap<$crate::VpcAddr6, u32>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_addrs6);
             /// What each slot of `PL_EP_COUNTERS` counts (`CounterKey` → slot), the daemon's
             /// record kept beside the counters, so that a restart reads them under the same names;
             /// written before the entries that name its slots.

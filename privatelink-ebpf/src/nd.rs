@@ -1,5 +1,6 @@
 //! Neighbour discovery (RFC 4861) on a VPC-facing interface, IPv6's ARP: a Neighbour
-//! Solicitation for an ENI's or SNAT address is answered here with an advertisement
+//! Solicitation for an ENI's or SNAT address, or a GWLB endpoint's ENI (`PL_GW_ADDRS6`:
+//! the consumer's IPv6 route target), is answered here with an advertisement
 //! (solicited, override, our MAC as target link-layer address; a duplicate address
 //! detection probe gets its answer at all-nodes, as the RFC says, so that nobody else
 //! takes the address); a registered next hop's MAC (`PL_NEIGHBORS6`: the load balancers'
@@ -19,7 +20,7 @@ use privatelink_common::{IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, Neighbor, Reason, V
 
 use crate::{
     gwlb6, host,
-    maps::{PL_ENDPOINTS6, PL_GWLB_NEIGH6, PL_NEIGHBORS6, PL_SNAT6_ADDRS},
+    maps::{PL_ENDPOINTS6, PL_GW_ADDRS6, PL_GWLB_NEIGH6, PL_NEIGHBORS6, PL_SNAT6_ADDRS},
     packet6::{IPV6_LEN, PROTO_ICMPV6, copy_addr},
     parse::{ETH_LEN, EthHdr, Ipv6Hdr, frame_len, mut_at, ne16, ptr_at, put},
     verdict::Verdict,
@@ -98,7 +99,11 @@ pub fn handle(ctx: &XdpContext, iface: &IfaceInfo, end: usize) -> Result<Verdict
         addr: target,
     };
     // SAFETY: read-only lookups, values not kept.
-    let ours = unsafe { PL_ENDPOINTS6.get(key).is_some() || PL_SNAT6_ADDRS.get(key).is_some() };
+    let ours = unsafe {
+        PL_ENDPOINTS6.get(key).is_some()
+            || PL_SNAT6_ADDRS.get(key).is_some()
+            || PL_GW_ADDRS6.get(key).is_some()
+    };
     if !ours {
         return Ok(host::other(iface));
     }

@@ -45,6 +45,8 @@ pub struct Desired {
     pub acl_out: BTreeMap<VpcAddr, RuleSet>,
     pub gw_routes: BTreeMap<GatewayRoute, EndpointEni>,
     pub gw_addrs: BTreeMap<VpcAddr, u32>,
+    /// GWLB endpoints' IPv6 ENI addresses (answered in neighbour discovery): their endpoint.
+    pub gw_addrs6: BTreeMap<VpcAddr6, u32>,
     /// GWLB: the appliances new flows of a (service, zone) are spread over.
     pub gwlb_targets: BTreeMap<GwlbZone, ApplianceSet>,
     /// GWLB: every appliance, with its service and health.
@@ -658,7 +660,8 @@ fn gwlb_endpoint_zone<'a>(vpc: &'a Vpc, ep: &Endpoint) -> Option<&'a str> {
 }
 
 /// A GWLB endpoint: every route of it in the consumer VPC's route trie, pointing at the
-/// service's appliance set for the ENI's zone, and its ENI answered in ARP.
+/// service's appliance set for the ENI's zone, and its ENI answered in ARP (its IPv6
+/// address, a dualstack endpoint's IPv6 route target, in neighbour discovery).
 fn gwlb_endpoint(
     d: &mut Desired,
     ep: &Endpoint,
@@ -690,6 +693,15 @@ fn gwlb_endpoint(
         },
         entry.endpoint_id,
     );
+    if let Some(a) = z.eni6 {
+        d.gw_addrs6.insert(
+            VpcAddr6 {
+                vpc_id,
+                addr: a.octets(),
+            },
+            entry.endpoint_id,
+        );
+    }
     for p in &ep.routes {
         insert_route(d, vpc_id, p, entry);
     }
@@ -1643,6 +1655,36 @@ mod tests {
         let d = compute(&s, links, &lbs_down(&["10.10.0.10"])).unwrap();
         assert_eq!(d.endpoints6[&k6].lb_addr, v6("fd00:b::12"));
         assert_eq!(d.next_hops6.len(), 2);
+    }
+
+    #[test]
+    fn a_dualstack_gwlb_endpoints_ipv6_eni_is_answered_in_neighbour_discovery() {
+        let mut s = gwlb_state();
+        s.services
+            .iter_mut()
+            .find(|x| x.id == "gwlb-s")
+            .unwrap()
+            .ip_version = crate::model::IpVersion::Dualstack;
+        let vpc = s.vpcs.iter_mut().find(|v| v.id == "vpc-c").unwrap();
+        vpc.ipv6_cidr = Some("fd00:c::/56".parse().unwrap());
+        vpc.vswitches[0].ipv6_cidr = Some("fd00:c:0:1::/64".parse().unwrap());
+        let g1 = s.endpoints.iter_mut().find(|e| e.id == "ep-g1").unwrap();
+        g1.ip_version = crate::model::IpVersion::Dualstack;
+        g1.zones[0].eni6 = Some("fd00:c:0:1::5".parse().unwrap());
+        s.validate().unwrap();
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        // The IPv6 ENI beside the IPv4 one (ep-g2 stays ipv4: nothing), and no interface
+        // endpoint's IPv6 entry: packets to it are not forwarded.
+        let k6 = key6("vpc-c", "fd00:c:0:1::5");
+        assert_eq!(d.gw_addrs6, BTreeMap::from([(k6, numeric_id("ep-g1"))]));
+        assert!(d.endpoints6.is_empty());
+        assert_eq!(d.gw_addrs.len(), 2);
+        // Back to ipv4: gone.
+        let g1 = s.endpoints.iter_mut().find(|e| e.id == "ep-g1").unwrap();
+        g1.ip_version = crate::model::IpVersion::Ipv4;
+        g1.zones[0].eni6 = None;
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        assert!(d.gw_addrs6.is_empty());
     }
 
     #[test]

@@ -122,9 +122,13 @@ pub const CLIENT6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0x30, 0x01, 0, 0, 0, 0, 0, 0
 pub const SERVER6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0x30, 0x02, 0, 0, 0, 0, 0, 0, 0, 0x10];
 pub const CLIENT6_STR: &str = "fd00:0:0:3001::10";
 pub const SERVER6_STR: &str = "fd00:0:0:3002::10";
+/// The endpoint's ENI's IPv6 address (the endpoint is dualstack): the IPv6 route target.
+pub const ENI6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0x30, 0x00, 0, 0, 0, 0, 0, 0, 0, 0x05];
+pub const ENI6_STR: &str = "fd00:0:0:3000::5";
 
 /// `state` with IPv6: the consumer VPC and its vSwitches get IPv6 ranges, the service is
-/// dualstack, and the endpoint also routes the client's and the server's /64.
+/// dualstack, and the endpoint is too (its ENI also `ENI6`) and also routes the client's
+/// and the server's /64.
 pub fn state6(cross_zone: bool, stickiness: &str, failover: &str) -> String {
     let mut s = state(cross_zone, stickiness, failover)
         .replace(
@@ -132,6 +136,10 @@ pub fn state6(cross_zone: bool, stickiness: &str, failover: &str) -> String {
             "cidr = \"10.30.0.0/16\"\nipv6_cidr = \"fd00:0:0:3000::/56\"\n",
         )
         .replace("type = \"gwlb\"\n", "type = \"gwlb\"\nip_version = \"dualstack\"\n")
+        .replace(
+            &format!("eni = \"{ENI}\" }}]\n"),
+            &format!("eni = \"{ENI}\", eni6 = \"{ENI6_STR}\" }}]\nip_version = \"dualstack\"\n"),
+        )
         .replace(
             "routes = [\"10.30.1.0/24\", \"10.30.2.0/24\"]",
             "routes = [\"10.30.1.0/24\", \"10.30.2.0/24\", \"fd00:0:0:3001::/64\", \"fd00:0:0:3002::/64\"]",

@@ -180,6 +180,14 @@ pub const HAPROXY_LOG6: &str = "conn6 from %ci port %cp to %fi by %s";
 pub const GWLB_CLIENT: &str = "10.30.1.10";
 pub const GWLB_SERVER: &str = "10.30.2.10";
 pub const GWLB_ENI: &str = "10.30.0.5";
+/// The GWLB scenario is dual stack: vpc-web's /56, each vSwitch the /64 named after its
+/// IPv4 /24 (vsw-w1 10.30.1.0/24: fd00:30:0:1::/64), each IPv6 address the IPv4 one's last
+/// octet in it. The endpoint's ENI answers neighbour discovery on `GWLB_ENI6`, the subnets'
+/// IPv6 route target.
+pub const GWLB_VPC6: &str = "fd00:30::/56";
+pub const GWLB_CLIENT6: &str = "fd00:30:0:1::10";
+pub const GWLB_SERVER6: &str = "fd00:30:0:2::10";
+pub const GWLB_ENI6: &str = "fd00:30::5";
 /// The load balancer's own address in the appliance VPC (GENEVE source, health checks).
 pub const GWLB_ADDR: &str = "10.40.0.5";
 pub const APPLIANCES: [(&str, &str); 2] = [("zone-a", "10.40.1.10"), ("zone-b", "10.40.2.10")];
@@ -278,10 +286,11 @@ pub const BUILD_STEPS: &[(&str, &str)] = &[
         "endpoint create ep-oss --vpc vpc-a --service epsrv-oss --gateway 10.10.1.1 --policy accept,tcp,100.64.10.5/32,80-80",
     ),
     // GWLB: A's second VPC sends traffic between its two subnets through B's inspection
-    // appliances (one per zone; cross-zone; flows move when an appliance fails).
+    // appliances (one per zone; cross-zone; flows move when an appliance fails), over IPv4
+    // and IPv6 (the VPC, the service and the endpoint dual stack).
     (
         "admin",
-        "vpc create vpc-web --account acct-a --cidr 10.30.0.0/16 --interface fw0 --vswitch vsw-w0:zone-a:10.30.0.0/24 --vswitch vsw-w1:zone-a:10.30.1.0/24 --vswitch vsw-w2:zone-b:10.30.2.0/24 --resolver 100.100.2.136",
+        "vpc create vpc-web --account acct-a --cidr 10.30.0.0/16 --ipv6-cidr fd00:30::/56 --interface fw0 --vswitch vsw-w0:zone-a:10.30.0.0/24,fd00:30::/64 --vswitch vsw-w1:zone-a:10.30.1.0/24,fd00:30:0:1::/64 --vswitch vsw-w2:zone-b:10.30.2.0/24,fd00:30:0:2::/64 --resolver 100.100.2.136",
     ),
     (
         "admin",
@@ -289,12 +298,12 @@ pub const BUILD_STEPS: &[(&str, &str)] = &[
     ),
     (
         "provider",
-        "service create gwlb-svc --type gwlb --vpc vpc-appl --appliance zone-a=10.40.1.10 --appliance zone-b=10.40.2.10 --gwlb-address 10.40.0.5 --cross-zone --failover rebalance --health-port 8080 --health-path /health --health-interval-ms 200 --health-timeout-ms 300 --auto-accept",
+        "service create gwlb-svc --type gwlb --ip-version dualstack --vpc vpc-appl --appliance zone-a=10.40.1.10 --appliance zone-b=10.40.2.10 --gwlb-address 10.40.0.5 --cross-zone --failover rebalance --health-port 8080 --health-path /health --health-interval-ms 200 --health-timeout-ms 300 --auto-accept",
     ),
     ("provider", "service whitelist add gwlb-svc acct-a"),
     (
         "consumer",
-        "endpoint create gwlbe-web --vpc vpc-web --service gwlb-svc --zone vsw-w0:10.30.0.5 --route 10.30.1.0/24 --route 10.30.2.0/24 --name inspection",
+        "endpoint create gwlbe-web --vpc vpc-web --service gwlb-svc --ip-version dualstack --zone vsw-w0:10.30.0.5,fd00:30::5 --route 10.30.1.0/24 --route 10.30.2.0/24 --route fd00:30:0:1::/64 --route fd00:30:0:2::/64 --name inspection",
     ),
 ];
 
@@ -785,9 +794,11 @@ impl Lab {
 
     /// The GWLB scenario's wiring: the client namespace holds the consumer VPC's L2
     /// segment (bridge br0 joining the forwarder's fw0 and the server's veth); each subnet
-    /// routes the other through the GWLB endpoint's ENI. The appliances share one
-    /// namespace on the appliance VPC's segment; the forwarder holds the load balancer's
-    /// address there (fa0), so health checks have a source.
+    /// routes the other through the GWLB endpoint's ENI, over IPv4 and IPv6 (`nodad`, as in
+    /// `wire6`; the next hop `GWLB_ENI6` is resolved by neighbour discovery, which the
+    /// forwarder answers). The appliances share one namespace on the appliance VPC's
+    /// segment; the forwarder holds the load balancer's address there (fa0), so health
+    /// checks have a source.
     fn wire_gwlb(&self, g: &GwlbNs) -> Result<()> {
         let (w, s, a, f) = (&g.web.name, &g.server.name, &g.appl.name, &self.fwd.name);
         netns::ip(&[
@@ -833,6 +844,14 @@ impl Lab {
             ns.ip(&["route", "add", GWLB_ENI, "dev", dev])?;
             ns.ip(&["route", "add", other, "via", GWLB_ENI, "dev", dev])?;
         }
+        for (ns, dev, own6, other6) in [
+            (&g.web, "br0", GWLB_CLIENT6, "fd00:30:0:2::/64"),
+            (&g.server, "ws1", GWLB_SERVER6, "fd00:30:0:1::/64"),
+        ] {
+            ns.ip(&["addr", "add", &format!("{own6}/64"), "dev", dev, "nodad"])?;
+            ns.ip(&["-6", "route", "add", GWLB_ENI6, "dev", dev])?;
+            ns.ip(&["-6", "route", "add", other6, "via", GWLB_ENI6, "dev", dev])?;
+        }
         // vpc-web has the same resolver address as vpc-a (VPCs overlap; each gets its own
         // VPC's answers).
         g.web
@@ -842,7 +861,7 @@ impl Lab {
     }
 
     /// The server behind the GWLB endpoint (nginx on :80 and the port the appliances
-    /// block) and the two appliances.
+    /// block, on both its addresses) and the two appliances.
     fn start_gwlb_servers(&mut self) -> Result<()> {
         let root = self.dir.join("web-srv");
         fs::create_dir_all(&root)?;
@@ -855,6 +874,10 @@ impl Lab {
             .collect();
         fs::write(root.join("big.bin"), &big)?;
         let blocked = format!("{GWLB_SERVER}:{GWLB_BLOCKED_PORT}");
+        let (web6, blocked6) = (
+            format!("[{GWLB_SERVER6}]:80"),
+            format!("[{GWLB_SERVER6}]:{GWLB_BLOCKED_PORT}"),
+        );
         let server = self
             .gwlb
             .as_ref()
@@ -865,7 +888,12 @@ impl Lab {
         self.start_nginx(
             "nginx-web",
             &server,
-            &[("web-srv", GWLB_SERVER, ""), ("web-srv", &blocked, "")],
+            &[
+                ("web-srv", GWLB_SERVER, ""),
+                ("web-srv", &blocked, ""),
+                ("web-srv", &web6, ""),
+                ("web-srv", &blocked6, ""),
+            ],
         )?;
         for i in 0..APPLIANCES.len() {
             self.start_appliance(i)?;
@@ -1402,6 +1430,8 @@ mod tests {
             format!("--backend zone-a:{LB},{LB6}"),
             format!("--backend zone-b:{LB_B},{LB6_B}"),
             format!("--snat6 {} --snat6 {}", SNAT6[0], SNAT6[1]),
+            format!("--ipv6-cidr {GWLB_VPC6}"),
+            format!("--zone vsw-w0:{GWLB_ENI},{GWLB_ENI6}"),
         ] {
             assert!(steps.contains(&want), "{want} not in BUILD_STEPS");
         }

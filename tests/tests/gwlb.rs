@@ -1,7 +1,7 @@
 //! GWLB end to end in network namespaces: the client subnet reaches the server subnet of
 //! the same VPC only through the GWLB endpoint, every packet making a round trip in
-//! GENEVE through one of two appliances (two zones, cross-zone, `rebalance`). Real
-//! curl and nginx; the appliances are `privatelink appliance` processes.
+//! GENEVE through one of two appliances (two zones, cross-zone, `rebalance`), over IPv4
+//! and IPv6. Real curl and nginx; the appliances are `pl-appliance` processes.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,8 +11,8 @@ use std::{
 
 use privatelink_tests::{
     lab::{
-        APPLIANCES, BIG_FILE_LEN, GWLB_BLOCKED_PORT, GWLB_CLIENT, GWLB_SERVER, Lab, LabOptions,
-        wait_for,
+        APPLIANCES, BIG_FILE_LEN, GWLB_BLOCKED_PORT, GWLB_CLIENT, GWLB_CLIENT6, GWLB_ENI6,
+        GWLB_SERVER, GWLB_SERVER6, Lab, LabOptions, wait_for,
     },
     netns::unique_name,
 };
@@ -201,4 +201,132 @@ fn a_failed_appliance_loses_its_flows_to_the_other_and_gets_them_back() {
         }
         cookies(&lab, busy).len() > back_before
     });
+}
+
+/// The IPv6 packets appliance `i` saw, by flow cookie: (client to server, server to
+/// client), the directions named by its own parser of the inner packet.
+fn ipv6_flows(lab: &Lab, i: usize) -> BTreeMap<String, (u64, u64)> {
+    let there = format!("{GWLB_CLIENT6}>{GWLB_SERVER6}");
+    let back = format!("{GWLB_SERVER6}>{GWLB_CLIENT6}");
+    cookies(lab, i)
+        .into_iter()
+        .filter(|(_, dirs)| dirs.contains_key(&there) || dirs.contains_key(&back))
+        .map(|(cookie, dirs)| {
+            let n = |d: &str| dirs.get(d).copied().unwrap_or(0);
+            (cookie, (n(&there), n(&back)))
+        })
+        .collect()
+}
+
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str) -> u64 {
+    after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
+}
+
+#[test]
+fn ipv6_goes_through_both_appliances_symmetrically_and_rules_hold() {
+    let lab = lab();
+    for (_, a) in APPLIANCES {
+        wait_health(&lab, a, true);
+    }
+    let before = lab.stats().unwrap();
+    let index6 = format!("http://[{GWLB_SERVER6}]/");
+    let curl6 = |url: &str, extra: &[&str]| lab.web_curl(url, &[&["-6"], extra].concat());
+    // The client's kernel resolves its next hop, the ENI's IPv6 address, by neighbour
+    // discovery (the forwarder answers); the first request also teaches the forwarder the
+    // server's MAC (its first SYN back from an appliance becomes a solicitation).
+    let body = curl6(&index6, &[]).unwrap();
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("web server {GWLB_SERVER}\n")
+    );
+    for _ in 0..24 {
+        curl6(&index6, &[]).unwrap();
+    }
+    // 8 MiB byte for byte: full-size segments are answered with Packet Too Big and TCP
+    // adapts.
+    let big = curl6(&format!("http://[{GWLB_SERVER6}]/big.bin"), &[]).unwrap();
+    assert_eq!(big.len(), 8 * BIG_FILE_LEN);
+    let want: Vec<u8> = (0..8 * BIG_FILE_LEN)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    assert!(big == want, "the download differs from the file");
+
+    // Both nodes hold the forwarder's MAC for the ENI's IPv6 address: learned from its
+    // advertisements, not configured.
+    let g = lab.gwlb.as_ref().unwrap();
+    let link: Value =
+        serde_json::from_str(&lab.fwd.ip(&["-j", "link", "show", "fw0"]).unwrap()).unwrap();
+    let fw0 = link[0]["address"].as_str().unwrap().to_string();
+    for (ns, dev) in [(&g.web, "br0"), (&g.server, "ws1")] {
+        let neigh = ns
+            .ip(&["-6", "neigh", "show", GWLB_ENI6, "dev", dev])
+            .unwrap();
+        assert!(
+            neigh.contains(&format!("lladdr {fw0}")) && !neigh.contains("PERMANENT"),
+            "{}: {neigh:?}",
+            ns.name
+        );
+    }
+
+    // 26 flows, spread over both appliances, each flow's two directions through one, and
+    // no flow seen by both.
+    counted("the appliances' counters of 26 IPv6 flows", || {
+        ipv6_flows(&lab, 0).len() + ipv6_flows(&lab, 1).len() >= 26
+    });
+    let (a, b) = (ipv6_flows(&lab, 0), ipv6_flows(&lab, 1));
+    assert!(!a.is_empty() && !b.is_empty(), "a: {a:?}\nb: {b:?}");
+    for (cookie, (there, back)) in a.iter().chain(b.iter()) {
+        assert!(
+            *there > 0 && *back > 0,
+            "flow {cookie}: both directions on one appliance: {there} / {back}"
+        );
+    }
+    let (ka, kb): (BTreeSet<_>, BTreeSet<_>) = (a.keys().collect(), b.keys().collect());
+    assert!(ka.is_disjoint(&kb), "a flow split over two appliances");
+    assert_eq!(a.len() + b.len(), 26, "{} + {} flows", a.len(), b.len());
+    // What the data path counted covers what the appliances saw: every packet an
+    // appliance got went out as gwlb6_to_appliance; every one it sent back (none dropped
+    // by its rule yet) came back as gwlb6_from_appliance, or as the solicitation for the
+    // server's MAC that stood in for the first.
+    let seen: u64 = a.values().chain(b.values()).map(|(t, b)| t + b).sum();
+    let after = lab.stats().unwrap();
+    let (to, from) = (
+        delta(&before, &after, "gwlb6_to_appliance"),
+        delta(&before, &after, "gwlb6_from_appliance"),
+    );
+    let probes = delta(&before, &after, "gwlb_ns_probe");
+    assert!(to >= seen, "{to} sent to appliances, {seen} seen there");
+    assert!(
+        from + probes >= seen,
+        "{from} back from appliances (+{probes} probes), {seen} seen there"
+    );
+    assert!(probes >= 1, "the server's MAC was solicited: {after:?}");
+    eprintln!(
+        "IPv6: {} + {} flows, {seen} packets at the appliances; the data path sent {to}, got {from} back",
+        a.len(),
+        b.len()
+    );
+    assert!(delta(&before, &after, "nd_advert") >= 2, "{after:?}");
+    assert!(
+        delta(&before, &after, "gwlb_packet_too_big") > 0,
+        "{after:?}"
+    );
+    assert_eq!(
+        delta(&before, &after, "gwlb_to_appliance"),
+        0,
+        "no IPv4 here"
+    );
+
+    // The appliances' rule blocks the other port over IPv6 too; the server itself would
+    // answer it.
+    let blocked = format!("http://[{GWLB_SERVER6}]:{GWLB_BLOCKED_PORT}/");
+    let dropped_before = counter(&lab, 0, "dropped_by_rule") + counter(&lab, 1, "dropped_by_rule");
+    assert!(curl6(&blocked, &["-m", "2"]).is_err());
+    g.server
+        .exec("curl", &["-sf", "-6", "-m", "2", &blocked])
+        .expect("the server answers locally");
+    counted("the appliance dropping the IPv6 SYNs", || {
+        counter(&lab, 0, "dropped_by_rule") + counter(&lab, 1, "dropped_by_rule") > dropped_before
+    });
+    assert!(curl6(&index6, &[]).is_ok());
 }

@@ -12,8 +12,8 @@ use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use privatelink_common::{Config, Reason};
 use privatelink_tests::{
     gwlb::{
-        APPL_A, APPL_A_MAC, APPL_B, APPL_B_MAC, CLIENT_MAC, CLIENT6, CLIENT6_STR, GWLB_ADDR,
-        SERVER_MAC, SERVER6, SERVER6_STR, harness6_with, tcp6,
+        APPL_A, APPL_A_MAC, APPL_B, APPL_B_MAC, CLIENT, CLIENT_MAC, CLIENT6, CLIENT6_STR, ENI,
+        ENI6, ENI6_STR, GWLB_ADDR, SERVER_MAC, SERVER6, SERVER6_STR, harness6_with, tcp6,
     },
     scapy::build,
     testrun::Harness,
@@ -652,4 +652,97 @@ fn cross_zone_spreads_ipv6_flows_symmetrically_and_stickiness_holds() {
         1,
         "two-tuple: one appliance for one address pair: {s:?}"
     );
+}
+
+/// A Neighbour Solicitation from the client for `target` (to its solicited-node address,
+/// RFC 4291 2.7.1, with the client's link-layer address), built by scapy; its group is
+/// worked out here, not by the data path.
+fn solicitation(target: [u8; 16]) -> Vec<u8> {
+    let t = std::net::Ipv6Addr::from(target);
+    let group = std::net::Ipv6Addr::from([
+        0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, target[13], target[14], target[15],
+    ]);
+    build(&[format!(
+        "Ether(src='{}', dst='{}')/IPv6(src='{CLIENT6_STR}', dst='{group}', hlim=255)/ICMPv6ND_NS(tgt='{t}')/ICMPv6NDOptSrcLLAddr(lladdr='{}')",
+        mac(CLIENT_MAC),
+        mac([0x33, 0x33, 0xff, target[13], target[14], target[15]]),
+        mac(CLIENT_MAC)
+    )])
+    .remove(0)
+}
+
+#[test]
+fn the_endpoints_ipv6_eni_answers_neighbour_solicitations_and_nothing_else() {
+    let mut h = harness();
+    // The consumer resolves its IPv6 route target: advertised back to it, solicited and
+    // override, with the port's MAC.
+    let (act, out) = h.run(h.consumer.ifindex, &solicitation(ENI6)).unwrap();
+    assert_eq!(act, XDP_TX, "{:?}", h.active_stats());
+    let n = dissect_one(&out);
+    assert_eq!(n["eth"]["src"], mac(h.consumer.mac));
+    assert_eq!(n["eth"]["dst"], mac(CLIENT_MAC));
+    let i = &n["ipv6"];
+    assert_eq!(
+        (i["src"].as_str(), i["dst"].as_str()),
+        (Some(ENI6_STR), Some(CLIENT6_STR))
+    );
+    assert_eq!(i["hlim"], 255, "RFC 4861 7.1.2");
+    assert_eq!(i["l4_csum_ok"], true, "{i}");
+    let icmp = &i["icmp6"];
+    assert_eq!(
+        (icmp["type"].as_u64(), icmp["code"].as_u64()),
+        (Some(136), Some(0))
+    );
+    assert_eq!(icmp["word"], 0x6000_0000u32, "solicited, override");
+    assert_eq!(
+        icmp["rest"],
+        format!("{}0201{}", hex(&ENI6), hex(&h.consumer.mac)),
+        "target and target link-layer option"
+    );
+    assert_eq!(h.count(Reason::NdAdvert), 1);
+
+    // Another address of the ENI's vSwitch, or the ENI asked about in another VPC: not
+    // ours (the host's to judge: isolated).
+    let mut other = ENI6;
+    other[15] = 6;
+    assert_eq!(
+        h.run(h.consumer.ifindex, &solicitation(other)).unwrap().0,
+        XDP_DROP
+    );
+    assert_eq!(
+        h.run(h.provider.ifindex, &solicitation(ENI6)).unwrap().0,
+        XDP_DROP
+    );
+    assert_eq!(h.count(Reason::DropHostIsolated), 2);
+    assert_eq!(h.count(Reason::NdAdvert), 1);
+
+    // A route target is not a host: echo to the ENI goes unanswered over IPv6, as over
+    // IPv4 (both dropped as the host's), and nothing goes to an appliance.
+    let mut echo6 = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv6(CLIENT6, ENI6, 64)
+        .icmpv6_echo_request(7, 1)
+        .write(&mut echo6, b"ping")
+        .unwrap();
+    let mut echo4 = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(
+            CLIENT,
+            ENI.parse::<std::net::Ipv4Addr>().unwrap().octets(),
+            64,
+        )
+        .icmpv4_echo_request(7, 1)
+        .write(&mut echo4, b"ping")
+        .unwrap();
+    for f in [echo6, echo4] {
+        assert_eq!(h.run(h.consumer.ifindex, &f).unwrap().0, XDP_DROP);
+    }
+    assert_eq!(
+        h.count(Reason::DropHostIsolated),
+        4,
+        "{:?}",
+        h.active_stats()
+    );
+    assert_eq!(h.count(Reason::Gwlb6ToAppliance), 0);
+    assert_eq!(h.count(Reason::GwlbToAppliance), 0);
 }

@@ -6,9 +6,9 @@ use anyhow::Result;
 use clap::Parser;
 use privatelink_tests::lab::{
     APPLIANCES, CLIENT, CLIENT_B, CLIENT_C, CLIENT6, CUSTOM_DOMAIN, ENI, ENI_B, ENI6, ENI6_B,
-    EP_A_NAME, GWLB_BLOCKED_PORT, GWLB_CLIENT, GWLB_ENI, GWLB_SERVER, LB, LB_B, LB6, Lab,
-    LabOptions, OBJECT_STORAGE, ONPREM_BIND, ONPREM_FWD, RESOLVER, REVERSE_ENI, privatelink_bin,
-    zone_name,
+    EP_A_NAME, GWLB_BLOCKED_PORT, GWLB_CLIENT, GWLB_ENI, GWLB_SERVER, GWLB_SERVER6, LB, LB_B, LB6,
+    Lab, LabOptions, OBJECT_STORAGE, ONPREM_BIND, ONPREM_FWD, RESOLVER, REVERSE_ENI,
+    privatelink_bin, zone_name,
 };
 
 #[derive(Parser)]
@@ -75,6 +75,7 @@ fn main() -> Result<()> {
          endpoint {GWLB_ENI}; every packet goes in GENEVE to appliance {a} or {b} (in {appl}) \
          and back:\n  \
          ip netns exec {web} curl http://{GWLB_SERVER}/\n  \
+         ip netns exec {web} curl -6 http://[{GWLB_SERVER6}]/   # IPv6 too (next hop: the ENI's IPv6 address)\n  \
          ip netns exec {web} curl -m 3 http://{GWLB_SERVER}:{GWLB_BLOCKED_PORT}/   # the appliances drop this\n  \
          {pl} --token {provider} service appliances gwlb-svc   # health\n  \
          cat {dir}/appliance-zone-a.json                      # what an appliance saw\n\n\
