@@ -1018,8 +1018,9 @@ pub fn count_live_flows<E: crate::dataplane::TableEntry>(
 pub fn live_flows_in(
     pin_dir: &std::path::Path,
 ) -> anyhow::Result<std::collections::HashMap<u32, u64>> {
-    use crate::dataplane::TableEntry;
     use privatelink_common::{FlowEntry, FlowEntry6};
+
+    use crate::dataplane::TableEntry;
     let cfg = crate::dataplane::read_config(pin_dir)?;
     let mut live = live_flows_of::<FlowEntry>(pin_dir, &cfg)?;
     // No IPv6 table pinned (a daemon from before dual stack): no IPv6 flows.

@@ -411,16 +411,22 @@ fn prometheus_scrapes_the_daemon_and_sees_an_endpoints_traffic_and_the_apis_call
         .spawn()
         .unwrap();
     let held6 = wait_for(Duration::from_secs(20), "an IPv6 SNAT tuple in use", || {
-        query(&lab, r#"privatelink_snat6_tuples_in_use{service="epsrv-b"}"#)
-            .first()
-            .is_some_and(|s| s.value >= 1.0)
+        query(
+            &lab,
+            r#"privatelink_snat6_tuples_in_use{service="epsrv-b"}"#,
+        )
+        .first()
+        .is_some_and(|s| s.value >= 1.0)
     });
     let _ = slow6.kill();
     let _ = slow6.wait();
     held6.unwrap();
     let entries6 = query(&lab, "privatelink_conntrack6_entries");
     assert!(entries6[0].value >= 2.0, "{entries6:?}");
-    let capacity6 = query(&lab, r#"privatelink_snat6_tuples_capacity{service="epsrv-b"}"#);
+    let capacity6 = query(
+        &lab,
+        r#"privatelink_snat6_tuples_capacity{service="epsrv-b"}"#,
+    );
     assert!(capacity6[0].value >= 2.0, "{capacity6:?}");
 
     // API calls, by route template and status: a service read (200), one that does not
