@@ -115,99 +115,60 @@ pub trait TableEntry: Copy + aya::Pod {
     fn vpc_id(key: &Self::Key) -> u32;
 }
 
-impl TableEntry for FlowEntry {
-    type Key = FlowKey;
-    const MAP: &'static str = map_names::CONNTRACK;
-    fn direction(&self) -> u8 {
-        self.direction
-    }
-    fn endpoint_id(&self) -> u32 {
-        self.endpoint_id
-    }
-    fn tcp_flags(&self) -> u8 {
-        self.tcp_flags
-    }
-    fn flags(&self) -> u8 {
-        self.flags
-    }
-    fn proto(key: &FlowKey) -> u8 {
-        key.proto
-    }
-    fn partner_of(&self, key: &FlowKey) -> FlowKey {
-        self.partner(key)
-    }
-    fn live(
-        &self,
-        key: &FlowKey,
-        now_ns: u64,
-        cfg: &Config,
-        partner: impl FnOnce() -> Option<Self>,
-    ) -> bool {
-        self.is_live(key.proto, now_ns, cfg, partner)
-    }
-    fn ends(key: &FlowKey) -> (SocketAddr, SocketAddr) {
-        (
-            SocketAddr::from((key.src, key.sport)),
-            SocketAddr::from((key.dst, key.dport)),
-        )
-    }
-    fn rewritten(&self) -> (SocketAddr, SocketAddr) {
-        (
-            SocketAddr::from((self.new_src, self.new_sport)),
-            SocketAddr::from((self.new_dst, self.new_dport)),
-        )
-    }
-    fn vpc_id(key: &FlowKey) -> u32 {
-        key.vpc_id
-    }
+/// `TableEntry` for one family's entry: the field names are the same in both.
+macro_rules! table_entry {
+    ($entry:ty, $key:ty, $map:expr) => {
+        impl TableEntry for $entry {
+            type Key = $key;
+            const MAP: &'static str = $map;
+            fn direction(&self) -> u8 {
+                self.direction
+            }
+            fn endpoint_id(&self) -> u32 {
+                self.endpoint_id
+            }
+            fn tcp_flags(&self) -> u8 {
+                self.tcp_flags
+            }
+            fn flags(&self) -> u8 {
+                self.flags
+            }
+            fn proto(key: &$key) -> u8 {
+                key.proto
+            }
+            fn partner_of(&self, key: &$key) -> $key {
+                self.partner(key)
+            }
+            fn live(
+                &self,
+                key: &$key,
+                now_ns: u64,
+                cfg: &Config,
+                partner: impl FnOnce() -> Option<Self>,
+            ) -> bool {
+                self.is_live(key.proto, now_ns, cfg, partner)
+            }
+            fn ends(key: &$key) -> (SocketAddr, SocketAddr) {
+                (
+                    SocketAddr::from((key.src, key.sport)),
+                    SocketAddr::from((key.dst, key.dport)),
+                )
+            }
+            fn rewritten(&self) -> (SocketAddr, SocketAddr) {
+                (
+                    SocketAddr::from((self.new_src, self.new_sport)),
+                    SocketAddr::from((self.new_dst, self.new_dport)),
+                )
+            }
+            fn vpc_id(key: &$key) -> u32 {
+                key.vpc_id
+            }
+        }
+    };
 }
 
-impl TableEntry for FlowEntry6 {
-    type Key = FlowKey6;
-    const MAP: &'static str = map_names::CONNTRACK6;
-    fn direction(&self) -> u8 {
-        self.direction
-    }
-    fn endpoint_id(&self) -> u32 {
-        self.endpoint_id
-    }
-    fn tcp_flags(&self) -> u8 {
-        self.tcp_flags
-    }
-    fn flags(&self) -> u8 {
-        self.flags
-    }
-    fn proto(key: &FlowKey6) -> u8 {
-        key.proto
-    }
-    fn partner_of(&self, key: &FlowKey6) -> FlowKey6 {
-        self.partner(key)
-    }
-    fn live(
-        &self,
-        key: &FlowKey6,
-        now_ns: u64,
-        cfg: &Config,
-        partner: impl FnOnce() -> Option<Self>,
-    ) -> bool {
-        self.is_live(key.proto, now_ns, cfg, partner)
-    }
-    fn ends(key: &FlowKey6) -> (SocketAddr, SocketAddr) {
-        (
-            SocketAddr::from((key.src, key.sport)),
-            SocketAddr::from((key.dst, key.dport)),
-        )
-    }
-    fn rewritten(&self) -> (SocketAddr, SocketAddr) {
-        (
-            SocketAddr::from((self.new_src, self.new_sport)),
-            SocketAddr::from((self.new_dst, self.new_dport)),
-        )
-    }
-    fn vpc_id(key: &FlowKey6) -> u32 {
-        key.vpc_id
-    }
-}
+table_entry!(FlowEntry, FlowKey, map_names::CONNTRACK);
+table_entry!(FlowEntry6, FlowKey6, map_names::CONNTRACK6);
 
 /// Every entry of the pinned flow table of `E`'s family.
 pub fn read_table<E: TableEntry>(pin_dir: &Path) -> Result<Vec<(E::Key, E)>> {
