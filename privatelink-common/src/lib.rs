@@ -15,6 +15,7 @@ pub mod v6;
 pub use reason::Reason;
 pub use v6::{
     EndpointEni6, FlowEntry6, FlowKey6, GatewayRoute6, Rule6, RuleSet6, SnatPool6, VpcAddr6,
+    gateway_policy6,
 };
 
 /// Names of the maps as they appear in the object, in `bpftool map show` and as pin files

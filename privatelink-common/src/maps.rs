@@ -70,8 +70,9 @@ macro_rules! for_each_map {
             ACL6_OUT = PL_ACL6_OUT: HashMap<$crate::VpcAddr6, $crate::RuleSet6>[$crate::MAX_ENDPOINTS, unchecked], synced(acl6_out);
             /// Gateway endpoints' route target addresses (answered in ARP).
             GATEWAY_ADDRS = PL_GW_ADDRS: HashMap<$crate::VpcAddr, u32>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_addrs);
-            /// GWLB endpoints' IPv6 ENI addresses (answered in neighbour discovery, as their IPv4
-            /// ENIs are in ARP), by consumer VPC and address: their endpoint.
+            /// GWLB endpoints' IPv6 ENI addresses and dualstack gateway endpoints' IPv6 route
+            /// targets (answered in neighbour discovery, as their IPv4 ones are in ARP), by
+            /// consumer VPC and address: their endpoint.
             GATEWAY_ADDRS6 = PL_GW_ADDRS6: HashMap<$crate::VpcAddr6, u32>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_addrs6);
             /// What each slot of `PL_EP_COUNTERS` counts (`CounterKey` → slot), the daemon's
             /// record kept beside the counters, so that a restart reads them under the same names;
@@ -88,8 +89,10 @@ macro_rules! for_each_map {
             /// IPv6 next hops (load balancers) and their MACs, learned from neighbour
             /// advertisements for the registered addresses only.
             NEIGHBORS6 = PL_NEIGHBORS6: HashMap<$crate::VpcAddr6, $crate::Neighbor>[$crate::MAX_NEIGHBORS, unchecked], registered(next_hops6);
-            /// GWLB endpoints' IPv6 prefix routes, per consumer VPC (longest prefix wins).
-            GATEWAY_ROUTES6 = PL_GW_ROUTES6: LpmTrie<$crate::VpcAddr6 as $crate::GatewayRoute6, $crate::EndpointEni>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_routes6);
+            /// IPv6 prefix routes of gateway and GWLB endpoints, per consumer VPC (longest prefix
+            /// wins): the route's IPv4 entry, and for a gateway endpoint the zone's IPv6 load
+            /// balancer (its next hop).
+            GATEWAY_ROUTES6 = PL_GW_ROUTES6: LpmTrie<$crate::VpcAddr6 as $crate::GatewayRoute6, $crate::EndpointEni6>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_routes6);
             /// Next hops (load balancers, appliances) and their MACs, learned from ARP for
             /// the registered addresses only.
             NEIGHBORS = PL_NEIGHBORS: HashMap<$crate::VpcAddr, $crate::Neighbor>[$crate::MAX_NEIGHBORS, unchecked], registered(next_hops);

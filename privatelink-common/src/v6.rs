@@ -33,11 +33,35 @@ pub struct GatewayRoute6 {
 /// its IPv4 address has it in `PL_ENDPOINTS` (`eni`: endpoint, service, connection,
 /// flags, zone, counter slot; its `lb_addr` is the zone's IPv4 load balancer and unused
 /// here), and where IPv6 flows go: the zone's load balancer's IPv6 address.
+///
+/// Also the value of `PL_GW_ROUTES6` (key: consumer VPC + an IPv6 prefix): the route's
+/// IPv4 entry (`ENI_FLAG_GATEWAY` or `ENI_FLAG_GWLB`; a gateway endpoint's `eni.gateway`
+/// is its IPv4 route target, which names its policy, see `gateway_policy6`) and, for a
+/// gateway endpoint, the IPv6 load balancer its flows are sent to, keeping their
+/// destination (zero for GWLB routes: their appliances are IPv4).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EndpointEni6 {
     pub eni: EndpointEni,
     pub lb_addr: [u8; 16],
+}
+
+/// The key of a gateway endpoint's IPv6 policy rules in `PL_SG_RULES6`: its consumer VPC
+/// and its IPv4 route target as an IPv4-mapped address (`::ffff:a.b.c.d`). The IPv4
+/// rules are under the IPv4 target in `PL_SG_RULES`; the IPv6 ones need no field of their
+/// own in the route entry this way, and no ENI's IPv6 address can be one (a VPC's IPv6
+/// range is a unicast prefix of at most /64 other than `::`, which no IPv4-mapped
+/// address is in).
+#[inline(always)]
+pub fn gateway_policy6(vpc_id: u32, gateway: [u8; 4]) -> VpcAddr6 {
+    let mut addr = [0u8; 16];
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    addr[12] = gateway[0];
+    addr[13] = gateway[1];
+    addr[14] = gateway[2];
+    addr[15] = gateway[3];
+    VpcAddr6 { vpc_id, addr }
 }
 
 /// Value of `PL_SNAT6_POOLS` (key: service id): the service's IPv6 SNAT addresses in the
@@ -317,6 +341,19 @@ mod tests {
         assert_eq!(size_of::<FlowEntry6>(), 104);
         assert_eq!(size_of::<Rule6>(), 24);
         assert_eq!(size_of::<RuleSet6>(), 8 + 24 * MAX_RULES);
+    }
+
+    #[test]
+    fn a_gateway_policy_key_is_its_ipv4_target_ipv4_mapped() {
+        extern crate std;
+        let k = gateway_policy6(7, [10, 10, 1, 1]);
+        assert_eq!(k.vpc_id, 7);
+        assert_eq!(
+            k.addr,
+            std::net::Ipv4Addr::new(10, 10, 1, 1)
+                .to_ipv6_mapped()
+                .octets()
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The IPv6 side of `filter` and `endpoint`: an ENI's vSwitch ACLs and security groups
 //! on its IPv6 rules (`PL_ACL6_IN`, `PL_ACL6_OUT`, `PL_SG_RULES6`, keyed by the ENI's
-//! IPv6 address; the same flags, order and first-match decision as IPv4's), and whether
-//! the endpoint an IPv6 flow belongs to still forwards. An IPv6 rule names ICMPv6 by its
-//! own protocol number, 58 (the daemon writes an `icmp` rule on an IPv6 CIDR so). Uses
-//! only `maps` and `endpoint`.
+//! IPv6 address; the same flags, order and first-match decision as IPv4's), a gateway
+//! endpoint's policy on its IPv6 rules (`PL_SG_RULES6` under `gateway_policy6`), and
+//! whether the endpoint an IPv6 flow belongs to (an ENI's, or a gateway route's) still
+//! forwards. An IPv6 rule names ICMPv6 by its own protocol number, 58 (the daemon writes
+//! an `icmp` rule on an IPv6 CIDR so). Uses only `maps` and `endpoint`.
 //!
 //! The rules are walked by `bpf_loop`, one rule per call of `rule6_step`: the verifier
 //! checks the step once, where an unrolled walk of 32 rules with 128-bit prefixes is
@@ -12,15 +13,15 @@
 //! looped). A packet pays one indirect call per rule it walks: the ACL on every packet of
 //! an ACL-guarded ENI, the security groups on a flow's first packet only.
 
-use aya_ebpf::{cty::c_void, helpers::bpf_loop};
+use aya_ebpf::{btf_maps::lpm_trie::Key, cty::c_void, helpers::bpf_loop};
 use privatelink_common::{
-    ENI_FLAG_ACL, ENI_FLAG_SG, EndpointEni, EndpointEni6, MAX_ENDPOINTS, MAX_RULES, RULE_ACCEPT,
-    Reason, RuleSet6, VpcAddr6,
+    ENI_FLAG_ACL, ENI_FLAG_GATEWAY, ENI_FLAG_SG, EndpointEni, EndpointEni6, FLOW_GATEWAY,
+    MAX_ENDPOINTS, MAX_RULES, RULE_ACCEPT, Reason, RuleSet6, VpcAddr6,
 };
 
 use crate::{
     endpoint::check_forwarding,
-    maps::{PL_ACL6_IN, PL_ACL6_OUT, PL_ENDPOINTS6, PL_SG_RULES6},
+    maps::{PL_ACL6_IN, PL_ACL6_OUT, PL_ENDPOINTS6, PL_GW_ROUTES6, PL_SG_RULES6},
 };
 
 /// An IPv6 rule map: the ENI's IPv6 address → its rules.
@@ -153,5 +154,37 @@ pub fn check_endpoint6_at(vpc_id: u32, addr: [u8; 16]) -> Result<EndpointEni6, R
     match unsafe { PL_ENDPOINTS6.get(VpcAddr6 { vpc_id, addr }) }.copied() {
         Some(eni) => check_forwarding(&eni.eni).map(|()| eni),
         None => Err(Reason::DropNotConnected),
+    }
+}
+
+/// The LPM key length of an IPv6 route lookup: the VPC id's 32 bits and 128.
+pub const ROUTE6_BITS: u32 = 32 + 128;
+
+/// `endpoint::check_gateway_at` for an IPv6 flow: its gateway endpoint, found by the
+/// route of its destination in the consumer VPC, must still forward.
+#[inline(always)]
+pub fn check_gateway6_at(vpc_id: u32, addr: [u8; 16]) -> Result<EndpointEni6, Reason> {
+    match PL_GW_ROUTES6
+        .get(&Key::new(ROUTE6_BITS, VpcAddr6 { vpc_id, addr }))
+        .copied()
+    {
+        Some(gw) if gw.eni.flags & ENI_FLAG_GATEWAY != 0 => check_forwarding(&gw.eni).map(|()| gw),
+        _ => Err(Reason::DropNotConnected),
+    }
+}
+
+/// The endpoint of an IPv6 flow whose `flags` are its entry's (`FLOW_GATEWAY`: a
+/// gateway route's, else an ENI's), found by its ENI address or destination `addr` in
+/// VPC `vpc_id`; it must still forward.
+#[inline(always)]
+pub fn check_flow_endpoint6_at(
+    flags: u8,
+    vpc_id: u32,
+    addr: [u8; 16],
+) -> Result<EndpointEni6, Reason> {
+    if flags & FLOW_GATEWAY != 0 {
+        check_gateway6_at(vpc_id, addr)
+    } else {
+        check_endpoint6_at(vpc_id, addr)
     }
 }

@@ -23,8 +23,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use privatelink_common::{
-    DIR_ORIGINAL, DIR_REPLY, EndpointEni6, FlowEntry6, FlowKey6, IfaceInfo, MAX_SNAT_ADDRS,
-    PROTO_TCP, PROTO_UDP, Reason, SnatPool6, VpcAddr6, VpcPort, csum, hash,
+    DIR_ORIGINAL, DIR_REPLY, ENI_FLAG_GATEWAY, EndpointEni6, FlowEntry6, FlowKey6, IfaceInfo,
+    MAX_SNAT_ADDRS, PROTO_TCP, PROTO_UDP, Reason, SnatPool6, VpcAddr6, VpcPort, csum, hash,
 };
 
 use crate::{
@@ -184,7 +184,8 @@ pub fn packet_key6() -> Result<&'static FlowKey6, Reason> {
 
 /// Creates both entries of a new IPv6 flow (its key in `PL_KEYS6` slot 0, its reply
 /// entry in `PL_SCRATCH6` slot 0, its `last_seen_ns` the time now) to the ENI's zone's
-/// IPv6 load balancer, from a tuple of the service's IPv6 SNAT pool; returns the
+/// IPv6 load balancer (a gateway route's flow: to its own destination, through that load
+/// balancer), from a tuple of the service's IPv6 SNAT pool; returns the
 /// original-direction entry. An IPv6 flow has one load balancer per zone
 /// (`EndpointEni6::lb_addr`): `PL_LB_SETS` is IPv4's. Inlined into the path program: its
 /// steps (`allow_new6`, `search6`, `insert6`) are BPF functions called one after another.
@@ -335,9 +336,16 @@ fn search6(eni6: &EndpointEni6, pool: &SnatPool6) -> bool {
         count,
         range: (pool.port_max - pool.port_min) as u32 + 1,
         provider_vpc_id: eni6.eni.provider_vpc_id,
-        lb_addr: eni6.lb_addr,
+        dst: [0; 16],
         claimed: false,
     };
+    // A gateway flow keeps its destination; the load balancer is then only the next hop.
+    let dst = if eni6.eni.flags & ENI_FLAG_GATEWAY != 0 {
+        &key.dst
+    } else {
+        &eni6.lb_addr
+    };
+    copy_addr(&mut search.dst, dst);
     // SAFETY: `snat6_attempt` has the callback's signature and reads only `search`.
     unsafe {
         bpf_loop(
@@ -360,7 +368,9 @@ struct Search6 {
     count: u32,
     range: u32,
     provider_vpc_id: u32,
-    lb_addr: [u8; 16],
+    /// The new flow's destination in the provider VPC: the load balancer's address, or a
+    /// gateway flow's own destination.
+    dst: [u8; 16],
     claimed: bool,
 }
 
@@ -392,7 +402,7 @@ extern "C" fn snat6_attempt(attempt: u64, ctx: *mut c_void) -> i64 {
     fill_key6(
         reply_key,
         s.provider_vpc_id,
-        &s.lb_addr,
+        &s.dst,
         &pool.addrs[idx],
         (key.dport, snat_port),
         key.proto,

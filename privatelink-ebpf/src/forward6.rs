@@ -1,8 +1,11 @@
 //! IPv6 consumer → service: a TCP/UDP packet to an endpoint ENI's IPv6 address, full-NATed
-//! to the zone's IPv6 load balancer from the service's IPv6 SNAT pool. The same steps as
-//! `forward` (filters, listener, the flow found or created, stamped, tracked, NATed)
-//! on `PL_CONNTRACK6`. The `privatelink_forward6` path program (`paths`) runs it. No flow
-//! events: flow logs are IPv4's (`FlowEvent` holds IPv4 addresses).
+//! to the zone's IPv6 load balancer from the service's IPv6 SNAT pool, or to a destination
+//! in an IPv6 prefix routed to a gateway endpoint (`ENI_FLAG_GATEWAY`), NATed from the
+//! pool too but keeping its destination (the load balancer is only its next hop), under
+//! the endpoint's policy. The same steps as `forward` (filters, listener, the flow found
+//! or created, stamped, tracked, NATed) on `PL_CONNTRACK6`. The `privatelink_forward6`
+//! path program (`paths`) runs it. No flow events: flow logs are IPv4's (`FlowEvent`
+//! holds IPv4 addresses).
 //!
 //! The BPF stack is 512 bytes for a whole call chain, and IPv6's 44-byte keys and 16-byte
 //! addresses fill frames fast: the steps are BPF functions called one after another from
@@ -13,8 +16,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
-    Config, DIR_ORIGINAL, ENI_FLAG_ACL, EndpointEni, EndpointEni6, FlowEntry6, FlowKey6, IfaceInfo,
-    Reason, VpcAddr6,
+    Config, DIR_ORIGINAL, ENI_FLAG_ACL, ENI_FLAG_GATEWAY, EndpointEni, EndpointEni6, FLOW_GATEWAY,
+    FlowEntry6, FlowKey6, IfaceInfo, Reason, VpcAddr6, gateway_policy6,
 };
 
 use crate::{
@@ -117,6 +120,7 @@ fn find6(
             eni.endpoint_id,
             t,
         );
+        (*reply).flags = gateway_flow(eni);
         mark(&mut *reply, eni);
         &*reply
     };
@@ -168,17 +172,34 @@ fn finish6(
 
 /// The ENI's inbound ACL, on every packet, and the service's listeners: only what it
 /// publishes crosses, established flows included. A BPF function of its own (the rules'
-/// 128-bit prefixes take no room in its caller's frame).
+/// 128-bit prefixes take no room in its caller's frame). (A gateway route has no ACL:
+/// the daemon never flags one.)
 #[inline(never)]
 fn admit(eni: &EndpointEni, key: &FlowKey6) -> Result<(), Reason> {
     filter6::acl6_in(eni_key(key), eni, key.src, key.proto, key.dport)?;
     filter::listener(eni.service_id, key.proto, key.dport)
 }
 
-/// The ENI's security groups, on a flow's first packet (`admit`'s reason for a function).
+/// The ENI's security groups, or a gateway endpoint's policy, on a flow's first packet
+/// (`admit`'s reason for a function). The policy is about where the VPC may go: its
+/// rules (under the route target, `gateway_policy6`) judge the destination.
 #[inline(never)]
 fn first_packet(eni: &EndpointEni, key: &FlowKey6) -> Result<(), Reason> {
-    filter6::security_groups6(eni_key(key), eni, key.src, key.proto, key.dport)
+    // One walk for either (a `bpf_loop` call site is verified once per site).
+    let (rules, remote) = if eni.flags & ENI_FLAG_GATEWAY != 0 {
+        (gateway_policy6(key.vpc_id, eni.gateway), &key.dst)
+    } else {
+        (eni_key(key), &key.src)
+    };
+    filter6::security_groups6(rules, eni, *remote, key.proto, key.dport)
+}
+
+/// `FLOW_GATEWAY` for a gateway route's flow, else 0: without a branch (see `mark`).
+#[inline(always)]
+fn gateway_flow(eni: &EndpointEni) -> u8 {
+    const SHIFT: u32 = ENI_FLAG_GATEWAY.trailing_zeros() - FLOW_GATEWAY.trailing_zeros();
+    const _: () = assert!(ENI_FLAG_GATEWAY >> SHIFT == FLOW_GATEWAY as u32);
+    ((eni.flags & ENI_FLAG_GATEWAY) >> SHIFT) as u8
 }
 
 /// The ENI's key in the filter maps: the packet's VPC and destination.

@@ -171,11 +171,12 @@ fn translate_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Resul
     if e.flags & FLOW_GWLB != 0 || !alive6(e, &key, now(), &config()) {
         return Err(Reason::DropIcmpNoFlow);
     }
-    // The endpoint the flow belongs to must still forward.
+    // The endpoint the flow belongs to (its ENI's, or a gateway flow's route's) must
+    // still forward.
     let owner = if e.direction == DIR_ORIGINAL {
-        filter6::check_endpoint6_at(key.vpc_id, key.dst)?
+        filter6::check_flow_endpoint6_at(e.flags, key.vpc_id, key.dst)?
     } else {
-        filter6::check_endpoint6_at(e.out_vpc_id, e.new_src)?
+        filter6::check_flow_endpoint6_at(e.flags, e.out_vpc_id, e.new_src)?
     };
     if owner.eni.endpoint_id != e.endpoint_id {
         return Err(Reason::DropIcmpNoFlow);

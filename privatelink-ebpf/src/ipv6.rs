@@ -13,8 +13,9 @@
 //! holds a BPF-to-BPF function, which the JIT allows on x86-64 since 5.10 and arm64 since
 //! 6.0 (`bpf_loop` itself needs 5.17). Below `paths` only.
 //!
-//! IPv6 gateway endpoints are not built: their route's entry (`EndpointEni`) names an
-//! IPv4 next hop only, so their TCP/UDP is dropped as `DropNoRoute`.
+//! A prefix routed to a gateway endpoint takes the ENI's paths: its TCP/UDP goes to
+//! `PATH_FORWARD6` with the route's entry (`ENI_FLAG_GATEWAY`: NATed keeping its
+//! destination, `forward6`), ICMPv6 errors to `PATH_REPLY6`, as for IPv4.
 
 use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, programs::XdpContext};
 use privatelink_common::{
@@ -24,6 +25,7 @@ use privatelink_common::{
 
 use crate::{
     endpoint::check_forwarding,
+    filter6::ROUTE6_BITS,
     host, icmp6,
     maps::{
         self, Handoff, Handoff6, PL_ENDPOINTS6, PL_GW_ROUTES6, PL_HANDOFF, PL_HANDOFF6, PL_IFACES,
@@ -33,9 +35,6 @@ use crate::{
     packet6::{PROTO_ICMPV6, copy_addr, header6, packet6},
     verdict::{Verdict, settle, settle_for},
 };
-
-/// The LPM key length of an IPv6 route lookup: the VPC id's 32 bits and 128.
-const ROUTE6_BITS: u32 = 32 + 128;
 
 /// Whether a destination may be routed to an endpoint: not multicast (ff00::/8), not
 /// link-local (fe80::/10), which a route like ::/0 also covers and which never leave
@@ -100,7 +99,7 @@ fn classify(
     } else if iface.flags & privatelink_common::IFACE_FLAG_GATEWAYS == 0 || !routable(&dst.addr) {
         return Ok(host::other(iface));
     } else if let Some(gw) = PL_GW_ROUTES6.get(&Key::new(ROUTE6_BITS, dst)).copied() {
-        entry.eni = gw;
+        *entry = gw;
         Target::Route
     } else {
         return Ok(host::other(iface));
@@ -113,9 +112,9 @@ fn classify(
         (Target::Route, _) if entry.eni.flags & ENI_FLAG_GWLB != 0 => {
             return tail_call_gwlb(ctx, iface, &entry.eni, epoch);
         }
-        (Target::Route, _) => return Err(Reason::DropNoRoute),
         (Target::Snat, PROTO_TCP | PROTO_UDP) => PATH_REPLY6,
-        (Target::Endpoint, PROTO_TCP | PROTO_UDP) => PATH_FORWARD6,
+        // A gateway route: NATed as for an ENI, keeping its destination.
+        (Target::Endpoint | Target::Route, PROTO_TCP | PROTO_UDP) => PATH_FORWARD6,
         (_, PROTO_ICMPV6) => {
             let (ty, code) = icmp6::type_code(ctx, &pkt)?;
             if target == Target::Endpoint && ty == icmp6::ICMP6_ECHO_REQUEST && code == 0 {
@@ -124,7 +123,8 @@ fn classify(
             if !icmp6::is_translated_error(ty) {
                 return Err(Reason::DropIcmp6Unsupported);
             }
-            // Errors about our flows, either way: the reply path's program.
+            // Errors about our flows, either way (a gateway flow's replies too: path MTU
+            // discovery needs them): the reply path's program.
             PATH_REPLY6
         }
         (Target::Snat, _) => return Err(Reason::DropNoFlow),

@@ -44,8 +44,9 @@ fn reply6_checked(
     if e.direction != DIR_REPLY || !alive6(e, key, t, &cfg) {
         return Err(Reason::DropNoFlow);
     }
-    // The flow's endpoint must still be this one, forwarding, and its ACL must allow.
-    let eni6 = filter6::check_endpoint6_at(e.out_vpc_id, e.new_src)?;
+    // The flow's endpoint (its ENI's, or a gateway flow's route's) must still be this
+    // one, forwarding, and its ACL must allow (a gateway route has none).
+    let eni6 = filter6::check_flow_endpoint6_at(e.flags, e.out_vpc_id, e.new_src)?;
     let eni = &eni6.eni;
     if eni.endpoint_id != e.endpoint_id {
         return Err(Reason::DropNoFlow);

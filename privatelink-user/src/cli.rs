@@ -622,8 +622,12 @@ pub enum EndpointCmd {
         /// Gateway endpoints: the route target address in the VPC.
         #[arg(long)]
         gateway: Option<Ipv4Addr>,
+        /// Dualstack gateway endpoints: the IPv6 route target in the VPC (default: the
+        /// lowest free IPv6 address of the vSwitch holding --gateway).
+        #[arg(long)]
+        gateway6: Option<Ipv6Addr>,
         /// Gateway endpoints: an allowed destination "ACTION,PROTOCOL,CIDR[,LOW-HIGH]", in
-        /// order (repeatable).
+        /// order (repeatable; an IPv6 CIDR for a dualstack endpoint's IPv6 traffic).
         #[arg(long = "policy")]
         policy: Vec<String>,
         /// GWLB endpoints: a destination prefix the VPC routes to the endpoint, IPv4 or
@@ -1280,6 +1284,7 @@ fn endpoint(c: &Client, cmd: EndpointCmd, json: bool) -> Result<(Value, &'static
             security_groups,
             tags: t,
             gateway,
+            gateway6,
             policy,
             routes,
             zone_affinity,
@@ -1298,6 +1303,7 @@ fn endpoint(c: &Client, cmd: EndpointCmd, json: bool) -> Result<(Value, &'static
                 security_groups,
                 tags: tags(&t)?,
                 gateway,
+                gateway6,
                 policy,
                 routes,
                 zone_affinity,
@@ -1882,6 +1888,18 @@ fn endpoint_text(v: &Value) -> String {
         for z in zones {
             t.add_row(cols.iter().map(|c| cell(&z[*c])));
         }
+        out.push_str(&format!("\n{t}\n"));
+    }
+    // A gateway endpoint's route targets (the IPv6 one for a dualstack endpoint).
+    if v.get("gateway").is_some_and(|g| !g.is_null()) {
+        let cols: Vec<&str> = ["gateway", "gateway6"]
+            .into_iter()
+            .filter(|c| v.get(*c).is_some_and(|g| !g.is_null()))
+            .collect();
+        let mut t = comfy_table::Table::new();
+        t.load_style(comfy_table::presets::NOTHING);
+        t.set_header(cols.iter().map(|c| c.to_uppercase()));
+        t.add_row(cols.iter().map(|c| cell(&v[*c])));
         out.push_str(&format!("\n{t}\n"));
     }
     out

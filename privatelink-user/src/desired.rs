@@ -11,7 +11,7 @@ use privatelink_common::{
     IFACE_FLAG_GATEWAYS, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, LbSet, Listener, ListenerSet,
     MAX_APPLIANCES, MAX_LBS_PER_ZONE, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     RULE_ACCEPT, RULE_DROP, Rule, Rule6, RuleSet, RuleSet6, SnatPool, SnatPool6, VpcAddr, VpcAddr6,
-    VpcPort, host_peer,
+    VpcPort, gateway_policy6, host_peer,
 };
 
 use crate::model::{
@@ -74,8 +74,8 @@ pub struct Desired {
     /// IPv6 next hops the data path may learn MACs for (load balancers' IPv6 addresses).
     pub next_hops6: BTreeSet<VpcAddr6>,
     /// GWLB endpoints' IPv6 routes and dualstack gateway services' IPv6 prefixes (the
-    /// same entries as their IPv4 routes).
-    pub gw_routes6: BTreeMap<GatewayRoute6, EndpointEni>,
+    /// same entries as their IPv4 routes, with a gateway endpoint's IPv6 next hop).
+    pub gw_routes6: BTreeMap<GatewayRoute6, EndpointEni6>,
 }
 
 /// The data path's view of several load balancers: their addresses and each slot's
@@ -514,8 +514,15 @@ fn snat6_pool(d: &mut Desired, svc: &EndpointService) {
     d.snat6_pools.insert(service_id, pool);
 }
 
-/// A route of `prefix` in VPC `vpc_id` to `entry`, in its family's route trie.
-fn insert_route(d: &mut Desired, vpc_id: u32, prefix: &ipnet::IpNet, entry: EndpointEni) {
+/// A route of `prefix` in VPC `vpc_id` to `entry`, in its family's route trie; an IPv6
+/// one goes to `lb6` (a gateway endpoint's IPv6 next hop; none for GWLB routes).
+fn insert_route(
+    d: &mut Desired,
+    vpc_id: u32,
+    prefix: &ipnet::IpNet,
+    entry: EndpointEni,
+    lb6: Option<std::net::Ipv6Addr>,
+) {
     match prefix {
         ipnet::IpNet::V4(p) => {
             let route = GatewayRoute {
@@ -531,13 +538,24 @@ fn insert_route(d: &mut Desired, vpc_id: u32, prefix: &ipnet::IpNet, entry: Endp
                 vpc_id,
                 addr: p.network().octets(),
             };
-            d.gw_routes6.insert(route, entry);
+            let lb_addr = lb6.map_or([0; 16], |a| a.octets());
+            d.gw_routes6.insert(
+                route,
+                EndpointEni6 {
+                    eni: entry,
+                    lb_addr,
+                },
+            );
         }
     }
 }
 
 /// A gateway endpoint: one route per service prefix in the consumer VPC, its route
 /// target answered in ARP, its policy as an ordered rule set under the target address.
+/// A dualstack one also routes the service's IPv6 prefixes (to the zone's IPv6 load
+/// balancer), its IPv6 route target is answered in neighbour discovery, and its policy's
+/// IPv6 rules are kept under `gateway_policy6` (its IPv4 target, IPv4-mapped: the key the
+/// data path derives from the route's entry).
 fn gateway_endpoint(
     d: &mut Desired,
     state: &State,
@@ -561,35 +579,37 @@ fn gateway_endpoint(
     if svc.admits(&ep.account) {
         flags |= ENI_FLAG_WHITELISTED;
     }
+    let gateway6 = ep.gateway6.filter(|_| ep.ip_version.is_dualstack());
     if !ep.policy.is_empty() {
         flags |= ENI_FLAG_SG;
         let (v4, v6) = acl_sets(&ep.policy);
         d.sg_rules.insert(key, v4);
-        // A gateway endpoint has no IPv6 address: its IPv6 policy (for a dualstack
-        // service's IPv6 prefixes) is kept under its IPv4 address, IPv4-mapped.
-        if svc
-            .prefixes
-            .iter()
-            .any(|p| matches!(p, ipnet::IpNet::V6(_)))
-        {
-            let k6 = VpcAddr6 {
-                vpc_id,
-                addr: gw.to_ipv6_mapped().octets(),
-            };
-            d.sg_rules6.insert(k6, v6);
+        if gateway6.is_some() {
+            d.sg_rules6.insert(gateway_policy6(vpc_id, gw.octets()), v6);
         }
     }
-    let entry = endpoint_entry(
-        ep,
-        svc,
-        flags,
-        zone,
-        svc.backend_for_zone(zone).address.octets(),
-        gw.octets(),
-    );
+    let backend = svc.backend_for_zone(zone);
+    let entry = endpoint_entry(ep, svc, flags, zone, backend.address.octets(), gw.octets());
     d.gw_addrs.insert(key, entry.endpoint_id);
+    if let Some(a) = gateway6 {
+        d.gw_addrs6.insert(
+            VpcAddr6 {
+                vpc_id,
+                addr: a.octets(),
+            },
+            entry.endpoint_id,
+        );
+    }
     for p in &svc.prefixes {
-        insert_route(d, vpc_id, p, entry);
+        match (p, gateway6, backend.address6) {
+            (ipnet::IpNet::V4(_), ..) => insert_route(d, vpc_id, p, entry, None),
+            // Only a dualstack endpoint (an IPv6 route target) of a dualstack service (an
+            // IPv6 load balancer) routes an IPv6 prefix.
+            (ipnet::IpNet::V6(_), Some(_), Some(lb6)) => {
+                insert_route(d, vpc_id, p, entry, Some(lb6))
+            }
+            (ipnet::IpNet::V6(_), ..) => {}
+        }
     }
     let _ = state;
 }
@@ -703,7 +723,7 @@ fn gwlb_endpoint(
         );
     }
     for p in &ep.routes {
-        insert_route(d, vpc_id, p, entry);
+        insert_route(d, vpc_id, p, entry, None);
     }
 }
 
@@ -1706,18 +1726,30 @@ mod tests {
         };
         assert_eq!(
             d.gw_routes6,
-            BTreeMap::from([(r6, d.gw_routes[&route("vpc-c", "10.30.9.0/24")])])
+            BTreeMap::from([(
+                r6,
+                EndpointEni6 {
+                    eni: d.gw_routes[&route("vpc-c", "10.30.9.0/24")],
+                    // A GWLB route's IPv6 flows go to an appliance, over IPv4.
+                    lb_addr: [0; 16],
+                }
+            )])
         );
         assert_eq!(d.gw_routes.len(), 3, "the IPv4 routes as they were");
         // Its slot is the IPv4 routes' one.
         let mut d = d;
         crate::dataplane::slots::assign(&BTreeMap::new(), &mut d);
         assert_eq!(
-            d.gw_routes6[&r6].counter_slot,
+            d.gw_routes6[&r6].eni.counter_slot,
             d.gw_routes[&route("vpc-c", "10.30.9.0/24")].counter_slot
         );
-        // A dualstack gateway service with IPv6 prefixes is refused (IPv6 gateway endpoints
-        // are not built in the data path), rather than written here and dropped there.
+    }
+
+    /// The dual-stack lab with a dualstack gateway service `epsrv-gw` (prefixes
+    /// 100.64.10.0/24 and fd00:64::/48, its load balancer the lab's, fd00:b::10) and a
+    /// dualstack gateway endpoint `ep-gw` (route targets 10.10.1.1 and fd00:a:0:1::1) whose
+    /// policy allows tcp/443 to fd00:64:0:1::/64 only.
+    fn dual_gateway_state() -> State {
         let mut s = crate::model::dual_stack_lab();
         let mut g = s.services[0].clone();
         g.id = "epsrv-gw".into();
@@ -1733,8 +1765,9 @@ mod tests {
         e.id = "ep-gw".into();
         e.service = "epsrv-gw".into();
         e.zones.clear();
-        e.ip_version = crate::model::IpVersion::Ipv4;
+        e.ip_version = crate::model::IpVersion::Dualstack;
         e.gateway = Some("10.10.1.1".parse().unwrap());
+        e.gateway6 = Some("fd00:a:0:1::1".parse().unwrap());
         e.policy = vec![crate::model::AclRule {
             action: RuleAction::Accept,
             protocol: Protocol::Tcp,
@@ -1742,7 +1775,101 @@ mod tests {
             cidr: "fd00:64:0:1::/64".parse().unwrap(),
         }];
         s.endpoints.push(e);
-        let e = s.validate().unwrap_err();
-        assert_eq!(e.field, "services[1].prefixes[1]", "{e}");
+        s.validate().unwrap();
+        s
+    }
+
+    #[test]
+    fn a_dualstack_gateway_endpoint_routes_the_ipv6_prefixes_to_the_ipv6_load_balancer() {
+        let s = dual_gateway_state();
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        let (vpc_a, vpc_b) = (numeric_id("vpc-a"), numeric_id("vpc-b"));
+        let v4 = d.gw_routes[&route("vpc-a", "100.64.10.0/24")];
+        assert_eq!(v4.gateway, [10, 10, 1, 1]);
+        assert_eq!(v4.flags & ENI_FLAG_GATEWAY, ENI_FLAG_GATEWAY);
+        let r6 = GatewayRoute6 {
+            prefix_len: 32 + 48,
+            vpc_id: vpc_a,
+            addr: v6("fd00:64::"),
+        };
+        // The IPv4 route's entry, with the zone's IPv6 load balancer as the next hop.
+        assert_eq!(
+            d.gw_routes6,
+            BTreeMap::from([(
+                r6,
+                EndpointEni6 {
+                    eni: v4,
+                    lb_addr: v6("fd00:b::10"),
+                }
+            )])
+        );
+        assert!(d.next_hops6.contains(&VpcAddr6 {
+            vpc_id: vpc_b,
+            addr: v6("fd00:b::10"),
+        }));
+        // Its IPv6 route target answers neighbour discovery, its IPv4 one ARP.
+        let ep = numeric_id("ep-gw");
+        assert_eq!(
+            d.gw_addrs6.get(&VpcAddr6 {
+                vpc_id: vpc_a,
+                addr: v6("fd00:a:0:1::1"),
+            }),
+            Some(&ep)
+        );
+        assert_eq!(
+            d.gw_addrs.get(&VpcAddr {
+                vpc_id: vpc_a,
+                addr: [10, 10, 1, 1],
+            }),
+            Some(&ep)
+        );
+        // The policy: its IPv6 rule under the IPv4-mapped target, none for IPv4 (a
+        // policy with rules drops what none of them matches).
+        let k6 = gateway_policy6(vpc_a, [10, 10, 1, 1]);
+        assert_eq!(k6.addr, v6("::ffff:10.10.1.1"));
+        let p6 = d.sg_rules6[&k6];
+        assert_eq!(p6.count, 1);
+        assert_eq!(
+            (
+                p6.rules[0].addr,
+                p6.rules[0].prefix,
+                p6.rules[0].proto,
+                p6.rules[0].port_lo,
+                p6.rules[0].port_hi,
+                p6.rules[0].action
+            ),
+            (v6("fd00:64:0:1::"), 64, PROTO_TCP, 443, 443, RULE_ACCEPT)
+        );
+        let p4 = d.sg_rules[&VpcAddr {
+            vpc_id: vpc_a,
+            addr: [10, 10, 1, 1],
+        }];
+        assert_eq!(p4.count, 0);
+        assert_eq!(v4.flags & ENI_FLAG_SG, ENI_FLAG_SG);
+        // The IPv6 route counts into the IPv4 routes' slot.
+        let mut d = d;
+        crate::dataplane::slots::assign(&BTreeMap::new(), &mut d);
+        let slot = d.gw_routes[&route("vpc-a", "100.64.10.0/24")].counter_slot;
+        assert_ne!(slot, 0);
+        assert_eq!(d.gw_routes6[&r6].eni.counter_slot, slot);
+    }
+
+    #[test]
+    fn an_ipv4_gateway_endpoint_of_a_dualstack_service_routes_no_ipv6() {
+        let mut s = dual_gateway_state();
+        let e = s.endpoints.iter_mut().find(|e| e.id == "ep-gw").unwrap();
+        e.ip_version = crate::model::IpVersion::Ipv4;
+        e.gateway6 = None;
+        // Its IPv6 rule would judge nothing: refused on the rule.
+        let err = s.validate().unwrap_err();
+        assert_eq!(err.field, "endpoints[1].policy[0].cidr", "{err}");
+        assert!(err.message.contains("ipv4"), "{err}");
+        s.endpoints[1].policy.clear();
+        s.validate().unwrap();
+        let d = compute(&s, links, &Unhealthy::new()).unwrap();
+        assert!(d.gw_routes6.is_empty());
+        assert!(d.gw_addrs6.is_empty());
+        assert!(d.sg_rules6.is_empty());
+        assert_eq!(d.gw_routes.len(), 1, "its IPv4 prefix is routed");
     }
 }

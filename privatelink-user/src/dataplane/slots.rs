@@ -41,8 +41,8 @@ pub fn assign(cur: &BTreeMap<CounterKey, u32>, d: &mut Desired) -> Vec<u32> {
         .values()
         .chain(d.gw_routes.values())
         // Dual stack: an ENI's IPv6 address counts into its IPv4 address's slot (same
-        // key); a GWLB endpoint may route IPv6 prefixes only.
-        .chain(d.gw_routes6.values())
+        // key), and so does an IPv6 route into its endpoint's IPv4 routes' one.
+        .chain(d.gw_routes6.values().map(|e| &e.eni))
         .map(eni_key)
         .chain(d.gwlb_appliances.keys().map(appliance_key))
         .collect();
@@ -83,7 +83,7 @@ pub fn assign(cur: &BTreeMap<CounterKey, u32>, d: &mut Desired) -> Vec<u32> {
         .values_mut()
         .chain(d.gw_routes.values_mut())
         .chain(d.endpoints6.values_mut().map(|e| &mut e.eni))
-        .chain(d.gw_routes6.values_mut())
+        .chain(d.gw_routes6.values_mut().map(|e| &mut e.eni))
     {
         e.counter_slot = slot_of(&eni_key(e));
     }

@@ -11,9 +11,7 @@ use aya::{
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
 };
-use privatelink_common::{
-    EndpointEni, GatewayRoute, GatewayRoute6, Neighbor, VpcAddr, VpcAddr6, map_names,
-};
+use privatelink_common::{GatewayRoute, GatewayRoute6, Neighbor, VpcAddr, VpcAddr6, map_names};
 
 use super::{ApplyReport, Dataplane};
 use crate::{
@@ -69,7 +67,7 @@ macro_rules! read_entry {
         read_map::<$key, $value>($map)
     };
     (synced, LpmTrie, $key:ty, $value:ty, $map:expr) => {
-        read_routes::<$key>($map)
+        read_routes::<$key, $value>($map)
     };
     (registered, HashMap, $key:ty, $value:ty, $map:expr) => {
         read_map::<$key, $value>($map).map(|m| m.into_keys().collect())
@@ -81,7 +79,7 @@ macro_rules! sync_entry {
         sync::<$key, $value>($($args),*)
     };
     (synced, LpmTrie, $key:ty, $value:ty, $($args:expr),*) => {
-        sync_routes::<$key>($($args),*)
+        sync_routes::<$key, $value>($($args),*)
     };
     (registered, HashMap, $key:ty, $value:ty, $($args:expr),*) => {
         sync_next_hops::<$key>($($args),*)
@@ -169,8 +167,8 @@ impl RouteKey for GatewayRoute6 {
     }
 }
 
-fn read_routes<K: RouteKey>(map: &Map) -> Result<BTreeMap<K, EndpointEni>> {
-    let m: LpmTrie<_, K::Data, EndpointEni> = LpmTrie::try_from(map)?;
+fn read_routes<K: RouteKey, V: Pod>(map: &Map) -> Result<BTreeMap<K, V>> {
+    let m: LpmTrie<_, K::Data, V> = LpmTrie::try_from(map)?;
     m.iter()
         .map(|kv| {
             let (k, v) = kv?;
@@ -214,13 +212,13 @@ fn sync_next_hops<K: Pod + Ord + std::fmt::Debug>(
     Ok(())
 }
 
-fn sync_routes<K: RouteKey>(
+fn sync_routes<K: RouteKey, V: Pod + PartialEq>(
     map: &mut Map,
-    current: &BTreeMap<K, EndpointEni>,
-    desired: &BTreeMap<K, EndpointEni>,
+    current: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
     r: &mut ApplyReport,
 ) -> Result<()> {
-    let mut m: LpmTrie<_, K::Data, EndpointEni> = LpmTrie::try_from(map)?;
+    let mut m: LpmTrie<_, K::Data, V> = LpmTrie::try_from(map)?;
     for change in diff(current, desired) {
         match change {
             Change::Upsert(k, v) => {

@@ -56,8 +56,13 @@ pub struct Endpoint {
     /// service's prefixes to it).
     #[serde(default)]
     pub gateway: Option<Ipv4Addr>,
+    /// Dualstack gateway endpoints: the IPv6 route target in the VPC (a vSwitch's IPv6
+    /// range; the VPC routes the service's IPv6 prefixes to it). Ipv4 ones have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
     /// Gateway endpoints: which destinations the VPC may reach, ordered, first match
-    /// decides; empty allows all.
+    /// decides (an IPv6 rule judges IPv6 packets only, an IPv4 rule IPv4 ones; no match
+    /// drops); empty allows all.
     #[serde(default)]
     pub policy: Vec<AclRule>,
     #[serde(default)]

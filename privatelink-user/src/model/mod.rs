@@ -100,8 +100,9 @@ impl State {
         used
     }
 
-    /// Every IPv6 address already in use in VPC `vpc`: dualstack endpoints' ENIs and the
-    /// IPv6 load balancer and SNAT addresses of the services that live there.
+    /// Every IPv6 address already in use in VPC `vpc`: dualstack endpoints' ENIs and
+    /// gateway endpoints' IPv6 route targets, and the IPv6 load balancer and SNAT addresses
+    /// of the services that live there.
     pub fn used_addresses6(&self, vpc: &str) -> BTreeSet<Ipv6Addr> {
         let mut used = BTreeSet::new();
         for s in self.services.iter().filter(|s| s.vpc == vpc) {
@@ -110,6 +111,7 @@ impl State {
         }
         for e in self.endpoints.iter().filter(|e| e.vpc == vpc) {
             used.extend(e.zones.iter().filter_map(|z| z.eni6));
+            used.extend(e.gateway6);
         }
         used
     }

@@ -825,7 +825,7 @@ fn resolver_and_probe_addresses_are_no_other_address_in_use_in_their_vpc() {
         e.ends_with("10.10.1.1 is endpoint ep-gw's route target in VPC vpc-a"),
         "{e}"
     );
-    // IPv6 gateway endpoints are not built: an IPv6 rule in a gateway's policy is refused
+    // An ipv4 gateway endpoint carries no IPv6: an IPv6 rule in its policy is refused
     // (alone, it would leave the IPv4 rules empty, which denies everything).
     let e = check(|s| {
         let mut g = s.services[0].clone();
@@ -850,7 +850,7 @@ fn resolver_and_probe_addresses_are_no_other_address_in_use_in_their_vpc() {
     });
     assert!(
         e.ends_with(
-            ".policy[0].cidr: IPv6 rules in a gateway endpoint's policy are not supported yet"
+            ".policy[0].cidr: fd00:a::/56 is an IPv6 rule: endpoint ep-gw is ipv4 (no IPv6 route target, no IPv6 traffic to judge); make it dualstack first"
         ),
         "{e}"
     );
@@ -1381,4 +1381,109 @@ fn filter_rules_and_routes_take_ipv6() {
         e.contains(".backends: a GWLB service's appliances stay IPv4"),
         "{e}"
     );
+}
+
+/// The dual-stack lab with a dualstack gateway service epsrv-gw (prefixes 100.64.10.0/24
+/// and fd00:64::/48) and its dualstack endpoint ep-gw (endpoints[1]: route targets
+/// 10.10.1.1 and fd00:a:0:1::1, an IPv6 policy rule).
+fn dual_gateway_lab() -> State {
+    let mut s = dual_stack_lab();
+    let mut g = s.services[0].clone();
+    g.id = "epsrv-gw".into();
+    g.kind = ServiceType::Gateway;
+    g.domain = None;
+    g.snat = vec!["10.10.0.202".parse().unwrap()];
+    g.snat6 = vec![v6("fd00:b::202")];
+    g.prefixes = vec![
+        "100.64.10.0/24".parse().unwrap(),
+        "fd00:64::/48".parse().unwrap(),
+    ];
+    s.services.push(g);
+    let mut e = s.endpoints[0].clone();
+    e.id = "ep-gw".into();
+    e.service = "epsrv-gw".into();
+    e.zones.clear();
+    e.name.clear();
+    e.gateway = addr("10.10.1.1");
+    e.gateway6 = Some(v6("fd00:a:0:1::1"));
+    e.policy = vec![AclRule {
+        action: RuleAction::Accept,
+        protocol: Protocol::Tcp,
+        ports: Some([443, 443]),
+        cidr: "fd00:64:0:1::/64".parse().unwrap(),
+    }];
+    s.endpoints.push(e);
+    s
+}
+
+#[test]
+fn dualstack_gateway_endpoints_have_an_ipv6_route_target_and_ipv6_policy_rules() {
+    dual_gateway_lab().validate().unwrap();
+    let broken = |f: fn(&mut State)| {
+        let mut s = dual_gateway_lab();
+        f(&mut s);
+        s.validate().unwrap_err().to_string()
+    };
+    for (f, want) in [
+        (
+            (|s: &mut State| s.endpoints[1].gateway6 = None) as fn(&mut State),
+            "endpoints[1].gateway6: a dualstack gateway endpoint needs an IPv6 route target",
+        ),
+        (
+            |s| s.endpoints[1].gateway6 = Some(v6("fd00:a:0:9::1")),
+            "endpoints[1].gateway6: fd00:a:0:9::1 is not a usable IPv6 address of a vSwitch of VPC vpc-a",
+        ),
+        // The cloud's reserved addresses, as for an ENI.
+        (
+            |s| s.endpoints[1].gateway6 = Some(v6("fd00:a:0:1::")),
+            "endpoints[1].gateway6: fd00:a:0:1:: is not a usable IPv6 address",
+        ),
+        (
+            |s| s.endpoints[1].gateway6 = Some(v6("fd00:a:0:1::64")),
+            "endpoints[1].gateway6: fd00:a:0:1::64 is already in use in VPC vpc-a",
+        ),
+        (
+            |s| {
+                s.endpoints[1].ip_version = IpVersion::Ipv4;
+                s.endpoints[1].policy.clear();
+            },
+            "endpoints[1].gateway6: only dualstack gateway endpoints",
+        ),
+        (
+            |s| s.endpoints[0].gateway6 = Some(v6("fd00:a:0:1::1")),
+            "endpoints[0].gateway6: only endpoints of gateway services have an IPv6 route target",
+        ),
+        // IPv6 prefixes need a dualstack service, and must lie outside the VPC's range.
+        (
+            |s| {
+                s.services[1].ip_version = IpVersion::Ipv4;
+                s.services[1].backends[0].address6 = None;
+                s.services[1].snat6.clear();
+            },
+            "services[1].prefixes[1]: fd00:64::/48: IPv6 prefixes need a dualstack service",
+        ),
+        (
+            |s| s.services[1].prefixes[1] = "fd00:a:0:80::/64".parse().unwrap(),
+            "endpoints[1].service: the service's prefix fd00:a:0:80::/64 overlaps the VPC's fd00:a::/56",
+        ),
+        (
+            |s| s.services[1].prefixes[1] = "fd00:64::1/48".parse().unwrap(),
+            "services[1].prefixes[1]: fd00:64::1/48 has host bits set",
+        ),
+    ] {
+        let e = broken(f);
+        assert!(e.starts_with(want), "{e}\nwanted: {want}");
+    }
+    // An ipv4 endpoint of the dualstack service: its IPv4 prefix only, no IPv6 rules.
+    let mut s = dual_gateway_lab();
+    s.endpoints[1].ip_version = IpVersion::Ipv4;
+    s.endpoints[1].gateway6 = None;
+    s.endpoints[1].policy.clear();
+    s.validate().unwrap();
+    // Stored as before dual stack: an ipv4 endpoint has no `gateway6`.
+    let stored = serde_json::to_string(&s.endpoints[1]).unwrap();
+    assert!(!stored.contains("gateway6"), "{stored}");
+    let e = dual_gateway_lab();
+    let text = serde_json::to_string(&e.endpoints[1]).unwrap();
+    assert!(text.contains(r#""gateway6":"fd00:a:0:1::1""#), "{text}");
 }

@@ -44,7 +44,15 @@ pub struct NewEndpoint {
     #[schema(value_type = Option<String>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
-    /// Gateway endpoints: allowed destinations, in order.
+    /// Dualstack gateway endpoints: the IPv6 route target in the VPC, to which it routes
+    /// the service's IPv6 prefixes; left out, the lowest free IPv6 address of the vSwitch
+    /// that holds `gateway`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "fd00:a:0:1::1")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
+    /// Gateway endpoints: allowed destinations, in order (IPv6 ones for a dualstack
+    /// endpoint).
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     pub policy: Vec<AclRule>,
@@ -92,6 +100,15 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
     }
     may_have_ip_version(svc, req.ip_version)?;
     let zones = place_zones(s, &req.vpc, svc, req.ip_version, &[], req.zones, "zones")?;
+    let gateway6 = place_gateway6(
+        s,
+        &req.vpc,
+        svc,
+        req.ip_version,
+        req.gateway,
+        req.gateway6,
+        None,
+    )?;
     let ep = Endpoint {
         id: req.id,
         account: owner,
@@ -109,6 +126,7 @@ pub fn create_endpoint(s: &mut State, c: &Caller, req: NewEndpoint) -> R<Endpoin
         security_groups: req.security_groups,
         tags: req.tags,
         gateway: req.gateway,
+        gateway6,
         policy: req.policy,
         routes: req.routes,
         zone_affinity,
@@ -151,7 +169,8 @@ pub struct EndpointPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routes: Option<Vec<IpNet>>,
     /// ipv4 or dualstack: to dualstack, every ENI gets an IPv6 address (given in
-    /// `zones[].eni6`, or allocated); to ipv4, the ENIs' IPv6 addresses are released.
+    /// `zones[].eni6`, or allocated), a gateway endpoint an IPv6 route target (allocated
+    /// as on creation); to ipv4, they are released.
     #[schema(value_type = Option<String>, example = "dualstack")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip_version: Option<IpVersion>,
@@ -186,6 +205,22 @@ pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) ->
     };
     let current = own_endpoint(s, c, id)?.clone();
     let svc = service_of(s, &current)?;
+    // A gateway endpoint's IPv6 route target follows its IP version (kept while it stays
+    // dualstack).
+    let gateway6 = p
+        .ip_version
+        .map(|ip| {
+            place_gateway6(
+                s,
+                &current.vpc,
+                svc,
+                ip,
+                current.gateway,
+                None,
+                current.gateway6,
+            )
+        })
+        .transpose()?;
     if let Some(on) = p.zone_affinity {
         affinity_change(svc, current.zone_affinity, on)?;
     }
@@ -205,6 +240,7 @@ pub fn update_endpoint(s: &mut State, c: &Caller, id: &str, p: EndpointPatch) ->
     set(&mut ep.tags, p.tags);
     set(&mut ep.routes, p.routes);
     set(&mut ep.ip_version, p.ip_version);
+    set(&mut ep.gateway6, gateway6);
     set(&mut ep.zone_affinity, p.zone_affinity);
     set(&mut ep.service_domain, p.service_domain);
     Ok(ep.clone())
@@ -344,8 +380,7 @@ pub struct NewZone {
 }
 
 /// Whether an endpoint of `svc` may have IP version `ip`: dualstack only when the
-/// service is, and not for a gateway endpoint (no ENIs; its service's IPv6 prefixes are
-/// routed to it as they are).
+/// service is.
 fn may_have_ip_version(svc: &EndpointService, ip: IpVersion) -> R<()> {
     if ip.is_ipv4() {
         return Ok(());
@@ -359,13 +394,66 @@ fn may_have_ip_version(svc: &EndpointService, ip: IpVersion) -> R<()> {
             ),
         ));
     }
-    if svc.kind == ServiceType::Gateway {
-        return Err(OpError::invalid(
-            "ip_version",
-            "a gateway endpoint has no ENIs to give IPv6 addresses; the service's IPv6 prefixes are routed to it as they are",
-        ));
-    }
     Ok(())
+}
+
+/// The IPv6 route target of an `ip` endpoint of `svc` in VPC `vpc` whose IPv4 route
+/// target is `gateway`: for a dualstack gateway endpoint `wanted` if given (whether it is
+/// a usable, free address is left to `State::validate`), else the one it has (`kept`),
+/// else the lowest free IPv6 address of the vSwitch holding `gateway`; none otherwise
+/// (asking for one is refused).
+fn place_gateway6(
+    s: &State,
+    vpc: &str,
+    svc: &EndpointService,
+    ip: IpVersion,
+    gateway: Option<Ipv4Addr>,
+    wanted: Option<Ipv6Addr>,
+    kept: Option<Ipv6Addr>,
+) -> R<Option<Ipv6Addr>> {
+    const F: &str = "gateway6";
+    if svc.kind != ServiceType::Gateway || ip.is_ipv4() {
+        return match wanted {
+            Some(_) if svc.kind != ServiceType::Gateway => Err(OpError::invalid(
+                F,
+                "only endpoints of gateway services have an IPv6 route target",
+            )),
+            Some(_) => Err(OpError::invalid(
+                F,
+                "only dualstack gateway endpoints (ip_version dualstack) have an IPv6 route target",
+            )),
+            None => Ok(None),
+        };
+    }
+    if let Some(a) = wanted.or(kept) {
+        return Ok(Some(a));
+    }
+    // Without a usable IPv4 route target, `State::validate` names that.
+    let Some((v, gw)) = s.vpc(vpc).zip(gateway) else {
+        return Ok(None);
+    };
+    let Some(vsw) = v.vswitches.iter().find(|x| x.cidr.contains(&gw)) else {
+        return Ok(None);
+    };
+    let Some(net6) = vsw.ipv6_cidr else {
+        return Err(OpError::invalid(
+            F,
+            format!(
+                "vSwitch {} (which holds the route target {gw}) has no ipv6_cidr: give gateway6, an address of a vSwitch that has one",
+                vsw.id
+            ),
+        ));
+    };
+    let used = s.used_addresses6(&v.id);
+    vsw.lowest_free6(&used).map(Some).ok_or_else(|| {
+        OpError::conflict(
+            F,
+            format!(
+                "vSwitch {} ({net6}) has no free IPv6 address left; give gateway6",
+                vsw.id
+            ),
+        )
+    })
 }
 
 /// The ENIs of `req` for an endpoint in `vpc` of service `svc` that has the ENIs

@@ -212,7 +212,8 @@ pub struct ServicePatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint_flow_share: Option<u8>,
     /// ipv4 or dualstack. To ipv4: refused while dualstack endpoints (or GWLB endpoints
-    /// with IPv6 routes) use the service; the load balancers' `address6` and `snat6` go.
+    /// with IPv6 routes) use the service; the load balancers' `address6`, `snat6` and a
+    /// gateway service's IPv6 prefixes go.
     #[schema(value_type = Option<String>, example = "dualstack")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip_version: Option<IpVersion>,
@@ -287,6 +288,8 @@ pub fn update_service(
             for b in &mut svc.backends {
                 b.address6 = None;
             }
+            // A gateway service's IPv6 prefixes: no endpoint routes them any more.
+            svc.prefixes.retain(|p| matches!(p, IpNet::V4(_)));
         }
     }
     if let Some(d) = p.domain

@@ -226,3 +226,108 @@ fn an_endpoint_switches_ip_version_and_a_service_refuses_to_drop_ipv6_under_it()
     update_service(&mut s, &b, "epsrv-b", p, &crate::model::Naming::default()).unwrap();
     s.validate().unwrap();
 }
+
+#[test]
+fn dualstack_gateway_endpoints_get_an_ipv6_route_target_given_or_allocated() {
+    let mut s = crate::model::dual_stack_lab();
+    let (a, b) = (acct("acct-a"), acct("acct-b"));
+    let naming = crate::model::Naming::default();
+    let svc = create_service(
+        &mut s,
+        &b,
+        json(
+            serde_json::json!({"id": "epsrv-gw", "vpc": "vpc-b", "type": "gateway",
+            "ip_version": "dualstack", "whitelist": ["acct-a"], "auto_accept": true,
+            "backends": [{"zone": "zone-a", "address": "10.10.0.10", "address6": "fd00:b::10"}],
+            "snat": ["10.10.0.202"], "snat6": ["fd00:b::202"],
+            "prefixes": ["100.64.10.0/24", "fd00:64::/48"],
+            "listeners": [{"protocol": "tcp", "port": 443}]}),
+        ),
+        &naming,
+    )
+    .unwrap();
+    assert_eq!(svc.prefixes.len(), 2);
+    s.validate().unwrap();
+    // Allocated: the lowest free IPv6 address of the vSwitch holding the IPv4 target.
+    let ep = create_endpoint(
+        &mut s,
+        &a,
+        json(
+            serde_json::json!({"id": "ep-gw", "vpc": "vpc-a", "service": "epsrv-gw",
+            "ip_version": "dualstack", "gateway": "10.10.1.1",
+            "policy": [{"action": "accept", "protocol": "tcp", "cidr": "fd00:64:0:1::/64"}]}),
+        ),
+    )
+    .unwrap();
+    assert_eq!(ep.gateway6, Some("fd00:a:0:1::1".parse().unwrap()));
+    s.validate().unwrap();
+    // Given.
+    let mut given = s.clone();
+    given.endpoints.retain(|e| e.id != "ep-gw");
+    let ep = create_endpoint(
+        &mut given,
+        &a,
+        json(
+            serde_json::json!({"id": "ep-gw", "vpc": "vpc-a", "service": "epsrv-gw",
+            "ip_version": "dualstack", "gateway": "10.10.1.1", "gateway6": "fd00:a:0:1::abc"}),
+        ),
+    )
+    .unwrap();
+    assert_eq!(ep.gateway6, Some("fd00:a:0:1::abc".parse().unwrap()));
+    given.validate().unwrap();
+    // Refused, on `gateway6`: on an ipv4 endpoint, on an interface endpoint, and without
+    // an IPv6 range where the IPv4 target is.
+    for (body, want) in [
+        (
+            serde_json::json!({"id": "ep-z", "vpc": "vpc-a", "service": "epsrv-gw",
+                "gateway": "10.10.1.2", "gateway6": "fd00:a:0:1::2"}),
+            ErrorKind::Invalid,
+        ),
+        (
+            serde_json::json!({"id": "ep-z", "vpc": "vpc-a", "service": "epsrv-b",
+                "zones": [{"vswitch": "vsw-a1"}], "gateway6": "fd00:a:0:1::2"}),
+            ErrorKind::Invalid,
+        ),
+        (
+            serde_json::json!({"id": "ep-z", "vpc": "vpc-a", "service": "epsrv-gw",
+                "ip_version": "dualstack", "gateway": "10.10.2.1"}),
+            ErrorKind::Invalid,
+        ),
+    ] {
+        let got = refused(create_endpoint(&mut s.clone(), &a, json(body.clone())));
+        assert_eq!((got.0, got.1.as_str()), (want, "gateway6"), "{body}");
+    }
+    // While ep-gw is dualstack its service stays dualstack.
+    let p: ServicePatch = json(serde_json::json!({"ip_version": "ipv4"}));
+    let got = refused(update_service(&mut s, &b, "epsrv-gw", p, &naming));
+    assert_eq!(got, (ErrorKind::Conflict, "ip_version".into()));
+    // To ipv4 (its IPv6 rule gone first: it would judge nothing), the route target goes;
+    // back to dualstack, one is allocated again.
+    s.endpoints
+        .iter_mut()
+        .find(|e| e.id == "ep-gw")
+        .unwrap()
+        .policy
+        .clear();
+    let p: EndpointPatch = json(serde_json::json!({"ip_version": "ipv4"}));
+    let ep = update_endpoint(&mut s, &a, "ep-gw", p).unwrap();
+    assert_eq!(
+        (ep.ip_version, ep.gateway6),
+        (crate::model::IpVersion::Ipv4, None)
+    );
+    s.validate().unwrap();
+    let p: EndpointPatch = json(serde_json::json!({"ip_version": "dualstack"}));
+    let ep = update_endpoint(&mut s, &a, "ep-gw", p).unwrap();
+    assert_eq!(ep.gateway6, Some("fd00:a:0:1::1".parse().unwrap()));
+    s.validate().unwrap();
+    // Once ipv4 again, the service may become ipv4: its IPv6 prefix goes with it.
+    let p: EndpointPatch = json(serde_json::json!({"ip_version": "ipv4"}));
+    update_endpoint(&mut s, &a, "ep-gw", p).unwrap();
+    let p: ServicePatch = json(serde_json::json!({"ip_version": "ipv4"}));
+    let svc = update_service(&mut s, &b, "epsrv-gw", p, &naming).unwrap();
+    assert_eq!(
+        svc.prefixes,
+        vec!["100.64.10.0/24".parse::<ipnet::IpNet>().unwrap()]
+    );
+    s.validate().unwrap();
+}

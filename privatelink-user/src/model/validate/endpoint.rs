@@ -29,7 +29,7 @@ impl State {
                 );
             }
             let svc = self.service(&e.service).expect("checked above");
-            self.validate_endpoint_kind(&f, e, vpc, svc, enis)?;
+            self.validate_endpoint_kind(&f, e, vpc, svc, enis, enis6)?;
             validate_endpoint_ip_version(&f, e, svc)?;
             check_endpoint_limits(&f, &e.security_groups, &e.tags)?;
             let mut zones = BTreeSet::new();
@@ -87,10 +87,13 @@ impl State {
                 continue;
             };
             let (kind, prefixes): (&str, Vec<(String, IpNet)>) = match svc.kind {
+                // An IPv6 prefix is routed to a gateway endpoint only if it has an IPv6
+                // route target (a dualstack one).
                 ServiceType::Gateway if e.gateway.is_some() => (
                     "gateway",
                     svc.prefixes
                         .iter()
+                        .filter(|p| matches!(p, IpNet::V4(_)) || e.gateway6.is_some())
                         .map(|p| (format!("endpoints[{i}].service"), *p))
                         .collect(),
                 ),
@@ -164,8 +167,9 @@ impl State {
         Ok(())
     }
 
-    /// Interface endpoints have ENIs in zones; gateway endpoints a route target and a
-    /// policy, and the service's prefixes must be routable (outside the VPC).
+    /// Interface endpoints have ENIs in zones; gateway endpoints a route target (and a
+    /// dualstack one an IPv6 route target) and a policy, and the service's prefixes must
+    /// be routable (outside the VPC).
     fn validate_endpoint_kind(
         &self,
         f: &str,
@@ -173,6 +177,7 @@ impl State {
         vpc: &Vpc,
         svc: &EndpointService,
         enis: &mut BTreeSet<(String, Ipv4Addr)>,
+        enis6: &mut BTreeSet<(String, Ipv6Addr)>,
     ) -> Result<(), FieldError> {
         refuse(
             f,
@@ -196,6 +201,11 @@ impl State {
                         "gateway",
                         e.gateway.is_some() || !e.policy.is_empty(),
                         "only endpoints of gateway services have a gateway and a policy",
+                    ),
+                    (
+                        "gateway6",
+                        e.gateway6.is_some(),
+                        "only endpoints of gateway services have an IPv6 route target",
                     ),
                 ],
             )?,
@@ -251,16 +261,20 @@ impl State {
                         );
                     }
                 }
+                validate_gateway6(f, e, vpc, enis6)?;
                 check_acl_rules(&format!("{f}.policy"), &e.policy)?;
-                // A gateway's policy guards its IPv4 prefixes (IPv6 gateway endpoints are
-                // not built): an IPv6 rule would guard nothing, and one alone would leave
-                // the IPv4 rule set empty, which denies everything.
-                if let Some(j) = e.policy.iter().position(|r| r.cidr.addr().is_ipv6()) {
-                    return Err(FieldError {
-                        field: format!("{f}.policy[{j}].cidr"),
-                        message: "IPv6 rules in a gateway endpoint's policy are not supported yet"
-                            .into(),
-                    });
+                // An ipv4 gateway endpoint carries no IPv6 (none of the service's IPv6
+                // prefixes is routed to it): an IPv6 rule of its policy would judge nothing.
+                if let Some(j) = e.policy.iter().position(|r| r.cidr.addr().is_ipv6())
+                    && e.ip_version.is_ipv4()
+                {
+                    return err(
+                        format!("{f}.policy[{j}].cidr"),
+                        format!(
+                            "{} is an IPv6 rule: endpoint {} is ipv4 (no IPv6 route target, no IPv6 traffic to judge); make it dualstack first",
+                            e.policy[j].cidr, e.id
+                        ),
+                    );
                 }
             }
         }
@@ -326,6 +340,11 @@ fn validate_gwlb_endpoint(f: &str, e: &Endpoint, svc: &EndpointService) -> Resul
                 "a GWLB endpoint has no gateway address: the VPC routes to its ENI",
             ),
             (
+                "gateway6",
+                e.gateway6.is_some(),
+                "a GWLB endpoint has no gateway address: the VPC routes to its ENI's IPv6 address",
+            ),
+            (
                 "policy",
                 !e.policy.is_empty(),
                 "a GWLB endpoint has no policy: its appliances decide what passes",
@@ -377,9 +396,9 @@ fn validate_gwlb_endpoint(f: &str, e: &Endpoint, svc: &EndpointService) -> Resul
     Ok(())
 }
 
-/// An endpoint's `ip_version`: dualstack only when its service is, and not for gateway
-/// endpoints (they have no ENI; a dualstack gateway service's IPv6 prefixes are routed
-/// to every endpoint of it).
+/// An endpoint's `ip_version`: dualstack only when its service is (a dualstack gateway
+/// endpoint has an IPv6 route target, to which its VPC routes the service's IPv6
+/// prefixes).
 fn validate_endpoint_ip_version(
     f: &str,
     e: &Endpoint,
@@ -388,21 +407,54 @@ fn validate_endpoint_ip_version(
     if e.ip_version == IpVersion::Ipv4 {
         return Ok(());
     }
-    let field = format!("{f}.ip_version");
     if !svc.ip_version.is_dualstack() {
         return err(
-            field,
+            format!("{f}.ip_version"),
             format!(
                 "service {} is IPv4 only: a dualstack endpoint needs a dualstack service",
                 svc.id
             ),
         );
     }
-    if svc.kind == ServiceType::Gateway {
+    Ok(())
+}
+
+/// A gateway endpoint's IPv6 route target (at `f`.gateway6): a dualstack one has one, a
+/// usable address of a vSwitch of its VPC (`VSwitch::usable6`), unique in the VPC
+/// (`enis6` gains it); an ipv4 one has none.
+fn validate_gateway6(
+    f: &str,
+    e: &Endpoint,
+    vpc: &Vpc,
+    enis6: &mut BTreeSet<(String, Ipv6Addr)>,
+) -> Result<(), FieldError> {
+    let field = format!("{f}.gateway6");
+    let Some(a) = e.gateway6 else {
+        if e.ip_version.is_dualstack() {
+            return err(
+                field,
+                "a dualstack gateway endpoint needs an IPv6 route target (its VPC routes the service's IPv6 prefixes to it)",
+            );
+        }
+        return Ok(());
+    };
+    if e.ip_version.is_ipv4() {
         return err(
             field,
-            "a gateway endpoint has no ENIs to give IPv6 addresses; the service's IPv6 prefixes are routed to it as they are",
+            "only dualstack gateway endpoints (ip_version = \"dualstack\") have an IPv6 route target",
         );
+    }
+    if !vpc.vswitches.iter().any(|s| s.usable6(a)) {
+        return err(
+            field,
+            format!(
+                "{a} is not a usable IPv6 address of a vSwitch of VPC {} (inside a vSwitch's ipv6_cidr; its first address and its last three are reserved)",
+                vpc.id
+            ),
+        );
+    }
+    if !enis6.insert((vpc.id.clone(), a)) {
+        return err(field, format!("{a} is already in use in VPC {}", vpc.id));
     }
     Ok(())
 }

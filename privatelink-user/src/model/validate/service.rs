@@ -414,14 +414,7 @@ fn validate_lb_service(
         ],
     )?;
     for (j, p) in s.prefixes.iter().enumerate() {
-        if matches!(p, IpNet::V6(_)) {
-            // The data path has no IPv6 gateway endpoints yet (a gateway's route target
-            // and policy are IPv4): refused rather than accepted and silently dropped.
-            return err(
-                format!("{f}.prefixes[{j}]"),
-                format!("{p}: IPv6 prefixes on gateway services are not supported yet"),
-            );
-        }
+        // (IPv6 ones need a dualstack service: `validate_ip_version`.)
         check_prefix(format!("{f}.prefixes[{j}]"), *p)?;
     }
     Ok(())
