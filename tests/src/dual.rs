@@ -95,6 +95,67 @@ pub fn dual_state() -> String {
     })
 }
 
+/// The gateway endpoint ep-oss's IPv6 route target (`gateway_dual_state`).
+pub fn gateway6() -> [u8; 16] {
+    v6("fd00:a:0:1::1")
+}
+/// The gateway service's IPv6 prefix, fd00:64:10::/64: the address its endpoint's policy
+/// allows (tcp/80), and one it does not.
+pub fn oss6() -> [u8; 16] {
+    v6("fd00:64:10::5")
+}
+pub fn oss6_denied() -> [u8; 16] {
+    v6("fd00:64:10::6")
+}
+/// The gateway service's IPv6 SNAT address.
+pub fn gateway_snat6() -> [u8; 16] {
+    v6("fd00:b::202")
+}
+
+/// A dualstack gateway service epsrv-oss (prefixes 100.64.10.0/24 and fd00:64:10::/64,
+/// next hop the zone's load balancer 10.10.0.10 / fd00:b::10, SNAT 10.10.0.202 and
+/// fd00:b::202, listener tcp:80) and its dualstack endpoint ep-oss in vpc-a (route targets
+/// 10.10.1.1 and fd00:a:0:1::1), `connection` as given; its policy allows tcp/80 to
+/// 100.64.10.5 and to fd00:64:10::5 only.
+pub fn gateway6_state(connection: &str) -> String {
+    format!(
+        r#"
+[[services]]
+id = "epsrv-oss"
+account = "acct-b"
+type = "gateway"
+vpc = "vpc-b"
+auto_accept = true
+whitelist = ["acct-a"]
+ip_version = "dualstack"
+backends = [{{ zone = "zone-a", address = "10.10.0.10", address6 = "fd00:b::10" }}]
+snat = ["10.10.0.202"]
+snat6 = ["fd00:b::202"]
+prefixes = ["100.64.10.0/24", "fd00:64:10::/64"]
+listeners = [{{ protocol = "tcp", port = 80 }}]
+
+[[endpoints]]
+id = "ep-oss"
+account = "acct-a"
+vpc = "vpc-a"
+service = "epsrv-oss"
+connection = "{connection}"
+ip_version = "dualstack"
+gateway = "10.10.1.1"
+gateway6 = "fd00:a:0:1::1"
+policy = [
+  {{ action = "accept", protocol = "tcp", cidr = "100.64.10.5/32", ports = [80, 80] }},
+  {{ action = "accept", protocol = "tcp", cidr = "fd00:64:10::5/128", ports = [80, 80] }},
+]
+"#
+    )
+}
+
+/// The dual-stack packet lab with the dualstack gateway endpoint of `gateway6_state`.
+pub fn gateway_dual_state(connection: &str) -> String {
+    format!("{}\n{}", dual_state(), gateway6_state(connection))
+}
+
 /// The load balancer's MAC learned from its advertisement, as the daemon's solicitation
 /// gets it in the lab: until then a new flow has nowhere to go.
 pub fn teach_lb(h: &mut Harness) {

@@ -8,7 +8,8 @@
 //! Covered: IPv6 NAT both ways (TCP and UDP, every L4 checksum checked by etherparse and
 //! by this file's own pseudo-header sum), ICMPv6 errors about NATed flows translated both
 //! ways, neighbour discovery, ICMPv6 echo to an ENI, the extension header policy, hop
-//! limits, truncations, garbage, host isolation.
+//! limits, truncations, garbage, host isolation, and IPv6 gateway endpoints (NAT keeping
+//! the destination, the policy, the IPv6 route target, the endpoint's state).
 
 use std::net::Ipv6Addr;
 
@@ -16,12 +17,12 @@ use etherparse::{
     IcmpEchoHeader, Icmpv6Type, Ipv6Header, LinkSlice, NetSlice, PacketBuilder, SlicedPacket,
     TransportSlice,
 };
-use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, Reason};
+use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, FLOW_GATEWAY, Reason};
 use privatelink_tests::{
     dual::{
         LB6_MAC, NA, NEXTHDR_AUTH, NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING,
-        NS, PADN6, client6, dual_state, echo6, eni6, lb6, na_frame, ns_frame, snat6_pool, teach_lb,
-        v6, with_ext,
+        NS, PADN6, client6, dual_state, echo6, eni6, gateway_dual_state, gateway_snat6, gateway6,
+        lb6, na_frame, ns_frame, oss6, oss6_denied, snat6_pool, teach_lb, v6, with_ext,
     },
     frames::CLIENT_MAC,
     testrun::Harness,
@@ -1354,4 +1355,305 @@ fn ipv6_to_a_port_the_service_does_not_publish_is_dropped() {
     assert_eq!(h.run(h.consumer.ifindex, &u).unwrap().0, XDP_DROP);
     assert_eq!(h.count(Reason::DropNoListener), 2, "{:?}", h.active_stats());
     assert!(h.dp.flows6().unwrap().is_empty());
+}
+
+// IPv6 gateway endpoints: epsrv-oss's prefix fd00:64:10::/64 routed in vpc-a to ep-oss's
+// IPv6 route target fd00:a:0:1::1 (`gateway6_state`).
+
+/// The dual-stack lab with the dualstack gateway endpoint, the load balancer's MAC known.
+fn gateway_harness(connection: &str) -> Harness {
+    let mut h = Harness::new(&gateway_dual_state(connection)).expect("harness");
+    teach_lb(&mut h);
+    h
+}
+
+/// The client's TCP segment to `dst` port `dport` (a SYN if `syn`, else an ACK), through
+/// the VPC's route to the gateway endpoint (to the forwarder's MAC).
+fn tcp6_to(h: &Harness, dst: [u8; 16], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+    let mut v = Vec::new();
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv6(client6(), dst, 64)
+        .tcp(sport, dport, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(5001) };
+    b.write(&mut v, b"").unwrap();
+    v
+}
+
+/// `src`'s answer (SYN-ACK, port 80) to the SNAT tuple `to`, through the load balancer.
+fn tcp6_via_lb(h: &Harness, src: [u8; 16], to: ([u8; 16], u16), payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(LB6_MAC, h.provider.mac)
+        .ipv6(src, to.0, 64)
+        .tcp(80, to.1, 5000, 64240)
+        .syn()
+        .ack(1001)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+#[test]
+fn a_syn_into_a_gateway_prefix_is_natted_from_the_snat6_pool_keeping_its_destination() {
+    let mut h = gateway_harness("connected");
+    let frame = tcp6_to(&h, oss6(), 42000, 80, true);
+    let (act, out) = h.run(h.consumer.ifindex, &frame).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_l4(&out); // TCP checksum: etherparse and the pseudo-header sum
+    assert_eq!(
+        (p.eth_src, p.eth_dst),
+        (h.provider.mac, LB6_MAC),
+        "out of the provider side, to the load balancer's MAC: only the next hop"
+    );
+    assert_eq!(
+        Ipv6Addr::from(p.ip.source),
+        Ipv6Addr::from(gateway_snat6()),
+        "source from the gateway service's IPv6 SNAT pool"
+    );
+    assert_eq!(
+        Ipv6Addr::from(p.ip.destination),
+        Ipv6Addr::from(oss6()),
+        "the destination kept"
+    );
+    assert_eq!(p.ip.hop_limit, 63, "hop limit decremented");
+    assert!(p.sport >= 1024, "SNAT port {}", p.sport);
+    assert_eq!(p.dport, 80);
+    assert_eq!(out.len(), frame.len());
+    assert_eq!(h.count(Reason::Forward6NewFlow), 1);
+    // Both directions in the IPv6 flow table, marked as a gateway flow.
+    let flows = h.dp.flows6().unwrap();
+    assert_eq!(flows.len(), 2);
+    let keys: Vec<_> = flows
+        .iter()
+        .map(|(k, e)| {
+            (
+                e.direction,
+                k.src,
+                k.dst,
+                k.sport,
+                k.dport,
+                e.flags & FLOW_GATEWAY,
+            )
+        })
+        .collect();
+    assert!(keys.contains(&(DIR_ORIGINAL, client6(), oss6(), 42000, 80, FLOW_GATEWAY)));
+    assert!(keys.contains(&(DIR_REPLY, oss6(), p.ip.source, 80, p.sport, FLOW_GATEWAY)));
+    // IPv4 to the same service still goes its way (the IPv4 rule of the policy).
+    let mut v4 = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4([10, 10, 2, 1], [100, 64, 10, 5], 64)
+        .tcp(42001, 80, 1, 64240)
+        .syn()
+        .write(&mut v4, b"")
+        .unwrap();
+    let (act, out) = h.run(h.consumer.ifindex, &v4).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    assert_eq!(&out[14 + 12..14 + 20], &[10, 10, 0, 202, 100, 64, 10, 5]);
+}
+
+#[test]
+fn a_reply_from_a_gateway_prefix_is_translated_back_to_the_client() {
+    let mut h = gateway_harness("connected");
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp6_to(&h, oss6(), 42100, 80, true))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let fwd = parse_l4(&out);
+    let reply = tcp6_via_lb(&h, oss6(), (fwd.ip.source, fwd.sport), b"object");
+    let (act, out) = h.run(h.provider.ifindex, &reply).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_l4(&out);
+    assert_eq!(
+        (p.eth_src, p.eth_dst),
+        (h.consumer.mac, CLIENT_MAC),
+        "back to the MAC the client's packet came from"
+    );
+    assert_eq!((p.ip.source, p.ip.destination), (oss6(), client6()));
+    assert_eq!((p.sport, p.dport), (80, 42100));
+    assert_eq!(p.ip.hop_limit, 63);
+    assert_eq!(p.payload, b"object");
+    // The client's next segment keeps the tuple.
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp6_to(&h, oss6(), 42100, 80, false))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_l4(&out);
+    assert_eq!((p.ip.source, p.sport), (fwd.ip.source, fwd.sport));
+    assert_eq!(p.ip.destination, oss6());
+    assert_eq!(h.count(Reason::Forward6ToConsumer), 1);
+    assert_eq!(h.count(Reason::Forward6ToService), 1);
+    // Something else from the prefix, to the same SNAT tuple, is no flow of ours.
+    let stray = tcp6_via_lb(&h, oss6_denied(), (fwd.ip.source, fwd.sport), b"");
+    assert_eq!(h.run(h.provider.ifindex, &stray).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropNoFlow), 1, "{:?}", h.active_stats());
+}
+
+#[test]
+fn the_gateway_policy_drops_ipv6_it_does_not_allow_and_counts_it() {
+    let mut h = gateway_harness("connected");
+    // Inside the prefix, not allowed by the policy's IPv6 rule: dropped before any flow.
+    let (act, _) = h
+        .run(
+            h.consumer.ifindex,
+            &tcp6_to(&h, oss6_denied(), 42200, 80, true),
+        )
+        .unwrap();
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(
+        h.count(Reason::DropSecurityGroup),
+        1,
+        "{:?}",
+        h.active_stats()
+    );
+    // A port the service does not publish: dropped before the policy.
+    let (act, _) = h
+        .run(h.consumer.ifindex, &tcp6_to(&h, oss6(), 42201, 81, true))
+        .unwrap();
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(h.count(Reason::DropNoListener), 1, "{:?}", h.active_stats());
+    assert!(h.dp.flows6().unwrap().is_empty(), "no flow made");
+    // Outside every prefix: not the data path's (the host's isolation drops it).
+    let (act, _) = h
+        .run(
+            h.consumer.ifindex,
+            &tcp6_to(&h, v6("fd00:65::5"), 42202, 80, true),
+        )
+        .unwrap();
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(
+        h.count(Reason::DropHostIsolated),
+        1,
+        "{:?}",
+        h.active_stats()
+    );
+    // Echo to a routed address is not answered: only an ENI answers ping.
+    let (act, _) = h
+        .run(h.consumer.ifindex, &echo6(&h, client6(), oss6(), 1, 1, b""))
+        .unwrap();
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(h.count(Reason::DropIcmp6Unsupported), 1);
+}
+
+#[test]
+fn ns_for_the_gateway_ipv6_route_target_is_answered_with_an_na() {
+    let mut h = gateway_harness("connected");
+    let mac = h.consumer.mac;
+    let f = ns_frame(
+        (CLIENT_MAC, client6()),
+        mac,
+        gateway6(),
+        255,
+        Some(CLIENT_MAC),
+        false,
+    );
+    let (act, out) = h.run(h.consumer.ifindex, &f).unwrap();
+    assert_eq!(act, XDP_TX, "{:?}", h.active_stats());
+    assert_na(&out, mac, gateway6(), (CLIENT_MAC, client6()), 0x60);
+    assert_eq!(h.count(Reason::NdAdvert), 1);
+    // Like its IPv4 target, it answers no ping.
+    let (act, _) = h
+        .run(
+            h.consumer.ifindex,
+            &echo6(&h, client6(), gateway6(), 1, 1, b""),
+        )
+        .unwrap();
+    assert_eq!(act, XDP_DROP);
+}
+
+#[test]
+fn icmp6_errors_about_a_gateway_flow_are_translated_both_ways() {
+    let mut h = gateway_harness("connected");
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp6_to(&h, oss6(), 42300, 80, true))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let fwd = parse_l4(&out);
+    let (snat, port) = (fwd.ip.source, fwd.sport);
+    // What we sent, quoted by a router of the provider VPC.
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv6(snat, oss6(), 63)
+        .tcp(port, 80, 1000, 64240)
+        .ack(5001)
+        .write(&mut quoted, b"0123456789")
+        .unwrap();
+    let ptb = icmp6_error(
+        (LB6_MAC, h.provider.mac),
+        (v6("fd00:b::1"), snat),
+        2,
+        0,
+        1280u32.to_be_bytes(),
+        &quoted,
+    );
+    let (act, out) = h.run(h.provider.ifindex, &ptb).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let o = parse_icmp6(&out); // both ICMPv6 checksum checks
+    assert_eq!((o.eth_src, o.eth_dst), (h.consumer.mac, CLIENT_MAC));
+    assert_eq!(
+        (o.ip.source, o.ip.destination),
+        (oss6(), client6()),
+        "from the destination the client sent to"
+    );
+    assert_eq!(&o.msg[4..8], &1280u32.to_be_bytes(), "the MTU");
+    let (ih, l4) = quoted6(&o);
+    assert_eq!((ih.source, ih.destination), (client6(), oss6()));
+    let tcp = etherparse::TcpSlice::from_slice(&l4).unwrap();
+    assert_eq!((tcp.source_port(), tcp.destination_port()), (42300, 80));
+    assert!(pseudo_sum_ok_for(ih.source, ih.destination, 6, &l4));
+    // The other way: the client says the destination's answer could not be delivered
+    // (to the routed address, through the gateway route).
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv6(oss6(), client6(), 63)
+        .tcp(80, 42300, 5000, 64240)
+        .ack(1001)
+        .write(&mut quoted, b"")
+        .unwrap();
+    let unreach = icmp6_error(
+        (CLIENT_MAC, h.consumer.mac),
+        (client6(), oss6()),
+        1,
+        4,
+        [0; 4],
+        &quoted,
+    );
+    let (act, out) = h.run(h.consumer.ifindex, &unreach).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let o = parse_icmp6(&out);
+    assert_eq!((o.eth_src, o.eth_dst), (h.provider.mac, LB6_MAC));
+    assert_eq!((o.ip.source, o.ip.destination), (snat, oss6()));
+    let (ih, l4) = quoted6(&o);
+    assert_eq!(
+        (ih.source, ih.destination),
+        (oss6(), snat),
+        "quoted addresses"
+    );
+    let tcp = etherparse::TcpSlice::from_slice(&l4).unwrap();
+    assert_eq!((tcp.source_port(), tcp.destination_port()), (80, port));
+    assert!(pseudo_sum_ok_for(ih.source, ih.destination, 6, &l4));
+    assert_eq!(h.count(Reason::Icmp6ErrorTranslated), 2);
+}
+
+#[test]
+fn a_gateway_flow_stops_both_ways_when_its_endpoint_is_disconnected() {
+    let mut h = gateway_harness("connected");
+    let (act, out) = h
+        .run(h.consumer.ifindex, &tcp6_to(&h, oss6(), 42400, 80, true))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let fwd = parse_l4(&out);
+    let reply = tcp6_via_lb(&h, oss6(), (fwd.ip.source, fwd.sport), b"");
+    assert_eq!(h.run(h.provider.ifindex, &reply).unwrap().0, XDP_REDIRECT);
+    let ack = tcp6_to(&h, oss6(), 42400, 80, false);
+    assert_eq!(h.run(h.consumer.ifindex, &ack).unwrap().0, XDP_REDIRECT);
+    h.apply_state(&gateway_dual_state("disconnected")).unwrap();
+    assert_eq!(h.run(h.consumer.ifindex, &ack).unwrap().0, XDP_DROP);
+    assert_eq!(h.run(h.provider.ifindex, &reply).unwrap().0, XDP_DROP);
+    assert_eq!(
+        h.count(Reason::DropNotConnected),
+        2,
+        "{:?}",
+        h.active_stats()
+    );
+    // Connected again, the flow goes on.
+    h.apply_state(&gateway_dual_state("connected")).unwrap();
+    assert_eq!(h.run(h.consumer.ifindex, &ack).unwrap().0, XDP_REDIRECT);
+    assert_eq!(h.run(h.provider.ifindex, &reply).unwrap().0, XDP_REDIRECT);
 }
