@@ -1959,6 +1959,140 @@ fn dual_stack_refusals_name_the_field() {
     assert!(msg.contains("already in use in VPC vpc-a6"), "{msg}");
 }
 
+/// A dualstack gateway service with an IPv6 prefix, and its dualstack endpoint with an
+/// IPv6 route target (allocated) and an IPv6 policy rule; the refusals name their field.
+#[test]
+fn dual_stack_gateway_endpoints_through_the_api() {
+    let w = dual_world();
+    let gw_service = |id: &str, ip: &str, snat: &str| {
+        json!({"id": id, "vpc": "vpc-b6", "type": "gateway", "ip_version": ip,
+               "whitelist": ["acct-a"], "auto_accept": true,
+               "backends": [{"zone": "zone-a", "address": "10.61.0.10", "address6": "fd00:b::10"}],
+               "snat": [snat], "snat6": ["fd00:b::202"],
+               "prefixes": ["100.64.20.0/24", "fd00:64:20::/64"],
+               "listeners": [{"protocol": "tcp", "port": 443}]})
+    };
+    let before = snapshot(&w);
+    let mut v4 = gw_service("s-gw4", "ipv4", "10.61.0.203");
+    v4["backends"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("address6");
+    v4.as_object_mut().unwrap().remove("snat6");
+    let (st, field, msg) = refusal(w.b.post("/v1/services", &v4));
+    assert_eq!(st, 400, "{msg}");
+    assert!(field.ends_with(".prefixes[1]"), "{field}");
+    assert!(msg.contains("need a dualstack service"), "{msg}");
+    assert_eq!(snapshot(&w), before, "nothing changed");
+
+    let svc =
+        w.b.post(
+            "/v1/services",
+            &gw_service("s-gw", "dualstack", "10.61.0.202"),
+        )
+        .unwrap();
+    assert_eq!(
+        svc["prefixes"],
+        json!(["100.64.20.0/24", "fd00:64:20::/64"])
+    );
+    let ep = w
+        .a
+        .post(
+            "/v1/endpoints",
+            &json!({"id": "ep-gw", "vpc": "vpc-a6", "service": "s-gw", "ip_version": "dualstack",
+                    "gateway": "10.60.1.1",
+                    "policy": [{"action": "accept", "protocol": "tcp", "cidr": "fd00:64:20::5/128"}]}),
+        )
+        .unwrap();
+    assert_eq!(ep["gateway"], "10.60.1.1");
+    assert_eq!(
+        ep["gateway6"], "fd00:a:0:1::1",
+        "the vSwitch's lowest free one"
+    );
+    assert_eq!(ep["policy"][0]["cidr"], "fd00:64:20::5/128");
+    let applied = w.srv.applied.0.lock().unwrap().last().unwrap().clone();
+    assert_eq!(
+        applied.endpoint("ep-gw").unwrap().gateway6,
+        Some("fd00:a:0:1::1".parse().unwrap())
+    );
+
+    let before = snapshot(&w);
+    let ipv4_ep = |extra: Value| {
+        let mut e =
+            json!({"id": "ep-x", "vpc": "vpc-a6", "service": "s-gw", "gateway": "10.60.1.2"});
+        e.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        e
+    };
+    let cases: Vec<(&str, anyhow::Result<Value>, &str, &str)> = vec![
+        (
+            "gateway6 on an ipv4 gateway endpoint",
+            w.a.post(
+                "/v1/endpoints",
+                &ipv4_ep(json!({"gateway6": "fd00:a:0:1::7"})),
+            ),
+            "gateway6",
+            "only dualstack gateway endpoints",
+        ),
+        (
+            "an IPv6 policy rule on an ipv4 gateway endpoint",
+            w.a.post(
+                "/v1/endpoints",
+                &ipv4_ep(
+                    json!({"policy": [{"action": "accept", "protocol": "all", "cidr": "::/0"}]}),
+                ),
+            ),
+            "policy[0].cidr",
+            "is ipv4",
+        ),
+        (
+            "an IPv6 route target taken",
+            w.a.post(
+                "/v1/endpoints",
+                &ipv4_ep(json!({"ip_version": "dualstack", "gateway6": "fd00:a:0:1::1"})),
+            ),
+            "gateway6",
+            "already in use in VPC vpc-a6",
+        ),
+        (
+            "no IPv6 range where the IPv4 route target is",
+            w.a.post(
+                "/v1/endpoints",
+                &json!({"id": "ep-x", "vpc": "vpc-a6", "service": "s-gw",
+                        "ip_version": "dualstack", "gateway": "10.60.2.1"}),
+            ),
+            "gateway6",
+            "has no ipv6_cidr",
+        ),
+        (
+            "gateway6 on an interface endpoint",
+            w.a.post(
+                "/v1/endpoints",
+                &json!({"id": "ep-x", "vpc": "vpc-a6", "service": "epsrv-b6",
+                        "zones": [{"vswitch": "vsw-a61"}], "gateway6": "fd00:a:0:1::8"}),
+            ),
+            "gateway6",
+            "only endpoints of gateway services",
+        ),
+    ];
+    for (what, r, field, msg) in cases {
+        let (st, f, m) = refusal(r);
+        assert_eq!(st, 400, "{what}: {m}");
+        assert!(f.ends_with(field), "{what}: field {f}");
+        assert!(m.contains(msg), "{what}: {m}");
+    }
+    assert_eq!(snapshot(&w), before, "nothing changed");
+    // To ipv4 (the IPv6 rule would judge nothing: refused), then without it.
+    let (st, field, _) = refusal(patch(
+        &w.a,
+        "/v1/endpoints/ep-gw",
+        json!({"ip_version": "ipv4"}),
+    ));
+    assert_eq!(st, 400);
+    assert!(field.ends_with("policy[0].cidr"), "{field}");
+}
+
 #[test]
 fn security_group_and_acl_rules_take_ipv6_cidrs() {
     let w = dual_world();
@@ -2019,6 +2153,7 @@ fn the_openapi_document_describes_the_dual_stack_fields() {
         ("ServicePatch", "ip_version"),
         ("ServicePatch", "snat6"),
         ("NewEndpoint", "ip_version"),
+        ("NewEndpoint", "gateway6"),
         ("EndpointPatch", "ip_version"),
         ("NewZone", "eni6"),
         ("ZoneView", "eni6"),

@@ -437,3 +437,87 @@ fn check_accepts_a_state_from_before_the_zone_rules_and_names_what_it_keeps() {
         "{out}"
     );
 }
+
+/// A dualstack gateway endpoint through the CLI: the service's IPv6 prefix, the endpoint's
+/// IPv6 route target allocated (or given with `--gateway6`), an IPv6 policy rule, what
+/// `endpoint show` prints, and `--gateway6` on an ipv4 endpoint refused on its field.
+#[test]
+fn a_dualstack_gateway_endpoint_through_the_cli() {
+    let d = privatelink_tests::apidaemon::ApiDaemon::start("plclg").unwrap();
+    let (url, admin) = (d.url.as_str(), d.admin_token.as_str());
+    let token = |id: &str| {
+        json(url, admin, &format!("account create {id}"))["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a, b) = (token("acct-a"), token("acct-b"));
+    ok(
+        url,
+        admin,
+        "vpc create vpc-a --account acct-a --cidr 10.10.0.0/16 --ipv6-cidr fd00:a::/56 \
+         --interface fc0 --vswitch vsw-a1:zone-a:10.10.1.0/24,fd00:a:0:1::/64",
+    );
+    ok(
+        url,
+        admin,
+        "vpc create vpc-b --account acct-b --cidr 10.10.0.0/16 --ipv6-cidr fd00:b::/56 \
+         --interface fp0 --vswitch vsw-b0:zone-a:10.10.0.0/24,fd00:b::/64",
+    );
+    let svc = json(
+        url,
+        &b,
+        "service create epsrv-oss --type gateway --vpc vpc-b --ip-version dualstack \
+         --prefix 100.64.10.0/24 --prefix fd00:64:10::/64 --backend zone-a:10.10.0.10,fd00:b::10 \
+         --snat 10.10.0.202 --snat6 fd00:b::202 --listener tcp:80 --auto-accept",
+    );
+    assert_eq!(
+        svc["prefixes"],
+        serde_json::json!(["100.64.10.0/24", "fd00:64:10::/64"])
+    );
+    ok(url, &b, "service whitelist add epsrv-oss acct-a");
+    let ep = json(
+        url,
+        &a,
+        "endpoint create ep-oss --vpc vpc-a --service epsrv-oss --ip-version dualstack \
+         --gateway 10.10.1.1 --policy accept,tcp,fd00:64:10::5/128,80-80",
+    );
+    assert_eq!(ep["gateway6"], "fd00:a:0:1::1", "{ep}");
+    assert_eq!(ep["policy"][0]["cidr"], "fd00:64:10::5/128");
+    let table = ok(url, &a, "endpoint show ep-oss");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let targets: Vec<&Vec<&str>> = rows
+        .iter()
+        .skip_while(|r| r.first() != Some(&"GATEWAY"))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            &vec!["GATEWAY", "GATEWAY6"],
+            &vec!["10.10.1.1", "fd00:a:0:1::1"]
+        ],
+        "{table}"
+    );
+    // Given; and refused on an ipv4 endpoint, naming the field.
+    ok(url, &a, "endpoint delete ep-oss");
+    let ep = json(
+        url,
+        &a,
+        "endpoint create ep-oss --vpc vpc-a --service epsrv-oss --ip-version dualstack \
+         --gateway 10.10.1.1 --gateway6 fd00:a:0:1::abc",
+    );
+    assert_eq!(ep["gateway6"], "fd00:a:0:1::abc");
+    let (fine, out) = api(
+        url,
+        &a,
+        "endpoint create ep-x --vpc vpc-a --service epsrv-oss --gateway 10.10.1.2 \
+         --gateway6 fd00:a:0:1::7",
+    );
+    assert!(
+        !fine && out.contains("gateway6") && out.contains("only dualstack gateway endpoints"),
+        "{out}"
+    );
+}
