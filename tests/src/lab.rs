@@ -145,6 +145,13 @@ pub const REVERSE_ENI: &str = "10.10.0.100";
 /// the route target in the consumer's VPC.
 pub const OBJECT_STORAGE: [&str; 2] = ["100.64.10.5", "100.64.10.6"];
 pub const GATEWAY: &str = "10.10.1.1";
+/// The same over IPv6: the service's IPv6 prefix, its object storage addresses (the
+/// policy allows only the first), the endpoint's IPv6 route target, the service's IPv6
+/// SNAT address.
+pub const OBJECT_STORAGE_PREFIX6: &str = "fd00:64:10::/64";
+pub const OBJECT_STORAGE6: [&str; 2] = ["fd00:64:10::5", "fd00:64:10::6"];
+pub const GATEWAY6: &str = "fd00:a:0:1::1";
+pub const GATEWAY_SNAT6: &str = "fd00:b::202";
 /// Size of the file both backends serve as /big.bin.
 pub const BIG_FILE_LEN: usize = 1 << 20;
 
@@ -274,16 +281,17 @@ pub const BUILD_STEPS: &[(&str, &str)] = &[
         "provider",
         "endpoint create ep-b --vpc vpc-b --service epsrv-a --zone vsw-b0:10.10.0.100 --name reverse",
     ),
-    // A gateway endpoint: B's object storage prefix, routed by A's VPC to 10.10.1.1; the
-    // endpoint policy lets A reach only 100.64.10.5:80.
+    // A gateway endpoint, dual stack: B's object storage prefixes, routed by A's VPC to
+    // 10.10.1.1 and fd00:a:0:1::1 (the zone's load balancer the next hop); the endpoint
+    // policy lets A reach only 100.64.10.5:80 and [fd00:64:10::5]:80.
     (
         "provider",
-        "service create epsrv-oss --type gateway --vpc vpc-b --prefix 100.64.10.0/24 --backend zone-a:10.10.0.10 --snat 10.10.0.202 --listener tcp:80 --auto-accept",
+        "service create epsrv-oss --type gateway --vpc vpc-b --ip-version dualstack --prefix 100.64.10.0/24 --prefix fd00:64:10::/64 --backend zone-a:10.10.0.10,fd00:b::10 --snat 10.10.0.202 --snat6 fd00:b::202 --listener tcp:80 --auto-accept",
     ),
     ("provider", "service whitelist add epsrv-oss acct-a"),
     (
         "consumer",
-        "endpoint create ep-oss --vpc vpc-a --service epsrv-oss --gateway 10.10.1.1 --policy accept,tcp,100.64.10.5/32,80-80",
+        "endpoint create ep-oss --vpc vpc-a --service epsrv-oss --ip-version dualstack --gateway 10.10.1.1 --gateway6 fd00:a:0:1::1 --policy accept,tcp,100.64.10.5/32,80-80 --policy accept,tcp,fd00:64:10::5/128,80-80",
     ),
     // GWLB: A's second VPC sends traffic between its two subnets through B's inspection
     // appliances (one per zone; cross-zone; flows move when an appliance fails), over IPv4
@@ -742,18 +750,28 @@ impl Lab {
         )
     }
 
-    /// The gateway endpoint's service: "object storage" on 100.64.10.5 and .6 in the
-    /// provider's namespace, which the consumer's VPC routes via 10.10.1.1.
+    /// The gateway endpoint's service: "object storage" on 100.64.10.5 and .6, and on
+    /// fd00:64:10::5 and ::6, in the provider's namespace, which the consumer's VPC routes
+    /// via 10.10.1.1 and fd00:a:0:1::1 (resolved by neighbour discovery, which the
+    /// forwarder answers).
     fn start_object_storage(&mut self) -> Result<()> {
         let mut sites = Vec::new();
-        for a in OBJECT_STORAGE {
-            let site = format!("oss-{a}");
+        for (i, a) in OBJECT_STORAGE.iter().chain(&OBJECT_STORAGE6).enumerate() {
+            let site = format!("oss-{i}");
             let root = self.dir.join(&site);
             fs::create_dir_all(&root)?;
             fs::write(root.join("index.html"), format!("object storage {a}\n"))?;
-            self.provider
-                .ip(&["addr", "add", &format!("{a}/32"), "dev", "p0"])?;
-            sites.push(site);
+            let listen = if a.contains(':') {
+                // `nodad`, as in `wire6`.
+                self.provider
+                    .ip(&["addr", "add", &format!("{a}/128"), "dev", "p0", "nodad"])?;
+                format!("[{a}]:80")
+            } else {
+                self.provider
+                    .ip(&["addr", "add", &format!("{a}/32"), "dev", "p0"])?;
+                a.to_string()
+            };
+            sites.push((site, listen));
         }
         self.consumer.ip(&[
             "route",
@@ -764,10 +782,21 @@ impl Lab {
             "dev",
             "c0",
         ])?;
+        self.consumer.ip(&[
+            "-6",
+            "route",
+            "add",
+            OBJECT_STORAGE_PREFIX6,
+            "via",
+            GATEWAY6,
+            "dev",
+            "c0",
+            "src",
+            CLIENT6,
+        ])?;
         let sites: Vec<(&str, &str, &str)> = sites
             .iter()
-            .zip(OBJECT_STORAGE)
-            .map(|(s, a)| (s.as_str(), a, ""))
+            .map(|(s, a)| (s.as_str(), a.as_str(), ""))
             .collect();
         self.start_nginx("nginx-storage", &self.provider.name.clone(), &sites)
     }

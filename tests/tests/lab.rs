@@ -12,7 +12,8 @@ use std::{
 use privatelink_tests::{
     lab::{
         BIG_FILE_LEN, CLIENT_B, CLIENT_C, CLIENT6, CLIENT6_B, CUSTOM_DOMAIN, ENI, ENI6, ENI6_B,
-        EP_A_NAME, LAB_STATE, LBS6, Lab, LabOptions, SNAT6, ZONE_HEADER, wait_for, zone_name,
+        EP_A_NAME, GATEWAY_SNAT6, LAB_STATE, LBS6, Lab, LabOptions, OBJECT_STORAGE6, SNAT6,
+        ZONE_HEADER, wait_for, zone_name,
     },
     netns::{self, unique_name},
 };
@@ -572,13 +573,37 @@ fn gateway_endpoint_reaches_the_prefix_under_its_policy() {
             .any(|f| f.contains("-> 100.64.10.5:80") && f.contains("10.10.0.202")),
         "{flows:?}"
     );
-    // The provider disables the connection: the route stops working.
+    // Over IPv6 (the endpoint dual stack): the IPv6 prefix, routed to the IPv6 route
+    // target, NATed from the service's IPv6 SNAT address with its destination kept.
+    let [allowed6, denied6] = OBJECT_STORAGE6;
+    let url6 = format!("http://[{allowed6}]/");
+    let body = lab.curl6(&url6, &[]).unwrap();
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("object storage {allowed6}\n")
+    );
+    assert_cut_off(
+        &lab,
+        &format!("http://[{denied6}]/"),
+        "drop_security_group",
+        "outside the endpoint policy, over IPv6",
+    );
+    let flows = lab.flow_lines().unwrap();
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.contains(&format!("-> [{allowed6}]:80"))
+                && f.contains(&format!("[{GATEWAY_SNAT6}]:"))),
+        "{flows:?}"
+    );
+    // The provider disables the connection: the routes stop working.
     lab.cli(
         "provider",
         &["connection", "disable", "epsrv-oss", "ep-oss"],
     )
     .unwrap();
     wait_cut_off(&lab, "http://100.64.10.5/", "drop_not_connected", "disable");
+    assert_cut_off(&lab, &url6, "drop_not_connected", "disable, over IPv6");
 }
 
 /// The service publishes haproxy's tcp/80 and nothing else: other ports and UDP to the

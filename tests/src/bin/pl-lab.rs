@@ -7,8 +7,8 @@ use clap::Parser;
 use privatelink_tests::lab::{
     APPLIANCES, CLIENT, CLIENT_B, CLIENT_C, CLIENT6, CUSTOM_DOMAIN, ENI, ENI_B, ENI6, ENI6_B,
     EP_A_NAME, GWLB_BLOCKED_PORT, GWLB_CLIENT, GWLB_ENI, GWLB_SERVER, GWLB_SERVER6, LB, LB_B, LB6,
-    Lab, LabOptions, OBJECT_STORAGE, ONPREM_BIND, ONPREM_FWD, RESOLVER, REVERSE_ENI,
-    privatelink_bin, zone_name,
+    Lab, LabOptions, OBJECT_STORAGE, OBJECT_STORAGE6, ONPREM_BIND, ONPREM_FWD, RESOLVER,
+    REVERSE_ENI, privatelink_bin, zone_name,
 };
 
 #[derive(Parser)]
@@ -42,12 +42,13 @@ fn main() -> Result<()> {
         "\nlab is up: consumer {CLIENT} in {c} reaches the provider's load balancer {LB} in {p} \
          through endpoint ENI {ENI}; the XDP program in {f} does all forwarding. ep-a is dual \
          stack: its ENIs answer neighbour discovery and ping over IPv6 ({CLIENT6} to {ENI6}), \
-         and its names AAAA; IPv6 TCP/UDP to it ({LB6} behind it) is not forwarded yet \
-         (issue 17).\n\n\
+         and its names AAAA; IPv6 TCP/UDP to it is full-NATed to {LB6} as IPv4 is; the \
+         gateway endpoint is dual stack too.\n\n\
          try:\n  ip netns exec {c} curl http://{ENI}/\n  ip netns exec {c} ping -c 3 {ENI}\n  \
          ip netns exec {c} ping -6 -c 3 {ENI6}   # answered by the XDP program\n  \
          ip netns exec {p} curl http://{REVERSE_ENI}/          # reverse endpoint\n  \
          ip netns exec {c} curl http://{oss}/         # gateway endpoint\n  \
+         ip netns exec {c} curl -6 http://[{oss6}]/  # gateway endpoint over IPv6\n  \
          {pl} stats --pin-dir {pin}\n  {pl} flows --pin-dir {pin}\n  \
          bpftool map dump pinned {pin}/PL_CONNTRACK\n\n\
          the API (the lab was built through it; see the README):\n  \
@@ -108,6 +109,7 @@ fn main() -> Result<()> {
         o = lab.onprem.name,
         zone_b = zone_name("zone-b"),
         oss = OBJECT_STORAGE[0],
+        oss6 = OBJECT_STORAGE6[0],
         admin = t.admin,
         provider = t.provider,
         consumer = t.consumer,
