@@ -185,7 +185,7 @@ fn admit(eni: &EndpointEni, key: &FlowKey6) -> Result<(), Reason> {
 /// rules (under the route target, `gateway_policy6`) judge the destination.
 #[inline(never)]
 fn first_packet(eni: &EndpointEni, key: &FlowKey6) -> Result<(), Reason> {
-    // One walk for either (a `bpf_loop` call site is verified once per site).
+    // One walk for either: one `bpf_loop` call site for the verifier to check, not two.
     let (rules, remote) = if eni.flags & ENI_FLAG_GATEWAY != 0 {
         (gateway_policy6(key.vpc_id, eni.gateway), &key.dst)
     } else {
