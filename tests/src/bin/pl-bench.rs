@@ -645,16 +645,8 @@ fn nat6_rows(rows: &mut Vec<Row>, only: Option<&str>) -> Result<()> {
         .write(&mut reply, &[0u8; 18])?;
     let fwd = tcp6(40000, false);
     let firsts: Vec<Vec<u8>> = (0..RUNS).map(|i| tcp6(1 + i as u16, true)).collect();
-    let cases: Vec<(&str, u32, FrameFn, Replay)> = vec![
-        (
-            "IPv6 NAT forward (conntrack hit)",
-            cif,
-            Box::new({
-                let f = fwd.clone();
-                move |_| f.clone()
-            }),
-            Replay::same(fwd),
-        ),
+    let cases: Vec<Case> = vec![
+        same("IPv6 NAT forward (conntrack hit)", cif, fwd),
         (
             "IPv6 NAT first packet (conntrack miss)",
             cif,
@@ -666,19 +658,31 @@ fn nat6_rows(rows: &mut Vec<Row>, only: Option<&str>) -> Result<()> {
                 repeat: 5_000,
             },
         ),
-        (
-            "IPv6 NAT reply (conntrack hit)",
-            pif,
-            Box::new({
-                let f = reply.clone();
-                move |_| f.clone()
-            }),
-            Replay::same(reply),
-        ),
+        same("IPv6 NAT reply (conntrack hit)", pif, reply),
     ];
-    for (name, ifindex, frame, replay) in &cases {
+    run_cases(rows, &mut h, &cases, only)
+}
+
+/// A measured path: its name, the interface its frames arrive on, the frame of each
+/// single run, and how it is replayed.
+type Case = (&'static str, u32, FrameFn, Replay);
+
+/// A path fed the same frame every time, single runs and replayed alike.
+fn same(name: &'static str, ifindex: u32, f: Vec<u8>) -> Case {
+    let g = f.clone();
+    (name, ifindex, Box::new(move |_| g.clone()), Replay::same(f))
+}
+
+/// The rows of `cases` (those whose name contains `only`, if given).
+fn run_cases(
+    rows: &mut Vec<Row>,
+    h: &mut Harness,
+    cases: &[Case],
+    only: Option<&str>,
+) -> Result<()> {
+    for (name, ifindex, frame, replay) in cases {
         if only.is_none_or(|o| name.contains(o)) {
-            row(rows, &mut h, name, *ifindex, frame.as_ref(), replay)?;
+            row(rows, h, name, *ifindex, frame.as_ref(), replay)?;
         }
     }
     Ok(())
@@ -767,12 +771,7 @@ fn per_packet(only: Option<&str>) -> Result<String> {
         vary_at: Some(34),
         repeat: 5_000,
     };
-    // A path fed the same frame every time, single runs and replayed alike.
-    let same = |name: &'static str, ifindex: u32, f: Vec<u8>| -> (&str, u32, FrameFn, Replay) {
-        let g = f.clone();
-        (name, ifindex, Box::new(move |_| g.clone()), Replay::same(f))
-    };
-    let cases: Vec<(&str, u32, FrameFn, Replay)> = vec![
+    let cases: Vec<Case> = vec![
         same("NAT forward (conntrack hit)", cif, fwd),
         (
             "NAT first packet (conntrack miss)",
@@ -792,11 +791,7 @@ fn per_packet(only: Option<&str>) -> Result<String> {
     ];
 
     let mut rows = Vec::new();
-    for (name, ifindex, frame, replay) in &cases {
-        if only.is_none_or(|o| name.contains(o)) {
-            row(&mut rows, &mut h, name, *ifindex, frame.as_ref(), replay)?;
-        }
-    }
+    run_cases(&mut rows, &mut h, &cases, only)?;
     if only.is_none_or(|o| "IPv6 NAT".contains(o) || o.contains("NAT")) {
         nat6_rows(&mut rows, only)?;
     }
