@@ -935,6 +935,25 @@ pub struct FlowEvent {
     pub reason: u8,
 }
 
+/// `FlowEvent` of an IPv6 packet: the same fields, 16-byte addresses. Both go on the one
+/// ring, told apart by their length (32 bytes, 56 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent6 {
+    pub time_ns: u64,
+    pub slot: u32,
+    /// IP bytes of the packet: the fixed header's 40 and its payload length.
+    pub bytes: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub direction: u8,
+    pub reason: u8,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -950,6 +969,7 @@ mod pod {
     unsafe impl aya::Pod for EndpointCounters {}
     unsafe impl aya::Pod for CounterKey {}
     unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for FlowEvent6 {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Rule {}
     unsafe impl aya::Pod for GatewayRoute {}
@@ -994,6 +1014,7 @@ mod tests {
         assert_eq!(size_of::<EndpointCounters>(), 48 + 8 * EP_DROP_KINDS);
         assert_eq!(size_of::<CounterKey>(), 12);
         assert_eq!(size_of::<FlowEvent>(), 32);
+        assert_eq!(size_of::<FlowEvent6>(), 56);
         assert_eq!(size_of::<Listener>(), 8);
         assert_eq!(size_of::<ListenerSet>(), 8 + 8 * MAX_LISTENERS);
     }

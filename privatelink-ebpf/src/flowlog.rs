@@ -4,7 +4,9 @@
 //! log records. An event that does not fit is counted in its slot's `flow_log_lost`
 //! (the records of that window then say `SKIPDATA`). Events are submitted without a
 //! wakeup (`BPF_RB_NO_WAKEUP`): the daemon drains the buffer on a timer, so a busy flow
-//! costs no wakeup per packet. Uses `parse` and `stats`.
+//! costs no wakeup per packet. An IPv6 packet's event is a `FlowEvent6` on the same ring
+//! (`report_frame6`, `capture6`/`report_captured6`), its length telling it apart. Uses
+//! `parse`, `packet6` and `stats`.
 
 use aya_ebpf::{
     btf_maps::{PerCpuArray, RingBuf},
@@ -12,11 +14,12 @@ use aya_ebpf::{
     macros::btf_map,
     programs::XdpContext,
 };
-use privatelink_common::{FLOW_EVENTS_BYTES, FlowEvent, PROTO_TCP, PROTO_UDP, Reason};
+use privatelink_common::{FLOW_EVENTS_BYTES, FlowEvent, FlowEvent6, PROTO_TCP, PROTO_UDP, Reason};
 
 use crate::{
     packet::Packet,
-    parse::{ETH_LEN, Ipv4Hdr, Ports, be16, mut_at},
+    packet6::{IPV6_LEN, MAX_EXT_HEADERS, MAX_EXT_LEN, copy_addr},
+    parse::{ETH_LEN, Ipv4Hdr, Ipv6Hdr, Ports, be16, mut_at},
     stats::counters,
 };
 
@@ -38,11 +41,15 @@ pub fn report(mut ev: FlowEvent) {
             slot.write(ev);
             slot.submit(NO_WAKEUP);
         }
-        None => {
-            if let Some(c) = counters(ev.slot) {
-                c.flow_log_lost += 1;
-            }
-        }
+        None => lost(ev.slot),
+    }
+}
+
+/// Counts an event of `slot` that did not fit.
+#[inline(always)]
+fn lost(slot: u32) {
+    if let Some(c) = counters(slot) {
+        c.flow_log_lost += 1;
     }
 }
 
@@ -70,6 +77,8 @@ fn fill(ctx: &XdpContext, pkt: &Packet, slot: u32, direction: u8, ev: &mut FlowE
         direction,
         ..FlowEvent::default()
     };
+    // Written out here, not shared with `fill6`: every way of sharing it tried made the
+    // IPv4 forward path's verifier walk a tenth longer.
     if (pkt.proto == PROTO_TCP || pkt.proto == PROTO_UDP) && pkt.l4 + 4 <= pkt.end {
         if let Ok(p) = mut_at::<Ports>(ctx, pkt.l4, Reason::DropTruncatedL4) {
             ev.sport = be16(p.sport);
@@ -82,6 +91,24 @@ fn fill(ctx: &XdpContext, pkt: &Packet, slot: u32, direction: u8, ev: &mut FlowE
         }
     }
     true
+}
+
+/// The ports and TCP flags of a packet of protocol `proto` whose L4 header is at `l4`
+/// and which ends at `end`, written into `to`'s fields (left as they are where they are
+/// not there to read).
+#[inline(always)]
+fn ports6(ctx: &XdpContext, l4: usize, end: usize, proto: u8, to: (&mut u16, &mut u16, &mut u8)) {
+    if (proto == PROTO_TCP || proto == PROTO_UDP) && l4 + 4 <= end {
+        if let Ok(p) = mut_at::<Ports>(ctx, l4, Reason::DropTruncatedL4) {
+            *to.0 = be16(p.sport);
+            *to.1 = be16(p.dport);
+        }
+        if proto == PROTO_TCP && l4 + 14 <= end {
+            if let Ok(f) = mut_at::<[u8; 14]>(ctx, l4, Reason::DropTruncatedL4) {
+                *to.2 = f[13];
+            }
+        }
+    }
 }
 
 /// Reports `ev` with the verdict `r` of its walk.
@@ -129,4 +156,98 @@ pub fn report_captured(r: &Result<(u32, Reason), Reason>) {
             report(ev);
         }
     }
+}
+
+/// The IPv6 packet in the frame as it is now, for `slot`, in `direction`, with the verdict
+/// `reason`, written straight into the ring (or counted lost). A packet whose extension
+/// headers were not walked (`pkt.l4` 0: refused before or by `packet6`) is given as its
+/// fixed header has it: its next header for a protocol, no ports. A BPF function of its
+/// own: a path calls it after its walk, and nothing of it weighs on the path's frame.
+#[inline(never)]
+pub fn report_frame6(ctx: &XdpContext, pkt: &Packet, slot: u32, direction: u32, reason: u32) {
+    let Some(mut entry) = PL_FLOW_EVENTS.reserve_untyped::<FlowEvent6>(0) else {
+        lost(slot);
+        return;
+    };
+    // SAFETY: the reservation is this event's, sized for it; every field is written.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    if fill6(ctx, pkt, slot, direction as u8, ev) {
+        ev.reason = reason as u8;
+        // SAFETY: plain helper call.
+        ev.time_ns = unsafe { bpf_ktime_get_coarse_ns() };
+        entry.submit(NO_WAKEUP);
+    } else {
+        entry.discard(0);
+    }
+}
+
+/// `of_frame` for IPv6, into `ev` (its time and reason are the caller's); false if the
+/// fixed header cannot be read.
+#[inline(always)]
+fn fill6(ctx: &XdpContext, pkt: &Packet, slot: u32, direction: u8, ev: &mut FlowEvent6) -> bool {
+    let Ok(ip) = mut_at::<Ipv6Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIpv6) else {
+        return false;
+    };
+    ev.time_ns = 0;
+    ev.slot = slot;
+    ev.bytes = (IPV6_LEN + be16(ip.payload_len) as usize) as u32;
+    copy_addr(&mut ev.src, &ip.src_addr);
+    copy_addr(&mut ev.dst, &ip.dst_addr);
+    ev.direction = direction;
+    ev.reason = 0;
+    // Read from the caller's frame, `l4` is bounded here for the verifier: no walked
+    // packet's L4 header starts past its extension headers' limits.
+    let l4 = pkt.l4;
+    (ev.sport, ev.dport, ev.tcp_flags) = (0, 0, 0);
+    if l4 == 0 || l4 > MAX_L4 {
+        ev.proto = ip.next_hdr;
+    } else {
+        ev.proto = pkt.proto;
+        let to = (&mut ev.sport, &mut ev.dport, &mut ev.tcp_flags);
+        ports6(ctx, l4, pkt.end, pkt.proto, to);
+    }
+    true
+}
+
+/// The furthest an IPv6 packet's L4 header starts (`packet6`'s limits).
+const MAX_L4: usize = ETH_LEN + IPV6_LEN + MAX_EXT_HEADERS * MAX_EXT_LEN;
+
+/// `PL_FLOW_SCRATCH` for IPv6 (`capture6`, `report_captured6`).
+#[btf_map]
+static PL_FLOW_SCRATCH6: PerCpuArray<FlowEvent6, 1> = PerCpuArray::new();
+
+/// Keeps the IPv6 frame's event for `report_captured6`, as `capture` does. A BPF function
+/// of its own.
+#[inline(never)]
+pub fn capture6(ctx: &XdpContext, pkt: &Packet, slot: u32, direction: u32) {
+    if let Some(p) = PL_FLOW_SCRATCH6.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, valid for this run.
+        let ev = unsafe { &mut *p };
+        if !fill6(ctx, pkt, slot, direction as u8, ev) {
+            ev.slot = 0;
+        }
+    }
+}
+
+/// Reports the event `capture6` kept, with the verdict `reason`. A BPF function of its own.
+#[inline(never)]
+pub fn report_captured6(reason: u32) {
+    let Some(p) = PL_FLOW_SCRATCH6.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, valid for this run.
+    let kept = unsafe { &*p };
+    if kept.slot == 0 {
+        return;
+    }
+    let Some(mut entry) = PL_FLOW_EVENTS.reserve_untyped::<FlowEvent6>(0) else {
+        lost(kept.slot);
+        return;
+    };
+    let mut ev = *kept;
+    ev.reason = reason as u8;
+    // SAFETY: plain helper call.
+    ev.time_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    entry.write(ev);
+    entry.submit(NO_WAKEUP);
 }

@@ -4,8 +4,8 @@
 //! pool too but keeping its destination (the load balancer is only its next hop), under
 //! the endpoint's policy. The same steps as `forward` (filters, listener, the flow found
 //! or created, stamped, tracked, NATed) on `PL_CONNTRACK6`. The `privatelink_forward6`
-//! path program (`paths`) runs it. No flow events: flow logs are IPv4's (`FlowEvent`
-//! holds IPv4 addresses).
+//! path program (`paths`) runs it. An ENI with flow logs reports each packet as it came
+//! (`flowlog::capture6`, then its verdict).
 //!
 //! The BPF stack is 512 bytes for a whole call chain, and IPv6's 44-byte keys and 16-byte
 //! addresses fill frames fast: the steps are BPF functions called one after another from
@@ -16,14 +16,15 @@
 
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
-    Config, DIR_ORIGINAL, ENI_FLAG_ACL, ENI_FLAG_GATEWAY, EndpointEni, EndpointEni6, FLOW_GATEWAY,
-    FlowEntry6, FlowKey6, IfaceInfo, Reason, VpcAddr6, gateway_policy6,
+    Config, DIR_ORIGINAL, ENI_FLAG_ACL, ENI_FLAG_FLOW_LOG, ENI_FLAG_GATEWAY, EndpointEni,
+    EndpointEni6, FLOW_GATEWAY, FLOW_INGRESS, FlowEntry6, FlowKey6, IfaceInfo, Reason, VpcAddr6,
+    gateway_policy6,
 };
 
 use crate::{
     conntrack::{PARTNER_REFRESH_NS, SeqAck, mark, now},
     conntrack6::alive6,
-    filter, filter6,
+    filter, filter6, flowlog,
     flows6::{
         apply6, create6, flow_key6, keep_partner6, packet_key6, reply_entry6, stamp6,
         track6_original,
@@ -38,6 +39,18 @@ use crate::{
 /// the path program: its steps are the BPF functions (see the module's text).
 #[inline(always)]
 pub fn forward6(ctx: &XdpContext, iface: &IfaceInfo, eni6: &EndpointEni6, pkt: &Packet) -> u64 {
+    // As `forward` does: kept for every packet, reported if the ENI logs.
+    flowlog::capture6(ctx, pkt, eni6.eni.counter_slot, FLOW_INGRESS as u32);
+    let v = forward6_walk(ctx, iface, eni6, pkt);
+    if eni6.eni.flags & ENI_FLAG_FLOW_LOG != 0 {
+        flowlog::report_captured6(v as u32);
+    }
+    v
+}
+
+/// `forward6`'s walk: the verdict packed (`settle_for`).
+#[inline(always)]
+fn forward6_walk(ctx: &XdpContext, iface: &IfaceInfo, eni6: &EndpointEni6, pkt: &Packet) -> u64 {
     let slot = eni6.eni.counter_slot;
     let mut found = Found::default();
     if let Err(reason) = find6(ctx, iface, eni6, pkt, &mut found) {

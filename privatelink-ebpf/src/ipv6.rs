@@ -8,10 +8,11 @@
 //! here (`icmp6`); TCP and UDP, and ICMPv6 errors, go to their path programs
 //! (`PATH_FORWARD6`, `PATH_REPLY6`, `PATH_GWLB_STEER6`). Everything else is
 //! `host::other`'s: dropped as host-isolated unless the interface carries the host's
-//! traffic. Everything here is inlined but the echo's rule walks, whose step is a
-//! `bpf_loop` callback (`filter6`): this program is the one that both tail-calls and
-//! holds a BPF-to-BPF function, which the JIT allows on x86-64 since 5.10 and arm64 since
-//! 6.0 (`bpf_loop` itself needs 5.17). Below `paths` only.
+//! traffic. A packet an endpoint with flow logs refuses here is reported as a REJECT
+//! (`flowlog::report_frame6`). Everything here is inlined but that report and the echo's
+//! rule walks, whose step is a `bpf_loop` callback (`filter6`): this program is the one
+//! that both tail-calls and holds BPF-to-BPF functions, which the JIT allows on x86-64
+//! since 5.10 and arm64 since 6.0 (`bpf_loop` itself needs 5.17). Below `paths` only.
 //!
 //! A prefix routed to a gateway endpoint takes the ENI's paths: its TCP/UDP goes to
 //! `PATH_FORWARD6` with the route's entry (`ENI_FLAG_GATEWAY`: NATed keeping its
@@ -19,19 +20,20 @@
 
 use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, programs::XdpContext};
 use privatelink_common::{
-    ENI_FLAG_GWLB, EndpointEni, EndpointEni6, IfaceInfo, PATH_FORWARD6, PATH_GWLB_STEER6,
-    PATH_REPLY6, PROTO_TCP, PROTO_UDP, Reason, VpcAddr6,
+    ENI_FLAG_FLOW_LOG, ENI_FLAG_GWLB, EndpointEni, EndpointEni6, FLOW_INGRESS, IfaceInfo,
+    PATH_FORWARD6, PATH_GWLB_STEER6, PATH_REPLY6, PROTO_TCP, PROTO_UDP, Reason, VpcAddr6,
 };
 
 use crate::{
     endpoint::check_forwarding,
     filter6::ROUTE6_BITS,
-    host, icmp6,
+    flowlog, host, icmp6,
     maps::{
         self, Handoff, Handoff6, PL_ENDPOINTS6, PL_GW_ROUTES6, PL_HANDOFF, PL_HANDOFF6, PL_IFACES,
         PL_PATHS, PL_SNAT6_ADDRS,
     },
     nd,
+    packet::Packet,
     packet6::{PROTO_ICMPV6, copy_addr, header6, packet6},
     verdict::{Verdict, settle, settle_for},
 };
@@ -67,7 +69,22 @@ pub fn frame(ctx: &XdpContext) -> u64 {
     // Read first, as the IPv4 classifier does (see `classify::ipv4`).
     let epoch = maps::epoch();
     let mut entry = EndpointEni6::default();
-    let r = classify(ctx, ifindex, &iface, epoch, &mut entry);
+    // The packet as far as it was read: `l4` 0 until `packet6` has walked it.
+    let mut seen = Packet {
+        ifindex,
+        l4: 0,
+        end: 0,
+        proto: 0,
+        epoch,
+    };
+    let r = classify(ctx, ifindex, &iface, epoch, &mut entry, &mut seen);
+    if let Err(reason) = r
+        && entry.eni.flags & ENI_FLAG_FLOW_LOG != 0
+    {
+        // What an endpoint with flow logs refused before its path: a REJECT record.
+        let slot = entry.eni.counter_slot;
+        flowlog::report_frame6(ctx, &seen, slot, FLOW_INGRESS as u32, reason as u32);
+    }
     settle_for(entry.eni.counter_slot, r)
 }
 
@@ -80,6 +97,7 @@ fn classify(
     iface: &IfaceInfo,
     epoch: u32,
     entry: &mut EndpointEni6,
+    seen: &mut Packet,
 ) -> Result<Verdict, Reason> {
     let (ip, end) = header6(ctx)?;
     if nd::is_nd(ctx, ip) {
@@ -105,6 +123,7 @@ fn classify(
         return Ok(host::other(iface));
     };
     let (pkt, _) = packet6(ctx, ifindex, epoch)?;
+    *seen = pkt;
     if target != Target::Snat {
         check_forwarding(&entry.eni)?;
     }

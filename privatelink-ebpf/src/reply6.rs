@@ -4,12 +4,15 @@
 //! (`paths`) runs it, and `icmp6::translate_error` for ICMPv6 errors.
 
 use aya_ebpf::programs::XdpContext;
-use privatelink_common::{DIR_REPLY, ENI_FLAG_ACL, EndpointEni, IfaceInfo, Reason, VpcAddr6};
+use privatelink_common::{
+    DIR_REPLY, ENI_FLAG_ACL, ENI_FLAG_FLOW_LOG, EndpointEni, FLOW_EGRESS, IfaceInfo, Reason,
+    VpcAddr6,
+};
 
 use crate::{
     conntrack::{mark, now},
     conntrack6::alive6,
-    filter, filter6,
+    filter, filter6, flowlog,
     flows6::{apply6, flow_key6, stamp6, track6_reply},
     maps::{PL_CONNTRACK6, config},
     packet::Packet,
@@ -22,6 +25,14 @@ use crate::{
 pub fn reply6(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
     let mut eni = EndpointEni::default();
     let r = reply6_checked(ctx, iface, pkt, &mut eni);
+    if let Ok((_, reason)) = r
+        && eni.flags & ENI_FLAG_FLOW_LOG != 0
+    {
+        // As `reply` does: rewritten, as the ENI sends it (a reply dropped here is in the
+        // counters only).
+        let slot = eni.counter_slot;
+        flowlog::report_frame6(ctx, pkt, slot, FLOW_EGRESS as u32, reason as u32);
+    }
     settle_for(eni.counter_slot, r)
 }
 

@@ -1,6 +1,7 @@
 //! Flow logs. The data path reports every packet of an endpoint ENI with flow logs on
-//! (`ENI_FLAG_FLOW_LOG`), accepted or rejected, as a `FlowEvent` on its ring buffer
-//! (`PL_FLOW_EVENTS`, submitted without wakeups). The daemon drains the ring on a timer,
+//! (`ENI_FLAG_FLOW_LOG`), accepted or rejected, as a `FlowEvent` (IPv4) or `FlowEvent6`
+//! (IPv6) on its ring buffer (`PL_FLOW_EVENTS`, submitted without wakeups; a record's
+//! length tells which). The daemon drains the ring on a timer,
 //! aggregates the events per ENI and capture window by (5-tuple, direction, action), and
 //! at each window's end appends one record per key to `<flow-log-dir>/<endpoint>.log`, in
 //! the VPC flow log format (`HEADER`). A window without traffic is one NODATA record; a
@@ -12,7 +13,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     io::Write,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -24,7 +25,8 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
 use privatelink_common::{
-    COUNTER_ENI, CounterKey, EndpointCounters, FLOW_EGRESS, FlowEvent, PROTO_TCP, Reason, map_names,
+    COUNTER_ENI, CounterKey, EndpointCounters, FLOW_EGRESS, FlowEvent, FlowEvent6, PROTO_TCP,
+    Reason, map_names,
 };
 use serde::Serialize;
 use tracing::{info, warn};
@@ -152,12 +154,72 @@ pub fn targets(state: &State) -> BTreeMap<CounterKey, Target> {
     out
 }
 
+/// A flow event of either family, as the aggregator takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The data path's clock (`bpf_ktime_get_coarse_ns`).
+    pub time_ns: u64,
+    pub slot: u32,
+    pub bytes: u32,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub direction: u8,
+    pub reason: u8,
+}
+
+/// `Event::from` for both record types: the fields are the same but the addresses.
+macro_rules! event_from {
+    ($ty:ty, $addr:ty) => {
+        impl From<&$ty> for Event {
+            fn from(e: &$ty) -> Self {
+                Event {
+                    time_ns: e.time_ns,
+                    slot: e.slot,
+                    bytes: e.bytes,
+                    src: <$addr>::from(e.src).into(),
+                    dst: <$addr>::from(e.dst).into(),
+                    sport: e.sport,
+                    dport: e.dport,
+                    proto: e.proto,
+                    tcp_flags: e.tcp_flags,
+                    direction: e.direction,
+                    reason: e.reason,
+                }
+            }
+        }
+    };
+}
+event_from!(FlowEvent, Ipv4Addr);
+event_from!(FlowEvent6, Ipv6Addr);
+
+impl Event {
+    /// A ring record: a `FlowEvent` or a `FlowEvent6` by its length; `None` for any other
+    /// length.
+    pub fn of_record(b: &[u8]) -> Option<Event> {
+        // SAFETY (both reads): the ring's records are written by the data path as these
+        // plain `#[repr(C)]` types (the length is checked); the reads are unaligned-safe.
+        if b.len() == size_of::<FlowEvent>() {
+            let e: FlowEvent = unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) };
+            Some(Event::from(&e))
+        } else if b.len() == size_of::<FlowEvent6>() {
+            let e: FlowEvent6 = unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) };
+            Some(Event::from(&e))
+        } else {
+            None
+        }
+    }
+}
+
 /// What one record aggregates: a flow, as the ENI saw it, in one direction, with one
 /// action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct FlowId {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     sport: u16,
     dport: u16,
     proto: u8,
@@ -166,10 +228,10 @@ struct FlowId {
 }
 
 impl FlowId {
-    fn of(ev: &FlowEvent) -> Self {
+    fn of(ev: &Event) -> Self {
         Self {
-            src: Ipv4Addr::from(ev.src),
-            dst: Ipv4Addr::from(ev.dst),
+            src: ev.src,
+            dst: ev.dst,
             sport: ev.sport,
             dport: ev.dport,
             proto: ev.proto,
@@ -431,7 +493,8 @@ impl Aggregator {
     }
 
     /// Counts `ev`, whose Unix time is `t_ns`; false if its slot has no flow log.
-    pub fn add(&mut self, ev: &FlowEvent, t_ns: u64) -> bool {
+    pub fn add(&mut self, ev: impl Into<Event>, t_ns: u64) -> bool {
+        let ev: Event = ev.into();
         let Some(eni) = self.enis.get_mut(&ev.slot) else {
             return false;
         };
@@ -441,7 +504,7 @@ impl Aggregator {
             _ => 0,
         };
         let w = eni.windows.entry(i).or_default();
-        let id = FlowId::of(ev);
+        let id = FlowId::of(&ev);
         if w.flows.len() >= MAX_FLOWS_PER_WINDOW && !w.flows.contains_key(&id) {
             // A spray of distinct tuples does not grow the daemon without bound: the
             // window's other flows go unrecorded, and its records say so (SKIPDATA).
@@ -699,14 +762,11 @@ impl FlowLogger {
     fn drain(&mut self, offset: u64) {
         let (mut read, mut ignored) = (0, 0);
         while let Some(item) = self.ring.next() {
-            if item.len() < size_of::<FlowEvent>() {
+            let Some(ev) = Event::of_record(&item) else {
                 continue;
-            }
-            // SAFETY: the ring's records are `FlowEvent`s written by the data path (the
-            // length is checked); the read is unaligned-safe.
-            let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            };
             read += 1;
-            if !self.agg.add(&ev, ev.time_ns.saturating_add(offset)) {
+            if !self.agg.add(ev, ev.time_ns.saturating_add(offset)) {
                 ignored += 1;
             }
         }
@@ -897,6 +957,81 @@ mod tests {
         for l in &got {
             assert_eq!(l.split(' ').count(), HEADER.split(' ').count());
         }
+    }
+
+    #[test]
+    fn ipv6_events_are_records_of_their_own_flows() {
+        let c6: Ipv6Addr = "fd00:a:0:2::1".parse().unwrap();
+        let e6: Ipv6Addr = "fd00:a:0:1::100".parse().unwrap();
+        let ev6 = |direction, tcp_flags, bytes, reason: Reason| {
+            let (src, dst, sport, dport) = match direction {
+                FLOW_INGRESS => (c6, e6, 40000, 80),
+                _ => (e6, c6, 80, 40000),
+            };
+            FlowEvent6 {
+                slot: 7,
+                bytes,
+                src: src.octets(),
+                dst: dst.octets(),
+                sport,
+                dport,
+                proto: PROTO_TCP,
+                tcp_flags,
+                direction,
+                reason: reason as u8,
+                ..FlowEvent6::default()
+            }
+        };
+        // Records as the ring holds them: the length says which family.
+        let raw = |b: &[u8]| Event::of_record(b);
+        let e = ev6(FLOW_INGRESS, 0x02, 80, Reason::Forward6NewFlow);
+        // SAFETY: viewing plain #[repr(C)] values as their bytes.
+        let bytes6 = unsafe {
+            std::slice::from_raw_parts(
+                (&e as *const FlowEvent6).cast::<u8>(),
+                size_of::<FlowEvent6>(),
+            )
+        };
+        let got = raw(bytes6).unwrap();
+        assert_eq!((got.src, got.dst, got.bytes), (c6.into(), e6.into(), 80));
+        let e4 = ev(FLOW_INGRESS, 0x02, 60, Reason::ForwardNewFlow);
+        // SAFETY: as above.
+        let bytes4 = unsafe {
+            std::slice::from_raw_parts(
+                (&e4 as *const FlowEvent).cast::<u8>(),
+                size_of::<FlowEvent>(),
+            )
+        };
+        assert_eq!(raw(bytes4).unwrap().src, IpAddr::from(CLIENT));
+        assert_eq!(raw(&bytes6[..40]), None, "a length of neither");
+
+        let mut a = agg(2);
+        let ms = |n: u64| T0 + n * 1_000_000;
+        assert!(a.add(&e, ms(100)));
+        assert!(a.add(
+            &ev6(FLOW_EGRESS, 0x12, 80, Reason::Forward6ToConsumer),
+            ms(101)
+        ));
+        assert!(a.add(
+            &ev6(FLOW_INGRESS, 0x10, 72, Reason::Forward6ToService),
+            ms(102)
+        ));
+        // The IPv4 flow with the same ports is another record.
+        assert!(a.add(&e4, ms(103)));
+        assert!(a.add(
+            &ev6(FLOW_INGRESS, 0x02, 80, Reason::DropSecurityGroup),
+            ms(104)
+        ));
+        let got = lines(a.complete(ms(2200), 200 * 1_000_000));
+        assert_eq!(
+            got,
+            [
+                "5 acct-a eni-ep-a-vsw-a1 10.10.2.1 10.10.1.100 40000 80 6 1 60 1000 1000 ACCEPT OK vpc-a vsw-a1 eni-ep-a-vsw-a1 ingress 2",
+                "5 acct-a eni-ep-a-vsw-a1 fd00:a:0:1::100 fd00:a:0:2::1 80 40000 6 1 80 1000 1000 ACCEPT OK vpc-a vsw-a1 eni-ep-a-vsw-a1 egress 18",
+                "5 acct-a eni-ep-a-vsw-a1 fd00:a:0:2::1 fd00:a:0:1::100 40000 80 6 1 80 1000 1000 REJECT OK vpc-a vsw-a1 eni-ep-a-vsw-a1 ingress 2",
+                "5 acct-a eni-ep-a-vsw-a1 fd00:a:0:2::1 fd00:a:0:1::100 40000 80 6 2 152 1000 1000 ACCEPT OK vpc-a vsw-a1 eni-ep-a-vsw-a1 ingress 2",
+            ]
+        );
     }
 
     #[test]

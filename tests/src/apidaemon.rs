@@ -148,6 +148,17 @@ pub fn two_parties(
 
 /// `two_parties`, returning the two accounts' tokens (A, B) instead of clients.
 pub fn two_party_tokens(admin: &privatelink_user::client::Client) -> Result<(String, String)> {
+    party_tokens(admin, false)
+}
+
+/// `two_party_tokens` with dual-stack VPCs: vpc-a fd00:a::/56 (vsw-a1 fd00:a:0:1::/64,
+/// vsw-a2 fd00:a:0:2::/64), vpc-b fd00:b::/56 (vsw-b0 fd00:b::/64), the ranges of the
+/// packet tests' dual-stack lab (`dual`).
+pub fn two_party_tokens_dual(admin: &privatelink_user::client::Client) -> Result<(String, String)> {
+    party_tokens(admin, true)
+}
+
+fn party_tokens(admin: &privatelink_user::client::Client, dual: bool) -> Result<(String, String)> {
     use serde_json::json;
     let token = |id: &str| -> Result<String> {
         admin.post("/v1/accounts", &json!({"id": id}))?["token"]
@@ -156,30 +167,39 @@ pub fn two_party_tokens(admin: &privatelink_user::client::Client) -> Result<(Str
             .ok_or_else(|| anyhow::anyhow!("no token for {id}"))
     };
     let (ta, tb) = (token("acct-a")?, token("acct-b")?);
-    let vsw = |id, zone, cidr| json!({"id": id, "zone": zone, "cidr": cidr});
-    for (vpc, account, iface, vswitches) in [
+    let vsw = |id, zone, cidr, cidr6: Option<&str>| {
+        let mut v = json!({"id": id, "zone": zone, "cidr": cidr});
+        if let Some(c) = cidr6.filter(|_| dual) {
+            v["ipv6_cidr"] = json!(c);
+        }
+        v
+    };
+    for (vpc, account, iface, vpc6, vswitches) in [
         (
             "vpc-a",
             "acct-a",
             "fc0",
+            "fd00:a::/56",
             vec![
-                vsw("vsw-a1", "zone-a", "10.10.1.0/24"),
-                vsw("vsw-a2", "zone-b", "10.10.2.0/24"),
-                vsw("vsw-a3", "zone-a", "10.10.3.0/29"),
+                vsw("vsw-a1", "zone-a", "10.10.1.0/24", Some("fd00:a:0:1::/64")),
+                vsw("vsw-a2", "zone-b", "10.10.2.0/24", Some("fd00:a:0:2::/64")),
+                vsw("vsw-a3", "zone-a", "10.10.3.0/29", None),
             ],
         ),
         (
             "vpc-b",
             "acct-b",
             "fp0",
-            vec![vsw("vsw-b0", "zone-a", "10.10.0.0/24")],
+            "fd00:b::/56",
+            vec![vsw("vsw-b0", "zone-a", "10.10.0.0/24", Some("fd00:b::/64"))],
         ),
     ] {
-        admin.post(
-            "/v1/vpcs",
-            &json!({"id": vpc, "account": account, "cidr": "10.10.0.0/16", "interface": iface,
-                    "vswitches": vswitches}),
-        )?;
+        let mut v = json!({"id": vpc, "account": account, "cidr": "10.10.0.0/16",
+                           "interface": iface, "vswitches": vswitches});
+        if dual {
+            v["ipv6_cidr"] = json!(vpc6);
+        }
+        admin.post("/v1/vpcs", &v)?;
     }
     Ok((ta, tb))
 }

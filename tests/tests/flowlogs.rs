@@ -1,10 +1,12 @@
 //! Flow logs end to end, in one small topology (three namespaces: a consumer client, the
-//! forwarder running the real daemon in API mode, the provider's load balancer, a Python
-//! HTTP server), with flow logs on for ep-a at a 2-second window, turned on and off
-//! through the CLI. One daemon run holds every check, in order: an idle window is one
-//! NODATA record; an accepted download's ACCEPT records, both directions, carry the
-//! packets, bytes and TCP flags a tcpdump capture on the client's veth counts (parsed here
-//! with etherparse); a security group's drop gives REJECT records with the captured SYNs;
+//! forwarder running the real daemon in API mode, the provider's load balancer, Python
+//! HTTP servers on its IPv4 and IPv6 addresses), dual stack, with flow logs on for ep-a
+//! at a 2-second window, turned on and off through the CLI. One daemon run holds every
+//! check, in order: an idle window is one NODATA record; an accepted download's ACCEPT
+//! records, both directions, carry the packets, bytes and TCP flags a tcpdump capture on
+//! the client's veth counts (parsed here with etherparse), over IPv4 and over IPv6; a
+//! security group's drop gives REJECT records with the captured SYNs, for either family;
+//! IPv6 fragments to the ENI, refused before any path, are REJECT records of protocol 44;
 //! a burst through a deliberately small ring buffer (`--flow-log-ring-bytes 8192`, polled
 //! every 250 ms) is counted in the ENI's `flow_log_lost` (read from the pinned map) and its
 //! window's records say SKIPDATA. The records are parsed by the header's field names.
@@ -21,7 +23,7 @@ use aya::maps::{HashMap, PerCpuArray};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use privatelink_common::{COUNTER_ENI, CounterKey, EndpointCounters, map_names};
 use privatelink_tests::{
-    apidaemon::two_party_tokens,
+    apidaemon::two_party_tokens_dual,
     lab::{bin, privatelink_bin, wait_for},
     netns::{self, Netns, unique_name},
 };
@@ -35,6 +37,10 @@ use serde_json::{Value, json};
 const CLIENT: &str = "10.10.2.1";
 const ENI: &str = "10.10.1.100";
 const LB: &str = "10.10.0.10";
+/// The same over IPv6 (written as the records and etherparse print them).
+const CLIENT6: &str = "fd00:a:0:2::1";
+const ENI6: &str = "fd00:a:0:1::100";
+const LB6: &str = "fd00:b::10";
 const WINDOW: u64 = 2;
 /// The records' fields, as the README states them (the contract, written out here).
 const FIELDS: &str = "version account-id interface-id srcaddr dstaddr srcport dstport protocol \
@@ -141,6 +147,15 @@ impl World {
             // TSO; no GRO on the client's side, so the capture sees the frames XDP saw.
             ns.exec("ethtool", &["-K", dev, "tx", "off", "gro", "off"])?;
         }
+        // Each VPC's /56 on-link, as the /16 (the forwarder answers neighbour
+        // solicitations for the ENI's and SNAT addresses); `nodad`: usable at once.
+        for (ns, dev, a, vpc) in [
+            (&self.consumer, "c0", CLIENT6, "fd00:a::/56"),
+            (&self.provider, "p0", LB6, "fd00:b::/56"),
+        ] {
+            ns.ip(&["addr", "add", &format!("{a}/64"), "dev", dev, "nodad"])?;
+            ns.ip(&["-6", "route", "add", vpc, "dev", dev, "src", a])?;
+        }
         self.fwd.exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
         // Frames XDP redirects into a veth reach its far end only if XDP runs there.
         for (ns, dev) in [
@@ -157,26 +172,32 @@ impl World {
         Ok(())
     }
 
-    /// The load balancer: a Python HTTP server on LB:80 serving a small page and a
-    /// 1 MiB file.
+    /// The load balancer: Python HTTP servers on LB:80 and [LB6]:80 serving a small page
+    /// and a 1 MiB file.
     fn serve(&mut self) -> Result<()> {
         let www = self.dir.join("www");
         std::fs::write(www.join("small.txt"), "flow logs\n".repeat(20))?;
         let big: Vec<u8> = (0..BIG).map(|i| (i * 7 + i / 251) as u8).collect();
         std::fs::write(www.join("big.bin"), big)?;
-        let mut cmd = self.provider.command("python3");
-        cmd.args(["-m", "http.server", "--bind", LB, "80", "--directory"])
-            .arg(&www);
-        let child = spawn(&self.dir, "http", &mut cmd)?;
-        self.children.push(child);
-        wait_for(Duration::from_secs(10), "the HTTP server", || {
-            self.provider
-                .exec(
-                    "curl",
-                    &["-sf", "-m", "1", &format!("http://{LB}/small.txt")],
-                )
-                .is_ok()
-        })
+        for (name, bind, url) in [
+            ("http", LB, LB.to_string()),
+            ("http6", LB6, format!("[{LB6}]")),
+        ] {
+            let mut cmd = self.provider.command("python3");
+            cmd.args(["-m", "http.server", "--bind", bind, "80", "--directory"])
+                .arg(&www);
+            let child = spawn(&self.dir, name, &mut cmd)?;
+            self.children.push(child);
+            wait_for(Duration::from_secs(10), "the HTTP server", || {
+                self.provider
+                    .exec(
+                        "curl",
+                        &["-sf", "-m", "1", &format!("http://{url}/small.txt")],
+                    )
+                    .is_ok()
+            })?;
+        }
+        Ok(())
     }
 
     fn start_daemon(&mut self) -> Result<()> {
@@ -216,33 +237,44 @@ impl World {
     }
 
     fn build(&mut self) -> Result<()> {
-        let (ta, tb) = two_party_tokens(&self.admin)?;
+        let (ta, tb) = two_party_tokens_dual(&self.admin)?;
         self.a = Client::new(&self.url, Some(ta.clone()));
         self.b = Client::new(&self.url, Some(tb));
         self.a_token = ta;
         self.b.post(
             "/v1/services",
-            &json!({"id": "epsrv-b", "vpc": "vpc-b", "backends": [{"zone": "zone-a", "address": LB}],
-                    "snat": ["10.10.0.200"], "whitelist": ["acct-a"], "auto_accept": true,
-                    "listeners": [{"protocol": "tcp", "port": 80}]}),
+            &json!({"id": "epsrv-b", "vpc": "vpc-b", "ip_version": "dualstack",
+                    "backends": [{"zone": "zone-a", "address": LB, "address6": LB6}],
+                    "snat": ["10.10.0.200"], "snat6": ["fd00:b::200"], "whitelist": ["acct-a"],
+                    "auto_accept": true, "listeners": [{"protocol": "tcp", "port": 80}]}),
         )?;
         self.a.post(
             "/v1/endpoints",
-            &json!({"id": "ep-a", "vpc": "vpc-a", "service": "epsrv-b",
-                    "zones": [{"vswitch": "vsw-a1", "eni": ENI}]}),
+            &json!({"id": "ep-a", "vpc": "vpc-a", "service": "epsrv-b", "ip_version": "dualstack",
+                    "zones": [{"vswitch": "vsw-a1", "eni": ENI, "eni6": ENI6}]}),
         )?;
-        // Through the endpoint (the load balancer's MAC learned, the path warm).
+        // Through the endpoint (the load balancer's MAC learned, the path warm), both ways.
         wait_for(Duration::from_secs(10), "a request through ep-a", || {
-            self.curl("small.txt", 40999, 2).is_ok()
-        })
+            self.curl(ENI, "small.txt", 40999, 2).is_ok()
+        })?;
+        wait_for(
+            Duration::from_secs(10),
+            "an IPv6 request through ep-a",
+            || self.curl(ENI6, "small.txt", 40998, 2).is_ok(),
+        )
     }
 
     fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
-    /// `curl` from the client to the ENI, from local port `port`, `limit` seconds at most.
-    fn curl(&self, file: &str, port: u16, limit: u32) -> Result<()> {
+    /// `curl` from the client to the ENI's address `eni` (`ENI` or `ENI6`), from local
+    /// port `port`, `limit` seconds at most.
+    fn curl(&self, eni: &str, file: &str, port: u16, limit: u32) -> Result<()> {
+        let url = match eni.contains(':') {
+            true => format!("http://[{eni}]/{file}"),
+            false => format!("http://{eni}/{file}"),
+        };
         self.consumer.exec(
             "curl",
             &[
@@ -256,7 +288,7 @@ impl World {
                 &limit.to_string(),
                 "-m",
                 &limit.to_string(),
-                &format!("http://{ENI}/{file}"),
+                &url,
             ],
         )?;
         Ok(())
@@ -388,7 +420,7 @@ impl Capture {
         Ok(c)
     }
 
-    /// Stops the capture (SIGINT: the file is flushed) and reads its IPv4 TCP frames.
+    /// Stops the capture (SIGINT: the file is flushed) and reads its IP packets.
     fn finish(mut self) -> Result<Vec<Packet>> {
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: signalling our own child.
@@ -405,16 +437,18 @@ impl Drop for Capture {
     }
 }
 
-/// One captured TCP segment.
+/// One captured IP packet (ports and flags 0 and false but for TCP).
 #[derive(Clone, Debug)]
 struct Packet {
     /// Unix time, seconds.
     time: u64,
     src: String,
     dst: String,
+    /// The IPv4 protocol, or the IPv6 fixed header's next header.
+    proto: u8,
     sport: u16,
     dport: u16,
-    /// The IPv4 total length.
+    /// The IPv4 total length; the IPv6 payload length and its fixed header's 40.
     ip_len: u64,
     syn: bool,
     ack: bool,
@@ -436,23 +470,49 @@ fn read_pcap(b: &[u8]) -> Result<Vec<Packet>> {
         i += 16 + caplen;
         let p = SlicedPacket::from_ethernet(frame)
             .map_err(|e| anyhow::anyhow!("a captured frame: {e}"))?;
-        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (p.net, p.transport)
-        else {
-            continue;
+        let (src, dst, proto, ip_len) = match &p.net {
+            Some(NetSlice::Ipv4(ip)) => {
+                let h = ip.header();
+                let (s, d) = (h.source_addr(), h.destination_addr());
+                (
+                    s.to_string(),
+                    d.to_string(),
+                    h.protocol().0,
+                    h.total_len() as u64,
+                )
+            }
+            Some(NetSlice::Ipv6(ip)) => {
+                let h = ip.header();
+                let (s, d) = (h.source_addr(), h.destination_addr());
+                (
+                    s.to_string(),
+                    d.to_string(),
+                    h.next_header().0,
+                    40 + h.payload_length() as u64,
+                )
+            }
+            _ => continue,
         };
-        let h = ip.header();
-        out.push(Packet {
+        let mut packet = Packet {
             time: secs,
-            src: h.source_addr().to_string(),
-            dst: h.destination_addr().to_string(),
-            sport: tcp.source_port(),
-            dport: tcp.destination_port(),
-            ip_len: h.total_len() as u64,
-            syn: tcp.syn(),
-            ack: tcp.ack(),
-            fin: tcp.fin(),
-            rst: tcp.rst(),
-        });
+            src,
+            dst,
+            proto,
+            sport: 0,
+            dport: 0,
+            ip_len,
+            syn: false,
+            ack: false,
+            fin: false,
+            rst: false,
+        };
+        if let Some(TransportSlice::Tcp(tcp)) = p.transport {
+            packet.sport = tcp.source_port();
+            packet.dport = tcp.destination_port();
+            (packet.syn, packet.ack, packet.fin, packet.rst) =
+                (tcp.syn(), tcp.ack(), tcp.fin(), tcp.rst());
+        }
+        out.push(packet);
     }
     Ok(out)
 }
@@ -461,7 +521,7 @@ fn read_pcap(b: &[u8]) -> Result<Vec<Packet>> {
 /// ENI's port 80): their count, IP bytes, TCP flags as the README says the records give
 /// them (FIN 1, SYN 2, RST 4, ACK 16 only with SYN, OR-ed), and first and last second.
 fn tally(packets: &[Packet], src: &str, dst: &str, port: u16) -> (u64, u64, u64, u64, u64) {
-    let ports = if src == CLIENT {
+    let ports = if src == CLIENT || src == CLIENT6 {
         (port, 80)
     } else {
         (80, port)
@@ -486,22 +546,22 @@ fn tally(packets: &[Packet], src: &str, dst: &str, port: u16) -> (u64, u64, u64,
 }
 
 /// The records of the flow between the client's `port` and the ENI's port 80 in one
-/// direction ("ingress": client → ENI).
+/// direction ("ingress": client → ENI), over either family (each step of the test uses
+/// its own client ports).
 fn of_flow<'a>(
     records: &'a [BTreeMap<String, String>],
     port: u16,
     direction: &str,
 ) -> Vec<&'a BTreeMap<String, String>> {
     let port = port.to_string();
-    let (src, dst, sport, dport) = match direction {
-        "ingress" => (CLIENT, ENI, port.as_str(), "80"),
-        _ => (ENI, CLIENT, "80", port.as_str()),
+    let (ends, sport, dport) = match direction {
+        "ingress" => ([(CLIENT, ENI), (CLIENT6, ENI6)], port.as_str(), "80"),
+        _ => ([(ENI, CLIENT), (ENI6, CLIENT6)], "80", port.as_str()),
     };
     records
         .iter()
         .filter(|r| {
-            r["srcaddr"] == src
-                && r["dstaddr"] == dst
+            ends.contains(&(r["srcaddr"].as_str(), r["dstaddr"].as_str()))
                 && r["srcport"] == sport
                 && r["dstport"] == dport
                 && r["direction"] == direction
@@ -597,55 +657,24 @@ fn flow_logs_record_accepted_rejected_lost_and_idle_windows() {
         assert_eq!(r[k], "-", "{k} of {r:?}");
     }
 
-    // (a) An accepted request: ACCEPT records both ways, as the capture counts them.
-    let cap = Capture::start(&w, "accept", &format!("tcp and host {ENI}")).unwrap();
-    w.curl("small.txt", 41000, 5).unwrap();
-    let packets = cap.finish().unwrap();
-    let last = packets.iter().map(|p| p.time).max().unwrap();
-    let records = w.records_after(last).unwrap();
-    for (direction, src, dst) in [("ingress", CLIENT, ENI), ("egress", ENI, CLIENT)] {
-        let (n, bytes, flags, first, last) = tally(&packets, src, dst, 41000);
-        let rs = of_flow(&records, 41000, direction);
-        assert!(
-            n >= 3 && !rs.is_empty(),
-            "{direction}: {n} captured, {rs:#?}"
-        );
-        assert_eq!(
-            (sum(&rs, "packets"), sum(&rs, "bytes")),
-            (n, bytes),
-            "{direction}: packets and bytes, {rs:#?}"
-        );
-        let or = rs.iter().fold(0, |f, r| f | num(r, "tcp-flags"));
-        assert_eq!(or, flags, "{direction}: tcp-flags, {rs:#?}");
-        assert_eq!(flags & 3, 3, "{direction}: SYN and FIN were captured");
-        for r in &rs {
-            check_eni_fields(r);
-            assert_eq!(
-                (
-                    r["protocol"].as_str(),
-                    r["action"].as_str(),
-                    r["log-status"].as_str()
-                ),
-                ("6", "ACCEPT", "OK"),
-                "{r:?}"
-            );
-            // Within a second of the capture's clock (a packet at a second's edge).
-            assert!(
-                num(r, "start") + 1 >= first && num(r, "end") <= last + 1,
-                "{r:?}"
-            );
-            assert!(num(r, "start") <= num(r, "end"), "{r:?}");
-        }
-    }
+    // (a) An accepted request: ACCEPT records both ways, as the capture counts them, over
+    // either family.
+    accepted(&w, CLIENT, ENI, 41000);
+    accepted(&w, CLIENT6, ENI6, 45000);
 
-    // (b) A security group drops the client's port 80: REJECT records of its SYNs.
+    // (b) A security group drops the client's port 80 (either family's address): REJECT
+    // records of its SYNs.
     w.a.post(
         "/v1/security-groups",
         &json!({"id": "sg-deny", "vpc": "vpc-a", "rules": [
             {"direction": "ingress", "priority": 1, "action": "drop", "protocol": "tcp",
              "ports": [80, 80], "cidr": format!("{CLIENT}/32")},
+            {"direction": "ingress", "priority": 1, "action": "drop", "protocol": "tcp",
+             "ports": [80, 80], "cidr": format!("{CLIENT6}/128")},
             {"direction": "ingress", "priority": 2, "action": "accept", "protocol": "all",
-             "cidr": "0.0.0.0/0"}]}),
+             "cidr": "0.0.0.0/0"},
+            {"direction": "ingress", "priority": 2, "action": "accept", "protocol": "all",
+             "cidr": "::/0"}]}),
     )
     .unwrap();
     w.a.patch(
@@ -653,46 +682,56 @@ fn flow_logs_record_accepted_rejected_lost_and_idle_windows() {
         &json!({"security_groups": ["sg-deny"]}),
     )
     .unwrap();
-    let cap = Capture::start(&w, "reject", &format!("tcp and host {ENI}")).unwrap();
-    assert!(w.curl("small.txt", 42000, 3).is_err(), "the group drops it");
-    let packets = cap.finish().unwrap();
-    let (syns, bytes, flags, _, last) = tally(&packets, CLIENT, ENI, 42000);
-    assert!(
-        packets.iter().all(|p| p.src == CLIENT && p.syn && !p.ack),
-        "only the client's SYNs: {packets:#?}"
+    rejected(&w, CLIENT, ENI, 42000);
+    rejected(&w, CLIENT6, ENI6, 46000);
+    w.a.patch("/v1/endpoints/ep-a", &json!({"security_groups": []}))
+        .unwrap();
+
+    // (e) IPv6 fragments to the ENI (a 2 000-byte echo over a 1 500-byte link), refused
+    // before any path (`DropFragment`): REJECT records of the fixed header's next header,
+    // Fragment (44), without ports, as many packets and bytes as were captured.
+    let cap = Capture::start(&w, "fragments", &format!("ip6 and host {ENI6}")).unwrap();
+    let ping = w.consumer.exec(
+        "ping",
+        &["-6", "-c", "2", "-i", "0.2", "-W", "1", "-s", "2000", ENI6],
     );
-    assert!(syns >= 2 && flags == 2, "{syns} SYNs retried in 3 s");
+    assert!(ping.is_err(), "a fragmented echo is not answered");
+    let packets = cap.finish().unwrap();
+    let frags: Vec<&Packet> = packets
+        .iter()
+        .filter(|p| p.src == CLIENT6 && p.dst == ENI6 && p.proto == 44)
+        .collect();
+    assert!(frags.len() >= 4, "2 echoes of 2 fragments: {packets:#?}");
+    let last = frags.iter().map(|p| p.time).max().unwrap();
     let records = w.records_after(last).unwrap();
-    let rs = of_flow(&records, 42000, "ingress");
-    assert!(!rs.is_empty(), "{records:#?}");
+    let rs: Vec<_> = records
+        .iter()
+        .filter(|r| r["srcaddr"] == CLIENT6 && r["dstaddr"] == ENI6 && r["protocol"] == "44")
+        .collect();
     assert_eq!(
         (sum(&rs, "packets"), sum(&rs, "bytes")),
-        (syns, bytes),
+        (frags.len() as u64, frags.iter().map(|p| p.ip_len).sum()),
         "{rs:#?}"
     );
     for r in &rs {
         check_eni_fields(r);
         assert_eq!(
-            (
-                r["action"].as_str(),
-                r["tcp-flags"].as_str(),
-                r["log-status"].as_str()
-            ),
-            ("REJECT", "2", "OK"),
+            [
+                &r["srcport"],
+                &r["dstport"],
+                &r["action"],
+                &r["direction"],
+                &r["tcp-flags"]
+            ],
+            ["0", "0", "REJECT", "ingress", "-"],
             "{r:?}"
         );
     }
-    assert!(
-        of_flow(&records, 42000, "egress").is_empty(),
-        "nothing answered"
-    );
-    w.a.patch("/v1/endpoints/ep-a", &json!({"security_groups": []}))
-        .unwrap();
 
     // (c) A 1 MiB download through an 8 KiB ring drained every 250 ms: events are lost,
     // counted per ENI, and their window's records say SKIPDATA.
     let lost_before = w.flow_log_lost().unwrap();
-    w.curl("big.bin", 43000, 10).unwrap();
+    w.curl(ENI, "big.bin", 43000, 10).unwrap();
     let lost = w.flow_log_lost().unwrap() - lost_before;
     assert!(lost > 0, "flow_log_lost did not move");
     let end = std::time::SystemTime::now()
@@ -738,7 +777,7 @@ fn flow_logs_record_accepted_rejected_lost_and_idle_windows() {
     assert!(v["flow_log"].is_null(), "{v}");
     std::thread::sleep(Duration::from_millis(500));
     let n = w.records().len();
-    w.curl("small.txt", 44000, 5).unwrap();
+    w.curl(ENI, "small.txt", 44000, 5).unwrap();
     std::thread::sleep(Duration::from_secs(WINDOW + 1));
     let after = w.records();
     assert_eq!(after.len(), n, "records after the flow log stopped");
@@ -746,4 +785,94 @@ fn flow_logs_record_accepted_rejected_lost_and_idle_windows() {
     for what in ["flow log started", "flow log stopped"] {
         w.logged(what, 2).unwrap();
     }
+}
+
+/// A request from `client` to `eni` from port `port`: ACCEPT records both ways, whose
+/// packets, bytes, TCP flags and times are those a capture on the client's veth counts.
+fn accepted(w: &World, client: &str, eni: &str, port: u16) {
+    let cap = Capture::start(w, &format!("accept-{port}"), &format!("tcp and host {eni}")).unwrap();
+    w.curl(eni, "small.txt", port, 5).unwrap();
+    let packets = cap.finish().unwrap();
+    let last = packets.iter().map(|p| p.time).max().unwrap();
+    let records = w.records_after(last).unwrap();
+    for (direction, src, dst) in [("ingress", client, eni), ("egress", eni, client)] {
+        let (n, bytes, flags, first, last) = tally(&packets, src, dst, port);
+        let rs = of_flow(&records, port, direction);
+        assert!(
+            n >= 3 && !rs.is_empty(),
+            "{direction}: {n} captured, {rs:#?}"
+        );
+        assert_eq!(
+            (sum(&rs, "packets"), sum(&rs, "bytes")),
+            (n, bytes),
+            "{direction}: packets and bytes, {rs:#?}"
+        );
+        let or = rs.iter().fold(0, |f, r| f | num(r, "tcp-flags"));
+        assert_eq!(or, flags, "{direction}: tcp-flags, {rs:#?}");
+        assert_eq!(flags & 3, 3, "{direction}: SYN and FIN were captured");
+        for r in &rs {
+            check_eni_fields(r);
+            assert_eq!((r["srcaddr"].as_str(), r["dstaddr"].as_str()), (src, dst));
+            assert_eq!(
+                (
+                    r["protocol"].as_str(),
+                    r["action"].as_str(),
+                    r["log-status"].as_str()
+                ),
+                ("6", "ACCEPT", "OK"),
+                "{r:?}"
+            );
+            // Within a second of the capture's clock (a packet at a second's edge).
+            assert!(
+                num(r, "start") + 1 >= first && num(r, "end") <= last + 1,
+                "{r:?}"
+            );
+            assert!(num(r, "start") <= num(r, "end"), "{r:?}");
+        }
+    }
+}
+
+/// A request from `client` to `eni` from port `port` that a security group drops: REJECT
+/// records of exactly its captured SYNs, nothing the other way.
+fn rejected(w: &World, client: &str, eni: &str, port: u16) {
+    let cap = Capture::start(w, &format!("reject-{port}"), &format!("tcp and host {eni}")).unwrap();
+    assert!(
+        w.curl(eni, "small.txt", port, 3).is_err(),
+        "the group drops it"
+    );
+    let packets = cap.finish().unwrap();
+    let (syns, bytes, flags, _, last) = tally(&packets, client, eni, port);
+    assert!(
+        packets.iter().all(|p| p.src == client && p.syn && !p.ack),
+        "only the client's SYNs: {packets:#?}"
+    );
+    assert!(syns >= 2 && flags == 2, "{syns} SYNs retried in 3 s");
+    let records = w.records_after(last).unwrap();
+    let rs = of_flow(&records, port, "ingress");
+    assert!(!rs.is_empty(), "{records:#?}");
+    assert_eq!(
+        (sum(&rs, "packets"), sum(&rs, "bytes")),
+        (syns, bytes),
+        "{rs:#?}"
+    );
+    for r in &rs {
+        check_eni_fields(r);
+        assert_eq!(
+            (r["srcaddr"].as_str(), r["dstaddr"].as_str()),
+            (client, eni)
+        );
+        assert_eq!(
+            (
+                r["action"].as_str(),
+                r["tcp-flags"].as_str(),
+                r["log-status"].as_str()
+            ),
+            ("REJECT", "2", "OK"),
+            "{r:?}"
+        );
+    }
+    assert!(
+        of_flow(&records, port, "egress").is_empty(),
+        "nothing answered"
+    );
 }
