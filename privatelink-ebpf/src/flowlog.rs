@@ -14,7 +14,10 @@ use aya_ebpf::{
     macros::btf_map,
     programs::XdpContext,
 };
-use privatelink_common::{FLOW_EVENTS_BYTES, FlowEvent, FlowEvent6, PROTO_TCP, PROTO_UDP, Reason};
+use privatelink_common::{
+    ENI_FLAG_FLOW_LOG, EndpointEni, FLOW_EVENTS_BYTES, FlowEvent, FlowEvent6, PROTO_TCP, PROTO_UDP,
+    Reason,
+};
 
 use crate::{
     packet::Packet,
@@ -216,14 +219,18 @@ const MAX_L4: usize = ETH_LEN + IPV6_LEN + MAX_EXT_HEADERS * MAX_EXT_LEN;
 #[btf_map]
 static PL_FLOW_SCRATCH6: PerCpuArray<FlowEvent6, 1> = PerCpuArray::new();
 
-/// Keeps the IPv6 frame's event for `report_captured6`, as `capture` does. A BPF function
-/// of its own.
+/// Keeps the IPv6 frame's event for `report_captured6`, as `capture` does, if `eni` has
+/// flow logs on (its caller reports only then). A BPF function of its own, so that the
+/// test of the flag is not a branch in its caller's walk.
 #[inline(never)]
-pub fn capture6(ctx: &XdpContext, pkt: &Packet, slot: u32, direction: u32) {
+pub fn capture6(ctx: &XdpContext, pkt: &Packet, eni: &EndpointEni, direction: u32) {
+    if eni.flags & ENI_FLAG_FLOW_LOG == 0 {
+        return;
+    }
     if let Some(p) = PL_FLOW_SCRATCH6.get_ptr_mut(0) {
         // SAFETY: this CPU's slot, valid for this run.
         let ev = unsafe { &mut *p };
-        if !fill6(ctx, pkt, slot, direction as u8, ev) {
+        if !fill6(ctx, pkt, eni.counter_slot, direction as u8, ev) {
             ev.slot = 0;
         }
     }

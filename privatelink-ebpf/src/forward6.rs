@@ -39,8 +39,10 @@ use crate::{
 /// the path program: its steps are the BPF functions (see the module's text).
 #[inline(always)]
 pub fn forward6(ctx: &XdpContext, iface: &IfaceInfo, eni6: &EndpointEni6, pkt: &Packet) -> u64 {
-    // As `forward` does: kept for every packet, reported if the ENI logs.
-    flowlog::capture6(ctx, pkt, eni6.eni.counter_slot, FLOW_INGRESS as u32);
+    // As `forward` does: kept before the rewrite, reported with the verdict. The ENI's
+    // flag is tested inside `capture6`: a branch on it here would have the verifier walk
+    // the path twice (489 089 instructions, not 248 095).
+    flowlog::capture6(ctx, pkt, &eni6.eni, FLOW_INGRESS as u32);
     let v = forward6_walk(ctx, iface, eni6, pkt);
     if eni6.eni.flags & ENI_FLAG_FLOW_LOG != 0 {
         flowlog::report_captured6(v as u32);
