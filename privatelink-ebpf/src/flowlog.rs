@@ -217,7 +217,7 @@ const MAX_L4: usize = ETH_LEN + IPV6_LEN + MAX_EXT_HEADERS * MAX_EXT_LEN;
 
 /// `PL_FLOW_SCRATCH` for IPv6 (`capture6`, `report_captured6`).
 #[btf_map]
-static PL_FLOW_SCRATCH6: PerCpuArray<FlowEvent6, 1> = PerCpuArray::new();
+static PL_FLOW_SCR6: PerCpuArray<FlowEvent6, 1> = PerCpuArray::new();
 
 /// Keeps the IPv6 frame's event for `report_captured6`, as `capture` does, if `eni` has
 /// flow logs on (its caller reports only then). A BPF function of its own, so that the
@@ -227,7 +227,7 @@ pub fn capture6(ctx: &XdpContext, pkt: &Packet, eni: &EndpointEni, direction: u3
     if eni.flags & ENI_FLAG_FLOW_LOG == 0 {
         return;
     }
-    if let Some(p) = PL_FLOW_SCRATCH6.get_ptr_mut(0) {
+    if let Some(p) = PL_FLOW_SCR6.get_ptr_mut(0) {
         // SAFETY: this CPU's slot, valid for this run.
         let ev = unsafe { &mut *p };
         if !fill6(ctx, pkt, eni.counter_slot, direction as u8, ev) {
@@ -239,7 +239,7 @@ pub fn capture6(ctx: &XdpContext, pkt: &Packet, eni: &EndpointEni, direction: u3
 /// Reports the event `capture6` kept, with the verdict `reason`. A BPF function of its own.
 #[inline(never)]
 pub fn report_captured6(reason: u32) {
-    let Some(p) = PL_FLOW_SCRATCH6.get_ptr(0) else {
+    let Some(p) = PL_FLOW_SCR6.get_ptr(0) else {
         return;
     };
     // SAFETY: this CPU's slot, valid for this run.

@@ -7,6 +7,8 @@
 //! the client's veth counts (parsed here with etherparse), over IPv4 and over IPv6; a
 //! security group's drop gives REJECT records with the captured SYNs, for either family;
 //! IPv6 fragments to the ENI, refused before any path, are REJECT records of protocol 44;
+//! a disabled connection's SYNs, refused before any path too, are REJECT records with
+//! their ports, for either family;
 //! a burst through a deliberately small ring buffer (`--flow-log-ring-bytes 8192`, polled
 //! every 250 ms) is counted in the ENI's `flow_log_lost` (read from the pinned map) and its
 //! window's records say SKIPDATA. The records are parsed by the header's field names.
@@ -727,6 +729,18 @@ fn flow_logs_record_accepted_rejected_lost_and_idle_windows() {
             "{r:?}"
         );
     }
+
+    // (f) The provider disables the connection: each family's SYNs are refused before any
+    // path (the classifiers' `check_forwarding`), REJECT records with their ports.
+    let conn = "/v1/services/epsrv-b/connections/ep-a";
+    w.b.post(&format!("{conn}/disable"), &json!({})).unwrap();
+    rejected(&w, CLIENT, ENI, 47000);
+    rejected(&w, CLIENT6, ENI6, 47001);
+    w.b.post(&format!("{conn}/enable"), &json!({})).unwrap();
+    wait_for(Duration::from_secs(10), "ep-a forwarding again", || {
+        w.curl(ENI6, "small.txt", 47002, 2).is_ok()
+    })
+    .unwrap();
 
     // (c) A 1 MiB download through an 8 KiB ring drained every 250 ms: events are lost,
     // counted per ENI, and their window's records say SKIPDATA.

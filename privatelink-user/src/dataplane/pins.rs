@@ -350,6 +350,7 @@ mod tests {
             "PL_HANDOFF",
             "PL_FLOW_EVENTS",
             "PL_FLOW_SCRATCH",
+            "PL_FLOW_SCR6",
             "PL_HANDOFF6",
             "PL_SCRATCH6",
             "PL_KEYS6",
