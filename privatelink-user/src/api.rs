@@ -25,6 +25,7 @@ use crate::{
         SgRule, State, Vpc,
     },
     ops::{self, Caller},
+    store::{StoreError, store_error},
 };
 
 pub type Shared = Arc<Mutex<App>>;
@@ -38,6 +39,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -87,41 +89,77 @@ async fn read<T>(
     f(&mut g.state, &caller)
 }
 
+/// How many times a change is made again on a newer state after another daemon of the
+/// fleet committed first (a shared store only), before the caller is told to retry.
+const MAX_COMMIT_ATTEMPTS: usize = 8;
+
 /// Runs `f` on a copy of the state; only a copy that validates, can be applied and is
-/// committed replaces the running state.
-pub async fn mutate<T>(
-    app: &Shared,
-    h: &HeaderMap,
-    f: impl FnOnce(&mut State, &Caller) -> Result<T, OpError>,
-) -> Result<T, OpError> {
+/// committed replaces the running state. With a shared store, another daemon may commit
+/// first: the store then refuses the commit, the daemon catches up with it and runs `f`
+/// again on the new state (so the operation is judged against what is committed, never
+/// against a stale copy); `f` is `Clone` for that.
+pub async fn mutate<T, F>(app: &Shared, h: &HeaderMap, f: F) -> Result<T, OpError>
+where
+    F: FnOnce(&mut State, &Caller) -> Result<T, OpError> + Clone,
+{
     let mut g = app.lock().await;
-    let caller = ops::authenticate(&g.state, &g.admin_token_sha256, bearer(h))?;
-    let mut next = g.state.clone();
-    let out = f(&mut next, &caller)?;
-    next.validate()?;
-    g.apply.check(&next)?;
-    let App { state, store, .. } = &mut *g;
-    if let Err(e) = store.save(state, &next) {
-        g.apply.abandon();
-        return Err(OpError::internal(format!("storing the change: {e:#}")));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let caller = ops::authenticate(&g.state, &g.admin_token_sha256, bearer(h))?;
+        let mut next = g.state.clone();
+        let out = f.clone()(&mut next, &caller)?;
+        next.validate()?;
+        g.apply.check(&next)?;
+        let App { state, store, .. } = &mut *g;
+        if let Err(e) = store.save(state, &next).await {
+            g.apply.abandon();
+            match store_error(&e) {
+                Some(StoreError::Conflict) if attempt < MAX_COMMIT_ATTEMPTS => {
+                    let App { store, .. } = &mut *g;
+                    match store.catch_up().await {
+                        Ok(Some(s)) => g.adopt(s),
+                        Ok(None) => {}
+                        Err(e) => return Err(unavailable(&e)),
+                    }
+                    continue;
+                }
+                Some(StoreError::Conflict) => {
+                    return Err(OpError::unavailable(format!(
+                        "other daemons of the fleet kept committing first ({attempt} attempts): \
+                         try again"
+                    )));
+                }
+                Some(StoreError::Unavailable(_)) => return Err(unavailable(&e)),
+                None => return Err(OpError::internal(format!("storing the change: {e:#}"))),
+            }
+        }
+        let before = std::mem::replace(&mut g.state, next);
+        // Committed: its connection events are queued (never waited for).
+        if let Some(n) = &g.notify {
+            n.publish(&before, &g.state);
+        }
+        let App {
+            state,
+            apply,
+            dirty,
+            ..
+        } = &mut *g;
+        if let Err(e) = crate::metrics::timed_apply(&mut **apply, state) {
+            // The change is committed; the data path catches up on the next tick.
+            *dirty = true;
+            tracing::warn!("stored, but the data path refused it (retrying): {e:#}");
+        }
+        return Ok(out);
     }
-    let before = std::mem::replace(&mut g.state, next);
-    // Committed: its connection events are queued (never waited for).
-    if let Some(n) = &g.notify {
-        n.publish(&before, &g.state);
-    }
-    let App {
-        state,
-        apply,
-        dirty,
-        ..
-    } = &mut *g;
-    if let Err(e) = crate::metrics::timed_apply(&mut **apply, state) {
-        // The change is committed; the data path catches up on the next tick.
-        *dirty = true;
-        tracing::warn!("stored, but the data path refused it (retrying): {e:#}");
-    }
-    Ok(out)
+}
+
+/// The 503 of a store that cannot be reached: nothing was changed.
+fn unavailable(e: &anyhow::Error) -> OpError {
+    OpError::unavailable(format!(
+        "nothing was changed: {e:#}; the data path keeps forwarding with the last state \
+         it has"
+    ))
 }
 
 type Res<T> = Result<Json<T>, OpError>;
@@ -155,14 +193,17 @@ impl Call {
     }
 
     /// An authenticated change, answered 200 with its JSON.
-    async fn change<T>(&self, f: impl FnOnce(&mut State, &Caller) -> Result<T, OpError>) -> Res<T> {
+    async fn change<T>(
+        &self,
+        f: impl FnOnce(&mut State, &Caller) -> Result<T, OpError> + Clone,
+    ) -> Res<T> {
         mutate(&self.app, &self.h, f).await.map(Json)
     }
 
     /// An authenticated creation, answered 201 with its JSON.
     async fn create<T>(
         &self,
-        f: impl FnOnce(&mut State, &Caller) -> Result<T, OpError>,
+        f: impl FnOnce(&mut State, &Caller) -> Result<T, OpError> + Clone,
     ) -> Created<T> {
         let v = mutate(&self.app, &self.h, f).await?;
         Ok((StatusCode::CREATED, Json(v)))
@@ -174,7 +215,10 @@ impl Call {
     }
 
     /// An authenticated deletion, answered 204.
-    async fn delete(&self, f: impl FnOnce(&mut State, &Caller) -> Result<(), OpError>) -> Deleted {
+    async fn delete(
+        &self,
+        f: impl FnOnce(&mut State, &Caller) -> Result<(), OpError> + Clone,
+    ) -> Deleted {
         mutate(&self.app, &self.h, f).await?;
         Ok(StatusCode::NO_CONTENT)
     }
@@ -493,8 +537,8 @@ async fn list_appliances(call: Call, Path(id): Path<String>) -> Res<Vec<ops::App
 /// `op`'s endpoint with the names `n` gives it (see `EndpointView`).
 fn named(
     n: &Naming,
-    op: impl FnOnce(&mut State, &Caller) -> Result<Endpoint, OpError>,
-) -> impl FnOnce(&mut State, &Caller) -> Result<EndpointView, OpError> {
+    op: impl FnOnce(&mut State, &Caller) -> Result<Endpoint, OpError> + Clone,
+) -> impl FnOnce(&mut State, &Caller) -> Result<EndpointView, OpError> + Clone {
     move |s, c| op(s, c).map(|e| EndpointView::new(s, n, e))
 }
 

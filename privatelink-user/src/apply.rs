@@ -111,6 +111,8 @@ pub struct App {
     pub naming: crate::model::Naming,
     /// Where the connection events of each committed change are sent (none: nowhere).
     pub notify: Option<crate::notify::Notifier>,
+    /// A shared store's last catch-up failed (it is unreachable).
+    pub store_lost: bool,
 }
 
 impl App {
@@ -128,6 +130,23 @@ impl App {
             &mut self.dirty,
             Running::Stored,
         );
+    }
+
+    /// Takes `s`, committed to the shared store by another daemon of the fleet, as the
+    /// running state and applies it (retried by `tick` if the data path refuses it).
+    /// Taken even if it does not validate here (a daemon of another version committed
+    /// it): the store is the truth, and the next commit is made from it.
+    pub fn adopt(&mut self, s: State) {
+        if let Err(e) = s.validate() {
+            warn!("the shared store's state does not validate here (applied as it is): {e}");
+        }
+        info!(
+            endpoints = s.endpoints.len(),
+            services = s.services.len(),
+            "caught up with the shared store"
+        );
+        self.state = s;
+        self.refresh();
     }
 
     /// Re-applies the committed state: something the data path derives from besides the

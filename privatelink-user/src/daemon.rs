@@ -20,7 +20,11 @@ use crate::{
     metrics::Source,
     model::{self, State},
     ops,
-    store::{RedbStore, Store},
+    store::{
+        RedbStore, Store, StoreError,
+        etcd::{EtcdRuntime, EtcdStore, EtcdWatch},
+        store_error,
+    },
 };
 
 #[derive(clap::Args)]
@@ -63,6 +67,16 @@ pub struct DaemonArgs {
     /// API mode: import this state file when the store is empty.
     #[arg(long)]
     pub seed: Option<PathBuf>,
+    /// API mode, a fleet: keep the state in the etcd cluster at these client URLs
+    /// (comma-separated, or the option repeated) instead of <data-dir>/state.redb. Every
+    /// daemon given the same cluster and prefix serves and applies the same state. The
+    /// data directory still holds the flow logs and the admin token (give every daemon
+    /// of a fleet the same one, --admin-token-file).
+    #[arg(long, value_delimiter = ',', requires = "data_dir")]
+    pub etcd: Vec<String>,
+    /// The key prefix of the state in etcd.
+    #[arg(long, default_value = "/privatelink")]
+    pub etcd_prefix: String,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
     /// Conntrack capacity in entries (two per flow).
@@ -226,6 +240,7 @@ pub async fn run(
     args: DaemonArgs,
     listener: Option<std::net::TcpListener>,
     metrics_listener: Option<std::net::TcpListener>,
+    etcd: Option<EtcdRuntime>,
 ) -> Result<()> {
     if args.log.is_some() {
         crate::process::set_log_filter(args.log.as_deref())?;
@@ -237,22 +252,44 @@ pub async fn run(
         Err(e) => warn!("raising the open-file limit: {e}"),
     }
     // A state file, or the store, is read and validated before the kernel is touched.
+    let mut watch: Option<EtcdWatch> = None;
     let (state, store) = match (&args.state, &args.data_dir) {
         (Some(path), _) => (read_state(path)?, None),
         (None, Some(dir)) => {
-            let store = RedbStore::open(dir)?;
+            let mut store: Box<dyn Store> = match etcd {
+                Some(rt) => {
+                    let s = EtcdStore::connect(rt, args.etcd.clone(), &args.etcd_prefix).await?;
+                    watch = Some(s.watcher());
+                    Box::new(s)
+                }
+                None => Box::new(RedbStore::open(dir)?),
+            };
             let mut state = store
                 .load()
-                .with_context(|| format!("reading the store in {}", dir.display()))?;
-            let mut store: Box<dyn Store> = Box::new(store);
+                .await
+                .with_context(|| format!("reading the store ({})", store.describe()))?;
             if state == State::default()
                 && let Some(seed) = &args.seed
             {
                 let seeded = read_state(seed)?;
-                store.save(&state, &seeded)?;
-                info!("store was empty: imported {}", seed.display());
-                state = seeded;
+                match store.save(&state, &seeded).await {
+                    Ok(()) => {
+                        info!("store was empty: imported {}", seed.display());
+                        state = seeded;
+                    }
+                    // Another daemon of the fleet stored first (its seed, or a change):
+                    // that is the state.
+                    Err(e) if matches!(store_error(&e), Some(StoreError::Conflict)) => {
+                        state = store.load().await?;
+                        info!(
+                            "another daemon filled the store first: {} not imported",
+                            seed.display()
+                        );
+                    }
+                    Err(e) => return Err(e),
+                }
             }
+            info!(store = %store.describe(), "state loaded");
             state
                 .validate()
                 .map_err(|e| anyhow::anyhow!("the stored state does not validate: {e}"))?;
@@ -330,6 +367,7 @@ pub async fn run(
                 naming: args.naming()?,
                 // Connection notifications leave from the daemon's namespace (--netns).
                 notify: Some(crate::notify::Notifier::start(Default::default())),
+                store_lost: false,
             }));
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -345,9 +383,21 @@ pub async fn run(
             )?;
             ready(&args, &format!("http://{addr}"))?;
             info!(api = %format!("http://{addr}"), "ready");
+            // A shared store: woken by its watch when another daemon commits.
+            let changed = Arc::new(tokio::sync::Notify::new());
+            if let Some(w) = &watch {
+                w.watch(changed.clone());
+            }
             loop {
                 tokio::select! {
-                    _ = tick.tick() => app.lock().await.tick(),
+                    _ = tick.tick() => {
+                        let mut g = app.lock().await;
+                        if watch.is_some() {
+                            catch_up(&mut g).await;
+                        }
+                        g.tick();
+                    }
+                    _ = changed.notified() => catch_up(&mut *app.lock().await).await,
                     _ = flow_tick.tick() => {
                         let logged = crate::flowlog::targets(&app.lock().await.state);
                         flow.poll(logged);
@@ -414,6 +464,31 @@ pub async fn run(
         args.pin_dir.display()
     );
     Ok(())
+}
+
+/// Catches up with the shared store if another daemon of the fleet committed; says once
+/// when the store is lost and once when it answers again.
+async fn catch_up(app: &mut App) {
+    match app.store.catch_up().await {
+        Ok(next) => {
+            if app.store_lost {
+                app.store_lost = false;
+                info!(store = %app.store.describe(), "the shared store answers again");
+            }
+            if let Some(s) = next {
+                app.adopt(s);
+            }
+        }
+        Err(e) => {
+            if !app.store_lost {
+                app.store_lost = true;
+                warn!(
+                    "the shared store is unreachable: the data path keeps the last state, \
+                     changes are refused until it answers: {e:#}"
+                );
+            }
+        }
+    }
 }
 
 /// Serves the metrics on `listener` (`--metrics-listen`), if given.

@@ -32,6 +32,9 @@ pub enum ErrorKind {
     NotWhitelisted,
     #[serde(rename = "internal")]
     Internal,
+    /// The shared store (etcd) cannot be reached: nothing was changed; try again later.
+    #[serde(rename = "unavailable")]
+    Unavailable,
 }
 
 /// A refused operation: its kind (serialized as the stable `code`), the field at fault and
@@ -88,6 +91,9 @@ impl OpError {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, None, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, None, message)
     }
 }
 

@@ -109,13 +109,18 @@ fn main() -> Result<()> {
                 ),
                 None => None,
             };
+            // So is the etcd client's (its thread stays in this namespace).
+            let etcd = match args.etcd.is_empty() {
+                true => None,
+                false => Some(privatelink_user::store::etcd::EtcdRuntime::start()?),
+            };
             if let Some(ns) = &args.netns {
                 process::enter_netns(ns)?;
             }
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(daemon::run(args, listener, metrics_listener))
+                .block_on(daemon::run(args, listener, metrics_listener, etcd))
         }
         Cmd::Completions { shell } => {
             clap_complete::generate(

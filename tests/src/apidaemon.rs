@@ -17,6 +17,8 @@ use crate::{
 pub struct ApiDaemon {
     child: Child,
     conntrack_entries: u32,
+    /// More options, given again at every restart (`with_args`).
+    extra: Vec<String>,
     pub dir: PathBuf,
     pub pin: PathBuf,
     pub url: String,
@@ -30,6 +32,11 @@ impl ApiDaemon {
     }
 
     pub fn with_conntrack(prefix: &str, conntrack_entries: u32) -> Result<Self> {
+        Self::with_args(prefix, conntrack_entries, &[])
+    }
+
+    /// `with_conntrack` with more options (`--etcd ...` for a daemon of a fleet).
+    pub fn with_args(prefix: &str, conntrack_entries: u32, extra: &[String]) -> Result<Self> {
         let ns = Netns::create(&unique_name(prefix))?;
         ns.ip(&["link", "add", "fc0", "type", "veth", "peer", "name", "c0"])?;
         ns.ip(&["link", "add", "fp0", "type", "veth", "peer", "name", "p0"])?;
@@ -40,12 +47,13 @@ impl ApiDaemon {
         let pin = PathBuf::from(format!("/sys/fs/bpf/privatelink-{}", ns.name));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let child = spawn(&ns, &dir, &pin, conntrack_entries)?;
+        let child = spawn(&ns, &dir, &pin, conntrack_entries, extra)?;
         // Owned before it is ready: a daemon that fails to start leaves no data directory
         // or pins behind (the drop removes them).
         let mut d = Self {
             child,
             conntrack_entries,
+            extra: extra.to_vec(),
             dir: dir.clone(),
             pin,
             url: String::new(),
@@ -53,9 +61,11 @@ impl ApiDaemon {
             ns,
         };
         d.url = wait_ready(&d.dir, &mut d.child)?;
-        d.admin_token = std::fs::read_to_string(dir.join("data/admin.token"))?
-            .trim()
-            .to_string();
+        let token_file = match extra.iter().position(|a| a == "--admin-token-file") {
+            Some(i) => PathBuf::from(&extra[i + 1]),
+            None => dir.join("data/admin.token"),
+        };
+        d.admin_token = std::fs::read_to_string(token_file)?.trim().to_string();
         Ok(d)
     }
 
@@ -64,7 +74,13 @@ impl ApiDaemon {
         self.child.kill()?;
         self.child.wait()?;
         let t = Instant::now();
-        self.child = spawn(&self.ns, &self.dir, &self.pin, self.conntrack_entries)?;
+        self.child = spawn(
+            &self.ns,
+            &self.dir,
+            &self.pin,
+            self.conntrack_entries,
+            &self.extra,
+        )?;
         self.url = wait_ready(&self.dir, &mut self.child)?;
         Ok(t.elapsed())
     }
@@ -80,7 +96,13 @@ impl ApiDaemon {
     }
 }
 
-fn spawn(ns: &Netns, dir: &std::path::Path, pin: &std::path::Path, entries: u32) -> Result<Child> {
+fn spawn(
+    ns: &Netns,
+    dir: &std::path::Path,
+    pin: &std::path::Path,
+    entries: u32,
+    extra: &[String],
+) -> Result<Child> {
     let _ = std::fs::remove_file(dir.join("ready"));
     Ok(std::process::Command::new(privatelink_bin()?)
         .args(["daemon", "--data-dir"])
@@ -90,6 +112,7 @@ fn spawn(ns: &Netns, dir: &std::path::Path, pin: &std::path::Path, entries: u32)
         .arg(pin)
         .arg("--ready-file")
         .arg(dir.join("ready"))
+        .args(extra)
         .stderr(
             std::fs::OpenOptions::new()
                 .create(true)

@@ -7,6 +7,7 @@ pub mod appliance;
 pub mod dig;
 pub mod dnsbench;
 pub mod dual;
+pub mod etcd;
 pub mod frames;
 pub mod gwlb;
 pub mod lab;

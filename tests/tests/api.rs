@@ -10,7 +10,7 @@ use privatelink_user::{
     error::OpError,
     model::{Naming, State},
     ops,
-    store::{RedbStore, Store},
+    store::RedbStore,
 };
 use serde_json::{Value, json};
 
@@ -45,7 +45,7 @@ fn serve(dir: &std::path::Path) -> Server {
 /// `serve`, the names given under `naming`.
 fn serve_named(dir: &std::path::Path, naming: Naming) -> Server {
     let store = RedbStore::open(dir).unwrap();
-    let state = store.load().unwrap();
+    let state = store.read().unwrap();
     let applied = Recorder::default();
     let app = Arc::new(tokio::sync::Mutex::new(App {
         state,
@@ -55,6 +55,7 @@ fn serve_named(dir: &std::path::Path, naming: Naming) -> Server {
         dirty: false,
         naming,
         notify: None,
+        store_lost: false,
     }));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt
@@ -1111,7 +1112,7 @@ fn stored_endpoints_from_before_the_zone_rules_still_load() {
     assert_eq!(old.grandfathered().len(), 2, "{:?}", old.grandfathered());
     {
         let mut store = RedbStore::open(&dir).unwrap();
-        store.save(&State::default(), &old).unwrap();
+        store.write(&State::default(), &old).unwrap();
     }
     let srv = serve(&dir);
     let a = Client::new(&srv.url, Some("token-of-a-0123456789".into()));
@@ -1871,7 +1872,7 @@ fn dual_stack_vpcs_services_and_endpoints_through_the_api() {
     let mut w = w;
     w.srv.keep_files = true;
     drop(w);
-    let state = RedbStore::open(&dir).unwrap().load().unwrap();
+    let state = RedbStore::open(&dir).unwrap().read().unwrap();
     state.validate().unwrap();
     let e = state.endpoint("ep-6").unwrap();
     assert_eq!(e.zones[0].eni6, Some("fd00:a:0:1::1".parse().unwrap()));

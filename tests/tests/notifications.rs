@@ -25,7 +25,7 @@ use privatelink_user::{
     model::{Naming, State},
     notify::{CountersSnapshot, Notifier, NotifyOptions},
     ops,
-    store::{RedbStore, Store},
+    store::RedbStore,
 };
 use serde_json::{Value, json};
 
@@ -77,13 +77,14 @@ fn world(o: NotifyOptions) -> World {
         Notifier::start(o)
     };
     let app = Arc::new(tokio::sync::Mutex::new(App {
-        state: store.load().unwrap(),
+        state: store.read().unwrap(),
         store: Box::new(store),
         apply: Box::new(Accept),
         admin_token_sha256: ops::token_hash(ADMIN),
         dirty: false,
         naming: Naming::default(),
         notify: Some(notifier.clone()),
+        store_lost: false,
     }));
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -68,6 +68,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze"),
     // The lab's Prometheus server, and promtool (the metrics test's format check).
     ("prometheus", "promtool"),
+    // The shared store: the etcd client crate compiles etcd's protocol with protoc (and
+    // its well-known types, a file, not a binary); the fleet tests' cluster runs etcd.
+    ("protobuf-compiler", "protoc"),
+    (
+        "libprotobuf-dev",
+        "/usr/include/google/protobuf/descriptor.proto",
+    ),
+    ("etcd-server", "etcd"),
 ];
 
 fn main() -> Result<()> {
@@ -233,7 +241,12 @@ fn privileged(program: &str) -> Command {
     }
 }
 
+/// Whether `binary` is on the PATH (or in /usr/sbin); an absolute path: whether that
+/// file exists.
 fn have(binary: &str) -> bool {
+    if binary.starts_with('/') {
+        return Path::new(binary).exists();
+    }
     Command::new("sh")
         .args([
             "-c",

@@ -1,21 +1,63 @@
 //! Durable state. The model is kept as one record per object ("<kind>/<id>" → JSON) so a
 //! change writes only the objects it touched, in one transaction. The default backend is
 //! redb (embedded, ACID, fsync on commit: an acknowledged change survives kill -9, and a
-//! crash mid-write leaves the previous commit readable). A shared backend (etcd) would
-//! implement the same trait.
+//! crash mid-write leaves the previous commit readable), one host's. The shared one is
+//! etcd (`etcd`): a fleet of daemons on one cluster, each committing by compare-and-swap
+//! on the cluster's revision and catching up with what the others committed.
 
-use std::{collections::BTreeMap, path::Path};
+pub mod etcd;
+
+use std::{collections::BTreeMap, future::Future, path::Path, pin::Pin};
 
 use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::model::State;
 
+/// A store operation's future (boxed: `Store` is used as a trait object).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
 pub trait Store: Send {
     /// The stored state (empty if nothing was ever stored).
-    fn load(&self) -> Result<State>;
+    fn load(&mut self) -> StoreFuture<'_, State>;
     /// Atomically replaces the stored state by `next`, given the state it currently holds.
-    fn save(&mut self, current: &State, next: &State) -> Result<()>;
+    /// A shared store refuses with `StoreError::Conflict` when another daemon committed
+    /// since this one last loaded or saved (nothing is written: catch up and try again),
+    /// and with `StoreError::Unavailable` when it cannot be reached.
+    fn save<'a>(&'a mut self, current: &'a State, next: &'a State) -> StoreFuture<'a, ()>;
+    /// A shared store: the state as it is now, if others committed since this daemon last
+    /// loaded or saved (`None`: nothing new). A store only this daemon writes has nothing.
+    fn catch_up(&mut self) -> StoreFuture<'_, Option<State>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// What the logs call it.
+    fn describe(&self) -> String;
+}
+
+/// Why a shared store refused a change (carried in the `anyhow::Error` of `save`).
+#[derive(Debug)]
+pub enum StoreError {
+    /// Another daemon committed first: nothing was written.
+    Conflict,
+    /// The store cannot be reached (etcd lost its majority, or this host lost etcd):
+    /// nothing was written.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Conflict => write!(f, "another daemon committed a change first"),
+            StoreError::Unavailable(why) => write!(f, "the shared store is unreachable: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The `StoreError` an error is (or wraps), if any.
+pub fn store_error(e: &anyhow::Error) -> Option<&StoreError> {
+    e.chain().find_map(|c| c.downcast_ref::<StoreError>())
 }
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -65,8 +107,9 @@ pub fn from_records<'a>(records: impl IntoIterator<Item = (&'a str, &'a [u8])>) 
     Ok(s)
 }
 
-impl Store for RedbStore {
-    fn load(&self) -> Result<State> {
+impl RedbStore {
+    /// `load`, synchronously.
+    pub fn read(&self) -> Result<State> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(OBJECTS)?;
         let mut pairs = Vec::new();
@@ -78,7 +121,8 @@ impl Store for RedbStore {
         from_records(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
     }
 
-    fn save(&mut self, current: &State, next: &State) -> Result<()> {
+    /// `save`, synchronously.
+    pub fn write(&mut self, current: &State, next: &State) -> Result<()> {
         let (puts, deletes) = changes(current, next)?;
         let txn = self.db.begin_write()?;
         {
@@ -95,12 +139,30 @@ impl Store for RedbStore {
     }
 }
 
+/// redb is synchronous and local: its calls run in place (a commit's fsync is the only
+/// wait, as before the trait was asynchronous).
+impl Store for RedbStore {
+    fn load(&mut self) -> StoreFuture<'_, State> {
+        let r = self.read();
+        Box::pin(async { r })
+    }
+
+    fn save<'a>(&'a mut self, current: &'a State, next: &'a State) -> StoreFuture<'a, ()> {
+        let r = self.write(current, next);
+        Box::pin(async { r })
+    }
+
+    fn describe(&self) -> String {
+        "redb".to_string()
+    }
+}
+
 /// The records to write and to remove to go from `old` to `new`: objects are compared in
 /// memory, only changed ones are serialized.
 /// Records to write (key, JSON) and keys to remove.
-type Changes = (Vec<(String, Vec<u8>)>, Vec<String>);
+pub type Changes = (Vec<(String, Vec<u8>)>, Vec<String>);
 
-fn changes(old: &State, new: &State) -> Result<Changes> {
+pub fn changes(old: &State, new: &State) -> Result<Changes> {
     fn kind<T: serde::Serialize + PartialEq>(
         name: &str,
         old: &[T],
@@ -181,16 +243,16 @@ mod tests {
     use super::*;
     use crate::model::parse_state;
 
-    const LAB: &str = include_str!("../../tests/lab.toml");
+    const LAB: &str = include_str!("../../../tests/lab.toml");
 
     #[test]
     fn round_trips_and_writes_only_changes() {
         let dir = tempfile::tempdir().unwrap();
         let mut st = RedbStore::open(dir.path()).unwrap();
-        assert_eq!(st.load().unwrap(), State::default());
+        assert_eq!(st.read().unwrap(), State::default());
         let s = parse_state(LAB).unwrap();
-        st.save(&State::default(), &s).unwrap();
-        let mut loaded = st.load().unwrap();
+        st.write(&State::default(), &s).unwrap();
+        let mut loaded = st.read().unwrap();
         loaded.vpcs.sort_by(|a, b| a.id.cmp(&b.id));
         let mut want = s.clone();
         want.vpcs.sort_by(|a, b| a.id.cmp(&b.id));
@@ -201,14 +263,14 @@ mod tests {
         let (puts, deletes) = changes(&s, &next).unwrap();
         assert!(puts.is_empty(), "nothing else is rewritten");
         assert_eq!(deletes, vec!["endpoint/ep-a".to_string()]);
-        st.save(&s, &next).unwrap();
+        st.write(&s, &next).unwrap();
         drop(st);
         let st = RedbStore::open(dir.path()).unwrap();
         assert!(
-            st.load().unwrap().endpoints.is_empty(),
+            st.read().unwrap().endpoints.is_empty(),
             "delete persisted across reopen"
         );
-        assert_eq!(st.load().unwrap().services.len(), 1);
+        assert_eq!(st.read().unwrap().services.len(), 1);
     }
 
     /// An earlier build stored services without listeners: such a record loads, with no

@@ -1,0 +1,177 @@
+//! A real etcd cluster for the fleet tests: Debian's etcd-server, `members` processes on
+//! loopback (client and peer ports found free at start), each with its data directory
+//! under one temporary directory; members can be stopped and started again (a majority
+//! lost and restored); every process is killed and the directory removed on drop.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::unique_name;
+
+pub struct EtcdCluster {
+    dir: PathBuf,
+    members: Vec<Member>,
+    initial_cluster: String,
+    token: String,
+}
+
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl EtcdCluster {
+    /// Starts a new cluster of `members` and waits until it has a leader and answers.
+    pub fn start(members: usize) -> Result<Self> {
+        let token = unique_name("etcd");
+        let dir = std::env::temp_dir().join(format!("privatelink-{token}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let members: Vec<Member> = (0..members)
+            .map(|i| {
+                Ok(Member {
+                    name: format!("m{i}"),
+                    client: free_port()?,
+                    peer: free_port()?,
+                    child: None,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Self {
+            dir,
+            members,
+            initial_cluster,
+            token,
+        };
+        for i in 0..c.members.len() {
+            c.start_member(i)?;
+        }
+        c.wait_healthy(Duration::from_secs(30))?;
+        Ok(c)
+    }
+
+    /// The client URLs, comma-separated (what `--etcd` takes).
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts member `i` (again: on its data directory, as a restarted member).
+    pub fn start_member(&mut self, i: usize) -> Result<()> {
+        let m = &self.members[i];
+        let data = self.dir.join(&m.name);
+        let state = if data.exists() { "existing" } else { "new" };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", m.name)))?;
+        let client = format!("http://127.0.0.1:{}", m.client);
+        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let child = Command::new("etcd")
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(&data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", state])
+            // Fast elections: a test waits seconds, not tens of seconds, for a leader.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (Debian's etcd-server; `cargo xtask setup` installs it)")?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    /// Kills member `i` (SIGKILL, as a crash).
+    pub fn stop_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until every running member answers `/health` as healthy (a leader elected).
+    pub fn wait_healthy(&self, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let all = self
+                .members
+                .iter()
+                .filter(|m| m.child.is_some())
+                .all(|m| healthy(m.client));
+            if all {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "etcd not healthy after {limit:?}:\n{}",
+                    self.log()
+                        .lines()
+                        .rev()
+                        .take(30)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every member's log.
+    pub fn log(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                std::fs::read_to_string(self.dir.join(format!("{}.log", m.name)))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Whether the member whose client port is `port` says it is healthy.
+fn healthy(port: u16) -> bool {
+    Command::new("curl")
+        .args(["-sf", "-m", "1", &format!("http://127.0.0.1:{port}/health")])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("\"true\"")
+        })
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.stop_member(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,365 @@
+//! A fleet of daemons on one etcd cluster (a real one: three etcd members on loopback,
+//! `privatelink_tests::etcd`): each daemon in its own namespace with its own XDP program
+//! and pinned maps, all sharing the admin token and the state.
+//!
+//! - A change made through one host's API reaches every host's maps (read from their pins)
+//!   and every host's API; the time it takes is measured over a series of changes and
+//!   printed (p50, p99, the largest), and must stay below a bound.
+//! - Two clients writing at once through two hosts: no update is lost (whitelist entries
+//!   added concurrently to one service all land), and no invariant breaks (each ENI
+//!   address is given to one endpoint only, however the creations race): every answer is
+//!   a success or the single host's refusal of a taken address, and the hosts end with
+//!   one state.
+//! - Losing the etcd majority: writes are refused with 503 and nothing changes, the data
+//!   path keeps its maps; once the members are back, the hosts write again and catch up
+//!   with each other without a restart.
+
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use aya::maps::HashMap;
+use privatelink_common::{EndpointEni, VpcAddr, map_names};
+use privatelink_tests::{
+    apidaemon::{ApiDaemon, two_party_tokens},
+    etcd::EtcdCluster,
+    lab::wait_for,
+    netns::unique_name,
+};
+use privatelink_user::{
+    client::{ApiError, Client},
+    dataplane::open_pinned,
+    model::numeric_id,
+};
+use serde_json::{Value, json};
+
+/// The most a change may take to reach another host's maps (a watch event, one catch-up
+/// read, one apply: milliseconds; the bound is for a loaded CI machine).
+const PROPAGATION_BOUND: Duration = Duration::from_secs(5);
+
+/// Three etcd members and `hosts` daemons on them, with a shared admin token.
+struct Fleet {
+    etcd: EtcdCluster,
+    hosts: Vec<ApiDaemon>,
+    token_file: PathBuf,
+}
+
+impl Fleet {
+    fn start(hosts: usize) -> Self {
+        let etcd = EtcdCluster::start(3).unwrap();
+        let token_file = std::env::temp_dir().join(format!("{}.token", unique_name("fleet")));
+        std::fs::write(&token_file, "fleet-admin-token-0123456789\n").unwrap();
+        let prefix = format!("/{}", unique_name("fleet"));
+        let extra = [
+            "--etcd".to_string(),
+            etcd.endpoints(),
+            "--etcd-prefix".to_string(),
+            prefix,
+            "--admin-token-file".to_string(),
+            token_file.display().to_string(),
+        ];
+        let hosts = (0..hosts)
+            .map(|i| ApiDaemon::with_args(&format!("fl{i}"), 65536, &extra).unwrap())
+            .collect();
+        Self {
+            etcd,
+            hosts,
+            token_file,
+        }
+    }
+
+    fn admin(&self, host: usize) -> Client {
+        let h = &self.hosts[host];
+        Client::new(&h.url, Some(h.admin_token.clone()))
+    }
+
+    fn logs(&self) -> String {
+        self.hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("--- host {i}\n{}", h.log()))
+            .collect()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.token_file);
+    }
+}
+
+/// The ENI addresses of vpc-a in a host's pinned `PL_ENDPOINTS`.
+fn enis(host: &ApiDaemon) -> BTreeSet<[u8; 4]> {
+    let Ok(m) = open_pinned(&host.pin, map_names::ENDPOINTS) else {
+        return BTreeSet::new();
+    };
+    let m: HashMap<_, VpcAddr, EndpointEni> = HashMap::try_from(&m).unwrap();
+    let vpc = numeric_id("vpc-a");
+    m.keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.vpc_id == vpc)
+        .map(|k| k.addr)
+        .collect()
+}
+
+fn ip(a: [u8; 4]) -> String {
+    std::net::Ipv4Addr::from(a).to_string()
+}
+
+fn status(r: &anyhow::Result<Value>) -> u16 {
+    match r {
+        Ok(_) => 200,
+        Err(e) => e.downcast_ref::<ApiError>().map_or(0, |e| e.status),
+    }
+}
+
+/// The provider's service (auto-accepting, whitelisting acct-a) through host 0.
+fn service(b: &Client) {
+    b.post(
+        "/v1/services",
+        &json!({"id": "epsrv-b", "vpc": "vpc-b", "auto_accept": true, "whitelist": ["acct-a"],
+                "backends": [{"zone": "zone-a", "address": "10.10.0.10"}],
+                "snat": ["10.10.0.200"], "listeners": [{"protocol": "tcp", "port": 80}]}),
+    )
+    .unwrap();
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+fn a_change_through_one_host_reaches_every_hosts_maps() {
+    let f = Fleet::start(3);
+    let (ta, tb) = two_party_tokens(&f.admin(0)).unwrap();
+    let url = |i: usize| f.hosts[i].url.clone();
+    let b = Client::new(&url(0), Some(tb));
+    service(&b);
+    // Through host 0, seen in host 2's maps and API; then through host 2, seen in host 1's.
+    let mut times = Vec::new();
+    for k in 0..20u8 {
+        let (via, seen) = if k % 2 == 0 { (0, 2) } else { (2, 1) };
+        let a = Client::new(&url(via), Some(ta.clone()));
+        let addr = [10, 10, 1, 10 + k];
+        let t = Instant::now();
+        a.post(
+            "/v1/endpoints",
+            &json!({"id": format!("ep-{k}"), "vpc": "vpc-a", "service": "epsrv-b",
+                    "zones": [{"vswitch": "vsw-a1", "eni": ip(addr)}]}),
+        )
+        .unwrap();
+        let answered = t.elapsed();
+        wait_for(
+            PROPAGATION_BOUND,
+            "the ENI in the other host's maps",
+            || enis(&f.hosts[seen]).contains(&addr),
+        )
+        .unwrap_or_else(|e| panic!("ep-{k}: {e}\n{}", f.logs()));
+        times.push(t.elapsed().saturating_sub(answered));
+        // The other host's API shows it too (its state is the one it applied).
+        let other = Client::new(&url(seen), Some(ta.clone()));
+        assert_eq!(
+            other.get(&format!("/v1/endpoints/ep-{k}")).unwrap()["zones"][0]["eni"],
+            ip(addr)
+        );
+    }
+    // Every host ends with every ENI.
+    for h in &f.hosts {
+        assert_eq!(enis(h).len(), 20, "{}", f.logs());
+    }
+    // A deletion travels as well.
+    Client::new(&url(1), Some(ta.clone()))
+        .delete("/v1/endpoints/ep-0")
+        .unwrap();
+    wait_for(PROPAGATION_BOUND, "ep-0 gone from host 0's maps", || {
+        !enis(&f.hosts[0]).contains(&[10, 10, 1, 10])
+    })
+    .unwrap();
+    times.sort();
+    println!(
+        "propagation (answer through one host → entry in another host's pinned map), {} \
+         changes: p50 {:?}, p99 {:?}, max {:?}",
+        times.len(),
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times.last().unwrap()
+    );
+}
+
+#[test]
+fn concurrent_writes_through_two_hosts_lose_nothing_and_keep_addresses_unique() {
+    let f = Fleet::start(2);
+    let (ta, tb) = two_party_tokens(&f.admin(0)).unwrap();
+    service(&Client::new(&f.hosts[0].url, Some(tb.clone())));
+    // Accounts to whitelist, made first (a whitelist names existing accounts).
+    let admin = f.admin(1);
+    for side in ["x", "y"] {
+        for k in 0..10 {
+            admin
+                .post("/v1/accounts", &json!({"id": format!("acct-{side}{k}")}))
+                .unwrap();
+        }
+    }
+    // Two clients at once, each through its own host: one adds acct-x* to the whitelist
+    // and creates endpoints ep-x*, the other acct-y* and ep-y*, the endpoints' ENI
+    // addresses drawn from one pool of 8 (every one asked for by both sides).
+    let run = |host: usize, side: &'static str| {
+        let url = f.hosts[host].url.clone();
+        let (ta, tb) = (ta.clone(), tb.clone());
+        std::thread::spawn(move || {
+            let a = Client::new(&url, Some(ta));
+            let b = Client::new(&url, Some(tb));
+            let mut created = Vec::new();
+            for k in 0..10 {
+                let r = b.put(
+                    &format!("/v1/services/epsrv-b/whitelist/acct-{side}{k}"),
+                    &json!({}),
+                );
+                assert_eq!(status(&r), 200, "whitelist acct-{side}{k}: {r:?}");
+                let addr = [10, 10, 1, 100 + (k % 8) as u8];
+                let id = format!("ep-{side}{k}");
+                let r = a.post(
+                    "/v1/endpoints",
+                    &json!({"id": id, "vpc": "vpc-a", "service": "epsrv-b",
+                            "zones": [{"vswitch": "vsw-a1", "eni": ip(addr)}]}),
+                );
+                match status(&r) {
+                    200 => created.push((id, addr)),
+                    // The state's own rule, as one host answers it: the address is taken.
+                    400 => {
+                        let e = r.unwrap_err();
+                        let e = e.downcast_ref::<ApiError>().unwrap();
+                        let msg = e.body["error"]["message"].as_str().unwrap_or_default();
+                        assert!(
+                            msg == format!("{} is already in use in VPC vpc-a", ip(addr)),
+                            "{e:?}"
+                        );
+                    }
+                    s => panic!("{id} on {}: {s} {r:?}", ip(addr)),
+                }
+            }
+            created
+        })
+    };
+    let (x, y) = (run(0, "x"), run(1, "y"));
+    let created: Vec<(String, [u8; 4])> = x
+        .join()
+        .unwrap()
+        .into_iter()
+        .chain(y.join().unwrap())
+        .collect();
+    // Every address was given once: as many creations succeeded as there are addresses
+    // asked for, each address to one endpoint.
+    let addrs: BTreeSet<[u8; 4]> = created.iter().map(|(_, a)| *a).collect();
+    assert_eq!(
+        addrs.len(),
+        created.len(),
+        "an address given twice: {created:?}"
+    );
+    assert_eq!(
+        addrs.len(),
+        8,
+        "every address of the pool was taken: {created:?}"
+    );
+    // Both hosts converge on one state: every whitelist addition, the endpoints created.
+    for host in 0..2 {
+        let b = Client::new(&f.hosts[host].url, Some(tb.clone()));
+        let a = Client::new(&f.hosts[host].url, Some(ta.clone()));
+        let mut last = (Value::Null, Value::Null);
+        let converged = wait_for(PROPAGATION_BOUND, "the hosts to converge", || {
+            last = (
+                b.get("/v1/services/epsrv-b/whitelist").unwrap(),
+                a.get("/v1/endpoints").unwrap(),
+            );
+            let wl: BTreeSet<String> = last.0.as_array().map_or(BTreeSet::new(), |l| {
+                l.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            });
+            let eps: BTreeSet<String> = last.1.as_array().map_or(BTreeSet::new(), |l| {
+                l.iter()
+                    .filter_map(|e| e["id"].as_str().map(str::to_string))
+                    .collect()
+            });
+            (0..10)
+                .all(|k| wl.contains(&format!("acct-x{k}")) && wl.contains(&format!("acct-y{k}")))
+                && eps == created.iter().map(|(id, _)| id.clone()).collect()
+        });
+        assert!(converged.is_ok(), "host {host}: {:#?}\n{}", last, f.logs());
+        assert_eq!(enis(&f.hosts[host]), addrs, "host {host}'s maps");
+    }
+}
+
+#[test]
+fn losing_the_etcd_majority_refuses_writes_keeps_the_data_path_and_recovers() {
+    let mut f = Fleet::start(2);
+    let (ta, tb) = two_party_tokens(&f.admin(0)).unwrap();
+    service(&Client::new(&f.hosts[0].url, Some(tb)));
+    let a0 = Client::new(&f.hosts[0].url, Some(ta.clone()));
+    let a1 = Client::new(&f.hosts[1].url, Some(ta.clone()));
+    let ep = |id: &str, last: u8| {
+        json!({"id": id, "vpc": "vpc-a", "service": "epsrv-b",
+               "zones": [{"vswitch": "vsw-a1", "eni": ip([10, 10, 1, last])}]})
+    };
+    a0.post("/v1/endpoints", &ep("ep-1", 21)).unwrap();
+    wait_for(PROPAGATION_BOUND, "ep-1 on host 1", || {
+        enis(&f.hosts[1]).contains(&[10, 10, 1, 21])
+    })
+    .unwrap();
+
+    // Two of three members down: no majority.
+    f.etcd.stop_member(1);
+    f.etcd.stop_member(2);
+    let t = Instant::now();
+    let r = a0.post("/v1/endpoints", &ep("ep-2", 22));
+    assert_eq!(status(&r), 503, "{r:?}");
+    let e = r.unwrap_err();
+    let e = e.downcast_ref::<ApiError>().unwrap();
+    assert_eq!(e.body["error"]["code"], "unavailable", "{e:?}");
+    println!(
+        "a write without an etcd majority was refused after {:?}",
+        t.elapsed()
+    );
+    // Nothing changed: not in the maps, not in the API; the data path keeps its state.
+    for h in &f.hosts {
+        assert_eq!(enis(h), BTreeSet::from([[10, 10, 1, 21]]));
+    }
+    assert_eq!(status(&a1.get("/v1/endpoints/ep-2")), 404);
+    assert_eq!(
+        status(&a1.get("/v1/endpoints/ep-1")),
+        200,
+        "reads are served"
+    );
+
+    // The members come back: writes succeed again, without restarting a daemon, and
+    // the other host catches up.
+    f.etcd.start_member(1).unwrap();
+    f.etcd.start_member(2).unwrap();
+    f.etcd.wait_healthy(Duration::from_secs(30)).unwrap();
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(30),
+        "a write through host 1 again",
+        || status(&a1.post("/v1/endpoints", &ep("ep-2", 22))) == 200,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    println!(
+        "writes accepted again {:?} after the majority was back",
+        t.elapsed()
+    );
+    wait_for(PROPAGATION_BOUND, "ep-2 on host 0", || {
+        enis(&f.hosts[0]).contains(&[10, 10, 1, 22])
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    for h in &mut f.hosts {
+        assert!(h.alive(), "no daemon exited");
+    }
+    let logs = f.logs();
+    assert!(
+        logs.contains("the shared store answers again")
+            || logs.contains("etcd watch re-established"),
+        "{logs}"
+    );
+}
