@@ -94,15 +94,24 @@ async fn read<T>(
 const MAX_COMMIT_ATTEMPTS: usize = 8;
 
 /// Runs `f` on a copy of the state; only a copy that validates, can be applied and is
-/// committed replaces the running state. With a shared store, another daemon may commit
-/// first: the store then refuses the commit, the daemon catches up with it and runs `f`
-/// again on the new state (so the operation is judged against what is committed, never
-/// against a stale copy); `f` is `Clone` for that.
+/// committed replaces the running state. With a shared store the daemon first catches up
+/// with what the fleet committed, and another daemon may still commit in between: the
+/// store then refuses the commit, the daemon catches up again and runs `f` again on the
+/// new state (so the operation is judged against what is committed, never against a stale
+/// copy); `f` is `Clone` for that.
 pub async fn mutate<T, F>(app: &Shared, h: &HeaderMap, f: F) -> Result<T, OpError>
 where
     F: FnOnce(&mut State, &Caller) -> Result<T, OpError> + Clone,
 {
     let mut g = app.lock().await;
+    // A shared store: judged on the state as committed now, not as this daemon last saw
+    // it (a change made through another host a moment ago is there; a refusal is never
+    // a stale one). One read of the commit marker; nothing for redb.
+    match g.store.catch_up().await {
+        Ok(Some(s)) => g.adopt(s),
+        Ok(None) => {}
+        Err(e) => return Err(unavailable(&e)),
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -130,7 +139,10 @@ where
                          try again"
                     )));
                 }
-                Some(StoreError::Unavailable(_)) => return Err(unavailable(&e)),
+                // Sent, perhaps committed: the message says the outcome is unknown.
+                Some(StoreError::Unavailable(_)) => {
+                    return Err(OpError::unavailable(format!("{e:#}")));
+                }
                 None => return Err(OpError::internal(format!("storing the change: {e:#}"))),
             }
         }
@@ -154,7 +166,7 @@ where
     }
 }
 
-/// The 503 of a store that cannot be reached: nothing was changed.
+/// The 503 of a store that could not be reached before anything was sent to it.
 fn unavailable(e: &anyhow::Error) -> OpError {
     OpError::unavailable(format!(
         "nothing was changed: {e:#}; the data path keeps forwarding with the last state \
@@ -732,6 +744,35 @@ impl Status {
     }
 }
 
+/// `GET /v1/fleet`: the store the daemons share and the hosts registered in it, each
+/// under a lease it keeps alive (a host that stops is gone a lease's time later). The
+/// operator only. A daemon on redb is a fleet of one: no hosts are listed.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FleetView {
+    /// The backend (`redb`, or `etcd <endpoints> under <prefix>`).
+    pub store: String,
+    pub hosts: Vec<crate::store::etcd::Member>,
+}
+
+#[utoipa::path(get, path = "/v1/fleet", responses((status = 200, body = FleetView), (status = 403, body = OpError), (status = 503, body = OpError)))]
+async fn fleet(call: Call) -> Res<FleetView> {
+    let (store, watch) = {
+        let g = call.app.lock().await;
+        let caller = ops::authenticate(&g.state, &g.admin_token_sha256, bearer(&call.h))?;
+        if !matches!(caller, Caller::Admin) {
+            return Err(OpError::forbidden(
+                "only the operator (admin token) may do this",
+            ));
+        }
+        (g.store.describe(), g.fleet.clone())
+    };
+    let hosts = match watch {
+        Some(w) => w.members().await.map_err(|e| unavailable(&e))?,
+        None => Vec::new(),
+    };
+    Ok(Json(FleetView { store, hosts }))
+}
+
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = Status)))]
 async fn status(call: Call) -> Res<Status> {
     let g = call.app.lock().await;
@@ -1152,6 +1193,7 @@ async fn overview(call: Call) -> Res<Overview> {
         get_available_service,
         status,
         overview,
+        fleet,
         create_sg,
         list_sgs,
         delete_sg,
@@ -1177,6 +1219,7 @@ pub fn router(app: Shared) -> Router {
     Router::new()
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/status", get(status))
+        .route("/v1/fleet", get(fleet))
         .route("/v1/overview", get(overview))
         .route("/v1/accounts", post(create_account).get(list_accounts))
         .route("/v1/vpcs", post(create_vpc).get(list_vpcs))

@@ -113,6 +113,8 @@ pub struct App {
     pub notify: Option<crate::notify::Notifier>,
     /// A shared store's last catch-up failed (it is unreachable).
     pub store_lost: bool,
+    /// A fleet's store: its membership (`GET /v1/fleet`); none on redb.
+    pub fleet: Option<crate::store::etcd::EtcdWatch>,
 }
 
 impl App {

@@ -85,6 +85,9 @@ pub enum ApiCmd {
         #[command(flatten)]
         every: Refresh,
     },
+    /// The hosts of a fleet sharing one etcd store, as their leases keep them registered
+    /// (operator; none for a daemon on its own store).
+    Fleet,
 }
 
 // How `top` and `status --watch` refresh (a plain comment: a doc comment here would
@@ -823,6 +826,10 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
             &["id", "name", "token"],
         ),
         ApiCmd::Account(AccountCmd::List) => (c.get("/v1/accounts")?, &["id", "name"]),
+        ApiCmd::Fleet => (
+            c.get("/v1/fleet")?["hosts"].take(),
+            &["host", "api", "since"],
+        ),
         ApiCmd::Vpc(VpcCmd::Create {
             id,
             account,

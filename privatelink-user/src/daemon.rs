@@ -72,11 +72,19 @@ pub struct DaemonArgs {
     /// daemon given the same cluster and prefix serves and applies the same state. The
     /// data directory still holds the flow logs and the admin token (give every daemon
     /// of a fleet the same one, --admin-token-file).
-    #[arg(long, value_delimiter = ',', requires = "data_dir")]
+    #[arg(long, value_delimiter = ',')]
     pub etcd: Vec<String>,
     /// The key prefix of the state in etcd.
     #[arg(long, default_value = "/privatelink")]
     pub etcd_prefix: String,
+    /// A fleet: the name this host registers under (`GET /v1/fleet`; default: the
+    /// machine's name). Unique in the fleet.
+    #[arg(long)]
+    pub host_name: Option<String>,
+    /// A fleet: the lease (seconds) this host's registration lives by: a host that stops
+    /// is gone from the fleet this long after its last renewal.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(2..=300))]
+    pub host_lease_seconds: i64,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
     /// Conntrack capacity in entries (two per flow).
@@ -253,6 +261,9 @@ pub async fn run(
     }
     // A state file, or the store, is read and validated before the kernel is touched.
     let mut watch: Option<EtcdWatch> = None;
+    if args.state.is_some() && !args.etcd.is_empty() {
+        anyhow::bail!("--etcd is for API mode (--data-dir): a state file is one host's own");
+    }
     let (state, store) = match (&args.state, &args.data_dir) {
         (Some(path), _) => (read_state(path)?, None),
         (None, Some(dir)) => {
@@ -268,7 +279,10 @@ pub async fn run(
                 .load()
                 .await
                 .with_context(|| format!("reading the store ({})", store.describe()))?;
+            // Only a store nothing was ever committed to: a fleet that emptied its state
+            // on purpose does not get the seed back when a daemon restarts.
             if state == State::default()
+                && store.never_written()
                 && let Some(seed) = &args.seed
             {
                 let seeded = read_state(seed)?;
@@ -368,6 +382,7 @@ pub async fn run(
                 // Connection notifications leave from the daemon's namespace (--netns).
                 notify: Some(crate::notify::Notifier::start(Default::default())),
                 store_lost: false,
+                fleet: watch.clone(),
             }));
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -383,21 +398,39 @@ pub async fn run(
             )?;
             ready(&args, &format!("http://{addr}"))?;
             info!(api = %format!("http://{addr}"), "ready");
-            // A shared store: woken by its watch when another daemon commits.
-            let changed = Arc::new(tokio::sync::Notify::new());
-            if let Some(w) = &watch {
+            // A shared store: a task of its own catches up, woken by the watch when
+            // another daemon commits and every 5 s in case an event was missed; it asks
+            // etcd without holding the app, so an unreachable etcd stalls neither the API's
+            // reads nor this loop.
+            if let Some(w) = watch {
+                let host = match &args.host_name {
+                    Some(h) => h.clone(),
+                    None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+                };
+                w.register(
+                    crate::store::etcd::Member {
+                        host,
+                        api: format!("http://{addr}"),
+                        since: 0,
+                    },
+                    args.host_lease_seconds,
+                );
+                let changed = Arc::new(tokio::sync::Notify::new());
                 w.watch(changed.clone());
+                let app = app.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = changed.notified() => {}
+                            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        }
+                        catch_up(&app, &w).await;
+                    }
+                });
             }
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {
-                        let mut g = app.lock().await;
-                        if watch.is_some() {
-                            catch_up(&mut g).await;
-                        }
-                        g.tick();
-                    }
-                    _ = changed.notified() => catch_up(&mut *app.lock().await).await,
+                    _ = tick.tick() => app.lock().await.tick(),
                     _ = flow_tick.tick() => {
                         let logged = crate::flowlog::targets(&app.lock().await.state);
                         flow.poll(logged);
@@ -466,28 +499,38 @@ pub async fn run(
     Ok(())
 }
 
-/// Catches up with the shared store if another daemon of the fleet committed; says once
-/// when the store is lost and once when it answers again.
-async fn catch_up(app: &mut App) {
-    match app.store.catch_up().await {
-        Ok(next) => {
-            if app.store_lost {
-                app.store_lost = false;
-                info!(store = %app.store.describe(), "the shared store answers again");
+/// Catches up with the shared store if another daemon of the fleet committed (asked
+/// without holding the app: only a commit to take holds it); says once when the store
+/// is lost and once when it answers again.
+async fn catch_up(app: &Shared, watch: &EtcdWatch) {
+    let now = watch.revision().await;
+    let mut g = app.lock().await;
+    let outcome = match now {
+        Ok(r) if r == g.store.revision() => Ok(()),
+        Ok(_) => match g.store.catch_up().await {
+            Ok(Some(s)) => {
+                g.adopt(s);
+                Ok(())
             }
-            if let Some(s) = next {
-                app.adopt(s);
-            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) if g.store_lost => {
+            g.store_lost = false;
+            info!(store = %g.store.describe(), "the shared store answers again");
         }
-        Err(e) => {
-            if !app.store_lost {
-                app.store_lost = true;
-                warn!(
-                    "the shared store is unreachable: the data path keeps the last state, \
-                     changes are refused until it answers: {e:#}"
-                );
-            }
+        Ok(()) => {}
+        Err(e) if !g.store_lost => {
+            g.store_lost = true;
+            warn!(
+                "the shared store is unreachable: the data path keeps the last state, \
+                 changes are refused until it answers: {e:#}"
+            );
         }
+        Err(_) => {}
     }
 }
 

@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod desired;
 pub mod dns;
 pub mod error;
+pub mod fleet;
 pub mod flowlog;
 pub mod health;
 pub mod metrics;

@@ -150,13 +150,14 @@ fn notify(socket: &OsStr, state: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Moves this process into the named network namespace (/run/netns/NAME). Call it before
-/// any other thread exists: only the calling thread moves, and the threads it starts.
+/// Moves this thread into the named network namespace (/run/netns/NAME), and the threads
+/// it starts from then on: threads started before stay where they were (the etcd
+/// client's, on purpose). Call it before the runtime whose sockets must be in it.
 pub fn enter_netns(name: &str) -> Result<()> {
     use std::os::fd::AsRawFd;
     let path = Path::new("/run/netns").join(name);
     let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: setns on a namespace fd, before any other thread exists.
+    // SAFETY: setns on a namespace fd; it moves the calling thread only.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("entering network namespace {name}"));

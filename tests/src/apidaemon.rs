@@ -69,6 +69,27 @@ impl ApiDaemon {
         Ok(d)
     }
 
+    /// `kill -9` (the namespace, data and pins stay for `start_again`).
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts a killed daemon again on the same data and pins; the time until it is ready.
+    pub fn start_again(&mut self) -> Result<Duration> {
+        let t = Instant::now();
+        self.child = spawn(
+            &self.ns,
+            &self.dir,
+            &self.pin,
+            self.conntrack_entries,
+            &self.extra,
+        )?;
+        self.url = wait_ready(&self.dir, &mut self.child)?;
+        Ok(t.elapsed())
+    }
+
     /// `kill -9`, start again on the same data and pins; the time until it is ready.
     pub fn restart(&mut self) -> Result<Duration> {
         self.child.kill()?;

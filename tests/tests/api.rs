@@ -56,6 +56,7 @@ fn serve_named(dir: &std::path::Path, naming: Naming) -> Server {
         naming,
         notify: None,
         store_lost: false,
+        fleet: None,
     }));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt

@@ -85,6 +85,7 @@ fn world(o: NotifyOptions) -> World {
         naming: Naming::default(),
         notify: Some(notifier.clone()),
         store_lost: false,
+        fleet: None,
     }));
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -293,6 +293,11 @@ fn setup() -> Result<()> {
             run(privileged("rm").args(["-f", "/usr/sbin/policy-rc.d"]))?;
         }
         installed?;
+        // Nor start at the next boot: etcd's package enables a system member on the
+        // host's loopback (the tests start clusters of their own).
+        if missing.contains(&"etcd-server") && have("systemctl") {
+            let _ = output(privileged("systemctl").args(["disable", "--quiet", "etcd"]));
+        }
     }
 
     // The pinned nightly with rust-src (the eBPF crate builds core with build-std). Never

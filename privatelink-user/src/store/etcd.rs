@@ -21,10 +21,17 @@
 //! snapshot) and apply it. The daemon's 5-second tick does the same, in case a watch
 //! event was missed.
 //!
-//! **Losing etcd.** Requests time out after `REQUEST_TIMEOUT`; a commit that cannot reach
-//! a majority is refused as `StoreError::Unavailable` (the API answers 503, nothing
-//! changed), the data path keeps the last state it had, and the watch is re-established
-//! every half second until etcd answers again, when the daemon catches up by itself.
+//! **Losing etcd.** A request that fails on its way (a member down: the client's balanced
+//! channel may pick it) is sent again, to another member, within `REQUEST_TIMEOUT`; a
+//! commit is sent again with the same commit id (the marker's value), so one that landed
+//! on an earlier try is recognised as this daemon's own and not reported as a conflict.
+//! When etcd cannot be reached at all (no majority), the daemon says
+//! `StoreError::Unavailable`: before a commit was sent nothing changed; once one was
+//! sent the outcome is unknown (etcd may still commit it: a later catch-up shows it). The
+//! data path keeps the last state it had, and the watch is re-established every half
+//! second until etcd answers again, when the daemon catches up by itself. Errors that
+//! are not about reaching etcd (a transaction over its limits, an unreadable record) are
+//! plain errors, not `Unavailable`.
 //!
 //! **Namespaces.** The client runs on a thread of its own, started before the daemon
 //! enters `--netns` (`EtcdRuntime`): its connections, reconnections included, are made
@@ -35,8 +42,9 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, anyhow};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
+use serde::{Deserialize, Serialize};
 use tokio::{runtime::Handle, sync::Notify};
 use tracing::{info, warn};
 
@@ -84,18 +92,56 @@ impl EtcdRuntime {
         Ok(Self { handle })
     }
 
-    /// Runs `f` on the etcd thread and waits for it.
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> Result<T> {
-        match self.handle.spawn(f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(anyhow!(StoreError::Unavailable(e.to_string()))),
+    /// Runs the request `f` makes on the etcd thread and waits for it; a request that
+    /// fails on its way to etcd is made again (to another member, as the client's channel
+    /// picks) until it is answered or `REQUEST_TIMEOUT` has passed.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send,
+    {
+        let task = self.handle.spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                // Every try within what is left of the one deadline.
+                let left = REQUEST_TIMEOUT.saturating_sub(start.elapsed());
+                match tokio::time::timeout(left, f()).await {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(e)) if unreachable(&e) && start.elapsed() < REQUEST_TIMEOUT => {
+                        tokio::time::sleep(Duration::from_millis(20 * attempts.min(10))).await;
+                    }
+                    Ok(Err(e)) if unreachable(&e) => {
+                        return Err(anyhow!(StoreError::Unavailable(e.to_string())));
+                    }
+                    Ok(Err(e)) => return Err(anyhow!("etcd: {e}")),
+                    Err(_) => {
+                        return Err(anyhow!(StoreError::Unavailable(format!(
+                            "no answer within {REQUEST_TIMEOUT:?}"
+                        ))));
+                    }
+                }
+            }
+        });
+        match task.await {
+            Ok(r) => r,
             Err(e) => Err(anyhow!(StoreError::Unavailable(format!(
                 "the etcd client's thread: {e}"
             )))),
         }
+    }
+}
+
+/// Whether `e` is about reaching etcd (a transport failure, a member without a leader, a
+/// timeout), not about the request: gRPC's Cancelled (1), Unknown (2, what a reset
+/// connection shows as), DeadlineExceeded (4) and Unavailable (14).
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(s.code() as i32, 1 | 2 | 4 | 14),
+        _ => false,
     }
 }
 
@@ -106,6 +152,24 @@ pub struct EtcdStore {
     prefix: String,
     /// The marker's `mod_revision` as this daemon last read or wrote it (0: no commit yet).
     seen: i64,
+}
+
+/// A commit's id: the host, the process, the time, a random number.
+fn commit_id() -> Vec<u8> {
+    let mut r = [0u8; 8];
+    let _ = getrandom::fill(&mut r);
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{host}/{}/{t}/{:016x}",
+        std::process::id(),
+        u64::from_le_bytes(r)
+    )
+    .into_bytes()
 }
 
 impl EtcdStore {
@@ -122,7 +186,10 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
         let eps = endpoints.clone();
         let client = rt
-            .run(async move { Client::connect(eps, Some(opts)).await })
+            .run(move || {
+                let (eps, opts) = (eps.clone(), opts.clone());
+                async move { Client::connect(eps, Some(opts)).await }
+            })
             .await
             .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
         Ok(Self {
@@ -144,11 +211,13 @@ impl EtcdStore {
 
     /// Reads the whole state and the marker in one range read (one revision's snapshot).
     async fn read(&mut self) -> Result<State> {
-        let mut c = self.client.clone();
-        let prefix = format!("{}/", self.prefix);
+        let (c, prefix) = (self.client.clone(), format!("{}/", self.prefix));
         let resp = self
             .rt
-            .run(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .run(move || {
+                let (mut c, prefix) = (c.clone(), prefix.clone());
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         let objects = format!("{}/objects/", self.prefix);
         let marker = self.marker();
@@ -159,10 +228,18 @@ impl EtcdStore {
             if key == marker {
                 seen = kv.mod_revision();
             } else if let Some(record) = key.strip_prefix(&objects) {
-                records.push((record.to_string(), kv.value().to_vec()));
+                records.push((
+                    kv.create_revision(),
+                    record.to_string(),
+                    kv.value().to_vec(),
+                ));
             }
         }
-        let state = from_records(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        // In the order the objects were created (then by key, for those one commit made):
+        // the order the daemon that made them holds them in (new objects are appended),
+        // so that every host lists them, and names them in errors (`services[1]`), alike.
+        records.sort();
+        let state = from_records(records.iter().map(|(_, k, v)| (k.as_str(), v.as_slice())))?;
         self.seen = seen;
         Ok(state)
     }
@@ -179,32 +256,63 @@ impl EtcdStore {
                 .iter()
                 .map(|k| TxnOp::delete(self.object_key(k), None)),
         );
-        ops.push(TxnOp::put(marker.clone(), b"privatelink".to_vec(), None));
+        // This commit's id: a try that landed is known by it on a later try.
+        let id = commit_id();
+        ops.push(TxnOp::put(marker.clone(), id.clone(), None));
         let txn = Txn::new()
             .when([Compare::mod_revision(marker, CompareOp::Equal, self.seen)])
             .and_then(ops);
-        let mut c = self.client.clone();
-        let resp = self.rt.run(async move { c.txn(txn).await }).await?;
-        if !resp.succeeded() {
-            return Err(anyhow!(StoreError::Conflict));
+        let c = self.client.clone();
+        let resp = self
+            .rt
+            .run(move || {
+                let (mut c, txn) = (c.clone(), txn.clone());
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(|e| match super::store_error(&e) {
+                Some(StoreError::Unavailable(why)) => anyhow!(StoreError::Unavailable(format!(
+                    "{why} (the change was sent: whether etcd commits it is unknown until it \
+                     answers again)"
+                ))),
+                _ => e,
+            })?;
+        if resp.succeeded() {
+            // The marker was written in this transaction: its mod_revision is the
+            // transaction's revision.
+            self.seen = resp
+                .header()
+                .map(|h| h.revision())
+                .context("etcd's answer has no header")?;
+            return Ok(());
         }
-        // The marker was written in this transaction: its mod_revision is the
-        // transaction's revision.
-        self.seen = resp
-            .header()
-            .map(|h| h.revision())
-            .context("etcd's answer has no header")?;
-        Ok(())
+        // Refused: another daemon committed first, or an earlier try of this very commit
+        // landed (its answer was lost): then the marker holds this commit's id.
+        let (now, value) = self.marker_now().await?;
+        if value == id {
+            self.seen = now;
+            return Ok(());
+        }
+        Err(anyhow!(StoreError::Conflict))
+    }
+
+    /// The marker's mod_revision and value now (0 and empty if no commit yet).
+    async fn marker_now(&self) -> Result<(i64, Vec<u8>)> {
+        let (c, marker) = (self.client.clone(), self.marker());
+        let resp = self
+            .rt
+            .run(move || {
+                let (mut c, marker) = (c.clone(), marker.clone());
+                async move { c.get(marker, None).await }
+            })
+            .await?;
+        Ok(resp.kvs().first().map_or((0, Vec::new()), |kv| {
+            (kv.mod_revision(), kv.value().to_vec())
+        }))
     }
 
     async fn moved(&mut self) -> Result<Option<State>> {
-        let mut c = self.client.clone();
-        let marker = self.marker();
-        let resp = self
-            .rt
-            .run(async move { c.get(marker, None).await })
-            .await?;
-        let now = resp.kvs().first().map_or(0, |kv| kv.mod_revision());
+        let (now, _) = self.marker_now().await?;
         if now == self.seen {
             return Ok(None);
         }
@@ -221,7 +329,22 @@ impl EtcdStore {
     }
 }
 
-/// A watch of the store's prefix.
+/// A host of the fleet, as it registered itself (`EtcdWatch::register`) under a lease:
+/// listed for as long as it keeps the lease alive, gone a lease's time after it stops.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Member {
+    /// `--host-name` (default: the machine's name).
+    #[schema(example = "fwd-1")]
+    pub host: String,
+    /// Where its API listens.
+    #[schema(example = "http://10.0.0.11:7070")]
+    pub api: String,
+    /// Unix seconds of its registration (its start, or its lease's renewal after a loss).
+    pub since: u64,
+}
+
+/// A watch of the store's prefix, and the fleet's membership under it.
+#[derive(Clone)]
 pub struct EtcdWatch {
     rt: EtcdRuntime,
     client: Client,
@@ -229,6 +352,89 @@ pub struct EtcdWatch {
 }
 
 impl EtcdWatch {
+    /// Keeps `<prefix>/hosts/<host>` → `member` registered under a lease of `ttl` seconds,
+    /// renewed every third of it, for as long as the process runs; a lost lease (etcd
+    /// unreachable for longer than `ttl`) is granted again once etcd answers.
+    pub fn register(&self, mut member: Member, ttl: i64) {
+        let mut c = self.client.clone();
+        let key = format!("{}hosts/{}", self.prefix, member.host);
+        self.rt.handle.spawn(async move {
+            let mut lost = false;
+            loop {
+                member.since = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let value = serde_json::to_vec(&member).unwrap_or_default();
+                let kept = async {
+                    let lease = c.lease_grant(ttl, None).await?.id();
+                    c.put(
+                        key.clone(),
+                        value,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )
+                    .await?;
+                    let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                    if lost {
+                        info!(host = %member.host, "fleet membership renewed");
+                        lost = false;
+                    }
+                    loop {
+                        keeper.keep_alive().await?;
+                        match stream.message().await? {
+                            Some(r) if r.ttl() > 0 => {}
+                            _ => return Ok::<_, etcd_client::Error>(()),
+                        }
+                        tokio::time::sleep(Duration::from_millis(ttl as u64 * 1000 / 3)).await;
+                    }
+                }
+                .await;
+                if !lost {
+                    match kept {
+                        Ok(()) => {
+                            warn!(host = %member.host, "fleet lease expired; registering again")
+                        }
+                        Err(e) => warn!(host = %member.host, "fleet lease lost (retrying): {e}"),
+                    }
+                    lost = true;
+                }
+                tokio::time::sleep(WATCH_RETRY).await;
+            }
+        });
+    }
+
+    /// The hosts registered now, by name.
+    pub async fn members(&self) -> Result<Vec<Member>> {
+        let (c, hosts) = (self.client.clone(), format!("{}hosts/", self.prefix));
+        let resp = self
+            .rt
+            .run(move || {
+                let (mut c, hosts) = (c.clone(), hosts.clone());
+                async move { c.get(hosts, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        let mut out: Vec<Member> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .collect();
+        out.sort_by(|a, b| a.host.cmp(&b.host));
+        Ok(out)
+    }
+
+    /// The commit marker's mod_revision now (0: no commit yet), read without the store:
+    /// whether the daemon has something to catch up with is asked without holding it.
+    pub async fn revision(&self) -> Result<i64> {
+        let (c, marker) = (self.client.clone(), format!("{}rev", self.prefix));
+        let resp = self
+            .rt
+            .run(move || {
+                let (mut c, marker) = (c.clone(), marker.clone());
+                async move { c.get(marker, None).await }
+            })
+            .await?;
+        Ok(resp.kvs().first().map_or(0, |kv| kv.mod_revision()))
+    }
+
     /// Watches the prefix on the etcd thread, waking `changed` at every event and every
     /// (re)connection of the watch, for as long as the process runs.
     pub fn watch(&self, changed: Arc<Notify>) {
@@ -284,6 +490,14 @@ impl Store for EtcdStore {
 
     fn catch_up(&mut self) -> StoreFuture<'_, Option<State>> {
         Box::pin(self.moved())
+    }
+
+    fn never_written(&self) -> bool {
+        self.seen == 0
+    }
+
+    fn revision(&self) -> i64 {
+        self.seen
     }
 
     fn describe(&self) -> String {

@@ -30,6 +30,15 @@ pub trait Store: Send {
     fn catch_up(&mut self) -> StoreFuture<'_, Option<State>> {
         Box::pin(async { Ok(None) })
     }
+    /// Whether nothing was ever committed to it (a seed file may be imported).
+    fn never_written(&self) -> bool {
+        true
+    }
+    /// A shared store: the revision of the last commit this daemon read or wrote (0 for
+    /// a store only this daemon writes).
+    fn revision(&self) -> i64 {
+        0
+    }
     /// What the logs call it.
     fn describe(&self) -> String;
 }

@@ -317,19 +317,83 @@ fn restart_with_flows(flows: u32) -> Result<String> {
     Ok(out)
 }
 
-/// API-call-to-map-visible latency and endpoints per second: a daemon in API mode in a
-/// namespace of its own, `n` endpoints created one after the other, each checked in the
-/// pinned PL_ENDPOINTS map as soon as its response arrives.
+/// API-call-to-map-visible latency and endpoints per second, on redb (one daemon) and on
+/// etcd (two daemons of a fleet on a three-member cluster on loopback) side by side: `n`
+/// endpoints created one after the other through the first daemon's API, each checked in
+/// its pinned PL_ENDPOINTS map as soon as the response arrives, and with etcd also in the
+/// second daemon's (the change's propagation).
 fn control_plane(n: usize) -> Result<String> {
+    let redb = control_run(n, false)?;
+    let etcd = control_run(n, true)?;
+    let ms =
+        |v: &[u64], q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1000.0;
+    let row = |what: &str, f: &dyn Fn(&ControlRun) -> String| {
+        format!("| {what} | {} | {} |\n", f(&redb), f(&etcd))
+    };
+    let mut out = format!(
+        "\nControl plane: {n} endpoints created one by one through the API (each response means committed: an fsync'ed redb transaction, or an etcd transaction a majority of three members has; and in the maps)\n\n\
+         | measure | redb (one host) | etcd (3 members; a fleet of 2) |\n|---|---:|---:|\n"
+    );
+    for (what, q) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+        out += &row(&format!("API call to map visible, {what}"), &|r| {
+            format!("{:.2} ms", ms(&r.lat, q))
+        });
+    }
+    out += &row("endpoints applied per second", &|r| {
+        format!("{:.0}", r.rate)
+    });
+    for (what, q) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+        out += &row(&format!("answer to the other host's map, {what}"), &|r| {
+            if r.prop.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.2} ms", ms(&r.prop, q))
+            }
+        });
+    }
+    print!("{out}");
+    Ok(out)
+}
+
+/// One backend's figures: microseconds, sorted.
+struct ControlRun {
+    lat: Vec<u64>,
+    prop: Vec<u64>,
+    rate: f64,
+}
+
+fn control_run(n: usize, etcd: bool) -> Result<ControlRun> {
     use std::time::Instant;
 
     use privatelink_common::{EndpointEni, VpcAddr, map_names};
+    use privatelink_tests::{apidaemon::ApiDaemon, etcd::EtcdCluster, netns::unique_name};
     use privatelink_user::{client::Client, dataplane, model::numeric_id};
     use serde_json::json;
 
-    let daemon = privatelink_tests::apidaemon::ApiDaemon::start("plbench")?;
-    let (url, pin) = (daemon.url.clone(), daemon.pin.clone());
-    let admin = Client::new(&url, Some(daemon.admin_token.clone()));
+    let cluster = if etcd {
+        Some(EtcdCluster::start(3)?)
+    } else {
+        None
+    };
+    let token = std::env::temp_dir().join(format!("{}.token", unique_name("plbench")));
+    let daemons: Vec<ApiDaemon> = match &cluster {
+        None => vec![ApiDaemon::start("plbench")?],
+        Some(c) => {
+            std::fs::write(&token, "bench-fleet-admin-token-0123\n")?;
+            let extra = [
+                "--etcd".to_string(),
+                c.endpoints(),
+                "--admin-token-file".to_string(),
+                token.display().to_string(),
+            ];
+            (0..2)
+                .map(|i| ApiDaemon::with_args(&format!("plbench{i}"), 65536, &extra))
+                .collect::<Result<_>>()?
+        }
+    };
+    let _ = std::fs::remove_file(&token);
+    let url = daemons[0].url.clone();
+    let admin = Client::new(&url, Some(daemons[0].admin_token.clone()));
     let token = |id: &str| -> Result<String> {
         Ok(admin.post("/v1/accounts", &json!({"id": id}))?["token"]
             .as_str()
@@ -355,10 +419,16 @@ fn control_plane(n: usize) -> Result<String> {
         "listeners": [{"protocol": "tcp", "port": 80}]}),
     )?;
 
-    let map = dataplane::open_pinned(&pin, map_names::ENDPOINTS)?;
-    let eps: aya::maps::HashMap<_, VpcAddr, EndpointEni> = aya::maps::HashMap::try_from(&map)?;
+    let maps: Vec<_> = daemons
+        .iter()
+        .map(|d| dataplane::open_pinned(&d.pin, map_names::ENDPOINTS))
+        .collect::<Result<_>>()?;
+    let eps: Vec<aya::maps::HashMap<_, VpcAddr, EndpointEni>> = maps
+        .iter()
+        .map(aya::maps::HashMap::try_from)
+        .collect::<Result<_, _>>()?;
     let vpc_id = numeric_id("vpc-a");
-    let mut lat = Vec::with_capacity(n);
+    let (mut lat, mut prop) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let t0 = Instant::now();
     for i in 0..n {
         let eni = std::net::Ipv4Addr::new(10, 10, 64 + (i / 250) as u8, 1 + (i % 250) as u8);
@@ -368,28 +438,29 @@ fn control_plane(n: usize) -> Result<String> {
             &json!({"id": format!("ep-{i}"), "vpc": "vpc-a", "service": "epsrv-b",
             "zones": [{"vswitch": "vsw-a1", "eni": eni.to_string()}]}),
         )?;
+        let answered = t.elapsed();
         let key = VpcAddr {
             vpc_id,
             addr: eni.octets(),
         };
-        while eps.get(&key, 0).is_err() {
-            anyhow::ensure!(t.elapsed().as_secs() < 5, "{eni} never reached the map");
+        for (h, m) in eps.iter().enumerate() {
+            while m.get(&key, 0).is_err() {
+                anyhow::ensure!(
+                    t.elapsed().as_secs() < 10,
+                    "{eni} never reached host {h}'s map"
+                );
+            }
+            let seen = t.elapsed();
+            match h {
+                0 => lat.push(seen.as_micros() as u64),
+                _ => prop.push(seen.saturating_sub(answered).as_micros() as u64),
+            }
         }
-        lat.push(t.elapsed().as_micros() as u64);
     }
-    let total = t0.elapsed();
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
     lat.sort_unstable();
-    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
-    let out = format!(
-        "\nControl plane: {n} endpoints created one by one through the API (each response means stored with fsync and in the maps)\n\n\
-         | measure | value |\n|---|---:|\n| API call to map visible, p50 | {:.2} ms |\n| p99 | {:.2} ms |\n| max | {:.2} ms |\n| endpoints applied per second | {:.0} |\n",
-        p(0.5),
-        p(0.99),
-        p(1.0),
-        n as f64 / total.as_secs_f64()
-    );
-    print!("{out}");
-    Ok(out)
+    prop.sort_unstable();
+    Ok(ControlRun { lat, prop, rate })
 }
 
 /// The trivial program every path is compared with.
