@@ -103,14 +103,22 @@ pub async fn mutate<T, F>(app: &Shared, h: &HeaderMap, f: F) -> Result<T, OpErro
 where
     F: FnOnce(&mut State, &Caller) -> Result<T, OpError> + Clone,
 {
-    let mut g = app.lock().await;
     // A shared store: judged on the state as committed now, not as this daemon last saw
     // it (a change made through another host a moment ago is there; a refusal is never
-    // a stale one). One read of the commit marker; nothing for redb.
-    match g.store.catch_up().await {
-        Ok(Some(s)) => g.adopt(s),
-        Ok(None) => {}
-        Err(e) => return Err(unavailable(&e)),
+    // a stale one). The commit marker is read before the daemon's state is held, so an
+    // unreachable etcd keeps no reader waiting; nothing for redb.
+    let fleet = app.lock().await.fleet.clone();
+    let now = match fleet {
+        Some(w) => Some(w.revision().await.map_err(|e| unavailable(&e))?),
+        None => None,
+    };
+    let mut g = app.lock().await;
+    if now.is_some_and(|r| r != g.store.revision()) {
+        match g.store.catch_up().await {
+            Ok(Some(s)) => g.adopt(s),
+            Ok(None) => {}
+            Err(e) => return Err(unavailable(&e)),
+        }
     }
     let mut attempt = 0;
     loop {
@@ -767,7 +775,10 @@ async fn fleet(call: Call) -> Res<FleetView> {
         (g.store.describe(), g.fleet.clone())
     };
     let hosts = match watch {
-        Some(w) => w.members().await.map_err(|e| unavailable(&e))?,
+        Some(w) => w
+            .members()
+            .await
+            .map_err(|e| OpError::unavailable(format!("reading the fleet's hosts: {e:#}")))?,
         None => Vec::new(),
     };
     Ok(Json(FleetView { store, hosts }))

@@ -279,8 +279,9 @@ pub async fn run(
                 .load()
                 .await
                 .with_context(|| format!("reading the store ({})", store.describe()))?;
-            // Only a store nothing was ever committed to: a fleet that emptied its state
-            // on purpose does not get the seed back when a daemon restarts.
+            // Only a store nothing was ever committed to (etcd: no commit marker; redb:
+            // an empty state): a fleet that emptied its state on purpose does not get the
+            // seed back when a daemon restarts.
             if state == State::default()
                 && store.never_written()
                 && let Some(seed) = &args.seed

@@ -34,6 +34,12 @@ fn mix(mut h: u64) -> u64 {
 /// count once): slot → index into the sorted, deduplicated names, which `table` also
 /// returns. `m` must be prime. Empty for no hosts.
 pub fn table(hosts: &[&str], m: usize) -> (Vec<String>, Vec<u32>) {
+    // A prime size makes every host's sequence a permutation of the slots (the fill
+    // below would not end otherwise).
+    assert!(
+        m > 2 && (2..).take_while(|d| d * d <= m).all(|d| !m.is_multiple_of(d)),
+        "the table's size {m} is not a prime above 2"
+    );
     let mut names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
     names.sort();
     names.dedup();
@@ -108,6 +114,12 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "not a prime")]
+    fn a_table_size_that_is_not_prime_is_refused() {
+        table(&["a", "b"], 65_536);
+    }
+
+    #[test]
     fn every_host_holds_an_equal_share_of_the_table() {
         let hs = hosts(100);
         let refs: Vec<&str> = hs.iter().map(String::as_str).collect();
@@ -171,13 +183,11 @@ mod tests {
             moved_join as f64 / n * 100.0,
             modulo_moved as f64 / n * 100.0,
         );
-        // Every flow of the host that left moved (it is gone), and its share was ~1 %.
+        // Every flow of the host that left moved (it is gone).
         assert!(after.iter().all(|o| o != gone));
-        assert!((0.008..0.012).contains(&(own as f64 / n)), "{own}");
-        // Others: a few percent at most (the paper's figure), far from modulo's.
-        assert!(others_moved as f64 / n < 0.03, "{others_moved}");
-        assert!((0.008..0.012).contains(&(taken as f64 / n)), "{taken}");
-        assert!((moved_join - taken) as f64 / n < 0.03, "{moved_join}");
-        assert!(modulo_moved as f64 / n > 0.9);
+        // Others: less than 1 % of all flows either way (measured 0.50 % and 0.56 %), where
+        // the minimum is 0 and modulo hashing moves almost all.
+        assert!(others_moved as f64 / n < 0.01, "{others_moved}");
+        assert!((moved_join - taken) as f64 / n < 0.01, "{moved_join}");
     }
 }

@@ -92,18 +92,8 @@ impl ApiDaemon {
 
     /// `kill -9`, start again on the same data and pins; the time until it is ready.
     pub fn restart(&mut self) -> Result<Duration> {
-        self.child.kill()?;
-        self.child.wait()?;
-        let t = Instant::now();
-        self.child = spawn(
-            &self.ns,
-            &self.dir,
-            &self.pin,
-            self.conntrack_entries,
-            &self.extra,
-        )?;
-        self.url = wait_ready(&self.dir, &mut self.child)?;
-        Ok(t.elapsed())
+        self.kill()?;
+        self.start_again()
     }
 
     /// Whether the process is still running.

@@ -1693,7 +1693,11 @@ fn replay_fleet(ops: &[Op]) -> Result<Coverage, (usize, String)> {
         token.display().to_string(),
     ];
     let hosts: Vec<ApiDaemon> = (0..2)
-        .map(|i| ApiDaemon::with_args(&format!("plmb{i}"), 65536, &extra).expect("daemon"))
+        .map(|i| {
+            let mut extra = extra.to_vec();
+            extra.extend(["--host-name".to_string(), format!("host{i}")]);
+            ApiDaemon::with_args(&format!("plmb{i}"), 65536, &extra).expect("daemon")
+        })
         .collect();
     let r = replay_on(ops, &hosts);
     let _ = std::fs::remove_file(&token);

@@ -53,6 +53,8 @@ use crate::model::State;
 
 /// How long one request to etcd may take before the store counts as unreachable.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one try of a request may take (`EtcdRuntime::run`).
+const TRY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How soon a lost watch is tried again.
@@ -106,23 +108,21 @@ impl EtcdRuntime {
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                // Every try within what is left of the one deadline.
+                // Every try within what is left of the one deadline, and at most a third
+                // of it (a member that drops packets leaves time for the others).
                 let left = REQUEST_TIMEOUT.saturating_sub(start.elapsed());
-                match tokio::time::timeout(left, f()).await {
+                let why = match tokio::time::timeout(left.min(TRY_TIMEOUT), f()).await {
                     Ok(Ok(v)) => return Ok(v),
-                    Ok(Err(e)) if unreachable(&e) && start.elapsed() < REQUEST_TIMEOUT => {
-                        tokio::time::sleep(Duration::from_millis(20 * attempts.min(10))).await;
-                    }
-                    Ok(Err(e)) if unreachable(&e) => {
-                        return Err(anyhow!(StoreError::Unavailable(e.to_string())));
-                    }
+                    Ok(Err(e)) if unreachable(&e) => e.to_string(),
                     Ok(Err(e)) => return Err(anyhow!("etcd: {e}")),
-                    Err(_) => {
-                        return Err(anyhow!(StoreError::Unavailable(format!(
-                            "no answer within {REQUEST_TIMEOUT:?}"
-                        ))));
-                    }
+                    Err(_) => format!("no answer within {:?}", left.min(TRY_TIMEOUT)),
+                };
+                if start.elapsed() >= REQUEST_TIMEOUT {
+                    return Err(anyhow!(StoreError::Unavailable(format!(
+                        "{why} (tried {attempts} times in {REQUEST_TIMEOUT:?})"
+                    ))));
                 }
+                tokio::time::sleep(Duration::from_millis(20 * attempts.min(10))).await;
             }
         });
         match task.await {
@@ -132,6 +132,22 @@ impl EtcdRuntime {
             )))),
         }
     }
+}
+
+/// `key`'s value (or with `prefix`, every key under it), read through `rt`.
+async fn get(
+    rt: &EtcdRuntime,
+    client: &Client,
+    key: String,
+    prefix: bool,
+) -> Result<etcd_client::GetResponse> {
+    let c = client.clone();
+    rt.run(move || {
+        let (mut c, key) = (c.clone(), key.clone());
+        let opts = prefix.then(|| GetOptions::new().with_prefix());
+        async move { c.get(key, opts).await }
+    })
+    .await
 }
 
 /// Whether `e` is about reaching etcd (a transport failure, a member without a leader, a
@@ -152,6 +168,8 @@ pub struct EtcdStore {
     prefix: String,
     /// The marker's `mod_revision` as this daemon last read or wrote it (0: no commit yet).
     seen: i64,
+    /// The key of this daemon's last commit (`write`).
+    own_commit: Option<String>,
 }
 
 /// A commit's id: the host, the process, the time, a random number.
@@ -198,6 +216,7 @@ impl EtcdStore {
             endpoints,
             prefix,
             seen: 0,
+            own_commit: None,
         })
     }
 
@@ -211,14 +230,7 @@ impl EtcdStore {
 
     /// Reads the whole state and the marker in one range read (one revision's snapshot).
     async fn read(&mut self) -> Result<State> {
-        let (c, prefix) = (self.client.clone(), format!("{}/", self.prefix));
-        let resp = self
-            .rt
-            .run(move || {
-                let (mut c, prefix) = (c.clone(), prefix.clone());
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
+        let resp = get(&self.rt, &self.client, format!("{}/", self.prefix), true).await?;
         let objects = format!("{}/objects/", self.prefix);
         let marker = self.marker();
         let mut seen = 0;
@@ -256,13 +268,28 @@ impl EtcdStore {
                 .iter()
                 .map(|k| TxnOp::delete(self.object_key(k), None)),
         );
-        // This commit's id: a try that landed is known by it on a later try.
-        let id = commit_id();
+        // This commit's id, and a key of its own (`<prefix>/commits/<id>`, the daemon's
+        // previous one removed in the same transaction: one per daemon): a try that landed
+        // though its answer was lost is known by it on a later try, even once others have
+        // committed after it.
+        let id = String::from_utf8_lossy(&commit_id()).into_owned();
+        let own = format!("{}/commits/{id}", self.prefix);
         ops.push(TxnOp::put(marker.clone(), id.clone(), None));
+        ops.push(TxnOp::put(own.clone(), Vec::new(), None));
+        if let Some(previous) = &self.own_commit {
+            ops.push(TxnOp::delete(previous.clone(), None));
+        }
         let txn = Txn::new()
             .when([Compare::mod_revision(marker, CompareOp::Equal, self.seen)])
             .and_then(ops);
         let c = self.client.clone();
+        let sent = |e: anyhow::Error| match super::store_error(&e) {
+            Some(StoreError::Unavailable(why)) => anyhow!(StoreError::Unavailable(format!(
+                "{why} (the change was sent: whether etcd commits it is unknown until it \
+                 answers again)"
+            ))),
+            _ => e,
+        };
         let resp = self
             .rt
             .run(move || {
@@ -270,49 +297,40 @@ impl EtcdStore {
                 async move { c.txn(txn).await }
             })
             .await
-            .map_err(|e| match super::store_error(&e) {
-                Some(StoreError::Unavailable(why)) => anyhow!(StoreError::Unavailable(format!(
-                    "{why} (the change was sent: whether etcd commits it is unknown until it \
-                     answers again)"
-                ))),
-                _ => e,
-            })?;
-        if resp.succeeded() {
+            .map_err(sent)?;
+        let landed = if resp.succeeded() {
             // The marker was written in this transaction: its mod_revision is the
             // transaction's revision.
-            self.seen = resp
-                .header()
+            resp.header()
                 .map(|h| h.revision())
-                .context("etcd's answer has no header")?;
-            return Ok(());
-        }
-        // Refused: another daemon committed first, or an earlier try of this very commit
-        // landed (its answer was lost): then the marker holds this commit's id.
-        let (now, value) = self.marker_now().await?;
-        if value == id {
-            self.seen = now;
-            return Ok(());
-        }
-        Err(anyhow!(StoreError::Conflict))
+                .context("etcd's answer has no header")?
+        } else {
+            // Refused: another daemon committed first, or an earlier try of this very
+            // commit landed (its answer was lost): then its own key is there, written at
+            // that commit's revision.
+            let resp = get(&self.rt, &self.client, own.clone(), false)
+                .await
+                .map_err(sent)?;
+            match resp.kvs().first() {
+                Some(kv) => kv.mod_revision(),
+                None => return Err(anyhow!(StoreError::Conflict)),
+            }
+        };
+        // The store as this daemon knows it is the one its commit made (a later commit by
+        // another daemon makes the next one conflict, and the daemon catch up).
+        self.seen = landed;
+        self.own_commit = Some(own);
+        Ok(())
     }
 
-    /// The marker's mod_revision and value now (0 and empty if no commit yet).
-    async fn marker_now(&self) -> Result<(i64, Vec<u8>)> {
-        let (c, marker) = (self.client.clone(), self.marker());
-        let resp = self
-            .rt
-            .run(move || {
-                let (mut c, marker) = (c.clone(), marker.clone());
-                async move { c.get(marker, None).await }
-            })
-            .await?;
-        Ok(resp.kvs().first().map_or((0, Vec::new()), |kv| {
-            (kv.mod_revision(), kv.value().to_vec())
-        }))
+    /// The marker's mod_revision now (0 if no commit yet).
+    async fn marker_now(&self) -> Result<i64> {
+        let resp = get(&self.rt, &self.client, self.marker(), false).await?;
+        Ok(resp.kvs().first().map_or(0, |kv| kv.mod_revision()))
     }
 
     async fn moved(&mut self) -> Result<Option<State>> {
-        let (now, _) = self.marker_now().await?;
+        let now = self.marker_now().await?;
         if now == self.seen {
             return Ok(None);
         }
@@ -367,22 +385,30 @@ impl EtcdWatch {
                 let value = serde_json::to_vec(&member).unwrap_or_default();
                 let kept = async {
                     let lease = c.lease_grant(ttl, None).await?.id();
-                    c.put(
-                        key.clone(),
-                        value,
-                        Some(PutOptions::new().with_lease(lease)),
-                    )
-                    .await?;
+                    let put = PutOptions::new().with_lease(lease);
+                    c.put(key.clone(), value.clone(), Some(put.clone())).await?;
                     let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
                     if lost {
                         info!(host = %member.host, "fleet membership renewed");
                         lost = false;
                     }
+                    let mut taken = false;
                     loop {
                         keeper.keep_alive().await?;
                         match stream.message().await? {
                             Some(r) if r.ttl() > 0 => {}
                             _ => return Ok::<_, etcd_client::Error>(()),
+                        }
+                        // Another daemon registering under this name moves the key to its
+                        // lease: said once, and the key is put back under ours (the
+                        // names must be unique: --host-name).
+                        let now = c.get(key.clone(), None).await?;
+                        if now.kvs().first().is_none_or(|kv| kv.lease() != lease) {
+                            if !taken {
+                                warn!(host = %member.host, "another daemon of the fleet registers under this host name (--host-name must be unique)");
+                                taken = true;
+                            }
+                            c.put(key.clone(), value.clone(), Some(put.clone())).await?;
                         }
                         tokio::time::sleep(Duration::from_millis(ttl as u64 * 1000 / 3)).await;
                     }
@@ -404,14 +430,13 @@ impl EtcdWatch {
 
     /// The hosts registered now, by name.
     pub async fn members(&self) -> Result<Vec<Member>> {
-        let (c, hosts) = (self.client.clone(), format!("{}hosts/", self.prefix));
-        let resp = self
-            .rt
-            .run(move || {
-                let (mut c, hosts) = (c.clone(), hosts.clone());
-                async move { c.get(hosts, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
+        let resp = get(
+            &self.rt,
+            &self.client,
+            format!("{}hosts/", self.prefix),
+            true,
+        )
+        .await?;
         let mut out: Vec<Member> = resp
             .kvs()
             .iter()
@@ -424,14 +449,7 @@ impl EtcdWatch {
     /// The commit marker's mod_revision now (0: no commit yet), read without the store:
     /// whether the daemon has something to catch up with is asked without holding it.
     pub async fn revision(&self) -> Result<i64> {
-        let (c, marker) = (self.client.clone(), format!("{}rev", self.prefix));
-        let resp = self
-            .rt
-            .run(move || {
-                let (mut c, marker) = (c.clone(), marker.clone());
-                async move { c.get(marker, None).await }
-            })
-            .await?;
+        let resp = get(&self.rt, &self.client, format!("{}rev", self.prefix), false).await?;
         Ok(resp.kvs().first().map_or(0, |kv| kv.mod_revision()))
     }
 

@@ -387,7 +387,11 @@ fn control_run(n: usize, etcd: bool) -> Result<ControlRun> {
                 token.display().to_string(),
             ];
             (0..2)
-                .map(|i| ApiDaemon::with_args(&format!("plbench{i}"), 65536, &extra))
+                .map(|i| {
+                    let mut extra = extra.to_vec();
+                    extra.extend(["--host-name".to_string(), format!("host{i}")]);
+                    ApiDaemon::with_args(&format!("plbench{i}"), 65536, &extra)
+                })
                 .collect::<Result<_>>()?
         }
     };
