@@ -37,7 +37,10 @@ pub fn table(hosts: &[&str], m: usize) -> (Vec<String>, Vec<u32>) {
     // A prime size makes every host's sequence a permutation of the slots (the fill
     // below would not end otherwise).
     assert!(
-        m > 2 && (2..).take_while(|d| d * d <= m).all(|d| !m.is_multiple_of(d)),
+        m > 2
+            && (2..)
+                .take_while(|d| d * d <= m)
+                .all(|d| !m.is_multiple_of(d)),
         "the table's size {m} is not a prime above 2"
     );
     let mut names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
