@@ -201,10 +201,11 @@ fn a_change_through_one_host_reaches_every_hosts_maps() {
             ip(addr)
         );
     }
-    // Every host ends with every ENI.
-    for h in &f.hosts {
-        assert_eq!(enis(h).len(), 20, "{}", f.logs());
-    }
+    // Every host ends with every ENI (the last change reached the third host too).
+    until(PROPAGATION_BOUND, "every ENI on every host", || {
+        f.hosts.iter().all(|h| enis(h).len() == 20)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
     // A deletion travels as well.
     Client::new(&url(1), Some(ta.clone()))
         .delete("/v1/endpoints/ep-0")
