@@ -17,6 +17,7 @@ use crate::{
     dataplane::{self, Dataplane, neighbor},
     desired::{self, Desired, Link, NextHop, NextHop6},
     error::OpError,
+    fleet::PortShare,
     model::{FieldError, State},
     monitor::{HealthMonitor, HealthRow, Unhealthy},
     store::Store,
@@ -179,6 +180,8 @@ pub struct DataplaneApply {
     addresses: dataplane::addresses::HostAddresses,
     /// The DNS server, once the daemon has given one (`set_dns`).
     dns: Option<crate::dns::Dns>,
+    /// This host's part of the SNAT port ranges (a fleet's slot; `set_share`).
+    share: crate::fleet::SharedShare,
 }
 
 /// The maps' content and next hops computed for a state (with the health view they were
@@ -186,18 +189,22 @@ pub struct DataplaneApply {
 struct Plan {
     state: State,
     unhealthy: Unhealthy,
+    share: PortShare,
     desired: Desired,
     hops: Vec<NextHop>,
     hops6: Vec<NextHop6>,
 }
 
 impl Plan {
-    fn compute(s: &State, unhealthy: Unhealthy) -> Result<Self, FieldError> {
+    fn compute(s: &State, unhealthy: Unhealthy, share: PortShare) -> Result<Self, FieldError> {
         let hops = desired::next_hops(s);
-        let desired = desired::compute_with_hops(s, dataplane::resolve_link, &unhealthy, &hops)?;
+        let mut desired =
+            desired::compute_with_hops(s, dataplane::resolve_link, &unhealthy, &hops)?;
+        crate::fleet::narrow_pools(&mut desired, share);
         Ok(Self {
             state: s.clone(),
             unhealthy,
+            share,
             desired,
             hops,
             hops6: desired::next_hops6(s),
@@ -218,7 +225,17 @@ impl DataplaneApply {
             plan: None,
             addresses: Default::default(),
             dns: None,
+            share: Arc::new(std::sync::Mutex::new(PortShare::All)),
         }
+    }
+
+    /// Takes SNAT ports from `share` from now on (a fleet's slot), read at every apply.
+    pub fn set_share(&mut self, share: crate::fleet::SharedShare) {
+        self.share = share;
+    }
+
+    fn share(&self) -> PortShare {
+        self.share.lock().map_or(PortShare::Nothing, |s| *s)
     }
 
     /// Serves DNS from now on: every apply updates its answers and listeners.
@@ -345,7 +362,7 @@ impl Apply for DataplaneApply {
     fn check(&mut self, s: &State) -> Result<(), OpError> {
         // The verdicts as they are now: `apply` re-uses this plan when they still are.
         self.plan = None;
-        self.plan = Some(Plan::compute(s, self.health.unhealthy())?);
+        self.plan = Some(Plan::compute(s, self.health.unhealthy(), self.share())?);
         Ok(())
     }
 
@@ -355,9 +372,10 @@ impl Apply for DataplaneApply {
 
     fn apply(&mut self, s: &State) -> Result<()> {
         let unhealthy = self.health.take();
+        let share = self.share();
         let plan = match self.plan.take() {
-            Some(p) if p.state == *s && p.unhealthy == unhealthy => Ok(p),
-            _ => Plan::compute(s, unhealthy).map_err(anyhow::Error::from),
+            Some(p) if p.state == *s && p.unhealthy == unhealthy && p.share == share => Ok(p),
+            _ => Plan::compute(s, unhealthy, share).map_err(anyhow::Error::from),
         };
         let applied = plan.and_then(|p| self.dp.apply(&p.desired).map(|r| (p, r)));
         let (plan, r) = match applied {

@@ -828,7 +828,7 @@ pub fn run(conn: &Conn, cmd: ApiCmd) -> Result<()> {
         ApiCmd::Account(AccountCmd::List) => (c.get("/v1/accounts")?, &["id", "name"]),
         ApiCmd::Fleet => (
             c.get("/v1/fleet")?["hosts"].take(),
-            &["host", "api", "since"],
+            &["host", "api", "since", "snat_slot"],
         ),
         ApiCmd::Vpc(VpcCmd::Create {
             id,

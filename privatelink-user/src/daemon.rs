@@ -85,6 +85,14 @@ pub struct DaemonArgs {
     /// is gone from the fleet this long after its last renewal.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(2..=300))]
     pub host_lease_seconds: i64,
+    /// A fleet: cut every SNAT pool's port range into this many slots; this host holds one
+    /// under its lease and takes new flows' SNAT ports only from it, so the provider side
+    /// can route replies back to it by port. A slot passes to another host only after its
+    /// holder's lease expired; a host without a slot takes no new flows. At least the
+    /// fleet's size (spare slots let a replacement start before the lease of the host it
+    /// replaces has run out). Without it every host takes ports from the whole range.
+    #[arg(long, requires = "etcd", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub snat_slots: Option<u32>,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
     /// Conntrack capacity in entries (two per flow).
@@ -326,12 +334,35 @@ pub async fn run(
         }
         (None, None) => anyhow::bail!("give --state FILE or --data-dir DIR"),
     };
+    // A fleet with SNAT slots takes no new flows until it holds one; it holds one from
+    // now on (a host restarted within its lease finds its slot under its name).
+    let host_name = match &args.host_name {
+        Some(h) => h.clone(),
+        None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+    };
+    let share: crate::fleet::SharedShare = Arc::new(std::sync::Mutex::new(match args.snat_slots {
+        Some(_) => crate::fleet::PortShare::Nothing,
+        None => crate::fleet::PortShare::All,
+    }));
+    let share_changed = Arc::new(tokio::sync::Notify::new());
+    if let (Some(w), Some(count)) = (&watch, args.snat_slots) {
+        w.hold_slot(
+            host_name.clone(),
+            args.host_lease_seconds,
+            crate::store::etcd::Slots {
+                count,
+                share: share.clone(),
+                changed: share_changed.clone(),
+            },
+        );
+    }
     let dp = Dataplane::load(&LoadOptions {
         pin_dir: Some(args.pin_dir.clone()),
         conntrack_entries: args.conntrack_entries,
         flow_events_bytes: args.flow_log_ring_bytes,
     })?;
     let mut applier = DataplaneApply::new(dp, args.xdp_skb);
+    applier.set_share(share.clone());
     applier.dp.set_config(&args.flow_config())?;
     // Flow logs: the ring is drained on a timer in both modes (see `crate::flowlog`).
     let mut flow = crate::flowlog::FlowLogger::new(
@@ -404,15 +435,12 @@ pub async fn run(
             // etcd without holding the app, so an unreachable etcd stalls neither the API's
             // reads nor this loop.
             if let Some(w) = watch {
-                let host = match &args.host_name {
-                    Some(h) => h.clone(),
-                    None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
-                };
                 w.register(
                     crate::store::etcd::Member {
-                        host,
+                        host: host_name.clone(),
                         api: format!("http://{addr}"),
                         since: 0,
+                        snat_slot: None,
                     },
                     args.host_lease_seconds,
                 );
@@ -437,6 +465,7 @@ pub async fn run(
                         flow.poll(logged);
                     }
                     _ = health.notified() => app.lock().await.refresh(),
+                    _ = share_changed.notified() => app.lock().await.refresh(),
                     _ = hup.recv() => match &mut settings {
                         Some(s) => reload_settings(s),
                         None => info!("SIGHUP: nothing to read (the state lives in the store; no --config)"),

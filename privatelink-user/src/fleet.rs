@@ -1,13 +1,21 @@
-//! The fleet's flow-to-host mapping: Maglev consistent hashing (Eisenbud et al., "Maglev:
-//! A Fast and Reliable Software Network Load Balancer", NSDI 2016, §3.4), as Katran and
-//! Cilium use it. Every host builds the same lookup table from the same set of host names,
-//! so a flow's hash names one owner wherever the packet lands; when a host leaves or
-//! joins, the table moves little more than the slots that must move (the paper's
-//! "minimal disruption"), and every host holds floor(M/N) or ceil(M/N) slots.
+//! The fleet's flow-to-host mapping and its SNAT port shares.
 //!
-//! This is the mapping the fleet's data path is to steer flows by; what is built now is
-//! the table and its measurement (`tests` below: 100 hosts, one leaving and one joining,
-//! against the paper's figures and against modulo hashing).
+//! **Flows to hosts.** The fabric in front of the fleet spreads flows over the hosts by a
+//! hash of their 5-tuple (ECMP on L4, a resilient next-hop group: a fixed table of
+//! buckets, each naming a host). What must hold is consistent hashing's: a host leaving
+//! moves only its own flows, one joining takes little more than its share. Maglev
+//! (Eisenbud et al., "Maglev: A Fast and Reliable Software Network Load Balancer", NSDI
+//! 2016, §3.4), as Katran and Cilium use it, is that table built from the host names
+//! alone; `table` builds it and the tests below measure it at 100 hosts against the
+//! paper's figures and against modulo hashing.
+//!
+//! **Replies to hosts.** A flow's replies come back to its SNAT address and port, and must
+//! reach the host that holds its conntrack entry. Each host of a fleet started with
+//! `--snat-slots N` holds one of N slots (under its etcd lease,
+//! `store::etcd::EtcdWatch::register`) and takes new flows' SNAT ports only from that
+//! slot's slice of every pool's port range (`PortShare`); the provider side routes
+//! replies to the slot's holder by destination port. A slot passes to another host only
+//! once its holder's lease has expired, so two live hosts never hand out the same tuple.
 
 /// The lookup table's size: prime, and much larger than any fleet (the paper's 65 537
 /// keeps the imbalance below 1 % up to hundreds of backends).
@@ -89,6 +97,81 @@ pub fn owner<'a>(names: &'a [String], entry: &[u32], flow_hash: u64) -> Option<&
     }
     let slot = (flow_hash % entry.len() as u64) as usize;
     names.get(entry[slot] as usize).map(String::as_str)
+}
+
+/// This host's part of every SNAT pool's port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortShare {
+    /// The whole range: one host, or a fleet without `--snat-slots`.
+    All,
+    /// Slot `slot` of `slots`: the slot's slice of the range (`slice`).
+    Slot { slot: u32, slots: u32 },
+    /// A fleet host that holds no slot (none free yet, or its lease lost): no new flows.
+    Nothing,
+}
+
+impl PortShare {
+    /// The ports `lo..=hi` this share allows, `None` for none. Slot `s` of `n` gets the
+    /// `s`-th of `n` equal slices (the last one the remainder), so the slices of every
+    /// slot cover the range once; a slot beyond a range of fewer ports than slots gets
+    /// nothing.
+    pub fn slice(self, lo: u16, hi: u16) -> Option<(u16, u16)> {
+        match self {
+            PortShare::All => (lo <= hi).then_some((lo, hi)),
+            PortShare::Nothing => None,
+            PortShare::Slot { slot, slots } => {
+                if lo > hi || slot >= slots {
+                    return None;
+                }
+                let len = (hi - lo) as u32 + 1;
+                let each = len / slots;
+                if each == 0 {
+                    return None;
+                }
+                let first = lo as u32 + slot * each;
+                let last = if slot + 1 == slots {
+                    hi as u32
+                } else {
+                    first + each - 1
+                };
+                Some((first as u16, last as u16))
+            }
+        }
+    }
+}
+
+/// The share as the daemon's slot task keeps it and the applier reads it.
+pub type SharedShare = std::sync::Arc<std::sync::Mutex<PortShare>>;
+
+/// Narrows every SNAT pool of `d` to `share` (a pool whose share is empty keeps its
+/// addresses, for replies and ARP, with no address to take new flows from).
+pub fn narrow_pools(d: &mut crate::desired::Desired, share: PortShare) {
+    if share == PortShare::All {
+        return;
+    }
+    for p in d.snat_pools.values_mut() {
+        match share.slice(p.port_min, p.port_max) {
+            Some((lo, hi)) => (p.port_min, p.port_max) = (lo, hi),
+            None => p.count = 0,
+        }
+    }
+    for p in d.snat6_pools.values_mut() {
+        match share.slice(p.port_min, p.port_max) {
+            Some((lo, hi)) => (p.port_min, p.port_max) = (lo, hi),
+            None => p.count = 0,
+        }
+    }
+}
+
+/// The order in which `host` tries the slots: from a hash of its name on, so a host
+/// that comes back after its lease expired finds its old slot first when still free.
+pub fn slot_order(host: &str, slots: u32) -> impl Iterator<Item = u32> {
+    let start = if slots == 0 {
+        0
+    } else {
+        (mix(fnv1a(host.as_bytes(), 0xcbf2_9ce4_8422_2325)) % slots as u64) as u32
+    };
+    (0..slots).map(move |i| (start + i) % slots)
 }
 
 #[cfg(test)]
@@ -192,5 +275,102 @@ mod tests {
         // the minimum is 0 and modulo hashing moves almost all.
         assert!(others_moved as f64 / n < 0.01, "{others_moved}");
         assert!((moved_join - taken) as f64 / n < 0.01, "{moved_join}");
+    }
+
+    #[test]
+    fn the_slots_slices_cover_the_range_once() {
+        for (lo, hi) in [(1024u16, 65535u16), (0, u16::MAX), (40000, 40009), (7, 7)] {
+            for n in 1..=9u32 {
+                let mut covered = Vec::new();
+                for s in 0..n {
+                    if let Some((a, b)) = (PortShare::Slot { slot: s, slots: n }).slice(lo, hi) {
+                        assert!(
+                            lo <= a && a <= b && b <= hi,
+                            "{lo}-{hi} slot {s}/{n}: {a}-{b}"
+                        );
+                        covered.extend(a as u32..=b as u32);
+                    }
+                }
+                let len = (hi - lo) as u32 + 1;
+                if len >= n {
+                    // Every port once, in order.
+                    assert_eq!(
+                        covered,
+                        (lo as u32..=hi as u32).collect::<Vec<_>>(),
+                        "{lo}-{hi} /{n}"
+                    );
+                } else {
+                    assert!(
+                        covered.is_empty(),
+                        "{lo}-{hi} /{n}: {} ports",
+                        covered.len()
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            PortShare::Slot { slot: 1, slots: 3 }.slice(1024, 65535),
+            Some((22528, 44031))
+        );
+        assert_eq!(
+            PortShare::Slot { slot: 3, slots: 3 }.slice(1024, 65535),
+            None
+        );
+        assert_eq!(PortShare::All.slice(1024, 65535), Some((1024, 65535)));
+        assert_eq!(PortShare::Nothing.slice(1024, 65535), None);
+    }
+
+    #[test]
+    fn narrowing_leaves_addresses_and_empties_a_pool_without_a_share() {
+        use privatelink_common::{SnatPool, SnatPool6};
+        let mut d = crate::desired::Desired::default();
+        d.snat_pools.insert(
+            1,
+            SnatPool {
+                count: 2,
+                port_min: 1024,
+                port_max: 65535,
+                addrs: Default::default(),
+            },
+        );
+        d.snat6_pools.insert(
+            1,
+            SnatPool6 {
+                count: 1,
+                port_min: 1024,
+                port_max: 65535,
+                addrs: Default::default(),
+            },
+        );
+        let mut slot = d.clone();
+        narrow_pools(&mut slot, PortShare::Slot { slot: 2, slots: 3 });
+        assert_eq!(
+            (slot.snat_pools[&1].port_min, slot.snat_pools[&1].port_max),
+            (44032, 65535)
+        );
+        assert_eq!(
+            (slot.snat6_pools[&1].port_min, slot.snat6_pools[&1].port_max),
+            (44032, 65535)
+        );
+        assert_eq!(slot.snat_pools[&1].count, 2);
+        let mut none = d.clone();
+        narrow_pools(&mut none, PortShare::Nothing);
+        assert_eq!(
+            (none.snat_pools[&1].count, none.snat6_pools[&1].count),
+            (0, 0)
+        );
+        let mut all = d.clone();
+        narrow_pools(&mut all, PortShare::All);
+        assert_eq!(all, d);
+    }
+
+    #[test]
+    fn slot_order_tries_every_slot_once() {
+        for host in ["fwd-1", "fwd-2", "a", ""] {
+            let mut o: Vec<u32> = slot_order(host, 5).collect();
+            o.sort();
+            assert_eq!(o, vec![0, 1, 2, 3, 4]);
+        }
+        assert_eq!(slot_order("x", 0).count(), 0);
     }
 }

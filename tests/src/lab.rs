@@ -1375,7 +1375,7 @@ impl Drop for Lab {
 
 /// Starts `cmd` with stdout and stderr appended to `<dir>/<name>.log` (a restarted process
 /// keeps the earlier lines; the lab's directory is new at each `up`).
-fn spawn_logged(dir: &Path, name: &str, cmd: &mut std::process::Command) -> Result<Child> {
+pub fn spawn_logged(dir: &Path, name: &str, cmd: &mut std::process::Command) -> Result<Child> {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -8,6 +8,7 @@ pub mod dig;
 pub mod dnsbench;
 pub mod dual;
 pub mod etcd;
+pub mod fleetlab;
 pub mod frames;
 pub mod gwlb;
 pub mod lab;

@@ -22,7 +22,7 @@ use std::{
 };
 
 use aya::maps::HashMap;
-use privatelink_common::{EndpointEni, VpcAddr, map_names};
+use privatelink_common::{EndpointEni, SnatPool, VpcAddr, map_names};
 use privatelink_tests::{
     apidaemon::{ApiDaemon, two_party_tokens},
     etcd::EtcdCluster,
@@ -75,6 +75,11 @@ struct Fleet {
 
 impl Fleet {
     fn start(hosts: usize) -> Self {
+        Self::start_with(hosts, &[])
+    }
+
+    /// `start`, each daemon with `more` options too.
+    fn start_with(hosts: usize, more: &[&str]) -> Self {
         let etcd = EtcdCluster::start(3).unwrap();
         let token_file = std::env::temp_dir().join(format!("{}.token", unique_name("fleet")));
         std::fs::write(&token_file, "fleet-admin-token-0123456789\n").unwrap();
@@ -96,6 +101,7 @@ impl Fleet {
                     "--host-lease-seconds".to_string(),
                     LEASE.as_secs().to_string(),
                 ]);
+                extra.extend(more.iter().map(|m| m.to_string()));
                 ApiDaemon::with_args(&format!("fl{i}"), 65536, &extra).unwrap()
             })
             .collect();
@@ -479,5 +485,153 @@ fn losing_the_etcd_majority_refuses_writes_keeps_the_data_path_and_recovers() {
         logs.contains("the shared store answers again")
             || logs.contains("etcd watch re-established"),
         "{logs}"
+    );
+}
+
+/// The SNAT pool of epsrv-b in a host's pinned `PL_SNAT_POOLS`: (addresses, first and
+/// last port); none before the host applied the service.
+fn pool(host: &ApiDaemon) -> Option<(u32, u16, u16)> {
+    let m = open_pinned(&host.pin, map_names::SNAT_POOLS).ok()?;
+    let m: HashMap<_, u32, SnatPool> = HashMap::try_from(&m).ok()?;
+    let p = m.get(&numeric_id("epsrv-b"), 0).ok()?;
+    Some((p.count, p.port_min, p.port_max))
+}
+
+/// The slot each host holds, by host name, through host `via`'s `GET /v1/fleet`.
+fn slots(f: &Fleet, via: usize) -> std::collections::BTreeMap<String, u64> {
+    let Ok(v) = f.admin(via).get("/v1/fleet") else {
+        return Default::default();
+    };
+    v["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| Some((h["host"].as_str()?.to_string(), h["snat_slot"].as_u64()?)))
+        .collect()
+}
+
+/// `--snat-slots 2` on three hosts: two hold a slot each and take new flows' ports from
+/// its half of the range only; the third holds none (its pool takes no new flow). The
+/// same host started again takes its slot back at once; a slot passes to another host
+/// only once its holder's lease has expired; a host cut off from etcd for its lease's
+/// time stops taking new flows from its slot, and holds one again once etcd is back.
+#[test]
+fn snat_slots_are_held_under_leases_and_narrow_each_hosts_pool() {
+    let mut f = Fleet::start_with(3, &["--snat-slots", "2"]);
+    let (_, tb) = two_party_tokens(&f.admin(0)).unwrap();
+    service(&Client::new(&f.hosts[0].url, Some(tb)));
+    let halves = [(1024u16, 33279u16), (33280, 65535)];
+    let settled = |f: &Fleet| {
+        let held = slots(f, 0);
+        let pools: Vec<_> = f.hosts.iter().map(pool).collect();
+        // Two hosts hold a slot each, and each host's pool says what it holds.
+        let ok = held.len() == 2
+            && held.values().collect::<BTreeSet<_>>().len() == 2
+            && (0..3).all(|i| match (held.get(&format!("host{i}")), pools[i]) {
+                (Some(s), Some((1, lo, hi))) => (lo, hi) == halves[*s as usize],
+                (None, Some((0, ..))) => true,
+                _ => false,
+            });
+        ok.then_some(held)
+    };
+    let mut held = None;
+    until(
+        Duration::from_secs(10),
+        "two slots held, three pools narrowed",
+        || {
+            held = settled(&f);
+            held.is_some()
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?} {:?}\n{}",
+            slots(&f, 0),
+            f.hosts.iter().map(pool).collect::<Vec<_>>(),
+            f.logs()
+        )
+    });
+    let held = held.unwrap();
+    let spare = (0..3)
+        .find(|i| !held.contains_key(&format!("host{i}")))
+        .unwrap();
+    let holder = (0..3).find(|i| *i != spare).unwrap();
+    let slot = held[&format!("host{holder}")];
+
+    // The holder restarted: its slot back at once, under its new lease.
+    f.hosts[holder].kill().unwrap();
+    let t = Instant::now();
+    f.hosts[holder].start_again().unwrap();
+    until(
+        Duration::from_secs(10),
+        "the restarted host's slot back",
+        || {
+            slots(&f, spare).get(&format!("host{holder}")) == Some(&slot)
+                && pool(&f.hosts[holder]).is_some_and(|p| (p.1, p.2) == halves[slot as usize])
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    let restarted = t.elapsed();
+    assert!(
+        pool(&f.hosts[spare]).is_some_and(|p| p.0 == 0),
+        "the spare took a slot while its holder restarted"
+    );
+
+    // The holder dies: the spare takes its slot, but not before the lease expired
+    // (renewed every third of it, so at least two thirds of it after the death).
+    f.hosts[holder].kill().unwrap();
+    let died = Instant::now();
+    until(
+        Duration::from_secs(10),
+        "the spare holding the dead host's slot",
+        || {
+            slots(&f, spare).get(&format!("host{spare}")) == Some(&slot)
+                && pool(&f.hosts[spare])
+                    .is_some_and(|p| p == (1, halves[slot as usize].0, halves[slot as usize].1))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    let taken = died.elapsed();
+    assert!(
+        taken >= LEASE * 2 / 3,
+        "the slot passed {taken:?} after its holder died, before its lease of {LEASE:?} could expire"
+    );
+
+    // The majority lost for longer than the lease: the remaining hosts stop taking new
+    // flows (their pools empty); they hold slots again once etcd is back.
+    f.etcd.stop_member(1);
+    f.etcd.stop_member(2);
+    let cut = Instant::now();
+    until(
+        LEASE + Duration::from_secs(3),
+        "the cut-off hosts' pools emptied",
+        || {
+            (0..3)
+                .filter(|i| *i != holder)
+                .all(|i| pool(&f.hosts[i]).is_some_and(|p| p.0 == 0))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    let fenced = cut.elapsed();
+    assert!(
+        fenced >= LEASE,
+        "pools emptied {fenced:?} after the cut, before the lease ran out"
+    );
+    f.etcd.start_member(1).unwrap();
+    f.etcd.start_member(2).unwrap();
+    until(
+        Duration::from_secs(20),
+        "slots held again after etcd came back",
+        || {
+            (0..3)
+                .filter(|i| *i != holder)
+                .all(|i| pool(&f.hosts[i]).is_some_and(|p| p.0 == 1))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    println!(
+        "snat slots: a restarted host had its slot back after {restarted:?}; a dead host's slot \
+         passed on {taken:?} after its death (lease {LEASE:?}); cut off from etcd, hosts stopped \
+         taking new flows after {fenced:?}"
     );
 }

@@ -359,6 +359,102 @@ pub struct Member {
     pub api: String,
     /// Unix seconds of its registration (its start, or its lease's renewal after a loss).
     pub since: u64,
+    /// The SNAT slot it holds (`--snat-slots`; none without, or while it waits for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat_slot: Option<u32>,
+}
+
+/// One step `under_lease` runs under the lease.
+type LeaseStep = std::pin::Pin<Box<dyn Future<Output = Result<(), etcd_client::Error>> + Send>>;
+
+/// A host's SNAT slots setting and the share it keeps for the applier (`hold_slot`).
+#[derive(Clone)]
+pub struct Slots {
+    /// How many slots the fleet's port ranges are cut into (`--snat-slots`).
+    pub count: u32,
+    pub share: crate::fleet::SharedShare,
+    /// Woken when the share changes: the maps are recomputed.
+    pub changed: Arc<Notify>,
+}
+
+impl Slots {
+    /// Sets the share; whether it changed (and `changed` was woken).
+    fn set(&self, to: crate::fleet::PortShare) -> bool {
+        let Ok(mut s) = self.share.lock() else {
+            return false;
+        };
+        if *s == to {
+            return false;
+        }
+        *s = to;
+        self.changed.notify_one();
+        true
+    }
+}
+
+/// The slots under `<prefix>slots/` in `kvs`: (slot, host, lease).
+fn held_slots(prefix: &str, kvs: &[etcd_client::KeyValue]) -> Vec<(u32, String, i64)> {
+    let head = format!("{prefix}slots/");
+    kvs.iter()
+        .filter_map(|kv| {
+            let slot = kv.key_str().ok()?.strip_prefix(&head)?.parse().ok()?;
+            Some((slot, kv.value_str().ok()?.to_string(), kv.lease()))
+        })
+        .collect()
+}
+
+/// One round of holding a SNAT slot under `lease`: the slot held now, if any.
+///
+/// `<prefix>slots/<n>` → the host's name, attached to its lease. A host keeps the slot it
+/// holds; takes back a slot still under its own name (the same host restarted: its
+/// previous lease has not expired yet, and no other host could have taken the slot); or
+/// creates the first free one in its `slot_order` (a transaction on the key's absence, so
+/// of two hosts racing for it one wins). A slot whose holder died stays taken until etcd
+/// expires that lease and deletes the key: only then can another host create it.
+async fn claim_slot(
+    c: &mut Client,
+    prefix: &str,
+    host: &str,
+    lease: i64,
+    count: u32,
+    held: Option<u32>,
+) -> Result<Option<u32>, etcd_client::Error> {
+    let key = |n: u32| format!("{prefix}slots/{n}");
+    let resp = c
+        .get(
+            format!("{prefix}slots/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await?;
+    let now = held_slots(prefix, resp.kvs());
+    if let Some(n) = held
+        && now
+            .iter()
+            .any(|(s, h, l)| *s == n && h == host && *l == lease)
+    {
+        return Ok(Some(n));
+    }
+    let put = PutOptions::new().with_lease(lease);
+    if let Some((n, ..)) = now.iter().find(|(s, h, _)| h == host && *s < count) {
+        let t = Txn::new()
+            .when(vec![Compare::value(key(*n), CompareOp::Equal, host)])
+            .and_then(vec![TxnOp::put(key(*n), host, Some(put.clone()))]);
+        if c.txn(t).await?.succeeded() {
+            return Ok(Some(*n));
+        }
+    }
+    for n in crate::fleet::slot_order(host, count) {
+        if now.iter().any(|(s, ..)| *s == n) {
+            continue;
+        }
+        let t = Txn::new()
+            .when(vec![Compare::create_revision(key(n), CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(key(n), host, Some(put.clone()))]);
+        if c.txn(t).await?.succeeded() {
+            return Ok(Some(n));
+        }
+    }
+    Ok(None)
 }
 
 /// A watch of the store's prefix, and the fleet's membership under it.
@@ -370,56 +466,134 @@ pub struct EtcdWatch {
 }
 
 impl EtcdWatch {
-    /// Keeps `<prefix>/hosts/<host>` → `member` registered under a lease of `ttl` seconds,
-    /// renewed every third of it, for as long as the process runs; a lost lease (etcd
-    /// unreachable for longer than `ttl`) is granted again once etcd answers.
+    /// Keeps `<prefix>/hosts/<host>` → `member` registered under a lease of `ttl` seconds
+    /// for as long as the process runs (`under_lease`). The daemon registers once it
+    /// serves: a host listed is ready, which is what the fabric in front of the fleet
+    /// waits for before it sends the host flows.
     pub fn register(&self, mut member: Member, ttl: i64) {
-        let mut c = self.client.clone();
         let key = format!("{}hosts/{}", self.prefix, member.host);
-        self.rt.handle.spawn(async move {
-            let mut lost = false;
-            loop {
+        let host = member.host.clone();
+        let taken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.under_lease(format!("fleet membership of {host}"), ttl, None, move |mut c, lease, fresh| {
+            if fresh {
                 member.since = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                let value = serde_json::to_vec(&member).unwrap_or_default();
+            }
+            let value = serde_json::to_vec(&member).unwrap_or_default();
+            let (key, host, taken) = (key.clone(), host.clone(), taken.clone());
+            Box::pin(async move {
+                let now = c.get(key.clone(), None).await?;
+                if now.kvs().first().is_none_or(|kv| kv.lease() != lease) {
+                    // Another daemon registering under this name moves the key to its
+                    // lease: said once, and the key is put back under ours (the names
+                    // must be unique: --host-name).
+                    if !fresh && !taken.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        warn!(%host, "another daemon of the fleet registers under this host name (--host-name must be unique)");
+                    }
+                    c.put(key, value, Some(PutOptions::new().with_lease(lease))).await?;
+                }
+                Ok(())
+            })
+        });
+    }
+
+    /// Holds one of `slots.count` SNAT slots for `host` under a lease of `ttl` seconds
+    /// (`claim_slot`), from the daemon's start on (before it serves: a host that restarts
+    /// within its lease finds its slot still under its name), and keeps `slots.share`
+    /// (the applier's view) in step, waking `slots.changed`.
+    ///
+    /// The share is dropped once `ttl` has passed since the last renewal etcd confirmed,
+    /// counted from when that renewal was *sent*: etcd cannot have expired the lease
+    /// before then, so no other host can hold the slot while this one still takes new
+    /// flows from it.
+    pub fn hold_slot(&self, host: String, ttl: i64, slots: Slots) {
+        let renewed = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        {
+            let (s, renewed, host) = (slots.clone(), renewed.clone(), host.clone());
+            self.rt.handle.spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let since = renewed.lock().map_or(Duration::ZERO, |t| t.elapsed());
+                    if since >= Duration::from_secs(ttl as u64)
+                        && s.set(crate::fleet::PortShare::Nothing)
+                    {
+                        warn!(%host, "SNAT slot lease not renewed for {ttl} s: no new flows until a slot is held again");
+                    }
+                }
+            });
+        }
+        let prefix = self.prefix.clone();
+        let held = Arc::new(std::sync::Mutex::new(None::<u32>));
+        self.under_lease(format!("SNAT slot of {host}"), ttl, Some(renewed), move |mut c, lease, _| {
+            let (prefix, host, s, held) = (prefix.clone(), host.clone(), slots.clone(), held.clone());
+            Box::pin(async move {
+                let before = held.lock().map_or(None, |h| *h);
+                let now = claim_slot(&mut c, &prefix, &host, lease, s.count, before).await?;
+                if now != before {
+                    match now {
+                        Some(n) => info!(%host, slot = n, slots = s.count, "holds SNAT slot"),
+                        None => warn!(%host, slots = s.count, "no SNAT slot free: this host takes no new flows until one is"),
+                    }
+                    if let Ok(mut h) = held.lock() {
+                        *h = now;
+                    }
+                }
+                s.set(match now {
+                    Some(n) => crate::fleet::PortShare::Slot { slot: n, slots: s.count },
+                    None => crate::fleet::PortShare::Nothing,
+                });
+                Ok(())
+            })
+        });
+    }
+
+    /// Runs `each(client, lease, fresh)` under a lease of `ttl` seconds, on the etcd
+    /// thread for as long as the process runs: after the lease is granted (`fresh`) and
+    /// after every renewal (every third of `ttl`). A lost lease (etcd unreachable for
+    /// longer than `ttl`, or an error) is granted again once etcd answers. `renewed`, if
+    /// given, is set to when each renewal etcd confirmed was sent.
+    fn under_lease<F>(
+        &self,
+        what: String,
+        ttl: i64,
+        renewed: Option<Arc<std::sync::Mutex<std::time::Instant>>>,
+        mut each: F,
+    ) where
+        F: FnMut(Client, i64, bool) -> LeaseStep + Send + 'static,
+    {
+        let mut c = self.client.clone();
+        self.rt.handle.spawn(async move {
+            let mut lost = false;
+            loop {
                 let kept = async {
                     let lease = c.lease_grant(ttl, None).await?.id();
-                    let put = PutOptions::new().with_lease(lease);
-                    c.put(key.clone(), value.clone(), Some(put.clone())).await?;
                     let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-                    if lost {
-                        info!(host = %member.host, "fleet membership renewed");
-                        lost = false;
-                    }
-                    let mut taken = false;
+                    let mut fresh = true;
                     loop {
+                        let sent = std::time::Instant::now();
                         keeper.keep_alive().await?;
                         match stream.message().await? {
                             Some(r) if r.ttl() > 0 => {}
                             _ => return Ok::<_, etcd_client::Error>(()),
                         }
-                        // Another daemon registering under this name moves the key to its
-                        // lease: said once, and the key is put back under ours (the
-                        // names must be unique: --host-name).
-                        let now = c.get(key.clone(), None).await?;
-                        if now.kvs().first().is_none_or(|kv| kv.lease() != lease) {
-                            if !taken {
-                                warn!(host = %member.host, "another daemon of the fleet registers under this host name (--host-name must be unique)");
-                                taken = true;
-                            }
-                            c.put(key.clone(), value.clone(), Some(put.clone())).await?;
+                        if let Some(Ok(mut t)) = renewed.as_ref().map(|r| r.lock()) {
+                            *t = sent;
                         }
+                        each(c.clone(), lease, fresh).await?;
+                        if fresh && lost {
+                            info!("{what} renewed");
+                            lost = false;
+                        }
+                        fresh = false;
                         tokio::time::sleep(Duration::from_millis(ttl as u64 * 1000 / 3)).await;
                     }
                 }
                 .await;
                 if !lost {
                     match kept {
-                        Ok(()) => {
-                            warn!(host = %member.host, "fleet lease expired; registering again")
-                        }
-                        Err(e) => warn!(host = %member.host, "fleet lease lost (retrying): {e}"),
+                        Ok(()) => warn!("{what}: lease expired; taking a new one"),
+                        Err(e) => warn!("{what}: lease lost (retrying): {e}"),
                     }
                     lost = true;
                 }
@@ -443,7 +617,27 @@ impl EtcdWatch {
             .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
             .collect();
         out.sort_by(|a, b| a.host.cmp(&b.host));
+        for (slot, host) in self.slots().await? {
+            if let Some(m) = out.iter_mut().find(|m| m.host == host) {
+                m.snat_slot = Some(slot);
+            }
+        }
         Ok(out)
+    }
+
+    /// The SNAT slots held now: slot → host.
+    pub async fn slots(&self) -> Result<Vec<(u32, String)>> {
+        let resp = get(
+            &self.rt,
+            &self.client,
+            format!("{}slots/", self.prefix),
+            true,
+        )
+        .await?;
+        Ok(held_slots(&self.prefix, resp.kvs())
+            .into_iter()
+            .map(|(slot, host, _)| (slot, host))
+            .collect())
     }
 
     /// The commit marker's mod_revision now (0: no commit yet), read without the store:

@@ -18,6 +18,56 @@ struct Args {
     prefix: String,
     #[arg(long, default_value = "/sys/fs/bpf/privatelink")]
     pin_dir: String,
+    /// `default`: the cross-account and GWLB lab on one forwarder. `fleet`: three
+    /// forwarders behind an ECMP fabric sharing an etcd cluster (`--pin-dir` unused: each
+    /// forwarder pins under /sys/fs/bpf/privatelink-<its namespace>).
+    #[arg(long, default_value = "default", value_parser = ["default", "fleet"])]
+    scenario: String,
+}
+
+/// The fleet scenario: up, what to try, down on Ctrl-C.
+fn fleet(prefix: &str, rx: mpsc::Receiver<()>) -> Result<()> {
+    use privatelink_tests::fleetlab::{self, FleetLab};
+    let lab = FleetLab::up(prefix)?;
+    let (c, r, p) = (&lab.consumer.name, &lab.router.name, &lab.provider.name);
+    let pl = privatelink_bin()?.display().to_string();
+    let hosts: Vec<String> = lab
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            format!(
+                "  {} in {}: API {} pins {}",
+                fleetlab::host_name(i),
+                h.ns.name,
+                h.url,
+                h.pin.display()
+            )
+        })
+        .collect();
+    println!(
+        "\nfleet lab is up: client {client} in {c} reaches haproxy {lb} in {p} through ENI {eni}, \
+         over three forwarders behind the ECMP router {r} (a resilient group, L4 hash); each \
+         forwarder takes SNAT ports from its own slot of {snat}'s range, and {p} routes the \
+         replies back by port. etcd: {etcd}\n{hosts}\n\ntry:\n  \
+         ip netns exec {c} curl -si http://{eni}/   # X-Snat: the tuple, its port names the forwarder\n  \
+         {pl} --api {api} --token {token} fleet   # the hosts and the slots they hold\n  \
+         ip -n {r} nexthop show; ip -n {p} rule show; ip -n {p} route show table 101\n  \
+         {pl} stats --pin-dir {pin}\n\nCtrl-C removes the lab.",
+        client = fleetlab::CLIENT,
+        lb = fleetlab::LB,
+        eni = fleetlab::ENI,
+        snat = fleetlab::SNAT,
+        etcd = lab.etcd.endpoints(),
+        hosts = hosts.join("\n"),
+        api = lab.hosts[0].url,
+        token = lab.admin_token,
+        pin = lab.hosts[0].pin.display(),
+    );
+    let _ = rx.recv();
+    println!("removing the lab");
+    drop(lab);
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -26,6 +76,9 @@ fn main() -> Result<()> {
     ctrlc::set_handler(move || {
         let _ = tx.send(());
     })?;
+    if args.scenario == "fleet" {
+        return fleet(&args.prefix, rx);
+    }
     let opts = LabOptions {
         prometheus: true,
         ..LabOptions::new(&args.prefix, &args.pin_dir)

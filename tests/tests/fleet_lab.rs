@@ -1,0 +1,225 @@
+//! Three forwarders behind an ECMP fabric (`privatelink_tests::fleetlab`), under an HTTP
+//! load of short keep-alive flows, while one forwarder dies and comes back.
+//!
+//! Measured and printed: the flows in flight when the host died that failed, as a
+//! fraction of all flows in flight (against the 1/3 the dead host carried) and of its own
+//! flows; how long after its death new flows all succeed again; when its SNAT slot was
+//! taken from it (not before its lease expired); and, when it comes back, how many flows
+//! in flight on the other hosts failed (moved) and whether it takes new flows again.
+//!
+//! Asserted: no flow of a surviving host fails, at the death or at the return; the dead
+//! host's own flows in flight fail (the test would pass vacuously otherwise); its slot is
+//! held until its lease has run out; new flows all succeed again within the lease plus
+//! two seconds; the returned host carries new flows.
+
+use std::time::Duration;
+
+use privatelink_tests::fleetlab::{ENI, FleetLab, HOSTS, LEASE, host_name, now, slot_of_port};
+use serde::Deserialize;
+
+#[derive(Deserialize, Debug)]
+struct Flow {
+    start: f64,
+    end: f64,
+    ok: bool,
+    snat: Option<String>,
+    done: u32,
+    error: Option<String>,
+}
+
+impl Flow {
+    /// The slot whose port the flow's SNAT tuple took (none: it never got an answer).
+    fn slot(&self) -> Option<u32> {
+        let port: u16 = self.snat.as_ref()?.rsplit(':').next()?.parse().ok()?;
+        slot_of_port(port)
+    }
+    fn spans(&self, t: f64) -> bool {
+        self.start < t && self.end > t
+    }
+}
+
+const DURATION_S: f64 = 20.0;
+const WORKERS: usize = 48;
+const REQUESTS: u32 = 15;
+const GAP_MS: u32 = 100;
+const KILL_AT_S: f64 = 4.0;
+/// The dead host comes back this long after its death (its lease long expired).
+const DOWN_S: f64 = 7.0;
+
+#[test]
+fn a_dying_forwarder_costs_only_its_own_flows() {
+    let mut lab = FleetLab::up("flb").unwrap();
+    let script = lab.load_script().unwrap();
+    // Which slot the victim holds (the fabric's view).
+    let victim = 1usize;
+    let slot_of = |lab: &FleetLab, host: &str| -> Option<u32> {
+        let v = lab.admin(0).get("/v1/fleet").ok()?;
+        v["hosts"]
+            .as_array()?
+            .iter()
+            .find(|h| h["host"] == host)
+            .and_then(|h| h["snat_slot"].as_u64())
+            .map(|s| s as u32)
+    };
+    let victim_slot = slot_of(&lab, &host_name(victim)).expect("the victim holds a slot");
+    let out = lab.dir.join("flows.json");
+    let t0 = now();
+    let mut load = lab
+        .consumer
+        .command("python3")
+        .arg(&script)
+        .args([
+            ENI,
+            &DURATION_S.to_string(),
+            &WORKERS.to_string(),
+            &REQUESTS.to_string(),
+            &GAP_MS.to_string(),
+            "1",
+        ])
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs_f64(KILL_AT_S));
+    let died = lab.crash(victim).unwrap();
+    // Its slot stays taken until its lease has run out.
+    let mut freed = None;
+    while now() - died < LEASE.as_secs_f64() + 3.0 {
+        if slot_of(&lab, &host_name(victim)).is_none() {
+            freed = Some(now());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let freed = freed.unwrap_or_else(|| panic!("the dead host's slot never freed\n{}", lab.logs()));
+    std::thread::sleep(Duration::from_secs_f64((died + DOWN_S - now()).max(0.0)));
+    let back = lab.restart(victim).unwrap();
+    // Back in the fabric once it holds its slot again.
+    privatelink_tests::lab::wait_for(
+        Duration::from_secs(10),
+        "the host back in the front",
+        || {
+            lab.events
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| e.at > back && e.what == "front: fwd-1 fwd-2 fwd-3")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let rejoined = lab
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|e| e.at > back && e.what == "front: fwd-1 fwd-2 fwd-3")
+        .unwrap()
+        .at;
+    let status = load.wait().unwrap();
+    assert!(status.success(), "the load generator failed");
+    let flows: Vec<Flow> = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let logs = lab.logs();
+    let describe = |fs: &[&Flow]| -> String {
+        fs.iter()
+            .take(10)
+            .map(|f| {
+                format!(
+                    "{:.3}-{:.3} {:?} done {} {:?}\n",
+                    f.start - t0,
+                    f.end - t0,
+                    f.snat,
+                    f.done,
+                    f.error
+                )
+            })
+            .collect()
+    };
+    // At the death: the flows in flight.
+    let in_flight: Vec<&Flow> = flows
+        .iter()
+        .filter(|f| f.spans(died) && f.slot().is_some())
+        .collect();
+    let (own, others): (Vec<&Flow>, Vec<&Flow>) = in_flight
+        .iter()
+        .partition(|f| f.slot() == Some(victim_slot));
+    let own_failed = own.iter().filter(|f| !f.ok).count();
+    let others_failed: Vec<&Flow> = others.iter().copied().filter(|f| !f.ok).collect();
+    // New flows after the death: the last one that failed.
+    let new_after: Vec<&Flow> = flows.iter().filter(|f| f.start > died).collect();
+    let last_failed_new = new_after
+        .iter()
+        .filter(|f| !f.ok && f.slot().is_none_or(|s| s != victim_slot))
+        .map(|f| f.start)
+        .fold(died, f64::max);
+    // At the return: flows in flight on the other hosts.
+    let at_return: Vec<&Flow> = flows
+        .iter()
+        .filter(|f| f.spans(rejoined) && f.slot().is_some_and(|s| s != victim_slot))
+        .collect();
+    let moved: Vec<&Flow> = at_return.iter().copied().filter(|f| !f.ok).collect();
+    let after_return: Vec<&Flow> = flows.iter().filter(|f| f.start > rejoined + 0.5).collect();
+    let victim_after = after_return
+        .iter()
+        .filter(|f| f.slot() == Some(victim_slot))
+        .count();
+    let failed_in_flight = own_failed + others_failed.len();
+    println!(
+        "fleet lab: {} flows, {} in flight at the death ({} on the dead host: {:.1} %, 1/{HOSTS} = {:.1} %); \
+         failed in flight: {} = {:.1} % of all in flight, {:.1} % of the dead host's, {} on the others; \
+         slot freed {:.2} s after the death (lease {} s); new flows all succeed {:.2} s after it; \
+         back {:.2} s after restart; {} flows in flight on the others at the return, {} moved (failed); \
+         new flows after the return: {} of {} on the returned host",
+        flows.len(),
+        in_flight.len(),
+        own.len(),
+        100.0 * own.len() as f64 / in_flight.len().max(1) as f64,
+        100.0 / HOSTS as f64,
+        failed_in_flight,
+        100.0 * failed_in_flight as f64 / in_flight.len().max(1) as f64,
+        100.0 * own_failed as f64 / own.len().max(1) as f64,
+        others_failed.len(),
+        freed - died,
+        LEASE.as_secs(),
+        last_failed_new - died,
+        rejoined - back,
+        at_return.len(),
+        moved.len(),
+        victim_after,
+        after_return.len(),
+    );
+    assert!(
+        !own.is_empty() && own_failed * 10 >= own.len() * 9,
+        "the dead host's flows in flight did not fail: {own_failed} of {}\n{}",
+        own.len(),
+        describe(&own)
+    );
+    assert!(
+        others_failed.is_empty(),
+        "flows of surviving hosts failed at the death:\n{}\n{logs}",
+        describe(&others_failed)
+    );
+    // The lease is renewed every third of it: it runs out two to three thirds of it after
+    // the death.
+    assert!(
+        freed - died >= LEASE.as_secs_f64() * 2.0 / 3.0 - 0.1,
+        "the slot was freed {:.2} s after the death, before the lease could run out",
+        freed - died
+    );
+    assert!(
+        last_failed_new - died <= LEASE.as_secs_f64() + 2.0,
+        "new flows failed until {:.2} s after the death\n{logs}",
+        last_failed_new - died
+    );
+    assert!(
+        !at_return.is_empty(),
+        "no flow in flight at the return: nothing measured"
+    );
+    assert!(
+        moved.is_empty(),
+        "flows of the other hosts failed when the host came back:\n{}\n{logs}",
+        describe(&moved)
+    );
+    assert!(
+        victim_after > 0,
+        "the returned host took no new flow\n{logs}"
+    );
+}
