@@ -760,6 +760,15 @@ pub struct FleetView {
     /// The backend (`redb`, or `etcd <endpoints> under <prefix>`).
     pub store: String,
     pub hosts: Vec<crate::store::etcd::Member>,
+    /// The SNAT slots held now (`--snat-slots`), by hosts registered or still starting.
+    pub slots: Vec<SlotView>,
+}
+
+/// A SNAT slot and the host holding it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SlotView {
+    pub slot: u32,
+    pub host: String,
 }
 
 #[utoipa::path(get, path = "/v1/fleet", responses((status = 200, body = FleetView), (status = 403, body = OpError), (status = 503, body = OpError)))]
@@ -774,14 +783,24 @@ async fn fleet(call: Call) -> Res<FleetView> {
         }
         (g.store.describe(), g.fleet.clone())
     };
-    let hosts = match watch {
-        Some(w) => w
-            .members()
-            .await
-            .map_err(|e| OpError::unavailable(format!("reading the fleet's hosts: {e:#}")))?,
-        None => Vec::new(),
+    let unavailable =
+        |e: anyhow::Error| OpError::unavailable(format!("reading the fleet's hosts: {e:#}"));
+    let (hosts, slots) = match watch {
+        Some(w) => (
+            w.members().await.map_err(unavailable)?,
+            w.slots().await.map_err(unavailable)?,
+        ),
+        None => (Vec::new(), Vec::new()),
     };
-    Ok(Json(FleetView { store, hosts }))
+    let slots = slots
+        .into_iter()
+        .map(|(slot, host)| SlotView { slot, host })
+        .collect();
+    Ok(Json(FleetView {
+        store,
+        hosts,
+        slots,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = Status)))]

@@ -33,6 +33,12 @@ pub trait Apply: Send {
     fn apply(&mut self, s: &State) -> anyhow::Result<()>;
     /// Periodic upkeep (next-hop probes).
     fn tick(&mut self) {}
+    /// This host's part of the SNAT port ranges (the whole of them but in a fleet with
+    /// `--snat-slots`).
+    fn share(&self) -> PortShare {
+        PortShare::All
+    }
+
     /// The health view: GWLB appliances currently judged unhealthy (none by default: an
     /// appliance nobody checks counts as healthy).
     fn unhealthy(&self) -> Unhealthy {
@@ -200,7 +206,15 @@ impl Plan {
         let hops = desired::next_hops(s);
         let mut desired =
             desired::compute_with_hops(s, dataplane::resolve_link, &unhealthy, &hops)?;
-        crate::fleet::narrow_pools(&mut desired, share);
+        for id in crate::fleet::narrow_pools(&mut desired, share) {
+            if let Some(svc) = s
+                .services
+                .iter()
+                .find(|v| crate::model::numeric_id(&v.id) == id)
+            {
+                warn!(service = %svc.id, ports = ?svc.snat_ports, ?share, "the service's SNAT port range has fewer ports than the fleet's slots: no host takes new flows for it");
+            }
+        }
         Ok(Self {
             state: s.clone(),
             unhealthy,
@@ -232,10 +246,6 @@ impl DataplaneApply {
     /// Takes SNAT ports from `share` from now on (a fleet's slot), read at every apply.
     pub fn set_share(&mut self, share: crate::fleet::SharedShare) {
         self.share = share;
-    }
-
-    fn share(&self) -> PortShare {
-        self.share.lock().map_or(PortShare::Nothing, |s| *s)
     }
 
     /// Serves DNS from now on: every apply updates its answers and listeners.
@@ -447,6 +457,10 @@ impl Apply for DataplaneApply {
         if let Some(dns) = self.dns.as_mut().filter(|d| d.pending()) {
             dns.retry();
         }
+    }
+
+    fn share(&self) -> PortShare {
+        self.share.lock().map_or(PortShare::Nothing, |s| *s)
     }
 
     fn unhealthy(&self) -> Unhealthy {

@@ -91,7 +91,7 @@ pub struct DaemonArgs {
     /// holder's lease expired; a host without a slot takes no new flows. At least the
     /// fleet's size (spare slots let a replacement start before the lease of the host it
     /// replaces has run out). Without it every host takes ports from the whole range.
-    #[arg(long, requires = "etcd", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub snat_slots: Option<u32>,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
@@ -271,6 +271,9 @@ pub async fn run(
     let mut watch: Option<EtcdWatch> = None;
     if args.state.is_some() && !args.etcd.is_empty() {
         anyhow::bail!("--etcd is for API mode (--data-dir): a state file is one host's own");
+    }
+    if args.snat_slots.is_some() && args.etcd.is_empty() {
+        anyhow::bail!("--snat-slots is for a fleet on etcd (--etcd): the slots are held there");
     }
     let (state, store) = match (&args.state, &args.data_dir) {
         (Some(path), _) => (read_state(path)?, None),

@@ -12,7 +12,7 @@
 //! **Replies to hosts.** A flow's replies come back to its SNAT address and port, and must
 //! reach the host that holds its conntrack entry. Each host of a fleet started with
 //! `--snat-slots N` holds one of N slots (under its etcd lease,
-//! `store::etcd::EtcdWatch::register`) and takes new flows' SNAT ports only from that
+//! `store::etcd::EtcdWatch::hold_slot`) and takes new flows' SNAT ports only from that
 //! slot's slice of every pool's port range (`PortShare`); the provider side routes
 //! replies to the slot's holder by destination port. A slot passes to another host only
 //! once its holder's lease has expired, so two live hosts never hand out the same tuple.
@@ -144,23 +144,34 @@ impl PortShare {
 pub type SharedShare = std::sync::Arc<std::sync::Mutex<PortShare>>;
 
 /// Narrows every SNAT pool of `d` to `share` (a pool whose share is empty keeps its
-/// addresses, for replies and ARP, with no address to take new flows from).
-pub fn narrow_pools(d: &mut crate::desired::Desired, share: PortShare) {
+/// addresses, for replies and ARP, with no address to take new flows from). Returns the
+/// services whose range has fewer ports than the slots: no host of the fleet can take
+/// new flows for them.
+pub fn narrow_pools(d: &mut crate::desired::Desired, share: PortShare) -> Vec<u32> {
+    let mut too_small = Vec::new();
     if share == PortShare::All {
-        return;
+        return too_small;
     }
-    for p in d.snat_pools.values_mut() {
-        match share.slice(p.port_min, p.port_max) {
-            Some((lo, hi)) => (p.port_min, p.port_max) = (lo, hi),
-            None => p.count = 0,
+    let pools = d
+        .snat_pools
+        .iter_mut()
+        .map(|(id, p)| (id, &mut p.count, &mut p.port_min, &mut p.port_max));
+    let pools6 = d
+        .snat6_pools
+        .iter_mut()
+        .map(|(id, p)| (id, &mut p.count, &mut p.port_min, &mut p.port_max));
+    for (id, count, lo, hi) in pools.chain(pools6) {
+        match share.slice(*lo, *hi) {
+            Some(s) => (*lo, *hi) = s,
+            None => {
+                if matches!(share, PortShare::Slot { .. }) && !too_small.contains(id) {
+                    too_small.push(*id);
+                }
+                *count = 0;
+            }
         }
     }
-    for p in d.snat6_pools.values_mut() {
-        match share.slice(p.port_min, p.port_max) {
-            Some((lo, hi)) => (p.port_min, p.port_max) = (lo, hi),
-            None => p.count = 0,
-        }
-    }
+    too_small
 }
 
 /// The order in which `host` tries the slots: from a hash of its name on, so a host
@@ -343,7 +354,7 @@ mod tests {
             },
         );
         let mut slot = d.clone();
-        narrow_pools(&mut slot, PortShare::Slot { slot: 2, slots: 3 });
+        assert!(narrow_pools(&mut slot, PortShare::Slot { slot: 2, slots: 3 }).is_empty());
         assert_eq!(
             (slot.snat_pools[&1].port_min, slot.snat_pools[&1].port_max),
             (44032, 65535)
@@ -360,8 +371,17 @@ mod tests {
             (0, 0)
         );
         let mut all = d.clone();
-        narrow_pools(&mut all, PortShare::All);
+        assert!(narrow_pools(&mut all, PortShare::All).is_empty());
         assert_eq!(all, d);
+        // A range of fewer ports than slots: no host gets any, and the service is named.
+        let mut small = d.clone();
+        small.snat_pools.get_mut(&1).unwrap().port_max = 1025;
+        small.snat6_pools.get_mut(&1).unwrap().port_max = 1025;
+        assert_eq!(
+            narrow_pools(&mut small, PortShare::Slot { slot: 0, slots: 3 }),
+            vec![1]
+        );
+        assert_eq!(small.snat_pools[&1].count, 0);
     }
 
     #[test]

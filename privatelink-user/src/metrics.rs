@@ -166,12 +166,16 @@ struct SnatPool {
 }
 
 pub fn gather(state: &State, apply: &mut dyn Apply, notify: Option<&Notifier>) -> Gathered {
+    let share = apply.share();
     let snat = state
         .services
         .iter()
         .filter(|s| !s.snat.is_empty() || !s.snat6.is_empty())
         .map(|s| {
-            let ports = (u64::from(s.snat_ports[1]) + 1).saturating_sub(u64::from(s.snat_ports[0]));
+            // This host's part of the range (a fleet's slot).
+            let ports = share
+                .slice(s.snat_ports[0], s.snat_ports[1])
+                .map_or(0, |(lo, hi)| u64::from(hi) - u64::from(lo) + 1);
             let snat6 = if s.ip_version.is_dualstack() {
                 s.snat6.len() as u64
             } else {

@@ -106,6 +106,8 @@ pub struct FleetLab {
     pub admin_token: String,
     stop: Arc<AtomicBool>,
     fabric: Option<JoinHandle<()>>,
+    /// The hosts' API addresses, as the fabric agent asks them (a restart moves one).
+    urls: Arc<Mutex<Vec<String>>>,
     children: Vec<Child>,
     token_file: PathBuf,
 }
@@ -136,6 +138,7 @@ impl FleetLab {
             admin_token,
             stop: Arc::default(),
             fabric: None,
+            urls: Arc::default(),
             children: Vec::new(),
             token_file,
         };
@@ -382,21 +385,24 @@ impl FleetLab {
     /// answers) which host holds which slot, and when that changed, programs the router's
     /// ECMP group (the hosts holding a slot) and the provider's slot tables.
     fn start_fabric(&mut self) {
-        let urls: Vec<String> = self.hosts.iter().map(|h| h.url.clone()).collect();
+        self.set_urls();
+        let urls = self.urls.clone();
         let token = self.admin_token.clone();
         let (router, provider) = (self.router.name.clone(), self.provider.name.clone());
         let (stop, events) = (self.stop.clone(), self.events.clone());
         self.fabric = Some(std::thread::spawn(move || {
             let mut applied: Option<Holders> = None;
             while !stop.load(Ordering::Relaxed) {
+                let urls = urls.lock().map(|u| u.clone()).unwrap_or_default();
                 if let Some(now_held) = holders(&urls, &token)
                     && applied.as_ref() != Some(&now_held)
                 {
-                    let said = program(&router, &provider, applied.as_ref(), &now_held);
+                    let (said, ok) = program(&router, &provider, applied.as_ref(), &now_held);
                     if let Ok(mut e) = events.lock() {
                         e.extend(said.into_iter().map(|what| FabricEvent { at: now(), what }));
                     }
-                    applied = Some(now_held);
+                    // A failed step is tried again at the next poll (from scratch).
+                    applied = if ok { Some(now_held) } else { None };
                 }
                 std::thread::sleep(FABRIC_POLL);
             }
@@ -417,7 +423,14 @@ impl FleetLab {
     /// returns when its API is ready.
     pub fn restart(&mut self, i: usize) -> Result<f64> {
         self.hosts[i].start_again()?;
+        self.set_urls();
         Ok(now())
+    }
+
+    fn set_urls(&self) {
+        if let Ok(mut u) = self.urls.lock() {
+            *u = self.hosts.iter().map(|h| h.url.clone()).collect();
+        }
     }
 
     /// One request from the client through the ENI.
@@ -557,9 +570,15 @@ fn holders(urls: &[String], token: &str) -> Option<Holders> {
     })
 }
 
-/// Programs the fabric for `now` (after `before`); what it did, one line per change.
-fn program(router: &str, provider: &str, before: Option<&Holders>, now: &Holders) -> Vec<String> {
-    let mut said = Vec::new();
+/// Programs the fabric for `now` (after `before`); what it did, one line per change, and
+/// whether every step succeeded.
+fn program(
+    router: &str,
+    provider: &str,
+    before: Option<&Holders>,
+    now: &Holders,
+) -> (Vec<String>, bool) {
+    let (mut said, mut ok) = (Vec::new(), true);
     let ip = |ns: &str, args: &[&str]| -> Result<String> {
         let mut a = vec!["-n", ns];
         a.extend_from_slice(args);
@@ -624,6 +643,7 @@ fn program(router: &str, provider: &str, before: Option<&Holders>, now: &Holders
             })
         };
         let names: Vec<String> = front.iter().map(|i| host_name(*i)).collect();
+        ok &= r.is_ok();
         said.push(match r {
             Ok(_) => format!("front: {}", names.join(" ")),
             Err(e) => format!("front: {} failed: {e:#}", names.join(" ")),
@@ -658,10 +678,11 @@ fn program(router: &str, provider: &str, before: Option<&Holders>, now: &Holders
             ),
         };
         let who = is.map_or("nobody".to_string(), |i| host_name(*i));
+        ok &= r.is_ok();
         said.push(match r {
             Ok(_) => format!("slot {n}: {who}"),
             Err(e) => format!("slot {n}: {who} failed: {e:#}"),
         });
     }
-    said
+    (said, ok)
 }

@@ -29,6 +29,16 @@ enum Cmd {
         #[arg(long, default_value = "pl")]
         prefix: String,
     },
+    /// Install what is missing, build, and start a lab scenario until Ctrl-C: `default`
+    /// (what `run` starts) or `fleet` (three forwarders behind an ECMP router, sharing an
+    /// etcd cluster).
+    Lab {
+        #[arg(default_value = "default", value_parser = ["default", "fleet"])]
+        scenario: String,
+        /// Namespace prefix.
+        #[arg(long, default_value = "pl")]
+        prefix: String,
+    },
     /// Install what is missing, build, then run every test (formatting and lints first).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -93,6 +103,23 @@ fn main() -> Result<()> {
             build()?;
             step("lab", "starting (Ctrl-C removes it)");
             let err = exec(Command::new(root.join("target/debug/pl-lab")).args([
+                "--prefix",
+                &prefix,
+                "--pin-dir",
+                "/sys/fs/bpf/privatelink",
+            ]));
+            Err(err)
+        }
+        Cmd::Lab { scenario, prefix } => {
+            setup()?;
+            build()?;
+            step(
+                "lab",
+                &format!("starting the {scenario} lab (Ctrl-C removes it)"),
+            );
+            let err = exec(Command::new(root.join("target/debug/pl-lab")).args([
+                "--scenario",
+                &scenario,
                 "--prefix",
                 &prefix,
                 "--pin-dir",

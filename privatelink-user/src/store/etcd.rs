@@ -403,44 +403,102 @@ fn held_slots(prefix: &str, kvs: &[etcd_client::KeyValue]) -> Vec<(u32, String, 
         .collect()
 }
 
-/// One round of holding a SNAT slot under `lease`: the slot held now, if any.
+/// What one round of `claim_slot` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Claim {
+    /// This host holds slot n, under its current lease.
+    Held(u32),
+    /// No slot is free.
+    Full,
+    /// Slot n, under this host's name, is under a lease that is not this process's:
+    /// another daemon runs under the same `--host-name`. It keeps the slot.
+    Foreign(u32),
+    /// The fleet cuts its ranges into another number of slots (`<prefix>/slots/count`).
+    Count(u32),
+}
+
+/// One round of holding a SNAT slot under `lease`.
 ///
-/// `<prefix>slots/<n>` → the host's name, attached to its lease. A host keeps the slot it
-/// holds; takes back a slot still under its own name (the same host restarted: its
-/// previous lease has not expired yet, and no other host could have taken the slot); or
-/// creates the first free one in its `slot_order` (a transaction on the key's absence, so
-/// of two hosts racing for it one wins). A slot whose holder died stays taken until etcd
-/// expires that lease and deletes the key: only then can another host create it.
+/// `<prefix>slots/<n>` → the host's name, attached to its lease; `<prefix>slots/count`
+/// → the number of slots, set by the fleet's first host and compared in every claim, so
+/// hosts started with different `--snat-slots` never hold overlapping slices. A host
+/// keeps the slot it holds (`held`: the slot and the lease it was last put under); takes
+/// back its slot from a lease of its own (`held`'s, after a lost keep-alive; or, at the
+/// process's first round, the previous process's: the same host restarted within its
+/// lease, when no other host could have taken the slot); or creates the first free one
+/// in its `slot_order` (a transaction on the key's absence, so of two hosts racing for
+/// it one wins). A slot whose holder died stays taken until etcd expires that lease and
+/// deletes the key: only then can another host create it.
 async fn claim_slot(
     c: &mut Client,
     prefix: &str,
     host: &str,
     lease: i64,
     count: u32,
-    held: Option<u32>,
-) -> Result<Option<u32>, etcd_client::Error> {
-    let key = |n: u32| format!("{prefix}slots/{n}");
+    held: Option<(u32, i64)>,
+    first: bool,
+) -> Result<Claim, etcd_client::Error> {
+    let head = format!("{prefix}slots/");
+    let key = |n: u32| format!("{head}{n}");
+    let count_key = format!("{head}count");
     let resp = c
-        .get(
-            format!("{prefix}slots/"),
-            Some(GetOptions::new().with_prefix()),
-        )
+        .get(head.clone(), Some(GetOptions::new().with_prefix()))
         .await?;
+    match resp
+        .kvs()
+        .iter()
+        .find(|kv| kv.key() == count_key.as_bytes())
+    {
+        Some(kv) => {
+            let theirs = kv
+                .value_str()
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if theirs != count {
+                return Ok(Claim::Count(theirs));
+            }
+        }
+        None => {
+            // The first host sets it; a first host with another count racing for it
+            // loses this transaction or the compare below.
+            let t = Txn::new()
+                .when(vec![Compare::create_revision(
+                    count_key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then(vec![TxnOp::put(count_key.clone(), count.to_string(), None)]);
+            c.txn(t).await?;
+        }
+    }
+    let same_count = || Compare::value(count_key.clone(), CompareOp::Equal, count.to_string());
     let now = held_slots(prefix, resp.kvs());
-    if let Some(n) = held
+    if let Some((n, _)) = held
         && now
             .iter()
             .any(|(s, h, l)| *s == n && h == host && *l == lease)
     {
-        return Ok(Some(n));
+        return Ok(Claim::Held(n));
     }
     let put = PutOptions::new().with_lease(lease);
-    if let Some((n, ..)) = now.iter().find(|(s, h, _)| h == host && *s < count) {
+    if let Some((n, _, l)) = now.iter().find(|(s, h, _)| h == host && *s < count) {
+        let ours = match held {
+            Some((hn, hl)) => hn == *n && hl == *l,
+            None => first,
+        };
+        if !ours {
+            return Ok(Claim::Foreign(*n));
+        }
         let t = Txn::new()
-            .when(vec![Compare::value(key(*n), CompareOp::Equal, host)])
+            .when(vec![
+                Compare::value(key(*n), CompareOp::Equal, host),
+                Compare::lease(key(*n), CompareOp::Equal, *l),
+                same_count(),
+            ])
             .and_then(vec![TxnOp::put(key(*n), host, Some(put.clone()))]);
         if c.txn(t).await?.succeeded() {
-            return Ok(Some(*n));
+            return Ok(Claim::Held(*n));
         }
     }
     for n in crate::fleet::slot_order(host, count) {
@@ -448,13 +506,16 @@ async fn claim_slot(
             continue;
         }
         let t = Txn::new()
-            .when(vec![Compare::create_revision(key(n), CompareOp::Equal, 0)])
+            .when(vec![
+                Compare::create_revision(key(n), CompareOp::Equal, 0),
+                same_count(),
+            ])
             .and_then(vec![TxnOp::put(key(n), host, Some(put.clone()))]);
         if c.txn(t).await?.succeeded() {
-            return Ok(Some(n));
+            return Ok(Claim::Held(n));
         }
     }
-    Ok(None)
+    Ok(Claim::Full)
 }
 
 /// A watch of the store's prefix, and the fleet's membership under it.
@@ -474,7 +535,7 @@ impl EtcdWatch {
         let key = format!("{}hosts/{}", self.prefix, member.host);
         let host = member.host.clone();
         let taken = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        self.under_lease(format!("fleet membership of {host}"), ttl, None, move |mut c, lease, fresh| {
+        self.under_lease(format!("fleet membership of {host}"), ttl, move |mut c, lease, fresh| {
             if fresh {
                 member.since = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -495,7 +556,7 @@ impl EtcdWatch {
                 }
                 Ok(())
             })
-        });
+        }, || {});
     }
 
     /// Holds one of `slots.count` SNAT slots for `host` under a lease of `ttl` seconds
@@ -503,96 +564,128 @@ impl EtcdWatch {
     /// within its lease finds its slot still under its name), and keeps `slots.share`
     /// (the applier's view) in step, waking `slots.changed`.
     ///
-    /// The share is dropped once `ttl` has passed since the last renewal etcd confirmed,
-    /// counted from when that renewal was *sent*: etcd cannot have expired the lease
-    /// before then, so no other host can hold the slot while this one still takes new
-    /// flows from it.
+    /// The share follows what etcd says, never a guess: it changes when etcd answers that
+    /// the host holds another slot or none, or that its lease has expired (then no slot
+    /// until one is held again). While etcd cannot be reached the host keeps its slot, as
+    /// its data path keeps its last state: with the majority down no lease expires and no
+    /// slot can change hands; a host partitioned alone from a working etcd loses its slot
+    /// when its lease expires, and the fabric, which follows etcd, stops sending it new
+    /// flows and routes the slot's replies to the new holder in the same step.
     pub fn hold_slot(&self, host: String, ttl: i64, slots: Slots) {
-        let renewed = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
-        {
-            let (s, renewed, host) = (slots.clone(), renewed.clone(), host.clone());
-            self.rt.handle.spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    let since = renewed.lock().map_or(Duration::ZERO, |t| t.elapsed());
-                    if since >= Duration::from_secs(ttl as u64)
-                        && s.set(crate::fleet::PortShare::Nothing)
-                    {
-                        warn!(%host, "SNAT slot lease not renewed for {ttl} s: no new flows until a slot is held again");
-                    }
-                }
-            });
-        }
         let prefix = self.prefix.clone();
-        let held = Arc::new(std::sync::Mutex::new(None::<u32>));
-        self.under_lease(format!("SNAT slot of {host}"), ttl, Some(renewed), move |mut c, lease, _| {
-            let (prefix, host, s, held) = (prefix.clone(), host.clone(), slots.clone(), held.clone());
-            Box::pin(async move {
-                let before = held.lock().map_or(None, |h| *h);
-                let now = claim_slot(&mut c, &prefix, &host, lease, s.count, before).await?;
-                if now != before {
-                    match now {
-                        Some(n) => info!(%host, slot = n, slots = s.count, "holds SNAT slot"),
-                        None => warn!(%host, slots = s.count, "no SNAT slot free: this host takes no new flows until one is"),
+        // The slot held and the lease it was put under; the last round's finding; whether
+        // a round has run (the first may take back the previous process's slot).
+        #[derive(Default)]
+        struct Holding {
+            held: Option<(u32, i64)>,
+            last: Option<Claim>,
+            ran: bool,
+        }
+        let state = Arc::new(std::sync::Mutex::new(Holding::default()));
+        let (on_expiry, expired_host, expired_state) = (slots.clone(), host.clone(), state.clone());
+        self.under_lease(
+            format!("SNAT slot of {host}"),
+            ttl,
+            move |mut c, lease, _| {
+                let (prefix, host, s, state) = (prefix.clone(), host.clone(), slots.clone(), state.clone());
+                Box::pin(async move {
+                    let (held, first) = state.lock().map_or((None, false), |h| (h.held, !h.ran));
+                    let claim = claim_slot(&mut c, &prefix, &host, lease, s.count, held, first).await?;
+                    let Ok(mut h) = state.lock() else {
+                        return Ok(());
+                    };
+                    h.ran = true;
+                    h.held = match claim {
+                        Claim::Held(n) => Some((n, lease)),
+                        _ => None,
+                    };
+                    if h.last != Some(claim) {
+                        match claim {
+                            Claim::Held(n) => info!(%host, slot = n, slots = s.count, "holds SNAT slot"),
+                            Claim::Full => warn!(%host, slots = s.count, "no SNAT slot free: this host takes no new flows until one is"),
+                            Claim::Foreign(n) => warn!(%host, slot = n, "another daemon of the fleet holds this host's SNAT slot under the same host name (--host-name must be unique): this one takes no new flows"),
+                            Claim::Count(n) => warn!(%host, slots = s.count, fleet = n, "the fleet's SNAT ports are cut into another number of slots (<prefix>/slots/count; delete it once no host holds a slot to change it): this host takes no new flows"),
+                        }
+                        h.last = Some(claim);
                     }
-                    if let Ok(mut h) = held.lock() {
-                        *h = now;
-                    }
+                    drop(h);
+                    s.set(match claim {
+                        Claim::Held(n) => crate::fleet::PortShare::Slot { slot: n, slots: s.count },
+                        _ => crate::fleet::PortShare::Nothing,
+                    });
+                    Ok(())
+                })
+            },
+            move || {
+                if let Ok(mut h) = expired_state.lock() {
+                    h.held = None;
+                    h.last = None;
                 }
-                s.set(match now {
-                    Some(n) => crate::fleet::PortShare::Slot { slot: n, slots: s.count },
-                    None => crate::fleet::PortShare::Nothing,
-                });
-                Ok(())
-            })
-        });
+                if on_expiry.set(crate::fleet::PortShare::Nothing) {
+                    warn!(host = %expired_host, "SNAT slot's lease expired: no new flows until a slot is held again");
+                }
+            },
+        );
     }
 
     /// Runs `each(client, lease, fresh)` under a lease of `ttl` seconds, on the etcd
     /// thread for as long as the process runs: after the lease is granted (`fresh`) and
-    /// after every renewal (every third of `ttl`). A lost lease (etcd unreachable for
-    /// longer than `ttl`, or an error) is granted again once etcd answers. `renewed`, if
-    /// given, is set to when each renewal etcd confirmed was sent.
-    fn under_lease<F>(
-        &self,
-        what: String,
-        ttl: i64,
-        renewed: Option<Arc<std::sync::Mutex<std::time::Instant>>>,
-        mut each: F,
-    ) where
+    /// after every renewal (every third of `ttl`). When etcd says the lease expired,
+    /// `expired` runs; a lost lease (expired, or etcd unreachable) is granted again once
+    /// etcd answers.
+    fn under_lease<F, E>(&self, what: String, ttl: i64, mut each: F, expired: E)
+    where
         F: FnMut(Client, i64, bool) -> LeaseStep + Send + 'static,
+        E: Fn() + Send + 'static,
     {
         let mut c = self.client.clone();
         self.rt.handle.spawn(async move {
             let mut lost = false;
             loop {
+                // Ok(true): etcd said the lease expired; Ok(false): the keep-alive stream
+                // closed (a member going away: lost, not expired).
                 let kept = async {
                     let lease = c.lease_grant(ttl, None).await?.id();
                     let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-                    let mut fresh = true;
+                    let (mut fresh, mut failing) = (true, false);
                     loop {
-                        let sent = std::time::Instant::now();
                         keeper.keep_alive().await?;
                         match stream.message().await? {
                             Some(r) if r.ttl() > 0 => {}
-                            _ => return Ok::<_, etcd_client::Error>(()),
+                            Some(_) => return Ok::<_, etcd_client::Error>(true),
+                            None => return Ok(false),
                         }
-                        if let Some(Ok(mut t)) = renewed.as_ref().map(|r| r.lock()) {
-                            *t = sent;
+                        match each(c.clone(), lease, fresh).await {
+                            Ok(()) => {
+                                if fresh && lost {
+                                    info!("{what} renewed");
+                                    lost = false;
+                                }
+                                failing = false;
+                                fresh = false;
+                            }
+                            // The lease is kept (what was put under it stays): the step is
+                            // tried again at the next renewal.
+                            Err(e) => {
+                                if !failing {
+                                    warn!("{what}: {e} (tried again at the next renewal)");
+                                    failing = true;
+                                }
+                            }
                         }
-                        each(c.clone(), lease, fresh).await?;
-                        if fresh && lost {
-                            info!("{what} renewed");
-                            lost = false;
-                        }
-                        fresh = false;
                         tokio::time::sleep(Duration::from_millis(ttl as u64 * 1000 / 3)).await;
                     }
                 }
                 .await;
+                if matches!(kept, Ok(true)) {
+                    expired();
+                }
                 if !lost {
                     match kept {
-                        Ok(()) => warn!("{what}: lease expired; taking a new one"),
+                        Ok(true) => warn!("{what}: lease expired; taking a new one"),
+                        Ok(false) => warn!(
+                            "{what}: the lease's keep-alive stream closed; taking a new lease"
+                        ),
                         Err(e) => warn!("{what}: lease lost (retrying): {e}"),
                     }
                     lost = true;
