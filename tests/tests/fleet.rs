@@ -444,6 +444,9 @@ fn losing_the_etcd_majority_refuses_writes_keeps_the_data_path_and_recovers() {
     let msg = e.downcast_ref::<ApiError>().unwrap().body["error"]["message"].to_string();
     assert!(msg.contains("nothing was changed"), "{msg}");
 
+    // Longer than the daemons' 5 s catch-up tick: each tries the store at least once
+    // during the outage (and says so), whatever the watch does.
+    std::thread::sleep(Duration::from_secs(6));
     // The members come back: writes succeed again, without restarting a daemon, and
     // the other host catches up.
     f.etcd.start_member(1).unwrap();
