@@ -188,6 +188,8 @@ pub struct DataplaneApply {
     dns: Option<crate::dns::Dns>,
     /// This host's part of the SNAT port ranges (a fleet's slot; `set_share`).
     share: crate::fleet::SharedShare,
+    /// The services last warned about for a range smaller than the slots.
+    too_small: Vec<u32>,
 }
 
 /// The maps' content and next hops computed for a state (with the health view they were
@@ -196,6 +198,8 @@ struct Plan {
     state: State,
     unhealthy: Unhealthy,
     share: PortShare,
+    /// Services whose SNAT range has fewer ports than the fleet's slots.
+    too_small: Vec<u32>,
     desired: Desired,
     hops: Vec<NextHop>,
     hops6: Vec<NextHop6>,
@@ -206,19 +210,12 @@ impl Plan {
         let hops = desired::next_hops(s);
         let mut desired =
             desired::compute_with_hops(s, dataplane::resolve_link, &unhealthy, &hops)?;
-        for id in crate::fleet::narrow_pools(&mut desired, share) {
-            if let Some(svc) = s
-                .services
-                .iter()
-                .find(|v| crate::model::numeric_id(&v.id) == id)
-            {
-                warn!(service = %svc.id, ports = ?svc.snat_ports, ?share, "the service's SNAT port range has fewer ports than the fleet's slots: no host takes new flows for it");
-            }
-        }
+        let too_small = crate::fleet::narrow_pools(&mut desired, share);
         Ok(Self {
             state: s.clone(),
             unhealthy,
             share,
+            too_small,
             desired,
             hops,
             hops6: desired::next_hops6(s),
@@ -240,6 +237,7 @@ impl DataplaneApply {
             addresses: Default::default(),
             dns: None,
             share: Arc::new(std::sync::Mutex::new(PortShare::All)),
+            too_small: Vec::new(),
         }
     }
 
@@ -397,6 +395,16 @@ impl Apply for DataplaneApply {
                 return Err(e);
             }
         };
+        if plan.too_small != self.too_small {
+            for svc in s
+                .services
+                .iter()
+                .filter(|v| plan.too_small.contains(&crate::model::numeric_id(&v.id)))
+            {
+                warn!(service = %svc.id, ports = ?svc.snat_ports, share = ?plan.share, "the service's SNAT port range has fewer ports than the fleet's slots: no host takes new flows for it");
+            }
+            self.too_small = plan.too_small.clone();
+        }
         // Every interface that can be attached is, and the next hops are registered and
         // probed, even when one interface cannot be attached yet (another XDP program
         // holds it): that VPC waits for the retry, the others do not.

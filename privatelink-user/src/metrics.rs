@@ -161,8 +161,11 @@ struct SnatPool {
     /// Addresses × ports: the (address, port) pairs, each usable once per load balancer
     /// address, port and protocol.
     capacity: u64,
-    /// The same for its IPv6 SNAT addresses (0: none, or not dual stack).
+    /// The same for its IPv6 SNAT addresses (0: none, not dual stack, or a fleet host
+    /// without a slot).
     capacity6: u64,
+    /// Dual stack with IPv6 SNAT addresses: its IPv6 gauges are written.
+    dual: bool,
 }
 
 pub fn gather(state: &State, apply: &mut dyn Apply, notify: Option<&Notifier>) -> Gathered {
@@ -176,16 +179,14 @@ pub fn gather(state: &State, apply: &mut dyn Apply, notify: Option<&Notifier>) -
             let ports = share
                 .slice(s.snat_ports[0], s.snat_ports[1])
                 .map_or(0, |(lo, hi)| u64::from(hi) - u64::from(lo) + 1);
-            let snat6 = if s.ip_version.is_dualstack() {
-                s.snat6.len() as u64
-            } else {
-                0
-            };
+            let dual = s.ip_version.is_dualstack() && !s.snat6.is_empty();
+            let snat6 = if dual { s.snat6.len() as u64 } else { 0 };
             SnatPool {
                 service: s.id.clone(),
                 id: numeric_id(&s.id),
                 capacity: s.snat.len() as u64 * ports,
                 capacity6: snat6 * ports,
+                dual,
             }
         })
         .collect();
@@ -572,7 +573,7 @@ impl Scrape {
         gauges(
             enc,
             "privatelink_snat_tuples_capacity",
-            "A service's SNAT addresses times its port range (each tuple usable once per load balancer address, port and protocol).",
+            "A service's SNAT addresses times the ports of its range this host takes new flows from (the whole range, or a fleet host's slot; each tuple usable once per load balancer address, port and protocol).",
             snat.iter()
                 .map(|p| (vec![("service", p.service.clone())], p.capacity as i64)),
         )?;
@@ -585,7 +586,7 @@ impl Scrape {
                 .iter()
                 .map(|c| (Vec::new(), c.entries6 as i64)),
         )?;
-        let snat6 = || snat.iter().filter(|p| p.capacity6 > 0);
+        let snat6 = || snat.iter().filter(|p| p.dual);
         gauges(
             enc,
             "privatelink_snat6_tuples_in_use",
@@ -600,7 +601,7 @@ impl Scrape {
         gauges(
             enc,
             "privatelink_snat6_tuples_capacity",
-            "A dual-stack service's IPv6 SNAT addresses times its port range.",
+            "A dual-stack service's IPv6 SNAT addresses times the ports of its range this host takes new flows from.",
             snat6().map(|p| (vec![("service", p.service.clone())], p.capacity6 as i64)),
         )
     }
@@ -841,6 +842,7 @@ mod tests {
                     id: 42,
                     capacity: 128,
                     capacity6: 64,
+                    dual: true,
                 }],
             },
             verdicts: vec![(privatelink_common::Reason::ALL[0], 11)],

@@ -417,16 +417,30 @@ enum Claim {
     Count(u32),
 }
 
+/// What a host's slot task remembers between rounds (`hold_slot`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Holding {
+    /// The slot held and the lease it was put under.
+    held: Option<(u32, i64)>,
+    /// The slot held last, kept when its lease expires.
+    last_slot: Option<u32>,
+    /// The last round's finding (said when it changes).
+    last: Option<Claim>,
+    /// Whether a round has run (the first may take back the previous process's slot).
+    ran: bool,
+}
+
 /// One round of holding a SNAT slot under `lease`.
 ///
 /// `<prefix>slots/<n>` → the host's name, attached to its lease; `<prefix>slots/count`
 /// → the number of slots, set by the fleet's first host and compared in every claim, so
 /// hosts started with different `--snat-slots` never hold overlapping slices. A host
-/// keeps the slot it holds (`held`: the slot and the lease it was last put under); takes
+/// keeps the slot it holds (any under its current lease; `past.held`: the slot and the
+/// lease it was last put under); takes
 /// back its slot from a lease of its own (`held`'s, after a lost keep-alive; or, at the
 /// process's first round, the previous process's: the same host restarted within its
 /// lease, when no other host could have taken the slot); or creates the first free one
-/// in its `slot_order` (a transaction on the key's absence, so of two hosts racing for
+/// of the slot it held last and its `slot_order` (a transaction on the key's absence, so of two hosts racing for
 /// it one wins). A slot whose holder died stays taken until etcd expires that lease and
 /// deletes the key: only then can another host create it.
 async fn claim_slot(
@@ -435,9 +449,9 @@ async fn claim_slot(
     host: &str,
     lease: i64,
     count: u32,
-    held: Option<(u32, i64)>,
-    first: bool,
+    past: Holding,
 ) -> Result<Claim, etcd_client::Error> {
+    let (held, first) = (past.held, !past.ran);
     let head = format!("{prefix}slots/");
     let key = |n: u32| format!("{head}{n}");
     let count_key = format!("{head}count");
@@ -474,12 +488,13 @@ async fn claim_slot(
     }
     let same_count = || Compare::value(count_key.clone(), CompareOp::Equal, count.to_string());
     let now = held_slots(prefix, resp.kvs());
-    if let Some((n, _)) = held
-        && now
-            .iter()
-            .any(|(s, h, l)| *s == n && h == host && *l == lease)
+    // Under this lease: this host's, whatever it believed (a commit whose answer was lost
+    // in a timeout still landed).
+    if let Some((n, ..)) = now
+        .iter()
+        .find(|(s, h, l)| h == host && *l == lease && *s < count)
     {
-        return Ok(Claim::Held(n));
+        return Ok(Claim::Held(*n));
     }
     let put = PutOptions::new().with_lease(lease);
     if let Some((n, _, l)) = now.iter().find(|(s, h, _)| h == host && *s < count) {
@@ -501,7 +516,13 @@ async fn claim_slot(
             return Ok(Claim::Held(*n));
         }
     }
-    for n in crate::fleet::slot_order(host, count) {
+    // The slot last held first (after its lease expired, the replies of the flows it
+    // still carries route there), then the host's order.
+    let last = past.last_slot.filter(|n| *n < count);
+    for n in last
+        .into_iter()
+        .chain(crate::fleet::slot_order(host, count))
+    {
         if now.iter().any(|(s, ..)| *s == n) {
             continue;
         }
@@ -573,14 +594,6 @@ impl EtcdWatch {
     /// flows and routes the slot's replies to the new holder in the same step.
     pub fn hold_slot(&self, host: String, ttl: i64, slots: Slots) {
         let prefix = self.prefix.clone();
-        // The slot held and the lease it was put under; the last round's finding; whether
-        // a round has run (the first may take back the previous process's slot).
-        #[derive(Default)]
-        struct Holding {
-            held: Option<(u32, i64)>,
-            last: Option<Claim>,
-            ran: bool,
-        }
         let state = Arc::new(std::sync::Mutex::new(Holding::default()));
         let (on_expiry, expired_host, expired_state) = (slots.clone(), host.clone(), state.clone());
         self.under_lease(
@@ -589,8 +602,8 @@ impl EtcdWatch {
             move |mut c, lease, _| {
                 let (prefix, host, s, state) = (prefix.clone(), host.clone(), slots.clone(), state.clone());
                 Box::pin(async move {
-                    let (held, first) = state.lock().map_or((None, false), |h| (h.held, !h.ran));
-                    let claim = claim_slot(&mut c, &prefix, &host, lease, s.count, held, first).await?;
+                    let past = state.lock().map(|h| *h).unwrap_or_default();
+                    let claim = claim_slot(&mut c, &prefix, &host, lease, s.count, past).await?;
                     let Ok(mut h) = state.lock() else {
                         return Ok(());
                     };
@@ -599,6 +612,9 @@ impl EtcdWatch {
                         Claim::Held(n) => Some((n, lease)),
                         _ => None,
                     };
+                    if let Claim::Held(n) = claim {
+                        h.last_slot = Some(n);
+                    }
                     if h.last != Some(claim) {
                         match claim {
                             Claim::Held(n) => info!(%host, slot = n, slots = s.count, "holds SNAT slot"),
@@ -655,7 +671,18 @@ impl EtcdWatch {
                             Some(_) => return Ok::<_, etcd_client::Error>(true),
                             None => return Ok(false),
                         }
-                        match each(c.clone(), lease, fresh).await {
+                        // Bounded, so that a slow etcd cannot keep the lease from its
+                        // next renewal.
+                        let step = tokio::time::timeout(
+                            Duration::from_millis((ttl as u64 * 1000 / 3).max(500)),
+                            each(c.clone(), lease, fresh),
+                        );
+                        match step.await.unwrap_or_else(|_| {
+                            Err(etcd_client::Error::IoError(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "etcd did not answer within a third of the lease",
+                            )))
+                        }) {
                             Ok(()) => {
                                 if fresh && lost {
                                     info!("{what} renewed");
