@@ -489,12 +489,26 @@ async fn claim_slot(
     let same_count = || Compare::value(count_key.clone(), CompareOp::Equal, count.to_string());
     let now = held_slots(prefix, resp.kvs());
     // Under this lease: this host's, whatever it believed (a commit whose answer was lost
-    // in a timeout still landed).
-    if let Some((n, ..)) = now
+    // in a timeout still landed). Should two be (a late commit of a claim that timed out,
+    // then another), the one it held or held last is kept and the others given back.
+    let mine: Vec<u32> = now
         .iter()
-        .find(|(s, h, l)| h == host && *l == lease && *s < count)
+        .filter(|(s, h, l)| h == host && *l == lease && *s < count)
+        .map(|(s, ..)| *s)
+        .collect();
+    if let Some(keep) = [past.held.map(|(n, _)| n), past.last_slot]
+        .into_iter()
+        .flatten()
+        .find(|n| mine.contains(n))
+        .or(mine.first().copied())
     {
-        return Ok(Claim::Held(*n));
+        for extra in mine.iter().filter(|n| **n != keep) {
+            let t = Txn::new()
+                .when(vec![Compare::lease(key(*extra), CompareOp::Equal, lease)])
+                .and_then(vec![TxnOp::delete(key(*extra), None)]);
+            c.txn(t).await?;
+        }
+        return Ok(Claim::Held(keep));
     }
     let put = PutOptions::new().with_lease(lease);
     if let Some((n, _, l)) = now.iter().find(|(s, h, _)| h == host && *s < count) {
@@ -602,11 +616,9 @@ impl EtcdWatch {
             move |mut c, lease, _| {
                 let (prefix, host, s, state) = (prefix.clone(), host.clone(), slots.clone(), state.clone());
                 Box::pin(async move {
-                    let past = state.lock().map(|h| *h).unwrap_or_default();
+                    let past = state.lock().map_or_else(|e| *e.into_inner(), |h| *h);
                     let claim = claim_slot(&mut c, &prefix, &host, lease, s.count, past).await?;
-                    let Ok(mut h) = state.lock() else {
-                        return Ok(());
-                    };
+                    let mut h = state.lock().unwrap_or_else(|e| e.into_inner());
                     h.ran = true;
                     h.held = match claim {
                         Claim::Held(n) => Some((n, lease)),
