@@ -786,10 +786,7 @@ async fn fleet(call: Call) -> Res<FleetView> {
     let unavailable =
         |e: anyhow::Error| OpError::unavailable(format!("reading the fleet's hosts: {e:#}"));
     let (hosts, slots) = match watch {
-        Some(w) => (
-            w.members().await.map_err(unavailable)?,
-            w.slots().await.map_err(unavailable)?,
-        ),
+        Some(w) => w.members().await.map_err(unavailable)?,
         None => (Vec::new(), Vec::new()),
     };
     let slots = slots

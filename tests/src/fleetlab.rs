@@ -584,16 +584,13 @@ fn program(
         a.extend_from_slice(args);
         crate::netns::ip(&a)
     };
-    let mut front: Vec<usize> = now.values().copied().collect();
-    front.sort();
-    front.dedup();
-    let before_front: Option<Vec<usize>> = before.map(|b| {
-        let mut f: Vec<usize> = b.values().copied().collect();
-        f.sort();
-        f.dedup();
-        f
-    });
-    if before_front.as_ref() != Some(&front) {
+    // The hosts holding a slot, once each, in order.
+    let hosts = |h: &Holders| -> Vec<usize> {
+        let f: std::collections::BTreeSet<usize> = h.values().copied().collect();
+        f.into_iter().collect()
+    };
+    let front = hosts(now);
+    if before.map(hosts).as_ref() != Some(&front) {
         let r = if front.is_empty() {
             ip(
                 router,

@@ -436,13 +436,13 @@ struct Holding {
 /// → the number of slots, set by the fleet's first host and compared in every claim, so
 /// hosts started with different `--snat-slots` never hold overlapping slices. A host
 /// keeps the slot it holds (any under its current lease; `past.held`: the slot and the
-/// lease it was last put under); takes
-/// back its slot from a lease of its own (`held`'s, after a lost keep-alive; or, at the
-/// process's first round, the previous process's: the same host restarted within its
-/// lease, when no other host could have taken the slot); or creates the first free one
-/// of the slot it held last and its `slot_order` (a transaction on the key's absence, so of two hosts racing for
-/// it one wins). A slot whose holder died stays taken until etcd expires that lease and
-/// deletes the key: only then can another host create it.
+/// lease it was last put under); takes back its slot from a lease of its own (`held`'s,
+/// after a lost keep-alive; or, at the process's first round, the previous process's: the
+/// same host restarted within its lease, when no other host could have taken the slot);
+/// or creates the first free one of the slot it held last and its `slot_order` (a
+/// transaction on the key's absence, so of two hosts racing for it one wins). A slot
+/// whose holder died stays taken until etcd expires that lease and deletes the key: only
+/// then can another host create it.
 async fn claim_slot(
     c: &mut Client,
     prefix: &str,
@@ -734,42 +734,38 @@ impl EtcdWatch {
         });
     }
 
-    /// The hosts registered now, by name.
-    pub async fn members(&self) -> Result<Vec<Member>> {
-        let resp = get(
-            &self.rt,
-            &self.client,
-            format!("{}hosts/", self.prefix),
-            true,
-        )
-        .await?;
-        let mut out: Vec<Member> = resp
+    /// The hosts registered now, by name, each with the SNAT slot it holds; and every slot
+    /// held (slot → host: a host still starting holds one before it registers).
+    pub async fn members(&self) -> Result<(Vec<Member>, Vec<(u32, String)>)> {
+        let resp = self.under("hosts/").await?;
+        let mut hosts: Vec<Member> = resp
             .kvs()
             .iter()
             .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
             .collect();
-        out.sort_by(|a, b| a.host.cmp(&b.host));
-        for (slot, host) in self.slots().await? {
-            if let Some(m) = out.iter_mut().find(|m| m.host == host) {
-                m.snat_slot = Some(slot);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The SNAT slots held now: slot → host.
-    pub async fn slots(&self) -> Result<Vec<(u32, String)>> {
-        let resp = get(
-            &self.rt,
-            &self.client,
-            format!("{}slots/", self.prefix),
-            true,
-        )
-        .await?;
-        Ok(held_slots(&self.prefix, resp.kvs())
+        hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        let resp = self.under("slots/").await?;
+        let slots: Vec<(u32, String)> = held_slots(&self.prefix, resp.kvs())
             .into_iter()
             .map(|(slot, host, _)| (slot, host))
-            .collect())
+            .collect();
+        for (slot, host) in &slots {
+            if let Some(m) = hosts.iter_mut().find(|m| m.host == *host) {
+                m.snat_slot = Some(*slot);
+            }
+        }
+        Ok((hosts, slots))
+    }
+
+    /// Every key under `<prefix>/<sub>`.
+    async fn under(&self, sub: &str) -> Result<etcd_client::GetResponse> {
+        get(
+            &self.rt,
+            &self.client,
+            format!("{}{sub}", self.prefix),
+            true,
+        )
+        .await
     }
 
     /// The commit marker's mod_revision now (0: no commit yet), read without the store:
