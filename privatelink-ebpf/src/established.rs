@@ -5,17 +5,19 @@
 
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
-    DIR_ORIGINAL, FLOW_EGRESS, FLOW_INGRESS, FLOW_LOGGED, FlowEntry, FlowEvent, FlowKey, IfaceInfo,
-    PROTO_TCP, PROTO_UDP, Reason, csum,
+    DIR_ORIGINAL, FLOW_EGRESS, FLOW_GWLB, FLOW_INGRESS, FLOW_LOGGED, FlowEntry, FlowEvent, FlowKey,
+    GWLB_OVERHEAD, IfaceInfo, PROTO_TCP, PROTO_UDP, Reason, csum,
 };
 
 use crate::{
     checksum::sum_header,
     conntrack::{PARTNER_REFRESH_NS, SeqAck, now, track},
     flowlog,
+    geneve::{self, Outer},
     maps::{PL_CONNTRACK, config},
     packet::Packet,
     parse::{ETH_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, mut_at},
+    stats,
     verdict::{Verdict, redirect_to, settle_for},
 };
 
@@ -141,10 +143,21 @@ fn established_checked(
     // SAFETY: the pointer from a successful lookup is valid for this program run.
     let e = unsafe { &mut *p };
     let t = now();
+    // A GWLB flow checks its appliance as often as a NAT flow its reply entry, in both
+    // directions (`gwlb::recheck`).
+    let gwlb = e.flags & FLOW_GWLB != 0;
     if e.epoch != pkt.epoch
         || e.is_expired(key.proto, t, &config())
-        || (e.direction == DIR_ORIGINAL && t.saturating_sub(e.checked_ns) > PARTNER_REFRESH_NS)
+        || ((e.direction == DIR_ORIGINAL || gwlb)
+            && t.saturating_sub(e.checked_ns) > PARTNER_REFRESH_NS)
     {
+        return Ok(None);
+    }
+    // Too big for the appliance's port once encapsulated: the full path answers with
+    // the frag-needed error.
+    let inner_len = pkt.end - ETH_LEN;
+    let mtu = e.out_mtu as usize;
+    if gwlb && mtu >= 2 * GWLB_OVERHEAD && inner_len + GWLB_OVERHEAD > mtu {
         return Ok(None);
     }
     *slot = e.counter_slot;
@@ -169,8 +182,16 @@ fn established_checked(
         (0, SeqAck::default())
     };
     let dir = e.direction;
+    // GWLB flows track the flags only, as `gwlb::steer` does.
+    let nums = if gwlb { SeqAck::default() } else { nums };
     track(e, &key, flags, nums, t, dir);
     e.fast_packets = e.fast_packets.wrapping_add(1);
+    if gwlb {
+        // IPv4 forwarding: the TTL goes down by one on its way through the endpoint.
+        ip[IP_TTL_PROTO] = u16::from_ne_bytes([ttl - 1, proto]);
+        ip[IP_CHECK] = csum::apply_delta(ip[IP_CHECK], csum::fold(csum::delta_ttl_decrement()));
+        return to_appliance(ctx, e, &key, inner_len).map(Some);
+    }
     if e.flags & FLOW_LOGGED != 0 {
         report(ctx, e, &key, pkt);
     }
@@ -193,6 +214,28 @@ fn established_checked(
         Reason::ForwardToConsumer
     };
     redirect_to(e.out_ifindex, reason).map(Some)
+}
+
+/// A GWLB flow's packet, its TTL counted down: to the flow's appliance in GENEVE
+/// (`gwlb::steer`'s work, with what its last full-path packet checked). GWLB flows are not
+/// flow-logged.
+#[inline(always)]
+fn to_appliance(
+    ctx: &XdpContext,
+    e: &FlowEntry,
+    key: &FlowKey,
+    inner_len: usize,
+) -> Result<Verdict, Reason> {
+    stats::to_appliance(e.new_dport as u32, inner_len as u64);
+    let outer = Outer {
+        src: e.new_src,
+        dst: e.new_dst,
+        src_mac: e.src_mac,
+        dst_mac: e.dst_mac,
+    };
+    let out_ifindex = e.out_ifindex;
+    geneve::encap(ctx, key, e.endpoint_id, inner_len, &outer)?;
+    redirect_to(out_ifindex, Reason::GwlbToAppliance)
 }
 
 /// The flow event of a packet of a flow-logged flow (before its rewrite): as its ENI sees

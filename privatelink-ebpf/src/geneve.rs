@@ -7,7 +7,7 @@
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use privatelink_common::{
     FlowKey, GENEVE_OPTIONS_LEN, GENEVE_PORT, GWLB_OPT_ATTACHMENT_ID, GWLB_OPT_ENDPOINT_ID,
-    GWLB_OPT_FLOW_COOKIE, GWLB_OPTION_CLASS, GWLB_OVERHEAD, PROTO_UDP, Reason, hash,
+    GWLB_OPT_FLOW_COOKIE, GWLB_OPTION_CLASS, GWLB_OVERHEAD, PROTO_UDP, Reason, csum, hash,
 };
 
 use crate::{
@@ -24,69 +24,96 @@ const SPORT_BASE: u16 = 49152;
 /// The most options we walk in a returned packet (AWS sends three).
 const MAX_OPTIONS: usize = 8;
 
-/// Outer IPv4 + UDP + GENEVE + the three GWLB options, as laid out on the wire
-/// (RFC 791, RFC 768, RFC 8926 §3.4/§3.5).
-#[repr(C)]
-pub struct Encap {
-    vihl: u8,
-    tos: u8,
-    tot_len: [u8; 2],
-    id: [u8; 2],
-    frags: [u8; 2],
-    ttl: u8,
-    proto: u8,
-    pub check: [u8; 2],
+/// Where a packet to an appliance goes: the outer addresses and the Ethernet header's.
+#[derive(Clone, Copy)]
+pub struct Outer {
     pub src: [u8; 4],
     pub dst: [u8; 4],
-    sport: [u8; 2],
-    dport: [u8; 2],
-    udp_len: [u8; 2],
-    udp_check: [u8; 2],
-    /// Ver (2 bits) and Opt Len (6 bits, in 4-byte words).
-    ver_opt_len: u8,
-    /// O, C and reserved bits.
-    flags: u8,
-    protocol: [u8; 2],
-    vni: [u8; 3],
-    reserved: u8,
-    opt_endpoint: [u8; 4],
-    endpoint_id: [u8; 8],
-    opt_attachment: [u8; 4],
-    attachment_id: [u8; 8],
-    opt_cookie: [u8; 4],
-    cookie: [u8; 4],
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
 }
 
-const _: () = assert!(core::mem::size_of::<Encap>() == GWLB_OVERHEAD);
+/// The frame's new head, as 16-bit words in memory order (network order on the wire; the
+/// frame starts 2-aligned): Ethernet, then outer IPv4 + UDP + GENEVE + the three GWLB
+/// options (RFC 791, RFC 768, RFC 8926 §3.4/§3.5). Written word by word: LLVM's BPF
+/// backend splits byte-array stores into single bytes.
+#[repr(C)]
+struct Head {
+    macs: [u16; 6],
+    ether_type: u16,
+    outer: [u16; GWLB_OVERHEAD / 2],
+}
+
+// Word indexes in `Head::outer`.
+const W_TOT_LEN: usize = 1;
+const W_CHECK: usize = 5;
+const W_SRC: usize = 6;
+const W_DST: usize = 8;
+const W_SPORT: usize = 10;
+const W_UDP_LEN: usize = 12;
+const W_PROTOCOL: usize = 15;
+const W_ENDPOINT_ID: usize = 22;
+const W_ATTACHMENT_ID: usize = 28;
+const W_COOKIE: usize = 32;
+
+/// The words of the outer headers that are the same in every packet (in value order,
+/// before `to_be`); zero where a packet's own value goes. The IPv4 header: version 4, IHL
+/// 5; DF; TTL 64, UDP. The UDP checksum stays zero (RFC 8926 §3.3: allowed over IPv4).
+/// GENEVE: version 0, the options' length in 4-byte words, VNI 0; each option's class,
+/// type and length (the high halves of the 8-byte ids are zero).
+const TEMPLATE: [u16; GWLB_OVERHEAD / 2] = {
+    let mut w = [0u16; GWLB_OVERHEAD / 2];
+    w[0] = 0x4500;
+    w[3] = 0x4000;
+    w[4] = 64 << 8 | PROTO_UDP as u16;
+    w[11] = GENEVE_PORT;
+    w[14] = ((GENEVE_OPTIONS_LEN / 4) as u16) << 8;
+    w[18] = GWLB_OPTION_CLASS;
+    w[19] = (GWLB_OPT_ENDPOINT_ID as u16) << 8 | 2;
+    w[24] = GWLB_OPTION_CLASS;
+    w[25] = (GWLB_OPT_ATTACHMENT_ID as u16) << 8 | 2;
+    w[30] = GWLB_OPTION_CLASS;
+    w[31] = (GWLB_OPT_FLOW_COOKIE as u16) << 8 | 1;
+    w
+};
+
+/// The ones' complement sum of the template's IPv4 header words: a packet's header
+/// checksum adds only its length and addresses to it.
+const TEMPLATE_IP_SUM: u32 = {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 10 {
+        sum += TEMPLATE[i] as u32;
+        i += 1;
+    }
+    sum
+};
+
+const _: () =
+    assert!(GWLB_OVERHEAD == 20 + 8 + 8 + 12 + 12 + 8 && W_COOKIE + 2 == GWLB_OVERHEAD / 2);
 
 /// The flow cookie option's value: the same for both directions of a flow.
 #[inline(always)]
-fn cookie_of(key: &FlowKey) -> u32 {
+pub fn cookie_of(key: &FlowKey) -> u32 {
     hash::symmetric_hash(key.src, key.dst, key.sport, key.dport, key.proto, 5, 0)
 }
 
-/// Grows the frame by the GENEVE overhead and writes everything but the addresses and
-/// the IP checksum (the caller's, from the flow).
+/// `a` as the two words it is on the wire, in value order.
 #[inline(always)]
-pub fn encap(
-    ctx: &XdpContext,
-    key: &FlowKey,
-    endpoint_id: u32,
-    inner_len: usize,
-) -> Result<(), Reason> {
-    let cookie = cookie_of(key);
-    encap_as(
-        ctx,
-        GENEVE_PROTO_IPV4,
-        cookie,
-        key.vpc_id,
-        endpoint_id,
-        inner_len,
+fn be_words(a: [u8; 4]) -> (u16, u16) {
+    (
+        u16::from_be_bytes([a[0], a[1]]),
+        u16::from_be_bytes([a[2], a[3]]),
     )
 }
 
-/// `encap` for an inner packet of `protocol` (an EtherType), with its flow `cookie` and
-/// the consumer VPC `vpc_id` (the attachment id) given.
+/// Grows the frame by the GENEVE overhead in front of the inner packet of `protocol`
+/// (an EtherType; IPv4 for `encap`) and `inner_len` bytes, and writes the whole new head:
+/// Ethernet and the outer headers to `outer`, with its flow `cookie` and the consumer VPC
+/// `vpc_id` (the attachment id). The inner packet goes bare (no Ethernet): its old
+/// Ethernet header becomes the outer one, so the frame grows by exactly the outer headers.
+/// The header checksum is the template's sum plus the length and addresses: nothing of
+/// the frame is read back.
 #[inline(always)]
 pub fn encap_as(
     ctx: &XdpContext,
@@ -95,39 +122,60 @@ pub fn encap_as(
     vpc_id: u32,
     endpoint_id: u32,
     inner_len: usize,
+    outer: &Outer,
 ) -> Result<(), Reason> {
-    // The inner packet goes bare (no Ethernet): its old Ethernet header becomes the
-    // outer one, so the frame grows by exactly the outer headers.
     // SAFETY: plain helper call on this run's context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GWLB_OVERHEAD as i32)) } != 0 {
         return Err(Reason::DropRedirectFailed);
     }
-    let h = mut_at::<Encap>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
-    h.vihl = 0x45;
-    h.tos = 0;
-    h.tot_len = ((GWLB_OVERHEAD + inner_len) as u16).to_be_bytes();
-    h.id = [0; 2];
-    h.frags = [0x40, 0]; // DF
-    h.ttl = 64;
-    h.proto = PROTO_UDP;
-    h.check = [0; 2];
-    h.sport = (SPORT_BASE | (cookie as u16 & 0x3fff)).to_be_bytes();
-    h.dport = GENEVE_PORT.to_be_bytes();
-    h.udp_len = ((GWLB_OVERHEAD - 20 + inner_len) as u16).to_be_bytes();
-    h.udp_check = [0; 2]; // RFC 8926 §3.3: zero is allowed over IPv4
-    h.ver_opt_len = (GENEVE_OPTIONS_LEN / 4) as u8;
-    h.flags = 0;
-    h.protocol = protocol.to_be_bytes();
-    h.vni = [0; 3];
-    h.reserved = 0;
-    let class = GWLB_OPTION_CLASS.to_be_bytes();
-    h.opt_endpoint = [class[0], class[1], GWLB_OPT_ENDPOINT_ID, 2];
-    h.endpoint_id = (endpoint_id as u64).to_be_bytes();
-    h.opt_attachment = [class[0], class[1], GWLB_OPT_ATTACHMENT_ID, 2];
-    h.attachment_id = (vpc_id as u64).to_be_bytes();
-    h.opt_cookie = [class[0], class[1], GWLB_OPT_FLOW_COOKIE, 1];
-    h.cookie = cookie.to_be_bytes();
+    let h = mut_at::<Head>(ctx, 0, Reason::DropTruncatedIp)?;
+    let tot_len = (GWLB_OVERHEAD + inner_len) as u16;
+    let (s0, s1) = be_words(outer.src);
+    let (d0, d1) = be_words(outer.dst);
+    let sum = TEMPLATE_IP_SUM + tot_len as u32 + s0 as u32 + s1 as u32 + d0 as u32 + d1 as u32;
+    let w = &mut h.outer;
+    for i in 0..GWLB_OVERHEAD / 2 {
+        w[i] = TEMPLATE[i].to_be();
+    }
+    w[W_TOT_LEN] = tot_len.to_be();
+    w[W_CHECK] = (!csum::fold(sum)).to_be();
+    (w[W_SRC], w[W_SRC + 1]) = (s0.to_be(), s1.to_be());
+    (w[W_DST], w[W_DST + 1]) = (d0.to_be(), d1.to_be());
+    w[W_SPORT] = (SPORT_BASE | (cookie as u16 & 0x3fff)).to_be();
+    w[W_UDP_LEN] = (tot_len - 20).to_be();
+    w[W_PROTOCOL] = protocol.to_be();
+    w[W_ENDPOINT_ID] = ((endpoint_id >> 16) as u16).to_be();
+    w[W_ENDPOINT_ID + 1] = (endpoint_id as u16).to_be();
+    w[W_ATTACHMENT_ID] = ((vpc_id >> 16) as u16).to_be();
+    w[W_ATTACHMENT_ID + 1] = (vpc_id as u16).to_be();
+    w[W_COOKIE] = ((cookie >> 16) as u16).to_be();
+    w[W_COOKIE + 1] = (cookie as u16).to_be();
+    for i in 0..3 {
+        h.macs[i] = u16::from_ne_bytes([outer.dst_mac[2 * i], outer.dst_mac[2 * i + 1]]);
+        h.macs[3 + i] = u16::from_ne_bytes([outer.src_mac[2 * i], outer.src_mac[2 * i + 1]]);
+    }
+    h.ether_type = ETH_P_IP.to_be();
     Ok(())
+}
+
+/// `encap_as` for an IPv4 inner packet of the flow `key`.
+#[inline(always)]
+pub fn encap(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    endpoint_id: u32,
+    inner_len: usize,
+    outer: &Outer,
+) -> Result<(), Reason> {
+    encap_as(
+        ctx,
+        GENEVE_PROTO_IPV4,
+        cookie_of(key),
+        key.vpc_id,
+        endpoint_id,
+        inner_len,
+        outer,
+    )
 }
 
 /// What an appliance's GENEVE carries, once validated.

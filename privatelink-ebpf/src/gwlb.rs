@@ -21,9 +21,9 @@ use privatelink_common::{
 
 use crate::{
     arp,
-    checksum::{sum_words, verify_checksum_at},
+    checksum::verify_checksum_at,
     conntrack,
-    geneve::{self, Encap},
+    geneve::{self, Outer},
     icmp,
     maps::{
         PL_CONNTRACK, PL_GWLB_APPLS, PL_GWLB_NEIGH, PL_GWLB_TARGETS, PL_NEIGHBORS, PL_PATHS,
@@ -38,8 +38,10 @@ use crate::{
     verdict::{Verdict, redirect_to, settle_for},
 };
 
-/// How often (at most) a flow checks that its appliance is still one to send to.
+/// How often (at most) a flow checks that its appliance is still one to send to. The
+/// established path (`established`) leaves a GWLB flow to this path when it is due.
 const APPLIANCE_RECHECK_NS: u64 = 1_000_000_000;
+const _: () = assert!(APPLIANCE_RECHECK_NS == conntrack::PARTNER_REFRESH_NS);
 
 /// The ICMP echo of the inner packet's family, as `inner_ports` keys it: its protocol
 /// number and its request and reply types.
@@ -162,22 +164,18 @@ fn steer_checked(
     let old = ip.ttl_word();
     ip.ttl -= 1;
     ip.check = csum::replace16(u16::from_ne_bytes(ip.check), old, ip.ttl_word()).to_ne_bytes();
-    let (out_ifindex, src_mac, dst_mac) = (e.out_ifindex, e.src_mac, e.dst_mac);
-    let (outer_src, appliance) = (e.new_src, e.new_dst);
+    let outer = Outer {
+        src: e.new_src,
+        dst: e.new_dst,
+        src_mac: e.src_mac,
+        dst_mac: e.dst_mac,
+    };
+    let out_ifindex = e.out_ifindex;
     // The appliance's counters (its slot kept in `new_dport`, see `create`).
-    if let Some(c) = stats::counters(e.new_dport as u32).filter(|_| e.new_dport != 0) {
-        c.to_service_packets += 1;
-        c.to_service_bytes += inner_len as u64;
-    }
-    geneve::encap(ctx, &key, route.endpoint_id, inner_len)?;
-    let h = mut_at::<Encap>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
-    h.src = outer_src;
-    h.dst = appliance;
-    let c = !csum::fold(sum_words::<5>(ctx, ETH_LEN, 20)?);
-    mut_at::<Encap>(ctx, ETH_LEN, Reason::DropTruncatedIp)?.check = c.to_ne_bytes();
-    let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
-    set_macs(eth, dst_mac, src_mac);
-    eth.ether_type = ETH_P_IP.to_be();
+    stats::to_appliance(e.new_dport as u32, inner_len as u64);
+    // Checked under this epoch: its next packets may take the established path.
+    e.epoch = pkt.epoch;
+    geneve::encap(ctx, &key, route.endpoint_id, inner_len, &outer)?;
     redirect_to(out_ifindex, Reason::GwlbToAppliance)
 }
 

@@ -24,7 +24,7 @@ use privatelink_common::{
 use crate::{
     checksum::sum_words,
     conntrack::{self, SeqAck},
-    geneve::{self, Encap, GENEVE_PROTO_IPV6},
+    geneve::{self, GENEVE_PROTO_IPV6, Outer},
     gwlb::{self, Echo, inner_ports},
     gwlb6_icmp,
     icmp6::{ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST},
@@ -349,10 +349,13 @@ fn send_checked(
     mut_at::<Ipv6Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIpv6)?.hop_limit -= 1;
     // The appliance's counters (its slot kept in the flow's `new_dport`, as for IPv4).
     let slot = s.appliance_slot as u32;
-    if let Some(c) = stats::counters(slot).filter(|_| slot != 0) {
-        c.to_service_packets += 1;
-        c.to_service_bytes += s.len as u64;
-    }
+    stats::to_appliance(slot, s.len as u64);
+    let outer = Outer {
+        src: s.outer_src,
+        dst: s.appliance,
+        src_mac: s.src_mac,
+        dst_mac: s.dst_mac,
+    };
     geneve::encap_as(
         ctx,
         GENEVE_PROTO_IPV6,
@@ -360,15 +363,8 @@ fn send_checked(
         iface.vpc_id,
         route.endpoint_id,
         s.len as usize,
+        &outer,
     )?;
-    let h = mut_at::<Encap>(ctx, ETH_LEN, Reason::DropTruncatedIp)?;
-    h.src = s.outer_src;
-    h.dst = s.appliance;
-    let c = !csum::fold(sum_words::<5>(ctx, ETH_LEN, 20)?);
-    mut_at::<Encap>(ctx, ETH_LEN, Reason::DropTruncatedIp)?.check = c.to_ne_bytes();
-    let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
-    set_macs(eth, s.dst_mac, s.src_mac);
-    eth.ether_type = ETH_P_IP.to_be();
     redirect_to(s.out_ifindex, Reason::Gwlb6ToAppliance)
 }
 

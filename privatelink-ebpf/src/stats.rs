@@ -33,6 +33,15 @@ pub fn counters(slot: u32) -> Option<&'static mut EndpointCounters> {
     PL_EP_COUNTERS.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
 }
 
+/// A packet of `bytes` sent to the appliance whose counter slot is `slot` (0: none).
+#[inline(always)]
+pub fn to_appliance(slot: u32, bytes: u64) {
+    if let Some(c) = counters(slot).filter(|_| slot != 0) {
+        c.to_service_packets += 1;
+        c.to_service_bytes += bytes;
+    }
+}
+
 /// The IP bytes of the frame as it leaves (its IPv4 total length; less the GENEVE headers
 /// of a frame sent to an appliance, IPv4 or IPv6 inside: the packet's own bytes). 0 if
 /// unreadable.

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use etherparse::{Icmpv4Type, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use privatelink_common::{Config, Reason};
+use privatelink_common::{Config, DIR_ORIGINAL, FLOW_GWLB, FlowEntry, Reason};
 use privatelink_tests::{
     frames::arp_request,
     gwlb::{
@@ -319,6 +319,138 @@ fn tcp_udp_and_icmp_are_encapsulated_field_by_field_both_ways() {
     let (_, ping_fwd) = encap(&mut h, &frames[2]);
     let (_, ping_back) = encap(&mut h, &echo_reply);
     assert_eq!(cookie_of(&ping_fwd), cookie_of(&ping_back));
+}
+
+/// A TCP segment with ACK set (and PSH with a payload), as the fixture's `tcp` builds
+/// SYNs.
+fn tcp_ack(
+    h: &Harness,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let smac = if src == CLIENT {
+        CLIENT_MAC
+    } else {
+        SERVER_MAC
+    };
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(smac, h.consumer.mac)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 2000, 64240)
+        .ack(1)
+        .psh()
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+/// The GWLB entries of the flow from the client's port `sport` (`proto`): original and
+/// reply direction.
+fn gwlb_pair(h: &Harness, sport: u16, proto: u8) -> (FlowEntry, FlowEntry) {
+    let flows = h.dp.flows().unwrap();
+    let find = |want: &dyn Fn(&privatelink_common::FlowKey, &FlowEntry) -> bool| {
+        flows
+            .iter()
+            .find(|(k, e)| e.flags & FLOW_GWLB != 0 && k.proto == proto && want(k, e))
+            .map(|(_, e)| *e)
+            .unwrap_or_else(|| panic!("no GWLB entry for client port {sport}"))
+    };
+    (
+        find(&|k, e| e.direction == DIR_ORIGINAL && k.src == CLIENT && k.sport == sport),
+        find(&|k, e| e.direction != DIR_ORIGINAL && k.dst == CLIENT && k.dport == sport),
+    )
+}
+
+#[test]
+fn the_established_path_encapsulates_exactly_as_the_full_path() {
+    // Two data paths with the same flows: in `slow` the epoch moves before every packet,
+    // so each one takes the full path (`privatelink_gwlb_steer`); `fast` takes the
+    // established path (the entry program, one flow lookup) from each direction's second
+    // packet on. TCP and UDP, both ways, 20 rounds.
+    let (mut fast, mut slow) = (harness(), harness());
+    let start = std::time::Instant::now();
+    let frames = |h: &Harness, i: u8| {
+        let body = [i; 24];
+        vec![
+            tcp_ack(h, CLIENT, SERVER, 42000, 80, &body),
+            tcp_ack(h, SERVER, CLIENT, 80, 42000, &body),
+            {
+                let mut v = Vec::new();
+                PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+                    .ipv4(CLIENT, SERVER, 64)
+                    .udp(42001, 53)
+                    .write(&mut v, &body)
+                    .unwrap();
+                v
+            },
+        ]
+    };
+    let mut last = Vec::new();
+    for i in 0..20u8 {
+        slow.bump_epoch().unwrap();
+        for (n, (f, s)) in frames(&fast, i).iter().zip(frames(&slow, i)).enumerate() {
+            let (fa, fo) = fast.run(fast.consumer.ifindex, f).unwrap();
+            let (sa, so) = slow.run(slow.consumer.ifindex, &s).unwrap();
+            assert_eq!(
+                (fa, sa),
+                (XDP_REDIRECT, XDP_REDIRECT),
+                "round {i} frame {n}"
+            );
+            // Everything but the outer source MAC (each fixture's own port) is equal.
+            assert_eq!(
+                (&fo[..6], &fo[12..]),
+                (&so[..6], &so[12..]),
+                "round {i} frame {n}: established and full path differ"
+            );
+            last.push((f.clone(), fo));
+        }
+    }
+    // The established path's frames, checked on their own by scapy (outer headers, the
+    // options, the inner packet's checksums and its TTL).
+    for (f, out) in last.iter().rev().take(3) {
+        let d = dissect_one(out);
+        check_geneve(&fast, f, out, &d, APPL_A);
+    }
+    assert_eq!(fast.count(Reason::GwlbToAppliance), 60);
+    assert_eq!(slow.count(Reason::GwlbToAppliance), 60);
+    let appliance = |h: &mut Harness| {
+        h.dp.counters()
+            .unwrap()
+            .into_iter()
+            .map(|(k, c)| format!("{k:?} {} {}", c.to_service_packets, c.to_service_bytes))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        appliance(&mut fast),
+        appliance(&mut slow),
+        "appliance counters"
+    );
+    // The comparison means something only if the established path ran in `fast` (every
+    // packet of a direction after its first, but those due for the once-a-second check of
+    // the appliance) and never in `slow`.
+    let rechecks = start.elapsed().as_secs() as u32 + 1;
+    for (sport, proto, dirs) in [(42000, 6, 2), (42001, 17, 1)] {
+        let (fwd, reply) = gwlb_pair(&fast, sport, proto);
+        let mut got = vec![fwd.fast_packets];
+        if dirs == 2 {
+            got.push(reply.fast_packets);
+        }
+        for n in got {
+            assert!(
+                (19u32.saturating_sub(rechecks)..=19).contains(&n),
+                "port {sport}: {n} packets on the established path"
+            );
+        }
+        let (fwd, reply) = gwlb_pair(&slow, sport, proto);
+        assert_eq!(
+            (fwd.fast_packets, reply.fast_packets),
+            (0, 0),
+            "the full path only"
+        );
+    }
 }
 
 /// What the appliance sends back: its own outer headers (built by scapy, addresses
