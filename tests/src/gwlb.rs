@@ -103,6 +103,31 @@ pub fn tcp(
     v
 }
 
+/// `tcp` with ACK and PSH set instead of SYN: a segment of an established flow.
+pub fn tcp_ack(
+    h: &Harness,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let smac = if src == CLIENT {
+        CLIENT_MAC
+    } else {
+        SERVER_MAC
+    };
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(smac, h.consumer.mac)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 2000, 64240)
+        .ack(1)
+        .psh()
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
 /// What an appliance sends back for an encapsulated frame `enc` (outer IPv4 without
 /// options): MACs and outer addresses swapped, from UDP port 6081, GENEVE untouched.
 /// Swapping leaves both checksums valid (the UDP one is zero).

@@ -10,7 +10,7 @@ use privatelink_tests::{
     frames::arp_request,
     gwlb::{
         APPL_A, APPL_A_MAC, APPL_B, APPL_B_MAC, CLIENT, CLIENT_MAC, ENI, GWLB_ADDR, SERVER,
-        SERVER_MAC, state, tcp,
+        SERVER_MAC, state, tcp, tcp_ack,
     },
     scapy::{build, dissect, dissect_one},
     testrun::Harness,
@@ -319,32 +319,6 @@ fn tcp_udp_and_icmp_are_encapsulated_field_by_field_both_ways() {
     let (_, ping_fwd) = encap(&mut h, &frames[2]);
     let (_, ping_back) = encap(&mut h, &echo_reply);
     assert_eq!(cookie_of(&ping_fwd), cookie_of(&ping_back));
-}
-
-/// A TCP segment with ACK set (and PSH with a payload), as the fixture's `tcp` builds
-/// SYNs.
-fn tcp_ack(
-    h: &Harness,
-    src: [u8; 4],
-    dst: [u8; 4],
-    sport: u16,
-    dport: u16,
-    payload: &[u8],
-) -> Vec<u8> {
-    let smac = if src == CLIENT {
-        CLIENT_MAC
-    } else {
-        SERVER_MAC
-    };
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(smac, h.consumer.mac)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 2000, 64240)
-        .ack(1)
-        .psh()
-        .write(&mut v, payload)
-        .unwrap();
-    v
 }
 
 /// The GWLB entries of the flow from the client's port `sport` (`proto`): original and

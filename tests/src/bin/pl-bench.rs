@@ -618,10 +618,13 @@ fn svg(rows: &[Row]) -> String {
 /// returns (the encapsulated frame with outer addresses and MACs swapped, as an
 /// appliance sends it back; swapping leaves both checksums valid).
 fn gwlb_rows(rows: &mut Vec<Row>) -> Result<()> {
-    use privatelink_tests::gwlb::{CLIENT as C, SERVER as S, SERVER_MAC, harness, tcp};
+    use privatelink_tests::gwlb::{CLIENT as C, SERVER as S, SERVER_MAC, harness, tcp, tcp_ack};
     let mut h = harness();
     let (cif, pif) = (h.consumer.ifindex, h.provider.ifindex);
-    let fwd = tcp(&h, C, S, 40000, 80, &[0u8; 18]);
+    // The flow opened by its SYN; timed: a data segment of it (a SYN would also look up
+    // the other direction's entry, as the handshake tracking does).
+    let _ = h.run(cif, &tcp(&h, C, S, 40000, 80, &[]))?;
+    let fwd = tcp_ack(&h, C, S, 40000, 80, &[0u8; 18]);
     let (_, enc) = h.run(cif, &fwd)?;
     anyhow::ensure!(
         enc.len() == fwd.len() + privatelink_common::GWLB_OVERHEAD,
