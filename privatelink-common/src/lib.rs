@@ -583,7 +583,8 @@ pub struct FlowEntry {
     pub epoch: u32,
     /// Stamped with `epoch`: what this direction's rewrite adds to the IPv4 header
     /// checksum (addresses and TTL decrement) and to the TCP/UDP checksum (addresses in the
-    /// pseudo-header, ports), folded (`csum::apply_delta`).
+    /// pseudo-header, ports), folded (`csum::apply_delta`). GWLB flows rewrite no
+    /// checksum: they keep their GENEVE flow cookie here (`gwlb_cookie`).
     pub csum_ip: u16,
     pub csum_l4: u16,
     /// Packets of this direction the established fast path forwarded (wrapping): the trace
@@ -623,6 +624,18 @@ pub const FLOW_GWLB: u8 = 2;
 pub const FLOW_LOGGED: u8 = 4;
 
 impl FlowEntry {
+    /// A GWLB flow's GENEVE flow cookie, stamped with its epoch (in `csum_ip`, high half,
+    /// and `csum_l4`: a GWLB flow has no checksum delta).
+    #[inline(always)]
+    pub fn gwlb_cookie(&self) -> u32 {
+        (self.csum_ip as u32) << 16 | self.csum_l4 as u32
+    }
+
+    #[inline(always)]
+    pub fn set_gwlb_cookie(&mut self, cookie: u32) {
+        (self.csum_ip, self.csum_l4) = ((cookie >> 16) as u16, cookie as u16);
+    }
+
     /// An entry with every field zero: the base of every entry the data path or a test
     /// writes (`FlowEntry { new_src, .., ..FlowEntry::zeroed() }`), so that a new field is
     /// one edit here. A function, not a const: the data path's struct expressions then

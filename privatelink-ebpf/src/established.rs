@@ -234,7 +234,7 @@ fn to_appliance(
         dst_mac: e.dst_mac,
     };
     let out_ifindex = e.out_ifindex;
-    geneve::encap(ctx, key, e.endpoint_id, inner_len, &outer)?;
+    geneve::encap(ctx, key, e.gwlb_cookie(), e.endpoint_id, inner_len, &outer)?;
     redirect_to(out_ifindex, Reason::GwlbToAppliance)
 }
 

@@ -158,11 +158,13 @@ pub fn encap_as(
     Ok(())
 }
 
-/// `encap_as` for an IPv4 inner packet of the flow `key`.
+/// `encap_as` for an IPv4 inner packet of the flow `key`, whose cookie is `cookie`
+/// (`cookie_of`).
 #[inline(always)]
 pub fn encap(
     ctx: &XdpContext,
     key: &FlowKey,
+    cookie: u32,
     endpoint_id: u32,
     inner_len: usize,
     outer: &Outer,
@@ -170,7 +172,7 @@ pub fn encap(
     encap_as(
         ctx,
         GENEVE_PROTO_IPV4,
-        cookie_of(key),
+        cookie,
         key.vpc_id,
         endpoint_id,
         inner_len,

@@ -173,9 +173,12 @@ fn steer_checked(
     let out_ifindex = e.out_ifindex;
     // The appliance's counters (its slot kept in `new_dport`, see `create`).
     stats::to_appliance(e.new_dport as u32, inner_len as u64);
-    // Checked under this epoch: its next packets may take the established path.
+    // Checked under this epoch: its next packets may take the established path, with
+    // the flow cookie computed here.
+    let cookie = geneve::cookie_of(&key);
+    e.set_gwlb_cookie(cookie);
     e.epoch = pkt.epoch;
-    geneve::encap(ctx, &key, route.endpoint_id, inner_len, &outer)?;
+    geneve::encap(ctx, &key, cookie, route.endpoint_id, inner_len, &outer)?;
     redirect_to(out_ifindex, Reason::GwlbToAppliance)
 }
 

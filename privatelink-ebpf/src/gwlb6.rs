@@ -18,11 +18,10 @@ use aya_ebpf::{
 };
 use privatelink_common::{
     DIR_ORIGINAL, DIR_REPLY, ENI_FLAG_REBALANCE, EndpointEni, FLOW_GWLB, FlowEntry6, FlowKey6,
-    GWLB_OVERHEAD, IfaceInfo, Neighbor, Reason, VpcAddr, VpcAddr6, csum, hash,
+    GWLB_OVERHEAD, IfaceInfo, Neighbor, Reason, VpcAddr, VpcAddr6, hash,
 };
 
 use crate::{
-    checksum::sum_words,
     conntrack::{self, SeqAck},
     geneve::{self, GENEVE_PROTO_IPV6, Outer},
     gwlb::{self, Echo, inner_ports},
@@ -31,7 +30,7 @@ use crate::{
     maps::{PL_CONNTRACK6, PL_GWLB_APPLS, PL_GWLB_NEIGH6, PL_VPC_PORTS, config, scratch6},
     packet::Packet,
     packet6::{IPV6_LEN, MAX_EXT_HEADERS, MAX_EXT_LEN, PROTO_ICMPV6, forwardable_source, packet6},
-    parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv6Hdr, be16, mut_at, set_macs},
+    parse::{ETH_LEN, ETH_P_IPV6, EthHdr, Ipv6Hdr, be16, mut_at, set_macs},
     stats,
     verdict::{Verdict, redirect_to, settle_for},
 };
