@@ -6,7 +6,8 @@
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
     DIR_ORIGINAL, FLOW_EGRESS, FLOW_GWLB, FLOW_INGRESS, FLOW_LOGGED, FlowEntry, FlowEvent, FlowKey,
-    GWLB_OVERHEAD, IfaceInfo, PROTO_TCP, PROTO_UDP, Reason, csum,
+    GENEVE_PORT, GWLB_OVERHEAD, IFACE_FLAG_APPLIANCES, IfaceInfo, PROTO_TCP, PROTO_UDP, Reason,
+    csum,
 };
 
 use crate::{
@@ -119,6 +120,11 @@ fn established_checked(
     let [ttl, proto] = ip[IP_TTL_PROTO].to_ne_bytes();
     let [frag_hi, frag_lo] = ip[IP_FRAGS].to_ne_bytes();
     if ttl <= 1 || frag_hi & 0x3f != 0 || frag_lo != 0 {
+        return Ok(None);
+    }
+    // GENEVE from an appliance is never a flow of ours by its outer tuple: spare it the
+    // flow lookup (it would miss) on its way to the return path.
+    if !tcp && iface.flags & IFACE_FLAG_APPLIANCES != 0 && l4[1] == GENEVE_PORT.to_be() {
         return Ok(None);
     }
     let (l4_len, l4_min) = if tcp {
