@@ -7,6 +7,10 @@
 //! The generator is the kernel's BPF_F_TEST_XDP_LIVE_FRAMES: `privatelink_gen` (in
 //! the lab's reference programs) gives each frame its flow and transmits it out of the generator's
 //! veth (XDP_TX), so no userspace packet path is measured.
+//!
+//! Beside the rates: what the forwarder's program costs per packet on this live traffic,
+//! by the kernel's own run statistics (`live_cost`), and the CPU the pipeline takes in
+//! softirq at a fixed offered load, below every mode's limit (`fixed_load`).
 
 use std::time::{Duration, Instant};
 
@@ -183,9 +187,25 @@ fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 'st
 /// What is attached in the forwarder for one mode; dropping it detaches.
 struct Forwarder {
     /// privatelink's data path (XDP NAT mode).
-    _dp: Option<Dataplane>,
+    dp: Option<Dataplane>,
     /// The reference program attached instead (the other modes).
-    _reference: Reference,
+    reference: Reference,
+    mode: Mode,
+}
+
+impl Forwarder {
+    /// The kernel's run statistics of the program doing the forwarder's work, (run time,
+    /// runs): privatelink's entry program (a tail-called path program's time is its
+    /// caller's) or the bare redirect; none for nftables (its work is not a BPF program).
+    fn run_stats(&mut self) -> Result<Option<(Duration, u64)>> {
+        let p = match (self.mode, &mut self.dp) {
+            (Mode::XdpNat, Some(dp)) => dp.program()?,
+            (Mode::BareRedirect, _) => self.reference.program("privatelink_redirect")?,
+            _ => return Ok(None),
+        };
+        let info = p.info()?;
+        Ok(Some((info.run_time(), info.run_count())))
+    }
 }
 
 fn attach_reference(r: &mut Reference, name: &str, iface: &str) -> Result<()> {
@@ -253,8 +273,9 @@ fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
             }
         };
         Ok(Forwarder {
-            _dp: dp,
-            _reference: reference,
+            dp,
+            reference,
+            mode,
         })
     })
 }
@@ -269,13 +290,22 @@ fn tear_down(t: &Topology, mode: Mode) -> Result<()> {
     Ok(())
 }
 
+impl Topology {
+    /// The generator's 64-byte UDP frame to the endpoint ENI (`privatelink_gen` gives
+    /// each copy its flow).
+    fn frame(&self) -> Result<Vec<u8>> {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(self.gen_mac, self.fc0_mac)
+            .ipv4([10, 1, 0, 2], ENI, 64)
+            .udp(1024, 80)
+            .write(&mut frame, &[0u8; 18])?;
+        Ok(frame)
+    }
+}
+
 /// Sends `packets` 64-byte frames over `flows` flows; returns (sent, arrived, seconds).
 fn generate(t: &mut Topology, flows: u32, packets: u32) -> Result<(u64, u64, f64)> {
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(t.gen_mac, t.fc0_mac)
-        .ipv4([10, 1, 0, 2], ENI, 64)
-        .udp(1024, 80)
-        .write(&mut frame, &[0u8; 18])?;
+    let frame = t.frame()?;
     let before = t.rx_packets()?;
     let fwd_before = rx_of(&t.fwd, "fc0")?;
     let took = send(&t.gen_ns.name, "gen0", frame, flows, packets)?;
@@ -300,30 +330,56 @@ pub fn send(ns: &str, dev: &str, frame: Vec<u8>, flows: u32, packets: u32) -> Re
         // The veths' receive work runs where the frames are sent: one CPU for the whole
         // pipeline, the same in every mode and run.
         pin_to_last_cpu();
-        let mut r = Reference::default();
-        let obj = r.object()?;
+        let mut g = Generator::new(&frame, flows, &dev)?;
+        let start = Instant::now();
+        g.send(&frame, packets)?;
+        Ok(start.elapsed())
+    })
+}
+
+/// `privatelink_gen`, loaded in the calling thread's namespace with the flow count and
+/// the frame template, and its context for the device it sends out of.
+struct Generator {
+    reference: Reference,
+    ctx: Vec<u8>,
+}
+
+impl Generator {
+    fn new(frame: &[u8], flows: u32, dev: &str) -> Result<Self> {
+        let mut reference = Reference::default();
+        let obj = reference.object()?;
         let mut m: Array<_, u32> = Array::try_from(obj.map_mut("PL_GEN_FLOWS").context("no map")?)?;
         m.set(0, flows, 0)?;
         let mut tmpl: Array<_, [u8; 42]> =
             Array::try_from(obj.map_mut("PL_GEN_TEMPLATE").context("no map")?)?;
         tmpl.set(0, <[u8; 42]>::try_from(&frame[..42])?, 0)?;
-        let link = dataplane::resolve_link(&dev).map_err(anyhow::Error::msg)?;
-        let ctx = xdp_md(frame.len() as u32, link.ifindex);
-        let p = r.program("privatelink_gen")?;
-        let start = Instant::now();
-        p.test_run(TestRunOptions {
-            data_in: Some(&frame),
-            ctx_in: Some(&ctx),
-            repeat: packets,
-            attrs: TestRunAttrs::new().xdp_live_frames(64),
-            ..TestRunOptions::default()
+        let link = dataplane::resolve_link(dev).map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            reference,
+            ctx: xdp_md(frame.len() as u32, link.ifindex),
         })
-        .context("live-frames test run")?;
-        Ok(start.elapsed())
-    })
+    }
+
+    /// Transmits `packets` copies of `frame`, each given its flow.
+    fn send(&mut self, frame: &[u8], packets: u32) -> Result<()> {
+        let ctx = self.ctx.clone();
+        self.reference
+            .program("privatelink_gen")?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat: packets,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..TestRunOptions::default()
+            })
+            .context("live-frames test run")?;
+        Ok(())
+    }
 }
 
-/// One measurement: Mpps that arrived at the sink.
+/// One measurement: Mpps that arrived at the sink, and what the forwarder's program cost
+/// per packet on this traffic by the kernel's own run statistics (BPF_ENABLE_STATS, in a
+/// run of its own: recording them costs two clock reads per program run).
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub mode: Mode,
@@ -331,6 +387,26 @@ pub struct Sample {
     pub sent: u64,
     pub arrived: u64,
     pub seconds: f64,
+    /// run_time_ns / run_cnt of the forwarder's program (none for nftables).
+    pub ns_per_packet: Option<f64>,
+}
+
+/// Frames of the run that reads the kernel's program statistics.
+pub const STATS_PACKETS: u32 = 200_000;
+
+/// The forwarder's program's cost per packet over `STATS_PACKETS` frames of `flows`
+/// flows, with the kernel's run statistics on for that run only.
+fn live_cost(t: &mut Topology, fwd: &mut Forwarder, flows: u32) -> Result<Option<f64>> {
+    // Scoped: statistics stop when the descriptor closes (not the sysctl, which would
+    // outlive a failed run).
+    let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let Some((t0, n0)) = fwd.run_stats()? else {
+        return Ok(None);
+    };
+    generate(t, flows, STATS_PACKETS)?;
+    let (t1, n1) = fwd.run_stats()?.context("statistics gone")?;
+    anyhow::ensure!(n1 > n0, "the forwarder's program did not run");
+    Ok(Some((t1 - t0).as_nanos() as f64 / (n1 - n0) as f64))
 }
 
 impl Sample {
@@ -347,17 +423,19 @@ pub fn run(flow_counts: &[u32], packets: u32, rounds: usize) -> Result<Vec<Sampl
     // land on one mode only.
     let modes = [Mode::XdpNat, Mode::Nftables, Mode::BareRedirect];
     for mode in (0..rounds).flat_map(|_| modes) {
-        let fwd = set_up(&t, mode)?;
+        let mut fwd = set_up(&t, mode)?;
         for &flows in flow_counts {
             // A warm-up round creates the flows (conntrack, ARP), then the measured one.
             generate(&mut t, flows, flows.max(10_000))?;
             let (sent, arrived, seconds) = generate(&mut t, flows, packets)?;
+            let ns_per_packet = live_cost(&mut t, &mut fwd, flows)?;
             out.push(Sample {
                 mode,
                 flows,
                 sent,
                 arrived,
                 seconds,
+                ns_per_packet,
             });
         }
         drop(fwd);
@@ -366,10 +444,102 @@ pub fn run(flow_counts: &[u32], packets: u32, rounds: usize) -> Result<Vec<Sampl
     Ok(out)
 }
 
+/// The forwarder's CPU at a fixed offered load: the share of the measuring CPU's time
+/// spent in softirq (where the veths' receive work runs: the forwarder's, and the sink's,
+/// the same in every mode) while `pps` frames per second of `flows` flows were offered.
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub mode: Mode,
+    pub pps: u32,
+    pub sent: u64,
+    pub arrived: u64,
+    /// Softirq time over wall time on the CPU the pipeline runs on (0..1).
+    pub softirq: f64,
+}
+
+/// `Load` for every mode, `rounds` rounds with the modes taking turns, each `seconds` long.
+pub fn fixed_load(flows: u32, pps: u32, seconds: f64, rounds: usize) -> Result<Vec<Load>> {
+    let mut t = Topology::new()?;
+    let mut out = Vec::new();
+    let modes = [Mode::XdpNat, Mode::Nftables, Mode::BareRedirect];
+    for mode in (0..rounds).flat_map(|_| modes) {
+        let fwd = set_up(&t, mode)?;
+        generate(&mut t, flows, flows.max(10_000))?;
+        let frame = t.frame()?;
+        let before = t.rx_packets()?;
+        let (sent, softirq) = send_paced(&t.gen_ns.name, "gen0", frame, flows, pps, seconds)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let arrived = t.rx_packets()? - before;
+        out.push(Load {
+            mode,
+            pps,
+            sent,
+            arrived,
+            softirq,
+        });
+        drop(fwd);
+        tear_down(&t, mode)?;
+    }
+    Ok(out)
+}
+
+/// Per CPU, from /proc/stat: (softirq, all) time in clock ticks.
+fn cpu_ticks(cpu: usize) -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .with_context(|| format!("no {name} in /proc/stat"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let softirq = *v.get(6).context("short /proc/stat line")?;
+    Ok((softirq, v.iter().take(8).sum()))
+}
+
+/// Sends frames as `send` does, but paced: `pps` frames per second for `seconds`, in
+/// batches every 2 ms; returns the frames sent and the softirq share of the sending CPU's
+/// time meanwhile (the whole pipeline runs there: see `send`).
+fn send_paced(
+    ns: &str,
+    dev: &str,
+    frame: Vec<u8>,
+    flows: u32,
+    pps: u32,
+    seconds: f64,
+) -> Result<(u64, f64)> {
+    let dev = dev.to_string();
+    in_ns(ns, move || {
+        let cpu = pin_to_last_cpu();
+        let mut g = Generator::new(&frame, flows, &dev)?;
+        const PERIOD: Duration = Duration::from_millis(2);
+        let batch = (pps as f64 * PERIOD.as_secs_f64()).round().max(1.0) as u32;
+        let periods = (seconds / PERIOD.as_secs_f64()).round() as u32;
+        let (s0, a0) = cpu_ticks(cpu)?;
+        let start = Instant::now();
+        let mut sent = 0u64;
+        for i in 1..=periods {
+            g.send(&frame, batch)?;
+            sent += batch as u64;
+            if let Some(wait) = (PERIOD * i).checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let (s1, a1) = cpu_ticks(cpu)?;
+        anyhow::ensure!(a1 > a0, "no CPU time accounted");
+        Ok((sent, (s1 - s0) as f64 / (a1 - a0) as f64))
+    })
+}
+
 /// Keeps the calling thread on one CPU (the last): BPF_PROG_TEST_RUN runs the program on
 /// the caller's CPU, and a migration between calls would put cold caches into one side of
 /// a comparison.
-pub fn pin_to_last_cpu() {
+/// Returns that CPU's number.
+pub fn pin_to_last_cpu() -> usize {
     // SAFETY: a zeroed cpu_set_t filled through libc's own macro; sched_setaffinity on the
     // calling thread only.
     unsafe {
@@ -377,5 +547,6 @@ pub fn pin_to_last_cpu() {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(n - 1, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        n - 1
     }
 }

@@ -213,24 +213,22 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
 /// Mpps through the forwarder: privatelink's XDP NAT against the kernel's nftables NAT and
 /// a bare XDP redirect, on the same veth topology, with 1, 1 000 and 100 000 flows.
 fn throughput() -> Result<String> {
-    use privatelink_tests::throughput::{Mode, run};
+    use privatelink_tests::throughput::{Mode, fixed_load, run};
     const PACKETS: u32 = 1_000_000;
     const ROUNDS: usize = 3;
     const FLOWS: [u32; 3] = [1, 1000, 100_000];
     let samples = run(&FLOWS, PACKETS, ROUNDS)?;
-    let rounds = |m: Mode, flows: u32| -> Vec<f64> {
+    let of = |m: Mode, flows: u32, f: &dyn Fn(&privatelink_tests::throughput::Sample) -> f64| {
         samples
             .iter()
             .filter(|s| s.mode == m && s.flows == flows)
-            .map(|s| s.mpps())
-            .collect()
+            .map(f)
+            .collect::<Vec<f64>>()
     };
-    let med = |mut v: Vec<f64>| -> f64 {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
+    let rounds = |m: Mode, flows: u32| of(m, flows, &|s| s.mpps());
+    let live = |m: Mode, flows: u32| of(m, flows, &|s| s.ns_per_packet.unwrap_or(0.0));
     let mut t = String::from(
-        "| flows | (a) privatelink Mpps | (b) nftables Mpps | (c) bare redirect Mpps | a/b | a/c |\n|---:|---:|---:|---:|---:|---:|\n",
+        "| flows | (a) privatelink Mpps | (b) nftables Mpps | (c) bare redirect Mpps | a/b | a/c | live: (a) ns/pkt | (c) ns/pkt | a/c |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for flows in FLOWS {
         let (a, b, c) = (
@@ -241,26 +239,74 @@ fn throughput() -> Result<String> {
         // Ratios within each round, then their median.
         let ab = med(a.iter().zip(&b).map(|(a, b)| a / b.max(1e-9)).collect());
         let ac = med(a.iter().zip(&c).map(|(a, c)| a / c.max(1e-9)).collect());
+        let (la, lc) = (live(Mode::XdpNat, flows), live(Mode::BareRedirect, flows));
+        let lac = med(la.iter().zip(&lc).map(|(a, c)| a / c.max(1e-9)).collect());
         let _ = writeln!(
             t,
-            "| {flows} | {:.3} | {:.3} | {:.3} | {ab:.2}x | {:.0} % |",
+            "| {flows} | {:.3} | {:.3} | {:.3} | {ab:.2}x | {:.0} % | {:.0} | {:.0} | {lac:.2}x |",
             med(a),
             med(b),
             med(c),
-            100.0 * ac
+            100.0 * ac,
+            med(la),
+            med(lc),
         );
     }
     let lost: u64 = samples
         .iter()
         .map(|s| s.sent.saturating_sub(s.arrived))
         .sum();
+
+    // The CPU each mode takes for the same traffic, well below nftables' limit.
+    const LOAD_FLOWS: u32 = 1000;
+    const LOAD_PPS: u32 = 300_000;
+    const LOAD_SECONDS: f64 = 4.0;
+    let loads = fixed_load(LOAD_FLOWS, LOAD_PPS, LOAD_SECONDS, ROUNDS)?;
+    let share = |m: Mode| -> Vec<f64> {
+        loads
+            .iter()
+            .filter(|l| l.mode == m)
+            .map(|l| l.softirq)
+            .collect()
+    };
+    let nft = share(Mode::Nftables);
+    let mut l = String::from(
+        "| mode | offered | arrived | softirq CPU | to nftables |\n|---|---:|---:|---:|---:|\n",
+    );
+    for m in [Mode::XdpNat, Mode::Nftables, Mode::BareRedirect] {
+        let x = share(m);
+        let ratio = med(x.iter().zip(&nft).map(|(x, n)| x / n.max(1e-9)).collect());
+        let (sent, arrived) = loads
+            .iter()
+            .filter(|l| l.mode == m)
+            .fold((0, 0), |(s, a), l| (s + l.sent, a + l.arrived));
+        let _ = writeln!(
+            l,
+            "| {} | {} kpps | {:.1} % | {:.1} % | {ratio:.2}x |",
+            m.label(),
+            LOAD_PPS / 1000,
+            100.0 * arrived as f64 / sent.max(1) as f64,
+            100.0 * med(x),
+        );
+    }
     let out = format!(
         "\nThroughput on veth (generator: BPF_F_TEST_XDP_LIVE_FRAMES, {PACKETS} 64-byte UDP frames per run, counted at the \
          sink's interface; medians of {ROUNDS} rounds, the modes taking turns; ratios within each round; {lost} frames \
-         lost in all)\n\n{t}"
+         lost in all). Live: the forwarder's program's run_time_ns / run_cnt (BPF_ENABLE_STATS) over {} more frames \
+         of the same flows, in a run of their own.\n\n{t}\nThe same pipeline at a fixed offered load ({LOAD_FLOWS} flows, \
+         {LOAD_SECONDS} s per round, {ROUNDS} rounds, modes taking turns): the share of its CPU's time in softirq, where \
+         the forwarder's work runs (and the sink's, the same in every mode); ratio to nftables within each round, then \
+         the median.\n\n{l}",
+        privatelink_tests::throughput::STATS_PACKETS
     );
     print!("{out}");
     Ok(out)
+}
+
+/// The median of `v` (0 if empty).
+fn med(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Daemon restart (kill -9, start, ready) with `flows` live flows in the pinned conntrack
@@ -970,10 +1016,6 @@ fn dns() -> Result<String> {
             let b = dnsperf(ns, bind, &file, SECONDS, Some(LATENCY_QPS), false)?;
             lat.push((a, b));
         }
-        let med = |mut v: Vec<f64>| -> f64 {
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
-        };
         let lost: u64 = qps
             .iter()
             .chain(&tcp)
