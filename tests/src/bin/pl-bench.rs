@@ -45,6 +45,10 @@ fn main() -> Result<()> {
         print!("{}", per_packet(only.map(String::as_str))?);
         return Ok(());
     }
+    if args.iter().any(|a| a == "--load-only") {
+        print!("{}", cpu_at_load()?);
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--throughput-only") {
         print!("{}", throughput()?);
         return Ok(());
@@ -73,9 +77,10 @@ fn main() -> Result<()> {
         return Ok(());
     }
     type Section<'a> = (&'static str, Box<dyn Fn() -> Result<String> + 'a>);
-    let sections: [Section; 6] = [
+    let sections: [Section; 7] = [
         ("per-packet cost", Box::new(|| per_packet(None))),
         ("throughput", Box::new(throughput)),
+        ("CPU at a fixed load", Box::new(cpu_at_load)),
         // Before the multi-gigabyte conntrack tables: freeing them leaves the machine busy
         // reclaiming memory, which showed as fsync latency in the API figures.
         ("control plane", Box::new(|| control_plane(1000))),
@@ -213,7 +218,7 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
 /// Mpps through the forwarder: privatelink's XDP NAT against the kernel's nftables NAT and
 /// a bare XDP redirect, on the same veth topology, with 1, 1 000 and 100 000 flows.
 fn throughput() -> Result<String> {
-    use privatelink_tests::throughput::{Mode, fixed_load, run};
+    use privatelink_tests::throughput::{Mode, run};
     const PACKETS: u32 = 1_000_000;
     const ROUNDS: usize = 3;
     const FLOWS: [u32; 3] = [1, 1000, 100_000];
@@ -257,50 +262,67 @@ fn throughput() -> Result<String> {
         .map(|s| s.sent.saturating_sub(s.arrived))
         .sum();
 
-    // The CPU each mode takes for the same traffic, well below nftables' limit.
-    const LOAD_FLOWS: u32 = 1000;
-    const LOAD_PPS: u32 = 300_000;
-    const LOAD_SECONDS: f64 = 4.0;
-    let loads = fixed_load(LOAD_FLOWS, LOAD_PPS, LOAD_SECONDS, ROUNDS)?;
-    let share = |m: Mode| -> Vec<f64> {
-        loads
-            .iter()
-            .filter(|l| l.mode == m)
-            .map(|l| l.softirq)
-            .collect()
-    };
-    let nft = share(Mode::Nftables);
-    let mut l = String::from(
-        "| mode | offered | arrived | softirq CPU | to nftables |\n|---|---:|---:|---:|---:|\n",
-    );
-    for m in [Mode::XdpNat, Mode::Nftables, Mode::BareRedirect] {
-        let x = share(m);
-        let ratio = med(x.iter().zip(&nft).map(|(x, n)| x / n.max(1e-9)).collect());
-        let (sent, arrived) = loads
-            .iter()
-            .filter(|l| l.mode == m)
-            .fold((0, 0), |(s, a), l| (s + l.sent, a + l.arrived));
-        let _ = writeln!(
-            l,
-            "| {} | {} kpps | {:.1} % | {:.1} % | {ratio:.2}x |",
-            m.label(),
-            LOAD_PPS / 1000,
-            100.0 * arrived as f64 / sent.max(1) as f64,
-            100.0 * med(x),
-        );
-    }
     let out = format!(
         "\nThroughput on veth (generator: BPF_F_TEST_XDP_LIVE_FRAMES, {PACKETS} 64-byte UDP frames per run, counted at the \
          sink's interface; medians of {ROUNDS} rounds, the modes taking turns; ratios within each round; {lost} frames \
          lost in all). Live: the forwarder's program's run_time_ns / run_cnt (BPF_ENABLE_STATS) over {} more frames \
-         of the same flows, in a run of their own.\n\n{t}\nThe same pipeline at a fixed offered load ({LOAD_FLOWS} flows, \
-         {LOAD_SECONDS} s per round, {ROUNDS} rounds, modes taking turns): the share of its CPU's time in softirq, where \
-         the forwarder's work runs (and the sink's, the same in every mode); ratio to nftables within each round, then \
-         the median.\n\n{l}",
+         of the same flows, in a run of their own.\n\n{t}",
         privatelink_tests::throughput::STATS_PACKETS
     );
-    print!("{out}");
     Ok(out)
+}
+
+/// The CPU the forwarding pipeline takes at a fixed offered load, below every mode's
+/// limit: each mode's busy share of the CPU, and the forwarder's own part (over the
+/// generator-only baseline of the same round) as a ratio to nftables'.
+fn cpu_at_load() -> Result<String> {
+    use privatelink_tests::throughput::{LOAD_MODES, Mode, fixed_load};
+    const FLOWS: u32 = 1000;
+    const PPS: u32 = 300_000;
+    const SECONDS: f64 = 5.0;
+    const ROUNDS: usize = 3;
+    let loads = fixed_load(FLOWS, PPS, SECONDS, ROUNDS)?;
+    let busy = |m: Mode| -> Vec<f64> {
+        loads
+            .iter()
+            .filter(|l| l.mode == m)
+            .map(|l| l.busy)
+            .collect()
+    };
+    let base = busy(Mode::IngressDrop);
+    let over = |m: Mode| -> Vec<f64> { busy(m).iter().zip(&base).map(|(b, z)| b - z).collect() };
+    let nft = over(Mode::Nftables);
+    let mut t = String::from(
+        "| mode | arrived | CPU busy | over the baseline | to nftables |\n|---|---:|---:|---:|---:|\n",
+    );
+    for m in LOAD_MODES {
+        let (sent, arrived) = loads
+            .iter()
+            .filter(|l| l.mode == m)
+            .fold((0, 0), |(s, a), l| (s + l.sent, a + l.arrived));
+        let x = over(m);
+        let ratio = if m == Mode::IngressDrop {
+            "-".to_string()
+        } else {
+            let r = med(x.iter().zip(&nft).map(|(x, n)| x / n.max(1e-9)).collect());
+            format!("{r:.2}x")
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {:.1} % | {:.1} % | {:.1} % | {ratio} |",
+            m.label(),
+            100.0 * arrived as f64 / sent.max(1) as f64,
+            100.0 * med(busy(m)),
+            100.0 * med(x),
+        );
+    }
+    Ok(format!(
+        "\nCPU at a fixed offered load ({} kpps of 64-byte UDP frames over {FLOWS} flows, {SECONDS} s per round, \
+         {ROUNDS} rounds with the modes taking turns; the whole pipeline on one CPU, its busy share from /proc/stat; \
+         the forwarder's part is a mode's busy share minus the same round's baseline, where the forwarder drops every \
+         frame at its ingress; medians, ratios within each round)\n\n{t}",
+        PPS / 1000
+    ))
 }
 
 /// The median of `v` (0 if empty).
