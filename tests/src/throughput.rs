@@ -74,6 +74,8 @@ pub enum Mode {
     XdpNat,
     Nftables,
     BareRedirect,
+    /// The bare redirect through `bpf_redirect_map` and a DEVMAP instead of `bpf_redirect`.
+    BareRedirectMap,
     /// No forwarding: the forwarder's ingress drops every frame (`privatelink_count`), so
     /// only the generator's work is left on the CPU: the fixed-load baseline.
     IngressDrop,
@@ -85,6 +87,7 @@ impl Mode {
             Mode::XdpNat => "(a) privatelink XDP NAT",
             Mode::Nftables => "(b) kernel forwarding, nftables DNAT+SNAT, conntrack",
             Mode::BareRedirect => "(c) bare XDP redirect",
+            Mode::BareRedirectMap => "(d) bare XDP redirect through a DEVMAP",
             Mode::IngressDrop => "(0) none: dropped at the forwarder's ingress",
         }
     }
@@ -205,6 +208,7 @@ impl Forwarder {
         let p = match (self.mode, &mut self.dp) {
             (Mode::XdpNat, Some(dp)) => dp.program()?,
             (Mode::BareRedirect, _) => self.reference.program("privatelink_redirect")?,
+            (Mode::BareRedirectMap, _) => self.reference.program("privatelink_redirect_map")?,
             _ => return Ok(None),
         };
         let info = p.info()?;
@@ -273,6 +277,15 @@ fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
                     Array::try_from(obj.map_mut("PL_BASE_TARGET").context("no map")?)?;
                 m.set(0, fp0.ifindex, 0)?;
                 attach_reference(&mut reference, "privatelink_redirect", "fc0")?;
+                None
+            }
+            Mode::BareRedirectMap => {
+                let fp0 = dataplane::resolve_link("fp0").map_err(anyhow::Error::msg)?;
+                let obj = reference.object()?;
+                let mut m =
+                    aya::maps::DevMap::try_from(obj.map_mut("PL_BASE_DEVS").context("no map")?)?;
+                m.set(0, fp0.ifindex, None, 0)?;
+                attach_reference(&mut reference, "privatelink_redirect_map", "fc0")?;
                 None
             }
             Mode::IngressDrop => {
@@ -423,14 +436,18 @@ impl Sample {
     }
 }
 
-/// Every mode with every flow count, on one topology.
-pub fn run(flow_counts: &[u32], packets: u32, rounds: usize) -> Result<Vec<Sample>> {
+/// Every mode of `modes` with every flow count, on one topology.
+pub fn run(
+    modes: &[Mode],
+    flow_counts: &[u32],
+    packets: u32,
+    rounds: usize,
+) -> Result<Vec<Sample>> {
     let mut t = Topology::new()?;
     let mut out = Vec::new();
     // Modes take turns round after round, so a slow spell of a shared machine does not
     // land on one mode only.
-    let modes = [Mode::XdpNat, Mode::Nftables, Mode::BareRedirect];
-    for mode in (0..rounds).flat_map(|_| modes) {
+    for &mode in (0..rounds).flat_map(|_| modes) {
         let mut fwd = set_up(&t, mode)?;
         for &flows in flow_counts {
             // A warm-up round creates the flows (conntrack, ARP), then the measured one.

@@ -6,6 +6,8 @@
 //!   trivial baseline.
 //! - `privatelink_redirect` redirects every frame, untouched, to the interface in
 //!   `PL_BASE_TARGET[0]`: the bare-redirect baseline of the throughput benchmark.
+//!   `privatelink_redirect_map` does the same through `bpf_redirect_map` and the DEVMAP
+//!   `PL_BASE_DEVS` (slot 0): the benchmark compares the two helpers.
 //! - `privatelink_count` counts every frame but ARP in `PL_SINK_COUNT` and drops it: the
 //!   throughput benchmark's sink, the same cheap end for every mode.
 //! - `privatelink_gen`, run with BPF_F_TEST_XDP_LIVE_FRAMES, is the benchmark's packet
@@ -21,7 +23,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, PerCpuArray, ProgramArray},
+    btf_maps::{Array, DevMap, PerCpuArray, ProgramArray},
     helpers::{bpf_redirect, bpf_xdp_adjust_head},
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -56,6 +58,16 @@ pub fn privatelink_redirect(_ctx: XdpContext) -> u32 {
         Some(&ifindex) if ifindex != 0 => unsafe { bpf_redirect(ifindex, 0) as u32 },
         _ => xdp_action::XDP_PASS,
     }
+}
+
+#[btf_map]
+static PL_BASE_DEVS: DevMap<1> = DevMap::new();
+
+#[xdp]
+pub fn privatelink_redirect_map(_ctx: XdpContext) -> u32 {
+    PL_BASE_DEVS
+        .redirect(0, u64::from(xdp_action::XDP_PASS))
+        .unwrap_or(xdp_action::XDP_PASS)
 }
 
 #[btf_map]

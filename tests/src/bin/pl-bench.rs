@@ -216,13 +216,20 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
 }
 
 /// Mpps through the forwarder: privatelink's XDP NAT against the kernel's nftables NAT and
-/// a bare XDP redirect, on the same veth topology, with 1, 1 000 and 100 000 flows.
+/// a bare XDP redirect (by `bpf_redirect`, and by `bpf_redirect_map` through a DEVMAP), on
+/// the same veth topology, with 1, 1 000 and 100 000 flows.
 fn throughput() -> Result<String> {
     use privatelink_tests::throughput::{Mode, run};
     const PACKETS: u32 = 1_000_000;
     const ROUNDS: usize = 3;
     const FLOWS: [u32; 3] = [1, 1000, 100_000];
-    let samples = run(&FLOWS, PACKETS, ROUNDS)?;
+    const MODES: [Mode; 4] = [
+        Mode::XdpNat,
+        Mode::Nftables,
+        Mode::BareRedirect,
+        Mode::BareRedirectMap,
+    ];
+    let samples = run(&MODES, &FLOWS, PACKETS, ROUNDS)?;
     let of = |m: Mode, flows: u32, f: &dyn Fn(&privatelink_tests::throughput::Sample) -> f64| {
         samples
             .iter()
@@ -233,28 +240,37 @@ fn throughput() -> Result<String> {
     let rounds = |m: Mode, flows: u32| of(m, flows, &|s| s.mpps());
     let live = |m: Mode, flows: u32| of(m, flows, &|s| s.ns_per_packet.unwrap_or(0.0));
     let mut t = String::from(
-        "| flows | (a) privatelink Mpps | (b) nftables Mpps | (c) bare redirect Mpps | a/b | a/c | live: (a) ns/pkt | (c) ns/pkt | a/c |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| flows | (a) privatelink Mpps | (b) nftables Mpps | (c) bare redirect Mpps | (d) by DEVMAP Mpps | a/b | a/c | d/c | live: (a) ns/pkt | (c) ns/pkt | (d) ns/pkt | a/c |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for flows in FLOWS {
-        let (a, b, c) = (
+        let (a, b, c, d) = (
             rounds(Mode::XdpNat, flows),
             rounds(Mode::Nftables, flows),
             rounds(Mode::BareRedirect, flows),
+            rounds(Mode::BareRedirectMap, flows),
         );
         // Ratios within each round, then their median.
         let ab = med(a.iter().zip(&b).map(|(a, b)| a / b.max(1e-9)).collect());
         let ac = med(a.iter().zip(&c).map(|(a, c)| a / c.max(1e-9)).collect());
-        let (la, lc) = (live(Mode::XdpNat, flows), live(Mode::BareRedirect, flows));
+        let dc = med(d.iter().zip(&c).map(|(d, c)| d / c.max(1e-9)).collect());
+        let (la, lc, ld) = (
+            live(Mode::XdpNat, flows),
+            live(Mode::BareRedirect, flows),
+            live(Mode::BareRedirectMap, flows),
+        );
         let lac = med(la.iter().zip(&lc).map(|(a, c)| a / c.max(1e-9)).collect());
         let _ = writeln!(
             t,
-            "| {flows} | {:.3} | {:.3} | {:.3} | {ab:.2}x | {:.0} % | {:.0} | {:.0} | {lac:.2}x |",
+            "| {flows} | {:.3} | {:.3} | {:.3} | {:.3} | {ab:.2}x | {:.0} % | {:.0} % | {:.0} | {:.0} | {:.0} | {lac:.2}x |",
             med(a),
             med(b),
             med(c),
+            med(d),
             100.0 * ac,
+            100.0 * dc,
             med(la),
             med(lc),
+            med(ld),
         );
     }
     let lost: u64 = samples
