@@ -10,9 +10,12 @@
 //!   and listeners; what the host's own stack may see.
 //! - `nat`, `conntrack`: the rewrite of a packet by its flow entry; the flow table (keys,
 //!   creation, SNAT claims, liveness, TCP tracking, new-flow tokens).
-//! - `established`: the fast path for flows checked under the current epoch.
-//! - `arp`, `icmp`, `geneve`: ARP answers, learning and probes; ICMP echo and error
-//!   translation (and the frag-needed error GWLB sends); GENEVE encapsulation.
+//! - `geneve`: GENEVE encapsulation (the outer headers from a compile-time template) and
+//!   decapsulation.
+//! - `established`: the fast path for flows checked under the current epoch (NAT flows
+//!   rewritten, GWLB flows encapsulated).
+//! - `arp`, `icmp`: ARP answers, learning and probes; ICMP echo and error translation
+//!   (and the frag-needed error GWLB sends).
 //! - `forward`, `reply`, `gwlb`: the paths of NATed flows (consumer → service and back)
 //!   and of GWLB flows (to the appliance and back).
 //! - `gwlb6_icmp`, `gwlb6`: IPv6 GWLB flows (IPv6 inside GENEVE) and the ICMPv6 messages

@@ -3,8 +3,9 @@
 //! - `privatelink_pass` returns every frame to the kernel: attached to the far end of a
 //!   veth pair (`pl-xdp-pass`), since the kernel delivers XDP-redirected frames into a veth
 //!   only when its peer runs an XDP program;
-//! - `privatelink_tx`, `privatelink_redirect`, `privatelink_count`, `privatelink_gen` and
-//!   `privatelink_replay`: the benchmarks' baselines, sink, generator and replayer.
+//! - `privatelink_tx`, `privatelink_redirect`, `privatelink_redirect_map`,
+//!   `privatelink_count`, `privatelink_gen` and `privatelink_replay`: the benchmarks'
+//!   baselines, sink, generator and replayer.
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
@@ -27,8 +28,8 @@ pub struct Reference {
 
 impl Reference {
     /// One of the reference programs (`privatelink_pass`, `privatelink_tx`,
-    /// `privatelink_redirect`, `privatelink_count`, `privatelink_gen`,
-    /// `privatelink_replay`), loaded on first use.
+    /// `privatelink_redirect`, `privatelink_redirect_map`, `privatelink_count`,
+    /// `privatelink_gen`, `privatelink_replay`), loaded on first use.
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
         let p = xdp_program(self.object()?, name)?;
         if p.fd().is_err() {
