@@ -36,21 +36,22 @@ fn median(v: &mut [u64]) -> f64 {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    // Every section prints its table when done and returns it for results/bench.md.
     // `--per-packet-only [--path NAME]`: the per-packet table (or the paths named so).
     if args.iter().any(|a| a == "--per-packet-only") {
         let only = args
             .iter()
             .position(|a| a == "--path")
             .and_then(|i| args.get(i + 1));
-        print!("{}", per_packet(only.map(String::as_str))?);
+        per_packet(only.map(String::as_str))?;
         return Ok(());
     }
     if args.iter().any(|a| a == "--load-only") {
-        print!("{}", cpu_at_load()?);
+        cpu_at_load()?;
         return Ok(());
     }
     if args.iter().any(|a| a == "--throughput-only") {
-        print!("{}", throughput()?);
+        throughput()?;
         return Ok(());
     }
     // `--flows 1000000,10000000`: the conntrack scale points (default: both).
@@ -61,19 +62,19 @@ fn main() -> Result<()> {
         .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![1_000_000, 10_000_000]);
     if args.iter().any(|a| a == "--restart-only") {
-        print!("{}", restart_with_flows(1_000_000)?);
+        restart_with_flows(1_000_000)?;
         return Ok(());
     }
     if args.iter().any(|a| a == "--control-only") {
-        print!("{}", control_plane(1000)?);
+        control_plane(1000)?;
         return Ok(());
     }
     if args.iter().any(|a| a == "--dns-only") {
-        print!("{}", dns()?);
+        dns()?;
         return Ok(());
     }
     if args.iter().any(|a| a == "--conntrack-only") {
-        print!("{}", conntrack_scale(&flows)?);
+        conntrack_scale(&flows)?;
         return Ok(());
     }
     type Section<'a> = (&'static str, Box<dyn Fn() -> Result<String> + 'a>);
@@ -285,6 +286,7 @@ fn throughput() -> Result<String> {
          of the same flows, in a run of their own.\n\n{t}",
         privatelink_tests::throughput::STATS_PACKETS
     );
+    print!("{out}");
     Ok(out)
 }
 
@@ -332,13 +334,15 @@ fn cpu_at_load() -> Result<String> {
             100.0 * med(x),
         );
     }
-    Ok(format!(
+    let out = format!(
         "\nCPU at a fixed offered load ({} kpps of 64-byte UDP frames over {FLOWS} flows, {SECONDS} s per round, \
          {ROUNDS} rounds with the modes taking turns; the whole pipeline on one CPU, its busy share from /proc/stat; \
          the forwarder's part is a mode's busy share minus the same round's baseline, where the forwarder drops every \
          frame at its ingress; medians, ratios within each round)\n\n{t}",
         PPS / 1000
-    ))
+    );
+    print!("{out}");
+    Ok(out)
 }
 
 /// The median of `v` (0 if empty).
