@@ -226,6 +226,10 @@ pub const IFACE_FLAG_APPLIANCES: u8 = 2;
 /// host's stack sees only what `PL_HOST` admits, and everything else is dropped
 /// (`drop_host_isolated`).
 pub const IFACE_FLAG_HOST_TRAFFIC: u8 = 4;
+/// `IfaceInfo::flags`: the VPC holds endpoint ENIs or SNAT addresses: only then is a
+/// packet's destination looked up in `PL_ENDPOINTS` and `PL_SNAT_ADDRS` (a VPC of GWLB
+/// appliances only, or of consumers of gateway endpoints only, spares both misses).
+pub const IFACE_FLAG_ADDRESSES: u8 = 8;
 
 /// Value of `PL_HOST` (key: VPC + address): an address of the host's own in that VPC
 /// (the GWLB address health checks leave from), or a peer it talks to there (an appliance

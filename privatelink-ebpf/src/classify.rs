@@ -9,7 +9,7 @@
 
 use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, programs::XdpContext};
 use privatelink_common::{
-    ENI_FLAG_FLOW_LOG, ENI_FLAG_GWLB, EndpointEni, FLOW_INGRESS, GENEVE_PORT,
+    ENI_FLAG_FLOW_LOG, ENI_FLAG_GWLB, EndpointEni, FLOW_INGRESS, GENEVE_PORT, IFACE_FLAG_ADDRESSES,
     IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS, IfaceInfo, PATH_FORWARD, PATH_GWLB_RETURN,
     PATH_GWLB_STEER, PATH_ICMP_ENDPOINT, PATH_ICMP_SNAT, PATH_IPV6, PATH_REPLY, PROTO_ICMP,
     PROTO_TCP, PROTO_UDP, Reason, VpcAddr,
@@ -100,11 +100,16 @@ fn classify(
     };
     // What the destination is to us. Each path past this point is a program of its own
     // (`crate::paths`), tail-called with what was found here.
+    // Only a VPC that holds endpoint ENIs or SNAT addresses has its destinations looked up.
+    let ours = iface.flags & IFACE_FLAG_ADDRESSES != 0;
     // SAFETY: values are copied out of the maps.
-    let target = if let Some(eni) = unsafe { PL_ENDPOINTS.get(dst) }.copied() {
+    let target = if let Some(eni) = ours
+        .then(|| unsafe { PL_ENDPOINTS.get(dst) }.copied())
+        .flatten()
+    {
         *entry = eni;
         Target::Endpoint
-    } else if unsafe { PL_SNAT_ADDRS.get(dst) }.is_some() {
+    } else if ours && unsafe { PL_SNAT_ADDRS.get(dst) }.is_some() {
         Target::Snat
     } else if iface.flags & IFACE_FLAG_APPLIANCES != 0
         && pkt.proto == PROTO_UDP

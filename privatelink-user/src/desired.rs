@@ -7,11 +7,11 @@ use privatelink_common::{
     Appliance, ApplianceSet, ConnectionState, CounterKey, ENI_FLAG_ACL, ENI_FLAG_FLOW_LOG,
     ENI_FLAG_GATEWAY, ENI_FLAG_GWLB, ENI_FLAG_LB_SET, ENI_FLAG_REBALANCE, ENI_FLAG_SG,
     ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3, ENI_FLAG_WHITELISTED, EndpointEni, EndpointEni6,
-    GatewayRoute, GatewayRoute6, GwlbZone, HOST_ADDR, HOST_DNS, IFACE_FLAG_APPLIANCES,
-    IFACE_FLAG_GATEWAYS, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, LbSet, Listener, ListenerSet,
-    MAX_APPLIANCES, MAX_LBS_PER_ZONE, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    RULE_ACCEPT, RULE_DROP, Rule, Rule6, RuleSet, RuleSet6, SnatPool, SnatPool6, VpcAddr, VpcAddr6,
-    VpcPort, gateway_policy6, host_peer,
+    GatewayRoute, GatewayRoute6, GwlbZone, HOST_ADDR, HOST_DNS, IFACE_FLAG_ADDRESSES,
+    IFACE_FLAG_APPLIANCES, IFACE_FLAG_GATEWAYS, IFACE_FLAG_HOST_TRAFFIC, IfaceInfo, LbSet,
+    Listener, ListenerSet, MAX_APPLIANCES, MAX_LBS_PER_ZONE, MAX_SNAT_ADDRS, PROTO_ANY, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, RULE_ACCEPT, RULE_DROP, Rule, Rule6, RuleSet, RuleSet6, SnatPool,
+    SnatPool6, VpcAddr, VpcAddr6, VpcPort, gateway_policy6, host_peer,
 };
 
 use crate::model::{
@@ -485,6 +485,18 @@ pub fn compute_with_hops(
             addr: h.addr,
         })
         .collect();
+    // From the maps themselves, so the flag cannot disagree with what they hold.
+    let held: BTreeSet<u32> = d
+        .endpoints
+        .keys()
+        .chain(d.snat_addrs.keys())
+        .map(|k| k.vpc_id)
+        .collect();
+    for i in d.ifaces.values_mut() {
+        if held.contains(&i.vpc_id) {
+            i.flags |= IFACE_FLAG_ADDRESSES;
+        }
+    }
     Ok(d)
 }
 
@@ -614,8 +626,6 @@ fn gateway_endpoint(
     let _ = state;
 }
 
-/// `IFACE_FLAG_GATEWAYS` when the VPC has gateway or GWLB endpoints (routes are looked
-/// up), `IFACE_FLAG_APPLIANCES` when it holds a GWLB service's appliances.
 /// The data path's view of one endpoint address (ENI, gateway route target or GWLB ENI).
 fn endpoint_entry(
     ep: &crate::model::Endpoint,
@@ -648,6 +658,10 @@ fn endpoint_entry(
     }
 }
 
+/// `IFACE_FLAG_HOST_TRAFFIC` as the VPC says, `IFACE_FLAG_GATEWAYS` when the VPC has
+/// gateway or GWLB endpoints (routes are looked up), `IFACE_FLAG_APPLIANCES` when it holds
+/// a GWLB service's appliances. (`IFACE_FLAG_ADDRESSES` comes from the finished maps, at
+/// the end of `compute_with_hops`.)
 fn iface_flags(state: &State, vpc: &str) -> u8 {
     let mut flags = 0;
     if state.vpc(vpc).is_some_and(|v| v.host_traffic) {
@@ -1118,10 +1132,17 @@ mod tests {
             assert_eq!(d.gw_addrs[&key], numeric_id(ep));
             assert!(!d.endpoints.contains_key(&key));
         }
-        // Interfaces: the consumer VPC looks routes up, the security VPC takes GENEVE back.
+        // Interfaces: the consumer VPC looks routes up, the security VPC takes GENEVE back;
+        // neither holds an endpoint ENI or a SNAT address, so neither looks those up. The
+        // lab's consumer VPC holds an ENI, its provider VPC SNAT addresses.
         assert_eq!(d.ifaces[&11].flags, IFACE_FLAG_GATEWAYS);
         assert_eq!(d.ifaces[&9].flags, IFACE_FLAG_APPLIANCES);
-        assert_eq!(d.ifaces[&5].flags, 0);
+        assert_eq!(d.ifaces[&5].flags, IFACE_FLAG_ADDRESSES);
+        assert_eq!(d.ifaces[&7].flags, IFACE_FLAG_ADDRESSES);
+        let mut without = s.clone();
+        without.endpoints.retain(|e| e.vpc != "vpc-a");
+        let d2 = compute(&without, links, &Unhealthy::new()).unwrap();
+        assert_eq!(d2.ifaces[&5].flags, 0, "vpc-a's last ENI gone");
         assert_eq!(d.vpc_ports[&numeric_id("vpc-b")].mtu, 9000);
         assert_eq!(d.vpc_ports[&numeric_id("vpc-s")].mtu, 1500);
         // Same zone first, sorted.
