@@ -485,7 +485,10 @@ pub fn compute_with_hops(
             addr: h.addr,
         })
         .collect();
-    // From the maps themselves, so the flag cannot disagree with what they hold.
+    // From the maps' content itself, so the flag agrees with it. (The sync writes
+    // `PL_IFACES` first: a VPC's first address finds its flag already set; when its last
+    // goes, the flag clears a few writes before the address does, whose packets then get
+    // the verdict they get once it is gone.)
     let held: BTreeSet<u32> = d
         .endpoints
         .keys()

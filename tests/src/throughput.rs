@@ -9,8 +9,8 @@
 //! veth (XDP_TX), so no userspace packet path is measured.
 //!
 //! Beside the rates: what the forwarder's program costs per packet on this live traffic,
-//! by the kernel's own run statistics (`live_cost`), and the CPU the pipeline takes in
-//! softirq at a fixed offered load, below every mode's limit (`fixed_load`).
+//! by the kernel's own run statistics (`live_cost`), and how busy the pipeline keeps its
+//! CPU at a fixed offered load, below every mode's limit (`fixed_load`).
 
 use std::time::{Duration, Instant};
 
@@ -418,12 +418,13 @@ pub const STATS_PACKETS: u32 = 200_000;
 /// The forwarder's program's cost per packet over `STATS_PACKETS` frames of `flows`
 /// flows, with the kernel's run statistics on for that run only.
 fn live_cost(t: &mut Topology, fwd: &mut Forwarder, flows: u32) -> Result<Option<f64>> {
-    // Scoped: statistics stop when the descriptor closes (not the sysctl, which would
-    // outlive a failed run).
-    let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    // The counters only move while statistics are on: read before turning them on.
     let Some((t0, n0)) = fwd.run_stats()? else {
         return Ok(None);
     };
+    // Scoped: statistics stop when the descriptor closes (not the sysctl, which would
+    // outlive a failed run).
+    let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     generate(t, flows, STATS_PACKETS)?;
     let (t1, n1) = fwd.run_stats()?.context("statistics gone")?;
     anyhow::ensure!(n1 > n0, "the forwarder's program did not run");
@@ -471,8 +472,8 @@ pub fn run(
 
 /// The pipeline's CPU at a fixed offered load: how busy the one CPU that everything runs
 /// on was (see `send`) while `pps` frames per second of `flows` flows were offered. The
-/// generator's share of it is the `IngressDrop` mode's; the sink's is the same in every
-/// forwarding mode.
+/// generator's share of it is the `IngressDrop` mode's; the fp0 → p0 hop and the sink's
+/// receive and count are the same in every forwarding mode.
 ///
 /// Busy, not softirq: this kernel samples CPU time by tick, and the veths' receive work,
 /// run when the generator's batch re-enables bottom halves, was sampled as system time
@@ -586,18 +587,31 @@ fn send_paced(
     })
 }
 
-/// Keeps the calling thread on one CPU (the last): BPF_PROG_TEST_RUN runs the program on
-/// the caller's CPU, and a migration between calls would put cold caches into one side of
-/// a comparison.
-/// Returns that CPU's number.
+/// Keeps the calling thread on one CPU (the last it may run on): BPF_PROG_TEST_RUN runs
+/// the program on the caller's CPU, and a migration between calls would put cold caches
+/// into one side of a comparison. Returns the CPU it runs on (where a fixed-load run reads
+/// its time): the one pinned, or, if pinning failed, the current one.
 pub fn pin_to_last_cpu() -> usize {
-    // SAFETY: a zeroed cpu_set_t filled through libc's own macro; sched_setaffinity on the
-    // calling thread only.
+    // SAFETY: zeroed cpu_set_t values read and filled through libc's own calls and macros;
+    // affinity calls on the calling thread only.
     unsafe {
-        let n = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(n - 1, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        n - 1
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(0, size, &mut allowed) == 0 {
+            let last = (0..libc::CPU_SETSIZE as usize)
+                .rev()
+                .find(|&c| libc::CPU_ISSET(c, &allowed));
+            if let Some(cpu) = last {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, size, &set) != 0 {
+                    eprintln!(
+                        "pinning to CPU {cpu} failed: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
+        }
+        libc::sched_getcpu().max(0) as usize
     }
 }

@@ -338,7 +338,7 @@ fn cpu_at_load() -> Result<String> {
         "\nCPU at a fixed offered load ({} kpps of 64-byte UDP frames over {FLOWS} flows, {SECONDS} s per round, \
          {ROUNDS} rounds with the modes taking turns; the whole pipeline on one CPU, its busy share from /proc/stat; \
          the forwarder's part is a mode's busy share minus the same round's baseline, where the forwarder drops every \
-         frame at its ingress; medians, ratios within each round)\n\n{t}",
+         frame at its ingress (the fp0 -> p0 hop and the sink's receive are in every forwarding mode's part); medians, ratios within each round)\n\n{t}",
         PPS / 1000
     );
     print!("{out}");
