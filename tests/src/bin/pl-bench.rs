@@ -121,6 +121,11 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
         "| flows | table entries | fill (s) | kernel memory | bytes/flow | hit ns/pkt | trivial ns/pkt | ratio | flood: new flows accepted | established: both entries kept | established: same SNAT tuple after | idle evicted |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for &flows in points {
+        // The hits and the eviction count are taken over the synthetic flows after them.
+        anyhow::ensure!(
+            flows > 1000,
+            "--flows {flows}: each point needs more flows than its 1 000 established ones"
+        );
         let mut h = Harness::with_conntrack(&packet_state(), 2 * flows)?;
         let start = Instant::now();
         // The 1 000 established flows come first, made by the data path itself (so their
