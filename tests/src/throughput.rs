@@ -383,12 +383,12 @@ impl Generator {
 
     /// Transmits `packets` copies of `frame`, each given its flow.
     fn send(&mut self, frame: &[u8], packets: u32) -> Result<()> {
-        let ctx = self.ctx.clone();
-        self.reference
+        let Self { reference, ctx } = self;
+        reference
             .program("privatelink_gen")?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
-                ctx_in: Some(&ctx),
+                ctx_in: Some(ctx),
                 repeat: packets,
                 attrs: TestRunAttrs::new().xdp_live_frames(64),
                 ..TestRunOptions::default()

@@ -256,15 +256,15 @@ fn throughput() -> Result<String> {
             rounds(Mode::BareRedirectMap, flows),
         );
         // Ratios within each round, then their median.
-        let ab = med(a.iter().zip(&b).map(|(a, b)| a / b.max(1e-9)).collect());
-        let ac = med(a.iter().zip(&c).map(|(a, c)| a / c.max(1e-9)).collect());
-        let dc = med(d.iter().zip(&c).map(|(d, c)| d / c.max(1e-9)).collect());
+        let ab = med_ratio(&a, &b);
+        let ac = med_ratio(&a, &c);
+        let dc = med_ratio(&d, &c);
         let (la, lc, ld) = (
             live(Mode::XdpNat, flows),
             live(Mode::BareRedirect, flows),
             live(Mode::BareRedirectMap, flows),
         );
-        let lac = med(la.iter().zip(&lc).map(|(a, c)| a / c.max(1e-9)).collect());
+        let lac = med_ratio(&la, &lc);
         let _ = writeln!(
             t,
             "| {flows} | {:.3} | {:.3} | {:.3} | {:.3} | {ab:.2}x | {:.0} % | {:.0} % | {:.0} | {:.0} | {:.0} | {lac:.2}x |",
@@ -327,7 +327,7 @@ fn cpu_at_load() -> Result<String> {
         let ratio = if m == Mode::IngressDrop {
             "-".to_string()
         } else {
-            let r = med(x.iter().zip(&nft).map(|(x, n)| x / n.max(1e-9)).collect());
+            let r = med_ratio(&x, &nft);
             format!("{r:.2}x")
         };
         let _ = writeln!(
@@ -354,6 +354,12 @@ fn cpu_at_load() -> Result<String> {
 fn med(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The median of the ratios `a[i] / b[i]`, round by round (the samples of one round in
+/// the same place of both).
+fn med_ratio(a: &[f64], b: &[f64]) -> f64 {
+    med(a.iter().zip(b).map(|(a, b)| a / b.max(1e-9)).collect())
 }
 
 /// Daemon restart (kill -9, start, ready) with `flows` live flows in the pinned conntrack
