@@ -19,10 +19,8 @@ use crate::{
     arp,
     checksum::verify_checksum,
     endpoint::check_forwarding,
-    established, flowlog, host,
-    maps::{
-        self, Handoff, PL_ENDPOINTS, PL_GW_ROUTES, PL_HANDOFF, PL_IFACES, PL_PATHS, PL_SNAT_ADDRS,
-    },
+    established, flowlog, gwlb, host,
+    maps::{self, PL_ENDPOINTS, PL_GW_ROUTES, PL_IFACES, PL_PATHS, PL_SNAT_ADDRS},
     packet::{Packet, packet},
     parse::{self, ETH_LEN, Ipv4Ext, Ipv4Hdr, Ports, be16, mut_at},
     verdict::{Verdict, settle, settle_for},
@@ -146,18 +144,17 @@ fn classify(
         (Target::Snat, _) => return Err(Reason::DropNoFlow),
         _ => return Err(Reason::DropUnsupportedProtocol),
     };
-    let Some(slot) = PL_HANDOFF.get_ptr_mut(0) else {
-        return Err(Reason::DropNoPathProgram);
-    };
-    // SAFETY: this CPU's slot, valid for this run; the path program reads it right after.
-    unsafe {
-        *slot = Handoff {
-            iface: *iface,
-            entry: *entry,
-            epoch,
-        };
-        PL_PATHS.tail_call(ctx, path);
+    if target == Target::Geneve && !ours {
+        // A VPC with no endpoint ENI and no SNAT address (an appliance VPC, as usually):
+        // the return path runs here, inlined, without the handoff and the tail call. Its
+        // verdict is counted for the appliance flow's counter slot.
+        return gwlb::from_appliance_checked(ctx, iface, &pkt, &mut entry.counter_slot);
     }
+    if !maps::hand_off(iface, entry, epoch) {
+        return Err(Reason::DropNoPathProgram);
+    }
+    // SAFETY: a tail call on this run's context, with the handoff just written.
+    unsafe { PL_PATHS.tail_call(ctx, path) };
     // Only if the loader left the slot empty.
     Err(Reason::DropNoPathProgram)
 }

@@ -27,7 +27,7 @@ use crate::{
     icmp,
     maps::{
         PL_CONNTRACK, PL_GWLB_APPLS, PL_GWLB_NEIGH, PL_GWLB_TARGETS, PL_NEIGHBORS, PL_PATHS,
-        PL_VPC_PORTS, config,
+        PL_VPC_PORTS, config, hand_off,
     },
     packet::Packet,
     parse::{
@@ -346,8 +346,10 @@ pub fn from_appliance(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 
     settle_for(slot, r)
 }
 
+/// `from_appliance`'s work, also run by the classifier itself where GENEVE can be nothing
+/// else (`classify`): the verdict, and in `slot` the counter slot it is counted for.
 #[inline(always)]
-fn from_appliance_checked(
+pub fn from_appliance_checked(
     ctx: &XdpContext,
     iface: &IfaceInfo,
     pkt: &Packet,
@@ -365,8 +367,10 @@ fn from_appliance_checked(
     let g = match geneve::parse(ctx, pkt) {
         Ok(g) => g,
         Err(r) => {
-            if geneve::carries_ipv6(ctx, pkt) {
-                // SAFETY: the handoff this program was started with is still this CPU's.
+            // (The handoff is written again: the classifier may have run this itself.)
+            if geneve::carries_ipv6(ctx, pkt) && hand_off(iface, &EndpointEni::default(), pkt.epoch)
+            {
+                // SAFETY: a tail call on this run's context, with the handoff just written.
                 unsafe { PL_PATHS.tail_call(ctx, PATH_GWLB_RETURN6) };
             }
             return Err(r);

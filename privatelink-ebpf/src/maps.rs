@@ -81,6 +81,24 @@ pub struct Handoff {
 #[btf_map]
 pub static PL_HANDOFF: PerCpuArray<Handoff, 1> = PerCpuArray::new();
 
+/// Leaves `PL_HANDOFF` (this CPU's slot) for the path program about to be tail-called;
+/// false if the slot is missing.
+#[inline(always)]
+pub fn hand_off(iface: &IfaceInfo, entry: &EndpointEni, epoch: u32) -> bool {
+    let Some(slot) = PL_HANDOFF.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot, valid for this run; the path program reads it right after.
+    unsafe {
+        *slot = Handoff {
+            iface: *iface,
+            entry: *entry,
+            epoch,
+        }
+    };
+    true
+}
+
 /// IPv6: per-CPU room for the flow entries a new IPv6 flow is built from (`PL_SCRATCH`'s
 /// reason, for `FlowEntry6`).
 #[btf_map]
