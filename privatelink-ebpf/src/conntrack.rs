@@ -531,6 +531,11 @@ pub fn track<E: Flow>(e: &mut E, key: &E::Key, flags: u8, nums: SeqAck, t: u64, 
     if proto != PROTO_TCP || flags & (TCP_FIN | TCP_RST | TCP_SYN) == 0 {
         return;
     }
+    // A SYN changes nothing unless the flow is closing: a retransmitted SYN or SYN-ACK of
+    // an open flow spares the partner's lookup.
+    if flags & (TCP_RST | TCP_SYN) == TCP_SYN && *e.tcp_flags_mut() & CT_CLOSING == 0 {
+        return;
+    }
     let partner = E::table().get_ptr_mut(e.partner(key));
     let state = e.tcp_flags_mut();
     if flags & TCP_RST != 0 {
