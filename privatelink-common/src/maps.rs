@@ -178,6 +178,7 @@ mod tests {
             "PL_HANDOFF6",
             "PL_SCRATCH6",
             "PL_KEYS6",
+            "PL_CLOCK",
         ];
         for r in rows {
             let first = r.split('|').nth(1).unwrap_or("");

@@ -5,6 +5,7 @@
 
 use aya_ebpf::{
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::btf_map,
 };
 use privatelink_common::{EndpointEni, FlowEntry, IfaceInfo, PATH_PROGRAMS};
@@ -49,6 +50,43 @@ pub fn epoch() -> u32 {
         // SAFETY: a 4-byte array slot; the daemon writes it whole.
         Some(p) => unsafe { core::ptr::read_volatile(p) },
         None => 0,
+    }
+}
+
+/// The flow clock's last reading on this CPU, with the jiffies it was read at.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ClockCache {
+    pub jiffies: u64,
+    pub ns: u64,
+}
+
+#[btf_map]
+pub static PL_CLOCK: PerCpuArray<ClockCache, 1> = PerCpuArray::new();
+
+/// The flow clock: CLOCK_MONOTONIC at tick resolution (`bpf_ktime_get_coarse_ns`, which
+/// the daemon reads as CLOCK_MONOTONIC_COARSE). The coarse clock moves once a tick, and so
+/// do the jiffies: within a tick this CPU's last reading is the clock's value, and a packet
+/// pays the jiffies load (which the verifier inlines) and a per-CPU slot (inlined too)
+/// instead of a helper call (whose return costs tens of nanoseconds behind this machine's
+/// return-stack mitigations). The reading may lag one tick if the jiffies moved on just
+/// before the coarse clock; the timeouts it serves are seconds.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helpers without arguments.
+    let j = unsafe { bpf_jiffies64() };
+    let Some(c) = PL_CLOCK.get_ptr_mut(0) else {
+        // SAFETY: as above.
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: this CPU's slot, valid for this run.
+    unsafe {
+        if (*c).jiffies == j && (*c).ns != 0 {
+            return (*c).ns;
+        }
+        let ns = bpf_ktime_get_coarse_ns();
+        *c = ClockCache { jiffies: j, ns };
+        ns
     }
 }
 

@@ -354,6 +354,7 @@ mod tests {
             "PL_HANDOFF6",
             "PL_SCRATCH6",
             "PL_KEYS6",
+            "PL_CLOCK",
         ]);
         want.sort();
         assert_eq!(declared, want);
