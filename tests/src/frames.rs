@@ -33,6 +33,31 @@ pub fn tcp_from_lb(h: &Harness, snat: [u8; 4], dport: u16, payload: &[u8]) -> Ve
     v
 }
 
+/// A segment of an established flow from the client: ACK only, acknowledging `ack`.
+pub fn tcp_ack_to_eni(h: &Harness, sport: u16, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+        .ipv4(CLIENT, ENI, 64)
+        .tcp(sport, 80, 1001, 64240)
+        .ack(ack)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+/// A segment of an established flow from the load balancer: ACK only (the SYN-ACK of
+/// `tcp_from_lb` sent sequence number 7000).
+pub fn tcp_ack_from_lb(h: &Harness, snat: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ipv4(LB, snat, 64)
+        .tcp(80, dport, 7001, 65000)
+        .ack(1001)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
 pub fn udp_to_eni(h: &Harness, sport: u16, payload: &[u8], zero_checksum: bool) -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use etherparse::PacketBuilder;
 use privatelink_tests::{
-    frames::{CLIENT, CLIENT_MAC, ENI, tcp_from_lb, tcp_to_eni},
+    frames::{CLIENT, CLIENT_MAC, ENI, tcp_ack_from_lb, tcp_ack_to_eni, tcp_from_lb, tcp_to_eni},
     lab::packet_state,
     testrun::Harness,
 };
@@ -34,52 +34,80 @@ fn median(v: &mut [u64]) -> f64 {
     v[v.len() / 2] as f64
 }
 
+/// Every section of the benchmark by default; one section with its flag.
+#[derive(clap::Parser)]
+#[command(
+    about = "privatelink's benchmarks: every section, or the one named by a flag; \
+                   writes results/bench.md when all of them ran"
+)]
+struct Args {
+    /// Only the per-packet table (BPF_PROG_TEST_RUN against the trivial program).
+    #[arg(long, group = "section")]
+    per_packet_only: bool,
+    /// With --per-packet-only: only the paths whose names contain this.
+    #[arg(long, requires = "per_packet_only")]
+    path: Option<String>,
+    /// With --per-packet-only: ep-a with flow logs on (the cost of a logged endpoint).
+    #[arg(long, requires = "per_packet_only")]
+    flow_log: bool,
+    /// Only the veth throughput against nftables and the bare redirect.
+    #[arg(long, group = "section")]
+    throughput_only: bool,
+    /// Only the CPU at a fixed offered load.
+    #[arg(long, group = "section")]
+    load_only: bool,
+    /// Only the daemon's restart with 1 000 000 flows.
+    #[arg(long, group = "section")]
+    restart_only: bool,
+    /// Only the control plane's latency.
+    #[arg(long, group = "section")]
+    control_only: bool,
+    /// Only the DNS answers against BIND.
+    #[arg(long, group = "section")]
+    dns_only: bool,
+    /// Only the conntrack table at scale.
+    #[arg(long, group = "section")]
+    conntrack_only: bool,
+    /// The conntrack scale points, in flows (each above 1 000).
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000_000u32, 10_000_000])]
+    flows: Vec<u32>,
+}
+
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+    let args = <Args as clap::Parser>::parse();
     // Every section prints its table when done and returns it for results/bench.md.
-    // `--per-packet-only [--path NAME]`: the per-packet table (or the paths named so).
-    if args.iter().any(|a| a == "--per-packet-only") {
-        let only = args
-            .iter()
-            .position(|a| a == "--path")
-            .and_then(|i| args.get(i + 1));
-        per_packet(only.map(String::as_str))?;
+    if args.per_packet_only {
+        per_packet(args.path.as_deref(), args.flow_log)?;
         return Ok(());
     }
-    if args.iter().any(|a| a == "--load-only") {
+    if args.load_only {
         cpu_at_load()?;
         return Ok(());
     }
-    if args.iter().any(|a| a == "--throughput-only") {
+    if args.throughput_only {
         throughput()?;
         return Ok(());
     }
-    // `--flows 1000000,10000000`: the conntrack scale points (default: both).
-    let flows: Vec<u32> = args
-        .iter()
-        .position(|a| a == "--flows")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_else(|| vec![1_000_000, 10_000_000]);
-    if args.iter().any(|a| a == "--restart-only") {
+    let flows = args.flows;
+    if args.restart_only {
         restart_with_flows(1_000_000)?;
         return Ok(());
     }
-    if args.iter().any(|a| a == "--control-only") {
+    if args.control_only {
         control_plane(1000)?;
         return Ok(());
     }
-    if args.iter().any(|a| a == "--dns-only") {
+    if args.dns_only {
         dns()?;
         return Ok(());
     }
-    if args.iter().any(|a| a == "--conntrack-only") {
+    if args.conntrack_only {
         conntrack_scale(&flows)?;
         return Ok(());
     }
     type Section<'a> = (&'static str, Box<dyn Fn() -> Result<String> + 'a>);
     let sections: [Section; 7] = [
-        ("per-packet cost", Box::new(|| per_packet(None))),
+        ("per-packet cost", Box::new(|| per_packet(None, false))),
         ("throughput", Box::new(throughput)),
         ("CPU at a fixed load", Box::new(cpu_at_load)),
         // Before the multi-gigabyte conntrack tables: freeing them leaves the machine busy
@@ -316,13 +344,18 @@ fn cpu_at_load() -> Result<String> {
     let over = |m: Mode| -> Vec<f64> { busy(m).iter().zip(&base).map(|(b, z)| b - z).collect() };
     let nft = over(Mode::Nftables);
     let mut t = String::from(
-        "| mode | arrived | CPU busy | over the baseline | to nftables |\n|---|---:|---:|---:|---:|\n",
+        "| mode | offered kpps | arrived | CPU busy | over the baseline | to nftables |\n|---|---:|---:|---:|---:|---:|\n",
     );
     for m in LOAD_MODES {
         let (sent, arrived) = loads
             .iter()
             .filter(|l| l.mode == m)
             .fold((0, 0), |(s, a), l| (s + l.sent, a + l.arrived));
+        let offered = med(loads
+            .iter()
+            .filter(|l| l.mode == m)
+            .map(|l| l.sent as f64 / l.seconds / 1000.0)
+            .collect());
         let x = over(m);
         let ratio = if m == Mode::IngressDrop {
             "-".to_string()
@@ -332,7 +365,7 @@ fn cpu_at_load() -> Result<String> {
         };
         let _ = writeln!(
             t,
-            "| {} | {:.1} % | {:.1} % | {:.1} % | {ratio} |",
+            "| {} | {offered:.0} | {:.1} % | {:.1} % | {:.1} % | {ratio} |",
             m.label(),
             100.0 * arrived as f64 / sent.max(1) as f64,
             100.0 * med(busy(m)),
@@ -341,7 +374,7 @@ fn cpu_at_load() -> Result<String> {
     }
     let out = format!(
         "\nCPU at a fixed offered load ({} kpps of 64-byte UDP frames over {FLOWS} flows, {SECONDS} s per round, \
-         {ROUNDS} rounds with the modes taking turns; the whole pipeline on one CPU, its busy share from /proc/stat; \
+         {ROUNDS} rounds with the modes taking turns; offered: the load in fact, a round that ran late a little lower; the whole pipeline on one CPU, its busy share from /proc/stat; \
          the forwarder's part is a mode's busy share minus the same round's baseline, where the forwarder drops every \
          frame at its ingress (the fp0 -> p0 hop and the sink's receive are in every forwarding mode's part); medians, ratios within each round)\n\n{t}",
         PPS / 1000
@@ -900,12 +933,11 @@ impl Drop for DrainOnDrop {
 }
 
 /// `only`: a part of the paths' names to time (for profiling one path), or all.
-fn per_packet(only: Option<&str>) -> Result<String> {
+/// `flow_log`: ep-a with flow logs on, its events drained by a thread as the daemon
+/// drains them (the cost of a logged endpoint's packets).
+fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
     privatelink_tests::throughput::pin_to_last_cpu();
     // Room for the replayed first packets' flows.
-    // `--flow-log`: ep-a with flow logs on, its events drained by a thread as the daemon
-    // drains them (the cost of a logged endpoint's packets).
-    let flow_log = std::env::args().any(|a| a == "--flow-log");
     let mut state = packet_state().replace("snat = [", "endpoint_flow_share = 99\nsnat = [");
     if flow_log {
         let ep_a = "name = \"web\"\nconnection = \"connected\"\n";
@@ -926,12 +958,26 @@ fn per_packet(only: Option<&str>) -> Result<String> {
         .transpose()?;
     let (cif, pif) = (h.consumer.ifindex, h.provider.ifindex);
 
-    // A live flow for the hit paths.
-    let (_, out) = h.run(cif, &tcp_to_eni(&h, 40000, true, b""))?;
+    // A live flow for the hit paths, its handshake completed (SYN, SYN-ACK, the client's
+    // ACK): the rows time the data segments of an established flow, both ways.
+    let (act, out) = h.run(cif, &tcp_to_eni(&h, 40000, true, b""))?;
+    anyhow::ensure!(act == 4, "the SYN was not forwarded");
     let snat = [out[26], out[27], out[28], out[29]];
     let port = u16::from_be_bytes([out[34], out[35]]);
-    let fwd = tcp_to_eni(&h, 40000, false, &[0u8; 18]);
-    let reply = tcp_from_lb(&h, snat, port, &[0u8; 18]);
+    let (act, _) = h.run(pif, &tcp_from_lb(&h, snat, port, b""))?;
+    anyhow::ensure!(act == 4, "the SYN-ACK was not forwarded");
+    let (act, _) = h.run(cif, &tcp_ack_to_eni(&h, 40000, 7001, b""))?;
+    anyhow::ensure!(act == 4, "the handshake's ACK was not forwarded");
+    let flows = h.dp.flows()?;
+    anyhow::ensure!(
+        flows.len() == 2
+            && flows
+                .iter()
+                .all(|(_, e)| e.tcp_flags & privatelink_common::CT_ESTABLISHED != 0),
+        "the benchmark's flow is not established: {flows:?}"
+    );
+    let fwd = tcp_ack_to_eni(&h, 40000, 7001, &[0u8; 18]);
+    let reply = tcp_ack_from_lb(&h, snat, port, &[0u8; 18]);
     let mut echo = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
         .ipv4(CLIENT, ENI, 64)
