@@ -179,6 +179,7 @@ mod tests {
             "PL_SCRATCH6",
             "PL_KEYS6",
             "PL_CLOCK",
+            "PL_IFCACHE",
         ];
         for r in rows {
             let first = r.split('|').nth(1).unwrap_or("");

@@ -20,7 +20,7 @@ use crate::{
     checksum::verify_checksum,
     endpoint::check_forwarding,
     established, flowlog, gwlb, host,
-    maps::{self, PL_ENDPOINTS, PL_GW_ROUTES, PL_IFACES, PL_PATHS, PL_SNAT_ADDRS},
+    maps::{self, PL_ENDPOINTS, PL_GW_ROUTES, PL_PATHS, PL_SNAT_ADDRS},
     packet::{Packet, packet},
     parse::{self, ETH_LEN, Ipv4Ext, Ipv4Hdr, Ports, be16, mut_at},
     verdict::{Verdict, settle, settle_for},
@@ -34,12 +34,14 @@ pub fn frame(ctx: &XdpContext) -> u64 {
         return settle(Err(Reason::DropTruncatedEthernet));
     };
     let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: a lookup in a map that only the daemon writes; the value is copied out.
-    let Some(iface) = (unsafe { PL_IFACES.get(ifindex) }).copied() else {
+    // Read first: a flow checked against maps the daemon changes meanwhile keeps the older
+    // epoch, and its next packet checks again.
+    let epoch = maps::epoch();
+    let Some(iface) = maps::iface(ifindex, epoch) else {
         return settle(Ok((xdp_action::XDP_PASS, Reason::PassNotAttached)));
     };
     match u16::from_be(eth.ether_type) {
-        parse::ETH_P_IP => ipv4(ctx, ifindex, &iface),
+        parse::ETH_P_IP => ipv4(ctx, ifindex, &iface, epoch),
         parse::ETH_P_ARP => arp::handle(ctx, &iface),
         parse::ETH_P_IPV6 => ipv6(ctx),
         _ => settle(Ok(host::other(&iface))),
@@ -47,11 +49,9 @@ pub fn frame(ctx: &XdpContext) -> u64 {
 }
 
 /// An IPv4 packet: the established fast path, or the path its destination calls for.
+/// `epoch`: read before the interface was.
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo) -> u64 {
-    // Read first: a flow checked against maps the daemon changes meanwhile keeps the older
-    // epoch, and its next packet checks again.
-    let epoch = maps::epoch();
+pub fn ipv4(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo, epoch: u32) -> u64 {
     let (pkt, ip) = match packet(ctx, ifindex, epoch) {
         Ok(p) => p,
         Err(r) => return settle(Err(r)),

@@ -29,7 +29,7 @@ use crate::{
     filter6::ROUTE6_BITS,
     flowlog, host, icmp6,
     maps::{
-        self, Handoff, Handoff6, PL_ENDPOINTS6, PL_GW_ROUTES6, PL_HANDOFF, PL_HANDOFF6, PL_IFACES,
+        self, Handoff, Handoff6, PL_ENDPOINTS6, PL_GW_ROUTES6, PL_HANDOFF, PL_HANDOFF6,
         PL_PATHS, PL_SNAT6_ADDRS,
     },
     nd,
@@ -62,12 +62,11 @@ enum Target {
 #[inline(always)]
 pub fn frame(ctx: &XdpContext) -> u64 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: a lookup in a map that only the daemon writes; the value is copied out.
-    let Some(iface) = (unsafe { PL_IFACES.get(ifindex) }).copied() else {
+    // Read first, as the IPv4 classifier does (see `classify::frame`).
+    let epoch = maps::epoch();
+    let Some(iface) = maps::iface(ifindex, epoch) else {
         return settle(Ok((xdp_action::XDP_PASS, Reason::PassNotAttached)));
     };
-    // Read first, as the IPv4 classifier does (see `classify::ipv4`).
-    let epoch = maps::epoch();
     let mut entry = EndpointEni6::default();
     // The packet as far as it was read: `l4` 0 until `packet6` has walked it.
     let mut seen = Packet {

@@ -90,6 +90,54 @@ pub fn now() -> u64 {
     }
 }
 
+/// A slot of `PL_IFCACHE`: an interface's `PL_IFACES` entry as read under `epoch`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IfaceSlot {
+    pub ifindex: u32,
+    pub epoch: u32,
+    pub info: IfaceInfo,
+}
+
+/// Slots of `PL_IFCACHE` (a power of two): interfaces by their ifindex modulo this.
+pub const IFACE_CACHE_SLOTS: u32 = 64;
+
+#[btf_map]
+pub static PL_IFCACHE: PerCpuArray<IfaceSlot, { IFACE_CACHE_SLOTS as usize }> =
+    PerCpuArray::new();
+
+/// An attached interface's `PL_IFACES` entry (None: not attached), read under `epoch`
+/// (`epoch()`, read before). Every packet asks, so the entry is kept per CPU in a slot of
+/// `PL_IFCACHE` by ifindex, stamped with the epoch: the daemon moves the epoch on after
+/// every change of its maps, `PL_IFACES` included, so a slot of the current epoch holds
+/// what the map holds (or held just before a change that is not yet announced, as every
+/// lookup might). The per-CPU array's lookup is inlined by the verifier; the hash map's
+/// is a call. Before the daemon's first apply (epoch 0) nothing is kept.
+#[inline(always)]
+pub fn iface(ifindex: u32, epoch: u32) -> Option<IfaceInfo> {
+    let slot = PL_IFCACHE.get_ptr_mut(ifindex & (IFACE_CACHE_SLOTS - 1));
+    if let Some(s) = slot {
+        // SAFETY: this CPU's slot, valid for this run.
+        let s = unsafe { &*s };
+        if epoch != 0 && s.epoch == epoch && s.ifindex == ifindex {
+            return Some(s.info);
+        }
+    }
+    // SAFETY: a lookup in a map that only the daemon writes; the value is copied out.
+    let info = unsafe { PL_IFACES.get(ifindex) }.copied()?;
+    if let Some(s) = slot {
+        // SAFETY: as above.
+        unsafe {
+            *s = IfaceSlot {
+                ifindex,
+                epoch,
+                info,
+            }
+        };
+    }
+    Some(info)
+}
+
 /// Per-CPU room for the flow entries a new flow is built from: the BPF stack is 512 bytes
 /// for the whole call chain, and two entries on it would not fit.
 #[btf_map]

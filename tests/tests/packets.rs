@@ -692,6 +692,33 @@ fn the_host_traffic_switch_passes_unrelated_traffic_untouched() {
     assert_eq!(act, XDP_REDIRECT);
 }
 
+/// The data path keeps each interface's settings per CPU, stamped with the epoch: a
+/// change the daemon applies holds from the next packet on, both ways.
+#[test]
+fn an_interface_setting_holds_from_the_next_packet() {
+    // One CPU for every run: each CPU keeps its own copy.
+    privatelink_tests::throughput::pin_to_last_cpu();
+    let mut h = harness();
+    let open = packet_state().replace(
+        "interface = \"fc0\"",
+        "interface = \"fc0\"\nhost_traffic = true",
+    );
+    let f = unrelated_frames(&h)[0].clone();
+    for (state, want) in [
+        (packet_state(), XDP_DROP),
+        (open.clone(), XDP_PASS),
+        (packet_state(), XDP_DROP),
+        (open, XDP_PASS),
+    ] {
+        h.apply_state(&state).unwrap();
+        for _ in 0..3 {
+            assert_eq!(h.run(h.consumer.ifindex, &f).unwrap().0, want);
+        }
+    }
+    assert_eq!(h.count(Reason::DropHostIsolated), 6);
+    assert_eq!(h.count(Reason::PassUnrelated), 6);
+}
+
 #[test]
 fn ipv4_options_are_kept_and_natted() {
     let mut h = harness();

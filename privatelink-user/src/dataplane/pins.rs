@@ -355,6 +355,7 @@ mod tests {
             "PL_SCRATCH6",
             "PL_KEYS6",
             "PL_CLOCK",
+            "PL_IFCACHE",
         ]);
         want.sort();
         assert_eq!(declared, want);
