@@ -29,8 +29,8 @@ use crate::{
     filter6::ROUTE6_BITS,
     flowlog, host, icmp6,
     maps::{
-        self, Handoff, Handoff6, PL_ENDPOINTS6, PL_GW_ROUTES6, PL_HANDOFF, PL_HANDOFF6,
-        PL_PATHS, PL_SNAT6_ADDRS,
+        self, Handoff, Handoff6, PL_ENDPOINTS6, PL_GW_ROUTES6, PL_HANDOFF, PL_HANDOFF6, PL_PATHS,
+        PL_SNAT6_ADDRS,
     },
     nd,
     packet::Packet,

@@ -103,8 +103,7 @@ pub struct IfaceSlot {
 pub const IFACE_CACHE_SLOTS: u32 = 64;
 
 #[btf_map]
-pub static PL_IFCACHE: PerCpuArray<IfaceSlot, { IFACE_CACHE_SLOTS as usize }> =
-    PerCpuArray::new();
+pub static PL_IFCACHE: PerCpuArray<IfaceSlot, { IFACE_CACHE_SLOTS as usize }> = PerCpuArray::new();
 
 /// An attached interface's `PL_IFACES` entry (None: not attached), read under `epoch`
 /// (`epoch()`, read before). Every packet asks, so the entry is kept per CPU in a slot of
