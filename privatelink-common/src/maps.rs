@@ -180,6 +180,8 @@ mod tests {
             "PL_KEYS6",
             "PL_CLOCK",
             "PL_IFCACHE",
+            "PL_PORTCACHE",
+            "PL_APPLCACHE",
         ];
         for r in rows {
             let first = r.split('|').nth(1).unwrap_or("");

@@ -26,7 +26,7 @@ use crate::{
     geneve::{self, Outer},
     icmp,
     maps::{
-        PL_CONNTRACK, PL_GWLB_APPLS, PL_GWLB_NEIGH, PL_GWLB_TARGETS, PL_NEIGHBORS, PL_PATHS,
+        self, PL_CONNTRACK, PL_GWLB_APPLS, PL_GWLB_NEIGH, PL_GWLB_TARGETS, PL_NEIGHBORS, PL_PATHS,
         PL_VPC_PORTS, config, hand_off,
     },
     packet::Packet,
@@ -360,8 +360,7 @@ pub fn from_appliance_checked(
         vpc_id: iface.vpc_id,
         addr: outer_src,
     };
-    // SAFETY: copied out.
-    let Some(appl) = unsafe { PL_GWLB_APPLS.get(from) }.copied() else {
+    let Some(appl) = maps::appliance(from, pkt.epoch) else {
         return Err(Reason::DropUnknownAppliance);
     };
     let g = match geneve::parse(ctx, pkt) {
@@ -396,10 +395,7 @@ pub fn from_appliance_checked(
         return Err(Reason::DropGwlbNoFlow);
     }
     *slot = e.counter_slot;
-    // SAFETY: copied out.
-    let port = unsafe { PL_VPC_PORTS.get(g.vpc_id) }
-        .copied()
-        .ok_or(Reason::DropNoRoute)?;
+    let port = maps::vpc_port(g.vpc_id, pkt.epoch).ok_or(Reason::DropNoRoute)?;
     let dst_key = VpcAddr {
         vpc_id: g.vpc_id,
         addr: dst,

@@ -27,7 +27,7 @@ use crate::{
     gwlb::{self, Echo, inner_ports},
     gwlb6_icmp,
     icmp6::{ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST},
-    maps::{PL_CONNTRACK6, PL_GWLB_APPLS, PL_GWLB_NEIGH6, PL_VPC_PORTS, config, scratch6},
+    maps::{self, PL_CONNTRACK6, PL_GWLB_APPLS, PL_GWLB_NEIGH6, PL_VPC_PORTS, config, scratch6},
     packet::Packet,
     packet6::{IPV6_LEN, MAX_EXT_HEADERS, MAX_EXT_LEN, PROTO_ICMPV6, forwardable_source, packet6},
     parse::{ETH_LEN, ETH_P_IPV6, EthHdr, Ipv6Hdr, be16, mut_at, set_macs},
@@ -487,8 +487,7 @@ fn from_appliance_checked(
         vpc_id: iface.vpc_id,
         addr: outer_src,
     };
-    // SAFETY: copied out.
-    let Some(appl) = unsafe { PL_GWLB_APPLS.get(from) }.copied() else {
+    let Some(appl) = maps::appliance(from, pkt.epoch) else {
         return Err(Reason::DropUnknownAppliance);
     };
     let g = geneve::parse_as(ctx, pkt, GENEVE_PROTO_IPV6)?;
@@ -508,10 +507,7 @@ fn from_appliance_checked(
         return Err(Reason::DropGwlbNoFlow);
     }
     *slot = e.counter_slot;
-    // SAFETY: copied out.
-    let port = unsafe { PL_VPC_PORTS.get(g.vpc_id) }
-        .copied()
-        .ok_or(Reason::DropNoRoute)?;
+    let port = maps::vpc_port(g.vpc_id, pkt.epoch).ok_or(Reason::DropNoRoute)?;
     if e.peer_mac == [0; 6] {
         let dst_key = VpcAddr6 {
             vpc_id: g.vpc_id,

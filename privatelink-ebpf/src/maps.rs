@@ -8,7 +8,9 @@ use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::btf_map,
 };
-use privatelink_common::{EndpointEni, FlowEntry, IfaceInfo, PATH_PROGRAMS};
+use privatelink_common::{
+    Appliance, EndpointEni, FlowEntry, IfaceInfo, PATH_PROGRAMS, VpcAddr, VpcPort,
+};
 
 /// One static per catalogue line, named as the map (aya-ebpf names a map after its static).
 macro_rules! declare {
@@ -90,51 +92,92 @@ pub fn now() -> u64 {
     }
 }
 
-/// A slot of `PL_IFCACHE`: an interface's `PL_IFACES` entry as read under `epoch`.
+/// A slot of a per-CPU lookup cache (`PL_IFCACHE`, `PL_PORTCACHE`, `PL_APPLCACHE`): a
+/// daemon-written hash map's value for `key`, as read under `epoch`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct IfaceSlot {
-    pub ifindex: u32,
+pub struct Cached<K, V> {
+    pub key: K,
     pub epoch: u32,
-    pub info: IfaceInfo,
+    pub value: V,
 }
 
-/// Slots of `PL_IFCACHE` (a power of two): interfaces by their ifindex modulo this.
-pub const IFACE_CACHE_SLOTS: u32 = 64;
+/// Slots of each lookup cache (a power of two): keys by a hash of theirs modulo this.
+pub const CACHE_SLOTS: u32 = 64;
 
 #[btf_map]
-pub static PL_IFCACHE: PerCpuArray<IfaceSlot, { IFACE_CACHE_SLOTS as usize }> = PerCpuArray::new();
+pub static PL_IFCACHE: PerCpuArray<Cached<u32, IfaceInfo>, { CACHE_SLOTS as usize }> =
+    PerCpuArray::new();
 
-/// An attached interface's `PL_IFACES` entry (None: not attached), read under `epoch`
-/// (`epoch()`, read before). Every packet asks, so the entry is kept per CPU in a slot of
-/// `PL_IFCACHE` by ifindex, stamped with the epoch: the daemon moves the epoch on after
-/// every change of its maps, `PL_IFACES` included, so a slot of the current epoch holds
-/// what the map holds (or held just before a change that is not yet announced, as every
-/// lookup might). The per-CPU array's lookup is inlined by the verifier; the hash map's
-/// is a call. Before the daemon's first apply (epoch 0) nothing is kept.
+#[btf_map]
+pub static PL_PORTCACHE: PerCpuArray<Cached<u32, VpcPort>, { CACHE_SLOTS as usize }> =
+    PerCpuArray::new();
+
+#[btf_map]
+pub static PL_APPLCACHE: PerCpuArray<Cached<VpcAddr, Appliance>, { CACHE_SLOTS as usize }> =
+    PerCpuArray::new();
+
+/// A daemon-written map's value for `key` (None: no entry), read under `epoch` (the
+/// packet's `PL_EPOCH`, read before), through this CPU's cache `slot`: the daemon moves
+/// the epoch on after every change of its maps, so a slot of the current epoch holds what
+/// the map holds (or held just before a change that is not yet announced, as every lookup
+/// might). The per-CPU array's lookup is inlined by the verifier; a hash map's is a call
+/// and a return, about 25 ns each behind this VM's return-stack mitigations. Before the
+/// daemon's first apply (epoch 0) nothing is kept; a missing entry is not kept either.
 #[inline(always)]
-pub fn iface(ifindex: u32, epoch: u32) -> Option<IfaceInfo> {
-    let slot = PL_IFCACHE.get_ptr_mut(ifindex & (IFACE_CACHE_SLOTS - 1));
+fn cached<K: Copy + PartialEq, V: Copy>(
+    slot: Option<*mut Cached<K, V>>,
+    key: K,
+    epoch: u32,
+    lookup: impl FnOnce(&K) -> Option<V>,
+) -> Option<V> {
     if let Some(s) = slot {
         // SAFETY: this CPU's slot, valid for this run.
         let s = unsafe { &*s };
-        if epoch != 0 && s.epoch == epoch && s.ifindex == ifindex {
-            return Some(s.info);
+        if epoch != 0 && s.epoch == epoch && s.key == key {
+            return Some(s.value);
         }
     }
-    // SAFETY: a lookup in a map that only the daemon writes; the value is copied out.
-    let info = unsafe { PL_IFACES.get(ifindex) }.copied()?;
+    let value = lookup(&key)?;
     if let Some(s) = slot {
         // SAFETY: as above.
-        unsafe {
-            *s = IfaceSlot {
-                ifindex,
-                epoch,
-                info,
-            }
-        };
+        unsafe { *s = Cached { key, epoch, value } };
     }
-    Some(info)
+    Some(value)
+}
+
+/// An attached interface's `PL_IFACES` entry (None: not attached), under `epoch`
+/// (`cached`; every packet asks).
+#[inline(always)]
+pub fn iface(ifindex: u32, epoch: u32) -> Option<IfaceInfo> {
+    let slot = PL_IFCACHE.get_ptr_mut(ifindex & (CACHE_SLOTS - 1));
+    // SAFETY: a lookup in a map that only the daemon writes; the value is copied out.
+    cached(slot, ifindex, epoch, |k| {
+        unsafe { PL_IFACES.get(k) }.copied()
+    })
+}
+
+/// The port a VPC is reached through (`PL_VPC_PORTS`), under `epoch` (`cached`: every
+/// GENEVE packet from an appliance and every new flow asks).
+#[inline(always)]
+pub fn vpc_port(vpc_id: u32, epoch: u32) -> Option<VpcPort> {
+    let slot = PL_PORTCACHE.get_ptr_mut(vpc_id & (CACHE_SLOTS - 1));
+    // SAFETY: as in `iface`.
+    cached(slot, vpc_id, epoch, |k| {
+        unsafe { PL_VPC_PORTS.get(k) }.copied()
+    })
+}
+
+/// A GWLB appliance's `PL_GWLB_APPLS` entry, under `epoch` (`cached`: every GENEVE packet
+/// from an appliance asks).
+#[inline(always)]
+pub fn appliance(key: VpcAddr, epoch: u32) -> Option<Appliance> {
+    let i = (key.vpc_id ^ u32::from_be_bytes(key.addr)) & (CACHE_SLOTS - 1);
+    let slot = PL_APPLCACHE.get_ptr_mut(i);
+    // SAFETY: as in `iface`.
+    cached(slot, key, epoch, |k| {
+        unsafe { PL_GWLB_APPLS.get(k) }.copied()
+    })
 }
 
 /// Per-CPU room for the flow entries a new flow is built from: the BPF stack is 512 bytes

@@ -510,6 +510,45 @@ fn returned_geneve_is_checked_decapsulated_and_delivered() {
     assert_eq!(h.count(Reason::GwlbFromAppliance), 2);
 }
 
+/// An appliance taken out of the service is refused from its next GENEVE packet, and
+/// taken back at once when it returns: each CPU keeps the appliances it has seen
+/// (`PL_APPLCACHE`), under the epoch the daemon moves on with every change.
+#[test]
+fn an_appliance_removed_is_refused_from_its_next_packet() {
+    // One CPU for every run: each CPU keeps its own copy.
+    privatelink_tests::throughput::pin_to_last_cpu();
+    let mut h = harness();
+    let syn = tcp(&h, CLIENT, SERVER, 41100, 80, b"data");
+    let (_, d) = encap(&mut h, &syn);
+    assert_eq!(appliance_of(&d), ip(APPL_A), "zone-a's appliance");
+    let back = build(&[returned(APPL_A, APPL_A_MAC, h.provider.mac, &d)]).remove(0);
+    // The server's MAC is learned first (the returned frame asks for it).
+    h.run(h.provider.ifindex, &back).unwrap();
+    assert_eq!(h.count(Reason::GwlbArpProbe), 1);
+    h.run(h.consumer.ifindex, &arp_reply(&h, SERVER, SERVER_MAC))
+        .unwrap();
+    let with = state(false, "five_tuple", "no_rebalance");
+    let line = "  { zone = \"zone-a\", address = \"10.40.1.10\" },\n";
+    assert!(with.contains(line), "the state names zone-a's appliance");
+    let without = with.replace(line, "");
+    for (st, want) in [
+        (&with, XDP_REDIRECT),
+        (&without, XDP_DROP),
+        (&with, XDP_REDIRECT),
+    ] {
+        h.apply_state(st).unwrap();
+        for _ in 0..3 {
+            let (act, out) = h.run(h.provider.ifindex, &back).unwrap();
+            assert_eq!(act, want, "{:?}", h.active_stats());
+            if want == XDP_REDIRECT {
+                assert_eq!(&out[0..6], &SERVER_MAC);
+            }
+        }
+    }
+    assert_eq!(h.count(Reason::GwlbFromAppliance), 6);
+    assert_eq!(h.count(Reason::DropUnknownAppliance), 3);
+}
+
 #[test]
 fn malformed_or_foreign_geneve_is_dropped_and_counted() {
     let mut h = harness();

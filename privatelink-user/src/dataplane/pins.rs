@@ -356,6 +356,8 @@ mod tests {
             "PL_KEYS6",
             "PL_CLOCK",
             "PL_IFCACHE",
+            "PL_PORTCACHE",
+            "PL_APPLCACHE",
         ]);
         want.sort();
         assert_eq!(declared, want);
