@@ -181,6 +181,14 @@ impl Harness {
         Ok((r.return_value, r.duration.as_nanos() as u64))
     }
 
+    /// Zeroes the count `time_replayed` adds to a varied field, so that a path's replayed
+    /// runs give it the values from its stored one up, once each (up to 65 536 runs).
+    pub fn reset_replay_count(&mut self) -> Result<()> {
+        let obj = self.reference.object()?;
+        Array::<_, u32>::try_from(obj.map_mut("PL_REPLAY_COUNT").context("map")?)?.set(0, 0, 0)?;
+        Ok(())
+    }
+
     pub fn stats(&self) -> Result<BTreeMap<&'static str, u64>> {
         Ok(self
             .dp

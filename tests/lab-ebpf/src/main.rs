@@ -156,8 +156,12 @@ static PL_REPLAY_PARAMS: Array<u32, 2> = Array::new();
 #[btf_map]
 static PL_REPLAY_NEXT: ProgramArray<1> = ProgramArray::new();
 
+/// The count the varied field adds: one for the whole machine, not per CPU (a test run
+/// runs on whichever CPU its thread is on, and per-CPU counts would give a field's values
+/// again after a migration: "new" flows that exist). The harness zeroes it before each
+/// measured path (`Harness::reset_replay_count`).
 #[btf_map]
-static PL_REPLAY_COUNT: PerCpuArray<u32, 1> = PerCpuArray::new();
+static PL_REPLAY_COUNT: Array<u32, 1> = Array::new();
 
 const REPLAY_MAX: usize = 160;
 
@@ -198,7 +202,8 @@ pub fn privatelink_replay(ctx: XdpContext) -> u32 {
         };
     }
     if vary != 0 && vary + 2 <= len && vary < REPLAY_MAX && start + vary + 2 <= end {
-        // SAFETY: this CPU's counter; 2 bytes at `start + vary` are inside the frame.
+        // SAFETY: the counter's slot (one test run at a time); 2 bytes at `start + vary`
+        // are inside the frame.
         unsafe {
             *count = (*count).wrapping_add(1);
             let base = u16::from_be_bytes([frame[vary], frame[vary + 1]]);
