@@ -5,9 +5,9 @@
 
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
-    DIR_ORIGINAL, FLOW_EGRESS, FLOW_GWLB, FLOW_INGRESS, FLOW_LOGGED, FlowEntry, FlowEvent, FlowKey,
-    GENEVE_PORT, GWLB_OVERHEAD, IFACE_FLAG_APPLIANCES, IfaceInfo, PROTO_TCP, PROTO_UDP, Reason,
-    csum,
+    DIR_ORIGINAL, FLOW_EGRESS, FLOW_GWLB, FLOW_INGRESS, FLOW_LOGGED, FlowEntry, FlowEntry6,
+    FlowEvent, FlowKey, GENEVE_PORT, GWLB_OVERHEAD, IFACE_FLAG_APPLIANCES, IfaceInfo, PROTO_TCP,
+    PROTO_UDP, Reason, csum,
 };
 
 use crate::{
@@ -82,17 +82,22 @@ fn set_addr_at(w: &mut [u16; 10], i: usize, a: [u8; 4]) {
     w[i + 1] = u16::from_ne_bytes([a[2], a[3]]);
 }
 
-// The MAC addresses of a flow entry lie at even offsets of an 8-aligned value.
+// The MAC addresses of a flow entry, of either family, lie at even offsets of an
+// 8-aligned value.
 const _: () = assert!(
     core::mem::offset_of!(FlowEntry, src_mac) % 2 == 0
         && core::mem::offset_of!(FlowEntry, dst_mac) % 2 == 0
         && core::mem::align_of::<FlowEntry>() >= 2
+        && core::mem::offset_of!(FlowEntry6, src_mac) % 2 == 0
+        && core::mem::offset_of!(FlowEntry6, dst_mac) % 2 == 0
+        && core::mem::align_of::<FlowEntry6>() >= 2
 );
 
-/// Writes a flow entry's MAC address (`mac`, one of its fields) into three words from `at`.
+/// Writes a flow entry's MAC address (`mac`, one of its fields, of a `FlowEntry` or a
+/// `FlowEntry6`) into three words from `at`.
 #[inline(always)]
-fn set_mac_at(w: &mut [u16; 6], at: usize, mac: &[u8; 6]) {
-    // SAFETY: `mac` is a MAC field of a `FlowEntry`, 2-aligned (asserted above); read as
+pub fn set_mac_at(w: &mut [u16; 6], at: usize, mac: &[u8; 6]) {
+    // SAFETY: `mac` is a MAC field of a flow entry, 2-aligned (asserted above); read as
     // the three words it holds.
     let words = unsafe { core::ptr::read(mac.as_ptr() as *const [u16; 3]) };
     for i in 0..3 {

@@ -77,7 +77,7 @@ pub fn flow_key6(
 
 /// Fills `k` in place (`FlowKey6::new` without building a key on the stack).
 #[inline(always)]
-fn fill_key6(
+pub fn fill_key6(
     k: &mut FlowKey6,
     vpc_id: u32,
     src: &[u8; 16],

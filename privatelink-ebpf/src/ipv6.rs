@@ -26,6 +26,8 @@ use privatelink_common::{
 
 use crate::{
     endpoint::check_forwarding,
+    established::NOT_ESTABLISHED,
+    established6,
     filter6::ROUTE6_BITS,
     flowlog, host, icmp6,
     maps::{
@@ -67,6 +69,11 @@ pub fn frame(ctx: &XdpContext) -> u64 {
     let Some(iface) = maps::iface(ifindex, epoch) else {
         return settle(Ok((xdp_action::XDP_PASS, Reason::PassNotAttached)));
     };
+    // A flow checked under this epoch is forwarded on its entry alone.
+    let fast = established6::established6(ctx, &iface, epoch);
+    if fast != NOT_ESTABLISHED {
+        return fast;
+    }
     let mut entry = EndpointEni6::default();
     // The packet as far as it was read: `l4` 0 until `packet6` has walked it.
     let mut seen = Packet {

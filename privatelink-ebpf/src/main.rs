@@ -12,8 +12,8 @@
 //!   creation, SNAT claims, liveness, TCP tracking, new-flow tokens).
 //! - `geneve`: GENEVE encapsulation (the outer headers from a compile-time template) and
 //!   decapsulation.
-//! - `established`: the fast path for flows checked under the current epoch (NAT flows
-//!   rewritten, GWLB flows encapsulated).
+//! - `established`, `established6`: the fast paths for flows checked under the current
+//!   epoch (IPv4: NAT flows rewritten, GWLB flows encapsulated; IPv6: NAT flows).
 //! - `arp`, `icmp`: ARP answers, learning and probes; ICMP echo and error translation
 //!   (and the frag-needed error GWLB sends).
 //! - `forward`, `reply`, `gwlb`: the paths of NATed flows (consumer → service and back)
@@ -23,8 +23,8 @@
 //! - `packet6`, `filter6`, `conntrack6`, `nat6`: IPv6's validated packet (the extension
 //!   header policy), filters and endpoint checks, flow table (on `conntrack`'s generic
 //!   logic) and rewrite.
-//! - `nd`, `icmp6`: neighbour discovery; ICMPv6 echo and error translation. (The IPv6
-//!   NAT paths, `flows6`, `forward6` and `reply6`, are not compiled yet: see `flows6`.)
+//! - `nd`, `icmp6`: neighbour discovery; ICMPv6 echo and error translation.
+//! - `flows6`, `forward6`, `reply6`: the IPv6 NAT's flows and paths.
 //! - `ipv6`: the IPv6 program's work: ND, echo, and which IPv6 path program.
 //! - `paths`: the path programs, tail-called through `PL_PATHS` by the path table.
 //! - `classify`: the entry program's work: ARP, the fast path, and which path program.
@@ -38,6 +38,7 @@ mod conntrack;
 mod conntrack6;
 mod endpoint;
 mod established;
+mod established6;
 mod filter;
 mod filter6;
 mod flowlog;

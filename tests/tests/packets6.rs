@@ -8,8 +8,9 @@
 //! Covered: IPv6 NAT both ways (TCP and UDP, every L4 checksum checked by etherparse and
 //! by this file's own pseudo-header sum), ICMPv6 errors about NATed flows translated both
 //! ways, neighbour discovery, ICMPv6 echo to an ENI, the extension header policy, hop
-//! limits, truncations, garbage, host isolation, and IPv6 gateway endpoints (NAT keeping
-//! the destination, the policy, the IPv6 route target, the endpoint's state).
+//! limits, truncations, garbage, host isolation, IPv6 gateway endpoints (NAT keeping the
+//! destination, the policy, the IPv6 route target, the endpoint's state), and the
+//! established short path against the full one.
 
 use std::net::Ipv6Addr;
 
@@ -1656,4 +1657,130 @@ fn a_gateway_flow_stops_both_ways_when_its_endpoint_is_disconnected() {
     h.apply_state(&gateway_dual_state("connected")).unwrap();
     assert_eq!(h.run(h.consumer.ifindex, &ack).unwrap().0, XDP_REDIRECT);
     assert_eq!(h.run(h.provider.ifindex, &reply).unwrap().0, XDP_REDIRECT);
+}
+
+/// A client packet of flow `sport` to the ENI (TCP: an ACK with data; UDP: to port 53)
+/// and the load balancer's answer to its SNAT tuple `to`, both carrying `i`.
+fn exchange6(
+    h: &mut Harness,
+    tcp: bool,
+    sport: u16,
+    to: ([u8; 16], u16),
+    i: usize,
+) -> [(u32, Vec<u8>); 2] {
+    let body = format!("packet {i}");
+    let (fwd, mut back) = (
+        if tcp {
+            tcp6_segment(h, sport, false, body.as_bytes())
+        } else {
+            udp6_to_eni(h, sport, body.as_bytes())
+        },
+        Vec::new(),
+    );
+    let b = PacketBuilder::ethernet2(LB6_MAC, h.provider.mac).ipv6(lb6(), to.0, 64);
+    if tcp {
+        b.tcp(80, to.1, 5001, 64240)
+            .ack(1001 + i as u32)
+            .write(&mut back, body.as_bytes())
+    } else {
+        b.udp(53, to.1).write(&mut back, body.as_bytes())
+    }
+    .unwrap();
+    [
+        h.run(h.consumer.ifindex, &fwd).unwrap(),
+        h.run(h.provider.ifindex, &back).unwrap(),
+    ]
+}
+
+/// The original and reply entries of the IPv6 flow from the client's port `sport`.
+fn flow_pair6(
+    h: &Harness,
+    sport: u16,
+) -> (
+    privatelink_common::FlowEntry6,
+    privatelink_common::FlowEntry6,
+) {
+    let flows = h.dp.flows6().unwrap();
+    let (_, fwd) = flows
+        .iter()
+        .find(|(k, e)| e.direction == DIR_ORIGINAL && k.src == client6() && k.sport == sport)
+        .unwrap_or_else(|| panic!("no flow from client port {sport}"));
+    let (_, reply) = flows
+        .iter()
+        .find(|(k, e)| {
+            e.direction == DIR_REPLY
+                && k.src == lb6()
+                && (k.dst, k.dport) == (fwd.new_src, fwd.new_sport)
+        })
+        .unwrap_or_else(|| panic!("no reply entry for client port {sport}"));
+    (*fwd, *reply)
+}
+
+#[test]
+fn the_ipv6_established_path_rewrites_exactly_as_the_full_path() {
+    for (tcp, sport) in [(true, 40700), (false, 40701)] {
+        // Two data paths with the same flow: in `slow` the epoch moves before every
+        // packet, so each one takes the full path; `fast` takes the established path once
+        // the entry of its direction is stamped.
+        let (mut fast, mut slow) = (nat_harness(), nat_harness());
+        let start = std::time::Instant::now();
+        let open = |h: &mut Harness| {
+            let f = if tcp {
+                tcp6_segment(h, sport, true, b"")
+            } else {
+                udp6_to_eni(h, sport, b"open")
+            };
+            let (act, out) = h.run(h.consumer.ifindex, &f).unwrap();
+            assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+            let p = parse_l4(&out);
+            (p.ip.source, p.sport)
+        };
+        let (a, b) = (open(&mut fast), open(&mut slow));
+        assert_eq!(a, b, "same SNAT tuple in both");
+        for i in 0..20 {
+            slow.bump_epoch().unwrap();
+            let s = exchange6(&mut slow, tcp, sport, b, i);
+            let f = exchange6(&mut fast, tcp, sport, a, i);
+            for (dir, ((fa, fo), (sa, so))) in f.iter().zip(&s).enumerate() {
+                let what = format!("tcp {tcp}, packet {i}, direction {dir}");
+                assert_eq!((*fa, *sa), (XDP_REDIRECT, XDP_REDIRECT), "{what}");
+                // Checksums by etherparse and by this file's own sum.
+                let p = parse_l4(fo);
+                assert_eq!(p.payload, format!("packet {i}").as_bytes(), "{what}");
+                assert_eq!(p.ip.hop_limit, 63, "{what}: hop limit counted down");
+                let own = [fast.provider.mac, fast.consumer.mac][dir];
+                assert_eq!(fo[6..12], own, "{what}: source MAC");
+                assert_eq!(
+                    (&fo[..6], &fo[12..]),
+                    (&so[..6], &so[12..]),
+                    "{what}: established and full path differ"
+                );
+            }
+        }
+        assert_eq!(fast.count(Reason::Forward6ToService), 20);
+        assert_eq!(fast.count(Reason::Forward6ToConsumer), 20);
+        // The comparison means something only if both paths ran: in `fast` the entries'
+        // trace counts the established path's packets (every reply after the first, which
+        // stamps the reply entry; every client packet but those due for the once-a-second
+        // partner check), in `slow` it never ran.
+        let (fwd, reply) = flow_pair6(&fast, sport);
+        let rechecks = start.elapsed().as_secs() as u32 + 1;
+        assert_eq!(
+            reply.fast_packets, 19,
+            "tcp {tcp}: replies on the established path"
+        );
+        assert!(
+            (20u32.saturating_sub(rechecks)..=20).contains(&fwd.fast_packets),
+            "tcp {tcp}: client packets on the established path: {}",
+            fwd.fast_packets
+        );
+        let epoch = fast.dp.epoch().unwrap();
+        assert_eq!((fwd.epoch, reply.epoch), (epoch, epoch), "stamped");
+        let (fwd, reply) = flow_pair6(&slow, sport);
+        assert_eq!(
+            (fwd.fast_packets, reply.fast_packets),
+            (0, 0),
+            "tcp {tcp}: the full path only"
+        );
+    }
 }

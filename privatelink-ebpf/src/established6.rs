@@ -1,0 +1,196 @@
+//! The IPv6 established fast path, tried first by the IPv6 program for every frame: a NAT
+//! flow whose entry was checked under the current epoch is rewritten and redirected on one
+//! conntrack lookup, with the checksum delta stamped on its entry (`flows6::stamp6`),
+//! without the destination lookups, the listener and endpoint checks and the path
+//! program's tail call. `established`'s rules for IPv6. Anything it cannot take goes on
+//! to the full classification. Above `conntrack6`; used by `ipv6` only.
+
+use aya_ebpf::programs::XdpContext;
+use privatelink_common::{
+    DIR_ORIGINAL, FLOW_GWLB, FLOW_LOGGED, FlowEntry6, IfaceInfo, PROTO_TCP, PROTO_UDP, Reason, csum,
+};
+
+use crate::{
+    conntrack::{Flow, PARTNER_REFRESH_NS, SeqAck, now, track},
+    established::{NOT_ESTABLISHED, set_mac_at},
+    flows6::fill_key6,
+    maps::{PL_CONNTRACK6, config, key_scratch6},
+    packet6::copy_addr,
+    parse::{ETH_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, frame_len, mut_at},
+    verdict::{Verdict, redirect_to, settle_for},
+};
+
+/// The established path for an IPv6 frame: `NOT_ESTABLISHED`, or the verdict packed with
+/// the flow's counter slot. Inlined into the IPv6 program (see `established`).
+#[inline(always)]
+pub fn established6(ctx: &XdpContext, iface: &IfaceInfo, epoch: u32) -> u64 {
+    let mut slot = 0;
+    match checked(ctx, iface, epoch, &mut slot) {
+        Ok(None) => NOT_ESTABLISHED,
+        Ok(Some(v)) => settle_for(slot, Ok(v)),
+        Err(r) => settle_for(slot, Err(r)),
+    }
+}
+
+/// Ethernet and the fixed IPv6 header: what this path reads and writes before the L4
+/// header, under one bounds check, at fixed offsets (16-bit words in memory order, as
+/// `established::Head`, and the addresses as the bytes they are). No padding: every field
+/// is 2-aligned, and the frame starts 2-aligned. (The L4 header is checked on its own, for
+/// its protocol's length: a short UDP datagram's frame may end 8 bytes after it.)
+#[repr(C)]
+struct Head6 {
+    macs: [u16; 6],
+    ether_type: u16,
+    /// Version, traffic class and flow label.
+    vtf: [u16; 2],
+    payload_len: u16,
+    /// Next header and hop limit.
+    next_hop: u16,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// A TCP header's first 20 bytes as words, checked where they are used: the verifier
+/// must see the longer bounds check on the TCP path itself (a pointer checked for 8 bytes
+/// or 20 by protocol, then merged, fails it).
+#[inline(always)]
+#[allow(clippy::mut_from_ref)]
+fn tcp_words(ctx: &XdpContext) -> Result<&mut [u16; 10], Reason> {
+    mut_at::<[u16; 10]>(ctx, L4_AT, Reason::DropTruncatedL4)
+}
+
+const L4_AT: usize = ETH_LEN + 40;
+// Word indexes in `Head6::l4`.
+const TCP_DOFF_FLAGS: usize = 6;
+const TCP_CHECK: usize = 8;
+const UDP_LEN: usize = 2;
+const UDP_CHECK: usize = 3;
+
+#[inline(always)]
+fn checked(
+    ctx: &XdpContext,
+    iface: &IfaceInfo,
+    epoch: u32,
+    slot: &mut u32,
+) -> Result<Option<Verdict>, Reason> {
+    if epoch == 0 {
+        return Ok(None);
+    }
+    // Shorter frames, other versions, extension headers, hop limit 1, a length that does
+    // not fit the frame, malformed L4 headers and UDP without a checksum are the full
+    // path's to judge.
+    let Ok(h) = mut_at::<Head6>(ctx, 0, Reason::DropTruncatedL4) else {
+        return Ok(None);
+    };
+    let [version, _] = h.vtf[0].to_ne_bytes();
+    let [proto, hop_limit] = h.next_hop.to_ne_bytes();
+    let tcp = proto == PROTO_TCP;
+    let payload = u16::from_be(h.payload_len) as usize;
+    let end = L4_AT + payload;
+    if version >> 4 != 6
+        || !(tcp || proto == PROTO_UDP)
+        || hop_limit <= 1
+        || payload == 0
+        || end > frame_len(ctx)
+    {
+        return Ok(None);
+    }
+    // The ports (and UDP's length and checksum): 8 bytes for either protocol.
+    let Ok(l4) = mut_at::<[u16; 4]>(ctx, L4_AT, Reason::DropTruncatedL4) else {
+        return Ok(None);
+    };
+    let (l4_len, l4_min) = if tcp {
+        let Ok(t) = tcp_words(ctx) else {
+            return Ok(None);
+        };
+        ((t[TCP_DOFF_FLAGS].to_ne_bytes()[0] >> 4) as usize * 4, 20)
+    } else {
+        (u16::from_be(l4[UDP_LEN]) as usize, 8)
+    };
+    if l4_len < l4_min || L4_AT + l4_len > end || (!tcp && l4[UDP_CHECK] == 0) {
+        return Ok(None);
+    }
+    let Ok(k) = key_scratch6(0) else {
+        return Ok(None);
+    };
+    // SAFETY: this CPU's key slot, valid for this run (the full path fills it again).
+    let key = unsafe { &mut *k };
+    let ports = (u16::from_be(l4[0]), u16::from_be(l4[1]));
+    fill_key6(key, iface.vpc_id, &h.src, &h.dst, ports, proto);
+    let key = &*key;
+    let Some(p) = PL_CONNTRACK6.get_ptr_mut(key) else {
+        return Ok(None);
+    };
+    // SAFETY: the pointer from a successful lookup is valid for this program run.
+    let e = unsafe { &mut *p };
+    let t = now();
+    // GWLB flows have paths of their own; a flow-logged one reports from the full path.
+    if e.flags & (FLOW_GWLB | FLOW_LOGGED) != 0
+        || e.epoch != epoch
+        || e.is_expired(proto, t, &config())
+        || (e.direction == DIR_ORIGINAL && t.saturating_sub(e.checked_ns) > PARTNER_REFRESH_NS)
+    {
+        return Ok(None);
+    }
+    *slot = e.counter_slot;
+    let (flags, nums) = if tcp {
+        let Ok(t) = tcp_words(ctx) else {
+            return Ok(None);
+        };
+        let word = |i: usize| {
+            let [a, b] = t[i].to_ne_bytes();
+            let [c, d] = t[i + 1].to_ne_bytes();
+            u32::from_be_bytes([a, b, c, d])
+        };
+        (
+            t[TCP_DOFF_FLAGS].to_ne_bytes()[1] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK),
+            SeqAck {
+                seq: word(2),
+                ack: word(4),
+            },
+        )
+    } else {
+        (0, SeqAck::default())
+    };
+    let dir = e.direction;
+    track(e, key, flags, nums, t, dir);
+    e.fast_packets = e.fast_packets.wrapping_add(1);
+    rewrite(ctx, h, e, tcp, proto, hop_limit)?;
+    let reason = if dir == DIR_ORIGINAL {
+        Reason::Forward6ToService
+    } else {
+        Reason::Forward6ToConsumer
+    };
+    redirect_to(e.out_ifindex, reason).map(Some)
+}
+
+/// `flows6::apply6`'s rewrite with the stamped delta, and `nat6::redirect6`'s MACs.
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    h: &mut Head6,
+    e: &FlowEntry6,
+    tcp: bool,
+    proto: u8,
+    hop_limit: u8,
+) -> Result<(), Reason> {
+    h.next_hop = u16::from_ne_bytes([proto, hop_limit - 1]);
+    copy_addr(&mut h.src, &e.new_src);
+    copy_addr(&mut h.dst, &e.new_dst);
+    if tcp {
+        let t = tcp_words(ctx)?;
+        t[0] = e.new_sport.to_be();
+        t[1] = e.new_dport.to_be();
+        t[TCP_CHECK] = csum::apply_delta(t[TCP_CHECK], e.csum_l4);
+    } else {
+        let u = mut_at::<[u16; 4]>(ctx, L4_AT, Reason::DropTruncatedL4)?;
+        u[0] = e.new_sport.to_be();
+        u[1] = e.new_dport.to_be();
+        let c = csum::apply_delta(u[UDP_CHECK], e.csum_l4);
+        // A computed 0 goes as 0xffff (IPv6 has no "no checksum").
+        u[UDP_CHECK] = if c == 0 { 0xffff } else { c };
+    }
+    set_mac_at(&mut h.macs, 0, &e.dst_mac);
+    set_mac_at(&mut h.macs, 3, &e.src_mac);
+    Ok(())
+}
