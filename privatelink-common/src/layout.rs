@@ -129,7 +129,7 @@ layout! {
     FlowEntry6 {
         new_src, new_dst, new_sport, new_dport, out_ifindex, src_mac, dst_mac, out_vpc_id,
         endpoint_id, direction, tcp_flags, flags, _pad, last_seen_ns, checked_ns, peer_mac,
-        out_mtu, epoch, csum_l4, _pad2, fast_packets, counter_slot,
+        out_mtu, epoch, csum_l4, gwlb_cookie_lo, fast_packets, counter_slot,
     };
     Rule6 { addr, prefix, proto, action, _pad, port_lo, port_hi };
     RuleSet6 { count, _pad, rules } [Rule6];

@@ -151,14 +151,28 @@ pub struct FlowEntry6 {
     pub peer_mac: [u8; 6],
     pub out_mtu: u16,
     pub epoch: u32,
-    /// What this direction's rewrite adds to the TCP/UDP checksum (folded).
+    /// What this direction's rewrite adds to the TCP/UDP checksum (folded). GWLB flows
+    /// rewrite no checksum: they keep their GENEVE flow cookie's high half here, its low
+    /// half in `gwlb_cookie_lo` (`gwlb_cookie`), stamped with `epoch`.
     pub csum_l4: u16,
-    pub _pad2: u16,
+    /// GWLB flows: the GENEVE flow cookie's low half (0 for NAT flows).
+    pub gwlb_cookie_lo: u16,
     pub fast_packets: u32,
     pub counter_slot: u32,
 }
 
 impl FlowEntry6 {
+    /// A GWLB flow's GENEVE flow cookie, stamped with its epoch (see `csum_l4`).
+    #[inline(always)]
+    pub fn gwlb_cookie(&self) -> u32 {
+        (self.csum_l4 as u32) << 16 | self.gwlb_cookie_lo as u32
+    }
+
+    #[inline(always)]
+    pub fn set_gwlb_cookie(&mut self, cookie: u32) {
+        (self.csum_l4, self.gwlb_cookie_lo) = ((cookie >> 16) as u16, cookie as u16);
+    }
+
     /// An entry with every field zero (see `FlowEntry::zeroed`).
     #[inline(always)]
     pub const fn zeroed() -> FlowEntry6 {
@@ -182,7 +196,7 @@ impl FlowEntry6 {
             out_mtu: 0,
             epoch: 0,
             csum_l4: 0,
-            _pad2: 0,
+            gwlb_cookie_lo: 0,
             fast_packets: 0,
             counter_slot: 0,
         }

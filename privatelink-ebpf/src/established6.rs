@@ -1,22 +1,27 @@
-//! The IPv6 established fast path, tried first by the IPv6 program for every frame: a NAT
-//! flow whose entry was checked under the current epoch is rewritten and redirected on one
-//! conntrack lookup, with the checksum delta stamped on its entry (`flows6::stamp6`),
-//! without the destination lookups, the listener and endpoint checks and the path
-//! program's tail call. `established`'s rules for IPv6. Anything it cannot take goes on
-//! to the full classification. Above `conntrack6`; used by `ipv6` only.
+//! The IPv6 established fast path, tried first by the IPv6 program for every frame: a flow
+//! whose entry was checked under the current epoch goes on one conntrack lookup, without
+//! the destination lookups, the listener and endpoint checks and the path program's tail
+//! call: a NAT flow rewritten with the checksum delta stamped on its entry
+//! (`flows6::stamp6`), a GWLB flow encapsulated to its appliance. `established`'s rules
+//! for IPv6. Anything it cannot take goes on to the full classification. Above
+//! `conntrack6`, `flows6` and `gwlb6`; used by `ipv6` only.
 
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
-    DIR_ORIGINAL, FLOW_GWLB, FLOW_LOGGED, FlowEntry6, IfaceInfo, PROTO_TCP, PROTO_UDP, Reason, csum,
+    DIR_ORIGINAL, FLOW_GWLB, FLOW_LOGGED, FlowEntry6, GWLB_OVERHEAD, IfaceInfo, PROTO_TCP,
+    PROTO_UDP, Reason, csum,
 };
 
 use crate::{
     conntrack::{Flow, PARTNER_REFRESH_NS, SeqAck, now, track},
     established::{NOT_ESTABLISHED, set_mac_at},
     flows6::fill_key6,
+    geneve::{self, GENEVE_PROTO_IPV6, Outer},
+    gwlb6,
     maps::{PL_CONNTRACK6, config, key_scratch6},
     packet6::copy_addr,
     parse::{ETH_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, frame_len, mut_at},
+    stats,
     verdict::{Verdict, redirect_to, settle_for},
 };
 
@@ -124,12 +129,22 @@ fn checked(
     // SAFETY: the pointer from a successful lookup is valid for this program run.
     let e = unsafe { &mut *p };
     let t = now();
-    // GWLB flows have paths of their own; a flow-logged one reports from the full path.
-    if e.flags & (FLOW_GWLB | FLOW_LOGGED) != 0
+    // A flow-logged NAT flow reports from the full path; a GWLB flow checks its appliance
+    // as often as a NAT flow its reply entry, in both directions (`gwlb6::recheck`).
+    let gwlb = e.flags & FLOW_GWLB != 0;
+    if (!gwlb && e.flags & FLOW_LOGGED != 0)
         || e.epoch != epoch
         || e.is_expired(proto, t, &config())
-        || (e.direction == DIR_ORIGINAL && t.saturating_sub(e.checked_ns) > PARTNER_REFRESH_NS)
+        || ((e.direction == DIR_ORIGINAL || gwlb)
+            && t.saturating_sub(e.checked_ns) > PARTNER_REFRESH_NS)
     {
+        return Ok(None);
+    }
+    // Too big for the appliance's port once encapsulated: the full path answers with a
+    // Packet Too Big.
+    let inner_len = end - ETH_LEN;
+    let mtu = e.out_mtu as usize;
+    if gwlb && mtu >= 2 * GWLB_OVERHEAD && inner_len + GWLB_OVERHEAD > mtu {
         return Ok(None);
     }
     *slot = e.counter_slot;
@@ -153,8 +168,15 @@ fn checked(
         (0, SeqAck::default())
     };
     let dir = e.direction;
+    // GWLB flows track the flags only, as `gwlb6::steer` does.
+    let nums = if gwlb { SeqAck::default() } else { nums };
     track(e, key, flags, nums, t, dir);
     e.fast_packets = e.fast_packets.wrapping_add(1);
+    if gwlb {
+        // IPv6 forwarding: the hop limit goes down by one on its way through the endpoint.
+        h.next_hop = u16::from_ne_bytes([proto, hop_limit - 1]);
+        return to_appliance6(ctx, iface.vpc_id, e, inner_len).map(Some);
+    }
     rewrite(ctx, h, e, tcp, proto, hop_limit)?;
     let reason = if dir == DIR_ORIGINAL {
         Reason::Forward6ToService
@@ -162,6 +184,37 @@ fn checked(
         Reason::Forward6ToConsumer
     };
     redirect_to(e.out_ifindex, reason).map(Some)
+}
+
+/// A GWLB flow's packet, its hop limit counted down: to the flow's appliance in GENEVE
+/// (`gwlb6::steer`'s work, with what its last full-path packet checked, the flow cookie
+/// included: hashing the tuple here took the IPv6 program past its 512 bytes of stack).
+#[inline(always)]
+fn to_appliance6(
+    ctx: &XdpContext,
+    vpc_id: u32,
+    e: &FlowEntry6,
+    inner_len: usize,
+) -> Result<Verdict, Reason> {
+    // The appliance's counters (its slot kept in the flow's `new_dport`).
+    stats::to_appliance(e.new_dport as u32, inner_len as u64);
+    let outer = Outer {
+        src: gwlb6::unmapped(&e.new_src),
+        dst: gwlb6::unmapped(&e.new_dst),
+        src_mac: e.src_mac,
+        dst_mac: e.dst_mac,
+    };
+    let out_ifindex = e.out_ifindex;
+    geneve::encap_as(
+        ctx,
+        GENEVE_PROTO_IPV6,
+        e.gwlb_cookie(),
+        vpc_id,
+        e.endpoint_id,
+        inner_len,
+        &outer,
+    )?;
+    redirect_to(out_ifindex, Reason::Gwlb6ToAppliance)
 }
 
 /// `flows6::apply6`'s rewrite with the stamped delta, and `nat6::redirect6`'s MACs.

@@ -27,7 +27,10 @@ use crate::{
     gwlb::{self, Echo, inner_ports},
     gwlb6_icmp,
     icmp6::{ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST},
-    maps::{self, PL_CONNTRACK6, PL_GWLB_APPLS, PL_GWLB_NEIGH6, PL_VPC_PORTS, config, scratch6},
+    maps::{
+        self, PL_CONNTRACK6, PL_GWLB_APPLS, PL_GWLB_NEIGH6, PL_HANDOFF, PL_VPC_PORTS, config,
+        scratch6,
+    },
     packet::Packet,
     packet6::{IPV6_LEN, MAX_EXT_HEADERS, MAX_EXT_LEN, PROTO_ICMPV6, forwardable_source, packet6},
     parse::{ETH_LEN, ETH_P_IPV6, EthHdr, Ipv6Hdr, be16, mut_at, set_macs},
@@ -188,7 +191,7 @@ fn mapped(a: [u8; 4]) -> [u8; 16] {
 
 /// The IPv4 address inside an IPv4-mapped one.
 #[inline(always)]
-fn unmapped(a: &[u8; 16]) -> [u8; 4] {
+pub fn unmapped(a: &[u8; 16]) -> [u8; 4] {
     [a[12], a[13], a[14], a[15]]
 }
 
@@ -304,8 +307,18 @@ fn flow_checked(
     }
     let dir = e.direction;
     conntrack::track(e, &key, tcp_flags, SeqAck::default(), t, dir);
+    // Checked under the epoch the classification ran under (the handoff's): the route to
+    // this endpoint, the endpoint forwarding, the flow alive and its appliance confirmed.
+    // Its next packets may take the established path (`established6`), with the flow
+    // cookie computed here. (The epoch read here, not passed down: one more argument took
+    // the program past its 512 bytes of stack.)
+    let cookie = cookie_of(&key);
+    if let Some(h) = PL_HANDOFF.get(0) {
+        e.set_gwlb_cookie(cookie);
+        e.epoch = h.epoch;
+    }
     *out = Send {
-        cookie: cookie_of(&key),
+        cookie,
         len: (pkt.end - ETH_LEN) as u16,
         mtu: e.out_mtu,
         out_ifindex: e.out_ifindex,

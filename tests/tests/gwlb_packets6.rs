@@ -746,3 +746,100 @@ fn the_endpoints_ipv6_eni_answers_neighbour_solicitations_and_nothing_else() {
     assert_eq!(h.count(Reason::Gwlb6ToAppliance), 0);
     assert_eq!(h.count(Reason::GwlbToAppliance), 0);
 }
+
+#[test]
+fn the_ipv6_established_path_encapsulates_exactly_as_the_full_path() {
+    // Two data paths with the same flows: in `slow` the epoch moves before every packet,
+    // so each one takes the full path (`privatelink_gwlb_steer6`); `fast` takes the
+    // established path (`established6`, one flow lookup) from each direction's second
+    // packet on. TCP both ways and UDP, 20 rounds.
+    let (mut fast, mut slow) = (harness(), harness());
+    let start = std::time::Instant::now();
+    let frames = |h: &Harness, i: u8| {
+        let body = [i; 24];
+        let mut udp = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+            .ipv6(CLIENT6, SERVER6, 64)
+            .udp(42001, 53)
+            .write(&mut udp, &body)
+            .unwrap();
+        vec![
+            tcp6(h, CLIENT6, SERVER6, 42000, 80, &body),
+            tcp6(h, SERVER6, CLIENT6, 80, 42000, &body),
+            udp,
+        ]
+    };
+    let mut last = Vec::new();
+    for i in 0..20u8 {
+        slow.bump_epoch().unwrap();
+        for (n, (f, s)) in frames(&fast, i).iter().zip(frames(&slow, i)).enumerate() {
+            let (fa, fo) = fast.run(fast.consumer.ifindex, f).unwrap();
+            let (sa, so) = slow.run(slow.consumer.ifindex, &s).unwrap();
+            assert_eq!(
+                (fa, sa),
+                (XDP_REDIRECT, XDP_REDIRECT),
+                "round {i} frame {n}: {:?}",
+                fast.active_stats()
+            );
+            // Everything but the outer source MAC (each fixture's own port) is equal.
+            assert_eq!(
+                (&fo[..6], &fo[12..]),
+                (&so[..6], &so[12..]),
+                "round {i} frame {n}: established and full path differ"
+            );
+            last.push((f.clone(), fo));
+        }
+    }
+    // The established path's last frames, checked on their own by scapy (outer headers,
+    // the options, the inner packet's checksums and its hop limit).
+    for (f, out) in last.iter().rev().take(3) {
+        check_geneve(&fast, f, out, &dissect_one(out), APPL_A);
+    }
+    assert_eq!(fast.count(Reason::Gwlb6ToAppliance), 60);
+    assert_eq!(slow.count(Reason::Gwlb6ToAppliance), 60);
+    let counters = |h: &mut Harness| {
+        h.dp.counters()
+            .unwrap()
+            .into_iter()
+            .map(|(k, c)| format!("{k:?} {} {}", c.to_service_packets, c.to_service_bytes))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        counters(&mut fast),
+        counters(&mut slow),
+        "appliance counters"
+    );
+    // The comparison means something only if the established path ran in `fast` (every
+    // packet of a direction after its first, but those due for the once-a-second check of
+    // the appliance) and never in `slow`.
+    let rechecks = start.elapsed().as_secs() as u32 + 1;
+    let trace = |h: &Harness, sport: u16, proto: u8| {
+        let flows = h.dp.flows6().unwrap();
+        let of = |want: &dyn Fn(&privatelink_common::FlowKey6) -> bool| {
+            flows
+                .iter()
+                .find(|(k, _)| k.proto == proto && want(k))
+                .map(|(_, e)| e.fast_packets)
+                .unwrap_or_else(|| panic!("no GWLB entry for client port {sport}"))
+        };
+        (
+            of(&|k| k.src == CLIENT6 && k.sport == sport),
+            of(&|k| k.dst == CLIENT6 && k.dport == sport),
+        )
+    };
+    for (sport, proto, dirs) in [(42000, 6, 2), (42001, 17, 1)] {
+        let (fwd, reply) = trace(&fast, sport, proto);
+        let got = if dirs == 2 {
+            vec![fwd, reply]
+        } else {
+            vec![fwd]
+        };
+        for n in got {
+            assert!(
+                (19u32.saturating_sub(rechecks)..=19).contains(&n),
+                "port {sport}: {n} packets on the established path"
+            );
+        }
+        assert_eq!(trace(&slow, sport, proto), (0, 0), "the full path only");
+    }
+}
