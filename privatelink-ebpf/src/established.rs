@@ -36,11 +36,37 @@ pub const NOT_ESTABLISHED: u64 = u64::MAX;
 #[inline(always)]
 pub fn established(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
     let mut slot = 0;
-    match established_checked(ctx, iface, pkt, &mut slot) {
+    let r = established_checked(ctx, iface, pkt, &mut slot);
+    pack(r, slot)
+}
+
+/// A short path's outcome packed: `NOT_ESTABLISHED` if it did not take the packet, else
+/// the verdict with the flow's counter slot (`settle_for`). `established6`'s too.
+#[inline(always)]
+pub fn pack(r: Result<Option<Verdict>, Reason>, slot: u32) -> u64 {
+    match r {
         Ok(None) => NOT_ESTABLISHED,
         Ok(Some(v)) => settle_for(slot, Ok(v)),
         Err(r) => settle_for(slot, Err(r)),
     }
+}
+
+/// What the tracking reads of a TCP header (its first 20 bytes, as words in memory
+/// order): the flags, and the sequence and acknowledgment numbers. `established6`'s too.
+#[inline(always)]
+pub fn tcp_state(t: &[u16; 10]) -> (u8, SeqAck) {
+    let word = |i: usize| {
+        let [a, b] = t[i].to_ne_bytes();
+        let [c, d] = t[i + 1].to_ne_bytes();
+        u32::from_be_bytes([a, b, c, d])
+    };
+    (
+        t[TCP_DOFF_FLAGS].to_ne_bytes()[1] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK),
+        SeqAck {
+            seq: word(2),
+            ack: word(4),
+        },
+    )
 }
 
 /// Ethernet, an IPv4 header without options and the first 20 bytes after it: what the
@@ -56,16 +82,16 @@ struct Head {
     l4: [u16; 10],
 }
 
-// Word indexes in `Head::ip` and `Head::l4`.
+// Word indexes in `Head::ip` and `Head::l4` (TCP's also `established6`'s).
 const IP_FRAGS: usize = 3;
 const IP_TTL_PROTO: usize = 4;
 const IP_CHECK: usize = 5;
 const IP_SRC: usize = 6;
 const IP_DST: usize = 8;
-const TCP_DOFF_FLAGS: usize = 6;
-const TCP_CHECK: usize = 8;
-const UDP_LEN: usize = 2;
-const UDP_CHECK: usize = 3;
+pub const TCP_DOFF_FLAGS: usize = 6;
+pub const TCP_CHECK: usize = 8;
+pub const UDP_LEN: usize = 2;
+pub const UDP_CHECK: usize = 3;
 
 /// The address in words `i` and `i + 1`.
 #[inline(always)]
@@ -177,18 +203,7 @@ fn established_checked(
         return Err(Reason::DropBadIpChecksum);
     }
     let (flags, nums) = if tcp {
-        let word = |i: usize| {
-            let [a, b] = l4[i].to_ne_bytes();
-            let [c, d] = l4[i + 1].to_ne_bytes();
-            u32::from_be_bytes([a, b, c, d])
-        };
-        (
-            l4[TCP_DOFF_FLAGS].to_ne_bytes()[1] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK),
-            SeqAck {
-                seq: word(2),
-                ack: word(4),
-            },
-        )
+        tcp_state(l4)
     } else {
         (0, SeqAck::default())
     };

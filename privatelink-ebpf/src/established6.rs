@@ -14,15 +14,15 @@ use privatelink_common::{
 
 use crate::{
     conntrack::{Flow, PARTNER_REFRESH_NS, SeqAck, now, track},
-    established::{NOT_ESTABLISHED, set_mac_at},
+    established::{TCP_CHECK, TCP_DOFF_FLAGS, UDP_CHECK, UDP_LEN, pack, set_mac_at, tcp_state},
     flows6::fill_key6,
     geneve::{self, GENEVE_PROTO_IPV6, Outer},
     gwlb6,
     maps::{PL_CONNTRACK6, config, key_scratch6},
     packet6::copy_addr,
-    parse::{ETH_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, frame_len, mut_at},
+    parse::{ETH_LEN, frame_len, mut_at},
     stats,
-    verdict::{Verdict, redirect_to, settle_for},
+    verdict::{Verdict, redirect_to},
 };
 
 /// The established path for an IPv6 frame: `NOT_ESTABLISHED`, or the verdict packed with
@@ -30,11 +30,8 @@ use crate::{
 #[inline(always)]
 pub fn established6(ctx: &XdpContext, iface: &IfaceInfo, epoch: u32) -> u64 {
     let mut slot = 0;
-    match checked(ctx, iface, epoch, &mut slot) {
-        Ok(None) => NOT_ESTABLISHED,
-        Ok(Some(v)) => settle_for(slot, Ok(v)),
-        Err(r) => settle_for(slot, Err(r)),
-    }
+    let r = checked(ctx, iface, epoch, &mut slot);
+    pack(r, slot)
 }
 
 /// Ethernet and the fixed IPv6 header: what this path reads and writes before the L4
@@ -64,12 +61,8 @@ fn tcp_words(ctx: &XdpContext) -> Result<&mut [u16; 10], Reason> {
     mut_at::<[u16; 10]>(ctx, L4_AT, Reason::DropTruncatedL4)
 }
 
+/// Where the L4 header starts: this path takes no extension headers.
 const L4_AT: usize = ETH_LEN + 40;
-// Word indexes in `Head6::l4`.
-const TCP_DOFF_FLAGS: usize = 6;
-const TCP_CHECK: usize = 8;
-const UDP_LEN: usize = 2;
-const UDP_CHECK: usize = 3;
 
 #[inline(always)]
 fn checked(
@@ -152,18 +145,7 @@ fn checked(
         let Ok(t) = tcp_words(ctx) else {
             return Ok(None);
         };
-        let word = |i: usize| {
-            let [a, b] = t[i].to_ne_bytes();
-            let [c, d] = t[i + 1].to_ne_bytes();
-            u32::from_be_bytes([a, b, c, d])
-        };
-        (
-            t[TCP_DOFF_FLAGS].to_ne_bytes()[1] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK),
-            SeqAck {
-                seq: word(2),
-                ack: word(4),
-            },
-        )
+        tcp_state(t)
     } else {
         (0, SeqAck::default())
     };
