@@ -13,7 +13,7 @@
 //! - `geneve`: GENEVE encapsulation (the outer headers from a compile-time template) and
 //!   decapsulation.
 //! - `established`, `established6`: the fast paths for flows checked under the current
-//!   epoch (IPv4: NAT flows rewritten, GWLB flows encapsulated; IPv6: NAT flows).
+//!   epoch (NAT flows rewritten, GWLB flows encapsulated; IPv4 and IPv6).
 //! - `arp`, `icmp`: ARP answers, learning and probes; ICMP echo and error translation
 //!   (and the frag-needed error GWLB sends).
 //! - `forward`, `reply`, `gwlb`: the paths of NATed flows (consumer → service and back)

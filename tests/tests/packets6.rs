@@ -1669,14 +1669,7 @@ fn exchange6(
     i: usize,
 ) -> [(u32, Vec<u8>); 2] {
     let body = format!("packet {i}");
-    let (fwd, mut back) = (
-        if tcp {
-            tcp6_segment(h, sport, false, body.as_bytes())
-        } else {
-            udp6_to_eni(h, sport, body.as_bytes())
-        },
-        Vec::new(),
-    );
+    let (fwd, mut back) = (exchange_frame6(h, tcp, sport, i), Vec::new());
     let b = PacketBuilder::ethernet2(LB6_MAC, h.provider.mac).ipv6(lb6(), to.0, 64);
     if tcp {
         b.tcp(80, to.1, 5001, 64240)
@@ -1776,11 +1769,70 @@ fn the_ipv6_established_path_rewrites_exactly_as_the_full_path() {
         );
         let epoch = fast.dp.epoch().unwrap();
         assert_eq!((fwd.epoch, reply.epoch), (epoch, epoch), "stamped");
-        let (fwd, reply) = flow_pair6(&slow, sport);
+        let (sfwd, sreply) = flow_pair6(&slow, sport);
         assert_eq!(
-            (fwd.fast_packets, reply.fast_packets),
+            (sfwd.fast_packets, sreply.fast_packets),
             (0, 0),
             "tcp {tcp}: the full path only"
         );
+        // Both paths tracked the flow alike, and counted it for the endpoint alike.
+        assert_eq!(
+            (fwd.tcp_flags, reply.tcp_flags),
+            (sfwd.tcp_flags, sreply.tcp_flags),
+            "tcp {tcp}: tracked state"
+        );
+        let counters = |h: &mut Harness| {
+            h.dp.counters()
+                .unwrap()
+                .into_iter()
+                .map(|(k, c)| {
+                    let n = (c.to_service_packets, c.to_service_bytes);
+                    format!(
+                        "{k:?} {n:?} {} {}",
+                        c.to_consumer_packets, c.to_consumer_bytes
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            counters(&mut fast),
+            counters(&mut slow),
+            "tcp {tcp}: endpoint counters"
+        );
+        // A packet of the stamped flow that the packet's own checks refuse is the full
+        // path's to refuse: hop limit 1, and (UDP) a zero checksum, which IPv6 forbids.
+        let mut last_hop = exchange_frame6(&fast, tcp, sport, 20);
+        last_hop[14 + 7] = 1;
+        assert_eq!(
+            fast.run(fast.consumer.ifindex, &last_hop).unwrap().0,
+            XDP_DROP,
+            "tcp {tcp}: hop limit 1"
+        );
+        assert_eq!(fast.count(Reason::DropHopLimitExceeded), 1);
+        if !tcp {
+            let mut zero = exchange_frame6(&fast, tcp, sport, 21);
+            zero[14 + 40 + 6..14 + 40 + 8].copy_from_slice(&[0, 0]);
+            assert_eq!(
+                fast.run(fast.consumer.ifindex, &zero).unwrap().0,
+                XDP_DROP,
+                "zero UDP checksum"
+            );
+            assert_eq!(fast.count(Reason::DropUdp6ZeroChecksum), 1);
+        }
+        let (after, _) = flow_pair6(&fast, sport);
+        assert_eq!(
+            after.fast_packets, fwd.fast_packets,
+            "tcp {tcp}: none of those"
+        );
+    }
+}
+
+/// The client's packet of flow `sport` that `exchange6` sends in round `i`.
+fn exchange_frame6(h: &Harness, tcp: bool, sport: u16, i: usize) -> Vec<u8> {
+    let body = format!("packet {i}");
+    if tcp {
+        tcp6_segment(h, sport, false, body.as_bytes())
+    } else {
+        udp6_to_eni(h, sport, body.as_bytes())
     }
 }
