@@ -158,7 +158,7 @@ pub fn iface(ifindex: u32, epoch: u32) -> Option<IfaceInfo> {
 }
 
 /// The port a VPC is reached through (`PL_VPC_PORTS`), under `epoch` (`cached`: every
-/// GENEVE packet from an appliance and every new flow asks).
+/// GENEVE packet from an appliance asks; new flows read the map itself).
 #[inline(always)]
 pub fn vpc_port(vpc_id: u32, epoch: u32) -> Option<VpcPort> {
     let slot = PL_PORTCACHE.get_ptr_mut(vpc_id & (CACHE_SLOTS - 1));
