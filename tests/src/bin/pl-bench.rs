@@ -340,11 +340,21 @@ fn cpu_at_load() -> Result<String> {
             .map(|l| l.busy)
             .collect()
     };
-    let base = busy(Mode::IngressDrop);
-    let over = |m: Mode| -> Vec<f64> { busy(m).iter().zip(&base).map(|(b, z)| b - z).collect() };
+    // The CPU's busy time per frame sent, in ns: a round that ran late offered a little
+    // less, and its share of a busy CPU is compared per frame, not per second.
+    let per_frame = |m: Mode| -> Vec<f64> {
+        loads
+            .iter()
+            .filter(|l| l.mode == m)
+            .map(|l| 1e9 * l.busy * l.seconds / l.sent.max(1) as f64)
+            .collect()
+    };
+    let base = per_frame(Mode::IngressDrop);
+    let over =
+        |m: Mode| -> Vec<f64> { per_frame(m).iter().zip(&base).map(|(b, z)| b - z).collect() };
     let nft = over(Mode::Nftables);
     let mut t = String::from(
-        "| mode | offered kpps | arrived | CPU busy | over the baseline | to nftables |\n|---|---:|---:|---:|---:|---:|\n",
+        "| mode | offered kpps | arrived | CPU busy | busy ns per frame | over the baseline | to nftables |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for m in LOAD_MODES {
         let (sent, arrived) = loads
@@ -365,17 +375,19 @@ fn cpu_at_load() -> Result<String> {
         };
         let _ = writeln!(
             t,
-            "| {} | {offered:.0} | {:.1} % | {:.1} % | {:.1} % | {ratio} |",
+            "| {} | {offered:.0} | {:.1} % | {:.1} % | {:.0} | {:.0} | {ratio} |",
             m.label(),
             100.0 * arrived as f64 / sent.max(1) as f64,
             100.0 * med(busy(m)),
-            100.0 * med(x),
+            med(per_frame(m)),
+            med(x),
         );
     }
     let out = format!(
         "\nCPU at a fixed offered load ({} kpps of 64-byte UDP frames over {FLOWS} flows, {SECONDS} s per round, \
-         {ROUNDS} rounds with the modes taking turns; offered: the load in fact, a round that ran late a little lower; the whole pipeline on one CPU, its busy share from /proc/stat; \
-         the forwarder's part is a mode's busy share minus the same round's baseline, where the forwarder drops every \
+         {ROUNDS} rounds with the modes taking turns; offered: the load in fact, a round that ran late a little lower; the whole pipeline on one CPU, its busy share from /proc/stat, \
+         and that busy time per frame sent (so that a round that ran late compares fairly); \
+         the forwarder's part is a mode's busy ns per frame minus the same round's baseline, where the forwarder drops every \
          frame at its ingress (the fp0 -> p0 hop and the sink's receive are in every forwarding mode's part); medians, ratios within each round)\n\n{t}",
         PPS / 1000
     );
