@@ -225,3 +225,53 @@ pub fn xdp_md(len: u32, ifindex: u32) -> Vec<u8> {
         .flat_map(|v: &u32| v.to_ne_bytes())
         .collect()
 }
+
+/// Sends every round's frames (`frames(h, round)`, each on the consumer interface) through
+/// two data paths side by side: `slow`'s epoch moves before every round, so it takes the
+/// full path only, while `fast` may take the established one. Every output must be a
+/// redirect, and both equal but for the source MAC (each fixture's own interface).
+/// Returns the last round's frames with `fast`'s outputs.
+pub fn side_by_side(
+    fast: &mut Harness,
+    slow: &mut Harness,
+    rounds: u8,
+    frames: impl Fn(&Harness, u8) -> Vec<Vec<u8>>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    const XDP_REDIRECT: u32 = 4;
+    let mut last = Vec::new();
+    for i in 0..rounds {
+        slow.bump_epoch().expect("moving the epoch");
+        last.clear();
+        for (n, (f, s)) in frames(fast, i).into_iter().zip(frames(slow, i)).enumerate() {
+            let (fa, fo) = fast.run(fast.consumer.ifindex, &f).expect("test run");
+            let (sa, so) = slow.run(slow.consumer.ifindex, &s).expect("test run");
+            assert_eq!(
+                (fa, sa),
+                (XDP_REDIRECT, XDP_REDIRECT),
+                "round {i} frame {n}: {:?}",
+                fast.active_stats()
+            );
+            assert_eq!(
+                (&fo[..6], &fo[12..]),
+                (&so[..6], &so[12..]),
+                "round {i} frame {n}: established and full path differ"
+            );
+            last.push((f, fo));
+        }
+    }
+    last
+}
+
+/// Every counter slot's packets and bytes both ways, as text: what two data paths given
+/// the same packets must have counted alike.
+pub fn slot_counters(h: &mut Harness) -> Vec<String> {
+    h.dp.counters()
+        .expect("reading the counters")
+        .into_iter()
+        .map(|(k, c)| {
+            let service = (c.to_service_packets, c.to_service_bytes);
+            let consumer = (c.to_consumer_packets, c.to_consumer_bytes);
+            format!("{k:?} {service:?} {consumer:?}")
+        })
+        .collect()
+}

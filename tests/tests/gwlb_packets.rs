@@ -13,7 +13,7 @@ use privatelink_tests::{
         SERVER_MAC, state, tcp, tcp_ack,
     },
     scapy::{build, dissect, dissect_one},
-    testrun::Harness,
+    testrun::{Harness, side_by_side, slot_counters},
 };
 use privatelink_user::{
     dataplane,
@@ -362,44 +362,18 @@ fn the_established_path_encapsulates_exactly_as_the_full_path() {
             },
         ]
     };
-    let mut last = Vec::new();
-    for i in 0..20u8 {
-        slow.bump_epoch().unwrap();
-        for (n, (f, s)) in frames(&fast, i).iter().zip(frames(&slow, i)).enumerate() {
-            let (fa, fo) = fast.run(fast.consumer.ifindex, f).unwrap();
-            let (sa, so) = slow.run(slow.consumer.ifindex, &s).unwrap();
-            assert_eq!(
-                (fa, sa),
-                (XDP_REDIRECT, XDP_REDIRECT),
-                "round {i} frame {n}"
-            );
-            // Everything but the outer source MAC (each fixture's own port) is equal.
-            assert_eq!(
-                (&fo[..6], &fo[12..]),
-                (&so[..6], &so[12..]),
-                "round {i} frame {n}: established and full path differ"
-            );
-            last.push((f.clone(), fo));
-        }
-    }
+    let last = side_by_side(&mut fast, &mut slow, 20, frames);
     // The established path's frames, checked on their own by scapy (outer headers, the
     // options, the inner packet's checksums and its TTL).
-    for (f, out) in last.iter().rev().take(3) {
+    for (f, out) in &last {
         let d = dissect_one(out);
         check_geneve(&fast, f, out, &d, APPL_A);
     }
     assert_eq!(fast.count(Reason::GwlbToAppliance), 60);
     assert_eq!(slow.count(Reason::GwlbToAppliance), 60);
-    let appliance = |h: &mut Harness| {
-        h.dp.counters()
-            .unwrap()
-            .into_iter()
-            .map(|(k, c)| format!("{k:?} {} {}", c.to_service_packets, c.to_service_bytes))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
-        appliance(&mut fast),
-        appliance(&mut slow),
+        slot_counters(&mut fast),
+        slot_counters(&mut slow),
         "appliance counters"
     );
     // The comparison means something only if the established path ran in `fast` (every

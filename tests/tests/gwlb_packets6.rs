@@ -16,7 +16,7 @@ use privatelink_tests::{
         ENI6, ENI6_STR, GWLB_ADDR, SERVER_MAC, SERVER6, SERVER6_STR, harness6_with, tcp6,
     },
     scapy::build,
-    testrun::Harness,
+    testrun::{Harness, side_by_side, slot_counters},
 };
 use privatelink_user::model::numeric_id;
 use serde_json::Value;
@@ -769,44 +769,17 @@ fn the_ipv6_established_path_encapsulates_exactly_as_the_full_path() {
             udp,
         ]
     };
-    let mut last = Vec::new();
-    for i in 0..20u8 {
-        slow.bump_epoch().unwrap();
-        for (n, (f, s)) in frames(&fast, i).iter().zip(frames(&slow, i)).enumerate() {
-            let (fa, fo) = fast.run(fast.consumer.ifindex, f).unwrap();
-            let (sa, so) = slow.run(slow.consumer.ifindex, &s).unwrap();
-            assert_eq!(
-                (fa, sa),
-                (XDP_REDIRECT, XDP_REDIRECT),
-                "round {i} frame {n}: {:?}",
-                fast.active_stats()
-            );
-            // Everything but the outer source MAC (each fixture's own port) is equal.
-            assert_eq!(
-                (&fo[..6], &fo[12..]),
-                (&so[..6], &so[12..]),
-                "round {i} frame {n}: established and full path differ"
-            );
-            last.push((f.clone(), fo));
-        }
-    }
+    let last = side_by_side(&mut fast, &mut slow, 20, frames);
     // The established path's last frames, checked on their own by scapy (outer headers,
     // the options, the inner packet's checksums and its hop limit).
-    for (f, out) in last.iter().rev().take(3) {
+    for (f, out) in &last {
         check_geneve(&fast, f, out, &dissect_one(out), APPL_A);
     }
     assert_eq!(fast.count(Reason::Gwlb6ToAppliance), 60);
     assert_eq!(slow.count(Reason::Gwlb6ToAppliance), 60);
-    let counters = |h: &mut Harness| {
-        h.dp.counters()
-            .unwrap()
-            .into_iter()
-            .map(|(k, c)| format!("{k:?} {} {}", c.to_service_packets, c.to_service_bytes))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
-        counters(&mut fast),
-        counters(&mut slow),
+        slot_counters(&mut fast),
+        slot_counters(&mut slow),
         "appliance counters"
     );
     // The comparison means something only if the established path ran in `fast` (every

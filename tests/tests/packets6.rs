@@ -26,7 +26,7 @@ use privatelink_tests::{
         lb6, na_frame, ns_frame, oss6, oss6_denied, snat6_pool, teach_lb, v6, with_ext,
     },
     frames::CLIENT_MAC,
-    testrun::Harness,
+    testrun::{Harness, slot_counters},
 };
 use privatelink_user::model::numeric_id;
 
@@ -1781,22 +1781,9 @@ fn the_ipv6_established_path_rewrites_exactly_as_the_full_path() {
             (sfwd.tcp_flags, sreply.tcp_flags),
             "tcp {tcp}: tracked state"
         );
-        let counters = |h: &mut Harness| {
-            h.dp.counters()
-                .unwrap()
-                .into_iter()
-                .map(|(k, c)| {
-                    let n = (c.to_service_packets, c.to_service_bytes);
-                    format!(
-                        "{k:?} {n:?} {} {}",
-                        c.to_consumer_packets, c.to_consumer_bytes
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
         assert_eq!(
-            counters(&mut fast),
-            counters(&mut slow),
+            slot_counters(&mut fast),
+            slot_counters(&mut slow),
             "tcp {tcp}: endpoint counters"
         );
         // A packet of the stamped flow that the packet's own checks refuse is the full
