@@ -159,7 +159,7 @@ fn checked(
         h.next_hop = u16::from_ne_bytes([proto, hop_limit - 1]);
         return to_appliance6(ctx, iface.vpc_id, e, inner_len).map(Some);
     }
-    rewrite(ctx, h, e, tcp, proto, hop_limit)?;
+    rewrite(ctx, h, l4, e, tcp, proto, hop_limit)?;
     let reason = if dir == DIR_ORIGINAL {
         Reason::Forward6ToService
     } else {
@@ -199,11 +199,13 @@ fn to_appliance6(
     redirect_to(out_ifindex, Reason::Gwlb6ToAppliance)
 }
 
-/// `flows6::apply6`'s rewrite with the stamped delta, and `nat6::redirect6`'s MACs.
+/// `flows6::apply6`'s rewrite with the stamped delta, and `nat6::redirect6`'s MACs. `l4`
+/// is the L4 header's first 8 bytes (the ports, and UDP's checksum).
 #[inline(always)]
 fn rewrite(
     ctx: &XdpContext,
     h: &mut Head6,
+    l4: &mut [u16; 4],
     e: &FlowEntry6,
     tcp: bool,
     proto: u8,
@@ -212,18 +214,15 @@ fn rewrite(
     h.next_hop = u16::from_ne_bytes([proto, hop_limit - 1]);
     copy_addr(&mut h.src, &e.new_src);
     copy_addr(&mut h.dst, &e.new_dst);
+    l4[0] = e.new_sport.to_be();
+    l4[1] = e.new_dport.to_be();
     if tcp {
         let t = tcp_words(ctx)?;
-        t[0] = e.new_sport.to_be();
-        t[1] = e.new_dport.to_be();
         t[TCP_CHECK] = csum::apply_delta(t[TCP_CHECK], e.csum_l4);
     } else {
-        let u = mut_at::<[u16; 4]>(ctx, L4_AT, Reason::DropTruncatedL4)?;
-        u[0] = e.new_sport.to_be();
-        u[1] = e.new_dport.to_be();
-        let c = csum::apply_delta(u[UDP_CHECK], e.csum_l4);
+        let c = csum::apply_delta(l4[UDP_CHECK], e.csum_l4);
         // A computed 0 goes as 0xffff (IPv6 has no "no checksum").
-        u[UDP_CHECK] = if c == 0 { 0xffff } else { c };
+        l4[UDP_CHECK] = if c == 0 { 0xffff } else { c };
     }
     set_mac_at(&mut h.macs, 0, &e.dst_mac);
     set_mac_at(&mut h.macs, 3, &e.src_mac);
