@@ -6,12 +6,14 @@
 #![no_std]
 
 pub mod csum;
+pub mod flowtable;
 pub mod hash;
 pub mod layout;
 pub mod maps;
 pub mod reason;
 pub mod v6;
 
+pub use flowtable::{FlowBucket, FlowBucket6, FlowGeometry, FlowSlot, FlowSlot6};
 pub use reason::Reason;
 pub use v6::{
     EndpointEni6, FlowEntry6, FlowKey6, GatewayRoute6, Rule6, RuleSet6, SnatPool6, VpcAddr6,
@@ -168,15 +170,20 @@ pub struct Config {
     pub flow_capacity: u64,
 }
 
+impl Config {
+    /// The settings until the daemon has written its own.
+    pub const DEFAULT: Config = Config {
+        tcp_timeout_ns: TCP_IDLE_TIMEOUT_NS,
+        other_timeout_ns: OTHER_IDLE_TIMEOUT_NS,
+        closing_timeout_ns: TCP_CLOSING_TIMEOUT_NS,
+        embryonic_timeout_ns: EMBRYONIC_TIMEOUT_NS,
+        flow_capacity: DEFAULT_CONNTRACK_ENTRIES as u64 / 2,
+    };
+}
+
 impl Default for Config {
     fn default() -> Self {
-        Self {
-            tcp_timeout_ns: TCP_IDLE_TIMEOUT_NS,
-            other_timeout_ns: OTHER_IDLE_TIMEOUT_NS,
-            closing_timeout_ns: TCP_CLOSING_TIMEOUT_NS,
-            embryonic_timeout_ns: EMBRYONIC_TIMEOUT_NS,
-            flow_capacity: DEFAULT_CONNTRACK_ENTRIES as u64 / 2,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -1005,6 +1012,9 @@ mod pod {
     unsafe impl aya::Pod for FlowEntry6 {}
     unsafe impl aya::Pod for Rule6 {}
     unsafe impl aya::Pod for RuleSet6 {}
+    unsafe impl aya::Pod for FlowBucket {}
+    unsafe impl aya::Pod for FlowBucket6 {}
+    unsafe impl aya::Pod for FlowGeometry {}
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@
 //! - `CONST`: the constant in `map_names`; `PL_NAME`: the map's name in the object (the
 //!   XDP program's static), in `bpftool map show` and as its pin file.
 //! - `Kind`: the map type as aya-ebpf's `btf_maps` names it (`HashMap`, `LruHashMap`,
-//!   `LpmTrie`, `Array`, `PerCpuArray`). Arrays' `Key` is `u32` (their index). An
+//!   `LpmTrie`, `Array`, `PerCpuArray`), or `FlowArray`: a flow table, an `Array` userspace
+//!   may map (`BPF_F_MMAPABLE`). Arrays' `Key` is `u32` (their index). An
 //!   `LpmTrie`'s key reads `Data as Pinned`: the data the program looks up, and the
 //!   type whose layout its pinned key (prefix length + data) has.
 //! - `capacity`: entries, then `fixed` when a pinned map of another capacity must be
@@ -98,10 +99,14 @@ macro_rules! for_each_map {
             NEIGHBORS = PL_NEIGHBORS: HashMap<$crate::VpcAddr, $crate::Neighbor>[$crate::MAX_NEIGHBORS, unchecked], registered(next_hops);
             /// Gateway endpoints' prefix routes, per consumer VPC (longest prefix wins).
             GATEWAY_ROUTES = PL_GW_ROUTES: LpmTrie<$crate::VpcAddr as $crate::GatewayRoute, $crate::EndpointEni>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_routes);
-            /// The flows, one entry per direction. Its capacity is a daemon option.
-            CONNTRACK = PL_CONNTRACK: LruHashMap<$crate::FlowKey, $crate::FlowEntry>[$crate::DEFAULT_CONNTRACK_ENTRIES, configured], datapath;
-            /// The IPv6 flows, one entry per direction; as many entries as `PL_CONNTRACK`.
-            CONNTRACK6 = PL_CONNTRACK6: LruHashMap<$crate::FlowKey6, $crate::FlowEntry6>[$crate::DEFAULT_CONNTRACK_ENTRIES, configured], datapath;
+            /// The flows, one slot per direction, in buckets the data path indexes itself
+            /// (`flowtable`). Its capacity is a daemon option (entries, made buckets).
+            CONNTRACK = PL_CONNTRACK: FlowArray<u32, $crate::FlowBucket>[$crate::flowtable::table_buckets($crate::DEFAULT_CONNTRACK_ENTRIES), configured], datapath;
+            /// The IPv6 flows, one slot per direction; as many buckets as `PL_CONNTRACK`.
+            CONNTRACK6 = PL_CONNTRACK6: FlowArray<u32, $crate::FlowBucket6>[$crate::flowtable::table_buckets($crate::DEFAULT_CONNTRACK_ENTRIES), configured], datapath;
+            /// The flow tables' geometry (`FlowGeometry`: slot mask, hash seed), IPv4's then
+            /// IPv6's, written by the daemon when it loads.
+            FLOW_GEOMETRY = PL_FLOWGEOM: Array<u32, $crate::FlowGeometry>[2, fixed], settings;
             /// Verdict counters per CPU, by `Reason` index.
             STATS = PL_STATS: PerCpuArray<u32, u64>[$crate::reason::REASON_COUNT, fixed], datapath;
             /// The data path's settings (`PL_CONFIG[0]`), written by the daemon at start.
@@ -182,6 +187,7 @@ mod tests {
             "PL_IFCACHE",
             "PL_PORTCACHE",
             "PL_APPLCACHE",
+            "PL_FLOWKEY",
         ];
         for r in rows {
             let first = r.split('|').nth(1).unwrap_or("");

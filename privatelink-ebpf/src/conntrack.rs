@@ -13,22 +13,19 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    btf_maps::LruHashMap,
     helpers::bpf_get_prandom_u32,
     programs::XdpContext,
 };
 use privatelink_common::{
-    CT_CLOSING, CT_ESTABLISHED, CT_FIN_SEEN, CT_REPLIED, Config, DEFAULT_CONNTRACK_ENTRIES,
-    DIR_ORIGINAL, DIR_REPLY, ENI_FLAG_FLOW_LOG, ENI_FLAG_GATEWAY, ENI_FLAG_LB_SET, EndpointEni,
-    FLOW_GWLB, FLOW_LOGGED, FlowBudget, FlowEntry, FlowKey, GwlbZone, IfaceInfo, LB_SLOTS,
-    MAX_LBS_PER_ZONE, MAX_SNAT_ADDRS, PROTO_TCP, Reason, VpcAddr, csum, hash,
+    CT_CLOSING, CT_ESTABLISHED, CT_FIN_SEEN, CT_REPLIED, Config, DIR_ORIGINAL, DIR_REPLY,
+    ENI_FLAG_FLOW_LOG, ENI_FLAG_GATEWAY, ENI_FLAG_LB_SET, EndpointEni, FLOW_GWLB, FLOW_LOGGED,
+    FlowBudget, FlowEntry, FlowKey, GwlbZone, IfaceInfo, LB_SLOTS, MAX_LBS_PER_ZONE,
+    MAX_SNAT_ADDRS, PROTO_TCP, Reason, VpcAddr, csum, hash,
 };
 
 use crate::{
-    maps::{
-        PL_CONNTRACK, PL_EP_BUDGET, PL_LB_SETS, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config,
-        scratch,
-    },
+    flowtable::FLOWS,
+    maps::{PL_EP_BUDGET, PL_LB_SETS, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config, scratch},
     packet::Packet,
     parse::{
         ETH_LEN, Ipv4Hdr, Ports, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, be16, l4_consistent,
@@ -234,6 +231,7 @@ pub fn create(
     // matters only when one or two are left.)
     // SAFETY: a helper without arguments.
     let stride = hash::mix32(h ^ unsafe { bpf_get_prandom_u32() }) | 1;
+    crate::flowtable::clear_refused();
     for attempt in 0..SNAT_ATTEMPTS {
         let idx = (((h >> 16).wrapping_add(attempt) % count) as usize) & (MAX_SNAT_ADDRS - 1);
         let snat_addr = pool.addrs[idx];
@@ -272,20 +270,15 @@ pub fn create(
             }
         };
         // SAFETY: as above.
-        if PL_CONNTRACK
-            .insert(key, unsafe { &*fwd }, BPF_ANY as u64)
-            .is_err()
-        {
-            let _ = PL_CONNTRACK.remove(reply_key);
+        if FLOWS.insert(key, unsafe { &*fwd }, BPF_ANY as u64).is_err() {
+            let _ = FLOWS.remove(reply_key);
             refund(eni);
             return Err(Reason::DropConntrackFull);
         }
-        return PL_CONNTRACK
-            .get_ptr_mut(key)
-            .ok_or(Reason::DropConntrackFull);
+        return FLOWS.get_ptr_mut(key).ok_or(Reason::DropConntrackFull);
     }
     refund(eni);
-    Err(Reason::DropSnatExhausted)
+    Err(crate::flowtable::search_failure())
 }
 
 /// A new flow that took a token and could not be made gives it back.
@@ -564,16 +557,15 @@ pub fn track<E: Flow>(e: &mut E, key: &E::Key, flags: u8, nums: SeqAck, t: u64, 
     }
 }
 
-/// A flow table: both conntrack maps have the same (configured) capacity.
-pub type Table<K, E> = LruHashMap<K, E, { DEFAULT_CONNTRACK_ENTRIES as usize }>;
+/// A flow table (`flowtable`): both have the same (configured) capacity.
+pub type Table<E> = crate::flowtable::Table<E>;
 
 /// An address family's flow entries, for what both flow tables share: claims, liveness,
 /// TCP tracking, marks. Implemented by `FlowEntry` (`PL_CONNTRACK`) here and by
 /// `FlowEntry6` (`PL_CONNTRACK6`) in `conntrack6`; the entries have the same fields by
 /// the same names, and the accessors are those fields.
-pub trait Flow: Sized + 'static {
-    type Key: Copy;
-    fn table() -> &'static Table<Self::Key, Self>;
+pub trait Flow: crate::flowtable::Tabled {
+    fn table() -> &'static Table<Self>;
     fn proto(key: &Self::Key) -> u8;
     /// Whether two keys are the same flow direction's.
     fn same_key(a: &Self::Key, b: &Self::Key) -> bool;
@@ -625,10 +617,9 @@ macro_rules! flow_fields {
 pub(crate) use flow_fields;
 
 impl Flow for FlowEntry {
-    type Key = FlowKey;
     #[inline(always)]
-    fn table() -> &'static Table<FlowKey, FlowEntry> {
-        &PL_CONNTRACK
+    fn table() -> &'static Table<FlowEntry> {
+        &FLOWS
     }
     #[inline(always)]
     fn proto(key: &FlowKey) -> u8 {

@@ -11,15 +11,14 @@ use privatelink_common::{
 
 use crate::{
     conntrack::{Flow, Table, alive, flow_fields},
-    maps::PL_CONNTRACK6,
+    flowtable::FLOWS6,
     packet6::copy_addr,
 };
 
 impl Flow for FlowEntry6 {
-    type Key = FlowKey6;
     #[inline(always)]
-    fn table() -> &'static Table<FlowKey6, FlowEntry6> {
-        &PL_CONNTRACK6
+    fn table() -> &'static Table<FlowEntry6> {
+        &FLOWS6
     }
     #[inline(always)]
     fn proto(key: &FlowKey6) -> u8 {

@@ -14,8 +14,9 @@ use crate::{
     checksum::sum_header,
     conntrack::{PARTNER_REFRESH_NS, SeqAck, now, track},
     flowlog,
+    flowtable::FLOWS,
     geneve::{self, Outer},
-    maps::{PL_CONNTRACK, config},
+    maps::config,
     packet::Packet,
     parse::{ETH_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, mut_at},
     stats,
@@ -174,7 +175,7 @@ fn established_checked(
         u16::from_be(l4[1]),
         pkt.proto,
     );
-    let Some(p) = PL_CONNTRACK.get_ptr_mut(key) else {
+    let Some(p) = FLOWS.get_ptr_mut(key) else {
         return Ok(None);
     };
     // SAFETY: the pointer from a successful lookup is valid for this program run.

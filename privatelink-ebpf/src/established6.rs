@@ -16,9 +16,10 @@ use crate::{
     conntrack::{Flow, PARTNER_REFRESH_NS, SeqAck, now, track},
     established::{TCP_CHECK, TCP_DOFF_FLAGS, UDP_CHECK, UDP_LEN, pack, set_mac_at, tcp_state},
     flows6::fill_key6,
+    flowtable::FLOWS6,
     geneve::{self, GENEVE_PROTO_IPV6, Outer},
     gwlb6,
-    maps::{PL_CONNTRACK6, config, key_scratch6},
+    maps::{config, key_scratch6},
     packet6::copy_addr,
     parse::{ETH_LEN, frame_len, mut_at},
     stats,
@@ -116,7 +117,7 @@ fn checked(
     let ports = (u16::from_be(l4[0]), u16::from_be(l4[1]));
     fill_key6(key, iface.vpc_id, &h.src, &h.dst, ports, proto);
     let key = &*key;
-    let Some(p) = PL_CONNTRACK6.get_ptr_mut(key) else {
+    let Some(p) = FLOWS6.get_ptr_mut(key) else {
         return Ok(None);
     };
     // SAFETY: the pointer from a successful lookup is valid for this program run.

@@ -29,9 +29,8 @@ use privatelink_common::{
 
 use crate::{
     conntrack::{Flow, SNAT_ATTEMPTS, SeqAck, keep_partner, l4_state, refund, take_token, track},
-    maps::{
-        PL_CONNTRACK6, PL_NEIGHBORS6, PL_SNAT6_POOLS, PL_VPC_PORTS, config, key_scratch6, scratch6,
-    },
+    flowtable::FLOWS6,
+    maps::{PL_NEIGHBORS6, PL_SNAT6_POOLS, PL_VPC_PORTS, config, key_scratch6, scratch6},
     nat6::{l4_delta6, redirect6, rewrite_ip6},
     packet::Packet,
     packet6::{copy_addr, forwardable_source, words},
@@ -192,9 +191,10 @@ pub fn packet_key6() -> Result<&'static FlowKey6, Reason> {
 #[inline(always)]
 pub fn create6(eni6: &EndpointEni6) -> Result<*mut FlowEntry6, Reason> {
     let pool = allow_new6(eni6)?;
+    crate::flowtable::clear_refused();
     if !search6(eni6, pool) {
         refund(&eni6.eni);
-        return Err(Reason::DropSnatExhausted);
+        return Err(crate::flowtable::search_failure());
     }
     insert6(eni6)
 }
@@ -253,7 +253,7 @@ fn insert6(eni6: &EndpointEni6) -> Result<*mut FlowEntry6, Reason> {
     let (port, mac) = match next_hop6(eni6) {
         Ok(hop) => hop,
         Err(reason) => {
-            let _ = PL_CONNTRACK6.remove(reply_key);
+            let _ = FLOWS6.remove(reply_key);
             refund(eni);
             return Err(reason);
         }
@@ -281,17 +281,15 @@ fn insert6(eni6: &EndpointEni6) -> Result<*mut FlowEntry6, Reason> {
         copy_addr(&mut (*fwd).new_dst, &reply_key.src);
     };
     // SAFETY: as above.
-    if PL_CONNTRACK6
+    if FLOWS6
         .insert(key, unsafe { &*fwd }, BPF_ANY as u64)
         .is_err()
     {
-        let _ = PL_CONNTRACK6.remove(reply_key);
+        let _ = FLOWS6.remove(reply_key);
         refund(eni);
         return Err(Reason::DropConntrackFull);
     }
-    PL_CONNTRACK6
-        .get_ptr_mut(key)
-        .ok_or(Reason::DropConntrackFull)
+    FLOWS6.get_ptr_mut(key).ok_or(Reason::DropConntrackFull)
 }
 
 /// The pool's addresses, at most `MAX_SNAT_ADDRS`.
@@ -420,10 +418,7 @@ extern "C" fn snat6_attempt(attempt: u64, ctx: *mut c_void) -> i64 {
 /// the flow `fwd_key`: free, still this flow's own, or held by a flow idle both ways.
 #[inline(never)]
 fn claim6(reply_key: &FlowKey6, reply: &FlowEntry6, fwd_key: &FlowKey6) -> bool {
-    if PL_CONNTRACK6
-        .insert(reply_key, reply, BPF_NOEXIST as u64)
-        .is_ok()
-    {
+    if FLOWS6.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok() {
         return true;
     }
     let (Ok(old_fwd_key), Ok(back)) = (key_scratch6(2), key_scratch6(3)) else {
@@ -432,7 +427,7 @@ fn claim6(reply_key: &FlowKey6, reply: &FlowEntry6, fwd_key: &FlowKey6) -> bool 
     // SAFETY: this CPU's key slots 2 and 3, valid for this run; nothing else holds them.
     let (old_fwd_key, back) = unsafe { (&mut *old_fwd_key, &mut *back) };
     // SAFETY: a reference into the map, read within this run.
-    let Some(old) = (unsafe { PL_CONNTRACK6.get(reply_key) }) else {
+    let Some(old) = (unsafe { FLOWS6.get(reply_key) }) else {
         return false;
     };
     let t = reply.last_seen_ns;
@@ -440,37 +435,33 @@ fn claim6(reply_key: &FlowKey6, reply: &FlowEntry6, fwd_key: &FlowKey6) -> bool 
     let old_seen = old.last_seen_ns;
     partner_key6(old, proto, old_fwd_key);
     if same_key6(old_fwd_key, fwd_key) {
-        return PL_CONNTRACK6
-            .insert(reply_key, reply, BPF_ANY as u64)
-            .is_ok();
+        return FLOWS6.insert(reply_key, reply, BPF_ANY as u64).is_ok();
     }
     // Expired, or embryonic and idle (a half-open flow of this endpoint's own).
     if !stale6(old, proto, t, reply.endpoint_id) {
         return false;
     }
     // SAFETY: as above.
-    if let Some(fwd) = unsafe { PL_CONNTRACK6.get(&*old_fwd_key) } {
+    if let Some(fwd) = unsafe { FLOWS6.get(&*old_fwd_key) } {
         partner_key6(fwd, proto, back);
         if same_key6(back, reply_key) {
             if !stale6(fwd, proto, t, reply.endpoint_id) {
                 return false;
             }
-            let _ = PL_CONNTRACK6.remove(&*old_fwd_key);
+            let _ = FLOWS6.remove(&*old_fwd_key);
         }
     }
     // Take the stale entry over so that of two CPUs racing for it only one wins: remove
     // it (only if it is still the one judged stale), then insert with BPF_NOEXIST.
     // SAFETY: as above.
-    match unsafe { PL_CONNTRACK6.get(reply_key) } {
+    match unsafe { FLOWS6.get(reply_key) } {
         Some(cur) if cur.last_seen_ns != old_seen => return false,
         Some(_) => {
-            let _ = PL_CONNTRACK6.remove(reply_key);
+            let _ = FLOWS6.remove(reply_key);
         }
         None => {}
     }
-    PL_CONNTRACK6
-        .insert(reply_key, reply, BPF_NOEXIST as u64)
-        .is_ok()
+    FLOWS6.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok()
 }
 
 /// `FlowEntry6::is_stale_for` under this run's configuration, in a BPF function of its

@@ -15,7 +15,8 @@ use crate::{
         track,
     },
     filter, flowlog,
-    maps::{PL_CONNTRACK, config, scratch},
+    flowtable::FLOWS,
+    maps::{config, scratch},
     nat,
     packet::Packet,
     parse::{EthHdr, mut_at},
@@ -62,7 +63,7 @@ fn forward_checked(
     filter::listener(eni.service_id, key.proto, key.dport)?;
     let t = now();
     let cfg = config();
-    let existing = match PL_CONNTRACK.get_ptr_mut(key) {
+    let existing = match FLOWS.get_ptr_mut(key) {
         // SAFETY: the pointer from a successful lookup is valid for this program run.
         Some(p) if is_own_live_flow(unsafe { &*p }, &key, eni.endpoint_id, t, &cfg) => Some(p),
         _ => None,

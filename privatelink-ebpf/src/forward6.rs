@@ -29,7 +29,8 @@ use crate::{
         apply6, create6, flow_key6, keep_partner6, packet_key6, reply_entry6, stamp6,
         track6_original,
     },
-    maps::{PL_CONNTRACK6, config, scratch6},
+    flowtable::FLOWS6,
+    maps::{config, scratch6},
     packet::Packet,
     parse::{EthHdr, mut_at},
     verdict::settle_for,
@@ -104,7 +105,7 @@ fn find6(
     admit(eni, key)?;
     let t = now();
     let cfg = config();
-    let existing = match PL_CONNTRACK6.get_ptr_mut(key) {
+    let existing = match FLOWS6.get_ptr_mut(key) {
         // SAFETY: the pointer from a successful lookup is valid for this program run.
         Some(p) if is_own_live_flow(unsafe { &*p }, key, eni.endpoint_id, t, &cfg) => Some(p),
         _ => None,

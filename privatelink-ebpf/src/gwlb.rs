@@ -23,11 +23,12 @@ use crate::{
     arp,
     checksum::verify_checksum_at,
     conntrack,
+    flowtable::FLOWS,
     geneve::{self, Outer},
     icmp,
     maps::{
-        self, PL_CONNTRACK, PL_GWLB_APPLS, PL_GWLB_NEIGH, PL_GWLB_TARGETS, PL_NEIGHBORS, PL_PATHS,
-        PL_VPC_PORTS, config, hand_off,
+        self, PL_GWLB_APPLS, PL_GWLB_NEIGH, PL_GWLB_TARGETS, PL_NEIGHBORS, PL_PATHS, PL_VPC_PORTS,
+        config, hand_off,
     },
     packet::Packet,
     parse::{
@@ -119,7 +120,7 @@ fn steer_checked(
     let key = FlowKey::new(iface.vpc_id, src, dst, sport, dport, pkt.proto);
     let t = conntrack::now();
     let cfg = config();
-    let existing = match PL_CONNTRACK.get_ptr_mut(key) {
+    let existing = match FLOWS.get_ptr_mut(key) {
         // SAFETY: the pointer from a successful lookup is valid for this program run.
         Some(p) => {
             let e = unsafe { &*p };
@@ -316,23 +317,18 @@ fn create(
         out_mtu: port.mtu,
         ..FlowEntry::zeroed()
     };
-    if PL_CONNTRACK
-        .insert(&key.reversed(), &e, BPF_ANY as u64)
-        .is_err()
-    {
+    if FLOWS.insert(&key.reversed(), &e, BPF_ANY as u64).is_err() {
         return Err(Reason::DropConntrackFull);
     }
     e.direction = DIR_ORIGINAL;
     e.peer_mac = [0; 6];
-    if PL_CONNTRACK.insert(key, &e, BPF_ANY as u64).is_err() {
+    if FLOWS.insert(key, &e, BPF_ANY as u64).is_err() {
         return Err(Reason::DropConntrackFull);
     }
     if let Some(c) = stats::counters(route.counter_slot).filter(|_| route.counter_slot != 0) {
         c.new_flows += 1;
     }
-    PL_CONNTRACK
-        .get_ptr_mut(key)
-        .ok_or(Reason::DropConntrackFull)
+    FLOWS.get_ptr_mut(key).ok_or(Reason::DropConntrackFull)
 }
 
 /// GENEVE from an appliance: validate, find the flow, strip the outer headers, deliver.
@@ -386,9 +382,7 @@ pub fn from_appliance_checked(
     let (src, dst, proto) = (ip.src_addr, ip.dst_addr, ip.proto);
     let (sport, dport, _) = inner_ports(ctx, g.inner + ihl, g.inner + tot, proto, &ICMP_ECHO)?;
     let key = FlowKey::new(g.vpc_id, src, dst, sport, dport, proto);
-    let p = PL_CONNTRACK
-        .get_ptr_mut(key)
-        .ok_or(Reason::DropGwlbNoFlow)?;
+    let p = FLOWS.get_ptr_mut(key).ok_or(Reason::DropGwlbNoFlow)?;
     // SAFETY: valid for this run.
     let e = unsafe { &mut *p };
     if e.flags & FLOW_GWLB == 0 || e.endpoint_id != g.endpoint_id || e.new_dst != outer_src {

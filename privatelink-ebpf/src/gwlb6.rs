@@ -23,14 +23,12 @@ use privatelink_common::{
 
 use crate::{
     conntrack::{self, SeqAck},
+    flowtable::FLOWS6,
     geneve::{self, GENEVE_PROTO_IPV6, Outer},
     gwlb::{self, Echo, inner_ports},
     gwlb6_icmp,
     icmp6::{ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST},
-    maps::{
-        self, PL_CONNTRACK6, PL_GWLB_APPLS, PL_GWLB_NEIGH6, PL_HANDOFF, PL_VPC_PORTS, config,
-        scratch6,
-    },
+    maps::{self, PL_GWLB_APPLS, PL_GWLB_NEIGH6, PL_HANDOFF, PL_VPC_PORTS, config, scratch6},
     packet::Packet,
     packet6::{IPV6_LEN, MAX_EXT_HEADERS, MAX_EXT_LEN, PROTO_ICMPV6, forwardable_source, packet6},
     parse::{ETH_LEN, ETH_P_IPV6, EthHdr, Ipv6Hdr, be16, mut_at, set_macs},
@@ -287,7 +285,7 @@ fn flow_checked(
     let (key, pkt, tcp_flags) = packet_key(ctx, iface)?;
     let t = conntrack::now();
     let cfg = config();
-    let Some(entry) = PL_CONNTRACK6.get_ptr_mut(key) else {
+    let Some(entry) = FLOWS6.get_ptr_mut(key) else {
         return Ok(false);
     };
     // SAFETY: the pointer from a successful lookup is valid for this program run.
@@ -460,15 +458,12 @@ fn create_checked(ctx: &XdpContext, iface: &IfaceInfo, route: &EndpointEni) -> R
         out_mtu: port.mtu,
         ..FlowEntry6::zeroed()
     };
-    if PL_CONNTRACK6
-        .insert(&key.reversed(), &*e, BPF_ANY as u64)
-        .is_err()
-    {
+    if FLOWS6.insert(&key.reversed(), &*e, BPF_ANY as u64).is_err() {
         return Err(Reason::DropConntrackFull);
     }
     e.direction = DIR_ORIGINAL;
     e.peer_mac = [0; 6];
-    if PL_CONNTRACK6.insert(key, &*e, BPF_ANY as u64).is_err() {
+    if FLOWS6.insert(key, &*e, BPF_ANY as u64).is_err() {
         return Err(Reason::DropConntrackFull);
     }
     if let Some(c) = stats::counters(route.counter_slot).filter(|_| route.counter_slot != 0) {
@@ -508,9 +503,7 @@ fn from_appliance_checked(
     let (sport, dport, _) = inner_ports(ctx, ip.l4, ip.end, ip.proto, &ICMP6_ECHO)?;
     let h = mut_at::<Ipv6Hdr>(ctx, g.inner, Reason::DropGeneveMalformed)?;
     let key = FlowKey6::new(g.vpc_id, h.src_addr, h.dst_addr, sport, dport, ip.proto);
-    let p = PL_CONNTRACK6
-        .get_ptr_mut(&key)
-        .ok_or(Reason::DropGwlbNoFlow)?;
+    let p = FLOWS6.get_ptr_mut(&key).ok_or(Reason::DropGwlbNoFlow)?;
     // SAFETY: valid for this run.
     let e = unsafe { &mut *p };
     if e.flags & FLOW_GWLB == 0

@@ -20,7 +20,8 @@ use crate::{
     conntrack,
     endpoint::{check_endpoint_at, check_gateway_at},
     filter,
-    maps::{PL_CONNTRACK, config},
+    flowtable::FLOWS,
+    maps::config,
     nat,
     packet::Packet,
     parse::{
@@ -156,7 +157,7 @@ fn translate_error(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
         proto,
     );
     // SAFETY: copied out.
-    let e = unsafe { PL_CONNTRACK.get(key) }
+    let e = unsafe { FLOWS.get(key) }
         .copied()
         .ok_or(Reason::DropIcmpNoFlow)?;
     let cfg = config();

@@ -15,7 +15,8 @@ use crate::{
     conntrack::now,
     conntrack6::alive6,
     filter6,
-    maps::{PL_CONNTRACK6, config},
+    flowtable::FLOWS6,
+    maps::config,
     nat6,
     packet::Packet,
     packet6::{
@@ -166,7 +167,7 @@ fn translate_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Resul
         proto,
     );
     // SAFETY: a reference into the map, read within this run.
-    let e = unsafe { PL_CONNTRACK6.get(key) }.ok_or(Reason::DropIcmpNoFlow)?;
+    let e = unsafe { FLOWS6.get(key) }.ok_or(Reason::DropIcmpNoFlow)?;
     // A GWLB flow's entry names an appliance, not a NAT rewrite: never translated here.
     if e.flags & FLOW_GWLB != 0 || !alive6(e, &key, now(), &config()) {
         return Err(Reason::DropIcmpNoFlow);

@@ -29,6 +29,8 @@
 //! - `paths`: the path programs, tail-called through `PL_PATHS` by the path table.
 //! - `classify`: the entry program's work: ARP, the fast path, and which path program.
 #![no_std]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 mod arp;
@@ -43,6 +45,7 @@ mod filter;
 mod filter6;
 mod flowlog;
 mod flows6;
+mod flowtable;
 mod forward;
 mod forward6;
 mod geneve;

@@ -22,6 +22,11 @@ macro_rules! declare {
         #[btf_map]
         pub static $map: Array<$value, { ($cap) as usize }> = Array::new();
     };
+    (@one $(#[$doc:meta])* $map:ident FlowArray $key:ty, $value:ty, $cap:expr) => {
+        $(#[$doc])*
+        #[btf_map]
+        pub static $map: FlowArray<$value> = Array::new();
+    };
     (@one $(#[$doc:meta])* $map:ident PerCpuArray $key:ty, $value:ty, $cap:expr) => {
         $(#[$doc])*
         #[btf_map]
@@ -34,14 +39,29 @@ macro_rules! declare {
     };
 }
 
+/// A flow table (`crate::flowtable`): an array of buckets the daemon may map into its memory
+/// to read. The loader sets its capacity from configuration.
+pub type FlowArray<S> = Array<
+    S,
+    {
+        privatelink_common::flowtable::table_buckets(privatelink_common::DEFAULT_CONNTRACK_ENTRIES)
+            as usize
+    },
+    { aya_ebpf::bindings::BPF_F_MMAPABLE as usize },
+>;
+
 privatelink_common::for_each_map!(declare);
 
-/// The daemon's settings (defaults until it has written them).
+/// The defaults, in `.rodata`.
+static DEFAULT_CONFIG: privatelink_common::Config = privatelink_common::Config::DEFAULT;
+
+/// The daemon's settings (defaults until it has written them), where they are: a copy
+/// would take 40 bytes of a path's stack.
 #[inline(always)]
-pub fn config() -> privatelink_common::Config {
+pub fn config() -> &'static privatelink_common::Config {
     match PL_CONFIG.get(0) {
-        Some(c) if c.tcp_timeout_ns != 0 => *c,
-        _ => privatelink_common::Config::default(),
+        Some(c) if c.tcp_timeout_ns != 0 => c,
+        _ => &DEFAULT_CONFIG,
     }
 }
 
@@ -184,6 +204,12 @@ pub fn appliance(key: VpcAddr, epoch: u32) -> Option<Appliance> {
 /// for the whole call chain, and two entries on it would not fit.
 #[btf_map]
 pub static PL_SCRATCH: PerCpuArray<FlowEntry, 2> = PerCpuArray::new();
+
+/// Per-CPU room for the index of the flow table bucket being looked up (`flowtable`): a
+/// key in map memory, not on the stack; and whether an insert of this packet's found its
+/// buckets full of flows that must stay (`flowtable::refused`).
+#[btf_map]
+pub static PL_FLOWKEY: PerCpuArray<[u32; 2], 1> = PerCpuArray::new();
 
 #[inline(always)]
 pub fn scratch(i: u32) -> Result<*mut FlowEntry, privatelink_common::Reason> {

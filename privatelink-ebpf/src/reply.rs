@@ -13,7 +13,8 @@ use crate::{
     conntrack::{alive, flow_key, mark, now, stamp, track},
     endpoint::{check_endpoint_at, check_gateway_at},
     filter, flowlog,
-    maps::{PL_CONNTRACK, config},
+    flowtable::FLOWS,
+    maps::config,
     nat,
     packet::Packet,
     verdict::{Verdict, settle_for},
@@ -46,7 +47,7 @@ fn reply_checked(
     let (key, flags, nums) = flow_key(ctx, iface, pkt)?;
     let t = now();
     let cfg = config();
-    let Some(p) = PL_CONNTRACK.get_ptr_mut(key) else {
+    let Some(p) = FLOWS.get_ptr_mut(key) else {
         return Err(Reason::DropNoFlow);
     };
     // SAFETY: valid for this program run.

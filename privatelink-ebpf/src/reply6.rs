@@ -14,7 +14,8 @@ use crate::{
     conntrack6::alive6,
     filter, filter6, flowlog,
     flows6::{apply6, flow_key6, stamp6, track6_reply},
-    maps::{PL_CONNTRACK6, config},
+    flowtable::FLOWS6,
+    maps::config,
     packet::Packet,
     verdict::{Verdict, settle_for},
 };
@@ -47,7 +48,7 @@ fn reply6_checked(
     let (key, flags, nums) = flow_key6(ctx, iface, pkt)?;
     let t = now();
     let cfg = config();
-    let Some(p) = PL_CONNTRACK6.get_ptr_mut(key) else {
+    let Some(p) = FLOWS6.get_ptr_mut(key) else {
         return Err(Reason::DropNoFlow);
     };
     // SAFETY: valid for this program run.

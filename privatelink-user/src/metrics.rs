@@ -300,8 +300,8 @@ impl ConntrackWalker {
 /// live flows per endpoint, and the reply-direction entries of live flows (either
 /// direction not expired, as the data path judges it) addressed to an SNAT address of
 /// `PL_SNAT_ADDRS` / `PL_SNAT6_ADDRS`: an expired flow's tuple is free to take over.
-/// Bounded: at most `capacity` entries of each table are read (a walk restarts from the
-/// first key when the key it stands on is evicted meanwhile).
+/// Each table is read in one pass over its mapped memory (`dataplane::flowtable`), at
+/// most `capacity` entries of it counted.
 fn walk_conntrack(pin_dir: &Path, capacity: u32) -> Result<ConntrackCount> {
     let cfg = dataplane::read_config(pin_dir)?;
     let mut count = ConntrackCount::default();
@@ -359,21 +359,24 @@ fn read_snat<K: aya::Pod + Eq + std::hash::Hash>(
 /// One table's walk for `walk_conntrack`: its entries, and its live tuples by service
 /// (`snat_of` a reply-direction key: the service whose SNAT address it is sent to); the
 /// live flows added to `live_flows`.
-fn walk_table<E: dataplane::TableEntry>(
+fn walk_table<E: dataplane::flowtable::Bucketed>(
     pin_dir: &Path,
     capacity: u32,
     cfg: &privatelink_common::Config,
     snat_of: impl Fn(&E::Key) -> Option<u32>,
     live_flows: &mut HashMap<u32, u64>,
 ) -> Result<(u64, HashMap<u32, u64>)> {
-    let ct_map = dataplane::open_pinned(pin_dir, E::MAP)?;
-    let ct = aya::maps::HashMap::<_, E::Key, E>::try_from(&ct_map)?;
+    let ct: HashMap<E::Key, E> = dataplane::read_table::<E>(pin_dir)
+        .with_context(|| format!("reading {}", E::MAP))?
+        .into_iter()
+        .take(capacity as usize)
+        .collect();
     let now = dataplane::coarse_now_ns();
     let (mut entries, mut snat_in_use) = (0, HashMap::new());
-    for item in ct.iter().take(capacity as usize) {
-        let (k, e) = item.with_context(|| format!("reading {}", E::MAP))?;
+    for (k, e) in &ct {
+        let (k, e) = (*k, *e);
         entries += 1;
-        let alive = || e.live(&k, now, cfg, || ct.get(&e.partner_of(&k), 0).ok());
+        let alive = || e.live(&k, now, cfg, || ct.get(&e.partner_of(&k)).copied());
         if e.direction() == DIR_ORIGINAL {
             if alive() {
                 *live_flows.entry(e.endpoint_id()).or_default() += 1;

@@ -3,12 +3,11 @@
 //! can be filled to millions of flows in seconds; frames that hit them.
 
 use anyhow::Result;
-use aya::maps::HashMap;
 use etherparse::PacketBuilder;
 use privatelink_common::{
     CT_ESTABLISHED, CT_REPLIED, DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, PROTO_TCP, map_names,
 };
-use privatelink_user::model::numeric_id;
+use privatelink_user::{dataplane::flowtable, model::numeric_id};
 
 use crate::{
     frames::{CLIENT_MAC, ENI, LB, SNAT, parse_checked},
@@ -50,8 +49,8 @@ pub fn fill(h: &mut Harness, range: std::ops::Range<u32>, age_ns: u64) -> Result
     let t = ktime_ns().saturating_sub(age_ns);
     let (vpc_a, vpc_b, ep) = (numeric_id("vpc-a"), numeric_id("vpc-b"), numeric_id("ep-a"));
     let (consumer, provider) = (h.consumer, h.provider);
-    let mut ct: HashMap<_, FlowKey, FlowEntry> =
-        HashMap::try_from(h.dp.map_mut(map_names::CONNTRACK)?)?;
+    let g = h.dp.flow_geometry::<FlowEntry>()?;
+    let ct = h.dp.map_mut(map_names::CONNTRACK)?;
     for i in range {
         let (client, dport, snat, snat_port) = flow(i);
         let key = FlowKey::new(vpc_a, client, ENI, CLIENT_SPORT, dport, PROTO_TCP);
@@ -89,8 +88,8 @@ pub fn fill(h: &mut Harness, range: std::ops::Range<u32>, age_ns: u64) -> Result
             checked_ns: t,
             ..Default::default()
         };
-        ct.insert(reply_key, reply, 0)?;
-        ct.insert(key, fwd, 0)?;
+        flowtable::put(ct, &g, &reply_key, reply)?;
+        flowtable::put(ct, &g, &key, fwd)?;
     }
     Ok(())
 }
@@ -98,7 +97,6 @@ pub fn fill(h: &mut Harness, range: std::ops::Range<u32>, age_ns: u64) -> Result
 /// Whether flow `i`'s original entry is in the table.
 pub fn present(h: &Harness, i: u32) -> Result<bool> {
     let (client, dport, _, _) = flow(i);
-    let ct: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(h.dp.map(map_names::CONNTRACK)?)?;
     let key = FlowKey::new(
         numeric_id("vpc-a"),
         client,
@@ -107,7 +105,7 @@ pub fn present(h: &Harness, i: u32) -> Result<bool> {
         dport,
         PROTO_TCP,
     );
-    Ok(ct.get(&key, 0).is_ok())
+    Ok(h.dp.flow::<FlowEntry>(&key)?.is_some())
 }
 
 /// The kernel's memory charge for the conntrack map (`memlock` in its fdinfo).
@@ -115,8 +113,8 @@ pub fn conntrack_memory(h: &Harness) -> Result<u64> {
     use std::os::fd::{AsFd, AsRawFd};
     let map = h.dp.map(map_names::CONNTRACK)?;
     let fd = match map {
-        aya::maps::Map::LruHashMap(m) | aya::maps::Map::HashMap(m) => m.fd().as_fd().as_raw_fd(),
-        _ => anyhow::bail!("conntrack is not a hash map"),
+        aya::maps::Map::Array(m) => m.fd().as_fd().as_raw_fd(),
+        _ => anyhow::bail!("conntrack is not an array"),
     };
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
     info.lines()
@@ -191,9 +189,9 @@ pub fn open_live(h: &mut Harness, n: u32) -> Result<Vec<LiveFlow>> {
 /// What became of a live flow: both of its entries still in the table, and whether its
 /// next packet leaves with the same SNAT tuple (what keeps a TCP connection alive).
 pub fn live_outcome(h: &mut Harness, f: &LiveFlow) -> Result<(bool, bool)> {
-    let ct: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(h.dp.map(map_names::CONNTRACK)?)?;
     let reply_key = FlowKey::new(numeric_id("vpc-b"), LB, f.snat.0, 443, f.snat.1, PROTO_TCP);
-    let both = ct.get(&f.key, 0).is_ok() && ct.get(&reply_key, 0).is_ok();
+    let both =
+        h.dp.flow::<FlowEntry>(&f.key)?.is_some() && h.dp.flow::<FlowEntry>(&reply_key)?.is_some();
     let (_, out) = h.run(h.consumer.ifindex, &f.ack)?;
     Ok((both, snat_of(&out) == f.snat))
 }

@@ -11,6 +11,7 @@ use privatelink_tests::{
     testrun::Harness,
 };
 
+const XDP_DROP: u32 = 1;
 const XDP_REDIRECT: u32 = 4;
 /// Table entries (two per flow): 2 048 flows.
 const CAPACITY: u32 = 4096;
@@ -103,6 +104,46 @@ fn a_syn_flood_evicts_idle_flows_not_established_ones() {
         "{FLOOD} new flows through a {CAPACITY}-entry table: all accepted, {ESTABLISHED} established flows kept, {} of {IDLE} idle flows evicted",
         IDLE as usize - idle_left
     );
+}
+
+/// The flow table keeps a flow in one of two buckets of four slots. When both of a new
+/// flow's are full of established flows that talked within `ESTABLISHED_GRACE_NS`, the
+/// new flow is refused, and counted as a full table (not as an exhausted SNAT pool): no
+/// new flow ends one that talks. Once some of them have been quiet for longer, a new flow
+/// takes the places of the ones quiet longest.
+#[test]
+fn a_full_table_refuses_new_flows_rather_than_end_flows_that_talk() {
+    let mut h = Harness::with_conntrack(
+        &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
+        8,
+    )
+    .unwrap();
+    // Eight entries: two buckets, every key's two. Four established flows fill them.
+    fill(&mut h, 0..4, 0).unwrap();
+    assert_eq!(h.dp.flows().unwrap().len(), 8);
+    let made = h.count(Reason::ForwardNewFlow);
+    let (act, _) = h.run(h.consumer.ifindex, &syn_from(&h, 1)).unwrap();
+    assert_eq!(act, XDP_DROP, "{:?}", h.active_stats());
+    assert_eq!(h.count(Reason::DropConntrackFull), 1);
+    assert_eq!(h.count(Reason::DropSnatExhausted), 0);
+    for i in 0..4 {
+        assert!(present(&h, i).unwrap(), "flow {i} kept");
+    }
+    // Flows 0 and 1 quiet for a minute (their entries written again, older).
+    fill(&mut h, 0..2, 60_000_000_000).unwrap();
+    let (act, _) = h.run(h.consumer.ifindex, &syn_from(&h, 2)).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    assert_eq!(h.count(Reason::ForwardNewFlow), made + 1);
+    assert_eq!(h.count(Reason::DropConntrackFull), 1);
+    // The new flow's two entries took two of the quiet flows' four; the talking ones stay.
+    let flows = h.dp.flows().unwrap();
+    assert_eq!(flows.len(), 8);
+    assert!(present(&h, 2).unwrap() && present(&h, 3).unwrap());
+    let quiet_left = flows
+        .iter()
+        .filter(|(_, e)| e.last_seen_ns + 30_000_000_000 < privatelink_tests::scale::ktime_ns())
+        .count();
+    assert_eq!(quiet_left, 2, "{flows:?}");
 }
 
 /// End to end: 60 000 new flows a few seconds long at the lab's endpoint (UDP from the

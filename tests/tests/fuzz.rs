@@ -309,29 +309,25 @@ impl Scenario {
             .is_some_and(|s| s.contains(&m))
     }
 
-    /// A flow's other entry (`pk`) is missing from flow table `table` (`PL_CONNTRACK` or
-    /// `PL_CONNTRACK6`): only the table's LRU eviction may take one entry of a live flow,
-    /// and only in a table at least half full (long runs).
-    fn partner_evicted(
+    /// A flow's other entry (`pk`) is missing from flow table `E`'s (`PL_CONNTRACK` or
+    /// `PL_CONNTRACK6`): only eviction from a full bucket may take one entry of a live
+    /// flow, so `pk`'s bucket must be full.
+    fn partner_evicted<E: privatelink_user::dataplane::flowtable::Bucketed>(
         &self,
         h: &Harness,
-        table: &str,
-        pk: &dyn std::fmt::Debug,
+        pk: &E::Key,
     ) -> Result<(), String> {
-        let capacity = match h.dp.map(table).expect("the flow table") {
-            aya::maps::Map::LruHashMap(m) | aya::maps::Map::HashMap(m) => {
-                m.info().expect("the flow table's info").max_entries()
-            }
-            _ => panic!("{table} is not a hash map"),
-        };
-        let entries = if table == map_names::CONNTRACK6 {
-            h.dp.flows6().expect("reading PL_CONNTRACK6").len()
-        } else {
-            h.dp.flows().expect("reading PL_CONNTRACK").len()
-        };
-        if entries * 2 < capacity as usize {
+        let full =
+            h.dp.flow_bucket_full::<E>(pk)
+                .expect("reading the flow table");
+        if !full {
+            let entries = if E::MAP == map_names::CONNTRACK6 {
+                h.dp.flows6().expect("reading PL_CONNTRACK6").len()
+            } else {
+                h.dp.flows().expect("reading PL_CONNTRACK").len()
+            };
             return Err(format!(
-                "no entry for the other direction {pk:?} ({entries} of {capacity} entries)"
+                "no entry for the other direction {pk:?}, its bucket not full ({entries} entries)"
             ));
         }
         self.evicted.set(self.evicted.get() + 1);
@@ -507,14 +503,7 @@ impl Counters {
 }
 
 fn flow(h: &Harness, key: &FlowKey) -> Option<FlowEntry> {
-    let m: BpfHashMap<_, FlowKey, FlowEntry> =
-        BpfHashMap::try_from(h.dp.map(map_names::CONNTRACK).expect("PL_CONNTRACK"))
-            .expect("PL_CONNTRACK is a hash map");
-    match m.get(key, 0) {
-        Ok(e) => Some(e),
-        Err(MapError::KeyNotFound) => None,
-        Err(e) => panic!("reading PL_CONNTRACK: {e}"),
-    }
+    h.dp.flow::<FlowEntry>(key).expect("reading PL_CONNTRACK")
 }
 
 fn flow_key(vpc_id: u32, src: [u8; 4], dst: [u8; 4], ports: (u16, u16), proto: u8) -> FlowKey {
@@ -980,7 +969,7 @@ fn nat_entry(sc: &Scenario, h: &Harness, key: &FlowKey, e: &FlowEntry) -> Result
                 ));
             }
         }
-        None => sc.partner_evicted(h, map_names::CONNTRACK, &pk)?,
+        None => sc.partner_evicted::<FlowEntry>(h, &pk)?,
     }
     let (ep, svc) = sc
         .eni(ok.vpc_id, ok.dst)
@@ -1345,7 +1334,7 @@ fn to_appliance(sc: &Scenario, h: &Harness, o: &Outcome) -> Result<(), String> {
             ))
         }
         Some(_) => Ok(()),
-        None => sc.partner_evicted(h, map_names::CONNTRACK, &rev),
+        None => sc.partner_evicted::<FlowEntry>(h, &rev),
     }
 }
 

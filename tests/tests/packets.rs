@@ -1358,8 +1358,7 @@ fn a_flow_lives_while_either_direction_is_active() {
 /// second), replies in between are dropped.
 #[test]
 fn a_flow_that_loses_an_entry_keeps_its_snat_tuple() {
-    use aya::maps::HashMap;
-    use privatelink_common::{FlowEntry, FlowKey, map_names};
+    use privatelink_common::{FlowEntry, FlowKey};
 
     let mut h = harness();
     let tuple = open_flow(&mut h, 40100);
@@ -1373,9 +1372,7 @@ fn a_flow_that_loses_an_entry_keeps_its_snat_tuple() {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys.len(), 1, "one entry in direction {dir}");
-        let mut ct: HashMap<_, FlowKey, FlowEntry> =
-            HashMap::try_from(h.dp.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
-        ct.remove(&keys[0]).unwrap();
+        assert!(h.dp.remove_flow::<FlowEntry>(&keys[0]).unwrap());
     };
     let send = |h: &mut Harness| {
         let (act, out) = h.run(h.consumer.ifindex, &data).unwrap();

@@ -3,6 +3,7 @@
 //! diff sync of a `Desired` (`sync`), the CLI's readers (`read`), interface lookups
 //! (`link`), next-hop ARP probes (`neighbor`).
 
+pub mod flowtable;
 mod pins;
 pub mod slots;
 mod sync;
@@ -28,8 +29,8 @@ pub use link::{parse_mac, resolve_link};
 pub use pins::LAYOUTS_DIR;
 use pins::{drop_incompatible_pins, load_paths, record_layouts, retire_path_pins};
 use privatelink_common::{
-    Config, DEFAULT_CONNTRACK_ENTRIES, FLOW_EVENTS_BYTES, FlowEntry, FlowKey, Neighbor,
-    PROGRAM_NAME, Reason, VpcAddr, VpcPort, map_names,
+    Config, DEFAULT_CONNTRACK_ENTRIES, FLOW_EVENTS_BYTES, FlowEntry, FlowGeometry, FlowKey,
+    Neighbor, PROGRAM_NAME, Reason, VpcAddr, VpcPort, map_names,
 };
 pub use read::{
     TableEntry, coarse_now_ns, open_pinned, read_budgets, read_config, read_flows, read_stats,
@@ -89,8 +90,9 @@ pub struct Dataplane {
 impl Dataplane {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(map_names::CONNTRACK, opts.conntrack_entries);
-        loader.map_max_entries(map_names::CONNTRACK6, opts.conntrack_entries);
+        let buckets = flowtable::buckets_for(opts.conntrack_entries);
+        loader.map_max_entries(map_names::CONNTRACK, buckets);
+        loader.map_max_entries(map_names::CONNTRACK6, buckets);
         loader.map_max_entries(FLOW_EVENTS_MAP, opts.flow_events_bytes);
         if let Some(dir) = &opts.pin_dir {
             std::fs::create_dir_all(dir).with_context(|| {
@@ -114,6 +116,11 @@ impl Dataplane {
             // The maps are pinned now, with this build's layouts.
             record_layouts(dir, opts.conntrack_entries)?;
         }
+        // The flow tables' geometry before any packet can use them.
+        let geometry = ebpf
+            .map_mut(map_names::FLOW_GEOMETRY)
+            .context("the object has no PL_FLOWGEOM")?;
+        flowtable::init_geometry(geometry, buckets)?;
         let prog: &mut Xdp = program(&mut ebpf)?;
         load_retrying(prog).context("the verifier rejected the XDP program")?;
         let paths = load_paths(&mut ebpf, opts.pin_dir.as_deref())?;
@@ -299,9 +306,38 @@ impl Dataplane {
     pub fn flows6(
         &self,
     ) -> Result<Vec<(privatelink_common::FlowKey6, privatelink_common::FlowEntry6)>> {
-        let m: HashMap<_, privatelink_common::FlowKey6, privatelink_common::FlowEntry6> =
-            HashMap::try_from(self.map(map_names::CONNTRACK6)?)?;
-        Ok(m.iter().collect::<Result<_, _>>()?)
+        flowtable::entries(self.map(map_names::CONNTRACK6)?)
+    }
+
+    /// The geometry of `E`'s flow table (`PL_FLOWGEOM`).
+    pub fn flow_geometry<E: flowtable::Bucketed>(&self) -> Result<FlowGeometry> {
+        flowtable::geometry::<E>(self.map(map_names::FLOW_GEOMETRY)?)
+    }
+
+    /// The entry of `key` in `E`'s flow table.
+    pub fn flow<E: flowtable::Bucketed>(&self, key: &E::Key) -> Result<Option<E>> {
+        let g = self.flow_geometry::<E>()?;
+        flowtable::get::<E>(self.map(E::MAP)?, &g, key)
+    }
+
+    /// Whether the bucket `key` belongs to in `E`'s flow table is full (a new direction
+    /// there evicts one).
+    pub fn flow_bucket_full<E: flowtable::Bucketed>(&self, key: &E::Key) -> Result<bool> {
+        let g = self.flow_geometry::<E>()?;
+        flowtable::bucket_full::<E>(self.map(E::MAP)?, &g, key)
+    }
+
+    /// Writes `entry` under `key` into `E`'s flow table (tests: no packet may be changing
+    /// the table meanwhile).
+    pub fn put_flow<E: flowtable::Bucketed>(&mut self, key: &E::Key, entry: E) -> Result<()> {
+        let g = self.flow_geometry::<E>()?;
+        flowtable::put::<E>(self.map_mut(E::MAP)?, &g, key, entry)
+    }
+
+    /// Removes `key` from `E`'s flow table (as `put_flow`); whether it was there.
+    pub fn remove_flow<E: flowtable::Bucketed>(&mut self, key: &E::Key) -> Result<bool> {
+        let g = self.flow_geometry::<E>()?;
+        flowtable::remove::<E>(self.map_mut(E::MAP)?, &g, key)
     }
 
     /// The link a VPC is attached through, as the data path holds it (`PL_VPC_PORTS`).

@@ -49,7 +49,9 @@ fn expected_layout(conntrack_entries: u32) -> Vec<PinSpec> {
             Some(($cap) as u32)
         };
         ($cap:expr, configured) => {
-            Some(conntrack_entries)
+            Some(privatelink_common::flowtable::table_buckets(
+                conntrack_entries,
+            ))
         };
     }
     macro_rules! specs {
@@ -358,6 +360,7 @@ mod tests {
             "PL_IFCACHE",
             "PL_PORTCACHE",
             "PL_APPLCACHE",
+            "PL_FLOWKEY",
         ]);
         want.sort();
         assert_eq!(declared, want);

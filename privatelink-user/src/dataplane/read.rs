@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::Path};
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
 use privatelink_common::{Config, FlowEntry, FlowEntry6, FlowKey, FlowKey6, Reason, map_names};
 
 use super::sync::read_map;
@@ -82,14 +82,13 @@ pub fn counters_of(
 }
 
 pub fn read_flows(map: &Map) -> Result<Vec<(FlowKey, FlowEntry)>> {
-    let m: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(map)?;
-    Ok(m.iter().collect::<Result<_, _>>()?)
+    super::flowtable::entries::<FlowEntry>(map)
 }
 
 /// An entry of either flow table (`PL_CONNTRACK`, `PL_CONNTRACK6`) as its readers see it:
 /// `privatelink flows`, and the census behind the metrics and the overview.
 pub trait TableEntry: Copy + aya::Pod {
-    type Key: Copy + aya::Pod + Eq + std::hash::Hash;
+    type Key: Copy + aya::Pod + Eq + std::hash::Hash + std::fmt::Debug;
     /// The table's map (and pin) name.
     const MAP: &'static str;
     fn direction(&self) -> u8;
@@ -171,10 +170,8 @@ table_entry!(FlowEntry, FlowKey, map_names::CONNTRACK);
 table_entry!(FlowEntry6, FlowKey6, map_names::CONNTRACK6);
 
 /// Every entry of the pinned flow table of `E`'s family.
-pub fn read_table<E: TableEntry>(pin_dir: &Path) -> Result<Vec<(E::Key, E)>> {
-    let map = open_pinned(pin_dir, E::MAP)?;
-    let m: HashMap<_, E::Key, E> = HashMap::try_from(&map)?;
-    Ok(m.iter().collect::<Result<_, _>>()?)
+pub fn read_table<E: super::flowtable::Bucketed>(pin_dir: &Path) -> Result<Vec<(E::Key, E)>> {
+    super::flowtable::entries::<E>(&open_pinned(pin_dir, E::MAP)?)
 }
 
 /// Opens one pinned map (for the CLI, which runs beside the daemon).

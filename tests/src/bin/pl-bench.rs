@@ -410,7 +410,6 @@ fn med_ratio(a: &[f64], b: &[f64]) -> f64 {
 /// Daemon restart (kill -9, start, ready) with `flows` live flows in the pinned conntrack
 /// table, against the same restart with the table empty.
 fn restart_with_flows(flows: u32) -> Result<String> {
-    use aya::maps::HashMap;
     use privatelink_common::{FlowEntry, FlowKey, PROTO_TCP, map_names};
     use privatelink_tests::{apidaemon::ApiDaemon, scale::ktime_ns};
     use privatelink_user::dataplane;
@@ -433,7 +432,10 @@ fn restart_with_flows(flows: u32) -> Result<String> {
     };
     {
         let mut map = dataplane::open_pinned(&d.pin, map_names::CONNTRACK)?;
-        let mut ct: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(&mut map)?;
+        let g = dataplane::flowtable::geometry::<FlowEntry>(&dataplane::open_pinned(
+            &d.pin,
+            map_names::FLOW_GEOMETRY,
+        )?)?;
         let t = ktime_ns();
         let e = FlowEntry {
             last_seen_ns: t,
@@ -441,16 +443,21 @@ fn restart_with_flows(flows: u32) -> Result<String> {
             ..Default::default()
         };
         for i in 0..flows {
-            ct.insert(key(i, 1), e, 0)?;
-            ct.insert(key(i, 2), e, 0)?;
+            dataplane::flowtable::put(&mut map, &g, &key(i, 1), e)?;
+            dataplane::flowtable::put(&mut map, &g, &key(i, 2), e)?;
         }
     }
     let took = d.restart()?;
     let map = dataplane::open_pinned(&d.pin, map_names::CONNTRACK)?;
-    let ct: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(&map)?;
+    let g = dataplane::flowtable::geometry::<FlowEntry>(&dataplane::open_pinned(
+        &d.pin,
+        map_names::FLOW_GEOMETRY,
+    )?)?;
     let kept = (0..flows)
         .step_by((flows / 1000).max(1) as usize)
-        .filter(|i| ct.get(&key(*i, 1), 0).is_ok())
+        .filter(|i| {
+            dataplane::flowtable::get::<FlowEntry>(&map, &g, &key(*i, 1)).is_ok_and(|e| e.is_some())
+        })
         .count();
     let out = format!(
         "\nDaemon restart (kill -9, start, ready; the program is verified again): with {flows} live flows in the pinned conntrack table {:.2} s, with it empty {:.2} s; a sample of {kept} flows checked still there afterwards\n",

@@ -233,14 +233,7 @@ fn key6(vpc_id: u32, src: [u8; 16], dst: [u8; 16], ports: (u16, u16), proto: u8)
 }
 
 fn flow6(h: &Harness, key: &FlowKey6) -> Option<FlowEntry6> {
-    let m: BpfHashMap<_, FlowKey6, FlowEntry6> =
-        BpfHashMap::try_from(h.dp.map(map_names::CONNTRACK6).expect("PL_CONNTRACK6"))
-            .expect("PL_CONNTRACK6 is a hash map");
-    match m.get(key, 0) {
-        Ok(e) => Some(e),
-        Err(MapError::KeyNotFound) => None,
-        Err(e) => panic!("reading PL_CONNTRACK6: {e}"),
-    }
+    h.dp.flow::<FlowEntry6>(key).expect("reading PL_CONNTRACK6")
 }
 
 /// What `PL_GWLB_NEIGH6` holds for an inner destination: None, a placeholder (zeros: asked
@@ -858,7 +851,7 @@ fn nat_entry6(sc: &Scenario, h: &Harness, key: &FlowKey6, e: &FlowEntry6) -> Res
                 ));
             }
         }
-        None => sc.partner_evicted(h, map_names::CONNTRACK6, &pk)?,
+        None => sc.partner_evicted::<FlowEntry6>(h, &pk)?,
     }
     let (ep, svc, lb) = sc
         .eni6(ok.vpc_id, ok.dst)
@@ -1156,7 +1149,7 @@ pub(super) fn to_appliance6(sc: &Scenario, h: &Harness, o: &Outcome) -> Result<(
             ))
         }
         Some(_) => Ok(()),
-        None => sc.partner_evicted(h, map_names::CONNTRACK6, &rev),
+        None => sc.partner_evicted::<FlowEntry6>(h, &rev),
     }
 }
 

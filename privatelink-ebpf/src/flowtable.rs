@@ -1,0 +1,510 @@
+//! The flow tables (`PL_CONNTRACK`, `PL_CONNTRACK6`) as the data path indexes them:
+//! buckets of `FLOW_WAYS` slots in an array, a slot holding a flow direction's key and
+//! entry together, a key in either of its two buckets (`privatelink_common::flowtable` has
+//! the layout and the hashes). `FLOWS` and `FLOWS6` answer as the kernel hash maps did
+//! (`get`, `get_ptr_mut`, `insert` with `BPF_NOEXIST` or `BPF_ANY`, `remove`). Lookups and
+//! inserts are global BPF functions (`pl_flow_find`, `pl_flow_insert`, `pl_flow_add` and
+//! the IPv6 ones), which the verifier walks once each; inside them, array lookups the
+//! kernel inlines, keyed by this CPU's `PL_FLOWKEY` word (their frames count against
+//! their callers' 512 bytes of stack, and the IPv4 forward path has none to spare).
+//!
+//! Across CPUs: readers take no lock. A writer holds the key's first bucket's lock
+//! (`FlowSlot::lock` of its first slot, taken by compare-and-exchange; a writer that finds
+//! it held twice gives up, as a full map would) while it looks for the key and writes, so
+//! a key is never in two slots and a `BPF_NOEXIST` insert (a SNAT claim) succeeds on one
+//! CPU only. It claims its slot by compare-and-exchange of the slot's state (the writer of
+//! another key may be placing one in the same bucket, its second), writes the key and
+//! entry, and publishes the slot `SLOT_LIVE` by compare-and-exchange (a full barrier); a
+//! slot being evicted is `SLOT_BUSY` while it is rewritten. As with the kernel's LRU hash,
+//! whose elements are reused as soon as they are freed, a packet that read a slot a moment
+//! before another CPU evicted it may see the newer flow's fields.
+//!
+//! A new direction takes a free slot of the emptier of its buckets (the first on a tie),
+//! else evicts the direction of the lowest `evict_rank` of the two: seen longest ago,
+//! established ones held `ESTABLISHED_GRACE_NS` longer (an embryonic flow's clock stops at
+//! its creation: half-open flows go first), and only a rank below the new entry's. So an
+//! established direction that talked within the grace is never evicted: buckets full of
+//! them refuse the new entry, and the new flow is dropped as `DropConntrackFull`
+//! (`refused`); no flood of new flows ends one that talks. Used by `conntrack`, `flows6`
+//! and the paths; uses `maps` only.
+
+use core::{borrow::Borrow, intrinsics::AtomicOrdering, marker::PhantomData};
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_map_lookup_elem};
+use privatelink_common::{
+    FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6,
+    flowtable::{
+        FLOW_WAYS, GEOMETRY_V4, GEOMETRY_V6, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of,
+        same_key,
+    },
+};
+
+use crate::maps::{FlowArray, PL_CONNTRACK, PL_CONNTRACK6, PL_FLOWGEOM, PL_FLOWKEY};
+
+/// What `insert` and `remove` return when they fail (the kernel map's error numbers).
+const EEXIST: i64 = -17;
+const ENOENT: i64 = -2;
+const E2BIG: i64 = -7;
+const EBUSY: i64 = -16;
+
+/// A flow entry type and its table.
+pub trait Tabled: Copy + 'static {
+    type Key: SlotKey;
+    type Bucket: 'static;
+    /// Its `PL_FLOWGEOM` slot.
+    const GEOMETRY: u32;
+    fn array() -> &'static FlowArray<Self::Bucket>;
+    /// Slot `i` of a bucket (`i` below `FLOW_WAYS`): its state, lock, key and entry.
+    fn parts(b: *mut Self::Bucket, i: u32) -> (*mut u64, *mut u64, *mut Self::Key, *mut Self);
+    /// Its rank for eviction (`evict_rank`: the lowest goes; a new entry's is the time
+    /// it is made at, and only ranks below that may go).
+    fn seen(&self) -> u64;
+    /// `find` and `insert`, as the global BPF functions of this type.
+    fn find_global(key: &Self::Key) -> u32;
+    fn insert_global(key: &Self::Key, value: &Self, noexist: bool) -> i64;
+}
+
+macro_rules! tabled {
+    ($entry:ty, $key:ty, $slot:ty, $geometry:expr, $map:expr, $find:ident, $insert:ident, $add:ident) => {
+        /// `find` as a global BPF function: the verifier walks it once, on its own, and
+        /// at every call only checks the key's memory. Its pointer may be null to the
+        /// verifier, which checks a global function on its own.
+        #[unsafe(no_mangle)]
+        #[inline(never)]
+        pub extern "C" fn $find(key: *const $key) -> u32 {
+            // SAFETY: checked for null; the caller's key.
+            match unsafe { key.as_ref() } {
+                Some(key) => find::<$entry>(key),
+                None => NONE,
+            }
+        }
+
+        /// `insert` with `BPF_ANY` as a global BPF function (as `find`'s).
+        #[unsafe(no_mangle)]
+        #[inline(never)]
+        pub extern "C" fn $insert(key: *const $key, value: *const $entry) -> i64 {
+            // SAFETY: checked for null; the caller's key and value.
+            match unsafe { (key.as_ref(), value.as_ref()) } {
+                (Some(key), Some(value)) => insert::<$entry>(key, value, false),
+                _ => E2BIG,
+            }
+        }
+
+        /// `insert` with `BPF_NOEXIST` (a function of its own, not a flag argument: one
+        /// value fewer to keep across its helper calls, whose spill would take the stack).
+        #[unsafe(no_mangle)]
+        #[inline(never)]
+        pub extern "C" fn $add(key: *const $key, value: *const $entry) -> i64 {
+            // SAFETY: checked for null; the caller's key and value.
+            match unsafe { (key.as_ref(), value.as_ref()) } {
+                (Some(key), Some(value)) => insert::<$entry>(key, value, true),
+                _ => E2BIG,
+            }
+        }
+
+        impl Tabled for $entry {
+            type Key = $key;
+            type Bucket = $slot;
+            const GEOMETRY: u32 = $geometry;
+            #[inline(always)]
+            fn array() -> &'static FlowArray<$slot> {
+                &$map
+            }
+            #[inline(always)]
+            fn parts(b: *mut $slot, i: u32) -> (*mut u64, *mut u64, *mut $key, *mut $entry) {
+                // SAFETY: field addresses of a slot of a valid bucket (`i & (FLOW_WAYS - 1)`
+                // keeps the verifier's bound), nothing read.
+                unsafe {
+                    let s = &raw mut (*b).slots[(i & (FLOW_WAYS - 1)) as usize];
+                    (
+                        &raw mut (*s).state,
+                        &raw mut (*s).lock,
+                        &raw mut (*s).key,
+                        &raw mut (*s).entry,
+                    )
+                }
+            }
+            #[inline(always)]
+            fn seen(&self) -> u64 {
+                // Read as it is used: an eviction ranks eight slots, and LLVM interleaving
+                // their reads takes more registers than BPF has (the rest goes on the stack).
+                // SAFETY: fields of a valid entry.
+                let (seen, flags) = unsafe {
+                    (
+                        core::ptr::read_volatile(&self.last_seen_ns),
+                        core::ptr::read_volatile(&self.tcp_flags),
+                    )
+                };
+                privatelink_common::flowtable::evict_rank(seen, flags)
+            }
+            #[inline(always)]
+            fn find_global(key: &$key) -> u32 {
+                $find(key)
+            }
+            #[inline(always)]
+            fn insert_global(key: &$key, value: &$entry, noexist: bool) -> i64 {
+                if noexist {
+                    $add(key, value)
+                } else {
+                    $insert(key, value)
+                }
+            }
+        }
+    };
+}
+tabled!(
+    FlowEntry,
+    FlowKey,
+    FlowBucket,
+    GEOMETRY_V4,
+    PL_CONNTRACK,
+    pl_flow_find,
+    pl_flow_insert,
+    pl_flow_add
+);
+tabled!(
+    FlowEntry6,
+    FlowKey6,
+    FlowBucket6,
+    GEOMETRY_V6,
+    PL_CONNTRACK6,
+    pl_flow_find6,
+    pl_flow_insert6,
+    pl_flow_add6
+);
+
+/// A flow table, as its users see it.
+pub struct Table<E>(PhantomData<E>);
+
+// SAFETY: a handle without data; the table it names is a map.
+unsafe impl<E> Sync for Table<E> {}
+
+/// The IPv4 flows (`PL_CONNTRACK`).
+pub static FLOWS: Table<FlowEntry> = Table(PhantomData);
+/// The IPv6 flows (`PL_CONNTRACK6`).
+pub static FLOWS6: Table<FlowEntry6> = Table(PhantomData);
+
+/// Bucket `b` of `E`'s table; `None` past its end. Its index is written to this CPU's
+/// `PL_FLOWKEY` word (`room`), not the stack: a lookup's key must be in memory, and the
+/// IPv4 forward path's call chain has no stack to spare (512 bytes in all).
+#[inline(always)]
+fn bucket_at<E: Tabled>(room: *mut u32, b: u32) -> Option<*mut E::Bucket> {
+    // SAFETY: this CPU's word, valid for this run.
+    unsafe { *room = b };
+    // SAFETY: a lookup in the table's array with a key in map memory.
+    let p = unsafe {
+        bpf_map_lookup_elem(
+            core::ptr::from_ref(E::array()).cast_mut().cast(),
+            room.cast_const().cast(),
+        )
+    };
+    (!p.is_null()).then_some(p.cast())
+}
+
+/// `key`'s two buckets (`buckets_of`) and this CPU's room to look them up with. In this
+/// order — the room, the geometry, the hash — and then each bucket's lookup in turn, no
+/// more values live across a helper call than the callee-saved registers hold, so nothing
+/// goes to the stack (`bucket_at`).
+#[inline(always)]
+fn buckets<E: Tabled>(key: &E::Key) -> Option<(*mut u32, u32, u32)> {
+    let room = room()?;
+    let (first, second) = buckets_of(key, &geometry::<E>());
+    Some((room, first, second))
+}
+
+/// Slot `i` (below `FLOW_WAYS`) of bucket `p` holds `key` live.
+#[inline(always)]
+fn holds<E: Tabled>(p: *mut E::Bucket, i: u32, key: &E::Key) -> bool {
+    let (state, _, k, _) = E::parts(p, i);
+    // SAFETY: the key of a slot of a valid bucket.
+    load(state) == SLOT_LIVE && same_key(unsafe { &*k }, key)
+}
+
+/// Slot `i` of the table (bucket `i / FLOW_WAYS`): state, lock, key, entry; `None` past
+/// its end (`NONE` is).
+#[inline(always)]
+fn slot<E: Tabled>(i: u32) -> Option<(*mut u64, *mut u64, *mut E::Key, *mut E)> {
+    if i == NONE {
+        return None;
+    }
+    bucket_at::<E>(room()?, i / FLOW_WAYS).map(|b| E::parts(b, i % FLOW_WAYS))
+}
+
+/// This CPU's `PL_FLOWKEY` words: the bucket index looked up (this returns its address),
+/// then the refusal mark.
+#[inline(always)]
+fn room() -> Option<*mut u32> {
+    // SAFETY: a lookup in a per-CPU array, its key read-only data.
+    let p = unsafe {
+        bpf_map_lookup_elem(
+            core::ptr::from_ref(&PL_FLOWKEY).cast_mut().cast(),
+            core::ptr::from_ref(&GEOMETRY_KEYS[0]).cast(),
+        )
+    };
+    (!p.is_null()).then_some(p.cast())
+}
+
+/// `PL_FLOWGEOM`'s keys (and `PL_FLOWKEY`'s, the first), in `.rodata`: a lookup's key
+/// must be in memory, and the stack has none to spare (`bucket_at`).
+static GEOMETRY_KEYS: [u32; 2] = [GEOMETRY_V4, GEOMETRY_V6];
+
+/// `E`'s table's geometry (zero, a table of one bucket, until the daemon wrote it).
+#[inline(always)]
+fn geometry<E: Tabled>() -> FlowGeometry {
+    let k = &GEOMETRY_KEYS[(E::GEOMETRY & 1) as usize];
+    // SAFETY: a lookup in an array of `FlowGeometry`, its key read-only data.
+    let g = unsafe {
+        bpf_map_lookup_elem(
+            core::ptr::from_ref(&PL_FLOWGEOM).cast_mut().cast(),
+            core::ptr::from_ref(k).cast(),
+        )
+        .cast::<FlowGeometry>()
+        .as_ref()
+    };
+    g.copied().unwrap_or_default()
+}
+
+#[inline(always)]
+fn load(state: *mut u64) -> u64 {
+    // SAFETY: an aligned word of map memory.
+    unsafe { core::ptr::read_volatile(state) }
+}
+
+/// Moves `word` from `old` to `new` if it still is `old` (BPF_CMPXCHG: a full barrier).
+#[inline(always)]
+fn cas(word: *mut u64, old: u64, new: u64) -> bool {
+    // SAFETY: an aligned word of map memory.
+    unsafe {
+        core::intrinsics::atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            word, old, new,
+        )
+        .1
+    }
+}
+
+/// Which slot holds `key` live (`NONE`: none). Called as a global BPF function
+/// (`Tabled::find_global`), returning a number: the verifier walks its four ways once, not
+/// at every call and again for each in the rest of the caller, and the caller keeps its
+/// registers for itself.
+#[inline(always)]
+fn find<E: Tabled>(key: &E::Key) -> u32 {
+    let Some((room, first, second)) = buckets::<E>(key) else {
+        return NONE;
+    };
+    if let Some(p) = bucket_at::<E>(room, first) {
+        for i in 0..FLOW_WAYS {
+            if holds::<E>(p, i, key) {
+                return first * FLOW_WAYS + i;
+            }
+        }
+    }
+    if let Some(p) = bucket_at::<E>(room, second) {
+        for i in 0..FLOW_WAYS {
+            if holds::<E>(p, i, key) {
+                return second * FLOW_WAYS + i;
+            }
+        }
+    }
+    NONE
+}
+
+/// `find`'s answer when the key is not there.
+const NONE: u32 = u32::MAX;
+
+impl<E: Tabled> Table<E> {
+    /// The entry of `key`, to change in place.
+    #[inline(always)]
+    pub fn get_ptr_mut(&self, key: impl Borrow<E::Key>) -> Option<*mut E> {
+        slot::<E>(E::find_global(key.borrow())).map(|(_, _, _, e)| e)
+    }
+
+    /// The entry of `key`.
+    ///
+    /// # Safety
+    /// As a kernel map's: another CPU may change the entry meanwhile.
+    #[inline(always)]
+    pub unsafe fn get(&self, key: impl Borrow<E::Key>) -> Option<&E> {
+        // SAFETY: valid for this program run.
+        self.get_ptr_mut(key).map(|e| unsafe { &*e })
+    }
+
+    /// Stores `value` under `key`: `BPF_NOEXIST` fails if the key is there, anything else
+    /// overwrites it. A full bucket gives up its oldest direction.
+    #[inline(always)]
+    pub fn insert(
+        &self,
+        key: impl Borrow<E::Key>,
+        value: impl Borrow<E>,
+        flags: u64,
+    ) -> Result<(), i64> {
+        let (key, value) = (key.borrow(), value.borrow());
+        match E::insert_global(key, value, flags == BPF_NOEXIST as u64) {
+            0 => Ok(()),
+            e => Err(e),
+        }
+    }
+
+    /// Frees the slot of `key`.
+    #[inline(always)]
+    pub fn remove(&self, key: impl Borrow<E::Key>) -> Result<(), i64> {
+        match slot::<E>(E::find_global(key.borrow())) {
+            Some((state, _, _, _)) if cas(state, SLOT_LIVE, SLOT_FREE) => Ok(()),
+            _ => Err(ENOENT),
+        }
+    }
+}
+
+/// `Table::insert`, under the bucket's lock: 0, or the error. Called as a global BPF
+/// function, as `find`.
+#[inline(always)]
+fn insert<E: Tabled>(key: &E::Key, value: &E, noexist: bool) -> i64 {
+    let Some((room, first, second)) = buckets::<E>(key) else {
+        return E2BIG;
+    };
+    let Some(p1) = bucket_at::<E>(room, first) else {
+        return E2BIG;
+    };
+    // The room again, not kept: five values across a helper call would take the stack.
+    let Some(p2) = self::room().and_then(|r| bucket_at::<E>(r, second)) else {
+        return E2BIG;
+    };
+    let (_, lock, _, _) = E::parts(p1, 0);
+    if !cas(lock, 0, 1) && !cas(lock, 0, 1) {
+        return EBUSY;
+    }
+    let r = insert_locked::<E>(p1, p2, key, value, noexist);
+    cas(lock, 1, 0);
+    if r == E2BIG {
+        if let Some(room) = self::room() {
+            // SAFETY: this CPU's two words, valid for this run.
+            unsafe { *room.add(1) = 1 };
+        }
+    }
+    r
+}
+
+/// Starts a new flow's inserts: `refused` is false until one of them finds its buckets
+/// full of flows that must stay.
+#[inline(always)]
+pub fn clear_refused() {
+    if let Some(room) = room() {
+        // SAFETY: this CPU's two words, valid for this run.
+        unsafe { *room.add(1) = 0 };
+    }
+}
+
+/// Whether an insert since `clear_refused` found no room (its buckets full of flows that
+/// must stay): a new flow that could not be made then was refused for the table, not for
+/// its SNAT pool (`DropConntrackFull`, not `DropSnatExhausted`).
+#[inline(always)]
+pub fn refused() -> bool {
+    // SAFETY: this CPU's two words, valid for this run.
+    room().is_some_and(|room| unsafe { *room.add(1) } != 0)
+}
+
+/// Why a new flow whose tuple search failed was refused (see `refused`).
+#[inline(always)]
+pub fn search_failure() -> privatelink_common::Reason {
+    if refused() {
+        privatelink_common::Reason::DropConntrackFull
+    } else {
+        privatelink_common::Reason::DropSnatExhausted
+    }
+}
+
+/// Slot `j` of the pair of buckets (`j` below `2 * FLOW_WAYS`: the first's, then the
+/// second's).
+#[inline(always)]
+fn pair_slot<E: Tabled>(
+    p1: *mut E::Bucket,
+    p2: *mut E::Bucket,
+    j: u32,
+) -> (*mut u64, *mut u64, *mut E::Key, *mut E) {
+    E::parts(if j < FLOW_WAYS { p1 } else { p2 }, j % FLOW_WAYS)
+}
+
+/// `insert` with the lock of the key's first bucket `p1` held (its second is `p2`). In
+/// passes that each keep little alive (the function's frame counts against its callers'
+/// 512 bytes of stack): the key, the free slots, the slot taken, the eviction.
+#[inline(always)]
+fn insert_locked<E: Tabled>(
+    p1: *mut E::Bucket,
+    p2: *mut E::Bucket,
+    key: &E::Key,
+    value: &E,
+    noexist: bool,
+) -> i64 {
+    for j in 0..2 * FLOW_WAYS {
+        let (state, _, k, e) = pair_slot::<E>(p1, p2, j);
+        // SAFETY: the key of a slot of a valid bucket.
+        if load(state) == SLOT_LIVE && same_key(unsafe { &*k }, key) {
+            if noexist {
+                return EEXIST;
+            }
+            // SAFETY: the key's entry; only the holder of its lock writes it.
+            unsafe { *e = *value };
+            return 0;
+        }
+    }
+    // Free slots: the first bucket's in the low byte, the second's above.
+    let mut free = 0u32;
+    for j in 0..2 * FLOW_WAYS {
+        let (state, _, _, _) = pair_slot::<E>(p1, p2, j);
+        if load(state) == SLOT_FREE {
+            free += if j < FLOW_WAYS { 1 } else { 1 << 8 };
+        }
+    }
+    let (n1, n2) = (free & 0xff, free >> 8);
+    // The emptier bucket, the first on a tie; else the lowest rank, if below the new
+    // entry's (an established direction that talked lately is never given up).
+    let at = if n1 > 0 || n2 > 0 {
+        let from = if n1 > 0 && n1 >= n2 { 0 } else { FLOW_WAYS };
+        let mut at = NONE;
+        for i in 0..FLOW_WAYS {
+            let (state, _, _, _) = pair_slot::<E>(p1, p2, from + i);
+            if at == NONE && load(state) == SLOT_FREE {
+                at = from + i;
+            }
+        }
+        at
+    } else {
+        // The rank with the slot in its low bits: one value to keep, not two.
+        let mut best = u64::MAX;
+        for j in 0..2 * FLOW_WAYS {
+            let (state, _, _, e) = pair_slot::<E>(p1, p2, j);
+            // SAFETY: the entry of a slot of a valid bucket.
+            let r = (unsafe { (*e).seen() } & !7) | j as u64;
+            if load(state) == SLOT_LIVE && r < best {
+                best = r;
+            }
+        }
+        if best == u64::MAX || best & !7 >= value.seen() & !7 {
+            return E2BIG;
+        }
+        (best & 7) as u32
+    };
+    if at == NONE {
+        return E2BIG;
+    }
+    let was = if n1 > 0 || n2 > 0 {
+        SLOT_FREE
+    } else {
+        SLOT_LIVE
+    };
+    let (state, _, k, e) = pair_slot::<E>(p1, p2, at);
+    // Claimed: another key's writer may be placing its own in this bucket, and `remove`
+    // takes no lock. A live slot is hidden while it is rewritten.
+    if !cas(state, was, SLOT_BUSY) {
+        return E2BIG;
+    }
+    // SAFETY: this writer's slot now.
+    unsafe {
+        *k = *key;
+        *e = *value;
+    }
+    if cas(state, SLOT_BUSY, SLOT_LIVE) {
+        0
+    } else {
+        E2BIG
+    }
+}

@@ -1,0 +1,237 @@
+//! The flow tables (`PL_CONNTRACK`, `PL_CONNTRACK6`) from userspace: buckets of slots in
+//! an array the data path indexes itself (`privatelink_common::flowtable`). The daemon,
+//! the CLI and the tests read them through a read-only mapping of the array (one pass over
+//! memory, not a syscall per bucket); the tests also write and remove entries, a bucket at
+//! a time, on tables no packet is changing meanwhile.
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    ptr::NonNull,
+};
+
+use anyhow::{Context, Result, bail};
+use aya::maps::{Array, Map, MapData};
+use privatelink_common::{
+    FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6,
+    flowtable::{
+        FLOW_WAYS, GEOMETRY_V4, GEOMETRY_V6, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, same_key,
+        table_buckets,
+    },
+};
+
+use super::read::TableEntry;
+
+/// A family's flow entry, with its bucket type.
+pub trait Bucketed: TableEntry<Key: SlotKey> {
+    type Bucket: aya::Pod + Default;
+    /// Its `PL_FLOWGEOM` slot.
+    const GEOMETRY: u32;
+    /// Slot `i`'s state, key and entry.
+    fn slot(b: &Self::Bucket, i: usize) -> (u64, Self::Key, Self);
+    /// Its rank for eviction (`evict_rank`), as the data path judges it.
+    fn rank(&self) -> u64;
+    /// Makes slot `i` hold `key` and `entry` (`SLOT_LIVE`), or frees it (`None`).
+    fn set_slot(b: &mut Self::Bucket, i: usize, kv: Option<(Self::Key, Self)>);
+}
+
+macro_rules! bucketed {
+    ($entry:ty, $key:ty, $bucket:ty, $geometry:expr) => {
+        impl Bucketed for $entry {
+            type Bucket = $bucket;
+            const GEOMETRY: u32 = $geometry;
+            fn slot(b: &$bucket, i: usize) -> (u64, $key, $entry) {
+                let s = &b.slots[i];
+                (s.state, s.key, s.entry)
+            }
+            fn rank(&self) -> u64 {
+                privatelink_common::flowtable::evict_rank(self.last_seen_ns, self.tcp_flags)
+            }
+            fn set_slot(b: &mut $bucket, i: usize, kv: Option<($key, $entry)>) {
+                let s = &mut b.slots[i];
+                match kv {
+                    Some((k, e)) => (s.state, s.key, s.entry) = (SLOT_LIVE, k, e),
+                    None => s.state = SLOT_FREE,
+                }
+            }
+        }
+    };
+}
+bucketed!(FlowEntry, FlowKey, FlowBucket, GEOMETRY_V4);
+bucketed!(FlowEntry6, FlowKey6, FlowBucket6, GEOMETRY_V6);
+
+/// The geometry of `E`'s table, from `PL_FLOWGEOM`.
+pub fn geometry<E: Bucketed>(geometry_map: &Map) -> Result<FlowGeometry> {
+    let a: Array<_, FlowGeometry> = Array::try_from(geometry_map)?;
+    Ok(a.get(&E::GEOMETRY, 0)?)
+}
+
+/// Writes the geometry of both tables for `buckets` buckets each, keeping the seed a
+/// table of that size already has (its flows stay where they are), else drawing one.
+pub fn init_geometry(geometry_map: &mut Map, buckets: u32) -> Result<()> {
+    let mut a: Array<_, FlowGeometry> = Array::try_from(geometry_map)?;
+    for i in [GEOMETRY_V4, GEOMETRY_V6] {
+        let old = a.get(&i, 0)?;
+        let mask = buckets - 1;
+        if old.mask == mask && old.seed != 0 {
+            continue;
+        }
+        let mut seed = [0u8; 4];
+        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("drawing a hash seed: {e}"))?;
+        let seed = u32::from_ne_bytes(seed) | 1;
+        a.set(i, FlowGeometry { mask, seed }, 0)?;
+    }
+    Ok(())
+}
+
+/// The buckets a table configured for `entries` entries has.
+pub fn buckets_for(entries: u32) -> u32 {
+    table_buckets(entries)
+}
+
+fn map_data(map: &Map) -> Result<&MapData> {
+    match map {
+        Map::Array(d) => Ok(d),
+        _ => bail!("a flow table is an array"),
+    }
+}
+
+/// `E`'s table's slots (`FLOW_WAYS` per bucket).
+pub fn capacity(table: &Map) -> Result<u32> {
+    Ok(map_data(table)?.info()?.max_entries() * FLOW_WAYS)
+}
+
+/// Every live entry of `E`'s table, read through a read-only mapping of it.
+pub fn entries<E: Bucketed>(table: &Map) -> Result<Vec<(E::Key, E)>> {
+    let data = map_data(table)?;
+    let buckets = data.info()?.max_entries() as usize;
+    let size = std::mem::size_of::<E::Bucket>();
+    let len = buckets * size;
+    let fd = data.fd().as_fd().as_raw_fd();
+    // SAFETY: a shared read-only mapping of the map's memory (BPF_F_MMAPABLE), unmapped
+    // below; nothing else is mapped at the address the kernel picks.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error()).context(format!("mapping {}", E::MAP));
+    }
+    let base = NonNull::new(p.cast::<u8>()).context("mmap returned null")?;
+    let mut out = Vec::new();
+    for b in 0..buckets {
+        // SAFETY: inside the mapping; a copy (the data path may be writing: a torn slot
+        // reads as whatever it held, as a map lookup could).
+        let bucket: E::Bucket =
+            unsafe { std::ptr::read_volatile(base.as_ptr().add(b * size).cast()) };
+        for i in 0..FLOW_WAYS as usize {
+            let (state, k, e) = E::slot(&bucket, i);
+            if state == SLOT_LIVE {
+                out.push((k, e));
+            }
+        }
+    }
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(p, len) };
+    Ok(out)
+}
+
+/// `key`'s two buckets, each with its index (`buckets_of`).
+fn pair_for<E: Bucketed>(
+    table: &Map,
+    g: &FlowGeometry,
+    key: &E::Key,
+) -> Result<[(u32, E::Bucket); 2]> {
+    let a: Array<_, E::Bucket> = Array::try_from(table)?;
+    let (first, second) = buckets_of(key, g);
+    Ok([(first, a.get(&first, 0)?), (second, a.get(&second, 0)?)])
+}
+
+/// Where `key` is live in its pair: (which bucket, which slot).
+fn position<E: Bucketed>(pair: &[(u32, E::Bucket); 2], key: &E::Key) -> Option<(usize, usize)> {
+    (0..2).find_map(|b| {
+        (0..FLOW_WAYS as usize).find_map(|i| {
+            let (state, k, _) = E::slot(&pair[b].1, i);
+            (state == SLOT_LIVE && same_key(&k, key)).then_some((b, i))
+        })
+    })
+}
+
+/// The entry of `key`.
+pub fn get<E: Bucketed>(table: &Map, g: &FlowGeometry, key: &E::Key) -> Result<Option<E>> {
+    let pair = pair_for::<E>(table, g, key)?;
+    Ok(position::<E>(&pair, key).map(|(b, i)| E::slot(&pair[b].1, i).2))
+}
+
+/// Whether every slot of both of `key`'s buckets is taken: a new direction there evicts
+/// one.
+pub fn bucket_full<E: Bucketed>(table: &Map, g: &FlowGeometry, key: &E::Key) -> Result<bool> {
+    let pair = pair_for::<E>(table, g, key)?;
+    Ok(pair
+        .iter()
+        .all(|(_, b)| (0..FLOW_WAYS as usize).all(|i| E::slot(b, i).0 != SLOT_FREE)))
+}
+
+/// Stores `entry` under `key` as the data path does: over its old entry, else in a free
+/// slot of the emptier bucket (the first on a tie), else over the direction the data
+/// path would evict (the lowest `rank`, below `entry`'s). For tables no packet changes
+/// meanwhile: the bucket is written whole.
+pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: E) -> Result<()> {
+    let mut pair = pair_for::<E>(table, g, key)?;
+    let ways = 0..FLOW_WAYS as usize;
+    let free = |b: &E::Bucket| {
+        ways.clone()
+            .filter(|&i| E::slot(b, i).0 == SLOT_FREE)
+            .count()
+    };
+    let (n1, n2) = (free(&pair[0].1), free(&pair[1].1));
+    let at = position::<E>(&pair, key)
+        .or_else(|| {
+            let b = if n1 > 0 && n1 >= n2 {
+                0
+            } else if n2 > 0 {
+                1
+            } else {
+                return None;
+            };
+            let i = ways
+                .clone()
+                .find(|&i| E::slot(&pair[b].1, i).0 == SLOT_FREE)?;
+            Some((b, i))
+        })
+        .or_else(|| {
+            (0..2)
+                .flat_map(|b| ways.clone().map(move |i| (b, i)))
+                .filter(|&(b, i)| E::slot(&pair[b].1, i).2.rank() < entry.rank())
+                .min_by_key(|&(b, i)| E::slot(&pair[b].1, i).2.rank())
+        });
+    let Some((b, i)) = at else {
+        bail!(
+            "{}: buckets {} and {} are full of flows the data path would keep",
+            E::MAP,
+            pair[0].0,
+            pair[1].0
+        );
+    };
+    E::set_slot(&mut pair[b].1, i, Some((*key, entry)));
+    let mut a: Array<_, E::Bucket> = Array::try_from(table)?;
+    a.set(pair[b].0, pair[b].1, 0)?;
+    Ok(())
+}
+
+/// Removes `key`'s entry; whether there was one. As `put`, for quiet tables.
+pub fn remove<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key) -> Result<bool> {
+    let mut pair = pair_for::<E>(table, g, key)?;
+    let Some((b, i)) = position::<E>(&pair, key) else {
+        return Ok(false);
+    };
+    E::set_slot(&mut pair[b].1, i, None);
+    let mut a: Array<_, E::Bucket> = Array::try_from(table)?;
+    a.set(pair[b].0, pair[b].1, 0)?;
+    Ok(true)
+}
