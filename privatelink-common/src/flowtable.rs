@@ -155,8 +155,9 @@ pub fn same_key<K: SlotKey>(a: &K, b: &K) -> bool {
 }
 
 /// `key`'s two buckets: a direction lives in either (two choices: a new one goes to the
-/// one with more free slots, the first on a tie, so buckets fill evenly and a table fills
-/// far past half before any bucket is full). With one bucket, both are it.
+/// first while that keeps a slot spare, else to the one with more free slots, the first
+/// on a tie; so lookups mostly find it in the first, buckets fill evenly, and a table
+/// fills past half before a bucket pair is full). With one bucket, both are it.
 #[inline(always)]
 pub fn buckets_of<K: SlotKey>(key: &K, g: &FlowGeometry) -> (u32, u32) {
     let h = key_hash(key, g.seed);
@@ -171,7 +172,7 @@ pub fn buckets_of<K: SlotKey>(key: &K, g: &FlowGeometry) -> (u32, u32) {
 }
 
 /// How much later than it was an established direction counts as seen when a full bucket
-/// chooses what to give up (`evict_rank`): a new entry evicts only a rank below its own
+/// chooses what to give up (`evict_rank`): a new entry evicts only a rank not above its own
 /// (the time it is made at), so a flood of new flows evicts half-open ones and flows quiet
 /// for longer than this, never a flow that talked within it.
 pub const ESTABLISHED_GRACE_NS: u64 = 10_000_000_000;
@@ -247,9 +248,11 @@ mod tests {
         assert_eq!(buckets_of(&k, &one), (0, 0));
     }
 
-    /// Two choices, the emptier taken: a table half full has had to evict for none of its
-    /// keys, where one bucket per key overflows for several in a hundred. (Simulated over
-    /// random buckets: two choices lose 0.75 % of the keys at 75 % full, 3.9 % at 90 %.)
+    /// Two choices (the first while it keeps a slot spare, else the emptier): a table half
+    /// full has had to evict for almost none of its keys, where one bucket per key
+    /// overflows for several in a hundred, and almost every key is in its first bucket.
+    /// (Simulated over random buckets: 0.02 % of the keys lost at 50 % full, 1.4 % at 75 %,
+    /// 5 % at 90 %; in the second bucket 1 % of them at 20 % full, 10 % at 50 %.)
     #[test]
     fn two_choices_fill_a_table_evenly() {
         let g = FlowGeometry {
@@ -258,12 +261,14 @@ mod tests {
         };
         let slots = 4096 * FLOW_WAYS as usize;
         let (mut two, mut one) = (std::vec![0u8; 4096], std::vec![0u8; 4096]);
-        let (mut two_over, mut one_over) = (0, 0);
+        let (mut two_over, mut one_over, mut second) = (0, 0, 0);
         for i in 0..(slots / 2) as u32 {
             let k = FlowKey::new(1, i.to_be_bytes(), [10, 0, 0, 2], (i >> 3) as u16, 443, 6);
             let (a, b) = buckets_of(&k, &g);
             let (a, b) = (a as usize, b as usize);
-            let pick = if two[a] <= two[b] { a } else { b };
+            let (fa, fb) = (4 - two[a], 4 - two[b]);
+            let pick = if fa >= 2 || (fa > 0 && fa >= fb) { a } else { b };
+            second += (pick == b) as usize;
             if (two[pick] as u32) < FLOW_WAYS {
                 two[pick] += 1;
             } else {
@@ -275,7 +280,8 @@ mod tests {
                 one_over += 1;
             }
         }
-        assert_eq!(two_over, 0, "{two_over} of {} did not fit", slots / 2);
+        assert!(two_over * 500 < slots / 2, "{two_over} of {} did not fit", slots / 2);
+        assert!(second * 5 < slots / 2, "{second} in their second bucket");
         assert!(
             one_over * 50 > slots / 2,
             "one choice: {one_over} did not fit"

@@ -19,10 +19,10 @@
 //! whose elements are reused as soon as they are freed, a packet that read a slot a moment
 //! before another CPU evicted it may see the newer flow's fields.
 //!
-//! A new direction takes a free slot of the emptier of its buckets (the first on a tie),
-//! else evicts the direction of the lowest `evict_rank` of the two: seen longest ago,
+//! A new direction takes a free slot of its first bucket while that keeps one spare, else
+//! of the emptier of the two (the first on a tie), else evicts the direction of the lowest `evict_rank` of the two: seen longest ago,
 //! established ones held `ESTABLISHED_GRACE_NS` longer (an embryonic flow's clock stops at
-//! its creation: half-open flows go first), and only a rank below the new entry's. So an
+//! its creation: half-open flows go first), and only a rank not above the new entry's. So an
 //! established direction that talked within the grace is never evicted: buckets full of
 //! them refuse the new entry, and the new flow is dropped as `DropConntrackFull`
 //! (`refused`); no flood of new flows ends one that talks. Used by `conntrack`, `flows6`
@@ -455,10 +455,16 @@ fn insert_locked<E: Tabled>(
         }
     }
     let (n1, n2) = (free & 0xff, free >> 8);
-    // The emptier bucket, the first on a tie; else the lowest rank, if below the new
-    // entry's (an established direction that talked lately is never given up).
+    // The first bucket while it keeps a slot spare, else the emptier (the first on a tie):
+    // lookups try the first first, and the buckets still fill evenly; else the lowest
+    // rank, if not above the new entry's (an established direction that talked lately is
+    // never given up).
     let at = if n1 > 0 || n2 > 0 {
-        let from = if n1 > 0 && n1 >= n2 { 0 } else { FLOW_WAYS };
+        let from = if n1 >= 2 || (n1 > 0 && n1 >= n2) {
+            0
+        } else {
+            FLOW_WAYS
+        };
         let mut at = NONE;
         for i in 0..FLOW_WAYS {
             let (state, _, _, _) = pair_slot::<E>(p1, p2, from + i);
@@ -478,7 +484,7 @@ fn insert_locked<E: Tabled>(
                 best = r;
             }
         }
-        if best == u64::MAX || best & !7 >= value.seen() & !7 {
+        if best == u64::MAX || best & !7 > value.seen() & !7 {
             return E2BIG;
         }
         (best & 7) as u32

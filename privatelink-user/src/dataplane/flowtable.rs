@@ -178,8 +178,9 @@ pub fn bucket_full<E: Bucketed>(table: &Map, g: &FlowGeometry, key: &E::Key) -> 
 }
 
 /// Stores `entry` under `key` as the data path does: over its old entry, else in a free
-/// slot of the emptier bucket (the first on a tie), else over the direction the data
-/// path would evict (the lowest `rank`, below `entry`'s). For tables no packet changes
+/// slot of its first bucket while that keeps one spare, else of the emptier (the first on
+/// a tie), else over the direction the data
+/// path would evict (the lowest `rank`, not above `entry`'s). For tables no packet changes
 /// meanwhile: the bucket is written whole.
 pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: E) -> Result<()> {
     let mut pair = pair_for::<E>(table, g, key)?;
@@ -192,7 +193,7 @@ pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: 
     let (n1, n2) = (free(&pair[0].1), free(&pair[1].1));
     let at = position::<E>(&pair, key)
         .or_else(|| {
-            let b = if n1 > 0 && n1 >= n2 {
+            let b = if n1 >= 2 || (n1 > 0 && n1 >= n2) {
                 0
             } else if n2 > 0 {
                 1
@@ -207,7 +208,7 @@ pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: 
         .or_else(|| {
             (0..2)
                 .flat_map(|b| ways.clone().map(move |i| (b, i)))
-                .filter(|&(b, i)| E::slot(&pair[b].1, i).2.rank() < entry.rank())
+                .filter(|&(b, i)| E::slot(&pair[b].1, i).2.rank() <= entry.rank())
                 .min_by_key(|&(b, i)| E::slot(&pair[b].1, i).2.rank())
         });
     let Some((b, i)) = at else {

@@ -11,7 +11,7 @@
 //! - `privatelink_count` counts every frame but ARP in `PL_SINK_COUNT` and drops it: the
 //!   throughput benchmark's sink, the same cheap end for every mode.
 //! - `privatelink_gen`, run with BPF_F_TEST_XDP_LIVE_FRAMES, is the benchmark's packet
-//!   generator: it gives each frame (an IPv4 UDP template) flow number `n % flows` — UDP
+//!   generator: it gives each frame (an IPv4 UDP template) flow number `mix32(n) % flows` — UDP
 //!   source port 1024 + n % 60000, the source address's last byte + n / 60000 — and
 //!   transmits it (XDP_TX).
 //! - `privatelink_replay` writes a stored frame back into the buffer and tail-calls the
@@ -103,6 +103,17 @@ static PL_GEN_COUNT: PerCpuArray<u32, 1> = PerCpuArray::new();
 #[btf_map]
 static PL_GEN_TEMPLATE: Array<[u8; 42], 1> = Array::new();
 
+/// murmur3's 32-bit finalizer: a bijection of `u32` that scatters consecutive counts.
+#[inline(always)]
+fn mix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
 #[xdp]
 pub fn privatelink_gen(ctx: XdpContext) -> u32 {
     // Ethernet 14 + IPv4 20 (no options) + UDP 8.
@@ -122,7 +133,10 @@ pub fn privatelink_gen(ctx: XdpContext) -> u32 {
     };
     // SAFETY: this CPU's counter; 42 bytes at `start` are inside the frame (checked).
     unsafe {
-        let n = *count % flows;
+        // Flows in an order unrelated to the one they were made in (a bijective mix of
+        // the count), as real traffic: cycling them in order would meet each flow's state
+        // where the previous one's lies, whenever a table places entries in the order made.
+        let n = mix32(*count) % flows;
         *count = (*count).wrapping_add(1);
         let f = &mut *(start as *mut [u8; 42]);
         *f = *template;
