@@ -267,7 +267,11 @@ mod tests {
             let (a, b) = buckets_of(&k, &g);
             let (a, b) = (a as usize, b as usize);
             let (fa, fb) = (4 - two[a], 4 - two[b]);
-            let pick = if fa >= 2 || (fa > 0 && fa >= fb) { a } else { b };
+            let pick = if fa >= 2 || (fa > 0 && fa >= fb) {
+                a
+            } else {
+                b
+            };
             second += (pick == b) as usize;
             if (two[pick] as u32) < FLOW_WAYS {
                 two[pick] += 1;
@@ -280,7 +284,11 @@ mod tests {
                 one_over += 1;
             }
         }
-        assert!(two_over * 500 < slots / 2, "{two_over} of {} did not fit", slots / 2);
+        assert!(
+            two_over * 500 < slots / 2,
+            "{two_over} of {} did not fit",
+            slots / 2
+        );
         assert!(second * 5 < slots / 2, "{second} in their second bucket");
         assert!(
             one_over * 50 > slots / 2,
