@@ -21,25 +21,52 @@ use crate::{FlowEntry, FlowEntry6, FlowKey, FlowKey6};
 /// Slots per bucket.
 pub const FLOW_WAYS: u32 = 4;
 
-/// `FlowSlot::state`: empty (never used, or freed).
+/// `FlowSlot::state`'s low byte (`slot_state`): empty (never used, or freed).
 pub const SLOT_FREE: u64 = 0;
 /// Being written by one CPU: no reader takes it, no other writer claims it.
 pub const SLOT_BUSY: u64 = 1;
 /// Holds a flow direction.
 pub const SLOT_LIVE: u64 = 2;
 
-/// `PL_FLOWGEOM`'s slots: the IPv4 table's geometry, the IPv6 table's.
-pub const GEOMETRY_V4: u32 = 0;
-pub const GEOMETRY_V6: u32 = 1;
+/// What a slot's state word says: `SLOT_FREE`, `SLOT_BUSY` or `SLOT_LIVE`. Above the low
+/// byte, a generation that every change moves on (`next_state`), so a compare-and-exchange
+/// against a word read a moment before fails if the slot was taken and given back since.
+#[inline(always)]
+pub const fn slot_state(word: u64) -> u64 {
+    word & 0xff
+}
 
-/// Value of `PL_FLOWGEOM` (one per table, written by the daemon when it loads): the
-/// bucket mask (the table's buckets, a power of two, minus one) and the hash seed, kept for
-/// as long as the table is (a new seed would lose every flow's slot).
-#[repr(C)]
+/// The word after `word` when the slot becomes `state`.
+#[inline(always)]
+pub const fn next_state(word: u64, state: u64) -> u64 {
+    ((word >> 8).wrapping_add(1) << 8) | state
+}
+
+/// A table's geometry: the bucket mask (the table's buckets, a power of two, minus one)
+/// and the hash seed. It lives in the table, in `FlowSlot::meta` of bucket 0's first slot
+/// (`geometry_word`), written by the daemon when it makes the table, so it is kept exactly
+/// as long as the table is (a new seed would lose every flow's slot) and a program always
+/// reads its own table's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowGeometry {
     pub mask: u32,
     pub seed: u32,
+}
+
+impl FlowGeometry {
+    /// As `FlowSlot::meta` holds it.
+    #[inline(always)]
+    pub const fn from_word(w: u64) -> FlowGeometry {
+        FlowGeometry {
+            mask: (w >> 32) as u32,
+            seed: w as u32,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn word(&self) -> u64 {
+        (self.mask as u64) << 32 | self.seed as u64
+    }
 }
 
 /// A slot of a `FlowBucket`: 128 bytes, two cache lines (the array is page-aligned).
@@ -52,7 +79,8 @@ pub struct FlowSlot {
     pub entry: FlowEntry,
     /// A bucket's first slot: its writers' lock (0 free, 1 held).
     pub lock: u64,
-    pub _rest: u64,
+    /// Bucket 0's first slot: the table's geometry (`FlowGeometry::word`).
+    pub meta: u64,
 }
 
 /// A slot of a `FlowBucket6`: 192 bytes, three cache lines.
@@ -65,7 +93,9 @@ pub struct FlowSlot6 {
     pub entry: FlowEntry6,
     /// As `FlowSlot::lock`.
     pub lock: u64,
-    pub _rest: [u64; 3],
+    /// As `FlowSlot::meta`.
+    pub meta: u64,
+    pub _rest: [u64; 2],
 }
 
 /// Value of `PL_CONNTRACK`: a bucket.
@@ -188,6 +218,11 @@ pub fn evict_rank(last_seen_ns: u64, tcp_flags: u8) -> u64 {
     } else {
         0
     })
+}
+
+/// The slots a table of `entries` entries has (`table_buckets` of four).
+pub const fn table_slots(entries: u32) -> u32 {
+    table_buckets(entries) * FLOW_WAYS
 }
 
 /// The buckets a table of `entries` entries (flow directions) has: a power of two, at

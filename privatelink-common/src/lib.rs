@@ -1014,7 +1014,6 @@ mod pod {
     unsafe impl aya::Pod for RuleSet6 {}
     unsafe impl aya::Pod for FlowBucket {}
     unsafe impl aya::Pod for FlowBucket6 {}
-    unsafe impl aya::Pod for FlowGeometry {}
 }
 
 #[cfg(test)]

@@ -104,9 +104,6 @@ macro_rules! for_each_map {
             CONNTRACK = PL_CONNTRACK: FlowArray<u32, $crate::FlowBucket>[$crate::flowtable::table_buckets($crate::DEFAULT_CONNTRACK_ENTRIES), configured], datapath;
             /// The IPv6 flows, one slot per direction; as many buckets as `PL_CONNTRACK`.
             CONNTRACK6 = PL_CONNTRACK6: FlowArray<u32, $crate::FlowBucket6>[$crate::flowtable::table_buckets($crate::DEFAULT_CONNTRACK_ENTRIES), configured], datapath;
-            /// The flow tables' geometry (`FlowGeometry`: slot mask, hash seed), IPv4's then
-            /// IPv6's, written by the daemon when it loads.
-            FLOW_GEOMETRY = PL_FLOWGEOM: Array<u32, $crate::FlowGeometry>[2, fixed], settings;
             /// Verdict counters per CPU, by `Reason` index.
             STATS = PL_STATS: PerCpuArray<u32, u64>[$crate::reason::REASON_COUNT, fixed], datapath;
             /// The data path's settings (`PL_CONFIG[0]`), written by the daemon at start.

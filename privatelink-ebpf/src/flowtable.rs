@@ -34,12 +34,12 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_map_lookup_elem};
 use privatelink_common::{
     FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6,
     flowtable::{
-        FLOW_WAYS, GEOMETRY_V4, GEOMETRY_V6, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of,
-        same_key,
+        FLOW_WAYS, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, next_state, same_key,
+        slot_state,
     },
 };
 
-use crate::maps::{FlowArray, PL_CONNTRACK, PL_CONNTRACK6, PL_FLOWGEOM, PL_FLOWKEY};
+use crate::maps::{FlowArray, PL_CONNTRACK, PL_CONNTRACK6, PL_FLOWKEY};
 
 /// What `insert` and `remove` return when they fail (the kernel map's error numbers).
 const EEXIST: i64 = -17;
@@ -51,11 +51,11 @@ const EBUSY: i64 = -16;
 pub trait Tabled: Copy + 'static {
     type Key: SlotKey;
     type Bucket: 'static;
-    /// Its `PL_FLOWGEOM` slot.
-    const GEOMETRY: u32;
     fn array() -> &'static FlowArray<Self::Bucket>;
     /// Slot `i` of a bucket (`i` below `FLOW_WAYS`): its state, lock, key and entry.
     fn parts(b: *mut Self::Bucket, i: u32) -> (*mut u64, *mut u64, *mut Self::Key, *mut Self);
+    /// The bucket's first slot's `meta` word (bucket 0's: the table's geometry).
+    fn meta(b: *mut Self::Bucket) -> *mut u64;
     /// Its rank for eviction (`evict_rank`: the lowest goes; a new entry's is the time
     /// it is made at, and only ranks below that may go).
     fn seen(&self) -> u64;
@@ -65,7 +65,7 @@ pub trait Tabled: Copy + 'static {
 }
 
 macro_rules! tabled {
-    ($entry:ty, $key:ty, $slot:ty, $geometry:expr, $map:expr, $find:ident, $insert:ident, $add:ident) => {
+    ($entry:ty, $key:ty, $slot:ty, $map:expr, $find:ident, $insert:ident, $add:ident) => {
         /// `find` as a global BPF function: the verifier walks it once, on its own, and
         /// at every call only checks the key's memory. Its pointer may be null to the
         /// verifier, which checks a global function on its own.
@@ -105,7 +105,6 @@ macro_rules! tabled {
         impl Tabled for $entry {
             type Key = $key;
             type Bucket = $slot;
-            const GEOMETRY: u32 = $geometry;
             #[inline(always)]
             fn array() -> &'static FlowArray<$slot> {
                 &$map
@@ -123,6 +122,11 @@ macro_rules! tabled {
                         &raw mut (*s).entry,
                     )
                 }
+            }
+            #[inline(always)]
+            fn meta(b: *mut $slot) -> *mut u64 {
+                // SAFETY: a field address of a valid bucket, nothing read.
+                unsafe { &raw mut (*b).slots[0].meta }
             }
             #[inline(always)]
             fn seen(&self) -> u64 {
@@ -156,7 +160,6 @@ tabled!(
     FlowEntry,
     FlowKey,
     FlowBucket,
-    GEOMETRY_V4,
     PL_CONNTRACK,
     pl_flow_find,
     pl_flow_insert,
@@ -166,7 +169,6 @@ tabled!(
     FlowEntry6,
     FlowKey6,
     FlowBucket6,
-    GEOMETRY_V6,
     PL_CONNTRACK6,
     pl_flow_find6,
     pl_flow_insert6,
@@ -217,7 +219,7 @@ fn buckets<E: Tabled>(key: &E::Key) -> Option<(*mut u32, u32, u32)> {
 fn holds<E: Tabled>(p: *mut E::Bucket, i: u32, key: &E::Key) -> bool {
     let (state, _, k, _) = E::parts(p, i);
     // SAFETY: the key of a slot of a valid bucket.
-    load(state) == SLOT_LIVE && same_key(unsafe { &*k }, key)
+    slot_state(load(state)) == SLOT_LIVE && same_key(unsafe { &*k }, key)
 }
 
 /// Slot `i` of the table (bucket `i / FLOW_WAYS`): state, lock, key, entry; `None` past
@@ -238,30 +240,32 @@ fn room() -> Option<*mut u32> {
     let p = unsafe {
         bpf_map_lookup_elem(
             core::ptr::from_ref(&PL_FLOWKEY).cast_mut().cast(),
-            core::ptr::from_ref(&GEOMETRY_KEYS[0]).cast(),
+            core::ptr::from_ref(&ZERO).cast(),
         )
     };
     (!p.is_null()).then_some(p.cast())
 }
 
-/// `PL_FLOWGEOM`'s keys (and `PL_FLOWKEY`'s, the first), in `.rodata`: a lookup's key
-/// must be in memory, and the stack has none to spare (`bucket_at`).
-static GEOMETRY_KEYS: [u32; 2] = [GEOMETRY_V4, GEOMETRY_V6];
+/// The key of `PL_FLOWKEY`'s one entry and of each table's bucket 0, in `.rodata`: a
+/// lookup's key must be in memory, and the stack has none to spare (`bucket_at`).
+static ZERO: u32 = 0;
 
-/// `E`'s table's geometry (zero, a table of one bucket, until the daemon wrote it).
+/// `E`'s table's geometry, from its bucket 0 (zero, a table of one bucket, until the
+/// daemon has written it).
 #[inline(always)]
 fn geometry<E: Tabled>() -> FlowGeometry {
-    let k = &GEOMETRY_KEYS[(E::GEOMETRY & 1) as usize];
-    // SAFETY: a lookup in an array of `FlowGeometry`, its key read-only data.
-    let g = unsafe {
+    // SAFETY: a lookup in the table's array, its key read-only data.
+    let b = unsafe {
         bpf_map_lookup_elem(
-            core::ptr::from_ref(&PL_FLOWGEOM).cast_mut().cast(),
-            core::ptr::from_ref(k).cast(),
+            core::ptr::from_ref(E::array()).cast_mut().cast(),
+            core::ptr::from_ref(&ZERO).cast(),
         )
-        .cast::<FlowGeometry>()
-        .as_ref()
     };
-    g.copied().unwrap_or_default()
+    if b.is_null() {
+        return FlowGeometry::default();
+    }
+    // SAFETY: bucket 0, valid for this run; the daemon writes its meta word whole.
+    FlowGeometry::from_word(unsafe { core::ptr::read_volatile(E::meta(b.cast())) })
 }
 
 #[inline(always)]
@@ -347,9 +351,21 @@ impl<E: Tabled> Table<E> {
     /// Frees the slot of `key`.
     #[inline(always)]
     pub fn remove(&self, key: impl Borrow<E::Key>) -> Result<(), i64> {
-        match slot::<E>(E::find_global(key.borrow())) {
-            Some((state, _, _, _)) if cas(state, SLOT_LIVE, SLOT_FREE) => Ok(()),
-            _ => Err(ENOENT),
+        let key = key.borrow();
+        let Some((state, _, k, _)) = slot::<E>(E::find_global(key)) else {
+            return Err(ENOENT);
+        };
+        // Still this key's (the word read first: a slot taken since has another
+        // generation, and the exchange fails).
+        let w = load(state);
+        // SAFETY: the key of a slot of a valid bucket.
+        if slot_state(w) == SLOT_LIVE
+            && same_key(unsafe { &*k }, key)
+            && cas(state, w, next_state(w, SLOT_FREE))
+        {
+            Ok(())
+        } else {
+            Err(ENOENT)
         }
     }
 }
@@ -358,6 +374,19 @@ impl<E: Tabled> Table<E> {
 /// function, as `find`.
 #[inline(always)]
 fn insert<E: Tabled>(key: &E::Key, value: &E, noexist: bool) -> i64 {
+    let r = insert_unmarked::<E>(key, value, noexist);
+    if r != 0 && r != EEXIST {
+        if let Some(room) = self::room() {
+            // SAFETY: this CPU's two words, valid for this run.
+            unsafe { *room.add(1) = 1 };
+        }
+    }
+    r
+}
+
+/// `insert`, without marking its failure for `refused`.
+#[inline(always)]
+fn insert_unmarked<E: Tabled>(key: &E::Key, value: &E, noexist: bool) -> i64 {
     let Some((room, first, second)) = buckets::<E>(key) else {
         return E2BIG;
     };
@@ -374,12 +403,6 @@ fn insert<E: Tabled>(key: &E::Key, value: &E, noexist: bool) -> i64 {
     }
     let r = insert_locked::<E>(p1, p2, key, value, noexist);
     cas(lock, 1, 0);
-    if r == E2BIG {
-        if let Some(room) = self::room() {
-            // SAFETY: this CPU's two words, valid for this run.
-            unsafe { *room.add(1) = 1 };
-        }
-    }
     r
 }
 
@@ -436,21 +459,33 @@ fn insert_locked<E: Tabled>(
 ) -> i64 {
     for j in 0..2 * FLOW_WAYS {
         let (state, _, k, e) = pair_slot::<E>(p1, p2, j);
+        let w = load(state);
         // SAFETY: the key of a slot of a valid bucket.
-        if load(state) == SLOT_LIVE && same_key(unsafe { &*k }, key) {
+        if slot_state(w) == SLOT_LIVE && same_key(unsafe { &*k }, key) {
             if noexist {
                 return EEXIST;
             }
-            // SAFETY: the key's entry; only the holder of its lock writes it.
+            // Rewritten under a claim: the writer of another key, whose second bucket
+            // this may be, could be evicting the slot meanwhile.
+            if !cas(state, w, next_state(w, SLOT_BUSY)) {
+                return E2BIG;
+            }
+            // SAFETY: this writer's slot now, still this key's (the exchange above
+            // fails for a slot taken since).
             unsafe { *e = *value };
-            return 0;
+            let busy = next_state(w, SLOT_BUSY);
+            return if cas(state, busy, next_state(busy, SLOT_LIVE)) {
+                0
+            } else {
+                E2BIG
+            };
         }
     }
     // Free slots: the first bucket's in the low byte, the second's above.
     let mut free = 0u32;
     for j in 0..2 * FLOW_WAYS {
         let (state, _, _, _) = pair_slot::<E>(p1, p2, j);
-        if load(state) == SLOT_FREE {
+        if slot_state(load(state)) == SLOT_FREE {
             free += if j < FLOW_WAYS { 1 } else { 1 << 8 };
         }
     }
@@ -468,7 +503,7 @@ fn insert_locked<E: Tabled>(
         let mut at = NONE;
         for i in 0..FLOW_WAYS {
             let (state, _, _, _) = pair_slot::<E>(p1, p2, from + i);
-            if at == NONE && load(state) == SLOT_FREE {
+            if at == NONE && slot_state(load(state)) == SLOT_FREE {
                 at = from + i;
             }
         }
@@ -480,7 +515,7 @@ fn insert_locked<E: Tabled>(
             let (state, _, _, e) = pair_slot::<E>(p1, p2, j);
             // SAFETY: the entry of a slot of a valid bucket.
             let r = (unsafe { (*e).seen() } & !7) | j as u64;
-            if load(state) == SLOT_LIVE && r < best {
+            if slot_state(load(state)) == SLOT_LIVE && r < best {
                 best = r;
             }
         }
@@ -498,17 +533,25 @@ fn insert_locked<E: Tabled>(
         SLOT_LIVE
     };
     let (state, _, k, e) = pair_slot::<E>(p1, p2, at);
-    // Claimed: another key's writer may be placing its own in this bucket, and `remove`
-    // takes no lock. A live slot is hidden while it is rewritten.
-    if !cas(state, was, SLOT_BUSY) {
+    // Claimed against the word read now: another key's writer may be placing its own in
+    // this bucket, and `remove` takes no lock.
+    let w = load(state);
+    if slot_state(w) != was || !cas(state, w, next_state(w, SLOT_BUSY)) {
         return E2BIG;
     }
+    let busy = next_state(w, SLOT_BUSY);
+    // A victim ranked from a read before the claim: still one to give up?
     // SAFETY: this writer's slot now.
+    if was == SLOT_LIVE && unsafe { (*e).seen() } & !7 > value.seen() & !7 {
+        cas(state, busy, next_state(busy, SLOT_LIVE));
+        return E2BIG;
+    }
+    // SAFETY: as above.
     unsafe {
         *k = *key;
         *e = *value;
     }
-    if cas(state, SLOT_BUSY, SLOT_LIVE) {
+    if cas(state, busy, next_state(busy, SLOT_LIVE)) {
         0
     } else {
         E2BIG

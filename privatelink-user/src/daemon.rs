@@ -422,7 +422,10 @@ pub async fn run(
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
             // The live flows of the overview (and of the metrics, when served).
-            crate::metrics::census(&args.pin_dir, args.conntrack_entries);
+            crate::metrics::census(
+                &args.pin_dir,
+                privatelink_common::flowtable::table_slots(args.conntrack_entries),
+            );
             let server =
                 tokio::spawn(axum::serve(listener, api::router(app.clone())).into_future());
             let metrics = start_metrics(
@@ -582,7 +585,7 @@ fn start_metrics(
         listener,
         source,
         &args.pin_dir,
-        args.conntrack_entries,
+        privatelink_common::flowtable::table_slots(args.conntrack_entries),
         flow_log,
     )?;
     info!(metrics = %format!("http://{addr}/metrics"), "serving metrics");

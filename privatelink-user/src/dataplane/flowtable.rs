@@ -14,7 +14,7 @@ use aya::maps::{Array, Map, MapData};
 use privatelink_common::{
     FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6,
     flowtable::{
-        FLOW_WAYS, GEOMETRY_V4, GEOMETRY_V6, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, same_key,
+        FLOW_WAYS, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, next_state, same_key, slot_state,
         table_buckets,
     },
 };
@@ -24,24 +24,26 @@ use super::read::TableEntry;
 /// A family's flow entry, with its bucket type.
 pub trait Bucketed: TableEntry<Key: SlotKey> {
     type Bucket: aya::Pod + Default;
-    /// Its `PL_FLOWGEOM` slot.
-    const GEOMETRY: u32;
     /// Slot `i`'s state, key and entry.
     fn slot(b: &Self::Bucket, i: usize) -> (u64, Self::Key, Self);
     /// Its rank for eviction (`evict_rank`), as the data path judges it.
     fn rank(&self) -> u64;
     /// Makes slot `i` hold `key` and `entry` (`SLOT_LIVE`), or frees it (`None`).
     fn set_slot(b: &mut Self::Bucket, i: usize, kv: Option<(Self::Key, Self)>);
+    /// The bucket's first slot's `meta` word (bucket 0's: the table's geometry).
+    fn meta(b: &mut Self::Bucket) -> &mut u64;
 }
 
 macro_rules! bucketed {
-    ($entry:ty, $key:ty, $bucket:ty, $geometry:expr) => {
+    ($entry:ty, $key:ty, $bucket:ty) => {
         impl Bucketed for $entry {
             type Bucket = $bucket;
-            const GEOMETRY: u32 = $geometry;
+            fn meta(b: &mut $bucket) -> &mut u64 {
+                &mut b.slots[0].meta
+            }
             fn slot(b: &$bucket, i: usize) -> (u64, $key, $entry) {
                 let s = &b.slots[i];
-                (s.state, s.key, s.entry)
+                (slot_state(s.state), s.key, s.entry)
             }
             fn rank(&self) -> u64 {
                 privatelink_common::flowtable::evict_rank(self.last_seen_ns, self.tcp_flags)
@@ -49,37 +51,41 @@ macro_rules! bucketed {
             fn set_slot(b: &mut $bucket, i: usize, kv: Option<($key, $entry)>) {
                 let s = &mut b.slots[i];
                 match kv {
-                    Some((k, e)) => (s.state, s.key, s.entry) = (SLOT_LIVE, k, e),
-                    None => s.state = SLOT_FREE,
+                    Some((k, e)) => {
+                        (s.state, s.key, s.entry) = (next_state(s.state, SLOT_LIVE), k, e)
+                    }
+                    None => s.state = next_state(s.state, SLOT_FREE),
                 }
             }
         }
     };
 }
-bucketed!(FlowEntry, FlowKey, FlowBucket, GEOMETRY_V4);
-bucketed!(FlowEntry6, FlowKey6, FlowBucket6, GEOMETRY_V6);
+bucketed!(FlowEntry, FlowKey, FlowBucket);
+bucketed!(FlowEntry6, FlowKey6, FlowBucket6);
 
-/// The geometry of `E`'s table, from `PL_FLOWGEOM`.
-pub fn geometry<E: Bucketed>(geometry_map: &Map) -> Result<FlowGeometry> {
-    let a: Array<_, FlowGeometry> = Array::try_from(geometry_map)?;
-    Ok(a.get(&E::GEOMETRY, 0)?)
+/// The geometry of `E`'s table (`table`), from its bucket 0.
+pub fn geometry<E: Bucketed>(table: &Map) -> Result<FlowGeometry> {
+    let a: Array<_, E::Bucket> = Array::try_from(table)?;
+    let mut b0 = a.get(&0, 0)?;
+    Ok(FlowGeometry::from_word(*E::meta(&mut b0)))
 }
 
-/// Writes the geometry of both tables for `buckets` buckets each, keeping the seed a
-/// table of that size already has (its flows stay where they are), else drawing one.
-pub fn init_geometry(geometry_map: &mut Map, buckets: u32) -> Result<()> {
-    let mut a: Array<_, FlowGeometry> = Array::try_from(geometry_map)?;
-    for i in [GEOMETRY_V4, GEOMETRY_V6] {
-        let old = a.get(&i, 0)?;
-        let mask = buckets - 1;
-        if old.mask == mask && old.seed != 0 {
-            continue;
-        }
-        let mut seed = [0u8; 4];
-        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("drawing a hash seed: {e}"))?;
-        let seed = u32::from_ne_bytes(seed) | 1;
-        a.set(i, FlowGeometry { mask, seed }, 0)?;
+/// Gives `E`'s table (`table`, of `buckets` buckets) its geometry, unless it has one for
+/// that size (a table kept from before: its flows stay where they are): the mask and a
+/// seed drawn now, written into its bucket 0 before any program uses the table.
+pub fn init_geometry<E: Bucketed>(table: &mut Map, buckets: u32) -> Result<()> {
+    let mut a: Array<_, E::Bucket> = Array::try_from(table)?;
+    let mut b0 = a.get(&0, 0)?;
+    let old = FlowGeometry::from_word(*E::meta(&mut b0));
+    let mask = buckets - 1;
+    if old.mask == mask && old.seed != 0 {
+        return Ok(());
     }
+    let mut seed = [0u8; 4];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("drawing a hash seed: {e}"))?;
+    let seed = u32::from_ne_bytes(seed) | 1;
+    *E::meta(&mut b0) = FlowGeometry { mask, seed }.word();
+    a.set(0, b0, 0)?;
     Ok(())
 }
 

@@ -116,11 +116,15 @@ impl Dataplane {
             // The maps are pinned now, with this build's layouts.
             record_layouts(dir, opts.conntrack_entries)?;
         }
-        // The flow tables' geometry before any packet can use them.
-        let geometry = ebpf
-            .map_mut(map_names::FLOW_GEOMETRY)
-            .context("the object has no PL_FLOWGEOM")?;
-        flowtable::init_geometry(geometry, buckets)?;
+        // The flow tables' geometry before any program uses them.
+        let ct = ebpf
+            .map_mut(map_names::CONNTRACK)
+            .context("no PL_CONNTRACK")?;
+        flowtable::init_geometry::<FlowEntry>(ct, buckets)?;
+        let ct6 = ebpf
+            .map_mut(map_names::CONNTRACK6)
+            .context("no PL_CONNTRACK6")?;
+        flowtable::init_geometry::<privatelink_common::FlowEntry6>(ct6, buckets)?;
         let prog: &mut Xdp = program(&mut ebpf)?;
         load_retrying(prog).context("the verifier rejected the XDP program")?;
         let paths = load_paths(&mut ebpf, opts.pin_dir.as_deref())?;
@@ -309,9 +313,9 @@ impl Dataplane {
         flowtable::entries(self.map(map_names::CONNTRACK6)?)
     }
 
-    /// The geometry of `E`'s flow table (`PL_FLOWGEOM`).
+    /// The geometry of `E`'s flow table (from its bucket 0).
     pub fn flow_geometry<E: flowtable::Bucketed>(&self) -> Result<FlowGeometry> {
-        flowtable::geometry::<E>(self.map(map_names::FLOW_GEOMETRY)?)
+        flowtable::geometry::<E>(self.map(E::MAP)?)
     }
 
     /// The entry of `key` in `E`'s flow table.

@@ -439,10 +439,7 @@ fn restart_with_flows(flows: u32) -> Result<String> {
     };
     {
         let mut map = dataplane::open_pinned(&d.pin, map_names::CONNTRACK)?;
-        let g = dataplane::flowtable::geometry::<FlowEntry>(&dataplane::open_pinned(
-            &d.pin,
-            map_names::FLOW_GEOMETRY,
-        )?)?;
+        let g = dataplane::flowtable::geometry::<FlowEntry>(&map)?;
         let t = ktime_ns();
         let e = FlowEntry {
             last_seen_ns: t,
@@ -456,10 +453,7 @@ fn restart_with_flows(flows: u32) -> Result<String> {
     }
     let took = d.restart()?;
     let map = dataplane::open_pinned(&d.pin, map_names::CONNTRACK)?;
-    let g = dataplane::flowtable::geometry::<FlowEntry>(&dataplane::open_pinned(
-        &d.pin,
-        map_names::FLOW_GEOMETRY,
-    )?)?;
+    let g = dataplane::flowtable::geometry::<FlowEntry>(&map)?;
     let kept = (0..flows)
         .step_by((flows / 1000).max(1) as usize)
         .filter(|i| {
