@@ -175,7 +175,7 @@ fn established_checked(
         u16::from_be(l4[1]),
         pkt.proto,
     );
-    let Some(p) = FLOWS.get_ptr_mut(key) else {
+    let Some(p) = FLOWS.get_ptr_mut_inline(&key) else {
         return Ok(None);
     };
     // SAFETY: the pointer from a successful lookup is valid for this program run.

@@ -322,6 +322,27 @@ impl<E: Tabled> Table<E> {
         slot::<E>(E::find_global(key.borrow())).map(|(_, _, _, e)| e)
     }
 
+    /// `get_ptr_mut` inlined into the caller, without the BPF call and the second lookup
+    /// of the slot found: for the entry program's established path, whose frame and
+    /// verifier budget have room for it.
+    #[inline(always)]
+    pub fn get_ptr_mut_inline(&self, key: &E::Key) -> Option<*mut E> {
+        let (room, first, second) = buckets::<E>(key)?;
+        let p = bucket_at::<E>(room, first)?;
+        for i in 0..FLOW_WAYS {
+            if holds::<E>(p, i, key) {
+                return Some(E::parts(p, i).3);
+            }
+        }
+        let p = bucket_at::<E>(room, second)?;
+        for i in 0..FLOW_WAYS {
+            if holds::<E>(p, i, key) {
+                return Some(E::parts(p, i).3);
+            }
+        }
+        None
+    }
+
     /// The entry of `key`.
     ///
     /// # Safety
