@@ -4,7 +4,8 @@
 //! the layout and the hashes). `FLOWS` and `FLOWS6` answer as the kernel hash maps did
 //! (`get`, `get_ptr_mut`, `insert` with `BPF_NOEXIST` or `BPF_ANY`, `remove`). Lookups and
 //! inserts are global BPF functions (`pl_flow_find`, `pl_flow_insert`, `pl_flow_add` and
-//! the IPv6 ones), which the verifier walks once each; inside them, array lookups the
+//! the IPv6 ones), which the verifier walks once each (the IPv4 established path's
+//! lookup is inlined instead: `get_ptr_mut_inline`); inside them, array lookups the
 //! kernel inlines, keyed by this CPU's `PL_FLOWKEY` word (their frames count against
 //! their callers' 512 bytes of stack, and the IPv4 forward path has none to spare).
 //!
