@@ -101,11 +101,6 @@ fn map_data(map: &Map) -> Result<&MapData> {
     }
 }
 
-/// `E`'s table's slots (`FLOW_WAYS` per bucket).
-pub fn capacity(table: &Map) -> Result<u32> {
-    Ok(map_data(table)?.info()?.max_entries() * FLOW_WAYS)
-}
-
 /// Every live entry of `E`'s table, read through a read-only mapping of it.
 pub fn entries<E: Bucketed>(table: &Map) -> Result<Vec<(E::Key, E)>> {
     let data = map_data(table)?;
