@@ -4,12 +4,12 @@
 //!   veth pair (`pl-xdp-pass`), since the kernel delivers XDP-redirected frames into a veth
 //!   only when its peer runs an XDP program;
 //! - `privatelink_tx`, `privatelink_redirect`, `privatelink_redirect_map`,
-//!   `privatelink_count`, `privatelink_gen` and `privatelink_replay`: the benchmarks'
+//!   `privatelink_redirect_lookup`, `privatelink_count`, `privatelink_gen` and `privatelink_replay`: the benchmarks'
 //!   baselines, sink, generator and replayer.
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     programs::{ProgramError, Xdp, XdpMode},
 };
 
@@ -24,11 +24,28 @@ pub const PASS_PROGRAM: &str = "privatelink_pass";
 #[derive(Default)]
 pub struct Reference {
     ebpf: Option<Ebpf>,
+    /// `PL_BASE_TABLE`'s buckets (`privatelink_redirect_lookup`), if not 1.
+    table_buckets: Option<u32>,
 }
 
 impl Reference {
+    /// The object with `PL_BASE_TABLE` made `buckets` long (a power of two) and its mask
+    /// set: for `privatelink_redirect_lookup`.
+    pub fn with_table(buckets: u32) -> Result<Self> {
+        anyhow::ensure!(buckets.is_power_of_two(), "{buckets} buckets: not a power of two");
+        let mut r = Reference {
+            ebpf: None,
+            table_buckets: Some(buckets),
+        };
+        let mut mask: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(r.object()?.map_mut("PL_BASE_MASK").context("no map")?)?;
+        mask.set(0, buckets - 1, 0)?;
+        Ok(r)
+    }
+
     /// One of the reference programs (`privatelink_pass`, `privatelink_tx`,
-    /// `privatelink_redirect`, `privatelink_redirect_map`, `privatelink_count`,
+    /// `privatelink_redirect`, `privatelink_redirect_map`, `privatelink_redirect_lookup`,
+    /// `privatelink_count`,
     /// `privatelink_gen`, `privatelink_replay`), loaded on first use.
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
         let p = xdp_program(self.object()?, name)?;
@@ -41,7 +58,11 @@ impl Reference {
     /// The object (its maps configure the reference programs).
     pub fn object(&mut self) -> Result<&mut Ebpf> {
         if self.ebpf.is_none() {
-            self.ebpf = Some(Ebpf::load(OBJECT)?);
+            let mut loader = EbpfLoader::new();
+            if let Some(n) = self.table_buckets {
+                loader.map_max_entries("PL_BASE_TABLE", n);
+            }
+            self.ebpf = Some(loader.load(OBJECT)?);
         }
         Ok(self.ebpf.as_mut().expect("just set"))
     }

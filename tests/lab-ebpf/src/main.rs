@@ -8,10 +8,16 @@
 //!   `PL_BASE_TARGET[0]`: the bare-redirect baseline of the throughput benchmark.
 //!   `privatelink_redirect_map` does the same through `bpf_redirect_map` and the DEVMAP
 //!   `PL_BASE_DEVS` (slot 0): the benchmark compares the two helpers.
+//! - `privatelink_redirect_lookup` does the same after one read of a table the size and
+//!   kind of the data path's IPv4 flow table (`PL_BASE_TABLE`, sized at load: buckets of
+//!   512 bytes in a BPF_F_MMAPABLE array) at a bucket picked by the frame's flow: the
+//!   floor of any forwarder that reads one cold line of per-flow state per packet, the
+//!   throughput benchmark's measure of what the machine's memory leaves at many flows.
 //! - `privatelink_count` counts every frame but ARP in `PL_SINK_COUNT` and drops it: the
 //!   throughput benchmark's sink, the same cheap end for every mode.
 //! - `privatelink_gen`, run with BPF_F_TEST_XDP_LIVE_FRAMES, is the benchmark's packet
-//!   generator: it gives each frame (an IPv4 UDP template) flow number `mix32(n) % flows` — UDP
+//!   generator: it gives each frame (an IPv4 UDP template) flow number `mix32(n) % flows`
+//!   (`n % flows` for a warm-up that meets every flow) — UDP
 //!   source port 1024 + n % 60000, the source address's last byte + n / 60000 — and
 //!   transmits it (XDP_TX).
 //! - `privatelink_replay` writes a stored frame back into the buffer and tail-calls the
@@ -70,6 +76,51 @@ pub fn privatelink_redirect_map(_ctx: XdpContext) -> u32 {
         .unwrap_or(xdp_action::XDP_PASS)
 }
 
+/// The floor's table: as `PL_CONNTRACK`, an array of 512-byte buckets (BPF_F_MMAPABLE, so
+/// the same kind of memory), its element count set at load (1 here: loaded for any other
+/// program, it costs nothing).
+#[btf_map]
+static PL_BASE_TABLE: Array<[u64; 64], 1, { aya_ebpf::bindings::BPF_F_MMAPABLE as usize }> =
+    Array::new();
+
+/// `[0]`: `PL_BASE_TABLE`'s buckets minus one (a power of two minus one).
+#[btf_map]
+static PL_BASE_MASK: Array<u32, 1> = Array::new();
+
+#[xdp]
+pub fn privatelink_redirect_lookup(ctx: XdpContext) -> u32 {
+    // Ethernet 14 + IPv4 20 (no options) + the UDP ports.
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 38 > end {
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: 38 bytes at `start` are inside the frame (checked above).
+    let (src, ports) = unsafe {
+        (
+            core::ptr::read_unaligned((start + 26) as *const u32),
+            core::ptr::read_unaligned((start + 34) as *const u32),
+        )
+    };
+    let mask = match PL_BASE_MASK.get(0) {
+        Some(&m) => m,
+        None => 0,
+    };
+    let Some(bucket) = PL_BASE_TABLE.get(mix32(src ^ mix32(ports)) & mask) else {
+        return xdp_action::XDP_PASS;
+    };
+    // One read of the bucket's first line, kept by the comparison (the table is zeroed: it
+    // never matches).
+    // SAFETY: a valid element of the array.
+    if unsafe { core::ptr::read_volatile(&bucket[0]) } == u64::MAX {
+        return xdp_action::XDP_DROP;
+    }
+    match PL_BASE_TARGET.get(0) {
+        // SAFETY: plain helper call; flags 0.
+        Some(&ifindex) if ifindex != 0 => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
 #[btf_map]
 static PL_SINK_COUNT: PerCpuArray<u64, 1> = PerCpuArray::new();
 
@@ -91,9 +142,10 @@ pub fn privatelink_count(ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// `[0]`: how many flows the generator cycles through (0 or 1: one flow).
+/// `[0]`: how many flows the generator cycles through (0 or 1: one flow). `[1]`: nonzero
+/// for flows in order (`n % flows`: a warm-up that meets every flow in `flows` frames).
 #[btf_map]
-static PL_GEN_FLOWS: Array<u32, 1> = Array::new();
+static PL_GEN_FLOWS: Array<u32, 2> = Array::new();
 
 #[btf_map]
 static PL_GEN_COUNT: PerCpuArray<u32, 1> = PerCpuArray::new();
@@ -136,7 +188,8 @@ pub fn privatelink_gen(ctx: XdpContext) -> u32 {
         // Flows in an order unrelated to the one they were made in (a bijective mix of
         // the count), as real traffic: cycling them in order would meet each flow's state
         // where the previous one's lies, whenever a table places entries in the order made.
-        let n = mix32(*count) % flows;
+        let in_order = matches!(PL_GEN_FLOWS.get(1), Some(&o) if o != 0);
+        let n = if in_order { *count } else { mix32(*count) } % flows;
         *count = (*count).wrapping_add(1);
         let f = &mut *(start as *mut [u8; 42]);
         *f = *template;
