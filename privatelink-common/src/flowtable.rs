@@ -6,8 +6,12 @@
 //! `FlowGeometry`, masked to the table, and a second hash of it). A slot holds
 //! its key and its entry together, line-aligned, so a hit reads one slot: one cold access
 //! at many flows, where a kernel hash element was two (the bucket array, then the element)
-//! and a helper call (a direction in its second bucket costs a second read). Readers take
-//! no lock; writers hold the key's first bucket's (`FlowSlot::lock` of its first slot,
+//! and a helper call (a direction in its second bucket costs a second read). A miss reads
+//! the second bucket only while the first's spill count (`FlowSlot::aux` of its second
+//! slot) says that some key whose first bucket it is lives in its second: at the loads a
+//! table mostly runs at, a miss is one cold access too, a new flow's searches half of what
+//! they were. Readers take
+//! no lock; writers hold the key's first bucket's (`FlowSlot::aux` of its first slot,
 //! taken by compare-and-exchange) while they look for the key and write it, so a key is
 //! never in two slots, and claim a slot by compare-and-exchange of its state, since the
 //! writer of another key may be placing it in the same bucket. A new direction takes a
@@ -77,8 +81,9 @@ pub struct FlowSlot {
     pub key: FlowKey,
     pub _pad: u32,
     pub entry: FlowEntry,
-    /// A bucket's first slot: its writers' lock (0 free, 1 held).
-    pub lock: u64,
+    /// A bucket's first slot: its writers' lock (0 free, 1 held). Its second slot: its
+    /// spill count (`spill`), how many keys whose first bucket it is live in their second.
+    pub aux: u64,
     /// Bucket 0's first slot: the table's geometry (`FlowGeometry::word`).
     pub meta: u64,
 }
@@ -91,8 +96,8 @@ pub struct FlowSlot6 {
     pub key: FlowKey6,
     pub _pad: u32,
     pub entry: FlowEntry6,
-    /// As `FlowSlot::lock`.
-    pub lock: u64,
+    /// As `FlowSlot::aux`.
+    pub aux: u64,
     /// As `FlowSlot::meta`.
     pub meta: u64,
     pub _rest: [u64; 2],

@@ -57,6 +57,9 @@ pub trait Tabled: Copy + 'static {
     fn parts(b: *mut Self::Bucket, i: u32) -> (*mut u64, *mut u64, *mut Self::Key, *mut Self);
     /// The bucket's first slot's `meta` word (bucket 0's: the table's geometry).
     fn meta(b: *mut Self::Bucket) -> *mut u64;
+    /// The key and entry of the slot whose state word is `state`: at fixed offsets from
+    /// it, so that code holding the state word's address holds them too.
+    fn key_entry(state: *mut u64) -> (*mut Self::Key, *mut Self);
     /// Its rank for eviction (`evict_rank`: the lowest goes; a new entry's is the time
     /// it is made at, and only ranks below that may go).
     fn seen(&self) -> u64;
@@ -118,10 +121,24 @@ macro_rules! tabled {
                     let s = &raw mut (*b).slots[(i & (FLOW_WAYS - 1)) as usize];
                     (
                         &raw mut (*s).state,
-                        &raw mut (*s).lock,
+                        &raw mut (*s).aux,
                         &raw mut (*s).key,
                         &raw mut (*s).entry,
                     )
+                }
+            }
+            #[inline(always)]
+            fn key_entry(state: *mut u64) -> (*mut $key, *mut $entry) {
+                // A slot's state word is its first field (`FlowSlot`, `FlowSlot6`).
+                const _: () = assert!(
+                    core::mem::offset_of!(privatelink_common::flowtable::FlowSlot, state) == 0
+                        && core::mem::offset_of!(privatelink_common::flowtable::FlowSlot6, state)
+                            == 0
+                );
+                // SAFETY: field addresses of the slot that starts at `state`, nothing read.
+                unsafe {
+                    let s = state.cast::<<$slot as SlotOf>::Slot>();
+                    (&raw mut (*s).key, &raw mut (*s).entry)
                 }
             }
             #[inline(always)]
@@ -175,6 +192,17 @@ tabled!(
     pl_flow_insert6,
     pl_flow_add6
 );
+
+/// A bucket type's slot type.
+trait SlotOf {
+    type Slot;
+}
+impl SlotOf for FlowBucket {
+    type Slot = privatelink_common::flowtable::FlowSlot;
+}
+impl SlotOf for FlowBucket6 {
+    type Slot = privatelink_common::flowtable::FlowSlot6;
+}
 
 /// A flow table, as its users see it.
 pub struct Table<E>(PhantomData<E>);
@@ -275,6 +303,40 @@ fn load(state: *mut u64) -> u64 {
     unsafe { core::ptr::read_volatile(state) }
 }
 
+/// Bucket `p`'s spill count (`FlowSlot::aux` of its second slot): how many keys whose
+/// first bucket it is live in their second. Raised under the bucket's lock before such a
+/// key is published, lowered once it is gone (by whoever frees or evicts it): while it is
+/// 0, a key not in its first bucket is in neither, and a lookup reads one bucket.
+#[inline(always)]
+fn spill<E: Tabled>(p: *mut E::Bucket) -> *mut u64 {
+    E::parts(p, 1).1
+}
+
+/// Adds `n` (wrapping: `u64::MAX` takes one away) to `word` atomically (BPF_ATOMIC add).
+#[inline(always)]
+fn add(word: *mut u64, n: u64) {
+    // SAFETY: an aligned word of map memory.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(word, n);
+    }
+}
+
+/// `key` left the slot whose state word is `slot`: if that was not in `key`'s first
+/// bucket (it lived in its second), the first's spill count goes down. (Where the slot
+/// lies, not which bucket it names: its caller keeps one value fewer.)
+#[inline(always)]
+fn unspill<E: Tabled>(key: &E::Key, slot: *mut u64) {
+    let Some((room, first, _)) = buckets::<E>(key) else {
+        return;
+    };
+    if let Some(p) = bucket_at::<E>(room, first) {
+        let (from, at) = (p as usize, slot as usize);
+        if at < from || at >= from + core::mem::size_of::<E::Bucket>() {
+            add(spill::<E>(p), u64::MAX);
+        }
+    }
+}
+
 /// Moves `word` from `old` to `new` if it still is `old` (BPF_CMPXCHG: a full barrier).
 #[inline(always)]
 fn cas(word: *mut u64, old: u64, new: u64) -> bool {
@@ -296,11 +358,18 @@ fn find<E: Tabled>(key: &E::Key) -> u32 {
     let Some((room, first, second)) = buckets::<E>(key) else {
         return NONE;
     };
+    let mut second = second;
     if let Some(p) = bucket_at::<E>(room, first) {
         for i in 0..FLOW_WAYS {
             if holds::<E>(p, i, key) {
                 return first * FLOW_WAYS + i;
             }
+        }
+        // The second bucket only while the first's spill count is up; else a bucket past
+        // the table's end, which the lookup below finds missing (one way out for a miss,
+        // not two: a result merged from more exits took the stack).
+        if load(spill::<E>(p)) == 0 {
+            second = NONE;
         }
     }
     if let Some(p) = bucket_at::<E>(room, second) {
@@ -334,6 +403,9 @@ impl<E: Tabled> Table<E> {
             if holds::<E>(p, i, key) {
                 return Some(E::parts(p, i).3);
             }
+        }
+        if load(spill::<E>(p)) == 0 {
+            return None;
         }
         let p = bucket_at::<E>(room, second)?;
         for i in 0..FLOW_WAYS {
@@ -385,6 +457,7 @@ impl<E: Tabled> Table<E> {
             && same_key(unsafe { &*k }, key)
             && cas(state, w, next_state(w, SLOT_FREE))
         {
+            unspill::<E>(key, state);
             Ok(())
         } else {
             Err(ENOENT)
@@ -479,7 +552,17 @@ fn insert_locked<E: Tabled>(
     value: &E,
     noexist: bool,
 ) -> i64 {
+    // The key is in its second bucket only if the first's spill count says some key is
+    // (raised only under the lock held here).
+    let ways = if load(spill::<E>(p1)) == 0 {
+        FLOW_WAYS
+    } else {
+        2 * FLOW_WAYS
+    };
     for j in 0..2 * FLOW_WAYS {
+        if j >= ways {
+            break;
+        }
         let (state, _, k, e) = pair_slot::<E>(p1, p2, j);
         let w = load(state);
         // SAFETY: the key of a slot of a valid bucket.
@@ -503,9 +586,13 @@ fn insert_locked<E: Tabled>(
             };
         }
     }
-    // Free slots: the first bucket's in the low byte, the second's above.
+    // Free slots: the first bucket's in the low byte, the second's above (counted only
+    // when the first has fewer than two: it is not read otherwise).
     let mut free = 0u32;
     for j in 0..2 * FLOW_WAYS {
+        if j == FLOW_WAYS && free >= 2 {
+            break;
+        }
         let (state, _, _, _) = pair_slot::<E>(p1, p2, j);
         if slot_state(load(state)) == SLOT_FREE {
             free += if j < FLOW_WAYS { 1 } else { 1 << 8 };
@@ -554,7 +641,13 @@ fn insert_locked<E: Tabled>(
     } else {
         SLOT_LIVE
     };
-    let (state, _, k, e) = pair_slot::<E>(p1, p2, at);
+    // Whether the key goes to its second bucket (one value kept, not the slot number and
+    // the second bucket).
+    let spilled = at >= FLOW_WAYS && p1 != p2;
+    let (state, _, _, _) = pair_slot::<E>(p1, p2, at);
+    // The key and entry by their offsets from the state word (`key_entry`): the slot's
+    // address is then the only one this writer keeps.
+    let (k, e) = E::key_entry(state);
     // Claimed against the word read now: another key's writer may be placing its own in
     // this bucket, and `remove` takes no lock.
     let w = load(state);
@@ -567,6 +660,14 @@ fn insert_locked<E: Tabled>(
     if was == SLOT_LIVE && unsafe { (*e).seen() } & !7 > value.seen() & !7 {
         cas(state, busy, next_state(busy, SLOT_LIVE));
         return E2BIG;
+    }
+    // Counted before it is published: a reader that finds the key in its second bucket
+    // found the count up first. A victim that lived in its second bucket stays counted
+    // in its first (lowering it would take the writer more registers than BPF has, and
+    // its frame is what its callers' 512 bytes of stack have left): that count stays
+    // high, which costs misses there a read of their second bucket, never a wrong answer.
+    if spilled {
+        add(spill::<E>(p1), 1);
     }
     // SAFETY: as above.
     unsafe {

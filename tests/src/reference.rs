@@ -32,7 +32,10 @@ impl Reference {
     /// The object with `PL_BASE_TABLE` made `buckets` long (a power of two) and its mask
     /// set: for `privatelink_redirect_lookup`.
     pub fn with_table(buckets: u32) -> Result<Self> {
-        anyhow::ensure!(buckets.is_power_of_two(), "{buckets} buckets: not a power of two");
+        anyhow::ensure!(
+            buckets.is_power_of_two(),
+            "{buckets} buckets: not a power of two"
+        );
         let mut r = Reference {
             ebpf: None,
             table_buckets: Some(buckets),

@@ -5,7 +5,7 @@
 use etherparse::PacketBuilder;
 use privatelink_common::Reason;
 use privatelink_tests::{
-    frames::{CLIENT_MAC, ENI},
+    frames::{CLIENT_MAC, ENI, parse_checked},
     lab::packet_state,
     scale::{fill, frame, live_outcome, open_live, present},
     testrun::Harness,
@@ -253,4 +253,101 @@ fn a_flood_through_the_lab_stalls_neither_the_daemon_nor_an_open_connection() {
         d("forward_new_flow"),
         d("drop_snat_exhausted")
     );
+}
+
+/// A new direction whose first bucket has no slot to spare goes to its second, and its
+/// first bucket counts it (its spill count): a lookup that misses in the first bucket
+/// reads the second only while that count is up. The counts the data path keeps match
+/// the directions in their second buckets, and such a direction stays a hit once every
+/// other key has left its first bucket (a lookup that stopped there would miss it).
+#[test]
+fn a_direction_in_its_second_bucket_is_counted_and_found() {
+    use privatelink_common::{DIR_ORIGINAL, FlowEntry, flowtable::buckets_of};
+    use privatelink_tests::testrun::LB_MAC;
+    // 64 slots (16 buckets), filled by new flows the data path makes, until a direction
+    // had to go to its second bucket (a first bucket keeps a slot spare; long before 48
+    // directions fill three quarters of the table).
+    let mut h = Harness::with_conntrack(
+        &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
+        64,
+    )
+    .unwrap();
+    let g = h.dp.flow_geometry::<FlowEntry>().unwrap();
+    let mut placed = Vec::new();
+    let mut made = 0;
+    while made < 24
+        && !placed
+            .iter()
+            .any(|(b, k, _): &(u32, _, FlowEntry)| buckets_of(k, &g).0 != *b)
+    {
+        let (act, _) = h.run(h.consumer.ifindex, &syn_from(&h, made)).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "flow {made}: {:?}", h.active_stats());
+        made += 1;
+        placed = h.dp.flow_placement::<FlowEntry>().unwrap();
+    }
+    // Every count is its keys (none of them evicted yet: a pair of buckets fills long
+    // after its first bucket runs short).
+    assert_eq!(placed.len(), 2 * made as usize, "no direction evicted");
+    let audit = h.dp.flow_spill_audit::<FlowEntry>().unwrap();
+    assert!(!audit.is_empty());
+    for &(b, count, keys) in &audit {
+        assert_eq!(count, keys, "bucket {b}: {audit:?}");
+    }
+    let &(_, key, entry) = placed
+        .iter()
+        .find(|(b, k, _)| buckets_of(k, &g).0 != *b)
+        .expect("some direction in its second bucket");
+    let first = buckets_of(&key, &g).0;
+    // Its first bucket emptied of every other key.
+    for (b, k, _) in &placed {
+        if *b == first {
+            assert!(h.dp.remove_flow::<FlowEntry>(k).unwrap());
+        }
+    }
+    assert!(
+        h.dp.flow_placement::<FlowEntry>()
+            .unwrap()
+            .iter()
+            .all(|(b, _, _)| *b != first)
+    );
+    // Its packet: a SYN again from the consumer, or the SYN-ACK from the load balancer.
+    let mut frame = Vec::new();
+    let (mac, to, ifindex) = if entry.direction == DIR_ORIGINAL {
+        (CLIENT_MAC, h.consumer.mac, h.consumer.ifindex)
+    } else {
+        (LB_MAC, h.provider.mac, h.provider.ifindex)
+    };
+    let b = PacketBuilder::ethernet2(mac, to)
+        .ipv4(key.src, key.dst, 64)
+        .tcp(key.sport, key.dport, 1, 64240);
+    if entry.direction == DIR_ORIGINAL {
+        b.syn().write(&mut frame, b"").unwrap();
+    } else {
+        b.syn().ack(2).write(&mut frame, b"").unwrap();
+    }
+    let made = h.count(Reason::ForwardNewFlow);
+    let (act, out) = h.run(ifindex, &frame).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    assert_eq!(
+        h.count(Reason::ForwardNewFlow),
+        made,
+        "found, not made again"
+    );
+    // Rewritten by this entry (parsed by etherparse, checksums checked).
+    let p = parse_checked(&out);
+    assert_eq!(
+        (p.ip.source, p.ip.destination, p.sport, p.dport),
+        (
+            entry.new_src,
+            entry.new_dst,
+            entry.new_sport,
+            entry.new_dport
+        ),
+        "the packet was this entry's"
+    );
+    // Gone from its second bucket, it is uncounted.
+    assert!(h.dp.remove_flow::<FlowEntry>(&key).unwrap());
+    let audit = h.dp.flow_spill_audit::<FlowEntry>().unwrap();
+    assert!(audit.iter().all(|&(_, c, k)| c == k), "{audit:?}");
+    assert!(audit.iter().all(|&(b, _, _)| b != first), "{audit:?}");
 }

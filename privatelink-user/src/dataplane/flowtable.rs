@@ -32,6 +32,9 @@ pub trait Bucketed: TableEntry<Key: SlotKey> {
     fn set_slot(b: &mut Self::Bucket, i: usize, kv: Option<(Self::Key, Self)>);
     /// The bucket's first slot's `meta` word (bucket 0's: the table's geometry).
     fn meta(b: &mut Self::Bucket) -> &mut u64;
+    /// The bucket's spill count: how many keys whose first bucket it is live in their
+    /// second (the second slot's `aux` word; see the data path's `flowtable::spill`).
+    fn spill(b: &mut Self::Bucket) -> &mut u64;
 }
 
 macro_rules! bucketed {
@@ -40,6 +43,9 @@ macro_rules! bucketed {
             type Bucket = $bucket;
             fn meta(b: &mut $bucket) -> &mut u64 {
                 &mut b.slots[0].meta
+            }
+            fn spill(b: &mut $bucket) -> &mut u64 {
+                &mut b.slots[1].aux
             }
             fn slot(b: &$bucket, i: usize) -> (u64, $key, $entry) {
                 let s = &b.slots[i];
@@ -185,6 +191,7 @@ pub fn bucket_full<E: Bucketed>(table: &Map, g: &FlowGeometry, key: &E::Key) -> 
 /// meanwhile: the bucket is written whole.
 pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: E) -> Result<()> {
     let mut pair = pair_for::<E>(table, g, key)?;
+    let existing = position::<E>(&pair, key);
     let ways = 0..FLOW_WAYS as usize;
     let free = |b: &E::Bucket| {
         ways.clone()
@@ -192,7 +199,7 @@ pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: 
             .count()
     };
     let (n1, n2) = (free(&pair[0].1), free(&pair[1].1));
-    let at = position::<E>(&pair, key)
+    let at = existing
         .or_else(|| {
             let b = if n1 >= 2 || (n1 > 0 && n1 >= n2) {
                 0
@@ -222,8 +229,55 @@ pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: 
     };
     E::set_slot(&mut pair[b].1, i, Some((*key, entry)));
     let mut a: Array<_, E::Bucket> = Array::try_from(table)?;
+    // A new key in its second bucket is counted in its first (an evicted one stays
+    // counted, as the data path leaves it).
+    if existing.is_none() && b == 1 && pair[0].0 != pair[1].0 {
+        *E::spill(&mut pair[0].1) += 1;
+        a.set(pair[0].0, pair[0].1, 0)?;
+    }
     a.set(pair[b].0, pair[b].1, 0)?;
     Ok(())
+}
+
+/// Every live slot with its bucket: (bucket, key, entry). Reads every bucket by syscall:
+/// for small tables.
+pub fn placed<E: Bucketed>(table: &Map) -> Result<Vec<(u32, E::Key, E)>> {
+    let a: Array<_, E::Bucket> = Array::try_from(table)?;
+    let mut out = Vec::new();
+    for b in 0..a.len() {
+        let bucket = a.get(&b, 0)?;
+        for i in 0..FLOW_WAYS as usize {
+            let (state, k, e) = E::slot(&bucket, i);
+            if state == SLOT_LIVE {
+                out.push((b, k, e));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every bucket's spill count beside the keys that live in their second bucket with it
+/// as their first: (bucket, count, keys), for the buckets where either is not zero. The
+/// count is never below the keys (a lookup that trusts it never misses a key); it is
+/// above them only after an eviction of such a key (the data path leaves it so). For
+/// small tables, as `placed`.
+pub fn spill_audit<E: Bucketed>(table: &Map, g: &FlowGeometry) -> Result<Vec<(u32, u64, u64)>> {
+    let a: Array<_, E::Bucket> = Array::try_from(table)?;
+    let mut keys = vec![0u64; a.len() as usize];
+    for (b, k, _) in placed::<E>(table)? {
+        let (first, _) = buckets_of(&k, g);
+        if first != b {
+            keys[first as usize] += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for (b, n) in keys.into_iter().enumerate() {
+        let c = *E::spill(&mut a.get(&(b as u32), 0)?);
+        if c != 0 || n != 0 {
+            out.push((b as u32, c, n));
+        }
+    }
+    Ok(out)
 }
 
 /// Removes `key`'s entry; whether there was one. As `put`, for quiet tables.
@@ -234,6 +288,11 @@ pub fn remove<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key) -> R
     };
     E::set_slot(&mut pair[b].1, i, None);
     let mut a: Array<_, E::Bucket> = Array::try_from(table)?;
+    if b == 1 && pair[0].0 != pair[1].0 {
+        let n = E::spill(&mut pair[0].1);
+        *n = n.wrapping_sub(1);
+        a.set(pair[0].0, pair[0].1, 0)?;
+    }
     a.set(pair[b].0, pair[b].1, 0)?;
     Ok(true)
 }

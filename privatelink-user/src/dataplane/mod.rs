@@ -338,6 +338,19 @@ impl Dataplane {
         flowtable::put::<E>(self.map_mut(E::MAP)?, &g, key, entry)
     }
 
+    /// Every live slot of `E`'s flow table with its bucket (`flowtable::placed`; small
+    /// tables).
+    pub fn flow_placement<E: flowtable::Bucketed>(&self) -> Result<Vec<(u32, E::Key, E)>> {
+        flowtable::placed::<E>(self.map(E::MAP)?)
+    }
+
+    /// `E`'s flow table's spill counts against the keys they count
+    /// (`flowtable::spill_audit`; small tables).
+    pub fn flow_spill_audit<E: flowtable::Bucketed>(&self) -> Result<Vec<(u32, u64, u64)>> {
+        let g = self.flow_geometry::<E>()?;
+        flowtable::spill_audit::<E>(self.map(E::MAP)?, &g)
+    }
+
     /// Removes `key` from `E`'s flow table (as `put_flow`); whether it was there.
     pub fn remove_flow<E: flowtable::Bucketed>(&mut self, key: &E::Key) -> Result<bool> {
         let g = self.flow_geometry::<E>()?;
