@@ -196,8 +196,8 @@ pub fn parse(ctx: &XdpContext, pkt: &Packet) -> Result<Returned, Reason> {
     parse_as(ctx, pkt, GENEVE_PROTO_IPV4)
 }
 
-/// Whether the GENEVE header of a packet that failed `parse` says IPv6 inside: that one
-/// is for the IPv6 return path. Read only on `parse`'s failure, so IPv4 pays nothing.
+/// Whether the GENEVE header says IPv6 inside: that one is for the IPv6 return path (which
+/// checks the rest itself). Four bytes of the line the outer headers are in.
 #[inline(always)]
 pub fn carries_ipv6(ctx: &XdpContext, pkt: &Packet) -> bool {
     match mut_at::<[u8; 4]>(ctx, pkt.l4 + 8, Reason::DropGeneveMalformed) {

@@ -351,6 +351,13 @@ pub fn from_appliance_checked(
     pkt: &Packet,
     slot: &mut u32,
 ) -> Result<Verdict, Reason> {
+    // IPv6 inside: the IPv6 return path, before any of this path's own work (it checks
+    // the appliance and the GENEVE header itself). (The handoff is written again: the
+    // classifier may have run this itself.)
+    if geneve::carries_ipv6(ctx, pkt) && hand_off(iface, &EndpointEni::default(), pkt.epoch) {
+        // SAFETY: a tail call on this run's context, with the handoff just written.
+        unsafe { PL_PATHS.tail_call(ctx, PATH_GWLB_RETURN6) };
+    }
     let outer_src = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?.src_addr;
     let from = VpcAddr {
         vpc_id: iface.vpc_id,
@@ -359,18 +366,7 @@ pub fn from_appliance_checked(
     let Some(appl) = maps::appliance(from, pkt.epoch) else {
         return Err(Reason::DropUnknownAppliance);
     };
-    let g = match geneve::parse(ctx, pkt) {
-        Ok(g) => g,
-        Err(r) => {
-            // (The handoff is written again: the classifier may have run this itself.)
-            if geneve::carries_ipv6(ctx, pkt) && hand_off(iface, &EndpointEni::default(), pkt.epoch)
-            {
-                // SAFETY: a tail call on this run's context, with the handoff just written.
-                unsafe { PL_PATHS.tail_call(ctx, PATH_GWLB_RETURN6) };
-            }
-            return Err(r);
-        }
-    };
+    let g = geneve::parse(ctx, pkt)?;
     let ip = mut_at::<Ipv4Hdr>(ctx, g.inner, Reason::DropGeneveMalformed)?;
     let ihl = ip.hdr_len();
     let tot = be16(ip.tot_len) as usize;
@@ -382,7 +378,9 @@ pub fn from_appliance_checked(
     let (src, dst, proto) = (ip.src_addr, ip.dst_addr, ip.proto);
     let (sport, dport, _) = inner_ports(ctx, g.inner + ihl, g.inner + tot, proto, &ICMP_ECHO)?;
     let key = FlowKey::new(g.vpc_id, src, dst, sport, dport, proto);
-    let p = FLOWS.get_ptr_mut(key).ok_or(Reason::DropGwlbNoFlow)?;
+    let p = FLOWS
+        .get_ptr_mut_inline(&key)
+        .ok_or(Reason::DropGwlbNoFlow)?;
     // SAFETY: valid for this run.
     let e = unsafe { &mut *p };
     if e.flags & FLOW_GWLB == 0 || e.endpoint_id != g.endpoint_id || e.new_dst != outer_src {

@@ -503,7 +503,9 @@ fn from_appliance_checked(
     let (sport, dport, _) = inner_ports(ctx, ip.l4, ip.end, ip.proto, &ICMP6_ECHO)?;
     let h = mut_at::<Ipv6Hdr>(ctx, g.inner, Reason::DropGeneveMalformed)?;
     let key = FlowKey6::new(g.vpc_id, h.src_addr, h.dst_addr, sport, dport, ip.proto);
-    let p = FLOWS6.get_ptr_mut(&key).ok_or(Reason::DropGwlbNoFlow)?;
+    let p = FLOWS6
+        .get_ptr_mut_inline(&key)
+        .ok_or(Reason::DropGwlbNoFlow)?;
     // SAFETY: valid for this run.
     let e = unsafe { &mut *p };
     if e.flags & FLOW_GWLB == 0
