@@ -117,7 +117,7 @@ fn checked(
     let ports = (u16::from_be(l4[0]), u16::from_be(l4[1]));
     fill_key6(key, iface.vpc_id, &h.src, &h.dst, ports, proto);
     let key = &*key;
-    let Some(p) = FLOWS6.get_ptr_mut(key) else {
+    let Some(p) = FLOWS6.get_ptr_mut_inline(key) else {
         return Ok(None);
     };
     // SAFETY: the pointer from a successful lookup is valid for this program run.
