@@ -15,10 +15,11 @@
 //! taken by compare-and-exchange) while they look for the key and write it, so a key is
 //! never in two slots, and claim a slot by compare-and-exchange of its state, since the
 //! writer of another key may be placing it in the same bucket. A new direction takes a
-//! free slot of the emptier bucket, else the one of the lowest `evict_rank` of the two
+//! free slot of its first bucket while that keeps one spare, else of the emptier (the
+//! first on a tie), else the one of the lowest `evict_rank` of the two
 //! (the LRU's eviction, per pair of buckets, with established flows held a little longer
 //! than half-open ones). The data path is in `privatelink-ebpf`'s `flowtable`; the daemon,
-//! the CLI and the tests read the same slots (`slot_index` tells them where a key lives).
+//! the CLI and the tests read the same slots (`buckets_of` tells them where a key may live).
 
 use crate::{FlowEntry, FlowEntry6, FlowKey, FlowKey6};
 

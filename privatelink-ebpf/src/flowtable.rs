@@ -4,13 +4,14 @@
 //! the layout and the hashes). `FLOWS` and `FLOWS6` answer as the kernel hash maps did
 //! (`get`, `get_ptr_mut`, `insert` with `BPF_NOEXIST` or `BPF_ANY`, `remove`). Lookups and
 //! inserts are global BPF functions (`pl_flow_find`, `pl_flow_insert`, `pl_flow_add` and
-//! the IPv6 ones), which the verifier walks once each (the IPv4 established path's
-//! lookup is inlined instead: `get_ptr_mut_inline`); inside them, array lookups the
+//! the IPv6 ones), which the verifier walks once each (the established paths' lookups,
+//! IPv4 and IPv6, and the GWLB return paths' are inlined instead: `get_ptr_mut_inline`);
+//! inside them, array lookups the
 //! kernel inlines, keyed by this CPU's `PL_FLOWKEY` word (their frames count against
 //! their callers' 512 bytes of stack, and the IPv4 forward path has none to spare).
 //!
 //! Across CPUs: readers take no lock. A writer holds the key's first bucket's lock
-//! (`FlowSlot::lock` of its first slot, taken by compare-and-exchange; a writer that finds
+//! (`FlowSlot::aux` of its first slot, taken by compare-and-exchange; a writer that finds
 //! it held twice gives up, as a full map would) while it looks for the key and writes, so
 //! a key is never in two slots and a `BPF_NOEXIST` insert (a SNAT claim) succeeds on one
 //! CPU only. It claims its slot by compare-and-exchange of the slot's state (the writer of
@@ -19,6 +20,13 @@
 //! slot being evicted is `SLOT_BUSY` while it is rewritten. As with the kernel's LRU hash,
 //! whose elements are reused as soon as they are freed, a packet that read a slot a moment
 //! before another CPU evicted it may see the newer flow's fields.
+//!
+//! A bucket's spill count (`spill`) counts the keys that live in their second bucket with
+//! it as their first: a lookup that misses in the first bucket reads the second only while
+//! it is up, so at the loads a table mostly runs at a miss (every new flow's searches) is
+//! one cold access, not two. It is raised before such a key is published and lowered when
+//! `remove` frees one; an eviction leaves its victim counted (`insert_locked`), so a count
+//! is never below its keys and may stay above them.
 //!
 //! A new direction takes a free slot of its first bucket while that keeps one spare, else
 //! of the emptier of the two (the first on a tie), else evicts the direction of the lowest `evict_rank` of the two: seen longest ago,
@@ -305,8 +313,9 @@ fn load(state: *mut u64) -> u64 {
 
 /// Bucket `p`'s spill count (`FlowSlot::aux` of its second slot): how many keys whose
 /// first bucket it is live in their second. Raised under the bucket's lock before such a
-/// key is published, lowered once it is gone (by whoever frees or evicts it): while it is
-/// 0, a key not in its first bucket is in neither, and a lookup reads one bucket.
+/// key is published, lowered when `remove` frees one (not when an eviction takes one: see
+/// `insert_locked`): never below its keys, so while it is 0, a key not in its first bucket
+/// is in neither, and a lookup reads one bucket.
 #[inline(always)]
 fn spill<E: Tabled>(p: *mut E::Bucket) -> *mut u64 {
     E::parts(p, 1).1

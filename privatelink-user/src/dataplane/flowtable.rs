@@ -288,11 +288,13 @@ pub fn remove<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key) -> R
     };
     E::set_slot(&mut pair[b].1, i, None);
     let mut a: Array<_, E::Bucket> = Array::try_from(table)?;
+    // The slot freed first, then the count lowered (as the data path does: a count is
+    // never below its keys, even if the second write fails).
+    a.set(pair[b].0, pair[b].1, 0)?;
     if b == 1 && pair[0].0 != pair[1].0 {
         let n = E::spill(&mut pair[0].1);
-        *n = n.wrapping_sub(1);
+        *n = n.saturating_sub(1);
         a.set(pair[0].0, pair[0].1, 0)?;
     }
-    a.set(pair[b].0, pair[b].1, 0)?;
     Ok(true)
 }
