@@ -395,3 +395,153 @@ fn a_direction_in_its_second_bucket_is_counted_and_found() {
     assert!(h.dp.remove_flow::<FlowEntry>(&key).unwrap());
     assert_eq!(count_of(&audit(&h)), before - 1);
 }
+
+/// Two CPUs at once (BPF_PROG_TEST_RUN runs a program on its caller's CPU): each makes new
+/// flows, then sends the other's again, into a table far too small for them (4 000 flows,
+/// 128 slots), so writers meet in the same buckets, take each other's locks, claim slots
+/// the other is evicting and evict the other's flows; then both send the same 48 flows, in
+/// different orders, so the same keys are looked up, made and re-made on both CPUs at once.
+/// Afterwards no lock is held, no slot is left half-written, no key lives in two slots,
+/// every spill count covers its keys, and every packet was forwarded or dropped for a
+/// reason a full, contended table explains.
+#[test]
+fn two_cpus_writing_one_small_table_leave_it_whole() {
+    use std::collections::{HashMap, HashSet};
+
+    use aya::programs::{TestRun, TestRunOptions};
+    use privatelink_common::{FlowEntry, flowtable::buckets_of};
+    use privatelink_tests::testrun::xdp_md;
+
+    let cpus: Vec<usize> = {
+        // SAFETY: a zeroed cpu_set_t filled by the kernel; read with libc's macros.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+                0
+            );
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .take(2)
+                .collect()
+        }
+    };
+    assert_eq!(cpus.len(), 2, "this test needs two CPUs");
+    const PER_CPU: u32 = 2000;
+    let mut h = Harness::with_conntrack(
+        &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
+        128,
+    )
+    .unwrap();
+    const SHARED: u32 = 48;
+    let frames: Vec<Vec<u8>> = (0..2 * PER_CPU + SHARED).map(|n| syn_from(&h, n)).collect();
+    let ifindex = h.consumer.ifindex;
+    let sent = 4 * 2 * PER_CPU as u64;
+    let before: u64 = h.active_stats().iter().map(|(_, n)| n).sum();
+    let prog = &*h.dp.program().unwrap();
+    let actions: Vec<HashMap<u32, u64>> = std::thread::scope(|s| {
+        let runners: Vec<_> = (0..2)
+            .map(|t| {
+                let (frames, cpu) = (&frames, cpus[t]);
+                s.spawn(move || {
+                    // SAFETY: a cpu_set_t built with libc's macros; this thread only.
+                    unsafe {
+                        let mut set: libc::cpu_set_t = std::mem::zeroed();
+                        libc::CPU_SET(cpu, &mut set);
+                        assert_eq!(
+                            libc::sched_setaffinity(
+                                0,
+                                std::mem::size_of::<libc::cpu_set_t>(),
+                                &set
+                            ),
+                            0
+                        );
+                    }
+                    let mut tally = HashMap::new();
+                    let mut out = vec![0u8; 1024];
+                    // Its own flows, the other's, its own again; then the shared ones.
+                    for round in 0..4u32 {
+                        let base = if round == 1 { 1 - t as u32 } else { t as u32 } * PER_CPU;
+                        for i in 0..PER_CPU {
+                            let n = if round == 3 {
+                                2 * PER_CPU + (i * if t == 0 { 7 } else { 11 }) % SHARED
+                            } else {
+                                base + i
+                            };
+                            let f = &frames[n as usize];
+                            let ctx = xdp_md(f.len() as u32, ifindex);
+                            let r = prog
+                                .test_run(TestRunOptions {
+                                    data_in: Some(f),
+                                    data_out: Some(&mut out),
+                                    ctx_in: Some(&ctx),
+                                    ..TestRunOptions::default()
+                                })
+                                .unwrap();
+                            *tally.entry(r.return_value).or_insert(0u64) += 1;
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect();
+        runners.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    // Every packet forwarded or dropped, and counted once.
+    let total = |a: u32| {
+        actions
+            .iter()
+            .map(|t| t.get(&a).copied().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let (redirected, dropped) = (total(XDP_REDIRECT), total(XDP_DROP));
+    assert_eq!(redirected + dropped, sent, "{actions:?}");
+    let stats = h.active_stats();
+    assert_eq!(
+        stats.iter().map(|(_, n)| n).sum::<u64>() - before,
+        sent,
+        "{stats:?}"
+    );
+    let drops: u64 = stats
+        .iter()
+        .filter(|(name, _)| name.starts_with("drop_"))
+        .map(|(name, n)| {
+            assert!(
+                matches!(*name, "drop_conntrack_full" | "drop_snat_exhausted"),
+                "dropped as {name}: {stats:?}"
+            );
+            *n
+        })
+        .sum();
+    assert_eq!(drops, dropped, "{stats:?}");
+    assert!(redirected > sent / 2, "most packets forwarded: {stats:?}");
+    // The table whole.
+    assert_eq!(
+        h.dp.flow_stuck::<FlowEntry>().unwrap(),
+        (0, 0),
+        "busy slots, held locks"
+    );
+    let placed = h.dp.flow_placement::<FlowEntry>().unwrap();
+    let g = h.dp.flow_geometry::<FlowEntry>().unwrap();
+    let mut keys = HashSet::new();
+    for (b, k, _) in &placed {
+        let (first, second) = buckets_of(k, &g);
+        assert!(*b == first || *b == second, "{k:?} in bucket {b}");
+        assert!(keys.insert(*k), "{k:?} in two slots");
+    }
+    assert!(
+        placed.len() > 64,
+        "the table in use: {} of 128 slots",
+        placed.len()
+    );
+    for (b, count, keys) in h.dp.flow_spill_audit::<FlowEntry>().unwrap() {
+        assert!(
+            count >= keys,
+            "bucket {b}: count {count} below its {keys} keys"
+        );
+    }
+    eprintln!(
+        "two CPUs, {sent} packets: {redirected} forwarded, {dropped} dropped ({stats:?}); {} of 128 slots live",
+        placed.len()
+    );
+}

@@ -14,8 +14,8 @@ use aya::maps::{Array, Map, MapData};
 use privatelink_common::{
     FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6,
     flowtable::{
-        FLOW_WAYS, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, next_state, same_key, slot_state,
-        table_buckets,
+        FLOW_WAYS, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, next_state, same_key,
+        slot_state, table_buckets,
     },
 };
 
@@ -35,6 +35,8 @@ pub trait Bucketed: TableEntry<Key: SlotKey> {
     /// The bucket's spill count: how many keys whose first bucket it is live in their
     /// second (the second slot's `aux` word; see the data path's `flowtable::spill`).
     fn spill(b: &mut Self::Bucket) -> &mut u64;
+    /// The bucket's writers' lock (the first slot's `aux` word: 0 free, 1 held).
+    fn lock(b: &Self::Bucket) -> u64;
 }
 
 macro_rules! bucketed {
@@ -46,6 +48,9 @@ macro_rules! bucketed {
             }
             fn spill(b: &mut $bucket) -> &mut u64 {
                 &mut b.slots[1].aux
+            }
+            fn lock(b: &$bucket) -> u64 {
+                b.slots[0].aux
             }
             fn slot(b: &$bucket, i: usize) -> (u64, $key, $entry) {
                 let s = &b.slots[i];
@@ -254,6 +259,21 @@ pub fn placed<E: Bucketed>(table: &Map) -> Result<Vec<(u32, E::Key, E)>> {
         }
     }
     Ok(out)
+}
+
+/// What writers left behind: (slots still `SLOT_BUSY`, bucket locks still held). Both 0
+/// on a table no packet is changing. For small tables, as `placed`.
+pub fn stuck<E: Bucketed>(table: &Map) -> Result<(usize, usize)> {
+    let a: Array<_, E::Bucket> = Array::try_from(table)?;
+    let (mut busy, mut locked) = (0, 0);
+    for b in 0..a.len() {
+        let bucket = a.get(&b, 0)?;
+        busy += (0..FLOW_WAYS as usize)
+            .filter(|&i| E::slot(&bucket, i).0 == SLOT_BUSY)
+            .count();
+        locked += usize::from(E::lock(&bucket) != 0);
+    }
+    Ok((busy, locked))
 }
 
 /// Every bucket's spill count beside the keys that live in their second bucket with it

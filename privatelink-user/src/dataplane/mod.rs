@@ -344,6 +344,12 @@ impl Dataplane {
         flowtable::placed::<E>(self.map(E::MAP)?)
     }
 
+    /// Slots left half-written and bucket locks left held in `E`'s flow table
+    /// (`flowtable::stuck`; small tables).
+    pub fn flow_stuck<E: flowtable::Bucketed>(&self) -> Result<(usize, usize)> {
+        flowtable::stuck::<E>(self.map(E::MAP)?)
+    }
+
     /// `E`'s flow table's spill counts against the keys they count
     /// (`flowtable::spill_audit`; small tables).
     pub fn flow_spill_audit<E: flowtable::Bucketed>(&self) -> Result<Vec<(u32, u64, u64)>> {
