@@ -80,7 +80,10 @@ impl FlowGeometry {
 pub struct FlowSlot {
     pub state: u64,
     pub key: FlowKey,
-    pub _pad: u32,
+    /// Where the key's first bucket is when it lives in its second: that bucket's index
+    /// plus one (0: it lives in its first). What an eviction or a removal lowers that
+    /// bucket's spill count by, with no hash to compute.
+    pub home: u32,
     pub entry: FlowEntry,
     /// A bucket's first slot: its writers' lock (0 free, 1 held). Its second slot: its
     /// spill count (`spill`), how many keys whose first bucket it is live in their second.
@@ -95,7 +98,8 @@ pub struct FlowSlot {
 pub struct FlowSlot6 {
     pub state: u64,
     pub key: FlowKey6,
-    pub _pad: u32,
+    /// As `FlowSlot::home`.
+    pub home: u32,
     pub entry: FlowEntry6,
     /// As `FlowSlot::aux`.
     pub aux: u64,

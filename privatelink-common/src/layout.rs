@@ -133,8 +133,8 @@ layout! {
     };
     Rule6 { addr, prefix, proto, action, _pad, port_lo, port_hi };
     RuleSet6 { count, _pad, rules } [Rule6];
-    FlowSlot { state, key, _pad, entry, aux, meta } [FlowKey, FlowEntry];
-    FlowSlot6 { state, key, _pad, entry, aux, meta, _rest } [FlowKey6, FlowEntry6];
+    FlowSlot { state, key, home, entry, aux, meta } [FlowKey, FlowEntry];
+    FlowSlot6 { state, key, home, entry, aux, meta, _rest } [FlowKey6, FlowEntry6];
     FlowBucket { slots } [FlowSlot];
     FlowBucket6 { slots } [FlowSlot6];
 }

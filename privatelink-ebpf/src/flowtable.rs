@@ -24,9 +24,9 @@
 //! A bucket's spill count (`spill`) counts the keys that live in their second bucket with
 //! it as their first: a lookup that misses in the first bucket reads the second only while
 //! it is up, so at the loads a table mostly runs at a miss (every new flow's searches) is
-//! one cold access, not two. It is raised before such a key is published and lowered when
-//! `remove` frees one; an eviction leaves its victim counted (`insert_locked`), so a count
-//! is never below its keys and may stay above them.
+//! one cold access, not two. It is raised before such a key is published and lowered once
+//! a removal or an eviction has taken one (the slot records its key's first bucket,
+//! `FlowSlot::home`, so neither hashes the key again): never below its keys.
 //!
 //! A new direction takes a free slot of its first bucket while that keeps one spare, else
 //! of the emptier of the two (the first on a tie), else evicts the direction of the lowest `evict_rank` of the two: seen longest ago,
@@ -68,6 +68,11 @@ pub trait Tabled: Copy + 'static {
     /// The key and entry of the slot whose state word is `state`: at fixed offsets from
     /// it, so that code holding the state word's address holds them too.
     fn key_entry(state: *mut u64) -> (*mut Self::Key, *mut Self);
+    /// The `home` word of the slot whose state word is `state` (as `key_entry`).
+    fn home(state: *mut u64) -> *mut u32;
+    /// The bucket's own index plus one (its second slot's `meta` word, written by each
+    /// insert whose first bucket it is: what a key it spills records as its `home`).
+    fn own_index(b: *mut Self::Bucket) -> *mut u64;
     /// Its rank for eviction (`evict_rank`: the lowest goes; a new entry's is the time
     /// it is made at, and only ranks below that may go).
     fn seen(&self) -> u64;
@@ -148,6 +153,16 @@ macro_rules! tabled {
                     let s = state.cast::<<$slot as SlotOf>::Slot>();
                     (&raw mut (*s).key, &raw mut (*s).entry)
                 }
+            }
+            #[inline(always)]
+            fn home(state: *mut u64) -> *mut u32 {
+                // SAFETY: a field address of the slot that starts at `state`, nothing read.
+                unsafe { &raw mut (*state.cast::<<$slot as SlotOf>::Slot>()).home }
+            }
+            #[inline(always)]
+            fn own_index(b: *mut $slot) -> *mut u64 {
+                // SAFETY: a field address of a valid bucket, nothing read.
+                unsafe { &raw mut (*b).slots[1].meta }
             }
             #[inline(always)]
             fn meta(b: *mut $slot) -> *mut u64 {
@@ -313,9 +328,9 @@ fn load(state: *mut u64) -> u64 {
 
 /// Bucket `p`'s spill count (`FlowSlot::aux` of its second slot): how many keys whose
 /// first bucket it is live in their second. Raised under the bucket's lock before such a
-/// key is published, lowered when `remove` frees one (not when an eviction takes one: see
-/// `insert_locked`): never below its keys, so while it is 0, a key not in its first bucket
-/// is in neither, and a lookup reads one bucket.
+/// key is published, lowered once a removal frees one or an eviction takes one (`unspill`,
+/// from the `home` its slot recorded): never below its keys, so while it is 0, a key not
+/// in its first bucket is in neither, and a lookup reads one bucket.
 #[inline(always)]
 fn spill<E: Tabled>(p: *mut E::Bucket) -> *mut u64 {
     E::parts(p, 1).1
@@ -330,19 +345,16 @@ fn add(word: *mut u64, n: u64) {
     }
 }
 
-/// `key` left the slot whose state word is `slot`: if that was not in `key`'s first
-/// bucket (it lived in its second), the first's spill count goes down. (Where the slot
-/// lies, not which bucket it names: its caller keeps one value fewer.)
+/// A key that lived in its second bucket left it: its first bucket (`home`, that bucket's
+/// index plus one, as its slot recorded it; 0: it lived in its first, nothing to do)
+/// counts one key fewer.
 #[inline(always)]
-fn unspill<E: Tabled>(key: &E::Key, slot: *mut u64) {
-    let Some((room, first, _)) = buckets::<E>(key) else {
+fn unspill<E: Tabled>(home: u32) {
+    if home == 0 {
         return;
-    };
-    if let Some(p) = bucket_at::<E>(room, first) {
-        let (from, at) = (p as usize, slot as usize);
-        if at < from || at >= from + core::mem::size_of::<E::Bucket>() {
-            add(spill::<E>(p), u64::MAX);
-        }
+    }
+    if let Some(p) = room().and_then(|room| bucket_at::<E>(room, home - 1)) {
+        add(spill::<E>(p), u64::MAX);
     }
 }
 
@@ -459,14 +471,16 @@ impl<E: Tabled> Table<E> {
             return Err(ENOENT);
         };
         // Still this key's (the word read first: a slot taken since has another
-        // generation, and the exchange fails).
+        // generation, and the exchange fails; so does the home read after it).
         let w = load(state);
+        // SAFETY: a word of a slot of a valid bucket.
+        let home = unsafe { core::ptr::read_volatile(E::home(state)) };
         // SAFETY: the key of a slot of a valid bucket.
         if slot_state(w) == SLOT_LIVE
             && same_key(unsafe { &*k }, key)
             && cas(state, w, next_state(w, SLOT_FREE))
         {
-            unspill::<E>(key, state);
+            unspill::<E>(home);
             Ok(())
         } else {
             Err(ENOENT)
@@ -497,6 +511,10 @@ fn insert_unmarked<E: Tabled>(key: &E::Key, value: &E, noexist: bool) -> i64 {
     let Some(p1) = bucket_at::<E>(room, first) else {
         return E2BIG;
     };
+    // Its own index, for the key `insert_locked` may place in its second bucket to record
+    // (the same value from every writer: no lock needed).
+    // SAFETY: a word of a valid bucket.
+    unsafe { *E::own_index(p1) = first as u64 + 1 };
     // The room again, not kept: five values across a helper call would take the stack.
     let Some(p2) = self::room().and_then(|r| bucket_at::<E>(r, second)) else {
         return E2BIG;
@@ -507,7 +525,14 @@ fn insert_unmarked<E: Tabled>(key: &E::Key, value: &E, noexist: bool) -> i64 {
     }
     let r = insert_locked::<E>(p1, p2, key, value, noexist);
     cas(lock, 1, 0);
-    r
+    // A victim that lived in its second bucket: its first counts it no more (after the
+    // lock, with nothing else to keep across the lookup).
+    if r > 0 {
+        unspill::<E>(r as u32);
+        0
+    } else {
+        r
+    }
 }
 
 /// Starts a new flow's inserts: `refused` is false until one of them finds its buckets
@@ -561,15 +586,10 @@ fn insert_locked<E: Tabled>(
     value: &E,
     noexist: bool,
 ) -> i64 {
-    // The key is in its second bucket only if the first's spill count says some key is
-    // (raised only under the lock held here).
-    let ways = if load(spill::<E>(p1)) == 0 {
-        FLOW_WAYS
-    } else {
-        2 * FLOW_WAYS
-    };
     for j in 0..2 * FLOW_WAYS {
-        if j >= ways {
+        // The key is in its second bucket only if the first's spill count says some key
+        // is (raised only under the lock held here; read here, not kept across the loop).
+        if j == FLOW_WAYS && load(spill::<E>(p1)) == 0 {
             break;
         }
         let (state, _, k, e) = pair_slot::<E>(p1, p2, j);
@@ -663,18 +683,34 @@ fn insert_locked<E: Tabled>(
     if slot_state(w) != was || !cas(state, w, next_state(w, SLOT_BUSY)) {
         return E2BIG;
     }
-    let busy = next_state(w, SLOT_BUSY);
+    // (The busy word is read again where it is needed, not kept: no other writer moves
+    // it, and one value fewer lives across the ranking below.)
     // A victim ranked from a read before the claim: still one to give up?
     // SAFETY: this writer's slot now.
     if was == SLOT_LIVE && unsafe { (*e).seen() } & !7 > value.seen() & !7 {
+        let busy = load(state);
         cas(state, busy, next_state(busy, SLOT_LIVE));
         return E2BIG;
     }
     // Counted before it is published: a reader that finds the key in its second bucket
-    // found the count up first. A victim that lived in its second bucket stays counted
-    // in its first (lowering it would take the writer more registers than BPF has, and
-    // its frame is what its callers' 512 bytes of stack have left): that count stays
-    // high, which costs misses there a read of their second bucket, never a wrong answer.
+    // found the count up first. A victim that lived in its second bucket is uncounted by
+    // the caller, once the lock is given back (`insert_unmarked`), from the home its slot
+    // recorded: returned, as a number above 0.
+    let home = E::home(state);
+    // SAFETY: this writer's slot; a word of its first bucket.
+    let victim = unsafe {
+        let victim = if was == SLOT_LIVE {
+            core::ptr::read_volatile(home)
+        } else {
+            0
+        };
+        *home = if spilled {
+            core::ptr::read_volatile(E::own_index(p1)) as u32
+        } else {
+            0
+        };
+        victim
+    };
     if spilled {
         add(spill::<E>(p1), 1);
     }
@@ -683,8 +719,9 @@ fn insert_locked<E: Tabled>(
         *k = *key;
         *e = *value;
     }
+    let busy = load(state);
     if cas(state, busy, next_state(busy, SLOT_LIVE)) {
-        0
+        victim as i64
     } else {
         E2BIG
     }

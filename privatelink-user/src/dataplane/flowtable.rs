@@ -37,6 +37,8 @@ pub trait Bucketed: TableEntry<Key: SlotKey> {
     fn spill(b: &mut Self::Bucket) -> &mut u64;
     /// The bucket's writers' lock (the first slot's `aux` word: 0 free, 1 held).
     fn lock(b: &Self::Bucket) -> u64;
+    /// Slot `i`'s home: its key's first bucket plus one when it lives in its second, else 0.
+    fn home(b: &mut Self::Bucket, i: usize) -> &mut u32;
 }
 
 macro_rules! bucketed {
@@ -51,6 +53,9 @@ macro_rules! bucketed {
             }
             fn lock(b: &$bucket) -> u64 {
                 b.slots[0].aux
+            }
+            fn home(b: &mut $bucket, i: usize) -> &mut u32 {
+                &mut b.slots[i].home
             }
             fn slot(b: &$bucket, i: usize) -> (u64, $key, $entry) {
                 let s = &b.slots[i];
@@ -232,15 +237,38 @@ pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: 
             pair[1].0
         );
     };
-    E::set_slot(&mut pair[b].1, i, Some((*key, entry)));
     let mut a: Array<_, E::Bucket> = Array::try_from(table)?;
-    // A new key in its second bucket is counted in its first (an evicted one stays
-    // counted, as the data path leaves it).
-    if existing.is_none() && b == 1 && pair[0].0 != pair[1].0 {
-        *E::spill(&mut pair[0].1) += 1;
-        a.set(pair[0].0, pair[0].1, 0)?;
+    // As the data path: a new key in its second bucket is counted in its first before it
+    // is written, and records that bucket as its home; a victim that lived in its second
+    // bucket is uncounted after it is gone. (Each bucket read afresh before it is written:
+    // two of them may be one.)
+    let spilled = existing.is_none() && b == 1 && pair[0].0 != pair[1].0;
+    let victim = if existing.is_none() && E::slot(&pair[b].1, i).0 == SLOT_LIVE {
+        *E::home(&mut pair[b].1, i)
+    } else {
+        0
+    };
+    if spilled {
+        add_spill::<E>(&mut a, pair[0].0, 1)?;
     }
-    a.set(pair[b].0, pair[b].1, 0)?;
+    let mut bucket = a.get(&pair[b].0, 0)?;
+    E::set_slot(&mut bucket, i, Some((*key, entry)));
+    if existing.is_none() {
+        *E::home(&mut bucket, i) = if spilled { pair[0].0 + 1 } else { 0 };
+    }
+    a.set(pair[b].0, bucket, 0)?;
+    if victim != 0 {
+        add_spill::<E>(&mut a, victim - 1, -1)?;
+    }
+    Ok(())
+}
+
+/// Adds `n` to bucket `b`'s spill count (not below 0).
+fn add_spill<E: Bucketed>(a: &mut Array<&mut MapData, E::Bucket>, b: u32, n: i64) -> Result<()> {
+    let mut bucket = a.get(&b, 0)?;
+    let c = E::spill(&mut bucket);
+    *c = c.saturating_add_signed(n);
+    a.set(b, bucket, 0)?;
     Ok(())
 }
 
@@ -306,15 +334,14 @@ pub fn remove<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key) -> R
     let Some((b, i)) = position::<E>(&pair, key) else {
         return Ok(false);
     };
+    let home = *E::home(&mut pair[b].1, i);
     E::set_slot(&mut pair[b].1, i, None);
     let mut a: Array<_, E::Bucket> = Array::try_from(table)?;
-    // The slot freed first, then the count lowered (as the data path does: a count is
-    // never below its keys, even if the second write fails).
+    // The slot freed first, then its home's count lowered (as the data path does: a count
+    // is never below its keys, even if the second write fails).
     a.set(pair[b].0, pair[b].1, 0)?;
-    if b == 1 && pair[0].0 != pair[1].0 {
-        let n = E::spill(&mut pair[0].1);
-        *n = n.saturating_sub(1);
-        a.set(pair[0].0, pair[0].1, 0)?;
+    if home != 0 {
+        add_spill::<E>(&mut a, home - 1, -1)?;
     }
     Ok(true)
 }
