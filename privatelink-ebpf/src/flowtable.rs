@@ -512,9 +512,13 @@ fn insert_unmarked<E: Tabled>(key: &E::Key, value: &E, noexist: bool) -> i64 {
         return E2BIG;
     };
     // Its own index, for the key `insert_locked` may place in its second bucket to record
-    // (the same value from every writer: no lock needed).
-    // SAFETY: a word of a valid bucket.
-    unsafe { *E::own_index(p1) = first as u64 + 1 };
+    // (the same value from every writer: no lock needed; written once, not at every
+    // insert: a line left clean is not written back).
+    let own = E::own_index(p1);
+    if load(own) != first as u64 + 1 {
+        // SAFETY: a word of a valid bucket.
+        unsafe { *own = first as u64 + 1 };
+    }
     // The room again, not kept: five values across a helper call would take the stack.
     let Some(p2) = self::room().and_then(|r| bucket_at::<E>(r, second)) else {
         return E2BIG;
