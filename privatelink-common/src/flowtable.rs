@@ -88,7 +88,9 @@ pub struct FlowSlot {
     /// A bucket's first slot: its writers' lock (0 free, 1 held). Its second slot: its
     /// spill count (`spill`), how many keys whose first bucket it is live in their second.
     pub aux: u64,
-    /// Bucket 0's first slot: the table's geometry (`FlowGeometry::word`).
+    /// Bucket 0's first slot: the table's geometry (`FlowGeometry::word`). A bucket's
+    /// second slot: the bucket's own index plus one (what a key it spills records as
+    /// its `home`).
     pub meta: u64,
 }
 

@@ -70,8 +70,8 @@ pub trait Tabled: Copy + 'static {
     fn key_entry(state: *mut u64) -> (*mut Self::Key, *mut Self);
     /// The `home` word of the slot whose state word is `state` (as `key_entry`).
     fn home(state: *mut u64) -> *mut u32;
-    /// The bucket's own index plus one (its second slot's `meta` word, written by each
-    /// insert whose first bucket it is: what a key it spills records as its `home`).
+    /// The bucket's own index plus one (its second slot's `meta` word, written by the
+    /// first insert whose first bucket it is: what a key it spills records as its `home`).
     fn own_index(b: *mut Self::Bucket) -> *mut u64;
     /// Its rank for eviction (`evict_rank`: the lowest goes; a new entry's is the time
     /// it is made at, and only ranks below that may go).
@@ -471,15 +471,19 @@ impl<E: Tabled> Table<E> {
             return Err(ENOENT);
         };
         // Still this key's (the word read first: a slot taken since has another
-        // generation, and the exchange fails; so does the home read after it).
+        // generation, and the exchange fails). Claimed before it is freed: its home is
+        // read while it is this remover's, after a full barrier, so it is this key's on
+        // any CPU (two plain loads may pass each other on arm64).
         let w = load(state);
-        // SAFETY: a word of a slot of a valid bucket.
-        let home = unsafe { core::ptr::read_volatile(E::home(state)) };
         // SAFETY: the key of a slot of a valid bucket.
         if slot_state(w) == SLOT_LIVE
             && same_key(unsafe { &*k }, key)
-            && cas(state, w, next_state(w, SLOT_FREE))
+            && cas(state, w, next_state(w, SLOT_BUSY))
         {
+            // SAFETY: a word of this remover's slot.
+            let home = unsafe { core::ptr::read_volatile(E::home(state)) };
+            let busy = next_state(w, SLOT_BUSY);
+            cas(state, busy, next_state(busy, SLOT_FREE));
             unspill::<E>(home);
             Ok(())
         } else {

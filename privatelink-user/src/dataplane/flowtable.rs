@@ -263,11 +263,12 @@ pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: 
     Ok(())
 }
 
-/// Adds `n` to bucket `b`'s spill count (not below 0).
+/// Adds `n` to bucket `b`'s spill count.
 fn add_spill<E: Bucketed>(a: &mut Array<&mut MapData, E::Bucket>, b: u32, n: i64) -> Result<()> {
     let mut bucket = a.get(&b, 0)?;
     let c = E::spill(&mut bucket);
-    *c = c.saturating_add_signed(n);
+    // Wrapping, as the data path's atomic add: a double decrement shows, not hidden at 0.
+    *c = c.wrapping_add_signed(n);
     a.set(b, bucket, 0)?;
     Ok(())
 }
@@ -305,10 +306,9 @@ pub fn stuck<E: Bucketed>(table: &Map) -> Result<(usize, usize)> {
 }
 
 /// Every bucket's spill count beside the keys that live in their second bucket with it
-/// as their first: (bucket, count, keys), for the buckets where either is not zero. The
-/// count is never below the keys (a lookup that trusts it never misses a key); it is
-/// above them only after an eviction of such a key (the data path leaves it so). For
-/// small tables, as `placed`.
+/// as their first: (bucket, count, keys), for the buckets where either is not zero. On a
+/// table no packet is changing the two are equal (and never may the count be below the
+/// keys: a lookup that trusts it would miss one). For small tables, as `placed`.
 pub fn spill_audit<E: Bucketed>(table: &Map, g: &FlowGeometry) -> Result<Vec<(u32, u64, u64)>> {
     let a: Array<_, E::Bucket> = Array::try_from(table)?;
     let mut keys = vec![0u64; a.len() as usize];
