@@ -281,12 +281,7 @@ fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
                 None
             }
             Mode::BareRedirect => {
-                let fp0 = dataplane::resolve_link("fp0").map_err(anyhow::Error::msg)?;
-                let obj = reference.object()?;
-                let mut m: Array<_, u32> =
-                    Array::try_from(obj.map_mut("PL_BASE_TARGET").context("no map")?)?;
-                m.set(0, fp0.ifindex, 0)?;
-                attach_reference(&mut reference, "privatelink_redirect", "fc0")?;
+                redirect_to_fp0(&mut reference, "privatelink_redirect")?;
                 None
             }
             Mode::BareRedirectMap => {
@@ -302,12 +297,7 @@ fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
                 reference = Reference::with_table(privatelink_common::flowtable::table_buckets(
                     TABLE_FLOWS,
                 ))?;
-                let fp0 = dataplane::resolve_link("fp0").map_err(anyhow::Error::msg)?;
-                let obj = reference.object()?;
-                let mut m: Array<_, u32> =
-                    Array::try_from(obj.map_mut("PL_BASE_TARGET").context("no map")?)?;
-                m.set(0, fp0.ifindex, 0)?;
-                attach_reference(&mut reference, "privatelink_redirect_lookup", "fc0")?;
+                redirect_to_fp0(&mut reference, "privatelink_redirect_lookup")?;
                 None
             }
             Mode::IngressDrop => {
@@ -321,6 +311,15 @@ fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
             mode,
         })
     })
+}
+
+/// Points `PL_BASE_TARGET` at fp0 and attaches the bare-redirect `program` to fc0.
+fn redirect_to_fp0(reference: &mut Reference, program: &str) -> Result<()> {
+    let fp0 = dataplane::resolve_link("fp0").map_err(anyhow::Error::msg)?;
+    let obj = reference.object()?;
+    let mut m: Array<_, u32> = Array::try_from(obj.map_mut("PL_BASE_TARGET").context("no map")?)?;
+    m.set(0, fp0.ifindex, 0)?;
+    attach_reference(reference, program, "fc0")
 }
 
 fn tear_down(t: &Topology, mode: Mode) -> Result<()> {

@@ -11,6 +11,7 @@ use privatelink_common::Reason;
 use privatelink_tests::{
     frames::{CLIENT, CLIENT_MAC, ENI, tcp_ack_from_lb, tcp_ack_to_eni, tcp_from_lb, tcp_to_eni},
     lab::packet_state,
+    reference::Reference,
     testrun::Harness,
 };
 
@@ -634,6 +635,9 @@ fn control_run(n: usize, etcd: bool) -> Result<ControlRun> {
 const TRIVIAL: &str = "privatelink_tx";
 /// Repeats per BPF_PROG_TEST_RUN call behind `privatelink_replay`.
 const REPEAT: u32 = 100_000;
+/// The per-packet fixture's flow table: entries (two per flow; the daemon's default is twice
+/// as many).
+const CONNTRACK_ENTRIES: u32 = 1 << 20;
 /// Replayed calls per path and program, interleaved (the median is reported).
 const ROUNDS: usize = 21;
 /// First packets: each replayed run a new flow, from a source port of its own, so that
@@ -699,11 +703,37 @@ fn row(
     replay: &Replay,
 ) -> Result<()> {
     let (action, counted) = replay.want;
-    let (mut ours, mut base) = (Vec::with_capacity(RUNS), Vec::with_capacity(RUNS));
     let before = h.count(counted);
+    let (row, runs) = timed(h, None, name, ifindex, frame, replay)?;
+    // Every run, single and replayed, must have been counted as the path counts it.
+    let counted_runs = h.count(counted) - before;
+    anyhow::ensure!(
+        counted_runs == runs,
+        "{name}: {runs} runs ending in XDP action {action} as {} expected; {counted_runs} \
+         runs were counted so (all counters: {:?})",
+        counted.as_str(),
+        h.active_stats()
+    );
+    rows.push(row);
+    Ok(())
+}
+
+/// Times `program` (privatelink's: `None`) on `frame`, interleaved with the trivial
+/// program, as `row` describes; every single run and every replayed call must end in
+/// `replay.want`'s action. Returns the row and how many runs it made of `program`.
+fn timed(
+    h: &mut Harness,
+    program: Option<&str>,
+    name: &str,
+    ifindex: u32,
+    frame: &dyn Fn(usize) -> Vec<u8>,
+    replay: &Replay,
+) -> Result<(Row, u64)> {
+    let action = replay.want.0;
+    let (mut ours, mut base) = (Vec::with_capacity(RUNS), Vec::with_capacity(RUNS));
     for i in 0..RUNS {
         let f = frame(i);
-        let (v, ns) = h.time(ifindex, &f, None, 1)?;
+        let (v, ns) = h.time(ifindex, &f, program, 1)?;
         anyhow::ensure!(
             v == action,
             "{name}: single run {i} ended in XDP action {v}, not {action}"
@@ -722,8 +752,13 @@ fn row(
     let (mut r_ours, mut r_base) = (Vec::new(), Vec::new());
     let mut verdicts = Vec::new();
     for _ in 0..rounds {
-        let (v, ns) =
-            h.time_replayed(ifindex, &replay.frame, replay.vary_at, None, replay.repeat)?;
+        let (v, ns) = h.time_replayed(
+            ifindex,
+            &replay.frame,
+            replay.vary_at,
+            program,
+            replay.repeat,
+        )?;
         verdicts.push(v);
         r_ours.push(ns);
         let (_, ns) = h.time_replayed(
@@ -735,17 +770,9 @@ fn row(
         )?;
         r_base.push(ns.max(1));
     }
-    // Every run, single and replayed, must have ended as the path does: each call's last
-    // action, and every run counted under the path's counter.
-    let counted_runs = h.count(counted) - before;
-    let want_runs = (RUNS + rounds * replay.repeat as usize) as u64;
     anyhow::ensure!(
-        verdicts.iter().all(|v| *v == action) && counted_runs == want_runs,
-        "{name}: {want_runs} runs ending in XDP action {action} as {} expected; the calls' \
-         last actions were {verdicts:?}, {counted_runs} runs were counted so (all counters: \
-         {:?})",
-        counted.as_str(),
-        h.active_stats()
+        verdicts.iter().all(|v| *v == action),
+        "{name}: the replayed calls' last actions were {verdicts:?}, not {action}"
     );
     // The ratio of each interleaved pair, so that a slow spell of the machine (a shared
     // VM) affects both sides of it.
@@ -754,13 +781,13 @@ fn row(
         .zip(&r_base)
         .map(|(o, b)| o * 1000 / b)
         .collect();
-    rows.push(Row {
+    let row = Row {
         name: name.to_string(),
         single: (median(&mut ours), median(&mut base)),
         replayed: (median(&mut r_ours), median(&mut r_base)),
         ratio: median(&mut ratios) / 1000.0,
-    });
-    Ok(())
+    };
+    Ok((row, (RUNS + rounds * replay.repeat as usize) as u64))
 }
 
 fn table(rows: &[Row]) -> String {
@@ -1042,7 +1069,7 @@ fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
         // The first-packet rows open 25 000 new flows: more than the default per-endpoint
         // allowance (20 % of the pool), which the token path is still measured under.
         &state,
-        1 << 20,
+        CONNTRACK_ENTRIES,
     )?;
     let _drain = flow_log
         .then(|| h.dp.take_flow_events().map(drain_flow_events))
@@ -1132,6 +1159,31 @@ fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
 
     let mut rows = Vec::new();
     run_cases(&mut rows, &mut h, &cases, only)?;
+    let floor = "floor of a first packet (two random lines of a table as the NAT's)";
+    if only.is_none_or(|o| floor.contains(o) || o.contains("NAT first")) {
+        // The reference object with `PL_BASE_TABLE` as large as the IPv4 flow table.
+        h.reference = Reference::with_table(privatelink_common::flowtable::table_buckets(
+            CONNTRACK_ENTRIES,
+        ))?;
+        let frames: Vec<Vec<u8>> = (0..RUNS)
+            .map(|i| tcp_to_eni(&h, 1 + i as u16, true, &[0u8; 18]))
+            .collect();
+        let floor_replay = Replay {
+            frame: tcp_to_eni(&h, MISS_PORT, true, &[0u8; 18]),
+            vary_at: Some(34),
+            repeat: MISS_REPEAT,
+            want: (XDP_TX, Reason::ForwardNewFlow),
+        };
+        let (row, _) = timed(
+            &mut h,
+            Some("privatelink_first_floor"),
+            floor,
+            cif,
+            &move |i| frames[i].clone(),
+            &floor_replay,
+        )?;
+        rows.push(row);
+    }
     if only.is_none_or(|o| "IPv6 NAT".contains(o) || o.contains("NAT")) {
         nat6_rows(&mut rows, only)?;
     }
