@@ -677,6 +677,52 @@ fn every_ipv6_flow_gets_its_own_snat_tuple() {
     assert_eq!(h.dp.flows6().unwrap().len(), 200);
 }
 
+/// The IPv6 flow table keeps every spill count equal to its keys, and every slot's home
+/// right, through the evictions of a flood of new flows into a small table (as flood.rs
+/// checks the IPv4 one): 400 SYNs into 64 slots, each new flow once the buckets are full
+/// taking the place of an older half-open one.
+#[test]
+fn a_small_ipv6_table_keeps_its_spill_counts_through_evictions() {
+    let state = dual_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = [");
+    let mut h = Harness::with_conntrack(&state, 64).unwrap();
+    teach_lb(&mut h);
+    let mut forwarded = 0;
+    for sport in 20000..20400 {
+        let (act, _) = h
+            .run(h.consumer.ifindex, &tcp6_segment(&h, sport, true, b""))
+            .unwrap();
+        forwarded += u32::from(act == XDP_REDIRECT);
+    }
+    assert_eq!(
+        h.count(Reason::Forward6NewFlow),
+        forwarded as u64,
+        "{:?}",
+        h.active_stats()
+    );
+    assert!(
+        forwarded > 300,
+        "{forwarded} of 400: {:?}",
+        h.active_stats()
+    );
+    let live = h.dp.flows6().unwrap().len();
+    assert!(live > 40, "{live} of 64 slots live");
+    let audit =
+        h.dp.flow_spill_audit::<privatelink_common::FlowEntry6>()
+            .unwrap();
+    assert!(
+        audit.iter().any(|&(_, _, keys)| keys > 0),
+        "no direction lives in its second bucket: the audit checked nothing ({live} live)"
+    );
+    for &(b, count, keys) in &audit {
+        assert_eq!(count, keys, "bucket {b}: {audit:?}");
+    }
+    eprintln!(
+        "{forwarded} of 400 SYNs forwarded, {live} of 64 slots live, {} directions in their \
+         second bucket",
+        audit.iter().map(|&(_, _, k)| k).sum::<u64>()
+    );
+}
+
 #[test]
 fn a_reply6_without_a_flow_is_dropped() {
     let mut h = nat_harness();

@@ -308,24 +308,42 @@ pub fn stuck<E: Bucketed>(table: &Map) -> Result<(usize, usize)> {
 /// Every bucket's spill count beside the keys that live in their second bucket with it
 /// as their first: (bucket, count, keys), for the buckets where either is not zero. On a
 /// table no packet is changing the two are equal (and never may the count be below the
-/// keys: a lookup that trusts it would miss one). For small tables, as `placed`.
+/// keys: a lookup that trusts it would miss one). Also checks every live slot's `home`
+/// (its key's first bucket plus one when it lives in its second, else 0: what a removal
+/// or an eviction lowers): an error names the first slot whose home is wrong. One read of
+/// each bucket; for small tables, as `placed`.
 pub fn spill_audit<E: Bucketed>(table: &Map, g: &FlowGeometry) -> Result<Vec<(u32, u64, u64)>> {
     let a: Array<_, E::Bucket> = Array::try_from(table)?;
-    let mut keys = vec![0u64; a.len() as usize];
-    for (b, k, _) in placed::<E>(table)? {
-        let (first, _) = buckets_of(&k, g);
-        if first != b {
-            keys[first as usize] += 1;
+    let (mut counts, mut keys) = (vec![0u64; a.len() as usize], vec![0u64; a.len() as usize]);
+    for b in 0..a.len() {
+        let mut bucket = a.get(&b, 0)?;
+        counts[b as usize] = *E::spill(&mut bucket);
+        for i in 0..FLOW_WAYS as usize {
+            let (state, k, _) = E::slot(&bucket, i);
+            if state != SLOT_LIVE {
+                continue;
+            }
+            let (first, _) = buckets_of(&k, g);
+            let want = if first == b {
+                0
+            } else {
+                keys[first as usize] += 1;
+                first + 1
+            };
+            let home = *E::home(&mut bucket, i);
+            anyhow::ensure!(
+                home == want,
+                "bucket {b} slot {i}: home {home}, its key's first bucket is {first} (want {want})"
+            );
         }
     }
-    let mut out = Vec::new();
-    for (b, n) in keys.into_iter().enumerate() {
-        let c = *E::spill(&mut a.get(&(b as u32), 0)?);
-        if c != 0 || n != 0 {
-            out.push((b as u32, c, n));
-        }
-    }
-    Ok(out)
+    Ok(counts
+        .into_iter()
+        .zip(keys)
+        .enumerate()
+        .filter(|(_, (c, n))| *c != 0 || *n != 0)
+        .map(|(b, (c, n))| (b as u32, c, n))
+        .collect())
 }
 
 /// Removes `key`'s entry; whether there was one. As `put`, for quiet tables.
