@@ -28,7 +28,7 @@ use crate::{
     icmp,
     maps::{
         self, PL_GWLB_APPLS, PL_GWLB_NEIGH, PL_GWLB_TARGETS, PL_NEIGHBORS, PL_PATHS, PL_VPC_PORTS,
-        config, hand_off,
+        config, hand_off_no_entry,
     },
     packet::Packet,
     parse::{
@@ -354,7 +354,7 @@ pub fn from_appliance_checked(
     // IPv6 inside: the IPv6 return path, before any of this path's own work (it checks
     // the appliance and the GENEVE header itself). (The handoff is written again: the
     // classifier may have run this itself.)
-    if geneve::carries_ipv6(ctx, pkt) && hand_off(iface, &EndpointEni::default(), pkt.epoch) {
+    if geneve::carries_ipv6(ctx, pkt) && hand_off_no_entry(iface, pkt.epoch) {
         // SAFETY: a tail call on this run's context, with the handoff just written.
         unsafe { PL_PATHS.tail_call(ctx, PATH_GWLB_RETURN6) };
     }

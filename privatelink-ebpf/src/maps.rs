@@ -235,6 +235,22 @@ pub struct Handoff {
 #[btf_map]
 pub static PL_HANDOFF: PerCpuArray<Handoff, 1> = PerCpuArray::new();
 
+/// `hand_off` for the path that reads no endpoint entry (`privatelink_gwlb_return6`):
+/// the interface and the epoch only. (A whole zeroed `EndpointEni` is a 44-byte `memset`,
+/// a byte loop in BPF, on the GENEVE IPv6 return path's every packet.)
+#[inline(always)]
+pub fn hand_off_no_entry(iface: &IfaceInfo, epoch: u32) -> bool {
+    let Some(slot) = PL_HANDOFF.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot, valid for this run; the path program reads it right after.
+    unsafe {
+        (*slot).iface = *iface;
+        (*slot).epoch = epoch;
+    }
+    true
+}
+
 /// Leaves `PL_HANDOFF` (this CPU's slot) for the path program about to be tail-called;
 /// false if the slot is missing.
 #[inline(always)]
