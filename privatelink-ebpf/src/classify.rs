@@ -2,8 +2,9 @@
 //! (`arp`); an IPv4 packet is validated, tried on the established fast path
 //! (`established`), and otherwise classified by its destination (an endpoint ENI, a SNAT
 //! address, GENEVE from an appliance, a routed prefix) and tail-called into its path
-//! program (`paths`, slots from the path table in privatelink-common); IPv6 goes to its
-//! own program (`PATH_IPV6`). Everything else is the host's to judge (`host`).
+//! program (`paths`, slots from the path table in privatelink-common); IPv6 is tried on
+//! its established fast path (`established6`) and otherwise goes to its own program
+//! (`PATH_IPV6`). Everything else is the host's to judge (`host`).
 //! Everything here is inlined into the entry program, which makes no BPF-to-BPF calls
 //! (see `arp::handle`). The layer under `main` only.
 
@@ -19,7 +20,7 @@ use crate::{
     arp,
     checksum::verify_checksum,
     endpoint::check_forwarding,
-    established, flowlog, gwlb, host,
+    established, established6, flowlog, gwlb, host,
     maps::{self, PL_ENDPOINTS, PL_GW_ROUTES, PL_PATHS, PL_SNAT_ADDRS},
     packet::{Packet, packet},
     parse::{self, ETH_LEN, Ipv4Ext, Ipv4Hdr, Ports, be16, mut_at},
@@ -43,7 +44,15 @@ pub fn frame(ctx: &XdpContext) -> u64 {
     match u16::from_be(eth.ether_type) {
         parse::ETH_P_IP => ipv4(ctx, ifindex, &iface, epoch),
         parse::ETH_P_ARP => arp::handle(ctx, &iface),
-        parse::ETH_P_IPV6 => ipv6(ctx),
+        parse::ETH_P_IPV6 => {
+            // An IPv6 flow checked under this epoch is forwarded here, without the IPv6
+            // program's tail call; anything else goes on to it.
+            let fast = established6::established6(ctx, &iface, epoch);
+            if fast != established::NOT_ESTABLISHED {
+                return fast;
+            }
+            ipv6(ctx)
+        }
         _ => settle(Ok(host::other(&iface))),
     }
 }

@@ -1,10 +1,11 @@
-//! The IPv6 established fast path, tried first by the IPv6 program for every frame: a flow
-//! whose entry was checked under the current epoch goes on one conntrack lookup, without
-//! the destination lookups, the listener and endpoint checks and the path program's tail
-//! call: a NAT flow rewritten with the checksum delta stamped on its entry
-//! (`flows6::stamp6`), a GWLB flow encapsulated to its appliance. `established`'s rules
+//! The IPv6 established fast path, tried by the entry program for every IPv6 frame before
+//! it tail-calls the IPv6 program (`classify::frame`): a flow whose entry was checked under
+//! the current epoch goes on one conntrack lookup, without the destination lookups, the
+//! listener and endpoint checks and any tail call: a NAT flow rewritten with the checksum
+//! delta stamped on its entry (`flows6::stamp6`), a GWLB flow encapsulated to its
+//! appliance. `established`'s rules
 //! for IPv6. Anything it cannot take goes on to the full classification. Above
-//! `conntrack6`, `flows6` and `gwlb6`; used by `ipv6` only.
+//! `conntrack6`, `flows6` and `gwlb6`; used by `classify` only.
 
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
@@ -27,7 +28,7 @@ use crate::{
 };
 
 /// The established path for an IPv6 frame: `NOT_ESTABLISHED`, or the verdict packed with
-/// the flow's counter slot. Inlined into the IPv6 program (see `established`).
+/// the flow's counter slot. Inlined into the entry program (see `established`).
 #[inline(always)]
 pub fn established6(ctx: &XdpContext, iface: &IfaceInfo, epoch: u32) -> u64 {
     let mut slot = 0;

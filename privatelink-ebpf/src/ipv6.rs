@@ -1,5 +1,6 @@
-//! Every IPv6 frame: the `privatelink_ipv6` program's work (the entry program tail-calls
-//! it for EtherType 0x86DD, so IPv4 pays one more match arm and nothing else). The fixed
+//! Every IPv6 frame the established fast path did not take: the `privatelink_ipv6`
+//! program's work (the entry program tries `established6` on EtherType 0x86DD and
+//! tail-calls it for the rest, so IPv4 pays one more match arm and nothing else). The fixed
 //! header is validated; neighbour discovery is answered or learned (`nd`); then the
 //! destination decides: an endpoint ENI's IPv6 address (`PL_ENDPOINTS6`), a SNAT address
 //! (`PL_SNAT6_ADDRS`) or a prefix routed to a GWLB endpoint (`PL_GW_ROUTES6`) is the data
@@ -26,8 +27,6 @@ use privatelink_common::{
 
 use crate::{
     endpoint::check_forwarding,
-    established::NOT_ESTABLISHED,
-    established6,
     filter6::ROUTE6_BITS,
     flowlog, host, icmp6,
     maps::{
@@ -69,11 +68,7 @@ pub fn frame(ctx: &XdpContext) -> u64 {
     let Some(iface) = maps::iface(ifindex, epoch) else {
         return settle(Ok((xdp_action::XDP_PASS, Reason::PassNotAttached)));
     };
-    // A flow checked under this epoch is forwarded on its entry alone.
-    let fast = established6::established6(ctx, &iface, epoch);
-    if fast != NOT_ESTABLISHED {
-        return fast;
-    }
+    // (A flow checked under this epoch was forwarded by the entry program: `established6`.)
     let mut entry = EndpointEni6::default();
     // The packet as far as it was read: `l4` 0 until `packet6` has walked it.
     let mut seen = Packet {
