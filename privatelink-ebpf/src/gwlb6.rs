@@ -473,9 +473,10 @@ fn create_checked(ctx: &XdpContext, iface: &IfaceInfo, route: &EndpointEni) -> R
 }
 
 /// GENEVE carrying IPv6 from an appliance (the IPv4 return path tail-calls this one):
-/// validate, find the flow, strip the outer headers, deliver.
-/// Non-inlined (its own BPF stack frame); see `crate::verdict::settle`.
-#[inline(never)]
+/// validate, find the flow, strip the outer headers, deliver. Inlined into
+/// `privatelink_gwlb_return6`, its only caller, which reads its handoff in place and has
+/// the stack for it (a BPF call and its return cost this path a few percent).
+#[inline(always)]
 pub fn from_appliance(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
     let mut slot = 0;
     let r = from_appliance_checked(ctx, iface, pkt, &mut slot);
