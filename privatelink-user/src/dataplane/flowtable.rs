@@ -323,7 +323,11 @@ pub fn spill_audit<E: Bucketed>(table: &Map, g: &FlowGeometry) -> Result<Vec<(u3
             if state != SLOT_LIVE {
                 continue;
             }
-            let (first, _) = buckets_of(&k, g);
+            let (first, second) = buckets_of(&k, g);
+            anyhow::ensure!(
+                b == first || b == second,
+                "bucket {b} slot {i}: its key's buckets are {first} and {second}"
+            );
             let want = if first == b {
                 0
             } else {
