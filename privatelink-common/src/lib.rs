@@ -95,7 +95,8 @@ path_table! {
     Reply6, PATH_REPLY6, privatelink_reply6;
     /// IPv6 routed to a GWLB endpoint: to its appliance, in GENEVE (protocol 0x86DD).
     GwlbSteer6, PATH_GWLB_STEER6, privatelink_gwlb_steer6;
-    /// GENEVE from a GWLB appliance carrying IPv6 (tail-called by the IPv4 return path).
+    /// GENEVE from a GWLB appliance carrying IPv6 (tail-called by the IPv4 return path, or
+    /// by the classifier's inlined one).
     GwlbReturn6, PATH_GWLB_RETURN6, privatelink_gwlb_return6;
 }
 

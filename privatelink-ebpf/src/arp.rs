@@ -36,9 +36,10 @@ const REQUEST_HEAD: [u8; 10] = {
     [e[0], e[1], h[0], h[1], p[0], p[1], 6, 4, o[0], o[1]]
 };
 
-/// Inlined into the entry program: a program that tail-calls may also make BPF-to-BPF
-/// calls only where the JIT supports the mix (x86-64 since 5.10, arm64 since 6.0), so the
-/// entry point makes none.
+/// Inlined into the entry program, as all its per-packet work is: a BPF-to-BPF call costs a
+/// call and a return on every packet that takes it, and a program that tail-calls may make
+/// such calls only where the JIT supports the mix (x86-64 since 5.10, arm64 since 6.0; the
+/// entry program's one is the established paths' partner lookup, `conntrack::track`).
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, iface: &IfaceInfo) -> u64 {
     settle(handle_checked(ctx, iface))

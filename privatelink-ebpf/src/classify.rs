@@ -5,8 +5,9 @@
 //! program (`paths`, slots from the path table in privatelink-common); IPv6 is tried on
 //! its established fast path (`established6`) and otherwise goes to its own program
 //! (`PATH_IPV6`). Everything else is the host's to judge (`host`).
-//! Everything here is inlined into the entry program, which makes no BPF-to-BPF calls
-//! (see `arp::handle`). The layer under `main` only.
+//! Everything here is inlined into the entry program (see `arp::handle`), whose only
+//! BPF-to-BPF call is the established paths' partner lookup on a FIN, an RST or a
+//! handshake's last step (`conntrack::track`). The layer under `main` only.
 
 use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, programs::XdpContext};
 use privatelink_common::{

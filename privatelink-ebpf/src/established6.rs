@@ -172,7 +172,8 @@ fn checked(
 
 /// A GWLB flow's packet, its hop limit counted down: to the flow's appliance in GENEVE
 /// (`gwlb6::steer`'s work, with what its last full-path packet checked, the flow cookie
-/// included: hashing the tuple here took the IPv6 program past its 512 bytes of stack).
+/// included: hashing the tuple here took the IPv6 program, where this path ran first, past
+/// its 512 bytes of stack).
 #[inline(always)]
 fn to_appliance6(
     ctx: &XdpContext,

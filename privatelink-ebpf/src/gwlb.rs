@@ -352,8 +352,9 @@ pub fn from_appliance_checked(
     slot: &mut u32,
 ) -> Result<Verdict, Reason> {
     // IPv6 inside: the IPv6 return path, before any of this path's own work (it checks
-    // the appliance and the GENEVE header itself). (The handoff is written again: the
-    // classifier may have run this itself.)
+    // the appliance and the GENEVE header itself). (The handoff's interface and epoch are
+    // written again, the classifier may have run this itself; its entry is left as it is,
+    // which that path does not read.)
     if geneve::carries_ipv6(ctx, pkt) && hand_off_no_entry(iface, pkt.epoch) {
         // SAFETY: a tail call on this run's context, with the handoff just written.
         unsafe { PL_PATHS.tail_call(ctx, PATH_GWLB_RETURN6) };

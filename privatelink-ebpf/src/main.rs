@@ -12,8 +12,8 @@
 //!   creation, SNAT claims, liveness, TCP tracking, new-flow tokens).
 //! - `geneve`: GENEVE encapsulation (the outer headers from a compile-time template) and
 //!   decapsulation.
-//! - `established`, `established6`: the fast paths for flows checked under the current
-//!   epoch (NAT flows rewritten, GWLB flows encapsulated; IPv4 and IPv6).
+//! - `established`: the fast path for flows checked under the current epoch (NAT flows
+//!   rewritten, GWLB flows encapsulated).
 //! - `arp`, `icmp`: ARP answers, learning and probes; ICMP echo and error translation
 //!   (and the frag-needed error GWLB sends).
 //! - `forward`, `reply`, `gwlb`: the paths of NATed flows (consumer → service and back)
@@ -25,6 +25,7 @@
 //!   logic) and rewrite.
 //! - `nd`, `icmp6`: neighbour discovery; ICMPv6 echo and error translation.
 //! - `flows6`, `forward6`, `reply6`: the IPv6 NAT's flows and paths.
+//! - `established6`: `established` for IPv6 (run by the entry program, `classify`).
 //! - `ipv6`: the IPv6 program's work: ND, echo, and which IPv6 path program.
 //! - `paths`: the path programs, tail-called through `PL_PATHS` by the path table.
 //! - `classify`: the entry program's work: ARP, the fast path, and which path program.
@@ -71,8 +72,9 @@ mod verdict;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
-// `inline(always)` reaches the function the macro wraps: the entry program makes no
-// BPF-to-BPF call (one per packet, and its return, behind this machine's return thunk).
+// `inline(always)` reaches the function the macro wraps: without it LLVM made the entry
+// program's grown body a BPF function of its own, called (and returned from, behind this
+// machine's return thunk) on every packet.
 #[xdp]
 #[inline(always)]
 pub fn privatelink(ctx: XdpContext) -> u32 {

@@ -223,7 +223,8 @@ pub fn scratch(i: u32) -> Result<*mut FlowEntry, privatelink_common::Reason> {
 pub static PL_PATHS: ProgramArray<{ PATH_PROGRAMS.len() }> = ProgramArray::new();
 
 /// What classification found, for the path program it tail-calls (one slot per CPU: an
-/// XDP run, tail calls included, is not preempted on its CPU).
+/// XDP run, tail calls included, is not preempted on its CPU). For `PATH_GWLB_RETURN6`
+/// only `iface` and `epoch` are written (`hand_off_no_entry`): `entry` is stale there.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Handoff {

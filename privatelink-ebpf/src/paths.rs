@@ -2,9 +2,10 @@
 //! row of the path table (`privatelink_common::Path`, `PATH_PROGRAMS`). Each re-reads the
 //! IPv4 header (validated by the entry point already, but the verifier checks every
 //! program on its own), takes the rest from `PL_HANDOFF`, runs its path (a BPF function of
-//! its own) and counts the verdict; the IPv6 ones re-read the IPv6 header and take the
-//! rest from `PL_HANDOFF6`. The top of the path layer: `classify` (and for IPv6,
-//! `privatelink_ipv6`'s `ipv6`) picks the slot, these are what run in it.
+//! its own, but for `privatelink_gwlb_return6`, whose path is inlined) and counts the
+//! verdict; the IPv6 ones re-read the IPv6 header and take the rest from `PL_HANDOFF6`. The
+//! top of the path layer: `classify` (for IPv6, `privatelink_ipv6`'s `ipv6`; for GENEVE
+//! carrying IPv6, `gwlb`) picks the slot, these are what run in it.
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use privatelink_common::{
@@ -129,7 +130,11 @@ const _: () = assert!(
     "`privatelink_ipv6` is not the path table's program at PATH_IPV6",
 );
 
-/// Every IPv6 frame, tail-called by the entry program (`ipv6`).
+/// Every IPv6 frame the established path did not take, tail-called by the entry program
+/// (`ipv6`). (LLVM inlines this body, and `privatelink_gwlb_return6`'s, into the function
+/// the macro wraps; should either grow past its inlining, an `#[inline(always)]` as on the
+/// entry function keeps a BPF call off every packet. Forced here, it moved the stack
+/// slots of this one: 456 → 472 bytes.)
 #[xdp]
 pub fn privatelink_ipv6(ctx: XdpContext) -> u32 {
     stats::count(&ctx, ipv6::frame(&ctx))
