@@ -3,9 +3,8 @@
 //! the current epoch goes on one conntrack lookup, without the destination lookups, the
 //! listener and endpoint checks and any tail call: a NAT flow rewritten with the checksum
 //! delta stamped on its entry (`flows6::stamp6`), a GWLB flow encapsulated to its
-//! appliance. `established`'s rules
-//! for IPv6. Anything it cannot take goes on to the full classification. Above
-//! `conntrack6`, `flows6` and `gwlb6`; used by `classify` only.
+//! appliance. `established`'s rules for IPv6. Anything it cannot take goes on to the full
+//! classification. Above `conntrack6`, `flows6` and `gwlb6`; used by `classify` only.
 
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{

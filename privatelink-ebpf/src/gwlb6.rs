@@ -473,8 +473,8 @@ fn create_checked(ctx: &XdpContext, iface: &IfaceInfo, route: &EndpointEni) -> R
 }
 
 /// GENEVE carrying IPv6 from an appliance (the IPv4 return path, or the classifier's
-/// inlined one, tail-calls this one's program):
-/// validate, find the flow, strip the outer headers, deliver. Inlined into
+/// inlined one, tail-calls this one's program): validate, find the flow, strip the outer
+/// headers, deliver. Inlined into
 /// `privatelink_gwlb_return6`, its only caller, which reads its handoff in place and has
 /// the stack for it (a BPF call and its return cost this path a few percent).
 #[inline(always)]

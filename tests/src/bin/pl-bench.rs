@@ -1112,12 +1112,22 @@ fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
     let mut malformed = fwd.clone();
     malformed[24] ^= 0xff; // bad IPv4 header checksum
 
-    // Replayed first packets: source ports above the single runs' (at 14 + 20).
+    // Replayed first packets: source ports above the single runs' (at 14 + 20). The floor
+    // row below replays the same frames.
+    let new_flows: Vec<Vec<u8>> = (0..RUNS)
+        .map(|i| tcp_to_eni(&h, 1 + i as u16, true, &[0u8; 18]))
+        .collect();
     let miss = Replay {
         frame: tcp_to_eni(&h, MISS_PORT, true, &[0u8; 18]),
         vary_at: Some(34),
         repeat: MISS_REPEAT,
         want: (XDP_REDIRECT, Some(Reason::ForwardNewFlow)),
+    };
+    let floor_replay = Replay {
+        frame: miss.frame.clone(),
+        // The reference program counts nothing: its action alone is checked.
+        want: (XDP_TX, None),
+        ..miss
     };
     let cases: Vec<Case> = vec![
         same(
@@ -1130,9 +1140,7 @@ fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
             "NAT first packet (conntrack miss)",
             cif,
             Box::new({
-                let frames: Vec<Vec<u8>> = (0..RUNS)
-                    .map(|i| tcp_to_eni(&h, 1 + i as u16, true, &[0u8; 18]))
-                    .collect();
+                let frames = new_flows.clone();
                 move |i| frames[i].clone()
             }),
             miss,
@@ -1171,22 +1179,12 @@ fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
         h.reference = Reference::with_table(privatelink_common::flowtable::table_buckets(
             CONNTRACK_ENTRIES,
         ))?;
-        let frames: Vec<Vec<u8>> = (0..RUNS)
-            .map(|i| tcp_to_eni(&h, 1 + i as u16, true, &[0u8; 18]))
-            .collect();
-        let floor_replay = Replay {
-            frame: tcp_to_eni(&h, MISS_PORT, true, &[0u8; 18]),
-            vary_at: Some(34),
-            repeat: MISS_REPEAT,
-            // The reference program counts nothing: its action alone is checked.
-            want: (XDP_TX, None),
-        };
         let (row, _) = timed(
             &mut h,
             Some("privatelink_first_floor"),
             floor,
             cif,
-            &move |i| frames[i].clone(),
+            &|i| new_flows[i].clone(),
             &floor_replay,
         )?;
         rows.push(row);
