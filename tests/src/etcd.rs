@@ -144,6 +144,49 @@ impl EtcdCluster {
         }
     }
 
+    /// Every key under `prefix` with the lease it is held under (0: none), in key order,
+    /// as a running member answers through etcd's JSON gateway (`/v3/kv/range`): read
+    /// independently of the daemons' own etcd client.
+    pub fn leases_under(&self, prefix: &str) -> Result<Vec<(String, i64)>> {
+        use base64::{Engine, engine::general_purpose::STANDARD};
+        let member = self
+            .members
+            .iter()
+            .find(|m| m.child.is_some())
+            .context("no etcd member runs")?;
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().context("an empty prefix")? += 1;
+        let body = serde_json::json!({
+            "key": STANDARD.encode(prefix),
+            "range_end": STANDARD.encode(&end),
+            "keys_only": true,
+        });
+        let out = Command::new("curl")
+            .args(["-sf", "-m", "5", "-X", "POST", "-d", &body.to_string()])
+            .arg(format!("http://127.0.0.1:{}/v3/kv/range", member.client))
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "etcd's /v3/kv/range failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let kvs = v["kvs"].as_array().cloned().unwrap_or_default();
+        kvs.iter()
+            .map(|kv| {
+                let key = STANDARD.decode(kv["key"].as_str().context("a key")?)?;
+                // int64 fields come as strings through the gateway; absent when 0.
+                let lease = match &kv["lease"] {
+                    serde_json::Value::Null => 0,
+                    serde_json::Value::String(s) => s.parse()?,
+                    other => other.as_i64().context("a lease")?,
+                };
+                Ok((String::from_utf8(key)?, lease))
+            })
+            .collect()
+    }
+
     /// Every member's log.
     pub fn log(&self) -> String {
         self.members

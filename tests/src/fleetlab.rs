@@ -101,6 +101,8 @@ pub struct FleetLab {
     pub router: Netns,
     pub provider: Netns,
     pub etcd: EtcdCluster,
+    /// The fleet's key prefix in etcd (`--etcd-prefix`).
+    pub etcd_prefix: String,
     pub dir: PathBuf,
     pub events: Arc<Mutex<Vec<FabricEvent>>>,
     pub admin_token: String,
@@ -133,6 +135,7 @@ impl FleetLab {
             router,
             provider,
             etcd,
+            etcd_prefix: format!("/{}", unique_name("fleetlab")),
             dir,
             events: Arc::default(),
             admin_token,
@@ -144,7 +147,7 @@ impl FleetLab {
         };
         lab.wire()?;
         lab.start_provider()?;
-        let etcd_prefix = format!("/{}", unique_name("fleetlab"));
+        let etcd_prefix = lab.etcd_prefix.clone();
         for i in 0..HOSTS {
             let extra: Vec<String> = [
                 "--etcd",

@@ -278,6 +278,22 @@ fn a_dying_forwarder_costs_only_its_own_flows() {
     let mut load = start_load(&lab, &script, OUTAGE_LOAD_S, &out, &stop);
     std::thread::sleep(Duration::from_secs(2));
     let events_before = lab.events.lock().unwrap().len();
+    // The hosts' registrations and slots, each with its lease.
+    let held = |lab: &FleetLab| -> Vec<(String, i64)> {
+        let all = lab
+            .etcd
+            .leases_under(&format!("{}/", lab.etcd_prefix))
+            .unwrap();
+        all.into_iter()
+            .filter(|(k, l)| *l != 0 && (k.contains("/hosts/") || k.contains("/slots/")))
+            .collect()
+    };
+    let leases_before = held(&lab);
+    assert_eq!(
+        leases_before.len(),
+        2 * HOSTS,
+        "every host registered and holding a slot under a lease: {leases_before:?}"
+    );
     lab.etcd.stop_member(1);
     lab.etcd.stop_member(2);
     let cut = now();
@@ -335,7 +351,15 @@ fn a_dying_forwarder_costs_only_its_own_flows() {
         .collect();
     assert!(
         changed.is_empty(),
-        "the fabric changed through the outage: {changed:?}"
+        "the fabric changed through the outage: {changed:?}\n{logs}"
     );
     assert_eq!(slot_of(&lab, &host_name(victim)), Some(victim_slot));
+    // Under the same leases: a keep-alive stream broken by the outage renews its lease on
+    // a new stream; a new lease would leave the keys under the old one, to be lost should
+    // it run out before they moved.
+    assert_eq!(
+        held(&lab),
+        leases_before,
+        "the hosts' keys changed leases through the outage\n{logs}"
+    );
 }

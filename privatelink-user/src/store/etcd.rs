@@ -659,8 +659,15 @@ impl EtcdWatch {
     /// Runs `each(client, lease, fresh)` under a lease of `ttl` seconds, on the etcd
     /// thread for as long as the process runs: after the lease is granted (`fresh`) and
     /// after every renewal (every third of `ttl`). When etcd says the lease expired,
-    /// `expired` runs; a lost lease (expired, or etcd unreachable) is granted again once
-    /// etcd answers.
+    /// `expired` runs and a new lease is granted once etcd answers.
+    ///
+    /// A keep-alive stream that breaks (its member stopped, or etcd without a leader
+    /// timing the renewal out) does not lose the lease: the same lease is renewed on a
+    /// new stream, so what was put under it stays put. Only etcd's word that it expired
+    /// takes a new one. (Taking a new lease at every broken stream would leave the keys
+    /// under the old one until they moved: when etcd regains its majority, every lease
+    /// gets its ttl again, and a grant that waited out a request timeout while there was
+    /// no leader can come after the old lease has run out.)
     fn under_lease<F, E>(&self, what: String, ttl: i64, mut each: F, expired: E)
     where
         F: FnMut(Client, i64, bool) -> LeaseStep + Send + 'static,
@@ -669,13 +676,23 @@ impl EtcdWatch {
         let mut c = self.client.clone();
         self.rt.handle.spawn(async move {
             let mut lost = false;
+            // The lease held, once granted, until etcd says it expired; and whether no
+            // step has run under it yet (`fresh`, kept across new streams).
+            let (mut held, mut fresh): (Option<i64>, bool) = (None, true);
             loop {
                 // Ok(true): etcd said the lease expired; Ok(false): the keep-alive stream
                 // closed (a member going away: lost, not expired).
                 let kept = async {
-                    let lease = c.lease_grant(ttl, None).await?.id();
+                    let lease = match held {
+                        Some(lease) => lease,
+                        None => {
+                            let lease = c.lease_grant(ttl, None).await?.id();
+                            (held, fresh) = (Some(lease), true);
+                            lease
+                        }
+                    };
                     let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-                    let (mut fresh, mut failing) = (true, false);
+                    let mut failing = false;
                     loop {
                         keeper.keep_alive().await?;
                         match stream.message().await? {
@@ -696,7 +713,7 @@ impl EtcdWatch {
                             )))
                         }) {
                             Ok(()) => {
-                                if fresh && lost {
+                                if lost {
                                     info!("{what} renewed");
                                     lost = false;
                                 }
@@ -717,15 +734,16 @@ impl EtcdWatch {
                 }
                 .await;
                 if matches!(kept, Ok(true)) {
+                    held = None;
                     expired();
                 }
                 if !lost {
                     match kept {
                         Ok(true) => warn!("{what}: lease expired; taking a new one"),
                         Ok(false) => warn!(
-                            "{what}: the lease's keep-alive stream closed; taking a new lease"
+                            "{what}: the lease's keep-alive stream closed; renewing it on a new one"
                         ),
-                        Err(e) => warn!("{what}: lease lost (retrying): {e}"),
+                        Err(e) => warn!("{what}: the lease's renewal failed (retrying): {e}"),
                     }
                     lost = true;
                 }
