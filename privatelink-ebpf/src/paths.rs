@@ -73,8 +73,8 @@ const _: () = assert!(
 
 /// GENEVE carrying IPv6 (outer IPv4 still), tail-called by the IPv4 return path or the
 /// classifier with only an interface and an epoch in the handoff (`hand_off_no_entry`):
-/// `run`'s work, the handoff read in place, not copied (its endpoint entry is not this
-/// path's, and the copy cost the GENEVE IPv6 return a tenth of its time).
+/// `run`'s work but for the endpoint entry, which is not this path's (stale), so a bad
+/// packet is counted without its counter slot.
 #[xdp]
 pub fn privatelink_gwlb_return6(ctx: XdpContext) -> u32 {
     let v = match PL_HANDOFF.get(0) {
@@ -178,23 +178,22 @@ fn run6(
     stats::count(ctx, v)
 }
 
-/// Runs `path` on what the entry point handed over and counts its verdict.
+/// Runs `path` on what the entry point handed over and counts its verdict. The handoff
+/// is read in place, not copied (no path writes it but the IPv4 return path, which
+/// writes back the interface and epoch it read before it tail-calls the IPv6 one).
 #[inline(always)]
 fn run(ctx: &XdpContext, path: impl FnOnce(&XdpContext, &Handoff, &Packet, VpcAddr) -> u64) -> u32 {
     let v = match PL_HANDOFF.get(0) {
-        Some(h) => {
-            let h = *h;
-            match packet(ctx, ctx.ingress_ifindex() as u32, h.epoch) {
-                Ok((pkt, ip)) => {
-                    let dst = VpcAddr {
-                        vpc_id: h.iface.vpc_id,
-                        addr: ip.dst_addr,
-                    };
-                    path(ctx, &h, &pkt, dst)
-                }
-                Err(reason) => settle_for(h.entry.counter_slot, Err(reason)),
+        Some(h) => match packet(ctx, ctx.ingress_ifindex() as u32, h.epoch) {
+            Ok((pkt, ip)) => {
+                let dst = VpcAddr {
+                    vpc_id: h.iface.vpc_id,
+                    addr: ip.dst_addr,
+                };
+                path(ctx, h, &pkt, dst)
             }
-        }
+            Err(reason) => settle_for(h.entry.counter_slot, Err(reason)),
+        },
         None => settle(Err(Reason::DropNoPathProgram)),
     };
     stats::count(ctx, v)
