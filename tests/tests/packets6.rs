@@ -773,7 +773,10 @@ fn udp6_is_natted_both_ways_with_valid_checksums() {
 /// checksum computes to 0, which UDP over IPv6 must send as 0xffff (RFC 768, RFC 8200
 /// 8.1: a zero there would mean "no checksum", which IPv6 does not allow).
 fn zero_sum_payload(from: ([u8; 16], u16), to: ([u8; 16], u16), text: &[u8]) -> Vec<u8> {
-    assert!(text.len().is_multiple_of(2), "the last word must be aligned");
+    assert!(
+        text.len().is_multiple_of(2),
+        "the last word must be aligned"
+    );
     let mut payload = text.to_vec();
     payload.extend_from_slice(&[0, 0]);
     let len = (8 + payload.len()) as u16;
