@@ -158,7 +158,7 @@ fn classify(
         // A VPC with no endpoint ENI and no SNAT address (an appliance VPC, as usually):
         // the return path runs here, inlined, without the handoff and the tail call. Its
         // verdict is counted for the appliance flow's counter slot.
-        return gwlb::from_appliance_checked(ctx, iface, &pkt, &mut entry.counter_slot);
+        return gwlb::from_appliance_checked(ctx, iface, &pkt, &mut entry.counter_slot, true);
     }
     if !maps::hand_off(iface, entry, epoch) {
         return Err(Reason::DropNoPathProgram);

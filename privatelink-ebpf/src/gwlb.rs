@@ -338,24 +338,28 @@ fn create(
 #[inline(always)]
 pub fn from_appliance(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
     let mut slot = 0;
-    let r = from_appliance_checked(ctx, iface, pkt, &mut slot);
+    // `iface` and the epoch are the handoff's own: already there for the IPv6 return.
+    let r = from_appliance_checked(ctx, iface, pkt, &mut slot, false);
     settle_for(slot, r)
 }
 
 /// `from_appliance`'s work, also run by the classifier itself where GENEVE can be nothing
-/// else (`classify`): the verdict, and in `slot` the counter slot it is counted for.
+/// else (`classify`): the verdict, and in `slot` the counter slot it is counted for. With
+/// `hand`, GENEVE carrying IPv6 is handed its interface and epoch first (the classifier's
+/// call); without, the handoff already holds them (the path program's, which reads them
+/// in place and so must not write them).
 #[inline(always)]
 pub fn from_appliance_checked(
     ctx: &XdpContext,
     iface: &IfaceInfo,
     pkt: &Packet,
     slot: &mut u32,
+    hand: bool,
 ) -> Result<Verdict, Reason> {
     // IPv6 inside: the IPv6 return path, before any of this path's own work (it checks
-    // the appliance and the GENEVE header itself). (The handoff's interface and epoch are
-    // written again, the classifier may have run this itself; its entry is left as it is,
-    // which that path does not read.)
-    if geneve::carries_ipv6(ctx, pkt) && hand_off_no_entry(iface, pkt.epoch) {
+    // the appliance and the GENEVE header itself). The handoff's entry is left as it is,
+    // which that path does not read.
+    if geneve::carries_ipv6(ctx, pkt) && (!hand || hand_off_no_entry(iface, pkt.epoch)) {
         // SAFETY: a tail call on this run's context, with the handoff just written.
         unsafe { PL_PATHS.tail_call(ctx, PATH_GWLB_RETURN6) };
     }

@@ -222,8 +222,9 @@ pub fn scratch(i: u32) -> Result<*mut FlowEntry, privatelink_common::Reason> {
 #[btf_map]
 pub static PL_PATHS: ProgramArray<{ PATH_PROGRAMS.len() }> = ProgramArray::new();
 
-/// What classification found, for the path program it tail-calls (one slot per CPU: an
-/// XDP run, tail calls included, is not preempted on its CPU). For `PATH_GWLB_RETURN6`
+/// What classification found, for the path program it tail-calls, which reads it in
+/// place for its whole run (one slot per CPU: an XDP run, tail calls included, is not
+/// preempted on its CPU by another). For `PATH_GWLB_RETURN6`
 /// only `iface` and `epoch` are written (`hand_off_no_entry`): `entry` is stale there.
 #[repr(C)]
 #[derive(Clone, Copy)]

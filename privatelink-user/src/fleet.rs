@@ -106,7 +106,7 @@ pub enum PortShare {
     All,
     /// Slot `slot` of `slots`: the slot's slice of the range (`slice`).
     Slot { slot: u32, slots: u32 },
-    /// A fleet host that holds no slot (none free yet, or its lease lost): no new flows.
+    /// A fleet host that holds no slot (none free yet, or its lease expired): no new flows.
     Nothing,
 }
 

@@ -96,6 +96,24 @@ impl ApiDaemon {
         self.start_again()
     }
 
+    /// Stops the process where it is (`SIGSTOP`): alive, its sockets open, silent.
+    pub fn pause(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Lets a paused process run on (`SIGCONT`).
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, sig: libc::c_int) -> Result<()> {
+        // SAFETY: a signal to this daemon's own child process.
+        if unsafe { libc::kill(self.child.id() as libc::pid_t, sig) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -132,6 +132,60 @@ impl Drop for Fleet {
     }
 }
 
+/// A host whose lease expires while it cannot renew it (the process stopped, every etcd
+/// member restarted meanwhile, so its connections are gone) takes a new lease once it
+/// runs again: registered and holding a slot again, with a pool narrowed to it.
+#[test]
+fn a_host_whose_lease_expired_while_it_was_away_takes_a_new_one() {
+    let mut f = Fleet::start_with(2, &["--snat-slots", "2"]);
+    let (_, tb) = two_party_tokens(&f.admin(0)).unwrap();
+    service(&Client::new(&f.hosts[0].url, Some(tb)));
+    // Hosts registered, and those of them holding a slot, as host 0's API lists them
+    // (None while it cannot read etcd).
+    let view = |f: &Fleet| -> Option<(usize, usize)> {
+        let v = f.admin(0).get("/v1/fleet").ok()?;
+        let hosts = v["hosts"].as_array()?;
+        let with_slot = hosts.iter().filter(|h| h["snat_slot"].is_u64()).count();
+        Some((hosts.len(), with_slot))
+    };
+    let settled = |f: &Fleet| {
+        view(f) == Some((2, 2)) && f.hosts.iter().all(|h| pool(h).is_some_and(|p| p.0 == 1))
+    };
+    until(
+        Duration::from_secs(10),
+        "two hosts with a slot each",
+        || settled(&f),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    f.hosts[1].pause().unwrap();
+    let paused = Instant::now();
+    // Every member restarted, one at a time (the majority kept, so leases run on): the
+    // paused host's connections all end.
+    for i in 0..3 {
+        f.etcd.stop_member(i);
+        f.etcd.start_member(i).unwrap();
+        f.etcd.wait_healthy(Duration::from_secs(30)).unwrap();
+    }
+    let gone = until(LEASE * 4, "the paused host's lease expired", || {
+        view(&f) == Some((1, 1))
+    });
+    f.hosts[1].resume().unwrap();
+    gone.unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    let away = paused.elapsed();
+    let resumed = Instant::now();
+    until(
+        Duration::from_secs(15),
+        "the host registered and holding a slot again",
+        || settled(&f),
+    )
+    .unwrap_or_else(|e| panic!("{e}: (hosts, with a slot) {:?}\n{}", view(&f), f.logs()));
+    println!(
+        "a host away {away:?} (lease {LEASE:?}) was back, registered with a slot, {:?} after it \
+         ran again",
+        resumed.elapsed()
+    );
+}
+
 /// The ENI addresses of vpc-a in a host's pinned `PL_ENDPOINTS`.
 fn enis(host: &ApiDaemon) -> BTreeSet<[u8; 4]> {
     let Ok(m) = open_pinned(&host.pin, map_names::ENDPOINTS) else {

@@ -357,7 +357,8 @@ pub struct Member {
     /// Where its API listens.
     #[schema(example = "http://10.0.0.11:7070")]
     pub api: String,
-    /// Unix seconds of its registration (its start, or its lease's renewal after a loss).
+    /// Unix seconds of its registration (its start, or a new lease after its lease
+    /// expired).
     pub since: u64,
     /// The SNAT slot it holds (`--snat-slots`; none without, or while it waits for one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -657,9 +658,10 @@ impl EtcdWatch {
     }
 
     /// Runs `each(client, lease, fresh)` under a lease of `ttl` seconds, on the etcd
-    /// thread for as long as the process runs: after the lease is granted (`fresh`) and
-    /// after every renewal (every third of `ttl`). When etcd says the lease expired,
-    /// `expired` runs and a new lease is granted once etcd answers.
+    /// thread for as long as the process runs: after every renewal (every third of
+    /// `ttl`), with `fresh` true until a step has succeeded under the lease. When etcd
+    /// says the lease expired (on the keep-alive stream, or when asked after the stream
+    /// broke), `expired` runs and a new lease is granted once etcd answers.
     ///
     /// A keep-alive stream that breaks (its member stopped, or etcd without a leader
     /// timing the renewal out) does not lose the lease: the same lease is renewed on a
@@ -681,7 +683,7 @@ impl EtcdWatch {
             let (mut held, mut fresh): (Option<i64>, bool) = (None, true);
             loop {
                 // Ok(true): etcd said the lease expired; Ok(false): the keep-alive stream
-                // closed (a member going away: lost, not expired).
+                // closed (a member going away: the lease renewed on a new stream).
                 let kept = async {
                     let lease = match held {
                         Some(lease) => lease,
@@ -691,7 +693,18 @@ impl EtcdWatch {
                             lease
                         }
                     };
-                    let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                    let (mut keeper, mut stream) = match c.lease_keep_alive(lease).await {
+                        Ok(k) => k,
+                        // etcd-client reads the new stream's first answer itself and makes
+                        // an expired lease an error like any other: etcd is asked whether
+                        // the lease still lives (-1: it knows no such lease).
+                        Err(e) => {
+                            return match c.lease_time_to_live(lease, None).await {
+                                Ok(t) if t.ttl() <= 0 => Ok(true),
+                                _ => Err(e),
+                            };
+                        }
+                    };
                     let mut failing = false;
                     loop {
                         keeper.keep_alive().await?;
@@ -736,14 +749,18 @@ impl EtcdWatch {
                 if matches!(kept, Ok(true)) {
                     held = None;
                     expired();
-                }
-                if !lost {
-                    match kept {
-                        Ok(true) => warn!("{what}: lease expired; taking a new one"),
-                        Ok(false) => warn!(
+                    // Said whenever it happens: after a broken stream it comes second.
+                    warn!("{what}: lease expired; taking a new one");
+                    lost = true;
+                } else if !lost {
+                    match (kept, held) {
+                        (Ok(_), _) => warn!(
                             "{what}: the lease's keep-alive stream closed; renewing it on a new one"
                         ),
-                        Err(e) => warn!("{what}: the lease's renewal failed (retrying): {e}"),
+                        (Err(e), Some(_)) => {
+                            warn!("{what}: the lease's renewal failed (retrying): {e}")
+                        }
+                        (Err(e), None) => warn!("{what}: taking a lease failed (retrying): {e}"),
                     }
                     lost = true;
                 }
