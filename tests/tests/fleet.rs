@@ -69,6 +69,8 @@ fn until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> anyhow::Re
 /// Three etcd members and `hosts` daemons on them, with a shared admin token.
 struct Fleet {
     etcd: EtcdCluster,
+    /// The fleet's key prefix in etcd (`--etcd-prefix`).
+    prefix: String,
     hosts: Vec<ApiDaemon>,
     token_file: PathBuf,
 }
@@ -88,7 +90,7 @@ impl Fleet {
             "--etcd".to_string(),
             etcd.endpoints(),
             "--etcd-prefix".to_string(),
-            prefix,
+            prefix.clone(),
             "--admin-token-file".to_string(),
             token_file.display().to_string(),
         ];
@@ -107,6 +109,7 @@ impl Fleet {
             .collect();
         Self {
             etcd,
+            prefix,
             hosts,
             token_file,
         }
@@ -157,6 +160,20 @@ fn a_host_whose_lease_expired_while_it_was_away_takes_a_new_one() {
         || settled(&f),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    // Host 1's registration and its slot (the slot's number as host 0's API lists it),
+    // each with its lease, read through etcd's own gateway.
+    let host1_keys = |f: &Fleet| -> Vec<(String, i64)> {
+        let slot = slots(f, 0).get("host1").copied();
+        let keys = f.etcd.leases_under(&format!("{}/", f.prefix)).unwrap();
+        keys.into_iter()
+            .filter(|(k, _)| {
+                k.ends_with("/hosts/host1")
+                    || slot.is_some_and(|n| k.ends_with(&format!("/slots/{n}")))
+            })
+            .collect()
+    };
+    let before = host1_keys(&f);
+    assert_eq!(before.len(), 2, "host 1 registered with a slot: {before:?}");
     f.hosts[1].pause().unwrap();
     let paused = Instant::now();
     // Every member restarted, one at a time (the majority kept, so leases run on): the
@@ -179,10 +196,17 @@ fn a_host_whose_lease_expired_while_it_was_away_takes_a_new_one() {
         || settled(&f),
     )
     .unwrap_or_else(|e| panic!("{e}: (hosts, with a slot) {:?}\n{}", view(&f), f.logs()));
+    let back = resumed.elapsed();
+    // Under a new lease: what is listed is not the state from before the pause.
+    let after = host1_keys(&f);
+    let old: BTreeSet<i64> = before.iter().map(|(_, l)| *l).collect();
+    assert!(
+        after.len() == 2 && after.iter().all(|(_, l)| *l != 0 && !old.contains(l)),
+        "host 1 is not back under a new lease: before {before:?}, after {after:?}"
+    );
     println!(
-        "a host away {away:?} (lease {LEASE:?}) was back, registered with a slot, {:?} after it \
-         ran again",
-        resumed.elapsed()
+        "a host away {away:?} (lease {LEASE:?}) was back, registered with a slot under a new \
+         lease, {back:?} after it ran again"
     );
 }
 

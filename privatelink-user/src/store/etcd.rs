@@ -554,6 +554,15 @@ async fn claim_slot(
     Ok(Claim::Full)
 }
 
+/// What went wrong with a lease (`under_lease`'s log).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trouble {
+    Expired,
+    StreamClosed,
+    RenewalFailed,
+    GrantFailed,
+}
+
 /// A watch of the store's prefix, and the fleet's membership under it.
 #[derive(Clone)]
 pub struct EtcdWatch {
@@ -681,6 +690,7 @@ impl EtcdWatch {
             // The lease held, once granted, until etcd says it expired; and whether no
             // step has run under it yet (`fresh`, kept across new streams).
             let (mut held, mut fresh): (Option<i64>, bool) = (None, true);
+            let mut said: Option<Trouble> = None;
             loop {
                 // Ok(true): etcd said the lease expired; Ok(false): the keep-alive stream
                 // closed (a member going away: the lease renewed on a new stream).
@@ -697,10 +707,12 @@ impl EtcdWatch {
                         Ok(k) => k,
                         // etcd-client reads the new stream's first answer itself and makes
                         // an expired lease an error like any other: etcd is asked whether
-                        // the lease still lives (-1: it knows no such lease).
+                        // the lease still lives. Only its "no such lease" (TTL -1, no
+                        // granted TTL) is an expiry: a lease in its last second answers 0
+                        // and may still be renewed, and is tried again.
                         Err(e) => {
                             return match c.lease_time_to_live(lease, None).await {
-                                Ok(t) if t.ttl() <= 0 => Ok(true),
+                                Ok(t) if t.ttl() < 0 && t.granted_ttl() == 0 => Ok(true),
                                 _ => Err(e),
                             };
                         }
@@ -746,24 +758,33 @@ impl EtcdWatch {
                     }
                 }
                 .await;
-                if matches!(kept, Ok(true)) {
+                // Each kind of trouble said once until a step succeeds again (`lost`), an
+                // expiry whenever it happens (after a broken stream it comes second).
+                let kind = match (&kept, held) {
+                    (Ok(true), _) => Trouble::Expired,
+                    (Ok(false), _) => Trouble::StreamClosed,
+                    (Err(_), Some(_)) => Trouble::RenewalFailed,
+                    (Err(_), None) => Trouble::GrantFailed,
+                };
+                if kind == Trouble::Expired {
                     held = None;
                     expired();
-                    // Said whenever it happens: after a broken stream it comes second.
-                    warn!("{what}: lease expired; taking a new one");
-                    lost = true;
-                } else if !lost {
-                    match (kept, held) {
-                        (Ok(_), _) => warn!(
+                }
+                if !lost || said != Some(kind) {
+                    match (kind, kept) {
+                        (Trouble::Expired, _) => warn!("{what}: lease expired; taking a new one"),
+                        (Trouble::StreamClosed, _) => warn!(
                             "{what}: the lease's keep-alive stream closed; renewing it on a new one"
                         ),
-                        (Err(e), Some(_)) => {
+                        (Trouble::RenewalFailed, Err(e)) => {
                             warn!("{what}: the lease's renewal failed (retrying): {e}")
                         }
-                        (Err(e), None) => warn!("{what}: taking a lease failed (retrying): {e}"),
+                        (_, Err(e)) => warn!("{what}: taking a lease failed (retrying): {e}"),
+                        (_, Ok(_)) => {}
                     }
-                    lost = true;
+                    said = Some(kind);
                 }
+                lost = true;
                 tokio::time::sleep(WATCH_RETRY).await;
             }
         });
