@@ -770,7 +770,7 @@ impl EtcdWatch {
                     held = None;
                     expired();
                 }
-                if !lost || said != Some(kind) {
+                if kind == Trouble::Expired || !lost || said != Some(kind) {
                     match (kind, kept) {
                         (Trouble::Expired, _) => warn!("{what}: lease expired; taking a new one"),
                         (Trouble::StreamClosed, _) => warn!(
