@@ -360,7 +360,8 @@ pub fn from_appliance_checked(
     // the appliance and the GENEVE header itself). The handoff's entry is left as it is,
     // which that path does not read.
     if geneve::carries_ipv6(ctx, pkt) && (!hand || hand_off_no_entry(iface, pkt.epoch)) {
-        // SAFETY: a tail call on this run's context, with the handoff just written.
+        // SAFETY: a tail call on this run's context, with this interface and epoch in the
+        // handoff.
         unsafe { PL_PATHS.tail_call(ctx, PATH_GWLB_RETURN6) };
     }
     let outer_src = mut_at::<Ipv4Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIp)?.src_addr;

@@ -224,8 +224,8 @@ pub static PL_PATHS: ProgramArray<{ PATH_PROGRAMS.len() }> = ProgramArray::new()
 
 /// What classification found, for the path program it tail-calls, which reads it in
 /// place for its whole run (one slot per CPU: an XDP run, tail calls included, is not
-/// preempted on its CPU by another). For `PATH_GWLB_RETURN6`
-/// only `iface` and `epoch` are written (`hand_off_no_entry`): `entry` is stale there.
+/// preempted on its CPU by another). For `PATH_GWLB_RETURN6` only `iface` and `epoch`
+/// are written (`hand_off_no_entry`): `entry` is stale there.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Handoff {

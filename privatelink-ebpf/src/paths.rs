@@ -179,8 +179,8 @@ fn run6(
 }
 
 /// Runs `path` on what the entry point handed over and counts its verdict. The handoff
-/// is read in place, not copied (no path writes it but the IPv4 return path, which
-/// writes back the interface and epoch it read before it tail-calls the IPv6 one).
+/// is read in place, not copied: no path program writes it (the IPv4 return path hands
+/// the IPv6 one the interface and epoch the handoff already holds, `gwlb::from_appliance`).
 #[inline(always)]
 fn run(ctx: &XdpContext, path: impl FnOnce(&XdpContext, &Handoff, &Packet, VpcAddr) -> u64) -> u32 {
     let v = match PL_HANDOFF.get(0) {

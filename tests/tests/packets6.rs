@@ -581,6 +581,17 @@ fn tcp6_from_lb(h: &Harness, to: ([u8; 16], u16), payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// The load balancer's UDP datagram from port 53 to SNAT tuple `to`.
+fn udp6_from_lb(h: &Harness, to: ([u8; 16], u16), payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(LB6_MAC, h.provider.mac)
+        .ipv6(lb6(), to.0, 64)
+        .udp(53, to.1)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
 fn udp6_to_eni(h: &Harness, sport: u16, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
@@ -749,12 +760,7 @@ fn udp6_is_natted_both_ways_with_valid_checksums() {
     assert!(snat6_pool().contains(&p.ip.source));
     assert_eq!((p.ip.destination, p.dport), (lb6(), 53));
     assert_eq!(p.payload, b"query");
-    let mut answer = Vec::new();
-    PacketBuilder::ethernet2(LB6_MAC, h.provider.mac)
-        .ipv6(lb6(), p.ip.source, 64)
-        .udp(53, p.sport)
-        .write(&mut answer, b"answer")
-        .unwrap();
+    let answer = udp6_from_lb(&h, (p.ip.source, p.sport), b"answer");
     let (act, out) = h.run(h.provider.ifindex, &answer).unwrap();
     assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
     let r = parse_l4(&out);
@@ -768,8 +774,8 @@ fn udp6_is_natted_both_ways_with_valid_checksums() {
     assert_eq!(h.count(Reason::DropUdp6ZeroChecksum), 1);
 }
 
-/// A UDP payload, `text` and two more bytes, chosen so that the datagram from
-/// `src:sport` to `dst:dport` sums to 0xffff with its checksum field zero: its
+/// A UDP payload, `text` and two more bytes, chosen so that the datagram from `from` to
+/// `to` (address and port each) sums to 0xffff with its checksum field zero: its
 /// checksum computes to 0, which UDP over IPv6 must send as 0xffff (RFC 768, RFC 8200
 /// 8.1: a zero there would mean "no checksum", which IPv6 does not allow).
 fn zero_sum_payload(from: ([u8; 16], u16), to: ([u8; 16], u16), text: &[u8]) -> Vec<u8> {
@@ -803,16 +809,9 @@ fn a_udp6_checksum_that_computes_to_zero_is_sent_as_ffff_on_both_paths() {
     assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
     let p = parse_l4(&out);
     let tuple = (p.ip.source, p.sport);
-    let answer = |h: &Harness, payload: &[u8]| {
-        let mut v = Vec::new();
-        PacketBuilder::ethernet2(LB6_MAC, h.provider.mac)
-            .ipv6(lb6(), tuple.0, 64)
-            .udp(53, tuple.1)
-            .write(&mut v, payload)
-            .unwrap();
-        v
-    };
-    let (act, _) = h.run(h.provider.ifindex, &answer(&h, b"ok")).unwrap();
+    let (act, _) = h
+        .run(h.provider.ifindex, &udp6_from_lb(&h, tuple, b"ok"))
+        .unwrap();
     assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
     // What leaves each way sums to 0xffff with its checksum zero.
     let out_fwd = zero_sum_payload(tuple, (lb6(), 53), b"forward!");
@@ -832,7 +831,9 @@ fn a_udp6_checksum_that_computes_to_zero_is_sent_as_ffff_on_both_paths() {
         let p = parse_l4(&out);
         assert_eq!((p.ip.source, p.sport), tuple, "{what}: the flow's tuple");
         assert_eq!(p.payload, out_fwd, "{what}");
-        let (act, out) = h.run(h.provider.ifindex, &answer(h, &out_back)).unwrap();
+        let (act, out) = h
+            .run(h.provider.ifindex, &udp6_from_lb(h, tuple, &out_back))
+            .unwrap();
         assert_eq!(act, XDP_REDIRECT, "{what}: {:?}", h.active_stats());
         assert_eq!(out[14 + 40 + 6..14 + 40 + 8], [0xff, 0xff], "{what}: reply");
         let r = parse_l4(&out);
@@ -1814,16 +1815,19 @@ fn exchange6(
     i: usize,
 ) -> [(u32, Vec<u8>); 2] {
     let body = format!("packet {i}");
-    let (fwd, mut back) = (exchange_frame6(h, tcp, sport, i), Vec::new());
-    let b = PacketBuilder::ethernet2(LB6_MAC, h.provider.mac).ipv6(lb6(), to.0, 64);
-    if tcp {
-        b.tcp(80, to.1, 5001, 64240)
+    let fwd = exchange_frame6(h, tcp, sport, i);
+    let back = if tcp {
+        let mut back = Vec::new();
+        PacketBuilder::ethernet2(LB6_MAC, h.provider.mac)
+            .ipv6(lb6(), to.0, 64)
+            .tcp(80, to.1, 5001, 64240)
             .ack(1001 + i as u32)
             .write(&mut back, body.as_bytes())
+            .unwrap();
+        back
     } else {
-        b.udp(53, to.1).write(&mut back, body.as_bytes())
-    }
-    .unwrap();
+        udp6_from_lb(h, to, body.as_bytes())
+    };
     [
         h.run(h.consumer.ifindex, &fwd).unwrap(),
         h.run(h.provider.ifindex, &back).unwrap(),

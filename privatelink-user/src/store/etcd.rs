@@ -438,8 +438,9 @@ struct Holding {
 /// hosts started with different `--snat-slots` never hold overlapping slices. A host
 /// keeps the slot it holds (any under its current lease; `past.held`: the slot and the
 /// lease it was last put under); takes back its slot from a lease of its own (`held`'s,
-/// after a lost keep-alive; or, at the process's first round, the previous process's: the
-/// same host restarted within its lease, when no other host could have taken the slot);
+/// the lease this process last held it under; or, at the process's first round, the
+/// previous process's: the same host restarted within its lease, when no other host
+/// could have taken the slot);
 /// or creates the first free one of the slot it held last and its `slot_order` (a
 /// transaction on the key's absence, so of two hosts racing for it one wins). A slot
 /// whose holder died stays taken until etcd expires that lease and deletes the key: only
@@ -686,10 +687,10 @@ impl EtcdWatch {
     {
         let mut c = self.client.clone();
         self.rt.handle.spawn(async move {
-            let mut lost = false;
             // The lease held, once granted, until etcd says it expired; and whether no
             // step has run under it yet (`fresh`, kept across new streams).
             let (mut held, mut fresh): (Option<i64>, bool) = (None, true);
+            // The last trouble said since a step last succeeded (none: all is well).
             let mut said: Option<Trouble> = None;
             loop {
                 // Ok(true): etcd said the lease expired; Ok(false): the keep-alive stream
@@ -738,9 +739,8 @@ impl EtcdWatch {
                             )))
                         }) {
                             Ok(()) => {
-                                if lost {
+                                if said.take().is_some() {
                                     info!("{what} renewed");
-                                    lost = false;
                                 }
                                 failing = false;
                                 fresh = false;
@@ -758,8 +758,8 @@ impl EtcdWatch {
                     }
                 }
                 .await;
-                // Each kind of trouble said once until a step succeeds again (`lost`), an
-                // expiry whenever it happens (after a broken stream it comes second).
+                // Each kind of trouble said once until a step succeeds again, an expiry
+                // whenever it happens (after a broken stream it comes second).
                 let kind = match (&kept, held) {
                     (Ok(true), _) => Trouble::Expired,
                     (Ok(false), _) => Trouble::StreamClosed,
@@ -770,7 +770,7 @@ impl EtcdWatch {
                     held = None;
                     expired();
                 }
-                if kind == Trouble::Expired || !lost || said != Some(kind) {
+                if kind == Trouble::Expired || said != Some(kind) {
                     match (kind, kept) {
                         (Trouble::Expired, _) => warn!("{what}: lease expired; taking a new one"),
                         (Trouble::StreamClosed, _) => warn!(
@@ -784,7 +784,6 @@ impl EtcdWatch {
                     }
                     said = Some(kind);
                 }
-                lost = true;
                 tokio::time::sleep(WATCH_RETRY).await;
             }
         });
