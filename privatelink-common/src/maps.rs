@@ -185,6 +185,7 @@ mod tests {
             "PL_PORTCACHE",
             "PL_APPLCACHE",
             "PL_FLOWKEY",
+            "PL_FENCE",
         ];
         for r in rows {
             let first = r.split('|').nth(1).unwrap_or("");

@@ -70,6 +70,9 @@ pub fn ipv4(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo, epoch: u32) -> u6
     if fast != established::NOT_ESTABLISHED {
         return fast;
     }
+    // The full path checks the packet against the daemon's maps and may stamp its flow
+    // with `pkt.epoch`: those maps are read after the epoch was.
+    maps::order_after_epoch();
     let mut entry = EndpointEni::default();
     let r = classify(ctx, iface, &pkt, ip, &mut entry);
     if r.is_err() && entry.flags & ENI_FLAG_FLOW_LOG != 0 {

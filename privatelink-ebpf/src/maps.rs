@@ -75,6 +75,41 @@ pub fn epoch() -> u32 {
     }
 }
 
+/// Per-CPU: the word `order_after_epoch`'s atomic works on (never changed: it adds 0).
+#[btf_map]
+pub static PL_FENCE: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// A full memory barrier: what the packet read before (its `PL_EPOCH`) is ordered before
+/// what it reads after (the daemon's maps). The daemon writes its maps, then moves the
+/// epoch on (`bump_epoch`, behind a fence of its own), so a path that stamps a flow with
+/// the epoch it read must read the maps it checks the flow against after the epoch: else a
+/// weakly ordered CPU (arm64) may take their older contents and stamp them as checked
+/// under the newer epoch. BPF has no fence instruction: a fetching atomic is one (the JITs
+/// emit it fully ordered, as the kernel's `atomic_fetch_*`: a `lock cmpxchg` loop on x86,
+/// `ldsetal` or an exclusive loop ending in `dmb ish` on arm64; LLVM emits this add of 0
+/// as `atomic_fetch_or` of 0), here on this CPU's own word (no other CPU's line is
+/// touched).
+/// Taken by the paths that check and stamp (the slow paths: `classify::ipv4`,
+/// `ipv6::frame`) and by the lookup caches' fills (`cached`), never by the established
+/// paths, which compare the epoch and check nothing.
+#[inline(always)]
+pub fn order_after_epoch() {
+    if let Some(p) = PL_FENCE.get_ptr_mut(0) {
+        // SAFETY: this CPU's aligned word, valid for this run. The old value is stored
+        // back (a no-op): an atomic whose result is unused may be emitted in the plain form
+        // (`stadd` on arm64), which orders nothing; today's LLVM emits the fetching OR
+        // either way, and `the_checking_paths_hold_a_barrier_after_the_epoch` checks it.
+        unsafe {
+            let old = core::intrinsics::atomic_xadd::<
+                u64,
+                u64,
+                { core::intrinsics::AtomicOrdering::SeqCst },
+            >(p, 0);
+            core::ptr::write_volatile(p, old);
+        }
+    }
+}
+
 /// The flow clock's last reading on this CPU, with the jiffies it was read at.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -158,6 +193,8 @@ fn cached<K: Copy + PartialEq, V: Copy>(
             return Some(s.value);
         }
     }
+    // A fill is kept under `epoch`: what it stores must be read after the epoch was.
+    order_after_epoch();
     let value = lookup(&key)?;
     if let Some(s) = slot {
         // SAFETY: as above.

@@ -361,6 +361,7 @@ mod tests {
             "PL_PORTCACHE",
             "PL_APPLCACHE",
             "PL_FLOWKEY",
+            "PL_FENCE",
         ]);
         want.sort();
         assert_eq!(declared, want);
@@ -371,6 +372,33 @@ mod tests {
             if let Some(n) = spec.entries {
                 assert_eq!(m.max_entries(), n, "{}", spec.name);
             }
+        }
+    }
+
+    /// The paths that check a packet against the daemon's maps and stamp its flow with the
+    /// epoch it read (the entry program's full path, the IPv6 program) hold a full barrier
+    /// between the two (`order_after_epoch`: a fetching atomic OR of 0, BPF having no fence
+    /// instruction). What it orders is only visible on a weakly ordered CPU, not on this
+    /// x86 machine; this keeps the instruction from being lost to a refactor or to LLVM
+    /// turning it into a plain (unordered) atomic.
+    #[test]
+    fn the_checking_paths_hold_a_barrier_after_the_epoch() {
+        // BPF_STX | BPF_ATOMIC | BPF_DW, and BPF_OR | BPF_FETCH.
+        const ATOMIC_DW: u8 = 0xdb;
+        const FETCH_OR: i32 = 0x41;
+        let obj = aya_obj::Object::parse(super::super::EBPF_OBJECT).expect("the XDP object");
+        for name in [privatelink_common::PROGRAM_NAME, "privatelink_ipv6"] {
+            let p = &obj.programs[name];
+            let f = &obj.functions[&p.function_key()];
+            let fences = f
+                .instructions
+                .iter()
+                .filter(|i| i.code == ATOMIC_DW && i.imm == FETCH_OR)
+                .count();
+            assert!(
+                fences >= 1,
+                "{name}: no fetching atomic (barrier) in its code"
+            );
         }
     }
 }
