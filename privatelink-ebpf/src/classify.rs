@@ -70,9 +70,6 @@ pub fn ipv4(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo, epoch: u32) -> u6
     if fast != established::NOT_ESTABLISHED {
         return fast;
     }
-    // The full path checks the packet against the daemon's maps and may stamp its flow
-    // with `pkt.epoch`: those maps are read after the epoch was.
-    maps::order_after_epoch();
     let mut entry = EndpointEni::default();
     let r = classify(ctx, iface, &pkt, ip, &mut entry);
     if r.is_err() && entry.flags & ENI_FLAG_FLOW_LOG != 0 {
@@ -113,6 +110,13 @@ fn classify(
     // (`crate::paths`), tail-called with what was found here.
     // Only a VPC that holds endpoint ENIs or SNAT addresses has its destinations looked up.
     let ours = iface.flags & IFACE_FLAG_ADDRESSES != 0;
+    // The paths past this point check the packet against the daemon's maps and may stamp
+    // its flow with `epoch`: those maps are read after the epoch was
+    // (`maps::order_after_epoch`). Not before GENEVE from an appliance on a VPC of no
+    // addresses of ours: its return path stamps nothing, and every such packet comes here.
+    if ours {
+        maps::order_after_epoch();
+    }
     // SAFETY: values are copied out of the maps.
     let target = if let Some(eni) = ours
         .then(|| unsafe { PL_ENDPOINTS.get(dst) }.copied())
@@ -131,7 +135,12 @@ fn classify(
         Target::Geneve
     } else if iface.flags & IFACE_FLAG_GATEWAYS == 0 {
         return Ok(host::ipv4(ctx, iface, &pkt, ip));
-    } else if let Some(gw) = PL_GW_ROUTES.get(&Key::new(64, dst)).copied() {
+    } else if let Some(gw) = {
+        if !ours {
+            maps::order_after_epoch();
+        }
+        PL_GW_ROUTES.get(&Key::new(64, dst)).copied()
+    } {
         // Gateway and GWLB endpoints: the VPC routes prefixes to us.
         *entry = gw;
         Target::Route

@@ -89,9 +89,11 @@ pub static PL_FENCE: PerCpuArray<u64, 1> = PerCpuArray::new();
 /// `ldsetal` or an exclusive loop ending in `dmb ish` on arm64; LLVM emits this add of 0
 /// as `atomic_fetch_or` of 0), here on this CPU's own word (no other CPU's line is
 /// touched).
-/// Taken by the paths that check and stamp (the slow paths: `classify::ipv4`,
-/// `ipv6::frame`) and by the lookup caches' fills (`cached`), never by the established
-/// paths, which compare the epoch and check nothing.
+/// Taken by the paths that check and stamp (the IPv4 full path before its first lookup,
+/// `classify::classify`; the IPv6 program, `ipv6::frame`) and by the lookup caches' fills
+/// (`cached`), so not by a packet on the established paths, unless its interface's cache
+/// slot has to be filled. x86 needs no barrier and pays one `lock cmpxchg` per such
+/// packet (nothing the first-packet benchmark tells apart from noise).
 #[inline(always)]
 pub fn order_after_epoch() {
     if let Some(p) = PL_FENCE.get_ptr_mut(0) {

@@ -257,7 +257,7 @@ impl Dataplane {
         // The maps' writes (earlier syscalls, made by this CPU or ordered by the
         // migration that moved the thread) before the epoch's: the data path reads them in
         // the other order behind a barrier (`order_after_epoch`), so a flow stamped with
-        // the new epoch was checked against them. A no-op on x86; `dmb ish` on arm64.
+        // the new epoch was checked against them. (`mfence` on x86, `dmb ish` on arm64.)
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         a.set(0, next, 0)?;
         Ok(())

@@ -376,28 +376,75 @@ mod tests {
     }
 
     /// The paths that check a packet against the daemon's maps and stamp its flow with the
-    /// epoch it read (the entry program's full path, the IPv6 program) hold a full barrier
-    /// between the two (`order_after_epoch`: a fetching atomic OR of 0, BPF having no fence
-    /// instruction). What it orders is only visible on a weakly ordered CPU, not on this
-    /// x86 machine; this keeps the instruction from being lost to a refactor or to LLVM
-    /// turning it into a plain (unordered) atomic.
+    /// epoch it read hold a full barrier between the two (`order_after_epoch`: a fetching
+    /// atomic OR of 0, BPF having no fence instruction): in the entry program, before the
+    /// full path's endpoint lookup and before the gateway routes' (the GENEVE return
+    /// between them takes none); in the IPv6 program, before its endpoint lookup. Each is
+    /// found as a fetching atomic shortly before a load of that map, with no interface
+    /// lookup between (the interface cache's fill has a barrier of its own). What it orders
+    /// is only visible on a weakly ordered CPU, not on this x86 machine; this keeps the
+    /// barriers from being dropped, moved away from the lookups, or turned by LLVM into a
+    /// plain (unordered) atomic. (The ARP path's endpoint lookup has none: it stamps
+    /// nothing.)
     #[test]
     fn the_checking_paths_hold_a_barrier_after_the_epoch() {
+        use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
         // BPF_STX | BPF_ATOMIC | BPF_DW, and BPF_OR | BPF_FETCH.
         const ATOMIC_DW: u8 = 0xdb;
         const FETCH_OR: i32 = 0x41;
-        let obj = aya_obj::Object::parse(super::super::EBPF_OBJECT).expect("the XDP object");
-        for name in [privatelink_common::PROGRAM_NAME, "privatelink_ipv6"] {
-            let p = &obj.programs[name];
-            let f = &obj.functions[&p.function_key()];
-            let fences = f
-                .instructions
-                .iter()
-                .filter(|i| i.code == ATOMIC_DW && i.imm == FETCH_OR)
-                .count();
+        // How far before the lookup the barrier may be, in bytes (128 instructions: the
+        // IPv6 program walks the header chain between the two).
+        const NEAR: u64 = 128 * 8;
+        let elf = object::File::parse(super::super::EBPF_OBJECT).expect("the XDP object");
+        let section = elf.section_by_name("xdp").expect("the programs' section");
+        let code = section.data().expect("its code");
+        // Each instruction that names a map: its offset in the section, the map.
+        let loads: Vec<(u64, String)> = section
+            .relocations()
+            .filter_map(|(at, r)| match r.target() {
+                RelocationTarget::Symbol(i) => {
+                    let sym = elf.symbol_by_index(i).ok()?;
+                    Some((at, sym.name().ok()?.to_string()))
+                }
+                _ => None,
+            })
+            .collect();
+        let barrier = |at: u64| {
+            let i = &code[at as usize..at as usize + 8];
+            i[0] == ATOMIC_DW && i32::from_le_bytes([i[4], i[5], i[6], i[7]]) == FETCH_OR
+        };
+        for (program, map) in [
+            (privatelink_common::PROGRAM_NAME, "PL_ENDPOINTS"),
+            (privatelink_common::PROGRAM_NAME, "PL_GW_ROUTES"),
+            ("privatelink_ipv6", "PL_ENDPOINTS6"),
+        ] {
+            let sym = elf
+                .symbols()
+                .find(|s| s.name() == Ok(program))
+                .expect("the program's symbol");
+            let (from, to) = (sym.address(), sym.address() + sym.size());
+            let mine = |name: &str| -> Vec<u64> {
+                loads
+                    .iter()
+                    .filter(|(at, n)| (from..to).contains(at) && n == name)
+                    .map(|(at, _)| *at)
+                    .collect()
+            };
+            let (lookups, ifaces) = (mine(map), mine("PL_IFACES"));
+            assert!(!lookups.is_empty(), "{program}: no load of {map}");
+            let fenced = lookups.iter().any(|&at| {
+                let Some(b) = (from / 8..at / 8)
+                    .rev()
+                    .map(|i| i * 8)
+                    .find(|&b| barrier(b))
+                else {
+                    return false;
+                };
+                at - b <= NEAR && !ifaces.iter().any(|&i| b < i && i < at)
+            });
             assert!(
-                fences >= 1,
-                "{name}: no fetching atomic (barrier) in its code"
+                fenced,
+                "{program}: no load of {map} has a fetching atomic (a barrier) shortly before it"
             );
         }
     }
