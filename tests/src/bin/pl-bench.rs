@@ -1129,6 +1129,14 @@ fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
         want: (XDP_TX, None),
         ..miss
     };
+    // The forwarding floor replays the NAT hit's frame.
+    let redirect_replay = Replay {
+        frame: fwd.clone(),
+        vary_at: None,
+        repeat: REPEAT,
+        // The reference program counts nothing: its action alone is checked.
+        want: (XDP_REDIRECT, None),
+    };
     let cases: Vec<Case> = vec![
         same(
             "NAT forward (conntrack hit)",
@@ -1173,6 +1181,27 @@ fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
 
     let mut rows = Vec::new();
     run_cases(&mut rows, &mut h, &cases, only)?;
+    let redirect = "floor of a forwarded packet (the bare bpf_redirect)";
+    if only.is_none_or(|o| redirect.contains(o) || o.contains("NAT forward")) {
+        // `privatelink_redirect` to the provider-side interface: the one helper call every
+        // forwarded packet makes (a test run does not transmit), and nothing else.
+        let obj = h.reference.object()?;
+        let mut target: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
+            obj.map_mut("PL_BASE_TARGET")
+                .ok_or_else(|| anyhow::anyhow!("no PL_BASE_TARGET"))?,
+        )?;
+        target.set(0, pif, 0)?;
+        let frame = redirect_replay.frame.clone();
+        let (row, _) = timed(
+            &mut h,
+            Some("privatelink_redirect"),
+            redirect,
+            cif,
+            &|_| frame.clone(),
+            &redirect_replay,
+        )?;
+        rows.push(row);
+    }
     let floor = "floor of a first packet (two random lines of a table as the NAT's)";
     if only.is_none_or(|o| floor.contains(o) || o.contains("NAT first")) {
         // The reference object with `PL_BASE_TABLE` as large as the IPv4 flow table.
