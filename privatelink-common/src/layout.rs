@@ -89,6 +89,12 @@ macro_rules! layout {
     )*};
 }
 
+impl Layout for crate::flowtable::KeyHash {
+    fn layout(fp: &mut Fingerprint) {
+        fp.bytes(crate::flowtable::KEY_HASH.as_bytes());
+    }
+}
+
 layout! {
     Config { tcp_timeout_ns, other_timeout_ns, closing_timeout_ns, embryonic_timeout_ns, flow_capacity };
     FlowBudget { tokens, budget, last_ns, refused };
@@ -135,8 +141,8 @@ layout! {
     RuleSet6 { count, _pad, rules } [Rule6];
     FlowSlot { state, key, home, entry, aux, meta } [FlowKey, FlowEntry];
     FlowSlot6 { state, key, home, entry, aux, meta, _rest } [FlowKey6, FlowEntry6];
-    FlowBucket { slots } [FlowSlot];
-    FlowBucket6 { slots } [FlowSlot6];
+    FlowBucket { slots } [FlowSlot, crate::flowtable::KeyHash];
+    FlowBucket6 { slots } [FlowSlot6, crate::flowtable::KeyHash];
 }
 
 #[cfg(test)]
