@@ -137,6 +137,11 @@ const _: () = assert!(
 /// is always zero: `FlowKey::new`, `FlowKey6::new`).
 pub trait SlotKey: Copy {
     const WORDS: usize;
+    /// Which words `key_hash` folds into its second lane (bit `i`: word `i`), in order;
+    /// the rest go to the first. Chosen so that no two words a sender picks (its
+    /// address's host part, its ports) follow each other in one lane, a word it does not
+    /// pick between them (see `key_hash`), and the longer lane is as short as it can be.
+    const SECOND_LANE: u32;
     fn word(&self, i: usize) -> u32;
     /// `word`, read from memory at every use: a lookup compares the key with several
     /// slots, and a copy of its words held across them would take the BPF stack.
@@ -144,9 +149,10 @@ pub trait SlotKey: Copy {
 }
 
 macro_rules! slot_key {
-    ($t:ty, $n:expr) => {
+    ($t:ty, $n:expr, $lane:expr) => {
         impl SlotKey for $t {
             const WORDS: usize = $n;
+            const SECOND_LANE: u32 = $lane;
             #[inline(always)]
             fn word(&self, i: usize) -> u32 {
                 // SAFETY: the key is 4-aligned and `$n` words long (asserted above); `i`
@@ -161,20 +167,30 @@ macro_rules! slot_key {
         }
     };
 }
-slot_key!(FlowKey, 5);
-slot_key!(FlowKey6, 11);
+// IPv4: source, destination and protocol in one lane, VPC and ports in the other (the
+// destination between the source and the protocol, the VPC before the ports; the lanes
+// three and two words long, interleaved as the words are read). IPv6: odd words and even
+// words (the
+// source's host part, words 3 and 4, one in each; the ports, word 9, after a word of the
+// destination).
+slot_key!(FlowKey, 5, 0b0_1001);
+slot_key!(FlowKey6, 11, 0b010_1010_1010);
 
-/// The key's hash under `seed`: the words in two lanes (even words, odd words), each word
-/// folded into its lane and mixed (murmur3's constants: multiply, rotate, multiply, with the
-/// lane's value in the product, so that what a word does depends on the seed and on the
-/// words before it), the lanes seeded apart, then joined and mixed (`hash::mix32`). Two
-/// lanes halve the chain of dependent multiplies a lookup waits on (five steps to three
-/// for an IPv4 key, eleven to six for an IPv6 one: 0.12x and 0.35x of the trivial
-/// program's time in one lane, measured by a build without them). Each lane holds one word
-/// at a time: with the words mixed apart first (murmur3's own order), an IPv6 key's eleven
-/// did not fit the BPF registers and took the stack. A change here moves every key's
-/// buckets: `KeyHash` names this hash in the table's layout fingerprint, so a table pinned
-/// by a build with another is replaced, not misread.
+/// The key's hash under `seed`: the words in two lanes (`SlotKey::SECOND_LANE` says
+/// which), each word folded into its lane and mixed (murmur3's constants: multiply,
+/// rotate, multiply, with the lane's value in the product, so that what a word does
+/// depends on the seed and on the words before it in its lane), the lanes seeded apart,
+/// then joined and mixed (`hash::mix32`). Two lanes shorten the chain of dependent
+/// multiplies a lookup waits on (five steps to three for an IPv4 key, eleven to six for an
+/// IPv6 one: 0.12x and 0.35x of the trivial program's time in one lane, measured by a
+/// build without them). One step spreads a difference in a word's top byte weakly,
+/// whatever the seed, so two words a sender picks must not follow each other in a lane:
+/// their differences could cancel for a share of all seeds (about 1.3 % for a pair found
+/// in review) and put chosen flows in one bucket pair. Each lane holds one word at a time:
+/// with the words mixed apart first (murmur3's own order), an IPv6 key's eleven did not
+/// fit the BPF registers and took the stack. A change here moves every key's buckets: the
+/// tables' layout fingerprint takes in the hashes of fixed keys (`KeyHash`), so a table
+/// pinned by a build with another hash is replaced, not misread.
 #[inline(always)]
 pub fn key_hash<K: SlotKey>(key: &K, seed: u32) -> u32 {
     #[inline(always)]
@@ -184,24 +200,53 @@ pub fn key_hash<K: SlotKey>(key: &K, seed: u32) -> u32 {
             .rotate_left(15)
             .wrapping_mul(0x1b87_3593)
     }
-    let (mut even, mut odd) = (seed, seed.rotate_left(16) ^ 0x9e37_79b9);
+    let (mut first, mut second) = (seed, seed.rotate_left(16) ^ 0x9e37_79b9);
     let mut i = 0;
     while i < K::WORDS {
-        even = step(even, key.word_volatile(i));
-        if i + 1 < K::WORDS {
-            odd = step(odd, key.word_volatile(i + 1));
+        let w = key.word_volatile(i);
+        if K::SECOND_LANE & (1 << i) != 0 {
+            second = step(second, w);
+        } else {
+            first = step(first, w);
         }
-        i += 2;
+        i += 1;
     }
-    crate::hash::mix32(even ^ odd.rotate_left(16) ^ (K::WORDS as u32 * 4))
+    crate::hash::mix32(first ^ second.rotate_left(16) ^ (K::WORDS as u32 * 4))
 }
 
-/// The flow tables' key hash, as the layout fingerprint of a pinned table names it
-/// (`crate::layout`): its buckets are where `key_hash` puts keys.
+/// The flow tables' key hash, as the layout fingerprint of a pinned table takes it in
+/// (`crate::layout`): its name, and the two buckets of fixed keys of both kinds under
+/// fixed geometries (`buckets_of`), so that any change of where keys go changes the
+/// fingerprint by itself.
 pub struct KeyHash;
 
-/// `KeyHash`'s name in the fingerprint: a new one for every change of `key_hash`.
-pub const KEY_HASH: &str = "key_hash: two lanes of murmur3 steps, mix32";
+/// `KeyHash`'s name in the fingerprint.
+pub const KEY_HASH: &str =
+    "key_hash: two lanes of murmur3 steps (IPv4 0b01001, IPv6 0b01010101010), mix32";
+
+impl KeyHash {
+    /// What the fingerprint takes in: `buckets_of` fixed keys, both kinds, two geometries.
+    pub fn samples() -> [(u32, u32); 4] {
+        let k = FlowKey::new(7, [10, 0, 0, 1], [10, 0, 0, 2], 40000, 80, 6);
+        let k6 = FlowKey6::new(7, [0x20; 16], [0xfd; 16], 40000, 80, 17);
+        let (g1, g2) = (
+            FlowGeometry {
+                mask: 0xffff,
+                seed: 0x1234_5679,
+            },
+            FlowGeometry {
+                mask: 0x3ff,
+                seed: 0x9876_5433,
+            },
+        );
+        [
+            buckets_of(&k, &g1),
+            buckets_of(&k, &g2),
+            buckets_of(&k6, &g1),
+            buckets_of(&k6, &g2),
+        ]
+    }
+}
 
 /// Whether two keys are equal, word by word (each read when compared).
 #[inline(always)]
@@ -293,9 +338,10 @@ mod tests {
         assert!(same_key(&k, &k.clone()));
     }
 
-    /// A known answer for each key type: a change of `key_hash` fails this, and must come
-    /// with a new `KEY_HASH` (the layout fingerprint's name for it), so that a table
-    /// pinned by the build before is replaced rather than read with the wrong buckets.
+    /// A known answer for each key type. A change of `key_hash` changes the pinned
+    /// tables' layout fingerprint by itself (`KeyHash::samples`), so that a table pinned by
+    /// the build before is replaced rather than read with the wrong buckets; this says that
+    /// it changed, and `KEY_HASH` should say how.
     #[test]
     fn the_hash_is_the_one_its_name_names() {
         let k = FlowKey::new(7, [10, 0, 0, 1], [10, 0, 0, 2], 40000, 80, 6);
@@ -306,13 +352,32 @@ mod tests {
                 key_hash(&k, 0x1234_5679),
                 key_hash(&k6, 0x1234_5679)
             ),
-            (
-                "key_hash: two lanes of murmur3 steps, mix32",
-                2_027_815_757,
-                427_876_750
-            ),
+            (KEY_HASH, 4_104_352_031, 427_876_750),
             "key_hash changed: give KEY_HASH a new name"
         );
+    }
+
+    /// The words a sender picks (IPv4: its address, the ports word, the protocol; IPv6:
+    /// its address's host part, words 3 and 4, the ports, the protocol) never follow each
+    /// other in one lane of `key_hash`, and every word is in one lane or the other.
+    #[test]
+    fn no_two_picked_words_follow_each_other_in_a_lane() {
+        fn check<K: SlotKey>(picked: &[usize]) {
+            assert!(K::SECOND_LANE < 1 << K::WORDS, "a lane bit past the key");
+            for lane in [false, true] {
+                let words: std::vec::Vec<usize> = (0..K::WORDS)
+                    .filter(|i| (K::SECOND_LANE & (1 << i) != 0) == lane)
+                    .collect();
+                for pair in words.windows(2) {
+                    assert!(
+                        !(picked.contains(&pair[0]) && picked.contains(&pair[1])),
+                        "words {pair:?} follow each other in one lane"
+                    );
+                }
+            }
+        }
+        check::<FlowKey>(&[1, 3, 4]);
+        check::<FlowKey6>(&[3, 4, 9, 10]);
     }
 
     #[test]

@@ -92,6 +92,10 @@ macro_rules! layout {
 impl Layout for crate::flowtable::KeyHash {
     fn layout(fp: &mut Fingerprint) {
         fp.bytes(crate::flowtable::KEY_HASH.as_bytes());
+        for (first, second) in crate::flowtable::KeyHash::samples() {
+            fp.number(first as usize);
+            fp.number(second as usize);
+        }
     }
 }
 
