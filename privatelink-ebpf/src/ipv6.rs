@@ -69,7 +69,7 @@ pub fn frame(ctx: &XdpContext) -> u64 {
         return settle(Ok((xdp_action::XDP_PASS, Reason::PassNotAttached)));
     };
     // (A flow checked under this epoch was forwarded by the entry program: `established6`.)
-    // What follows checks the packet and may stamp its flow: as in `classify::ipv4`.
+    // What follows checks the packet and may stamp its flow: as in `classify::classify`.
     maps::order_after_epoch();
     let mut entry = EndpointEni6::default();
     // The packet as far as it was read: `l4` 0 until `packet6` has walked it.
