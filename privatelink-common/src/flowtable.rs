@@ -231,10 +231,13 @@ pub const KEY_HASH: &str =
     "key_hash: two lanes of murmur3 steps (IPv4 0b01001, IPv6 0b01010101010), mix32";
 
 impl KeyHash {
-    /// What the fingerprint takes in: `buckets_of` fixed keys, both kinds, two geometries.
+    /// The fixed keys it hashes, one of each kind.
+    pub const KEY: FlowKey = FlowKey::new(7, [10, 0, 0, 1], [10, 0, 0, 2], 40000, 80, 6);
+    pub const KEY6: FlowKey6 = FlowKey6::new(7, [0x20; 16], [0xfd; 16], 40000, 80, 17);
+
+    /// What the fingerprint takes in: `buckets_of` the fixed keys under two geometries.
     pub fn samples() -> [(u32, u32); 4] {
-        let k = FlowKey::new(7, [10, 0, 0, 1], [10, 0, 0, 2], 40000, 80, 6);
-        let k6 = FlowKey6::new(7, [0x20; 16], [0xfd; 16], 40000, 80, 17);
+        let (k, k6) = (Self::KEY, Self::KEY6);
         let (g1, g2) = (
             FlowGeometry {
                 mask: 0xffff,
@@ -350,8 +353,7 @@ mod tests {
     /// it changed, and `KEY_HASH` should say how.
     #[test]
     fn the_hash_is_the_one_its_name_names() {
-        let k = FlowKey::new(7, [10, 0, 0, 1], [10, 0, 0, 2], 40000, 80, 6);
-        let k6 = FlowKey6::new(7, [0x20; 16], [0xfd; 16], 40000, 80, 17);
+        let (k, k6) = (KeyHash::KEY, KeyHash::KEY6);
         assert_eq!(
             (
                 KEY_HASH,

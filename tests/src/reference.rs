@@ -58,6 +58,16 @@ impl Reference {
         Ok(p)
     }
 
+    /// Points `privatelink_redirect` (and `privatelink_redirect_lookup`) at `ifindex`
+    /// (`PL_BASE_TARGET`).
+    pub fn set_redirect_target(&mut self, ifindex: u32) -> Result<()> {
+        let obj = self.object()?;
+        let mut m: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(obj.map_mut("PL_BASE_TARGET").context("no map")?)?;
+        m.set(0, ifindex, 0)?;
+        Ok(())
+    }
+
     /// The object (its maps configure the reference programs).
     pub fn object(&mut self) -> Result<&mut Ebpf> {
         if self.ebpf.is_none() {

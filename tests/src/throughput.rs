@@ -316,9 +316,7 @@ fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
 /// Points `PL_BASE_TARGET` at fp0 and attaches the bare-redirect `program` to fc0.
 fn redirect_to_fp0(reference: &mut Reference, program: &str) -> Result<()> {
     let fp0 = dataplane::resolve_link("fp0").map_err(anyhow::Error::msg)?;
-    let obj = reference.object()?;
-    let mut m: Array<_, u32> = Array::try_from(obj.map_mut("PL_BASE_TARGET").context("no map")?)?;
-    m.set(0, fp0.ifindex, 0)?;
+    reference.set_redirect_target(fp0.ifindex)?;
     attach_reference(reference, program, "fc0")
 }
 

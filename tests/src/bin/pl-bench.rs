@@ -1185,12 +1185,7 @@ fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
     if only.is_none_or(|o| redirect.contains(o) || o.contains("NAT forward")) {
         // `privatelink_redirect` to the provider-side interface: the one helper call every
         // forwarded packet makes (a test run does not transmit), and nothing else.
-        let obj = h.reference.object()?;
-        let mut target: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
-            obj.map_mut("PL_BASE_TARGET")
-                .ok_or_else(|| anyhow::anyhow!("no PL_BASE_TARGET"))?,
-        )?;
-        target.set(0, pif, 0)?;
+        h.reference.set_redirect_target(pif)?;
         let frame = redirect_replay.frame.clone();
         let (row, _) = timed(
             &mut h,
