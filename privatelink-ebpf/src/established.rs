@@ -14,7 +14,7 @@ use crate::{
     checksum::sum_header,
     conntrack::{PARTNER_REFRESH_NS, SeqAck, now, track},
     flowlog,
-    flowtable::FLOWS,
+    flowtable::{FLOWS, Seen},
     geneve::{self, Outer},
     maps::config,
     packet::Packet,
@@ -175,11 +175,11 @@ fn established_checked(
         u16::from_be(l4[1]),
         pkt.proto,
     );
-    let Some(p) = FLOWS.get_ptr_mut_inline(&key) else {
+    let Some(seen) = FLOWS.get_ptr_mut_inline(&key) else {
         return Ok(None);
     };
     // SAFETY: the pointer from a successful lookup is valid for this program run.
-    let e = unsafe { &mut *p };
+    let e = unsafe { &mut *seen.entry };
     let t = now();
     // A GWLB flow checks its appliance as often as a NAT flow its reply entry, in both
     // directions (`gwlb::recheck`).
@@ -209,18 +209,12 @@ fn established_checked(
         (0, SeqAck::default())
     };
     let dir = e.direction;
-    // GWLB flows track the flags only, as `gwlb::steer` does.
-    let nums = if gwlb { SeqAck::default() } else { nums };
-    track(e, &key, flags, nums, t, dir);
-    e.fast_packets = e.fast_packets.wrapping_add(1);
     if gwlb {
         // IPv4 forwarding: the TTL goes down by one on its way through the endpoint.
         ip[IP_TTL_PROTO] = u16::from_ne_bytes([ttl - 1, proto]);
         ip[IP_CHECK] = csum::apply_delta(ip[IP_CHECK], csum::fold(csum::delta_ttl_decrement()));
-        return to_appliance(ctx, e, &key, inner_len).map(Some);
-    }
-    if e.flags & FLOW_LOGGED != 0 {
-        report(ctx, e, &key, pkt);
+        // GWLB flows track the flags only, as `gwlb::steer` does.
+        return to_appliance(ctx, &seen, &key, inner_len, flags, t).map(Some);
     }
     // The rewrite, with the checksum deltas computed when the flow was stamped.
     ip[IP_TTL_PROTO] = u16::from_ne_bytes([ttl - 1, proto]);
@@ -235,12 +229,23 @@ fn established_checked(
     l4[at] = if tcp { c } else { csum::udp_finish(old, c) };
     set_mac_at(&mut h.macs, 0, &e.dst_mac);
     set_mac_at(&mut h.macs, 3, &e.src_mac);
-    let reason = if e.direction == DIR_ORIGINAL {
+    let out_ifindex = e.out_ifindex;
+    // Everything the frame took from the entry was one flow's: else it is dropped, and
+    // the entry, another flow's by now, is not written.
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
+    track(e, &key, flags, nums, t, dir);
+    e.fast_packets = e.fast_packets.wrapping_add(1);
+    if e.flags & FLOW_LOGGED != 0 {
+        report(ctx, e, &key, pkt);
+    }
+    let reason = if dir == DIR_ORIGINAL {
         Reason::ForwardToService
     } else {
         Reason::ForwardToConsumer
     };
-    redirect_to(e.out_ifindex, reason).map(Some)
+    redirect_to(out_ifindex, reason).map(Some)
 }
 
 /// A GWLB flow's packet, its TTL counted down: to the flow's appliance in GENEVE
@@ -249,19 +254,31 @@ fn established_checked(
 #[inline(always)]
 fn to_appliance(
     ctx: &XdpContext,
-    e: &FlowEntry,
+    seen: &Seen<FlowEntry>,
     key: &FlowKey,
     inner_len: usize,
+    flags: u8,
+    t: u64,
 ) -> Result<Verdict, Reason> {
-    stats::to_appliance(e.new_dport as u32, inner_len as u64);
+    // SAFETY: the pointer from a successful lookup is valid for this program run.
+    let e = unsafe { &mut *seen.entry };
     let outer = Outer {
         src: e.new_src,
         dst: e.new_dst,
         src_mac: e.src_mac,
         dst_mac: e.dst_mac,
     };
-    let out_ifindex = e.out_ifindex;
-    geneve::encap(ctx, key, e.gwlb_cookie(), e.endpoint_id, inner_len, &outer)?;
+    let (out_ifindex, cookie, endpoint_id, appliance) =
+        (e.out_ifindex, e.gwlb_cookie(), e.endpoint_id, e.new_dport);
+    // As the NAT's rewrite (`established_checked`): what was read is one flow's entry.
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
+    let dir = e.direction;
+    track(e, key, flags, SeqAck::default(), t, dir);
+    e.fast_packets = e.fast_packets.wrapping_add(1);
+    stats::to_appliance(appliance as u32, inner_len as u64);
+    geneve::encap(ctx, key, cookie, endpoint_id, inner_len, &outer)?;
     redirect_to(out_ifindex, Reason::GwlbToAppliance)
 }
 

@@ -8,15 +8,15 @@
 
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
-    DIR_ORIGINAL, FLOW_GWLB, FLOW_LOGGED, FlowEntry6, GWLB_OVERHEAD, IfaceInfo, PROTO_TCP,
-    PROTO_UDP, Reason, csum,
+    DIR_ORIGINAL, FLOW_GWLB, FLOW_LOGGED, FlowEntry6, FlowKey6, GWLB_OVERHEAD, IfaceInfo,
+    PROTO_TCP, PROTO_UDP, Reason, csum,
 };
 
 use crate::{
     conntrack::{Flow, PARTNER_REFRESH_NS, SeqAck, now, track},
     established::{TCP_CHECK, TCP_DOFF_FLAGS, UDP_CHECK, UDP_LEN, pack, set_mac_at, tcp_state},
     flows6::fill_key6,
-    flowtable::FLOWS6,
+    flowtable::{FLOWS6, Seen},
     geneve::{self, GENEVE_PROTO_IPV6, Outer},
     gwlb6,
     maps::{config, key_scratch6},
@@ -117,11 +117,11 @@ fn checked(
     let ports = (u16::from_be(l4[0]), u16::from_be(l4[1]));
     fill_key6(key, iface.vpc_id, &h.src, &h.dst, ports, proto);
     let key = &*key;
-    let Some(p) = FLOWS6.get_ptr_mut_inline(key) else {
+    let Some(seen) = FLOWS6.get_ptr_mut_inline(key) else {
         return Ok(None);
     };
     // SAFETY: the pointer from a successful lookup is valid for this program run.
-    let e = unsafe { &mut *p };
+    let e = unsafe { &mut *seen.entry };
     let t = now();
     // A flow-logged NAT flow reports from the full path; a GWLB flow checks its appliance
     // as often as a NAT flow its reply entry, in both directions (`gwlb6::recheck`).
@@ -151,22 +151,26 @@ fn checked(
         (0, SeqAck::default())
     };
     let dir = e.direction;
-    // GWLB flows track the flags only, as `gwlb6::steer` does.
-    let nums = if gwlb { SeqAck::default() } else { nums };
-    track(e, key, flags, nums, t, dir);
-    e.fast_packets = e.fast_packets.wrapping_add(1);
     if gwlb {
         // IPv6 forwarding: the hop limit goes down by one on its way through the endpoint.
         h.next_hop = u16::from_ne_bytes([proto, hop_limit - 1]);
-        return to_appliance6(ctx, iface.vpc_id, e, inner_len).map(Some);
+        // GWLB flows track the flags only, as `gwlb6::steer` does.
+        return to_appliance6(ctx, iface.vpc_id, &seen, key, inner_len, flags, t).map(Some);
     }
     rewrite(ctx, h, l4, e, tcp, proto, hop_limit)?;
+    let out_ifindex = e.out_ifindex;
+    // Everything the frame took from the entry was one flow's (as `established`'s).
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
+    track(e, key, flags, nums, t, dir);
+    e.fast_packets = e.fast_packets.wrapping_add(1);
     let reason = if dir == DIR_ORIGINAL {
         Reason::Forward6ToService
     } else {
         Reason::Forward6ToConsumer
     };
-    redirect_to(e.out_ifindex, reason).map(Some)
+    redirect_to(out_ifindex, reason).map(Some)
 }
 
 /// A GWLB flow's packet, its hop limit counted down: to the flow's appliance in GENEVE
@@ -177,24 +181,37 @@ fn checked(
 fn to_appliance6(
     ctx: &XdpContext,
     vpc_id: u32,
-    e: &FlowEntry6,
+    seen: &Seen<FlowEntry6>,
+    key: &FlowKey6,
     inner_len: usize,
+    flags: u8,
+    t: u64,
 ) -> Result<Verdict, Reason> {
-    // The appliance's counters (its slot kept in the flow's `new_dport`).
-    stats::to_appliance(e.new_dport as u32, inner_len as u64);
+    // SAFETY: the pointer from a successful lookup is valid for this program run.
+    let e = unsafe { &mut *seen.entry };
     let outer = Outer {
         src: gwlb6::unmapped(&e.new_src),
         dst: gwlb6::unmapped(&e.new_dst),
         src_mac: e.src_mac,
         dst_mac: e.dst_mac,
     };
-    let out_ifindex = e.out_ifindex;
+    let (out_ifindex, cookie, endpoint_id, appliance) =
+        (e.out_ifindex, e.gwlb_cookie(), e.endpoint_id, e.new_dport);
+    // What was read is one flow's entry (as `established`'s).
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
+    let dir = e.direction;
+    track(e, key, flags, SeqAck::default(), t, dir);
+    e.fast_packets = e.fast_packets.wrapping_add(1);
+    // The appliance's counters (its slot kept in the flow's `new_dport`).
+    stats::to_appliance(appliance as u32, inner_len as u64);
     geneve::encap_as(
         ctx,
         GENEVE_PROTO_IPV6,
-        e.gwlb_cookie(),
+        cookie,
         vpc_id,
-        e.endpoint_id,
+        endpoint_id,
         inner_len,
         &outer,
     )?;

@@ -17,9 +17,12 @@
 //! CPU only. It claims its slot by compare-and-exchange of the slot's state (the writer of
 //! another key may be placing one in the same bucket, its second), writes the key and
 //! entry, and publishes the slot `SLOT_LIVE` by compare-and-exchange (a full barrier); a
-//! slot being evicted is `SLOT_BUSY` while it is rewritten. As with the kernel's LRU hash,
-//! whose elements are reused as soon as they are freed, a packet that read a slot a moment
-//! before another CPU evicted it may see the newer flow's fields.
+//! slot being evicted is `SLOT_BUSY` while it is rewritten. A packet that read a slot a
+//! moment before another CPU evicted it may see the newer flow's fields (as with the
+//! kernel's LRU hash, whose elements are reused as soon as they are freed): the paths that
+//! forward from what they read (the established paths, the GWLB return paths) read the
+//! slot's state word again once they have (`Seen::unchanged`), and drop the frame if it
+//! moved.
 //!
 //! A bucket's spill count (`spill`) counts the keys that live in their second bucket with
 //! it as their first: a lookup that misses in the first bucket reads the second only while
@@ -70,6 +73,8 @@ pub trait Tabled: Copy + 'static {
     fn key_entry(state: *mut u64) -> (*mut Self::Key, *mut Self);
     /// The `home` word of the slot whose state word is `state` (as `key_entry`).
     fn home(state: *mut u64) -> *mut u32;
+    /// The state word of the slot whose entry is `entry` (`key_entry`'s inverse).
+    fn state_of(entry: *mut Self) -> *mut u64;
     /// The bucket's own index plus one (its second slot's `meta` word, written by the
     /// first insert whose first bucket it is: what a key it spills records as its `home`).
     fn own_index(b: *mut Self::Bucket) -> *mut u64;
@@ -160,6 +165,18 @@ macro_rules! tabled {
                 unsafe { &raw mut (*state.cast::<<$slot as SlotOf>::Slot>()).home }
             }
             #[inline(always)]
+            fn state_of(entry: *mut $entry) -> *mut u64 {
+                // SAFETY: the slot's start, `entry`'s offset before it (the state word
+                // is its first field, asserted in `key_entry`), nothing read.
+                type Slot = <$slot as SlotOf>::Slot;
+                unsafe {
+                    entry
+                        .cast::<u8>()
+                        .sub(core::mem::offset_of!(Slot, entry))
+                        .cast()
+                }
+            }
+            #[inline(always)]
             fn own_index(b: *mut $slot) -> *mut u64 {
                 // SAFETY: a field address of a valid bucket, nothing read.
                 unsafe { &raw mut (*b).slots[1].meta }
@@ -238,6 +255,34 @@ pub static FLOWS: Table<FlowEntry> = Table(PhantomData);
 /// The IPv6 flows (`PL_CONNTRACK6`).
 pub static FLOWS6: Table<FlowEntry6> = Table(PhantomData);
 
+/// An entry found live by a lookup that takes no lock (`Table::get_ptr_mut_inline`), with
+/// its slot's state word as the lookup read it, before the key. A writer on another CPU
+/// may take the slot meanwhile (an eviction writes another key and entry into it; an
+/// insert over the same key writes a new entry), and every such change moves the word on
+/// (`next_state`): a reader that has read what it uses of the entry and then finds the word
+/// `unchanged` read one flow's entry, whole, and the key it looked for.
+pub struct Seen<E> {
+    pub entry: *mut E,
+    word: u64,
+}
+
+impl<E: Tabled> Seen<E> {
+    /// Whether the slot still holds what the lookup found: its state word is the same.
+    /// The entry's fields read before this call are ordered before its load by the
+    /// compiler (an empty `asm!`, LLVM's BPF backend having no
+    /// signal fence) and, on x86 (TSO: loads are not reordered with loads),
+    /// by the CPU. A weakly ordered CPU (arm64) would need a load-acquire or a barrier
+    /// between them, which BPF gives only as a fetching atomic (`maps::order_after_epoch`),
+    /// too dear for every packet: not taken there.
+    #[inline(always)]
+    pub fn unchanged(&self) -> bool {
+        // SAFETY: an empty instruction sequence; as any `asm!` without `nomem`, the
+        // compiler takes it to read and write memory, and orders memory accesses around it.
+        unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
+        load(E::state_of(self.entry)) == self.word
+    }
+}
+
 /// Bucket `b` of `E`'s table; `None` past its end. Its index is written to this CPU's
 /// `PL_FLOWKEY` word (`room`), not the stack: a lookup's key must be in memory, and the
 /// IPv4 forward path's call chain has no stack to spare (512 bytes in all).
@@ -269,9 +314,21 @@ fn buckets<E: Tabled>(key: &E::Key) -> Option<(*mut u32, u32, u32)> {
 /// Slot `i` (below `FLOW_WAYS`) of bucket `p` holds `key` live.
 #[inline(always)]
 fn holds<E: Tabled>(p: *mut E::Bucket, i: u32, key: &E::Key) -> bool {
+    live_word::<E>(p, i, key) != 0
+}
+
+/// Slot `i` (below `FLOW_WAYS`) of bucket `p`'s state word, read before its key, if the
+/// slot holds `key` live; else 0 (never a live word).
+#[inline(always)]
+fn live_word<E: Tabled>(p: *mut E::Bucket, i: u32, key: &E::Key) -> u64 {
     let (state, _, k, _) = E::parts(p, i);
+    let w = load(state);
     // SAFETY: the key of a slot of a valid bucket.
-    slot_state(load(state)) == SLOT_LIVE && same_key(unsafe { &*k }, key)
+    if slot_state(w) == SLOT_LIVE && same_key(unsafe { &*k }, key) {
+        w
+    } else {
+        0
+    }
 }
 
 /// Slot `i` of the table (bucket `i / FLOW_WAYS`): state, lock, key, entry; `None` past
@@ -414,15 +471,20 @@ impl<E: Tabled> Table<E> {
     }
 
     /// `get_ptr_mut` inlined into the caller, without the BPF call and the second lookup
-    /// of the slot found: for the entry program's established path, whose frame and
-    /// verifier budget have room for it.
+    /// of the slot found: for the established paths, whose frames and verifier budget
+    /// have room for it. With the slot's state word as the lookup found it live, for
+    /// `Seen::unchanged`.
     #[inline(always)]
-    pub fn get_ptr_mut_inline(&self, key: &E::Key) -> Option<*mut E> {
+    pub fn get_ptr_mut_inline(&self, key: &E::Key) -> Option<Seen<E>> {
         let (room, first, second) = buckets::<E>(key)?;
         let p = bucket_at::<E>(room, first)?;
         for i in 0..FLOW_WAYS {
-            if holds::<E>(p, i, key) {
-                return Some(E::parts(p, i).3);
+            let w = live_word::<E>(p, i, key);
+            if w != 0 {
+                return Some(Seen {
+                    entry: E::parts(p, i).3,
+                    word: w,
+                });
             }
         }
         if load(spill::<E>(p)) == 0 {
@@ -430,8 +492,12 @@ impl<E: Tabled> Table<E> {
         }
         let p = bucket_at::<E>(room, second)?;
         for i in 0..FLOW_WAYS {
-            if holds::<E>(p, i, key) {
-                return Some(E::parts(p, i).3);
+            let w = live_word::<E>(p, i, key);
+            if w != 0 {
+                return Some(Seen {
+                    entry: E::parts(p, i).3,
+                    word: w,
+                });
             }
         }
         None

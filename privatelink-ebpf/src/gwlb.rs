@@ -384,11 +384,11 @@ pub fn from_appliance_checked(
     let (src, dst, proto) = (ip.src_addr, ip.dst_addr, ip.proto);
     let (sport, dport, _) = inner_ports(ctx, g.inner + ihl, g.inner + tot, proto, &ICMP_ECHO)?;
     let key = FlowKey::new(g.vpc_id, src, dst, sport, dport, proto);
-    let p = FLOWS
+    let seen = FLOWS
         .get_ptr_mut_inline(&key)
         .ok_or(Reason::DropGwlbNoFlow)?;
     // SAFETY: valid for this run.
-    let e = unsafe { &mut *p };
+    let e = unsafe { &mut *seen.entry };
     if e.flags & FLOW_GWLB == 0 || e.endpoint_id != g.endpoint_id || e.new_dst != outer_src {
         return Err(Reason::DropGwlbNoFlow);
     }
@@ -406,6 +406,10 @@ pub fn from_appliance_checked(
         }
     }
     let peer_mac = e.peer_mac;
+    // The flow checked above and the MAC are one entry's (`flowtable::Seen`).
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
     if let Some(c) = stats::counters(appl.counter_slot).filter(|_| appl.counter_slot != 0) {
         c.to_consumer_packets += 1;
         c.to_consumer_bytes += tot as u64;

@@ -505,11 +505,11 @@ fn from_appliance_checked(
     let (sport, dport, _) = inner_ports(ctx, ip.l4, ip.end, ip.proto, &ICMP6_ECHO)?;
     let h = mut_at::<Ipv6Hdr>(ctx, g.inner, Reason::DropGeneveMalformed)?;
     let key = FlowKey6::new(g.vpc_id, h.src_addr, h.dst_addr, sport, dport, ip.proto);
-    let p = FLOWS6
+    let seen = FLOWS6
         .get_ptr_mut_inline(&key)
         .ok_or(Reason::DropGwlbNoFlow)?;
     // SAFETY: valid for this run.
-    let e = unsafe { &mut *p };
+    let e = unsafe { &mut *seen.entry };
     if e.flags & FLOW_GWLB == 0
         || e.endpoint_id != g.endpoint_id
         || unmapped(&e.new_dst) != outer_src
@@ -530,6 +530,10 @@ fn from_appliance_checked(
         }
     }
     let peer_mac = e.peer_mac;
+    // The flow checked above and the MAC are one entry's (`flowtable::Seen`).
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
     let len = (ip.end - g.inner) as u64;
     if let Some(c) = stats::counters(appl.counter_slot).filter(|_| appl.counter_slot != 0) {
         c.to_consumer_packets += 1;

@@ -31,6 +31,7 @@
 //! - `classify`: the entry program's work: ARP, the fast path, and which path program.
 #![no_std]
 #![feature(core_intrinsics)]
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 #![no_main]
 

@@ -1,6 +1,7 @@
 //! Resource limits: a flood of new flows (SYNs from many sources) through a full conntrack
 //! table. New flows keep being accepted (the LRU evicts), established flows that keep
-//! talking are never the ones evicted, idle flows go first.
+//! talking are never the ones evicted, idle flows go first. And the table under writers on
+//! other CPUs: a slot taken while a packet reads it never lends the packet another flow.
 
 use etherparse::PacketBuilder;
 use privatelink_common::Reason;
@@ -547,5 +548,195 @@ fn two_cpus_writing_one_small_table_leave_it_whole() {
     eprintln!(
         "two CPUs, {sent} packets: {redirected} forwarded, {dropped} dropped ({stats:?}); {} of 128 slots live",
         placed.len()
+    );
+}
+
+/// Another CPU's writer takes a flow's slot (an eviction: another key and entry written
+/// into it, then this flow's again) while packets of the flow go through the established
+/// path, which reads the slot without a lock. A packet may be dropped for it
+/// (`drop_flow_changed`: its frame was rewritten from an entry that changed under it), or
+/// miss the flow and go the full path, but it never leaves with another flow's
+/// translation, nor with a mix of two entries: every forwarded frame is the flow's own.
+/// (The writer runs in this process on the table's shared mapping, with the data path's
+/// protocol: claim the state word, write key and entry, publish.)
+#[test]
+fn a_slot_taken_while_a_packet_reads_it_never_lends_the_packet_another_flow() {
+    use std::{
+        sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+        time::{Duration, Instant},
+    };
+
+    use privatelink_common::{
+        FlowEntry, FlowKey, FlowSlot, PROTO_TCP,
+        flowtable::{FLOW_WAYS, SLOT_BUSY, SLOT_LIVE, next_state, slot_state},
+        map_names,
+    };
+
+    let mut h = Harness::new(&packet_state()).unwrap();
+    let f = open_live(&mut h, 1).unwrap().remove(0);
+    // The handshake's other segments: from now on the flow's ACKs take the established
+    // path.
+    let (act, _) = h.run(h.provider.ifindex, &f.reply).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let (act, expected) = h.run(h.consumer.ifindex, &f.ack).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_checked(&expected);
+    assert_eq!((p.ip.source, p.sport), f.snat);
+    // The endpoint's connection rejected: a packet that misses the flow is dropped by the
+    // full path (`drop_not_connected`), which makes no flow; only the established path,
+    // the flow's entry stamped with the new epoch, forwards it.
+    h.apply_state(
+        &packet_state().replace("connection = \"connected\"", "connection = \"rejected\""),
+    )
+    .unwrap();
+    let mut mine: FlowEntry = h.dp.flow(&f.key).unwrap().unwrap();
+    mine.epoch = h.dp.epoch().unwrap();
+    h.dp.put_flow(&f.key, mine).unwrap();
+    let fast = |h: &Harness| {
+        h.dp.flow::<FlowEntry>(&f.key)
+            .unwrap()
+            .unwrap()
+            .fast_packets
+    };
+    let before = fast(&h);
+    assert_eq!(
+        h.run(h.consumer.ifindex, &f.ack).unwrap(),
+        (XDP_REDIRECT, expected.clone())
+    );
+    assert_eq!(
+        fast(&h),
+        before.wrapping_add(1),
+        "the established path took it"
+    );
+
+    // What the writer puts in the slot in turn with the flow: another flow, every field
+    // of its translation different.
+    let other_key = FlowKey::new(f.key.vpc_id, [198, 18, 250, 1], ENI, 40001, 443, PROTO_TCP);
+    let other = FlowEntry {
+        new_src: [10, 10, 0, 251],
+        new_dst: [10, 10, 0, 99],
+        new_sport: 1234,
+        new_dport: 8080,
+        src_mac: [0x02, 0, 0, 0, 0, 0x98],
+        dst_mac: [0x02, 0, 0, 0, 0, 0x99],
+        csum_ip: mine.csum_ip ^ 0x5a5a,
+        csum_l4: mine.csum_l4 ^ 0xa5a5,
+        ..mine
+    };
+
+    // The table through a shared writable mapping; the flow's slot in it.
+    let map = h.dp.map(map_names::CONNTRACK).unwrap();
+    let aya::maps::Map::Array(data) = map else {
+        panic!("conntrack is not an array")
+    };
+    let buckets = data.info().unwrap().max_entries() as usize;
+    let len = buckets * std::mem::size_of::<privatelink_common::FlowBucket>();
+    use std::os::fd::{AsFd, AsRawFd};
+    // SAFETY: a shared mapping of the map's memory (BPF_F_MMAPABLE), unmapped below.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            data.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        base,
+        libc::MAP_FAILED,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    let slots = base.cast::<FlowSlot>();
+    let at = (0..buckets * FLOW_WAYS as usize)
+        .find(|&i| {
+            // SAFETY: inside the mapping.
+            let s = unsafe { std::ptr::read_volatile(slots.add(i)) };
+            slot_state(s.state) == SLOT_LIVE && s.key == f.key
+        })
+        .expect("the flow's slot");
+    let slot = slots.wrapping_add(at) as usize;
+
+    let stop = AtomicBool::new(false);
+    let (mut forwarded, mut missed, mut runs) = (0u64, 0u64, 0u64);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let slot = slot as *mut FlowSlot;
+            // SAFETY: the slot's state word, aligned, inside the mapping.
+            let state = unsafe { AtomicU64::from_ptr(&raw mut (*slot).state) };
+            let mut turns = 0u64;
+            while !stop.load(SeqCst) {
+                for (k, e) in [(other_key, other), (f.key, mine)] {
+                    let w = state.load(SeqCst);
+                    assert_eq!(slot_state(w), SLOT_LIVE);
+                    let busy = next_state(w, SLOT_BUSY);
+                    // Claimed as the data path claims (no packet path writes the state
+                    // word of a slot it only reads).
+                    assert!(state.compare_exchange(w, busy, SeqCst, SeqCst).is_ok());
+                    // SAFETY: this writer's slot now.
+                    unsafe {
+                        std::ptr::write_volatile(&raw mut (*slot).key, k);
+                        std::ptr::write_volatile(&raw mut (*slot).entry, e);
+                    }
+                    state.store(next_state(busy, SLOT_LIVE), SeqCst);
+                }
+                turns += 1;
+            }
+            turns
+        });
+        let start = Instant::now();
+        while runs < 400_000 && start.elapsed() < Duration::from_secs(4) {
+            runs += 1;
+            let (act, out) = h.run(h.consumer.ifindex, &f.ack).unwrap();
+            match act {
+                XDP_REDIRECT => {
+                    forwarded += 1;
+                    if out != expected {
+                        stop.store(true, SeqCst);
+                        // Raw: a mixed frame may not even parse (its checksums).
+                        panic!(
+                            "run {runs}: the flow's packet left as MACs {:02x?}, IPv4 \
+                             {:?}, ports {:?}, not as {:02x?}, {:?}, {:?}",
+                            &out[..12],
+                            &out[26..34],
+                            &out[34..38],
+                            &expected[..12],
+                            &expected[26..34],
+                            &expected[34..38],
+                        );
+                    }
+                }
+                XDP_DROP => missed += 1,
+                other => {
+                    stop.store(true, SeqCst);
+                    panic!("run {runs}: action {other}: {:?}", h.active_stats());
+                }
+            }
+            // Enough of both outcomes seen: the race was run, not only the flow.
+            if runs >= 20_000 && h.count(Reason::DropFlowChanged) >= 20 && forwarded >= 1000 {
+                break;
+            }
+        }
+        stop.store(true, SeqCst);
+        let turns = writer.join().unwrap();
+        eprintln!("{runs} runs, {forwarded} forwarded, {missed} dropped, {turns} writer turns");
+    });
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(base, len) };
+    let changed = h.count(Reason::DropFlowChanged);
+    let not_connected = h.count(Reason::DropNotConnected);
+    eprintln!("drop_flow_changed {changed}, drop_not_connected {not_connected}");
+    assert_eq!(missed, changed + not_connected, "{:?}", h.active_stats());
+    assert!(forwarded > 0, "the flow was never forwarded");
+    assert!(
+        changed > 0,
+        "no packet read its slot while the writer took it in {runs} runs: the race was not run"
+    );
+    // Nothing left behind: the slot holds the flow, no slot busy, no lock held.
+    assert_eq!(
+        h.dp.flow::<FlowEntry>(&f.key).unwrap().unwrap().new_src,
+        mine.new_src
     );
 }
