@@ -24,7 +24,7 @@ use privatelink_common::{
 };
 
 use crate::{
-    flowtable::FLOWS,
+    flowtable::{FLOWS, Seen},
     maps::{PL_EP_BUDGET, PL_LB_SETS, PL_NEIGHBORS, PL_SNAT_POOLS, PL_VPC_PORTS, config, scratch},
     packet::Packet,
     parse::{
@@ -179,7 +179,7 @@ pub fn create(
     eni: &EndpointEni,
     reply: &FlowEntry,
     t: u64,
-) -> Result<*mut FlowEntry, Reason> {
+) -> Result<Seen<FlowEntry>, Reason> {
     let cfg = &config();
     let h = hash::tuple_hash(
         key.src, key.dst, key.sport, key.dport, key.proto, key.vpc_id,
@@ -275,7 +275,7 @@ pub fn create(
             refund(eni);
             return Err(Reason::DropConntrackFull);
         }
-        return FLOWS.get_ptr_mut(key).ok_or(Reason::DropConntrackFull);
+        return FLOWS.get_seen(key).ok_or(Reason::DropConntrackFull);
     }
     refund(eni);
     Err(crate::flowtable::search_failure())

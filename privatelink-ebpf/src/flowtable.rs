@@ -503,6 +503,19 @@ impl<E: Tabled> Table<E> {
         None
     }
 
+    /// `get_ptr_mut` with the slot's state word (`Seen`): for the full paths, which decide
+    /// on what they read of an entry and then rewrite the frame from it, a long while
+    /// (filters, endpoint checks) after the lookup.
+    #[inline(always)]
+    pub fn get_seen(&self, key: impl Borrow<E::Key>) -> Option<Seen<E>> {
+        let key = key.borrow();
+        let (state, _, k, e) = slot::<E>(E::find_global(key))?;
+        let w = load(state);
+        // SAFETY: the key of a slot of a valid bucket.
+        (slot_state(w) == SLOT_LIVE && same_key(unsafe { &*k }, key))
+            .then_some(Seen { entry: e, word: w })
+    }
+
     /// The entry of `key`.
     ///
     /// # Safety

@@ -20,7 +20,7 @@ use crate::{
     nat,
     packet::Packet,
     parse::{EthHdr, mut_at},
-    verdict::{Verdict, settle_for},
+    verdict::{Verdict, redirect_to, settle_for},
 };
 
 /// Consumer → service: a packet to an ENI of a forwarding endpoint.
@@ -63,16 +63,18 @@ fn forward_checked(
     filter::listener(eni.service_id, key.proto, key.dport)?;
     let t = now();
     let cfg = config();
-    let existing = match FLOWS.get_ptr_mut(key) {
+    let existing = match FLOWS.get_seen(key) {
         // SAFETY: the pointer from a successful lookup is valid for this program run.
-        Some(p) if is_own_live_flow(unsafe { &*p }, &key, eni.endpoint_id, t, &cfg) => Some(p),
+        Some(s) if is_own_live_flow(unsafe { &*s.entry }, &key, eni.endpoint_id, t, &cfg) => {
+            Some(s)
+        }
         _ => None,
     };
     let mut reason = Reason::ForwardToService;
     let entry = match existing {
         // Reply entry confirmed within the last second: the fast path.
         // SAFETY: as above.
-        Some(p) if t.saturating_sub(unsafe { (*p).checked_ns }) <= PARTNER_REFRESH_NS => p,
+        Some(s) if t.saturating_sub(unsafe { (*s.entry).checked_ns }) <= PARTNER_REFRESH_NS => s,
         _ => {
             let eth_src = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?.src_addr;
             let reply = scratch(0)?;
@@ -87,10 +89,10 @@ fn forward_checked(
             };
             match existing {
                 // SAFETY: as above.
-                Some(p) if keep_partner(unsafe { &*p }, &key, reply) => {
+                Some(s) if keep_partner(unsafe { &*s.entry }, &key, reply) => {
                     // SAFETY: as above.
-                    unsafe { (*p).checked_ns = t };
-                    p
+                    unsafe { (*s.entry).checked_ns = t };
+                    s
                 }
                 _ => {
                     // New, expired, or its reply tuple was evicted and taken by another
@@ -114,7 +116,13 @@ fn forward_checked(
         }
     };
     // SAFETY: as above.
-    let e = unsafe { &mut *entry };
+    let e = unsafe { &mut *entry.entry };
+    // What this path judged is the entry it is about to stamp and forward by: no other
+    // CPU's writer took the slot since the lookup (`flowtable::Seen`; `nat::apply` asks
+    // again once the frame is rewritten).
+    if !entry.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
     // Checked under this epoch: the next packets may take the established path, unless
     // an ACL has to see every packet.
     if gateway || eni.flags & ENI_FLAG_ACL == 0 {
@@ -122,7 +130,12 @@ fn forward_checked(
     }
     mark(e, eni);
     track(e, &key, flags, nums, t, DIR_ORIGINAL);
-    nat::apply(ctx, pkt, e, reason)
+    let out = nat::apply(ctx, pkt, e)?;
+    // The frame took all it did from one flow's entry: else it is dropped.
+    if !entry.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
+    redirect_to(out, reason)
 }
 
 /// An original-direction entry of this endpoint whose flow is alive.

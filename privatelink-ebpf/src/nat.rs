@@ -53,14 +53,11 @@ pub fn l4_check(
     csum::replace_port(c, old_ports.1, new_ports.1)
 }
 
-/// Full NAT of a TCP/UDP packet by `e`, then redirect to `e.out_ifindex`.
+/// Full NAT of a TCP/UDP packet by `e`, its MACs those of the next hop: the interface
+/// it goes out of (`e.out_ifindex`), for the caller's `redirect_to` once it knows that
+/// everything the frame took from `e` was one flow's (`flowtable::Seen`).
 #[inline(always)]
-pub fn apply(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    e: &FlowEntry,
-    reason: Reason,
-) -> Result<Verdict, Reason> {
+pub fn apply(ctx: &XdpContext, pkt: &Packet, e: &FlowEntry) -> Result<u32, Reason> {
     let (old_src, old_dst) = rewrite_ip(ctx, e.new_src, e.new_dst)?;
     let ports = mut_at::<Ports>(ctx, pkt.l4, Reason::DropTruncatedL4)?;
     let old_ports = (be16(ports.sport), be16(ports.dport));
@@ -87,7 +84,9 @@ pub fn apply(
     }
     ports.sport = e.new_sport.to_be_bytes();
     ports.dport = e.new_dport.to_be_bytes();
-    redirect(ctx, e, reason)
+    let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
+    set_macs(eth, e.dst_mac, e.src_mac);
+    Ok(e.out_ifindex)
 }
 
 /// Sets the MACs of the next hop and redirects to the egress interface.

@@ -17,7 +17,7 @@ use crate::{
     maps::config,
     nat,
     packet::Packet,
-    verdict::{Verdict, settle_for},
+    verdict::{Verdict, redirect_to, settle_for},
 };
 
 /// Service → consumer: a reply to a SNAT address. Only known flows pass.
@@ -47,11 +47,11 @@ fn reply_checked(
     let (key, flags, nums) = flow_key(ctx, iface, pkt)?;
     let t = now();
     let cfg = config();
-    let Some(p) = FLOWS.get_ptr_mut(key) else {
+    let Some(seen) = FLOWS.get_seen(key) else {
         return Err(Reason::DropNoFlow);
     };
     // SAFETY: valid for this program run.
-    let e = unsafe { &mut *p };
+    let e = unsafe { &mut *seen.entry };
     if e.direction != DIR_REPLY || !alive(e, &key, t, &cfg) {
         return Err(Reason::DropNoFlow);
     }
@@ -78,11 +78,20 @@ fn reply_checked(
         filter::acl_out(eni_key, &eni, e.new_dst, pkt.proto, e.new_sport)?;
         eni.flags & ENI_FLAG_ACL != 0
     };
+    // The endpoint checked above is the entry's, still (as in `forward`).
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
     // As in `forward`: checked under this epoch.
     if !per_packet_acl {
         stamp(e, &key, pkt.epoch);
     }
     mark(e, eni_out);
     track(e, &key, flags, nums, t, DIR_REPLY);
-    nat::apply(ctx, pkt, e, Reason::ForwardToConsumer)
+    let out = nat::apply(ctx, pkt, e)?;
+    // As in `forward`: the frame took all it did from one flow's entry.
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
+    redirect_to(out, Reason::ForwardToConsumer)
 }
