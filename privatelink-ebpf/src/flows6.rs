@@ -29,13 +29,12 @@ use privatelink_common::{
 
 use crate::{
     conntrack::{Flow, SNAT_ATTEMPTS, SeqAck, keep_partner, l4_state, refund, take_token, track},
-    flowtable::FLOWS6,
+    flowtable::{FLOWS6, Seen},
     maps::{PL_NEIGHBORS6, PL_SNAT6_POOLS, PL_VPC_PORTS, config, key_scratch6, scratch6},
-    nat6::{l4_delta6, redirect6, rewrite_ip6},
+    nat6::{l4_delta6, rewrite_ip6},
     packet::Packet,
     packet6::{copy_addr, forwardable_source, words},
-    parse::{ETH_LEN, Ipv6Hdr, Ports, be16, mut_at, ne16},
-    verdict::Verdict,
+    parse::{ETH_LEN, EthHdr, Ipv6Hdr, Ports, be16, mut_at, ne16, set_macs},
 };
 
 /// Reads the 5-tuple of an IPv6 TCP/UDP packet whose L4 header must be complete into
@@ -189,7 +188,7 @@ pub fn packet_key6() -> Result<&'static FlowKey6, Reason> {
 /// (`EndpointEni6::lb_addr`): `PL_LB_SETS` is IPv4's. Inlined into the path program: its
 /// steps (`allow_new6`, `search6`, `insert6`) are BPF functions called one after another.
 #[inline(always)]
-pub fn create6(eni6: &EndpointEni6) -> Result<*mut FlowEntry6, Reason> {
+pub fn create6(eni6: &EndpointEni6) -> Result<Seen<FlowEntry6>, Reason> {
     let pool = allow_new6(eni6)?;
     crate::flowtable::clear_refused();
     if !search6(eni6, pool) {
@@ -245,7 +244,7 @@ fn next_hop6(eni6: &EndpointEni6) -> Result<(&'static VpcPort, [u8; 6]), Reason>
 /// claimed (`PL_KEYS6` slot 1), inserted under the packet's key; on failure the claim is
 /// undone and the token given back.
 #[inline(never)]
-fn insert6(eni6: &EndpointEni6) -> Result<*mut FlowEntry6, Reason> {
+fn insert6(eni6: &EndpointEni6) -> Result<Seen<FlowEntry6>, Reason> {
     let eni = &eni6.eni;
     let key = packet_key6()?;
     // SAFETY: this CPU's slots, valid for this run.
@@ -289,7 +288,7 @@ fn insert6(eni6: &EndpointEni6) -> Result<*mut FlowEntry6, Reason> {
         refund(eni);
         return Err(Reason::DropConntrackFull);
     }
-    FLOWS6.get_ptr_mut(key).ok_or(Reason::DropConntrackFull)
+    FLOWS6.get_seen(key).ok_or(Reason::DropConntrackFull)
 }
 
 /// The pool's addresses, at most `MAX_SNAT_ADDRS`.
@@ -507,15 +506,12 @@ fn same_key6(a: &FlowKey6, b: &FlowKey6) -> bool {
     unsafe { core::ptr::read_volatile(&diff) == 0 }
 }
 
-/// Full NAT of an IPv6 TCP/UDP packet by `e`, then redirect to `e.out_ifindex`. (A UDP
+/// Full NAT of an IPv6 TCP/UDP packet by `e`, its MACs those of the next hop: the
+/// interface it goes out of (`e.out_ifindex`), for the caller's `redirect_to` once it
+/// knows that all the frame took from `e` was one flow's (`flowtable::Seen`). (A UDP
 /// checksum of 0 never gets here: `flow_key6` refuses it.)
 #[inline(always)]
-pub fn apply6(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    e: &FlowEntry6,
-    reason: Reason,
-) -> Result<Verdict, Reason> {
+pub fn apply6(ctx: &XdpContext, pkt: &Packet, e: &FlowEntry6) -> Result<u32, Reason> {
     let ip = mut_at::<Ipv6Hdr>(ctx, ETH_LEN, Reason::DropTruncatedIpv6)?;
     let ports = mut_at::<Ports>(ctx, pkt.l4, Reason::DropTruncatedL4)?;
     let at = if pkt.proto == PROTO_TCP { 16 } else { 6 };
@@ -537,5 +533,7 @@ pub fn apply6(
     ports.sport = e.new_sport.to_be_bytes();
     ports.dport = e.new_dport.to_be_bytes();
     rewrite_ip6(ctx, &e.new_src, &e.new_dst)?;
-    redirect6(ctx, e, reason)
+    let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
+    set_macs(eth, e.dst_mac, e.src_mac);
+    Ok(e.out_ifindex)
 }

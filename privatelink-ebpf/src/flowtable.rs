@@ -261,12 +261,22 @@ pub static FLOWS6: Table<FlowEntry6> = Table(PhantomData);
 /// insert over the same key writes a new entry), and every such change moves the word on
 /// (`next_state`): a reader that has read what it uses of the entry and then finds the word
 /// `unchanged` read one flow's entry, whole, and the key it looked for.
+#[derive(Clone, Copy)]
 pub struct Seen<E> {
     pub entry: *mut E,
     word: u64,
 }
 
 impl<E: Tabled> Seen<E> {
+    /// No entry (its `entry` null): for a search that found none yet.
+    #[inline(always)]
+    pub const fn none() -> Seen<E> {
+        Seen {
+            entry: core::ptr::null_mut(),
+            word: 0,
+        }
+    }
+
     /// Whether the slot still holds what the lookup found: its state word is the same.
     /// The entry's fields read before this call are ordered before its load by the
     /// compiler (an empty `asm!`, LLVM's BPF backend having no

@@ -29,11 +29,11 @@ use crate::{
         apply6, create6, flow_key6, keep_partner6, packet_key6, reply_entry6, stamp6,
         track6_original,
     },
-    flowtable::FLOWS6,
+    flowtable::{FLOWS6, Seen},
     maps::{config, scratch6},
     packet::Packet,
     parse::{EthHdr, mut_at},
-    verdict::settle_for,
+    verdict::{redirect_to, settle_for},
 };
 
 /// IPv6 consumer → service: a packet to an ENI of a forwarding endpoint. Inlined into
@@ -59,9 +59,9 @@ fn forward6_walk(ctx: &XdpContext, iface: &IfaceInfo, eni6: &EndpointEni6, pkt: 
     if let Err(reason) = find6(ctx, iface, eni6, pkt, &mut found) {
         return settle_for(slot, Err(reason));
     }
-    let reason = if found.entry.is_null() {
+    let reason = if found.seen.entry.is_null() {
         match create6(eni6) {
-            Ok(entry) => found.entry = entry,
+            Ok(seen) => found.seen = seen,
             Err(reason) => return settle_for(slot, Err(reason)),
         }
         Reason::Forward6NewFlow
@@ -71,10 +71,11 @@ fn forward6_walk(ctx: &XdpContext, iface: &IfaceInfo, eni6: &EndpointEni6, pkt: 
     finish6(ctx, pkt, &found, eni6, reason)
 }
 
-/// What `find6` found: the flow's live original-direction entry (null: a new flow is to
-/// be made, `PL_SCRATCH6` slot 0 holds its reply entry), and the packet's TCP state.
+/// What `find6` found: the flow's live original-direction entry, with its slot's state
+/// word (its entry null: a new flow is to be made, `PL_SCRATCH6` slot 0 holds its reply
+/// entry), and the packet's TCP state.
 struct Found {
-    entry: *mut FlowEntry6,
+    seen: Seen<FlowEntry6>,
     flags: u8,
     nums: SeqAck,
 }
@@ -82,7 +83,7 @@ struct Found {
 impl Default for Found {
     fn default() -> Self {
         Self {
-            entry: core::ptr::null_mut(),
+            seen: Seen::none(),
             flags: 0,
             nums: SeqAck::default(),
         }
@@ -105,22 +106,22 @@ fn find6(
     admit(eni, key)?;
     let t = now();
     let cfg = config();
-    let existing = match FLOWS6.get_ptr_mut(key) {
+    let existing = match FLOWS6.get_seen(key) {
         // SAFETY: the pointer from a successful lookup is valid for this program run.
-        Some(p) if is_own_live_flow(unsafe { &*p }, key, eni.endpoint_id, t, &cfg) => Some(p),
+        Some(s) if is_own_live_flow(unsafe { &*s.entry }, key, eni.endpoint_id, t, &cfg) => Some(s),
         _ => None,
     };
     out.flags = flags;
     out.nums = nums;
     let mut found = |entry| {
-        out.entry = entry;
+        out.seen = entry;
         Ok(())
     };
     // Reply entry confirmed within the last second.
-    if let Some(p) = existing {
+    if let Some(s) = existing {
         // SAFETY: as above.
-        if t.saturating_sub(unsafe { (*p).checked_ns }) <= PARTNER_REFRESH_NS {
-            return found(p);
+        if t.saturating_sub(unsafe { (*s.entry).checked_ns }) <= PARTNER_REFRESH_NS {
+            return found(s);
         }
     }
     let eth_src = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?.src_addr;
@@ -142,10 +143,10 @@ fn find6(
     };
     match existing {
         // SAFETY: as above.
-        Some(p) if keep_partner6(unsafe { &*p }, key, reply) => {
+        Some(s) if keep_partner6(unsafe { &*s.entry }, key, reply) => {
             // SAFETY: as above.
-            unsafe { (*p).checked_ns = t };
-            found(p)
+            unsafe { (*s.entry).checked_ns = t };
+            found(s)
         }
         _ => {
             // New, expired, or its reply tuple taken by another flow: (re)create with a
@@ -153,7 +154,7 @@ fn find6(
             if existing.is_none() {
                 first_packet(eni, key)?;
             }
-            found(core::ptr::null_mut())
+            found(Seen::none())
         }
     }
 }
@@ -173,13 +174,23 @@ fn finish6(
     let r = match packet_key6() {
         Ok(key) => {
             // SAFETY: an entry of `PL_CONNTRACK6`, valid for this run.
-            let e = unsafe { &mut *found.entry };
-            if eni.flags & ENI_FLAG_ACL == 0 {
-                stamp6(e, key, pkt.epoch);
+            let e = unsafe { &mut *found.seen.entry };
+            // As `forward`: what was judged is the entry about to be stamped, and the
+            // frame takes all it does from one flow's entry (`flowtable::Seen`).
+            if !found.seen.unchanged() {
+                Err(Reason::DropFlowChanged)
+            } else {
+                if eni.flags & ENI_FLAG_ACL == 0 {
+                    stamp6(e, key, pkt.epoch);
+                }
+                mark(e, eni);
+                track6_original(e, key, found.flags, found.nums, now());
+                match apply6(ctx, pkt, e) {
+                    Ok(_) if !found.seen.unchanged() => Err(Reason::DropFlowChanged),
+                    Ok(out) => redirect_to(out, reason),
+                    Err(r) => Err(r),
+                }
             }
-            mark(e, eni);
-            track6_original(e, key, found.flags, found.nums, now());
-            apply6(ctx, pkt, e, reason)
         }
         Err(reason) => Err(reason),
     };

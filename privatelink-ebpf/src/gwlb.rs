@@ -23,7 +23,7 @@ use crate::{
     arp,
     checksum::verify_checksum_at,
     conntrack,
-    flowtable::FLOWS,
+    flowtable::{FLOWS, Seen},
     geneve::{self, Outer},
     icmp,
     maps::{
@@ -120,27 +120,31 @@ fn steer_checked(
     let key = FlowKey::new(iface.vpc_id, src, dst, sport, dport, pkt.proto);
     let t = conntrack::now();
     let cfg = config();
-    let existing = match FLOWS.get_ptr_mut(key) {
-        // SAFETY: the pointer from a successful lookup is valid for this program run.
-        Some(p) => {
-            let e = unsafe { &*p };
+    let existing = match FLOWS.get_seen(key) {
+        Some(s) => {
+            // SAFETY: the pointer from a successful lookup is valid for this program run.
+            let e = unsafe { &*s.entry };
             if e.flags & FLOW_GWLB != 0
                 && e.endpoint_id == route.endpoint_id
                 && conntrack::alive(e, &key, t, &cfg)
             {
-                Some(p)
+                Some(s)
             } else {
                 None
             }
         }
         None => None,
     };
-    let entry = match existing {
-        Some(p) => p,
+    let seen = match existing {
+        Some(s) => s,
         None => create(ctx, &key, route, t)?,
     };
     // SAFETY: valid for this run.
-    let e = unsafe { &mut *entry };
+    let e = unsafe { &mut *seen.entry };
+    // What was judged is the entry about to be written (`flowtable::Seen`).
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
     if t.saturating_sub(e.checked_ns) > APPLIANCE_RECHECK_NS {
         recheck(e, &key, route, t)?;
     }
@@ -171,9 +175,13 @@ fn steer_checked(
         src_mac: e.src_mac,
         dst_mac: e.dst_mac,
     };
-    let out_ifindex = e.out_ifindex;
+    let (out_ifindex, appliance) = (e.out_ifindex, e.new_dport);
+    // The outer headers are one flow's entry's: else the frame is dropped.
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
     // The appliance's counters (its slot kept in `new_dport`, see `create`).
-    stats::to_appliance(e.new_dport as u32, inner_len as u64);
+    stats::to_appliance(appliance as u32, inner_len as u64);
     // Checked under this epoch: its next packets may take the established path, with
     // the flow cookie computed here.
     let cookie = geneve::cookie_of(&key);
@@ -292,7 +300,7 @@ fn create(
     key: &FlowKey,
     route: &EndpointEni,
     t: u64,
-) -> Result<*mut FlowEntry, Reason> {
+) -> Result<Seen<FlowEntry>, Reason> {
     let (appliance, mac) = choose(key, route)?;
     // SAFETY: copied out.
     let port = unsafe { PL_VPC_PORTS.get(route.provider_vpc_id) }
@@ -328,7 +336,7 @@ fn create(
     if let Some(c) = stats::counters(route.counter_slot).filter(|_| route.counter_slot != 0) {
         c.new_flows += 1;
     }
-    FLOWS.get_ptr_mut(key).ok_or(Reason::DropConntrackFull)
+    FLOWS.get_seen(key).ok_or(Reason::DropConntrackFull)
 }
 
 /// GENEVE from an appliance: validate, find the flow, strip the outer headers, deliver.

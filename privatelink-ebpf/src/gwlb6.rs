@@ -285,12 +285,12 @@ fn flow_checked(
     let (key, pkt, tcp_flags) = packet_key(ctx, iface)?;
     let t = conntrack::now();
     let cfg = config();
-    let Some(entry) = FLOWS6.get_ptr_mut(key) else {
+    let Some(seen) = FLOWS6.get_seen(key) else {
         return Ok(false);
     };
     // SAFETY: the pointer from a successful lookup is valid for this program run.
     let live = {
-        let e = unsafe { &*entry };
+        let e = unsafe { &*seen.entry };
         e.flags & FLOW_GWLB != 0
             && e.endpoint_id == route.endpoint_id
             && conntrack::alive(e, &key, t, &cfg)
@@ -299,7 +299,11 @@ fn flow_checked(
         return Ok(false);
     }
     // SAFETY: valid for this run.
-    let e = unsafe { &mut *entry };
+    let e = unsafe { &mut *seen.entry };
+    // What was judged is the entry about to be written (`flowtable::Seen`).
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
     if t.saturating_sub(e.checked_ns) > APPLIANCE_RECHECK_NS {
         recheck(e, &key, route, t)?;
     }
@@ -326,6 +330,10 @@ fn flow_checked(
         src_mac: e.src_mac,
         dst_mac: e.dst_mac,
     };
+    // What `send` takes is one flow's entry: else the frame is dropped.
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
     Ok(true)
 }
 

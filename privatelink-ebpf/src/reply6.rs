@@ -17,7 +17,7 @@ use crate::{
     flowtable::FLOWS6,
     maps::config,
     packet::Packet,
-    verdict::{Verdict, settle_for},
+    verdict::{Verdict, redirect_to, settle_for},
 };
 
 /// IPv6 service → consumer: a reply to an IPv6 SNAT address. Only known flows pass.
@@ -48,11 +48,11 @@ fn reply6_checked(
     let (key, flags, nums) = flow_key6(ctx, iface, pkt)?;
     let t = now();
     let cfg = config();
-    let Some(p) = FLOWS6.get_ptr_mut(key) else {
+    let Some(seen) = FLOWS6.get_seen(key) else {
         return Err(Reason::DropNoFlow);
     };
     // SAFETY: valid for this program run.
-    let e = unsafe { &mut *p };
+    let e = unsafe { &mut *seen.entry };
     if e.direction != DIR_REPLY || !alive6(e, key, t, &cfg) {
         return Err(Reason::DropNoFlow);
     }
@@ -70,10 +70,19 @@ fn reply6_checked(
         addr: e.new_src,
     };
     filter6::acl6_out(eni_key, eni, e.new_dst, pkt.proto, e.new_sport)?;
+    // As `reply`: the endpoint checked is the entry's, still.
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
     if eni.flags & ENI_FLAG_ACL == 0 {
         stamp6(e, key, pkt.epoch);
     }
     mark(e, eni);
     track6_reply(e, key, flags, nums, t);
-    apply6(ctx, pkt, e, Reason::Forward6ToConsumer)
+    let out = apply6(ctx, pkt, e)?;
+    // The frame took all it did from one flow's entry.
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
+    redirect_to(out, Reason::Forward6ToConsumer)
 }

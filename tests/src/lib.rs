@@ -16,5 +16,6 @@ pub mod netns;
 pub mod reference;
 pub mod scale;
 pub mod scapy;
+pub mod slotrace;
 pub mod testrun;
 pub mod throughput;

@@ -3,16 +3,14 @@
 //! talking are never the ones evicted, idle flows go first. And the table under writers on
 //! other CPUs: a slot taken while a packet reads it never lends the packet another flow.
 
-use etherparse::PacketBuilder;
-use privatelink_common::{
-    FlowBucket, FlowEntry, FlowKey, FlowSlot, PROTO_TCP, Reason,
-    flowtable::{FLOW_WAYS, SLOT_BUSY, SLOT_LIVE, next_state, slot_state},
-    map_names,
-};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use privatelink_common::{Config, FlowEntry, FlowEntry6, FlowKey, FlowKey6, PROTO_TCP, Reason};
 use privatelink_tests::{
+    dual::{LB6_MAC, client6, dual_state, eni6, lb6, teach_lb},
     frames::{CLIENT_MAC, ENI, LB, parse_checked},
     lab::packet_state,
     scale::{fill, frame, live_outcome, open_live, present},
+    slotrace::{SLOTS, SLOTS6, pin_to, race, two_cpus},
     testrun::Harness,
 };
 use privatelink_user::model::numeric_id;
@@ -407,36 +405,6 @@ fn a_direction_in_its_second_bucket_is_counted_and_found() {
     assert_eq!(count_of(&audit(&h)), before - 1);
 }
 
-/// Two CPUs this process may run on (BPF_PROG_TEST_RUN runs a program on its caller's).
-fn two_cpus() -> [usize; 2] {
-    // SAFETY: a zeroed cpu_set_t filled by the kernel; read with libc's macros.
-    let cpus: Vec<usize> = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
-            0
-        );
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .take(2)
-            .collect()
-    };
-    cpus.try_into().expect("this test needs two CPUs")
-}
-
-/// Runs the calling thread on `cpu` only.
-fn pin_to(cpu: usize) {
-    // SAFETY: a cpu_set_t built with libc's macros; this thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
-}
-
 /// Two CPUs at once (BPF_PROG_TEST_RUN runs a program on its caller's CPU): each makes new
 /// flows, then sends the other's again, into a table far too small for them (4 000 flows,
 /// 128 slots), so writers meet in the same buckets, take each other's locks, claim slots
@@ -619,20 +587,19 @@ fn raced(mut h: Harness, reply: bool, reject: bool, epoch: impl Fn(&Harness) -> 
     }
 }
 
-/// Runs the direction's packet through the program while a writer thread takes its slot again and
-/// again, as an eviction does: another key and entry written into it (every field of the
-/// translation different), then the flow's own again, each under a claim of the slot's
-/// state word (the data path's protocol), on the table's shared mapping. Every forwarded
-/// frame must be the flow's own; every dropped one counted as one of `drops`. Returns
-/// (forwarded, dropped, `drop_flow_changed`).
-fn race(r: &mut Raced, drops: &[Reason]) -> (u64, u64, u64) {
-    use std::{
-        os::fd::{AsFd, AsRawFd},
-        sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
-        time::{Duration, Instant},
-    };
+/// What a reply on the full path may be dropped for while `race` runs: a miss (the slot
+/// busy, or holding the other flow), the endpoint checks run on the other flow's fields
+/// (made up: no endpoint, no listener), or the check that the entry did not change.
+const REPLY_DROPS: [Reason; 4] = [
+    Reason::DropFlowChanged,
+    Reason::DropNoFlow,
+    Reason::DropNotConnected,
+    Reason::DropNoListener,
+];
 
-    let other_key = FlowKey::new(r.key.vpc_id, [198, 18, 250, 1], ENI, 40001, 443, PROTO_TCP);
+/// IPv4's other flow for `race`: every field of the translation different from `e`'s.
+fn other4(e: &FlowEntry) -> (FlowKey, FlowEntry) {
+    let key = FlowKey::new(e.out_vpc_id, [198, 18, 250, 1], ENI, 40001, 443, PROTO_TCP);
     let other = FlowEntry {
         new_src: [10, 10, 0, 251],
         new_dst: [10, 10, 0, 99],
@@ -640,127 +607,11 @@ fn race(r: &mut Raced, drops: &[Reason]) -> (u64, u64, u64) {
         new_dport: 8080,
         src_mac: [0x02, 0, 0, 0, 0, 0x98],
         dst_mac: [0x02, 0, 0, 0, 0, 0x99],
-        csum_ip: r.entry.csum_ip ^ 0x5a5a,
-        csum_l4: r.entry.csum_l4 ^ 0xa5a5,
-        ..r.entry
+        csum_ip: e.csum_ip ^ 0x5a5a,
+        csum_l4: e.csum_l4 ^ 0xa5a5,
+        ..*e
     };
-    let mine = r.entry;
-    let h = &mut r.h;
-    let map = h.dp.map(map_names::CONNTRACK).unwrap();
-    let aya::maps::Map::Array(data) = map else {
-        panic!("conntrack is not an array")
-    };
-    let buckets = data.info().unwrap().max_entries() as usize;
-    let len = buckets * std::mem::size_of::<FlowBucket>();
-    // SAFETY: a shared mapping of the map's memory (BPF_F_MMAPABLE), unmapped below.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            data.fd().as_fd().as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(
-        base,
-        libc::MAP_FAILED,
-        "{}",
-        std::io::Error::last_os_error()
-    );
-    let slots = base.cast::<FlowSlot>();
-    let at = (0..buckets * FLOW_WAYS as usize)
-        .find(|&i| {
-            // SAFETY: inside the mapping.
-            let s = unsafe { std::ptr::read_volatile(slots.add(i)) };
-            slot_state(s.state) == SLOT_LIVE && s.key == r.key
-        })
-        .expect("the flow's slot");
-    let slot = slots.wrapping_add(at) as usize;
-    let changed_before = h.count(Reason::DropFlowChanged);
-    // The packets on one CPU, the writer on the other (the other tests of this binary
-    // may share them: the bound below is in time, and long).
-    let cpus = two_cpus();
-    pin_to(cpus[0]);
-    let stop = AtomicBool::new(false);
-    let (mut forwarded, mut dropped, mut runs) = (0u64, 0u64, 0u64);
-    std::thread::scope(|s| {
-        let writer = s.spawn(|| {
-            pin_to(cpus[1]);
-            let slot = slot as *mut FlowSlot;
-            // SAFETY: the slot's state word, aligned, inside the mapping.
-            let state = unsafe { AtomicU64::from_ptr(&raw mut (*slot).state) };
-            let mut turns = 0u64;
-            while !stop.load(SeqCst) {
-                for (k, e) in [(other_key, other), (r.key, mine)] {
-                    let w = state.load(SeqCst);
-                    assert_eq!(slot_state(w), SLOT_LIVE);
-                    let busy = next_state(w, SLOT_BUSY);
-                    // No packet path writes the state word of a slot it only reads.
-                    assert!(state.compare_exchange(w, busy, SeqCst, SeqCst).is_ok());
-                    // SAFETY: this writer's slot now.
-                    unsafe {
-                        std::ptr::write_volatile(&raw mut (*slot).key, k);
-                        std::ptr::write_volatile(&raw mut (*slot).entry, e);
-                    }
-                    state.store(next_state(busy, SLOT_LIVE), SeqCst);
-                }
-                turns += 1;
-            }
-            turns
-        });
-        let start = Instant::now();
-        while runs < 2_000_000 && start.elapsed() < Duration::from_secs(30) {
-            runs += 1;
-            let (act, out) = h.run(r.ifindex, &r.frame).unwrap();
-            match act {
-                XDP_REDIRECT => {
-                    forwarded += 1;
-                    if out != r.expected {
-                        stop.store(true, SeqCst);
-                        // Raw: a mixed frame may not even parse (its checksums).
-                        panic!(
-                            "run {runs}: the flow's packet left as MACs {:02x?}, IPv4 \
-                             {:?}, ports {:?}, not as {:02x?}, {:?}, {:?}",
-                            &out[..12],
-                            &out[26..34],
-                            &out[34..38],
-                            &r.expected[..12],
-                            &r.expected[26..34],
-                            &r.expected[34..38],
-                        );
-                    }
-                }
-                XDP_DROP => dropped += 1,
-                other => {
-                    stop.store(true, SeqCst);
-                    panic!("run {runs}: action {other}: {:?}", h.active_stats());
-                }
-            }
-            // Enough of both outcomes seen: the race was run, not only the flow.
-            if runs >= 20_000
-                && h.count(Reason::DropFlowChanged) >= changed_before + 20
-                && forwarded >= 1000
-            {
-                break;
-            }
-        }
-        stop.store(true, SeqCst);
-        let turns = writer.join().unwrap();
-        eprintln!("{runs} runs, {forwarded} forwarded, {dropped} dropped, {turns} writer turns");
-    });
-    // SAFETY: the mapping made above.
-    unsafe { libc::munmap(base, len) };
-    let counted: u64 = drops.iter().map(|&d| h.count(d)).sum();
-    eprintln!("{:?}", h.active_stats());
-    assert_eq!(dropped, counted, "{:?}", h.active_stats());
-    // The slot holds the flow again.
-    assert_eq!(
-        h.dp.flow::<FlowEntry>(&r.key).unwrap().unwrap().new_dst,
-        mine.new_dst
-    );
-    (forwarded, dropped, h.count(Reason::DropFlowChanged))
+    (key, other)
 }
 
 /// Another CPU's writer takes a flow's slot while packets of the flow go through the
@@ -780,8 +631,16 @@ fn a_slot_taken_while_a_packet_reads_it_never_lends_the_packet_another_flow() {
         (XDP_REDIRECT, r.expected.clone())
     );
     assert_eq!(fast(&r.h, &r.key), before.wrapping_add(1));
-    let (forwarded, _, changed) =
-        race(&mut r, &[Reason::DropFlowChanged, Reason::DropNotConnected]);
+    let (forwarded, _, changed) = race(
+        &mut r.h,
+        &SLOTS,
+        &r.frame,
+        r.ifindex,
+        &r.expected,
+        (r.key, r.entry),
+        other4(&r.entry),
+        &[Reason::DropFlowChanged, Reason::DropNotConnected],
+    );
     assert!(forwarded > 0, "the flow was never forwarded");
     assert!(
         changed > 0,
@@ -798,17 +657,15 @@ fn a_slot_taken_while_the_full_path_reads_it_never_lends_the_packet_another_flow
     let h = Harness::new(&packet_state()).unwrap();
     let mut r = raced(h, true, false, |_| 0);
     let full = r.h.count(Reason::ForwardToConsumer);
-    // Dropped: a miss (the slot busy, or holding the other flow), or the endpoint checks
-    // run on the other flow's fields (made up: no endpoint, no listener), or the check
-    // that the entry did not change.
     let (forwarded, _, changed) = race(
-        &mut r,
-        &[
-            Reason::DropFlowChanged,
-            Reason::DropNoFlow,
-            Reason::DropNotConnected,
-            Reason::DropNoListener,
-        ],
+        &mut r.h,
+        &SLOTS,
+        &r.frame,
+        r.ifindex,
+        &r.expected,
+        (r.key, r.entry),
+        other4(&r.entry),
+        &REPLY_DROPS,
     );
     assert!(forwarded > 0, "the flow was never forwarded");
     assert!(
@@ -818,4 +675,204 @@ fn a_slot_taken_while_the_full_path_reads_it_never_lends_the_packet_another_flow
     // (The writer puts the entry back unstamped at every turn: the full path took the
     // packets, but for the odd one between a stamp and the writer's next turn.)
     assert_eq!(r.h.count(Reason::ForwardToConsumer) - full, forwarded);
+}
+
+/// An IPv6 flow opened through the program (client port 40100 to the ENI's port 80) and
+/// one direction of it for `race`, as `raced` (its key, entry, a packet of it, the
+/// interface it comes in on, the frame the program makes of it).
+fn raced6(
+    h: &mut Harness,
+    reply: bool,
+    reject: bool,
+    epoch: impl Fn(&Harness) -> u32,
+) -> (FlowKey6, FlowEntry6, Vec<u8>, u32, Vec<u8>) {
+    teach_lb(h);
+    let client = |h: &Harness, syn: bool| {
+        let mut v = Vec::new();
+        let b = PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
+            .ipv6(client6(), eni6(), 64)
+            .tcp(40100, 80, 1000, 64240);
+        let b = if syn { b.syn() } else { b.ack(5001) };
+        b.write(&mut v, if syn { &[] } else { &[0u8; 18] }).unwrap();
+        v
+    };
+    let from_lb = |h: &Harness, to: ([u8; 16], u16), syn: bool| {
+        let mut v = Vec::new();
+        let b = PacketBuilder::ethernet2(LB6_MAC, h.provider.mac)
+            .ipv6(lb6(), to.0, 64)
+            .tcp(80, to.1, 5000, 64240);
+        let b = if syn { b.syn().ack(1001) } else { b.ack(1001) };
+        b.write(&mut v, if syn { &[] } else { &[0u8; 18] }).unwrap();
+        v
+    };
+    // The tuple a frame carries, read by etherparse.
+    let ends = |frame: &[u8]| {
+        let p = SlicedPacket::from_ethernet(frame).unwrap();
+        let (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Tcp(t))) = (p.net, p.transport) else {
+            panic!("not IPv6 TCP")
+        };
+        let h = ip.header();
+        (
+            (h.source(), t.source_port()),
+            (h.destination(), t.destination_port()),
+        )
+    };
+    let (act, out) = h.run(h.consumer.ifindex, &client(h, true)).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let (snat, to) = ends(&out);
+    assert_eq!(to, (lb6(), 80));
+    let (act, _) = h.run(h.provider.ifindex, &from_lb(h, snat, true)).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let ack = client(h, false);
+    let (act, out) = h.run(h.consumer.ifindex, &ack).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    assert_eq!(ends(&out), (snat, (lb6(), 80)));
+    let (frame, ifindex, key, expected) = if reply {
+        let data = from_lb(h, snat, false);
+        let (act, back) = h.run(h.provider.ifindex, &data).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+        assert_eq!(ends(&back), ((eni6(), 80), (client6(), 40100)));
+        let key = FlowKey6::new(numeric_id("vpc-b"), lb6(), snat.0, 80, snat.1, PROTO_TCP);
+        (data, h.provider.ifindex, key, back)
+    } else {
+        let key = FlowKey6::new(numeric_id("vpc-a"), client6(), eni6(), 40100, 80, PROTO_TCP);
+        (ack, h.consumer.ifindex, key, out)
+    };
+    if reject {
+        h.apply_state(
+            &dual_state().replace("connection = \"connected\"", "connection = \"rejected\""),
+        )
+        .unwrap();
+    }
+    let mut entry: FlowEntry6 = h.dp.flow(&key).unwrap().unwrap();
+    entry.epoch = epoch(h);
+    h.dp.put_flow(&key, entry).unwrap();
+    (key, entry, frame, ifindex, expected)
+}
+
+/// IPv6's other flow for `race`: every field of the translation different from `e`'s.
+fn other6(e: &FlowEntry6) -> (FlowKey6, FlowEntry6) {
+    let mut src = client6();
+    src[15] ^= 0x5a;
+    let key = FlowKey6::new(e.out_vpc_id, src, eni6(), 40001, 80, PROTO_TCP);
+    let other = FlowEntry6 {
+        new_src: [0xfd; 16],
+        new_dst: [0xfe; 16],
+        new_sport: 1234,
+        new_dport: 8080,
+        src_mac: [0x02, 0, 0, 0, 0, 0x98],
+        dst_mac: [0x02, 0, 0, 0, 0, 0x99],
+        csum_l4: e.csum_l4 ^ 0xa5a5,
+        ..*e
+    };
+    (key, other)
+}
+
+/// `a_slot_taken_while_a_packet_reads_it_never_lends_the_packet_another_flow` for IPv6
+/// (`established6`).
+#[test]
+fn an_ipv6_slot_taken_while_a_packet_reads_it_never_lends_the_packet_another_flow() {
+    let mut h = Harness::new(&dual_state()).unwrap();
+    let (key, entry, frame, ifindex, expected) =
+        raced6(&mut h, false, true, |h| h.dp.epoch().unwrap());
+    let fast = |h: &Harness| h.dp.flow::<FlowEntry6>(&key).unwrap().unwrap().fast_packets;
+    let before = fast(&h);
+    assert_eq!(
+        h.run(ifindex, &frame).unwrap(),
+        (XDP_REDIRECT, expected.clone())
+    );
+    assert_eq!(
+        fast(&h),
+        before.wrapping_add(1),
+        "the established path took it"
+    );
+    let (forwarded, _, changed) = race(
+        &mut h,
+        &SLOTS6,
+        &frame,
+        ifindex,
+        &expected,
+        (key, entry),
+        other6(&entry),
+        &[Reason::DropFlowChanged, Reason::DropNotConnected],
+    );
+    assert!(forwarded > 0, "the flow was never forwarded");
+    assert!(
+        changed > 0,
+        "no packet read the slot while the writer took it: not raced"
+    );
+}
+
+/// `a_slot_taken_while_the_full_path_reads_it_never_lends_the_packet_another_flow` for
+/// IPv6 (`reply6`).
+#[test]
+fn an_ipv6_slot_taken_while_the_full_path_reads_it_never_lends_the_packet_another_flow() {
+    let mut h = Harness::new(&dual_state()).unwrap();
+    let (key, entry, frame, ifindex, expected) = raced6(&mut h, true, false, |_| 0);
+    let full = h.count(Reason::Forward6ToConsumer);
+    let (forwarded, _, changed) = race(
+        &mut h,
+        &SLOTS6,
+        &frame,
+        ifindex,
+        &expected,
+        (key, entry),
+        other6(&entry),
+        &REPLY_DROPS,
+    );
+    assert!(forwarded > 0, "the flow was never forwarded");
+    assert!(
+        changed > 0,
+        "no packet read the slot while the writer took it: not raced"
+    );
+    assert_eq!(h.count(Reason::Forward6ToConsumer) - full, forwarded);
+}
+
+/// The same race on the forward full path (the client's direction, its entry never
+/// stamped). A packet that misses its flow would make it again, so the endpoint may make
+/// no other: its SNAT pool one tuple, its allowance of new flows one (`endpoint_flow_share` 1 % of a one-tuple pool, taken by
+/// the flow),
+/// refilled over ten minutes (`drop_endpoint_flow_limit`).
+#[test]
+fn a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_another_flow() {
+    let state = packet_state().replace(
+        r#"snat = ["10.10.0.200", "10.10.0.201"]"#,
+        "endpoint_flow_share = 1\nsnat = [\"10.10.0.200\"]\nsnat_ports = [40000, 40000]",
+    );
+    assert!(state.contains("snat_ports"));
+    let mut h = Harness::new(&state).unwrap();
+    h.dp.set_config(&Config {
+        embryonic_timeout_ns: 600 * 1_000_000_000,
+        flow_capacity: 65536 / 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut r = raced(h, false, false, |_| 0);
+    let sent = |h: &Harness| h.count(Reason::ForwardToService) + h.count(Reason::ForwardNewFlow);
+    let full = sent(&r.h);
+    let (forwarded, _, changed) = race(
+        &mut r.h,
+        &SLOTS,
+        &r.frame,
+        r.ifindex,
+        &r.expected,
+        (r.key, r.entry),
+        other4(&r.entry),
+        // (A packet that found the other flow's fields where its own should be takes them
+        // for a flow whose reply entry is gone, and would make it again: refused, by the
+        // allowance or, now and then, by the reply entry's bucket.)
+        &[
+            Reason::DropFlowChanged,
+            Reason::DropEndpointFlowLimit,
+            Reason::DropConntrackFull,
+        ],
+    );
+    assert!(forwarded > 0, "the flow was never forwarded");
+    assert!(
+        changed > 0,
+        "no packet read the slot while the writer took it: not raced"
+    );
+    // (The flow may have been made again meanwhile, by a packet that found it missing,
+    // on the pool's one tuple: its frames are the same, counted as new flows.)
+    assert_eq!(sent(&r.h) - full, forwarded);
 }

@@ -1038,3 +1038,63 @@ fn only_probed_appliances_reach_the_hosts_own_address() {
     assert_eq!(h.run(h.provider.ifindex, &stranger).unwrap().0, XDP_DROP);
     assert_eq!(h.count(Reason::DropHostIsolated), 8);
 }
+
+/// The steer path (the full one: the flow's entry never stamped, so every packet goes
+/// there) while another CPU's writer takes the flow's slot again and again, as an eviction
+/// does (`slotrace::race`): every frame sent to an appliance is this flow's own
+/// encapsulation, never one with another flow's appliance, outer addresses or MACs. The
+/// appliances unhealthy and no rebalancing: the flow keeps its appliance, and a packet
+/// that misses the flow makes none (`drop_no_healthy_appliance`).
+#[test]
+fn a_slot_taken_while_the_steer_path_reads_it_never_lends_the_packet_another_flow() {
+    use privatelink_common::{FlowKey, PROTO_TCP};
+    use privatelink_tests::slotrace::{SLOTS, race};
+
+    let mut h = harness();
+    let frame = tcp_ack(&h, CLIENT, SERVER, 42000, 80, &[7; 24]);
+    let (act, expected) = h.run(h.consumer.ifindex, &frame).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    check_geneve(&h, &frame, &expected, &dissect_one(&expected), APPL_A);
+    set_unhealthy(&mut h, false, "no_rebalance", &[APPL_A, APPL_B]);
+    let (key, mut entry) =
+        h.dp.flows()
+            .unwrap()
+            .into_iter()
+            .find(|(k, e)| e.flags & FLOW_GWLB != 0 && k.src == CLIENT && k.sport == 42000)
+            .unwrap();
+    entry.epoch = 0;
+    h.dp.put_flow(&key, entry).unwrap();
+    assert_eq!(
+        h.run(h.consumer.ifindex, &frame).unwrap(),
+        (XDP_REDIRECT, expected.clone()),
+        "the full path, its appliance kept"
+    );
+    let other_key = FlowKey::new(key.vpc_id, [10, 30, 1, 99], SERVER, 40001, 80, PROTO_TCP);
+    let other = FlowEntry {
+        new_src: [10, 99, 0, 1],
+        new_dst: [10, 99, 0, 2],
+        new_sport: 1234,
+        src_mac: [0x02, 0, 0, 0, 0, 0x98],
+        dst_mac: [0x02, 0, 0, 0, 0, 0x99],
+        csum_ip: entry.csum_ip ^ 0x5a5a,
+        csum_l4: entry.csum_l4 ^ 0xa5a5,
+        ..entry
+    };
+    let (sent, ifindex) = (h.count(Reason::GwlbToAppliance), h.consumer.ifindex);
+    let (forwarded, _, changed) = race(
+        &mut h,
+        &SLOTS,
+        &frame,
+        ifindex,
+        &expected,
+        (key, entry),
+        (other_key, other),
+        &[Reason::DropFlowChanged, Reason::DropNoHealthyAppliance],
+    );
+    assert!(forwarded > 0, "the flow was never forwarded");
+    assert!(
+        changed > 0,
+        "no packet read the slot while the writer took it: not raced"
+    );
+    assert_eq!(h.count(Reason::GwlbToAppliance) - sent, forwarded);
+}

@@ -816,3 +816,81 @@ fn the_ipv6_established_path_encapsulates_exactly_as_the_full_path() {
         assert_eq!(trace(&slow, sport, proto), (0, 0), "the full path only");
     }
 }
+
+/// `gwlb_packets.rs`'s slot race on the IPv6 steer path (`gwlb6`): every frame sent to an
+/// appliance is this flow's own encapsulation.
+#[test]
+fn a_slot_taken_while_the_ipv6_steer_path_reads_it_never_lends_the_packet_another_flow() {
+    use std::collections::BTreeSet;
+
+    use privatelink_common::{FLOW_GWLB, FlowEntry6, FlowKey6, PROTO_TCP};
+    use privatelink_tests::{
+        gwlb::state6,
+        slotrace::{SLOTS6, race},
+    };
+    use privatelink_user::{
+        dataplane,
+        desired::{self, Unhealthy},
+        model::parse_state,
+    };
+
+    let mut h = harness();
+    let frame = tcp6(&h, CLIENT6, SERVER6, 42000, 80, &[7; 24]);
+    let (act, expected) = h.run(h.consumer.ifindex, &frame).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    check_geneve(&h, &frame, &expected, &dissect_one(&expected), APPL_A);
+    // The appliances unhealthy, no rebalancing: the flow keeps its appliance, and a packet
+    // that misses the flow makes none (`drop_no_healthy_appliance`).
+    let s = parse_state(&state6(false, "five_tuple", "no_rebalance")).unwrap();
+    let appl = numeric_id("vpc-appl");
+    let down: Unhealthy = [(appl, APPL_A), (appl, APPL_B)]
+        .into_iter()
+        .collect::<BTreeSet<_>>();
+    h.dp.apply(&desired::compute(&s, dataplane::resolve_link, &down).unwrap())
+        .unwrap();
+    h.dp.set_neighbor(appl, APPL_A, APPL_A_MAC).unwrap();
+    h.dp.set_neighbor(appl, APPL_B, APPL_B_MAC).unwrap();
+    let (key, mut entry) =
+        h.dp.flows6()
+            .unwrap()
+            .into_iter()
+            .find(|(k, e)| e.flags & FLOW_GWLB != 0 && k.src == CLIENT6 && k.sport == 42000)
+            .unwrap();
+    // Never stamped: every packet takes the steer path.
+    entry.epoch = 0;
+    h.dp.put_flow(&key, entry).unwrap();
+    assert_eq!(
+        h.run(h.consumer.ifindex, &frame).unwrap(),
+        (XDP_REDIRECT, expected.clone()),
+        "the full path, its appliance kept"
+    );
+    let mut src = CLIENT6;
+    src[15] ^= 0x5a;
+    let other_key = FlowKey6::new(key.vpc_id, src, SERVER6, 40001, 80, PROTO_TCP);
+    let other = FlowEntry6 {
+        new_src: [0xfd; 16],
+        new_dst: [0xfe; 16],
+        new_sport: 1234,
+        src_mac: [0x02, 0, 0, 0, 0, 0x98],
+        dst_mac: [0x02, 0, 0, 0, 0, 0x99],
+        csum_l4: entry.csum_l4 ^ 0xa5a5,
+        ..entry
+    };
+    let (sent, ifindex) = (h.count(Reason::Gwlb6ToAppliance), h.consumer.ifindex);
+    let (forwarded, _, changed) = race(
+        &mut h,
+        &SLOTS6,
+        &frame,
+        ifindex,
+        &expected,
+        (key, entry),
+        (other_key, other),
+        &[Reason::DropFlowChanged, Reason::DropNoHealthyAppliance],
+    );
+    assert!(forwarded > 0, "the flow was never forwarded");
+    assert!(
+        changed > 0,
+        "no packet read the slot while the writer took it: not raced"
+    );
+    assert_eq!(h.count(Reason::Gwlb6ToAppliance) - sent, forwarded);
+}

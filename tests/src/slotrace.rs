@@ -1,0 +1,224 @@
+//! Another CPU's writer taking a flow's slot while packets of the flow go through the
+//! program (`race`): what the data path's lock-free readers must survive. And the two
+//! CPUs such tests run on.
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+    time::{Duration, Instant},
+};
+
+use privatelink_common::{
+    FlowSlot, FlowSlot6, Reason,
+    flowtable::{FLOW_WAYS, SLOT_BUSY, SLOT_LIVE, next_state, slot_state},
+    map_names,
+};
+
+use crate::testrun::Harness;
+
+const XDP_DROP: u32 = 1;
+const XDP_REDIRECT: u32 = 4;
+
+/// Where a family's flow table keeps a slot's parts (its state word first).
+pub struct Slots {
+    map: &'static str,
+    size: usize,
+    key: usize,
+    entry: usize,
+}
+
+pub const SLOTS: Slots = Slots {
+    map: map_names::CONNTRACK,
+    size: std::mem::size_of::<FlowSlot>(),
+    key: std::mem::offset_of!(FlowSlot, key),
+    entry: std::mem::offset_of!(FlowSlot, entry),
+};
+
+pub const SLOTS6: Slots = Slots {
+    map: map_names::CONNTRACK6,
+    size: std::mem::size_of::<FlowSlot6>(),
+    key: std::mem::offset_of!(FlowSlot6, key),
+    entry: std::mem::offset_of!(FlowSlot6, entry),
+};
+
+/// Runs `frame` (arriving on `ifindex`) through the program while a writer thread takes
+/// the slot of `mine` again and again, as an eviction does: `other`'s key and entry
+/// written into it, then `mine`'s again, each under a claim of the slot's state word (the
+/// data path's protocol), on `t`'s table through a shared mapping. Every forwarded frame
+/// must be `expected`; every dropped one counted as one of `drops`. Returns (forwarded,
+/// dropped, `drop_flow_changed`).
+#[allow(clippy::too_many_arguments)]
+pub fn race<K: Copy + PartialEq + Send + Sync, V: Copy + Send + Sync>(
+    h: &mut Harness,
+    t: &Slots,
+    frame: &[u8],
+    ifindex: u32,
+    expected: &[u8],
+    mine: (K, V),
+    other: (K, V),
+    drops: &[Reason],
+) -> (u64, u64, u64) {
+    let map = h.dp.map(t.map).unwrap();
+    let aya::maps::Map::Array(data) = map else {
+        panic!("{} is not an array", t.map)
+    };
+    let slots = data.info().unwrap().max_entries() as usize * FLOW_WAYS as usize;
+    let len = slots * t.size;
+    // SAFETY: a shared mapping of the map's memory (BPF_F_MMAPABLE), unmapped below.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            data.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        base,
+        libc::MAP_FAILED,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    let base = base.cast::<u8>();
+    let at = (0..slots)
+        .find(|&i| {
+            // SAFETY: a slot's state word and key, inside the mapping.
+            unsafe {
+                let s = base.add(i * t.size);
+                slot_state(std::ptr::read_volatile(s.cast::<u64>())) == SLOT_LIVE
+                    && std::ptr::read_volatile(s.add(t.key).cast::<K>()) == mine.0
+            }
+        })
+        .expect("the flow's slot");
+    let slot = base.wrapping_add(at * t.size) as usize;
+    let changed_before = h.count(Reason::DropFlowChanged);
+    // The packets on one CPU, the writer on the other (the other tests of this binary
+    // may share them: the bound below is in time, and long).
+    let cpus = two_cpus();
+    pin_to(cpus[0]);
+    let stop = AtomicBool::new(false);
+    let (mut forwarded, mut dropped, mut runs) = (0u64, 0u64, 0u64);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            pin_to(cpus[1]);
+            let slot = slot as *mut u8;
+            // SAFETY: the slot's state word, aligned, inside the mapping.
+            let state = unsafe { AtomicU64::from_ptr(slot.cast()) };
+            let mut turns = 0u64;
+            while !stop.load(SeqCst) {
+                for (k, e) in [other, mine] {
+                    let w = state.load(SeqCst);
+                    // Claimed as the data path claims; a packet's path may have claimed
+                    // and rewritten it meanwhile (a flow it found missing, made again:
+                    // the forward path does), and then this turn waits for the next.
+                    let busy = next_state(w, SLOT_BUSY);
+                    if slot_state(w) != SLOT_LIVE
+                        || state.compare_exchange(w, busy, SeqCst, SeqCst).is_err()
+                    {
+                        continue;
+                    }
+                    // SAFETY: this writer's slot now.
+                    unsafe {
+                        std::ptr::write_volatile(slot.add(t.key).cast::<K>(), k);
+                        std::ptr::write_volatile(slot.add(t.entry).cast::<V>(), e);
+                    }
+                    state.store(next_state(busy, SLOT_LIVE), SeqCst);
+                }
+                turns += 1;
+            }
+            turns
+        });
+        let start = Instant::now();
+        while runs < 2_000_000 && start.elapsed() < Duration::from_secs(30) && !stop.load(SeqCst) {
+            runs += 1;
+            let (act, out) = h.run(ifindex, frame).unwrap();
+            match act {
+                XDP_REDIRECT => {
+                    forwarded += 1;
+                    if out != expected {
+                        stop.store(true, SeqCst);
+                        // Raw: a mixed frame may not even parse (its checksums).
+                        let n = out.len().min(70);
+                        panic!(
+                            "run {runs}: the flow's packet left as {:02x?}, not as {:02x?}",
+                            &out[..n],
+                            &expected[..expected.len().min(70)],
+                        );
+                    }
+                }
+                XDP_DROP => dropped += 1,
+                other => {
+                    stop.store(true, SeqCst);
+                    panic!("run {runs}: action {other}: {:?}", h.active_stats());
+                }
+            }
+            // Enough of both outcomes seen: the race was run, not only the flow.
+            if runs >= 20_000
+                && h.count(Reason::DropFlowChanged) >= changed_before + 20
+                && forwarded >= 1000
+            {
+                break;
+            }
+        }
+        stop.store(true, SeqCst);
+        let turns = match writer.join() {
+            Ok(turns) => turns,
+            Err(e) => {
+                eprintln!(
+                    "the writer failed after {runs} runs: {:?}",
+                    h.active_stats()
+                );
+                std::panic::resume_unwind(e)
+            }
+        };
+        eprintln!("{runs} runs, {forwarded} forwarded, {dropped} dropped, {turns} writer turns");
+    });
+    // The slot holds the flow again, live.
+    // SAFETY: the slot's state word and key, inside the mapping.
+    unsafe {
+        let s = base.add(at * t.size);
+        assert_eq!(
+            slot_state(std::ptr::read_volatile(s.cast::<u64>())),
+            SLOT_LIVE
+        );
+        assert!(std::ptr::read_volatile(s.add(t.key).cast::<K>()) == mine.0);
+    }
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(base.cast(), len) };
+    let counted: u64 = drops.iter().map(|&d| h.count(d)).sum();
+    eprintln!("{:?}", h.active_stats());
+    assert_eq!(dropped, counted, "{:?}", h.active_stats());
+    (forwarded, dropped, h.count(Reason::DropFlowChanged))
+}
+
+/// Two CPUs this process may run on (BPF_PROG_TEST_RUN runs a program on its caller's).
+pub fn two_cpus() -> [usize; 2] {
+    // SAFETY: a zeroed cpu_set_t filled by the kernel; read with libc's macros.
+    let cpus: Vec<usize> = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .take(2)
+            .collect()
+    };
+    cpus.try_into().expect("this test needs two CPUs")
+}
+
+/// Runs the calling thread on `cpu` only.
+pub fn pin_to(cpu: usize) {
+    // SAFETY: a cpu_set_t built with libc's macros; this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
