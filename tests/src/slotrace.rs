@@ -45,8 +45,9 @@ pub const SLOTS6: Slots = Slots {
 /// the slot of `mine` again and again, as an eviction does: `other`'s key and entry
 /// written into it, then `mine`'s again, each under a claim of the slot's state word (the
 /// data path's protocol), on `t`'s table through a shared mapping. Every forwarded frame
-/// must be `expected`; every dropped one counted as one of `drops`. Returns (forwarded,
-/// dropped, `drop_flow_changed`).
+/// must be `expected`; every dropped one counted as one of `drops`; some forwarded, and
+/// some dropped by the check (`drop_flow_changed`): else the race was not run. Returns
+/// (forwarded, dropped, dropped by the check).
 #[allow(clippy::too_many_arguments)]
 pub fn race<K: Copy + PartialEq + Send + Sync, V: Copy + Send + Sync>(
     h: &mut Harness,
@@ -190,7 +191,13 @@ pub fn race<K: Copy + PartialEq + Send + Sync, V: Copy + Send + Sync>(
     let counted: u64 = drops.iter().map(|&d| h.count(d)).sum();
     eprintln!("{:?}", h.active_stats());
     assert_eq!(dropped, counted, "{:?}", h.active_stats());
-    (forwarded, dropped, h.count(Reason::DropFlowChanged))
+    assert!(forwarded > 0, "the flow was never forwarded");
+    let changed = h.count(Reason::DropFlowChanged) - changed_before;
+    assert!(
+        changed > 0,
+        "no packet read the slot while the writer took it in {runs} runs: not raced"
+    );
+    (forwarded, dropped, changed)
 }
 
 /// Two CPUs this process may run on (BPF_PROG_TEST_RUN runs a program on its caller's).
