@@ -113,9 +113,10 @@ reasons! {
     // Too big once encapsulated, and no larger than IPv6's minimum MTU (1280), which a
     // Packet Too Big cannot go below: the appliance port's MTU is under 1280 + 68.
     DropGwlbIpv6Mtu = 64 => "drop_gwlb_ipv6_mtu", true;
-    // An established path's flow slot was taken by another CPU's writer (an eviction, or
-    // a new entry over the same key) while it read the entry: what it read may mix two
-    // entries, so the frame, already rewritten, is dropped (`flowtable::Seen`).
+    // A flow slot was taken by another CPU's writer (an eviction, or a new entry over the
+    // same key) while a path that forwards by it (established, full, GWLB, ICMP error)
+    // read the entry: what it read may mix two entries or be another flow's, so the
+    // frame, perhaps already rewritten, is dropped (`flowtable::Seen`).
     DropFlowChanged = 65 => "drop_flow_changed", true;
 }
 

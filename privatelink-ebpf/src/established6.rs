@@ -218,7 +218,7 @@ fn to_appliance6(
     redirect_to(out_ifindex, Reason::Gwlb6ToAppliance)
 }
 
-/// `flows6::apply6`'s rewrite with the stamped delta, and `nat6::redirect6`'s MACs. `l4`
+/// `flows6::apply6`'s rewrite with the stamped delta, and `nat6::next_hop6`'s MACs. `l4`
 /// is the L4 header's first 8 bytes (the ports, and UDP's checksum).
 #[inline(always)]
 fn rewrite(

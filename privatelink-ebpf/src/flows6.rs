@@ -31,10 +31,10 @@ use crate::{
     conntrack::{Flow, SNAT_ATTEMPTS, SeqAck, keep_partner, l4_state, refund, take_token, track},
     flowtable::{FLOWS6, Seen},
     maps::{PL_NEIGHBORS6, PL_SNAT6_POOLS, PL_VPC_PORTS, config, key_scratch6, scratch6},
-    nat6::{l4_delta6, rewrite_ip6},
+    nat6::{self, l4_delta6, rewrite_ip6},
     packet::Packet,
     packet6::{copy_addr, forwardable_source, words},
-    parse::{ETH_LEN, EthHdr, Ipv6Hdr, Ports, be16, mut_at, ne16, set_macs},
+    parse::{ETH_LEN, Ipv6Hdr, Ports, be16, mut_at, ne16},
 };
 
 /// Reads the 5-tuple of an IPv6 TCP/UDP packet whose L4 header must be complete into
@@ -533,7 +533,5 @@ pub fn apply6(ctx: &XdpContext, pkt: &Packet, e: &FlowEntry6) -> Result<u32, Rea
     ports.sport = e.new_sport.to_be_bytes();
     ports.dport = e.new_dport.to_be_bytes();
     rewrite_ip6(ctx, &e.new_src, &e.new_dst)?;
-    let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
-    set_macs(eth, e.dst_mac, e.src_mac);
-    Ok(e.out_ifindex)
+    nat6::next_hop6(ctx, e)
 }

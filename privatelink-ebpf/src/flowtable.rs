@@ -20,9 +20,9 @@
 //! slot being evicted is `SLOT_BUSY` while it is rewritten. A packet that read a slot a
 //! moment before another CPU evicted it may see the newer flow's fields (as with the
 //! kernel's LRU hash, whose elements are reused as soon as they are freed): the paths that
-//! forward from what they read (the established paths, the GWLB return paths) read the
-//! slot's state word again once they have (`Seen::unchanged`), and drop the frame if it
-//! moved.
+//! forward from what they read (the established, full, GWLB and ICMP error paths) read
+//! the slot's state word again once they have (`Seen::unchanged`), and drop the frame if
+//! it moved.
 //!
 //! A bucket's spill count (`spill`) counts the keys that live in their second bucket with
 //! it as their first: a lookup that misses in the first bucket reads the second only while
@@ -279,16 +279,13 @@ impl<E: Tabled> Seen<E> {
 
     /// Whether the slot still holds what the lookup found: its state word is the same.
     /// The entry's fields read before this call are ordered before its load by the
-    /// compiler (an empty `asm!`, LLVM's BPF backend having no
-    /// signal fence) and, on x86 (TSO: loads are not reordered with loads),
-    /// by the CPU. A weakly ordered CPU (arm64) would need a load-acquire or a barrier
-    /// between them, which BPF gives only as a fetching atomic (`maps::order_after_epoch`),
-    /// too dear for every packet: not taken there.
+    /// compiler (`barrier`) and, on x86 (TSO: loads are not reordered with loads), by the
+    /// CPU. A weakly ordered CPU (arm64) would need the lookup's read of the word to
+    /// acquire and a read barrier here (a seqlock's reader), which BPF gives only as a
+    /// fetching atomic (`maps::order_after_epoch`), too dear for every packet: not taken.
     #[inline(always)]
     pub fn unchanged(&self) -> bool {
-        // SAFETY: an empty instruction sequence; as any `asm!` without `nomem`, the
-        // compiler takes it to read and write memory, and orders memory accesses around it.
-        unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
+        barrier();
         load(E::state_of(self.entry)) == self.word
     }
 }
@@ -333,6 +330,7 @@ fn holds<E: Tabled>(p: *mut E::Bucket, i: u32, key: &E::Key) -> bool {
 fn live_word<E: Tabled>(p: *mut E::Bucket, i: u32, key: &E::Key) -> u64 {
     let (state, _, k, _) = E::parts(p, i);
     let w = load(state);
+    barrier();
     // SAFETY: the key of a slot of a valid bucket.
     if slot_state(w) == SLOT_LIVE && same_key(unsafe { &*k }, key) {
         w
@@ -385,6 +383,16 @@ fn geometry<E: Tabled>() -> FlowGeometry {
     }
     // SAFETY: bucket 0, valid for this run; the daemon writes its meta word whole.
     FlowGeometry::from_word(unsafe { core::ptr::read_volatile(E::meta(b.cast())) })
+}
+
+/// A compiler barrier: memory accesses are not moved across it (the state word's reads
+/// stay before and after the reads of the slot they guard). BPF has no fence instruction,
+/// and LLVM's BPF backend no signal fence: an empty `asm!`, which the compiler must take
+/// to read and write memory.
+#[inline(always)]
+fn barrier() {
+    // SAFETY: an empty instruction sequence.
+    unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
 }
 
 #[inline(always)]
@@ -521,6 +529,7 @@ impl<E: Tabled> Table<E> {
         let key = key.borrow();
         let (state, _, k, e) = slot::<E>(E::find_global(key))?;
         let w = load(state);
+        barrier();
         // SAFETY: the key of a slot of a valid bucket.
         (slot_state(w) == SLOT_LIVE && same_key(unsafe { &*k }, key))
             .then_some(Seen { entry: e, word: w })

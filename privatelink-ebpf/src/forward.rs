@@ -87,6 +87,11 @@ fn forward_checked(
                 mark(&mut *reply, eni);
                 &*reply
             };
+            // What was judged live is still the entry whose partner is confirmed (and
+            // re-made if it is gone: under a key taken from the entry).
+            if existing.is_some_and(|s| !s.unchanged()) {
+                return Err(Reason::DropFlowChanged);
+            }
             match existing {
                 // SAFETY: as above.
                 Some(s) if keep_partner(unsafe { &*s.entry }, &key, reply) => {
@@ -131,8 +136,11 @@ fn forward_checked(
     mark(e, eni);
     track(e, &key, flags, nums, t, DIR_ORIGINAL);
     let out = nat::apply(ctx, pkt, e)?;
-    // The frame took all it did from one flow's entry: else it is dropped.
+    // The frame took all it did from one flow's entry: else it is dropped, and the stamp
+    // just written, which may have landed on another flow's entry, taken back (that
+    // flow's next packet takes the full path and stamps it again).
     if !entry.unchanged() {
+        e.epoch = 0;
         return Err(Reason::DropFlowChanged);
     }
     redirect_to(out, reason)

@@ -141,6 +141,10 @@ fn find6(
         mark(&mut *reply, eni);
         &*reply
     };
+    // As in `forward`: still the entry judged, before its partner is confirmed.
+    if existing.is_some_and(|s| !s.unchanged()) {
+        return Err(Reason::DropFlowChanged);
+    }
     match existing {
         // SAFETY: as above.
         Some(s) if keep_partner6(unsafe { &*s.entry }, key, reply) => {
@@ -186,7 +190,11 @@ fn finish6(
                 mark(e, eni);
                 track6_original(e, key, found.flags, found.nums, now());
                 match apply6(ctx, pkt, e) {
-                    Ok(_) if !found.seen.unchanged() => Err(Reason::DropFlowChanged),
+                    // (The stamp taken back, as in `forward`.)
+                    Ok(_) if !found.seen.unchanged() => {
+                        e.epoch = 0;
+                        Err(Reason::DropFlowChanged)
+                    }
                     Ok(out) => redirect_to(out, reason),
                     Err(r) => Err(r),
                 }

@@ -406,17 +406,23 @@ pub fn from_appliance_checked(
         vpc_id: g.vpc_id,
         addr: dst,
     };
-    if e.peer_mac == [0; 6] {
+    let known = e.peer_mac;
+    let peer_mac = if known == [0; 6] {
         // SAFETY: copied out.
         match unsafe { PL_GWLB_NEIGH.get(dst_key) }.copied() {
-            Some(n) if n.mac != [0; 6] => e.peer_mac = n.mac,
+            Some(n) if n.mac != [0; 6] => n.mac,
             _ => return arp_probe(ctx, dst_key, port.ifindex, port.mac),
         }
-    }
-    let peer_mac = e.peer_mac;
-    // The flow checked above and the MAC are one entry's (`flowtable::Seen`).
+    } else {
+        known
+    };
+    // The flow checked above and the MAC are one entry's (`flowtable::Seen`); the MAC
+    // learned is written to it only then.
     if !seen.unchanged() {
         return Err(Reason::DropFlowChanged);
+    }
+    if known == [0; 6] {
+        e.peer_mac = peer_mac;
     }
     if let Some(c) = stats::counters(appl.counter_slot).filter(|_| appl.counter_slot != 0) {
         c.to_consumer_packets += 1;

@@ -330,8 +330,11 @@ fn flow_checked(
         src_mac: e.src_mac,
         dst_mac: e.dst_mac,
     };
-    // What `send` takes is one flow's entry: else the frame is dropped.
+    // What `send` takes is one flow's entry: else the frame is dropped, and the stamp
+    // just written, which may have landed on another flow's entry, taken back (that
+    // flow's next packet takes the full path and stamps it again).
     if !seen.unchanged() {
+        e.epoch = 0;
         return Err(Reason::DropFlowChanged);
     }
     Ok(true)
@@ -526,21 +529,27 @@ fn from_appliance_checked(
     }
     *slot = e.counter_slot;
     let port = maps::vpc_port(g.vpc_id, pkt.epoch).ok_or(Reason::DropNoRoute)?;
-    if e.peer_mac == [0; 6] {
+    let known = e.peer_mac;
+    let peer_mac = if known == [0; 6] {
         let dst_key = VpcAddr6 {
             vpc_id: g.vpc_id,
             addr: key.dst,
         };
         // SAFETY: copied out.
         match unsafe { PL_GWLB_NEIGH6.get(&dst_key) }.copied() {
-            Some(n) if n.mac != [0; 6] => e.peer_mac = n.mac,
+            Some(n) if n.mac != [0; 6] => n.mac,
             _ => return ns_probe(ctx, &dst_key, port.ifindex, port.mac),
         }
-    }
-    let peer_mac = e.peer_mac;
-    // The flow checked above and the MAC are one entry's (`flowtable::Seen`).
+    } else {
+        known
+    };
+    // The flow checked above and the MAC are one entry's (`flowtable::Seen`); the MAC
+    // learned is written to it only then.
     if !seen.unchanged() {
         return Err(Reason::DropFlowChanged);
+    }
+    if known == [0; 6] {
+        e.peer_mac = peer_mac;
     }
     let len = (ip.end - g.inner) as u64;
     if let Some(c) = stats::counters(appl.counter_slot).filter(|_| appl.counter_slot != 0) {

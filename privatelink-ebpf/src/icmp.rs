@@ -156,10 +156,13 @@ fn translate_error(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
         isport,
         proto,
     );
+    let seen = FLOWS.get_seen(key).ok_or(Reason::DropIcmpNoFlow)?;
     // SAFETY: copied out.
-    let e = unsafe { FLOWS.get(key) }
-        .copied()
-        .ok_or(Reason::DropIcmpNoFlow)?;
+    let e = unsafe { *seen.entry };
+    // The copy is one flow's entry (`flowtable::Seen`), whatever becomes of the slot.
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
     let cfg = config();
     if !conntrack::alive(&e, &key, conntrack::now(), &cfg) {
         return Err(Reason::DropIcmpNoFlow);

@@ -23,7 +23,7 @@ use crate::{
         IPV6_LEN, MAX_EXT_HEADERS, MAX_EXT_LEN, PROTO_ICMPV6, answerable_source, copy_addr, words,
     },
     parse::{ETH_LEN, EthHdr, Ipv6Hdr, Ports, be16, mut_at, ne16, ptr_at, set_macs},
-    verdict::{Verdict, settle},
+    verdict::{Verdict, redirect_to, settle},
 };
 
 pub const ICMP6_DEST_UNREACH: u8 = 1;
@@ -166,8 +166,9 @@ fn translate_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Resul
         isport,
         proto,
     );
+    let seen = FLOWS6.get_seen(key).ok_or(Reason::DropIcmpNoFlow)?;
     // SAFETY: a reference into the map, read within this run.
-    let e = unsafe { FLOWS6.get(key) }.ok_or(Reason::DropIcmpNoFlow)?;
+    let e = unsafe { &*seen.entry };
     // A GWLB flow's entry names an appliance, not a NAT rewrite: never translated here.
     if e.flags & FLOW_GWLB != 0 || !alive6(e, &key, now(), &config()) {
         return Err(Reason::DropIcmpNoFlow);
@@ -228,5 +229,10 @@ fn translate_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Resul
     icmp[2..4].copy_from_slice(&ic.to_ne_bytes());
 
     nat6::rewrite_ip6(ctx, &e.new_src, &e.new_dst)?;
-    nat6::redirect6(ctx, e, Reason::Icmp6ErrorTranslated)
+    let out = nat6::next_hop6(ctx, e)?;
+    // All the frame took from the entry was one flow's (`flowtable::Seen`): else dropped.
+    if !seen.unchanged() {
+        return Err(Reason::DropFlowChanged);
+    }
+    redirect_to(out, Reason::Icmp6ErrorTranslated)
 }

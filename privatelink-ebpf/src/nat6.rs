@@ -1,7 +1,7 @@
 //! Applying an IPv6 conntrack entry to a packet: addresses, hop limit, the checksum
 //! deltas of a rewrite (IPv6 has no header checksum; the pseudo-header holds the 128-bit
-//! addresses), MACs, then the redirect. The last step of the ICMPv6 error path (and of
-//! the NAT paths' `flows6::apply6`). Uses only `parse`, `packet6`, `verdict`.
+//! addresses), the next hop's MACs. The last steps of the ICMPv6 error path and of the NAT
+//! paths' `flows6::apply6` (their callers redirect). Uses only `parse`, `packet6`.
 
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{FlowEntry6, Reason, csum};
@@ -9,7 +9,6 @@ use privatelink_common::{FlowEntry6, Reason, csum};
 use crate::{
     packet6::{copy_addr, words},
     parse::{ETH_LEN, EthHdr, Ipv6Hdr, mut_at, set_macs},
-    verdict::{Verdict, redirect_to},
 };
 
 /// Rewrites the IPv6 header to `src`/`dst` and decrements the hop limit (checksums are
@@ -37,10 +36,12 @@ pub fn l4_delta6(
         + csum::delta_port(old_ports.1, new_ports.1)
 }
 
-/// Sets the MACs of the entry's next hop and redirects to its egress interface.
+/// Sets the MACs of the entry's next hop; returns its egress interface, for the caller's
+/// `redirect_to` once it knows that all the frame took from the entry was one flow's
+/// (`flowtable::Seen`).
 #[inline(always)]
-pub fn redirect6(ctx: &XdpContext, e: &FlowEntry6, reason: Reason) -> Result<Verdict, Reason> {
+pub fn next_hop6(ctx: &XdpContext, e: &FlowEntry6) -> Result<u32, Reason> {
     let eth = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?;
     set_macs(eth, e.dst_mac, e.src_mac);
-    redirect_to(e.out_ifindex, reason)
+    Ok(e.out_ifindex)
 }

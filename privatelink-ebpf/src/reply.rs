@@ -89,8 +89,10 @@ fn reply_checked(
     mark(e, eni_out);
     track(e, &key, flags, nums, t, DIR_REPLY);
     let out = nat::apply(ctx, pkt, e)?;
-    // As in `forward`: the frame took all it did from one flow's entry.
+    // As in `forward`: the frame took all it did from one flow's entry (else the stamp is
+    // taken back).
     if !seen.unchanged() {
+        e.epoch = 0;
         return Err(Reason::DropFlowChanged);
     }
     redirect_to(out, Reason::ForwardToConsumer)

@@ -80,8 +80,9 @@ fn reply6_checked(
     mark(e, eni);
     track6_reply(e, key, flags, nums, t);
     let out = apply6(ctx, pkt, e)?;
-    // The frame took all it did from one flow's entry.
+    // The frame took all it did from one flow's entry (else the stamp is taken back).
     if !seen.unchanged() {
+        e.epoch = 0;
         return Err(Reason::DropFlowChanged);
     }
     redirect_to(out, Reason::Forward6ToConsumer)

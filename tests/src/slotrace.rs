@@ -131,6 +131,15 @@ pub fn race<K: Copy + PartialEq + Send + Sync, V: Copy + Send + Sync>(
             }
             turns
         });
+        // A failing check below stops the writer as it unwinds (else the scope would
+        // wait for it forever).
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, SeqCst);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
         let start = Instant::now();
         while runs < 2_000_000 && start.elapsed() < Duration::from_secs(30) && !stop.load(SeqCst) {
             runs += 1;
