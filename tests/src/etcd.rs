@@ -28,28 +28,47 @@ struct Member {
     child: Option<Child>,
 }
 
-/// A loopback port nothing listens on now.
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl EtcdCluster {
-    /// Starts a new cluster of `members` and waits until it has a leader and answers.
+    /// Starts a new cluster of `members` and waits until it has a leader and answers. The
+    /// ports are picked free a moment before etcd binds them, and another process (another
+    /// test's cluster) may take one meanwhile: a member that exits while the cluster
+    /// starts (`bind: address already in use`) has the cluster started again on other
+    /// ports, three times at most.
     pub fn start(members: usize) -> Result<Self> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Self::start_once(members) {
+                Err(e) if tries < 3 && e.to_string().contains("exited") => {
+                    eprintln!("etcd cluster, try {tries}: {e:#}");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn start_once(members: usize) -> Result<Self> {
         let token = unique_name("etcd");
         let dir = std::env::temp_dir().join(format!("privatelink-{token}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
+        // Held until all are picked: no two of this cluster's ports the same.
+        let held = (0..2 * members)
+            .map(|_| Ok(TcpListener::bind("127.0.0.1:0")?))
+            .collect::<Result<Vec<_>>>()?;
+        let ports = held
+            .iter()
+            .map(|l| Ok(l.local_addr()?.port()))
+            .collect::<Result<Vec<u16>>>()?;
+        drop(held);
         let members: Vec<Member> = (0..members)
-            .map(|i| {
-                Ok(Member {
-                    name: format!("m{i}"),
-                    client: free_port()?,
-                    peer: free_port()?,
-                    child: None,
-                })
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: ports[2 * i],
+                peer: ports[2 * i + 1],
+                child: None,
             })
-            .collect::<Result<_>>()?;
+            .collect();
         let initial_cluster = members
             .iter()
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
@@ -64,7 +83,29 @@ impl EtcdCluster {
         for i in 0..c.members.len() {
             c.start_member(i)?;
         }
-        c.wait_healthy(Duration::from_secs(30))?;
+        let start = Instant::now();
+        while !c.members.iter().all(|m| healthy(m.client)) {
+            for m in &mut c.members {
+                if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    bail!(
+                        "etcd member {} exited ({status}) while the cluster started:\n{}",
+                        m.name,
+                        std::fs::read_to_string(c.dir.join(format!("{}.log", m.name)))
+                            .unwrap_or_default()
+                            .lines()
+                            .rev()
+                            .take(5)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    );
+                }
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                // As `wait_healthy` words it.
+                c.wait_healthy(Duration::ZERO)?;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Ok(c)
     }
 
