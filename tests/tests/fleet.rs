@@ -235,6 +235,21 @@ fn status(r: &anyhow::Result<Value>) -> u16 {
     }
 }
 
+/// `call` again while it answers 503, which the API gives for a write that lost its
+/// commit to other hosts' several times over (nothing of it stored: "try again"), as a
+/// client does; at most five tries, 50 ms apart.
+fn retrying(call: impl Fn() -> anyhow::Result<Value>) -> anyhow::Result<Value> {
+    let mut r = call();
+    for _ in 1..5 {
+        if status(&r) != 503 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        r = call();
+    }
+    r
+}
+
 /// The provider's service (auto-accepting, whitelisting acct-a) through host 0.
 fn service(b: &Client) {
     b.post(
@@ -374,18 +389,22 @@ fn concurrent_writes_through_two_hosts_lose_nothing_and_keep_addresses_unique() 
             let b = Client::new(&url, Some(tb));
             let mut created = Vec::new();
             for k in 0..10 {
-                let r = b.put(
-                    &format!("/v1/services/epsrv-b/whitelist/acct-{side}{k}"),
-                    &json!({}),
-                );
+                let r = retrying(|| {
+                    b.put(
+                        &format!("/v1/services/epsrv-b/whitelist/acct-{side}{k}"),
+                        &json!({}),
+                    )
+                });
                 assert_eq!(status(&r), 200, "whitelist acct-{side}{k}: {r:?}");
                 let addr = [10, 10, 1, 100 + (k % 8) as u8];
                 let id = format!("ep-{side}{k}");
-                let r = a.post(
-                    "/v1/endpoints",
-                    &json!({"id": id, "vpc": "vpc-a", "service": "epsrv-b",
-                            "zones": [{"vswitch": "vsw-a1", "eni": ip(addr)}]}),
-                );
+                let r = retrying(|| {
+                    a.post(
+                        "/v1/endpoints",
+                        &json!({"id": id, "vpc": "vpc-a", "service": "epsrv-b",
+                                "zones": [{"vswitch": "vsw-a1", "eni": ip(addr)}]}),
+                    )
+                });
                 match status(&r) {
                     200 => created.push((id, addr)),
                     // The state's own rule, as one host answers it: the address is taken.
