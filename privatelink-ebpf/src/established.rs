@@ -232,9 +232,7 @@ fn established_checked(
     let out_ifindex = e.out_ifindex;
     // Everything the frame took from the entry was one flow's: else it is dropped, and
     // the entry, another flow's by now, is not written.
-    if !seen.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still()?;
     track(e, &key, flags, nums, t, dir);
     e.fast_packets = e.fast_packets.wrapping_add(1);
     if e.flags & FLOW_LOGGED != 0 {
@@ -271,9 +269,7 @@ fn to_appliance(
     let (out_ifindex, cookie, endpoint_id, appliance) =
         (e.out_ifindex, e.gwlb_cookie(), e.endpoint_id, e.new_dport);
     // As the NAT's rewrite (`established_checked`): what was read is one flow's entry.
-    if !seen.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still()?;
     let dir = e.direction;
     track(e, key, flags, SeqAck::default(), t, dir);
     e.fast_packets = e.fast_packets.wrapping_add(1);

@@ -160,9 +160,7 @@ fn checked(
     rewrite(ctx, h, l4, e, tcp, proto, hop_limit)?;
     let out_ifindex = e.out_ifindex;
     // Everything the frame took from the entry was one flow's (as `established`'s).
-    if !seen.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still()?;
     track(e, key, flags, nums, t, dir);
     e.fast_packets = e.fast_packets.wrapping_add(1);
     let reason = if dir == DIR_ORIGINAL {
@@ -198,9 +196,7 @@ fn to_appliance6(
     let (out_ifindex, cookie, endpoint_id, appliance) =
         (e.out_ifindex, e.gwlb_cookie(), e.endpoint_id, e.new_dport);
     // What was read is one flow's entry (as `established`'s).
-    if !seen.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still()?;
     let dir = e.direction;
     track(e, key, flags, SeqAck::default(), t, dir);
     e.fast_packets = e.fast_packets.wrapping_add(1);

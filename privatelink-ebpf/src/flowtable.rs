@@ -44,7 +44,7 @@ use core::{borrow::Borrow, intrinsics::AtomicOrdering, marker::PhantomData};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_map_lookup_elem};
 use privatelink_common::{
-    FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6,
+    FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6, Reason,
     flowtable::{
         FLOW_WAYS, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, next_state, same_key,
         slot_state,
@@ -284,9 +284,34 @@ impl<E: Tabled> Seen<E> {
     /// acquire and a read barrier here (a seqlock's reader), which BPF gives only as a
     /// fetching atomic (`maps::order_after_epoch`), too dear for every packet: not taken.
     #[inline(always)]
-    pub fn unchanged(&self) -> bool {
+    fn unchanged(&self) -> bool {
         barrier();
         load(E::state_of(self.entry)) == self.word
+    }
+
+    /// `unchanged`, as the paths ask it: else the frame is dropped, counted as
+    /// `drop_flow_changed` (it was, or would be, built from an entry that another CPU took
+    /// for another flow meanwhile), and the entry, another flow's by now, is not written.
+    #[inline(always)]
+    pub fn still(&self) -> Result<(), Reason> {
+        if self.unchanged() {
+            Ok(())
+        } else {
+            Err(Reason::DropFlowChanged)
+        }
+    }
+
+    /// `still`, for a path that stamped the entry (`epoch`, a field of it) since its last
+    /// check: on a change the stamp is taken back (0), since it may have landed on the
+    /// other flow, whose next packet then takes the full path and stamps it again.
+    #[inline(always)]
+    pub fn still_else_unstamp(&self, epoch: &mut u32) -> Result<(), Reason> {
+        if self.unchanged() {
+            Ok(())
+        } else {
+            *epoch = 0;
+            Err(Reason::DropFlowChanged)
+        }
     }
 }
 

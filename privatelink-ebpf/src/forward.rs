@@ -89,8 +89,8 @@ fn forward_checked(
             };
             // What was judged live is still the entry whose partner is confirmed (and
             // re-made if it is gone: under a key taken from the entry).
-            if existing.is_some_and(|s| !s.unchanged()) {
-                return Err(Reason::DropFlowChanged);
+            if let Some(s) = existing {
+                s.still()?;
             }
             match existing {
                 // SAFETY: as above.
@@ -125,9 +125,7 @@ fn forward_checked(
     // What this path judged is the entry it is about to stamp and forward by: no other
     // CPU's writer took the slot since the lookup (`flowtable::Seen`; `nat::apply` asks
     // again once the frame is rewritten).
-    if !entry.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    entry.still()?;
     // Checked under this epoch: the next packets may take the established path, unless
     // an ACL has to see every packet.
     if gateway || eni.flags & ENI_FLAG_ACL == 0 {
@@ -139,10 +137,7 @@ fn forward_checked(
     // The frame took all it did from one flow's entry: else it is dropped, and the stamp
     // just written, which may have landed on another flow's entry, taken back (that
     // flow's next packet takes the full path and stamps it again).
-    if !entry.unchanged() {
-        e.epoch = 0;
-        return Err(Reason::DropFlowChanged);
-    }
+    entry.still_else_unstamp(&mut e.epoch)?;
     redirect_to(out, reason)
 }
 

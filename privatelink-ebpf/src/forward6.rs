@@ -142,8 +142,8 @@ fn find6(
         &*reply
     };
     // As in `forward`: still the entry judged, before its partner is confirmed.
-    if existing.is_some_and(|s| !s.unchanged()) {
-        return Err(Reason::DropFlowChanged);
+    if let Some(s) = existing {
+        s.still()?;
     }
     match existing {
         // SAFETY: as above.
@@ -175,33 +175,22 @@ fn finish6(
     reason: Reason,
 ) -> u64 {
     let eni = &eni6.eni;
-    let r = match packet_key6() {
-        Ok(key) => {
-            // SAFETY: an entry of `PL_CONNTRACK6`, valid for this run.
-            let e = unsafe { &mut *found.seen.entry };
-            // As `forward`: what was judged is the entry about to be stamped, and the
-            // frame takes all it does from one flow's entry (`flowtable::Seen`).
-            if !found.seen.unchanged() {
-                Err(Reason::DropFlowChanged)
-            } else {
-                if eni.flags & ENI_FLAG_ACL == 0 {
-                    stamp6(e, key, pkt.epoch);
-                }
-                mark(e, eni);
-                track6_original(e, key, found.flags, found.nums, now());
-                match apply6(ctx, pkt, e) {
-                    // (The stamp taken back, as in `forward`.)
-                    Ok(_) if !found.seen.unchanged() => {
-                        e.epoch = 0;
-                        Err(Reason::DropFlowChanged)
-                    }
-                    Ok(out) => redirect_to(out, reason),
-                    Err(r) => Err(r),
-                }
-            }
+    let r = packet_key6().and_then(|key| {
+        // SAFETY: an entry of `PL_CONNTRACK6`, valid for this run.
+        let e = unsafe { &mut *found.seen.entry };
+        // As `forward`: what was judged is the entry about to be stamped, and the frame
+        // takes all it does from one flow's entry (`flowtable::Seen`; the stamp taken
+        // back on a change).
+        found.seen.still()?;
+        if eni.flags & ENI_FLAG_ACL == 0 {
+            stamp6(e, key, pkt.epoch);
         }
-        Err(reason) => Err(reason),
-    };
+        mark(e, eni);
+        track6_original(e, key, found.flags, found.nums, now());
+        let out = apply6(ctx, pkt, e)?;
+        found.seen.still_else_unstamp(&mut e.epoch)?;
+        redirect_to(out, reason)
+    });
     settle_for(eni.counter_slot, r)
 }
 

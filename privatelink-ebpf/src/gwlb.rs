@@ -142,9 +142,7 @@ fn steer_checked(
     // SAFETY: valid for this run.
     let e = unsafe { &mut *seen.entry };
     // What was judged is the entry about to be written (`flowtable::Seen`).
-    if !seen.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still()?;
     if t.saturating_sub(e.checked_ns) > APPLIANCE_RECHECK_NS {
         recheck(e, &key, route, t)?;
     }
@@ -177,9 +175,7 @@ fn steer_checked(
     };
     let (out_ifindex, appliance) = (e.out_ifindex, e.new_dport);
     // The outer headers are one flow's entry's: else the frame is dropped.
-    if !seen.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still()?;
     // The appliance's counters (its slot kept in `new_dport`, see `create`).
     stats::to_appliance(appliance as u32, inner_len as u64);
     // Checked under this epoch: its next packets may take the established path, with
@@ -418,9 +414,7 @@ pub fn from_appliance_checked(
     };
     // The flow checked above and the MAC are one entry's (`flowtable::Seen`); the MAC
     // learned is written to it only then.
-    if !seen.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still()?;
     if known == [0; 6] {
         e.peer_mac = peer_mac;
     }

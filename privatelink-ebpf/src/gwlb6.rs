@@ -301,9 +301,7 @@ fn flow_checked(
     // SAFETY: valid for this run.
     let e = unsafe { &mut *seen.entry };
     // What was judged is the entry about to be written (`flowtable::Seen`).
-    if !seen.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still()?;
     if t.saturating_sub(e.checked_ns) > APPLIANCE_RECHECK_NS {
         recheck(e, &key, route, t)?;
     }
@@ -333,10 +331,7 @@ fn flow_checked(
     // What `send` takes is one flow's entry: else the frame is dropped, and the stamp
     // just written, which may have landed on another flow's entry, taken back (that
     // flow's next packet takes the full path and stamps it again).
-    if !seen.unchanged() {
-        e.epoch = 0;
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still_else_unstamp(&mut e.epoch)?;
     Ok(true)
 }
 
@@ -545,9 +540,7 @@ fn from_appliance_checked(
     };
     // The flow checked above and the MAC are one entry's (`flowtable::Seen`); the MAC
     // learned is written to it only then.
-    if !seen.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still()?;
     if known == [0; 6] {
         e.peer_mac = peer_mac;
     }

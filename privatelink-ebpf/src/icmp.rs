@@ -160,9 +160,7 @@ fn translate_error(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Result<
     // SAFETY: copied out.
     let e = unsafe { *seen.entry };
     // The copy is one flow's entry (`flowtable::Seen`), whatever becomes of the slot.
-    if !seen.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still()?;
     let cfg = config();
     if !conntrack::alive(&e, &key, conntrack::now(), &cfg) {
         return Err(Reason::DropIcmpNoFlow);

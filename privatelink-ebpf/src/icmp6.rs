@@ -231,8 +231,6 @@ fn translate_checked(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> Resul
     nat6::rewrite_ip6(ctx, &e.new_src, &e.new_dst)?;
     let out = nat6::next_hop6(ctx, e)?;
     // All the frame took from the entry was one flow's (`flowtable::Seen`): else dropped.
-    if !seen.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still()?;
     redirect_to(out, Reason::Icmp6ErrorTranslated)
 }

@@ -79,9 +79,7 @@ fn reply_checked(
         eni.flags & ENI_FLAG_ACL != 0
     };
     // The endpoint checked above is the entry's, still (as in `forward`).
-    if !seen.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still()?;
     // As in `forward`: checked under this epoch.
     if !per_packet_acl {
         stamp(e, &key, pkt.epoch);
@@ -91,9 +89,6 @@ fn reply_checked(
     let out = nat::apply(ctx, pkt, e)?;
     // As in `forward`: the frame took all it did from one flow's entry (else the stamp is
     // taken back).
-    if !seen.unchanged() {
-        e.epoch = 0;
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still_else_unstamp(&mut e.epoch)?;
     redirect_to(out, Reason::ForwardToConsumer)
 }

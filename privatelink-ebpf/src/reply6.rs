@@ -71,9 +71,7 @@ fn reply6_checked(
     };
     filter6::acl6_out(eni_key, eni, e.new_dst, pkt.proto, e.new_sport)?;
     // As `reply`: the endpoint checked is the entry's, still.
-    if !seen.unchanged() {
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still()?;
     if eni.flags & ENI_FLAG_ACL == 0 {
         stamp6(e, key, pkt.epoch);
     }
@@ -81,9 +79,6 @@ fn reply6_checked(
     track6_reply(e, key, flags, nums, t);
     let out = apply6(ctx, pkt, e)?;
     // The frame took all it did from one flow's entry (else the stamp is taken back).
-    if !seen.unchanged() {
-        e.epoch = 0;
-        return Err(Reason::DropFlowChanged);
-    }
+    seen.still_else_unstamp(&mut e.epoch)?;
     redirect_to(out, Reason::Forward6ToConsumer)
 }
