@@ -855,3 +855,94 @@ fn a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_anot
     // on the pool's one tuple: its frames are the same, counted as new flows.)
     assert_eq!(sent(&r.h) - full, forwarded);
 }
+
+/// `a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_another_flow`
+/// for IPv6 (`forward6`): the client's direction, never stamped, the endpoint allowed no
+/// other flow (a one-tuple IPv6 pool, `endpoint_flow_share` 1).
+#[test]
+fn an_ipv6_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_another_flow() {
+    let pool = r#"snat6 = ["fd00:b::200", "fd00:b::201"]"#;
+    let state = dual_state();
+    assert!(state.contains(pool));
+    let state = state.replace(
+        pool,
+        "snat6 = [\"fd00:b::200\"]\nendpoint_flow_share = 1\nsnat_ports = [40000, 40000]",
+    );
+    let mut h = Harness::new(&state).unwrap();
+    h.dp.set_config(&Config {
+        embryonic_timeout_ns: 600 * 1_000_000_000,
+        flow_capacity: 65536 / 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let (key, entry, frame, ifindex, expected) = raced6(&mut h, false, false, |_| 0);
+    let sent = |h: &Harness| h.count(Reason::Forward6ToService) + h.count(Reason::Forward6NewFlow);
+    let full = sent(&h);
+    let (forwarded, _, _) = race(
+        &mut h,
+        &SLOTS6,
+        &frame,
+        ifindex,
+        &expected,
+        (key, entry),
+        other6(&entry),
+        &[
+            Reason::DropFlowChanged,
+            Reason::DropEndpointFlowLimit,
+            Reason::DropConntrackFull,
+        ],
+    );
+    assert_eq!(sent(&h) - full, forwarded);
+}
+
+/// The same race on the translation of an ICMP error (`icmp::translate_error`), which
+/// copies the entry of the flow the error quotes and rebuilds the frame from the copy:
+/// "fragmentation needed" from the provider's side about a packet of the flow's reply
+/// entry's key. The other flow keeps the ENI as its source (the error's owner check
+/// passes on it), every other field of the translation its own. A copy torn by the
+/// writer is dropped (`drop_flow_changed`), a lookup that misses is `drop_icmp_no_flow`;
+/// every translated error is the flow's own.
+#[test]
+fn a_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_flow() {
+    use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
+
+    let h = Harness::new(&packet_state()).unwrap();
+    let mut r = raced(h, true, false, |_| 0);
+    let (snat, port) = (r.key.dst, r.key.dport);
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(snat, LB, 63)
+        .tcp(port, 443, 1000, 64240)
+        .ack(5000)
+        .write(&mut quoted, &[])
+        .unwrap();
+    let mut error = Vec::new();
+    PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x01], r.h.provider.mac)
+        .ipv4([10, 10, 0, 1], snat, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut error, &quoted)
+        .unwrap();
+    let ifindex = r.h.provider.ifindex;
+    let (act, expected) = r.h.run(ifindex, &error).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", r.h.active_stats());
+    let p = parse_checked(&expected);
+    assert_eq!((p.ip.source, p.ip.destination), (ENI, r.entry.new_dst));
+    let (other_key, mut other) = other4(&r.entry);
+    other.new_src = r.entry.new_src;
+    let translated = r.h.count(Reason::IcmpErrorTranslated);
+    let (forwarded, _, _) = race(
+        &mut r.h,
+        &SLOTS,
+        &error,
+        ifindex,
+        &expected,
+        (r.key, r.entry),
+        (other_key, other),
+        &[Reason::DropFlowChanged, Reason::DropIcmpNoFlow],
+    );
+    assert_eq!(
+        r.h.count(Reason::IcmpErrorTranslated) - translated,
+        forwarded
+    );
+}
