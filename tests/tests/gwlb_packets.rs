@@ -1093,3 +1093,50 @@ fn a_slot_taken_while_the_steer_path_reads_it_never_lends_the_packet_another_flo
     );
     assert_eq!(h.count(Reason::GwlbToAppliance) - sent, forwarded);
 }
+
+/// The return path (GENEVE back from the appliance, the flow found by its inner tuple)
+/// while another CPU's writer takes the flow's slot again and again: the frame delivered
+/// takes its destination MAC from the entry (`peer_mac`), so the other flow differs in
+/// that alone (its checks, appliance and endpoint pass on it). Every frame delivered is
+/// this flow's, to the client's MAC; a lookup that misses is `drop_gwlb_no_flow`.
+#[test]
+fn a_slot_taken_while_the_return_path_reads_it_never_lends_the_packet_another_flow() {
+    use privatelink_common::{FlowKey, PROTO_TCP};
+    use privatelink_tests::slotrace::{SLOTS, race};
+
+    let mut h = harness();
+    let syn = tcp(&h, CLIENT, SERVER, 41000, 80, b"data");
+    encap(&mut h, &syn);
+    let reply = tcp(&h, SERVER, CLIENT, 80, 41000, b"");
+    let (_, d) = encap(&mut h, &reply);
+    let back = build(&[returned(APPL_A, APPL_A_MAC, h.provider.mac, &d)]).remove(0);
+    let (act, expected) = h.run(h.provider.ifindex, &back).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    assert_eq!(&expected[0..6], &CLIENT_MAC);
+    let delivered: String = expected[14..].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(delivered, d["inner"]["raw"].as_str().unwrap());
+    let (key, entry) =
+        h.dp.flows()
+            .unwrap()
+            .into_iter()
+            .find(|(k, e)| e.flags & FLOW_GWLB != 0 && k.src == SERVER && k.dport == 41000)
+            .unwrap();
+    assert_eq!(entry.peer_mac, CLIENT_MAC);
+    let other_key = FlowKey::new(key.vpc_id, [10, 30, 1, 99], CLIENT, 40001, 80, PROTO_TCP);
+    let other = FlowEntry {
+        peer_mac: [0x02, 0, 0, 0, 0, 0x97],
+        ..entry
+    };
+    let (sent, ifindex) = (h.count(Reason::GwlbFromAppliance), h.provider.ifindex);
+    let (forwarded, _, _) = race(
+        &mut h,
+        &SLOTS,
+        &back,
+        ifindex,
+        &expected,
+        (key, entry),
+        (other_key, other),
+        &[Reason::DropFlowChanged, Reason::DropGwlbNoFlow],
+    );
+    assert_eq!(h.count(Reason::GwlbFromAppliance) - sent, forwarded);
+}
