@@ -1047,6 +1047,21 @@ fn only_probed_appliances_reach_the_hosts_own_address() {
 /// that misses the flow makes none (`drop_no_healthy_appliance`).
 #[test]
 fn a_slot_taken_while_the_steer_path_reads_it_never_lends_the_packet_another_flow() {
+    steer_race(false);
+}
+
+/// The same race on the established path's GWLB branch (`established::to_appliance`):
+/// the flow's entry stamped and its appliance confirmed for good, so every packet that
+/// finds it is encapsulated there; one that misses it goes to the steer path, which has
+/// no healthy appliance to give it.
+#[test]
+fn a_slot_taken_while_the_established_path_encapsulates_never_lends_the_packet_another_flow() {
+    steer_race(true);
+}
+
+/// `a_slot_taken_while_the_steer_path_reads_it_never_lends_the_packet_another_flow` and,
+/// with `stamped`, its established-path variant.
+fn steer_race(stamped: bool) {
     use privatelink_common::{FlowKey, PROTO_TCP};
     use privatelink_tests::slotrace::{SLOTS, race};
 
@@ -1062,13 +1077,21 @@ fn a_slot_taken_while_the_steer_path_reads_it_never_lends_the_packet_another_flo
             .into_iter()
             .find(|(k, e)| e.flags & FLOW_GWLB != 0 && k.src == CLIENT && k.sport == 42000)
             .unwrap();
-    entry.epoch = 0;
+    if stamped {
+        entry.epoch = h.dp.epoch().unwrap();
+        entry.checked_ns = u64::MAX;
+    } else {
+        entry.epoch = 0;
+    }
     h.dp.put_flow(&key, entry).unwrap();
+    let fast = |h: &Harness| h.dp.flow::<FlowEntry>(&key).unwrap().unwrap().fast_packets;
+    let before = fast(&h);
     assert_eq!(
         h.run(h.consumer.ifindex, &frame).unwrap(),
         (XDP_REDIRECT, expected.clone()),
-        "the full path, its appliance kept"
+        "its appliance kept"
     );
+    assert_eq!(fast(&h) != before, stamped, "the established path took it");
     let other_key = FlowKey::new(key.vpc_id, [10, 30, 1, 99], SERVER, 40001, 80, PROTO_TCP);
     let other = FlowEntry {
         new_src: [10, 99, 0, 1],
