@@ -946,3 +946,60 @@ fn a_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_flow() 
         forwarded
     );
 }
+
+/// `a_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_flow` for IPv6
+/// (`icmp6`, which reads the entry in place): "packet too big" from the provider's side
+/// about a packet of the flow's reply entry's key.
+#[test]
+fn an_ipv6_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_flow() {
+    use etherparse::Icmpv6Type;
+
+    let mut h = Harness::new(&dual_state()).unwrap();
+    let (key, entry, _, _, _) = raced6(&mut h, true, false, |_| 0);
+    let (snat, port) = (key.dst, key.dport);
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv6(snat, lb6(), 63)
+        .tcp(port, 80, 1000, 64240)
+        .ack(5000)
+        .write(&mut quoted, &[])
+        .unwrap();
+    let router = {
+        let mut a = lb6();
+        a[15] = 1;
+        a
+    };
+    let mut error = Vec::new();
+    PacketBuilder::ethernet2(LB6_MAC, h.provider.mac)
+        .ipv6(router, snat, 64)
+        .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1400 })
+        .write(&mut error, &quoted)
+        .unwrap();
+    let ifindex = h.provider.ifindex;
+    let (act, expected) = h.run(ifindex, &error).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = SlicedPacket::from_ethernet(&expected).unwrap();
+    let Some(NetSlice::Ipv6(ip)) = p.net else {
+        panic!("not IPv6")
+    };
+    assert_eq!(
+        (ip.header().source(), ip.header().destination()),
+        (eni6(), client6())
+    );
+    let (other_key, mut other) = other6(&entry);
+    other.new_src = entry.new_src;
+    let translated = h.count(Reason::Icmp6ErrorTranslated);
+    let (forwarded, _, _) = race(
+        &mut h,
+        &SLOTS6,
+        &error,
+        ifindex,
+        &expected,
+        (key, entry),
+        (other_key, other),
+        &[Reason::DropFlowChanged, Reason::DropIcmpNoFlow],
+    );
+    assert_eq!(
+        h.count(Reason::Icmp6ErrorTranslated) - translated,
+        forwarded
+    );
+}

@@ -821,6 +821,18 @@ fn the_ipv6_established_path_encapsulates_exactly_as_the_full_path() {
 /// appliance is this flow's own encapsulation.
 #[test]
 fn a_slot_taken_while_the_ipv6_steer_path_reads_it_never_lends_the_packet_another_flow() {
+    steer_race6(false);
+}
+
+/// The same race on the IPv6 established path's GWLB branch (`established6`): the entry
+/// stamped and its appliance confirmed for good.
+#[test]
+fn a_slot_taken_while_the_ipv6_established_path_encapsulates_never_lends_the_packet_another_flow() {
+    steer_race6(true);
+}
+
+/// The IPv6 steer path's slot race and, with `stamped`, the established path's.
+fn steer_race6(stamped: bool) {
     use std::collections::BTreeSet;
 
     use privatelink_common::{FLOW_GWLB, FlowEntry6, FlowKey6, PROTO_TCP};
@@ -856,14 +868,23 @@ fn a_slot_taken_while_the_ipv6_steer_path_reads_it_never_lends_the_packet_anothe
             .into_iter()
             .find(|(k, e)| e.flags & FLOW_GWLB != 0 && k.src == CLIENT6 && k.sport == 42000)
             .unwrap();
-    // Never stamped: every packet takes the steer path.
-    entry.epoch = 0;
+    // Never stamped: every packet takes the steer path. Stamped, its appliance confirmed
+    // for good: every packet that finds it, the established path.
+    if stamped {
+        entry.epoch = h.dp.epoch().unwrap();
+        entry.checked_ns = u64::MAX;
+    } else {
+        entry.epoch = 0;
+    }
     h.dp.put_flow(&key, entry).unwrap();
+    let fast = |h: &Harness| h.dp.flow::<FlowEntry6>(&key).unwrap().unwrap().fast_packets;
+    let before = fast(&h);
     assert_eq!(
         h.run(h.consumer.ifindex, &frame).unwrap(),
         (XDP_REDIRECT, expected.clone()),
-        "the full path, its appliance kept"
+        "its appliance kept"
     );
+    assert_eq!(fast(&h) != before, stamped, "the established path took it");
     let mut src = CLIENT6;
     src[15] ^= 0x5a;
     let other_key = FlowKey6::new(key.vpc_id, src, SERVER6, 40001, 80, PROTO_TCP);
@@ -888,4 +909,56 @@ fn a_slot_taken_while_the_ipv6_steer_path_reads_it_never_lends_the_packet_anothe
         &[Reason::DropFlowChanged, Reason::DropNoHealthyAppliance],
     );
     assert_eq!(h.count(Reason::Gwlb6ToAppliance) - sent, forwarded);
+}
+
+/// `gwlb_packets.rs`'s slot race on the return path, for IPv6 inside (`gwlb6`): the other
+/// flow differs in the learned peer MAC alone; every frame delivered goes to the client's.
+#[test]
+fn a_slot_taken_while_the_ipv6_return_path_reads_it_never_lends_the_packet_another_flow() {
+    use privatelink_common::{FLOW_GWLB, FlowEntry6, FlowKey6, PROTO_TCP};
+    use privatelink_tests::slotrace::{SLOTS6, race};
+
+    let mut h = harness();
+    let syn = tcp6(&h, CLIENT6, SERVER6, 41000, 80, b"data");
+    encap(&mut h, &syn);
+    let reply = tcp6(&h, SERVER6, CLIENT6, 80, 41000, b"");
+    let d = dissect_one(&encap(&mut h, &reply));
+    let back = build(&[returned(
+        APPL_A,
+        APPL_A_MAC,
+        h.provider.mac,
+        &d,
+        "proto=0x86dd, ",
+    )])
+    .remove(0);
+    let (act, expected) = h.run(h.provider.ifindex, &back).unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    assert_eq!(&expected[0..6], &CLIENT_MAC);
+    assert_eq!(hex(&expected[14..]), d["inner"]["raw"]);
+    let (key, entry) =
+        h.dp.flows6()
+            .unwrap()
+            .into_iter()
+            .find(|(k, e)| e.flags & FLOW_GWLB != 0 && k.src == SERVER6 && k.dport == 41000)
+            .unwrap();
+    assert_eq!(entry.peer_mac, CLIENT_MAC);
+    let mut src = SERVER6;
+    src[15] ^= 0x5a;
+    let other_key = FlowKey6::new(key.vpc_id, src, CLIENT6, 40001, 80, PROTO_TCP);
+    let other = FlowEntry6 {
+        peer_mac: [0x02, 0, 0, 0, 0, 0x97],
+        ..entry
+    };
+    let (sent, ifindex) = (h.count(Reason::Gwlb6FromAppliance), h.provider.ifindex);
+    let (forwarded, _, _) = race(
+        &mut h,
+        &SLOTS6,
+        &back,
+        ifindex,
+        &expected,
+        (key, entry),
+        (other_key, other),
+        &[Reason::DropFlowChanged, Reason::DropGwlbNoFlow],
+    );
+    assert_eq!(h.count(Reason::Gwlb6FromAppliance) - sent, forwarded);
 }
