@@ -93,6 +93,15 @@ async fn read<T>(
 /// fleet committed first (a shared store only), before the caller is told to retry.
 const MAX_COMMIT_ATTEMPTS: usize = 8;
 
+/// How long a daemon waits after its `attempt`-th commit lost to another daemon's: 2 ms,
+/// doubling with each attempt up to 128 ms, times a factor between 0.5 and 1.5 drawn from
+/// `jitter` (so that two daemons that lost together do not retry together). At most
+/// about half a second over all `MAX_COMMIT_ATTEMPTS`.
+fn commit_backoff(attempt: usize, jitter: u16) -> std::time::Duration {
+    let base_us = 2_000u64 << attempt.saturating_sub(1).min(6);
+    std::time::Duration::from_micros(base_us / 2 + base_us * u64::from(jitter) / 65_536)
+}
+
 /// Runs `f` on a copy of the state; only a copy that validates, can be applied and is
 /// committed replaces the running state. With a shared store the daemon first catches up
 /// with what the fleet committed, and another daemon may still commit in between: the
@@ -133,6 +142,15 @@ where
             g.apply.abandon();
             match store_error(&e) {
                 Some(StoreError::Conflict) if attempt < MAX_COMMIT_ATTEMPTS => {
+                    // Out of the way for a moment, the daemon's lock let go: two daemons
+                    // that retried at once would collide again, and one whose client
+                    // writes back to back would win every time against one that retried
+                    // at once (seen: eight lost in a row).
+                    drop(g);
+                    let mut r = [0u8; 2];
+                    let _ = getrandom::fill(&mut r);
+                    tokio::time::sleep(commit_backoff(attempt, u16::from_ne_bytes(r))).await;
+                    g = app.lock().await;
                     let App { store, .. } = &mut *g;
                     match store.catch_up().await {
                         Ok(Some(s)) => g.adopt(s),
@@ -1314,6 +1332,26 @@ pub fn router(app: Shared) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_commit_backs_off_longer_each_time_jittered_and_bounded() {
+        use std::time::Duration;
+        let ms = |a, j| commit_backoff(a, j).as_secs_f64() * 1e3;
+        // The first wait: 1 to 3 ms, by the jitter.
+        assert_eq!(commit_backoff(1, 0), Duration::from_millis(1));
+        assert!((ms(1, u16::MAX) - 3.0).abs() < 0.01, "{}", ms(1, u16::MAX));
+        assert_eq!(commit_backoff(1, 32_768), Duration::from_millis(2));
+        // Doubling, then capped at 128 ms (64 to 192 with the jitter).
+        for a in 2..=7 {
+            assert_eq!(commit_backoff(a, 32_768), 2 * commit_backoff(a - 1, 32_768));
+        }
+        assert_eq!(commit_backoff(7, 32_768), Duration::from_millis(128));
+        assert_eq!(commit_backoff(100, 32_768), Duration::from_millis(128));
+        let total: Duration = (1..MAX_COMMIT_ATTEMPTS)
+            .map(|a| commit_backoff(a, u16::MAX))
+            .sum();
+        assert!(total < Duration::from_millis(600), "{total:?}");
+    }
 
     #[test]
     fn the_openapi_document_lists_the_appliances() {

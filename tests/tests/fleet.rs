@@ -235,6 +235,9 @@ fn status(r: &anyhow::Result<Value>) -> u16 {
     }
 }
 
+/// How many 503s `retrying` met (reported by the test that uses it).
+static RETRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// `call` again while it answers 503, which the API gives for a write that lost its
 /// commit to other hosts' several times over (nothing of it stored: "try again"), as a
 /// client does; at most five tries, 50 ms apart.
@@ -244,6 +247,7 @@ fn retrying(call: impl Fn() -> anyhow::Result<Value>) -> anyhow::Result<Value> {
         if status(&r) != 503 {
             break;
         }
+        RETRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         std::thread::sleep(std::time::Duration::from_millis(50));
         r = call();
     }
@@ -430,6 +434,10 @@ fn concurrent_writes_through_two_hosts_lose_nothing_and_keep_addresses_unique() 
         .into_iter()
         .chain(y.join().unwrap())
         .collect();
+    eprintln!(
+        "40 writes, {} answered 503 (a commit lost to the other host over and over) and tried again",
+        RETRIED.load(std::sync::atomic::Ordering::Relaxed)
+    );
     // Every address was given once: as many creations succeeded as there are addresses
     // asked for, each address to one endpoint.
     let addrs: BTreeSet<[u8; 4]> = created.iter().map(|(_, a)| *a).collect();
