@@ -446,24 +446,25 @@ fn create_checked(ctx: &XdpContext, iface: &IfaceInfo, route: &EndpointEni) -> R
     // SAFETY: this CPU's scratch slot, valid for this run (two entries of 104 bytes and
     // their keys would not fit the BPF stack).
     let e = unsafe { &mut *e };
-    *e = FlowEntry6 {
-        new_src: mapped(route.lb_addr),
-        new_dst: mapped(appliance),
-        new_dport: gwlb::appliance_slot(route.provider_vpc_id, appliance),
-        counter_slot: route.counter_slot,
-        out_ifindex: port.ifindex,
-        src_mac: port.mac,
-        dst_mac: mac,
-        out_vpc_id: route.provider_vpc_id,
-        endpoint_id: route.endpoint_id,
-        direction: DIR_REPLY,
-        flags: FLOW_GWLB,
-        last_seen_ns: t,
-        checked_ns: t,
-        peer_mac: sender,
-        out_mtu: port.mtu,
-        ..FlowEntry6::zeroed()
-    };
+    // Field by field into the scratch slot: a whole `FlowEntry6` built first takes stack
+    // (this frame 448 → 440 bytes; the steer program's chain through it, with
+    // `pl_flow_insert6`'s, was the verifier's 512 exactly, and over it built for BPF v3).
+    *e = FlowEntry6::zeroed();
+    e.new_src = mapped(route.lb_addr);
+    e.new_dst = mapped(appliance);
+    e.new_dport = gwlb::appliance_slot(route.provider_vpc_id, appliance);
+    e.counter_slot = route.counter_slot;
+    e.out_ifindex = port.ifindex;
+    e.src_mac = port.mac;
+    e.dst_mac = mac;
+    e.out_vpc_id = route.provider_vpc_id;
+    e.endpoint_id = route.endpoint_id;
+    e.direction = DIR_REPLY;
+    e.flags = FLOW_GWLB;
+    e.last_seen_ns = t;
+    e.checked_ns = t;
+    e.peer_mac = sender;
+    e.out_mtu = port.mtu;
     if FLOWS6.insert(&key.reversed(), &*e, BPF_ANY as u64).is_err() {
         return Err(Reason::DropConntrackFull);
     }
