@@ -45,9 +45,9 @@ pub const SLOTS6: Slots = Slots {
 /// the slot of `mine` again and again, as an eviction does: `other`'s key and entry
 /// written into it, then `mine`'s again, each under a claim of the slot's state word (the
 /// data path's protocol), on `t`'s table through a shared mapping. Every forwarded frame
-/// must be `expected`; every dropped one counted as one of `drops`; some forwarded, and
-/// some dropped by the check (`drop_flow_changed`): else the race was not run. Returns
-/// (forwarded, dropped, dropped by the check).
+/// must be `expected`, and counted as one of `sent`; every dropped one counted as one of
+/// `drops`; some forwarded, and some dropped by the check (`drop_flow_changed`): else the
+/// race was not run. Returns (forwarded, dropped, dropped by the check).
 #[allow(clippy::too_many_arguments)]
 pub fn race<K: Copy + PartialEq + Send + Sync, V: Copy + Send + Sync>(
     h: &mut Harness,
@@ -58,7 +58,10 @@ pub fn race<K: Copy + PartialEq + Send + Sync, V: Copy + Send + Sync>(
     mine: (K, V),
     other: (K, V),
     drops: &[Reason],
+    sent: &[Reason],
 ) -> (u64, u64, u64) {
+    let sent_count = |h: &Harness| sent.iter().map(|&r| h.count(r)).sum::<u64>();
+    let sent_before = sent_count(h);
     let map = h.dp.map(t.map).unwrap();
     let aya::maps::Map::Array(data) = map else {
         panic!("{} is not an array", t.map)
@@ -201,6 +204,11 @@ pub fn race<K: Copy + PartialEq + Send + Sync, V: Copy + Send + Sync>(
     eprintln!("{:?}", h.active_stats());
     assert_eq!(dropped, counted, "{:?}", h.active_stats());
     assert!(forwarded > 0, "the flow was never forwarded");
+    assert_eq!(
+        sent_count(h) - sent_before,
+        forwarded,
+        "forwarded frames counted as {sent:?}"
+    );
     let changed = h.count(Reason::DropFlowChanged) - changed_before;
     assert!(
         changed > 0,

@@ -643,6 +643,7 @@ fn a_slot_taken_while_a_packet_reads_it_never_lends_the_packet_another_flow() {
         (r.key, r.entry),
         other4(&r.entry),
         &[Reason::DropFlowChanged, Reason::DropNotConnected],
+        &[Reason::ForwardToService],
     );
 }
 
@@ -654,8 +655,7 @@ fn a_slot_taken_while_a_packet_reads_it_never_lends_the_packet_another_flow() {
 fn a_slot_taken_while_the_full_path_reads_it_never_lends_the_packet_another_flow() {
     let h = Harness::new(&packet_state()).unwrap();
     let mut r = raced(h, true, false, |_| 0);
-    let full = r.h.count(Reason::ForwardToConsumer);
-    let (forwarded, _, _) = race(
+    race(
         &mut r.h,
         &SLOTS,
         &r.frame,
@@ -664,10 +664,10 @@ fn a_slot_taken_while_the_full_path_reads_it_never_lends_the_packet_another_flow
         (r.key, r.entry),
         other4(&r.entry),
         &REPLY_DROPS,
+        // (The writer puts the entry back unstamped at every turn: the full path took
+        // the packets, but for the odd one between a stamp and the writer's next turn.)
+        &[Reason::ForwardToConsumer],
     );
-    // (The writer puts the entry back unstamped at every turn: the full path took the
-    // packets, but for the odd one between a stamp and the writer's next turn.)
-    assert_eq!(r.h.count(Reason::ForwardToConsumer) - full, forwarded);
 }
 
 /// An IPv6 flow opened through the program (client port 40100 to the ENI's port 80) and
@@ -789,6 +789,7 @@ fn an_ipv6_slot_taken_while_a_packet_reads_it_never_lends_the_packet_another_flo
         (key, entry),
         other6(&entry),
         &[Reason::DropFlowChanged, Reason::DropNotConnected],
+        &[Reason::Forward6ToService],
     );
 }
 
@@ -798,8 +799,7 @@ fn an_ipv6_slot_taken_while_a_packet_reads_it_never_lends_the_packet_another_flo
 fn an_ipv6_slot_taken_while_the_full_path_reads_it_never_lends_the_packet_another_flow() {
     let mut h = Harness::new(&dual_state()).unwrap();
     let (key, entry, frame, ifindex, expected) = raced6(&mut h, true, false, |_| 0);
-    let full = h.count(Reason::Forward6ToConsumer);
-    let (forwarded, _, _) = race(
+    race(
         &mut h,
         &SLOTS6,
         &frame,
@@ -808,8 +808,8 @@ fn an_ipv6_slot_taken_while_the_full_path_reads_it_never_lends_the_packet_anothe
         (key, entry),
         other6(&entry),
         &REPLY_DROPS,
+        &[Reason::Forward6ToConsumer],
     );
-    assert_eq!(h.count(Reason::Forward6ToConsumer) - full, forwarded);
 }
 
 /// The same race on the forward full path (the client's direction, its entry never
@@ -832,9 +832,7 @@ fn a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_anot
     })
     .unwrap();
     let mut r = raced(h, false, false, |_| 0);
-    let sent = |h: &Harness| h.count(Reason::ForwardToService) + h.count(Reason::ForwardNewFlow);
-    let full = sent(&r.h);
-    let (forwarded, _, _) = race(
+    race(
         &mut r.h,
         &SLOTS,
         &r.frame,
@@ -850,10 +848,10 @@ fn a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_anot
             Reason::DropEndpointFlowLimit,
             Reason::DropConntrackFull,
         ],
+        // (The flow may have been made again meanwhile, by a packet that found it
+        // missing, on the pool's one tuple: its frames are the same, counted as new flows.)
+        &[Reason::ForwardToService, Reason::ForwardNewFlow],
     );
-    // (The flow may have been made again meanwhile, by a packet that found it missing,
-    // on the pool's one tuple: its frames are the same, counted as new flows.)
-    assert_eq!(sent(&r.h) - full, forwarded);
 }
 
 /// `a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_another_flow`
@@ -876,9 +874,7 @@ fn an_ipv6_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packe
     })
     .unwrap();
     let (key, entry, frame, ifindex, expected) = raced6(&mut h, false, false, |_| 0);
-    let sent = |h: &Harness| h.count(Reason::Forward6ToService) + h.count(Reason::Forward6NewFlow);
-    let full = sent(&h);
-    let (forwarded, _, _) = race(
+    race(
         &mut h,
         &SLOTS6,
         &frame,
@@ -891,8 +887,8 @@ fn an_ipv6_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packe
             Reason::DropEndpointFlowLimit,
             Reason::DropConntrackFull,
         ],
+        &[Reason::Forward6ToService, Reason::Forward6NewFlow],
     );
-    assert_eq!(sent(&h) - full, forwarded);
 }
 
 /// The same race on the translation of an ICMP error (`icmp::translate_error`), which
@@ -930,8 +926,7 @@ fn a_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_flow() 
     assert_eq!((p.ip.source, p.ip.destination), (ENI, r.entry.new_dst));
     let (other_key, mut other) = other4(&r.entry);
     other.new_src = r.entry.new_src;
-    let translated = r.h.count(Reason::IcmpErrorTranslated);
-    let (forwarded, _, _) = race(
+    race(
         &mut r.h,
         &SLOTS,
         &error,
@@ -940,10 +935,7 @@ fn a_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_flow() 
         (r.key, r.entry),
         (other_key, other),
         &[Reason::DropFlowChanged, Reason::DropIcmpNoFlow],
-    );
-    assert_eq!(
-        r.h.count(Reason::IcmpErrorTranslated) - translated,
-        forwarded
+        &[Reason::IcmpErrorTranslated],
     );
 }
 
@@ -987,8 +979,7 @@ fn an_ipv6_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_f
     );
     let (other_key, mut other) = other6(&entry);
     other.new_src = entry.new_src;
-    let translated = h.count(Reason::Icmp6ErrorTranslated);
-    let (forwarded, _, _) = race(
+    race(
         &mut h,
         &SLOTS6,
         &error,
@@ -997,9 +988,6 @@ fn an_ipv6_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_f
         (key, entry),
         (other_key, other),
         &[Reason::DropFlowChanged, Reason::DropIcmpNoFlow],
-    );
-    assert_eq!(
-        h.count(Reason::Icmp6ErrorTranslated) - translated,
-        forwarded
+        &[Reason::Icmp6ErrorTranslated],
     );
 }

@@ -1103,8 +1103,8 @@ fn steer_race(stamped: bool) {
         csum_l4: entry.csum_l4 ^ 0xa5a5,
         ..entry
     };
-    let (sent, ifindex) = (h.count(Reason::GwlbToAppliance), h.consumer.ifindex);
-    let (forwarded, _, _) = race(
+    let ifindex = h.consumer.ifindex;
+    race(
         &mut h,
         &SLOTS,
         &frame,
@@ -1113,8 +1113,8 @@ fn steer_race(stamped: bool) {
         (key, entry),
         (other_key, other),
         &[Reason::DropFlowChanged, Reason::DropNoHealthyAppliance],
+        &[Reason::GwlbToAppliance],
     );
-    assert_eq!(h.count(Reason::GwlbToAppliance) - sent, forwarded);
 }
 
 /// The return path (GENEVE back from the appliance, the flow found by its inner tuple)
@@ -1150,8 +1150,8 @@ fn a_slot_taken_while_the_return_path_reads_it_never_lends_the_packet_another_fl
         peer_mac: [0x02, 0, 0, 0, 0, 0x97],
         ..entry
     };
-    let (sent, ifindex) = (h.count(Reason::GwlbFromAppliance), h.provider.ifindex);
-    let (forwarded, _, _) = race(
+    let ifindex = h.provider.ifindex;
+    race(
         &mut h,
         &SLOTS,
         &back,
@@ -1160,6 +1160,6 @@ fn a_slot_taken_while_the_return_path_reads_it_never_lends_the_packet_another_fl
         (key, entry),
         (other_key, other),
         &[Reason::DropFlowChanged, Reason::DropGwlbNoFlow],
+        &[Reason::GwlbFromAppliance],
     );
-    assert_eq!(h.count(Reason::GwlbFromAppliance) - sent, forwarded);
 }

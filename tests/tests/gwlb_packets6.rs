@@ -897,8 +897,8 @@ fn steer_race6(stamped: bool) {
         csum_l4: entry.csum_l4 ^ 0xa5a5,
         ..entry
     };
-    let (sent, ifindex) = (h.count(Reason::Gwlb6ToAppliance), h.consumer.ifindex);
-    let (forwarded, _, _) = race(
+    let ifindex = h.consumer.ifindex;
+    race(
         &mut h,
         &SLOTS6,
         &frame,
@@ -907,8 +907,8 @@ fn steer_race6(stamped: bool) {
         (key, entry),
         (other_key, other),
         &[Reason::DropFlowChanged, Reason::DropNoHealthyAppliance],
+        &[Reason::Gwlb6ToAppliance],
     );
-    assert_eq!(h.count(Reason::Gwlb6ToAppliance) - sent, forwarded);
 }
 
 /// `gwlb_packets.rs`'s slot race on the return path, for IPv6 inside (`gwlb6`): the other
@@ -949,8 +949,8 @@ fn a_slot_taken_while_the_ipv6_return_path_reads_it_never_lends_the_packet_anoth
         peer_mac: [0x02, 0, 0, 0, 0, 0x97],
         ..entry
     };
-    let (sent, ifindex) = (h.count(Reason::Gwlb6FromAppliance), h.provider.ifindex);
-    let (forwarded, _, _) = race(
+    let ifindex = h.provider.ifindex;
+    race(
         &mut h,
         &SLOTS6,
         &back,
@@ -959,6 +959,6 @@ fn a_slot_taken_while_the_ipv6_return_path_reads_it_never_lends_the_packet_anoth
         (key, entry),
         (other_key, other),
         &[Reason::DropFlowChanged, Reason::DropGwlbNoFlow],
+        &[Reason::Gwlb6FromAppliance],
     );
-    assert_eq!(h.count(Reason::Gwlb6FromAppliance) - sent, forwarded);
 }
