@@ -649,8 +649,9 @@ impl FlowEntry {
     }
 
     /// An entry with every field zero: the base of every entry the data path or a test
-    /// writes (`FlowEntry { new_src, .., ..FlowEntry::zeroed() }`), so that a new field is
-    /// one edit here. A function, not a const: the data path's struct expressions then
+    /// writes (`FlowEntry { new_src, .., ..FlowEntry::zeroed() }`, or, where the stack
+    /// has no room for a whole entry, `zeroed()` into map memory and then field by field:
+    /// `gwlb6::create`), so that a new field is one edit here. A function, not a const: the data path's struct expressions then
     /// stay plain stores (a const base is copied from `.rodata`).
     #[inline(always)]
     pub const fn zeroed() -> FlowEntry {

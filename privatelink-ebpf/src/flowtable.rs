@@ -21,8 +21,8 @@
 //! moment before another CPU evicted it may see the newer flow's fields (as with the
 //! kernel's LRU hash, whose elements are reused as soon as they are freed): the paths that
 //! forward from what they read (the established, full, GWLB and ICMP error paths) read
-//! the slot's state word again once they have (`Seen::unchanged`), and drop the frame if
-//! it moved.
+//! the slot's state word again once they have (`Seen::still`), and drop the frame if it
+//! moved.
 //!
 //! A bucket's spill count (`spill`) counts the keys that live in their second bucket with
 //! it as their first: a lookup that misses in the first bucket reads the second only while
@@ -516,7 +516,7 @@ impl<E: Tabled> Table<E> {
     /// `get_ptr_mut` inlined into the caller, without the BPF call and the second lookup
     /// of the slot found: for the established paths, whose frames and verifier budget
     /// have room for it. With the slot's state word as the lookup found it live, for
-    /// `Seen::unchanged`.
+    /// `Seen::still`.
     #[inline(always)]
     pub fn get_ptr_mut_inline(&self, key: &E::Key) -> Option<Seen<E>> {
         let (room, first, second) = buckets::<E>(key)?;

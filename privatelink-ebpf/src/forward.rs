@@ -123,8 +123,8 @@ fn forward_checked(
     // SAFETY: as above.
     let e = unsafe { &mut *entry.entry };
     // What this path judged is the entry it is about to stamp and forward by: no other
-    // CPU's writer took the slot since the lookup (`flowtable::Seen`; `nat::apply` asks
-    // again once the frame is rewritten).
+    // CPU's writer took the slot since the lookup (`flowtable::Seen`; asked again below,
+    // once `nat::apply` has rewritten the frame).
     entry.still()?;
     // Checked under this epoch: the next packets may take the established path, unless
     // an ACL has to see every packet.

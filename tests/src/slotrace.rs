@@ -41,13 +41,24 @@ pub const SLOTS6: Slots = Slots {
     entry: std::mem::offset_of!(FlowSlot6, entry),
 };
 
+static ONE_RACE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One racing test at a time in a test binary, held from the test's start (before its
+/// flows are made: one made and then kept waiting could idle out): tests that raced side
+/// by side would share the two CPUs they pin to, and each would race less. A test that
+/// failed poisoned the lock; the next one runs all the same.
+pub fn one_race() -> std::sync::MutexGuard<'static, ()> {
+    ONE_RACE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs `frame` (arriving on `ifindex`) through the program while a writer thread takes
 /// the slot of `mine` again and again, as an eviction does: `other`'s key and entry
 /// written into it, then `mine`'s again, each under a claim of the slot's state word (the
 /// data path's protocol), on `t`'s table through a shared mapping. Every forwarded frame
 /// must be `expected`, and counted as one of `sent`; every dropped one counted as one of
 /// `drops`; some forwarded, and some dropped by the check (`drop_flow_changed`): else the
-/// race was not run. Returns (forwarded, dropped, dropped by the check).
+/// race was not run. Returns (forwarded, dropped, dropped by the check). A test that
+/// races holds `one_race()` from its start.
 #[allow(clippy::too_many_arguments)]
 pub fn race<K: Copy + PartialEq + Send + Sync, V: Copy + Send + Sync>(
     h: &mut Harness,
@@ -60,8 +71,8 @@ pub fn race<K: Copy + PartialEq + Send + Sync, V: Copy + Send + Sync>(
     drops: &[Reason],
     sent: &[Reason],
 ) -> (u64, u64, u64) {
-    let sent_count = |h: &Harness| sent.iter().map(|&r| h.count(r)).sum::<u64>();
-    let sent_before = sent_count(h);
+    let count = |h: &Harness, reasons: &[Reason]| reasons.iter().map(|&r| h.count(r)).sum::<u64>();
+    let (sent_before, drops_before) = (count(h, sent), count(h, drops));
     let map = h.dp.map(t.map).unwrap();
     let aya::maps::Map::Array(data) = map else {
         panic!("{} is not an array", t.map)
@@ -200,12 +211,12 @@ pub fn race<K: Copy + PartialEq + Send + Sync, V: Copy + Send + Sync>(
     }
     // SAFETY: the mapping made above.
     unsafe { libc::munmap(base.cast(), len) };
-    let counted: u64 = drops.iter().map(|&d| h.count(d)).sum();
+    let counted = count(h, drops) - drops_before;
     eprintln!("{:?}", h.active_stats());
     assert_eq!(dropped, counted, "{:?}", h.active_stats());
     assert!(forwarded > 0, "the flow was never forwarded");
     assert_eq!(
-        sent_count(h) - sent_before,
+        count(h, sent) - sent_before,
         forwarded,
         "forwarded frames counted as {sent:?}"
     );

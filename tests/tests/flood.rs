@@ -10,7 +10,7 @@ use privatelink_tests::{
     frames::{CLIENT_MAC, ENI, LB, parse_checked},
     lab::packet_state,
     scale::{fill, frame, live_outcome, open_live, present},
-    slotrace::{SLOTS, SLOTS6, pin_to, race, two_cpus},
+    slotrace::{SLOTS, SLOTS6, one_race, pin_to, race, two_cpus},
     testrun::Harness,
 };
 use privatelink_user::model::numeric_id;
@@ -415,6 +415,8 @@ fn a_direction_in_its_second_bucket_is_counted_and_found() {
 /// full, contended table explains.
 #[test]
 fn two_cpus_writing_one_small_table_leave_it_whole() {
+    // (Pinned to the CPUs the races pin to: not beside one.)
+    let _one = one_race();
     use std::collections::{HashMap, HashSet};
 
     use aya::programs::{TestRun, TestRunOptions};
@@ -624,6 +626,7 @@ fn other4(e: &FlowEntry) -> (FlowKey, FlowEntry) {
 /// translation, nor with a mix of two entries.
 #[test]
 fn a_slot_taken_while_a_packet_reads_it_never_lends_the_packet_another_flow() {
+    let _one = one_race();
     let h = Harness::new(&packet_state()).unwrap();
     let mut r = raced(h, false, true, |h| h.dp.epoch().unwrap());
     // The established path takes the flow's packets.
@@ -653,6 +656,7 @@ fn a_slot_taken_while_a_packet_reads_it_never_lends_the_packet_another_flow() {
 /// no flow), its entry never stamped, so every packet goes there.
 #[test]
 fn a_slot_taken_while_the_full_path_reads_it_never_lends_the_packet_another_flow() {
+    let _one = one_race();
     let h = Harness::new(&packet_state()).unwrap();
     let mut r = raced(h, true, false, |_| 0);
     race(
@@ -766,6 +770,7 @@ fn other6(e: &FlowEntry6) -> (FlowKey6, FlowEntry6) {
 /// (`established6`).
 #[test]
 fn an_ipv6_slot_taken_while_a_packet_reads_it_never_lends_the_packet_another_flow() {
+    let _one = one_race();
     let mut h = Harness::new(&dual_state()).unwrap();
     let (key, entry, frame, ifindex, expected) =
         raced6(&mut h, false, true, |h| h.dp.epoch().unwrap());
@@ -797,6 +802,7 @@ fn an_ipv6_slot_taken_while_a_packet_reads_it_never_lends_the_packet_another_flo
 /// IPv6 (`reply6`).
 #[test]
 fn an_ipv6_slot_taken_while_the_full_path_reads_it_never_lends_the_packet_another_flow() {
+    let _one = one_race();
     let mut h = Harness::new(&dual_state()).unwrap();
     let (key, entry, frame, ifindex, expected) = raced6(&mut h, true, false, |_| 0);
     race(
@@ -819,6 +825,7 @@ fn an_ipv6_slot_taken_while_the_full_path_reads_it_never_lends_the_packet_anothe
 /// refilled over ten minutes (`drop_endpoint_flow_limit`).
 #[test]
 fn a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_another_flow() {
+    let _one = one_race();
     let state = packet_state().replace(
         r#"snat = ["10.10.0.200", "10.10.0.201"]"#,
         "endpoint_flow_share = 1\nsnat = [\"10.10.0.200\"]\nsnat_ports = [40000, 40000]",
@@ -859,6 +866,7 @@ fn a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_anot
 /// other flow (a one-tuple IPv6 pool, `endpoint_flow_share` 1).
 #[test]
 fn an_ipv6_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_another_flow() {
+    let _one = one_race();
     let pool = r#"snat6 = ["fd00:b::200", "fd00:b::201"]"#;
     let state = dual_state();
     assert!(state.contains(pool));
@@ -900,6 +908,7 @@ fn an_ipv6_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packe
 /// every translated error is the flow's own.
 #[test]
 fn a_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_flow() {
+    let _one = one_race();
     use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
 
     let h = Harness::new(&packet_state()).unwrap();
@@ -944,6 +953,7 @@ fn a_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_flow() 
 /// about a packet of the flow's reply entry's key.
 #[test]
 fn an_ipv6_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_flow() {
+    let _one = one_race();
     use etherparse::Icmpv6Type;
 
     let mut h = Harness::new(&dual_state()).unwrap();

@@ -1052,8 +1052,11 @@ fn a_slot_taken_while_the_steer_path_reads_it_never_lends_the_packet_another_flo
 
 /// The same race on the established path's GWLB branch (`established::to_appliance`):
 /// the flow's entry stamped and its appliance confirmed for good, so every packet that
-/// finds it is encapsulated there; one that misses it goes to the steer path, which has
-/// no healthy appliance to give it.
+/// finds it is encapsulated there. One whose lookup misses it goes to the steer path,
+/// which sends it if its own lookup finds the flow back (the same frame, the same
+/// counter) and else has no healthy appliance to give it: that the established path took
+/// the packets is checked for the first one only (its `fast_packets`, which the writer
+/// puts back at every turn), and the frames of both paths are checked alike.
 #[test]
 fn a_slot_taken_while_the_established_path_encapsulates_never_lends_the_packet_another_flow() {
     steer_race(true);
@@ -1063,8 +1066,9 @@ fn a_slot_taken_while_the_established_path_encapsulates_never_lends_the_packet_a
 /// with `stamped`, its established-path variant.
 fn steer_race(stamped: bool) {
     use privatelink_common::{FlowKey, PROTO_TCP};
-    use privatelink_tests::slotrace::{SLOTS, race};
+    use privatelink_tests::slotrace::{SLOTS, one_race, race};
 
+    let _one = one_race();
     let mut h = harness();
     let frame = tcp_ack(&h, CLIENT, SERVER, 42000, 80, &[7; 24]);
     let (act, expected) = h.run(h.consumer.ifindex, &frame).unwrap();
@@ -1125,8 +1129,9 @@ fn steer_race(stamped: bool) {
 #[test]
 fn a_slot_taken_while_the_return_path_reads_it_never_lends_the_packet_another_flow() {
     use privatelink_common::{FlowKey, PROTO_TCP};
-    use privatelink_tests::slotrace::{SLOTS, race};
+    use privatelink_tests::slotrace::{SLOTS, one_race, race};
 
+    let _one = one_race();
     let mut h = harness();
     let syn = tcp(&h, CLIENT, SERVER, 41000, 80, b"data");
     encap(&mut h, &syn);

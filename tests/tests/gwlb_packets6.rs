@@ -825,7 +825,8 @@ fn a_slot_taken_while_the_ipv6_steer_path_reads_it_never_lends_the_packet_anothe
 }
 
 /// The same race on the IPv6 established path's GWLB branch (`established6`): the entry
-/// stamped and its appliance confirmed for good.
+/// stamped and its appliance confirmed for good (as `gwlb_packets.rs`'s: that the
+/// established path took the packets is checked for the first one only).
 #[test]
 fn a_slot_taken_while_the_ipv6_established_path_encapsulates_never_lends_the_packet_another_flow() {
     steer_race6(true);
@@ -838,7 +839,7 @@ fn steer_race6(stamped: bool) {
     use privatelink_common::{FLOW_GWLB, FlowEntry6, FlowKey6, PROTO_TCP};
     use privatelink_tests::{
         gwlb::state6,
-        slotrace::{SLOTS6, race},
+        slotrace::{SLOTS6, one_race, race},
     };
     use privatelink_user::{
         dataplane,
@@ -846,6 +847,7 @@ fn steer_race6(stamped: bool) {
         model::parse_state,
     };
 
+    let _one = one_race();
     let mut h = harness();
     let frame = tcp6(&h, CLIENT6, SERVER6, 42000, 80, &[7; 24]);
     let (act, expected) = h.run(h.consumer.ifindex, &frame).unwrap();
@@ -916,8 +918,9 @@ fn steer_race6(stamped: bool) {
 #[test]
 fn a_slot_taken_while_the_ipv6_return_path_reads_it_never_lends_the_packet_another_flow() {
     use privatelink_common::{FLOW_GWLB, FlowEntry6, FlowKey6, PROTO_TCP};
-    use privatelink_tests::slotrace::{SLOTS6, race};
+    use privatelink_tests::slotrace::{SLOTS6, one_race, race};
 
+    let _one = one_race();
     let mut h = harness();
     let syn = tcp6(&h, CLIENT6, SERVER6, 41000, 80, b"data");
     encap(&mut h, &syn);
