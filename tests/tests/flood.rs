@@ -602,6 +602,29 @@ const REPLY_DROPS: [Reason; 4] = [
     Reason::DropNoListener,
 ];
 
+/// What a client's packet on the forward full path may be dropped for while `race` runs,
+/// under `one_flow_allowed`: the check, or (a packet that found the other flow's fields
+/// where its own should be takes them for a flow whose reply entry is gone, and would
+/// make it again) the refusal of a second flow, by the allowance or, now and then, by
+/// the reply entry's bucket.
+const FORWARD_DROPS: [Reason; 3] = [
+    Reason::DropFlowChanged,
+    Reason::DropEndpointFlowLimit,
+    Reason::DropConntrackFull,
+];
+
+/// `h` with embryonic flows kept ten minutes, the one flow its endpoint is allowed (a
+/// one-tuple pool, `endpoint_flow_share` 1) never refilled while a forward race runs.
+fn one_flow_allowed(mut h: Harness) -> Harness {
+    h.dp.set_config(&Config {
+        embryonic_timeout_ns: 600 * 1_000_000_000,
+        flow_capacity: 65536 / 2,
+        ..Default::default()
+    })
+    .unwrap();
+    h
+}
+
 /// IPv4's other flow for `race`: every field of the translation different from `e`'s.
 fn other4(e: &FlowEntry) -> (FlowKey, FlowEntry) {
     let key = FlowKey::new(e.out_vpc_id, [198, 18, 250, 1], ENI, 40001, 443, PROTO_TCP);
@@ -831,14 +854,8 @@ fn a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_anot
         "endpoint_flow_share = 1\nsnat = [\"10.10.0.200\"]\nsnat_ports = [40000, 40000]",
     );
     assert!(state.contains("snat_ports"));
-    let mut h = Harness::new(&state).unwrap();
-    h.dp.set_config(&Config {
-        embryonic_timeout_ns: 600 * 1_000_000_000,
-        flow_capacity: 65536 / 2,
-        ..Default::default()
-    })
-    .unwrap();
-    let mut r = raced(h, false, false, |_| 0);
+    let h = Harness::new(&state).unwrap();
+    let mut r = raced(one_flow_allowed(h), false, false, |_| 0);
     race(
         &mut r.h,
         &SLOTS,
@@ -847,14 +864,7 @@ fn a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_anot
         &r.expected,
         (r.key, r.entry),
         other4(&r.entry),
-        // (A packet that found the other flow's fields where its own should be takes them
-        // for a flow whose reply entry is gone, and would make it again: refused, by the
-        // allowance or, now and then, by the reply entry's bucket.)
-        &[
-            Reason::DropFlowChanged,
-            Reason::DropEndpointFlowLimit,
-            Reason::DropConntrackFull,
-        ],
+        &FORWARD_DROPS,
         // (The flow may have been made again meanwhile, by a packet that found it
         // missing, on the pool's one tuple: its frames are the same, counted as new flows.)
         &[Reason::ForwardToService, Reason::ForwardNewFlow],
@@ -874,13 +884,7 @@ fn an_ipv6_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packe
         pool,
         "snat6 = [\"fd00:b::200\"]\nendpoint_flow_share = 1\nsnat_ports = [40000, 40000]",
     );
-    let mut h = Harness::new(&state).unwrap();
-    h.dp.set_config(&Config {
-        embryonic_timeout_ns: 600 * 1_000_000_000,
-        flow_capacity: 65536 / 2,
-        ..Default::default()
-    })
-    .unwrap();
+    let mut h = one_flow_allowed(Harness::new(&state).unwrap());
     let (key, entry, frame, ifindex, expected) = raced6(&mut h, false, false, |_| 0);
     race(
         &mut h,
@@ -890,11 +894,7 @@ fn an_ipv6_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packe
         &expected,
         (key, entry),
         other6(&entry),
-        &[
-            Reason::DropFlowChanged,
-            Reason::DropEndpointFlowLimit,
-            Reason::DropConntrackFull,
-        ],
+        &FORWARD_DROPS,
         &[Reason::Forward6ToService, Reason::Forward6NewFlow],
     );
 }
@@ -908,9 +908,9 @@ fn an_ipv6_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packe
 /// every translated error is the flow's own.
 #[test]
 fn a_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_flow() {
-    let _one = one_race();
     use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
 
+    let _one = one_race();
     let h = Harness::new(&packet_state()).unwrap();
     let mut r = raced(h, true, false, |_| 0);
     let (snat, port) = (r.key.dst, r.key.dport);
@@ -953,9 +953,9 @@ fn a_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_flow() 
 /// about a packet of the flow's reply entry's key.
 #[test]
 fn an_ipv6_slot_taken_while_an_icmp_error_is_translated_never_lends_it_another_flow() {
-    let _one = one_race();
     use etherparse::Icmpv6Type;
 
+    let _one = one_race();
     let mut h = Harness::new(&dual_state()).unwrap();
     let (key, entry, _, _, _) = raced6(&mut h, true, false, |_| 0);
     let (snat, port) = (key.dst, key.dport);
