@@ -92,6 +92,7 @@ pub struct FlowSlot {
     /// second slot: the bucket's own index plus one (what a key it spills records as
     /// its `home`).
     pub meta: u64,
+    pub _rest: [u64; 2],
 }
 
 /// A slot of a `FlowBucket6`: 192 bytes, three cache lines.
@@ -107,7 +108,7 @@ pub struct FlowSlot6 {
     pub aux: u64,
     /// As `FlowSlot::meta`.
     pub meta: u64,
-    pub _rest: [u64; 2],
+    pub _rest: [u64; 4],
 }
 
 /// Value of `PL_CONNTRACK`: a bucket.
@@ -293,17 +294,25 @@ pub fn buckets_of<K: SlotKey>(key: &K, g: &FlowGeometry) -> (u32, u32) {
 /// for longer than this, never a flow that talked within it.
 pub const ESTABLISHED_GRACE_NS: u64 = 10_000_000_000;
 
-/// A direction's rank for eviction from a full bucket: the lowest goes. Its last-seen
-/// time (an embryonic flow's clock stops at its creation), established ones
-/// `ESTABLISHED_GRACE_NS` later.
+/// A direction's rank for eviction from a full bucket, as a new entry made at tick `now`
+/// (`crate::seen_tick`, the new entry's own `last_seen`) sees it: the lowest goes. The
+/// older its `last_seen` the lower (an embryonic flow's clock stops at its creation), an
+/// established one's `ESTABLISHED_GRACE_NS` higher. Taken against `now` (2^31 ticks after
+/// its origin, so no rank of a stamp within 1.14 years either way wraps), so the
+/// clock's own wrap does not reorder ranks; the new entry's own is
+/// `evict_rank(now, now, its flags)`. Shifted left by three bits: the eviction keeps a
+/// slot number in them.
 #[inline(always)]
-pub fn evict_rank(last_seen_ns: u64, tcp_flags: u8) -> u64 {
-    // (A clock of ns since boot is centuries from wrapping.)
-    last_seen_ns.wrapping_add(if tcp_flags & crate::CT_ESTABLISHED != 0 {
-        ESTABLISHED_GRACE_NS
+pub fn evict_rank(now: u32, last_seen: u32, tcp_flags: u8) -> u64 {
+    let grace = if tcp_flags & crate::CT_ESTABLISHED != 0 {
+        (ESTABLISHED_GRACE_NS >> crate::SEEN_SHIFT) as u32
     } else {
         0
-    })
+    };
+    ((1u32 << 31)
+        .wrapping_add(last_seen.wrapping_sub(now))
+        .wrapping_add(grace) as u64)
+        << 3
 }
 
 /// The slots a table of `entries` entries has (`table_buckets` of four).

@@ -126,8 +126,8 @@ layout! {
     FlowKey { vpc_id, src, dst, sport, dport, proto, _pad, _pad2 };
     FlowEntry {
         new_src, new_dst, new_sport, new_dport, out_ifindex, src_mac, dst_mac, out_vpc_id,
-        endpoint_id, direction, tcp_flags, flags, _pad, last_seen_ns, checked_ns, peer_mac,
-        out_mtu, epoch, csum_ip, csum_l4, fast_packets, counter_slot,
+        endpoint_id, direction, tcp_flags, flags, fast_packets, last_seen, checked, counter_slot,
+        peer_mac, out_mtu, epoch, csum_ip, csum_l4,
     };
     Rule { addr, prefix, proto, action, _pad, port_lo, port_hi };
     RuleSet { count, _pad, rules } [Rule];
@@ -138,12 +138,12 @@ layout! {
     FlowKey6 { vpc_id, src, dst, sport, dport, proto, _pad, _pad2 };
     FlowEntry6 {
         new_src, new_dst, new_sport, new_dport, out_ifindex, src_mac, dst_mac, out_vpc_id,
-        endpoint_id, direction, tcp_flags, flags, _pad, last_seen_ns, checked_ns, peer_mac,
-        out_mtu, epoch, csum_l4, gwlb_cookie_lo, fast_packets, counter_slot,
+        endpoint_id, direction, tcp_flags, flags, fast_packets, last_seen, checked, counter_slot,
+        peer_mac, out_mtu, epoch, csum_l4, gwlb_cookie_lo,
     };
     Rule6 { addr, prefix, proto, action, _pad, port_lo, port_hi };
     RuleSet6 { count, _pad, rules } [Rule6];
-    FlowSlot { state, key, home, entry, aux, meta } [FlowKey, FlowEntry];
+    FlowSlot { state, key, home, entry, aux, meta, _rest } [FlowKey, FlowEntry];
     FlowSlot6 { state, key, home, entry, aux, meta, _rest } [FlowKey6, FlowEntry6];
     FlowBucket { slots } [FlowSlot, crate::flowtable::KeyHash];
     FlowBucket6 { slots } [FlowSlot6, crate::flowtable::KeyHash];

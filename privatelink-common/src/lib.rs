@@ -580,10 +580,19 @@ pub struct FlowEntry {
     pub tcp_flags: u8,
     /// `FLOW_GATEWAY` for flows of a gateway endpoint, `FLOW_GWLB` for GWLB flows.
     pub flags: u8,
-    pub _pad: u8,
-    pub last_seen_ns: u64,
-    /// Original direction: when the reply entry was last confirmed to be this flow's.
-    pub checked_ns: u64,
+    /// Packets of this direction the established fast path forwarded, wrapping at 256: the
+    /// trace that shows the fast path ran, where the counters in `PL_STATS` are the same
+    /// for both paths.
+    pub fast_packets: u8,
+    /// When this direction was last seen: `seen_tick` of the clock (`seen_elapsed_ns`).
+    pub last_seen: u32,
+    /// Original direction: when the reply entry was last confirmed to be this flow's
+    /// (GWLB flows: when the appliance was last confirmed healthy); `checked_tick` of the
+    /// clock (`checked_elapsed_ns`).
+    pub checked: u16,
+    /// The endpoint ENI's slot in `PL_EP_COUNTERS` (0: none), copied from its
+    /// `EndpointEni` when the flow was made and when it is stamped.
+    pub counter_slot: u16,
     /// GWLB flows: the MAC this direction is delivered to once the appliance returns it
     /// (zero until known).
     pub peer_mac: [u8; 6],
@@ -599,13 +608,48 @@ pub struct FlowEntry {
     /// checksum: they keep their GENEVE flow cookie here (`gwlb_cookie`).
     pub csum_ip: u16,
     pub csum_l4: u16,
-    /// Packets of this direction the established fast path forwarded (wrapping): the trace
-    /// that shows the fast path ran, where the counters in `PL_STATS` are the same for both
-    /// paths.
-    pub fast_packets: u32,
-    /// The endpoint ENI's slot in `PL_EP_COUNTERS` (0: none), copied from its
-    /// `EndpointEni` when the flow was made and when it is stamped.
-    pub counter_slot: u32,
+}
+
+const _: () =
+    assert!(core::mem::size_of::<FlowEntry>() == 64 && MAX_COUNTER_SLOTS <= u16::MAX as u32 + 1);
+
+/// `FlowEntry::last_seen`'s clock: ticks of 2^`SEEN_SHIFT` ns (16.8 ms) in 32 bits, which
+/// wrap after 2.28 years of uptime (the data path's clock is the time since boot).
+pub const SEEN_SHIFT: u32 = 24;
+/// `FlowEntry::checked`'s clock: ticks of 2^`CHECKED_SHIFT` ns (67 ms) in 16 bits, which
+/// wrap every 73 minutes.
+pub const CHECKED_SHIFT: u32 = 26;
+
+/// `ns` (the data path's clock) as `FlowEntry::last_seen` holds it.
+#[inline(always)]
+pub const fn seen_tick(ns: u64) -> u32 {
+    (ns >> SEEN_SHIFT) as u32
+}
+
+/// How long before `now_ns` the tick `seen` was, in ns (to a tick). Signed: a stamp ahead
+/// of `now_ns` (another CPU's later reading of the clock) is no time ago, never half a
+/// wrap ago; a stamp more than half a wrap (1.14 years) old reads as recent, which no
+/// flow's idle timeout comes near.
+#[inline(always)]
+pub const fn seen_elapsed_ns(now_ns: u64, seen: u32) -> u64 {
+    let d = seen_tick(now_ns).wrapping_sub(seen) as i32;
+    if d < 0 { 0 } else { (d as u64) << SEEN_SHIFT }
+}
+
+/// `ns` as `FlowEntry::checked` holds it.
+#[inline(always)]
+pub const fn checked_tick(ns: u64) -> u16 {
+    (ns >> CHECKED_SHIFT) as u16
+}
+
+/// How long before `now_ns` the tick `checked` was, in ns (to a tick), modulo the 73
+/// minutes the tick wraps in. Unsigned: a stamp ahead of `now_ns` reads as long ago, so
+/// what it guards (a recheck) is only ever done early, never skipped; a flow idle for a
+/// whole number of wraps plus less than the recheck's period skips one recheck, which its
+/// next packet after that period makes.
+#[inline(always)]
+pub const fn checked_elapsed_ns(now_ns: u64, checked: u16) -> u64 {
+    (checked_tick(now_ns).wrapping_sub(checked) as u64) << CHECKED_SHIFT
 }
 
 /// How long a flow direction in state `tcp_flags` (`CT_*`) may idle: `FlowEntry`'s rule,
@@ -668,16 +712,15 @@ impl FlowEntry {
             direction: 0,
             tcp_flags: 0,
             flags: 0,
-            _pad: 0,
-            last_seen_ns: 0,
-            checked_ns: 0,
+            fast_packets: 0,
+            last_seen: 0,
+            checked: 0,
+            counter_slot: 0,
             peer_mac: [0; 6],
             out_mtu: 0,
             epoch: 0,
             csum_ip: 0,
             csum_l4: 0,
-            fast_packets: 0,
-            counter_slot: 0,
         }
     }
 
@@ -712,7 +755,7 @@ impl FlowEntry {
     pub fn is_reclaimable(&self, proto: u8, now_ns: u64, cfg: &Config) -> bool {
         self.is_expired(proto, now_ns, cfg)
             || (self.tcp_flags & CT_ESTABLISHED == 0
-                && now_ns.saturating_sub(self.last_seen_ns) > EMBRYONIC_RECLAIM_NS)
+                && seen_elapsed_ns(now_ns, self.last_seen) > EMBRYONIC_RECLAIM_NS)
     }
 
     /// Whether a new flow of endpoint `endpoint_id` may take this entry's tuple over:
@@ -723,7 +766,7 @@ impl FlowEntry {
         self.is_expired(proto, now_ns, cfg)
             || (self.tcp_flags & CT_ESTABLISHED == 0
                 && self.endpoint_id == endpoint_id
-                && now_ns.saturating_sub(self.last_seen_ns) > EMBRYONIC_RECLAIM_NS)
+                && seen_elapsed_ns(now_ns, self.last_seen) > EMBRYONIC_RECLAIM_NS)
     }
 
     /// NAT flows' original-direction entry, during the handshake: the acknowledgment number
@@ -744,7 +787,7 @@ impl FlowEntry {
     }
 
     pub fn is_expired(&self, proto: u8, now_ns: u64, cfg: &Config) -> bool {
-        now_ns.saturating_sub(self.last_seen_ns) > self.idle_timeout_ns(proto, cfg)
+        seen_elapsed_ns(now_ns, self.last_seen) > self.idle_timeout_ns(proto, cfg)
     }
 
     /// For readers of the table: whether this entry's flow lives, that is, either direction
@@ -1035,7 +1078,7 @@ mod tests {
         assert_eq!(size_of::<SnatPool>(), 8 + 4 * MAX_SNAT_ADDRS);
         assert_eq!(size_of::<Neighbor>(), 8);
         assert_eq!(size_of::<FlowKey>(), 20);
-        assert_eq!(size_of::<FlowEntry>(), 80);
+        assert_eq!(size_of::<FlowEntry>(), 64);
         assert_eq!(size_of::<GwlbZone>(), 8);
         assert_eq!(size_of::<ApplianceSet>(), 8 + 4 * MAX_APPLIANCES);
         assert_eq!(size_of::<Appliance>(), 12);
@@ -1181,7 +1224,7 @@ mod tests {
     #[test]
     fn tcp_timeouts_follow_flags() {
         let mut e = FlowEntry {
-            last_seen_ns: 1,
+            last_seen: 0,
             tcp_flags: CT_ESTABLISHED,
             ..Default::default()
         };
@@ -1200,7 +1243,7 @@ mod tests {
         let s = 1_000_000_000;
         let cfg = Config::default();
         let mut e = FlowEntry {
-            last_seen_ns: 1,
+            last_seen: 0,
             ..Default::default()
         };
         for proto in [PROTO_TCP, PROTO_UDP] {

@@ -145,9 +145,14 @@ pub struct FlowEntry6 {
     pub direction: u8,
     pub tcp_flags: u8,
     pub flags: u8,
-    pub _pad: u8,
-    pub last_seen_ns: u64,
-    pub checked_ns: u64,
+    /// As `FlowEntry::fast_packets`.
+    pub fast_packets: u8,
+    /// As `FlowEntry::last_seen`.
+    pub last_seen: u32,
+    /// As `FlowEntry::checked`.
+    pub checked: u16,
+    /// As `FlowEntry::counter_slot`.
+    pub counter_slot: u16,
     pub peer_mac: [u8; 6],
     pub out_mtu: u16,
     pub epoch: u32,
@@ -157,9 +162,9 @@ pub struct FlowEntry6 {
     pub csum_l4: u16,
     /// GWLB flows: the GENEVE flow cookie's low half (0 for NAT flows).
     pub gwlb_cookie_lo: u16,
-    pub fast_packets: u32,
-    pub counter_slot: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<FlowEntry6>() == 88);
 
 impl FlowEntry6 {
     /// A GWLB flow's GENEVE flow cookie, stamped with its epoch (see `csum_l4`).
@@ -189,16 +194,15 @@ impl FlowEntry6 {
             direction: 0,
             tcp_flags: 0,
             flags: 0,
-            _pad: 0,
-            last_seen_ns: 0,
-            checked_ns: 0,
+            fast_packets: 0,
+            last_seen: 0,
+            checked: 0,
+            counter_slot: 0,
             peer_mac: [0; 6],
             out_mtu: 0,
             epoch: 0,
             csum_l4: 0,
             gwlb_cookie_lo: 0,
-            fast_packets: 0,
-            counter_slot: 0,
         }
     }
 
@@ -236,7 +240,7 @@ impl FlowEntry6 {
         partner: impl FnOnce() -> Option<FlowEntry6>,
     ) -> bool {
         let expired = |e: &FlowEntry6| {
-            now_ns.saturating_sub(e.last_seen_ns) > idle_timeout_ns(e.tcp_flags, proto, cfg)
+            crate::seen_elapsed_ns(now_ns, e.last_seen) > idle_timeout_ns(e.tcp_flags, proto, cfg)
         };
         !expired(self) || partner().is_some_and(|p| !expired(&p))
     }
@@ -352,7 +356,7 @@ mod tests {
         assert_eq!(size_of::<EndpointEni6>(), 44 + 16);
         assert_eq!(size_of::<SnatPool6>(), 8 + 16 * MAX_SNAT_ADDRS);
         assert_eq!(size_of::<FlowKey6>(), 44);
-        assert_eq!(size_of::<FlowEntry6>(), 104);
+        assert_eq!(size_of::<FlowEntry6>(), 88);
         assert_eq!(size_of::<Rule6>(), 24);
         assert_eq!(size_of::<RuleSet6>(), 8 + 24 * MAX_RULES);
     }

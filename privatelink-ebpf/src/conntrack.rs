@@ -20,7 +20,7 @@ use privatelink_common::{
     CT_CLOSING, CT_ESTABLISHED, CT_FIN_SEEN, CT_REPLIED, Config, DIR_ORIGINAL, DIR_REPLY,
     ENI_FLAG_FLOW_LOG, ENI_FLAG_GATEWAY, ENI_FLAG_LB_SET, EndpointEni, FLOW_GWLB, FLOW_LOGGED,
     FlowBudget, FlowEntry, FlowKey, GwlbZone, IfaceInfo, LB_SLOTS, MAX_LBS_PER_ZONE,
-    MAX_SNAT_ADDRS, PROTO_TCP, Reason, VpcAddr, csum, hash,
+    MAX_SNAT_ADDRS, PROTO_TCP, Reason, VpcAddr, checked_tick, csum, hash, seen_tick,
 };
 
 use crate::{
@@ -123,7 +123,7 @@ pub fn mark<E: Flow>(e: &mut E, eni: &EndpointEni) {
     // rest of the forward path twice (once knowing the bit set, once clear).
     const SHIFT: u32 = ENI_FLAG_FLOW_LOG.trailing_zeros() - FLOW_LOGGED.trailing_zeros();
     const _: () = assert!(ENI_FLAG_FLOW_LOG >> SHIFT == FLOW_LOGGED as u32);
-    *e.counter_slot_mut() = eni.counter_slot;
+    *e.counter_slot_mut() = eni.counter_slot as u16;
     let flags = e.flags_mut();
     *flags = (*flags & !FLOW_LOGGED) | ((eni.flags & ENI_FLAG_FLOW_LOG) >> SHIFT) as u8;
 }
@@ -166,8 +166,8 @@ pub fn reply_entry(
         out_vpc_id: key.vpc_id,
         endpoint_id,
         direction: DIR_REPLY,
-        last_seen_ns: t,
-        checked_ns: t,
+        last_seen: seen_tick(t),
+        checked: checked_tick(t),
         ..FlowEntry::zeroed()
     }
 }
@@ -264,8 +264,8 @@ pub fn create(
                 direction: DIR_ORIGINAL,
                 flags: reply.flags,
                 counter_slot: reply.counter_slot,
-                last_seen_ns: t,
-                checked_ns: t,
+                last_seen: seen_tick(t),
+                checked: checked_tick(t),
                 ..FlowEntry::zeroed()
             }
         };
@@ -330,7 +330,7 @@ pub fn claim<E: Flow>(
     let Some(old) = (unsafe { table.get(reply_key) }) else {
         return false;
     };
-    let old_seen = old.last_seen_ns();
+    let old_seen = old.last_seen();
     let proto = E::proto(reply_key);
     let old_fwd_key = old.partner_key(proto);
     if E::same_key(&old_fwd_key, fwd_key) {
@@ -354,7 +354,7 @@ pub fn claim<E: Flow>(
     // it (only if it is still the one judged stale), then insert with BPF_NOEXIST.
     // SAFETY: copied out.
     match unsafe { table.get(reply_key) } {
-        Some(cur) if cur.last_seen_ns() != old_seen => return false,
+        Some(cur) if cur.last_seen() != old_seen => return false,
         Some(_) => {
             let _ = table.remove(reply_key);
         }
@@ -518,7 +518,7 @@ pub fn track<E: Flow>(e: &mut E, key: &E::Key, flags: u8, nums: SeqAck, t: u64, 
     // it sends. Only the server keeps a UDP (or other non-TCP) flow alive before the
     // client talks again (a stream it pushes after one request).
     if *e.tcp_flags_mut() & CT_ESTABLISHED != 0 || (dir == DIR_REPLY && proto != PROTO_TCP) {
-        *e.last_seen_ns_mut() = t;
+        *e.last_seen_mut() = seen_tick(t);
     }
     if proto != PROTO_TCP || flags & (TCP_FIN | TCP_RST | TCP_SYN) == 0 {
         return;
@@ -577,20 +577,20 @@ pub trait Flow: crate::flowtable::Tabled {
     fn is_stale_for(&self, proto: u8, now_ns: u64, cfg: &Config, endpoint_id: u32) -> bool;
     fn handshake_ack(&self) -> u32;
     fn set_handshake_ack(&mut self, ack: u32);
-    fn last_seen_ns(&self) -> u64;
+    fn last_seen(&self) -> u32;
     fn endpoint_id(&self) -> u32;
     fn tcp_flags_mut(&mut self) -> &mut u8;
     fn flags_mut(&mut self) -> &mut u8;
-    fn last_seen_ns_mut(&mut self) -> &mut u64;
-    fn counter_slot_mut(&mut self) -> &mut u32;
+    fn last_seen_mut(&mut self) -> &mut u32;
+    fn counter_slot_mut(&mut self) -> &mut u16;
 }
 
 /// The accessors every family's entry has, as its fields (`Flow`).
 macro_rules! flow_fields {
     () => {
         #[inline(always)]
-        fn last_seen_ns(&self) -> u64 {
-            self.last_seen_ns
+        fn last_seen(&self) -> u32 {
+            self.last_seen
         }
         #[inline(always)]
         fn endpoint_id(&self) -> u32 {
@@ -605,11 +605,11 @@ macro_rules! flow_fields {
             &mut self.flags
         }
         #[inline(always)]
-        fn last_seen_ns_mut(&mut self) -> &mut u64 {
-            &mut self.last_seen_ns
+        fn last_seen_mut(&mut self) -> &mut u32 {
+            &mut self.last_seen
         }
         #[inline(always)]
-        fn counter_slot_mut(&mut self) -> &mut u32 {
+        fn counter_slot_mut(&mut self) -> &mut u16 {
             &mut self.counter_slot
         }
     };

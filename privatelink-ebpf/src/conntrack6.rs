@@ -7,6 +7,7 @@
 
 use privatelink_common::{
     CT_ESTABLISHED, Config, EMBRYONIC_RECLAIM_NS, FLOW_GWLB, FlowEntry6, FlowKey6, idle_timeout_ns,
+    seen_elapsed_ns,
 };
 
 use crate::{
@@ -68,7 +69,7 @@ impl Flow for FlowEntry6 {
     /// `FlowEntry::is_expired`'s rule.
     #[inline(always)]
     fn is_expired(&self, proto: u8, now_ns: u64, cfg: &Config) -> bool {
-        now_ns.saturating_sub(self.last_seen_ns) > idle_timeout_ns(self.tcp_flags, proto, cfg)
+        seen_elapsed_ns(now_ns, self.last_seen) > idle_timeout_ns(self.tcp_flags, proto, cfg)
     }
     /// `FlowEntry::is_stale_for`'s rule.
     #[inline(always)]
@@ -76,7 +77,7 @@ impl Flow for FlowEntry6 {
         self.is_expired(proto, now_ns, cfg)
             || (self.tcp_flags & CT_ESTABLISHED == 0
                 && self.endpoint_id == endpoint_id
-                && now_ns.saturating_sub(self.last_seen_ns) > EMBRYONIC_RECLAIM_NS)
+                && seen_elapsed_ns(now_ns, self.last_seen) > EMBRYONIC_RECLAIM_NS)
     }
     /// Where `FlowEntry` keeps it: the first four bytes of `peer_mac`.
     #[inline(always)]

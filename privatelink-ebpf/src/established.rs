@@ -7,7 +7,7 @@ use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
     DIR_ORIGINAL, FLOW_EGRESS, FLOW_GWLB, FLOW_INGRESS, FLOW_LOGGED, FlowEntry, FlowEntry6,
     FlowEvent, FlowKey, GENEVE_PORT, GWLB_OVERHEAD, IFACE_FLAG_APPLIANCES, IfaceInfo, PROTO_TCP,
-    PROTO_UDP, Reason, csum,
+    PROTO_UDP, Reason, checked_elapsed_ns, csum,
 };
 
 use crate::{
@@ -187,7 +187,7 @@ fn established_checked(
     if e.epoch != pkt.epoch
         || e.is_expired(key.proto, t, &config())
         || ((e.direction == DIR_ORIGINAL || gwlb)
-            && t.saturating_sub(e.checked_ns) > PARTNER_REFRESH_NS)
+            && checked_elapsed_ns(t, e.checked) > PARTNER_REFRESH_NS)
     {
         return Ok(None);
     }
@@ -198,7 +198,7 @@ fn established_checked(
     if gwlb && mtu >= 2 * GWLB_OVERHEAD && inner_len + GWLB_OVERHEAD > mtu {
         return Ok(None);
     }
-    *slot = e.counter_slot;
+    *slot = e.counter_slot as u32;
     // RFC 1812: a router verifies the header checksum before forwarding.
     if csum::fold(sum_header(ip)) != 0xffff {
         return Err(Reason::DropBadIpChecksum);
@@ -291,7 +291,7 @@ fn report(ctx: &XdpContext, e: &FlowEntry, key: &FlowKey, pkt: &Packet) {
         0
     };
     let mut ev = FlowEvent {
-        slot: e.counter_slot,
+        slot: e.counter_slot as u32,
         bytes: (pkt.end - ETH_LEN) as u32,
         proto: key.proto,
         tcp_flags,

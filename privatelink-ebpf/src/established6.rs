@@ -9,7 +9,7 @@
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
     DIR_ORIGINAL, FLOW_GWLB, FLOW_LOGGED, FlowEntry6, FlowKey6, GWLB_OVERHEAD, IfaceInfo,
-    PROTO_TCP, PROTO_UDP, Reason, csum,
+    PROTO_TCP, PROTO_UDP, Reason, checked_elapsed_ns, csum,
 };
 
 use crate::{
@@ -130,7 +130,7 @@ fn checked(
         || e.epoch != epoch
         || e.is_expired(proto, t, &config())
         || ((e.direction == DIR_ORIGINAL || gwlb)
-            && t.saturating_sub(e.checked_ns) > PARTNER_REFRESH_NS)
+            && checked_elapsed_ns(t, e.checked) > PARTNER_REFRESH_NS)
     {
         return Ok(None);
     }
@@ -141,7 +141,7 @@ fn checked(
     if gwlb && mtu >= 2 * GWLB_OVERHEAD && inner_len + GWLB_OVERHEAD > mtu {
         return Ok(None);
     }
-    *slot = e.counter_slot;
+    *slot = e.counter_slot as u32;
     let (flags, nums) = if tcp {
         let Ok(t) = tcp_words(ctx) else {
             return Ok(None);

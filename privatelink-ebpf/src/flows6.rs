@@ -24,7 +24,8 @@ use aya_ebpf::{
 };
 use privatelink_common::{
     DIR_ORIGINAL, DIR_REPLY, ENI_FLAG_GATEWAY, EndpointEni6, FlowEntry6, FlowKey6, IfaceInfo,
-    MAX_SNAT_ADDRS, PROTO_TCP, PROTO_UDP, Reason, SnatPool6, VpcAddr6, VpcPort, csum, hash,
+    MAX_SNAT_ADDRS, PROTO_TCP, PROTO_UDP, Reason, SnatPool6, VpcAddr6, VpcPort, checked_tick, csum,
+    hash, seen_tick,
 };
 
 use crate::{
@@ -146,8 +147,8 @@ pub fn reply_entry6(
         out_vpc_id: key.vpc_id,
         endpoint_id,
         direction: DIR_REPLY,
-        last_seen_ns: t,
-        checked_ns: t,
+        last_seen: seen_tick(t),
+        checked: checked_tick(t),
         ..FlowEntry6::zeroed()
     };
     copy_addr(&mut r.new_src, &key.dst);
@@ -181,7 +182,7 @@ pub fn packet_key6() -> Result<&'static FlowKey6, Reason> {
 }
 
 /// Creates both entries of a new IPv6 flow (its key in `PL_KEYS6` slot 0, its reply
-/// entry in `PL_SCRATCH6` slot 0, its `last_seen_ns` the time now) to the ENI's zone's
+/// entry in `PL_SCRATCH6` slot 0, its `last_seen` the time now) to the ENI's zone's
 /// IPv6 load balancer (a gateway route's flow: to its own destination, through that load
 /// balancer), from a tuple of the service's IPv6 SNAT pool; returns the
 /// original-direction entry. An IPv6 flow has one load balancer per zone
@@ -211,11 +212,10 @@ fn allow_new6(eni6: &EndpointEni6) -> Result<&'static SnatPool6, Reason> {
         return Err(Reason::DropSnatExhausted);
     }
     let range = (pool.port_max - pool.port_min) as u64 + 1;
-    let reply = unsafe { &*scratch6(0)? };
     take_token(
         eni,
         snat_count(pool) as u64 * range,
-        reply.last_seen_ns,
+        crate::conntrack::now(),
         &config(),
     )?;
     Ok(pool)
@@ -257,7 +257,7 @@ fn insert6(eni6: &EndpointEni6) -> Result<Seen<FlowEntry6>, Reason> {
             return Err(reason);
         }
     };
-    let t = reply.last_seen_ns;
+    let t = crate::conntrack::now();
     let fwd = scratch6(1)?;
     // SAFETY: this CPU's scratch slot, valid for this run.
     unsafe {
@@ -272,8 +272,8 @@ fn insert6(eni6: &EndpointEni6) -> Result<Seen<FlowEntry6>, Reason> {
             direction: DIR_ORIGINAL,
             flags: reply.flags,
             counter_slot: reply.counter_slot,
-            last_seen_ns: t,
-            checked_ns: t,
+            last_seen: seen_tick(t),
+            checked: checked_tick(t),
             ..FlowEntry6::zeroed()
         };
         copy_addr(&mut (*fwd).new_src, &reply_key.dst);
@@ -429,9 +429,9 @@ fn claim6(reply_key: &FlowKey6, reply: &FlowEntry6, fwd_key: &FlowKey6) -> bool 
     let Some(old) = (unsafe { FLOWS6.get(reply_key) }) else {
         return false;
     };
-    let t = reply.last_seen_ns;
+    let t = crate::conntrack::now();
     let proto = reply_key.proto;
-    let old_seen = old.last_seen_ns;
+    let old_seen = old.last_seen;
     partner_key6(old, proto, old_fwd_key);
     if same_key6(old_fwd_key, fwd_key) {
         return FLOWS6.insert(reply_key, reply, BPF_ANY as u64).is_ok();
@@ -454,7 +454,7 @@ fn claim6(reply_key: &FlowKey6, reply: &FlowEntry6, fwd_key: &FlowKey6) -> bool 
     // it (only if it is still the one judged stale), then insert with BPF_NOEXIST.
     // SAFETY: as above.
     match unsafe { FLOWS6.get(reply_key) } {
-        Some(cur) if cur.last_seen_ns != old_seen => return false,
+        Some(cur) if cur.last_seen != old_seen => return false,
         Some(_) => {
             let _ = FLOWS6.remove(reply_key);
         }

@@ -78,9 +78,11 @@ pub trait Tabled: Copy + 'static {
     /// The bucket's own index plus one (its second slot's `meta` word, written by the
     /// first insert whose first bucket it is: what a key it spills records as its `home`).
     fn own_index(b: *mut Self::Bucket) -> *mut u64;
-    /// Its rank for eviction (`evict_rank`: the lowest goes; a new entry's is the time
-    /// it is made at, and only ranks below that may go).
-    fn seen(&self) -> u64;
+    /// Its rank for eviction as a new entry made at tick `now` sees it (`evict_rank`: the
+    /// lowest goes; only ranks not above the new entry's own may go).
+    fn rank(&self, now: u32) -> u64;
+    /// The tick a new entry is made at: its `last_seen`.
+    fn now(&self) -> u32;
     /// `find` and `insert`, as the global BPF functions of this type.
     fn find_global(key: &Self::Key) -> u32;
     fn insert_global(key: &Self::Key, value: &Self, noexist: bool) -> i64;
@@ -187,17 +189,22 @@ macro_rules! tabled {
                 unsafe { &raw mut (*b).slots[0].meta }
             }
             #[inline(always)]
-            fn seen(&self) -> u64 {
+            fn rank(&self, now: u32) -> u64 {
                 // Read as it is used: an eviction ranks eight slots, and LLVM interleaving
                 // their reads takes more registers than BPF has (the rest goes on the stack).
                 // SAFETY: fields of a valid entry.
                 let (seen, flags) = unsafe {
                     (
-                        core::ptr::read_volatile(&self.last_seen_ns),
+                        core::ptr::read_volatile(&self.last_seen),
                         core::ptr::read_volatile(&self.tcp_flags),
                     )
                 };
-                privatelink_common::flowtable::evict_rank(seen, flags)
+                privatelink_common::flowtable::evict_rank(now, seen, flags)
+            }
+            #[inline(always)]
+            fn now(&self) -> u32 {
+                // SAFETY: a field of a valid entry.
+                unsafe { core::ptr::read_volatile(&self.last_seen) }
             }
             #[inline(always)]
             fn find_global(key: &$key) -> u32 {
@@ -783,12 +790,12 @@ fn insert_locked<E: Tabled>(
         for j in 0..2 * FLOW_WAYS {
             let (state, _, _, e) = pair_slot::<E>(p1, p2, j);
             // SAFETY: the entry of a slot of a valid bucket.
-            let r = (unsafe { (*e).seen() } & !7) | j as u64;
+            let r = (unsafe { (*e).rank(value.now()) } & !7) | j as u64;
             if slot_state(load(state)) == SLOT_LIVE && r < best {
                 best = r;
             }
         }
-        if best == u64::MAX || best & !7 > value.seen() & !7 {
+        if best == u64::MAX || best & !7 > value.rank(value.now()) {
             return E2BIG;
         }
         (best & 7) as u32
@@ -818,7 +825,7 @@ fn insert_locked<E: Tabled>(
     // it, and one value fewer lives across the ranking below.)
     // A victim ranked from a read before the claim: still one to give up?
     // SAFETY: this writer's slot now.
-    if was == SLOT_LIVE && unsafe { (*e).seen() } & !7 > value.seen() & !7 {
+    if was == SLOT_LIVE && unsafe { (*e).rank(value.now()) } > value.rank(value.now()) {
         let busy = load(state);
         cas(state, busy, next_state(busy, SLOT_LIVE));
         return E2BIG;

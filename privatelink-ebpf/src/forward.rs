@@ -6,7 +6,8 @@
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
     Config, DIR_ORIGINAL, ENI_FLAG_ACL, ENI_FLAG_FLOW_LOG, ENI_FLAG_GATEWAY, EndpointEni,
-    FLOW_GATEWAY, FLOW_INGRESS, FlowEntry, FlowKey, IfaceInfo, Reason, VpcAddr,
+    FLOW_GATEWAY, FLOW_INGRESS, FlowEntry, FlowKey, IfaceInfo, Reason, VpcAddr, checked_elapsed_ns,
+    checked_tick,
 };
 
 use crate::{
@@ -74,7 +75,7 @@ fn forward_checked(
     let entry = match existing {
         // Reply entry confirmed within the last second: the fast path.
         // SAFETY: as above.
-        Some(s) if t.saturating_sub(unsafe { (*s.entry).checked_ns }) <= PARTNER_REFRESH_NS => s,
+        Some(s) if checked_elapsed_ns(t, unsafe { (*s.entry).checked }) <= PARTNER_REFRESH_NS => s,
         _ => {
             let eth_src = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?.src_addr;
             let reply = scratch(0)?;
@@ -96,7 +97,7 @@ fn forward_checked(
                 // SAFETY: as above.
                 Some(s) if keep_partner(unsafe { &*s.entry }, &key, reply) => {
                     // SAFETY: as above.
-                    unsafe { (*s.entry).checked_ns = t };
+                    unsafe { (*s.entry).checked = checked_tick(t) };
                     s
                 }
                 _ => {

@@ -18,7 +18,7 @@ use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
     Config, DIR_ORIGINAL, ENI_FLAG_ACL, ENI_FLAG_FLOW_LOG, ENI_FLAG_GATEWAY, EndpointEni,
     EndpointEni6, FLOW_GATEWAY, FLOW_INGRESS, FlowEntry6, FlowKey6, IfaceInfo, Reason, VpcAddr6,
-    gateway_policy6,
+    checked_elapsed_ns, checked_tick, gateway_policy6,
 };
 
 use crate::{
@@ -120,7 +120,7 @@ fn find6(
     // Reply entry confirmed within the last second.
     if let Some(s) = existing {
         // SAFETY: as above.
-        if t.saturating_sub(unsafe { (*s.entry).checked_ns }) <= PARTNER_REFRESH_NS {
+        if checked_elapsed_ns(t, unsafe { (*s.entry).checked }) <= PARTNER_REFRESH_NS {
             return found(s);
         }
     }
@@ -149,7 +149,7 @@ fn find6(
         // SAFETY: as above.
         Some(s) if keep_partner6(unsafe { &*s.entry }, key, reply) => {
             // SAFETY: as above.
-            unsafe { (*s.entry).checked_ns = t };
+            unsafe { (*s.entry).checked = checked_tick(t) };
             found(s)
         }
         _ => {

@@ -16,7 +16,8 @@ use aya_ebpf::{
 use privatelink_common::{
     DIR_ORIGINAL, DIR_REPLY, ENI_FLAG_REBALANCE, ENI_FLAG_STICKY_2, ENI_FLAG_STICKY_3, EndpointEni,
     FLOW_GWLB, FlowEntry, FlowKey, GWLB_OVERHEAD, GwlbZone, IfaceInfo, Neighbor, PATH_GWLB_RETURN6,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, csum, hash,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, VpcAddr, checked_elapsed_ns, checked_tick, csum,
+    hash, seen_tick,
 };
 
 use crate::{
@@ -143,7 +144,7 @@ fn steer_checked(
     let e = unsafe { &mut *seen.entry };
     // What was judged is the entry about to be written (`flowtable::Seen`).
     seen.still()?;
-    if t.saturating_sub(e.checked_ns) > APPLIANCE_RECHECK_NS {
+    if checked_elapsed_ns(t, e.checked) > APPLIANCE_RECHECK_NS {
         recheck(e, &key, route, t)?;
     }
     let dir = e.direction;
@@ -192,7 +193,7 @@ fn steer_checked(
 /// directions come to the same choice on their own: the hash is symmetric.
 #[inline(always)]
 fn recheck(e: &mut FlowEntry, key: &FlowKey, route: &EndpointEni, t: u64) -> Result<(), Reason> {
-    e.checked_ns = t;
+    e.checked = checked_tick(t);
     let here = VpcAddr {
         vpc_id: e.out_vpc_id,
         addr: e.new_dst,
@@ -208,7 +209,7 @@ fn recheck(e: &mut FlowEntry, key: &FlowKey, route: &EndpointEni, t: u64) -> Res
         e.dst_mac = mac;
         e.new_dport = appliance_slot(e.out_vpc_id, addr);
     }
-    e.counter_slot = route.counter_slot;
+    e.counter_slot = route.counter_slot as u16;
     Ok(())
 }
 
@@ -307,7 +308,7 @@ fn create(
         new_src: route.lb_addr,
         new_dst: appliance,
         new_dport: appliance_slot(route.provider_vpc_id, appliance),
-        counter_slot: route.counter_slot,
+        counter_slot: route.counter_slot as u16,
         out_ifindex: port.ifindex,
         src_mac: port.mac,
         dst_mac: mac,
@@ -315,8 +316,8 @@ fn create(
         endpoint_id: route.endpoint_id,
         direction: DIR_REPLY,
         flags: FLOW_GWLB,
-        last_seen_ns: t,
-        checked_ns: t,
+        last_seen: seen_tick(t),
+        checked: checked_tick(t),
         peer_mac: sender,
         out_mtu: port.mtu,
         ..FlowEntry::zeroed()
@@ -396,7 +397,7 @@ pub fn from_appliance_checked(
     if e.flags & FLOW_GWLB == 0 || e.endpoint_id != g.endpoint_id || e.new_dst != outer_src {
         return Err(Reason::DropGwlbNoFlow);
     }
-    *slot = e.counter_slot;
+    *slot = e.counter_slot as u32;
     let port = maps::vpc_port(g.vpc_id, pkt.epoch).ok_or(Reason::DropNoRoute)?;
     let dst_key = VpcAddr {
         vpc_id: g.vpc_id,

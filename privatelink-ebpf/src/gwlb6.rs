@@ -18,7 +18,8 @@ use aya_ebpf::{
 };
 use privatelink_common::{
     DIR_ORIGINAL, DIR_REPLY, ENI_FLAG_REBALANCE, EndpointEni, FLOW_GWLB, FlowEntry6, FlowKey6,
-    GWLB_OVERHEAD, IfaceInfo, Neighbor, Reason, VpcAddr, VpcAddr6, hash,
+    GWLB_OVERHEAD, IfaceInfo, Neighbor, Reason, VpcAddr, VpcAddr6, checked_elapsed_ns,
+    checked_tick, hash, seen_tick,
 };
 
 use crate::{
@@ -302,7 +303,7 @@ fn flow_checked(
     let e = unsafe { &mut *seen.entry };
     // What was judged is the entry about to be written (`flowtable::Seen`).
     seen.still()?;
-    if t.saturating_sub(e.checked_ns) > APPLIANCE_RECHECK_NS {
+    if checked_elapsed_ns(t, e.checked) > APPLIANCE_RECHECK_NS {
         recheck(e, &key, route, t)?;
     }
     let dir = e.direction;
@@ -389,7 +390,7 @@ fn send_checked(
 /// directions come to the same choice on their own: the hash is symmetric.
 #[inline(always)]
 fn recheck(e: &mut FlowEntry6, key: &FlowKey6, route: &EndpointEni, t: u64) -> Result<(), Reason> {
-    e.checked_ns = t;
+    e.checked = checked_tick(t);
     let here = VpcAddr {
         vpc_id: e.out_vpc_id,
         addr: unmapped(&e.new_dst),
@@ -405,7 +406,7 @@ fn recheck(e: &mut FlowEntry6, key: &FlowKey6, route: &EndpointEni, t: u64) -> R
         e.dst_mac = mac;
         e.new_dport = gwlb::appliance_slot(e.out_vpc_id, addr);
     }
-    e.counter_slot = route.counter_slot;
+    e.counter_slot = route.counter_slot as u16;
     Ok(())
 }
 
@@ -453,7 +454,7 @@ fn create_checked(ctx: &XdpContext, iface: &IfaceInfo, route: &EndpointEni) -> R
     e.new_src = mapped(route.lb_addr);
     e.new_dst = mapped(appliance);
     e.new_dport = gwlb::appliance_slot(route.provider_vpc_id, appliance);
-    e.counter_slot = route.counter_slot;
+    e.counter_slot = route.counter_slot as u16;
     e.out_ifindex = port.ifindex;
     e.src_mac = port.mac;
     e.dst_mac = mac;
@@ -461,8 +462,8 @@ fn create_checked(ctx: &XdpContext, iface: &IfaceInfo, route: &EndpointEni) -> R
     e.endpoint_id = route.endpoint_id;
     e.direction = DIR_REPLY;
     e.flags = FLOW_GWLB;
-    e.last_seen_ns = t;
-    e.checked_ns = t;
+    e.last_seen = seen_tick(t);
+    e.checked = checked_tick(t);
     e.peer_mac = sender;
     e.out_mtu = port.mtu;
     if FLOWS6.insert(&key.reversed(), &*e, BPF_ANY as u64).is_err() {
@@ -523,7 +524,7 @@ fn from_appliance_checked(
     {
         return Err(Reason::DropGwlbNoFlow);
     }
-    *slot = e.counter_slot;
+    *slot = e.counter_slot as u32;
     let port = maps::vpc_port(g.vpc_id, pkt.epoch).ok_or(Reason::DropNoRoute)?;
     let known = e.peer_mac;
     let peer_mac = if known == [0; 6] {

@@ -1570,7 +1570,7 @@ mod tests {
             new_sport: snat_port,
             new_dport: 80,
             tcp_flags: privatelink_common::CT_ESTABLISHED,
-            last_seen_ns: now - idle_s * S,
+            last_seen: privatelink_common::seen_tick(now - idle_s * S),
             ..FlowEntry::zeroed()
         };
         // Endpoint 7: a fresh TCP flow (both entries), and a UDP flow whose original

@@ -16,7 +16,7 @@ use crate::{
 
 pub const CLIENT_SPORT: u16 = 40000;
 
-/// The data path's flow clock now (what synthetic entries' `last_seen_ns` is set from).
+/// The data path's flow clock now (what synthetic entries' `last_seen` is set from).
 pub fn ktime_ns() -> u64 {
     privatelink_user::dataplane::coarse_now_ns()
 }
@@ -67,8 +67,8 @@ pub fn fill(h: &mut Harness, range: std::ops::Range<u32>, age_ns: u64) -> Result
             direction: DIR_ORIGINAL,
             // Established connections (their handshake done), as a busy table holds.
             tcp_flags: CT_REPLIED | CT_ESTABLISHED,
-            last_seen_ns: t,
-            checked_ns: t,
+            last_seen: privatelink_common::seen_tick(t),
+            checked: privatelink_common::checked_tick(t),
             ..Default::default()
         };
         let reply_key = FlowKey::new(vpc_b, LB, snat, dport, snat_port, PROTO_TCP);
@@ -84,8 +84,8 @@ pub fn fill(h: &mut Harness, range: std::ops::Range<u32>, age_ns: u64) -> Result
             endpoint_id: ep,
             direction: DIR_REPLY,
             tcp_flags: CT_REPLIED | CT_ESTABLISHED,
-            last_seen_ns: t,
-            checked_ns: t,
+            last_seen: privatelink_common::seen_tick(t),
+            checked: privatelink_common::checked_tick(t),
             ..Default::default()
         };
         flowtable::put(ct, &g, &reply_key, reply)?;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use privatelink_common::{
-    FlowSlot, FlowSlot6, Reason,
+    FlowEntry, FlowEntry6, FlowSlot, FlowSlot6, Reason, checked_tick,
     flowtable::{FLOW_WAYS, SLOT_BUSY, SLOT_LIVE, next_state, slot_state},
     map_names,
 };
@@ -43,6 +43,28 @@ pub const SLOTS6: Slots = Slots {
 
 static ONE_RACE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// An entry as the racing writer puts it back at every turn: its partner (or appliance)
+/// confirmed just now (`checked`), so that however long the race runs, an original
+/// direction is never sent to the full path for its once-a-second check
+/// (`PARTNER_REFRESH_NS`), as the races' own flows would not be in the check's second.
+pub trait Confirmed: Copy {
+    fn confirmed(self) -> Self;
+}
+
+impl Confirmed for FlowEntry {
+    fn confirmed(mut self) -> Self {
+        self.checked = checked_tick(crate::scale::ktime_ns());
+        self
+    }
+}
+
+impl Confirmed for FlowEntry6 {
+    fn confirmed(mut self) -> Self {
+        self.checked = checked_tick(crate::scale::ktime_ns());
+        self
+    }
+}
+
 /// One racing test at a time in a test binary, held from the test's start (before its
 /// flows are made: one made and then kept waiting could idle out): tests that raced side
 /// by side would share the two CPUs they pin to, and each would race less. A test that
@@ -53,14 +75,14 @@ pub fn one_race() -> std::sync::MutexGuard<'static, ()> {
 
 /// Runs `frame` (arriving on `ifindex`) through the program while a writer thread takes
 /// the slot of `mine` again and again, as an eviction does: `other`'s key and entry
-/// written into it, then `mine`'s again, each under a claim of the slot's state word (the
+/// written into it, then `mine`'s again (each `Confirmed` as it is), each under a claim of the slot's state word (the
 /// data path's protocol), on `t`'s table through a shared mapping. Every forwarded frame
 /// must be `expected`, and counted as one of `sent`; every dropped one counted as one of
 /// `drops`; some forwarded, and some dropped by the check (`drop_flow_changed`): else the
 /// race was not run. Returns (forwarded, dropped, dropped by the check). A test that
 /// races holds `one_race()` from its start.
 #[allow(clippy::too_many_arguments)]
-pub fn race<K: Copy + PartialEq + Send + Sync, V: Copy + Send + Sync>(
+pub fn race<K: Copy + PartialEq + Send + Sync, V: Confirmed + Send + Sync>(
     h: &mut Harness,
     t: &Slots,
     frame: &[u8],
@@ -137,7 +159,7 @@ pub fn race<K: Copy + PartialEq + Send + Sync, V: Copy + Send + Sync>(
                     // SAFETY: this writer's slot now.
                     unsafe {
                         std::ptr::write_volatile(slot.add(t.key).cast::<K>(), k);
-                        std::ptr::write_volatile(slot.add(t.entry).cast::<V>(), e);
+                        std::ptr::write_volatile(slot.add(t.entry).cast::<V>(), e.confirmed());
                     }
                     state.store(next_state(busy, SLOT_LIVE), SeqCst);
                 }

@@ -151,7 +151,10 @@ fn a_full_table_refuses_new_flows_rather_than_end_flows_that_talk() {
     assert!(present(&h, 2).unwrap() && present(&h, 3).unwrap());
     let quiet_left = flows
         .iter()
-        .filter(|(_, e)| e.last_seen_ns + 30_000_000_000 < privatelink_tests::scale::ktime_ns())
+        .filter(|(_, e)| {
+            privatelink_common::seen_elapsed_ns(privatelink_tests::scale::ktime_ns(), e.last_seen)
+                > 30_000_000_000
+        })
         .count();
     assert_eq!(quiet_left, 2, "{flows:?}");
 }
@@ -578,9 +581,8 @@ fn raced(mut h: Harness, reply: bool, reject: bool, epoch: impl Fn(&Harness) -> 
     }
     let mut entry: FlowEntry = h.dp.flow(&key).unwrap().unwrap();
     entry.epoch = epoch(&h);
-    // Its partner confirmed for good: however long the race runs, an original direction
-    // is never sent to the full path for its once-a-second check (`PARTNER_REFRESH_NS`).
-    entry.checked_ns = u64::MAX;
+    // Its partner confirmed now and at every turn of the race (`slotrace::Confirmed`).
+    entry = privatelink_tests::slotrace::Confirmed::confirmed(entry);
     h.dp.put_flow(&key, entry).unwrap();
     Raced {
         h,
@@ -766,7 +768,7 @@ fn raced6(
     }
     let mut entry: FlowEntry6 = h.dp.flow(&key).unwrap().unwrap();
     entry.epoch = epoch(h);
-    entry.checked_ns = u64::MAX;
+    entry = privatelink_tests::slotrace::Confirmed::confirmed(entry);
     h.dp.put_flow(&key, entry).unwrap();
     (key, entry, frame, ifindex, expected)
 }

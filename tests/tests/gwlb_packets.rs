@@ -388,7 +388,7 @@ fn the_established_path_encapsulates_exactly_as_the_full_path() {
         }
         for n in got {
             assert!(
-                (19u32.saturating_sub(rechecks)..=19).contains(&n),
+                (19u32.saturating_sub(rechecks)..=19).contains(&(n as u32)),
                 "port {sport}: {n} packets on the established path"
             );
         }
@@ -1083,7 +1083,7 @@ fn steer_race(stamped: bool) {
             .unwrap();
     if stamped {
         entry.epoch = h.dp.epoch().unwrap();
-        entry.checked_ns = u64::MAX;
+        entry = privatelink_tests::slotrace::Confirmed::confirmed(entry);
     } else {
         entry.epoch = 0;
     }

@@ -1912,7 +1912,7 @@ fn the_ipv6_established_path_rewrites_exactly_as_the_full_path() {
             "tcp {tcp}: replies on the established path"
         );
         assert!(
-            (20u32.saturating_sub(rechecks)..=20).contains(&fwd.fast_packets),
+            (20u32.saturating_sub(rechecks)..=20).contains(&(fwd.fast_packets as u32)),
             "tcp {tcp}: client packets on the established path: {}",
             fwd.fast_packets
         );

@@ -26,8 +26,11 @@ pub trait Bucketed: TableEntry<Key: SlotKey> {
     type Bucket: aya::Pod + Default;
     /// Slot `i`'s state, key and entry.
     fn slot(b: &Self::Bucket, i: usize) -> (u64, Self::Key, Self);
-    /// Its rank for eviction (`evict_rank`), as the data path judges it.
-    fn rank(&self) -> u64;
+    /// Its rank for eviction as a new entry made at tick `now` sees it (`evict_rank`), as
+    /// the data path judges it.
+    fn rank(&self, now: u32) -> u64;
+    /// Its `last_seen` tick: a new entry's is the tick it is made at.
+    fn seen(&self) -> u32;
     /// Makes slot `i` hold `key` and `entry` (`SLOT_LIVE`), or frees it (`None`).
     fn set_slot(b: &mut Self::Bucket, i: usize, kv: Option<(Self::Key, Self)>);
     /// The bucket's first slot's `meta` word (bucket 0's: the table's geometry).
@@ -61,8 +64,11 @@ macro_rules! bucketed {
                 let s = &b.slots[i];
                 (slot_state(s.state), s.key, s.entry)
             }
-            fn rank(&self) -> u64 {
-                privatelink_common::flowtable::evict_rank(self.last_seen_ns, self.tcp_flags)
+            fn rank(&self, now: u32) -> u64 {
+                privatelink_common::flowtable::evict_rank(now, self.last_seen, self.tcp_flags)
+            }
+            fn seen(&self) -> u32 {
+                self.last_seen
             }
             fn set_slot(b: &mut $bucket, i: usize, kv: Option<($key, $entry)>) {
                 let s = &mut b.slots[i];
@@ -209,6 +215,7 @@ pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: 
             .count()
     };
     let (n1, n2) = (free(&pair[0].1), free(&pair[1].1));
+    let now = entry.seen();
     let at = existing
         .or_else(|| {
             let b = if n1 >= 2 || (n1 > 0 && n1 >= n2) {
@@ -226,8 +233,8 @@ pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: 
         .or_else(|| {
             (0..2)
                 .flat_map(|b| ways.clone().map(move |i| (b, i)))
-                .filter(|&(b, i)| E::slot(&pair[b].1, i).2.rank() <= entry.rank())
-                .min_by_key(|&(b, i)| E::slot(&pair[b].1, i).2.rank())
+                .filter(|&(b, i)| E::slot(&pair[b].1, i).2.rank(now) <= entry.rank(now))
+                .min_by_key(|&(b, i)| E::slot(&pair[b].1, i).2.rank(now))
         });
     let Some((b, i)) = at else {
         bail!(

@@ -454,8 +454,8 @@ fn restart_with_flows(flows: u32) -> Result<String> {
         let g = dataplane::flowtable::geometry::<FlowEntry>(&map)?;
         let t = ktime_ns();
         let e = FlowEntry {
-            last_seen_ns: t,
-            checked_ns: t,
+            last_seen: privatelink_common::seen_tick(t),
+            checked: privatelink_common::checked_tick(t),
             ..Default::default()
         };
         for i in 0..flows {
