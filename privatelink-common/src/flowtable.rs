@@ -1,25 +1,26 @@
-//! The flow tables' own layout (`PL_CONNTRACK`, `PL_CONNTRACK6`): arrays of slots the data
-//! path indexes itself, not kernel hash maps.
+//! The flow tables' own layout (`PL_CONNTRACK`, `PL_CONNTRACK6`): arrays the data path
+//! indexes itself, not kernel hash maps: first the heads (`heads`: the geometry, then one
+//! word per bucket), then the buckets.
 //!
 //! A flow direction lives in one slot of the `FLOW_WAYS` slots of one of its two buckets
 //! (elements of the array; `buckets_of`: the key's seeded hash, `key_hash` and
-//! `FlowGeometry`, masked to the table, and a second hash of it). A slot holds
+//! `FlowGeometry`, scaled to the table's buckets, and a second hash of it). A slot holds
 //! its key and its entry together, line-aligned, so a hit reads one slot: one cold access
 //! at many flows, where a kernel hash element was two (the bucket array, then the element)
 //! and a helper call (a direction in its second bucket costs a second read). A miss reads
-//! the second bucket only while the first's spill count (`FlowSlot::aux` of its second
-//! slot) says that some key whose first bucket it is lives in its second: at the loads a
-//! table mostly runs at, a miss is one cold access too, a new flow's searches half of what
-//! they were. Readers take
-//! no lock; writers hold the key's first bucket's (`FlowSlot::aux` of its first slot,
-//! taken by compare-and-exchange) while they look for the key and write it, so a key is
-//! never in two slots, and claim a slot by compare-and-exchange of its state, since the
-//! writer of another key may be placing it in the same bucket. A new direction takes a
-//! free slot of its first bucket while that keeps one spare, else of the emptier (the
-//! first on a tie), else the one of the lowest `evict_rank` of the two
-//! (the LRU's eviction, per pair of buckets, with established flows held a little longer
-//! than half-open ones). The data path is in `privatelink-ebpf`'s `flowtable`; the daemon,
-//! the CLI and the tests read the same slots (`buckets_of` tells them where a key may live).
+//! the second bucket only while the first's spill count (in its head) says that some key
+//! whose first bucket it is lives in its second: at the loads a table mostly runs at, a
+//! miss is one cold access to a bucket, a new flow's searches half of what they were.
+//! Readers take no lock; writers hold the key's first bucket's (its head's top bit, taken
+//! by compare-and-exchange) while they look for the key and write it, so a key is never in
+//! two slots, and claim a slot by compare-and-exchange of its state, since the writer of
+//! another key may be placing it in the same bucket. A new direction takes a free slot of
+//! its first bucket while that keeps one spare, else of the emptier (the first on a tie),
+//! else the one of the lowest `evict_rank` of the two (the LRU's eviction, per pair of
+//! buckets, with established flows held a little longer than half-open ones). The data
+//! path is in `privatelink-ebpf`'s `flowtable`; the daemon, the CLI and the tests read the
+//! same elements (`buckets_of` tells them where a key may live, `heads` where the buckets
+//! begin).
 
 use crate::{FlowEntry, FlowEntry6, FlowKey, FlowKey6};
 
@@ -47,55 +48,97 @@ pub const fn next_state(word: u64, state: u64) -> u64 {
     ((word >> 8).wrapping_add(1) << 8) | state
 }
 
-/// A table's geometry: the bucket mask (the table's buckets, a power of two, minus one)
-/// and the hash seed. It lives in the table, in `FlowSlot::meta` of bucket 0's first slot
-/// (`geometry_word`), written by the daemon when it makes the table, so it is kept exactly
-/// as long as the table is (a new seed would lose every flow's slot) and a program always
-/// reads its own table's.
+/// A table's geometry: its number of buckets (any number: `bucket_index` maps a hash onto
+/// them) and the hash seed. It lives in the table, in word 0 of its first element
+/// (`heads`), written by the daemon when it makes the table, so it is kept exactly as long
+/// as the table is (a new seed would lose every flow's slot) and a program always reads
+/// its own table's. All zero (a table the daemon has not set up): every key in bucket 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowGeometry {
-    pub mask: u32,
+    pub buckets: u32,
     pub seed: u32,
 }
 
 impl FlowGeometry {
-    /// As `FlowSlot::meta` holds it.
+    /// As the table's word 0 holds it.
     #[inline(always)]
     pub const fn from_word(w: u64) -> FlowGeometry {
         FlowGeometry {
-            mask: (w >> 32) as u32,
+            buckets: (w >> 32) as u32,
             seed: w as u32,
         }
     }
 
     #[inline(always)]
     pub const fn word(&self) -> u64 {
-        (self.mask as u64) << 32 | self.seed as u64
+        (self.buckets as u64) << 32 | self.seed as u64
+    }
+
+    /// The elements before the first bucket: the heads (`heads`).
+    #[inline(always)]
+    pub const fn heads(&self) -> u32 {
+        heads(self.buckets)
     }
 }
 
-/// A slot of a `FlowBucket`: 128 bytes, two cache lines (the array is page-aligned).
+/// The table's first elements, before its buckets, hold its words as `u64`s,
+/// `HEADS_PER_ELEMENT` to an element (whatever the element's size: an index is then a
+/// shift and a mask): word 0 the geometry (`FlowGeometry::word`), word 1 spare, word
+/// `2 + b` bucket `b`'s head. How many elements they take for `buckets` buckets.
+#[inline(always)]
+pub const fn heads(buckets: u32) -> u32 {
+    (buckets + 2).div_ceil(HEADS_PER_ELEMENT)
+}
+
+/// What the heads are, as the layout fingerprint takes it in (with `KeyHash`): a table
+/// whose heads a build reads otherwise is replaced, not misread.
+pub const HEADS_LAYOUT: &str = "heads first: word 0 buckets<<32|seed, word 2+b bucket b's head \
+     (bit 63 lock, 32..62 own element, 0..31 spill); bucket b at element heads+b";
+
+/// Words (`u64`) of the heads' region per element of the table.
+pub const HEADS_PER_ELEMENT: u32 = 32;
+
+/// Where bucket `b`'s head is: (element, word in it).
+#[inline(always)]
+pub const fn head_at(b: u32) -> (u32, u32) {
+    let w = b + 2;
+    (w / HEADS_PER_ELEMENT, w % HEADS_PER_ELEMENT)
+}
+
+/// A bucket's head, a word shared by its writers. Its top bit: the writers' lock, taken
+/// by compare-and-exchange of the whole word. Bits 32 to 62 (`HEAD_OWN_SHIFT`): the
+/// bucket's own element index, written by the daemon when it makes the table (`init_heads`
+/// in its `flowtable`): what a key it spills records as its `home` (0 on a head not
+/// written: a key spilled then records none, and its first bucket's count stays up for
+/// it, which costs lookups a second read, never a miss). The low 32 bits
+/// (`HEAD_SPILL`): the spill count, how many keys whose first bucket it is live in their
+/// second, moved by atomic adds, which leave the bits above alone (a count never goes
+/// below 0: never below its keys).
+pub const HEAD_LOCKED: u64 = 1 << 63;
+/// Where a head's own element index starts.
+pub const HEAD_OWN_SHIFT: u32 = 32;
+/// A head's own element index, shifted down.
+pub const HEAD_OWN: u32 = 0x7fff_ffff;
+/// The spill count: the low 32 bits.
+pub const HEAD_SPILL: u64 = 0xffff_ffff;
+
+/// A slot of a `FlowBucket`: 96 bytes, within two cache lines (a bucket is 384 bytes, six
+/// lines, and the array page-aligned: slots start at 0, 96, 192 and 288).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot {
     pub state: u64,
     pub key: FlowKey,
-    /// Where the key's first bucket is when it lives in its second: that bucket's index
-    /// plus one (0: it lives in its first). What an eviction or a removal lowers that
-    /// bucket's spill count by, with no hash to compute.
+    /// Where the key's first bucket is when it lives in its second: that bucket's element
+    /// index in the table (never 0: the heads come first; 0: it lives in its first). What
+    /// an eviction or a removal lowers that bucket's spill count by, with no hash to
+    /// compute.
     pub home: u32,
     pub entry: FlowEntry,
-    /// A bucket's first slot: its writers' lock (0 free, 1 held). Its second slot: its
-    /// spill count (`spill`), how many keys whose first bucket it is live in their second.
-    pub aux: u64,
-    /// Bucket 0's first slot: the table's geometry (`FlowGeometry::word`). A bucket's
-    /// second slot: the bucket's own index plus one (what a key it spills records as
-    /// its `home`).
-    pub meta: u64,
-    pub _rest: [u64; 2],
 }
 
-/// A slot of a `FlowBucket6`: 192 bytes, three cache lines.
+/// A slot of a `FlowBucket6`: 144 bytes, within three cache lines (a bucket is 576 bytes,
+/// nine lines: slots start at 0, 144, 288 and 432).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot6 {
@@ -104,21 +147,16 @@ pub struct FlowSlot6 {
     /// As `FlowSlot::home`.
     pub home: u32,
     pub entry: FlowEntry6,
-    /// As `FlowSlot::aux`.
-    pub aux: u64,
-    /// As `FlowSlot::meta`.
-    pub meta: u64,
-    pub _rest: [u64; 4],
 }
 
-/// Value of `PL_CONNTRACK`: a bucket.
+/// Value of `PL_CONNTRACK`: a bucket (the first elements: the heads, `heads`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowBucket {
     pub slots: [FlowSlot; FLOW_WAYS as usize],
 }
 
-/// Value of `PL_CONNTRACK6`: a bucket.
+/// Value of `PL_CONNTRACK6`: a bucket (the first elements: the heads).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowBucket6 {
@@ -126,8 +164,10 @@ pub struct FlowBucket6 {
 }
 
 const _: () = assert!(
-    core::mem::size_of::<FlowSlot>() == 128
-        && core::mem::size_of::<FlowSlot6>() == 192
+    core::mem::size_of::<FlowSlot>() == 96
+        && core::mem::size_of::<FlowSlot6>() == 144
+        && core::mem::size_of::<FlowBucket>() >= 8 * HEADS_PER_ELEMENT as usize
+        && core::mem::size_of::<FlowBucket6>() >= 8 * HEADS_PER_ELEMENT as usize
         && core::mem::size_of::<FlowKey>() == 4 * 5
         && core::mem::size_of::<FlowKey6>() == 4 * 11
         && core::mem::align_of::<FlowKey>() == 4
@@ -241,11 +281,11 @@ impl KeyHash {
         let (k, k6) = (Self::KEY, Self::KEY6);
         let (g1, g2) = (
             FlowGeometry {
-                mask: 0xffff,
+                buckets: 0x1_0000,
                 seed: 0x1234_5679,
             },
             FlowGeometry {
-                mask: 0x3ff,
+                buckets: 1000,
                 seed: 0x9876_5433,
             },
         );
@@ -278,14 +318,25 @@ pub fn same_key<K: SlotKey>(a: &K, b: &K) -> bool {
 #[inline(always)]
 pub fn buckets_of<K: SlotKey>(key: &K, g: &FlowGeometry) -> (u32, u32) {
     let h = key_hash(key, g.seed);
-    let first = h & g.mask;
-    let second = crate::hash::mix32(h ^ 0x9e37_79b9) & g.mask;
-    let second = if second == first {
-        (first ^ 1) & g.mask
-    } else {
+    let first = bucket_index(h, g.buckets);
+    let second = bucket_index(crate::hash::mix32(h ^ 0x9e37_79b9), g.buckets);
+    let second = if second != first {
         second
+    } else if first + 1 < g.buckets {
+        first + 1
+    } else {
+        0
     };
     (first, second)
+}
+
+/// Hash `h` onto `buckets` buckets (0 for none): its high bits scaled, a multiply and a
+/// shift (Lemire's reduction), so a table has exactly the buckets its capacity needs, not
+/// the next power of two (a mask): 100 000 flows took 336 bytes each in a table rounded up
+/// to 65 536 buckets, 256 in one of 50 000. Uniform within `buckets` / 2^32.
+#[inline(always)]
+pub const fn bucket_index(h: u32, buckets: u32) -> u32 {
+    ((h as u64 * buckets as u64) >> 32) as u32
 }
 
 /// How much later than it was an established direction counts as seen when a full bucket
@@ -320,11 +371,18 @@ pub const fn table_slots(entries: u32) -> u32 {
     table_buckets(entries) * FLOW_WAYS
 }
 
-/// The buckets a table of `entries` entries (flow directions) has: a power of two, at
-/// least one.
+/// The elements a table of `entries` entries (flow directions) has: its heads, then its
+/// buckets (`table_buckets`).
+pub const fn table_elements(entries: u32) -> u32 {
+    let b = table_buckets(entries);
+    heads(b) + b
+}
+
+/// The buckets a table of `entries` entries (flow directions) has: as many as hold them,
+/// at least one.
 pub const fn table_buckets(entries: u32) -> u32 {
     let n = entries.div_ceil(FLOW_WAYS);
-    if n <= 1 { 1 } else { n.next_power_of_two() }
+    if n <= 1 { 1 } else { n }
 }
 
 #[cfg(test)]
@@ -401,21 +459,24 @@ mod tests {
     #[test]
     fn buckets_spread_and_stay_inside_the_table() {
         let g = FlowGeometry {
-            mask: table_buckets(1000) - 1,
+            buckets: table_buckets(1000),
             seed: 99,
         };
-        assert_eq!(g.mask, 255);
-        let mut used = [0u32; 256];
+        assert_eq!(g.buckets, 250);
+        let mut used = [0u32; 250];
         for port in 0..4096u16 {
             let k = FlowKey::new(1, [10, 0, 0, 1], [10, 0, 0, 2], port, 443, 6);
             let (a, b) = buckets_of(&k, &g);
-            assert!(a <= g.mask && b <= g.mask);
+            assert!(a < g.buckets && b < g.buckets);
             assert_ne!(a, b, "two buckets");
             used[a as usize] += 1;
         }
-        // 4096 keys over 256 buckets: 16 each on average; none empty, none far over.
+        // 4096 keys over 250 buckets: 16.4 each on average; none empty, none far over.
         assert!(used.iter().all(|&n| n > 0 && n < 48), "{used:?}");
-        let one = FlowGeometry { mask: 0, seed: 1 };
+        let one = FlowGeometry {
+            buckets: 1,
+            seed: 1,
+        };
         let k = FlowKey::new(1, [10, 0, 0, 1], [10, 0, 0, 2], 1, 443, 6);
         assert_eq!(buckets_of(&k, &one), (0, 0));
     }
@@ -428,7 +489,7 @@ mod tests {
     #[test]
     fn two_choices_fill_a_table_evenly() {
         let g = FlowGeometry {
-            mask: 4095,
+            buckets: 4096,
             seed: 7,
         };
         let slots = 4096 * FLOW_WAYS as usize;
@@ -469,12 +530,20 @@ mod tests {
     }
 
     #[test]
-    fn table_sizes_are_powers_of_two() {
+    fn tables_have_the_buckets_their_entries_need() {
         assert_eq!(table_buckets(0), 1);
         assert_eq!(table_buckets(5), 2);
         assert_eq!(table_buckets(1 << 21), 1 << 19);
-        assert_eq!(table_buckets((1 << 21) + 1), 1 << 20);
-        assert_eq!(size_of::<FlowBucket>(), 512);
-        assert_eq!(size_of::<FlowBucket6>(), 768);
+        assert_eq!(table_buckets((1 << 21) + 1), (1 << 19) + 1);
+        assert_eq!(table_buckets(200_000), 50_000);
+        assert_eq!(size_of::<FlowBucket>(), 384);
+        assert_eq!(size_of::<FlowBucket6>(), 576);
+        // The heads: geometry, spare, then one word per bucket, 32 to an element.
+        assert_eq!(heads(1), 1);
+        assert_eq!(heads(30), 1);
+        assert_eq!(heads(31), 2);
+        assert_eq!(head_at(0), (0, 2));
+        assert_eq!(head_at(30), (1, 0));
+        assert_eq!(table_elements(200_000), 50_000 + 1563);
     }
 }

@@ -101,9 +101,9 @@ macro_rules! for_each_map {
             GATEWAY_ROUTES = PL_GW_ROUTES: LpmTrie<$crate::VpcAddr as $crate::GatewayRoute, $crate::EndpointEni>[$crate::MAX_ENDPOINTS, unchecked], synced(gw_routes);
             /// The flows, one slot per direction, in buckets the data path indexes itself
             /// (`flowtable`). Its capacity is a daemon option (entries, made buckets).
-            CONNTRACK = PL_CONNTRACK: FlowArray<u32, $crate::FlowBucket>[$crate::flowtable::table_buckets($crate::DEFAULT_CONNTRACK_ENTRIES), configured], datapath;
+            CONNTRACK = PL_CONNTRACK: FlowArray<u32, $crate::FlowBucket>[$crate::flowtable::table_elements($crate::DEFAULT_CONNTRACK_ENTRIES), configured], datapath;
             /// The IPv6 flows, one slot per direction; as many buckets as `PL_CONNTRACK`.
-            CONNTRACK6 = PL_CONNTRACK6: FlowArray<u32, $crate::FlowBucket6>[$crate::flowtable::table_buckets($crate::DEFAULT_CONNTRACK_ENTRIES), configured], datapath;
+            CONNTRACK6 = PL_CONNTRACK6: FlowArray<u32, $crate::FlowBucket6>[$crate::flowtable::table_elements($crate::DEFAULT_CONNTRACK_ENTRIES), configured], datapath;
             /// Verdict counters per CPU, by `Reason` index.
             STATS = PL_STATS: PerCpuArray<u32, u64>[$crate::reason::REASON_COUNT, fixed], datapath;
             /// The data path's settings (`PL_CONFIG[0]`), written by the daemon at start.

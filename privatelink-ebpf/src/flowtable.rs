@@ -11,8 +11,8 @@
 //! their callers' 512 bytes of stack, and the IPv4 forward path has none to spare).
 //!
 //! Across CPUs: readers take no lock. A writer holds the key's first bucket's lock
-//! (`FlowSlot::aux` of its first slot, taken by compare-and-exchange; a writer that finds
-//! it held twice gives up, as a full map would) while it looks for the key and writes, so
+//! (the top bit of its head, taken by compare-and-exchange of the head; a writer that
+//! fails three times gives up, as a full map would) while it looks for the key and writes, so
 //! a key is never in two slots and a `BPF_NOEXIST` insert (a SNAT claim) succeeds on one
 //! CPU only. It claims its slot by compare-and-exchange of the slot's state (the writer of
 //! another key may be placing one in the same bucket, its second), writes the key and
@@ -24,12 +24,12 @@
 //! the slot's state word again once they have (`Seen::still`), and drop the frame if it
 //! moved.
 //!
-//! A bucket's spill count (`spill`) counts the keys that live in their second bucket with
-//! it as their first: a lookup that misses in the first bucket reads the second only while
+//! A bucket's spill count (the low half of its head, `head_of`) counts the keys that live
+//! in their second bucket with it as their first: a lookup that misses in the first bucket reads the second only while
 //! it is up, so at the loads a table mostly runs at a miss (every new flow's searches) is
 //! one cold access, not two. It is raised before such a key is published and lowered once
-//! a removal or an eviction has taken one (the slot records its key's first bucket,
-//! `FlowSlot::home`, so neither hashes the key again): never below its keys.
+//! a removal or an eviction has taken one (the slot records its key's first bucket's
+//! element, `FlowSlot::home`, so neither hashes the key again): never below its keys.
 //!
 //! A new direction takes a free slot of its first bucket while that keeps one spare, else
 //! of the emptier of the two (the first on a tie), else evicts the direction of the lowest `evict_rank` of the two: seen longest ago,
@@ -46,8 +46,8 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_map_lookup_elem};
 use privatelink_common::{
     FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6, Reason,
     flowtable::{
-        FLOW_WAYS, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, next_state, same_key,
-        slot_state,
+        FLOW_WAYS, HEAD_LOCKED, HEAD_OWN, HEAD_OWN_SHIFT, HEAD_SPILL, HEADS_PER_ELEMENT, SLOT_BUSY,
+        SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, head_at, next_state, same_key, slot_state,
     },
 };
 
@@ -64,10 +64,8 @@ pub trait Tabled: Copy + 'static {
     type Key: SlotKey;
     type Bucket: 'static;
     fn array() -> &'static FlowArray<Self::Bucket>;
-    /// Slot `i` of a bucket (`i` below `FLOW_WAYS`): its state, lock, key and entry.
-    fn parts(b: *mut Self::Bucket, i: u32) -> (*mut u64, *mut u64, *mut Self::Key, *mut Self);
-    /// The bucket's first slot's `meta` word (bucket 0's: the table's geometry).
-    fn meta(b: *mut Self::Bucket) -> *mut u64;
+    /// Slot `i` of a bucket (`i` below `FLOW_WAYS`): its state, key and entry.
+    fn parts(b: *mut Self::Bucket, i: u32) -> (*mut u64, *mut Self::Key, *mut Self);
     /// The key and entry of the slot whose state word is `state`: at fixed offsets from
     /// it, so that code holding the state word's address holds them too.
     fn key_entry(state: *mut u64) -> (*mut Self::Key, *mut Self);
@@ -75,9 +73,6 @@ pub trait Tabled: Copy + 'static {
     fn home(state: *mut u64) -> *mut u32;
     /// The state word of the slot whose entry is `entry` (`key_entry`'s inverse).
     fn state_of(entry: *mut Self) -> *mut u64;
-    /// The bucket's own index plus one (its second slot's `meta` word, written by the
-    /// first insert whose first bucket it is: what a key it spills records as its `home`).
-    fn own_index(b: *mut Self::Bucket) -> *mut u64;
     /// Its rank for eviction as a new entry made at tick `now` sees it (`evict_rank`: the
     /// lowest goes; only ranks not above the new entry's own may go).
     fn rank(&self, now: u32) -> u64;
@@ -134,17 +129,12 @@ macro_rules! tabled {
                 &$map
             }
             #[inline(always)]
-            fn parts(b: *mut $slot, i: u32) -> (*mut u64, *mut u64, *mut $key, *mut $entry) {
+            fn parts(b: *mut $slot, i: u32) -> (*mut u64, *mut $key, *mut $entry) {
                 // SAFETY: field addresses of a slot of a valid bucket (`i & (FLOW_WAYS - 1)`
                 // keeps the verifier's bound), nothing read.
                 unsafe {
                     let s = &raw mut (*b).slots[(i & (FLOW_WAYS - 1)) as usize];
-                    (
-                        &raw mut (*s).state,
-                        &raw mut (*s).aux,
-                        &raw mut (*s).key,
-                        &raw mut (*s).entry,
-                    )
+                    (&raw mut (*s).state, &raw mut (*s).key, &raw mut (*s).entry)
                 }
             }
             #[inline(always)]
@@ -177,16 +167,6 @@ macro_rules! tabled {
                         .sub(core::mem::offset_of!(Slot, entry))
                         .cast()
                 }
-            }
-            #[inline(always)]
-            fn own_index(b: *mut $slot) -> *mut u64 {
-                // SAFETY: a field address of a valid bucket, nothing read.
-                unsafe { &raw mut (*b).slots[1].meta }
-            }
-            #[inline(always)]
-            fn meta(b: *mut $slot) -> *mut u64 {
-                // SAFETY: a field address of a valid bucket, nothing read.
-                unsafe { &raw mut (*b).slots[0].meta }
             }
             #[inline(always)]
             fn rank(&self, now: u32) -> u64 {
@@ -346,8 +326,9 @@ fn bucket_at<E: Tabled>(room: *mut u32, b: u32) -> Option<*mut E::Bucket> {
 #[inline(always)]
 fn buckets<E: Tabled>(key: &E::Key) -> Option<(*mut u32, u32, u32)> {
     let room = room()?;
-    let (first, second) = buckets_of(key, &geometry::<E>());
-    Some((room, first, second))
+    let g = geometry::<E>();
+    let (first, second) = buckets_of(key, &g);
+    Some((room, g.heads() + first, g.heads() + second))
 }
 
 /// Slot `i` (below `FLOW_WAYS`) of bucket `p` holds `key` live.
@@ -360,7 +341,7 @@ fn holds<E: Tabled>(p: *mut E::Bucket, i: u32, key: &E::Key) -> bool {
 /// slot holds `key` live; else 0 (never a live word).
 #[inline(always)]
 fn live_word<E: Tabled>(p: *mut E::Bucket, i: u32, key: &E::Key) -> u64 {
-    let (state, _, k, _) = E::parts(p, i);
+    let (state, k, _) = E::parts(p, i);
     let w = load(state);
     barrier();
     // SAFETY: the key of a slot of a valid bucket.
@@ -371,17 +352,17 @@ fn live_word<E: Tabled>(p: *mut E::Bucket, i: u32, key: &E::Key) -> u64 {
     }
 }
 
-/// Slot `i` of the table (bucket `i / FLOW_WAYS`): state, lock, key, entry; `None` past
-/// its end (`NONE` is).
+/// Slot `i` of the table (element `i / FLOW_WAYS`): state, key, entry; `None` past its end
+/// (`NONE` is).
 #[inline(always)]
-fn slot<E: Tabled>(i: u32) -> Option<(*mut u64, *mut u64, *mut E::Key, *mut E)> {
+fn slot<E: Tabled>(i: u32) -> Option<(*mut u64, *mut E::Key, *mut E)> {
     if i == NONE {
         return None;
     }
     bucket_at::<E>(room()?, i / FLOW_WAYS).map(|b| E::parts(b, i % FLOW_WAYS))
 }
 
-/// This CPU's `PL_FLOWKEY` words: the bucket index looked up (this returns its address),
+/// This CPU's `PL_FLOWKEY` words: the element index looked up (this returns its address),
 /// then the refusal mark.
 #[inline(always)]
 fn room() -> Option<*mut u32> {
@@ -399,8 +380,8 @@ fn room() -> Option<*mut u32> {
 /// lookup's key must be in memory, and the stack has none to spare (`bucket_at`).
 static ZERO: u32 = 0;
 
-/// `E`'s table's geometry, from its bucket 0 (zero, a table of one bucket, until the
-/// daemon has written it).
+/// `E`'s table's geometry, from its word 0 (zero, a table of one bucket, until the daemon
+/// has written it).
 #[inline(always)]
 fn geometry<E: Tabled>() -> FlowGeometry {
     // SAFETY: a lookup in the table's array, its key read-only data.
@@ -413,8 +394,26 @@ fn geometry<E: Tabled>() -> FlowGeometry {
     if b.is_null() {
         return FlowGeometry::default();
     }
-    // SAFETY: bucket 0, valid for this run; the daemon writes its meta word whole.
-    FlowGeometry::from_word(unsafe { core::ptr::read_volatile(E::meta(b.cast())) })
+    // SAFETY: element 0's first word, valid for this run; the daemon writes it whole.
+    FlowGeometry::from_word(unsafe { core::ptr::read_volatile(b.cast::<u64>()) })
+}
+
+/// The head of the bucket at element `e` (`FlowSlot::home` and `buckets` speak of element
+/// indices): its lock, its own index and its spill count (`HEAD_LOCKED`). `None` for an
+/// element that is not a bucket's.
+#[inline(always)]
+fn head_of<E: Tabled>(room: *mut u32, e: u32) -> Option<*mut u64> {
+    let (el, w) = head_at(e.wrapping_sub(geometry::<E>().heads()));
+    let p = bucket_at::<E>(room, el)?;
+    // SAFETY: a word of a valid element (`w` masked below `HEADS_PER_ELEMENT`, which an
+    // element holds: asserted with the layout), nothing read.
+    Some(unsafe { p.cast::<u64>().add((w & (HEADS_PER_ELEMENT - 1)) as usize) })
+}
+
+/// Whether a head's spill count is 0: no key whose first bucket it is lives in its second.
+#[inline(always)]
+fn unspilled(head: Option<*mut u64>) -> bool {
+    head.is_some_and(|h| load(h) & HEAD_SPILL == 0)
 }
 
 /// A compiler barrier: memory accesses are not moved across it (the state word's reads
@@ -433,16 +432,6 @@ fn load(state: *mut u64) -> u64 {
     unsafe { core::ptr::read_volatile(state) }
 }
 
-/// Bucket `p`'s spill count (`FlowSlot::aux` of its second slot): how many keys whose
-/// first bucket it is live in their second. Raised under the bucket's lock before such a
-/// key is published, lowered once a removal frees one or an eviction takes one (`unspill`,
-/// from the `home` its slot recorded): never below its keys, so while it is 0, a key not
-/// in its first bucket is in neither, and a lookup reads one bucket.
-#[inline(always)]
-fn spill<E: Tabled>(p: *mut E::Bucket) -> *mut u64 {
-    E::parts(p, 1).1
-}
-
 /// Adds `n` (wrapping: `u64::MAX` takes one away) to `word` atomically (BPF_ATOMIC add).
 #[inline(always)]
 fn add(word: *mut u64, n: u64) {
@@ -453,15 +442,15 @@ fn add(word: *mut u64, n: u64) {
 }
 
 /// A key that lived in its second bucket left it: its first bucket (`home`, that bucket's
-/// index plus one, as its slot recorded it; 0: it lived in its first, nothing to do)
-/// counts one key fewer.
+/// element, as its slot recorded it; 0: it lived in its first, nothing to do) counts one
+/// key fewer (its head's spill count: an add of -1 to the low bits, above 0).
 #[inline(always)]
 fn unspill<E: Tabled>(home: u32) {
     if home == 0 {
         return;
     }
-    if let Some(p) = room().and_then(|room| bucket_at::<E>(room, home - 1)) {
-        add(spill::<E>(p), u64::MAX);
+    if let Some(h) = room().and_then(|room| head_of::<E>(room, home)) {
+        add(h, u64::MAX);
     }
 }
 
@@ -496,7 +485,7 @@ fn find<E: Tabled>(key: &E::Key) -> u32 {
         // The second bucket only while the first's spill count is up; else a bucket past
         // the table's end, which the lookup below finds missing (one way out for a miss,
         // not two: a result merged from more exits took the stack).
-        if load(spill::<E>(p)) == 0 {
+        if unspilled(head_of::<E>(room, first)) {
             second = NONE;
         }
     }
@@ -517,7 +506,7 @@ impl<E: Tabled> Table<E> {
     /// The entry of `key`, to change in place.
     #[inline(always)]
     pub fn get_ptr_mut(&self, key: impl Borrow<E::Key>) -> Option<*mut E> {
-        slot::<E>(E::find_global(key.borrow())).map(|(_, _, _, e)| e)
+        slot::<E>(E::find_global(key.borrow())).map(|(_, _, e)| e)
     }
 
     /// `get_ptr_mut` inlined into the caller, without the BPF call and the second lookup
@@ -532,12 +521,12 @@ impl<E: Tabled> Table<E> {
             let w = live_word::<E>(p, i, key);
             if w != 0 {
                 return Some(Seen {
-                    entry: E::parts(p, i).3,
+                    entry: E::parts(p, i).2,
                     word: w,
                 });
             }
         }
-        if load(spill::<E>(p)) == 0 {
+        if unspilled(head_of::<E>(room, first)) {
             return None;
         }
         let p = bucket_at::<E>(room, second)?;
@@ -545,7 +534,7 @@ impl<E: Tabled> Table<E> {
             let w = live_word::<E>(p, i, key);
             if w != 0 {
                 return Some(Seen {
-                    entry: E::parts(p, i).3,
+                    entry: E::parts(p, i).2,
                     word: w,
                 });
             }
@@ -559,7 +548,7 @@ impl<E: Tabled> Table<E> {
     #[inline(always)]
     pub fn get_seen(&self, key: impl Borrow<E::Key>) -> Option<Seen<E>> {
         let key = key.borrow();
-        let (state, _, k, e) = slot::<E>(E::find_global(key))?;
+        let (state, k, e) = slot::<E>(E::find_global(key))?;
         let w = load(state);
         barrier();
         // SAFETY: the key of a slot of a valid bucket.
@@ -597,7 +586,7 @@ impl<E: Tabled> Table<E> {
     #[inline(always)]
     pub fn remove(&self, key: impl Borrow<E::Key>) -> Result<(), i64> {
         let key = key.borrow();
-        let Some((state, _, k, _)) = slot::<E>(E::find_global(key)) else {
+        let Some((state, k, _)) = slot::<E>(E::find_global(key)) else {
             return Err(ENOENT);
         };
         // Still this key's (the word read first: a slot taken since has another
@@ -642,27 +631,24 @@ fn insert_unmarked<E: Tabled>(key: &E::Key, value: &E, noexist: bool) -> i64 {
     let Some((room, first, second)) = buckets::<E>(key) else {
         return E2BIG;
     };
-    let Some(p1) = bucket_at::<E>(room, first) else {
+    // The first bucket's head (its lock, its spill count, its own element index: what a
+    // key `insert_locked` places in the second bucket records), then the buckets (the room
+    // again, not kept: five values across a helper call would take the stack).
+    let Some(head) = head_of::<E>(room, first) else {
         return E2BIG;
     };
-    // Its own index, for the key `insert_locked` may place in its second bucket to record
-    // (the same value from every writer: no lock needed; written once, not at every
-    // insert: a line left clean is not written back).
-    let own = E::own_index(p1);
-    if load(own) != first as u64 + 1 {
-        // SAFETY: a word of a valid bucket.
-        unsafe { *own = first as u64 + 1 };
-    }
-    // The room again, not kept: five values across a helper call would take the stack.
+    let Some(p1) = self::room().and_then(|r| bucket_at::<E>(r, first)) else {
+        return E2BIG;
+    };
     let Some(p2) = self::room().and_then(|r| bucket_at::<E>(r, second)) else {
         return E2BIG;
     };
-    let (_, lock, _, _) = E::parts(p1, 0);
-    if !cas(lock, 0, 1) && !cas(lock, 0, 1) {
+    if !lock(head) && !lock(head) && !lock(head) {
         return EBUSY;
     }
-    let r = insert_locked::<E>(p1, p2, key, value, noexist);
-    cas(lock, 1, 0);
+    let r = insert_locked::<E>(p1, p2, head, key, value, noexist);
+    // The lock's bit is set: adding it clears it (the carry leaves the word).
+    add(head, HEAD_LOCKED);
     // A victim that lived in its second bucket: its first counts it no more (after the
     // lock, with nothing else to keep across the lookup).
     if r > 0 {
@@ -671,6 +657,15 @@ fn insert_unmarked<E: Tabled>(key: &E::Key, value: &E, noexist: bool) -> i64 {
     } else {
         r
     }
+}
+
+/// Takes a bucket's lock (`HEAD_LOCKED`) if it is free: an exchange of the whole head,
+/// which fails too if its spill count moved meanwhile (another writer's eviction or
+/// removal: the caller tries again).
+#[inline(always)]
+fn lock(head: *mut u64) -> bool {
+    let w = load(head);
+    w & HEAD_LOCKED == 0 && cas(head, w, w | HEAD_LOCKED)
 }
 
 /// Starts a new flow's inserts: `refused` is false until one of them finds its buckets
@@ -709,7 +704,7 @@ fn pair_slot<E: Tabled>(
     p1: *mut E::Bucket,
     p2: *mut E::Bucket,
     j: u32,
-) -> (*mut u64, *mut u64, *mut E::Key, *mut E) {
+) -> (*mut u64, *mut E::Key, *mut E) {
     E::parts(if j < FLOW_WAYS { p1 } else { p2 }, j % FLOW_WAYS)
 }
 
@@ -720,6 +715,7 @@ fn pair_slot<E: Tabled>(
 fn insert_locked<E: Tabled>(
     p1: *mut E::Bucket,
     p2: *mut E::Bucket,
+    head: *mut u64,
     key: &E::Key,
     value: &E,
     noexist: bool,
@@ -727,10 +723,10 @@ fn insert_locked<E: Tabled>(
     for j in 0..2 * FLOW_WAYS {
         // The key is in its second bucket only if the first's spill count says some key
         // is (raised only under the lock held here; read here, not kept across the loop).
-        if j == FLOW_WAYS && load(spill::<E>(p1)) == 0 {
+        if j == FLOW_WAYS && load(head) & HEAD_SPILL == 0 {
             break;
         }
-        let (state, _, k, e) = pair_slot::<E>(p1, p2, j);
+        let (state, k, e) = pair_slot::<E>(p1, p2, j);
         let w = load(state);
         // SAFETY: the key of a slot of a valid bucket.
         if slot_state(w) == SLOT_LIVE && same_key(unsafe { &*k }, key) {
@@ -760,7 +756,7 @@ fn insert_locked<E: Tabled>(
         if j == FLOW_WAYS && free >= 2 {
             break;
         }
-        let (state, _, _, _) = pair_slot::<E>(p1, p2, j);
+        let (state, _, _) = pair_slot::<E>(p1, p2, j);
         if slot_state(load(state)) == SLOT_FREE {
             free += if j < FLOW_WAYS { 1 } else { 1 << 8 };
         }
@@ -778,7 +774,7 @@ fn insert_locked<E: Tabled>(
         };
         let mut at = NONE;
         for i in 0..FLOW_WAYS {
-            let (state, _, _, _) = pair_slot::<E>(p1, p2, from + i);
+            let (state, _, _) = pair_slot::<E>(p1, p2, from + i);
             if at == NONE && slot_state(load(state)) == SLOT_FREE {
                 at = from + i;
             }
@@ -788,7 +784,7 @@ fn insert_locked<E: Tabled>(
         // The rank with the slot in its low bits: one value to keep, not two.
         let mut best = u64::MAX;
         for j in 0..2 * FLOW_WAYS {
-            let (state, _, _, e) = pair_slot::<E>(p1, p2, j);
+            let (state, _, e) = pair_slot::<E>(p1, p2, j);
             // SAFETY: the entry of a slot of a valid bucket.
             let r = (unsafe { (*e).rank(value.now()) } & !7) | j as u64;
             if slot_state(load(state)) == SLOT_LIVE && r < best {
@@ -811,7 +807,7 @@ fn insert_locked<E: Tabled>(
     // Whether the key goes to its second bucket (one value kept, not the slot number and
     // the second bucket).
     let spilled = at >= FLOW_WAYS && p1 != p2;
-    let (state, _, _, _) = pair_slot::<E>(p1, p2, at);
+    let (state, _, _) = pair_slot::<E>(p1, p2, at);
     // The key and entry by their offsets from the state word (`key_entry`): the slot's
     // address is then the only one this writer keeps.
     let (k, e) = E::key_entry(state);
@@ -843,14 +839,14 @@ fn insert_locked<E: Tabled>(
             0
         };
         *home = if spilled {
-            core::ptr::read_volatile(E::own_index(p1)) as u32
+            (core::ptr::read_volatile(head) >> HEAD_OWN_SHIFT) as u32 & HEAD_OWN
         } else {
             0
         };
         victim
     };
     if spilled {
-        add(spill::<E>(p1), 1);
+        add(head, 1);
     }
     // SAFETY: as above.
     unsafe {

@@ -466,7 +466,15 @@ fn create_checked(ctx: &XdpContext, iface: &IfaceInfo, route: &EndpointEni) -> R
     e.checked = checked_tick(t);
     e.peer_mac = sender;
     e.out_mtu = port.mtu;
-    if FLOWS6.insert(&key.reversed(), &*e, BPF_ANY as u64).is_err() {
+    // The reply's key in a key slot of this CPU's, not a temporary on the stack (44 bytes
+    // the steer program's chain through `pl_flow_insert6` has no room for).
+    let back = crate::maps::key_scratch6(0)?;
+    // SAFETY: this CPU's key slot, valid for this run; nothing else holds it here.
+    unsafe { *back = key.reversed() };
+    if FLOWS6
+        .insert(unsafe { &*back }, &*e, BPF_ANY as u64)
+        .is_err()
+    {
         return Err(Reason::DropConntrackFull);
     }
     e.direction = DIR_ORIGINAL;

@@ -39,12 +39,12 @@ macro_rules! declare {
     };
 }
 
-/// A flow table (`crate::flowtable`): an array of buckets the daemon may map into its memory
-/// to read. The loader sets its capacity from configuration.
+/// A flow table (`crate::flowtable`): an array of its heads, then its buckets, which the
+/// daemon may map into its memory to read. The loader sets its capacity from configuration.
 pub type FlowArray<S> = Array<
     S,
     {
-        privatelink_common::flowtable::table_buckets(privatelink_common::DEFAULT_CONNTRACK_ENTRIES)
+        privatelink_common::flowtable::table_elements(privatelink_common::DEFAULT_CONNTRACK_ENTRIES)
             as usize
     },
     { aya_ebpf::bindings::BPF_F_MMAPABLE as usize },

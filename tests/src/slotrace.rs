@@ -9,7 +9,7 @@ use std::{
 };
 
 use privatelink_common::{
-    FlowEntry, FlowEntry6, FlowSlot, FlowSlot6, Reason, checked_tick,
+    FlowEntry, FlowEntry6, FlowGeometry, FlowSlot, FlowSlot6, Reason, checked_tick,
     flowtable::{FLOW_WAYS, SLOT_BUSY, SLOT_LIVE, next_state, slot_state},
     map_names,
 };
@@ -119,7 +119,10 @@ pub fn race<K: Copy + PartialEq + Send + Sync, V: Confirmed + Send + Sync>(
         std::io::Error::last_os_error()
     );
     let base = base.cast::<u8>();
-    let at = (0..slots)
+    // The slots after the heads (`flowtable::heads`; word 0: the geometry).
+    // SAFETY: word 0 of the mapping, page-aligned.
+    let geometry = FlowGeometry::from_word(unsafe { std::ptr::read_volatile(base.cast::<u64>()) });
+    let at = (geometry.heads() as usize * FLOW_WAYS as usize..slots)
         .find(|&i| {
             // SAFETY: a slot's state word and key, inside the mapping.
             unsafe {

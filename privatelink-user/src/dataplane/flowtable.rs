@@ -14,8 +14,9 @@ use aya::maps::{Array, Map, MapData};
 use privatelink_common::{
     FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6,
     flowtable::{
-        FLOW_WAYS, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, next_state, same_key,
-        slot_state, table_buckets,
+        FLOW_WAYS, HEAD_LOCKED, HEAD_OWN_SHIFT, HEAD_SPILL, HEADS_PER_ELEMENT, SLOT_BUSY,
+        SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, head_at, next_state, same_key, slot_state,
+        table_buckets,
     },
 };
 
@@ -33,14 +34,8 @@ pub trait Bucketed: TableEntry<Key: SlotKey> {
     fn seen(&self) -> u32;
     /// Makes slot `i` hold `key` and `entry` (`SLOT_LIVE`), or frees it (`None`).
     fn set_slot(b: &mut Self::Bucket, i: usize, kv: Option<(Self::Key, Self)>);
-    /// The bucket's first slot's `meta` word (bucket 0's: the table's geometry).
-    fn meta(b: &mut Self::Bucket) -> &mut u64;
-    /// The bucket's spill count: how many keys whose first bucket it is live in their
-    /// second (the second slot's `aux` word; see the data path's `flowtable::spill`).
-    fn spill(b: &mut Self::Bucket) -> &mut u64;
-    /// The bucket's writers' lock (the first slot's `aux` word: 0 free, 1 held).
-    fn lock(b: &Self::Bucket) -> u64;
-    /// Slot `i`'s home: its key's first bucket plus one when it lives in its second, else 0.
+    /// Slot `i`'s home: its key's first bucket's element index when it lives in its
+    /// second, else 0.
     fn home(b: &mut Self::Bucket, i: usize) -> &mut u32;
 }
 
@@ -48,15 +43,6 @@ macro_rules! bucketed {
     ($entry:ty, $key:ty, $bucket:ty) => {
         impl Bucketed for $entry {
             type Bucket = $bucket;
-            fn meta(b: &mut $bucket) -> &mut u64 {
-                &mut b.slots[0].meta
-            }
-            fn spill(b: &mut $bucket) -> &mut u64 {
-                &mut b.slots[1].aux
-            }
-            fn lock(b: &$bucket) -> u64 {
-                b.slots[0].aux
-            }
             fn home(b: &mut $bucket, i: usize) -> &mut u32 {
                 &mut b.slots[i].home
             }
@@ -85,29 +71,68 @@ macro_rules! bucketed {
 bucketed!(FlowEntry, FlowKey, FlowBucket);
 bucketed!(FlowEntry6, FlowKey6, FlowBucket6);
 
-/// The geometry of `E`'s table (`table`), from its bucket 0.
-pub fn geometry<E: Bucketed>(table: &Map) -> Result<FlowGeometry> {
-    let a: Array<_, E::Bucket> = Array::try_from(table)?;
-    let mut b0 = a.get(&0, 0)?;
-    Ok(FlowGeometry::from_word(*E::meta(&mut b0)))
+/// Word `w` of the heads' region's element `b` (`privatelink_common::flowtable::heads`).
+fn word<B: aya::Pod>(b: &mut B, w: u32) -> &mut u64 {
+    assert!(w < HEADS_PER_ELEMENT && std::mem::size_of::<B>() >= 8 * HEADS_PER_ELEMENT as usize);
+    // SAFETY: inside the element (checked above), which is 8-aligned (its slots begin
+    // with a `u64`) and plain data.
+    unsafe { &mut *(b as *mut B).cast::<u64>().add(w as usize) }
 }
 
-/// Gives `E`'s table (`table`, of `buckets` buckets) its geometry, unless it has one for
-/// that size (a table kept from before: its flows stay where they are): the mask and a
-/// seed drawn now, written into its bucket 0 before any program uses the table.
+/// The geometry of `E`'s table (`table`), from its word 0.
+pub fn geometry<E: Bucketed>(table: &Map) -> Result<FlowGeometry> {
+    let a: Array<_, E::Bucket> = Array::try_from(table)?;
+    let mut e0 = a.get(&0, 0)?;
+    Ok(FlowGeometry::from_word(*word(&mut e0, 0)))
+}
+
+/// Bucket `b`'s head (`HEAD_LOCKED`): its lock, own element index and spill count.
+fn head<E: Bucketed>(a: &Array<&MapData, E::Bucket>, b: u32) -> Result<u64> {
+    let (el, w) = head_at(b);
+    Ok(*word(&mut a.get(&el, 0)?, w))
+}
+
+/// Gives `E`'s table (`table`, of `buckets` buckets) its geometry and its buckets' heads,
+/// unless it has a geometry for that size (a table kept from before: its flows stay where
+/// they are): its buckets and a seed drawn now, written before any program uses the
+/// table. Each head gets its bucket's own element index (what a key spilled from it
+/// records); the geometry goes last, so a table whose heads were not all written has
+/// none, and gets them again.
 pub fn init_geometry<E: Bucketed>(table: &mut Map, buckets: u32) -> Result<()> {
     let mut a: Array<_, E::Bucket> = Array::try_from(table)?;
-    let mut b0 = a.get(&0, 0)?;
-    let old = FlowGeometry::from_word(*E::meta(&mut b0));
-    let mask = buckets - 1;
-    if old.mask == mask && old.seed != 0 {
+    let mut e0 = a.get(&0, 0)?;
+    let old = FlowGeometry::from_word(*word(&mut e0, 0));
+    if old.buckets == buckets && old.seed != 0 {
         return Ok(());
     }
     let mut seed = [0u8; 4];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("drawing a hash seed: {e}"))?;
-    let seed = u32::from_ne_bytes(seed) | 1;
-    *E::meta(&mut b0) = FlowGeometry { mask, seed }.word();
-    a.set(0, b0, 0)?;
+    let g = FlowGeometry {
+        buckets,
+        seed: u32::from_ne_bytes(seed) | 1,
+    };
+    let heads = g.heads();
+    anyhow::ensure!(
+        a.len() >= heads + buckets,
+        "{}: {} elements, {buckets} buckets need {}",
+        E::MAP,
+        a.len(),
+        heads + buckets
+    );
+    // Element 0 last: it holds the geometry.
+    for el in (0..heads).rev() {
+        let mut e = E::Bucket::default();
+        for w in 0..HEADS_PER_ELEMENT {
+            let n = el * HEADS_PER_ELEMENT + w;
+            *word(&mut e, w) = match n {
+                0 => g.word(),
+                1 => 0,
+                n if n - 2 < buckets => u64::from(heads + n - 2) << HEAD_OWN_SHIFT,
+                _ => 0,
+            };
+        }
+        a.set(el, e, 0)?;
+    }
     Ok(())
 }
 
@@ -126,9 +151,9 @@ fn map_data(map: &Map) -> Result<&MapData> {
 /// Every live entry of `E`'s table, read through a read-only mapping of it.
 pub fn entries<E: Bucketed>(table: &Map) -> Result<Vec<(E::Key, E)>> {
     let data = map_data(table)?;
-    let buckets = data.info()?.max_entries() as usize;
+    let elements = data.info()?.max_entries() as usize;
     let size = std::mem::size_of::<E::Bucket>();
-    let len = buckets * size;
+    let len = elements * size;
     let fd = data.fd().as_fd().as_raw_fd();
     // SAFETY: a shared read-only mapping of the map's memory (BPF_F_MMAPABLE), unmapped
     // below; nothing else is mapped at the address the kernel picks.
@@ -147,7 +172,11 @@ pub fn entries<E: Bucketed>(table: &Map) -> Result<Vec<(E::Key, E)>> {
     }
     let base = NonNull::new(p.cast::<u8>()).context("mmap returned null")?;
     let mut out = Vec::new();
-    for b in 0..buckets {
+    // SAFETY: word 0 of the mapping (`geometry`), 8-aligned (page-aligned mapping).
+    let g = FlowGeometry::from_word(unsafe { std::ptr::read_volatile(base.as_ptr().cast()) });
+    // (A table without its geometry yet: its heads' elements only.)
+    let first = (g.heads() as usize).min(elements);
+    for b in first..elements {
         // SAFETY: inside the mapping; a copy (the data path may be writing: a torn slot
         // reads as whatever it held, as a map lookup could).
         let bucket: E::Bucket =
@@ -172,7 +201,11 @@ fn pair_for<E: Bucketed>(
 ) -> Result<[(u32, E::Bucket); 2]> {
     let a: Array<_, E::Bucket> = Array::try_from(table)?;
     let (first, second) = buckets_of(key, g);
-    Ok([(first, a.get(&first, 0)?), (second, a.get(&second, 0)?)])
+    let h = g.heads();
+    Ok([
+        (first, a.get(&(h + first), 0)?),
+        (second, a.get(&(h + second), 0)?),
+    ])
 }
 
 /// Where `key` is live in its pair: (which bucket, which slot).
@@ -258,35 +291,38 @@ pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: 
     if spilled {
         add_spill::<E>(&mut a, pair[0].0, 1)?;
     }
-    let mut bucket = a.get(&pair[b].0, 0)?;
+    let h = g.heads();
+    let mut bucket = a.get(&(h + pair[b].0), 0)?;
     E::set_slot(&mut bucket, i, Some((*key, entry)));
     if existing.is_none() {
-        *E::home(&mut bucket, i) = if spilled { pair[0].0 + 1 } else { 0 };
+        *E::home(&mut bucket, i) = if spilled { h + pair[0].0 } else { 0 };
     }
-    a.set(pair[b].0, bucket, 0)?;
+    a.set(h + pair[b].0, bucket, 0)?;
     if victim != 0 {
-        add_spill::<E>(&mut a, victim - 1, -1)?;
+        add_spill::<E>(&mut a, victim.wrapping_sub(h), -1)?;
     }
     Ok(())
 }
 
-/// Adds `n` to bucket `b`'s spill count.
+/// Adds `n` to bucket `b`'s spill count (its head's low bits).
 fn add_spill<E: Bucketed>(a: &mut Array<&mut MapData, E::Bucket>, b: u32, n: i64) -> Result<()> {
-    let mut bucket = a.get(&b, 0)?;
-    let c = E::spill(&mut bucket);
+    let (el, w) = head_at(b);
+    let mut e = a.get(&el, 0)?;
+    let c = word(&mut e, w);
     // Wrapping, as the data path's atomic add: a double decrement shows, not hidden at 0.
     *c = c.wrapping_add_signed(n);
-    a.set(b, bucket, 0)?;
+    a.set(el, e, 0)?;
     Ok(())
 }
 
 /// Every live slot with its bucket: (bucket, key, entry). Reads every bucket by syscall:
 /// for small tables.
 pub fn placed<E: Bucketed>(table: &Map) -> Result<Vec<(u32, E::Key, E)>> {
+    let g = geometry::<E>(table)?;
     let a: Array<_, E::Bucket> = Array::try_from(table)?;
     let mut out = Vec::new();
-    for b in 0..a.len() {
-        let bucket = a.get(&b, 0)?;
+    for b in 0..g.buckets {
+        let bucket = a.get(&(g.heads() + b), 0)?;
         for i in 0..FLOW_WAYS as usize {
             let (state, k, e) = E::slot(&bucket, i);
             if state == SLOT_LIVE {
@@ -300,14 +336,15 @@ pub fn placed<E: Bucketed>(table: &Map) -> Result<Vec<(u32, E::Key, E)>> {
 /// What writers left behind: (slots still `SLOT_BUSY`, bucket locks still held). Both 0
 /// on a table no packet is changing. For small tables, as `placed`.
 pub fn stuck<E: Bucketed>(table: &Map) -> Result<(usize, usize)> {
+    let g = geometry::<E>(table)?;
     let a: Array<_, E::Bucket> = Array::try_from(table)?;
     let (mut busy, mut locked) = (0, 0);
-    for b in 0..a.len() {
-        let bucket = a.get(&b, 0)?;
+    for b in 0..g.buckets {
+        let bucket = a.get(&(g.heads() + b), 0)?;
         busy += (0..FLOW_WAYS as usize)
             .filter(|&i| E::slot(&bucket, i).0 == SLOT_BUSY)
             .count();
-        locked += usize::from(E::lock(&bucket) != 0);
+        locked += usize::from(head::<E>(&a, b)? & HEAD_LOCKED != 0);
     }
     Ok((busy, locked))
 }
@@ -316,15 +353,24 @@ pub fn stuck<E: Bucketed>(table: &Map) -> Result<(usize, usize)> {
 /// as their first: (bucket, count, keys), for the buckets where either is not zero. On a
 /// table no packet is changing the two are equal (and never may the count be below the
 /// keys: a lookup that trusts it would miss one). Also checks every live slot's `home`
-/// (its key's first bucket plus one when it lives in its second, else 0: what a removal
+/// (its key's first bucket's element when it lives in its second, else 0: what a removal
 /// or an eviction lowers): an error names the first slot whose home is wrong. One read of
 /// each bucket; for small tables, as `placed`.
 pub fn spill_audit<E: Bucketed>(table: &Map, g: &FlowGeometry) -> Result<Vec<(u32, u64, u64)>> {
     let a: Array<_, E::Bucket> = Array::try_from(table)?;
-    let (mut counts, mut keys) = (vec![0u64; a.len() as usize], vec![0u64; a.len() as usize]);
-    for b in 0..a.len() {
-        let mut bucket = a.get(&b, 0)?;
-        counts[b as usize] = *E::spill(&mut bucket);
+    let n = g.buckets as usize;
+    let (mut counts, mut keys) = (vec![0u64; n], vec![0u64; n]);
+    for b in 0..g.buckets {
+        let mut bucket = a.get(&(g.heads() + b), 0)?;
+        // The count, and the bits above it: the lock (free) and the own index (written
+        // with the table) are checked with it.
+        let h = head::<E>(&a, b)?;
+        anyhow::ensure!(
+            h >> HEAD_OWN_SHIFT == u64::from(g.heads() + b),
+            "bucket {b}: head {h:#x}, not its own element {} unlocked",
+            g.heads() + b
+        );
+        counts[b as usize] = h & HEAD_SPILL;
         for i in 0..FLOW_WAYS as usize {
             let (state, k, _) = E::slot(&bucket, i);
             if state != SLOT_LIVE {
@@ -339,7 +385,7 @@ pub fn spill_audit<E: Bucketed>(table: &Map, g: &FlowGeometry) -> Result<Vec<(u3
                 0
             } else {
                 keys[first as usize] += 1;
-                first + 1
+                g.heads() + first
             };
             let home = *E::home(&mut bucket, i);
             anyhow::ensure!(
@@ -368,9 +414,9 @@ pub fn remove<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key) -> R
     let mut a: Array<_, E::Bucket> = Array::try_from(table)?;
     // The slot freed first, then its home's count lowered (as the data path does: a count
     // is never below its keys, even if the second write fails).
-    a.set(pair[b].0, pair[b].1, 0)?;
+    a.set(g.heads() + pair[b].0, pair[b].1, 0)?;
     if home != 0 {
-        add_spill::<E>(&mut a, home - 1, -1)?;
+        add_spill::<E>(&mut a, home.wrapping_sub(g.heads()), -1)?;
     }
     Ok(true)
 }

@@ -91,8 +91,9 @@ impl Dataplane {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         let buckets = flowtable::buckets_for(opts.conntrack_entries);
-        loader.map_max_entries(map_names::CONNTRACK, buckets);
-        loader.map_max_entries(map_names::CONNTRACK6, buckets);
+        let elements = privatelink_common::flowtable::table_elements(opts.conntrack_entries);
+        loader.map_max_entries(map_names::CONNTRACK, elements);
+        loader.map_max_entries(map_names::CONNTRACK6, elements);
         loader.map_max_entries(FLOW_EVENTS_MAP, opts.flow_events_bytes);
         if let Some(dir) = &opts.pin_dir {
             std::fs::create_dir_all(dir).with_context(|| {

@@ -49,7 +49,7 @@ fn expected_layout(conntrack_entries: u32) -> Vec<PinSpec> {
             Some(($cap) as u32)
         };
         ($cap:expr, configured) => {
-            Some(privatelink_common::flowtable::table_buckets(
+            Some(privatelink_common::flowtable::table_elements(
                 conntrack_entries,
             ))
         };
