@@ -106,9 +106,9 @@ pub const fn head_at(b: u32) -> (u32, u32) {
 }
 
 /// A bucket's head, a word shared by its writers. Its top bit: the writers' lock, taken
-/// by compare-and-exchange of the whole word. Bits 32 to 62 (`HEAD_OWN_SHIFT`): the
-/// bucket's own element index, written by the daemon when it makes the table (`init_heads`
-/// in its `flowtable`): what a key it spills records as its `home` (0 on a head not
+/// by an atomic fetch-or of the bit and given back by a fetch-and. Bits 32 to 62
+/// (`HEAD_OWN_SHIFT`): the bucket's own element index, written by the daemon when it makes
+/// the table (`init_geometry` in its `flowtable`): what a key it spills records as its `home` (0 on a head not
 /// written: a key spilled then records none, and its first bucket's count stays up for
 /// it, which costs lookups a second read, never a miss). The low 32 bits
 /// (`HEAD_SPILL`): the spill count, how many keys whose first bucket it is live in their
@@ -545,5 +545,56 @@ mod tests {
         assert_eq!(head_at(0), (0, 2));
         assert_eq!(head_at(30), (1, 0));
         assert_eq!(table_elements(200_000), 50_000 + 1563);
+    }
+
+    /// The stamps' clocks across their wraps: elapsed time reads right when the clock has
+    /// wrapped since the stamp, a `last_seen` ahead of the clock is no time ago, a
+    /// `checked` ahead reads as long ago (its recheck comes early), and eviction ranks keep
+    /// their order when the clock wraps between the entries' stamps.
+    #[test]
+    fn the_stamps_read_right_across_their_wraps() {
+        use crate::{
+            CHECKED_SHIFT, CT_ESTABLISHED, SEEN_SHIFT, checked_elapsed_ns, checked_tick,
+            seen_elapsed_ns, seen_tick,
+        };
+        let tick = 1u64 << SEEN_SHIFT;
+        let wrap = tick << 32;
+        // Seen 5 ticks before the wrap, read 3 ticks after it: 8 ticks ago.
+        let (before, after) = (wrap - 5 * tick, wrap + 3 * tick);
+        assert_eq!(seen_tick(before), u32::MAX - 4);
+        assert_eq!(seen_elapsed_ns(after, seen_tick(before)), 8 * tick);
+        // Another CPU's later stamp: no time ago, not almost a whole wrap.
+        assert_eq!(seen_elapsed_ns(before, seen_tick(after)), 0);
+        // Just under half a wrap reads as that long; just over, as recent (why dead flows
+        // are swept long before: `FlowEntry::last_seen`).
+        let half = tick << 31;
+        assert_eq!(
+            seen_elapsed_ns(after + half - tick, seen_tick(after)),
+            half - tick
+        );
+        assert_eq!(seen_elapsed_ns(after + half + tick, seen_tick(after)), 0);
+
+        let ctick = 1u64 << CHECKED_SHIFT;
+        let cwrap = ctick << 16;
+        let (c0, c1) = (cwrap - 2 * ctick, cwrap + ctick);
+        assert_eq!(checked_elapsed_ns(c1, checked_tick(c0)), 3 * ctick);
+        // Ahead of the clock: long ago (the recheck is made, not skipped).
+        assert_eq!(checked_elapsed_ns(c0, checked_tick(c1)), cwrap - 3 * ctick);
+
+        // Ranks as a new entry at tick 5 sees them, the clock wrapped at 0: an entry of
+        // tick u32::MAX - 10 is older than one of tick 2, and both are below the new
+        // entry's own; an established entry is held ESTABLISHED_GRACE_NS longer.
+        let now = 5u32;
+        let (old, recent) = (u32::MAX - 10, 2u32);
+        assert!(evict_rank(now, old, 0) < evict_rank(now, recent, 0));
+        assert!(evict_rank(now, recent, 0) < evict_rank(now, now, 0));
+        let grace = (ESTABLISHED_GRACE_NS >> SEEN_SHIFT) as u32;
+        assert_eq!(
+            evict_rank(now, old, CT_ESTABLISHED),
+            evict_rank(now, old.wrapping_add(grace), 0)
+        );
+        assert!(
+            evict_rank(now, now.wrapping_sub(grace / 2), CT_ESTABLISHED) > evict_rank(now, now, 0)
+        );
     }
 }

@@ -629,7 +629,8 @@ pub const fn seen_tick(ns: u64) -> u32 {
 /// How long before `now_ns` the tick `seen` was, in ns (to a tick). Signed: a stamp ahead
 /// of `now_ns` (another CPU's later reading of the clock) is no time ago, never half a
 /// wrap ago; a stamp more than half a wrap (1.14 years) old reads as recent, which no
-/// flow's idle timeout comes near.
+/// flow's idle timeout comes near, and no dead flow's slot lives to: the daemon frees
+/// them (`privatelink_user::dataplane::flowtable::sweep`, every minute).
 #[inline(always)]
 pub const fn seen_elapsed_ns(now_ns: u64, seen: u32) -> u64 {
     let d = seen_tick(now_ns).wrapping_sub(seen) as i32;
@@ -985,7 +986,7 @@ pub const FLOW_EGRESS: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEvent {
-    /// `bpf_ktime_get_coarse_ns` of the packet (the clock of conntrack's `last_seen_ns`).
+    /// `bpf_ktime_get_coarse_ns` of the packet (the clock of conntrack's `last_seen` ticks).
     pub time_ns: u64,
     /// The ENI's counter slot.
     pub slot: u32,

@@ -11,8 +11,8 @@
 //! their callers' 512 bytes of stack, and the IPv4 forward path has none to spare).
 //!
 //! Across CPUs: readers take no lock. A writer holds the key's first bucket's lock
-//! (the top bit of its head, taken by compare-and-exchange of the head; a writer that
-//! fails three times gives up, as a full map would) while it looks for the key and writes, so
+//! (the top bit of its head, taken by an atomic fetch-or of the bit; a writer that finds
+//! it taken three times gives up, as a full map would) while it looks for the key and writes, so
 //! a key is never in two slots and a `BPF_NOEXIST` insert (a SNAT claim) succeeds on one
 //! CPU only. It claims its slot by compare-and-exchange of the slot's state (the writer of
 //! another key may be placing one in the same bucket, its second), writes the key and
@@ -26,8 +26,9 @@
 //!
 //! A bucket's spill count (the low half of its head, `head_of`) counts the keys that live
 //! in their second bucket with it as their first: a lookup that misses in the first bucket reads the second only while
-//! it is up, so at the loads a table mostly runs at a miss (every new flow's searches) is
-//! one cold access, not two. It is raised before such a key is published and lowered once
+//! it is up, so at the loads a table mostly runs at a miss (every new flow's searches)
+//! reads the first bucket and its head (a word of a line shared by 32 buckets), not two
+//! buckets. It is raised before such a key is published and lowered once
 //! a removal or an eviction has taken one (the slot records its key's first bucket's
 //! element, `FlowSlot::home`, so neither hashes the key again): never below its keys.
 //!
@@ -376,7 +377,7 @@ fn room() -> Option<*mut u32> {
     (!p.is_null()).then_some(p.cast())
 }
 
-/// The key of `PL_FLOWKEY`'s one entry and of each table's bucket 0, in `.rodata`: a
+/// The key of `PL_FLOWKEY`'s one entry and of each table's element 0 (its geometry), in `.rodata`: a
 /// lookup's key must be in memory, and the stack has none to spare (`bucket_at`).
 static ZERO: u32 = 0;
 
@@ -399,8 +400,9 @@ fn geometry<E: Tabled>() -> FlowGeometry {
 }
 
 /// The head of the bucket at element `e` (`FlowSlot::home` and `buckets` speak of element
-/// indices): its lock, its own index and its spill count (`HEAD_LOCKED`). `None` for an
-/// element that is not a bucket's.
+/// indices): its lock, its own index and its spill count (`HEAD_LOCKED`). `None` only
+/// where the word would be past the table's end; an `e` below the buckets (a `home` no
+/// writer records) would name a word of the heads' region, which callers never pass.
 #[inline(always)]
 fn head_of<E: Tabled>(room: *mut u32, e: u32) -> Option<*mut u64> {
     let (el, w) = head_at(e.wrapping_sub(geometry::<E>().heads()));
@@ -647,8 +649,7 @@ fn insert_unmarked<E: Tabled>(key: &E::Key, value: &E, noexist: bool) -> i64 {
         return EBUSY;
     }
     let r = insert_locked::<E>(p1, p2, head, key, value, noexist);
-    // The lock's bit is set: adding it clears it (the carry leaves the word).
-    add(head, HEAD_LOCKED);
+    unlock(head);
     // A victim that lived in its second bucket: its first counts it no more (after the
     // lock, with nothing else to keep across the lookup).
     if r > 0 {
@@ -659,13 +660,30 @@ fn insert_unmarked<E: Tabled>(key: &E::Key, value: &E, noexist: bool) -> i64 {
     }
 }
 
-/// Takes a bucket's lock (`HEAD_LOCKED`) if it is free: an exchange of the whole head,
-/// which fails too if its spill count moved meanwhile (another writer's eviction or
-/// removal: the caller tries again).
+/// Takes a bucket's lock (`HEAD_LOCKED`) if it is free: an atomic fetch-or of the bit
+/// (BPF_OR | BPF_FETCH: a full barrier), which leaves the rest of the head alone, so a
+/// spill count moved meanwhile (another writer's eviction or removal) fails nothing;
+/// whether the bit was clear before.
 #[inline(always)]
 fn lock(head: *mut u64) -> bool {
-    let w = load(head);
-    w & HEAD_LOCKED == 0 && cas(head, w, w | HEAD_LOCKED)
+    // SAFETY: an aligned word of map memory.
+    let old = unsafe {
+        core::intrinsics::atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(head, HEAD_LOCKED)
+    };
+    old & HEAD_LOCKED == 0
+}
+
+/// Gives a bucket's lock back: an atomic fetch-and-clear of the bit (a fetching atomic: a
+/// full barrier on every architecture, where a plain BPF add orders nothing on arm64), so
+/// the writes made under the lock are seen before it is free.
+#[inline(always)]
+fn unlock(head: *mut u64) {
+    // SAFETY: an aligned word of map memory.
+    let old = unsafe {
+        core::intrinsics::atomic_and::<u64, u64, { AtomicOrdering::SeqCst }>(head, !HEAD_LOCKED)
+    };
+    // The old word kept (a result used: the fetching instruction, not BPF's plain and).
+    core::hint::black_box(old);
 }
 
 /// Starts a new flow's inserts: `refused` is false until one of them finds its buckets

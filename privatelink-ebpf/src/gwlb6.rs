@@ -444,12 +444,13 @@ fn create_checked(ctx: &XdpContext, iface: &IfaceInfo, route: &EndpointEni) -> R
         .ok_or(Reason::DropNoRoute)?;
     let sender = mut_at::<EthHdr>(ctx, 0, Reason::DropTruncatedEthernet)?.src_addr;
     let e = scratch6(0)?;
-    // SAFETY: this CPU's scratch slot, valid for this run (two entries of 104 bytes and
+    // SAFETY: this CPU's scratch slot, valid for this run (two entries of 88 bytes and
     // their keys would not fit the BPF stack).
     let e = unsafe { &mut *e };
     // Field by field into the scratch slot: a whole `FlowEntry6` built first takes stack
-    // (this frame 448 → 440 bytes; the steer program's chain through it, with
-    // `pl_flow_insert6`'s, was the verifier's 512 exactly, and over it built for BPF v3).
+    // (it took this frame 448 → 440 bytes, when the steer program's chain through it, with
+    // `pl_flow_insert6`'s, was the verifier's 512 exactly; with the reply key in a key slot
+    // too, the frame is 400).
     *e = FlowEntry6::zeroed();
     e.new_src = mapped(route.lb_addr);
     e.new_dst = mapped(appliance);

@@ -364,6 +364,8 @@ pub async fn run(
         conntrack_entries: args.conntrack_entries,
         flow_events_bytes: args.flow_log_ring_bytes,
     })?;
+    // Dead flows' slots freed while packets run (`dataplane::flowtable::sweep`).
+    crate::dataplane::flowtable::start_sweeper(args.pin_dir.clone());
     let mut applier = DataplaneApply::new(dp, args.xdp_skb);
     applier.set_share(share.clone());
     applier.dp.set_config(&args.flow_config())?;

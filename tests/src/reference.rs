@@ -29,20 +29,17 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// The object with `PL_BASE_TABLE` made `buckets` long (a power of two) and its mask
-    /// set: for `privatelink_redirect_lookup`.
+    /// The object with `PL_BASE_TABLE` made `buckets` long and its count set: for
+    /// `privatelink_redirect_lookup` and `privatelink_first_floor`.
     pub fn with_table(buckets: u32) -> Result<Self> {
-        anyhow::ensure!(
-            buckets.is_power_of_two(),
-            "{buckets} buckets: not a power of two"
-        );
+        anyhow::ensure!(buckets > 0, "a table of no buckets");
         let mut r = Reference {
             ebpf: None,
             table_buckets: Some(buckets),
         };
-        let mut mask: aya::maps::Array<_, u32> =
-            aya::maps::Array::try_from(r.object()?.map_mut("PL_BASE_MASK").context("no map")?)?;
-        mask.set(0, buckets - 1, 0)?;
+        let mut count: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(r.object()?.map_mut("PL_BASE_BUCKETS").context("no map")?)?;
+        count.set(0, buckets, 0)?;
         Ok(r)
     }
 

@@ -408,6 +408,94 @@ fn a_direction_in_its_second_bucket_is_counted_and_found() {
     assert_eq!(count_of(&audit(&h)), before - 1);
 }
 
+/// The daemon's sweep (`flowtable::sweep`) frees both directions of every dead flow (no
+/// direction seen within its idle timeout), and nothing else: a flow seen one way only
+/// lives on both ways, as the data path judges it. Directions freed from their second
+/// bucket are taken off their first bucket's spill count, and every flow kept still
+/// forwards afterwards (its lookup still reaches its second bucket where it lives there).
+#[test]
+fn the_sweep_frees_dead_flows_and_nothing_else() {
+    use privatelink_common::{DIR_ORIGINAL, flowtable::buckets_of, seen_tick};
+    const FLOWS: u32 = 300;
+    let mut h = Harness::with_conntrack(
+        &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
+        2048,
+    )
+    .unwrap();
+    fill(&mut h, 0..FLOWS, 0).unwrap();
+    // Flow i: i % 3 == 0 seen both ways at `later`, 1 both ways only now (dead by then),
+    // 2 one way at `later` (the client's), the other only now.
+    let now = privatelink_tests::scale::ktime_ns();
+    let later = now + 100_000_000_000;
+    let cfg = Config {
+        tcp_timeout_ns: 30_000_000_000,
+        ..Config::default()
+    };
+    let index = |k: &FlowKey, e: &FlowEntry| {
+        let client = if e.direction == DIR_ORIGINAL {
+            k.src
+        } else {
+            e.new_dst
+        };
+        u32::from_be_bytes([0, client[1] - 64, client[2], client[3]])
+    };
+    for (k, e) in h.dp.flows().unwrap() {
+        let i = index(&k, &e);
+        let seen = match (i % 3, e.direction == DIR_ORIGINAL) {
+            (0, _) | (2, true) => later,
+            _ => now,
+        };
+        h.dp.put_flow::<FlowEntry>(
+            &k,
+            FlowEntry {
+                last_seen: seen_tick(seen),
+                ..e
+            },
+        )
+        .unwrap();
+    }
+    let g = h.dp.flow_geometry::<FlowEntry>().unwrap();
+    let placed = h.dp.flow_placement::<FlowEntry>().unwrap();
+    assert_eq!(
+        placed.len(),
+        2 * FLOWS as usize,
+        "every direction written, none evicted"
+    );
+    let dead_spilled = placed
+        .iter()
+        .filter(|(b, k, e)| buckets_of(k, &g).0 != *b && index(k, e) % 3 == 1)
+        .count();
+    assert!(
+        dead_spilled > 0,
+        "no dead direction in its second bucket: {placed:?}"
+    );
+
+    let swept = h.dp.sweep_flows::<FlowEntry>(later, &cfg).unwrap();
+    let dead = (0..FLOWS).filter(|i| i % 3 == 1).count() as u64;
+    assert_eq!(swept.live, 2 * u64::from(FLOWS));
+    assert_eq!(swept.freed, 2 * dead, "{swept:?}");
+    let left = h.dp.flows().unwrap();
+    assert_eq!(left.len() as u64, 2 * (u64::from(FLOWS) - dead));
+    assert!(
+        left.iter().all(|(k, e)| index(k, e) % 3 != 1),
+        "a dead flow kept"
+    );
+    for &(b, count, keys) in &h.dp.flow_spill_audit::<FlowEntry>().unwrap() {
+        assert_eq!(count, keys, "bucket {b}'s spill count");
+    }
+    assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 0));
+    // A second sweep finds nothing more to free.
+    let again = h.dp.sweep_flows::<FlowEntry>(later, &cfg).unwrap();
+    assert_eq!((again.live, again.freed), (swept.live - swept.freed, 0));
+    // The flows kept forward, each by its own entry (no new flow made).
+    let made = h.count(Reason::ForwardNewFlow);
+    for i in (0..FLOWS).filter(|i| i % 3 != 1) {
+        let (act, _) = h.run(h.consumer.ifindex, &frame(&h, i)).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "flow {i}: {:?}", h.active_stats());
+    }
+    assert_eq!(h.count(Reason::ForwardNewFlow), made);
+}
+
 /// Two CPUs at once (BPF_PROG_TEST_RUN runs a program on its caller's CPU): each makes new
 /// flows, then sends the other's again, into a table far too small for them (4 000 flows,
 /// 128 slots), so writers meet in the same buckets, take each other's locks, claim slots

@@ -7,6 +7,7 @@
 use std::{
     os::fd::{AsFd, AsRawFd},
     ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use anyhow::{Context, Result, bail};
@@ -95,13 +96,14 @@ fn head<E: Bucketed>(a: &Array<&MapData, E::Bucket>, b: u32) -> Result<u64> {
 /// Gives `E`'s table (`table`, of `buckets` buckets) its geometry and its buckets' heads,
 /// unless it has a geometry for that size (a table kept from before: its flows stay where
 /// they are): its buckets and a seed drawn now, written before any program uses the
-/// table. Each head gets its bucket's own element index (what a key spilled from it
-/// records); the geometry goes last, so a table whose heads were not all written has
-/// none, and gets them again.
+/// table. Anything the table held is cleared first (under another geometry, or none, no
+/// slot of it is where a lookup would look, and no count counts it). Each head gets its
+/// bucket's own element index (what a key spilled from it records); the geometry goes
+/// last, so a table whose heads were not all written has none, and gets them again.
+/// Written through a shared mapping: one pass over memory, not a syscall per element.
 pub fn init_geometry<E: Bucketed>(table: &mut Map, buckets: u32) -> Result<()> {
-    let mut a: Array<_, E::Bucket> = Array::try_from(table)?;
-    let mut e0 = a.get(&0, 0)?;
-    let old = FlowGeometry::from_word(*word(&mut e0, 0));
+    let m = Mapped::new::<E>(table, true)?;
+    let old = m.geometry();
     if old.buckets == buckets && old.seed != 0 {
         return Ok(());
     }
@@ -113,26 +115,23 @@ pub fn init_geometry<E: Bucketed>(table: &mut Map, buckets: u32) -> Result<()> {
     };
     let heads = g.heads();
     anyhow::ensure!(
-        a.len() >= heads + buckets,
+        m.elements >= (heads + buckets) as usize,
         "{}: {} elements, {buckets} buckets need {}",
         E::MAP,
-        a.len(),
+        m.elements,
         heads + buckets
     );
-    // Element 0 last: it holds the geometry.
-    for el in (0..heads).rev() {
-        let mut e = E::Bucket::default();
-        for w in 0..HEADS_PER_ELEMENT {
-            let n = el * HEADS_PER_ELEMENT + w;
-            *word(&mut e, w) = match n {
-                0 => g.word(),
-                1 => 0,
-                n if n - 2 < buckets => u64::from(heads + n - 2) << HEAD_OWN_SHIFT,
-                _ => 0,
-            };
-        }
-        a.set(el, e, 0)?;
+    // No geometry while the rest is written (a data path that runs meanwhile sees a table
+    // of one bucket, as before the first start).
+    m.atomic(0, 0).store(0, Ordering::SeqCst);
+    // SAFETY: the mapping's bytes past word 0, plain data; no program uses the table yet.
+    unsafe { std::ptr::write_bytes(m.base.as_ptr().add(8), 0, m.len - 8) };
+    for b in 0..buckets {
+        let (el, w) = head_at(b);
+        m.atomic(el as usize, w as usize * 8)
+            .store(u64::from(heads + b) << HEAD_OWN_SHIFT, Ordering::SeqCst);
     }
+    m.atomic(0, 0).store(g.word(), Ordering::SeqCst);
     Ok(())
 }
 
@@ -148,39 +147,134 @@ fn map_data(map: &Map) -> Result<&MapData> {
     }
 }
 
+/// A shared mapping of a flow table's memory (`BPF_F_MMAPABLE`), unmapped when dropped:
+/// one pass over memory, not a syscall per bucket.
+struct Mapped {
+    base: NonNull<u8>,
+    len: usize,
+    elements: usize,
+    size: usize,
+}
+
+impl Mapped {
+    /// Maps `E`'s table (`table`), read-only or for writing (`sweep`).
+    fn new<E: Bucketed>(table: &Map, write: bool) -> Result<Self> {
+        let data = map_data(table)?;
+        let elements = data.info()?.max_entries() as usize;
+        let size = std::mem::size_of::<E::Bucket>();
+        let len = elements * size;
+        let fd = data.fd().as_fd().as_raw_fd();
+        let prot = if write {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a shared mapping of the map's memory, unmapped on drop; nothing else is
+        // mapped at the address the kernel picks.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context(format!("mapping {}", E::MAP));
+        }
+        let base = NonNull::new(p.cast::<u8>()).context("mmap returned null")?;
+        Ok(Self {
+            base,
+            len,
+            elements,
+            size,
+        })
+    }
+
+    /// The geometry (word 0).
+    fn geometry(&self) -> FlowGeometry {
+        // SAFETY: word 0 of the mapping, 8-aligned (page-aligned mapping).
+        FlowGeometry::from_word(unsafe { std::ptr::read_volatile(self.base.as_ptr().cast()) })
+    }
+
+    /// The buckets' element indices (none for a table without its geometry yet).
+    fn buckets(&self, g: &FlowGeometry) -> std::ops::Range<usize> {
+        let first = (g.heads() as usize).min(self.elements);
+        first..(first + g.buckets as usize).min(self.elements)
+    }
+
+    /// A copy of element `el` (below `elements`). The data path may be writing it: a torn
+    /// slot reads as whatever it held, as a map lookup could.
+    fn bucket<E: Bucketed>(&self, el: usize) -> E::Bucket {
+        assert!(el < self.elements);
+        // SAFETY: inside the mapping (checked above); a copy.
+        unsafe { std::ptr::read_volatile(self.base.as_ptr().add(el * self.size).cast()) }
+    }
+
+    /// The word at byte `byte` of element `el`, as an atomic: a slot's state word (at the
+    /// slot's start: `repr(C)`, its first field) or a head. For a writable mapping.
+    fn atomic(&self, el: usize, byte: usize) -> &AtomicU64 {
+        assert!(el < self.elements && byte.is_multiple_of(8) && byte + 8 <= self.size);
+        // SAFETY: an 8-aligned word inside the mapping (checked above), which lives as
+        // long as `self`; the data path changes it only by atomic operations.
+        unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(el * self.size + byte).cast()) }
+    }
+
+    /// The live entry of `key`, searched in both its buckets.
+    fn find<E: Bucketed>(&self, g: &FlowGeometry, key: &E::Key) -> Option<E> {
+        let (first, second) = buckets_of(key, g);
+        [first, second].into_iter().find_map(|b| {
+            let el = (g.heads() + b) as usize;
+            if el >= self.elements {
+                return None;
+            }
+            let bucket = self.bucket::<E>(el);
+            (0..FLOW_WAYS as usize).find_map(|i| {
+                let (state, k, e) = E::slot(&bucket, i);
+                (state == SLOT_LIVE && same_key(&k, key)).then_some(e)
+            })
+        })
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// How often the daemon sweeps the flow tables (`sweep`; at least four times as long as
+/// a sweep takes).
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Sweeps both pinned flow tables of `pin_dir` (`sweep`), every `SWEEP_EVERY` and never
+/// more than a fifth of the time, in a blocking task of the daemon's runtime.
+pub fn start_sweeper(pin_dir: std::path::PathBuf) {
+    tokio::spawn(async move {
+        let mut took = std::time::Duration::ZERO;
+        loop {
+            tokio::time::sleep(SWEEP_EVERY.max(took * 4)).await;
+            let start = std::time::Instant::now();
+            let dir = pin_dir.clone();
+            let swept = tokio::task::spawn_blocking(move || -> Result<(Swept, Swept)> {
+                let cfg = super::read_config(&dir)?;
+                let now = super::coarse_now_ns();
+                let v4 = sweep::<FlowEntry>(&super::open_pinned(&dir, FlowEntry::MAP)?, now, &cfg)?;
+                let v6 =
+                    sweep::<FlowEntry6>(&super::open_pinned(&dir, FlowEntry6::MAP)?, now, &cfg)?;
+                Ok((v4, v6))
+            })
+            .await;
+            match swept {
+                Ok(Ok((v4, v6))) => tracing::debug!(?v4, ?v6, "swept the flow tables"),
+                Ok(Err(e)) => tracing::warn!("sweeping the flow tables: {e:#}"),
+                Err(e) => tracing::warn!("the flow tables' sweep failed: {e}"),
+            }
+            took = start.elapsed();
+        }
+    });
+}
+
 /// Every live entry of `E`'s table, read through a read-only mapping of it.
 pub fn entries<E: Bucketed>(table: &Map) -> Result<Vec<(E::Key, E)>> {
-    let data = map_data(table)?;
-    let elements = data.info()?.max_entries() as usize;
-    let size = std::mem::size_of::<E::Bucket>();
-    let len = elements * size;
-    let fd = data.fd().as_fd().as_raw_fd();
-    // SAFETY: a shared read-only mapping of the map's memory (BPF_F_MMAPABLE), unmapped
-    // below; nothing else is mapped at the address the kernel picks.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error()).context(format!("mapping {}", E::MAP));
-    }
-    let base = NonNull::new(p.cast::<u8>()).context("mmap returned null")?;
+    let m = Mapped::new::<E>(table, false)?;
     let mut out = Vec::new();
-    // SAFETY: word 0 of the mapping (`geometry`), 8-aligned (page-aligned mapping).
-    let g = FlowGeometry::from_word(unsafe { std::ptr::read_volatile(base.as_ptr().cast()) });
-    // (A table without its geometry yet: its heads' elements only.)
-    let first = (g.heads() as usize).min(elements);
-    for b in first..elements {
-        // SAFETY: inside the mapping; a copy (the data path may be writing: a torn slot
-        // reads as whatever it held, as a map lookup could).
-        let bucket: E::Bucket =
-            unsafe { std::ptr::read_volatile(base.as_ptr().add(b * size).cast()) };
+    for el in m.buckets(&m.geometry()) {
+        let bucket = m.bucket::<E>(el);
         for i in 0..FLOW_WAYS as usize {
             let (state, k, e) = E::slot(&bucket, i);
             if state == SLOT_LIVE {
@@ -188,9 +282,90 @@ pub fn entries<E: Bucketed>(table: &Map) -> Result<Vec<(E::Key, E)>> {
             }
         }
     }
-    // SAFETY: the mapping made above.
-    unsafe { libc::munmap(p, len) };
     Ok(out)
+}
+
+/// What a `sweep` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Live slots it found.
+    pub live: u64,
+    /// Of them, the directions of dead flows it freed.
+    pub freed: u64,
+}
+
+/// Frees the directions of `E`'s table whose flow is dead at `now_ns` (neither direction
+/// seen within its idle timeout under `cfg`: what a packet of it would find gone, and
+/// what the census counts free) while packets run: each slot claimed from the state word
+/// it was judged by (`SLOT_BUSY`, by compare-and-exchange, as the data path's removal
+/// does), so a slot rewritten meanwhile is left alone; one whose `last_seen` moved
+/// before the claim is given back live. A direction that lived in its second bucket is
+/// then taken off its first bucket's spill count.
+///
+/// Without it a dead flow's slots would stay until a new key evicts or takes them, and
+/// `last_seen` (32-bit ticks, `seen_elapsed_ns`) reads a stamp over 1.14 years old as
+/// recent: a flow dead that long in a quiet bucket would come back to life, unevictable.
+/// The daemon sweeps both tables every `SWEEP_EVERY`.
+pub fn sweep<E: Bucketed>(
+    table: &Map,
+    now_ns: u64,
+    cfg: &privatelink_common::Config,
+) -> Result<Swept> {
+    let m = Mapped::new::<E>(table, true)?;
+    let g = m.geometry();
+    let slot_size = m.size / FLOW_WAYS as usize;
+    let mut swept = Swept::default();
+    for el in m.buckets(&g) {
+        for i in 0..FLOW_WAYS as usize {
+            let state = m.atomic(el, i * slot_size);
+            let w = state.load(Ordering::SeqCst);
+            if slot_state(w) != SLOT_LIVE {
+                continue;
+            }
+            swept.live += 1;
+            let (_, k, e) = E::slot(&m.bucket::<E>(el), i);
+            if e.live(&k, now_ns, cfg, || m.find::<E>(&g, &e.partner_of(&k))) {
+                continue;
+            }
+            let busy = next_state(w, SLOT_BUSY);
+            if state
+                .compare_exchange(w, busy, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                continue;
+            }
+            // This sweeper's slot now: read again (after the exchange's full barrier).
+            let mut bucket = m.bucket::<E>(el);
+            let (_, k2, e2) = E::slot(&bucket, i);
+            if !same_key(&k2, &k) || e2.seen() != e.seen() {
+                let _ = state.compare_exchange(
+                    busy,
+                    next_state(busy, SLOT_LIVE),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+                continue;
+            }
+            let home = *E::home(&mut bucket, i);
+            let _ = state.compare_exchange(
+                busy,
+                next_state(busy, SLOT_FREE),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+            swept.freed += 1;
+            // Its first bucket counts it no more (`home`: that bucket's element).
+            if let Some(b) = home
+                .checked_sub(g.heads())
+                .filter(|&b| home != 0 && b < g.buckets)
+            {
+                let (hel, hw) = head_at(b);
+                m.atomic(hel as usize, hw as usize * 8)
+                    .fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+    Ok(swept)
 }
 
 /// `key`'s two buckets, each with its index (`buckets_of`).

@@ -319,7 +319,7 @@ impl Dataplane {
         flowtable::entries(self.map(map_names::CONNTRACK6)?)
     }
 
-    /// The geometry of `E`'s flow table (from its bucket 0).
+    /// The geometry of `E`'s flow table (from its element 0's first word).
     pub fn flow_geometry<E: flowtable::Bucketed>(&self) -> Result<FlowGeometry> {
         flowtable::geometry::<E>(self.map(E::MAP)?)
     }
@@ -361,6 +361,16 @@ impl Dataplane {
     pub fn flow_spill_audit<E: flowtable::Bucketed>(&self) -> Result<Vec<(u32, u64, u64)>> {
         let g = self.flow_geometry::<E>()?;
         flowtable::spill_audit::<E>(self.map(E::MAP)?, &g)
+    }
+
+    /// Frees the directions of dead flows from `E`'s flow table (`flowtable::sweep`, as
+    /// the daemon's sweeper does).
+    pub fn sweep_flows<E: flowtable::Bucketed>(
+        &self,
+        now_ns: u64,
+        cfg: &privatelink_common::Config,
+    ) -> Result<flowtable::Swept> {
+        flowtable::sweep::<E>(self.map(E::MAP)?, now_ns, cfg)
     }
 
     /// Removes `key` from `E`'s flow table (as `put_flow`); whether it was there.

@@ -10,7 +10,7 @@
 //!   `PL_BASE_DEVS` (slot 0): the benchmark compares the two helpers.
 //! - `privatelink_redirect_lookup` does the same after one read of a table the size and
 //!   kind of the data path's IPv4 flow table (`PL_BASE_TABLE`, sized at load: buckets of
-//!   512 bytes in a BPF_F_MMAPABLE array) at a bucket picked by the frame's flow: the
+//!   384 bytes in a BPF_F_MMAPABLE array) at a bucket picked by the frame's flow: the
 //!   floor of any forwarder that reads one cold line of per-flow state per packet, the
 //!   throughput benchmark's measure of what the machine's memory leaves at many flows.
 //!   `privatelink_first_floor` reads two such buckets and then does `privatelink_tx`'s
@@ -90,16 +90,17 @@ pub fn privatelink_redirect_map(_ctx: XdpContext) -> u32 {
         .unwrap_or(xdp_action::XDP_PASS)
 }
 
-/// The floor's table: as `PL_CONNTRACK`, an array of 512-byte buckets (BPF_F_MMAPABLE, so
-/// the same kind of memory), its element count set at load (1 here: loaded for any other
-/// program, it costs nothing).
+/// The floor's table: as `PL_CONNTRACK`, an array of 384-byte buckets (four 96-byte
+/// slots; BPF_F_MMAPABLE, so the same kind of memory), its element count set at load (1
+/// here: loaded for any other program, it costs nothing).
 #[btf_map]
-static PL_BASE_TABLE: Array<[u64; 64], 1, { aya_ebpf::bindings::BPF_F_MMAPABLE as usize }> =
+static PL_BASE_TABLE: Array<[u64; 48], 1, { aya_ebpf::bindings::BPF_F_MMAPABLE as usize }> =
     Array::new();
 
-/// `[0]`: `PL_BASE_TABLE`'s buckets minus one (a power of two minus one).
+/// `[0]`: `PL_BASE_TABLE`'s buckets (any number: a hash is scaled onto them, as the data
+/// path's `bucket_index`).
 #[btf_map]
-static PL_BASE_MASK: Array<u32, 1> = Array::new();
+static PL_BASE_BUCKETS: Array<u32, 1> = Array::new();
 
 #[xdp]
 pub fn privatelink_redirect_lookup(ctx: XdpContext) -> u32 {
@@ -148,17 +149,18 @@ fn flow_hash(ctx: &XdpContext) -> Option<u32> {
     Some(mix32(src ^ mix32(ports)))
 }
 
-/// Reads the first line of `PL_BASE_TABLE`'s bucket `h & mask`, kept by a comparison that
-/// never holds (the table is zeroed): true if it did, or if the bucket is missing (a mask
-/// past the table's end: the program then drops, which the benchmarks' action checks
-/// catch, rather than go on as though it had read).
+/// Reads the first line of `PL_BASE_TABLE`'s bucket for `h` (scaled onto its buckets by a
+/// multiply and a shift, as the data path's), kept by a comparison that never holds (the
+/// table is zeroed): true if it did, or if the bucket is missing (a count past the
+/// table's end: the program then drops, which the benchmarks' action checks catch, rather
+/// than go on as though it had read).
 #[inline(always)]
 fn read_bucket(h: u32) -> bool {
-    let mask = match PL_BASE_MASK.get(0) {
-        Some(&m) => m,
+    let buckets = match PL_BASE_BUCKETS.get(0) {
+        Some(&n) => n,
         None => 0,
     };
-    match PL_BASE_TABLE.get(h & mask) {
+    match PL_BASE_TABLE.get(((h as u64 * buckets as u64) >> 32) as u32) {
         // SAFETY: a valid element of the array.
         Some(bucket) => (unsafe { core::ptr::read_volatile(&bucket[0]) }) == u64::MAX,
         None => true,
