@@ -201,7 +201,7 @@ fn established_checked(
     *slot = e.counter_slot as u32;
     // RFC 1812: a router verifies the header checksum before forwarding.
     if csum::fold(sum_header(ip)) != 0xffff {
-        return Err(Reason::DropBadIpChecksum);
+        return Err(seen.confirm(Reason::DropBadIpChecksum));
     }
     let (flags, nums) = if tcp {
         tcp_state(l4)

@@ -157,7 +157,7 @@ fn checked(
         // GWLB flows track the flags only, as `gwlb6::steer` does.
         return to_appliance6(ctx, iface.vpc_id, &seen, key, inner_len, flags, t).map(Some);
     }
-    rewrite(ctx, h, l4, e, tcp, proto, hop_limit)?;
+    rewrite(ctx, h, l4, e, tcp, proto, hop_limit).map_err(|r| seen.confirm(r))?;
     let out_ifindex = e.out_ifindex;
     // Everything the frame took from the entry was one flow's (as `established`'s).
     seen.still()?;

@@ -289,6 +289,18 @@ impl<E: Tabled> Seen<E> {
         }
     }
 
+    /// A drop for `r`, decided on what was read of the entry (its counter slot among it):
+    /// `r` if the entry is still the flow's, else `DropFlowChanged`, which no endpoint is
+    /// charged for (`verdict::settle_for`): the slot read may have been another flow's.
+    #[inline(always)]
+    pub fn confirm(&self, r: Reason) -> Reason {
+        if self.unchanged() {
+            r
+        } else {
+            Reason::DropFlowChanged
+        }
+    }
+
     /// `still`, for a path that stamped the entry (`epoch`, a field of it) since its last
     /// check: on a change the stamp is taken back (0), since it may have landed on the
     /// other flow, whose next packet then takes the full path and stamps it again.

@@ -398,7 +398,8 @@ pub fn from_appliance_checked(
         return Err(Reason::DropGwlbNoFlow);
     }
     *slot = e.counter_slot as u32;
-    let port = maps::vpc_port(g.vpc_id, pkt.epoch).ok_or(Reason::DropNoRoute)?;
+    let port =
+        maps::vpc_port(g.vpc_id, pkt.epoch).ok_or_else(|| seen.confirm(Reason::DropNoRoute))?;
     let dst_key = VpcAddr {
         vpc_id: g.vpc_id,
         addr: dst,

@@ -22,12 +22,16 @@ pub fn settle(r: Result<Verdict, Reason>) -> u64 {
 }
 
 /// `settle` for a packet of the endpoint ENI (or appliance) whose counters are at `slot`
-/// of `PL_EP_COUNTERS` (below `MAX_COUNTER_SLOTS`, so 24 bits hold it).
+/// of `PL_EP_COUNTERS` (below `MAX_COUNTER_SLOTS`, so 24 bits hold it). A
+/// `DropFlowChanged` is nobody's (slot 0): the paths that drop for it read `slot` from a
+/// flow entry that another CPU was rewriting for another flow, so the slot may be that
+/// flow's; the drop is counted by its reason only.
 #[inline(always)]
 pub fn settle_for(slot: u32, r: Result<Verdict, Reason>) -> u64 {
-    let (action, reason) = match r {
-        Ok(v) => v,
-        Err(reason) => (xdp_action::XDP_DROP, reason),
+    let (action, reason, slot) = match r {
+        Ok((action, reason)) => (action, reason, slot),
+        Err(Reason::DropFlowChanged) => (xdp_action::XDP_DROP, Reason::DropFlowChanged, 0),
+        Err(reason) => (xdp_action::XDP_DROP, reason, slot),
     };
     (action as u64) << 56 | ((slot & 0xff_ffff) as u64) << 32 | reason as u32 as u64
 }

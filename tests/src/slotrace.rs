@@ -49,12 +49,17 @@ static ONE_RACE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// (`PARTNER_REFRESH_NS`), as the races' own flows would not be in the check's second.
 pub trait Confirmed: Copy {
     fn confirmed(self) -> Self;
+    /// Its endpoint counter slot.
+    fn counter_slot(&self) -> u16;
 }
 
 impl Confirmed for FlowEntry {
     fn confirmed(mut self) -> Self {
         self.checked = checked_tick(crate::scale::ktime_ns());
         self
+    }
+    fn counter_slot(&self) -> u16 {
+        self.counter_slot
     }
 }
 
@@ -63,7 +68,15 @@ impl Confirmed for FlowEntry6 {
         self.checked = checked_tick(crate::scale::ktime_ns());
         self
     }
+    fn counter_slot(&self) -> u16 {
+        self.counter_slot
+    }
 }
+
+/// The counter slot the racing writer's other flow counts into (`OTHER_SLOT` of
+/// `PL_EP_COUNTERS`, which no endpoint of the tests' states is given): no packet of the
+/// raced flow may be charged to it, though some read it from the slot mid-change.
+pub const OTHER_SLOT: u16 = (privatelink_common::MAX_COUNTER_SLOTS - 1) as u16;
 
 /// One racing test at a time in a test binary, held from the test's start (before its
 /// flows are made: one made and then kept waiting could idle out): tests that raced side
@@ -95,6 +108,22 @@ pub fn race<K: Copy + PartialEq + Send + Sync, V: Confirmed + Send + Sync>(
 ) -> (u64, u64, u64) {
     let count = |h: &Harness, reasons: &[Reason]| reasons.iter().map(|&r| h.count(r)).sum::<u64>();
     let (sent_before, drops_before) = (count(h, sent), count(h, drops));
+    assert_eq!(
+        other.1.counter_slot(),
+        OTHER_SLOT,
+        "the other flow counts apart"
+    );
+    assert_ne!(mine.1.counter_slot(), OTHER_SLOT);
+    let other_counted = |h: &Harness| {
+        let a: aya::maps::PerCpuArray<_, privatelink_common::EndpointCounters> =
+            aya::maps::PerCpuArray::try_from(h.dp.map(map_names::EP_COUNTERS).unwrap()).unwrap();
+        let mut sum = privatelink_common::EndpointCounters::default();
+        for c in a.get(&u32::from(OTHER_SLOT), 0).unwrap().iter() {
+            sum.add(c);
+        }
+        sum
+    };
+    let other_before = other_counted(h);
     let map = h.dp.map(t.map).unwrap();
     let aya::maps::Map::Array(data) = map else {
         panic!("{} is not an array", t.map)
@@ -238,6 +267,11 @@ pub fn race<K: Copy + PartialEq + Send + Sync, V: Confirmed + Send + Sync>(
     unsafe { libc::munmap(base.cast(), len) };
     let counted = count(h, drops) - drops_before;
     eprintln!("{:?}", h.active_stats());
+    assert_eq!(
+        other_counted(h),
+        other_before,
+        "packets of the raced flow charged to the other flow's counter slot"
+    );
     assert_eq!(dropped, counted, "{:?}", h.active_stats());
     assert!(forwarded > 0, "the flow was never forwarded");
     assert_eq!(

@@ -10,7 +10,7 @@ use privatelink_tests::{
     frames::{CLIENT_MAC, ENI, LB, parse_checked},
     lab::packet_state,
     scale::{fill, frame, live_outcome, open_live, present},
-    slotrace::{SLOTS, SLOTS6, one_race, pin_to, race, two_cpus},
+    slotrace::{OTHER_SLOT, SLOTS, SLOTS6, one_race, pin_to, race, two_cpus},
     testrun::Harness,
 };
 use privatelink_user::model::numeric_id;
@@ -727,6 +727,7 @@ fn other4(e: &FlowEntry) -> (FlowKey, FlowEntry) {
         dst_mac: [0x02, 0, 0, 0, 0, 0x99],
         csum_ip: e.csum_ip ^ 0x5a5a,
         csum_l4: e.csum_l4 ^ 0xa5a5,
+        counter_slot: OTHER_SLOT,
         ..*e
     };
     (key, other)
@@ -874,6 +875,7 @@ fn other6(e: &FlowEntry6) -> (FlowKey6, FlowEntry6) {
         src_mac: [0x02, 0, 0, 0, 0, 0x98],
         dst_mac: [0x02, 0, 0, 0, 0, 0x99],
         csum_l4: e.csum_l4 ^ 0xa5a5,
+        counter_slot: OTHER_SLOT,
         ..*e
     };
     (key, other)
