@@ -10,9 +10,9 @@
 //! and a helper call (a direction in its second bucket costs a second read). A miss reads
 //! the second bucket only while the first's spill count (in its head) says that some key
 //! whose first bucket it is lives in its second: at the loads a table mostly runs at, a
-//! miss is one cold access to a bucket, a new flow's searches half of what they were.
-//! Readers take no lock; writers hold the key's first bucket's (its head's top bit, taken
-//! by compare-and-exchange) while they look for the key and write it, so a key is never in
+//! miss reads one bucket and its head (a word of a line 8 buckets share), not two
+//! buckets. Readers take no lock; writers hold the key's first bucket's (its head's top
+//! bit, taken by an atomic fetch-or) while they look for the key and write it, so a key is never in
 //! two slots, and claim a slot by compare-and-exchange of its state, since the writer of
 //! another key may be placing it in the same bucket. A new direction takes a free slot of
 //! its first bucket while that keeps one spare, else of the emptier (the first on a tie),

@@ -585,6 +585,10 @@ pub struct FlowEntry {
     /// for both paths.
     pub fast_packets: u8,
     /// When this direction was last seen: `seen_tick` of the clock (`seen_elapsed_ns`).
+    /// The daemon's sweep frees a dead flow's directions, and moves a live flow's idle
+    /// direction's stamp up to a quarter of the wrap ago, so that no stamp reaches half
+    /// the wrap, where it would read as recent (`privatelink_user`'s
+    /// `dataplane::flowtable::sweep`).
     pub last_seen: u32,
     /// Original direction: when the reply entry was last confirmed to be this flow's
     /// (GWLB flows: when the appliance was last confirmed healthy); `checked_tick` of the
@@ -629,8 +633,8 @@ pub const fn seen_tick(ns: u64) -> u32 {
 /// How long before `now_ns` the tick `seen` was, in ns (to a tick). Signed: a stamp ahead
 /// of `now_ns` (another CPU's later reading of the clock) is no time ago, never half a
 /// wrap ago; a stamp more than half a wrap (1.14 years) old reads as recent, which no
-/// flow's idle timeout comes near, and no dead flow's slot lives to: the daemon frees
-/// them (`privatelink_user::dataplane::flowtable::sweep`, every minute).
+/// flow's idle timeout comes near, and no stamp lives to: the daemon's sweep, every
+/// minute, frees dead flows and moves older stamps up (`FlowEntry::last_seen`).
 #[inline(always)]
 pub const fn seen_elapsed_ns(now_ns: u64, seen: u32) -> u64 {
     let d = seen_tick(now_ns).wrapping_sub(seen) as i32;

@@ -27,7 +27,7 @@
 //! A bucket's spill count (the low half of its head, `head_of`) counts the keys that live
 //! in their second bucket with it as their first: a lookup that misses in the first bucket reads the second only while
 //! it is up, so at the loads a table mostly runs at a miss (every new flow's searches)
-//! reads the first bucket and its head (a word of a line shared by 32 buckets), not two
+//! reads the first bucket and its head (a word of a line shared by 8 buckets), not two
 //! buckets. It is raised before such a key is published and lowered once
 //! a removal or an eviction has taken one (the slot records its key's first bucket's
 //! element, `FlowSlot::home`, so neither hashes the key again): never below its keys.

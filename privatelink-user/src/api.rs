@@ -1135,7 +1135,7 @@ pub fn count_live_flows<E: crate::dataplane::TableEntry>(
         if e.direction() != privatelink_common::DIR_ORIGINAL {
             continue;
         }
-        if e.live(&k, now_ns, cfg, || partner(&e.partner_of(&k))) {
+        if e.live_in(&k, now_ns, cfg, &partner) {
             *live.entry(e.endpoint_id()).or_default() += 1;
         }
     }

@@ -365,7 +365,7 @@ pub async fn run(
         flow_events_bytes: args.flow_log_ring_bytes,
     })?;
     // Dead flows' slots freed while packets run (`dataplane::flowtable::sweep`).
-    crate::dataplane::flowtable::start_sweeper(args.pin_dir.clone());
+    crate::dataplane::flowtable::start_sweeper(args.pin_dir.clone(), dp.flow_table_ids()?);
     let mut applier = DataplaneApply::new(dp, args.xdp_skb);
     applier.set_share(share.clone());
     applier.dp.set_config(&args.flow_config())?;

@@ -288,7 +288,7 @@ fn print_flows<E: dataplane::TableEntry>(
             format!("{new_src} -> {new_dst}")
         };
         // Alive while either direction is (as the data path judges it).
-        let alive = e.live(k, now, cfg, || by_key.get(&e.partner_of(k)).copied());
+        let alive = e.live_in(k, now, cfg, |pk| by_key.get(pk).copied());
         let state = if !alive {
             "expired"
         } else if e.tcp_flags() & privatelink_common::CT_CLOSING != 0 {

@@ -376,7 +376,7 @@ fn walk_table<E: dataplane::flowtable::Bucketed>(
     for (k, e) in &ct {
         let (k, e) = (*k, *e);
         entries += 1;
-        let alive = || e.live(&k, now, cfg, || ct.get(&e.partner_of(&k)).copied());
+        let alive = || e.live_in(&k, now, cfg, |pk| ct.get(pk).copied());
         if e.direction() == DIR_ORIGINAL {
             if alive() {
                 *live_flows.entry(e.endpoint_id()).or_default() += 1;

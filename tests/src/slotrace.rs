@@ -48,14 +48,19 @@ static ONE_RACE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// direction is never sent to the full path for its once-a-second check
 /// (`PARTNER_REFRESH_NS`), as the races' own flows would not be in the check's second.
 pub trait Confirmed: Copy {
-    fn confirmed(self) -> Self;
+    /// As the writer puts it back: its check just made.
+    fn confirmed(self) -> Self {
+        self.checked_at(crate::scale::ktime_ns())
+    }
+    /// With its check (`checked`) made at `ns` of the data path's clock.
+    fn checked_at(self, ns: u64) -> Self;
     /// Its endpoint counter slot.
     fn counter_slot(&self) -> u16;
 }
 
 impl Confirmed for FlowEntry {
-    fn confirmed(mut self) -> Self {
-        self.checked = checked_tick(crate::scale::ktime_ns());
+    fn checked_at(mut self, ns: u64) -> Self {
+        self.checked = checked_tick(ns);
         self
     }
     fn counter_slot(&self) -> u16 {
@@ -63,9 +68,30 @@ impl Confirmed for FlowEntry {
     }
 }
 
+/// An entry the racing writer puts back with its check due (made two seconds ago, past
+/// `PARTNER_REFRESH_NS`), where `Confirmed` makes it just now: on the forward full paths
+/// every packet then goes through the partner check, and the slot's re-read before it
+/// (`Seen::still` ahead of `keep_partner`), which no confirmed entry reaches, is raced
+/// too. The same memory as the entry (`repr(transparent)`).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Due<V>(pub V);
+
+impl<V: Confirmed> Confirmed for Due<V> {
+    fn confirmed(self) -> Self {
+        self.checked_at(crate::scale::ktime_ns().saturating_sub(2_000_000_000))
+    }
+    fn checked_at(self, ns: u64) -> Self {
+        Due(self.0.checked_at(ns))
+    }
+    fn counter_slot(&self) -> u16 {
+        self.0.counter_slot()
+    }
+}
+
 impl Confirmed for FlowEntry6 {
-    fn confirmed(mut self) -> Self {
-        self.checked = checked_tick(crate::scale::ktime_ns());
+    fn checked_at(mut self, ns: u64) -> Self {
+        self.checked = checked_tick(ns);
         self
     }
     fn counter_slot(&self) -> u16 {

@@ -10,7 +10,7 @@ use privatelink_tests::{
     frames::{CLIENT_MAC, ENI, LB, parse_checked},
     lab::packet_state,
     scale::{fill, frame, live_outcome, open_live, present},
-    slotrace::{OTHER_SLOT, SLOTS, SLOTS6, one_race, pin_to, race, two_cpus},
+    slotrace::{Confirmed, Due, OTHER_SLOT, SLOTS, SLOTS6, one_race, pin_to, race, two_cpus},
     testrun::Harness,
 };
 use privatelink_user::model::numeric_id;
@@ -410,12 +410,21 @@ fn a_direction_in_its_second_bucket_is_counted_and_found() {
 
 /// The daemon's sweep (`flowtable::sweep`) frees both directions of every dead flow (no
 /// direction seen within its idle timeout), and nothing else: a flow seen one way only
-/// lives on both ways, as the data path judges it. Directions freed from their second
-/// bucket are taken off their first bucket's spill count, and every flow kept still
-/// forwards afterwards (its lookup still reaches its second bucket where it lives there).
+/// lives on both ways, as the data path judges it, but an old reply whose forward key now
+/// belongs to another flow (which does not name it as its partner) is dead. Directions
+/// freed from their second bucket are taken off their first bucket's spill count; a slot
+/// left busy (a sweeper killed between its claim and its free) is freed by the sweep
+/// after the one that first saw it; a live flow's direction whose stamp is older than
+/// `SEEN_FLOOR` is stamped `SEEN_FLOOR` ago; and every flow kept still forwards
+/// afterwards (its lookup still reaches its second bucket where it lives there).
 #[test]
 fn the_sweep_frees_dead_flows_and_nothing_else() {
-    use privatelink_common::{DIR_ORIGINAL, flowtable::buckets_of, seen_tick};
+    use privatelink_common::{
+        DIR_ORIGINAL, FlowBucket,
+        flowtable::{SLOT_BUSY, buckets_of, next_state},
+        map_names, seen_tick,
+    };
+    use privatelink_user::dataplane::flowtable::SEEN_FLOOR;
     const FLOWS: u32 = 300;
     let mut h = Harness::with_conntrack(
         &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
@@ -424,9 +433,10 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
     .unwrap();
     fill(&mut h, 0..FLOWS, 0).unwrap();
     // Flow i: i % 3 == 0 seen both ways at `later`, 1 both ways only now (dead by then),
-    // 2 one way at `later` (the client's), the other only now.
+    // 2 one way at `later` (the client's), the other now, or (flow 2) long before.
     let now = privatelink_tests::scale::ktime_ns();
     let later = now + 100_000_000_000;
+    let ancient = seen_tick(later).wrapping_sub(SEEN_FLOOR + 1000);
     let cfg = Config {
         tcp_timeout_ns: 30_000_000_000,
         ..Config::default()
@@ -441,18 +451,26 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
     };
     for (k, e) in h.dp.flows().unwrap() {
         let i = index(&k, &e);
-        let seen = match (i % 3, e.direction == DIR_ORIGINAL) {
-            (0, _) | (2, true) => later,
-            _ => now,
+        let original = e.direction == DIR_ORIGINAL;
+        let last_seen = match (i % 3, original) {
+            (0, _) | (2, true) => seen_tick(later),
+            _ if i == 1 && original => seen_tick(later),
+            _ if i == 2 => ancient,
+            _ => seen_tick(now),
         };
-        h.dp.put_flow::<FlowEntry>(
-            &k,
-            FlowEntry {
-                last_seen: seen_tick(seen),
-                ..e
-            },
-        )
-        .unwrap();
+        // Flow 1's client made a new flow on its key since (another SNAT port): its old
+        // reply entry is nobody's partner.
+        let new_sport = if i == 1 && original {
+            e.new_sport + 1
+        } else {
+            e.new_sport
+        };
+        let e = FlowEntry {
+            last_seen,
+            new_sport,
+            ..e
+        };
+        h.dp.put_flow::<FlowEntry>(&k, e).unwrap();
     }
     let g = h.dp.flow_geometry::<FlowEntry>().unwrap();
     let placed = h.dp.flow_placement::<FlowEntry>().unwrap();
@@ -461,39 +479,168 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
         2 * FLOWS as usize,
         "every direction written, none evicted"
     );
-    let dead_spilled = placed
+    let spilled = |i: u32| {
+        placed
+            .iter()
+            .find(|(b, k, e)| buckets_of(k, &g).0 != *b && index(k, e) % 3 == i && index(k, e) > 2)
+            .copied()
+    };
+    assert!(
+        spilled(1).is_some(),
+        "no dead direction in its second bucket"
+    );
+    // A kept flow's direction in its second bucket, left busy.
+    let (b, key, _) = spilled(0).expect("a kept direction in its second bucket");
+    let lost = index(&key, &placed.iter().find(|p| p.1 == key).unwrap().2);
+    {
+        let mut a: aya::maps::Array<_, FlowBucket> =
+            aya::maps::Array::try_from(h.dp.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
+        let el = g.heads() + b;
+        let mut bucket = a.get(&el, 0).unwrap();
+        let s = bucket.slots.iter_mut().find(|s| s.key == key).unwrap();
+        s.state = next_state(s.state, SLOT_BUSY);
+        a.set(el, bucket, 0).unwrap();
+    }
+    let mut busy = std::collections::HashMap::new();
+    let swept =
+        h.dp.sweep_flows::<FlowEntry>(later, &cfg, &mut busy)
+            .unwrap();
+    // Dead: flows i % 3 == 1 but flow 1's forward entry (its new flow's, live).
+    let dead = 2 * (0..FLOWS).filter(|i| i % 3 == 1).count() as u64 - 1;
+    assert_eq!(busy.len(), 1, "the busy slot noted");
+    assert_eq!(swept.live, 2 * u64::from(FLOWS) - 1, "{swept:?}");
+    assert_eq!(swept.restamped, 1, "flow 2's reply: {swept:?}");
+    // What is left, with the dead directions (`waiting` of them) still there.
+    let kept = |h: &Harness, waiting: u64| {
+        let left = h.dp.flows().unwrap();
+        let dead = left
+            .iter()
+            .filter(|(k, e)| {
+                let i = index(k, e);
+                i % 3 == 1 && !(i == 1 && e.direction == DIR_ORIGINAL)
+            })
+            .count() as u64;
+        assert!(dead <= waiting, "{dead} dead directions kept");
+        (left, dead)
+    };
+    // (A direction whose partner's buckets hold the busy slot waits, dead or not.)
+    let (left, waiting) = kept(&h, swept.passed);
+    assert_eq!(swept.freed + waiting, dead, "{swept:?}");
+    assert_eq!(
+        left.len() as u64,
+        2 * u64::from(FLOWS) - 1 - swept.freed,
+        "the busy slot is not listed"
+    );
+    let reply2 = left
         .iter()
-        .filter(|(b, k, e)| buckets_of(k, &g).0 != *b && index(k, e) % 3 == 1)
-        .count();
-    assert!(
-        dead_spilled > 0,
-        "no dead direction in its second bucket: {placed:?}"
+        .find(|(k, e)| index(k, e) == 2 && e.direction != DIR_ORIGINAL)
+        .expect("flow 2's reply kept: its client keeps it");
+    assert_eq!(
+        reply2.1.last_seen,
+        seen_tick(later).wrapping_sub(SEEN_FLOOR)
     );
-
-    let swept = h.dp.sweep_flows::<FlowEntry>(later, &cfg).unwrap();
-    let dead = (0..FLOWS).filter(|i| i % 3 == 1).count() as u64;
-    assert_eq!(swept.live, 2 * u64::from(FLOWS));
-    assert_eq!(swept.freed, 2 * dead, "{swept:?}");
-    let left = h.dp.flows().unwrap();
-    assert_eq!(left.len() as u64, 2 * (u64::from(FLOWS) - dead));
-    assert!(
-        left.iter().all(|(k, e)| index(k, e) % 3 != 1),
-        "a dead flow kept"
+    // The next sweep frees the slot left busy, and nothing else.
+    let again =
+        h.dp.sweep_flows::<FlowEntry>(later, &cfg, &mut busy)
+            .unwrap();
+    assert_eq!(
+        (again.freed, again.restamped, again.passed),
+        (1 + waiting, 0, 0),
+        "{again:?}"
     );
+    assert!(busy.is_empty());
+    let (left, _) = kept(&h, 0);
+    assert_eq!(left.len() as u64, 2 * u64::from(FLOWS) - dead - 1);
     for &(b, count, keys) in &h.dp.flow_spill_audit::<FlowEntry>().unwrap() {
         assert_eq!(count, keys, "bucket {b}'s spill count");
     }
     assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 0));
-    // A second sweep finds nothing more to free.
-    let again = h.dp.sweep_flows::<FlowEntry>(later, &cfg).unwrap();
-    assert_eq!((again.live, again.freed), (swept.live - swept.freed, 0));
-    // The flows kept forward, each by its own entry (no new flow made).
+    // The flows kept forward, each by its own entry (no new flow made); flow 1 by its
+    // new one.
     let made = h.count(Reason::ForwardNewFlow);
-    for i in (0..FLOWS).filter(|i| i % 3 != 1) {
+    for i in (0..FLOWS).filter(|&i| (i % 3 != 1 || i == 1) && i != lost) {
         let (act, _) = h.run(h.consumer.ifindex, &frame(&h, i)).unwrap();
         assert_eq!(act, XDP_REDIRECT, "flow {i}: {:?}", h.active_stats());
     }
     assert_eq!(h.count(Reason::ForwardNewFlow), made);
+}
+
+/// The sweep while packets run on the other CPU: a table of established flows that talk
+/// and of dead ones, swept again and again with the data path's own clock and timeouts.
+/// Every packet of the flows that talk is forwarded by its own entry, the dead flows go,
+/// and the table is left whole (no busy slot, no lock, every spill count its keys).
+#[test]
+fn sweeping_while_packets_run_frees_only_dead_flows() {
+    let _one = one_race();
+    const LIVE: u32 = 200;
+    const DEAD: u32 = 200;
+    let mut h = Harness::with_conntrack(
+        &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
+        4096,
+    )
+    .unwrap();
+    let cfg = Config {
+        tcp_timeout_ns: 5_000_000_000,
+        ..Config::default()
+    };
+    h.dp.set_config(&cfg).unwrap();
+    fill(&mut h, 0..LIVE, 0).unwrap();
+    // Quiet for 20 s: dead by the margin too (`SWEEP_MARGIN_NS`).
+    fill(&mut h, LIVE..LIVE + DEAD, 20_000_000_000).unwrap();
+    assert_eq!(h.dp.flows().unwrap().len() as u32, 2 * (LIVE + DEAD));
+    let made = h.count(Reason::ForwardNewFlow);
+    let frames: Vec<Vec<u8>> = (0..LIVE).map(|i| frame(&h, i)).collect();
+    let cpus = two_cpus();
+    pin_to(cpus[0]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // The table as the daemon's sweeper has it: a map of its own (by the table's id).
+    let id = h.dp.flow_table_ids().unwrap()[0];
+    let table = aya::maps::Map::from_map_data(aya::maps::MapData::from_id(id).unwrap()).unwrap();
+    let (sweeps, freed) = std::thread::scope(|s| {
+        let sweeper = s.spawn(|| {
+            use privatelink_user::dataplane::flowtable::sweep;
+            pin_to(cpus[1]);
+            let mut busy = std::collections::HashMap::new();
+            let (mut sweeps, mut freed) = (0u32, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && sweeps < 100_000 {
+                let now = privatelink_tests::scale::ktime_ns();
+                freed += sweep::<FlowEntry>(&table, now, &cfg, &mut busy)
+                    .unwrap()
+                    .freed;
+                sweeps += 1;
+            }
+            (sweeps, freed)
+        });
+        let start = std::time::Instant::now();
+        let mut sent = 0;
+        while start.elapsed() < std::time::Duration::from_secs(3) {
+            for (i, f) in frames.iter().enumerate() {
+                let (act, _) = h.run(h.consumer.ifindex, f).unwrap();
+                if act != XDP_REDIRECT {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    panic!("flow {i}'s packet {sent}: {:?}", h.active_stats());
+                }
+                sent += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        sweeper.join().unwrap()
+    });
+    assert!(sweeps > 10, "{sweeps} sweeps while the packets ran");
+    assert_eq!(
+        freed,
+        2 * u64::from(DEAD),
+        "the dead flows' directions, each once"
+    );
+    assert_eq!(h.count(Reason::ForwardNewFlow), made, "no flow made again");
+    let left = h.dp.flows().unwrap();
+    assert_eq!(left.len() as u32, 2 * LIVE);
+    assert!((0..LIVE).all(|i| present(&h, i).unwrap()));
+    assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 0));
+    for &(b, count, keys) in &h.dp.flow_spill_audit::<FlowEntry>().unwrap() {
+        assert_eq!(count, keys, "bucket {b}'s spill count");
+    }
+    eprintln!("{sweeps} sweeps, {freed} directions freed");
 }
 
 /// Two CPUs at once (BPF_PROG_TEST_RUN runs a program on its caller's CPU): each makes new
@@ -940,6 +1087,20 @@ fn an_ipv6_slot_taken_while_the_full_path_reads_it_never_lends_the_packet_anothe
 /// refilled over ten minutes (`drop_endpoint_flow_limit`).
 #[test]
 fn a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_another_flow() {
+    forward_race4(|e| e);
+}
+
+/// The forward full path's race with the flow's partner check due at every writer turn
+/// (`slotrace::Due`): every packet goes through the check, and the slot's re-read before
+/// it.
+#[test]
+fn a_slot_taken_while_the_forward_partner_check_reads_it_never_lends_the_packet_another_flow() {
+    forward_race4(Due);
+}
+
+/// `a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_another_flow`
+/// with the writer's entries as `wrap` makes them.
+fn forward_race4<V: Confirmed + Send + Sync>(wrap: impl Fn(FlowEntry) -> V) {
     let _one = one_race();
     let state = packet_state().replace(
         r#"snat = ["10.10.0.200", "10.10.0.201"]"#,
@@ -948,14 +1109,15 @@ fn a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_anot
     assert!(state.contains("snat_ports"));
     let h = Harness::new(&state).unwrap();
     let mut r = raced(one_flow_allowed(h), false, false, |_| 0);
+    let (other_key, other) = other4(&r.entry);
     race(
         &mut r.h,
         &SLOTS,
         &r.frame,
         r.ifindex,
         &r.expected,
-        (r.key, r.entry),
-        other4(&r.entry),
+        (r.key, wrap(r.entry)),
+        (other_key, wrap(other)),
         &FORWARD_DROPS,
         // (The flow may have been made again meanwhile, by a packet that found it
         // missing, on the pool's one tuple: its frames are the same, counted as new flows.)
@@ -968,6 +1130,19 @@ fn a_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_anot
 /// other flow (a one-tuple IPv6 pool, `endpoint_flow_share` 1).
 #[test]
 fn an_ipv6_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_another_flow() {
+    forward_race6(|e| e);
+}
+
+/// The IPv6 forward full path's race with the partner check due at every writer turn.
+#[test]
+fn an_ipv6_slot_taken_while_the_forward_partner_check_reads_it_never_lends_the_packet_another_flow()
+{
+    forward_race6(Due);
+}
+
+/// `an_ipv6_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packet_another_flow`
+/// with the writer's entries as `wrap` makes them.
+fn forward_race6<V: Confirmed + Send + Sync>(wrap: impl Fn(FlowEntry6) -> V) {
     let _one = one_race();
     let pool = r#"snat6 = ["fd00:b::200", "fd00:b::201"]"#;
     let state = dual_state();
@@ -978,14 +1153,15 @@ fn an_ipv6_slot_taken_while_the_forward_full_path_reads_it_never_lends_the_packe
     );
     let mut h = one_flow_allowed(Harness::new(&state).unwrap());
     let (key, entry, frame, ifindex, expected) = raced6(&mut h, false, false, |_| 0);
+    let (other_key, other) = other6(&entry);
     race(
         &mut h,
         &SLOTS6,
         &frame,
         ifindex,
         &expected,
-        (key, entry),
-        other6(&entry),
+        (key, wrap(entry)),
+        (other_key, wrap(other)),
         &FORWARD_DROPS,
         &[Reason::Forward6ToService, Reason::Forward6NewFlow],
     );

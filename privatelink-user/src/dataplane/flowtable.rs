@@ -1,8 +1,11 @@
 //! The flow tables (`PL_CONNTRACK`, `PL_CONNTRACK6`) from userspace: buckets of slots in
 //! an array the data path indexes itself (`privatelink_common::flowtable`). The daemon,
 //! the CLI and the tests read them through a read-only mapping of the array (one pass over
-//! memory, not a syscall per bucket); the tests also write and remove entries, a bucket at
-//! a time, on tables no packet is changing meanwhile.
+//! memory, not a syscall per bucket). The daemon writes through a writable one: the heads
+//! when it makes a table (`init_geometry`), and, while packets run, the slots of dead
+//! flows it frees (`sweep`), by the data path's own protocol (the bucket's lock, the
+//! slot's state claimed by compare-and-exchange). The tests also write and remove
+//! entries, a bucket at a time, on tables no packet is changing meanwhile.
 
 use std::{
     os::fd::{AsFd, AsRawFd},
@@ -38,12 +41,16 @@ pub trait Bucketed: TableEntry<Key: SlotKey> {
     /// Slot `i`'s home: its key's first bucket's element index when it lives in its
     /// second, else 0.
     fn home(b: &mut Self::Bucket, i: usize) -> &mut u32;
+    /// Where a slot's entry's `last_seen` is, in bytes from the slot's start.
+    const SEEN_OFFSET: usize;
 }
 
 macro_rules! bucketed {
-    ($entry:ty, $key:ty, $bucket:ty) => {
+    ($entry:ty, $key:ty, $bucket:ty, $slot:ty) => {
         impl Bucketed for $entry {
             type Bucket = $bucket;
+            const SEEN_OFFSET: usize =
+                std::mem::offset_of!($slot, entry) + std::mem::offset_of!($entry, last_seen);
             fn home(b: &mut $bucket, i: usize) -> &mut u32 {
                 &mut b.slots[i].home
             }
@@ -69,8 +76,18 @@ macro_rules! bucketed {
         }
     };
 }
-bucketed!(FlowEntry, FlowKey, FlowBucket);
-bucketed!(FlowEntry6, FlowKey6, FlowBucket6);
+bucketed!(
+    FlowEntry,
+    FlowKey,
+    FlowBucket,
+    privatelink_common::flowtable::FlowSlot
+);
+bucketed!(
+    FlowEntry6,
+    FlowKey6,
+    FlowBucket6,
+    privatelink_common::flowtable::FlowSlot6
+);
 
 /// Word `w` of the heads' region's element `b` (`privatelink_common::flowtable::heads`).
 fn word<B: aya::Pod>(b: &mut B, w: u32) -> &mut u64 {
@@ -121,8 +138,10 @@ pub fn init_geometry<E: Bucketed>(table: &mut Map, buckets: u32) -> Result<()> {
         m.elements,
         heads + buckets
     );
-    // No geometry while the rest is written (a data path that runs meanwhile sees a table
-    // of one bucket, as before the first start).
+    // No geometry while the rest is written. No program may use the table yet (one would
+    // take it for a table of one bucket, at element 1, which may be a head's): the daemon
+    // loads and attaches its programs after this. A fresh map is zero already; one of
+    // another geometry is not.
     m.atomic(0, 0).store(0, Ordering::SeqCst);
     // SAFETY: the mapping's bytes past word 0, plain data; no program uses the table yet.
     unsafe { std::ptr::write_bytes(m.base.as_ptr().add(8), 0, m.len - 8) };
@@ -154,14 +173,23 @@ struct Mapped {
     len: usize,
     elements: usize,
     size: usize,
+    write: bool,
 }
 
 impl Mapped {
     /// Maps `E`'s table (`table`), read-only or for writing (`sweep`).
     fn new<E: Bucketed>(table: &Map, write: bool) -> Result<Self> {
         let data = map_data(table)?;
-        let elements = data.info()?.max_entries() as usize;
+        let info = data.info()?;
+        let elements = info.max_entries() as usize;
         let size = std::mem::size_of::<E::Bucket>();
+        // A table of another layout (another build's pin) is not read as this one.
+        anyhow::ensure!(
+            info.value_size() as usize == size,
+            "{}: elements of {} bytes, not {size}",
+            E::MAP,
+            info.value_size()
+        );
         let len = elements * size;
         let fd = data.fd().as_fd().as_raw_fd();
         let prot = if write {
@@ -181,6 +209,7 @@ impl Mapped {
             len,
             elements,
             size,
+            write,
         })
     }
 
@@ -207,26 +236,47 @@ impl Mapped {
     /// The word at byte `byte` of element `el`, as an atomic: a slot's state word (at the
     /// slot's start: `repr(C)`, its first field) or a head. For a writable mapping.
     fn atomic(&self, el: usize, byte: usize) -> &AtomicU64 {
-        assert!(el < self.elements && byte.is_multiple_of(8) && byte + 8 <= self.size);
+        assert!(
+            self.write && el < self.elements && byte.is_multiple_of(8) && byte + 8 <= self.size
+        );
         // SAFETY: an 8-aligned word inside the mapping (checked above), which lives as
         // long as `self`; the data path changes it only by atomic operations.
         unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(el * self.size + byte).cast()) }
     }
 
-    /// The live entry of `key`, searched in both its buckets.
-    fn find<E: Bucketed>(&self, g: &FlowGeometry, key: &E::Key) -> Option<E> {
+    /// The live entry of `key`, searched in both its buckets, if it is `owner`'s partner
+    /// (`partner_of` it gives back `owner`, as the data path's `conntrack::alive` asks);
+    /// `Err` while a slot of either bucket is `SLOT_BUSY` (a writer's: it may be the
+    /// partner, being rewritten or given back), unless `stale` knows it as a slot busy
+    /// with no writer (its index in the table's slots and its state word).
+    fn partner<E: Bucketed>(
+        &self,
+        g: &FlowGeometry,
+        key: &E::Key,
+        owner: &E::Key,
+        stale: impl Fn(usize, u64) -> bool,
+    ) -> Result<Option<E>, ()> {
         let (first, second) = buckets_of(key, g);
-        [first, second].into_iter().find_map(|b| {
+        let mut found = None;
+        for b in [first, second] {
             let el = (g.heads() + b) as usize;
             if el >= self.elements {
-                return None;
+                continue;
             }
             let bucket = self.bucket::<E>(el);
-            (0..FLOW_WAYS as usize).find_map(|i| {
+            for i in 0..FLOW_WAYS as usize {
                 let (state, k, e) = E::slot(&bucket, i);
-                (state == SLOT_LIVE && same_key(&k, key)).then_some(e)
-            })
-        })
+                if state == SLOT_BUSY
+                    && !stale(el * FLOW_WAYS as usize + i, bucket_word::<E>(&bucket, i))
+                {
+                    return Err(());
+                }
+                if state == SLOT_LIVE && same_key(&k, key) && same_key(&e.partner_of(&k), owner) {
+                    found = Some(e);
+                }
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -242,31 +292,68 @@ impl Drop for Mapped {
 pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Sweeps both pinned flow tables of `pin_dir` (`sweep`), every `SWEEP_EVERY` and never
-/// more than a fifth of the time, in a blocking task of the daemon's runtime.
-pub fn start_sweeper(pin_dir: std::path::PathBuf) {
+/// more than a fifth of the time, in a blocking task of the daemon's runtime: while the
+/// pins are the tables `ids` names (this daemon's: another daemon of another build may
+/// have replaced them, and sweeps its own).
+pub fn start_sweeper(pin_dir: std::path::PathBuf, ids: [u32; 2]) {
     tokio::spawn(async move {
         let mut took = std::time::Duration::ZERO;
+        let mut busy = [
+            std::collections::HashMap::new(),
+            std::collections::HashMap::new(),
+        ];
         loop {
             tokio::time::sleep(SWEEP_EVERY.max(took * 4)).await;
             let start = std::time::Instant::now();
             let dir = pin_dir.clone();
-            let swept = tokio::task::spawn_blocking(move || -> Result<(Swept, Swept)> {
-                let cfg = super::read_config(&dir)?;
-                let now = super::coarse_now_ns();
-                let v4 = sweep::<FlowEntry>(&super::open_pinned(&dir, FlowEntry::MAP)?, now, &cfg)?;
-                let v6 =
-                    sweep::<FlowEntry6>(&super::open_pinned(&dir, FlowEntry6::MAP)?, now, &cfg)?;
-                Ok((v4, v6))
+            let mut b = std::mem::take(&mut busy);
+            let swept = tokio::task::spawn_blocking(move || {
+                let r = sweep_pinned(&dir, ids, &mut b);
+                (r, b)
             })
             .await;
             match swept {
-                Ok(Ok((v4, v6))) => tracing::debug!(?v4, ?v6, "swept the flow tables"),
-                Ok(Err(e)) => tracing::warn!("sweeping the flow tables: {e:#}"),
+                Ok((Ok((v4, v6)), b)) => {
+                    busy = b;
+                    tracing::debug!(?v4, ?v6, "swept the flow tables");
+                }
+                Ok((Err(e), b)) => {
+                    busy = b;
+                    tracing::warn!("sweeping the flow tables: {e:#}");
+                }
                 Err(e) => tracing::warn!("the flow tables' sweep failed: {e}"),
             }
             took = start.elapsed();
         }
     });
+}
+
+/// One sweep of both pinned tables (`start_sweeper`).
+fn sweep_pinned(
+    dir: &std::path::Path,
+    ids: [u32; 2],
+    busy: &mut [std::collections::HashMap<usize, u64>; 2],
+) -> Result<(Swept, Swept)> {
+    let cfg = super::read_config(dir)?;
+    let now = super::coarse_now_ns();
+    let open = |name: &str, id: u32| -> Result<Map> {
+        let map = super::open_pinned(dir, name)?;
+        let pinned = map_data(&map)?.info()?.id();
+        anyhow::ensure!(
+            pinned == id,
+            "{name} is pinned as map {pinned}, not this daemon's {id}: left to its owner"
+        );
+        Ok(map)
+    };
+    let [b4, b6] = busy;
+    let v4 = sweep::<FlowEntry>(&open(FlowEntry::MAP, ids[0])?, now, &cfg, b4)?;
+    let v6 = sweep::<FlowEntry6>(&open(FlowEntry6::MAP, ids[1])?, now, &cfg, b6)?;
+    Ok((v4, v6))
+}
+
+/// The kernel's id of `E`'s table (`table`), for `start_sweeper`.
+pub fn table_id(table: &Map) -> Result<u32> {
+    Ok(map_data(table)?.info()?.id())
 }
 
 /// Every live entry of `E`'s table, read through a read-only mapping of it.
@@ -292,80 +379,175 @@ pub struct Swept {
     pub live: u64,
     /// Of them, the directions of dead flows it freed.
     pub freed: u64,
+    /// Of the others, directions whose stamp it moved up to `SEEN_FLOOR` ago.
+    pub restamped: u64,
+    /// Slots it passed over while a partner's bucket was being written (the next sweep
+    /// takes them).
+    pub passed: u64,
 }
 
-/// Frees the directions of `E`'s table whose flow is dead at `now_ns` (neither direction
-/// seen within its idle timeout under `cfg`: what a packet of it would find gone, and
-/// what the census counts free) while packets run: each slot claimed from the state word
-/// it was judged by (`SLOT_BUSY`, by compare-and-exchange, as the data path's removal
-/// does), so a slot rewritten meanwhile is left alone; one whose `last_seen` moved
-/// before the claim is given back live. A direction that lived in its second bucket is
-/// then taken off its first bucket's spill count.
+/// The oldest a stamp is let get (`sweep`): a quarter of the 32-bit tick's wrap, 0.57
+/// years, far past any idle timeout and far from half the wrap, past which a stamp
+/// would read as recent (`seen_elapsed_ns`).
+pub const SEEN_FLOOR: u32 = 1 << 30;
+
+/// How much longer than its idle timeout a flow must have been dead for `sweep` to free
+/// it: far more than the data path's CPUs' coarse clocks differ by, so no packet can find
+/// a flow live that the sweep judged dead (a packet refreshes only a live flow's stamp,
+/// in place; anything else that changes a slot claims it, and moves its state word).
+pub const SWEEP_MARGIN_NS: u64 = 2_000_000_000;
+
+/// Frees the directions of `E`'s table whose flow has been dead for `SWEEP_MARGIN_NS` at
+/// `now_ns` (neither direction seen within its idle timeout under `cfg`, a partner
+/// counted only if it names this direction as its own, as the data path's
+/// `conntrack::alive` asks: what a packet of it would find gone, and what the census
+/// counts free) while packets run, by the data path's protocol and without its bucket
+/// locks (a sweeper preempted holding one would refuse new flows there): the slot claimed
+/// from the state word it was judged by (`SLOT_BUSY`, by compare-and-exchange), so a slot
+/// rewritten meanwhile is left alone, then read again, freed, and taken off its first
+/// bucket's spill count if it lived in its second (one whose stamp moved after all, which
+/// only a timeout raised meanwhile allows, is given back live). A slot whose partner's
+/// buckets hold a busy slot (a writer's: the partner may be being rewritten) waits for
+/// the next sweep.
 ///
-/// Without it a dead flow's slots would stay until a new key evicts or takes them, and
-/// `last_seen` (32-bit ticks, `seen_elapsed_ns`) reads a stamp over 1.14 years old as
-/// recent: a flow dead that long in a quiet bucket would come back to life, unevictable.
-/// The daemon sweeps both tables every `SWEEP_EVERY`.
+/// A direction of a live flow (the other direction keeps it) whose own stamp is older
+/// than `SEEN_FLOOR` gets a stamp `SEEN_FLOOR` ago (by compare-and-exchange of the
+/// stamp): still expired, and it never reaches half the tick's wrap. Without the two, a
+/// dead flow's slots would stay until a new key evicts or takes them, and a stamp over
+/// 1.14 years old would read as recent: a flow dead that long would come back to life,
+/// unevictable.
+///
+/// `busy`: the slots this sweep's caller found `SLOT_BUSY` last time, with their state
+/// words; one still busy with the same word a whole sweep later has no writer (a data
+/// path writer holds a slot for a moment; a sweeper killed between its claim and its
+/// free leaves it busy for good) and is freed. Replaced by this sweep's. The daemon
+/// sweeps both tables every `SWEEP_EVERY`.
 pub fn sweep<E: Bucketed>(
     table: &Map,
     now_ns: u64,
     cfg: &privatelink_common::Config,
+    busy: &mut std::collections::HashMap<usize, u64>,
 ) -> Result<Swept> {
     let m = Mapped::new::<E>(table, true)?;
     let g = m.geometry();
     let slot_size = m.size / FLOW_WAYS as usize;
+    let judged = now_ns.saturating_sub(SWEEP_MARGIN_NS);
+    let floor = privatelink_common::seen_tick(now_ns).wrapping_sub(SEEN_FLOOR);
     let mut swept = Swept::default();
+    let mut still_busy = std::collections::HashMap::new();
     for el in m.buckets(&g) {
+        let bucket = m.bucket::<E>(el);
         for i in 0..FLOW_WAYS as usize {
-            let state = m.atomic(el, i * slot_size);
-            let w = state.load(Ordering::SeqCst);
-            if slot_state(w) != SLOT_LIVE {
+            let (state, k, e) = E::slot(&bucket, i);
+            if state == SLOT_BUSY {
+                let w = bucket_word::<E>(&bucket, i);
+                let at = el * FLOW_WAYS as usize + i;
+                if busy.get(&at) == Some(&w) {
+                    swept.freed += u64::from(free::<E>(&m, &g, el, i, w, None));
+                } else {
+                    still_busy.insert(at, w);
+                }
+                continue;
+            }
+            if state != SLOT_LIVE {
                 continue;
             }
             swept.live += 1;
-            let (_, k, e) = E::slot(&m.bucket::<E>(el), i);
-            if e.live(&k, now_ns, cfg, || m.find::<E>(&g, &e.partner_of(&k))) {
+            // Its own stamp first: a direction seen within its timeout keeps its flow.
+            if e.live(&k, judged, cfg, || None) {
                 continue;
             }
-            let busy = next_state(w, SLOT_BUSY);
-            if state
-                .compare_exchange(w, busy, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err()
+            let stale = |at: usize, w: u64| busy.get(&at) == Some(&w);
+            let Ok(partner) = m.partner::<E>(&g, &e.partner_of(&k), &k, stale) else {
+                swept.passed += 1;
+                continue;
+            };
+            if !e.live(&k, judged, cfg, || partner) {
+                let w = bucket_word::<E>(&bucket, i);
+                swept.freed += u64::from(free::<E>(&m, &g, el, i, w, Some((&k, e.seen()))));
+                continue;
+            }
+            let seen = e.seen();
+            if privatelink_common::seen_elapsed_ns(now_ns, seen)
+                > u64::from(SEEN_FLOOR) << privatelink_common::SEEN_SHIFT
             {
-                continue;
-            }
-            // This sweeper's slot now: read again (after the exchange's full barrier).
-            let mut bucket = m.bucket::<E>(el);
-            let (_, k2, e2) = E::slot(&bucket, i);
-            if !same_key(&k2, &k) || e2.seen() != e.seen() {
-                let _ = state.compare_exchange(
-                    busy,
-                    next_state(busy, SLOT_LIVE),
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                );
-                continue;
-            }
-            let home = *E::home(&mut bucket, i);
-            let _ = state.compare_exchange(
-                busy,
-                next_state(busy, SLOT_FREE),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
-            swept.freed += 1;
-            // Its first bucket counts it no more (`home`: that bucket's element).
-            if let Some(b) = home
-                .checked_sub(g.heads())
-                .filter(|&b| home != 0 && b < g.buckets)
-            {
-                let (hel, hw) = head_at(b);
-                m.atomic(hel as usize, hw as usize * 8)
-                    .fetch_sub(1, Ordering::SeqCst);
+                let at = el * m.size + i * slot_size + E::SEEN_OFFSET;
+                assert!(at.is_multiple_of(4) && at + 4 <= m.len && m.write);
+                // SAFETY: the slot's `last_seen`, a 4-aligned u32 inside the writable
+                // mapping (checked above); the data path writes it whole.
+                let stamp = unsafe {
+                    std::sync::atomic::AtomicU32::from_ptr(m.base.as_ptr().add(at).cast())
+                };
+                if stamp
+                    .compare_exchange(seen, floor, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    swept.restamped += 1;
+                }
             }
         }
     }
+    *busy = still_busy;
     Ok(swept)
+}
+
+/// Slot `i`'s state word as `bucket` (a copy) holds it.
+fn bucket_word<E: Bucketed>(bucket: &E::Bucket, i: usize) -> u64 {
+    let size = std::mem::size_of::<E::Bucket>() / FLOW_WAYS as usize;
+    // SAFETY: the slot's first 8 bytes (its state word, `repr(C)`'s first field), inside
+    // the bucket; read unaligned from the copy.
+    unsafe {
+        std::ptr::read_unaligned(
+            (bucket as *const E::Bucket)
+                .cast::<u8>()
+                .add(i * size)
+                .cast::<u64>(),
+        )
+    }
+}
+
+/// Frees slot `i` of element `el` from its state word `w`: claimed by compare-and-exchange
+/// (`SLOT_BUSY`; a busy `w` is already claimed, by a writer that is gone), read again and
+/// freed, and taken off its first bucket's spill count if it lived in its second. With
+/// `judged` (its key and stamp as they were judged dead), a slot whose key or stamp moved
+/// before the claim is given back live. Whether it freed the slot.
+fn free<E: Bucketed>(
+    m: &Mapped,
+    g: &FlowGeometry,
+    el: usize,
+    i: usize,
+    w: u64,
+    judged: Option<(&E::Key, u32)>,
+) -> bool {
+    let state = m.atomic(el, i * (m.size / FLOW_WAYS as usize));
+    let busy = if slot_state(w) == SLOT_BUSY {
+        w
+    } else {
+        next_state(w, SLOT_BUSY)
+    };
+    if state
+        .compare_exchange(w, busy, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        return false;
+    }
+    // This sweeper's slot now: read again (after the exchange's full barrier).
+    let mut now = m.bucket::<E>(el);
+    let (_, k, e) = E::slot(&now, i);
+    let home = *E::home(&mut now, i);
+    if judged.is_some_and(|(key, seen)| !same_key(&k, key) || e.seen() != seen) {
+        state.store(next_state(busy, SLOT_LIVE), Ordering::SeqCst);
+        return false;
+    }
+    state.store(next_state(busy, SLOT_FREE), Ordering::SeqCst);
+    // Its first bucket counts it no more (`home`: that bucket's element).
+    let b = home.wrapping_sub(g.heads());
+    if home != 0 && b < g.buckets {
+        let (hel, hw) = head_at(b);
+        m.atomic(hel as usize, hw as usize * 8)
+            .fetch_sub(1, Ordering::SeqCst);
+    }
+    true
 }
 
 /// `key`'s two buckets, each with its index (`buckets_of`).

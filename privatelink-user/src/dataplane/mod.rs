@@ -364,13 +364,24 @@ impl Dataplane {
     }
 
     /// Frees the directions of dead flows from `E`'s flow table (`flowtable::sweep`, as
-    /// the daemon's sweeper does).
+    /// the daemon's sweeper does; `busy` carries the busy slots from one sweep to the
+    /// next).
     pub fn sweep_flows<E: flowtable::Bucketed>(
         &self,
         now_ns: u64,
         cfg: &privatelink_common::Config,
+        busy: &mut std::collections::HashMap<usize, u64>,
     ) -> Result<flowtable::Swept> {
-        flowtable::sweep::<E>(self.map(E::MAP)?, now_ns, cfg)
+        flowtable::sweep::<E>(self.map(E::MAP)?, now_ns, cfg, busy)
+    }
+
+    /// The kernel's ids of the two flow tables (IPv4, IPv6): what the daemon's sweeper
+    /// checks the pins against (`flowtable::start_sweeper`).
+    pub fn flow_table_ids(&self) -> Result<[u32; 2]> {
+        Ok([
+            flowtable::table_id(self.map(map_names::CONNTRACK)?)?,
+            flowtable::table_id(self.map(map_names::CONNTRACK6)?)?,
+        ])
     }
 
     /// Removes `key` from `E`'s flow table (as `put_flow`); whether it was there.

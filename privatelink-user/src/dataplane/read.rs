@@ -106,6 +106,21 @@ pub trait TableEntry: Copy + aya::Pod {
         cfg: &Config,
         partner: impl FnOnce() -> Option<Self>,
     ) -> bool;
+    /// `live`, its partner found by `lookup` and counted only if it names this direction
+    /// as its own (as the data path's `conntrack::alive` asks): an old reply whose
+    /// forward key a new flow took since is dead.
+    fn live_in(
+        &self,
+        key: &Self::Key,
+        now_ns: u64,
+        cfg: &Config,
+        lookup: impl FnOnce(&Self::Key) -> Option<Self>,
+    ) -> bool {
+        let pk = self.partner_of(key);
+        self.live(key, now_ns, cfg, || {
+            lookup(&pk).filter(|p| p.partner_of(&pk) == *key)
+        })
+    }
     /// The packet's ends as the key holds them: source, destination.
     fn ends(key: &Self::Key) -> (SocketAddr, SocketAddr);
     /// What the entry rewrites them to: source, destination.
