@@ -147,7 +147,7 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
     };
 
     let mut t = String::from(
-        "| flows | table entries | flows held | fill (s) | kernel memory | bytes/flow | hit ns/pkt | trivial ns/pkt | ratio | flood: new flows accepted | established: both entries kept | established: same SNAT tuple after | idle evicted |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| flows | table entries | flows held | fill (s) | kernel memory | bytes/flow | hit ns/pkt | trivial ns/pkt | ratio | flood: new flows accepted | established: both entries kept | established: same SNAT tuple after | idle evicted | sweep now: ms (directions freed) | sweep a day later, freeing all: ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for &flows in points {
         // The hits and the eviction count are taken over the synthetic flows after them.
@@ -240,13 +240,38 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
         let evicted = (1000..1000 + sample)
             .filter(|i| !present(&h, *i).unwrap_or(true))
             .count();
+        // The daemon's sweep (`flowtable::sweep`) of the full table: now (a walk; the
+        // flood's half-open flows may have died meanwhile, and go), then a day later, when
+        // every flow is dead (each direction's partner looked up, claimed, freed).
+        let cfg = privatelink_common::Config::default();
+        let mut busy = std::collections::HashMap::new();
+        let now = privatelink_tests::scale::ktime_ns();
+        let start = Instant::now();
+        let walked = h.dp.sweep_flows::<privatelink_common::FlowEntry>(now, &cfg, &mut busy)?;
+        let walk_ms = start.elapsed().as_secs_f64() * 1e3;
+        anyhow::ensure!(
+            walked.freed <= u64::from(2 * flood),
+            "a sweep now freed more than the flood's flows: {walked:?}"
+        );
+        let start = Instant::now();
+        let all = h.dp.sweep_flows::<privatelink_common::FlowEntry>(
+            now + 86_400_000_000_000,
+            &cfg,
+            &mut busy,
+        )?;
+        let free_ms = start.elapsed().as_secs_f64() * 1e3;
+        anyhow::ensure!(
+            all.freed + all.passed == all.live && h.dp.flows()?.len() as u64 == all.passed,
+            "a sweep of dead flows left some: {all:?}"
+        );
         let _ = writeln!(
             t,
-            "| {flows} | {} | {held} | {fill_s:.1} | {:.0} MiB | {:.0} | {o:.0} | {b:.0} | {:.2}x | {accepted} of {flood} | {kept} of 1000 ({remade} re-made during the flood) | {same} of 1000 | {evicted} of the oldest {sample} |",
+            "| {flows} | {} | {held} | {fill_s:.1} | {:.0} MiB | {:.0} | {o:.0} | {b:.0} | {:.2}x | {accepted} of {flood} | {kept} of 1000 ({remade} re-made during the flood) | {same} of 1000 | {evicted} of the oldest {sample} | {walk_ms:.0} ({}) | {free_ms:.0} |",
             2 * flows,
             mem as f64 / (1 << 20) as f64,
             mem as f64 / flows as f64,
-            o / b.max(1.0)
+            o / b.max(1.0),
+            walked.freed
         );
         drop(h);
     }
