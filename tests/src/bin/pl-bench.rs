@@ -247,7 +247,8 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
         let mut busy = std::collections::HashMap::new();
         let now = privatelink_tests::scale::ktime_ns();
         let start = Instant::now();
-        let walked = h.dp.sweep_flows::<privatelink_common::FlowEntry>(now, &cfg, &mut busy)?;
+        let walked =
+            h.dp.sweep_flows::<privatelink_common::FlowEntry>(now, &cfg, &mut busy)?;
         let walk_ms = start.elapsed().as_secs_f64() * 1e3;
         anyhow::ensure!(
             walked.freed <= u64::from(2 * flood),
