@@ -1105,6 +1105,7 @@ fn steer_race(stamped: bool) {
         dst_mac: [0x02, 0, 0, 0, 0, 0x99],
         csum_ip: entry.csum_ip ^ 0x5a5a,
         csum_l4: entry.csum_l4 ^ 0xa5a5,
+        counter_slot: privatelink_tests::slotrace::OTHER_SLOT,
         ..entry
     };
     let ifindex = h.consumer.ifindex;
@@ -1153,6 +1154,7 @@ fn a_slot_taken_while_the_return_path_reads_it_never_lends_the_packet_another_fl
     let other_key = FlowKey::new(key.vpc_id, [10, 30, 1, 99], CLIENT, 40001, 80, PROTO_TCP);
     let other = FlowEntry {
         peer_mac: [0x02, 0, 0, 0, 0, 0x97],
+        counter_slot: privatelink_tests::slotrace::OTHER_SLOT,
         ..entry
     };
     let ifindex = h.provider.ifindex;

@@ -897,6 +897,7 @@ fn steer_race6(stamped: bool) {
         src_mac: [0x02, 0, 0, 0, 0, 0x98],
         dst_mac: [0x02, 0, 0, 0, 0, 0x99],
         csum_l4: entry.csum_l4 ^ 0xa5a5,
+        counter_slot: privatelink_tests::slotrace::OTHER_SLOT,
         ..entry
     };
     let ifindex = h.consumer.ifindex;
@@ -950,6 +951,7 @@ fn a_slot_taken_while_the_ipv6_return_path_reads_it_never_lends_the_packet_anoth
     let other_key = FlowKey6::new(key.vpc_id, src, CLIENT6, 40001, 80, PROTO_TCP);
     let other = FlowEntry6 {
         peer_mac: [0x02, 0, 0, 0, 0, 0x97],
+        counter_slot: privatelink_tests::slotrace::OTHER_SLOT,
         ..entry
     };
     let ifindex = h.provider.ifindex;
