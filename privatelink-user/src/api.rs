@@ -1573,12 +1573,27 @@ mod tests {
             last_seen: privatelink_common::seen_tick(now - idle_s * S),
             ..FlowEntry::zeroed()
         };
+        // The reply entry of the original direction `(k, e)`, idle `idle_s`: its key the
+        // rewritten tuple reversed, its rewrite back to `k` (so each names the other).
+        let reply = |(k, e): (FlowKey, FlowEntry), idle_s: u64| {
+            let rk = e.partner(&k);
+            let r = FlowEntry {
+                out_vpc_id: k.vpc_id,
+                new_src: k.dst,
+                new_dst: k.src,
+                new_sport: k.dport,
+                new_dport: k.sport,
+                ..entry(7, DIR_REPLY, idle_s, 0)
+            };
+            assert_eq!(r.partner(&rk), k);
+            (rk, r)
+        };
         // Endpoint 7: a fresh TCP flow (both entries), and a UDP flow whose original
         // direction idled out while its replies go on; endpoint 9: an expired flow.
         let fresh = (key(1000, PROTO_TCP), entry(7, DIR_ORIGINAL, 1, 40_000));
-        let fresh_reply = (fresh.1.partner(&fresh.0), entry(7, DIR_REPLY, 1, 0));
+        let fresh_reply = reply(fresh, 1);
         let one_way = (key(1001, PROTO_UDP), entry(7, DIR_ORIGINAL, 500, 40_001));
-        let one_way_reply = (one_way.1.partner(&one_way.0), entry(7, DIR_REPLY, 3, 0));
+        let one_way_reply = reply(one_way, 3);
         let gone = (key(1002, PROTO_TCP), entry(9, DIR_ORIGINAL, 10_000, 40_002));
         let table: std::collections::HashMap<_, _> =
             [fresh, fresh_reply, one_way, one_way_reply, gone]
