@@ -3,8 +3,8 @@
 //! the CLI and the tests read them through a read-only mapping of the array (one pass over
 //! memory, not a syscall per bucket). The daemon writes through a writable one: the heads
 //! when it makes a table (`init_geometry`), and, while packets run, the slots of dead
-//! flows it frees (`sweep`), by the data path's own protocol (the bucket's lock, the
-//! slot's state claimed by compare-and-exchange). The tests also write and remove
+//! flows it frees (`sweep`), by the data path's own protocol for a slot (its state
+//! claimed by compare-and-exchange; no bucket lock). The tests also write and remove
 //! entries, a bucket at a time, on tables no packet is changing meanwhile.
 
 use std::{
@@ -31,6 +31,8 @@ pub trait Bucketed: TableEntry<Key: SlotKey> {
     type Bucket: aya::Pod + Default;
     /// Slot `i`'s state, key and entry.
     fn slot(b: &Self::Bucket, i: usize) -> (u64, Self::Key, Self);
+    /// Slot `i`'s whole state word (its state and generation).
+    fn word(b: &Self::Bucket, i: usize) -> u64;
     /// Its rank for eviction as a new entry made at tick `now` sees it (`evict_rank`), as
     /// the data path judges it.
     fn rank(&self, now: u32) -> u64;
@@ -57,6 +59,9 @@ macro_rules! bucketed {
             fn slot(b: &$bucket, i: usize) -> (u64, $key, $entry) {
                 let s = &b.slots[i];
                 (slot_state(s.state), s.key, s.entry)
+            }
+            fn word(b: &$bucket, i: usize) -> u64 {
+                b.slots[i].state
             }
             fn rank(&self, now: u32) -> u64 {
                 privatelink_common::flowtable::evict_rank(now, self.last_seen, self.tcp_flags)
@@ -266,9 +271,7 @@ impl Mapped {
             let bucket = self.bucket::<E>(el);
             for i in 0..FLOW_WAYS as usize {
                 let (state, k, e) = E::slot(&bucket, i);
-                if state == SLOT_BUSY
-                    && !stale(el * FLOW_WAYS as usize + i, bucket_word::<E>(&bucket, i))
-                {
+                if state == SLOT_BUSY && !stale(el * FLOW_WAYS as usize + i, E::word(&bucket, i)) {
                     return Err(());
                 }
                 if state == SLOT_LIVE && same_key(&k, key) && same_key(&e.partner_of(&k), owner) {
@@ -440,7 +443,7 @@ pub fn sweep<E: Bucketed>(
         for i in 0..FLOW_WAYS as usize {
             let (state, k, e) = E::slot(&bucket, i);
             if state == SLOT_BUSY {
-                let w = bucket_word::<E>(&bucket, i);
+                let w = E::word(&bucket, i);
                 let at = el * FLOW_WAYS as usize + i;
                 if busy.get(&at) == Some(&w) {
                     swept.freed += u64::from(free::<E>(&m, &g, el, i, w, None));
@@ -463,7 +466,7 @@ pub fn sweep<E: Bucketed>(
                 continue;
             };
             if !e.live(&k, judged, cfg, || partner) {
-                let w = bucket_word::<E>(&bucket, i);
+                let w = E::word(&bucket, i);
                 swept.freed += u64::from(free::<E>(&m, &g, el, i, w, Some((&k, e.seen()))));
                 continue;
             }
@@ -489,21 +492,6 @@ pub fn sweep<E: Bucketed>(
     }
     *busy = still_busy;
     Ok(swept)
-}
-
-/// Slot `i`'s state word as `bucket` (a copy) holds it.
-fn bucket_word<E: Bucketed>(bucket: &E::Bucket, i: usize) -> u64 {
-    let size = std::mem::size_of::<E::Bucket>() / FLOW_WAYS as usize;
-    // SAFETY: the slot's first 8 bytes (its state word, `repr(C)`'s first field), inside
-    // the bucket; read unaligned from the copy.
-    unsafe {
-        std::ptr::read_unaligned(
-            (bucket as *const E::Bucket)
-                .cast::<u8>()
-                .add(i * size)
-                .cast::<u64>(),
-        )
-    }
 }
 
 /// Frees slot `i` of element `el` from its state word `w`: claimed by compare-and-exchange
