@@ -534,7 +534,8 @@ fn from_appliance_checked(
         return Err(Reason::DropGwlbNoFlow);
     }
     *slot = e.counter_slot as u32;
-    let port = maps::vpc_port(g.vpc_id, pkt.epoch).ok_or(Reason::DropNoRoute)?;
+    let port =
+        maps::vpc_port(g.vpc_id, pkt.epoch).ok_or_else(|| seen.confirm(Reason::DropNoRoute))?;
     let known = e.peer_mac;
     let peer_mac = if known == [0; 6] {
         let dst_key = VpcAddr6 {
