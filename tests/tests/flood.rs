@@ -424,7 +424,7 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
         flowtable::{SLOT_BUSY, buckets_of, next_state},
         map_names, seen_tick,
     };
-    use privatelink_user::dataplane::flowtable::SEEN_FLOOR;
+    use privatelink_user::dataplane::flowtable::{BUSY_STALE_NS, SEEN_FLOOR};
     const FLOWS: u32 = 300;
     let mut h = Harness::with_conntrack(
         &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
@@ -479,10 +479,23 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
         2 * FLOWS as usize,
         "every direction written, none evicted"
     );
+    // Flow 2's client's buckets: where its reply's partner lives (a busy slot there would
+    // keep the reply from being judged, and restamped, by the first sweep).
+    let flow2 = placed
+        .iter()
+        .find(|(_, k, e)| index(k, e) == 2 && e.direction == DIR_ORIGINAL)
+        .map(|(_, k, _)| buckets_of(k, &g))
+        .unwrap();
     let spilled = |i: u32| {
         placed
             .iter()
-            .find(|(b, k, e)| buckets_of(k, &g).0 != *b && index(k, e) % 3 == i && index(k, e) > 2)
+            .find(|(b, k, e)| {
+                buckets_of(k, &g).0 != *b
+                    && index(k, e) % 3 == i
+                    && index(k, e) > 2
+                    && *b != flow2.0
+                    && *b != flow2.1
+            })
             .copied()
     };
     assert!(
@@ -539,13 +552,24 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
         reply2.1.last_seen,
         seen_tick(later).wrapping_sub(SEEN_FLOOR)
     );
-    // The next sweep frees the slot left busy, and nothing else.
+    // A sweep before the slot has been busy for `BUSY_STALE_NS` leaves it (a writer may
+    // still hold it), and what waits for it; one after frees it, and nothing else (flow
+    // 2's reply is stamped `SEEN_FLOOR` before each sweep again).
+    let soon =
+        h.dp.sweep_flows::<FlowEntry>(later + BUSY_STALE_NS / 2, &cfg, &mut busy)
+            .unwrap();
+    assert_eq!(
+        (soon.freed, soon.restamped, soon.passed),
+        (0, 1, swept.passed),
+        "{soon:?}"
+    );
+    assert_eq!(busy.len(), 1, "the busy slot still noted");
     let again =
-        h.dp.sweep_flows::<FlowEntry>(later, &cfg, &mut busy)
+        h.dp.sweep_flows::<FlowEntry>(later + BUSY_STALE_NS, &cfg, &mut busy)
             .unwrap();
     assert_eq!(
         (again.freed, again.restamped, again.passed),
-        (1 + waiting, 0, 0),
+        (1 + waiting, 1, 0),
         "{again:?}"
     );
     assert!(busy.is_empty());
@@ -566,7 +590,7 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
 }
 
 /// The sweep while packets run on the other CPU: a table of established flows that talk
-/// and of dead ones, swept again and again with the data path's own clock and timeouts.
+/// (one way: their quiet replies live by their partners) and of dead ones, swept again and again with the data path's own clock and timeouts.
 /// Every packet of the flows that talk is forwarded by its own entry, the dead flows go,
 /// and the table is left whole (no busy slot, no lock, every spill count its keys).
 #[test]
@@ -585,6 +609,20 @@ fn sweeping_while_packets_run_frees_only_dead_flows() {
     };
     h.dp.set_config(&cfg).unwrap();
     fill(&mut h, 0..LIVE, 0).unwrap();
+    // The flows that talk talk one way: their replies, quiet for 20 s, live only by
+    // their partners (the sweep's partner rule, against entries packets refresh).
+    let quiet = privatelink_common::seen_tick(
+        privatelink_tests::scale::ktime_ns().saturating_sub(20_000_000_000),
+    );
+    for (k, e) in h.dp.flows().unwrap() {
+        if e.direction != privatelink_common::DIR_ORIGINAL {
+            let e = FlowEntry {
+                last_seen: quiet,
+                ..e
+            };
+            h.dp.put_flow::<FlowEntry>(&k, e).unwrap();
+        }
+    }
     // Quiet for 20 s: dead by the margin too (`SWEEP_MARGIN_NS`).
     fill(&mut h, LIVE..LIVE + DEAD, 20_000_000_000).unwrap();
     assert_eq!(h.dp.flows().unwrap().len() as u32, 2 * (LIVE + DEAD));

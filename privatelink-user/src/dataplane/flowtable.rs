@@ -4,7 +4,7 @@
 //! memory, not a syscall per bucket). The daemon writes through a writable one: the heads
 //! when it makes a table (`init_geometry`), and, while packets run, the slots of dead
 //! flows it frees (`sweep`), by the data path's own protocol for a slot (its state
-//! claimed by compare-and-exchange; no bucket lock). The tests also write and remove
+//! claimed by compare-and-exchange; no bucket lock but when it gives a slot back). The tests also write and remove
 //! entries, a bucket at a time, on tables no packet is changing meanwhile.
 
 use std::{
@@ -254,6 +254,46 @@ impl Mapped {
     /// `Err` while a slot of either bucket is `SLOT_BUSY` (a writer's: it may be the
     /// partner, being rewritten or given back), unless `stale` knows it as a slot busy
     /// with no writer (its index in the table's slots and its state word).
+    /// Gives slot `at` (of the table's slots), claimed as `busy` by `free`, back live,
+    /// if no other slot holds its key `key`, under the lock of the key's first bucket (a
+    /// writer of the key holds it while it looks for the key and writes: a packet that
+    /// missed the key while the slot was claimed may have placed it anew). Whether the
+    /// slot is live again (else `free` frees it: the lock taken, or the key elsewhere).
+    fn give_back<E: Bucketed>(
+        &self,
+        g: &FlowGeometry,
+        key: &E::Key,
+        at: usize,
+        state: &AtomicU64,
+        busy: u64,
+    ) -> bool {
+        let (first, second) = buckets_of(key, g);
+        let (hel, hw) = head_at(first);
+        let head = self.atomic(hel as usize, hw as usize * 8);
+        if head.fetch_or(HEAD_LOCKED, Ordering::SeqCst) & HEAD_LOCKED != 0 {
+            return false;
+        }
+        let elsewhere = [first, second].into_iter().any(|b| {
+            let el = (g.heads() + b) as usize;
+            let bucket = self.bucket::<E>(el);
+            (0..FLOW_WAYS as usize).any(|i| {
+                let (s, k, _) = E::slot(&bucket, i);
+                el * FLOW_WAYS as usize + i != at && s != SLOT_FREE && same_key(&k, key)
+            })
+        });
+        let back = !elsewhere
+            && state
+                .compare_exchange(
+                    busy,
+                    next_state(busy, SLOT_LIVE),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_ok();
+        head.fetch_and(!HEAD_LOCKED, Ordering::SeqCst);
+        back
+    }
+
     fn partner<E: Bucketed>(
         &self,
         g: &FlowGeometry,
@@ -301,10 +341,7 @@ pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 pub fn start_sweeper(pin_dir: std::path::PathBuf, ids: [u32; 2]) {
     tokio::spawn(async move {
         let mut took = std::time::Duration::ZERO;
-        let mut busy = [
-            std::collections::HashMap::new(),
-            std::collections::HashMap::new(),
-        ];
+        let mut busy = [BusySlots::new(), BusySlots::new()];
         loop {
             tokio::time::sleep(SWEEP_EVERY.max(took * 4)).await;
             let start = std::time::Instant::now();
@@ -335,7 +372,7 @@ pub fn start_sweeper(pin_dir: std::path::PathBuf, ids: [u32; 2]) {
 fn sweep_pinned(
     dir: &std::path::Path,
     ids: [u32; 2],
-    busy: &mut [std::collections::HashMap<usize, u64>; 2],
+    busy: &mut [BusySlots; 2],
 ) -> Result<(Swept, Swept)> {
     let cfg = super::read_config(dir)?;
     let now = super::coarse_now_ns();
@@ -400,16 +437,28 @@ pub const SEEN_FLOOR: u32 = 1 << 30;
 /// in place; anything else that changes a slot claims it, and moves its state word).
 pub const SWEEP_MARGIN_NS: u64 = 2_000_000_000;
 
+/// How long a slot must have stayed `SLOT_BUSY` with the same state word, across sweeps,
+/// for `sweep` to take it as a writer's that is gone: a data path writer holds a slot
+/// for microseconds.
+pub const BUSY_STALE_NS: u64 = 10_000_000_000;
+
+/// The busy slots one sweep found, for the next (`sweep`): a slot's index in the table's
+/// slots → its state word and when a sweep first found it busy with that word.
+pub type BusySlots = std::collections::HashMap<usize, (u64, u64)>;
+
 /// Frees the directions of `E`'s table whose flow has been dead for `SWEEP_MARGIN_NS` at
 /// `now_ns` (neither direction seen within its idle timeout under `cfg`, a partner
 /// counted only if it names this direction as its own, as the data path's
 /// `conntrack::alive` asks: what a packet of it would find gone, and what the census
 /// counts free) while packets run, by the data path's protocol and without its bucket
-/// locks (a sweeper preempted holding one would refuse new flows there): the slot claimed
+/// locks (a sweeper preempted holding one would refuse new flows there; but for the
+/// give-back below): the slot claimed
 /// from the state word it was judged by (`SLOT_BUSY`, by compare-and-exchange), so a slot
 /// rewritten meanwhile is left alone, then read again, freed, and taken off its first
-/// bucket's spill count if it lived in its second (one whose stamp moved after all, which
-/// only a timeout raised meanwhile allows, is given back live). A slot whose partner's
+/// bucket's spill count if it lived in its second. One whose stamp moved after all (only
+/// a timeout raised meanwhile allows it) is given back live, under its key's first
+/// bucket's lock (the one lock a sweep takes, for a moment, and only then), unless a
+/// packet placed its key anew meanwhile (`Mapped::give_back`). A slot whose partner's
 /// buckets hold a busy slot (a writer's: the partner may be being rewritten) waits for
 /// the next sweep.
 ///
@@ -420,16 +469,17 @@ pub const SWEEP_MARGIN_NS: u64 = 2_000_000_000;
 /// 1.14 years old would read as recent: a flow dead that long would come back to life,
 /// unevictable.
 ///
-/// `busy`: the slots this sweep's caller found `SLOT_BUSY` last time, with their state
-/// words; one still busy with the same word a whole sweep later has no writer (a data
-/// path writer holds a slot for a moment; a sweeper killed between its claim and its
-/// free leaves it busy for good) and is freed. Replaced by this sweep's. The daemon
+/// `busy`: the slots this sweep's caller found `SLOT_BUSY` before, with their state
+/// words and since when; one still busy with the same word `BUSY_STALE_NS` later has no
+/// writer (a data path writer holds a slot for a moment; a sweeper killed between its
+/// claim and its free leaves it busy for good) and is freed (claimed again, by a new
+/// generation of the word, so one sweeper takes it). Replaced by this sweep's. The daemon
 /// sweeps both tables every `SWEEP_EVERY`.
 pub fn sweep<E: Bucketed>(
     table: &Map,
     now_ns: u64,
     cfg: &privatelink_common::Config,
-    busy: &mut std::collections::HashMap<usize, u64>,
+    busy: &mut BusySlots,
 ) -> Result<Swept> {
     let m = Mapped::new::<E>(table, true)?;
     let g = m.geometry();
@@ -437,7 +487,12 @@ pub fn sweep<E: Bucketed>(
     let judged = now_ns.saturating_sub(SWEEP_MARGIN_NS);
     let floor = privatelink_common::seen_tick(now_ns).wrapping_sub(SEEN_FLOOR);
     let mut swept = Swept::default();
-    let mut still_busy = std::collections::HashMap::new();
+    let mut still_busy = BusySlots::new();
+    // Whether slot `at`, busy with word `w`, has been so for `BUSY_STALE_NS`.
+    let stale = |at: usize, w: u64| {
+        busy.get(&at)
+            .is_some_and(|&(was, since)| was == w && now_ns.saturating_sub(since) >= BUSY_STALE_NS)
+    };
     for el in m.buckets(&g) {
         let bucket = m.bucket::<E>(el);
         for i in 0..FLOW_WAYS as usize {
@@ -445,10 +500,11 @@ pub fn sweep<E: Bucketed>(
             if state == SLOT_BUSY {
                 let w = E::word(&bucket, i);
                 let at = el * FLOW_WAYS as usize + i;
-                if busy.get(&at) == Some(&w) {
+                if stale(at, w) {
                     swept.freed += u64::from(free::<E>(&m, &g, el, i, w, None));
                 } else {
-                    still_busy.insert(at, w);
+                    let since = busy.get(&at).filter(|b| b.0 == w).map_or(now_ns, |b| b.1);
+                    still_busy.insert(at, (w, since));
                 }
                 continue;
             }
@@ -460,7 +516,6 @@ pub fn sweep<E: Bucketed>(
             if e.live(&k, judged, cfg, || None) {
                 continue;
             }
-            let stale = |at: usize, w: u64| busy.get(&at) == Some(&w);
             let Ok(partner) = m.partner::<E>(&g, &e.partner_of(&k), &k, stale) else {
                 swept.passed += 1;
                 continue;
@@ -495,10 +550,12 @@ pub fn sweep<E: Bucketed>(
 }
 
 /// Frees slot `i` of element `el` from its state word `w`: claimed by compare-and-exchange
-/// (`SLOT_BUSY`; a busy `w` is already claimed, by a writer that is gone), read again and
-/// freed, and taken off its first bucket's spill count if it lived in its second. With
-/// `judged` (its key and stamp as they were judged dead), a slot whose key or stamp moved
-/// before the claim is given back live. Whether it freed the slot.
+/// to a new generation of `SLOT_BUSY` (a busy `w` is a stale writer's: the new generation
+/// makes one sweeper its taker, and a writer that was only slow fails its own exchange),
+/// read again, freed by compare-and-exchange, and only then taken off its first bucket's
+/// spill count if it lived in its second. With `judged` (its key and stamp as they were
+/// judged dead), a slot whose key or stamp moved before the claim is given back live
+/// (`give_back`). Whether it freed the slot.
 fn free<E: Bucketed>(
     m: &Mapped,
     g: &FlowGeometry,
@@ -508,11 +565,7 @@ fn free<E: Bucketed>(
     judged: Option<(&E::Key, u32)>,
 ) -> bool {
     let state = m.atomic(el, i * (m.size / FLOW_WAYS as usize));
-    let busy = if slot_state(w) == SLOT_BUSY {
-        w
-    } else {
-        next_state(w, SLOT_BUSY)
-    };
+    let busy = next_state(w, SLOT_BUSY);
     if state
         .compare_exchange(w, busy, Ordering::SeqCst, Ordering::SeqCst)
         .is_err()
@@ -523,11 +576,22 @@ fn free<E: Bucketed>(
     let mut now = m.bucket::<E>(el);
     let (_, k, e) = E::slot(&now, i);
     let home = *E::home(&mut now, i);
-    if judged.is_some_and(|(key, seen)| !same_key(&k, key) || e.seen() != seen) {
-        state.store(next_state(busy, SLOT_LIVE), Ordering::SeqCst);
+    if judged.is_some_and(|(key, seen)| !same_key(&k, key) || e.seen() != seen)
+        && m.give_back::<E>(g, &k, el * FLOW_WAYS as usize + i, state, busy)
+    {
         return false;
     }
-    state.store(next_state(busy, SLOT_FREE), Ordering::SeqCst);
+    if state
+        .compare_exchange(
+            busy,
+            next_state(busy, SLOT_FREE),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        )
+        .is_err()
+    {
+        return false;
+    }
     // Its first bucket counts it no more (`home`: that bucket's element).
     let b = home.wrapping_sub(g.heads());
     if home != 0 && b < g.buckets {

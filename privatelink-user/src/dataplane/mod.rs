@@ -370,7 +370,7 @@ impl Dataplane {
         &self,
         now_ns: u64,
         cfg: &privatelink_common::Config,
-        busy: &mut std::collections::HashMap<usize, u64>,
+        busy: &mut flowtable::BusySlots,
     ) -> Result<flowtable::Swept> {
         flowtable::sweep::<E>(self.map(E::MAP)?, now_ns, cfg, busy)
     }
