@@ -413,8 +413,8 @@ fn a_direction_in_its_second_bucket_is_counted_and_found() {
 /// lives on both ways, as the data path judges it, but an old reply whose forward key now
 /// belongs to another flow (which does not name it as its partner) is dead. Directions
 /// freed from their second bucket are taken off their first bucket's spill count; a slot
-/// left busy (a sweeper killed between its claim and its free) is freed by the sweep
-/// after the one that first saw it; a live flow's direction whose stamp is older than
+/// left busy (a sweeper killed between its claim and its free) is freed by the first
+/// sweep `BUSY_STALE_NS` after one first saw it, and not before; a live flow's direction whose stamp is older than
 /// `SEEN_FLOOR` is stamped `SEEN_FLOOR` ago; and every flow kept still forwards
 /// afterwards (its lookup still reaches its second bucket where it lives there).
 #[test]

@@ -250,7 +250,8 @@ impl Mapped {
     }
 
     /// The live entry of `key`, searched in both its buckets, if it is `owner`'s partner
-    /// (`partner_of` it gives back `owner`, as the data path's `conntrack::alive` asks);
+    /// (`partner_of` it gives back `owner`, as the data path's `conntrack::alive` asks),
+    /// with where it is (its element, its slot) and its state word;
     /// `Err` while a slot of either bucket is `SLOT_BUSY` (a writer's: it may be the
     /// partner, being rewritten or given back), unless `stale` knows it as a slot busy
     /// with no writer (its index in the table's slots and its state word).
@@ -300,7 +301,7 @@ impl Mapped {
         key: &E::Key,
         owner: &E::Key,
         stale: impl Fn(usize, u64) -> bool,
-    ) -> Result<Option<E>, ()> {
+    ) -> Result<Option<Placed<E>>, ()> {
         let (first, second) = buckets_of(key, g);
         let mut found = None;
         for b in [first, second] {
@@ -315,12 +316,25 @@ impl Mapped {
                     return Err(());
                 }
                 if state == SLOT_LIVE && same_key(&k, key) && same_key(&e.partner_of(&k), owner) {
-                    found = Some(e);
+                    found = Some(Placed {
+                        el,
+                        i,
+                        word: E::word(&bucket, i),
+                        entry: e,
+                    });
                 }
             }
         }
         Ok(found)
     }
+}
+
+/// A live slot `Mapped::partner` found: its element, its slot, its state word, its entry.
+struct Placed<E> {
+    el: usize,
+    i: usize,
+    word: u64,
+    entry: E,
 }
 
 impl Drop for Mapped {
@@ -516,13 +530,29 @@ pub fn sweep<E: Bucketed>(
             if e.live(&k, judged, cfg, || None) {
                 continue;
             }
-            let Ok(partner) = m.partner::<E>(&g, &e.partner_of(&k), &k, stale) else {
+            let pk = e.partner_of(&k);
+            let Ok(partner) = m.partner::<E>(&g, &pk, &k, stale) else {
                 swept.passed += 1;
                 continue;
             };
-            if !e.live(&k, judged, cfg, || partner) {
+            if !e.live(&k, judged, cfg, || partner.as_ref().map(|p| p.entry)) {
                 let w = E::word(&bucket, i);
-                swept.freed += u64::from(free::<E>(&m, &g, el, i, w, Some((&k, e.seen()))));
+                if !free::<E>(&m, &g, el, i, w, Some((&k, e.seen()))) {
+                    continue;
+                }
+                swept.freed += 1;
+                // Its partner, dead too (judged from its own side, this direction its
+                // partner), goes with it: one lookup for the flow, not one a direction.
+                let Some(p) = partner.filter(|p| !p.entry.live(&pk, judged, cfg, || Some(e)))
+                else {
+                    continue;
+                };
+                if free::<E>(&m, &g, p.el, p.i, p.word, Some((&pk, p.entry.seen()))) {
+                    swept.freed += 1;
+                    // A slot of a bucket the walk has yet to read counts among those
+                    // found live (one of this bucket is in its copy already).
+                    swept.live += u64::from(p.el > el);
+                }
                 continue;
             }
             let seen = e.seen();

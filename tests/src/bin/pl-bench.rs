@@ -261,9 +261,11 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
             &mut busy,
         )?;
         let free_ms = start.elapsed().as_secs_f64() * 1e3;
+        let left = h.dp.flows()?;
         anyhow::ensure!(
-            all.freed + all.passed == all.live && h.dp.flows()?.len() as u64 == all.passed,
-            "a sweep of dead flows left some: {all:?}"
+            all.freed + all.passed == all.live && left.len() as u64 == all.passed,
+            "a sweep of dead flows left some: {all:?}; left {:?}",
+            &left[..left.len().min(4)]
         );
         let _ = writeln!(
             t,
