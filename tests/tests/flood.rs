@@ -593,6 +593,170 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
     assert_eq!(h.count(Reason::ForwardNewFlow), made);
 }
 
+/// A packet in the moments a sweep cannot see otherwise (`flowtable::sweep_probed`): the
+/// first direction a sweep of dead flows judges dead gets a packet (its stamp moved in
+/// place, as the data path refreshes a flow that a timeout raised meanwhile keeps) just
+/// before its claim. (a) Nothing else: the slot is given back live, and its flow kept
+/// both ways (its partner now lives by it). (b) While it is claimed, the packet, which
+/// found no live slot for its key, placed the key anew in a free slot of its first bucket:
+/// the claimed slot is freed, the key lives once. (c) A writer of the data path holds
+/// the key's first bucket's lock: the slot is freed, and the lock stays its holder's.
+/// Every other direction is freed, and the table is left whole.
+#[test]
+fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
+    use aya::maps::{Array, Map, MapData};
+    use privatelink_common::{
+        FlowBucket,
+        flowtable::{
+            FLOW_WAYS, HEAD_LOCKED, SLOT_FREE, SLOT_LIVE, buckets_of, head_at, next_state,
+        },
+        seen_tick,
+    };
+    use privatelink_user::dataplane::{
+        TableEntry,
+        flowtable::{SweepProbe, sweep_probed},
+    };
+    const FLOWS: u32 = 40;
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Case {
+        Alone,
+        PlacedAnew,
+        Locked,
+    }
+    struct Probe {
+        table: Array<MapData, FlowBucket>,
+        case: Case,
+        g: privatelink_common::FlowGeometry,
+        stamp: u32,
+        // The slot it moved, its key, and where the key was placed anew.
+        moved: Option<(usize, FlowKey)>,
+        anew: Option<usize>,
+        gave_back_at: Option<usize>,
+    }
+    impl SweepProbe for Probe {
+        fn judged(&mut self, at: usize) {
+            if self.moved.is_some() {
+                return;
+            }
+            let (el, i) = ((at / FLOW_WAYS as usize) as u32, at % FLOW_WAYS as usize);
+            let mut b = self.table.get(&el, 0).unwrap();
+            b.slots[i].entry.last_seen = self.stamp;
+            self.table.set(el, b, 0).unwrap();
+            let key = b.slots[i].key;
+            self.moved = Some((at, key));
+            if self.case == Case::Locked {
+                let (hel, hw) = head_at(buckets_of(&key, &self.g).0);
+                let mut heads = self.table.get(&hel, 0).unwrap();
+                // SAFETY: a bucket is plain words (384 bytes, 48 of them).
+                let words = unsafe { &mut *(&mut heads as *mut FlowBucket).cast::<[u64; 48]>() };
+                words[hw as usize] |= HEAD_LOCKED;
+                self.table.set(hel, heads, 0).unwrap();
+            }
+        }
+        fn moved(&mut self, at: usize) {
+            self.gave_back_at = Some(at);
+            if self.case != Case::PlacedAnew {
+                return;
+            }
+            let (from, key) = self.moved.unwrap();
+            let src = self
+                .table
+                .get(&((from / FLOW_WAYS as usize) as u32), 0)
+                .unwrap()
+                .slots[from % FLOW_WAYS as usize];
+            let el = self.g.heads() + buckets_of(&key, &self.g).0;
+            let mut b = self.table.get(&el, 0).unwrap();
+            let i = (0..FLOW_WAYS as usize)
+                .find(|&i| b.slots[i].state & 0xff == SLOT_FREE)
+                .expect("a free slot in the key's first bucket");
+            b.slots[i].state = next_state(b.slots[i].state, SLOT_LIVE);
+            b.slots[i].key = key;
+            b.slots[i].home = 0;
+            b.slots[i].entry = src.entry;
+            self.table.set(el, b, 0).unwrap();
+            self.anew = Some(el as usize * FLOW_WAYS as usize + i);
+        }
+    }
+    for case in [Case::Alone, Case::PlacedAnew, Case::Locked] {
+        let mut h = Harness::with_conntrack(
+            &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
+            2048,
+        )
+        .unwrap();
+        let cfg = Config {
+            tcp_timeout_ns: 5_000_000_000,
+            ..Config::default()
+        };
+        fill(&mut h, 0..FLOWS, 20_000_000_000).unwrap();
+        let now = privatelink_tests::scale::ktime_ns();
+        let id = h.dp.flow_table_ids().unwrap()[0];
+        let open = || Map::from_map_data(MapData::from_id(id).unwrap()).unwrap();
+        let mut probe = Probe {
+            table: Array::try_from(open()).unwrap(),
+            case,
+            g: h.dp.flow_geometry::<FlowEntry>().unwrap(),
+            stamp: seen_tick(now),
+            moved: None,
+            anew: None,
+            gave_back_at: None,
+        };
+        let mut busy = Default::default();
+        let swept = sweep_probed::<FlowEntry>(&open(), now, &cfg, &mut busy, &mut probe).unwrap();
+        let (at, key) = probe.moved.expect("a direction judged");
+        assert_eq!(
+            probe.gave_back_at,
+            Some(at),
+            "{case:?}: the moved slot seen moved"
+        );
+        let left = h.dp.flow_placement::<FlowEntry>().unwrap();
+        let copies = left.iter().filter(|(_, k, _)| *k == key).count();
+        assert_eq!(
+            copies,
+            usize::from(case != Case::Locked),
+            "{case:?}: {left:?}"
+        );
+        match case {
+            Case::Alone => {
+                // Both ways kept: the moved one, and its partner by it.
+                assert_eq!(left.len(), 2, "{case:?}: {swept:?}");
+                assert_eq!(swept.freed, 2 * u64::from(FLOWS) - 2, "{case:?}");
+                let (_, _, e) = left.iter().find(|(_, k, _)| *k == key).unwrap();
+                assert_eq!(e.last_seen, probe.stamp);
+                assert!(left.iter().any(|(_, k, _)| *k == e.partner_of(&key)));
+            }
+            Case::PlacedAnew => {
+                // The claimed slot freed (and its partner with it); the copy placed
+                // anew is the key's one slot.
+                assert_eq!(left.len(), 1, "{case:?}: {swept:?}");
+                assert_eq!(swept.freed, 2 * u64::from(FLOWS), "{case:?}");
+                let anew = probe.anew.unwrap();
+                assert_ne!(anew, at);
+                let (b, _, _) = left[0];
+                assert_eq!(
+                    (h.dp.flow_geometry::<FlowEntry>().unwrap().heads() + b) as usize,
+                    anew / FLOW_WAYS as usize
+                );
+            }
+            Case::Locked => {
+                assert!(left.is_empty(), "{case:?}: {left:?}");
+                assert_eq!(swept.freed, 2 * u64::from(FLOWS), "{case:?}");
+                // The lock is still its holder's: the sweep took nothing back.
+                assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 1));
+                let (hel, hw) = head_at(buckets_of(&key, &probe.g).0);
+                let mut heads = probe.table.get(&hel, 0).unwrap();
+                // SAFETY: as above.
+                let words = unsafe { &mut *(&mut heads as *mut FlowBucket).cast::<[u64; 48]>() };
+                words[hw as usize] &= !HEAD_LOCKED;
+                probe.table.set(hel, heads, 0).unwrap();
+            }
+        }
+        assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 0), "{case:?}");
+        for &(b, count, keys) in &h.dp.flow_spill_audit::<FlowEntry>().unwrap() {
+            assert_eq!(count, keys, "{case:?}: bucket {b}'s spill count");
+        }
+    }
+}
+
 /// The sweep while packets run on the other CPU: a table of established flows that talk
 /// (one way: their quiet replies live by their partners) and of dead ones, swept again and again with the data path's own clock and timeouts.
 /// Every packet of the flows that talk is forwarded by its own entry, the dead flows go,

@@ -495,6 +495,32 @@ pub fn sweep<E: Bucketed>(
     cfg: &privatelink_common::Config,
     busy: &mut BusySlots,
 ) -> Result<Swept> {
+    sweep_probed::<E>(table, now_ns, cfg, busy, &mut ())
+}
+
+/// Where a test steps into a `sweep` (`sweep_probed`), to play a packet that comes in
+/// the moments a sweep cannot see otherwise. `at`: the slot's index in the table's
+/// slots (its element's index times `FLOW_WAYS`, plus its own).
+#[doc(hidden)]
+pub trait SweepProbe {
+    /// Slot `at` was judged dead and is about to be claimed.
+    fn judged(&mut self, _at: usize) {}
+    /// Slot `at` was claimed, and its stamp or key had moved: it is about to be given
+    /// back.
+    fn moved(&mut self, _at: usize) {}
+}
+
+impl SweepProbe for () {}
+
+/// `sweep`, with `probe` called at its moments.
+#[doc(hidden)]
+pub fn sweep_probed<E: Bucketed>(
+    table: &Map,
+    now_ns: u64,
+    cfg: &privatelink_common::Config,
+    busy: &mut BusySlots,
+    probe: &mut dyn SweepProbe,
+) -> Result<Swept> {
     let m = Mapped::new::<E>(table, true)?;
     let g = m.geometry();
     let slot_size = m.size / FLOW_WAYS as usize;
@@ -515,7 +541,7 @@ pub fn sweep<E: Bucketed>(
                 let w = E::word(&bucket, i);
                 let at = el * FLOW_WAYS as usize + i;
                 if stale(at, w) {
-                    swept.freed += u64::from(free::<E>(&m, &g, el, i, w, None));
+                    swept.freed += u64::from(free::<E>(&m, &g, el, i, w, None, probe));
                 } else {
                     let since = busy.get(&at).filter(|b| b.0 == w).map_or(now_ns, |b| b.1);
                     still_busy.insert(at, (w, since));
@@ -537,7 +563,8 @@ pub fn sweep<E: Bucketed>(
             };
             if !e.live(&k, judged, cfg, || partner.as_ref().map(|p| p.entry)) {
                 let w = E::word(&bucket, i);
-                if !free::<E>(&m, &g, el, i, w, Some((&k, e.seen()))) {
+                probe.judged(el * FLOW_WAYS as usize + i);
+                if !free::<E>(&m, &g, el, i, w, Some((&k, e.seen())), probe) {
                     continue;
                 }
                 swept.freed += 1;
@@ -547,7 +574,16 @@ pub fn sweep<E: Bucketed>(
                 else {
                     continue;
                 };
-                if free::<E>(&m, &g, p.el, p.i, p.word, Some((&pk, p.entry.seen()))) {
+                probe.judged(p.el * FLOW_WAYS as usize + p.i);
+                if free::<E>(
+                    &m,
+                    &g,
+                    p.el,
+                    p.i,
+                    p.word,
+                    Some((&pk, p.entry.seen())),
+                    probe,
+                ) {
                     swept.freed += 1;
                     // A slot of a bucket the walk has yet to read counts among those
                     // found live (one of this bucket is in its copy already).
@@ -593,6 +629,7 @@ fn free<E: Bucketed>(
     i: usize,
     w: u64,
     judged: Option<(&E::Key, u32)>,
+    probe: &mut dyn SweepProbe,
 ) -> bool {
     let state = m.atomic(el, i * (m.size / FLOW_WAYS as usize));
     let busy = next_state(w, SLOT_BUSY);
@@ -606,10 +643,12 @@ fn free<E: Bucketed>(
     let mut now = m.bucket::<E>(el);
     let (_, k, e) = E::slot(&now, i);
     let home = *E::home(&mut now, i);
-    if judged.is_some_and(|(key, seen)| !same_key(&k, key) || e.seen() != seen)
-        && m.give_back::<E>(g, &k, el * FLOW_WAYS as usize + i, state, busy)
-    {
-        return false;
+    let at = el * FLOW_WAYS as usize + i;
+    if judged.is_some_and(|(key, seen)| !same_key(&k, key) || e.seen() != seen) {
+        probe.moved(at);
+        if m.give_back::<E>(g, &k, at, state, busy) {
+            return false;
+        }
     }
     if state
         .compare_exchange(
