@@ -25,8 +25,8 @@ pub fn settle(r: Result<Verdict, Reason>) -> u64 {
 /// of `PL_EP_COUNTERS` (below `MAX_COUNTER_SLOTS`, so 24 bits hold it). A
 /// `DropFlowChanged` is nobody's (slot 0): the paths that drop for it read `slot` from a
 /// flow entry that another CPU was rewriting for another flow, so the slot may be that
-/// flow's; the drop is counted by its reason only. On every path (the full paths' slot
-/// is the endpoint's own, but one reason keeps one rule).
+/// flow's; the drop is counted by its reason only, and on every path: the full paths'
+/// slot is the endpoint's own, but one reason keeps one rule.
 #[inline(always)]
 pub fn settle_for(slot: u32, r: Result<Verdict, Reason>) -> u64 {
     let (action, reason, slot) = match r {

@@ -4,8 +4,9 @@
 //! memory, not a syscall per bucket). The daemon writes through a writable one: the heads
 //! when it makes a table (`init_geometry`), and, while packets run, the slots of dead
 //! flows it frees (`sweep`), by the data path's own protocol for a slot (its state
-//! claimed by compare-and-exchange; no bucket lock but when it gives a slot back). The tests also write and remove
-//! entries, a bucket at a time, on tables no packet is changing meanwhile.
+//! claimed by compare-and-exchange; no bucket lock but when it gives a slot back). The
+//! tests also write and remove entries, a bucket at a time, on tables no packet is
+//! changing meanwhile.
 
 use std::{
     os::fd::{AsFd, AsRawFd},
@@ -249,17 +250,13 @@ impl Mapped {
         unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(el * self.size + byte).cast()) }
     }
 
-    /// The live entry of `key`, searched in both its buckets, if it is `owner`'s partner
-    /// (`partner_of` it gives back `owner`, as the data path's `conntrack::alive` asks),
-    /// with where it is (its element, its slot) and its state word;
-    /// `Err` while a slot of either bucket is `SLOT_BUSY` (a writer's: it may be the
-    /// partner, being rewritten or given back), unless `stale` knows it as a slot busy
-    /// with no writer (its index in the table's slots and its state word).
     /// Gives slot `at` (of the table's slots), claimed as `busy` by `free`, back live,
-    /// if no other slot holds its key `key`, under the lock of the key's first bucket (a
-    /// writer of the key holds it while it looks for the key and writes: a packet that
-    /// missed the key while the slot was claimed may have placed it anew). Whether the
-    /// slot is live again (else `free` frees it: the lock taken, or the key elsewhere).
+    /// if no other slot holds its key `key` live, under the lock of the key's first
+    /// bucket (a writer of the key holds it while it looks for the key and writes: a
+    /// packet that missed the key while the slot was claimed may have placed it anew).
+    /// The lock is tried for up to `GIVE_BACK_SPIN` (a data path writer holds it for
+    /// microseconds) and given back by a guard, on any way out. Whether the slot is live
+    /// again (else `free` frees it: the lock held all along, or the key elsewhere).
     fn give_back<E: Bucketed>(
         &self,
         g: &FlowGeometry,
@@ -269,20 +266,35 @@ impl Mapped {
         busy: u64,
     ) -> bool {
         let (first, second) = buckets_of(key, g);
-        let (hel, hw) = head_at(first);
-        let head = self.atomic(hel as usize, hw as usize * 8);
-        if head.fetch_or(HEAD_LOCKED, Ordering::SeqCst) & HEAD_LOCKED != 0 {
+        let els = [first, second].map(|b| (g.heads() + b) as usize);
+        if els.iter().any(|&el| el >= self.elements) {
             return false;
         }
-        let elsewhere = [first, second].into_iter().any(|b| {
-            let el = (g.heads() + b) as usize;
+        let (hel, hw) = head_at(first);
+        let head = self.atomic(hel as usize, hw as usize * 8);
+        let start = std::time::Instant::now();
+        while head.fetch_or(HEAD_LOCKED, Ordering::SeqCst) & HEAD_LOCKED != 0 {
+            if start.elapsed() > GIVE_BACK_SPIN {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+        /// Gives the lock back however `give_back` ends.
+        struct Unlock<'a>(&'a AtomicU64);
+        impl Drop for Unlock<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_and(!HEAD_LOCKED, Ordering::SeqCst);
+            }
+        }
+        let _unlock = Unlock(head);
+        let elsewhere = els.into_iter().any(|el| {
             let bucket = self.bucket::<E>(el);
             (0..FLOW_WAYS as usize).any(|i| {
                 let (s, k, _) = E::slot(&bucket, i);
-                el * FLOW_WAYS as usize + i != at && s != SLOT_FREE && same_key(&k, key)
+                el * FLOW_WAYS as usize + i != at && s == SLOT_LIVE && same_key(&k, key)
             })
         });
-        let back = !elsewhere
+        !elsewhere
             && state
                 .compare_exchange(
                     busy,
@@ -290,11 +302,15 @@ impl Mapped {
                     Ordering::SeqCst,
                     Ordering::SeqCst,
                 )
-                .is_ok();
-        head.fetch_and(!HEAD_LOCKED, Ordering::SeqCst);
-        back
+                .is_ok()
     }
 
+    /// The live entry of `key`, searched in both its buckets, if it is `owner`'s partner
+    /// (`partner_of` it gives back `owner`, as the data path's `conntrack::alive` asks),
+    /// with where it is (its element, its slot) and its state word; `Err` while a slot
+    /// of either bucket is `SLOT_BUSY` (a writer's: it may be the partner, being
+    /// rewritten or given back), unless `stale` knows it as a slot busy with no writer
+    /// (its index in the table's slots and its state word).
     fn partner<E: Bucketed>(
         &self,
         g: &FlowGeometry,
@@ -431,7 +447,9 @@ pub fn entries<E: Bucketed>(table: &Map) -> Result<Vec<(E::Key, E)>> {
 pub struct Swept {
     /// Live slots it found.
     pub live: u64,
-    /// Of them, the directions of dead flows it freed.
+    /// The directions of dead flows it freed (a slot passed over first, then freed with
+    /// its partner, counts here and in `passed`), and the slots left busy by a writer
+    /// that is gone (not among `live`).
     pub freed: u64,
     /// Of the others, directions whose stamp it moved up to `SEEN_FLOOR` ago.
     pub restamped: u64,
@@ -455,6 +473,10 @@ pub const SWEEP_MARGIN_NS: u64 = 2_000_000_000;
 /// for `sweep` to take it as a writer's that is gone: a data path writer holds a slot
 /// for microseconds.
 pub const BUSY_STALE_NS: u64 = 10_000_000_000;
+
+/// How long a give-back (`Mapped::give_back`) tries for its key's bucket lock before it
+/// frees the slot instead.
+pub const GIVE_BACK_SPIN: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The busy slots one sweep found, for the next (`sweep`): a slot's index in the table's
 /// slots → its state word and when a sweep first found it busy with that word.
@@ -616,8 +638,9 @@ pub fn sweep_probed<E: Bucketed>(
 }
 
 /// Frees slot `i` of element `el` from its state word `w`: claimed by compare-and-exchange
-/// to a new generation of `SLOT_BUSY` (a busy `w` is a stale writer's: the new generation
-/// makes one sweeper its taker, and a writer that was only slow fails its own exchange),
+/// to a new generation of `SLOT_BUSY` (a busy `w` is a writer's gone for `BUSY_STALE_NS`:
+/// the new generation makes one sweeper its taker; a data path writer stalled that long,
+/// which a kernel without real-time preemption does not allow, would publish over it),
 /// read again, freed by compare-and-exchange, and only then taken off its first bucket's
 /// spill count if it lived in its second. With `judged` (its key and stamp as they were
 /// judged dead), a slot whose key or stamp moved before the claim is given back live
