@@ -24,6 +24,17 @@ const IDLE: u32 = 768;
 const FLOOD: u32 = 6000;
 const LIVE: u32 = 64;
 
+/// The packet tests' state with the service's per-endpoint flow share at 100 % (no
+/// per-endpoint bound: the table's own limits are what these tests meet), and a flow
+/// table of `entries`.
+fn unshared(entries: u32) -> Harness {
+    Harness::with_conntrack(
+        &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
+        entries,
+    )
+    .unwrap()
+}
+
 fn syn_from(h: &Harness, n: u32) -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, h.consumer.mac)
@@ -43,11 +54,7 @@ fn syn_from(h: &Harness, n: u32) -> Vec<u8> {
 fn a_syn_flood_evicts_idle_flows_not_established_ones() {
     // The whole pool and table to one endpoint: this is about the LRU under a flood, not
     // about fairness (see packets.rs and fairness.rs).
-    let mut h = Harness::with_conntrack(
-        &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
-        CAPACITY,
-    )
-    .unwrap();
+    let mut h = unshared(CAPACITY);
     // Flows the data path made itself (their SNAT tuples are its own choice).
     let live = open_live(&mut h, LIVE).unwrap();
     let opened = h.count(Reason::ForwardNewFlow);
@@ -123,11 +130,7 @@ fn a_syn_flood_evicts_idle_flows_not_established_ones() {
 /// takes the places of the ones quiet longest.
 #[test]
 fn a_full_table_refuses_new_flows_rather_than_end_flows_that_talk() {
-    let mut h = Harness::with_conntrack(
-        &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
-        8,
-    )
-    .unwrap();
+    let mut h = unshared(8);
     // Eight entries: two buckets, every key's two. Four established flows fill them.
     fill(&mut h, 0..4, 0).unwrap();
     assert_eq!(h.dp.flows().unwrap().len(), 8);
@@ -291,11 +294,7 @@ fn a_direction_in_its_second_bucket_is_counted_and_found() {
     // the rare table where a pair of buckets filled first (an eviction), another table.
     let (mut h, g, placed, (_, key, entry)) = (0..5)
         .find_map(|_| {
-            let mut h = Harness::with_conntrack(
-                &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
-                64,
-            )
-            .unwrap();
+            let mut h = unshared(64);
             let g = h.dp.flow_geometry::<FlowEntry>().unwrap();
             let mut placed: Placed = Vec::new();
             let mut made = 0;
@@ -426,11 +425,7 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
     };
     use privatelink_user::dataplane::flowtable::{BUSY_STALE_NS, SEEN_FLOOR};
     const FLOWS: u32 = 300;
-    let mut h = Harness::with_conntrack(
-        &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
-        2048,
-    )
-    .unwrap();
+    let mut h = unshared(2048);
     fill(&mut h, 0..FLOWS, 0).unwrap();
     // Flow i: i % 3 == 0 seen both ways at `later`, 1 both ways only now (dead by then),
     // 2 one way at `later` (the client's), the other now, or (flow 2) long before.
@@ -678,11 +673,7 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
         }
     }
     for case in [Case::Alone, Case::PlacedAnew, Case::Locked] {
-        let mut h = Harness::with_conntrack(
-            &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
-            2048,
-        )
-        .unwrap();
+        let mut h = unshared(2048);
         let cfg = Config {
             tcp_timeout_ns: 5_000_000_000,
             ..Config::default()
@@ -766,11 +757,7 @@ fn sweeping_while_packets_run_frees_only_dead_flows() {
     let _one = one_race();
     const LIVE: u32 = 200;
     const DEAD: u32 = 200;
-    let mut h = Harness::with_conntrack(
-        &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
-        4096,
-    )
-    .unwrap();
+    let mut h = unshared(4096);
     let cfg = Config {
         tcp_timeout_ns: 5_000_000_000,
         ..Config::default()
@@ -869,11 +856,7 @@ fn two_cpus_writing_one_small_table_leave_it_whole() {
 
     let cpus = two_cpus();
     const PER_CPU: u32 = 2000;
-    let mut h = Harness::with_conntrack(
-        &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
-        128,
-    )
-    .unwrap();
+    let mut h = unshared(128);
     const SHARED: u32 = 48;
     let frames: Vec<Vec<u8>> = (0..2 * PER_CPU + SHARED).map(|n| syn_from(&h, n)).collect();
     let ifindex = h.consumer.ifindex;

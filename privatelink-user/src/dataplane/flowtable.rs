@@ -291,7 +291,7 @@ impl Mapped {
             let bucket = self.bucket::<E>(el);
             (0..FLOW_WAYS as usize).any(|i| {
                 let (s, k, _) = E::slot(&bucket, i);
-                el * FLOW_WAYS as usize + i != at && s == SLOT_LIVE && same_key(&k, key)
+                slot_index(el, i) != at && s == SLOT_LIVE && same_key(&k, key)
             })
         });
         !elsewhere
@@ -328,7 +328,7 @@ impl Mapped {
             let bucket = self.bucket::<E>(el);
             for i in 0..FLOW_WAYS as usize {
                 let (state, k, e) = E::slot(&bucket, i);
-                if state == SLOT_BUSY && !stale(el * FLOW_WAYS as usize + i, E::word(&bucket, i)) {
+                if state == SLOT_BUSY && !stale(slot_index(el, i), E::word(&bucket, i)) {
                     return Err(());
                 }
                 if state == SLOT_LIVE && same_key(&k, key) && same_key(&e.partner_of(&k), owner) {
@@ -343,6 +343,12 @@ impl Mapped {
         }
         Ok(found)
     }
+}
+
+/// Slot `i` of element `el` as an index in the table's slots (what `BusySlots` and a
+/// `SweepProbe` name a slot by).
+fn slot_index(el: usize, i: usize) -> usize {
+    el * FLOW_WAYS as usize + i
 }
 
 /// A live slot `Mapped::partner` found: its element, its slot, its state word, its entry.
@@ -561,7 +567,7 @@ pub fn sweep_probed<E: Bucketed>(
             let (state, k, e) = E::slot(&bucket, i);
             if state == SLOT_BUSY {
                 let w = E::word(&bucket, i);
-                let at = el * FLOW_WAYS as usize + i;
+                let at = slot_index(el, i);
                 if stale(at, w) {
                     swept.freed += u64::from(free::<E>(&m, &g, el, i, w, None, probe));
                 } else {
@@ -585,7 +591,6 @@ pub fn sweep_probed<E: Bucketed>(
             };
             if !e.live(&k, judged, cfg, || partner.as_ref().map(|p| p.entry)) {
                 let w = E::word(&bucket, i);
-                probe.judged(el * FLOW_WAYS as usize + i);
                 if !free::<E>(&m, &g, el, i, w, Some((&k, e.seen())), probe) {
                     continue;
                 }
@@ -596,7 +601,6 @@ pub fn sweep_probed<E: Bucketed>(
                 else {
                     continue;
                 };
-                probe.judged(p.el * FLOW_WAYS as usize + p.i);
                 if free::<E>(
                     &m,
                     &g,
@@ -655,6 +659,10 @@ fn free<E: Bucketed>(
     probe: &mut dyn SweepProbe,
 ) -> bool {
     let state = m.atomic(el, i * (m.size / FLOW_WAYS as usize));
+    let at = slot_index(el, i);
+    if judged.is_some() {
+        probe.judged(at);
+    }
     let busy = next_state(w, SLOT_BUSY);
     if state
         .compare_exchange(w, busy, Ordering::SeqCst, Ordering::SeqCst)
@@ -666,7 +674,6 @@ fn free<E: Bucketed>(
     let mut now = m.bucket::<E>(el);
     let (_, k, e) = E::slot(&now, i);
     let home = *E::home(&mut now, i);
-    let at = el * FLOW_WAYS as usize + i;
     if judged.is_some_and(|(key, seen)| !same_key(&k, key) || e.seen() != seen) {
         probe.moved(at);
         if m.give_back::<E>(g, &k, at, state, busy) {
