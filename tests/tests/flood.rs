@@ -628,6 +628,21 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
         anew: Option<usize>,
         gave_back_at: Option<usize>,
     }
+    impl Probe {
+        /// Sets (`on`) or clears the lock of `key`'s first bucket, as a data path writer.
+        fn lock(&mut self, key: &FlowKey, on: bool) {
+            let (hel, hw) = head_at(buckets_of(key, &self.g).0);
+            let mut heads = self.table.get(&hel, 0).unwrap();
+            // SAFETY: a bucket is plain words (384 bytes, 48 of them).
+            let words = unsafe { &mut *(&mut heads as *mut FlowBucket).cast::<[u64; 48]>() };
+            if on {
+                words[hw as usize] |= HEAD_LOCKED;
+            } else {
+                words[hw as usize] &= !HEAD_LOCKED;
+            }
+            self.table.set(hel, heads, 0).unwrap();
+        }
+    }
     impl SweepProbe for Probe {
         fn judged(&mut self, at: usize) {
             if self.moved.is_some() {
@@ -640,12 +655,7 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
             let key = b.slots[i].key;
             self.moved = Some((at, key));
             if self.case == Case::Locked {
-                let (hel, hw) = head_at(buckets_of(&key, &self.g).0);
-                let mut heads = self.table.get(&hel, 0).unwrap();
-                // SAFETY: a bucket is plain words (384 bytes, 48 of them).
-                let words = unsafe { &mut *(&mut heads as *mut FlowBucket).cast::<[u64; 48]>() };
-                words[hw as usize] |= HEAD_LOCKED;
-                self.table.set(hel, heads, 0).unwrap();
+                self.lock(&key, true);
             }
         }
         fn moved(&mut self, at: usize) {
@@ -733,12 +743,7 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
                 assert_eq!(swept.freed, 2 * u64::from(FLOWS), "{case:?}");
                 // The lock is still its holder's: the sweep took nothing back.
                 assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 1));
-                let (hel, hw) = head_at(buckets_of(&key, &probe.g).0);
-                let mut heads = probe.table.get(&hel, 0).unwrap();
-                // SAFETY: as above.
-                let words = unsafe { &mut *(&mut heads as *mut FlowBucket).cast::<[u64; 48]>() };
-                words[hw as usize] &= !HEAD_LOCKED;
-                probe.table.set(hel, heads, 0).unwrap();
+                probe.lock(&key, false);
             }
         }
         assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 0), "{case:?}");
