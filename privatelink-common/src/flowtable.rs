@@ -27,25 +27,65 @@ use crate::{FlowEntry, FlowEntry6, FlowKey, FlowKey6};
 /// Slots per bucket.
 pub const FLOW_WAYS: u32 = 4;
 
-/// `FlowSlot::state`'s low byte (`slot_state`): empty (never used, or freed).
+/// A slot's word (`FlowSlot::state`): bits 0 to 7 its state (`slot_state`: `SLOT_FREE`,
+/// `SLOT_BUSY`, `SLOT_LIVE`); bits 8 to 15 its key's last word (`SlotKey::TAIL`: the
+/// protocol, whose word holds nothing else), which the slot keeps here, not with the rest
+/// of its key (`FlowSlot::key`: a word fewer per slot, and a lookup compares it with no
+/// read beyond the word it reads anyway); bits 16 to 31 a generation, which every change
+/// moves on (`next_state`), so a compare-and-exchange against a word read a moment before
+/// fails if the slot was taken and given back since (16 bits: 65 536 changes of one slot
+/// within a reader's read of it); bits 32 to 63 its home (`slot_home`). The key's tail and
+/// the home are written with the word that publishes the slot (`published`).
+///
+/// State: empty (never used, or freed).
 pub const SLOT_FREE: u64 = 0;
 /// Being written by one CPU: no reader takes it, no other writer claims it.
 pub const SLOT_BUSY: u64 = 1;
 /// Holds a flow direction.
 pub const SLOT_LIVE: u64 = 2;
 
-/// What a slot's state word says: `SLOT_FREE`, `SLOT_BUSY` or `SLOT_LIVE`. Above the low
-/// byte, a generation that every change moves on (`next_state`), so a compare-and-exchange
-/// against a word read a moment before fails if the slot was taken and given back since.
+/// Where a slot word's generation is.
+const SLOT_GEN: u64 = 0xffff_0000;
+/// One step of the generation.
+const SLOT_GEN_ONE: u64 = 0x1_0000;
+/// Where a slot word's key tail is.
+const SLOT_TAIL_SHIFT: u32 = 8;
+
+/// What a slot's word says: `SLOT_FREE`, `SLOT_BUSY` or `SLOT_LIVE`.
 #[inline(always)]
 pub const fn slot_state(word: u64) -> u64 {
     word & 0xff
 }
 
-/// The word after `word` when the slot becomes `state`.
+/// The word after `word` when the slot becomes `state`: the generation moved on, the key
+/// tail and the home kept.
 #[inline(always)]
 pub const fn next_state(word: u64, state: u64) -> u64 {
-    ((word >> 8).wrapping_add(1) << 8) | state
+    (word & !(SLOT_GEN | 0xff)) | (word.wrapping_add(SLOT_GEN_ONE) & SLOT_GEN) | state
+}
+
+/// The word that publishes a slot claimed as `busy` live with a key whose last word is
+/// `tail` (`SlotKey::TAIL`: below 256) and with `home`: `next_state(busy, SLOT_LIVE)` with
+/// them in place of the slot's old ones.
+#[inline(always)]
+pub const fn published(busy: u64, tail: u32, home: u32) -> u64 {
+    let w = next_state(busy, SLOT_LIVE);
+    (w & (SLOT_GEN | 0xff)) | ((tail as u64 & 0xff) << SLOT_TAIL_SHIFT) | ((home as u64) << 32)
+}
+
+/// A slot's home, from its word: where its key's first bucket is when the key lives in
+/// its second, that bucket's element index in the table (never 0: the heads come first);
+/// 0 when it lives in its first. What an eviction or a removal lowers that bucket's spill
+/// count by, with no hash to compute.
+#[inline(always)]
+pub const fn slot_home(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+
+/// The last word of a slot's key, from its word (`SlotKey::TAIL`).
+#[inline(always)]
+pub const fn slot_tail(word: u64) -> u32 {
+    (word >> SLOT_TAIL_SHIFT) as u32 & 0xff
 }
 
 /// A table's geometry: its number of buckets (any number: `bucket_index` maps a hash onto
@@ -95,6 +135,10 @@ pub const fn heads(buckets: u32) -> u32 {
 pub const HEADS_LAYOUT: &str = "heads first: word 0 buckets<<32|seed, word 2+b bucket b's head \
      (bit 63 lock, 32..62 own element, 0..31 spill); bucket b at element heads+b";
 
+/// What a slot's word holds, as the layout fingerprint takes it in (with `KeyHash`).
+pub const SLOT_WORD_LAYOUT: &str =
+    "slot word: 0..7 state, 8..15 key's last word, 16..31 generation, 32..63 home";
+
 /// Words (`u64`) of the heads' region per element of the table.
 pub const HEADS_PER_ELEMENT: u32 = 32;
 
@@ -122,31 +166,64 @@ pub const HEAD_OWN: u32 = 0x7fff_ffff;
 /// The spill count: the low 32 bits.
 pub const HEAD_SPILL: u64 = 0xffff_ffff;
 
-/// A slot of a `FlowBucket`: 96 bytes, within two cache lines (a bucket is 384 bytes, six
-/// lines, and the array page-aligned: slots start at 0, 96, 192 and 288).
+/// A slot of a `FlowBucket`: 88 bytes, within two cache lines or three (a bucket is 352
+/// bytes, five and a half lines: slots start at 0, 88, 176 and 264).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot {
+    /// Its state, its key's last word, its generation and its home (`SLOT_FREE`).
     pub state: u64,
-    pub key: FlowKey,
-    /// Where the key's first bucket is when it lives in its second: that bucket's element
-    /// index in the table (never 0: the heads come first; 0: it lives in its first). What
-    /// an eviction or a removal lowers that bucket's spill count by, with no hash to
-    /// compute.
-    pub home: u32,
+    /// Its key's words but the last (`SlotKey::head`), which is in `state`.
+    pub key: [u32; 4],
     pub entry: FlowEntry,
 }
 
-/// A slot of a `FlowBucket6`: 144 bytes, within three cache lines (a bucket is 576 bytes,
-/// nine lines: slots start at 0, 144, 288 and 432).
+/// A slot of a `FlowBucket6`: 136 bytes, within three cache lines or four (a bucket is 544
+/// bytes, eight and a half lines: slots start at 0, 136, 272 and 408).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot6 {
+    /// As `FlowSlot::state`.
     pub state: u64,
-    pub key: FlowKey6,
-    /// As `FlowSlot::home`.
-    pub home: u32,
+    /// As `FlowSlot::key`.
+    pub key: [u32; 10],
     pub entry: FlowEntry6,
+}
+
+/// A slot's key, stored (`head`) or compared (`same_slot_key`) as the slot holds it.
+pub trait Slotted {
+    type Key: SlotKey;
+    /// The key of a slot whose word is `word` (its tail) and whose `key` is `head`.
+    fn key_of(word: u64, head: &[u32]) -> Self::Key {
+        let mut k = <Self::Key as SlotKey>::zero();
+        let n = <Self::Key as SlotKey>::WORDS;
+        for (i, w) in head.iter().take(n - 1).enumerate() {
+            k.set_word(i, *w);
+        }
+        k.set_word(n - 1, slot_tail(word));
+        k
+    }
+}
+
+impl Slotted for FlowSlot {
+    type Key = FlowKey;
+}
+impl Slotted for FlowSlot6 {
+    type Key = FlowKey6;
+}
+
+impl FlowSlot {
+    /// The key it holds (as its word and its `key` say).
+    pub fn flow_key(&self) -> FlowKey {
+        Self::key_of(self.state, &self.key)
+    }
+}
+
+impl FlowSlot6 {
+    /// The key it holds (as its word and its `key` say).
+    pub fn flow_key(&self) -> FlowKey6 {
+        Self::key_of(self.state, &self.key)
+    }
 }
 
 /// Value of `PL_CONNTRACK`: a bucket (the first elements: the heads, `heads`).
@@ -164,8 +241,8 @@ pub struct FlowBucket6 {
 }
 
 const _: () = assert!(
-    core::mem::size_of::<FlowSlot>() == 96
-        && core::mem::size_of::<FlowSlot6>() == 144
+    core::mem::size_of::<FlowSlot>() == 88
+        && core::mem::size_of::<FlowSlot6>() == 136
         && core::mem::size_of::<FlowBucket>() >= 8 * HEADS_PER_ELEMENT as usize
         && core::mem::size_of::<FlowBucket6>() >= 8 * HEADS_PER_ELEMENT as usize
         && core::mem::size_of::<FlowKey>() == 4 * 5
@@ -188,6 +265,17 @@ pub trait SlotKey: Copy {
     /// `word`, read from memory at every use: a lookup compares the key with several
     /// slots, and a copy of its words held across them would take the BPF stack.
     fn word_volatile(&self, i: usize) -> u32;
+    /// The key of all zero words.
+    fn zero() -> Self;
+    /// Sets word `i` (below `WORDS`).
+    fn set_word(&mut self, i: usize, w: u32);
+    /// Whether a slot can hold it: its last word (the protocol's, its padding zero, as
+    /// `FlowKey::new` and `FlowKey6::new` make it) fits the byte of a slot's word that
+    /// holds it (`slot_tail`).
+    #[inline(always)]
+    fn storable(&self) -> bool {
+        self.word(Self::WORDS - 1) <= 0xff
+    }
 }
 
 macro_rules! slot_key {
@@ -205,6 +293,16 @@ macro_rules! slot_key {
             fn word_volatile(&self, i: usize) -> u32 {
                 // SAFETY: as `word`.
                 unsafe { core::ptr::read_volatile((self as *const $t as *const u32).add(i)) }
+            }
+            #[inline(always)]
+            fn zero() -> Self {
+                <$t>::default()
+            }
+            #[inline(always)]
+            fn set_word(&mut self, i: usize, w: u32) {
+                assert!(i < $n);
+                // SAFETY: as `word`; any word is a valid value of the key's fields.
+                unsafe { *(self as *mut $t as *mut u32).add(i) = w }
             }
         }
     };
@@ -309,6 +407,42 @@ pub fn same_key<K: SlotKey>(a: &K, b: &K) -> bool {
         i += 1;
     }
     true
+}
+
+/// Whether a slot whose word is `word` and whose key (`FlowSlot::key`) begins at `head`
+/// holds `key`: its tail, in the word, then its other words, each read when compared.
+///
+/// # Safety
+/// `head` points at `K::WORDS - 1` readable words.
+#[inline(always)]
+pub unsafe fn same_slot_key<K: SlotKey>(word: u64, head: *const u32, key: &K) -> bool {
+    if slot_tail(word) != key.word_volatile(K::WORDS - 1) {
+        return false;
+    }
+    let mut i = 0;
+    while i < K::WORDS - 1 {
+        // SAFETY: the caller's words.
+        if unsafe { core::ptr::read_volatile(head.add(i)) } != key.word_volatile(i) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Writes `key`'s words but its last (which goes in the slot's word: `published`) to a
+/// slot's `key` at `head`.
+///
+/// # Safety
+/// `head` points at `K::WORDS - 1` writable words.
+#[inline(always)]
+pub unsafe fn write_head<K: SlotKey>(head: *mut u32, key: &K) {
+    let mut i = 0;
+    while i < K::WORDS - 1 {
+        // SAFETY: the caller's words.
+        unsafe { core::ptr::write_volatile(head.add(i), key.word_volatile(i)) };
+        i += 1;
+    }
 }
 
 /// `key`'s two buckets: a direction lives in either (two choices: a new one goes to the
@@ -529,6 +663,49 @@ mod tests {
         );
     }
 
+    /// A slot's word keeps its key's tail and its home across every change of state, its
+    /// generation moves at each and wraps inside its bits; a slot's key, split between
+    /// the word and its words, reads back whole and compares as the key.
+    #[test]
+    fn a_slot_word_keeps_its_key_tail_and_home() {
+        let k = FlowKey::new(7, [10, 0, 0, 1], [10, 0, 0, 2], 40000, 80, 17);
+        let mut slot = FlowSlot::default();
+        // SAFETY: the slot's key words.
+        unsafe { write_head(slot.key.as_mut_ptr(), &k) };
+        let busy = next_state(slot.state, SLOT_BUSY);
+        slot.state = published(busy, k.word(FlowKey::WORDS - 1), 0x8000_1234);
+        let w = slot.state;
+        assert_eq!(
+            (slot_state(w), slot_tail(w), slot_home(w)),
+            (SLOT_LIVE, 17, 0x8000_1234)
+        );
+        assert_eq!(slot.flow_key(), k);
+        // SAFETY: as above.
+        assert!(unsafe { same_slot_key(w, slot.key.as_ptr(), &k) });
+        let other = FlowKey::new(7, [10, 0, 0, 1], [10, 0, 0, 2], 40000, 80, 6);
+        // SAFETY: as above.
+        assert!(!unsafe { same_slot_key(w, slot.key.as_ptr(), &other) });
+        // 2^16 changes: every word differs from the one before, the tail and home stay.
+        let mut x = w;
+        for n in 1..=0x1_0000u32 {
+            let y = next_state(x, if n % 2 == 0 { SLOT_LIVE } else { SLOT_BUSY });
+            assert_ne!(y, x);
+            assert_eq!((slot_tail(y), slot_home(y)), (17, 0x8000_1234));
+            x = y;
+        }
+        assert_eq!(x, w, "the generation wraps in its own bits");
+        // A key whose last word holds more than its protocol fits no slot.
+        let mut odd = k;
+        odd._pad = 1;
+        assert!(k.storable() && !odd.storable());
+        let k6 = FlowKey6::new(9, [0x20; 16], [0xfd; 16], 1, 443, 6);
+        let mut s6 = FlowSlot6::default();
+        // SAFETY: the slot's key words.
+        unsafe { write_head(s6.key.as_mut_ptr(), &k6) };
+        s6.state = published(s6.state, k6.word(FlowKey6::WORDS - 1), 0);
+        assert_eq!(s6.flow_key(), k6);
+    }
+
     #[test]
     fn tables_have_the_buckets_their_entries_need() {
         assert_eq!(table_buckets(0), 1);
@@ -536,8 +713,8 @@ mod tests {
         assert_eq!(table_buckets(1 << 21), 1 << 19);
         assert_eq!(table_buckets((1 << 21) + 1), (1 << 19) + 1);
         assert_eq!(table_buckets(200_000), 50_000);
-        assert_eq!(size_of::<FlowBucket>(), 384);
-        assert_eq!(size_of::<FlowBucket6>(), 576);
+        assert_eq!(size_of::<FlowBucket>(), 352);
+        assert_eq!(size_of::<FlowBucket6>(), 544);
         // The heads: geometry, spare, then one word per bucket, 32 to an element.
         assert_eq!(heads(1), 1);
         assert_eq!(heads(30), 1);

@@ -93,6 +93,7 @@ impl Layout for crate::flowtable::KeyHash {
     fn layout(fp: &mut Fingerprint) {
         fp.bytes(crate::flowtable::KEY_HASH.as_bytes());
         fp.bytes(crate::flowtable::HEADS_LAYOUT.as_bytes());
+        fp.bytes(crate::flowtable::SLOT_WORD_LAYOUT.as_bytes());
         fp.number(crate::flowtable::HEADS_PER_ELEMENT as usize);
         for (first, second) in crate::flowtable::KeyHash::samples() {
             fp.number(first as usize);
@@ -145,8 +146,8 @@ layout! {
     };
     Rule6 { addr, prefix, proto, action, _pad, port_lo, port_hi };
     RuleSet6 { count, _pad, rules } [Rule6];
-    FlowSlot { state, key, home, entry } [FlowKey, FlowEntry];
-    FlowSlot6 { state, key, home, entry } [FlowKey6, FlowEntry6];
+    FlowSlot { state, key, entry } [FlowKey, FlowEntry];
+    FlowSlot6 { state, key, entry } [FlowKey6, FlowEntry6];
     FlowBucket { slots } [FlowSlot, crate::flowtable::KeyHash];
     FlowBucket6 { slots } [FlowSlot6, crate::flowtable::KeyHash];
 }

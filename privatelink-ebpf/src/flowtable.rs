@@ -30,7 +30,7 @@
 //! reads the first bucket and its head (a word of a line shared by 8 buckets), not two
 //! buckets. It is raised before such a key is published and lowered once
 //! a removal or an eviction has taken one (the slot records its key's first bucket's
-//! element, `FlowSlot::home`, so neither hashes the key again): never below its keys.
+//! element, its word's home, `slot_home`, so neither hashes the key again): never below its keys.
 //!
 //! A new direction takes a free slot of its first bucket while that keeps one spare, else
 //! of the emptier of the two (the first on a tie), else evicts the direction of the lowest `evict_rank` of the two: seen longest ago,
@@ -48,7 +48,8 @@ use privatelink_common::{
     FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6, Reason,
     flowtable::{
         FLOW_WAYS, HEAD_LOCKED, HEAD_OWN, HEAD_OWN_SHIFT, HEAD_SPILL, HEADS_PER_ELEMENT, SLOT_BUSY,
-        SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, head_at, next_state, same_key, slot_state,
+        SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, head_at, next_state, published, same_slot_key,
+        slot_home, slot_state, write_head,
     },
 };
 
@@ -65,13 +66,12 @@ pub trait Tabled: Copy + 'static {
     type Key: SlotKey;
     type Bucket: 'static;
     fn array() -> &'static FlowArray<Self::Bucket>;
-    /// Slot `i` of a bucket (`i` below `FLOW_WAYS`): its state, key and entry.
-    fn parts(b: *mut Self::Bucket, i: u32) -> (*mut u64, *mut Self::Key, *mut Self);
-    /// The key and entry of the slot whose state word is `state`: at fixed offsets from
-    /// it, so that code holding the state word's address holds them too.
-    fn key_entry(state: *mut u64) -> (*mut Self::Key, *mut Self);
-    /// The `home` word of the slot whose state word is `state` (as `key_entry`).
-    fn home(state: *mut u64) -> *mut u32;
+    /// Slot `i` of a bucket (`i` below `FLOW_WAYS`): its word, its key's other words
+    /// (`FlowSlot::key`) and its entry.
+    fn parts(b: *mut Self::Bucket, i: u32) -> (*mut u64, *mut u32, *mut Self);
+    /// The key's other words and the entry of the slot whose word is `state`: at fixed
+    /// offsets from it, so that code holding the word's address holds them too.
+    fn key_entry(state: *mut u64) -> (*mut u32, *mut Self);
     /// The state word of the slot whose entry is `entry` (`key_entry`'s inverse).
     fn state_of(entry: *mut Self) -> *mut u64;
     /// Its rank for eviction as a new entry made at tick `now` sees it (`evict_rank`: the
@@ -130,16 +130,20 @@ macro_rules! tabled {
                 &$map
             }
             #[inline(always)]
-            fn parts(b: *mut $slot, i: u32) -> (*mut u64, *mut $key, *mut $entry) {
+            fn parts(b: *mut $slot, i: u32) -> (*mut u64, *mut u32, *mut $entry) {
                 // SAFETY: field addresses of a slot of a valid bucket (`i & (FLOW_WAYS - 1)`
                 // keeps the verifier's bound), nothing read.
                 unsafe {
                     let s = &raw mut (*b).slots[(i & (FLOW_WAYS - 1)) as usize];
-                    (&raw mut (*s).state, &raw mut (*s).key, &raw mut (*s).entry)
+                    (
+                        &raw mut (*s).state,
+                        (&raw mut (*s).key).cast(),
+                        &raw mut (*s).entry,
+                    )
                 }
             }
             #[inline(always)]
-            fn key_entry(state: *mut u64) -> (*mut $key, *mut $entry) {
+            fn key_entry(state: *mut u64) -> (*mut u32, *mut $entry) {
                 // A slot's state word is its first field (`FlowSlot`, `FlowSlot6`).
                 const _: () = assert!(
                     core::mem::offset_of!(privatelink_common::flowtable::FlowSlot, state) == 0
@@ -149,13 +153,8 @@ macro_rules! tabled {
                 // SAFETY: field addresses of the slot that starts at `state`, nothing read.
                 unsafe {
                     let s = state.cast::<<$slot as SlotOf>::Slot>();
-                    (&raw mut (*s).key, &raw mut (*s).entry)
+                    ((&raw mut (*s).key).cast(), &raw mut (*s).entry)
                 }
-            }
-            #[inline(always)]
-            fn home(state: *mut u64) -> *mut u32 {
-                // SAFETY: a field address of the slot that starts at `state`, nothing read.
-                unsafe { &raw mut (*state.cast::<<$slot as SlotOf>::Slot>()).home }
             }
             #[inline(always)]
             fn state_of(entry: *mut $entry) -> *mut u64 {
@@ -358,7 +357,7 @@ fn live_word<E: Tabled>(p: *mut E::Bucket, i: u32, key: &E::Key) -> u64 {
     let w = load(state);
     barrier();
     // SAFETY: the key of a slot of a valid bucket.
-    if slot_state(w) == SLOT_LIVE && same_key(unsafe { &*k }, key) {
+    if slot_state(w) == SLOT_LIVE && unsafe { same_slot_key(w, k, key) } {
         w
     } else {
         0
@@ -368,7 +367,7 @@ fn live_word<E: Tabled>(p: *mut E::Bucket, i: u32, key: &E::Key) -> u64 {
 /// Slot `i` of the table (element `i / FLOW_WAYS`): state, key, entry; `None` past its end
 /// (`NONE` is).
 #[inline(always)]
-fn slot<E: Tabled>(i: u32) -> Option<(*mut u64, *mut E::Key, *mut E)> {
+fn slot<E: Tabled>(i: u32) -> Option<(*mut u64, *mut u32, *mut E)> {
     if i == NONE {
         return None;
     }
@@ -411,7 +410,7 @@ fn geometry<E: Tabled>() -> FlowGeometry {
     FlowGeometry::from_word(unsafe { core::ptr::read_volatile(b.cast::<u64>()) })
 }
 
-/// The head of the bucket at element `e` (`FlowSlot::home` and `buckets` speak of element
+/// The head of the bucket at element `e` (`slot_home` and `buckets` speak of element
 /// indices): its lock, its own index and its spill count (`HEAD_LOCKED`). `None` only
 /// where the word would be past the table's end; an `e` below the buckets (a `home` no
 /// writer records) would name a word of the heads' region, which callers never pass.
@@ -566,7 +565,7 @@ impl<E: Tabled> Table<E> {
         let w = load(state);
         barrier();
         // SAFETY: the key of a slot of a valid bucket.
-        (slot_state(w) == SLOT_LIVE && same_key(unsafe { &*k }, key))
+        (slot_state(w) == SLOT_LIVE && unsafe { same_slot_key(w, k, key) })
             .then_some(Seen { entry: e, word: w })
     }
 
@@ -604,20 +603,20 @@ impl<E: Tabled> Table<E> {
             return Err(ENOENT);
         };
         // Still this key's (the word read first: a slot taken since has another
-        // generation, and the exchange fails). Claimed before it is freed: its home is
-        // read while it is this remover's, after a full barrier, so it is this key's on
-        // any CPU (two plain loads may pass each other on arm64).
+        // generation, and the exchange fails). Claimed before it is freed; its home is
+        // the word's, so this key's. Its first bucket counts it no more only if the slot
+        // was freed: a claim taken from this remover (a sweep that took it for a stalled
+        // writer's) is its taker's to count.
         let w = load(state);
         // SAFETY: the key of a slot of a valid bucket.
         if slot_state(w) == SLOT_LIVE
-            && same_key(unsafe { &*k }, key)
+            && unsafe { same_slot_key(w, k, key) }
             && cas(state, w, next_state(w, SLOT_BUSY))
         {
-            // SAFETY: a word of this remover's slot.
-            let home = unsafe { core::ptr::read_volatile(E::home(state)) };
             let busy = next_state(w, SLOT_BUSY);
-            cas(state, busy, next_state(busy, SLOT_FREE));
-            unspill::<E>(home);
+            if cas(state, busy, next_state(busy, SLOT_FREE)) {
+                unspill::<E>(slot_home(w));
+            }
             Ok(())
         } else {
             Err(ENOENT)
@@ -642,6 +641,11 @@ fn insert<E: Tabled>(key: &E::Key, value: &E, noexist: bool) -> i64 {
 /// `insert`, without marking its failure for `refused`.
 #[inline(always)]
 fn insert_unmarked<E: Tabled>(key: &E::Key, value: &E, noexist: bool) -> i64 {
+    // A key whose last word is more than its protocol byte fits no slot's word
+    // (`SlotKey::storable`; none the paths make).
+    if !key.storable() {
+        return E2BIG;
+    }
     let Some((room, first, second)) = buckets::<E>(key) else {
         return E2BIG;
     };
@@ -734,7 +738,7 @@ fn pair_slot<E: Tabled>(
     p1: *mut E::Bucket,
     p2: *mut E::Bucket,
     j: u32,
-) -> (*mut u64, *mut E::Key, *mut E) {
+) -> (*mut u64, *mut u32, *mut E) {
     E::parts(if j < FLOW_WAYS { p1 } else { p2 }, j % FLOW_WAYS)
 }
 
@@ -759,7 +763,7 @@ fn insert_locked<E: Tabled>(
         let (state, k, e) = pair_slot::<E>(p1, p2, j);
         let w = load(state);
         // SAFETY: the key of a slot of a valid bucket.
-        if slot_state(w) == SLOT_LIVE && same_key(unsafe { &*k }, key) {
+        if slot_state(w) == SLOT_LIVE && unsafe { same_slot_key(w, k, key) } {
             if noexist {
                 return EEXIST;
             }
@@ -769,7 +773,7 @@ fn insert_locked<E: Tabled>(
                 return E2BIG;
             }
             // SAFETY: this writer's slot now, still this key's (the exchange above
-            // fails for a slot taken since).
+            // fails for a slot taken since); its word keeps the key's tail and home.
             unsafe { *e = *value };
             let busy = next_state(w, SLOT_BUSY);
             return if cas(state, busy, next_state(busy, SLOT_LIVE)) {
@@ -858,33 +862,29 @@ fn insert_locked<E: Tabled>(
     }
     // Counted before it is published: a reader that finds the key in its second bucket
     // found the count up first. A victim that lived in its second bucket is uncounted by
-    // the caller, once the lock is given back (`insert_unmarked`), from the home its slot
-    // recorded: returned, as a number above 0.
-    let home = E::home(state);
-    // SAFETY: this writer's slot; a word of its first bucket.
-    let victim = unsafe {
-        let victim = if was == SLOT_LIVE {
-            core::ptr::read_volatile(home)
-        } else {
-            0
-        };
-        *home = if spilled {
-            (core::ptr::read_volatile(head) >> HEAD_OWN_SHIFT) as u32 & HEAD_OWN
-        } else {
-            0
-        };
-        victim
+    // the caller, once the lock is given back (`insert_unmarked`), from the home its
+    // slot's word recorded (the claim kept it): returned, as a number above 0. The new
+    // key's home and tail go in the word that publishes it.
+    let busy = load(state);
+    let victim = if was == SLOT_LIVE { slot_home(busy) } else { 0 };
+    let home = if spilled {
+        (load(head) >> HEAD_OWN_SHIFT) as u32 & HEAD_OWN
+    } else {
+        0
     };
     if spilled {
         add(head, 1);
     }
-    // SAFETY: as above.
+    // SAFETY: this writer's slot: its key's other words and its entry.
     unsafe {
-        *k = *key;
+        write_head(k, key);
         *e = *value;
     }
-    let busy = load(state);
-    if cas(state, busy, next_state(busy, SLOT_LIVE)) {
+    if cas(
+        state,
+        busy,
+        published(busy, key.word(E::Key::WORDS - 1), home),
+    ) {
         victim as i64
     } else {
         E2BIG

@@ -10,7 +10,10 @@ use std::{
 
 use privatelink_common::{
     FlowEntry, FlowEntry6, FlowGeometry, FlowSlot, FlowSlot6, Reason, checked_tick,
-    flowtable::{FLOW_WAYS, SLOT_BUSY, SLOT_LIVE, next_state, slot_state},
+    flowtable::{
+        FLOW_WAYS, SLOT_BUSY, SLOT_LIVE, SlotKey, next_state, published, same_slot_key, slot_home,
+        slot_state, write_head,
+    },
     map_names,
 };
 
@@ -121,7 +124,7 @@ pub fn one_race() -> std::sync::MutexGuard<'static, ()> {
 /// race was not run. Returns (forwarded, dropped, dropped by the check). A test that
 /// races holds `one_race()` from its start.
 #[allow(clippy::too_many_arguments)]
-pub fn race<K: Copy + PartialEq + Send + Sync, V: Confirmed + Send + Sync>(
+pub fn race<K: SlotKey + Send + Sync, V: Confirmed + Send + Sync>(
     h: &mut Harness,
     t: &Slots,
     frame: &[u8],
@@ -182,8 +185,8 @@ pub fn race<K: Copy + PartialEq + Send + Sync, V: Confirmed + Send + Sync>(
             // SAFETY: a slot's state word and key, inside the mapping.
             unsafe {
                 let s = base.add(i * t.size);
-                slot_state(std::ptr::read_volatile(s.cast::<u64>())) == SLOT_LIVE
-                    && std::ptr::read_volatile(s.add(t.key).cast::<K>()) == mine.0
+                let w = std::ptr::read_volatile(s.cast::<u64>());
+                slot_state(w) == SLOT_LIVE && same_slot_key(w, s.add(t.key).cast(), &mine.0)
             }
         })
         .expect("the flow's slot");
@@ -216,10 +219,11 @@ pub fn race<K: Copy + PartialEq + Send + Sync, V: Confirmed + Send + Sync>(
                     }
                     // SAFETY: this writer's slot now.
                     unsafe {
-                        std::ptr::write_volatile(slot.add(t.key).cast::<K>(), k);
+                        write_head(slot.add(t.key).cast(), &k);
                         std::ptr::write_volatile(slot.add(t.entry).cast::<V>(), e.confirmed());
                     }
-                    state.store(next_state(busy, SLOT_LIVE), SeqCst);
+                    let tail = k.word(K::WORDS - 1);
+                    state.store(published(busy, tail, slot_home(busy)), SeqCst);
                 }
                 turns += 1;
             }
@@ -283,11 +287,9 @@ pub fn race<K: Copy + PartialEq + Send + Sync, V: Confirmed + Send + Sync>(
     // SAFETY: the slot's state word and key, inside the mapping.
     unsafe {
         let s = base.add(at * t.size);
-        assert_eq!(
-            slot_state(std::ptr::read_volatile(s.cast::<u64>())),
-            SLOT_LIVE
-        );
-        assert!(std::ptr::read_volatile(s.add(t.key).cast::<K>()) == mine.0);
+        let w = std::ptr::read_volatile(s.cast::<u64>());
+        assert_eq!(slot_state(w), SLOT_LIVE);
+        assert!(same_slot_key(w, s.add(t.key).cast(), &mine.0));
     }
     // SAFETY: the mapping made above.
     unsafe { libc::munmap(base.cast(), len) };

@@ -505,7 +505,11 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
             aya::maps::Array::try_from(h.dp.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
         let el = g.heads() + b;
         let mut bucket = a.get(&el, 0).unwrap();
-        let s = bucket.slots.iter_mut().find(|s| s.key == key).unwrap();
+        let s = bucket
+            .slots
+            .iter_mut()
+            .find(|s| s.flow_key() == key)
+            .unwrap();
         s.state = next_state(s.state, SLOT_BUSY);
         a.set(el, bucket, 0).unwrap();
     }
@@ -603,7 +607,7 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
     use privatelink_common::{
         FlowBucket,
         flowtable::{
-            FLOW_WAYS, HEAD_LOCKED, SLOT_FREE, SLOT_LIVE, buckets_of, head_at, next_state,
+            FLOW_WAYS, HEAD_LOCKED, SLOT_FREE, buckets_of, head_at, published, write_head,
         },
         seen_tick,
     };
@@ -633,8 +637,8 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
         fn lock(&mut self, key: &FlowKey, on: bool) {
             let (hel, hw) = head_at(buckets_of(key, &self.g).0);
             let mut heads = self.table.get(&hel, 0).unwrap();
-            // SAFETY: a bucket is plain words (384 bytes, 48 of them).
-            let words = unsafe { &mut *(&mut heads as *mut FlowBucket).cast::<[u64; 48]>() };
+            // SAFETY: a bucket is plain words (352 bytes, 44 of them).
+            let words = unsafe { &mut *(&mut heads as *mut FlowBucket).cast::<[u64; 44]>() };
             if on {
                 words[hw as usize] |= HEAD_LOCKED;
             } else {
@@ -652,7 +656,7 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
             let mut b = self.table.get(&el, 0).unwrap();
             b.slots[i].entry.last_seen = self.stamp;
             self.table.set(el, b, 0).unwrap();
-            let key = b.slots[i].key;
+            let key = b.slots[i].flow_key();
             self.moved = Some((at, key));
             if self.case == Case::Locked {
                 self.lock(&key, true);
@@ -674,9 +678,9 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
             let i = (0..FLOW_WAYS as usize)
                 .find(|&i| b.slots[i].state & 0xff == SLOT_FREE)
                 .expect("a free slot in the key's first bucket");
-            b.slots[i].state = next_state(b.slots[i].state, SLOT_LIVE);
-            b.slots[i].key = key;
-            b.slots[i].home = 0;
+            // SAFETY: the slot's key words, in this copy of its bucket.
+            unsafe { write_head(b.slots[i].key.as_mut_ptr(), &key) };
+            b.slots[i].state = published(b.slots[i].state, u32::from(key.proto), 0);
             b.slots[i].entry = src.entry;
             self.table.set(el, b, 0).unwrap();
             self.anew = Some(el as usize * FLOW_WAYS as usize + i);

@@ -20,8 +20,8 @@ use privatelink_common::{
     FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6,
     flowtable::{
         FLOW_WAYS, HEAD_LOCKED, HEAD_OWN_SHIFT, HEAD_SPILL, HEADS_PER_ELEMENT, SLOT_BUSY,
-        SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, head_at, next_state, same_key, slot_state,
-        table_buckets,
+        SLOT_FREE, SLOT_LIVE, SlotKey, Slotted, buckets_of, head_at, next_state, published,
+        same_key, slot_home, slot_state, table_buckets,
     },
 };
 
@@ -39,11 +39,12 @@ pub trait Bucketed: TableEntry<Key: SlotKey> {
     fn rank(&self, now: u32) -> u64;
     /// Its `last_seen` tick: a new entry's is the tick it is made at.
     fn seen(&self) -> u32;
-    /// Makes slot `i` hold `key` and `entry` (`SLOT_LIVE`), or frees it (`None`).
-    fn set_slot(b: &mut Self::Bucket, i: usize, kv: Option<(Self::Key, Self)>);
-    /// Slot `i`'s home: its key's first bucket's element index when it lives in its
-    /// second, else 0.
-    fn home(b: &mut Self::Bucket, i: usize) -> &mut u32;
+    /// Makes slot `i` hold `key` and `entry` (`SLOT_LIVE`) with `home` (`slot_home`), or
+    /// frees it (`None`).
+    fn set_slot(b: &mut Self::Bucket, i: usize, kv: Option<(Self::Key, Self, u32)>);
+    /// Slot `i`'s home (`slot_home`): its key's first bucket's element index when it
+    /// lives in its second, else 0.
+    fn home(b: &Self::Bucket, i: usize) -> u32;
     /// Where a slot's entry's `last_seen` is, in bytes from the slot's start.
     const SEEN_OFFSET: usize;
 }
@@ -54,12 +55,16 @@ macro_rules! bucketed {
             type Bucket = $bucket;
             const SEEN_OFFSET: usize =
                 std::mem::offset_of!($slot, entry) + std::mem::offset_of!($entry, last_seen);
-            fn home(b: &mut $bucket, i: usize) -> &mut u32 {
-                &mut b.slots[i].home
+            fn home(b: &$bucket, i: usize) -> u32 {
+                slot_home(b.slots[i].state)
             }
             fn slot(b: &$bucket, i: usize) -> (u64, $key, $entry) {
                 let s = &b.slots[i];
-                (slot_state(s.state), s.key, s.entry)
+                (
+                    slot_state(s.state),
+                    <$slot>::key_of(s.state, &s.key),
+                    s.entry,
+                )
             }
             fn word(b: &$bucket, i: usize) -> u64 {
                 b.slots[i].state
@@ -70,11 +75,16 @@ macro_rules! bucketed {
             fn seen(&self) -> u32 {
                 self.last_seen
             }
-            fn set_slot(b: &mut $bucket, i: usize, kv: Option<($key, $entry)>) {
+            fn set_slot(b: &mut $bucket, i: usize, kv: Option<($key, $entry, u32)>) {
                 let s = &mut b.slots[i];
                 match kv {
-                    Some((k, e)) => {
-                        (s.state, s.key, s.entry) = (next_state(s.state, SLOT_LIVE), k, e)
+                    Some((k, e, home)) => {
+                        let n = <$key as SlotKey>::WORDS;
+                        for (j, w) in s.key.iter_mut().enumerate().take(n - 1) {
+                            *w = k.word(j);
+                        }
+                        s.state = published(s.state, k.word(n - 1), home);
+                        s.entry = e;
                     }
                     None => s.state = next_state(s.state, SLOT_FREE),
                 }
@@ -670,10 +680,11 @@ fn free<E: Bucketed>(
     {
         return false;
     }
-    // This sweeper's slot now: read again (after the exchange's full barrier).
-    let mut now = m.bucket::<E>(el);
+    // This sweeper's slot now: read again (after the exchange's full barrier). Its home
+    // is its word's (the word claimed kept it).
+    let now = m.bucket::<E>(el);
     let (_, k, e) = E::slot(&now, i);
-    let home = *E::home(&mut now, i);
+    let home = slot_home(busy);
     if judged.is_some_and(|(key, seen)| !same_key(&k, key) || e.seen() != seen) {
         probe.moved(at);
         if m.give_back::<E>(g, &k, at, state, busy) {
@@ -747,7 +758,7 @@ pub fn bucket_full<E: Bucketed>(table: &Map, g: &FlowGeometry, key: &E::Key) -> 
 /// path would evict (the lowest `rank`, not above `entry`'s). For tables no packet changes
 /// meanwhile: the bucket is written whole.
 pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: E) -> Result<()> {
-    let mut pair = pair_for::<E>(table, g, key)?;
+    let pair = pair_for::<E>(table, g, key)?;
     let existing = position::<E>(&pair, key);
     let ways = 0..FLOW_WAYS as usize;
     let free = |b: &E::Bucket| {
@@ -792,7 +803,7 @@ pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: 
     // two of them may be one.)
     let spilled = existing.is_none() && b == 1 && pair[0].0 != pair[1].0;
     let victim = if existing.is_none() && E::slot(&pair[b].1, i).0 == SLOT_LIVE {
-        *E::home(&mut pair[b].1, i)
+        E::home(&pair[b].1, i)
     } else {
         0
     };
@@ -801,10 +812,14 @@ pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: 
     }
     let h = g.heads();
     let mut bucket = a.get(&(h + pair[b].0), 0)?;
-    E::set_slot(&mut bucket, i, Some((*key, entry)));
-    if existing.is_none() {
-        *E::home(&mut bucket, i) = if spilled { h + pair[0].0 } else { 0 };
-    }
+    let home = if existing.is_some() {
+        E::home(&bucket, i)
+    } else if spilled {
+        h + pair[0].0
+    } else {
+        0
+    };
+    E::set_slot(&mut bucket, i, Some((*key, entry, home)));
     a.set(h + pair[b].0, bucket, 0)?;
     if victim != 0 {
         add_spill::<E>(&mut a, victim.wrapping_sub(h), -1)?;
@@ -869,7 +884,7 @@ pub fn spill_audit<E: Bucketed>(table: &Map, g: &FlowGeometry) -> Result<Vec<(u3
     let n = g.buckets as usize;
     let (mut counts, mut keys) = (vec![0u64; n], vec![0u64; n]);
     for b in 0..g.buckets {
-        let mut bucket = a.get(&(g.heads() + b), 0)?;
+        let bucket = a.get(&(g.heads() + b), 0)?;
         // The count, and the bits above it: the lock (free) and the own index (written
         // with the table) are checked with it.
         let h = head::<E>(&a, b)?;
@@ -895,7 +910,7 @@ pub fn spill_audit<E: Bucketed>(table: &Map, g: &FlowGeometry) -> Result<Vec<(u3
                 keys[first as usize] += 1;
                 g.heads() + first
             };
-            let home = *E::home(&mut bucket, i);
+            let home = E::home(&bucket, i);
             anyhow::ensure!(
                 home == want,
                 "bucket {b} slot {i}: home {home}, its key's first bucket is {first} (want {want})"
@@ -917,7 +932,7 @@ pub fn remove<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key) -> R
     let Some((b, i)) = position::<E>(&pair, key) else {
         return Ok(false);
     };
-    let home = *E::home(&mut pair[b].1, i);
+    let home = E::home(&pair[b].1, i);
     E::set_slot(&mut pair[b].1, i, None);
     let mut a: Array<_, E::Bucket> = Array::try_from(table)?;
     // The slot freed first, then its home's count lowered (as the data path does: a count
