@@ -32,7 +32,7 @@
 //! a removal or an eviction has taken one (the slot records its key's first bucket's
 //! element, its word's home, `slot_home`, so neither hashes the key again): never below its keys.
 //!
-//! A new direction takes a free slot of its first bucket while that keeps one spare, else
+//! A new direction takes a free slot of its first bucket while that keeps two spare, else
 //! of the emptier of the two (the first on a tie), else evicts the direction of the lowest `evict_rank` of the two: seen longest ago,
 //! established ones held `ESTABLISHED_GRACE_NS` longer (an embryonic flow's clock stops at
 //! its creation: half-open flows go first), and only a rank not above the new entry's. So an
@@ -47,9 +47,9 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_map_lookup_elem};
 use privatelink_common::{
     FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6, Reason,
     flowtable::{
-        FLOW_WAYS, HEAD_LOCKED, HEAD_OWN, HEAD_OWN_SHIFT, HEAD_SPILL, HEADS_PER_ELEMENT, SLOT_BUSY,
-        SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, head_at, next_state, published, same_slot_key,
-        slot_home, slot_state, write_head,
+        FIRST_WHILE_FREE, FLOW_WAYS, HEAD_LOCKED, HEAD_OWN, HEAD_OWN_SHIFT, HEAD_SPILL,
+        HEADS_PER_ELEMENT, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, head_at,
+        next_state, published, same_slot_key, slot_home, slot_state, to_first, write_head,
     },
 };
 
@@ -784,10 +784,10 @@ fn insert_locked<E: Tabled>(
         }
     }
     // Free slots: the first bucket's in the low byte, the second's above (counted only
-    // when the first has fewer than two: it is not read otherwise).
+    // when the first has fewer than `FIRST_WHILE_FREE`: it is not read otherwise).
     let mut free = 0u32;
     for j in 0..2 * FLOW_WAYS {
-        if j == FLOW_WAYS && free >= 2 {
+        if j == FLOW_WAYS && free >= FIRST_WHILE_FREE {
             break;
         }
         let (state, _, _) = pair_slot::<E>(p1, p2, j);
@@ -796,16 +796,13 @@ fn insert_locked<E: Tabled>(
         }
     }
     let (n1, n2) = (free & 0xff, free >> 8);
-    // The first bucket while it keeps a slot spare, else the emptier (the first on a tie):
+    // The first bucket while it keeps two slots spare, else the emptier (the first on a
+    // tie; `to_first`):
     // lookups try the first first, and the buckets still fill evenly; else the lowest
     // rank, if not above the new entry's (an established direction that talked lately is
     // never given up).
     let at = if n1 > 0 || n2 > 0 {
-        let from = if n1 >= 2 || (n1 > 0 && n1 >= n2) {
-            0
-        } else {
-            FLOW_WAYS
-        };
+        let from = if to_first(n1, n2) { 0 } else { FLOW_WAYS };
         let mut at = NONE;
         for i in 0..FLOW_WAYS {
             let (state, _, _) = pair_slot::<E>(p1, p2, from + i);

@@ -289,7 +289,7 @@ fn a_direction_in_its_second_bucket_is_counted_and_found() {
             .copied()
     };
     // 64 slots (16 buckets), filled by new flows the data path makes until a direction had
-    // to go to its second bucket (a first bucket keeps a slot spare; long before 48
+    // to go to its second bucket (a first bucket keeps two slots spare; long before 48
     // directions fill three quarters of the table). The hash seed is drawn per table: in
     // the rare table where a pair of buckets filled first (an eviction), another table.
     let (mut h, g, placed, (_, key, entry)) = (0..5)
@@ -407,13 +407,35 @@ fn a_direction_in_its_second_bucket_is_counted_and_found() {
     assert_eq!(count_of(&audit(&h)), before - 1);
 }
 
+/// Sets (`on`) or clears bucket `b`'s lock (its head's top bit) in `table`, the IPv4 flow
+/// table, as a writer holding it would.
+fn set_lock<T: std::borrow::BorrowMut<aya::maps::MapData>>(
+    table: &mut aya::maps::Array<T, privatelink_common::FlowBucket>,
+    b: u32,
+    on: bool,
+) {
+    use privatelink_common::flowtable::{HEAD_LOCKED, head_at};
+    let (hel, hw) = head_at(b);
+    let mut heads = table.get(&hel, 0).unwrap();
+    const WORDS: usize = std::mem::size_of::<privatelink_common::FlowBucket>() / 8;
+    // SAFETY: a bucket is plain words, 8-aligned (its slots begin with one).
+    let words = unsafe { &mut *(&raw mut heads).cast::<[u64; WORDS]>() };
+    if on {
+        words[hw as usize] |= HEAD_LOCKED;
+    } else {
+        words[hw as usize] &= !HEAD_LOCKED;
+    }
+    table.set(hel, heads, 0).unwrap();
+}
+
 /// The daemon's sweep (`flowtable::sweep`) frees both directions of every dead flow (no
 /// direction seen within its idle timeout), and nothing else: a flow seen one way only
 /// lives on both ways, as the data path judges it, but an old reply whose forward key now
 /// belongs to another flow (which does not name it as its partner) is dead. Directions
 /// freed from their second bucket are taken off their first bucket's spill count; a slot
 /// left busy (a sweeper killed between its claim and its free) is freed by the first
-/// sweep `BUSY_STALE_NS` after one first saw it, and not before; a live flow's direction whose stamp is older than
+/// sweep `BUSY_STALE_NS` after one first saw it, and not before, and so is a bucket lock
+/// left held (a sweeper killed in a give-back); a live flow's direction whose stamp is older than
 /// `SEEN_FLOOR` is stamped `SEEN_FLOOR` ago; and every flow kept still forwards
 /// afterwards (its lookup still reaches its second bucket where it lives there).
 #[test]
@@ -423,7 +445,7 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
         flowtable::{SLOT_BUSY, buckets_of, next_state},
         map_names, seen_tick,
     };
-    use privatelink_user::dataplane::flowtable::{BUSY_STALE_NS, SEEN_FLOOR};
+    use privatelink_user::dataplane::flowtable::{BUSY_STALE_NS, BusySlots, SEEN_FLOOR};
     const FLOWS: u32 = 300;
     let mut h = unshared(2048);
     fill(&mut h, 0..FLOWS, 0).unwrap();
@@ -513,10 +535,22 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
         s.state = next_state(s.state, SLOT_BUSY);
         a.set(el, bucket, 0).unwrap();
     }
-    let mut busy = std::collections::HashMap::new();
+    // A bucket lock left held (a sweeper killed in a give-back), on a bucket whose spill
+    // count is 0 (no key's home: no free moves its head).
+    let counted = h.dp.flow_spill_audit::<FlowEntry>().unwrap();
+    let stuck = (0..g.buckets)
+        .find(|b| !counted.iter().any(|c| c.0 == *b))
+        .unwrap();
+    set_lock(
+        &mut aya::maps::Array::try_from(h.dp.map_mut(map_names::CONNTRACK).unwrap()).unwrap(),
+        stuck,
+        true,
+    );
+    let mut busy = BusySlots::default();
     let swept =
         h.dp.sweep_flows::<FlowEntry>(later, &cfg, &mut busy)
             .unwrap();
+    assert_eq!((busy.locks(), swept.unlocked), (1, 0), "the lock noted");
     // Dead: flows i % 3 == 1 but flow 1's forward entry (its new flow's, live).
     let dead = 2 * (0..FLOWS).filter(|i| i % 3 == 1).count() as u64 - 1;
     assert_eq!(busy.len(), 1, "the busy slot noted");
@@ -567,6 +601,7 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
     );
     assert_eq!(h.dp.flows().unwrap().len(), left.len(), "nothing freed");
     assert_eq!(busy.len(), 1, "the busy slot still noted");
+    assert_eq!((busy.locks(), soon.unlocked), (1, 0), "the lock left");
     let again =
         h.dp.sweep_flows::<FlowEntry>(later + BUSY_STALE_NS, &cfg, &mut busy)
             .unwrap();
@@ -576,6 +611,11 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
         "{again:?}"
     );
     assert!(busy.is_empty());
+    assert_eq!(
+        (busy.locks(), again.unlocked),
+        (0, 1),
+        "the lock given back"
+    );
     let (left, _) = kept(&h, 0);
     assert_eq!(left.len() as u64, 2 * u64::from(FLOWS) - dead - 1);
     for &(b, count, keys) in &h.dp.flow_spill_audit::<FlowEntry>().unwrap() {
@@ -606,9 +646,7 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
     use aya::maps::{Array, Map, MapData};
     use privatelink_common::{
         FlowBucket,
-        flowtable::{
-            FLOW_WAYS, HEAD_LOCKED, SLOT_FREE, buckets_of, head_at, published, write_head,
-        },
+        flowtable::{FLOW_WAYS, SLOT_FREE, buckets_of, published, write_head},
         seen_tick,
     };
     use privatelink_user::dataplane::{
@@ -635,16 +673,7 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
     impl Probe {
         /// Sets (`on`) or clears the lock of `key`'s first bucket, as a data path writer.
         fn lock(&mut self, key: &FlowKey, on: bool) {
-            let (hel, hw) = head_at(buckets_of(key, &self.g).0);
-            let mut heads = self.table.get(&hel, 0).unwrap();
-            // SAFETY: a bucket is plain words (352 bytes, 44 of them).
-            let words = unsafe { &mut *(&mut heads as *mut FlowBucket).cast::<[u64; 44]>() };
-            if on {
-                words[hw as usize] |= HEAD_LOCKED;
-            } else {
-                words[hw as usize] &= !HEAD_LOCKED;
-            }
-            self.table.set(hel, heads, 0).unwrap();
+            set_lock(&mut self.table, buckets_of(key, &self.g).0, on);
         }
     }
     impl SweepProbe for Probe {
@@ -802,7 +831,7 @@ fn sweeping_while_packets_run_frees_only_dead_flows() {
         let sweeper = s.spawn(|| {
             use privatelink_user::dataplane::flowtable::sweep;
             pin_to(cpus[1]);
-            let mut busy = std::collections::HashMap::new();
+            let mut busy = Default::default();
             let (mut sweeps, mut freed) = (0u32, 0u64);
             while !stop.load(std::sync::atomic::Ordering::SeqCst) && sweeps < 100_000 {
                 let now = privatelink_tests::scale::ktime_ns();

@@ -21,7 +21,7 @@ use privatelink_common::{
     flowtable::{
         FLOW_WAYS, HEAD_LOCKED, HEAD_OWN_SHIFT, HEAD_SPILL, HEADS_PER_ELEMENT, SLOT_BUSY,
         SLOT_FREE, SLOT_LIVE, SlotKey, Slotted, buckets_of, head_at, next_state, published,
-        same_key, slot_home, slot_state, table_buckets,
+        same_key, slot_home, slot_state, table_buckets, to_first,
     },
 };
 
@@ -387,7 +387,7 @@ pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 pub fn start_sweeper(pin_dir: std::path::PathBuf, ids: [u32; 2]) {
     tokio::spawn(async move {
         let mut took = std::time::Duration::ZERO;
-        let mut busy = [BusySlots::new(), BusySlots::new()];
+        let mut busy = [BusySlots::default(), BusySlots::default()];
         loop {
             tokio::time::sleep(SWEEP_EVERY.max(took * 4)).await;
             let start = std::time::Instant::now();
@@ -472,6 +472,9 @@ pub struct Swept {
     /// Slots it passed over while a partner's bucket was being written (the next sweep
     /// takes them).
     pub passed: u64,
+    /// Bucket locks it gave back, held with the same head for `BUSY_STALE_NS` (a sweeper
+    /// killed while it held one for a give-back).
+    pub unlocked: u64,
 }
 
 /// The oldest a stamp is let get (`sweep`): a quarter of the 32-bit tick's wrap, 0.57
@@ -494,9 +497,31 @@ pub const BUSY_STALE_NS: u64 = 10_000_000_000;
 /// frees the slot instead.
 pub const GIVE_BACK_SPIN: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// The busy slots one sweep found, for the next (`sweep`): a slot's index in the table's
-/// slots → its state word and when a sweep first found it busy with that word.
-pub type BusySlots = std::collections::HashMap<usize, (u64, u64)>;
+/// What one sweep found held, for the next (`sweep`): the busy slots (a slot's index in
+/// the table's slots → its state word and when a sweep first found it busy with that
+/// word) and the locked buckets (a bucket → its head and when a sweep first found it so).
+#[derive(Clone, Debug, Default)]
+pub struct BusySlots {
+    slots: std::collections::HashMap<usize, (u64, u64)>,
+    locks: std::collections::HashMap<u32, (u64, u64)>,
+}
+
+impl BusySlots {
+    /// The busy slots noted.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no busy slot is noted.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The locked buckets noted.
+    pub fn locks(&self) -> usize {
+        self.locks.len()
+    }
+}
 
 /// Frees the directions of `E`'s table whose flow has been dead for `SWEEP_MARGIN_NS` at
 /// `now_ns` (neither direction seen within its idle timeout under `cfg`, a partner
@@ -525,8 +550,11 @@ pub type BusySlots = std::collections::HashMap<usize, (u64, u64)>;
 /// words and since when; one still busy with the same word `BUSY_STALE_NS` later has no
 /// writer (a data path writer holds a slot for a moment; a sweeper killed between its
 /// claim and its free leaves it busy for good) and is freed (claimed again, by a new
-/// generation of the word, so one sweeper takes it). Replaced by this sweep's. The daemon
-/// sweeps both tables every `SWEEP_EVERY`.
+/// generation of the word, so one sweeper takes it). Likewise the bucket locks it found
+/// held: one still held with the same head `BUSY_STALE_NS` later (a sweeper killed while
+/// it held one for a give-back would leave it held for good, and its bucket's new keys
+/// refused) is given back. Replaced by this sweep's. The daemon sweeps both tables every
+/// `SWEEP_EVERY`.
 pub fn sweep<E: Bucketed>(
     table: &Map,
     now_ns: u64,
@@ -565,13 +593,36 @@ pub fn sweep_probed<E: Bucketed>(
     let judged = now_ns.saturating_sub(SWEEP_MARGIN_NS);
     let floor = privatelink_common::seen_tick(now_ns).wrapping_sub(SEEN_FLOOR);
     let mut swept = Swept::default();
-    let mut still_busy = BusySlots::new();
+    let mut still_busy = BusySlots::default();
     // Whether slot `at`, busy with word `w`, has been so for `BUSY_STALE_NS`.
     let stale = |at: usize, w: u64| {
-        busy.get(&at)
+        busy.slots
+            .get(&at)
             .is_some_and(|&(was, since)| was == w && now_ns.saturating_sub(since) >= BUSY_STALE_NS)
     };
     for el in m.buckets(&g) {
+        // Its lock, if set: given back if it has been so, its head unchanged (no writer
+        // has moved its spill count either), for `BUSY_STALE_NS` (a data path writer
+        // holds it for microseconds, and cannot die holding it; a sweeper can).
+        let b = (el - g.heads() as usize) as u32;
+        let (hel, hw) = head_at(b);
+        let head = m.atomic(hel as usize, hw as usize * 8);
+        let h = head.load(Ordering::SeqCst);
+        if h & HEAD_LOCKED != 0 {
+            let since = busy
+                .locks
+                .get(&b)
+                .filter(|l| l.0 == h)
+                .map_or(now_ns, |l| l.1);
+            if now_ns.saturating_sub(since) < BUSY_STALE_NS {
+                still_busy.locks.insert(b, (h, since));
+            } else if head
+                .compare_exchange(h, h & !HEAD_LOCKED, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                swept.unlocked += 1;
+            }
+        }
         let bucket = m.bucket::<E>(el);
         for i in 0..FLOW_WAYS as usize {
             let (state, k, e) = E::slot(&bucket, i);
@@ -581,8 +632,12 @@ pub fn sweep_probed<E: Bucketed>(
                 if stale(at, w) {
                     swept.freed += u64::from(free::<E>(&m, &g, el, i, w, None, probe));
                 } else {
-                    let since = busy.get(&at).filter(|b| b.0 == w).map_or(now_ns, |b| b.1);
-                    still_busy.insert(at, (w, since));
+                    let since = busy
+                        .slots
+                        .get(&at)
+                        .filter(|b| b.0 == w)
+                        .map_or(now_ns, |b| b.1);
+                    still_busy.slots.insert(at, (w, since));
                 }
                 continue;
             }
@@ -753,7 +808,7 @@ pub fn bucket_full<E: Bucketed>(table: &Map, g: &FlowGeometry, key: &E::Key) -> 
 }
 
 /// Stores `entry` under `key` as the data path does: over its old entry, else in a free
-/// slot of its first bucket while that keeps one spare, else of the emptier (the first on
+/// slot of its first bucket while that keeps two spare, else of the emptier (the first on
 /// a tie), else over the direction the data
 /// path would evict (the lowest `rank`, not above `entry`'s). For tables no packet changes
 /// meanwhile: the bucket is written whole.
@@ -770,7 +825,7 @@ pub fn put<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key, entry: 
     let now = entry.seen();
     let at = existing
         .or_else(|| {
-            let b = if n1 >= 2 || (n1 > 0 && n1 >= n2) {
+            let b = if to_first(n1 as u32, n2 as u32) {
                 0
             } else if n2 > 0 {
                 1

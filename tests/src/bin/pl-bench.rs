@@ -244,7 +244,7 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
         // flood's half-open flows may have died meanwhile, and go), then a day later, when
         // every flow is dead (each direction's partner looked up, claimed, freed).
         let cfg = privatelink_common::Config::default();
-        let mut busy = std::collections::HashMap::new();
+        let mut busy = Default::default();
         let now = privatelink_tests::scale::ktime_ns();
         let start = Instant::now();
         let walked =
