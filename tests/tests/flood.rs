@@ -874,6 +874,182 @@ fn sweeping_while_packets_run_frees_only_dead_flows() {
     eprintln!("{sweeps} sweeps, {freed} directions freed");
 }
 
+/// The sweep racing packets of the flows it frees: a sweeper whose clock runs 400 s ahead
+/// of the data path's (as a timeout raised since its judgement would leave it) judges
+/// every flow dead, while the other CPU's packets keep them alive. Every other slot it
+/// judges gets its stamp moved before the claim (`SweepProbe::judged`, as a packet
+/// would, had its tick turned; a packet's own refresh moves it only once in 16.8 ms), and
+/// the claimed slot is held a while before it goes back (`SweepProbe::moved`): packets
+/// that come then find no flow and make theirs anew, which the give-back must see (the
+/// claimed slot is then freed, the key lives once); the others' slots go back live. The
+/// slots judged and not moved are freed, and their flows made anew by their next
+/// packets. Every packet is forwarded (or dropped as `drop_flow_changed`, read from a
+/// slot taken under it, or `drop_conntrack_full`, its insert's lock held by a give-back),
+/// slots went back live and keys were placed anew while packets ran, and the table is
+/// left whole: no busy slot, no lock, no key in two slots, every spill count its keys,
+/// every flow there once the sweeper stops and its packets come again.
+#[test]
+fn a_sweep_that_judges_talking_flows_dead_leaves_the_table_whole() {
+    use std::{
+        os::fd::{AsFd, AsRawFd},
+        sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst},
+    };
+
+    use privatelink_common::{FlowBucket, flowtable::FLOW_WAYS};
+    use privatelink_user::dataplane::flowtable::{Bucketed, SweepProbe, sweep_probed};
+    let _one = one_race();
+    const FLOWS: u32 = 200;
+    const AHEAD_NS: u64 = 400_000_000_000;
+    let mut h = unshared(4096);
+    let cfg = Config {
+        tcp_timeout_ns: 300_000_000_000,
+        ..Config::default()
+    };
+    h.dp.set_config(&cfg).unwrap();
+    fill(&mut h, 0..FLOWS, 0).unwrap();
+    let frames: Vec<Vec<u8>> = (0..FLOWS).map(|i| frame(&h, i)).collect();
+    // Drops it may see: a read of a slot taken under it, and (rarely) an insert that
+    // found its bucket's lock held three times in a row, by a give-back.
+    let excused = |h: &privatelink_tests::testrun::Harness| {
+        h.count(Reason::DropFlowChanged) + h.count(Reason::DropConntrackFull)
+    };
+    let (made, changed) = (h.count(Reason::ForwardNewFlow), excused(&h));
+    // The table as the daemon's sweeper has it (a map of its own), and a mapping of it
+    // for the probe's stamps (written by atomic stores, as the packets write them).
+    let id = h.dp.flow_table_ids().unwrap()[0];
+    let table = aya::maps::Map::from_map_data(aya::maps::MapData::from_id(id).unwrap()).unwrap();
+    let aya::maps::Map::Array(data) = &table else {
+        panic!("the flow table is an array")
+    };
+    let bucket = std::mem::size_of::<FlowBucket>();
+    let len = data.info().unwrap().max_entries() as usize * bucket;
+    // SAFETY: a shared mapping of the map's memory, unmapped below.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            data.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    let at = base as usize;
+    struct Probe {
+        base: usize,
+        len: usize,
+        judged: u64,
+        moved: u64,
+    }
+    impl SweepProbe for Probe {
+        fn judged(&mut self, at: usize) {
+            self.judged += 1;
+            if self.judged.is_multiple_of(2) {
+                return;
+            }
+            let slot = std::mem::size_of::<FlowBucket>() / FLOW_WAYS as usize;
+            let off = at * slot + <FlowEntry as Bucketed>::SEEN_OFFSET;
+            assert!(off + 4 <= self.len && off.is_multiple_of(4));
+            // SAFETY: the slot's `last_seen`, 4-aligned, inside the mapping.
+            let seen = unsafe { AtomicU32::from_ptr((self.base + off) as *mut u32) };
+            seen.store(seen.load(SeqCst).wrapping_sub(1), SeqCst);
+        }
+        fn moved(&mut self, _at: usize) {
+            self.moved += 1;
+            let t = std::time::Instant::now();
+            while t.elapsed() < std::time::Duration::from_micros(200) {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    let cpus = two_cpus();
+    pin_to(cpus[0]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // Slots given back live, and slots moved but freed (their keys placed anew).
+    let (given_back, anew) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (mut sent, mut dropped) = (0u64, 0u64);
+    let (sweeps, freed, moved) = std::thread::scope(|s| {
+        let sweeper = s.spawn(|| {
+            pin_to(cpus[1]);
+            let mut busy = Default::default();
+            let mut probe = Probe {
+                base: at,
+                len,
+                judged: 0,
+                moved: 0,
+            };
+            let (mut sweeps, mut freed) = (0u32, 0u64);
+            while !stop.load(SeqCst) && sweeps < 200_000 {
+                let now = privatelink_tests::scale::ktime_ns() + AHEAD_NS;
+                let swept =
+                    sweep_probed::<FlowEntry>(&table, now, &cfg, &mut busy, &mut probe).unwrap();
+                freed += swept.freed;
+                let back = given_back.fetch_add(swept.given_back, SeqCst) + swept.given_back;
+                anew.store(probe.moved - back, SeqCst);
+                sweeps += 1;
+            }
+            (sweeps, freed, probe.moved)
+        });
+        // Until slots went back live, and keys were placed anew, often enough (and for
+        // 2 s at least), within 20 s.
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(20)
+            && (given_back.load(SeqCst) < 100
+                || anew.load(SeqCst) < 20
+                || start.elapsed() < std::time::Duration::from_secs(2))
+        {
+            for (i, f) in frames.iter().enumerate() {
+                let (act, _) = h.run(h.consumer.ifindex, f).unwrap();
+                match act {
+                    XDP_REDIRECT => {}
+                    XDP_DROP => dropped += 1,
+                    _ => {
+                        stop.store(true, SeqCst);
+                        panic!("flow {i}'s packet {sent}: {act}: {:?}", h.active_stats());
+                    }
+                }
+                sent += 1;
+            }
+        }
+        stop.store(true, SeqCst);
+        sweeper.join().unwrap()
+    });
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(base, len) };
+    let (given_back, anew) = (given_back.load(SeqCst), anew.load(SeqCst));
+    let remade = h.count(Reason::ForwardNewFlow) - made;
+    eprintln!(
+        "{sweeps} sweeps: {freed} freed, {moved} moved, {given_back} given back; {sent} \
+         packets, {dropped} dropped, {remade} flows made anew"
+    );
+    assert_eq!(
+        dropped,
+        excused(&h) - changed,
+        "every drop excused: {:?}",
+        h.active_stats()
+    );
+    // Whole: nothing busy or locked, every count its keys, no key in two slots.
+    assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 0));
+    for &(b, count, keys) in &h.dp.flow_spill_audit::<FlowEntry>().unwrap() {
+        assert_eq!(count, keys, "bucket {b}'s spill count");
+    }
+    let left = h.dp.flows().unwrap();
+    let keys: std::collections::HashSet<FlowKey> = left.iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys.len(), left.len(), "a key in two slots");
+    assert!(given_back >= 100, "{given_back} slots given back");
+    // Slots moved and not given back: their keys placed anew while they were claimed
+    // (or their lock held by a packet's insert).
+    assert!(anew >= 20, "{moved} moved, {given_back} given back");
+    assert!(freed > 0 && remade > 0, "{freed} freed, {remade} made anew");
+    // The packets again, no sweeper: every flow forwarded, and there.
+    for (i, f) in frames.iter().enumerate() {
+        let (act, _) = h.run(h.consumer.ifindex, f).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "flow {i}: {:?}", h.active_stats());
+        assert!(present(&h, i as u32).unwrap(), "flow {i}");
+    }
+}
+
 /// Two CPUs at once (BPF_PROG_TEST_RUN runs a program on its caller's CPU): each makes new
 /// flows, then sends the other's again, into a table far too small for them (4 000 flows,
 /// 128 slots), so writers meet in the same buckets, take each other's locks, claim slots

@@ -475,6 +475,20 @@ pub struct Swept {
     /// Bucket locks it gave back, held with the same head for `BUSY_STALE_NS` (a sweeper
     /// killed while it held one for a give-back).
     pub unlocked: u64,
+    /// Slots it claimed to free whose stamp had moved meanwhile, given back live
+    /// (`Mapped::give_back`).
+    pub given_back: u64,
+}
+
+/// What `free` did with a slot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Freed {
+    /// Freed it.
+    Yes,
+    /// Gave it back live (its stamp had moved).
+    GivenBack,
+    /// Left it (another writer took it first).
+    No,
 }
 
 /// The oldest a stamp is let get (`sweep`): a quarter of the 32-bit tick's wrap, 0.57
@@ -630,7 +644,8 @@ pub fn sweep_probed<E: Bucketed>(
                 let w = E::word(&bucket, i);
                 let at = slot_index(el, i);
                 if stale(at, w) {
-                    swept.freed += u64::from(free::<E>(&m, &g, el, i, w, None, probe));
+                    swept.freed +=
+                        u64::from(free::<E>(&m, &g, el, i, w, None, probe) == Freed::Yes);
                 } else {
                     let since = busy
                         .slots
@@ -656,17 +671,21 @@ pub fn sweep_probed<E: Bucketed>(
             };
             if !e.live(&k, judged, cfg, || partner.as_ref().map(|p| p.entry)) {
                 let w = E::word(&bucket, i);
-                if !free::<E>(&m, &g, el, i, w, Some((&k, e.seen())), probe) {
-                    continue;
+                match free::<E>(&m, &g, el, i, w, Some((&k, e.seen())), probe) {
+                    Freed::Yes => swept.freed += 1,
+                    Freed::GivenBack => {
+                        swept.given_back += 1;
+                        continue;
+                    }
+                    Freed::No => continue,
                 }
-                swept.freed += 1;
                 // Its partner, dead too (judged from its own side, this direction its
                 // partner), goes with it: one lookup for the flow, not one a direction.
                 let Some(p) = partner.filter(|p| !p.entry.live(&pk, judged, cfg, || Some(e)))
                 else {
                     continue;
                 };
-                if free::<E>(
+                let freed = free::<E>(
                     &m,
                     &g,
                     p.el,
@@ -674,11 +693,14 @@ pub fn sweep_probed<E: Bucketed>(
                     p.word,
                     Some((&pk, p.entry.seen())),
                     probe,
-                ) {
-                    swept.freed += 1;
-                    // A slot of a bucket the walk has yet to read counts among those
-                    // found live (one of this bucket is in its copy already).
-                    swept.live += u64::from(p.el > el);
+                );
+                // A slot of a bucket the walk has yet to read counts among those found
+                // live (one of this bucket is in its copy already).
+                swept.live += u64::from(freed == Freed::Yes && p.el > el);
+                match freed {
+                    Freed::Yes => swept.freed += 1,
+                    Freed::GivenBack => swept.given_back += 1,
+                    Freed::No => {}
                 }
                 continue;
             }
@@ -713,7 +735,7 @@ pub fn sweep_probed<E: Bucketed>(
 /// read again, freed by compare-and-exchange, and only then taken off its first bucket's
 /// spill count if it lived in its second. With `judged` (its key and stamp as they were
 /// judged dead), a slot whose key or stamp moved before the claim is given back live
-/// (`give_back`). Whether it freed the slot.
+/// (`give_back`).
 fn free<E: Bucketed>(
     m: &Mapped,
     g: &FlowGeometry,
@@ -722,7 +744,7 @@ fn free<E: Bucketed>(
     w: u64,
     judged: Option<(&E::Key, u32)>,
     probe: &mut dyn SweepProbe,
-) -> bool {
+) -> Freed {
     let state = m.atomic(el, i * (m.size / FLOW_WAYS as usize));
     let at = slot_index(el, i);
     if judged.is_some() {
@@ -733,7 +755,7 @@ fn free<E: Bucketed>(
         .compare_exchange(w, busy, Ordering::SeqCst, Ordering::SeqCst)
         .is_err()
     {
-        return false;
+        return Freed::No;
     }
     // This sweeper's slot now: read again (after the exchange's full barrier). Its home
     // is its word's (the word claimed kept it).
@@ -743,7 +765,7 @@ fn free<E: Bucketed>(
     if judged.is_some_and(|(key, seen)| !same_key(&k, key) || e.seen() != seen) {
         probe.moved(at);
         if m.give_back::<E>(g, &k, at, state, busy) {
-            return false;
+            return Freed::GivenBack;
         }
     }
     if state
@@ -755,7 +777,7 @@ fn free<E: Bucketed>(
         )
         .is_err()
     {
-        return false;
+        return Freed::No;
     }
     // Its first bucket counts it no more (`home`: that bucket's element).
     let b = home.wrapping_sub(g.heads());
@@ -764,7 +786,7 @@ fn free<E: Bucketed>(
         m.atomic(hel as usize, hw as usize * 8)
             .fetch_sub(1, Ordering::SeqCst);
     }
-    true
+    Freed::Yes
 }
 
 /// `key`'s two buckets, each with its index (`buckets_of`).
