@@ -59,6 +59,15 @@ const TRY_TIMEOUT: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How soon a lost watch is tried again.
 const WATCH_RETRY: Duration = Duration::from_millis(500);
+/// How long one try to renew a lease waits for etcd's answer (`under_lease`). When etcd
+/// regains its majority, its new leader gives every lease its ttl plus an election
+/// timeout (3.5 s in the fleet lab), while a restarted member may take requests it cannot
+/// answer until it has caught up: a try it held for the client's request timeout (3 s),
+/// then the pause before the next, let a lease run out although the others could renew it.
+const RENEW_TRY: Duration = Duration::from_millis(500);
+/// How soon a failed renewal is tried again, on a new stream (to a member the client's
+/// channel picks again).
+const RENEW_RETRY: Duration = Duration::from_millis(200);
 
 /// The etcd client's own thread and runtime (see the module's text).
 #[derive(Clone)]
@@ -363,6 +372,20 @@ pub struct Member {
     /// The SNAT slot it holds (`--snat-slots`; none without, or while it waits for one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snat_slot: Option<u32>,
+}
+
+/// `f`'s answer; or, once `limit` has passed without one, a timeout (an error that
+/// `unreachable` counts as not reaching etcd).
+async fn within<T>(
+    limit: Duration,
+    f: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, etcd_client::Error> {
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
+        Err(etcd_client::Error::IoError(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {limit:?}"),
+        )))
+    })
 }
 
 /// One step `under_lease` runs under the lease.
@@ -680,6 +703,10 @@ impl EtcdWatch {
     /// under the old one until they moved: when etcd regains its majority, every lease
     /// gets its ttl again, and a grant that waited out a request timeout while there was
     /// no leader can come after the old lease has run out.)
+    ///
+    /// A renewal etcd has not answered within `RENEW_TRY` counts as a broken stream, and a
+    /// failed one is tried again `RENEW_RETRY` later, until etcd answers: a try that went
+    /// to a member unable to answer yet costs half a second, not the lease.
     fn under_lease<F, E>(&self, what: String, ttl: i64, mut each: F, expired: E)
     where
         F: FnMut(Client, i64, bool) -> LeaseStep + Send + 'static,
@@ -704,15 +731,20 @@ impl EtcdWatch {
                             lease
                         }
                     };
-                    let (mut keeper, mut stream) = match c.lease_keep_alive(lease).await {
+                    let opened = within(RENEW_TRY, c.lease_keep_alive(lease)).await;
+                    let (mut keeper, mut stream) = match opened {
                         Ok(k) => k,
+                        // Not reached, no leader, or no answer in time: etcd said nothing
+                        // about the lease, which is tried again.
+                        Err(e) if unreachable(&e) => return Err(e),
                         // etcd-client reads the new stream's first answer itself and makes
                         // an expired lease an error like any other: etcd is asked whether
                         // the lease still lives. Only its "no such lease" (TTL -1, no
                         // granted TTL) is an expiry: a lease in its last second answers 0
                         // and may still be renewed, and is tried again.
                         Err(e) => {
-                            return match c.lease_time_to_live(lease, None).await {
+                            let asked = within(RENEW_TRY, c.lease_time_to_live(lease, None));
+                            return match asked.await {
                                 Ok(t) if t.ttl() < 0 && t.granted_ttl() == 0 => Ok(true),
                                 _ => Err(e),
                             };
@@ -721,7 +753,7 @@ impl EtcdWatch {
                     let mut failing = false;
                     loop {
                         keeper.keep_alive().await?;
-                        match stream.message().await? {
+                        match within(RENEW_TRY, stream.message()).await? {
                             Some(r) if r.ttl() > 0 => {}
                             Some(_) => return Ok::<_, etcd_client::Error>(true),
                             None => return Ok(false),
@@ -784,7 +816,7 @@ impl EtcdWatch {
                     }
                     said = Some(kind);
                 }
-                tokio::time::sleep(WATCH_RETRY).await;
+                tokio::time::sleep(RENEW_RETRY).await;
             }
         });
     }
