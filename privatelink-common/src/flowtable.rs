@@ -73,6 +73,14 @@ pub const fn published(busy: u64, tail: u32, home: u32) -> u64 {
     (w & (SLOT_GEN | 0xff)) | ((tail as u64 & 0xff) << SLOT_TAIL_SHIFT) | ((home as u64) << 32)
 }
 
+/// The word that frees a slot claimed as `busy`: `next_state(busy, SLOT_FREE)` with no
+/// key tail and no home. A free slot names no key, so a claim of it carries no home that
+/// anything could take off a count again.
+#[inline(always)]
+pub const fn freed(busy: u64) -> u64 {
+    next_state(busy, SLOT_FREE) & (SLOT_GEN | 0xff)
+}
+
 /// A slot's home, from its word: where its key's first bucket is when the key lives in
 /// its second, that bucket's element index in the table (never 0: the heads come first);
 /// 0 when it lives in its first. What an eviction or a removal lowers that bucket's spill
@@ -123,8 +131,9 @@ impl FlowGeometry {
 
 /// The table's first elements, before its buckets, hold its words as `u64`s,
 /// `HEADS_PER_ELEMENT` to an element (whatever the element's size: an index is then a
-/// shift and a mask): word 0 the geometry (`FlowGeometry::word`), word 1 spare, word
-/// `2 + b` bucket `b`'s head. How many elements they take for `buckets` buckets.
+/// shift and a mask): word 0 the geometry (`FlowGeometry::word`), word 1 the give-back
+/// mark (`GIVE_BACK_MARK`), word `2 + b` bucket `b`'s head. How many elements they take
+/// for `buckets` buckets.
 #[inline(always)]
 pub const fn heads(buckets: u32) -> u32 {
     (buckets + 2).div_ceil(HEADS_PER_ELEMENT)
@@ -132,8 +141,17 @@ pub const fn heads(buckets: u32) -> u32 {
 
 /// What the heads are, as the layout fingerprint takes it in (with `KeyHash`): a table
 /// whose heads a build reads otherwise is replaced, not misread.
-pub const HEADS_LAYOUT: &str = "heads first: word 0 buckets<<32|seed, word 2+b bucket b's head \
-     (bit 63 lock, 32..62 own element, 0..31 spill); bucket b at element heads+b";
+pub const HEADS_LAYOUT: &str = "heads first: word 0 buckets<<32|seed, word 1 give-back mark \
+     (bucket+1 | nonce<<32), word 2+b bucket b's head (bit 63 lock, 32..62 own element, \
+     0..31 spill); bucket b at element heads+b";
+
+/// Word 1 of the heads (element 0): while a sweeper holds a bucket's lock to give a slot
+/// back (the daemon's `flowtable::sweep`), `b + 1 | nonce << 32` for its bucket `b`,
+/// written after it took the lock and cleared before it gives it back; else 0. A mark
+/// that stays for long names a lock its sweeper died holding, and only that: the data
+/// path's writers, which hold a lock for microseconds and cannot die holding it, leave
+/// no mark.
+pub const GIVE_BACK_MARK: u32 = 1;
 
 /// What a slot's word holds, as the layout fingerprint takes it in (with `KeyHash`).
 pub const SLOT_WORD_LAYOUT: &str =
@@ -178,7 +196,7 @@ pub struct FlowSlot {
     pub entry: FlowEntry,
 }
 
-/// A slot of a `FlowBucket6`: 136 bytes, within three cache lines or four (a bucket is 544
+/// A slot of a `FlowBucket6`: 136 bytes, within three cache lines (a bucket is 544
 /// bytes, eight and a half lines: slots start at 0, 136, 272 and 408).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -726,6 +744,18 @@ mod tests {
             x = y;
         }
         assert_eq!(x, w, "the generation wraps in its own bits");
+        // Freed: no tail, no home, the generation moved on.
+        let f = freed(next_state(w, SLOT_BUSY));
+        assert_eq!(
+            (slot_state(f), slot_tail(f), slot_home(f)),
+            (SLOT_FREE, 0, 0)
+        );
+        assert_ne!(f & !0xff, 0, "a generation");
+        assert_eq!(
+            next_state(f, SLOT_BUSY) >> 32,
+            0,
+            "a claim of it carries no home"
+        );
         // A key whose last word holds more than its protocol fits no slot.
         let mut odd = k;
         odd._pad = 1;

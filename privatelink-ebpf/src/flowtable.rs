@@ -48,7 +48,7 @@ use privatelink_common::{
     FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6, Reason,
     flowtable::{
         FIRST_WHILE_FREE, FLOW_WAYS, HEAD_LOCKED, HEAD_OWN, HEAD_OWN_SHIFT, HEAD_SPILL,
-        HEADS_PER_ELEMENT, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, head_at,
+        HEADS_PER_ELEMENT, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, freed, head_at,
         next_state, published, same_slot_key, slot_home, slot_state, to_first, write_head,
     },
 };
@@ -614,7 +614,7 @@ impl<E: Tabled> Table<E> {
             && cas(state, w, next_state(w, SLOT_BUSY))
         {
             let busy = next_state(w, SLOT_BUSY);
-            if cas(state, busy, next_state(busy, SLOT_FREE)) {
+            if cas(state, busy, freed(busy)) {
                 unspill::<E>(slot_home(w));
             }
             Ok(())

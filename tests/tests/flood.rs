@@ -416,16 +416,28 @@ fn set_lock<T: std::borrow::BorrowMut<aya::maps::MapData>>(
 ) {
     use privatelink_common::flowtable::{HEAD_LOCKED, head_at};
     let (hel, hw) = head_at(b);
-    let mut heads = table.get(&hel, 0).unwrap();
+    set_heads_word(table, hel, hw, |w| {
+        if on {
+            *w |= HEAD_LOCKED
+        } else {
+            *w &= !HEAD_LOCKED
+        }
+    });
+}
+
+/// Changes word `w` of the heads' element `el` in `table` (the IPv4 flow table) by `f`.
+fn set_heads_word<T: std::borrow::BorrowMut<aya::maps::MapData>>(
+    table: &mut aya::maps::Array<T, privatelink_common::FlowBucket>,
+    el: u32,
+    w: u32,
+    f: impl FnOnce(&mut u64),
+) {
+    let mut heads = table.get(&el, 0).unwrap();
     const WORDS: usize = std::mem::size_of::<privatelink_common::FlowBucket>() / 8;
     // SAFETY: a bucket is plain words, 8-aligned (its slots begin with one).
     let words = unsafe { &mut *(&raw mut heads).cast::<[u64; WORDS]>() };
-    if on {
-        words[hw as usize] |= HEAD_LOCKED;
-    } else {
-        words[hw as usize] &= !HEAD_LOCKED;
-    }
-    table.set(hel, heads, 0).unwrap();
+    f(&mut words[w as usize]);
+    table.set(el, heads, 0).unwrap();
 }
 
 /// The daemon's sweep (`flowtable::sweep`) frees both directions of every dead flow (no
@@ -442,7 +454,7 @@ fn set_lock<T: std::borrow::BorrowMut<aya::maps::MapData>>(
 fn the_sweep_frees_dead_flows_and_nothing_else() {
     use privatelink_common::{
         DIR_ORIGINAL, FlowBucket,
-        flowtable::{SLOT_BUSY, buckets_of, next_state},
+        flowtable::{GIVE_BACK_MARK, SLOT_BUSY, buckets_of, next_state},
         map_names, seen_tick,
     };
     use privatelink_user::dataplane::flowtable::{BUSY_STALE_NS, BusySlots, SEEN_FLOOR};
@@ -535,22 +547,23 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
         s.state = next_state(s.state, SLOT_BUSY);
         a.set(el, bucket, 0).unwrap();
     }
-    // A bucket lock left held (a sweeper killed in a give-back), on a bucket whose spill
-    // count is 0 (no key's home: no free moves its head).
-    let counted = h.dp.flow_spill_audit::<FlowEntry>().unwrap();
-    let stuck = (0..g.buckets)
-        .find(|b| !counted.iter().any(|c| c.0 == *b))
-        .unwrap();
-    set_lock(
-        &mut aya::maps::Array::try_from(h.dp.map_mut(map_names::CONNTRACK).unwrap()).unwrap(),
-        stuck,
-        true,
-    );
+    // A bucket lock left held by a sweeper killed in a give-back (the lock and its mark),
+    // and one held by a data path writer (no mark), which no sweep may take.
+    let (stuck, held) = (3, 7);
+    {
+        let mut a =
+            aya::maps::Array::try_from(h.dp.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
+        set_lock(&mut a, stuck, true);
+        set_lock(&mut a, held, true);
+        set_heads_word(&mut a, 0, GIVE_BACK_MARK, |w| {
+            *w = u64::from(stuck + 1) | 0xdead << 32
+        });
+    }
     let mut busy = BusySlots::default();
     let swept =
         h.dp.sweep_flows::<FlowEntry>(later, &cfg, &mut busy)
             .unwrap();
-    assert_eq!((busy.locks(), swept.unlocked), (1, 0), "the lock noted");
+    assert_eq!((busy.marked(), swept.unlocked), (true, 0), "the mark noted");
     // Dead: flows i % 3 == 1 but flow 1's forward entry (its new flow's, live).
     let dead = 2 * (0..FLOWS).filter(|i| i % 3 == 1).count() as u64 - 1;
     assert_eq!(busy.len(), 1, "the busy slot noted");
@@ -601,7 +614,7 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
     );
     assert_eq!(h.dp.flows().unwrap().len(), left.len(), "nothing freed");
     assert_eq!(busy.len(), 1, "the busy slot still noted");
-    assert_eq!((busy.locks(), soon.unlocked), (1, 0), "the lock left");
+    assert_eq!((busy.marked(), soon.unlocked), (true, 0), "the lock left");
     let again =
         h.dp.sweep_flows::<FlowEntry>(later + BUSY_STALE_NS, &cfg, &mut busy)
             .unwrap();
@@ -612,9 +625,16 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
     );
     assert!(busy.is_empty());
     assert_eq!(
-        (busy.locks(), again.unlocked),
-        (0, 1),
-        "the lock given back"
+        (busy.marked(), again.unlocked),
+        (false, 1),
+        "the marked lock given back"
+    );
+    // The writer's lock is still its own (and then given back, as it would).
+    assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 1));
+    set_lock(
+        &mut aya::maps::Array::try_from(h.dp.map_mut(map_names::CONNTRACK).unwrap()).unwrap(),
+        held,
+        false,
     );
     let (left, _) = kept(&h, 0);
     assert_eq!(left.len() as u64, 2 * u64::from(FLOWS) - dead - 1);

@@ -19,9 +19,9 @@ use aya::maps::{Array, Map, MapData};
 use privatelink_common::{
     FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6,
     flowtable::{
-        FLOW_WAYS, HEAD_LOCKED, HEAD_OWN_SHIFT, HEAD_SPILL, HEADS_PER_ELEMENT, SLOT_BUSY,
-        SLOT_FREE, SLOT_LIVE, SlotKey, Slotted, buckets_of, head_at, next_state, published,
-        same_key, slot_home, slot_state, table_buckets, to_first,
+        FLOW_WAYS, GIVE_BACK_MARK, HEAD_LOCKED, HEAD_OWN_SHIFT, HEAD_SPILL, HEADS_PER_ELEMENT,
+        SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, Slotted, buckets_of, freed, head_at, next_state,
+        published, same_key, slot_home, slot_state, table_buckets, to_first,
     },
 };
 
@@ -86,7 +86,7 @@ macro_rules! bucketed {
                         s.state = published(s.state, k.word(n - 1), home);
                         s.entry = e;
                     }
-                    None => s.state = next_state(s.state, SLOT_FREE),
+                    None => s.state = freed(s.state),
                 }
             }
         }
@@ -265,8 +265,12 @@ impl Mapped {
     /// bucket (a writer of the key holds it while it looks for the key and writes: a
     /// packet that missed the key while the slot was claimed may have placed it anew).
     /// The lock is tried for up to `GIVE_BACK_SPIN` (a data path writer holds it for
-    /// microseconds) and given back by a guard, on any way out. Whether the slot is live
-    /// again (else `free` frees it: the lock held all along, or the key elsewhere).
+    /// microseconds); once held, it is marked as this sweeper's (`GIVE_BACK_MARK`: so
+    /// that, should this sweeper die holding it, a later sweep knows the lock for one
+    /// nobody will give back), and a guard clears the mark and gives the lock back, in
+    /// that order, on any way out. Another mark already there (another sweeper's, maybe
+    /// dead) and the give-back is not made. Whether the slot is live again (else `free`
+    /// frees it: the lock held all along, a mark there, or the key elsewhere).
     fn give_back<E: Bucketed>(
         &self,
         g: &FlowGeometry,
@@ -289,14 +293,27 @@ impl Mapped {
             }
             std::hint::spin_loop();
         }
-        /// Gives the lock back however `give_back` ends.
-        struct Unlock<'a>(&'a AtomicU64);
+        /// Clears the mark (if it is still this give-back's) and gives the lock back,
+        /// however `give_back` ends.
+        struct Unlock<'a>(&'a AtomicU64, Option<(&'a AtomicU64, u64)>);
         impl Drop for Unlock<'_> {
             fn drop(&mut self) {
+                if let Some((word, mark)) = self.1 {
+                    let _ = word.compare_exchange(mark, 0, Ordering::SeqCst, Ordering::SeqCst);
+                }
                 self.0.fetch_and(!HEAD_LOCKED, Ordering::SeqCst);
             }
         }
-        let _unlock = Unlock(head);
+        let mut unlock = Unlock(head, None);
+        let word = self.atomic(0, GIVE_BACK_MARK as usize * 8);
+        let mark = u64::from(first + 1) | u64::from(give_back_nonce()) << 32;
+        if word
+            .compare_exchange(0, mark, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return false;
+        }
+        unlock.1 = Some((word, mark));
         let elsewhere = els.into_iter().any(|el| {
             let bucket = self.bucket::<E>(el);
             (0..FLOW_WAYS as usize).any(|i| {
@@ -355,6 +372,13 @@ impl Mapped {
     }
 }
 
+/// A nonce for a give-back's mark (`GIVE_BACK_MARK`): this process's id and a count, so
+/// that two marks a sweep sees are one only if one give-back made them.
+fn give_back_nonce() -> u32 {
+    static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    std::process::id().rotate_left(16) ^ COUNT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Slot `i` of element `el` as an index in the table's slots (what `BusySlots` and a
 /// `SweepProbe` name a slot by).
 fn slot_index(el: usize, i: usize) -> usize {
@@ -401,6 +425,14 @@ pub fn start_sweeper(pin_dir: std::path::PathBuf, ids: [u32; 2]) {
             match swept {
                 Ok((Ok((v4, v6)), b)) => {
                     busy = b;
+                    if v4.unlocked + v6.unlocked > 0 {
+                        tracing::warn!(
+                            ipv4 = v4.unlocked,
+                            ipv6 = v6.unlocked,
+                            "gave back bucket locks a sweeper died holding (their buckets \
+                             refused new flows until now)"
+                        );
+                    }
                     tracing::debug!(?v4, ?v6, "swept the flow tables");
                 }
                 Ok((Err(e), b)) => {
@@ -472,8 +504,8 @@ pub struct Swept {
     /// Slots it passed over while a partner's bucket was being written (the next sweep
     /// takes them).
     pub passed: u64,
-    /// Bucket locks it gave back, held with the same head for `BUSY_STALE_NS` (a sweeper
-    /// killed while it held one for a give-back).
+    /// Bucket locks it gave back, marked as a give-back's with the same mark for
+    /// `BUSY_STALE_NS` (a sweeper killed while it held one).
     pub unlocked: u64,
     /// Slots it claimed to free whose stamp had moved meanwhile, given back live
     /// (`Mapped::give_back`).
@@ -513,11 +545,12 @@ pub const GIVE_BACK_SPIN: std::time::Duration = std::time::Duration::from_millis
 
 /// What one sweep found held, for the next (`sweep`): the busy slots (a slot's index in
 /// the table's slots → its state word and when a sweep first found it busy with that
-/// word) and the locked buckets (a bucket → its head and when a sweep first found it so).
+/// word) and a give-back's mark (`GIVE_BACK_MARK`: the mark and when a sweep first found
+/// it).
 #[derive(Clone, Debug, Default)]
 pub struct BusySlots {
     slots: std::collections::HashMap<usize, (u64, u64)>,
-    locks: std::collections::HashMap<u32, (u64, u64)>,
+    mark: Option<(u64, u64)>,
 }
 
 impl BusySlots {
@@ -531,9 +564,9 @@ impl BusySlots {
         self.slots.is_empty()
     }
 
-    /// The locked buckets noted.
-    pub fn locks(&self) -> usize {
-        self.locks.len()
+    /// Whether a give-back's mark is noted (a lock its sweeper may have died holding).
+    pub fn marked(&self) -> bool {
+        self.mark.is_some()
     }
 }
 
@@ -564,10 +597,10 @@ impl BusySlots {
 /// words and since when; one still busy with the same word `BUSY_STALE_NS` later has no
 /// writer (a data path writer holds a slot for a moment; a sweeper killed between its
 /// claim and its free leaves it busy for good) and is freed (claimed again, by a new
-/// generation of the word, so one sweeper takes it). Likewise the bucket locks it found
-/// held: one still held with the same head `BUSY_STALE_NS` later (a sweeper killed while
-/// it held one for a give-back would leave it held for good, and its bucket's new keys
-/// refused) is given back. Replaced by this sweep's. The daemon sweeps both tables every
+/// generation of the word, so one sweeper takes it). Likewise a give-back's mark
+/// (`GIVE_BACK_MARK`): one still there, the same, `BUSY_STALE_NS` later names a lock its
+/// sweeper died holding (which would stay held for good, and its bucket's new keys be
+/// refused), and the lock is given back. Replaced by this sweep's. The daemon sweeps both tables every
 /// `SWEEP_EVERY`.
 pub fn sweep<E: Bucketed>(
     table: &Map,
@@ -614,29 +647,29 @@ pub fn sweep_probed<E: Bucketed>(
             .get(&at)
             .is_some_and(|&(was, since)| was == w && now_ns.saturating_sub(since) >= BUSY_STALE_NS)
     };
-    for el in m.buckets(&g) {
-        // Its lock, if set: given back if it has been so, its head unchanged (no writer
-        // has moved its spill count either), for `BUSY_STALE_NS` (a data path writer
-        // holds it for microseconds, and cannot die holding it; a sweeper can).
-        let b = (el - g.heads() as usize) as u32;
-        let (hel, hw) = head_at(b);
-        let head = m.atomic(hel as usize, hw as usize * 8);
-        let h = head.load(Ordering::SeqCst);
-        if h & HEAD_LOCKED != 0 {
-            let since = busy
-                .locks
-                .get(&b)
-                .filter(|l| l.0 == h)
-                .map_or(now_ns, |l| l.1);
-            if now_ns.saturating_sub(since) < BUSY_STALE_NS {
-                still_busy.locks.insert(b, (h, since));
-            } else if head
-                .compare_exchange(h, h & !HEAD_LOCKED, Ordering::SeqCst, Ordering::SeqCst)
+    // A give-back's mark: the lock it names given back once the same mark has stood for
+    // `BUSY_STALE_NS` (a give-back holds it for a moment; this sweeper makes none while
+    // it reads the mark, so a mark that stands is a dead sweeper's, or a stalled one's).
+    // Only a marked lock: a data path writer's, unmarked, is never taken from it.
+    let word = m.atomic(0, GIVE_BACK_MARK as usize * 8);
+    let mark = word.load(Ordering::SeqCst);
+    if mark != 0 {
+        let since = busy.mark.filter(|x| x.0 == mark).map_or(now_ns, |x| x.1);
+        let b = (mark as u32).wrapping_sub(1);
+        if now_ns.saturating_sub(since) < BUSY_STALE_NS {
+            still_busy.mark = Some((mark, since));
+        } else if b < g.buckets
+            && word
+                .compare_exchange(mark, 0, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
-            {
-                swept.unlocked += 1;
-            }
+        {
+            let (hel, hw) = head_at(b);
+            m.atomic(hel as usize, hw as usize * 8)
+                .fetch_and(!HEAD_LOCKED, Ordering::SeqCst);
+            swept.unlocked += 1;
         }
+    }
+    for el in m.buckets(&g) {
         let bucket = m.bucket::<E>(el);
         for i in 0..FLOW_WAYS as usize {
             let (state, k, e) = E::slot(&bucket, i);
@@ -769,12 +802,7 @@ fn free<E: Bucketed>(
         }
     }
     if state
-        .compare_exchange(
-            busy,
-            next_state(busy, SLOT_FREE),
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        )
+        .compare_exchange(busy, freed(busy), Ordering::SeqCst, Ordering::SeqCst)
         .is_err()
     {
         return Freed::No;

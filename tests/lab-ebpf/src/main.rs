@@ -10,7 +10,7 @@
 //!   `PL_BASE_DEVS` (slot 0): the benchmark compares the two helpers.
 //! - `privatelink_redirect_lookup` does the same after one read of a table the size and
 //!   kind of the data path's IPv4 flow table (`PL_BASE_TABLE`, sized at load: buckets of
-//!   384 bytes in a BPF_F_MMAPABLE array) at a bucket picked by the frame's flow: the
+//!   352 bytes in a BPF_F_MMAPABLE array) at a bucket picked by the frame's flow: the
 //!   floor of any forwarder that reads one cold line of per-flow state per packet, the
 //!   throughput benchmark's measure of what the machine's memory leaves at many flows.
 //!   `privatelink_first_floor` reads two such buckets and then does `privatelink_tx`'s
@@ -90,11 +90,11 @@ pub fn privatelink_redirect_map(_ctx: XdpContext) -> u32 {
         .unwrap_or(xdp_action::XDP_PASS)
 }
 
-/// The floor's table: as `PL_CONNTRACK`, an array of 384-byte buckets (four 96-byte
+/// The floor's table: as `PL_CONNTRACK`, an array of 352-byte buckets (four 88-byte
 /// slots; BPF_F_MMAPABLE, so the same kind of memory), its element count set at load (1
 /// here: loaded for any other program, it costs nothing).
 #[btf_map]
-static PL_BASE_TABLE: Array<[u64; 48], 1, { aya_ebpf::bindings::BPF_F_MMAPABLE as usize }> =
+static PL_BASE_TABLE: Array<[u64; 44], 1, { aya_ebpf::bindings::BPF_F_MMAPABLE as usize }> =
     Array::new();
 
 /// `[0]`: `PL_BASE_TABLE`'s buckets (any number: a hash is scaled onto them, as the data
