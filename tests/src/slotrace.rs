@@ -159,24 +159,7 @@ pub fn race<K: SlotKey + Send + Sync, V: Confirmed + Send + Sync>(
     };
     let slots = data.info().unwrap().max_entries() as usize * FLOW_WAYS as usize;
     let len = slots * t.size;
-    // SAFETY: a shared mapping of the map's memory (BPF_F_MMAPABLE), unmapped below.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            data.fd().as_fd().as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(
-        base,
-        libc::MAP_FAILED,
-        "{}",
-        std::io::Error::last_os_error()
-    );
-    let base = base.cast::<u8>();
+    let base = map_shared(data, len);
     // The slots after the heads (`flowtable::heads`; word 0: the geometry).
     // SAFETY: word 0 of the mapping, page-aligned.
     let geometry = FlowGeometry::from_word(unsafe { std::ptr::read_volatile(base.cast::<u64>()) });
@@ -316,6 +299,30 @@ pub fn race<K: SlotKey + Send + Sync, V: Confirmed + Send + Sync>(
 }
 
 /// Two CPUs this process may run on (BPF_PROG_TEST_RUN runs a program on its caller's).
+/// A writable shared mapping of `len` bytes of an mmapable map's memory (the flow
+/// tables: `BPF_F_MMAPABLE`), for a test to read and write as the data path does; the
+/// caller unmaps it (`libc::munmap`).
+pub fn map_shared(data: &aya::maps::MapData, len: usize) -> *mut u8 {
+    // SAFETY: a new shared mapping of the map's memory at an address the kernel picks.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            data.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        base,
+        libc::MAP_FAILED,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    base.cast()
+}
+
 pub fn two_cpus() -> [usize; 2] {
     // SAFETY: a zeroed cpu_set_t filled by the kernel; read with libc's macros.
     let cpus: Vec<usize> = unsafe {

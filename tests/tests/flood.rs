@@ -10,7 +10,9 @@ use privatelink_tests::{
     frames::{CLIENT_MAC, ENI, LB, parse_checked},
     lab::packet_state,
     scale::{fill, frame, live_outcome, open_live, present},
-    slotrace::{Confirmed, Due, OTHER_SLOT, SLOTS, SLOTS6, one_race, pin_to, race, two_cpus},
+    slotrace::{
+        Confirmed, Due, OTHER_SLOT, SLOTS, SLOTS6, map_shared, one_race, pin_to, race, two_cpus,
+    },
     testrun::Harness,
 };
 use privatelink_user::model::numeric_id;
@@ -629,6 +631,19 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
         (false, 1),
         "the marked lock given back"
     );
+    let mark = {
+        let a: aya::maps::Array<_, FlowBucket> =
+            aya::maps::Array::try_from(h.dp.map(map_names::CONNTRACK).unwrap()).unwrap();
+        let e0 = a.get(&0, 0).unwrap();
+        // SAFETY: a bucket is plain words, 8-aligned (its slots begin with one).
+        unsafe {
+            (&raw const e0)
+                .cast::<u64>()
+                .add(GIVE_BACK_MARK as usize)
+                .read()
+        }
+    };
+    assert_eq!(mark, 0, "the mark cleared with its lock");
     // The writer's lock is still its own (and then given back, as it would).
     assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 1));
     set_lock(
@@ -910,10 +925,7 @@ fn sweeping_while_packets_run_frees_only_dead_flows() {
 /// every flow there once the sweeper stops and its packets come again.
 #[test]
 fn a_sweep_that_judges_talking_flows_dead_leaves_the_table_whole() {
-    use std::{
-        os::fd::{AsFd, AsRawFd},
-        sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst},
-    };
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 
     use privatelink_common::{FlowBucket, flowtable::FLOW_WAYS};
     use privatelink_user::dataplane::flowtable::{Bucketed, SweepProbe, sweep_probed};
@@ -943,18 +955,7 @@ fn a_sweep_that_judges_talking_flows_dead_leaves_the_table_whole() {
     };
     let bucket = std::mem::size_of::<FlowBucket>();
     let len = data.info().unwrap().max_entries() as usize * bucket;
-    // SAFETY: a shared mapping of the map's memory, unmapped below.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            data.fd().as_fd().as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(base, libc::MAP_FAILED);
+    let base = map_shared(data, len);
     let at = base as usize;
     struct Probe {
         base: usize,
@@ -1036,7 +1037,7 @@ fn a_sweep_that_judges_talking_flows_dead_leaves_the_table_whole() {
         sweeper.join().unwrap()
     });
     // SAFETY: the mapping made above.
-    unsafe { libc::munmap(base, len) };
+    unsafe { libc::munmap(base.cast(), len) };
     let (given_back, anew) = (given_back.load(SeqCst), anew.load(SeqCst));
     let remade = h.count(Reason::ForwardNewFlow) - made;
     eprintln!(

@@ -269,8 +269,14 @@ impl Mapped {
     /// that, should this sweeper die holding it, a later sweep knows the lock for one
     /// nobody will give back), and a guard clears the mark and gives the lock back, in
     /// that order, on any way out. Another mark already there (another sweeper's, maybe
-    /// dead) and the give-back is not made. Whether the slot is live again (else `free`
-    /// frees it: the lock held all along, a mark there, or the key elsewhere).
+    /// dead) and the give-back is not made: while a dead sweeper's mark stands (until a
+    /// sweep `BUSY_STALE_NS` later gives its lock back), every slot whose stamp moved is
+    /// freed, not given back, and its flow is made anew by its next packet. A sweeper
+    /// killed in the moment between taking the lock and marking it, or between clearing
+    /// the mark and giving the lock back, leaves a lock no sweep takes (the other order
+    /// would leave a mark without its lock, which a later sweep would take from whoever
+    /// holds it). Whether the slot is live again (else `free` frees it: the lock held all
+    /// along, a mark there, or the key elsewhere).
     fn give_back<E: Bucketed>(
         &self,
         g: &FlowGeometry,
@@ -293,15 +299,20 @@ impl Mapped {
             }
             std::hint::spin_loop();
         }
-        /// Clears the mark (if it is still this give-back's) and gives the lock back,
-        /// however `give_back` ends.
+        /// Clears the mark and gives the lock back, however `give_back` ends; but only
+        /// while the mark is still this give-back's: a mark another sweep took (this one
+        /// stalled for `BUSY_STALE_NS`) took the lock with it, and the lock may be
+        /// another writer's by now.
         struct Unlock<'a>(&'a AtomicU64, Option<(&'a AtomicU64, u64)>);
         impl Drop for Unlock<'_> {
             fn drop(&mut self) {
-                if let Some((word, mark)) = self.1 {
-                    let _ = word.compare_exchange(mark, 0, Ordering::SeqCst, Ordering::SeqCst);
+                let ours = self.1.is_none_or(|(word, mark)| {
+                    word.compare_exchange(mark, 0, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                });
+                if ours {
+                    self.0.fetch_and(!HEAD_LOCKED, Ordering::SeqCst);
                 }
-                self.0.fetch_and(!HEAD_LOCKED, Ordering::SeqCst);
             }
         }
         let mut unlock = Unlock(head, None);
@@ -658,15 +669,18 @@ pub fn sweep_probed<E: Bucketed>(
         let b = (mark as u32).wrapping_sub(1);
         if now_ns.saturating_sub(since) < BUSY_STALE_NS {
             still_busy.mark = Some((mark, since));
-        } else if b < g.buckets
-            && word
-                .compare_exchange(mark, 0, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
+        } else if word
+            .compare_exchange(mark, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
         {
+            // (A mark naming no bucket of the table is only cleared.)
             let (hel, hw) = head_at(b);
-            m.atomic(hel as usize, hw as usize * 8)
-                .fetch_and(!HEAD_LOCKED, Ordering::SeqCst);
-            swept.unlocked += 1;
+            if b < g.buckets && (hel as usize) < m.elements {
+                let was = m
+                    .atomic(hel as usize, hw as usize * 8)
+                    .fetch_and(!HEAD_LOCKED, Ordering::SeqCst);
+                swept.unlocked += u64::from(was & HEAD_LOCKED != 0);
+            }
         }
     }
     for el in m.buckets(&g) {

@@ -706,7 +706,9 @@ impl EtcdWatch {
     ///
     /// A renewal etcd has not answered within `RENEW_TRY` counts as a broken stream, and a
     /// failed one is tried again `RENEW_RETRY` later, until etcd answers: a try that went
-    /// to a member unable to answer yet costs half a second, not the lease.
+    /// to a member unable to answer yet costs half a second, not the lease. Each failure
+    /// in a row doubles the wait for the next answer, up to a third of the lease (an etcd
+    /// slow to answer everything is still heard), and an answer brings it back.
     fn under_lease<F, E>(&self, what: String, ttl: i64, mut each: F, expired: E)
     where
         F: FnMut(Client, i64, bool) -> LeaseStep + Send + 'static,
@@ -719,6 +721,9 @@ impl EtcdWatch {
             let (mut held, mut fresh): (Option<i64>, bool) = (None, true);
             // The last trouble said since a step last succeeded (none: all is well).
             let mut said: Option<Trouble> = None;
+            // How long the next answer is waited for.
+            let mut bound = RENEW_TRY;
+            let most = Duration::from_millis(ttl as u64 * 1000 / 3).max(RENEW_TRY);
             loop {
                 // Ok(true): etcd said the lease expired; Ok(false): the keep-alive stream
                 // closed (a member going away: the lease renewed on a new stream).
@@ -731,7 +736,7 @@ impl EtcdWatch {
                             lease
                         }
                     };
-                    let opened = within(RENEW_TRY, c.lease_keep_alive(lease)).await;
+                    let opened = within(bound, c.lease_keep_alive(lease)).await;
                     let (mut keeper, mut stream) = match opened {
                         Ok(k) => k,
                         // Not reached, no leader, or no answer in time: etcd said nothing
@@ -743,7 +748,7 @@ impl EtcdWatch {
                         // granted TTL) is an expiry: a lease in its last second answers 0
                         // and may still be renewed, and is tried again.
                         Err(e) => {
-                            let asked = within(RENEW_TRY, c.lease_time_to_live(lease, None));
+                            let asked = within(bound, c.lease_time_to_live(lease, None));
                             return match asked.await {
                                 Ok(t) if t.ttl() < 0 && t.granted_ttl() == 0 => Ok(true),
                                 _ => Err(e),
@@ -753,8 +758,8 @@ impl EtcdWatch {
                     let mut failing = false;
                     loop {
                         keeper.keep_alive().await?;
-                        match within(RENEW_TRY, stream.message()).await? {
-                            Some(r) if r.ttl() > 0 => {}
+                        match within(bound, stream.message()).await? {
+                            Some(r) if r.ttl() > 0 => bound = RENEW_TRY,
                             Some(_) => return Ok::<_, etcd_client::Error>(true),
                             None => return Ok(false),
                         }
@@ -790,6 +795,9 @@ impl EtcdWatch {
                     }
                 }
                 .await;
+                if kept.is_err() {
+                    bound = (bound * 2).min(most);
+                }
                 // Each kind of trouble said once until a step succeeds again, an expiry
                 // whenever it happens (after a broken stream it comes second).
                 let kind = match (&kept, held) {
