@@ -564,6 +564,13 @@ pub struct BusySlots {
     mark: Option<(u64, u64)>,
 }
 
+/// Since when a word has stood, as a sweep at `now_ns` sees it: since the time noted
+/// with it (`noted`: a word and when a sweep first saw it) if the word is the same, else
+/// since now.
+fn held_since(noted: Option<&(u64, u64)>, word: u64, now_ns: u64) -> u64 {
+    noted.filter(|n| n.0 == word).map_or(now_ns, |n| n.1)
+}
+
 impl BusySlots {
     /// The busy slots noted.
     pub fn len(&self) -> usize {
@@ -611,8 +618,8 @@ impl BusySlots {
 /// generation of the word, so one sweeper takes it). Likewise a give-back's mark
 /// (`GIVE_BACK_MARK`): one still there, the same, `BUSY_STALE_NS` later names a lock its
 /// sweeper died holding (which would stay held for good, and its bucket's new keys be
-/// refused), and the lock is given back. Replaced by this sweep's. The daemon sweeps both tables every
-/// `SWEEP_EVERY`.
+/// refused), and the lock is given back. Replaced by this sweep's. The daemon sweeps both
+/// tables every `SWEEP_EVERY`.
 pub fn sweep<E: Bucketed>(
     table: &Map,
     now_ns: u64,
@@ -654,9 +661,7 @@ pub fn sweep_probed<E: Bucketed>(
     let mut still_busy = BusySlots::default();
     // Whether slot `at`, busy with word `w`, has been so for `BUSY_STALE_NS`.
     let stale = |at: usize, w: u64| {
-        busy.slots
-            .get(&at)
-            .is_some_and(|&(was, since)| was == w && now_ns.saturating_sub(since) >= BUSY_STALE_NS)
+        now_ns.saturating_sub(held_since(busy.slots.get(&at), w, now_ns)) >= BUSY_STALE_NS
     };
     // A give-back's mark: the lock it names given back once the same mark has stood for
     // `BUSY_STALE_NS` (a give-back holds it for a moment; this sweeper makes none while
@@ -665,7 +670,7 @@ pub fn sweep_probed<E: Bucketed>(
     let word = m.atomic(0, GIVE_BACK_MARK as usize * 8);
     let mark = word.load(Ordering::SeqCst);
     if mark != 0 {
-        let since = busy.mark.filter(|x| x.0 == mark).map_or(now_ns, |x| x.1);
+        let since = held_since(busy.mark.as_ref(), mark, now_ns);
         let b = (mark as u32).wrapping_sub(1);
         if now_ns.saturating_sub(since) < BUSY_STALE_NS {
             still_busy.mark = Some((mark, since));
@@ -694,12 +699,9 @@ pub fn sweep_probed<E: Bucketed>(
                     swept.freed +=
                         u64::from(free::<E>(&m, &g, el, i, w, None, probe) == Freed::Yes);
                 } else {
-                    let since = busy
+                    still_busy
                         .slots
-                        .get(&at)
-                        .filter(|b| b.0 == w)
-                        .map_or(now_ns, |b| b.1);
-                    still_busy.slots.insert(at, (w, since));
+                        .insert(at, (w, held_since(busy.slots.get(&at), w, now_ns)));
                 }
                 continue;
             }
