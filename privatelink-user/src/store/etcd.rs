@@ -721,7 +721,8 @@ impl EtcdWatch {
             let (mut held, mut fresh): (Option<i64>, bool) = (None, true);
             // The last trouble said since a step last succeeded (none: all is well).
             let mut said: Option<Trouble> = None;
-            // How long the next answer is waited for.
+            // How long the next answer is waited for, and its most: a third of the lease
+            // (at least `RENEW_TRY`), which bounds a step too.
             let mut bound = RENEW_TRY;
             let most = Duration::from_millis(ttl as u64 * 1000 / 3).max(RENEW_TRY);
             loop {
@@ -765,10 +766,7 @@ impl EtcdWatch {
                         }
                         // Bounded, so that a slow etcd cannot keep the lease from its
                         // next renewal.
-                        let step = tokio::time::timeout(
-                            Duration::from_millis((ttl as u64 * 1000 / 3).max(500)),
-                            each(c.clone(), lease, fresh),
-                        );
+                        let step = tokio::time::timeout(most, each(c.clone(), lease, fresh));
                         match step.await.unwrap_or_else(|_| {
                             Err(etcd_client::Error::IoError(std::io::Error::new(
                                 std::io::ErrorKind::TimedOut,
