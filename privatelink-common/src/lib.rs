@@ -520,16 +520,27 @@ impl FlowKey {
         dport: u16,
         proto: u8,
     ) -> FlowKey {
-        FlowKey {
+        // Whole words (`of_words`): the same fields, the padding zero.
+        FlowKey::of_words([
             vpc_id,
-            src,
-            dst,
-            sport,
-            dport,
-            proto,
-            _pad: 0,
-            _pad2: 0,
-        }
+            u32::from_ne_bytes(src),
+            u32::from_ne_bytes(dst),
+            ports_word(sport, dport),
+            proto_word(proto),
+        ])
+    }
+
+    /// `new` from the key's words as they lie in memory: `vpc_id`; the source and the
+    /// destination address as a packet holds them (network order, read as native words);
+    /// `ports_word` and `proto_word`. A key the data path builds byte by byte and then
+    /// reads as words (its hash, its comparisons) makes every such read wait until the
+    /// bytes' stores reach the cache (a store cannot be forwarded to a wider load); built
+    /// from whole words, each read takes its word from the store that wrote it.
+    #[inline(always)]
+    pub const fn of_words(words: [u32; 5]) -> FlowKey {
+        // SAFETY: `FlowKey` is `repr(C)`, five words with no padding (asserted below), and
+        // any bits are a valid value of its fields.
+        unsafe { core::mem::transmute::<[u32; 5], FlowKey>(words) }
     }
 
     /// The same flow seen from the other end.
@@ -544,6 +555,34 @@ impl FlowKey {
             self.proto,
         )
     }
+}
+
+const _: () =
+    assert!(core::mem::size_of::<FlowKey>() == 20 && core::mem::align_of::<FlowKey>() == 4);
+
+/// The word of a flow key (`FlowKey`, `FlowKey6`) that holds its ports (host order), as
+/// the key's memory holds it: what `FlowKey::of_words` and the key fillers write whole.
+#[inline(always)]
+pub const fn ports_word(sport: u16, dport: u16) -> u32 {
+    halves_word(sport, dport)
+}
+
+/// The word whose memory holds the 16-bit word `first` and then `second` (as
+/// `u32::from_ne_bytes` of their bytes, said with shifts: LLVM's BPF backend made the
+/// bytes' version four more instructions a word).
+#[inline(always)]
+pub const fn halves_word(first: u16, second: u16) -> u32 {
+    if cfg!(target_endian = "little") {
+        first as u32 | (second as u32) << 16
+    } else {
+        (first as u32) << 16 | second as u32
+    }
+}
+
+/// The last word of a flow key: its protocol, the padding zero (`ports_word`'s sibling).
+#[inline(always)]
+pub const fn proto_word(proto: u8) -> u32 {
+    u32::from_ne_bytes([proto, 0, 0, 0])
 }
 
 /// `FlowEntry::direction`.
@@ -1071,6 +1110,38 @@ mod tests {
     use core::mem::size_of;
 
     use super::*;
+
+    #[test]
+    fn a_key_made_of_words_has_the_fields_it_was_given() {
+        let k = FlowKey::new(7, [10, 1, 2, 3], [192, 168, 0, 9], 40000, 443, PROTO_TCP);
+        assert_eq!(
+            (
+                k.vpc_id, k.src, k.dst, k.sport, k.dport, k.proto, k._pad, k._pad2
+            ),
+            (
+                7,
+                [10, 1, 2, 3],
+                [192, 168, 0, 9],
+                40000,
+                443,
+                PROTO_TCP,
+                0,
+                0
+            )
+        );
+        // The bytes of two 16-bit words as they lie in memory, one word.
+        let (a, b) = (u16::from_ne_bytes([10, 1]), u16::from_ne_bytes([2, 3]));
+        assert_eq!(halves_word(a, b).to_ne_bytes(), [10, 1, 2, 3]);
+        let k2 = FlowKey::of_words([
+            7,
+            halves_word(a, b),
+            u32::from_ne_bytes([192, 168, 0, 9]),
+            ports_word(40000, 443),
+            proto_word(PROTO_TCP),
+        ]);
+        assert_eq!(k2, k);
+        assert_ne!(ports_word(40000, 443), ports_word(443, 40000));
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

@@ -7,7 +7,7 @@ use aya_ebpf::programs::XdpContext;
 use privatelink_common::{
     DIR_ORIGINAL, FLOW_EGRESS, FLOW_GWLB, FLOW_INGRESS, FLOW_LOGGED, FlowEntry, FlowEntry6,
     FlowEvent, FlowKey, GENEVE_PORT, GWLB_OVERHEAD, IFACE_FLAG_APPLIANCES, IfaceInfo, PROTO_TCP,
-    PROTO_UDP, Reason, checked_elapsed_ns, csum,
+    PROTO_UDP, Reason, checked_elapsed_ns, csum, halves_word, ports_word, proto_word,
 };
 
 use crate::{
@@ -94,12 +94,10 @@ pub const TCP_CHECK: usize = 8;
 pub const UDP_LEN: usize = 2;
 pub const UDP_CHECK: usize = 3;
 
-/// The address in words `i` and `i + 1`.
+/// The address in words `i` and `i + 1`, as it lies in memory, read as a native word.
 #[inline(always)]
-fn addr_at(w: &[u16; 10], i: usize) -> [u8; 4] {
-    let [a, b] = w[i].to_ne_bytes();
-    let [c, d] = w[i + 1].to_ne_bytes();
-    [a, b, c, d]
+fn word_at(w: &[u16; 10], i: usize) -> u32 {
+    halves_word(w[i], w[i + 1])
 }
 
 /// Writes `a` into words `i` and `i + 1`.
@@ -167,14 +165,13 @@ fn established_checked(
     if l4_len < l4_min || pkt.l4 + l4_len > pkt.end {
         return Ok(None);
     }
-    let key = FlowKey::new(
+    let key = FlowKey::of_words([
         iface.vpc_id,
-        addr_at(ip, IP_SRC),
-        addr_at(ip, IP_DST),
-        u16::from_be(l4[0]),
-        u16::from_be(l4[1]),
-        pkt.proto,
-    );
+        word_at(ip, IP_SRC),
+        word_at(ip, IP_DST),
+        ports_word(u16::from_be(l4[0]), u16::from_be(l4[1])),
+        proto_word(pkt.proto),
+    ]);
     let Some(seen) = FLOWS.get_ptr_mut_inline(&key) else {
         return Ok(None);
     };

@@ -25,7 +25,7 @@ use aya_ebpf::{
 use privatelink_common::{
     DIR_ORIGINAL, DIR_REPLY, ENI_FLAG_GATEWAY, EndpointEni6, FlowEntry6, FlowKey6, IfaceInfo,
     MAX_SNAT_ADDRS, PROTO_TCP, PROTO_UDP, Reason, SnatPool6, VpcAddr6, VpcPort, checked_tick, csum,
-    hash, seen_tick,
+    flowtable::SlotKey, hash, ports_word, proto_word, seen_tick,
 };
 
 use crate::{
@@ -34,7 +34,7 @@ use crate::{
     maps::{PL_NEIGHBORS6, PL_SNAT6_POOLS, PL_VPC_PORTS, config, key_scratch6, scratch6},
     nat6::{self, l4_delta6, rewrite_ip6},
     packet::Packet,
-    packet6::{copy_addr, forwardable_source, words},
+    packet6::{addr_word, copy_addr, forwardable_source, words},
     parse::{ETH_LEN, Ipv6Hdr, Ports, be16, mut_at, ne16},
 };
 
@@ -74,7 +74,9 @@ pub fn flow_key6(
     Ok((key, flags, nums))
 }
 
-/// Fills `k` in place (`FlowKey6::new` without building a key on the stack).
+/// Fills `k` in place (`FlowKey6::new` without building a key on the stack), a whole
+/// word at a time: the lookup reads it as words, and a word written in halves or bytes
+/// cannot be forwarded from the stores to its read (see `FlowKey::of_words`).
 #[inline(always)]
 pub fn fill_key6(
     k: &mut FlowKey6,
@@ -84,14 +86,13 @@ pub fn fill_key6(
     ports: (u16, u16),
     proto: u8,
 ) {
-    k.vpc_id = vpc_id;
-    copy_addr(&mut k.src, src);
-    copy_addr(&mut k.dst, dst);
-    k.sport = ports.0;
-    k.dport = ports.1;
-    k.proto = proto;
-    k._pad = 0;
-    k._pad2 = 0;
+    k.set_word(0, vpc_id);
+    for i in 0..4 {
+        k.set_word(1 + i, addr_word(src, i));
+        k.set_word(5 + i, addr_word(dst, i));
+    }
+    k.set_word(9, ports_word(ports.0, ports.1));
+    k.set_word(10, proto_word(proto));
 }
 
 /// `conntrack::keep_partner` for IPv6.

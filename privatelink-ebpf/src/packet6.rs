@@ -160,3 +160,19 @@ pub fn copy_addr(dst: &mut [u8; 16], src: &[u8; 16]) {
         unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
     }
 }
+
+/// Word `i` (below 4) of an address as it lies in memory (network order, read as a
+/// native word), from its two 2-aligned halves (see `words`), read volatile as
+/// `copy_addr` reads them.
+#[inline(always)]
+pub fn addr_word(a: &[u8; 16], i: usize) -> u32 {
+    let s = a as *const [u8; 16] as *const u16;
+    // SAFETY: words `2 * i` and `2 * i + 1` (below 8: `i & 3`) of a live `&`, 2-aligned.
+    let (lo, hi) = unsafe {
+        (
+            core::ptr::read_volatile(s.add(2 * (i & 3))),
+            core::ptr::read_volatile(s.add(2 * (i & 3) + 1)),
+        )
+    };
+    privatelink_common::halves_word(lo, hi)
+}
