@@ -270,7 +270,8 @@ const _: () = assert!(
 );
 
 /// A flow table's key: hashed and compared as the 32-bit words it is made of (its padding
-/// is always zero: `FlowKey::new`, `FlowKey6::new`).
+/// is always zero: `FlowKey::new`, `FlowKey::of_words`, `FlowKey6::new`, and in the data
+/// path `fill_key6` and `key6`, which write it a whole word at a time).
 pub trait SlotKey: Copy {
     const WORDS: usize;
     /// Which words `key_hash` folds into its second lane (bit `i`: word `i`), in order;

@@ -536,8 +536,11 @@ impl FlowKey {
     /// reads as words (its hash, its comparisons) makes every such read wait until the
     /// bytes' stores reach the cache (a store cannot be forwarded to a wider load); built
     /// from whole words, each read takes its word from the store that wrote it.
+    /// Its last word must be `proto_word`'s (a slot keeps only its low byte: see
+    /// `flowtable::SlotKey::storable`).
     #[inline(always)]
     pub const fn of_words(words: [u32; 5]) -> FlowKey {
+        debug_assert!(words[4] <= 0xff);
         // SAFETY: `FlowKey` is `repr(C)`, five words with no padding (asserted below), and
         // any bits are a valid value of its fields.
         unsafe { core::mem::transmute::<[u32; 5], FlowKey>(words) }

@@ -101,6 +101,9 @@ impl FlowKey6 {
         dport: u16,
         proto: u8,
     ) -> FlowKey6 {
+        // A struct, not words as `FlowKey::new` (see `FlowKey::of_words`): built from words,
+        // the entry program's IPv6 partner keys took more stack than BPF has. The data
+        // path's hot keys are filled a word at a time in map memory (`fill_key6`, `key6`).
         FlowKey6 {
             vpc_id,
             src,

@@ -6,14 +6,14 @@
 //! `flows6`, not compiled yet); uses `packet6`, `maps` and `conntrack`.
 
 use privatelink_common::{
-    CT_ESTABLISHED, Config, EMBRYONIC_RECLAIM_NS, FLOW_GWLB, FlowEntry6, FlowKey6, idle_timeout_ns,
-    seen_elapsed_ns,
+    CT_ESTABLISHED, Config, EMBRYONIC_RECLAIM_NS, FLOW_GWLB, FlowEntry6, FlowKey6,
+    flowtable::SlotKey, idle_timeout_ns, ports_word, proto_word, seen_elapsed_ns,
 };
 
 use crate::{
     conntrack::{Flow, Table, alive, flow_fields},
     flowtable::FLOWS6,
-    packet6::copy_addr,
+    packet6::addr_word,
 };
 
 impl Flow for FlowEntry6 {
@@ -100,10 +100,11 @@ pub fn alive6(e: &FlowEntry6, key: &FlowKey6, t: u64, cfg: &Config) -> bool {
     alive(e, key, t, cfg)
 }
 
-/// `FlowKey6::new` with the addresses copied in place (`copy_addr`), never through
-/// registers: a key built inline is split by LLVM into scalars the registers cannot hold
-/// (the stack then holds one slot per piece); filled by a BPF function of its own, it
-/// stays in memory.
+/// `FlowKey6::new` with the addresses written in place, a whole word at a time
+/// (`packet6::addr_word`: the lookups read the key as words, see `FlowKey::of_words`),
+/// never through registers: a key built inline is split by LLVM into scalars the
+/// registers cannot hold (the stack then holds one slot per piece); filled by a BPF
+/// function of its own, it stays in memory.
 #[inline(always)]
 pub fn key6(
     vpc_id: u32,
@@ -113,13 +114,18 @@ pub fn key6(
     dport: u16,
     proto: u8,
 ) -> FlowKey6 {
-    let mut k = FlowKey6::new(vpc_id, [0; 16], [0; 16], sport, dport, proto);
+    let mut k = FlowKey6::default();
+    k.set_word(0, vpc_id);
+    k.set_word(9, ports_word(sport, dport));
+    k.set_word(10, proto_word(proto));
     fill_addrs(&mut k, src, dst);
     k
 }
 
 #[inline(never)]
 fn fill_addrs(k: &mut FlowKey6, src: &[u8; 16], dst: &[u8; 16]) {
-    copy_addr(&mut k.src, src);
-    copy_addr(&mut k.dst, dst);
+    for i in 0..4 {
+        k.set_word(1 + i, addr_word(src, i));
+        k.set_word(5 + i, addr_word(dst, i));
+    }
 }

@@ -18,7 +18,9 @@ use etherparse::{
     IcmpEchoHeader, Icmpv6Type, Ipv6Header, LinkSlice, NetSlice, PacketBuilder, SlicedPacket,
     TransportSlice,
 };
-use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, FLOW_GATEWAY, Reason};
+use privatelink_common::{
+    DIR_ORIGINAL, DIR_REPLY, FLOW_GATEWAY, FlowEntry6, FlowKey6, PROTO_TCP, Reason,
+};
 use privatelink_tests::{
     dual::{
         LB6_MAC, NA, NEXTHDR_AUTH, NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING,
@@ -645,6 +647,16 @@ fn syn_to_the_eni6_is_full_natted_to_the_load_balancer() {
         .collect();
     assert!(keys.contains(&(DIR_ORIGINAL, client6(), eni6(), 40000, 80)));
     assert!(keys.contains(&(DIR_REPLY, lb6(), p.ip.source, 80, p.sport)));
+    // Found by the keys this side makes (`FlowKey6::new`): the data path wrote every word
+    // of them as the host does, VPC and padding included (a listing rebuilds a key's
+    // last word from its slot, so only a lookup, which hashes all the words, shows it).
+    let (vpc_a, vpc_b) = (numeric_id("vpc-a"), numeric_id("vpc-b"));
+    let fwd = FlowKey6::new(vpc_a, client6(), eni6(), 40000, 80, PROTO_TCP);
+    let back = FlowKey6::new(vpc_b, lb6(), p.ip.source, 80, p.sport, PROTO_TCP);
+    for (key, dir) in [(fwd, DIR_ORIGINAL), (back, DIR_REPLY)] {
+        let e = h.dp.flow::<FlowEntry6>(&key).unwrap();
+        assert_eq!(e.map(|e| e.direction), Some(dir), "{key:?}");
+    }
 }
 
 #[test]
