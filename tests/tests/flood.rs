@@ -500,6 +500,71 @@ fn set_heads_word<T: std::borrow::BorrowMut<aya::maps::MapData>>(
     table.set(el, heads, 0).unwrap();
 }
 
+/// Word `w` of the heads' element `el` of `h`'s IPv4 flow table.
+fn heads_word(h: &Harness, el: u32, w: u32) -> u64 {
+    let a: aya::maps::Array<_, privatelink_common::FlowBucket> =
+        aya::maps::Array::try_from(h.dp.map(privatelink_common::map_names::CONNTRACK).unwrap())
+            .unwrap();
+    let heads = a.get(&el, 0).unwrap();
+    // SAFETY: a bucket is plain words, 8-aligned (its slots begin with one).
+    unsafe { (&raw const heads).cast::<u64>().add(w as usize).read() }
+}
+
+/// A lock marked as a give-back's (`GIVE_BACK_MARK`) is given back by the sweep only once
+/// the same mark has stood for `BUSY_STALE_NS`: a mark that changed between two sweeps is
+/// another give-back's, live, and its time starts again at the sweep that first saw it.
+#[test]
+fn a_marked_lock_is_given_back_only_once_the_same_mark_has_stood() {
+    use privatelink_common::flowtable::GIVE_BACK_MARK;
+    use privatelink_user::dataplane::flowtable::{BUSY_STALE_NS, BusySlots};
+    let mut h = unshared(2048);
+    let cfg = Config::default();
+    let t0 = privatelink_tests::scale::ktime_ns();
+    let b = 5;
+    let set_mark = |h: &mut Harness, nonce: u64| {
+        let mut a = aya::maps::Array::try_from(
+            h.dp.map_mut(privatelink_common::map_names::CONNTRACK)
+                .unwrap(),
+        )
+        .unwrap();
+        set_lock(&mut a, b, true);
+        set_heads_word(&mut a, 0, GIVE_BACK_MARK, |w| {
+            *w = u64::from(b + 1) | nonce << 32
+        });
+    };
+    let mut busy = BusySlots::default();
+    let mut sweep = |h: &Harness, at: u64| {
+        let s = h.dp.sweep_flows::<FlowEntry>(at, &cfg, &mut busy).unwrap();
+        (s.unlocked, busy.marked())
+    };
+    set_mark(&mut h, 0xaaaa);
+    assert_eq!(sweep(&h, t0), (0, true), "the first mark noted");
+    // Another give-back's mark on the same lock, before the first mark's time ran out.
+    set_mark(&mut h, 0xbbbb);
+    assert_eq!(
+        sweep(&h, t0 + BUSY_STALE_NS),
+        (0, true),
+        "a new mark: its time starts now"
+    );
+    assert_eq!(
+        sweep(&h, t0 + 2 * BUSY_STALE_NS - 1),
+        (0, true),
+        "the new mark not yet stood its time"
+    );
+    assert_eq!(
+        h.dp.flow_stuck::<FlowEntry>().unwrap(),
+        (0, 1),
+        "still held"
+    );
+    assert_eq!(
+        sweep(&h, t0 + 2 * BUSY_STALE_NS),
+        (1, false),
+        "the same mark for its time: the lock given back"
+    );
+    assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 0));
+    assert_eq!(heads_word(&h, 0, GIVE_BACK_MARK), 0, "the mark cleared");
+}
+
 /// The daemon's sweep (`flowtable::sweep`) frees both directions of every dead flow (no
 /// direction seen within its idle timeout), and nothing else: a flow seen one way only
 /// lives on both ways, as the data path judges it, but an old reply whose forward key now
@@ -689,19 +754,11 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
         (false, 1),
         "the marked lock given back"
     );
-    let mark = {
-        let a: aya::maps::Array<_, FlowBucket> =
-            aya::maps::Array::try_from(h.dp.map(map_names::CONNTRACK).unwrap()).unwrap();
-        let e0 = a.get(&0, 0).unwrap();
-        // SAFETY: a bucket is plain words, 8-aligned (its slots begin with one).
-        unsafe {
-            (&raw const e0)
-                .cast::<u64>()
-                .add(GIVE_BACK_MARK as usize)
-                .read()
-        }
-    };
-    assert_eq!(mark, 0, "the mark cleared with its lock");
+    assert_eq!(
+        heads_word(&h, 0, GIVE_BACK_MARK),
+        0,
+        "the mark cleared with its lock"
+    );
     // The writer's lock is still its own (and then given back, as it would).
     assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 1));
     set_lock(
