@@ -101,19 +101,28 @@ impl FlowKey6 {
         dport: u16,
         proto: u8,
     ) -> FlowKey6 {
-        // A struct, not words as `FlowKey::new` (see `FlowKey::of_words`): built from words,
-        // the entry program's IPv6 partner keys took more stack than BPF has. The data
-        // path's hot keys are filled a word at a time in map memory (`fill_key6`, `key6`).
-        FlowKey6 {
+        // The addresses as arrays: built from words, the entry program's IPv6 partner keys
+        // took more stack than BPF has. The ports and the protocol as the whole words the
+        // flow table reads them as (see `FlowKey::of_words`). The data path's hot keys are
+        // filled a word at a time (`fill_key6` in map memory, `conntrack6::key6`).
+        let mut k = FlowKey6 {
             vpc_id,
             src,
             dst,
-            sport,
-            dport,
-            proto,
+            sport: 0,
+            dport: 0,
+            proto: 0,
             _pad: 0,
             _pad2: 0,
+        };
+        let words = (&raw mut k).cast::<u32>();
+        // SAFETY: words 9 (the ports) and 10 (the protocol and the padding) of a `repr(C)`
+        // key of eleven words, 4-aligned (asserted with `SlotKey`'s impls).
+        unsafe {
+            words.add(9).write(crate::ports_word(sport, dport));
+            words.add(10).write(crate::proto_word(proto));
         }
+        k
     }
 
     /// The same flow seen from the other end.
@@ -351,6 +360,20 @@ mod tests {
 
     use super::*;
     use crate::{RULE_ACCEPT, RULE_DROP};
+
+    #[test]
+    fn an_ipv6_key_has_the_fields_it_was_given() {
+        let src: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        let dst: [u8; 16] = core::array::from_fn(|i| 0xf0 - i as u8);
+        let k = FlowKey6::new(9, src, dst, 40000, 443, crate::PROTO_UDP);
+        assert_eq!(
+            (k.vpc_id, k.src, k.dst, k.sport, k.dport, k.proto),
+            (9, src, dst, 40000, 443, crate::PROTO_UDP)
+        );
+        assert_eq!((k._pad, k._pad2), (0, 0), "the padding zero");
+        assert_eq!((k.reversed().src, k.reversed().sport), (dst, 443));
+        assert_eq!(k.reversed().reversed(), k);
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {
