@@ -47,6 +47,9 @@ impl Flow for FlowEntry6 {
         true
     }
     /// As `FlowEntry::partner`: GWLB flows are keyed in the consumer VPC both ways.
+    /// (`self.partner_key` here is `FlowEntry6`'s own method, `FlowKey6::new`'s key: an
+    /// inherent method goes before the trait's. The trait's, `key6`'s, is what the
+    /// generic claim and partner-keeping code of `conntrack` asks for.)
     #[inline(always)]
     fn partner(&self, key: &FlowKey6) -> FlowKey6 {
         if self.flags & FLOW_GWLB != 0 {

@@ -604,6 +604,47 @@ fn udp6_to_eni(h: &Harness, sport: u16, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// A one-way IPv6 flow stays alive through its other direction, as IPv4's
+/// (`packets.rs`): a client packet after the client went quiet past its timeout finds its
+/// expired entry's partner, the provider's, by the key `FlowEntry6::partner_key` makes
+/// (`FlowKey6::new`), and the flow keeps its tuple: no new flow made.
+#[test]
+fn a_flow6_lives_while_either_direction_is_active() {
+    let mut h = nat_harness();
+    const MS: u64 = 1_000_000;
+    h.dp.set_config(&privatelink_common::Config {
+        tcp_timeout_ns: 300 * MS,
+        other_timeout_ns: 300 * MS,
+        closing_timeout_ns: 100 * MS,
+        ..Default::default()
+    })
+    .unwrap();
+    let (act, out) = h
+        .run(h.consumer.ifindex, &udp6_to_eni(&h, 7100, b"sub"))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_l4(&out);
+    let (snat, port) = (p.ip.source, p.sport);
+    let push = udp6_from_lb(&h, (snat, port), b"push");
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        assert_eq!(h.run(h.provider.ifindex, &push).unwrap().0, XDP_REDIRECT);
+    }
+    // The consumer's entry is past its timeout, the provider's is not: same flow, same tuple.
+    let (act, out) = h
+        .run(h.consumer.ifindex, &udp6_to_eni(&h, 7100, b"again"))
+        .unwrap();
+    assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+    let p = parse_l4(&out);
+    assert_eq!((p.ip.source, p.sport), (snat, port));
+    assert_eq!(
+        h.count(Reason::Forward6NewFlow),
+        1,
+        "{:?}",
+        h.active_stats()
+    );
+}
+
 /// Sends a SYN from client port `sport`; the SNAT tuple it was given.
 fn open_flow6(h: &mut Harness, sport: u16) -> ([u8; 16], u16) {
     let (act, out) = h
