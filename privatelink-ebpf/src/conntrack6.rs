@@ -13,7 +13,7 @@ use privatelink_common::{
 use crate::{
     conntrack::{Flow, Table, alive, flow_fields},
     flowtable::FLOWS6,
-    packet6::addr_word,
+    packet6::set_addr_words,
 };
 
 impl Flow for FlowEntry6 {
@@ -104,7 +104,7 @@ pub fn alive6(e: &FlowEntry6, key: &FlowKey6, t: u64, cfg: &Config) -> bool {
 }
 
 /// `FlowKey6::new` with the addresses written in place, a whole word at a time
-/// (`packet6::addr_word`: the lookups read the key as words, see `FlowKey::of_words`),
+/// (`packet6::set_addr_words`: the lookups read the key as words, see `FlowKey::of_words`),
 /// never through registers: a key built inline is split by LLVM into scalars the
 /// registers cannot hold (the stack then holds one slot per piece); filled by a BPF
 /// function of its own, it stays in memory.
@@ -127,8 +127,5 @@ pub fn key6(
 
 #[inline(never)]
 fn fill_addrs(k: &mut FlowKey6, src: &[u8; 16], dst: &[u8; 16]) {
-    for i in 0..4 {
-        k.set_word(1 + i, addr_word(src, i));
-        k.set_word(5 + i, addr_word(dst, i));
-    }
+    set_addr_words(k, src, dst);
 }

@@ -34,7 +34,7 @@ use crate::{
     maps::{PL_NEIGHBORS6, PL_SNAT6_POOLS, PL_VPC_PORTS, config, key_scratch6, scratch6},
     nat6::{self, l4_delta6, rewrite_ip6},
     packet::Packet,
-    packet6::{addr_word, copy_addr, forwardable_source, words},
+    packet6::{copy_addr, forwardable_source, set_addr_words, words},
     parse::{ETH_LEN, Ipv6Hdr, Ports, be16, mut_at, ne16},
 };
 
@@ -87,10 +87,7 @@ pub fn fill_key6(
     proto: u8,
 ) {
     k.set_word(0, vpc_id);
-    for i in 0..4 {
-        k.set_word(1 + i, addr_word(src, i));
-        k.set_word(5 + i, addr_word(dst, i));
-    }
+    set_addr_words(k, src, dst);
     k.set_word(9, ports_word(ports.0, ports.1));
     k.set_word(10, proto_word(proto));
 }

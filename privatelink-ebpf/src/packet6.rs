@@ -14,7 +14,7 @@
 //! counted as `DropIpv6ExtHeader`.
 
 use aya_ebpf::programs::XdpContext;
-use privatelink_common::Reason;
+use privatelink_common::{FlowKey6, Reason, flowtable::SlotKey};
 
 use crate::{
     packet::Packet,
@@ -165,7 +165,7 @@ pub fn copy_addr(dst: &mut [u8; 16], src: &[u8; 16]) {
 /// native word), from its two 2-aligned halves (see `words`), read volatile as
 /// `copy_addr` reads them.
 #[inline(always)]
-pub fn addr_word(a: &[u8; 16], i: usize) -> u32 {
+fn addr_word(a: &[u8; 16], i: usize) -> u32 {
     let s = a as *const [u8; 16] as *const u16;
     // SAFETY: words `2 * i` and `2 * i + 1` (below 8: `i & 3`) of a live `&`, 2-aligned.
     let (lo, hi) = unsafe {
@@ -175,4 +175,14 @@ pub fn addr_word(a: &[u8; 16], i: usize) -> u32 {
         )
     };
     privatelink_common::halves_word(lo, hi)
+}
+
+/// Writes `src` and `dst` into `k`'s address words (1–4 and 5–8), a whole word at a time
+/// (`addr_word`): what every IPv6 key filler writes in place.
+#[inline(always)]
+pub fn set_addr_words(k: &mut FlowKey6, src: &[u8; 16], dst: &[u8; 16]) {
+    for i in 0..4 {
+        k.set_word(1 + i, addr_word(src, i));
+        k.set_word(5 + i, addr_word(dst, i));
+    }
 }
