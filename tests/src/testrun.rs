@@ -91,6 +91,30 @@ impl Harness {
         self.dp.bump_epoch()
     }
 
+    /// Idle timeouts a test outlives in a second: 300 ms for TCP and other flows, 100 ms
+    /// for closing ones.
+    pub fn set_short_timeouts(&mut self) -> Result<()> {
+        const MS: u64 = 1_000_000;
+        self.dp.set_config(&privatelink_common::Config {
+            tcp_timeout_ns: 300 * MS,
+            other_timeout_ns: 300 * MS,
+            closing_timeout_ns: 100 * MS,
+            ..Default::default()
+        })
+    }
+
+    /// Sends `frame` on `ifindex` four times, 120 ms apart (480 ms in all: past
+    /// `set_short_timeouts`' 300 ms), each redirected: one direction of a flow talking
+    /// while the other goes quiet.
+    pub fn keep_talking(&mut self, ifindex: u32, frame: &[u8]) {
+        const XDP_REDIRECT: u32 = 4;
+        for _ in 0..4 {
+            std::thread::sleep(std::time::Duration::from_millis(120));
+            let (act, _) = self.run(ifindex, frame).unwrap();
+            assert_eq!(act, XDP_REDIRECT, "{:?}", self.active_stats());
+        }
+    }
+
     /// Runs one frame arriving on `ifindex`; returns the XDP action and the frame after.
     pub fn run(&mut self, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
         let mut out = vec![0u8; frame.len() + 512];

@@ -611,14 +611,7 @@ fn udp6_to_eni(h: &Harness, sport: u16, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn a_flow6_lives_while_either_direction_is_active() {
     let mut h = nat_harness();
-    const MS: u64 = 1_000_000;
-    h.dp.set_config(&privatelink_common::Config {
-        tcp_timeout_ns: 300 * MS,
-        other_timeout_ns: 300 * MS,
-        closing_timeout_ns: 100 * MS,
-        ..Default::default()
-    })
-    .unwrap();
+    h.set_short_timeouts().unwrap();
     let (act, out) = h
         .run(h.consumer.ifindex, &udp6_to_eni(&h, 7100, b"sub"))
         .unwrap();
@@ -626,10 +619,7 @@ fn a_flow6_lives_while_either_direction_is_active() {
     let p = parse_l4(&out);
     let (snat, port) = (p.ip.source, p.sport);
     let push = udp6_from_lb(&h, (snat, port), b"push");
-    for _ in 0..4 {
-        std::thread::sleep(std::time::Duration::from_millis(120));
-        assert_eq!(h.run(h.provider.ifindex, &push).unwrap().0, XDP_REDIRECT);
-    }
+    h.keep_talking(h.provider.ifindex, &push);
     // The consumer's entry is past its timeout, the provider's is not: same flow, same tuple.
     let (act, out) = h
         .run(h.consumer.ifindex, &udp6_to_eni(&h, 7100, b"again"))
