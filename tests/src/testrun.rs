@@ -91,20 +91,19 @@ impl Harness {
         self.dp.bump_epoch()
     }
 
-    /// Idle timeouts a test outlives in a second: 300 ms for TCP and other flows, 100 ms
-    /// for closing ones.
-    pub fn set_short_timeouts(&mut self) -> Result<()> {
+    /// Idle timeouts a test outlives, in ms: TCP and other flows', closing flows'.
+    pub fn set_timeouts_ms(&mut self, tcp: u64, other: u64, closing: u64) -> Result<()> {
         const MS: u64 = 1_000_000;
         self.dp.set_config(&privatelink_common::Config {
-            tcp_timeout_ns: 300 * MS,
-            other_timeout_ns: 300 * MS,
-            closing_timeout_ns: 100 * MS,
+            tcp_timeout_ns: tcp * MS,
+            other_timeout_ns: other * MS,
+            closing_timeout_ns: closing * MS,
             ..Default::default()
         })
     }
 
-    /// Sends `frame` on `ifindex` four times, 120 ms apart (480 ms in all: past
-    /// `set_short_timeouts`' 300 ms), each redirected: one direction of a flow talking
+    /// Sends `frame` on `ifindex` four times, 120 ms apart (480 ms in all: past a 300 ms
+    /// timeout of `set_timeouts_ms`), each redirected: one direction of a flow talking
     /// while the other goes quiet.
     pub fn keep_talking(&mut self, ifindex: u32, frame: &[u8]) {
         const XDP_REDIRECT: u32 = 4;

@@ -1211,14 +1211,7 @@ fn an_eni_reassigned_to_another_endpoint_starts_new_flows_there() {
 }
 
 fn short_timeouts(h: &mut Harness) {
-    const MS: u64 = 1_000_000;
-    h.dp.set_config(&privatelink_common::Config {
-        tcp_timeout_ns: 300 * MS,
-        other_timeout_ns: 200 * MS,
-        closing_timeout_ns: 100 * MS,
-        ..Default::default()
-    })
-    .unwrap();
+    h.set_timeouts_ms(300, 200, 100).unwrap();
 }
 
 #[test]
@@ -1310,7 +1303,7 @@ fn echo_reply_comes_from_the_interface_mac() {
 #[test]
 fn a_flow_lives_while_either_direction_is_active() {
     let mut h = harness();
-    h.set_short_timeouts().unwrap();
+    h.set_timeouts_ms(300, 300, 100).unwrap();
     let (_, out) = h
         .run(h.consumer.ifindex, &udp_to_eni(&h, 7100, b"sub", false))
         .unwrap();

@@ -611,7 +611,7 @@ fn udp6_to_eni(h: &Harness, sport: u16, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn a_flow6_lives_while_either_direction_is_active() {
     let mut h = nat_harness();
-    h.set_short_timeouts().unwrap();
+    h.set_timeouts_ms(300, 300, 100).unwrap();
     let (act, out) = h
         .run(h.consumer.ifindex, &udp6_to_eni(&h, 7100, b"sub"))
         .unwrap();
