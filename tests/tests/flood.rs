@@ -790,13 +790,16 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
 /// found no live slot for its key, placed the key anew in a free slot of its first bucket:
 /// the claimed slot is freed, the key lives once. (c) A writer of the data path holds
 /// the key's first bucket's lock: the slot is freed, and the lock stays its holder's.
-/// Every other direction is freed, and the table is left whole.
+/// (d) Another sweeper is in a give-back of its own (its mark stands, on the lock of
+/// another bucket it holds): the give-back is refused, the slot freed, and that
+/// sweeper's mark and lock are left as they were. Every other direction is freed, and
+/// the table is left whole.
 #[test]
 fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
     use aya::maps::{Array, Map, MapData};
     use privatelink_common::{
         FlowBucket,
-        flowtable::{FLOW_WAYS, SLOT_FREE, buckets_of, published, write_head},
+        flowtable::{FLOW_WAYS, GIVE_BACK_MARK, SLOT_FREE, buckets_of, published, write_head},
         seen_tick,
     };
     use privatelink_user::dataplane::{
@@ -809,6 +812,7 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
         Alone,
         PlacedAnew,
         Locked,
+        Marked,
     }
     struct Probe {
         table: Array<MapData, FlowBucket>,
@@ -825,7 +829,16 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
         fn lock(&mut self, key: &FlowKey, on: bool) {
             set_lock(&mut self.table, buckets_of(key, &self.g).0, on);
         }
+        /// The bucket another sweeper's give-back holds in case (d): the one after
+        /// `key`'s first.
+        fn other(&self, key: &FlowKey) -> u32 {
+            (buckets_of(key, &self.g).0 + 1) % self.g.buckets
+        }
     }
+    /// Case (d)'s other sweeper's mark: its bucket, and a nonce no sweeper of this
+    /// process makes (`give_back_nonce`'s high half is the process id).
+    const OTHER_NONCE: u64 = 0x5eed_0001;
+    let other_mark = |b: u32| u64::from(b + 1) | OTHER_NONCE << 32;
     impl SweepProbe for Probe {
         fn judged(&mut self, at: usize) {
             if self.moved.is_some() {
@@ -839,6 +852,13 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
             self.moved = Some((at, key));
             if self.case == Case::Locked {
                 self.lock(&key, true);
+            }
+            if self.case == Case::Marked {
+                let other = self.other(&key);
+                set_lock(&mut self.table, other, true);
+                set_heads_word(&mut self.table, 0, GIVE_BACK_MARK, |w| {
+                    *w = u64::from(other + 1) | OTHER_NONCE << 32
+                });
             }
         }
         fn moved(&mut self, at: usize) {
@@ -865,7 +885,7 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
             self.anew = Some(el as usize * FLOW_WAYS as usize + i);
         }
     }
-    for case in [Case::Alone, Case::PlacedAnew, Case::Locked] {
+    for case in [Case::Alone, Case::PlacedAnew, Case::Locked, Case::Marked] {
         let mut h = unshared(2048);
         let cfg = Config {
             tcp_timeout_ns: 5_000_000_000,
@@ -896,7 +916,7 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
         let copies = left.iter().filter(|(_, k, _)| *k == key).count();
         assert_eq!(
             copies,
-            usize::from(case != Case::Locked),
+            usize::from(!matches!(case, Case::Locked | Case::Marked)),
             "{case:?}: {left:?}"
         );
         match case {
@@ -927,6 +947,25 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
                 // The lock is still its holder's: the sweep took nothing back.
                 assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 1));
                 probe.lock(&key, false);
+            }
+            Case::Marked => {
+                // Refused: the slot freed (its partner with it), the key's own lock
+                // given back, the other sweeper's mark and lock as it left them.
+                assert!(left.is_empty(), "{case:?}: {left:?}");
+                assert_eq!(swept.freed, 2 * u64::from(FLOWS), "{case:?}");
+                let other = probe.other(&key);
+                assert_eq!(
+                    heads_word(&h, 0, GIVE_BACK_MARK),
+                    other_mark(other),
+                    "{case:?}: the other sweeper's mark"
+                );
+                assert_eq!(
+                    h.dp.flow_stuck::<FlowEntry>().unwrap(),
+                    (0, 1),
+                    "{case:?}: only the other sweeper's lock held"
+                );
+                set_lock(&mut probe.table, other, false);
+                set_heads_word(&mut probe.table, 0, GIVE_BACK_MARK, |w| *w = 0);
             }
         }
         assert_eq!(h.dp.flow_stuck::<FlowEntry>().unwrap(), (0, 0), "{case:?}");
