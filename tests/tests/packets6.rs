@@ -635,6 +635,62 @@ fn a_flow6_lives_while_either_direction_is_active() {
     );
 }
 
+/// An IPv6 flow that loses an entry keeps its SNAT tuple, as IPv4's (`packets.rs`): a lost
+/// forward entry is made again by the next client packet (its reply entry recognised as
+/// the flow's own, by the key `flows6`'s claim derives), and so is a flow that lost both;
+/// a lost reply entry is made again by a client packet once the partner check is due
+/// (one second), by the key `conntrack6::key6` builds for `keep_partner`: the reply
+/// after it is translated back only if that key is the one the reply is looked up by.
+#[test]
+fn a_flow6_that_loses_an_entry_keeps_its_snat_tuple() {
+    let mut h = nat_harness();
+    let tuple = open_flow6(&mut h, 40100);
+    let data = tcp6_segment(&h, 40100, false, b"data");
+    let reply = tcp6_from_lb(&h, tuple, b"answer");
+    // The harness holds this one flow: one entry per direction.
+    let forget = |h: &mut Harness, dir: u8| {
+        let keys: Vec<FlowKey6> =
+            h.dp.flows6()
+                .unwrap()
+                .into_iter()
+                .filter(|(_, e)| e.direction == dir)
+                .map(|(k, _)| k)
+                .collect();
+        assert_eq!(keys.len(), 1, "one entry in direction {dir}");
+        assert!(h.dp.remove_flow::<FlowEntry6>(&keys[0]).unwrap());
+    };
+    let send = |h: &mut Harness| {
+        let (act, out) = h.run(h.consumer.ifindex, &data).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
+        let p = parse_l4(&out);
+        (p.ip.source, p.sport)
+    };
+
+    forget(&mut h, DIR_ORIGINAL);
+    assert_eq!(send(&mut h), tuple, "after losing the forward entry");
+    forget(&mut h, DIR_ORIGINAL);
+    forget(&mut h, DIR_REPLY);
+    assert_eq!(send(&mut h), tuple, "after losing both entries");
+    assert_eq!(h.run(h.provider.ifindex, &reply).unwrap().0, XDP_REDIRECT);
+
+    forget(&mut h, DIR_REPLY);
+    let before = h.count(Reason::DropNoFlow);
+    assert_eq!(h.run(h.provider.ifindex, &reply).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropNoFlow), before + 1);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(send(&mut h), tuple, "after losing the reply entry");
+    let (act, out) = h.run(h.provider.ifindex, &reply).unwrap();
+    assert_eq!(
+        act,
+        XDP_REDIRECT,
+        "the reply entry was made again: {:?}",
+        h.active_stats()
+    );
+    let p = parse_l4(&out);
+    assert_eq!((p.ip.destination, p.dport), (client6(), 40100));
+    assert_eq!(h.dp.flows6().unwrap().len(), 2, "one flow, both ways");
+}
+
 /// Sends a SYN from client port `sport`; the SNAT tuple it was given.
 fn open_flow6(h: &mut Harness, sport: u16) -> ([u8; 16], u16) {
     let (act, out) = h
