@@ -49,7 +49,11 @@ impl Flow for FlowEntry6 {
     /// As `FlowEntry::partner`: GWLB flows are keyed in the consumer VPC both ways.
     /// (`self.partner_key` here is `FlowEntry6`'s own method, `FlowKey6::new`'s key: an
     /// inherent method goes before the trait's. The trait's, `key6`'s, is what the
-    /// generic claim and partner-keeping code of `conntrack` asks for.)
+    /// generic claim and partner-keeping code of `conntrack` asks for. One builder for
+    /// both was tried: with `key6` here, `privatelink_gwlb_steer6`, which inlines `alive`,
+    /// needed 544 bytes of stack, and the verifier refused it. Both are tested against the
+    /// keys the host makes: this one by `a_flow6_lives_while_either_direction_is_active`,
+    /// `key6` by `a_flow6_that_loses_an_entry_keeps_its_snat_tuple`.)
     #[inline(always)]
     fn partner(&self, key: &FlowKey6) -> FlowKey6 {
         if self.flags & FLOW_GWLB != 0 {
