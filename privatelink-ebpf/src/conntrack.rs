@@ -492,7 +492,10 @@ fn settle_handshake<E: Flow>(e: &mut E, key: &E::Key, flags: u8, nums: SeqAck, d
         // SAFETY: valid for this run.
         let p = unsafe { &mut *p };
         *p.tcp_flags_mut() |= mark;
-        if want_ack != 0 {
+        // Not into a GWLB flow's delivery MAC, whose bytes hold the number in a NAT
+        // flow: the partner's slot may have been given to one since it was found
+        // (`flowtable`: what a path writes after its check).
+        if want_ack != 0 && *p.flags_mut() & FLOW_GWLB == 0 {
             p.set_handshake_ack(want_ack);
         }
     }
