@@ -2,8 +2,8 @@
 //! depend on the address family (claims, liveness, TCP tracking, marks, new-flow tokens)
 //! is `conntrack`'s, generic over `Flow`, which `FlowEntry6` implements here; the IPv6
 //! keys are built and compared here without passing 16-byte addresses through registers.
-//! Used by the ICMPv6 error path and the GWLB IPv6 paths (the NAT flow steps are in
-//! `flows6`, not compiled yet); uses `packet6`, `maps` and `conntrack`.
+//! Used by the ICMPv6 error path, the GWLB IPv6 paths and the NAT flow steps of `flows6`;
+//! uses `packet6`, `maps` and `conntrack`.
 
 use privatelink_common::{
     CT_ESTABLISHED, Config, EMBRYONIC_RECLAIM_NS, FLOW_GWLB, FlowEntry6, FlowKey6,
@@ -48,12 +48,15 @@ impl Flow for FlowEntry6 {
     }
     /// As `FlowEntry::partner`: GWLB flows are keyed in the consumer VPC both ways.
     /// (`self.partner_key` here is `FlowEntry6`'s own method, `FlowKey6::new`'s key: an
-    /// inherent method goes before the trait's. The trait's, `key6`'s, is what the
-    /// generic claim and partner-keeping code of `conntrack` asks for. One builder for
-    /// both was tried: with `key6` here, `privatelink_gwlb_steer6`, which inlines `alive`,
-    /// needed 544 bytes of stack, and the verifier refused it. Both are tested against the
-    /// keys the host makes: this one by `a_flow6_lives_while_either_direction_is_active`,
-    /// `key6` by `a_flow6_that_loses_an_entry_keeps_its_snat_tuple`.)
+    /// inherent method goes before the trait's; it serves `alive`, `track` and
+    /// `settle_handshake`. The trait's, `key6`'s, serves `conntrack::keep_partner`; and
+    /// `flows6`'s claim builds its keys in place (`partner_key6`). One builder for this
+    /// and `key6` was tried: with `key6` here, `privatelink_gwlb_steer6`, which inlines
+    /// `alive`, needed 544 bytes of stack, and the verifier refused it. Each is tested
+    /// against the keys the host makes: this one by
+    /// `a_flow6_lives_while_either_direction_is_active`, `key6` by
+    /// `a_flow6_that_loses_an_entry_keeps_its_snat_tuple`, `partner_key6` by the same
+    /// test's lost forward entry.)
     #[inline(always)]
     fn partner(&self, key: &FlowKey6) -> FlowKey6 {
         if self.flags & FLOW_GWLB != 0 {

@@ -24,21 +24,25 @@
 //! the slot's state word again once they have (`Seen::still`), and drop the frame if it
 //! moved.
 //!
-//! What a path writes into the entry after that check (`conntrack::track`'s clock, flags
-//! and handshake number, the packet trace; the partner's flags on a FIN or an RST) is not
-//! checked again: in the moment between, an eviction may have given the slot to a new
-//! flow, and the writes land on it (as on a kernel LRU element reused under a program that
-//! holds it). Only a direction whose rank allows it is evicted, so the one so written is
-//! at most a half-open flow or one idle past the grace, and the flow that took its slot
-//! was made that moment. What it can get: a clock of now (its own, within the tick); flags
-//! that make it established early (it is then held as established flows are) or closing
-//! (its entries expire at the closing timeout, and its next packet makes it again with its
-//! tuple: the reply entry is recognised as its own); a handshake number that keeps it
-//! embryonic until it expires and is made again (written only where the entry is not a
-//! GWLB flow's, whose delivery MAC takes those bytes: the flag is read in the same
-//! moment). No frame is translated from it: those reads were checked. Closing the moment
-//! would take an atomic exchange of the state word on every packet, which the fast path is
-//! not given for it.
+//! What a path writes after that check is not checked again: `conntrack::track`'s clock
+//! and flags; `settle_handshake`'s marks and handshake number, and `track`'s FIN, RST and
+//! reopening flags, into the partner, found by a lookup of its own with no check at all;
+//! the packet trace; the full paths' `mark` (counter slot, flow-log flag), stamp (checksum
+//! deltas; the epoch is taken back on a change, `Seen::still_else_unstamp`) and partner
+//! check. In the moment between, the slot may have gone to another flow (an eviction, a
+//! claim's takeover of a stale flow, the sweep), and the writes land on it, as on a kernel
+//! LRU element reused under a program that holds it. Only a direction whose rank allows it
+//! is evicted: a half-open one, or one idle past the grace. What the flow that took the
+//! slot can get: a clock of now (its own, within the tick); flags that make it established
+//! early (held as established flows are) or closing (its entries expire at the closing
+//! timeout, and its next packet makes it again with its tuple: the reply entry is
+//! recognised as its own); a handshake number the server's next segment settles anyway;
+//! another endpoint's counter slot or flow-log flag for its next packets until it is
+//! stamped again. The handshake number is not written into a GWLB flow, whose delivery MAC
+//! takes those bytes: the flag is read just before, which narrows that moment but does not
+//! close it. No frame is translated from another flow's entry: those reads were checked.
+//! Closing the moment would take an atomic exchange of the state word on every packet,
+//! which the fast path is not given for it.
 //!
 //! A bucket's spill count (the low half of its head, `head_of`) counts the keys that live
 //! in their second bucket with it as their first: a lookup that misses in the first bucket reads the second only while

@@ -835,10 +835,11 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
             (buckets_of(key, &self.g).0 + 1) % self.g.buckets
         }
     }
-    /// Case (d)'s other sweeper's mark: its bucket, and a nonce no sweeper of this
-    /// process makes (`give_back_nonce`'s high half is the process id).
-    const OTHER_NONCE: u64 = 0x5eed_0001;
-    let other_mark = |b: u32| u64::from(b + 1) | OTHER_NONCE << 32;
+    /// Case (d)'s other sweeper's mark on bucket `b`: any nonce will do (the sweep's own
+    /// give-back only finds a mark there, whichever it is).
+    fn other_mark(b: u32) -> u64 {
+        u64::from(b + 1) | 0x5eed_0001 << 32
+    }
     impl SweepProbe for Probe {
         fn judged(&mut self, at: usize) {
             if self.moved.is_some() {
@@ -857,7 +858,7 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
                 let other = self.other(&key);
                 set_lock(&mut self.table, other, true);
                 set_heads_word(&mut self.table, 0, GIVE_BACK_MARK, |w| {
-                    *w = u64::from(other + 1) | OTHER_NONCE << 32
+                    *w = other_mark(other)
                 });
             }
         }
@@ -953,6 +954,7 @@ fn a_slot_whose_stamp_moved_goes_back_only_if_its_key_is_nowhere_else() {
                 // given back, the other sweeper's mark and lock as it left them.
                 assert!(left.is_empty(), "{case:?}: {left:?}");
                 assert_eq!(swept.freed, 2 * u64::from(FLOWS), "{case:?}");
+                assert_eq!(swept.given_back, 0, "{case:?}: refused");
                 let other = probe.other(&key);
                 assert_eq!(
                     heads_word(&h, 0, GIVE_BACK_MARK),
