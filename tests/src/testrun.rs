@@ -102,6 +102,21 @@ impl Harness {
         })
     }
 
+    /// Removes the one entry of direction `dir` from `E`'s flow table (the test's one
+    /// flow), as an eviction would take it.
+    pub fn forget_direction<E: dataplane::flowtable::Bucketed>(&mut self, dir: u8) {
+        let keys: Vec<E::Key> = self
+            .dp
+            .flow_placement::<E>()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, _, e)| e.direction() == dir)
+            .map(|(_, k, _)| k)
+            .collect();
+        assert_eq!(keys.len(), 1, "one entry in direction {dir}");
+        assert!(self.dp.remove_flow::<E>(&keys[0]).unwrap());
+    }
+
     /// Sends `frame` on `ifindex` four times, 120 ms apart (480 ms in all: past a 300 ms
     /// timeout of `set_timeouts_ms`), each redirected: one direction of a flow talking
     /// while the other goes quiet.

@@ -1341,22 +1341,14 @@ fn a_flow_lives_while_either_direction_is_active() {
 /// second), replies in between are dropped.
 #[test]
 fn a_flow_that_loses_an_entry_keeps_its_snat_tuple() {
-    use privatelink_common::{FlowEntry, FlowKey};
+    use privatelink_common::FlowEntry;
 
     let mut h = harness();
     let tuple = open_flow(&mut h, 40100);
     let data = tcp_to_eni(&h, 40100, false, b"data");
     let reply = tcp_from_lb(&h, tuple.0, tuple.1, b"answer");
     // The harness holds this one flow: one entry per direction.
-    let forget = |h: &mut Harness, dir: u8| {
-        let keys: Vec<FlowKey> = flow_entries(h)
-            .into_iter()
-            .filter(|(_, e)| e.direction == dir)
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(keys.len(), 1, "one entry in direction {dir}");
-        assert!(h.dp.remove_flow::<FlowEntry>(&keys[0]).unwrap());
-    };
+    let forget = |h: &mut Harness, dir: u8| h.forget_direction::<FlowEntry>(dir);
     let send = |h: &mut Harness| {
         let (act, out) = h.run(h.consumer.ifindex, &data).unwrap();
         assert_eq!(act, XDP_REDIRECT);

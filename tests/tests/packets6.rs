@@ -648,17 +648,7 @@ fn a_flow6_that_loses_an_entry_keeps_its_snat_tuple() {
     let data = tcp6_segment(&h, 40100, false, b"data");
     let reply = tcp6_from_lb(&h, tuple, b"answer");
     // The harness holds this one flow: one entry per direction.
-    let forget = |h: &mut Harness, dir: u8| {
-        let keys: Vec<FlowKey6> =
-            h.dp.flows6()
-                .unwrap()
-                .into_iter()
-                .filter(|(_, e)| e.direction == dir)
-                .map(|(k, _)| k)
-                .collect();
-        assert_eq!(keys.len(), 1, "one entry in direction {dir}");
-        assert!(h.dp.remove_flow::<FlowEntry6>(&keys[0]).unwrap());
-    };
+    let forget = |h: &mut Harness, dir: u8| h.forget_direction::<FlowEntry6>(dir);
     let send = |h: &mut Harness| {
         let (act, out) = h.run(h.consumer.ifindex, &data).unwrap();
         assert_eq!(act, XDP_REDIRECT, "{:?}", h.active_stats());
