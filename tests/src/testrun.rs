@@ -176,13 +176,15 @@ impl Harness {
     /// `baseline`) behind `privatelink_replay`, which writes `frame` back before every run:
     /// rewriting, growing and shrinking paths can then be timed with repeats too. With
     /// `vary_at`, the 16-bit field at that offset counts up from run to run (a new flow
-    /// each run). Returns the last verdict and the kernel's average ns per run (replay
+    /// each run), or with a `cycle` (not 0) through that many values in turn (each run one
+    /// of that many flows). Returns the last verdict and the kernel's average ns per run (replay
     /// and tail call included, the same for both programs).
     pub fn time_replayed(
         &mut self,
         ifindex: u32,
         frame: &[u8],
         vary_at: Option<usize>,
+        cycle: u32,
         baseline: Option<&str>,
         repeat: u32,
     ) -> Result<(u32, u64)> {
@@ -203,6 +205,7 @@ impl Harness {
             Array::<_, u32>::try_from(obj.map_mut("PL_REPLAY_PARAMS").context("map")?)?;
         params.set(0, frame.len() as u32, 0)?;
         params.set(1, vary_at.unwrap_or(0) as u32, 0)?;
+        params.set(2, cycle, 0)?;
         ProgramArray::try_from(obj.map_mut("PL_REPLAY_NEXT").context("map")?)?.set(0, &next, 0)?;
         let mut out = vec![0u8; frame.len() + 512];
         let ctx = xdp_md(frame.len() as u32, ifindex);

@@ -2240,3 +2240,42 @@ fn arp_for_the_resolver_address_is_answered_and_replies_to_it_pass() {
     assert_eq!(h.run(h.provider.ifindex, &reply_b).unwrap().0, XDP_DROP);
     assert_eq!(h.count(Reason::DropHostIsolated), 2);
 }
+
+/// The benchmark's replay (`Harness::time_replayed`, `privatelink_replay` in
+/// tests/lab-ebpf) as its rows rely on it: a varied source port with no cycle makes a new
+/// flow every run; with a cycle of `n` the runs go through the `n` ports after the stored
+/// one in turn, so each run is a hit on a flow made before (the cold-hit row).
+#[test]
+fn the_benchmark_replay_cycles_through_flows_made_before() {
+    let mut h = harness();
+    let cif = h.consumer.ifindex;
+    let frame = udp_to_eni(&h, 30_000, &[0u8; 18], true);
+    let (new, hit) = (Reason::ForwardNewFlow, Reason::ForwardToService);
+    let counts = |h: &Harness| (h.count(new), h.count(hit));
+    let before = counts(&h);
+    h.reset_replay_count().unwrap();
+    let (act, _) = h.time_replayed(cif, &frame, Some(34), 3, None, 3).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let made = counts(&h);
+    assert_eq!(made, (before.0 + 3, before.1), "three flows made");
+    let (act, _) = h.time_replayed(cif, &frame, Some(34), 3, None, 9).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    assert_eq!(
+        counts(&h),
+        (made.0, made.1 + 9),
+        "nine hits on the three flows"
+    );
+    let mut ports: Vec<u16> =
+        h.dp.flows()
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.dport == 53)
+            .map(|(k, _)| k.sport)
+            .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, [30_001, 30_002, 30_003], "the flows' client ports");
+    // Without a cycle, every run a port of its own: new flows after the three.
+    let (act, _) = h.time_replayed(cif, &frame, Some(34), 0, None, 2).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    assert_eq!(counts(&h), (made.0 + 2, made.1 + 9), "two more new flows");
+}

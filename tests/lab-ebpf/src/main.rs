@@ -261,10 +261,11 @@ pub fn privatelink_gen(ctx: XdpContext) -> u32 {
 static PL_REPLAY_FRAME: Array<[u8; REPLAY_MAX], 1> = Array::new();
 
 /// `[0]`: the frame's length, a multiple of 4; `[1]`: where a 16-bit field lies that gets
-/// a new value on every run, its stored value plus a per-CPU count (a TCP/UDP source
-/// port: every run a new flow), or 0.
+/// a new value on every run, its stored value plus a count (a TCP/UDP source port: every
+/// run a new flow), or 0; `[2]`: the count's cycle, or 0: the count runs 1, 2, ..., `[2]`,
+/// then from 1 again (every run one of that many flows made before, in turn).
 #[btf_map]
-static PL_REPLAY_PARAMS: Array<u32, 2> = Array::new();
+static PL_REPLAY_PARAMS: Array<u32, 3> = Array::new();
 
 #[btf_map]
 static PL_REPLAY_NEXT: ProgramArray<1> = ProgramArray::new();
@@ -280,9 +281,10 @@ const REPLAY_MAX: usize = 160;
 
 #[xdp]
 pub fn privatelink_replay(ctx: XdpContext) -> u32 {
-    let (Some(&len), Some(&vary), Some(frame), Some(count)) = (
+    let (Some(&len), Some(&vary), Some(&cycle), Some(frame), Some(count)) = (
         PL_REPLAY_PARAMS.get(0),
         PL_REPLAY_PARAMS.get(1),
+        PL_REPLAY_PARAMS.get(2),
         PL_REPLAY_FRAME.get(0),
         PL_REPLAY_COUNT.get_ptr_mut(0),
     ) else {
@@ -318,7 +320,11 @@ pub fn privatelink_replay(ctx: XdpContext) -> u32 {
         // SAFETY: the counter's slot (one test run at a time); 2 bytes at `start + vary`
         // are inside the frame.
         unsafe {
-            *count = (*count).wrapping_add(1);
+            *count = if cycle != 0 && *count >= cycle {
+                1
+            } else {
+                (*count).wrapping_add(1)
+            };
             let base = u16::from_be_bytes([frame[vary], frame[vary + 1]]);
             *((start + vary) as *mut [u8; 2]) = base.wrapping_add(*count as u16).to_be_bytes();
         }
