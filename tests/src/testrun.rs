@@ -223,7 +223,8 @@ impl Harness {
     }
 
     /// Zeroes the count `time_replayed` adds to a varied field, so that a path's replayed
-    /// runs give it the values from its stored one up, once each (up to 65 536 runs).
+    /// runs give it the values from its stored one up, once each (up to 65 536 runs), or
+    /// with a cycle its values in turn from the first.
     pub fn reset_replay_count(&mut self) -> Result<()> {
         let obj = self.reference.object()?;
         Array::<_, u32>::try_from(obj.map_mut("PL_REPLAY_COUNT").context("map")?)?.set(0, 0, 0)?;

@@ -2244,7 +2244,7 @@ fn arp_for_the_resolver_address_is_answered_and_replies_to_it_pass() {
 /// The benchmark's replay (`Harness::time_replayed`, `privatelink_replay` in
 /// tests/lab-ebpf) as its rows rely on it: a varied source port with no cycle makes a new
 /// flow every run; with a cycle of `n` the runs go through the `n` ports after the stored
-/// one in turn, so each run is a hit on a flow made before (the cold-hit row).
+/// one in turn, so each run is a fast-path hit on a flow made before (the cold-hit row).
 #[test]
 fn the_benchmark_replay_cycles_through_flows_made_before() {
     let mut h = harness();
@@ -2265,15 +2265,21 @@ fn the_benchmark_replay_cycles_through_flows_made_before() {
         (made.0, made.1 + 9),
         "nine hits on the three flows"
     );
-    let mut ports: Vec<u16> =
+    // Each flow's forward entry met three of the nine, each on the fast path (the only
+    // path that counts `fast_packets`): in turn, not one flow again and again.
+    let mut hits: Vec<(u16, u8)> =
         h.dp.flows()
             .unwrap()
             .into_iter()
             .filter(|(k, _)| k.dport == 53)
-            .map(|(k, _)| k.sport)
+            .map(|(k, e)| (k.sport, e.fast_packets))
             .collect();
-    ports.sort_unstable();
-    assert_eq!(ports, [30_001, 30_002, 30_003], "the flows' client ports");
+    hits.sort_unstable();
+    assert_eq!(
+        hits,
+        [(30_001, 3), (30_002, 3), (30_003, 3)],
+        "the flows' client ports and fast-path packets"
+    );
     // Without a cycle, every run a port of its own: new flows after the three.
     let (act, _) = h.time_replayed(cif, &frame, Some(34), 0, None, 2).unwrap();
     assert_eq!(act, XDP_REDIRECT);

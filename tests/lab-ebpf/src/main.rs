@@ -262,8 +262,8 @@ static PL_REPLAY_FRAME: Array<[u8; REPLAY_MAX], 1> = Array::new();
 
 /// `[0]`: the frame's length, a multiple of 4; `[1]`: where a 16-bit field lies that gets
 /// a new value on every run, its stored value plus a count (a TCP/UDP source port: every
-/// run a new flow), or 0; `[2]`: the count's cycle, or 0: the count runs 1, 2, ..., `[2]`,
-/// then from 1 again (every run one of that many flows made before, in turn).
+/// run a new flow), or 0; `[2]`: 0 (no cycle), or the count's cycle N: the count runs 1,
+/// 2, ..., N, then from 1 again (every run one of N flows made before, in turn).
 #[btf_map]
 static PL_REPLAY_PARAMS: Array<u32, 3> = Array::new();
 
