@@ -727,6 +727,18 @@ impl Replay {
         }
     }
 
+    /// The cold rows' replay: each run the UDP source port (at 14 + 20) of the next of the
+    /// `COLD_FLOWS` flows in turn, every run redirected and counted as `counted`.
+    fn cold(frame: Vec<u8>, counted: Option<Reason>) -> Self {
+        Self {
+            frame,
+            vary_at: Some(34),
+            cycle: COLD_FLOWS,
+            repeat: COLD_FLOWS,
+            want: (XDP_REDIRECT, counted),
+        }
+    }
+
     /// Single runs before the replayed calls: `RUNS`, but `COLD_RUNS` for a cycle of
     /// flows (whose timing must fit in their first second).
     fn single_runs(&self) -> usize {
@@ -1070,14 +1082,8 @@ fn cold_floor(rows: &mut Vec<Row>, h: &mut Harness, cif: u32, pif: u32) -> Resul
     h.reference.set_redirect_target(pif)?;
     let template = udp_to_eni(h, COLD_PORT, &[0u8; 18], true);
     let frames = cold_frames(&template);
-    let replay = Replay {
-        frame: template,
-        vary_at: Some(34),
-        cycle: COLD_FLOWS,
-        repeat: COLD_FLOWS,
-        // The reference program counts nothing: its action alone is checked.
-        want: (XDP_REDIRECT, None),
-    };
+    // The reference program counts nothing: its action alone is checked.
+    let replay = Replay::cold(template, None);
     let (row, _) = timed(
         h,
         Some("privatelink_redirect_lookup"),
@@ -1139,13 +1145,7 @@ fn cold_row(rows: &mut Vec<Row>, h: &mut Harness, cif: u32) -> Result<()> {
         h.active_stats()
     );
     let frames = cold_frames(&template);
-    let replay = Replay {
-        frame: template,
-        vary_at: Some(34),
-        cycle: COLD_FLOWS,
-        repeat: COLD_FLOWS,
-        want: (XDP_REDIRECT, Some(Reason::ForwardToService)),
-    };
+    let replay = Replay::cold(template, Some(Reason::ForwardToService));
     row(rows, h, COLD_ROW, cif, &|i| frames[i].clone(), &replay)?;
     let took = start.elapsed();
     // Each flow's forward entry counted every timed run of it on the fast path: one per
