@@ -1072,13 +1072,10 @@ const _: () = assert!(COLD_PORT as u32 + COLD_FLOWS <= u16::MAX as u32);
 const COLD_FLOOR: &str = "floor of a cold hit (one random line of a table as the NAT's)";
 
 /// What the cold row's runs cost at least: `privatelink_redirect_lookup` (tests/lab-ebpf)
-/// reads one line of a bucket of a table as large as the fixture's IPv4 flow table, picked
-/// by the frame's flow, and redirects as the bare redirect does; replayed over the cold
-/// row's flows in the same turn.
+/// reads one line of a bucket of a table as large as the fixture's IPv4 flow table (the
+/// harness's reference object, loaded with it), picked by the frame's flow, and redirects
+/// as the bare redirect does; replayed over the cold row's flows in the same turn.
 fn cold_floor(rows: &mut Vec<Row>, h: &mut Harness, cif: u32, pif: u32) -> Result<()> {
-    h.reference = Reference::with_table(privatelink_common::flowtable::table_buckets(
-        CONNTRACK_ENTRIES,
-    ))?;
     h.reference.set_redirect_target(pif)?;
     let template = udp_to_eni(h, COLD_PORT, &[0u8; 18], true);
     let frames = cold_frames(&template);
@@ -1378,11 +1375,16 @@ fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
         rows.push(row);
     }
     let floor = "floor of a first packet (two random lines of a table as the NAT's)";
-    if only.is_none_or(|o| floor.contains(o) || o.contains("NAT first")) {
-        // The reference object with `PL_BASE_TABLE` as large as the IPv4 flow table.
+    let first_floor = only.is_none_or(|o| floor.contains(o) || o.contains("NAT first"));
+    let cold_floor_row = only.is_none_or(|o| COLD_FLOOR.contains(o) || o.contains("NAT forward"));
+    if first_floor || cold_floor_row {
+        // The reference object with `PL_BASE_TABLE` as large as the IPv4 flow table, for
+        // both floors that read it.
         h.reference = Reference::with_table(privatelink_common::flowtable::table_buckets(
             CONNTRACK_ENTRIES,
         ))?;
+    }
+    if first_floor {
         let (row, _) = timed(
             &mut h,
             Some("privatelink_first_floor"),
@@ -1393,7 +1395,7 @@ fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
         )?;
         rows.push(row);
     }
-    if only.is_none_or(|o| COLD_FLOOR.contains(o) || o.contains("NAT forward")) {
+    if cold_floor_row {
         cold_floor(&mut rows, &mut h, cif, pif)?;
     }
     if only.is_none_or(|o| "IPv6 NAT".contains(o) || o.contains("NAT")) {
