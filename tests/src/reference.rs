@@ -4,14 +4,19 @@
 //!   veth pair (`pl-xdp-pass`), since the kernel delivers XDP-redirected frames into a veth
 //!   only when its peer runs an XDP program;
 //! - `privatelink_tx`, `privatelink_redirect`, `privatelink_redirect_map`,
-//!   `privatelink_redirect_lookup`, `privatelink_count`, `privatelink_gen` and `privatelink_replay`: the benchmarks'
-//!   baselines, sink, generator and replayer.
+//!   `privatelink_redirect_lookup` (and `_pieces`), `privatelink_first_floor`,
+//!   `privatelink_nat_floor`, `privatelink_count`, `privatelink_gen` and
+//!   `privatelink_replay`: the benchmarks' baselines and floors, sink, generator and
+//!   replayer.
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{ProgramError, Xdp, XdpMode},
 };
+
+/// Buckets per piece of `PL_BASE_PIECES` (tests/lab-ebpf's `PIECE_BUCKETS`).
+pub const PIECE_BUCKETS: u32 = 88;
 
 /// The lab's XDP object.
 pub static OBJECT: &[u8] =
@@ -41,6 +46,27 @@ impl Reference {
             aya::maps::Array::try_from(r.object()?.map_mut("PL_BASE_BUCKETS").context("no map")?)?;
         count.set(0, buckets, 0)?;
         Ok(r)
+    }
+
+    /// Fills `PL_BASE_PIECES` with `buckets` buckets (at least) in pieces of
+    /// `PIECE_BUCKETS` (`privatelink_redirect_lookup_pieces`); `PL_BASE_BUCKETS` must say
+    /// `buckets` (`with_table`).
+    pub fn with_pieces(&mut self, buckets: u32) -> Result<()> {
+        let pieces = buckets.div_ceil(PIECE_BUCKETS);
+        let obj = self.object()?;
+        let mut outer: aya::maps::ArrayOfMaps<_, aya::maps::Array<aya::maps::MapData, [u64; 44]>> =
+            aya::maps::ArrayOfMaps::try_from(obj.map_mut("PL_BASE_PIECES").context("no map")?)?;
+        anyhow::ensure!(
+            pieces <= outer.len(),
+            "{pieces} pieces, room for {}",
+            outer.len()
+        );
+        for i in 0..pieces {
+            let piece = aya::maps::Array::<aya::maps::MapData, [u64; 44]>::create(PIECE_BUCKETS, 0)
+                .context("making a piece")?;
+            outer.set(i, &piece, 0).context("setting a piece")?;
+        }
+        Ok(())
     }
 
     /// One of the reference programs (`privatelink_pass`, `privatelink_tx`,

@@ -131,14 +131,28 @@ impl Harness {
 
     /// Runs one frame arriving on `ifindex`; returns the XDP action and the frame after.
     pub fn run(&mut self, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        self.run_through(None, ifindex, frame)
+    }
+
+    /// `run` through privatelink's program, or through the reference program `baseline`.
+    pub fn run_through(
+        &mut self,
+        baseline: Option<&str>,
+        ifindex: u32,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>)> {
         let mut out = vec![0u8; frame.len() + 512];
         let ctx = xdp_md(frame.len() as u32, ifindex);
-        let r = self.dp.program()?.test_run(TestRunOptions {
+        let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
             ctx_in: Some(&ctx),
             ..TestRunOptions::default()
-        });
+        };
+        let r = match baseline {
+            Some(name) => self.reference.program(name)?.test_run(opts),
+            None => self.dp.program()?.test_run(opts),
+        };
         let r = r.context("BPF_PROG_TEST_RUN")?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))

@@ -84,6 +84,11 @@ pub enum Mode {
     /// a bucket picked by the frame's flow (`privatelink_redirect_lookup`): what one cold
     /// access per packet leaves of the bare redirect, the floor of a flow-table NAT.
     BareLookup,
+    /// (e) and then the least work any NAT does with the line it read
+    /// (`privatelink_nat_floor`): the key compared, the header checked, the frame
+    /// rewritten from the line, a stamp written back: what a flow-table NAT whose hit costs
+    /// one line could reach at best.
+    NatFloor,
     /// No forwarding: the forwarder's ingress drops every frame (`privatelink_count`), so
     /// only the generator's work is left on the CPU: the fixed-load baseline.
     IngressDrop,
@@ -97,6 +102,7 @@ impl Mode {
             Mode::BareRedirect => "(c) bare XDP redirect",
             Mode::BareRedirectMap => "(d) bare XDP redirect through a DEVMAP",
             Mode::BareLookup => "(e) bare XDP redirect after one read of a flow-table-sized array",
+            Mode::NatFloor => "(f) (e) and a NAT's least work with the line it read",
             Mode::IngressDrop => "(0) none: dropped at the forwarder's ingress",
         }
     }
@@ -219,6 +225,7 @@ impl Forwarder {
             (Mode::BareRedirect, _) => self.reference.program("privatelink_redirect")?,
             (Mode::BareRedirectMap, _) => self.reference.program("privatelink_redirect_map")?,
             (Mode::BareLookup, _) => self.reference.program("privatelink_redirect_lookup")?,
+            (Mode::NatFloor, _) => self.reference.program("privatelink_nat_floor")?,
             _ => return Ok(None),
         };
         let info = p.info()?;
@@ -293,11 +300,16 @@ fn set_up(t: &Topology, mode: Mode) -> Result<Forwarder> {
                 attach_reference(&mut reference, "privatelink_redirect_map", "fc0")?;
                 None
             }
-            Mode::BareLookup => {
+            Mode::BareLookup | Mode::NatFloor => {
                 reference = Reference::with_table(privatelink_common::flowtable::table_buckets(
                     TABLE_FLOWS,
                 ))?;
-                redirect_to_fp0(&mut reference, "privatelink_redirect_lookup")?;
+                let program = if mode == Mode::NatFloor {
+                    "privatelink_nat_floor"
+                } else {
+                    "privatelink_redirect_lookup"
+                };
+                redirect_to_fp0(&mut reference, program)?;
                 None
             }
             Mode::IngressDrop => {

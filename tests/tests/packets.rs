@@ -13,6 +13,7 @@ use privatelink_tests::{
         udp_to_eni,
     },
     lab::{connected_endpoint, packet_state, two_zone_packet_state},
+    reference::Reference,
     scale::ktime_ns,
     testrun::{Harness, LB_MAC},
 };
@@ -2284,4 +2285,124 @@ fn the_benchmark_replay_cycles_through_flows_made_before() {
     let (act, _) = h.time_replayed(cif, &frame, Some(34), 0, None, 2).unwrap();
     assert_eq!(act, XDP_REDIRECT);
     assert_eq!(counts(&h), (made.0 + 2, made.1 + 9), "two more new flows");
+}
+
+/// One's complement sum of 16-bit words, folded.
+fn ones_sum(words: impl IntoIterator<Item = u16>) -> u16 {
+    let mut s: u32 = words.into_iter().map(u32::from).sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// The 16-bit words of `b` as they lie in memory (the order the checksum deltas are
+/// taken in: one's complement sums do not depend on it).
+fn ne_words(b: &[u8]) -> Vec<u16> {
+    b.chunks(2)
+        .map(|c| u16::from_ne_bytes([c[0], c[1]]))
+        .collect()
+}
+
+/// The benchmark's floor of a NAT hit (`privatelink_nat_floor` in tests/lab-ebpf) does
+/// the work it claims, so that what it costs bounds a NAT from below: it drops a frame
+/// whose key the line does not hold, a bad header checksum and TTL 1, and rewrites a good
+/// one from the line (addresses, ports, MACs, TTL, both checksums by the line's deltas:
+/// a valid frame by etherparse's reckoning), writing a stamp and a count back.
+#[test]
+fn the_nat_floor_rewrites_from_its_line() {
+    let mut h = harness();
+    let cif = h.consumer.ifindex;
+    h.reference = Reference::with_table(1).unwrap();
+    h.reference.set_redirect_target(h.provider.ifindex).unwrap();
+    let frame = udp_to_eni(&h, 40_001, b"floor", false);
+    let (new_src, new_dst, new_ports) = ([10, 2, 0, 200], [10, 2, 0, 10], [0x9c, 0x42, 0, 80]);
+    let (dst_mac, src_mac) = (LB_MAC, [0x02, 0, 0, 0, 0, 0x77]);
+    // The deltas, from the words that change: the TTL's, the addresses, the ports.
+    let mut rewritten = frame.clone();
+    rewritten[22] -= 1;
+    rewritten[26..30].copy_from_slice(&new_src);
+    rewritten[30..34].copy_from_slice(&new_dst);
+    rewritten[34..38].copy_from_slice(&new_ports);
+    let delta = |ranges: &[std::ops::Range<usize>]| {
+        ones_sum(ranges.iter().flat_map(|r| {
+            let old = ne_words(&frame[r.clone()]).into_iter().map(|w| !w);
+            old.chain(ne_words(&rewritten[r.clone()]))
+        }))
+    };
+    let (ip_delta, l4_delta) = (delta(&[22..24, 26..34]), delta(&[26..30, 30..38]));
+    let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap());
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&dst_mac);
+    macs[6..].copy_from_slice(&src_mac);
+    let mut line = [0u64; 44];
+    line[0] = 1;
+    line[1] = u64::from(u16::from_ne_bytes([frame[26], frame[27]])) << 48
+        | u64::from(u16::from_ne_bytes([frame[28], frame[29]])) << 32
+        | u64::from(u16::from_ne_bytes([frame[30], frame[31]])) << 16
+        | u64::from(u16::from_ne_bytes([frame[32], frame[33]]));
+    line[2] = u64::from(u16::from_ne_bytes([frame[34], frame[35]])) << 16
+        | u64::from(u16::from_ne_bytes([frame[36], frame[37]]));
+    line[3] = word(&[new_src, new_dst].concat());
+    line[4] = u64::from(u32::from_ne_bytes(new_ports));
+    line[5] = word(&macs[..8]);
+    line[6] = u64::from(u32::from_ne_bytes(macs[8..].try_into().unwrap())) | 5 << 48;
+    line[7] = u64::from(l4_delta) << 16 | u64::from(ip_delta);
+    fn table(h: &mut Harness) -> aya::maps::Array<&mut aya::maps::MapData, [u64; 44]> {
+        aya::maps::Array::try_from(
+            h.reference
+                .object()
+                .unwrap()
+                .map_mut("PL_BASE_TABLE")
+                .unwrap(),
+        )
+        .unwrap()
+    }
+    let floor = Some("privatelink_nat_floor");
+    // Another flow's line: dropped.
+    let mut other = line;
+    other[2] ^= 1;
+    table(&mut h).set(0, other, 0).unwrap();
+    assert_eq!(
+        h.run_through(floor, cif, &frame).unwrap().0,
+        XDP_DROP,
+        "another flow's line"
+    );
+    table(&mut h).set(0, line, 0).unwrap();
+    let mut bad = frame.clone();
+    bad[24] ^= 1;
+    assert_eq!(
+        h.run_through(floor, cif, &bad).unwrap().0,
+        XDP_DROP,
+        "bad header checksum"
+    );
+    let mut last_hop = frame.clone();
+    last_hop[22] = 1;
+    last_hop[24..26].copy_from_slice(&[0, 0]);
+    let ip = Ipv4Header::from_slice(&last_hop[14..34]).unwrap().0;
+    last_hop[24..26].copy_from_slice(&ip.calc_header_checksum().to_be_bytes());
+    assert_eq!(
+        h.run_through(floor, cif, &last_hop).unwrap().0,
+        XDP_DROP,
+        "TTL 1"
+    );
+    let (act, out) = h.run_through(floor, cif, &frame).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out);
+    assert_eq!((p.eth_dst, p.eth_src), (dst_mac, src_mac));
+    assert_eq!(
+        (p.ip.source, p.ip.destination, p.ip.time_to_live),
+        (new_src, new_dst, 63)
+    );
+    assert_eq!((p.sport, p.dport), (40_002, 80));
+    assert_eq!(p.payload, b"floor");
+    assert_ne!(
+        u16::from_be_bytes([out[40], out[41]]),
+        0,
+        "a UDP checksum to check"
+    );
+    let after = table(&mut h).get(&0, 0).unwrap();
+    assert_eq!(after[6] >> 48, 6, "the line's packet count");
+    assert_eq!(after[7] as u32, line[7] as u32, "the line's deltas kept");
+    assert_ne!(after[7] >> 32, 0, "the line's stamp");
 }

@@ -15,6 +15,12 @@
 //!   throughput benchmark's measure of what the machine's memory leaves at many flows.
 //!   `privatelink_first_floor` reads two such buckets and then does `privatelink_tx`'s
 //!   work: the per-packet benchmark's floor of a new flow's first packet.
+//!   `privatelink_nat_floor` reads the same line and then does the least work any NAT
+//!   does with it (key compared, header checked, frame rewritten from the line, a stamp
+//!   written back): the floor of a NAT whose hit costs one line.
+//!   `privatelink_redirect_lookup_pieces` reads the same table made of 32 KiB pieces
+//!   (`PL_BASE_PIECES`, memory of the kernel's direct map, not `vmalloc`'d page by page):
+//!   what the direct map's huge pages would save a random line.
 //! - `privatelink_count` counts every frame but ARP in `PL_SINK_COUNT` and drops it: the
 //!   throughput benchmark's sink, the same cheap end for every mode.
 //! - `privatelink_gen`, run with BPF_F_TEST_XDP_LIVE_FRAMES, is the benchmark's packet
@@ -31,7 +37,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, DevMap, PerCpuArray, ProgramArray},
+    btf_maps::{Array, ArrayOfMaps, DevMap, PerCpuArray, ProgramArray},
     helpers::{bpf_redirect, bpf_xdp_adjust_head},
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -109,6 +115,117 @@ pub fn privatelink_redirect_lookup(ctx: XdpContext) -> u32 {
     };
     if read_bucket(h) {
         return xdp_action::XDP_DROP;
+    }
+    redirect_to_target()
+}
+
+/// The floor of a flow-table NAT's hit: `privatelink_redirect_lookup`'s one line of
+/// `PL_BASE_TABLE`, then the least work any NAT does with it, on an IPv4 UDP frame: the
+/// key compared (a zeroed slot counts as the frame's, the table being zeroed), the TTL
+/// and fragment checked, the header checksum verified (RFC 1812), the addresses, ports,
+/// MACs and checksum deltas taken from the line and written into the frame (the TTL
+/// counted down), a stamp and a packet count written back into the line, then the bare
+/// redirect. No epoch, timeout, filter, counter or tracking: every NAT that keeps its
+/// flows in such a table does more than this.
+#[xdp]
+pub fn privatelink_nat_floor(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 42 > end {
+        return xdp_action::XDP_DROP;
+    }
+    let Some(h) = flow_hash(&ctx) else {
+        return xdp_action::XDP_DROP;
+    };
+    let buckets = match PL_BASE_BUCKETS.get(0) {
+        Some(&n) => n,
+        None => 0,
+    };
+    let Some(line) = PL_BASE_TABLE.get_ptr_mut(((h as u64 * buckets as u64) >> 32) as u32) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: 42 bytes at `start` are inside the frame (checked above), which starts
+    // 2-aligned; `line` is a valid element of the array.
+    unsafe {
+        let f = &mut *(start as *mut [u16; 21]);
+        let line = &mut *line;
+        // Words: [0] state, [1] and [2] the key, [3] addresses, [4] ports and interface,
+        // [5] and [6] the MACs, [7] the checksum deltas and the stamp.
+        let key = [
+            (f[13] as u64) << 48 | (f[14] as u64) << 32 | (f[15] as u64) << 16 | f[16] as u64,
+            (f[17] as u64) << 16 | f[18] as u64,
+        ];
+        if line[0] != 0 && (line[1] != key[0] || line[2] != key[1]) {
+            return xdp_action::XDP_DROP;
+        }
+        let [ttl, proto] = f[11].to_ne_bytes();
+        if ttl <= 1 || f[10] & 0xff3f != 0 {
+            return xdp_action::XDP_DROP;
+        }
+        let mut sum: u32 = 0;
+        for i in 7..17 {
+            sum += f[i] as u32;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        if sum as u16 != 0xffff {
+            return xdp_action::XDP_DROP;
+        }
+        let (addrs, ports, macs, more, stamp) = (line[3], line[4], line[5], line[6], line[7]);
+        f[11] = u16::from_ne_bytes([ttl - 1, proto]);
+        for i in 0..4 {
+            f[13 + i] = (addrs >> (16 * i)) as u16;
+        }
+        f[17] = ports as u16;
+        f[18] = (ports >> 16) as u16;
+        for i in 0..4 {
+            f[i] = (macs >> (16 * i)) as u16;
+        }
+        f[4] = more as u16;
+        f[5] = (more >> 16) as u16;
+        f[12] = add_delta(f[12], stamp as u16);
+        f[20] = add_delta(f[20], (stamp >> 16) as u16);
+        line[7] = stamp as u32 as u64 | (h as u64) << 32;
+        line[6] = more.wrapping_add(1 << 48);
+    }
+    redirect_to_target()
+}
+
+/// A checksum with `delta` added (one's complement).
+#[inline(always)]
+fn add_delta(check: u16, delta: u16) -> u16 {
+    let s = (!check) as u32 + delta as u32;
+    !((s & 0xffff) + (s >> 16)) as u16
+}
+
+/// Buckets per piece of `PL_BASE_PIECES`: 88 of 352 bytes, 30 976 bytes, so that a piece
+/// with the kernel's array header stays within the 32 KiB the kernel allocates small
+/// arrays from its page allocator (`kmalloc`) for: memory of the kernel's direct map,
+/// mapped with huge pages, where a `BPF_F_MMAPABLE` array is `vmalloc`'d page by page.
+pub const PIECE_BUCKETS: u32 = 88;
+
+/// `PL_BASE_TABLE`'s buckets again, in pieces of `PIECE_BUCKETS` (inner arrays the
+/// benchmark makes and sets): the same table in the kernel's direct map.
+#[btf_map]
+static PL_BASE_PIECES: ArrayOfMaps<Array<[u64; 44], { PIECE_BUCKETS as usize }>, 8192> =
+    ArrayOfMaps::new();
+
+/// `privatelink_redirect_lookup` over `PL_BASE_PIECES`: the line read from a table of
+/// the same size in the kernel's direct map (one more lookup, of the piece, in a hot
+/// array of pointers).
+#[xdp]
+pub fn privatelink_redirect_lookup_pieces(ctx: XdpContext) -> u32 {
+    let Some(h) = flow_hash(&ctx) else {
+        return xdp_action::XDP_DROP;
+    };
+    let buckets = match PL_BASE_BUCKETS.get(0) {
+        Some(&n) => n,
+        None => 0,
+    };
+    let b = ((h as u64 * buckets as u64) >> 32) as u32;
+    match PL_BASE_PIECES.get_value(b / PIECE_BUCKETS, &(b % PIECE_BUCKETS)) {
+        // SAFETY: a valid element of the piece.
+        Some(bucket) if unsafe { core::ptr::read_volatile(&bucket[0]) } != u64::MAX => {}
+        _ => return xdp_action::XDP_DROP,
     }
     redirect_to_target()
 }

@@ -297,12 +297,13 @@ fn throughput() -> Result<String> {
     const PACKETS: u32 = 1_000_000;
     const ROUNDS: usize = 3;
     const FLOWS: [u32; 3] = [1, 1000, 100_000];
-    const MODES: [Mode; 5] = [
+    const MODES: [Mode; 6] = [
         Mode::XdpNat,
         Mode::Nftables,
         Mode::BareRedirect,
         Mode::BareRedirectMap,
         Mode::BareLookup,
+        Mode::NatFloor,
     ];
     let samples = run(&MODES, &FLOWS, PACKETS, ROUNDS)?;
     let of = |m: Mode, flows: u32, f: &dyn Fn(&privatelink_tests::throughput::Sample) -> f64| {
@@ -315,44 +316,50 @@ fn throughput() -> Result<String> {
     let rounds = |m: Mode, flows: u32| of(m, flows, &|s| s.mpps());
     let live = |m: Mode, flows: u32| of(m, flows, &|s| s.ns_per_packet.unwrap_or(0.0));
     let mut t = String::from(
-        "| flows | (a) privatelink Mpps | (b) nftables Mpps | (c) bare redirect Mpps | (d) by DEVMAP Mpps | (e) one read, redirect Mpps | a/b | a/c | d/c | e/c | a/e | live: (a) ns/pkt | (c) ns/pkt | (d) ns/pkt | (e) ns/pkt | a/c |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| flows | (a) privatelink Mpps | (b) nftables Mpps | (c) bare redirect Mpps | (d) by DEVMAP Mpps | (e) one read, redirect Mpps | (f) one read, least NAT work Mpps | a/b | f/b | a/c | d/c | e/c | f/c | a/f | live: (a) ns/pkt | (c) ns/pkt | (d) ns/pkt | (e) ns/pkt | (f) ns/pkt | a/c |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for flows in FLOWS {
-        let (a, b, c, d, e) = (
+        let (a, b, c, d, e, f) = (
             rounds(Mode::XdpNat, flows),
             rounds(Mode::Nftables, flows),
             rounds(Mode::BareRedirect, flows),
             rounds(Mode::BareRedirectMap, flows),
             rounds(Mode::BareLookup, flows),
+            rounds(Mode::NatFloor, flows),
         );
         // Ratios within each round, then their median.
         let pct = |x: &[f64], y: &[f64]| 100.0 * med_ratio(x, y);
-        let (ab, ac, dc, ec, ae) = (
+        let (ab, fb, ac, dc, ec, fc, af) = (
             med_ratio(&a, &b),
+            med_ratio(&f, &b),
             pct(&a, &c),
             pct(&d, &c),
             pct(&e, &c),
-            pct(&a, &e),
+            pct(&f, &c),
+            pct(&a, &f),
         );
-        let (la, lc, ld, le) = (
+        let (la, lc, ld, le, lf) = (
             live(Mode::XdpNat, flows),
             live(Mode::BareRedirect, flows),
             live(Mode::BareRedirectMap, flows),
             live(Mode::BareLookup, flows),
+            live(Mode::NatFloor, flows),
         );
         let lac = med_ratio(&la, &lc);
         let _ = writeln!(
             t,
-            "| {flows} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {ab:.2}x | {ac:.0} % | {dc:.0} % | {ec:.0} % | {ae:.0} % | {:.0} | {:.0} | {:.0} | {:.0} | {lac:.2}x |",
+            "| {flows} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {ab:.2}x | {fb:.2}x | {ac:.0} % | {dc:.0} % | {ec:.0} % | {fc:.0} % | {af:.0} % | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {lac:.2}x |",
             med(a),
             med(b),
             med(c),
             med(d),
             med(e),
+            med(f),
             med(la),
             med(lc),
             med(ld),
             med(le),
+            med(lf),
         );
     }
     let lost: u64 = samples
@@ -366,7 +373,9 @@ fn throughput() -> Result<String> {
          lost in all). Live: the forwarder's program's run_time_ns / run_cnt (BPF_ENABLE_STATS) over {} more frames \
          of the same flows, in a run of their own. (e) reads one line of a table as big as (a)'s IPv4 flow table at a \
          bucket picked by the flow, then redirects as (c): a forwarder that keeps per-flow state in such a table cannot \
-         beat it, and a/e says how close (a) comes.\n\n{t}",
+         beat it. (f) does, after (e)'s read, the least work any NAT does with the line (the key compared, the \
+         header checked, the frame rewritten from the line, a stamp written back): what a flow-table NAT whose hit \
+         costs one line could reach at best; a/f says how close (a) comes.\n\n{t}",
         privatelink_tests::throughput::STATS_PACKETS
     );
     print!("{out}");
@@ -1093,6 +1102,23 @@ fn cold_floor(rows: &mut Vec<Row>, h: &mut Harness, cif: u32, pif: u32) -> Resul
     Ok(())
 }
 
+/// Another floor of the cold row over its flows in the same turn: `program` of the
+/// reference object (its table as large as the fixture's IPv4 flow table), named `name`.
+fn cold_reference(
+    rows: &mut Vec<Row>,
+    h: &mut Harness,
+    cif: u32,
+    program: &'static str,
+    name: &'static str,
+) -> Result<()> {
+    let template = udp_to_eni(h, COLD_PORT, &[0u8; 18], true);
+    let frames = cold_frames(&template);
+    let replay = Replay::cold(template, None);
+    let (row, _) = timed(h, Some(program), name, cif, &|i| frames[i].clone(), &replay)?;
+    rows.push(row);
+    Ok(())
+}
+
 /// The cold row's single runs' frames: `template` from each flow's source port in turn.
 fn cold_frames(template: &[u8]) -> Vec<Vec<u8>> {
     (0..COLD_RUNS)
@@ -1397,6 +1423,39 @@ fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
     }
     if cold_floor_row {
         cold_floor(&mut rows, &mut h, cif, pif)?;
+        h.reference
+            .with_pieces(privatelink_common::flowtable::table_buckets(
+                CONNTRACK_ENTRIES,
+            ))?;
+        cold_reference(
+            &mut rows,
+            &mut h,
+            cif,
+            "privatelink_redirect_lookup_pieces",
+            "floor of a cold hit, the table in 32 KiB pieces (the kernel's direct map)",
+        )?;
+        cold_reference(
+            &mut rows,
+            &mut h,
+            cif,
+            "privatelink_nat_floor",
+            "floor of a cold hit and a NAT's least work with its line",
+        )?;
+        // The same least work on one flow, its line as hot as the NAT hit's entry.
+        let frame = udp_to_eni(&h, COLD_PORT, &[0u8; 18], true);
+        let hot = Replay {
+            frame: frame.clone(),
+            ..redirect_replay
+        };
+        let (row, _) = timed(
+            &mut h,
+            Some("privatelink_nat_floor"),
+            "floor of a NAT hit (one hot line and a NAT's least work with it)",
+            cif,
+            &|_| frame.clone(),
+            &hot,
+        )?;
+        rows.push(row);
     }
     if only.is_none_or(|o| "IPv6 NAT".contains(o) || o.contains("NAT")) {
         nat6_rows(&mut rows, only)?;
