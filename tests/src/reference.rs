@@ -69,10 +69,7 @@ impl Reference {
         Ok(())
     }
 
-    /// One of the reference programs (`privatelink_pass`, `privatelink_tx`,
-    /// `privatelink_redirect`, `privatelink_redirect_map`, `privatelink_redirect_lookup`,
-    /// `privatelink_count`,
-    /// `privatelink_gen`, `privatelink_replay`), loaded on first use.
+    /// One of the reference programs (the module's list), loaded on first use.
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
         let p = xdp_program(self.object()?, name)?;
         if p.fd().is_err() {

@@ -70,7 +70,7 @@ endpoint_flow_share = 100
 "#;
 
 /// The flows the NAT's tables are made for (`LoadOptions::conntrack_entries`), and the
-/// size of `Mode::BareLookup`'s table (the IPv4 one's).
+/// size of `Mode::BareLookup`'s and `Mode::NatFloor`'s table (the IPv4 one's).
 const TABLE_FLOWS: u32 = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2306,48 +2306,14 @@ fn ne_words(b: &[u8]) -> Vec<u16> {
 
 /// The benchmark's floor of a NAT hit (`privatelink_nat_floor` in tests/lab-ebpf) does
 /// the work it claims, so that what it costs bounds a NAT from below: it drops a frame
-/// whose key the line does not hold, a bad header checksum and TTL 1, and rewrites a good
-/// one from the line (addresses, ports, MACs, TTL, both checksums by the line's deltas:
-/// a valid frame by etherparse's reckoning), writing a stamp and a count back.
+/// whose key its line does not hold, a bad header checksum, TTL 1 and a fragment, and
+/// rewrites a good one from the line (addresses, ports, MACs, TTL, both checksums by the
+/// line's deltas: a valid frame by etherparse's reckoning), writing a stamp back. The line
+/// is the first whole one of the flow's bucket: an odd bucket's begins 4 words in. Two
+/// buckets: the frames whose flow picks bucket 1 find their line there, the others find
+/// bucket 0 holding another flow's.
 #[test]
 fn the_nat_floor_rewrites_from_its_line() {
-    let mut h = harness();
-    let cif = h.consumer.ifindex;
-    h.reference = Reference::with_table(1).unwrap();
-    h.reference.set_redirect_target(h.provider.ifindex).unwrap();
-    let frame = udp_to_eni(&h, 40_001, b"floor", false);
-    let (new_src, new_dst, new_ports) = ([10, 2, 0, 200], [10, 2, 0, 10], [0x9c, 0x42, 0, 80]);
-    let (dst_mac, src_mac) = (LB_MAC, [0x02, 0, 0, 0, 0, 0x77]);
-    // The deltas, from the words that change: the TTL's, the addresses, the ports.
-    let mut rewritten = frame.clone();
-    rewritten[22] -= 1;
-    rewritten[26..30].copy_from_slice(&new_src);
-    rewritten[30..34].copy_from_slice(&new_dst);
-    rewritten[34..38].copy_from_slice(&new_ports);
-    let delta = |ranges: &[std::ops::Range<usize>]| {
-        ones_sum(ranges.iter().flat_map(|r| {
-            let old = ne_words(&frame[r.clone()]).into_iter().map(|w| !w);
-            old.chain(ne_words(&rewritten[r.clone()]))
-        }))
-    };
-    let (ip_delta, l4_delta) = (delta(&[22..24, 26..34]), delta(&[26..30, 30..38]));
-    let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap());
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&dst_mac);
-    macs[6..].copy_from_slice(&src_mac);
-    let mut line = [0u64; 44];
-    line[0] = 1;
-    line[1] = u64::from(u16::from_ne_bytes([frame[26], frame[27]])) << 48
-        | u64::from(u16::from_ne_bytes([frame[28], frame[29]])) << 32
-        | u64::from(u16::from_ne_bytes([frame[30], frame[31]])) << 16
-        | u64::from(u16::from_ne_bytes([frame[32], frame[33]]));
-    line[2] = u64::from(u16::from_ne_bytes([frame[34], frame[35]])) << 16
-        | u64::from(u16::from_ne_bytes([frame[36], frame[37]]));
-    line[3] = word(&[new_src, new_dst].concat());
-    line[4] = u64::from(u32::from_ne_bytes(new_ports));
-    line[5] = word(&macs[..8]);
-    line[6] = u64::from(u32::from_ne_bytes(macs[8..].try_into().unwrap())) | 5 << 48;
-    line[7] = u64::from(l4_delta) << 16 | u64::from(ip_delta);
     fn table(h: &mut Harness) -> aya::maps::Array<&mut aya::maps::MapData, [u64; 44]> {
         aya::maps::Array::try_from(
             h.reference
@@ -2358,51 +2324,107 @@ fn the_nat_floor_rewrites_from_its_line() {
         )
         .unwrap()
     }
+    let mut h = harness();
+    let cif = h.consumer.ifindex;
+    h.reference = Reference::with_table(2).unwrap();
+    h.reference.set_redirect_target(h.provider.ifindex).unwrap();
+    let (new_src, new_dst, new_ports) = ([10, 2, 0, 200], [10, 2, 0, 10], [0x9c, 0x42, 0, 80]);
+    let (dst_mac, src_mac) = (LB_MAC, [0x02, 0, 0, 0, 0, 0x77]);
+    let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap());
+    let half = |b: &[u8]| u64::from(u16::from_ne_bytes([b[0], b[1]]));
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&dst_mac);
+    macs[6..].copy_from_slice(&src_mac);
+    // The line for `frame`: its key, the rewrite and the deltas from the words that change
+    // (the TTL's, the addresses, the ports).
+    let line_for = |frame: &[u8]| {
+        let mut rewritten = frame.to_vec();
+        rewritten[22] -= 1;
+        rewritten[26..30].copy_from_slice(&new_src);
+        rewritten[30..34].copy_from_slice(&new_dst);
+        rewritten[34..38].copy_from_slice(&new_ports);
+        let delta = |ranges: &[std::ops::Range<usize>]| {
+            ones_sum(ranges.iter().flat_map(|r| {
+                let old = ne_words(&frame[r.clone()]).into_iter().map(|w| !w);
+                old.chain(ne_words(&rewritten[r.clone()]))
+            }))
+        };
+        let (ip_delta, l4_delta) = (delta(&[22..24, 26..34]), delta(&[26..30, 30..38]));
+        [
+            1,
+            half(&frame[26..]) << 48
+                | half(&frame[28..]) << 32
+                | half(&frame[30..]) << 16
+                | half(&frame[32..]),
+            half(&frame[34..]) << 16 | half(&frame[36..]),
+            word(&[new_src, new_dst].concat()),
+            u64::from(u32::from_ne_bytes(new_ports)),
+            word(&macs[..8]),
+            u64::from(u32::from_ne_bytes(macs[8..].try_into().unwrap())),
+            u64::from(l4_delta) << 16 | u64::from(ip_delta),
+        ]
+    };
     let floor = Some("privatelink_nat_floor");
-    // Another flow's line: dropped.
-    let mut other = line;
-    other[2] ^= 1;
-    table(&mut h).set(0, other, 0).unwrap();
-    assert_eq!(
-        h.run_through(floor, cif, &frame).unwrap().0,
-        XDP_DROP,
-        "another flow's line"
+    let (mut rewrote, mut refused) = (0, 0);
+    for sport in 40_001..40_065 {
+        let frame = udp_to_eni(&h, sport, b"floor", false);
+        let line = line_for(&frame);
+        // Bucket 1's first whole line (words 4 to 11) is the frame's; bucket 0's first
+        // line holds another flow (its key's last word changed).
+        let mut buckets = ([0u64; 44], [0u64; 44]);
+        buckets.0[..8].copy_from_slice(&line);
+        buckets.0[2] ^= 1;
+        buckets.1[4..12].copy_from_slice(&line);
+        table(&mut h).set(0, buckets.0, 0).unwrap();
+        table(&mut h).set(1, buckets.1, 0).unwrap();
+        let (act, out) = h.run_through(floor, cif, &frame).unwrap();
+        if act == XDP_DROP {
+            refused += 1;
+            continue;
+        }
+        assert_eq!(act, XDP_REDIRECT, "port {sport}");
+        rewrote += 1;
+        let p = parse_checked(&out);
+        assert_eq!((p.eth_dst, p.eth_src), (dst_mac, src_mac));
+        assert_eq!(
+            (p.ip.source, p.ip.destination, p.ip.time_to_live),
+            (new_src, new_dst, 63)
+        );
+        assert_eq!((p.sport, p.dport), (40_002, 80));
+        assert_eq!(p.payload, b"floor");
+        assert_ne!(
+            u16::from_be_bytes([out[40], out[41]]),
+            0,
+            "a UDP checksum to check"
+        );
+        let after = table(&mut h).get(&1, 0).unwrap();
+        assert_eq!(after[11] as u32, line[7] as u32, "the line's deltas kept");
+        assert_ne!(after[11] >> 32, 0, "the line's stamp");
+        assert_eq!(after[4..11], line[..7], "the rest of the line kept");
+        // What a NAT drops, the floor drops: a bad header checksum, TTL 1, a fragment.
+        let mut bad = frame.clone();
+        bad[24] ^= 1;
+        assert_eq!(
+            h.run_through(floor, cif, &bad).unwrap().0,
+            XDP_DROP,
+            "bad checksum"
+        );
+        for (at, value) in [(22, 1u8), (20, 0x20)] {
+            let mut f = frame.clone();
+            f[at] = value;
+            f[24..26].copy_from_slice(&[0, 0]);
+            let ip = Ipv4Header::from_slice(&f[14..34]).unwrap().0;
+            f[24..26].copy_from_slice(&ip.calc_header_checksum().to_be_bytes());
+            assert_eq!(
+                h.run_through(floor, cif, &f).unwrap().0,
+                XDP_DROP,
+                "byte {at}"
+            );
+        }
+    }
+    // 64 flows: both buckets met (each way with odds of 2^-64 against).
+    assert!(
+        rewrote > 0 && refused > 0,
+        "{rewrote} rewritten, {refused} refused"
     );
-    table(&mut h).set(0, line, 0).unwrap();
-    let mut bad = frame.clone();
-    bad[24] ^= 1;
-    assert_eq!(
-        h.run_through(floor, cif, &bad).unwrap().0,
-        XDP_DROP,
-        "bad header checksum"
-    );
-    let mut last_hop = frame.clone();
-    last_hop[22] = 1;
-    last_hop[24..26].copy_from_slice(&[0, 0]);
-    let ip = Ipv4Header::from_slice(&last_hop[14..34]).unwrap().0;
-    last_hop[24..26].copy_from_slice(&ip.calc_header_checksum().to_be_bytes());
-    assert_eq!(
-        h.run_through(floor, cif, &last_hop).unwrap().0,
-        XDP_DROP,
-        "TTL 1"
-    );
-    let (act, out) = h.run_through(floor, cif, &frame).unwrap();
-    assert_eq!(act, XDP_REDIRECT);
-    let p = parse_checked(&out);
-    assert_eq!((p.eth_dst, p.eth_src), (dst_mac, src_mac));
-    assert_eq!(
-        (p.ip.source, p.ip.destination, p.ip.time_to_live),
-        (new_src, new_dst, 63)
-    );
-    assert_eq!((p.sport, p.dport), (40_002, 80));
-    assert_eq!(p.payload, b"floor");
-    assert_ne!(
-        u16::from_be_bytes([out[40], out[41]]),
-        0,
-        "a UDP checksum to check"
-    );
-    let after = table(&mut h).get(&0, 0).unwrap();
-    assert_eq!(after[6] >> 48, 6, "the line's packet count");
-    assert_eq!(after[7] as u32, line[7] as u32, "the line's deltas kept");
-    assert_ne!(after[7] >> 32, 0, "the line's stamp");
 }

@@ -15,9 +15,10 @@
 //!   throughput benchmark's measure of what the machine's memory leaves at many flows.
 //!   `privatelink_first_floor` reads two such buckets and then does `privatelink_tx`'s
 //!   work: the per-packet benchmark's floor of a new flow's first packet.
-//!   `privatelink_nat_floor` reads the same line and then does the least work any NAT
-//!   does with it (key compared, header checked, frame rewritten from the line, a stamp
-//!   written back): the floor of a NAT whose hit costs one line.
+//!   `privatelink_nat_floor` reads one whole line of such a bucket and then does the least
+//!   work any NAT does with it (key compared, header checked, frame rewritten from the
+//!   line, a stamp written back when it changed): the floor of a NAT whose hit costs one
+//!   line.
 //!   `privatelink_redirect_lookup_pieces` reads the same table made of 32 KiB pieces
 //!   (`PL_BASE_PIECES`, memory of the kernel's direct map, not `vmalloc`'d page by page):
 //!   what the direct map's huge pages would save a random line.
@@ -119,14 +120,16 @@ pub fn privatelink_redirect_lookup(ctx: XdpContext) -> u32 {
     redirect_to_target()
 }
 
-/// The floor of a flow-table NAT's hit: `privatelink_redirect_lookup`'s one line of
-/// `PL_BASE_TABLE`, then the least work any NAT does with it, on an IPv4 UDP frame: the
-/// key compared (a zeroed slot counts as the frame's, the table being zeroed), the TTL
-/// and fragment checked, the header checksum verified (RFC 1812), the addresses, ports,
-/// MACs and checksum deltas taken from the line and written into the frame (the TTL
-/// counted down), a stamp and a packet count written back into the line, then the bare
-/// redirect. No epoch, timeout, filter, counter or tracking: every NAT that keeps its
-/// flows in such a table does more than this.
+/// The floor of a flow-table NAT's hit: one whole line of `PL_BASE_TABLE`'s bucket for the
+/// frame's flow (its first: the array starts page-aligned and buckets are 352 bytes, so an
+/// odd bucket's first line begins 4 words in), then the least work any NAT does with it,
+/// on an IPv4 UDP frame: the key compared (a line whose first word is 0 counts as the
+/// frame's: the benchmark's table is zeroed), the TTL and fragment checked, the header
+/// checksum verified (RFC 1812), the addresses, ports, MACs and checksum deltas taken from
+/// the line and written into the frame (the TTL counted down), a stamp written back into
+/// the line when it changed (as a coarse clock's stamp: the flow's hash stands for it),
+/// then the bare redirect. No epoch, timeout, filter, counter, tracking or clock read:
+/// every NAT that keeps its flows in such a table does more than this.
 #[xdp]
 pub fn privatelink_nat_floor(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
@@ -140,21 +143,25 @@ pub fn privatelink_nat_floor(ctx: XdpContext) -> u32 {
         Some(&n) => n,
         None => 0,
     };
-    let Some(line) = PL_BASE_TABLE.get_ptr_mut(((h as u64 * buckets as u64) >> 32) as u32) else {
+    let b = ((h as u64 * buckets as u64) >> 32) as u32;
+    let Some(bucket) = PL_BASE_TABLE.get_ptr_mut(b) else {
         return xdp_action::XDP_DROP;
     };
     // SAFETY: 42 bytes at `start` are inside the frame (checked above), which starts
-    // 2-aligned; `line` is a valid element of the array.
+    // 2-aligned; the line's 8 words from word 0 or 4 lie within the bucket's 44.
     unsafe {
         let f = &mut *(start as *mut [u16; 21]);
-        let line = &mut *line;
+        let line = &mut *((bucket as *mut u64).add((b as usize & 1) * 4) as *mut [u64; 8]);
         // Words: [0] state, [1] and [2] the key, [3] addresses, [4] ports and interface,
         // [5] and [6] the MACs, [7] the checksum deltas and the stamp.
         let key = [
             (f[13] as u64) << 48 | (f[14] as u64) << 32 | (f[15] as u64) << 16 | f[16] as u64,
             (f[17] as u64) << 16 | f[18] as u64,
         ];
-        if line[0] != 0 && (line[1] != key[0] || line[2] != key[1]) {
+        // The key's words read whatever the state says: a hit compares them.
+        let other = (core::ptr::read_volatile(&line[1]) ^ key[0])
+            | (core::ptr::read_volatile(&line[2]) ^ key[1]);
+        if other != 0 && line[0] != 0 {
             return xdp_action::XDP_DROP;
         }
         let [ttl, proto] = f[11].to_ne_bytes();
@@ -184,8 +191,9 @@ pub fn privatelink_nat_floor(ctx: XdpContext) -> u32 {
         f[5] = (more >> 16) as u16;
         f[12] = add_delta(f[12], stamp as u16);
         f[20] = add_delta(f[20], (stamp >> 16) as u16);
-        line[7] = stamp as u32 as u64 | (h as u64) << 32;
-        line[6] = more.wrapping_add(1 << 48);
+        if (stamp >> 32) as u32 != h {
+            line[7] = stamp as u32 as u64 | (h as u64) << 32;
+        }
     }
     redirect_to_target()
 }

@@ -1402,7 +1402,9 @@ fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
     }
     let floor = "floor of a first packet (two random lines of a table as the NAT's)";
     let first_floor = only.is_none_or(|o| floor.contains(o) || o.contains("NAT first"));
-    let cold_floor_row = only.is_none_or(|o| COLD_FLOOR.contains(o) || o.contains("NAT forward"));
+    let cold_floor_row = only.is_none_or(|o| {
+        COLD_FLOOR.contains(o) || o.contains("NAT forward") || o.contains("floor of a NAT hit")
+    });
     if first_floor || cold_floor_row {
         // The reference object with `PL_BASE_TABLE` as large as the IPv4 flow table, for
         // both floors that read it.
