@@ -84,10 +84,10 @@ pub enum Mode {
     /// a bucket picked by the frame's flow (`privatelink_redirect_lookup`): what one cold
     /// access per packet leaves of the bare redirect, the floor of a flow-table NAT.
     BareLookup,
-    /// (e) and then the least work any NAT does with the line it read
+    /// One whole line of (e)'s bucket and then the least work any NAT does with it
     /// (`privatelink_nat_floor`): the key compared, the header checked, the frame
-    /// rewritten from the line, a stamp written back: what a flow-table NAT whose hit costs
-    /// one line could reach at best.
+    /// rewritten from the line, a stamp written back when it changed: what a flow-table NAT
+    /// whose hit costs one line could reach at best.
     NatFloor,
     /// No forwarding: the forwarder's ingress drops every frame (`privatelink_count`), so
     /// only the generator's work is left on the CPU: the fixed-load baseline.

@@ -2306,12 +2306,13 @@ fn ne_words(b: &[u8]) -> Vec<u16> {
 
 /// The benchmark's floor of a NAT hit (`privatelink_nat_floor` in tests/lab-ebpf) does
 /// the work it claims, so that what it costs bounds a NAT from below: it drops a frame
-/// whose key its line does not hold, a bad header checksum, TTL 1 and a fragment, and
-/// rewrites a good one from the line (addresses, ports, MACs, TTL, both checksums by the
-/// line's deltas: a valid frame by etherparse's reckoning), writing a stamp back. The line
-/// is the first whole one of the flow's bucket: an odd bucket's begins 4 words in. Two
-/// buckets: the frames whose flow picks bucket 1 find their line there, the others find
-/// bucket 0 holding another flow's.
+/// whose key its line does not hold (either word), a bad header checksum, TTL 1 and a
+/// fragment (more fragments, or an offset), and rewrites a good one from the line
+/// (addresses, ports, MACs, TTL, both checksums by the line's deltas: a valid frame by
+/// etherparse's reckoning), writing a stamp back. The line is the first whole one of the
+/// flow's bucket: word 0 of an even bucket, word 4 of an odd one (buckets are 352 bytes
+/// from a page-aligned start). Two buckets; each frame's is worked out here from the
+/// lab's bucket hash, the other words of it and the other bucket hold another flow.
 #[test]
 fn the_nat_floor_rewrites_from_its_line() {
     fn table(h: &mut Harness) -> aya::maps::Array<&mut aya::maps::MapData, [u64; 44]> {
@@ -2323,6 +2324,14 @@ fn the_nat_floor_rewrites_from_its_line() {
                 .unwrap(),
         )
         .unwrap()
+    }
+    // The lab programs' flow hash (tests/lab-ebpf `flow_hash`, murmur3's finalizer).
+    fn mix32(mut h: u32) -> u32 {
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
     }
     let mut h = harness();
     let cif = h.consumer.ifindex;
@@ -2365,25 +2374,33 @@ fn the_nat_floor_rewrites_from_its_line() {
         ]
     };
     let floor = Some("privatelink_nat_floor");
-    let (mut rewrote, mut refused) = (0, 0);
+    let mut met = [0; 2];
     for sport in 40_001..40_065 {
         let frame = udp_to_eni(&h, sport, b"floor", false);
+        let (src, ports) = (
+            u32::from_ne_bytes(frame[26..30].try_into().unwrap()),
+            u32::from_ne_bytes(frame[34..38].try_into().unwrap()),
+        );
+        let b = ((u64::from(mix32(src ^ mix32(ports))) * 2) >> 32) as usize;
+        met[b] += 1;
         let line = line_for(&frame);
-        // Bucket 1's first whole line (words 4 to 11) is the frame's; bucket 0's first
-        // line holds another flow (its key's last word changed).
-        let mut buckets = ([0u64; 44], [0u64; 44]);
-        buckets.0[..8].copy_from_slice(&line);
-        buckets.0[2] ^= 1;
-        buckets.1[4..12].copy_from_slice(&line);
-        table(&mut h).set(0, buckets.0, 0).unwrap();
-        table(&mut h).set(1, buckets.1, 0).unwrap();
-        let (act, out) = h.run_through(floor, cif, &frame).unwrap();
-        if act == XDP_DROP {
-            refused += 1;
-            continue;
+        // Another flow (its addresses' word changed) everywhere but the frame's line.
+        let mut other = line;
+        other[1] ^= 1 << 40;
+        let mut buckets = [[0u64; 44]; 2];
+        for bucket in &mut buckets {
+            for w in 0..5 {
+                bucket[w * 8..w * 8 + 8].copy_from_slice(&other);
+            }
         }
-        assert_eq!(act, XDP_REDIRECT, "port {sport}");
-        rewrote += 1;
+        buckets[b][b * 4..b * 4 + 8].copy_from_slice(&line);
+        let set = |h: &mut Harness, buckets: &[[u64; 44]; 2]| {
+            table(h).set(0, buckets[0], 0).unwrap();
+            table(h).set(1, buckets[1], 0).unwrap();
+        };
+        set(&mut h, &buckets);
+        let (act, out) = h.run_through(floor, cif, &frame).unwrap();
+        assert_eq!(act, XDP_REDIRECT, "port {sport}, bucket {b}");
         let p = parse_checked(&out);
         assert_eq!((p.eth_dst, p.eth_src), (dst_mac, src_mac));
         assert_eq!(
@@ -2397,11 +2414,25 @@ fn the_nat_floor_rewrites_from_its_line() {
             0,
             "a UDP checksum to check"
         );
-        let after = table(&mut h).get(&1, 0).unwrap();
-        assert_eq!(after[11] as u32, line[7] as u32, "the line's deltas kept");
-        assert_ne!(after[11] >> 32, 0, "the line's stamp");
-        assert_eq!(after[4..11], line[..7], "the rest of the line kept");
-        // What a NAT drops, the floor drops: a bad header checksum, TTL 1, a fragment.
+        let after = table(&mut h).get(&(b as u32), 0).unwrap();
+        let at = b * 4;
+        assert_eq!(
+            after[at + 7] as u32,
+            line[7] as u32,
+            "the line's deltas kept"
+        );
+        assert_ne!(after[at + 7] >> 32, 0, "the line's stamp");
+        assert_eq!(after[at..at + 7], line[..7], "the rest of the line kept");
+        // What a NAT drops, the floor drops: another flow's key (either word), a bad header
+        // checksum, TTL 1, a fragment (more fragments; an offset).
+        for (w, bit) in [(1, 1u64 << 40), (2, 1)] {
+            let mut changed = buckets;
+            changed[b][b * 4 + w] ^= bit;
+            set(&mut h, &changed);
+            let act = h.run_through(floor, cif, &frame).unwrap().0;
+            assert_eq!(act, XDP_DROP, "another flow's key word {w}");
+        }
+        set(&mut h, &buckets);
         let mut bad = frame.clone();
         bad[24] ^= 1;
         assert_eq!(
@@ -2409,7 +2440,7 @@ fn the_nat_floor_rewrites_from_its_line() {
             XDP_DROP,
             "bad checksum"
         );
-        for (at, value) in [(22, 1u8), (20, 0x20)] {
+        for (at, value) in [(22, 1u8), (20, 0x20), (21, 1)] {
             let mut f = frame.clone();
             f[at] = value;
             f[24..26].copy_from_slice(&[0, 0]);
@@ -2422,9 +2453,6 @@ fn the_nat_floor_rewrites_from_its_line() {
             );
         }
     }
-    // 64 flows: both buckets met (each way with odds of 2^-64 against).
-    assert!(
-        rewrote > 0 && refused > 0,
-        "{rewrote} rewritten, {refused} refused"
-    );
+    // 64 flows: both kinds of bucket met.
+    assert!(met[0] > 0 && met[1] > 0, "flows per bucket {met:?}");
 }

@@ -373,9 +373,10 @@ fn throughput() -> Result<String> {
          lost in all). Live: the forwarder's program's run_time_ns / run_cnt (BPF_ENABLE_STATS) over {} more frames \
          of the same flows, in a run of their own. (e) reads one line of a table as big as (a)'s IPv4 flow table at a \
          bucket picked by the flow, then redirects as (c): a forwarder that keeps per-flow state in such a table cannot \
-         beat it. (f) does, after (e)'s read, the least work any NAT does with the line (the key compared, the \
-         header checked, the frame rewritten from the line, a stamp written back): what a flow-table NAT whose hit \
-         costs one line could reach at best; a/f says how close (a) comes.\n\n{t}",
+         beat it. (f) reads one whole line of the same bucket and does the least work any NAT does with it (the \
+         key compared, the header checked, the frame rewritten from the line, a stamp written back when it \
+         changed): what a flow-table NAT whose hit costs one line could reach at best; a/f says how close (a) \
+         comes.\n\n{t}",
         privatelink_tests::throughput::STATS_PACKETS
     );
     print!("{out}");
