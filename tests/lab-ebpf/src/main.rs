@@ -139,11 +139,7 @@ pub fn privatelink_nat_floor(ctx: XdpContext) -> u32 {
     let Some(h) = flow_hash(&ctx) else {
         return xdp_action::XDP_DROP;
     };
-    let buckets = match PL_BASE_BUCKETS.get(0) {
-        Some(&n) => n,
-        None => 0,
-    };
-    let b = ((h as u64 * buckets as u64) >> 32) as u32;
+    let b = bucket_of(h);
     let Some(bucket) = PL_BASE_TABLE.get_ptr_mut(b) else {
         return xdp_action::XDP_DROP;
     };
@@ -225,11 +221,7 @@ pub fn privatelink_redirect_lookup_pieces(ctx: XdpContext) -> u32 {
     let Some(h) = flow_hash(&ctx) else {
         return xdp_action::XDP_DROP;
     };
-    let buckets = match PL_BASE_BUCKETS.get(0) {
-        Some(&n) => n,
-        None => 0,
-    };
-    let b = ((h as u64 * buckets as u64) >> 32) as u32;
+    let b = bucket_of(h);
     match PL_BASE_PIECES.get_value(b / PIECE_BUCKETS, &(b % PIECE_BUCKETS)) {
         // SAFETY: a valid element of the piece.
         Some(bucket) if unsafe { core::ptr::read_volatile(&bucket[0]) } != u64::MAX => {}
@@ -274,18 +266,25 @@ fn flow_hash(ctx: &XdpContext) -> Option<u32> {
     Some(mix32(src ^ mix32(ports)))
 }
 
-/// Reads the first line of `PL_BASE_TABLE`'s bucket for `h` (scaled onto its buckets by a
-/// multiply and a shift, as the data path's), kept by a comparison that never holds (the
-/// table is zeroed): true if it did, or if the bucket is missing (a count past the
-/// table's end: the program then drops, which the benchmarks' action checks catch, rather
-/// than go on as though it had read).
+/// The bucket of `PL_BASE_TABLE` (or `PL_BASE_PIECES`) for the flow hash `h`: scaled onto
+/// `PL_BASE_BUCKETS[0]` buckets by a multiply and a shift, as the data path's
+/// `bucket_index`.
 #[inline(always)]
-fn read_bucket(h: u32) -> bool {
+fn bucket_of(h: u32) -> u32 {
     let buckets = match PL_BASE_BUCKETS.get(0) {
         Some(&n) => n,
         None => 0,
     };
-    match PL_BASE_TABLE.get(((h as u64 * buckets as u64) >> 32) as u32) {
+    ((h as u64 * buckets as u64) >> 32) as u32
+}
+
+/// Reads the first line of `PL_BASE_TABLE`'s bucket for `h` (`bucket_of`), kept by a
+/// comparison that never holds (the table is zeroed): true if it did, or if the bucket is
+/// missing (a count past the table's end: the program then drops, which the benchmarks'
+/// action checks catch, rather than go on as though it had read).
+#[inline(always)]
+fn read_bucket(h: u32) -> bool {
+    match PL_BASE_TABLE.get(bucket_of(h)) {
         // SAFETY: a valid element of the array.
         Some(bucket) => (unsafe { core::ptr::read_volatile(&bucket[0]) }) == u64::MAX,
         None => true,
