@@ -6,7 +6,7 @@ use etherparse::{
     Icmpv4Type, IpHeaders, IpNumber, Ipv4Header, Ipv4Options, PacketBuilder, SlicedPacket,
     TransportSlice, icmpv4::DestUnreachableHeader,
 };
-use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, FlowEntry, Reason};
+use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, FlowEntry, Reason, hash::mix32};
 use privatelink_tests::{
     frames::{
         CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, parse_checked, tcp_from_lb, tcp_to_eni,
@@ -2325,14 +2325,6 @@ fn the_nat_floor_rewrites_from_its_line() {
         )
         .unwrap()
     }
-    // The lab programs' flow hash (tests/lab-ebpf `flow_hash`, murmur3's finalizer).
-    fn mix32(mut h: u32) -> u32 {
-        h ^= h >> 16;
-        h = h.wrapping_mul(0x85eb_ca6b);
-        h ^= h >> 13;
-        h = h.wrapping_mul(0xc2b2_ae35);
-        h ^ (h >> 16)
-    }
     let mut h = harness();
     let cif = h.consumer.ifindex;
     h.reference = Reference::with_table(2).unwrap();
@@ -2381,6 +2373,8 @@ fn the_nat_floor_rewrites_from_its_line() {
             u32::from_ne_bytes(frame[26..30].try_into().unwrap()),
             u32::from_ne_bytes(frame[34..38].try_into().unwrap()),
         );
+        // The lab programs' flow hash (tests/lab-ebpf `flow_hash`: murmur3's finalizer,
+        // as `mix32` here), scaled onto the two buckets.
         let b = ((u64::from(mix32(src ^ mix32(ports))) * 2) >> 32) as usize;
         met[b] += 1;
         let line = line_for(&frame);

@@ -1087,24 +1087,12 @@ const COLD_FLOOR: &str = "floor of a cold hit (one random line of a table as the
 /// as the bare redirect does; replayed over the cold row's flows in the same turn.
 fn cold_floor(rows: &mut Vec<Row>, h: &mut Harness, cif: u32, pif: u32) -> Result<()> {
     h.reference.set_redirect_target(pif)?;
-    let template = udp_to_eni(h, COLD_PORT, &[0u8; 18], true);
-    let frames = cold_frames(&template);
-    // The reference program counts nothing: its action alone is checked.
-    let replay = Replay::cold(template, None);
-    let (row, _) = timed(
-        h,
-        Some("privatelink_redirect_lookup"),
-        COLD_FLOOR,
-        cif,
-        &|i| frames[i].clone(),
-        &replay,
-    )?;
-    rows.push(row);
-    Ok(())
+    cold_reference(rows, h, cif, "privatelink_redirect_lookup", COLD_FLOOR)
 }
 
-/// Another floor of the cold row over its flows in the same turn: `program` of the
-/// reference object (its table as large as the fixture's IPv4 flow table), named `name`.
+/// A floor of the cold row over its flows in the same turn: `program` of the reference
+/// object (its table as large as the fixture's IPv4 flow table), named `name`. The
+/// reference programs count nothing: their action alone is checked.
 fn cold_reference(
     rows: &mut Vec<Row>,
     h: &mut Harness,
