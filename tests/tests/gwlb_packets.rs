@@ -39,21 +39,10 @@ const GENEVE_OPTIONS: usize = (4 + 8) + (4 + 8) + (4 + 4);
 const OVERHEAD: usize = OUTER_IPV4 + OUTER_UDP + GENEVE_BASE + GENEVE_OPTIONS;
 const _: () = assert!(OVERHEAD == 68);
 
-/// murmur3's 32-bit finalizer.
-fn fmix32(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
-}
-
-/// The flow cookie of an inner packet (GENEVE option type 3), written out here on its own
-/// from the README's definition, "a symmetric hash of the 5-tuple": the two ends (address
-/// as a big-endian number, then port) put in order, then murmur3's finalizer chained over
-/// the lower address, the higher one, the ports (lower end's in the high half) and the
-/// protocol, with seed 0. ICMP echo uses its identifier as both ports; other protocols
-/// without ports use 0. The tuple is read from the frame with etherparse.
+/// The flow cookie of an inner packet (GENEVE option type 3), by the README's definition,
+/// "a symmetric hash of the 5-tuple" (`gwlb::reference_cookie`, written out on its own).
+/// ICMP echo uses its identifier as both ports; other protocols without ports use 0. The
+/// tuple is read from the frame with etherparse.
 fn expected_cookie(frame: &[u8]) -> u32 {
     let p = SlicedPacket::from_ethernet(frame).expect("a test frame parses");
     let Some(NetSlice::Ipv4(ip)) = &p.net else {
@@ -70,13 +59,7 @@ fn expected_cookie(frame: &[u8]) -> u32 {
         },
         _ => (0, 0),
     };
-    let a = (u32::from_be_bytes(src), sport);
-    let b = (u32::from_be_bytes(dst), dport);
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    let mut c = fmix32(lo.0);
-    c = fmix32(c ^ hi.0);
-    c = fmix32(c ^ ((lo.1 as u32) << 16 | hi.1 as u32));
-    fmix32(c ^ proto as u32)
+    privatelink_tests::gwlb::reference_cookie((src, sport), (dst, dport), proto)
 }
 
 /// The outer UDP source port for a cookie: the README's "49152 + 14 bits of the flow

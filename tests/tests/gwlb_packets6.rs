@@ -124,19 +124,8 @@ fn ping6(h: &Harness, id: u16, reply: bool) -> Vec<u8> {
     v
 }
 
-/// murmur3's 32-bit finalizer.
-fn fmix32(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
-}
-
-/// The flow cookie of an IPv6 inner packet, written out here from the README's
-/// definition: the two ends (address as a 128-bit big-endian number, then port) in order,
-/// fmix32 chained from seed 0 over the lower address's four big-endian words, the higher
-/// one's, the ports (lower end's high) and the protocol; ICMPv6 echo's identifier as both
+/// The flow cookie of an IPv6 inner packet, by the README's definition
+/// (`gwlb::reference_cookie6`, written out on its own); ICMPv6 echo's identifier as both
 /// ports. The tuple is read from the frame with etherparse.
 fn expected_cookie(frame: &[u8]) -> u32 {
     let p = SlicedPacket::from_ethernet(frame).expect("a test frame parses");
@@ -156,17 +145,7 @@ fn expected_cookie(frame: &[u8]) -> u32 {
         },
         _ => panic!("test frames are TCP, UDP or ICMPv6"),
     };
-    let a = (u128::from_be_bytes(src), sport);
-    let b = (u128::from_be_bytes(dst), dport);
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    let mut c = 0u32;
-    for addr in [lo.0, hi.0] {
-        for w in addr.to_be_bytes().chunks(4) {
-            c = fmix32(c ^ u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-        }
-    }
-    c = fmix32(c ^ ((lo.1 as u32) << 16 | hi.1 as u32));
-    fmix32(c ^ proto)
+    privatelink_tests::gwlb::reference_cookie6((src, sport), (dst, dport), proto)
 }
 
 /// Sends `frame` in on the consumer side; expects GENEVE towards an appliance.

@@ -268,31 +268,14 @@ fn port_link_local(m: [u8; 6]) -> [u8; 16] {
     a
 }
 
-/// murmur3's 32-bit finalizer.
-fn fmix32(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
-}
-
-/// The flow cookie of an IPv6 tuple, from the README's definition: the two ends (address
-/// as a 128-bit big-endian number, then port) in order, fmix32 chained from seed 0 over
-/// the lower address's four big-endian words, the higher one's, the ports (the lower
-/// end's high) and the protocol.
+/// The flow cookie of an IPv6 tuple, by the README's definition
+/// (`gwlb::reference_cookie6`, written out on its own).
 fn cookie6(key: &FlowKey6) -> u32 {
-    let a = (u128::from_be_bytes(key.src), key.sport);
-    let b = (u128::from_be_bytes(key.dst), key.dport);
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    let mut c = 0u32;
-    for addr in [lo.0, hi.0] {
-        for w in addr.to_be_bytes().chunks(4) {
-            c = fmix32(c ^ u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-        }
-    }
-    c = fmix32(c ^ ((lo.1 as u32) << 16 | hi.1 as u32));
-    fmix32(c ^ key.proto as u32)
+    privatelink_tests::gwlb::reference_cookie6(
+        (key.src, key.sport),
+        (key.dst, key.dport),
+        key.proto,
+    )
 }
 
 // ---------------------------------------------------------------------------------------
