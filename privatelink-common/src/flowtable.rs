@@ -99,8 +99,11 @@ pub const fn slot_tail(word: u64) -> u32 {
 /// A table's geometry: its number of buckets (any number: `bucket_index` maps a hash onto
 /// them) and the hash seed. It lives in the table, in word 0 of its first element
 /// (`heads`), written by the daemon when it makes the table, so it is kept exactly as long
-/// as the table is (a new seed would lose every flow's slot) and a program always reads
-/// its own table's. All zero (a table the daemon has not set up): every key in bucket 0.
+/// as the table is (a new seed would lose every flow's slot). The programs read the same
+/// word from their object's read-only data (`PL_FLOW_GEOMETRY`, `PL_FLOW_GEOMETRY6`),
+/// which the daemon writes before it loads them: the table's, kept or drawn
+/// (`geometry_for` in the daemon's `flowtable`). All zero (a table the daemon has not set
+/// up): every key in bucket 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowGeometry {
     pub buckets: u32,

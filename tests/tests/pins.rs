@@ -2,7 +2,9 @@
 //! incompatible one (another layout or conntrack size) is replaced rather than misread.
 
 use aya::maps::{Array, MapInfo};
-use privatelink_common::{Config, map_names};
+use privatelink_common::{
+    Config, FlowEntry, FlowEntry6, FlowKey, FlowKey6, PROTO_TCP, PROTO_UDP, map_names,
+};
 use privatelink_tests::apidaemon::{ApiDaemon, two_parties};
 use privatelink_user::{
     client::Client,
@@ -82,10 +84,29 @@ fn compatible_pins_are_reused_and_incompatible_ones_replaced() {
         closing_timeout_ns: 9,
         ..Default::default()
     };
-    {
+    // A flow of each family, written where the tables' geometry puts it.
+    let key = FlowKey::new(7, [10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, PROTO_TCP);
+    let entry = FlowEntry {
+        new_sport: 4242,
+        ..FlowEntry::default()
+    };
+    let key6 = FlowKey6::new(7, [0xfd; 16], [0xfe; 16], 1000, 80, PROTO_UDP);
+    let entry6 = FlowEntry6 {
+        new_sport: 4343,
+        ..FlowEntry6::default()
+    };
+    let geometries = {
         let mut dp = Dataplane::load(&opts(1024)).unwrap();
         dp.set_config(&marker).unwrap();
-    }
+        dp.put_flow::<FlowEntry>(&key, entry).unwrap();
+        dp.put_flow::<FlowEntry6>(&key6, entry6).unwrap();
+        let g = (
+            dp.flow_geometry::<FlowEntry>().unwrap(),
+            dp.flow_geometry::<FlowEntry6>().unwrap(),
+        );
+        assert_ne!(g.0.seed, g.1.seed, "each table draws its own seed");
+        g
+    };
     let ct = dir.0.join(map_names::CONNTRACK);
     // 1 024 entries: 256 buckets of four slots, after 9 elements of heads (the geometry,
     // a spare word and 256 buckets' heads, 32 words to an element).
@@ -94,6 +115,15 @@ fn compatible_pins_are_reused_and_incompatible_ones_replaced() {
     {
         let dp = Dataplane::load(&opts(1024)).unwrap();
         assert_eq!(config_of(&dp), marker, "the pinned config map was re-used");
+        // The flow tables kept with their geometry (which the programs are given at load:
+        // another seed would have cleared them) and their flows.
+        let g = (
+            dp.flow_geometry::<FlowEntry>().unwrap(),
+            dp.flow_geometry::<FlowEntry6>().unwrap(),
+        );
+        assert_eq!(g, geometries, "the kept tables' geometry");
+        assert_eq!(dp.flow::<FlowEntry>(&key).unwrap(), Some(entry));
+        assert_eq!(dp.flow::<FlowEntry6>(&key6).unwrap(), Some(entry6));
     }
     let id_before = MapInfo::from_pin(&ct).unwrap().id();
     // Another conntrack size: that map is replaced, the others stay.

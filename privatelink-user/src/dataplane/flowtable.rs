@@ -126,26 +126,40 @@ fn head<E: Bucketed>(a: &Array<&MapData, E::Bucket>, b: u32) -> Result<u64> {
     Ok(*word(&mut a.get(&el, 0)?, w))
 }
 
-/// Gives `E`'s table (`table`, of `buckets` buckets) its geometry and its buckets' heads,
-/// unless it has a geometry for that size (a table kept from before: its flows stay where
-/// they are): its buckets and a seed drawn now, written before any program uses the
-/// table. Anything the table held is cleared first (under another geometry, or none, no
-/// slot of it is where a lookup would look, and no count counts it). Each head gets its
-/// bucket's own element index (what a key spilled from it records); the geometry goes
-/// last, so a table whose heads were not all written has none, and gets them again.
-/// Written through a shared mapping: one pass over memory, not a syscall per element.
-pub fn init_geometry<E: Bucketed>(table: &mut Map, buckets: u32) -> Result<()> {
-    let m = Mapped::new::<E>(table, true)?;
-    let old = m.geometry();
-    if old.buckets == buckets && old.seed != 0 {
-        return Ok(());
+/// The geometry `E`'s table of `buckets` buckets is to have: the one the table kept from
+/// before (`kept`, a pinned table) has for that size, so its flows stay where they are;
+/// else its buckets and a seed drawn now. Chosen before the object is loaded: the
+/// programs get it as read-only data (`PL_FLOW_GEOMETRY`), the table in its word 0
+/// (`init_geometry`).
+pub fn geometry_for<E: Bucketed>(kept: Option<&Map>, buckets: u32) -> Result<FlowGeometry> {
+    if let Some(table) = kept {
+        let old = Mapped::new::<E>(table, false)?.geometry();
+        if old.buckets == buckets && old.seed != 0 {
+            return Ok(old);
+        }
     }
     let mut seed = [0u8; 4];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("drawing a hash seed: {e}"))?;
-    let g = FlowGeometry {
+    Ok(FlowGeometry {
         buckets,
         seed: u32::from_ne_bytes(seed) | 1,
-    };
+    })
+}
+
+/// Gives `E`'s table (`table`) geometry `g` (`geometry_for`) and its buckets' heads,
+/// unless it has that geometry (a table kept from before: its flows stay where they are),
+/// written before any program uses the table. Anything the table held is cleared first
+/// (under another geometry, or none, no slot of it is where a lookup would look, and no
+/// count counts it). Each head gets its bucket's own element index (what a key spilled
+/// from it records); the geometry goes last, so a table whose heads were not all written
+/// has none, and gets them again. Written through a shared mapping: one pass over memory,
+/// not a syscall per element.
+pub fn init_geometry<E: Bucketed>(table: &mut Map, g: FlowGeometry) -> Result<()> {
+    let m = Mapped::new::<E>(table, true)?;
+    if m.geometry() == g {
+        return Ok(());
+    }
+    let buckets = g.buckets;
     let heads = g.heads();
     anyhow::ensure!(
         m.elements >= (heads + buckets) as usize,
@@ -154,9 +168,9 @@ pub fn init_geometry<E: Bucketed>(table: &mut Map, buckets: u32) -> Result<()> {
         m.elements,
         heads + buckets
     );
-    // No geometry while the rest is written. No program may use the table yet (one would
-    // take it for a table of one bucket, at element 1, which may be a head's): the daemon
-    // loads and attaches its programs after this. A fresh map is zero already; one of
+    // No geometry while the rest is written. No program may use the table yet (its heads
+    // and slots are being rewritten): the daemon loads and attaches its programs after
+    // this. A fresh map is zero already; one of
     // another geometry is not.
     m.atomic(0, 0).store(0, Ordering::SeqCst);
     // SAFETY: the mapping's bytes past word 0, plain data; no program uses the table yet.

@@ -112,6 +112,23 @@ impl Dataplane {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
+        // The flow tables' geometry, given to the programs as read-only data: that of a
+        // pinned table kept (read before the load, which reuses it), else drawn now.
+        let kept = |name: &str| -> Result<Option<Map>> {
+            match &opts.pin_dir {
+                Some(dir) if dir.join(name).exists() => Ok(Some(open_pinned(dir, name)?)),
+                _ => Ok(None),
+            }
+        };
+        let g4 =
+            flowtable::geometry_for::<FlowEntry>(kept(map_names::CONNTRACK)?.as_ref(), buckets)?;
+        let g6 = flowtable::geometry_for::<privatelink_common::FlowEntry6>(
+            kept(map_names::CONNTRACK6)?.as_ref(),
+            buckets,
+        )?;
+        let (w4, w6) = (g4.word(), g6.word());
+        loader.override_global("PL_FLOW_GEOMETRY", &w4, true);
+        loader.override_global("PL_FLOW_GEOMETRY6", &w6, true);
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the XDP object")?;
         if let Some(dir) = &opts.pin_dir {
             // The maps are pinned now, with this build's layouts.
@@ -121,11 +138,11 @@ impl Dataplane {
         let ct = ebpf
             .map_mut(map_names::CONNTRACK)
             .context("no PL_CONNTRACK")?;
-        flowtable::init_geometry::<FlowEntry>(ct, buckets)?;
+        flowtable::init_geometry::<FlowEntry>(ct, g4)?;
         let ct6 = ebpf
             .map_mut(map_names::CONNTRACK6)
             .context("no PL_CONNTRACK6")?;
-        flowtable::init_geometry::<privatelink_common::FlowEntry6>(ct6, buckets)?;
+        flowtable::init_geometry::<privatelink_common::FlowEntry6>(ct6, g6)?;
         let prog: &mut Xdp = program(&mut ebpf)?;
         load_retrying(prog).context("the verifier rejected the XDP program")?;
         let paths = load_paths(&mut ebpf, opts.pin_dir.as_deref())?;
