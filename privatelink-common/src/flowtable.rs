@@ -102,8 +102,9 @@ pub const fn slot_tail(word: u64) -> u32 {
 /// as the table is (a new seed would lose every flow's slot). The programs read the same
 /// word from their object's read-only data (`PL_FLOW_GEOMETRY`, `PL_FLOW_GEOMETRY6`),
 /// which the daemon writes before it loads them: the table's, kept or drawn
-/// (`geometry_for` in the daemon's `flowtable`). All zero (a table the daemon has not set
-/// up): every key in bucket 0.
+/// (`geometry_for` in the daemon's `flowtable`). All zero: a table the daemon has not set
+/// up, which the userspace readers read no bucket of; a program given no geometry looks
+/// nothing up and inserts nothing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowGeometry {
     pub buckets: u32,

@@ -352,9 +352,9 @@ impl<E: Tabled> Seen<E> {
 /// the caller's frame where there is (`get_ptr_mut_inline`).
 #[inline(always)]
 fn bucket_at<E: Tabled>(room: *mut u32, b: u32) -> Option<*mut E::Bucket> {
-    // SAFETY: this CPU's word, valid for this run.
+    // SAFETY: this CPU's word or the caller's, valid for this run.
     unsafe { *room = b };
-    // SAFETY: a lookup in the table's array with a key in map memory.
+    // SAFETY: a lookup in the table's array with a key in map or stack memory.
     let p = unsafe {
         bpf_map_lookup_elem(
             core::ptr::from_ref(E::array()).cast_mut().cast(),
@@ -371,16 +371,21 @@ fn bucket_at<E: Tabled>(room: *mut u32, b: u32) -> Option<*mut E::Bucket> {
 #[inline(always)]
 fn buckets<E: Tabled>(key: &E::Key) -> Option<(*mut u32, u32, u32)> {
     let room = room()?;
-    let (first, second) = elements_of::<E>(key);
+    let (first, second) = elements_of::<E>(key)?;
     Some((room, first, second))
 }
 
-/// `key`'s two buckets' element indices.
+/// `key`'s two buckets' element indices; `None` without a geometry (an object loaded
+/// without the daemon's: its table's heads would be taken for a bucket). The verifier
+/// knows the read-only word and drops the branch.
 #[inline(always)]
-fn elements_of<E: Tabled>(key: &E::Key) -> (u32, u32) {
+fn elements_of<E: Tabled>(key: &E::Key) -> Option<(u32, u32)> {
     let g = geometry::<E>();
+    if g.buckets == 0 {
+        return None;
+    }
     let (first, second) = buckets_of(key, &g);
-    (g.heads() + first, g.heads() + second)
+    Some((g.heads() + first, g.heads() + second))
 }
 
 /// Slot `i` (below `FLOW_WAYS`) of bucket `p` holds `key` live.
@@ -562,7 +567,7 @@ impl<E: Tabled> Table<E> {
         // spares a hit the per-CPU lookup (0.025x of the trivial program, measured).
         let mut index = 0u32;
         let room: *mut u32 = &mut index;
-        let (first, second) = elements_of::<E>(key);
+        let (first, second) = elements_of::<E>(key)?;
         let p = bucket_at::<E>(room, first)?;
         for i in 0..FLOW_WAYS {
             let w = live_word::<E>(p, i, key);

@@ -250,14 +250,16 @@ pub static PL_SCRATCH: PerCpuArray<FlowEntry, 2> = PerCpuArray::new();
 /// object's read-only data before it loads the programs (a table kept from before keeps
 /// its own; see `Dataplane::load`). A lookup reads its table's here, one load, not by an
 /// array lookup of the table's element 0 (0.05x of the trivial program on a NAT hit,
-/// measured). Zero (a table of one bucket) only in an object loaded by other means.
+/// measured). Zero only in an object loaded by other means: its lookups find nothing and
+/// its inserts fail (`flowtable::elements_of`).
 #[unsafe(no_mangle)]
 pub static PL_FLOW_GEOMETRY: u64 = 0;
 #[unsafe(no_mangle)]
 pub static PL_FLOW_GEOMETRY6: u64 = 0;
 
 /// Per-CPU room for the index of the flow table bucket being looked up (`flowtable`): a
-/// key in map memory, not on the stack; and whether an insert of this packet's found its
+/// key in map memory, not on the stack (but for the inlined lookups of the established
+/// and GWLB return paths, `get_ptr_mut_inline`, which keep it in their frame); and whether an insert of this packet's found its
 /// buckets full of flows that must stay (`flowtable::refused`).
 #[btf_map]
 pub static PL_FLOWKEY: PerCpuArray<[u32; 2], 1> = PerCpuArray::new();

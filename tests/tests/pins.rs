@@ -3,7 +3,7 @@
 
 use aya::maps::{Array, MapInfo};
 use privatelink_common::{
-    Config, FlowEntry, FlowEntry6, FlowKey, FlowKey6, PROTO_TCP, PROTO_UDP, map_names,
+    Config, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6, PROTO_TCP, PROTO_UDP, map_names,
 };
 use privatelink_tests::apidaemon::{ApiDaemon, two_parties};
 use privatelink_user::{
@@ -62,6 +62,40 @@ fn replacement_warnings(log: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The flow tables' geometry as the loaded programs were given it (IPv4's, IPv6's): their
+/// object's read-only data as bpftool dumps it, at the variables' offsets in the object's
+/// symbol table.
+fn programs_geometry(dp: &Dataplane) -> (FlowGeometry, FlowGeometry) {
+    use object::{Object, ObjectSymbol};
+    let aya::maps::Map::Array(data) = dp.map(".rodata").unwrap() else {
+        panic!("the object's read-only data is an array map");
+    };
+    let id = data.info().unwrap().id().to_string();
+    let out = privatelink_tests::netns::run(
+        std::process::Command::new("bpftool").args(["-j", "map", "dump", "id", &id]),
+    )
+    .unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let bytes: Vec<u8> = dump[0]["value"]
+        .as_array()
+        .unwrap_or_else(|| panic!("one element of bytes: {out}"))
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+        .collect();
+    let elf = object::File::parse(privatelink_user::dataplane::EBPF_OBJECT).unwrap();
+    let word = |name: &str| {
+        let sym = elf
+            .symbols()
+            .find(|s| s.name() == Ok(name))
+            .unwrap_or_else(|| panic!("no symbol {name}"));
+        assert_eq!(sym.size(), 8, "{name}");
+        let at = sym.address() as usize;
+        let w: [u8; 8] = bytes[at..at + 8].try_into().unwrap();
+        FlowGeometry::from_word(u64::from_ne_bytes(w))
+    };
+    (word("PL_FLOW_GEOMETRY"), word("PL_FLOW_GEOMETRY6"))
+}
+
 fn config_of(dp: &Dataplane) -> Config {
     let a: Array<_, Config> = Array::try_from(dp.map(map_names::CONFIG).unwrap()).unwrap();
     a.get(&0, 0).unwrap()
@@ -104,7 +138,11 @@ fn compatible_pins_are_reused_and_incompatible_ones_replaced() {
             dp.flow_geometry::<FlowEntry>().unwrap(),
             dp.flow_geometry::<FlowEntry6>().unwrap(),
         );
-        assert_ne!(g.0.seed, g.1.seed, "each table draws its own seed");
+        assert_eq!(
+            programs_geometry(&dp),
+            g,
+            "the programs were given the tables' geometry"
+        );
         g
     };
     let ct = dir.0.join(map_names::CONNTRACK);
@@ -122,6 +160,7 @@ fn compatible_pins_are_reused_and_incompatible_ones_replaced() {
             dp.flow_geometry::<FlowEntry6>().unwrap(),
         );
         assert_eq!(g, geometries, "the kept tables' geometry");
+        assert_eq!(programs_geometry(&dp), g, "and the programs were given it");
         assert_eq!(dp.flow::<FlowEntry>(&key).unwrap(), Some(entry));
         assert_eq!(dp.flow::<FlowEntry6>(&key6).unwrap(), Some(entry6));
     }
