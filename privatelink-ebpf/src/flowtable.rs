@@ -347,9 +347,9 @@ impl<E: Tabled> Seen<E> {
 }
 
 /// Bucket `b` of `E`'s table; `None` past its end. Its index is written to `room`: this
-/// CPU's `PL_FLOWKEY` word (`room`), not the stack, as a lookup's key must be in memory and
-/// the IPv4 forward path's call chain has no stack to spare (512 bytes in all); a word of
-/// the caller's frame where there is (`get_ptr_mut_inline`).
+/// CPU's `PL_FLOWKEY` word (`room()`), not the stack, as a lookup's key must be in memory
+/// and the IPv4 forward path's call chain has no stack to spare (512 bytes in all); or a
+/// word of the caller's frame where it has room (`get_ptr_mut_inline`).
 #[inline(always)]
 fn bucket_at<E: Tabled>(room: *mut u32, b: u32) -> Option<*mut E::Bucket> {
     // SAFETY: this CPU's word or the caller's, valid for this run.

@@ -259,8 +259,9 @@ pub static PL_FLOW_GEOMETRY6: u64 = 0;
 
 /// Per-CPU room for the index of the flow table bucket being looked up (`flowtable`): a
 /// key in map memory, not on the stack (but for the inlined lookups of the established
-/// and GWLB return paths, `get_ptr_mut_inline`, which keep it in their frame); and whether an insert of this packet's found its
-/// buckets full of flows that must stay (`flowtable::refused`).
+/// and GWLB return paths, `get_ptr_mut_inline`, which keep it in their frame); and
+/// whether an insert of this packet's found its buckets full of flows that must stay
+/// (`flowtable::refused`).
 #[btf_map]
 pub static PL_FLOWKEY: PerCpuArray<[u32; 2], 1> = PerCpuArray::new();
 

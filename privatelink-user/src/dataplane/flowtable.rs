@@ -170,8 +170,7 @@ pub fn init_geometry<E: Bucketed>(table: &mut Map, g: FlowGeometry) -> Result<()
     );
     // No geometry while the rest is written. No program may use the table yet (its heads
     // and slots are being rewritten): the daemon loads and attaches its programs after
-    // this. A fresh map is zero already; one of
-    // another geometry is not.
+    // this. A fresh map is zero already; one of another geometry is not.
     m.atomic(0, 0).store(0, Ordering::SeqCst);
     // SAFETY: the mapping's bytes past word 0, plain data; no program uses the table yet.
     unsafe { std::ptr::write_bytes(m.base.as_ptr().add(8), 0, m.len - 8) };
