@@ -96,6 +96,14 @@ fn programs_geometry(dp: &Dataplane) -> (FlowGeometry, FlowGeometry) {
     (word("PL_FLOW_GEOMETRY"), word("PL_FLOW_GEOMETRY6"))
 }
 
+/// The flow tables' geometry as their word 0 holds it (IPv4's, IPv6's).
+fn tables_geometry(dp: &Dataplane) -> (FlowGeometry, FlowGeometry) {
+    (
+        dp.flow_geometry::<FlowEntry>().unwrap(),
+        dp.flow_geometry::<FlowEntry6>().unwrap(),
+    )
+}
+
 fn config_of(dp: &Dataplane) -> Config {
     let a: Array<_, Config> = Array::try_from(dp.map(map_names::CONFIG).unwrap()).unwrap();
     a.get(&0, 0).unwrap()
@@ -134,10 +142,7 @@ fn compatible_pins_are_reused_and_incompatible_ones_replaced() {
         dp.set_config(&marker).unwrap();
         dp.put_flow::<FlowEntry>(&key, entry).unwrap();
         dp.put_flow::<FlowEntry6>(&key6, entry6).unwrap();
-        let g = (
-            dp.flow_geometry::<FlowEntry>().unwrap(),
-            dp.flow_geometry::<FlowEntry6>().unwrap(),
-        );
+        let g = tables_geometry(&dp);
         assert_eq!(
             programs_geometry(&dp),
             g,
@@ -155,10 +160,7 @@ fn compatible_pins_are_reused_and_incompatible_ones_replaced() {
         assert_eq!(config_of(&dp), marker, "the pinned config map was re-used");
         // The flow tables kept with their geometry (which the programs are given at load:
         // another seed would have cleared them) and their flows.
-        let g = (
-            dp.flow_geometry::<FlowEntry>().unwrap(),
-            dp.flow_geometry::<FlowEntry6>().unwrap(),
-        );
+        let g = tables_geometry(&dp);
         assert_eq!(g, geometries, "the kept tables' geometry");
         assert_eq!(programs_geometry(&dp), g, "and the programs were given it");
         assert_eq!(dp.flow::<FlowEntry>(&key).unwrap(), Some(entry));
