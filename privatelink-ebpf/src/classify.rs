@@ -1,7 +1,8 @@
 //! The entry program's work: what a frame is and which path takes it. ARP is answered
-//! (`arp`); an IPv4 packet is validated, tried on the established fast path
-//! (`established`), and otherwise classified by its destination (an endpoint ENI, a SNAT
-//! address, GENEVE from an appliance, a routed prefix) and tail-called into its path
+//! (`arp`); an IPv4 packet is tried on the established fast path (`established`, which
+//! checks what it reads itself), and otherwise validated (`packet`), classified by its
+//! destination (an endpoint ENI, a SNAT address, GENEVE from an appliance, a routed
+//! prefix) and tail-called into its path
 //! program (`paths`, slots from the path table in privatelink-common); IPv6 is tried on
 //! its established fast path (`established6`) and otherwise goes to its own program
 //! (`PATH_IPV6`). Everything else is the host's to judge (`host`).
@@ -62,14 +63,14 @@ pub fn frame(ctx: &XdpContext) -> u64 {
 /// `epoch`: read before the interface was.
 #[inline(always)]
 pub fn ipv4(ctx: &XdpContext, ifindex: u32, iface: &IfaceInfo, epoch: u32) -> u64 {
+    let fast = established::established(ctx, iface, ifindex, epoch);
+    if fast != established::NOT_ESTABLISHED {
+        return fast;
+    }
     let (pkt, ip) = match packet(ctx, ifindex, epoch) {
         Ok(p) => p,
         Err(r) => return settle(Err(r)),
     };
-    let fast = established::established(ctx, iface, &pkt);
-    if fast != established::NOT_ESTABLISHED {
-        return fast;
-    }
     let mut entry = EndpointEni::default();
     let r = classify(ctx, iface, &pkt, ip, &mut entry);
     if r.is_err() && entry.flags & ENI_FLAG_FLOW_LOG != 0 {

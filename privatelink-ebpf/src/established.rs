@@ -1,4 +1,4 @@
-//! The established fast path, tried first by the classifier for every TCP/UDP packet: a
+//! The established fast path, tried first by the classifier for every IPv4 frame: a
 //! flow whose entry was checked under the current epoch is rewritten and redirected on one
 //! conntrack lookup, with the checksum deltas stamped on its entry. Anything it cannot
 //! take goes on to the full classification. Above `conntrack`; used by `classify` only.
@@ -18,7 +18,7 @@ use crate::{
     geneve::{self, Outer},
     maps::config,
     packet::Packet,
-    parse::{ETH_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, mut_at},
+    parse::{ETH_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, frame_len, mut_at},
     stats,
     verdict::{Verdict, redirect_to, settle_for},
 };
@@ -27,17 +27,20 @@ use crate::{
 /// decides (no valid `settle` value has all of its high half set).
 pub const NOT_ESTABLISHED: u64 = u64::MAX;
 
-/// The established fast path, tried first for every TCP/UDP packet: a flow whose entry
-/// was checked under the current epoch (`PL_EPOCH`: the daemon's maps have not changed
-/// since) is forwarded on one conntrack lookup, without looking up the endpoint, SNAT
-/// address or routes again. Anything else — no entry, another epoch, a per-packet ACL, an
-/// idle direction, a partner check due, TTL 1 — returns `NOT_ESTABLISHED`, never an error
-/// of its own: the full path decides and stamps. Inlined into the entry program (a call
-/// and the packed verdict cost more than its stack frame saves).
+/// The established fast path, tried first for every IPv4 frame, before the full path
+/// validates its header (`packet`: this path checks what it reads itself, and takes only
+/// what `packet` would pass): a flow whose entry was checked under the current epoch
+/// (`PL_EPOCH`: the daemon's maps have not changed since) is forwarded on one conntrack
+/// lookup, without looking up the endpoint, SNAT address or routes again. Anything else —
+/// a header it does not take, no entry, another epoch, a per-packet ACL, an idle
+/// direction, a partner check due, TTL 1 — returns `NOT_ESTABLISHED`, never an error of
+/// its own: the full path decides and stamps. `epoch`: read before the interface was.
+/// Inlined into the entry program (a call and the packed verdict cost more than its stack
+/// frame saves).
 #[inline(always)]
-pub fn established(ctx: &XdpContext, iface: &IfaceInfo, pkt: &Packet) -> u64 {
+pub fn established(ctx: &XdpContext, iface: &IfaceInfo, ifindex: u32, epoch: u32) -> u64 {
     let mut slot = 0;
-    let r = established_checked(ctx, iface, pkt, &mut slot);
+    let r = established_checked(ctx, iface, ifindex, epoch, &mut slot);
     pack(r, slot)
 }
 
@@ -84,6 +87,8 @@ struct Head {
 }
 
 // Word indexes in `Head::ip` and `Head::l4` (TCP's also `established6`'s).
+const IP_VIHL_TOS: usize = 0;
+const IP_TOT_LEN: usize = 1;
 const IP_FRAGS: usize = 3;
 const IP_TTL_PROTO: usize = 4;
 const IP_CHECK: usize = 5;
@@ -134,24 +139,45 @@ pub fn set_mac_at(w: &mut [u16; 6], at: usize, mac: &[u8; 6]) {
 fn established_checked(
     ctx: &XdpContext,
     iface: &IfaceInfo,
-    pkt: &Packet,
+    ifindex: u32,
+    epoch: u32,
     slot: &mut u32,
 ) -> Result<Option<Verdict>, Reason> {
-    let tcp = pkt.proto == PROTO_TCP;
-    if pkt.epoch == 0 || pkt.l4 != ETH_LEN + 20 || !(tcp || pkt.proto == PROTO_UDP) {
+    if epoch == 0 {
         return Ok(None);
     }
-    // Shorter frames, fragments, TTL 1 and L4 headers that do not fit the packet are the
-    // full path's to judge.
+    // Tried before the full path's validation (`packet`): what this path takes passes it.
+    // Shorter frames, other versions, IP options, a length that does not fit the frame,
+    // fragments, TTL 1 and L4 headers that do not fit the packet are the full path's to
+    // judge.
     let Ok(h) = mut_at::<Head>(ctx, 0, Reason::DropTruncatedL4) else {
         return Ok(None);
     };
     let (ip, l4) = (&mut h.ip, &mut h.l4);
+    let [vihl, _] = ip[IP_VIHL_TOS].to_ne_bytes();
     let [ttl, proto] = ip[IP_TTL_PROTO].to_ne_bytes();
     let [frag_hi, frag_lo] = ip[IP_FRAGS].to_ne_bytes();
-    if ttl <= 1 || frag_hi & 0x3f != 0 || frag_lo != 0 {
+    let tcp = proto == PROTO_TCP;
+    let end = ETH_LEN + u16::from_be(ip[IP_TOT_LEN]) as usize;
+    // Version 4, a header of 20 bytes.
+    if vihl != 0x45
+        || !(tcp || proto == PROTO_UDP)
+        || end > frame_len(ctx)
+        || ttl <= 1
+        || frag_hi & 0x3f != 0
+        || frag_lo != 0
+    {
         return Ok(None);
     }
+    // What `packet` would have made of it (`tot_len` is at least the header's 20 bytes
+    // and the L4 header's: checked below).
+    let pkt = &Packet {
+        ifindex,
+        l4: ETH_LEN + 20,
+        end,
+        proto,
+        epoch,
+    };
     // GENEVE from an appliance is never a flow of ours by its outer tuple: spare it the
     // flow lookup (it would miss) on its way to the return path.
     if !tcp && iface.flags & IFACE_FLAG_APPLIANCES != 0 && l4[1] == GENEVE_PORT.to_be() {

@@ -9,8 +9,8 @@ use etherparse::{
 use privatelink_common::{DIR_ORIGINAL, DIR_REPLY, FlowEntry, Reason, hash::mix32};
 use privatelink_tests::{
     frames::{
-        CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, parse_checked, tcp_from_lb, tcp_to_eni,
-        udp_to_eni,
+        CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, parse_checked, tcp_ack_from_lb,
+        tcp_from_lb, tcp_to_eni, udp_to_eni,
     },
     lab::{connected_endpoint, packet_state, two_zone_packet_state},
     reference::Reference,
@@ -816,6 +816,97 @@ fn every_truncation_of_a_tcp_frame_is_dropped_and_counted() {
     let mut padded = tcp_to_eni(&h, 40802, true, b"");
     padded.extend_from_slice(&[0; 6]);
     assert_eq!(h.run(h.consumer.ifindex, &padded).unwrap().0, XDP_REDIRECT);
+}
+
+/// The established path is tried before the full path validates the IPv4 header: what it
+/// must not take from an established flow (a cut frame, another version, a header of
+/// other than 20 bytes, a length past the frame or short of its own header) goes on to
+/// the full path, which drops and counts it as it would any packet's, or forwards it
+/// (options, Ethernet padding) as it would any flow's. Replies: their direction has no
+/// once-a-second partner check, so every good one takes the established path.
+#[test]
+fn malformed_frames_of_an_established_flow_are_judged_as_any_frame() {
+    let mut h = harness();
+    let snat = open_flow(&mut h, 40850);
+    for i in 0..2 {
+        for (act, _) in exchange(&mut h, 40850, snat, i) {
+            assert_eq!(act, XDP_REDIRECT);
+        }
+    }
+    let fast = |h: &Harness| flow_pair(h, 40850).1.fast_packets;
+    let before = fast(&h);
+    let full = tcp_ack_from_lb(&h, snat.0, snat.1, b"0123456789");
+    let from_lb = h.provider.ifindex;
+    assert_eq!(h.run(from_lb, &full).unwrap().0, XDP_REDIRECT);
+    assert_eq!(fast(&h), before + 1, "the flow is on the established path");
+    let drops = |h: &Harness| -> u64 {
+        let s = h.stats().unwrap();
+        s.iter()
+            .filter(|(k, _)| k.starts_with("drop_"))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    for len in 14..full.len() {
+        let (act, _) = h.run(from_lb, &full[..len]).unwrap();
+        assert_eq!(act, XDP_DROP, "truncated to {len} bytes");
+    }
+    assert_eq!(drops(&h), full.len() as u64 - 14);
+    let cut = h.count(Reason::DropTruncatedIp);
+    assert!(cut > 0);
+    let edited = |byte: usize, value: &[u8], checksum: bool| {
+        let mut v = full.clone();
+        v[byte..byte + value.len()].copy_from_slice(value);
+        if checksum {
+            fix_ip_checksum(&mut v);
+        }
+        v
+    };
+    let bad_header = [
+        ("version 6", edited(14, &[0x65], false)),
+        ("a 16-byte header", edited(14, &[0x44], false)),
+        (
+            "a length short of the header",
+            edited(16, &19u16.to_be_bytes(), true),
+        ),
+    ];
+    for (what, v) in &bad_header {
+        assert_eq!(h.run(from_lb, v).unwrap().0, XDP_DROP, "{what}");
+    }
+    assert_eq!(h.count(Reason::DropBadIpHeader), 3);
+    let long = edited(16, &(full.len() as u16 - 13).to_be_bytes(), true);
+    assert_eq!(h.run(from_lb, &long).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropTruncatedIp), cut + 1);
+    assert_eq!(
+        fast(&h),
+        before + 1,
+        "nothing malformed on the established path"
+    );
+    // IP options: the full path forwards them (the established path takes 20-byte headers).
+    let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, LB, snat.0).unwrap();
+    ip.options = Ipv4Options::from([1u8, 1, 1, 0]);
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
+        .ip(IpHeaders::Ipv4(ip, Default::default()))
+        .tcp(80, snat.1, 7001, 65000)
+        .ack(1001)
+        .write(&mut v, b"0123456789")
+        .unwrap();
+    let (act, out) = h.run(from_lb, &v).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out);
+    assert_eq!(
+        (p.ip.options.as_slice(), p.ip.destination, p.dport),
+        (&[1u8, 1, 1, 0][..], CLIENT, 40850)
+    );
+    assert_eq!(fast(&h), before + 1, "options take the full path");
+    // Ethernet padding: the established path's.
+    let mut padded = full.clone();
+    padded.extend_from_slice(&[0; 6]);
+    let (act, out) = h.run(from_lb, &padded).unwrap();
+    assert_eq!(act, XDP_REDIRECT);
+    let p = parse_checked(&out[..out.len() - 6]);
+    assert_eq!((p.ip.destination, p.dport), (CLIENT, 40850));
+    assert_eq!(fast(&h), before + 2, "padding on the established path");
 }
 
 /// L4 headers that disagree with the packet are not rewritten (found by the fuzzer: a
