@@ -425,6 +425,28 @@ fn flow_pair(h: &Harness, sport: u16) -> (FlowEntry, FlowEntry) {
     (*fwd, *reply)
 }
 
+/// Opens the flow from the client's port `sport` and exchanges two packets each way: the
+/// flow is established both ways (the second exchange runs on the established path).
+/// Returns its SNAT tuple.
+fn established_flow(h: &mut Harness, sport: u16) -> ([u8; 4], u16) {
+    let snat = open_flow(h, sport);
+    for i in 0..2 {
+        for (act, _) in exchange(h, sport, snat, i) {
+            assert_eq!(act, XDP_REDIRECT);
+        }
+    }
+    snat
+}
+
+/// The drops counted so far, every reason together.
+fn drops(h: &Harness) -> u64 {
+    let s = h.stats().unwrap();
+    s.iter()
+        .filter(|(k, _)| k.starts_with("drop_"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
 #[test]
 fn the_established_path_rewrites_exactly_as_the_full_path() {
     // Two data paths with the same flow: in `slow` the epoch moves before every packet, so
@@ -486,13 +508,7 @@ fn the_established_path_rewrites_exactly_as_the_full_path() {
 #[test]
 fn a_state_change_reaches_established_flows() {
     let mut h = harness();
-    let snat = open_flow(&mut h, 40600);
-    // Established both ways (the second exchange runs on the established path).
-    for i in 0..2 {
-        for (act, _) in exchange(&mut h, 40600, snat, i) {
-            assert_eq!(act, XDP_REDIRECT);
-        }
-    }
+    let snat = established_flow(&mut h, 40600);
     // A change that does not concern the flow (one more SNAT address): the epoch moves,
     // the flow is checked again and keeps going.
     let epoch = h.dp.epoch().unwrap();
@@ -797,13 +813,7 @@ fn every_truncation_of_a_tcp_frame_is_dropped_and_counted() {
         let (act, _) = h.run(h.consumer.ifindex, &full[..len]).unwrap();
         assert_eq!(act, XDP_DROP, "truncated to {len} bytes");
     }
-    let s = h.stats().unwrap();
-    let drops: u64 = s
-        .iter()
-        .filter(|(k, _)| k.starts_with("drop_"))
-        .map(|(_, n)| n)
-        .sum();
-    assert_eq!(drops, full.len() as u64 - 14, "{s:?}");
+    assert_eq!(drops(&h), full.len() as u64 - 14, "{:?}", h.stats());
     assert!(h.count(Reason::DropTruncatedIp) > 0);
     assert!(h.dp.flows().unwrap().is_empty());
     // A header claiming less than the L4 header needs: the IP packet itself is complete.
@@ -827,25 +837,13 @@ fn every_truncation_of_a_tcp_frame_is_dropped_and_counted() {
 #[test]
 fn malformed_frames_of_an_established_flow_are_judged_as_any_frame() {
     let mut h = harness();
-    let snat = open_flow(&mut h, 40850);
-    for i in 0..2 {
-        for (act, _) in exchange(&mut h, 40850, snat, i) {
-            assert_eq!(act, XDP_REDIRECT);
-        }
-    }
+    let snat = established_flow(&mut h, 40850);
     let fast = |h: &Harness| flow_pair(h, 40850).1.fast_packets;
     let before = fast(&h);
     let full = tcp_ack_from_lb(&h, snat.0, snat.1, b"0123456789");
     let from_lb = h.provider.ifindex;
     assert_eq!(h.run(from_lb, &full).unwrap().0, XDP_REDIRECT);
     assert_eq!(fast(&h), before + 1, "the flow is on the established path");
-    let drops = |h: &Harness| -> u64 {
-        let s = h.stats().unwrap();
-        s.iter()
-            .filter(|(k, _)| k.starts_with("drop_"))
-            .map(|(_, n)| n)
-            .sum()
-    };
     for len in 14..full.len() {
         let (act, _) = h.run(from_lb, &full[..len]).unwrap();
         assert_eq!(act, XDP_DROP, "truncated to {len} bytes");
