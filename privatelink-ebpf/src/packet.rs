@@ -1,6 +1,8 @@
 //! The validated IPv4 packet every path works on (`Packet`): the classifier makes it from
-//! the frame, and each path program makes it again (the verifier checks every program on
-//! its own). Built on `parse`; below every path.
+//! the frame for the full path, and each path program makes it again (the verifier checks
+//! every program on its own); the established path, tried before, checks the few fields
+//! it reads itself and makes the same `Packet` of what it takes. Built on `parse`; below
+//! every path.
 
 use aya_ebpf::programs::XdpContext;
 use privatelink_common::Reason;

@@ -848,9 +848,9 @@ fn malformed_frames_of_an_established_flow_are_judged_as_any_frame() {
         let (act, _) = h.run(from_lb, &full[..len]).unwrap();
         assert_eq!(act, XDP_DROP, "truncated to {len} bytes");
     }
-    assert_eq!(drops(&h), full.len() as u64 - 14);
-    let cut = h.count(Reason::DropTruncatedIp);
-    assert!(cut > 0);
+    let cut = full.len() as u64 - 14;
+    assert_eq!(drops(&h), cut);
+    assert_eq!(h.count(Reason::DropTruncatedIp), cut);
     let edited = |byte: usize, value: &[u8], checksum: bool| {
         let mut v = full.clone();
         v[byte..byte + value.len()].copy_from_slice(value);
@@ -874,6 +874,10 @@ fn malformed_frames_of_an_established_flow_are_judged_as_any_frame() {
     let long = edited(16, &(full.len() as u16 - 13).to_be_bytes(), true);
     assert_eq!(h.run(from_lb, &long).unwrap().0, XDP_DROP);
     assert_eq!(h.count(Reason::DropTruncatedIp), cut + 1);
+    // A length that holds the IP header but not the TCP header: the full path's L4 check.
+    let short = edited(16, &30u16.to_be_bytes(), true);
+    assert_eq!(h.run(from_lb, &short).unwrap().0, XDP_DROP);
+    assert_eq!(h.count(Reason::DropTruncatedL4), 1);
     assert_eq!(
         fast(&h),
         before + 1,
