@@ -413,13 +413,14 @@ impl FleetLab {
     }
 
     /// Forwarder `i` dies: its daemon is killed (no lease revocation) and its pins removed,
-    /// which detaches its XDP programs; its links stay up. Returns the time it died.
+    /// which detaches its XDP programs; its links stay up. Returns the time it died: once
+    /// the pins are gone (the pinned links keep the programs forwarding until then, so a
+    /// flow answered in full while they went is not one the death cut).
     pub fn crash(&mut self, i: usize) -> Result<f64> {
         let h = &mut self.hosts[i];
         h.kill()?;
-        let at = now();
         std::fs::remove_dir_all(&h.pin).with_context(|| format!("removing {}", h.pin.display()))?;
-        Ok(at)
+        Ok(now())
     }
 
     /// Forwarder `i` starts again (a rebooted host: empty maps, its data directory kept);
