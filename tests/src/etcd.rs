@@ -26,6 +26,8 @@ struct Member {
     client: u16,
     peer: u16,
     child: Option<Child>,
+    /// Stopped by SIGSTOP (`pause_member`): its sockets stay open, nothing answers.
+    paused: bool,
 }
 
 impl EtcdCluster {
@@ -67,6 +69,7 @@ impl EtcdCluster {
                 client: ports[2 * i],
                 peer: ports[2 * i + 1],
                 child: None,
+                paused: false,
             })
             .collect();
         let initial_cluster = members
@@ -156,6 +159,63 @@ impl EtcdCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.members[i].paused = false;
+    }
+
+    /// Stalls member `i` (SIGSTOP, as a process frozen by its host): its connections stay
+    /// open and its port still accepts new ones, but it answers nothing, not even HTTP/2
+    /// pings, until `resume_member`.
+    pub fn pause_member(&mut self, i: usize) -> Result<()> {
+        self.signal(i, libc::SIGSTOP)?;
+        self.members[i].paused = true;
+        Ok(())
+    }
+
+    /// Lets member `i` run again (SIGCONT).
+    pub fn resume_member(&mut self, i: usize) -> Result<()> {
+        self.signal(i, libc::SIGCONT)?;
+        self.members[i].paused = false;
+        Ok(())
+    }
+
+    fn signal(&self, i: usize, sig: libc::c_int) -> Result<()> {
+        let pid = self.members[i]
+            .child
+            .as_ref()
+            .context("the member does not run")?
+            .id();
+        // SAFETY: kill(2) on the member's own child process; no memory is shared.
+        if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
+            bail!(
+                "signal {sig} to etcd member {i}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
+    /// Which member leads, as the running members' status (`/v3/maintenance/status`
+    /// through etcd's JSON gateway) says: the one whose own id is the leader's.
+    pub fn leader(&self) -> Result<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_none() || m.paused {
+                continue;
+            }
+            let out = Command::new("curl")
+                .args(["-sf", "-m", "2", "-X", "POST", "-d", "{}"])
+                .arg(format!(
+                    "http://127.0.0.1:{}/v3/maintenance/status",
+                    m.client
+                ))
+                .output()?;
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                continue;
+            };
+            if v["leader"].is_string() && v["leader"] == v["header"]["member_id"] {
+                return Ok(i);
+            }
+        }
+        bail!("no running member says it leads")
     }
 
     /// Waits until every running member answers `/health` as healthy (a leader elected).
@@ -165,7 +225,7 @@ impl EtcdCluster {
             let all = self
                 .members
                 .iter()
-                .filter(|m| m.child.is_some())
+                .filter(|m| m.child.is_some() && !m.paused)
                 .all(|m| healthy(m.client));
             if all {
                 return Ok(());
@@ -193,7 +253,7 @@ impl EtcdCluster {
         let member = self
             .members
             .iter()
-            .find(|m| m.child.is_some())
+            .find(|m| m.child.is_some() && !m.paused)
             .context("no etcd member runs")?;
         let mut end = prefix.as_bytes().to_vec();
         *end.last_mut().context("an empty prefix")? += 1;

@@ -8,8 +8,9 @@
 //! in flight on the other hosts failed (moved) and whether it takes new flows again.
 //!
 //! Then, under the same load, the etcd majority is stopped for twice the lease and
-//! started again: no flow fails (new ones included), no slot changes hands, the fabric
-//! changes nothing.
+//! started again; and then a follower is stalled (SIGSTOP) for three leases: through
+//! each, no flow fails (new ones included), no slot changes hands, the fabric changes
+//! nothing, and every host's keys stay under the same leases.
 //!
 //! Asserted: no flow of a surviving host fails, at the death or at the return; the dead
 //! host's own flows in flight fail (the test would pass vacuously otherwise); its slot is
@@ -56,8 +57,9 @@ const WORKERS: usize = 48;
 const REQUESTS: u32 = 15;
 const GAP_MS: u32 = 100;
 const KILL_AT_S: f64 = 4.0;
-/// The second load, through the etcd outage.
-const OUTAGE_LOAD_S: f64 = 12.0;
+/// The later loads, each through a trouble of etcd's (the longest: a stall of three
+/// leases, two seconds after the load's start).
+const TROUBLE_LOAD_S: f64 = 13.0;
 /// The dead host comes back this long after its death (its lease long expired).
 const DOWN_S: f64 = 7.0;
 
@@ -99,16 +101,6 @@ fn a_dying_forwarder_costs_only_its_own_flows() {
     let script = lab.load_script().unwrap();
     // Which slot the victim holds (the fabric's view).
     let victim = 1usize;
-    // The slot a host holds: its key in etcd, as `GET /v1/fleet` lists the slots.
-    let slot_of = |lab: &FleetLab, host: &str| -> Option<u32> {
-        let v = lab.admin(0).get("/v1/fleet").ok()?;
-        v["slots"]
-            .as_array()?
-            .iter()
-            .find(|s| s["host"] == host)
-            .and_then(|s| s["slot"].as_u64())
-            .map(|s| s as u32)
-    };
     let victim_slot = slot_of(&lab, &host_name(victim)).expect("the victim holds a slot");
     let out = lab.dir.join("flows.json");
     let t0 = now();
@@ -272,10 +264,57 @@ fn a_dying_forwarder_costs_only_its_own_flows() {
     // Then the etcd majority is lost for twice the lease, under the same load: the data
     // paths keep their state, slots and all, so no flow fails, new flows included, and
     // the fabric changes nothing; etcd comes back and the fleet goes on.
-    let out = lab.dir.join("flows-outage.json");
+    through_etcd_trouble(&mut lab, &script, "etcd majority down", |etcd| {
+        etcd.stop_member(1);
+        etcd.stop_member(2);
+        let cut = now();
+        std::thread::sleep(LEASE * 2);
+        etcd.start_member(1).unwrap();
+        etcd.start_member(2).unwrap();
+        (cut, now())
+    });
+    // And a follower stalls for three leases (SIGSTOP: its connections stay open, it
+    // answers nothing): etcd works on, and a renewal the client's channel sends to the
+    // stalled member must not cost a host its lease.
+    through_etcd_trouble(&mut lab, &script, "an etcd follower stalled", |etcd| {
+        let leader = etcd.leader().unwrap();
+        let follower = (leader + 1) % 3;
+        etcd.pause_member(follower).unwrap();
+        let cut = now();
+        std::thread::sleep(LEASE * 3);
+        etcd.resume_member(follower).unwrap();
+        (cut, now())
+    });
+}
+
+/// The slot a host holds: its key in etcd, as `GET /v1/fleet` lists the slots.
+fn slot_of(lab: &FleetLab, host: &str) -> Option<u32> {
+    let v = lab.admin(0).get("/v1/fleet").ok()?;
+    v["slots"]
+        .as_array()?
+        .iter()
+        .find(|s| s["host"] == host)
+        .and_then(|s| s["slot"].as_u64())
+        .map(|s| s as u32)
+}
+
+/// Runs a load through `trouble` (which troubles etcd and says when the trouble began
+/// and ended), then waits for etcd to be healthy and asserts that the fleet did not
+/// notice: no flow failed, new flows included; the fabric changed nothing; every host
+/// holds the slot it held, and its keys stay under the same leases (a keep-alive stream
+/// the trouble broke renews its lease on a new stream: a new lease would leave the keys
+/// under the old one, to be lost should it run out before they moved).
+fn through_etcd_trouble(
+    lab: &mut FleetLab,
+    script: &std::path::Path,
+    what: &str,
+    trouble: impl FnOnce(&mut privatelink_tests::etcd::EtcdCluster) -> (f64, f64),
+) {
+    let out = lab.dir.join("flows-trouble.json");
+    let stop = lab.dir.join("stop");
     let t1 = now();
     let _ = std::fs::remove_file(&stop);
-    let mut load = start_load(&lab, &script, OUTAGE_LOAD_S, &out, &stop);
+    let mut load = start_load(lab, script, TROUBLE_LOAD_S, &out, &stop);
     std::thread::sleep(Duration::from_secs(2));
     let events_before = lab.events.lock().unwrap().len();
     // The hosts' registrations and slots, each with its lease.
@@ -288,19 +327,14 @@ fn a_dying_forwarder_costs_only_its_own_flows() {
             .filter(|(k, l)| *l != 0 && (k.contains("/hosts/") || k.contains("/slots/")))
             .collect()
     };
-    let leases_before = held(&lab);
+    let leases_before = held(lab);
     assert_eq!(
         leases_before.len(),
         2 * HOSTS,
         "every host registered and holding a slot under a lease: {leases_before:?}"
     );
-    lab.etcd.stop_member(1);
-    lab.etcd.stop_member(2);
-    let cut = now();
-    std::thread::sleep(LEASE * 2);
-    lab.etcd.start_member(1).unwrap();
-    lab.etcd.start_member(2).unwrap();
-    let healed = now();
+    let slots_before: Vec<Option<u32>> = (0..HOSTS).map(|h| slot_of(lab, &host_name(h))).collect();
+    let (cut, healed) = trouble(&mut lab.etcd);
     lab.etcd.wait_healthy(Duration::from_secs(30)).unwrap();
     let flows = finish_load(&mut load, &out);
     let logs = lab.logs();
@@ -314,8 +348,8 @@ fn a_dying_forwarder_costs_only_its_own_flows() {
         .filter(|f| f.spans(cut) || f.spans(healed))
         .collect();
     println!(
-        "fleet lab, etcd majority down {:.1} s under load: {} flows ({} started and ended within \
-         the outage, {} across its start or end), {} failed",
+        "fleet lab, {what} {:.1} s under load: {} flows ({} started and ended within \
+         the trouble, {} across its start or end), {} failed",
         healed - cut,
         flows.len(),
         during.len(),
@@ -324,7 +358,7 @@ fn a_dying_forwarder_costs_only_its_own_flows() {
     );
     assert!(
         failed.is_empty(),
-        "flows failed through the etcd outage ({:.3} to {:.3}):\n{}\n{logs}",
+        "flows failed through the trouble ({what}, {:.3} to {:.3}):\n{}\n{logs}",
         cut - t1,
         healed - t1,
         failed
@@ -341,9 +375,9 @@ fn a_dying_forwarder_costs_only_its_own_flows() {
     );
     assert!(
         !during.is_empty() && !across.is_empty(),
-        "no flow measured through the outage"
+        "no flow measured through the trouble ({what})"
     );
-    // Nothing changed hands, during the outage or once etcd answered again (the fabric
+    // Nothing changed hands, during the trouble or once etcd answered again (the fabric
     // reads the fleet again then: a lost slot would show as a change here).
     let changed: Vec<String> = lab.events.lock().unwrap()[events_before..]
         .iter()
@@ -351,15 +385,13 @@ fn a_dying_forwarder_costs_only_its_own_flows() {
         .collect();
     assert!(
         changed.is_empty(),
-        "the fabric changed through the outage: {changed:?}\n{logs}"
+        "the fabric changed through the trouble ({what}): {changed:?}\n{logs}"
     );
-    assert_eq!(slot_of(&lab, &host_name(victim)), Some(victim_slot));
-    // Under the same leases: a keep-alive stream broken by the outage renews its lease on
-    // a new stream; a new lease would leave the keys under the old one, to be lost should
-    // it run out before they moved.
+    let slots_after: Vec<Option<u32>> = (0..HOSTS).map(|h| slot_of(lab, &host_name(h))).collect();
+    assert_eq!(slots_after, slots_before, "the hosts' slots ({what})");
     assert_eq!(
-        held(&lab),
+        held(lab),
         leases_before,
-        "the hosts' keys changed leases through the outage\n{logs}"
+        "the hosts' keys changed leases through the trouble ({what})\n{logs}"
     );
 }

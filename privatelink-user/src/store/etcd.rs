@@ -42,11 +42,12 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, anyhow};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{runtime::Handle, sync::Notify};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Store, StoreError, StoreFuture, changes, from_records};
 use crate::model::State;
@@ -68,6 +69,10 @@ const RENEW_TRY: Duration = Duration::from_millis(500);
 /// How soon a failed renewal is tried again, on a new stream (to a member the client's
 /// channel picks again).
 const RENEW_RETRY: Duration = Duration::from_millis(200);
+/// While no try to open a lease's keep-alive stream has answered, another starts beside
+/// the others this often, `RENEW_HEDGE` at most waiting at a time (`hedged_keep_alive`).
+const RENEW_HEDGE_EVERY: Duration = Duration::from_millis(200);
+const RENEW_HEDGE: usize = 3;
 
 /// The etcd client's own thread and runtime (see the module's text).
 #[derive(Clone)]
@@ -388,6 +393,58 @@ async fn within<T>(
     })
 }
 
+/// Opens `lease`'s keep-alive stream (etcd-client renews the lease once as it opens it),
+/// waiting `bound` at most. One try starts at once and, while none has answered, another
+/// every `RENEW_HEDGE_EVERY` (`RENEW_HEDGE` at most waiting at a time), each on the member
+/// the client's channel picks for it: a member that holds requests without answering (a
+/// restarted one before it has caught up, a stalled one) holds one try, not the lease.
+/// The first answer counts and the other tries are dropped; an error that is not about
+/// reaching etcd (`unreachable`: etcd said something about the lease) counts at once.
+/// Past `bound` without an answer: the last error seen, else a timeout.
+async fn hedged_keep_alive(
+    c: &Client,
+    lease: i64,
+    bound: Duration,
+) -> Result<(LeaseKeeper, LeaseKeepAliveStream), etcd_client::Error> {
+    use tokio::time::{Instant, sleep_until};
+    let deadline = Instant::now() + bound;
+    let mut tries = tokio::task::JoinSet::new();
+    let (mut next, mut last) = (Instant::now(), None);
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(last.unwrap_or_else(|| {
+                etcd_client::Error::IoError(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {bound:?}"),
+                ))
+            }));
+        }
+        if now >= next && tries.len() < RENEW_HEDGE {
+            let mut c = c.clone();
+            tries.spawn(async move { c.lease_keep_alive(lease).await });
+            next = now + RENEW_HEDGE_EVERY;
+        }
+        // The next try's start, unless as many as may wait are waiting.
+        let wake = if tries.len() < RENEW_HEDGE {
+            next.min(deadline)
+        } else {
+            deadline
+        };
+        tokio::select! {
+            Some(done) = tries.join_next() => match done {
+                Ok(Ok(opened)) => return Ok(opened),
+                Ok(Err(e)) if unreachable(&e) => last = Some(e),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => {
+                    last = Some(etcd_client::Error::IoError(std::io::Error::other(e.to_string())))
+                }
+            },
+            _ = sleep_until(wake) => {}
+        }
+    }
+}
+
 /// One step `under_lease` runs under the lease.
 type LeaseStep = std::pin::Pin<Box<dyn Future<Output = Result<(), etcd_client::Error>> + Send>>;
 
@@ -579,7 +636,7 @@ async fn claim_slot(
 }
 
 /// What went wrong with a lease (`under_lease`'s log).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Trouble {
     Expired,
     StreamClosed,
@@ -737,7 +794,7 @@ impl EtcdWatch {
                             lease
                         }
                     };
-                    let opened = within(bound, c.lease_keep_alive(lease)).await;
+                    let opened = hedged_keep_alive(&c, lease, bound).await;
                     let (mut keeper, mut stream) = match opened {
                         Ok(k) => k,
                         // Not reached, no leader, or no answer in time: etcd said nothing
@@ -804,6 +861,10 @@ impl EtcdWatch {
                     (Err(_), Some(_)) => Trouble::RenewalFailed,
                     (Err(_), None) => Trouble::GrantFailed,
                 };
+                match &kept {
+                    Err(e) => debug!("{what}: {kind:?} (next answer awaited {bound:?}): {e}"),
+                    Ok(_) => debug!("{what}: {kind:?}"),
+                }
                 if kind == Trouble::Expired {
                     held = None;
                     expired();
