@@ -166,6 +166,13 @@ impl EtcdCluster {
     /// open and its port still accepts new ones, but it answers nothing, not even HTTP/2
     /// pings, until `resume_member`.
     pub fn pause_member(&mut self, i: usize) -> Result<()> {
+        if let Some(status) = self.members[i]
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            bail!("etcd member {i} has exited ({status}): nothing to stall");
+        }
         self.signal(i, libc::SIGSTOP)?;
         self.members[i].paused = true;
         Ok(())
@@ -194,9 +201,54 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// How many lease keep-alive streams member `i` holds open now, as its own metrics
+    /// say (gRPC's streams started less those ended, of `etcdserverpb.Lease`'s
+    /// `LeaseKeepAlive`): which member the daemons' renewals go to, seen from etcd.
+    pub fn lease_streams(&self, i: usize) -> Result<u64> {
+        let out = Command::new("curl")
+            .args(["-sf", "-m", "2"])
+            .arg(format!(
+                "http://127.0.0.1:{}/metrics",
+                self.members[i].client
+            ))
+            .output()?;
+        if !out.status.success() {
+            bail!("etcd member {i}'s /metrics did not answer");
+        }
+        let (mut started, mut ended) = (0.0, 0.0);
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if !line.contains("grpc_method=\"LeaseKeepAlive\"") {
+                continue;
+            }
+            let value: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("a metric's value: {line}"))?;
+            if line.starts_with("grpc_server_started_total{") {
+                started += value;
+            } else if line.starts_with("grpc_server_handled_total{") {
+                ended += value;
+            }
+        }
+        Ok((started - ended).max(0.0) as u64)
+    }
+
     /// Which member leads, as the running members' status (`/v3/maintenance/status`
-    /// through etcd's JSON gateway) says: the one whose own id is the leader's.
-    pub fn leader(&self) -> Result<usize> {
+    /// through etcd's JSON gateway) says: the one whose own id is the leader's; asked
+    /// again every 200 ms for `limit` (a member slow to answer, an election under way).
+    pub fn leader(&self, limit: Duration) -> Result<usize> {
+        let start = Instant::now();
+        loop {
+            match self.leader_now() {
+                Err(e) if start.elapsed() > limit => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                found => return found,
+            }
+        }
+    }
+
+    fn leader_now(&self) -> Result<usize> {
         for (i, m) in self.members.iter().enumerate() {
             if m.child.is_none() || m.paused {
                 continue;

@@ -162,6 +162,9 @@ impl FleetLab {
                 &LEASE.as_secs().to_string(),
                 "--snat-slots",
                 &SLOTS.to_string(),
+                // Every failed lease renewal's try, for a failure's log.
+                "--log",
+                "info,hickory_server=warn,privatelink_user::store::etcd=debug",
             ]
             .map(String::from)
             .to_vec();

@@ -398,8 +398,8 @@ async fn within<T>(
 /// every `RENEW_HEDGE_EVERY` (`RENEW_HEDGE` at most waiting at a time), each on the member
 /// the client's channel picks for it: a member that holds requests without answering (a
 /// restarted one before it has caught up, a stalled one) holds one try, not the lease.
-/// The first answer counts and the other tries are dropped; an error that is not about
-/// reaching etcd (`unreachable`: etcd said something about the lease) counts at once.
+/// The first answer counts and the other tries are dropped; an error that is not one of
+/// reaching etcd (not `unreachable`: etcd said something about the lease) counts at once.
 /// Past `bound` without an answer: the last error seen, else a timeout.
 async fn hedged_keep_alive(
     c: &Client,
@@ -431,7 +431,9 @@ async fn hedged_keep_alive(
         } else {
             deadline
         };
+        // A try that answered counts before a deadline that came with it.
         tokio::select! {
+            biased;
             Some(done) = tries.join_next() => match done {
                 Ok(Ok(opened)) => return Ok(opened),
                 Ok(Err(e)) if unreachable(&e) => last = Some(e),
@@ -762,10 +764,13 @@ impl EtcdWatch {
     /// no leader can come after the old lease has run out.)
     ///
     /// A renewal etcd has not answered within `RENEW_TRY` counts as a broken stream, and a
-    /// failed one is tried again `RENEW_RETRY` later, until etcd answers: a try that went
-    /// to a member unable to answer yet costs half a second, not the lease. Each failure
-    /// in a row doubles the wait for the next answer, up to a third of the lease (an etcd
-    /// slow to answer everything is still heard), and an answer brings it back.
+    /// failed one is tried again `RENEW_RETRY` later on a new stream, until etcd answers.
+    /// The new stream is opened by hedged tries (`hedged_keep_alive`): one that went to a
+    /// member unable to answer (restarted and not yet serving, or stalled) costs 200 ms
+    /// before the next starts beside it, not the lease. Each failure in a row doubles the
+    /// wait for the next answer, up to a third of the lease (an etcd slow to answer
+    /// everything is still heard), and an answer brings it back. Renewals keep their pace,
+    /// a third of the lease from one answer to the next try, however long the step took.
     fn under_lease<F, E>(&self, what: String, ttl: i64, mut each: F, expired: E)
     where
         F: FnMut(Client, i64, bool) -> LeaseStep + Send + 'static,
@@ -814,10 +819,15 @@ impl EtcdWatch {
                         }
                     };
                     let mut failing = false;
+                    // When etcd last answered a renewal.
+                    let mut renewed;
                     loop {
                         keeper.keep_alive().await?;
                         match within(bound, stream.message()).await? {
-                            Some(r) if r.ttl() > 0 => bound = RENEW_TRY,
+                            Some(r) if r.ttl() > 0 => {
+                                bound = RENEW_TRY;
+                                renewed = tokio::time::Instant::now();
+                            }
                             Some(_) => return Ok::<_, etcd_client::Error>(true),
                             None => return Ok(false),
                         }
@@ -846,7 +856,8 @@ impl EtcdWatch {
                                 }
                             }
                         }
-                        tokio::time::sleep(Duration::from_millis(ttl as u64 * 1000 / 3)).await;
+                        let pace = Duration::from_millis(ttl as u64 * 1000 / 3);
+                        tokio::time::sleep_until(renewed + pace).await;
                     }
                 }
                 .await;
