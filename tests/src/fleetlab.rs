@@ -162,7 +162,7 @@ impl FleetLab {
                 &LEASE.as_secs().to_string(),
                 "--snat-slots",
                 &SLOTS.to_string(),
-                // Every failed lease renewal's try, for a failure's log.
+                // Every failed lease renewal (a round of tries), for a failure's log.
                 "--log",
                 "info,hickory_server=warn,privatelink_user::store::etcd=debug",
             ]

@@ -352,7 +352,8 @@ fn through_etcd_trouble(
         slots_before.iter().all(Option::is_some),
         "every host holds a slot: {slots_before:?}"
     );
-    // A renewal that failed: said once per trouble until a renewal succeeds again.
+    // A renewal that failed: said once per lease and kind of trouble, until a step
+    // under the lease succeeds again.
     let renewals_failed = |logs: &str| {
         logs.lines()
             .filter(|l| {
