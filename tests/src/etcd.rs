@@ -30,6 +30,13 @@ struct Member {
     paused: bool,
 }
 
+impl Member {
+    /// Whether it runs and is not stalled: whether it can answer.
+    fn answers(&self) -> bool {
+        self.child.is_some() && !self.paused
+    }
+}
+
 impl EtcdCluster {
     /// Starts a new cluster of `members` and waits until it has a leader and answers. The
     /// ports are picked free a moment before etcd binds them, and another process (another
@@ -250,17 +257,16 @@ impl EtcdCluster {
 
     fn leader_now(&self) -> Result<usize> {
         for (i, m) in self.members.iter().enumerate() {
-            if m.child.is_none() || m.paused {
+            if !m.answers() {
                 continue;
             }
-            let out = Command::new("curl")
-                .args(["-sf", "-m", "2", "-X", "POST", "-d", "{}"])
-                .arg(format!(
-                    "http://127.0.0.1:{}/v3/maintenance/status",
-                    m.client
-                ))
-                .output()?;
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            let status = gateway(
+                m.client,
+                "/v3/maintenance/status",
+                &serde_json::json!({}),
+                2,
+            );
+            let Ok(v) = status else {
                 continue;
             };
             if v["leader"].is_string() && v["leader"] == v["header"]["member_id"] {
@@ -277,7 +283,7 @@ impl EtcdCluster {
             let all = self
                 .members
                 .iter()
-                .filter(|m| m.child.is_some() && !m.paused)
+                .filter(|m| m.answers())
                 .all(|m| healthy(m.client));
             if all {
                 return Ok(());
@@ -305,7 +311,7 @@ impl EtcdCluster {
         let member = self
             .members
             .iter()
-            .find(|m| m.child.is_some() && !m.paused)
+            .find(|m| m.answers())
             .context("no etcd member runs")?;
         let mut end = prefix.as_bytes().to_vec();
         *end.last_mut().context("an empty prefix")? += 1;
@@ -314,17 +320,7 @@ impl EtcdCluster {
             "range_end": STANDARD.encode(&end),
             "keys_only": true,
         });
-        let out = Command::new("curl")
-            .args(["-sf", "-m", "5", "-X", "POST", "-d", &body.to_string()])
-            .arg(format!("http://127.0.0.1:{}/v3/kv/range", member.client))
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "etcd's /v3/kv/range failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let v = gateway(member.client, "/v3/kv/range", &body, 5)?;
         let kvs = v["kvs"].as_array().cloned().unwrap_or_default();
         kvs.iter()
             .map(|kv| {
@@ -351,6 +347,35 @@ impl EtcdCluster {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// What the member whose client port is `port` answers to `body` POSTed to `path` of its
+/// JSON gateway, within `limit` seconds.
+fn gateway(
+    port: u16,
+    path: &str,
+    body: &serde_json::Value,
+    limit: u32,
+) -> Result<serde_json::Value> {
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "-m",
+            &limit.to_string(),
+            "-X",
+            "POST",
+            "-d",
+            &body.to_string(),
+        ])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "etcd's {path} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// Whether the member whose client port is `port` says it is healthy.

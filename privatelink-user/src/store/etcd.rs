@@ -385,12 +385,18 @@ async fn within<T>(
     limit: Duration,
     f: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, etcd_client::Error> {
-    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
-        Err(etcd_client::Error::IoError(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer within {limit:?}"),
-        )))
-    })
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| Err(no_answer_within(limit)))
+}
+
+/// The timeout `within` and `hedged_keep_alive` give (`unreachable` counts it as not
+/// reaching etcd).
+fn no_answer_within(limit: Duration) -> etcd_client::Error {
+    etcd_client::Error::IoError(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer within {limit:?}"),
+    ))
 }
 
 /// Opens `lease`'s keep-alive stream (etcd-client renews the lease once as it opens it),
@@ -413,12 +419,7 @@ async fn hedged_keep_alive(
     loop {
         let now = Instant::now();
         if now >= deadline {
-            return Err(last.unwrap_or_else(|| {
-                etcd_client::Error::IoError(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {bound:?}"),
-                ))
-            }));
+            return Err(last.unwrap_or_else(|| no_answer_within(bound)));
         }
         if now >= next && tries.len() < RENEW_HEDGE {
             let mut c = c.clone();
@@ -783,10 +784,12 @@ impl EtcdWatch {
             let (mut held, mut fresh): (Option<i64>, bool) = (None, true);
             // The last trouble said since a step last succeeded (none: all is well).
             let mut said: Option<Trouble> = None;
-            // How long the next answer is waited for, and its most: a third of the lease
-            // (at least `RENEW_TRY`), which bounds a step too.
+            // The renewals' pace: a third of the lease.
+            let pace = Duration::from_millis(ttl as u64 * 1000 / 3);
+            // How long the next answer is waited for, and its most: the pace (at least
+            // `RENEW_TRY`), which bounds a step too.
             let mut bound = RENEW_TRY;
-            let most = Duration::from_millis(ttl as u64 * 1000 / 3).max(RENEW_TRY);
+            let most = pace.max(RENEW_TRY);
             loop {
                 // Ok(true): etcd said the lease expired; Ok(false): the keep-alive stream
                 // closed (a member going away: the lease renewed on a new stream).
@@ -856,7 +859,6 @@ impl EtcdWatch {
                                 }
                             }
                         }
-                        let pace = Duration::from_millis(ttl as u64 * 1000 / 3);
                         tokio::time::sleep_until(renewed + pace).await;
                     }
                 }
