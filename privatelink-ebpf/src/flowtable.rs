@@ -68,13 +68,15 @@ use privatelink_common::{
     FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6, Reason,
     flowtable::{
         FIRST_WHILE_FREE, FLOW_WAYS, HEAD_LOCKED, HEAD_OWN, HEAD_OWN_SHIFT, HEAD_SPILL,
-        HEADS_PER_ELEMENT, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, buckets_of, freed, head_at,
-        next_state, published, same_slot_key, slot_home, slot_state, to_first, write_head,
+        HEADS_PER_ELEMENT, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, bucket_pair, freed, head_at,
+        key_hash_by, next_state, published, same_slot_key, slot_home, slot_state, to_first,
+        write_head,
     },
 };
 
 use crate::maps::{
-    FlowArray, PL_CONNTRACK, PL_CONNTRACK6, PL_FLOW_GEOMETRY, PL_FLOW_GEOMETRY6, PL_FLOWKEY,
+    FlowArray, PL_CONNTRACK, PL_CONNTRACK6, PL_FLOW_GEOMETRY, PL_FLOW_GEOMETRY6, PL_FLOW_HASH,
+    PL_FLOW_HASH6, PL_FLOWKEY,
 };
 
 /// What `insert` and `remove` return when they fail (the kernel map's error numbers).
@@ -90,6 +92,9 @@ pub trait Tabled: Copy + 'static {
     fn array() -> &'static FlowArray<Self::Bucket>;
     /// The table's geometry word, as the daemon gave it at load (`maps::PL_FLOW_GEOMETRY`).
     fn geometry_word() -> u64;
+    /// Parameter `i` (below `KEY_HASH_PARAMS`) of the table's key hash, as the daemon gave
+    /// it at load (`maps::PL_FLOW_HASH`).
+    fn hash_param(i: usize) -> u64;
     /// Slot `i` of a bucket (`i` below `FLOW_WAYS`): its word, its key's other words
     /// (`FlowSlot::key`) and its entry.
     fn parts(b: *mut Self::Bucket, i: u32) -> (*mut u64, *mut u32, *mut Self);
@@ -109,7 +114,7 @@ pub trait Tabled: Copy + 'static {
 }
 
 macro_rules! tabled {
-    ($entry:ty, $key:ty, $slot:ty, $map:expr, $geometry:expr, $find:ident, $insert:ident, $add:ident) => {
+    ($entry:ty, $key:ty, $slot:ty, $map:expr, $geometry:expr, $hash:expr, $find:ident, $insert:ident, $add:ident) => {
         /// `find` as a global BPF function: the verifier walks it once, on its own, and
         /// at every call only checks the key's memory. Its pointer may be null to the
         /// verifier, which checks a global function on its own.
@@ -158,6 +163,12 @@ macro_rules! tabled {
                 // SAFETY: a global of this object, written only before its load; read as
                 // memory (not folded to its compiled-in 0).
                 unsafe { core::ptr::read_volatile(&raw const $geometry) }
+            }
+            #[inline(always)]
+            fn hash_param(i: usize) -> u64 {
+                // SAFETY: as `geometry_word`; `i` is a constant below the array's length
+                // at every caller (`key_hash_by`'s unrolled loop).
+                unsafe { core::ptr::read_volatile((&raw const $hash as *const u64).add(i)) }
             }
             #[inline(always)]
             fn parts(b: *mut $slot, i: u32) -> (*mut u64, *mut u32, *mut $entry) {
@@ -237,6 +248,7 @@ tabled!(
     FlowBucket,
     PL_CONNTRACK,
     PL_FLOW_GEOMETRY,
+    PL_FLOW_HASH,
     pl_flow_find,
     pl_flow_insert,
     pl_flow_add
@@ -247,6 +259,7 @@ tabled!(
     FlowBucket6,
     PL_CONNTRACK6,
     PL_FLOW_GEOMETRY6,
+    PL_FLOW_HASH6,
     pl_flow_find6,
     pl_flow_insert6,
     pl_flow_add6
@@ -384,7 +397,7 @@ fn elements_of<E: Tabled>(key: &E::Key) -> Option<(u32, u32)> {
     if g.buckets == 0 {
         return None;
     }
-    let (first, second) = buckets_of(key, &g);
+    let (first, second) = bucket_pair(key_hash_by(key, E::hash_param), g.buckets);
     Some((g.heads() + first, g.heads() + second))
 }
 

@@ -10,6 +10,7 @@ use aya_ebpf::{
 };
 use privatelink_common::{
     Appliance, EndpointEni, FlowEntry, IfaceInfo, PATH_PROGRAMS, VpcAddr, VpcPort,
+    flowtable::{KEY_HASH_PARAMS, KeyHashParams},
 };
 
 /// One static per catalogue line, named as the map (aya-ebpf names a map after its static).
@@ -256,6 +257,15 @@ pub static PL_SCRATCH: PerCpuArray<FlowEntry, 2> = PerCpuArray::new();
 pub static PL_FLOW_GEOMETRY: u64 = 0;
 #[unsafe(no_mangle)]
 pub static PL_FLOW_GEOMETRY6: u64 = 0;
+
+/// The flow tables' key hash parameters (`privatelink_common::flowtable::key_hash_params`
+/// of their geometry's seed), `PL_CONNTRACK`'s and `PL_CONNTRACK6`'s: written into this
+/// object's read-only data with the geometry, before the programs load
+/// (`Dataplane::load`). A lookup reads one word per key word (`key_hash_by`).
+#[unsafe(no_mangle)]
+pub static PL_FLOW_HASH: KeyHashParams = [0; KEY_HASH_PARAMS];
+#[unsafe(no_mangle)]
+pub static PL_FLOW_HASH6: KeyHashParams = [0; KEY_HASH_PARAMS];
 
 /// Per-CPU room for the index of the flow table bucket being looked up (`flowtable`): a
 /// key in map memory, not on the stack (but for the inlined lookups of the established

@@ -30,7 +30,7 @@ pub use pins::LAYOUTS_DIR;
 use pins::{drop_incompatible_pins, load_paths, record_layouts, retire_path_pins};
 use privatelink_common::{
     Config, DEFAULT_CONNTRACK_ENTRIES, FLOW_EVENTS_BYTES, FlowEntry, FlowGeometry, FlowKey,
-    Neighbor, PROGRAM_NAME, Reason, VpcAddr, VpcPort, map_names,
+    Neighbor, PROGRAM_NAME, Reason, VpcAddr, VpcPort, flowtable::key_hash_params, map_names,
 };
 pub use read::{
     TableEntry, coarse_now_ns, open_pinned, read_budgets, read_config, read_flows, read_stats,
@@ -129,6 +129,10 @@ impl Dataplane {
         let (w4, w6) = (g4.word(), g6.word());
         loader.override_global("PL_FLOW_GEOMETRY", &w4, true);
         loader.override_global("PL_FLOW_GEOMETRY6", &w6, true);
+        // And their key hash's parameters, drawn from the same seeds.
+        let (h4, h6) = (key_hash_params(g4.seed), key_hash_params(g6.seed));
+        loader.override_global("PL_FLOW_HASH", &h4, true);
+        loader.override_global("PL_FLOW_HASH6", &h6, true);
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the XDP object")?;
         if let Some(dir) = &opts.pin_dir {
             // The maps are pinned now, with this build's layouts.
