@@ -166,8 +166,9 @@ macro_rules! tabled {
             }
             #[inline(always)]
             fn hash_param(i: usize) -> u64 {
-                // SAFETY: as `geometry_word`; `i` is a constant below the array's length
-                // at every caller (`key_hash_by`'s unrolled loop).
+                // SAFETY: as `geometry_word`; `i` is below the array's length:
+                // `key_hash_by` asks for at most `WORDS + 1` parameters, and every key's
+                // `WORDS` is below `KEY_HASH_PARAMS` (asserted in `flowtable`).
                 unsafe { core::ptr::read_volatile((&raw const $hash as *const u64).add(i)) }
             }
             #[inline(always)]

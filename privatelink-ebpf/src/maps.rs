@@ -261,7 +261,7 @@ pub static PL_FLOW_GEOMETRY6: u64 = 0;
 /// The flow tables' key hash parameters (`privatelink_common::flowtable::key_hash_params`
 /// of their geometry's seed), `PL_CONNTRACK`'s and `PL_CONNTRACK6`'s: written into this
 /// object's read-only data with the geometry, before the programs load
-/// (`Dataplane::load`). A lookup reads one word per key word (`key_hash_by`).
+/// (`Dataplane::load`). A lookup reads one more word than its key has (`key_hash_by`).
 #[unsafe(no_mangle)]
 pub static PL_FLOW_HASH: KeyHashParams = [0; KEY_HASH_PARAMS];
 #[unsafe(no_mangle)]

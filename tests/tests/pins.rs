@@ -3,7 +3,9 @@
 
 use aya::maps::{Array, MapInfo};
 use privatelink_common::{
-    Config, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6, PROTO_TCP, PROTO_UDP, map_names,
+    Config, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6, PROTO_TCP, PROTO_UDP,
+    flowtable::{KEY_HASH_PARAMS, key_hash_params},
+    map_names,
 };
 use privatelink_tests::apidaemon::{ApiDaemon, two_parties};
 use privatelink_user::{
@@ -64,7 +66,8 @@ fn replacement_warnings(log: &str) -> Vec<&str> {
 
 /// The flow tables' geometry as the loaded programs were given it (IPv4's, IPv6's): their
 /// object's read-only data as bpftool dumps it, at the variables' offsets in the object's
-/// symbol table.
+/// symbol table. The programs must also have been given each table's key hash parameters,
+/// those of its geometry's seed (`PL_FLOW_HASH`, `PL_FLOW_HASH6`): asserted here.
 fn programs_geometry(dp: &Dataplane) -> (FlowGeometry, FlowGeometry) {
     use object::{Object, ObjectSymbol};
     let aya::maps::Map::Array(data) = dp.map(".rodata").unwrap() else {
@@ -83,17 +86,32 @@ fn programs_geometry(dp: &Dataplane) -> (FlowGeometry, FlowGeometry) {
         .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
         .collect();
     let elf = object::File::parse(privatelink_user::dataplane::EBPF_OBJECT).unwrap();
-    let word = |name: &str| {
+    // The words of the variable `name`, `n` of them.
+    let words = |name: &str, n: usize| -> Vec<u64> {
         let sym = elf
             .symbols()
             .find(|s| s.name() == Ok(name))
             .unwrap_or_else(|| panic!("no symbol {name}"));
-        assert_eq!(sym.size(), 8, "{name}");
+        assert_eq!(sym.size(), 8 * n as u64, "{name}");
         let at = sym.address() as usize;
-        let w: [u8; 8] = bytes[at..at + 8].try_into().unwrap();
-        FlowGeometry::from_word(u64::from_ne_bytes(w))
+        bytes[at..at + 8 * n]
+            .chunks(8)
+            .map(|w| u64::from_ne_bytes(w.try_into().unwrap()))
+            .collect()
     };
-    (word("PL_FLOW_GEOMETRY"), word("PL_FLOW_GEOMETRY6"))
+    let geometry = |name: &str, hash: &str| {
+        let g = FlowGeometry::from_word(words(name, 1)[0]);
+        assert_eq!(
+            words(hash, KEY_HASH_PARAMS),
+            key_hash_params(g.seed),
+            "{hash}: the parameters of {name}'s seed"
+        );
+        g
+    };
+    (
+        geometry("PL_FLOW_GEOMETRY", "PL_FLOW_HASH"),
+        geometry("PL_FLOW_GEOMETRY6", "PL_FLOW_HASH6"),
+    )
 }
 
 /// The flow tables' geometry as their word 0 holds it (IPv4's, IPv6's).
