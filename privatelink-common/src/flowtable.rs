@@ -103,9 +103,9 @@ pub const fn slot_tail(word: u64) -> u32 {
 /// word from their object's read-only data (`PL_FLOW_GEOMETRY`, `PL_FLOW_GEOMETRY6`),
 /// which the daemon writes before it loads them: the table's, kept or drawn
 /// (`geometry_for` in the daemon's `flowtable`), with the key hash's parameters drawn
-/// from its seed (`key_hash_params`; `PL_FLOW_HASH`, `PL_FLOW_HASH6`). All zero: a table the daemon has not set
-/// up, which the userspace readers read no bucket of; a program given no geometry looks
-/// nothing up and inserts nothing.
+/// from its seed (`key_hash_params`; `PL_FLOW_HASH`, `PL_FLOW_HASH6`). All zero: a table
+/// the daemon has not set up, which the userspace readers read no bucket of; a program
+/// given no geometry looks nothing up and inserts nothing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowGeometry {
     pub buckets: u32,
@@ -375,13 +375,12 @@ pub fn key_hash<K: SlotKey>(key: &K, seed: u32) -> u32 {
 /// a sender who learns that some difference of words puts two keys in one bucket (from
 /// evictions or refusals it provokes) can apply that difference to other keys, which the
 /// murmur3 steps did not allow; the table's eviction rank keeps any flow that talks
-/// within the grace whatever shares its buckets (`ESTABLISHED_GRACE_NS`). The products are independent of
-/// each other, so a lookup waits on one multiply and the additions, not on a chain of
-/// them: the murmur3 steps this replaced, in two lanes, cost a NAT hit 0.17x of the
-/// trivial program more, an IPv6 one 0.30x (README, Performance: "a universal key hash"),
-/// and spread a difference in a word's top
-/// byte weakly for some pairs of words, whatever the seed (1.3 % of seeds for a pair
-/// found in review). `param(i)` is read once per word: the data path's are its read-only
+/// within the grace whatever shares its buckets (`ESTABLISHED_GRACE_NS`). The products
+/// are independent of each other, so a lookup waits on one multiply and the additions,
+/// not on a chain of them: the murmur3 steps this replaced, in two lanes, cost a NAT hit
+/// 0.17x of the trivial program more, an IPv6 one 0.30x (README, Performance: "a
+/// universal key hash"), and spread a difference in a word's top byte weakly for some
+/// pairs of words, whatever the seed (1.3 % of seeds for a pair found in review). `param(i)` is read once per word: the data path's are its read-only
 /// data. A change here moves every key's buckets: the tables' layout fingerprint takes in
 /// the hashes of fixed keys (`KeyHash`), so a table pinned by a build with another hash is
 /// replaced, not misread.
@@ -659,7 +658,7 @@ mod tests {
                                 .iter()
                                 .filter(|p| {
                                     let bucket =
-                                        |k: &K| bucket_index(key_hash_by(k, |i| p[i]), 1 << 16);
+                                        |k: &K| bucket_index(key_hash_by(k, |n| p[n]), 1 << 16);
                                     bucket(&base) == bucket(&other)
                                 })
                                 .count() as u32;
