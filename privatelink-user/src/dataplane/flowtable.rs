@@ -20,8 +20,9 @@ use privatelink_common::{
     FlowBucket, FlowBucket6, FlowEntry, FlowEntry6, FlowGeometry, FlowKey, FlowKey6,
     flowtable::{
         FLOW_WAYS, GIVE_BACK_MARK, HEAD_LOCKED, HEAD_OWN_SHIFT, HEAD_SPILL, HEADS_PER_ELEMENT,
-        SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, Slotted, buckets_of, freed, head_at, next_state,
-        published, same_key, slot_home, slot_state, table_buckets, to_first,
+        KeyHashParams, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, SlotKey, Slotted, bucket_pair, buckets_of,
+        freed, head_at, key_hash_by, key_hash_params, next_state, published, same_key, slot_home,
+        slot_state, table_buckets, to_first,
     },
 };
 
@@ -188,6 +189,28 @@ pub fn buckets_for(entries: u32) -> u32 {
     table_buckets(entries)
 }
 
+/// A table's geometry with its key hash's parameters worked out once (`key_hash_params` of
+/// its seed), for a walk that places many keys: `buckets_of` each, without the twelve
+/// splitmix64 steps a call of `buckets_of` takes.
+struct Placing {
+    g: FlowGeometry,
+    hash: KeyHashParams,
+}
+
+impl Placing {
+    fn new(g: FlowGeometry) -> Self {
+        Placing {
+            g,
+            hash: key_hash_params(g.seed),
+        }
+    }
+
+    /// `buckets_of(key, &self.g)`.
+    fn buckets_of<K: SlotKey>(&self, key: &K) -> (u32, u32) {
+        bucket_pair(key_hash_by(key, |i| self.hash[i]), self.g.buckets)
+    }
+}
+
 fn map_data(map: &Map) -> Result<&MapData> {
     match map {
         Map::Array(d) => Ok(d),
@@ -292,14 +315,14 @@ impl Mapped {
     /// along, a mark there, or the key elsewhere).
     fn give_back<E: Bucketed>(
         &self,
-        g: &FlowGeometry,
+        p: &Placing,
         key: &E::Key,
         at: usize,
         state: &AtomicU64,
         busy: u64,
     ) -> bool {
-        let (first, second) = buckets_of(key, g);
-        let els = [first, second].map(|b| (g.heads() + b) as usize);
+        let (first, second) = p.buckets_of(key);
+        let els = [first, second].map(|b| (p.g.heads() + b) as usize);
         if els.iter().any(|&el| el >= self.elements) {
             return false;
         }
@@ -364,15 +387,15 @@ impl Mapped {
     /// (its index in the table's slots and its state word).
     fn partner<E: Bucketed>(
         &self,
-        g: &FlowGeometry,
+        p: &Placing,
         key: &E::Key,
         owner: &E::Key,
         stale: impl Fn(usize, u64) -> bool,
     ) -> Result<Option<Placed<E>>, ()> {
-        let (first, second) = buckets_of(key, g);
+        let (first, second) = p.buckets_of(key);
         let mut found = None;
         for b in [first, second] {
-            let el = (g.heads() + b) as usize;
+            let el = (p.g.heads() + b) as usize;
             if el >= self.elements {
                 continue;
             }
@@ -667,6 +690,7 @@ pub fn sweep_probed<E: Bucketed>(
 ) -> Result<Swept> {
     let m = Mapped::new::<E>(table, true)?;
     let g = m.geometry();
+    let place = Placing::new(g);
     let slot_size = m.size / FLOW_WAYS as usize;
     let judged = now_ns.saturating_sub(SWEEP_MARGIN_NS);
     let floor = privatelink_common::seen_tick(now_ns).wrapping_sub(SEEN_FLOOR);
@@ -710,7 +734,7 @@ pub fn sweep_probed<E: Bucketed>(
                 let at = slot_index(el, i);
                 if stale(at, w) {
                     swept.freed +=
-                        u64::from(free::<E>(&m, &g, el, i, w, None, probe) == Freed::Yes);
+                        u64::from(free::<E>(&m, &place, el, i, w, None, probe) == Freed::Yes);
                 } else {
                     still_busy
                         .slots
@@ -727,13 +751,13 @@ pub fn sweep_probed<E: Bucketed>(
                 continue;
             }
             let pk = e.partner_of(&k);
-            let Ok(partner) = m.partner::<E>(&g, &pk, &k, stale) else {
+            let Ok(partner) = m.partner::<E>(&place, &pk, &k, stale) else {
                 swept.passed += 1;
                 continue;
             };
             if !e.live(&k, judged, cfg, || partner.as_ref().map(|p| p.entry)) {
                 let w = E::word(&bucket, i);
-                match free::<E>(&m, &g, el, i, w, Some((&k, e.seen())), probe) {
+                match free::<E>(&m, &place, el, i, w, Some((&k, e.seen())), probe) {
                     Freed::Yes => swept.freed += 1,
                     Freed::GivenBack => {
                         swept.given_back += 1;
@@ -749,7 +773,7 @@ pub fn sweep_probed<E: Bucketed>(
                 };
                 let freed = free::<E>(
                     &m,
-                    &g,
+                    &place,
                     p.el,
                     p.i,
                     p.word,
@@ -800,7 +824,7 @@ pub fn sweep_probed<E: Bucketed>(
 /// (`give_back`).
 fn free<E: Bucketed>(
     m: &Mapped,
-    g: &FlowGeometry,
+    p: &Placing,
     el: usize,
     i: usize,
     w: u64,
@@ -826,7 +850,7 @@ fn free<E: Bucketed>(
     let home = slot_home(busy);
     if judged.is_some_and(|(key, seen)| !same_key(&k, key) || e.seen() != seen) {
         probe.moved(at);
-        if m.give_back::<E>(g, &k, at, state, busy) {
+        if m.give_back::<E>(p, &k, at, state, busy) {
             return Freed::GivenBack;
         }
     }
@@ -837,8 +861,8 @@ fn free<E: Bucketed>(
         return Freed::No;
     }
     // Its first bucket counts it no more (`home`: that bucket's element).
-    let b = home.wrapping_sub(g.heads());
-    if home != 0 && b < g.buckets {
+    let b = home.wrapping_sub(p.g.heads());
+    if home != 0 && b < p.g.buckets {
         let (hel, hw) = head_at(b);
         m.atomic(hel as usize, hw as usize * 8)
             .fetch_sub(1, Ordering::SeqCst);
@@ -1016,6 +1040,7 @@ pub fn stuck<E: Bucketed>(table: &Map) -> Result<(usize, usize)> {
 pub fn spill_audit<E: Bucketed>(table: &Map, g: &FlowGeometry) -> Result<Vec<(u32, u64, u64)>> {
     let a: Array<_, E::Bucket> = Array::try_from(table)?;
     let n = g.buckets as usize;
+    let place = Placing::new(*g);
     let (mut counts, mut keys) = (vec![0u64; n], vec![0u64; n]);
     for b in 0..g.buckets {
         let bucket = a.get(&(g.heads() + b), 0)?;
@@ -1033,7 +1058,7 @@ pub fn spill_audit<E: Bucketed>(table: &Map, g: &FlowGeometry) -> Result<Vec<(u3
             if state != SLOT_LIVE {
                 continue;
             }
-            let (first, second) = buckets_of(&k, g);
+            let (first, second) = place.buckets_of(&k);
             anyhow::ensure!(
                 b == first || b == second,
                 "bucket {b} slot {i}: its key's buckets are {first} and {second}"
@@ -1076,4 +1101,39 @@ pub fn remove<E: Bucketed>(table: &mut Map, g: &FlowGeometry, key: &E::Key) -> R
         add_spill::<E>(&mut a, home.wrapping_sub(g.heads()), -1)?;
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A walk's placing puts every key where `buckets_of` does, under every seed: the
+    /// sweep's give-backs and partner lookups read the buckets the data path wrote.
+    #[test]
+    fn placing_agrees_with_buckets_of() {
+        for seed in [1, 0x1234_5679, u32::MAX] {
+            let g = FlowGeometry {
+                buckets: 1 << 14,
+                seed,
+            };
+            let place = Placing::new(g);
+            for i in 0..2_000u32 {
+                let r = key_hash_params(i);
+                let k = FlowKey::of_words(core::array::from_fn(|w| r[w] as u32));
+                let b = |w: usize| r[w].to_le_bytes();
+                let addr = |w: usize| core::array::from_fn(|j| b(w + j / 8)[j % 8]);
+                let k6 = FlowKey6::new(r[5] as u32, addr(0), addr(2), i as u16, r[6] as u16, 17);
+                assert_eq!(
+                    place.buckets_of(&k),
+                    buckets_of(&k, &g),
+                    "seed {seed} key {i}"
+                );
+                assert_eq!(
+                    place.buckets_of(&k6),
+                    buckets_of(&k6, &g),
+                    "seed {seed} key6 {i}"
+                );
+            }
+        }
+    }
 }
