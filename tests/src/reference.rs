@@ -31,6 +31,8 @@ pub struct Reference {
     ebpf: Option<Ebpf>,
     /// `PL_BASE_TABLE`'s buckets (`privatelink_redirect_lookup`), if not 1.
     table_buckets: Option<u32>,
+    /// The cycle whose order `PL_REPLAY_ORDER` holds (`set_replay_order`), 0 for none.
+    replay_order: u32,
 }
 
 impl Reference {
@@ -41,6 +43,7 @@ impl Reference {
         let mut r = Reference {
             ebpf: None,
             table_buckets: Some(buckets),
+            replay_order: 0,
         };
         let mut count: aya::maps::Array<_, u32> =
             aya::maps::Array::try_from(r.object()?.map_mut("PL_BASE_BUCKETS").context("no map")?)?;
@@ -88,6 +91,29 @@ impl Reference {
         Ok(())
     }
 
+    /// Makes `privatelink_replay` visit a cycle of `n` values in a scrambled order: a
+    /// permutation of 1..=n drawn from a generator seeded by `n` (the same for every call
+    /// with `n`; written once while it stays). Scrambled, because the cold rows' flows
+    /// differ in their source port only, and a key hash linear in the port puts ports in
+    /// counting order a fixed stride of buckets apart (a stride prefetcher follows that).
+    pub fn set_replay_order(&mut self, n: u32) -> Result<()> {
+        anyhow::ensure!(
+            (1..=u32::from(u16::MAX)).contains(&n),
+            "a replay cycle of {n} values: 1 to 65 535"
+        );
+        if self.replay_order == n {
+            return Ok(());
+        }
+        let obj = self.object()?;
+        let mut m: aya::maps::Array<_, u16> =
+            aya::maps::Array::try_from(obj.map_mut("PL_REPLAY_ORDER").context("no map")?)?;
+        for (i, v) in scrambled(n).into_iter().enumerate() {
+            m.set(i as u32, v, 0)?;
+        }
+        self.replay_order = n;
+        Ok(())
+    }
+
     /// The object (its maps configure the reference programs).
     pub fn object(&mut self) -> Result<&mut Ebpf> {
         if self.ebpf.is_none() {
@@ -99,6 +125,23 @@ impl Reference {
         }
         Ok(self.ebpf.as_mut().expect("just set"))
     }
+}
+
+/// 1..=n in a scrambled order (Fisher-Yates, splitmix64 seeded by `n`).
+pub fn scrambled(n: u32) -> Vec<u16> {
+    let mut state = u64::from(n);
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut v: Vec<u16> = (1..=n).map(|i| i as u16).collect();
+    for i in (1..v.len()).rev() {
+        v.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    v
 }
 
 /// Attaches the pass-through program to `ifaces` and keeps it there while the returned

@@ -190,8 +190,9 @@ impl Harness {
     /// `baseline`) behind `privatelink_replay`, which writes `frame` back before every run:
     /// rewriting, growing and shrinking paths can then be timed with repeats too. With
     /// `vary_at`, the 16-bit field at that offset counts up from run to run (a new flow
-    /// each run), or with a `cycle` (not 0) through that many values in turn (each run one
-    /// of that many flows). Returns the last verdict and the kernel's average ns per run (replay
+    /// each run), or with a `cycle` (not 0) goes through that many values above the stored
+    /// one, each once a cycle, in a scrambled order (`Reference::set_replay_order`): each
+    /// run one of that many flows. Returns the last verdict and the kernel's average ns per run (replay
     /// and tail call included, the same for both programs).
     pub fn time_replayed(
         &mut self,
@@ -210,6 +211,9 @@ impl Harness {
             Some(name) => self.reference.program(name)?.fd()?.try_clone()?,
             None => self.dp.program()?.fd()?.try_clone()?,
         };
+        if cycle != 0 {
+            self.reference.set_replay_order(cycle)?;
+        }
         let obj = self.reference.object()?;
         let mut stored = [0u8; REPLAY_MAX];
         stored[..frame.len()].copy_from_slice(frame);
@@ -238,7 +242,7 @@ impl Harness {
 
     /// Zeroes the count `time_replayed` adds to a varied field, so that a path's replayed
     /// runs give it the values from its stored one up, once each (up to 65 536 runs), or
-    /// with a cycle its values in turn from the first.
+    /// with a cycle its values in its order from the first.
     pub fn reset_replay_count(&mut self) -> Result<()> {
         let obj = self.reference.object()?;
         Array::<_, u32>::try_from(obj.map_mut("PL_REPLAY_COUNT").context("map")?)?.set(0, 0, 0)?;

@@ -2338,7 +2338,8 @@ fn arp_for_the_resolver_address_is_answered_and_replies_to_it_pass() {
 /// The benchmark's replay (`Harness::time_replayed`, `privatelink_replay` in
 /// tests/lab-ebpf) as its rows rely on it: a varied source port with no cycle makes a new
 /// flow every run; with a cycle of `n` the runs go through the `n` ports after the stored
-/// one in turn, so each run is a fast-path hit on a flow made before (the cold-hit row).
+/// one, each once a cycle, so each run is a fast-path hit on a flow made before (the
+/// cold-hit row); and not in counting order, but scrambled.
 #[test]
 fn the_benchmark_replay_cycles_through_flows_made_before() {
     let mut h = harness();
@@ -2378,6 +2379,32 @@ fn the_benchmark_replay_cycles_through_flows_made_before() {
     let (act, _) = h.time_replayed(cif, &frame, Some(34), 0, None, 2).unwrap();
     assert_eq!(act, XDP_REDIRECT);
     assert_eq!(counts(&h), (made.0 + 2, made.1 + 9), "two more new flows");
+    // A cycle of 64 from port 40 000: made in a whole cycle, then eight runs hit the first
+    // eight of its order: eight of the 64 ports, not the eight after the stored one, and
+    // not a fixed stride apart.
+    let frame = udp_to_eni(&h, 40_000, &[0u8; 18], true);
+    h.reset_replay_count().unwrap();
+    h.time_replayed(cif, &frame, Some(34), 64, None, 64)
+        .unwrap();
+    assert_eq!(counts(&h).0, made.0 + 2 + 64, "64 flows made");
+    h.reset_replay_count().unwrap();
+    h.time_replayed(cif, &frame, Some(34), 64, None, 8).unwrap();
+    let mut hit: Vec<u16> =
+        h.dp.flows()
+            .unwrap()
+            .into_iter()
+            .filter(|(k, e)| k.dport == 53 && k.sport > 40_000 && e.fast_packets > 0)
+            .map(|(k, e)| {
+                assert_eq!(e.fast_packets, 1, "port {}: one hit", k.sport);
+                k.sport
+            })
+            .collect();
+    hit.sort_unstable();
+    assert_eq!(hit.len(), 8, "eight flows hit: {hit:?}");
+    assert!(hit.iter().all(|p| (40_001..=40_064).contains(p)), "{hit:?}");
+    assert_ne!(hit, (40_001..=40_008).collect::<Vec<_>>(), "counting order");
+    let steps: std::collections::BTreeSet<u16> = hit.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(steps.len() > 1, "ports a fixed stride apart: {hit:?}");
 }
 
 /// One's complement sum of 16-bit words, folded.

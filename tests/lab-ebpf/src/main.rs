@@ -387,9 +387,18 @@ static PL_REPLAY_FRAME: Array<[u8; REPLAY_MAX], 1> = Array::new();
 /// `[0]`: the frame's length, a multiple of 4; `[1]`: where a 16-bit field lies that gets
 /// a new value on every run, its stored value plus a count (a TCP/UDP source port: every
 /// run a new flow), or 0; `[2]`: 0 (no cycle), or the count's cycle N: the count runs 1,
-/// 2, ..., N, then from 1 again (every run one of N flows made before, in turn).
+/// 2, ..., N, then from 1 again, and the field gets its stored value plus
+/// `PL_REPLAY_ORDER[count - 1]` (every run one of N flows made before, each once a
+/// cycle, in the order's turn).
 #[btf_map]
 static PL_REPLAY_PARAMS: Array<u32, 3> = Array::new();
+
+/// A cycle's order: for a cycle of N, a permutation of 1..=N in its first N elements
+/// (the harness writes a scrambled one: flows visited by their port's order would lie a
+/// fixed stride of buckets apart under a hash linear in the port, which a stride
+/// prefetcher follows).
+#[btf_map]
+static PL_REPLAY_ORDER: Array<u16, 65536> = Array::new();
 
 #[btf_map]
 static PL_REPLAY_NEXT: ProgramArray<1> = ProgramArray::new();
@@ -449,8 +458,16 @@ pub fn privatelink_replay(ctx: XdpContext) -> u32 {
             } else {
                 (*count).wrapping_add(1)
             };
+            let add = if cycle == 0 {
+                *count as u16
+            } else {
+                match PL_REPLAY_ORDER.get(*count - 1) {
+                    Some(&v) => v,
+                    None => return xdp_action::XDP_ABORTED,
+                }
+            };
             let base = u16::from_be_bytes([frame[vary], frame[vary + 1]]);
-            *((start + vary) as *mut [u8; 2]) = base.wrapping_add(*count as u16).to_be_bytes();
+            *((start + vary) as *mut [u8; 2]) = base.wrapping_add(add).to_be_bytes();
         }
     }
     // SAFETY: a tail call; on success it does not return.

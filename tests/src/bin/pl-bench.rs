@@ -720,7 +720,8 @@ struct Replay {
     frame: Vec<u8>,
     vary_at: Option<usize>,
     /// With `vary_at`: 0, every run a new flow; else the field runs through this many
-    /// values in turn, flows made before (`Harness::time_replayed`).
+    /// values, each once a cycle in a scrambled order, flows made before
+    /// (`Harness::time_replayed`).
     cycle: u32,
     repeat: u32,
     want: (u32, Option<Reason>),
@@ -738,7 +739,8 @@ impl Replay {
     }
 
     /// The cold rows' replay: each run the UDP source port (at 14 + 20) of the next of the
-    /// `COLD_FLOWS` flows in turn, every run redirected and counted as `counted`.
+    /// `COLD_FLOWS` flows in the replay's scrambled order, every run redirected and counted
+    /// as `counted`.
     fn cold(frame: Vec<u8>, counted: Option<Reason>) -> Self {
         Self {
             frame,
@@ -821,7 +823,7 @@ fn timed(
     }
     // Each replayed run of a varied frame a value of its own (ours and the trivial
     // program's runs alike: 2 x MISS_ROUNDS x MISS_REPEAT of them), or with a cycle the
-    // cycle's values in turn from its first.
+    // cycle's values in its order from its first.
     h.reset_replay_count()?;
     let rounds = replay.rounds();
     let (mut r_ours, mut r_base) = (Vec::new(), Vec::new());
@@ -1121,9 +1123,9 @@ fn cold_frames(template: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// The NAT hit on a flow whose buckets are cold: `COLD_FLOWS` UDP flows made through the
-/// data path, then each run a data packet of the next of them in turn (between two runs of
-/// a flow, the runs of all the others, in random buckets of a table of the fixture's
-/// size): a hit whose lines seldom are in the core's caches and whose page seldom is in
+/// data path, then each run a data packet of the next of them in a scrambled turn (between
+/// two runs of a flow, the runs of all the others, in random buckets of a table of the
+/// fixture's size): a hit whose lines seldom are in the core's caches and whose page seldom is in
 /// its TLB, the NAT forward row's path otherwise. Every timed run must be a fast-path hit
 /// (a flow's packet 15 clock ticks, about 0.94 s, after its last partner check takes the
 /// full path), which the flows' fast-path counts show afterwards.
