@@ -1072,7 +1072,7 @@ fn nat6_rows(rows: &mut Vec<Row>, only: Option<&str>) -> Result<()> {
 /// single run, and how it is replayed.
 type Case = (&'static str, u32, FrameFn, Replay);
 
-const COLD_ROW: &str = "NAT forward, one of 20 000 flows in turn (cold buckets)";
+const COLD_ROW: &str = "NAT forward, one of 20 000 flows in a scrambled turn (cold buckets)";
 /// The cold row's flows: UDP from source ports `COLD_PORT + 1` up (UDP: no TCP flow's
 /// key, so none of the other rows' ports collide with them).
 const COLD_FLOWS: u32 = 20_000;
