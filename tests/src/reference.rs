@@ -104,6 +104,9 @@ impl Reference {
         if self.replay_order == n {
             return Ok(());
         }
+        // Known for no cycle until every value is written (a write that fails partway
+        // leaves neither order).
+        self.replay_order = 0;
         let obj = self.object()?;
         let mut m: aya::maps::Array<_, u16> =
             aya::maps::Array::try_from(obj.map_mut("PL_REPLAY_ORDER").context("no map")?)?;

@@ -192,8 +192,8 @@ impl Harness {
     /// `vary_at`, the 16-bit field at that offset counts up from run to run (a new flow
     /// each run), or with a `cycle` (not 0) goes through that many values above the stored
     /// one, each once a cycle, in a scrambled order (`Reference::set_replay_order`): each
-    /// run one of that many flows. Returns the last verdict and the kernel's average ns per run (replay
-    /// and tail call included, the same for both programs).
+    /// run one of that many flows. Returns the last verdict and the kernel's average ns per
+    /// run (replay and tail call included, the same for both programs).
     pub fn time_replayed(
         &mut self,
         ifindex: u32,

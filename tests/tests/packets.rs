@@ -2379,32 +2379,50 @@ fn the_benchmark_replay_cycles_through_flows_made_before() {
     let (act, _) = h.time_replayed(cif, &frame, Some(34), 0, None, 2).unwrap();
     assert_eq!(act, XDP_REDIRECT);
     assert_eq!(counts(&h), (made.0 + 2, made.1 + 9), "two more new flows");
-    // A cycle of 64 from port 40 000: made in a whole cycle, then eight runs hit the first
-    // eight of its order: eight of the 64 ports, not the eight after the stored one, and
-    // not a fixed stride apart.
+    // A cycle of 64 from port 40 000, made in a whole cycle; then eight runs one at a time,
+    // each hitting one flow: the visits follow the harness's order (`scrambled`), which
+    // is neither counting order nor a fixed step (modulo the cycle) from port to port.
     let frame = udp_to_eni(&h, 40_000, &[0u8; 18], true);
     h.reset_replay_count().unwrap();
     h.time_replayed(cif, &frame, Some(34), 64, None, 64)
         .unwrap();
     assert_eq!(counts(&h).0, made.0 + 2 + 64, "64 flows made");
-    h.reset_replay_count().unwrap();
-    h.time_replayed(cif, &frame, Some(34), 64, None, 8).unwrap();
-    let mut hit: Vec<u16> =
+    let fast = |h: &Harness| -> std::collections::BTreeMap<u16, u8> {
         h.dp.flows()
             .unwrap()
             .into_iter()
-            .filter(|(k, e)| k.dport == 53 && k.sport > 40_000 && e.fast_packets > 0)
-            .map(|(k, e)| {
-                assert_eq!(e.fast_packets, 1, "port {}: one hit", k.sport);
-                k.sport
-            })
+            .filter(|(k, _)| k.dport == 53 && (40_001..=40_064).contains(&k.sport))
+            .map(|(k, e)| (k.sport - 40_000, e.fast_packets))
+            .collect()
+    };
+    h.reset_replay_count().unwrap();
+    let (mut before, mut visited) = (fast(&h), Vec::new());
+    for run in 0..8 {
+        h.time_replayed(cif, &frame, Some(34), 64, None, 1).unwrap();
+        let after = fast(&h);
+        let hit: Vec<(u16, u8)> = after
+            .iter()
+            .filter(|(p, n)| before.get(p) != Some(n))
+            .map(|(p, n)| (*p, *n))
             .collect();
-    hit.sort_unstable();
-    assert_eq!(hit.len(), 8, "eight flows hit: {hit:?}");
-    assert!(hit.iter().all(|p| (40_001..=40_064).contains(p)), "{hit:?}");
-    assert_ne!(hit, (40_001..=40_008).collect::<Vec<_>>(), "counting order");
-    let steps: std::collections::BTreeSet<u16> = hit.windows(2).map(|w| w[1] - w[0]).collect();
-    assert!(steps.len() > 1, "ports a fixed stride apart: {hit:?}");
+        assert_eq!(hit.len(), 1, "run {run}: one flow hit: {hit:?}");
+        let (port, n) = hit[0];
+        assert_eq!(
+            before.get(&port).copied().unwrap_or(0) + 1,
+            n,
+            "run {run}: one hit"
+        );
+        visited.push(port);
+        before = after;
+    }
+    let want = &privatelink_tests::reference::scrambled(64)[..8];
+    assert_eq!(visited, want, "the visits in the harness's order");
+    assert_ne!(visited, (1..=8).collect::<Vec<u16>>(), "counting order");
+    let steps: std::collections::BTreeSet<u16> = visited
+        .windows(2)
+        .map(|w| (w[1] + 64 - w[0]) % 64)
+        .collect();
+    assert!(steps.len() > 1, "visits a fixed step apart: {visited:?}");
 }
 
 /// One's complement sum of 16-bit words, folded.

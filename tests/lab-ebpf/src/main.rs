@@ -32,7 +32,8 @@
 //! - `privatelink_replay` writes a stored frame back into the buffer and tail-calls the
 //!   program in `PL_REPLAY_NEXT[0]`: with BPF_PROG_TEST_RUN's repeats every run then sees
 //!   the same input even through a path that rewrites, grows or shrinks the frame, so the
-//!   benchmark times every path (and the trivial baseline) the same way.
+//!   benchmark times every path (and the trivial baseline) the same way. A varied source
+//!   port is new each run, or one of a cycle's, in the order `PL_REPLAY_ORDER` holds.
 #![no_std]
 #![no_main]
 

@@ -1462,7 +1462,7 @@ fn per_packet(only: Option<&str>, flow_log: bool) -> Result<String> {
     let out = format!(
         "\nBPF_PROG_TEST_RUN, each path next to the trivial program (swap the MACs, XDP_TX). Replayed: the kernel's \
          average over {REPEAT} repeats, the median of {ROUNDS} calls (first packets: {MISS_REPEAT} repeats, each a new flow, {MISS_ROUNDS} calls; \
-         the cold hit and its floor: {COLD_FLOWS} repeats, each the next of {COLD_FLOWS} flows, {COLD_ROUNDS} calls); \
+         the cold hit and its floor: {COLD_FLOWS} repeats, each the next of {COLD_FLOWS} flows in a scrambled order, {COLD_ROUNDS} calls); \
          `privatelink_replay` writes the frame back and tail-calls the program before every run, in both columns. \
          Single runs: {RUNS} per path ({COLD_RUNS} for the cold rows), medians (syscall and cold caches included).\n\n{}",
         table(&rows)
