@@ -511,15 +511,21 @@ pub fn buckets_of<K: SlotKey>(key: &K, g: &FlowGeometry) -> (u32, u32) {
 #[inline(always)]
 pub fn bucket_pair(h: u32, buckets: u32) -> (u32, u32) {
     let first = bucket_index(h, buckets);
+    (first, second_bucket(h, first, buckets))
+}
+
+/// The second of `bucket_pair`, from the hash and the first: apart, so that a lookup that
+/// finds its key in the first bucket (most do) never works it out.
+#[inline(always)]
+pub fn second_bucket(h: u32, first: u32, buckets: u32) -> u32 {
     let second = bucket_index(crate::hash::mix32(h ^ 0x9e37_79b9), buckets);
-    let second = if second != first {
+    if second != first {
         second
     } else if first + 1 < buckets {
         first + 1
     } else {
         0
-    };
-    (first, second)
+    }
 }
 
 /// Hash `h` onto `buckets` buckets (0 for none): its high bits scaled, a multiply and a
