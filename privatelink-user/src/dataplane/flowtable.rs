@@ -1119,7 +1119,14 @@ mod tests {
             let place = Placing::new(g);
             for i in 0..2_000u32 {
                 let r = key_hash_params(i);
-                let k = FlowKey::of_words(core::array::from_fn(|w| r[w] as u32));
+                // (The last word a protocol's: `of_words` takes a byte there.)
+                let k = FlowKey::of_words(core::array::from_fn(|w| {
+                    if w == 4 {
+                        r[w] as u32 & 0xff
+                    } else {
+                        r[w] as u32
+                    }
+                }));
                 let b = |w: usize| r[w].to_le_bytes();
                 let addr = |w: usize| core::array::from_fn(|j| b(w + j / 8)[j % 8]);
                 let k6 = FlowKey6::new(r[5] as u32, addr(0), addr(2), i as u16, r[6] as u16, 17);
