@@ -344,12 +344,11 @@ pub const fn key_hash_params(seed: u32) -> KeyHashParams {
     let mut p = [0u64; KEY_HASH_PARAMS];
     let mut i = 0;
     while i < KEY_HASH_PARAMS {
-        let mut z = (seed as u64)
-            .wrapping_mul(0xd134_2543_de82_ef95)
-            .wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        p[i] = z ^ (z >> 31);
+        p[i] = crate::hash::mix64(
+            (seed as u64)
+                .wrapping_mul(0xd134_2543_de82_ef95)
+                .wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        );
         i += 1;
     }
     p

@@ -11,6 +11,15 @@ pub fn mix32(mut h: u32) -> u32 {
     h
 }
 
+/// A 64-bit finalizer (splitmix64's output step): the flow tables' key hash parameters
+/// are drawn with it (`flowtable::key_hash_params`), and the benchmark's replay order.
+#[inline(always)]
+pub const fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Hash of a client tuple, used as the starting point of the SNAT port search.
 #[inline(always)]
 pub fn tuple_hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8, seed: u32) -> u32 {

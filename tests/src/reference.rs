@@ -135,10 +135,7 @@ pub fn scrambled(n: u32) -> Vec<u16> {
     let mut state = u64::from(n);
     let mut next = move || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        privatelink_common::hash::mix64(state)
     };
     let mut v: Vec<u16> = (1..=n).map(|i| i as u16).collect();
     for i in (1..v.len()).rev() {
