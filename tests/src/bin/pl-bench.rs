@@ -1125,8 +1125,8 @@ fn cold_frames(template: &[u8]) -> Vec<Vec<u8>> {
 /// The NAT hit on a flow whose buckets are cold: `COLD_FLOWS` UDP flows made through the
 /// data path, then each run a data packet of the next of them in a scrambled turn (between
 /// two runs of a flow, the runs of all the others, in random buckets of a table of the
-/// fixture's size): a hit whose lines seldom are in the core's caches and whose page seldom is in
-/// its TLB, the NAT forward row's path otherwise. Every timed run must be a fast-path hit
+/// fixture's size): a hit whose lines seldom are in the core's caches and whose page
+/// seldom is in its TLB, the NAT forward row's path otherwise. Every timed run must be a fast-path hit
 /// (a flow's packet 15 clock ticks, about 0.94 s, after its last partner check takes the
 /// full path), which the flows' fast-path counts show afterwards.
 fn cold_row(rows: &mut Vec<Row>, h: &mut Harness, cif: u32) -> Result<()> {
