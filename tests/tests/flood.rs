@@ -601,11 +601,12 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
         };
         u32::from_be_bytes([0, client[1] - 64, client[2], client[3]])
     };
-    // A table holding the flows, a dead direction and a kept one each in its second bucket
-    // (away from flow 2's buckets). The key hash is linear in the words and the seed drawn
-    // per table: under some seeds these consecutive flows spread so evenly that no such
-    // direction had to leave its first bucket (1.4 % of 20 000 seeds simulated); another
-    // table then, as in `a_direction_in_its_second_bucket_is_counted_and_found`.
+    // A table holding every flow, with a dead direction and a kept one each in its second
+    // bucket (away from flow 2's buckets). The key hash is linear in the words and the
+    // seed drawn per table: under some seeds these consecutive flows spread so evenly that
+    // no such direction had to leave its first bucket (1.4 % of 20 000 seeds simulated),
+    // under a few they bunch (below); another table then, as in
+    // `a_direction_in_its_second_bucket_is_counted_and_found`.
     let (mut h, g, placed, (b, key, _)) = (0..8)
         .find_map(|_| {
             let mut h = unshared(2048);
@@ -635,11 +636,13 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
             }
             let g = h.dp.flow_geometry::<FlowEntry>().unwrap();
             let placed = h.dp.flow_placement::<FlowEntry>().unwrap();
-            assert_eq!(
-                placed.len(),
-                2 * FLOWS as usize,
-                "every direction written, none evicted"
-            );
+            // Every direction written, none evicted: `fill` writes them all with one
+            // rank, so a bucket pair that filled up gave one up silently (under the rare
+            // seed whose hash bunches consecutive flows into a few first buckets: 0.08 %
+            // of seeds, simulated); another table then.
+            if placed.len() != 2 * FLOWS as usize {
+                return None;
+            }
             // Flow 2's client's buckets: where its reply's partner lives (a busy slot
             // there would keep the reply from being judged, and restamped, by the first
             // sweep).
@@ -664,7 +667,9 @@ fn the_sweep_frees_dead_flows_and_nothing_else() {
             let busy = spilled(0).filter(|_| spilled(1).is_some())?;
             Some((h, g, placed, busy))
         })
-        .expect("a table with a dead and a kept direction in their second buckets");
+        .expect(
+            "a table with none evicted, and a dead and a kept direction in their second buckets",
+        );
     let lost = index(&key, &placed.iter().find(|p| p.1 == key).unwrap().2);
     {
         let mut a: aya::maps::Array<_, FlowBucket> =
