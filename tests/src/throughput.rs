@@ -407,11 +407,17 @@ pub fn send(ns: &str, dev: &str, frame: Vec<u8>, flows: u32, packets: u32) -> Re
     }
 }
 
-/// Whether `e` is the kernel's EPERM (a test run it does not permit).
+/// Whether `e` is the kernel's EPERM to the test run itself (not to loading the
+/// generator or writing its maps, which fail as they fail).
 fn refused(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+        matches!(
+            c.downcast_ref::<aya::programs::ProgramError>(),
+            Some(aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_prog_test_run",
+                io_error,
+            })) if io_error.raw_os_error() == Some(libc::EPERM)
+        )
     })
 }
 
@@ -419,7 +425,8 @@ fn refused(e: &anyhow::Error) -> bool {
 /// in order, else `mix32(count)`, modulo `flows`) written in as the program writes it
 /// into its 42-byte template: the source port 1024 + n % 60 000, the source address' last
 /// byte raised by n / 60 000, the IPv4 header checksum made again, bytes 40-41 zeroed
-/// (a UDP template's checksum: none).
+/// (a UDP template's checksum: none). `frame` is at least 42 bytes (else this panics:
+/// the program drops such a frame).
 pub fn gen_frame(frame: &[u8], flows: u32, count: u32, in_order: bool) -> Vec<u8> {
     let n = if in_order {
         count
@@ -441,9 +448,10 @@ pub fn gen_frame(frame: &[u8], flows: u32, count: u32, in_order: bool) -> Vec<u8
 }
 
 /// `send` through a packet socket bound to `dev` (its queueing discipline bypassed): the
-/// frames `privatelink_gen` would have sent (`gen_frame`), 64 to a `sendmmsg`. A frame the
-/// device had no room for is retried (up to 1 000 times in a row, 1 ms apart), as the live
-/// frames' batches wait for theirs.
+/// frames `privatelink_gen` would have sent (`gen_frame`), 64 to a `sendmmsg`. A veth
+/// drops what its peer has no room for, as it drops live frames (counted in its
+/// `tx_dropped`); a send the socket could not take (ENOBUFS, EAGAIN, EINTR) is tried
+/// again, for at most `STALL` without progress.
 pub fn send_by_socket(
     ns: &str,
     dev: &str,
@@ -468,6 +476,9 @@ pub fn send_by_socket(
         Ok(start.elapsed())
     })
 }
+
+/// How long `PacketSocket::send_all` tries without sending a frame before it gives up.
+const STALL: Duration = Duration::from_secs(10);
 
 /// An `AF_PACKET` raw socket bound to one device, sending whole frames.
 struct PacketSocket(std::os::fd::OwnedFd);
@@ -511,6 +522,23 @@ impl PacketSocket {
                 "bypassing the queueing discipline: {}",
                 std::io::Error::last_os_error()
             );
+            // A send blocks at most this long (then EAGAIN: `send_all` tries again).
+            let timeout = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            let r = libc::setsockopt(
+                socket.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            anyhow::ensure!(
+                r == 0,
+                "a send timeout: {}",
+                std::io::Error::last_os_error()
+            );
             Ok(socket)
         }
     }
@@ -519,7 +547,7 @@ impl PacketSocket {
     fn send_all(&self, frames: &[Vec<u8>]) -> Result<usize> {
         use std::os::fd::AsRawFd;
         let mut sent = 0;
-        let mut waits = 0;
+        let mut progress = Instant::now();
         while sent < frames.len() {
             let mut iov: Vec<libc::iovec> = frames[sent..]
                 .iter()
@@ -545,16 +573,18 @@ impl PacketSocket {
             };
             if n > 0 {
                 sent += n as usize;
-                waits = 0;
+                progress = Instant::now();
                 continue;
             }
             let err = std::io::Error::last_os_error();
-            let full = matches!(err.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN));
+            let again = matches!(
+                err.raw_os_error(),
+                Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR)
+            );
             anyhow::ensure!(
-                full && waits < 1000,
+                again && progress.elapsed() < STALL,
                 "sending through a packet socket: {err}"
             );
-            waits += 1;
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(sent)

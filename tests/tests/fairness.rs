@@ -53,7 +53,8 @@ const POOL: u64 = 2 * 64_512;
 /// The daemon's default embryonic timeout (`--embryonic-timeout`).
 const EMBRYONIC: Duration = Duration::from_secs(10);
 /// Never-answered TCP SYNs from addresses of the consumer's subnet nobody holds
-/// (10.10.2.77 to .79), sent by the kernel's live-frames generator (`privatelink_gen`: a
+/// (10.10.2.77 to .79), sent by the kernel's live-frames generator, or the same frames
+/// through a packet socket where the kernel refuses live frames (`privatelink_gen`: a
 /// new source port per flow, the next source address every 60 000 flows; it also zeroes
 /// the low half of the sequence number and leaves the TCP checksum stale, which the data
 /// path does not check): more flows than the pool has tuples.

@@ -165,7 +165,8 @@ fn a_full_table_refuses_new_flows_rather_than_end_flows_that_talk() {
 }
 
 /// End to end: 60 000 new flows a few seconds long at the lab's endpoint (UDP from the
-/// consumer, sent by the kernel's live-frames generator) while a download runs through
+/// consumer, sent by the kernel's live-frames generator, or its frames through a packet
+/// socket where the kernel refuses live frames) while a download runs through
 /// the same endpoint and the API is asked for its status. The download completes byte for
 /// byte, every API call answers, the new flows are accepted, and nothing is counted as a
 /// full table.
