@@ -487,8 +487,8 @@ impl PacketSocket {
     fn bound(ifindex: u32) -> Result<Self> {
         use std::os::fd::{AsRawFd, FromRawFd};
         // SAFETY: plain socket calls on a descriptor this function owns from its creation;
-        // the address and option are initialised values of their C types.
-        unsafe {
+        // the address is an initialised `sockaddr_ll`, passed with its size.
+        let socket = unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
             anyhow::ensure!(
                 fd >= 0,
@@ -509,37 +509,40 @@ impl PacketSocket {
                 "binding a packet socket to interface {ifindex}: {}",
                 std::io::Error::last_os_error()
             );
-            let on: libc::c_int = 1;
-            let r = libc::setsockopt(
-                socket.0.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_QDISC_BYPASS,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            );
-            anyhow::ensure!(
-                r == 0,
-                "bypassing the queueing discipline: {}",
-                std::io::Error::last_os_error()
-            );
-            // A send blocks at most this long (then EAGAIN: `send_all` tries again).
-            let timeout = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 100_000,
-            };
-            let r = libc::setsockopt(
-                socket.0.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_SNDTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-            anyhow::ensure!(
-                r == 0,
-                "a send timeout: {}",
-                std::io::Error::last_os_error()
-            );
-            Ok(socket)
+            socket
+        };
+        socket
+            .set(libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &1i32)
+            .context("bypassing the queueing discipline")?;
+        // A send blocks at most this long (then EAGAIN: `send_all` tries again).
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        socket
+            .set(libc::SOL_SOCKET, libc::SO_SNDTIMEO, &timeout)
+            .context("a send timeout")?;
+        Ok(socket)
+    }
+
+    /// Sets socket option `name` of `level` to `value` (the option's C type).
+    fn set<T>(&self, level: libc::c_int, name: libc::c_int, value: &T) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `value` is valid for its size for the call's duration; the option's
+        // type is the caller's to match.
+        let r = unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                level,
+                name,
+                (value as *const T).cast(),
+                std::mem::size_of::<T>() as u32,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
         }
     }
 
