@@ -380,9 +380,10 @@ pub fn key_hash<K: SlotKey>(key: &K, seed: u32) -> u32 {
 /// 0.17x of the trivial program more, an IPv6 one 0.30x (README, Performance: "a
 /// universal key hash"), and spread a difference in a word's top byte weakly for some
 /// pairs of words, whatever the seed (1.3 % of seeds for a pair found in review).
-/// `param(i)` is read once per word: the data path's are its read-only data. A change here moves every key's buckets: the tables' layout fingerprint takes in
-/// the hashes of fixed keys (`KeyHash`), so a table pinned by a build with another hash is
-/// replaced, not misread.
+/// `param(i)` is read once per word: the data path's are its read-only data. A change
+/// here moves every key's buckets: the tables' layout fingerprint takes in the hashes of
+/// fixed keys (`KeyHash`), so a table pinned by a build with another hash is replaced,
+/// not misread.
 #[inline(always)]
 pub fn key_hash_by<K: SlotKey>(key: &K, param: impl Fn(usize) -> u64) -> u32 {
     let mut h = param(0);

@@ -436,12 +436,8 @@ pub fn gen_frame(frame: &[u8], flows: u32, count: u32, in_order: bool) -> Vec<u8
     let mut f = frame.to_vec();
     f[29] = f[29].wrapping_add((n / 60_000) as u8);
     f[24..26].fill(0);
-    let sum = f[14..34]
-        .chunks(2)
-        .fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let check = privatelink_common::csum::checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&check.to_ne_bytes());
     f[34..36].copy_from_slice(&((1024 + n % 60_000) as u16).to_be_bytes());
     f[40..42].fill(0);
     f
