@@ -1126,9 +1126,9 @@ fn cold_frames(template: &[u8]) -> Vec<Vec<u8>> {
 /// data path, then each run a data packet of the next of them in a scrambled turn (between
 /// two runs of a flow, the runs of all the others, in random buckets of a table of the
 /// fixture's size): a hit whose lines seldom are in the core's caches and whose page
-/// seldom is in its TLB, the NAT forward row's path otherwise. Every timed run must be a fast-path hit
-/// (a flow's packet 15 clock ticks, about 0.94 s, after its last partner check takes the
-/// full path), which the flows' fast-path counts show afterwards.
+/// seldom is in its TLB, the NAT forward row's path otherwise. Every timed run must be a
+/// fast-path hit (a flow's packet 15 clock ticks, about 0.94 s, after its last partner
+/// check takes the full path), which the flows' fast-path counts show afterwards.
 fn cold_row(rows: &mut Vec<Row>, h: &mut Harness, cif: u32) -> Result<()> {
     let template = udp_to_eni(h, COLD_PORT, &[0u8; 18], true);
     let start = std::time::Instant::now();
