@@ -399,7 +399,7 @@ fn generate_as(
 /// benchmark's rates never fall back (`generate_as`): they are the live frames'.
 pub fn send(ns: &str, dev: &str, frame: Vec<u8>, flows: u32, packets: u32) -> Result<Duration> {
     match send_as(ns, dev, frame.clone(), flows, packets, false) {
-        Err(e) if refused(&e) => {
+        Err(e) if live_frames_refused(&e) => {
             eprintln!("live-frame test runs refused ({e:#}): sending through a packet socket");
             send_by_socket(ns, dev, frame, flows, packets)
         }
@@ -408,8 +408,9 @@ pub fn send(ns: &str, dev: &str, frame: Vec<u8>, flows: u32, packets: u32) -> Re
 }
 
 /// Whether `e` is the kernel's EPERM to the test run itself (not to loading the
-/// generator or writing its maps, which fail as they fail).
-fn refused(e: &anyhow::Error) -> bool {
+/// generator or writing its maps, which fail as they fail): the kernel refuses live-frame
+/// test runs, which the benchmark's generator needs.
+pub fn live_frames_refused(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<aya::programs::ProgramError>(),

@@ -10,8 +10,34 @@ use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use privatelink_tests::{
     netns::{Netns, unique_name},
     reference::Reference,
-    throughput::{gen_frame, pin_to_last_cpu, send_by_socket},
+    throughput::{gen_frame, live_frames_refused, pin_to_last_cpu, send_by_socket},
 };
+
+/// What the floods fall back on, and the benchmark skips its live-frame sections for, is
+/// the kernel's EPERM to the test run itself, however deep in the error's chain: not
+/// another error number, not another call's EPERM (loading the generator), not an error
+/// that only reads like one.
+#[test]
+fn only_the_test_runs_eperm_is_a_refusal() {
+    let err = |call: &'static str, errno: i32| {
+        anyhow::Error::new(aya::programs::ProgramError::SyscallError(
+            aya::sys::SyscallError {
+                call,
+                io_error: std::io::Error::from_raw_os_error(errno),
+            },
+        ))
+        .context("live-frames test run")
+    };
+    assert!(live_frames_refused(&err("bpf_prog_test_run", libc::EPERM)));
+    assert!(!live_frames_refused(&err(
+        "bpf_prog_test_run",
+        libc::EINVAL
+    )));
+    assert!(!live_frames_refused(&err("bpf_prog_load", libc::EPERM)));
+    assert!(!live_frames_refused(&anyhow::anyhow!(
+        "`bpf_prog_test_run` failed: Operation not permitted (os error 1)"
+    )));
+}
 
 /// A SYN as the floods send it (the generator's template: its first 42 bytes).
 fn flood_frame() -> Vec<u8> {
