@@ -159,7 +159,14 @@ pub fn open_live(h: &mut Harness, n: u32) -> Result<Vec<LiveFlow>> {
                 Ok(v)
             };
             let (syn, ack) = (from_client(true)?, from_client(false)?);
-            let (_, out) = h.run(h.consumer.ifindex, &syn)?;
+            // Forwarded (XDP_REDIRECT), else its output is no SNAT tuple of the data path's.
+            let (action, out) = h.run(h.consumer.ifindex, &syn)?;
+            anyhow::ensure!(
+                action == 4,
+                "established flow {i}: its SYN ended in XDP action {action}, not a redirect \
+                 (counters: {:?})",
+                h.active_stats()
+            );
             let snat = snat_of(&out);
             let mut reply = Vec::new();
             PacketBuilder::ethernet2(LB_MAC, h.provider.mac)
