@@ -40,6 +40,20 @@ pub fn packet_state() -> String {
     assert!(LAB_STATE.contains(LAB_LISTENERS));
     LAB_STATE.replace(LAB_LISTENERS, PACKET_LISTENERS)
 }
+/// `state` (the lab's, or one made from it) with its services' per-endpoint flow share
+/// at `share` % (100: no per-endpoint bound, the table's and the pool's own limits are
+/// what is met), written before each `snat` line.
+pub fn with_flow_share(state: &str, share: u8) -> String {
+    assert!(
+        state.contains("snat = ["),
+        "a state without an IPv4 SNAT pool"
+    );
+    state.replace(
+        "snat = [",
+        &format!("endpoint_flow_share = {share}\nsnat = ["),
+    )
+}
+
 /// The lab with a zone-b vSwitch in the consumer VPC and a zone-b load balancer
 /// (10.10.0.11); with `second_eni`, endpoint ep-a has an ENI in zone-b too (10.10.9.5).
 pub fn two_zone_packet_state(second_eni: bool) -> String {

@@ -8,7 +8,7 @@ use privatelink_common::{Config, FlowEntry, FlowEntry6, FlowKey, FlowKey6, PROTO
 use privatelink_tests::{
     dual::{LB6_MAC, client6, dual_state, eni6, lb6, teach_lb},
     frames::{CLIENT_MAC, ENI, LB, parse_checked},
-    lab::packet_state,
+    lab::{packet_state, with_flow_share},
     scale::{fill, frame, live_outcome, open_live, present},
     slotrace::{
         Confirmed, Due, OTHER_SLOT, SLOTS, SLOTS6, map_shared, one_race, pin_to, race, two_cpus,
@@ -30,11 +30,7 @@ const LIVE: u32 = 64;
 /// per-endpoint bound: the table's own limits are what these tests meet), and a flow
 /// table of `entries`.
 fn unshared(entries: u32) -> Harness {
-    Harness::with_conntrack(
-        &packet_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = ["),
-        entries,
-    )
-    .unwrap()
+    Harness::with_conntrack(&with_flow_share(&packet_state(), 100), entries).unwrap()
 }
 
 fn syn_from(h: &Harness, n: u32) -> Vec<u8> {
