@@ -28,6 +28,7 @@ use privatelink_tests::{
         lb6, na_frame, ns_frame, oss6, oss6_denied, snat6_pool, teach_lb, v6, with_ext,
     },
     frames::CLIENT_MAC,
+    lab::with_flow_share,
     testrun::{Harness, slot_counters},
 };
 use privatelink_user::model::numeric_id;
@@ -788,7 +789,7 @@ fn every_ipv6_flow_gets_its_own_snat_tuple() {
 /// taking the place of an older half-open one.
 #[test]
 fn a_small_ipv6_table_keeps_its_spill_counts_through_evictions() {
-    let state = dual_state().replace("snat = [", "endpoint_flow_share = 100\nsnat = [");
+    let state = with_flow_share(&dual_state(), 100);
     let mut h = Harness::with_conntrack(&state, 64).unwrap();
     teach_lb(&mut h);
     let mut forwarded = 0;
