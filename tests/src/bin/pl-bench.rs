@@ -169,11 +169,10 @@ fn unless_refused(section: &str, r: Result<String>) -> Result<String> {
 /// Conntrack filled to `flows` flows (a table of exactly 2 x flows entries): fill time,
 /// kernel memory, the cost of an idle flow's next packet (the full path) and, from 400 000
 /// flows, of the established path's hit on cold flows at that occupancy, and the table
-/// when full (a flood of
-/// new flows while established ones keep talking). The service gives its endpoints the
-/// whole table (`endpoint_flow_share = 100`): what is measured is the table, not the
-/// endpoint's share of it (at the default 20 %, a 1 000-flow table let the endpoint make
-/// 200 flows, and the flood at 100 000 flows met the share, not the table).
+/// when full (a flood of new flows while established ones keep talking). The service gives
+/// its endpoints the whole table (`endpoint_flow_share = 100`): what is measured is the
+/// table, not the endpoint's share of it (at the default 20 %, a 1 000-flow table let the
+/// endpoint make 200 flows, and the flood at 100 000 flows met the share, not the table).
 fn conntrack_scale(points: &[u32]) -> Result<String> {
     use std::time::Instant;
 
@@ -211,8 +210,8 @@ fn conntrack_scale(points: &[u32]) -> Result<String> {
             .collect();
         // Their handshakes completed before the fill. Half-open, a direction is the first
         // a full bucket gives up: the hits below re-make the reply entries the fill gave
-        // up, and those inserts took a few half-open flows' replies (made again later on
-        // other tuples: the "995 of 1000" of earlier runs).
+        // up, and those inserts took a few half-open flows' replies (made again later, some
+        // on other tuples: the "995 of 1000" of earlier runs).
         for (ifindex, frame) in &established {
             let (action, _) = h.run(*ifindex, frame)?;
             anyhow::ensure!(
