@@ -162,7 +162,7 @@ pub fn open_live(h: &mut Harness, n: u32) -> Result<Vec<LiveFlow>> {
             // Forwarded (XDP_REDIRECT), else its output is no SNAT tuple of the data path's.
             let (action, out) = h.run(h.consumer.ifindex, &syn)?;
             anyhow::ensure!(
-                action == 4,
+                action == crate::testrun::XDP_REDIRECT,
                 "established flow {i}: its SYN ended in XDP action {action}, not a redirect \
                  (counters: {:?})",
                 h.active_stats()

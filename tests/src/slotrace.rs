@@ -17,10 +17,7 @@ use privatelink_common::{
     map_names,
 };
 
-use crate::testrun::Harness;
-
-const XDP_DROP: u32 = 1;
-const XDP_REDIRECT: u32 = 4;
+use crate::testrun::{Harness, XDP_DROP, XDP_REDIRECT};
 
 /// Where a family's flow table keeps a slot's parts (its state word first).
 pub struct Slots {

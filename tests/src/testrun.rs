@@ -21,6 +21,12 @@ use crate::{
     reference::Reference,
 };
 
+/// The XDP actions (`enum xdp_action`) a test run returns.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
 /// The longest frame `privatelink_replay` stores.
 pub const REPLAY_MAX: usize = 160;
 
@@ -121,7 +127,6 @@ impl Harness {
     /// timeout of `set_timeouts_ms`), each redirected: one direction of a flow talking
     /// while the other goes quiet.
     pub fn keep_talking(&mut self, ifindex: u32, frame: &[u8]) {
-        const XDP_REDIRECT: u32 = 4;
         for _ in 0..4 {
             std::thread::sleep(std::time::Duration::from_millis(120));
             let (act, _) = self.run(ifindex, frame).unwrap();
@@ -297,7 +302,6 @@ pub fn side_by_side(
     rounds: u8,
     frames: impl Fn(&Harness, u8) -> Vec<Vec<u8>>,
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
-    const XDP_REDIRECT: u32 = 4;
     let mut last = Vec::new();
     for i in 0..rounds {
         slow.bump_epoch().expect("moving the epoch");

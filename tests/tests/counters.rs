@@ -7,12 +7,10 @@ use privatelink_common::{COUNTER_ENI, CounterKey, EP_DROP_NAMES, EndpointCounter
 use privatelink_tests::{
     frames::{CLIENT, CLIENT_MAC, ENI, LB, parse_checked, tcp_to_eni},
     lab::two_zone_packet_state,
-    testrun::{Harness, LB_MAC},
+    testrun::{Harness, LB_MAC, XDP_DROP, XDP_REDIRECT},
 };
 use privatelink_user::model::numeric_id;
 
-const XDP_DROP: u32 = 1;
-const XDP_REDIRECT: u32 = 4;
 /// Endpoint ep-a's ENI in zone B in `two_zone_packet_state(true)`.
 const ZONE_B_ENI: [u8; 4] = [10, 10, 9, 5];
 

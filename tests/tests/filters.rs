@@ -9,12 +9,8 @@ use privatelink_tests::{
         CLIENT, CLIENT_MAC, ENI, LB, SNAT, arp_request, parse_checked, tcp_from_lb, tcp_to_eni,
     },
     lab::packet_state,
-    testrun::{Harness, LB_MAC},
+    testrun::{Harness, LB_MAC, XDP_DROP, XDP_REDIRECT, XDP_TX},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 /// The lab's state with `groups` attached to ep-a, plus `extra` TOML (groups, ACLs).
 fn state(groups: &[&str], extra: &str) -> String {

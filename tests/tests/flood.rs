@@ -13,12 +13,10 @@ use privatelink_tests::{
     slotrace::{
         Confirmed, Due, OTHER_SLOT, SLOTS, SLOTS6, map_shared, one_race, pin_to, race, two_cpus,
     },
-    testrun::Harness,
+    testrun::{Harness, XDP_DROP, XDP_REDIRECT},
 };
 use privatelink_user::model::numeric_id;
 
-const XDP_DROP: u32 = 1;
-const XDP_REDIRECT: u32 = 4;
 /// Table entries (two per flow): 2 048 flows.
 const CAPACITY: u32 = 4096;
 const ESTABLISHED: u32 = 256;

@@ -81,7 +81,7 @@ use privatelink_tests::{
     },
     gwlb,
     lab::packet_state,
-    testrun::{Harness, LB_MAC},
+    testrun::{Harness, LB_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use privatelink_user::{
     desired::Link,
@@ -89,11 +89,6 @@ use privatelink_user::{
         Connection, Endpoint, EndpointService, ServiceType, State, numeric_id, parse_stored_state,
     },
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 const ETH: usize = 14;
 const GENEVE_PORT: u16 = 6081;

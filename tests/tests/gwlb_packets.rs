@@ -13,7 +13,7 @@ use privatelink_tests::{
         SERVER_MAC, state, tcp, tcp_ack,
     },
     scapy::{build, dissect, dissect_one},
-    testrun::{Harness, side_by_side, slot_counters},
+    testrun::{Harness, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, side_by_side, slot_counters},
 };
 use privatelink_user::{
     dataplane,
@@ -21,11 +21,6 @@ use privatelink_user::{
     model::{numeric_id, parse_state},
 };
 use serde_json::Value;
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 /// What encapsulation adds, counted here from the wire formats rather than taken from the
 /// product (the inner packet's own Ethernet header becomes the outer one): IPv4 without

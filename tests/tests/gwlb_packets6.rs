@@ -16,14 +16,10 @@ use privatelink_tests::{
         ENI6, ENI6_STR, GWLB_ADDR, SERVER_MAC, SERVER6, SERVER6_STR, harness6_with, tcp6,
     },
     scapy::build,
-    testrun::{Harness, side_by_side, slot_counters},
+    testrun::{Harness, XDP_DROP, XDP_REDIRECT, XDP_TX, side_by_side, slot_counters},
 };
 use privatelink_user::model::numeric_id;
 use serde_json::Value;
-
-const XDP_DROP: u32 = 1;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 /// What encapsulation adds, from the wire formats (see gwlb_packets.rs): outer IPv4 20,
 /// UDP 8, GENEVE 8, options 32.

@@ -15,14 +15,9 @@ use privatelink_tests::{
     lab::{connected_endpoint, packet_state, two_zone_packet_state},
     reference::Reference,
     scale::ktime_ns,
-    testrun::{Harness, LB_MAC},
+    testrun::{Harness, LB_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use privatelink_user::model::numeric_id;
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 fn harness() -> Harness {
     Harness::new(&packet_state()).expect("harness")

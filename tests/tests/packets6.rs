@@ -29,14 +29,9 @@ use privatelink_tests::{
     },
     frames::CLIENT_MAC,
     lab::with_flow_share,
-    testrun::{Harness, slot_counters},
+    testrun::{Harness, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, slot_counters},
 };
 use privatelink_user::model::numeric_id;
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 

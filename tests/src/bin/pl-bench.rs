@@ -15,7 +15,7 @@ use privatelink_tests::{
     },
     lab::{packet_state, with_flow_share},
     reference::Reference,
-    testrun::Harness,
+    testrun::{Harness, XDP_DROP, XDP_REDIRECT, XDP_TX},
 };
 
 const RUNS: usize = 20_000;
@@ -793,17 +793,12 @@ struct Row {
     ratio: f64,
 }
 
-/// The XDP actions a measured path ends in (`xdp_action`): a row whose runs end in another
-/// is an error, not a figure (a path that drops early would look cheap).
-const XDP_DROP: u32 = 1;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
 /// How a path is replayed: the frame, and the offset of a 16-bit field that changes on
 /// every run (a new flow each run), with the repeats per call; and how every run of the
 /// path must end: its XDP action, and the counter it is counted under (a test run returns
 /// only its last repeat's action; the counter sees every one; `None` only for a reference
-/// program, which counts nothing).
+/// program, which counts nothing). A row whose runs end in another action is an error,
+/// not a figure (a path that drops early would look cheap).
 struct Replay {
     frame: Vec<u8>,
     vary_at: Option<usize>,
